@@ -214,10 +214,6 @@ impl<'a> Cursor<'a> {
         self.src.get(self.pos..).and_then(|rest| rest.chars().next())
     }
 
-    pub(crate) fn rest(&self) -> &'a str {
-        self.src.get(self.pos..).unwrap_or("")
-    }
-
     pub(crate) fn unexpected(&self) -> Error {
         self.unexpected_at(self.pos)
     }
