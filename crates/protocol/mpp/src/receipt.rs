@@ -1,0 +1,71 @@
+//! `Payment-Receipt` values.
+
+use mpp::protocol::core::ReceiptStatus;
+
+use crate::base64url::{self, JsonError};
+use crate::Receipt;
+
+/// The key under which a receipt names the challenge it settles.
+pub const CHALLENGE_ID: &str = "challengeId";
+
+/// The receipt of a settled Lightning charge: `reference` is the payment
+/// hash (never the preimage), `challengeId` the challenge it settles.
+pub fn lightning(
+    payment_hash: &[u8; 32],
+    challenge_id: Option<&str>,
+    at: time::OffsetDateTime,
+) -> Receipt {
+    let mut extensions = serde_json::Map::new();
+    if let Some(id) = challenge_id.filter(|id| !id.is_empty()) {
+        extensions.insert(CHALLENGE_ID.into(), id.into());
+    }
+    Receipt {
+        status: ReceiptStatus::Success,
+        method: crate::lightning::METHOD.into(),
+        timestamp: crate::format_time(at),
+        reference: hex::encode(payment_hash),
+        external_id: None,
+        subscription_id: None,
+        extensions,
+    }
+}
+
+/// The header value: base64url (no padding) of the receipt JSON.
+pub fn to_header(receipt: &Receipt) -> String {
+    base64url::encode(&serde_json::to_vec(receipt).unwrap_or_default())
+}
+
+/// Any receipt-shaped value as JSON (session events included).
+pub fn decode_json(header: &str) -> Result<serde_json::Value, JsonError> {
+    base64url::decode_json_object(header.trim())
+}
+
+/// A payment receipt, typed.
+pub fn parse(header: &str) -> Result<Receipt, JsonError> {
+    let value = decode_json(header)?;
+    serde_json::from_value(value).map_err(|e| JsonError::Json(e.to_string()))
+}
+
+/// The `challengeId` a receipt carries.
+pub fn challenge_id(receipt: &Receipt) -> Option<&str> {
+    receipt.extensions.get(CHALLENGE_ID)?.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn formatted_receipt_parses_back(hash in any::<[u8; 32]>(), id in proptest::option::of("[A-Za-z0-9_-]{1,43}"), secs in 0i64..4_000_000_000) {
+            let at = time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
+            let receipt = lightning(&hash, id.as_deref(), at);
+            let back = parse(&to_header(&receipt)).unwrap();
+            prop_assert_eq!(back.reference, hex::encode(hash));
+            prop_assert_eq!(challenge_id(&receipt), id.as_deref());
+            prop_assert_eq!(crate::parse_time(&back.timestamp), Some(at));
+            prop_assert_eq!(serde_json::to_value(&receipt).unwrap(), decode_json(&to_header(&receipt)).unwrap());
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! Server-side verification of a Lightning charge credential.
+//!
+//! Stateless checks only: the id binding, expiry, the terms of the echoed
+//! request against what the route charges now, and the preimage. Marking
+//! the challenge consumed, atomically with the decision to serve, is the
+//! store's job.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::base64url::decode_json_object;
+use crate::challenge::{ChallengeKey, IdInput};
+use crate::lightning::{ChargeRequest, Network, PreimagePayload, CHARGE, CURRENCY, METHOD};
+use crate::problem::ProblemType;
+use crate::PaymentCredential;
+
+/// What the route charges now.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpectedCharge<'a> {
+    /// The realm this server issues challenges in.
+    pub realm: &'a str,
+    /// The route's price.
+    pub amount_sats: u64,
+    /// The network of this server's Lightning node.
+    pub network: Network,
+    /// The digest of this request's body, when the route binds bodies.
+    pub digest: Option<&'a str>,
+}
+
+/// A credential that passed every stateless check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedCharge {
+    /// The challenge it settles (the key to consume it under).
+    pub challenge_id: String,
+    /// The paid invoice's hash (the receipt's reference).
+    pub payment_hash: [u8; 32],
+    /// What was paid.
+    pub amount_sats: u64,
+    /// When the challenge expires; it need not be remembered past this.
+    pub expires: Option<time::OffsetDateTime>,
+}
+
+/// Why a well-formed credential does not pay for this request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// A method or intent other than `lightning`/`charge`.
+    #[error("method {method}/{intent} is not offered here")]
+    MethodUnsupported {
+        /// Echoed method.
+        method: String,
+        /// Echoed intent.
+        intent: String,
+    },
+    /// The id does not verify under any of our secrets.
+    #[error("challenge was not issued by this server or was altered")]
+    UnknownChallenge,
+    /// Issued for another realm.
+    #[error("challenge is for realm {0:?}")]
+    WrongRealm(String),
+    /// `expires` is not RFC 3339.
+    #[error("challenge expires {0:?} is not an RFC 3339 time")]
+    BadExpires(String),
+    /// `expires` has passed.
+    #[error("challenge expired at {0}")]
+    Expired(String),
+    /// The echoed request is not a Lightning charge request.
+    #[error("challenge request is not a Lightning charge: {0}")]
+    Request(String),
+    /// The price differs from what the route charges now.
+    #[error("challenge charges {charged} sat, this route charges {expected} sat")]
+    Amount {
+        /// Echoed amount.
+        charged: String,
+        /// Current price.
+        expected: u64,
+    },
+    /// Currency other than `sat`, or a network other than ours.
+    #[error("challenge terms do not match this route: {0}")]
+    Terms(String),
+    /// The body digest differs.
+    #[error("challenge is bound to another request body")]
+    Digest,
+    /// The payload is not `{"preimage": <64 lowercase hex>}`.
+    #[error("payload is not a Lightning preimage")]
+    Payload,
+    /// `sha256(preimage) != paymentHash`.
+    #[error("preimage does not match the payment hash")]
+    Preimage,
+}
+
+impl VerifyError {
+    /// The problem type to answer with.
+    pub fn problem_type(&self) -> ProblemType {
+        match self {
+            VerifyError::MethodUnsupported { .. } => ProblemType::MethodUnsupported,
+            VerifyError::UnknownChallenge => ProblemType::InvalidChallenge,
+            VerifyError::WrongRealm(_) | VerifyError::Terms(_) | VerifyError::Digest => {
+                ProblemType::InvalidChallenge
+            }
+            VerifyError::BadExpires(_) | VerifyError::Request(_) => {
+                ProblemType::MalformedCredential
+            }
+            VerifyError::Expired(_) => ProblemType::PaymentExpired,
+            VerifyError::Amount { charged, expected } => {
+                match charged.parse::<u64>() {
+                    Ok(charged) if charged < *expected => ProblemType::PaymentInsufficient,
+                    _ => ProblemType::InvalidChallenge,
+                }
+            }
+            VerifyError::Payload => ProblemType::LightningMalformedCredential,
+            VerifyError::Preimage => ProblemType::LightningInvalidPreimage,
+        }
+    }
+}
+
+/// Checks a Lightning charge credential against this route, at `now`.
+pub fn verify_lightning_charge(
+    key: &ChallengeKey,
+    credential: &PaymentCredential,
+    expected: &ExpectedCharge<'_>,
+    now: time::OffsetDateTime,
+) -> Result<VerifiedCharge, VerifyError> {
+    let echo = &credential.challenge;
+    if echo.method.as_str() != METHOD || echo.intent.as_str() != CHARGE {
+        return Err(VerifyError::MethodUnsupported {
+            method: echo.method.to_string(),
+            intent: echo.intent.as_str().to_owned(),
+        });
+    }
+    if !key.verifies(&echo.id, &IdInput::of_echo(echo)) {
+        return Err(VerifyError::UnknownChallenge);
+    }
+    if echo.realm != expected.realm {
+        return Err(VerifyError::WrongRealm(echo.realm.clone()));
+    }
+    let expires = match echo.expires.as_deref() {
+        None => None,
+        Some(text) => {
+            let at = crate::parse_time(text).ok_or_else(|| VerifyError::BadExpires(text.into()))?;
+            if now >= at {
+                return Err(VerifyError::Expired(text.into()));
+            }
+            Some(at)
+        }
+    };
+    let request: ChargeRequest = decode_json_object(echo.request.raw())
+        .map_err(|e| VerifyError::Request(e.to_string()))
+        .and_then(|v| serde_json::from_value(v).map_err(|e| VerifyError::Request(e.to_string())))?;
+    if request.amount_sats() != Some(expected.amount_sats) {
+        return Err(VerifyError::Amount {
+            charged: request.amount.clone(),
+            expected: expected.amount_sats,
+        });
+    }
+    if request.currency != CURRENCY {
+        return Err(VerifyError::Terms(format!("currency {:?}", request.currency)));
+    }
+    if request.method_details.network != expected.network {
+        return Err(VerifyError::Terms(format!(
+            "network {}",
+            request.method_details.network
+        )));
+    }
+    if echo.digest.is_some() && echo.digest.as_deref() != expected.digest {
+        return Err(VerifyError::Digest);
+    }
+    let payment_hash = request
+        .payment_hash()
+        .ok_or_else(|| VerifyError::Request("paymentHash is not 64 hex digits".into()))?;
+    let preimage = serde_json::from_value::<PreimagePayload>(credential.payload.clone())
+        .ok()
+        .and_then(|p| p.bytes())
+        .ok_or(VerifyError::Payload)?;
+    let hash: [u8; 32] = Sha256::digest(preimage).into();
+    if !bool::from(hash.ct_eq(&payment_hash)) {
+        return Err(VerifyError::Preimage);
+    }
+    Ok(VerifiedCharge {
+        challenge_id: echo.id.clone(),
+        payment_hash,
+        amount_sats: expected.amount_sats,
+        expires,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::challenge::NewChallenge;
+    use crate::credential::{parse_authorization, to_authorization};
+    use time::{Duration, OffsetDateTime};
+
+    const PREIMAGE: [u8; 32] = [0xab; 32];
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    fn expected(amount_sats: u64) -> ExpectedCharge<'static> {
+        ExpectedCharge {
+            realm: "api.test",
+            amount_sats,
+            network: Network::Regtest,
+            digest: None,
+        }
+    }
+
+    fn credential(amount_sats: u64, preimage: [u8; 32]) -> PaymentCredential {
+        let hash: [u8; 32] = Sha256::digest(PREIMAGE).into();
+        let request = ChargeRequest::new(amount_sats, None, "lnbcrt1", &hash, Network::Regtest).to_value();
+        let challenge = ChallengeKey::new(SECRET).unwrap().issue(NewChallenge {
+            realm: "api.test",
+            method: METHOD,
+            intent: CHARGE,
+            request: &request,
+            expires: Some(now() + Duration::minutes(10)),
+            digest: None,
+            description: None,
+            opaque: None,
+        });
+        let credential = PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(&preimage));
+        // Through the wire and back, as a server sees it.
+        parse_authorization(&to_authorization(&credential)).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_paid_credential() {
+        let key = ChallengeKey::new(SECRET).unwrap();
+        let ok = verify_lightning_charge(&key, &credential(100, PREIMAGE), &expected(100), now()).unwrap();
+        assert_eq!(ok.amount_sats, 100);
+        assert_eq!(ok.payment_hash, <[u8; 32]>::from(Sha256::digest(PREIMAGE)));
+    }
+
+    #[test]
+    fn rejects_each_fault() {
+        let key = ChallengeKey::new(SECRET).unwrap();
+        let check = |c: &PaymentCredential, e: &ExpectedCharge<'_>, at| verify_lightning_charge(&key, c, e, at);
+
+        let cheap = credential(1, PREIMAGE);
+        let err = check(&cheap, &expected(100), now()).unwrap_err();
+        assert_eq!(err.problem_type(), ProblemType::PaymentInsufficient, "{err}");
+
+        let err = check(&credential(100, [1; 32]), &expected(100), now()).unwrap_err();
+        assert_eq!(err, VerifyError::Preimage);
+        assert_eq!(err.problem_type(), ProblemType::LightningInvalidPreimage);
+
+        let err = check(&cheap, &expected(1), now() + Duration::minutes(11)).unwrap_err();
+        assert_eq!(err.problem_type(), ProblemType::PaymentExpired);
+
+        let other_key = ChallengeKey::new("another secret of 32 bytes or more!!").unwrap();
+        assert_eq!(
+            verify_lightning_charge(&other_key, &cheap, &expected(1), now()).unwrap_err(),
+            VerifyError::UnknownChallenge
+        );
+
+        let mut wrong_realm = expected(1);
+        wrong_realm.realm = "other";
+        assert!(matches!(check(&cheap, &wrong_realm, now()), Err(VerifyError::WrongRealm(_))));
+
+        let mut mainnet = expected(1);
+        mainnet.network = Network::Mainnet;
+        assert!(matches!(check(&cheap, &mainnet, now()), Err(VerifyError::Terms(_))));
+
+        let mut tampered = cheap.clone();
+        tampered.challenge.expires = Some("2099-01-01T00:00:00Z".into());
+        assert_eq!(check(&tampered, &expected(1), now()).unwrap_err(), VerifyError::UnknownChallenge);
+
+        let mut bad_payload = cheap.clone();
+        bad_payload.payload = serde_json::json!({"preimage": hex::encode(PREIMAGE).to_uppercase()});
+        assert_eq!(check(&bad_payload, &expected(1), now()).unwrap_err(), VerifyError::Payload);
+
+        let mut session = cheap.clone();
+        session.challenge.intent = "session".into();
+        let err = check(&session, &expected(1), now()).unwrap_err();
+        assert_eq!(err.problem_type().status(), 400);
+    }
+}
