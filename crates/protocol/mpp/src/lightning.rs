@@ -1,7 +1,10 @@
 //! The Lightning payment method (draft-lightning-charge): what a charge
 //! request holds, what the client proves with, and the receipt it earns.
 
+use gate402_bolt11::{CheckError, Expect, Invoice, ParseError};
 use serde::{Deserialize, Serialize};
+
+pub use gate402_bolt11::Network;
 
 /// The method name.
 pub const METHOD: &str = "lightning";
@@ -9,52 +12,6 @@ pub const METHOD: &str = "lightning";
 pub const CHARGE: &str = "charge";
 /// The only currency unit of the method.
 pub const CURRENCY: &str = "sat";
-
-/// The Bitcoin network an invoice lives on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    /// Bitcoin mainnet.
-    Mainnet,
-    /// testnet3/testnet4.
-    Testnet,
-    /// Signet.
-    Signet,
-    /// Local regtest.
-    Regtest,
-}
-
-impl Network {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Network::Mainnet => "mainnet",
-            Network::Testnet => "testnet",
-            Network::Signet => "signet",
-            Network::Regtest => "regtest",
-        }
-    }
-}
-
-impl std::fmt::Display for Network {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Network {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "mainnet" | "bitcoin" => Ok(Network::Mainnet),
-            "testnet" => Ok(Network::Testnet),
-            "signet" => Ok(Network::Signet),
-            "regtest" => Ok(Network::Regtest),
-            other => Err(format!("unknown network {other:?}")),
-        }
-    }
-}
 
 /// The `request` of a Lightning charge challenge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,10 +74,43 @@ impl ChargeRequest {
         Some(hash)
     }
 
+    /// Decodes the invoice and checks that it says what the request says:
+    /// amount, payment hash and network. The invoice is authoritative, so a
+    /// client pays only after this passes.
+    pub fn check_invoice(&self) -> Result<Invoice, InvoiceMismatch> {
+        let invoice = Invoice::parse(&self.method_details.invoice)?;
+        let amount_sats = self.amount_sats().ok_or(InvoiceMismatch::Amount)?;
+        let payment_hash = self.payment_hash().ok_or(InvoiceMismatch::PaymentHash)?;
+        invoice.check(&Expect {
+            amount_msat: Some(amount_sats.saturating_mul(1000)),
+            payment_hash: Some(payment_hash),
+            network: Some(self.method_details.network),
+            ..Expect::default()
+        })?;
+        Ok(invoice)
+    }
+
     /// As JSON, for [`crate::challenge::NewChallenge::request`].
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
+}
+
+/// A charge request whose invoice does not back it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvoiceMismatch {
+    /// The invoice does not decode.
+    #[error(transparent)]
+    Invoice(#[from] ParseError),
+    /// `amount` is not a decimal number of satoshis.
+    #[error("request amount is not a decimal number of satoshis")]
+    Amount,
+    /// `paymentHash` is not 64 hex digits.
+    #[error("request paymentHash is not 64 hex digits")]
+    PaymentHash,
+    /// The invoice disagrees with the request.
+    #[error("invoice disagrees with the request: {0}")]
+    Disagrees(#[from] CheckError),
 }
 
 /// The credential payload of a Lightning charge: the preimage.

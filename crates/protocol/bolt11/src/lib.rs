@@ -1,0 +1,394 @@
+//! BOLT11 invoices, decoded and checked with `lightning-invoice`.
+//!
+//! Everything a 402 client or gateway needs to know about an invoice before
+//! trusting it: the signature (checked while parsing), the amount, the
+//! payment hash, the expiry, the network, the payee. Never a regex.
+//!
+//! No I/O happens here.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescriptionRef, Currency};
+use serde::{Deserialize, Serialize};
+
+pub use lightning_invoice::Bolt11Invoice as RawInvoice;
+
+/// The Bitcoin network an invoice (or a node) lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Bitcoin mainnet (`lnbc`).
+    Mainnet,
+    /// testnet3/testnet4 (`lntb`).
+    Testnet,
+    /// Signet (`lntbs`).
+    Signet,
+    /// Local regtest (`lnbcrt`).
+    Regtest,
+}
+
+impl Network {
+    /// The name used on the wire (MPP `methodDetails.network`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Mainnet => "mainnet",
+            Network::Testnet => "testnet",
+            Network::Signet => "signet",
+            Network::Regtest => "regtest",
+        }
+    }
+
+    /// The BOLT11 currency of this network.
+    pub fn currency(self) -> Currency {
+        match self {
+            Network::Mainnet => Currency::Bitcoin,
+            Network::Testnet => Currency::BitcoinTestnet,
+            Network::Signet => Currency::Signet,
+            Network::Regtest => Currency::Regtest,
+        }
+    }
+
+    fn from_currency(currency: Currency) -> Self {
+        match currency {
+            Currency::Bitcoin => Network::Mainnet,
+            Currency::BitcoinTestnet => Network::Testnet,
+            Currency::Signet => Network::Signet,
+            Currency::Regtest | Currency::Simnet => Network::Regtest,
+        }
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown network name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown network {0:?} (expected mainnet, testnet, signet or regtest)")]
+pub struct UnknownNetwork(pub String);
+
+impl FromStr for Network {
+    type Err = UnknownNetwork;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mainnet" | "bitcoin" => Ok(Network::Mainnet),
+            "testnet" | "testnet4" => Ok(Network::Testnet),
+            "signet" => Ok(Network::Signet),
+            "regtest" => Ok(Network::Regtest),
+            other => Err(UnknownNetwork(other.to_owned())),
+        }
+    }
+}
+
+/// A decoded invoice whose signature has been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invoice(Bolt11Invoice);
+
+/// An invoice's description: text, or the hash of a longer text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Description {
+    /// The `d` field.
+    Text(String),
+    /// The `h` field: sha256 of the description.
+    Hash([u8; 32]),
+}
+
+/// Why a string is not a valid invoice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid BOLT11 invoice: {0}")]
+pub struct ParseError(pub String);
+
+/// Why an invoice does not match what was expected of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    /// Zero-amount invoice where an amount is required.
+    #[error("invoice has no amount")]
+    NoAmount,
+    /// A different amount.
+    #[error("invoice is for {invoice} msat, expected {expected} msat")]
+    Amount {
+        /// In the invoice.
+        invoice: u64,
+        /// Expected.
+        expected: u64,
+    },
+    /// A different payment hash.
+    #[error("invoice payment hash {invoice} differs from the expected {expected}")]
+    PaymentHash {
+        /// In the invoice, hex.
+        invoice: String,
+        /// Expected, hex.
+        expected: String,
+    },
+    /// Another network.
+    #[error("invoice is for {invoice}, expected {expected}")]
+    Network {
+        /// The invoice's.
+        invoice: Network,
+        /// Expected.
+        expected: Network,
+    },
+    /// Another payee.
+    #[error("invoice payee {invoice} is not the expected {expected}")]
+    Payee {
+        /// The invoice's, hex.
+        invoice: String,
+        /// Expected, hex.
+        expected: String,
+    },
+    /// Expired (unix seconds).
+    #[error("invoice expired at {0} (unix)")]
+    Expired(u64),
+}
+
+/// What to require of an invoice; `None` fields are not checked.
+#[derive(Debug, Clone, Default)]
+pub struct Expect {
+    /// Exact amount; an invoice without amount fails.
+    pub amount_msat: Option<u64>,
+    /// Exact payment hash.
+    pub payment_hash: Option<[u8; 32]>,
+    /// Network.
+    pub network: Option<Network>,
+    /// Payee node id (33-byte compressed key).
+    pub payee: Option<[u8; 33]>,
+    /// Must not be expired at this time.
+    pub unexpired_at: Option<SystemTime>,
+}
+
+impl Invoice {
+    /// Parses and checks the signature and BOLT11 semantics. Accepts either
+    /// case and a `lightning:` prefix, as wallets hand them out.
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
+        let text = text.trim();
+        let text = text
+            .strip_prefix("lightning:")
+            .or_else(|| text.strip_prefix("LIGHTNING:"))
+            .unwrap_or(text);
+        Bolt11Invoice::from_str(&text.to_ascii_lowercase())
+            .map(Self)
+            .map_err(|e| ParseError(e.to_string()))
+    }
+
+    /// The amount in millisatoshis, if the invoice has one.
+    pub fn amount_msat(&self) -> Option<u64> {
+        self.0.amount_milli_satoshis()
+    }
+
+    /// The payment hash.
+    pub fn payment_hash(&self) -> [u8; 32] {
+        *self.0.payment_hash().as_ref()
+    }
+
+    /// The description.
+    pub fn description(&self) -> Description {
+        match self.0.description() {
+            Bolt11InvoiceDescriptionRef::Direct(d) => Description::Text(d.to_string()),
+            Bolt11InvoiceDescriptionRef::Hash(h) => Description::Hash(*h.0.as_ref()),
+        }
+    }
+
+    /// Creation time, unix seconds.
+    pub fn timestamp(&self) -> u64 {
+        self.0.duration_since_epoch().as_secs()
+    }
+
+    /// Seconds from creation to expiry.
+    pub fn expiry_secs(&self) -> u64 {
+        self.0.expiry_time().as_secs()
+    }
+
+    /// Expiry, unix seconds.
+    pub fn expires_at(&self) -> u64 {
+        self.timestamp().saturating_add(self.expiry_secs())
+    }
+
+    /// Whether it has expired at `now`.
+    pub fn is_expired_at(&self, now: SystemTime) -> bool {
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        self.0.would_expire(now)
+    }
+
+    /// The network, from the human-readable prefix.
+    pub fn network(&self) -> Network {
+        Network::from_currency(self.0.currency())
+    }
+
+    /// The payee node id (from the `n` field or recovered from the signature).
+    pub fn payee(&self) -> [u8; 33] {
+        self.0.get_payee_pub_key().serialize()
+    }
+
+    /// The minimum final CLTV expiry delta.
+    pub fn min_final_cltv_expiry_delta(&self) -> u64 {
+        self.0.min_final_cltv_expiry_delta()
+    }
+
+    /// The `lightning-invoice` value, for Lightning backends.
+    pub fn raw(&self) -> &Bolt11Invoice {
+        &self.0
+    }
+
+    /// Checks the invoice against expectations, in the order a payer cares:
+    /// network, expiry, amount, hash, payee.
+    pub fn check(&self, expect: &Expect) -> Result<(), CheckError> {
+        if let Some(expected) = expect.network {
+            if self.network() != expected {
+                return Err(CheckError::Network {
+                    invoice: self.network(),
+                    expected,
+                });
+            }
+        }
+        if let Some(now) = expect.unexpired_at {
+            if self.is_expired_at(now) {
+                return Err(CheckError::Expired(self.expires_at()));
+            }
+        }
+        if let Some(expected) = expect.amount_msat {
+            match self.amount_msat() {
+                None => return Err(CheckError::NoAmount),
+                Some(invoice) if invoice != expected => {
+                    return Err(CheckError::Amount { invoice, expected })
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(expected) = expect.payment_hash {
+            if self.payment_hash() != expected {
+                return Err(CheckError::PaymentHash {
+                    invoice: hex::encode(self.payment_hash()),
+                    expected: hex::encode(expected),
+                });
+            }
+        }
+        if let Some(expected) = expect.payee {
+            if self.payee() != expected {
+                return Err(CheckError::Payee {
+                    invoice: hex::encode(self.payee()),
+                    expected: hex::encode(expected),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Invoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitcoin::hashes::{sha256, Hash};
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    use lightning_invoice::{InvoiceBuilder, PaymentSecret};
+    use proptest::prelude::*;
+
+    /// The first example of the BOLT11 specification (expired since 2017).
+    const SPEC_INVOICE: &str = "lnbc2500u1pvjluezsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygspp5qqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqypqdq5xysxxatsyp3k7enxv4jsxqzpu9qrsgquk0rl77nj30yxdy8j9vdx85fkpmdla2087ne0xh8nhedh8w27kyke0lp53ut353s06fv3qfegext0eh0ymjpf39tuven09sam30g4vgpfna3rh";
+
+    fn make(network: Network, amount_msat: u64, hash: [u8; 32], expiry: u64) -> (String, [u8; 33]) {
+        let secp = Secp256k1::new();
+        let key = SecretKey::from_slice(&[0x42; 32]).unwrap();
+        let invoice = InvoiceBuilder::new(network.currency())
+            .description("coffee".into())
+            .payment_hash(sha256::Hash::from_byte_array(hash))
+            .payment_secret(PaymentSecret([1; 32]))
+            .current_timestamp()
+            .min_final_cltv_expiry_delta(18)
+            .amount_milli_satoshis(amount_msat)
+            .expiry_time(Duration::from_secs(expiry))
+            .build_signed(|h| secp.sign_ecdsa_recoverable(h, &key))
+            .unwrap();
+        (invoice.to_string(), key.public_key(&secp).serialize())
+    }
+
+    #[test]
+    fn decodes_the_spec_example() {
+        let inv = Invoice::parse(SPEC_INVOICE).unwrap();
+        assert_eq!(inv.amount_msat(), Some(250_000_000));
+        assert_eq!(
+            hex::encode(inv.payment_hash()),
+            "0001020304050607080900010203040506070809000102030405060708090102"
+        );
+        assert_eq!(inv.description(), Description::Text("1 cup coffee".into()));
+        assert_eq!(inv.network(), Network::Mainnet);
+        assert_eq!(inv.expiry_secs(), 60);
+        assert_eq!(
+            hex::encode(inv.payee()),
+            "03e7156ae33b0a208d0744199163177e909e80176e55d97a2f221ede0f934dd9ad"
+        );
+        assert!(inv.is_expired_at(SystemTime::now()));
+        assert_eq!(
+            inv.check(&Expect { unexpired_at: Some(SystemTime::now()), ..Default::default() }),
+            Err(CheckError::Expired(inv.expires_at()))
+        );
+        assert!(Invoice::parse(&format!("lightning:{}", SPEC_INVOICE.to_uppercase())).is_ok());
+    }
+
+    #[test]
+    fn rejects_a_broken_signature_and_garbage() {
+        let mut chars: Vec<char> = SPEC_INVOICE.chars().collect();
+        let i = chars.len() - 10;
+        chars[i] = if chars[i] == 'q' { 'p' } else { 'q' };
+        let tampered: String = chars.into_iter().collect();
+        assert!(Invoice::parse(&tampered).is_err());
+        assert!(Invoice::parse("lnbc1notaninvoice").is_err());
+        assert!(Invoice::parse("").is_err());
+    }
+
+    #[test]
+    fn checks_each_expectation() {
+        let (text, payee) = make(Network::Regtest, 21_000, [9; 32], 600);
+        let inv = Invoice::parse(&text).unwrap();
+        assert!(text.starts_with("lnbcrt210n"));
+        let all = Expect {
+            amount_msat: Some(21_000),
+            payment_hash: Some([9; 32]),
+            network: Some(Network::Regtest),
+            payee: Some(payee),
+            unexpired_at: Some(SystemTime::now()),
+        };
+        assert_eq!(inv.check(&all), Ok(()));
+        let bad = |f: fn(&mut Expect)| {
+            let mut e = all.clone();
+            f(&mut e);
+            inv.check(&e).unwrap_err()
+        };
+        assert!(matches!(bad(|e| e.amount_msat = Some(1)), CheckError::Amount { .. }));
+        assert!(matches!(bad(|e| e.payment_hash = Some([0; 32])), CheckError::PaymentHash { .. }));
+        assert!(matches!(bad(|e| e.network = Some(Network::Mainnet)), CheckError::Network { .. }));
+        assert!(matches!(bad(|e| e.payee = Some([2; 33])), CheckError::Payee { .. }));
+        assert!(matches!(
+            bad(|e| e.unexpired_at = Some(SystemTime::now() + Duration::from_secs(601))),
+            CheckError::Expired(_)
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn built_invoices_decode_to_their_fields(amount in 1u64..10_000_000_000, hash in any::<[u8; 32]>(), expiry in 1u64..100_000, n in 0usize..4) {
+            let network = [Network::Mainnet, Network::Testnet, Network::Signet, Network::Regtest][n];
+            let (text, _) = make(network, amount, hash, expiry);
+            let inv = Invoice::parse(&text).unwrap();
+            prop_assert_eq!(inv.amount_msat(), Some(amount));
+            prop_assert_eq!(inv.payment_hash(), hash);
+            prop_assert_eq!(inv.network(), network);
+            prop_assert_eq!(inv.expiry_secs(), expiry);
+            prop_assert_eq!(inv.to_string(), text);
+        }
+
+        #[test]
+        fn parser_never_panics(s in "ln[a-z0-9]{0,300}") {
+            let _ = Invoice::parse(&s);
+        }
+    }
+}
