@@ -1,0 +1,374 @@
+//! `gate402 decode`: everything in a 402 exchange, taken apart.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use gate402_bolt11::{Description, Invoice};
+use gate402_http_auth::{parse_challenges, Challenge};
+use gate402_l402::caveat::Caveat;
+use gate402_l402::{Identifier, L402Challenge, L402Credential, Macaroon, MacaroonFormat, Scheme};
+use gate402_mpp::lightning::ChargeRequest;
+use gate402_mpp::{base64url, challenge as mpp_challenge, credential as mpp_credential};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Arguments of `gate402 decode`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+
+    /// A WWW-Authenticate, Authorization or Payment-Receipt value (a
+    /// leading header name is allowed), a macaroon (base64, or hex as gRPC
+    /// sends it), or a BOLT11 invoice. `-` reads standard input.
+    value: String,
+}
+
+/// Runs the subcommand.
+pub fn run(args: &Args) -> ExitCode {
+    let input = if args.value == "-" {
+        let mut text = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut text) {
+            eprintln!("gate402 decode: cannot read standard input: {e}");
+            return ExitCode::from(crate::EXIT_MALFORMED);
+        }
+        text
+    } else {
+        args.value.clone()
+    };
+    match decode(&input, SystemTime::now()) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            } else {
+                print!("{}", crate::report::to_text(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("gate402 decode: {}", one_line(&format!("{error:#}")));
+            ExitCode::from(crate::EXIT_MALFORMED)
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Which header a value came from, when the user pasted its name too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Header {
+    WwwAuthenticate,
+    Authorization,
+    Receipt,
+}
+
+fn strip_header_name(input: &str) -> (Option<Header>, &str) {
+    if let Some((name, rest)) = input.split_once(':') {
+        let header = match name.trim().to_ascii_lowercase().as_str() {
+            "www-authenticate" => Some(Header::WwwAuthenticate),
+            "authorization" | "payment-authorization" => Some(Header::Authorization),
+            "payment-receipt" => Some(Header::Receipt),
+            _ => None,
+        };
+        if header.is_some() {
+            return (header, rest.trim());
+        }
+    }
+    (None, input)
+}
+
+/// Decodes any 402 value into one report.
+pub fn decode(input: &str, now: SystemTime) -> Result<Value> {
+    let input = input.trim();
+    if input.is_empty() {
+        bail!("nothing to decode");
+    }
+    if input.contains('\n') {
+        return decode_lines(input, now);
+    }
+    let (header, value) = strip_header_name(input);
+    match header {
+        Some(Header::WwwAuthenticate) => decode_challenges(value, now),
+        Some(Header::Authorization) => decode_authorization(value, now),
+        Some(Header::Receipt) => decode_receipt(value),
+        None => guess(value, now),
+    }
+}
+
+/// Several lines, as `curl -i` shows a 402: each a `WWW-Authenticate` value
+/// (with or without the header name); their challenges are read as one list.
+fn decode_lines(input: &str, now: SystemTime) -> Result<Value> {
+    let mut values = Vec::new();
+    for line in input.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match strip_header_name(line) {
+            (Some(Header::WwwAuthenticate) | None, value) => values.push(value),
+            _ => bail!("several lines given, but not all are WWW-Authenticate values"),
+        }
+    }
+    decode_challenges(&values.join(", "), now)
+}
+
+fn guess(value: &str, now: SystemTime) -> Result<Value> {
+    let lower = value.to_ascii_lowercase();
+    if (lower.starts_with("ln") || lower.starts_with("lightning:")) && !value.contains(' ') {
+        let invoice = Invoice::parse(value).context("BOLT11 invoice")?;
+        return Ok(with_kind("invoice", invoice_report(&invoice, now)));
+    }
+    if value.contains([' ', '\t']) {
+        return if looks_like_credentials(value) {
+            decode_authorization(value, now)
+        } else {
+            decode_challenges(value, now)
+        };
+    }
+    decode_bare(value, now)
+}
+
+/// `L402 <mac>:<preimage>` and `Payment <token68>` are credentials; the
+/// same schemes with auth-params are challenges.
+fn looks_like_credentials(value: &str) -> bool {
+    let scheme = value.split([' ', '\t']).next().unwrap_or("");
+    let is_payment = scheme.eq_ignore_ascii_case(gate402_mpp::SCHEME);
+    if Scheme::from_name(scheme).is_none() && !is_payment {
+        return false;
+    }
+    match parse_challenges(value) {
+        Ok(list) => list.len() == 1 && list[0].token68.is_some(),
+        Err(_) => true,
+    }
+}
+
+/// A value without a scheme: a receipt, a bare credential token, or a macaroon.
+fn decode_bare(value: &str, now: SystemTime) -> Result<Value> {
+    if let Ok(json) = base64url::decode_json_object(value) {
+        if json.get("challenge").is_some() {
+            return decode_authorization(&format!("{} {value}", gate402_mpp::SCHEME), now);
+        }
+        return Ok(json!({"kind": "receipt", "receipt": json}));
+    }
+    if let Ok(macaroon) = Macaroon::from_base64(value) {
+        return Ok(with_kind("macaroon", macaroon_report(&macaroon)));
+    }
+    if let Ok(credential) = L402Credential::from_grpc_metadata(value) {
+        return Ok(l402_credential_report(&credential, "grpc-metadata"));
+    }
+    if let Some(macaroon) = hex::decode(value)
+        .ok()
+        .and_then(|b| Macaroon::from_bytes(&b).ok())
+    {
+        return Ok(with_kind("macaroon", macaroon_report(&macaroon)));
+    }
+    // Name the most likely culprit.
+    if let Err(e) = Macaroon::from_base64(value) {
+        if value.starts_with("Ag") || value.starts_with("MDA") {
+            return Err(anyhow!(e).context("macaroon"));
+        }
+    }
+    if value.starts_with("ey") {
+        let e = base64url::decode_json_object(value).unwrap_err();
+        return Err(anyhow!(e).context("receipt"));
+    }
+    bail!(
+        "not a WWW-Authenticate, Authorization or Payment-Receipt value, a macaroon or a BOLT11 invoice"
+    )
+}
+
+fn with_kind(kind: &str, report: Value) -> Value {
+    let mut map = Map::new();
+    map.insert("kind".into(), kind.into());
+    if let Value::Object(fields) = report {
+        map.extend(fields);
+    }
+    Value::Object(map)
+}
+
+fn decode_challenges(value: &str, now: SystemTime) -> Result<Value> {
+    let list = parse_challenges(value).context("WWW-Authenticate")?;
+    let challenges = list
+        .iter()
+        .enumerate()
+        .map(|(i, c)| challenge_report(c, now).with_context(|| format!("challenge {} ({})", i + 1, c.scheme)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(json!({"kind": "www-authenticate", "challenges": challenges}))
+}
+
+fn params(c: &Challenge) -> Value {
+    let mut map = Map::new();
+    for (name, value) in c.params.iter() {
+        map.entry(name.to_ascii_lowercase()).or_insert_with(|| value.into());
+    }
+    Value::Object(map)
+}
+
+fn challenge_report(c: &Challenge, now: SystemTime) -> Result<Value> {
+    let mut report = Map::new();
+    report.insert("scheme".into(), c.scheme.clone().into());
+    if let Some(token) = &c.token68 {
+        report.insert("token68".into(), token.clone().into());
+    }
+    if !c.params.is_empty() {
+        report.insert("params".into(), params(c));
+    }
+    if Scheme::from_name(&c.scheme).is_some() {
+        let (_, l402) = L402Challenge::from_challenge(c)?;
+        let invoice = Invoice::parse(&l402.invoice).context("invoice")?;
+        let macaroon = macaroon_report(&l402.macaroon);
+        let matches = Identifier::from_bytes(l402.macaroon.identifier())
+            .map(|id| id.payment_hash == invoice.payment_hash())
+            .unwrap_or(false);
+        report.insert("macaroon".into(), macaroon);
+        report.insert("invoice".into(), invoice_report(&invoice, now));
+        report.insert("invoice_matches_macaroon".into(), matches.into());
+    } else if c.is_scheme(gate402_mpp::SCHEME) {
+        let payment = mpp_challenge::from_challenge(c)?;
+        let request = mpp_challenge::decode_request(&payment).context("request")?;
+        report.insert("request".into(), request.clone());
+        if let Some(opaque) = &payment.opaque {
+            let opaque = base64url::decode_json_object(opaque.raw()).context("opaque")?;
+            report.insert("opaque".into(), opaque);
+        }
+        if let Some(expires) = &payment.expires {
+            let at = gate402_mpp::parse_time(expires)
+                .ok_or_else(|| anyhow!("expires {expires:?} is not an RFC 3339 time"))?;
+            report.insert("expired".into(), (SystemTime::from(at) <= now).into());
+        }
+        if payment.method.as_str() == gate402_mpp::lightning::METHOD {
+            lightning_request(&request, now, &mut report)?;
+        }
+    }
+    Ok(Value::Object(report))
+}
+
+/// The invoice inside a Lightning charge request, and whether it backs it.
+fn lightning_request(request: &Value, now: SystemTime, report: &mut Map<String, Value>) -> Result<()> {
+    let Ok(charge) = serde_json::from_value::<ChargeRequest>(request.clone()) else {
+        // Other intents (session) have other shapes; the request is shown as is.
+        return Ok(());
+    };
+    let invoice = Invoice::parse(&charge.method_details.invoice).context("request invoice")?;
+    report.insert("invoice".into(), invoice_report(&invoice, now));
+    let agrees = match charge.check_invoice() {
+        Ok(_) => Value::Bool(true),
+        Err(e) => Value::String(e.to_string()),
+    };
+    report.insert("invoice_matches_request".into(), agrees);
+    Ok(())
+}
+
+fn decode_authorization(value: &str, now: SystemTime) -> Result<Value> {
+    let scheme = value.split([' ', '\t']).next().unwrap_or("");
+    if Scheme::from_name(scheme).is_some() {
+        let credential = L402Credential::from_authorization(value)?;
+        return Ok(l402_credential_report(&credential, "authorization"));
+    }
+    if scheme.eq_ignore_ascii_case(gate402_mpp::SCHEME) {
+        let credential = mpp_credential::parse_authorization(value)?;
+        let mut report = Map::new();
+        report.insert("kind".into(), "authorization".into());
+        report.insert("scheme".into(), gate402_mpp::SCHEME.into());
+        report.insert("credential".into(), serde_json::to_value(&credential)?);
+        let request = base64url::decode_json_object(credential.challenge.request.raw())
+            .context("echoed challenge request")?;
+        report.insert("request".into(), request.clone());
+        if credential.challenge.method.as_str() == gate402_mpp::lightning::METHOD {
+            lightning_request(&request, now, &mut report)?;
+            if let (Ok(charge), Some(preimage)) = (
+                serde_json::from_value::<ChargeRequest>(request),
+                credential.payload.get("preimage").and_then(Value::as_str),
+            ) {
+                let matches = hex::decode(preimage)
+                    .map(|p| Some(<[u8; 32]>::from(Sha256::digest(p))) == charge.payment_hash())
+                    .unwrap_or(false);
+                report.insert("preimage_matches_payment_hash".into(), matches.into());
+            }
+        }
+        return Ok(Value::Object(report));
+    }
+    bail!("Authorization scheme {scheme:?} is not L402, LSAT or Payment")
+}
+
+fn l402_credential_report(credential: &L402Credential, form: &str) -> Value {
+    let hash: [u8; 32] = Sha256::digest(credential.preimage).into();
+    let matches = credential
+        .identifier()
+        .map(|id| id.payment_hash == hash)
+        .unwrap_or(false);
+    json!({
+        "kind": "authorization",
+        "scheme": credential.scheme.as_str(),
+        "form": form,
+        "macaroons": credential.macaroons.iter().map(macaroon_report).collect::<Vec<_>>(),
+        "preimage": hex::encode(credential.preimage),
+        "preimage_sha256": hex::encode(hash),
+        "preimage_matches_payment_hash": matches,
+    })
+}
+
+fn decode_receipt(value: &str) -> Result<Value> {
+    let receipt = gate402_mpp::receipt::decode_json(value).context("Payment-Receipt")?;
+    Ok(json!({"kind": "receipt", "receipt": receipt}))
+}
+
+fn macaroon_report(macaroon: &Macaroon) -> Value {
+    let identifier = match Identifier::from_bytes(macaroon.identifier()) {
+        Ok(id) => json!({
+            "version": id.version,
+            "payment_hash": hex::encode(id.payment_hash),
+            "token_id": hex::encode(id.token_id),
+        }),
+        Err(e) => json!({"hex": hex::encode(macaroon.identifier()), "error": e.to_string()}),
+    };
+    let caveats: Vec<Value> = macaroon
+        .caveats()
+        .iter()
+        .map(|c| {
+            let text = match std::str::from_utf8(&c.id) {
+                Ok(text) if Caveat::parse(&c.id).is_some() => text.to_owned(),
+                _ => format!("0x{}", hex::encode(&c.id)),
+            };
+            match &c.location {
+                Some(location) if c.is_third_party() => json!({"third_party": text, "location": location}),
+                _ if c.is_third_party() => json!({"third_party": text}),
+                _ => text.into(),
+            }
+        })
+        .collect();
+    json!({
+        "format": match macaroon.format() { MacaroonFormat::V1 => "v1", MacaroonFormat::V2 => "v2" },
+        "location": macaroon.location(),
+        "identifier": identifier,
+        "caveats": caveats,
+        "signature": hex::encode(macaroon.signature()),
+    })
+}
+
+fn invoice_report(invoice: &Invoice, now: SystemTime) -> Value {
+    let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut report = Map::new();
+    report.insert("network".into(), invoice.network().as_str().into());
+    report.insert("amount_msat".into(), invoice.amount_msat().into());
+    report.insert("payment_hash".into(), hex::encode(invoice.payment_hash()).into());
+    match invoice.description() {
+        Description::Text(text) => report.insert("description".into(), text.into()),
+        Description::Hash(hash) => report.insert("description_hash".into(), hex::encode(hash).into()),
+    };
+    report.insert("payee".into(), hex::encode(invoice.payee()).into());
+    report.insert("created_at".into(), rfc3339(invoice.timestamp()).into());
+    report.insert("expiry_secs".into(), invoice.expiry_secs().into());
+    report.insert("expires_at".into(), rfc3339(invoice.expires_at()).into());
+    report.insert("expired".into(), (invoice.expires_at() <= now_secs).into());
+    Value::Object(report)
+}
+
+fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .map(gate402_mpp::format_time)
+        .unwrap_or_else(|| unix.to_string())
+}

@@ -1,0 +1,239 @@
+//! `gate402 decode` from the command line, on every kind of value a 402
+//! exchange produces (made here with the protocol crates and a real signed
+//! regtest invoice) and on malformed ones.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use bitcoin::hashes::{sha256, Hash};
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
+use gate402_l402::caveat::{Caveat, Service};
+use gate402_l402::{mint, L402Challenge, L402Credential, Scheme};
+use gate402_mpp::challenge::{to_header, ChallengeKey, NewChallenge};
+use gate402_mpp::lightning::{ChargeRequest, Network, PreimagePayload, CHARGE, METHOD};
+use gate402_mpp::{credential, receipt, PaymentCredential};
+use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
+use serde_json::Value;
+use sha2::Digest;
+
+const PREIMAGE: [u8; 32] = [0x5a; 32];
+
+struct Exchange {
+    www_authenticate_l402: String,
+    www_authenticate_payment: String,
+    l402_authorization: String,
+    payment_authorization: String,
+    receipt: String,
+    invoice: String,
+    macaroon: String,
+    payment_hash: String,
+}
+
+fn invoice(amount_msat: u64, hash: [u8; 32]) -> String {
+    let secp = Secp256k1::new();
+    let key = SecretKey::from_slice(&[0x11; 32]).unwrap();
+    InvoiceBuilder::new(Currency::Regtest)
+        .description("Weather report".into())
+        .payment_hash(sha256::Hash::from_byte_array(hash))
+        .payment_secret(PaymentSecret([3; 32]))
+        .current_timestamp()
+        .min_final_cltv_expiry_delta(18)
+        .amount_milli_satoshis(amount_msat)
+        .expiry_time(Duration::from_secs(3600))
+        .build_signed(|h| secp.sign_ecdsa_recoverable(h, &key))
+        .unwrap()
+        .to_string()
+}
+
+fn exchange() -> Exchange {
+    let hash: [u8; 32] = sha2::Sha256::digest(PREIMAGE).into();
+    let invoice = invoice(21_000, hash);
+    let minted = mint(
+        hash,
+        "lsat",
+        &[Caveat::services(&[Service::new("weather")]), Caveat::valid_until("weather", 4_000_000_000)],
+    );
+    let l402 = L402Challenge { macaroon: minted.macaroon.clone(), invoice: invoice.clone() };
+    let request = ChargeRequest::new(21, Some("Weather report".into()), &invoice, &hash, Network::Regtest).to_value();
+    let payment = ChallengeKey::new("decode-test-secret-of-32-bytes-or-more").unwrap().issue(NewChallenge {
+        realm: "api.example.com",
+        method: METHOD,
+        intent: CHARGE,
+        request: &request,
+        expires: Some(time::OffsetDateTime::now_utc() + time::Duration::minutes(10)),
+        digest: None,
+        description: Some("Weather report"),
+        opaque: None,
+    });
+    let l402_credential = L402Credential { scheme: Scheme::L402, macaroons: vec![minted.macaroon.clone()], preimage: PREIMAGE };
+    let payment_credential = PaymentCredential::new(payment.to_echo(), PreimagePayload::new(&PREIMAGE));
+    Exchange {
+        www_authenticate_l402: l402.to_header(Scheme::L402),
+        www_authenticate_payment: to_header(&payment).unwrap(),
+        l402_authorization: l402_credential.to_authorization(),
+        payment_authorization: credential::to_authorization(&payment_credential),
+        receipt: receipt::to_header(&receipt::lightning(&hash, Some(&payment.id), time::OffsetDateTime::now_utc())),
+        invoice,
+        macaroon: minted.macaroon.to_base64(),
+        payment_hash: hex::encode(hash),
+    }
+}
+
+fn gate402(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("gate402 runs");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn decode_json(value: &str) -> Value {
+    let out = gate402(&["decode", "--json", value], None);
+    assert!(out.status.success(), "decode {value}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+fn decode_text(value: &str) -> String {
+    let out = gate402(&["decode", value], None);
+    assert!(out.status.success(), "decode {value}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn both_challenges_in_one_line_and_in_several() {
+    let x = exchange();
+    let joined = format!("{}, {}", x.www_authenticate_l402, x.www_authenticate_payment);
+    let lines = format!("WWW-Authenticate: {}\nWWW-Authenticate: {}\n", x.www_authenticate_l402, x.www_authenticate_payment);
+    for report in [decode_json(&joined), decode_json(&lines)] {
+        assert_eq!(report["kind"], "www-authenticate");
+        let [l402, payment] = report["challenges"].as_array().unwrap().as_slice() else {
+            panic!("two challenges expected: {report}");
+        };
+        assert_eq!(l402["scheme"], "L402");
+        assert_eq!(l402["params"]["version"], "0");
+        assert_eq!(l402["macaroon"]["location"], "lsat");
+        assert_eq!(l402["macaroon"]["identifier"]["version"], 0);
+        assert_eq!(l402["macaroon"]["identifier"]["payment_hash"], x.payment_hash);
+        assert_eq!(l402["macaroon"]["caveats"][0], "services=weather:0");
+        assert_eq!(l402["invoice"]["amount_msat"], 21_000);
+        assert_eq!(l402["invoice"]["network"], "regtest");
+        assert_eq!(l402["invoice_matches_macaroon"], true);
+        assert_eq!(payment["scheme"], "Payment");
+        assert_eq!(payment["params"]["method"], "lightning");
+        assert_eq!(payment["request"]["amount"], "21");
+        assert_eq!(payment["request"]["methodDetails"]["paymentHash"], x.payment_hash);
+        assert_eq!(payment["invoice"]["description"], "Weather report");
+        assert_eq!(payment["invoice_matches_request"], true);
+        assert_eq!(payment["expired"], false);
+    }
+    let text = decode_text(&joined);
+    assert!(text.contains("invoice_matches_macaroon: yes"), "{text}");
+    assert!(text.contains(&format!("payment_hash: {}", x.payment_hash)), "{text}");
+}
+
+#[test]
+fn l402_authorization() {
+    let x = exchange();
+    let report = decode_json(&format!("Authorization: {}", x.l402_authorization));
+    assert_eq!(report["kind"], "authorization");
+    assert_eq!(report["scheme"], "L402");
+    assert_eq!(report["preimage"], hex::encode(PREIMAGE));
+    assert_eq!(report["preimage_matches_payment_hash"], true);
+    assert_eq!(report["macaroons"][0]["identifier"]["payment_hash"], x.payment_hash);
+    let lsat = decode_json(&x.l402_authorization.replacen("L402", "LSAT", 1));
+    assert_eq!(lsat["scheme"], "LSAT");
+}
+
+#[test]
+fn payment_authorization() {
+    let x = exchange();
+    let report = decode_json(&x.payment_authorization);
+    assert_eq!(report["scheme"], "Payment");
+    assert_eq!(report["credential"]["payload"]["preimage"], hex::encode(PREIMAGE));
+    assert_eq!(report["request"]["currency"], "sat");
+    assert_eq!(report["invoice_matches_request"], true);
+    assert_eq!(report["preimage_matches_payment_hash"], true);
+}
+
+#[test]
+fn receipt_macaroon_and_invoice() {
+    let x = exchange();
+    let report = decode_json(&x.receipt);
+    assert_eq!(report["kind"], "receipt");
+    assert_eq!(report["receipt"]["reference"], x.payment_hash);
+    assert_eq!(report["receipt"]["status"], "success");
+    assert!(report["receipt"]["challengeId"].is_string());
+    assert_eq!(decode_json(&format!("Payment-Receipt: {}", x.receipt))["kind"], "receipt");
+
+    let report = decode_json(&x.macaroon);
+    assert_eq!(report["kind"], "macaroon");
+    assert_eq!(report["format"], "v2");
+    assert_eq!(report["caveats"][1], "weather_valid_until=4000000000");
+
+    let report = decode_json(&x.invoice);
+    assert_eq!(report["kind"], "invoice");
+    assert_eq!(report["amount_msat"], 21_000);
+    assert_eq!(report["payment_hash"], x.payment_hash);
+    assert_eq!(report["description"], "Weather report");
+    assert_eq!(report["expiry_secs"], 3600);
+    assert_eq!(report["expired"], false);
+}
+
+#[test]
+fn grpc_metadata_macaroon() {
+    let x = exchange();
+    let mut macaroon = gate402_l402::Macaroon::from_base64(&x.macaroon).unwrap();
+    macaroon.add_first_party_caveat(format!("preimage={}", hex::encode(PREIMAGE)));
+    let report = decode_json(&hex::encode(macaroon.to_bytes()));
+    assert_eq!(report["form"], "grpc-metadata");
+    assert_eq!(report["preimage_matches_payment_hash"], true);
+}
+
+#[test]
+fn standard_input() {
+    let x = exchange();
+    let out = gate402(&["decode", "--json", "-"], Some(&format!("{}\n", x.invoice)));
+    assert!(out.status.success());
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["kind"], "invoice");
+}
+
+#[test]
+fn malformed_values_exit_2_with_one_line() {
+    let x = exchange();
+    let bad_preimage = format!("{}00", x.l402_authorization);
+    let truncated_macaroon = x.macaroon[..x.macaroon.len() / 2].to_owned();
+    let mut bad_invoice = x.invoice.clone();
+    bad_invoice.truncate(bad_invoice.len() - 3);
+    let cases: &[(&str, &str)] = &[
+        ("", "nothing to decode"),
+        ("hello", "not a WWW-Authenticate"),
+        ("L402 garbage:00", "macaroon 1"),
+        (&bad_preimage, "preimage"),
+        ("Payment !!!", "base64url"),
+        ("Payment e29vcHN9", "JSON"),
+        (&truncated_macaroon, "macaroon"),
+        (&bad_invoice, "BOLT11"),
+        ("L402 macaroon=\"AgE\"", "no invoice"),
+        ("Payment id=\"a\", realm=\"r\", method=\"lightning\", intent=\"charge\", request=\"Q0hBUkdF\"", "request"),
+        ("WWW-Authenticate: L402 macaroon=\"unterminated", "unterminated"),
+        ("Payment-Receipt: eyJub3QganNvbg", "Payment-Receipt"),
+        ("Authorization: Bearer abc", "not L402"),
+    ];
+    for (value, needle) in cases {
+        let out = gate402(&["decode", value], None);
+        assert_eq!(out.status.code(), Some(2), "{value:?} should fail");
+        assert!(out.stdout.is_empty(), "{value:?} printed to stdout");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{value:?}: {stderr}");
+        assert!(stderr.contains(needle), "{value:?}: {stderr:?} lacks {needle:?}");
+    }
+}
