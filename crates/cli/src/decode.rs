@@ -42,7 +42,10 @@ pub fn run(args: &Args) -> ExitCode {
     match decode(&input, SystemTime::now()) {
         Ok(report) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
             } else {
                 print!("{}", crate::report::to_text(&report));
             }
@@ -192,7 +195,9 @@ fn decode_challenges(value: &str, now: SystemTime) -> Result<Value> {
     let challenges = list
         .iter()
         .enumerate()
-        .map(|(i, c)| challenge_report(c, now).with_context(|| format!("challenge {} ({})", i + 1, c.scheme)))
+        .map(|(i, c)| {
+            challenge_report(c, now).with_context(|| format!("challenge {} ({})", i + 1, c.scheme))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(json!({"kind": "www-authenticate", "challenges": challenges}))
 }
@@ -200,7 +205,8 @@ fn decode_challenges(value: &str, now: SystemTime) -> Result<Value> {
 fn params(c: &Challenge) -> Value {
     let mut map = Map::new();
     for (name, value) in c.params.iter() {
-        map.entry(name.to_ascii_lowercase()).or_insert_with(|| value.into());
+        map.entry(name.to_ascii_lowercase())
+            .or_insert_with(|| value.into());
     }
     Value::Object(map)
 }
@@ -245,7 +251,11 @@ fn challenge_report(c: &Challenge, now: SystemTime) -> Result<Value> {
 }
 
 /// The invoice inside a Lightning charge request, and whether it backs it.
-fn lightning_request(request: &Value, now: SystemTime, report: &mut Map<String, Value>) -> Result<()> {
+fn lightning_request(
+    request: &Value,
+    now: SystemTime,
+    report: &mut Map<String, Value>,
+) -> Result<()> {
     let Ok(charge) = serde_json::from_value::<ChargeRequest>(request.clone()) else {
         // Other intents (session) have other shapes; the request is shown as is.
         return Ok(());
@@ -332,7 +342,9 @@ fn macaroon_report(macaroon: &Macaroon) -> Value {
                 _ => format!("0x{}", hex::encode(&c.id)),
             };
             match &c.location {
-                Some(location) if c.is_third_party() => json!({"third_party": text, "location": location}),
+                Some(location) if c.is_third_party() => {
+                    json!({"third_party": text, "location": location})
+                }
                 _ if c.is_third_party() => json!({"third_party": text}),
                 _ => text.into(),
             }
@@ -352,10 +364,15 @@ fn invoice_report(invoice: &Invoice, now: SystemTime) -> Value {
     let mut report = Map::new();
     report.insert("network".into(), invoice.network().as_str().into());
     report.insert("amount_msat".into(), invoice.amount_msat().into());
-    report.insert("payment_hash".into(), hex::encode(invoice.payment_hash()).into());
+    report.insert(
+        "payment_hash".into(),
+        hex::encode(invoice.payment_hash()).into(),
+    );
     match invoice.description() {
         Description::Text(text) => report.insert("description".into(), text.into()),
-        Description::Hash(hash) => report.insert("description_hash".into(), hex::encode(hash).into()),
+        Description::Hash(hash) => {
+            report.insert("description_hash".into(), hex::encode(hash).into())
+        }
     };
     report.insert("payee".into(), hex::encode(invoice.payee()).into());
     report.insert("created_at".into(), rfc3339(invoice.timestamp()).into());

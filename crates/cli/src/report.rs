@@ -58,6 +58,9 @@ mod tests {
     #[test]
     fn nests() {
         let v = serde_json::json!({"a": 1, "b": {"c": [true, {"d": "x"}]}, "e": []});
-        assert_eq!(to_text(&v), "a: 1\nb:\n  c:\n    - yes\n    -\n      d: x\ne: (none)\n");
+        assert_eq!(
+            to_text(&v),
+            "a: 1\nb:\n  c:\n    - yes\n    -\n      d: x\ne: (none)\n"
+        );
     }
 }

@@ -52,28 +52,52 @@ fn exchange() -> Exchange {
     let minted = mint(
         hash,
         "lsat",
-        &[Caveat::services(&[Service::new("weather")]), Caveat::valid_until("weather", 4_000_000_000)],
+        &[
+            Caveat::services(&[Service::new("weather")]),
+            Caveat::valid_until("weather", 4_000_000_000),
+        ],
     );
-    let l402 = L402Challenge { macaroon: minted.macaroon.clone(), invoice: invoice.clone() };
-    let request = ChargeRequest::new(21, Some("Weather report".into()), &invoice, &hash, Network::Regtest).to_value();
-    let payment = ChallengeKey::new("decode-test-secret-of-32-bytes-or-more").unwrap().issue(NewChallenge {
-        realm: "api.example.com",
-        method: METHOD,
-        intent: CHARGE,
-        request: &request,
-        expires: Some(time::OffsetDateTime::now_utc() + time::Duration::minutes(10)),
-        digest: None,
-        description: Some("Weather report"),
-        opaque: None,
-    });
-    let l402_credential = L402Credential { scheme: Scheme::L402, macaroons: vec![minted.macaroon.clone()], preimage: PREIMAGE };
-    let payment_credential = PaymentCredential::new(payment.to_echo(), PreimagePayload::new(&PREIMAGE));
+    let l402 = L402Challenge {
+        macaroon: minted.macaroon.clone(),
+        invoice: invoice.clone(),
+    };
+    let request = ChargeRequest::new(
+        21,
+        Some("Weather report".into()),
+        &invoice,
+        &hash,
+        Network::Regtest,
+    )
+    .to_value();
+    let payment = ChallengeKey::new("decode-test-secret-of-32-bytes-or-more")
+        .unwrap()
+        .issue(NewChallenge {
+            realm: "api.example.com",
+            method: METHOD,
+            intent: CHARGE,
+            request: &request,
+            expires: Some(time::OffsetDateTime::now_utc() + time::Duration::minutes(10)),
+            digest: None,
+            description: Some("Weather report"),
+            opaque: None,
+        });
+    let l402_credential = L402Credential {
+        scheme: Scheme::L402,
+        macaroons: vec![minted.macaroon.clone()],
+        preimage: PREIMAGE,
+    };
+    let payment_credential =
+        PaymentCredential::new(payment.to_echo(), PreimagePayload::new(&PREIMAGE));
     Exchange {
         www_authenticate_l402: l402.to_header(Scheme::L402),
         www_authenticate_payment: to_header(&payment).unwrap(),
         l402_authorization: l402_credential.to_authorization(),
         payment_authorization: credential::to_authorization(&payment_credential),
-        receipt: receipt::to_header(&receipt::lightning(&hash, Some(&payment.id), time::OffsetDateTime::now_utc())),
+        receipt: receipt::to_header(&receipt::lightning(
+            &hash,
+            Some(&payment.id),
+            time::OffsetDateTime::now_utc(),
+        )),
         invoice,
         macaroon: minted.macaroon.to_base64(),
         payment_hash: hex::encode(hash),
@@ -89,7 +113,12 @@ fn gate402(args: &[&str], stdin: Option<&str>) -> Output {
         .spawn()
         .expect("gate402 runs");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
@@ -97,21 +126,35 @@ fn gate402(args: &[&str], stdin: Option<&str>) -> Output {
 
 fn decode_json(value: &str) -> Value {
     let out = gate402(&["decode", "--json", value], None);
-    assert!(out.status.success(), "decode {value}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "decode {value}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("one JSON document")
 }
 
 fn decode_text(value: &str) -> String {
     let out = gate402(&["decode", value], None);
-    assert!(out.status.success(), "decode {value}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "decode {value}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]
 fn both_challenges_in_one_line_and_in_several() {
     let x = exchange();
-    let joined = format!("{}, {}", x.www_authenticate_l402, x.www_authenticate_payment);
-    let lines = format!("WWW-Authenticate: {}\nWWW-Authenticate: {}\n", x.www_authenticate_l402, x.www_authenticate_payment);
+    let joined = format!(
+        "{}, {}",
+        x.www_authenticate_l402, x.www_authenticate_payment
+    );
+    let lines = format!(
+        "WWW-Authenticate: {}\nWWW-Authenticate: {}\n",
+        x.www_authenticate_l402, x.www_authenticate_payment
+    );
     for report in [decode_json(&joined), decode_json(&lines)] {
         assert_eq!(report["kind"], "www-authenticate");
         let [l402, payment] = report["challenges"].as_array().unwrap().as_slice() else {
@@ -121,7 +164,10 @@ fn both_challenges_in_one_line_and_in_several() {
         assert_eq!(l402["params"]["version"], "0");
         assert_eq!(l402["macaroon"]["location"], "lsat");
         assert_eq!(l402["macaroon"]["identifier"]["version"], 0);
-        assert_eq!(l402["macaroon"]["identifier"]["payment_hash"], x.payment_hash);
+        assert_eq!(
+            l402["macaroon"]["identifier"]["payment_hash"],
+            x.payment_hash
+        );
         assert_eq!(l402["macaroon"]["caveats"][0], "services=weather:0");
         assert_eq!(l402["invoice"]["amount_msat"], 21_000);
         assert_eq!(l402["invoice"]["network"], "regtest");
@@ -129,14 +175,20 @@ fn both_challenges_in_one_line_and_in_several() {
         assert_eq!(payment["scheme"], "Payment");
         assert_eq!(payment["params"]["method"], "lightning");
         assert_eq!(payment["request"]["amount"], "21");
-        assert_eq!(payment["request"]["methodDetails"]["paymentHash"], x.payment_hash);
+        assert_eq!(
+            payment["request"]["methodDetails"]["paymentHash"],
+            x.payment_hash
+        );
         assert_eq!(payment["invoice"]["description"], "Weather report");
         assert_eq!(payment["invoice_matches_request"], true);
         assert_eq!(payment["expired"], false);
     }
     let text = decode_text(&joined);
     assert!(text.contains("invoice_matches_macaroon: yes"), "{text}");
-    assert!(text.contains(&format!("payment_hash: {}", x.payment_hash)), "{text}");
+    assert!(
+        text.contains(&format!("payment_hash: {}", x.payment_hash)),
+        "{text}"
+    );
 }
 
 #[test]
@@ -147,7 +199,10 @@ fn l402_authorization() {
     assert_eq!(report["scheme"], "L402");
     assert_eq!(report["preimage"], hex::encode(PREIMAGE));
     assert_eq!(report["preimage_matches_payment_hash"], true);
-    assert_eq!(report["macaroons"][0]["identifier"]["payment_hash"], x.payment_hash);
+    assert_eq!(
+        report["macaroons"][0]["identifier"]["payment_hash"],
+        x.payment_hash
+    );
     let lsat = decode_json(&x.l402_authorization.replacen("L402", "LSAT", 1));
     assert_eq!(lsat["scheme"], "LSAT");
 }
@@ -157,7 +212,10 @@ fn payment_authorization() {
     let x = exchange();
     let report = decode_json(&x.payment_authorization);
     assert_eq!(report["scheme"], "Payment");
-    assert_eq!(report["credential"]["payload"]["preimage"], hex::encode(PREIMAGE));
+    assert_eq!(
+        report["credential"]["payload"]["preimage"],
+        hex::encode(PREIMAGE)
+    );
     assert_eq!(report["request"]["currency"], "sat");
     assert_eq!(report["invoice_matches_request"], true);
     assert_eq!(report["preimage_matches_payment_hash"], true);
@@ -171,7 +229,10 @@ fn receipt_macaroon_and_invoice() {
     assert_eq!(report["receipt"]["reference"], x.payment_hash);
     assert_eq!(report["receipt"]["status"], "success");
     assert!(report["receipt"]["challengeId"].is_string());
-    assert_eq!(decode_json(&format!("Payment-Receipt: {}", x.receipt))["kind"], "receipt");
+    assert_eq!(
+        decode_json(&format!("Payment-Receipt: {}", x.receipt))["kind"],
+        "receipt"
+    );
 
     let report = decode_json(&x.macaroon);
     assert_eq!(report["kind"], "macaroon");
@@ -200,7 +261,10 @@ fn grpc_metadata_macaroon() {
 #[test]
 fn standard_input() {
     let x = exchange();
-    let out = gate402(&["decode", "--json", "-"], Some(&format!("{}\n", x.invoice)));
+    let out = gate402(
+        &["decode", "--json", "-"],
+        Some(&format!("{}\n", x.invoice)),
+    );
     assert!(out.status.success());
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["kind"], "invoice");
@@ -234,6 +298,9 @@ fn malformed_values_exit_2_with_one_line() {
         assert!(out.stdout.is_empty(), "{value:?} printed to stdout");
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(stderr.lines().count(), 1, "{value:?}: {stderr}");
-        assert!(stderr.contains(needle), "{value:?}: {stderr:?} lacks {needle:?}");
+        assert!(
+            stderr.contains(needle),
+            "{value:?}: {stderr:?} lacks {needle:?}"
+        );
     }
 }

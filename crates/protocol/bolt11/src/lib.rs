@@ -328,7 +328,10 @@ mod tests {
         );
         assert!(inv.is_expired_at(SystemTime::now()));
         assert_eq!(
-            inv.check(&Expect { unexpired_at: Some(SystemTime::now()), ..Default::default() }),
+            inv.check(&Expect {
+                unexpired_at: Some(SystemTime::now()),
+                ..Default::default()
+            }),
             Err(CheckError::Expired(inv.expires_at()))
         );
         assert!(Invoice::parse(&format!("lightning:{}", SPEC_INVOICE.to_uppercase())).is_ok());
@@ -363,10 +366,22 @@ mod tests {
             f(&mut e);
             inv.check(&e).unwrap_err()
         };
-        assert!(matches!(bad(|e| e.amount_msat = Some(1)), CheckError::Amount { .. }));
-        assert!(matches!(bad(|e| e.payment_hash = Some([0; 32])), CheckError::PaymentHash { .. }));
-        assert!(matches!(bad(|e| e.network = Some(Network::Mainnet)), CheckError::Network { .. }));
-        assert!(matches!(bad(|e| e.payee = Some([2; 33])), CheckError::Payee { .. }));
+        assert!(matches!(
+            bad(|e| e.amount_msat = Some(1)),
+            CheckError::Amount { .. }
+        ));
+        assert!(matches!(
+            bad(|e| e.payment_hash = Some([0; 32])),
+            CheckError::PaymentHash { .. }
+        ));
+        assert!(matches!(
+            bad(|e| e.network = Some(Network::Mainnet)),
+            CheckError::Network { .. }
+        ));
+        assert!(matches!(
+            bad(|e| e.payee = Some([2; 33])),
+            CheckError::Payee { .. }
+        ));
         assert!(matches!(
             bad(|e| e.unexpired_at = Some(SystemTime::now() + Duration::from_secs(601))),
             CheckError::Expired(_)

@@ -211,7 +211,9 @@ impl<'a> Cursor<'a> {
     }
 
     fn peek_char(&self) -> Option<char> {
-        self.src.get(self.pos..).and_then(|rest| rest.chars().next())
+        self.src
+            .get(self.pos..)
+            .and_then(|rest| rest.chars().next())
     }
 
     pub(crate) fn unexpected(&self) -> Error {
@@ -246,7 +248,10 @@ impl<'a> Cursor<'a> {
 
     fn take_while(&mut self, accept: impl Fn(char) -> bool) -> &'a str {
         let start = self.pos;
-        while self.peek().is_some_and(|b| b.is_ascii() && accept(b as char)) {
+        while self
+            .peek()
+            .is_some_and(|b| b.is_ascii() && accept(b as char))
+        {
             self.pos += 1;
         }
         &self.src[start..self.pos]
@@ -329,7 +334,8 @@ impl<'a> Cursor<'a> {
             }
         }
         // Only ASCII backslashes were dropped, so the bytes are still UTF-8.
-        Ok(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        Ok(String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 }
 

@@ -50,7 +50,10 @@ impl Caveat {
 
     /// `<service>_capabilities=a,b`.
     pub fn capabilities(service: &str, capabilities: &[&str]) -> Self {
-        Self::new(format!("{service}{CAPABILITIES_SUFFIX}"), capabilities.join(","))
+        Self::new(
+            format!("{service}{CAPABILITIES_SUFFIX}"),
+            capabilities.join(","),
+        )
     }
 
     /// `<service>_valid_until=<unix seconds>`.
@@ -410,7 +413,13 @@ mod tests {
             Err(CaveatError::CapabilityNotAllowed { .. })
         ));
         assert!(matches!(
-            run(&["weather_capabilities=forecast", "weather_capabilities=forecast,history"], &c),
+            run(
+                &[
+                    "weather_capabilities=forecast",
+                    "weather_capabilities=forecast,history"
+                ],
+                &c
+            ),
             Err(CaveatError::Widened(_))
         ));
         // No capability needed: an empty list (as Aperture writes) is fine.
@@ -430,10 +439,17 @@ mod tests {
             })
         );
         assert!(matches!(
-            run(&["weather_valid_until=100", "weather_valid_until=200"], &ctx("weather", None, 0)),
+            run(
+                &["weather_valid_until=100", "weather_valid_until=200"],
+                &ctx("weather", None, 0)
+            ),
             Err(CaveatError::Widened(_))
         ));
-        assert!(run(&["weather_valid_until=200", "weather_valid_until=100"], &ctx("weather", None, 50)).is_ok());
+        assert!(run(
+            &["weather_valid_until=200", "weather_valid_until=100"],
+            &ctx("weather", None, 50)
+        )
+        .is_ok());
     }
 
     #[test]
@@ -449,11 +465,11 @@ mod tests {
             Caveat::services(&[Service::new("a"), Service::new("b")]).to_string(),
             "services=a:0,b:0"
         );
-        assert_eq!(Caveat::capabilities("a", &["x", "y"]).to_string(), "a_capabilities=x,y");
-        assert_eq!(Caveat::valid_until("a", 5).to_string(), "a_valid_until=5");
         assert_eq!(
-            Caveat::parse(b"k=v=w"),
-            Some(Caveat::new("k", "v=w"))
+            Caveat::capabilities("a", &["x", "y"]).to_string(),
+            "a_capabilities=x,y"
         );
+        assert_eq!(Caveat::valid_until("a", 5).to_string(), "a_valid_until=5");
+        assert_eq!(Caveat::parse(b"k=v=w"), Some(Caveat::new("k", "v=w")));
     }
 }

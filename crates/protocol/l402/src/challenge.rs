@@ -73,7 +73,10 @@ impl L402Challenge {
     /// first two, as Aperture sends it.
     pub fn to_header(&self, scheme: Scheme) -> String {
         let macaroon = self.macaroon.to_base64();
-        let mut params = vec![("macaroon", macaroon.as_str()), ("invoice", self.invoice.as_str())];
+        let mut params = vec![
+            ("macaroon", macaroon.as_str()),
+            ("invoice", self.invoice.as_str()),
+        ];
         if scheme == Scheme::L402 {
             params.push(("token", macaroon.as_str()));
             params.push(("version", "0"));

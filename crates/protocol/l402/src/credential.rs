@@ -140,7 +140,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn token() -> Macaroon {
-        Macaroon::new(b"root", Identifier::new([1; 32], [2; 32]).to_bytes().to_vec(), "lsat")
+        Macaroon::new(
+            b"root",
+            Identifier::new([1; 32], [2; 32]).to_bytes().to_vec(),
+            "lsat",
+        )
     }
 
     #[test]
@@ -152,7 +156,11 @@ mod tests {
         for (value, scheme, count) in [
             (format!("L402 {std}:{pre}"), Scheme::L402, 1),
             (format!("LSAT {std}:{pre}"), Scheme::Lsat, 1),
-            (format!("l402 {url}:{}", pre.to_uppercase()), Scheme::L402, 1),
+            (
+                format!("l402 {url}:{}", pre.to_uppercase()),
+                Scheme::L402,
+                1,
+            ),
             (format!("L402 {std},{url}:{pre}"), Scheme::L402, 2),
             (format!("L402 {std}, {std} : {pre}"), Scheme::L402, 2),
         ] {
@@ -175,7 +183,10 @@ mod tests {
             L402Credential::from_grpc_metadata(&hex::encode(token().to_bytes())),
             Err(CredentialError::MissingPreimageCaveat)
         );
-        assert_eq!(L402Credential::from_grpc_metadata("zz"), Err(CredentialError::MetadataHex));
+        assert_eq!(
+            L402Credential::from_grpc_metadata("zz"),
+            Err(CredentialError::MetadataHex)
+        );
     }
 
     #[test]
@@ -183,17 +194,42 @@ mod tests {
         let std = token().to_base64();
         let pre = "ab".repeat(32);
         let cases = [
-            ("Bearer abc".to_owned(), CredentialError::NotL402("Bearer".into())),
+            (
+                "Bearer abc".to_owned(),
+                CredentialError::NotL402("Bearer".into()),
+            ),
             (format!("L402 {std}"), CredentialError::MissingPreimage),
             (format!("L402 :{pre}"), CredentialError::MissingMacaroon),
             (format!("L402 {std}:abc"), CredentialError::Preimage),
-            (format!("L402 {std}:{}", "ab".repeat(33)), CredentialError::Preimage),
-            (format!("L402 {std}:{}", "zz".repeat(32)), CredentialError::Preimage),
-            (format!("L402 AgE:{pre}"), CredentialError::Macaroon { index: 1, error: MacaroonError::Truncated("varint") }),
-            (format!("L402 {std},!!:{pre}"), CredentialError::Macaroon { index: 2, error: MacaroonError::Base64 }),
+            (
+                format!("L402 {std}:{}", "ab".repeat(33)),
+                CredentialError::Preimage,
+            ),
+            (
+                format!("L402 {std}:{}", "zz".repeat(32)),
+                CredentialError::Preimage,
+            ),
+            (
+                format!("L402 AgE:{pre}"),
+                CredentialError::Macaroon {
+                    index: 1,
+                    error: MacaroonError::Truncated("varint"),
+                },
+            ),
+            (
+                format!("L402 {std},!!:{pre}"),
+                CredentialError::Macaroon {
+                    index: 2,
+                    error: MacaroonError::Base64,
+                },
+            ),
         ];
         for (value, expected) in cases {
-            assert_eq!(L402Credential::from_authorization(&value), Err(expected), "{value}");
+            assert_eq!(
+                L402Credential::from_authorization(&value),
+                Err(expected),
+                "{value}"
+            );
         }
     }
 

@@ -92,10 +92,22 @@ mod tests {
 
     #[test]
     fn rejects() {
-        assert_eq!(Identifier::from_bytes(&[0]), Err(IdentifierError::TooShort(1)));
-        assert_eq!(Identifier::from_bytes(&[0, 1]), Err(IdentifierError::UnknownVersion(1)));
-        assert_eq!(Identifier::from_bytes(&[0; 65]), Err(IdentifierError::Length(65)));
-        assert_eq!(Identifier::from_bytes(&[0; 67]), Err(IdentifierError::Length(67)));
+        assert_eq!(
+            Identifier::from_bytes(&[0]),
+            Err(IdentifierError::TooShort(1))
+        );
+        assert_eq!(
+            Identifier::from_bytes(&[0, 1]),
+            Err(IdentifierError::UnknownVersion(1))
+        );
+        assert_eq!(
+            Identifier::from_bytes(&[0; 65]),
+            Err(IdentifierError::Length(65))
+        );
+        assert_eq!(
+            Identifier::from_bytes(&[0; 67]),
+            Err(IdentifierError::Length(67))
+        );
     }
 
     proptest! {

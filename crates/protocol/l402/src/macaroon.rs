@@ -489,7 +489,11 @@ mod tests {
 
     #[test]
     fn signature_chain_matches_libmacaroons() {
-        let mut m = Macaroon::new(ROOT_KEY, b"we used our secret key".to_vec(), "http://mybank/");
+        let mut m = Macaroon::new(
+            ROOT_KEY,
+            b"we used our secret key".to_vec(),
+            "http://mybank/",
+        );
         assert_eq!(
             hex::encode(m.signature()),
             "e3d9e02908526c4c0039ae15114115d97fdd68bf2ba379b342aaf0f617d0552f"
@@ -505,7 +509,11 @@ mod tests {
 
     #[test]
     fn v2_layout_matches_go_macaroon() {
-        let mut m = Macaroon::new(ROOT_KEY, b"we used our secret key".to_vec(), "http://mybank/");
+        let mut m = Macaroon::new(
+            ROOT_KEY,
+            b"we used our secret key".to_vec(),
+            "http://mybank/",
+        );
         m.add_first_party_caveat("account = 3735928559");
         let mut expected = vec![2u8, 1, 14];
         expected.extend_from_slice(b"http://mybank/");
@@ -539,16 +547,23 @@ mod tests {
         );
         data.extend_from_slice(&[0, 0, 6, 32]);
         data.extend_from_slice(
-            &hex::decode("d27db2fd1f22760e4c3dae8137e2d8fc1df6c0741c18aed4b97256bf78d1f55c").unwrap(),
+            &hex::decode("d27db2fd1f22760e4c3dae8137e2d8fc1df6c0741c18aed4b97256bf78d1f55c")
+                .unwrap(),
         );
         let m = Macaroon::from_bytes(&data).unwrap();
         assert_eq!(m.location(), "http://mybank/");
         assert_eq!(m.caveats().len(), 2);
         assert!(m.caveats()[1].is_third_party());
-        assert_eq!(m.caveats()[1].location.as_deref(), Some("http://auth.mybank/"));
+        assert_eq!(
+            m.caveats()[1].location.as_deref(),
+            Some("http://auth.mybank/")
+        );
         assert_eq!(m.first_party_caveats().count(), 1);
         assert_eq!(m.to_bytes(), data, "re-encoding is byte-identical");
-        assert!(!m.verify_signature(b"any key"), "third-party caveats never verify here");
+        assert!(
+            !m.verify_signature(b"any key"),
+            "third-party caveats never verify here"
+        );
     }
 
     #[test]
@@ -561,7 +576,9 @@ mod tests {
             (b"cid", b"account = 3735928559"),
             (b"signature", &sig),
         ] {
-            data.extend_from_slice(format!("{:04x}", 4 + name.len() + 1 + value.len() + 1).as_bytes());
+            data.extend_from_slice(
+                format!("{:04x}", 4 + name.len() + 1 + value.len() + 1).as_bytes(),
+            );
             data.extend_from_slice(name);
             data.push(b' ');
             data.extend_from_slice(value);
@@ -570,7 +587,10 @@ mod tests {
         let m = Macaroon::from_bytes(&data).unwrap();
         assert_eq!(m.format(), MacaroonFormat::V1);
         assert_eq!(m.identifier(), b"we used our secret key");
-        assert_eq!(m.first_party_caveats().collect::<Vec<_>>(), vec![&b"account = 3735928559"[..]]);
+        assert_eq!(
+            m.first_party_caveats().collect::<Vec<_>>(),
+            vec![&b"account = 3735928559"[..]]
+        );
         assert_eq!(m.signature(), &sig);
         // Base64 of V1 starts "MDA", which is how it shows up in the wild.
         assert!(STANDARD.encode(&data).starts_with("MDA"));
@@ -580,13 +600,25 @@ mod tests {
     #[test]
     fn malformed_inputs_are_errors() {
         assert_eq!(Macaroon::from_bytes(&[]), Err(MacaroonError::Empty));
-        assert_eq!(Macaroon::from_bytes(&[0xff]), Err(MacaroonError::UnknownFormat(0xff)));
-        assert!(matches!(Macaroon::from_bytes(&[2, 2, 50, 1]), Err(MacaroonError::Truncated(_))));
-        assert!(matches!(Macaroon::from_bytes(&[2, 2, 0xff, 0xff, 0xff, 0xff, 0x7f]), Err(MacaroonError::VarintRange)));
+        assert_eq!(
+            Macaroon::from_bytes(&[0xff]),
+            Err(MacaroonError::UnknownFormat(0xff))
+        );
+        assert!(matches!(
+            Macaroon::from_bytes(&[2, 2, 50, 1]),
+            Err(MacaroonError::Truncated(_))
+        ));
+        assert!(matches!(
+            Macaroon::from_bytes(&[2, 2, 0xff, 0xff, 0xff, 0xff, 0x7f]),
+            Err(MacaroonError::VarintRange)
+        ));
         let m = Macaroon::new(b"k", vec![1, 2], "");
         let mut bytes = m.to_bytes();
         bytes.push(0);
-        assert_eq!(Macaroon::from_bytes(&bytes), Err(MacaroonError::TrailingBytes(1)));
+        assert_eq!(
+            Macaroon::from_bytes(&bytes),
+            Err(MacaroonError::TrailingBytes(1))
+        );
         let bytes = m.to_bytes();
         assert!(Macaroon::from_bytes(&bytes[..bytes.len() - 1]).is_err());
         assert_eq!(Macaroon::from_base64("!!"), Err(MacaroonError::Base64));

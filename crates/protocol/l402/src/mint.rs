@@ -34,7 +34,13 @@ pub struct Minted {
 
 /// Mints a token for `payment_hash` with a random token id and root key.
 pub fn mint(payment_hash: PaymentHash, location: &str, caveats: &[Caveat]) -> Minted {
-    mint_with(RootKey::random(), rand::random(), payment_hash, location, caveats)
+    mint_with(
+        RootKey::random(),
+        rand::random(),
+        payment_hash,
+        location,
+        caveats,
+    )
 }
 
 /// Mints with a given root key and token id (deterministic, for tests and

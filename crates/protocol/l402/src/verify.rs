@@ -49,7 +49,9 @@ pub fn verify(
 ) -> Result<Identifier, VerifyError> {
     let token = credential.token();
     if credential.macaroons.len() > 1 {
-        return Err(VerifyError::UnexpectedDischarge(credential.macaroons.len() - 1));
+        return Err(VerifyError::UnexpectedDischarge(
+            credential.macaroons.len() - 1,
+        ));
     }
     if token.caveats().iter().any(|c| c.is_third_party()) {
         return Err(VerifyError::ThirdPartyCaveat);
@@ -111,11 +113,17 @@ mod tests {
     fn rejects_each_fault() {
         let (good, key) = credential(&[Caveat::valid_until("weather", 1000)]);
 
-        assert_eq!(verify(&good, &RootKey([0; 32]), &ctx(10), &[]), Err(VerifyError::Signature));
+        assert_eq!(
+            verify(&good, &RootKey([0; 32]), &ctx(10), &[]),
+            Err(VerifyError::Signature)
+        );
 
         let mut wrong_preimage = good.clone();
         wrong_preimage.preimage = [8; 32];
-        assert_eq!(verify(&wrong_preimage, &key, &ctx(10), &[]), Err(VerifyError::Preimage));
+        assert_eq!(
+            verify(&wrong_preimage, &key, &ctx(10), &[]),
+            Err(VerifyError::Preimage)
+        );
 
         let err = verify(&good, &key, &ctx(1000), &[]).unwrap_err();
         assert!(err.is_expired(), "{err}");
@@ -124,18 +132,27 @@ mod tests {
         let stripped = Macaroon::new(&key.0, good.token().identifier().to_vec(), "lsat");
         let mut tampered = good.clone();
         tampered.macaroons = vec![stripped.clone()];
-        assert!(verify(&tampered, &key, &ctx(2000), &[]).is_ok(), "untampered base chain");
+        assert!(
+            verify(&tampered, &key, &ctx(2000), &[]).is_ok(),
+            "untampered base chain"
+        );
         let mut forged = stripped;
         forged.add_first_party_caveat("weather_valid_until=99999");
         let mut bytes = forged.to_bytes();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         tampered.macaroons = vec![Macaroon::from_bytes(&bytes).unwrap()];
-        assert_eq!(verify(&tampered, &key, &ctx(10), &[]), Err(VerifyError::Signature));
+        assert_eq!(
+            verify(&tampered, &key, &ctx(10), &[]),
+            Err(VerifyError::Signature)
+        );
 
         let mut with_discharge = good.clone();
         with_discharge.macaroons.push(good.token().clone());
-        assert_eq!(verify(&with_discharge, &key, &ctx(10), &[]), Err(VerifyError::UnexpectedDischarge(1)));
+        assert_eq!(
+            verify(&with_discharge, &key, &ctx(10), &[]),
+            Err(VerifyError::UnexpectedDischarge(1))
+        );
     }
 
     #[test]
@@ -165,7 +182,8 @@ mod tests {
             }
             fn satisfy_previous(&self, previous: &str, current: &str) -> Result<(), CaveatError> {
                 let ok = current.parse::<u64>().ok() <= previous.parse::<u64>().ok();
-                ok.then_some(()).ok_or(CaveatError::Widened("upload_max_mb".into()))
+                ok.then_some(())
+                    .ok_or(CaveatError::Widened("upload_max_mb".into()))
             }
             fn satisfy_final(&self, value: &str) -> Result<(), CaveatError> {
                 match value.parse::<u64>() {

@@ -27,7 +27,10 @@ fn loop_token() {
         hex::encode(id.token_id),
         "8bddf73f3e35daf5fb32c3ea2fc098921b0d5b8402f07081905eceada1732b39"
     );
-    let caveats: Vec<Caveat> = mac.first_party_caveats().filter_map(Caveat::parse).collect();
+    let caveats: Vec<Caveat> = mac
+        .first_party_caveats()
+        .filter_map(Caveat::parse)
+        .collect();
     assert_eq!(
         caveats,
         [

@@ -316,7 +316,10 @@ mod tests {
 
     const SECRET: &str = "a secret of at least thirty-two bytes!";
 
-    fn new<'a>(request: &'a serde_json::Value, opaque: Option<&'a BTreeMap<String, String>>) -> NewChallenge<'a> {
+    fn new<'a>(
+        request: &'a serde_json::Value,
+        opaque: Option<&'a BTreeMap<String, String>>,
+    ) -> NewChallenge<'a> {
         NewChallenge {
             realm: "api.example.com",
             method: "lightning",
@@ -372,10 +375,21 @@ mod tests {
 
     #[test]
     fn incomplete_or_invalid_offers() {
-        let list = parse_challenges("Payment id=a, realm=r, method=Lightning, intent=charge, request=e30").unwrap();
-        assert!(matches!(from_challenge(&list[0]), Err(ChallengeError::InvalidMethod(_))));
-        let list = parse_challenges("Payment id=\"\", realm=r, method=lightning, intent=charge, request=e30").unwrap();
-        assert_eq!(from_challenge(&list[0]).unwrap_err(), ChallengeError::Missing("id"));
+        let list =
+            parse_challenges("Payment id=a, realm=r, method=Lightning, intent=charge, request=e30")
+                .unwrap();
+        assert!(matches!(
+            from_challenge(&list[0]),
+            Err(ChallengeError::InvalidMethod(_))
+        ));
+        let list = parse_challenges(
+            "Payment id=\"\", realm=r, method=lightning, intent=charge, request=e30",
+        )
+        .unwrap();
+        assert_eq!(
+            from_challenge(&list[0]).unwrap_err(),
+            ChallengeError::Missing("id")
+        );
     }
 
     proptest! {

@@ -130,7 +130,10 @@ mod tests {
         );
         assert_eq!(ProblemType::MethodUnsupported.status(), 400);
         let body = serde_json::to_value(ProblemType::PaymentExpired.problem("late")).unwrap();
-        assert_eq!(body["type"], "https://paymentauth.org/problems/payment-expired");
+        assert_eq!(
+            body["type"],
+            "https://paymentauth.org/problems/payment-expired"
+        );
         assert_eq!(body["status"], 402);
         assert_eq!(body["detail"], "late");
     }

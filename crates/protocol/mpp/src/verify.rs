@@ -101,12 +101,10 @@ impl VerifyError {
                 ProblemType::MalformedCredential
             }
             VerifyError::Expired(_) => ProblemType::PaymentExpired,
-            VerifyError::Amount { charged, expected } => {
-                match charged.parse::<u64>() {
-                    Ok(charged) if charged < *expected => ProblemType::PaymentInsufficient,
-                    _ => ProblemType::InvalidChallenge,
-                }
-            }
+            VerifyError::Amount { charged, expected } => match charged.parse::<u64>() {
+                Ok(charged) if charged < *expected => ProblemType::PaymentInsufficient,
+                _ => ProblemType::InvalidChallenge,
+            },
             VerifyError::Payload => ProblemType::LightningMalformedCredential,
             VerifyError::Preimage => ProblemType::LightningInvalidPreimage,
         }
@@ -153,7 +151,10 @@ pub fn verify_lightning_charge(
         });
     }
     if request.currency != CURRENCY {
-        return Err(VerifyError::Terms(format!("currency {:?}", request.currency)));
+        return Err(VerifyError::Terms(format!(
+            "currency {:?}",
+            request.currency
+        )));
     }
     if request.method_details.network != expected.network {
         return Err(VerifyError::Terms(format!(
@@ -208,7 +209,8 @@ mod tests {
 
     fn credential(amount_sats: u64, preimage: [u8; 32]) -> PaymentCredential {
         let hash: [u8; 32] = Sha256::digest(PREIMAGE).into();
-        let request = ChargeRequest::new(amount_sats, None, "lnbcrt1", &hash, Network::Regtest).to_value();
+        let request =
+            ChargeRequest::new(amount_sats, None, "lnbcrt1", &hash, Network::Regtest).to_value();
         let challenge = ChallengeKey::new(SECRET).unwrap().issue(NewChallenge {
             realm: "api.test",
             method: METHOD,
@@ -219,7 +221,8 @@ mod tests {
             description: None,
             opaque: None,
         });
-        let credential = PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(&preimage));
+        let credential =
+            PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(&preimage));
         // Through the wire and back, as a server sees it.
         parse_authorization(&to_authorization(&credential)).unwrap()
     }
@@ -227,7 +230,8 @@ mod tests {
     #[test]
     fn accepts_a_paid_credential() {
         let key = ChallengeKey::new(SECRET).unwrap();
-        let ok = verify_lightning_charge(&key, &credential(100, PREIMAGE), &expected(100), now()).unwrap();
+        let ok = verify_lightning_charge(&key, &credential(100, PREIMAGE), &expected(100), now())
+            .unwrap();
         assert_eq!(ok.amount_sats, 100);
         assert_eq!(ok.payment_hash, <[u8; 32]>::from(Sha256::digest(PREIMAGE)));
     }
@@ -235,11 +239,17 @@ mod tests {
     #[test]
     fn rejects_each_fault() {
         let key = ChallengeKey::new(SECRET).unwrap();
-        let check = |c: &PaymentCredential, e: &ExpectedCharge<'_>, at| verify_lightning_charge(&key, c, e, at);
+        let check = |c: &PaymentCredential, e: &ExpectedCharge<'_>, at| {
+            verify_lightning_charge(&key, c, e, at)
+        };
 
         let cheap = credential(1, PREIMAGE);
         let err = check(&cheap, &expected(100), now()).unwrap_err();
-        assert_eq!(err.problem_type(), ProblemType::PaymentInsufficient, "{err}");
+        assert_eq!(
+            err.problem_type(),
+            ProblemType::PaymentInsufficient,
+            "{err}"
+        );
 
         let err = check(&credential(100, [1; 32]), &expected(100), now()).unwrap_err();
         assert_eq!(err, VerifyError::Preimage);
@@ -256,19 +266,31 @@ mod tests {
 
         let mut wrong_realm = expected(1);
         wrong_realm.realm = "other";
-        assert!(matches!(check(&cheap, &wrong_realm, now()), Err(VerifyError::WrongRealm(_))));
+        assert!(matches!(
+            check(&cheap, &wrong_realm, now()),
+            Err(VerifyError::WrongRealm(_))
+        ));
 
         let mut mainnet = expected(1);
         mainnet.network = Network::Mainnet;
-        assert!(matches!(check(&cheap, &mainnet, now()), Err(VerifyError::Terms(_))));
+        assert!(matches!(
+            check(&cheap, &mainnet, now()),
+            Err(VerifyError::Terms(_))
+        ));
 
         let mut tampered = cheap.clone();
         tampered.challenge.expires = Some("2099-01-01T00:00:00Z".into());
-        assert_eq!(check(&tampered, &expected(1), now()).unwrap_err(), VerifyError::UnknownChallenge);
+        assert_eq!(
+            check(&tampered, &expected(1), now()).unwrap_err(),
+            VerifyError::UnknownChallenge
+        );
 
         let mut bad_payload = cheap.clone();
         bad_payload.payload = serde_json::json!({"preimage": hex::encode(PREIMAGE).to_uppercase()});
-        assert_eq!(check(&bad_payload, &expected(1), now()).unwrap_err(), VerifyError::Payload);
+        assert_eq!(
+            check(&bad_payload, &expected(1), now()).unwrap_err(),
+            VerifyError::Payload
+        );
 
         let mut session = cheap.clone();
         session.challenge.intent = "session".into();

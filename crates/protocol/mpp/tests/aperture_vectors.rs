@@ -13,11 +13,18 @@ use mpp::protocol::core::Base64UrlJson;
 use serde_json::Value;
 
 fn vectors() -> Value {
-    let path = std::env::var_os("GATE402_MPP_VECTORS").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../../shared/vectors/aperture-mpp-vectors.json")
+    let path = std::env::var_os("GATE402_MPP_VECTORS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../../shared/vectors/aperture-mpp-vectors.json")
+        });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the conformance vectors at {}: {e}",
+            path.display()
+        )
     });
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read the conformance vectors at {}: {e}", path.display()));
     serde_json::from_str(&text).expect("vectors are JSON")
 }
 
@@ -94,13 +101,24 @@ fn base64url_strictness() {
         let encoded = s(&case, "encoded").unwrap();
         let decoded = base64url::decode(encoded);
         if is_error(&case) {
-            assert!(decoded.is_err(), "{name}: expected rejection, got {decoded:?}");
+            assert!(
+                decoded.is_err(),
+                "{name}: expected rejection, got {decoded:?}"
+            );
             continue;
         }
         let decoded = decoded.unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(hex::encode(&decoded), s(&case, "decodedHex").unwrap_or(""), "{name}");
+        assert_eq!(
+            hex::encode(&decoded),
+            s(&case, "decodedHex").unwrap_or(""),
+            "{name}"
+        );
         if case["canonical"] == true {
-            assert_eq!(base64url::encode(&decoded), encoded, "{name}: canonical encoding");
+            assert_eq!(
+                base64url::encode(&decoded),
+                encoded,
+                "{name}: canonical encoding"
+            );
         }
     }
 }
@@ -110,7 +128,11 @@ fn challenge_headers() {
     for case in cases("challengeHeaders") {
         let name = s(&case, "name").unwrap();
         let header = s(&case, "header").unwrap();
-        assert_eq!(to_header(&challenge_from(&case["params"])).unwrap(), header, "{name}: format");
+        assert_eq!(
+            to_header(&challenge_from(&case["params"])).unwrap(),
+            header,
+            "{name}: format"
+        );
         let parsed = parse_payment_challenges(header).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(parsed.len(), 1, "{name}");
         assert_eq!(fields(&parsed[0]), case["parsed"], "{name}: parse");
@@ -126,19 +148,28 @@ fn challenge_lists() {
             assert!(parsed.is_err(), "{name}: expected an error, got {parsed:?}");
             continue;
         }
-        let got: Vec<Value> = parsed.unwrap_or_else(|e| panic!("{name}: {e}")).iter().map(fields).collect();
+        let got: Vec<Value> = parsed
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .iter()
+            .map(fields)
+            .collect();
         assert_eq!(Value::Array(got), case["challenges"], "{name}");
     }
 }
 
 #[test]
 fn challenge_ids() {
-    let secret = String::from_utf8(hex::decode(s(&vectors(), "hmacSecretHex").unwrap()).unwrap()).unwrap();
+    let secret =
+        String::from_utf8(hex::decode(s(&vectors(), "hmacSecretHex").unwrap()).unwrap()).unwrap();
     for case in cases("challengeIds") {
         let name = s(&case, "name").unwrap();
         let challenge = challenge_from(&case["params"]);
         let input = IdInput::of_challenge(&challenge);
-        assert_eq!(input.hmac_input(), s(&case, "hmacInput").unwrap(), "{name}: HMAC input");
+        assert_eq!(
+            input.hmac_input(),
+            s(&case, "hmacInput").unwrap(),
+            "{name}: HMAC input"
+        );
         assert_eq!(input.id_under(&secret), challenge.id, "{name}: id");
     }
 }
@@ -149,14 +180,21 @@ fn credentials() {
         let name = s(&case, "name").unwrap();
         let parsed = parse_authorization(s(&case, "header").unwrap());
         if is_error(&case) {
-            assert!(parsed.is_err(), "{name}: expected rejection, got {parsed:?}");
+            assert!(
+                parsed.is_err(),
+                "{name}: expected rejection, got {parsed:?}"
+            );
             continue;
         }
         let parsed = parsed.unwrap_or_else(|e| panic!("{name}: {e}"));
         let expected: Value = serde_json::from_str(s(&case, "credentialJson").unwrap()).unwrap();
         assert_eq!(serde_json::to_value(&parsed).unwrap(), expected, "{name}");
         let again = parse_authorization(&to_authorization(&parsed)).unwrap();
-        assert_eq!(serde_json::to_value(&again).unwrap(), expected, "{name}: round trip");
+        assert_eq!(
+            serde_json::to_value(&again).unwrap(),
+            expected,
+            "{name}: round trip"
+        );
     }
 }
 
@@ -168,11 +206,19 @@ fn receipts() {
         let json = s(&case, "receiptJson").unwrap();
         assert_eq!(base64url::encode(json.as_bytes()), header, "{name}: encode");
         let expected: Value = serde_json::from_str(json).unwrap();
-        assert_eq!(receipt::decode_json(header).unwrap(), expected, "{name}: decode");
+        assert_eq!(
+            receipt::decode_json(header).unwrap(),
+            expected,
+            "{name}: decode"
+        );
         if json.starts_with("{\"status\"") {
             // Receipts in the spec's field order re-encode byte for byte.
             let typed = receipt::parse(header).unwrap();
-            assert_eq!(receipt::to_header(&typed), header, "{name}: typed round trip");
+            assert_eq!(
+                receipt::to_header(&typed),
+                header,
+                "{name}: typed round trip"
+            );
         }
     }
 }
