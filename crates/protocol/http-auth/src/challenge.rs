@@ -158,6 +158,10 @@ pub fn parse_challenges(header: &str) -> Result<Vec<Challenge>, Error> {
             let Some(current) = challenges.last_mut() else {
                 return Err(Error::ParamWithoutScheme(name.to_owned()));
             };
+            if current.token68.is_some() {
+                // `scheme token68` takes no auth-params (RFC 9110 §11.2).
+                return Err(Error::ParamAfterToken68(name.to_owned()));
+            }
             let value = cursor.param_value(name)?;
             current.params.push(name, value);
             cursor.expect_element_end()?;
@@ -359,6 +363,14 @@ mod tests {
         let list = parse_challenges("Negotiate abc+/==, Basic realm=x").unwrap();
         assert_eq!(list[0].token68.as_deref(), Some("abc+/=="));
         assert_eq!(list[1].param("realm"), Some("x"));
+    }
+
+    #[test]
+    fn token68_takes_no_params() {
+        assert_eq!(
+            parse_challenges("Negotiate abc, realm=x"),
+            Err(Error::ParamAfterToken68("realm".into()))
+        );
     }
 
     #[test]

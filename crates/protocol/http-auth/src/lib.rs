@@ -40,6 +40,9 @@ pub enum Error {
     /// An auth-param appeared before any scheme name.
     #[error("parameter {0:?} appears before any scheme name")]
     ParamWithoutScheme(String),
+    /// An auth-param after a `token68`, which takes none.
+    #[error("parameter {0:?} follows a token68 challenge")]
+    ParamAfterToken68(String),
     /// A parameter has a name but no value.
     #[error("parameter {0:?} has no value")]
     MissingValue(String),
