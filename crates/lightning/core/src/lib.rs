@@ -1,0 +1,236 @@
+//! One trait for every Lightning backend: [`LightningBackend`].
+//!
+//! The gateway creates invoices and learns when they are paid; the client
+//! pays them. Both talk to a node only through this trait, so the sandbox,
+//! the embedded LDK node, LND and Core Lightning are interchangeable and no
+//! backend detail leaks upward. Every method is cancel-safe: dropping a
+//! future loses nothing (a payment already handed to the node keeps going,
+//! and [`LightningBackend::payment_status`] finds it again).
+
+#[cfg(feature = "contract")]
+pub mod contract;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use gate402_bolt11::Network;
+
+/// A payment hash, `sha256(preimage)`.
+pub type PaymentHash = [u8; 32];
+/// A payment preimage.
+pub type Preimage = [u8; 32];
+
+/// What an invoice should ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceRequest {
+    /// Amount in millisatoshis.
+    pub amount_msat: u64,
+    /// The description shown to the payer.
+    pub memo: String,
+    /// Seconds until the invoice expires.
+    pub expiry_secs: u32,
+}
+
+/// A new invoice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedInvoice {
+    /// The BOLT11 string.
+    pub bolt11: String,
+    /// Its payment hash.
+    pub payment_hash: PaymentHash,
+    /// Its expiry, unix seconds.
+    pub expires_at: u64,
+}
+
+/// Where an invoice we issued stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvoiceStatus {
+    /// Not paid (yet).
+    Open,
+    /// Paid.
+    Settled {
+        /// The amount received, which may exceed the invoice's.
+        amount_msat: u64,
+        /// The preimage, when the backend reports it.
+        preimage: Option<Preimage>,
+    },
+    /// Canceled or expired without payment.
+    Canceled,
+}
+
+impl InvoiceStatus {
+    /// Whether the invoice has been paid.
+    pub fn is_settled(&self) -> bool {
+        matches!(self, InvoiceStatus::Settled { .. })
+    }
+}
+
+/// A successful outgoing payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentOutcome {
+    /// The preimage, proof of payment.
+    pub preimage: Preimage,
+    /// Routing fees paid.
+    pub fee_msat: u64,
+    /// Amount delivered to the payee.
+    pub amount_msat: u64,
+}
+
+/// Where an outgoing payment stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// Never attempted by this node.
+    Unknown,
+    /// In flight.
+    Pending,
+    /// Completed.
+    Succeeded(PaymentOutcome),
+    /// Failed for good; paying again is safe.
+    Failed(String),
+}
+
+/// What a node says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// The chain it runs on.
+    pub network: Network,
+    /// Its node id, 33-byte compressed public key.
+    pub pubkey: [u8; 33],
+    /// A short name of the backend kind (`sandbox`, `ldk`, `lnd`, `cln`).
+    pub backend: &'static str,
+}
+
+/// Why a backend call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LightningError {
+    /// The node could not be reached or is not running.
+    #[error("Lightning node unavailable: {0}")]
+    Unavailable(String),
+    /// The node refused the credentials (macaroon, rune).
+    #[error("Lightning node refused authentication: {0}")]
+    Unauthorized(String),
+    /// The node rejected the request.
+    #[error("Lightning node rejected the request: {0}")]
+    Rejected(String),
+    /// No invoice or payment with that hash.
+    #[error("no invoice or payment with hash {0}")]
+    NotFound(String),
+    /// Waiting ran out of time (the operation may still complete).
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The node answered something this backend cannot read.
+    #[error("unexpected answer from the Lightning node: {0}")]
+    Protocol(String),
+}
+
+/// Why an outgoing payment failed or was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayError {
+    /// The string is not a valid invoice.
+    #[error("{0}")]
+    InvalidInvoice(String),
+    /// The invoice is for another network than this node's.
+    #[error("invoice is for {invoice}, this node is on {node}")]
+    WrongNetwork {
+        /// The invoice's network.
+        invoice: Network,
+        /// The node's network.
+        node: Network,
+    },
+    /// The invoice has expired (checked before paying).
+    #[error("invoice expired at {0} (unix)")]
+    InvoiceExpired(u64),
+    /// An invoice without an amount: gate402 never pays those.
+    #[error("invoice has no amount")]
+    NoAmount,
+    /// No route to the payee whose fees fit under the cap.
+    #[error("no route within the fee cap of {max_fee_msat} msat: {reason}")]
+    NoRoute {
+        /// The cap that was applied.
+        max_fee_msat: u64,
+        /// The node's words.
+        reason: String,
+    },
+    /// The payee rejected the payment (unknown or already paid invoice).
+    #[error("payee rejected the payment: {0}")]
+    Rejected(String),
+    /// This invoice was already paid by this node.
+    #[error("invoice already paid")]
+    AlreadyPaid(PaymentOutcome),
+    /// Not enough outbound liquidity.
+    #[error("insufficient balance: {0}")]
+    InsufficientBalance(String),
+    /// The payment is still in flight when the wait ended; it was not
+    /// abandoned and must not be repeated: ask [`LightningBackend::payment_status`].
+    #[error("payment still pending after {0:?}; check its status before paying again")]
+    StillPending(Duration),
+    /// The backend failed.
+    #[error(transparent)]
+    Backend(#[from] LightningError),
+}
+
+/// A Lightning node as gate402 uses it.
+#[async_trait]
+pub trait LightningBackend: Send + Sync + 'static {
+    /// Creates an invoice.
+    async fn create_invoice(&self, request: InvoiceRequest)
+        -> Result<CreatedInvoice, LightningError>;
+
+    /// The status of an invoice this node issued.
+    async fn invoice_status(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError>;
+
+    /// Waits until an invoice settles, is canceled, or `timeout` passes
+    /// (then [`LightningError::Timeout`]). Cancel-safe.
+    async fn wait_invoice(
+        &self,
+        hash: &PaymentHash,
+        timeout: Duration,
+    ) -> Result<InvoiceStatus, LightningError>;
+
+    /// Pays an invoice, paying at most `max_fee_msat` in routing fees, and
+    /// waits up to `timeout` for the outcome. An invoice this node already
+    /// paid is not paid again ([`PayError::AlreadyPaid`]).
+    async fn pay(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError>;
+
+    /// The status of an outgoing payment, by payment hash.
+    async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError>;
+
+    /// The node's network and id.
+    async fn node_info(&self) -> Result<NodeInfo, LightningError>;
+}
+
+/// Decodes an invoice and refuses what no backend should attempt: a
+/// malformed invoice, one for another network, one with no amount, an
+/// expired one. Backends call this before handing an invoice to the node.
+pub fn check_payable(
+    bolt11: &str,
+    network: Network,
+    now: std::time::SystemTime,
+) -> Result<gate402_bolt11::Invoice, PayError> {
+    let invoice = gate402_bolt11::Invoice::parse(bolt11)
+        .map_err(|e| PayError::InvalidInvoice(e.to_string()))?;
+    if invoice.network() != network {
+        return Err(PayError::WrongNetwork {
+            invoice: invoice.network(),
+            node: network,
+        });
+    }
+    if invoice.amount_msat().is_none() {
+        return Err(PayError::NoAmount);
+    }
+    if invoice.is_expired_at(now) {
+        return Err(PayError::InvoiceExpired(invoice.expires_at()));
+    }
+    Ok(invoice)
+}
+
+/// Lowercase hex of a hash, for messages and wire formats.
+pub fn hash_hex(hash: &PaymentHash) -> String {
+    hex::encode(hash)
+}

@@ -1,0 +1,146 @@
+//! `POST /sandbox/pay`: the sandbox payer over HTTP, and its client.
+//!
+//! A gateway running on the sandbox mounts [`router`]; `gate402 sandbox pay`
+//! and the sandbox wallet call it with [`pay_via`].
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use gate402_lightning::PayError;
+use serde::{Deserialize, Serialize};
+
+use crate::Sandbox;
+
+/// The endpoint's path.
+pub const PATH: &str = "/sandbox/pay";
+
+/// The request body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PayRequest {
+    /// A BOLT11 invoice this sandbox issued.
+    pub invoice: String,
+}
+
+/// The answer: the preimage that proves payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayResponse {
+    /// 64 lowercase hex digits.
+    pub preimage: String,
+    /// What the invoice asked for.
+    pub amount_msat: u64,
+}
+
+/// The `POST /sandbox/pay` route, to merge into a gateway's router.
+pub fn router(sandbox: Sandbox) -> Router {
+    Router::new().route(PATH, post(pay)).with_state(sandbox)
+}
+
+async fn pay(
+    State(sandbox): State<Sandbox>,
+    body: Result<Json<PayRequest>, JsonRejection>,
+) -> Response {
+    let Json(request) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("body must be JSON {{\"invoice\": \"lnbcrt…\"}}: {}", rejection.body_text()),
+            )
+        }
+    };
+    match sandbox.settle(&request.invoice) {
+        Ok(outcome) => Json(PayResponse {
+            preimage: hex::encode(outcome.preimage),
+            amount_msat: outcome.amount_msat,
+        })
+        .into_response(),
+        Err(error) => {
+            let status = match &error {
+                PayError::Rejected(_) => StatusCode::FORBIDDEN,
+                PayError::AlreadyPaid(_) => StatusCode::CONFLICT,
+                PayError::InvoiceExpired(_) => StatusCode::GONE,
+                PayError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            problem(status, &error.to_string())
+        }
+    }
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Why the sandbox payer could not pay.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The gateway could not be reached.
+    #[error("cannot reach the sandbox payer at {url}: {reason}")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The gateway refused (its problem detail).
+    #[error("sandbox payer refused ({status}): {detail}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The problem detail.
+        detail: String,
+    },
+    /// The answer is not what the endpoint sends.
+    #[error("unexpected answer from the sandbox payer: {0}")]
+    Protocol(String),
+}
+
+/// Asks the sandbox payer of the gateway at `base_url` to pay `invoice`.
+pub async fn pay_via(
+    client: &reqwest::Client,
+    base_url: &str,
+    invoice: &str,
+) -> Result<PayResponse, ClientError> {
+    let url = format!("{}{PATH}", base_url.trim_end_matches('/'));
+    let response = client
+        .post(&url)
+        .json(&PayRequest {
+            invoice: invoice.to_owned(),
+        })
+        .send()
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if !status.is_success() {
+        let detail = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("detail")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(ClientError::Refused {
+            status: status.as_u16(),
+            detail,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+}

@@ -1,0 +1,278 @@
+//! The sandbox: gate402's embedded Lightning backend, so that it runs on a
+//! fresh machine with nothing else installed. **Test money only.**
+//!
+//! It issues real BOLT11 invoices on regtest (`lnbcrt…`), signed with a
+//! node key kept in its data directory, and settles them through its own
+//! payer, which reveals the preimage. It pays nothing else: an invoice it
+//! did not issue is refused. Invoices live in SQLite beside the key, so a
+//! restart loses none.
+//!
+//! [`http`] holds the `POST /sandbox/pay` endpoint a gateway mounts when the
+//! sandbox is its backend, and the client that calls it.
+
+pub mod http;
+mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bitcoin::hashes::{sha256, Hash};
+use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
+use gate402_lightning::{
+    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend,
+    LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
+};
+use lightning_invoice::{InvoiceBuilder, PaymentSecret};
+use sha2::Digest;
+
+use store::{InvoiceRow, Store};
+
+/// The only network the sandbox lives on.
+pub const NETWORK: Network = Network::Regtest;
+
+/// Said wherever the sandbox shows up: in logs, in 402 bodies.
+pub const TEST_MONEY: &str = "sandbox Lightning backend: regtest invoices settled by a built-in payer; TEST MONEY, nothing of value moves";
+
+/// Why the sandbox could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// Reading or writing its directory failed.
+    #[error("sandbox data directory {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The key file is not 64 hex digits of a valid key.
+    #[error("sandbox node key {0} is corrupt")]
+    Key(PathBuf),
+    /// The invoice database failed.
+    #[error("sandbox invoice database: {0}")]
+    Database(#[from] rusqlite::Error),
+}
+
+/// The sandbox backend. Cheap to clone.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    secp: Secp256k1<All>,
+    key: SecretKey,
+    pubkey: PublicKey,
+    store: Store,
+    settled: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("pubkey", &self.inner.pubkey.to_string())
+            .finish()
+    }
+}
+
+impl Sandbox {
+    /// Opens (creating on first use) the sandbox in `dir`: the node key in
+    /// `dir/node_key`, invoices in `dir/invoices.sqlite3`.
+    pub fn open(dir: &Path) -> Result<Self, SandboxError> {
+        let io = |source| SandboxError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let key = load_or_create_key(&dir.join("node_key"))?;
+        let secp = Secp256k1::new();
+        let pubkey = key.public_key(&secp);
+        let store = Store::open(&dir.join("invoices.sqlite3"))?;
+        tracing::warn!(node = %pubkey, "{TEST_MONEY}");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                secp,
+                key,
+                pubkey,
+                store,
+                settled: tokio::sync::Notify::new(),
+            }),
+        })
+    }
+
+    /// The sandbox node's id.
+    pub fn pubkey(&self) -> [u8; 33] {
+        self.inner.pubkey.serialize()
+    }
+
+    /// The sandbox payer: settles an invoice this sandbox issued and
+    /// returns its preimage. Refuses any other invoice, an expired one, and
+    /// one already paid.
+    pub fn settle(&self, bolt11: &str) -> Result<PaymentOutcome, PayError> {
+        let invoice = gate402_bolt11::Invoice::parse(bolt11)
+            .map_err(|e| PayError::InvalidInvoice(e.to_string()))?;
+        if invoice.network() != NETWORK || invoice.payee() != self.pubkey() {
+            return Err(PayError::Rejected(
+                "the sandbox pays only invoices it issued itself".into(),
+            ));
+        }
+        check_payable(bolt11, NETWORK, SystemTime::now())?;
+        let hash = invoice.payment_hash();
+        let row = self
+            .inner
+            .store
+            .get(&hash)
+            .map_err(backend)?
+            .ok_or_else(|| PayError::Rejected("the sandbox has no record of this invoice".into()))?;
+        let outcome = PaymentOutcome {
+            preimage: row.preimage,
+            fee_msat: 0,
+            amount_msat: row.amount_msat,
+        };
+        if !self.inner.store.settle(&hash, unix_now()).map_err(backend)? {
+            return Err(PayError::AlreadyPaid(outcome));
+        }
+        tracing::info!(payment_hash = %hex::encode(hash), amount_msat = row.amount_msat, "sandbox settled an invoice (test money)");
+        self.inner.settled.notify_waiters();
+        Ok(outcome)
+    }
+}
+
+fn backend(e: rusqlite::Error) -> LightningError {
+    LightningError::Unavailable(format!("sandbox invoice database: {e}"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn load_or_create_key(path: &Path) -> Result<SecretKey, SandboxError> {
+    let io = |source| SandboxError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => hex::decode(text.trim())
+            .ok()
+            .and_then(|bytes| SecretKey::from_slice(&bytes).ok())
+            .ok_or_else(|| SandboxError::Key(path.to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SecretKey::new(&mut bitcoin::secp256k1::rand::thread_rng());
+            write_private(path, &hex::encode(key.secret_bytes())).map_err(io)?;
+            Ok(key)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+#[async_trait]
+impl LightningBackend for Sandbox {
+    async fn create_invoice(
+        &self,
+        request: InvoiceRequest,
+    ) -> Result<CreatedInvoice, LightningError> {
+        let preimage: [u8; 32] = rand::random();
+        let hash: [u8; 32] = sha2::Sha256::digest(preimage).into();
+        let now = SystemTime::now();
+        let inner = &self.inner;
+        let invoice = InvoiceBuilder::new(NETWORK.currency())
+            .description(request.memo.clone())
+            .payment_hash(sha256::Hash::from_byte_array(hash))
+            .payment_secret(PaymentSecret(rand::random()))
+            .timestamp(now)
+            .min_final_cltv_expiry_delta(18)
+            .amount_milli_satoshis(request.amount_msat)
+            .expiry_time(Duration::from_secs(request.expiry_secs.into()))
+            .build_signed(|m| inner.secp.sign_ecdsa_recoverable(m, &inner.key))
+            .map_err(|e| LightningError::Rejected(e.to_string()))?;
+        let created_at = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let row = InvoiceRow {
+            payment_hash: hash,
+            preimage,
+            bolt11: invoice.to_string(),
+            amount_msat: request.amount_msat,
+            created_at,
+            expires_at: created_at + u64::from(request.expiry_secs),
+            settled_at: None,
+        };
+        inner.store.insert(&row).map_err(backend)?;
+        Ok(CreatedInvoice {
+            bolt11: row.bolt11,
+            payment_hash: hash,
+            expires_at: row.expires_at,
+        })
+    }
+
+    async fn invoice_status(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError> {
+        let row = self
+            .inner
+            .store
+            .get(hash)
+            .map_err(backend)?
+            .ok_or_else(|| LightningError::NotFound(hex::encode(hash)))?;
+        Ok(row.status(unix_now()))
+    }
+
+    async fn wait_invoice(
+        &self,
+        hash: &PaymentHash,
+        timeout: Duration,
+    ) -> Result<InvoiceStatus, LightningError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register before checking, so a settlement in between wakes us.
+            let notified = self.inner.settled.notified();
+            let status = self.invoice_status(hash).await?;
+            if status != InvoiceStatus::Open {
+                return Ok(status);
+            }
+            // Also poll: another process may settle through the same database.
+            let wake = tokio::time::sleep(Duration::from_millis(250));
+            tokio::select! {
+                _ = notified => {}
+                _ = wake => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(LightningError::Timeout(timeout)),
+            }
+        }
+    }
+
+    async fn pay(
+        &self,
+        bolt11: &str,
+        _max_fee_msat: u64,
+        _timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        self.settle(bolt11)
+    }
+
+    async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
+        Ok(match self.inner.store.get(hash).map_err(backend)? {
+            Some(row) if row.settled_at.is_some() => PaymentStatus::Succeeded(PaymentOutcome {
+                preimage: row.preimage,
+                fee_msat: 0,
+                amount_msat: row.amount_msat,
+            }),
+            _ => PaymentStatus::Unknown,
+        })
+    }
+
+    async fn node_info(&self) -> Result<NodeInfo, LightningError> {
+        Ok(NodeInfo {
+            network: NETWORK,
+            pubkey: self.pubkey(),
+            backend: "sandbox",
+        })
+    }
+}

@@ -1,0 +1,101 @@
+//! The sandbox against the backend contract, its refusals, its HTTP payer,
+//! and a restart.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use gate402_lightning::contract::{self, Pair};
+use gate402_lightning::{InvoiceRequest, InvoiceStatus, LightningBackend, PayError};
+use gate402_lightning_sandbox::http::{pay_via, router, ClientError};
+use gate402_lightning_sandbox::Sandbox;
+use sha2::Digest;
+
+fn request(amount_msat: u64) -> InvoiceRequest {
+    InvoiceRequest {
+        amount_msat,
+        memo: "test".into(),
+        expiry_secs: 600,
+    }
+}
+
+#[tokio::test]
+async fn keeps_the_backend_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::open(dir.path()).unwrap();
+    contract::run_all(&Pair {
+        receiver: &sandbox,
+        payer: &sandbox,
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_invoices_it_did_not_issue() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let issuer = Sandbox::open(a.path()).unwrap();
+    let other = Sandbox::open(b.path()).unwrap();
+    let created = issuer.create_invoice(request(1_000)).await.unwrap();
+    match other.settle(&created.bolt11) {
+        Err(PayError::Rejected(reason)) => assert!(reason.contains("only invoices it issued")),
+        outcome => panic!("expected a refusal, got {outcome:?}"),
+    }
+    // BOLT11 spec example: mainnet, expired, someone else's.
+    let foreign = "lnbc2500u1pvjluezsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygspp5qqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqypqdq5xysxxatsyp3k7enxv4jsxqzpu9qrsgquk0rl77nj30yxdy8j9vdx85fkpmdla2087ne0xh8nhedh8w27kyke0lp53ut353s06fv3qfegext0eh0ymjpf39tuven09sam30g4vgpfna3rh";
+    assert!(matches!(issuer.settle(foreign), Err(PayError::Rejected(_))));
+    assert!(matches!(issuer.settle("lnbcrt1garbage"), Err(PayError::InvalidInvoice(_))));
+}
+
+#[tokio::test]
+async fn restart_loses_no_invoice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paid, open, pubkey) = {
+        let sandbox = Sandbox::open(dir.path()).unwrap();
+        let paid = sandbox.create_invoice(request(2_000)).await.unwrap();
+        let open = sandbox.create_invoice(request(3_000)).await.unwrap();
+        sandbox.settle(&paid.bolt11).unwrap();
+        (paid, open, sandbox.pubkey())
+    };
+    let reopened = Sandbox::open(dir.path()).unwrap();
+    assert_eq!(reopened.pubkey(), pubkey, "same node key after restart");
+    assert!(reopened.invoice_status(&paid.payment_hash).await.unwrap().is_settled());
+    assert_eq!(reopened.invoice_status(&open.payment_hash).await.unwrap(), InvoiceStatus::Open);
+    let outcome = reopened.settle(&open.bolt11).unwrap();
+    assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(outcome.preimage)), open.payment_hash);
+    assert!(matches!(reopened.settle(&paid.bolt11), Err(PayError::AlreadyPaid(_))));
+}
+
+#[tokio::test]
+async fn http_payer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::open(dir.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, router(sandbox.clone())).into_future());
+    let client = reqwest::Client::new();
+
+    let created = sandbox.create_invoice(request(7_000)).await.unwrap();
+    let wait = sandbox.wait_invoice(&created.payment_hash, Duration::from_secs(10));
+    let (paid, settled) = tokio::join!(pay_via(&client, &url, &created.bolt11), wait);
+    let paid = paid.unwrap();
+    assert_eq!(paid.amount_msat, 7_000);
+    let preimage = hex::decode(&paid.preimage).unwrap();
+    assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(&preimage)), created.payment_hash);
+    assert!(settled.unwrap().is_settled());
+
+    match pay_via(&client, &url, &created.bolt11).await {
+        Err(ClientError::Refused { status: 409, detail }) => assert!(detail.contains("already paid"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+    match pay_via(&client, &url, "lnbc1nope").await {
+        Err(ClientError::Refused { status: 400, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let raw = client.post(format!("{url}/sandbox/pay")).body("{not json").header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(raw.status(), 400);
+    assert_eq!(raw.headers()["content-type"], "application/problem+json");
+    match pay_via(&client, "http://127.0.0.1:1", &created.bolt11).await {
+        Err(ClientError::Unreachable { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
