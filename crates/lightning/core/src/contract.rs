@@ -74,7 +74,9 @@ pub async fn payment_settles_and_reveals_the_preimage(pair: &Pair<'_>) {
     let waiter = pair
         .receiver
         .wait_invoice(&created.payment_hash, Duration::from_secs(60));
-    let payment = pair.payer.pay(&created.bolt11, 10_000, Duration::from_secs(60));
+    let payment = pair
+        .payer
+        .pay(&created.bolt11, 10_000, Duration::from_secs(60));
     let (settled, paid) = tokio::join!(waiter, payment);
     let paid = paid.expect("payment succeeds");
     assert_eq!(

@@ -174,8 +174,10 @@ pub enum PayError {
 #[async_trait]
 pub trait LightningBackend: Send + Sync + 'static {
     /// Creates an invoice.
-    async fn create_invoice(&self, request: InvoiceRequest)
-        -> Result<CreatedInvoice, LightningError>;
+    async fn create_invoice(
+        &self,
+        request: InvoiceRequest,
+    ) -> Result<CreatedInvoice, LightningError>;
 
     /// The status of an invoice this node issued.
     async fn invoice_status(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError>;

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use gate402_lightning::{
-    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend,
-    LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
+    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError,
+    Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
 };
 use ldk_node::bitcoin::secp256k1::PublicKey;
 use ldk_node::config::{BackgroundSyncConfig, ElectrumSyncConfig, EsploraSyncConfig};
@@ -163,22 +163,30 @@ impl LdkNode {
     }
 
     /// Opens a channel of `amount_sats` to `node_id@address`, pushing
-    /// `push_msat` to the peer. Returns the local channel id.
+    /// `push_msat` to the peer. An announced channel is public and can
+    /// forward payments for others (it needs `alias` and `listen` set);
+    /// an unannounced one serves only this node's own payments. Returns the
+    /// local channel id.
     pub fn open_channel(
         &self,
         node_id: &str,
         address: &str,
         amount_sats: u64,
         push_msat: Option<u64>,
+        announce: bool,
     ) -> Result<String, LdkError> {
         let peer = PublicKey::from_str(node_id).map_err(|e| LdkError::Config {
             key: "node_id",
             reason: e.to_string(),
         })?;
         let address = socket_address("address", address)?;
-        let id = self
-            .node
-            .open_channel(peer, address, amount_sats, push_msat, None)?;
+        let id = if announce {
+            self.node
+                .open_announced_channel(peer, address, amount_sats, push_msat, None)?
+        } else {
+            self.node
+                .open_channel(peer, address, amount_sats, push_msat, None)?
+        };
         Ok(id.0.to_string())
     }
 
@@ -196,11 +204,8 @@ impl LdkNode {
             .ok_or(LdkError::Node(NodeError::ChannelClosingFailed))?;
         let user_channel_id = UserChannelId(id);
         if force {
-            self.node.force_close_channel(
-                &user_channel_id,
-                channel.counterparty_node_id,
-                None,
-            )?;
+            self.node
+                .force_close_channel(&user_channel_id, channel.counterparty_node_id, None)?;
         } else {
             self.node
                 .close_channel(&user_channel_id, channel.counterparty_node_id)?;
@@ -234,6 +239,11 @@ impl LdkNode {
             onchain_spendable_sats: b.spendable_onchain_balance_sats,
             lightning_sats: b.total_lightning_balance_sats,
         }
+    }
+
+    /// How many public channels the node's network graph knows (gossip).
+    pub fn graph_channel_count(&self) -> usize {
+        self.node.network_graph().list_channels().len()
     }
 
     /// Waits for the next node event (or `timeout`), for callers that poll
@@ -305,11 +315,17 @@ impl LdkNode {
 impl Drop for LdkNode {
     fn drop(&mut self) {
         self.events.abort();
-        let node = self.node.clone();
-        // Stopping blocks; inside a runtime it must not block a worker.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn_blocking(move || node.stop())),
-            Err(_) => drop(node.stop()),
+        // Stop before the data directory can go away. Stopping blocks, which
+        // a runtime worker may do only through `block_in_place`.
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| drop(self.node.stop()))
+            }
+            Ok(_) => {
+                let node = self.node.clone();
+                std::thread::spawn(move || drop(node.stop()));
+            }
+            Err(_) => drop(self.node.stop()),
         }
     }
 }
@@ -382,7 +398,11 @@ fn build(config: &LdkConfig) -> Result<Arc<Node>, LdkError> {
         let address = socket_address("lsp.address", &lsp.address)?;
         builder.set_liquidity_source_lsps2(node_id, address, lsp.token.clone());
     }
-    let node = builder.build().map_err(|e| LdkError::Build(e.to_string()))?;
+    // LDK logs through the `log` facade into the process's own logging.
+    builder.set_log_facade_logger();
+    let node = builder
+        .build()
+        .map_err(|e| LdkError::Build(e.to_string()))?;
     node.start()?;
     Ok(Arc::new(node))
 }
@@ -542,8 +562,23 @@ impl LightningBackend for LdkNode {
                             "not enough outbound capacity".into(),
                         ))
                     }
+                    Err(NodeError::PaymentSendingFailed) => {
+                        // Route finding runs inside `send`; expiry was checked
+                        // above, so what failed is finding a route.
+                        let reason = "RouteNotFound".to_owned();
+                        self.failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(hash, reason.clone());
+                        return Err(PayError::NoRoute {
+                            max_fee_msat,
+                            reason,
+                        });
+                    }
                     Err(NodeError::InvalidInvoice) => {
-                        return Err(PayError::InvalidInvoice("the node refused the invoice".into()))
+                        return Err(PayError::InvalidInvoice(
+                            "the node refused the invoice".into(),
+                        ))
                     }
                     Err(e) => return Err(PayError::Backend(unavailable(e))),
                 }

@@ -47,7 +47,10 @@ async fn pay(
         Err(rejection) => {
             return problem(
                 StatusCode::BAD_REQUEST,
-                &format!("body must be JSON {{\"invoice\": \"lnbcrt…\"}}: {}", rejection.body_text()),
+                &format!(
+                    "body must be JSON {{\"invoice\": \"lnbcrt…\"}}: {}",
+                    rejection.body_text()
+                ),
             )
         }
     };

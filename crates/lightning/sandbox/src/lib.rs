@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
 use gate402_lightning::{
-    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend,
-    LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
+    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError,
+    Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
 };
 use lightning_invoice::{InvoiceBuilder, PaymentSecret};
 use sha2::Digest;
@@ -124,13 +124,20 @@ impl Sandbox {
             .store
             .get(&hash)
             .map_err(backend)?
-            .ok_or_else(|| PayError::Rejected("the sandbox has no record of this invoice".into()))?;
+            .ok_or_else(|| {
+                PayError::Rejected("the sandbox has no record of this invoice".into())
+            })?;
         let outcome = PaymentOutcome {
             preimage: row.preimage,
             fee_msat: 0,
             amount_msat: row.amount_msat,
         };
-        if !self.inner.store.settle(&hash, unix_now()).map_err(backend)? {
+        if !self
+            .inner
+            .store
+            .settle(&hash, unix_now())
+            .map_err(backend)?
+        {
             return Err(PayError::AlreadyPaid(outcome));
         }
         tracing::info!(payment_hash = %hex::encode(hash), amount_msat = row.amount_msat, "sandbox settled an invoice (test money)");

@@ -43,7 +43,10 @@ async fn refuses_invoices_it_did_not_issue() {
     // BOLT11 spec example: mainnet, expired, someone else's.
     let foreign = "lnbc2500u1pvjluezsp5zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3zygspp5qqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqqqsyqcyq5rqwzqfqypqdq5xysxxatsyp3k7enxv4jsxqzpu9qrsgquk0rl77nj30yxdy8j9vdx85fkpmdla2087ne0xh8nhedh8w27kyke0lp53ut353s06fv3qfegext0eh0ymjpf39tuven09sam30g4vgpfna3rh";
     assert!(matches!(issuer.settle(foreign), Err(PayError::Rejected(_))));
-    assert!(matches!(issuer.settle("lnbcrt1garbage"), Err(PayError::InvalidInvoice(_))));
+    assert!(matches!(
+        issuer.settle("lnbcrt1garbage"),
+        Err(PayError::InvalidInvoice(_))
+    ));
 }
 
 #[tokio::test]
@@ -58,11 +61,24 @@ async fn restart_loses_no_invoice() {
     };
     let reopened = Sandbox::open(dir.path()).unwrap();
     assert_eq!(reopened.pubkey(), pubkey, "same node key after restart");
-    assert!(reopened.invoice_status(&paid.payment_hash).await.unwrap().is_settled());
-    assert_eq!(reopened.invoice_status(&open.payment_hash).await.unwrap(), InvoiceStatus::Open);
+    assert!(reopened
+        .invoice_status(&paid.payment_hash)
+        .await
+        .unwrap()
+        .is_settled());
+    assert_eq!(
+        reopened.invoice_status(&open.payment_hash).await.unwrap(),
+        InvoiceStatus::Open
+    );
     let outcome = reopened.settle(&open.bolt11).unwrap();
-    assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(outcome.preimage)), open.payment_hash);
-    assert!(matches!(reopened.settle(&paid.bolt11), Err(PayError::AlreadyPaid(_))));
+    assert_eq!(
+        <[u8; 32]>::from(sha2::Sha256::digest(outcome.preimage)),
+        open.payment_hash
+    );
+    assert!(matches!(
+        reopened.settle(&paid.bolt11),
+        Err(PayError::AlreadyPaid(_))
+    ));
 }
 
 #[tokio::test]
@@ -80,18 +96,30 @@ async fn http_payer() {
     let paid = paid.unwrap();
     assert_eq!(paid.amount_msat, 7_000);
     let preimage = hex::decode(&paid.preimage).unwrap();
-    assert_eq!(<[u8; 32]>::from(sha2::Sha256::digest(&preimage)), created.payment_hash);
+    assert_eq!(
+        <[u8; 32]>::from(sha2::Sha256::digest(&preimage)),
+        created.payment_hash
+    );
     assert!(settled.unwrap().is_settled());
 
     match pay_via(&client, &url, &created.bolt11).await {
-        Err(ClientError::Refused { status: 409, detail }) => assert!(detail.contains("already paid"), "{detail}"),
+        Err(ClientError::Refused {
+            status: 409,
+            detail,
+        }) => assert!(detail.contains("already paid"), "{detail}"),
         other => panic!("{other:?}"),
     }
     match pay_via(&client, &url, "lnbc1nope").await {
         Err(ClientError::Refused { status: 400, .. }) => {}
         other => panic!("{other:?}"),
     }
-    let raw = client.post(format!("{url}/sandbox/pay")).body("{not json").header("content-type", "application/json").send().await.unwrap();
+    let raw = client
+        .post(format!("{url}/sandbox/pay"))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(raw.status(), 400);
     assert_eq!(raw.headers()["content-type"], "application/problem+json");
     match pay_via(&client, "http://127.0.0.1:1", &created.bolt11).await {

@@ -64,7 +64,6 @@ impl Bitcoind {
             .arg(format!("-datadir={}", dir.path().display()))
             .arg(format!("-rpcport={rpc_port}"))
             .arg(format!("-port={p2p_port}"))
-            .arg("-bind=127.0.0.1")
             .arg("-rpcbind=127.0.0.1")
             .arg("-rpcallowip=127.0.0.1")
             .arg(format!("-rpcuser={RPC_USER}"))
@@ -85,7 +84,11 @@ impl Bitcoind {
             client: reqwest::Client::new(),
         };
         for _ in 0..200 {
-            if bitcoind.try_rpc("getblockchaininfo", json!([])).await.is_ok() {
+            if bitcoind
+                .try_rpc("getblockchaininfo", json!([]))
+                .await
+                .is_ok()
+            {
                 return bitcoind;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -118,12 +121,16 @@ impl Bitcoind {
 
     /// Mines `blocks` blocks paying to `address`.
     pub async fn mine(&self, blocks: u64, address: &str) {
-        self.rpc("generatetoaddress", json!([blocks, address])).await;
+        self.rpc("generatetoaddress", json!([blocks, address]))
+            .await;
     }
 
     /// The current height.
     pub async fn height(&self) -> u64 {
-        self.rpc("getblockcount", json!([])).await.as_u64().unwrap_or(0)
+        self.rpc("getblockcount", json!([]))
+            .await
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// The chain source config that points a node here.
@@ -162,7 +169,9 @@ impl TestNode {
             chain_source: bitcoind.chain_source(),
             data_dir: dir.path().join("ldk"),
             listen: vec![format!("127.0.0.1:{}", free_port())],
-            alias: None,
+            // An alias (with the listen address) makes ldk-node forward to
+            // private channels, which the routing node of the tests must.
+            alias: Some(format!("gate402-test-{}", free_port())),
             lsp: None,
             sync_interval_secs: Some(1),
         };
@@ -201,6 +210,8 @@ pub struct ChannelSpec {
     pub capacity_sats: u64,
     /// Given to the peer at open, so it can pay back.
     pub push_msat: u64,
+    /// Public, so that `from` forwards payments over it for others.
+    pub announced: bool,
 }
 
 /// bitcoind plus nodes with usable channels.
@@ -246,6 +257,7 @@ impl RegtestNetwork {
                     &peer.address(),
                     spec.capacity_sats,
                     Some(spec.push_msat),
+                    spec.announced,
                 )
                 .expect("open channel");
             // One funding transaction at a time: the next may spend this one's change.
@@ -266,11 +278,26 @@ impl RegtestNetwork {
                 channels.iter().all(|spec| {
                     let a = &network.nodes[spec.from].node;
                     let b = &network.nodes[spec.to].node;
-                    a.channels().iter().any(|c| c.usable && c.counterparty == b.node_id())
-                        && b.channels().iter().any(|c| c.usable && c.counterparty == a.node_id())
+                    a.channels()
+                        .iter()
+                        .any(|c| c.usable && c.counterparty == b.node_id())
+                        && b.channels()
+                            .iter()
+                            .any(|c| c.usable && c.counterparty == a.node_id())
                 })
             })
             .await;
+        let announced = channels.iter().filter(|c| c.announced).count();
+        if announced > 0 {
+            network
+                .until("announced channels gossiped to every node", || {
+                    network
+                        .nodes
+                        .iter()
+                        .all(|n| n.node.graph_channel_count() >= announced)
+                })
+                .await;
+        }
         network
     }
 

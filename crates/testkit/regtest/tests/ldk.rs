@@ -3,8 +3,8 @@
 //!
 //! payer (0) ──► router (1) ──► merchant (2)
 //!
-//! The router forwards for the LDK default fee (1 sat base), which is what
-//! the fee-cap check needs.
+//! The router's channel to the merchant is announced, so the router forwards
+//! over it for the LDK default fee (1 sat base): what the fee-cap check needs.
 
 use std::time::Duration;
 
@@ -30,8 +30,20 @@ async fn ldk_backend_on_a_real_regtest_network() {
     let mut network = RegtestNetwork::start(
         3,
         &[
-            ChannelSpec { from: PAYER, to: ROUTER, capacity_sats: 1_000_000, push_msat: 0 },
-            ChannelSpec { from: ROUTER, to: MERCHANT, capacity_sats: 1_000_000, push_msat: 0 },
+            ChannelSpec {
+                from: PAYER,
+                to: ROUTER,
+                capacity_sats: 1_000_000,
+                push_msat: 0,
+                announced: false,
+            },
+            ChannelSpec {
+                from: ROUTER,
+                to: MERCHANT,
+                capacity_sats: 1_000_000,
+                push_msat: 0,
+                announced: true,
+            },
         ],
     )
     .await;
@@ -48,7 +60,10 @@ async fn ldk_backend_on_a_real_regtest_network() {
     let payer = &network.nodes[PAYER].node;
     let invoice = merchant.create_invoice(request(50_000)).await.unwrap();
     match payer.pay(&invoice.bolt11, 0, Duration::from_secs(60)).await {
-        Err(PayError::NoRoute { max_fee_msat: 0, reason }) => {
+        Err(PayError::NoRoute {
+            max_fee_msat: 0,
+            reason,
+        }) => {
             assert!(reason.contains("Route"), "{reason}")
         }
         other => panic!("a zero fee cap must fail with NoRoute, got {other:?}"),
@@ -62,7 +77,11 @@ async fn ldk_backend_on_a_real_regtest_network() {
         .pay(&invoice.bolt11, 5_000, Duration::from_secs(60))
         .await
         .expect("payment through the router");
-    assert!(paid.fee_msat > 0 && paid.fee_msat <= 5_000, "fee {}", paid.fee_msat);
+    assert!(
+        paid.fee_msat > 0 && paid.fee_msat <= 5_000,
+        "fee {}",
+        paid.fee_msat
+    );
     assert_eq!(
         <[u8; 32]>::from(sha2::Sha256::digest(paid.preimage)),
         invoice.payment_hash
@@ -80,10 +99,18 @@ async fn ldk_backend_on_a_real_regtest_network() {
     let node = node.restart().await;
     network.nodes.insert(MERCHANT, node);
     let merchant = &network.nodes[MERCHANT].node;
-    assert!(merchant.invoice_status(&settled_before).await.unwrap().is_settled());
+    assert!(merchant
+        .invoice_status(&settled_before)
+        .await
+        .unwrap()
+        .is_settled());
     network
         .until("merchant channel usable after restart", || {
-            network.nodes[MERCHANT].node.channels().iter().any(|c| c.usable)
+            network.nodes[MERCHANT]
+                .node
+                .channels()
+                .iter()
+                .any(|c| c.usable)
         })
         .await;
     let paid = network.nodes[PAYER]
