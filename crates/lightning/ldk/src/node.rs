@@ -317,15 +317,18 @@ impl Drop for LdkNode {
         self.events.abort();
         // Stop before the data directory can go away. Stopping blocks, which
         // a runtime worker may do only through `block_in_place`.
+        // An error here means it was already stopped.
         match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
-                tokio::task::block_in_place(|| drop(self.node.stop()))
+                tokio::task::block_in_place(|| self.node.stop().ok());
             }
             Ok(_) => {
                 let node = self.node.clone();
-                std::thread::spawn(move || drop(node.stop()));
+                std::thread::spawn(move || node.stop().ok());
             }
-            Err(_) => drop(self.node.stop()),
+            Err(_) => {
+                self.node.stop().ok();
+            }
         }
     }
 }
