@@ -1,0 +1,306 @@
+//! Core Lightning over its `clnrest` plugin, authenticated with a rune.
+//!
+//! Every call is `POST /v1/<method>` with the JSON-RPC parameters as the
+//! body and the rune in the `Rune` header; errors come back as
+//! `{"code", "message"}` from the RPC.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use gate402_lightning::{
+    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError,
+    Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
+};
+use serde_json::{json, Value};
+
+use crate::http::{self, unavailable, RemoteError};
+
+/// How to reach Core Lightning.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClnConfig {
+    /// clnrest address, `https://127.0.0.1:3010`.
+    pub url: String,
+    /// The rune (`lightning-cli createrune`), or ...
+    #[serde(default)]
+    pub rune: Option<String>,
+    /// ... a file holding it.
+    #[serde(default)]
+    pub rune_path: Option<PathBuf>,
+    /// clnrest's certificate (`ca.pem`); the system roots if absent.
+    #[serde(default)]
+    pub tls_cert_path: Option<PathBuf>,
+}
+
+/// The Core Lightning backend.
+#[derive(Debug, Clone)]
+pub struct Cln {
+    client: reqwest::Client,
+    base: String,
+    rune: String,
+}
+
+/// RPC error codes of `pay` (Core Lightning's `common/errcode.h`).
+mod codes {
+    pub const ROUTE_NOT_FOUND: i64 = 205;
+    pub const ROUTE_TOO_EXPENSIVE: i64 = 206;
+    pub const INVOICE_EXPIRED: i64 = 207;
+    pub const STOPPED_RETRYING: i64 = 210;
+}
+
+impl Cln {
+    /// Reads the rune and certificate and prepares the client.
+    pub fn new(config: &ClnConfig) -> Result<Self, RemoteError> {
+        let rune = match (&config.rune, &config.rune_path) {
+            (Some(rune), _) => rune.clone(),
+            (None, Some(path)) => String::from_utf8_lossy(&http::read(path)?)
+                .trim()
+                .to_owned(),
+            (None, None) => {
+                return Err(RemoteError::Read {
+                    path: PathBuf::from("rune"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "set rune or rune_path",
+                    ),
+                })
+            }
+        };
+        Ok(Self {
+            client: http::client(config.tls_cert_path.as_deref())?,
+            base: http::base_url(&config.url)?,
+            rune,
+        })
+    }
+
+    /// Calls an RPC method; the error's RPC code is kept for `pay`.
+    async fn rpc(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, (Option<i64>, LightningError)> {
+        let response = self
+            .client
+            .post(format!("{}/v1/{method}", self.base))
+            .header("Rune", &self.rune)
+            .json(&params)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    (None, LightningError::Timeout(timeout))
+                } else {
+                    (None, unavailable(e))
+                }
+            })?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.map_err(|e| (None, unavailable(e)))?;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let code = body["code"].as_i64();
+        let message = body["message"].as_str().unwrap_or("").to_owned();
+        let error = if status == 401 || status == 403 || message.contains("Not authorized") {
+            LightningError::Unauthorized(message)
+        } else {
+            LightningError::Rejected(format!(
+                "Core Lightning {method} (code {}): {message}",
+                code.unwrap_or(0)
+            ))
+        };
+        Err((code, error))
+    }
+
+    async fn call(&self, method: &str, params: Value) -> Result<Value, LightningError> {
+        self.rpc(method, params, Duration::from_secs(30))
+            .await
+            .map_err(|(_, e)| e)
+    }
+
+    async fn find_invoice(&self, hash: &PaymentHash) -> Result<Value, LightningError> {
+        let answer = self
+            .call("listinvoices", json!({"payment_hash": hex::encode(hash)}))
+            .await?;
+        answer["invoices"]
+            .as_array()
+            .and_then(|list| list.first().cloned())
+            .ok_or_else(|| LightningError::NotFound(hex::encode(hash)))
+    }
+}
+
+fn msat(value: &Value) -> u64 {
+    // Older releases wrote "1000msat"; current ones write numbers.
+    value.as_u64().unwrap_or_else(|| {
+        value
+            .as_str()
+            .map(|s| s.trim_end_matches("msat"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    })
+}
+
+fn hash32(value: &Value) -> Option<[u8; 32]> {
+    value
+        .as_str()
+        .and_then(|s| hex::decode(s).ok())
+        .and_then(|b| b.try_into().ok())
+}
+
+fn invoice_status(invoice: &Value) -> InvoiceStatus {
+    match invoice["status"].as_str().unwrap_or("") {
+        "paid" => InvoiceStatus::Settled {
+            amount_msat: msat(&invoice["amount_received_msat"]),
+            preimage: hash32(&invoice["payment_preimage"]),
+        },
+        "expired" => InvoiceStatus::Canceled,
+        _ => InvoiceStatus::Open,
+    }
+}
+
+fn outcome(pay: &Value) -> Option<PaymentOutcome> {
+    let amount = msat(&pay["amount_msat"]);
+    let sent = msat(&pay["amount_sent_msat"]);
+    Some(PaymentOutcome {
+        preimage: hash32(&pay["payment_preimage"]).or_else(|| hash32(&pay["preimage"]))?,
+        fee_msat: sent.saturating_sub(amount),
+        amount_msat: amount,
+    })
+}
+
+#[async_trait]
+impl LightningBackend for Cln {
+    async fn create_invoice(
+        &self,
+        request: InvoiceRequest,
+    ) -> Result<CreatedInvoice, LightningError> {
+        // Labels must be unique; the payment hash is not known beforehand.
+        let label = format!("gate402-{}", hex::encode(rand::random::<[u8; 16]>()));
+        let answer = self
+            .call(
+                "invoice",
+                json!({
+                    "amount_msat": request.amount_msat,
+                    "label": label,
+                    "description": request.memo,
+                    "expiry": request.expiry_secs,
+                }),
+            )
+            .await?;
+        let bolt11 = answer["bolt11"]
+            .as_str()
+            .ok_or_else(|| LightningError::Protocol("no bolt11".into()))?;
+        let payment_hash = hash32(&answer["payment_hash"])
+            .ok_or_else(|| LightningError::Protocol("payment_hash".into()))?;
+        Ok(CreatedInvoice {
+            bolt11: bolt11.to_owned(),
+            payment_hash,
+            expires_at: answer["expires_at"].as_u64().unwrap_or(0),
+        })
+    }
+
+    async fn invoice_status(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError> {
+        Ok(invoice_status(&self.find_invoice(hash).await?))
+    }
+
+    /// `waitinvoice` on the invoice's label: it answers when the invoice is
+    /// paid (or errors when it expires).
+    async fn wait_invoice(
+        &self,
+        hash: &PaymentHash,
+        timeout: Duration,
+    ) -> Result<InvoiceStatus, LightningError> {
+        let invoice = self.find_invoice(hash).await?;
+        let status = invoice_status(&invoice);
+        if status != InvoiceStatus::Open {
+            return Ok(status);
+        }
+        let label = invoice["label"].clone();
+        match self
+            .rpc("waitinvoice", json!({"label": label}), timeout)
+            .await
+        {
+            Ok(paid) => Ok(invoice_status(&paid)),
+            Err((_, LightningError::Timeout(_))) => Err(LightningError::Timeout(timeout)),
+            Err(_) => self.invoice_status(hash).await,
+        }
+    }
+
+    async fn pay(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        let network = self.node_info().await?.network;
+        let invoice = check_payable(bolt11, network, SystemTime::now())?;
+        if let PaymentStatus::Succeeded(done) = self.payment_status(&invoice.payment_hash()).await?
+        {
+            return Err(PayError::AlreadyPaid(done));
+        }
+        let params = json!({
+            "bolt11": bolt11,
+            "maxfee": max_fee_msat,
+            "retry_for": timeout.as_secs().max(1),
+        });
+        match self
+            .rpc("pay", params, timeout + Duration::from_secs(10))
+            .await
+        {
+            Ok(answer) => outcome(&answer).ok_or_else(|| {
+                PayError::Backend(LightningError::Protocol(
+                    "pay answered without a preimage".into(),
+                ))
+            }),
+            Err((_, LightningError::Timeout(_))) => Err(PayError::StillPending(timeout)),
+            Err((Some(code), LightningError::Rejected(reason))) => Err(match code {
+                codes::ROUTE_NOT_FOUND | codes::ROUTE_TOO_EXPENSIVE | codes::STOPPED_RETRYING => {
+                    PayError::NoRoute {
+                        max_fee_msat,
+                        reason,
+                    }
+                }
+                codes::INVOICE_EXPIRED => PayError::InvoiceExpired(invoice.expires_at()),
+                _ => PayError::Rejected(reason),
+            }),
+            Err((_, e)) => Err(PayError::Backend(e)),
+        }
+    }
+
+    async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
+        let answer = self
+            .call("listpays", json!({"payment_hash": hex::encode(hash)}))
+            .await?;
+        let pays = answer["pays"].as_array().cloned().unwrap_or_default();
+        if let Some(done) = pays.iter().find(|p| p["status"] == "complete") {
+            return outcome(done)
+                .map(PaymentStatus::Succeeded)
+                .ok_or_else(|| LightningError::Protocol("complete pay without preimage".into()));
+        }
+        Ok(match pays.last() {
+            None => PaymentStatus::Unknown,
+            Some(p) if p["status"] == "pending" => PaymentStatus::Pending,
+            Some(_) => PaymentStatus::Failed("payment failed".into()),
+        })
+    }
+
+    async fn node_info(&self) -> Result<NodeInfo, LightningError> {
+        let info = self.call("getinfo", json!({})).await?;
+        let pubkey = info["id"]
+            .as_str()
+            .and_then(|k| hex::decode(k).ok())
+            .and_then(|k| <[u8; 33]>::try_from(k).ok())
+            .ok_or_else(|| LightningError::Protocol("id".into()))?;
+        let network = info["network"]
+            .as_str()
+            .and_then(|n| n.parse::<Network>().ok())
+            .ok_or_else(|| LightningError::Protocol("network".into()))?;
+        Ok(NodeInfo {
+            network,
+            pubkey,
+            backend: "cln",
+        })
+    }
+}

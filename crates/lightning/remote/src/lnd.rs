@@ -1,0 +1,405 @@
+//! LND over its REST API.
+//!
+//! Configured the way Aperture users already configure LND: the REST
+//! address, a macaroon (a file, or LND's macaroon directory, from which
+//! `admin.macaroon` is used: paying needs it), and the node's `tls.cert`.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use base64::Engine as _;
+use gate402_lightning::{
+    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError,
+    Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::http::{self, read_json_lines, unavailable, RemoteError};
+
+/// How to reach LND.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LndConfig {
+    /// REST address, `https://127.0.0.1:8080`.
+    pub url: String,
+    /// A macaroon file (`admin.macaroon`).
+    #[serde(default)]
+    pub macaroon_path: Option<PathBuf>,
+    /// LND's macaroon directory (Aperture's `macdir`); `admin.macaroon` in it is used.
+    #[serde(default)]
+    pub macaroon_dir: Option<PathBuf>,
+    /// LND's `tls.cert` (Aperture's `tlspath`); the system roots if absent.
+    #[serde(default)]
+    pub tls_cert_path: Option<PathBuf>,
+}
+
+/// The LND backend.
+#[derive(Debug, Clone)]
+pub struct Lnd {
+    client: reqwest::Client,
+    base: String,
+    macaroon: String,
+}
+
+/// The header through which LND's REST gateway takes the macaroon.
+pub const MACAROON_HEADER: &str = "Grpc-Metadata-macaroon";
+
+impl Lnd {
+    /// Reads the macaroon and certificate and prepares the client.
+    pub fn new(config: &LndConfig) -> Result<Self, RemoteError> {
+        let macaroon_path = match (&config.macaroon_path, &config.macaroon_dir) {
+            (Some(path), _) => path.clone(),
+            (None, Some(dir)) => dir.join("admin.macaroon"),
+            (None, None) => {
+                return Err(RemoteError::Read {
+                    path: PathBuf::from("admin.macaroon"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "set macaroon_path or macaroon_dir",
+                    ),
+                })
+            }
+        };
+        Ok(Self {
+            client: http::client(config.tls_cert_path.as_deref())?,
+            base: http::base_url(&config.url)?,
+            macaroon: hex::encode(http::read(&macaroon_path)?),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .header(MACAROON_HEADER, &self.macaroon)
+    }
+
+    /// Sends a request and returns the JSON body of a 2xx answer.
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, LightningError> {
+        let response = request
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(unavailable)?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        Err(lnd_error(status.as_u16(), &body))
+    }
+}
+
+/// Maps a grpc-gateway error body (`{"code", "message"}`) to our errors.
+fn lnd_error(status: u16, body: &Value) -> LightningError {
+    let error = body.get("error").unwrap_or(body);
+    let message = error["message"].as_str().unwrap_or("").to_owned();
+    let code = error["code"].as_i64().unwrap_or(0);
+    if status == 401
+        || status == 403
+        || code == 16
+        || code == 7
+        || message.contains("macaroon")
+        || message.contains("verification failed")
+    {
+        LightningError::Unauthorized(message)
+    } else if status == 404 || code == 5 {
+        LightningError::NotFound(message)
+    } else {
+        LightningError::Rejected(format!("LND ({status}, code {code}): {message}"))
+    }
+}
+
+#[derive(Deserialize)]
+struct LndInvoice {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    amt_paid_msat: Option<StringOrNumber>,
+    #[serde(default)]
+    r_preimage: Option<String>,
+}
+
+/// LND's REST gateway sends 64-bit integers as strings; accept either.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StringOrNumber {
+    String(String),
+    Number(u64),
+}
+
+impl StringOrNumber {
+    fn value(&self) -> u64 {
+        match self {
+            StringOrNumber::String(s) => s.parse().unwrap_or(0),
+            StringOrNumber::Number(n) => *n,
+        }
+    }
+}
+
+fn number(value: &Value) -> u64 {
+    serde_json::from_value::<StringOrNumber>(value.clone())
+        .map(|n| n.value())
+        .unwrap_or(0)
+}
+
+fn invoice_status(invoice: &LndInvoice) -> InvoiceStatus {
+    match invoice.state.as_str() {
+        "SETTLED" => InvoiceStatus::Settled {
+            amount_msat: invoice
+                .amt_paid_msat
+                .as_ref()
+                .map_or(0, StringOrNumber::value),
+            preimage: invoice
+                .r_preimage
+                .as_deref()
+                .and_then(|p| STANDARD.decode(p).ok())
+                .and_then(|p| p.try_into().ok()),
+        },
+        "CANCELED" => InvoiceStatus::Canceled,
+        _ => InvoiceStatus::Open,
+    }
+}
+
+/// Reads a `Payment` message of the router into a status.
+fn payment_status(payment: &Value) -> PaymentStatus {
+    match payment["status"].as_str().unwrap_or("") {
+        "SUCCEEDED" => {
+            let preimage = payment["payment_preimage"]
+                .as_str()
+                .and_then(|p| hex::decode(p).ok())
+                .and_then(|p| <[u8; 32]>::try_from(p).ok());
+            match preimage {
+                Some(preimage) => PaymentStatus::Succeeded(PaymentOutcome {
+                    preimage,
+                    fee_msat: number(&payment["fee_msat"]),
+                    amount_msat: number(&payment["value_msat"]),
+                }),
+                None => PaymentStatus::Failed("LND reported success without a preimage".into()),
+            }
+        }
+        "FAILED" => PaymentStatus::Failed(
+            payment["failure_reason"]
+                .as_str()
+                .unwrap_or("FAILURE_REASON_ERROR")
+                .to_owned(),
+        ),
+        _ => PaymentStatus::Pending,
+    }
+}
+
+fn path_hash(hash: &PaymentHash) -> String {
+    URL_SAFE.encode(hash)
+}
+
+#[async_trait]
+impl LightningBackend for Lnd {
+    async fn create_invoice(
+        &self,
+        request: InvoiceRequest,
+    ) -> Result<CreatedInvoice, LightningError> {
+        let body = json!({
+            "memo": request.memo,
+            "value_msat": request.amount_msat.to_string(),
+            "expiry": request.expiry_secs.to_string(),
+        });
+        let answer = self
+            .call(
+                self.request(reqwest::Method::POST, "/v1/invoices")
+                    .json(&body),
+            )
+            .await?;
+        let bolt11 = answer["payment_request"]
+            .as_str()
+            .ok_or_else(|| LightningError::Protocol("no payment_request".into()))?;
+        let invoice = gate402_bolt11::Invoice::parse(bolt11)
+            .map_err(|e| LightningError::Protocol(e.to_string()))?;
+        Ok(CreatedInvoice {
+            bolt11: bolt11.to_owned(),
+            payment_hash: invoice.payment_hash(),
+            expires_at: invoice.expires_at(),
+        })
+    }
+
+    async fn invoice_status(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError> {
+        let answer = self
+            .call(self.request(
+                reqwest::Method::GET,
+                &format!("/v1/invoice/{}", hex::encode(hash)),
+            ))
+            .await?;
+        let invoice: LndInvoice =
+            serde_json::from_value(answer).map_err(|e| LightningError::Protocol(e.to_string()))?;
+        Ok(invoice_status(&invoice))
+    }
+
+    /// Follows `/v2/invoices/subscribe/{hash}`; if the stream ends early,
+    /// falls back to looking the invoice up until the deadline.
+    async fn wait_invoice(
+        &self,
+        hash: &PaymentHash,
+        timeout: Duration,
+    ) -> Result<InvoiceStatus, LightningError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let subscribe = async {
+            let response = self
+                .request(
+                    reqwest::Method::GET,
+                    &format!("/v2/invoices/subscribe/{}", path_hash(hash)),
+                )
+                .send()
+                .await
+                .map_err(unavailable)?;
+            if !response.status().is_success() {
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                return Err(lnd_error(status, &body));
+            }
+            read_json_lines(response, |line| {
+                let invoice: LndInvoice =
+                    serde_json::from_value(line.get("result")?.clone()).ok()?;
+                let status = invoice_status(&invoice);
+                (status != InvoiceStatus::Open).then_some(status)
+            })
+            .await
+        };
+        match tokio::time::timeout_at(deadline, subscribe).await {
+            Err(_) => return Err(LightningError::Timeout(timeout)),
+            Ok(Ok(Some(status))) => return Ok(status),
+            Ok(Err(e @ (LightningError::NotFound(_) | LightningError::Unauthorized(_)))) => {
+                return Err(e)
+            }
+            Ok(_) => {}
+        }
+        loop {
+            let status = self.invoice_status(hash).await?;
+            if status != InvoiceStatus::Open {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LightningError::Timeout(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn pay(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        let network = self.node_info().await?.network;
+        let invoice = check_payable(bolt11, network, SystemTime::now())?;
+        let body = json!({
+            "payment_request": bolt11,
+            "fee_limit_msat": max_fee_msat.to_string(),
+            "timeout_seconds": timeout.as_secs().clamp(1, i32::MAX as u64),
+            "no_inflight_updates": true,
+        });
+        let send = async {
+            let response = self
+                .request(reqwest::Method::POST, "/v2/router/send")
+                .json(&body)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            let status = response.status().as_u16();
+            if !response.status().is_success() {
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                return Err(lnd_error(status, &body));
+            }
+            read_json_lines(response, |line| {
+                if let Some(error) = line.get("error") {
+                    return Some(Err(lnd_error(500, error)));
+                }
+                match payment_status(line.get("result")?) {
+                    PaymentStatus::Pending | PaymentStatus::Unknown => None,
+                    done => Some(Ok(done)),
+                }
+            })
+            .await?
+            .unwrap_or(Ok(PaymentStatus::Pending))
+        };
+        let outcome = tokio::time::timeout(timeout + Duration::from_secs(5), send).await;
+        match outcome {
+            Err(_) | Ok(Ok(PaymentStatus::Pending | PaymentStatus::Unknown)) => {
+                Err(PayError::StillPending(timeout))
+            }
+            Ok(Ok(PaymentStatus::Succeeded(outcome))) => Ok(outcome),
+            Ok(Ok(PaymentStatus::Failed(reason))) => Err(match reason.as_str() {
+                "FAILURE_REASON_NO_ROUTE" => PayError::NoRoute {
+                    max_fee_msat,
+                    reason,
+                },
+                "FAILURE_REASON_INSUFFICIENT_BALANCE" => PayError::InsufficientBalance(reason),
+                _ => PayError::Rejected(reason),
+            }),
+            Ok(Err(LightningError::Rejected(message))) if message.contains("already paid") => {
+                match self.payment_status(&invoice.payment_hash()).await? {
+                    PaymentStatus::Succeeded(outcome) => Err(PayError::AlreadyPaid(outcome)),
+                    _ => Err(PayError::Rejected(message)),
+                }
+            }
+            Ok(Err(e)) => Err(PayError::Backend(e)),
+        }
+    }
+
+    /// Asks the router to track the payment; no final answer within a
+    /// second means it is still in flight.
+    async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
+        let track = async {
+            let response = self
+                .request(
+                    reqwest::Method::GET,
+                    &format!(
+                        "/v2/router/track/{}?no_inflight_updates=true",
+                        path_hash(hash)
+                    ),
+                )
+                .send()
+                .await
+                .map_err(unavailable)?;
+            let status = response.status().as_u16();
+            if !response.status().is_success() {
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                return Err(lnd_error(status, &body));
+            }
+            read_json_lines(response, |line| {
+                if let Some(error) = line.get("error") {
+                    return Some(Err(lnd_error(500, error)));
+                }
+                Some(Ok(payment_status(line.get("result")?)))
+            })
+            .await?
+            .unwrap_or(Ok(PaymentStatus::Pending))
+        };
+        match tokio::time::timeout(Duration::from_secs(1), track).await {
+            Err(_) => Ok(PaymentStatus::Pending),
+            Ok(Err(LightningError::NotFound(_))) => Ok(PaymentStatus::Unknown),
+            Ok(result) => result,
+        }
+    }
+
+    async fn node_info(&self) -> Result<NodeInfo, LightningError> {
+        let info = self
+            .call(self.request(reqwest::Method::GET, "/v1/getinfo"))
+            .await?;
+        let pubkey = info["identity_pubkey"]
+            .as_str()
+            .and_then(|k| hex::decode(k).ok())
+            .and_then(|k| <[u8; 33]>::try_from(k).ok())
+            .ok_or_else(|| LightningError::Protocol("identity_pubkey".into()))?;
+        let network = info["chains"][0]["network"]
+            .as_str()
+            .and_then(|n| n.parse::<Network>().ok())
+            .ok_or_else(|| LightningError::Protocol("chains[0].network".into()))?;
+        Ok(NodeInfo {
+            network,
+            pubkey,
+            backend: "lnd",
+        })
+    }
+}
