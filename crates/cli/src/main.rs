@@ -5,7 +5,10 @@
 //! here and nowhere below.
 
 mod decode;
+mod lightning;
+mod node;
 mod report;
+mod sandbox;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +32,19 @@ enum Command {
     /// Decode a 402 artifact: a WWW-Authenticate, Authorization or
     /// Payment-Receipt value, a macaroon, or a BOLT11 invoice.
     Decode(decode::Args),
+    /// Operate the embedded ldk Lightning node.
+    Node {
+        /// Config file with an `[lightning]` table, `backend = "ldk"`.
+        #[arg(long, short, env = "GATE402_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: node::NodeCommand,
+    },
+    /// The sandbox backend's payer (test money).
+    Sandbox {
+        #[command(subcommand)]
+        command: sandbox::SandboxCommand,
+    },
 }
 
 /// Exit code for input that cannot be decoded (the same as a usage error).
@@ -37,7 +53,6 @@ pub const EXIT_MALFORMED: u8 = 2;
 impl Cli {
     /// The data directory: `--data-dir`, else `GATE402_DATA_DIR`, else the
     /// platform's data directory (`~/.local/share/gate402` on Linux).
-    #[allow(dead_code)] // the first stateful subcommands arrive with the gateway
     fn data_dir(&self) -> anyhow::Result<PathBuf> {
         match &self.data_dir {
             Some(dir) => Ok(dir.clone()),
@@ -50,7 +65,28 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Decode(args) => decode::run(&args),
+    if let Command::Decode(args) = &cli.command {
+        return decode::run(args);
     }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+async fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Decode(_) => unreachable!("decode runs without a runtime"),
+        Command::Node { config, command } => node::run(config, &cli.data_dir()?, command).await,
+        Command::Sandbox { command } => sandbox::run(command).await,
+    }
+}
+
+fn fail(error: anyhow::Error) -> ExitCode {
+    eprintln!("gate402: {error:#}");
+    ExitCode::FAILURE
 }

@@ -53,8 +53,10 @@ pub struct LdkConfig {
     pub network: Network,
     /// Where chain data comes from.
     pub chain_source: ChainSource,
-    /// Where keys, channel state and payments live. Back it up.
-    pub data_dir: PathBuf,
+    /// Where keys, channel state and payments live. Back it up. Unset in a
+    /// config file means `<gate402 data dir>/ldk` ([`LdkConfig::or_data_dir`]).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
     /// Addresses to accept peer connections on (`0.0.0.0:9735`).
     #[serde(default)]
     pub listen: Vec<String>,
@@ -68,4 +70,14 @@ pub struct LdkConfig {
     /// tests use 1).
     #[serde(default)]
     pub sync_interval_secs: Option<u64>,
+}
+
+impl LdkConfig {
+    /// Fills in the data directory when the config left it unset.
+    pub fn or_data_dir(mut self, default: impl FnOnce() -> PathBuf) -> Self {
+        if self.data_dir.is_none() {
+            self.data_dir = Some(default());
+        }
+        self
+    }
 }

@@ -345,7 +345,11 @@ fn node_network(node: &Node) -> Network {
 fn build(config: &LdkConfig) -> Result<Arc<Node>, LdkError> {
     let mut builder = Builder::new();
     builder.set_network(ldk_network(config.network));
-    builder.set_storage_dir_path(config.data_dir.to_string_lossy().into_owned());
+    let data_dir = config.data_dir.as_ref().ok_or(LdkError::Config {
+        key: "data_dir",
+        reason: "not set".into(),
+    })?;
+    builder.set_storage_dir_path(data_dir.to_string_lossy().into_owned());
     let sync = config.sync_interval_secs.map(|secs| BackgroundSyncConfig {
         onchain_wallet_sync_interval_secs: secs.max(1),
         lightning_wallet_sync_interval_secs: secs.max(1),

@@ -167,7 +167,7 @@ impl TestNode {
         let config = LdkConfig {
             network: gate402_lightning_ldk_network(),
             chain_source: bitcoind.chain_source(),
-            data_dir: dir.path().join("ldk"),
+            data_dir: Some(dir.path().join("ldk")),
             listen: vec![format!("127.0.0.1:{}", free_port())],
             // An alias (with the listen address) makes ldk-node forward to
             // private channels, which the routing node of the tests must.

@@ -1,0 +1,164 @@
+//! Which Lightning backend to run, from the `[lightning]` table of the
+//! config file, and connecting to it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use gate402_lightning::{LightningBackend, Network};
+use gate402_lightning_ldk::{LdkConfig, LdkNode};
+use gate402_lightning_remote::cln::{Cln, ClnConfig};
+use gate402_lightning_remote::lnd::{Lnd, LndConfig};
+use gate402_lightning_sandbox::Sandbox;
+use serde::Deserialize;
+
+/// The `[lightning]` table: `backend = "sandbox" | "ldk" | "lnd" | "cln"`
+/// and that backend's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum LightningConfig {
+    /// The embedded test-money backend (the default).
+    Sandbox(SandboxSection),
+    /// The embedded ldk-node node.
+    Ldk(LdkConfig),
+    /// LND over REST.
+    Lnd(LndConfig),
+    /// Core Lightning over clnrest.
+    Cln(ClnConfig),
+}
+
+impl Default for LightningConfig {
+    fn default() -> Self {
+        LightningConfig::Sandbox(SandboxSection::default())
+    }
+}
+
+/// `[lightning] backend = "sandbox"`: nothing to set but, optionally, the
+/// network, which must then be regtest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    /// Only `regtest` is accepted: the sandbox is test money.
+    #[serde(default)]
+    pub network: Option<Network>,
+}
+
+/// A config file as far as the Lightning backend goes.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConfigFile {
+    /// The `[lightning]` table (sandbox when absent).
+    #[serde(default)]
+    pub lightning: LightningConfig,
+}
+
+impl ConfigFile {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let config: Self =
+            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        config.lightning.check()?;
+        Ok(config)
+    }
+}
+
+impl LightningConfig {
+    /// Rejects what cannot be meant: the sandbox on a real network.
+    pub fn check(&self) -> Result<()> {
+        if let LightningConfig::Sandbox(SandboxSection {
+            network: Some(network),
+        }) = self
+        {
+            if *network != Network::Regtest {
+                bail!(
+                    "lightning.network: the sandbox backend is test money on regtest; it cannot run on {network}. Use backend = \"ldk\", \"lnd\" or \"cln\" for {network}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend's short name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LightningConfig::Sandbox(_) => "sandbox",
+            LightningConfig::Ldk(_) => "ldk",
+            LightningConfig::Lnd(_) => "lnd",
+            LightningConfig::Cln(_) => "cln",
+        }
+    }
+
+    /// Starts or connects to the backend; state goes under `data_dir`.
+    pub async fn connect(&self, data_dir: &Path) -> Result<Arc<dyn LightningBackend>> {
+        Ok(match self {
+            LightningConfig::Sandbox(_) => Arc::new(Sandbox::open(&data_dir.join("sandbox"))?),
+            LightningConfig::Ldk(config) => Arc::new(start_ldk(config, data_dir).await?),
+            LightningConfig::Lnd(config) => Arc::new(Lnd::new(config)?),
+            LightningConfig::Cln(config) => Arc::new(Cln::new(config)?),
+        })
+    }
+}
+
+/// Starts the embedded node, its data under `<data_dir>/ldk` unless set.
+pub async fn start_ldk(config: &LdkConfig, data_dir: &Path) -> Result<LdkNode> {
+    let config = config.clone().or_data_dir(|| data_dir.join("ldk"));
+    let dir: PathBuf = config.data_dir.clone().unwrap_or_default();
+    LdkNode::start(&config)
+        .await
+        .with_context(|| format!("starting the ldk node in {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConfigFile> {
+        let config: ConfigFile = toml::from_str(text)?;
+        config.lightning.check()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn backends() {
+        assert_eq!(parse("").unwrap().lightning.name(), "sandbox");
+        assert_eq!(
+            parse("[lightning]\nbackend = \"sandbox\"\nnetwork = \"regtest\"")
+                .unwrap()
+                .lightning
+                .name(),
+            "sandbox"
+        );
+        let ldk = parse(
+            "[lightning]\nbackend = \"ldk\"\nnetwork = \"signet\"\nlisten = [\"0.0.0.0:9735\"]\n[lightning.chain_source]\nkind = \"esplora\"\nurl = \"https://mempool.space/signet/api\"",
+        )
+        .unwrap();
+        assert_eq!(ldk.lightning.name(), "ldk");
+        let lnd = parse("[lightning]\nbackend = \"lnd\"\nurl = \"https://127.0.0.1:8080\"\nmacaroon_dir = \"/lnd/data/chain/bitcoin/mainnet\"\ntls_cert_path = \"/lnd/tls.cert\"").unwrap();
+        assert_eq!(lnd.lightning.name(), "lnd");
+        assert_eq!(
+            parse(
+                "[lightning]\nbackend = \"cln\"\nurl = \"https://127.0.0.1:3010\"\nrune = \"abc\""
+            )
+            .unwrap()
+            .lightning
+            .name(),
+            "cln"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_refused() {
+        let err = parse("[lightning]\nbackend = \"sandbox\"\nnetwork = \"mainnet\"").unwrap_err();
+        assert!(err.to_string().contains("test money"), "{err}");
+        assert!(parse("[lightning]\nbackend = \"eclair\"").is_err());
+        assert!(
+            parse("[lightning]\nbackend = \"lnd\"\nurl = \"https://x\"\nmacaroon = \"typo\"")
+                .is_err()
+        );
+        assert!(
+            parse("[lightning]\nbackend = \"ldk\"\nnetwork = \"regtest\"").is_err(),
+            "chain_source is required"
+        );
+    }
+}

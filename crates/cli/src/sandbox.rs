@@ -1,0 +1,33 @@
+//! `gate402 sandbox pay`: pay an invoice of a sandbox gateway with its
+//! built-in payer. Test money.
+
+use anyhow::Result;
+use clap::Subcommand;
+use gate402_lightning_sandbox::http::pay_via;
+
+/// The gateway's default listen address, where the payer is by default.
+pub const DEFAULT_GATEWAY_URL: &str = "http://127.0.0.1:8402";
+
+/// Sandbox commands.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Pay a sandbox invoice and print `{"preimage", "amount_msat"}`.
+    Pay {
+        /// The gateway running the sandbox backend.
+        #[arg(long, default_value = DEFAULT_GATEWAY_URL)]
+        url: String,
+        /// The BOLT11 invoice (from a 402).
+        invoice: String,
+    },
+}
+
+/// Runs a sandbox command.
+pub async fn run(command: &SandboxCommand) -> Result<()> {
+    match command {
+        SandboxCommand::Pay { url, invoice } => {
+            let paid = pay_via(&reqwest::Client::new(), url, invoice.trim()).await?;
+            println!("{}", serde_json::to_string_pretty(&paid)?);
+            Ok(())
+        }
+    }
+}
