@@ -5,10 +5,11 @@
 //! here and nowhere below.
 
 mod decode;
-mod lightning;
+mod demo;
 mod node;
 mod report;
 mod sandbox;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,10 @@ struct Cli {
     #[arg(long, global = true, env = "GATE402_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
+    /// Log format: text or json.
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -32,6 +37,10 @@ enum Command {
     /// Decode a 402 artifact: a WWW-Authenticate, Authorization or
     /// Payment-Receipt value, a macaroon, or a BOLT11 invoice.
     Decode(decode::Args),
+    /// Run the gateway: with no config, the sandbox in front of a demo API.
+    Serve(serve::Args),
+    /// Run the whole payment loop once and print each step.
+    Demo(demo::Args),
     /// Operate the embedded ldk Lightning node.
     Node {
         /// Config file with an `[lightning]` table, `backend = "ldk"`.
@@ -65,9 +74,14 @@ impl Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Decode(args) = &cli.command {
-        return decode::run(args);
+    match &cli.command {
+        Command::Decode(args) => return decode::run(args),
+        Command::Serve(args) if args.check => return serve::check(args.config.as_deref()),
+        _ => {}
     }
+    // The demo prints its own story; only problems are logged over it.
+    let quiet = matches!(cli.command, Command::Demo(_));
+    init_logging(&cli.log_format, quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
@@ -81,8 +95,30 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Decode(_) => unreachable!("decode runs without a runtime"),
+        Command::Serve(args) => serve::run(args, &cli.data_dir()?).await,
+        Command::Demo(args) => demo::run(args, &cli.data_dir()?).await,
         Command::Node { config, command } => node::run(config, &cli.data_dir()?, command).await,
         Command::Sandbox { command } => sandbox::run(command).await,
+    }
+}
+
+/// Logs to stderr (`RUST_LOG` filters; default: info for gate402, warnings
+/// for the rest), as text or one JSON object per line.
+fn init_logging(format: &str, quiet: bool) {
+    let default = if quiet {
+        "error"
+    } else {
+        "warn,gate402=info,gate402_gateway=info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 

@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::lightning::{start_ldk, ConfigFile, LightningConfig};
+use gate402_gateway::lightning::{start_ldk, LightningConfig};
+use gate402_gateway::GatewayConfig;
 
 /// What to do with the node.
 #[derive(Debug, Subcommand)]
@@ -47,9 +48,9 @@ pub enum NodeCommand {
 
 /// Runs a node command with the `[lightning]` table of `config`.
 pub async fn run(config: &Path, data_dir: &Path, command: &NodeCommand) -> Result<()> {
-    let config = ConfigFile::load(config)?;
+    let config = GatewayConfig::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let NodeCommand::Info = command {
-        let backend = config.lightning.connect(data_dir).await?;
+        let backend = config.lightning.connect(data_dir).await?.backend;
         let info = backend.node_info().await?;
         let output = json!({
             "backend": info.backend,

@@ -9,8 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::{InvoiceRecord, ReceiptRecord, Reservation, Store, StoreError, TokenRecord};
 
 /// Schema versions, in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE tokens (
+const MIGRATIONS: &[&str] = &["CREATE TABLE tokens (
         token_id BLOB PRIMARY KEY,
         root_key BLOB NOT NULL,
         payment_hash BLOB NOT NULL,
@@ -46,8 +45,7 @@ const MIGRATIONS: &[&str] = &[
         service TEXT NOT NULL,
         used INTEGER NOT NULL,
         PRIMARY KEY (client, service)
-     );",
-];
+     );"];
 
 /// SQLite, one file; safe for several processes on one machine.
 #[derive(Clone)]
@@ -72,9 +70,12 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Exclusive)
             .map_err(db)?;
@@ -83,7 +84,8 @@ impl SqliteStore {
             .map_err(db)?;
         for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
             tx.execute_batch(sql).map_err(db)?;
-            tx.pragma_update(None, "user_version", version + 1).map_err(db)?;
+            tx.pragma_update(None, "user_version", version + 1)
+                .map_err(db)?;
         }
         tx.commit().map_err(db)?;
         Ok(Self {
@@ -125,8 +127,12 @@ impl Store for SqliteStore {
         let id = *token_id;
         let key: Option<Vec<u8>> = self
             .with(move |c| {
-                c.query_row("SELECT root_key FROM tokens WHERE token_id = ?1", [&id[..]], |r| r.get(0))
-                    .optional()
+                c.query_row(
+                    "SELECT root_key FROM tokens WHERE token_id = ?1",
+                    [&id[..]],
+                    |r| r.get(0),
+                )
+                .optional()
             })
             .await?;
         Ok(key.and_then(|k| k.try_into().ok()))
@@ -134,8 +140,11 @@ impl Store for SqliteStore {
 
     async fn revoke_token(&self, token_id: &[u8; 32]) -> Result<bool, StoreError> {
         let id = *token_id;
-        self.with(move |c| c.execute("DELETE FROM tokens WHERE token_id = ?1", [&id[..]]).map(|n| n == 1))
-            .await
+        self.with(move |c| {
+            c.execute("DELETE FROM tokens WHERE token_id = ?1", [&id[..]])
+                .map(|n| n == 1)
+        })
+        .await
     }
 
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError> {
@@ -171,7 +180,10 @@ impl Store for SqliteStore {
                 Some((true, _)) => Reservation::Consumed,
                 Some((false, lease)) if lease as u64 > now => Reservation::InFlight,
                 Some((false, _)) => {
-                    tx.execute("UPDATE challenges SET lease_until = ?2 WHERE id = ?1", params![id, lease_until as i64])?;
+                    tx.execute(
+                        "UPDATE challenges SET lease_until = ?2 WHERE id = ?1",
+                        params![id, lease_until as i64],
+                    )?;
                     Reservation::Acquired
                 }
                 None => {
@@ -191,16 +203,25 @@ impl Store for SqliteStore {
     async fn commit_challenge(&self, challenge_id: &str, now: u64) -> Result<(), StoreError> {
         let id = challenge_id.to_owned();
         self.with(move |c| {
-            c.execute("UPDATE challenges SET consumed = 1, consumed_at = ?2 WHERE id = ?1", params![id, now as i64])
-                .map(drop)
+            c.execute(
+                "UPDATE challenges SET consumed = 1, consumed_at = ?2 WHERE id = ?1",
+                params![id, now as i64],
+            )
+            .map(drop)
         })
         .await
     }
 
     async fn release_challenge(&self, challenge_id: &str) -> Result<(), StoreError> {
         let id = challenge_id.to_owned();
-        self.with(move |c| c.execute("DELETE FROM challenges WHERE id = ?1 AND consumed = 0", [id]).map(drop))
-            .await
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM challenges WHERE id = ?1 AND consumed = 0",
+                [id],
+            )
+            .map(drop)
+        })
+        .await
     }
 
     async fn count_freebie(&self, client: &str, service: &str) -> Result<u64, StoreError> {
@@ -232,8 +253,11 @@ impl Store for SqliteStore {
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
         self.with(move |c| {
-            c.execute("DELETE FROM challenges WHERE expires_at < ?1 AND consumed = 1", [now as i64])
-                .map(|n| n as u64)
+            c.execute(
+                "DELETE FROM challenges WHERE expires_at < ?1 AND consumed = 1",
+                [now as i64],
+            )
+            .map(|n| n as u64)
         })
         .await
     }

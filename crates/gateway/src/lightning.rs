@@ -2,6 +2,7 @@
 //! config file, and connecting to it.
 
 use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -43,26 +44,6 @@ pub struct SandboxSection {
     pub network: Option<Network>,
 }
 
-/// A config file as far as the Lightning backend goes.
-#[derive(Debug, Default, Deserialize)]
-pub struct ConfigFile {
-    /// The `[lightning]` table (sandbox when absent).
-    #[serde(default)]
-    pub lightning: LightningConfig,
-}
-
-impl ConfigFile {
-    /// Reads and checks a config file.
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let config: Self =
-            toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
-        config.lightning.check()?;
-        Ok(config)
-    }
-}
-
 impl LightningConfig {
     /// Rejects what cannot be meant: the sandbox on a real network.
     pub fn check(&self) -> Result<()> {
@@ -90,14 +71,32 @@ impl LightningConfig {
     }
 
     /// Starts or connects to the backend; state goes under `data_dir`.
-    pub async fn connect(&self, data_dir: &Path) -> Result<Arc<dyn LightningBackend>> {
-        Ok(match self {
-            LightningConfig::Sandbox(_) => Arc::new(Sandbox::open(&data_dir.join("sandbox"))?),
+    pub async fn connect(&self, data_dir: &Path) -> Result<Connected> {
+        let backend: Arc<dyn LightningBackend> = match self {
+            LightningConfig::Sandbox(_) => {
+                let sandbox = Sandbox::open(&data_dir.join("sandbox"))?;
+                return Ok(Connected {
+                    backend: Arc::new(sandbox.clone()),
+                    sandbox: Some(sandbox),
+                });
+            }
             LightningConfig::Ldk(config) => Arc::new(start_ldk(config, data_dir).await?),
             LightningConfig::Lnd(config) => Arc::new(Lnd::new(config)?),
             LightningConfig::Cln(config) => Arc::new(Cln::new(config)?),
+        };
+        Ok(Connected {
+            backend,
+            sandbox: None,
         })
     }
+}
+
+/// A running backend.
+pub struct Connected {
+    /// The backend, behind the trait.
+    pub backend: Arc<dyn LightningBackend>,
+    /// The sandbox itself, when that is the backend (its payer gets mounted).
+    pub sandbox: Option<Sandbox>,
 }
 
 /// Starts the embedded node, its data under `<data_dir>/ldk` unless set.
@@ -112,6 +111,12 @@ pub async fn start_ldk(config: &LdkConfig, data_dir: &Path) -> Result<LdkNode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Default, Deserialize)]
+    struct ConfigFile {
+        #[serde(default)]
+        lightning: LightningConfig,
+    }
 
     fn parse(text: &str) -> Result<ConfigFile> {
         let config: ConfigFile = toml::from_str(text)?;

@@ -1,0 +1,116 @@
+//! `gate402 serve`: the gateway, from a config file or, without one, the
+//! sandbox in front of the built-in demo API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+use gate402_gateway::{demo, Gateway, GatewayConfig};
+
+/// Arguments of `gate402 serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Config file (TOML); without one, the sandbox fronts the demo API.
+    #[arg(long, short, env = "GATE402_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen address, overriding the config's `listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Check the config, print every error with its key path, and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Loads the config, or the demo one when there is no file.
+async fn config(args: &Args) -> Result<(GatewayConfig, Option<tokio::task::JoinHandle<()>>)> {
+    let (mut config, demo_task) = match &args.config {
+        Some(path) => (GatewayConfig::load(path).map_err(|e| anyhow!("{e}"))?, None),
+        None => {
+            let (addr, task) = demo::start_upstream().await?;
+            let services = demo::services(&format!("http://{addr}"));
+            (GatewayConfig::default_with_services(services), Some(task))
+        }
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    Ok((config, demo_task))
+}
+
+/// `--check`: 0 when the config is good, 2 (errors on stderr) when not.
+pub fn check(path: Option<&Path>) -> std::process::ExitCode {
+    let Some(path) = path else {
+        eprintln!("gate402 serve --check: no config given (--config FILE)");
+        return std::process::ExitCode::from(2);
+    };
+    match GatewayConfig::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} services, lightning backend {}, listen {})",
+                path.display(),
+                config.services.len(),
+                config.lightning.name(),
+                config.listen
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in &errors.0 {
+                eprintln!("{}: {error}", path.display());
+            }
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs until SIGINT or SIGTERM; SIGHUP reloads the services from the file.
+pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
+    let (config, _demo) = config(args).await?;
+    let gateway = Gateway::start(&config, data_dir).await?;
+    let url = format!("http://{}", gateway.addr());
+    if args.config.is_none() {
+        println!(
+            "gate402 on {url}: sandbox Lightning backend (TEST MONEY) in front of the demo API\n"
+        );
+        println!(
+            "  curl -i {url}/api/weather?city=Oslo          # 402: an invoice and two challenges"
+        );
+        println!("  gate402 sandbox pay --url {url} <invoice>    # pay it with the sandbox");
+        println!(
+            "  curl -H 'Authorization: L402 <macaroon>:<preimage>' {url}/api/weather?city=Oslo"
+        );
+        println!("  gate402 demo --url {url}                     # the whole loop, step by step");
+        println!("\n  discovery: {url}/.well-known/l402-services  {url}/openapi.json  metrics: {url}/metrics\n");
+    }
+    let shutdown = gateway.shutdown_handle();
+    let paywall = gateway.paywall().clone();
+    let config_path = args.config.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut hup), Ok(mut term)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => match &config_path {
+                    None => tracing::info!("SIGHUP: no config file to reload"),
+                    Some(path) => match GatewayConfig::load(path) {
+                        Ok(config) => {
+                            tracing::info!(services = config.services.len(), "SIGHUP: services reloaded");
+                            paywall.set_services(config.services);
+                        }
+                        Err(errors) => tracing::error!(%errors, "SIGHUP: config rejected, keeping the running one"),
+                    },
+                },
+            }
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+        let _ = shutdown.send(true);
+    });
+    gateway.wait().await
+}

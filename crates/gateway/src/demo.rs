@@ -1,0 +1,151 @@
+//! The built-in demo API that `gate402 serve` fronts when it has no config,
+//! so that a fresh machine has something to pay for.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::{Auth, Rewrite, ServiceConfig};
+
+#[derive(Deserialize)]
+struct WeatherQuery {
+    city: Option<String>,
+}
+
+async fn weather(Query(query): Query<WeatherQuery>) -> Json<serde_json::Value> {
+    let city = query.city.unwrap_or_else(|| "Lisbon".into());
+    // Deterministic fake data: the same city always gets the same weather.
+    let seed = city
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let sky = ["sunny", "cloudy", "rainy", "windy"][(seed % 4) as usize];
+    Json(
+        json!({"city": city, "sky": sky, "temperature_c": 5 + (seed % 25), "source": "gate402 demo"}),
+    )
+}
+
+#[derive(Deserialize)]
+struct TranslateRequest {
+    text: String,
+    to: String,
+}
+
+async fn translate(
+    body: Result<Json<TranslateRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(request)) => {
+            // Not a real translation: the words reversed, which is easy to check.
+            let text: Vec<&str> = request.text.split_whitespace().rev().collect();
+            Json(json!({"to": request.to, "text": text.join(" "), "source": "gate402 demo"}))
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": e.body_text(), "expected": {"text": "…", "to": "fr"}})),
+        )
+            .into_response(),
+    }
+}
+
+async fn events() -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let ticks = stream::iter(1..=3).then(|i| async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Event::default()
+            .event("tick")
+            .data(json!({"n": i}).to_string()))
+    });
+    Sse::new(ticks)
+}
+
+async fn hello() -> Json<serde_json::Value> {
+    Json(
+        json!({"hello": "this route is free", "paid": ["/api/weather", "/api/translate", "/api/events"]}),
+    )
+}
+
+/// The demo API's routes.
+pub fn router() -> Router {
+    Router::new()
+        .route("/weather", get(weather))
+        .route("/translate", post(translate))
+        .route("/events", get(events))
+        .route("/hello", get(hello))
+}
+
+/// Serves the demo API on a free loopback port.
+pub async fn start_upstream() -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router()).await;
+    });
+    Ok((addr, task))
+}
+
+/// The demo's priced services in front of `upstream`.
+pub fn services(upstream: &str) -> Vec<ServiceConfig> {
+    let strip = Rewrite {
+        strip_prefix: Some("/api".into()),
+        add_prefix: None,
+    };
+    let make = |name: &str,
+                path: &str,
+                method: axum::http::Method,
+                price: u64,
+                description: &str,
+                auth: Auth| {
+        let mut s = ServiceConfig::new(name, path, price);
+        s.methods = vec![method];
+        s.upstream = Some(upstream.to_owned());
+        s.rewrite = strip.clone();
+        s.description = description.into();
+        s.auth = auth;
+        s
+    };
+    use axum::http::Method;
+    vec![
+        make(
+            "weather",
+            "/api/weather",
+            Method::GET,
+            10,
+            "Weather report (demo)",
+            Auth::On,
+        ),
+        make(
+            "translate",
+            "/api/translate",
+            Method::POST,
+            25,
+            "Translation (demo)",
+            Auth::On,
+        ),
+        make(
+            "events",
+            "/api/events",
+            Method::GET,
+            5,
+            "Event stream (demo, SSE)",
+            Auth::On,
+        ),
+        make(
+            "hello",
+            "/api/hello",
+            Method::GET,
+            1,
+            "Free greeting (demo)",
+            Auth::Off,
+        ),
+    ]
+}

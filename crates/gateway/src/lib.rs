@@ -1,0 +1,30 @@
+//! The gate402 gateway: a Lightning paywall speaking L402 and MPP at once.
+//!
+//! - [`paywall`]: the tower [`Layer`](tower::Layer) any axum or hyper app
+//!   adds in a few lines;
+//! - [`proxy`]: the reverse proxy it guards in `gate402 serve`;
+//! - [`config`]: the TOML config, checked whole;
+//! - [`server`]: everything together, with health, metrics and discovery;
+//! - [`demo`]: the built-in demo API of the zero-config run.
+//!
+//! ```no_run
+//! # async fn example(paywall: gate402_gateway::paywall::Paywall) {
+//! use tower::Layer;
+//! let app = axum::Router::new().route("/weather", axum::routing::get(|| async { "sunny" }));
+//! // Priced routes (from the paywall's services) now answer 402 until paid.
+//! let app = paywall.layer().layer(app);
+//! # }
+//! ```
+
+pub mod config;
+pub mod demo;
+pub mod discovery;
+pub mod lightning;
+pub mod metrics;
+pub mod paywall;
+pub mod problem;
+pub mod proxy;
+pub mod server;
+
+pub use config::GatewayConfig;
+pub use server::Gateway;

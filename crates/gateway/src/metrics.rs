@@ -1,0 +1,114 @@
+//! Prometheus metrics of the paywall.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The counters and histograms `/metrics` exports.
+pub struct Metrics {
+    registry: Registry,
+    challenges: Family<Labels, Counter>,
+    verified: Family<Labels, Counter>,
+    revenue: Family<Labels, Counter>,
+    rejections: Family<Labels, Counter>,
+    upstream: Family<Labels, Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gate402");
+        let challenges = Family::<Labels, Counter>::default();
+        let verified = Family::<Labels, Counter>::default();
+        let revenue = Family::<Labels, Counter>::default();
+        let rejections = Family::<Labels, Counter>::default();
+        let upstream = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 16))
+        });
+        registry.register(
+            "challenges_issued",
+            "402 challenges issued, per service",
+            challenges.clone(),
+        );
+        registry.register(
+            "payments_verified",
+            "Paid requests verified, per service and scheme",
+            verified.clone(),
+        );
+        registry.register(
+            "revenue_sats",
+            "Satoshis earned, per service",
+            revenue.clone(),
+        );
+        registry.register(
+            "rejections",
+            "Refused credentials, per reason",
+            rejections.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Upstream response time, per service",
+            upstream.clone(),
+        );
+        Self {
+            registry,
+            challenges,
+            verified,
+            revenue,
+            rejections,
+            upstream,
+        }
+    }
+}
+
+impl Metrics {
+    /// A 402 was sent for `service`.
+    pub fn challenge(&self, service: &str) {
+        self.challenges
+            .get_or_create(&vec![("service", service.to_owned())])
+            .inc();
+    }
+
+    /// A payment for `service` was verified and served.
+    pub fn paid(&self, service: &str, scheme: &str, sats: u64) {
+        self.verified
+            .get_or_create(&vec![
+                ("service", service.to_owned()),
+                ("scheme", scheme.to_owned()),
+            ])
+            .inc();
+        self.revenue
+            .get_or_create(&vec![("service", service.to_owned())])
+            .inc_by(sats);
+    }
+
+    /// A credential was refused.
+    pub fn rejected(&self, reason: &str) {
+        self.rejections
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// The upstream of `service` answered after `seconds`.
+    pub fn upstream(&self, service: &str, seconds: f64) {
+        self.upstream
+            .get_or_create(&vec![("service", service.to_owned())])
+            .observe(seconds);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

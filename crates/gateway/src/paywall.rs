@@ -1,0 +1,680 @@
+//! The paywall: a tower [`Layer`] that answers unpaid requests to priced
+//! routes with `402` (one invoice, an L402 and an MPP challenge), and lets
+//! paid ones through to the service it wraps, with a `Payment-Receipt`.
+//!
+//! Pay for success: a credential counts as spent only when the wrapped
+//! service answered without a server error. If the upstream fails (5xx,
+//! timeout, refused connection) the MPP challenge is released and the L402
+//! token keeps its standing, so the client retries without paying again.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use gate402_l402::caveat::{Caveat, RequestContext, Service};
+use gate402_l402::{mint, verify as verify_l402, L402Challenge, L402Credential, RootKey, Scheme};
+use gate402_lightning::{InvoiceRequest, LightningBackend, Network};
+use gate402_mpp::accept::AcceptPayment;
+use gate402_mpp::challenge::{to_header, ChallengeKey, NewChallenge};
+use gate402_mpp::lightning::{ChargeRequest, CHARGE, METHOD};
+use gate402_mpp::problem::ProblemType;
+use gate402_mpp::verify::{verify_lightning_charge, ExpectedCharge};
+use gate402_store::{InvoiceRecord, ReceiptRecord, Reservation, Store, TokenRecord};
+use serde_json::json;
+use tower::Layer;
+
+use crate::config::{Auth, ServiceConfig};
+use crate::metrics::Metrics;
+use crate::problem::problem_response;
+use crate::proxy::{MatchedService, UPSTREAM_TIMEOUT};
+
+/// How long a request may hold an MPP challenge before another may take it.
+const LEASE_SECS: u64 = UPSTREAM_TIMEOUT.as_secs() + 60;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The paywall's state, shared by every request. Cheap to clone.
+#[derive(Clone)]
+pub struct Paywall {
+    inner: Arc<State>,
+}
+
+struct State {
+    services: RwLock<Arc<Vec<Arc<ServiceConfig>>>>,
+    backend: Arc<dyn LightningBackend>,
+    network: Network,
+    test_money: bool,
+    store: Arc<dyn Store>,
+    key: ChallengeKey,
+    realm: String,
+    invoice_expiry_secs: u32,
+    metrics: Arc<Metrics>,
+}
+
+/// What the paywall needs to run.
+pub struct PaywallParts {
+    /// Creates invoices.
+    pub backend: Arc<dyn LightningBackend>,
+    /// Keeps root keys and consumed challenges.
+    pub store: Arc<dyn Store>,
+    /// Binds MPP challenge ids.
+    pub key: ChallengeKey,
+    /// The MPP realm.
+    pub realm: String,
+    /// How long a 402 stays payable.
+    pub invoice_expiry_secs: u32,
+    /// The priced services, first match wins.
+    pub services: Vec<ServiceConfig>,
+    /// Where counters go.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Paywall {
+    /// A paywall over `parts`; asks the backend for its network.
+    pub async fn new(parts: PaywallParts) -> anyhow::Result<Self> {
+        let info = parts.backend.node_info().await?;
+        Ok(Self {
+            inner: Arc::new(State {
+                services: RwLock::new(Arc::new(parts.services.into_iter().map(Arc::new).collect())),
+                backend: parts.backend,
+                network: info.network,
+                test_money: info.backend == "sandbox",
+                store: parts.store,
+                key: parts.key,
+                realm: parts.realm,
+                invoice_expiry_secs: parts.invoice_expiry_secs,
+                metrics: parts.metrics,
+            }),
+        })
+    }
+
+    /// The layer to wrap an app or the proxy with.
+    pub fn layer(&self) -> PaywallLayer {
+        PaywallLayer(self.clone())
+    }
+
+    /// The current services.
+    pub fn services(&self) -> Arc<Vec<Arc<ServiceConfig>>> {
+        self.inner
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the services (config reload); requests in flight finish
+    /// with the services they started with.
+    pub fn set_services(&self, services: Vec<ServiceConfig>) {
+        *self
+            .inner
+            .services
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(services.into_iter().map(Arc::new).collect());
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    fn route(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        path: &str,
+    ) -> Option<Arc<ServiceConfig>> {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| {
+                h.rsplit_once(':')
+                    .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                    .map_or(h, |(host, _)| host)
+            });
+        self.services()
+            .iter()
+            .find(|s| s.matches(host, method, path))
+            .cloned()
+    }
+}
+
+/// [`Layer`] that puts the paywall in front of a service.
+#[derive(Clone)]
+pub struct PaywallLayer(Paywall);
+
+impl<S> Layer<S> for PaywallLayer {
+    type Service = PaywallService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PaywallService {
+            paywall: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// The paywall around an inner service.
+#[derive(Clone)]
+pub struct PaywallService<S> {
+    paywall: Paywall,
+    inner: S,
+}
+
+impl<S> tower::Service<Request<Body>> for PaywallService<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        // Take the service that was polled ready; leave a fresh clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let paywall = self.paywall.clone();
+        Box::pin(async move { Ok(paywall.handle(request, inner).await) })
+    }
+}
+
+/// A payment credential found on a request.
+enum Presented {
+    L402(String),
+    Payment(String),
+}
+
+fn presented(headers: &HeaderMap) -> Option<Presented> {
+    let candidates = [header::AUTHORIZATION.as_str(), "payment-authorization"];
+    candidates.iter().find_map(|name| {
+        let value = headers.get(*name)?.to_str().ok()?.trim();
+        let scheme = value.split([' ', '\t']).next()?;
+        if Scheme::from_name(scheme).is_some() {
+            Some(Presented::L402(value.to_owned()))
+        } else if scheme.eq_ignore_ascii_case(gate402_mpp::SCHEME) {
+            Some(Presented::Payment(value.to_owned()))
+        } else {
+            None
+        }
+    })
+}
+
+async fn call<S>(mut inner: S, request: Request<Body>) -> Response<Body>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    match inner.call(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// A refusal: the status, the problem type, and what went wrong.
+struct Refusal {
+    status: StatusCode,
+    problem: ProblemType,
+    detail: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, problem: ProblemType, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            problem,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl Paywall {
+    async fn handle<S>(&self, mut request: Request<Body>, inner: S) -> Response<Body>
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    {
+        let Some(service) = self.route(request.headers(), request.method(), request.uri().path())
+        else {
+            return call(inner, request).await;
+        };
+        request
+            .extensions_mut()
+            .insert(MatchedService(service.clone()));
+        match service.auth {
+            Auth::Off => return call(inner, request).await,
+            Auth::Freebie(free) if presented(request.headers()).is_none() => {
+                let client = request
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+                match self.inner.store.count_freebie(&client, &service.name).await {
+                    Ok(used) if used <= free => return call(inner, request).await,
+                    Ok(_) => {}
+                    Err(e) => return unavailable(&format!("store: {e}")),
+                }
+            }
+            Auth::Freebie(_) | Auth::On => {}
+        }
+        let headers = request.headers().clone();
+        let refusal = match presented(&headers) {
+            None => Refusal::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ProblemType::PaymentRequired,
+                format!(
+                    "{} costs {} sat per call",
+                    service.description, service.price_sats
+                ),
+            ),
+            Some(Presented::L402(value)) => match self.check_l402(&service, &value).await {
+                Ok(payment_hash) => {
+                    return self
+                        .serve(&service, request, inner, "L402", payment_hash, None)
+                        .await
+                        .0;
+                }
+                Err(refusal) => refusal,
+            },
+            Some(Presented::Payment(value)) => match self.check_mpp(&service, &value).await {
+                Ok((payment_hash, challenge_id, expires_at)) => {
+                    return self
+                        .serve_mpp(
+                            &service,
+                            request,
+                            inner,
+                            payment_hash,
+                            challenge_id,
+                            expires_at,
+                        )
+                        .await;
+                }
+                Err(refusal) => refusal,
+            },
+        };
+        if refusal.problem != ProblemType::PaymentRequired {
+            self.inner.metrics.rejected(refusal.problem.code());
+        }
+        self.challenge(&service, &headers, refusal).await
+    }
+
+    /// Verifies an L402 credential; returns the paid hash.
+    async fn check_l402(&self, service: &ServiceConfig, value: &str) -> Result<[u8; 32], Refusal> {
+        let unauthorized =
+            |problem, detail: String| Refusal::new(StatusCode::UNAUTHORIZED, problem, detail);
+        if !service.schemes.l402() {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ProblemType::MethodUnsupported,
+                "this service does not accept L402; use the Payment scheme",
+            ));
+        }
+        let credential = L402Credential::from_authorization(value)
+            .map_err(|e| unauthorized(ProblemType::MalformedCredential, e.to_string()))?;
+        let identifier = credential
+            .identifier()
+            .map_err(|e| unauthorized(ProblemType::MalformedCredential, e.to_string()))?;
+        let root_key = match self.inner.store.root_key(&identifier.token_id).await {
+            Ok(Some(key)) => key,
+            Ok(None) => {
+                return Err(unauthorized(
+                    ProblemType::VerificationFailed,
+                    "unknown or revoked L402 token".into(),
+                ))
+            }
+            Err(e) => {
+                return Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ProblemType::PaymentRequired,
+                    format!("store: {e}"),
+                ))
+            }
+        };
+        let ctx = RequestContext::new(service.name.clone());
+        match verify_l402(&credential, &RootKey(root_key), &ctx, &[]) {
+            Ok(id) => Ok(id.payment_hash),
+            Err(e) if e.is_expired() => Err(Refusal::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ProblemType::PaymentExpired,
+                format!("{e}; pay the new challenge"),
+            )),
+            Err(e) => Err(unauthorized(ProblemType::VerificationFailed, e.to_string())),
+        }
+    }
+
+    /// Verifies an MPP credential statelessly; returns hash, challenge id, expiry.
+    async fn check_mpp(
+        &self,
+        service: &ServiceConfig,
+        value: &str,
+    ) -> Result<([u8; 32], String, u64), Refusal> {
+        if !service.schemes.mpp() {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ProblemType::MethodUnsupported,
+                "this service does not accept the Payment scheme; use L402",
+            ));
+        }
+        let credential = gate402_mpp::credential::parse_authorization(value).map_err(|e| {
+            Refusal::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ProblemType::MalformedCredential,
+                e.to_string(),
+            )
+        })?;
+        let expected = ExpectedCharge {
+            realm: &self.inner.realm,
+            amount_sats: service.price_sats,
+            network: self.inner.network,
+            digest: None,
+        };
+        let verified = verify_lightning_charge(
+            &self.inner.key,
+            &credential,
+            &expected,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| {
+            let problem = e.problem_type();
+            let status =
+                StatusCode::from_u16(problem.status()).unwrap_or(StatusCode::PAYMENT_REQUIRED);
+            Refusal::new(status, problem, e.to_string())
+        })?;
+        let expires_at = verified.expires.map_or(
+            unix_now() + u64::from(self.inner.invoice_expiry_secs),
+            |t| t.unix_timestamp().max(0) as u64,
+        );
+        Ok((verified.payment_hash, verified.challenge_id, expires_at))
+    }
+
+    /// Claims the challenge, serves, then commits it or, if the upstream
+    /// failed, releases it.
+    async fn serve_mpp<S>(
+        &self,
+        service: &ServiceConfig,
+        request: Request<Body>,
+        inner: S,
+        payment_hash: [u8; 32],
+        challenge_id: String,
+        expires_at: u64,
+    ) -> Response<Body>
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    {
+        let store = &self.inner.store;
+        let now = unix_now();
+        let refusal = match store
+            .reserve_challenge(&challenge_id, expires_at, now + LEASE_SECS, now)
+            .await
+        {
+            Err(e) => return unavailable(&format!("store: {e}")),
+            Ok(Reservation::Consumed) => Refusal::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ProblemType::InvalidChallenge,
+                "this credential has already been used; pay the new challenge",
+            ),
+            Ok(Reservation::InFlight) => Refusal::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ProblemType::InvalidChallenge,
+                "this credential is being used by another request",
+            ),
+            Ok(Reservation::Acquired) => {
+                let (response, served) = self
+                    .serve(
+                        service,
+                        request,
+                        inner,
+                        "Payment",
+                        payment_hash,
+                        Some(&challenge_id),
+                    )
+                    .await;
+                let outcome = if served {
+                    store.commit_challenge(&challenge_id, unix_now()).await
+                } else {
+                    store.release_challenge(&challenge_id).await
+                };
+                if let Err(e) = outcome {
+                    tracing::error!(challenge_id, error = %e, "cannot record the challenge outcome");
+                }
+                return response;
+            }
+        };
+        self.inner.metrics.rejected("replayed-credential");
+        self.challenge(service, request.headers(), refusal).await
+    }
+
+    /// Calls the wrapped service; on success adds the receipt. Returns the
+    /// response and whether it counts as served (no server error).
+    async fn serve<S>(
+        &self,
+        service: &ServiceConfig,
+        request: Request<Body>,
+        inner: S,
+        scheme: &str,
+        payment_hash: [u8; 32],
+        challenge_id: Option<&str>,
+    ) -> (Response<Body>, bool)
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+    {
+        let started = Instant::now();
+        let mut response = call(inner, request).await;
+        self.inner
+            .metrics
+            .upstream(&service.name, started.elapsed().as_secs_f64());
+        if response.status().is_server_error() {
+            tracing::warn!(service = %service.name, status = %response.status(), scheme, "upstream failed; the payment stays unspent");
+            return (response, false);
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let receipt = gate402_mpp::receipt::lightning(&payment_hash, challenge_id, now);
+        if let Ok(value) = HeaderValue::from_str(&gate402_mpp::receipt::to_header(&receipt)) {
+            response
+                .headers_mut()
+                .insert(gate402_mpp::RECEIPT_HEADER, value);
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+        }
+        self.inner
+            .metrics
+            .paid(&service.name, scheme, service.price_sats);
+        let record = ReceiptRecord {
+            payment_hash,
+            scheme: scheme.to_owned(),
+            challenge_id: challenge_id.map(str::to_owned),
+            service: service.name.clone(),
+            amount_msat: service.price_sats * 1000,
+            served_at: now.unix_timestamp().max(0) as u64,
+        };
+        if let Err(e) = self.inner.store.put_receipt(&record).await {
+            tracing::error!(error = %e, "cannot record a receipt");
+        }
+        tracing::info!(service = %service.name, scheme, payment_hash = %hex::encode(payment_hash), "paid request served");
+        (response, true)
+    }
+
+    /// A fresh invoice and its challenges, in a problem response.
+    async fn challenge(
+        &self,
+        service: &ServiceConfig,
+        request_headers: &HeaderMap,
+        refusal: Refusal,
+    ) -> Response<Body> {
+        let state = &self.inner;
+        let now = unix_now();
+        let created = match state
+            .backend
+            .create_invoice(InvoiceRequest {
+                amount_msat: service.price_sats * 1000,
+                memo: service.description.clone(),
+                expiry_secs: state.invoice_expiry_secs,
+            })
+            .await
+        {
+            Ok(created) => created,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create an invoice");
+                return unavailable(&format!(
+                    "the Lightning backend cannot create an invoice: {e}"
+                ));
+            }
+        };
+        let record = InvoiceRecord {
+            payment_hash: created.payment_hash,
+            bolt11: created.bolt11.clone(),
+            amount_msat: service.price_sats * 1000,
+            service: service.name.clone(),
+            created_at: now,
+            expires_at: created.expires_at,
+        };
+        if let Err(e) = state.store.put_invoice(&record).await {
+            return unavailable(&format!("store: {e}"));
+        }
+        let mut l402_lines = Vec::new();
+        if service.schemes.l402() {
+            let mut caveats = vec![
+                Caveat::services(&[Service::new(service.name.clone())]),
+                Caveat::valid_until(&service.name, now + service.token_lifetime_secs),
+            ];
+            if !service.capabilities.is_empty() {
+                let capabilities: Vec<&str> =
+                    service.capabilities.iter().map(String::as_str).collect();
+                caveats.push(Caveat::capabilities(&service.name, &capabilities));
+            }
+            let minted = mint(
+                created.payment_hash,
+                gate402_l402::DEFAULT_LOCATION,
+                &caveats,
+            );
+            let token = TokenRecord {
+                token_id: minted.identifier.token_id,
+                root_key: minted.root_key.0,
+                payment_hash: created.payment_hash,
+                service: service.name.clone(),
+                created_at: now,
+            };
+            if let Err(e) = state.store.put_token(&token).await {
+                return unavailable(&format!("store: {e}"));
+            }
+            let challenge = L402Challenge {
+                macaroon: minted.macaroon,
+                invoice: created.bolt11.clone(),
+            };
+            l402_lines.push(challenge.to_header(Scheme::L402));
+            l402_lines.push(challenge.to_header(Scheme::Lsat));
+        }
+        let accept = request_headers
+            .get(gate402_mpp::ACCEPT_PAYMENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| AcceptPayment::parse(v).ok());
+        let mut payment_line = None;
+        let mut challenge_id = None;
+        let mpp_wanted = accept
+            .as_ref()
+            .is_none_or(|a| a.accepts(METHOD, CHARGE) || !service.schemes.l402());
+        if service.schemes.mpp() && mpp_wanted {
+            let request = ChargeRequest::new(
+                service.price_sats,
+                Some(service.description.clone()),
+                &created.bolt11,
+                &created.payment_hash,
+                state.network,
+            )
+            .to_value();
+            let expires = time::OffsetDateTime::from_unix_timestamp(
+                created
+                    .expires_at
+                    .min(now + u64::from(state.invoice_expiry_secs)) as i64,
+            )
+            .ok();
+            let challenge = state.key.issue(NewChallenge {
+                realm: &state.realm,
+                method: METHOD,
+                intent: CHARGE,
+                request: &request,
+                expires,
+                digest: None,
+                description: Some(&service.description),
+                opaque: None,
+            });
+            challenge_id = Some(challenge.id.clone());
+            payment_line = to_header(&challenge).ok();
+        }
+        // L402 first for the clients that read only the first challenge,
+        // unless the client said it speaks MPP.
+        let mut lines = Vec::new();
+        if accept.is_some() {
+            lines.extend(payment_line.iter().cloned());
+            lines.extend(l402_lines);
+        } else {
+            lines.extend(l402_lines);
+            lines.extend(payment_line.iter().cloned());
+        }
+        let schemes: Vec<&str> = [
+            (service.schemes.l402(), "L402"),
+            (payment_line.is_some(), "MPP"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        let mut extra = json!({
+            "price": {"amount": service.price_sats.to_string(), "currency": "sat"},
+            "description": service.description,
+            "invoice": created.bolt11,
+            "paymentHash": hex::encode(created.payment_hash),
+            "schemes": schemes,
+            "howToPay": "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` or `Authorization: Payment <credential>` (the challenges are in WWW-Authenticate).",
+        });
+        if let Some(id) = &challenge_id {
+            extra["challengeId"] = id.clone().into();
+        }
+        if state.test_money {
+            extra["testMoney"] = gate402_lightning_sandbox::TEST_MONEY.into();
+        }
+        state.metrics.challenge(&service.name);
+        let mut response = problem_response(
+            refusal.status,
+            &refusal.problem.uri(),
+            refusal.problem.title(),
+            &refusal.detail,
+            Some(extra),
+        );
+        let headers = response.headers_mut();
+        for line in lines {
+            if let Ok(value) = HeaderValue::from_str(&line) {
+                headers.append(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+fn unavailable(detail: &str) -> Response<Body> {
+    let mut response = problem_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "about:blank",
+        "Service Unavailable",
+        detail,
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}

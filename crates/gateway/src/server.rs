@@ -1,0 +1,205 @@
+//! `gate402 serve`: the paywall in front of the proxy, plus health,
+//! metrics, discovery and (on the sandbox) the sandbox payer.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use gate402_mpp::challenge::ChallengeKey;
+use gate402_store::{SqliteStore, Store};
+use tower::Layer;
+
+use crate::config::{GatewayConfig, StoreConfig};
+use crate::discovery;
+use crate::metrics::Metrics;
+use crate::paywall::{Paywall, PaywallParts};
+use crate::proxy::Proxy;
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    paywall: Paywall,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    purge: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    paywall: Paywall,
+    name: Arc<str>,
+    realm: Arc<str>,
+    store: Arc<dyn Store>,
+}
+
+/// The MPP secret: from the config, or made once and kept in the data dir.
+fn challenge_key(config: &GatewayConfig, data_dir: &Path) -> Result<ChallengeKey> {
+    let secret = match &config.mpp.secret {
+        Some(secret) => secret.clone(),
+        None => {
+            let path = data_dir.join("mpp_secret");
+            match std::fs::read_to_string(&path) {
+                Ok(secret) => secret.trim().to_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let secret = hex::encode(rand::random::<[u8; 32]>());
+                    std::fs::create_dir_all(data_dir)?;
+                    std::fs::write(&path, &secret)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    secret
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            }
+        }
+    };
+    let mut key = ChallengeKey::new(secret)?;
+    for previous in &config.mpp.previous_secrets {
+        key = key.with_previous(previous.clone())?;
+    }
+    Ok(key)
+}
+
+impl Gateway {
+    /// Starts everything the config describes; state goes under `data_dir`.
+    pub async fn start(config: &GatewayConfig, data_dir: &Path) -> Result<Self> {
+        if config.tls.is_some() {
+            bail!("tls: terminating TLS in gate402 is not built yet; put it behind a TLS-terminating proxy and remove [tls]");
+        }
+        let connected = config.lightning.connect(data_dir).await?;
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Sqlite(_) => {
+                Arc::new(SqliteStore::open(&config.store.sqlite_path(data_dir))?)
+            }
+        };
+        let paywall = Paywall::new(PaywallParts {
+            backend: connected.backend,
+            store: store.clone(),
+            key: challenge_key(config, data_dir)?,
+            realm: config.mpp.realm.clone(),
+            invoice_expiry_secs: config.invoice_expiry_secs,
+            services: config.services.clone(),
+            metrics: Arc::new(Metrics::default()),
+        })
+        .await
+        .context("asking the Lightning backend for its network")?;
+        let state = AppState {
+            paywall: paywall.clone(),
+            name: config.name.as_str().into(),
+            realm: config.mpp.realm.as_str().into(),
+            store: store.clone(),
+        };
+        let mut app = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .route("/.well-known/l402-services", get(l402_services))
+            .route("/openapi.json", get(openapi))
+            .with_state(state);
+        if let Some(sandbox) = connected.sandbox {
+            app = app.merge(gate402_lightning_sandbox::http::router(sandbox));
+        }
+        let app = app.fallback_service(paywall.layer().layer(Proxy::default()));
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let (shutdown, mut stop) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await
+        });
+        let purge = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if let Err(e) = store.purge_expired(now).await {
+                    tracing::warn!(error = %e, "purging expired challenges failed");
+                }
+            }
+        });
+        tracing::info!(%addr, backend = config.lightning.name(), services = config.services.len(), "gate402 listening");
+        Ok(Self {
+            addr,
+            paywall,
+            shutdown,
+            task,
+            purge,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The paywall (to reload services).
+    pub fn paywall(&self) -> &Paywall {
+        &self.paywall
+    }
+
+    /// Stops accepting, lets requests in flight finish, and returns.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        self.purge.abort();
+        self.task.await??;
+        Ok(())
+    }
+
+    /// Waits until the server stops on its own (it does not, short of an error).
+    pub async fn wait(self) -> Result<()> {
+        self.purge.abort();
+        self.task.await??;
+        Ok(())
+    }
+
+    /// A handle that triggers a graceful shutdown.
+    pub fn shutdown_handle(&self) -> tokio::sync::watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    // Healthy when the store answers.
+    match state.store.root_key(&[0; 32]).await {
+        Ok(_) => (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unavailable", "store": e.to_string()})),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.paywall.metrics().render(),
+    )
+}
+
+async fn l402_services(State(state): State<AppState>) -> impl IntoResponse {
+    Json(discovery::l402_services(
+        &state.name,
+        &state.realm,
+        &state.paywall.services(),
+    ))
+}
+
+async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    Json(discovery::openapi(&state.name, &state.paywall.services()))
+}
