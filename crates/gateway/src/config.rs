@@ -808,7 +808,7 @@ mod tests {
         .unwrap_err()
         .0;
         let expected = [
-            "line 17: environment variable MISSING is not set",
+            "line 18: environment variable MISSING is not set",
             "colour: unknown key",
             "listen: \"nowhere\" is not an address",
             "test money on regtest",

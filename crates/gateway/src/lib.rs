@@ -9,10 +9,10 @@
 //!
 //! ```no_run
 //! # async fn example(paywall: gate402_gateway::paywall::Paywall) {
-//! use tower::Layer;
-//! let app = axum::Router::new().route("/weather", axum::routing::get(|| async { "sunny" }));
-//! // Priced routes (from the paywall's services) now answer 402 until paid.
-//! let app = paywall.layer().layer(app);
+//! // Routes the paywall prices (its services) answer 402 until paid.
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/weather", axum::routing::get(|| async { "sunny" }))
+//!     .layer(paywall.layer());
 //! # }
 //! ```
 

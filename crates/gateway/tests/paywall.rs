@@ -1,0 +1,638 @@
+//! The gateway end to end on loopback: sandbox backend, SQLite store, a
+//! real upstream, real HTTP. Each test starts its own gateway.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::sse::{Event, Sse};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use futures_util::stream::{self, StreamExt};
+use gate402_client::Offer;
+use gate402_gateway::config::{Auth, Rewrite, Schemes, ServiceConfig};
+use gate402_gateway::{Gateway, GatewayConfig};
+use gate402_lightning_sandbox::http::pay_via;
+use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Echoes the request, streams SSE, and can be stopped and restarted on
+/// the same port.
+struct Upstream {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json<Value> {
+    let headers: BTreeMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    Json(json!({
+        "method": method.as_str(),
+        "path": uri.path(),
+        "query": uri.query(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    }))
+}
+
+fn upstream_app() -> Router {
+    Router::new()
+        .route(
+            "/sse",
+            get(|| async {
+                let events = stream::iter(1..=3).then(|i| async move {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    Ok::<_, Infallible>(Event::default().data(format!("event {i}")))
+                });
+                Sse::new(events)
+            }),
+        )
+        .fallback(any(echo))
+}
+
+impl Upstream {
+    async fn start(addr: SocketAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
+        let listener = socket.listen(64).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, upstream_app())
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Harness {
+    gateway: Gateway,
+    upstream: Upstream,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start(configure: impl FnOnce(&str) -> Vec<ServiceConfig>) -> Self {
+        let upstream = Upstream::start("127.0.0.1:0".parse().unwrap()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = GatewayConfig::default_with_services(configure(&upstream.url()));
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.mpp.realm = "api.test".into();
+        let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+        Self {
+            gateway,
+            upstream,
+            client: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.addr())
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.gateway.addr())
+    }
+
+    async fn offer(&self, response: reqwest::Response) -> Offer {
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+        let values: Vec<String> = response
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        Offer::from_challenges(values.iter().map(String::as_str)).unwrap()
+    }
+
+    /// GET without credentials, pay the 402; returns the offer and preimage.
+    async fn buy(&self, path: &str) -> (Offer, [u8; 32]) {
+        let offer = self
+            .offer(self.client.get(self.url(path)).send().await.unwrap())
+            .await;
+        let paid = pay_via(&self.client, &self.base(), &offer.bolt11)
+            .await
+            .unwrap();
+        let mut preimage = [0u8; 32];
+        hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+        (offer, preimage)
+    }
+
+    async fn get(&self, path: &str, authorization: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .header(AUTHORIZATION, authorization)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+fn service(name: &str, path: &str, price: u64, upstream: &str) -> ServiceConfig {
+    let mut s = ServiceConfig::new(name, path, price);
+    s.upstream = Some(upstream.to_owned());
+    s.description = format!("{name} service");
+    s
+}
+
+#[tokio::test]
+async fn unpaid_request_gets_one_invoice_and_both_challenges() {
+    let h = Harness::start(|up| vec![service("weather", "/weather", 10, up)]).await;
+    let response = h.client.get(h.url("/weather")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let lines: Vec<String> = response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        lines[0].starts_with("L402 macaroon=\""),
+        "L402 first: {lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("Payment ")));
+    // Separate lines and one comma-joined line read the same.
+    let separate = Offer::from_challenges(lines.iter().map(String::as_str)).unwrap();
+    let joined = lines.join(", ");
+    let together = Offer::from_challenges([joined.as_str()]).unwrap();
+    assert_eq!(separate.bolt11, together.bolt11);
+    assert_eq!(
+        separate.payment.as_ref().unwrap().id,
+        together.payment.as_ref().unwrap().id
+    );
+    assert_eq!(separate.amount_msat(), Some(10_000));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        "https://paymentauth.org/problems/payment-required"
+    );
+    assert_eq!(body["price"]["amount"], "10");
+    assert_eq!(body["invoice"], separate.bolt11);
+    assert!(body["testMoney"].as_str().unwrap().contains("TEST MONEY"));
+
+    // A client that says it speaks MPP gets the Payment challenge first.
+    let response = h
+        .client
+        .get(h.url("/weather"))
+        .header("accept-payment", "lightning/charge")
+        .send()
+        .await
+        .unwrap();
+    let first = response
+        .headers()
+        .get(WWW_AUTHENTICATE)
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(first.starts_with("Payment "), "{first}");
+}
+
+#[tokio::test]
+async fn l402_is_reusable_mpp_is_single_use() {
+    let h = Harness::start(|up| vec![service("weather", "/weather", 10, up)]).await;
+    let (offer, preimage) = h.buy("/weather").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    for _ in 0..3 {
+        let response = h.get("/weather", &l402).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let receipt = response.headers()["payment-receipt"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let receipt = gate402_mpp::receipt::parse(&receipt).unwrap();
+        assert_eq!(receipt.reference, hex::encode(offer.invoice.payment_hash()));
+    }
+    let (offer, preimage) = h.buy("/weather").await;
+    let payment = offer.payment_authorization(&preimage).unwrap();
+    let response = h.get("/weather", &payment).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let receipt =
+        gate402_mpp::receipt::parse(response.headers()["payment-receipt"].to_str().unwrap())
+            .unwrap();
+    assert_eq!(
+        gate402_mpp::receipt::challenge_id(&receipt),
+        Some(offer.payment.as_ref().unwrap().id.as_str())
+    );
+    let replay = h.get("/weather", &payment).await;
+    assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(
+        replay.headers().get(WWW_AUTHENTICATE).is_some(),
+        "a fresh challenge"
+    );
+    let body: Value = replay.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        "https://paymentauth.org/problems/invalid-challenge"
+    );
+}
+
+#[tokio::test]
+async fn cheap_challenge_does_not_unlock_an_expensive_route() {
+    let h = Harness::start(|up| {
+        vec![
+            service("cheap", "/cheap", 1, up),
+            service("dear", "/dear", 100, up),
+        ]
+    })
+    .await;
+    let (offer, preimage) = h.buy("/cheap").await;
+    let payment = offer.payment_authorization(&preimage).unwrap();
+    let response = h.get("/dear", &payment).await;
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        "https://paymentauth.org/problems/payment-insufficient"
+    );
+    // The L402 token is bound to its service the same way.
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(
+        h.get("/dear", &l402).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // And the cheap route still takes it.
+    assert_eq!(h.get("/cheap", &payment).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn expired_and_tampered_tokens() {
+    let h = Harness::start(|up| {
+        let mut s = service("brief", "/brief", 5, up);
+        s.token_lifetime_secs = 1;
+        vec![s]
+    })
+    .await;
+    let (offer, preimage) = h.buy("/brief").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(h.get("/brief", &l402).await.status(), StatusCode::OK);
+
+    // Tampered: one bit of the macaroon's signature flipped.
+    let mut macaroon = offer.l402.as_ref().unwrap().macaroon.to_bytes();
+    *macaroon.last_mut().unwrap() ^= 1;
+    let tampered = format!("L402 {}:{}", base64_std(&macaroon), hex::encode(preimage));
+    let response = h.get("/brief", &tampered).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().get(WWW_AUTHENTICATE).is_some());
+    // Wrong preimage.
+    let wrong = offer.l402_authorization(&[0; 32]).unwrap();
+    assert_eq!(
+        h.get("/brief", &wrong).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    // Garbage.
+    assert_eq!(
+        h.get("/brief", "L402 garbage:zz").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.get("/brief", "Payment !!!").await.status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let response = h.get("/brief", &l402).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::PAYMENT_REQUIRED,
+        "expired token: pay again"
+    );
+    assert!(
+        response.headers().get(WWW_AUTHENTICATE).is_some(),
+        "with a fresh challenge"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        "https://paymentauth.org/problems/payment-expired"
+    );
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[tokio::test]
+async fn freebies_are_counted_per_client() {
+    let h = Harness::start(|up| {
+        let mut s = service("taste", "/taste", 3, up);
+        s.auth = Auth::Freebie(2);
+        vec![s]
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            h.client.get(h.url("/taste")).send().await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        h.client.get(h.url("/taste")).send().await.unwrap().status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
+}
+
+#[tokio::test]
+async fn proxy_preserves_the_request_and_hides_the_credential() {
+    let h = Harness::start(|up| {
+        let mut s = service("api", "/api/*", 2, up);
+        s.methods = vec![Method::POST];
+        s.rewrite = Rewrite {
+            strip_prefix: Some("/api".into()),
+            add_prefix: Some("/v2".into()),
+        };
+        s.headers = vec![(
+            "x-api-key".parse().unwrap(),
+            "upstream-secret".parse().unwrap(),
+        )];
+        s.schemes = Schemes::Mpp;
+        vec![s]
+    })
+    .await;
+    let offer = h
+        .offer(
+            h.client
+                .post(h.url("/api/items?x=1"))
+                .body("{}")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+    assert!(offer.l402.is_none(), "mpp only");
+    let paid = pay_via(&h.client, &h.base(), &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let response = h
+        .client
+        .post(h.url("/api/items?x=1"))
+        .header(
+            AUTHORIZATION,
+            offer.payment_authorization(&preimage).unwrap(),
+        )
+        .header("x-custom", "kept")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "dropped")
+        .body(r#"{"name":"widget"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo: Value = response.json().await.unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/v2/items");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(echo["body"], r#"{"name":"widget"}"#);
+    assert_eq!(echo["headers"]["x-custom"], "kept");
+    assert_eq!(echo["headers"]["x-api-key"], "upstream-secret");
+    assert!(
+        echo["headers"].get("authorization").is_none(),
+        "credential not forwarded"
+    );
+    assert!(
+        echo["headers"].get("x-hop").is_none(),
+        "hop-by-hop header dropped"
+    );
+    assert!(echo["headers"]["x-forwarded-for"].is_string());
+    // A GET matches no service (methods = POST): nothing is proxied.
+    assert_eq!(
+        h.client
+            .get(h.url("/api/items"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_event_by_event() {
+    let h = Harness::start(|up| vec![service("stream", "/sse", 1, up)]).await;
+    let (offer, preimage) = h.buy("/sse").await;
+    let response = h
+        .get("/sse", &offer.l402_authorization(&preimage).unwrap())
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = Instant::now();
+    let mut stream = response.bytes_stream();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        if chunk.windows(6).any(|w| w == b"event ") {
+            arrivals.push(started.elapsed());
+        }
+    }
+    assert!(
+        text.contains("event 1") && text.contains("event 3"),
+        "{text}"
+    );
+    assert!(
+        arrivals.len() >= 3,
+        "events arrived in {} chunks: {arrivals:?}",
+        arrivals.len()
+    );
+    assert!(
+        arrivals[2] - arrivals[0] >= Duration::from_millis(600),
+        "not buffered: {arrivals:?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_after_payment_keeps_the_credential() {
+    let mut h = Harness::start(|up| vec![service("flaky", "/flaky", 7, up)]).await;
+    let (offer, preimage) = h.buy("/flaky").await;
+    let payment = offer.payment_authorization(&preimage).unwrap();
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let addr = h.upstream.addr;
+    h.upstream.stop().await;
+    let down = h.get("/flaky", &payment).await;
+    assert_eq!(down.status(), StatusCode::BAD_GATEWAY);
+    assert!(down.headers().get("payment-receipt").is_none());
+    assert_eq!(
+        h.get("/flaky", &l402).await.status(),
+        StatusCode::BAD_GATEWAY
+    );
+    h.upstream = Upstream::start(addr).await;
+    let back = h.get("/flaky", &payment).await;
+    assert_eq!(
+        back.status(),
+        StatusCode::OK,
+        "the same MPP credential works once the upstream is back"
+    );
+    assert_eq!(
+        h.get("/flaky", &payment).await.status(),
+        StatusCode::PAYMENT_REQUIRED,
+        "and only once"
+    );
+    assert_eq!(h.get("/flaky", &l402).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn discovery_health_and_metrics() {
+    let h = Harness::start(|up| {
+        vec![
+            service("weather", "/weather", 10, up),
+            service("maps", "/maps/*", 20, up),
+        ]
+    })
+    .await;
+    let services: Value = h
+        .client
+        .get(h.url("/.well-known/l402-services"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(services["protocols"], json!(["L402", "MPP"]));
+    assert_eq!(services["services"][0]["pricing"]["amount"], 10);
+    assert_eq!(services["services"][1]["endpoint"], "/maps/*");
+    let openapi: Value = h
+        .client
+        .get(h.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let info = &openapi["paths"]["/weather"]["get"]["x-payment-info"];
+    assert_eq!(info["amount"], "10");
+    assert_eq!(info["method"], "lightning");
+    assert!(openapi["paths"]["/maps/{rest}"]["get"]["responses"]["402"].is_object());
+    assert_eq!(
+        h.client
+            .get(h.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let (offer, preimage) = h.buy("/weather").await;
+    assert_eq!(
+        h.get("/weather", &offer.l402_authorization(&preimage).unwrap())
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let metrics = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gate402_challenges_issued_total{service=\"weather\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gate402_payments_verified_total{service=\"weather\",scheme=\"L402\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gate402_revenue_sats_total{service=\"weather\"} 10"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_layer_guards_an_axum_app() {
+    use gate402_gateway::metrics::Metrics;
+    use gate402_gateway::paywall::{Paywall, PaywallParts};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap();
+    let paywall = Paywall::new(PaywallParts {
+        backend: Arc::new(sandbox.clone()),
+        store: Arc::new(gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap()),
+        key: gate402_mpp::challenge::ChallengeKey::new("a secret of at least thirty-two bytes!!")
+            .unwrap(),
+        realm: "app.test".into(),
+        invoice_expiry_secs: 600,
+        services: vec![ServiceConfig::new("joke", "/joke", 3)],
+        metrics: Arc::new(Metrics::default()),
+    })
+    .await
+    .unwrap();
+    // The few lines an app adds:
+    let app: Router = Router::new()
+        .route("/joke", get(|| async { "a paid joke" }))
+        .route("/free", get(|| async { "free" }))
+        .layer(paywall.layer())
+        .merge(gate402_lightning_sandbox::http::router(sandbox));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = reqwest::Client::new();
+    assert_eq!(
+        client
+            .get(format!("{base}/free"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "free"
+    );
+    let response = client.get(format!("{base}/joke")).send().await.unwrap();
+    let values: Vec<String> = response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let offer = Offer::from_challenges(values.iter().map(String::as_str)).unwrap();
+    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let response = client
+        .get(format!("{base}/joke"))
+        .header(AUTHORIZATION, offer.l402_authorization(&preimage).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers().contains_key("payment-receipt"));
+    assert_eq!(response.text().await.unwrap(), "a paid joke");
+}
