@@ -319,36 +319,58 @@ impl Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// Replaces `${NAME}` with the variable's value; an unset one is an error.
+/// Replaces `${NAME}` with the variable's value; an unset one is an
+/// error. Comments are left alone, so a commented-out line may mention a
+/// variable that is not set.
 fn substitute_env(
     text: &str,
     env: &impl Fn(&str) -> Option<String>,
     check: &mut Checker,
 ) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
-            rest = "";
-            break;
-        };
-        let name = &after[..end];
-        let line = text.len() - rest.len() + start;
-        let line = text[..line].lines().count().max(1);
-        match env(name) {
-            Some(value) => out.push_str(&value),
-            None => check.error(
-                "",
-                format!("line {line}: environment variable {name} is not set"),
-            ),
+    for (number, line) in text.split_inclusive('\n').enumerate() {
+        let (code, comment) = line.split_at(comment_start(line).unwrap_or(line.len()));
+        let mut rest = code;
+        while let Some(start) = rest.find("${") {
+            let Some(end) = rest[start..].find('}') else {
+                break;
+            };
+            out.push_str(&rest[..start]);
+            let name = &rest[start + 2..start + end];
+            match env(name) {
+                Some(value) => out.push_str(&value),
+                None => check.error(
+                    "",
+                    format!(
+                        "line {}: environment variable {name} is not set",
+                        number + 1
+                    ),
+                ),
+            }
+            rest = &rest[start + end + 1..];
         }
-        rest = &after[end + 1..];
+        out.push_str(rest);
+        out.push_str(comment);
     }
-    out.push_str(rest);
     out
+}
+
+/// Where a TOML comment starts on a line: the first `#` outside a string.
+fn comment_start(line: &str) -> Option<usize> {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match quote {
+            Some('"') if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '\'' => quote = Some(c),
+            None if c == '#' => return Some(i),
+            None => {}
+        }
+    }
+    None
 }
 
 #[derive(Default)]
@@ -825,6 +847,16 @@ mod tests {
                 "{needle:?} missing from {errors:#?}"
             );
         }
+    }
+
+    #[test]
+    fn substitution_skips_comments_and_strings_keep_hashes() {
+        let config = GatewayConfig::parse(
+            "# ${UNSET} in a comment is fine\nname = \"a # b ${API_KEY}\" # ${UNSET_TOO}\n",
+            env,
+        )
+        .unwrap();
+        assert_eq!(config.name, "a # b sekret");
     }
 
     #[test]

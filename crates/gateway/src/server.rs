@@ -18,6 +18,7 @@ use tower::Layer;
 
 use crate::config::{GatewayConfig, StoreConfig};
 use crate::discovery;
+use crate::lightning::Connected;
 use crate::metrics::Metrics;
 use crate::paywall::{Paywall, PaywallParts};
 use crate::proxy::Proxy;
@@ -68,10 +69,20 @@ fn challenge_key(config: &GatewayConfig, data_dir: &Path) -> Result<ChallengeKey
 impl Gateway {
     /// Starts everything the config describes; state goes under `data_dir`.
     pub async fn start(config: &GatewayConfig, data_dir: &Path) -> Result<Self> {
+        let connected = config.lightning.connect(data_dir).await?;
+        Self::start_with(config, data_dir, connected).await
+    }
+
+    /// Starts with a backend that is already running (the config's
+    /// `[lightning]` table is then not used).
+    pub async fn start_with(
+        config: &GatewayConfig,
+        data_dir: &Path,
+        connected: Connected,
+    ) -> Result<Self> {
         if config.tls.is_some() {
             bail!("tls: terminating TLS in gate402 is not built yet; put it behind a TLS-terminating proxy and remove [tls]");
         }
-        let connected = config.lightning.connect(data_dir).await?;
         let store: Arc<dyn Store> = match &config.store {
             StoreConfig::Sqlite(_) => {
                 Arc::new(SqliteStore::open(&config.store.sqlite_path(data_dir))?)

@@ -10,6 +10,7 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gate402_lightning_ldk::{ChainSource, LdkConfig, LdkNode};
@@ -153,8 +154,8 @@ impl Drop for Bitcoind {
 
 /// An ldk-node node in a temporary directory.
 pub struct TestNode {
-    /// The node.
-    pub node: LdkNode,
+    /// The node (shared, so a gateway under test can use it as its backend).
+    pub node: Arc<LdkNode>,
     /// Its config (to restart it on the same data).
     pub config: LdkConfig,
     dir: tempfile::TempDir,
@@ -175,7 +176,7 @@ impl TestNode {
             lsp: None,
             sync_interval_secs: Some(1),
         };
-        let node = LdkNode::start(&config).await.expect("node starts");
+        let node = Arc::new(LdkNode::start(&config).await.expect("node starts"));
         Self { node, config, dir }
     }
 
@@ -185,7 +186,7 @@ impl TestNode {
         node.stop().await;
         drop(node);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let node = LdkNode::start(&config).await.expect("node restarts");
+        let node = Arc::new(LdkNode::start(&config).await.expect("node restarts"));
         Self { node, config, dir }
     }
 

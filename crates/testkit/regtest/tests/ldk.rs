@@ -50,8 +50,8 @@ async fn ldk_backend_on_a_real_regtest_network() {
 
     // The backend contract, over the direct channel payer → router.
     contract::run_all(&Pair {
-        receiver: &network.nodes[ROUTER].node,
-        payer: &network.nodes[PAYER].node,
+        receiver: network.nodes[ROUTER].node.as_ref(),
+        payer: network.nodes[PAYER].node.as_ref(),
     })
     .await;
 

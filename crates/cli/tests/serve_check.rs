@@ -1,0 +1,73 @@
+//! `gate402 serve --check` on the example configs.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+fn check(config: &PathBuf) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .args(["serve", "--check", "--config"])
+        .arg(config)
+        .env("FORECAST_API_KEY", "test-key")
+        .env_remove("GATE402_UNSET_EXAMPLE_VARIABLE")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_commented_example_is_valid() {
+    let out = check(&example("gate402.toml"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok (2 services, lightning backend sandbox"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn every_error_of_the_broken_example_with_its_key_path() {
+    let out = check(&example("broken.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "environment variable GATE402_UNSET_EXAMPLE_VARIABLE is not set",
+        "listen: \"localhost\" is not an address",
+        "colour: unknown key",
+        "lightning.network: the sandbox backend is test money",
+        "mpp.secret: must be at least 32 bytes",
+        "services[0].name: is required",
+        "services[0].path: is required",
+        "services[0].price_sats: 0 is not a positive number",
+        "services[1].name: \"bad upstream\" must be letters",
+        "services[1].path: \"v1/*\" must start with /",
+        "services[1].upstream: \"ftp://files.example.com\"",
+        "services[1].auth: \"maybe\"",
+        "services[1].schemes: \"bitcoin\"",
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "{needle:?} missing from:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.lines().all(|l| l.contains("broken.toml: ")),
+        "every line names the file"
+    );
+}
+
+#[test]
+fn a_missing_file_is_a_clear_error() {
+    let out = check(&example("no-such-file.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
+}
