@@ -477,7 +477,13 @@ impl Paywall {
             .metrics
             .upstream(&service.name, started.elapsed().as_secs_f64());
         if response.status().is_server_error() {
-            tracing::warn!(service = %service.name, status = %response.status(), scheme, "upstream failed; the payment stays unspent");
+            tracing::warn!(
+                service = %service.name,
+                status = %response.status(),
+                scheme,
+                test_money = self.inner.test_money,
+                "upstream failed; the payment stays unspent"
+            );
             return (response, false);
         }
         let now = time::OffsetDateTime::now_utc();
@@ -504,7 +510,13 @@ impl Paywall {
         if let Err(e) = self.inner.store.put_receipt(&record).await {
             tracing::error!(error = %e, "cannot record a receipt");
         }
-        tracing::info!(service = %service.name, scheme, payment_hash = %hex::encode(payment_hash), "paid request served");
+        tracing::info!(
+            service = %service.name,
+            scheme,
+            payment_hash = %hex::encode(payment_hash),
+            test_money = self.inner.test_money,
+            "paid request served"
+        );
         (response, true)
     }
 

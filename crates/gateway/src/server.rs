@@ -6,12 +6,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use axum_server::tls_rustls::RustlsConfig;
 use gate402_mpp::challenge::ChallengeKey;
 use gate402_store::{SqliteStore, Store};
 use tower::Layer;
@@ -80,9 +81,6 @@ impl Gateway {
         data_dir: &Path,
         connected: Connected,
     ) -> Result<Self> {
-        if config.tls.is_some() {
-            bail!("tls: terminating TLS in gate402 is not built yet; put it behind a TLS-terminating proxy and remove [tls]");
-        }
         let store: Arc<dyn Store> = match &config.store {
             StoreConfig::Sqlite(_) => {
                 Arc::new(SqliteStore::open(&config.store.sqlite_path(data_dir))?)
@@ -120,16 +118,43 @@ impl Gateway {
             .with_context(|| format!("listen: cannot bind {}", config.listen))?;
         let addr = listener.local_addr()?;
         let (shutdown, mut stop) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await
-        });
+        let service = app.into_make_service_with_connect_info::<SocketAddr>();
+        let task = match &config.tls {
+            None => tokio::spawn(async move {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    })
+                    .await
+            }),
+            Some(tls) => {
+                // Several crypto providers are linked in (ring, aws-lc);
+                // rustls needs to be told which one serves.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                let rustls = RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "tls: cannot load {} and {}",
+                            tls.cert.display(),
+                            tls.key.display()
+                        )
+                    })?;
+                let handle = axum_server::Handle::new();
+                let stopper = handle.clone();
+                tokio::spawn(async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                    stopper.graceful_shutdown(Some(Duration::from_secs(30)));
+                });
+                let listener = listener.into_std()?;
+                tokio::spawn(async move {
+                    axum_server::from_tcp_rustls(listener, rustls)?
+                        .handle(handle)
+                        .serve(service)
+                        .await
+                })
+            }
+        };
         let purge = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(600)).await;
@@ -141,7 +166,11 @@ impl Gateway {
                 }
             }
         });
-        tracing::info!(%addr, backend = config.lightning.name(), services = config.services.len(), "gate402 listening");
+        let test_money = matches!(
+            config.lightning,
+            crate::lightning::LightningConfig::Sandbox(_)
+        );
+        tracing::info!(%addr, backend = config.lightning.name(), services = config.services.len(), test_money, "gate402 listening");
         Ok(Self {
             addr,
             paywall,

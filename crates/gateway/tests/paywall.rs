@@ -636,3 +636,111 @@ async fn the_layer_guards_an_axum_app() {
     assert!(response.headers().contains_key("payment-receipt"));
     assert_eq!(response.text().await.unwrap(), "a paid joke");
 }
+
+#[tokio::test]
+async fn a_token_paid_before_a_restart_still_works() {
+    let upstream = Upstream::start("127.0.0.1:0".parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = GatewayConfig::default_with_services(vec![service(
+        "weather",
+        "/weather",
+        4,
+        &upstream.url(),
+    )]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let client = reqwest::Client::new();
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    let response = client.get(format!("{base}/weather")).send().await.unwrap();
+    let values: Vec<String> = response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    let offer = Offer::from_challenges(values.iter().map(String::as_str)).unwrap();
+    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    gateway.shutdown().await.unwrap();
+
+    // Same data directory: same store, same MPP secret, same sandbox.
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    for authorization in [
+        offer.l402_authorization(&preimage).unwrap(),
+        offer.payment_authorization(&preimage).unwrap(),
+    ] {
+        let response = client
+            .get(format!("{base}/weather"))
+            .header(AUTHORIZATION, authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_requests_in_flight() {
+    let h = Harness::start(|up| vec![service("stream", "/sse", 1, up)]).await;
+    let (offer, preimage) = h.buy("/sse").await;
+    let response = h
+        .get("/sse", &offer.l402_authorization(&preimage).unwrap())
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let Harness {
+        gateway, client, ..
+    } = h;
+    let addr = gateway.addr();
+    let stopping = tokio::spawn(gateway.shutdown());
+    // The stream started before the shutdown completes in full...
+    let body = response.text().await.unwrap();
+    assert!(body.contains("event 3"), "{body}");
+    stopping.await.unwrap().unwrap();
+    // ...and nothing new is accepted after it.
+    assert!(client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn terminates_tls_with_the_configured_certificate() {
+    let upstream = Upstream::start("127.0.0.1:0".parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let mut config = GatewayConfig::default_with_services(vec![service(
+        "weather",
+        "/weather",
+        4,
+        &upstream.url(),
+    )]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.tls = Some(gate402_gateway::config::TlsConfig {
+        cert: cert.clone(),
+        key,
+    });
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
+        .resolve("localhost", gateway.addr())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/weather", gateway.addr().port());
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    // Plain HTTP to the TLS port is not served.
+    assert!(reqwest::get(format!("http://{}/weather", gateway.addr()))
+        .await
+        .map(|r| r.status() != StatusCode::PAYMENT_REQUIRED)
+        .unwrap_or(true));
+    gateway.shutdown().await.unwrap();
+}
