@@ -1,5 +1,6 @@
--- wrk: a different single-use credential on every request. Each thread
--- takes every THREADS-th line of the file, starting at its own offset.
+-- wrk: a different single-use credential on every request. Each of the
+-- GATE402_THREADS threads takes every GATE402_THREADS-th line of the file
+-- GATE402_CREDENTIALS, starting at its own offset.
 local threads = 0
 function setup(thread)
   thread:set("offset", threads)
@@ -10,8 +11,8 @@ local creds = {}
 local next_index
 local step
 function init(args)
-  for line in io.lines(args[1]) do creds[#creds + 1] = line end
-  step = tonumber(args[2])
+  for line in io.lines(os.getenv("GATE402_CREDENTIALS")) do creds[#creds + 1] = line end
+  step = tonumber(os.getenv("GATE402_THREADS"))
   next_index = offset + 1
 end
 

@@ -76,6 +76,20 @@ impl Lnd {
             .header(MACAROON_HEADER, &self.macaroon)
     }
 
+    /// Sends a request to a server-streaming route; a non-2xx answer is an error.
+    async fn stream(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, LightningError> {
+        let response = request.send().await.map_err(unavailable)?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        Err(lnd_error(status, &body))
+    }
+
     /// Sends a request and returns the JSON body of a 2xx answer.
     async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, LightningError> {
         let response = request
@@ -245,18 +259,11 @@ impl LightningBackend for Lnd {
         let deadline = tokio::time::Instant::now() + timeout;
         let subscribe = async {
             let response = self
-                .request(
+                .stream(self.request(
                     reqwest::Method::GET,
                     &format!("/v2/invoices/subscribe/{}", path_hash(hash)),
-                )
-                .send()
-                .await
-                .map_err(unavailable)?;
-            if !response.status().is_success() {
-                let status = response.status().as_u16();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                return Err(lnd_error(status, &body));
-            }
+                ))
+                .await?;
             read_json_lines(response, |line| {
                 let invoice: LndInvoice =
                     serde_json::from_value(line.get("result")?.clone()).ok()?;
@@ -301,16 +308,11 @@ impl LightningBackend for Lnd {
         });
         let send = async {
             let response = self
-                .request(reqwest::Method::POST, "/v2/router/send")
-                .json(&body)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            let status = response.status().as_u16();
-            if !response.status().is_success() {
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                return Err(lnd_error(status, &body));
-            }
+                .stream(
+                    self.request(reqwest::Method::POST, "/v2/router/send")
+                        .json(&body),
+                )
+                .await?;
             read_json_lines(response, |line| {
                 if let Some(error) = line.get("error") {
                     return Some(Err(lnd_error(500, error)));
@@ -352,21 +354,14 @@ impl LightningBackend for Lnd {
     async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
         let track = async {
             let response = self
-                .request(
+                .stream(self.request(
                     reqwest::Method::GET,
                     &format!(
                         "/v2/router/track/{}?no_inflight_updates=true",
                         path_hash(hash)
                     ),
-                )
-                .send()
-                .await
-                .map_err(unavailable)?;
-            let status = response.status().as_u16();
-            if !response.status().is_success() {
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                return Err(lnd_error(status, &body));
-            }
+                ))
+                .await?;
             read_json_lines(response, |line| {
                 if let Some(error) = line.get("error") {
                     return Some(Err(lnd_error(500, error)));
