@@ -6,6 +6,7 @@
 
 mod decode;
 mod demo;
+mod fetch;
 mod node;
 mod report;
 mod sandbox;
@@ -41,6 +42,23 @@ enum Command {
     Serve(serve::Args),
     /// Run the whole payment loop once and print each step.
     Demo(demo::Args),
+    /// GET a URL, paying a 402 within --max-cost.
+    Get(fetch::FetchArgs),
+    /// POST to a URL, paying a 402 within --max-cost.
+    Post(fetch::FetchArgs),
+    /// PUT to a URL, paying a 402 within --max-cost.
+    Put(fetch::FetchArgs),
+    /// PATCH a URL, paying a 402 within --max-cost.
+    Patch(fetch::FetchArgs),
+    /// DELETE a URL, paying a 402 within --max-cost.
+    Delete(fetch::FetchArgs),
+    /// The L402 tokens `get` keeps for reuse.
+    Tokens {
+        #[command(subcommand)]
+        command: fetch::TokensCommand,
+    },
+    /// Every payment `get` made, with its receipt, and totals per origin.
+    Receipts(fetch::ReceiptsArgs),
     /// Operate the embedded ldk Lightning node.
     Node {
         /// Config file with an `[lightning]` table, `backend = "ldk"`.
@@ -80,12 +98,26 @@ fn main() -> ExitCode {
         _ => {}
     }
     // The demo prints its own story; only problems are logged over it.
-    let quiet = matches!(cli.command, Command::Demo(_));
+    let quiet = !matches!(cli.command, Command::Serve(_) | Command::Node { .. });
     init_logging(&cli.log_format, quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
     };
+    let fetch = match &cli.command {
+        Command::Get(a) => Some(("GET", a)),
+        Command::Post(a) => Some(("POST", a)),
+        Command::Put(a) => Some(("PUT", a)),
+        Command::Patch(a) => Some(("PATCH", a)),
+        Command::Delete(a) => Some(("DELETE", a)),
+        _ => None,
+    };
+    if let Some((method, args)) = fetch {
+        return match cli.data_dir() {
+            Ok(dir) => runtime.block_on(fetch::run(method, args, &dir)),
+            Err(e) => fail(e),
+        };
+    }
     match runtime.block_on(run(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
@@ -99,6 +131,15 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args, &cli.data_dir()?).await,
         Command::Node { config, command } => node::run(config, &cli.data_dir()?, command).await,
         Command::Sandbox { command } => sandbox::run(command).await,
+        Command::Tokens { command } => fetch::tokens(command, &cli.data_dir()?),
+        Command::Receipts(args) => fetch::receipts(args, &cli.data_dir()?),
+        Command::Get(_)
+        | Command::Post(_)
+        | Command::Put(_)
+        | Command::Patch(_)
+        | Command::Delete(_) => {
+            unreachable!("fetches are dispatched above")
+        }
     }
 }
 

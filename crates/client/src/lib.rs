@@ -6,6 +6,22 @@
 //! challenges agree with it (the invoice is authoritative). After paying,
 //! [`Offer::l402_authorization`] and [`Offer::payment_authorization`] give
 //! the `Authorization` value to retry with.
+//!
+//! On top of that, [`Client`] is the auto-paying HTTP client of
+//! `gate402 get`: it checks an offer against the [`Policy`] before paying
+//! (amount, cap, network, expiry), pays with a [`Wallet`], retries, keeps
+//! paid L402 tokens per origin for reuse and records every payment and
+//! receipt in the [`Ledger`].
+
+mod client;
+mod ledger;
+mod policy;
+mod wallet;
+
+pub use client::{Client, FetchError, Fetched, Prefer};
+pub use ledger::{CachedToken, Ledger, LedgerError, PaymentEntry};
+pub use policy::{Policy, Refusal};
+pub use wallet::Wallet;
 
 use gate402_bolt11::Invoice;
 use gate402_http_auth::parse_challenges;
@@ -24,6 +40,8 @@ pub struct Offer {
     pub invoice: Invoice,
     /// The invoice as sent.
     pub bolt11: String,
+    /// Whether the L402 challenge came before the Payment one.
+    pub l402_first: bool,
 }
 
 /// Why a 402 cannot be paid.
@@ -53,6 +71,10 @@ impl Offer {
             list.extend(parse_challenges(value)?);
         }
         let l402 = challenges_in(&list).find_map(Result::ok).map(|(_, c)| c);
+        let l402_first = list
+            .iter()
+            .find(|c| Scheme::from_name(&c.scheme).is_some() || c.is_scheme(gate402_mpp::SCHEME))
+            .is_some_and(|c| Scheme::from_name(&c.scheme).is_some());
         let payment = gate402_mpp::challenge::parse_payment_challenges(
             &list
                 .iter()
@@ -100,6 +122,7 @@ impl Offer {
             payment: payment.filter(|_| charge.is_some()),
             invoice,
             bolt11,
+            l402_first,
         })
     }
 

@@ -1,0 +1,344 @@
+//! `gate402 get|post|put|patch|delete`: curl's habits, and a 402 is paid
+//! within `--max-cost`, then retried. `gate402 tokens` and `gate402
+//! receipts` read what it keeps.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
+use gate402_client::{Client, FetchError, Fetched, Ledger, Policy, Prefer, Wallet};
+use gate402_gateway::GatewayConfig;
+use serde_json::json;
+
+/// Options shared by every method.
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    /// The URL.
+    pub url: String,
+    /// Request body (`@FILE` reads a file); makes the default method POST.
+    #[arg(short = 'd', long = "data")]
+    pub data: Option<String>,
+    /// Extra header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Method, overriding the subcommand's.
+    #[arg(short = 'X', long = "request")]
+    pub method: Option<String>,
+    /// Write the body to FILE instead of standard output.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// Print the status line and headers before the body.
+    #[arg(short = 'i', long = "include")]
+    pub include: bool,
+    /// Follow redirects.
+    #[arg(short = 'L', long = "location")]
+    pub follow: bool,
+    /// Accept invalid TLS certificates.
+    #[arg(short = 'k', long = "insecure")]
+    pub insecure: bool,
+    /// No progress messages on standard error.
+    #[arg(short = 's', long = "silent")]
+    pub silent: bool,
+    /// Print one JSON document: status, headers, body, payment.
+    #[arg(long)]
+    pub json: bool,
+    /// Scheme to answer with when both are offered (default: the first offered).
+    #[arg(long, value_parser = ["l402", "mpp"])]
+    pub prefer: Option<String>,
+    /// The most one request may cost, in satoshis.
+    #[arg(long, default_value_t = 1000, value_name = "SATS")]
+    pub max_cost: u64,
+    /// The most routing fees one payment may take, in satoshis.
+    #[arg(long, default_value_t = 10, value_name = "SATS")]
+    pub max_fee: u64,
+    /// Print the offer of a 402 (price, schemes, description, expiry) and do not pay.
+    #[arg(long)]
+    pub no_pay: bool,
+    /// A config file whose `[lightning]` table is the wallet (default: the
+    /// sandbox payer of the gateway that sent the 402, test money).
+    #[arg(long, env = "GATE402_WALLET", value_name = "FILE")]
+    pub wallet: Option<PathBuf>,
+}
+
+/// Exit code when the payment itself failed.
+pub const EXIT_PAYMENT_FAILED: u8 = 7;
+
+fn ledger_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("client").join("ledger.sqlite3")
+}
+
+/// Runs one fetch; the exit code tells refusals apart.
+pub async fn run(method: &str, args: &FetchArgs, data_dir: &Path) -> ExitCode {
+    match fetch(method, args, data_dir).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = match error.downcast_ref::<FetchError>() {
+                Some(FetchError::Refused(refusal)) => refusal.exit_code(),
+                Some(FetchError::Pay(_)) => EXIT_PAYMENT_FAILED,
+                _ => 1,
+            };
+            eprintln!("gate402: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
+    let wallet = match &args.wallet {
+        None => Wallet::Sandbox,
+        Some(path) => {
+            let config = GatewayConfig::load(path).map_err(|e| anyhow!("{e}"))?;
+            Wallet::Node(config.lightning.connect(data_dir).await?.backend)
+        }
+    };
+    let network = wallet.network().await?;
+    let http = reqwest::Client::builder()
+        .danger_accept_invalid_certs(args.insecure)
+        .redirect(if args.follow {
+            reqwest::redirect::Policy::limited(10)
+        } else {
+            reqwest::redirect::Policy::none()
+        })
+        .build()?;
+    let method = args.method.clone().unwrap_or_else(|| {
+        if method == "GET" && args.data.is_some() {
+            "POST".into()
+        } else {
+            method.to_owned()
+        }
+    });
+    let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .context("-X: not an HTTP method")?;
+    let mut request = http.request(method, &args.url);
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("-H {header:?}: expected 'Name: value'"))?;
+        request = request.header(name.trim(), value.trim());
+    }
+    if let Some(data) = &args.data {
+        let body = match data.strip_prefix('@') {
+            Some(file) => std::fs::read(file).with_context(|| format!("-d @{file}"))?,
+            None => data.clone().into_bytes(),
+        };
+        request = request.body(body);
+    }
+    let request = request.build().context("URL")?;
+    let client = Client {
+        http,
+        wallet,
+        policy: Policy {
+            max_cost_sats: args.max_cost,
+            max_fee_sats: args.max_fee,
+            network,
+        },
+        ledger: Arc::new(Ledger::open(&ledger_path(data_dir))?),
+        prefer: args.prefer.as_deref().map(|p| {
+            if p == "mpp" {
+                Prefer::Mpp
+            } else {
+                Prefer::L402
+            }
+        }),
+        pay: !args.no_pay,
+    };
+    let (response, payment) = match client.fetch(request).await? {
+        Fetched::Offer(offer) => {
+            let mut schemes = Vec::new();
+            if offer.l402.is_some() {
+                schemes.push("L402");
+            }
+            if offer.payment.is_some() {
+                schemes.push("MPP");
+            }
+            let description = match offer.invoice.description() {
+                gate402_bolt11::Description::Text(text) => text,
+                gate402_bolt11::Description::Hash(hash) => format!("(hash {})", hex::encode(hash)),
+            };
+            let report = json!({
+                "price_sats": offer.amount_msat().map(|m| m.div_ceil(1000)),
+                "schemes": schemes,
+                "description": description,
+                "network": offer.invoice.network().as_str(),
+                "expires_at": offer.invoice.expires_at(),
+                "payment_hash": hex::encode(offer.invoice.payment_hash()),
+                "invoice": offer.bolt11,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            return Ok(());
+        }
+        Fetched::Response(response, payment) => (response, payment),
+    };
+    if let (Some(paid), false) = (&payment, args.silent || args.json) {
+        eprintln!(
+            "gate402: paid {} sat (+{} msat fee) with {} for {}",
+            paid.amount_msat / 1000,
+            paid.fee_msat,
+            paid.scheme,
+            paid.url
+        );
+    }
+    let status = response.status();
+    let version = response.version();
+    let headers = response.headers().clone();
+    let body = response.bytes().await?;
+    if args.json {
+        let headers: serde_json::Map<String, serde_json::Value> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+            .collect();
+        let report = json!({
+            "status": status.as_u16(),
+            "headers": headers,
+            "body": String::from_utf8_lossy(&body),
+            "payment": payment,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mut out: Box<dyn std::io::Write> = match &args.output {
+        Some(path) => {
+            Box::new(std::fs::File::create(path).with_context(|| format!("-o {}", path.display()))?)
+        }
+        None => Box::new(std::io::stdout()),
+    };
+    if args.include {
+        writeln!(out, "{version:?} {status}")?;
+        for (name, value) in &headers {
+            writeln!(out, "{name}: {}", value.to_str().unwrap_or(""))?;
+        }
+        writeln!(out)?;
+    }
+    out.write_all(&body)?;
+    if status == reqwest::StatusCode::PAYMENT_REQUIRED {
+        bail!("still 402 after paying: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(())
+}
+
+/// `gate402 tokens`.
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Every cached L402 token.
+    List,
+    /// One token in full (by payment-hash prefix).
+    Show {
+        /// Payment hash or a prefix of it.
+        hash: String,
+    },
+    /// Forget a token (by payment-hash prefix).
+    Remove {
+        /// Payment hash or a prefix of it.
+        hash: String,
+    },
+    /// Forget every token.
+    Clear,
+}
+
+/// Runs a tokens command.
+pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
+    let ledger = Ledger::open(&ledger_path(data_dir))?;
+    match command {
+        TokensCommand::List => {
+            for token in ledger.tokens()? {
+                println!(
+                    "{}  {}{}  expires {}",
+                    &token.payment_hash[..16],
+                    token.origin,
+                    token.path,
+                    token.expires_at.map_or("never".into(), |t| t.to_string())
+                );
+            }
+        }
+        TokensCommand::Show { hash } => {
+            let token = ledger
+                .tokens()?
+                .into_iter()
+                .find(|t| t.payment_hash.starts_with(hash.as_str()))
+                .with_context(|| format!("no token {hash}"))?;
+            println!("{}", serde_json::to_string_pretty(&token)?);
+        }
+        TokensCommand::Remove { hash } => {
+            if hash.is_empty() {
+                bail!("give a payment hash (or use `tokens clear`)");
+            }
+            println!("removed {}", ledger.remove_tokens(hash)?);
+        }
+        TokensCommand::Clear => println!("removed {}", ledger.remove_tokens("")?),
+    }
+    Ok(())
+}
+
+/// `gate402 receipts [--json] [--since WHEN]`.
+#[derive(Debug, clap::Args)]
+pub struct ReceiptsArgs {
+    /// One JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Only since WHEN: unix seconds, or a duration back from now (`30m`, `24h`, `7d`).
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+fn since(text: &str) -> Result<u64> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    if let Ok(unix) = text.parse::<u64>() {
+        return Ok(unix);
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("--since {text:?}: expected unix seconds or 30m, 24h, 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => bail!("--since {text:?}: expected unix seconds or 30m, 24h, 7d"),
+    };
+    Ok(now.saturating_sub(secs))
+}
+
+/// Lists payments with totals per origin.
+pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
+    let ledger = Ledger::open(&ledger_path(data_dir))?;
+    let payments = ledger.payments(args.since.as_deref().map(since).transpose()?.unwrap_or(0))?;
+    let mut totals: std::collections::BTreeMap<&str, (u64, u64, usize)> = Default::default();
+    for p in &payments {
+        let t = totals.entry(p.origin.as_str()).or_default();
+        t.0 += p.amount_msat;
+        t.1 += p.fee_msat;
+        t.2 += 1;
+    }
+    if args.json {
+        let totals: Vec<_> = totals.iter().map(|(origin, (amount, fee, count))| json!({"origin": origin, "payments": count, "amount_msat": amount, "fee_msat": fee})).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"payments": payments, "totals": totals}))?
+        );
+        return Ok(());
+    }
+    for p in &payments {
+        println!(
+            "{}  {:>8} msat  +{} fee  {:7}  {}  {}",
+            p.created_at,
+            p.amount_msat,
+            p.fee_msat,
+            p.scheme,
+            &p.payment_hash[..16],
+            p.url
+        );
+    }
+    for (origin, (amount, fee, count)) in &totals {
+        println!(
+            "total {origin}: {count} payments, {} sat + {} msat fees",
+            amount / 1000,
+            fee
+        );
+    }
+    Ok(())
+}
