@@ -359,6 +359,14 @@ fn decode_v2(data: &[u8]) -> Result<Macaroon, MacaroonError> {
                     "location not allowed in first-party caveat",
                 ))
             }
+            // go-macaroon counts a caveat as third-party only when its
+            // verification id is non-empty; an empty one is first-party.
+            [(FIELD_LOCATION, _), (FIELD_IDENTIFIER, id), (FIELD_VERIFICATION_ID, [])]
+            | [(FIELD_IDENTIFIER, id), (FIELD_VERIFICATION_ID, [])] => MacaroonCaveat {
+                id: id.to_vec(),
+                verification_id: None,
+                location: None,
+            },
             [(FIELD_LOCATION, loc), (FIELD_IDENTIFIER, id), (FIELD_VERIFICATION_ID, vid)] => {
                 MacaroonCaveat {
                     id: id.to_vec(),
@@ -622,6 +630,17 @@ mod tests {
         let bytes = m.to_bytes();
         assert!(Macaroon::from_bytes(&bytes[..bytes.len() - 1]).is_err());
         assert_eq!(Macaroon::from_base64("!!"), Err(MacaroonError::Base64));
+    }
+
+    #[test]
+    fn an_empty_verification_id_is_a_first_party_caveat() {
+        // Found by fuzzing: it must re-encode to what it decoded from.
+        let mut data = vec![2u8, 2, 1, 7, 0];
+        data.extend_from_slice(&[2, 3, b'a', b'=', b'b', 4, 0, 0, 0, 6, 32]);
+        data.extend_from_slice(&[9; 32]);
+        let m = Macaroon::from_bytes(&data).unwrap();
+        assert!(!m.caveats()[0].is_third_party());
+        assert_eq!(Macaroon::from_bytes(&m.to_bytes()).unwrap(), m);
     }
 
     #[test]
