@@ -371,7 +371,7 @@ fn decode_v2(data: &[u8]) -> Result<Macaroon, MacaroonError> {
                 MacaroonCaveat {
                     id: id.to_vec(),
                     verification_id: Some(vid.to_vec()),
-                    location: Some(utf8(loc)?),
+                    location: Some(utf8(loc)?).filter(|l| !l.is_empty()),
                 }
             }
             [(FIELD_IDENTIFIER, id), (FIELD_VERIFICATION_ID, vid)] => MacaroonCaveat {
@@ -473,10 +473,21 @@ fn decode_v1(mut data: &[u8]) -> Result<Macaroon, MacaroonError> {
                 let Some(caveat) = caveats.last_mut() else {
                     return Err(MacaroonError::Malformed("v1 caveat field before cid"));
                 };
+                // Empty values are absent values, as go-macaroon writes them.
                 let slot_taken = if field == b"vid" {
-                    caveat.verification_id.replace(value.to_vec()).is_some()
+                    caveat.verification_id.is_some()
+                        || std::mem::replace(
+                            &mut caveat.verification_id,
+                            Some(value.to_vec()).filter(|v| !v.is_empty()),
+                        )
+                        .is_some()
                 } else {
-                    caveat.location.replace(utf8(value)?).is_some()
+                    caveat.location.is_some()
+                        || std::mem::replace(
+                            &mut caveat.location,
+                            Some(utf8(value)?).filter(|l| !l.is_empty()),
+                        )
+                        .is_some()
                 };
                 if slot_taken {
                     return Err(MacaroonError::Malformed("repeated v1 caveat field"));
@@ -640,6 +651,16 @@ mod tests {
         data.extend_from_slice(&[9; 32]);
         let m = Macaroon::from_bytes(&data).unwrap();
         assert!(!m.caveats()[0].is_third_party());
+        assert_eq!(Macaroon::from_bytes(&m.to_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn an_empty_caveat_location_is_no_location() {
+        let mut data = vec![2u8, 2, 1, 7, 0];
+        data.extend_from_slice(&[1, 0, 2, 1, b'x', 4, 1, 9, 0, 0, 6, 32]);
+        data.extend_from_slice(&[9; 32]);
+        let m = Macaroon::from_bytes(&data).unwrap();
+        assert_eq!(m.caveats()[0].location, None);
         assert_eq!(Macaroon::from_bytes(&m.to_bytes()).unwrap(), m);
     }
 
