@@ -46,16 +46,13 @@ async fn expect_402(response: reqwest::Response) -> Result<Offer> {
     if response.status() != StatusCode::PAYMENT_REQUIRED {
         bail!("expected 402, got {}", response.status());
     }
-    let values: Vec<String> = response
-        .headers()
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_owned))
-        .collect();
-    for value in &values {
-        println!("     WWW-Authenticate: {}", short(value));
+    for value in response.headers().get_all(WWW_AUTHENTICATE) {
+        println!(
+            "     WWW-Authenticate: {}",
+            short(value.to_str().unwrap_or("?"))
+        );
     }
-    let offer = Offer::from_challenges(values.iter().map(String::as_str))?;
+    let offer = Offer::from_headers(response.headers())?;
     println!(
         "     one invoice: {} msat, payment hash {}",
         offer.amount_msat().unwrap_or(0),

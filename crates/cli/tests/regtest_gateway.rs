@@ -11,18 +11,12 @@ use gate402_gateway::lightning::Connected;
 use gate402_gateway::{demo, Gateway, GatewayConfig};
 use gate402_lightning::LightningBackend;
 use gate402_regtest::{ChannelSpec, RegtestNetwork};
-use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 
 async fn offer(response: reqwest::Response) -> Offer {
     assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
-    let values: Vec<String> = response
-        .headers()
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect();
-    Offer::from_challenges(values.iter().map(String::as_str)).unwrap()
+    Offer::from_headers(response.headers()).unwrap()
 }
 
 fn decode(receipt: &str) -> serde_json::Value {

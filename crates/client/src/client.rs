@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use gate402_l402::caveat::{Caveat, VALID_UNTIL_SUFFIX};
 use gate402_lightning::PayError;
-use reqwest::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::StatusCode;
 
 use crate::{
@@ -116,13 +116,7 @@ impl Client {
         if response.status() != StatusCode::PAYMENT_REQUIRED {
             return Ok(Fetched::Response(response, None));
         }
-        let values: Vec<String> = response
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok().map(str::to_owned))
-            .collect();
-        let offer = Offer::from_challenges(values.iter().map(String::as_str))?;
+        let offer = Offer::from_headers(response.headers())?;
         if !self.pay {
             return Ok(Fetched::Offer(Box::new(offer)));
         }

@@ -126,6 +126,16 @@ impl Offer {
         })
     }
 
+    /// Reads an offer from a 402's headers (every `WWW-Authenticate` line).
+    pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Result<Self, OfferError> {
+        Self::from_challenges(
+            headers
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        )
+    }
+
     /// The price in millisatoshis (every offer here has one).
     pub fn amount_msat(&self) -> Option<u64> {
         self.invoice.amount_msat()

@@ -123,13 +123,7 @@ impl Harness {
 
     async fn offer(&self, response: reqwest::Response) -> Offer {
         assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
-        let values: Vec<String> = response
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .collect();
-        Offer::from_challenges(values.iter().map(String::as_str)).unwrap()
+        Offer::from_headers(response.headers()).unwrap()
     }
 
     /// GET without credentials, pay the 402; returns the offer and preimage.
@@ -616,13 +610,7 @@ async fn the_layer_guards_an_axum_app() {
         "free"
     );
     let response = client.get(format!("{base}/joke")).send().await.unwrap();
-    let values: Vec<String> = response
-        .headers()
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect();
-    let offer = Offer::from_challenges(values.iter().map(String::as_str)).unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
     let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
     let mut preimage = [0u8; 32];
     hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
@@ -652,13 +640,7 @@ async fn a_token_paid_before_a_restart_still_works() {
     let gateway = Gateway::start(&config, dir.path()).await.unwrap();
     let base = format!("http://{}", gateway.addr());
     let response = client.get(format!("{base}/weather")).send().await.unwrap();
-    let values: Vec<String> = response
-        .headers()
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .collect();
-    let offer = Offer::from_challenges(values.iter().map(String::as_str)).unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
     let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
     let mut preimage = [0u8; 32];
     hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
