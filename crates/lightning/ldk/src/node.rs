@@ -241,9 +241,19 @@ impl LdkNode {
         }
     }
 
-    /// How many public channels the node's network graph knows (gossip).
+    /// How many public channels the node can route over: known from gossip
+    /// with a channel update (fees) in both directions.
     pub fn graph_channel_count(&self) -> usize {
-        self.node.network_graph().list_channels().len()
+        let graph = self.node.network_graph();
+        graph
+            .list_channels()
+            .into_iter()
+            .filter(|scid| {
+                graph
+                    .channel(*scid)
+                    .is_some_and(|c| c.one_to_two.is_some() && c.two_to_one.is_some())
+            })
+            .count()
     }
 
     /// Waits for the next node event (or `timeout`), for callers that poll
