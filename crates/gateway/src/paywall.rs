@@ -270,8 +270,7 @@ impl Paywall {
             }
             Auth::Freebie(_) | Auth::On => {}
         }
-        let headers = request.headers().clone();
-        let refusal = match presented(&headers) {
+        let refusal = match presented(request.headers()) {
             None => Refusal::new(
                 StatusCode::PAYMENT_REQUIRED,
                 ProblemType::PaymentRequired,
@@ -308,7 +307,7 @@ impl Paywall {
         if refusal.problem != ProblemType::PaymentRequired {
             self.inner.metrics.rejected(refusal.problem.code());
         }
-        self.challenge(&service, &headers, refusal).await
+        self.challenge(&service, request.headers(), refusal).await
     }
 
     /// Verifies an L402 credential; returns the paid hash.

@@ -241,19 +241,9 @@ impl LdkNode {
         }
     }
 
-    /// How many public channels the node can route over: known from gossip
-    /// with a channel update (fees) in both directions.
+    /// How many public channels the node's network graph knows (gossip).
     pub fn graph_channel_count(&self) -> usize {
-        let graph = self.node.network_graph();
-        graph
-            .list_channels()
-            .into_iter()
-            .filter(|scid| {
-                graph
-                    .channel(*scid)
-                    .is_some_and(|c| c.one_to_two.is_some() && c.two_to_one.is_some())
-            })
-            .count()
+        self.node.network_graph().list_channels().len()
     }
 
     /// Waits for the next node event (or `timeout`), for callers that poll
@@ -536,7 +526,6 @@ impl LightningBackend for LdkNode {
         hash: &PaymentHash,
         timeout: Duration,
     ) -> Result<InvoiceStatus, LightningError> {
-        let mut missing = false;
         let result = self
             .wait_for(hash, timeout, |details| match details {
                 Some(d) if d.direction == PaymentDirection::Inbound => {
@@ -546,13 +535,13 @@ impl LightningBackend for LdkNode {
                 _ => None,
             })
             .await;
-        if result.is_none() && self.invoice_status(hash).await.is_err() {
-            missing = true;
-        }
         match result {
             Some(status) => Ok(status),
-            None if missing => Err(LightningError::NotFound(hex::encode(hash))),
-            None => Err(LightningError::Timeout(timeout)),
+            // An invoice this node never issued is reported as such.
+            None => self
+                .invoice_status(hash)
+                .await
+                .and(Err(LightningError::Timeout(timeout))),
         }
     }
 
