@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use gate402_client::{Client, FetchError, Fetched, Ledger, Policy, Prefer, Wallet};
-use gate402_gateway::GatewayConfig;
+use gate402_client::{
+    Client, FetchError, Fetched, Ledger, Payer, PaymentState, Policy, Prefer, Wallet,
+};
 use serde_json::json;
+
+use crate::client_config::ClientConfig;
 
 /// Options shared by every method.
 #[derive(Debug, clap::Args)]
@@ -47,23 +50,31 @@ pub struct FetchArgs {
     /// Scheme to answer with when both are offered (default: the first offered).
     #[arg(long, value_parser = ["l402", "mpp"])]
     pub prefer: Option<String>,
-    /// The most one request may cost, in satoshis.
-    #[arg(long, default_value_t = 1000, value_name = "SATS")]
-    pub max_cost: u64,
-    /// The most routing fees one payment may take, in satoshis.
-    #[arg(long, default_value_t = 10, value_name = "SATS")]
-    pub max_fee: u64,
+    /// The most one request may cost, in satoshis [default: the config's
+    /// max_cost_sats, else 1000].
+    #[arg(long, value_name = "SATS")]
+    pub max_cost: Option<u64>,
+    /// The most routing fees one payment may take, in satoshis [default:
+    /// the config's max_fee_sats, else 10].
+    #[arg(long, value_name = "SATS")]
+    pub max_fee: Option<u64>,
     /// Print the offer of a 402 (price, schemes, description, expiry) and do not pay.
     #[arg(long)]
     pub no_pay: bool,
-    /// A config file whose `[lightning]` table is the wallet (default: the
-    /// sandbox payer of the gateway that sent the 402, test money).
-    #[arg(long, env = "GATE402_WALLET", value_name = "FILE")]
-    pub wallet: Option<PathBuf>,
+    /// The client config: caps, budgets, and the wallet in its
+    /// `[lightning]` table [default: client.toml in the data dir, if any;
+    /// without a wallet, the sandbox payer of the gateway that sent the
+    /// 402, test money].
+    #[arg(long, env = "GATE402_CLIENT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
-/// Exit code when the payment itself failed.
+/// Exit code when the payment itself failed (nothing was paid).
 pub const EXIT_PAYMENT_FAILED: u8 = 7;
+/// Exit code when a payment was sent and its outcome is not known yet.
+pub const EXIT_IN_FLIGHT: u8 = 9;
+/// Exit code on Ctrl-C, as shells report SIGINT.
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 fn ledger_path(data_dir: &Path) -> PathBuf {
     data_dir.join("client").join("ledger.sqlite3")
@@ -71,12 +82,34 @@ fn ledger_path(data_dir: &Path) -> PathBuf {
 
 /// Runs one fetch; the exit code tells refusals apart.
 pub async fn run(method: &str, args: &FetchArgs, data_dir: &Path) -> ExitCode {
-    match fetch(method, args, data_dir).await {
+    let outcome = tokio::select! {
+        outcome = fetch(method, args, data_dir) => outcome,
+        // The ledger wrote any payment down before sending it, so stopping
+        // here loses nothing: a payment in flight stays pending and the next
+        // request to its endpoint finishes it.
+        _ = tokio::signal::ctrl_c() => {
+            let pending = Ledger::open(&ledger_path(data_dir))
+                .and_then(|ledger| ledger.pending(None))
+                .unwrap_or_default();
+            eprintln!("gate402: interrupted");
+            for payment in pending {
+                eprintln!(
+                    "gate402: payment {} ({} sat for {}) is pending; the next request to that endpoint finishes it",
+                    payment.entry.payment_hash,
+                    payment.entry.amount_msat.div_ceil(1000),
+                    payment.entry.url
+                );
+            }
+            return ExitCode::from(EXIT_INTERRUPTED);
+        }
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let code = match error.downcast_ref::<FetchError>() {
                 Some(FetchError::Refused(refusal)) => refusal.exit_code(),
                 Some(FetchError::Pay(_)) => EXIT_PAYMENT_FAILED,
+                Some(FetchError::InFlight(_)) => EXIT_IN_FLIGHT,
                 _ => 1,
             };
             eprintln!("gate402: {error:#}");
@@ -86,12 +119,10 @@ pub async fn run(method: &str, args: &FetchArgs, data_dir: &Path) -> ExitCode {
 }
 
 async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
-    let wallet = match &args.wallet {
-        None => Wallet::Sandbox,
-        Some(path) => {
-            let config = GatewayConfig::load(path).map_err(|e| anyhow!("{e}"))?;
-            Wallet::Node(config.lightning.connect(data_dir).await?.backend)
-        }
+    let config = ClientConfig::load(args.config.as_deref(), data_dir)?;
+    let wallet = match &config.lightning {
+        None => Wallet::sandbox(),
+        Some(lightning) => Wallet::Node(lightning.connect(data_dir).await?.backend),
     };
     let network = wallet.network().await?;
     let http = reqwest::Client::builder()
@@ -128,21 +159,24 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let request = request.build().context("URL")?;
     let client = Client {
         http,
-        wallet,
-        policy: Policy {
-            max_cost_sats: args.max_cost,
-            max_fee_sats: args.max_fee,
-            network,
+        payer: Payer {
+            wallet,
+            policy: Policy {
+                max_cost_sats: args.max_cost.or(config.max_cost_sats).unwrap_or(1000),
+                max_fee_sats: args.max_fee.or(config.max_fee_sats).unwrap_or(10),
+                network,
+                budget: config.budget,
+            },
+            ledger: Arc::new(Ledger::open(&ledger_path(data_dir))?),
+            prefer: args.prefer.as_deref().map(|p| {
+                if p == "mpp" {
+                    Prefer::Mpp
+                } else {
+                    Prefer::L402
+                }
+            }),
+            pay: !args.no_pay,
         },
-        ledger: Arc::new(Ledger::open(&ledger_path(data_dir))?),
-        prefer: args.prefer.as_deref().map(|p| {
-            if p == "mpp" {
-                Prefer::Mpp
-            } else {
-                Prefer::L402
-            }
-        }),
-        pay: !args.no_pay,
     };
     let (response, payment) = match client.fetch(request).await? {
         Fetched::Offer(offer) => {
@@ -303,19 +337,19 @@ fn since(text: &str) -> Result<u64> {
     Ok(now.saturating_sub(secs))
 }
 
-/// Lists payments with totals per origin.
+/// Lists payments with totals per domain (failed ones listed, not counted).
 pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
     let ledger = Ledger::open(&ledger_path(data_dir))?;
     let payments = ledger.payments(args.since.as_deref().map(since).transpose()?.unwrap_or(0))?;
     let mut totals: std::collections::BTreeMap<&str, (u64, u64, usize)> = Default::default();
-    for p in &payments {
-        let t = totals.entry(p.origin.as_str()).or_default();
+    for p in payments.iter().filter(|p| p.status != PaymentState::Failed) {
+        let t = totals.entry(p.host.as_str()).or_default();
         t.0 += p.amount_msat;
         t.1 += p.fee_msat;
         t.2 += 1;
     }
     if args.json {
-        let totals: Vec<_> = totals.iter().map(|(origin, (amount, fee, count))| json!({"origin": origin, "payments": count, "amount_msat": amount, "fee_msat": fee})).collect();
+        let totals: Vec<_> = totals.iter().map(|(domain, (amount, fee, count))| json!({"domain": domain, "payments": count, "amount_msat": amount, "fee_msat": fee})).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({"payments": payments, "totals": totals}))?
@@ -324,18 +358,19 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
     }
     for p in &payments {
         println!(
-            "{}  {:>8} msat  +{} fee  {:7}  {}  {}",
+            "{}  {:>8} msat  +{} fee  {:7}  {:7}  {}  {}",
             p.created_at,
             p.amount_msat,
             p.fee_msat,
             p.scheme,
+            format!("{:?}", p.status).to_lowercase(),
             &p.payment_hash[..16],
             p.url
         );
     }
-    for (origin, (amount, fee, count)) in &totals {
+    for (domain, (amount, fee, count)) in &totals {
         println!(
-            "total {origin}: {count} payments, {} sat + {} msat fees",
+            "total {domain}: {count} payments, {} sat + {} msat fees",
             amount / 1000,
             fee
         );

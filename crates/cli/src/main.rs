@@ -4,6 +4,7 @@
 //! crates, and turns errors into messages and exit codes. `anyhow` lives
 //! here and nowhere below.
 
+mod client_config;
 mod decode;
 mod demo;
 mod fetch;

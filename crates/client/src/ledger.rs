@@ -1,12 +1,23 @@
 //! The client's audit trail and token cache, in SQLite in its data dir.
+//!
+//! A payment is written down as `pending` before anything is sent, inside
+//! the same transaction that checks the budget, and marked `paid` or
+//! `failed` once its outcome is known. An interrupted run therefore leaves
+//! a pending row that names the invoice, and the next run asks the wallet
+//! how it ended instead of paying again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use sha2::{Digest, Sha256};
+
+use crate::budget::{Budget, Window};
+use crate::Refusal;
 
 /// Schema versions, in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &["CREATE TABLE payments (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE payments (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         url TEXT NOT NULL,
         origin TEXT NOT NULL,
@@ -25,16 +36,60 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE payments (
         expires_at INTEGER,
         created_at INTEGER NOT NULL,
         PRIMARY KEY (origin, path, payment_hash)
-    );"];
+    );",
+    "ALTER TABLE payments ADD COLUMN status TEXT NOT NULL DEFAULT 'paid';
+    ALTER TABLE payments ADD COLUMN host TEXT NOT NULL DEFAULT '';
+    ALTER TABLE payments ADD COLUMN path TEXT NOT NULL DEFAULT '';
+    ALTER TABLE payments ADD COLUMN bolt11 TEXT;
+    ALTER TABLE payments ADD COLUMN challenges TEXT;
+    ALTER TABLE payments ADD COLUMN error TEXT;
+    CREATE INDEX payments_by_status ON payments (status, origin, path);
+    CREATE INDEX payments_by_time ON payments (created_at);",
+];
 
 /// Why the ledger failed.
 #[derive(Debug, thiserror::Error)]
 #[error("client ledger: {0}")]
 pub struct LedgerError(String);
 
+impl LedgerError {
+    /// A row that does not hold what the ledger writes.
+    pub fn corrupt(what: String) -> Self {
+        Self(format!("corrupt entry: {what}"))
+    }
+}
+
 impl From<rusqlite::Error> for LedgerError {
     fn from(e: rusqlite::Error) -> Self {
         Self(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for LedgerError {
+    fn from(e: std::io::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Where a payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentState {
+    /// Sent (or about to be) and not yet known to have ended.
+    Pending,
+    /// Paid: the preimage is known.
+    Paid,
+    /// Failed for good: nothing left the wallet.
+    Failed,
+}
+
+impl PaymentState {
+    fn parse(text: &str) -> Self {
+        match text {
+            "pending" => PaymentState::Pending,
+            "failed" => PaymentState::Failed,
+            _ => PaymentState::Paid,
+        }
     }
 }
 
@@ -45,11 +100,15 @@ pub struct PaymentEntry {
     pub id: i64,
     /// The URL paid for.
     pub url: String,
-    /// Its origin (`scheme://host:port`), the unit of budgets and tokens.
+    /// Its origin (`scheme://host:port`), the unit of the token cache.
     pub origin: String,
+    /// Its host, the unit of per-domain budgets.
+    pub host: String,
+    /// Its path.
+    pub path: String,
     /// `L402` or `Payment`.
     pub scheme: String,
-    /// What was paid.
+    /// What was paid (or is being paid).
     pub amount_msat: u64,
     /// Routing fees.
     pub fee_msat: u64,
@@ -57,8 +116,24 @@ pub struct PaymentEntry {
     pub payment_hash: String,
     /// The `Payment-Receipt` received, if any.
     pub receipt: Option<String>,
+    /// Where it stands.
+    pub status: PaymentState,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
     /// When (unix seconds).
     pub created_at: u64,
+}
+
+/// What a pending payment needs to be finished by a later run: the
+/// invoice, and the 402's challenges to answer once the preimage is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPayment {
+    /// The ledger row.
+    pub entry: PaymentEntry,
+    /// The invoice being paid.
+    pub bolt11: String,
+    /// The 402's `WWW-Authenticate` values.
+    pub challenges: Vec<String>,
 }
 
 /// A paid L402 token kept for reuse.
@@ -79,28 +154,41 @@ pub struct CachedToken {
     pub expires_at: Option<u64>,
 }
 
+/// Held while one endpoint is being paid for; dropping it lets the next
+/// request (in this process or another) in. An OS file lock, so a process
+/// killed while holding it releases it.
+#[derive(Debug)]
+pub struct EndpointLock {
+    _file: std::fs::File,
+}
+
 /// The ledger.
 pub struct Ledger {
     conn: Mutex<Connection>,
+    locks: PathBuf,
 }
+
+const COLUMNS: &str = "id, url, origin, host, path, scheme, amount_msat, fee_msat, payment_hash, \
+    receipt, status, error, created_at, bolt11, challenges";
 
 impl Ledger {
     /// Opens (creating and migrating) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| LedgerError(format!("{}: {e}", dir.display())))?;
-        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| LedgerError(format!("{}: {e}", dir.display())))?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
         let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-            conn.execute_batch(sql)?;
-            conn.pragma_update(None, "user_version", version + 1)?;
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
+                version + 1
+            ))?;
         }
         Ok(Self {
             conn: Mutex::new(conn),
+            locks: dir.join("locks"),
         })
     }
 
@@ -108,21 +196,117 @@ impl Ledger {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a payment; returns its id.
-    pub fn record_payment(&self, entry: &PaymentEntry) -> Result<i64, LedgerError> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO payments (url, origin, scheme, amount_msat, fee_msat, payment_hash, receipt, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![entry.url, entry.origin, entry.scheme, entry.amount_msat as i64, entry.fee_msat as i64, entry.payment_hash, entry.receipt, entry.created_at as i64],
-        )?;
-        Ok(conn.last_insert_rowid())
+    /// Waits for, and takes, the lock of one endpoint (`origin` + `path`).
+    pub async fn lock_endpoint(
+        &self,
+        origin: &str,
+        path: &str,
+    ) -> Result<EndpointLock, LedgerError> {
+        std::fs::create_dir_all(&self.locks)?;
+        let name = hex::encode(&Sha256::digest(format!("{origin}\n{path}"))[..16]);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.locks.join(name + ".lock"))?;
+        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .map_err(|e| LedgerError(e.to_string()))??;
+        Ok(EndpointLock { _file: file })
     }
 
-    /// Attaches the receipt a paid request got.
-    pub fn attach_receipt(&self, id: i64, scheme: &str, receipt: &str) -> Result<(), LedgerError> {
+    /// Checks `entry` against the budget and, if it fits, records it as
+    /// pending, in one transaction: two processes cannot both fit into
+    /// the last of a budget.
+    pub fn begin_payment(
+        &self,
+        entry: &PaymentEntry,
+        bolt11: &str,
+        challenges: &[String],
+        budget: &Budget,
+    ) -> Result<i64, BeginError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (scope, window, limit_sats) in budget.limits_for(&entry.host) {
+            let since = window.since(entry.created_at);
+            let spent_msat: i64 = match &scope {
+                Some(host) => tx.query_row(
+                    "SELECT COALESCE(SUM(amount_msat + fee_msat), 0) FROM payments
+                     WHERE status != 'failed' AND created_at >= ?1 AND host = ?2",
+                    params![since as i64, host],
+                    |r| r.get(0),
+                )?,
+                None => tx.query_row(
+                    "SELECT COALESCE(SUM(amount_msat + fee_msat), 0) FROM payments
+                     WHERE status != 'failed' AND created_at >= ?1",
+                    params![since as i64],
+                    |r| r.get(0),
+                )?,
+            };
+            let spent_sats = (spent_msat as u64).div_ceil(1000);
+            let price_sats = entry.amount_msat.div_ceil(1000);
+            if spent_sats + price_sats > limit_sats {
+                return Err(BeginError::Refused(Refusal::OverBudget {
+                    budget: window.describe(scope.as_deref()),
+                    spent_sats,
+                    price_sats,
+                    limit_sats,
+                }));
+            }
+        }
+        tx.execute(
+            "INSERT INTO payments (url, origin, host, path, scheme, amount_msat, fee_msat, payment_hash, status, created_at, bolt11, challenges)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, 'pending', ?8, ?9, ?10)",
+            params![
+                entry.url,
+                entry.origin,
+                entry.host,
+                entry.path,
+                entry.scheme,
+                entry.amount_msat as i64,
+                entry.payment_hash,
+                entry.created_at as i64,
+                bolt11,
+                serde_json::to_string(challenges).unwrap_or_default(),
+            ],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Marks a pending payment paid, with what it cost.
+    pub fn settle_payment(
+        &self,
+        id: i64,
+        amount_msat: u64,
+        fee_msat: u64,
+    ) -> Result<(), LedgerError> {
         self.conn().execute(
-            "UPDATE payments SET receipt = ?2, scheme = ?3 WHERE id = ?1",
+            "UPDATE payments SET status = 'paid', amount_msat = ?2, fee_msat = ?3, error = NULL WHERE id = ?1",
+            params![id, amount_msat as i64, fee_msat as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a pending payment failed (nothing was paid).
+    pub fn fail_payment(&self, id: i64, error: &str) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "UPDATE payments SET status = 'failed', error = ?2 WHERE id = ?1 AND status = 'pending'",
+            params![id, error],
+        )?;
+        Ok(())
+    }
+
+    /// Attaches the receipt a paid request got, and the scheme it used.
+    pub fn attach_receipt(
+        &self,
+        id: i64,
+        scheme: &str,
+        receipt: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "UPDATE payments SET receipt = COALESCE(?2, receipt), scheme = ?3 WHERE id = ?1",
             params![id, receipt, scheme],
         )?;
         Ok(())
@@ -131,27 +315,30 @@ impl Ledger {
     /// Payments since `since` (unix seconds), oldest first.
     pub fn payments(&self, since: u64) -> Result<Vec<PaymentEntry>, LedgerError> {
         let conn = self.conn();
-        let mut statement = conn.prepare(
-            "SELECT id, url, origin, scheme, amount_msat, fee_msat, payment_hash, receipt, created_at
-             FROM payments WHERE created_at >= ?1 ORDER BY id",
-        )?;
-        let rows = statement.query_map([since as i64], |r| {
-            Ok(PaymentEntry {
-                id: r.get(0)?,
-                url: r.get(1)?,
-                origin: r.get(2)?,
-                scheme: r.get(3)?,
-                amount_msat: r.get::<_, i64>(4)? as u64,
-                fee_msat: r.get::<_, i64>(5)? as u64,
-                payment_hash: r.get(6)?,
-                receipt: r.get(7)?,
-                created_at: r.get::<_, i64>(8)? as u64,
-            })
-        })?;
+        let mut statement = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE created_at >= ?1 ORDER BY id"
+        ))?;
+        let rows = statement.query_map([since as i64], |r| pending(r).map(|p| p.entry))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Keeps a paid L402 token for `origin`.
+    /// Pending payments for one endpoint, oldest first (all endpoints when
+    /// `origin` is `None`).
+    pub fn pending(
+        &self,
+        endpoint: Option<(&str, &str)>,
+    ) -> Result<Vec<PendingPayment>, LedgerError> {
+        let conn = self.conn();
+        let (origin, path) = endpoint.unwrap_or_default();
+        let mut statement = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE status = 'pending'
+             AND (?1 = '' OR (origin = ?1 AND path = ?2)) ORDER BY id"
+        ))?;
+        let rows = statement.query_map(params![origin, path], pending)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keeps a paid L402 token.
     pub fn cache_token(&self, token: &CachedToken, now: u64) -> Result<(), LedgerError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO tokens (origin, path, payment_hash, authorization, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -196,6 +383,58 @@ impl Ledger {
     }
 }
 
+/// Why a payment could not be begun.
+#[derive(Debug, thiserror::Error)]
+pub enum BeginError {
+    /// The budget does not allow it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl From<rusqlite::Error> for BeginError {
+    fn from(e: rusqlite::Error) -> Self {
+        BeginError::Ledger(e.into())
+    }
+}
+
+impl Window {
+    fn since(self, now: u64) -> u64 {
+        match self {
+            Window::Hour => now.saturating_sub(3600),
+            Window::Day => now.saturating_sub(86_400),
+            Window::Total => 0,
+        }
+    }
+}
+
+fn pending(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingPayment> {
+    let challenges: Option<String> = r.get(14)?;
+    Ok(PendingPayment {
+        entry: PaymentEntry {
+            id: r.get(0)?,
+            url: r.get(1)?,
+            origin: r.get(2)?,
+            host: r.get(3)?,
+            path: r.get(4)?,
+            scheme: r.get(5)?,
+            amount_msat: r.get::<_, i64>(6)? as u64,
+            fee_msat: r.get::<_, i64>(7)? as u64,
+            payment_hash: r.get(8)?,
+            receipt: r.get(9)?,
+            status: PaymentState::parse(&r.get::<_, String>(10)?),
+            error: r.get(11)?,
+            created_at: r.get::<_, i64>(12)? as u64,
+        },
+        bolt11: r.get::<_, Option<String>>(13)?.unwrap_or_default(),
+        challenges: challenges
+            .and_then(|c| serde_json::from_str(&c).ok())
+            .unwrap_or_default(),
+    })
+}
+
 fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedToken> {
     Ok(CachedToken {
         origin: r.get(0)?,
@@ -204,4 +443,115 @@ fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedToken> {
         authorization: r.get(3)?,
         expires_at: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(host: &str, amount_msat: u64, created_at: u64) -> PaymentEntry {
+        PaymentEntry {
+            id: 0,
+            url: format!("https://{host}/x"),
+            origin: format!("https://{host}"),
+            host: host.into(),
+            path: "/x".into(),
+            scheme: "L402".into(),
+            amount_msat,
+            fee_msat: 0,
+            payment_hash: "00".repeat(32),
+            receipt: None,
+            status: PaymentState::Pending,
+            error: None,
+            created_at,
+        }
+    }
+
+    #[test]
+    fn budgets_count_pending_and_paid_but_not_failed_payments() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
+        let budget: Budget = toml::from_str(
+            "per_hour_sats = 100\ntotal_sats = 200\n[domains.\"a.example\"]\nper_day_sats = 60",
+        )
+        .unwrap();
+        let now = 1_000_000;
+        let first = ledger
+            .begin_payment(&entry("a.example", 50_000, now), "", &[], &budget)
+            .unwrap();
+        // 50 + 20 > 60 for a.example's day.
+        let refused = ledger.begin_payment(&entry("a.example", 20_000, now), "", &[], &budget);
+        assert!(
+            matches!(
+                refused,
+                Err(BeginError::Refused(Refusal::OverBudget {
+                    spent_sats: 50,
+                    limit_sats: 60,
+                    ..
+                }))
+            ),
+            "{refused:?}"
+        );
+        // Another domain is under the hourly budget only: 50 + 50 fits, then 1 more does not.
+        ledger
+            .begin_payment(&entry("b.example", 50_000, now), "", &[], &budget)
+            .unwrap();
+        let refused = ledger.begin_payment(&entry("b.example", 1_000, now), "", &[], &budget);
+        assert!(
+            matches!(
+                refused,
+                Err(BeginError::Refused(Refusal::OverBudget {
+                    limit_sats: 100,
+                    ..
+                }))
+            ),
+            "{refused:?}"
+        );
+        // A failed payment frees its share; an hour later the hourly window is empty
+        // but the total still counts.
+        ledger.fail_payment(first, "no route").unwrap();
+        ledger
+            .begin_payment(&entry("a.example", 40_000, now), "", &[], &budget)
+            .unwrap();
+        let later = now + 3601;
+        ledger
+            .begin_payment(&entry("c.example", 100_000, later), "", &[], &budget)
+            .unwrap();
+        let much_later = later + 3601;
+        let refused =
+            ledger.begin_payment(&entry("c.example", 11_000, much_later), "", &[], &budget);
+        assert!(
+            matches!(
+                refused,
+                Err(BeginError::Refused(Refusal::OverBudget {
+                    limit_sats: 200,
+                    spent_sats: 190,
+                    ..
+                }))
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(ledger.pending(None).unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_lock_excludes_a_second_holder_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = std::sync::Arc::new(Ledger::open(&dir.path().join("l.sqlite3")).unwrap());
+        let held = ledger.lock_endpoint("https://a", "/x").await.unwrap();
+        let other = ledger.lock_endpoint("https://a", "/y").await.unwrap();
+        let waiting = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.lock_endpoint("https://a", "/x").await.map(|_| ()) }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the same endpoint waits");
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        drop(other);
+    }
 }

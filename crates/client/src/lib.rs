@@ -9,19 +9,32 @@
 //!
 //! On top of that, [`Client`] is the auto-paying HTTP client of
 //! `gate402 get`: it checks an offer against the [`Policy`] before paying
-//! (amount, cap, network, expiry), pays with a [`Wallet`], retries, keeps
-//! paid L402 tokens per origin for reuse and records every payment and
-//! receipt in the [`Ledger`].
+//! (amount, cap, network, expiry, [`Budget`]), pays with a [`Wallet`],
+//! retries, keeps paid L402 tokens per origin and path for reuse and
+//! records every payment and receipt in the [`Ledger`]. The same flow runs
+//! inside a `reqwest-middleware` stack as [`PaymentMiddleware`].
+//!
+//! Around the payment itself: it is written to the ledger as pending
+//! before it is sent; requests for one endpoint pay one at a time (a file
+//! lock next to the ledger, so across processes too); a payment whose
+//! outcome is not known is resolved through the wallet, never sent again.
 
+mod budget;
 mod client;
 mod ledger;
+mod middleware;
 mod policy;
 mod wallet;
 
-pub use client::{Client, FetchError, Fetched, Prefer};
-pub use ledger::{CachedToken, Ledger, LedgerError, PaymentEntry};
+pub use budget::{Budget, Limits, Window};
+pub use client::{Client, FetchError, Fetched, Payer, Prefer};
+pub use ledger::{
+    BeginError, CachedToken, EndpointLock, Ledger, LedgerError, PaymentEntry, PaymentState,
+    PendingPayment,
+};
+pub use middleware::PaymentMiddleware;
 pub use policy::{Policy, Refusal};
-pub use wallet::Wallet;
+pub use wallet::{Wallet, PAY_TIMEOUT};
 
 use gate402_bolt11::Invoice;
 use gate402_http_auth::parse_challenges;
@@ -42,6 +55,9 @@ pub struct Offer {
     pub bolt11: String,
     /// Whether the L402 challenge came before the Payment one.
     pub l402_first: bool,
+    /// The `WWW-Authenticate` values it was read from (kept with a pending
+    /// payment, to answer them once it completes).
+    pub challenges: Vec<String>,
 }
 
 /// Why a 402 cannot be paid.
@@ -67,8 +83,10 @@ impl Offer {
         values: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self, OfferError> {
         let mut list = Vec::new();
+        let mut challenges = Vec::new();
         for value in values {
             list.extend(parse_challenges(value)?);
+            challenges.push(value.to_owned());
         }
         let l402 = challenges_in(&list).find_map(Result::ok).map(|(_, c)| c);
         let l402_first = list
@@ -123,6 +141,7 @@ impl Offer {
             invoice,
             bolt11,
             l402_first,
+            challenges,
         })
     }
 

@@ -4,10 +4,10 @@ use std::time::SystemTime;
 
 use gate402_bolt11::Network;
 
-use crate::Offer;
+use crate::{Budget, Offer};
 
-/// Spending limits for one request.
-#[derive(Debug, Clone, Copy)]
+/// Spending limits: per request here, over time in the [`Budget`].
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// The most a request may cost, in satoshis.
     pub max_cost_sats: u64,
@@ -15,6 +15,8 @@ pub struct Policy {
     pub max_fee_sats: u64,
     /// The wallet's network; invoices for another are refused.
     pub network: Network,
+    /// Limits over time, overall and per domain.
+    pub budget: Budget,
 }
 
 /// Why an offer is refused before paying. Each has its own exit code.
@@ -44,6 +46,18 @@ pub enum Refusal {
     /// Already expired.
     #[error("refused: the invoice expired at {0} (unix)")]
     Expired(u64),
+    /// Paying would exceed a budget of the client config.
+    #[error("refused: {price_sats} sat would exceed the {budget} of {limit_sats} sat ({spent_sats} sat spent)")]
+    OverBudget {
+        /// Which budget, e.g. `per-day budget for api.example.com`.
+        budget: String,
+        /// Already spent (or in flight) in its window.
+        spent_sats: u64,
+        /// Asked for.
+        price_sats: u64,
+        /// Allowed in the window.
+        limit_sats: u64,
+    },
 }
 
 impl Refusal {
@@ -54,6 +68,7 @@ impl Refusal {
             Refusal::NoAmount => 4,
             Refusal::WrongNetwork { .. } => 5,
             Refusal::Expired(_) => 6,
+            Refusal::OverBudget { .. } => 8,
         }
     }
 }

@@ -319,6 +319,22 @@ impl Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Replaces `${NAME}` with the variable's value outside comments, as the
+/// gateway config does; every unset variable is reported. For other config
+/// files of the same family (the client's).
+pub fn expand_env(
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigErrors> {
+    let mut check = Checker::default();
+    let text = substitute_env(text, &env, &mut check);
+    if check.errors.is_empty() {
+        Ok(text)
+    } else {
+        Err(ConfigErrors(check.errors))
+    }
+}
+
 /// Replaces `${NAME}` with the variable's value; an unset one is an
 /// error. Comments are left alone, so a commented-out line may mention a
 /// variable that is not set.

@@ -9,7 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use gate402_lightning::PayError;
+use gate402_lightning::{PayError, PaymentOutcome};
 use serde::{Deserialize, Serialize};
 
 use crate::Sandbox;
@@ -31,6 +31,20 @@ pub struct PayResponse {
     pub preimage: String,
     /// What the invoice asked for.
     pub amount_msat: u64,
+}
+
+impl PayResponse {
+    /// The outcome, with the preimage decoded.
+    pub fn outcome(&self) -> Result<PaymentOutcome, PayError> {
+        let mut preimage = [0u8; 32];
+        hex::decode_to_slice(&self.preimage, &mut preimage)
+            .map_err(|_| PayError::Rejected("the sandbox answered a bad preimage".into()))?;
+        Ok(PaymentOutcome {
+            preimage,
+            fee_msat: 0,
+            amount_msat: self.amount_msat,
+        })
+    }
 }
 
 /// The `POST /sandbox/pay` route, to merge into a gateway's router.
@@ -60,10 +74,19 @@ async fn pay(
             amount_msat: outcome.amount_msat,
         })
         .into_response(),
+        // Paying twice is answered with what the first payment got, so a
+        // payer that lost the answer can recover it.
+        Err(PayError::AlreadyPaid(outcome)) => (
+            StatusCode::CONFLICT,
+            Json(PayResponse {
+                preimage: hex::encode(outcome.preimage),
+                amount_msat: outcome.amount_msat,
+            }),
+        )
+            .into_response(),
         Err(error) => {
             let status = match &error {
                 PayError::Rejected(_) => StatusCode::FORBIDDEN,
-                PayError::AlreadyPaid(_) => StatusCode::CONFLICT,
                 PayError::InvoiceExpired(_) => StatusCode::GONE,
                 PayError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_REQUEST,
@@ -107,6 +130,9 @@ pub enum ClientError {
         /// The problem detail.
         detail: String,
     },
+    /// The invoice was paid before; this is what that payment got.
+    #[error("the invoice was paid before")]
+    AlreadyPaid(PayResponse),
     /// The answer is not what the endpoint sends.
     #[error("unexpected answer from the sandbox payer: {0}")]
     Protocol(String),
@@ -135,6 +161,11 @@ pub async fn pay_via(
         .bytes()
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if status == reqwest::StatusCode::CONFLICT {
+        if let Ok(paid) = serde_json::from_slice(&body) {
+            return Err(ClientError::AlreadyPaid(paid));
+        }
+    }
     if !status.is_success() {
         let detail = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
