@@ -248,3 +248,262 @@ async fn refuses_what_it_must_not_pay() {
     }
     assert!(payments(client.path()).await.is_empty(), "nothing paid");
 }
+
+async fn demo_gateway() -> (Gateway, String, tokio::task::JoinHandle<()>) {
+    let (upstream, task) = demo::start_upstream().await.unwrap();
+    let mut config =
+        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let gateway = Gateway::start(&config, &dir).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    (gateway, base, task)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn budgets_in_the_client_config_refuse_with_exit_8() {
+    let (gateway, base, _upstream) = demo_gateway().await;
+    let client = tempfile::tempdir().unwrap();
+    std::fs::write(
+        client.path().join("client.toml"),
+        "[budget]\nper_hour_sats = 100\n[budget.domains.\"127.0.0.1\"]\nper_day_sats = 30\n",
+    )
+    .unwrap();
+    let out = run(
+        client.path(),
+        &["get", "-s", &format!("{base}/api/weather?city=Oslo")],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 10 sat spent; 25 more would make 35 of the domain's 30 a day.
+    let out = run(
+        client.path(),
+        &["post", "-d", "{}", &format!("{base}/api/translate")],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "25 sat would exceed the per-day budget for 127.0.0.1 of 30 sat (10 sat spent)"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        payments(client.path()).await.len(),
+        1,
+        "the refusal paid nothing"
+    );
+    // A typo in the config is an error, not an unlimited budget.
+    std::fs::write(
+        client.path().join("client.toml"),
+        "[budget]\nper_day_sat = 30\n",
+    )
+    .unwrap();
+    let out = run(client.path(), &["get", &format!("{base}/api/weather")]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("per_day_sat"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gateway.shutdown().await.unwrap();
+}
+
+/// An origin whose 402s carry a fresh invoice each time and whose sandbox
+/// payer takes `delay_ms` to pay, as a payment in flight does.
+#[derive(Clone, Default)]
+struct SlowPayer {
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    issued: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    paid: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+/// Invoice number `n` pays `n` msat… times 1000, with preimage `[n; 32]`.
+fn numbered_invoice(n: u8) -> String {
+    let secp = Secp256k1::new();
+    let key = SecretKey::from_slice(&[0x21; 32]).unwrap();
+    InvoiceBuilder::new(Currency::Regtest)
+        .description("slow".into())
+        .payment_hash(sha256::Hash::hash(&[n; 32]))
+        .payment_secret(PaymentSecret([1; 32]))
+        .current_timestamp()
+        .min_final_cltv_expiry_delta(18)
+        .amount_milli_satoshis(3_000)
+        .build_signed(|h| secp.sign_ecdsa_recoverable(h, &key))
+        .unwrap()
+        .to_string()
+}
+
+async fn slow_origin(state: SlowPayer) -> String {
+    use axum::extract::State;
+    use axum::http::HeaderMap;
+    let app = Router::new()
+        .route(
+            "/paid",
+            get(
+                |State(s): State<SlowPayer>, headers: HeaderMap| async move {
+                    let auth = headers
+                        .get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    if let Some(&n) = s.paid.lock().unwrap().iter().find(|n| {
+                        auth.starts_with("L402 ") && auth.ends_with(&hex::encode([**n; 32]))
+                    }) {
+                        return (StatusCode::OK, format!("served for invoice {n}")).into_response();
+                    }
+                    let n = s.issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    (
+                        StatusCode::PAYMENT_REQUIRED,
+                        [(
+                            header::WWW_AUTHENTICATE,
+                            challenge_for(&numbered_invoice(n)),
+                        )],
+                    )
+                        .into_response()
+                },
+            ),
+        )
+        .route(
+            "/sandbox/pay",
+            axum::routing::post(
+                |State(s): State<SlowPayer>, axum::Json(body): axum::Json<Value>| async move {
+                    let delay = s.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let invoice =
+                        gate402_bolt11::Invoice::parse(body["invoice"].as_str().unwrap()).unwrap();
+                    let n = (1..=u8::MAX)
+                        .find(|n| {
+                            sha256::Hash::hash(&[*n; 32]).to_byte_array() == invoice.payment_hash()
+                        })
+                        .unwrap();
+                    s.paid.lock().unwrap().push(n);
+                    axum::Json(serde_json::json!({
+                        "preimage": hex::encode([n; 32]),
+                        "amount_msat": 3_000,
+                    }))
+                },
+            ),
+        )
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app).into_future());
+    base
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_a_payment_leaves_it_pending_and_the_next_run_finishes_it() {
+    let state = SlowPayer::default();
+    state
+        .delay_ms
+        .store(3_600_000, std::sync::atomic::Ordering::SeqCst);
+    let base = slow_origin(state.clone()).await;
+    let client = tempfile::tempdir().unwrap();
+    let url = format!("{base}/paid");
+    let child = Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .arg("--data-dir")
+        .arg(client.path())
+        .args(["get", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the payment is written down and under way.
+    let mut pending = Vec::new();
+    for _ in 0..100 {
+        pending = payments(client.path()).await;
+        if !pending.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        pending.len(),
+        1,
+        "the payment is in the ledger before it is sent"
+    );
+    assert_eq!(pending[0]["status"], "pending");
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("is pending"), "{stderr}");
+    assert!(state.paid.lock().unwrap().is_empty());
+
+    // The payer answers again. The next run gets a 402 for invoice 2, but
+    // finishes invoice 1 instead of paying invoice 2.
+    state.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+    let out = run(client.path(), &["get", &url]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "served for invoice 1");
+    assert_eq!(*state.paid.lock().unwrap(), vec![1], "invoice 1 only");
+    let ledger = payments(client.path()).await;
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0]["status"], "paid");
+    assert_eq!(ledger[0]["amount_msat"], 3_000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_gets_of_one_paid_url_pay_once() {
+    // Each payment takes a second, so all four processes have their 402
+    // before the first payment completes: one pays, the others wait on the
+    // endpoint's lock and then use the token it bought.
+    let state = SlowPayer::default();
+    state
+        .delay_ms
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let base = slow_origin(state.clone()).await;
+    let client = tempfile::tempdir().unwrap();
+    let url = format!("{base}/paid");
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_gate402"))
+                .arg("--data-dir")
+                .arg(client.path())
+                .args(["get", "-s", &url])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("served for invoice"));
+    }
+    assert!(
+        state.issued.load(std::sync::atomic::Ordering::SeqCst) >= 4,
+        "every process met a 402"
+    );
+    assert_eq!(state.paid.lock().unwrap().len(), 1, "one payment");
+    let paid = payments(client.path()).await;
+    assert_eq!(paid.len(), 1, "four concurrent gets, one payment: {paid:?}");
+    assert_eq!(paid[0]["status"], "paid");
+}

@@ -176,16 +176,18 @@ impl Ledger {
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| LedgerError(format!("{}: {e}", dir.display())))?;
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (version, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-            conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;",
-                version + 1
-            ))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Read the version inside the write transaction: processes opening
+        // a new ledger at once must not both run the same migration.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let applied: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for sql in MIGRATIONS.iter().skip(applied) {
+            tx.execute_batch(sql)?;
         }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len().max(applied))?;
+        tx.commit()?;
         Ok(Self {
             conn: Mutex::new(conn),
             locks: dir.join("locks"),
