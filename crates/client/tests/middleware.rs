@@ -1,0 +1,70 @@
+//! The paying flow inside a `reqwest-middleware` stack, against our own
+//! gateway on the sandbox backend: it pays, reuses the token, shares one
+//! payment among concurrent requests, and keeps to the caps.
+
+use std::sync::Arc;
+
+use gate402_client::{Budget, Ledger, Payer, PaymentMiddleware, Policy, Wallet};
+use gate402_gateway::{demo, Gateway, GatewayConfig};
+
+fn payer(ledger: Arc<Ledger>, max_cost_sats: u64) -> Payer {
+    Payer {
+        wallet: Wallet::sandbox(),
+        policy: Policy {
+            max_cost_sats,
+            max_fee_sats: 0,
+            network: gate402_lightning_sandbox::NETWORK,
+            budget: Budget::default(),
+        },
+        ledger,
+        prefer: None,
+        pay: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn middleware_pays_once_for_many_requests_and_keeps_the_cap() {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config =
+        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let gw_dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(PaymentMiddleware::new(payer(ledger.clone(), 100)))
+        .build();
+    let requests = (0..8).map(|i| {
+        let client = client.clone();
+        let url = format!("{base}/api/weather?city=c{i}");
+        async move { client.get(url).send().await.unwrap() }
+    });
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["city"].as_str().unwrap().starts_with('c'));
+    }
+    let paid = ledger.payments(0).unwrap();
+    assert_eq!(paid.len(), 1, "eight concurrent requests, one payment: {paid:?}");
+    assert_eq!(paid[0].amount_msat, 10_000);
+
+    // Over the cap: the middleware fails the request, and nothing is paid.
+    let capped = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(PaymentMiddleware::new(payer(ledger.clone(), 20)))
+        .build();
+    let error = capped
+        .post(format!("{base}/api/translate"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{error:#}").contains("above the cap of 20 sat"),
+        "{error:#}"
+    );
+    assert_eq!(ledger.payments(0).unwrap().len(), 1);
+    gateway.shutdown().await.unwrap();
+}
