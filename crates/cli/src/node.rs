@@ -11,6 +11,8 @@ use serde_json::json;
 use gate402_gateway::lightning::{start_ldk, LightningConfig};
 use gate402_gateway::GatewayConfig;
 
+use crate::client_config::ClientConfig;
+
 /// What to do with the node.
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -46,11 +48,28 @@ pub enum NodeCommand {
     },
 }
 
-/// Runs a node command with the `[lightning]` table of `config`.
+/// The `[lightning]` table of a gateway config or, failing that, of a
+/// client config (the wallet of `gate402 get`).
+fn lightning_of(path: &Path, data_dir: &Path) -> Result<LightningConfig> {
+    match GatewayConfig::load(path) {
+        Ok(config) => Ok(config.lightning),
+        Err(gateway_errors) => match ClientConfig::load(Some(path), data_dir) {
+            Ok(ClientConfig {
+                lightning: Some(lightning),
+                ..
+            }) => Ok(lightning),
+            Ok(_) => bail!("{}: no [lightning] table", path.display()),
+            Err(_) => Err(anyhow::anyhow!("{gateway_errors}")),
+        },
+    }
+}
+
+/// Runs a node command with the `[lightning]` table of `config` (a gateway
+/// or a client config).
 pub async fn run(config: &Path, data_dir: &Path, command: &NodeCommand) -> Result<()> {
-    let config = GatewayConfig::load(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let lightning = lightning_of(config, data_dir)?;
     if let NodeCommand::Info = command {
-        let backend = config.lightning.connect(data_dir).await?.backend;
+        let backend = lightning.connect(data_dir).await?.backend;
         let info = backend.node_info().await?;
         let output = json!({
             "backend": info.backend,
@@ -60,10 +79,10 @@ pub async fn run(config: &Path, data_dir: &Path, command: &NodeCommand) -> Resul
         println!("{}", serde_json::to_string_pretty(&output)?);
         return Ok(());
     }
-    let LightningConfig::Ldk(ldk) = &config.lightning else {
+    let LightningConfig::Ldk(ldk) = &lightning else {
         bail!(
             "gate402 node manages the embedded ldk node, but the config's lightning backend is {:?}",
-            config.lightning.name()
+            lightning.name()
         );
     };
     let node = start_ldk(ldk, data_dir).await?;

@@ -109,6 +109,9 @@ fn socket_address(key: &'static str, text: &str) -> Result<SocketAddress, LdkErr
     })
 }
 
+/// How long `pay` waits for a channel to become usable after a start.
+const CHANNEL_READY_WAIT: Duration = Duration::from_secs(20);
+
 impl LdkNode {
     /// Builds and starts the node. Needs a multi-threaded tokio runtime.
     pub async fn start(config: &LdkConfig) -> Result<Self, LdkError> {
@@ -244,6 +247,24 @@ impl LdkNode {
     /// How many public channels the node's network graph knows (gossip).
     pub fn graph_channel_count(&self) -> usize {
         self.node.network_graph().list_channels().len()
+    }
+
+    /// A node just started has channels whose peers are not connected
+    /// again yet; paying then would fail to find a route. Waits up to
+    /// `timeout` until one channel is usable (at once when none exists or
+    /// one already is).
+    async fn await_usable_channel(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let channels = self.node.list_channels();
+            if channels.is_empty()
+                || channels.iter().any(|c| c.is_usable)
+                || tokio::time::Instant::now() >= deadline
+            {
+                return;
+            }
+            self.next_change(Duration::from_millis(200)).await;
+        }
     }
 
     /// Waits for the next node event (or `timeout`), for callers that poll
@@ -553,6 +574,8 @@ impl LightningBackend for LdkNode {
     ) -> Result<PaymentOutcome, PayError> {
         let invoice = check_payable(bolt11, self.network, SystemTime::now())?;
         let hash = invoice.payment_hash();
+        self.await_usable_channel(timeout.min(CHANNEL_READY_WAIT))
+            .await;
         match self.outgoing_status(self.payment(&hash)) {
             PaymentStatus::Succeeded(outcome) => return Err(PayError::AlreadyPaid(outcome)),
             PaymentStatus::Pending => {}

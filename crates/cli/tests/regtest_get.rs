@@ -1,0 +1,167 @@
+//! `gate402 get` paying our own gateway on a real regtest network, with
+//! each scheme, from the CLI's own embedded ldk wallet: the wallet is
+//! funded on chain, opens a channel to the gateway's node, and pays real
+//! invoices over it; a second call within the token's lifetime pays
+//! nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use gate402_gateway::lightning::Connected;
+use gate402_gateway::{demo, Gateway, GatewayConfig};
+use gate402_lightning::LightningBackend;
+use gate402_regtest::{free_port, ChannelSpec, RegtestNetwork};
+use serde_json::Value;
+
+async fn gate402(data: &Path, args: &[&str]) -> Output {
+    let (data, args): (PathBuf, Vec<String>) = (
+        data.to_owned(),
+        args.iter().map(|a| a.to_string()).collect(),
+    );
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_gate402"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+async fn ok_json(data: &Path, args: &[&str]) -> Value {
+    let out = gate402(data, args).await;
+    assert!(
+        out.status.success(),
+        "gate402 {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn payments(data: &Path) -> Vec<Value> {
+    ok_json(data, &["receipts", "--json"]).await["payments"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_pays_the_gateway_on_regtest_with_each_scheme() {
+    let network = RegtestNetwork::start(
+        2,
+        &[ChannelSpec {
+            from: 0,
+            to: 1,
+            capacity_sats: 500_000,
+            push_msat: 0,
+            announced: false,
+        }],
+    )
+    .await;
+    let merchant: Arc<dyn LightningBackend> = network.nodes[1].node.clone();
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config =
+        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let gw_dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start_with(
+        &config,
+        gw_dir.path(),
+        Connected {
+            backend: merchant,
+            sandbox: None,
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", gateway.addr());
+
+    // The CLI's wallet: its own ldk node, from client.toml in its data dir.
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    std::fs::write(
+        data.join("client.toml"),
+        format!(
+            "max_fee_sats = 5\n[lightning]\nbackend = \"ldk\"\nnetwork = \"regtest\"\nlisten = [\"127.0.0.1:{}\"]\nsync_interval_secs = 1\n\
+             [lightning.chain_source]\nkind = \"bitcoind_rpc\"\nhost = \"127.0.0.1\"\nport = {}\nuser = \"gate402\"\npassword = \"gate402\"\n",
+            free_port(),
+            network.bitcoind.rpc_port
+        ),
+    )
+    .unwrap();
+    let config = data.join("client.toml");
+    let config = config.to_str().unwrap();
+    let address = ok_json(data, &["node", "--config", config, "address"]).await;
+    network
+        .bitcoind
+        .mine(101, address["address"].as_str().unwrap())
+        .await;
+    let merchant = &network.nodes[1];
+    let target = format!("{}@{}", merchant.node.node_id(), merchant.address());
+    ok_json(
+        data,
+        &["node", "--config", config, "open", &target, "200000"],
+    )
+    .await;
+    network.mine(6).await;
+
+    // L402, then the same URL again: the token is reused, nothing paid.
+    let weather = format!("{base}/api/weather?city=Lima");
+    for _ in 0..2 {
+        let out = gate402(data, &["get", "-s", "--prefer", "l402", &weather]).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(body["city"], "Lima");
+    }
+    let paid = payments(data).await;
+    assert_eq!(paid.len(), 1, "the second call paid nothing: {paid:?}");
+    assert_eq!(paid[0]["scheme"], "L402");
+    assert_eq!(paid[0]["status"], "paid");
+    assert_eq!(paid[0]["amount_msat"], 10_000);
+
+    // MPP on another service: a real payment, a receipt naming its challenge.
+    let report = ok_json(
+        data,
+        &[
+            "post",
+            "--json",
+            "--prefer",
+            "mpp",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"text":"hola","to":"en"}"#,
+            &format!("{base}/api/translate"),
+        ],
+    )
+    .await;
+    assert_eq!(report["status"], 200, "{report}");
+    assert_eq!(report["payment"]["scheme"], "Payment");
+    let receipt =
+        gate402_mpp::receipt::parse(report["payment"]["receipt"].as_str().unwrap()).unwrap();
+    assert!(gate402_mpp::receipt::challenge_id(&receipt).is_some());
+    let paid = payments(data).await;
+    assert_eq!(paid.len(), 2, "{paid:?}");
+    assert_eq!(paid[1]["amount_msat"], 25_000);
+
+    // The gateway's node holds both invoices as settled, for what was asked.
+    for (payment, amount_msat) in paid.iter().zip([10_000, 25_000]) {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(payment["payment_hash"].as_str().unwrap(), &mut hash).unwrap();
+        match network.nodes[1].node.invoice_status(&hash).await.unwrap() {
+            gate402_lightning::InvoiceStatus::Settled {
+                amount_msat: received,
+                ..
+            } => assert_eq!(received, amount_msat),
+            other => panic!("{other:?}"),
+        }
+    }
+    gateway.shutdown().await.unwrap();
+}
