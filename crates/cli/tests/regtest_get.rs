@@ -2,7 +2,8 @@
 //! each scheme, from the CLI's own embedded ldk wallet: the wallet is
 //! funded on chain, opens a channel to the gateway's node, and pays real
 //! invoices over it; a second call within the token's lifetime pays
-//! nothing.
+//! nothing. Then the same from a Nostr Wallet Connect wallet: a local
+//! relay and a NIP-47 wallet service backed by another regtest node.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -163,5 +164,59 @@ async fn get_pays_the_gateway_on_regtest_with_each_scheme() {
             other => panic!("{other:?}"),
         }
     }
+
+    // Nostr Wallet Connect: a relay run here, a wallet service in front of
+    // node 0 (which has its own channel to the gateway's node), and a
+    // client whose client.toml holds only the connection string.
+    let relay = nostr_relay_builder::MockRelay::run().await.unwrap();
+    let service = gate402_lightning_nwc::service::WalletService::spawn(
+        relay.url().await.as_str(),
+        network.nodes[0].node.clone(),
+    )
+    .await
+    .unwrap();
+    let nwc_client = tempfile::tempdir().unwrap();
+    let data = nwc_client.path();
+    std::fs::write(
+        data.join("client.toml"),
+        "[lightning]\nbackend = \"nwc\"\nuri = \"${TEST_NWC_URI}\"\n",
+    )
+    .unwrap();
+    let weather = format!("{base}/api/weather?city=Quito");
+    for _ in 0..2 {
+        let out = tokio::task::spawn_blocking({
+            let (data, weather, uri) = (data.to_owned(), weather.clone(), service.uri());
+            move || {
+                Command::new(env!("CARGO_BIN_EXE_gate402"))
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["get", "-s", &weather])
+                    .env("TEST_NWC_URI", uri)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(body["city"], "Quito");
+    }
+    let paid = payments(data).await;
+    assert_eq!(paid.len(), 1, "the second call paid nothing: {paid:?}");
+    assert_eq!(paid[0]["status"], "paid");
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(paid[0]["payment_hash"].as_str().unwrap(), &mut hash).unwrap();
+    match network.nodes[0].node.payment_status(&hash).await.unwrap() {
+        gate402_lightning::PaymentStatus::Succeeded(outcome) => {
+            assert_eq!(outcome.amount_msat, 10_000)
+        }
+        other => panic!("node 0 made the payment: {other:?}"),
+    }
+    service.shutdown().await;
     gateway.shutdown().await.unwrap();
 }

@@ -56,7 +56,7 @@ impl Wallet {
     pub async fn network(&self) -> Result<Network, PayError> {
         match self {
             Wallet::Sandbox(_) => Ok(gate402_lightning_sandbox::NETWORK),
-            Wallet::Node(node) => Ok(node.node_info().await?.network),
+            Wallet::Node(node) => Ok(node.network().await?),
         }
     }
 

@@ -48,7 +48,11 @@ async fn middleware_pays_once_for_many_requests_and_keeps_the_cap() {
         assert!(body["city"].as_str().unwrap().starts_with('c'));
     }
     let paid = ledger.payments(0).unwrap();
-    assert_eq!(paid.len(), 1, "eight concurrent requests, one payment: {paid:?}");
+    assert_eq!(
+        paid.len(),
+        1,
+        "eight concurrent requests, one payment: {paid:?}"
+    );
     assert_eq!(paid[0].amount_msat, 10_000);
 
     // Over the cap: the middleware fails the request, and nothing is paid.

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use gate402_lightning::{LightningBackend, Network};
 use gate402_lightning_ldk::{LdkConfig, LdkNode};
+use gate402_lightning_nwc::{Nwc, NwcConfig};
 use gate402_lightning_remote::cln::{Cln, ClnConfig};
 use gate402_lightning_remote::lnd::{Lnd, LndConfig};
 use gate402_lightning_sandbox::Sandbox;
 use serde::Deserialize;
 
-/// The `[lightning]` table: `backend = "sandbox" | "ldk" | "lnd" | "cln"`
+/// The `[lightning]` table: `backend = "sandbox" | "ldk" | "lnd" | "cln" | "nwc"`
 /// and that backend's settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]
@@ -26,6 +27,8 @@ pub enum LightningConfig {
     Lnd(LndConfig),
     /// Core Lightning over clnrest.
     Cln(ClnConfig),
+    /// A wallet reached over Nostr Wallet Connect (NIP-47).
+    Nwc(NwcConfig),
 }
 
 impl Default for LightningConfig {
@@ -67,6 +70,7 @@ impl LightningConfig {
             LightningConfig::Ldk(_) => "ldk",
             LightningConfig::Lnd(_) => "lnd",
             LightningConfig::Cln(_) => "cln",
+            LightningConfig::Nwc(_) => "nwc",
         }
     }
 
@@ -83,6 +87,7 @@ impl LightningConfig {
             LightningConfig::Ldk(config) => Arc::new(start_ldk(config, data_dir).await?),
             LightningConfig::Lnd(config) => Arc::new(Lnd::new(config)?),
             LightningConfig::Cln(config) => Arc::new(Cln::new(config)?),
+            LightningConfig::Nwc(config) => Arc::new(Nwc::connect(config)?),
         };
         Ok(Connected {
             backend,
@@ -150,6 +155,9 @@ mod tests {
             .name(),
             "cln"
         );
+        let nwc = parse("[lightning]\nbackend = \"nwc\"\nuri = \"nostr+walletconnect://b889ff5b1513b641e2a139f661a661364979c5beee91842f8f0ef42ab558e9d4?relay=wss://relay.example&secret=71a8c14c1407c113601079c4302dab36460f0ccd0ad506f1f2dc73b5100e4f3c\"\ntimeout_secs = 30").unwrap();
+        assert_eq!(nwc.lightning.name(), "nwc");
+        assert!(!format!("{:?}", nwc.lightning).contains("71a8c14c"));
     }
 
     #[test]

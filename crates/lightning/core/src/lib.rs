@@ -205,6 +205,13 @@ pub trait LightningBackend: Send + Sync + 'static {
 
     /// The node's network and id.
     async fn node_info(&self) -> Result<NodeInfo, LightningError>;
+
+    /// The chain this node pays on. From [`LightningBackend::node_info`]
+    /// unless the backend can tell its network without a node id (a
+    /// payer only needs the network).
+    async fn network(&self) -> Result<Network, LightningError> {
+        Ok(self.node_info().await?.network)
+    }
 }
 
 /// Decodes an invoice and refuses what no backend should attempt: a
