@@ -324,6 +324,7 @@ async fn budgets_in_the_client_config_refuse_with_exit_8() {
 #[derive(Clone, Default)]
 struct SlowPayer {
     delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
     issued: std::sync::Arc<std::sync::atomic::AtomicU8>,
     paid: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
@@ -379,6 +380,12 @@ async fn slow_origin(state: SlowPayer) -> String {
                 |State(s): State<SlowPayer>, axum::Json(body): axum::Json<Value>| async move {
                     let delay = s.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(delay)).await;
+                    if s.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                        return (
+                            StatusCode::FORBIDDEN,
+                            axum::Json(serde_json::json!({"detail": "refused by the stub"})),
+                        );
+                    }
                     let invoice =
                         gate402_bolt11::Invoice::parse(body["invoice"].as_str().unwrap()).unwrap();
                     let n = (1..=u8::MAX)
@@ -386,11 +393,24 @@ async fn slow_origin(state: SlowPayer) -> String {
                             sha256::Hash::hash(&[*n; 32]).to_byte_array() == invoice.payment_hash()
                         })
                         .unwrap();
-                    s.paid.lock().unwrap().push(n);
-                    axum::Json(serde_json::json!({
-                        "preimage": hex::encode([n; 32]),
-                        "amount_msat": 3_000,
-                    }))
+                    // As the sandbox does: a second payment of one invoice is
+                    // answered with the first one's preimage, and pays nothing.
+                    let status = {
+                        let mut paid = s.paid.lock().unwrap();
+                        if paid.contains(&n) {
+                            StatusCode::CONFLICT
+                        } else {
+                            paid.push(n);
+                            StatusCode::OK
+                        }
+                    };
+                    (
+                        status,
+                        axum::Json(serde_json::json!({
+                            "preimage": hex::encode([n; 32]),
+                            "amount_msat": 3_000,
+                        })),
+                    )
                 },
             ),
         )
@@ -506,4 +526,87 @@ async fn concurrent_gets_of_one_paid_url_pay_once() {
     let paid = payments(client.path()).await;
     assert_eq!(paid.len(), 1, "four concurrent gets, one payment: {paid:?}");
     assert_eq!(paid[0]["status"], "paid");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_payment_exits_7_and_is_recorded_failed() {
+    let state = SlowPayer::default();
+    state
+        .refuse
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let base = slow_origin(state.clone()).await;
+    let client = tempfile::tempdir().unwrap();
+    let out = run(client.path(), &["get", &format!("{base}/paid")]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("refused by the stub"), "{stderr}");
+    let ledger = payments(client.path()).await;
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0]["status"], "failed");
+    let out = run(client.path(), &["receipts", "--json"]).await;
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["totals"],
+        serde_json::json!([]),
+        "a failed payment costs nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_that_times_out_is_resolved_not_repeated() {
+    use gate402_client::{Budget, Client, Fetched, Ledger, Payer, Policy, Wallet};
+    let state = SlowPayer::default();
+    state
+        .delay_ms
+        .store(3_000, std::sync::atomic::Ordering::SeqCst);
+    let base = slow_origin(state.clone()).await;
+    // The payer answers again after 1.5 s; the wallet gives up after 1 s.
+    tokio::spawn({
+        let state = state.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            state.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = std::sync::Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let client = Client {
+        http: reqwest::Client::new(),
+        payer: Payer {
+            wallet: Wallet::Sandbox(
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(1))
+                    .build()
+                    .unwrap(),
+            ),
+            policy: Policy {
+                max_cost_sats: 10,
+                max_fee_sats: 0,
+                network: gate402_lightning_sandbox::NETWORK,
+                budget: Budget::default(),
+            },
+            ledger: ledger.clone(),
+            prefer: None,
+            pay: true,
+        },
+    };
+    let request = client.http.get(format!("{base}/paid")).build().unwrap();
+    let Fetched::Response(response, Some(entry)) = client.fetch(request).await.unwrap() else {
+        panic!("expected a paid response");
+    };
+    assert_eq!(response.text().await.unwrap(), "served for invoice 1");
+    assert_eq!(entry.amount_msat, 3_000);
+    assert_eq!(
+        *state.paid.lock().unwrap(),
+        vec![1],
+        "one invoice, paid once"
+    );
+    assert_eq!(
+        state.issued.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "no second 402 was paid for"
+    );
+    let ledger = ledger.payments(0).unwrap();
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0].status, gate402_client::PaymentState::Paid);
 }
