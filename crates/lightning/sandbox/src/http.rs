@@ -131,7 +131,7 @@ pub enum ClientError {
         detail: String,
     },
     /// The invoice was paid before; this is what that payment got.
-    #[error("the invoice was paid before")]
+    #[error("the invoice was already paid (its preimage is {})", .0.preimage)]
     AlreadyPaid(PayResponse),
     /// The answer is not what the endpoint sends.
     #[error("unexpected answer from the sandbox payer: {0}")]
