@@ -249,6 +249,38 @@ impl LdkNode {
         self.node.network_graph().list_channels().len()
     }
 
+    /// How many channel directions the node's graph has a fee update for.
+    pub fn graph_update_count(&self) -> usize {
+        let graph = self.node.network_graph();
+        graph
+            .list_channels()
+            .into_iter()
+            .filter_map(|scid| graph.channel(scid))
+            .map(|c| usize::from(c.one_to_two.is_some()) + usize::from(c.two_to_one.is_some()))
+            .sum()
+    }
+
+    /// Sends fresh channel updates for this node's announced channels (by
+    /// raising the base fee one msat: an unchanged config sends nothing).
+    /// A peer drops an update for a channel it has not seen announced yet,
+    /// and the first update often outruns the announcement; this one comes
+    /// after it.
+    pub fn reannounce_channel_fees(&self) -> Result<(), LdkError> {
+        for channel in self.node.list_channels() {
+            if !channel.is_announced {
+                continue;
+            }
+            let mut config = channel.config.clone();
+            config.forwarding_fee_base_msat += 1;
+            self.node.update_channel_config(
+                &channel.user_channel_id,
+                channel.counterparty_node_id,
+                config,
+            )?;
+        }
+        Ok(())
+    }
+
     /// A node just started has channels whose peers are not connected
     /// again yet; paying then would fail to find a route. Waits up to
     /// `timeout` until one channel is usable (at once when none exists or

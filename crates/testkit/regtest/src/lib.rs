@@ -298,6 +298,19 @@ impl RegtestNetwork {
                         .all(|n| n.node.graph_channel_count() >= announced)
                 })
                 .await;
+            // Updates sent before a peer knew the channel were dropped by it;
+            // send them again now that every graph has the announcement.
+            for node in &network.nodes {
+                node.node.reannounce_channel_fees().expect("channel update");
+            }
+            network
+                .until("fee updates for both directions in every graph", || {
+                    network
+                        .nodes
+                        .iter()
+                        .all(|n| n.node.graph_update_count() >= 2 * announced)
+                })
+                .await;
         }
         network
     }
