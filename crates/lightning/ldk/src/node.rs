@@ -270,7 +270,7 @@ impl LdkNode {
             if !channel.is_announced {
                 continue;
             }
-            let mut config = channel.config.clone();
+            let mut config = channel.config;
             config.forwarding_fee_base_msat += 1;
             self.node.update_channel_config(
                 &channel.user_channel_id,
