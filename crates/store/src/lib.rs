@@ -99,6 +99,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records an issued invoice.
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError>;
 
+    /// An issued invoice, by payment hash.
+    async fn invoice(&self, payment_hash: &[u8; 32]) -> Result<Option<InvoiceRecord>, StoreError>;
+
     /// Claims an MPP challenge for one request, atomically across every
     /// gateway sharing the store. A claim whose holder died is taken over
     /// after `lease_until`.

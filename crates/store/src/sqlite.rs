@@ -159,6 +159,28 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn invoice(&self, payment_hash: &[u8; 32]) -> Result<Option<InvoiceRecord>, StoreError> {
+        let hash = *payment_hash;
+        self.with(move |c| {
+            c.query_row(
+                "SELECT bolt11, amount_msat, service, created_at, expires_at FROM invoices WHERE payment_hash = ?1",
+                [&hash[..]],
+                |r| {
+                    Ok(InvoiceRecord {
+                        payment_hash: hash,
+                        bolt11: r.get(0)?,
+                        amount_msat: r.get::<_, i64>(1)? as u64,
+                        service: r.get(2)?,
+                        created_at: r.get::<_, i64>(3)? as u64,
+                        expires_at: r.get::<_, i64>(4)? as u64,
+                    })
+                },
+            )
+            .optional()
+        })
+        .await
+    }
+
     async fn reserve_challenge(
         &self,
         challenge_id: &str,

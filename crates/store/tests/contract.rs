@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use gate402_store::{Reservation, SqliteStore, Store, TokenRecord};
+use gate402_store::{InvoiceRecord, Reservation, SqliteStore, Store, TokenRecord};
 
 fn token(id: u8) -> TokenRecord {
     TokenRecord {
@@ -111,4 +111,21 @@ async fn freebies_count_per_client_and_service() {
     assert_eq!(store.count_freebie("1.2.3.4", "a").await.unwrap(), 2);
     assert_eq!(store.count_freebie("1.2.3.4", "b").await.unwrap(), 1);
     assert_eq!(store.count_freebie("5.6.7.8", "a").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn invoices_are_found_by_payment_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+    let record = InvoiceRecord {
+        payment_hash: [3; 32],
+        bolt11: "lnbcrt1…".into(),
+        amount_msat: 5_000,
+        service: "mcp/weather".into(),
+        created_at: 10,
+        expires_at: 610,
+    };
+    store.put_invoice(&record).await.unwrap();
+    assert_eq!(store.invoice(&[3; 32]).await.unwrap(), Some(record));
+    assert_eq!(store.invoice(&[4; 32]).await.unwrap(), None);
 }
