@@ -23,7 +23,8 @@ use gate402_mpp::accept::AcceptPayment;
 use gate402_mpp::challenge::{to_header, ChallengeKey, NewChallenge};
 use gate402_mpp::lightning::{ChargeRequest, CHARGE, METHOD};
 use gate402_mpp::problem::ProblemType;
-use gate402_mpp::verify::{verify_lightning_charge, ExpectedCharge};
+use gate402_mpp::verify::{scope_opaque, verify_lightning_charge, ExpectedCharge};
+use gate402_mpp::{PaymentChallenge, PaymentCredential, Receipt};
 use gate402_store::{InvoiceRecord, ReceiptRecord, Reservation, Store, TokenRecord};
 use serde_json::json;
 use tower::Layer;
@@ -227,14 +228,14 @@ where
 }
 
 /// A refusal: the status, the problem type, and what went wrong.
-struct Refusal {
-    status: StatusCode,
-    problem: ProblemType,
-    detail: String,
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) problem: ProblemType,
+    pub(crate) detail: String,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, problem: ProblemType, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, problem: ProblemType, detail: impl Into<String>) -> Self {
         Self {
             status,
             problem,
@@ -354,7 +355,8 @@ impl Paywall {
         }
     }
 
-    /// Verifies an MPP credential statelessly; returns hash, challenge id, expiry.
+    /// Verifies an MPP `Authorization` value statelessly; returns hash,
+    /// challenge id, expiry.
     async fn check_mpp(
         &self,
         service: &ServiceConfig,
@@ -374,15 +376,27 @@ impl Paywall {
                 e.to_string(),
             )
         })?;
+        self.verify_payment(service, &credential)
+    }
+
+    /// Verifies a parsed MPP credential for `service` (price, realm,
+    /// network, the scope it was issued for, the preimage); returns hash,
+    /// challenge id, expiry. Stateless: single use is the reservation's job.
+    pub(crate) fn verify_payment(
+        &self,
+        service: &ServiceConfig,
+        credential: &PaymentCredential,
+    ) -> Result<([u8; 32], String, u64), Refusal> {
         let expected = ExpectedCharge {
             realm: &self.inner.realm,
             amount_sats: service.price_sats,
             network: self.inner.network,
             digest: None,
+            scope: Some(&service.name),
         };
         let verified = verify_lightning_charge(
             &self.inner.key,
-            &credential,
+            credential,
             &expected,
             time::OffsetDateTime::now_utc(),
         )
@@ -399,6 +413,56 @@ impl Paywall {
         Ok((verified.payment_hash, verified.challenge_id, expires_at))
     }
 
+    /// Claims a single-use payment (an MPP challenge id, or any key that
+    /// names one payment) for one request, across every gateway sharing
+    /// the store. `Ok(())`: this request holds it until [`Paywall::finish`].
+    pub(crate) async fn reserve(&self, key: &str, expires_at: u64) -> Result<(), Refusal> {
+        let now = unix_now();
+        match self
+            .inner
+            .store
+            .reserve_challenge(key, expires_at, now + LEASE_SECS, now)
+            .await
+        {
+            Err(e) => Err(Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ProblemType::PaymentRequired,
+                format!("store: {e}"),
+            )),
+            Ok(Reservation::Acquired) => Ok(()),
+            Ok(Reservation::Consumed) => {
+                self.inner.metrics.rejected("replayed-credential");
+                Err(Refusal::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    ProblemType::InvalidChallenge,
+                    "this credential has already been used; pay the new challenge",
+                ))
+            }
+            Ok(Reservation::InFlight) => {
+                self.inner.metrics.rejected("replayed-credential");
+                Err(Refusal::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    ProblemType::InvalidChallenge,
+                    "this credential is being used by another request",
+                ))
+            }
+        }
+    }
+
+    /// Ends a reservation: spent when the request was served, released
+    /// (usable again) when the upstream failed.
+    pub(crate) async fn finish(&self, key: &str, served: bool) {
+        let store = &self.inner.store;
+        let outcome = if served {
+            store.commit_challenge(key, unix_now()).await
+        } else {
+            store.release_challenge(key).await
+        };
+        if let Err(e) = outcome {
+            tracing::error!(key, error = %e, "cannot record the challenge outcome");
+        }
+    }
+
     /// Claims the challenge, serves, then commits it or, if the upstream
     /// failed, releases it.
     async fn serve_mpp<S>(
@@ -413,47 +477,24 @@ impl Paywall {
     where
         S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
     {
-        let store = &self.inner.store;
-        let now = unix_now();
-        let refusal = match store
-            .reserve_challenge(&challenge_id, expires_at, now + LEASE_SECS, now)
-            .await
-        {
-            Err(e) => return unavailable(&format!("store: {e}")),
-            Ok(Reservation::Consumed) => Refusal::new(
-                StatusCode::PAYMENT_REQUIRED,
-                ProblemType::InvalidChallenge,
-                "this credential has already been used; pay the new challenge",
-            ),
-            Ok(Reservation::InFlight) => Refusal::new(
-                StatusCode::PAYMENT_REQUIRED,
-                ProblemType::InvalidChallenge,
-                "this credential is being used by another request",
-            ),
-            Ok(Reservation::Acquired) => {
-                let (response, served) = self
-                    .serve(
-                        service,
-                        request,
-                        inner,
-                        "Payment",
-                        payment_hash,
-                        Some(&challenge_id),
-                    )
-                    .await;
-                let outcome = if served {
-                    store.commit_challenge(&challenge_id, unix_now()).await
-                } else {
-                    store.release_challenge(&challenge_id).await
-                };
-                if let Err(e) = outcome {
-                    tracing::error!(challenge_id, error = %e, "cannot record the challenge outcome");
-                }
-                return response;
+        if let Err(refusal) = self.reserve(&challenge_id, expires_at).await {
+            if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
+                return unavailable(&refusal.detail);
             }
-        };
-        self.inner.metrics.rejected("replayed-credential");
-        self.challenge(service, request.headers(), refusal).await
+            return self.challenge(service, request.headers(), refusal).await;
+        }
+        let (response, served) = self
+            .serve(
+                service,
+                request,
+                inner,
+                "Payment",
+                payment_hash,
+                Some(&challenge_id),
+            )
+            .await;
+        self.finish(&challenge_id, served).await;
+        response
     }
 
     /// Calls the wrapped service; on success adds the receipt. Returns the
@@ -485,8 +526,9 @@ impl Paywall {
             );
             return (response, false);
         }
-        let now = time::OffsetDateTime::now_utc();
-        let receipt = gate402_mpp::receipt::lightning(&payment_hash, challenge_id, now);
+        let receipt = self
+            .record_paid(service, scheme, payment_hash, challenge_id)
+            .await;
         if let Ok(value) = HeaderValue::from_str(&gate402_mpp::receipt::to_header(&receipt)) {
             response
                 .headers_mut()
@@ -495,6 +537,19 @@ impl Paywall {
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
         }
+        (response, true)
+    }
+
+    /// Counts and records a served paid request; returns its receipt.
+    pub(crate) async fn record_paid(
+        &self,
+        service: &ServiceConfig,
+        scheme: &str,
+        payment_hash: [u8; 32],
+        challenge_id: Option<&str>,
+    ) -> Receipt {
+        let now = time::OffsetDateTime::now_utc();
+        let receipt = gate402_mpp::receipt::lightning(&payment_hash, challenge_id, now);
         self.inner
             .metrics
             .paid(&service.name, scheme, service.price_sats);
@@ -516,19 +571,21 @@ impl Paywall {
             test_money = self.inner.test_money,
             "paid request served"
         );
-        (response, true)
+        receipt
     }
 
-    /// A fresh invoice and its challenges, in a problem response.
-    async fn challenge(
+    /// Creates an invoice for `service` and the challenges that point at
+    /// it: an L402 token when `l402` (and the service takes L402), an MPP
+    /// charge bound to the service's name when `mpp` (and it takes MPP).
+    pub(crate) async fn issue(
         &self,
         service: &ServiceConfig,
-        request_headers: &HeaderMap,
-        refusal: Refusal,
-    ) -> Response<Body> {
+        l402: bool,
+        mpp: bool,
+    ) -> Result<Issued, String> {
         let state = &self.inner;
         let now = unix_now();
-        let created = match state
+        let created = state
             .backend
             .create_invoice(InvoiceRequest {
                 amount_msat: service.price_sats * 1000,
@@ -536,15 +593,10 @@ impl Paywall {
                 expiry_secs: state.invoice_expiry_secs,
             })
             .await
-        {
-            Ok(created) => created,
-            Err(e) => {
+            .map_err(|e| {
                 tracing::error!(error = %e, "cannot create an invoice");
-                return unavailable(&format!(
-                    "the Lightning backend cannot create an invoice: {e}"
-                ));
-            }
-        };
+                format!("the Lightning backend cannot create an invoice: {e}")
+            })?;
         let record = InvoiceRecord {
             payment_hash: created.payment_hash,
             bolt11: created.bolt11.clone(),
@@ -553,11 +605,19 @@ impl Paywall {
             created_at: now,
             expires_at: created.expires_at,
         };
-        if let Err(e) = state.store.put_invoice(&record).await {
-            return unavailable(&format!("store: {e}"));
-        }
-        let mut l402_lines = Vec::new();
-        if service.schemes.l402() {
+        state
+            .store
+            .put_invoice(&record)
+            .await
+            .map_err(|e| format!("store: {e}"))?;
+        let mut issued = Issued {
+            bolt11: created.bolt11.clone(),
+            payment_hash: created.payment_hash,
+            expires_at: created.expires_at,
+            l402: None,
+            payment: None,
+        };
+        if l402 && service.schemes.l402() {
             let mut caveats = vec![
                 Caveat::services(&[Service::new(service.name.clone())]),
                 Caveat::valid_until(&service.name, now + service.token_lifetime_secs),
@@ -579,26 +639,17 @@ impl Paywall {
                 service: service.name.clone(),
                 created_at: now,
             };
-            if let Err(e) = state.store.put_token(&token).await {
-                return unavailable(&format!("store: {e}"));
-            }
-            let challenge = L402Challenge {
+            state
+                .store
+                .put_token(&token)
+                .await
+                .map_err(|e| format!("store: {e}"))?;
+            issued.l402 = Some(L402Challenge {
                 macaroon: minted.macaroon,
                 invoice: created.bolt11.clone(),
-            };
-            l402_lines.push(challenge.to_header(Scheme::L402));
-            l402_lines.push(challenge.to_header(Scheme::Lsat));
+            });
         }
-        let accept = request_headers
-            .get(gate402_mpp::ACCEPT_PAYMENT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| AcceptPayment::parse(v).ok());
-        let mut payment_line = None;
-        let mut challenge_id = None;
-        let mpp_wanted = accept
-            .as_ref()
-            .is_none_or(|a| a.accepts(METHOD, CHARGE) || !service.schemes.l402());
-        if service.schemes.mpp() && mpp_wanted {
+        if mpp && service.schemes.mpp() {
             let request = ChargeRequest::new(
                 service.price_sats,
                 Some(service.description.clone()),
@@ -613,7 +664,8 @@ impl Paywall {
                     .min(now + u64::from(state.invoice_expiry_secs)) as i64,
             )
             .ok();
-            let challenge = state.key.issue(NewChallenge {
+            let opaque = scope_opaque(&service.name);
+            issued.payment = Some(state.key.issue(NewChallenge {
                 realm: &state.realm,
                 method: METHOD,
                 intent: CHARGE,
@@ -621,11 +673,52 @@ impl Paywall {
                 expires,
                 digest: None,
                 description: Some(&service.description),
-                opaque: None,
-            });
-            challenge_id = Some(challenge.id.clone());
-            payment_line = to_header(&challenge).ok();
+                opaque: Some(&opaque),
+            }));
         }
+        state.metrics.challenge(&service.name);
+        Ok(issued)
+    }
+
+    /// Whether invoices are test money (the sandbox backend).
+    pub(crate) fn test_money(&self) -> bool {
+        self.inner.test_money
+    }
+
+    /// The Lightning backend.
+    pub(crate) fn backend(&self) -> &Arc<dyn LightningBackend> {
+        &self.inner.backend
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// A fresh invoice and its challenges, in a problem response.
+    async fn challenge(
+        &self,
+        service: &ServiceConfig,
+        request_headers: &HeaderMap,
+        refusal: Refusal,
+    ) -> Response<Body> {
+        let accept = request_headers
+            .get(gate402_mpp::ACCEPT_PAYMENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| AcceptPayment::parse(v).ok());
+        let mpp_wanted = accept
+            .as_ref()
+            .is_none_or(|a| a.accepts(METHOD, CHARGE) || !service.schemes.l402());
+        let issued = match self.issue(service, true, mpp_wanted).await {
+            Ok(issued) => issued,
+            Err(detail) => return unavailable(&detail),
+        };
+        let l402_lines: Vec<String> = issued
+            .l402
+            .iter()
+            .flat_map(|c| [c.to_header(Scheme::L402), c.to_header(Scheme::Lsat)])
+            .collect();
+        let payment_line = issued.payment.as_ref().and_then(|c| to_header(c).ok());
         // L402 first for the clients that read only the first challenge,
         // unless the client said it speaks MPP.
         let mut lines = Vec::new();
@@ -637,7 +730,7 @@ impl Paywall {
             lines.extend(payment_line.iter().cloned());
         }
         let schemes: Vec<&str> = [
-            (service.schemes.l402(), "L402"),
+            (issued.l402.is_some(), "L402"),
             (payment_line.is_some(), "MPP"),
         ]
         .into_iter()
@@ -646,18 +739,17 @@ impl Paywall {
         let mut extra = json!({
             "price": {"amount": service.price_sats.to_string(), "currency": "sat"},
             "description": service.description,
-            "invoice": created.bolt11,
-            "paymentHash": hex::encode(created.payment_hash),
+            "invoice": issued.bolt11,
+            "paymentHash": hex::encode(issued.payment_hash),
             "schemes": schemes,
             "howToPay": "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` or `Authorization: Payment <credential>` (the challenges are in WWW-Authenticate).",
         });
-        if let Some(id) = &challenge_id {
-            extra["challengeId"] = id.clone().into();
+        if let Some(challenge) = &issued.payment {
+            extra["challengeId"] = challenge.id.clone().into();
         }
-        if state.test_money {
+        if self.inner.test_money {
             extra["testMoney"] = gate402_lightning_sandbox::TEST_MONEY.into();
         }
-        state.metrics.challenge(&service.name);
         let mut response = problem_response(
             refusal.status,
             &refusal.problem.uri(),
@@ -674,6 +766,20 @@ impl Paywall {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
     }
+}
+
+/// An invoice and the challenges issued for it.
+pub(crate) struct Issued {
+    /// The invoice.
+    pub(crate) bolt11: String,
+    /// Its payment hash.
+    pub(crate) payment_hash: [u8; 32],
+    /// When it expires (unix seconds).
+    pub(crate) expires_at: u64,
+    /// The L402 challenge, when issued.
+    pub(crate) l402: Option<L402Challenge>,
+    /// The MPP challenge, when issued.
+    pub(crate) payment: Option<PaymentChallenge>,
 }
 
 fn unavailable(detail: &str) -> Response<Body> {

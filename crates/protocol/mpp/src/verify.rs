@@ -25,6 +25,19 @@ pub struct ExpectedCharge<'a> {
     pub network: Network,
     /// The digest of this request's body, when the route binds bodies.
     pub digest: Option<&'a str>,
+    /// What the challenge was issued for (a service, a tool), when the
+    /// server binds challenges to one: the `scope` entry of its `opaque`
+    /// (see [`scope_opaque`]). Without it, a credential bought for one
+    /// route would pay for any other at the same price.
+    pub scope: Option<&'a str>,
+}
+
+/// The key of the `opaque` entry that names what a challenge is for.
+pub const SCOPE_KEY: &str = "scope";
+
+/// The `opaque` map that binds a challenge to `scope`.
+pub fn scope_opaque(scope: &str) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([(SCOPE_KEY.to_owned(), scope.to_owned())])
 }
 
 /// A credential that passed every stateless check.
@@ -80,6 +93,14 @@ pub enum VerifyError {
     /// The body digest differs.
     #[error("challenge is bound to another request body")]
     Digest,
+    /// Issued for another service or tool.
+    #[error("challenge was issued for {issued:?}, not {expected:?}")]
+    WrongScope {
+        /// The scope in the challenge (empty: none).
+        issued: String,
+        /// This route's.
+        expected: String,
+    },
     /// The payload is not `{"preimage": <64 lowercase hex>}`.
     #[error("payload is not a Lightning preimage")]
     Payload,
@@ -94,7 +115,10 @@ impl VerifyError {
         match self {
             VerifyError::MethodUnsupported { .. } => ProblemType::MethodUnsupported,
             VerifyError::UnknownChallenge => ProblemType::InvalidChallenge,
-            VerifyError::WrongRealm(_) | VerifyError::Terms(_) | VerifyError::Digest => {
+            VerifyError::WrongRealm(_)
+            | VerifyError::Terms(_)
+            | VerifyError::Digest
+            | VerifyError::WrongScope { .. } => {
                 ProblemType::InvalidChallenge
             }
             VerifyError::BadExpires(_) | VerifyError::Request(_) => {
@@ -165,6 +189,21 @@ pub fn verify_lightning_charge(
     if echo.digest.is_some() && echo.digest.as_deref() != expected.digest {
         return Err(VerifyError::Digest);
     }
+    if let Some(scope) = expected.scope {
+        // The opaque is bound by the id, verified above: it is ours.
+        let issued = echo
+            .opaque
+            .as_ref()
+            .and_then(|o| decode_json_object(o.raw()).ok())
+            .and_then(|o| o.get(SCOPE_KEY)?.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        if issued != scope {
+            return Err(VerifyError::WrongScope {
+                issued,
+                expected: scope.to_owned(),
+            });
+        }
+    }
     let payment_hash = request
         .payment_hash()
         .ok_or_else(|| VerifyError::Request("paymentHash is not 64 hex digits".into()))?;
@@ -204,6 +243,7 @@ mod tests {
             amount_sats,
             network: Network::Regtest,
             digest: None,
+            scope: None,
         }
     }
 
@@ -296,5 +336,43 @@ mod tests {
         session.challenge.intent = "session".into();
         let err = check(&session, &expected(1), now()).unwrap_err();
         assert_eq!(err.problem_type().status(), 400);
+
+        // Bound to a scope: only that scope accepts it.
+        let scoped = scoped_credential("weather");
+        let mut weather = expected(100);
+        weather.scope = Some("weather");
+        assert!(check(&scoped, &weather, now()).is_ok());
+        let mut translate = expected(100);
+        translate.scope = Some("translate");
+        assert_eq!(
+            check(&scoped, &translate, now()).unwrap_err(),
+            VerifyError::WrongScope {
+                issued: "weather".into(),
+                expected: "translate".into()
+            }
+        );
+        // An unscoped challenge does not pass where a scope is required.
+        assert!(matches!(
+            check(&cheap, &{ let mut e = expected(1); e.scope = Some("weather"); e }, now()),
+            Err(VerifyError::WrongScope { .. })
+        ));
+    }
+
+    fn scoped_credential(scope: &str) -> PaymentCredential {
+        let hash: [u8; 32] = Sha256::digest(PREIMAGE).into();
+        let request = ChargeRequest::new(100, None, "lnbcrt1", &hash, Network::Regtest).to_value();
+        let opaque = scope_opaque(scope);
+        let challenge = ChallengeKey::new(SECRET).unwrap().issue(NewChallenge {
+            realm: "api.test",
+            method: METHOD,
+            intent: CHARGE,
+            request: &request,
+            expires: Some(now() + Duration::minutes(10)),
+            digest: None,
+            description: None,
+            opaque: Some(&opaque),
+        });
+        let credential = PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(&PREIMAGE));
+        parse_authorization(&to_authorization(&credential)).unwrap()
     }
 }
