@@ -28,7 +28,9 @@ async fn config(args: &Args) -> Result<(GatewayConfig, Option<tokio::task::JoinH
         None => {
             let (addr, task) = demo::start_upstream().await?;
             let services = demo::services(&format!("http://{addr}"));
-            (GatewayConfig::default_with_services(services), Some(task))
+            let mut config = GatewayConfig::default_with_services(services);
+            config.tools = demo::tools();
+            (config, Some(task))
         }
     };
     if let Some(listen) = args.listen {

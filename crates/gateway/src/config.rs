@@ -33,6 +33,77 @@ pub struct GatewayConfig {
     pub name: String,
     /// The priced services; the first that matches a request wins.
     pub services: Vec<ServiceConfig>,
+    /// The paid MCP tools served at `/mcp`, each calling a service.
+    pub tools: Vec<ToolConfig>,
+    /// Another MCP server whose tools `/mcp` serves, priced here.
+    pub mcp_proxy: Option<McpProxyConfig>,
+}
+
+/// `[mcp_proxy]`: the paywall in front of another MCP server.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpProxyConfig {
+    /// The upstream over streamable HTTP (`http://host:port/mcp`)…
+    #[serde(default)]
+    pub url: Option<String>,
+    /// …or a program speaking MCP on stdio, with its arguments.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// The price of a tool `prices` does not name (default: free).
+    #[serde(default)]
+    pub default_price_sats: Option<u64>,
+    /// Prices per tool; 0 makes a tool free.
+    #[serde(default)]
+    pub prices: std::collections::HashMap<String, u64>,
+}
+
+/// A paid MCP tool, `[[tools]]`: it calls a priced service's upstream.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    /// The tool's name (letters, digits, `_`, `-`; up to 64).
+    pub name: String,
+    /// What it does, for the agent choosing tools.
+    pub description: String,
+    /// The `[[services]]` entry it calls: its upstream, rewrite and headers.
+    pub service: String,
+    /// HTTP method (default: the service's first, else GET). GET and
+    /// DELETE send the arguments as the query string, others as a JSON body.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path to call (default: the service's path, when it is exact).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// JSON Schema of the arguments (default: any object).
+    #[serde(default = "any_object")]
+    pub input_schema: serde_json::Value,
+    /// Price per call (default: the service's).
+    #[serde(default)]
+    pub price_sats: Option<u64>,
+}
+
+fn any_object() -> serde_json::Value {
+    serde_json::json!({"type": "object"})
+}
+
+impl ToolConfig {
+    /// The service that prices and charges calls to this tool: the called
+    /// service's upstream settings, under the name `mcp/<tool>`, the
+    /// tool's price and description, paid with MPP (MCP carries no L402).
+    pub fn paid_service(&self, called: &ServiceConfig) -> ServiceConfig {
+        let mut service = called.clone();
+        service.name = format!("mcp/{}", self.name);
+        service.price_sats = self.price_sats.unwrap_or(called.price_sats);
+        service.description = self.description.clone();
+        service.schemes = Schemes::Mpp;
+        if let Some(path) = &self.path {
+            service.path = PathPattern::Exact(path.clone());
+        }
+        if let Some(method) = self.method.as_deref().and_then(|m| m.parse().ok()) {
+            service.methods = vec![method];
+        }
+        service
+    }
 }
 
 /// TLS files.
@@ -260,6 +331,8 @@ impl GatewayConfig {
             invoice_expiry_secs: 600,
             name: "gate402".into(),
             services,
+            tools: Vec::new(),
+            mcp_proxy: None,
         }
     }
 
@@ -463,6 +536,8 @@ impl Checker {
                 "invoice_expiry_secs",
                 "name",
                 "services",
+                "tools",
+                "mcp_proxy",
             ],
         );
         let mut config = GatewayConfig::default_with_services(Vec::new());
@@ -584,7 +659,99 @@ impl Checker {
                 );
             }
         }
+        if root.contains_key("mcp_proxy") {
+            if let Some(proxy) = self.get::<McpProxyConfig>(root, "", "mcp_proxy") {
+                match (&proxy.url, &proxy.command) {
+                    (Some(_), Some(_)) | (None, None) => {
+                        self.error("mcp_proxy", "give either url or command, not both")
+                    }
+                    (Some(url), None)
+                        if !url.starts_with("http://") && !url.starts_with("https://") =>
+                    {
+                        self.error("mcp_proxy.url", format!("{url:?} is not an http(s) URL"))
+                    }
+                    (None, Some(command)) if command.is_empty() => {
+                        self.error("mcp_proxy.command", "names no program")
+                    }
+                    _ => {}
+                }
+                config.mcp_proxy = Some(proxy);
+            }
+        }
+        if root.contains_key("tools") {
+            if let Some(tools) = self.get::<Vec<ToolConfig>>(root, "", "tools") {
+                for (i, tool) in tools.iter().enumerate() {
+                    self.tool(tool, &format!("tools[{i}]"), &config.services, &tools[..i]);
+                }
+                config.tools = tools;
+            }
+        }
         config
+    }
+
+    fn tool(
+        &mut self,
+        tool: &ToolConfig,
+        path: &str,
+        services: &[ServiceConfig],
+        earlier: &[ToolConfig],
+    ) {
+        let valid_name = !tool.name.is_empty()
+            && tool.name.len() <= 64
+            && tool
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_name {
+            self.error(
+                &join(path, "name"),
+                format!("{:?}: use 1 to 64 letters, digits, _ or -", tool.name),
+            );
+        }
+        if tool.name == crate::mcp::CREATE_PAYMENT || earlier.iter().any(|t| t.name == tool.name) {
+            self.error(&join(path, "name"), format!("{:?} is taken", tool.name));
+        }
+        match services.iter().find(|s| s.name == tool.service) {
+            None => self.error(
+                &join(path, "service"),
+                format!("no [[services]] entry is named {:?}", tool.service),
+            ),
+            Some(service) => {
+                if service.upstream.is_none() {
+                    self.error(
+                        &join(path, "service"),
+                        format!("service {:?} has no upstream to call", tool.service),
+                    );
+                }
+                match (&tool.path, &service.path) {
+                    (Some(p), _) if !p.starts_with('/') => {
+                        self.error(&join(path, "path"), format!("{p:?} must start with /"))
+                    }
+                    (None, PathPattern::Prefix(_)) => self.error(
+                        &join(path, "path"),
+                        format!(
+                            "service {:?} matches a prefix; say which path the tool calls",
+                            tool.service
+                        ),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(method) = &tool.method {
+            if method.parse::<Method>().is_err() || method.is_empty() {
+                self.error(
+                    &join(path, "method"),
+                    format!("{method:?} is not an HTTP method"),
+                );
+            }
+        }
+        if tool.input_schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+            self.error(
+                &join(path, "input_schema"),
+                "must be a JSON Schema of an object ({ type = \"object\", properties = … })",
+            );
+        }
     }
 
     fn service(&mut self, t: &Table, path: &str) -> Option<ServiceConfig> {

@@ -149,3 +149,40 @@ pub fn services(upstream: &str) -> Vec<ServiceConfig> {
         ),
     ]
 }
+
+/// The demo's services as paid MCP tools (the event stream is not a tool).
+pub fn tools() -> Vec<crate::config::ToolConfig> {
+    let tool =
+        |name: &str, description: &str, schema: serde_json::Value| crate::config::ToolConfig {
+            name: name.into(),
+            description: description.into(),
+            service: name.into(),
+            method: None,
+            path: None,
+            input_schema: schema,
+            price_sats: None,
+        };
+    vec![
+        tool(
+            "weather",
+            "Weather report for a city (demo)",
+            serde_json::json!({
+                "type": "object",
+                "properties": {"city": {"type": "string", "description": "city name"}},
+                "required": ["city"],
+            }),
+        ),
+        tool(
+            "translate",
+            "Translate a short text (demo)",
+            serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "text": {"type": "string"},
+                    "to": {"type": "string", "description": "target language code, e.g. fr"},
+                },
+                "required": ["text", "to"],
+            }),
+        ),
+    ]
+}

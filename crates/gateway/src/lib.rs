@@ -4,6 +4,8 @@
 //!   adds in a few lines;
 //! - [`proxy`]: the reverse proxy it guards in `gate402 serve`;
 //! - [`config`]: the TOML config, checked whole;
+//! - [`mcp`]: the same priced services as paid MCP tools at `/mcp`, and
+//!   the paywall in front of another MCP server;
 //! - [`server`]: everything together, with health, metrics and discovery;
 //! - [`demo`]: the built-in demo API of the zero-config run.
 //!
@@ -20,6 +22,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod lightning;
+pub mod mcp;
 pub mod metrics;
 pub mod paywall;
 pub mod problem;

@@ -20,6 +20,7 @@ use tower::Layer;
 use crate::config::{GatewayConfig, StoreConfig};
 use crate::discovery;
 use crate::lightning::Connected;
+use crate::mcp::PaidTools;
 use crate::metrics::Metrics;
 use crate::paywall::{Paywall, PaywallParts};
 use crate::proxy::Proxy;
@@ -36,6 +37,7 @@ pub struct Gateway {
 #[derive(Clone)]
 struct AppState {
     paywall: Paywall,
+    mcp: Option<PaidTools>,
     name: Arc<str>,
     realm: Arc<str>,
     store: Arc<dyn Store>,
@@ -97,8 +99,10 @@ impl Gateway {
         })
         .await
         .context("asking the Lightning backend for its network")?;
+        let mcp = PaidTools::from_config(config, &paywall).await?;
         let state = AppState {
             paywall: paywall.clone(),
+            mcp: mcp.clone(),
             name: config.name.as_str().into(),
             realm: config.mpp.realm.as_str().into(),
             store: store.clone(),
@@ -108,7 +112,11 @@ impl Gateway {
             .route("/metrics", get(metrics))
             .route("/.well-known/l402-services", get(l402_services))
             .route("/openapi.json", get(openapi))
+            .route("/.well-known/mcp", get(well_known_mcp))
             .with_state(state);
+        if let Some(tools) = mcp {
+            app = app.merge(crate::mcp::router(tools));
+        }
         if let Some(sandbox) = connected.sandbox {
             app = app.merge(gate402_lightning_sandbox::http::router(sandbox));
         }
@@ -230,6 +238,19 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.paywall.metrics().render(),
     )
+}
+
+async fn well_known_mcp(State(state): State<AppState>) -> axum::response::Response {
+    match &state.mcp {
+        Some(tools) => Json(crate::mcp::describe(tools, &state.name).await).into_response(),
+        None => crate::problem::problem_response(
+            axum::http::StatusCode::NOT_FOUND,
+            "about:blank",
+            "Not Found",
+            "this gateway serves no MCP tools (configure [[tools]] or [mcp_proxy])",
+            None,
+        ),
+    }
 }
 
 async fn l402_services(State(state): State<AppState>) -> impl IntoResponse {

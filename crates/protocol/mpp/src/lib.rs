@@ -10,7 +10,8 @@
 //! - [`challenge::parse_payment_challenges`]: tokenizing alongside `L402`
 //!   and validating `request` only after splitting;
 //! - [`lightning`]: the Lightning charge method (request, payload, receipt);
-//! - [`verify`]: the server-side checks of a Lightning charge credential.
+//! - [`verify`]: the server-side checks of a Lightning charge credential,
+//!   bound to the service or tool it was issued for.
 //!
 //! No I/O happens here; consuming a credential exactly once is the store's
 //! job, a layer up.
@@ -25,7 +26,13 @@ pub mod problem;
 pub mod receipt;
 pub mod verify;
 
+pub use mpp::error::PaymentErrorDetails;
 pub use mpp::protocol::core::{ChallengeEcho, PaymentChallenge, PaymentCredential, Receipt};
+
+/// The MCP payment transport's wire helpers (`-32042` errors with the
+/// challenge `request` as a JSON object, credentials and receipts in
+/// `_meta`), as the official `mpp` crate implements them.
+pub use mpp::mcp;
 
 /// The auth-scheme name.
 pub const SCHEME: &str = "Payment";

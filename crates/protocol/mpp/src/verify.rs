@@ -118,9 +118,7 @@ impl VerifyError {
             VerifyError::WrongRealm(_)
             | VerifyError::Terms(_)
             | VerifyError::Digest
-            | VerifyError::WrongScope { .. } => {
-                ProblemType::InvalidChallenge
-            }
+            | VerifyError::WrongScope { .. } => ProblemType::InvalidChallenge,
             VerifyError::BadExpires(_) | VerifyError::Request(_) => {
                 ProblemType::MalformedCredential
             }
@@ -353,7 +351,15 @@ mod tests {
         );
         // An unscoped challenge does not pass where a scope is required.
         assert!(matches!(
-            check(&cheap, &{ let mut e = expected(1); e.scope = Some("weather"); e }, now()),
+            check(
+                &cheap,
+                &{
+                    let mut e = expected(1);
+                    e.scope = Some("weather");
+                    e
+                },
+                now()
+            ),
             Err(VerifyError::WrongScope { .. })
         ));
     }
@@ -372,7 +378,8 @@ mod tests {
             description: None,
             opaque: Some(&opaque),
         });
-        let credential = PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(&PREIMAGE));
+        let credential =
+            PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(&PREIMAGE));
         parse_authorization(&to_authorization(&credential)).unwrap()
     }
 }

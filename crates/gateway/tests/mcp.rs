@@ -1,0 +1,280 @@
+//! Paid MCP tools at `/mcp`, with an rmcp client: the payment transport
+//! (-32042, credential in `_meta`, receipt in the result's `_meta`) and
+//! the `paymentId` flow, each bound to its tool and spent once.
+
+use gate402_gateway::config::ToolConfig;
+use gate402_gateway::{demo, Gateway, GatewayConfig};
+use gate402_lightning_sandbox::http::pay_via;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ErrorCode, RequestMetaObject};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{RoleClient, ServiceError, ServiceExt};
+use serde_json::{json, Value};
+
+const CREDENTIAL: &str = "org.paymentauth/credential";
+const RECEIPT: &str = "org.paymentauth/receipt";
+
+struct Harness {
+    gateway: Gateway,
+    base: String,
+    client: RunningService<RoleClient, ()>,
+    http: reqwest::Client,
+}
+
+async fn start() -> Harness {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config =
+        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.tools = demo::tools();
+    // A second tool on the same service at the same price: only the
+    // binding of a payment to its tool tells them apart.
+    config.tools.push(ToolConfig {
+        name: "forecast".into(),
+        description: "Tomorrow's weather (demo)".into(),
+        ..config.tools[0].clone()
+    });
+    let dir = tempfile::tempdir().unwrap().keep();
+    let gateway = Gateway::start(&config, &dir).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    let client = ()
+        .serve(StreamableHttpClientTransport::from_uri(format!(
+            "{base}/mcp"
+        )))
+        .await
+        .unwrap();
+    Harness {
+        gateway,
+        base,
+        client,
+        http: reqwest::Client::new(),
+    }
+}
+
+fn call(tool: &str, arguments: Value, credential: Option<Value>) -> CallToolRequestParams {
+    let mut params = CallToolRequestParams::new(tool.to_owned());
+    params.arguments = arguments.as_object().cloned();
+    if let Some(credential) = credential {
+        let mut meta = RequestMetaObject::new();
+        meta.insert(CREDENTIAL.to_owned(), credential);
+        params.meta = Some(meta);
+    }
+    params
+}
+
+impl Harness {
+    async fn call(&self, params: CallToolRequestParams) -> Result<CallToolResult, (i32, Value)> {
+        match self.client.call_tool(params).await {
+            Ok(result) => Ok(result),
+            Err(ServiceError::McpError(e)) => Err((e.code.0, e.data.unwrap_or_default())),
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    /// Pays a -32042's challenge; returns the credential.
+    async fn pay(&self, data: &Value) -> Value {
+        let challenge = data["challenges"][0].clone();
+        let invoice = challenge["request"]["methodDetails"]["invoice"]
+            .as_str()
+            .unwrap();
+        let paid = pay_via(&self.http, &self.base, invoice).await.unwrap();
+        json!({"challenge": challenge, "payload": {"preimage": paid.preimage}})
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_are_paid_with_a_credential_in_meta() {
+    let h = start().await;
+    let tools = h.client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(
+        names,
+        ["weather", "translate", "forecast", "create_payment"]
+    );
+    assert_eq!(
+        tools[0].meta.as_ref().unwrap()["org.paymentauth/price"]["amount"],
+        "10"
+    );
+    assert_eq!(tools[0].input_schema["required"], json!(["city"]));
+
+    // Unpaid: -32042 with one challenge whose request is a JSON object.
+    let (code, data) = h
+        .call(call("weather", json!({"city": "Oslo"}), None))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32042);
+    assert_eq!(data["httpStatus"], 402);
+    let challenge = &data["challenges"][0];
+    assert_eq!(challenge["method"], "lightning");
+    assert_eq!(challenge["request"]["amount"], "10");
+    assert!(challenge["request"].is_object());
+
+    // Paid: the result, and a receipt naming the challenge and the payment.
+    let credential = h.pay(&data).await;
+    let result = h
+        .call(call(
+            "weather",
+            json!({"city": "Oslo"}),
+            Some(credential.clone()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(result.structured_content.as_ref().unwrap()["city"], "Oslo");
+    let receipt = &result.meta.as_ref().unwrap()[RECEIPT];
+    assert_eq!(receipt["status"], "success");
+    assert_eq!(receipt["challengeId"], challenge["id"]);
+    assert_eq!(
+        receipt["reference"],
+        challenge["request"]["methodDetails"]["paymentHash"]
+    );
+
+    // Spent: a second use gets -32043 and a fresh challenge.
+    let (code, data) = h
+        .call(call("weather", json!({"city": "Oslo"}), Some(credential)))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043);
+    assert_ne!(data["challenges"][0]["id"], challenge["id"]);
+    assert!(data["problem"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("already been used"));
+
+    // Bound to its tool: a weather credential does not pay for forecast,
+    // the same price on the same service notwithstanding.
+    let (_, data) = h
+        .call(call("weather", json!({"city": "Rome"}), None))
+        .await
+        .unwrap_err();
+    let credential = h.pay(&data).await;
+    let (code, data) = h
+        .call(call(
+            "forecast",
+            json!({"city": "Rome"}),
+            Some(credential.clone()),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043);
+    assert!(
+        data["problem"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mcp/weather"),
+        "{data}"
+    );
+    // Still unspent for the tool it was bought for.
+    h.call(call("weather", json!({"city": "Rome"}), Some(credential)))
+        .await
+        .unwrap();
+
+    // Malformed: -32602.
+    let (code, _) = h
+        .call(call(
+            "weather",
+            json!({"city": "Rome"}),
+            Some(json!("not an object")),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32602);
+
+    // Discovery.
+    let described: Value = h
+        .http
+        .get(format!("{}/.well-known/mcp", h.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(described["protocols"], json!(["L402", "MPP"]));
+    assert_eq!(described["tools"][1]["name"], "translate");
+    assert_eq!(described["tools"][1]["price"]["amount"], "25");
+    h.client.cancel().await.unwrap();
+    h.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_id_pays_for_one_call_of_its_tool() {
+    let h = start().await;
+    let created = h
+        .call(call("create_payment", json!({"tool": "weather"}), None))
+        .await
+        .unwrap();
+    let created = created.structured_content.unwrap();
+    assert_eq!(created["amountSats"], 10);
+    let payment_id = created["paymentId"].as_str().unwrap().to_owned();
+
+    // Not paid yet.
+    let (code, data) = h
+        .call(call(
+            "weather",
+            json!({"city": "Lima", "paymentId": payment_id}),
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043);
+    assert!(data["problem"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("not paid yet"));
+
+    pay_via(&h.http, &h.base, created["invoice"].as_str().unwrap())
+        .await
+        .unwrap();
+    // On another tool: refused, and not spent by the attempt.
+    let (code, data) = h
+        .call(call(
+            "forecast",
+            json!({"city": "Lima", "paymentId": payment_id}),
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043);
+    assert!(
+        data["problem"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("pays for weather"),
+        "{data}"
+    );
+    let result = h
+        .call(call(
+            "weather",
+            json!({"city": "Lima", "paymentId": payment_id}),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(result.structured_content.as_ref().unwrap()["city"], "Lima");
+    assert_eq!(
+        result.meta.as_ref().unwrap()[RECEIPT]["reference"],
+        payment_id
+    );
+    // Once only.
+    let (code, data) = h
+        .call(call(
+            "weather",
+            json!({"city": "Lima", "paymentId": payment_id}),
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043);
+    assert!(data["problem"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("already been used"));
+    // A free-form mistake is a clear error.
+    let (code, _) = h
+        .call(call("create_payment", json!({"tool": "nope"}), None))
+        .await
+        .unwrap_err();
+    assert_eq!(code, ErrorCode::INVALID_PARAMS.0);
+    h.client.cancel().await.unwrap();
+    h.gateway.shutdown().await.unwrap();
+}
