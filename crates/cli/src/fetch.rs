@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use gate402_client::{
-    Client, FetchError, Fetched, Ledger, Payer, PaymentState, Policy, Prefer, Wallet,
+    Client, FetchError, Fetched, Ledger, McpCallError, Payer, PaymentState, Policy, Prefer, Wallet,
 };
 use serde_json::json;
 
@@ -50,6 +50,14 @@ pub struct FetchArgs {
     /// Scheme to answer with when both are offered (default: the first offered).
     #[arg(long, value_parser = ["l402", "mpp"])]
     pub prefer: Option<String>,
+    /// Spending limits and the wallet.
+    #[command(flatten)]
+    pub pay: PayOptions,
+}
+
+/// What may be paid and with what: shared by `get` and `mcp call`.
+#[derive(Debug, clap::Args)]
+pub struct PayOptions {
     /// The most one request may cost, in satoshis [default: the config's
     /// max_cost_sats, else 1000].
     #[arg(long, value_name = "SATS")]
@@ -69,6 +77,30 @@ pub struct FetchArgs {
     pub config: Option<PathBuf>,
 }
 
+impl PayOptions {
+    /// The payer these options describe.
+    pub async fn payer(&self, prefer: Option<Prefer>, data_dir: &Path) -> Result<Payer> {
+        let config = ClientConfig::load(self.config.as_deref(), data_dir)?;
+        let wallet = match &config.lightning {
+            None => Wallet::sandbox(),
+            Some(lightning) => Wallet::Node(lightning.connect(data_dir).await?.backend),
+        };
+        let network = wallet.network().await?;
+        Ok(Payer {
+            wallet,
+            policy: Policy {
+                max_cost_sats: self.max_cost.or(config.max_cost_sats).unwrap_or(1000),
+                max_fee_sats: self.max_fee.or(config.max_fee_sats).unwrap_or(10),
+                network,
+                budget: config.budget,
+            },
+            ledger: Arc::new(Ledger::open(&ledger_path(data_dir))?),
+            prefer,
+            pay: !self.no_pay,
+        })
+    }
+}
+
 /// Exit code when the payment itself failed (nothing was paid).
 pub const EXIT_PAYMENT_FAILED: u8 = 7;
 /// Exit code when a payment was sent and its outcome is not known yet.
@@ -76,14 +108,23 @@ pub const EXIT_IN_FLIGHT: u8 = 9;
 /// Exit code on Ctrl-C, as shells report SIGINT.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-fn ledger_path(data_dir: &Path) -> PathBuf {
+pub fn ledger_path(data_dir: &Path) -> PathBuf {
     data_dir.join("client").join("ledger.sqlite3")
 }
 
 /// Runs one fetch; the exit code tells refusals apart.
 pub async fn run(method: &str, args: &FetchArgs, data_dir: &Path) -> ExitCode {
+    run_paying(data_dir, fetch(method, args, data_dir)).await
+}
+
+/// Runs a command that may pay: Ctrl-C exits 130 and names what is
+/// pending; errors get the exit code of their kind.
+pub async fn run_paying(
+    data_dir: &Path,
+    command: impl std::future::Future<Output = Result<()>>,
+) -> ExitCode {
     let outcome = tokio::select! {
-        outcome = fetch(method, args, data_dir) => outcome,
+        outcome = command => outcome,
         // The ledger wrote any payment down before sending it, so stopping
         // here loses nothing: a payment in flight stays pending and the next
         // request to its endpoint finishes it.
@@ -106,7 +147,13 @@ pub async fn run(method: &str, args: &FetchArgs, data_dir: &Path) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let code = match error.downcast_ref::<FetchError>() {
+            let fetch_error = error.downcast_ref::<FetchError>().or_else(|| {
+                match error.downcast_ref::<McpCallError>() {
+                    Some(McpCallError::Fetch(e)) => Some(e),
+                    _ => None,
+                }
+            });
+            let code = match fetch_error {
                 Some(FetchError::Refused(refusal)) => refusal.exit_code(),
                 Some(FetchError::Pay(_)) => EXIT_PAYMENT_FAILED,
                 Some(FetchError::InFlight(_)) => EXIT_IN_FLIGHT,
@@ -118,13 +165,52 @@ pub async fn run(method: &str, args: &FetchArgs, data_dir: &Path) -> ExitCode {
     }
 }
 
-async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
-    let config = ClientConfig::load(args.config.as_deref(), data_dir)?;
-    let wallet = match &config.lightning {
-        None => Wallet::sandbox(),
-        Some(lightning) => Wallet::Node(lightning.connect(data_dir).await?.backend),
+/// Prints an offer that was not paid (`--no-pay`).
+pub fn print_offer(offer: &gate402_client::Offer) -> Result<()> {
+    let mut schemes = Vec::new();
+    if offer.l402.is_some() {
+        schemes.push("L402");
+    }
+    if offer.payment.is_some() {
+        schemes.push("MPP");
+    }
+    let description = match offer.invoice.description() {
+        gate402_bolt11::Description::Text(text) => text,
+        gate402_bolt11::Description::Hash(hash) => format!("(hash {})", hex::encode(hash)),
     };
-    let network = wallet.network().await?;
+    let report = json!({
+        "price_sats": offer.amount_msat().map(|m| m.div_ceil(1000)),
+        "schemes": schemes,
+        "description": description,
+        "network": offer.invoice.network().as_str(),
+        "expires_at": offer.invoice.expires_at(),
+        "payment_hash": hex::encode(offer.invoice.payment_hash()),
+        "invoice": offer.bolt11,
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// Says on standard error what a request paid.
+pub fn report_payment(paid: &gate402_client::PaymentEntry) {
+    eprintln!(
+        "gate402: paid {} sat (+{} msat fee) with {} for {}",
+        paid.amount_msat / 1000,
+        paid.fee_msat,
+        paid.scheme,
+        paid.url
+    );
+}
+
+async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
+    let prefer = args.prefer.as_deref().map(|p| {
+        if p == "mpp" {
+            Prefer::Mpp
+        } else {
+            Prefer::L402
+        }
+    });
+    let payer = args.pay.payer(prefer, data_dir).await?;
     let http = reqwest::Client::builder()
         .danger_accept_invalid_certs(args.insecure)
         .redirect(if args.follow {
@@ -157,62 +243,13 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
         request = request.body(body);
     }
     let request = request.build().context("URL")?;
-    let client = Client {
-        http,
-        payer: Payer {
-            wallet,
-            policy: Policy {
-                max_cost_sats: args.max_cost.or(config.max_cost_sats).unwrap_or(1000),
-                max_fee_sats: args.max_fee.or(config.max_fee_sats).unwrap_or(10),
-                network,
-                budget: config.budget,
-            },
-            ledger: Arc::new(Ledger::open(&ledger_path(data_dir))?),
-            prefer: args.prefer.as_deref().map(|p| {
-                if p == "mpp" {
-                    Prefer::Mpp
-                } else {
-                    Prefer::L402
-                }
-            }),
-            pay: !args.no_pay,
-        },
-    };
+    let client = Client { http, payer };
     let (response, payment) = match client.fetch(request).await? {
-        Fetched::Offer(offer) => {
-            let mut schemes = Vec::new();
-            if offer.l402.is_some() {
-                schemes.push("L402");
-            }
-            if offer.payment.is_some() {
-                schemes.push("MPP");
-            }
-            let description = match offer.invoice.description() {
-                gate402_bolt11::Description::Text(text) => text,
-                gate402_bolt11::Description::Hash(hash) => format!("(hash {})", hex::encode(hash)),
-            };
-            let report = json!({
-                "price_sats": offer.amount_msat().map(|m| m.div_ceil(1000)),
-                "schemes": schemes,
-                "description": description,
-                "network": offer.invoice.network().as_str(),
-                "expires_at": offer.invoice.expires_at(),
-                "payment_hash": hex::encode(offer.invoice.payment_hash()),
-                "invoice": offer.bolt11,
-            });
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            return Ok(());
-        }
+        Fetched::Offer(offer) => return print_offer(&offer),
         Fetched::Response(response, payment) => (response, payment),
     };
     if let (Some(paid), false) = (&payment, args.silent || args.json) {
-        eprintln!(
-            "gate402: paid {} sat (+{} msat fee) with {} for {}",
-            paid.amount_msat / 1000,
-            paid.fee_msat,
-            paid.scheme,
-            paid.url
-        );
+        report_payment(paid);
     }
     let status = response.status();
     let version = response.version();

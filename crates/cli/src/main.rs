@@ -8,6 +8,7 @@ mod client_config;
 mod decode;
 mod demo;
 mod fetch;
+mod mcp;
 mod node;
 mod report;
 mod sandbox;
@@ -60,6 +61,13 @@ enum Command {
     },
     /// Every payment `get` made, with its receipt, and totals per origin.
     Receipts(fetch::ReceiptsArgs),
+    /// Paid MCP tools: `mcp call URL TOOL --args JSON`.
+    Mcp {
+        #[command(subcommand)]
+        command: mcp::McpCommand,
+    },
+    /// Put the paywall in front of another MCP server (stdio or HTTP).
+    McpProxy(mcp::ProxyArgs),
     /// Operate the embedded ldk Lightning node.
     Node {
         /// Config file with an `[lightning]` table, `backend = "ldk"`.
@@ -99,7 +107,10 @@ fn main() -> ExitCode {
         _ => {}
     }
     // The demo prints its own story; only problems are logged over it.
-    let quiet = !matches!(cli.command, Command::Serve(_) | Command::Node { .. });
+    let quiet = !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Node { .. } | Command::McpProxy(_)
+    );
     init_logging(&cli.log_format, quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -119,6 +130,12 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         };
     }
+    if let Command::Mcp { command } = &cli.command {
+        return match cli.data_dir() {
+            Ok(dir) => runtime.block_on(mcp::run(command, &dir)),
+            Err(e) => fail(e),
+        };
+    }
     match runtime.block_on(run(&cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
@@ -134,6 +151,8 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Sandbox { command } => sandbox::run(command).await,
         Command::Tokens { command } => fetch::tokens(command, &cli.data_dir()?),
         Command::Receipts(args) => fetch::receipts(args, &cli.data_dir()?),
+        Command::McpProxy(args) => mcp::proxy(args, &cli.data_dir()?).await,
+        Command::Mcp { .. } => unreachable!("mcp commands are dispatched above"),
         Command::Get(_)
         | Command::Post(_)
         | Command::Put(_)

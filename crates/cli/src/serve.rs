@@ -68,25 +68,50 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
 /// Runs until SIGINT or SIGTERM; SIGHUP reloads the services from the file.
 pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
     let (config, _demo) = config(args).await?;
-    let gateway = Gateway::start(&config, data_dir).await?;
+    let banner = |url: &str| {
+        let mut text = format!(
+            "gate402 on {url}: sandbox Lightning backend (TEST MONEY) in front of the demo API\n\n"
+        );
+        text += &format!(
+            "  curl -i {url}/api/weather?city=Oslo          # 402: an invoice and two challenges\n"
+        );
+        text +=
+            &format!("  gate402 sandbox pay --url {url} <invoice>    # pay it with the sandbox\n");
+        text += &format!(
+            "  curl -H 'Authorization: L402 <macaroon>:<preimage>' {url}/api/weather?city=Oslo\n"
+        );
+        text +=
+            &format!("  gate402 get {url}/api/weather?city=Oslo      # or let the client pay\n");
+        text += &format!("  gate402 mcp call {url}/mcp weather --args '{{\"city\":\"Oslo\"}}'   # the same as an MCP tool\n");
+        text += &format!(
+            "  gate402 demo --url {url}                     # the whole loop, step by step\n"
+        );
+        text += &format!("\n  discovery: {url}/.well-known/l402-services  {url}/.well-known/mcp  {url}/openapi.json  metrics: {url}/metrics\n");
+        text
+    };
+    let banner: Option<&dyn Fn(&str) -> String> = if args.config.is_none() {
+        Some(&banner)
+    } else {
+        None
+    };
+    serve(&config, args.config.clone(), banner, data_dir).await
+}
+
+/// Runs `config` until SIGINT or SIGTERM, printing `banner(url)` first;
+/// SIGHUP reloads the services from `config_path`.
+pub async fn serve(
+    config: &GatewayConfig,
+    config_path: Option<PathBuf>,
+    banner: Option<&dyn Fn(&str) -> String>,
+    data_dir: &Path,
+) -> Result<()> {
+    let gateway = Gateway::start(config, data_dir).await?;
     let url = format!("http://{}", gateway.addr());
-    if args.config.is_none() {
-        println!(
-            "gate402 on {url}: sandbox Lightning backend (TEST MONEY) in front of the demo API\n"
-        );
-        println!(
-            "  curl -i {url}/api/weather?city=Oslo          # 402: an invoice and two challenges"
-        );
-        println!("  gate402 sandbox pay --url {url} <invoice>    # pay it with the sandbox");
-        println!(
-            "  curl -H 'Authorization: L402 <macaroon>:<preimage>' {url}/api/weather?city=Oslo"
-        );
-        println!("  gate402 demo --url {url}                     # the whole loop, step by step");
-        println!("\n  discovery: {url}/.well-known/l402-services  {url}/openapi.json  metrics: {url}/metrics\n");
+    if let Some(banner) = banner {
+        println!("{}", banner(&url));
     }
     let shutdown = gateway.shutdown_handle();
     let paywall = gateway.paywall().clone();
-    let config_path = args.config.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut hup), Ok(mut term)) = (

@@ -5,49 +5,17 @@
 //! nothing. Then the same from a Nostr Wallet Connect wallet: a local
 //! relay and a NIP-47 wallet service backed by another regtest node.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
 use std::sync::Arc;
+
+use common::{gate402, gate402_with_env, ok_json, payments};
 
 use gate402_gateway::lightning::Connected;
 use gate402_gateway::{demo, Gateway, GatewayConfig};
 use gate402_lightning::LightningBackend;
 use gate402_regtest::{free_port, ChannelSpec, RegtestNetwork};
 use serde_json::Value;
-
-async fn gate402(data: &Path, args: &[&str]) -> Output {
-    let (data, args): (PathBuf, Vec<String>) = (
-        data.to_owned(),
-        args.iter().map(|a| a.to_string()).collect(),
-    );
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_gate402"))
-            .arg("--data-dir")
-            .arg(&data)
-            .args(&args)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-async fn ok_json(data: &Path, args: &[&str]) -> Value {
-    let out = gate402(data, args).await;
-    assert!(
-        out.status.success(),
-        "gate402 {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-async fn payments(data: &Path) -> Vec<Value> {
-    ok_json(data, &["receipts", "--json"]).await["payments"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn get_pays_the_gateway_on_regtest_with_each_scheme() {
@@ -184,20 +152,8 @@ async fn get_pays_the_gateway_on_regtest_with_each_scheme() {
     .unwrap();
     let weather = format!("{base}/api/weather?city=Quito");
     for _ in 0..2 {
-        let out = tokio::task::spawn_blocking({
-            let (data, weather, uri) = (data.to_owned(), weather.clone(), service.uri());
-            move || {
-                Command::new(env!("CARGO_BIN_EXE_gate402"))
-                    .arg("--data-dir")
-                    .arg(&data)
-                    .args(["get", "-s", &weather])
-                    .env("TEST_NWC_URI", uri)
-                    .output()
-                    .unwrap()
-            }
-        })
-        .await
-        .unwrap();
+        let uri = service.uri();
+        let out = gate402_with_env(data, &["get", "-s", &weather], &[("TEST_NWC_URI", &uri)]).await;
         assert!(
             out.status.success(),
             "{}",

@@ -119,22 +119,22 @@ impl Client {
     }
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// Where a request goes, in the units the ledger keys on.
-struct Endpoint {
-    url: String,
-    origin: String,
-    host: String,
-    path: String,
+pub(crate) struct Endpoint {
+    pub(crate) url: String,
+    pub(crate) origin: String,
+    pub(crate) host: String,
+    pub(crate) path: String,
 }
 
 impl Endpoint {
-    fn of(url: &reqwest::Url) -> Self {
+    pub(crate) fn of(url: &reqwest::Url) -> Self {
         Self {
             url: url.to_string(),
             origin: url.origin().ascii_serialization(),
@@ -198,6 +198,25 @@ impl Payer {
         }
         self.policy.check(&offer, SystemTime::now())?;
         let scheme = self.scheme_for(&offer);
+        let (mut entry, outcome) = self.pay(&endpoint, &offer, scheme).await?;
+        let answer = self
+            .answer(
+                &request, &endpoint, &offer, scheme, &mut entry, &outcome, &send,
+            )
+            .await?;
+        Ok(Fetched::Response(answer, Some(entry)))
+    }
+
+    /// Pays `offer`'s invoice for `endpoint`: written to the ledger as
+    /// pending (within the budget) before it is sent, settled or failed
+    /// once its outcome is known, resolved through the wallet when that
+    /// is not known at once. The caller holds the endpoint's lock.
+    pub(crate) async fn pay(
+        &self,
+        endpoint: &Endpoint,
+        offer: &Offer,
+        scheme: Prefer,
+    ) -> Result<(PaymentEntry, PaymentOutcome), FetchError> {
         let mut entry = PaymentEntry {
             id: 0,
             url: endpoint.url.clone(),
@@ -213,8 +232,6 @@ impl Payer {
             error: None,
             created_at: now(),
         };
-        // Written down before anything is sent: whatever happens next, the
-        // payment is known.
         entry.id = self.ledger.begin_payment(
             &entry,
             &offer.bolt11,
@@ -233,7 +250,7 @@ impl Payer {
             Ok(outcome) => outcome,
             Err(error) if may_be_in_flight(&error) => {
                 match self
-                    .await_outcome(&endpoint, &entry.payment_hash, &offer.bolt11)
+                    .await_outcome(&endpoint.origin, &entry.payment_hash, &offer.bolt11)
                     .await?
                 {
                     PaymentStatus::Succeeded(outcome) => outcome,
@@ -254,12 +271,7 @@ impl Payer {
         entry.amount_msat = outcome.amount_msat;
         entry.fee_msat = outcome.fee_msat;
         entry.status = PaymentState::Paid;
-        let answer = self
-            .answer(
-                &request, &endpoint, &offer, scheme, &mut entry, &outcome, &send,
-            )
-            .await?;
-        Ok(Fetched::Response(answer, Some(entry)))
+        Ok((entry, outcome))
     }
 
     /// Tries the cached token for this endpoint, if any. `None`: no token,
@@ -292,7 +304,7 @@ impl Payer {
         Ok(Some(answer))
     }
 
-    fn scheme_for(&self, offer: &Offer) -> Prefer {
+    pub(crate) fn scheme_for(&self, offer: &Offer) -> Prefer {
         match (self.prefer, &offer.l402, &offer.payment) {
             (Some(Prefer::Mpp), _, Some(_)) | (None, None, Some(_)) => Prefer::Mpp,
             (None, Some(_), Some(_)) if !offer.l402_first => Prefer::Mpp,
@@ -303,7 +315,7 @@ impl Payer {
     /// Asks the wallet how a payment ended, for up to [`RESOLVE_FOR`].
     async fn await_outcome(
         &self,
-        endpoint: &Endpoint,
+        origin: &str,
         payment_hash: &str,
         bolt11: &str,
     ) -> Result<PaymentStatus, FetchError> {
@@ -312,7 +324,7 @@ impl Payer {
             .map_err(|_| LedgerError::corrupt(format!("payment hash {payment_hash:?}")))?;
         let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
         loop {
-            let status = self.wallet.resolve(&endpoint.origin, &hash, bolt11).await?;
+            let status = self.wallet.resolve(origin, &hash, bolt11).await?;
             if status != PaymentStatus::Pending || tokio::time::Instant::now() >= deadline {
                 return Ok(status);
             }
@@ -320,22 +332,17 @@ impl Payer {
         }
     }
 
-    /// Finishes a payment an earlier run left pending: paid → answer the
-    /// request with it; failed or never sent → mark it and go on (`None`).
-    async fn resume<S, F>(
+    /// Finds out how a payment an earlier run left pending ended: paid →
+    /// settled in the ledger and returned with its offer, to answer it
+    /// now; failed or never sent → marked failed (`None`); still in
+    /// flight → [`FetchError::InFlight`].
+    pub(crate) async fn finish_pending(
         &self,
         pending: PendingPayment,
-        request: &Request,
-        endpoint: &Endpoint,
-        send: &S,
-    ) -> Result<Option<Fetched>, FetchError>
-    where
-        S: Fn(Request) -> F + Sync,
-        F: Future<Output = Result<Response, FetchError>> + Send,
-    {
+    ) -> Result<Option<(PaymentEntry, PaymentOutcome, Offer)>, FetchError> {
         let mut entry = pending.entry;
         let outcome = match self
-            .await_outcome(endpoint, &entry.payment_hash, &pending.bolt11)
+            .await_outcome(&entry.origin, &entry.payment_hash, &pending.bolt11)
             .await?
         {
             PaymentStatus::Succeeded(outcome) => outcome,
@@ -356,6 +363,24 @@ impl Payer {
         entry.fee_msat = outcome.fee_msat;
         entry.status = PaymentState::Paid;
         let offer = Offer::from_challenges(pending.challenges.iter().map(String::as_str))?;
+        Ok(Some((entry, outcome, offer)))
+    }
+
+    /// Finishes a pending payment and answers the request with it.
+    async fn resume<S, F>(
+        &self,
+        pending: PendingPayment,
+        request: &Request,
+        endpoint: &Endpoint,
+        send: &S,
+    ) -> Result<Option<Fetched>, FetchError>
+    where
+        S: Fn(Request) -> F + Sync,
+        F: Future<Output = Result<Response, FetchError>> + Send,
+    {
+        let Some((mut entry, outcome, offer)) = self.finish_pending(pending).await? else {
+            return Ok(None);
+        };
         let scheme = if entry.scheme == Prefer::Mpp.as_str() && offer.payment.is_some() {
             Prefer::Mpp
         } else {

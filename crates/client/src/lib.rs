@@ -12,7 +12,8 @@
 //! (amount, cap, network, expiry, [`Budget`]), pays with a [`Wallet`],
 //! retries, keeps paid L402 tokens per origin and path for reuse and
 //! records every payment and receipt in the [`Ledger`]. The same flow runs
-//! inside a `reqwest-middleware` stack as [`PaymentMiddleware`].
+//! inside a `reqwest-middleware` stack as [`PaymentMiddleware`], and for
+//! paid MCP tools as [`Payer::call_tool`].
 //!
 //! Around the payment itself: it is written to the ledger as pending
 //! before it is sent; requests for one endpoint pay one at a time (a file
@@ -22,6 +23,7 @@
 mod budget;
 mod client;
 mod ledger;
+mod mcp;
 mod middleware;
 mod policy;
 mod wallet;
@@ -32,6 +34,7 @@ pub use ledger::{
     BeginError, CachedToken, EndpointLock, Ledger, LedgerError, PaymentEntry, PaymentState,
     PendingPayment,
 };
+pub use mcp::{McpCallError, ToolCall};
 pub use middleware::PaymentMiddleware;
 pub use policy::{Policy, Refusal};
 pub use wallet::{Wallet, PAY_TIMEOUT};

@@ -87,6 +87,8 @@ pub trait ToolUpstream: Send + Sync + 'static {
 #[derive(Clone, Default)]
 pub struct Pricing {
     tools: HashMap<String, Arc<ServiceConfig>>,
+    /// Named with price 0: free even when a default applies.
+    free: std::collections::HashSet<String>,
     default_sats: Option<u64>,
 }
 
@@ -98,30 +100,35 @@ impl Pricing {
                 .into_iter()
                 .map(|(tool, service)| (tool, Arc::new(service)))
                 .collect(),
+            free: Default::default(),
             default_sats: None,
         }
     }
 
     /// Prices per tool name, and a default for the rest (the proxy's).
     pub fn per_tool(prices: &HashMap<String, u64>, default_sats: Option<u64>) -> Self {
-        Self::new(
+        let mut pricing = Self::new(
             prices
                 .iter()
                 .filter(|(_, price)| **price > 0)
                 .map(|(tool, price)| (tool.clone(), charge(tool, *price, tool))),
-        )
-        .with_default(default_sats.filter(|p| *p > 0))
-    }
-
-    fn with_default(mut self, default_sats: Option<u64>) -> Self {
-        self.default_sats = default_sats;
-        self
+        );
+        pricing.free = prices
+            .iter()
+            .filter(|(_, price)| **price == 0)
+            .map(|(tool, _)| tool.clone())
+            .collect();
+        pricing.default_sats = default_sats.filter(|p| *p > 0);
+        pricing
     }
 
     /// The paid service of `tool`, `None` when it is free.
     fn service(&self, tool: &str, description: &str) -> Option<Arc<ServiceConfig>> {
         if let Some(service) = self.tools.get(tool) {
             return Some(service.clone());
+        }
+        if self.free.contains(tool) {
+            return None;
         }
         let price = self.default_sats?;
         // A tool priced only by the default; the proxy also names it in

@@ -1,0 +1,155 @@
+//! `gate402 mcp call`: call a paid MCP tool, paying under the same caps,
+//! wallet and ledger as `gate402 get`; and `gate402 mcp-proxy`: the
+//! paywall in front of another MCP server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
+use gate402_client::ToolCall;
+use gate402_gateway::config::McpProxyConfig;
+use gate402_gateway::GatewayConfig;
+use serde_json::json;
+
+use crate::fetch::{print_offer, report_payment, run_paying, PayOptions};
+
+/// `gate402 mcp …`.
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Call a tool of an MCP server (streamable HTTP), paying what it asks.
+    Call(CallArgs),
+}
+
+/// `gate402 mcp call URL TOOL --args JSON`.
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// The server's MCP endpoint (`https://host/mcp`).
+    pub url: String,
+    /// The tool's name.
+    pub tool: String,
+    /// The arguments, a JSON object.
+    #[arg(long, default_value = "{}", value_name = "JSON")]
+    pub args: String,
+    /// Print the whole result (content, structuredContent, _meta) and the payment as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Spending limits and the wallet.
+    #[command(flatten)]
+    pub pay: PayOptions,
+}
+
+/// Runs an `mcp` command.
+pub async fn run(command: &McpCommand, data_dir: &Path) -> ExitCode {
+    match command {
+        McpCommand::Call(args) => run_paying(data_dir, call(args, data_dir)).await,
+    }
+}
+
+async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
+    let url = reqwest::Url::parse(&args.url).with_context(|| format!("{:?}", args.url))?;
+    let arguments = match serde_json::from_str(&args.args) {
+        Ok(serde_json::Value::Object(object)) => object,
+        _ => bail!("--args must be a JSON object, as in --args '{{\"city\": \"Oslo\"}}'"),
+    };
+    let payer = args.pay.payer(None, data_dir).await?;
+    let (result, payment) = match payer.call_tool(&url, &args.tool, arguments).await? {
+        ToolCall::Offer(offer) => return print_offer(&offer),
+        ToolCall::Result(result, payment) => (result, payment),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"result": result, "payment": payment}))?
+        );
+    } else {
+        if let Some(paid) = &payment {
+            report_payment(paid);
+        }
+        for block in &result.content {
+            match block.as_text() {
+                Some(text) => println!("{}", text.text),
+                None => println!("{}", serde_json::to_string(block)?),
+            }
+        }
+    }
+    if result.is_error == Some(true) {
+        bail!("the tool reported an error");
+    }
+    Ok(())
+}
+
+/// `gate402 mcp-proxy`: the paywall in front of another MCP server.
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// A gateway config with an `[mcp_proxy]` table (and listen,
+    /// lightning, store, mpp as for `serve`).
+    #[arg(long, short, env = "GATE402_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The upstream MCP server over streamable HTTP (instead of the config's).
+    #[arg(long, value_name = "URL", conflicts_with = "command")]
+    pub url: Option<String>,
+    /// The price of every tool, in satoshis (instead of the config's default).
+    #[arg(long, value_name = "SATS")]
+    pub price: Option<u64>,
+    /// Listen address, overriding the config's.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// The upstream MCP server as a command speaking stdio, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// Builds the config and runs the gateway with `/mcp` in front of the upstream.
+pub async fn proxy(args: &ProxyArgs, data_dir: &Path) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => GatewayConfig::load(path).map_err(|e| anyhow!("{e}"))?,
+        None => GatewayConfig::default_with_services(Vec::new()),
+    };
+    let mut proxy = config.mcp_proxy.take().unwrap_or_default();
+    if let Some(url) = &args.url {
+        proxy = McpProxyConfig {
+            url: Some(url.clone()),
+            command: None,
+            ..proxy
+        };
+    }
+    if !args.command.is_empty() {
+        proxy = McpProxyConfig {
+            url: None,
+            command: Some(args.command.clone()),
+            ..proxy
+        };
+    }
+    if let Some(price) = args.price {
+        proxy.default_price_sats = Some(price);
+    }
+    if proxy.url.is_none() && proxy.command.is_none() {
+        bail!("no upstream MCP server: give --url URL, `-- COMMAND ARGS…`, or [mcp_proxy] in --config");
+    }
+    if proxy.default_price_sats.is_none() && proxy.prices.is_empty() {
+        bail!("no prices: give --price SATS or [mcp_proxy] prices in --config (every tool would be free)");
+    }
+    config.mcp_proxy = Some(proxy);
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let banner = |url: &str| {
+        format!(
+            "gate402 mcp-proxy on {url}/mcp ({})",
+            match &config.mcp_proxy {
+                Some(McpProxyConfig {
+                    url: Some(upstream),
+                    ..
+                }) => format!("upstream {upstream}"),
+                Some(McpProxyConfig {
+                    command: Some(command),
+                    ..
+                }) => format!("upstream `{}` on stdio", command.join(" ")),
+                _ => String::new(),
+            }
+        )
+    };
+    crate::serve::serve(&config, args.config.clone(), Some(&banner), data_dir).await
+}

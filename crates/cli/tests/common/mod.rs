@@ -1,0 +1,54 @@
+//! What the CLI's integration tests share: running the binary on a data
+//! dir and reading its ledger.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// Runs `gate402 --data-dir DATA ARGS…` off the async runtime.
+pub async fn gate402(data: &Path, args: &[&str]) -> Output {
+    gate402_with_env(data, args, &[]).await
+}
+
+/// Like [`gate402`], with extra environment variables.
+pub async fn gate402_with_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let data: PathBuf = data.to_owned();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_gate402"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(&args)
+            .envs(env)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs `gate402`, asserts success, and parses standard output as JSON.
+pub async fn ok_json(data: &Path, args: &[&str]) -> Value {
+    let out = gate402(data, args).await;
+    assert!(
+        out.status.success(),
+        "gate402 {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The client ledger's payments.
+pub async fn payments(data: &Path) -> Vec<Value> {
+    ok_json(data, &["receipts", "--json"]).await["payments"]
+        .as_array()
+        .unwrap()
+        .clone()
+}

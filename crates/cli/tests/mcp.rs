@@ -1,0 +1,313 @@
+//! Paid MCP tools from the outside: the official TypeScript MCP SDK as a
+//! client of the gateway's `/mcp`, `gate402 mcp call` under the client's
+//! caps and ledger, and `gate402 mcp-proxy` in front of an MCP server
+//! built here with rmcp.
+
+mod common;
+
+use std::future::IntoFuture;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{gate402, ok_json, payments};
+use gate402_gateway::{demo, Gateway, GatewayConfig};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler};
+use serde_json::{json, Value};
+
+async fn demo_gateway() -> (Gateway, String) {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config =
+        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.tools = demo::tools();
+    let dir = tempfile::tempdir().unwrap().keep();
+    let gateway = Gateway::start(&config, &dir).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    (gateway, base)
+}
+
+/// The TypeScript SDK, installed from npm once into the cache.
+fn typescript_sdk() -> PathBuf {
+    let cache = std::env::var_os("GATE402_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dirs_cache().join("gate402"));
+    let dir = cache.join("npm").join("mcp-ts");
+    let sdk = dir.join("node_modules/@modelcontextprotocol/sdk");
+    if !sdk.join("package.json").exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp-ts/package.json");
+        std::fs::copy(manifest, dir.join("package.json")).unwrap();
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .status()
+            .expect("npm is needed to install @modelcontextprotocol/sdk");
+        assert!(
+            status.success(),
+            "npm install @modelcontextprotocol/sdk failed"
+        );
+    }
+    sdk
+}
+
+fn dirs_cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_typescript_mcp_sdk_pays_for_tools() {
+    let sdk = tokio::task::spawn_blocking(typescript_sdk).await.unwrap();
+    let (gateway, base) = demo_gateway().await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp-ts/client.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(&base)
+        .arg(&sdk)
+        .output()
+        .await
+        .expect("node is needed for the TypeScript SDK test");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["tools"],
+        json!([
+            {"name": "weather", "price": "10"},
+            {"name": "translate", "price": "25"},
+            {"name": "create_payment", "price": null},
+        ])
+    );
+    assert_eq!(report["unpaid"], json!({"code": -32042, "httpStatus": 402}));
+    let weather: Value = serde_json::from_str(report["paid"]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(weather["city"], "Oslo");
+    assert_eq!(
+        report["paid"]["receipt"]["challengeId"],
+        report["paid"]["challengeId"]
+    );
+    assert_eq!(report["paid"]["receipt"]["status"], "success");
+    assert_eq!(
+        report["replay"],
+        json!({"code": -32043, "freshChallenge": true})
+    );
+    assert_eq!(report["crossTool"]["code"], -32043);
+    assert_eq!(report["paymentId"]["amountSats"], 10);
+    assert!(report["paymentId"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Lima"));
+    assert_eq!(report["paymentId"]["receipt"]["status"], "success");
+    assert_eq!(report["paymentIdReplay"]["code"], -32043);
+    assert_eq!(report["paymentIdOtherTool"]["code"], -32043);
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gate402_mcp_call_pays_within_the_caps() {
+    let (gateway, base) = demo_gateway().await;
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    let mcp = format!("{base}/mcp");
+    let report = ok_json(
+        data,
+        &[
+            "mcp",
+            "call",
+            &mcp,
+            "weather",
+            "--args",
+            r#"{"city":"Oslo"}"#,
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(report["result"]["structuredContent"]["city"], "Oslo");
+    let receipt = &report["result"]["_meta"]["org.paymentauth/receipt"];
+    assert_eq!(receipt["status"], "success");
+    assert_eq!(report["payment"]["scheme"], "Payment");
+    let paid = payments(data).await;
+    assert_eq!(paid.len(), 1);
+    assert_eq!(paid[0]["amount_msat"], 10_000);
+    assert_eq!(paid[0]["status"], "paid");
+    assert!(paid[0]["receipt"].as_str().unwrap().contains("challengeId"));
+    assert!(paid[0]["url"].as_str().unwrap().ends_with("/mcp#weather"));
+
+    // Over the cap: refused before paying, with get's exit code.
+    let out = gate402(
+        data,
+        &[
+            "mcp",
+            "call",
+            &mcp,
+            "translate",
+            "--args",
+            r#"{"text":"a","to":"fr"}"#,
+            "--max-cost",
+            "20",
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --no-pay: the price, nothing paid.
+    let offer = ok_json(
+        data,
+        &[
+            "mcp",
+            "call",
+            &mcp,
+            "translate",
+            "--args",
+            r#"{"text":"a","to":"fr"}"#,
+            "--no-pay",
+        ],
+    )
+    .await;
+    assert_eq!(offer["price_sats"], 25);
+    assert_eq!(offer["schemes"], json!(["MPP"]));
+    // A tool the server does not have: its error, nothing paid.
+    let out = gate402(data, &["mcp", "call", &mcp, "nope"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no tool named"));
+    assert_eq!(payments(data).await.len(), 1);
+    gateway.shutdown().await.unwrap();
+}
+
+/// An MCP server of our own: `echo` (priced by the proxy) and `ping`
+/// (free through it).
+#[derive(Clone)]
+struct EchoServer;
+
+impl ServerHandler for EchoServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let schema = |v: Value| Arc::new(v.as_object().unwrap().clone());
+        Ok(ListToolsResult::with_all_items(vec![
+            Tool::new(
+                "echo",
+                "Echoes its text",
+                schema(json!({"type": "object", "properties": {"text": {"type": "string"}}})),
+            ),
+            Tool::new("ping", "Answers pong", schema(json!({"type": "object"}))),
+        ]))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let text = match request.name.as_ref() {
+            "echo" => request
+                .arguments
+                .and_then(|a| a.get("text").cloned())
+                .and_then(|t| t.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            "ping" => "pong".to_owned(),
+            other => return Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
+        };
+        Ok(CallToolResult::success(vec![ContentBlock::text(text)]).into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_proxy_charges_for_the_tools_of_another_server() {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let upstream = StreamableHttpService::new(
+        || Ok(EchoServer),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(
+        axum::serve(listener, axum::Router::new().nest_service("/mcp", upstream)).into_future(),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = gate402_regtest::free_port();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n[mcp_proxy]\nurl = \"{upstream_url}\"\ndefault_price_sats = 7\n[mcp_proxy.prices]\nping = 0\n"
+        ),
+    )
+    .unwrap();
+    let mut proxy = tokio::process::Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .arg("--data-dir")
+        .arg(dir.path().join("gateway"))
+        .args(["mcp-proxy", "--config"])
+        .arg(&config)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let mut described = Value::Null;
+    for _ in 0..100 {
+        if let Ok(response) = http.get(format!("{base}/.well-known/mcp")).send().await {
+            described = response.json().await.unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(described["tools"][0]["name"], "echo", "{described}");
+    assert_eq!(described["tools"][0]["price"]["amount"], "7");
+    assert_eq!(described["tools"][1]["price"], Value::Null, "ping is free");
+
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    let mcp = format!("{base}/mcp");
+    let report = ok_json(
+        data,
+        &[
+            "mcp",
+            "call",
+            &mcp,
+            "echo",
+            "--args",
+            r#"{"text":"through the proxy"}"#,
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(report["result"]["content"][0]["text"], "through the proxy");
+    assert_eq!(
+        report["result"]["_meta"]["org.paymentauth/receipt"]["status"],
+        "success"
+    );
+    assert_eq!(report["payment"]["amount_msat"], 7_000);
+    let free = ok_json(data, &["mcp", "call", &mcp, "ping", "--json"]).await;
+    assert_eq!(free["result"]["content"][0]["text"], "pong");
+    assert_eq!(free["payment"], Value::Null);
+    assert_eq!(payments(data).await.len(), 1, "only echo was paid for");
+    proxy.start_kill().unwrap();
+    let _ = proxy.wait().await;
+}

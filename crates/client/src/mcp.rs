@@ -1,0 +1,182 @@
+//! Calling paid MCP tools: the payment transport's `-32042` is paid like a
+//! 402, under the same policy, budgets, lock and ledger, and the call is
+//! made again with the credential in `_meta`.
+
+use std::time::SystemTime;
+
+use gate402_mpp::lightning::PreimagePayload;
+use gate402_mpp::mcp::{
+    self as wire, CREDENTIAL_META_KEY, PAYMENT_REQUIRED_CODE, PAYMENT_VERIFICATION_FAILED_CODE,
+    RECEIPT_META_KEY,
+};
+use gate402_mpp::PaymentCredential;
+use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject, RequestMetaObject};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{RoleClient, ServiceError, ServiceExt};
+use serde_json::Value;
+
+use crate::client::{Endpoint, Prefer};
+use crate::{FetchError, Offer, Payer, PaymentEntry};
+
+/// What a tool call produced.
+// One per call and moved once: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum ToolCall {
+    /// The tool's result, and the payment if this call paid.
+    Result(CallToolResult, Option<PaymentEntry>),
+    /// The tool's price, unpaid (the payer does not pay).
+    Offer(Box<Offer>),
+}
+
+/// Why a tool call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum McpCallError {
+    /// The server could not be reached or did not speak MCP.
+    #[error("MCP server: {0}")]
+    Connect(String),
+    /// The server answered the call with an error.
+    #[error("tool error {code}: {message}")]
+    Tool {
+        /// The JSON-RPC code.
+        code: i32,
+        /// Its message.
+        message: String,
+        /// Its data.
+        data: Option<Value>,
+    },
+    /// The payment required no Lightning charge this client can pay.
+    #[error("the server asked for payment but offered no Lightning charge challenge")]
+    NoLightningChallenge,
+    /// Paying failed, was refused, or the ledger failed.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+fn params(tool: &str, arguments: &JsonObject, credential: Option<Value>) -> CallToolRequestParams {
+    let mut params = CallToolRequestParams::new(tool.to_owned());
+    params.arguments = Some(arguments.clone());
+    if let Some(credential) = credential {
+        let mut meta = RequestMetaObject::new();
+        meta.insert(CREDENTIAL_META_KEY.to_owned(), credential);
+        params.meta = Some(meta);
+    }
+    params
+}
+
+fn tool_error(error: ServiceError) -> McpCallError {
+    match error {
+        ServiceError::McpError(e) => McpCallError::Tool {
+            code: e.code.0,
+            message: e.message.into_owned(),
+            data: e.data,
+        },
+        other => McpCallError::Connect(other.to_string()),
+    }
+}
+
+impl Payer {
+    /// Calls `tool` on the MCP server at `url` (streamable HTTP), paying
+    /// what it asks within the policy.
+    pub async fn call_tool(
+        &self,
+        url: &reqwest::Url,
+        tool: &str,
+        arguments: JsonObject,
+    ) -> Result<ToolCall, McpCallError> {
+        let client: RunningService<RoleClient, ()> = ()
+            .serve(StreamableHttpClientTransport::from_uri(url.as_str()))
+            .await
+            .map_err(|e| McpCallError::Connect(e.to_string()))?;
+        let outcome = self.call_paying(&client, url, tool, &arguments).await;
+        let _ = client.cancel().await;
+        outcome
+    }
+
+    async fn call_paying(
+        &self,
+        client: &RunningService<RoleClient, ()>,
+        url: &reqwest::Url,
+        tool: &str,
+        arguments: &JsonObject,
+    ) -> Result<ToolCall, McpCallError> {
+        let data = match client.call_tool(params(tool, arguments, None)).await {
+            Ok(result) => return Ok(ToolCall::Result(result, None)),
+            Err(ServiceError::McpError(e))
+                if e.code.0 == PAYMENT_REQUIRED_CODE
+                    || e.code.0 == PAYMENT_VERIFICATION_FAILED_CODE =>
+            {
+                e.data.unwrap_or_default()
+            }
+            Err(other) => return Err(tool_error(other)),
+        };
+        let headers: Vec<String> = wire::extract_challenges_from_data(&data)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| gate402_mpp::challenge::to_header(c).ok())
+            .collect();
+        let offer =
+            Offer::from_challenges(headers.iter().map(String::as_str)).map_err(FetchError::from)?;
+        if offer.payment.is_none() {
+            return Err(McpCallError::NoLightningChallenge);
+        }
+        if !self.pay {
+            return Ok(ToolCall::Offer(Box::new(offer)));
+        }
+        self.policy
+            .check(&offer, SystemTime::now())
+            .map_err(FetchError::from)?;
+        // One endpoint per tool, so the ledger, budgets and lock see calls
+        // of one tool as requests to one route.
+        let mut endpoint = Endpoint::of(url);
+        endpoint.path = format!("{}#{tool}", endpoint.path);
+        endpoint.url = format!("{url}#{tool}");
+        let _lock = self
+            .ledger
+            .lock_endpoint(&endpoint.origin, &endpoint.path)
+            .await
+            .map_err(FetchError::from)?;
+        // A payment an earlier run left pending is used, not repeated.
+        let mut paid = None;
+        for pending in self
+            .ledger
+            .pending(Some((&endpoint.origin, &endpoint.path)))
+            .map_err(FetchError::from)?
+        {
+            if let Some(finished) = self.finish_pending(pending).await? {
+                paid = Some(finished);
+                break;
+            }
+        }
+        let (mut entry, outcome, offer) = match paid {
+            Some(finished) => finished,
+            None => {
+                let (entry, outcome) = self.pay(&endpoint, &offer, Prefer::Mpp).await?;
+                (entry, outcome, offer)
+            }
+        };
+        let challenge = offer
+            .payment
+            .as_ref()
+            .ok_or(McpCallError::NoLightningChallenge)?;
+        let credential =
+            PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(&outcome.preimage));
+        let credential = wire::credential_value(&credential)
+            .map_err(|e| McpCallError::Connect(format!("credential: {e}")))?;
+        let result = client
+            .call_tool(params(tool, arguments, Some(credential)))
+            .await
+            .map_err(tool_error)?;
+        let receipt = result
+            .meta
+            .as_ref()
+            .and_then(|meta| meta.get(RECEIPT_META_KEY))
+            .map(Value::to_string);
+        self.ledger
+            .attach_receipt(entry.id, Prefer::Mpp.as_str(), receipt.as_deref())
+            .map_err(FetchError::from)?;
+        entry.receipt = receipt.or(entry.receipt);
+        Ok(ToolCall::Result(result, Some(entry)))
+    }
+}
