@@ -169,7 +169,8 @@ fn init_logging(format: &str, quiet: bool) {
     let default = if quiet {
         "error"
     } else {
-        "warn,gate402=info,gate402_gateway=info"
+        // rmcp warns on every JSON-RPC error answered, and an unpaid call is one.
+        "warn,rmcp=error,gate402=info,gate402_gateway=info"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -233,6 +233,76 @@ impl ServerHandler for EchoServer {
     }
 }
 
+/// Starts `gate402 mcp-proxy ARGS… --listen` on a free port; waits until
+/// it describes its tools and returns its base URL and the description.
+async fn start_proxy(data: &Path, args: &[&str]) -> (tokio::process::Child, String, Value) {
+    let port = gate402_regtest::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (options, command) = match args.iter().position(|a| *a == "--") {
+        Some(i) => args.split_at(i),
+        None => (args, &[][..]),
+    };
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("mcp-proxy")
+        .args(options)
+        .args(["--listen", &listen])
+        .args(command)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://{listen}");
+    let http = reqwest::Client::new();
+    for _ in 0..150 {
+        if let Ok(response) = http.get(format!("{base}/.well-known/mcp")).send().await {
+            let described = response.json().await.unwrap();
+            return (child, base, described);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("gate402 mcp-proxy {args:?} did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_proxy_charges_for_a_stdio_server() {
+    let sdk = tokio::task::spawn_blocking(typescript_sdk).await.unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp-ts/stdio-server.mjs");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proxy, base, described) = start_proxy(
+        &dir.path().join("gateway"),
+        &[
+            "--price",
+            "3",
+            "--",
+            "node",
+            script.to_str().unwrap(),
+            sdk.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(described["tools"][0]["name"], "shout", "{described}");
+    assert_eq!(described["tools"][0]["price"]["amount"], "3");
+    let client = tempfile::tempdir().unwrap();
+    let report = ok_json(
+        client.path(),
+        &[
+            "mcp",
+            "call",
+            &format!("{base}/mcp"),
+            "shout",
+            "--args",
+            r#"{"text":"over stdio"}"#,
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(report["result"]["content"][0]["text"], "OVER STDIO");
+    assert_eq!(report["payment"]["amount_msat"], 3_000);
+    proxy.start_kill().unwrap();
+    let _ = proxy.wait().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn mcp_proxy_charges_for_the_tools_of_another_server() {
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -251,33 +321,19 @@ async fn mcp_proxy_charges_for_the_tools_of_another_server() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let port = gate402_regtest::free_port();
     let config = dir.path().join("proxy.toml");
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\n[mcp_proxy]\nurl = \"{upstream_url}\"\ndefault_price_sats = 7\n[mcp_proxy.prices]\nping = 0\n"
+            "[mcp_proxy]\nurl = \"{upstream_url}\"\ndefault_price_sats = 7\n[mcp_proxy.prices]\nping = 0\n"
         ),
     )
     .unwrap();
-    let mut proxy = tokio::process::Command::new(env!("CARGO_BIN_EXE_gate402"))
-        .arg("--data-dir")
-        .arg(dir.path().join("gateway"))
-        .args(["mcp-proxy", "--config"])
-        .arg(&config)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let mut described = Value::Null;
-    for _ in 0..100 {
-        if let Ok(response) = http.get(format!("{base}/.well-known/mcp")).send().await {
-            described = response.json().await.unwrap();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (mut proxy, base, described) = start_proxy(
+        &dir.path().join("gateway"),
+        &["--config", config.to_str().unwrap()],
+    )
+    .await;
     assert_eq!(described["tools"][0]["name"], "echo", "{described}");
     assert_eq!(described["tools"][0]["price"]["amount"], "7");
     assert_eq!(described["tools"][1]["price"], Value::Null, "ping is free");

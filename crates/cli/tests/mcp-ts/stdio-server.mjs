@@ -1,0 +1,22 @@
+// An MCP server on stdio, written with the official TypeScript SDK: the
+// upstream that `gate402 mcp-proxy -- node stdio-server.mjs <SDK dir>`
+// charges for. One tool, `shout`, upper-cases its text.
+const [sdk] = process.argv.slice(2);
+const { Server } = await import(`${sdk}/dist/esm/server/index.js`);
+const { StdioServerTransport } = await import(`${sdk}/dist/esm/server/stdio.js`);
+const { ListToolsRequestSchema, CallToolRequestSchema } = await import(`${sdk}/dist/esm/types.js`);
+
+const server = new Server({ name: 'shout', version: '1.0.0' }, { capabilities: { tools: {} } });
+server.setRequestHandler(ListToolsRequestSchema, async () => ({
+  tools: [
+    {
+      name: 'shout',
+      description: 'Upper-cases its text',
+      inputSchema: { type: 'object', properties: { text: { type: 'string' } }, required: ['text'] },
+    },
+  ],
+}));
+server.setRequestHandler(CallToolRequestSchema, async (request) => ({
+  content: [{ type: 'text', text: String(request.params.arguments?.text ?? '').toUpperCase() }],
+}));
+await server.connect(new StdioServerTransport());
