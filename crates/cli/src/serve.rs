@@ -48,9 +48,15 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
     match GatewayConfig::load(path) {
         Ok(config) => {
             println!(
-                "{}: ok ({} services, lightning backend {}, listen {})",
+                "{}: ok ({} services, {} MCP tools{}, lightning backend {}, listen {})",
                 path.display(),
                 config.services.len(),
+                config.tools.len(),
+                if config.mcp_proxy.is_some() {
+                    ", an MCP proxy"
+                } else {
+                    ""
+                },
                 config.lightning.name(),
                 config.listen
             );
