@@ -29,7 +29,7 @@ fn the_commented_example_is_valid() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("ok (2 services, lightning backend sandbox"),
+        stdout.contains("ok (2 services, 1 MCP tools, lightning backend sandbox"),
         "{stdout}"
     );
 }
