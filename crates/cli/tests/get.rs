@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
-use gate402_gateway::{demo, Gateway, GatewayConfig};
+use gate402_gateway::{demo, Gateway};
 use gate402_l402::{mint, L402Challenge, Scheme};
 use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
 use serde_json::Value;
@@ -47,9 +47,7 @@ async fn payments(data: &std::path::Path) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn pays_once_reuses_the_token_and_keeps_a_ledger() {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config =
-        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let config = demo::config(upstream);
     let gw_dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
     let base = format!("http://{}", gateway.addr());
@@ -251,9 +249,7 @@ async fn refuses_what_it_must_not_pay() {
 
 async fn demo_gateway() -> (Gateway, String, tokio::task::JoinHandle<()>) {
     let (upstream, task) = demo::start_upstream().await.unwrap();
-    let mut config =
-        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let config = demo::config(upstream);
     let dir = tempfile::tempdir().unwrap().keep();
     let gateway = Gateway::start(&config, &dir).await.unwrap();
     let base = format!("http://{}", gateway.addr());

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{gate402, ok_json, payments};
-use gate402_gateway::{demo, Gateway, GatewayConfig};
+use gate402_gateway::{demo, Gateway};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -23,10 +23,7 @@ use serde_json::{json, Value};
 
 async fn demo_gateway() -> (Gateway, String) {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config =
-        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.tools = demo::tools();
+    let config = demo::config(upstream);
     let dir = tempfile::tempdir().unwrap().keep();
     let gateway = Gateway::start(&config, &dir).await.unwrap();
     let base = format!("http://{}", gateway.addr());

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gate402_client::Offer;
 use gate402_gateway::lightning::Connected;
-use gate402_gateway::{demo, Gateway, GatewayConfig};
+use gate402_gateway::{demo, Gateway};
 use gate402_lightning::LightningBackend;
 use gate402_regtest::{ChannelSpec, RegtestNetwork};
 use reqwest::header::AUTHORIZATION;
@@ -49,9 +49,7 @@ async fn a_node_pays_the_gateway_on_regtest() {
     let merchant: Arc<dyn LightningBackend> = network.nodes[1].node.clone();
 
     let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config =
-        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let config = demo::config(upstream);
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start_with(
         &config,

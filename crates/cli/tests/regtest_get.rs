@@ -12,7 +12,7 @@ use std::sync::Arc;
 use common::{gate402, gate402_with_env, ok_json, payments};
 
 use gate402_gateway::lightning::Connected;
-use gate402_gateway::{demo, Gateway, GatewayConfig};
+use gate402_gateway::{demo, Gateway};
 use gate402_lightning::LightningBackend;
 use gate402_regtest::{free_port, ChannelSpec, RegtestNetwork};
 use serde_json::Value;
@@ -32,9 +32,7 @@ async fn get_pays_the_gateway_on_regtest_with_each_scheme() {
     .await;
     let merchant: Arc<dyn LightningBackend> = network.nodes[1].node.clone();
     let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config =
-        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let config = demo::config(upstream);
     let gw_dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start_with(
         &config,

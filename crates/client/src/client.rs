@@ -266,12 +266,22 @@ impl Payer {
                 return Err(error.into());
             }
         };
+        self.settle(&mut entry, &outcome)?;
+        Ok((entry, outcome))
+    }
+
+    /// Marks a payment paid, in the ledger and in `entry`.
+    fn settle(
+        &self,
+        entry: &mut PaymentEntry,
+        outcome: &PaymentOutcome,
+    ) -> Result<(), LedgerError> {
         self.ledger
             .settle_payment(entry.id, outcome.amount_msat, outcome.fee_msat)?;
         entry.amount_msat = outcome.amount_msat;
         entry.fee_msat = outcome.fee_msat;
         entry.status = PaymentState::Paid;
-        Ok((entry, outcome))
+        Ok(())
     }
 
     /// Tries the cached token for this endpoint, if any. `None`: no token,
@@ -357,11 +367,7 @@ impl Payer {
                 return Ok(None);
             }
         };
-        self.ledger
-            .settle_payment(entry.id, outcome.amount_msat, outcome.fee_msat)?;
-        entry.amount_msat = outcome.amount_msat;
-        entry.fee_msat = outcome.fee_msat;
-        entry.status = PaymentState::Paid;
+        self.settle(&mut entry, &outcome)?;
         let offer = Offer::from_challenges(pending.challenges.iter().map(String::as_str))?;
         Ok(Some((entry, outcome, offer)))
     }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use gate402_client::{Budget, Ledger, Payer, PaymentMiddleware, Policy, Wallet};
-use gate402_gateway::{demo, Gateway, GatewayConfig};
+use gate402_gateway::{demo, Gateway};
 
 fn payer(ledger: Arc<Ledger>, max_cost_sats: u64) -> Payer {
     Payer {
@@ -25,9 +25,7 @@ fn payer(ledger: Arc<Ledger>, max_cost_sats: u64) -> Payer {
 #[tokio::test(flavor = "multi_thread")]
 async fn middleware_pays_once_for_many_requests_and_keeps_the_cap() {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config =
-        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let config = demo::config(upstream);
     let gw_dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
     let base = format!("http://{}", gateway.addr());

@@ -3,7 +3,7 @@
 //! the `paymentId` flow, each bound to its tool and spent once.
 
 use gate402_gateway::config::ToolConfig;
-use gate402_gateway::{demo, Gateway, GatewayConfig};
+use gate402_gateway::{demo, Gateway};
 use gate402_lightning_sandbox::http::pay_via;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ErrorCode, RequestMetaObject};
 use rmcp::service::RunningService;
@@ -23,10 +23,7 @@ struct Harness {
 
 async fn start() -> Harness {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config =
-        GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.tools = demo::tools();
+    let mut config = demo::config(upstream);
     // A second tool on the same service at the same price: only the
     // binding of a payment to its tool tells them apart.
     config.tools.push(ToolConfig {
