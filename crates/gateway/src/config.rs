@@ -37,6 +37,8 @@ pub struct GatewayConfig {
     pub tools: Vec<ToolConfig>,
     /// Another MCP server whose tools `/mcp` serves, priced here.
     pub mcp_proxy: Option<McpProxyConfig>,
+    /// Rate limits and the cap on unpaid invoices.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// `[mcp_proxy]`: the paywall in front of another MCP server.
@@ -333,6 +335,7 @@ impl GatewayConfig {
             services,
             tools: Vec::new(),
             mcp_proxy: None,
+            limits: Default::default(),
         }
     }
 
@@ -538,6 +541,7 @@ impl Checker {
                 "services",
                 "tools",
                 "mcp_proxy",
+                "limits",
             ],
         );
         let mut config = GatewayConfig::default_with_services(Vec::new());
@@ -657,6 +661,29 @@ impl Checker {
                     &format!("services[{i}].name"),
                     format!("{:?} is used by an earlier service", service.name),
                 );
+            }
+        }
+        if root.contains_key("limits") {
+            if let Some(limits) = self.get::<crate::limits::LimitsConfig>(root, "", "limits") {
+                for (key, value) in [
+                    (
+                        "client_requests_per_second",
+                        limits.client_requests_per_second,
+                    ),
+                    (
+                        "service_requests_per_second",
+                        limits.service_requests_per_second,
+                    ),
+                    (
+                        "unpaid_invoices_per_minute",
+                        limits.unpaid_invoices_per_minute,
+                    ),
+                ] {
+                    if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                        self.error(&join("limits", key), "must be a number, 0 or more (0: off)");
+                    }
+                }
+                config.limits = limits;
             }
         }
         if root.contains_key("mcp_proxy") {

@@ -3,6 +3,7 @@
 //! - [`paywall`]: the tower [`Layer`](tower::Layer) any axum or hyper app
 //!   adds in a few lines;
 //! - [`proxy`]: the reverse proxy it guards in `gate402 serve`;
+//! - [`limits`]: rate limits and the cap on unpaid invoices per client;
 //! - [`config`]: the TOML config, checked whole;
 //! - [`mcp`]: the same priced services as paid MCP tools at `/mcp`, and
 //!   the paywall in front of another MCP server;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod lightning;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod paywall;

@@ -24,6 +24,7 @@
 //! another MCP server ([`McpUpstream`]).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -158,6 +159,19 @@ fn error(code: i32, message: impl Into<String>, data: Option<Value>) -> ErrorDat
     ErrorData::new(ErrorCode(code), message.into(), data)
 }
 
+/// JSON-RPC's server-error range: too many unpaid invoices for a client.
+const RATE_LIMITED_CODE: i32 = -32029;
+
+fn rate_limited(limited: &crate::limits::Limited) -> ErrorData {
+    error(
+        RATE_LIMITED_CODE,
+        limited.detail.clone(),
+        Some(
+            json!({"httpStatus": 429, "retryAfter": limited.retry_after.as_secs_f64().ceil() as u64}),
+        ),
+    )
+}
+
 fn text_result(value: Value) -> CallToolResult {
     let mut result = CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
     result.structured_content = Some(value);
@@ -203,7 +217,15 @@ impl PaidTools {
     }
 
     /// A -32042 (or, with a refusal, -32043) error with a fresh challenge.
-    async fn payment_error(&self, service: &ServiceConfig, refusal: Option<Refusal>) -> ErrorData {
+    async fn payment_error(
+        &self,
+        service: &ServiceConfig,
+        refusal: Option<Refusal>,
+        client: Option<IpAddr>,
+    ) -> ErrorData {
+        if let Err(limited) = self.paywall.admit_unpaid(client) {
+            return rate_limited(&limited);
+        }
         let issued = match self.paywall.issue(service, false, true).await {
             Ok(issued) => issued,
             Err(detail) => return ErrorData::internal_error(detail, None),
@@ -385,12 +407,13 @@ impl PaidTools {
         name: &str,
         mut arguments: Option<JsonObject>,
         meta: &MetaObject,
+        client: Option<IpAddr>,
     ) -> Result<CallToolResult, ErrorData> {
         let payment_id = arguments.as_mut().and_then(|a| a.remove(PAYMENT_ID_ARG));
         let (key, payment_hash, challenge_id) = if let Some(payment_id) = payment_id {
             match self.check_payment_id(service, &payment_id).await {
                 Ok((key, hash)) => (key, hash, None),
-                Err(refusal) => return Err(self.refused(service, refusal).await),
+                Err(refusal) => return Err(self.refused(service, refusal, client).await),
             }
         } else if meta.contains_key(CREDENTIAL_META_KEY) {
             let Some(credential) = wire::extract_credential(&Value::Object(meta.0.clone())) else {
@@ -404,14 +427,14 @@ impl PaidTools {
             let verified = self.paywall.verify_payment(service, &credential);
             let (hash, id, expires_at) = match verified {
                 Ok(v) => v,
-                Err(refusal) => return Err(self.refused(service, refusal).await),
+                Err(refusal) => return Err(self.refused(service, refusal, client).await),
             };
             if let Err(refusal) = self.paywall.reserve(&id, expires_at).await {
-                return Err(self.refused(service, refusal).await);
+                return Err(self.refused(service, refusal, client).await);
             }
             (id.clone(), hash, Some(id))
         } else {
-            return Err(self.payment_error(service, None).await);
+            return Err(self.payment_error(service, None, client).await);
         };
         let outcome = self.upstream.call(name, arguments).await;
         self.paywall.finish(&key, outcome.is_ok()).await;
@@ -436,11 +459,16 @@ impl PaidTools {
         Ok(result)
     }
 
-    async fn refused(&self, service: &ServiceConfig, refusal: Refusal) -> ErrorData {
+    async fn refused(
+        &self,
+        service: &ServiceConfig,
+        refusal: Refusal,
+        client: Option<IpAddr>,
+    ) -> ErrorData {
         if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
             return ErrorData::internal_error(refusal.detail, None);
         }
-        self.payment_error(service, Some(refusal)).await
+        self.payment_error(service, Some(refusal), client).await
     }
 }
 
@@ -493,14 +521,26 @@ impl ServerHandler for PaidTools {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
+        let client = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| {
+                parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            })
+            .map(|info| info.0.ip());
         let result = if name == CREATE_PAYMENT {
+            if let Err(limited) = self.paywall.admit_unpaid(client) {
+                return Err(rate_limited(&limited));
+            }
             self.create_payment(request.arguments).await?
         } else {
             let description = self.description_of(&name).await?;
             match self.pricing.service(&name, &description) {
                 None => self.upstream.call(&name, request.arguments).await?,
                 Some(service) => {
-                    self.paid_call(&service, &name, request.arguments, &context.meta.0)
+                    self.paid_call(&service, &name, request.arguments, &context.meta.0, client)
                         .await?
                 }
             }

@@ -30,6 +30,7 @@ use serde_json::json;
 use tower::Layer;
 
 use crate::config::{Auth, ServiceConfig};
+use crate::limits::{Limited, Limits, LimitsConfig};
 use crate::metrics::Metrics;
 use crate::problem::problem_response;
 use crate::proxy::{MatchedService, UPSTREAM_TIMEOUT};
@@ -59,6 +60,7 @@ struct State {
     realm: String,
     invoice_expiry_secs: u32,
     metrics: Arc<Metrics>,
+    limits: Limits,
 }
 
 /// What the paywall needs to run.
@@ -77,6 +79,8 @@ pub struct PaywallParts {
     pub services: Vec<ServiceConfig>,
     /// Where counters go.
     pub metrics: Arc<Metrics>,
+    /// Rate limits and the cap on unpaid invoices.
+    pub limits: LimitsConfig,
 }
 
 impl Paywall {
@@ -94,6 +98,7 @@ impl Paywall {
                 realm: parts.realm,
                 invoice_expiry_secs: parts.invoice_expiry_secs,
                 metrics: parts.metrics,
+                limits: Limits::new(&parts.limits),
             }),
         })
     }
@@ -256,13 +261,18 @@ impl Paywall {
         request
             .extensions_mut()
             .insert(MatchedService(service.clone()));
+        let client = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Err(limited) = self.inner.limits.admit(client, &service.name) {
+            self.inner.metrics.rejected("rate-limited");
+            return too_many_requests(&limited);
+        }
         match service.auth {
             Auth::Off => return call(inner, request).await,
             Auth::Freebie(free) if presented(request.headers()).is_none() => {
-                let client = request
-                    .extensions()
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-                    .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+                let client = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
                 match self.inner.store.count_freebie(&client, &service.name).await {
                     Ok(used) if used <= free => return call(inner, request).await,
                     Ok(_) => {}
@@ -308,7 +318,8 @@ impl Paywall {
         if refusal.problem != ProblemType::PaymentRequired {
             self.inner.metrics.rejected(refusal.problem.code());
         }
-        self.challenge(&service, request.headers(), refusal).await
+        self.challenge(&service, request.headers(), client, refusal)
+            .await
     }
 
     /// Verifies an L402 credential; returns the paid hash.
@@ -481,7 +492,13 @@ impl Paywall {
             if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
                 return unavailable(&refusal.detail);
             }
-            return self.challenge(service, request.headers(), refusal).await;
+            let client = request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip());
+            return self
+                .challenge(service, request.headers(), client, refusal)
+                .await;
         }
         let (response, served) = self
             .serve(
@@ -695,13 +712,27 @@ impl Paywall {
         &self.inner.store
     }
 
-    /// A fresh invoice and its challenges, in a problem response.
+    /// Whether `client` may be handed one more invoice.
+    pub(crate) fn admit_unpaid(&self, client: Option<std::net::IpAddr>) -> Result<(), Limited> {
+        let admitted = self.inner.limits.admit_unpaid(client);
+        if admitted.is_err() {
+            self.inner.metrics.rejected("unpaid-invoices");
+        }
+        admitted
+    }
+
+    /// A fresh invoice and its challenges, in a problem response (or a
+    /// 429 when `client` holds too many unpaid invoices).
     async fn challenge(
         &self,
         service: &ServiceConfig,
         request_headers: &HeaderMap,
+        client: Option<std::net::IpAddr>,
         refusal: Refusal,
     ) -> Response<Body> {
+        if let Err(limited) = self.admit_unpaid(client) {
+            return too_many_requests(&limited);
+        }
         let accept = request_headers
             .get(gate402_mpp::ACCEPT_PAYMENT_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -780,6 +811,22 @@ pub(crate) struct Issued {
     pub(crate) l402: Option<L402Challenge>,
     /// The MPP challenge, when issued.
     pub(crate) payment: Option<PaymentChallenge>,
+}
+
+/// `429 Too Many Requests` with `Retry-After` (whole seconds, at least 1).
+fn too_many_requests(limited: &Limited) -> Response<Body> {
+    let mut response = problem_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "about:blank",
+        "Too Many Requests",
+        &limited.detail,
+        None,
+    );
+    let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
 
 fn unavailable(detail: &str) -> Response<Body> {

@@ -96,6 +96,7 @@ impl Gateway {
             invoice_expiry_secs: config.invoice_expiry_secs,
             services: config.services.clone(),
             metrics: Arc::new(Metrics::default()),
+            limits: config.limits,
         })
         .await
         .context("asking the Lightning backend for its network")?;

@@ -22,8 +22,13 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_limited(Default::default()).await
+}
+
+async fn start_limited(limits: gate402_gateway::limits::LimitsConfig) -> Harness {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
     let mut config = demo::config(upstream);
+    config.limits = limits;
     // A second tool on the same service at the same price: only the
     // binding of a payment to its tool tells them apart.
     config.tools.push(ToolConfig {
@@ -272,6 +277,33 @@ async fn a_payment_id_pays_for_one_call_of_its_tool() {
         .await
         .unwrap_err();
     assert_eq!(code, ErrorCode::INVALID_PARAMS.0);
+    h.client.cancel().await.unwrap();
+    h.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unpaid_calls_share_the_cap_on_unpaid_invoices() {
+    let h = start_limited(gate402_gateway::limits::LimitsConfig {
+        client_requests_per_second: None,
+        service_requests_per_second: None,
+        unpaid_invoices_per_minute: Some(2.0),
+    })
+    .await;
+    h.call(call("create_payment", json!({"tool": "weather"}), None))
+        .await
+        .unwrap();
+    let (code, _) = h
+        .call(call("weather", json!({"city": "Oslo"}), None))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32042);
+    let (code, data) = h
+        .call(call("weather", json!({"city": "Oslo"}), None))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32029, "{data}");
+    assert_eq!(data["httpStatus"], 429);
+    assert!(data["retryAfter"].as_u64().unwrap() >= 1);
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }

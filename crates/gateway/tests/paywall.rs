@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use gate402_client::Offer;
 use gate402_gateway::config::{Auth, Rewrite, Schemes, ServiceConfig};
+use gate402_gateway::limits::LimitsConfig;
 use gate402_gateway::{Gateway, GatewayConfig};
 use gate402_lightning_sandbox::http::pay_via;
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -99,10 +100,18 @@ struct Harness {
 
 impl Harness {
     async fn start(configure: impl FnOnce(&str) -> Vec<ServiceConfig>) -> Self {
+        Self::start_limited(configure, LimitsConfig::default()).await
+    }
+
+    async fn start_limited(
+        configure: impl FnOnce(&str) -> Vec<ServiceConfig>,
+        limits: LimitsConfig,
+    ) -> Self {
         let upstream = Upstream::start("127.0.0.1:0".parse().unwrap()).await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = GatewayConfig::default_with_services(configure(&upstream.url()));
         config.listen = "127.0.0.1:0".parse().unwrap();
+        config.limits = limits;
         config.mpp.realm = "api.test".into();
         let gateway = Gateway::start(&config, dir.path()).await.unwrap();
         Self {
@@ -585,6 +594,7 @@ async fn the_layer_guards_an_axum_app() {
         invoice_expiry_secs: 600,
         services: vec![ServiceConfig::new("joke", "/joke", 3)],
         metrics: Arc::new(Metrics::default()),
+        limits: Default::default(),
     })
     .await
     .unwrap();
@@ -725,4 +735,81 @@ async fn terminates_tls_with_the_configured_certificate() {
         .map(|r| r.status() != StatusCode::PAYMENT_REQUIRED)
         .unwrap_or(true));
     gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unpaid_invoices_are_capped_per_client_and_paid_traffic_flows() {
+    let h = Harness::start_limited(
+        |up| vec![service("data", "/data", 3, up)],
+        LimitsConfig {
+            client_requests_per_second: None,
+            service_requests_per_second: None,
+            unpaid_invoices_per_minute: Some(3.0),
+        },
+    )
+    .await;
+    let (offer, preimage) = h.buy("/data").await;
+    for _ in 0..2 {
+        let response = h.client.get(h.url("/data")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    }
+    // A fourth invoice within the minute: 429, no invoice.
+    let response = h.client.get(h.url("/data")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["detail"].as_str().unwrap().contains("unpaid invoices"));
+    // Paying is not limited: the paid token still gets through.
+    let response = h
+        .get("/data", &offer.l402_authorization(&preimage).unwrap())
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let metrics = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("reason=\"unpaid-invoices\""), "{metrics}");
+}
+
+#[tokio::test]
+async fn requests_are_rate_limited_per_client_and_service() {
+    let h = Harness::start_limited(
+        |up| {
+            let mut free = service("free", "/free", 1, up);
+            free.auth = Auth::Off;
+            vec![free, service("other", "/other", 1, up)]
+        },
+        LimitsConfig {
+            client_requests_per_second: Some(1.0),
+            service_requests_per_second: None,
+            unpaid_invoices_per_minute: None,
+        },
+    )
+    .await;
+    // A burst of two, then 429 with Retry-After.
+    for _ in 0..2 {
+        let response = h.client.get(h.url("/free")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let response = h.client.get(h.url("/free")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    // Another service has its own bucket.
+    let response = h.client.get(h.url("/other")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    // And the bucket refills.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let response = h.client.get(h.url("/free")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
