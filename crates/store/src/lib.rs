@@ -4,13 +4,15 @@
 //! gateway: the root key of each L402 token, the invoices issued, the MPP
 //! challenges in flight or consumed (so a credential is served once), the
 //! receipts given out, and the freebie counters. [`SqliteStore`] is the
-//! default, a file in the data directory; other databases implement the
-//! same trait.
+//! default, a file in the data directory; [`PostgresStore`] is shared by
+//! several gateway replicas.
 
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A minted L402 token's secret half.

@@ -1,0 +1,155 @@
+//! A throwaway PostgreSQL server for tests.
+//!
+//! [`TestPostgres::start`] makes a cluster in a temporary directory with
+//! the PostgreSQL binaries of this machine (`GATE402_PG_BIN`, else the
+//! directory of `initdb` on `PATH`, else `/usr/lib/postgresql/*/bin`),
+//! starts it on a free loopback port with trust authentication, and stops
+//! it on drop. PostgreSQL refuses to run as root; as root, the server runs
+//! as the `postgres` user.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running server.
+pub struct TestPostgres {
+    /// `postgres://gate402@127.0.0.1:<port>/postgres`.
+    pub url: String,
+    bin: PathBuf,
+    data: PathBuf,
+    server: Child,
+    _dir: tempfile::TempDir,
+}
+
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GATE402_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    // The distribution's directory first: PATH may hold symlinks to it
+    // without the helper programs next to them.
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    versions.sort();
+    if let Some(newest) = versions.pop() {
+        return newest;
+    }
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|dir| dir.join("initdb").exists());
+    found.expect(
+        "PostgreSQL is needed (initdb and postgres): install it (apt-get install postgresql) or set GATE402_PG_BIN",
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// `program args…`, as the `postgres` user when we are root.
+fn command(bin: &Path, program: &str) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join(program));
+        command
+    } else {
+        Command::new(bin.join(program))
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl TestPostgres {
+    /// Makes and starts a cluster; waits until it accepts connections.
+    pub async fn start() -> Self {
+        let bin = bin_dir();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let data = dir.path().join("data");
+        if is_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the cluster directory to postgres");
+        }
+        let init = command(&bin, "initdb")
+            .args(["-A", "trust", "-U", "gate402", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .output()
+            .expect("initdb");
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let port = free_port();
+        let server = command(&bin, "postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("postgres");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                // Accepting TCP comes a moment before accepting logins.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return Self {
+                    url: format!("postgres://gate402@127.0.0.1:{port}/postgres"),
+                    bin,
+                    data,
+                    server,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("postgres did not start on port {port}");
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        let _ = command(&self.bin, "pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
