@@ -122,6 +122,8 @@ pub struct TlsConfig {
 pub enum StoreConfig {
     /// SQLite at this path (default `<data dir>/gate402.sqlite3`).
     Sqlite(Option<PathBuf>),
+    /// PostgreSQL at this URL, shared by every replica.
+    Postgres(String),
 }
 
 /// MPP settings.
@@ -579,16 +581,38 @@ impl Checker {
             }
         }
         if let Some(store) = self.table(root, "", "store") {
-            self.unknown_keys(store, "store", &["kind", "path"]);
+            self.unknown_keys(store, "store", &["kind", "path", "url"]);
             match self.get::<String>(store, "store", "kind").as_deref() {
                 None | Some("sqlite") => {
                     config.store = StoreConfig::Sqlite(self.get(store, "store", "path"));
                 }
+                Some("postgres") => match self.get::<String>(store, "store", "url") {
+                    Some(url)
+                        if url.starts_with("postgres://") || url.starts_with("postgresql://") =>
+                    {
+                        config.store = StoreConfig::Postgres(url);
+                    }
+                    Some(_) => self.error(
+                        "store.url",
+                        "expected postgres://user:password@host/database",
+                    ),
+                    None => self.error(
+                        "store.url",
+                        "kind = \"postgres\" needs url = \"postgres://…\"",
+                    ),
+                },
                 Some(other) => self.error(
                     "store.kind",
-                    format!("unknown store {other:?} (expected sqlite)"),
+                    format!("unknown store {other:?} (expected sqlite or postgres)"),
                 ),
             }
+        }
+        let shared_store = matches!(config.store, StoreConfig::Postgres(_));
+        if shared_store && root.get("mpp").and_then(|m| m.get("secret")).is_none() {
+            self.error(
+                "mpp.secret",
+                "replicas sharing a PostgreSQL store must share the MPP secret: set it (32 bytes or more, e.g. secret = \"${GATE402_MPP_SECRET}\")",
+            );
         }
         if let Some(mpp) = self.table(root, "", "mpp") {
             self.unknown_keys(mpp, "mpp", &["realm", "secret", "previous_secrets"]);
@@ -956,7 +980,9 @@ impl StoreConfig {
     pub fn sqlite_path(&self, data_dir: &Path) -> PathBuf {
         match self {
             StoreConfig::Sqlite(Some(path)) => path.clone(),
-            StoreConfig::Sqlite(None) => data_dir.join("gate402.sqlite3"),
+            StoreConfig::Sqlite(None) | StoreConfig::Postgres(_) => {
+                data_dir.join("gate402.sqlite3")
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
 use gate402_mpp::challenge::ChallengeKey;
-use gate402_store::{SqliteStore, Store};
+use gate402_store::{PostgresStore, SqliteStore, Store};
 use tower::Layer;
 
 use crate::config::{GatewayConfig, StoreConfig};
@@ -87,6 +87,11 @@ impl Gateway {
             StoreConfig::Sqlite(_) => {
                 Arc::new(SqliteStore::open(&config.store.sqlite_path(data_dir))?)
             }
+            StoreConfig::Postgres(url) => Arc::new(
+                PostgresStore::connect(url)
+                    .await
+                    .context("store: connecting to PostgreSQL")?,
+            ),
         };
         let paywall = Paywall::new(PaywallParts {
             backend: connected.backend,

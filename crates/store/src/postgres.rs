@@ -52,7 +52,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE tokens (
 
 /// Any number fixed for the advisory lock that serializes migrations of
 /// replicas starting together.
-const MIGRATION_LOCK: i64 = 0x6761_7465_3430_32;
+const MIGRATION_LOCK: i64 = 0x0067_6174_6534_3032;
 
 /// How long to keep trying to reach the database at start.
 const CONNECT_FOR: Duration = Duration::from_secs(30);

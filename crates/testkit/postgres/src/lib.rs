@@ -102,7 +102,7 @@ impl TestPostgres {
             String::from_utf8_lossy(&init.stderr)
         );
         let port = free_port();
-        let server = command(&bin, "postgres")
+        let mut server = command(&bin, "postgres")
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
@@ -136,6 +136,8 @@ impl TestPostgres {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let _ = server.kill();
+        let _ = server.wait();
         panic!("postgres did not start on port {port}");
     }
 }

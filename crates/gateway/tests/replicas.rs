@@ -1,0 +1,69 @@
+//! Two gateway replicas on one PostgreSQL database (a real server, started
+//! by the test) act as one: a token minted by one is honoured by the
+//! other, and one MPP credential sent 64 times at once, spread over both,
+//! is served exactly once, with no server error.
+
+use gate402_client::Offer;
+use gate402_gateway::config::StoreConfig;
+use gate402_gateway::{demo, Gateway};
+use gate402_lightning_sandbox::http::pay_via;
+use gate402_postgres_testkit::TestPostgres;
+use reqwest::header::AUTHORIZATION;
+use reqwest::StatusCode;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_on_one_database_act_as_one() {
+    let postgres = TestPostgres::start().await;
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(upstream);
+    config.store = StoreConfig::Postgres(postgres.url.clone());
+    config.mpp.secret = Some("a shared secret of at least thirty-two bytes".into());
+    // Both replicas pay with one sandbox node key, as replicas share a node.
+    let shared = tempfile::tempdir().unwrap();
+    let a = Gateway::start(&config, shared.path()).await.unwrap();
+    let b = Gateway::start(&config, shared.path()).await.unwrap();
+    let (base_a, base_b) = (
+        format!("http://{}", a.addr()),
+        format!("http://{}", b.addr()),
+    );
+    let http = reqwest::Client::new();
+    let weather = "/api/weather?city=Oslo";
+
+    // L402 bought on A, honoured on B.
+    let response = http.get(format!("{base_a}{weather}")).send().await.unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    let paid = pay_via(&http, &base_a, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let response = http
+        .get(format!("{base_b}{weather}"))
+        .header(AUTHORIZATION, offer.l402_authorization(&preimage).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // One MPP credential, 64 times at once over both replicas.
+    let response = http.get(format!("{base_b}{weather}")).send().await.unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    let paid = pay_via(&http, &base_b, &offer.bolt11).await.unwrap();
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let credential = offer.payment_authorization(&preimage).unwrap();
+    let attempts = (0..64).map(|i| {
+        let url = format!("{}{weather}", if i % 2 == 0 { &base_a } else { &base_b });
+        let request = http.get(url).header(AUTHORIZATION, credential.clone());
+        async move { request.send().await.unwrap().status() }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    let served = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(served, 1, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| !s.is_server_error()),
+        "{statuses:?}"
+    );
+    assert!(statuses
+        .iter()
+        .all(|s| *s == StatusCode::OK || *s == StatusCode::PAYMENT_REQUIRED));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
