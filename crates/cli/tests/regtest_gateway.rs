@@ -2,13 +2,13 @@
 //! a client node pays the 402s over a real channel, gets 200 with L402 and
 //! then with MPP, and both receipts decode with `gate402 decode`.
 
+mod common;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use gate402_client::Offer;
-use gate402_gateway::lightning::Connected;
-use gate402_gateway::{demo, Gateway};
 use gate402_lightning::LightningBackend;
 use gate402_regtest::{ChannelSpec, RegtestNetwork};
 use reqwest::header::AUTHORIZATION;
@@ -48,19 +48,7 @@ async fn a_node_pays_the_gateway_on_regtest() {
     let payer = network.nodes[0].node.clone();
     let merchant: Arc<dyn LightningBackend> = network.nodes[1].node.clone();
 
-    let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let config = demo::config(upstream);
-    let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start_with(
-        &config,
-        dir.path(),
-        Connected {
-            backend: merchant,
-            sandbox: None,
-        },
-    )
-    .await
-    .unwrap();
+    let (gateway, _dir) = common::demo_gateway_on(merchant).await;
     let url = format!("http://{}/api/weather?city=Reykjavik", gateway.addr());
     let client = reqwest::Client::new();
 

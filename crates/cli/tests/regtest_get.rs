@@ -11,8 +11,6 @@ use std::sync::Arc;
 
 use common::{gate402, gate402_with_env, ok_json, payments};
 
-use gate402_gateway::lightning::Connected;
-use gate402_gateway::{demo, Gateway};
 use gate402_lightning::LightningBackend;
 use gate402_regtest::{free_port, ChannelSpec, RegtestNetwork};
 use serde_json::Value;
@@ -31,19 +29,7 @@ async fn get_pays_the_gateway_on_regtest_with_each_scheme() {
     )
     .await;
     let merchant: Arc<dyn LightningBackend> = network.nodes[1].node.clone();
-    let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let config = demo::config(upstream);
-    let gw_dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start_with(
-        &config,
-        gw_dir.path(),
-        Connected {
-            backend: merchant,
-            sandbox: None,
-        },
-    )
-    .await
-    .unwrap();
+    let (gateway, _gw_dir) = common::demo_gateway_on(merchant).await;
     let base = format!("http://{}", gateway.addr());
 
     // The CLI's wallet: its own ldk node, from client.toml in its data dir.

@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -153,6 +153,10 @@ pub struct PaidTools {
     paywall: Paywall,
     upstream: Arc<dyn ToolUpstream>,
     pricing: Arc<Pricing>,
+    /// Tool name → description, as last listed: a call needs the tool's
+    /// description (and whether it exists), and asking an MCP upstream
+    /// for its tool list on every call would double the round trips.
+    descriptions: Arc<RwLock<HashMap<String, String>>>,
 }
 
 fn error(code: i32, message: impl Into<String>, data: Option<Value>) -> ErrorData {
@@ -185,13 +189,27 @@ impl PaidTools {
             paywall,
             upstream,
             pricing: Arc::new(pricing),
+            descriptions: Default::default(),
         }
+    }
+
+    /// The upstream's tools, remembering their descriptions.
+    async fn upstream_tools(&self) -> Result<Vec<Tool>, ErrorData> {
+        let tools = self.upstream.tools().await?;
+        *self.descriptions.write().unwrap_or_else(|e| e.into_inner()) = tools
+            .iter()
+            .map(|t| {
+                let description = t.description.as_deref().unwrap_or_default();
+                (t.name.to_string(), description.to_owned())
+            })
+            .collect();
+        Ok(tools)
     }
 
     /// The tools with their prices, for `tools/list` and discovery.
     pub async fn priced_tools(&self) -> Result<Vec<(Tool, Option<u64>)>, ErrorData> {
         let mut tools = Vec::new();
-        for mut tool in self.upstream.tools().await? {
+        for mut tool in self.upstream_tools().await? {
             let description = tool.description.clone().unwrap_or_default();
             let price = self
                 .pricing
@@ -309,13 +327,20 @@ impl PaidTools {
     }
 
     /// The description of an upstream tool; an unknown tool is an error.
+    /// Asks the upstream only for a tool not seen listed (a new one).
     async fn description_of(&self, tool: &str) -> Result<String, ErrorData> {
-        self.upstream
-            .tools()
-            .await?
-            .into_iter()
-            .find(|t| t.name == tool)
-            .map(|t| t.description.unwrap_or_default().into_owned())
+        let known = |descriptions: &RwLock<HashMap<String, String>>| {
+            descriptions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(tool)
+                .cloned()
+        };
+        if let Some(description) = known(&self.descriptions) {
+            return Ok(description);
+        }
+        self.upstream_tools().await?;
+        known(&self.descriptions)
             .ok_or_else(|| ErrorData::invalid_params(format!("no tool named {tool:?}"), None))
     }
 

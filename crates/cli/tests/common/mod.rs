@@ -6,7 +6,27 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use std::sync::Arc;
+
+use gate402_gateway::lightning::Connected;
+use gate402_gateway::{demo, Gateway};
+use gate402_lightning::LightningBackend;
 use serde_json::Value;
+
+/// The demo gateway (services and tools) on `backend`; the directory
+/// holds its state.
+pub async fn demo_gateway_on(backend: Arc<dyn LightningBackend>) -> (Gateway, tempfile::TempDir) {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let connected = Connected {
+        backend,
+        sandbox: None,
+    };
+    let gateway = Gateway::start_with(&demo::config(upstream), dir.path(), connected)
+        .await
+        .unwrap();
+    (gateway, dir)
+}
 
 /// Runs `gate402 --data-dir DATA ARGS…` off the async runtime.
 pub async fn gate402(data: &Path, args: &[&str]) -> Output {
