@@ -26,7 +26,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -37,6 +36,7 @@ use gate402_mpp::mcp::{
     RECEIPT_META_KEY,
 };
 use gate402_mpp::problem::ProblemType;
+use gate402_store::InvoiceRecord;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode, ErrorData,
     Implementation, JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams,
@@ -47,7 +47,7 @@ use rmcp::{RoleClient, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 
 use crate::config::{McpProxyConfig, ServiceConfig, ToolConfig};
-use crate::paywall::{Paywall, Refusal};
+use crate::paywall::{unix_now, Paywall, Refusal};
 use crate::proxy::Proxy;
 
 /// The free tool that sells a `paymentId` for one call of another tool.
@@ -60,12 +60,6 @@ const PAYMENT_ID_LIFETIME_SECS: u64 = 86_400;
 pub const PRICE_META_KEY: &str = "org.paymentauth/price";
 /// The largest upstream answer turned into a tool result.
 const MAX_RESULT_BYTES: usize = 8 << 20;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// Where tool calls go.
 #[async_trait]
@@ -312,6 +306,20 @@ impl PaidTools {
             .issue(&service, false, false)
             .await
             .map_err(|detail| ErrorData::internal_error(detail, None))?;
+        // A paymentId is looked up later: which tool it pays for, and since when.
+        let record = InvoiceRecord {
+            payment_hash: issued.payment_hash,
+            bolt11: issued.bolt11.clone(),
+            amount_msat: service.price_sats * 1000,
+            service: service.name.clone(),
+            created_at: unix_now(),
+            expires_at: issued.expires_at,
+        };
+        self.paywall
+            .store()
+            .put_invoice(&record)
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("store: {e}"), None))?;
         let mut answer = json!({
             "paymentId": hex::encode(issued.payment_hash),
             "invoice": issued.bolt11,

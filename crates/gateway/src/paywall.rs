@@ -17,7 +17,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use gate402_l402::caveat::{Caveat, RequestContext, Service};
-use gate402_l402::{mint, verify as verify_l402, L402Challenge, L402Credential, RootKey, Scheme};
+use gate402_l402::{
+    verify as verify_l402, L402Challenge, L402Credential, RootKey, RootKeySecrets, Scheme,
+    VerifyError as L402VerifyError,
+};
 use gate402_lightning::{InvoiceRequest, LightningBackend, Network};
 use gate402_mpp::accept::AcceptPayment;
 use gate402_mpp::challenge::{to_header, ChallengeKey, NewChallenge};
@@ -25,7 +28,7 @@ use gate402_mpp::lightning::{ChargeRequest, CHARGE, METHOD};
 use gate402_mpp::problem::ProblemType;
 use gate402_mpp::verify::{scope_opaque, verify_lightning_charge, ExpectedCharge};
 use gate402_mpp::{PaymentChallenge, PaymentCredential, Receipt};
-use gate402_store::{InvoiceRecord, ReceiptRecord, Reservation, Store, TokenRecord};
+use gate402_store::{ReceiptRecord, Reservation, Store};
 use serde_json::json;
 use tower::Layer;
 
@@ -38,7 +41,8 @@ use crate::proxy::{MatchedService, UPSTREAM_TIMEOUT};
 /// How long a request may hold an MPP challenge before another may take it.
 const LEASE_SECS: u64 = UPSTREAM_TIMEOUT.as_secs() + 60;
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -57,6 +61,7 @@ struct State {
     test_money: bool,
     store: Arc<dyn Store>,
     key: ChallengeKey,
+    root_keys: RootKeySecrets,
     realm: String,
     invoice_expiry_secs: u32,
     metrics: Arc<Metrics>,
@@ -71,6 +76,8 @@ pub struct PaywallParts {
     pub store: Arc<dyn Store>,
     /// Binds MPP challenge ids.
     pub key: ChallengeKey,
+    /// Derives L402 root keys, so that a 402 stores nothing.
+    pub root_keys: RootKeySecrets,
     /// The MPP realm.
     pub realm: String,
     /// How long a 402 stays payable.
@@ -95,6 +102,7 @@ impl Paywall {
                 test_money: info.backend == "sandbox",
                 store: parts.store,
                 key: parts.key,
+                root_keys: parts.root_keys,
                 realm: parts.realm,
                 invoice_expiry_secs: parts.invoice_expiry_secs,
                 metrics: parts.metrics,
@@ -338,29 +346,38 @@ impl Paywall {
         let identifier = credential
             .identifier()
             .map_err(|e| unauthorized(ProblemType::MalformedCredential, e.to_string()))?;
-        let root_key = match self.inner.store.root_key(&identifier.token_id).await {
-            Ok(Some(key)) => key,
-            Ok(None) => {
-                return Err(unauthorized(
-                    ProblemType::VerificationFailed,
-                    "unknown or revoked L402 token".into(),
-                ))
-            }
-            Err(e) => {
-                return Err(Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ProblemType::PaymentRequired,
-                    format!("store: {e}"),
-                ))
-            }
-        };
         let ctx = RequestContext::new(service.name.clone());
-        match verify_l402(&credential, &RootKey(root_key), &ctx, &[]) {
+        let mut verified = Err(L402VerifyError::Signature);
+        for root_key in self.inner.root_keys.candidates(&identifier.token_id) {
+            verified = verify_l402(&credential, &root_key, &ctx, &[]);
+            if !matches!(verified, Err(L402VerifyError::Signature)) {
+                break;
+            }
+        }
+        if matches!(verified, Err(L402VerifyError::Signature)) {
+            // Tokens minted before root keys were derived have their key stored.
+            verified = match self.inner.store.root_key(&identifier.token_id).await {
+                Ok(Some(key)) => verify_l402(&credential, &RootKey(key), &ctx, &[]),
+                Ok(None) => Err(L402VerifyError::Signature),
+                Err(e) => {
+                    return Err(Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ProblemType::PaymentRequired,
+                        format!("store: {e}"),
+                    ))
+                }
+            };
+        }
+        match verified {
             Ok(id) => Ok(id.payment_hash),
             Err(e) if e.is_expired() => Err(Refusal::new(
                 StatusCode::PAYMENT_REQUIRED,
                 ProblemType::PaymentExpired,
                 format!("{e}; pay the new challenge"),
+            )),
+            Err(L402VerifyError::Signature) => Err(unauthorized(
+                ProblemType::VerificationFailed,
+                "unknown or revoked L402 token (its signature does not verify)".into(),
             )),
             Err(e) => Err(unauthorized(ProblemType::VerificationFailed, e.to_string())),
         }
@@ -594,6 +611,8 @@ impl Paywall {
     /// Creates an invoice for `service` and the challenges that point at
     /// it: an L402 token when `l402` (and the service takes L402), an MPP
     /// charge bound to the service's name when `mpp` (and it takes MPP).
+    /// Stores nothing: the token's root key is derived and the MPP
+    /// challenge is HMAC-bound, so an unpaid flood costs the store nothing.
     pub(crate) async fn issue(
         &self,
         service: &ServiceConfig,
@@ -614,19 +633,6 @@ impl Paywall {
                 tracing::error!(error = %e, "cannot create an invoice");
                 format!("the Lightning backend cannot create an invoice: {e}")
             })?;
-        let record = InvoiceRecord {
-            payment_hash: created.payment_hash,
-            bolt11: created.bolt11.clone(),
-            amount_msat: service.price_sats * 1000,
-            service: service.name.clone(),
-            created_at: now,
-            expires_at: created.expires_at,
-        };
-        state
-            .store
-            .put_invoice(&record)
-            .await
-            .map_err(|e| format!("store: {e}"))?;
         let mut issued = Issued {
             bolt11: created.bolt11.clone(),
             payment_hash: created.payment_hash,
@@ -644,23 +650,11 @@ impl Paywall {
                     service.capabilities.iter().map(String::as_str).collect();
                 caveats.push(Caveat::capabilities(&service.name, &capabilities));
             }
-            let minted = mint(
+            let minted = state.root_keys.mint(
                 created.payment_hash,
                 gate402_l402::DEFAULT_LOCATION,
                 &caveats,
             );
-            let token = TokenRecord {
-                token_id: minted.identifier.token_id,
-                root_key: minted.root_key.0,
-                payment_hash: created.payment_hash,
-                service: service.name.clone(),
-                created_at: now,
-            };
-            state
-                .store
-                .put_token(&token)
-                .await
-                .map_err(|e| format!("store: {e}"))?;
             issued.l402 = Some(L402Challenge {
                 macaroon: minted.macaroon,
                 invoice: created.bolt11.clone(),

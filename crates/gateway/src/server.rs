@@ -13,6 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use axum_server::tls_rustls::RustlsConfig;
+use gate402_l402::RootKeySecrets;
 use gate402_mpp::challenge::ChallengeKey;
 use gate402_store::{PostgresStore, SqliteStore, Store};
 use tower::Layer;
@@ -43,8 +44,10 @@ struct AppState {
     store: Arc<dyn Store>,
 }
 
-/// The MPP secret: from the config, or made once and kept in the data dir.
-fn challenge_key(config: &GatewayConfig, data_dir: &Path) -> Result<ChallengeKey> {
+/// The gateway's secret (from the config, or made once and kept in the
+/// data dir) and the previous ones: they bind MPP challenge ids and derive
+/// L402 root keys.
+fn secrets(config: &GatewayConfig, data_dir: &Path) -> Result<(ChallengeKey, RootKeySecrets)> {
     let secret = match &config.mpp.secret {
         Some(secret) => secret.clone(),
         None => {
@@ -62,11 +65,13 @@ fn challenge_key(config: &GatewayConfig, data_dir: &Path) -> Result<ChallengeKey
             }
         }
     };
-    let mut key = ChallengeKey::new(secret)?;
+    let mut key = ChallengeKey::new(secret.clone())?;
+    let mut root_keys = RootKeySecrets::new(secret.as_bytes());
     for previous in &config.mpp.previous_secrets {
         key = key.with_previous(previous.clone())?;
+        root_keys = root_keys.with_previous(previous.as_bytes());
     }
-    Ok(key)
+    Ok((key, root_keys))
 }
 
 impl Gateway {
@@ -93,10 +98,12 @@ impl Gateway {
                     .context("store: connecting to PostgreSQL")?,
             ),
         };
+        let (key, root_keys) = secrets(config, data_dir)?;
         let paywall = Paywall::new(PaywallParts {
             backend: connected.backend,
             store: store.clone(),
-            key: challenge_key(config, data_dir)?,
+            key,
+            root_keys,
             realm: config.mpp.realm.clone(),
             invoice_expiry_secs: config.invoice_expiry_secs,
             services: config.services.clone(),

@@ -590,6 +590,7 @@ async fn the_layer_guards_an_axum_app() {
         store: Arc::new(gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap()),
         key: gate402_mpp::challenge::ChallengeKey::new("a secret of at least thirty-two bytes!!")
             .unwrap(),
+        root_keys: gate402_l402::RootKeySecrets::new(b"a secret of at least thirty-two bytes!!"),
         realm: "app.test".into(),
         invoice_expiry_secs: 600,
         services: vec![ServiceConfig::new("joke", "/joke", 3)],

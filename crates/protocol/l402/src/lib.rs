@@ -27,7 +27,7 @@ pub use identifier::{Identifier, IdentifierError, TokenId};
 pub use macaroon::{
     decode_base64, FirstPartyCaveats, Macaroon, MacaroonCaveat, MacaroonError, MacaroonFormat,
 };
-pub use mint::{mint, Minted, RootKey};
+pub use mint::{mint, Minted, RootKey, RootKeySecrets};
 pub use verify::{verify, VerifyError};
 
 /// A Lightning payment preimage (32 bytes).

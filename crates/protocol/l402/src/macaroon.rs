@@ -251,7 +251,7 @@ fn derive_key(root_key: &[u8]) -> [u8; 32] {
     hmac(KEY_GENERATOR, root_key)
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(data);
     mac.finalize().into_bytes().into()
