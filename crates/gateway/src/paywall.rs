@@ -62,6 +62,7 @@ struct State {
     store: Arc<dyn Store>,
     key: ChallengeKey,
     root_keys: RootKeySecrets,
+    replica: String,
     realm: String,
     invoice_expiry_secs: u32,
     metrics: Arc<Metrics>,
@@ -78,6 +79,10 @@ pub struct PaywallParts {
     pub key: ChallengeKey,
     /// Derives L402 root keys, so that a 402 stores nothing.
     pub root_keys: RootKeySecrets,
+    /// Names this gateway's claims on MPP challenges in the store; stable
+    /// across restarts, so a restarted replica releases the claims its
+    /// killed predecessor left (see [`Paywall::release_abandoned_claims`]).
+    pub replica: String,
     /// The MPP realm.
     pub realm: String,
     /// How long a 402 stays payable.
@@ -103,12 +108,21 @@ impl Paywall {
                 store: parts.store,
                 key: parts.key,
                 root_keys: parts.root_keys,
+                replica: parts.replica,
                 realm: parts.realm,
                 invoice_expiry_secs: parts.invoice_expiry_secs,
                 metrics: parts.metrics,
                 limits: Limits::new(&parts.limits),
             }),
         })
+    }
+
+    /// Releases the claims on MPP challenges this replica held when it last
+    /// stopped: a process killed mid-request leaves them held, and their
+    /// clients, who paid and were never answered, retry. Call once at start,
+    /// before serving. Returns how many were released.
+    pub async fn release_abandoned_claims(&self) -> Result<u64, gate402_store::StoreError> {
+        self.inner.store.release_leases_of(&self.inner.replica).await
     }
 
     /// The layer to wrap an app or the proxy with.
@@ -449,7 +463,13 @@ impl Paywall {
         match self
             .inner
             .store
-            .reserve_challenge(key, expires_at, now + LEASE_SECS, now)
+            .reserve_challenge(
+                key,
+                &self.inner.replica,
+                expires_at,
+                now + LEASE_SECS,
+                now,
+            )
             .await
         {
             Err(e) => Err(Refusal::new(
@@ -492,7 +512,10 @@ impl Paywall {
     }
 
     /// Claims the challenge, serves, then commits it or, if the upstream
-    /// failed, releases it.
+    /// failed, releases it. The commit waits for the response body to be
+    /// sent (or abandoned by the client): a gateway killed before that
+    /// leaves the claim to be released at restart, and the client that
+    /// paid and got no answer is served on its retry.
     async fn serve_mpp<S>(
         &self,
         service: &ServiceConfig,
@@ -527,8 +550,21 @@ impl Paywall {
                 Some(&challenge_id),
             )
             .await;
-        self.finish(&challenge_id, served).await;
-        response
+        if !served {
+            self.finish(&challenge_id, false).await;
+            return response;
+        }
+        let commit = CommitOnDrop {
+            paywall: self.clone(),
+            key: challenge_id,
+        };
+        response.map(|body| {
+            // The closure owns the guard, so it drops with the body.
+            Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
+                let _ = &commit;
+                frame
+            }))
+        })
     }
 
     /// Calls the wrapped service; on success adds the receipt. Returns the
@@ -790,6 +826,29 @@ impl Paywall {
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response
+    }
+}
+
+/// Commits a claimed challenge when dropped, along with the response body
+/// it guards: after the last frame went out, or when the client went away
+/// mid-body (it was served all the same).
+struct CommitOnDrop {
+    paywall: Paywall,
+    key: String,
+}
+
+impl Drop for CommitOnDrop {
+    fn drop(&mut self) {
+        let paywall = self.paywall.clone();
+        let key = std::mem::take(&mut self.key);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { paywall.finish(&key, true).await });
+            }
+            // Only outside a runtime (never under the server); the claim
+            // is then released at the next start.
+            Err(_) => tracing::error!(key, "no runtime to record a served challenge on"),
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Gateway {
     shutdown: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     purge: tokio::task::JoinHandle<()>,
+    /// Held for the gateway's life: one gateway per data dir.
+    _data_dir_lock: std::fs::File,
 }
 
 #[derive(Clone)]
@@ -74,6 +76,36 @@ fn secrets(config: &GatewayConfig, data_dir: &Path) -> Result<(ChallengeKey, Roo
     Ok((key, root_keys))
 }
 
+/// This replica's name in the store, made once and kept in the data dir,
+/// and the lock that keeps a second gateway off the same data dir (it
+/// would release this one's claims at its start). The lock holds while the
+/// returned file is open.
+fn replica_id(data_dir: &Path) -> Result<(String, std::fs::File)> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let lock_path = data_dir.join("gateway.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another gateway is running on the data dir {}; give each replica its own --data-dir",
+            data_dir.display()
+        );
+    }
+    let path = data_dir.join("replica_id");
+    let id = match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => id.trim().to_owned(),
+        Ok(_) => anyhow::bail!("{} is empty; delete it to make a new one", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = hex::encode(rand::random::<[u8; 16]>());
+            std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+            id
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok((id, lock))
+}
+
 impl Gateway {
     /// Starts everything the config describes; state goes under `data_dir`.
     pub async fn start(config: &GatewayConfig, data_dir: &Path) -> Result<Self> {
@@ -99,11 +131,13 @@ impl Gateway {
             ),
         };
         let (key, root_keys) = secrets(config, data_dir)?;
+        let (replica, lock) = replica_id(data_dir)?;
         let paywall = Paywall::new(PaywallParts {
             backend: connected.backend,
             store: store.clone(),
             key,
             root_keys,
+            replica,
             realm: config.mpp.realm.clone(),
             invoice_expiry_secs: config.invoice_expiry_secs,
             services: config.services.clone(),
@@ -112,6 +146,16 @@ impl Gateway {
         })
         .await
         .context("asking the Lightning backend for its network")?;
+        let released = paywall
+            .release_abandoned_claims()
+            .await
+            .context("releasing the claims of the previous run")?;
+        if released > 0 {
+            tracing::warn!(
+                released,
+                "released MPP credentials left in flight when this gateway last stopped; their clients may retry"
+            );
+        }
         let mcp = PaidTools::from_config(config, &paywall).await?;
         let state = AppState {
             paywall: paywall.clone(),
@@ -198,6 +242,7 @@ impl Gateway {
             shutdown,
             task,
             purge,
+            _data_dir_lock: lock,
         })
     }
 

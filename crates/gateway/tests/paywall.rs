@@ -591,6 +591,7 @@ async fn the_layer_guards_an_axum_app() {
         key: gate402_mpp::challenge::ChallengeKey::new("a secret of at least thirty-two bytes!!")
             .unwrap(),
         root_keys: gate402_l402::RootKeySecrets::new(b"a secret of at least thirty-two bytes!!"),
+        replica: "app".into(),
         realm: "app.test".into(),
         invoice_expiry_secs: 600,
         services: vec![ServiceConfig::new("joke", "/joke", 3)],

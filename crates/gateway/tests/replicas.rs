@@ -18,10 +18,16 @@ async fn two_replicas_on_one_database_act_as_one() {
     let mut config = demo::config(upstream);
     config.store = StoreConfig::Postgres(postgres.url.clone());
     config.mpp.secret = Some("a shared secret of at least thirty-two bytes".into());
-    // Both replicas pay with one sandbox node key, as replicas share a node.
-    let shared = tempfile::tempdir().unwrap();
-    let a = Gateway::start(&config, shared.path()).await.unwrap();
-    let b = Gateway::start(&config, shared.path()).await.unwrap();
+    // Each replica has its own data dir (and sandbox node); credentials
+    // verify anywhere, being bound by the shared secret, not by a node.
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start(&config, dir_a.path()).await.unwrap();
+    let b = Gateway::start(&config, dir_b.path()).await.unwrap();
+    let error = Gateway::start(&config, dir_a.path()).await.err().unwrap();
+    assert!(
+        format!("{error:#}").contains("another gateway is running on the data dir"),
+        "{error:#}"
+    );
     let (base_a, base_b) = (
         format!("http://{}", a.addr()),
         format!("http://{}", b.addr()),

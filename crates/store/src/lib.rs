@@ -104,16 +104,23 @@ pub trait Store: Send + Sync + 'static {
     /// An issued invoice, by payment hash.
     async fn invoice(&self, payment_hash: &[u8; 32]) -> Result<Option<InvoiceRecord>, StoreError>;
 
-    /// Claims an MPP challenge for one request, atomically across every
-    /// gateway sharing the store. A claim whose holder died is taken over
-    /// after `lease_until`.
+    /// Claims an MPP challenge for one request of gateway `holder`,
+    /// atomically across every gateway sharing the store. A claim whose
+    /// holder died is taken over after `lease_until`, or at once when the
+    /// holder restarts ([`Store::release_leases_of`]).
     async fn reserve_challenge(
         &self,
         challenge_id: &str,
+        holder: &str,
         expires_at: u64,
         lease_until: u64,
         now: u64,
     ) -> Result<Reservation, StoreError>;
+
+    /// Releases every claim `holder` still has: called by a gateway at
+    /// start, when those claims belong to requests its killed predecessor
+    /// never finished (their clients retry and are served). Returns how many.
+    async fn release_leases_of(&self, holder: &str) -> Result<u64, StoreError>;
 
     /// The request served: the challenge is consumed for good.
     async fn commit_challenge(&self, challenge_id: &str, now: u64) -> Result<(), StoreError>;

@@ -11,7 +11,8 @@ use sqlx::Row;
 use crate::{InvoiceRecord, ReceiptRecord, Reservation, Store, StoreError, TokenRecord};
 
 /// Schema versions, in order; `gate402_schema` says how many ran.
-const MIGRATIONS: &[&str] = &["CREATE TABLE tokens (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE tokens (
         token_id BYTEA PRIMARY KEY,
         root_key BYTEA NOT NULL,
         payment_hash BYTEA NOT NULL,
@@ -48,7 +49,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE tokens (
         service TEXT NOT NULL,
         used BIGINT NOT NULL,
         PRIMARY KEY (client, service)
-     );"];
+     );",
+    "ALTER TABLE challenges ADD COLUMN holder TEXT;
+     CREATE INDEX challenges_holder ON challenges (holder) WHERE NOT consumed;",
+];
 
 /// Any number fixed for the advisory lock that serializes migrations of
 /// replicas starting together.
@@ -213,6 +217,7 @@ impl Store for PostgresStore {
     async fn reserve_challenge(
         &self,
         challenge_id: &str,
+        holder: &str,
         expires_at: u64,
         lease_until: u64,
         now: u64,
@@ -221,8 +226,9 @@ impl Store for PostgresStore {
         // under the row lock of ON CONFLICT, so concurrent replicas cannot
         // both acquire.
         let acquired = sqlx::query(
-            "INSERT INTO challenges (id, lease_until, expires_at) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET lease_until = EXCLUDED.lease_until
+            "INSERT INTO challenges (id, lease_until, expires_at, holder) VALUES ($1, $2, $3, $5)
+             ON CONFLICT (id) DO UPDATE
+                SET lease_until = EXCLUDED.lease_until, holder = EXCLUDED.holder
              WHERE NOT challenges.consumed AND challenges.lease_until <= $4
              RETURNING id",
         )
@@ -230,6 +236,7 @@ impl Store for PostgresStore {
         .bind(lease_until as i64)
         .bind(expires_at as i64)
         .bind(now as i64)
+        .bind(holder)
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
@@ -266,6 +273,15 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await
             .map(drop)
+            .map_err(db)
+    }
+
+    async fn release_leases_of(&self, holder: &str) -> Result<u64, StoreError> {
+        sqlx::query("DELETE FROM challenges WHERE holder = $1 AND NOT consumed")
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
             .map_err(db)
     }
 

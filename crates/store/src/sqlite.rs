@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::{InvoiceRecord, ReceiptRecord, Reservation, Store, StoreError, TokenRecord};
 
 /// Schema versions, in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &["CREATE TABLE tokens (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE tokens (
         token_id BLOB PRIMARY KEY,
         root_key BLOB NOT NULL,
         payment_hash BLOB NOT NULL,
@@ -45,7 +46,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE tokens (
         service TEXT NOT NULL,
         used INTEGER NOT NULL,
         PRIMARY KEY (client, service)
-     );"];
+     );",
+    "ALTER TABLE challenges ADD COLUMN holder TEXT;
+     CREATE INDEX challenges_holder ON challenges (holder) WHERE consumed = 0;",
+];
 
 /// SQLite, one file; safe for several processes on one machine.
 #[derive(Clone)]
@@ -184,11 +188,12 @@ impl Store for SqliteStore {
     async fn reserve_challenge(
         &self,
         challenge_id: &str,
+        holder: &str,
         expires_at: u64,
         lease_until: u64,
         now: u64,
     ) -> Result<Reservation, StoreError> {
-        let id = challenge_id.to_owned();
+        let (id, holder) = (challenge_id.to_owned(), holder.to_owned());
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row: Option<(bool, i64)> = tx
@@ -203,15 +208,16 @@ impl Store for SqliteStore {
                 Some((false, lease)) if lease as u64 > now => Reservation::InFlight,
                 Some((false, _)) => {
                     tx.execute(
-                        "UPDATE challenges SET lease_until = ?2 WHERE id = ?1",
-                        params![id, lease_until as i64],
+                        "UPDATE challenges SET lease_until = ?2, holder = ?3 WHERE id = ?1",
+                        params![id, lease_until as i64, holder],
                     )?;
                     Reservation::Acquired
                 }
                 None => {
                     tx.execute(
-                        "INSERT INTO challenges (id, lease_until, expires_at) VALUES (?1, ?2, ?3)",
-                        params![id, lease_until as i64, expires_at as i64],
+                        "INSERT INTO challenges (id, lease_until, expires_at, holder)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![id, lease_until as i64, expires_at as i64, holder],
                     )?;
                     Reservation::Acquired
                 }
@@ -242,6 +248,18 @@ impl Store for SqliteStore {
                 [id],
             )
             .map(drop)
+        })
+        .await
+    }
+
+    async fn release_leases_of(&self, holder: &str) -> Result<u64, StoreError> {
+        let holder = holder.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM challenges WHERE holder = ?1 AND consumed = 0",
+                [holder],
+            )
+            .map(|n| n as u64)
         })
         .await
     }

@@ -28,7 +28,7 @@ async fn tokens_are_shared_and_can_be_revoked([a, b]: &Pair) {
 }
 
 async fn a_challenge_is_served_once([store, _]: &Pair) {
-    let claim = |id: &'static str, lease, now| store.reserve_challenge(id, 1000, lease, now);
+    let claim = |id: &'static str, lease, now| store.reserve_challenge(id, "r1", 1000, lease, now);
     assert_eq!(claim("c", 100, 10).await.unwrap(), Reservation::Acquired);
     assert_eq!(claim("c", 100, 10).await.unwrap(), Reservation::InFlight);
     // Upstream failed: released, the same credential works again.
@@ -49,13 +49,31 @@ async fn a_challenge_is_served_once([store, _]: &Pair) {
     assert_eq!(store.purge_expired(2000).await.unwrap(), 1);
 }
 
+async fn a_restarted_holder_releases_its_claims([a, b]: &Pair) {
+    let claim = |store: &Arc<dyn Store>, id: &'static str, holder: &'static str| {
+        let store = store.clone();
+        async move { store.reserve_challenge(id, holder, 1000, 100, 10).await.unwrap() }
+    };
+    assert_eq!(claim(a, "x", "killed").await, Reservation::Acquired);
+    assert_eq!(claim(a, "y", "killed").await, Reservation::Acquired);
+    assert_eq!(claim(b, "z", "alive").await, Reservation::Acquired);
+    // "killed" served y before it died; x was in flight.
+    a.commit_challenge("y", 11).await.unwrap();
+    assert_eq!(claim(b, "x", "alive").await, Reservation::InFlight);
+    assert_eq!(a.release_leases_of("killed").await.unwrap(), 1);
+    assert_eq!(claim(b, "x", "alive").await, Reservation::Acquired);
+    assert_eq!(claim(b, "y", "alive").await, Reservation::Consumed);
+    // Another holder's claims stay held.
+    assert_eq!(claim(a, "z", "killed").await, Reservation::InFlight);
+}
+
 async fn concurrent_claims_acquire_once(stores: &Pair) {
     let mut tasks = Vec::new();
     for i in 0..64 {
         let store = stores[i % 2].clone();
         tasks.push(tokio::spawn(async move {
             store
-                .reserve_challenge("same", 1000, 100, 10)
+                .reserve_challenge("same", if i % 2 == 0 { "a" } else { "b" }, 1000, 100, 10)
                 .await
                 .unwrap()
         }));
@@ -93,6 +111,7 @@ async fn invoices_are_found_by_payment_hash([a, b]: &Pair) {
 async fn keeps_the_contract(stores: Pair) {
     tokens_are_shared_and_can_be_revoked(&stores).await;
     a_challenge_is_served_once(&stores).await;
+    a_restarted_holder_releases_its_claims(&stores).await;
     concurrent_claims_acquire_once(&stores).await;
     freebies_count_per_client_and_service(&stores).await;
     invoices_are_found_by_payment_hash(&stores).await;
