@@ -122,7 +122,10 @@ impl Paywall {
     /// clients, who paid and were never answered, retry. Call once at start,
     /// before serving. Returns how many were released.
     pub async fn release_abandoned_claims(&self) -> Result<u64, gate402_store::StoreError> {
-        self.inner.store.release_leases_of(&self.inner.replica).await
+        self.inner
+            .store
+            .release_leases_of(&self.inner.replica)
+            .await
     }
 
     /// The layer to wrap an app or the proxy with.
@@ -463,13 +466,7 @@ impl Paywall {
         match self
             .inner
             .store
-            .reserve_challenge(
-                key,
-                &self.inner.replica,
-                expires_at,
-                now + LEASE_SECS,
-                now,
-            )
+            .reserve_challenge(key, &self.inner.replica, expires_at, now + LEASE_SECS, now)
             .await
         {
             Err(e) => Err(Refusal::new(

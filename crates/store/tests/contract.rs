@@ -52,7 +52,12 @@ async fn a_challenge_is_served_once([store, _]: &Pair) {
 async fn a_restarted_holder_releases_its_claims([a, b]: &Pair) {
     let claim = |store: &Arc<dyn Store>, id: &'static str, holder: &'static str| {
         let store = store.clone();
-        async move { store.reserve_challenge(id, holder, 1000, 100, 10).await.unwrap() }
+        async move {
+            store
+                .reserve_challenge(id, holder, 1000, 100, 10)
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(claim(a, "x", "killed").await, Reservation::Acquired);
     assert_eq!(claim(a, "y", "killed").await, Reservation::Acquired);
