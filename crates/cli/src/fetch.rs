@@ -228,7 +228,7 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     });
     let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .context("-X: not an HTTP method")?;
-    let mut request = http.request(method, &args.url);
+    let mut request = http.request(method, http_url(&args.url)?);
     for header in &args.headers {
         let (name, value) = header
             .split_once(':')
@@ -413,4 +413,15 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Parses a URL the client may call: absolute, `http` or `https`.
+pub(crate) fn http_url(text: &str) -> Result<reqwest::Url> {
+    let url = reqwest::Url::parse(text).with_context(|| {
+        format!("{text:?} is not a URL; give one like https://api.example.com/path")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        anyhow::bail!("{text:?}: only http:// and https:// URLs can be called");
+    }
+    Ok(url)
 }

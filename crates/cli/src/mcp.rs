@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
 use gate402_client::ToolCall;
 use gate402_gateway::config::McpProxyConfig;
@@ -48,7 +48,7 @@ pub async fn run(command: &McpCommand, data_dir: &Path) -> ExitCode {
 }
 
 async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
-    let url = reqwest::Url::parse(&args.url).with_context(|| format!("{:?}", args.url))?;
+    let url = crate::fetch::http_url(&args.url)?;
     let arguments = match serde_json::from_str(&args.args) {
         Ok(serde_json::Value::Object(object)) => object,
         _ => bail!("--args must be a JSON object, as in --args '{{\"city\": \"Oslo\"}}'"),

@@ -576,7 +576,7 @@ impl Checker {
             if let Some(lightning) = self.get::<LightningConfig>(root, "", "lightning") {
                 match lightning.check() {
                     Ok(()) => config.lightning = lightning,
-                    Err(e) => self.error("", e),
+                    Err(e) => self.error("", format!("{e:#}")),
                 }
             }
         }

@@ -48,17 +48,21 @@ pub struct SandboxSection {
 }
 
 impl LightningConfig {
-    /// Rejects what cannot be meant: the sandbox on a real network.
+    /// Rejects what cannot be meant (the sandbox on a real network) and
+    /// what cannot work: a remote backend's settings are read as they
+    /// would be at start (URL, rune or macaroon files, certificate, NWC
+    /// URI), without contacting it.
     pub fn check(&self) -> Result<()> {
-        if let LightningConfig::Sandbox(SandboxSection {
-            network: Some(network),
-        }) = self
-        {
-            if *network != Network::Regtest {
-                bail!(
-                    "lightning.network: the sandbox backend is test money on regtest; it cannot run on {network}. Use backend = \"ldk\", \"lnd\" or \"cln\" for {network}"
-                );
-            }
+        match self {
+            LightningConfig::Sandbox(SandboxSection {
+                network: Some(network),
+            }) if *network != Network::Regtest => bail!(
+                "lightning.network: the sandbox backend is test money on regtest; it cannot run on {network}. Use backend = \"ldk\", \"lnd\" or \"cln\" for {network}"
+            ),
+            LightningConfig::Sandbox(_) | LightningConfig::Ldk(_) => {}
+            LightningConfig::Lnd(config) => drop(Lnd::new(config).context("lightning (lnd)")?),
+            LightningConfig::Cln(config) => drop(Cln::new(config).context("lightning (cln)")?),
+            LightningConfig::Nwc(config) => drop(Nwc::connect(config).context("lightning (nwc)")?),
         }
         Ok(())
     }
@@ -144,8 +148,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ldk.lightning.name(), "ldk");
-        let lnd = parse("[lightning]\nbackend = \"lnd\"\nurl = \"https://127.0.0.1:8080\"\nmacaroon_dir = \"/lnd/data/chain/bitcoin/mainnet\"\ntls_cert_path = \"/lnd/tls.cert\"").unwrap();
-        assert_eq!(lnd.lightning.name(), "lnd");
+        // LND's files are read when the config is: missing ones are named.
+        let err = parse("[lightning]\nbackend = \"lnd\"\nurl = \"https://127.0.0.1:8080\"\nmacaroon_dir = \"/lnd/data/chain/bitcoin/mainnet\"\ntls_cert_path = \"/lnd/tls.cert\"").unwrap_err();
+        assert!(format!("{err:#}").contains("/lnd/"), "{err}");
         assert_eq!(
             parse(
                 "[lightning]\nbackend = \"cln\"\nurl = \"https://127.0.0.1:3010\"\nrune = \"abc\""

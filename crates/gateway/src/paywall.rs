@@ -38,6 +38,10 @@ use crate::metrics::Metrics;
 use crate::problem::problem_response;
 use crate::proxy::{MatchedService, UPSTREAM_TIMEOUT};
 
+/// The largest credential read: a genuine L402 token or MPP credential is
+/// a few hundred bytes; a bigger one is refused before any parsing.
+const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
+
 /// How long a request may hold an MPP challenge before another may take it.
 const LEASE_SECS: u64 = UPSTREAM_TIMEOUT.as_secs() + 60;
 
@@ -307,6 +311,18 @@ impl Paywall {
             Auth::Freebie(_) | Auth::On => {}
         }
         let refusal = match presented(request.headers()) {
+            Some(Presented::L402(value) | Presented::Payment(value))
+                if value.len() > MAX_CREDENTIAL_BYTES =>
+            {
+                Refusal::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    ProblemType::MalformedCredential,
+                    format!(
+                        "the credential is {} bytes; the limit is {MAX_CREDENTIAL_BYTES}",
+                        value.len()
+                    ),
+                )
+            }
             None => Refusal::new(
                 StatusCode::PAYMENT_REQUIRED,
                 ProblemType::PaymentRequired,
