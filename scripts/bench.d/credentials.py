@@ -49,6 +49,6 @@ with open(mpp_out, "w") as out:
         challenge = offer()["Payment"]
         request = json.loads(base64.urlsafe_b64decode(challenge["request"] + "=" * (-len(challenge["request"]) % 4)))
         preimage = pay(request["methodDetails"]["invoice"])
-        echo = {k: challenge[k] for k in ("id", "realm", "method", "intent", "request", "expires", "description") if k in challenge}
+        echo = {k: challenge[k] for k in ("id", "realm", "method", "intent", "request", "expires", "digest", "opaque", "description") if k in challenge}
         credential = {"challenge": echo, "payload": {"preimage": preimage}}
         out.write("Payment " + b64url(json.dumps(credential, separators=(",", ":")).encode()) + "\n")
