@@ -39,7 +39,7 @@ fn typescript_sdk() -> PathBuf {
     let sdk = dir.join("node_modules/@modelcontextprotocol/sdk");
     if !sdk.join("package.json").exists() {
         std::fs::create_dir_all(&dir).unwrap();
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp-ts/package.json");
+        let manifest = common::manifest_dir().join("tests/mcp-ts/package.json");
         std::fs::copy(manifest, dir.join("package.json")).unwrap();
         let status = Command::new("npm")
             .args(["install", "--no-audit", "--no-fund", "--prefix"])
@@ -64,7 +64,7 @@ fn dirs_cache() -> PathBuf {
 async fn the_typescript_mcp_sdk_pays_for_tools() {
     let sdk = tokio::task::spawn_blocking(typescript_sdk).await.unwrap();
     let (gateway, base) = demo_gateway().await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp-ts/client.mjs");
+    let script = common::manifest_dir().join("tests/mcp-ts/client.mjs");
     let out = tokio::process::Command::new("node")
         .arg(script)
         .arg(&base)
@@ -264,7 +264,7 @@ async fn start_proxy(data: &Path, args: &[&str]) -> (tokio::process::Child, Stri
 #[tokio::test(flavor = "multi_thread")]
 async fn mcp_proxy_charges_for_a_stdio_server() {
     let sdk = tokio::task::spawn_blocking(typescript_sdk).await.unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp-ts/stdio-server.mjs");
+    let script = common::manifest_dir().join("tests/mcp-ts/stdio-server.mjs");
     let dir = tempfile::tempdir().unwrap();
     let (mut proxy, base, described) = start_proxy(
         &dir.path().join("gateway"),

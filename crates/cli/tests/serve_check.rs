@@ -1,12 +1,12 @@
 //! `gate402 serve --check` on the example configs.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 fn example(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(name)
+    common::manifest_dir().join("../../examples").join(name)
 }
 
 fn check(config: &PathBuf) -> std::process::Output {

@@ -72,3 +72,12 @@ pub async fn payments(data: &Path) -> Vec<Value> {
         .unwrap()
         .clone()
 }
+
+/// This package's directory, read when the test runs (cargo sets it), not
+/// when it was compiled: a test binary reused from a build of the same
+/// sources elsewhere must still find its files here.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .expect("tests run under cargo, which sets CARGO_MANIFEST_DIR")
+}

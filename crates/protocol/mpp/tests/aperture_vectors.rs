@@ -16,8 +16,7 @@ fn vectors() -> Value {
     let path = std::env::var_os("GATE402_MPP_VECTORS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../../shared/vectors/aperture-mpp-vectors.json")
+            manifest_dir().join("../../../../shared/vectors/aperture-mpp-vectors.json")
         });
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
@@ -221,4 +220,13 @@ fn receipts() {
             );
         }
     }
+}
+
+/// This package's directory, read when the test runs (cargo sets it), not
+/// when it was compiled: a test binary reused from a build of the same
+/// sources elsewhere must still find its files here.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .expect("tests run under cargo, which sets CARGO_MANIFEST_DIR")
 }
