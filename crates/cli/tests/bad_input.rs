@@ -15,6 +15,20 @@ fn gate402(data: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `gate402 ARGS`; a failure message unless it exited non-zero with
+/// `needle` in its error and no panic.
+fn not_a_clear_error(data: &Path, name: &str, args: &[&str], needle: &str) -> Option<String> {
+    let out = gate402(data, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let clear = !out.status.success() && !stderr.contains("panicked") && stderr.contains(needle);
+    (!clear).then(|| {
+        format!(
+            "{name}: exit {:?}, expected {needle:?} in: {stderr}",
+            out.status.code()
+        )
+    })
+}
+
 /// Gateway configs, each with one mistake, and a word the error must name.
 fn gateway_configs() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let service = "[[services]]\nname = \"api\"\npath = \"/api\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 5\n";
@@ -68,17 +82,8 @@ fn every_broken_gateway_config_is_a_clear_error() {
     for (i, (name, text, needle)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("{i}.toml"));
         std::fs::write(&path, text).unwrap();
-        let out = gate402(
-            dir.path(),
-            &["serve", "--check", "--config", path.to_str().unwrap()],
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || stderr.contains("panicked") || !stderr.contains(needle) {
-            failures.push(format!(
-                "{name}: exit {:?}, expected {needle:?} in: {stderr}",
-                out.status.code()
-            ));
-        }
+        let args = ["serve", "--check", "--config", path.to_str().unwrap()];
+        failures.extend(not_a_clear_error(dir.path(), name, &args, needle));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     eprintln!("{} broken configs, each a clear error", cases.len());
@@ -191,17 +196,10 @@ fn every_malformed_command_line_is_a_clear_error() {
         ),
         ("unknown subcommand", vec!["fetch"], "fetch"),
     ];
-    let mut failures = Vec::new();
-    for (name, args, needle) in &cases {
-        let out = gate402(dir.path(), args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || stderr.contains("panicked") || !stderr.contains(needle) {
-            failures.push(format!(
-                "{name}: exit {:?}, expected {needle:?} in: {stderr}",
-                out.status.code()
-            ));
-        }
-    }
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(name, args, needle)| not_a_clear_error(dir.path(), name, args, needle))
+        .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     eprintln!(
         "{} malformed command lines, each a clear error",

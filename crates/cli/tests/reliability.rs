@@ -9,6 +9,8 @@
 //!   402 writes nothing), its memory stays flat, and paid requests sent
 //!   meanwhile are all served.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,6 +21,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::Router;
+use common::free_port;
 use gate402_client::Offer;
 use gate402_lightning_sandbox::http::pay_via;
 use gate402_postgres_testkit::TestPostgres;
@@ -28,14 +31,6 @@ use tokio::task::JoinSet;
 
 const SECRET: &str = "a shared secret of at least thirty-two bytes";
 const CREDENTIAL_HEADER: &str = "x-test-credential";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `gate402 serve` process; killed with the test.
 struct Replica {

@@ -1,17 +1,13 @@
 //! `gate402 serve` as a process: the demo defaults, JSON logs, SIGHUP
 //! reload, SIGTERM shutdown.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 struct Serve(Child);
 

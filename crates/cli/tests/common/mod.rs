@@ -81,3 +81,12 @@ pub fn manifest_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .expect("tests run under cargo, which sets CARGO_MANIFEST_DIR")
 }
+
+/// A loopback port nothing listens on (for a server started next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
