@@ -117,7 +117,7 @@ pub async fn serve(
         println!("{}", banner(&url));
     }
     let shutdown = gateway.shutdown_handle();
-    let paywall = gateway.paywall().clone();
+    let services = gateway.services_handle();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut hup), Ok(mut term)) = (
@@ -135,7 +135,7 @@ pub async fn serve(
                     Some(path) => match GatewayConfig::load(path) {
                         Ok(config) => {
                             tracing::info!(services = config.services.len(), "SIGHUP: services reloaded");
-                            paywall.set_services(config.services);
+                            services.set(&config.services);
                         }
                         Err(errors) => tracing::error!(%errors, "SIGHUP: config rejected, keeping the running one"),
                     },
@@ -143,7 +143,7 @@ pub async fn serve(
             }
         }
         tracing::info!("shutting down: finishing requests in flight");
-        let _ = shutdown.send(true);
+        shutdown.cancel();
     });
     gateway.wait().await
 }

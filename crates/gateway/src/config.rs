@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use axum::http::{HeaderName, HeaderValue, Method};
+use gate402_paywall::route::RequestPath;
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
@@ -38,7 +39,17 @@ pub struct GatewayConfig {
     /// Another MCP server whose tools `/mcp` serves, priced here.
     pub mcp_proxy: Option<McpProxyConfig>,
     /// Rate limits and the cap on unpaid invoices.
-    pub limits: crate::limits::LimitsConfig,
+    pub limits: gate402_paywall::LimitsConfig,
+    /// Connections, timeouts, trusted proxies.
+    pub server: ServerConfig,
+    /// Who may reach `/mcp`, and its sessions.
+    pub mcp: McpConfig,
+    /// Seconds a claim on a payment is leased (renewed while its response
+    /// streams): how long a replica that died mid-request keeps its
+    /// claims from the others (`[store] claim_lease_secs`).
+    pub claim_lease_secs: u64,
+    /// What is allowed but risky, for `serve --check` and the log.
+    pub warnings: Vec<String>,
 }
 
 /// `[mcp_proxy]`: the paywall in front of another MCP server.
@@ -94,15 +105,16 @@ impl ToolConfig {
     /// tool's price and description, paid with MPP (MCP carries no L402).
     pub fn paid_service(&self, called: &ServiceConfig) -> ServiceConfig {
         let mut service = called.clone();
-        service.name = format!("mcp/{}", self.name);
-        service.price_sats = self.price_sats.unwrap_or(called.price_sats);
-        service.description = self.description.clone();
-        service.schemes = Schemes::Mpp;
+        let priced = &mut service.priced;
+        priced.name = format!("mcp/{}", self.name);
+        priced.price_sats = self.price_sats.unwrap_or(called.priced.price_sats);
+        priced.description = self.description.clone();
+        priced.schemes = Schemes::Mpp;
         if let Some(path) = &self.path {
-            service.path = PathPattern::Exact(path.clone());
+            priced.path = PathPattern::Exact(path.clone());
         }
         if let Some(method) = self.method.as_deref().and_then(|m| m.parse().ok()) {
-            service.methods = vec![method];
+            priced.methods = vec![method];
         }
         service
     }
@@ -138,184 +150,220 @@ pub struct MppConfig {
     pub previous_secrets: Vec<String>,
 }
 
-/// Whether a service charges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Auth {
-    /// Every call pays.
-    On,
-    /// No paywall.
-    Off,
-    /// This many free calls per client IP, then pay.
-    Freebie(u64),
-}
+pub use gate402_paywall::client::{ForwardedHeader, TrustedProxies};
+pub use gate402_paywall::route::{HostPattern, PathPattern};
+pub use gate402_paywall::{Auth, PricedService, Schemes};
 
-/// Which schemes a service offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schemes {
-    /// L402 and MPP, one invoice.
-    Both,
-    /// L402 only.
-    L402,
-    /// MPP only.
-    Mpp,
-}
-
-impl Schemes {
-    /// Whether L402 is offered.
-    pub fn l402(self) -> bool {
-        matches!(self, Schemes::Both | Schemes::L402)
-    }
-
-    /// Whether MPP is offered.
-    pub fn mpp(self) -> bool {
-        matches!(self, Schemes::Both | Schemes::Mpp)
-    }
-}
-
-/// A path pattern: exact (`/weather`) or prefix (`/api/*`, `/*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathPattern {
-    /// The path, exactly.
-    Exact(String),
-    /// Any path under this prefix (which ends with `/`, or is empty for all).
-    Prefix(String),
-}
-
-impl PathPattern {
-    fn parse(text: &str) -> Result<Self, String> {
-        if !text.starts_with('/') {
-            return Err(format!("{text:?} must start with /"));
-        }
-        match text.strip_suffix('*') {
-            Some(prefix) if prefix.ends_with('/') => Ok(PathPattern::Prefix(prefix.to_owned())),
-            Some(_) => Err(format!(
-                "{text:?}: * is allowed only as the last segment, as in /api/*"
-            )),
-            None if text.contains('*') => Err(format!("{text:?}: * is allowed only at the end")),
-            None => Ok(PathPattern::Exact(text.to_owned())),
-        }
-    }
-
-    /// Whether `path` matches.
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathPattern::Exact(p) => p == path,
-            PathPattern::Prefix(prefix) => {
-                path.starts_with(prefix.as_str()) || path == prefix.trim_end_matches('/')
-            }
-        }
-    }
-
-    /// The pattern as written.
-    pub fn as_written(&self) -> String {
-        match self {
-            PathPattern::Exact(p) => p.clone(),
-            PathPattern::Prefix(p) => format!("{p}*"),
-        }
-    }
-}
-
-/// A host pattern: exact (`api.example.com`) or a wildcard (`*.example.com`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPattern(String);
-
-impl HostPattern {
-    /// Whether `host` (without port) matches, case-insensitively.
-    pub fn matches(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
-        match self.0.strip_prefix("*.") {
-            Some(domain) => host.ends_with(&format!(".{domain}")),
-            None => host == self.0,
-        }
-    }
-}
-
-/// How the path is changed on its way upstream.
+/// How the path is changed on its way upstream. Applied to the normalized
+/// path only, and only at segment boundaries, so the upstream path never
+/// leaves `add_prefix`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rewrite {
-    /// Removed from the front of the path.
+    /// Removed from the front of the path (normal form, no trailing `/`).
     pub strip_prefix: Option<String>,
-    /// Then put in front of it.
+    /// Then put in front of it (normal form, no trailing `/`).
     pub add_prefix: Option<String>,
 }
 
 impl Rewrite {
-    /// The upstream path for a request path.
-    pub fn apply(&self, path: &str) -> String {
-        let stripped = match &self.strip_prefix {
-            Some(prefix) => path.strip_prefix(prefix.as_str()).unwrap_or(path),
-            None => path,
+    /// The upstream path for a normalized request path.
+    pub fn apply(&self, path: &RequestPath) -> String {
+        let path = path.as_str();
+        let rest = match self.strip_prefix.as_deref() {
+            Some(prefix) if segment_prefix(path, prefix) => &path[prefix.len()..],
+            _ => path,
         };
-        let joined = format!("{}{stripped}", self.add_prefix.as_deref().unwrap_or(""));
-        if joined.starts_with('/') {
-            joined
-        } else {
-            format!("/{joined}")
+        let rest = if rest.is_empty() { "/" } else { rest };
+        match self.add_prefix.as_deref() {
+            Some(prefix) => format!("{prefix}{rest}"),
+            None => rest.to_owned(),
         }
     }
 }
 
-/// One priced service.
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    /// Unique name: the L402 `services` caveat and the metrics label.
-    pub name: String,
-    /// Host the service answers on (any host when unset).
-    pub host: Option<HostPattern>,
-    /// Path pattern.
-    pub path: PathPattern,
-    /// HTTP methods (all when empty).
-    pub methods: Vec<Method>,
-    /// Where to proxy to (unset when the paywall wraps an app).
-    pub upstream: Option<String>,
-    /// Price per call.
-    pub price_sats: u64,
-    /// Charging mode.
-    pub auth: Auth,
-    /// Offered schemes.
-    pub schemes: Schemes,
-    /// How long an L402 token stays valid (`<service>_valid_until`).
-    pub token_lifetime_secs: u64,
-    /// Capabilities minted into L402 tokens.
-    pub capabilities: Vec<String>,
+/// Whether `prefix` is `path` or a run of its whole segments (ASCII case
+/// ignored, as routes are matched).
+fn segment_prefix(path: &str, prefix: &str) -> bool {
+    path.len() >= prefix.len()
+        && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+}
+
+/// Where a service's paid requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Its base URL, `http://host[:port][/base]` without a trailing `/`.
+    pub url: String,
     /// Headers added upstream (an API key the client never sees).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Path rewrite.
     pub rewrite: Rewrite,
-    /// Used in invoices, challenges and discovery.
-    pub description: String,
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url` with no headers and no rewrite.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            headers: Vec::new(),
+            rewrite: Rewrite::default(),
+        }
+    }
+}
+
+/// One `[[services]]` entry: what is sold (the paywall's part) and where
+/// its requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The route, price and payment rules.
+    pub priced: PricedService,
+    /// The upstream (unset when the paywall guards an app of its own).
+    pub upstream: Option<UpstreamConfig>,
 }
 
 impl ServiceConfig {
     /// A service for `path` at `price_sats`, every other setting default.
     pub fn new(name: &str, path: &str, price_sats: u64) -> Self {
         Self {
-            name: name.to_owned(),
-            host: None,
-            path: PathPattern::parse(path).unwrap_or(PathPattern::Exact(path.to_owned())),
-            methods: Vec::new(),
+            priced: PricedService::new(name, path, price_sats),
             upstream: None,
-            price_sats,
-            auth: Auth::On,
-            schemes: Schemes::Both,
-            token_lifetime_secs: 3600,
-            capabilities: Vec::new(),
-            headers: Vec::new(),
-            rewrite: Rewrite::default(),
-            description: name.to_owned(),
         }
     }
 
-    /// Whether a request is for this service.
-    pub fn matches(&self, host: Option<&str>, method: &Method, path: &str) -> bool {
-        let host_ok = match (&self.host, host) {
-            (None, _) => true,
-            (Some(pattern), Some(host)) => pattern.matches(host),
-            (Some(_), None) => false,
-        };
-        host_ok
-            && (self.methods.is_empty() || self.methods.contains(method))
-            && self.path.matches(path)
+    /// A service proxied to `upstream`.
+    pub fn proxied(name: &str, path: &str, price_sats: u64, upstream: &str) -> Self {
+        Self {
+            priced: PricedService::new(name, path, price_sats),
+            upstream: Some(UpstreamConfig::new(upstream)),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.priced.name
+    }
+}
+
+/// `[server]`: connections, timeouts and who the clients are.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Seconds a client has to send a request's headers.
+    #[serde(default = "ServerConfig::default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may go without a byte read or written (idle
+    /// keep-alive, or a client that stopped reading) before it is closed.
+    #[serde(default = "ServerConfig::default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Connections open at once, all clients together (default: what the
+    /// process's file limit allows, at most 10 000).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one client address (an IPv6 /64);
+    /// trusted proxies are exempt.
+    #[serde(default = "ServerConfig::default_per_client")]
+    pub max_connections_per_client: usize,
+    /// Seconds a graceful stop waits for requests in flight.
+    #[serde(default = "ServerConfig::default_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Proxies (CIDRs) whose forwarding header names the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header they append to: `x-forwarded-for` or `forwarded`.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeaderName,
+}
+
+/// `forwarded_header` as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaderName {
+    /// `X-Forwarded-For`.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+impl ServerConfig {
+    fn default_header_read_timeout() -> u64 {
+        10
+    }
+    fn default_idle_timeout() -> u64 {
+        60
+    }
+    fn default_per_client() -> usize {
+        64
+    }
+    fn default_grace() -> u64 {
+        30
+    }
+
+    /// The trusted proxies, as the paywall takes them.
+    pub fn trusted(&self) -> TrustedProxies {
+        TrustedProxies {
+            networks: self.trusted_proxies.clone(),
+            header: match self.forwarded_header {
+                ForwardedHeaderName::XForwardedFor => ForwardedHeader::XForwardedFor,
+                ForwardedHeaderName::Forwarded => ForwardedHeader::Forwarded,
+            },
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: Self::default_header_read_timeout(),
+            idle_timeout_secs: Self::default_idle_timeout(),
+            max_connections: None,
+            max_connections_per_client: Self::default_per_client(),
+            shutdown_grace_secs: Self::default_grace(),
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeaderName::default(),
+        }
+    }
+}
+
+/// `[mcp]`: who may reach `/mcp`, and how many sessions it keeps.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// Host names (or `host:port`) `/mcp` answers to; DNS rebinding from a
+    /// browser is refused. Default: loopback names when listening on
+    /// loopback, any host otherwise.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Browser origins (`https://app.example.com`) allowed to call `/mcp`;
+    /// a request carrying another `Origin` is refused. Default: none when
+    /// listening on loopback (any `Origin` is refused), any otherwise.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Sessions open at once; an `initialize` past it gets 503.
+    #[serde(default = "McpConfig::default_max_sessions")]
+    pub max_sessions: usize,
+    /// Seconds a session may stay unused before it is closed.
+    #[serde(default = "McpConfig::default_session_idle")]
+    pub session_idle_secs: u64,
+}
+
+impl McpConfig {
+    fn default_max_sessions() -> usize {
+        1000
+    }
+    fn default_session_idle() -> u64 {
+        300
+    }
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: None,
+            allowed_origins: None,
+            max_sessions: Self::default_max_sessions(),
+            session_idle_secs: Self::default_session_idle(),
+        }
     }
 }
 
@@ -338,6 +386,10 @@ impl GatewayConfig {
             tools: Vec::new(),
             mcp_proxy: None,
             limits: Default::default(),
+            server: ServerConfig::default(),
+            mcp: McpConfig::default(),
+            claim_lease_secs: gate402_paywall::DEFAULT_CLAIM_LEASE.as_secs(),
+            warnings: Vec::new(),
         }
     }
 
@@ -360,7 +412,9 @@ impl GatewayConfig {
                 return Err(ConfigErrors(check.errors));
             }
         };
-        let config = check.config(&root);
+        let mut config = check.config(&root);
+        check.warn_risky(&config);
+        config.warnings = std::mem::take(&mut check.warnings);
         if check.errors.is_empty() {
             Ok(config)
         } else {
@@ -470,6 +524,7 @@ fn comment_start(line: &str) -> Option<usize> {
 #[derive(Default)]
 struct Checker {
     errors: Vec<String>,
+    warnings: Vec<String>,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -544,6 +599,8 @@ impl Checker {
                 "tools",
                 "mcp_proxy",
                 "limits",
+                "server",
+                "mcp",
             ],
         );
         let mut config = GatewayConfig::default_with_services(Vec::new());
@@ -581,7 +638,13 @@ impl Checker {
             }
         }
         if let Some(store) = self.table(root, "", "store") {
-            self.unknown_keys(store, "store", &["kind", "path", "url"]);
+            self.unknown_keys(store, "store", &["kind", "path", "url", "claim_lease_secs"]);
+            if let Some(secs) = self.get::<i64>(store, "store", "claim_lease_secs") {
+                match u64::try_from(secs) {
+                    Ok(secs) if (1..=3600).contains(&secs) => config.claim_lease_secs = secs,
+                    _ => self.error("store.claim_lease_secs", "must be between 1 and 3600"),
+                }
+            }
             match self.get::<String>(store, "store", "kind").as_deref() {
                 None | Some("sqlite") => {
                     config.store = StoreConfig::Sqlite(self.get(store, "store", "path"));
@@ -680,15 +743,15 @@ impl Checker {
         }
         let mut seen = std::collections::HashSet::new();
         for (i, service) in config.services.iter().enumerate() {
-            if !seen.insert(service.name.clone()) {
+            if !seen.insert(service.name().to_owned()) {
                 self.error(
                     &format!("services[{i}].name"),
-                    format!("{:?} is used by an earlier service", service.name),
+                    format!("{:?} is used by an earlier service", service.name()),
                 );
             }
         }
         if root.contains_key("limits") {
-            if let Some(limits) = self.get::<crate::limits::LimitsConfig>(root, "", "limits") {
+            if let Some(limits) = self.get::<gate402_paywall::LimitsConfig>(root, "", "limits") {
                 for (key, value) in [
                     (
                         "client_requests_per_second",
@@ -708,6 +771,45 @@ impl Checker {
                     }
                 }
                 config.limits = limits;
+            }
+        }
+        if root.contains_key("server") {
+            if let Some(server) = self.get::<ServerConfig>(root, "", "server") {
+                for (key, value) in [
+                    ("header_read_timeout_secs", server.header_read_timeout_secs),
+                    ("idle_timeout_secs", server.idle_timeout_secs),
+                    ("shutdown_grace_secs", server.shutdown_grace_secs),
+                ] {
+                    if !(1..=86_400).contains(&value) {
+                        self.error(&join("server", key), "must be between 1 and 86400");
+                    }
+                }
+                if server.max_connections == Some(0) || server.max_connections_per_client == 0 {
+                    self.error("server", "connection limits must be 1 or more");
+                }
+                config.server = server;
+            }
+        }
+        if root.contains_key("mcp") {
+            if let Some(mcp) = self.get::<McpConfig>(root, "", "mcp") {
+                if mcp.max_sessions == 0 || mcp.session_idle_secs == 0 {
+                    self.error(
+                        "mcp",
+                        "max_sessions and session_idle_secs must be 1 or more",
+                    );
+                }
+                for (i, origin) in mcp.allowed_origins.iter().flatten().enumerate() {
+                    if !(origin.starts_with("http://")
+                        || origin.starts_with("https://")
+                        || origin == "null")
+                    {
+                        self.error(
+                            &format!("mcp.allowed_origins[{i}]"),
+                            format!("{origin:?} is not an origin like https://app.example.com"),
+                        );
+                    }
+                }
+                config.mcp = mcp;
             }
         }
         if root.contains_key("mcp_proxy") {
@@ -762,7 +864,7 @@ impl Checker {
         if tool.name == crate::mcp::CREATE_PAYMENT || earlier.iter().any(|t| t.name == tool.name) {
             self.error(&join(path, "name"), format!("{:?} is taken", tool.name));
         }
-        match services.iter().find(|s| s.name == tool.service) {
+        match services.iter().find(|s| s.name() == tool.service) {
             None => self.error(
                 &join(path, "service"),
                 format!("no [[services]] entry is named {:?}", tool.service),
@@ -774,9 +876,15 @@ impl Checker {
                         format!("service {:?} has no upstream to call", tool.service),
                     );
                 }
-                match (&tool.path, &service.path) {
+                match (&tool.path, &service.priced.path) {
                     (Some(p), _) if !p.starts_with('/') => {
                         self.error(&join(path, "path"), format!("{p:?} must start with /"))
+                    }
+                    (Some(p), _) if RequestPath::parse(p).map(|n| n.as_str() != p).unwrap_or(true) => {
+                        self.error(
+                            &join(path, "path"),
+                            format!("{p:?} is not a path in normal form (no dot segments, %XX only where needed)"),
+                        )
                     }
                     (None, PathPattern::Prefix(_)) => self.error(
                         &join(path, "path"),
@@ -843,6 +951,10 @@ impl Checker {
             _ => {}
         }
         let pattern = match self.get::<String>(t, path, "path") {
+            Some(p) if !p.starts_with('/') => {
+                self.error(&at("path"), format!("{p:?} must start with /"));
+                None
+            }
             Some(p) => PathPattern::parse(&p)
                 .map_err(|e| self.error(&at("path"), e))
                 .ok(),
@@ -852,12 +964,15 @@ impl Checker {
             }
             None => None,
         };
-        let mut service = ServiceConfig::new(name.as_deref().unwrap_or("?"), "/", 0);
+        let mut priced = PricedService::new(name.as_deref().unwrap_or("?"), "/", 0);
         if let Some(pattern) = pattern {
-            service.path = pattern;
+            priced.path = pattern;
         }
         if let Some(host) = self.get::<String>(t, path, "host") {
-            service.host = Some(HostPattern(host.to_ascii_lowercase()));
+            match HostPattern::parse(&host) {
+                Ok(pattern) => priced.host = Some(pattern),
+                Err(e) => self.error(&at("host"), e),
+            }
         }
         for (i, method) in self
             .get::<Vec<String>>(t, path, "methods")
@@ -866,19 +981,22 @@ impl Checker {
             .enumerate()
         {
             match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => service.methods.push(m),
+                Ok(m) => priced.methods.push(m),
                 Err(_) => self.error(
                     &format!("{}[{i}]", at("methods")),
                     format!("{method:?} is not an HTTP method"),
                 ),
             }
         }
-        if let Some(upstream) = self.get::<String>(t, path, "upstream") {
-            match upstream.parse::<axum::http::Uri>() {
+        let mut upstream = None;
+        if let Some(url) = self.get::<String>(t, path, "upstream") {
+            match url.parse::<axum::http::Uri>() {
                 Ok(uri)
-                    if matches!(uri.scheme_str(), Some("http")) && uri.authority().is_some() =>
+                    if matches!(uri.scheme_str(), Some("http"))
+                        && uri.authority().is_some()
+                        && uri.query().is_none() =>
                 {
-                    service.upstream = Some(upstream.trim_end_matches('/').to_owned())
+                    upstream = Some(UpstreamConfig::new(&url));
                 }
                 Ok(uri) if matches!(uri.scheme_str(), Some("https")) => self.error(
                     &at("upstream"),
@@ -886,12 +1004,12 @@ impl Checker {
                 ),
                 _ => self.error(
                     &at("upstream"),
-                    format!("{upstream:?} is not an http://host[:port] URL"),
+                    format!("{url:?} is not an http://host[:port][/path] URL"),
                 ),
             }
         }
         match self.get::<i64>(t, path, "price_sats") {
-            Some(p) if p > 0 && p <= 21_000_000 * 100_000_000 => service.price_sats = p as u64,
+            Some(p) if p > 0 && p <= 21_000_000 * 100_000_000 => priced.price_sats = p as u64,
             Some(p) => self.error(
                 &at("price_sats"),
                 format!("{p} is not a positive number of satoshis"),
@@ -901,7 +1019,7 @@ impl Checker {
         }
         if let Some(auth) = self.get::<String>(t, path, "auth") {
             let words: Vec<&str> = auth.split_whitespace().collect();
-            service.auth = match words.as_slice() {
+            priced.auth = match words.as_slice() {
                 ["on"] => Auth::On,
                 ["off"] => Auth::Off,
                 ["freebie", n] if n.parse::<u64>().is_ok() => Auth::Freebie(n.parse().unwrap_or(0)),
@@ -915,7 +1033,7 @@ impl Checker {
             };
         }
         if let Some(schemes) = self.get::<String>(t, path, "schemes") {
-            service.schemes = match schemes.as_str() {
+            priced.schemes = match schemes.as_str() {
                 "both" => Schemes::Both,
                 "l402" => Schemes::L402,
                 "mpp" => Schemes::Mpp,
@@ -932,46 +1050,131 @@ impl Checker {
             if secs <= 0 {
                 self.error(&at("token_lifetime_secs"), "must be positive");
             } else {
-                service.token_lifetime_secs = secs as u64;
+                priced.token_lifetime_secs = secs as u64;
             }
         }
-        let capabilities: Vec<String> = self.get(t, path, "capabilities").unwrap_or_default();
-        for (i, c) in capabilities.iter().enumerate() {
-            if c.is_empty() || c.contains([',', '=']) {
-                self.error(
-                    &format!("{}[{i}]", at("capabilities")),
-                    format!("{c:?} may not be empty or contain , or ="),
-                );
-            }
+        if t.contains_key("capabilities") {
+            let _: Option<Vec<String>> = self.get(t, path, "capabilities");
+            self.warnings.push(format!(
+                "{}: ignored: capabilities are no longer minted into tokens (nothing enforced them)",
+                at("capabilities")
+            ));
         }
-        service.capabilities = capabilities;
-        if let Some(headers) = self.table(t, path, "headers") {
-            for (name, value) in headers {
+        let mut headers = Vec::new();
+        if let Some(table) = self.table(t, path, "headers") {
+            for (name, value) in table {
                 let key = format!("{}.{name}", at("headers"));
                 let header = HeaderName::from_bytes(name.as_bytes());
                 let value = value.as_str().map(HeaderValue::from_str);
                 match (header, value) {
-                    (Ok(h), Some(Ok(v))) => service.headers.push((h, v)),
+                    (Ok(h), Some(Ok(v))) => headers.push((h, v)),
                     (Err(_), _) => self.error(&key, "not a valid header name"),
                     _ => self.error(&key, "value must be a string a header can carry"),
                 }
             }
         }
-        if let Some(rewrite) = self.table(t, path, "rewrite") {
+        let mut rewrite = Rewrite::default();
+        if let Some(table) = self.table(t, path, "rewrite") {
             let rpath = at("rewrite");
-            self.unknown_keys(rewrite, &rpath, &["strip_prefix", "add_prefix"]);
-            service.rewrite = Rewrite {
-                strip_prefix: self.get(rewrite, &rpath, "strip_prefix"),
-                add_prefix: self.get(rewrite, &rpath, "add_prefix"),
+            self.unknown_keys(table, &rpath, &["strip_prefix", "add_prefix"]);
+            let mut prefix = |key: &str| -> Option<String> {
+                let text: String = self.get(table, &rpath, key)?;
+                match RequestPath::parse(&text) {
+                    Ok(p) => Some(p.as_str().trim_end_matches('/').to_owned()),
+                    Err(e) => {
+                        self.error(&join(&rpath, key), format!("{text:?}: {e}"));
+                        None
+                    }
+                }
             };
+            rewrite.strip_prefix = prefix("strip_prefix").filter(|p| !p.is_empty());
+            rewrite.add_prefix = prefix("add_prefix").filter(|p| !p.is_empty());
+            if let Some(strip) = &rewrite.strip_prefix {
+                if !segment_prefix(priced.path.stem(), strip) {
+                    self.error(
+                        &join(&rpath, "strip_prefix"),
+                        format!(
+                            "{strip:?} must be the start of path {:?} (whole segments)",
+                            priced.path.as_written()
+                        ),
+                    );
+                }
+            }
         }
         if let Some(description) = self.get::<String>(t, path, "description") {
             if description.chars().any(|c| c.is_control()) {
                 self.error(&at("description"), "may not contain control characters");
             }
-            service.description = description;
+            priced.description = description;
         }
-        name.map(|_| service)
+        match &mut upstream {
+            Some(upstream) => {
+                upstream.headers = headers;
+                upstream.rewrite = rewrite;
+            }
+            None if !headers.is_empty() || rewrite != Rewrite::default() => self.error(
+                path,
+                "headers and rewrite apply to an upstream; this service has none",
+            ),
+            None => {}
+        }
+        name.map(|_| ServiceConfig { priced, upstream })
+    }
+
+    /// Risky but valid: free routes that overlap paid ones (an upstream
+    /// that serves one resource under several spellings may hand a paid
+    /// one out through the free route), and tools nobody priced.
+    fn warn_risky(&mut self, config: &GatewayConfig) {
+        let services = &config.services;
+        for (i, free) in services.iter().enumerate() {
+            if free.priced.charges() {
+                continue;
+            }
+            for (j, paid) in services.iter().enumerate() {
+                let hosts_meet = match (&free.priced.host, &paid.priced.host) {
+                    (Some(a), Some(b)) => {
+                        a == b
+                            || a.as_written().starts_with("*.")
+                            || b.as_written().starts_with("*.")
+                    }
+                    _ => true,
+                };
+                if !paid.priced.charges()
+                    || !hosts_meet
+                    || !free.priced.path.overlaps(&paid.priced.path)
+                {
+                    continue;
+                }
+                let shared_upstream = match (&free.upstream, &paid.upstream) {
+                    (Some(a), Some(b)) => a.url == b.url,
+                    _ => false,
+                };
+                let why = if i < j {
+                    "comes first, so it takes requests meant for"
+                } else {
+                    "catches what does not match"
+                };
+                self.warnings.push(format!(
+                    "services[{i}] ({:?}, free, {}) {why} services[{j}] ({:?}, paid, {}){}",
+                    free.priced.name,
+                    free.priced.path.as_written(),
+                    paid.priced.name,
+                    paid.priced.path.as_written(),
+                    if shared_upstream {
+                        "; they share an upstream, which may serve a paid resource under a spelling only the free route matches (a file extension, an alias)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        if let Some(proxy) = &config.mcp_proxy {
+            if proxy.default_price_sats.is_none() {
+                self.warnings.push(
+                    "mcp_proxy: no default_price_sats: tools not named in prices are refused (name a tool with 0 to make it free)".into(),
+                );
+            }
+        }
     }
 }
 
@@ -1025,18 +1228,51 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
         let s = &config.services[0];
-        assert_eq!(s.auth, Auth::Freebie(3));
-        assert_eq!(s.schemes, Schemes::L402);
-        assert_eq!(s.headers[0].1, "sekret");
-        assert_eq!(s.upstream.as_deref(), Some("http://127.0.0.1:9001"));
+        let up = s.upstream.as_ref().unwrap();
+        assert_eq!(s.priced.auth, Auth::Freebie(3));
+        assert_eq!(s.priced.schemes, Schemes::L402);
+        assert_eq!(up.headers[0].1, "sekret");
+        assert_eq!(up.url, "http://127.0.0.1:9001");
+        let path = |p| RequestPath::parse(p).unwrap();
         assert_eq!(
-            s.rewrite.apply("/v1/forecast/oslo"),
+            up.rewrite.apply(&path("/v1/forecast/oslo")),
             "/internal/forecast/oslo"
         );
-        assert!(s.matches(Some("eu.weather.test"), &Method::GET, "/v1/forecast/oslo"));
-        assert!(!s.matches(Some("weather.test"), &Method::GET, "/v1/forecast/oslo"));
-        assert!(!s.matches(Some("eu.weather.test"), &Method::POST, "/v1/forecast/oslo"));
-        assert!(!s.matches(Some("eu.weather.test"), &Method::GET, "/v1/other"));
+        assert!(config.warnings.iter().any(|w| w.contains("capabilities")));
+        let routes = gate402_paywall::route::Routes::new([s.priced.clone()]);
+        let find =
+            |host, method: &Method, p| routes.find(Some(host), method, &path(p)).unwrap().is_some();
+        assert!(find("eu.weather.test", &Method::GET, "/v1/forecast/oslo"));
+        assert!(!find("weather.test", &Method::GET, "/v1/forecast/oslo"));
+        assert!(!find("eu.weather.test", &Method::POST, "/v1/forecast/oslo"));
+        assert!(!find("eu.weather.test", &Method::GET, "/v1/other"));
+    }
+
+    #[test]
+    fn rewrites_never_leave_their_prefix() {
+        let rewrite = Rewrite {
+            strip_prefix: Some("/v1/fc".into()),
+            add_prefix: Some("/cheap".into()),
+        };
+        let path = |p| RequestPath::parse(p).unwrap();
+        assert_eq!(rewrite.apply(&path("/v1/fc/x")), "/cheap/x");
+        assert_eq!(rewrite.apply(&path("/V1/FC")), "/cheap/");
+        // Not at a segment boundary: nothing is stripped.
+        assert_eq!(rewrite.apply(&path("/v1/fcadmin")), "/cheap/v1/fcadmin");
+        // Dot segments are resolved before: the service never matches.
+        assert_eq!(
+            path("/v1/fc/../../admin/secret.txt").as_str(),
+            "/admin/secret.txt"
+        );
+        let errors = GatewayConfig::parse(
+            "[[services]]\nname = \"a\"\npath = \"/v1/*\"\nprice_sats = 1\nupstream = \"http://127.0.0.1:9\"\nrewrite = { strip_prefix = \"/v1/fc\" }\n",
+            env,
+        )
+        .unwrap_err();
+        assert!(
+            errors.to_string().contains("rewrite.strip_prefix"),
+            "{errors}"
+        );
     }
 
     #[test]
@@ -1097,18 +1333,12 @@ mod tests {
 
     #[test]
     fn patterns() {
-        let p = PathPattern::parse("/api/*").unwrap();
-        assert!(
-            p.matches("/api/x") && p.matches("/api/") && p.matches("/api") && !p.matches("/apix")
-        );
-        assert!(PathPattern::parse("/a*b").is_err());
-        assert!(PathPattern::parse("/*").unwrap().matches("/anything"));
         assert_eq!(
             Rewrite {
                 strip_prefix: Some("/api".into()),
                 add_prefix: None
             }
-            .apply("/api"),
+            .apply(&RequestPath::parse("/api").unwrap()),
             "/"
         );
     }

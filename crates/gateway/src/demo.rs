@@ -15,7 +15,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::{Auth, Rewrite, ServiceConfig};
+use crate::config::{Auth, Rewrite, ServiceConfig, UpstreamConfig};
 
 #[derive(Deserialize)]
 struct WeatherQuery {
@@ -106,11 +106,12 @@ pub fn services(upstream: &str) -> Vec<ServiceConfig> {
                 description: &str,
                 auth: Auth| {
         let mut s = ServiceConfig::new(name, path, price);
-        s.methods = vec![method];
-        s.upstream = Some(upstream.to_owned());
-        s.rewrite = strip.clone();
-        s.description = description.into();
-        s.auth = auth;
+        s.priced.methods = vec![method];
+        s.priced.description = description.into();
+        s.priced.auth = auth;
+        let mut up = UpstreamConfig::new(upstream);
+        up.rewrite = strip.clone();
+        s.upstream = Some(up);
         s
     };
     use axum::http::Method;

@@ -3,9 +3,10 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::config::{Auth, PathPattern, ServiceConfig};
+use gate402_paywall::route::PathPattern;
+use gate402_paywall::{Auth, PricedService};
 
-fn schemes(service: &ServiceConfig) -> Vec<&'static str> {
+fn schemes(service: &PricedService) -> Vec<&'static str> {
     let mut out = Vec::new();
     if service.schemes.l402() {
         out.push("L402");
@@ -16,7 +17,7 @@ fn schemes(service: &ServiceConfig) -> Vec<&'static str> {
     out
 }
 
-fn methods(service: &ServiceConfig) -> Vec<String> {
+fn methods(service: &PricedService) -> Vec<String> {
     if service.methods.is_empty() {
         vec!["GET".into(), "POST".into()]
     } else {
@@ -24,12 +25,12 @@ fn methods(service: &ServiceConfig) -> Vec<String> {
     }
 }
 
-fn paid(service: &ServiceConfig) -> bool {
+fn paid(service: &PricedService) -> bool {
     service.auth != Auth::Off
 }
 
 /// `/.well-known/l402-services`.
-pub fn l402_services(name: &str, realm: &str, services: &[std::sync::Arc<ServiceConfig>]) -> Value {
+pub fn l402_services(name: &str, realm: &str, services: &[std::sync::Arc<PricedService>]) -> Value {
     let services: Vec<Value> = services
         .iter()
         .filter(|s| paid(s))
@@ -60,7 +61,7 @@ pub fn l402_services(name: &str, realm: &str, services: &[std::sync::Arc<Service
 }
 
 /// `/openapi.json`: one operation per priced method and path.
-pub fn openapi(name: &str, services: &[std::sync::Arc<ServiceConfig>]) -> Value {
+pub fn openapi(name: &str, services: &[std::sync::Arc<PricedService>]) -> Value {
     let mut paths = Map::new();
     for service in services.iter().filter(|s| paid(s)) {
         let (path, parameters) = match &service.path {

@@ -1,32 +1,22 @@
-//! The gate402 gateway: a Lightning paywall speaking L402 and MPP at once.
+//! The gate402 gateway program: the paywall of [`gate402_paywall`] in
+//! front of a reverse proxy, with everything a deployment needs around
+//! it.
 //!
-//! - [`paywall`]: the tower [`Layer`](tower::Layer) any axum or hyper app
-//!   adds in a few lines;
-//! - [`proxy`]: the reverse proxy it guards in `gate402 serve`;
-//! - [`limits`]: rate limits and the cap on unpaid invoices per client;
-//! - [`config`]: the TOML config, checked whole;
+//! - [`config`]: the TOML config, checked whole, every error with its key
+//!   path, risky settings as warnings;
+//! - [`proxy`]: forwarding a routed request to its upstream;
 //! - [`mcp`]: the same priced services as paid MCP tools at `/mcp`, and
 //!   the paywall in front of another MCP server;
-//! - [`server`]: everything together, with health, metrics and discovery;
+//! - [`discovery`]: `/.well-known/l402-services` and `/openapi.json`;
+//! - [`lightning`]: choosing and connecting the Lightning backend;
+//! - [`server`]: the process's life: data dir, listener, reload, stop;
 //! - [`demo`]: the built-in demo API of the zero-config run.
-//!
-//! ```no_run
-//! # async fn example(paywall: gate402_gateway::paywall::Paywall) {
-//! // Routes the paywall prices (its services) answer 402 until paid.
-//! let app: axum::Router = axum::Router::new()
-//!     .route("/weather", axum::routing::get(|| async { "sunny" }))
-//!     .layer(paywall.layer());
-//! # }
-//! ```
 
 pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod lightning;
-pub mod limits;
 pub mod mcp;
-pub mod metrics;
-pub mod paywall;
 pub mod problem;
 pub mod proxy;
 pub mod server;

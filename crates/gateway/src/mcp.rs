@@ -24,7 +24,6 @@
 //! another MCP server ([`McpUpstream`]).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -36,6 +35,7 @@ use gate402_mpp::mcp::{
     RECEIPT_META_KEY,
 };
 use gate402_mpp::problem::ProblemType;
+use gate402_paywall::{ClaimError, ClientKey, Doors, Paywall, PricedService, Refusal, Verified};
 use gate402_store::InvoiceRecord;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode, ErrorData,
@@ -46,9 +46,10 @@ use rmcp::service::{Peer, RequestContext};
 use rmcp::{RoleClient, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 
-use crate::config::{McpProxyConfig, ServiceConfig, ToolConfig};
-use crate::paywall::{unix_now, Paywall, Refusal};
+use crate::config::{McpConfig, McpProxyConfig, ServiceConfig, ToolConfig, UpstreamConfig};
 use crate::proxy::Proxy;
+use gate402_paywall::route::RequestPath;
+use gate402_paywall::unix_now;
 
 /// The free tool that sells a `paymentId` for one call of another tool.
 pub const CREATE_PAYMENT: &str = "create_payment";
@@ -77,19 +78,30 @@ pub trait ToolUpstream: Send + Sync + 'static {
     ) -> Result<CallToolResult, ErrorData>;
 }
 
-/// What each tool costs: per-tool paid services, and a default price for
-/// tools not named (none: such tools are free).
+/// What each tool costs: per-tool paid services, tools marked free, and a
+/// default price for tools not named. A tool that is none of these is
+/// refused: an operator who forgot to price a tool must not give it away.
 #[derive(Clone, Default)]
 pub struct Pricing {
-    tools: HashMap<String, Arc<ServiceConfig>>,
+    tools: HashMap<String, Arc<PricedService>>,
     /// Named with price 0: free even when a default applies.
     free: std::collections::HashSet<String>,
     default_sats: Option<u64>,
 }
 
+/// What one call of a tool costs.
+enum ToolPrice {
+    /// Nothing: it is marked free.
+    Free,
+    /// This service's price.
+    Paid(Arc<PricedService>),
+    /// Nobody priced it: it is not served.
+    Unpriced,
+}
+
 impl Pricing {
     /// Prices from paid services named `mcp/<tool>`.
-    pub fn new(services: impl IntoIterator<Item = (String, ServiceConfig)>) -> Self {
+    pub fn new(services: impl IntoIterator<Item = (String, PricedService)>) -> Self {
         Self {
             tools: services
                 .into_iter()
@@ -117,26 +129,26 @@ impl Pricing {
         pricing
     }
 
-    /// The paid service of `tool`, `None` when it is free.
-    fn service(&self, tool: &str, description: &str) -> Option<Arc<ServiceConfig>> {
+    /// What a call of `tool` costs.
+    fn price(&self, tool: &str, description: &str) -> ToolPrice {
         if let Some(service) = self.tools.get(tool) {
-            return Some(service.clone());
+            return ToolPrice::Paid(service.clone());
         }
         if self.free.contains(tool) {
-            return None;
+            return ToolPrice::Free;
         }
-        let price = self.default_sats?;
-        // A tool priced only by the default; the proxy also names it in
-        // `prices` when it wants another price or none.
-        Some(Arc::new(charge(tool, price, description)))
+        match self.default_sats {
+            Some(price) => ToolPrice::Paid(Arc::new(charge(tool, price, description))),
+            None => ToolPrice::Unpriced,
+        }
     }
 }
 
 /// A paid service that charges `price_sats` per call of `tool`, paid with MPP.
-fn charge(tool: &str, price_sats: u64, description: &str) -> ServiceConfig {
-    let mut service = ServiceConfig::new(&format!("mcp/{tool}"), "/mcp", price_sats);
+fn charge(tool: &str, price_sats: u64, description: &str) -> PricedService {
+    let mut service = PricedService::new(&format!("mcp/{tool}"), "/mcp", price_sats);
     service.description = description.to_owned();
-    service.schemes = crate::config::Schemes::Mpp;
+    service.schemes = gate402_paywall::Schemes::Mpp;
     service
 }
 
@@ -160,7 +172,7 @@ fn error(code: i32, message: impl Into<String>, data: Option<Value>) -> ErrorDat
 /// JSON-RPC's server-error range: too many unpaid invoices for a client.
 const RATE_LIMITED_CODE: i32 = -32029;
 
-fn rate_limited(limited: &crate::limits::Limited) -> ErrorData {
+fn rate_limited(limited: &gate402_paywall::Limited) -> ErrorData {
     error(
         RATE_LIMITED_CODE,
         limited.detail.clone(),
@@ -205,10 +217,12 @@ impl PaidTools {
         let mut tools = Vec::new();
         for mut tool in self.upstream_tools().await? {
             let description = tool.description.clone().unwrap_or_default();
-            let price = self
-                .pricing
-                .service(&tool.name, &description)
-                .map(|s| s.price_sats);
+            let price = match self.pricing.price(&tool.name, &description) {
+                ToolPrice::Free => None,
+                ToolPrice::Paid(service) => Some(service.price_sats),
+                // Not served, so not listed.
+                ToolPrice::Unpriced => continue,
+            };
             if let Some(price) = price {
                 tool.description = Some(
                     format!(
@@ -231,16 +245,20 @@ impl PaidTools {
     /// A -32042 (or, with a refusal, -32043) error with a fresh challenge.
     async fn payment_error(
         &self,
-        service: &ServiceConfig,
+        service: &PricedService,
         refusal: Option<Refusal>,
-        client: Option<IpAddr>,
+        client: Option<ClientKey>,
     ) -> ErrorData {
         if let Err(limited) = self.paywall.admit_unpaid(client) {
             return rate_limited(&limited);
         }
-        let issued = match self.paywall.issue(service, false, true).await {
+        let doors = Doors {
+            l402: false,
+            mpp: true,
+        };
+        let issued = match self.paywall.issue(service, doors).await {
             Ok(issued) => issued,
-            Err(detail) => return ErrorData::internal_error(detail, None),
+            Err(_) => return node_unavailable(),
         };
         let Some(challenge) = issued.payment else {
             return ErrorData::internal_error("no MPP challenge for this tool", None);
@@ -298,14 +316,25 @@ impl PaidTools {
                 )
             })?;
         let description = self.description_of(tool).await?;
-        let service = self.pricing.service(tool, &description).ok_or_else(|| {
-            ErrorData::invalid_params(format!("tool {tool:?} is free; call it directly"), None)
-        })?;
+        let service = match self.pricing.price(tool, &description) {
+            ToolPrice::Paid(service) => service,
+            ToolPrice::Free => {
+                return Err(ErrorData::invalid_params(
+                    format!("tool {tool:?} is free; call it directly"),
+                    None,
+                ))
+            }
+            ToolPrice::Unpriced => return Err(unpriced(tool)),
+        };
+        let doors = Doors {
+            l402: false,
+            mpp: false,
+        };
         let issued = self
             .paywall
-            .issue(&service, false, false)
+            .issue(&service, doors)
             .await
-            .map_err(|detail| ErrorData::internal_error(detail, None))?;
+            .map_err(|_| node_unavailable())?;
         // A paymentId is looked up later: which tool it pays for, and since when.
         let record = InvoiceRecord {
             payment_hash: issued.payment_hash,
@@ -315,11 +344,10 @@ impl PaidTools {
             created_at: unix_now(),
             expires_at: issued.expires_at,
         };
-        self.paywall
-            .store()
-            .put_invoice(&record)
-            .await
-            .map_err(|e| ErrorData::internal_error(format!("store: {e}"), None))?;
+        if let Err(e) = self.paywall.store().put_invoice(&record).await {
+            tracing::error!(error = %e, "store: cannot record a paymentId");
+            return Err(store_unavailable());
+        }
         let mut answer = json!({
             "paymentId": hex::encode(issued.payment_hash),
             "invoice": issued.bolt11,
@@ -328,8 +356,8 @@ impl PaidTools {
             "tool": tool,
             "howToPay": format!("pay the invoice, then call {tool} with the argument {PAYMENT_ID_ARG}; one paymentId pays for one call"),
         });
-        if self.paywall.test_money() {
-            answer["testMoney"] = gate402_lightning_sandbox::TEST_MONEY.into();
+        if let Some(note) = self.paywall.test_money() {
+            answer["testMoney"] = note.into();
         }
         Ok(text_result(answer))
     }
@@ -352,15 +380,23 @@ impl PaidTools {
             .ok_or_else(|| ErrorData::invalid_params(format!("no tool named {tool:?}"), None))
     }
 
-    /// Checks a `paymentId` for `service`; returns the reservation key and
-    /// the paid hash, or the refusal.
+    /// Checks a `paymentId` for `service`: its invoice is ours, for this
+    /// tool, recent, and settled. The claim that follows is keyed by the
+    /// payment hash, so every spelling of one id is one payment.
     async fn check_payment_id(
         &self,
-        service: &ServiceConfig,
+        service: &PricedService,
         payment_id: &Value,
-    ) -> Result<(String, [u8; 32]), Refusal> {
+    ) -> Result<Verified, Refusal> {
         let refuse =
             |problem, detail: String| Refusal::new(StatusCode::PAYMENT_REQUIRED, problem, detail);
+        let unavailable = || {
+            Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ProblemType::PaymentRequired,
+                "unavailable",
+            )
+        };
         let mut hash = [0u8; 32];
         let text = payment_id.as_str().unwrap_or_default();
         if hex::decode_to_slice(text, &mut hash).is_err() {
@@ -378,11 +414,8 @@ impl PaidTools {
                 ))
             }
             Err(e) => {
-                return Err(Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ProblemType::PaymentRequired,
-                    format!("store: {e}"),
-                ))
+                tracing::error!(error = %e, "store: cannot look up a paymentId");
+                return Err(unavailable());
             }
         };
         if record.service != service.name {
@@ -417,35 +450,32 @@ impl PaidTools {
                 ))
             }
             Err(e) => {
-                return Err(Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ProblemType::PaymentRequired,
-                    format!("Lightning backend: {e}"),
-                ))
+                tracing::error!(error = %e, "Lightning backend: cannot look up a paymentId's invoice");
+                return Err(unavailable());
             }
         }
-        let key = format!("payment-id/{text}");
-        self.paywall
-            .reserve(&key, record.created_at + PAYMENT_ID_LIFETIME_SECS + 3600)
-            .await?;
-        Ok((key, hash))
+        Ok(Verified {
+            payment_hash: hash,
+            challenge_id: None,
+            expires_at: record.created_at + PAYMENT_ID_LIFETIME_SECS + 3600,
+        })
     }
 
-    /// Serves a paid call: the payment is checked and held, the upstream
-    /// called, the payment spent (or released on failure) and the receipt
-    /// attached.
+    /// Serves a paid call: the payment is checked and claimed, the
+    /// upstream called, the payment spent (or released on failure) and the
+    /// receipt attached.
     async fn paid_call(
         &self,
-        service: &ServiceConfig,
+        service: &PricedService,
         name: &str,
         mut arguments: Option<JsonObject>,
         meta: &MetaObject,
-        client: Option<IpAddr>,
+        client: Option<ClientKey>,
     ) -> Result<CallToolResult, ErrorData> {
         let payment_id = arguments.as_mut().and_then(|a| a.remove(PAYMENT_ID_ARG));
-        let (key, payment_hash, challenge_id) = if let Some(payment_id) = payment_id {
+        let (verified, scheme) = if let Some(payment_id) = payment_id {
             match self.check_payment_id(service, &payment_id).await {
-                Ok((key, hash)) => (key, hash, None),
+                Ok(verified) => (verified, "paymentId"),
                 Err(refusal) => return Err(self.refused(service, refusal, client).await),
             }
         } else if meta.contains_key(CREDENTIAL_META_KEY) {
@@ -457,33 +487,41 @@ impl PaidTools {
                     ),
                 ));
             };
-            let verified = self.paywall.verify_payment(service, &credential);
-            let (hash, id, expires_at) = match verified {
-                Ok(v) => v,
+            match self.paywall.verify_payment(service, &credential) {
+                Ok(verified) => (verified, "Payment"),
                 Err(refusal) => return Err(self.refused(service, refusal, client).await),
-            };
-            if let Err(refusal) = self.paywall.reserve(&id, expires_at).await {
-                return Err(self.refused(service, refusal, client).await);
             }
-            (id.clone(), hash, Some(id))
         } else {
             return Err(self.payment_error(service, None, client).await);
         };
-        let outcome = self.upstream.call(name, arguments).await;
-        self.paywall.finish(&key, outcome.is_ok()).await;
-        let mut result = outcome?;
-        let scheme = if challenge_id.is_some() {
-            "Payment"
-        } else {
-            "paymentId"
+        let claim = match self.paywall.claim(&verified).await {
+            Ok(claim) => claim,
+            Err(ClaimError::Store(e)) => {
+                tracing::error!(error = %e, "store: cannot claim a payment");
+                return Err(store_unavailable());
+            }
+            Err(e) => {
+                let refusal = Refusal::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    ProblemType::InvalidChallenge,
+                    e.to_string(),
+                );
+                return Err(self.refused(service, refusal, client).await);
+            }
         };
-        let receipt = self
-            .paywall
-            .record_paid(service, scheme, payment_hash, challenge_id.as_deref())
-            .await;
+        let outcome = self.upstream.call(name, arguments).await;
+        match &outcome {
+            Ok(_) => claim.commit().await,
+            Err(_) => claim.release().await,
+        };
+        let mut result = outcome?;
+        let receipt = self.paywall.record_paid(service, scheme, &verified);
         let mut receipt = serde_json::to_value(&receipt).unwrap_or_default();
         if let Some(object) = receipt.as_object_mut() {
-            let id = challenge_id.unwrap_or_else(|| hex::encode(payment_hash));
+            let id = verified
+                .challenge_id
+                .clone()
+                .unwrap_or_else(|| hex::encode(verified.payment_hash));
             object.insert("challengeId".into(), id.into());
         }
         let mut meta = result.meta.take().unwrap_or_default();
@@ -494,15 +532,38 @@ impl PaidTools {
 
     async fn refused(
         &self,
-        service: &ServiceConfig,
+        service: &PricedService,
         refusal: Refusal,
-        client: Option<IpAddr>,
+        client: Option<ClientKey>,
     ) -> ErrorData {
         if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
-            return ErrorData::internal_error(refusal.detail, None);
+            return store_unavailable();
         }
         self.payment_error(service, Some(refusal), client).await
     }
+}
+
+/// The node could not make an invoice: details go to the log, not the client.
+fn node_unavailable() -> ErrorData {
+    ErrorData::internal_error(
+        "the Lightning node is unavailable; retry shortly (nothing was charged)",
+        None,
+    )
+}
+
+/// The store could not be asked: details go to the log, not the client.
+fn store_unavailable() -> ErrorData {
+    ErrorData::internal_error(
+        "the payment store is unavailable; retry shortly (nothing was charged)",
+        None,
+    )
+}
+
+fn unpriced(tool: &str) -> ErrorData {
+    ErrorData::invalid_params(
+        format!("tool {tool:?} has no price set by this gateway's operator, so it is not served"),
+        None,
+    )
 }
 
 impl ServerHandler for PaidTools {
@@ -557,12 +618,8 @@ impl ServerHandler for PaidTools {
         let client = context
             .extensions
             .get::<axum::http::request::Parts>()
-            .and_then(|parts| {
-                parts
-                    .extensions
-                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            })
-            .map(|info| info.0.ip());
+            .and_then(|parts| self.paywall.client_from(&parts.extensions, &parts.headers))
+            .map(|c| c.key());
         let result = if name == CREATE_PAYMENT {
             if let Err(limited) = self.paywall.admit_unpaid(client) {
                 return Err(rate_limited(&limited));
@@ -570,12 +627,13 @@ impl ServerHandler for PaidTools {
             self.create_payment(request.arguments).await?
         } else {
             let description = self.description_of(&name).await?;
-            match self.pricing.service(&name, &description) {
-                None => self.upstream.call(&name, request.arguments).await?,
-                Some(service) => {
+            match self.pricing.price(&name, &description) {
+                ToolPrice::Free => self.upstream.call(&name, request.arguments).await?,
+                ToolPrice::Paid(service) => {
                     self.paid_call(&service, &name, request.arguments, &context.meta.0, client)
                         .await?
                 }
+                ToolPrice::Unpriced => return Err(unpriced(&name)),
             }
         };
         Ok(result.into())
@@ -590,10 +648,10 @@ pub struct HttpTools {
 
 struct HttpTool {
     tool: Tool,
-    /// The called service, with the tool's method and path.
-    service: ServiceConfig,
+    /// Where the called service's requests go.
+    upstream: UpstreamConfig,
     method: Method,
-    path: String,
+    path: RequestPath,
 }
 
 impl HttpTools {
@@ -603,24 +661,30 @@ impl HttpTools {
         let mut http = Vec::new();
         let mut prices = Vec::new();
         for config in tools {
-            let Some(called) = services.iter().find(|s| s.name == config.service) else {
+            let Some(called) = services.iter().find(|s| s.name() == config.service) else {
+                continue;
+            };
+            let Some(upstream) = called.upstream.clone() else {
                 continue;
             };
             let schema = match &config.input_schema {
                 Value::Object(schema) => schema.clone(),
                 _ => JsonObject::new(),
             };
-            let paid = config.paid_service(called);
+            let paid = config.paid_service(called).priced;
             let method = paid.methods.first().cloned().unwrap_or(Method::GET);
-            let path = paid.path.as_written();
-            prices.push((config.name.clone(), paid.clone()));
+            // The config checked that a tool's path is in normal form.
+            let Ok(path) = RequestPath::parse(paid.path.stem()) else {
+                continue;
+            };
+            prices.push((config.name.clone(), paid));
             http.push(HttpTool {
                 tool: Tool::new(
                     config.name.clone(),
                     config.description.clone(),
                     Arc::new(schema),
                 ),
-                service: paid,
+                upstream,
                 method,
                 path,
             });
@@ -628,7 +692,7 @@ impl HttpTools {
         (
             Self {
                 tools: http,
-                proxy: Proxy::default(),
+                proxy: Proxy::new(services, Default::default()),
             },
             Pricing::new(prices),
         )
@@ -661,7 +725,7 @@ impl ToolUpstream for HttpTools {
             .ok_or_else(|| ErrorData::invalid_params(format!("no tool named {name:?}"), None))?;
         let arguments = arguments.unwrap_or_default();
         let in_query = matches!(tool.method, Method::GET | Method::DELETE | Method::HEAD);
-        let mut uri = tool.path.clone();
+        let mut uri = tool.path.as_str().to_owned();
         let body = if in_query {
             if !arguments.is_empty() {
                 let query: String = form_urlencoded::Serializer::new(String::new())
@@ -680,7 +744,10 @@ impl ToolUpstream for HttpTools {
             .header(header::ACCEPT, "application/json")
             .body(body)
             .map_err(|e| ErrorData::invalid_params(format!("arguments: {e}"), None))?;
-        let response = self.proxy.forward(&tool.service, request).await;
+        let response = self
+            .proxy
+            .forward(&tool.upstream, &tool.path, request)
+            .await;
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), MAX_RESULT_BYTES)
             .await
@@ -805,22 +872,91 @@ impl PaidTools {
     }
 }
 
-/// The `/mcp` service for `tools`.
-pub fn router(tools: PaidTools) -> axum::Router {
+/// The `/mcp` service for `tools`: `Host` and `Origin` checked against
+/// `allowed`, at most `config.max_sessions` sessions, each closed after
+/// `config.session_idle_secs` unused.
+pub fn router(tools: PaidTools, config: &McpConfig, allowed: &McpAccess) -> axum::Router {
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
     };
-    // The Host check guards unauthenticated servers on localhost against
-    // DNS rebinding; here every call is paid for, and gateways answer
-    // under their public names.
-    let config = StreamableHttpServerConfig::default().disable_allowed_hosts();
-    let service = StreamableHttpService::new(
-        move || Ok(tools.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
-    axum::Router::new().nest_service("/mcp", service)
+    let mut server = StreamableHttpServerConfig::default();
+    server = match &allowed.hosts {
+        Some(hosts) => server.with_allowed_hosts(hosts.clone()),
+        None => server.disable_allowed_hosts(),
+    };
+    server = match &allowed.origins {
+        Some(origins) if origins.is_empty() => server.enforce_origin_validation(),
+        Some(origins) => server.with_allowed_origins(origins.clone()),
+        None => server,
+    };
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive =
+        Some(std::time::Duration::from_secs(config.session_idle_secs));
+    let sessions = Arc::new(sessions);
+    let service = StreamableHttpService::new(move || Ok(tools.clone()), sessions.clone(), server);
+    let max_sessions = config.max_sessions;
+    axum::Router::new()
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let sessions = sessions.clone();
+                async move {
+                    // A request without a session id opens one (initialize).
+                    let opens = request.method() == Method::POST
+                        && !request.headers().contains_key("mcp-session-id");
+                    if opens && sessions.sessions.read().await.len() >= max_sessions {
+                        let mut response = crate::problem::problem_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "about:blank",
+                            "Service Unavailable",
+                            "too many MCP sessions are open; retry later",
+                            None,
+                        );
+                        response.headers_mut().insert(
+                            header::RETRY_AFTER,
+                            axum::http::HeaderValue::from_static("30"),
+                        );
+                        return response;
+                    }
+                    next.run(request).await
+                }
+            },
+        ))
+}
+
+/// Who may reach `/mcp`: `None` checks nothing; `Some(empty)` origins
+/// refuses every request that carries an `Origin`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct McpAccess {
+    /// Allowed `Host` values.
+    pub hosts: Option<Vec<String>>,
+    /// Allowed `Origin` values.
+    pub origins: Option<Vec<String>>,
+}
+
+impl McpAccess {
+    /// What `config` allows, with the defaults for a gateway listening on
+    /// `listen`: on loopback only loopback hosts and no browser origin
+    /// (DNS rebinding and cross-site pages cannot reach a local server);
+    /// elsewhere anyone, as every call is paid for.
+    pub fn new(config: &McpConfig, listen: std::net::SocketAddr) -> Self {
+        let loopback = listen.ip().is_loopback();
+        Self {
+            hosts: config.allowed_hosts.clone().or_else(|| {
+                loopback.then(|| {
+                    ["localhost", "127.0.0.1", "[::1]", "::1"]
+                        .iter()
+                        .map(|h| (*h).to_owned())
+                        .collect()
+                })
+            }),
+            origins: config
+                .allowed_origins
+                .clone()
+                .or_else(|| loopback.then(Vec::new)),
+        }
+    }
 }
 
 /// `/.well-known/mcp`: the server, its tools and prices, its protocols.

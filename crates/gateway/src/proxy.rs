@@ -1,6 +1,12 @@
-//! The reverse proxy behind the paywall: forwards a request to its
+//! The reverse proxy behind the paywall: forwards a routed request to its
 //! service's upstream, streaming bodies both ways.
+//!
+//! It forwards the path the paywall matched (normalized, then rewritten
+//! only at segment boundaries), never the raw request target. Forwarding
+//! headers are passed on only from trusted proxies; from anyone else they
+//! are replaced, so the upstream never takes a client's word for who it is.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,18 +14,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use gate402_paywall::route::RequestPath;
+use gate402_paywall::{ClientAddr, Routed, TrustedProxies};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::ServiceConfig;
+use crate::config::{ServiceConfig, UpstreamConfig};
 use crate::problem::problem_response;
-
-/// Put into request extensions by the paywall: the service that matched.
-#[derive(Debug, Clone)]
-pub struct MatchedService(pub Arc<ServiceConfig>);
 
 /// How long to wait for an upstream's response headers.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,6 +41,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
+/// Headers that say who the client is and how it came: believed only from
+/// trusted proxies.
+const FORWARDING: [HeaderName; 6] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
+];
+
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -50,81 +66,91 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The tower service that proxies to the matched service's upstream.
+type Upstreams = HashMap<String, Arc<UpstreamConfig>>;
+
+/// The tower service that proxies a routed request to its upstream.
 #[derive(Clone)]
 pub struct Proxy {
     client: Client<HttpConnector, Body>,
+    upstreams: Arc<ArcSwap<Upstreams>>,
+    trusted: TrustedProxies,
 }
 
-impl Default for Proxy {
-    fn default() -> Self {
+fn upstreams(services: &[ServiceConfig]) -> Upstreams {
+    services
+        .iter()
+        .filter_map(|s| Some((s.name().to_owned(), Arc::new(s.upstream.clone()?))))
+        .collect()
+}
+
+impl Proxy {
+    /// A proxy to the upstreams of `services`, believing forwarding
+    /// headers from `trusted` proxies only.
+    pub fn new(services: &[ServiceConfig], trusted: TrustedProxies) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            upstreams: Arc::new(ArcSwap::from_pointee(upstreams(services))),
+            trusted,
         }
     }
-}
 
-impl Proxy {
-    /// Forwards `request` to `service`'s upstream.
-    pub async fn forward(&self, service: &ServiceConfig, request: Request<Body>) -> Response<Body> {
-        let Some(upstream) = &service.upstream else {
-            return problem_response(
-                StatusCode::NOT_FOUND,
-                "about:blank",
-                "Not Found",
-                "this service has no upstream",
-                None,
-            );
-        };
+    /// Replaces the upstreams (a config reload).
+    pub fn set_services(&self, services: &[ServiceConfig]) {
+        self.upstreams.store(Arc::new(upstreams(services)));
+    }
+
+    /// Forwards `request` to `upstream` at `path` (normal form).
+    pub async fn forward(
+        &self,
+        upstream: &UpstreamConfig,
+        path: &RequestPath,
+        request: Request<Body>,
+    ) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
-        let path = service.rewrite.apply(parts.uri.path());
+        let path = upstream.rewrite.apply(path);
         let target = match parts.uri.query() {
-            Some(q) => format!("{upstream}{path}?{q}"),
-            None => format!("{upstream}{path}"),
+            Some(q) => format!("{}{path}?{q}", upstream.url),
+            None => format!("{}{path}", upstream.url),
         };
         let Ok(uri) = target.parse::<Uri>() else {
             return problem_response(
                 StatusCode::BAD_REQUEST,
                 "about:blank",
                 "Bad Request",
-                "request path cannot be forwarded",
+                "the request target cannot be forwarded",
                 None,
             );
         };
-        let client_host = parts.headers.get(header::HOST).cloned();
         strip_hop_by_hop(&mut parts.headers);
-        // The payment credential is for the gateway, not the upstream.
-        let is_payment = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_whitespace().next())
-            .is_some_and(|scheme| {
-                ["l402", "lsat", "payment"].contains(&scheme.to_ascii_lowercase().as_str())
-            });
-        if is_payment {
-            parts.headers.remove(header::AUTHORIZATION);
+        let client = parts.extensions.get::<ClientAddr>().copied();
+        let vouched = client.is_some_and(|c| c.via_trusted_proxy(&self.trusted));
+        if !vouched {
+            for name in &FORWARDING {
+                parts.headers.remove(name);
+            }
         }
+        if let Some(client) = client {
+            if let Ok(ip) = HeaderValue::from_str(&client.peer.to_string()) {
+                parts.headers.append("x-forwarded-for", ip);
+            }
+        }
+        let routed_host = parts
+            .extensions
+            .get::<Routed>()
+            .and_then(|r| r.host.clone());
+        if let Some(host) = routed_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+            parts.headers.insert("x-forwarded-host", host);
+        }
+        parts.headers.remove(header::HOST);
         if let Some(authority) = uri.authority() {
             if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
                 parts.headers.insert(header::HOST, host);
             }
         }
-        if let Some(host) = client_host {
-            parts.headers.insert("x-forwarded-host", host);
-        }
-        if let Some(addr) = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        {
-            if let Ok(ip) = HeaderValue::from_str(&addr.0.ip().to_string()) {
-                parts.headers.append("x-forwarded-for", ip);
-            }
-        }
-        for (name, value) in &service.headers {
+        for (name, value) in &upstream.headers {
             parts.headers.insert(name.clone(), value.clone());
         }
         parts.uri = uri;
@@ -139,7 +165,7 @@ impl Proxy {
                 None,
             ),
             Ok(Err(e)) => {
-                tracing::warn!(service = %service.name, error = %e, "upstream unreachable");
+                tracing::warn!(upstream = %upstream.url, error = %e, "upstream unreachable");
                 problem_response(
                     StatusCode::BAD_GATEWAY,
                     "about:blank",
@@ -169,9 +195,11 @@ impl tower::Service<Request<Body>> for Proxy {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let proxy = self.clone();
         Box::pin(async move {
-            let Some(MatchedService(service)) =
-                request.extensions().get::<MatchedService>().cloned()
-            else {
+            let routed = request.extensions().get::<Routed>().cloned();
+            let upstream = routed
+                .as_ref()
+                .and_then(|r| proxy.upstreams.load().get(&r.service.name).cloned());
+            let (Some(routed), Some(upstream)) = (routed, upstream) else {
                 return Ok(problem_response(
                     StatusCode::NOT_FOUND,
                     "about:blank",
@@ -180,7 +208,7 @@ impl tower::Service<Request<Body>> for Proxy {
                     None,
                 ));
             };
-            Ok(proxy.forward(&service, request).await)
+            Ok(proxy.forward(&upstream, &routed.path, request).await)
         })
     }
 }

@@ -25,7 +25,7 @@ async fn start() -> Harness {
     start_limited(Default::default()).await
 }
 
-async fn start_limited(limits: gate402_gateway::limits::LimitsConfig) -> Harness {
+async fn start_limited(limits: gate402_paywall::LimitsConfig) -> Harness {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
     let mut config = demo::config(upstream);
     config.limits = limits;
@@ -283,7 +283,7 @@ async fn a_payment_id_pays_for_one_call_of_its_tool() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unpaid_calls_share_the_cap_on_unpaid_invoices() {
-    let h = start_limited(gate402_gateway::limits::LimitsConfig {
+    let h = start_limited(gate402_paywall::LimitsConfig {
         client_requests_per_second: None,
         service_requests_per_second: None,
         unpaid_invoices_per_minute: Some(2.0),

@@ -14,9 +14,9 @@ use axum::{Json, Router};
 use futures_util::stream::{self, StreamExt};
 use gate402_client::Offer;
 use gate402_gateway::config::{Auth, Rewrite, Schemes, ServiceConfig};
-use gate402_gateway::limits::LimitsConfig;
 use gate402_gateway::{Gateway, GatewayConfig};
 use gate402_lightning_sandbox::http::pay_via;
+use gate402_paywall::LimitsConfig;
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -107,12 +107,19 @@ impl Harness {
         configure: impl FnOnce(&str) -> Vec<ServiceConfig>,
         limits: LimitsConfig,
     ) -> Self {
+        Self::start_configured(configure, |config| config.limits = limits).await
+    }
+
+    async fn start_configured(
+        configure: impl FnOnce(&str) -> Vec<ServiceConfig>,
+        adjust: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let upstream = Upstream::start("127.0.0.1:0".parse().unwrap()).await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = GatewayConfig::default_with_services(configure(&upstream.url()));
         config.listen = "127.0.0.1:0".parse().unwrap();
-        config.limits = limits;
         config.mpp.realm = "api.test".into();
+        adjust(&mut config);
         let gateway = Gateway::start(&config, dir.path()).await.unwrap();
         Self {
             gateway,
@@ -159,9 +166,8 @@ impl Harness {
 }
 
 fn service(name: &str, path: &str, price: u64, upstream: &str) -> ServiceConfig {
-    let mut s = ServiceConfig::new(name, path, price);
-    s.upstream = Some(upstream.to_owned());
-    s.description = format!("{name} service");
+    let mut s = ServiceConfig::proxied(name, path, price, upstream);
+    s.priced.description = format!("{name} service");
     s
 }
 
@@ -291,11 +297,15 @@ async fn cheap_challenge_does_not_unlock_an_expensive_route() {
 
 #[tokio::test]
 async fn expired_and_tampered_tokens() {
-    let h = Harness::start(|up| {
-        let mut s = service("brief", "/brief", 5, up);
-        s.token_lifetime_secs = 1;
-        vec![s]
-    })
+    // A token lasts its lifetime counted from its invoice's expiry: 2 + 1 s.
+    let h = Harness::start_configured(
+        |up| {
+            let mut s = service("brief", "/brief", 5, up);
+            s.priced.token_lifetime_secs = 1;
+            vec![s]
+        },
+        |config| config.invoice_expiry_secs = 2,
+    )
     .await;
     let (offer, preimage) = h.buy("/brief").await;
     let l402 = offer.l402_authorization(&preimage).unwrap();
@@ -324,7 +334,7 @@ async fn expired_and_tampered_tokens() {
         StatusCode::PAYMENT_REQUIRED
     );
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let response = h.get("/brief", &l402).await;
     assert_eq!(
         response.status(),
@@ -351,7 +361,7 @@ fn base64_std(bytes: &[u8]) -> String {
 async fn freebies_are_counted_per_client() {
     let h = Harness::start(|up| {
         let mut s = service("taste", "/taste", 3, up);
-        s.auth = Auth::Freebie(2);
+        s.priced.auth = Auth::Freebie(2);
         vec![s]
     })
     .await;
@@ -371,16 +381,17 @@ async fn freebies_are_counted_per_client() {
 async fn proxy_preserves_the_request_and_hides_the_credential() {
     let h = Harness::start(|up| {
         let mut s = service("api", "/api/*", 2, up);
-        s.methods = vec![Method::POST];
-        s.rewrite = Rewrite {
+        s.priced.methods = vec![Method::POST];
+        let up = s.upstream.as_mut().unwrap();
+        up.rewrite = Rewrite {
             strip_prefix: Some("/api".into()),
             add_prefix: Some("/v2".into()),
         };
-        s.headers = vec![(
+        up.headers = vec![(
             "x-api-key".parse().unwrap(),
             "upstream-secret".parse().unwrap(),
         )];
-        s.schemes = Schemes::Mpp;
+        s.priced.schemes = Schemes::Mpp;
         vec![s]
     })
     .await;
@@ -555,15 +566,23 @@ async fn discovery_health_and_metrics() {
             .status(),
         StatusCode::OK
     );
-    let metrics = h
-        .client
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // Revenue is booked once the payment row is written, after the answer.
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = h
+            .client
+            .get(h.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("gate402_revenue_sats_total") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         metrics.contains("gate402_challenges_issued_total{service=\"weather\"} 1"),
         "{metrics}"
@@ -580,24 +599,20 @@ async fn discovery_health_and_metrics() {
 
 #[tokio::test]
 async fn the_layer_guards_an_axum_app() {
-    use gate402_gateway::metrics::Metrics;
-    use gate402_gateway::paywall::{Paywall, PaywallParts};
+    use gate402_paywall::{Paywall, PricedService};
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let sandbox = gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap();
-    let paywall = Paywall::new(PaywallParts {
-        backend: Arc::new(sandbox.clone()),
-        store: Arc::new(gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap()),
-        key: gate402_mpp::challenge::ChallengeKey::new("a secret of at least thirty-two bytes!!")
-            .unwrap(),
-        root_keys: gate402_l402::RootKeySecrets::new(b"a secret of at least thirty-two bytes!!"),
-        replica: "app".into(),
-        realm: "app.test".into(),
-        invoice_expiry_secs: 600,
-        services: vec![ServiceConfig::new("joke", "/joke", 3)],
-        metrics: Arc::new(Metrics::default()),
-        limits: Default::default(),
-    })
+    let store = gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+    let paywall = Paywall::builder(
+        Arc::new(sandbox.clone()),
+        Arc::new(store),
+        "a secret of at least thirty-two bytes!!",
+    )
+    .unwrap()
+    .realm("app.test")
+    .services([PricedService::new("joke", "/joke", 3)])
+    .build()
     .await
     .unwrap();
     // The few lines an app adds:
@@ -789,7 +804,7 @@ async fn requests_are_rate_limited_per_client_and_service() {
     let h = Harness::start_limited(
         |up| {
             let mut free = service("free", "/free", 1, up);
-            free.auth = Auth::Off;
+            free.priced.auth = Auth::Off;
             vec![free, service("other", "/other", 1, up)]
         },
         LimitsConfig {

@@ -1,34 +1,25 @@
 //! The gateway's state, behind one trait: [`Store`].
 //!
 //! What must survive a restart and be shared by every replica of a
-//! gateway: the root key of each L402 token, the invoices issued, the MPP
-//! challenges in flight or consumed (so a credential is served once), the
-//! receipts given out, and the freebie counters. [`SqliteStore`] is the
-//! default, a file in the data directory; [`PostgresStore`] is shared by
-//! several gateway replicas.
+//! gateway: the invoices issued, the claims on single-use payments (so a
+//! payment is served once), the payments counted, the receipts given out,
+//! and the freebie counters. Two backends, each behind a feature (both on
+//! by default): `SqliteStore` (feature `sqlite`), a file in the data
+//! directory, and `PostgresStore` (feature `postgres`), shared by several
+//! replicas. Without them the crate is the trait and its records, for code
+//! that takes any store.
 
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
-
-/// A minted L402 token's secret half.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenRecord {
-    /// The token id from the macaroon identifier.
-    pub token_id: [u8; 32],
-    /// The root key its signature chain starts from.
-    pub root_key: [u8; 32],
-    /// The payment hash it is bound to.
-    pub payment_hash: [u8; 32],
-    /// The service it was minted for.
-    pub service: String,
-    /// When it was minted (unix seconds).
-    pub created_at: u64,
-}
 
 /// An invoice put into a 402.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +55,34 @@ pub struct ReceiptRecord {
     pub served_at: u64,
 }
 
-/// The outcome of claiming an MPP challenge for one request.
+/// A payment used for the first time, counted once for revenue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    /// The paid invoice's hash: what makes it one payment.
+    pub payment_hash: [u8; 32],
+    /// The service it paid for.
+    pub service: String,
+    /// `L402` or `Payment`.
+    pub scheme: String,
+    /// The amount.
+    pub amount_msat: u64,
+    /// When it was first served (unix seconds).
+    pub at: u64,
+}
+
+/// Who holds a claim: the replica (stable across restarts, from the data
+/// dir) and a random token made for this one claim, so that only the
+/// request that took a claim can renew, commit or release it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHolder {
+    /// The replica, so that a restarted one can drop what its killed
+    /// predecessor held ([`Store::release_claims_of`]).
+    pub replica: String,
+    /// Made for this claim alone.
+    pub token: String,
+}
+
+/// The outcome of claiming a single-use payment for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reservation {
     /// This request holds it now: serve, then commit (or release on failure).
@@ -89,14 +107,8 @@ pub enum StoreError {
 /// The gateway's shared state.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Keeps a token's root key.
-    async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError>;
-
-    /// The root key of a token; `None` if unknown (or revoked).
-    async fn root_key(&self, token_id: &[u8; 32]) -> Result<Option<[u8; 32]>, StoreError>;
-
-    /// Deletes a token's root key, revoking it.
-    async fn revoke_token(&self, token_id: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Answers if the database does: a cheap query for the health check.
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Records an issued invoice.
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError>;
@@ -104,29 +116,62 @@ pub trait Store: Send + Sync + 'static {
     /// An issued invoice, by payment hash.
     async fn invoice(&self, payment_hash: &[u8; 32]) -> Result<Option<InvoiceRecord>, StoreError>;
 
-    /// Claims an MPP challenge for one request of gateway `holder`,
-    /// atomically across every gateway sharing the store. A claim whose
-    /// holder died is taken over after `lease_until`, or at once when the
-    /// holder restarts ([`Store::release_leases_of`]).
-    async fn reserve_challenge(
+    /// Claims the payment behind `key` (made canonical by the caller) for
+    /// one request, atomically across every process sharing the database.
+    /// A claim whose lease has lapsed (its holder died or hangs) is taken
+    /// over, and from then on only the new holder can renew, commit or
+    /// release it. `expires_at` is when the payment can no longer be
+    /// presented, after which a consumed claim may be purged.
+    async fn claim(
         &self,
-        challenge_id: &str,
-        holder: &str,
+        key: &str,
+        holder: &ClaimHolder,
         expires_at: u64,
         lease_until: u64,
         now: u64,
     ) -> Result<Reservation, StoreError>;
 
-    /// Releases every claim `holder` still has: called by a gateway at
-    /// start, when those claims belong to requests its killed predecessor
-    /// never finished (their clients retry and are served). Returns how many.
-    async fn release_leases_of(&self, holder: &str) -> Result<u64, StoreError>;
+    /// Extends a held claim's lease (a long response body is still
+    /// streaming). Ok(false): not held by `holder` any more.
+    async fn renew_claim(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        lease_until: u64,
+    ) -> Result<bool, StoreError>;
 
-    /// The request served: the challenge is consumed for good.
-    async fn commit_challenge(&self, challenge_id: &str, now: u64) -> Result<(), StoreError>;
+    /// Marks the payment spent, only if `holder` still holds it. Ok(false):
+    /// it did not (lease lapsed and taken, or released). Committing again
+    /// is Ok(true), so a retry after a lost reply does not look like a
+    /// lost claim.
+    async fn commit_claim(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        now: u64,
+    ) -> Result<bool, StoreError>;
 
-    /// The request failed upstream: the challenge may be used again.
-    async fn release_challenge(&self, challenge_id: &str) -> Result<(), StoreError>;
+    /// Frees the claim (upstream failed: pay for success), only if `holder`
+    /// holds it and it is not consumed.
+    async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError>;
+
+    /// Releases every unconsumed claim of `replica` whatever its token
+    /// (called at start: the previous process of this replica was killed,
+    /// and the clients of its unfinished requests retry). Returns how many.
+    async fn release_claims_of(&self, replica: &str) -> Result<u64, StoreError>;
+
+    /// The latest `expires_at` of consumed legacy claims (0 when none):
+    /// until then, callers also check [`Store::legacy_consumed`]. Legacy
+    /// claims were keyed by MPP challenge id, before claims were fenced.
+    async fn legacy_claims_until(&self) -> Result<u64, StoreError>;
+
+    /// Whether a legacy claim with this id was consumed.
+    async fn legacy_consumed(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// Records that a payment was first used; Ok(true) only for the first
+    /// call with this payment hash (across every replica), so revenue is
+    /// counted per payment, not per served request.
+    async fn record_payment(&self, payment: &PaymentRecord) -> Result<bool, StoreError>;
 
     /// Counts one more free call for `client` on `service`; returns the
     /// count including this one.
@@ -135,7 +180,7 @@ pub trait Store: Send + Sync + 'static {
     /// Records a receipt.
     async fn put_receipt(&self, receipt: &ReceiptRecord) -> Result<(), StoreError>;
 
-    /// Drops consumed challenges past their expiry (they can no longer be
-    /// replayed, their id no longer verifies). Returns how many.
+    /// Drops consumed claims past their expiry (the payment can no longer
+    /// be presented). Returns how many.
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError>;
 }

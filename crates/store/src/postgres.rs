@@ -1,6 +1,5 @@
 //! [`Store`] on PostgreSQL: one database shared by every gateway replica,
-//! so a token minted by one is honoured by all and an MPP challenge is
-//! consumed exactly once across them.
+//! so a payment is served and counted exactly once across them.
 
 use std::time::Duration;
 
@@ -8,9 +7,14 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
-use crate::{InvoiceRecord, ReceiptRecord, Reservation, Store, StoreError, TokenRecord};
+use crate::{
+    ClaimHolder, InvoiceRecord, PaymentRecord, ReceiptRecord, Reservation, Store, StoreError,
+};
 
 /// Schema versions, in order; `gate402_schema` says how many ran.
+/// Append only: a database keeps whatever a released version made of it.
+/// So `tokens` stays although nothing reads it any more (L402 root keys
+/// are derived from a secret now).
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE tokens (
         token_id BYTEA PRIMARY KEY,
@@ -52,6 +56,21 @@ const MIGRATIONS: &[&str] = &[
      );",
     "ALTER TABLE challenges ADD COLUMN holder TEXT;
      CREATE INDEX challenges_holder ON challenges (holder) WHERE NOT consumed;",
+    // Claims fenced by a token of their holder (`holder` is its replica).
+    // Rows from before were keyed by MPP challenge id: `legacy` defaults to
+    // true so that they, and any row a replica of the previous version
+    // still writes during a rolling upgrade, are legacy; claims from now
+    // on set it to false.
+    "ALTER TABLE challenges ADD COLUMN holder_token TEXT;
+     ALTER TABLE challenges ADD COLUMN legacy BOOLEAN NOT NULL DEFAULT TRUE;
+     CREATE INDEX challenges_legacy ON challenges (expires_at) WHERE legacy AND consumed;
+     CREATE TABLE payments (
+        payment_hash BYTEA PRIMARY KEY,
+        service TEXT NOT NULL,
+        scheme TEXT NOT NULL,
+        amount_msat BIGINT NOT NULL,
+        first_served_at BIGINT NOT NULL
+     );",
 ];
 
 /// Any number fixed for the advisory lock that serializes migrations of
@@ -76,12 +95,6 @@ fn db(e: sqlx::Error) -> StoreError {
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
         other => StoreError::Database(other.to_string()),
     }
-}
-
-fn hash(bytes: Vec<u8>) -> Result<[u8; 32], sqlx::Error> {
-    bytes
-        .try_into()
-        .map_err(|_| sqlx::Error::Decode("a stored hash is not 32 bytes".into()))
 }
 
 impl PostgresStore {
@@ -140,38 +153,11 @@ impl PostgresStore {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO tokens (token_id, root_key, payment_hash, service, created_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(&token.token_id[..])
-        .bind(&token.root_key[..])
-        .bind(&token.payment_hash[..])
-        .bind(&token.service)
-        .bind(token.created_at as i64)
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(db)
-    }
-
-    async fn root_key(&self, token_id: &[u8; 32]) -> Result<Option<[u8; 32]>, StoreError> {
-        let key: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT root_key FROM tokens WHERE token_id = $1")
-                .bind(&token_id[..])
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
-        key.map(hash).transpose().map_err(db)
-    }
-
-    async fn revoke_token(&self, token_id: &[u8; 32]) -> Result<bool, StoreError> {
-        sqlx::query("DELETE FROM tokens WHERE token_id = $1")
-            .bind(&token_id[..])
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
-            .map(|r| r.rows_affected() == 1)
+            .map(drop)
             .map_err(db)
     }
 
@@ -214,29 +200,34 @@ impl Store for PostgresStore {
         .map_err(db)
     }
 
-    async fn reserve_challenge(
+    async fn claim(
         &self,
-        challenge_id: &str,
-        holder: &str,
+        key: &str,
+        holder: &ClaimHolder,
         expires_at: u64,
         lease_until: u64,
         now: u64,
     ) -> Result<Reservation, StoreError> {
-        // One statement: a new claim, or the takeover of an abandoned one,
+        // One statement: a new claim, or the takeover of a lapsed one,
         // under the row lock of ON CONFLICT, so concurrent replicas cannot
         // both acquire.
         let acquired = sqlx::query(
-            "INSERT INTO challenges (id, lease_until, expires_at, holder) VALUES ($1, $2, $3, $5)
+            "INSERT INTO challenges (id, lease_until, expires_at, holder, holder_token, legacy)
+             VALUES ($1, $2, $3, $4, $5, FALSE)
              ON CONFLICT (id) DO UPDATE
-                SET lease_until = EXCLUDED.lease_until, holder = EXCLUDED.holder
-             WHERE NOT challenges.consumed AND challenges.lease_until <= $4
+                SET lease_until = EXCLUDED.lease_until,
+                    holder = EXCLUDED.holder,
+                    holder_token = EXCLUDED.holder_token,
+                    legacy = FALSE
+             WHERE NOT challenges.consumed AND challenges.lease_until <= $6
              RETURNING id",
         )
-        .bind(challenge_id)
+        .bind(key)
         .bind(lease_until as i64)
         .bind(expires_at as i64)
+        .bind(&holder.replica)
+        .bind(&holder.token)
         .bind(now as i64)
-        .bind(holder)
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
@@ -245,7 +236,7 @@ impl Store for PostgresStore {
         }
         let consumed: Option<bool> =
             sqlx::query_scalar("SELECT consumed FROM challenges WHERE id = $1")
-                .bind(challenge_id)
+                .bind(key)
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(db)?;
@@ -257,32 +248,103 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn commit_challenge(&self, challenge_id: &str, now: u64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE challenges SET consumed = TRUE, consumed_at = $2 WHERE id = $1")
-            .bind(challenge_id)
-            .bind(now as i64)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(db)
+    async fn renew_claim(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        lease_until: u64,
+    ) -> Result<bool, StoreError> {
+        sqlx::query(
+            "UPDATE challenges SET lease_until = $4
+             WHERE id = $1 AND holder = $2 AND holder_token = $3",
+        )
+        .bind(key)
+        .bind(&holder.replica)
+        .bind(&holder.token)
+        .bind(lease_until as i64)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
+        .map_err(db)
     }
 
-    async fn release_challenge(&self, challenge_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM challenges WHERE id = $1 AND NOT consumed")
-            .bind(challenge_id)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(db)
+    async fn commit_claim(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        sqlx::query(
+            "UPDATE challenges SET consumed = TRUE, consumed_at = coalesce(consumed_at, $4)
+             WHERE id = $1 AND holder = $2 AND holder_token = $3",
+        )
+        .bind(key)
+        .bind(&holder.replica)
+        .bind(&holder.token)
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
+        .map_err(db)
     }
 
-    async fn release_leases_of(&self, holder: &str) -> Result<u64, StoreError> {
+    async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError> {
+        sqlx::query(
+            "DELETE FROM challenges
+             WHERE id = $1 AND holder = $2 AND holder_token = $3 AND NOT consumed",
+        )
+        .bind(key)
+        .bind(&holder.replica)
+        .bind(&holder.token)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
+        .map_err(db)
+    }
+
+    async fn release_claims_of(&self, replica: &str) -> Result<u64, StoreError> {
         sqlx::query("DELETE FROM challenges WHERE holder = $1 AND NOT consumed")
-            .bind(holder)
+            .bind(replica)
             .execute(&self.pool)
             .await
             .map(|r| r.rows_affected())
             .map_err(db)
+    }
+
+    async fn legacy_claims_until(&self) -> Result<u64, StoreError> {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT coalesce(max(expires_at), 0) FROM challenges WHERE legacy AND consumed",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map(|t| t as u64)
+        .map_err(db)
+    }
+
+    async fn legacy_consumed(&self, id: &str) -> Result<bool, StoreError> {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM challenges WHERE id = $1 AND legacy AND consumed)",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    async fn record_payment(&self, payment: &PaymentRecord) -> Result<bool, StoreError> {
+        sqlx::query(
+            "INSERT INTO payments (payment_hash, service, scheme, amount_msat, first_served_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (payment_hash) DO NOTHING",
+        )
+        .bind(&payment.payment_hash[..])
+        .bind(&payment.service)
+        .bind(&payment.scheme)
+        .bind(payment.amount_msat as i64)
+        .bind(payment.at as i64)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
+        .map_err(db)
     }
 
     async fn count_freebie(&self, client: &str, service: &str) -> Result<u64, StoreError> {

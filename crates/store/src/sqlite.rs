@@ -6,9 +6,14 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::{InvoiceRecord, ReceiptRecord, Reservation, Store, StoreError, TokenRecord};
+use crate::{
+    ClaimHolder, InvoiceRecord, PaymentRecord, ReceiptRecord, Reservation, Store, StoreError,
+};
 
 /// Schema versions, in order; `PRAGMA user_version` says how many ran.
+/// Append only: a database keeps whatever a released version made of it.
+/// So `tokens` stays although nothing reads it any more (L402 root keys
+/// are derived from a secret now).
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE tokens (
         token_id BLOB PRIMARY KEY,
@@ -49,6 +54,20 @@ const MIGRATIONS: &[&str] = &[
      );",
     "ALTER TABLE challenges ADD COLUMN holder TEXT;
      CREATE INDEX challenges_holder ON challenges (holder) WHERE consumed = 0;",
+    // Claims fenced by a token of their holder (`holder` is its replica).
+    // Rows from before were keyed by MPP challenge id: `legacy` defaults to
+    // 1 so that they, and any row a process of the previous version still
+    // writes, are legacy; claims from now on set it to 0.
+    "ALTER TABLE challenges ADD COLUMN holder_token TEXT;
+     ALTER TABLE challenges ADD COLUMN legacy INTEGER NOT NULL DEFAULT 1;
+     CREATE INDEX challenges_legacy ON challenges (expires_at) WHERE legacy = 1 AND consumed = 1;
+     CREATE TABLE payments (
+        payment_hash BLOB PRIMARY KEY,
+        service TEXT NOT NULL,
+        scheme TEXT NOT NULL,
+        amount_msat INTEGER NOT NULL,
+        first_served_at INTEGER NOT NULL
+     );",
 ];
 
 /// SQLite, one file; safe for several processes on one machine.
@@ -115,40 +134,12 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn put_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
-        let t = token.clone();
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO tokens (token_id, root_key, payment_hash, service, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![&t.token_id[..], &t.root_key[..], &t.payment_hash[..], t.service, t.created_at as i64],
-            )
+    async fn ping(&self) -> Result<(), StoreError> {
+        // Reading the header takes a read lock on the file: a database
+        // locked up or gone answers an error, not a cached value.
+        self.with(|c| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0)))
+            .await
             .map(drop)
-        })
-        .await
-    }
-
-    async fn root_key(&self, token_id: &[u8; 32]) -> Result<Option<[u8; 32]>, StoreError> {
-        let id = *token_id;
-        let key: Option<Vec<u8>> = self
-            .with(move |c| {
-                c.query_row(
-                    "SELECT root_key FROM tokens WHERE token_id = ?1",
-                    [&id[..]],
-                    |r| r.get(0),
-                )
-                .optional()
-            })
-            .await?;
-        Ok(key.and_then(|k| k.try_into().ok()))
-    }
-
-    async fn revoke_token(&self, token_id: &[u8; 32]) -> Result<bool, StoreError> {
-        let id = *token_id;
-        self.with(move |c| {
-            c.execute("DELETE FROM tokens WHERE token_id = ?1", [&id[..]])
-                .map(|n| n == 1)
-        })
-        .await
     }
 
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError> {
@@ -185,21 +176,23 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn reserve_challenge(
+    async fn claim(
         &self,
-        challenge_id: &str,
-        holder: &str,
+        key: &str,
+        holder: &ClaimHolder,
         expires_at: u64,
         lease_until: u64,
         now: u64,
     ) -> Result<Reservation, StoreError> {
-        let (id, holder) = (challenge_id.to_owned(), holder.to_owned());
+        let (key, holder) = (key.to_owned(), holder.clone());
         self.with(move |c| {
+            // IMMEDIATE takes the write lock first: other processes on the
+            // file wait, so the row read is still the row when written.
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row: Option<(bool, i64)> = tx
                 .query_row(
                     "SELECT consumed, lease_until FROM challenges WHERE id = ?1",
-                    [&id],
+                    [&key],
                     |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?)),
                 )
                 .optional()?;
@@ -208,16 +201,18 @@ impl Store for SqliteStore {
                 Some((false, lease)) if lease as u64 > now => Reservation::InFlight,
                 Some((false, _)) => {
                     tx.execute(
-                        "UPDATE challenges SET lease_until = ?2, holder = ?3 WHERE id = ?1",
-                        params![id, lease_until as i64, holder],
+                        "UPDATE challenges
+                         SET lease_until = ?2, holder = ?3, holder_token = ?4, legacy = 0
+                         WHERE id = ?1",
+                        params![key, lease_until as i64, holder.replica, holder.token],
                     )?;
                     Reservation::Acquired
                 }
                 None => {
                     tx.execute(
-                        "INSERT INTO challenges (id, lease_until, expires_at, holder)
-                         VALUES (?1, ?2, ?3, ?4)",
-                        params![id, lease_until as i64, expires_at as i64, holder],
+                        "INSERT INTO challenges (id, lease_until, expires_at, holder, holder_token, legacy)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+                        params![key, lease_until as i64, expires_at as i64, holder.replica, holder.token],
                     )?;
                     Reservation::Acquired
                 }
@@ -228,38 +223,108 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn commit_challenge(&self, challenge_id: &str, now: u64) -> Result<(), StoreError> {
-        let id = challenge_id.to_owned();
+    async fn renew_claim(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        lease_until: u64,
+    ) -> Result<bool, StoreError> {
+        let (key, holder) = (key.to_owned(), holder.clone());
         self.with(move |c| {
             c.execute(
-                "UPDATE challenges SET consumed = 1, consumed_at = ?2 WHERE id = ?1",
-                params![id, now as i64],
+                "UPDATE challenges SET lease_until = ?4
+                 WHERE id = ?1 AND holder = ?2 AND holder_token = ?3",
+                params![key, holder.replica, holder.token, lease_until as i64],
             )
-            .map(drop)
+            .map(|n| n == 1)
         })
         .await
     }
 
-    async fn release_challenge(&self, challenge_id: &str) -> Result<(), StoreError> {
-        let id = challenge_id.to_owned();
+    async fn commit_claim(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (key, holder) = (key.to_owned(), holder.clone());
         self.with(move |c| {
             c.execute(
-                "DELETE FROM challenges WHERE id = ?1 AND consumed = 0",
-                [id],
+                "UPDATE challenges SET consumed = 1, consumed_at = coalesce(consumed_at, ?4)
+                 WHERE id = ?1 AND holder = ?2 AND holder_token = ?3",
+                params![key, holder.replica, holder.token, now as i64],
             )
-            .map(drop)
+            .map(|n| n == 1)
         })
         .await
     }
 
-    async fn release_leases_of(&self, holder: &str) -> Result<u64, StoreError> {
-        let holder = holder.to_owned();
+    async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError> {
+        let (key, holder) = (key.to_owned(), holder.clone());
+        self.with(move |c| {
+            c.execute(
+                "DELETE FROM challenges
+                 WHERE id = ?1 AND holder = ?2 AND holder_token = ?3 AND consumed = 0",
+                params![key, holder.replica, holder.token],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn release_claims_of(&self, replica: &str) -> Result<u64, StoreError> {
+        let replica = replica.to_owned();
         self.with(move |c| {
             c.execute(
                 "DELETE FROM challenges WHERE holder = ?1 AND consumed = 0",
-                [holder],
+                [replica],
             )
             .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn legacy_claims_until(&self) -> Result<u64, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT coalesce(max(expires_at), 0) FROM challenges WHERE legacy = 1 AND consumed = 1",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|t| t as u64)
+        })
+        .await
+    }
+
+    async fn legacy_consumed(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.query_row(
+                "SELECT 1 FROM challenges WHERE id = ?1 AND legacy = 1 AND consumed = 1",
+                [id],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|row| row.is_some())
+        })
+        .await
+    }
+
+    async fn record_payment(&self, payment: &PaymentRecord) -> Result<bool, StoreError> {
+        let p = payment.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO payments (payment_hash, service, scheme, amount_msat, first_served_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (payment_hash) DO NOTHING",
+                params![
+                    &p.payment_hash[..],
+                    p.service,
+                    p.scheme,
+                    p.amount_msat as i64,
+                    p.at as i64
+                ],
+            )
+            .map(|n| n == 1)
         })
         .await
     }

@@ -1,95 +1,241 @@
 //! The store's guarantees, on SQLite and on PostgreSQL (a real server,
-//! started by the test).
+//! started by the test), on a fresh database and on one upgraded from the
+//! schema released before claims were fenced.
 
 use std::sync::Arc;
 
 use gate402_postgres_testkit::TestPostgres;
-use gate402_store::{InvoiceRecord, PostgresStore, Reservation, SqliteStore, Store, TokenRecord};
-
-fn token(id: u8) -> TokenRecord {
-    TokenRecord {
-        token_id: [id; 32],
-        root_key: [id ^ 0xff; 32],
-        payment_hash: [1; 32],
-        service: "svc".into(),
-        created_at: 1,
-    }
-}
+use gate402_store::{
+    ClaimHolder, InvoiceRecord, PaymentRecord, PostgresStore, Reservation, SqliteStore, Store,
+};
 
 /// Two handles on one database, as two gateway replicas have.
 type Pair = [Arc<dyn Store>; 2];
 
-async fn tokens_are_shared_and_can_be_revoked([a, b]: &Pair) {
-    a.put_token(&token(7)).await.unwrap();
-    assert_eq!(b.root_key(&[7; 32]).await.unwrap(), Some([7 ^ 0xff; 32]));
-    assert_eq!(b.root_key(&[8; 32]).await.unwrap(), None);
-    assert!(b.revoke_token(&[7; 32]).await.unwrap());
-    assert_eq!(a.root_key(&[7; 32]).await.unwrap(), None);
+/// A key as callers make them: `p:` and a payment hash in lowercase hex.
+fn key(n: u8) -> String {
+    format!("p:{}", format!("{n:02x}").repeat(32))
 }
 
-async fn a_challenge_is_served_once([store, _]: &Pair) {
-    let claim = |id: &'static str, lease, now| store.reserve_challenge(id, "r1", 1000, lease, now);
-    assert_eq!(claim("c", 100, 10).await.unwrap(), Reservation::Acquired);
-    assert_eq!(claim("c", 100, 10).await.unwrap(), Reservation::InFlight);
-    // Upstream failed: released, the same credential works again.
-    store.release_challenge("c").await.unwrap();
-    assert_eq!(claim("c", 100, 10).await.unwrap(), Reservation::Acquired);
-    store.commit_challenge("c", 11).await.unwrap();
-    assert_eq!(claim("c", 100, 12).await.unwrap(), Reservation::Consumed);
-    store.release_challenge("c").await.unwrap();
-    assert_eq!(
-        claim("c", 100, 12).await.unwrap(),
-        Reservation::Consumed,
+fn holder(replica: &str, token: &str) -> ClaimHolder {
+    ClaimHolder {
+        replica: replica.into(),
+        token: token.into(),
+    }
+}
+
+fn payment(hash: u8, service: &str) -> PaymentRecord {
+    PaymentRecord {
+        payment_hash: [hash; 32],
+        service: service.into(),
+        scheme: "Payment".into(),
+        amount_msat: 5_000,
+        at: 10,
+    }
+}
+
+async fn the_database_answers_a_ping([a, b]: &Pair) {
+    a.ping().await.unwrap();
+    b.ping().await.unwrap();
+}
+
+async fn a_payment_is_served_once([a, b]: &Pair) {
+    use Reservation::*;
+    let (k, h1, h2) = (key(1), holder("r1", "t1"), holder("r2", "t2"));
+    assert_eq!(a.claim(&k, &h1, 1000, 100, 10).await.unwrap(), Acquired);
+    assert_eq!(b.claim(&k, &h2, 1000, 100, 10).await.unwrap(), InFlight);
+    // Only the holder releases it: its replica and its token both.
+    assert!(!b.release_claim(&k, &h2).await.unwrap());
+    assert!(!b.release_claim(&k, &holder("r2", "t1")).await.unwrap());
+    assert!(!b.release_claim(&k, &holder("r1", "t2")).await.unwrap());
+    assert_eq!(b.claim(&k, &h2, 1000, 100, 10).await.unwrap(), InFlight);
+    // Upstream failed: released, the same payment works again.
+    assert!(a.release_claim(&k, &h1).await.unwrap());
+    assert_eq!(b.claim(&k, &h2, 1000, 100, 10).await.unwrap(), Acquired);
+    assert!(
+        !a.commit_claim(&k, &h1, 11).await.unwrap(),
+        "a released claim is not committed by its former holder"
+    );
+    assert_eq!(a.claim(&k, &h1, 1000, 100, 11).await.unwrap(), InFlight);
+    assert!(b.commit_claim(&k, &h2, 11).await.unwrap());
+    assert_eq!(a.claim(&k, &h1, 1000, 100, 12).await.unwrap(), Consumed);
+    assert!(
+        b.commit_claim(&k, &h2, 13).await.unwrap(),
+        "committing again is not a lost claim"
+    );
+    assert!(
+        !b.release_claim(&k, &h2).await.unwrap(),
         "release never undoes a commit"
     );
-    // A holder that died: its lease runs out and the claim is taken over.
-    assert_eq!(claim("d", 100, 10).await.unwrap(), Reservation::Acquired);
-    assert_eq!(claim("d", 300, 200).await.unwrap(), Reservation::Acquired);
-    // Consumed and expired challenges are purged.
-    assert_eq!(store.purge_expired(2000).await.unwrap(), 1);
+    assert_eq!(a.claim(&k, &h1, 1000, 100, 13).await.unwrap(), Consumed);
+    // A consumed claim has no lease to lapse.
+    assert_eq!(a.claim(&k, &h1, 1000, 300, 200).await.unwrap(), Consumed);
 }
 
-async fn a_restarted_holder_releases_its_claims([a, b]: &Pair) {
-    let claim = |store: &Arc<dyn Store>, id: &'static str, holder: &'static str| {
-        let store = store.clone();
-        async move {
-            store
-                .reserve_challenge(id, holder, 1000, 100, 10)
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(claim(a, "x", "killed").await, Reservation::Acquired);
-    assert_eq!(claim(a, "y", "killed").await, Reservation::Acquired);
-    assert_eq!(claim(b, "z", "alive").await, Reservation::Acquired);
-    // "killed" served y before it died; x was in flight.
-    a.commit_challenge("y", 11).await.unwrap();
-    assert_eq!(claim(b, "x", "alive").await, Reservation::InFlight);
-    assert_eq!(a.release_leases_of("killed").await.unwrap(), 1);
-    assert_eq!(claim(b, "x", "alive").await, Reservation::Acquired);
-    assert_eq!(claim(b, "y", "alive").await, Reservation::Consumed);
-    // Another holder's claims stay held.
-    assert_eq!(claim(a, "z", "killed").await, Reservation::InFlight);
+async fn a_lapsed_claim_is_fenced_from_its_old_holder([a, b]: &Pair) {
+    use Reservation::*;
+    // One replica, two requests: the token tells them apart.
+    let (k, first, second, third) = (
+        key(2),
+        holder("r1", "a"),
+        holder("r1", "b"),
+        holder("r2", "c"),
+    );
+    assert_eq!(a.claim(&k, &first, 1000, 100, 10).await.unwrap(), Acquired);
+    // The first request hangs past its lease; the second takes over.
+    assert_eq!(
+        b.claim(&k, &second, 1000, 300, 200).await.unwrap(),
+        Acquired
+    );
+    // The first one's late failure does not free the second one's claim.
+    assert!(!a.release_claim(&k, &first).await.unwrap());
+    assert_eq!(a.claim(&k, &third, 1000, 300, 200).await.unwrap(), InFlight);
+    // Nor does its late success consume it.
+    assert!(!a.commit_claim(&k, &first, 201).await.unwrap());
+    assert_eq!(a.claim(&k, &third, 1000, 300, 201).await.unwrap(), InFlight);
+    assert!(!a.renew_claim(&k, &first, 1000).await.unwrap());
+    // The second one still holds it, renews and commits.
+    assert!(b.renew_claim(&k, &second, 500).await.unwrap());
+    assert_eq!(a.claim(&k, &third, 1000, 600, 400).await.unwrap(), InFlight);
+    assert!(b.commit_claim(&k, &second, 450).await.unwrap());
+    assert_eq!(a.claim(&k, &third, 1000, 600, 450).await.unwrap(), Consumed);
+}
+
+async fn renewing_extends_the_lease([a, b]: &Pair) {
+    use Reservation::*;
+    let (k, streaming, other) = (key(3), holder("r1", "s"), holder("r2", "o"));
+    assert_eq!(
+        a.claim(&k, &streaming, 1000, 100, 10).await.unwrap(),
+        Acquired
+    );
+    assert!(a.renew_claim(&k, &streaming, 300).await.unwrap());
+    assert_eq!(b.claim(&k, &other, 1000, 400, 200).await.unwrap(), InFlight);
+    // Renewed to 300, not for good.
+    assert_eq!(b.claim(&k, &other, 1000, 400, 300).await.unwrap(), Acquired);
+    assert!(!a.renew_claim(&k, &streaming, 500).await.unwrap());
+}
+
+async fn a_restarted_replica_releases_its_claims([a, b]: &Pair) {
+    use Reservation::*;
+    let (x, w, y, z) = (key(4), key(5), key(6), key(7));
+    assert_eq!(
+        a.claim(&x, &holder("killed", "1"), 1000, 100, 10)
+            .await
+            .unwrap(),
+        Acquired
+    );
+    assert_eq!(
+        a.claim(&w, &holder("killed", "2"), 1000, 100, 10)
+            .await
+            .unwrap(),
+        Acquired
+    );
+    assert_eq!(
+        a.claim(&y, &holder("killed", "3"), 1000, 100, 10)
+            .await
+            .unwrap(),
+        Acquired
+    );
+    assert_eq!(
+        b.claim(&z, &holder("alive", "4"), 1000, 100, 10)
+            .await
+            .unwrap(),
+        Acquired
+    );
+    // "killed" served y before it died; x and w were in flight.
+    assert!(a
+        .commit_claim(&y, &holder("killed", "3"), 11)
+        .await
+        .unwrap());
+    let alive = holder("alive", "5");
+    assert_eq!(b.claim(&x, &alive, 1000, 100, 12).await.unwrap(), InFlight);
+    assert_eq!(a.release_claims_of("killed").await.unwrap(), 2);
+    assert_eq!(b.claim(&x, &alive, 1000, 100, 12).await.unwrap(), Acquired);
+    assert_eq!(b.claim(&w, &alive, 1000, 100, 12).await.unwrap(), Acquired);
+    assert_eq!(b.claim(&y, &alive, 1000, 100, 12).await.unwrap(), Consumed);
+    // Another replica's claims stay held.
+    let restarted = holder("killed", "6");
+    assert_eq!(
+        a.claim(&z, &restarted, 1000, 100, 12).await.unwrap(),
+        InFlight
+    );
+    assert_eq!(a.release_claims_of("nobody").await.unwrap(), 0);
 }
 
 async fn concurrent_claims_acquire_once(stores: &Pair) {
+    let k = key(8);
     let mut tasks = Vec::new();
     for i in 0..64 {
-        let store = stores[i % 2].clone();
+        let (store, k) = (stores[i % 2].clone(), k.clone());
+        let holder = holder(if i % 2 == 0 { "a" } else { "b" }, &i.to_string());
         tasks.push(tokio::spawn(async move {
-            store
-                .reserve_challenge("same", if i % 2 == 0 { "a" } else { "b" }, 1000, 100, 10)
-                .await
-                .unwrap()
+            store.claim(&k, &holder, 1000, 100, 10).await.unwrap()
         }));
     }
-    let mut acquired = 0;
+    let (mut acquired, mut in_flight) = (0, 0);
     for task in tasks {
-        if task.await.unwrap() == Reservation::Acquired {
-            acquired += 1;
+        match task.await.unwrap() {
+            Reservation::Acquired => acquired += 1,
+            Reservation::InFlight => in_flight += 1,
+            Reservation::Consumed => {}
         }
     }
-    assert_eq!(acquired, 1);
+    assert_eq!((acquired, in_flight), (1, 63));
+}
+
+async fn consumed_claims_are_purged_after_expiry([a, _]: &Pair) {
+    use Reservation::*;
+    let (spent, held, later) = (key(9), key(10), key(11));
+    let h = holder("r1", "p");
+    assert_eq!(a.claim(&spent, &h, 50, 100, 10).await.unwrap(), Acquired);
+    assert!(a.commit_claim(&spent, &h, 11).await.unwrap());
+    assert_eq!(a.claim(&held, &h, 50, 100, 10).await.unwrap(), Acquired);
+    assert_eq!(a.claim(&later, &h, 70, 100, 10).await.unwrap(), Acquired);
+    assert!(a.commit_claim(&later, &h, 11).await.unwrap());
+    assert_eq!(a.purge_expired(60).await.unwrap(), 1);
+    let other = holder("r2", "q");
+    assert_eq!(
+        a.claim(&spent, &other, 50, 100, 61).await.unwrap(),
+        Acquired
+    );
+    assert_eq!(a.claim(&held, &other, 50, 100, 61).await.unwrap(), InFlight);
+    assert_eq!(
+        a.claim(&later, &other, 70, 100, 61).await.unwrap(),
+        Consumed
+    );
+}
+
+async fn payments_are_counted_once(stores: &Pair) {
+    let [a, b] = stores;
+    assert!(a.record_payment(&payment(5, "svc")).await.unwrap());
+    assert!(!a.record_payment(&payment(5, "svc")).await.unwrap());
+    assert!(!b.record_payment(&payment(5, "svc")).await.unwrap());
+    assert!(
+        !b.record_payment(&payment(5, "other")).await.unwrap(),
+        "one payment, whatever it is used for"
+    );
+    assert!(b.record_payment(&payment(6, "svc")).await.unwrap());
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let store = stores[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            store.record_payment(&payment(7, "svc")).await.unwrap()
+        }));
+    }
+    let mut first = 0;
+    for task in tasks {
+        if task.await.unwrap() {
+            first += 1;
+        }
+    }
+    assert_eq!(first, 1);
+}
+
+async fn new_claims_are_not_legacy([a, b]: &Pair) {
+    // Committed by the cases above.
+    assert!(!a.legacy_consumed(&key(1)).await.unwrap());
+    assert!(!b.legacy_consumed(&key(2)).await.unwrap());
+    assert_eq!(a.legacy_claims_until().await.unwrap(), 0);
 }
 
 async fn freebies_count_per_client_and_service([a, b]: &Pair) {
@@ -113,36 +259,166 @@ async fn invoices_are_found_by_payment_hash([a, b]: &Pair) {
     assert_eq!(b.invoice(&[4; 32]).await.unwrap(), None);
 }
 
-async fn keeps_the_contract(stores: Pair) {
-    tokens_are_shared_and_can_be_revoked(&stores).await;
-    a_challenge_is_served_once(&stores).await;
-    a_restarted_holder_releases_its_claims(&stores).await;
-    concurrent_claims_acquire_once(&stores).await;
-    freebies_count_per_client_and_service(&stores).await;
-    invoices_are_found_by_payment_hash(&stores).await;
+async fn keeps_the_contract(stores: &Pair) {
+    the_database_answers_a_ping(stores).await;
+    a_payment_is_served_once(stores).await;
+    a_lapsed_claim_is_fenced_from_its_old_holder(stores).await;
+    renewing_extends_the_lease(stores).await;
+    a_restarted_replica_releases_its_claims(stores).await;
+    concurrent_claims_acquire_once(stores).await;
+    consumed_claims_are_purged_after_expiry(stores).await;
+    payments_are_counted_once(stores).await;
+    new_claims_are_not_legacy(stores).await;
+    freebies_count_per_client_and_service(stores).await;
+    invoices_are_found_by_payment_hash(stores).await;
 }
+
+/// On a database the previous release left with `LEGACY_ROWS`: claims
+/// keyed by MPP challenge id, two consumed, one in flight for the replica
+/// `old` that was stopped for the upgrade.
+async fn legacy_claims_are_honoured([a, b]: &Pair) {
+    assert_eq!(
+        a.legacy_claims_until().await.unwrap(),
+        5000,
+        "the latest expiry of the consumed ones"
+    );
+    assert!(b.legacy_consumed("ch-old").await.unwrap());
+    assert!(b.legacy_consumed("ch-older").await.unwrap());
+    assert!(!b.legacy_consumed("ch-in-flight").await.unwrap());
+    assert!(!b.legacy_consumed("ch-unknown").await.unwrap());
+    // A claim made now is not legacy, whatever its expiry.
+    let (k, h) = (key(12), holder("new", "n"));
+    assert_eq!(
+        a.claim(&k, &h, 8000, 100, 10).await.unwrap(),
+        Reservation::Acquired
+    );
+    assert!(a.commit_claim(&k, &h, 11).await.unwrap());
+    assert_eq!(b.legacy_claims_until().await.unwrap(), 5000);
+    assert!(!b.legacy_consumed(&k).await.unwrap());
+    // The old replica's claim in flight goes when it restarts.
+    assert_eq!(a.release_claims_of("old").await.unwrap(), 1);
+    // Legacy claims are purged like any.
+    assert_eq!(a.purge_expired(4000).await.unwrap(), 1);
+    assert!(!b.legacy_consumed("ch-older").await.unwrap());
+    assert_eq!(b.legacy_claims_until().await.unwrap(), 5000);
+    assert_eq!(a.purge_expired(6000).await.unwrap(), 1);
+    assert_eq!(b.legacy_claims_until().await.unwrap(), 0);
+}
+
+/// What the previous release wrote: consumed claims and one in flight.
+const LEGACY_ROWS: &str = "
+    INSERT INTO challenges (id, consumed, lease_until, expires_at, consumed_at, holder) VALUES
+        ('ch-older', TRUE, 100, 3000, 20, 'old'),
+        ('ch-old', TRUE, 100, 5000, 30, 'old'),
+        ('ch-in-flight', FALSE, 10000, 9000, NULL, 'old');";
+
+/// A replica of the previous release still running during a rolling
+/// upgrade writes claims the way it always did.
+const CLAIM_OF_AN_OLD_REPLICA: &str = "
+    INSERT INTO challenges (id, lease_until, expires_at, holder) VALUES ('ch-late', 100, 6500, 'old');
+    UPDATE challenges SET consumed = TRUE, consumed_at = 40 WHERE id = 'ch-late';";
+
+/// The SQLite schema as released before claims were fenced (version 2).
+const SQLITE_SCHEMA_2: &str = "
+    CREATE TABLE tokens (
+        token_id BLOB PRIMARY KEY,
+        root_key BLOB NOT NULL,
+        payment_hash BLOB NOT NULL,
+        service TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE invoices (
+        payment_hash BLOB PRIMARY KEY,
+        bolt11 TEXT NOT NULL,
+        amount_msat INTEGER NOT NULL,
+        service TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE challenges (
+        id TEXT PRIMARY KEY,
+        consumed INTEGER NOT NULL DEFAULT 0,
+        lease_until INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        consumed_at INTEGER
+    );
+    CREATE TABLE receipts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        payment_hash BLOB NOT NULL,
+        scheme TEXT NOT NULL,
+        challenge_id TEXT,
+        service TEXT NOT NULL,
+        amount_msat INTEGER NOT NULL,
+        served_at INTEGER NOT NULL
+    );
+    CREATE TABLE freebies (
+        client TEXT NOT NULL,
+        service TEXT NOT NULL,
+        used INTEGER NOT NULL,
+        PRIMARY KEY (client, service)
+    );
+    ALTER TABLE challenges ADD COLUMN holder TEXT;
+    CREATE INDEX challenges_holder ON challenges (holder) WHERE consumed = 0;
+    PRAGMA user_version = 2;";
+
+/// The PostgreSQL schema as released before claims were fenced (version 2).
+const POSTGRES_SCHEMA_2: &str = "
+    CREATE TABLE tokens (
+        token_id BYTEA PRIMARY KEY,
+        root_key BYTEA NOT NULL,
+        payment_hash BYTEA NOT NULL,
+        service TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE invoices (
+        payment_hash BYTEA PRIMARY KEY,
+        bolt11 TEXT NOT NULL,
+        amount_msat BIGINT NOT NULL,
+        service TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE TABLE challenges (
+        id TEXT PRIMARY KEY,
+        consumed BOOLEAN NOT NULL DEFAULT FALSE,
+        lease_until BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        consumed_at BIGINT
+    );
+    CREATE INDEX challenges_expiry ON challenges (expires_at) WHERE consumed;
+    CREATE TABLE receipts (
+        id BIGSERIAL PRIMARY KEY,
+        payment_hash BYTEA NOT NULL,
+        scheme TEXT NOT NULL,
+        challenge_id TEXT,
+        service TEXT NOT NULL,
+        amount_msat BIGINT NOT NULL,
+        served_at BIGINT NOT NULL
+    );
+    CREATE TABLE freebies (
+        client TEXT NOT NULL,
+        service TEXT NOT NULL,
+        used BIGINT NOT NULL,
+        PRIMARY KEY (client, service)
+    );
+    ALTER TABLE challenges ADD COLUMN holder TEXT;
+    CREATE INDEX challenges_holder ON challenges (holder) WHERE NOT consumed;
+    CREATE TABLE gate402_schema (version INTEGER NOT NULL);
+    INSERT INTO gate402_schema (version) VALUES (1), (2);";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_keeps_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gate402.sqlite3");
-    keeps_the_contract([
+    keeps_the_contract(&[
         Arc::new(SqliteStore::open(&path).unwrap()),
         Arc::new(SqliteStore::open(&path).unwrap()),
     ])
     .await;
     // And what it keeps survives reopening.
-    SqliteStore::open(&path)
-        .unwrap()
-        .put_token(&token(9))
-        .await
-        .unwrap();
-    assert!(SqliteStore::open(&path)
-        .unwrap()
-        .root_key(&[9; 32])
-        .await
-        .unwrap()
-        .is_some());
+    let again = SqliteStore::open(&path).unwrap();
+    assert!(again.invoice(&[3; 32]).await.unwrap().is_some());
+    assert!(!again.record_payment(&payment(5, "svc")).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,8 +429,53 @@ async fn postgres_keeps_the_contract() {
         PostgresStore::connect(&postgres.url),
         PostgresStore::connect(&postgres.url)
     );
-    keeps_the_contract([Arc::new(a.unwrap()), Arc::new(b.unwrap())]).await;
+    keeps_the_contract(&[Arc::new(a.unwrap()), Arc::new(b.unwrap())]).await;
     // Reconnecting finds the schema in place and the data kept.
     let again = PostgresStore::connect(&postgres.url).await.unwrap();
     assert!(again.invoice(&[3; 32]).await.unwrap().is_some());
+    assert!(!again.record_payment(&payment(5, "svc")).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_upgrade_keeps_legacy_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gate402.sqlite3");
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.execute_batch(SQLITE_SCHEMA_2).unwrap();
+    old.execute_batch(LEGACY_ROWS).unwrap();
+    let stores: Pair = [
+        Arc::new(SqliteStore::open(&path).unwrap()),
+        Arc::new(SqliteStore::open(&path).unwrap()),
+    ];
+    legacy_claims_are_honoured(&stores).await;
+    // The upgraded database keeps the whole contract.
+    keeps_the_contract(&stores).await;
+    old.execute_batch(CLAIM_OF_AN_OLD_REPLICA).unwrap();
+    assert_eq!(stores[0].legacy_claims_until().await.unwrap(), 6500);
+    assert!(stores[1].legacy_consumed("ch-late").await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_upgrade_keeps_legacy_claims() {
+    let postgres = TestPostgres::start().await;
+    let old = sqlx::PgPool::connect(&postgres.url).await.unwrap();
+    sqlx::raw_sql(POSTGRES_SCHEMA_2)
+        .execute(&old)
+        .await
+        .unwrap();
+    sqlx::raw_sql(LEGACY_ROWS).execute(&old).await.unwrap();
+    // Two upgraded replicas starting at once: the migration runs once.
+    let (a, b) = tokio::join!(
+        PostgresStore::connect(&postgres.url),
+        PostgresStore::connect(&postgres.url)
+    );
+    let stores: Pair = [Arc::new(a.unwrap()), Arc::new(b.unwrap())];
+    legacy_claims_are_honoured(&stores).await;
+    keeps_the_contract(&stores).await;
+    sqlx::raw_sql(CLAIM_OF_AN_OLD_REPLICA)
+        .execute(&old)
+        .await
+        .unwrap();
+    assert_eq!(stores[0].legacy_claims_until().await.unwrap(), 6500);
+    assert!(stores[1].legacy_consumed("ch-late").await.unwrap());
 }

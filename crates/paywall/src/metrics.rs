@@ -1,4 +1,6 @@
-//! Prometheus metrics of the paywall.
+//! Prometheus metrics of the paywall. Revenue counts payments (the first
+//! request each payment served), not requests: a reusable token's second
+//! call and a refused replay earn nothing.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +15,7 @@ pub struct Metrics {
     registry: Registry,
     challenges: Family<Labels, Counter>,
     verified: Family<Labels, Counter>,
+    payments: Family<Labels, Counter>,
     revenue: Family<Labels, Counter>,
     rejections: Family<Labels, Counter>,
     upstream: Family<Labels, Histogram>,
@@ -29,6 +32,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("gate402");
         let challenges = Family::<Labels, Counter>::default();
         let verified = Family::<Labels, Counter>::default();
+        let payments = Family::<Labels, Counter>::default();
         let revenue = Family::<Labels, Counter>::default();
         let rejections = Family::<Labels, Counter>::default();
         let upstream = Family::<Labels, Histogram>::new_with_constructor(|| {
@@ -41,12 +45,17 @@ impl Default for Metrics {
         );
         registry.register(
             "payments_verified",
-            "Paid requests verified, per service and scheme",
+            "Paid requests served, per service and scheme",
             verified.clone(),
         );
         registry.register(
+            "payments",
+            "Payments received (counted at the first request each served), per service and scheme",
+            payments.clone(),
+        );
+        registry.register(
             "revenue_sats",
-            "Satoshis earned, per service",
+            "Satoshis received, per service (once per payment)",
             revenue.clone(),
         );
         registry.register(
@@ -63,6 +72,7 @@ impl Default for Metrics {
             registry,
             challenges,
             verified,
+            payments,
             revenue,
             rejections,
             upstream,
@@ -78,9 +88,19 @@ impl Metrics {
             .inc();
     }
 
-    /// A payment for `service` was verified and served.
-    pub fn paid(&self, service: &str, scheme: &str, sats: u64) {
+    /// A paid request to `service` was served.
+    pub fn served(&self, service: &str, scheme: &str) {
         self.verified
+            .get_or_create(&vec![
+                ("service", service.to_owned()),
+                ("scheme", scheme.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// A payment of `sats` for `service` served its first request.
+    pub fn payment(&self, service: &str, scheme: &str, sats: u64) {
+        self.payments
             .get_or_create(&vec![
                 ("service", service.to_owned()),
                 ("scheme", scheme.to_owned()),

@@ -1,0 +1,359 @@
+//! Accepting connections: HTTP/1.0, 1.1 and 2 (cleartext or TLS with
+//! ALPN), each connection bounded in time and in number.
+//!
+//! A client that never finishes its headers, goes quiet, or stops reading
+//! its answer would otherwise hold a socket (and a file descriptor) for
+//! ever; enough of them starve everyone. So: a deadline for the headers
+//! (and the TLS handshake), an idle timeout (no byte read or written, in
+//! either direction, with a request in flight or not), a cap on
+//! connections per client address and one on all connections together,
+//! sized from the process's file limit. On a graceful stop, connections
+//! finish their requests in flight for a grace period, then are closed.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use gate402_paywall::{ClientKey, PeerAddr, TrustedProxies};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// How connections are bounded.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// To send the request headers (and finish a TLS handshake).
+    pub header_read_timeout: Duration,
+    /// Without a byte read or written before the connection is closed.
+    pub idle_timeout: Duration,
+    /// Open connections, all clients together.
+    pub max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64).
+    pub max_per_client: usize,
+    /// Exempt from the per-client cap (every client arrives through them).
+    pub trusted: TrustedProxies,
+    /// How long a graceful stop waits for requests in flight.
+    pub grace: Duration,
+}
+
+/// File descriptors kept for everything but client connections: the
+/// store, the node, log files.
+const RESERVED_FDS: u64 = 64;
+
+/// The most connections the file limit allows: each may hold a second
+/// descriptor for its upstream request.
+pub fn max_connections_for_fd_limit() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let usable = limit.saturating_sub(RESERVED_FDS) / 2;
+    usize::try_from(usable.clamp(16, 10_000)).unwrap_or(10_000)
+}
+
+/// Counts the connections of each client address.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<ClientKey, usize>>);
+
+/// One connection's place in [`PerClient`], given back on drop.
+struct Slot {
+    table: Arc<PerClient>,
+    key: Option<ClientKey>,
+}
+
+impl PerClient {
+    fn admit(self: &Arc<Self>, ip: IpAddr, limits: &Limits) -> Option<Slot> {
+        if limits.trusted.contains(ip) {
+            return Some(Slot {
+                table: self.clone(),
+                key: None,
+            });
+        }
+        let key = ClientKey::of(ip);
+        let mut table = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = table.entry(key).or_default();
+        if *count >= limits.max_per_client {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            table: self.clone(),
+            key: Some(key),
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            let mut table = self.table.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = table.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    table.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `stop` is cancelled, then stops
+/// accepting, lets connections finish for the grace period, and closes
+/// the rest.
+///
+/// # Errors
+///
+/// Only when the listener itself fails for good.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+    limits: Limits,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = Arc::new(PerClient::default());
+    let connections = TaskTracker::new();
+    let closing = CancellationToken::new();
+    let limits = Arc::new(limits);
+    loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.map_err(io::Error::other)?,
+        };
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) if is_per_connection(&e) => continue,
+            Err(e) => {
+                // Out of descriptors or memory: wait for some to free up.
+                tracing::warn!(error = %e, "cannot accept a connection; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(slot) = per_client.admit(peer.ip(), &limits) else {
+            tracing::debug!(%peer, "too many connections from this client; closed");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (app, tls, limits) = (app.clone(), tls.clone(), limits.clone());
+        let (stop, closing) = (stop.clone(), closing.clone());
+        connections.spawn(async move {
+            let _held = (permit, slot);
+            match tls {
+                None => connection(stream, peer, app, &limits, stop, closing).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            connection(stream, peer, app, &limits, stop, closing).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(limits.grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing the connections still open after the grace period");
+        closing.cancel();
+        connections.wait().await;
+    }
+    Ok(())
+}
+
+/// Errors of one connection that leave the listener fine.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// Serves one connection until it ends, idles out, or is closed by a stop.
+async fn connection<I>(
+    io: I,
+    peer: SocketAddr,
+    app: axum::Router,
+    limits: &Limits,
+    stop: CancellationToken,
+    closing: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let started = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = Watched {
+        inner: io,
+        started,
+        activity: activity.clone(),
+    };
+    let service = app.map_request(move |mut request: axum::extract::Request<_>| {
+        request.extensions_mut().insert(PeerAddr(peer));
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100);
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    let mut draining = false;
+    loop {
+        let idle_for = Duration::from_millis(
+            (started.elapsed().as_millis() as u64).saturating_sub(activity.load(Ordering::Relaxed)),
+        );
+        let wait = limits.idle_timeout.saturating_sub(idle_for);
+        if wait.is_zero() {
+            tracing::debug!(%peer, "connection idle; closed");
+            return;
+        }
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = closing.cancelled() => return,
+        }
+    }
+}
+
+/// An I/O stream that notes when a byte last went through it.
+struct Watched<I> {
+    inner: I,
+    started: Instant,
+    /// Milliseconds after `started`.
+    activity: Arc<AtomicU64>,
+}
+
+impl<I> Watched<I> {
+    fn touch(&self) {
+        self.activity
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A TLS acceptor for the certificate chain and key in these PEM files,
+/// offering HTTP/2 and HTTP/1.1 by ALPN.
+///
+/// # Errors
+///
+/// When a file cannot be read or holds no usable certificate or key.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context as _;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    // Several crypto providers are linked in (ring, aws-lc); rustls needs
+    // to be told which one serves.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("tls: reading {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("tls: {} is not a PEM certificate chain", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("tls: {} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("tls: {} is not a PEM private key", key.display()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("tls: the certificate and key do not go together")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

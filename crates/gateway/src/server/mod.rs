@@ -1,0 +1,310 @@
+//! `gate402 serve`: the paywall in front of the proxy, plus health,
+//! metrics, discovery, paid MCP tools and (on the sandbox) the sandbox
+//! payer; and its life: start, reload, graceful stop.
+//!
+//! - [`data_dir`]: the lock, the replica's name, the secrets (private);
+//! - [`listen`]: connections, bounded in time and number.
+
+pub mod data_dir;
+pub mod listen;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use gate402_paywall::{Paywall, PricedService};
+use gate402_store::{PostgresStore, SqliteStore, Store};
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+
+use crate::config::{GatewayConfig, ServiceConfig, StoreConfig};
+use crate::discovery;
+use crate::lightning::Connected;
+use crate::mcp::{McpAccess, PaidTools};
+use crate::proxy::Proxy;
+use data_dir::DataDir;
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    paywall: Paywall,
+    services: ServicesHandle,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    purge: tokio::task::JoinHandle<()>,
+    _data_dir: DataDir,
+}
+
+/// Replaces the services of a running gateway (a config reload): routes
+/// and prices in the paywall, upstreams in the proxy.
+#[derive(Clone)]
+pub struct ServicesHandle {
+    paywall: Paywall,
+    proxy: Proxy,
+}
+
+impl ServicesHandle {
+    /// Installs `services`; requests in flight finish with the old ones.
+    pub fn set(&self, services: &[ServiceConfig]) {
+        self.proxy.set_services(services);
+        self.paywall
+            .set_services(services.iter().map(|s| s.priced.clone()));
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    paywall: Paywall,
+    mcp: Option<PaidTools>,
+    name: Arc<str>,
+    realm: Arc<str>,
+}
+
+fn priced(services: &[ServiceConfig]) -> Vec<PricedService> {
+    services.iter().map(|s| s.priced.clone()).collect()
+}
+
+impl Gateway {
+    /// Starts everything the config describes; state goes under `data_dir`.
+    ///
+    /// # Errors
+    ///
+    /// When the backend, the store, the data dir or the listener cannot
+    /// be set up.
+    pub async fn start(config: &GatewayConfig, data_dir: &Path) -> Result<Self> {
+        data_dir::create_private_dir(data_dir)?;
+        let connected = config.lightning.connect(data_dir).await?;
+        Self::start_with(config, data_dir, connected).await
+    }
+
+    /// Starts with a backend that is already running (the config's
+    /// `[lightning]` table is then not used).
+    ///
+    /// # Errors
+    ///
+    /// As [`Gateway::start`].
+    pub async fn start_with(
+        config: &GatewayConfig,
+        data_dir: &Path,
+        connected: Connected,
+    ) -> Result<Self> {
+        let data_dir = DataDir::open(data_dir)?;
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Sqlite(_) => Arc::new(SqliteStore::open(
+                &config.store.sqlite_path(data_dir.path()),
+            )?),
+            StoreConfig::Postgres(url) => Arc::new(
+                PostgresStore::connect(url)
+                    .await
+                    .context("store: connecting to PostgreSQL")?,
+            ),
+        };
+        let secret = match &config.mpp.secret {
+            Some(secret) => secret.clone(),
+            None => data_dir.secret("mpp_secret")?,
+        };
+        let mut builder = Paywall::builder(connected.backend, store.clone(), &secret)?
+            .replica(data_dir.replica())
+            .realm(config.mpp.realm.clone())
+            .invoice_expiry_secs(config.invoice_expiry_secs)
+            .services(priced(&config.services))
+            .limits(config.limits)
+            .trusted_proxies(config.server.trusted())
+            .claim_lease(Duration::from_secs(config.claim_lease_secs));
+        for previous in &config.mpp.previous_secrets {
+            builder = builder.previous_secret(previous)?;
+        }
+        if connected.sandbox.is_some() {
+            builder = builder.test_money(gate402_lightning_sandbox::TEST_MONEY);
+        }
+        let paywall = builder.build().await?;
+        let released = paywall
+            .release_abandoned_claims()
+            .await
+            .context("releasing the claims of the previous run")?;
+        if released > 0 {
+            tracing::warn!(
+                released,
+                "released payments left in flight when this gateway last stopped; their clients may retry"
+            );
+        }
+        for warning in &config.warnings {
+            tracing::warn!("config: {warning}");
+        }
+        let proxy = Proxy::new(&config.services, config.server.trusted());
+        let mcp = PaidTools::from_config(config, &paywall).await?;
+        let state = AppState {
+            paywall: paywall.clone(),
+            mcp: mcp.clone(),
+            name: config.name.as_str().into(),
+            realm: config.mpp.realm.as_str().into(),
+        };
+        let mut app = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .route("/.well-known/l402-services", get(l402_services))
+            .route("/openapi.json", get(openapi))
+            .route("/.well-known/mcp", get(well_known_mcp))
+            .with_state(state);
+        if let Some(tools) = mcp {
+            let access = McpAccess::new(&config.mcp, config.listen);
+            app = app.merge(crate::mcp::router(tools, &config.mcp, &access));
+        }
+        if let Some(sandbox) = connected.sandbox {
+            app = app.merge(gate402_lightning_sandbox::http::router(sandbox));
+        }
+        let app = app.fallback_service(paywall.layer().layer(proxy.clone()));
+        let tls = match &config.tls {
+            None => None,
+            Some(tls) => Some(listen::tls_acceptor(&tls.cert, &tls.key)?),
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let limits = listen::Limits {
+            header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(config.server.idle_timeout_secs),
+            max_connections: config
+                .server
+                .max_connections
+                .unwrap_or_else(listen::max_connections_for_fd_limit),
+            max_per_client: config.server.max_connections_per_client,
+            trusted: config.server.trusted(),
+            grace: Duration::from_secs(config.server.shutdown_grace_secs),
+        };
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(listen::serve(listener, tls, app, limits, stop.clone()));
+        let purge = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                if let Err(e) = store.purge_expired(gate402_paywall::unix_now()).await {
+                    tracing::warn!(error = %e, "purging expired claims failed");
+                }
+            }
+        });
+        tracing::info!(%addr, backend = config.lightning.name(), services = config.services.len(), test_money = paywall.test_money().is_some(), "gate402 listening");
+        Ok(Self {
+            addr,
+            services: ServicesHandle {
+                paywall: paywall.clone(),
+                proxy,
+            },
+            paywall,
+            stop,
+            server,
+            purge,
+            _data_dir: data_dir,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The paywall.
+    pub fn paywall(&self) -> &Paywall {
+        &self.paywall
+    }
+
+    /// What replaces the services on a reload.
+    pub fn services_handle(&self) -> ServicesHandle {
+        self.services.clone()
+    }
+
+    /// Stops accepting, lets requests in flight finish (for the grace
+    /// period), records every pending claim outcome and receipt, and
+    /// returns.
+    ///
+    /// # Errors
+    ///
+    /// When the listener had failed.
+    pub async fn shutdown(self) -> Result<()> {
+        self.stop.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the server stops (after [`Gateway::shutdown_handle`] is
+    /// cancelled), then finishes what [`Gateway::shutdown`] finishes.
+    ///
+    /// # Errors
+    ///
+    /// When the listener had failed.
+    pub async fn wait(self) -> Result<()> {
+        let served = self.server.await;
+        self.purge.abort();
+        self.paywall.shutdown().await;
+        served??;
+        Ok(())
+    }
+
+    /// Cancelling it starts a graceful stop.
+    pub fn shutdown_handle(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+}
+
+/// How long a health check waits for the store.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let ping = tokio::time::timeout(HEALTH_TIMEOUT, state.paywall.store().ping()).await;
+    match ping {
+        Ok(Ok(())) => (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))),
+        failed => {
+            if let Ok(Err(e)) = failed {
+                tracing::warn!(error = %e, "health check: the store does not answer");
+            }
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "unavailable", "store": "unavailable"})),
+            )
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.paywall.metrics().render(),
+    )
+}
+
+async fn well_known_mcp(State(state): State<AppState>) -> axum::response::Response {
+    match &state.mcp {
+        Some(tools) => Json(crate::mcp::describe(tools, &state.name).await).into_response(),
+        None => crate::problem::problem_response(
+            axum::http::StatusCode::NOT_FOUND,
+            "about:blank",
+            "Not Found",
+            "this gateway serves no MCP tools (configure [[tools]] or [mcp_proxy])",
+            None,
+        ),
+    }
+}
+
+async fn l402_services(State(state): State<AppState>) -> impl IntoResponse {
+    Json(discovery::l402_services(
+        &state.name,
+        &state.realm,
+        state.paywall.routes().services(),
+    ))
+}
+
+async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    Json(discovery::openapi(
+        &state.name,
+        state.paywall.routes().services(),
+    ))
+}

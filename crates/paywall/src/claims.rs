@@ -1,0 +1,325 @@
+//! Single use, fenced: the one place that keys and holds claims on
+//! payments.
+//!
+//! A single-use payment is claimed under its canonical identity (the
+//! payment hash, never text a caller spelled) by one request of one
+//! replica, with a token made for that claim alone: only that holder can
+//! renew, commit or release it, so a request that outlived its lease can
+//! never release or spend a claim another request took over. While a
+//! response streams, the claim's lease is renewed, however long the
+//! stream. The claim is committed when the response body has been sent or
+//! abandoned by the client (it was served), released when the upstream
+//! failed or the request was dropped before an answer existed (pay for
+//! success), and every commit or release is tracked so that a graceful
+//! shutdown finishes them all before the process exits. A replica killed
+//! with claims held releases them at its next start
+//! ([`Claims::release_abandoned`]): their clients paid and were never
+//! answered, and are served on their retry.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gate402_store::{ClaimHolder, Reservation, Store, StoreError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::unix_now;
+
+/// The canonical key of a single-use payment.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClaimKey(String);
+
+impl ClaimKey {
+    /// The key of the payment with this hash, whichever door it came
+    /// through.
+    pub fn payment(hash: &[u8; 32]) -> Self {
+        Self(format!("p:{}", hex::encode(hash)))
+    }
+
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a claim was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// The payment was spent already.
+    #[error("this credential has already been used; pay the new challenge")]
+    Consumed,
+    /// Another request holds it now.
+    #[error("this credential is being used by another request")]
+    InFlight,
+    /// The store could not be asked.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The claims of one replica.
+pub struct Claims {
+    store: Arc<dyn Store>,
+    replica: String,
+    lease: Duration,
+    /// Claims held now, for the renewer.
+    held: Mutex<HashMap<String, ClaimHolder>>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    /// Claims taken before claims were keyed by payment hash are still
+    /// checked under their challenge id until this time (unix seconds).
+    legacy_until: AtomicU64,
+}
+
+impl std::fmt::Debug for Claims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claims")
+            .field("replica", &self.replica)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Claims {
+    /// Claims of `replica` in `store`, each leased for `lease` and renewed
+    /// while held. Starts the renewer; call within a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The store's, when it cannot say whether legacy claims remain.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        replica: String,
+        lease: Duration,
+    ) -> Result<Arc<Self>, StoreError> {
+        let legacy_until = store.legacy_claims_until().await?;
+        let claims = Arc::new(Self {
+            store,
+            replica,
+            lease: lease.max(Duration::from_secs(1)),
+            held: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+            legacy_until: AtomicU64::new(legacy_until),
+        });
+        let renewer = Arc::downgrade(&claims);
+        let stop = claims.stop.clone();
+        let every = claims.lease / 3;
+        claims.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                let Some(claims) = renewer.upgrade() else {
+                    return;
+                };
+                claims.renew_all().await;
+            }
+        });
+        Ok(claims)
+    }
+
+    /// The lease of each claim.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Releases the claims this replica held when it last stopped (a
+    /// process killed mid-request). Call once at start, before serving.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub async fn release_abandoned(&self) -> Result<u64, StoreError> {
+        self.store.release_claims_of(&self.replica).await
+    }
+
+    /// Claims the payment `key` for one request. `expires_at` is when the
+    /// credential stops verifying (the row may be forgotten then);
+    /// `legacy_id`, the MPP challenge id, is also checked against claims
+    /// recorded before claims were keyed by payment hash.
+    ///
+    /// # Errors
+    ///
+    /// [`ClaimError::Consumed`] or [`ClaimError::InFlight`] when another
+    /// request has it; [`ClaimError::Store`] when the store cannot answer.
+    pub async fn claim(
+        self: &Arc<Self>,
+        key: &ClaimKey,
+        expires_at: u64,
+        legacy_id: Option<&str>,
+    ) -> Result<Claim, ClaimError> {
+        let now = unix_now();
+        if let Some(id) = legacy_id {
+            if now < self.legacy_until.load(Ordering::Relaxed)
+                && self.store.legacy_consumed(id).await?
+            {
+                return Err(ClaimError::Consumed);
+            }
+        }
+        let holder = ClaimHolder {
+            replica: self.replica.clone(),
+            token: hex::encode(rand::random::<[u8; 16]>()),
+        };
+        let lease_until = now + self.lease.as_secs();
+        match self
+            .store
+            .claim(key.as_str(), &holder, expires_at, lease_until, now)
+            .await?
+        {
+            Reservation::Acquired => {}
+            Reservation::Consumed => return Err(ClaimError::Consumed),
+            Reservation::InFlight => return Err(ClaimError::InFlight),
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.0.clone(), holder.clone());
+        Ok(Claim {
+            claims: self.clone(),
+            key: key.0.clone(),
+            holder,
+            on_drop: Some(Outcome::Release),
+        })
+    }
+
+    async fn renew_all(&self) {
+        let held: Vec<(String, ClaimHolder)> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, h)| (k.clone(), h.clone()))
+            .collect();
+        let lease_until = unix_now() + self.lease.as_secs();
+        for (key, holder) in held {
+            match self.store.renew_claim(&key, &holder, lease_until).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Finished meanwhile, or lost while the store was out
+                    // of reach for a whole lease.
+                    let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                    if map.get(&key) == Some(&holder) {
+                        map.remove(&key);
+                        tracing::error!(
+                            key,
+                            "a claim was lost while its response was still streaming"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(key, error = %e, "cannot renew a claim; retrying"),
+            }
+        }
+    }
+
+    fn finish(self: &Arc<Self>, key: String, holder: ClaimHolder, outcome: Outcome) {
+        let claims = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                self.tracker.spawn_on(
+                    async move { claims.finish_now(&key, &holder, outcome).await },
+                    &runtime,
+                );
+            }
+            // Only outside a runtime (never under a server): the lease
+            // lapses, or the next start releases it.
+            Err(_) => tracing::error!(key, ?outcome, "no runtime to finish a claim on"),
+        }
+    }
+
+    async fn finish_now(&self, key: &str, holder: &ClaimHolder, outcome: Outcome) -> bool {
+        {
+            let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if map.get(key) == Some(holder) {
+                map.remove(key);
+            }
+        }
+        let result = match outcome {
+            Outcome::Commit => self.store.commit_claim(key, holder, unix_now()).await,
+            Outcome::Release => self.store.release_claim(key, holder).await,
+        };
+        match result {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::error!(
+                    key,
+                    ?outcome,
+                    "the claim was no longer held by this request"
+                );
+                false
+            }
+            Err(e) => {
+                // The lease lapses and the claim is taken over or released
+                // at the next start: the client is served on its retry.
+                tracing::error!(key, ?outcome, error = %e, "cannot record a claim's outcome");
+                false
+            }
+        }
+    }
+
+    /// Stops renewing and waits for every pending commit and release.
+    /// Call after the server stopped serving.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Commit,
+    Release,
+}
+
+/// A held claim. Dropped as it is, it is released: the request ended
+/// before any answer existed. [`Claim::served`] turns it into one that
+/// commits when dropped, for the guard of a response body.
+#[derive(Debug)]
+pub struct Claim {
+    claims: Arc<Claims>,
+    key: String,
+    holder: ClaimHolder,
+    on_drop: Option<Outcome>,
+}
+
+impl Claim {
+    /// The claimed key.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Spends the payment now.
+    pub async fn commit(mut self) -> bool {
+        self.on_drop = None;
+        self.claims
+            .finish_now(&self.key, &self.holder, Outcome::Commit)
+            .await
+    }
+
+    /// Frees the payment now (the upstream failed).
+    pub async fn release(mut self) -> bool {
+        self.on_drop = None;
+        self.claims
+            .finish_now(&self.key, &self.holder, Outcome::Release)
+            .await
+    }
+
+    /// An answer exists: from now on dropping the claim spends the
+    /// payment (after the body went out, or when the client left).
+    pub fn served(mut self) -> Self {
+        self.on_drop = Some(Outcome::Commit);
+        self
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(outcome) = self.on_drop.take() {
+            let key = std::mem::take(&mut self.key);
+            self.claims.finish(key, self.holder.clone(), outcome);
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Who the client is: the address limits, freebies and the unpaid-invoice
+//! cap are counted against.
+//!
+//! Behind a load balancer every connection comes from the balancer, so the
+//! address is read from the forwarding header it appends, but only as far
+//! as hops are trusted: the right-most address not in `trusted_proxies` is
+//! the client (anything left of it was written by that client and proves
+//! nothing). Without trusted proxies the socket's peer is the client, and
+//! forwarding headers from clients are not believed. IPv6 clients are
+//! counted per /64, the smallest block one subscriber usually holds.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use http::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+
+/// The socket peer of a request, put in its extensions by the server
+/// (axum's `ConnectInfo<SocketAddr>` is read too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Which forwarding header the trusted proxies append to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (nginx, HAProxy, AWS ELB).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The header's name.
+    pub fn name(self) -> HeaderName {
+        match self {
+            ForwardedHeader::XForwardedFor => HeaderName::from_static("x-forwarded-for"),
+            ForwardedHeader::Forwarded => http::header::FORWARDED,
+        }
+    }
+}
+
+/// The proxies whose forwarding headers are believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    /// Their networks.
+    pub networks: Vec<IpNet>,
+    /// The header they append the client's address to.
+    pub header: ForwardedHeader,
+}
+
+impl TrustedProxies {
+    /// Whether `ip` is one of them.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// The client of a request, as the paywall counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr {
+    /// The client's address.
+    pub ip: IpAddr,
+    /// The socket peer: the client itself, or the nearest proxy.
+    pub peer: IpAddr,
+}
+
+impl ClientAddr {
+    /// Whether the peer is a trusted proxy (its forwarding headers are
+    /// then passed on; a client's own are not).
+    pub fn via_trusted_proxy(&self, trusted: &TrustedProxies) -> bool {
+        trusted.contains(self.peer)
+    }
+
+    /// The key limits count under: the address, IPv6 per /64.
+    pub fn key(&self) -> ClientKey {
+        ClientKey::of(self.ip)
+    }
+}
+
+/// A client as limits count it: an IPv4 address, or an IPv6 /64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    /// One IPv4 address.
+    V4([u8; 4]),
+    /// The upper 64 bits of an IPv6 address.
+    V6(u64),
+}
+
+impl ClientKey {
+    /// The key of `ip` (IPv4-mapped IPv6 counts as IPv4).
+    pub fn of(ip: IpAddr) -> Self {
+        match canonical(ip) {
+            IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
+            IpAddr::V6(v6) => ClientKey::V6((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientKey::V4(octets) => write!(f, "{}", std::net::Ipv4Addr::from(*octets)),
+            ClientKey::V6(prefix) => {
+                write!(f, "{}/64", Ipv6Addr::from(u128::from(*prefix) << 64))
+            }
+        }
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client of a request from `peer` with `headers`.
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> ClientAddr {
+    let peer = canonical(peer);
+    let mut client = peer;
+    if trusted.contains(peer) {
+        let hops = forwarded_hops(headers, trusted.header);
+        // Right to left: the last hop each trusted proxy vouches for.
+        for hop in hops.iter().rev() {
+            match hop {
+                Some(ip) if trusted.contains(*ip) => client = *ip,
+                Some(ip) => {
+                    client = canonical(*ip);
+                    break;
+                }
+                // `unknown` or an obfuscated name: the nearest trusted hop
+                // is all that is known.
+                None => break,
+            }
+        }
+    }
+    ClientAddr { ip: client, peer }
+}
+
+/// The hops of the forwarding header, left to right, across all its
+/// fields; `None` for a hop that is no address.
+fn forwarded_hops(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for value in headers.get_all(header.name()) {
+        let Ok(text) = value.to_str() else {
+            hops.push(None);
+            continue;
+        };
+        for element in split_outside_quotes(text, ',') {
+            let hop = match header {
+                ForwardedHeader::XForwardedFor => parse_node(element.trim()),
+                ForwardedHeader::Forwarded => split_outside_quotes(element, ';')
+                    .into_iter()
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+                    .and_then(|(_, v)| parse_node(v.trim().trim_matches('"'))),
+            };
+            hops.push(hop);
+        }
+    }
+    hops
+}
+
+fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut quoted = false;
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// `192.0.2.1`, `192.0.2.1:4711`, `[2001:db8::1]:4711`, `2001:db8::1`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = node.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    node.parse::<SocketAddr>().ok().map(|s| s.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted(nets: &[&str], header: ForwardedHeader) -> TrustedProxies {
+        TrustedProxies {
+            networks: nets.iter().map(|n| n.parse().unwrap()).collect(),
+            header,
+        }
+    }
+
+    fn headers(name: &str, values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_right_most_untrusted_hop_is_the_client() {
+        let lb = trusted(&["10.0.0.0/8"], ForwardedHeader::XForwardedFor);
+        // The client forged the first entry; the balancer appended the real one.
+        let h = headers("x-forwarded-for", &["6.6.6.6, 203.0.113.7", "10.0.0.2"]);
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &lb).ip, ip("203.0.113.7"));
+        // Not from a trusted proxy: the header is not believed.
+        assert_eq!(
+            client_addr(ip("198.51.100.1"), &h, &lb).ip,
+            ip("198.51.100.1")
+        );
+        // Without trusted proxies, never.
+        let none = TrustedProxies::default();
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &none).ip, ip("10.0.0.1"));
+        // A header with nothing but trusted hops: the left-most of them.
+        let h = headers("x-forwarded-for", &["10.0.0.9"]);
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &lb).ip, ip("10.0.0.9"));
+        // An unknown hop: the nearest trusted one.
+        let h = headers("x-forwarded-for", &["unknown"]);
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &lb).ip, ip("10.0.0.1"));
+        // The other header is ignored when the proxies append to this one.
+        let h = headers("forwarded", &["for=6.6.6.6"]);
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &lb).ip, ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn forwarded_elements() {
+        let lb = trusted(&["10.0.0.0/8", "fd00::/8"], ForwardedHeader::Forwarded);
+        let h = headers(
+            "forwarded",
+            &[r#"for=6.6.6.6, For="[2001:db8:cafe::17]:4711";proto=https, for=10.1.1.1;by=x"#],
+        );
+        assert_eq!(
+            client_addr(ip("fd00::1"), &h, &lb).ip,
+            ip("2001:db8:cafe::17")
+        );
+    }
+
+    #[test]
+    fn ipv6_is_counted_per_64_and_mapped_v4_as_v4() {
+        let a = ClientKey::of(ip("2001:db8:1:2::1"));
+        let b = ClientKey::of(ip("2001:db8:1:2:ffff::9"));
+        let c = ClientKey::of(ip("2001:db8:1:3::1"));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(
+            ClientKey::of(ip("::ffff:192.0.2.1")),
+            ClientKey::of(ip("192.0.2.1"))
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! The one place that finds payment credentials on a request and strips
+//! them, so that a credential never reaches the upstream (or its logs)
+//! whichever header carried it.
+//!
+//! Credentials are read from `Authorization` and `Payment-Authorization`
+//! (the field the Payment scheme's `header` parameter selects). A value of
+//! `Authorization` in another scheme (`Bearer`, `Basic`: an API key of the
+//! upstream's own) is left for the upstream; `Payment-Authorization` is
+//! ours whatever it holds.
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The largest credential read: a genuine L402 token or MPP credential is
+/// a few hundred bytes; a bigger one is refused before any parsing.
+pub const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
+
+/// The `Payment-Authorization` field.
+pub const PAYMENT_AUTHORIZATION: HeaderName = HeaderName::from_static("payment-authorization");
+
+/// The scheme of a presented credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialScheme {
+    /// `L402` or its old name `LSAT`.
+    L402,
+    /// `Payment`, the MPP scheme.
+    Payment,
+}
+
+/// The header a credential came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialField {
+    /// `Authorization`.
+    Authorization,
+    /// `Payment-Authorization`.
+    PaymentAuthorization,
+}
+
+/// A payment credential taken off a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presented {
+    /// Its scheme.
+    pub scheme: CredentialScheme,
+    /// The whole field value, scheme included (`L402 <mac>:<preimage>`).
+    pub value: String,
+    /// Where it was.
+    pub field: CredentialField,
+}
+
+/// Why the credentials on a request cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// Over [`MAX_CREDENTIAL_BYTES`].
+    #[error("the credential is {0} bytes; the limit is {MAX_CREDENTIAL_BYTES}")]
+    TooLarge(usize),
+    /// More than one payment credential: which one pays is ambiguous.
+    #[error("the request carries more than one payment credential")]
+    Several,
+    /// `Payment-Authorization` holding something that is no payment
+    /// credential, or bytes that are not text.
+    #[error("Payment-Authorization does not hold an L402 or Payment credential")]
+    NotACredential,
+}
+
+fn scheme_of(value: &[u8]) -> Option<CredentialScheme> {
+    let end = value
+        .iter()
+        .position(|b| *b == b' ' || *b == b'\t')
+        .unwrap_or(value.len());
+    let word = &value[..end];
+    if word.eq_ignore_ascii_case(b"L402") || word.eq_ignore_ascii_case(b"LSAT") {
+        Some(CredentialScheme::L402)
+    } else if word.eq_ignore_ascii_case(b"Payment") {
+        Some(CredentialScheme::Payment)
+    } else {
+        None
+    }
+}
+
+/// Removes every payment credential from `headers` and returns the one
+/// presented, if any. Called on every request the paywall sees, priced or
+/// not, before anything else reads the headers.
+///
+/// # Errors
+///
+/// A [`CredentialError`] when the credentials cannot be read; they are
+/// stripped all the same.
+pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialError> {
+    let mut found: Vec<(CredentialScheme, HeaderValue, CredentialField)> = Vec::new();
+    let mut error = None;
+    if headers.contains_key(AUTHORIZATION) {
+        let mut kept = Vec::new();
+        for value in headers.get_all(AUTHORIZATION) {
+            let trimmed = trim_start(value.as_bytes());
+            match scheme_of(trimmed) {
+                Some(scheme) => found.push((scheme, value.clone(), CredentialField::Authorization)),
+                None => kept.push(value.clone()),
+            }
+        }
+        if !found.is_empty() {
+            headers.remove(AUTHORIZATION);
+            for value in kept {
+                headers.append(AUTHORIZATION, value);
+            }
+        }
+    }
+    for value in headers.remove_all(PAYMENT_AUTHORIZATION) {
+        match scheme_of(trim_start(value.as_bytes())) {
+            Some(scheme) => found.push((scheme, value, CredentialField::PaymentAuthorization)),
+            None => error = Some(CredentialError::NotACredential),
+        }
+    }
+    if let Some(error) = error {
+        return Err(error);
+    }
+    let Some((scheme, value, field)) = found.pop() else {
+        return Ok(None);
+    };
+    if !found.is_empty() {
+        return Err(CredentialError::Several);
+    }
+    if value.len() > MAX_CREDENTIAL_BYTES {
+        return Err(CredentialError::TooLarge(value.len()));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| CredentialError::NotACredential)?
+        .trim()
+        .to_owned();
+    Ok(Some(Presented {
+        scheme,
+        value,
+        field,
+    }))
+}
+
+fn trim_start(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(bytes.len());
+    &bytes[start..]
+}
+
+/// Removes every value of a field.
+trait RemoveAll {
+    fn remove_all(&mut self, name: HeaderName) -> Vec<HeaderValue>;
+}
+
+impl RemoveAll for HeaderMap {
+    fn remove_all(&mut self, name: HeaderName) -> Vec<HeaderValue> {
+        match self.entry(name) {
+            http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1.collect(),
+            http::header::Entry::Vacant(_) => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in fields {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn every_payment_credential_is_stripped_and_api_keys_kept() {
+        let mut h = headers(&[("payment-authorization", "L402 mac:pre")]);
+        let presented = take(&mut h).unwrap().unwrap();
+        assert_eq!(presented.scheme, CredentialScheme::L402);
+        assert_eq!(presented.field, CredentialField::PaymentAuthorization);
+        assert!(h.is_empty());
+
+        let mut h = headers(&[
+            ("authorization", "Bearer key"),
+            ("payment-authorization", "Payment abc"),
+        ]);
+        let presented = take(&mut h).unwrap().unwrap();
+        assert_eq!(presented.scheme, CredentialScheme::Payment);
+        assert_eq!(h.get_all(AUTHORIZATION).iter().count(), 1);
+        assert_eq!(h[AUTHORIZATION], "Bearer key");
+
+        let mut h = headers(&[
+            ("authorization", "Bearer key"),
+            ("authorization", "lsat mac:pre"),
+        ]);
+        assert_eq!(take(&mut h).unwrap().unwrap().value, "lsat mac:pre");
+        assert_eq!(h.get_all(AUTHORIZATION).iter().count(), 1);
+
+        let mut h = headers(&[("authorization", "  Payment  abc ")]);
+        assert_eq!(take(&mut h).unwrap().unwrap().value, "Payment  abc");
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn ambiguous_or_oversized_credentials_are_refused_and_stripped() {
+        let mut h = headers(&[
+            ("authorization", "L402 a:b"),
+            ("payment-authorization", "Payment c"),
+        ]);
+        assert_eq!(take(&mut h), Err(CredentialError::Several));
+        assert!(h.is_empty());
+
+        let mut h = headers(&[("payment-authorization", "Bearer x")]);
+        assert_eq!(take(&mut h), Err(CredentialError::NotACredential));
+        assert!(h.is_empty());
+
+        let big = format!("Payment {}", "a".repeat(MAX_CREDENTIAL_BYTES));
+        let mut h = headers(&[("authorization", &big)]);
+        assert_eq!(take(&mut h), Err(CredentialError::TooLarge(big.len())));
+        assert!(h.is_empty());
+
+        let mut h = headers(&[("authorization", "Basic x")]);
+        assert_eq!(take(&mut h), Ok(None));
+        assert_eq!(h.len(), 1);
+    }
+}

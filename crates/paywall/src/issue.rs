@@ -1,0 +1,125 @@
+//! Issuing: one Lightning invoice and the challenges that point at it.
+//!
+//! Stateless: the L402 token's root key is derived from the gateway's
+//! secret and the MPP challenge id is an HMAC over its terms, so a 402
+//! writes nothing anywhere and an unpaid flood costs the store nothing.
+
+use gate402_l402::caveat::{Caveat, Service};
+use gate402_l402::{L402Challenge, RootKeySecrets};
+use gate402_lightning::{InvoiceRequest, LightningBackend, LightningError, Network};
+use gate402_mpp::challenge::{ChallengeKey, NewChallenge};
+use gate402_mpp::lightning::{ChargeRequest, CHARGE, METHOD};
+use gate402_mpp::verify::scope_opaque;
+use gate402_mpp::PaymentChallenge;
+
+use crate::service::PricedService;
+use crate::unix_now;
+
+/// An invoice and the challenges issued for it.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The BOLT11 invoice.
+    pub bolt11: String,
+    /// Its payment hash.
+    pub payment_hash: [u8; 32],
+    /// When it expires (unix seconds).
+    pub expires_at: u64,
+    /// The L402 challenge, when issued.
+    pub l402: Option<L402Challenge>,
+    /// The MPP charge challenge, when issued.
+    pub payment: Option<PaymentChallenge>,
+}
+
+/// Which challenges to issue with the invoice (each only if the service
+/// offers its scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Doors {
+    /// An L402 macaroon.
+    pub l402: bool,
+    /// An MPP charge.
+    pub mpp: bool,
+}
+
+/// Makes invoices and challenges.
+pub(crate) struct Issuer {
+    pub(crate) backend: std::sync::Arc<dyn LightningBackend>,
+    pub(crate) network: Network,
+    pub(crate) challenge_key: ChallengeKey,
+    pub(crate) root_keys: RootKeySecrets,
+    pub(crate) realm: String,
+    pub(crate) invoice_expiry_secs: u32,
+}
+
+impl Issuer {
+    pub(crate) async fn issue(
+        &self,
+        service: &PricedService,
+        doors: Doors,
+    ) -> Result<Issued, LightningError> {
+        let now = unix_now();
+        let created = self
+            .backend
+            .create_invoice(InvoiceRequest {
+                amount_msat: service.price_sats * 1000,
+                memo: service.description.clone(),
+                expiry_secs: self.invoice_expiry_secs,
+            })
+            .await?;
+        let mut issued = Issued {
+            bolt11: created.bolt11.clone(),
+            payment_hash: created.payment_hash,
+            expires_at: created.expires_at,
+            l402: None,
+            payment: None,
+        };
+        if doors.l402 && service.schemes.l402() {
+            // Counted from the invoice's expiry: a token paid at the last
+            // moment still lasts token_lifetime_secs.
+            let valid_until =
+                now + u64::from(self.invoice_expiry_secs) + service.token_lifetime_secs;
+            let caveats = [
+                Caveat::services(&[Service::new(service.name.clone())]),
+                Caveat::valid_until(&service.name, valid_until),
+            ];
+            let minted = self.root_keys.mint(
+                created.payment_hash,
+                gate402_l402::DEFAULT_LOCATION,
+                &caveats,
+            );
+            issued.l402 = Some(L402Challenge {
+                macaroon: minted.macaroon,
+                invoice: created.bolt11.clone(),
+            });
+        }
+        if doors.mpp && service.schemes.mpp() {
+            let request = ChargeRequest::new(
+                service.price_sats,
+                Some(service.description.clone()),
+                &created.bolt11,
+                &created.payment_hash,
+                self.network,
+            )
+            .to_value();
+            // Never later than the invoice: a challenge must not outlive
+            // what it asks to be paid.
+            let expires = time::OffsetDateTime::from_unix_timestamp(
+                created
+                    .expires_at
+                    .min(now + u64::from(self.invoice_expiry_secs)) as i64,
+            )
+            .ok();
+            let opaque = scope_opaque(&service.name);
+            issued.payment = Some(self.challenge_key.issue(NewChallenge {
+                realm: &self.realm,
+                method: METHOD,
+                intent: CHARGE,
+                request: &request,
+                expires,
+                digest: None,
+                description: Some(&service.description),
+                opaque: Some(&opaque),
+            }));
+        }
+        Ok(issued)
+    }
+}

@@ -1,0 +1,466 @@
+//! The paywall as a tower [`Layer`]: every request has its target
+//! normalized and its credentials stripped; a request to a priced service
+//! is served only once paid, with a `Payment-Receipt`.
+//!
+//! Pay for success: a single-use payment counts as spent only when the
+//! wrapped service answered without a server error and the answer went
+//! out (or the client left while it streamed). A 5xx, an error of the
+//! wrapped service, or a request dropped before an answer existed leaves
+//! the payment unspent, and the client retries without paying again.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use gate402_mpp::accept::AcceptPayment;
+use gate402_mpp::lightning::{CHARGE, METHOD};
+use gate402_mpp::problem::ProblemType;
+use http::header::CACHE_CONTROL;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::claims::{Claim, ClaimError};
+use crate::client::{client_addr, ClientAddr, PeerAddr};
+use crate::credentials::{self, CredentialScheme, Presented};
+use crate::issue::Doors;
+use crate::paywall::Paywall;
+use crate::responses::{self, Refusal};
+use crate::route::{request_host, RequestPath};
+use crate::service::{Auth, PricedService};
+use crate::verify::Verified;
+
+/// Put into a request's extensions by the paywall: the priced service it
+/// was routed to and the host it named. The request's URI path is then
+/// the normalized one, which is what a proxy forwards.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// The service.
+    pub service: Arc<PricedService>,
+    /// The host the request named, in normal form.
+    pub host: Option<String>,
+    /// The path matched, in normal form: the one to forward.
+    pub path: RequestPath,
+}
+
+/// [`Layer`] that puts the paywall in front of a service.
+#[derive(Clone, Debug)]
+pub struct PaywallLayer(Paywall);
+
+impl PaywallLayer {
+    /// The layer of `paywall`.
+    pub fn new(paywall: Paywall) -> Self {
+        Self(paywall)
+    }
+}
+
+impl<S> Layer<S> for PaywallLayer {
+    type Service = PaywallService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PaywallService {
+            paywall: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// The paywall around an inner service.
+#[derive(Clone, Debug)]
+pub struct PaywallService<S> {
+    paywall: Paywall,
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PaywallService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<PaywallBody<ResBody>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Take the service that was polled ready; leave a fresh clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let paywall = self.paywall.clone();
+        Box::pin(async move { paywall.handle(request, inner).await })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body: the wrapped service's (holding the claim that is
+    /// committed once it has been sent), or the paywall's own answer.
+    pub struct PaywallBody<B> {
+        #[pin]
+        inner: Inner<B>,
+        claim: Option<Claim>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = InnerProj]
+    enum Inner<B> {
+        Wrapped { #[pin] body: B },
+        Own { bytes: Option<Bytes> },
+    }
+}
+
+impl<B> PaywallBody<B> {
+    fn wrapped(body: B, claim: Option<Claim>) -> Self {
+        Self {
+            inner: Inner::Wrapped { body },
+            claim,
+        }
+    }
+
+    fn own(bytes: Bytes) -> Self {
+        Self {
+            inner: Inner::Own {
+                bytes: (!bytes.is_empty()).then_some(bytes),
+            },
+            claim: None,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = match this.inner.project() {
+            InnerProj::Wrapped { body } => body.poll_frame(cx),
+            InnerProj::Own { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if let Poll::Ready(None) = polled {
+            // All sent: spend the payment now rather than when hyper gets
+            // round to dropping the body.
+            this.claim.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Wrapped { body } => body.is_end_stream(),
+            Inner::Own { bytes } => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Wrapped { body } => body.size_hint(),
+            Inner::Own { bytes } => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+fn own<B>(response: Response<Bytes>) -> Response<PaywallBody<B>> {
+    response.map(PaywallBody::own)
+}
+
+/// Puts `path` (normal form) and the original query into the URI.
+fn with_path(uri: &Uri, path: &RequestPath) -> Option<Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.as_str().to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// `private`, merged into the upstream's `Cache-Control`: a paid answer
+/// must never be stored by a shared cache and handed to someone who did
+/// not pay (`public` and `s-maxage` are dropped).
+fn make_private(headers: &mut HeaderMap) {
+    let directives: Vec<String> = headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_owned())
+        .filter(|d| {
+            let name = d
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            !d.is_empty() && name != "public" && name != "s-maxage"
+        })
+        .collect();
+    let private = directives.iter().any(|d| {
+        let d = d.to_ascii_lowercase();
+        d == "private" || d == "no-store"
+    });
+    let mut merged = directives;
+    if !private {
+        merged.push("private".into());
+    }
+    if let Ok(value) = HeaderValue::from_str(&merged.join(", ")) {
+        headers.insert(CACHE_CONTROL, value);
+    }
+}
+
+impl Paywall {
+    /// The client of a request, from its socket peer (our [`PeerAddr`] or
+    /// axum's `ConnectInfo`) and, behind trusted proxies, its forwarding
+    /// header.
+    pub fn client_of<B>(&self, request: &Request<B>) -> Option<ClientAddr> {
+        self.client_from(request.extensions(), request.headers())
+    }
+
+    /// [`Paywall::client_of`] for a request taken apart.
+    pub fn client_from(
+        &self,
+        extensions: &http::Extensions,
+        headers: &HeaderMap,
+    ) -> Option<ClientAddr> {
+        let peer = extensions
+            .get::<PeerAddr>()
+            .map(|p| p.0)
+            .or_else(|| connect_info(extensions))?;
+        Some(client_addr(peer.ip(), headers, &self.inner.trusted_proxies))
+    }
+
+    async fn handle<S, ReqBody, ResBody>(
+        &self,
+        mut request: Request<ReqBody>,
+        inner: S,
+    ) -> Result<Response<PaywallBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let presented = credentials::take(request.headers_mut());
+        let path = match RequestPath::parse(request.uri().path()) {
+            Ok(path) => path,
+            Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),
+        };
+        let host = match request_host(request.uri(), request.headers()) {
+            Ok(host) => host,
+            Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),
+        };
+        let Some(uri) = with_path(request.uri(), &path) else {
+            return Ok(own(responses::bad_request(
+                "the request target cannot be forwarded",
+            )));
+        };
+        *request.uri_mut() = uri;
+        let client = self.client_of(&request);
+        if let Some(client) = client {
+            request.extensions_mut().insert(client);
+        }
+        let routes = self.routes();
+        let service = match routes.find(host.as_deref(), request.method(), &path) {
+            Ok(Some(service)) => service.clone(),
+            Ok(None) => return call(inner, request).await,
+            Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),
+        };
+        request.extensions_mut().insert(Routed {
+            service: service.clone(),
+            host,
+            path,
+        });
+        let client_key = client.map(|c| c.key());
+        if let Err(limited) = self.admit(client_key, &service.name) {
+            return Ok(own(responses::too_many_requests(&limited)));
+        }
+        let presented = match (service.auth, presented) {
+            (Auth::Off, _) => return call(inner, request).await,
+            (_, Err(e)) => {
+                let refusal = match e {
+                    credentials::CredentialError::TooLarge(_) => Refusal::new(
+                        StatusCode::PAYMENT_REQUIRED,
+                        ProblemType::MalformedCredential,
+                        e.to_string(),
+                    ),
+                    _ => {
+                        self.inner
+                            .metrics
+                            .rejected(ProblemType::MalformedCredential.code());
+                        return Ok(own(responses::bad_request(&e.to_string())));
+                    }
+                };
+                return Ok(own(self
+                    .challenge(&service, request.headers(), client, refusal)
+                    .await));
+            }
+            (Auth::Freebie(free), Ok(None)) => {
+                let who = client_key.map_or_else(|| "unknown".to_owned(), |k| k.to_string());
+                match self.store().count_freebie(&who, &service.name).await {
+                    Ok(used) if used <= free => return call(inner, request).await,
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::error!(error = %e, "store: cannot count a free call");
+                        return Ok(own(responses::unavailable("the payment store")));
+                    }
+                }
+            }
+            (_, Ok(presented)) => presented,
+        };
+        let Some(Presented { scheme, value, .. }) = presented else {
+            let refusal = Refusal::payment_required(&service);
+            return Ok(own(self
+                .challenge(&service, request.headers(), client, refusal)
+                .await));
+        };
+        let verified = match scheme {
+            CredentialScheme::L402 => self.verify_l402(&service, &value),
+            CredentialScheme::Payment => self.verify_payment_header(&service, &value),
+        };
+        let verified = match verified {
+            Ok(verified) => verified,
+            Err(refusal) => {
+                self.inner.metrics.rejected(refusal.problem.code());
+                return Ok(own(self
+                    .challenge(&service, request.headers(), client, refusal)
+                    .await));
+            }
+        };
+        let (claim, scheme_name) = match scheme {
+            // A reusable token: nothing to claim.
+            CredentialScheme::L402 => (None, "L402"),
+            CredentialScheme::Payment => match self.claim(&verified).await {
+                Ok(claim) => (Some(claim), "Payment"),
+                Err(ClaimError::Store(e)) => {
+                    tracing::error!(error = %e, "store: cannot claim a payment");
+                    return Ok(own(responses::unavailable("the payment store")));
+                }
+                Err(e) => {
+                    let refusal = Refusal::new(
+                        StatusCode::PAYMENT_REQUIRED,
+                        ProblemType::InvalidChallenge,
+                        e.to_string(),
+                    );
+                    return Ok(own(self
+                        .challenge(&service, request.headers(), client, refusal)
+                        .await));
+                }
+            },
+        };
+        self.serve(&service, request, inner, scheme_name, &verified, claim)
+            .await
+    }
+
+    /// Calls the wrapped service for a verified payment; on success adds
+    /// the receipt and hands the claim to the body.
+    async fn serve<S, ReqBody, ResBody>(
+        &self,
+        service: &PricedService,
+        request: Request<ReqBody>,
+        mut inner: S,
+        scheme: &str,
+        verified: &Verified,
+        claim: Option<Claim>,
+    ) -> Result<Response<PaywallBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let started = Instant::now();
+        // An error here drops the claim unspent.
+        let response = inner.call(request).await?;
+        self.inner
+            .metrics
+            .upstream(&service.name, started.elapsed().as_secs_f64());
+        if response.status().is_server_error() {
+            tracing::warn!(
+                service = %service.name,
+                status = %response.status(),
+                scheme,
+                "upstream failed; the payment stays unspent"
+            );
+            if let Some(claim) = claim {
+                claim.release().await;
+            }
+            return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
+        }
+        let receipt = self.record_paid(service, scheme, verified);
+        let (mut parts, body) = response.into_parts();
+        if let Ok(value) = HeaderValue::from_str(&gate402_mpp::receipt::to_header(&receipt)) {
+            parts.headers.insert(gate402_mpp::RECEIPT_HEADER, value);
+        }
+        make_private(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            PaywallBody::wrapped(body, claim.map(Claim::served)),
+        ))
+    }
+
+    /// A fresh invoice and its challenges in a problem response; a 429
+    /// when the client holds too many unpaid invoices, a 503 when the
+    /// node cannot make one.
+    async fn challenge(
+        &self,
+        service: &PricedService,
+        request_headers: &HeaderMap,
+        client: Option<ClientAddr>,
+        refusal: Refusal,
+    ) -> Response<Bytes> {
+        if let Err(limited) = self.admit_unpaid(client.map(|c| c.key())) {
+            return responses::too_many_requests(&limited);
+        }
+        let accept = request_headers
+            .get(gate402_mpp::ACCEPT_PAYMENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| AcceptPayment::parse(v).ok());
+        let mpp = accept
+            .as_ref()
+            .is_none_or(|a| a.accepts(METHOD, CHARGE) || !service.schemes.l402());
+        match self.issue(service, Doors { l402: true, mpp }).await {
+            Ok(issued) => responses::payment_required(
+                &issued,
+                service,
+                &refusal,
+                accept.is_some(),
+                self.test_money(),
+            ),
+            Err(_) => responses::unavailable("the Lightning node"),
+        }
+    }
+}
+
+async fn call<S, ReqBody, ResBody>(
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<PaywallBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    let response = inner.call(request).await?;
+    Ok(response.map(|body| PaywallBody::wrapped(body, None)))
+}
+
+/// axum's `ConnectInfo<SocketAddr>`, for apps served by `axum::serve`.
+#[cfg(feature = "axum")]
+fn connect_info(extensions: &http::Extensions) -> Option<std::net::SocketAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
+}
+
+#[cfg(not(feature = "axum"))]
+fn connect_info(_: &http::Extensions) -> Option<std::net::SocketAddr> {
+    None
+}

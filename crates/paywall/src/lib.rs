@@ -1,0 +1,85 @@
+//! The gate402 paywall as a tower layer: a request to a priced route gets
+//! `402 Payment Required` with one Lightning invoice offered through two
+//! protocols, L402 (a macaroon bound to the invoice) and MPP (the IETF
+//! `Payment` scheme); a paid retry is verified, served once, and answered
+//! with a `Payment-Receipt`.
+//!
+//! No config format, no Lightning backend, no MCP: a
+//! [`LightningBackend`](gate402_lightning::LightningBackend) and a
+//! [`Store`](gate402_store::Store) come in as traits, and the layer is
+//! generic over request and response bodies, so it fits any tower, hyper
+//! or axum stack. One module per rule:
+//!
+//! - [`route`]: the normalized request path and host, and which priced
+//!   service they name (the path matched is the path forwarded);
+//! - [`credentials`]: finding payment credentials and stripping them;
+//! - `verify`: L402 and MPP verification;
+//! - [`claims`]: single use, keyed by payment hash and fenced by holder;
+//! - [`issue`]: the invoice and its challenges;
+//! - [`responses`]: 400/401/402/429/503 problem bodies;
+//! - [`client`]: who the client is, behind trusted proxies;
+//! - [`limits`]: rate limits and the unpaid-invoice cap;
+//! - [`layer`]: all of it as a [`tower_layer::Layer`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use gate402_paywall::{Paywall, PricedService};
+//! use tower::ServiceExt;
+//!
+//! let dir = tempfile::tempdir()?;
+//! // Test money; a real node (ldk, LND, CLN, NWC) is another backend.
+//! let backend = Arc::new(gate402_lightning_sandbox::Sandbox::open(dir.path())?);
+//! let store = Arc::new(gate402_store::SqliteStore::open(&dir.path().join("paywall.sqlite3"))?);
+//! let paywall = Paywall::builder(backend, store, "a secret of at least thirty-two bytes")?
+//!     .services([PricedService::new("weather", "/weather", 10)])
+//!     .build()
+//!     .await?;
+//! let app = axum::Router::new()
+//!     .route("/weather", axum::routing::get(|| async { "sunny" }))
+//!     .route("/hello", axum::routing::get(|| async { "free" }))
+//!     .layer(paywall.layer());
+//!
+//! let unpaid = http::Request::get("/weather").body(axum::body::Body::empty())?;
+//! let response = app.clone().oneshot(unpaid).await?;
+//! assert_eq!(response.status(), 402);
+//! assert!(response.headers()["www-authenticate"].to_str()?.starts_with("L402 macaroon="));
+//!
+//! let free = http::Request::get("/hello").body(axum::body::Body::empty())?;
+//! assert_eq!(app.oneshot(free).await?.status(), 200);
+//! paywall.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod claims;
+pub mod client;
+pub mod credentials;
+pub mod issue;
+pub mod layer;
+pub mod limits;
+pub mod metrics;
+mod paywall;
+pub mod responses;
+pub mod route;
+pub mod service;
+mod verify;
+
+pub use claims::{Claim, ClaimError};
+pub use client::{ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies};
+pub use issue::{Doors, Issued};
+pub use layer::{PaywallBody, PaywallLayer, PaywallService, Routed};
+pub use limits::{Limited, LimitsConfig};
+pub use metrics::Metrics;
+pub use paywall::{Paywall, PaywallBuilder, PaywallError, DEFAULT_CLAIM_LEASE};
+pub use responses::Refusal;
+pub use service::{Auth, PricedService, Schemes};
+pub use verify::Verified;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,487 @@
+//! The paywall's shared state and the steps every door uses: route,
+//! issue, verify, claim, record. The HTTP layer ([`crate::layer`]) and a
+//! gateway's other doors (paid MCP tools) are built from these.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use gate402_l402::RootKeySecrets;
+use gate402_lightning::{LightningBackend, LightningError, Network};
+use gate402_mpp::challenge::ChallengeKey;
+use gate402_mpp::{PaymentCredential, Receipt};
+use gate402_store::{PaymentRecord, ReceiptRecord, Store, StoreError};
+use tokio_util::task::TaskTracker;
+
+use crate::claims::{Claim, ClaimError, ClaimKey, Claims};
+use crate::client::{ClientKey, TrustedProxies};
+use crate::issue::{Doors, Issued, Issuer};
+use crate::limits::{Limited, Limits, LimitsConfig};
+use crate::metrics::Metrics;
+use crate::responses::Refusal;
+use crate::route::Routes;
+use crate::service::PricedService;
+use crate::verify::{Verified, Verifier};
+
+/// How long a claim is leased before another replica may take it over,
+/// unless renewed (it is, every third of it, while its response streams).
+pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(90);
+
+/// Why a paywall cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PaywallError {
+    /// The secret is shorter than [`gate402_mpp::challenge::MIN_SECRET_LEN`].
+    #[error("the paywall secret must be at least {min} bytes (got {0})", min = gate402_mpp::challenge::MIN_SECRET_LEN)]
+    SecretTooShort(usize),
+    /// The Lightning backend did not say which network it is on.
+    #[error("asking the Lightning backend for its network: {0}")]
+    Lightning(#[from] LightningError),
+    /// The store did not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Builds a [`Paywall`]; see [`Paywall::builder`].
+pub struct PaywallBuilder {
+    backend: Arc<dyn LightningBackend>,
+    store: Arc<dyn Store>,
+    challenge_key: ChallengeKey,
+    root_keys: RootKeySecrets,
+    replica: String,
+    realm: String,
+    invoice_expiry_secs: u32,
+    services: Vec<PricedService>,
+    metrics: Arc<Metrics>,
+    limits: LimitsConfig,
+    trusted_proxies: TrustedProxies,
+    claim_lease: Duration,
+    test_money: Option<String>,
+}
+
+impl PaywallBuilder {
+    /// Adds a previous secret: challenges and tokens made under it still
+    /// verify, nothing new is made under it.
+    ///
+    /// # Errors
+    ///
+    /// [`PaywallError::SecretTooShort`].
+    pub fn previous_secret(mut self, secret: &str) -> Result<Self, PaywallError> {
+        self.challenge_key = self
+            .challenge_key
+            .with_previous(secret)
+            .map_err(|e| PaywallError::SecretTooShort(e.0))?;
+        self.root_keys = self.root_keys.with_previous(secret.as_bytes());
+        Ok(self)
+    }
+
+    /// The priced services, first match wins.
+    pub fn services(mut self, services: impl IntoIterator<Item = PricedService>) -> Self {
+        self.services = services.into_iter().collect();
+        self
+    }
+
+    /// The MPP realm (usually the API's host); default `gate402`.
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.realm = realm.into();
+        self
+    }
+
+    /// Seconds an invoice (and so a 402) stays payable; default 600.
+    pub fn invoice_expiry_secs(mut self, secs: u32) -> Self {
+        self.invoice_expiry_secs = secs;
+        self
+    }
+
+    /// This replica's name in the store: stable across restarts, so that a
+    /// restarted replica releases the claims its killed predecessor held.
+    /// Default: a random one (claims of a killed process then wait out
+    /// their lease).
+    pub fn replica(mut self, replica: impl Into<String>) -> Self {
+        self.replica = replica.into();
+        self
+    }
+
+    /// Where the counters go.
+    pub fn metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Rate limits and the cap on unpaid invoices per client.
+    pub fn limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The proxies whose forwarding headers name the client.
+    pub fn trusted_proxies(mut self, trusted: TrustedProxies) -> Self {
+        self.trusted_proxies = trusted;
+        self
+    }
+
+    /// The lease of a claim; default [`DEFAULT_CLAIM_LEASE`].
+    pub fn claim_lease(mut self, lease: Duration) -> Self {
+        self.claim_lease = lease;
+        self
+    }
+
+    /// Says in every 402 that invoices are test money (the sandbox).
+    pub fn test_money(mut self, note: impl Into<String>) -> Self {
+        self.test_money = Some(note.into());
+        self
+    }
+
+    /// Asks the backend for its network, starts the claim renewer.
+    ///
+    /// # Errors
+    ///
+    /// [`PaywallError::Lightning`] or [`PaywallError::Store`] when either
+    /// does not answer.
+    pub async fn build(self) -> Result<Paywall, PaywallError> {
+        let info = self.backend.node_info().await?;
+        let claims = Claims::new(self.store.clone(), self.replica, self.claim_lease).await?;
+        Ok(Paywall {
+            inner: Arc::new(State {
+                routes: ArcSwap::from_pointee(Routes::new(self.services)),
+                issuer: Issuer {
+                    backend: self.backend.clone(),
+                    network: info.network,
+                    challenge_key: self.challenge_key.clone(),
+                    root_keys: self.root_keys.clone(),
+                    realm: self.realm.clone(),
+                    invoice_expiry_secs: self.invoice_expiry_secs,
+                },
+                verifier: Verifier {
+                    challenge_key: self.challenge_key,
+                    root_keys: self.root_keys,
+                    realm: self.realm,
+                    network: info.network,
+                    invoice_expiry_secs: self.invoice_expiry_secs,
+                },
+                network: info.network,
+                backend: self.backend,
+                store: self.store,
+                claims,
+                metrics: self.metrics,
+                limits: Limits::new(&self.limits),
+                trusted_proxies: self.trusted_proxies,
+                test_money: self.test_money,
+                background: TaskTracker::new(),
+                seen_payments: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+}
+
+/// The paywall: priced routes, the Lightning backend, the store. Cheap to
+/// clone; clones share everything.
+#[derive(Clone)]
+pub struct Paywall {
+    pub(crate) inner: Arc<State>,
+}
+
+impl std::fmt::Debug for Paywall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Paywall")
+            .field("services", &self.inner.routes.load().services().len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct State {
+    pub(crate) routes: ArcSwap<Routes>,
+    pub(crate) issuer: Issuer,
+    pub(crate) verifier: Verifier,
+    pub(crate) network: Network,
+    pub(crate) backend: Arc<dyn LightningBackend>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) claims: Arc<Claims>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
+    pub(crate) trusted_proxies: TrustedProxies,
+    pub(crate) test_money: Option<String>,
+    /// Receipts and payment records written after the response left.
+    pub(crate) background: TaskTracker,
+    /// Payment hashes already recorded by this process, so that a
+    /// reusable token does not ask the store on every call.
+    seen_payments: Mutex<HashSet<[u8; 32]>>,
+}
+
+/// How many payment hashes a process remembers before it starts over.
+const SEEN_PAYMENTS: usize = 100_000;
+
+impl Paywall {
+    /// A builder over a Lightning backend, a store, and the secret that
+    /// binds MPP challenge ids and derives L402 root keys (at least 32
+    /// bytes; every replica sharing a store must use the same one).
+    ///
+    /// # Errors
+    ///
+    /// [`PaywallError::SecretTooShort`].
+    pub fn builder(
+        backend: Arc<dyn LightningBackend>,
+        store: Arc<dyn Store>,
+        secret: &str,
+    ) -> Result<PaywallBuilder, PaywallError> {
+        let challenge_key =
+            ChallengeKey::new(secret).map_err(|e| PaywallError::SecretTooShort(e.0))?;
+        Ok(PaywallBuilder {
+            backend,
+            store,
+            challenge_key,
+            root_keys: RootKeySecrets::new(secret.as_bytes()),
+            replica: hex::encode(rand::random::<[u8; 16]>()),
+            realm: "gate402".into(),
+            invoice_expiry_secs: 600,
+            services: Vec::new(),
+            metrics: Arc::new(Metrics::default()),
+            limits: LimitsConfig::default(),
+            trusted_proxies: TrustedProxies::default(),
+            claim_lease: DEFAULT_CLAIM_LEASE,
+            test_money: None,
+        })
+    }
+
+    /// The layer to wrap an app or a proxy with.
+    pub fn layer(&self) -> crate::layer::PaywallLayer {
+        crate::layer::PaywallLayer::new(self.clone())
+    }
+
+    /// The current routes.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.inner.routes.load_full()
+    }
+
+    /// Replaces the services (a config reload); requests in flight finish
+    /// with the services they started with.
+    pub fn set_services(&self, services: impl IntoIterator<Item = PricedService>) {
+        self.inner.routes.store(Arc::new(Routes::new(services)));
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The Lightning backend.
+    pub fn backend(&self) -> &Arc<dyn LightningBackend> {
+        &self.inner.backend
+    }
+
+    /// The network of the backend's node.
+    pub fn network(&self) -> Network {
+        self.inner.network
+    }
+
+    /// The note on test money, when invoices are test money.
+    pub fn test_money(&self) -> Option<&str> {
+        self.inner.test_money.as_deref()
+    }
+
+    /// The proxies whose forwarding headers are believed.
+    pub fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.inner.trusted_proxies
+    }
+
+    /// Releases the claims this replica held when its previous process
+    /// was killed; call once at start, before serving. Returns how many.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    pub async fn release_abandoned_claims(&self) -> Result<u64, StoreError> {
+        self.inner.claims.release_abandoned().await
+    }
+
+    /// Finishes every pending claim outcome and record. Call after the
+    /// server stopped serving, before the process exits.
+    pub async fn shutdown(&self) {
+        self.inner.claims.shutdown().await;
+        self.inner.background.close();
+        self.inner.background.wait().await;
+    }
+
+    /// Whether `client` may be handed one more invoice.
+    ///
+    /// # Errors
+    ///
+    /// [`Limited`], with when to come back.
+    pub fn admit_unpaid(&self, client: Option<ClientKey>) -> Result<(), Limited> {
+        let admitted = self.inner.limits.admit_unpaid(client);
+        if admitted.is_err() {
+            self.inner.metrics.rejected("unpaid-invoices");
+        }
+        admitted
+    }
+
+    /// Whether a request of `client` to `service` is within the rate
+    /// limits.
+    ///
+    /// # Errors
+    ///
+    /// [`Limited`], with when to come back.
+    pub fn admit(&self, client: Option<ClientKey>, service: &str) -> Result<(), Limited> {
+        let admitted = self.inner.limits.admit(client, &Arc::from(service));
+        if admitted.is_err() {
+            self.inner.metrics.rejected("rate-limited");
+        }
+        admitted
+    }
+
+    /// A fresh invoice for `service` and the challenges of `doors` that the
+    /// service offers. Stores nothing.
+    ///
+    /// # Errors
+    ///
+    /// The backend's, when it cannot make an invoice (logged here).
+    pub async fn issue(
+        &self,
+        service: &PricedService,
+        doors: Doors,
+    ) -> Result<Issued, LightningError> {
+        let issued = self.inner.issuer.issue(service, doors).await.map_err(|e| {
+            tracing::error!(service = %service.name, error = %e, "cannot create an invoice");
+            e
+        })?;
+        self.inner.metrics.challenge(&service.name);
+        Ok(issued)
+    }
+
+    /// Checks an L402 `Authorization` value for `service`.
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`] to answer with.
+    pub fn verify_l402(&self, service: &PricedService, value: &str) -> Result<Verified, Refusal> {
+        self.inner.verifier.l402(service, value)
+    }
+
+    /// Checks a `Payment` `Authorization` value for `service`.
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`] to answer with.
+    pub fn verify_payment_header(
+        &self,
+        service: &PricedService,
+        value: &str,
+    ) -> Result<Verified, Refusal> {
+        self.inner.verifier.payment_header(service, value)
+    }
+
+    /// Checks a parsed MPP credential for `service` (an MCP `_meta`
+    /// credential, say).
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`] to answer with.
+    pub fn verify_payment(
+        &self,
+        service: &PricedService,
+        credential: &PaymentCredential,
+    ) -> Result<Verified, Refusal> {
+        self.inner.verifier.payment(service, credential)
+    }
+
+    /// Claims a verified single-use payment for one request, keyed by its
+    /// payment hash.
+    ///
+    /// # Errors
+    ///
+    /// [`ClaimError`]: spent, in use by another request, or the store
+    /// cannot answer.
+    pub async fn claim(&self, verified: &Verified) -> Result<Claim, ClaimError> {
+        let result = self
+            .inner
+            .claims
+            .claim(
+                &ClaimKey::payment(&verified.payment_hash),
+                verified.expires_at,
+                verified.challenge_id.as_deref(),
+            )
+            .await;
+        if matches!(result, Err(ClaimError::Consumed | ClaimError::InFlight)) {
+            self.inner.metrics.rejected("replayed-credential");
+        }
+        result
+    }
+
+    /// Counts a served paid request and returns its receipt; the receipt
+    /// row and the payment (revenue is counted once per payment) are
+    /// written after the response, by a tracked task that a shutdown
+    /// waits for. A crash may lose those rows, never money: the claim, not
+    /// the receipt, is what makes a credential single use.
+    pub fn record_paid(
+        &self,
+        service: &PricedService,
+        scheme: &str,
+        verified: &Verified,
+    ) -> Receipt {
+        let now = time::OffsetDateTime::now_utc();
+        let receipt = gate402_mpp::receipt::lightning(
+            &verified.payment_hash,
+            verified.challenge_id.as_deref(),
+            now,
+        );
+        let state = &self.inner;
+        state.metrics.served(&service.name, scheme);
+        let at = now.unix_timestamp().max(0) as u64;
+        let receipt_row = ReceiptRecord {
+            payment_hash: verified.payment_hash,
+            scheme: scheme.to_owned(),
+            challenge_id: verified.challenge_id.clone(),
+            service: service.name.clone(),
+            amount_msat: service.price_sats * 1000,
+            served_at: at,
+        };
+        let first_seen = {
+            let mut seen = state
+                .seen_payments
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if seen.len() >= SEEN_PAYMENTS {
+                seen.clear();
+            }
+            seen.insert(verified.payment_hash)
+        };
+        let payment = first_seen.then(|| PaymentRecord {
+            payment_hash: verified.payment_hash,
+            service: service.name.clone(),
+            scheme: scheme.to_owned(),
+            amount_msat: service.price_sats * 1000,
+            at,
+        });
+        let paywall = self.clone();
+        state.background.spawn(async move {
+            let store = &paywall.inner.store;
+            if let Err(e) = store.put_receipt(&receipt_row).await {
+                tracing::error!(error = %e, "cannot record a receipt");
+            }
+            if let Some(payment) = payment {
+                match store.record_payment(&payment).await {
+                    Ok(true) => paywall.inner.metrics.payment(
+                        &payment.service,
+                        &payment.scheme,
+                        payment.amount_msat / 1000,
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "cannot record a payment"),
+                }
+            }
+        });
+        tracing::info!(
+            service = %service.name,
+            scheme,
+            payment_hash = %hex::encode(verified.payment_hash),
+            test_money = state.test_money.is_some(),
+            "paid request served"
+        );
+        receipt
+    }
+}

@@ -1,0 +1,184 @@
+//! The answers the paywall gives itself: RFC 9457 problem bodies for 400,
+//! 401, 402, 429 and 503. Nothing internal (database text, node errors,
+//! addresses) reaches a client body; that goes to the log.
+
+use bytes::Bytes;
+use gate402_l402::Scheme;
+use gate402_mpp::problem::ProblemType;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::issue::Issued;
+use crate::limits::Limited;
+use crate::service::PricedService;
+
+/// Why a credential does not pay for a request: the status, the problem
+/// type, and what went wrong in words a client can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// 400, 401 or 402.
+    pub status: StatusCode,
+    /// The problem type.
+    pub problem: ProblemType,
+    /// What went wrong.
+    pub detail: String,
+}
+
+impl Refusal {
+    /// A refusal.
+    pub fn new(status: StatusCode, problem: ProblemType, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            problem,
+            detail: detail.into(),
+        }
+    }
+
+    /// No credential was presented: the plain 402.
+    pub fn payment_required(service: &PricedService) -> Self {
+        Self::new(
+            StatusCode::PAYMENT_REQUIRED,
+            ProblemType::PaymentRequired,
+            format!(
+                "{} costs {} sat per call",
+                service.description, service.price_sats
+            ),
+        )
+    }
+}
+
+/// An `application/problem+json` response; `extra` fields are merged in.
+pub fn problem(
+    status: StatusCode,
+    problem_type: &str,
+    title: &str,
+    detail: &str,
+    extra: Option<Value>,
+) -> Response<Bytes> {
+    let mut body = json!({
+        "type": problem_type,
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let (Some(Value::Object(extra)), Value::Object(map)) = (extra, &mut body) {
+        map.extend(extra);
+    }
+    let mut response = Response::new(Bytes::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(gate402_mpp::problem::CONTENT_TYPE),
+    );
+    response
+}
+
+/// `400 Bad Request` for a request the paywall cannot read unambiguously.
+pub fn bad_request(detail: &str) -> Response<Bytes> {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "about:blank",
+        "Bad Request",
+        detail,
+        None,
+    )
+}
+
+/// `429 Too Many Requests` with `Retry-After` (whole seconds, at least 1).
+pub fn too_many_requests(limited: &Limited) -> Response<Bytes> {
+    let mut response = problem(
+        StatusCode::TOO_MANY_REQUESTS,
+        "about:blank",
+        "Too Many Requests",
+        &limited.detail,
+        None,
+    );
+    let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+/// `503 Service Unavailable` with `Retry-After`, and no invoice: while the
+/// store or the node is down nothing could verify a payment for it.
+pub fn unavailable(what: &str) -> Response<Bytes> {
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "about:blank",
+        "Service Unavailable",
+        &format!("{what} is unavailable; retry shortly (nothing was charged)"),
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+/// A 402 (or 401, for a refused credential) carrying a fresh invoice and
+/// its challenges. L402 first for the clients that read only the first
+/// challenge, unless the client said with `Accept-Payment` that it speaks
+/// MPP.
+pub fn payment_required(
+    issued: &Issued,
+    service: &PricedService,
+    refusal: &Refusal,
+    mpp_first: bool,
+    test_money: Option<&str>,
+) -> Response<Bytes> {
+    let l402_lines: Vec<String> = issued
+        .l402
+        .iter()
+        .flat_map(|c| [c.to_header(Scheme::L402), c.to_header(Scheme::Lsat)])
+        .collect();
+    let payment_line = issued
+        .payment
+        .as_ref()
+        .and_then(|c| gate402_mpp::challenge::to_header(c).ok());
+    let mut lines = Vec::new();
+    if mpp_first {
+        lines.extend(payment_line.iter().cloned());
+        lines.extend(l402_lines);
+    } else {
+        lines.extend(l402_lines);
+        lines.extend(payment_line.iter().cloned());
+    }
+    let schemes: Vec<&str> = [
+        (issued.l402.is_some(), "L402"),
+        (payment_line.is_some(), "MPP"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    let mut extra = json!({
+        "price": {"amount": service.price_sats.to_string(), "currency": "sat"},
+        "description": service.description,
+        "invoice": issued.bolt11,
+        "paymentHash": hex::encode(issued.payment_hash),
+        "schemes": schemes,
+        "howToPay": "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` or `Authorization: Payment <credential>` (the challenges are in WWW-Authenticate).",
+    });
+    if let Some(challenge) = &issued.payment {
+        extra["challengeId"] = challenge.id.clone().into();
+    }
+    if let Some(note) = test_money {
+        extra["testMoney"] = note.into();
+    }
+    let mut response = problem(
+        refusal.status,
+        &refusal.problem.uri(),
+        refusal.problem.title(),
+        &refusal.detail,
+        Some(extra),
+    );
+    let headers = response.headers_mut();
+    for line in lines {
+        if let Ok(value) = HeaderValue::from_str(&line) {
+            headers.append(WWW_AUTHENTICATE, value);
+        }
+    }
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

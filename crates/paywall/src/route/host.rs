@@ -1,0 +1,133 @@
+//! Which host a request names, read the same way over HTTP/1.0, 1.1 and 2.
+//!
+//! HTTP/2 carries the host in `:authority` (the URI's authority here), an
+//! absolute-form HTTP/1.1 target in the URI too, everything else in
+//! `Host`. Reading only `Host` would route an HTTP/2 request as if it named
+//! no host. The name is compared in one spelling: lower case, no port, no
+//! trailing dot (`API.Example.com.:443` is `api.example.com`).
+
+use http::header::HOST;
+use http::uri::Authority;
+use http::{HeaderMap, Uri};
+
+/// Why the host of a request cannot be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// More than one `Host` field.
+    #[error("the request has more than one Host header")]
+    Several,
+    /// `Host` is not `host[:port]`.
+    #[error("the Host header is not a host name with an optional port")]
+    Malformed,
+    /// The URI's authority and `Host` name different hosts.
+    #[error("the request names two different hosts (its target and Host)")]
+    Conflict,
+}
+
+/// The host in normal form, or `None` when the request names none.
+///
+/// # Errors
+///
+/// A [`HostError`] when the request names a host ambiguously; answer it
+/// with `400 Bad Request`.
+pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, HostError> {
+    let from_uri = uri.authority().map(normal).transpose()?;
+    let mut values = headers.get_all(HOST).iter();
+    let from_header = match (values.next(), values.next()) {
+        (Some(_), Some(_)) => return Err(HostError::Several),
+        (None, _) => None,
+        (Some(value), None) => {
+            let text = value.to_str().map_err(|_| HostError::Malformed)?.trim();
+            if text.is_empty() {
+                None
+            } else {
+                let authority = text
+                    .parse::<Authority>()
+                    .map_err(|_| HostError::Malformed)?;
+                Some(normal(&authority)?)
+            }
+        }
+    };
+    match (from_uri, from_header) {
+        (Some(a), Some(b)) if a != b => Err(HostError::Conflict),
+        (Some(host), _) | (None, Some(host)) => Ok(Some(host)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn normal(authority: &Authority) -> Result<String, HostError> {
+    // `user@host` has no place in a request's authority (RFC 9110 §4.2.4).
+    if authority.as_str().contains('@') {
+        return Err(HostError::Malformed);
+    }
+    let host = authority.host();
+    let port = &authority.as_str()[host.len()..];
+    let port_ok = port
+        .strip_prefix(':')
+        .is_none_or(|digits| digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()));
+    if !port_ok || (!port.is_empty() && !port.starts_with(':')) {
+        return Err(HostError::Malformed);
+    }
+    normal_name(host).ok_or(HostError::Malformed)
+}
+
+/// A host name (no port) in normal form: lower case, no trailing dot;
+/// `None` when it is not a DNS name or an IP literal.
+pub fn normal_name(host: &str) -> Option<String> {
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        let addr: std::net::Ipv6Addr = v6.parse().ok()?;
+        return Some(format!("[{addr}]"));
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    valid.then(|| host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(uri: &str, values: &[&str]) -> Result<Option<String>, HostError> {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(HOST, v.parse().unwrap());
+        }
+        request_host(&uri.parse().unwrap(), &headers)
+    }
+
+    #[test]
+    fn one_spelling_whatever_the_version() {
+        let want = Ok(Some("api.example.com".to_owned()));
+        assert_eq!(host("/x", &["api.example.com"]), want);
+        assert_eq!(host("/x", &["API.Example.COM.:8443"]), want);
+        assert_eq!(host("https://api.example.com./x", &[]), want);
+        assert_eq!(
+            host("http://api.example.com:80/x", &["api.example.com"]),
+            want
+        );
+        assert_eq!(host("/x", &["[::1]:8402"]), Ok(Some("[::1]".to_owned())));
+        assert_eq!(host("/x", &[]), Ok(None));
+        assert_eq!(host("/x", &[""]), Ok(None));
+    }
+
+    #[test]
+    fn ambiguous_hosts_are_refused() {
+        assert_eq!(host("/x", &["a.test", "b.test"]), Err(HostError::Several));
+        assert_eq!(host("/x", &["a.test/evil"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["user@a.test"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["a..test"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["a.test:port"]), Err(HostError::Malformed));
+        assert_eq!(
+            host("http://a.test/x", &["b.test"]),
+            Err(HostError::Conflict)
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! Routing: which priced service a request is for.
+//!
+//! A request is routed on its normalized path ([`RequestPath`], the same
+//! one the upstream receives) and the host it names ([`request_host`]),
+//! never on raw text. Paths are compared without regard to ASCII case and
+//! an exact route also matches its path with a trailing `/`: frameworks
+//! that fold case or ignore a trailing slash (Express, ASP.NET) would
+//! otherwise serve a priced resource under a spelling no route claims.
+
+mod host;
+mod target;
+
+use std::sync::Arc;
+
+use http::Method;
+
+pub use host::{normal_name, request_host, HostError};
+pub use target::{RequestPath, TargetError};
+
+use crate::service::PricedService;
+
+/// A path pattern: exact (`/weather`) or a prefix (`/api/*`, `/*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPattern {
+    /// This path, with or without a trailing `/` (normal form).
+    Exact(String),
+    /// This prefix, ending with `/`, and everything under it; `/` is all.
+    Prefix(String),
+}
+
+/// Why a pattern cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// `*` elsewhere than as the whole last segment.
+    #[error("{0:?}: * is allowed only as the last segment, as in /api/*")]
+    Star(String),
+    /// Not a path the normal form keeps as written.
+    #[error("{0:?} is not a usable path: {1}")]
+    Path(String, TargetError),
+    /// Not a host name or `*.domain`.
+    #[error("{0:?} is not a host name (api.example.com) or a wildcard (*.example.com)")]
+    Host(String),
+}
+
+impl PathPattern {
+    /// Parses `/exact` or `/prefix/*`, in normal form (`/%70ath` is
+    /// `/path`).
+    ///
+    /// # Errors
+    ///
+    /// [`PatternError::Star`] for a misplaced `*`, [`PatternError::Path`]
+    /// for a path no request could be normalized to.
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        let (path, prefix) = match text.strip_suffix('*') {
+            Some(p) if p.ends_with('/') => (p, true),
+            Some(_) => return Err(PatternError::Star(text.to_owned())),
+            None => (text, false),
+        };
+        if path.contains('*') {
+            return Err(PatternError::Star(text.to_owned()));
+        }
+        let normal =
+            RequestPath::parse(path).map_err(|e| PatternError::Path(text.to_owned(), e))?;
+        let normal = normal.as_str();
+        Ok(if prefix {
+            let mut p = normal.trim_end_matches('/').to_owned();
+            p.push('/');
+            PathPattern::Prefix(p)
+        } else {
+            PathPattern::Exact(normal.to_owned())
+        })
+    }
+
+    /// Whether `path` is under this pattern.
+    pub fn matches(&self, path: &RequestPath) -> bool {
+        let path = path.as_str();
+        match self {
+            PathPattern::Exact(p) => same_path(trim_slash(p), trim_slash(path)),
+            PathPattern::Prefix(prefix) => {
+                starts_with_ignore_case(path, prefix) || same_path(path, trim_slash(prefix))
+            }
+        }
+    }
+
+    /// The pattern as a config writes it.
+    pub fn as_written(&self) -> String {
+        match self {
+            PathPattern::Exact(p) => p.clone(),
+            PathPattern::Prefix(p) => format!("{p}*"),
+        }
+    }
+
+    /// The fixed part: the exact path, or the prefix without its `/`.
+    pub fn stem(&self) -> &str {
+        match self {
+            PathPattern::Exact(p) => trim_slash(p),
+            PathPattern::Prefix(p) => trim_slash(p),
+        }
+    }
+
+    /// Whether some path matches both patterns.
+    pub fn overlaps(&self, other: &PathPattern) -> bool {
+        match (self, other) {
+            (PathPattern::Exact(a), PathPattern::Exact(b)) => {
+                same_path(trim_slash(a), trim_slash(b))
+            }
+            (PathPattern::Prefix(p), PathPattern::Exact(e))
+            | (PathPattern::Exact(e), PathPattern::Prefix(p)) => {
+                starts_with_ignore_case(e, p) || same_path(trim_slash(e), trim_slash(p))
+            }
+            (PathPattern::Prefix(a), PathPattern::Prefix(b)) => {
+                starts_with_ignore_case(a, b) || starts_with_ignore_case(b, a)
+            }
+        }
+    }
+}
+
+fn trim_slash(p: &str) -> &str {
+    match p.strip_suffix('/') {
+        Some("") | None => p,
+        Some(trimmed) => trimmed,
+    }
+}
+
+fn same_path(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.len() >= prefix.len()
+        && text.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// A host pattern: a name (`api.example.com`) or every name under a
+/// domain (`*.example.com`), in normal form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    name: String,
+    wildcard: bool,
+}
+
+impl HostPattern {
+    /// Parses `api.example.com` or `*.example.com`.
+    ///
+    /// # Errors
+    ///
+    /// [`PatternError::Host`] when it is neither.
+    pub fn parse(text: &str) -> Result<Self, PatternError> {
+        let (domain, wildcard) = match text.strip_prefix("*.") {
+            Some(domain) => (domain, true),
+            None => (text, false),
+        };
+        let name = normal_name(domain).ok_or_else(|| PatternError::Host(text.to_owned()))?;
+        Ok(Self { name, wildcard })
+    }
+
+    /// Whether a host in normal form (see [`request_host`]) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        if self.wildcard {
+            host.len() > self.name.len() + 1
+                && host.ends_with(self.name.as_str())
+                && host.as_bytes()[host.len() - self.name.len() - 1] == b'.'
+        } else {
+            host == self.name
+        }
+    }
+
+    /// The pattern as written, in normal form.
+    pub fn as_written(&self) -> String {
+        if self.wildcard {
+            format!("*.{}", self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+/// Whether a service that lists `methods` takes a request with `method`:
+/// HEAD goes with GET (upstreams answer it as a GET without the body), and
+/// case is ignored (some upstreams fold it).
+pub fn method_matches(methods: &[Method], method: &Method) -> bool {
+    methods.is_empty()
+        || methods.iter().any(|m| {
+            m.as_str().eq_ignore_ascii_case(method.as_str())
+                || (*m == Method::GET && method.as_str().eq_ignore_ascii_case("HEAD"))
+        })
+}
+
+/// Why a request cannot be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The path is served on a named host and the request names none: it
+    /// must not fall through to a service meant for any host.
+    #[error("this path is served on a named host; send a Host header")]
+    HostRequired,
+}
+
+/// The priced services, in order; the first that matches wins.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    services: Vec<Arc<PricedService>>,
+}
+
+impl Routes {
+    /// A table over `services`, first match wins.
+    pub fn new(services: impl IntoIterator<Item = PricedService>) -> Self {
+        Self {
+            services: services.into_iter().map(Arc::new).collect(),
+        }
+    }
+
+    /// The services, in order.
+    pub fn services(&self) -> &[Arc<PricedService>] {
+        &self.services
+    }
+
+    /// The service a request is for, `None` when no service claims it.
+    ///
+    /// # Errors
+    ///
+    /// [`RouteError::HostRequired`] when the request names no host and a
+    /// host-bound service would take it by path and method.
+    pub fn find(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        path: &RequestPath,
+    ) -> Result<Option<&Arc<PricedService>>, RouteError> {
+        for service in &self.services {
+            if !method_matches(&service.methods, method) || !service.path.matches(path) {
+                continue;
+            }
+            match (&service.host, host) {
+                (None, _) => return Ok(Some(service)),
+                (Some(pattern), Some(host)) if pattern.matches(host) => return Ok(Some(service)),
+                (Some(_), Some(_)) => {}
+                (Some(_), None) => return Err(RouteError::HostRequired),
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p: &str) -> RequestPath {
+        RequestPath::parse(p).unwrap()
+    }
+
+    #[test]
+    fn patterns_agree_with_lenient_upstreams() {
+        let exact = PathPattern::parse("/weather").unwrap();
+        for p in ["/weather", "/weather/", "/WEATHER", "/Weather/"] {
+            assert!(exact.matches(&path(p)), "{p}");
+        }
+        assert!(!exact.matches(&path("/weatherx")));
+        let prefix = PathPattern::parse("/api/*").unwrap();
+        for p in ["/api", "/api/", "/API/x/y", "/api/x"] {
+            assert!(prefix.matches(&path(p)), "{p}");
+        }
+        assert!(!prefix.matches(&path("/apix")));
+        assert!(PathPattern::parse("/*")
+            .unwrap()
+            .matches(&path("/anything/at/all")));
+        assert_eq!(
+            PathPattern::parse("/%70remium/*").unwrap(),
+            PathPattern::Prefix("/premium/".into())
+        );
+        assert!(PathPattern::parse("/a*b").is_err());
+        assert!(PathPattern::parse("/a/*/b").is_err());
+        assert!(PathPattern::parse("/a/../b").is_ok());
+        assert!(PathPattern::parse("/a;b").is_err());
+    }
+
+    #[test]
+    fn overlaps() {
+        let p = |s| PathPattern::parse(s).unwrap();
+        assert!(p("/*").overlaps(&p("/premium/*")));
+        assert!(p("/premium/x").overlaps(&p("/premium/*")));
+        assert!(p("/Premium").overlaps(&p("/premium/")));
+        assert!(!p("/public/*").overlaps(&p("/premium/*")));
+    }
+
+    #[test]
+    fn hosts() {
+        let exact = HostPattern::parse("API.example.com.").unwrap();
+        assert!(exact.matches("api.example.com"));
+        assert!(!exact.matches("x.api.example.com"));
+        let wild = HostPattern::parse("*.example.com").unwrap();
+        assert!(wild.matches("eu.example.com"));
+        assert!(!wild.matches("example.com"));
+        assert!(!wild.matches("evilexample.com"));
+        assert!(HostPattern::parse("a b").is_err());
+    }
+
+    #[test]
+    fn methods() {
+        assert!(method_matches(&[Method::GET], &Method::HEAD));
+        assert!(method_matches(
+            &[Method::GET],
+            &Method::from_bytes(b"get").unwrap()
+        ));
+        assert!(!method_matches(&[Method::GET], &Method::POST));
+        assert!(method_matches(&[], &Method::DELETE));
+    }
+
+    #[test]
+    fn a_request_without_host_never_falls_through() {
+        let mut bound = PricedService::new("premium", "/premium/*", 1000);
+        bound.host = Some(HostPattern::parse("api.example.com").unwrap());
+        let routes = Routes::new([bound, PricedService::free("rest", "/*")]);
+        let p = path("/premium/secret");
+        assert_eq!(
+            routes
+                .find(None, &Method::GET, &p)
+                .map(|s| s.map(|s| s.name.clone())),
+            Err(RouteError::HostRequired)
+        );
+        let found = routes
+            .find(Some("api.example.com"), &Method::GET, &p)
+            .unwrap();
+        assert_eq!(found.unwrap().name, "premium");
+        let other = routes.find(Some("other.test"), &Method::GET, &p).unwrap();
+        assert_eq!(other.unwrap().name, "rest");
+        let free = routes.find(None, &Method::GET, &path("/x")).unwrap();
+        assert_eq!(free.unwrap().name, "rest");
+    }
+}

@@ -1,0 +1,302 @@
+//! The one rule that turns a request target into the path the paywall
+//! matches **and** the upstream receives.
+//!
+//! An upstream that decodes `%XX`, resolves `..` or merges `//` (nginx,
+//! python's `http.server`, most frameworks) must never be handed a path
+//! that names another resource than the one priced. So the path is put in
+//! the normal form of RFC 3986 §6.2.2 once, and everything downstream uses
+//! that form: percent-encoded unreserved characters are decoded, the rest
+//! re-encoded with upper-case hex, literal dot segments removed, empty
+//! segments merged. What cannot be made unambiguous is refused, because
+//! upstreams disagree about it: an encoded `/` or `\`, a segment that is a
+//! dot segment only once decoded, a `%` that would decode again, a raw `\`
+//! or `;` (servlet containers read `;` as path parameters), NUL and other
+//! control bytes, bytes that are not UTF-8 once decoded, and `..` above the
+//! root.
+
+use std::fmt;
+
+/// A request path in normal form: starts with `/`, has no dot segments and
+/// no empty segments (but keeps a trailing `/`), and spells every byte
+/// outside the RFC 3986 `pchar` set as `%XX` with upper-case hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestPath(String);
+
+/// Why a request target has no unambiguous path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// Not an origin-form path (`*`, or not starting with `/`).
+    #[error("the request target is not a path starting with /")]
+    NotAPath,
+    /// `%` not followed by two hex digits.
+    #[error("the path has a % that is not followed by two hex digits")]
+    BadPercent,
+    /// `%2F` or `%5C`: one upstream splits there, another does not.
+    #[error("the path has an encoded / or \\ (%2F, %5C)")]
+    EncodedSeparator,
+    /// `%2e%2e` and the like: a dot segment once decoded.
+    #[error("the path has a percent-encoded dot segment")]
+    EncodedDotSegment,
+    /// `%25` followed by two hex digits: it would decode again.
+    #[error("the path has a percent-encoded % that would decode again (%25XX)")]
+    DoubleEncoded,
+    /// A raw backslash, which some upstreams read as `/`.
+    #[error("the path has a backslash")]
+    Backslash,
+    /// A raw `;`, which servlet containers strip with what follows it.
+    #[error("the path has a ; (path parameters are not accepted)")]
+    Semicolon,
+    /// NUL or another control byte, raw or encoded.
+    #[error("the path has a control character")]
+    Control,
+    /// Bytes that are not UTF-8 once decoded.
+    #[error("the path is not UTF-8 once percent-decoded")]
+    InvalidUtf8,
+    /// `..` that would climb above `/`.
+    #[error("the path climbs above the root with ..")]
+    AboveRoot,
+}
+
+/// RFC 3986 `unreserved`: decoded wherever it was encoded.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// RFC 3986 `pchar` minus `unreserved`: kept as written. `;` is refused
+/// before this is asked.
+fn literal_delimiter(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+    )
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn push_encoded(out: &mut String, b: u8) {
+    out.push('%');
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 0xf)]));
+}
+
+/// One segment in normal form, and whether it is a literal `.` or `..`.
+enum Segment {
+    Dot,
+    DotDot,
+    Plain(String),
+}
+
+fn segment(raw: &str) -> Result<Segment, TargetError> {
+    match raw {
+        "." => return Ok(Segment::Dot),
+        ".." => return Ok(Segment::DotDot),
+        _ => {}
+    }
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    // Every byte once decoded, to check UTF-8 and dot segments.
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex_value),
+                bytes.get(i + 2).copied().and_then(hex_value),
+            ) else {
+                return Err(TargetError::BadPercent);
+            };
+            let value = hi << 4 | lo;
+            match value {
+                b'/' | b'\\' => return Err(TargetError::EncodedSeparator),
+                b'%' if bytes.get(i + 3).copied().and_then(hex_value).is_some()
+                    && bytes.get(i + 4).copied().and_then(hex_value).is_some() =>
+                {
+                    return Err(TargetError::DoubleEncoded)
+                }
+                v if v < 0x20 || v == 0x7f => return Err(TargetError::Control),
+                v if unreserved(v) => out.push(char::from(v)),
+                v => push_encoded(&mut out, v),
+            }
+            decoded.push(value);
+            i += 3;
+            continue;
+        }
+        match b {
+            b'\\' => return Err(TargetError::Backslash),
+            b';' => return Err(TargetError::Semicolon),
+            b if b < 0x20 || b == 0x7f => return Err(TargetError::Control),
+            b if unreserved(b) || literal_delimiter(b) => out.push(char::from(b)),
+            // Anything else a lenient parser let through (`"`, `{`, `|`,
+            // bytes over 0x7f) is spelled the way an RFC 3986 client would.
+            b => push_encoded(&mut out, b),
+        }
+        decoded.push(b);
+        i += 1;
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(TargetError::InvalidUtf8);
+    }
+    if decoded == b"." || decoded == b".." {
+        return Err(TargetError::EncodedDotSegment);
+    }
+    Ok(Segment::Plain(out))
+}
+
+impl RequestPath {
+    /// Normalizes the path of a request target (`uri.path()`; no query).
+    ///
+    /// # Errors
+    ///
+    /// A [`TargetError`] for every path whose meaning upstreams disagree
+    /// on; answer it with `400 Bad Request`.
+    pub fn parse(path: &str) -> Result<Self, TargetError> {
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(TargetError::NotAPath);
+        };
+        let mut segments: Vec<String> = Vec::new();
+        let mut trailing_slash = false;
+        let mut raw = rest.split('/').peekable();
+        while let Some(piece) = raw.next() {
+            let last = raw.peek().is_none();
+            match segment(piece)? {
+                Segment::Dot => trailing_slash = last,
+                Segment::DotDot => {
+                    if segments.pop().is_none() {
+                        return Err(TargetError::AboveRoot);
+                    }
+                    trailing_slash = last;
+                }
+                // `//` merged, as nginx and most frameworks do.
+                Segment::Plain(s) if s.is_empty() => trailing_slash = last,
+                Segment::Plain(s) => {
+                    segments.push(s);
+                    trailing_slash = false;
+                }
+            }
+        }
+        let mut out = String::with_capacity(path.len());
+        for s in &segments {
+            out.push('/');
+            out.push_str(s);
+        }
+        if trailing_slash || segments.is_empty() {
+            out.push('/');
+        }
+        Ok(Self(out))
+    }
+
+    /// The normal form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The segments, without the leading `/` (a trailing `/` gives an
+    /// empty last segment).
+    pub fn segments(&self) -> std::str::Split<'_, char> {
+        self.0[1..].split('/')
+    }
+}
+
+impl fmt::Display for RequestPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for RequestPath {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(path: &str) -> Result<String, TargetError> {
+        RequestPath::parse(path).map(|p| p.0)
+    }
+
+    #[test]
+    fn normal_forms() {
+        for (input, expected) in [
+            ("/", "/"),
+            ("/premium/secret.txt", "/premium/secret.txt"),
+            ("/public/../premium/secret.txt", "/premium/secret.txt"),
+            ("/%70remium/secret.txt", "/premium/secret.txt"),
+            ("/a/./b/", "/a/b/"),
+            ("/a/b/.", "/a/b/"),
+            ("/a/b/..", "/a/"),
+            ("//premium///x", "/premium/x"),
+            ("/a%20b", "/a%20b"),
+            ("/a%2cb", "/a%2Cb"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/x:y@z!$&'()*+,=", "/x:y@z!$&'()*+,="),
+            ("/a%7Eb%2D", "/a~b-"),
+            ("/a\"b{c}|", "/a%22b%7Bc%7D%7C"),
+            ("/%25", "/%25"),
+            ("/..a/a..", "/..a/a.."),
+        ] {
+            assert_eq!(norm(input).as_deref(), Ok(expected), "{input}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for (input, error) in [
+            ("*", TargetError::NotAPath),
+            ("premium", TargetError::NotAPath),
+            (
+                "/public/%2e%2e/premium/secret.txt",
+                TargetError::EncodedDotSegment,
+            ),
+            ("/public/.%2E/premium", TargetError::EncodedDotSegment),
+            ("/public/%2e/premium", TargetError::EncodedDotSegment),
+            ("/public%2f..%2fpremium", TargetError::EncodedSeparator),
+            ("/public%5Cpremium", TargetError::EncodedSeparator),
+            ("/public\\..\\premium", TargetError::Backslash),
+            ("/public/..;/premium", TargetError::Semicolon),
+            ("/premium;x/secret", TargetError::Semicolon),
+            ("/%252e%252e/premium", TargetError::DoubleEncoded),
+            ("/a%00b", TargetError::Control),
+            ("/a%0ab", TargetError::Control),
+            ("/a%7f", TargetError::Control),
+            ("/a%ff", TargetError::InvalidUtf8),
+            ("/a%c3", TargetError::InvalidUtf8),
+            ("/a%", TargetError::BadPercent),
+            ("/a%4", TargetError::BadPercent),
+            ("/a%zz", TargetError::BadPercent),
+            ("/..", TargetError::AboveRoot),
+            ("/a/../../b", TargetError::AboveRoot),
+        ] {
+            assert_eq!(norm(input), Err(error), "{input}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Normalizing twice changes nothing, and nothing a decoding
+        /// upstream would resolve is left in the result.
+        #[test]
+        fn normal_form_is_stable(path in "/[a-zA-Z0-9%./;\\\\_~-]{0,40}") {
+            if let Ok(once) = RequestPath::parse(&path) {
+                let twice = RequestPath::parse(once.as_str()).unwrap();
+                proptest::prop_assert_eq!(&once, &twice);
+                for segment in once.segments() {
+                    proptest::prop_assert!(segment != "." && segment != "..");
+                }
+                proptest::prop_assert!(!once.as_str().contains("//"));
+                proptest::prop_assert!(!once.as_str().to_ascii_lowercase().contains("%2f"));
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Verification: does a presented credential pay for this service?
+//! Stateless checks only (signatures, terms, preimages); single use is the
+//! claim's job ([`crate::claims`]).
+
+use gate402_l402::caveat::RequestContext;
+use gate402_l402::{verify as verify_l402, L402Credential, RootKeySecrets, VerifyError};
+use gate402_lightning::Network;
+use gate402_mpp::challenge::ChallengeKey;
+use gate402_mpp::problem::ProblemType;
+use gate402_mpp::verify::{verify_lightning_charge, ExpectedCharge};
+use gate402_mpp::PaymentCredential;
+use http::StatusCode;
+
+use crate::responses::Refusal;
+use crate::service::PricedService;
+use crate::unix_now;
+
+/// A credential that pays for the service it was checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The paid invoice's hash.
+    pub payment_hash: [u8; 32],
+    /// The MPP challenge it settles (`None` for L402).
+    pub challenge_id: Option<String>,
+    /// Until when its single use must be remembered (unix seconds): past
+    /// this the credential no longer verifies anyway.
+    pub expires_at: u64,
+}
+
+/// Checks credentials against the gateway's secrets and terms.
+pub(crate) struct Verifier {
+    pub(crate) challenge_key: ChallengeKey,
+    pub(crate) root_keys: RootKeySecrets,
+    pub(crate) realm: String,
+    pub(crate) network: Network,
+    pub(crate) invoice_expiry_secs: u32,
+}
+
+impl Verifier {
+    /// An `L402 <macaroon>:<preimage>` value for `service`.
+    pub(crate) fn l402(&self, service: &PricedService, value: &str) -> Result<Verified, Refusal> {
+        let unauthorized =
+            |problem, detail: String| Refusal::new(StatusCode::UNAUTHORIZED, problem, detail);
+        if !service.schemes.l402() {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ProblemType::MethodUnsupported,
+                "this service does not accept L402; use the Payment scheme",
+            ));
+        }
+        let credential = L402Credential::from_authorization(value)
+            .map_err(|e| unauthorized(ProblemType::MalformedCredential, e.to_string()))?;
+        let identifier = credential
+            .identifier()
+            .map_err(|e| unauthorized(ProblemType::MalformedCredential, e.to_string()))?;
+        let ctx = RequestContext::new(service.name.clone());
+        let mut verified = Err(VerifyError::Signature);
+        for root_key in self.root_keys.candidates(&identifier.token_id) {
+            verified = verify_l402(&credential, &root_key, &ctx, &[]);
+            if !matches!(verified, Err(VerifyError::Signature)) {
+                break;
+            }
+        }
+        match verified {
+            Ok(id) => Ok(Verified {
+                payment_hash: id.payment_hash,
+                challenge_id: None,
+                expires_at: 0,
+            }),
+            Err(e) if e.is_expired() => Err(Refusal::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ProblemType::PaymentExpired,
+                format!("{e}; pay the new challenge"),
+            )),
+            Err(VerifyError::Signature) => Err(unauthorized(
+                ProblemType::VerificationFailed,
+                "unknown or revoked L402 token (its signature does not verify)".into(),
+            )),
+            Err(e) => Err(unauthorized(ProblemType::VerificationFailed, e.to_string())),
+        }
+    }
+
+    /// A `Payment <credential>` value for `service`.
+    pub(crate) fn payment_header(
+        &self,
+        service: &PricedService,
+        value: &str,
+    ) -> Result<Verified, Refusal> {
+        if !service.schemes.mpp() {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                ProblemType::MethodUnsupported,
+                "this service does not accept the Payment scheme; use L402",
+            ));
+        }
+        let credential = gate402_mpp::credential::parse_authorization(value).map_err(|e| {
+            Refusal::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ProblemType::MalformedCredential,
+                e.to_string(),
+            )
+        })?;
+        self.payment(service, &credential)
+    }
+
+    /// A parsed MPP credential for `service`: price, realm, network, the
+    /// scope it was issued for, the preimage.
+    pub(crate) fn payment(
+        &self,
+        service: &PricedService,
+        credential: &PaymentCredential,
+    ) -> Result<Verified, Refusal> {
+        let expected = ExpectedCharge {
+            realm: &self.realm,
+            amount_sats: service.price_sats,
+            network: self.network,
+            digest: None,
+            scope: Some(&service.name),
+        };
+        let verified = verify_lightning_charge(
+            &self.challenge_key,
+            credential,
+            &expected,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| {
+            let problem = e.problem_type();
+            let status =
+                StatusCode::from_u16(problem.status()).unwrap_or(StatusCode::PAYMENT_REQUIRED);
+            Refusal::new(status, problem, e.to_string())
+        })?;
+        let expires_at = verified
+            .expires
+            .map_or(unix_now() + u64::from(self.invoice_expiry_secs), |t| {
+                t.unix_timestamp().max(0) as u64
+            });
+        Ok(Verified {
+            payment_hash: verified.payment_hash,
+            challenge_id: Some(verified.challenge_id),
+            expires_at,
+        })
+    }
+}
