@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use gate402_client::Budget;
-use gate402_gateway::config::expand_env;
+use gate402_gateway::config::parse_with_env;
 use gate402_gateway::lightning::LightningConfig;
 use serde::Deserialize;
 
@@ -59,10 +59,8 @@ impl ClientConfig {
             }
         };
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
-        let text = expand_env(&text, |name| std::env::var(name).ok())
+        let config: Self = parse_with_env(&text, |name| std::env::var(name).ok())
             .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-        let config: Self = toml::from_str(&text)
-            .map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
         if let Some(lightning) = &config.lightning {
             lightning
                 .check()

@@ -47,6 +47,9 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
     };
     match GatewayConfig::load(path) {
         Ok(config) => {
+            for warning in &config.warnings {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             println!(
                 "{}: ok ({} services, {} MCP tools{}, lightning backend {}, listen {})",
                 path.display(),

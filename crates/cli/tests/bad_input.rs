@@ -37,7 +37,7 @@ fn gateway_configs() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("not TOML", b"listen = = 1".to_vec(), "line 1"),
         ("unclosed table", b"[mpp".to_vec(), "unclosed table"),
         ("invalid UTF-8", b"listen = \"\xff\xfe\"".to_vec(), "UTF-8"),
-        ("unknown top-level key", with("colour = \"blue\"\n"), "colour"),
+        ("unknown top-level key", format!("colour = \"blue\"\n{service}").into_bytes(), "colour"),
         ("listen not an address", b"listen = \"localhost\"".to_vec(), "listen"),
         ("listen a number", b"listen = 8080".to_vec(), "listen"),
         ("listen port out of range", b"listen = \"127.0.0.1:99999\"".to_vec(), "listen"),
@@ -70,7 +70,7 @@ fn gateway_configs() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("services not an array of tables", b"services = 5".to_vec(), "services"),
         ("tool without a schema object", with("[[tools]]\nname = \"t\"\ndescription = \"d\"\nservice = \"api\"\ninput_schema = 5\n"), "tools[0]"),
         ("tool of an unknown service", with("[[tools]]\nname = \"t\"\ndescription = \"d\"\nservice = \"nope\"\n"), "tools[0]"),
-        ("invoice expiry a string", with("invoice_expiry_secs = \"soon\"\n"), "invoice_expiry_secs"),
+        ("invoice expiry a string", format!("invoice_expiry_secs = \"soon\"\n{service}").into_bytes(), "invoice_expiry_secs"),
     ]
 }
 

@@ -175,7 +175,24 @@ impl Ledger {
     /// Opens (creating and migrating) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| LedgerError(format!("{}: {e}", dir.display())))?;
+        // Cached L402 tokens are bearer credentials: owner only, from the
+        // start (SQLite gives its -wal and -shm files the database's mode).
+        {
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| LedgerError(format!("{}: {e}", dir.display())))?;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|file| file.set_permissions(private))
+                .map_err(|e| LedgerError(format!("{}: {e}", path.display())))?;
+        }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -51,8 +51,7 @@ use crate::proxy::Proxy;
 use gate402_paywall::route::RequestPath;
 use gate402_paywall::unix_now;
 
-/// The free tool that sells a `paymentId` for one call of another tool.
-pub const CREATE_PAYMENT: &str = "create_payment";
+pub use crate::config::CREATE_PAYMENT;
 /// The argument that carries a `paymentId`.
 pub const PAYMENT_ID_ARG: &str = "paymentId";
 /// How long a `paymentId` can be used after it was created.
@@ -979,4 +978,24 @@ pub async fn describe(tools: &PaidTools, name: &str) -> Value {
             "price": price.map(|p| json!({"amount": p.to_string(), "currency": "sat"})),
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_nobody_priced_is_refused_not_given_away() {
+        let prices = HashMap::from([("search".to_owned(), 20), ("ping".to_owned(), 0)]);
+        let pricing = Pricing::per_tool(&prices, None);
+        assert!(matches!(pricing.price("search", ""), ToolPrice::Paid(s) if s.price_sats == 20));
+        assert!(matches!(pricing.price("ping", ""), ToolPrice::Free));
+        assert!(matches!(
+            pricing.price("delete_everything", ""),
+            ToolPrice::Unpriced
+        ));
+        let pricing = Pricing::per_tool(&prices, Some(5));
+        assert!(matches!(pricing.price("other", ""), ToolPrice::Paid(s) if s.price_sats == 5));
+        assert!(matches!(pricing.price("ping", ""), ToolPrice::Free));
+    }
 }

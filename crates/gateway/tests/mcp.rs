@@ -271,6 +271,34 @@ async fn a_payment_id_pays_for_one_call_of_its_tool() {
         .as_str()
         .unwrap()
         .contains("already been used"));
+    // However it is spelled: the claim is the payment's, not the text's.
+    let upper = payment_id.to_ascii_uppercase();
+    let mixed: String = payment_id
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect();
+    for spelling in [upper, mixed] {
+        let (code, data) = h
+            .call(call(
+                "weather",
+                json!({"city": "Lima", "paymentId": spelling}),
+                None,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(code, -32043, "{spelling}: {data}");
+        assert!(data["problem"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already been used"));
+    }
     // A free-form mistake is a clear error.
     let (code, _) = h
         .call(call("create_payment", json!({"tool": "nope"}), None))
@@ -304,6 +332,43 @@ async fn unpaid_calls_share_the_cap_on_unpaid_invoices() {
     assert_eq!(code, -32029, "{data}");
     assert_eq!(data["httpStatus"], 429);
     assert!(data["retryAfter"].as_u64().unwrap() >= 1);
+    h.client.cancel().await.unwrap();
+    h.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loopback_mcp_server_refuses_foreign_hosts_and_browser_origins() {
+    let h = start().await;
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    });
+    let post = |host: &str, origin: Option<&str>| {
+        let mut request = h
+            .http
+            .post(format!("{}/mcp", h.base))
+            .header("host", host)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+    let port = h.gateway.addr().port();
+    // DNS rebinding: a page on evil.example resolved to 127.0.0.1.
+    let rebound = post(&format!("evil.example:{port}"), None).await.unwrap();
+    assert!(rebound.status().is_client_error(), "{}", rebound.status());
+    let cross_site = post(&format!("127.0.0.1:{port}"), Some("https://evil.example"))
+        .await
+        .unwrap();
+    assert!(
+        cross_site.status().is_client_error(),
+        "{}",
+        cross_site.status()
+    );
+    let local = post(&format!("127.0.0.1:{port}"), None).await.unwrap();
+    assert!(local.status().is_success(), "{}", local.status());
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }

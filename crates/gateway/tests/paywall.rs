@@ -45,6 +45,15 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json
 fn upstream_app() -> Router {
     Router::new()
         .route(
+            "/cached",
+            get(|| async {
+                (
+                    [("cache-control", "public, max-age=60, s-maxage=600")],
+                    "cache me",
+                )
+            }),
+        )
+        .route(
             "/sse",
             get(|| async {
                 let events = stream::iter(1..=3).then(|i| async move {
@@ -560,12 +569,15 @@ async fn discovery_health_and_metrics() {
         StatusCode::OK
     );
     let (offer, preimage) = h.buy("/weather").await;
-    assert_eq!(
-        h.get("/weather", &offer.l402_authorization(&preimage).unwrap())
-            .await
-            .status(),
-        StatusCode::OK
-    );
+    // A reusable token: three requests served, one payment received.
+    for _ in 0..3 {
+        assert_eq!(
+            h.get("/weather", &offer.l402_authorization(&preimage).unwrap())
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
     // Revenue is booked once the payment row is written, after the answer.
     let mut metrics = String::new();
     for _ in 0..50 {
@@ -588,7 +600,11 @@ async fn discovery_health_and_metrics() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("gate402_payments_verified_total{service=\"weather\",scheme=\"L402\"} 1"),
+        metrics.contains("gate402_payments_verified_total{service=\"weather\",scheme=\"L402\"} 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gate402_payments_total{service=\"weather\",scheme=\"L402\"} 1"),
         "{metrics}"
     );
     assert!(
@@ -829,4 +845,77 @@ async fn requests_are_rate_limited_per_client_and_service() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let response = h.client.get(h.url("/free")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn clients_behind_a_trusted_proxy_are_told_apart_and_others_cannot_pose() {
+    let limits = LimitsConfig {
+        client_requests_per_second: None,
+        service_requests_per_second: None,
+        unpaid_invoices_per_minute: Some(2.0),
+    };
+    let from = |h: &Harness, forwarded_for: &str| {
+        h.client
+            .get(h.url("/data"))
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+    };
+    // The gateway sits behind a balancer on 127.0.0.1.
+    let behind = Harness::start_configured(
+        |up| vec![service("data", "/data", 3, up)],
+        |config| {
+            config.limits = limits;
+            config.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        },
+    )
+    .await;
+    for _ in 0..2 {
+        let response = from(&behind, "198.51.100.1").await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    }
+    // The same client, with an entry of its own forged in front: still itself.
+    let forged = from(&behind, "6.6.6.6, 198.51.100.1").await.unwrap();
+    assert_eq!(forged.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Another client behind the same balancer has its own allowance, and
+    // IPv6 clients are counted per /64.
+    let other = from(&behind, "198.51.100.2").await.unwrap();
+    assert_eq!(other.status(), StatusCode::PAYMENT_REQUIRED);
+    for (address, expected) in [
+        ("2001:db8:1:2::1", StatusCode::PAYMENT_REQUIRED),
+        ("2001:db8:1:2::2", StatusCode::PAYMENT_REQUIRED),
+        ("2001:db8:1:2:ffff::3", StatusCode::TOO_MANY_REQUESTS),
+    ] {
+        assert_eq!(
+            from(&behind, address).await.unwrap().status(),
+            expected,
+            "{address}"
+        );
+    }
+
+    // Not behind a trusted proxy: the header is the client's word, ignored.
+    let direct = Harness::start_limited(|up| vec![service("data", "/data", 3, up)], limits).await;
+    let statuses = [
+        from(&direct, "198.51.100.1").await.unwrap().status(),
+        from(&direct, "198.51.100.2").await.unwrap().status(),
+        from(&direct, "198.51.100.3").await.unwrap().status(),
+    ];
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::PAYMENT_REQUIRED,
+            StatusCode::PAYMENT_REQUIRED,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_paid_answer_is_never_left_to_shared_caches() {
+    let h = Harness::start(|up| vec![service("cached", "/cached", 2, up)]).await;
+    let (offer, preimage) = h.buy("/cached").await;
+    let response = h
+        .get("/cached", &offer.l402_authorization(&preimage).unwrap())
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "max-age=60, private");
 }

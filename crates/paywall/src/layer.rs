@@ -32,7 +32,7 @@ use crate::issue::Doors;
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
 use crate::route::{request_host, RequestPath};
-use crate::service::{Auth, PricedService};
+use crate::route::{Auth, PricedService};
 use crate::verify::Verified;
 
 /// Put into a request's extensions by the paywall: the priced service it
@@ -225,6 +225,11 @@ fn make_private(headers: &mut HeaderMap) {
 }
 
 impl Paywall {
+    /// The layer to wrap an app or a proxy with.
+    pub fn layer(&self) -> PaywallLayer {
+        PaywallLayer::new(self.clone())
+    }
+
     /// The client of a request, from its socket peer (our [`PeerAddr`] or
     /// axum's `ConnectInfo`) and, behind trusted proxies, its forwarding
     /// header.

@@ -10,8 +10,8 @@
 //! generic over request and response bodies, so it fits any tower, hyper
 //! or axum stack. One module per rule:
 //!
-//! - [`route`]: the normalized request path and host, and which priced
-//!   service they name (the path matched is the path forwarded);
+//! - [`route`]: priced services, the normalized request path and host,
+//!   and which service they name (the path matched is the path forwarded);
 //! - [`credentials`]: finding payment credentials and stripping them;
 //! - `verify`: L402 and MPP verification;
 //! - [`claims`]: single use, keyed by payment hash and fenced by holder;
@@ -63,7 +63,6 @@ pub mod metrics;
 mod paywall;
 pub mod responses;
 pub mod route;
-pub mod service;
 mod verify;
 
 pub use claims::{Claim, ClaimError};
@@ -74,7 +73,7 @@ pub use limits::{Limited, LimitsConfig};
 pub use metrics::Metrics;
 pub use paywall::{Paywall, PaywallBuilder, PaywallError, DEFAULT_CLAIM_LEASE};
 pub use responses::Refusal;
-pub use service::{Auth, PricedService, Schemes};
+pub use route::{Auth, PricedService, Schemes};
 pub use verify::Verified;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -20,8 +20,8 @@ use crate::issue::{Doors, Issued, Issuer};
 use crate::limits::{Limited, Limits, LimitsConfig};
 use crate::metrics::Metrics;
 use crate::responses::Refusal;
+use crate::route::PricedService;
 use crate::route::Routes;
-use crate::service::PricedService;
 use crate::verify::{Verified, Verifier};
 
 /// How long a claim is leased before another replica may take it over,
@@ -241,11 +241,6 @@ impl Paywall {
             claim_lease: DEFAULT_CLAIM_LEASE,
             test_money: None,
         })
-    }
-
-    /// The layer to wrap an app or a proxy with.
-    pub fn layer(&self) -> crate::layer::PaywallLayer {
-        crate::layer::PaywallLayer::new(self.clone())
     }
 
     /// The current routes.

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::issue::Issued;
 use crate::limits::Limited;
-use crate::service::PricedService;
+use crate::route::PricedService;
 
 /// Why a credential does not pay for a request: the status, the problem
 /// type, and what went wrong in words a client can act on.

@@ -12,7 +12,7 @@ use gate402_mpp::PaymentCredential;
 use http::StatusCode;
 
 use crate::responses::Refusal;
-use crate::service::PricedService;
+use crate::route::PricedService;
 use crate::unix_now;
 
 /// A credential that pays for the service it was checked against.

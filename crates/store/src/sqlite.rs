@@ -93,6 +93,13 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
         }
         let mut conn = Connection::open(path).map_err(db)?;
+        // Receipts and payment rows are nobody else's business; SQLite
+        // gives its -wal and -shm files the database file's mode.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")

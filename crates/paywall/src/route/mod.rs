@@ -8,6 +8,7 @@
 //! otherwise serve a priced resource under a spelling no route claims.
 
 mod host;
+mod service;
 mod target;
 
 use std::sync::Arc;
@@ -15,9 +16,8 @@ use std::sync::Arc;
 use http::Method;
 
 pub use host::{normal_name, request_host, HostError};
+pub use service::{Auth, PricedService, Schemes};
 pub use target::{RequestPath, TargetError};
-
-use crate::service::PricedService;
 
 /// A path pattern: exact (`/weather`) or a prefix (`/api/*`, `/*`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 
 use http::Method;
 
-use crate::route::{HostPattern, PathPattern};
+use super::{HostPattern, PathPattern};
 
 /// Whether a service charges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,438 @@
+//! Reading the config's tables and checking what serde cannot: ranges,
+//! formats and the rules between sections. Errors and warnings are
+//! collected, never returned early, so `serve --check` shows them all.
+
+use std::fmt::Display;
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_path_to_error::Segment;
+use toml::{Table, Value};
+
+use super::{join, GatewayConfig, McpConfig, McpProxyConfig, ServerConfig, StoreConfig, TlsConfig};
+use crate::lightning::LightningConfig;
+
+/// The top level. Each table is read on its own after, so a mistake in one
+/// does not hide those in the others.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoot {
+    listen: Option<String>,
+    tls: Option<Value>,
+    lightning: Option<Value>,
+    store: Option<Value>,
+    mpp: Option<Value>,
+    invoice_expiry_secs: Option<i64>,
+    name: Option<String>,
+    services: Option<Value>,
+    tools: Option<Value>,
+    mcp_proxy: Option<Value>,
+    limits: Option<Value>,
+    server: Option<Value>,
+    mcp: Option<Value>,
+}
+
+/// `[tls]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// `[store]`; which keys apply depends on `kind`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: Option<String>,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    claim_lease_secs: Option<i64>,
+}
+
+/// `[mpp]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMpp {
+    realm: Option<String>,
+    secret: Option<String>,
+    previous_secrets: Option<Vec<String>>,
+}
+
+/// What was found wrong, and what is allowed but risky.
+#[derive(Default)]
+pub(super) struct Checker {
+    pub(super) errors: Vec<String>,
+    pub(super) warnings: Vec<String>,
+}
+
+impl Checker {
+    pub(super) fn error(&mut self, path: &str, message: impl Display) {
+        if path.is_empty() {
+            self.errors.push(message.to_string());
+        } else {
+            self.errors.push(format!("{path}: {message}"));
+        }
+    }
+
+    /// Deserializes the table at `path`, reporting each unknown key and
+    /// each value of the wrong type. Serde stops at the first, so the key
+    /// at fault is dropped and the rest read again: one typo does not hide
+    /// the next. That a dropped key is then missing is not news, and is
+    /// not reported.
+    pub(super) fn section<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        let mut table = self.table(path, value)?;
+        let mut dropped: Vec<String> = Vec::new();
+        loop {
+            let e = match serde_path_to_error::deserialize(Value::Table(table.clone())) {
+                Ok(value) => return Some(value),
+                Err(e) => e,
+            };
+            let key = match e.path().iter().next() {
+                Some(Segment::Map { key }) if table.contains_key(key) => Some(key.clone()),
+                _ => None,
+            };
+            let echo = key.is_none()
+                && dropped
+                    .iter()
+                    .any(|k| e.inner().message() == format!("missing field `{k}`"));
+            if !echo {
+                self.serde_error(path, &e);
+            }
+            let key = key?;
+            table.remove(&key);
+            dropped.push(key);
+        }
+    }
+
+    /// Deserializes the table at `path` in one go: for an enum tagged by
+    /// one of its keys (`[lightning] backend`), whose other keys mean
+    /// nothing once that one is dropped.
+    fn whole<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
+        let table = self.table(path, value)?;
+        serde_path_to_error::deserialize(Value::Table(table))
+            .map_err(|e| self.serde_error(path, &e))
+            .ok()
+    }
+
+    /// `value` as the table it must be.
+    pub(super) fn table(&mut self, path: &str, value: Value) -> Option<Table> {
+        match value {
+            Value::Table(table) => Some(table),
+            other => {
+                self.error(
+                    path,
+                    format!("expected a table, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn serde_error(&mut self, path: &str, e: &serde_path_to_error::Error<toml::de::Error>) {
+        let mut at = path.to_owned();
+        for segment in e.path() {
+            match segment {
+                Segment::Seq { index } => at.push_str(&format!("[{index}]")),
+                Segment::Map { key } | Segment::Enum { variant: key } => at = join(&at, key),
+                Segment::Unknown => at = join(&at, "?"),
+            }
+        }
+        self.error(&at, e.inner().message().trim_end());
+    }
+
+    /// The entries of the array of tables at `path` (`[[services]]`), each
+    /// with its own path.
+    pub(super) fn entries(&mut self, path: &str, value: Value) -> Vec<(String, Table)> {
+        let Value::Array(list) = value else {
+            self.error(path, format!("expected an array of tables ([[{path}]])"));
+            return Vec::new();
+        };
+        let mut entries = Vec::new();
+        for (i, entry) in list.into_iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            match entry {
+                Value::Table(table) => entries.push((at, table)),
+                _ => self.error(&at, format!("expected a table ([[{path}]])")),
+            }
+        }
+        entries
+    }
+
+    /// The whole config, from the parsed (and expanded) file.
+    pub(super) fn config(&mut self, root: Table) -> GatewayConfig {
+        let mut config = GatewayConfig::default_with_services(Vec::new());
+        let Some(raw) = self.section::<RawRoot>("", Value::Table(root)) else {
+            return config;
+        };
+        if let Some(listen) = raw.listen {
+            match listen.parse() {
+                Ok(addr) => config.listen = addr,
+                Err(_) => self.error(
+                    "listen",
+                    format!("{listen:?} is not an address like 127.0.0.1:8402"),
+                ),
+            }
+        }
+        if let Some(tls) = raw.tls.and_then(|v| self.section::<RawTls>("tls", v)) {
+            match (tls.cert, tls.key) {
+                (Some(cert), Some(key)) => {
+                    for (k, p) in [("tls.cert", &cert), ("tls.key", &key)] {
+                        if !p.exists() {
+                            self.error(k, format!("{} does not exist", p.display()));
+                        }
+                    }
+                    config.tls = Some(TlsConfig { cert, key });
+                }
+                _ => self.error("tls", "needs both cert and key"),
+            }
+        }
+        if let Some(lightning) = raw
+            .lightning
+            .and_then(|v| self.whole::<LightningConfig>("lightning", v))
+        {
+            match lightning.check() {
+                Ok(()) => config.lightning = lightning,
+                Err(e) => self.error("", format!("{e:#}")),
+            }
+        }
+        if let Some(store) = raw.store.and_then(|v| self.section::<RawStore>("store", v)) {
+            self.store(store, &mut config);
+        }
+        // Whether a secret is written at all: one of the wrong type is
+        // reported by [mpp] itself.
+        let secret_set = raw.mpp.as_ref().and_then(|m| m.get("secret")).is_some();
+        if matches!(config.store, StoreConfig::Postgres(_)) && !secret_set {
+            self.error(
+                "mpp.secret",
+                "replicas sharing a PostgreSQL store must share the MPP secret: set it (32 bytes or more, e.g. secret = \"${GATE402_MPP_SECRET}\")",
+            );
+        }
+        if let Some(mpp) = raw.mpp.and_then(|v| self.section::<RawMpp>("mpp", v)) {
+            self.mpp(mpp, &mut config);
+        }
+        if let Some(expiry) = raw.invoice_expiry_secs {
+            match u32::try_from(expiry) {
+                Ok(secs) if (60..=86_400).contains(&secs) => config.invoice_expiry_secs = secs,
+                _ => self.error("invoice_expiry_secs", "must be between 60 and 86400"),
+            }
+        }
+        if let Some(name) = raw.name {
+            config.name = name;
+        }
+        if let Some(services) = raw.services {
+            config.services = self.services(services);
+        }
+        if let Some(limits) = raw.limits.and_then(|v| self.section("limits", v)) {
+            self.limits(&limits);
+            config.limits = limits;
+        }
+        if let Some(server) = raw.server.and_then(|v| self.section("server", v)) {
+            self.server(&server);
+            config.server = server;
+        }
+        if let Some(mcp) = raw.mcp.and_then(|v| self.section("mcp", v)) {
+            self.mcp(&mcp);
+            config.mcp = mcp;
+        }
+        if let Some(proxy) = raw.mcp_proxy.and_then(|v| self.section("mcp_proxy", v)) {
+            self.mcp_proxy(&proxy);
+            config.mcp_proxy = Some(proxy);
+        }
+        if let Some(tools) = raw.tools {
+            config.tools = self.tools(tools, &config.services);
+        }
+        config
+    }
+
+    fn store(&mut self, store: RawStore, config: &mut GatewayConfig) {
+        if let Some(secs) = store.claim_lease_secs {
+            match u64::try_from(secs) {
+                Ok(secs) if (1..=3600).contains(&secs) => config.claim_lease_secs = secs,
+                _ => self.error("store.claim_lease_secs", "must be between 1 and 3600"),
+            }
+        }
+        match store.kind.as_deref() {
+            None | Some("sqlite") => config.store = StoreConfig::Sqlite(store.path),
+            Some("postgres") => match store.url {
+                Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    config.store = StoreConfig::Postgres(url);
+                }
+                Some(_) => self.error(
+                    "store.url",
+                    "expected postgres://user:password@host/database",
+                ),
+                None => self.error(
+                    "store.url",
+                    "kind = \"postgres\" needs url = \"postgres://…\"",
+                ),
+            },
+            Some(other) => self.error(
+                "store.kind",
+                format!("unknown store {other:?} (expected sqlite or postgres)"),
+            ),
+        }
+    }
+
+    fn mpp(&mut self, mpp: RawMpp, config: &mut GatewayConfig) {
+        if let Some(realm) = mpp.realm {
+            if realm.is_empty() || realm.chars().any(|c| c.is_control()) {
+                self.error(
+                    "mpp.realm",
+                    "must be non-empty text without control characters",
+                );
+            }
+            config.mpp.realm = realm;
+        }
+        config.mpp.secret = mpp.secret;
+        config.mpp.previous_secrets = mpp.previous_secrets.unwrap_or_default();
+        let secrets = config
+            .mpp
+            .secret
+            .iter()
+            .map(|s| ("mpp.secret".to_owned(), s));
+        let previous = config
+            .mpp
+            .previous_secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("mpp.previous_secrets[{i}]"), s));
+        let min = gate402_mpp::challenge::MIN_SECRET_LEN;
+        for (path, secret) in secrets.chain(previous) {
+            if secret.len() < min {
+                self.error(
+                    &path,
+                    format!("must be at least {min} bytes (got {})", secret.len()),
+                );
+            }
+        }
+    }
+
+    fn limits(&mut self, limits: &gate402_paywall::LimitsConfig) {
+        for (key, value) in [
+            (
+                "client_requests_per_second",
+                limits.client_requests_per_second,
+            ),
+            (
+                "service_requests_per_second",
+                limits.service_requests_per_second,
+            ),
+            (
+                "unpaid_invoices_per_minute",
+                limits.unpaid_invoices_per_minute,
+            ),
+        ] {
+            if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
+                self.error(&join("limits", key), "must be a number, 0 or more (0: off)");
+            }
+        }
+    }
+
+    fn server(&mut self, server: &ServerConfig) {
+        for (key, value) in [
+            ("header_read_timeout_secs", server.header_read_timeout_secs),
+            ("idle_timeout_secs", server.idle_timeout_secs),
+            ("shutdown_grace_secs", server.shutdown_grace_secs),
+        ] {
+            if !(1..=86_400).contains(&value) {
+                self.error(&join("server", key), "must be between 1 and 86400");
+            }
+        }
+        if server.max_connections == Some(0) || server.max_connections_per_client == 0 {
+            self.error("server", "connection limits must be 1 or more");
+        }
+    }
+
+    fn mcp(&mut self, mcp: &McpConfig) {
+        if mcp.max_sessions == 0 || mcp.session_idle_secs == 0 {
+            self.error(
+                "mcp",
+                "max_sessions and session_idle_secs must be 1 or more",
+            );
+        }
+        for (i, origin) in mcp.allowed_origins.iter().flatten().enumerate() {
+            if !(origin.starts_with("http://")
+                || origin.starts_with("https://")
+                || origin == "null")
+            {
+                self.error(
+                    &format!("mcp.allowed_origins[{i}]"),
+                    format!("{origin:?} is not an origin like https://app.example.com"),
+                );
+            }
+        }
+    }
+
+    fn mcp_proxy(&mut self, proxy: &McpProxyConfig) {
+        match (&proxy.url, &proxy.command) {
+            (Some(_), Some(_)) | (None, None) => {
+                self.error("mcp_proxy", "give either url or command, not both")
+            }
+            (Some(url), None) if !url.starts_with("http://") && !url.starts_with("https://") => {
+                self.error("mcp_proxy.url", format!("{url:?} is not an http(s) URL"))
+            }
+            (None, Some(command)) if command.is_empty() => {
+                self.error("mcp_proxy.command", "names no program")
+            }
+            _ => {}
+        }
+    }
+
+    /// Risky but valid: free routes that overlap paid ones (an upstream
+    /// that serves one resource under several spellings may hand a paid
+    /// one out through the free route), and tools nobody priced.
+    pub(super) fn warn_risky(&mut self, config: &GatewayConfig) {
+        let services = &config.services;
+        for (i, free) in services.iter().enumerate() {
+            if free.priced.charges() {
+                continue;
+            }
+            for (j, paid) in services.iter().enumerate() {
+                let hosts_meet = match (&free.priced.host, &paid.priced.host) {
+                    (Some(a), Some(b)) => {
+                        a == b
+                            || a.as_written().starts_with("*.")
+                            || b.as_written().starts_with("*.")
+                    }
+                    _ => true,
+                };
+                if !paid.priced.charges()
+                    || !hosts_meet
+                    || !free.priced.path.overlaps(&paid.priced.path)
+                {
+                    continue;
+                }
+                let shared_upstream = match (&free.upstream, &paid.upstream) {
+                    (Some(a), Some(b)) => a.url == b.url,
+                    _ => false,
+                };
+                let why = if i < j {
+                    "comes first, so it takes requests meant for"
+                } else {
+                    "catches what does not match"
+                };
+                self.warnings.push(format!(
+                    "services[{i}] ({:?}, free, {}) {why} services[{j}] ({:?}, paid, {}){}",
+                    free.priced.name,
+                    free.priced.path.as_written(),
+                    paid.priced.name,
+                    paid.priced.path.as_written(),
+                    if shared_upstream {
+                        "; they share an upstream, which may serve a paid resource under a spelling only the free route matches (a file extension, an alias)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+        if let Some(proxy) = &config.mcp_proxy {
+            if proxy.default_price_sats.is_none() {
+                self.warnings.push(
+                    "mcp_proxy: no default_price_sats: tools not named in prices are refused (name a tool with 0 to make it free)".into(),
+                );
+            }
+        }
+    }
+}

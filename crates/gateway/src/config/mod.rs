@@ -1,0 +1,509 @@
+//! The gateway's config file: TOML, with `${ENV}` expanded in its string
+//! values, checked whole so that every mistake is reported at once with its
+//! key path.
+//!
+//! Each table (and each `[[services]]` or `[[tools]]` entry) is
+//! deserialized on its own (`check`, `services`), so one bad entry does not
+//! hide the mistakes in the others; the rules serde cannot say (ranges,
+//! patterns, references between sections) are checked after.
+
+mod check;
+mod env;
+mod services;
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use axum::http::{HeaderName, HeaderValue};
+use gate402_paywall::route::RequestPath;
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use crate::lightning::LightningConfig;
+use check::Checker;
+
+pub use env::expand_env;
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8402";
+
+/// The free MCP tool the gateway adds to sell `paymentId`s; a configured
+/// tool may not take its name.
+pub const CREATE_PAYMENT: &str = "create_payment";
+
+/// Everything the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// TLS certificate and key (PEM), when the gateway terminates TLS.
+    pub tls: Option<TlsConfig>,
+    /// The Lightning backend.
+    pub lightning: LightningConfig,
+    /// Where shared state lives.
+    pub store: StoreConfig,
+    /// MPP challenge binding.
+    pub mpp: MppConfig,
+    /// Seconds an invoice (and so a 402) stays payable.
+    pub invoice_expiry_secs: u32,
+    /// Name shown in discovery documents.
+    pub name: String,
+    /// The priced services; the first that matches a request wins.
+    pub services: Vec<ServiceConfig>,
+    /// The paid MCP tools served at `/mcp`, each calling a service.
+    pub tools: Vec<ToolConfig>,
+    /// Another MCP server whose tools `/mcp` serves, priced here.
+    pub mcp_proxy: Option<McpProxyConfig>,
+    /// Rate limits and the cap on unpaid invoices.
+    pub limits: gate402_paywall::LimitsConfig,
+    /// Connections, timeouts, trusted proxies.
+    pub server: ServerConfig,
+    /// Who may reach `/mcp`, and its sessions.
+    pub mcp: McpConfig,
+    /// Seconds a claim on a payment is leased (renewed while its response
+    /// streams): how long a replica that died mid-request keeps its
+    /// claims from the others (`[store] claim_lease_secs`).
+    pub claim_lease_secs: u64,
+    /// What is allowed but risky, for `serve --check` and the log.
+    pub warnings: Vec<String>,
+}
+
+/// `[mcp_proxy]`: the paywall in front of another MCP server.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpProxyConfig {
+    /// The upstream over streamable HTTP (`http://host:port/mcp`)…
+    #[serde(default)]
+    pub url: Option<String>,
+    /// …or a program speaking MCP on stdio, with its arguments.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// The price of a tool `prices` does not name (default: free).
+    #[serde(default)]
+    pub default_price_sats: Option<u64>,
+    /// Prices per tool; 0 makes a tool free.
+    #[serde(default)]
+    pub prices: std::collections::HashMap<String, u64>,
+}
+
+/// A paid MCP tool, `[[tools]]`: it calls a priced service's upstream.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolConfig {
+    /// The tool's name (letters, digits, `_`, `-`; up to 64).
+    pub name: String,
+    /// What it does, for the agent choosing tools.
+    pub description: String,
+    /// The `[[services]]` entry it calls: its upstream, rewrite and headers.
+    pub service: String,
+    /// HTTP method (default: the service's first, else GET). GET and
+    /// DELETE send the arguments as the query string, others as a JSON body.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path to call (default: the service's path, when it is exact).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// JSON Schema of the arguments (default: any object).
+    #[serde(default = "any_object")]
+    pub input_schema: serde_json::Value,
+    /// Price per call (default: the service's).
+    #[serde(default)]
+    pub price_sats: Option<u64>,
+}
+
+fn any_object() -> serde_json::Value {
+    serde_json::json!({"type": "object"})
+}
+
+impl ToolConfig {
+    /// The service that prices and charges calls to this tool: the called
+    /// service's upstream settings, under the name `mcp/<tool>`, the
+    /// tool's price and description, paid with MPP (MCP carries no L402).
+    pub fn paid_service(&self, called: &ServiceConfig) -> ServiceConfig {
+        let mut service = called.clone();
+        let priced = &mut service.priced;
+        priced.name = format!("mcp/{}", self.name);
+        priced.price_sats = self.price_sats.unwrap_or(called.priced.price_sats);
+        priced.description = self.description.clone();
+        priced.schemes = Schemes::Mpp;
+        if let Some(path) = &self.path {
+            priced.path = PathPattern::Exact(path.clone());
+        }
+        if let Some(method) = self.method.as_deref().and_then(|m| m.parse().ok()) {
+            priced.methods = vec![method];
+        }
+        service
+    }
+}
+
+/// TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Private key, PEM.
+    pub key: PathBuf,
+}
+
+/// Which store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// SQLite at this path (default `<data dir>/gate402.sqlite3`).
+    Sqlite(Option<PathBuf>),
+    /// PostgreSQL at this URL, shared by every replica.
+    Postgres(String),
+}
+
+/// MPP settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MppConfig {
+    /// The realm of every challenge (usually the API's host).
+    pub realm: String,
+    /// The id-binding secret (at least 32 bytes). When unset, one is made
+    /// and kept in the data directory; replicas must share one.
+    pub secret: Option<String>,
+    /// Earlier secrets, still accepted after a rotation.
+    pub previous_secrets: Vec<String>,
+}
+
+pub use gate402_paywall::client::{ForwardedHeader, TrustedProxies};
+pub use gate402_paywall::route::{HostPattern, PathPattern};
+pub use gate402_paywall::{Auth, PricedService, Schemes};
+
+/// How the path is changed on its way upstream. Applied to the normalized
+/// path only, and only at segment boundaries, so the upstream path never
+/// leaves `add_prefix`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Removed from the front of the path (normal form, no trailing `/`).
+    pub strip_prefix: Option<String>,
+    /// Then put in front of it (normal form, no trailing `/`).
+    pub add_prefix: Option<String>,
+}
+
+impl Rewrite {
+    /// The upstream path for a normalized request path.
+    pub fn apply(&self, path: &RequestPath) -> String {
+        let path = path.as_str();
+        let rest = match self.strip_prefix.as_deref() {
+            Some(prefix) if segment_prefix(path, prefix) => &path[prefix.len()..],
+            _ => path,
+        };
+        let rest = if rest.is_empty() { "/" } else { rest };
+        match self.add_prefix.as_deref() {
+            Some(prefix) => format!("{prefix}{rest}"),
+            None => rest.to_owned(),
+        }
+    }
+}
+
+/// Whether `prefix` is `path` or a run of its whole segments (ASCII case
+/// ignored, as routes are matched).
+fn segment_prefix(path: &str, prefix: &str) -> bool {
+    path.len() >= prefix.len()
+        && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+}
+
+/// Where a service's paid requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// Its base URL, `http://host[:port][/base]` without a trailing `/`.
+    pub url: String,
+    /// Headers added upstream (an API key the client never sees).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Path rewrite.
+    pub rewrite: Rewrite,
+}
+
+impl UpstreamConfig {
+    /// An upstream at `url` with no headers and no rewrite.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            headers: Vec::new(),
+            rewrite: Rewrite::default(),
+        }
+    }
+}
+
+/// One `[[services]]` entry: what is sold (the paywall's part) and where
+/// its requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// The route, price and payment rules.
+    pub priced: PricedService,
+    /// The upstream (unset when the paywall guards an app of its own).
+    pub upstream: Option<UpstreamConfig>,
+}
+
+impl ServiceConfig {
+    /// A service for `path` at `price_sats`, every other setting default.
+    pub fn new(name: &str, path: &str, price_sats: u64) -> Self {
+        Self {
+            priced: PricedService::new(name, path, price_sats),
+            upstream: None,
+        }
+    }
+
+    /// A service proxied to `upstream`.
+    pub fn proxied(name: &str, path: &str, price_sats: u64, upstream: &str) -> Self {
+        Self {
+            priced: PricedService::new(name, path, price_sats),
+            upstream: Some(UpstreamConfig::new(upstream)),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.priced.name
+    }
+}
+
+/// `[server]`: connections, timeouts and who the clients are.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Seconds a client has to send a request's headers.
+    #[serde(default = "ServerConfig::default_header_read_timeout")]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may go without a byte read or written (idle
+    /// keep-alive, or a client that stopped reading) before it is closed.
+    #[serde(default = "ServerConfig::default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Connections open at once, all clients together (default: what the
+    /// process's file limit allows, at most 10 000).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one client address (an IPv6 /64);
+    /// trusted proxies are exempt.
+    #[serde(default = "ServerConfig::default_per_client")]
+    pub max_connections_per_client: usize,
+    /// Seconds a graceful stop waits for requests in flight.
+    #[serde(default = "ServerConfig::default_grace")]
+    pub shutdown_grace_secs: u64,
+    /// Proxies (CIDRs) whose forwarding header names the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header they append to: `x-forwarded-for` or `forwarded`.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeaderName,
+}
+
+/// `forwarded_header` as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeaderName {
+    /// `X-Forwarded-For`.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+impl ServerConfig {
+    fn default_header_read_timeout() -> u64 {
+        10
+    }
+    fn default_idle_timeout() -> u64 {
+        60
+    }
+    fn default_per_client() -> usize {
+        64
+    }
+    fn default_grace() -> u64 {
+        30
+    }
+
+    /// The trusted proxies, as the paywall takes them.
+    pub fn trusted(&self) -> TrustedProxies {
+        TrustedProxies {
+            networks: self.trusted_proxies.clone(),
+            header: match self.forwarded_header {
+                ForwardedHeaderName::XForwardedFor => ForwardedHeader::XForwardedFor,
+                ForwardedHeaderName::Forwarded => ForwardedHeader::Forwarded,
+            },
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: Self::default_header_read_timeout(),
+            idle_timeout_secs: Self::default_idle_timeout(),
+            max_connections: None,
+            max_connections_per_client: Self::default_per_client(),
+            shutdown_grace_secs: Self::default_grace(),
+            trusted_proxies: Vec::new(),
+            forwarded_header: ForwardedHeaderName::default(),
+        }
+    }
+}
+
+/// `[mcp]`: who may reach `/mcp`, and how many sessions it keeps.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// Host names (or `host:port`) `/mcp` answers to; DNS rebinding from a
+    /// browser is refused. Default: loopback names when listening on
+    /// loopback, any host otherwise.
+    #[serde(default)]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Browser origins (`https://app.example.com`) allowed to call `/mcp`;
+    /// a request carrying another `Origin` is refused. Default: none when
+    /// listening on loopback (any `Origin` is refused), any otherwise.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Sessions open at once; an `initialize` past it gets 503.
+    #[serde(default = "McpConfig::default_max_sessions")]
+    pub max_sessions: usize,
+    /// Seconds a session may stay unused before it is closed.
+    #[serde(default = "McpConfig::default_session_idle")]
+    pub session_idle_secs: u64,
+}
+
+impl McpConfig {
+    fn default_max_sessions() -> usize {
+        1000
+    }
+    fn default_session_idle() -> u64 {
+        300
+    }
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: None,
+            allowed_origins: None,
+            max_sessions: Self::default_max_sessions(),
+            session_idle_secs: Self::default_session_idle(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The built-in defaults: sandbox backend, SQLite, no services.
+    pub fn default_with_services(services: Vec<ServiceConfig>) -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            tls: None,
+            lightning: LightningConfig::default(),
+            store: StoreConfig::Sqlite(None),
+            mpp: MppConfig {
+                realm: "gate402".into(),
+                secret: None,
+                previous_secrets: Vec::new(),
+            },
+            invoice_expiry_secs: 600,
+            name: "gate402".into(),
+            services,
+            tools: Vec::new(),
+            mcp_proxy: None,
+            limits: Default::default(),
+            server: ServerConfig::default(),
+            mcp: McpConfig::default(),
+            claim_lease_secs: gate402_paywall::DEFAULT_CLAIM_LEASE.as_secs(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Reads, expands and checks a config file. Every problem is in the
+    /// error, one per line, each with its key path.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        Self::parse(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses config text; `env` resolves `${NAME}` in string values.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let mut root = parse_toml(text)?;
+        let mut check = Checker::default();
+        env::expand(&mut root, "", &env, &mut check.errors);
+        let mut config = check.config(root);
+        check.warn_risky(&config);
+        config.warnings = std::mem::take(&mut check.warnings);
+        if check.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(check.errors))
+        }
+    }
+}
+
+/// Parses TOML text into a table; a syntax error names its line.
+fn parse_toml(text: &str) -> Result<Table, ConfigErrors> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            before.lines().count().max(1)
+        });
+        let message = match line {
+            Some(line) => format!("{} (line {line})", e.message()),
+            None => e.message().to_owned(),
+        };
+        ConfigErrors(vec![message])
+    })
+}
+
+/// Parses a config file of the same family as the gateway's (the
+/// client's): TOML, `${NAME}` expanded in its string values, then
+/// deserialized with every error's key path.
+pub fn parse_with_env<T: DeserializeOwned>(
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<T, ConfigErrors> {
+    let mut root = parse_toml(text)?;
+    let mut check = Checker::default();
+    env::expand(&mut root, "", &env, &mut check.errors);
+    let value = check.section("", Value::Table(root));
+    match value {
+        Some(value) if check.errors.is_empty() => Ok(value),
+        _ => Err(ConfigErrors(check.errors)),
+    }
+}
+
+/// Every problem found in a config, each prefixed with its key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl StoreConfig {
+    /// The SQLite path, defaulting into the data directory.
+    pub fn sqlite_path(&self, data_dir: &Path) -> PathBuf {
+        match self {
+            StoreConfig::Sqlite(Some(path)) => path.clone(),
+            StoreConfig::Sqlite(None) | StoreConfig::Postgres(_) => {
+                data_dir.join("gate402.sqlite3")
+            }
+        }
+    }
+}
+
+/// `key` under `path`, as errors name it (`services[0].name`).
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,363 @@
+//! `[[services]]` and `[[tools]]`, each entry read on its own so that one
+//! bad entry does not hide the mistakes in the others.
+
+use axum::http::{HeaderName, HeaderValue, Method};
+use gate402_paywall::route::RequestPath;
+use serde::Deserialize;
+use toml::{Table, Value};
+
+use super::check::Checker;
+use super::{
+    join, segment_prefix, Auth, HostPattern, PathPattern, PricedService, Rewrite, Schemes,
+    ServiceConfig, ToolConfig, UpstreamConfig,
+};
+
+/// One `[[services]]` entry as written. Everything is optional here so
+/// that a missing key is reported in words ("is required") and a value out
+/// of range with the rule it breaks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: Option<String>,
+    host: Option<String>,
+    path: Option<String>,
+    methods: Option<Vec<String>>,
+    upstream: Option<String>,
+    price_sats: Option<i64>,
+    auth: Option<String>,
+    schemes: Option<String>,
+    token_lifetime_secs: Option<i64>,
+    capabilities: Option<Vec<String>>,
+    headers: Option<Value>,
+    rewrite: Option<Value>,
+    description: Option<String>,
+}
+
+/// A service's `rewrite = { … }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRewrite {
+    strip_prefix: Option<String>,
+    add_prefix: Option<String>,
+}
+
+/// The most a price may be: every bitcoin there will be.
+const MAX_PRICE_SATS: i64 = 21_000_000 * 100_000_000;
+
+impl Checker {
+    /// `[[services]]`: the services that could be read, names unique.
+    pub(super) fn services(&mut self, value: Value) -> Vec<ServiceConfig> {
+        let mut services: Vec<ServiceConfig> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (path, table) in self.entries("services", value) {
+            let Some(service) = self.service(&path, table) else {
+                continue;
+            };
+            if !seen.insert(service.name().to_owned()) {
+                self.error(
+                    &join(&path, "name"),
+                    format!("{:?} is used by an earlier service", service.name()),
+                );
+            }
+            services.push(service);
+        }
+        services
+    }
+
+    fn service(&mut self, path: &str, table: Table) -> Option<ServiceConfig> {
+        let at = |key: &str| join(path, key);
+        // What was written, whether or not it could be read: a key of the
+        // wrong type is reported as such, not as missing.
+        let written = |key: &str| table.contains_key(key);
+        let (has_name, has_path, has_price) =
+            (written("name"), written("path"), written("price_sats"));
+        let raw: RawService = self.section(path, Value::Table(table))?;
+
+        match &raw.name {
+            None if !has_name => self.error(&at("name"), "is required"),
+            Some(n)
+                if n.is_empty()
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+            {
+                self.error(
+                    &at("name"),
+                    format!("{n:?} must be letters, digits, - or _"),
+                )
+            }
+            _ => {}
+        }
+        let pattern = match &raw.path {
+            Some(p) if !p.starts_with('/') => {
+                self.error(&at("path"), format!("{p:?} must start with /"));
+                None
+            }
+            Some(p) => PathPattern::parse(p)
+                .map_err(|e| self.error(&at("path"), e))
+                .ok(),
+            None if !has_path => {
+                self.error(&at("path"), "is required");
+                None
+            }
+            None => None,
+        };
+        let mut priced = PricedService::new(raw.name.as_deref().unwrap_or("?"), "/", 0);
+        if let Some(pattern) = pattern {
+            priced.path = pattern;
+        }
+        if let Some(host) = &raw.host {
+            match HostPattern::parse(host) {
+                Ok(pattern) => priced.host = Some(pattern),
+                Err(e) => self.error(&at("host"), e),
+            }
+        }
+        for (i, method) in raw.methods.iter().flatten().enumerate() {
+            match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => priced.methods.push(m),
+                Err(_) => self.error(
+                    &format!("{}[{i}]", at("methods")),
+                    format!("{method:?} is not an HTTP method"),
+                ),
+            }
+        }
+        let mut upstream = raw
+            .upstream
+            .and_then(|url| self.upstream(&at("upstream"), &url));
+        match raw.price_sats {
+            Some(p) if (1..=MAX_PRICE_SATS).contains(&p) => priced.price_sats = p as u64,
+            Some(p) => self.error(
+                &at("price_sats"),
+                format!("{p} is not a positive number of satoshis"),
+            ),
+            None if !has_price => self.error(&at("price_sats"), "is required"),
+            None => {}
+        }
+        if let Some(auth) = raw.auth {
+            let words: Vec<&str> = auth.split_whitespace().collect();
+            priced.auth = match words.as_slice() {
+                ["on"] => Auth::On,
+                ["off"] => Auth::Off,
+                ["freebie", n] if n.parse::<u64>().is_ok() => Auth::Freebie(n.parse().unwrap_or(0)),
+                _ => {
+                    self.error(
+                        &at("auth"),
+                        format!("{auth:?} is not \"on\", \"off\" or \"freebie N\""),
+                    );
+                    Auth::On
+                }
+            };
+        }
+        if let Some(schemes) = raw.schemes {
+            priced.schemes = match schemes.as_str() {
+                "both" => Schemes::Both,
+                "l402" => Schemes::L402,
+                "mpp" => Schemes::Mpp,
+                other => {
+                    self.error(
+                        &at("schemes"),
+                        format!("{other:?} is not \"l402\", \"mpp\" or \"both\""),
+                    );
+                    Schemes::Both
+                }
+            };
+        }
+        if let Some(secs) = raw.token_lifetime_secs {
+            if secs <= 0 {
+                self.error(&at("token_lifetime_secs"), "must be positive");
+            } else {
+                priced.token_lifetime_secs = secs as u64;
+            }
+        }
+        if raw.capabilities.is_some() {
+            self.warnings.push(format!(
+                "{}: ignored: capabilities are no longer minted into tokens (nothing enforced them)",
+                at("capabilities")
+            ));
+        }
+        let headers = raw
+            .headers
+            .map(|value| self.headers(&at("headers"), value))
+            .unwrap_or_default();
+        let rewrite = raw
+            .rewrite
+            .and_then(|value| self.rewrite(&at("rewrite"), value, &priced.path))
+            .unwrap_or_default();
+        if let Some(description) = raw.description {
+            if description.chars().any(|c| c.is_control()) {
+                self.error(&at("description"), "may not contain control characters");
+            }
+            priced.description = description;
+        }
+        match &mut upstream {
+            Some(upstream) => {
+                upstream.headers = headers;
+                upstream.rewrite = rewrite;
+            }
+            None if !headers.is_empty() || rewrite != Rewrite::default() => self.error(
+                path,
+                "headers and rewrite apply to an upstream; this service has none",
+            ),
+            None => {}
+        }
+        raw.name.map(|_| ServiceConfig { priced, upstream })
+    }
+
+    /// `upstream`: plain HTTP to a host, with an optional base path.
+    fn upstream(&mut self, path: &str, url: &str) -> Option<UpstreamConfig> {
+        match url.parse::<axum::http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http"))
+                    && uri.authority().is_some()
+                    && uri.query().is_none() =>
+            {
+                return Some(UpstreamConfig::new(url));
+            }
+            Ok(uri) if matches!(uri.scheme_str(), Some("https")) => self.error(
+                path,
+                "https upstreams are not supported yet; use http:// on a trusted network",
+            ),
+            _ => self.error(
+                path,
+                format!("{url:?} is not an http://host[:port][/path] URL"),
+            ),
+        }
+        None
+    }
+
+    /// `headers = { Name = "value" }`, added upstream.
+    fn headers(&mut self, path: &str, value: Value) -> Vec<(HeaderName, HeaderValue)> {
+        let Some(table) = self.table(path, value) else {
+            return Vec::new();
+        };
+        let mut headers = Vec::new();
+        for (name, value) in table {
+            let key = join(path, &name);
+            let header = HeaderName::from_bytes(name.as_bytes());
+            let value = value.as_str().map(HeaderValue::from_str);
+            match (header, value) {
+                (Ok(h), Some(Ok(v))) => headers.push((h, v)),
+                (Err(_), _) => self.error(&key, "not a valid header name"),
+                _ => self.error(&key, "value must be a string a header can carry"),
+            }
+        }
+        headers
+    }
+
+    /// `rewrite = { strip_prefix, add_prefix }`, both in normal form; what
+    /// is stripped must be whole segments at the start of the service's
+    /// path, or it would never apply.
+    fn rewrite(&mut self, path: &str, value: Value, pattern: &PathPattern) -> Option<Rewrite> {
+        let raw: RawRewrite = self.section(path, value)?;
+        let mut prefix = |key: &str, text: Option<String>| -> Option<String> {
+            let text = text?;
+            match RequestPath::parse(&text) {
+                Ok(p) => Some(p.as_str().trim_end_matches('/').to_owned()),
+                Err(e) => {
+                    self.error(&join(path, key), format!("{text:?}: {e}"));
+                    None
+                }
+            }
+        };
+        let rewrite = Rewrite {
+            strip_prefix: prefix("strip_prefix", raw.strip_prefix).filter(|p| !p.is_empty()),
+            add_prefix: prefix("add_prefix", raw.add_prefix).filter(|p| !p.is_empty()),
+        };
+        if let Some(strip) = &rewrite.strip_prefix {
+            if !segment_prefix(pattern.stem(), strip) {
+                self.error(
+                    &join(path, "strip_prefix"),
+                    format!(
+                        "{strip:?} must be the start of path {:?} (whole segments)",
+                        pattern.as_written()
+                    ),
+                );
+            }
+        }
+        Some(rewrite)
+    }
+
+    /// `[[tools]]`: the tools that could be read, each checked against the
+    /// services it calls and the tools before it.
+    pub(super) fn tools(&mut self, value: Value, services: &[ServiceConfig]) -> Vec<ToolConfig> {
+        let mut tools: Vec<ToolConfig> = Vec::new();
+        for (path, table) in self.entries("tools", value) {
+            if let Some(tool) = self.section::<ToolConfig>(&path, Value::Table(table)) {
+                self.tool(&tool, &path, services, &tools);
+                tools.push(tool);
+            }
+        }
+        tools
+    }
+
+    fn tool(
+        &mut self,
+        tool: &ToolConfig,
+        path: &str,
+        services: &[ServiceConfig],
+        earlier: &[ToolConfig],
+    ) {
+        let valid_name = !tool.name.is_empty()
+            && tool.name.len() <= 64
+            && tool
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_name {
+            self.error(
+                &join(path, "name"),
+                format!("{:?}: use 1 to 64 letters, digits, _ or -", tool.name),
+            );
+        }
+        if tool.name == super::CREATE_PAYMENT || earlier.iter().any(|t| t.name == tool.name) {
+            self.error(&join(path, "name"), format!("{:?} is taken", tool.name));
+        }
+        match services.iter().find(|s| s.name() == tool.service) {
+            None => self.error(
+                &join(path, "service"),
+                format!("no [[services]] entry is named {:?}", tool.service),
+            ),
+            Some(service) => {
+                if service.upstream.is_none() {
+                    self.error(
+                        &join(path, "service"),
+                        format!("service {:?} has no upstream to call", tool.service),
+                    );
+                }
+                match (&tool.path, &service.priced.path) {
+                    (Some(p), _) if !p.starts_with('/') => {
+                        self.error(&join(path, "path"), format!("{p:?} must start with /"))
+                    }
+                    (Some(p), _) if RequestPath::parse(p).map(|n| n.as_str() != p).unwrap_or(true) => {
+                        self.error(
+                            &join(path, "path"),
+                            format!("{p:?} is not a path in normal form (no dot segments, %XX only where needed)"),
+                        )
+                    }
+                    (None, PathPattern::Prefix(_)) => self.error(
+                        &join(path, "path"),
+                        format!(
+                            "service {:?} matches a prefix; say which path the tool calls",
+                            tool.service
+                        ),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(method) = &tool.method {
+            if method.parse::<Method>().is_err() || method.is_empty() {
+                self.error(
+                    &join(path, "method"),
+                    format!("{method:?} is not an HTTP method"),
+                );
+            }
+        }
+        if tool.input_schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+            self.error(
+                &join(path, "input_schema"),
+                "must be a JSON Schema of an object ({ type = \"object\", properties = … })",
+            );
+        }
+    }
+}

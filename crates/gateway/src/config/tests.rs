@@ -1,0 +1,367 @@
+//! The config's parsing and checks.
+
+use axum::http::Method;
+
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    (name == "API_KEY").then(|| "sekret".to_owned())
+}
+
+#[test]
+fn a_full_config() {
+    let config = GatewayConfig::parse(
+        r#"
+        listen = "0.0.0.0:9000"
+        name = "Weather Inc"
+        invoice_expiry_secs = 900
+        [mpp]
+        realm = "api.weather.test"
+        secret = "0123456789abcdef0123456789abcdef"
+        [[services]]
+        name = "forecast"
+        host = "*.weather.test"
+        path = "/v1/forecast/*"
+        methods = ["get"]
+        upstream = "http://127.0.0.1:9001/"
+        price_sats = 21
+        auth = "freebie 3"
+        schemes = "l402"
+        token_lifetime_secs = 60
+        capabilities = ["read"]
+        description = "Forecasts"
+        headers = { "X-Api-Key" = "${API_KEY}" }
+        rewrite = { strip_prefix = "/v1", add_prefix = "/internal" }
+        "#,
+        env,
+    )
+    .unwrap();
+    assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+    let s = &config.services[0];
+    let up = s.upstream.as_ref().unwrap();
+    assert_eq!(s.priced.auth, Auth::Freebie(3));
+    assert_eq!(s.priced.schemes, Schemes::L402);
+    assert_eq!(up.headers[0].1, "sekret");
+    assert_eq!(up.url, "http://127.0.0.1:9001");
+    let path = |p| RequestPath::parse(p).unwrap();
+    assert_eq!(
+        up.rewrite.apply(&path("/v1/forecast/oslo")),
+        "/internal/forecast/oslo"
+    );
+    assert!(config.warnings.iter().any(|w| w.contains("capabilities")));
+    let routes = gate402_paywall::route::Routes::new([s.priced.clone()]);
+    let find =
+        |host, method: &Method, p| routes.find(Some(host), method, &path(p)).unwrap().is_some();
+    assert!(find("eu.weather.test", &Method::GET, "/v1/forecast/oslo"));
+    assert!(!find("weather.test", &Method::GET, "/v1/forecast/oslo"));
+    assert!(!find("eu.weather.test", &Method::POST, "/v1/forecast/oslo"));
+    assert!(!find("eu.weather.test", &Method::GET, "/v1/other"));
+}
+
+#[test]
+fn rewrites_never_leave_their_prefix() {
+    let rewrite = Rewrite {
+        strip_prefix: Some("/v1/fc".into()),
+        add_prefix: Some("/cheap".into()),
+    };
+    let path = |p| RequestPath::parse(p).unwrap();
+    assert_eq!(rewrite.apply(&path("/v1/fc/x")), "/cheap/x");
+    assert_eq!(rewrite.apply(&path("/V1/FC")), "/cheap/");
+    // Not at a segment boundary: nothing is stripped.
+    assert_eq!(rewrite.apply(&path("/v1/fcadmin")), "/cheap/v1/fcadmin");
+    // Dot segments are resolved before: the service never matches.
+    assert_eq!(
+        path("/v1/fc/../../admin/secret.txt").as_str(),
+        "/admin/secret.txt"
+    );
+    let errors = GatewayConfig::parse(
+        "[[services]]\nname = \"a\"\npath = \"/v1/*\"\nprice_sats = 1\nupstream = \"http://127.0.0.1:9\"\nrewrite = { strip_prefix = \"/v1/fc\" }\n",
+        env,
+    )
+    .unwrap_err();
+    assert!(
+        errors.to_string().contains("rewrite.strip_prefix"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn every_error_with_its_key_path() {
+    let errors = GatewayConfig::parse(
+        r#"
+        listen = "nowhere"
+        colour = "blue"
+        [lightning]
+        backend = "sandbox"
+        network = "mainnet"
+        [mpp]
+        secret = "short"
+        [[services]]
+        path = "api/*"
+        price_sats = -5
+        auth = "sometimes"
+        [[services]]
+        name = "b"
+        path = "/b"
+        price_sats = 1
+        upstream = "ftp://x"
+        headers = { "X-Key" = "${MISSING}" }
+        "#,
+        env,
+    )
+    .unwrap_err()
+    .0;
+    let expected = [
+        "services[1].headers.X-Key: environment variable MISSING is not set",
+        "colour: unknown field `colour`",
+        "listen: \"nowhere\" is not an address",
+        "test money on regtest",
+        "mpp.secret: must be at least 32 bytes",
+        "services[0].name: is required",
+        "services[0].path: \"api/*\" must start with /",
+        "services[0].price_sats: -5 is not a positive number",
+        "services[0].auth: \"sometimes\"",
+        "services[1].upstream: \"ftp://x\"",
+    ];
+    for needle in expected {
+        assert!(
+            errors.iter().any(|e| e.contains(needle)),
+            "{needle:?} missing from {errors:#?}"
+        );
+    }
+}
+
+#[test]
+fn env_is_expanded_in_string_values_only() {
+    let config = GatewayConfig::parse(
+        r#"
+        # ${UNSET} in a comment is fine
+        name = "a # b ${API_KEY}" # ${UNSET_TOO}
+        [mcp]
+        allowed_hosts = ["x", "${API_KEY}.example"]
+        [mcp_proxy]
+        url = "http://127.0.0.1:9/mcp"
+        prices = { "${UNSET}" = 1 }
+        [[services]]
+        name = "a"
+        path = "/a"
+        price_sats = 1
+        upstream = "http://127.0.0.1:9"
+        headers = { "X-Key" = "${API_KEY}${API_KEY}", "X-Literal" = "$API_KEY ${" }
+        [[tools]]
+        name = "t"
+        description = "calls ${API_KEY}"
+        service = "a"
+        input_schema = { type = "object", properties = { q = { description = "${API_KEY}" } } }
+        "#,
+        env,
+    )
+    .unwrap();
+    assert_eq!(config.name, "a # b sekret");
+    let hosts = config.mcp.allowed_hosts.unwrap();
+    assert_eq!(hosts, ["x", "sekret.example"]);
+    // Keys are names, not values: never expanded.
+    assert_eq!(config.mcp_proxy.unwrap().prices["${UNSET}"], 1);
+    let headers = &config.services[0].upstream.as_ref().unwrap().headers;
+    let header = |name: &str| &headers.iter().find(|(n, _)| n == name).unwrap().1;
+    assert_eq!(header("x-key"), "sekretsekret");
+    assert_eq!(header("x-literal"), "$API_KEY ${");
+    let tool = &config.tools[0];
+    assert_eq!(tool.description, "calls sekret");
+    assert_eq!(
+        tool.input_schema["properties"]["q"]["description"],
+        "sekret"
+    );
+}
+
+#[test]
+fn an_env_value_is_taken_literally() {
+    let text = "[mpp]\nsecret = \"${SECRET}\"\n[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\n";
+    // 32 bytes that would close the string and add a table, were the
+    // variable pasted into the text.
+    let injected = "ab\"c\n[lightning]\nbackend = \"lnd\"";
+    let with = |secret: &'static str| {
+        GatewayConfig::parse(text, move |name| {
+            (name == "SECRET").then(|| secret.to_owned())
+        })
+    };
+    let config = with(injected).unwrap();
+    assert_eq!(config.mpp.secret.as_deref(), Some(injected));
+    assert_eq!(config.lightning.name(), "sandbox");
+    let mut plain = with("0123456789abcdef0123456789abcdef").unwrap();
+    plain.mpp.secret = Some(injected.to_owned());
+    assert_eq!(format!("{config:?}"), format!("{plain:?}"));
+}
+
+#[test]
+fn an_unset_variable_is_named_with_its_key_path() {
+    let errors = GatewayConfig::parse(
+        "name = \"${NOPE}\"\n[mcp]\nallowed_hosts = [\"a\", \"${API_KEY}\", \"${GONE}\"]\n",
+        env,
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(
+        errors,
+        [
+            "mcp.allowed_hosts[2]: environment variable GONE is not set",
+            "name: environment variable NOPE is not set",
+        ]
+    );
+    let mut table: Table = toml::from_str("a = [{ b = \"${X}\" }]").unwrap();
+    let errors = expand_env(&mut table, |_| None).unwrap_err();
+    assert_eq!(errors.0, ["a[0].b: environment variable X is not set"]);
+}
+
+#[test]
+fn an_unknown_key_in_a_service_is_named() {
+    let errors = GatewayConfig::parse(
+        "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\n[[services]]\nname = \"b\"\npath = \"/b\"\nprice_sats = 1\ncolour = \"blue\"\n",
+        env,
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("services[1].colour: unknown field `colour`"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn every_broken_service_and_every_mistake_in_one_is_reported() {
+    let errors = GatewayConfig::parse(
+        r#"
+        [[services]]
+        name = "a"
+        path = "/a"
+        price_sats = "five"
+        methods = ["GET", 3]
+        colour = "blue"
+        [[services]]
+        name = "b"
+        path = "b"
+        price_sats = 1
+        rewrite = { strip = "/b" }
+        [[services]]
+        name = "c"
+        path = "/c"
+        price_sats = 1
+        [[tools]]
+        name = 7
+        description = "d"
+        service = "c"
+        [[tools]]
+        name = "t"
+        service = "c"
+        [[tools]]
+        name = "u"
+        description = "d"
+        service = "nope"
+        method = 5
+        "#,
+        env,
+    )
+    .unwrap_err()
+    .0;
+    let expected = [
+        "services[0].colour: unknown field `colour`",
+        "services[0].methods[1]: invalid type: integer `3`",
+        "services[0].price_sats: invalid type: string \"five\"",
+        "services[1].path: \"b\" must start with /",
+        "services[1].rewrite.strip: unknown field `strip`",
+        "tools[0].name: invalid type: integer `7`",
+        "tools[1]: missing field `description`",
+        "tools[2].method: invalid type: integer `5`",
+        "tools[2].service: no [[services]] entry is named \"nope\"",
+    ];
+    for needle in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "{needle:?} missing from {errors:#?}"
+        );
+    }
+    // A value of the wrong type is not also missing.
+    assert!(
+        !errors
+            .iter()
+            .any(|e| e.contains("is required") || e.contains("missing field `name`")),
+        "{errors:#?}"
+    );
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+}
+
+#[test]
+fn a_section_of_the_wrong_shape() {
+    let errors = GatewayConfig::parse(
+        "store = \"sqlite\"\nservices = 5\ntools = [1]\nlisten = 8080\n",
+        env,
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(
+        errors,
+        [
+            "listen: invalid type: integer `8080`, expected a string",
+            "store: expected a table, found string",
+            "services: expected an array of tables ([[services]])",
+            "tools[0]: expected a table ([[tools]])",
+        ]
+    );
+}
+
+#[test]
+fn patterns() {
+    assert_eq!(
+        Rewrite {
+            strip_prefix: Some("/api".into()),
+            add_prefix: None
+        }
+        .apply(&RequestPath::parse("/api").unwrap()),
+        "/"
+    );
+}
+
+#[test]
+fn other_configs_of_the_family() {
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Client {
+        key: Option<String>,
+        #[serde(default)]
+        limits: gate402_paywall::LimitsConfig,
+    }
+    let client: Client = parse_with_env("key = \"${API_KEY}\"", env).unwrap();
+    assert_eq!(client.key.as_deref(), Some("sekret"));
+    assert_eq!(client.limits, gate402_paywall::LimitsConfig::default());
+    let errors = parse_with_env::<Client>(
+        "kee = 1\nkey = \"${GONE}\"\n[limits]\nclient_requests_per_second = \"x\"\n",
+        env,
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert_eq!(errors[0], "key: environment variable GONE is not set");
+    assert!(
+        errors[1].starts_with("kee: unknown field `kee`"),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[2].starts_with("limits.client_requests_per_second: invalid type"),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn a_name_used_twice_is_named_where_it_is_written() {
+    let service = |name: &str| format!("[[services]]\n{name}path = \"/a\"\nprice_sats = 1\n");
+    let text = service("") + &service("name = \"a\"\n") + &service("name = \"a\"\n");
+    let errors = GatewayConfig::parse(&text, env).unwrap_err().0;
+    assert_eq!(
+        errors,
+        [
+            "services[0].name: is required",
+            "services[2].name: \"a\" is used by an earlier service",
+        ]
+    );
+}
