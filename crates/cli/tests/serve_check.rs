@@ -42,7 +42,7 @@ fn every_error_of_the_broken_example_with_its_key_path() {
     for needle in [
         "environment variable GATE402_UNSET_EXAMPLE_VARIABLE is not set",
         "listen: \"localhost\" is not an address",
-        "colour: unknown key",
+        "colour: unknown field",
         "lightning.network: the sandbox backend is test money",
         "mpp.secret: must be at least 32 bytes",
         "services[0].name: is required",
@@ -70,4 +70,43 @@ fn a_missing_file_is_a_clear_error() {
     let out = check(&example("no-such-file.toml"));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
+}
+
+#[test]
+fn a_risky_config_passes_with_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("risky.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[services]]
+name = "premium"
+path = "/premium/*"
+upstream = "http://127.0.0.1:9000"
+price_sats = 1000
+
+[[services]]
+name = "everything-else"
+path = "/*"
+upstream = "http://127.0.0.1:9000"
+price_sats = 1
+auth = "off"
+capabilities = ["read"]
+
+[mcp_proxy]
+url = "http://127.0.0.1:9001/mcp"
+prices = { search = 20 }
+"#,
+    )
+    .unwrap();
+    let out = check(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for needle in [
+        "warning: services[1] (\"everything-else\", free, /*) catches what does not match services[0] (\"premium\", paid, /premium/*); they share an upstream",
+        "warning: services[1].capabilities: ignored",
+        "warning: mcp_proxy: no default_price_sats: tools not named in prices are refused",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing from:\n{stderr}");
+    }
 }
