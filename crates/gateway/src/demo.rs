@@ -190,9 +190,10 @@ pub fn tools() -> Vec<crate::config::ToolConfig> {
 
 /// The demo as a config: its services and tools in front of `upstream`,
 /// on an ephemeral loopback port (for tests and embedding).
-pub fn config(upstream: std::net::SocketAddr) -> crate::GatewayConfig {
-    let mut config =
-        crate::GatewayConfig::default_with_services(services(&format!("http://{upstream}")));
+pub fn config(upstream: std::net::SocketAddr) -> crate::config::GatewayConfig {
+    let mut config = crate::config::GatewayConfig::default_with_services(services(&format!(
+        "http://{upstream}"
+    )));
     config.tools = tools();
     config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     config

@@ -851,7 +851,7 @@ impl PaidTools {
     /// The `/mcp` server the config asks for: `[mcp_proxy]`'s upstream, or
     /// the `[[tools]]`; `None` when it asks for neither.
     pub async fn from_config(
-        config: &crate::GatewayConfig,
+        config: &crate::config::GatewayConfig,
         paywall: &Paywall,
     ) -> anyhow::Result<Option<Self>> {
         if let Some(proxy) = &config.mcp_proxy {

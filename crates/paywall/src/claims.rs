@@ -25,7 +25,7 @@ use gate402_store::{ClaimHolder, Reservation, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::unix_now;
+use crate::clock::unix_now;
 
 /// The canonical key of a single-use payment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -12,8 +12,8 @@ use gate402_mpp::lightning::{ChargeRequest, CHARGE, METHOD};
 use gate402_mpp::verify::scope_opaque;
 use gate402_mpp::PaymentChallenge;
 
+use crate::clock::unix_now;
 use crate::route::PricedService;
-use crate::unix_now;
 
 /// An invoice and the challenges issued for it.
 #[derive(Debug, Clone)]

@@ -55,6 +55,7 @@
 
 pub mod claims;
 pub mod client;
+mod clock;
 pub mod credentials;
 pub mod issue;
 pub mod layer;
@@ -67,6 +68,7 @@ mod verify;
 
 pub use claims::{Claim, ClaimError};
 pub use client::{ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies};
+pub use clock::unix_now;
 pub use issue::{Doors, Issued};
 pub use layer::{PaywallBody, PaywallLayer, PaywallService, Routed};
 pub use limits::{Limited, LimitsConfig};
@@ -75,10 +77,3 @@ pub use paywall::{Paywall, PaywallBuilder, PaywallError, DEFAULT_CLAIM_LEASE};
 pub use responses::Refusal;
 pub use route::{Auth, PricedService, Schemes};
 pub use verify::Verified;
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}

@@ -11,9 +11,9 @@ use gate402_mpp::verify::{verify_lightning_charge, ExpectedCharge};
 use gate402_mpp::PaymentCredential;
 use http::StatusCode;
 
+use crate::clock::unix_now;
 use crate::responses::Refusal;
 use crate::route::PricedService;
-use crate::unix_now;
 
 /// A credential that pays for the service it was checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]

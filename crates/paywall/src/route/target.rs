@@ -8,11 +8,16 @@
 //! that form: percent-encoded unreserved characters are decoded, the rest
 //! re-encoded with upper-case hex, literal dot segments removed, empty
 //! segments merged. What cannot be made unambiguous is refused, because
-//! upstreams disagree about it: an encoded `/` or `\`, a segment that is a
-//! dot segment only once decoded, a `%` that would decode again, a raw `\`
-//! or `;` (servlet containers read `;` as path parameters), NUL and other
-//! control bytes, bytes that are not UTF-8 once decoded, and `..` above the
-//! root.
+//! upstreams disagree about it: an encoded `/` or `\`, an encoded `;`, `?`
+//! or `#` (an upstream that decodes, then strips path parameters or
+//! re-parses the URL, would cut the segment there), a segment that is a
+//! dot segment only once decoded, a `%` that would decode again (however
+//! it is spelled), a raw `\` or `;` (servlet containers read `;` as path
+//! parameters), a segment that ends with a dot or a space (Windows servers
+//! drop them: `premium.` is `premium` there), NUL and other control bytes,
+//! bytes that are not UTF-8 once decoded, and `..` above the root. The result is stable: normalizing it
+//! again gives it back, and decoding it once yields nothing that changes
+//! its segments.
 
 use std::fmt;
 
@@ -34,10 +39,15 @@ pub enum TargetError {
     /// `%2F` or `%5C`: one upstream splits there, another does not.
     #[error("the path has an encoded / or \\ (%2F, %5C)")]
     EncodedSeparator,
+    /// `%3B`, `%3F` or `%23`: once decoded, an upstream may cut the
+    /// segment there (path parameters, a query, a fragment).
+    #[error("the path has an encoded ;, ? or # (%3B, %3F, %23)")]
+    EncodedDelimiter,
     /// `%2e%2e` and the like: a dot segment once decoded.
     #[error("the path has a percent-encoded dot segment")]
     EncodedDotSegment,
-    /// `%25` followed by two hex digits: it would decode again.
+    /// A `%` that, once decoded, starts an escape again (`%252e`,
+    /// `%25%32%65`).
     #[error("the path has a percent-encoded % that would decode again (%25XX)")]
     DoubleEncoded,
     /// A raw backslash, which some upstreams read as `/`.
@@ -49,6 +59,9 @@ pub enum TargetError {
     /// NUL or another control byte, raw or encoded.
     #[error("the path has a control character")]
     Control,
+    /// A segment ending with `.` or a space, which Windows servers drop.
+    #[error("a path segment ends with a dot or a space")]
+    TrailingDotOrSpace,
     /// Bytes that are not UTF-8 once decoded.
     #[error("the path is not UTF-8 once percent-decoded")]
     InvalidUtf8,
@@ -118,11 +131,7 @@ fn segment(raw: &str) -> Result<Segment, TargetError> {
             let value = hi << 4 | lo;
             match value {
                 b'/' | b'\\' => return Err(TargetError::EncodedSeparator),
-                b'%' if bytes.get(i + 3).copied().and_then(hex_value).is_some()
-                    && bytes.get(i + 4).copied().and_then(hex_value).is_some() =>
-                {
-                    return Err(TargetError::DoubleEncoded)
-                }
+                b';' | b'?' | b'#' => return Err(TargetError::EncodedDelimiter),
                 v if v < 0x20 || v == 0x7f => return Err(TargetError::Control),
                 v if unreserved(v) => out.push(char::from(v)),
                 v => push_encoded(&mut out, v),
@@ -146,8 +155,22 @@ fn segment(raw: &str) -> Result<Segment, TargetError> {
     if std::str::from_utf8(&decoded).is_err() {
         return Err(TargetError::InvalidUtf8);
     }
+    // Decoding the normal form once must not make a new escape: `%25`
+    // before two hex digits, whether they came raw or encoded.
+    let spelled = out.as_bytes();
+    let escape_again = spelled.windows(5).any(|w| {
+        w[..3].eq_ignore_ascii_case(b"%25")
+            && hex_value(w[3]).is_some()
+            && hex_value(w[4]).is_some()
+    });
+    if escape_again {
+        return Err(TargetError::DoubleEncoded);
+    }
     if decoded == b"." || decoded == b".." {
         return Err(TargetError::EncodedDotSegment);
+    }
+    if matches!(decoded.last(), Some(b'.' | b' ')) {
+        return Err(TargetError::TrailingDotOrSpace);
     }
     Ok(Segment::Plain(out))
 }
@@ -245,7 +268,7 @@ mod tests {
             ("/a%7Eb%2D", "/a~b-"),
             ("/a\"b{c}|", "/a%22b%7Bc%7D%7C"),
             ("/%25", "/%25"),
-            ("/..a/a..", "/..a/a.."),
+            ("/..a/a.b", "/..a/a.b"),
         ] {
             assert_eq!(norm(input).as_deref(), Ok(expected), "{input}");
         }
@@ -268,6 +291,20 @@ mod tests {
             ("/public/..;/premium", TargetError::Semicolon),
             ("/premium;x/secret", TargetError::Semicolon),
             ("/%252e%252e/premium", TargetError::DoubleEncoded),
+            (
+                "/public/%25%32%65%25%32%65/premium",
+                TargetError::DoubleEncoded,
+            ),
+            ("/%25%37%30remium", TargetError::DoubleEncoded),
+            ("/%25%36%31dmin", TargetError::DoubleEncoded),
+            ("/public/..%3b/premium", TargetError::EncodedDelimiter),
+            ("/premium%3Bx/secret", TargetError::EncodedDelimiter),
+            ("/premium%3F/secret", TargetError::EncodedDelimiter),
+            ("/premium%23/secret", TargetError::EncodedDelimiter),
+            ("/premium./secret", TargetError::TrailingDotOrSpace),
+            ("/premium.../secret", TargetError::TrailingDotOrSpace),
+            ("/premium%20/secret", TargetError::TrailingDotOrSpace),
+            ("/premium/secret.txt.", TargetError::TrailingDotOrSpace),
             ("/a%00b", TargetError::Control),
             ("/a%0ab", TargetError::Control),
             ("/a%7f", TargetError::Control),
@@ -287,7 +324,7 @@ mod tests {
         /// Normalizing twice changes nothing, and nothing a decoding
         /// upstream would resolve is left in the result.
         #[test]
-        fn normal_form_is_stable(path in "/[a-zA-Z0-9%./;\\\\_~-]{0,40}") {
+        fn normal_form_is_stable(path in "/([a-zA-Z0-9./;\\\\_~-]|%(2[5eEfF]|3[0-9bBfF]|[0-9a-fA-F]{2})){0,24}") {
             if let Ok(once) = RequestPath::parse(&path) {
                 let twice = RequestPath::parse(once.as_str()).unwrap();
                 proptest::prop_assert_eq!(&once, &twice);
@@ -295,8 +332,44 @@ mod tests {
                     proptest::prop_assert!(segment != "." && segment != "..");
                 }
                 proptest::prop_assert!(!once.as_str().contains("//"));
-                proptest::prop_assert!(!once.as_str().to_ascii_lowercase().contains("%2f"));
+                // What a decoding upstream reads: the same segments, none
+                // of them a dot segment, nothing left to decode or to cut at.
+                let decoded = decode_once(once.as_str());
+                let segments: Vec<&[u8]> = decoded.split(|b| *b == b'/').collect();
+                proptest::prop_assert_eq!(segments.len(), once.segments().count() + 1);
+                for segment in &segments[1..] {
+                    proptest::prop_assert!(*segment != b"." && *segment != b"..");
+                    proptest::prop_assert!(!segment.iter().any(|b| b"\\;?#".contains(b)));
+                    proptest::prop_assert!(!matches!(segment.last(), Some(b'.' | b' ')));
+                    let escape = segment.windows(3).any(|w| {
+                        w[0] == b'%' && hex_value(w[1]).is_some() && hex_value(w[2]).is_some()
+                    });
+                    proptest::prop_assert!(!escape, "{:?} decodes again", once);
+                }
             }
         }
+    }
+
+    fn decode_once(text: &str) -> Vec<u8> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match (
+                bytes[i],
+                bytes.get(i + 1).and_then(|b| hex_value(*b)),
+                bytes.get(i + 2).and_then(|b| hex_value(*b)),
+            ) {
+                (b'%', Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
     }
 }
