@@ -328,7 +328,7 @@ async fn a_replica_killed_under_paid_load_loses_nothing_and_serves_nothing_twice
     assert!(calls.iter().all(|c| *c >= 1));
     let log = std::fs::read_to_string(&a.log).unwrap();
     assert!(
-        log.contains("released MPP credentials left in flight"),
+        log.contains("released payments left in flight"),
         "the restarted replica released its predecessor's claims: {log}"
     );
     // Replays after the dust settled are refused on both replicas.

@@ -895,16 +895,30 @@ pub fn router(tools: PaidTools, config: &McpConfig, allowed: &McpAccess) -> axum
     let sessions = Arc::new(sessions);
     let service = StreamableHttpService::new(move || Ok(tools.clone()), sessions.clone(), server);
     let max_sessions = config.max_sessions;
+    // Initializes under way: their sessions are made only once their body
+    // has been read, so they count against the cap from their first byte.
+    let opening = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     axum::Router::new()
         .nest_service("/mcp", service)
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
-                let sessions = sessions.clone();
+                let (sessions, opening) = (sessions.clone(), opening.clone());
                 async move {
                     // A request without a session id opens one (initialize).
                     let opens = request.method() == Method::POST
                         && !request.headers().contains_key("mcp-session-id");
-                    if opens && sessions.sessions.read().await.len() >= max_sessions {
+                    if !opens {
+                        return next.run(request).await;
+                    }
+                    use std::sync::atomic::Ordering;
+                    // Counted before the sessions are read: an initialize
+                    // that finishes meanwhile is then counted once or twice,
+                    // never not at all.
+                    let reserved = opening.fetch_add(1, Ordering::SeqCst) + 1;
+                    // Given back however the request ends, dropped included.
+                    let _slot = Opening(opening.clone());
+                    let open = sessions.sessions.read().await.len();
+                    if open + reserved > max_sessions {
                         let mut response = crate::problem::problem_response(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "about:blank",
@@ -922,6 +936,15 @@ pub fn router(tools: PaidTools, config: &McpConfig, allowed: &McpAccess) -> axum
                 }
             },
         ))
+}
+
+/// One initialize under way, counted until dropped.
+struct Opening(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Who may reach `/mcp`: `None` checks nothing; `Some(empty)` origins

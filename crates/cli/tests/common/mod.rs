@@ -90,3 +90,194 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A `gate402 serve` process on a port of its own, laid out under a root
+/// directory: the data dir `root/data`, the config `root/gateway.toml`,
+/// stderr appended to `root/gateway.log`. Killed with the test.
+pub struct ServeProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    pub port: u16,
+    pub data: PathBuf,
+    config: PathBuf,
+    pub log: PathBuf,
+    /// `ulimit -n` for the process, when set.
+    file_limit: Option<u32>,
+}
+
+impl ServeProcess {
+    /// Writes the config (`listen` first, then `config_text`) and starts
+    /// the gateway; returns once it answers `/healthz`.
+    pub async fn start(root: &Path, config_text: &str) -> Self {
+        Self::start_with_file_limit(root, config_text, None).await
+    }
+
+    /// Like [`ServeProcess::start`], under `ulimit -n file_limit`.
+    pub async fn start_with_file_limit(
+        root: &Path,
+        config_text: &str,
+        file_limit: Option<u32>,
+    ) -> Self {
+        let port = free_port();
+        std::fs::create_dir_all(root).unwrap();
+        let config = root.join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!("listen = \"127.0.0.1:{port}\"\n{config_text}"),
+        )
+        .unwrap();
+        let mut process = Self {
+            child: Self::launch(
+                &root.join("data"),
+                &config,
+                &root.join("gateway.log"),
+                file_limit,
+            ),
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            data: root.join("data"),
+            config,
+            log: root.join("gateway.log"),
+            file_limit,
+        };
+        process.wait_healthy().await;
+        process
+    }
+
+    fn launch(
+        data: &Path,
+        config: &Path,
+        log: &Path,
+        file_limit: Option<u32>,
+    ) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut command = match file_limit {
+            // `exec` keeps the pid: signals and /proc reach the gateway.
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_gate402"));
+                sh
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_gate402")),
+        };
+        command
+            .arg("--data-dir")
+            .arg(data)
+            .args(["serve", "--config"])
+            .arg(config)
+            // The gateway's own default filter, whatever the test runs under.
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts it again on the same data dir, config and port.
+    pub async fn restart(&mut self) {
+        self.child = Self::launch(&self.data, &self.config, &self.log, self.file_limit);
+        self.wait_healthy().await;
+    }
+
+    async fn wait_healthy(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while reqwest::get(format!("{}/healthz", self.base))
+            .await
+            .is_err()
+        {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("gateway exited ({status}): {}", self.log_text());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not come up: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits (up to a minute) for the process to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-s", "TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not stop on SIGTERM: {}",
+                self.log_text()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_field(self.pid(), "VmRSS:")
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One field of /proc/PID/status, trimmed.
+pub fn proc_status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+/// Buys one MPP credential for `path` from the gateway at `base` (its
+/// sandbox pays): the `Authorization` value, good for one request.
+pub async fn buy_mpp(http: &reqwest::Client, base: &str, path: &str) -> String {
+    let response = http.get(format!("{base}{path}")).send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::PAYMENT_REQUIRED);
+    let offer = gate402_client::Offer::from_headers(response.headers()).unwrap();
+    let paid = gate402_lightning_sandbox::http::pay_via(http, base, &offer.bolt11)
+        .await
+        .unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    offer.payment_authorization(&preimage).unwrap()
+}

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -207,10 +207,13 @@ async fn connection<I>(
 {
     let started = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
+    let decided = Arc::new(AtomicBool::new(false));
     let io = Watched {
         inner: io,
         started,
         activity: activity.clone(),
+        head: Vec::with_capacity(PREFACE.len()),
+        decided: decided.clone(),
     };
     let service = app.map_request(move |mut request: axum::extract::Request<_>| {
         request.extensions_mut().insert(PeerAddr(peer));
@@ -232,13 +235,25 @@ async fn connection<I>(
     tokio::pin!(conn);
     let mut draining = false;
     loop {
+        // Until its first bytes tell HTTP/1 from HTTP/2, no HTTP timer
+        // watches a connection: a client silent from the start, or one that
+        // stops inside the HTTP/2 preface, gets the header deadline here.
+        let undecided = !decided.load(Ordering::Relaxed);
+        let to_decide = limits.header_read_timeout.saturating_sub(started.elapsed());
+        if undecided && to_decide.is_zero() {
+            tracing::debug!(%peer, "no request within the header timeout; closed");
+            return;
+        }
         let idle_for = Duration::from_millis(
             (started.elapsed().as_millis() as u64).saturating_sub(activity.load(Ordering::Relaxed)),
         );
-        let wait = limits.idle_timeout.saturating_sub(idle_for);
+        let mut wait = limits.idle_timeout.saturating_sub(idle_for);
         if wait.is_zero() {
             tracing::debug!(%peer, "connection idle; closed");
             return;
+        }
+        if undecided {
+            wait = wait.min(to_decide);
         }
         tokio::select! {
             result = conn.as_mut() => {
@@ -257,18 +272,37 @@ async fn connection<I>(
     }
 }
 
-/// An I/O stream that notes when a byte last went through it.
+/// The bytes an HTTP/2 client opens with (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An I/O stream that notes when a byte last went through it, and whether
+/// its first bytes have told which HTTP version the client speaks.
 struct Watched<I> {
     inner: I,
     started: Instant,
     /// Milliseconds after `started`.
     activity: Arc<AtomicU64>,
+    /// The first bytes read, up to the length of the HTTP/2 preface.
+    head: Vec<u8>,
+    /// Set once `head` is the whole preface or stops matching it.
+    decided: Arc<AtomicBool>,
 }
 
 impl<I> Watched<I> {
     fn touch(&self) {
         self.activity
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn note_head(&mut self, read: &[u8]) {
+        if self.head.len() == PREFACE.len() || self.decided.load(Ordering::Relaxed) {
+            return;
+        }
+        let room = PREFACE.len() - self.head.len();
+        self.head.extend_from_slice(&read[..read.len().min(room)]);
+        if self.head.len() == PREFACE.len() || !PREFACE.starts_with(&self.head) {
+            self.decided.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -282,6 +316,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.touch();
+            self.note_head(&buf.filled()[before..]);
         }
         polled
     }

@@ -1,0 +1,470 @@
+//! The life of a single-use MPP credential in `gate402 serve` processes,
+//! against an upstream started here:
+//!
+//! - a response that streams longer than the claim's lease keeps its
+//!   claim (renewed) and is served once;
+//! - a client that stops reading holds its claim until the idle timeout
+//!   closes the connection, then the payment is spent;
+//! - a graceful stop records every commit before the process exits, so a
+//!   restart serves nothing twice;
+//! - a process killed before the answer existed leaves the payment
+//!   unspent, and the retry is served.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::get;
+use axum::Router;
+use common::{buy_mpp, ServeProcess};
+use reqwest::header::AUTHORIZATION;
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinSet;
+
+const IN_FLIGHT: &str = "being used by another request";
+const SPENT: &str = "already been used";
+
+/// How long `/stream` streams, one event every [`EVENT_EVERY`].
+const STREAM_FOR: Duration = Duration::from_secs(7);
+const EVENT_EVERY: Duration = Duration::from_millis(250);
+/// The body of `/big`: far more than the socket buffers between the
+/// gateway and a client that stopped reading.
+const BIG: usize = 16 << 20;
+/// How long `/slow` works before it answers.
+const SLOW: Duration = Duration::from_secs(2);
+
+/// Calls the upstream received, per route.
+#[derive(Default)]
+struct Calls {
+    stream: AtomicUsize,
+    big: AtomicUsize,
+    quick: AtomicUsize,
+    slow: AtomicUsize,
+}
+
+/// The upstream: an SSE stream, a large body, a quick answer and a slow
+/// one.
+async fn start_upstream() -> (u16, Arc<Calls>) {
+    let calls = Arc::new(Calls::default());
+    let big = Bytes::from(vec![b'x'; BIG]);
+    let app = Router::new()
+        .route(
+            "/stream",
+            get(|State(calls): State<Arc<Calls>>| async move {
+                calls.stream.fetch_add(1, Ordering::SeqCst);
+                let events = (STREAM_FOR.as_millis() / EVENT_EVERY.as_millis()) as usize;
+                let body = futures_util::stream::unfold(0usize, move |n| async move {
+                    if n == events {
+                        return None;
+                    }
+                    if n > 0 {
+                        tokio::time::sleep(EVENT_EVERY).await;
+                    }
+                    let last = if n + 1 == events { "last" } else { "tick" };
+                    let event = format!("event: {last}\ndata: {n}\n\n");
+                    Some((Ok::<_, std::io::Error>(Bytes::from(event)), n + 1))
+                });
+                (
+                    [(CONTENT_TYPE, "text/event-stream")],
+                    Body::from_stream(body),
+                )
+            }),
+        )
+        .route(
+            "/big",
+            get(move |State(calls): State<Arc<Calls>>| {
+                let big = big.clone();
+                async move {
+                    calls.big.fetch_add(1, Ordering::SeqCst);
+                    big
+                }
+            }),
+        )
+        .route(
+            "/quick",
+            get(|State(calls): State<Arc<Calls>>| async move {
+                calls.quick.fetch_add(1, Ordering::SeqCst);
+                "{\"done\":true}"
+            }),
+        )
+        .route(
+            "/slow",
+            get(|State(calls): State<Arc<Calls>>| async move {
+                calls.slow.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(SLOW).await;
+                "{\"done\":true}"
+            }),
+        )
+        .with_state(calls.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, calls)
+}
+
+/// Each route as a priced service on `upstream`; every 402 makes a fresh
+/// invoice (the tests buy and replay far more than the default allows).
+fn config(upstream: u16, extra: &str) -> String {
+    let mut text = format!("[limits]\nunpaid_invoices_per_minute = 0\n{extra}\n");
+    for route in ["stream", "big", "quick", "slow"] {
+        text += &format!(
+            "[[services]]\nname = \"{route}\"\npath = \"/{route}\"\nupstream = \"http://127.0.0.1:{upstream}\"\nprice_sats = 2\ndescription = \"{route}\"\n"
+        );
+    }
+    text
+}
+
+/// A client that opens a new connection for every request.
+fn fresh_connections() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Sends `credential` to `path`; the status and the whole body.
+async fn present(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    credential: &str,
+) -> (StatusCode, String) {
+    let response = http
+        .get(format!("{base}{path}"))
+        .header(AUTHORIZATION, credential)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.text().await.unwrap())
+}
+
+/// The `detail` of a problem response.
+fn detail(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["detail"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned())
+}
+
+/// Presents `credential` until the gateway calls it spent; every answer
+/// on the way must be a refusal (a claim still finishing is "in use").
+async fn assert_spent(http: &reqwest::Client, base: &str, path: &str, credential: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (status, body) = present(http, base, path, credential).await;
+        assert_eq!(
+            status,
+            StatusCode::PAYMENT_REQUIRED,
+            "a spent credential was answered: {body}"
+        );
+        if body.contains(SPENT) {
+            return;
+        }
+        assert!(body.contains(IN_FLIGHT), "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the credential is still held by a finished request: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_longer_than_the_lease_is_served_once() {
+    let (upstream, calls) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = ServeProcess::start(
+        dir.path(),
+        &config(upstream, "[store]\nclaim_lease_secs = 2"),
+    )
+    .await;
+    let http = fresh_connections();
+    let credential = buy_mpp(&http, &gateway.base, "/stream").await;
+
+    let (headers_tx, headers_rx) = tokio::sync::oneshot::channel();
+    let stream = {
+        let (http, url, credential) = (
+            http.clone(),
+            format!("{}/stream", gateway.base),
+            credential.clone(),
+        );
+        tokio::spawn(async move {
+            let mut response = http
+                .get(url)
+                .header(AUTHORIZATION, credential)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            headers_tx.send(Instant::now()).unwrap();
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.unwrap() {
+                body.extend_from_slice(&chunk);
+            }
+            (status, String::from_utf8(body).unwrap(), Instant::now())
+        })
+    };
+    let started = headers_rx.await.unwrap();
+
+    // Past the lease, twice: the claim must have been renewed.
+    let mut answers = Vec::new();
+    for at in [3, 5] {
+        tokio::time::sleep_until((started + Duration::from_secs(at)).into()).await;
+        assert!(!stream.is_finished(), "the stream ended before {at} s");
+        let (status, body) = present(&http, &gateway.base, "/stream", &credential).await;
+        answers.push((at, status, body));
+    }
+    let (status, body, ended) = stream.await.unwrap();
+    let lasted = ended - started;
+    eprintln!(
+        "the stream lasted {lasted:?}; replays meanwhile: {:?}",
+        answers
+            .iter()
+            .map(|(at, status, body)| (*at, status.as_u16(), detail(body)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body.contains("event: last"),
+        "the stream was cut short: {body}"
+    );
+    assert!(lasted >= STREAM_FOR - Duration::from_secs(1));
+    for (at, status, body) in &answers {
+        assert_eq!(
+            *status,
+            StatusCode::PAYMENT_REQUIRED,
+            "the credential was served again at {at} s while its stream ran: {body}"
+        );
+        assert!(body.contains(IN_FLIGHT), "at {at} s: {body}");
+    }
+
+    assert_spent(&http, &gateway.base, "/stream", &credential).await;
+    assert_eq!(calls.stream.load(Ordering::SeqCst), 1, "upstream calls");
+}
+
+/// Reads the response head from `socket`: the status line and headers,
+/// and how many body bytes came in with them.
+async fn read_head(socket: &mut tokio::net::TcpStream) -> (String, usize) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the response head");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            return (head, buf.len() - end - 4);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_is_served_once() {
+    const LEASE: Duration = Duration::from_secs(2);
+    const IDLE: Duration = Duration::from_secs(4);
+    let (upstream, calls) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = ServeProcess::start(
+        dir.path(),
+        &config(
+            upstream,
+            &format!(
+                "[store]\nclaim_lease_secs = {}\n[server]\nidle_timeout_secs = {}",
+                LEASE.as_secs(),
+                IDLE.as_secs()
+            ),
+        ),
+    )
+    .await;
+    let http = fresh_connections();
+    let credential = buy_mpp(&http, &gateway.base, "/big").await;
+
+    // A small receive buffer: the kernel must not swallow the body for
+    // the client that stopped reading.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stalled = socket
+        .connect(format!("127.0.0.1:{}", gateway.port).parse().unwrap())
+        .await
+        .unwrap();
+    stalled
+        .write_all(
+            format!(
+                "GET /big HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: {credential}\r\n\r\n",
+                gateway.port
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let (head, mut received) = read_head(&mut stalled).await;
+    let stalled_at = Instant::now();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    // Longer than the lease, shorter than the idle timeout: still held.
+    tokio::time::sleep(LEASE + Duration::from_millis(500)).await;
+    let (status, body) = present(&http, &gateway.base, "/big", &credential).await;
+    assert_eq!(
+        status,
+        StatusCode::PAYMENT_REQUIRED,
+        "served again while the first answer was still being sent: {body}"
+    );
+    assert!(body.contains(IN_FLIGHT), "{body}");
+
+    // The idle timeout closes the stalled connection; the client went
+    // away, so the payment is spent.
+    let spent_after = loop {
+        let (status, body) = present(&http, &gateway.base, "/big", &credential).await;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "served twice: {body}");
+        if body.contains(SPENT) {
+            break stalled_at.elapsed();
+        }
+        assert!(body.contains(IN_FLIGHT), "{body}");
+        assert!(
+            stalled_at.elapsed() < IDLE + Duration::from_secs(5),
+            "the stalled connection still holds the credential"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Only now read again (reading earlier would wake the connection up):
+    // what was already buffered, then the end.
+    let mut chunk = vec![0u8; 256 * 1024];
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut chunk)).await {
+            Ok(Ok(0)) => break "EOF",
+            Ok(Ok(n)) => received += n,
+            Ok(Err(_)) => break "reset",
+            Err(_) => panic!("the stalled connection was never closed ({received} bytes read)"),
+        }
+    };
+    eprintln!(
+        "stalled reader: spent {spent_after:?} after it stopped reading; \
+         connection ended by {ended} after {received} of {BIG} body bytes"
+    );
+    assert!(received < BIG, "the whole body went out: {received} bytes");
+    assert!(
+        spent_after >= IDLE - Duration::from_millis(500),
+        "spent {spent_after:?} after the client stopped reading, before the idle timeout"
+    );
+    assert_eq!(calls.big.load(Ordering::SeqCst), 1, "upstream calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_finishes_every_commit() {
+    const CYCLES: usize = 3;
+    const CREDENTIALS: usize = 40;
+    const WORKERS: usize = 8;
+    let (upstream, calls) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = ServeProcess::start(dir.path(), &config(upstream, "")).await;
+    let mut served_twice = Vec::new();
+    for cycle in 0..CYCLES {
+        let http = reqwest::Client::new();
+        let mut credentials = Vec::new();
+        for _ in 0..CREDENTIALS {
+            credentials.push(buy_mpp(&http, &gateway.base, "/quick").await);
+        }
+        let credentials = Arc::new(credentials);
+
+        // All served, bodies read in full, from several connections at
+        // once; SIGTERM right after the last answer.
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut load = JoinSet::new();
+        for _ in 0..WORKERS {
+            let (http, base, credentials, next) = (
+                http.clone(),
+                gateway.base.clone(),
+                credentials.clone(),
+                next.clone(),
+            );
+            load.spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    if n >= credentials.len() {
+                        return;
+                    }
+                    let (status, body) = present(&http, &base, "/quick", &credentials[n]).await;
+                    assert_eq!(status, StatusCode::OK, "credential {n}: {body}");
+                    assert_eq!(body, "{\"done\":true}");
+                }
+            });
+        }
+        while let Some(done) = load.join_next().await {
+            done.unwrap();
+        }
+        let status = gateway.terminate().await;
+        assert!(
+            status.success(),
+            "cycle {cycle}: the gateway exited with {status}"
+        );
+
+        gateway.restart().await;
+        let fresh = fresh_connections();
+        for (n, credential) in credentials.iter().enumerate() {
+            let (status, body) = present(&fresh, &gateway.base, "/quick", credential).await;
+            if status == StatusCode::OK {
+                served_twice.push((cycle, n));
+            } else {
+                assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+                assert!(
+                    body.contains(SPENT),
+                    "cycle {cycle}, credential {n}: {body}"
+                );
+            }
+        }
+    }
+    assert!(
+        served_twice.is_empty(),
+        "served again after a graceful stop and a restart (cycle, credential): {served_twice:?}"
+    );
+    assert_eq!(calls.quick.load(Ordering::SeqCst), CYCLES * CREDENTIALS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_serves_an_unanswered_credential_on_retry() {
+    let (upstream, calls) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = ServeProcess::start(dir.path(), &config(upstream, "")).await;
+    let http = fresh_connections();
+    let credential = buy_mpp(&http, &gateway.base, "/slow").await;
+
+    let first = {
+        let (http, base, credential) = (http.clone(), gateway.base.clone(), credential.clone());
+        tokio::spawn(async move {
+            http.get(format!("{base}/slow"))
+                .header(AUTHORIZATION, credential)
+                .send()
+                .await
+        })
+    };
+    // Killed while the upstream works: no answer exists yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while calls.slow.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gateway.kill();
+    let first = first.await.unwrap();
+    assert!(first.is_err(), "answered despite the kill: {first:?}");
+
+    gateway.restart().await;
+    let (status, body) = present(&http, &gateway.base, "/slow", &credential).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the retry of a paid, never answered request: {body}"
+    );
+    assert_spent(&http, &gateway.base, "/slow", &credential).await;
+    assert_eq!(calls.slow.load(Ordering::SeqCst), 2, "upstream calls");
+}
