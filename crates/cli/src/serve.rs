@@ -137,8 +137,10 @@ pub async fn serve(
                     None => tracing::info!("SIGHUP: no config file to reload"),
                     Some(path) => match GatewayConfig::load(path) {
                         Ok(config) => {
-                            tracing::info!(services = config.services.len(), "SIGHUP: services reloaded");
-                            services.set(&config.services);
+                            match services.set(&config.services) {
+                                Ok(()) => tracing::info!(services = config.services.len(), "SIGHUP: services reloaded"),
+                                Err(e) => tracing::error!(error = %e, "SIGHUP: config rejected, keeping the running one"),
+                            }
                         }
                         Err(errors) => tracing::error!(%errors, "SIGHUP: config rejected, keeping the running one"),
                     },

@@ -10,6 +10,7 @@
 //! - [`discovery`]: `/.well-known/l402-services` and `/openapi.json`;
 //! - [`lightning`]: choosing and connecting the Lightning backend;
 //! - [`server`]: the process's life: data dir, listener, reload, stop;
+//! - [`tls`]: the certificate served, and the trust in `https://` upstreams;
 //! - [`demo`]: the built-in demo API of the zero-config run.
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod mcp;
 pub mod problem;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 
 pub use config::GatewayConfig;
 pub use server::Gateway;

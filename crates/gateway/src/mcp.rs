@@ -46,7 +46,7 @@ use rmcp::service::{Peer, RequestContext};
 use rmcp::{RoleClient, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 
-use crate::config::{McpConfig, McpProxyConfig, ServiceConfig, ToolConfig, UpstreamConfig};
+use crate::config::{McpConfig, McpProxyConfig, ServiceConfig, ToolConfig};
 use crate::proxy::Proxy;
 use gate402_paywall::route::RequestPath;
 use gate402_paywall::unix_now;
@@ -647,23 +647,20 @@ pub struct HttpTools {
 
 struct HttpTool {
     tool: Tool,
-    /// Where the called service's requests go.
-    upstream: UpstreamConfig,
+    /// The service whose upstream it calls.
+    service: String,
     method: Method,
     path: RequestPath,
 }
 
 impl HttpTools {
-    /// The configured tools over `services`; each tool's paid service is
-    /// in the returned [`Pricing`].
-    pub fn new(tools: &[ToolConfig], services: &[ServiceConfig]) -> (Self, Pricing) {
+    /// The configured tools over `services`, called through `proxy`; each
+    /// tool's paid service is in the returned [`Pricing`].
+    pub fn new(tools: &[ToolConfig], services: &[ServiceConfig], proxy: Proxy) -> (Self, Pricing) {
         let mut http = Vec::new();
         let mut prices = Vec::new();
         for config in tools {
             let Some(called) = services.iter().find(|s| s.name() == config.service) else {
-                continue;
-            };
-            let Some(upstream) = called.upstream.clone() else {
                 continue;
             };
             let schema = match &config.input_schema {
@@ -683,18 +680,12 @@ impl HttpTools {
                     config.description.clone(),
                     Arc::new(schema),
                 ),
-                upstream,
+                service: called.name().to_owned(),
                 method,
                 path,
             });
         }
-        (
-            Self {
-                tools: http,
-                proxy: Proxy::new(services, Default::default()),
-            },
-            Pricing::new(prices),
-        )
+        (Self { tools: http, proxy }, Pricing::new(prices))
     }
 }
 
@@ -745,7 +736,7 @@ impl ToolUpstream for HttpTools {
             .map_err(|e| ErrorData::invalid_params(format!("arguments: {e}"), None))?;
         let response = self
             .proxy
-            .forward(&tool.upstream, &tool.path, request)
+            .forward_to(&tool.service, &tool.path, request)
             .await;
         let status = response.status();
         let bytes = axum::body::to_bytes(response.into_body(), MAX_RESULT_BYTES)
@@ -853,6 +844,7 @@ impl PaidTools {
     pub async fn from_config(
         config: &crate::config::GatewayConfig,
         paywall: &Paywall,
+        proxy: &Proxy,
     ) -> anyhow::Result<Option<Self>> {
         if let Some(proxy) = &config.mcp_proxy {
             let upstream = McpUpstream::connect(proxy).await?;
@@ -866,7 +858,7 @@ impl PaidTools {
         if config.tools.is_empty() {
             return Ok(None);
         }
-        let (tools, pricing) = HttpTools::new(&config.tools, &config.services);
+        let (tools, pricing) = HttpTools::new(&config.tools, &config.services, proxy.clone());
         Ok(Some(Self::new(paywall.clone(), Arc::new(tools), pricing)))
     }
 }

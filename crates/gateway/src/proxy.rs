@@ -1,5 +1,6 @@
 //! The reverse proxy behind the paywall: forwards a routed request to its
-//! service's upstream, streaming bodies both ways.
+//! service's upstream (`http://` or `https://`, connections pooled),
+//! streaming bodies both ways.
 //!
 //! It forwards the path the paywall matched (normalized, then rewritten
 //! only at segment boundaries), never the raw request target. Forwarding
@@ -19,15 +20,14 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use gate402_paywall::route::RequestPath;
 use gate402_paywall::{ClientAddr, Routed, TrustedProxies};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{ServiceConfig, UpstreamConfig};
 use crate::problem::problem_response;
-
-/// How long to wait for an upstream's response headers.
-pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::tls::{TlsError, UpstreamTls};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -66,49 +66,122 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-type Upstreams = HashMap<String, Arc<UpstreamConfig>>;
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+/// One service's upstream and the pooled client that reaches it.
+struct Upstream {
+    config: UpstreamConfig,
+    client: HttpsClient,
+}
+
+type Upstreams = HashMap<String, Arc<Upstream>>;
 
 /// The tower service that proxies a routed request to its upstream.
 #[derive(Clone)]
 pub struct Proxy {
-    client: Client<HttpConnector, Body>,
     upstreams: Arc<ArcSwap<Upstreams>>,
     trusted: TrustedProxies,
 }
 
-fn upstreams(services: &[ServiceConfig]) -> Upstreams {
-    services
-        .iter()
-        .filter_map(|s| Some((s.name().to_owned(), Arc::new(s.upstream.clone()?))))
-        .collect()
+/// A pooled client for upstreams with these TLS settings and connect
+/// timeout (plain `http://` too).
+fn client(tls: &UpstreamTls, connect_timeout: Duration) -> Result<HttpsClient, TlsError> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(crate::tls::client_config(tls)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(https))
+}
+
+/// The upstreams of `services`; services with the same TLS settings and
+/// connect timeout share one client (and its pool).
+fn upstreams(services: &[ServiceConfig]) -> Result<Upstreams, TlsError> {
+    let mut clients: HashMap<(UpstreamTls, Duration), HttpsClient> = HashMap::new();
+    let mut upstreams = HashMap::new();
+    for service in services {
+        let Some(config) = &service.upstream else {
+            continue;
+        };
+        let key = (config.tls.clone(), config.connect_timeout);
+        let client = match clients.get(&key) {
+            Some(client) => client.clone(),
+            None => {
+                let made = client(&config.tls, config.connect_timeout)?;
+                clients.insert(key, made.clone());
+                made
+            }
+        };
+        upstreams.insert(
+            service.name().to_owned(),
+            Arc::new(Upstream {
+                config: config.clone(),
+                client,
+            }),
+        );
+    }
+    Ok(upstreams)
 }
 
 impl Proxy {
     /// A proxy to the upstreams of `services`, believing forwarding
     /// headers from `trusted` proxies only.
-    pub fn new(services: &[ServiceConfig], trusted: TrustedProxies) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
-        Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            upstreams: Arc::new(ArcSwap::from_pointee(upstreams(services))),
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError`] when an upstream's TLS files cannot be used.
+    pub fn new(services: &[ServiceConfig], trusted: TrustedProxies) -> Result<Self, TlsError> {
+        Ok(Self {
+            upstreams: Arc::new(ArcSwap::from_pointee(upstreams(services)?)),
             trusted,
-        }
+        })
     }
 
     /// Replaces the upstreams (a config reload).
-    pub fn set_services(&self, services: &[ServiceConfig]) {
-        self.upstreams.store(Arc::new(upstreams(services)));
+    ///
+    /// # Errors
+    ///
+    /// [`TlsError`]; the running upstreams are then kept.
+    pub fn set_services(&self, services: &[ServiceConfig]) -> Result<(), TlsError> {
+        self.upstreams.store(Arc::new(upstreams(services)?));
+        Ok(())
     }
 
-    /// Forwards `request` to `upstream` at `path` (normal form).
-    pub async fn forward(
+    /// Forwards `request` to the upstream of the service named `service`,
+    /// at `path` (normal form).
+    pub async fn forward_to(
         &self,
-        upstream: &UpstreamConfig,
+        service: &str,
         path: &RequestPath,
         request: Request<Body>,
     ) -> Response<Body> {
+        let upstream = self.upstreams.load().get(service).cloned();
+        let Some(upstream) = upstream else {
+            return problem_response(
+                StatusCode::NOT_FOUND,
+                "about:blank",
+                "Not Found",
+                "no service is configured for this path",
+                None,
+            );
+        };
+        self.forward(&upstream, path, request).await
+    }
+
+    async fn forward(
+        &self,
+        upstream: &Upstream,
+        path: &RequestPath,
+        request: Request<Body>,
+    ) -> Response<Body> {
+        let pool = &upstream.client;
+        let upstream = &upstream.config;
         let (mut parts, body) = request.into_parts();
         let path = upstream.rewrite.apply(path);
         let target = match parts.uri.query() {
@@ -156,7 +229,7 @@ impl Proxy {
         parts.uri = uri;
         parts.version = axum::http::Version::HTTP_11;
         let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(request)).await {
+        match tokio::time::timeout(upstream.response_timeout, pool.request(request)).await {
             Err(_) => problem_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 "about:blank",
@@ -195,11 +268,7 @@ impl tower::Service<Request<Body>> for Proxy {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let proxy = self.clone();
         Box::pin(async move {
-            let routed = request.extensions().get::<Routed>().cloned();
-            let upstream = routed
-                .as_ref()
-                .and_then(|r| proxy.upstreams.load().get(&r.service.name).cloned());
-            let (Some(routed), Some(upstream)) = (routed, upstream) else {
+            let Some(routed) = request.extensions().get::<Routed>().cloned() else {
                 return Ok(problem_response(
                     StatusCode::NOT_FOUND,
                     "about:blank",
@@ -208,7 +277,9 @@ impl tower::Service<Request<Body>> for Proxy {
                     None,
                 ));
             };
-            Ok(proxy.forward(&upstream, &routed.path, request).await)
+            Ok(proxy
+                .forward_to(&routed.service.name, &routed.path, request)
+                .await)
         })
     }
 }

@@ -1,10 +1,11 @@
 //! [`Store`] on SQLite.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
 
 use crate::{
     ClaimHolder, InvoiceRecord, PaymentRecord, ReceiptRecord, Reservation, Store, StoreError,
@@ -73,7 +74,8 @@ const MIGRATIONS: &[&str] = &[
 /// SQLite, one file; safe for several processes on one machine.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    /// Calls for the store's one thread, which owns the connection.
+    jobs: mpsc::Sender<Box<dyn Job>>,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -118,24 +120,160 @@ impl SqliteStore {
                 .map_err(db)?;
         }
         tx.commit().map_err(db)?;
-        Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+        let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
+        std::thread::Builder::new()
+            .name("gate402-sqlite".into())
+            .spawn(move || writer(conn, queue))
+            .map_err(|e| StoreError::Database(format!("starting the store's thread: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the store's thread, in the next batch, and waits for
+    /// the batch to commit.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Box::new(Call { f, reply }))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Database("the store's thread has stopped".into())
+}
+
+/// How many calls at most share one transaction.
+const MAX_BATCH: usize = 256;
+
+/// One call waiting for the store's thread.
+trait Job: Send {
+    /// Runs it inside the batch's transaction.
+    fn run(self: Box<Self>, conn: &Connection) -> Box<dyn Outcome>;
+    /// Answers it without running it (the batch could not start).
+    fn refuse(self: Box<Self>, error: StoreError);
+}
+
+/// What a call did, to be sent once its batch has committed.
+trait Outcome: Send {
+    /// Whether the call failed (its savepoint is then rolled back).
+    fn failed(&self) -> bool;
+    /// Answers the caller: the call's result, or the commit's failure.
+    fn send(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+struct Call<F, T> {
+    f: F,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+struct Done<T> {
+    result: rusqlite::Result<T>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> Job for Call<F, T>
+where
+    F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Box<dyn Outcome> {
+        Box::new(Done {
+            result: (self.f)(conn),
+            reply: self.reply,
         })
     }
 
-    /// Runs `f` on the connection off the async threads.
-    async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Database(e.to_string()))?
-        .map_err(db)
+    fn refuse(self: Box<Self>, error: StoreError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+impl<T: Send + 'static> Outcome for Done<T> {
+    fn failed(&self) -> bool {
+        self.result.is_err()
+    }
+
+    fn send(self: Box<Self>, committed: Result<(), StoreError>) {
+        let Done { result, reply } = *self;
+        let _ = reply.send(committed.and_then(|()| result.map_err(db)));
+    }
+}
+
+/// The store's thread: takes every call waiting, runs them in one
+/// transaction (each in a savepoint, so one failing call leaves the others
+/// whole), commits once, then answers them all. Under load many requests
+/// share one commit; a lone request waits for nothing. Calls are answered
+/// only after their commit, so nothing is acknowledged that a crash could
+/// lose. The thread ends when the last handle on the store is dropped.
+fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // IMMEDIATE takes the write lock first: another process on the
+        // file waits, so what a call reads is still so when it writes.
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let error = db(e);
+                for job in batch {
+                    job.refuse(error.clone_error());
+                }
+                continue;
+            }
+        };
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for job in batch {
+            let outcome = match tx.execute_batch("SAVEPOINT call") {
+                Ok(()) => {
+                    let outcome = job.run(&tx);
+                    let end = if outcome.failed() {
+                        "ROLLBACK TO call; RELEASE call"
+                    } else {
+                        "RELEASE call"
+                    };
+                    let _ = tx.execute_batch(end);
+                    outcome
+                }
+                Err(e) => {
+                    job.refuse(db(e));
+                    continue;
+                }
+            };
+            outcomes.push(outcome);
+        }
+        let committed = tx.commit().map_err(db);
+        for outcome in outcomes {
+            outcome.send(
+                committed
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(StoreError::clone_error),
+            );
+        }
+    }
+}
+
+/// `StoreError` is not `Clone`; one failure is answered to every call of
+/// its batch.
+trait CloneError {
+    fn clone_error(&self) -> Self;
+}
+
+impl CloneError for StoreError {
+    fn clone_error(&self) -> Self {
+        match self {
+            StoreError::Database(m) => StoreError::Database(m.clone()),
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        }
     }
 }
 
@@ -152,8 +290,10 @@ impl Store for SqliteStore {
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError> {
         let i = invoice.clone();
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT OR IGNORE INTO invoices (payment_hash, bolt11, amount_msat, service, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(
                 params![&i.payment_hash[..], i.bolt11, i.amount_msat as i64, i.service, i.created_at as i64, i.expires_at as i64],
             )
             .map(drop)
@@ -192,13 +332,12 @@ impl Store for SqliteStore {
         now: u64,
     ) -> Result<Reservation, StoreError> {
         let (key, holder) = (key.to_owned(), holder.clone());
-        self.with(move |c| {
-            // IMMEDIATE takes the write lock first: other processes on the
-            // file wait, so the row read is still the row when written.
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        self.with(move |tx| {
+            // The batch's transaction holds the write lock: the row read is
+            // still the row when written.
             let row: Option<(bool, i64)> = tx
+                .prepare_cached("SELECT consumed, lease_until FROM challenges WHERE id = ?1")?
                 .query_row(
-                    "SELECT consumed, lease_until FROM challenges WHERE id = ?1",
                     [&key],
                     |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?)),
                 )
@@ -224,7 +363,6 @@ impl Store for SqliteStore {
                     Reservation::Acquired
                 }
             };
-            tx.commit()?;
             Ok(outcome)
         })
         .await
@@ -238,11 +376,16 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (key, holder) = (key.to_owned(), holder.clone());
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "UPDATE challenges SET lease_until = ?4
                  WHERE id = ?1 AND holder = ?2 AND holder_token = ?3",
-                params![key, holder.replica, holder.token, lease_until as i64],
-            )
+            )?
+            .execute(params![
+                key,
+                holder.replica,
+                holder.token,
+                lease_until as i64
+            ])
             .map(|n| n == 1)
         })
         .await
@@ -256,11 +399,11 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (key, holder) = (key.to_owned(), holder.clone());
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "UPDATE challenges SET consumed = 1, consumed_at = coalesce(consumed_at, ?4)
                  WHERE id = ?1 AND holder = ?2 AND holder_token = ?3",
-                params![key, holder.replica, holder.token, now as i64],
-            )
+            )?
+            .execute(params![key, holder.replica, holder.token, now as i64])
             .map(|n| n == 1)
         })
         .await
@@ -269,11 +412,11 @@ impl Store for SqliteStore {
     async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError> {
         let (key, holder) = (key.to_owned(), holder.clone());
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "DELETE FROM challenges
                  WHERE id = ?1 AND holder = ?2 AND holder_token = ?3 AND consumed = 0",
-                params![key, holder.replica, holder.token],
-            )
+            )?
+            .execute(params![key, holder.replica, holder.token])
             .map(|n| n == 1)
         })
         .await
@@ -282,11 +425,9 @@ impl Store for SqliteStore {
     async fn release_claims_of(&self, replica: &str) -> Result<u64, StoreError> {
         let replica = replica.to_owned();
         self.with(move |c| {
-            c.execute(
-                "DELETE FROM challenges WHERE holder = ?1 AND consumed = 0",
-                [replica],
-            )
-            .map(|n| n as u64)
+            c.prepare_cached("DELETE FROM challenges WHERE holder = ?1 AND consumed = 0")?
+                .execute([replica])
+                .map(|n| n as u64)
         })
         .await
     }
@@ -320,17 +461,17 @@ impl Store for SqliteStore {
     async fn record_payment(&self, payment: &PaymentRecord) -> Result<bool, StoreError> {
         let p = payment.clone();
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO payments (payment_hash, service, scheme, amount_msat, first_served_at)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (payment_hash) DO NOTHING",
-                params![
-                    &p.payment_hash[..],
-                    p.service,
-                    p.scheme,
-                    p.amount_msat as i64,
-                    p.at as i64
-                ],
-            )
+            )?
+            .execute(params![
+                &p.payment_hash[..],
+                p.service,
+                p.scheme,
+                p.amount_msat as i64,
+                p.at as i64
+            ])
             .map(|n| n == 1)
         })
         .await
@@ -354,8 +495,10 @@ impl Store for SqliteStore {
     async fn put_receipt(&self, receipt: &ReceiptRecord) -> Result<(), StoreError> {
         let r = receipt.clone();
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO receipts (payment_hash, scheme, challenge_id, service, amount_msat, served_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(
                 params![&r.payment_hash[..], r.scheme, r.challenge_id, r.service, r.amount_msat as i64, r.served_at as i64],
             )
             .map(drop)
@@ -365,11 +508,9 @@ impl Store for SqliteStore {
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
         self.with(move |c| {
-            c.execute(
-                "DELETE FROM challenges WHERE expires_at < ?1 AND consumed = 1",
-                [now as i64],
-            )
-            .map(|n| n as u64)
+            c.prepare_cached("DELETE FROM challenges WHERE expires_at < ?1 AND consumed = 1")?
+                .execute([now as i64])
+                .map(|n| n as u64)
         })
         .await
     }

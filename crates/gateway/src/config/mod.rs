@@ -167,6 +167,7 @@ pub struct MppConfig {
     pub previous_secrets: Vec<String>,
 }
 
+pub use crate::tls::UpstreamTls;
 pub use gate402_paywall::client::{ForwardedHeader, TrustedProxies};
 pub use gate402_paywall::route::{HostPattern, PathPattern};
 pub use gate402_paywall::{Auth, PricedService, Schemes};
@@ -209,21 +210,36 @@ fn segment_prefix(path: &str, prefix: &str) -> bool {
 /// Where a service's paid requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
-    /// Its base URL, `http://host[:port][/base]` without a trailing `/`.
+    /// Its base URL, `http[s]://host[:port][/base]` without a trailing `/`.
     pub url: String,
     /// Headers added upstream (an API key the client never sees).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Path rewrite.
     pub rewrite: Rewrite,
+    /// Roots and client certificate, for `https://`.
+    pub tls: UpstreamTls,
+    /// How long to wait for a connection.
+    pub connect_timeout: std::time::Duration,
+    /// How long to wait for the response headers.
+    pub response_timeout: std::time::Duration,
 }
 
+/// The default time to connect to an upstream.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 5;
+/// The default time for an upstream's response headers.
+pub const DEFAULT_RESPONSE_TIMEOUT_SECS: u64 = 30;
+
 impl UpstreamConfig {
-    /// An upstream at `url` with no headers and no rewrite.
+    /// An upstream at `url` with no headers, no rewrite, default TLS and
+    /// timeouts.
     pub fn new(url: &str) -> Self {
         Self {
             url: url.trim_end_matches('/').to_owned(),
             headers: Vec::new(),
             rewrite: Rewrite::default(),
+            tls: UpstreamTls::default(),
+            connect_timeout: std::time::Duration::from_secs(DEFAULT_CONNECT_TIMEOUT_SECS),
+            response_timeout: std::time::Duration::from_secs(DEFAULT_RESPONSE_TIMEOUT_SECS),
         }
     }
 }

@@ -30,7 +30,19 @@ struct RawService {
     capabilities: Option<Vec<String>>,
     headers: Option<Value>,
     rewrite: Option<Value>,
+    upstream_tls: Option<Value>,
+    connect_timeout_secs: Option<i64>,
+    response_timeout_secs: Option<i64>,
     description: Option<String>,
+}
+
+/// A service's `upstream_tls = { … }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    ca: Option<std::path::PathBuf>,
+    client_cert: Option<std::path::PathBuf>,
+    client_key: Option<std::path::PathBuf>,
 }
 
 /// A service's `rewrite = { … }`.
@@ -189,40 +201,88 @@ impl Checker {
             }
             priced.description = description;
         }
+        let tls = raw
+            .upstream_tls
+            .and_then(|value| self.upstream_tls(&at("upstream_tls"), value));
+        let mut timeout = |key: &str, value: Option<i64>| {
+            value.and_then(|secs| match u64::try_from(secs) {
+                Ok(secs) if (1..=3600).contains(&secs) => {
+                    Some(std::time::Duration::from_secs(secs))
+                }
+                _ => {
+                    self.error(&at(key), "must be between 1 and 3600");
+                    None
+                }
+            })
+        };
+        let connect_timeout = timeout("connect_timeout_secs", raw.connect_timeout_secs);
+        let response_timeout = timeout("response_timeout_secs", raw.response_timeout_secs);
+        let upstream_settings = !headers.is_empty()
+            || rewrite != Rewrite::default()
+            || tls.is_some()
+            || connect_timeout.is_some()
+            || response_timeout.is_some();
         match &mut upstream {
             Some(upstream) => {
                 upstream.headers = headers;
                 upstream.rewrite = rewrite;
+                if let Some(tls) = tls {
+                    if !upstream.url.starts_with("https://") {
+                        self.error(&at("upstream_tls"), "applies to an https:// upstream only");
+                    }
+                    upstream.tls = tls;
+                }
+                if let Some(t) = connect_timeout {
+                    upstream.connect_timeout = t;
+                }
+                if let Some(t) = response_timeout {
+                    upstream.response_timeout = t;
+                }
             }
-            None if !headers.is_empty() || rewrite != Rewrite::default() => self.error(
+            None if upstream_settings => self.error(
                 path,
-                "headers and rewrite apply to an upstream; this service has none",
+                "headers, rewrite, upstream_tls and timeouts apply to an upstream; this service has none",
             ),
             None => {}
         }
         raw.name.map(|_| ServiceConfig { priced, upstream })
     }
 
-    /// `upstream`: plain HTTP to a host, with an optional base path.
+    /// `upstream`: HTTP or HTTPS to a host, with an optional base path.
     fn upstream(&mut self, path: &str, url: &str) -> Option<UpstreamConfig> {
         match url.parse::<axum::http::Uri>() {
             Ok(uri)
-                if matches!(uri.scheme_str(), Some("http"))
-                    && uri.authority().is_some()
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some_and(|h| !h.is_empty())
+                    && !uri.authority().is_some_and(|a| a.as_str().contains('@'))
                     && uri.query().is_none() =>
             {
                 return Some(UpstreamConfig::new(url));
             }
-            Ok(uri) if matches!(uri.scheme_str(), Some("https")) => self.error(
-                path,
-                "https upstreams are not supported yet; use http:// on a trusted network",
-            ),
             _ => self.error(
                 path,
-                format!("{url:?} is not an http://host[:port][/path] URL"),
+                format!("{url:?} is not an http[s]://host[:port][/path] URL"),
             ),
         }
         None
+    }
+
+    /// `upstream_tls = { ca, client_cert, client_key }`, each file read as
+    /// the proxy will read it.
+    fn upstream_tls(&mut self, path: &str, value: Value) -> Option<crate::tls::UpstreamTls> {
+        let raw: RawUpstreamTls = self.section(path, value)?;
+        let tls = crate::tls::UpstreamTls {
+            ca: raw.ca,
+            client_cert: raw.client_cert,
+            client_key: raw.client_key,
+        };
+        match crate::tls::client_config(&tls) {
+            Ok(_) => Some(tls),
+            Err(e) => {
+                self.error(path, e);
+                None
+            }
+        }
     }
 
     /// `headers = { Name = "value" }`, added upstream.

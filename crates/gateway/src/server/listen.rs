@@ -369,26 +369,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 pub fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use anyhow::Context as _;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    // Several crypto providers are linked in (ring, aws-lc); rustls needs
-    // to be told which one serves.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("tls: reading {}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("tls: {} is not a PEM certificate chain", cert.display()))?;
-    if chain.is_empty() {
-        anyhow::bail!("tls: {} holds no certificate", cert.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("tls: {} is not a PEM private key", key.display()))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("tls: the certificate and key do not go together")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+) -> Result<tokio_rustls::TlsAcceptor, crate::tls::TlsError> {
+    crate::tls::server_config(cert, key).map(tokio_rustls::TlsAcceptor::from)
 }

@@ -52,10 +52,15 @@ pub struct ServicesHandle {
 
 impl ServicesHandle {
     /// Installs `services`; requests in flight finish with the old ones.
-    pub fn set(&self, services: &[ServiceConfig]) {
-        self.proxy.set_services(services);
+    ///
+    /// # Errors
+    ///
+    /// When an upstream's TLS files cannot be used; nothing changes then.
+    pub fn set(&self, services: &[ServiceConfig]) -> Result<(), crate::tls::TlsError> {
+        self.proxy.set_services(services)?;
         self.paywall
             .set_services(services.iter().map(|s| s.priced.clone()));
+        Ok(())
     }
 }
 
@@ -138,8 +143,9 @@ impl Gateway {
         for warning in &config.warnings {
             tracing::warn!("config: {warning}");
         }
-        let proxy = Proxy::new(&config.services, config.server.trusted());
-        let mcp = PaidTools::from_config(config, &paywall).await?;
+        let proxy =
+            Proxy::new(&config.services, config.server.trusted()).context("upstream TLS")?;
+        let mcp = PaidTools::from_config(config, &paywall, &proxy).await?;
         let state = AppState {
             paywall: paywall.clone(),
             mcp: mcp.clone(),
@@ -163,7 +169,7 @@ impl Gateway {
         let app = app.fallback_service(paywall.layer().layer(proxy.clone()));
         let tls = match &config.tls {
             None => None,
-            Some(tls) => Some(listen::tls_acceptor(&tls.cert, &tls.key)?),
+            Some(tls) => Some(listen::tls_acceptor(&tls.cert, &tls.key).context("tls")?),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

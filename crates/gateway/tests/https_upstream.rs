@@ -1,0 +1,253 @@
+//! `https://` upstreams: a local TLS upstream with its own CA (and, for
+//! mutual TLS, its own client CA), reached through the gateway on a free
+//! and a paid route; refused, with a body that names no address, when
+//! the gateway does not trust it or cannot prove who it is.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use gate402_client::Offer;
+use gate402_gateway::config::{Auth, ServiceConfig, UpstreamTls};
+use gate402_gateway::{Gateway, GatewayConfig};
+use gate402_lightning_sandbox::http::pay_via;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use reqwest::StatusCode;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A CA, and what it signs.
+struct Ca {
+    pem: String,
+    der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+fn ca() -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        der: cert.der().clone(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+/// A leaf for `names`, signed by `ca`: its PEM chain and key.
+fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
+    let params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A TLS upstream answering `/hello` and `/paid`; with `client_ca`, it
+/// takes only clients whose certificate that CA signed.
+async fn tls_upstream(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
+    let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &server_ca.issuer).unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der.clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello over TLS" }))
+        .route("/paid", get(|| async { "paid answer over TLS" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn gateway(upstream: SocketAddr, tls: UpstreamTls, dir: &Path) -> Gateway {
+    let url = format!("https://localhost:{}", upstream.port());
+    let mut free = ServiceConfig::proxied("hello", "/hello", 1, &url);
+    free.priced.auth = Auth::Off;
+    let paid = ServiceConfig::proxied("paid", "/paid", 3, &url);
+    let mut services = vec![free, paid];
+    for service in &mut services {
+        let upstream = service.upstream.as_mut().unwrap();
+        upstream.tls = tls.clone();
+        upstream.connect_timeout = Duration::from_secs(2);
+    }
+    let mut config = GatewayConfig::default_with_services(services);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    Gateway::start(&config, &dir.join("gateway")).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_upstream_behind_its_own_ca_free_and_paid() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = ca();
+    let upstream = tls_upstream(&server_ca, None).await;
+    let tls = UpstreamTls {
+        ca: Some(write(dir.path(), "ca.pem", &server_ca.pem)),
+        ..UpstreamTls::default()
+    };
+    let gateway = gateway(upstream, tls, dir.path()).await;
+    let base = format!("http://{}", gateway.addr());
+    let client = reqwest::Client::new();
+    let free = client.get(format!("{base}/hello")).send().await.unwrap();
+    assert_eq!(free.status(), StatusCode::OK);
+    assert_eq!(free.text().await.unwrap(), "hello over TLS");
+
+    let unpaid = client.get(format!("{base}/paid")).send().await.unwrap();
+    assert_eq!(unpaid.status(), StatusCode::PAYMENT_REQUIRED);
+    let offer = Offer::from_headers(unpaid.headers()).unwrap();
+    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let answer = client
+        .get(format!("{base}/paid"))
+        .header(
+            "authorization",
+            offer.payment_authorization(&preimage).unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(answer.headers().contains_key("payment-receipt"));
+    assert_eq!(answer.text().await.unwrap(), "paid answer over TLS");
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_upstream_is_a_502_that_names_no_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = tls_upstream(&ca(), None).await;
+    // The Web PKI roots do not know this upstream's private CA.
+    let gateway = gateway(upstream, UpstreamTls::default(), dir.path()).await;
+    let response = reqwest::get(format!("http://{}/hello", gateway.addr()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = response.text().await.unwrap();
+    assert!(
+        !body.contains("127.0.0.1")
+            && !body.contains("localhost")
+            && !body.contains(&upstream.port().to_string()),
+        "{body}"
+    );
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server_ca, client_ca) = (ca(), ca());
+    let upstream = tls_upstream(&server_ca, Some(&client_ca)).await;
+    let ca_file = write(dir.path(), "ca.pem", &server_ca.pem);
+    let (cert, key) = leaf(&client_ca, &["gate402"]);
+    let tls = UpstreamTls {
+        ca: Some(ca_file.clone()),
+        client_cert: Some(write(dir.path(), "client.pem", &cert)),
+        client_key: Some(write(dir.path(), "client.key", &key)),
+    };
+    let with_cert = gateway(upstream, tls, dir.path()).await;
+    let response = reqwest::get(format!("http://{}/hello", with_cert.addr()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    with_cert.shutdown().await.unwrap();
+
+    // Without one, the upstream hangs up: 502.
+    let other = tempfile::tempdir().unwrap();
+    let tls = UpstreamTls {
+        ca: Some(ca_file),
+        ..UpstreamTls::default()
+    };
+    let without = gateway(upstream, tls, other.path()).await;
+    let response = reqwest::get(format!("http://{}/hello", without.addr()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    without.shutdown().await.unwrap();
+}
+
+#[test]
+fn serve_check_reads_upstream_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |tls: &str| {
+        format!(
+            "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"https://api.internal:8443\"\n{tls}\n"
+        )
+    };
+    let ca_file = write(dir.path(), "ca.pem", &ca().pem);
+    let ok = GatewayConfig::parse(
+        &config(&format!("upstream_tls = {{ ca = {:?} }}", ca_file)),
+        |_| None,
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    let garbage = write(dir.path(), "garbage.pem", "not a certificate");
+    for (tls, needle) in [
+        (
+            format!("upstream_tls = {{ ca = {garbage:?} }}"),
+            "garbage.pem",
+        ),
+        (
+            "upstream_tls = { ca = \"/nonexistent/ca.pem\" }".to_owned(),
+            "/nonexistent/ca.pem",
+        ),
+        (
+            format!("upstream_tls = {{ client_cert = {ca_file:?} }}"),
+            "client_key",
+        ),
+        (
+            "connect_timeout_secs = 0".to_owned(),
+            "connect_timeout_secs",
+        ),
+    ] {
+        let errors = GatewayConfig::parse(&config(&tls), |_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(errors.contains(needle), "{needle:?} missing from {errors}");
+    }
+    let plain = "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"http://127.0.0.1:9\"\nupstream_tls = { ca = \"x\" }\n";
+    assert!(GatewayConfig::parse(plain, |_| None).is_err());
+}
