@@ -1,11 +1,20 @@
-"""Reads wrk outputs and prints the benchmark table, rates as ratios of
-the first (direct) scenario. usage: report.py DIR NAME...
+"""Reads wrk outputs and prints the benchmark table and the targets.
+
+Rates are ratios of the free route (a gate402 service with auth = "off")
+measured in the same run; the free route itself is a ratio of the nginx
+proxy hop, and direct is shown for context.
+
+usage: report.py DIR NAME...
 """
+import os
 import re
 import sys
 
 LABELS = {
-    "direct": "direct to upstream",
+    "direct": "direct to upstream (nginx)",
+    "hop": "nginx proxy_pass hop",
+    "free": "gate402 free route",
+    "free_https": "gate402 free route, https upstream",
     "unpaid": "gate402 unpaid (402), SQLite",
     "l402": "gate402 paid L402, SQLite",
     "mpp": "gate402 paid MPP, SQLite",
@@ -14,6 +23,7 @@ LABELS = {
     "mpp_pg": "gate402 paid MPP, PostgreSQL",
     "mppx_unpaid": "mppx unpaid (402)",
     "mppx_paid": "mppx paid",
+    "rss_long": "gate402 paid L402, SQLite, long run",
 }
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
@@ -35,24 +45,65 @@ def read(path):
     non2xx = int(non2xx.group(1)) if non2xx else 0
     p50 = millis(re.search(r"^\s*50%[ \t]+(\S+)", text, re.M).group(1))
     p99 = millis(re.search(r"^\s*99%[ \t]+(\S+)", text, re.M).group(1))
-    return requests, duration, non2xx, p50, p99
+    return {"rate": requests / duration, "non2xx": non2xx, "p50": p50, "p99": p99}
 
 
 directory, names = sys.argv[1], sys.argv[2:]
-rows = [(name, *read(f"{directory}/{name}.out")) for name in names]
-base = rows[0][1] / rows[0][2]
-print(f"| scenario | req/s | ratio to direct | p50 ms | p99 ms | non-2xx |")
-print(f"|---|---:|---:|---:|---:|---:|")
-for name, requests, duration, non2xx, p50, p99 in rows:
-    rate = requests / duration
-    print(f"| {LABELS.get(name, name)} | {rate:,.0f} | {rate / base:.2f} | {p50:.2f} | {p99:.2f} | {non2xx} |")
-by_name = dict((r[0], r) for r in rows)
+rows = {name: read(f"{directory}/{name}.out") for name in names}
+
+
+def ratio(name, base):
+    if name in rows and base in rows:
+        return rows[name]["rate"] / rows[base]["rate"]
+    return None
+
+
+print("| scenario | req/s | ratio | p50 ms | p99 ms | non-2xx |")
+print("|---|---:|---|---:|---:|---:|")
+for name, row in rows.items():
+    if name in ("direct", "hop"):
+        versus = "—" if name == "hop" else f"{ratio(name, 'hop'):.2f} of the nginx hop"
+    elif name == "free":
+        versus = f"{ratio(name, 'hop'):.2f} of the nginx hop"
+    else:
+        versus = f"{ratio(name, 'free'):.2f} of the free route"
+    print(
+        f"| {LABELS.get(name, name)} | {row['rate']:,.0f} | {versus} "
+        f"| {row['p50']:.2f} | {row['p99']:.2f} | {row['non2xx']} |"
+    )
+
+targets = [
+    ("free route / nginx hop", ratio("free", "hop"), 0.9),
+    ("paid L402 / free route", ratio("l402", "free"), 0.9),
+    ("paid MPP on SQLite / free route", ratio("mpp", "free"), 0.5),
+    ("paid MPP on PostgreSQL / free route", ratio("mpp_pg", "free"), 0.4),
+    ("unpaid 402 / free route", ratio("unpaid", "free"), 0.5),
+]
+if "l402" in rows and "free" in rows:
+    # Lower is better: expressed as free p99 / L402 p99 against 1/1.5.
+    targets.append(("p99 of paid L402 within 1.5x the free route's",
+                    rows["free"]["p99"] * 1.5 / rows["l402"]["p99"], 1.0))
+print("\n| target | measured | goal | met |")
+print("|---|---:|---:|---|")
+for label, value, goal in targets:
+    if value is None:
+        continue
+    print(f"| {label} | {value:.2f} | {goal:.2f} | {'yes' if value >= goal else 'NO'} |")
+if "l402" in rows and "free" in rows:
+    print(f"\np99 ms: paid L402 {rows['l402']['p99']:.2f}, free route {rows['free']['p99']:.2f}")
+
+before, after = (f"{directory}/rss.{w}" for w in ("before", "after"))
+if os.path.exists(before) and os.path.exists(after):
+    kb_before, kb_after = int(open(before).read()), int(open(after).read())
+    served = rows.get("rss_long", {}).get("rate", 0)
+    print(f"RSS of the SQLite gateway: {kb_before:,} KiB before, {kb_after:,} KiB after the long paid run "
+          f"({served:,.0f} req/s), growth {kb_after - kb_before:+,} KiB")
+
 for name, knob in [("mpp", "GATE402_BENCH_MPP_CREDENTIALS"), ("mpp_pg", "GATE402_BENCH_MPP_CREDENTIALS"), ("mppx_paid", "GATE402_BENCH_MPPX_CREDENTIALS")]:
-    row = by_name.get(name)
-    if row and row[3] > 0:
-        print(f"\nnote: {row[3]} {LABELS[name]} requests found no unused credential; raise {knob}", file=sys.stderr)
+    row = rows.get(name)
+    if row and row["non2xx"] > 0:
+        print(f"\nnote: {row['non2xx']} {LABELS[name]} requests found no unused credential; raise {knob}", file=sys.stderr)
 for paid, unpaid in [("mpp", "mppx_paid"), ("unpaid", "mppx_unpaid")]:
-    ours, theirs = by_name.get(paid), by_name.get(unpaid)
+    ours, theirs = rows.get(paid), rows.get(unpaid)
     if ours and theirs:
-        ratio = (ours[1] / ours[2]) / (theirs[1] / theirs[2])
-        print(f"\n{LABELS[paid]} / {LABELS[unpaid]}: {ratio:.1f}x the requests per second")
+        print(f"{LABELS[paid]} / {LABELS[unpaid]}: {ours['rate'] / theirs['rate']:.1f}x the requests per second")

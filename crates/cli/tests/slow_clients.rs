@@ -235,10 +235,12 @@ fn initialize_request() -> String {
     .to_string()
 }
 
-/// One paid tool calling `/work`; at most `max_sessions` MCP sessions.
+/// One paid tool calling `/work`; at most `max_sessions` MCP sessions (the
+/// test's one client may hold all of them; the per-client cap is tested in
+/// the gateway's own MCP tests).
 fn mcp_config(upstream: u16, max_sessions: usize) -> String {
     format!(
-        "{}[[tools]]\nname = \"work\"\ndescription = \"Does the work\"\nservice = \"work\"\n[mcp]\nmax_sessions = {max_sessions}\n",
+        "{}[[tools]]\nname = \"work\"\ndescription = \"Does the work\"\nservice = \"work\"\n[mcp]\nmax_sessions = {max_sessions}\nmax_sessions_per_client = {max_sessions}\nmax_requests_in_flight_per_client = 128\n",
         service(upstream)
     )
 }

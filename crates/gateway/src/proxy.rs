@@ -41,15 +41,23 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Headers that say who the client is and how it came: believed only from
+/// Headers that say who the client is and how it came (the standard one,
+/// the de facto `X-Forwarded-*`, and CDNs' own): believed only from
 /// trusted proxies.
-const FORWARDING: [HeaderName; 6] = [
+const FORWARDING: [HeaderName; 13] = [
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-path"),
     HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
 ];
 
 /// Removes hop-by-hop headers, including those `Connection` names.

@@ -177,7 +177,13 @@ fn lenient_path(raw: &str) -> String {
     if let Some(end) = bytes.iter().position(|b| matches!(b, 0 | b'?' | b'#')) {
         bytes.truncate(end);
     }
-    let text = String::from_utf8_lossy(&bytes).replace('\\', "/");
+    // NFKC, as Windows' best-fit mapping and some frameworks fold:
+    // `．．` is `..`, `／` is `/`, `ｐ` is `p`.
+    let text: String = {
+        use unicode_normalization::UnicodeNormalization;
+        String::from_utf8_lossy(&bytes).nfkc().collect()
+    };
+    let text = text.replace('\\', "/");
     let mut segments: Vec<String> = Vec::new();
     for segment in text.split('/') {
         // Servlet containers drop `;params` from every segment; Windows
@@ -801,6 +807,17 @@ fn attack_targets() -> Vec<Target> {
         "/public/%c0%ae%c0%ae/premium/secret.txt",
         "/premium/secret.txt?../x",
         "/premium/secret.txt#x",
+        // Unicode compatibility characters a folding upstream reads as
+        // `.`, `/` or plain letters.
+        "/public/%EF%BC%8E%EF%BC%8E/premium/secret.txt",
+        "/public/..%EF%BC%8Fpremium/secret.txt",
+        "/public/%E2%80%A5/premium/secret.txt",
+        "/public/%EF%B9%92%EF%B9%92/premium/secret.txt",
+        "/%EF%BD%90remium/secret.txt",
+        "/%EF%BD%90%EF%BD%92%EF%BD%85%EF%BD%8D%EF%BD%89%EF%BD%95%EF%BD%8D/secret.txt",
+        "/cheap/%EF%BC%8E%EF%BC%8E/premium/secret.txt",
+        "/v1/fc/%EF%BC%8E%EF%BC%8E/%EF%BC%8E%EF%BC%8E/admin/secret.txt",
+        "/public%EF%BC%BC..%EF%BC%BCpremium/secret.txt",
         // Above the root, and no path at all.
         "/../premium/secret.txt",
         "/public/../../premium/secret.txt",

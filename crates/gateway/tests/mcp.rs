@@ -227,6 +227,31 @@ async fn a_payment_id_pays_for_one_call_of_its_tool() {
     pay_via(&h.http, &h.base, created["invoice"].as_str().unwrap())
         .await
         .unwrap();
+    // Whoever saw the invoice knows its payment hash; that spends nothing,
+    // nor does the hash with a MAC of its own making.
+    let hash = payment_id[..64].to_owned();
+    for (stolen, expected, needle) in [
+        (hash.clone(), -32602, "96 hex digits"),
+        (
+            format!("{hash}{}", "0".repeat(32)),
+            -32043,
+            "unknown paymentId",
+        ),
+    ] {
+        let (code, data) = h
+            .call(call(
+                "weather",
+                json!({"city": "Lima", "paymentId": stolen}),
+                None,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(code, expected, "{data}");
+        assert!(
+            data["problem"]["detail"].as_str().unwrap().contains(needle),
+            "{data}"
+        );
+    }
     // On another tool: refused, and not spent by the attempt.
     let (code, data) = h
         .call(call(
@@ -253,9 +278,10 @@ async fn a_payment_id_pays_for_one_call_of_its_tool() {
         .await
         .unwrap();
     assert_eq!(result.structured_content.as_ref().unwrap()["city"], "Lima");
+    // The receipt names the payment: the hash the id begins with.
     assert_eq!(
         result.meta.as_ref().unwrap()[RECEIPT]["reference"],
-        payment_id
+        payment_id[..64]
     );
     // Once only.
     let (code, data) = h
@@ -371,4 +397,68 @@ async fn a_loopback_mcp_server_refuses_foreign_hosts_and_browser_origins() {
     assert!(local.status().is_success(), "{}", local.status());
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_cannot_take_every_session_nor_send_a_huge_body() {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(upstream);
+    config.mcp.max_sessions_per_client = 3;
+    config.mcp.max_request_bytes = 64 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let url = format!("http://{}/mcp", gateway.addr());
+    let http = reqwest::Client::new();
+    let initialize = |body: String| {
+        http.post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let message = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    })
+    .to_string();
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let response = initialize(message.clone()).await.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        sessions.push(
+            response.headers()["mcp-session-id"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let refused = initialize(message.clone()).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    // Closing one gives its place back.
+    let closed = http
+        .delete(&url)
+        .header("mcp-session-id", &sessions[0])
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    let again = initialize(message.clone()).await.unwrap();
+    assert!(again.status().is_success(), "{}", again.status());
+    // A body past the limit is refused before it is read whole.
+    let huge = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\",\"params\":{{\"pad\":\"{}\"}}}}",
+        "x".repeat(128 * 1024)
+    );
+    let too_big = http
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-session-id", &sessions[1])
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), 413);
+    gateway.shutdown().await.unwrap();
 }

@@ -48,7 +48,13 @@ fn upstream_app() -> Router {
             "/cached",
             get(|| async {
                 (
-                    [("cache-control", "public, max-age=60, s-maxage=600")],
+                    [
+                        ("cache-control", "public, max-age=60, s-maxage=600"),
+                        ("cdn-cache-control", "public, max-age=600"),
+                        ("cloudflare-cdn-cache-control", "max-age=600"),
+                        ("surrogate-control", "max-age=600"),
+                        ("x-accel-expires", "600"),
+                    ],
                     "cache me",
                 )
             }),
@@ -426,6 +432,10 @@ async fn proxy_preserves_the_request_and_hides_the_credential() {
             offer.payment_authorization(&preimage).unwrap(),
         )
         .header("x-custom", "kept")
+        .header("x-original-url", "/admin")
+        .header("x-http-method-override", "DELETE")
+        .header("true-client-ip", "6.6.6.6")
+        .header("cf-connecting-ip", "6.6.6.6")
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "dropped")
         .body(r#"{"name":"widget"}"#)
@@ -449,6 +459,17 @@ async fn proxy_preserves_the_request_and_hides_the_credential() {
         "hop-by-hop header dropped"
     );
     assert!(echo["headers"]["x-forwarded-for"].is_string());
+    for name in [
+        "x-original-url",
+        "x-http-method-override",
+        "true-client-ip",
+        "cf-connecting-ip",
+    ] {
+        assert!(
+            echo["headers"].get(name).is_none(),
+            "{name} reached the upstream"
+        );
+    }
     // A GET matches no service (methods = POST): nothing is proxied.
     assert_eq!(
         h.client
@@ -918,4 +939,12 @@ async fn a_paid_answer_is_never_left_to_shared_caches() {
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["cache-control"], "max-age=60, private");
+    for targeted in [
+        "cdn-cache-control",
+        "cloudflare-cdn-cache-control",
+        "surrogate-control",
+        "x-accel-expires",
+    ] {
+        assert!(response.headers().get(targeted).is_none(), "{targeted}");
+    }
 }

@@ -139,22 +139,32 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) 
 }
 
 /// The hops of the forwarding header, left to right, across all its
-/// fields; `None` for a hop that is no address.
+/// fields; `None` for a hop that is no address. A field that does not
+/// parse (an unclosed quoted string, which would hide what a proxy
+/// appended after it) makes the whole header one unknown hop.
 fn forwarded_hops(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<IpAddr>> {
     let mut hops = Vec::new();
     for value in headers.get_all(header.name()) {
-        let Ok(text) = value.to_str() else {
-            hops.push(None);
-            continue;
+        let Some(elements) = value
+            .to_str()
+            .ok()
+            .and_then(|t| split_outside_quotes(t, ','))
+        else {
+            return vec![None];
         };
-        for element in split_outside_quotes(text, ',') {
+        for element in elements {
             let hop = match header {
                 ForwardedHeader::XForwardedFor => parse_node(element.trim()),
-                ForwardedHeader::Forwarded => split_outside_quotes(element, ';')
-                    .into_iter()
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
-                    .and_then(|(_, v)| parse_node(v.trim().trim_matches('"'))),
+                ForwardedHeader::Forwarded => {
+                    let Some(pairs) = split_outside_quotes(element, ';') else {
+                        return vec![None];
+                    };
+                    pairs
+                        .into_iter()
+                        .filter_map(|pair| pair.split_once('='))
+                        .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+                        .and_then(|(_, v)| parse_node(v.trim().trim_matches('"')))
+                }
             };
             hops.push(hop);
         }
@@ -162,12 +172,17 @@ fn forwarded_hops(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<Ip
     hops
 }
 
-fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
+/// Splits at `separator` outside quoted strings (RFC 9110 §5.6.4, with
+/// `\` escapes); `None` when a quoted string is left open.
+fn split_outside_quotes(text: &str, separator: char) -> Option<Vec<&str>> {
     let mut parts = Vec::new();
     let mut quoted = false;
+    let mut escaped = false;
     let mut start = 0;
     for (i, c) in text.char_indices() {
         match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             c if c == separator && !quoted => {
                 parts.push(&text[start..i]);
@@ -176,8 +191,11 @@ fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
             _ => {}
         }
     }
+    if quoted {
+        return None;
+    }
     parts.push(&text[start..]);
-    parts
+    Some(parts)
 }
 
 /// `192.0.2.1`, `192.0.2.1:4711`, `[2001:db8::1]:4711`, `2001:db8::1`.
@@ -253,6 +271,20 @@ mod tests {
             client_addr(ip("fd00::1"), &h, &lb).ip,
             ip("2001:db8:cafe::17")
         );
+        // A client's unclosed quote would swallow what the proxy appended
+        // to the same line: the header is not believed at all.
+        let lb = trusted(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        for forged in [
+            r#"for=10.0.0.7;x=", for=9.9.9.9"#,
+            r#"for="10.0.0.7\", for=9.9.9.9"#,
+        ] {
+            let h = headers("forwarded", &[forged]);
+            assert_eq!(
+                client_addr(ip("10.0.0.1"), &h, &lb).ip,
+                ip("10.0.0.1"),
+                "{forged}"
+            );
+        }
     }
 
     #[test]

@@ -222,6 +222,25 @@ fn make_private(headers: &mut HeaderMap) {
     if let Ok(value) = HeaderValue::from_str(&merged.join(", ")) {
         headers.insert(CACHE_CONTROL, value);
     }
+    // Fields that tell one kind of cache to ignore Cache-Control: CDNs'
+    // targeted fields (RFC 9213: CDN-Cache-Control and vendors'
+    // *-CDN-Cache-Control), Fastly's Surrogate-Control, Akamai's
+    // Edge-Control, nginx's X-Accel-Expires.
+    let targeted: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            (name.ends_with("-cache-control") && name != "cache-control")
+                || matches!(
+                    name,
+                    "surrogate-control" | "edge-control" | "x-accel-expires"
+                )
+        })
+        .cloned()
+        .collect();
+    for name in targeted {
+        headers.remove(name);
+    }
 }
 
 impl Paywall {
@@ -259,6 +278,7 @@ impl Paywall {
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     {
         let presented = credentials::take(request.headers_mut());
+        crate::route::strip_overrides(request.headers_mut());
         let path = match RequestPath::parse(request.uri().path()) {
             Ok(path) => path,
             Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),

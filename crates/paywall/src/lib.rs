@@ -16,6 +16,7 @@
 //! - `verify`: L402 and MPP verification;
 //! - [`claims`]: single use, keyed by payment hash and fenced by holder;
 //! - [`issue`]: the invoice and its challenges;
+//! - [`payment_id`]: the bearer id of MCP's `create_payment` flow;
 //! - [`responses`]: 400/401/402/429/503 problem bodies;
 //! - [`client`]: who the client is, behind trusted proxies;
 //! - [`limits`]: rate limits and the unpaid-invoice cap;
@@ -61,6 +62,7 @@ pub mod issue;
 pub mod layer;
 pub mod limits;
 pub mod metrics;
+pub mod payment_id;
 mod paywall;
 pub mod responses;
 pub mod route;

@@ -19,6 +19,7 @@ use crate::client::{ClientKey, TrustedProxies};
 use crate::issue::{Doors, Issued, Issuer};
 use crate::limits::{Limited, Limits, LimitsConfig};
 use crate::metrics::Metrics;
+use crate::payment_id::PaymentIds;
 use crate::responses::Refusal;
 use crate::route::PricedService;
 use crate::route::Routes;
@@ -48,6 +49,7 @@ pub struct PaywallBuilder {
     store: Arc<dyn Store>,
     challenge_key: ChallengeKey,
     root_keys: RootKeySecrets,
+    payment_ids: PaymentIds,
     replica: String,
     realm: String,
     invoice_expiry_secs: u32,
@@ -72,6 +74,7 @@ impl PaywallBuilder {
             .with_previous(secret)
             .map_err(|e| PaywallError::SecretTooShort(e.0))?;
         self.root_keys = self.root_keys.with_previous(secret.as_bytes());
+        self.payment_ids = self.payment_ids.with_previous(secret.as_bytes());
         Ok(self)
     }
 
@@ -160,6 +163,7 @@ impl PaywallBuilder {
                     invoice_expiry_secs: self.invoice_expiry_secs,
                 },
                 network: info.network,
+                payment_ids: self.payment_ids,
                 backend: self.backend,
                 store: self.store,
                 claims,
@@ -194,6 +198,7 @@ pub(crate) struct State {
     pub(crate) issuer: Issuer,
     pub(crate) verifier: Verifier,
     pub(crate) network: Network,
+    pub(crate) payment_ids: PaymentIds,
     pub(crate) backend: Arc<dyn LightningBackend>,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) claims: Arc<Claims>,
@@ -231,6 +236,7 @@ impl Paywall {
             store,
             challenge_key,
             root_keys: RootKeySecrets::new(secret.as_bytes()),
+            payment_ids: PaymentIds::new(secret.as_bytes()),
             replica: hex::encode(rand::random::<[u8; 16]>()),
             realm: "gate402".into(),
             invoice_expiry_secs: 600,
@@ -267,6 +273,11 @@ impl Paywall {
     /// The Lightning backend.
     pub fn backend(&self) -> &Arc<dyn LightningBackend> {
         &self.inner.backend
+    }
+
+    /// Issues and checks MCP `paymentId`s.
+    pub fn payment_ids(&self) -> &PaymentIds {
+        &self.inner.payment_ids
     }
 
     /// The network of the backend's node.

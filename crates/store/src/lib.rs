@@ -183,4 +183,14 @@ pub trait Store: Send + Sync + 'static {
     /// Drops consumed claims past their expiry (the payment can no longer
     /// be presented). Returns how many.
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError>;
+
+    /// Drops invoices recorded before `created_before` (unix seconds) and
+    /// receipts served before `served_before`: a table that only grows
+    /// would let unpaid `create_payment` calls, or one reused token, fill
+    /// the disk. Returns how many rows went.
+    async fn purge_records(
+        &self,
+        created_before: u64,
+        served_before: u64,
+    ) -> Result<u64, StoreError>;
 }

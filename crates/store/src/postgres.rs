@@ -71,6 +71,9 @@ const MIGRATIONS: &[&str] = &[
         amount_msat BIGINT NOT NULL,
         first_served_at BIGINT NOT NULL
      );",
+    // Old invoices and receipts are purged by age.
+    "CREATE INDEX invoices_created_at ON invoices (created_at);
+     CREATE INDEX receipts_served_at ON receipts (served_at);",
 ];
 
 /// Any number fixed for the advisory lock that serializes migrations of
@@ -385,5 +388,25 @@ impl Store for PostgresStore {
             .await
             .map(|r| r.rows_affected())
             .map_err(db)
+    }
+
+    async fn purge_records(
+        &self,
+        created_before: u64,
+        served_before: u64,
+    ) -> Result<u64, StoreError> {
+        let invoices = sqlx::query("DELETE FROM invoices WHERE created_at < $1")
+            .bind(created_before as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        let receipts = sqlx::query("DELETE FROM receipts WHERE served_at < $1")
+            .bind(served_before as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        Ok(invoices + receipts)
     }
 }

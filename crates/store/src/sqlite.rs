@@ -69,6 +69,9 @@ const MIGRATIONS: &[&str] = &[
         amount_msat INTEGER NOT NULL,
         first_served_at INTEGER NOT NULL
      );",
+    // Old invoices and receipts are purged by age.
+    "CREATE INDEX invoices_created_at ON invoices (created_at);
+     CREATE INDEX receipts_served_at ON receipts (served_at);",
 ];
 
 /// SQLite, one file; safe for several processes on one machine.
@@ -90,18 +93,30 @@ fn db(e: rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Database(format!("{}: {e}", dir.display())))?;
+        let io = |what: &Path, e: std::io::Error| {
+            StoreError::Database(format!("{}: {e}", what.display()))
+        };
+        // Receipts and payments are nobody else's business: a directory
+        // made here is the owner's only, and the file is 0600 from its
+        // first byte (SQLite gives its -wal and -shm files the same mode).
+        {
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| io(dir, e))?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|file| file.set_permissions(std::fs::Permissions::from_mode(0o600)))
+                .map_err(|e| io(path, e))?;
         }
         let mut conn = Connection::open(path).map_err(db)?;
-        // Receipts and payment rows are nobody else's business; SQLite
-        // gives its -wal and -shm files the database file's mode.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| StoreError::Database(format!("{}: {e}", path.display())))?;
-        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -511,6 +526,25 @@ impl Store for SqliteStore {
             c.prepare_cached("DELETE FROM challenges WHERE expires_at < ?1 AND consumed = 1")?
                 .execute([now as i64])
                 .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn purge_records(
+        &self,
+        created_before: u64,
+        served_before: u64,
+    ) -> Result<u64, StoreError> {
+        self.with(move |c| {
+            let invoices = c.execute(
+                "DELETE FROM invoices WHERE created_at < ?1",
+                [created_before as i64],
+            )?;
+            let receipts = c.execute(
+                "DELETE FROM receipts WHERE served_at < ?1",
+                [served_before as i64],
+            )?;
+            Ok((invoices + receipts) as u64)
         })
         .await
     }

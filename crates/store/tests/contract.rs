@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use gate402_postgres_testkit::TestPostgres;
 use gate402_store::{
-    ClaimHolder, InvoiceRecord, PaymentRecord, PostgresStore, Reservation, SqliteStore, Store,
+    ClaimHolder, InvoiceRecord, PaymentRecord, PostgresStore, ReceiptRecord, Reservation,
+    SqliteStore, Store,
 };
 
 /// Two handles on one database, as two gateway replicas have.
@@ -259,6 +260,36 @@ async fn invoices_are_found_by_payment_hash([a, b]: &Pair) {
     assert_eq!(b.invoice(&[4; 32]).await.unwrap(), None);
 }
 
+async fn old_invoices_and_receipts_are_purged([a, b]: &Pair) {
+    let invoice = |byte: u8, created_at: u64| InvoiceRecord {
+        payment_hash: [byte; 32],
+        bolt11: "lnbcrt1…".into(),
+        amount_msat: 1_000,
+        service: "mcp/weather".into(),
+        created_at,
+        expires_at: created_at + 600,
+    };
+    let receipt = |served_at: u64| ReceiptRecord {
+        payment_hash: [9; 32],
+        scheme: "L402".into(),
+        challenge_id: None,
+        service: "weather".into(),
+        amount_msat: 1_000,
+        served_at,
+    };
+    a.put_invoice(&invoice(9, 100)).await.unwrap();
+    a.put_invoice(&invoice(10, 1_000)).await.unwrap();
+    a.put_receipt(&receipt(100)).await.unwrap();
+    a.put_receipt(&receipt(1_000)).await.unwrap();
+    assert!(b.purge_records(500, 500).await.unwrap() >= 2);
+    assert_eq!(a.invoice(&[9; 32]).await.unwrap(), None);
+    assert!(a.invoice(&[10; 32]).await.unwrap().is_some());
+    // Nothing older is left: the newer rows stay.
+    assert_eq!(b.purge_records(500, 500).await.unwrap(), 0);
+    assert!(a.purge_records(2_000, 2_000).await.unwrap() >= 2);
+    assert_eq!(a.invoice(&[10; 32]).await.unwrap(), None);
+}
+
 async fn keeps_the_contract(stores: &Pair) {
     the_database_answers_a_ping(stores).await;
     a_payment_is_served_once(stores).await;
@@ -270,6 +301,8 @@ async fn keeps_the_contract(stores: &Pair) {
     payments_are_counted_once(stores).await;
     new_claims_are_not_legacy(stores).await;
     freebies_count_per_client_and_service(stores).await;
+    // Before the invoice the reopened database is checked for is put.
+    old_invoices_and_receipts_are_purged(stores).await;
     invoices_are_found_by_payment_hash(stores).await;
 }
 

@@ -49,6 +49,7 @@ struct RawStore {
     path: Option<PathBuf>,
     url: Option<String>,
     claim_lease_secs: Option<i64>,
+    receipts_retention_days: Option<i64>,
 }
 
 /// `[mpp]`.
@@ -253,6 +254,15 @@ impl Checker {
                 _ => self.error("store.claim_lease_secs", "must be between 1 and 3600"),
             }
         }
+        if let Some(days) = store.receipts_retention_days {
+            match u64::try_from(days) {
+                Ok(days) if (1..=36_500).contains(&days) => config.receipts_retention_days = days,
+                _ => self.error(
+                    "store.receipts_retention_days",
+                    "must be between 1 and 36500",
+                ),
+            }
+        }
         match store.kind.as_deref() {
             None | Some("sqlite") => config.store = StoreConfig::Sqlite(store.path),
             Some("postgres") => match store.url {
@@ -346,11 +356,20 @@ impl Checker {
     }
 
     fn mcp(&mut self, mcp: &McpConfig) {
-        if mcp.max_sessions == 0 || mcp.session_idle_secs == 0 {
-            self.error(
-                "mcp",
-                "max_sessions and session_idle_secs must be 1 or more",
-            );
+        for (key, value) in [
+            ("max_sessions", mcp.max_sessions),
+            ("max_sessions_per_client", mcp.max_sessions_per_client),
+            ("session_idle_secs", mcp.session_idle_secs as usize),
+            ("max_request_bytes", mcp.max_request_bytes),
+            ("max_requests_in_flight", mcp.max_requests_in_flight),
+            (
+                "max_requests_in_flight_per_client",
+                mcp.max_requests_in_flight_per_client,
+            ),
+        ] {
+            if value == 0 {
+                self.error(&join("mcp", key), "must be 1 or more");
+            }
         }
         for (i, origin) in mcp.allowed_origins.iter().flatten().enumerate() {
             if !(origin.starts_with("http://")

@@ -65,6 +65,8 @@ pub struct GatewayConfig {
     /// streams): how long a replica that died mid-request keeps its
     /// claims from the others (`[store] claim_lease_secs`).
     pub claim_lease_secs: u64,
+    /// Days a receipt row is kept (`[store] receipts_retention_days`).
+    pub receipts_retention_days: u64,
     /// What is allowed but risky, for `serve --check` and the log.
     pub warnings: Vec<String>,
 }
@@ -375,17 +377,41 @@ pub struct McpConfig {
     /// Sessions open at once; an `initialize` past it gets 503.
     #[serde(default = "McpConfig::default_max_sessions")]
     pub max_sessions: usize,
+    /// Sessions one client address (IPv6: one /64) may hold; past it 429.
+    #[serde(default = "McpConfig::default_sessions_per_client")]
+    pub max_sessions_per_client: usize,
     /// Seconds a session may stay unused before it is closed.
     #[serde(default = "McpConfig::default_session_idle")]
     pub session_idle_secs: u64,
+    /// The largest request body `/mcp` reads (bytes); past it 413.
+    #[serde(default = "McpConfig::default_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Requests `/mcp` serves at once, all clients together; past it 503.
+    #[serde(default = "McpConfig::default_in_flight")]
+    pub max_requests_in_flight: usize,
+    /// Requests one client may have in flight at `/mcp`; past it 429.
+    #[serde(default = "McpConfig::default_in_flight_per_client")]
+    pub max_requests_in_flight_per_client: usize,
 }
 
 impl McpConfig {
     fn default_max_sessions() -> usize {
         1000
     }
+    fn default_sessions_per_client() -> usize {
+        16
+    }
     fn default_session_idle() -> u64 {
         300
+    }
+    fn default_request_bytes() -> usize {
+        1 << 20
+    }
+    fn default_in_flight() -> usize {
+        128
+    }
+    fn default_in_flight_per_client() -> usize {
+        16
     }
 }
 
@@ -395,7 +421,11 @@ impl Default for McpConfig {
             allowed_hosts: None,
             allowed_origins: None,
             max_sessions: Self::default_max_sessions(),
+            max_sessions_per_client: Self::default_sessions_per_client(),
             session_idle_secs: Self::default_session_idle(),
+            max_request_bytes: Self::default_request_bytes(),
+            max_requests_in_flight: Self::default_in_flight(),
+            max_requests_in_flight_per_client: Self::default_in_flight_per_client(),
         }
     }
 }
@@ -422,6 +452,7 @@ impl GatewayConfig {
             server: ServerConfig::default(),
             mcp: McpConfig::default(),
             claim_lease_secs: gate402_paywall::DEFAULT_CLAIM_LEASE.as_secs(),
+            receipts_retention_days: 90,
             warnings: Vec::new(),
         }
     }

@@ -161,7 +161,7 @@ impl Gateway {
             .with_state(state);
         if let Some(tools) = mcp {
             let access = McpAccess::new(&config.mcp, config.listen);
-            app = app.merge(crate::mcp::router(tools, &config.mcp, &access));
+            app = app.merge(crate::mcp::router(tools, &config.mcp, &access, &paywall));
         }
         if let Some(sandbox) = connected.sandbox {
             app = app.merge(gate402_lightning_sandbox::http::router(sandbox));
@@ -188,11 +188,23 @@ impl Gateway {
         };
         let stop = CancellationToken::new();
         let server = tokio::spawn(listen::serve(listener, tls, app, limits, stop.clone()));
+        let retention = config.receipts_retention_days * 86_400;
         let purge = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(600)).await;
-                if let Err(e) = store.purge_expired(gate402_paywall::unix_now()).await {
+                let now = gate402_paywall::unix_now();
+                if let Err(e) = store.purge_expired(now).await {
                     tracing::warn!(error = %e, "purging expired claims failed");
+                }
+                // A paymentId's invoice is looked up for a day after it was
+                // made; a day more covers replicas whose clocks disagree.
+                let invoices_before =
+                    now.saturating_sub(crate::mcp::PAYMENT_ID_LIFETIME_SECS + 86_400);
+                if let Err(e) = store
+                    .purge_records(invoices_before, now.saturating_sub(retention))
+                    .await
+                {
+                    tracing::warn!(error = %e, "purging old invoices and receipts failed");
                 }
             }
         });

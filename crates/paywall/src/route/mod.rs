@@ -175,6 +175,27 @@ impl HostPattern {
     }
 }
 
+/// Headers some upstreams read the path or the method from instead of the
+/// request line (IIS and Symfony's `X-Original-URL`, method overrides): a
+/// request routed to a free service could name a paid one through them.
+/// No client may send them; they are removed from every request.
+const OVERRIDES: [&str; 7] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+];
+
+/// Removes the [`OVERRIDES`] from a request.
+pub fn strip_overrides(headers: &mut http::HeaderMap) {
+    for name in OVERRIDES {
+        headers.remove(name);
+    }
+}
+
 /// Whether a service that lists `methods` takes a request with `method`:
 /// HEAD goes with GET (upstreams answer it as a GET without the body), and
 /// case is ignored (some upstreams fold it).
@@ -193,6 +214,10 @@ pub enum RouteError {
     /// must not fall through to a service meant for any host.
     #[error("this path is served on a named host; send a Host header")]
     HostRequired,
+    /// Read with Unicode compatibility characters folded (as some
+    /// upstreams do), the path names another service, or cannot be read.
+    #[error("the path names another resource once Unicode compatibility characters are folded")]
+    Ambiguous,
 }
 
 /// The priced services, in order; the first that matches wins.
@@ -221,6 +246,34 @@ impl Routes {
     /// [`RouteError::HostRequired`] when the request names no host and a
     /// host-bound service would take it by path and method.
     pub fn find(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        path: &RequestPath,
+    ) -> Result<Option<&Arc<PricedService>>, RouteError> {
+        let found = self.find_exactly(host, method, path)?;
+        // An upstream that folds `ｐｒｅｍｉｕｍ` into `premium` must not be
+        // reached through a route that only the unfolded spelling matches.
+        match path.compatibility_form() {
+            Ok(None) => Ok(found),
+            Ok(Some(folded)) => {
+                let other = self.find_exactly(host, method, &folded)?;
+                let same = match (found, other) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if same {
+                    Ok(found)
+                } else {
+                    Err(RouteError::Ambiguous)
+                }
+            }
+            Err(_) => Err(RouteError::Ambiguous),
+        }
+    }
+
+    fn find_exactly(
         &self,
         host: Option<&str>,
         method: &Method,

@@ -223,6 +223,49 @@ impl RequestPath {
         &self.0
     }
 
+    /// The path an upstream that folds Unicode compatibility characters
+    /// (NFKC, or Windows' best-fit mapping) would read: `／`, `．．` and
+    /// `ｐｒｅｍｉｕｍ` become `/`, `..` and `premium` there. `None` when
+    /// the path has no such character (any ASCII path).
+    ///
+    /// # Errors
+    ///
+    /// A [`TargetError`] when that reading is itself ambiguous (it holds a
+    /// `\`, a `;`, a dot segment above the root…).
+    pub fn compatibility_form(&self) -> Result<Option<RequestPath>, TargetError> {
+        use unicode_normalization::UnicodeNormalization;
+        // Bytes over 0x7f are always spelled %8X..%FX in the normal form.
+        let non_ascii = self
+            .0
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0] == b'%' && matches!(w[1], b'8'..=b'9' | b'A'..=b'F'));
+        if !non_ascii {
+            return Ok(None);
+        }
+        let decoded = decode(&self.0).ok_or(TargetError::InvalidUtf8)?;
+        let folded: String = decoded.nfkc().collect();
+        if folded == decoded {
+            return Ok(None);
+        }
+        let mut spelled = String::with_capacity(folded.len() * 3);
+        for c in folded.chars() {
+            match c {
+                '%' => spelled.push_str("%25"),
+                c if c.is_ascii() && !c.is_ascii_control() && c != ' ' && c != '?' && c != '#' => {
+                    spelled.push(c)
+                }
+                c => {
+                    let mut utf8 = [0u8; 4];
+                    for b in c.encode_utf8(&mut utf8).bytes() {
+                        push_encoded(&mut spelled, b);
+                    }
+                }
+            }
+        }
+        RequestPath::parse(&spelled).map(Some)
+    }
+
     /// The segments, without the leading `/` (a trailing `/` gives an
     /// empty last segment).
     pub fn segments(&self) -> std::str::Split<'_, char> {
@@ -240,6 +283,30 @@ impl AsRef<str> for RequestPath {
     fn as_ref(&self) -> &str {
         &self.0
     }
+}
+
+/// Every `%XX` of a normal form decoded; `None` if that is not UTF-8.
+fn decode(normal: &str) -> Option<String> {
+    let bytes = normal.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex_value),
+            bytes.get(i + 2).copied().and_then(hex_value),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -318,6 +385,42 @@ mod tests {
         ] {
             assert_eq!(norm(input), Err(error), "{input}");
         }
+    }
+
+    #[test]
+    fn unicode_compatibility_readings() {
+        let compat = |p: &str| RequestPath::parse(p).unwrap().compatibility_form();
+        assert_eq!(compat("/premium/secret.txt"), Ok(None));
+        assert_eq!(compat("/caf%C3%A9"), Ok(None));
+        for (input, folded) in [
+            (
+                "/%EF%BD%90%EF%BD%92%EF%BD%85%EF%BD%8D%EF%BD%89%EF%BD%95%EF%BD%8D/x",
+                "/premium/x",
+            ),
+            (
+                "/public/%EF%BC%8E%EF%BC%8E/premium/secret.txt",
+                "/premium/secret.txt",
+            ),
+            (
+                "/public/..%EF%BC%8Fpremium/secret.txt",
+                "/premium/secret.txt",
+            ),
+            (
+                "/public/%E2%80%A5/premium/secret.txt",
+                "/premium/secret.txt",
+            ),
+            ("/a/%EF%B9%92/b", "/a/b"),
+        ] {
+            assert_eq!(
+                compat(input).map(|p| p.map(|p| p.0)),
+                Ok(Some(folded.to_owned())),
+                "{input}"
+            );
+        }
+        // Ambiguous once folded: a fullwidth backslash or semicolon.
+        assert_eq!(compat("/a%EF%BC%BCb"), Err(TargetError::Backslash));
+        assert_eq!(compat("/a%EF%BC%9Bb"), Err(TargetError::Semicolon));
+        assert_eq!(compat("/%EF%BC%8E%EF%BC%8E/x"), Err(TargetError::AboveRoot));
     }
 
     proptest::proptest! {

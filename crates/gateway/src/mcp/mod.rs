@@ -22,13 +22,25 @@
 //! Where calls go is a [`ToolUpstream`]: the configured `[[tools]]` call
 //! priced HTTP services ([`HttpTools`]); `gate402 mcp-proxy` forwards to
 //! another MCP server ([`McpUpstream`]).
+//!
+//! - [`pricing`]: what each tool costs (unpriced tools are refused);
+//! - [`upstreams`]: where calls go;
+//! - [`router`]: the `/mcp` endpoint, with its host, origin, size and
+//!   session limits.
+
+pub mod pricing;
+pub mod router;
+pub mod upstreams;
+
+pub use pricing::Pricing;
+pub use router::{router, McpAccess};
+pub use upstreams::{HttpTools, McpUpstream};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::StatusCode;
 use gate402_lightning::InvoiceStatus;
 use gate402_mpp::mcp::{
     self as wire, CREDENTIAL_META_KEY, PAYMENT_REQUIRED_CODE, PAYMENT_VERIFICATION_FAILED_CODE,
@@ -42,24 +54,22 @@ use rmcp::model::{
     Implementation, JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams,
     ServerCapabilities, ServerConfig, Tool,
 };
-use rmcp::service::{Peer, RequestContext};
-use rmcp::{RoleClient, RoleServer, ServerHandler};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler};
 use serde_json::{json, Value};
 
-use crate::config::{McpConfig, McpProxyConfig, ServiceConfig, ToolConfig};
 use crate::proxy::Proxy;
-use gate402_paywall::route::RequestPath;
+use gate402_paywall::payment_id::PaymentIdError;
 use gate402_paywall::unix_now;
+use pricing::ToolPrice;
 
 pub use crate::config::CREATE_PAYMENT;
 /// The argument that carries a `paymentId`.
 pub const PAYMENT_ID_ARG: &str = "paymentId";
 /// How long a `paymentId` can be used after it was created.
-const PAYMENT_ID_LIFETIME_SECS: u64 = 86_400;
+pub const PAYMENT_ID_LIFETIME_SECS: u64 = 86_400;
 /// The `_meta` key of a tool's price in `tools/list`.
 pub const PRICE_META_KEY: &str = "org.paymentauth/price";
-/// The largest upstream answer turned into a tool result.
-const MAX_RESULT_BYTES: usize = 8 << 20;
 
 /// Where tool calls go.
 #[async_trait]
@@ -75,80 +85,6 @@ pub trait ToolUpstream: Send + Sync + 'static {
         name: &str,
         arguments: Option<JsonObject>,
     ) -> Result<CallToolResult, ErrorData>;
-}
-
-/// What each tool costs: per-tool paid services, tools marked free, and a
-/// default price for tools not named. A tool that is none of these is
-/// refused: an operator who forgot to price a tool must not give it away.
-#[derive(Clone, Default)]
-pub struct Pricing {
-    tools: HashMap<String, Arc<PricedService>>,
-    /// Named with price 0: free even when a default applies.
-    free: std::collections::HashSet<String>,
-    default_sats: Option<u64>,
-}
-
-/// What one call of a tool costs.
-enum ToolPrice {
-    /// Nothing: it is marked free.
-    Free,
-    /// This service's price.
-    Paid(Arc<PricedService>),
-    /// Nobody priced it: it is not served.
-    Unpriced,
-}
-
-impl Pricing {
-    /// Prices from paid services named `mcp/<tool>`.
-    pub fn new(services: impl IntoIterator<Item = (String, PricedService)>) -> Self {
-        Self {
-            tools: services
-                .into_iter()
-                .map(|(tool, service)| (tool, Arc::new(service)))
-                .collect(),
-            free: Default::default(),
-            default_sats: None,
-        }
-    }
-
-    /// Prices per tool name, and a default for the rest (the proxy's).
-    pub fn per_tool(prices: &HashMap<String, u64>, default_sats: Option<u64>) -> Self {
-        let mut pricing = Self::new(
-            prices
-                .iter()
-                .filter(|(_, price)| **price > 0)
-                .map(|(tool, price)| (tool.clone(), charge(tool, *price, tool))),
-        );
-        pricing.free = prices
-            .iter()
-            .filter(|(_, price)| **price == 0)
-            .map(|(tool, _)| tool.clone())
-            .collect();
-        pricing.default_sats = default_sats.filter(|p| *p > 0);
-        pricing
-    }
-
-    /// What a call of `tool` costs.
-    fn price(&self, tool: &str, description: &str) -> ToolPrice {
-        if let Some(service) = self.tools.get(tool) {
-            return ToolPrice::Paid(service.clone());
-        }
-        if self.free.contains(tool) {
-            return ToolPrice::Free;
-        }
-        match self.default_sats {
-            Some(price) => ToolPrice::Paid(Arc::new(charge(tool, price, description))),
-            None => ToolPrice::Unpriced,
-        }
-    }
-}
-
-/// A paid service that charges `price_sats` per call of `tool`, paid with MPP.
-fn charge(tool: &str, price_sats: u64, description: &str) -> PricedService {
-    let mut service = PricedService::new(&format!("mcp/{tool}"), "/mcp", price_sats);
-    service.description = description.to_owned();
-    service.schemes = gate402_paywall::Schemes::Mpp;
-    service
 }
 
 /// The MCP server: tools from a [`ToolUpstream`], charged through the
@@ -348,7 +284,7 @@ impl PaidTools {
             return Err(store_unavailable());
         }
         let mut answer = json!({
-            "paymentId": hex::encode(issued.payment_hash),
+            "paymentId": self.paywall.payment_ids().issue(&issued.payment_hash),
             "invoice": issued.bolt11,
             "amountSats": service.price_sats,
             "expiresAt": issued.expires_at,
@@ -396,14 +332,22 @@ impl PaidTools {
                 "unavailable",
             )
         };
-        let mut hash = [0u8; 32];
         let text = payment_id.as_str().unwrap_or_default();
-        if hex::decode_to_slice(text, &mut hash).is_err() {
-            return Err(refuse(
-                ProblemType::MalformedCredential,
-                format!("{PAYMENT_ID_ARG} must be the 64 hex digits {CREATE_PAYMENT} returned"),
-            ));
-        }
+        let hash = match self.paywall.payment_ids().verify(text) {
+            Ok(hash) => hash,
+            Err(PaymentIdError::Malformed) => {
+                return Err(refuse(
+                    ProblemType::MalformedCredential,
+                    format!("{PAYMENT_ID_ARG} must be the 96 hex digits {CREATE_PAYMENT} returned"),
+                ))
+            }
+            Err(PaymentIdError::Forged) => {
+                return Err(refuse(
+                    ProblemType::InvalidChallenge,
+                    format!("unknown {PAYMENT_ID_ARG}; get one from {CREATE_PAYMENT}"),
+                ))
+            }
+        };
         let record = match self.paywall.store().invoice(&hash).await {
             Ok(Some(record)) => record,
             Ok(None) => {
@@ -639,205 +583,6 @@ impl ServerHandler for PaidTools {
     }
 }
 
-/// Tools that call priced HTTP services (`[[tools]]`).
-pub struct HttpTools {
-    tools: Vec<HttpTool>,
-    proxy: Proxy,
-}
-
-struct HttpTool {
-    tool: Tool,
-    /// The service whose upstream it calls.
-    service: String,
-    method: Method,
-    path: RequestPath,
-}
-
-impl HttpTools {
-    /// The configured tools over `services`, called through `proxy`; each
-    /// tool's paid service is in the returned [`Pricing`].
-    pub fn new(tools: &[ToolConfig], services: &[ServiceConfig], proxy: Proxy) -> (Self, Pricing) {
-        let mut http = Vec::new();
-        let mut prices = Vec::new();
-        for config in tools {
-            let Some(called) = services.iter().find(|s| s.name() == config.service) else {
-                continue;
-            };
-            let schema = match &config.input_schema {
-                Value::Object(schema) => schema.clone(),
-                _ => JsonObject::new(),
-            };
-            let paid = config.paid_service(called).priced;
-            let method = paid.methods.first().cloned().unwrap_or(Method::GET);
-            // The config checked that a tool's path is in normal form.
-            let Ok(path) = RequestPath::parse(paid.path.stem()) else {
-                continue;
-            };
-            prices.push((config.name.clone(), paid));
-            http.push(HttpTool {
-                tool: Tool::new(
-                    config.name.clone(),
-                    config.description.clone(),
-                    Arc::new(schema),
-                ),
-                service: called.name().to_owned(),
-                method,
-                path,
-            });
-        }
-        (Self { tools: http, proxy }, Pricing::new(prices))
-    }
-}
-
-/// A JSON argument as a query value: strings as they are, the rest as JSON.
-fn query_value(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-#[async_trait]
-impl ToolUpstream for HttpTools {
-    async fn tools(&self) -> Result<Vec<Tool>, ErrorData> {
-        Ok(self.tools.iter().map(|t| t.tool.clone()).collect())
-    }
-
-    async fn call(
-        &self,
-        name: &str,
-        arguments: Option<JsonObject>,
-    ) -> Result<CallToolResult, ErrorData> {
-        let tool = self
-            .tools
-            .iter()
-            .find(|t| t.tool.name == name)
-            .ok_or_else(|| ErrorData::invalid_params(format!("no tool named {name:?}"), None))?;
-        let arguments = arguments.unwrap_or_default();
-        let in_query = matches!(tool.method, Method::GET | Method::DELETE | Method::HEAD);
-        let mut uri = tool.path.as_str().to_owned();
-        let body = if in_query {
-            if !arguments.is_empty() {
-                let query: String = form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(arguments.iter().map(|(k, v)| (k, query_value(v))))
-                    .finish();
-                uri = format!("{uri}?{query}");
-            }
-            Body::empty()
-        } else {
-            Body::from(Value::Object(arguments).to_string())
-        };
-        let request = Request::builder()
-            .method(tool.method.clone())
-            .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json")
-            .body(body)
-            .map_err(|e| ErrorData::invalid_params(format!("arguments: {e}"), None))?;
-        let response = self
-            .proxy
-            .forward_to(&tool.service, &tool.path, request)
-            .await;
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), MAX_RESULT_BYTES)
-            .await
-            .map_err(|e| ErrorData::internal_error(format!("upstream body: {e}"), None))?;
-        if status.is_server_error() {
-            return Err(ErrorData::internal_error(
-                format!(
-                    "the upstream failed ({status}); the payment was not spent, call again with it"
-                ),
-                None,
-            ));
-        }
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let mut result = if status.is_success() {
-            CallToolResult::success(vec![ContentBlock::text(text)])
-        } else {
-            CallToolResult::error(vec![ContentBlock::text(format!("{status}: {text}"))])
-        };
-        if let Ok(value @ Value::Object(_)) = serde_json::from_slice::<Value>(&bytes) {
-            result.structured_content = Some(value);
-        }
-        Ok(result)
-    }
-}
-
-/// Another MCP server, reached as a client (stdio child or HTTP).
-pub struct McpUpstream {
-    peer: Peer<RoleClient>,
-    // Keeps the connection (and a child process) alive.
-    _running: Box<dyn std::any::Any + Send + Sync>,
-}
-
-impl McpUpstream {
-    /// Connects to the upstream of `[mcp_proxy]`: starts its command, or
-    /// opens its URL.
-    pub async fn connect(config: &McpProxyConfig) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        use rmcp::ServiceExt;
-        let running = match (&config.command, &config.url) {
-            (Some(command), _) => {
-                let (program, args) = command
-                    .split_first()
-                    .context("mcp_proxy.command names no program")?;
-                let mut child = tokio::process::Command::new(program);
-                child.args(args);
-                let transport = rmcp::transport::TokioChildProcess::new(child)
-                    .with_context(|| format!("starting the MCP server {program:?}"))?;
-                ().serve(transport)
-                    .await
-                    .with_context(|| format!("the MCP server {program:?} did not initialize"))?
-            }
-            (None, Some(url)) => {
-                let transport =
-                    rmcp::transport::StreamableHttpClientTransport::from_uri(url.clone());
-                ().serve(transport)
-                    .await
-                    .with_context(|| format!("the MCP server at {url} did not initialize"))?
-            }
-            (None, None) => anyhow::bail!("mcp_proxy needs url or command"),
-        };
-        Ok(Self::new(running.peer().clone(), Box::new(running)))
-    }
-
-    /// Over a running rmcp client; `keep` holds what keeps it running.
-    pub fn new(peer: Peer<RoleClient>, keep: Box<dyn std::any::Any + Send + Sync>) -> Self {
-        Self {
-            peer,
-            _running: keep,
-        }
-    }
-}
-
-fn upstream_error(e: rmcp::ServiceError) -> ErrorData {
-    match e {
-        // The upstream's own answer (a bad argument, an unknown tool).
-        rmcp::ServiceError::McpError(error) => error,
-        other => ErrorData::internal_error(
-            format!("the upstream MCP server failed ({other}); the payment was not spent"),
-            None,
-        ),
-    }
-}
-
-#[async_trait]
-impl ToolUpstream for McpUpstream {
-    async fn tools(&self) -> Result<Vec<Tool>, ErrorData> {
-        self.peer.list_all_tools().await.map_err(upstream_error)
-    }
-
-    async fn call(
-        &self,
-        name: &str,
-        arguments: Option<JsonObject>,
-    ) -> Result<CallToolResult, ErrorData> {
-        let mut request = CallToolRequestParams::new(name.to_owned());
-        request.arguments = arguments;
-        self.peer.call_tool(request).await.map_err(upstream_error)
-    }
-}
-
 impl PaidTools {
     /// The `/mcp` server the config asks for: `[mcp_proxy]`'s upstream, or
     /// the `[[tools]]`; `None` when it asks for neither.
@@ -863,116 +608,6 @@ impl PaidTools {
     }
 }
 
-/// The `/mcp` service for `tools`: `Host` and `Origin` checked against
-/// `allowed`, at most `config.max_sessions` sessions, each closed after
-/// `config.session_idle_secs` unused.
-pub fn router(tools: PaidTools, config: &McpConfig, allowed: &McpAccess) -> axum::Router {
-    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-    use rmcp::transport::streamable_http_server::{
-        StreamableHttpServerConfig, StreamableHttpService,
-    };
-    let mut server = StreamableHttpServerConfig::default();
-    server = match &allowed.hosts {
-        Some(hosts) => server.with_allowed_hosts(hosts.clone()),
-        None => server.disable_allowed_hosts(),
-    };
-    server = match &allowed.origins {
-        Some(origins) if origins.is_empty() => server.enforce_origin_validation(),
-        Some(origins) => server.with_allowed_origins(origins.clone()),
-        None => server,
-    };
-    let mut sessions = LocalSessionManager::default();
-    sessions.session_config.keep_alive =
-        Some(std::time::Duration::from_secs(config.session_idle_secs));
-    let sessions = Arc::new(sessions);
-    let service = StreamableHttpService::new(move || Ok(tools.clone()), sessions.clone(), server);
-    let max_sessions = config.max_sessions;
-    // Initializes under way: their sessions are made only once their body
-    // has been read, so they count against the cap from their first byte.
-    let opening = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    axum::Router::new()
-        .nest_service("/mcp", service)
-        .layer(axum::middleware::from_fn(
-            move |request: axum::extract::Request, next: axum::middleware::Next| {
-                let (sessions, opening) = (sessions.clone(), opening.clone());
-                async move {
-                    // A request without a session id opens one (initialize).
-                    let opens = request.method() == Method::POST
-                        && !request.headers().contains_key("mcp-session-id");
-                    if !opens {
-                        return next.run(request).await;
-                    }
-                    use std::sync::atomic::Ordering;
-                    // Counted before the sessions are read: an initialize
-                    // that finishes meanwhile is then counted once or twice,
-                    // never not at all.
-                    let reserved = opening.fetch_add(1, Ordering::SeqCst) + 1;
-                    // Given back however the request ends, dropped included.
-                    let _slot = Opening(opening.clone());
-                    let open = sessions.sessions.read().await.len();
-                    if open + reserved > max_sessions {
-                        let mut response = crate::problem::problem_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "about:blank",
-                            "Service Unavailable",
-                            "too many MCP sessions are open; retry later",
-                            None,
-                        );
-                        response.headers_mut().insert(
-                            header::RETRY_AFTER,
-                            axum::http::HeaderValue::from_static("30"),
-                        );
-                        return response;
-                    }
-                    next.run(request).await
-                }
-            },
-        ))
-}
-
-/// One initialize under way, counted until dropped.
-struct Opening(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for Opening {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Who may reach `/mcp`: `None` checks nothing; `Some(empty)` origins
-/// refuses every request that carries an `Origin`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct McpAccess {
-    /// Allowed `Host` values.
-    pub hosts: Option<Vec<String>>,
-    /// Allowed `Origin` values.
-    pub origins: Option<Vec<String>>,
-}
-
-impl McpAccess {
-    /// What `config` allows, with the defaults for a gateway listening on
-    /// `listen`: on loopback only loopback hosts and no browser origin
-    /// (DNS rebinding and cross-site pages cannot reach a local server);
-    /// elsewhere anyone, as every call is paid for.
-    pub fn new(config: &McpConfig, listen: std::net::SocketAddr) -> Self {
-        let loopback = listen.ip().is_loopback();
-        Self {
-            hosts: config.allowed_hosts.clone().or_else(|| {
-                loopback.then(|| {
-                    ["localhost", "127.0.0.1", "[::1]", "::1"]
-                        .iter()
-                        .map(|h| (*h).to_owned())
-                        .collect()
-                })
-            }),
-            origins: config
-                .allowed_origins
-                .clone()
-                .or_else(|| loopback.then(Vec::new)),
-        }
-    }
-}
-
 /// `/.well-known/mcp`: the server, its tools and prices, its protocols.
 pub async fn describe(tools: &PaidTools, name: &str) -> Value {
     let listed = tools.priced_tools().await.unwrap_or_default();
@@ -993,24 +628,4 @@ pub async fn describe(tools: &PaidTools, name: &str) -> Value {
             "price": price.map(|p| json!({"amount": p.to_string(), "currency": "sat"})),
         })).collect::<Vec<_>>(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_tool_nobody_priced_is_refused_not_given_away() {
-        let prices = HashMap::from([("search".to_owned(), 20), ("ping".to_owned(), 0)]);
-        let pricing = Pricing::per_tool(&prices, None);
-        assert!(matches!(pricing.price("search", ""), ToolPrice::Paid(s) if s.price_sats == 20));
-        assert!(matches!(pricing.price("ping", ""), ToolPrice::Free));
-        assert!(matches!(
-            pricing.price("delete_everything", ""),
-            ToolPrice::Unpriced
-        ));
-        let pricing = Pricing::per_tool(&prices, Some(5));
-        assert!(matches!(pricing.price("other", ""), ToolPrice::Paid(s) if s.price_sats == 5));
-        assert!(matches!(pricing.price("ping", ""), ToolPrice::Free));
-    }
 }

@@ -1,0 +1,221 @@
+//! Where tool calls go: priced HTTP services (`[[tools]]`), or another MCP
+//! server (`[mcp_proxy]`).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{header, Method, Request};
+use gate402_paywall::route::RequestPath;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ContentBlock, ErrorData, JsonObject, Tool,
+};
+use rmcp::service::Peer;
+use rmcp::RoleClient;
+use serde_json::Value;
+
+use super::{Pricing, ToolUpstream};
+use crate::config::{McpProxyConfig, ServiceConfig, ToolConfig};
+use crate::proxy::Proxy;
+
+/// The largest upstream answer turned into a tool result.
+const MAX_RESULT_BYTES: usize = 8 << 20;
+
+/// Tools that call priced HTTP services (`[[tools]]`).
+pub struct HttpTools {
+    tools: Vec<HttpTool>,
+    proxy: Proxy,
+}
+
+struct HttpTool {
+    tool: Tool,
+    /// The service whose upstream it calls.
+    service: String,
+    method: Method,
+    path: RequestPath,
+}
+
+impl HttpTools {
+    /// The configured tools over `services`, called through `proxy`; each
+    /// tool's paid service is in the returned [`Pricing`].
+    pub fn new(tools: &[ToolConfig], services: &[ServiceConfig], proxy: Proxy) -> (Self, Pricing) {
+        let mut http = Vec::new();
+        let mut prices = Vec::new();
+        for config in tools {
+            let Some(called) = services.iter().find(|s| s.name() == config.service) else {
+                continue;
+            };
+            let schema = match &config.input_schema {
+                Value::Object(schema) => schema.clone(),
+                _ => JsonObject::new(),
+            };
+            let paid = config.paid_service(called).priced;
+            let method = paid.methods.first().cloned().unwrap_or(Method::GET);
+            // The config checked that a tool's path is in normal form.
+            let Ok(path) = RequestPath::parse(paid.path.stem()) else {
+                continue;
+            };
+            prices.push((config.name.clone(), paid));
+            http.push(HttpTool {
+                tool: Tool::new(
+                    config.name.clone(),
+                    config.description.clone(),
+                    Arc::new(schema),
+                ),
+                service: called.name().to_owned(),
+                method,
+                path,
+            });
+        }
+        (Self { tools: http, proxy }, Pricing::new(prices))
+    }
+}
+
+/// A JSON argument as a query value: strings as they are, the rest as JSON.
+fn query_value(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[async_trait]
+impl ToolUpstream for HttpTools {
+    async fn tools(&self) -> Result<Vec<Tool>, ErrorData> {
+        Ok(self.tools.iter().map(|t| t.tool.clone()).collect())
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        arguments: Option<JsonObject>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let tool = self
+            .tools
+            .iter()
+            .find(|t| t.tool.name == name)
+            .ok_or_else(|| ErrorData::invalid_params(format!("no tool named {name:?}"), None))?;
+        let arguments = arguments.unwrap_or_default();
+        let in_query = matches!(tool.method, Method::GET | Method::DELETE | Method::HEAD);
+        let mut uri = tool.path.as_str().to_owned();
+        let body = if in_query {
+            if !arguments.is_empty() {
+                let query: String = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(arguments.iter().map(|(k, v)| (k, query_value(v))))
+                    .finish();
+                uri = format!("{uri}?{query}");
+            }
+            Body::empty()
+        } else {
+            Body::from(Value::Object(arguments).to_string())
+        };
+        let request = Request::builder()
+            .method(tool.method.clone())
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json")
+            .body(body)
+            .map_err(|e| ErrorData::invalid_params(format!("arguments: {e}"), None))?;
+        let response = self
+            .proxy
+            .forward_to(&tool.service, &tool.path, request)
+            .await;
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), MAX_RESULT_BYTES)
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("upstream body: {e}"), None))?;
+        if status.is_server_error() {
+            return Err(ErrorData::internal_error(
+                format!(
+                    "the upstream failed ({status}); the payment was not spent, call again with it"
+                ),
+                None,
+            ));
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let mut result = if status.is_success() {
+            CallToolResult::success(vec![ContentBlock::text(text)])
+        } else {
+            CallToolResult::error(vec![ContentBlock::text(format!("{status}: {text}"))])
+        };
+        if let Ok(value @ Value::Object(_)) = serde_json::from_slice::<Value>(&bytes) {
+            result.structured_content = Some(value);
+        }
+        Ok(result)
+    }
+}
+
+/// Another MCP server, reached as a client (stdio child or HTTP).
+pub struct McpUpstream {
+    peer: Peer<RoleClient>,
+    // Keeps the connection (and a child process) alive.
+    _running: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl McpUpstream {
+    /// Connects to the upstream of `[mcp_proxy]`: starts its command, or
+    /// opens its URL.
+    pub async fn connect(config: &McpProxyConfig) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use rmcp::ServiceExt;
+        let running = match (&config.command, &config.url) {
+            (Some(command), _) => {
+                let (program, args) = command
+                    .split_first()
+                    .context("mcp_proxy.command names no program")?;
+                let mut child = tokio::process::Command::new(program);
+                child.args(args);
+                let transport = rmcp::transport::TokioChildProcess::new(child)
+                    .with_context(|| format!("starting the MCP server {program:?}"))?;
+                ().serve(transport)
+                    .await
+                    .with_context(|| format!("the MCP server {program:?} did not initialize"))?
+            }
+            (None, Some(url)) => {
+                let transport =
+                    rmcp::transport::StreamableHttpClientTransport::from_uri(url.clone());
+                ().serve(transport)
+                    .await
+                    .with_context(|| format!("the MCP server at {url} did not initialize"))?
+            }
+            (None, None) => anyhow::bail!("mcp_proxy needs url or command"),
+        };
+        Ok(Self::new(running.peer().clone(), Box::new(running)))
+    }
+
+    /// Over a running rmcp client; `keep` holds what keeps it running.
+    pub fn new(peer: Peer<RoleClient>, keep: Box<dyn std::any::Any + Send + Sync>) -> Self {
+        Self {
+            peer,
+            _running: keep,
+        }
+    }
+}
+
+fn upstream_error(e: rmcp::ServiceError) -> ErrorData {
+    match e {
+        // The upstream's own answer (a bad argument, an unknown tool).
+        rmcp::ServiceError::McpError(error) => error,
+        other => ErrorData::internal_error(
+            format!("the upstream MCP server failed ({other}); the payment was not spent"),
+            None,
+        ),
+    }
+}
+
+#[async_trait]
+impl ToolUpstream for McpUpstream {
+    async fn tools(&self) -> Result<Vec<Tool>, ErrorData> {
+        self.peer.list_all_tools().await.map_err(upstream_error)
+    }
+
+    async fn call(
+        &self,
+        name: &str,
+        arguments: Option<JsonObject>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let mut request = CallToolRequestParams::new(name.to_owned());
+        request.arguments = arguments;
+        self.peer.call_tool(request).await.map_err(upstream_error)
+    }
+}
