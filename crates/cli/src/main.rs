@@ -19,6 +19,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Lightning paywall for HTTP APIs: L402 and MPP over one invoice.
 #[derive(Debug, Parser)]
 #[command(name = "gate402", version, about, long_about = None)]

@@ -25,7 +25,13 @@ use gate402_store::{ClaimHolder, Reservation, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::batch::Batch;
 use crate::clock::unix_now;
+
+/// How long a served claim waits for others to be committed with it:
+/// until then it stays held (a replay is refused as in flight), and a
+/// crash releases it at the next start.
+const COMMIT_LINGER: Duration = Duration::from_millis(2);
 
 /// The canonical key of a single-use payment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,6 +71,9 @@ pub struct Claims {
     lease: Duration,
     /// Claims held now, for the renewer.
     held: Mutex<HashMap<String, ClaimHolder>>,
+    /// Claims served and waiting to be recorded as spent: still held (and
+    /// renewed) until their batch is written.
+    commits: Batch<Vec<(String, ClaimHolder)>>,
     tracker: TaskTracker,
     stop: CancellationToken,
     /// Claims taken before claims were keyed by payment hash are still
@@ -99,6 +108,7 @@ impl Claims {
             replica,
             lease: lease.max(Duration::from_secs(1)),
             held: Mutex::new(HashMap::new()),
+            commits: Batch::new(),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
             legacy_until: AtomicU64::new(legacy_until),
@@ -118,7 +128,49 @@ impl Claims {
                 claims.renew_all().await;
             }
         });
+        let committer = claims.clone();
+        claims.tracker.spawn(async move {
+            let claims = &committer;
+            claims
+                .commits
+                .run(
+                    claims.stop.clone(),
+                    COMMIT_LINGER,
+                    true,
+                    Vec::is_empty,
+                    Vec::extend,
+                    |batch| claims.commit_batch(batch),
+                )
+                .await;
+        });
         Ok(claims)
+    }
+
+    /// Records a batch of served claims as spent; answers what could not
+    /// be written.
+    async fn commit_batch(
+        &self,
+        batch: Vec<(String, ClaimHolder)>,
+    ) -> Option<Vec<(String, ClaimHolder)>> {
+        match self.store.commit_claims(&batch, unix_now()).await {
+            Ok(held) => {
+                let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                for ((key, holder), held) in batch.iter().zip(held) {
+                    if map.get(key) == Some(holder) {
+                        map.remove(key);
+                    }
+                    if !held {
+                        tracing::error!(key, "a served claim was no longer held by its request");
+                    }
+                }
+                None
+            }
+            Err(e) => {
+                // Still held and renewed: written on the next try.
+                tracing::warn!(error = %e, claims = batch.len(), "cannot record served claims; retrying");
+                Some(batch)
+            }
+        }
     }
 
     /// The lease of each claim.
@@ -215,6 +267,10 @@ impl Claims {
     }
 
     fn finish(self: &Arc<Self>, key: String, holder: ClaimHolder, outcome: Outcome) {
+        if outcome == Outcome::Commit {
+            self.commits.add(|pending| pending.push((key, holder)));
+            return;
+        }
         let claims = self.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -259,8 +315,8 @@ impl Claims {
         }
     }
 
-    /// Stops renewing and waits for every pending commit and release.
-    /// Call after the server stopped serving.
+    /// Stops renewing, writes every pending commit, waits for every
+    /// release. Call after the server stopped serving.
     pub async fn shutdown(&self) {
         self.stop.cancel();
         self.tracker.close();

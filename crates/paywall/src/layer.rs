@@ -287,12 +287,14 @@ impl Paywall {
             Ok(host) => host,
             Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),
         };
-        let Some(uri) = with_path(request.uri(), &path) else {
-            return Ok(own(responses::bad_request(
-                "the request target cannot be forwarded",
-            )));
-        };
-        *request.uri_mut() = uri;
+        if path.as_str() != request.uri().path() {
+            let Some(uri) = with_path(request.uri(), &path) else {
+                return Ok(own(responses::bad_request(
+                    "the request target cannot be forwarded",
+                )));
+            };
+            *request.uri_mut() = uri;
+        }
         let client = self.client_of(&request);
         if let Some(client) = client {
             request.extensions_mut().insert(client);
@@ -396,7 +398,7 @@ impl Paywall {
         service: &PricedService,
         request: Request<ReqBody>,
         mut inner: S,
-        scheme: &str,
+        scheme: &'static str,
         verified: &Verified,
         claim: Option<Claim>,
     ) -> Result<Response<PaywallBody<ResBody>>, S::Error>

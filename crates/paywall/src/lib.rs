@@ -54,6 +54,7 @@
 //! # }
 //! ```
 
+mod batch;
 pub mod claims;
 pub mod client;
 mod clock;

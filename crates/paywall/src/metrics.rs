@@ -7,6 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -19,6 +20,18 @@ pub struct Metrics {
     revenue: Family<Labels, Counter>,
     rejections: Family<Labels, Counter>,
     upstream: Family<Labels, Histogram>,
+    /// The hot counters of each service, resolved once: the families
+    /// would build and hash a label set on every request.
+    hot: std::sync::RwLock<std::collections::HashMap<String, Arc<Hot>>>,
+}
+
+/// One service's per-request counters.
+struct Hot {
+    challenges: Counter,
+    upstream: Histogram,
+    /// Served, by scheme; others go through the family.
+    served_l402: Counter,
+    served_payment: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,26 +89,67 @@ impl Default for Metrics {
             revenue,
             rejections,
             upstream,
+            hot: Default::default(),
         }
     }
 }
 
 impl Metrics {
+    fn hot(&self, service: &str) -> Arc<Hot> {
+        if let Some(hot) = self
+            .hot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(service)
+        {
+            return hot.clone();
+        }
+        let served = |scheme: &str| {
+            self.verified
+                .get_or_create(&vec![
+                    ("service", service.to_owned()),
+                    ("scheme", scheme.to_owned()),
+                ])
+                .clone()
+        };
+        let hot = Arc::new(Hot {
+            challenges: self
+                .challenges
+                .get_or_create(&vec![("service", service.to_owned())])
+                .clone(),
+            upstream: self
+                .upstream
+                .get_or_create(&vec![("service", service.to_owned())])
+                .clone(),
+            served_l402: served("L402"),
+            served_payment: served("Payment"),
+        });
+        self.hot
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(service.to_owned())
+            .or_insert(hot)
+            .clone()
+    }
+
     /// A 402 was sent for `service`.
     pub fn challenge(&self, service: &str) {
-        self.challenges
-            .get_or_create(&vec![("service", service.to_owned())])
-            .inc();
+        self.hot(service).challenges.inc();
     }
 
     /// A paid request to `service` was served.
     pub fn served(&self, service: &str, scheme: &str) {
-        self.verified
-            .get_or_create(&vec![
-                ("service", service.to_owned()),
-                ("scheme", scheme.to_owned()),
-            ])
-            .inc();
+        match scheme {
+            "L402" => self.hot(service).served_l402.inc(),
+            "Payment" => self.hot(service).served_payment.inc(),
+            other => self
+                .verified
+                .get_or_create(&vec![
+                    ("service", service.to_owned()),
+                    ("scheme", other.to_owned()),
+                ])
+                .inc(),
+        };
     }
 
     /// A payment of `sats` for `service` served its first request.
@@ -120,9 +174,7 @@ impl Metrics {
 
     /// The upstream of `service` answered after `seconds`.
     pub fn upstream(&self, service: &str, seconds: f64) {
-        self.upstream
-            .get_or_create(&vec![("service", service.to_owned())])
-            .observe(seconds);
+        self.hot(service).upstream.observe(seconds);
     }
 
     /// The text exposition format.

@@ -2,8 +2,8 @@
 //! issue, verify, claim, record. The HTTP layer ([`crate::layer`]) and a
 //! gateway's other doors (paid MCP tools) are built from these.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -11,9 +11,11 @@ use gate402_l402::RootKeySecrets;
 use gate402_lightning::{LightningBackend, LightningError, Network};
 use gate402_mpp::challenge::ChallengeKey;
 use gate402_mpp::{PaymentCredential, Receipt};
-use gate402_store::{PaymentRecord, ReceiptRecord, Store, StoreError};
+use gate402_store::{PaymentRecord, Store, StoreError};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::batch::Batch;
 use crate::claims::{Claim, ClaimError, ClaimKey, Claims};
 use crate::client::{ClientKey, TrustedProxies};
 use crate::issue::{Doors, Issued, Issuer};
@@ -144,7 +146,7 @@ impl PaywallBuilder {
     pub async fn build(self) -> Result<Paywall, PaywallError> {
         let info = self.backend.node_info().await?;
         let claims = Claims::new(self.store.clone(), self.replica, self.claim_lease).await?;
-        Ok(Paywall {
+        let paywall = Paywall {
             inner: Arc::new(State {
                 routes: ArcSwap::from_pointee(Routes::new(self.services)),
                 issuer: Issuer {
@@ -172,9 +174,26 @@ impl PaywallBuilder {
                 trusted_proxies: self.trusted_proxies,
                 test_money: self.test_money,
                 background: TaskTracker::new(),
-                seen_payments: Mutex::new(HashSet::new()),
+                served: Batch::new(),
+                stop: CancellationToken::new(),
             }),
-        })
+        };
+        let writer = paywall.clone();
+        paywall.inner.background.spawn(async move {
+            let state = &writer.inner;
+            state
+                .served
+                .run(
+                    state.stop.clone(),
+                    SERVED_LINGER,
+                    false,
+                    HashMap::is_empty,
+                    merge_served,
+                    |batch| writer.write_served(batch),
+                )
+                .await;
+        });
+        Ok(paywall)
     }
 }
 
@@ -206,15 +225,12 @@ pub(crate) struct State {
     pub(crate) limits: Limits,
     pub(crate) trusted_proxies: TrustedProxies,
     pub(crate) test_money: Option<String>,
-    /// Receipts and payment records written after the response left.
+    /// The writer of `served`.
     pub(crate) background: TaskTracker,
-    /// Payment hashes already recorded by this process, so that a
-    /// reusable token does not ask the store on every call.
-    seen_payments: Mutex<HashSet<[u8; 32]>>,
+    /// What payments served, written after the responses left.
+    served: Batch<Served>,
+    stop: CancellationToken,
 }
-
-/// How many payment hashes a process remembers before it starts over.
-const SEEN_PAYMENTS: usize = 100_000;
 
 impl Paywall {
     /// A builder over a Lightning backend, a store, and the secret that
@@ -309,6 +325,7 @@ impl Paywall {
     /// server stopped serving, before the process exits.
     pub async fn shutdown(&self) {
         self.inner.claims.shutdown().await;
+        self.inner.stop.cancel();
         self.inner.background.close();
         self.inner.background.wait().await;
     }
@@ -333,7 +350,7 @@ impl Paywall {
     ///
     /// [`Limited`], with when to come back.
     pub fn admit(&self, client: Option<ClientKey>, service: &str) -> Result<(), Limited> {
-        let admitted = self.inner.limits.admit(client, &Arc::from(service));
+        let admitted = self.inner.limits.admit(client, service);
         if admitted.is_err() {
             self.inner.metrics.rejected("rate-limited");
         }
@@ -418,15 +435,16 @@ impl Paywall {
         result
     }
 
-    /// Counts a served paid request and returns its receipt; the receipt
-    /// row and the payment (revenue is counted once per payment) are
-    /// written after the response, by a tracked task that a shutdown
-    /// waits for. A crash may lose those rows, never money: the claim, not
-    /// the receipt, is what makes a credential single use.
+    /// Counts a served paid request and returns its receipt. The count
+    /// is written with others after the response, so a reused token costs
+    /// the store nothing per request; the first write of a payment counts
+    /// its revenue (once, across replicas). A crash may lose the counts of
+    /// the last moments, never money: the claim, not the count, is what
+    /// makes a credential single use.
     pub fn record_paid(
         &self,
         service: &PricedService,
-        scheme: &str,
+        scheme: &'static str,
         verified: &Verified,
     ) -> Receipt {
         let now = time::OffsetDateTime::now_utc();
@@ -438,56 +456,74 @@ impl Paywall {
         let state = &self.inner;
         state.metrics.served(&service.name, scheme);
         let at = now.unix_timestamp().max(0) as u64;
-        let receipt_row = ReceiptRecord {
-            payment_hash: verified.payment_hash,
-            scheme: scheme.to_owned(),
-            challenge_id: verified.challenge_id.clone(),
-            service: service.name.clone(),
-            amount_msat: service.price_sats * 1000,
-            served_at: at,
-        };
-        let first_seen = {
-            let mut seen = state
-                .seen_payments
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if seen.len() >= SEEN_PAYMENTS {
-                seen.clear();
-            }
-            seen.insert(verified.payment_hash)
-        };
-        let payment = first_seen.then(|| PaymentRecord {
-            payment_hash: verified.payment_hash,
-            service: service.name.clone(),
-            scheme: scheme.to_owned(),
-            amount_msat: service.price_sats * 1000,
-            at,
+        state.served.add(|pending| {
+            pending
+                .entry(verified.payment_hash)
+                .and_modify(|p| {
+                    p.served += 1;
+                    p.at = at;
+                })
+                .or_insert_with(|| PaymentRecord {
+                    payment_hash: verified.payment_hash,
+                    service: service.name.clone(),
+                    scheme: scheme.to_owned(),
+                    amount_msat: service.price_sats * 1000,
+                    at,
+                    served: 1,
+                });
         });
-        let paywall = self.clone();
-        state.background.spawn(async move {
-            let store = &paywall.inner.store;
-            if let Err(e) = store.put_receipt(&receipt_row).await {
-                tracing::error!(error = %e, "cannot record a receipt");
-            }
-            if let Some(payment) = payment {
-                match store.record_payment(&payment).await {
-                    Ok(true) => paywall.inner.metrics.payment(
-                        &payment.service,
-                        &payment.scheme,
-                        payment.amount_msat / 1000,
-                    ),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "cannot record a payment"),
-                }
-            }
-        });
-        tracing::info!(
+        tracing::debug!(
             service = %service.name,
             scheme,
             payment_hash = %hex::encode(verified.payment_hash),
-            test_money = state.test_money.is_some(),
             "paid request served"
         );
         receipt
+    }
+
+    /// Writes a batch of served payments; counts the new ones' revenue.
+    async fn write_served(&self, batch: Served) -> Option<Served> {
+        let records: Vec<PaymentRecord> = batch.into_values().collect();
+        match self.inner.store.record_payments(&records).await {
+            Ok(new) => {
+                for (payment, new) in records.iter().zip(new) {
+                    if new {
+                        self.inner.metrics.payment(
+                            &payment.service,
+                            &payment.scheme,
+                            payment.amount_msat / 1000,
+                        );
+                    }
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, payments = records.len(), "cannot record served payments; retrying");
+                Some(records.into_iter().map(|p| (p.payment_hash, p)).collect())
+            }
+        }
+    }
+}
+
+/// How long served payments gather before they are written: revenue in
+/// the metrics lags by about this much.
+const SERVED_LINGER: Duration = Duration::from_millis(50);
+
+/// Served payments waiting to be written, by payment hash.
+type Served = HashMap<[u8; 32], PaymentRecord>;
+
+/// Adds `more` to `into`, payment by payment.
+fn merge_served(into: &mut Served, more: Served) {
+    for (hash, payment) in more {
+        match into.entry(hash) {
+            std::collections::hash_map::Entry::Occupied(mut known) => {
+                let known = known.get_mut();
+                known.served += payment.served;
+                known.at = known.at.max(payment.at);
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(payment);
+            }
+        }
     }
 }

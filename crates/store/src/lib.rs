@@ -38,24 +38,8 @@ pub struct InvoiceRecord {
     pub expires_at: u64,
 }
 
-/// A payment receipt given out with a served response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReceiptRecord {
-    /// The paid invoice's hash (the receipt's reference).
-    pub payment_hash: [u8; 32],
-    /// `L402` or `Payment`.
-    pub scheme: String,
-    /// The MPP challenge id, if any.
-    pub challenge_id: Option<String>,
-    /// The service.
-    pub service: String,
-    /// The amount.
-    pub amount_msat: u64,
-    /// When (unix seconds).
-    pub served_at: u64,
-}
-
-/// A payment used for the first time, counted once for revenue.
+/// Requests a payment served: one row per payment, made the first time it
+/// serves (counted once for revenue), then a count of what it served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentRecord {
     /// The paid invoice's hash: what makes it one payment.
@@ -66,8 +50,10 @@ pub struct PaymentRecord {
     pub scheme: String,
     /// The amount.
     pub amount_msat: u64,
-    /// When it was first served (unix seconds).
+    /// When it served the last of `served` (unix seconds).
     pub at: u64,
+    /// Requests served since it was last recorded (at least 1).
+    pub served: u64,
 }
 
 /// Who holds a claim: the replica (stable across restarts, from the data
@@ -151,6 +137,15 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<bool, StoreError>;
 
+    /// [`Store::commit_claim`] for several claims at once (each key once),
+    /// in one round trip; answers, in order, whether each holder still
+    /// held its claim.
+    async fn commit_claims(
+        &self,
+        claims: &[(String, ClaimHolder)],
+        now: u64,
+    ) -> Result<Vec<bool>, StoreError>;
+
     /// Frees the claim (upstream failed: pay for success), only if `holder`
     /// holds it and it is not consumed.
     async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError>;
@@ -168,26 +163,31 @@ pub trait Store: Send + Sync + 'static {
     /// Whether a legacy claim with this id was consumed.
     async fn legacy_consumed(&self, id: &str) -> Result<bool, StoreError>;
 
-    /// Records that a payment was first used; Ok(true) only for the first
-    /// call with this payment hash (across every replica), so revenue is
-    /// counted per payment, not per served request.
-    async fn record_payment(&self, payment: &PaymentRecord) -> Result<bool, StoreError>;
+    /// Records what payments served, several at once (each hash once):
+    /// a payment seen for the first time (across every replica) gets its
+    /// row, a known one adds to its count. Answers, in order, whether each
+    /// payment was new, so that revenue is counted per payment, not per
+    /// served request.
+    async fn record_payments(&self, payments: &[PaymentRecord]) -> Result<Vec<bool>, StoreError>;
+
+    /// [`Store::record_payments`] for one payment.
+    async fn record_payment(&self, payment: &PaymentRecord) -> Result<bool, StoreError> {
+        let new = self.record_payments(std::slice::from_ref(payment)).await?;
+        Ok(new.first().copied().unwrap_or(false))
+    }
 
     /// Counts one more free call for `client` on `service`; returns the
     /// count including this one.
     async fn count_freebie(&self, client: &str, service: &str) -> Result<u64, StoreError>;
-
-    /// Records a receipt.
-    async fn put_receipt(&self, receipt: &ReceiptRecord) -> Result<(), StoreError>;
 
     /// Drops consumed claims past their expiry (the payment can no longer
     /// be presented). Returns how many.
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError>;
 
     /// Drops invoices recorded before `created_before` (unix seconds) and
-    /// receipts served before `served_before`: a table that only grows
-    /// would let unpaid `create_payment` calls, or one reused token, fill
-    /// the disk. Returns how many rows went.
+    /// receipts (rows earlier versions wrote per request) served before
+    /// `served_before`: a table that only grows would let unpaid
+    /// `create_payment` calls fill the disk. Returns how many rows went.
     async fn purge_records(
         &self,
         created_before: u64,

@@ -7,9 +7,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
-use crate::{
-    ClaimHolder, InvoiceRecord, PaymentRecord, ReceiptRecord, Reservation, Store, StoreError,
-};
+use crate::{ClaimHolder, InvoiceRecord, PaymentRecord, Reservation, Store, StoreError};
 
 /// Schema versions, in order; `gate402_schema` says how many ran.
 /// Append only: a database keeps whatever a released version made of it.
@@ -74,6 +72,13 @@ const MIGRATIONS: &[&str] = &[
     // Old invoices and receipts are purged by age.
     "CREATE INDEX invoices_created_at ON invoices (created_at);
      CREATE INDEX receipts_served_at ON receipts (served_at);",
+    // A payment's row counts what it served (receipts are no longer
+    // written one per request).
+    "ALTER TABLE payments ADD COLUMN served BIGINT NOT NULL DEFAULT 1;
+     ALTER TABLE payments ADD COLUMN last_served_at BIGINT;",
+    // Claims are looked up by holder only when a replica starts: a scan
+    // then costs less than keeping the index on every claim and commit.
+    "DROP INDEX challenges_holder;",
 ];
 
 /// Any number fixed for the advisory lock that serializes migrations of
@@ -87,7 +92,26 @@ const CONNECT_FOR: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Claims waiting for the claim writers, which send many in one
+    /// statement: each commit waits for the WAL to reach the disk, so one
+    /// commit for many claims is what lets a busy gateway keep up.
+    claims: tokio::sync::mpsc::UnboundedSender<ClaimCall>,
 }
+
+/// One claim waiting to be written.
+struct ClaimCall {
+    key: String,
+    holder: ClaimHolder,
+    expires_at: u64,
+    lease_until: u64,
+    now: u64,
+    reply: tokio::sync::oneshot::Sender<Result<Reservation, StoreError>>,
+}
+
+/// Claim statements in flight at once.
+const CLAIM_WRITERS: usize = 2;
+/// Claims at most in one statement.
+const MAX_CLAIM_BATCH: usize = 256;
 
 fn db(e: sqlx::Error) -> StoreError {
     match e {
@@ -121,7 +145,13 @@ impl PostgresStore {
                 },
             }
         };
-        let store = Self { pool };
+        let (claims, queue) = tokio::sync::mpsc::unbounded_channel();
+        let queue = std::sync::Arc::new(tokio::sync::Mutex::new(queue));
+        for _ in 0..CLAIM_WRITERS {
+            let (pool, queue) = (pool.clone(), queue.clone());
+            tokio::spawn(async move { write_claims(pool, queue).await });
+        }
+        let store = Self { pool, claims };
         store.migrate().await?;
         Ok(store)
     }
@@ -152,6 +182,125 @@ impl PostgresStore {
         }
         tx.commit().await.map_err(db)
     }
+}
+
+/// A claim writer: takes every claim waiting (up to a batch), writes them
+/// in one statement, answers them, and again, until the store is dropped.
+async fn write_claims(
+    pool: PgPool,
+    queue: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ClaimCall>>>,
+) {
+    loop {
+        let batch = {
+            let mut queue = queue.lock().await;
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_CLAIM_BATCH {
+                match queue.try_recv() {
+                    Ok(call) => batch.push(call),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        match claim_batch(&pool, &batch).await {
+            Ok(answers) => {
+                for (call, answer) in batch.into_iter().zip(answers) {
+                    let _ = call.reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                for call in batch {
+                    let _ = call.reply.send(Err(match &e {
+                        StoreError::Database(m) => StoreError::Database(m.clone()),
+                        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Claims a batch in one statement: a new claim, or the takeover of a
+/// lapsed one, under the row locks of ON CONFLICT, so concurrent replicas
+/// cannot both acquire. A key asked for twice in the batch goes in once;
+/// the second asker finds it in flight (or spent).
+async fn claim_batch(pool: &PgPool, batch: &[ClaimCall]) -> Result<Vec<Reservation>, StoreError> {
+    let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut unique: Vec<&ClaimCall> = Vec::new();
+    for call in batch {
+        if !first.contains_key(call.key.as_str()) {
+            first.insert(&call.key, unique.len());
+            unique.push(call);
+        }
+    }
+    let keys: Vec<&str> = unique.iter().map(|c| c.key.as_str()).collect();
+    let leases: Vec<i64> = unique.iter().map(|c| c.lease_until as i64).collect();
+    let expiries: Vec<i64> = unique.iter().map(|c| c.expires_at as i64).collect();
+    let replicas: Vec<&str> = unique.iter().map(|c| c.holder.replica.as_str()).collect();
+    let tokens: Vec<&str> = unique.iter().map(|c| c.holder.token.as_str()).collect();
+    // A lease counts as lapsed only if it lapsed before the earliest call.
+    let now = unique.iter().map(|c| c.now).min().unwrap_or(0) as i64;
+    let acquired: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO challenges (id, lease_until, expires_at, holder, holder_token, legacy)
+         SELECT id, lease, expiry, holder, token, FALSE
+         FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[])
+             AS u(id, lease, expiry, holder, token)
+         ON CONFLICT (id) DO UPDATE
+            SET lease_until = EXCLUDED.lease_until,
+                holder = EXCLUDED.holder,
+                holder_token = EXCLUDED.holder_token,
+                legacy = FALSE
+         WHERE NOT challenges.consumed AND challenges.lease_until <= $6
+         RETURNING id",
+    )
+    .bind(&keys)
+    .bind(&leases)
+    .bind(&expiries)
+    .bind(&replicas)
+    .bind(&tokens)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let acquired: std::collections::HashSet<&str> = acquired.iter().map(String::as_str).collect();
+    let refused: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !acquired.contains(k))
+        .collect();
+    let consumed: std::collections::HashSet<String> = if refused.is_empty() {
+        Default::default()
+    } else {
+        sqlx::query_scalar("SELECT id FROM challenges WHERE id = ANY($1) AND consumed")
+            .bind(&refused)
+            .fetch_all(pool)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .collect()
+    };
+    Ok(batch
+        .iter()
+        .enumerate()
+        .map(|(i, call)| {
+            let key = call.key.as_str();
+            let is_first = unique
+                .get(first[key])
+                .is_some_and(|c| std::ptr::eq(*c, &batch[i]));
+            if consumed.contains(key) {
+                Reservation::Consumed
+            } else if is_first && acquired.contains(key) {
+                Reservation::Acquired
+            } else {
+                // Held by another request (or released between the two
+                // statements: then the client retries and gets it).
+                Reservation::InFlight
+            }
+        })
+        .collect())
 }
 
 #[async_trait]
@@ -211,44 +360,18 @@ impl Store for PostgresStore {
         lease_until: u64,
         now: u64,
     ) -> Result<Reservation, StoreError> {
-        // One statement: a new claim, or the takeover of a lapsed one,
-        // under the row lock of ON CONFLICT, so concurrent replicas cannot
-        // both acquire.
-        let acquired = sqlx::query(
-            "INSERT INTO challenges (id, lease_until, expires_at, holder, holder_token, legacy)
-             VALUES ($1, $2, $3, $4, $5, FALSE)
-             ON CONFLICT (id) DO UPDATE
-                SET lease_until = EXCLUDED.lease_until,
-                    holder = EXCLUDED.holder,
-                    holder_token = EXCLUDED.holder_token,
-                    legacy = FALSE
-             WHERE NOT challenges.consumed AND challenges.lease_until <= $6
-             RETURNING id",
-        )
-        .bind(key)
-        .bind(lease_until as i64)
-        .bind(expires_at as i64)
-        .bind(&holder.replica)
-        .bind(&holder.token)
-        .bind(now as i64)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
-        if acquired.is_some() {
-            return Ok(Reservation::Acquired);
-        }
-        let consumed: Option<bool> =
-            sqlx::query_scalar("SELECT consumed FROM challenges WHERE id = $1")
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db)?;
-        Ok(match consumed {
-            Some(true) => Reservation::Consumed,
-            // Held by another request (or released between the two
-            // statements: then the client retries and gets it).
-            _ => Reservation::InFlight,
-        })
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let call = ClaimCall {
+            key: key.to_owned(),
+            holder: holder.clone(),
+            expires_at,
+            lease_until,
+            now,
+            reply,
+        };
+        let stopped = || StoreError::Database("the claim writers have stopped".into());
+        self.claims.send(call).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn renew_claim(
@@ -289,6 +412,36 @@ impl Store for PostgresStore {
         .await
         .map(|r| r.rows_affected() == 1)
         .map_err(db)
+    }
+
+    async fn commit_claims(
+        &self,
+        claims: &[(String, ClaimHolder)],
+        now: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = claims.iter().map(|(k, _)| k.as_str()).collect();
+        let replicas: Vec<&str> = claims.iter().map(|(_, h)| h.replica.as_str()).collect();
+        let tokens: Vec<&str> = claims.iter().map(|(_, h)| h.token.as_str()).collect();
+        let committed: Vec<String> = sqlx::query_scalar(
+            "UPDATE challenges AS c
+             SET consumed = TRUE, consumed_at = coalesce(c.consumed_at, $4)
+             FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(id, holder, token)
+             WHERE c.id = u.id AND c.holder = u.holder AND c.holder_token = u.token
+             RETURNING c.id",
+        )
+        .bind(&keys)
+        .bind(&replicas)
+        .bind(&tokens)
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let committed: std::collections::HashSet<&str> =
+            committed.iter().map(String::as_str).collect();
+        Ok(keys.iter().map(|k| committed.contains(k)).collect())
     }
 
     async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError> {
@@ -334,20 +487,41 @@ impl Store for PostgresStore {
         .map_err(db)
     }
 
-    async fn record_payment(&self, payment: &PaymentRecord) -> Result<bool, StoreError> {
-        sqlx::query(
-            "INSERT INTO payments (payment_hash, service, scheme, amount_msat, first_served_at)
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (payment_hash) DO NOTHING",
+    async fn record_payments(&self, payments: &[PaymentRecord]) -> Result<Vec<bool>, StoreError> {
+        if payments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let column = |f: fn(&PaymentRecord) -> i64| payments.iter().map(f).collect::<Vec<i64>>();
+        let hashes: Vec<Vec<u8>> = payments.iter().map(|p| p.payment_hash.to_vec()).collect();
+        let services: Vec<&str> = payments.iter().map(|p| p.service.as_str()).collect();
+        let schemes: Vec<&str> = payments.iter().map(|p| p.scheme.as_str()).collect();
+        // One statement for the batch; `xmax = 0` tells a row this
+        // statement inserted from one it updated.
+        let rows = sqlx::query(
+            "INSERT INTO payments (payment_hash, service, scheme, amount_msat, first_served_at, last_served_at, served)
+             SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $5::bigint[], $6::bigint[])
+             ON CONFLICT (payment_hash) DO UPDATE
+                SET served = payments.served + EXCLUDED.served,
+                    last_served_at = GREATEST(payments.last_served_at, EXCLUDED.last_served_at)
+             RETURNING payment_hash, (xmax = 0) AS inserted",
         )
-        .bind(&payment.payment_hash[..])
-        .bind(&payment.service)
-        .bind(&payment.scheme)
-        .bind(payment.amount_msat as i64)
-        .bind(payment.at as i64)
-        .execute(&self.pool)
+        .bind(&hashes)
+        .bind(&services)
+        .bind(&schemes)
+        .bind(column(|p| p.amount_msat as i64))
+        .bind(column(|p| p.at as i64))
+        .bind(column(|p| p.served as i64))
+        .fetch_all(&self.pool)
         .await
-        .map(|r| r.rows_affected() == 1)
-        .map_err(db)
+        .map_err(db)?;
+        let inserted: std::collections::HashMap<Vec<u8>, bool> = rows
+            .iter()
+            .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<bool, _>(1)))
+            .collect();
+        Ok(hashes
+            .iter()
+            .map(|h| inserted.get(h).copied().unwrap_or(false))
+            .collect())
     }
 
     async fn count_freebie(&self, client: &str, service: &str) -> Result<u64, StoreError> {
@@ -361,23 +535,6 @@ impl Store for PostgresStore {
         .fetch_one(&self.pool)
         .await
         .map(|n| n as u64)
-        .map_err(db)
-    }
-
-    async fn put_receipt(&self, receipt: &ReceiptRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO receipts (payment_hash, scheme, challenge_id, service, amount_msat, served_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&receipt.payment_hash[..])
-        .bind(&receipt.scheme)
-        .bind(&receipt.challenge_id)
-        .bind(&receipt.service)
-        .bind(receipt.amount_msat as i64)
-        .bind(receipt.served_at as i64)
-        .execute(&self.pool)
-        .await
-        .map(drop)
         .map_err(db)
     }
 

@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use gate402_postgres_testkit::TestPostgres;
 use gate402_store::{
-    ClaimHolder, InvoiceRecord, PaymentRecord, PostgresStore, ReceiptRecord, Reservation,
-    SqliteStore, Store,
+    ClaimHolder, InvoiceRecord, PaymentRecord, PostgresStore, Reservation, SqliteStore, Store,
 };
 
 /// Two handles on one database, as two gateway replicas have.
@@ -32,6 +31,7 @@ fn payment(hash: u8, service: &str) -> PaymentRecord {
         scheme: "Payment".into(),
         amount_msat: 5_000,
         at: 10,
+        served: 1,
     }
 }
 
@@ -230,6 +230,58 @@ async fn payments_are_counted_once(stores: &Pair) {
         }
     }
     assert_eq!(first, 1);
+    // A batch: new and known payments together, each answered in order.
+    let batch = [payment(8, "svc"), payment(5, "svc"), payment(9, "svc")];
+    let mut counted = batch.clone();
+    counted[1].served = 40;
+    assert_eq!(
+        a.record_payments(&counted).await.unwrap(),
+        [true, false, true]
+    );
+    assert_eq!(b.record_payments(&batch).await.unwrap(), [false; 3]);
+    assert!(a.record_payments(&[]).await.unwrap().is_empty());
+}
+
+async fn claims_are_committed_in_batches([a, b]: &Pair) {
+    use Reservation::{Acquired, Consumed, InFlight};
+    let (r1, r2) = (holder("r1", "t1"), holder("r1", "t2"));
+    let keys = ["p:batch-1", "p:batch-2", "p:batch-3"];
+    assert_eq!(
+        a.claim(keys[0], &r1, 1000, 100, 10).await.unwrap(),
+        Acquired
+    );
+    assert_eq!(
+        b.claim(keys[1], &r2, 1000, 100, 10).await.unwrap(),
+        Acquired
+    );
+    // The third is not held at all; the second is held by another token.
+    let committed = a
+        .commit_claims(
+            &[
+                (keys[0].to_owned(), r1.clone()),
+                (keys[1].to_owned(), r1.clone()),
+                (keys[2].to_owned(), r1.clone()),
+            ],
+            11,
+        )
+        .await
+        .unwrap();
+    assert_eq!(committed, [true, false, false]);
+    assert_eq!(
+        b.claim(keys[0], &r2, 1000, 100, 12).await.unwrap(),
+        Consumed
+    );
+    assert_eq!(
+        b.claim(keys[1], &r1, 1000, 100, 12).await.unwrap(),
+        InFlight
+    );
+    assert_eq!(
+        b.commit_claims(&[(keys[1].to_owned(), r2.clone())], 13)
+            .await
+            .unwrap(),
+        [true]
+    );
+    assert!(a.commit_claims(&[], 14).await.unwrap().is_empty());
 }
 
 async fn new_claims_are_not_legacy([a, b]: &Pair) {
@@ -260,7 +312,7 @@ async fn invoices_are_found_by_payment_hash([a, b]: &Pair) {
     assert_eq!(b.invoice(&[4; 32]).await.unwrap(), None);
 }
 
-async fn old_invoices_and_receipts_are_purged([a, b]: &Pair) {
+async fn old_invoices_are_purged([a, b]: &Pair) {
     let invoice = |byte: u8, created_at: u64| InvoiceRecord {
         payment_hash: [byte; 32],
         bolt11: "lnbcrt1…".into(),
@@ -269,24 +321,14 @@ async fn old_invoices_and_receipts_are_purged([a, b]: &Pair) {
         created_at,
         expires_at: created_at + 600,
     };
-    let receipt = |served_at: u64| ReceiptRecord {
-        payment_hash: [9; 32],
-        scheme: "L402".into(),
-        challenge_id: None,
-        service: "weather".into(),
-        amount_msat: 1_000,
-        served_at,
-    };
     a.put_invoice(&invoice(9, 100)).await.unwrap();
     a.put_invoice(&invoice(10, 1_000)).await.unwrap();
-    a.put_receipt(&receipt(100)).await.unwrap();
-    a.put_receipt(&receipt(1_000)).await.unwrap();
-    assert!(b.purge_records(500, 500).await.unwrap() >= 2);
+    assert!(b.purge_records(500, 500).await.unwrap() >= 1);
     assert_eq!(a.invoice(&[9; 32]).await.unwrap(), None);
     assert!(a.invoice(&[10; 32]).await.unwrap().is_some());
     // Nothing older is left: the newer rows stay.
     assert_eq!(b.purge_records(500, 500).await.unwrap(), 0);
-    assert!(a.purge_records(2_000, 2_000).await.unwrap() >= 2);
+    assert!(a.purge_records(2_000, 2_000).await.unwrap() >= 1);
     assert_eq!(a.invoice(&[10; 32]).await.unwrap(), None);
 }
 
@@ -299,10 +341,11 @@ async fn keeps_the_contract(stores: &Pair) {
     concurrent_claims_acquire_once(stores).await;
     consumed_claims_are_purged_after_expiry(stores).await;
     payments_are_counted_once(stores).await;
+    claims_are_committed_in_batches(stores).await;
     new_claims_are_not_legacy(stores).await;
     freebies_count_per_client_and_service(stores).await;
     // Before the invoice the reopened database is checked for is put.
-    old_invoices_and_receipts_are_purged(stores).await;
+    old_invoices_are_purged(stores).await;
     invoices_are_found_by_payment_hash(stores).await;
 }
 

@@ -64,7 +64,7 @@ struct Inner {
     secp: Secp256k1<All>,
     key: SecretKey,
     pubkey: PublicKey,
-    store: Store,
+    store: Arc<Store>,
     settled: tokio::sync::Notify,
 }
 
@@ -214,12 +214,13 @@ impl LightningBackend for Sandbox {
             expires_at: created_at + u64::from(request.expiry_secs),
             settled_at: None,
         };
-        inner.store.insert(&row).map_err(backend)?;
-        Ok(CreatedInvoice {
-            bolt11: row.bolt11,
+        let created = CreatedInvoice {
+            bolt11: row.bolt11.clone(),
             payment_hash: hash,
             expires_at: row.expires_at,
-        })
+        };
+        inner.store.insert(row);
+        Ok(created)
     }
 
     async fn invoice_status(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError> {

@@ -1,7 +1,15 @@
 //! The sandbox's invoices in SQLite.
+//!
+//! A new invoice is kept in memory and written with the others made in
+//! the same moment, in one transaction, by a thread that runs every few
+//! milliseconds, or at once by any read or settlement: a flood of 402s
+//! costs one commit per batch, not one per invoice. Test money: an
+//! invoice made in the last milliseconds before a crash may be forgotten,
+//! and its payer told it is unknown.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use gate402_lightning::InvoiceStatus;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -19,7 +27,12 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE invoices (
 
 pub(crate) struct Store {
     conn: Mutex<Connection>,
+    /// Invoices made and not written yet.
+    pending: Mutex<Vec<InvoiceRow>>,
 }
+
+/// How often the writer thread writes what is pending.
+const WRITE_EVERY: Duration = Duration::from_millis(20);
 
 pub(crate) struct InvoiceRow {
     pub payment_hash: [u8; 32],
@@ -45,7 +58,7 @@ impl InvoiceRow {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+    pub fn open(path: &Path) -> rusqlite::Result<Arc<Self>> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -55,34 +68,61 @@ impl Store {
             conn.execute_batch(migration)?;
             conn.pragma_update(None, "user_version", i + 1)?;
         }
-        Ok(Self {
+        let store = Arc::new(Self {
             conn: Mutex::new(conn),
-        })
+            pending: Mutex::new(Vec::new()),
+        });
+        let writer = Arc::downgrade(&store);
+        // Ends with the store; a failure to start leaves reads to write.
+        let _ = std::thread::Builder::new()
+            .name("sandbox-invoices".into())
+            .spawn(move || write_pending_until_gone(writer));
+        Ok(store)
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    /// Writes what is pending; call with the connection locked.
+    fn write_pending(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        let rows = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO invoices (payment_hash, preimage, bolt11, amount_msat, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for row in &rows {
+                insert.execute(params![
+                    &row.payment_hash[..],
+                    &row.preimage[..],
+                    row.bolt11,
+                    row.amount_msat as i64,
+                    row.created_at as i64,
+                    row.expires_at as i64
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// The connection, with every pending invoice written.
+    fn conn(&self) -> rusqlite::Result<std::sync::MutexGuard<'_, Connection>> {
         // A panic while holding the lock leaves SQLite consistent; go on.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        self.write_pending(&mut conn)?;
+        Ok(conn)
     }
 
-    pub fn insert(&self, row: &InvoiceRow) -> rusqlite::Result<()> {
-        self.conn().execute(
-            "INSERT INTO invoices (payment_hash, preimage, bolt11, amount_msat, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                &row.payment_hash[..],
-                &row.preimage[..],
-                row.bolt11,
-                row.amount_msat as i64,
-                row.created_at as i64,
-                row.expires_at as i64
-            ],
-        )?;
-        Ok(())
+    pub fn insert(&self, row: InvoiceRow) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(row);
     }
 
     pub fn get(&self, hash: &[u8; 32]) -> rusqlite::Result<Option<InvoiceRow>> {
-        self.conn()
+        self.conn()?
             .query_row(
                 "SELECT preimage, bolt11, amount_msat, created_at, expires_at, settled_at
                  FROM invoices WHERE payment_hash = ?1",
@@ -105,10 +145,25 @@ impl Store {
 
     /// Marks an invoice paid; `false` if it already was (one payment only).
     pub fn settle(&self, hash: &[u8; 32], now: u64) -> rusqlite::Result<bool> {
-        let changed = self.conn().execute(
+        let changed = self.conn()?.execute(
             "UPDATE invoices SET settled_at = ?2 WHERE payment_hash = ?1 AND settled_at IS NULL",
             params![&hash[..], now as i64],
         )?;
         Ok(changed == 1)
+    }
+}
+
+/// The writer thread: writes what is pending every [`WRITE_EVERY`] until
+/// the store is dropped.
+fn write_pending_until_gone(store: Weak<Store>) {
+    loop {
+        std::thread::sleep(WRITE_EVERY);
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let written = store.conn().map(drop);
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "sandbox: cannot write new invoices; retrying");
+        }
     }
 }

@@ -101,6 +101,26 @@ fn push_encoded(out: &mut String, b: u8) {
     out.push(char::from(HEX[usize::from(b & 0xf)]));
 }
 
+/// Whether a path (after its leading `/`) is its own normal form: only
+/// characters kept as written, no `%`, no empty segment but a last one, no
+/// segment that ends with a dot. Most requests are; they skip the rest.
+fn already_normal(rest: &str) -> bool {
+    let plain = rest
+        .bytes()
+        .all(|b| b == b'/' || (unreserved(b) || literal_delimiter(b)));
+    if !plain {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || segment.ends_with('.') {
+            return false;
+        }
+    }
+    true
+}
+
 /// One segment in normal form, and whether it is a literal `.` or `..`.
 enum Segment {
     Dot,
@@ -186,6 +206,9 @@ impl RequestPath {
         let Some(rest) = path.strip_prefix('/') else {
             return Err(TargetError::NotAPath);
         };
+        if already_normal(rest) {
+            return Ok(Self(path.to_owned()));
+        }
         let mut segments: Vec<String> = Vec::new();
         let mut trailing_slash = false;
         let mut raw = rest.split('/').peekable();
