@@ -80,6 +80,7 @@ fn exchange() -> Exchange {
             digest: None,
             description: Some("Weather report"),
             opaque: None,
+            header: None,
         });
     let l402_credential = L402Credential {
         scheme: Scheme::L402,

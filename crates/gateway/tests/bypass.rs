@@ -1337,11 +1337,13 @@ fn secret_part(credential: &str) -> String {
 /// Credential fields (`\t` is a tab): `{l402}` is a genuine reusable token
 /// (`macaroon:preimage`), `{mpp}` an unspent MPP credential (after its
 /// scheme), `{forged}` the token with another preimage. Row, whether a
-/// priced request is served, fields.
+/// priced request is served, fields. The MPP credential's challenge named
+/// no `header`, so it is accepted from `Authorization` only
+/// (draft-httpauth-payment-01); either way it never reaches the upstream.
 const CREDENTIAL_ROWS: [&str; 17] = [
     "Authorization: L402            | served  | Authorization: L402 {l402}",
     "Payment-Authorization: L402    | served  | Payment-Authorization: L402 {l402}",
-    "Payment-Authorization: Payment | served  | Payment-Authorization: Payment {mpp}",
+    "Payment-Authorization: Payment | refused | Payment-Authorization: Payment {mpp}",
     "Authorization: Payment         | served  | Authorization: Payment {mpp}",
     "l402                           | served  | Authorization: l402 {l402}",
     "LSAT                           | served  | Authorization: LSAT {l402}",
@@ -1350,7 +1352,7 @@ const CREDENTIAL_ROWS: [&str; 17] = [
     "Bearer, then L402              | served  | Authorization: Bearer k | Authorization: L402 {l402}",
     "L402, then Bearer              | served  | Authorization: L402 {l402} | Authorization: Bearer k",
     "Bearer, Payment-Auth.: L402    | served  | Authorization: Bearer k | Payment-Authorization: L402 {l402}",
-    "Bearer, Payment-Auth.: Payment | served  | Authorization: Bearer k | Payment-Authorization: Payment {mpp}",
+    "Bearer, Payment-Auth.: Payment | refused | Authorization: Bearer k | Payment-Authorization: Payment {mpp}",
     "L402 in both fields            | refused | Authorization: L402 {l402} | Payment-Authorization: L402 {l402}",
     "L402 and Payment               | refused | Authorization: L402 {l402} | Payment-Authorization: Payment {mpp}",
     "Payment-Authorization: Bearer  | refused | Payment-Authorization: Bearer k",

@@ -162,7 +162,7 @@ async fn tools_are_paid_with_a_credential_in_meta() {
         data["problem"]["detail"]
             .as_str()
             .unwrap()
-            .contains("mcp/weather"),
+            .contains("not issued by this server for this route"),
         "{data}"
     );
     // Still unspent for the tool it was bought for.

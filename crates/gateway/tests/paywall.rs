@@ -296,9 +296,10 @@ async fn cheap_challenge_does_not_unlock_an_expensive_route() {
     let response = h.get("/dear", &payment).await;
     assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
     let body: Value = response.json().await.unwrap();
+    // Its id was made under the cheap route's key: not a challenge of this one.
     assert_eq!(
         body["type"],
-        "https://paymentauth.org/problems/payment-insufficient"
+        "https://paymentauth.org/problems/invalid-challenge"
     );
     // The L402 token is bound to its service the same way.
     let l402 = offer.l402_authorization(&preimage).unwrap();
@@ -947,4 +948,122 @@ async fn a_paid_answer_is_never_left_to_shared_caches() {
     ] {
         assert!(response.headers().get(targeted).is_none(), "{targeted}");
     }
+}
+
+/// A `Payment` credential for `challenge`, its echo trimmed by `trim` as a
+/// client might.
+fn payment_credential(
+    challenge: &gate402_mpp::PaymentChallenge,
+    preimage: &[u8; 32],
+    trim: impl FnOnce(&mut gate402_mpp::ChallengeEcho),
+) -> String {
+    let mut echo = challenge.to_echo();
+    trim(&mut echo);
+    let credential = gate402_mpp::PaymentCredential::new(
+        echo,
+        gate402_mpp::lightning::PreimagePayload::new(preimage),
+    );
+    gate402_mpp::credential::to_authorization(&credential)
+}
+
+#[tokio::test]
+async fn clients_that_echo_less_and_challenges_from_before_the_scope_moved_into_the_key() {
+    let secret = "a shared secret of at least thirty-two bytes";
+    let h = Harness::start_configured(
+        |up| {
+            vec![
+                service("weather", "/weather", 10, up),
+                service("forecast", "/forecast", 10, up),
+            ]
+        },
+        |config| config.mpp.secret = Some(secret.into()),
+    )
+    .await;
+    // Alby's lightning-tools echoes id, realm, method, intent, request and
+    // expires only: no opaque, no description.
+    let (offer, preimage) = h.buy("/weather").await;
+    let challenge = offer.payment.as_ref().unwrap();
+    assert!(challenge.opaque.is_none(), "the scope is in the key now");
+    let bare = payment_credential(challenge, &preimage, |echo| {
+        echo.opaque = None;
+        echo.description = None;
+    });
+    // Not on another service at the same price...
+    let elsewhere = h.get("/forecast", &bare).await;
+    assert_eq!(elsewhere.status(), StatusCode::PAYMENT_REQUIRED);
+    // ...on its own.
+    assert_eq!(h.get("/weather", &bare).await.status(), StatusCode::OK);
+
+    // A challenge issued before the change: the scope in `opaque`, the id
+    // under the gateway's own key. Still honoured, still only for its service.
+    let (offer, preimage) = h.buy("/weather").await;
+    let issued = offer.payment.as_ref().unwrap();
+    let request = gate402_mpp::challenge::decode_request(issued).unwrap();
+    let opaque = gate402_mpp::verify::scope_opaque("weather");
+    let legacy = gate402_mpp::challenge::ChallengeKey::new(secret)
+        .unwrap()
+        .issue(gate402_mpp::challenge::NewChallenge {
+            realm: &issued.realm,
+            method: "lightning",
+            intent: "charge",
+            request: &request,
+            expires: issued.expires.as_deref().and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            }),
+            digest: None,
+            description: None,
+            opaque: Some(&opaque),
+            header: None,
+        });
+    let old = payment_credential(&legacy, &preimage, |_| {});
+    assert_eq!(
+        h.get("/forecast", &old).await.status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
+    assert_eq!(h.get("/weather", &old).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_api_key_in_authorization_moves_the_credential_to_payment_authorization() {
+    let h = Harness::start(|up| vec![service("keyed", "/keyed", 3, up)]).await;
+    let ask = || {
+        h.client
+            .get(h.url("/keyed"))
+            .header(AUTHORIZATION, "Bearer upstream-api-key")
+            .send()
+    };
+    let offer = h.offer(ask().await.unwrap()).await;
+    let challenge = offer.payment.clone().unwrap();
+    assert_eq!(challenge.header.as_deref(), Some("Payment-Authorization"));
+    let paid = pay_via(&h.client, &h.base(), &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let credential = payment_credential(&challenge, &preimage, |_| {});
+    // In the field its challenge did not name: refused, and not spent.
+    let wrong = h.get("/keyed", &credential).await;
+    assert_eq!(wrong.status(), StatusCode::PAYMENT_REQUIRED);
+    let body: Value = wrong.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Payment-Authorization"),
+        "{body}"
+    );
+    let answer = h
+        .client
+        .get(h.url("/keyed"))
+        .header(AUTHORIZATION, "Bearer upstream-api-key")
+        .header("payment-authorization", &credential)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(answer.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("private"));
+    let echo: Value = answer.json().await.unwrap();
+    assert_eq!(echo["headers"]["authorization"], "Bearer upstream-api-key");
+    assert!(echo["headers"].get("payment-authorization").is_none());
 }

@@ -18,6 +18,9 @@ pub const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
 /// The `Payment-Authorization` field.
 pub const PAYMENT_AUTHORIZATION: HeaderName = HeaderName::from_static("payment-authorization");
 
+/// Its name as a challenge's `header` parameter spells it.
+pub const PAYMENT_AUTHORIZATION_NAME: &str = "Payment-Authorization";
+
 /// The scheme of a presented credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialScheme {

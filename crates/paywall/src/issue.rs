@@ -9,7 +9,6 @@ use gate402_l402::{L402Challenge, RootKeySecrets};
 use gate402_lightning::{InvoiceRequest, LightningBackend, LightningError, Network};
 use gate402_mpp::challenge::{ChallengeKey, NewChallenge};
 use gate402_mpp::lightning::{ChargeRequest, CHARGE, METHOD};
-use gate402_mpp::verify::scope_opaque;
 use gate402_mpp::PaymentChallenge;
 
 use crate::clock::unix_now;
@@ -55,6 +54,7 @@ impl Issuer {
         &self,
         service: &PricedService,
         doors: Doors,
+        header: Option<&str>,
     ) -> Result<Issued, LightningError> {
         let now = unix_now();
         let created = self
@@ -108,17 +108,23 @@ impl Issuer {
                     .min(now + u64::from(self.invoice_expiry_secs)) as i64,
             )
             .ok();
-            let opaque = scope_opaque(&service.name);
-            issued.payment = Some(self.challenge_key.issue(NewChallenge {
-                realm: &self.realm,
-                method: METHOD,
-                intent: CHARGE,
-                request: &request,
-                expires,
-                digest: None,
-                description: Some(&service.description),
-                opaque: Some(&opaque),
-            }));
+            // Bound to its service by the key, not by a parameter a client
+            // may leave out of its echo.
+            issued.payment = Some(
+                self.challenge_key
+                    .scoped(&service.name)
+                    .issue(NewChallenge {
+                        realm: &self.realm,
+                        method: METHOD,
+                        intent: CHARGE,
+                        request: &request,
+                        expires,
+                        digest: None,
+                        description: Some(&service.description),
+                        opaque: None,
+                        header,
+                    }),
+            );
         }
         Ok(issued)
     }

@@ -27,7 +27,9 @@ use tower_service::Service;
 
 use crate::claims::{Claim, ClaimError};
 use crate::client::{client_addr, ClientAddr, PeerAddr};
-use crate::credentials::{self, CredentialScheme, Presented};
+use crate::credentials::{
+    self, CredentialField, CredentialScheme, Presented, PAYMENT_AUTHORIZATION_NAME,
+};
 use crate::issue::Doors;
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
@@ -347,7 +349,12 @@ impl Paywall {
             }
             (_, Ok(presented)) => presented,
         };
-        let Some(Presented { scheme, value, .. }) = presented else {
+        let Some(Presented {
+            scheme,
+            value,
+            field,
+        }) = presented
+        else {
             let refusal = Refusal::payment_required(&service);
             return Ok(own(self
                 .challenge(&service, request.headers(), client, refusal)
@@ -355,7 +362,11 @@ impl Paywall {
         };
         let verified = match scheme {
             CredentialScheme::L402 => self.verify_l402(&service, &value),
-            CredentialScheme::Payment => self.verify_payment_header(&service, &value),
+            CredentialScheme::Payment => {
+                let arrived_in = (field == CredentialField::PaymentAuthorization)
+                    .then_some(PAYMENT_AUTHORIZATION_NAME);
+                self.verify_payment_header(&service, &value, arrived_in)
+            }
         };
         let verified = match verified {
             Ok(verified) => verified,
@@ -455,7 +466,15 @@ impl Paywall {
         let mpp = accept
             .as_ref()
             .is_none_or(|a| a.accepts(METHOD, CHARGE) || !service.schemes.l402());
-        match self.issue(service, Doors { l402: true, mpp }).await {
+        // An `Authorization` left after the credentials were taken is the
+        // upstream's own (an API key): the credential goes in the other field.
+        let header = request_headers
+            .contains_key(http::header::AUTHORIZATION)
+            .then_some(PAYMENT_AUTHORIZATION_NAME);
+        match self
+            .issue_for(service, Doors { l402: true, mpp }, header)
+            .await
+        {
             Ok(issued) => responses::payment_required(
                 &issued,
                 service,

@@ -368,10 +368,31 @@ impl Paywall {
         service: &PricedService,
         doors: Doors,
     ) -> Result<Issued, LightningError> {
-        let issued = self.inner.issuer.issue(service, doors).await.map_err(|e| {
-            tracing::error!(service = %service.name, error = %e, "cannot create an invoice");
-            e
-        })?;
+        self.issue_for(service, doors, None).await
+    }
+
+    /// [`Paywall::issue`], the MPP challenge naming `header` as the field
+    /// its credential must come in (`Payment-Authorization`, when the
+    /// request's `Authorization` carries something else).
+    ///
+    /// # Errors
+    ///
+    /// The backend's, when it cannot make an invoice (logged here).
+    pub async fn issue_for(
+        &self,
+        service: &PricedService,
+        doors: Doors,
+        header: Option<&str>,
+    ) -> Result<Issued, LightningError> {
+        let issued = self
+            .inner
+            .issuer
+            .issue(service, doors, header)
+            .await
+            .map_err(|e| {
+                tracing::error!(service = %service.name, error = %e, "cannot create an invoice");
+                e
+            })?;
         self.inner.metrics.challenge(&service.name);
         Ok(issued)
     }
@@ -394,8 +415,11 @@ impl Paywall {
         &self,
         service: &PricedService,
         value: &str,
+        arrived_in: Option<&str>,
     ) -> Result<Verified, Refusal> {
-        self.inner.verifier.payment_header(service, value)
+        self.inner
+            .verifier
+            .payment_header(service, value, arrived_in)
     }
 
     /// Checks a parsed MPP credential for `service` (an MCP `_meta`
@@ -409,7 +433,7 @@ impl Paywall {
         service: &PricedService,
         credential: &PaymentCredential,
     ) -> Result<Verified, Refusal> {
-        self.inner.verifier.payment(service, credential)
+        self.inner.verifier.payment(service, credential, None)
     }
 
     /// Claims a verified single-use payment for one request, keyed by its

@@ -7,7 +7,7 @@ use gate402_l402::{verify as verify_l402, L402Credential, RootKeySecrets, Verify
 use gate402_lightning::Network;
 use gate402_mpp::challenge::ChallengeKey;
 use gate402_mpp::problem::ProblemType;
-use gate402_mpp::verify::{verify_lightning_charge, ExpectedCharge};
+use gate402_mpp::verify::{verify_lightning_charge, ExpectedCharge, VerifyError as MppVerifyError};
 use gate402_mpp::PaymentCredential;
 use http::StatusCode;
 
@@ -80,11 +80,13 @@ impl Verifier {
         }
     }
 
-    /// A `Payment <credential>` value for `service`.
+    /// A `Payment <credential>` value for `service`, that arrived in the
+    /// field `arrived_in` (`None`: `Authorization`).
     pub(crate) fn payment_header(
         &self,
         service: &PricedService,
         value: &str,
+        arrived_in: Option<&str>,
     ) -> Result<Verified, Refusal> {
         if !service.schemes.mpp() {
             return Err(Refusal::new(
@@ -100,7 +102,7 @@ impl Verifier {
                 e.to_string(),
             )
         })?;
-        self.payment(service, &credential)
+        self.payment(service, &credential, arrived_in)
     }
 
     /// A parsed MPP credential for `service`: price, realm, network, the
@@ -109,21 +111,31 @@ impl Verifier {
         &self,
         service: &PricedService,
         credential: &PaymentCredential,
+        arrived_in: Option<&str>,
     ) -> Result<Verified, Refusal> {
         let expected = ExpectedCharge {
             realm: &self.realm,
             amount_sats: service.price_sats,
             network: self.network,
             digest: None,
-            scope: Some(&service.name),
+            scope: None,
+            arrived_in,
         };
-        let verified = verify_lightning_charge(
-            &self.challenge_key,
-            credential,
-            &expected,
-            time::OffsetDateTime::now_utc(),
-        )
-        .map_err(|e| {
+        let now = time::OffsetDateTime::now_utc();
+        let scoped = self.challenge_key.scoped(&service.name);
+        let verified = match verify_lightning_charge(&scoped, credential, &expected, now) {
+            // Issued before scopes were bound in the key: the scope is in
+            // `opaque`, under the gateway's own key.
+            Err(MppVerifyError::UnknownChallenge) => {
+                let legacy = ExpectedCharge {
+                    scope: Some(&service.name),
+                    ..expected
+                };
+                verify_lightning_charge(&self.challenge_key, credential, &legacy, now)
+            }
+            verified => verified,
+        };
+        let verified = verified.map_err(|e| {
             let problem = e.problem_type();
             let status =
                 StatusCode::from_u16(problem.status()).unwrap_or(StatusCode::PAYMENT_REQUIRED);

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use gate402_http_auth::{format_challenge, Challenge};
-use mpp::protocol::core::{compute_challenge_id, Base64UrlJson, MethodName};
+use hmac::{Hmac, KeyInit, Mac};
+use mpp::protocol::core::{compute_challenge_id_with_header, Base64UrlJson, MethodName};
+use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::base64url::{decode_json_object, JsonError};
@@ -48,6 +50,24 @@ impl ChallengeKey {
         Ok(self)
     }
 
+    /// The key of one scope (a service, a tool): each secret replaced by an
+    /// HMAC of the scope under it. A challenge issued under one scope's
+    /// key does not verify under another's, so it pays for nothing else,
+    /// with no parameter a client could drop (deployed clients drop
+    /// `opaque`).
+    pub fn scoped(&self, scope: &str) -> ChallengeKey {
+        let derive = |secret: &String| {
+            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+                .expect("HMAC takes any key length");
+            mac.update(b"gate402 challenge scope\0");
+            mac.update(scope.as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        };
+        ChallengeKey {
+            secrets: self.secrets.iter().map(derive).collect(),
+        }
+    }
+
     /// The id a challenge with these parameters gets under the current secret.
     pub fn id_for(&self, params: &IdInput<'_>) -> String {
         params.id_under(&self.secrets[0])
@@ -77,6 +97,7 @@ impl ChallengeKey {
             request: request.raw(),
             expires: expires.as_deref(),
             digest: new.digest,
+            header: new.header,
             opaque: opaque.as_ref().map(Base64UrlJson::raw),
         };
         let id = self.id_for(&input);
@@ -90,7 +111,7 @@ impl ChallengeKey {
             description: new.description.map(str::to_owned),
             digest: new.digest.map(str::to_owned),
             opaque,
-            header: None,
+            header: new.header.map(str::to_owned),
         }
     }
 }
@@ -122,12 +143,18 @@ pub struct NewChallenge<'a> {
     pub description: Option<&'a str>,
     /// Server correlation data, bound by the id.
     pub opaque: Option<&'a BTreeMap<String, String>>,
+    /// The field the credential must come in, when not `Authorization`
+    /// (`Payment-Authorization`, for requests whose `Authorization`
+    /// carries something else), bound by the id.
+    pub header: Option<&'a str>,
 }
 
 /// The parameters the challenge id binds, as they travel.
 ///
-/// `id = base64url(HMAC-SHA256(secret, realm|method|intent|request|expires|digest|opaque))`,
-/// absent slots empty (the `mpp` crate's binding; mppx and Aperture agree).
+/// `id = base64url(HMAC-SHA256(secret, realm|method|intent|request|expires|digest[|header]|opaque))`,
+/// absent slots empty; `header` has a slot only when it names a field other
+/// than `Authorization` (draft-httpauth-payment-01, in the slot order of the
+/// `mpp` crate 0.18 and mppx 0.11).
 #[derive(Debug, Clone, Copy)]
 pub struct IdInput<'a> {
     /// `realm`.
@@ -142,6 +169,8 @@ pub struct IdInput<'a> {
     pub expires: Option<&'a str>,
     /// `digest` as sent.
     pub digest: Option<&'a str>,
+    /// `header` as sent.
+    pub header: Option<&'a str>,
     /// `opaque`, base64url as sent.
     pub opaque: Option<&'a str>,
 }
@@ -156,6 +185,7 @@ impl<'a> IdInput<'a> {
             request: c.request.raw(),
             expires: c.expires.as_deref(),
             digest: c.digest.as_deref(),
+            header: c.header.as_deref(),
             opaque: c.opaque.as_ref().map(Base64UrlJson::raw),
         }
     }
@@ -169,28 +199,33 @@ impl<'a> IdInput<'a> {
             request: e.request.raw(),
             expires: e.expires.as_deref(),
             digest: e.digest.as_deref(),
+            header: e.header.as_deref(),
             opaque: e.opaque.as_ref().map(Base64UrlJson::raw),
         }
     }
 
     /// The HMAC input string (for debugging and the conformance vectors).
     pub fn hmac_input(&self) -> String {
-        [
+        let mut slots = vec![
             self.realm,
             self.method,
             self.intent,
             self.request,
             self.expires.unwrap_or(""),
             self.digest.unwrap_or(""),
-            self.opaque.unwrap_or(""),
-        ]
-        .join("|")
+        ];
+        let header = mpp::protocol::core::advertised_credential_header(self.header);
+        if let Some(header) = &header {
+            slots.push(header);
+        }
+        slots.push(self.opaque.unwrap_or(""));
+        slots.join("|")
     }
 
     /// The id under one secret. Servers go through [`ChallengeKey`], which
     /// enforces the secret's length; this is for conformance checks.
     pub fn id_under(&self, secret: &str) -> String {
-        compute_challenge_id(
+        compute_challenge_id_with_header(
             secret,
             self.realm,
             self.method,
@@ -199,6 +234,7 @@ impl<'a> IdInput<'a> {
             self.expires,
             self.digest,
             self.opaque,
+            self.header,
         )
     }
 }
@@ -217,6 +253,7 @@ pub fn to_header(c: &PaymentChallenge) -> Result<String, gate402_http_auth::Erro
         ("expires", c.expires.as_deref()),
         ("digest", c.digest.as_deref()),
         ("description", c.description.as_deref()),
+        ("header", c.header.as_deref()),
         ("opaque", c.opaque.as_ref().map(Base64UrlJson::raw)),
     ];
     params.extend(optional.into_iter().filter_map(|(n, v)| v.map(|v| (n, v))));
@@ -276,7 +313,7 @@ pub fn from_challenge(c: &Challenge) -> Result<PaymentChallenge, ChallengeError>
         description: optional("description"),
         digest: optional("digest"),
         opaque: optional("opaque").map(Base64UrlJson::from_raw),
-        header: None,
+        header: optional("header"),
     })
 }
 
@@ -329,6 +366,7 @@ mod tests {
             digest: None,
             description: Some("Weather"),
             opaque,
+            header: None,
         }
     }
 

@@ -84,7 +84,7 @@ mod tests {
             let request = serde_json::json!({"amount": "21", "currency": "sat"});
             let challenge = ChallengeKey::new("0123456789abcdef0123456789abcdef").unwrap().issue(NewChallenge {
                 realm: "r", method: "lightning", intent: "charge", request: &request,
-                expires: None, digest: None, description: Some("d"), opaque: None,
+                expires: None, digest: None, description: Some("d"), opaque: None, header: None,
             });
             let mut credential = PaymentCredential::new(challenge.to_echo(), serde_json::json!({"preimage": hex::encode(preimage)}));
             credential.source = source;

@@ -28,8 +28,13 @@ pub struct ExpectedCharge<'a> {
     /// What the challenge was issued for (a service, a tool), when the
     /// server binds challenges to one: the `scope` entry of its `opaque`
     /// (see [`scope_opaque`]). Without it, a credential bought for one
-    /// route would pay for any other at the same price.
+    /// route would pay for any other at the same price. (Servers that bind
+    /// the scope in the key instead, with [`ChallengeKey::scoped`], leave
+    /// it `None`.)
     pub scope: Option<&'a str>,
+    /// The field the credential arrived in, when not `Authorization`
+    /// (`Payment-Authorization`): it must be the one its challenge named.
+    pub arrived_in: Option<&'a str>,
 }
 
 /// The key of the `opaque` entry that names what a challenge is for.
@@ -65,7 +70,7 @@ pub enum VerifyError {
         intent: String,
     },
     /// The id does not verify under any of our secrets.
-    #[error("challenge was not issued by this server or was altered")]
+    #[error("challenge was not issued by this server for this route, or was altered")]
     UnknownChallenge,
     /// Issued for another realm.
     #[error("challenge is for realm {0:?}")]
@@ -93,6 +98,14 @@ pub enum VerifyError {
     /// The body digest differs.
     #[error("challenge is bound to another request body")]
     Digest,
+    /// Sent in another field than its challenge named (`header`).
+    #[error("the credential must be sent in {expected}, not {arrived}")]
+    WrongField {
+        /// The field the challenge named.
+        expected: String,
+        /// The field it came in.
+        arrived: String,
+    },
     /// Issued for another service or tool.
     #[error("challenge was issued for {issued:?}, not {expected:?}")]
     WrongScope {
@@ -116,6 +129,7 @@ impl VerifyError {
             VerifyError::MethodUnsupported { .. } => ProblemType::MethodUnsupported,
             VerifyError::UnknownChallenge => ProblemType::InvalidChallenge,
             VerifyError::WrongRealm(_)
+            | VerifyError::WrongField { .. }
             | VerifyError::Terms(_)
             | VerifyError::Digest
             | VerifyError::WrongScope { .. } => ProblemType::InvalidChallenge,
@@ -152,6 +166,18 @@ pub fn verify_lightning_charge(
     }
     if echo.realm != expected.realm {
         return Err(VerifyError::WrongRealm(echo.realm.clone()));
+    }
+    let field = |h: Option<&str>| {
+        mpp::protocol::core::advertised_credential_header(h)
+            .map_or("Authorization", |_| "Payment-Authorization")
+            .to_owned()
+    };
+    let (named, arrived) = (field(echo.header.as_deref()), field(expected.arrived_in));
+    if !named.eq_ignore_ascii_case(&arrived) {
+        return Err(VerifyError::WrongField {
+            expected: named,
+            arrived,
+        });
     }
     let expires = match echo.expires.as_deref() {
         None => None,
@@ -242,6 +268,7 @@ mod tests {
             network: Network::Regtest,
             digest: None,
             scope: None,
+            arrived_in: None,
         }
     }
 
@@ -258,6 +285,7 @@ mod tests {
             digest: None,
             description: None,
             opaque: None,
+            header: None,
         });
         let credential =
             PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(&preimage));
@@ -377,9 +405,102 @@ mod tests {
             digest: None,
             description: None,
             opaque: Some(&opaque),
+            header: None,
         });
         let credential =
             PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(&PREIMAGE));
         parse_authorization(&to_authorization(&credential)).unwrap()
+    }
+
+    /// A credential for a challenge issued under `key`, echoed the way the
+    /// client `trim` says.
+    fn issued_under(
+        key: &ChallengeKey,
+        header: Option<&str>,
+        trim: impl FnOnce(&mut crate::ChallengeEcho),
+    ) -> PaymentCredential {
+        let hash: [u8; 32] = Sha256::digest(PREIMAGE).into();
+        let request = ChargeRequest::new(100, None, "lnbcrt1", &hash, Network::Regtest).to_value();
+        let challenge = key.issue(NewChallenge {
+            realm: "api.test",
+            method: METHOD,
+            intent: CHARGE,
+            request: &request,
+            expires: Some(now() + Duration::minutes(10)),
+            digest: None,
+            description: Some("Weather"),
+            opaque: None,
+            header,
+        });
+        let mut echo = challenge.to_echo();
+        trim(&mut echo);
+        let credential = PaymentCredential::new(echo, PreimagePayload::new(&PREIMAGE));
+        parse_authorization(&to_authorization(&credential)).unwrap()
+    }
+
+    #[test]
+    fn a_scoped_key_binds_its_scope_whatever_the_client_echoes() {
+        let key = ChallengeKey::new(SECRET).unwrap();
+        // What Alby's client sends back: no opaque, no description.
+        let bare = issued_under(&key.scoped("weather"), None, |echo| {
+            echo.opaque = None;
+            echo.description = None;
+        });
+        let check = |k: &ChallengeKey| verify_lightning_charge(k, &bare, &expected(100), now());
+        assert!(check(&key.scoped("weather")).is_ok());
+        assert_eq!(
+            check(&key.scoped("forecast")).unwrap_err(),
+            VerifyError::UnknownChallenge
+        );
+        assert_eq!(check(&key).unwrap_err(), VerifyError::UnknownChallenge);
+        // A rotation keeps scoped challenges in flight verifying.
+        let rotated = ChallengeKey::new("a new secret, at least thirty-two bytes")
+            .unwrap()
+            .with_previous(SECRET)
+            .unwrap();
+        assert!(check(&rotated.scoped("weather")).is_ok());
+    }
+
+    #[test]
+    fn the_header_parameter_is_bound_and_names_the_field() {
+        let key = ChallengeKey::new(SECRET).unwrap();
+        let field = Some("Payment-Authorization");
+        let credential = issued_under(&key, field, |_| {});
+        assert_eq!(credential.challenge.header.as_deref(), field);
+        // The id is the SDKs': realm|method|intent|request|expires|digest|header|opaque.
+        let echo = &credential.challenge;
+        let sdk = mpp::protocol::core::compute_challenge_id_with_header(
+            SECRET,
+            &echo.realm,
+            echo.method.as_str(),
+            echo.intent.as_str(),
+            echo.request.raw(),
+            echo.expires.as_deref(),
+            None,
+            None,
+            field,
+        );
+        assert_eq!(echo.id, sdk);
+        assert!(IdInput::of_echo(echo)
+            .hmac_input()
+            .ends_with("|Payment-Authorization|"));
+        let arrived = |arrived_in| {
+            let mut e = expected(100);
+            e.arrived_in = arrived_in;
+            verify_lightning_charge(&key, &credential, &e, now())
+        };
+        assert!(arrived(field).is_ok());
+        assert!(matches!(arrived(None), Err(VerifyError::WrongField { .. })));
+        // Dropping `header` from the echo changes the id.
+        let dropped = issued_under(&key, field, |echo| echo.header = None);
+        let mut e = expected(100);
+        e.arrived_in = field;
+        assert_eq!(
+            verify_lightning_charge(&key, &dropped, &e, now()).unwrap_err(),
+            VerifyError::UnknownChallenge
+        );
+        // `Authorization` named outright is the default, not bound.
+        let plain = issued_under(&key, Some("Authorization"), |_| {});
+        assert!(verify_lightning_charge(&key, &plain, &expected(100), now()).is_ok());
     }
 }
