@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use gate402_bolt11::{Description, Invoice};
 use gate402_http_auth::{parse_challenges, Challenge};
 use gate402_l402::caveat::Caveat;
-use gate402_l402::{Identifier, L402Challenge, L402Credential, Macaroon, MacaroonFormat, Scheme};
+use gate402_l402::{Identifier, L402Credential, Macaroon, MacaroonFormat, Scheme};
 use gate402_mpp::lightning::ChargeRequest;
 use gate402_mpp::{base64url, challenge as mpp_challenge, credential as mpp_credential};
 use serde_json::{json, Map, Value};
@@ -47,7 +47,7 @@ pub fn run(args: &Args) -> ExitCode {
                     serde_json::to_string_pretty(&report).unwrap_or_default()
                 );
             } else {
-                print!("{}", crate::report::to_text(&report));
+                print!("{}", crate::report::to_text(&failures_inline(report)));
             }
             ExitCode::SUCCESS
         }
@@ -60,6 +60,28 @@ pub fn run(args: &Args) -> ExitCode {
 
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An inner layer that does not decode, in place of its value: the layers
+/// around it still show, and what broke is said where it broke.
+fn failed(error: impl std::fmt::Display) -> Value {
+    json!({ "error": one_line(&error.to_string()) })
+}
+
+/// For text output: each failed layer on one line (`request: error: …`).
+fn failures_inline(value: Value) -> Value {
+    match value {
+        Value::Object(map) => match map.get("error") {
+            Some(Value::String(e)) if map.len() == 1 => Value::String(format!("error: {e}")),
+            _ => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (k, failures_inline(v)))
+                    .collect(),
+            ),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(failures_inline).collect()),
+        other => other,
+    }
 }
 
 /// Which header a value came from, when the user pasted its name too.
@@ -190,15 +212,12 @@ fn with_kind(kind: &str, report: Value) -> Value {
     Value::Object(map)
 }
 
+/// A challenge list that tokenizes is shown whole: each challenge with its
+/// parameters, and each inner layer that does not decode as an error in
+/// its place (vectors and real servers send placeholder requests).
 fn decode_challenges(value: &str, now: SystemTime) -> Result<Value> {
     let list = parse_challenges(value).context("WWW-Authenticate")?;
-    let challenges = list
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            challenge_report(c, now).with_context(|| format!("challenge {} ({})", i + 1, c.scheme))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let challenges: Vec<Value> = list.iter().map(|c| challenge_report(c, now)).collect();
     Ok(json!({"kind": "www-authenticate", "challenges": challenges}))
 }
 
@@ -211,7 +230,7 @@ fn params(c: &Challenge) -> Value {
     Value::Object(map)
 }
 
-fn challenge_report(c: &Challenge, now: SystemTime) -> Result<Value> {
+fn challenge_report(c: &Challenge, now: SystemTime) -> Value {
     let mut report = Map::new();
     report.insert("scheme".into(), c.scheme.clone().into());
     if let Some(token) = &c.token68 {
@@ -221,53 +240,175 @@ fn challenge_report(c: &Challenge, now: SystemTime) -> Result<Value> {
         report.insert("params".into(), params(c));
     }
     if Scheme::from_name(&c.scheme).is_some() {
-        let (_, l402) = L402Challenge::from_challenge(c)?;
-        let invoice = Invoice::parse(&l402.invoice).context("invoice")?;
-        let macaroon = macaroon_report(&l402.macaroon);
-        let matches = Identifier::from_bytes(l402.macaroon.identifier())
-            .map(|id| id.payment_hash == invoice.payment_hash())
-            .unwrap_or(false);
-        report.insert("macaroon".into(), macaroon);
-        report.insert("invoice".into(), invoice_report(&invoice, now));
-        report.insert("invoice_matches_macaroon".into(), matches.into());
+        l402_challenge(c, now, &mut report);
     } else if c.is_scheme(gate402_mpp::SCHEME) {
-        let payment = mpp_challenge::from_challenge(c)?;
-        let request = mpp_challenge::decode_request(&payment).context("request")?;
-        report.insert("request".into(), request.clone());
-        if let Some(opaque) = &payment.opaque {
-            let opaque = base64url::decode_json_object(opaque.raw()).context("opaque")?;
-            report.insert("opaque".into(), opaque);
-        }
-        if let Some(expires) = &payment.expires {
-            let at = gate402_mpp::parse_time(expires)
-                .ok_or_else(|| anyhow!("expires {expires:?} is not an RFC 3339 time"))?;
-            report.insert("expired".into(), (SystemTime::from(at) <= now).into());
-        }
-        if payment.method.as_str() == gate402_mpp::lightning::METHOD {
-            lightning_request(&request, now, &mut report)?;
-        }
+        payment_challenge(c, now, &mut report);
     }
-    Ok(Value::Object(report))
+    Value::Object(report)
 }
 
-/// The invoice inside a Lightning charge request, and whether it backs it.
-fn lightning_request(
+/// The macaroon and the invoice of an L402 challenge, each on its own.
+fn l402_challenge(c: &Challenge, now: SystemTime, report: &mut Map<String, Value>) {
+    let macaroon = match c.param("macaroon").or_else(|| c.param("token")) {
+        None => Err(anyhow!("no macaroon (or token) parameter")),
+        Some(text) => Macaroon::from_base64(text).map_err(anyhow::Error::from),
+    };
+    let invoice = match c.param("invoice") {
+        None => Err(anyhow!("no invoice parameter")),
+        Some(text) => Invoice::parse(text).map_err(anyhow::Error::from),
+    };
+    report.insert(
+        "macaroon".into(),
+        macaroon.as_ref().map_or_else(failed, macaroon_report),
+    );
+    report.insert(
+        "invoice".into(),
+        invoice
+            .as_ref()
+            .map_or_else(failed, |i| invoice_report(i, now)),
+    );
+    if let (Ok(macaroon), Ok(invoice)) = (&macaroon, &invoice) {
+        let matches = Identifier::from_bytes(macaroon.identifier())
+            .map(|id| id.payment_hash == invoice.payment_hash())
+            .unwrap_or(false);
+        report.insert("invoice_matches_macaroon".into(), matches.into());
+    }
+}
+
+/// A `Payment` challenge, layer by layer: the challenge itself, its
+/// request JSON, the method's details, the invoice.
+fn payment_challenge(c: &Challenge, now: SystemTime, report: &mut Map<String, Value>) {
+    let payment = match mpp_challenge::from_challenge(c) {
+        Ok(payment) => payment,
+        Err(e) => {
+            report.insert("error".into(), e.to_string().into());
+            return;
+        }
+    };
+    let request = mpp_challenge::decode_request(&payment);
+    report.insert(
+        "request".into(),
+        request
+            .clone()
+            .unwrap_or_else(|e| failed(request_error(&e))),
+    );
+    if let Some(opaque) = &payment.opaque {
+        let opaque = base64url::decode_json_object(opaque.raw());
+        report.insert("opaque".into(), opaque.unwrap_or_else(failed));
+    }
+    if let Some(expires) = &payment.expires {
+        let expired = match gate402_mpp::parse_time(expires) {
+            Some(at) => (SystemTime::from(at) <= now).into(),
+            None => failed(format!("expires {expires:?} is not an RFC 3339 time")),
+        };
+        report.insert("expired".into(), expired);
+    }
+    if let Ok(request) = request {
+        method_details(
+            payment.method.as_str(),
+            payment.intent.as_str(),
+            &request,
+            now,
+            report,
+        );
+    }
+}
+
+/// Why a `request` is not a JSON object, said by what it is instead.
+fn request_error(e: &base64url::JsonError) -> String {
+    match e {
+        base64url::JsonError::Base64(e) => format!("not base64url: {e}"),
+        base64url::JsonError::Json(e) => format!("not JSON: {e}"),
+        base64url::JsonError::NotAnObject => "JSON, but not an object".into(),
+    }
+}
+
+/// The prepaid-balance intent; gate402 does not sell it, but decodes it.
+const SESSION: &str = "session";
+
+/// The `request` of a Lightning session (draft-lightning-session-00):
+/// only what locates and backs its deposit invoice.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionRequest {
+    deposit_invoice: String,
+    payment_hash: String,
+}
+
+/// The method details of a Lightning request (charge or session) and the
+/// invoice inside them, each reported in place when it does not decode.
+/// Returns the payment hash the request names, for checking a preimage.
+fn method_details(
+    method: &str,
+    intent: &str,
     request: &Value,
     now: SystemTime,
     report: &mut Map<String, Value>,
-) -> Result<()> {
-    let Ok(charge) = serde_json::from_value::<ChargeRequest>(request.clone()) else {
-        // Other intents (session) have other shapes; the request is shown as is.
-        return Ok(());
-    };
-    let invoice = Invoice::parse(&charge.method_details.invoice).context("request invoice")?;
-    report.insert("invoice".into(), invoice_report(&invoice, now));
-    let agrees = match charge.check_invoice() {
-        Ok(_) => Value::Bool(true),
-        Err(e) => Value::String(e.to_string()),
-    };
-    report.insert("invoice_matches_request".into(), agrees);
-    Ok(())
+) -> Option<[u8; 32]> {
+    if method != gate402_mpp::lightning::METHOD {
+        return None;
+    }
+    match intent {
+        gate402_mpp::lightning::CHARGE => {
+            let charge = match serde_json::from_value::<ChargeRequest>(request.clone()) {
+                Ok(charge) => charge,
+                Err(e) => {
+                    report.insert(
+                        "method_details".into(),
+                        failed(format!("not a Lightning charge request: {e}")),
+                    );
+                    return None;
+                }
+            };
+            match Invoice::parse(&charge.method_details.invoice) {
+                Ok(invoice) => {
+                    report.insert("invoice".into(), invoice_report(&invoice, now));
+                    let agrees = match charge.check_invoice() {
+                        Ok(_) => Value::Bool(true),
+                        Err(e) => Value::String(e.to_string()),
+                    };
+                    report.insert("invoice_matches_request".into(), agrees);
+                }
+                Err(e) => {
+                    report.insert("invoice".into(), failed(e));
+                }
+            }
+            charge.payment_hash()
+        }
+        SESSION => {
+            let session = match serde_json::from_value::<SessionRequest>(request.clone()) {
+                Ok(session) => session,
+                Err(e) => {
+                    report.insert(
+                        "method_details".into(),
+                        failed(format!("not a Lightning session request: {e}")),
+                    );
+                    return None;
+                }
+            };
+            let mut hash = [0u8; 32];
+            let hash = hex::decode_to_slice(&session.payment_hash, &mut hash)
+                .ok()
+                .map(|()| hash);
+            match Invoice::parse(&session.deposit_invoice) {
+                Ok(invoice) => {
+                    report.insert("invoice".into(), invoice_report(&invoice, now));
+                    let agrees = if hash == Some(invoice.payment_hash()) {
+                        Value::Bool(true)
+                    } else {
+                        "the deposit invoice's payment hash is not the request's paymentHash".into()
+                    };
+                    report.insert("invoice_matches_request".into(), agrees);
+                }
+                Err(e) => {
+                    report.insert("invoice".into(), failed(e));
+                }
+            }
+            hash
+        }
+        // Other intents have shapes of their own; the request shows as is.
+        _ => None,
+    }
 }
 
 fn decode_authorization(value: &str, now: SystemTime) -> Result<Value> {
@@ -282,20 +423,28 @@ fn decode_authorization(value: &str, now: SystemTime) -> Result<Value> {
         report.insert("kind".into(), "authorization".into());
         report.insert("scheme".into(), gate402_mpp::SCHEME.into());
         report.insert("credential".into(), serde_json::to_value(&credential)?);
-        let request = base64url::decode_json_object(credential.challenge.request.raw())
-            .context("echoed challenge request")?;
-        report.insert("request".into(), request.clone());
-        if credential.challenge.method.as_str() == gate402_mpp::lightning::METHOD {
-            lightning_request(&request, now, &mut report)?;
-            if let (Ok(charge), Some(preimage)) = (
-                serde_json::from_value::<ChargeRequest>(request),
-                credential.payload.get("preimage").and_then(Value::as_str),
-            ) {
-                let matches = hex::decode(preimage)
-                    .map(|p| Some(<[u8; 32]>::from(Sha256::digest(p))) == charge.payment_hash())
-                    .unwrap_or(false);
-                report.insert("preimage_matches_payment_hash".into(), matches.into());
+        let echoed = &credential.challenge;
+        let request = match base64url::decode_json_object(echoed.request.raw()) {
+            Ok(request) => request,
+            Err(e) => {
+                report.insert("request".into(), failed(request_error(&e)));
+                return Ok(Value::Object(report));
             }
+        };
+        report.insert("request".into(), request.clone());
+        let hash = method_details(
+            echoed.method.as_str(),
+            echoed.intent.as_str(),
+            &request,
+            now,
+            &mut report,
+        );
+        let preimage = credential.payload.get("preimage").and_then(Value::as_str);
+        if let (Some(hash), Some(preimage)) = (hash, preimage) {
+            let matches = hex::decode(preimage)
+                .map(|p| <[u8; 32]>::from(Sha256::digest(p)) == hash)
+                .unwrap_or(false);
+            report.insert("preimage_matches_payment_hash".into(), matches.into());
         }
         return Ok(Value::Object(report));
     }

@@ -1,8 +1,10 @@
 //! `gate402 decode` from the command line, on every kind of value a 402
 //! exchange produces (made here with the protocol crates and a real signed
-//! regtest invoice) and on malformed ones.
+//! regtest invoice), on every challenge of the public MPP vectors (whose
+//! requests are often placeholders), and on malformed ones.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use gate402_l402::caveat::{Caveat, Service};
 use gate402_l402::{mint, L402Challenge, L402Credential, Scheme};
 use gate402_mpp::challenge::{to_header, ChallengeKey, NewChallenge};
 use gate402_mpp::lightning::{ChargeRequest, Network, PreimagePayload, CHARGE, METHOD};
-use gate402_mpp::{credential, receipt, PaymentCredential};
+use gate402_mpp::{base64url, credential, receipt, PaymentCredential};
 use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
 use serde_json::Value;
 use sha2::Digest;
@@ -287,9 +289,10 @@ fn malformed_values_exit_2_with_one_line() {
         ("Payment e29vcHN9", "JSON"),
         (&truncated_macaroon, "macaroon"),
         (&bad_invoice, "BOLT11"),
-        ("L402 macaroon=\"AgE\"", "no invoice"),
-        ("Payment id=\"a\", realm=\"r\", method=\"lightning\", intent=\"charge\", request=\"Q0hBUkdF\"", "request"),
-        ("WWW-Authenticate: L402 macaroon=\"unterminated", "unterminated"),
+        (
+            "WWW-Authenticate: L402 macaroon=\"unterminated",
+            "unterminated",
+        ),
         ("Payment-Receipt: eyJub3QganNvbg", "Payment-Receipt"),
         ("Authorization: Bearer abc", "not L402"),
     ];
@@ -304,4 +307,222 @@ fn malformed_values_exit_2_with_one_line() {
             "{value:?}: {stderr:?} lacks {needle:?}"
         );
     }
+}
+
+/// An inner layer that did not decode: `{"error": "…"}` in its place.
+fn layer_error(report: &Value, key: &str) -> String {
+    report[key]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} should be an error field: {report}"))
+        .to_owned()
+}
+
+#[test]
+fn broken_inner_layers_are_fields_of_their_layer() {
+    let x = exchange();
+    // A macaroon cut short and no invoice: the challenge still shows.
+    let report = decode_json("L402 macaroon=\"AgE\"");
+    let l402 = &report["challenges"][0];
+    assert_eq!(l402["params"]["macaroon"], "AgE");
+    assert!(!layer_error(l402, "macaroon").is_empty());
+    assert!(
+        layer_error(l402, "invoice").contains("no invoice"),
+        "{l402}"
+    );
+
+    // A request that is not JSON (the vectors' placeholder).
+    let placeholder = "Payment id=\"a\", realm=\"r\", method=\"lightning\", intent=\"charge\", request=\"Q0hBUkdF\"";
+    let report = decode_json(placeholder);
+    let payment = &report["challenges"][0];
+    assert_eq!(payment["params"]["id"], "a");
+    assert_eq!(payment["params"]["request"], "Q0hBUkdF");
+    assert!(
+        layer_error(payment, "request").starts_with("not JSON"),
+        "{payment}"
+    );
+    let text = decode_text(placeholder);
+    assert!(text.contains("  request: error: not JSON"), "{text}");
+    assert!(text.contains("intent: charge"), "{text}");
+
+    // JSON, but not a charge request; then a charge whose invoice is not one.
+    let payment_with = |request: &Value| {
+        let encoded = base64url::encode(&serde_json::to_vec(request).unwrap());
+        format!("Payment id=\"a\", realm=\"r\", method=\"lightning\", intent=\"charge\", request=\"{encoded}\", expires=\"soon\"")
+    };
+    let report = decode_json(&payment_with(&serde_json::json!({"amount": "100"})));
+    let payment = &report["challenges"][0];
+    assert_eq!(payment["request"]["amount"], "100");
+    assert!(layer_error(payment, "method_details").starts_with("not a Lightning charge request"));
+    assert!(layer_error(payment, "expired").contains("RFC 3339"));
+    let request = serde_json::json!({
+        "amount": "100", "currency": "sat",
+        "methodDetails": {"invoice": "lnbc1u1pexample", "paymentHash": "bc230847", "network": "mainnet"},
+    });
+    let report = decode_json(&payment_with(&request));
+    let payment = &report["challenges"][0];
+    assert_eq!(payment["request"], request);
+    assert!(!layer_error(payment, "invoice").is_empty());
+    assert!(payment.get("invoice_matches_request").is_none());
+    let text = decode_text(&payment_with(&request));
+    assert!(text.contains("  invoice: error: "), "{text}");
+
+    // A credential echoing a request that is not JSON.
+    let mut echoed =
+        serde_json::to_value(credential::parse_authorization(&x.payment_authorization).unwrap())
+            .unwrap();
+    echoed["challenge"]["request"] = "Q0hBUkdF".into();
+    let report = decode_json(&format!(
+        "Payment {}",
+        base64url::encode(&serde_json::to_vec(&echoed).unwrap())
+    ));
+    assert_eq!(report["credential"]["challenge"]["request"], "Q0hBUkdF");
+    assert!(layer_error(&report, "request").starts_with("not JSON"));
+}
+
+#[test]
+fn a_session_challenge_shows_its_request() {
+    let hash: [u8; 32] = sha2::Sha256::digest(PREIMAGE).into();
+    let deposit = invoice(60_000, hash);
+    let request = serde_json::json!({
+        "amount": "3",
+        "currency": "sat",
+        "depositAmount": "20",
+        "depositInvoice": deposit,
+        "idleTimeout": "300",
+        "paymentHash": hex::encode(hash),
+        "unitType": "token",
+    });
+    let challenge = ChallengeKey::new("decode-test-secret-of-32-bytes-or-more")
+        .unwrap()
+        .issue(NewChallenge {
+            realm: "api.example.com",
+            method: METHOD,
+            intent: "session",
+            request: &request,
+            expires: None,
+            digest: None,
+            description: Some("Inference session"),
+            opaque: None,
+            header: None,
+        });
+    let header = to_header(&challenge).unwrap();
+    let report = decode_json(&header);
+    let session = &report["challenges"][0];
+    assert_eq!(session["params"]["intent"], "session");
+    assert_eq!(session["params"]["description"], "Inference session");
+    assert_eq!(session["request"], request);
+    assert_eq!(session["invoice"]["amount_msat"], 60_000);
+    assert_eq!(session["invoice_matches_request"], true);
+    let text = decode_text(&header);
+    assert!(text.contains("intent: session"), "{text}");
+    assert!(
+        text.contains(&format!("depositInvoice: {deposit}")),
+        "{text}"
+    );
+}
+
+fn vectors() -> Value {
+    let path = std::env::var_os("GATE402_MPP_VECTORS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/vectors/aperture-mpp-vectors.json")
+        });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the conformance vectors at {}: {e}",
+            path.display()
+        )
+    });
+    serde_json::from_str(&text).expect("vectors are JSON")
+}
+
+/// What each challenge of a decoded list must show: its parameters as
+/// tokenized, and for a `Payment` challenge each layer that decodes, or
+/// the reason it does not in that layer's place.
+fn check_decoded(name: &str, header: &str, report: &Value, text: &str) {
+    let tokenized = gate402_http_auth::parse_challenges(header).unwrap();
+    let decoded = report["challenges"].as_array().unwrap();
+    assert_eq!(decoded.len(), tokenized.len(), "{name}: {report}");
+    for (c, d) in tokenized.iter().zip(decoded) {
+        assert_eq!(d["scheme"], c.scheme.as_str(), "{name}");
+        for (key, value) in c.params.iter() {
+            let key = key.to_ascii_lowercase();
+            if c.param(&key) == Some(value) {
+                assert_eq!(d["params"][&key], value, "{name}: {key}");
+                if !value.contains('\n') {
+                    assert!(
+                        text.contains(&format!("{key}: {value}\n")),
+                        "{name}: {key} in {text}"
+                    );
+                }
+            }
+        }
+        if !c.is_scheme("Payment") {
+            continue;
+        }
+        let Ok(payment) = gate402_mpp::challenge::from_challenge(c) else {
+            assert!(
+                d["error"].as_str().unwrap().contains("lacks"),
+                "{name}: {d}"
+            );
+            assert!(
+                text.contains("error: Payment challenge lacks"),
+                "{name}: {text}"
+            );
+            continue;
+        };
+        match base64url::decode_json_object(payment.request.raw()) {
+            Ok(request) => assert_eq!(d["request"], request, "{name}"),
+            Err(_) => {
+                assert!(!layer_error(d, "request").is_empty(), "{name}: {d}");
+                assert!(text.contains("request: error: "), "{name}: {text}");
+            }
+        }
+        if let Some(invoice) = d["request"]["methodDetails"]["invoice"]
+            .as_str()
+            .or(d["request"]["depositInvoice"].as_str())
+        {
+            if gate402_bolt11::Invoice::parse(invoice).is_err() {
+                assert!(!layer_error(d, "invoice").is_empty(), "{name}: {d}");
+                assert!(text.contains("invoice: error: "), "{name}: {text}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_vector_challenge_and_list_decodes() {
+    let vectors = vectors();
+    let mut seen = 0;
+    for case in vectors["challengeHeaders"].as_array().unwrap() {
+        let (name, header) = (&case["name"], case["header"].as_str().unwrap());
+        let report = decode_json(header);
+        let text = decode_text(header);
+        check_decoded(&name.to_string(), header, &report, &text);
+        let shown = &report["challenges"][0]["params"];
+        for (key, value) in case["params"].as_object().unwrap() {
+            assert_eq!(&shown[key], value, "{name}: {key}");
+        }
+        seen += 1;
+    }
+    for case in vectors["challengeLists"].as_array().unwrap() {
+        let (name, header) = (&case["name"], case["header"].as_str().unwrap());
+        let report = decode_json(header);
+        let text = decode_text(header);
+        check_decoded(&name.to_string(), header, &report, &text);
+        // Every challenge the vectors expect is there, parameters and all.
+        for expected in case["challenges"].as_array().into_iter().flatten() {
+            let found = report["challenges"].as_array().unwrap().iter().any(|d| {
+                expected
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .all(|(key, value)| &d["params"][key] == value)
+            });
+            assert!(found, "{name}: {expected} not in {report}");
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 17, "every challenge and list case was run");
 }

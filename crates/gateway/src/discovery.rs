@@ -1,20 +1,83 @@
 //! Discovery documents generated from the services:
-//! `/.well-known/l402-services` and `/openapi.json` with `x-payment-info`.
+//! `/.well-known/l402-services` (the shape deployed L402 directories read),
+//! `/openapi.json` (draft-payment-discovery-01: `x-service-info`, and
+//! `x-payment-info` offers on every paid operation), and the L402 manifest
+//! `/.well-known/l402.json` with its quote endpoint (L402 discovery, as
+//! Aperture proposes it). All advisory: the 402 itself is authoritative.
 
+use std::sync::Arc;
+
+use axum::http::Method;
 use serde_json::{json, Map, Value};
 
 use gate402_paywall::route::PathPattern;
 use gate402_paywall::{Auth, PricedService};
 
-fn schemes(service: &PricedService) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if service.schemes.l402() {
-        out.push("L402");
+use crate::config::DiscoveryConfig;
+
+/// Where the L402 manifest is served.
+pub const MANIFEST_PATH: &str = "/.well-known/l402.json";
+/// Where a route's price is answered.
+pub const QUOTE_PATH: &str = "/l402/quote";
+/// Where the OpenAPI document is served.
+pub const OPENAPI_PATH: &str = "/openapi.json";
+/// Where the deployed-shape service list is served.
+pub const SERVICES_PATH: &str = "/.well-known/l402-services";
+/// The `Link` value that points clients holding any 402 or discovery
+/// document at the manifest.
+pub const MANIFEST_LINK: &str = "</.well-known/l402.json>; rel=\"l402-manifest\"";
+/// Discovery documents change only on a reload; the draft recommends five
+/// minutes.
+pub const CACHE_CONTROL: &str = "max-age=300";
+
+/// What the documents say about the gateway as a whole.
+#[derive(Debug, Clone, Copy)]
+pub struct About<'a> {
+    /// The name shown.
+    pub name: &'a str,
+    /// The realm of its MPP challenges.
+    pub realm: &'a str,
+    /// Categories and documentation links.
+    pub discovery: &'a DiscoveryConfig,
+    /// Whether its 402s carry MPP challenges at all: the Lightning charge
+    /// method names no testnet, so a testnet gateway sells L402 alone.
+    pub mpp: bool,
+}
+
+impl About<'_> {
+    fn l402(&self, service: &PricedService) -> bool {
+        service.schemes.l402()
     }
-    if service.schemes.mpp() {
-        out.push("MPP");
+
+    fn mpp(&self, service: &PricedService) -> bool {
+        self.mpp && service.schemes.mpp()
     }
-    out
+
+    /// The protocols a service's 402 carries here.
+    fn protocols(&self, service: &PricedService) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.l402(service) {
+            out.push("L402");
+        }
+        if self.mpp(service) {
+            out.push("MPP");
+        }
+        out
+    }
+
+    /// The protocols any 402 of this gateway can carry.
+    fn gateway_protocols(&self) -> &'static [&'static str] {
+        if self.mpp {
+            &["L402", "MPP"]
+        } else {
+            &["L402"]
+        }
+    }
+
+    /// Paid, and payable here with at least one protocol.
+    pub fn sells(&self, service: &PricedService) -> bool {
+        paid(service) && (self.l402(service) || self.mpp(service))
+    }
 }
 
 fn methods(service: &PricedService) -> Vec<String> {
@@ -29,11 +92,24 @@ fn paid(service: &PricedService) -> bool {
     service.auth != Auth::Off
 }
 
+fn price_msat(service: &PricedService) -> u64 {
+    service.price_sats.saturating_mul(1000)
+}
+
+/// The path as an OpenAPI template: a prefix route takes the rest of the
+/// path as one parameter.
+fn template(path: &PathPattern) -> String {
+    match path {
+        PathPattern::Exact(p) => p.clone(),
+        PathPattern::Prefix(p) => format!("{p}{{rest}}"),
+    }
+}
+
 /// `/.well-known/l402-services`.
-pub fn l402_services(name: &str, realm: &str, services: &[std::sync::Arc<PricedService>]) -> Value {
+pub fn l402_services(about: &About<'_>, services: &[Arc<PricedService>]) -> Value {
     let services: Vec<Value> = services
         .iter()
-        .filter(|s| paid(s))
+        .filter(|s| about.sells(s))
         .map(|s| {
             json!({
                 "id": s.name,
@@ -42,63 +118,289 @@ pub fn l402_services(name: &str, realm: &str, services: &[std::sync::Arc<PricedS
                 "endpoint": s.path.as_written(),
                 "method": methods(s).join(","),
                 "pricing": {"amount": s.price_sats, "currency": "sat", "type": "fixed"},
-                "protocols": schemes(s),
+                "protocols": about.protocols(s),
                 "freeCalls": match s.auth { Auth::Freebie(n) => n, _ => 0 },
             })
         })
         .collect();
-    json!({
-        "name": name,
-        "protocols": ["L402", "MPP"],
+    let protocols = about.gateway_protocols();
+    let mut doc = json!({
+        "name": about.name,
+        "protocols": protocols,
         "payment_network": "lightning",
         "services": services,
         "authentication": {
-            "protocols_supported": ["L402", "MPP"],
-            "l402": {"spec": "https://github.com/lightninglabs/L402", "header": "Authorization: L402 <macaroon>:<preimage>"},
-            "mpp": {"spec": "https://paymentauth.org", "realm": realm, "methods": ["lightning/charge"], "header": "Authorization: Payment <credential>"},
+            "protocols_supported": protocols,
+            "l402": {"spec": "https://github.com/lightninglabs/L402", "header": "Authorization: L402 <macaroon>:<preimage>", "manifest": MANIFEST_PATH},
         },
-    })
+    });
+    if about.mpp {
+        doc["authentication"]["mpp"] = json!({"spec": "https://paymentauth.org", "realm": about.realm, "methods": ["lightning/charge"], "header": "Authorization: Payment <credential>"});
+    }
+    if let Some(homepage) = &about.discovery.homepage {
+        doc["homepage"] = homepage.as_str().into();
+    }
+    doc
+}
+
+/// One offer per scheme the service takes, each a Lightning charge of its
+/// price; `scheme` tells an L402 client its offer from an MPP one.
+fn offers(about: &About<'_>, service: &PricedService) -> Vec<Value> {
+    let offer = |scheme: &str| {
+        json!({
+            "intent": "charge",
+            "method": "lightning",
+            "amount": service.price_sats.to_string(),
+            "currency": "sat",
+            "description": service.description,
+            "scheme": scheme,
+        })
+    };
+    let mut offers = Vec::new();
+    if about.mpp(service) {
+        offers.push(offer(gate402_mpp::SCHEME));
+    }
+    if about.l402(service) {
+        offers.push(offer("L402"));
+    }
+    offers
+}
+
+/// `x-service-info`: categories and documentation links where configured,
+/// plus what the gateway itself knows.
+fn service_info(about: &About<'_>) -> Value {
+    let discovery = about.discovery;
+    let mut info = Map::new();
+    if !discovery.categories.is_empty() {
+        info.insert("categories".into(), json!(discovery.categories));
+    }
+    let mut docs = Map::new();
+    for (key, value) in [
+        ("apiReference", &discovery.docs),
+        ("homepage", &discovery.homepage),
+        ("llms", &discovery.llms),
+    ] {
+        if let Some(value) = value {
+            docs.insert(key.into(), value.as_str().into());
+        }
+    }
+    if !docs.is_empty() {
+        info.insert("docs".into(), Value::Object(docs));
+    }
+    info.insert("name".into(), about.name.into());
+    info.insert("protocols".into(), json!(about.gateway_protocols()));
+    info.insert("payment_network".into(), "lightning".into());
+    info.insert("l402Manifest".into(), MANIFEST_PATH.into());
+    Value::Object(info)
 }
 
 /// `/openapi.json`: one operation per priced method and path.
-pub fn openapi(name: &str, services: &[std::sync::Arc<PricedService>]) -> Value {
+pub fn openapi(about: &About<'_>, services: &[Arc<PricedService>]) -> Value {
     let mut paths = Map::new();
-    for service in services.iter().filter(|s| paid(s)) {
-        let (path, parameters) = match &service.path {
-            PathPattern::Exact(p) => (p.clone(), json!([])),
-            PathPattern::Prefix(p) => (
-                format!("{p}{{rest}}"),
-                json!([{"name": "rest", "in": "path", "required": true, "schema": {"type": "string"}}]),
-            ),
+    for service in services.iter().filter(|s| about.sells(s)) {
+        let parameters = match &service.path {
+            PathPattern::Exact(_) => json!([]),
+            PathPattern::Prefix(_) => {
+                json!([{"name": "rest", "in": "path", "required": true, "schema": {"type": "string"}}])
+            }
         };
-        let entry = paths.entry(path).or_insert_with(|| json!({}));
+        let entry = paths
+            .entry(template(&service.path))
+            .or_insert_with(|| json!({}));
         for method in methods(service) {
-            entry[method.to_ascii_lowercase()] = json!({
+            let mut operation = json!({
                 "operationId": format!("{}_{}", service.name, method.to_ascii_lowercase()),
                 "summary": service.description,
                 "parameters": parameters,
-                "x-payment-info": {
-                    "intent": "charge",
-                    "method": "lightning",
-                    "amount": service.price_sats.to_string(),
-                    "currency": "sat",
-                    "description": service.description,
-                    "protocols": schemes(service),
-                },
+                "x-payment-info": {"offers": offers(about, service)},
                 "responses": {
                     "200": {"description": "The paid response, with a Payment-Receipt header"},
                     "402": {
-                        "description": "Payment Required: one Lightning invoice, L402 and MPP challenges in WWW-Authenticate",
+                        "description": "Payment Required: one Lightning invoice and its challenges in WWW-Authenticate",
+                        "headers": {
+                            "WWW-Authenticate": {"description": "The challenges", "schema": {"type": "string"}},
+                            "Link": {"description": "The L402 manifest (rel=\"l402-manifest\")", "schema": {"type": "string"}},
+                        },
                         "content": {"application/problem+json": {"schema": {"type": "object"}}},
                     },
                 },
             });
+            // The body is the upstream's business and goes to it as sent.
+            if matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
+                operation["requestBody"] = json!({
+                    "description": "Passed to the API as sent",
+                    "required": false,
+                    "content": {"*/*": {"schema": {}}},
+                });
+            }
+            // The first service that takes a route is the one requests meet.
+            let key = method.to_ascii_lowercase();
+            if entry.get(&key).is_none() {
+                entry[key] = operation;
+            }
         }
     }
     json!({
         "openapi": "3.1.0",
-        "info": {"title": name, "version": "1"},
-        "x-service-info": {"name": name, "protocols": ["L402", "MPP"], "payment_network": "lightning"},
+        "info": {"title": about.name, "version": "1"},
+        "x-service-info": service_info(about),
         "paths": paths,
     })
+}
+
+/// `/.well-known/l402.json`: the services that sell L402 tokens, each
+/// resource at its fixed price, and the caveats their tokens carry.
+pub fn manifest(
+    about: &About<'_>,
+    node_pubkey: Option<&str>,
+    services: &[Arc<PricedService>],
+) -> Value {
+    let mut provider = Map::new();
+    provider.insert("name".into(), about.name.into());
+    if let Some(uri) = &about.discovery.homepage {
+        provider.insert("uri".into(), uri.as_str().into());
+    }
+    if let Some(pubkey) = node_pubkey {
+        provider.insert("node_pubkey".into(), pubkey.into());
+    }
+    let sold: Vec<&Arc<PricedService>> = services
+        .iter()
+        .filter(|s| paid(s) && about.l402(s))
+        .collect();
+    let catalog: Vec<Value> = sold
+        .iter()
+        .map(|s| {
+            let resources: Vec<Value> = methods(s)
+                .into_iter()
+                .map(|method| {
+                    json!({
+                        "path": template(&s.path),
+                        "method": method,
+                        "pricing": {"model": "fixed", "price_msat": price_msat(s)},
+                    })
+                })
+                .collect();
+            json!({
+                "name": s.name,
+                "description": s.description,
+                // Tokens are minted `services=<name>:0`, with no capabilities.
+                "tiers": [{"tier": 0, "name": "base"}],
+                "capabilities": [],
+                "resources": resources,
+            })
+        })
+        .collect();
+    let mut caveats = Map::new();
+    caveats.insert(
+        "services".into(),
+        json!({"type": "service_list", "attenuation": "subset", "description": "The services a token pays for, each name:tier"}),
+    );
+    for s in &sold {
+        caveats.insert(
+            format!("{}_valid_until", s.name),
+            json!({
+                "type": "timestamp",
+                "attenuation": "earlier",
+                "description": format!("Unix time the token stops working on {}", s.name),
+            }),
+        );
+    }
+    json!({
+        "version": "1.0",
+        "provider": provider,
+        "currencies": ["msat"],
+        "macaroon_versions": [0],
+        "payment_methods": ["bolt11"],
+        "quote_endpoint": QUOTE_PATH,
+        "openapi": OPENAPI_PATH,
+        "services": catalog,
+        "caveats": caveats,
+    })
+}
+
+/// The answer of the quote endpoint for the service `path` and `method`
+/// route to.
+pub fn quote(about: &About<'_>, service: &PricedService, path: &str, method: &Method) -> Value {
+    let mut quote = json!({
+        "service": service.name,
+        "path": path,
+        "method": method.as_str(),
+        "price_msat": price_msat(service),
+        "pricing": {"model": "fixed", "price_msat": price_msat(service)},
+        "amount": service.price_sats.to_string(),
+        "currency": "sat",
+        "protocols": about.protocols(service),
+        "description": service.description,
+    });
+    if let Auth::Freebie(n) = service.auth {
+        quote["freeCalls"] = n.into();
+    }
+    quote
+}
+
+#[cfg(test)]
+mod tests {
+    use gate402_paywall::Schemes;
+
+    use super::*;
+
+    fn services() -> Vec<Arc<PricedService>> {
+        let both = PricedService::new("both", "/both", 3);
+        let mut mpp = PricedService::new("mpp", "/mpp", 4);
+        mpp.schemes = Schemes::Mpp;
+        let mut l402 = PricedService::new("l402", "/l402/*", 5);
+        l402.schemes = Schemes::L402;
+        [both, mpp, l402].into_iter().map(Arc::new).collect()
+    }
+
+    fn about(mpp: bool) -> About<'static> {
+        static DISCOVERY: DiscoveryConfig = DiscoveryConfig {
+            categories: Vec::new(),
+            homepage: None,
+            docs: None,
+            llms: None,
+        };
+        About {
+            name: "test",
+            realm: "test",
+            discovery: &DISCOVERY,
+            mpp,
+        }
+    }
+
+    fn schemes_offered(doc: &Value, path: &str) -> Vec<String> {
+        doc["paths"][path]["get"]["x-payment-info"]["offers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["scheme"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn each_offer_is_a_scheme_the_402_carries() {
+        let doc = openapi(&about(true), &services());
+        assert_eq!(schemes_offered(&doc, "/both"), ["Payment", "L402"]);
+        assert_eq!(schemes_offered(&doc, "/mpp"), ["Payment"]);
+        assert_eq!(schemes_offered(&doc, "/l402/{rest}"), ["L402"]);
+        assert_eq!(doc["x-service-info"]["protocols"], json!(["L402", "MPP"]));
+    }
+
+    /// On testnet the paywall sends no MPP challenge, so discovery offers
+    /// none, and a service sold by MPP alone is not for sale at all.
+    #[test]
+    fn a_testnet_gateway_offers_l402_alone() {
+        let about = about(false);
+        let doc = openapi(&about, &services());
+        assert_eq!(schemes_offered(&doc, "/both"), ["L402"]);
+        assert!(doc["paths"].get("/mpp").is_none());
+        assert_eq!(doc["x-service-info"]["protocols"], json!(["L402"]));
+        let listed = l402_services(&about, &services());
+        assert_eq!(listed["protocols"], json!(["L402"]));
+        assert!(listed["authentication"].get("mpp").is_none());
+        assert_eq!(listed["services"].as_array().unwrap().len(), 2);
+        let quoted = quote(&about, &services()[0], "/both", &Method::GET);
+        assert_eq!(quoted["protocols"], json!(["L402"]));
+        assert!(!about.sells(&services()[1]));
+    }
 }

@@ -223,6 +223,13 @@ async fn a_payment_id_pays_for_one_call_of_its_tool() {
         .as_str()
         .unwrap()
         .contains("not paid yet"));
+    assert!(
+        data["problem"]["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/payment-action-required"),
+        "{data}"
+    );
 
     pay_via(&h.http, &h.base, created["invoice"].as_str().unwrap())
         .await

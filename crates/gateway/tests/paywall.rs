@@ -415,7 +415,7 @@ async fn proxy_preserves_the_request_and_hides_the_credential() {
         .offer(
             h.client
                 .post(h.url("/api/items?x=1"))
-                .body("{}")
+                .body(r#"{"name":"widget"}"#)
                 .send()
                 .await
                 .unwrap(),
@@ -577,9 +577,9 @@ async fn discovery_health_and_metrics() {
         .json()
         .await
         .unwrap();
-    let info = &openapi["paths"]["/weather"]["get"]["x-payment-info"];
-    assert_eq!(info["amount"], "10");
-    assert_eq!(info["method"], "lightning");
+    let offer = &openapi["paths"]["/weather"]["get"]["x-payment-info"]["offers"][0];
+    assert_eq!(offer["amount"], "10");
+    assert_eq!(offer["method"], "lightning");
     assert!(openapi["paths"]["/maps/{rest}"]["get"]["responses"]["402"].is_object());
     assert_eq!(
         h.client
@@ -1066,4 +1066,160 @@ async fn an_api_key_in_authorization_moves_the_credential_to_payment_authorizati
     let echo: Value = answer.json().await.unwrap();
     assert_eq!(echo["headers"]["authorization"], "Bearer upstream-api-key");
     assert!(echo["headers"].get("payment-authorization").is_none());
+}
+
+#[tokio::test]
+async fn a_paid_body_is_bound_by_its_digest() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let h = Harness::start_configured(
+        |up| vec![service("submit", "/submit", 4, up)],
+        |config| config.server.max_body_bytes = 64,
+    )
+    .await;
+    let post = |body: reqwest::Body, credential: Option<&str>| {
+        let mut request = h.client.post(h.url("/submit")).body(body);
+        if let Some(credential) = credential {
+            request = request.header(AUTHORIZATION, credential);
+        }
+        request.send()
+    };
+    let buy = |response: reqwest::Response| async {
+        let offer = h.offer(response).await;
+        let paid = pay_via(&h.client, &h.base(), &offer.bolt11).await.unwrap();
+        let mut preimage = [0u8; 32];
+        hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+        (offer.payment.unwrap(), preimage)
+    };
+    let paris = r#"{"city":"Paris"}"#;
+    let (challenge, preimage) = buy(post(paris.into(), None).await.unwrap()).await;
+    let digest = format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(paris))
+    );
+    assert_eq!(challenge.digest.as_deref(), Some(digest.as_str()));
+    let credential = payment_credential(&challenge, &preimage, |_| {});
+
+    // Another body: refused, and the credential is not spent.
+    let rome = post(r#"{"city":"Rome"}"#.into(), Some(&credential))
+        .await
+        .unwrap();
+    assert_eq!(rome.status(), StatusCode::PAYMENT_REQUIRED);
+    let problem: Value = rome.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("body"),
+        "{problem}"
+    );
+    // A body over the limit, declared or streamed: 413, nothing spent.
+    let large = post("x".repeat(100).into(), Some(&credential))
+        .await
+        .unwrap();
+    assert_eq!(large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let chunks = stream::iter(["x".repeat(40), "x".repeat(40)].map(Ok::<_, Infallible>));
+    let streamed = post(reqwest::Body::wrap_stream(chunks), Some(&credential))
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // The body paid for, streamed without a length: served once, forwarded
+    // as sent.
+    let chunks = stream::iter([r#"{"city":"#, r#""Paris"}"#].map(Ok::<_, Infallible>));
+    let served = post(reqwest::Body::wrap_stream(chunks), Some(&credential))
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    let echo: Value = served.json().await.unwrap();
+    assert_eq!(echo["body"], paris);
+    let replay = post(paris.into(), Some(&credential)).await.unwrap();
+    assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
+
+    // A client that leaves `digest` out of its echo (Alby's keeps six
+    // parameters): recomputed from the body it sends.
+    let (challenge, preimage) = buy(post(paris.into(), None).await.unwrap()).await;
+    let bare = payment_credential(&challenge, &preimage, |echo| {
+        echo.digest = None;
+        echo.opaque = None;
+        echo.description = None;
+    });
+    let rome = post(r#"{"city":"Rome"}"#.into(), Some(&bare))
+        .await
+        .unwrap();
+    assert_eq!(rome.status(), StatusCode::PAYMENT_REQUIRED);
+    let served = post(paris.into(), Some(&bare)).await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+
+    // A body too large to bind gets a challenge without a digest, and is
+    // forwarded whole once paid.
+    let large = "y".repeat(100);
+    let (challenge, preimage) = buy(post(large.clone().into(), None).await.unwrap()).await;
+    assert!(challenge.digest.is_none());
+    let credential = payment_credential(&challenge, &preimage, |_| {});
+    let served = post(large.clone().into(), Some(&credential)).await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    let echo: Value = served.json().await.unwrap();
+    assert_eq!(echo["body"], large);
+
+    // GET binds no body; no challenge outlives its invoice.
+    let offer = h
+        .offer(h.client.get(h.url("/submit")).send().await.unwrap())
+        .await;
+    let challenge = offer.payment.unwrap();
+    assert!(challenge.digest.is_none());
+    let invoice = gate402_bolt11::Invoice::parse(&offer.bolt11).unwrap();
+    let expires = time::OffsetDateTime::parse(
+        challenge.expires.as_deref().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert!(expires.unix_timestamp() as u64 <= invoice.expires_at());
+}
+
+#[tokio::test]
+async fn problems_of_draft_httpauth_payment_01() {
+    let h = Harness::start(|up| vec![service("weather", "/weather", 3, up)]).await;
+    // Two credentials: a malformed request, no invoice would help.
+    let (offer, preimage) = h.buy("/weather").await;
+    let credential = offer.payment_authorization(&preimage).unwrap();
+    let two = h
+        .client
+        .get(h.url("/weather"))
+        .header(AUTHORIZATION, &credential)
+        .header("payment-authorization", &credential)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two.status(), StatusCode::BAD_REQUEST);
+    assert!(two.headers().get(WWW_AUTHENTICATE).is_none());
+    let problem: Value = two.json().await.unwrap();
+    assert!(
+        problem["type"].as_str().unwrap().ends_with("/bad-request"),
+        "{problem}"
+    );
+    // A payload that is no preimage: invalid-payload, with a fresh challenge.
+    let challenge = offer.payment.as_ref().unwrap();
+    let mut wrong = gate402_mpp::PaymentCredential::new(
+        challenge.to_echo(),
+        gate402_mpp::lightning::PreimagePayload::new(&preimage),
+    );
+    wrong.payload = json!({"preimage": "not hex"});
+    let answer = h
+        .get(
+            "/weather",
+            &gate402_mpp::credential::to_authorization(&wrong),
+        )
+        .await;
+    assert_eq!(answer.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(answer.headers().get(WWW_AUTHENTICATE).is_some());
+    let problem: Value = answer.json().await.unwrap();
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/invalid-payload"),
+        "{problem}"
+    );
+    // Neither spent the payment.
+    assert_eq!(
+        h.get("/weather", &credential).await.status(),
+        StatusCode::OK
+    );
 }

@@ -73,3 +73,60 @@ async fn two_replicas_on_one_database_act_as_one() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_outage_spends_no_credential() {
+    let mut postgres = TestPostgres::start().await;
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(upstream);
+    config.store = StoreConfig::Postgres(postgres.url.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    let http = reqwest::Client::new();
+    let weather = format!("{base}/api/weather?city=Oslo");
+    let offer = Offer::from_headers(http.get(&weather).send().await.unwrap().headers()).unwrap();
+    let paid = pay_via(&http, &base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let credential = offer.payment_authorization(&preimage).unwrap();
+    let present = || {
+        http.get(&weather)
+            .header(AUTHORIZATION, credential.clone())
+            .send()
+    };
+
+    postgres.stop();
+    let answer = present().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(answer.headers().contains_key("retry-after"));
+    let problem: serde_json::Value = answer.json().await.unwrap();
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("/internal-payment-error"),
+        "{problem}"
+    );
+    assert!(!problem.to_string().contains("127.0.0.1"), "{problem}");
+
+    postgres.restart().await;
+    let mut served = None;
+    for _ in 0..50 {
+        let answer = present().await.unwrap();
+        if answer.status() != StatusCode::INTERNAL_SERVER_ERROR {
+            served = Some(answer.status());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        served,
+        Some(StatusCode::OK),
+        "the credential survived the outage"
+    );
+    assert_eq!(
+        present().await.unwrap().status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
+}

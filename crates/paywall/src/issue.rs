@@ -39,6 +39,16 @@ pub struct Doors {
     pub mpp: bool,
 }
 
+/// What the MPP challenge binds besides the price and the service
+/// (draft-httpauth-payment-01).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Binding<'a> {
+    /// The field its credential must come in, when not `Authorization`.
+    pub header: Option<&'a str>,
+    /// The digest of the request body it pays for (`sha-256=:…:`).
+    pub digest: Option<&'a str>,
+}
+
 /// Makes invoices and challenges.
 pub(crate) struct Issuer {
     pub(crate) backend: std::sync::Arc<dyn LightningBackend>,
@@ -54,7 +64,7 @@ impl Issuer {
         &self,
         service: &PricedService,
         doors: Doors,
-        header: Option<&str>,
+        binding: Binding<'_>,
     ) -> Result<Issued, LightningError> {
         let now = unix_now();
         let created = self
@@ -91,7 +101,7 @@ impl Issuer {
                 invoice: created.bolt11.clone(),
             });
         }
-        if doors.mpp && service.schemes.mpp() {
+        if doors.mpp && service.schemes.mpp() && charges_on(self.network) {
             let request = ChargeRequest::new(
                 service.price_sats,
                 Some(service.description.clone()),
@@ -119,13 +129,37 @@ impl Issuer {
                         intent: CHARGE,
                         request: &request,
                         expires,
-                        digest: None,
+                        digest: binding.digest,
                         description: Some(&service.description),
                         opaque: None,
-                        header,
+                        header: binding.header,
                     }),
             );
         }
         Ok(issued)
+    }
+}
+
+/// Whether the Lightning charge method can name `network`:
+/// draft-lightning-charge-00 knows `mainnet`, `regtest` and `signet`, so a
+/// testnet gateway offers L402 alone rather than a challenge no conforming
+/// client can read.
+pub fn charges_on(network: Network) -> bool {
+    matches!(
+        network,
+        Network::Mainnet | Network::Regtest | Network::Signet
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn testnet_gets_no_lightning_charge() {
+        assert!(charges_on(Network::Mainnet));
+        assert!(charges_on(Network::Regtest));
+        assert!(charges_on(Network::Signet));
+        assert!(!charges_on(Network::Testnet));
     }
 }

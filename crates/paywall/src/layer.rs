@@ -30,12 +30,42 @@ use crate::client::{client_addr, ClientAddr, PeerAddr};
 use crate::credentials::{
     self, CredentialField, CredentialScheme, Presented, PAYMENT_AUTHORIZATION_NAME,
 };
-use crate::issue::Doors;
+use crate::issue::{Binding, Doors};
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
 use crate::route::{request_host, RequestPath};
 use crate::route::{Auth, PricedService};
-use crate::verify::Verified;
+use crate::verify::{Verified, Verifier};
+
+/// What a request body's error turns into.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a request body bound to a payment may take to arrive.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether a request of `method` has its body bound to its payment
+/// (draft-httpauth-payment-01: POST, PUT and PATCH).
+fn binds_body(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    )
+}
+
+/// The 400's words for a body that could not be read.
+const BODY_BROKEN: &str = "the request body broke off, or stalled past 30 s";
+
+/// Why a request body could not be read to bind or check its digest.
+enum BodyError {
+    /// Over the paywall's `max_body_bytes` by its declared length; the
+    /// body is untouched.
+    TooLarge,
+    /// Went over the limit while being read (no length was declared); what
+    /// was read is gone, so the request cannot be forwarded.
+    Overflowed,
+    /// It broke off, failed, or stalled past [`BODY_READ_TIMEOUT`].
+    Broken,
+}
 
 /// Put into a request's extensions by the paywall: the priced service it
 /// was routed to and the host it named. The request's URI path is then
@@ -84,7 +114,8 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
+    ReqBody: Body<Data = Bytes> + From<Bytes> + Send + Unpin + 'static,
+    ReqBody::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     type Response = Response<PaywallBody<ResBody>>;
@@ -278,6 +309,8 @@ impl Paywall {
     ) -> Result<Response<PaywallBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ReqBody: Body<Data = Bytes> + From<Bytes> + Unpin,
+        ReqBody::Error: Into<BoxError>,
     {
         let presented = credentials::take(request.headers_mut());
         crate::route::strip_overrides(request.headers_mut());
@@ -326,14 +359,16 @@ impl Paywall {
                         e.to_string(),
                     ),
                     _ => {
-                        self.inner
-                            .metrics
-                            .rejected(ProblemType::MalformedCredential.code());
-                        return Ok(own(responses::bad_request(&e.to_string())));
+                        self.inner.metrics.rejected(ProblemType::BadRequest.code());
+                        return Ok(own(responses::refused(&Refusal::new(
+                            StatusCode::BAD_REQUEST,
+                            ProblemType::BadRequest,
+                            e.to_string(),
+                        ))));
                     }
                 };
                 return Ok(own(self
-                    .challenge(&service, request.headers(), client, refusal)
+                    .challenge(&service, &mut request, client, refusal)
                     .await));
             }
             (Auth::Freebie(free), Ok(None)) => {
@@ -357,7 +392,7 @@ impl Paywall {
         else {
             let refusal = Refusal::payment_required(&service);
             return Ok(own(self
-                .challenge(&service, request.headers(), client, refusal)
+                .challenge(&service, &mut request, client, refusal)
                 .await));
         };
         let verified = match scheme {
@@ -365,7 +400,37 @@ impl Paywall {
             CredentialScheme::Payment => {
                 let arrived_in = (field == CredentialField::PaymentAuthorization)
                     .then_some(PAYMENT_AUTHORIZATION_NAME);
-                self.verify_payment_header(&service, &value, arrived_in)
+                match Verifier::parse_payment(&value) {
+                    Err(refusal) => Err(refusal),
+                    Ok(credential) => {
+                        // The body its challenge may bind: read (up to the
+                        // limit) to be checked, then forwarded as read.
+                        let bound = credential.challenge.digest.is_some();
+                        let body = if bound || binds_body(request.method()) {
+                            match self.read_body(&mut request).await {
+                                Ok(body) => Some(body),
+                                // Too large to have been bound when issued.
+                                Err(BodyError::TooLarge) if !bound => None,
+                                Err(BodyError::TooLarge | BodyError::Overflowed) => {
+                                    return Ok(own(responses::payload_too_large(
+                                        self.inner.max_body_bytes,
+                                    )))
+                                }
+                                Err(BodyError::Broken) => {
+                                    return Ok(own(responses::bad_request(BODY_BROKEN)))
+                                }
+                            }
+                        } else {
+                            None
+                        };
+                        self.inner.verifier.payment(
+                            &service,
+                            &credential,
+                            arrived_in,
+                            body.as_deref(),
+                        )
+                    }
+                }
             }
         };
         let verified = match verified {
@@ -373,7 +438,7 @@ impl Paywall {
             Err(refusal) => {
                 self.inner.metrics.rejected(refusal.problem.code());
                 return Ok(own(self
-                    .challenge(&service, request.headers(), client, refusal)
+                    .challenge(&service, &mut request, client, refusal)
                     .await));
             }
         };
@@ -384,7 +449,7 @@ impl Paywall {
                 Ok(claim) => (Some(claim), "Payment"),
                 Err(ClaimError::Store(e)) => {
                     tracing::error!(error = %e, "store: cannot claim a payment");
-                    return Ok(own(responses::unavailable("the payment store")));
+                    return Ok(own(responses::payment_unavailable()));
                 }
                 Err(e) => {
                     let refusal = Refusal::new(
@@ -393,7 +458,7 @@ impl Paywall {
                         e.to_string(),
                     );
                     return Ok(own(self
-                        .challenge(&service, request.headers(), client, refusal)
+                        .challenge(&service, &mut request, client, refusal)
                         .await));
                 }
             },
@@ -446,20 +511,52 @@ impl Paywall {
         ))
     }
 
+    /// Reads a request's body whole, within [`BODY_READ_TIMEOUT`], and puts
+    /// it back as read, to be forwarded.
+    async fn read_body<B>(&self, request: &mut Request<B>) -> Result<Bytes, BodyError>
+    where
+        B: Body<Data = Bytes> + From<Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        use http_body_util::BodyExt;
+        let limit = self.inner.max_body_bytes;
+        if request.body().size_hint().lower() > limit as u64 {
+            return Err(BodyError::TooLarge);
+        }
+        let body = std::mem::replace(request.body_mut(), B::from(Bytes::new()));
+        let read = http_body_util::Limited::new(body, limit).collect();
+        match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+            Ok(Ok(collected)) => {
+                let bytes = collected.to_bytes();
+                *request.body_mut() = B::from(bytes.clone());
+                Ok(bytes)
+            }
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::Overflowed),
+            Ok(Err(_)) | Err(_) => Err(BodyError::Broken),
+        }
+    }
+
     /// A fresh invoice and its challenges in a problem response; a 429
     /// when the client holds too many unpaid invoices, a 503 when the
-    /// node cannot make one.
-    async fn challenge(
+    /// node cannot make one. The MPP challenge names `Payment-Authorization`
+    /// when the request's `Authorization` carries something else, and
+    /// binds the body of a POST, PUT or PATCH by its digest.
+    async fn challenge<B>(
         &self,
         service: &PricedService,
-        request_headers: &HeaderMap,
+        request: &mut Request<B>,
         client: Option<ClientAddr>,
         refusal: Refusal,
-    ) -> Response<Bytes> {
+    ) -> Response<Bytes>
+    where
+        B: Body<Data = Bytes> + From<Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         if let Err(limited) = self.admit_unpaid(client.map(|c| c.key())) {
             return responses::too_many_requests(&limited);
         }
-        let accept = request_headers
+        let accept = request
+            .headers()
             .get(gate402_mpp::ACCEPT_PAYMENT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| AcceptPayment::parse(v).ok());
@@ -468,11 +565,27 @@ impl Paywall {
             .is_none_or(|a| a.accepts(METHOD, CHARGE) || !service.schemes.l402());
         // An `Authorization` left after the credentials were taken is the
         // upstream's own (an API key): the credential goes in the other field.
-        let header = request_headers
+        let header = request
+            .headers()
             .contains_key(http::header::AUTHORIZATION)
             .then_some(PAYMENT_AUTHORIZATION_NAME);
+        // A body too large to read is not bound (the challenge still pays
+        // for one call); one that broke off gets no challenge at all.
+        let digest = if mpp && service.schemes.mpp() && binds_body(request.method()) {
+            match self.read_body(request).await {
+                Ok(body) => Some(gate402_mpp::verify::body_digest(&body)),
+                Err(BodyError::TooLarge | BodyError::Overflowed) => None,
+                Err(BodyError::Broken) => return responses::bad_request(BODY_BROKEN),
+            }
+        } else {
+            None
+        };
+        let binding = Binding {
+            header,
+            digest: digest.as_deref(),
+        };
         match self
-            .issue_for(service, Doors { l402: true, mpp }, header)
+            .issue_for(service, Doors { l402: true, mpp }, binding)
             .await
         {
             Ok(issued) => responses::payment_required(

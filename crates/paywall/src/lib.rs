@@ -72,11 +72,13 @@ mod verify;
 pub use claims::{Claim, ClaimError};
 pub use client::{ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies};
 pub use clock::unix_now;
-pub use issue::{Doors, Issued};
+pub use issue::{Binding, Doors, Issued};
 pub use layer::{PaywallBody, PaywallLayer, PaywallService, Routed};
 pub use limits::{Limited, LimitsConfig};
 pub use metrics::Metrics;
-pub use paywall::{Paywall, PaywallBuilder, PaywallError, DEFAULT_CLAIM_LEASE};
+pub use paywall::{
+    Paywall, PaywallBuilder, PaywallError, DEFAULT_CLAIM_LEASE, DEFAULT_MAX_BODY_BYTES,
+};
 pub use responses::Refusal;
 pub use route::{Auth, PricedService, Schemes};
 pub use verify::Verified;

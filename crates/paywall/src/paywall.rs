@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::batch::Batch;
 use crate::claims::{Claim, ClaimError, ClaimKey, Claims};
 use crate::client::{ClientKey, TrustedProxies};
-use crate::issue::{Doors, Issued, Issuer};
+use crate::issue::{Binding, Doors, Issued, Issuer};
 use crate::limits::{Limited, Limits, LimitsConfig};
 use crate::metrics::Metrics;
 use crate::payment_id::PaymentIds;
@@ -30,6 +30,10 @@ use crate::verify::{Verified, Verifier};
 /// How long a claim is leased before another replica may take it over,
 /// unless renewed (it is, every third of it, while its response streams).
 pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(90);
+
+/// The largest request body read to bind it to a payment, unless
+/// configured: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Why a paywall cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +65,7 @@ pub struct PaywallBuilder {
     trusted_proxies: TrustedProxies,
     claim_lease: Duration,
     test_money: Option<String>,
+    max_body_bytes: usize,
 }
 
 impl PaywallBuilder {
@@ -131,6 +136,16 @@ impl PaywallBuilder {
         self
     }
 
+    /// The largest request body (bytes) read to bind it to a payment; default
+    /// [`DEFAULT_MAX_BODY_BYTES`]. The MPP challenge for a POST, PUT or PATCH
+    /// carries the body's digest; a larger body gets a challenge without one,
+    /// and a credential whose challenge binds a body is refused with 413 when
+    /// the body it comes with is larger.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
     /// Says in every 402 that invoices are test money (the sandbox).
     pub fn test_money(mut self, note: impl Into<String>) -> Self {
         self.test_money = Some(note.into());
@@ -173,6 +188,7 @@ impl PaywallBuilder {
                 limits: Limits::new(&self.limits),
                 trusted_proxies: self.trusted_proxies,
                 test_money: self.test_money,
+                max_body_bytes: self.max_body_bytes,
                 background: TaskTracker::new(),
                 served: Batch::new(),
                 stop: CancellationToken::new(),
@@ -225,6 +241,7 @@ pub(crate) struct State {
     pub(crate) limits: Limits,
     pub(crate) trusted_proxies: TrustedProxies,
     pub(crate) test_money: Option<String>,
+    pub(crate) max_body_bytes: usize,
     /// The writer of `served`.
     pub(crate) background: TaskTracker,
     /// What payments served, written after the responses left.
@@ -262,6 +279,7 @@ impl Paywall {
             trusted_proxies: TrustedProxies::default(),
             claim_lease: DEFAULT_CLAIM_LEASE,
             test_money: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         })
     }
 
@@ -368,12 +386,11 @@ impl Paywall {
         service: &PricedService,
         doors: Doors,
     ) -> Result<Issued, LightningError> {
-        self.issue_for(service, doors, None).await
+        self.issue_for(service, doors, Binding::default()).await
     }
 
-    /// [`Paywall::issue`], the MPP challenge naming `header` as the field
-    /// its credential must come in (`Payment-Authorization`, when the
-    /// request's `Authorization` carries something else).
+    /// [`Paywall::issue`], the MPP challenge also binding the field its
+    /// credential must come in and the request body it pays for.
     ///
     /// # Errors
     ///
@@ -382,12 +399,12 @@ impl Paywall {
         &self,
         service: &PricedService,
         doors: Doors,
-        header: Option<&str>,
+        binding: Binding<'_>,
     ) -> Result<Issued, LightningError> {
         let issued = self
             .inner
             .issuer
-            .issue(service, doors, header)
+            .issue(service, doors, binding)
             .await
             .map_err(|e| {
                 tracing::error!(service = %service.name, error = %e, "cannot create an invoice");
@@ -406,22 +423,6 @@ impl Paywall {
         self.inner.verifier.l402(service, value)
     }
 
-    /// Checks a `Payment` `Authorization` value for `service`.
-    ///
-    /// # Errors
-    ///
-    /// The [`Refusal`] to answer with.
-    pub fn verify_payment_header(
-        &self,
-        service: &PricedService,
-        value: &str,
-        arrived_in: Option<&str>,
-    ) -> Result<Verified, Refusal> {
-        self.inner
-            .verifier
-            .payment_header(service, value, arrived_in)
-    }
-
     /// Checks a parsed MPP credential for `service` (an MCP `_meta`
     /// credential, say).
     ///
@@ -433,7 +434,7 @@ impl Paywall {
         service: &PricedService,
         credential: &PaymentCredential,
     ) -> Result<Verified, Refusal> {
-        self.inner.verifier.payment(service, credential, None)
+        self.inner.verifier.payment(service, credential, None, None)
     }
 
     /// Claims a verified single-use payment for one request, keyed by its

@@ -85,6 +85,47 @@ pub fn bad_request(detail: &str) -> Response<Bytes> {
     )
 }
 
+/// A refusal answered without a fresh challenge (a malformed request
+/// around the credential: no invoice would help).
+pub fn refused(refusal: &Refusal) -> Response<Bytes> {
+    problem(
+        refusal.status,
+        &refusal.problem.uri(),
+        refusal.problem.title(),
+        &refusal.detail,
+        None,
+    )
+}
+
+/// `500` `internal-payment-error` with `Retry-After`, for a credential that
+/// could not be checked because the store is out of reach: nothing is
+/// wrong with it, and as it was not spent it stays good for a retry.
+pub fn payment_unavailable() -> Response<Bytes> {
+    let mut response = refused(&Refusal::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ProblemType::InternalPaymentError,
+        "the payment store is unavailable; the credential was not spent, retry it shortly",
+    ));
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+/// `413 Content Too Large`: a paid request's body is bound to its payment
+/// and read whole, up to `limit` bytes.
+pub fn payload_too_large(limit: usize) -> Response<Bytes> {
+    problem(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "about:blank",
+        "Content Too Large",
+        &format!(
+            "the body of a request whose payment binds it is read whole: at most {limit} bytes"
+        ),
+        None,
+    )
+}
+
 /// `429 Too Many Requests` with `Retry-After` (whole seconds, at least 1).
 pub fn too_many_requests(limited: &Limited) -> Response<Bytes> {
     let mut response = problem(

@@ -80,13 +80,27 @@ impl Verifier {
         }
     }
 
-    /// A `Payment <credential>` value for `service`, that arrived in the
-    /// field `arrived_in` (`None`: `Authorization`).
-    pub(crate) fn payment_header(
+    /// A `Payment <credential>` value, parsed.
+    pub(crate) fn parse_payment(value: &str) -> Result<PaymentCredential, Refusal> {
+        gate402_mpp::credential::parse_authorization(value).map_err(|e| {
+            Refusal::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ProblemType::MalformedCredential,
+                e.to_string(),
+            )
+        })
+    }
+
+    /// A parsed MPP credential for `service`: price, realm, network, the
+    /// scope it was issued for, the field it `arrived_in` (`None`:
+    /// `Authorization`), the request `body` when its challenge binds one,
+    /// the preimage.
+    pub(crate) fn payment(
         &self,
         service: &PricedService,
-        value: &str,
+        credential: &PaymentCredential,
         arrived_in: Option<&str>,
+        body: Option<&[u8]>,
     ) -> Result<Verified, Refusal> {
         if !service.schemes.mpp() {
             return Err(Refusal::new(
@@ -95,29 +109,11 @@ impl Verifier {
                 "this service does not accept the Payment scheme; use L402",
             ));
         }
-        let credential = gate402_mpp::credential::parse_authorization(value).map_err(|e| {
-            Refusal::new(
-                StatusCode::PAYMENT_REQUIRED,
-                ProblemType::MalformedCredential,
-                e.to_string(),
-            )
-        })?;
-        self.payment(service, &credential, arrived_in)
-    }
-
-    /// A parsed MPP credential for `service`: price, realm, network, the
-    /// scope it was issued for, the preimage.
-    pub(crate) fn payment(
-        &self,
-        service: &PricedService,
-        credential: &PaymentCredential,
-        arrived_in: Option<&str>,
-    ) -> Result<Verified, Refusal> {
         let expected = ExpectedCharge {
             realm: &self.realm,
             amount_sats: service.price_sats,
             network: self.network,
-            digest: None,
+            body,
             scope: None,
             arrived_in,
         };

@@ -10,7 +10,10 @@ use serde::Deserialize;
 use serde_path_to_error::Segment;
 use toml::{Table, Value};
 
-use super::{join, GatewayConfig, McpConfig, McpProxyConfig, ServerConfig, StoreConfig, TlsConfig};
+use super::{
+    join, DiscoveryConfig, GatewayConfig, McpConfig, McpProxyConfig, ServerConfig, StoreConfig,
+    TlsConfig,
+};
 use crate::lightning::LightningConfig;
 
 /// The top level. Each table is read on its own after, so a mistake in one
@@ -31,6 +34,7 @@ struct RawRoot {
     limits: Option<Value>,
     server: Option<Value>,
     mcp: Option<Value>,
+    discovery: Option<Value>,
 }
 
 /// `[tls]`.
@@ -244,6 +248,10 @@ impl Checker {
         if let Some(tools) = raw.tools {
             config.tools = self.tools(tools, &config.services);
         }
+        if let Some(discovery) = raw.discovery.and_then(|v| self.section("discovery", v)) {
+            self.discovery(&discovery);
+            config.discovery = discovery;
+        }
         config
     }
 
@@ -353,6 +361,12 @@ impl Checker {
         if server.max_connections == Some(0) || server.max_connections_per_client == 0 {
             self.error("server", "connection limits must be 1 or more");
         }
+        if server.max_body_bytes == 0 {
+            self.error(
+                &join("server", "max_body_bytes"),
+                "must be 1 or more (bytes of a paid body read to bind it to its payment)",
+            );
+        }
     }
 
     fn mcp(&mut self, mcp: &McpConfig) {
@@ -379,6 +393,46 @@ impl Checker {
                 self.error(
                     &format!("mcp.allowed_origins[{i}]"),
                     format!("{origin:?} is not an origin like https://app.example.com"),
+                );
+            }
+        }
+    }
+
+    fn discovery(&mut self, discovery: &DiscoveryConfig) {
+        // draft-payment-discovery-01: registries keep at most 5.
+        if discovery.categories.len() > 5 {
+            self.error("discovery.categories", "at most 5 categories");
+        }
+        for (i, category) in discovery.categories.iter().enumerate() {
+            let at = format!("discovery.categories[{i}]");
+            if category.is_empty() {
+                self.error(&at, "must not be empty");
+            } else if !category
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                self.warnings.push(format!(
+                    "{at}: {category:?}: categories are lowercase words joined by - (data, developer-tools)"
+                ));
+            }
+        }
+        for (key, value) in [
+            ("homepage", &discovery.homepage),
+            ("docs", &discovery.docs),
+            ("llms", &discovery.llms),
+        ] {
+            let Some(value) = value else { continue };
+            // What discovery readers (mppx's among them) take: an absolute
+            // URL, or a path on this origin.
+            let absolute = ["http://", "https://"]
+                .iter()
+                .any(|scheme| value.len() > scheme.len() && value.starts_with(scheme));
+            if !(absolute || value.starts_with('/'))
+                || value.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                self.error(
+                    &join("discovery", key),
+                    format!("{value:?} is not an http(s) URL or a path starting with /"),
                 );
             }
         }

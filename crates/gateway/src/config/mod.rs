@@ -67,8 +67,30 @@ pub struct GatewayConfig {
     pub claim_lease_secs: u64,
     /// Days a receipt row is kept (`[store] receipts_retention_days`).
     pub receipts_retention_days: u64,
+    /// What the discovery documents say beyond routes and prices.
+    pub discovery: DiscoveryConfig,
     /// What is allowed but risky, for `serve --check` and the log.
     pub warnings: Vec<String>,
+}
+
+/// `[discovery]`: what the discovery documents (`/openapi.json`'s
+/// `x-service-info`, the L402 manifest) say about the API that its routes
+/// and prices cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Up to 5 categories (`compute`, `data`, `search`…), for registries.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// The API's landing page: `docs.homepage`, the manifest's provider URI.
+    #[serde(default)]
+    pub homepage: Option<String>,
+    /// Its API reference documentation: `docs.apiReference`.
+    #[serde(default)]
+    pub docs: Option<String>,
+    /// Its documentation for language models (an `llms.txt`): `docs.llms`.
+    #[serde(default)]
+    pub llms: Option<String>,
 }
 
 /// `[mcp_proxy]`: the paywall in front of another MCP server.
@@ -307,6 +329,11 @@ pub struct ServerConfig {
     /// The header they append to: `x-forwarded-for` or `forwarded`.
     #[serde(default)]
     pub forwarded_header: ForwardedHeaderName,
+    /// The largest body (bytes) of a paid POST, PUT or PATCH that is read
+    /// to bind it to its payment (the MPP challenge's `digest`); a larger
+    /// one gets a challenge without it. Default 1 MiB.
+    #[serde(default = "ServerConfig::default_max_body_bytes")]
+    pub max_body_bytes: usize,
 }
 
 /// `forwarded_header` as written in the config.
@@ -333,6 +360,9 @@ impl ServerConfig {
     fn default_grace() -> u64 {
         30
     }
+    fn default_max_body_bytes() -> usize {
+        gate402_paywall::DEFAULT_MAX_BODY_BYTES
+    }
 
     /// The trusted proxies, as the paywall takes them.
     pub fn trusted(&self) -> TrustedProxies {
@@ -356,6 +386,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: Self::default_grace(),
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeaderName::default(),
+            max_body_bytes: Self::default_max_body_bytes(),
         }
     }
 }
@@ -453,6 +484,7 @@ impl GatewayConfig {
             mcp: McpConfig::default(),
             claim_lease_secs: gate402_paywall::DEFAULT_CLAIM_LEASE.as_secs(),
             receipts_retention_days: 90,
+            discovery: DiscoveryConfig::default(),
             warnings: Vec::new(),
         }
     }

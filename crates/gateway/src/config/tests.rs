@@ -365,3 +365,55 @@ fn a_name_used_twice_is_named_where_it_is_written() {
         ]
     );
 }
+
+#[test]
+fn discovery_links_and_categories() {
+    let config = GatewayConfig::parse(
+        r#"
+        [discovery]
+        categories = ["data", "developer-tools"]
+        homepage = "https://weather.example"
+        docs = "/docs"
+        llms = "https://weather.example/llms.txt"
+        "#,
+        env,
+    )
+    .unwrap();
+    assert_eq!(config.discovery.categories, ["data", "developer-tools"]);
+    assert_eq!(config.discovery.docs.as_deref(), Some("/docs"));
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    assert_eq!(
+        GatewayConfig::parse("", env).unwrap().discovery,
+        DiscoveryConfig::default()
+    );
+
+    let errors = GatewayConfig::parse(
+        r#"
+        [discovery]
+        categories = ["a", "b", "c", "d", "e", ""]
+        homepage = "weather.example"
+        llms = "https://weather.example/llms .txt"
+        colour = "blue"
+        "#,
+        env,
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(
+        errors,
+        [
+            "discovery.colour: unknown field `colour`, expected one of `categories`, `homepage`, `docs`, `llms`",
+            "discovery.categories: at most 5 categories",
+            "discovery.categories[5]: must not be empty",
+            "discovery.homepage: \"weather.example\" is not an http(s) URL or a path starting with /",
+            "discovery.llms: \"https://weather.example/llms .txt\" is not an http(s) URL or a path starting with /",
+        ]
+    );
+    let warned = GatewayConfig::parse("[discovery]\ncategories = [\"Weather Data\"]\n", env)
+        .unwrap()
+        .warnings;
+    assert!(
+        warned[0].starts_with("discovery.categories[0]"),
+        "{warned:?}"
+    );
+}

@@ -388,8 +388,10 @@ impl PaidTools {
             }
             Ok(_) => {
                 return Err(refuse(
-                    ProblemType::PaymentRequired,
-                    format!("the invoice of this {PAYMENT_ID_ARG} is not paid yet"),
+                    ProblemType::PaymentActionRequired,
+                    format!(
+                    "the invoice of this {PAYMENT_ID_ARG} is not paid yet: pay it, then call again"
+                ),
                 ))
             }
             Err(e) => {

@@ -70,6 +70,9 @@ struct AppState {
     mcp: Option<PaidTools>,
     name: Arc<str>,
     realm: Arc<str>,
+    discovery: Arc<crate::config::DiscoveryConfig>,
+    /// The node's id, asked of the backend once it answers.
+    node_pubkey: Arc<tokio::sync::OnceCell<String>>,
 }
 
 fn priced(services: &[ServiceConfig]) -> Vec<PricedService> {
@@ -122,6 +125,7 @@ impl Gateway {
             .services(priced(&config.services))
             .limits(config.limits)
             .trusted_proxies(config.server.trusted())
+            .max_body_bytes(config.server.max_body_bytes)
             .claim_lease(Duration::from_secs(config.claim_lease_secs));
         for previous in &config.mpp.previous_secrets {
             builder = builder.previous_secret(previous)?;
@@ -140,6 +144,12 @@ impl Gateway {
                 "released payments left in flight when this gateway last stopped; their clients may retry"
             );
         }
+        if !gate402_paywall::issue::charges_on(paywall.network()) {
+            tracing::warn!(
+                network = %paywall.network(),
+                "the Lightning charge method names no such network: 402s offer L402 only"
+            );
+        }
         for warning in &config.warnings {
             tracing::warn!("config: {warning}");
         }
@@ -151,12 +161,16 @@ impl Gateway {
             mcp: mcp.clone(),
             name: config.name.as_str().into(),
             realm: config.mpp.realm.as_str().into(),
+            discovery: Arc::new(config.discovery.clone()),
+            node_pubkey: Arc::default(),
         };
         let mut app = Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
-            .route("/.well-known/l402-services", get(l402_services))
-            .route("/openapi.json", get(openapi))
+            .route(discovery::SERVICES_PATH, get(l402_services))
+            .route(discovery::OPENAPI_PATH, get(openapi))
+            .route(discovery::MANIFEST_PATH, get(l402_manifest))
+            .route(discovery::QUOTE_PATH, get(l402_quote))
             .route("/.well-known/mcp", get(well_known_mcp))
             .with_state(state);
         if let Some(tools) = mcp {
@@ -166,7 +180,12 @@ impl Gateway {
         if let Some(sandbox) = connected.sandbox {
             app = app.merge(gate402_lightning_sandbox::http::router(sandbox));
         }
-        let app = app.fallback_service(paywall.layer().layer(proxy.clone()));
+        // The 402s come from the paywall crate; the link to the manifest is
+        // this program's to add.
+        let app = app.fallback_service(
+            tower::util::MapResponseLayer::new(link_manifest_on_402)
+                .layer(paywall.layer().layer(proxy.clone())),
+        );
         let tls = match &config.tls {
             None => None,
             Some(tls) => Some(listen::tls_acceptor(&tls.cert, &tls.key).context("tls")?),
@@ -312,17 +331,168 @@ async fn well_known_mcp(State(state): State<AppState>) -> axum::response::Respon
     }
 }
 
-async fn l402_services(State(state): State<AppState>) -> impl IntoResponse {
-    Json(discovery::l402_services(
-        &state.name,
-        &state.realm,
+/// A 402 names the L402 manifest (`rel="l402-manifest"`), so a client
+/// that met a price can read the whole catalog.
+fn link_manifest_on_402<B>(mut response: axum::http::Response<B>) -> axum::http::Response<B> {
+    if response.status() == StatusCode::PAYMENT_REQUIRED {
+        response.headers_mut().append(
+            header::LINK,
+            header::HeaderValue::from_static(discovery::MANIFEST_LINK),
+        );
+    }
+    response
+}
+
+/// A discovery document: cacheable for five minutes, readable from any
+/// origin (it is public catalog data), linked to the L402 manifest.
+fn discovery_document(doc: serde_json::Value) -> axum::response::Response {
+    (
+        [
+            (header::CACHE_CONTROL, discovery::CACHE_CONTROL),
+            (header::LINK, discovery::MANIFEST_LINK),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        Json(doc),
+    )
+        .into_response()
+}
+
+impl AppState {
+    fn about(&self) -> discovery::About<'_> {
+        discovery::About {
+            name: &self.name,
+            realm: &self.realm,
+            discovery: &self.discovery,
+            mpp: gate402_paywall::issue::charges_on(self.paywall.network()),
+        }
+    }
+}
+
+async fn l402_services(State(state): State<AppState>) -> axum::response::Response {
+    discovery_document(discovery::l402_services(
+        &state.about(),
         state.paywall.routes().services(),
     ))
 }
 
-async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
-    Json(discovery::openapi(
-        &state.name,
+async fn openapi(State(state): State<AppState>) -> axum::response::Response {
+    discovery_document(discovery::openapi(
+        &state.about(),
         state.paywall.routes().services(),
     ))
+}
+
+/// How long the manifest waits for the node's id.
+const NODE_INFO_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn l402_manifest(State(state): State<AppState>) -> axum::response::Response {
+    let pubkey = state
+        .node_pubkey
+        .get_or_try_init(|| async {
+            let info = tokio::time::timeout(NODE_INFO_TIMEOUT, state.paywall.backend().node_info())
+                .await
+                .map_err(|_| "timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(hex::encode(info.pubkey))
+        })
+        .await;
+    // Without it the manifest is still right, only less checkable; the
+    // next request asks again.
+    let pubkey = match pubkey {
+        Ok(pubkey) => Some(pubkey.as_str()),
+        Err(error) => {
+            tracing::warn!(%error, "L402 manifest: the Lightning backend gave no node id");
+            None
+        }
+    };
+    discovery_document(discovery::manifest(
+        &state.about(),
+        pubkey,
+        state.paywall.routes().services(),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct QuoteQuery {
+    path: Option<String>,
+    method: Option<String>,
+}
+
+/// `GET /l402/quote?path=…&method=…`: the price of the route a request
+/// with that path and method (on this host) would take.
+async fn l402_quote(
+    State(state): State<AppState>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    query: Result<axum::extract::Query<QuoteQuery>, axum::extract::rejection::QueryRejection>,
+) -> axum::response::Response {
+    use gate402_paywall::route::{request_host, RequestPath};
+    let bad_request = |detail: &str| {
+        crate::problem::problem_response(
+            StatusCode::BAD_REQUEST,
+            "about:blank",
+            "Bad Request",
+            detail,
+            None,
+        )
+    };
+    let Ok(axum::extract::Query(query)) = query else {
+        return bad_request("the query string does not parse");
+    };
+    let Some(text) = query.path else {
+        return bad_request("give the route as ?path=/some/path (and &method=GET)");
+    };
+    let path = match RequestPath::parse(&text) {
+        Ok(path) => path,
+        Err(e) => return bad_request(&format!("path: {e}")),
+    };
+    let method = match query
+        .method
+        .as_deref()
+        .unwrap_or("GET")
+        .parse::<axum::http::Method>()
+    {
+        Ok(method) => method,
+        Err(_) => return bad_request("method: not an HTTP method"),
+    };
+    let host = match request_host(&uri, &headers) {
+        Ok(host) => host,
+        Err(e) => return bad_request(&format!("host: {e}")),
+    };
+    let routes = state.paywall.routes();
+    let service = match routes.find(host.as_deref(), &method, &path) {
+        Ok(service) => service,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let mut response = match service {
+        Some(service) if state.about().sells(service) => Json(discovery::quote(
+            &state.about(),
+            service,
+            path.as_str(),
+            &method,
+        ))
+        .into_response(),
+        Some(_) | None => crate::problem::problem_response(
+            StatusCode::NOT_FOUND,
+            "about:blank",
+            "Not Found",
+            &format!("no priced service takes {method} {}", path.as_str()),
+            None,
+        ),
+    };
+    let headers = response.headers_mut();
+    // A reload may change a price: ask again rather than reuse.
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    headers.insert(
+        header::LINK,
+        header::HeaderValue::from_static(discovery::MANIFEST_LINK),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
+    response
 }

@@ -25,6 +25,16 @@ pub enum ProblemType {
     InvalidChallenge,
     /// A method or intent this server does not offer (status 400).
     MethodUnsupported,
+    /// The request around the credential is malformed (status 400):
+    /// two credentials, a credential field holding something else.
+    BadRequest,
+    /// The credential's payload is not what its method takes.
+    InvalidPayload,
+    /// The client has something to do first (pay the invoice it holds).
+    PaymentActionRequired,
+    /// The server could not process the payment for now (a store or node
+    /// out of reach); retrying may help (status 500, with `Retry-After`).
+    InternalPaymentError,
     /// Lightning: the payload is not a preimage.
     LightningMalformedCredential,
     /// Lightning: the challenge is not one this server knows.
@@ -48,6 +58,10 @@ impl ProblemType {
             }
             ProblemType::InvalidChallenge => "invalid-challenge",
             ProblemType::MethodUnsupported => "method-unsupported",
+            ProblemType::BadRequest => "bad-request",
+            ProblemType::InvalidPayload => "invalid-payload",
+            ProblemType::PaymentActionRequired => "payment-action-required",
+            ProblemType::InternalPaymentError => "internal-payment-error",
             ProblemType::LightningUnknownChallenge => "unknown-challenge",
             ProblemType::LightningInvalidPreimage => "invalid-preimage",
             ProblemType::LightningExpiredInvoice => "expired-invoice",
@@ -86,17 +100,23 @@ impl ProblemType {
             }
             ProblemType::InvalidChallenge => "Invalid Challenge",
             ProblemType::MethodUnsupported => "Method Unsupported",
+            ProblemType::BadRequest => "Bad Request",
+            ProblemType::InvalidPayload => "Invalid Payload",
+            ProblemType::PaymentActionRequired => "Payment Action Required",
+            ProblemType::InternalPaymentError => "Internal Payment Error",
             ProblemType::LightningUnknownChallenge => "Unknown Challenge",
             ProblemType::LightningInvalidPreimage => "Invalid Preimage",
             ProblemType::LightningExpiredInvoice => "Expired Invoice",
         }
     }
 
-    /// The HTTP status: 400 for an unsupported method, 402 (with a fresh
-    /// challenge) for everything else.
+    /// The HTTP status (draft-httpauth-payment-01): 400 for an unsupported
+    /// method or a malformed request, 500 for a payment that could not be
+    /// processed now, 402 (with a fresh challenge) for everything else.
     pub fn status(self) -> u16 {
         match self {
-            ProblemType::MethodUnsupported => 400,
+            ProblemType::MethodUnsupported | ProblemType::BadRequest => 400,
+            ProblemType::InternalPaymentError => 500,
             _ => 402,
         }
     }

@@ -23,8 +23,11 @@ pub struct ExpectedCharge<'a> {
     pub amount_sats: u64,
     /// The network of this server's Lightning node.
     pub network: Network,
-    /// The digest of this request's body, when the route binds bodies.
-    pub digest: Option<&'a str>,
+    /// This request's body, when its method has one bound (POST, PUT,
+    /// PATCH) and it was read: checked against the challenge's `digest`
+    /// (RFC 9530 `sha-256=:<base64>:`, or mppx's colon-less form), and the
+    /// `digest` of an echo that left it out recomputed from it.
+    pub body: Option<&'a [u8]>,
     /// What the challenge was issued for (a service, a tool), when the
     /// server binds challenges to one: the `scope` entry of its `opaque`
     /// (see [`scope_opaque`]). Without it, a credential bought for one
@@ -43,6 +46,16 @@ pub const SCOPE_KEY: &str = "scope";
 /// The `opaque` map that binds a challenge to `scope`.
 pub fn scope_opaque(scope: &str) -> std::collections::BTreeMap<String, String> {
     std::collections::BTreeMap::from([(SCOPE_KEY.to_owned(), scope.to_owned())])
+}
+
+/// The RFC 9530 `Content-Digest` value of a body, as a challenge's `digest`:
+/// `sha-256=:<base64>:`.
+pub fn body_digest(body: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(body))
+    )
 }
 
 /// A credential that passed every stateless check.
@@ -141,7 +154,7 @@ impl VerifyError {
                 Ok(charged) if charged < *expected => ProblemType::PaymentInsufficient,
                 _ => ProblemType::InvalidChallenge,
             },
-            VerifyError::Payload => ProblemType::LightningMalformedCredential,
+            VerifyError::Payload => ProblemType::InvalidPayload,
             VerifyError::Preimage => ProblemType::LightningInvalidPreimage,
         }
     }
@@ -161,9 +174,32 @@ pub fn verify_lightning_charge(
             intent: echo.intent.as_str().to_owned(),
         });
     }
-    if !key.verifies(&echo.id, &IdInput::of_echo(echo)) {
-        return Err(VerifyError::UnknownChallenge);
+    // Deployed clients drop optional parameters from their echo (Alby's
+    // lightning-tools keeps six): a `digest` or `header` left out is
+    // recomputed from the request, and the id says whether it was issued so.
+    let mut input = IdInput::of_echo(echo);
+    let computed: Option<String>;
+    if !key.verifies(&echo.id, &input) {
+        computed = expected.body.map(body_digest);
+        let dropped = (input.digest.is_none() && computed.is_some())
+            || (input.header.is_none() && expected.arrived_in.is_some());
+        input.digest = input.digest.or(computed.as_deref());
+        input.header = input.header.or(expected.arrived_in);
+        if !dropped || !key.verifies(&echo.id, &input) {
+            return Err(VerifyError::UnknownChallenge);
+        }
     }
+    verify_bound(credential, &input, expected, now)
+}
+
+/// The checks after the id: `input` holds the bound parameters as issued.
+fn verify_bound(
+    credential: &PaymentCredential,
+    input: &IdInput<'_>,
+    expected: &ExpectedCharge<'_>,
+    now: time::OffsetDateTime,
+) -> Result<VerifiedCharge, VerifyError> {
+    let echo = &credential.challenge;
     if echo.realm != expected.realm {
         return Err(VerifyError::WrongRealm(echo.realm.clone()));
     }
@@ -172,7 +208,7 @@ pub fn verify_lightning_charge(
             .map_or("Authorization", |_| "Payment-Authorization")
             .to_owned()
     };
-    let (named, arrived) = (field(echo.header.as_deref()), field(expected.arrived_in));
+    let (named, arrived) = (field(input.header), field(expected.arrived_in));
     if !named.eq_ignore_ascii_case(&arrived) {
         return Err(VerifyError::WrongField {
             expected: named,
@@ -210,8 +246,13 @@ pub fn verify_lightning_charge(
             request.method_details.network
         )));
     }
-    if echo.digest.is_some() && echo.digest.as_deref() != expected.digest {
-        return Err(VerifyError::Digest);
+    if let Some(digest) = input.digest {
+        let matches = expected
+            .body
+            .is_some_and(|body| mpp::body_digest::verify(digest, body));
+        if !matches {
+            return Err(VerifyError::Digest);
+        }
     }
     if let Some(scope) = expected.scope {
         // The opaque is bound by the id, verified above: it is ours.
@@ -266,7 +307,7 @@ mod tests {
             realm: "api.test",
             amount_sats,
             network: Network::Regtest,
-            digest: None,
+            body: None,
             scope: None,
             arrived_in: None,
         }
@@ -419,6 +460,16 @@ mod tests {
         header: Option<&str>,
         trim: impl FnOnce(&mut crate::ChallengeEcho),
     ) -> PaymentCredential {
+        issued_for_body(key, header, None, trim)
+    }
+
+    /// [`issued_under`], the challenge binding a body by `digest`.
+    fn issued_for_body(
+        key: &ChallengeKey,
+        header: Option<&str>,
+        digest: Option<&str>,
+        trim: impl FnOnce(&mut crate::ChallengeEcho),
+    ) -> PaymentCredential {
         let hash: [u8; 32] = Sha256::digest(PREIMAGE).into();
         let request = ChargeRequest::new(100, None, "lnbcrt1", &hash, Network::Regtest).to_value();
         let challenge = key.issue(NewChallenge {
@@ -427,7 +478,7 @@ mod tests {
             intent: CHARGE,
             request: &request,
             expires: Some(now() + Duration::minutes(10)),
-            digest: None,
+            digest,
             description: Some("Weather"),
             opaque: None,
             header,
@@ -491,16 +542,60 @@ mod tests {
         };
         assert!(arrived(field).is_ok());
         assert!(matches!(arrived(None), Err(VerifyError::WrongField { .. })));
-        // Dropping `header` from the echo changes the id.
+        // A client that drops `header` from its echo is still understood
+        // where the challenge said, and nowhere else.
         let dropped = issued_under(&key, field, |echo| echo.header = None);
-        let mut e = expected(100);
-        e.arrived_in = field;
-        assert_eq!(
-            verify_lightning_charge(&key, &dropped, &e, now()).unwrap_err(),
-            VerifyError::UnknownChallenge
-        );
+        let dropped_in = |arrived_in| {
+            let mut e = expected(100);
+            e.arrived_in = arrived_in;
+            verify_lightning_charge(&key, &dropped, &e, now())
+        };
+        assert!(dropped_in(field).is_ok());
+        assert_eq!(dropped_in(None).unwrap_err(), VerifyError::UnknownChallenge);
         // `Authorization` named outright is the default, not bound.
         let plain = issued_under(&key, Some("Authorization"), |_| {});
         assert!(verify_lightning_charge(&key, &plain, &expected(100), now()).is_ok());
+    }
+
+    #[test]
+    fn a_bound_body_must_be_the_one_sent() {
+        let key = ChallengeKey::new(SECRET).unwrap();
+        let body = br#"{"city":"Paris"}"#;
+        let rfc = body_digest(body);
+        assert!(rfc.starts_with("sha-256=:") && rfc.ends_with(':'), "{rfc}");
+        let with_body = |credential: &PaymentCredential, body: Option<&[u8]>| {
+            let mut e = expected(100);
+            e.body = body;
+            verify_lightning_charge(&key, credential, &e, now())
+        };
+        // The RFC 9530 form we issue, and the colon-less form mppx issues.
+        for digest in [rfc.clone(), mpp::body_digest::compute(body)] {
+            let credential = issued_for_body(&key, None, Some(&digest), |_| {});
+            assert!(with_body(&credential, Some(body)).is_ok(), "{digest}");
+            assert_eq!(
+                with_body(&credential, Some(br#"{"city":"Rome"}"#)).unwrap_err(),
+                VerifyError::Digest
+            );
+            assert_eq!(
+                with_body(&credential, None).unwrap_err(),
+                VerifyError::Digest
+            );
+        }
+        // An echo without the digest: recomputed from the body sent, which
+        // the id then binds.
+        let dropped = issued_for_body(&key, None, Some(&rfc), |echo| echo.digest = None);
+        assert!(with_body(&dropped, Some(body)).is_ok());
+        assert_eq!(
+            with_body(&dropped, Some(b"another body")).unwrap_err(),
+            VerifyError::UnknownChallenge
+        );
+        assert_eq!(
+            with_body(&dropped, None).unwrap_err(),
+            VerifyError::UnknownChallenge
+        );
+        // A challenge that bound no body (one too large to read) pays for
+        // whatever body comes.
+        let unbound = issued_for_body(&key, None, None, |_| {});
+        assert!(with_body(&unbound, Some(body)).is_ok());
     }
 }

@@ -18,7 +18,8 @@ pub struct TestPostgres {
     bin: PathBuf,
     data: PathBuf,
     server: Child,
-    _dir: tempfile::TempDir,
+    port: u16,
+    dir: tempfile::TempDir,
 }
 
 fn bin_dir() -> PathBuf {
@@ -102,48 +103,21 @@ impl TestPostgres {
             String::from_utf8_lossy(&init.stderr)
         );
         let port = free_port();
-        let mut server = command(&bin, "postgres")
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "max_connections=200",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("postgres");
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                // Accepting TCP comes a moment before accepting logins.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                return Self {
-                    url: format!("postgres://gate402@127.0.0.1:{port}/postgres"),
-                    bin,
-                    data,
-                    server,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = server.kill();
-        let _ = server.wait();
-        panic!("postgres did not start on port {port}");
+        let server = spawn(&bin, &data, dir.path(), port);
+        let mut db = Self {
+            url: format!("postgres://gate402@127.0.0.1:{port}/postgres"),
+            bin,
+            data,
+            server,
+            port,
+            dir,
+        };
+        db.wait_ready().await;
+        db
     }
-}
 
-impl Drop for TestPostgres {
-    fn drop(&mut self) {
+    /// Stops the server at once (as a crash would), keeping its data.
+    pub fn stop(&mut self) {
         let _ = command(&self.bin, "pg_ctl")
             .args(["-m", "immediate", "-D"])
             .arg(&self.data)
@@ -153,5 +127,54 @@ impl Drop for TestPostgres {
             .status();
         let _ = self.server.kill();
         let _ = self.server.wait();
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.server = spawn(&self.bin, &self.data, self.dir.path(), self.port);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                // Accepting TCP comes a moment before accepting logins.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        panic!("postgres did not start on port {}", self.port);
+    }
+}
+
+fn spawn(bin: &Path, data: &Path, sockets: &Path, port: u16) -> Child {
+    command(bin, "postgres")
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(sockets)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("postgres")
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
