@@ -25,6 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::body::{binds_body, read_whole, BodyError, BoxError, BODY_BROKEN};
 use crate::claims::{Claim, ClaimError};
 use crate::client::{client_addr, ClientAddr, PeerAddr};
 use crate::credentials::{
@@ -36,36 +37,6 @@ use crate::responses::{self, Refusal};
 use crate::route::{request_host, RequestPath};
 use crate::route::{Auth, PricedService};
 use crate::verify::{Verified, Verifier};
-
-/// What a request body's error turns into.
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// How long a request body bound to a payment may take to arrive.
-const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Whether a request of `method` has its body bound to its payment
-/// (draft-httpauth-payment-01: POST, PUT and PATCH).
-fn binds_body(method: &http::Method) -> bool {
-    matches!(
-        *method,
-        http::Method::POST | http::Method::PUT | http::Method::PATCH
-    )
-}
-
-/// The 400's words for a body that could not be read.
-const BODY_BROKEN: &str = "the request body broke off, or stalled past 30 s";
-
-/// Why a request body could not be read to bind or check its digest.
-enum BodyError {
-    /// Over the paywall's `max_body_bytes` by its declared length; the
-    /// body is untouched.
-    TooLarge,
-    /// Went over the limit while being read (no length was declared); what
-    /// was read is gone, so the request cannot be forwarded.
-    Overflowed,
-    /// It broke off, failed, or stalled past [`BODY_READ_TIMEOUT`].
-    Broken,
-}
 
 /// Put into a request's extensions by the paywall: the priced service it
 /// was routed to and the host it named. The request's URI path is then
@@ -407,15 +378,16 @@ impl Paywall {
                         // limit) to be checked, then forwarded as read.
                         let bound = credential.challenge.digest.is_some();
                         let body = if bound || binds_body(request.method()) {
-                            match self.read_body(&mut request).await {
+                            match read_whole(&mut request, &self.inner.bodies, true).await {
                                 Ok(body) => Some(body),
                                 // Too large to have been bound when issued.
                                 Err(BodyError::TooLarge) if !bound => None,
                                 Err(BodyError::TooLarge | BodyError::Overflowed) => {
                                     return Ok(own(responses::payload_too_large(
-                                        self.inner.max_body_bytes,
+                                        self.inner.bodies.limit(),
                                     )))
                                 }
+                                Err(BodyError::Busy) => return Ok(own(responses::busy())),
                                 Err(BodyError::Broken) => {
                                     return Ok(own(responses::bad_request(BODY_BROKEN)))
                                 }
@@ -511,31 +483,6 @@ impl Paywall {
         ))
     }
 
-    /// Reads a request's body whole, within [`BODY_READ_TIMEOUT`], and puts
-    /// it back as read, to be forwarded.
-    async fn read_body<B>(&self, request: &mut Request<B>) -> Result<Bytes, BodyError>
-    where
-        B: Body<Data = Bytes> + From<Bytes> + Unpin,
-        B::Error: Into<BoxError>,
-    {
-        use http_body_util::BodyExt;
-        let limit = self.inner.max_body_bytes;
-        if request.body().size_hint().lower() > limit as u64 {
-            return Err(BodyError::TooLarge);
-        }
-        let body = std::mem::replace(request.body_mut(), B::from(Bytes::new()));
-        let read = http_body_util::Limited::new(body, limit).collect();
-        match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
-            Ok(Ok(collected)) => {
-                let bytes = collected.to_bytes();
-                *request.body_mut() = B::from(bytes.clone());
-                Ok(bytes)
-            }
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::Overflowed),
-            Ok(Err(_)) | Err(_) => Err(BodyError::Broken),
-        }
-    }
-
     /// A fresh invoice and its challenges in a problem response; a 429
     /// when the client holds too many unpaid invoices, a 503 when the
     /// node cannot make one. The MPP challenge names `Payment-Authorization`
@@ -569,12 +516,13 @@ impl Paywall {
             .headers()
             .contains_key(http::header::AUTHORIZATION)
             .then_some(PAYMENT_AUTHORIZATION_NAME);
-        // A body too large to read is not bound (the challenge still pays
-        // for one call); one that broke off gets no challenge at all.
+        // A body too large to read, or that finds the body budget spent, is
+        // not bound; one that broke off gets no challenge at all.
         let digest = if mpp && service.schemes.mpp() && binds_body(request.method()) {
-            match self.read_body(request).await {
+            match read_whole(request, &self.inner.bodies, false).await {
                 Ok(body) => Some(gate402_mpp::verify::body_digest(&body)),
-                Err(BodyError::TooLarge | BodyError::Overflowed) => None,
+                // Not bound: the challenge still pays for one call.
+                Err(BodyError::TooLarge | BodyError::Overflowed | BodyError::Busy) => None,
                 Err(BodyError::Broken) => return responses::bad_request(BODY_BROKEN),
             }
         } else {

@@ -55,6 +55,7 @@
 //! ```
 
 mod batch;
+mod body;
 pub mod claims;
 pub mod client;
 mod clock;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Batch;
+use crate::body::Bodies;
 use crate::claims::{Claim, ClaimError, ClaimKey, Claims};
 use crate::client::{ClientKey, TrustedProxies};
 use crate::issue::{Binding, Doors, Issued, Issuer};
@@ -188,7 +189,7 @@ impl PaywallBuilder {
                 limits: Limits::new(&self.limits),
                 trusted_proxies: self.trusted_proxies,
                 test_money: self.test_money,
-                max_body_bytes: self.max_body_bytes,
+                bodies: Bodies::new(self.max_body_bytes),
                 background: TaskTracker::new(),
                 served: Batch::new(),
                 stop: CancellationToken::new(),
@@ -241,7 +242,7 @@ pub(crate) struct State {
     pub(crate) limits: Limits,
     pub(crate) trusted_proxies: TrustedProxies,
     pub(crate) test_money: Option<String>,
-    pub(crate) max_body_bytes: usize,
+    pub(crate) bodies: Bodies,
     /// The writer of `served`.
     pub(crate) background: TaskTracker,
     /// What payments served, written after the responses left.

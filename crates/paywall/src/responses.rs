@@ -112,6 +112,22 @@ pub fn payment_unavailable() -> Response<Bytes> {
     response
 }
 
+/// `503` with `Retry-After` while too many request bodies are being read
+/// to check their payment: nothing was spent.
+pub fn busy() -> Response<Bytes> {
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "about:blank",
+        "Service Unavailable",
+        "too many request bodies are being checked against their payments; retry shortly (the credential was not spent)",
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// `413 Content Too Large`: a paid request's body is bound to its payment
 /// and read whole, up to `limit` bytes.
 pub fn payload_too_large(limit: usize) -> Response<Bytes> {
