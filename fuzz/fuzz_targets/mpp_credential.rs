@@ -10,7 +10,7 @@ fuzz_target!(|text: &str| {
     if let Ok(credential) = parse_authorization(text) {
         parse_authorization(&to_authorization(&credential)).expect("formatted credential parses");
         let key = ChallengeKey::new("fuzzing-secret-of-at-least-32-bytes").unwrap();
-        let expected = ExpectedCharge { realm: "r", amount_sats: 1, network: Network::Regtest, digest: None, scope: Some("s") };
+        let expected = ExpectedCharge { realm: "r", amount_sats: 1, network: Network::Regtest, body: None, scope: Some("s"), arrived_in: None };
         let _ = verify_lightning_charge(&key, &credential, &expected, time::OffsetDateTime::UNIX_EPOCH);
     }
 });
