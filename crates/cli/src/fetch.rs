@@ -101,6 +101,9 @@ impl PayOptions {
     }
 }
 
+/// How many redirects `-L` follows.
+const MAX_REDIRECTS: usize = 10;
+
 /// Exit code when the payment itself failed (nothing was paid).
 pub const EXIT_PAYMENT_FAILED: u8 = 7;
 /// Exit code when a payment was sent and its outcome is not known yet.
@@ -211,13 +214,11 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
         }
     });
     let payer = args.pay.payer(prefer, data_dir).await?;
+    // Redirects are followed by the payer, hop by hop, so that each 402 is
+    // paid to the origin that sent it and no credential crosses origins.
     let http = reqwest::Client::builder()
         .danger_accept_invalid_certs(args.insecure)
-        .redirect(if args.follow {
-            reqwest::redirect::Policy::limited(10)
-        } else {
-            reqwest::redirect::Policy::none()
-        })
+        .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let method = args.method.clone().unwrap_or_else(|| {
         if method == "GET" && args.data.is_some() {
@@ -244,7 +245,8 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     }
     let request = request.build().context("URL")?;
     let client = Client { http, payer };
-    let (response, payment) = match client.fetch(request).await? {
+    let max_redirects = if args.follow { MAX_REDIRECTS } else { 0 };
+    let (response, payment) = match client.fetch_following(request, max_redirects).await? {
         Fetched::Offer(offer) => return print_offer(&offer),
         Fetched::Response(response, payment) => (response, payment),
     };
@@ -315,8 +317,13 @@ pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
         TokensCommand::List => {
             for token in ledger.tokens()? {
                 println!(
-                    "{}  {}{}  expires {}",
+                    "{}  {} {}{}  expires {}",
                     &token.payment_hash[..16],
+                    if token.method.is_empty() {
+                        "*"
+                    } else {
+                        &token.method
+                    },
                     token.origin,
                     token.path,
                     token.expires_at.map_or("never".into(), |t| t.to_string())

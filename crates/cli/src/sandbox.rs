@@ -25,6 +25,9 @@ pub enum SandboxCommand {
 pub async fn run(command: &SandboxCommand) -> Result<()> {
     match command {
         SandboxCommand::Pay { url, invoice } => {
+            // Read here first, so that what is refused is refused whatever
+            // the gateway at `url` would accept.
+            gate402_bolt11::Invoice::parse(invoice)?;
             let paid = pay_via(&reqwest::Client::new(), url, invoice.trim()).await?;
             println!("{}", serde_json::to_string_pretty(&paid)?);
             Ok(())

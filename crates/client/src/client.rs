@@ -6,15 +6,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use gate402_l402::caveat::{Caveat, VALID_UNTIL_SUFFIX};
 use gate402_lightning::{PayError, PaymentOutcome, PaymentStatus};
-use reqwest::header::{HeaderValue, AUTHORIZATION};
-use reqwest::{Request, Response, StatusCode};
+use reqwest::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE,
+    LOCATION, PROXY_AUTHORIZATION, TRANSFER_ENCODING,
+};
+use reqwest::{Method, Request, Response, StatusCode, Url};
 
 use crate::ledger::{BeginError, PaymentState, PendingPayment};
+use crate::policy::expiry;
 use crate::wallet::may_be_in_flight;
 use crate::{
     CachedToken, Ledger, LedgerError, Offer, OfferError, PaymentEntry, Policy, Refusal, Wallet,
+    PAYMENT_AUTHORIZATION,
 };
 
 /// Which scheme to answer with when both are offered.
@@ -48,23 +52,26 @@ pub enum Fetched {
 }
 
 /// Why a fetch failed.
+///
+/// A variant that prints what it wraps does not also give it as its
+/// source: an error chain (`{:#}`) would print it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The request could not be sent.
-    #[error("{0}")]
+    #[error(transparent)]
     Http(#[from] reqwest::Error),
     /// A middleware further down the stack failed.
     #[error("{0}")]
     Middleware(Box<dyn std::error::Error + Send + Sync>),
     /// The 402 cannot be read.
     #[error("unusable 402: {0}")]
-    Offer(#[from] OfferError),
+    Offer(OfferError),
     /// The offer breaks the policy; nothing was paid.
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// Paying failed; nothing was paid.
     #[error("payment failed: {0}")]
-    Pay(#[from] PayError),
+    Pay(PayError),
     /// A payment was sent and its outcome is not known yet; it stays
     /// pending in the ledger and the next request for this endpoint
     /// finishes it instead of paying again.
@@ -76,6 +83,33 @@ pub enum FetchError {
     /// The request cannot be repeated after a 402 (a streaming body).
     #[error("the request body cannot be sent twice")]
     NotRepeatable,
+    /// The HTTP stack followed a redirect to the URL that asked for
+    /// payment, and which method the redirect left the request with is
+    /// not known, so it cannot be repeated there.
+    #[error("{to} asked for payment after a redirect from {from}, which a {method} request may not survive unchanged; let the payer follow redirects (Client::fetch_following) to pay it")]
+    RedirectedRequest {
+        /// The URL requested.
+        from: String,
+        /// The URL that answered 402.
+        to: String,
+        /// The request's method.
+        method: String,
+    },
+    /// More redirects than allowed.
+    #[error("stopped after {0} redirects")]
+    TooManyRedirects(usize),
+}
+
+impl From<OfferError> for FetchError {
+    fn from(e: OfferError) -> Self {
+        FetchError::Offer(e)
+    }
+}
+
+impl From<PayError> for FetchError {
+    fn from(e: PayError) -> Self {
+        FetchError::Pay(e)
+    }
 }
 
 impl From<BeginError> for FetchError {
@@ -117,6 +151,85 @@ impl Client {
             .fetch_with(request, |r| async { Ok(self.http.execute(r).await?) })
             .await
     }
+
+    /// Like [`Client::fetch`], following up to `max_redirects` redirects
+    /// itself (build `http` not to follow them), so that each hop is a
+    /// request of its own to the payer: a 402 is paid to, and booked
+    /// under, the origin that sent it, and a credential is presented only
+    /// to the origin it was bought from. A hop to another origin carries
+    /// none of the request's own credentials either (`Authorization`,
+    /// `Payment-Authorization`, cookies), as curl and browsers do.
+    pub async fn fetch_following(
+        &self,
+        request: Request,
+        max_redirects: usize,
+    ) -> Result<Fetched, FetchError> {
+        let mut request = request;
+        let mut paid = None;
+        for _ in 0..=max_redirects {
+            let kept = request.try_clone();
+            let (response, entry) = match self.fetch(request).await? {
+                Fetched::Response(response, entry) => (response, entry),
+                offer @ Fetched::Offer(_) => return Ok(offer),
+            };
+            paid = entry.or(paid);
+            let next = match (max_redirects, kept) {
+                (0, _) | (_, None) => None,
+                (_, Some(kept)) => redirected(kept, &response),
+            };
+            match next {
+                Some(next) => request = next,
+                None => return Ok(Fetched::Response(response, paid)),
+            }
+        }
+        Err(FetchError::TooManyRedirects(max_redirects))
+    }
+}
+
+/// The request a redirect asks for, as browsers and curl make it: 303
+/// turns anything but HEAD into a GET, 301 and 302 turn a POST into one
+/// (without its body), 307 and 308 keep both. `None` when `response` is
+/// no redirect to follow.
+fn redirected(mut request: Request, response: &Response) -> Option<Request> {
+    let status = response.status();
+    let to_get = match status {
+        StatusCode::SEE_OTHER => request.method() != Method::HEAD,
+        StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND => request.method() == Method::POST,
+        StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT => false,
+        _ => return None,
+    };
+    let location = response.headers().get(LOCATION)?.to_str().ok()?;
+    let next = response.url().join(location).ok()?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return None;
+    }
+    if to_get {
+        *request.method_mut() = Method::GET;
+        *request.body_mut() = None;
+        for name in [
+            CONTENT_TYPE,
+            CONTENT_LENGTH,
+            CONTENT_ENCODING,
+            TRANSFER_ENCODING,
+        ] {
+            request.headers_mut().remove(name);
+        }
+    }
+    Some(moved(request, next))
+}
+
+/// `request` sent to `url` instead; its own credentials stay behind when
+/// `url` is another origin.
+fn moved(mut request: Request, url: Url) -> Request {
+    if url.origin() != request.url().origin() {
+        let headers = request.headers_mut();
+        for name in [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE] {
+            headers.remove(name);
+        }
+        headers.remove(PAYMENT_AUTHORIZATION);
+    }
+    *request.url_mut() = url;
+    request
 }
 
 pub(crate) fn now() -> u64 {
@@ -130,26 +243,80 @@ pub(crate) struct Endpoint {
     pub(crate) url: String,
     pub(crate) origin: String,
     pub(crate) host: String,
+    pub(crate) method: String,
     pub(crate) path: String,
 }
 
 impl Endpoint {
-    pub(crate) fn of(url: &reqwest::Url) -> Self {
+    pub(crate) fn of(method: &Method, url: &Url) -> Self {
         Self {
             url: url.to_string(),
             origin: url.origin().ascii_serialization(),
             host: url.host_str().unwrap_or_default().to_ascii_lowercase(),
+            method: method.as_str().to_owned(),
             path: url.path().to_owned(),
         }
     }
+
+    pub(crate) fn of_request(request: &Request) -> Self {
+        Self::of(request.method(), request.url())
+    }
 }
 
-fn with_authorization(request: &Request, authorization: &str) -> Result<Request, FetchError> {
+/// A copy of `request` carrying `value` in `field`.
+fn with_credential(request: &Request, field: &str, value: &str) -> Result<Request, FetchError> {
     let mut attempt = request.try_clone().ok_or(FetchError::NotRepeatable)?;
-    if let Ok(value) = HeaderValue::from_str(authorization) {
-        attempt.headers_mut().insert(AUTHORIZATION, value);
+    if let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(field.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        attempt.headers_mut().insert(name, value);
     }
     Ok(attempt)
+}
+
+/// Sends `request` with a kept L402 token in `Authorization`.
+async fn present<S, F>(
+    request: &Request,
+    token: &CachedToken,
+    send: &S,
+) -> Result<Response, FetchError>
+where
+    S: Fn(Request) -> F + Sync,
+    F: Future<Output = Result<Response, FetchError>> + Send,
+{
+    send(with_credential(
+        request,
+        "Authorization",
+        &token.authorization,
+    )?)
+    .await
+}
+
+/// Whether the request carries an `Authorization` of its own (an API
+/// key, say): an L402 token in its place takes it away.
+fn carries_authorization(request: &Request) -> bool {
+    request.headers().contains_key(AUTHORIZATION)
+}
+
+/// Whether a pending payment was for what `offer` sells, as far as their
+/// L402 macaroons tell (when either has no `services`, it is taken to be).
+fn buys_the_same(pending: &PendingPayment, offer: &Offer) -> bool {
+    let earlier = Offer::from_challenges(pending.challenges.iter().map(String::as_str))
+        .ok()
+        .and_then(|o| o.l402_services());
+    match (earlier, offer.l402_services()) {
+        (Some(earlier), Some(now)) => earlier == now,
+        _ => true,
+    }
+}
+
+/// Whether a server refused the credential presented.
+fn refused(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::PAYMENT_REQUIRED | StatusCode::UNAUTHORIZED
+    )
 }
 
 /// How long to keep asking about a payment that may be in flight.
@@ -160,44 +327,90 @@ impl Payer {
     /// retries. Requests for one endpoint (origin and path) pay one at a
     /// time, across processes sharing the ledger, so concurrent requests
     /// share one L402 token instead of paying twice.
+    ///
+    /// The 402 is paid to the URL that sent it: when the HTTP stack
+    /// followed a redirect on its own, the request is repeated there (a
+    /// GET or HEAD only; see [`Client::fetch_following`]).
     pub async fn fetch_with<S, F>(&self, request: Request, send: S) -> Result<Fetched, FetchError>
     where
         S: Fn(Request) -> F + Sync,
         F: Future<Output = Result<Response, FetchError>> + Send,
     {
-        let endpoint = Endpoint::of(request.url());
-        if let Some(answer) = self.with_cached_token(&request, &endpoint, &send).await? {
+        let endpoint = Endpoint::of_request(&request);
+        if let Some(answer) = self
+            .with_cached_token(&request, &endpoint, false, &send)
+            .await?
+        {
             return Ok(Fetched::Response(answer, None));
         }
         let response = send(request.try_clone().ok_or(FetchError::NotRepeatable)?).await?;
         if response.status() != StatusCode::PAYMENT_REQUIRED {
             return Ok(Fetched::Response(response, None));
         }
+        let (request, endpoint) = if response.url() == request.url() {
+            (request, endpoint)
+        } else {
+            if !matches!(*request.method(), Method::GET | Method::HEAD) {
+                return Err(FetchError::RedirectedRequest {
+                    from: request.url().to_string(),
+                    to: response.url().to_string(),
+                    method: request.method().to_string(),
+                });
+            }
+            let request = moved(request, response.url().clone());
+            let endpoint = Endpoint::of_request(&request);
+            (request, endpoint)
+        };
         let offer = Offer::from_headers(response.headers())?;
         if !self.pay {
             return Ok(Fetched::Offer(Box::new(offer)));
         }
+        let own_authorization = carries_authorization(&request);
+        // A token may take the place of the request's own Authorization
+        // only where paying would too (no challenge names another field).
+        let over_own = !(own_authorization
+            && offer.payment.is_some()
+            && offer.payment_field() == PAYMENT_AUTHORIZATION);
         // Refuse before waiting for anyone else's payment.
-        self.policy.check(&offer, SystemTime::now())?;
+        let now = SystemTime::now();
+        self.policy
+            .check(&offer, self.scheme_for(&offer, own_authorization, now), now)?;
         let _lock = self
             .ledger
             .lock_endpoint(&endpoint.origin, &endpoint.path)
             .await?;
         // Whoever held the lock may have bought a token meanwhile.
-        if let Some(answer) = self.with_cached_token(&request, &endpoint, &send).await? {
+        if let Some(answer) = self
+            .with_cached_token(&request, &endpoint, over_own, &send)
+            .await?
+        {
             return Ok(Fetched::Response(answer, None));
         }
-        // A payment an earlier run left pending is finished, not repeated.
+        // A payment an earlier run left pending is finished, not repeated;
+        // one for another service on this path (another method) is left
+        // to a request it buys.
         for pending in self
             .ledger
             .pending(Some((&endpoint.origin, &endpoint.path)))?
         {
+            if !buys_the_same(&pending, &offer) {
+                continue;
+            }
             if let Some(fetched) = self.resume(pending, &request, &endpoint, &send).await? {
                 return Ok(fetched);
             }
         }
-        self.policy.check(&offer, SystemTime::now())?;
-        let scheme = self.scheme_for(&offer);
+        // A token bought on another route of the same service buys this
+        // one too.
+        if let Some(answer) = self
+            .with_service_token(&request, &endpoint, &offer, over_own, &send)
+            .await?
+        {
+            return Ok(Fetched::Response(answer, None));
+        }
+        let now = SystemTime::now();
+        let scheme = self.scheme_for(&offer, own_authorization, now);
+        self.policy.check(&offer, scheme, now)?;
         let (mut entry, outcome) = self.pay(&endpoint, &offer, scheme).await?;
         let answer = self
             .answer(
@@ -284,41 +497,109 @@ impl Payer {
         Ok(())
     }
 
-    /// Tries the cached token for this endpoint, if any. `None`: no token,
-    /// or the server no longer takes it (then it is forgotten).
+    /// Tries the token kept for this endpoint's route, if any. `None`: no
+    /// token, or the route refused it (then it is forgotten there). A
+    /// request with an `Authorization` of its own gets one only when
+    /// `over_own`.
     async fn with_cached_token<S, F>(
         &self,
         request: &Request,
         endpoint: &Endpoint,
+        over_own: bool,
         send: &S,
     ) -> Result<Option<Response>, FetchError>
     where
         S: Fn(Request) -> F + Sync,
         F: Future<Output = Result<Response, FetchError>> + Send,
     {
-        let Some(token) = self
-            .ledger
-            .token_for(&endpoint.origin, &endpoint.path, now())?
+        if carries_authorization(request) && !over_own {
+            return Ok(None);
+        }
+        let Some(token) =
+            self.ledger
+                .token_for(&endpoint.origin, &endpoint.method, &endpoint.path, now())?
         else {
             return Ok(None);
         };
-        let answer = send(with_authorization(request, &token.authorization)?).await?;
-        if matches!(
-            answer.status(),
-            StatusCode::PAYMENT_REQUIRED | StatusCode::UNAUTHORIZED
-        ) {
-            // Expired or revoked: forget it and pay for a new one.
-            self.ledger.remove_tokens(&token.payment_hash)?;
+        let answer = present(request, &token, send).await?;
+        if refused(answer.status()) {
+            // Expired or revoked, if the route it was kept for said so; a
+            // refusal from where a redirect led says nothing of it.
+            if answer.url() == request.url() {
+                self.ledger.forget_token(&token)?;
+            }
             return Ok(None);
         }
         Ok(Some(answer))
     }
 
-    pub(crate) fn scheme_for(&self, offer: &Offer) -> Prefer {
-        match (self.prefer, &offer.l402, &offer.payment) {
-            (Some(Prefer::Mpp), _, Some(_)) | (None, None, Some(_)) => Prefer::Mpp,
-            (None, Some(_), Some(_)) if !offer.l402_first => Prefer::Mpp,
-            _ => Prefer::L402,
+    /// Tries a token kept for another route that buys the service this
+    /// 402 is for (its L402 macaroon names the same `services`), and keeps
+    /// it for this route too when it is taken. A refusal here forgets
+    /// nothing: the token may still be good where it was bought.
+    async fn with_service_token<S, F>(
+        &self,
+        request: &Request,
+        endpoint: &Endpoint,
+        offer: &Offer,
+        over_own: bool,
+        send: &S,
+    ) -> Result<Option<Response>, FetchError>
+    where
+        S: Fn(Request) -> F + Sync,
+        F: Future<Output = Result<Response, FetchError>> + Send,
+    {
+        let Some(services) = offer.l402_services() else {
+            return Ok(None);
+        };
+        if carries_authorization(request) && !over_own {
+            return Ok(None);
+        }
+        let Some(token) = self
+            .ledger
+            .token_for_services(&endpoint.origin, &services, now())?
+        else {
+            return Ok(None);
+        };
+        let answer = present(request, &token, send).await?;
+        if refused(answer.status()) {
+            return Ok(None);
+        }
+        if answer.url() == request.url() {
+            let token = CachedToken {
+                method: endpoint.method.clone(),
+                path: endpoint.path.clone(),
+                ..token
+            };
+            self.ledger.cache_token(&token, now())?;
+        }
+        Ok(Some(answer))
+    }
+
+    /// The scheme to answer `offer` with: one whose challenge has not
+    /// expired, the one that keeps the request's own `Authorization` when
+    /// it has one, then the preference, then the first offered.
+    pub(crate) fn scheme_for(
+        &self,
+        offer: &Offer,
+        own_authorization: bool,
+        now: SystemTime,
+    ) -> Prefer {
+        let live = |scheme| expiry(offer, scheme, now).is_none();
+        let mpp = offer.payment.is_some() && live(Prefer::Mpp);
+        let l402 = offer.l402.is_some() && live(Prefer::L402);
+        if mpp && own_authorization && offer.payment_field() == PAYMENT_AUTHORIZATION {
+            return Prefer::Mpp;
+        }
+        match (self.prefer, l402, mpp) {
+            (_, false, true) => Prefer::Mpp,
+            (_, true, false) => Prefer::L402,
+            (Some(prefer), true, true) => prefer,
+            (None, true, true) if !offer.l402_first => Prefer::Mpp,
+            (None, true, true) => Prefer::L402,
+            // Neither can be paid: the policy will say why.
+            (_, false, false) if offer.l402.is_none() => Prefer::Mpp,
+            (_, false, false) => Prefer::L402,
         }
     }
 
@@ -417,31 +698,33 @@ impl Payer {
         S: Fn(Request) -> F + Sync,
         F: Future<Output = Result<Response, FetchError>> + Send,
     {
-        let authorization = match scheme {
-            Prefer::L402 => offer.l402_authorization(&outcome.preimage),
-            Prefer::Mpp => offer.payment_authorization(&outcome.preimage),
-        }
-        .unwrap_or_default();
+        let (field, credential) = match scheme {
+            Prefer::L402 => ("Authorization", offer.l402_authorization(&outcome.preimage)),
+            Prefer::Mpp => (
+                offer.payment_field(),
+                offer.payment_authorization(&outcome.preimage),
+            ),
+        };
+        let credential = credential.unwrap_or_default();
         if scheme == Prefer::L402 {
             // Kept before the retry: a paid token outlives a failed retry.
-            let expires_at = offer.l402.as_ref().and_then(|c| {
-                c.macaroon
-                    .first_party_caveats()
-                    .filter_map(Caveat::parse)
-                    .filter(|c| c.condition.ends_with(VALID_UNTIL_SUFFIX))
-                    .filter_map(|c| c.value.parse::<u64>().ok())
-                    .min()
-            });
+            let expires_at = offer
+                .l402_valid_until()
+                .iter()
+                .filter_map(|(_, value)| value.parse::<u64>().ok())
+                .min();
             let token = CachedToken {
                 origin: endpoint.origin.clone(),
+                method: endpoint.method.clone(),
                 path: endpoint.path.clone(),
+                services: offer.l402_services(),
                 payment_hash: entry.payment_hash.clone(),
-                authorization: authorization.clone(),
+                authorization: credential.clone(),
                 expires_at,
             };
             self.ledger.cache_token(&token, now())?;
         }
-        let answer = send(with_authorization(request, &authorization)?).await?;
+        let answer = send(with_credential(request, field, &credential)?).await?;
         let receipt = answer
             .headers()
             .get(gate402_mpp::RECEIPT_HEADER)
@@ -451,5 +734,128 @@ impl Payer {
             .attach_receipt(entry.id, &entry.scheme, receipt)?;
         entry.receipt = receipt.map(str::to_owned).or(entry.receipt.take());
         Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::{invoice, l402_challenge, payment_challenge};
+    use crate::Budget;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use reqwest::ResponseBuilderExt as _;
+
+    fn payer(prefer: Option<Prefer>, dir: &std::path::Path) -> Payer {
+        Payer {
+            wallet: Wallet::sandbox(),
+            policy: Policy {
+                max_cost_sats: 10,
+                max_fee_sats: 0,
+                network: gate402_bolt11::Network::Regtest,
+                budget: Budget::default(),
+            },
+            ledger: Arc::new(Ledger::open(&dir.join("l.sqlite3")).unwrap()),
+            prefer,
+            pay: true,
+        }
+    }
+
+    #[test]
+    fn the_scheme_keeps_the_requests_own_authorization_and_passes_over_expired_challenges() {
+        let dir = tempfile::tempdir().unwrap();
+        let bolt11 = invoice([5; 32], 600);
+        let offer = |payment_params: &[(&str, &str)]| {
+            let header = format!(
+                "{}, {}",
+                l402_challenge(&bolt11, &[]),
+                payment_challenge(&bolt11, |b| URL_SAFE_NO_PAD.encode(b), payment_params)
+            );
+            Offer::from_challenges([header.as_str()]).unwrap()
+        };
+        let now = SystemTime::now();
+        let keyed = offer(&[("header", "Payment-Authorization")]);
+        let plain = offer(&[]);
+        let expired = offer(&[("expires", "2020-01-01T00:00:00Z")]);
+        for (prefer, offer, own, expected) in [
+            (None, &keyed, false, Prefer::L402),
+            (None, &keyed, true, Prefer::Mpp),
+            (Some(Prefer::L402), &keyed, true, Prefer::Mpp),
+            (Some(Prefer::Mpp), &keyed, false, Prefer::Mpp),
+            // Without `header` the credential would take Authorization's
+            // place either way: the preference stands.
+            (Some(Prefer::L402), &plain, true, Prefer::L402),
+            (Some(Prefer::Mpp), &expired, false, Prefer::L402),
+        ] {
+            let payer = payer(prefer, dir.path());
+            assert_eq!(
+                payer.scheme_for(offer, own, now),
+                expected,
+                "{prefer:?}, own Authorization {own}"
+            );
+        }
+        // Nothing else to answer with: MPP, which the policy then refuses.
+        let alone = payment_challenge(
+            &bolt11,
+            |b| URL_SAFE_NO_PAD.encode(b),
+            &[("expires", "2020-01-01T00:00:00Z")],
+        );
+        let alone = Offer::from_challenges([alone.as_str()]).unwrap();
+        assert_eq!(
+            payer(None, dir.path()).scheme_for(&alone, false, now),
+            Prefer::Mpp
+        );
+    }
+
+    fn redirect(status: u16, from: &str, to: &str) -> Response {
+        http::Response::builder()
+            .status(status)
+            .url(Url::parse(from).unwrap())
+            .header(LOCATION, to)
+            .body("")
+            .unwrap()
+            .into()
+    }
+
+    #[test]
+    fn a_redirect_is_followed_as_browsers_do_and_keeps_credentials_to_their_origin() {
+        let http = reqwest::Client::new();
+        let post = || {
+            http.post("http://127.0.0.1:1/a")
+                .header(AUTHORIZATION, "Bearer k")
+                .header(PAYMENT_AUTHORIZATION, "Payment x")
+                .header(COOKIE, "c=1")
+                .header(CONTENT_TYPE, "application/json")
+                .body("{}")
+                .build()
+                .unwrap()
+        };
+        let from = "http://127.0.0.1:1/a";
+        for (status, method, body) in [
+            (301, "GET", false),
+            (302, "GET", false),
+            (303, "GET", false),
+            (307, "POST", true),
+            (308, "POST", true),
+        ] {
+            // Same origin: the request's own credentials go along.
+            let next = redirected(post(), &redirect(status, from, "/b")).unwrap();
+            assert_eq!(next.url().as_str(), "http://127.0.0.1:1/b");
+            assert_eq!(next.method().as_str(), method, "{status}");
+            assert_eq!(next.body().is_some(), body, "{status}");
+            assert_eq!(next.headers().contains_key(CONTENT_TYPE), body, "{status}");
+            assert_eq!(next.headers()[AUTHORIZATION], "Bearer k");
+            // Another origin (another port is one): none of them.
+            let next = redirected(post(), &redirect(status, from, "http://127.0.0.1:2/b")).unwrap();
+            for name in [AUTHORIZATION, COOKIE] {
+                assert!(!next.headers().contains_key(&name), "{status} {name}");
+            }
+            assert!(
+                !next.headers().contains_key(PAYMENT_AUTHORIZATION),
+                "{status}"
+            );
+        }
+        assert!(redirected(post(), &redirect(304, from, "/b")).is_none());
+        assert!(redirected(post(), &redirect(302, from, "ftp://x/")).is_none());
     }
 }

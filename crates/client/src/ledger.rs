@@ -45,6 +45,25 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE payments ADD COLUMN error TEXT;
     CREATE INDEX payments_by_status ON payments (status, origin, path);
     CREATE INDEX payments_by_time ON payments (created_at);",
+    // Tokens keyed by what they buy: the method as well as the path, and
+    // the services of their macaroon. Rows from before keep an empty
+    // method, which stands for any.
+    "CREATE TABLE tokens_by_route (
+        origin TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        services TEXT,
+        payment_hash TEXT NOT NULL,
+        authorization TEXT NOT NULL,
+        expires_at INTEGER,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (origin, method, path, payment_hash)
+    );
+    INSERT INTO tokens_by_route (origin, method, path, services, payment_hash, authorization, expires_at, created_at)
+        SELECT origin, '', path, NULL, payment_hash, authorization, expires_at, created_at FROM tokens;
+    DROP TABLE tokens;
+    ALTER TABLE tokens_by_route RENAME TO tokens;
+    CREATE INDEX tokens_by_services ON tokens (origin, services);",
 ];
 
 /// Why the ledger failed.
@@ -138,14 +157,21 @@ pub struct PendingPayment {
 
 /// A paid L402 token kept for reuse.
 ///
-/// Tokens are kept per origin and path: one gateway prices several
-/// services under one origin, and a token is valid for its own only.
+/// Tokens are kept per origin, method and path, with the services their
+/// macaroon names: one gateway prices several services under one origin
+/// (two on one path, split by method, among them), and a token is valid
+/// for its own only. One token may be kept for several routes of its
+/// service, a row each.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CachedToken {
     /// The origin it was bought from.
     pub origin: String,
+    /// The method it was bought for (empty: kept before methods were, any).
+    pub method: String,
     /// The path it was bought for.
     pub path: String,
+    /// The macaroon's `services` caveats, when it has them.
+    pub services: Option<String>,
     /// Its payment hash, hex (names it in `gate402 tokens`).
     pub payment_hash: String,
     /// The `Authorization` value.
@@ -357,38 +383,83 @@ impl Ledger {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Keeps a paid L402 token.
+    /// Keeps a paid L402 token for its route.
     pub fn cache_token(&self, token: &CachedToken, now: u64) -> Result<(), LedgerError> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO tokens (origin, path, payment_hash, authorization, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![token.origin, token.path, token.payment_hash, token.authorization, token.expires_at.map(|t| t as i64), now as i64],
+            "INSERT OR REPLACE INTO tokens (origin, method, path, services, payment_hash, authorization, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![token.origin, token.method, token.path, token.services, token.payment_hash, token.authorization, token.expires_at.map(|t| t as i64), now as i64],
         )?;
         Ok(())
     }
 
-    /// The newest unexpired token for `origin` and `path`.
+    /// The newest unexpired token kept for `method` and `path` at
+    /// `origin` (one kept for the method first, then one kept before
+    /// methods were). Expired tokens are forgotten on the way.
     pub fn token_for(
         &self,
         origin: &str,
+        method: &str,
         path: &str,
         now: u64,
     ) -> Result<Option<CachedToken>, LedgerError> {
-        Ok(self
-            .conn()
+        self.newest_token(
+            "origin = ?1 AND path = ?3 AND (method = ?2 OR method = '')
+             ORDER BY method = '', created_at DESC",
+            params![origin, method, path],
+            now,
+        )
+    }
+
+    /// The newest unexpired token from `origin` that buys `services` (its
+    /// macaroon's `services` caveats), whatever route it was kept for.
+    pub fn token_for_services(
+        &self,
+        origin: &str,
+        services: &str,
+        now: u64,
+    ) -> Result<Option<CachedToken>, LedgerError> {
+        self.newest_token(
+            "origin = ?1 AND services = ?2 ORDER BY created_at DESC",
+            params![origin, services],
+            now,
+        )
+    }
+
+    /// The first unexpired token that `filter` (a `WHERE` clause and its
+    /// `ORDER BY`) selects, once expired tokens are forgotten.
+    fn newest_token(
+        &self,
+        filter: &str,
+        params: &[&dyn rusqlite::ToSql],
+        now: u64,
+    ) -> Result<Option<CachedToken>, LedgerError> {
+        let conn = self.conn();
+        forget_expired(&conn, now)?;
+        Ok(conn
             .query_row(
-                "SELECT origin, path, payment_hash, authorization, expires_at FROM tokens
-                 WHERE origin = ?1 AND path = ?2 AND (expires_at IS NULL OR expires_at > ?3)
-                 ORDER BY created_at DESC LIMIT 1",
-                params![origin, path, now as i64],
+                &format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE {filter} LIMIT 1"),
+                params,
                 token,
             )
             .optional()?)
     }
 
+    /// Forgets one token for the route it was kept for (its other routes
+    /// keep it: a refusal on one says nothing of another).
+    pub fn forget_token(&self, token: &CachedToken) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "DELETE FROM tokens WHERE origin = ?1 AND method = ?2 AND path = ?3 AND payment_hash = ?4",
+            params![token.origin, token.method, token.path, token.payment_hash],
+        )?;
+        Ok(())
+    }
+
     /// Every cached token.
     pub fn tokens(&self) -> Result<Vec<CachedToken>, LedgerError> {
         let conn = self.conn();
-        let mut statement = conn.prepare("SELECT origin, path, payment_hash, authorization, expires_at FROM tokens ORDER BY created_at")?;
+        let mut statement = conn.prepare(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at"
+        ))?;
         let rows = statement.query_map([], token)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -454,14 +525,28 @@ fn pending(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingPayment> {
     })
 }
 
+const TOKEN_COLUMNS: &str =
+    "origin, method, path, services, payment_hash, authorization, expires_at";
+
 fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedToken> {
     Ok(CachedToken {
         origin: r.get(0)?,
-        path: r.get(1)?,
-        payment_hash: r.get(2)?,
-        authorization: r.get(3)?,
-        expires_at: r.get::<_, Option<i64>>(4)?.map(|t| t as u64),
+        method: r.get(1)?,
+        path: r.get(2)?,
+        services: r.get(3)?,
+        payment_hash: r.get(4)?,
+        authorization: r.get(5)?,
+        expires_at: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
     })
+}
+
+/// Expired tokens buy nothing any more.
+fn forget_expired(conn: &Connection, now: u64) -> Result<(), LedgerError> {
+    conn.execute(
+        "DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+        [now as i64],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -551,6 +636,102 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(ledger.pending(None).unwrap().len(), 3);
+    }
+
+    fn kept(
+        method: &str,
+        path: &str,
+        services: &str,
+        hash: &str,
+        expires_at: Option<u64>,
+    ) -> CachedToken {
+        CachedToken {
+            origin: "https://a".into(),
+            method: method.into(),
+            path: path.into(),
+            services: Some(services.into()),
+            payment_hash: hash.into(),
+            authorization: format!("L402 {hash}"),
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn tokens_are_kept_and_forgotten_per_route() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
+        let read = kept("GET", "/x", "read:0", "aa", None);
+        let write = kept("POST", "/x", "write:0", "bb", Some(2_000));
+        ledger.cache_token(&read, 100).unwrap();
+        ledger.cache_token(&write, 101).unwrap();
+        let found = |method| ledger.token_for("https://a", method, "/x", 1_000).unwrap();
+        assert_eq!(found("GET"), Some(read.clone()));
+        assert_eq!(found("POST"), Some(write.clone()));
+        assert_eq!(found("PUT"), None);
+        // The same token kept for a second route of its service.
+        let docs = CachedToken {
+            path: "/y".into(),
+            ..read.clone()
+        };
+        ledger.cache_token(&docs, 102).unwrap();
+        assert_eq!(
+            ledger
+                .token_for_services("https://a", "read:0", 1_000)
+                .unwrap(),
+            Some(docs.clone())
+        );
+        // Forgotten on one route, kept on the others.
+        ledger.forget_token(&docs).unwrap();
+        assert_eq!(found("GET"), Some(read.clone()));
+        assert_eq!(
+            ledger
+                .token_for_services("https://a", "read:0", 1_000)
+                .unwrap(),
+            Some(read)
+        );
+        // Expired: gone.
+        assert_eq!(
+            ledger.token_for("https://a", "POST", "/x", 2_000).unwrap(),
+            None
+        );
+        assert_eq!(ledger.tokens().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn tokens_kept_before_methods_were_apply_to_any_method() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sqlite3");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&MIGRATIONS[..2].join(";")).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            conn.execute(
+                "INSERT INTO tokens (origin, path, payment_hash, authorization, expires_at, created_at)
+                 VALUES ('https://a', '/x', 'cc', 'L402 cc', NULL, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let ledger = Ledger::open(&path).unwrap();
+        for method in ["GET", "POST"] {
+            let token = ledger
+                .token_for("https://a", method, "/x", 10)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (token.method.as_str(), token.authorization.as_str()),
+                ("", "L402 cc")
+            );
+        }
+        // One kept for the method comes first.
+        ledger
+            .cache_token(&kept("GET", "/x", "read:0", "dd", None), 20)
+            .unwrap();
+        let token = ledger
+            .token_for("https://a", "GET", "/x", 30)
+            .unwrap()
+            .unwrap();
+        assert_eq!(token.payment_hash, "dd");
     }
 
     #[tokio::test]

@@ -39,11 +39,19 @@ pub use middleware::PaymentMiddleware;
 pub use policy::{Policy, Refusal};
 pub use wallet::{Wallet, PAY_TIMEOUT};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use gate402_bolt11::Invoice;
-use gate402_http_auth::parse_challenges;
+use gate402_http_auth::{parse_challenges, Challenge};
+use gate402_l402::caveat::{Caveat, SERVICES, VALID_UNTIL_SUFFIX};
 use gate402_l402::{challenges_in, Identifier, L402Challenge, L402Credential, Scheme};
 use gate402_mpp::lightning::{ChargeRequest, PreimagePayload, CHARGE, METHOD};
 use gate402_mpp::{PaymentChallenge, PaymentCredential};
+
+/// The field a Payment challenge may name in its `header` parameter
+/// (draft-httpauth-payment-01), so that `Authorization` stays the
+/// request's own.
+pub const PAYMENT_AUTHORIZATION: &str = "Payment-Authorization";
 
 /// What a 402 offers: one invoice, and the schemes that accept its preimage.
 #[derive(Debug, Clone)]
@@ -68,10 +76,11 @@ pub struct Offer {
 pub enum OfferError {
     /// The header does not parse.
     #[error("malformed WWW-Authenticate: {0}")]
-    Header(#[from] gate402_http_auth::Error),
-    /// Neither a usable L402 nor a Lightning Payment challenge.
-    #[error("no L402 or Lightning Payment challenge offered")]
-    NothingPayable,
+    Header(gate402_http_auth::Error),
+    /// Neither a usable L402 nor a Lightning Payment challenge: why each
+    /// one offered was passed over (none when none was offered).
+    #[error("{}", nothing_payable(.0))]
+    NothingPayable(Vec<String>),
     /// The invoice does not decode.
     #[error("invoice: {0}")]
     Invoice(String),
@@ -80,8 +89,32 @@ pub enum OfferError {
     Mismatch(String),
 }
 
+// By hand rather than `#[from]`, which would also make the header error
+// this one's source and have it printed twice in an error chain.
+impl From<gate402_http_auth::Error> for OfferError {
+    fn from(e: gate402_http_auth::Error) -> Self {
+        OfferError::Header(e)
+    }
+}
+
+fn nothing_payable(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        "no L402 or Lightning Payment challenge offered".into()
+    } else {
+        format!(
+            "no usable L402 or Lightning Payment challenge: {}",
+            reasons.join("; ")
+        )
+    }
+}
+
 impl Offer {
     /// Reads an offer from the `WWW-Authenticate` values of a 402.
+    ///
+    /// Reading is as lenient as the official MPP SDKs (base64 in either
+    /// alphabet, padded or not, in `request` and `opaque`); answering is
+    /// strict: the challenge is echoed exactly as received, since its id
+    /// is an HMAC over the strings as sent.
     pub fn from_challenges<'a>(
         values: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self, OfferError> {
@@ -91,32 +124,35 @@ impl Offer {
             list.extend(parse_challenges(value)?);
             challenges.push(value.to_owned());
         }
-        let l402 = challenges_in(&list).find_map(Result::ok).map(|(_, c)| c);
+        let mut passed_over = Vec::new();
+        let mut l402 = None;
+        for found in challenges_in(&list) {
+            match found {
+                Ok((_, challenge)) => {
+                    l402 = Some(challenge);
+                    break;
+                }
+                Err(e) => passed_over.push(e.to_string()),
+            }
+        }
         let l402_first = list
             .iter()
             .find(|c| Scheme::from_name(&c.scheme).is_some() || c.is_scheme(gate402_mpp::SCHEME))
             .is_some_and(|c| Scheme::from_name(&c.scheme).is_some());
-        let payment = gate402_mpp::challenge::parse_payment_challenges(
-            &list
-                .iter()
-                .filter_map(|c| c.to_header().ok())
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
-        .ok()
-        .and_then(|found| {
-            found
-                .into_iter()
-                .find(|c| c.method.as_str() == METHOD && c.intent.as_str() == CHARGE)
-        });
-        let charge = payment
-            .as_ref()
-            .and_then(|p| gate402_mpp::challenge::decode_request(p).ok())
-            .and_then(|v| serde_json::from_value::<ChargeRequest>(v).ok());
-        let bolt11 = match (&l402, &charge) {
+        let mut payment = None;
+        for c in list.iter().filter(|c| c.is_scheme(gate402_mpp::SCHEME)) {
+            match read_charge(c) {
+                Ok(found) => {
+                    payment = Some(found);
+                    break;
+                }
+                Err(why) => passed_over.push(why),
+            }
+        }
+        let bolt11 = match (&l402, &payment) {
             (Some(l402), _) => l402.invoice.clone(),
-            (None, Some(charge)) => charge.method_details.invoice.clone(),
-            (None, None) => return Err(OfferError::NothingPayable),
+            (None, Some((_, charge))) => charge.method_details.invoice.clone(),
+            (None, None) => return Err(OfferError::NothingPayable(passed_over)),
         };
         let invoice = Invoice::parse(&bolt11).map_err(|e| OfferError::Invoice(e.to_string()))?;
         if let Some(l402) = &l402 {
@@ -128,7 +164,7 @@ impl Offer {
                 ));
             }
         }
-        if let Some(charge) = &charge {
+        if let Some((_, charge)) = &payment {
             let backed = charge
                 .check_invoice()
                 .map_err(|e| OfferError::Mismatch(e.to_string()))?;
@@ -140,7 +176,7 @@ impl Offer {
         }
         Ok(Self {
             l402,
-            payment: payment.filter(|_| charge.is_some()),
+            payment: payment.map(|(challenge, _)| challenge),
             invoice,
             bolt11,
             l402_first,
@@ -182,5 +218,246 @@ impl Offer {
         let credential =
             PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(preimage));
         Some(gate402_mpp::credential::to_authorization(&credential))
+    }
+
+    /// The field the Payment credential goes in: [`PAYMENT_AUTHORIZATION`]
+    /// when the challenge's `header` names it, else `Authorization`.
+    pub fn payment_field(&self) -> &'static str {
+        match self.payment.as_ref().and_then(|c| c.header.as_deref()) {
+            Some(header) if header.eq_ignore_ascii_case(PAYMENT_AUTHORIZATION) => {
+                PAYMENT_AUTHORIZATION
+            }
+            _ => "Authorization",
+        }
+    }
+
+    /// What the L402 token buys: its macaroon's `services` caveats (the
+    /// last narrows the ones before; all are kept, so two tokens match only
+    /// when they buy the same). `None` without L402 or without the caveat.
+    pub fn l402_services(&self) -> Option<String> {
+        let l402 = self.l402.as_ref()?;
+        let services: Vec<String> = l402
+            .macaroon
+            .first_party_caveats()
+            .filter_map(Caveat::parse)
+            .filter(|c| c.condition == SERVICES)
+            .map(|c| c.value)
+            .collect();
+        (!services.is_empty()).then(|| services.join(";"))
+    }
+
+    /// The L402 token's `<service>_valid_until` caveats, as `(condition,
+    /// value)`: when it stops working, if it says.
+    pub(crate) fn l402_valid_until(&self) -> Vec<(String, String)> {
+        self.l402
+            .iter()
+            .flat_map(|l402| l402.macaroon.first_party_caveats())
+            .filter_map(Caveat::parse)
+            .filter(|c| c.condition.ends_with(VALID_UNTIL_SUFFIX))
+            .map(|c| (c.condition, c.value))
+            .collect()
+    }
+}
+
+/// Reads one `Payment` challenge as a Lightning charge, or says which
+/// parameter keeps it from being one, and why.
+fn read_charge(c: &Challenge) -> Result<(PaymentChallenge, ChargeRequest), String> {
+    let challenge = gate402_mpp::challenge::from_challenge(c).map_err(|e| e.to_string())?;
+    if challenge.method.as_str() != METHOD || challenge.intent.as_str() != CHARGE {
+        return Err(format!(
+            "Payment challenge with method {:?} and intent {:?} is not a Lightning charge",
+            challenge.method.as_str(),
+            challenge.intent.as_str()
+        ));
+    }
+    if let Some(header) = &challenge.header {
+        if !header.is_empty()
+            && !header.eq_ignore_ascii_case("Authorization")
+            && !header.eq_ignore_ascii_case(PAYMENT_AUTHORIZATION)
+        {
+            return Err(format!(
+                "Payment challenge parameter header: {header:?} is neither Authorization nor {PAYMENT_AUTHORIZATION}"
+            ));
+        }
+    }
+    let request = decode_json_object(challenge.request.raw())
+        .map_err(|why| format!("Payment challenge parameter request: {why}"))?;
+    if let Some(opaque) = &challenge.opaque {
+        decode_base64(opaque.raw())
+            .map_err(|why| format!("Payment challenge parameter opaque: {why}"))?;
+    }
+    let charge = serde_json::from_value::<ChargeRequest>(request).map_err(|e| {
+        format!("Payment challenge parameter request: not a Lightning charge request ({e})")
+    })?;
+    Ok((challenge, charge))
+}
+
+/// Base64 as the official MPP SDKs read it (mpp-rs since its PR 149, and
+/// mppx): the URL-safe or the standard alphabet, with or without `=`.
+fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
+    let normalized: String = text
+        .chars()
+        .filter(|c| *c != '=')
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            other => other,
+        })
+        .collect();
+    URL_SAFE_NO_PAD
+        .decode(normalized)
+        .map_err(|e| format!("not base64 ({e})"))
+}
+
+fn decode_json_object(text: &str) -> Result<serde_json::Value, String> {
+    let bytes = decode_base64(text)?;
+    match serde_json::from_slice(&bytes) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        Ok(_) => Err("not a JSON object".into()),
+        Err(e) => Err(format!("not JSON ({e})")),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    use bitcoin::hashes::{sha256, Hash};
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    use gate402_mpp::lightning::Network;
+    use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
+
+    /// A regtest invoice of 2 sat for `preimage`, created now.
+    pub(crate) fn invoice(preimage: [u8; 32], expiry_secs: u64) -> String {
+        let secp = Secp256k1::new();
+        let key = SecretKey::from_slice(&[0x44; 32]).unwrap();
+        InvoiceBuilder::new(Currency::Regtest)
+            .description("test".into())
+            .payment_hash(sha256::Hash::hash(&preimage))
+            .payment_secret(PaymentSecret([1; 32]))
+            .current_timestamp()
+            .min_final_cltv_expiry_delta(18)
+            .amount_milli_satoshis(2_000)
+            .expiry_time(std::time::Duration::from_secs(expiry_secs))
+            .build_signed(|h| secp.sign_ecdsa_recoverable(h, &key))
+            .unwrap()
+            .to_string()
+    }
+
+    /// A Payment challenge for `bolt11` with `extra` parameters, `request`
+    /// encoded by `encode`.
+    pub(crate) fn payment_challenge(
+        bolt11: &str,
+        encode: fn(&[u8]) -> String,
+        extra: &[(&str, &str)],
+    ) -> String {
+        let invoice = Invoice::parse(bolt11).unwrap();
+        let request = ChargeRequest::new(
+            2,
+            Some("a description long enough to need padding?".into()),
+            bolt11,
+            &invoice.payment_hash(),
+            Network::Regtest,
+        );
+        let request = encode(&serde_json::to_vec(&request).unwrap());
+        let mut params = vec![
+            ("id", "an-id"),
+            ("realm", "test"),
+            ("method", "lightning"),
+            ("intent", "charge"),
+            ("request", request.as_str()),
+        ];
+        params.extend_from_slice(extra);
+        gate402_http_auth::format_challenge("Payment", params).unwrap()
+    }
+
+    /// An L402 challenge for `bolt11` whose macaroon carries `caveats`.
+    pub(crate) fn l402_challenge(bolt11: &str, caveats: &[Caveat]) -> String {
+        let hash = Invoice::parse(bolt11).unwrap().payment_hash();
+        L402Challenge {
+            macaroon: gate402_l402::mint(hash, "lsat", caveats).macaroon,
+            invoice: bolt11.to_owned(),
+        }
+        .to_header(Scheme::L402)
+    }
+
+    #[test]
+    fn base64_is_read_in_either_alphabet_padded_or_not() {
+        // Bytes whose encodings differ in alphabet and need padding.
+        let bytes = b"\xfb\xff\xbf{}";
+        for text in [
+            STANDARD.encode(bytes),
+            URL_SAFE.encode(bytes),
+            URL_SAFE_NO_PAD.encode(bytes),
+            STANDARD.encode(bytes).trim_end_matches('=').to_owned(),
+        ] {
+            assert_eq!(decode_base64(&text).unwrap(), bytes, "{text}");
+        }
+        assert!(decode_base64("%%%").unwrap_err().starts_with("not base64"));
+        assert_eq!(decode_json_object("WzFd").unwrap_err(), "not a JSON object");
+    }
+
+    #[test]
+    fn a_padded_challenge_is_read_and_echoed_exactly_as_received() {
+        let bolt11 = invoice([1; 32], 600);
+        let opaque = STANDARD.encode(br#"{"k":"v?"}"#);
+        let header = payment_challenge(
+            &bolt11,
+            |b| STANDARD.encode(b),
+            &[("header", "Payment-Authorization"), ("opaque", &opaque)],
+        );
+        let offer = Offer::from_challenges([header.as_str()]).unwrap();
+        let sent = offer.payment.as_ref().unwrap();
+        assert!(sent.request.raw().ends_with('='), "{}", sent.request.raw());
+        assert_eq!(offer.payment_field(), PAYMENT_AUTHORIZATION);
+        let credential = gate402_mpp::credential::parse_authorization(
+            &offer.payment_authorization(&[1; 32]).unwrap(),
+        )
+        .unwrap();
+        let echo = &credential.challenge;
+        assert_eq!(echo.request.raw(), sent.request.raw());
+        assert_eq!(echo.opaque.as_ref().unwrap().raw(), opaque);
+        assert_eq!(echo.header.as_deref(), Some("Payment-Authorization"));
+        // Without `header`, the credential goes in Authorization.
+        let plain = payment_challenge(&bolt11, |b| URL_SAFE_NO_PAD.encode(b), &[]);
+        let offer = Offer::from_challenges([plain.as_str()]).unwrap();
+        assert_eq!(offer.payment_field(), "Authorization");
+    }
+
+    #[test]
+    fn a_challenge_passed_over_is_named_with_its_parameter() {
+        let bolt11 = invoice([2; 32], 600);
+        let bad_request = payment_challenge(&bolt11, |_| "%%%".into(), &[]);
+        let bad_opaque =
+            payment_challenge(&bolt11, |b| URL_SAFE_NO_PAD.encode(b), &[("opaque", "%%%")]);
+        let other_method = payment_challenge(&bolt11, |b| URL_SAFE_NO_PAD.encode(b), &[])
+            .replace("\"lightning\"", "\"tempo\"");
+        for (header, reason) in [
+            (
+                bad_request,
+                "Payment challenge parameter request: not base64",
+            ),
+            (bad_opaque, "Payment challenge parameter opaque: not base64"),
+            (other_method, "method \"tempo\""),
+        ] {
+            let error = Offer::from_challenges([header.as_str()]).unwrap_err();
+            let text = error.to_string();
+            assert!(text.starts_with("no usable L402"), "{text}");
+            assert_eq!(text.matches(reason).count(), 1, "{text}");
+        }
+        // An L402 challenge next to a broken Payment one is still paid.
+        let both = format!(
+            "{}, {}",
+            l402_challenge(&bolt11, &[]),
+            payment_challenge(&bolt11, |_| "%%%".into(), &[])
+        );
+        let offer = Offer::from_challenges([both.as_str()]).unwrap();
+        assert!(offer.l402.is_some() && offer.payment.is_none());
+        assert_eq!(
+            Offer::from_challenges(["Basic realm=\"x\""])
+                .unwrap_err()
+                .to_string(),
+            "no L402 or Lightning Payment challenge offered"
+        );
     }
 }

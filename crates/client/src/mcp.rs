@@ -125,11 +125,11 @@ impl Payer {
             return Ok(ToolCall::Offer(Box::new(offer)));
         }
         self.policy
-            .check(&offer, SystemTime::now())
+            .check(&offer, Prefer::Mpp, SystemTime::now())
             .map_err(FetchError::from)?;
         // One endpoint per tool, so the ledger, budgets and lock see calls
         // of one tool as requests to one route.
-        let mut endpoint = Endpoint::of(url);
+        let mut endpoint = Endpoint::of(&reqwest::Method::POST, url);
         endpoint.path = format!("{}#{tool}", endpoint.path);
         endpoint.url = format!("{url}#{tool}");
         let _lock = self

@@ -1,10 +1,10 @@
 //! What the client may pay, checked before anything is paid.
 
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use gate402_bolt11::Network;
 
-use crate::{Budget, Offer};
+use crate::{Budget, Offer, Prefer};
 
 /// Spending limits: per request here, over time in the [`Budget`].
 #[derive(Debug, Clone)]
@@ -43,9 +43,25 @@ pub enum Refusal {
         /// The wallet's.
         wallet: Network,
     },
-    /// Already expired.
-    #[error("refused: the invoice expired at {0} (unix)")]
-    Expired(u64),
+    /// Already expired: the invoice, or the challenge that would be
+    /// answered, whichever ends first.
+    #[error("refused: {what} expired at {at}")]
+    Expired {
+        /// `the invoice`, `the Payment challenge`, `the L402 token
+        /// (weather_valid_until)`.
+        what: String,
+        /// When, RFC 3339.
+        at: String,
+    },
+    /// An expiry that does not read as a time: taken as expired, since
+    /// the server may well take it so after the money is gone.
+    #[error("refused: {what} says it expires at {text:?}, which is not a time; taken as expired")]
+    UnreadableExpiry {
+        /// Whose expiry, as for [`Refusal::Expired`].
+        what: String,
+        /// The text as sent.
+        text: String,
+    },
     /// Paying would exceed a budget of the client config.
     #[error("refused: {price_sats} sat would exceed the {budget} of {limit_sats} sat ({spent_sats} sat spent)")]
     OverBudget {
@@ -67,15 +83,16 @@ impl Refusal {
             Refusal::OverCap { .. } => 3,
             Refusal::NoAmount => 4,
             Refusal::WrongNetwork { .. } => 5,
-            Refusal::Expired(_) => 6,
+            Refusal::Expired { .. } | Refusal::UnreadableExpiry { .. } => 6,
             Refusal::OverBudget { .. } => 8,
         }
     }
 }
 
 impl Policy {
-    /// Checks an offer; `Ok` means it may be paid.
-    pub fn check(&self, offer: &Offer, now: SystemTime) -> Result<u64, Refusal> {
+    /// Checks an offer, to be answered with `scheme`; `Ok` means it may be
+    /// paid.
+    pub fn check(&self, offer: &Offer, scheme: Prefer, now: SystemTime) -> Result<u64, Refusal> {
         let invoice = &offer.invoice;
         if invoice.network() != self.network {
             return Err(Refusal::WrongNetwork {
@@ -84,8 +101,8 @@ impl Policy {
             });
         }
         let amount_msat = invoice.amount_msat().ok_or(Refusal::NoAmount)?;
-        if invoice.is_expired_at(now) {
-            return Err(Refusal::Expired(invoice.expires_at()));
+        if let Some(expired) = expiry(offer, scheme, now) {
+            return Err(expired);
         }
         let price_sats = amount_msat.div_ceil(1000);
         if price_sats > self.max_cost_sats {
@@ -95,5 +112,132 @@ impl Policy {
             });
         }
         Ok(amount_msat)
+    }
+}
+
+/// Why `offer` can no longer be paid at `now` when answered with `scheme`:
+/// the earliest of the invoice's expiry and the answered challenge's
+/// (`expires` of a Payment challenge, draft-lightning-charge; the L402
+/// token's `_valid_until`), once it has passed. An expiry that is not a
+/// time counts as passed.
+pub(crate) fn expiry(offer: &Offer, scheme: Prefer, now: SystemTime) -> Option<Refusal> {
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let mut ends = vec![("the invoice".to_owned(), offer.invoice.expires_at() as i64)];
+    match scheme {
+        Prefer::Mpp => {
+            if let Some(text) = offer.payment.as_ref().and_then(|c| c.expires.as_deref()) {
+                let what = "the Payment challenge".to_owned();
+                match gate402_mpp::parse_time(text) {
+                    Some(at) => ends.push((what, at.unix_timestamp())),
+                    None => {
+                        return Some(Refusal::UnreadableExpiry {
+                            what,
+                            text: text.to_owned(),
+                        })
+                    }
+                }
+            }
+        }
+        Prefer::L402 => {
+            for (condition, value) in offer.l402_valid_until() {
+                let what = format!("the L402 token ({condition})");
+                match value.parse::<i64>() {
+                    Ok(at) => ends.push((what, at)),
+                    Err(_) => return Some(Refusal::UnreadableExpiry { what, text: value }),
+                }
+            }
+        }
+    }
+    let (what, at) = ends.into_iter().min_by_key(|(_, at)| *at)?;
+    (at <= now).then(|| Refusal::Expired {
+        what,
+        at: time::OffsetDateTime::from_unix_timestamp(at)
+            .map_or_else(|_| format!("{at} (unix)"), gate402_mpp::format_time),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::{invoice, l402_challenge, payment_challenge};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use gate402_l402::caveat::Caveat;
+
+    fn policy() -> Policy {
+        Policy {
+            max_cost_sats: 10,
+            max_fee_sats: 0,
+            network: Network::Regtest,
+            budget: Budget::default(),
+        }
+    }
+
+    fn offer(invoice_expiry_secs: u64, expires: &str, valid_until: &str) -> Offer {
+        let bolt11 = invoice([3; 32], invoice_expiry_secs);
+        let header = format!(
+            "{}, {}",
+            l402_challenge(&bolt11, &[Caveat::new("read_valid_until", valid_until)]),
+            payment_challenge(
+                &bolt11,
+                |b| URL_SAFE_NO_PAD.encode(b),
+                &[("expires", expires)]
+            )
+        );
+        Offer::from_challenges([header.as_str()]).unwrap()
+    }
+
+    #[test]
+    fn the_earliest_expiry_of_what_is_answered_decides() {
+        let now = SystemTime::now();
+        let later = "4000000000";
+        let live = offer(600, "2099-01-01T00:00:00Z", later);
+        assert_eq!(policy().check(&live, Prefer::Mpp, now), Ok(2_000));
+        assert_eq!(policy().check(&live, Prefer::L402, now), Ok(2_000));
+
+        // The challenge ended long before its invoice: only MPP minds.
+        let past = offer(600, "2020-01-01T00:00:00Z", later);
+        assert_eq!(
+            policy().check(&past, Prefer::Mpp, now),
+            Err(Refusal::Expired {
+                what: "the Payment challenge".into(),
+                at: "2020-01-01T00:00:00Z".into()
+            })
+        );
+        assert_eq!(policy().check(&past, Prefer::L402, now), Ok(2_000));
+
+        // Unreadable is expired.
+        let unreadable = offer(600, "tomorrow", later);
+        let refused = policy().check(&unreadable, Prefer::Mpp, now).unwrap_err();
+        assert_eq!(refused.exit_code(), 6);
+        assert_eq!(
+            refused.to_string(),
+            "refused: the Payment challenge says it expires at \"tomorrow\", which is not a time; taken as expired"
+        );
+
+        // An L402 token already past its _valid_until buys nothing.
+        let stale = offer(600, "2099-01-01T00:00:00Z", "1600000000");
+        assert_eq!(
+            policy().check(&stale, Prefer::L402, now),
+            Err(Refusal::Expired {
+                what: "the L402 token (read_valid_until)".into(),
+                at: "2020-09-13T12:26:40Z".into()
+            })
+        );
+
+        // The invoice ends first: it is the one named.
+        let short = offer(1, "2099-01-01T00:00:00Z", later);
+        let in_a_minute = now + std::time::Duration::from_secs(60);
+        let refused = policy()
+            .check(&short, Prefer::Mpp, in_a_minute)
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with("refused: the invoice expired at"),
+            "{refused}"
+        );
     }
 }

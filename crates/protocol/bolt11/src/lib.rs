@@ -84,6 +84,9 @@ impl FromStr for Network {
     }
 }
 
+/// The URI scheme wallets put before an invoice (any case, as URI schemes go).
+const URI_SCHEME: &str = "lightning:";
+
 /// A decoded invoice whose signature has been checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invoice(Bolt11Invoice);
@@ -161,14 +164,23 @@ pub struct Expect {
 }
 
 impl Invoice {
-    /// Parses and checks the signature and BOLT11 semantics. Accepts either
-    /// case and a `lightning:` prefix, as wallets hand them out.
+    /// Parses and checks the signature and BOLT11 semantics. Accepts all
+    /// lowercase or all uppercase (QR codes carry the latter) and a
+    /// `lightning:` prefix, as wallets hand them out. Mixed case is refused:
+    /// bech32 forbids it, so a mixed-case string is no invoice, whatever a
+    /// lenient decoder would make of it.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
         let text = text.trim();
-        let text = text
-            .strip_prefix("lightning:")
-            .or_else(|| text.strip_prefix("LIGHTNING:"))
-            .unwrap_or(text);
+        let text = match text.get(..URI_SCHEME.len()) {
+            Some(scheme) if scheme.eq_ignore_ascii_case(URI_SCHEME) => &text[URI_SCHEME.len()..],
+            _ => text,
+        };
+        let has = |f: fn(&u8) -> bool| text.as_bytes().iter().any(f);
+        if has(u8::is_ascii_lowercase) && has(u8::is_ascii_uppercase) {
+            return Err(ParseError(
+                "mixed case (bech32 allows all lowercase or all uppercase only)".into(),
+            ));
+        }
         Bolt11Invoice::from_str(&text.to_ascii_lowercase())
             .map(Self)
             .map_err(|e| ParseError(e.to_string()))
@@ -335,6 +347,34 @@ mod tests {
             Err(CheckError::Expired(inv.expires_at()))
         );
         assert!(Invoice::parse(&format!("lightning:{}", SPEC_INVOICE.to_uppercase())).is_ok());
+        assert!(Invoice::parse(&format!("Lightning:{}", SPEC_INVOICE.to_uppercase())).is_ok());
+    }
+
+    #[test]
+    fn refuses_mixed_case_as_bech32_does() {
+        let (text, _) = make(Network::Regtest, 21_000, [9; 32], 600);
+        assert!(Invoice::parse(&text).is_ok());
+        assert!(Invoice::parse(&text.to_uppercase()).is_ok());
+        assert!(Invoice::parse(&format!("LIGHTNING:{}", text.to_uppercase())).is_ok());
+        // Five letters of the data part upper-cased, as in the report.
+        let mut mixed: Vec<char> = text.chars().collect();
+        let letters: Vec<usize> = (10..mixed.len())
+            .filter(|&i| mixed[i].is_ascii_lowercase())
+            .take(5)
+            .collect();
+        for i in letters {
+            mixed[i] = mixed[i].to_ascii_uppercase();
+        }
+        let mixed: String = mixed.into_iter().collect();
+        for refused in [
+            mixed.clone(),
+            format!("lightning:{mixed}"),
+            // One letter is enough, in the human-readable part too.
+            format!("L{}", &text[1..]),
+        ] {
+            let error = Invoice::parse(&refused).unwrap_err();
+            assert!(error.0.contains("mixed case"), "{refused}: {error}");
+        }
     }
 
     #[test]

@@ -1,0 +1,82 @@
+//! A client whose HTTP stack follows redirects by itself (the middleware's
+//! default): a 402 at the end of a redirect is paid to, and booked under,
+//! the origin that sent it.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::routing::any;
+use axum::Router;
+use gate402_client::{Budget, FetchError, Ledger, Payer, PaymentMiddleware, Policy, Wallet};
+use gate402_gateway::{demo, Gateway};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_middleware_pays_the_origin_a_redirect_led_to() {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let gw_dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&demo::config(upstream), gw_dir.path())
+        .await
+        .unwrap();
+    // The gateway under another name than the origin that redirects to it.
+    let paid = format!(
+        "http://localhost:{}/api/weather?city=Oslo",
+        gateway.addr().port()
+    );
+    let first = Router::new().route(
+        "/go",
+        any(move || {
+            let paid = paid.clone();
+            async move { (StatusCode::FOUND, [(header::LOCATION, paid)]) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let go = format!("http://{}/go", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, first).into_future());
+
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(PaymentMiddleware::new(Payer {
+            wallet: Wallet::sandbox(),
+            policy: Policy {
+                max_cost_sats: 100,
+                max_fee_sats: 0,
+                network: gate402_lightning_sandbox::NETWORK,
+                budget: Budget::default(),
+            },
+            ledger: ledger.clone(),
+            prefer: None,
+            pay: true,
+        }))
+        .build();
+    for _ in 0..2 {
+        let response = client.get(&go).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["city"], "Oslo");
+    }
+    let payments = ledger.payments(0).unwrap();
+    assert_eq!(payments.len(), 1, "the second request used the token");
+    assert_eq!(payments[0].host, "localhost");
+    assert_eq!(
+        payments[0].origin,
+        format!("http://localhost:{}", gateway.addr().port())
+    );
+
+    // A POST the stack turned into a GET on the way cannot be repeated
+    // there as it was sent: refused, nothing paid.
+    let error = client.post(&go).body("{}").send().await.unwrap_err();
+    let reqwest_middleware::Error::Middleware(error) = error else {
+        panic!("expected the payer's refusal: {error:?}");
+    };
+    assert!(
+        matches!(
+            error.downcast_ref::<FetchError>(),
+            Some(FetchError::RedirectedRequest { .. })
+        ),
+        "{error:#}"
+    );
+    assert_eq!(ledger.payments(0).unwrap().len(), 1);
+    gateway.shutdown().await.unwrap();
+}
