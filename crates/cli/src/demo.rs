@@ -128,16 +128,18 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
     let receipt = expect_200(get(&client, &url, Some(&payment)).await?).await?;
     show_receipt(&receipt)?;
 
-    println!("6. replay the same Payment credential: it was single use");
-    let replay = get(&client, &url, Some(&payment)).await?;
-    println!("     {} (a fresh challenge is attached)", replay.status());
-    if replay.status() != StatusCode::PAYMENT_REQUIRED {
-        bail!(
-            "a replayed credential must get 402, got {}",
-            replay.status()
-        );
+    for (step, name, credential) in [
+        (6, "Payment credential", &payment),
+        (7, "L402 token", &l402),
+    ] {
+        println!("{step}. replay the {name}: a payment buys one request here");
+        let replay = get(&client, &url, Some(credential)).await?;
+        println!("     {} (a fresh challenge is attached)", replay.status());
+        if replay.status() != StatusCode::PAYMENT_REQUIRED {
+            bail!("a replayed {name} must get 402, got {}", replay.status());
+        }
     }
-    println!("\nThe L402 token from step 3 stays valid until it expires; the MPP credential was spent once.");
+    println!("\nEach payment bought one request, through either protocol. A service with `sells = \"pass\"` sells L402 tokens that last a period instead.");
     if let Some((gateway, task)) = local {
         gateway.shutdown().await?;
         task.abort();

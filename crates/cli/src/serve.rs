@@ -63,6 +63,10 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
                 config.lightning.name(),
                 config.listen
             );
+            for service in &config.services {
+                let priced = &service.priced;
+                println!("  {}: {}", priced.name, priced.sale());
+            }
             std::process::ExitCode::SUCCESS
         }
         Err(errors) => {

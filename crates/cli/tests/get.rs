@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::Router;
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
+use gate402_gateway::config::{Rewrite, ServiceConfig};
 use gate402_gateway::{demo, Gateway};
 use gate402_l402::{mint, L402Challenge, Scheme};
 use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
@@ -45,18 +46,29 @@ async fn payments(data: &std::path::Path) -> Vec<Value> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn pays_once_reuses_the_token_and_keeps_a_ledger() {
+async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let config = demo::config(upstream);
+    let mut config = demo::config(upstream);
+    // The demo's weather again, sold as a pass of an hour at /daily/.
+    let mut daily = ServiceConfig::proxied("daily", "/daily/*", 7, &format!("http://{upstream}"));
+    daily.priced = daily.priced.pass(3600);
+    daily.upstream.as_mut().unwrap().rewrite = Rewrite {
+        strip_prefix: Some("/daily".into()),
+        add_prefix: None,
+    };
+    config.services.insert(0, daily);
     let gw_dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
     let base = format!("http://{}", gateway.addr());
     let client = tempfile::tempdir().unwrap();
     let data = client.path();
 
+    // Per request: each call pays, and no token is kept.
     let weather = format!("{base}/api/weather?city=Oslo");
-    for _ in 0..2 {
-        let out = run(data, &["get", "-s", &weather]).await;
+    // A pass: the first call pays, the token serves the rest of the hour.
+    let daily = format!("{base}/daily/weather?city=Oslo");
+    for url in [&weather, &weather, &daily, &daily, &daily] {
+        let out = run(data, &["get", "-s", url]).await;
         assert!(
             out.status.success(),
             "{}",
@@ -66,16 +78,21 @@ async fn pays_once_reuses_the_token_and_keeps_a_ledger() {
         assert_eq!(body["city"], "Oslo");
     }
     let paid = payments(data).await;
-    assert_eq!(
-        paid.len(),
-        1,
-        "the second call reused the L402 token: {paid:?}"
-    );
-    assert_eq!(paid[0]["scheme"], "L402");
-    assert_eq!(paid[0]["amount_msat"], 10_000);
-    assert!(paid[0]["receipt"].is_string());
+    assert_eq!(paid.len(), 3, "two requests and one pass: {paid:?}");
+    assert!(paid.iter().all(|p| p["scheme"] == "L402"), "{paid:?}");
+    let total: u64 = paid
+        .iter()
+        .map(|p| p["amount_msat"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 2 * 10_000 + 7_000);
+    assert!(paid.iter().all(|p| p["receipt"].is_string()), "{paid:?}");
     let tokens = run(data, &["tokens", "list"]).await;
-    assert!(String::from_utf8_lossy(&tokens.stdout).contains("/api/weather"));
+    let tokens = String::from_utf8_lossy(&tokens.stdout);
+    assert!(tokens.contains("/daily/weather"), "{tokens}");
+    assert!(
+        !tokens.contains("/api/weather"),
+        "a spent token is kept: {tokens}"
+    );
 
     let out = run(
         data,
@@ -132,7 +149,7 @@ async fn pays_once_reuses_the_token_and_keeps_a_ledger() {
     assert_eq!(offer["schemes"], serde_json::json!(["L402", "MPP"]));
     assert_eq!(
         payments(data).await.len(),
-        2,
+        4,
         "refusals and --no-pay paid nothing"
     );
     let out = run(data, &["tokens", "clear"]).await;

@@ -549,18 +549,21 @@ path = "/thing"
 methods = ["GET"]
 upstream = "UPSTREAM"
 price_sats = 5
+sells = "pass"
 [[services]]
 name = "write"
 path = "/thing"
 methods = ["POST"]
 upstream = "UPSTREAM"
 price_sats = 7
+sells = "pass"
 [[services]]
 name = "docs"
 path = "/docs/*"
 methods = ["GET"]
 upstream = "UPSTREAM"
 price_sats = 3
+sells = "pass"
 "#,
         upstream,
     )

@@ -61,7 +61,8 @@ async fn get_pays_the_gateway_on_regtest_with_each_scheme() {
     .await;
     network.mine(6).await;
 
-    // L402, then the same URL again: the token is reused, nothing paid.
+    // L402, then the same URL again: the weather is sold per request, so
+    // each call pays, and each is a real payment.
     let weather = format!("{base}/api/weather?city=Lima");
     for _ in 0..2 {
         let out = gate402(data, &["get", "-s", "--prefer", "l402", &weather]).await;
@@ -74,10 +75,13 @@ async fn get_pays_the_gateway_on_regtest_with_each_scheme() {
         assert_eq!(body["city"], "Lima");
     }
     let paid = payments(data).await;
-    assert_eq!(paid.len(), 1, "the second call paid nothing: {paid:?}");
-    assert_eq!(paid[0]["scheme"], "L402");
-    assert_eq!(paid[0]["status"], "paid");
-    assert_eq!(paid[0]["amount_msat"], 10_000);
+    assert_eq!(paid.len(), 2, "one payment per call: {paid:?}");
+    for payment in &paid {
+        assert_eq!(payment["scheme"], "L402");
+        assert_eq!(payment["status"], "paid");
+        assert_eq!(payment["amount_msat"], 10_000);
+    }
+    assert_ne!(paid[0]["payment_hash"], paid[1]["payment_hash"]);
 
     // MPP on another service: a real payment, a receipt naming its challenge.
     let report = ok_json(
@@ -101,11 +105,11 @@ async fn get_pays_the_gateway_on_regtest_with_each_scheme() {
         gate402_mpp::receipt::parse(report["payment"]["receipt"].as_str().unwrap()).unwrap();
     assert!(gate402_mpp::receipt::challenge_id(&receipt).is_some());
     let paid = payments(data).await;
-    assert_eq!(paid.len(), 2, "{paid:?}");
-    assert_eq!(paid[1]["amount_msat"], 25_000);
+    assert_eq!(paid.len(), 3, "{paid:?}");
+    assert_eq!(paid[2]["amount_msat"], 25_000);
 
-    // The gateway's node holds both invoices as settled, for what was asked.
-    for (payment, amount_msat) in paid.iter().zip([10_000, 25_000]) {
+    // The gateway's node holds every invoice as settled, for what was asked.
+    for (payment, amount_msat) in paid.iter().zip([10_000, 10_000, 25_000]) {
         let mut hash = [0u8; 32];
         hex::decode_to_slice(payment["payment_hash"].as_str().unwrap(), &mut hash).unwrap();
         match network.nodes[1].node.invoice_status(&hash).await.unwrap() {
@@ -147,15 +151,17 @@ async fn get_pays_the_gateway_on_regtest_with_each_scheme() {
         assert_eq!(body["city"], "Quito");
     }
     let paid = payments(data).await;
-    assert_eq!(paid.len(), 1, "the second call paid nothing: {paid:?}");
-    assert_eq!(paid[0]["status"], "paid");
-    let mut hash = [0u8; 32];
-    hex::decode_to_slice(paid[0]["payment_hash"].as_str().unwrap(), &mut hash).unwrap();
-    match network.nodes[0].node.payment_status(&hash).await.unwrap() {
-        gate402_lightning::PaymentStatus::Succeeded(outcome) => {
-            assert_eq!(outcome.amount_msat, 10_000)
+    assert_eq!(paid.len(), 2, "one payment per call: {paid:?}");
+    for payment in &paid {
+        assert_eq!(payment["status"], "paid");
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(payment["payment_hash"].as_str().unwrap(), &mut hash).unwrap();
+        match network.nodes[0].node.payment_status(&hash).await.unwrap() {
+            gate402_lightning::PaymentStatus::Succeeded(outcome) => {
+                assert_eq!(outcome.amount_msat, 10_000)
+            }
+            other => panic!("node 0 made the payment: {other:?}"),
         }
-        other => panic!("node 0 made the payment: {other:?}"),
     }
     service.shutdown().await;
     gateway.shutdown().await.unwrap();

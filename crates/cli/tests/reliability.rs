@@ -376,8 +376,9 @@ async fn an_unpaid_flood_stores_nothing_keeps_memory_flat_and_paid_requests_flow
     const CONNECTIONS: usize = 32;
     let (upstream, _calls) = start_upstream(Duration::ZERO).await;
     // The cap on unpaid invoices is off: every request gets a full 402.
+    // The paid client holds a pass, one token for the whole flood.
     let config = format!(
-        "[mpp]\nrealm = \"flood.test\"\n[limits]\nunpaid_invoices_per_minute = 0\n{}",
+        "[mpp]\nrealm = \"flood.test\"\n[limits]\nunpaid_invoices_per_minute = 0\n{}sells = \"pass\"\n",
         service(upstream)
     );
     let dir = tempfile::tempdir().unwrap();

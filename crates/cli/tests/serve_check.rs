@@ -32,6 +32,13 @@ fn the_commented_example_is_valid() {
         stdout.contains("ok (2 services, 1 MCP tools, lightning backend sandbox"),
         "{stdout}"
     );
+    // What each service sells, in words.
+    for line in [
+        "  forecast: 10 sat for a pass of 3600 s (L402; an MPP charge serves one request)",
+        "  status: 5 free calls per client, then 1 sat per request",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in:\n{stdout}");
+    }
 }
 
 #[test]
@@ -53,6 +60,7 @@ fn every_error_of_the_broken_example_with_its_key_path() {
         "services[1].upstream: \"ftp://files.example.com\"",
         "services[1].auth: \"maybe\"",
         "services[1].schemes: \"bitcoin\"",
+        "services[1].sells: \"forever\" is not \"request\" or \"pass\"",
     ] {
         assert!(
             stderr.contains(needle),

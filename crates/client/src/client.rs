@@ -725,6 +725,15 @@ impl Payer {
             self.ledger.cache_token(&token, now())?;
         }
         let answer = send(with_credential(request, field, &credential)?).await?;
+        if scheme == Prefer::L402
+            && offer.l402_single_use()
+            && !refused(answer.status())
+            && !answer.status().is_server_error()
+        {
+            // Served, so spent: a per-request token buys nothing more.
+            // (After a 5xx the gateway keeps it unspent for a retry.)
+            self.ledger.forget_payment_tokens(&entry.payment_hash)?;
+        }
         let receipt = answer
             .headers()
             .get(gate402_mpp::RECEIPT_HEADER)

@@ -454,6 +454,16 @@ impl Ledger {
         Ok(())
     }
 
+    /// Forgets every token of one payment, on every route (a single-use
+    /// token once it was used).
+    pub fn forget_payment_tokens(&self, payment_hash: &str) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "DELETE FROM tokens WHERE payment_hash = ?1",
+            params![payment_hash],
+        )?;
+        Ok(())
+    }
+
     /// Every cached token.
     pub fn tokens(&self) -> Result<Vec<CachedToken>, LedgerError> {
         let conn = self.conn();

@@ -43,7 +43,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use gate402_bolt11::Invoice;
 use gate402_http_auth::{parse_challenges, Challenge};
-use gate402_l402::caveat::{Caveat, SERVICES, VALID_UNTIL_SUFFIX};
+use gate402_l402::caveat::{Caveat, SERVICES, USES_SUFFIX, VALID_UNTIL_SUFFIX};
 use gate402_l402::{challenges_in, Identifier, L402Challenge, L402Credential, Scheme};
 use gate402_mpp::lightning::{ChargeRequest, PreimagePayload, CHARGE, METHOD};
 use gate402_mpp::{PaymentChallenge, PaymentCredential};
@@ -244,6 +244,16 @@ impl Offer {
             .map(|c| c.value)
             .collect();
         (!services.is_empty()).then(|| services.join(";"))
+    }
+
+    /// Whether the L402 token buys one request (a `<service>_uses`
+    /// caveat), not a period: it is kept only until it has been used.
+    pub fn l402_single_use(&self) -> bool {
+        self.l402
+            .iter()
+            .flat_map(|l402| l402.macaroon.first_party_caveats())
+            .filter_map(Caveat::parse)
+            .any(|c| c.condition.ends_with(USES_SUFFIX))
     }
 
     /// The L402 token's `<service>_valid_until` caveats, as `(condition,

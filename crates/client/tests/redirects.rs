@@ -15,9 +15,10 @@ use gate402_gateway::{demo, Gateway};
 async fn the_middleware_pays_the_origin_a_redirect_led_to() {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
     let gw_dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(&demo::config(upstream), gw_dir.path())
-        .await
-        .unwrap();
+    // The weather sold as a pass, so that its token is kept and reused.
+    let mut config = demo::config(upstream);
+    config.services[0].priced = config.services[0].priced.clone().pass(3600);
+    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
     // The gateway under another name than the origin that redirects to it.
     let paid = format!(
         "http://localhost:{}/api/weather?city=Oslo",

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use axum::http::Method;
 use serde_json::{json, Map, Value};
 
+use gate402_l402::caveat::{USES_SUFFIX, VALID_UNTIL_SUFFIX};
 use gate402_paywall::route::PathPattern;
-use gate402_paywall::{Auth, PricedService};
+use gate402_paywall::{Auth, PricedService, Sells};
 
 use crate::config::DiscoveryConfig;
 
@@ -96,6 +97,24 @@ fn price_msat(service: &PricedService) -> u64 {
     service.price_sats.saturating_mul(1000)
 }
 
+/// What one payment buys: `{"sells": "request"}`, or `{"sells": "pass",
+/// "passSeconds": N}` (the L402 token's life; an MPP charge still serves one
+/// request).
+fn sale(service: &PricedService) -> Value {
+    match service.sells {
+        Sells::Request => json!({"sells": "request"}),
+        Sells::Pass => json!({"sells": "pass", "passSeconds": service.token_lifetime_secs}),
+    }
+}
+
+/// `into` with the entries of [`sale`] added.
+fn with_sale(mut into: Value, service: &PricedService) -> Value {
+    if let (Value::Object(map), Value::Object(sale)) = (&mut into, sale(service)) {
+        map.extend(sale);
+    }
+    into
+}
+
 /// The path as an OpenAPI template: a prefix route takes the rest of the
 /// path as one parameter.
 fn template(path: &PathPattern) -> String {
@@ -111,7 +130,7 @@ pub fn l402_services(about: &About<'_>, services: &[Arc<PricedService>]) -> Valu
         .iter()
         .filter(|s| about.sells(s))
         .map(|s| {
-            json!({
+            let entry = json!({
                 "id": s.name,
                 "name": s.name,
                 "description": s.description,
@@ -120,7 +139,8 @@ pub fn l402_services(about: &About<'_>, services: &[Arc<PricedService>]) -> Valu
                 "pricing": {"amount": s.price_sats, "currency": "sat", "type": "fixed"},
                 "protocols": about.protocols(s),
                 "freeCalls": match s.auth { Auth::Freebie(n) => n, _ => 0 },
-            })
+            });
+            with_sale(entry, s)
         })
         .collect();
     let protocols = about.gateway_protocols();
@@ -157,11 +177,15 @@ fn offers(about: &About<'_>, service: &PricedService) -> Vec<Value> {
         })
     };
     let mut offers = Vec::new();
+    // What each offer buys: an MPP charge one request; an L402 token what
+    // the service sells.
     if about.mpp(service) {
-        offers.push(offer(gate402_mpp::SCHEME));
+        let mut mpp = offer(gate402_mpp::SCHEME);
+        mpp["sells"] = Sells::Request.as_str().into();
+        offers.push(mpp);
     }
     if about.l402(service) {
-        offers.push(offer("L402"));
+        offers.push(with_sale(offer("L402"), service));
     }
     offers
 }
@@ -280,14 +304,15 @@ pub fn manifest(
                     })
                 })
                 .collect();
-            json!({
+            let entry = json!({
                 "name": s.name,
                 "description": s.description,
                 // Tokens are minted `services=<name>:0`, with no capabilities.
                 "tiers": [{"tier": 0, "name": "base"}],
                 "capabilities": [],
                 "resources": resources,
-            })
+            });
+            with_sale(entry, s)
         })
         .collect();
     let mut caveats = Map::new();
@@ -295,15 +320,27 @@ pub fn manifest(
         "services".into(),
         json!({"type": "service_list", "attenuation": "subset", "description": "The services a token pays for, each name:tier"}),
     );
+    let caveat = |kind: &str, attenuation: &str, description: String| json!({"type": kind, "attenuation": attenuation, "description": description});
     for s in &sold {
+        let name = &s.name;
         caveats.insert(
-            format!("{}_valid_until", s.name),
-            json!({
-                "type": "timestamp",
-                "attenuation": "earlier",
-                "description": format!("Unix time the token stops working on {}", s.name),
-            }),
+            format!("{name}{VALID_UNTIL_SUFFIX}"),
+            caveat(
+                "timestamp",
+                "earlier",
+                format!("Unix time the token stops working on {name}"),
+            ),
         );
+        if s.sells == Sells::Request {
+            caveats.insert(
+                format!("{name}{USES_SUFFIX}"),
+                caveat(
+                    "count",
+                    "fewer",
+                    format!("Requests the token pays for on {name} (1: a token per request)"),
+                ),
+            );
+        }
     }
     json!({
         "version": "1.0",
@@ -335,7 +372,7 @@ pub fn quote(about: &About<'_>, service: &PricedService, path: &str, method: &Me
     if let Auth::Freebie(n) = service.auth {
         quote["freeCalls"] = n.into();
     }
-    quote
+    with_sale(quote, service)
 }
 
 #[cfg(test)]

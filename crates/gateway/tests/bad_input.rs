@@ -159,8 +159,13 @@ fn l402_cases(g: &Genuine) -> Vec<(String, Vec<u8>)> {
             format!("L402 {m}:{}", hex::encode(&other_preimage)),
         ),
         (
+            // A character of data, not a `=` of padding (without it the
+            // base64 still spells the same token).
             "macaroon truncated by one",
-            format!("L402 {}:{p}", &m[..m.len() - 1]),
+            format!("L402 {}:{p}", {
+                let bare = m.trim_end_matches('=');
+                &bare[..bare.len() - 1]
+            }),
         ),
         (
             "macaroon truncated in half",
@@ -574,7 +579,8 @@ async fn every_malformed_input_gets_a_4xx_and_nothing_is_lost() {
         failures.join("\n")
     );
 
-    // Nothing was lost: the genuine credentials still work, the MPP one once.
+    // Nothing was lost: the genuine payment still buys its one request,
+    // through either door, and then no more.
     let http = reqwest::Client::new();
     let paid = |value: String| {
         http.get(format!("{base}{WEATHER}"))
@@ -582,11 +588,10 @@ async fn every_malformed_input_gets_a_4xx_and_nothing_is_lost() {
             .send()
     };
     let l402 = format!("L402 {}:{}", g.macaroon, g.preimage);
-    assert_eq!(paid(l402.clone()).await.unwrap().status(), 200);
     let mpp = format!("Payment {}", g.credential);
     assert_eq!(paid(mpp.clone()).await.unwrap().status(), 200);
     assert_eq!(paid(mpp).await.unwrap().status(), 402);
-    assert_eq!(paid(l402).await.unwrap().status(), 200);
+    assert_eq!(paid(l402).await.unwrap().status(), 402);
     eprintln!("{} malformed inputs, each refused with a 4xx", cases.len());
     gateway.shutdown().await.unwrap();
 }

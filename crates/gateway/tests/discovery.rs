@@ -28,6 +28,7 @@ fn services() -> Vec<ServiceConfig> {
     maps.priced.methods = vec![Method::GET];
     maps.priced.schemes = Schemes::L402;
     maps.priced.description = "Map tiles".into();
+    maps.priced = maps.priced.pass(86_400);
     let mut submit = ServiceConfig::proxied("submit", "/submit", 5, UPSTREAM);
     submit.priced.methods = vec![Method::POST];
     submit.priced.schemes = Schemes::Mpp;
@@ -109,7 +110,14 @@ async fn openapi_offers_each_paid_operation_with_its_402() {
         json!({
             "intent": "charge", "method": "lightning", "amount": amount,
             "currency": "sat", "description": description, "scheme": scheme,
+            "sells": "request",
         })
+    };
+    // A pass's L402 offer says how long it lasts.
+    let pass = |mut offer: Value| {
+        offer["sells"] = "pass".into();
+        offer["passSeconds"] = 86_400.into();
+        offer
     };
     let paths = &openapi["paths"];
     for method in ["get", "post"] {
@@ -120,7 +128,7 @@ async fn openapi_offers_each_paid_operation_with_its_402() {
     }
     assert_eq!(
         paths["/maps/{rest}"]["get"]["x-payment-info"],
-        json!({"offers": [offer("L402", "20", "Map tiles")]})
+        json!({"offers": [pass(offer("L402", "20", "Map tiles"))]})
     );
     assert!(paths["/maps/{rest}"].get("post").is_none());
     assert_eq!(
@@ -224,6 +232,7 @@ async fn the_l402_manifest_lists_what_l402_buys() {
                     {"path": "/weather", "method": "GET", "pricing": fixed(10_000)},
                     {"path": "/weather", "method": "POST", "pricing": fixed(10_000)},
                 ],
+                "sells": "request",
             },
             {
                 "name": "maps",
@@ -233,6 +242,8 @@ async fn the_l402_manifest_lists_what_l402_buys() {
                 "resources": [
                     {"path": "/maps/{rest}", "method": "GET", "pricing": fixed(20_000)},
                 ],
+                "sells": "pass",
+                "passSeconds": 86_400,
             },
         ])
     );
@@ -241,8 +252,15 @@ async fn the_l402_manifest_lists_what_l402_buys() {
     conditions.sort();
     assert_eq!(
         conditions,
-        ["maps_valid_until", "services", "weather_valid_until"]
+        [
+            "maps_valid_until",
+            "services",
+            "weather_uses",
+            "weather_valid_until"
+        ]
     );
+    // A per-request token says so in its macaroon; a pass does not.
+    assert_eq!(caveats["weather_uses"]["type"], "count");
     assert_eq!(caveats["services"]["type"], "service_list");
     assert_eq!(caveats["maps_valid_until"]["type"], "timestamp");
     assert_eq!(caveats["maps_valid_until"]["attenuation"], "earlier");
@@ -283,6 +301,7 @@ async fn quotes() {
             "currency": "sat",
             "protocols": ["L402", "MPP"],
             "description": "weather",
+            "sells": "request",
         })
     );
     // Routed as a request would be: normalized, case-folded, any method
@@ -291,6 +310,8 @@ async fn quotes() {
     assert_eq!(quote["service"], "maps");
     assert_eq!(quote["path"], "/maps/tile-1");
     assert_eq!(quote["price_msat"], 20_000);
+    assert_eq!(quote["sells"], "pass");
+    assert_eq!(quote["passSeconds"], 86_400);
     let (_, quote) = d.quote("path=/submit&method=POST").await;
     assert_eq!(quote["protocols"], json!(["MPP"]));
     assert_eq!(quote["freeCalls"], 2);

@@ -243,24 +243,114 @@ async fn unpaid_request_gets_one_invoice_and_both_challenges() {
     assert!(first.starts_with("Payment "), "{first}");
 }
 
+/// What a `Payment-Receipt` names: the paid invoice's hash.
+fn receipt_reference(response: &reqwest::Response) -> String {
+    let receipt = response.headers()["payment-receipt"].to_str().unwrap();
+    gate402_mpp::receipt::parse(receipt).unwrap().reference
+}
+
+/// The same credential with a caveat of the holder's own added: other
+/// bytes, the same payment.
+fn attenuated(l402: &str) -> String {
+    let mut credential = gate402_l402::L402Credential::from_authorization(l402).unwrap();
+    credential.macaroons[0].add_first_party_caveat(b"note=mine".to_vec());
+    credential.to_authorization()
+}
+
+/// A service sold per request (the default): one payment, one request,
+/// through either door and in any spelling of the L402 token.
 #[tokio::test]
-async fn l402_is_reusable_mpp_is_single_use() {
+async fn a_per_request_payment_serves_one_request_through_either_door() {
     let h = Harness::start(|up| vec![service("weather", "/weather", 10, up)]).await;
+    let unpaid = h.client.get(h.url("/weather")).send().await.unwrap();
+    let body: Value = unpaid.json().await.unwrap();
+    assert_eq!(body["sells"], "request");
+    assert!(body.get("passSeconds").is_none(), "{body}");
+
+    // L402 first: served once, then every spelling of it is spent, and so
+    // is the MPP credential for the same invoice.
     let (offer, preimage) = h.buy("/weather").await;
     let l402 = offer.l402_authorization(&preimage).unwrap();
-    for _ in 0..3 {
-        let response = h.get("/weather", &l402).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let receipt = response.headers()["payment-receipt"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let receipt = gate402_mpp::receipt::parse(&receipt).unwrap();
-        assert_eq!(receipt.reference, hex::encode(offer.invoice.payment_hash()));
+    let first = h.get("/weather", &l402).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        receipt_reference(&first),
+        hex::encode(offer.invoice.payment_hash())
+    );
+    let lsat = l402.replacen("L402 ", "LSAT ", 1);
+    let payment = offer.payment_authorization(&preimage).unwrap();
+    for (spelling, replay) in [
+        ("the same token", l402.clone()),
+        ("LSAT", lsat),
+        ("attenuated", attenuated(&l402)),
+        ("the MPP credential of its invoice", payment),
+    ] {
+        let response = h.get("/weather", &replay).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::PAYMENT_REQUIRED,
+            "{spelling} served twice"
+        );
+        assert!(response.headers().get(WWW_AUTHENTICATE).is_some());
     }
+
+    // MPP first: the L402 token of the same invoice is then spent too.
     let (offer, preimage) = h.buy("/weather").await;
     let payment = offer.payment_authorization(&preimage).unwrap();
-    let response = h.get("/weather", &payment).await;
+    assert_eq!(h.get("/weather", &payment).await.status(), StatusCode::OK);
+    let replay = h.get("/weather", &payment).await;
+    assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
+    let body: Value = replay.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        "https://paymentauth.org/problems/invalid-challenge"
+    );
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(
+        h.get("/weather", &l402).await.status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
+
+    // Concurrent uses of one token: exactly one is served.
+    let (offer, preimage) = h.buy("/weather").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let uses = (0..8).map(|_| h.get("/weather", &l402));
+    let served = futures_util::future::join_all(uses)
+        .await
+        .iter()
+        .filter(|r| r.status() == StatusCode::OK)
+        .count();
+    assert_eq!(served, 1);
+}
+
+/// A service sold as a pass: the L402 token serves until its period ends;
+/// an MPP charge still serves one request.
+#[tokio::test]
+async fn a_pass_serves_its_period_through_l402_and_one_request_through_mpp() {
+    let h = Harness::start(|up| {
+        let mut news = service("news", "/news", 10, up);
+        news.priced = news.priced.pass(600);
+        vec![news]
+    })
+    .await;
+    let unpaid = h.client.get(h.url("/news")).send().await.unwrap();
+    let body: Value = unpaid.json().await.unwrap();
+    assert_eq!(body["sells"], "pass");
+    assert_eq!(body["passSeconds"], 600);
+
+    let (offer, preimage) = h.buy("/news").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    for _ in 0..3 {
+        let response = h.get("/news", &l402).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            receipt_reference(&response),
+            hex::encode(offer.invoice.payment_hash())
+        );
+    }
+    let (offer, preimage) = h.buy("/news").await;
+    let payment = offer.payment_authorization(&preimage).unwrap();
+    let response = h.get("/news", &payment).await;
     assert_eq!(response.status(), StatusCode::OK);
     let receipt =
         gate402_mpp::receipt::parse(response.headers()["payment-receipt"].to_str().unwrap())
@@ -269,17 +359,43 @@ async fn l402_is_reusable_mpp_is_single_use() {
         gate402_mpp::receipt::challenge_id(&receipt),
         Some(offer.payment.as_ref().unwrap().id.as_str())
     );
-    let replay = h.get("/weather", &payment).await;
+    let replay = h.get("/news", &payment).await;
     assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
     assert!(
         replay.headers().get(WWW_AUTHENTICATE).is_some(),
         "a fresh challenge"
     );
-    let body: Value = replay.json().await.unwrap();
+}
+
+/// What a token was sold as decides, not what the service sells today: a
+/// config change neither spends passes already sold nor turns sold
+/// single-use tokens into passes.
+#[tokio::test]
+async fn a_token_keeps_what_it_was_sold_as_across_a_reload() {
+    let h = Harness::start(|up| vec![service("weather", "/weather", 10, up)]).await;
+    let (offer, preimage) = h.buy("/weather").await;
+    let single = offer.l402_authorization(&preimage).unwrap();
+    let mut weather = service("weather", "/weather", 10, &h.upstream.url());
+    let reload = |weather: &ServiceConfig| {
+        h.gateway
+            .services_handle()
+            .set(std::slice::from_ref(weather))
+            .unwrap()
+    };
+    weather.priced = weather.priced.clone().pass(600);
+    reload(&weather);
+    let (offer, preimage) = h.buy("/weather").await;
+    let pass = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(h.get("/weather", &single).await.status(), StatusCode::OK);
     assert_eq!(
-        body["type"],
-        "https://paymentauth.org/problems/invalid-challenge"
+        h.get("/weather", &single).await.status(),
+        StatusCode::PAYMENT_REQUIRED
     );
+    weather.priced.sells = gate402_gateway::config::Sells::Request;
+    reload(&weather);
+    for _ in 0..2 {
+        assert_eq!(h.get("/weather", &pass).await.status(), StatusCode::OK);
+    }
 }
 
 #[tokio::test]
@@ -539,21 +655,36 @@ async fn upstream_down_after_payment_keeps_the_credential() {
         StatusCode::OK,
         "the same MPP credential works once the upstream is back"
     );
+    for spent in [&payment, &l402] {
+        assert_eq!(
+            h.get("/flaky", spent).await.status(),
+            StatusCode::PAYMENT_REQUIRED,
+            "and only once, through either door"
+        );
+    }
+
+    // The same for a per-request L402 token.
+    let (offer, preimage) = h.buy("/flaky").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    h.upstream.stop().await;
     assert_eq!(
-        h.get("/flaky", &payment).await.status(),
-        StatusCode::PAYMENT_REQUIRED,
-        "and only once"
+        h.get("/flaky", &l402).await.status(),
+        StatusCode::BAD_GATEWAY
     );
+    h.upstream = Upstream::start(addr).await;
     assert_eq!(h.get("/flaky", &l402).await.status(), StatusCode::OK);
+    assert_eq!(
+        h.get("/flaky", &l402).await.status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
 }
 
 #[tokio::test]
 async fn discovery_health_and_metrics() {
     let h = Harness::start(|up| {
-        vec![
-            service("weather", "/weather", 10, up),
-            service("maps", "/maps/*", 20, up),
-        ]
+        let mut weather = service("weather", "/weather", 10, up);
+        weather.priced = weather.priced.pass(600);
+        vec![weather, service("maps", "/maps/*", 20, up)]
     })
     .await;
     let services: Value = h
@@ -568,6 +699,10 @@ async fn discovery_health_and_metrics() {
     assert_eq!(services["protocols"], json!(["L402", "MPP"]));
     assert_eq!(services["services"][0]["pricing"]["amount"], 10);
     assert_eq!(services["services"][1]["endpoint"], "/maps/*");
+    // What a payment buys, said before paying.
+    assert_eq!(services["services"][0]["sells"], "pass");
+    assert_eq!(services["services"][0]["passSeconds"], 600);
+    assert_eq!(services["services"][1]["sells"], "request");
     let openapi: Value = h
         .client
         .get(h.url("/openapi.json"))
@@ -580,6 +715,10 @@ async fn discovery_health_and_metrics() {
     let offer = &openapi["paths"]["/weather"]["get"]["x-payment-info"]["offers"][0];
     assert_eq!(offer["amount"], "10");
     assert_eq!(offer["method"], "lightning");
+    assert_eq!(
+        openapi["paths"]["/weather"]["get"]["x-payment-info"]["offers"][1]["sells"],
+        "pass"
+    );
     assert!(openapi["paths"]["/maps/{rest}"]["get"]["responses"]["402"].is_object());
     assert_eq!(
         h.client
@@ -591,7 +730,7 @@ async fn discovery_health_and_metrics() {
         StatusCode::OK
     );
     let (offer, preimage) = h.buy("/weather").await;
-    // A reusable token: three requests served, one payment received.
+    // A pass: three requests served, one payment received.
     for _ in 0..3 {
         assert_eq!(
             h.get("/weather", &offer.l402_authorization(&preimage).unwrap())
@@ -704,27 +843,42 @@ async fn a_token_paid_before_a_restart_still_works() {
     let client = reqwest::Client::new();
     let gateway = Gateway::start(&config, dir.path()).await.unwrap();
     let base = format!("http://{}", gateway.addr());
-    let response = client.get(format!("{base}/weather")).send().await.unwrap();
-    let offer = Offer::from_headers(response.headers()).unwrap();
-    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
-    let mut preimage = [0u8; 32];
-    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let mut bought = Vec::new();
+    for _ in 0..2 {
+        let response = client.get(format!("{base}/weather")).send().await.unwrap();
+        let offer = Offer::from_headers(response.headers()).unwrap();
+        let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
+        let mut preimage = [0u8; 32];
+        hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+        bought.push((offer, preimage));
+    }
     gateway.shutdown().await.unwrap();
 
     // Same data directory: same store, same MPP secret, same sandbox.
     let gateway = Gateway::start(&config, dir.path()).await.unwrap();
     let base = format!("http://{}", gateway.addr());
-    for authorization in [
-        offer.l402_authorization(&preimage).unwrap(),
-        offer.payment_authorization(&preimage).unwrap(),
+    let [(first, first_preimage), (second, second_preimage)] = &bought[..] else {
+        unreachable!()
+    };
+    for (authorization, status) in [
+        (first.l402_authorization(first_preimage), StatusCode::OK),
+        (
+            second.payment_authorization(second_preimage),
+            StatusCode::OK,
+        ),
+        // One request per payment, whichever door it came through.
+        (
+            first.payment_authorization(first_preimage),
+            StatusCode::PAYMENT_REQUIRED,
+        ),
     ] {
         let response = client
             .get(format!("{base}/weather"))
-            .header(AUTHORIZATION, authorization)
+            .header(AUTHORIZATION, authorization.unwrap())
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.status(), status);
     }
 }
 

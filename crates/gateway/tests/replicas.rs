@@ -49,15 +49,29 @@ async fn two_replicas_on_one_database_act_as_one() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 
-    // One MPP credential, 64 times at once over both replicas.
+    // ... once: the weather is sold per request.
+    let response = http
+        .get(format!("{base_a}{weather}"))
+        .header(AUTHORIZATION, offer.l402_authorization(&preimage).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+
+    // One payment, its MPP credential and its L402 token, 64 times at once
+    // over both replicas and both doors.
     let response = http.get(format!("{base_b}{weather}")).send().await.unwrap();
     let offer = Offer::from_headers(response.headers()).unwrap();
     let paid = pay_via(&http, &base_b, &offer.bolt11).await.unwrap();
     hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
-    let credential = offer.payment_authorization(&preimage).unwrap();
+    let credentials = [
+        offer.payment_authorization(&preimage).unwrap(),
+        offer.l402_authorization(&preimage).unwrap(),
+    ];
     let attempts = (0..64).map(|i| {
         let url = format!("{}{weather}", if i % 2 == 0 { &base_a } else { &base_b });
-        let request = http.get(url).header(AUTHORIZATION, credential.clone());
+        let credential = credentials[(i / 2) % 2].clone();
+        let request = http.get(url).header(AUTHORIZATION, credential);
         async move { request.send().await.unwrap().status() }
     });
     let statuses = futures_util::future::join_all(attempts).await;

@@ -12,7 +12,7 @@ use gate402_mpp::lightning::{ChargeRequest, CHARGE, METHOD};
 use gate402_mpp::PaymentChallenge;
 
 use crate::clock::unix_now;
-use crate::route::PricedService;
+use crate::route::{PricedService, Sells};
 
 /// An invoice and the challenges issued for it.
 #[derive(Debug, Clone)]
@@ -87,10 +87,13 @@ impl Issuer {
             // moment still lasts token_lifetime_secs.
             let valid_until =
                 now + u64::from(self.invoice_expiry_secs) + service.token_lifetime_secs;
-            let caveats = [
+            let mut caveats = vec![
                 Caveat::services(&[Service::new(service.name.clone())]),
                 Caveat::valid_until(&service.name, valid_until),
             ];
+            if service.sells == Sells::Request {
+                caveats.push(Caveat::uses(&service.name, 1));
+            }
             let minted = self.root_keys.mint(
                 created.payment_hash,
                 gate402_l402::DEFAULT_LOCATION,

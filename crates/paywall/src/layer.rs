@@ -414,11 +414,16 @@ impl Paywall {
                     .await));
             }
         };
-        let (claim, scheme_name) = match scheme {
-            // A reusable token: nothing to claim.
-            CredentialScheme::L402 => (None, "L402"),
-            CredentialScheme::Payment => match self.claim(&verified).await {
-                Ok(claim) => (Some(claim), "Payment"),
+        let scheme_name = match scheme {
+            CredentialScheme::L402 => "L402",
+            CredentialScheme::Payment => "Payment",
+        };
+        // A pass has nothing to claim.
+        let claim = if !verified.single_use {
+            None
+        } else {
+            match self.claim(&verified).await {
+                Ok(claim) => Some(claim),
                 Err(ClaimError::Store(e)) => {
                     tracing::error!(error = %e, "store: cannot claim a payment");
                     return Ok(own(responses::payment_unavailable()));
@@ -433,7 +438,7 @@ impl Paywall {
                         .challenge(&service, &mut request, client, refusal)
                         .await));
                 }
-            },
+            }
         };
         self.serve(&service, request, inner, scheme_name, &verified, claim)
             .await

@@ -81,5 +81,5 @@ pub use paywall::{
     Paywall, PaywallBuilder, PaywallError, DEFAULT_CLAIM_LEASE, DEFAULT_MAX_BODY_BYTES,
 };
 pub use responses::Refusal;
-pub use route::{Auth, PricedService, Schemes};
+pub use route::{Auth, PricedService, Schemes, Sells};
 pub use verify::Verified;

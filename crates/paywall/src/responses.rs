@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::issue::Issued;
 use crate::limits::Limited;
-use crate::route::PricedService;
+use crate::route::{PricedService, Sells};
 
 /// Why a credential does not pay for a request: the status, the problem
 /// type, and what went wrong in words a client can act on.
@@ -40,10 +40,7 @@ impl Refusal {
         Self::new(
             StatusCode::PAYMENT_REQUIRED,
             ProblemType::PaymentRequired,
-            format!(
-                "{} costs {} sat per call",
-                service.description, service.price_sats
-            ),
+            format!("{}: {}", service.description, service.sale()),
         )
     }
 }
@@ -219,6 +216,11 @@ pub fn payment_required(
     });
     if let Some(challenge) = &issued.payment {
         extra["challengeId"] = challenge.id.clone().into();
+    }
+    // What the payment buys: one request, or (for an L402 token) a pass.
+    extra["sells"] = service.sells.as_str().into();
+    if service.sells == Sells::Pass {
+        extra["passSeconds"] = service.token_lifetime_secs.into();
     }
     if let Some(note) = test_money {
         extra["testMoney"] = note.into();

@@ -2,7 +2,7 @@
 //! Stateless checks only (signatures, terms, preimages); single use is the
 //! claim's job ([`crate::claims`]).
 
-use gate402_l402::caveat::RequestContext;
+use gate402_l402::caveat::{self, RequestContext};
 use gate402_l402::{verify as verify_l402, L402Credential, RootKeySecrets, VerifyError};
 use gate402_lightning::Network;
 use gate402_mpp::challenge::ChallengeKey;
@@ -25,6 +25,10 @@ pub struct Verified {
     /// Until when its single use must be remembered (unix seconds): past
     /// this the credential no longer verifies anyway.
     pub expires_at: u64,
+    /// Whether it serves one request only (to be claimed): every MPP
+    /// credential, and an L402 token minted for a per-request service
+    /// (its `<service>_uses` caveat). An L402 token without it is a pass.
+    pub single_use: bool,
 }
 
 /// Checks credentials against the gateway's secrets and terms.
@@ -62,11 +66,22 @@ impl Verifier {
             }
         }
         match verified {
-            Ok(id) => Ok(Verified {
-                payment_hash: id.payment_hash,
-                challenge_id: None,
-                expires_at: 0,
-            }),
+            Ok(id) => {
+                // What the token says it buys decides, not today's config:
+                // a token sold as a pass stays one, a single-use token
+                // stays single use, whatever the service sells now.
+                let terms = caveat::terms(credential.token().first_party_caveats(), &service.name);
+                Ok(Verified {
+                    payment_hash: id.payment_hash,
+                    challenge_id: None,
+                    expires_at: terms.valid_until.unwrap_or_else(|| {
+                        unix_now()
+                            + u64::from(self.invoice_expiry_secs)
+                            + service.token_lifetime_secs
+                    }),
+                    single_use: terms.uses.is_some(),
+                })
+            }
             Err(e) if e.is_expired() => Err(Refusal::new(
                 StatusCode::PAYMENT_REQUIRED,
                 ProblemType::PaymentExpired,
@@ -146,6 +161,7 @@ impl Verifier {
             payment_hash: verified.payment_hash,
             challenge_id: Some(verified.challenge_id),
             expires_at,
+            single_use: true,
         })
     }
 }

@@ -151,6 +151,7 @@ impl ToolConfig {
         priced.price_sats = self.price_sats.unwrap_or(called.priced.price_sats);
         priced.description = self.description.clone();
         priced.schemes = Schemes::Mpp;
+        priced.sells = Sells::Request;
         if let Some(path) = &self.path {
             priced.path = PathPattern::Exact(path.clone());
         }
@@ -194,7 +195,7 @@ pub struct MppConfig {
 pub use crate::tls::UpstreamTls;
 pub use gate402_paywall::client::{ForwardedHeader, TrustedProxies};
 pub use gate402_paywall::route::{HostPattern, PathPattern};
-pub use gate402_paywall::{Auth, PricedService, Schemes};
+pub use gate402_paywall::{Auth, PricedService, Schemes, Sells};
 
 /// How the path is changed on its way upstream. Applied to the normalized
 /// path only, and only at segment boundaries, so the upstream path never

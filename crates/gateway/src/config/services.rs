@@ -8,7 +8,7 @@ use toml::{Table, Value};
 
 use super::check::Checker;
 use super::{
-    join, segment_prefix, Auth, HostPattern, PathPattern, PricedService, Rewrite, Schemes,
+    join, segment_prefix, Auth, HostPattern, PathPattern, PricedService, Rewrite, Schemes, Sells,
     ServiceConfig, ToolConfig, UpstreamConfig,
 };
 
@@ -26,6 +26,7 @@ struct RawService {
     price_sats: Option<i64>,
     auth: Option<String>,
     schemes: Option<String>,
+    sells: Option<String>,
     token_lifetime_secs: Option<i64>,
     capabilities: Option<Vec<String>>,
     headers: Option<Value>,
@@ -181,6 +182,20 @@ impl Checker {
                 priced.token_lifetime_secs = secs as u64;
             }
         }
+        // A service that stated a token lifetime sold passes before
+        // `sells` existed, and keeps doing so unless it says otherwise.
+        priced.sells = match raw.sells.as_deref() {
+            None if raw.token_lifetime_secs.is_some() => Sells::Pass,
+            None | Some("request") => Sells::Request,
+            Some("pass") => Sells::Pass,
+            Some(other) => {
+                self.error(
+                    &at("sells"),
+                    format!("{other:?} is not \"request\" or \"pass\""),
+                );
+                Sells::Request
+            }
+        };
         if raw.capabilities.is_some() {
             self.warnings.push(format!(
                 "{}: ignored: capabilities are no longer minted into tokens (nothing enforced them)",

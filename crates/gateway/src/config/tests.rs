@@ -417,3 +417,35 @@ fn discovery_links_and_categories() {
         "{warned:?}"
     );
 }
+
+#[test]
+fn what_a_service_sells() {
+    let sells = |extra: &str| {
+        let config = GatewayConfig::parse(
+            &format!("[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"http://127.0.0.1:9\"\n{extra}"),
+            env,
+        );
+        config.map(|c| {
+            (
+                c.services[0].priced.sells,
+                c.services[0].priced.token_lifetime_secs,
+            )
+        })
+    };
+    assert_eq!(sells("").unwrap(), (Sells::Request, 3600));
+    assert_eq!(sells("sells = \"pass\"\n").unwrap(), (Sells::Pass, 3600));
+    // A lifetime stated before `sells` existed kept tokens as passes: still so.
+    assert_eq!(
+        sells("token_lifetime_secs = 60\n").unwrap(),
+        (Sells::Pass, 60)
+    );
+    assert_eq!(
+        sells("sells = \"request\"\ntoken_lifetime_secs = 60\n").unwrap(),
+        (Sells::Request, 60)
+    );
+    let errors = sells("sells = \"forever\"\n").unwrap_err();
+    assert!(
+        errors.0.iter().any(|e| e.contains("services[0].sells")),
+        "{errors:?}"
+    );
+}

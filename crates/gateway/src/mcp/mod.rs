@@ -403,6 +403,7 @@ impl PaidTools {
             payment_hash: hash,
             challenge_id: None,
             expires_at: record.created_at + PAYMENT_ID_LIFETIME_SECS + 3600,
+            single_use: true,
         })
     }
 

@@ -40,6 +40,29 @@ impl Schemes {
     }
 }
 
+/// What one payment buys from a service, through either door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sells {
+    /// One request: an MPP credential and an L402 token alike serve one
+    /// request each, claimed once (the token carries `<service>_uses=1`).
+    #[default]
+    Request,
+    /// A period: the L402 token serves any number of requests until its
+    /// `<service>_valid_until` (as Aperture's tokens do). An MPP
+    /// credential is still single use: a charge is spent once.
+    Pass,
+}
+
+impl Sells {
+    /// The config and discovery word: `request` or `pass`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sells::Request => "request",
+            Sells::Pass => "pass",
+        }
+    }
+}
+
 /// One priced service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PricedService {
@@ -58,8 +81,12 @@ pub struct PricedService {
     pub auth: Auth,
     /// The schemes offered.
     pub schemes: Schemes,
+    /// What one payment buys.
+    pub sells: Sells,
     /// Seconds an L402 token stays valid, counted from its invoice's
-    /// expiry so that a token paid at the last moment still lasts this long.
+    /// expiry so that a token paid at the last moment still lasts this long:
+    /// the length of a pass, or how long a per-request token may wait to be
+    /// used.
     pub token_lifetime_secs: u64,
     /// Shown in invoices, challenges and discovery.
     pub description: String,
@@ -78,6 +105,7 @@ impl PricedService {
             price_sats,
             auth: Auth::On,
             schemes: Schemes::Both,
+            sells: Sells::Request,
             token_lifetime_secs: 3600,
             description: name.to_owned(),
         }
@@ -88,6 +116,33 @@ impl PricedService {
         let mut service = Self::new(name, path, 0);
         service.auth = Auth::Off;
         service
+    }
+
+    /// The same service sold as a pass of `secs` seconds per payment.
+    pub fn pass(mut self, secs: u64) -> Self {
+        self.sells = Sells::Pass;
+        self.token_lifetime_secs = secs;
+        self
+    }
+
+    /// What one payment buys, in words (for `serve --check` and logs):
+    /// `10 sat per request`, `10 sat for a pass of 3600 s`, `free`,
+    /// with the free calls first when there are some.
+    pub fn sale(&self) -> String {
+        let price = self.price_sats;
+        let sold = match (self.auth, self.sells) {
+            (Auth::Off, _) => return "free".into(),
+            (_, Sells::Request) => format!("{price} sat per request"),
+            (_, Sells::Pass) if self.schemes.mpp() => format!(
+                "{price} sat for a pass of {} s (L402; an MPP charge serves one request)",
+                self.token_lifetime_secs
+            ),
+            (_, Sells::Pass) => format!("{price} sat for a pass of {} s", self.token_lifetime_secs),
+        };
+        match self.auth {
+            Auth::Freebie(n) => format!("{n} free calls per client, then {sold}"),
+            _ => sold,
+        }
     }
 
     /// Whether it takes payment at all.

@@ -6,6 +6,9 @@
 //! - `services=name:tier[,name:tier]`: the services the token may call;
 //! - `<service>_capabilities=a,b`: what it may do on that service;
 //! - `<service>_valid_until=<unix seconds>`: when it stops working there;
+//! - `<service>_uses=1`: it buys one request there, not a period (gate402's
+//!   own: a per-request service sells single-use tokens; peers that do not
+//!   know it skip it, and the gateway that minted it enforces it);
 //! - `<capability>_<constraint>=value`: application constraints, checked by
 //!   satisfiers the application supplies.
 //!
@@ -65,6 +68,43 @@ impl Caveat {
     }
 }
 
+impl Caveat {
+    /// `<service>_uses=<n>`: the token buys `n` requests of `service`.
+    pub fn uses(service: &str, n: u64) -> Self {
+        Self::new(format!("{service}{USES_SUFFIX}"), n.to_string())
+    }
+}
+
+/// What a token's caveats say it buys from one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Terms {
+    /// The earliest `<service>_valid_until` (unix seconds), if any.
+    pub valid_until: Option<u64>,
+    /// The fewest `<service>_uses`, if any: a value that is not a count
+    /// reads as 1, the narrowest.
+    pub uses: Option<u64>,
+}
+
+/// Reads [`Terms`] for `service` from a token's first-party caveats.
+pub fn terms<'a>(caveats: impl IntoIterator<Item = &'a [u8]>, service: &str) -> Terms {
+    let mut terms = Terms::default();
+    for caveat in caveats.into_iter().filter_map(Caveat::parse) {
+        let Some(suffix) = caveat.condition.strip_prefix(service) else {
+            continue;
+        };
+        let earliest = |known: Option<u64>, new: u64| Some(known.map_or(new, |k| k.min(new)));
+        if suffix == VALID_UNTIL_SUFFIX {
+            if let Ok(at) = caveat.value.parse() {
+                terms.valid_until = earliest(terms.valid_until, at);
+            }
+        } else if suffix == USES_SUFFIX {
+            let n = caveat.value.parse::<u64>().ok().filter(|n| *n > 0);
+            terms.uses = earliest(terms.uses, n.unwrap_or(1));
+        }
+    }
+    terms
+}
+
 impl std::fmt::Display for Caveat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}={}", self.condition, self.value)
@@ -77,6 +117,8 @@ pub const SERVICES: &str = "services";
 pub const CAPABILITIES_SUFFIX: &str = "_capabilities";
 /// Suffix of the expiry condition.
 pub const VALID_UNTIL_SUFFIX: &str = "_valid_until";
+/// Suffix of the condition that counts the requests a token buys.
+pub const USES_SUFFIX: &str = "_uses";
 
 /// One entry of a `services` caveat.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -450,6 +492,33 @@ mod tests {
             &ctx("weather", None, 50)
         )
         .is_ok());
+    }
+
+    #[test]
+    fn terms_take_the_narrowest_of_each_condition() {
+        let caveats = [
+            Caveat::valid_until("svc", 500),
+            Caveat::uses("svc", 3),
+            Caveat::valid_until("svc", 400),
+            Caveat::uses("svc", 1),
+            Caveat::valid_until("other", 100),
+            Caveat::uses("other", 1),
+        ];
+        let raw: Vec<String> = caveats.iter().map(Caveat::to_string).collect();
+        let bytes = raw.iter().map(|c| c.as_bytes());
+        assert_eq!(
+            terms(bytes, "svc"),
+            Terms {
+                valid_until: Some(400),
+                uses: Some(1)
+            }
+        );
+        assert_eq!(terms(["svc_uses=x".as_bytes()], "svc").uses, Some(1));
+        assert_eq!(terms(["svc_uses=0".as_bytes()], "svc").uses, Some(1));
+        assert_eq!(
+            terms(["services=svc:0".as_bytes()], "svc"),
+            Terms::default()
+        );
     }
 
     #[test]
