@@ -41,12 +41,18 @@ pub struct Cln {
     rune: String,
 }
 
-/// RPC error codes of `pay` (Core Lightning's `common/errcode.h`).
+/// RPC error codes of `pay` and `xpay` (Core Lightning's
+/// `common/jsonrpc_errors.h`).
 mod codes {
     pub const ROUTE_NOT_FOUND: i64 = 205;
     pub const ROUTE_TOO_EXPENSIVE: i64 = 206;
     pub const INVOICE_EXPIRED: i64 = 207;
+    /// xpay's (and `pay`'s with `xpay-handle-pay=true`) for a give-up:
+    /// no route ("Failed after N attempts") or its deadline ("Timed out").
+    pub const UNSPECIFIED_ERROR: i64 = 209;
     pub const STOPPED_RETRYING: i64 = 210;
+    pub const INSUFFICIENT_FUNDS: i64 = 215;
+    pub const UNREACHABLE: i64 = 216;
 }
 
 impl Cln {
@@ -68,7 +74,7 @@ impl Cln {
             }
         };
         Ok(Self {
-            client: http::client(config.tls_cert_path.as_deref())?,
+            client: http::client(config.tls_cert_path.as_deref(), http::Trust::Authority)?,
             base: http::base_url(&config.url)?,
             rune,
         })
@@ -224,6 +230,9 @@ impl LightningBackend for Cln {
         {
             Ok(paid) => Ok(invoice_status(&paid)),
             Err((_, LightningError::Timeout(_))) => Err(LightningError::Timeout(timeout)),
+            // A rune without waitinvoice: say so, never "still open".
+            Err((_, e @ LightningError::Unauthorized(_))) => Err(e),
+            // Expired during the wait, or gone: as the invoice now stands.
             Err(_) => self.invoice_status(hash).await,
         }
     }
@@ -243,7 +252,8 @@ impl LightningBackend for Cln {
         let params = json!({
             "bolt11": bolt11,
             "maxfee": max_fee_msat,
-            "retry_for": timeout.as_secs().max(1),
+            // A u16 in Core Lightning.
+            "retry_for": timeout.as_secs().clamp(1, u64::from(u16::MAX)),
         });
         match self
             .rpc("pay", params, timeout + Duration::from_secs(10))
@@ -256,13 +266,27 @@ impl LightningBackend for Cln {
             }),
             Err((_, LightningError::Timeout(_))) => Err(PayError::StillPending(timeout)),
             Err((Some(code), LightningError::Rejected(reason))) => Err(match code {
-                codes::ROUTE_NOT_FOUND | codes::ROUTE_TOO_EXPENSIVE | codes::STOPPED_RETRYING => {
-                    PayError::NoRoute {
-                        max_fee_msat,
-                        reason,
+                codes::ROUTE_NOT_FOUND
+                | codes::ROUTE_TOO_EXPENSIVE
+                | codes::STOPPED_RETRYING
+                | codes::UNREACHABLE => PayError::NoRoute {
+                    max_fee_msat,
+                    reason,
+                },
+                codes::INSUFFICIENT_FUNDS => PayError::InsufficientBalance(reason),
+                codes::INVOICE_EXPIRED => PayError::InvoiceExpired(invoice.expires_at()),
+                // xpay gave up; whether a part may still be in flight, the
+                // node's record of the payment says.
+                codes::UNSPECIFIED_ERROR => {
+                    match self.payment_status(&invoice.payment_hash()).await? {
+                        PaymentStatus::Succeeded(done) => return Ok(done),
+                        PaymentStatus::Pending => PayError::StillPending(timeout),
+                        PaymentStatus::Failed(_) | PaymentStatus::Unknown => PayError::NoRoute {
+                            max_fee_msat,
+                            reason,
+                        },
                     }
                 }
-                codes::INVOICE_EXPIRED => PayError::InvoiceExpired(invoice.expires_at()),
                 _ => PayError::Rejected(reason),
             }),
             Err((_, e)) => Err(PayError::Backend(e)),

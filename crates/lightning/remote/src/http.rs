@@ -34,17 +34,42 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>, RemoteError> {
     })
 }
 
-/// A client that trusts the node's own (usually self-signed) certificate
-/// when one is given, the system roots otherwise.
-pub(crate) fn client(ca_pem_path: Option<&Path>) -> Result<reqwest::Client, RemoteError> {
-    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
-    if let Some(path) = ca_pem_path {
-        let pem = read(path)?;
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|_| RemoteError::Certificate(path.to_owned()))?;
-        builder = builder.add_root_certificate(cert);
+/// How a node's certificate file is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trust {
+    /// The node presents exactly this certificate (LND's `tls.cert`: one
+    /// self-signed certificate with `CA:TRUE`, which webpki refuses as an
+    /// end entity, so it is pinned byte for byte, whatever the host name).
+    Pinned,
+    /// The file is a CA that signed the node's own certificate (clnrest's
+    /// `ca.pem`): the usual chain and host name checks, against it alone.
+    Authority,
+}
+
+/// A client for the node: with a certificate file, that file alone is
+/// trusted (see [`Trust`]); without one, the system roots.
+///
+/// # Errors
+///
+/// [`RemoteError`] when the file cannot be read or holds no certificate.
+pub(crate) fn client(
+    ca_pem_path: Option<&Path>,
+    trust: Trust,
+) -> Result<reqwest::Client, RemoteError> {
+    let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+    let Some(path) = ca_pem_path else {
+        return builder
+            .build()
+            .map_err(|e| RemoteError::Client(e.to_string()));
+    };
+    let certs = crate::tls::read_pem(path)?;
+    let tls = match trust {
+        Trust::Pinned => crate::tls::pinned(path, certs),
+        Trust::Authority => crate::tls::authority(certs),
     }
+    .map_err(|e| RemoteError::Client(format!("{}: {e}", path.display())))?;
     builder
+        .tls_backend_preconfigured(tls)
         .build()
         .map_err(|e| RemoteError::Client(e.to_string()))
 }
@@ -57,12 +82,23 @@ pub(crate) fn base_url(url: &str) -> Result<String, RemoteError> {
     Ok(trimmed.to_owned())
 }
 
-/// A transport failure.
+/// A transport failure, with its causes: reqwest's own text ("error
+/// sending request") says nothing of a refused certificate.
 pub(crate) fn unavailable(e: reqwest::Error) -> LightningError {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
     if e.is_timeout() {
-        LightningError::Unavailable(format!("request timed out: {e}"))
+        LightningError::Unavailable(format!("request timed out: {text}"))
     } else {
-        LightningError::Unavailable(e.to_string())
+        LightningError::Unavailable(text)
     }
 }
 

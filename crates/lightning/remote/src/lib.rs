@@ -8,5 +8,6 @@
 pub mod cln;
 mod http;
 pub mod lnd;
+mod tls;
 
 pub use http::RemoteError;

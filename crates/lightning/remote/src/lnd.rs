@@ -31,7 +31,8 @@ pub struct LndConfig {
     /// LND's macaroon directory (Aperture's `macdir`); `admin.macaroon` in it is used.
     #[serde(default)]
     pub macaroon_dir: Option<PathBuf>,
-    /// LND's `tls.cert` (Aperture's `tlspath`); the system roots if absent.
+    /// LND's `tls.cert` (Aperture's `tlspath`), pinned: the node must
+    /// present exactly this certificate. The system roots if absent.
     #[serde(default)]
     pub tls_cert_path: Option<PathBuf>,
 }
@@ -64,7 +65,7 @@ impl Lnd {
             }
         };
         Ok(Self {
-            client: http::client(config.tls_cert_path.as_deref())?,
+            client: http::client(config.tls_cert_path.as_deref(), http::Trust::Pinned)?,
             base: http::base_url(&config.url)?,
             macaroon: hex::encode(http::read(&macaroon_path)?),
         })
@@ -76,9 +77,12 @@ impl Lnd {
             .header(MACAROON_HEADER, &self.macaroon)
     }
 
-    /// Sends a request to a server-streaming route; a non-2xx answer is an error.
+    /// Sends a request to a server-streaming route; a non-2xx answer (LND
+    /// sends "already paid" or "in transition" as a 409 before any result
+    /// line) is an error.
     async fn stream(
         &self,
+        route: Route,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, LightningError> {
         let response = request.send().await.map_err(unavailable)?;
@@ -87,11 +91,15 @@ impl Lnd {
         }
         let status = response.status().as_u16();
         let body: Value = response.json().await.unwrap_or(Value::Null);
-        Err(lnd_error(status, &body))
+        Err(lnd_error(route, status, &body))
     }
 
     /// Sends a request and returns the JSON body of a 2xx answer.
-    async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, LightningError> {
+    async fn call(
+        &self,
+        route: Route,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Value, LightningError> {
         let response = request
             .timeout(Duration::from_secs(30))
             .send()
@@ -102,15 +110,49 @@ impl Lnd {
         if status.is_success() {
             return Ok(body);
         }
-        Err(lnd_error(status.as_u16(), &body))
+        Err(lnd_error(route, status.as_u16(), &body))
     }
 }
 
-/// Maps a grpc-gateway error body (`{"code", "message"}`) to our errors.
-fn lnd_error(status: u16, body: &Value) -> LightningError {
+/// What a call does, and the macaroon permission LND checks for it.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Info,
+    CreateInvoice,
+    LookUpInvoice,
+    WaitInvoice,
+    Pay,
+    TrackPayment,
+}
+
+impl Route {
+    fn needs(self) -> (&'static str, &'static str) {
+        match self {
+            Route::Info => ("reading the node's info", "info:read"),
+            Route::CreateInvoice => ("creating an invoice", "invoices:write"),
+            Route::LookUpInvoice => ("looking up an invoice", "invoices:read"),
+            Route::WaitInvoice => ("waiting on an invoice", "invoices:read"),
+            Route::Pay => ("paying", "offchain:write"),
+            Route::TrackPayment => ("looking up a payment", "offchain:read"),
+        }
+    }
+}
+
+/// Maps a grpc-gateway error body (`{"code", "message"}`, wrapped in
+/// `{"error": …}` on streaming routes) to our errors.
+fn lnd_error(route: Route, status: u16, body: &Value) -> LightningError {
     let error = body.get("error").unwrap_or(body);
     let message = error["message"].as_str().unwrap_or("").to_owned();
     let code = error["code"].as_i64().unwrap_or(0);
+    if message.contains("permission denied") {
+        // LND says no more than this (code 2, HTTP 500).
+        let (doing, permission) = route.needs();
+        return LightningError::Unauthorized(format!(
+            "LND denied {doing}: the macaroon lacks {permission}. admin.macaroon has every \
+             permission gate402 uses; invoice.macaroon lacks info:read and cannot pay; \
+             readonly.macaroon cannot create invoices or pay"
+        ));
+    }
     if status == 401
         || status == 403
         || code == 16
@@ -221,6 +263,7 @@ impl LightningBackend for Lnd {
         });
         let answer = self
             .call(
+                Route::CreateInvoice,
                 self.request(reqwest::Method::POST, "/v1/invoices")
                     .json(&body),
             )
@@ -239,30 +282,42 @@ impl LightningBackend for Lnd {
 
     async fn invoice_status(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError> {
         let answer = self
-            .call(self.request(
-                reqwest::Method::GET,
-                &format!("/v1/invoice/{}", hex::encode(hash)),
-            ))
+            .call(
+                Route::LookUpInvoice,
+                self.request(
+                    reqwest::Method::GET,
+                    &format!("/v1/invoice/{}", hex::encode(hash)),
+                ),
+            )
             .await?;
         let invoice: LndInvoice =
             serde_json::from_value(answer).map_err(|e| LightningError::Protocol(e.to_string()))?;
         Ok(invoice_status(&invoice))
     }
 
-    /// Follows `/v2/invoices/subscribe/{hash}`; if the stream ends early,
-    /// falls back to looking the invoice up until the deadline.
+    /// Looks the invoice up (LND lets anyone subscribe to an invoice it
+    /// does not know, and then says nothing until the timeout), then follows
+    /// `/v2/invoices/subscribe/{hash}`; if the stream ends early, falls back
+    /// to looking the invoice up until the deadline.
     async fn wait_invoice(
         &self,
         hash: &PaymentHash,
         timeout: Duration,
     ) -> Result<InvoiceStatus, LightningError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let known = self.invoice_status(hash).await?;
+        if known != InvoiceStatus::Open {
+            return Ok(known);
+        }
         let subscribe = async {
             let response = self
-                .stream(self.request(
-                    reqwest::Method::GET,
-                    &format!("/v2/invoices/subscribe/{}", path_hash(hash)),
-                ))
+                .stream(
+                    Route::WaitInvoice,
+                    self.request(
+                        reqwest::Method::GET,
+                        &format!("/v2/invoices/subscribe/{}", path_hash(hash)),
+                    ),
+                )
                 .await?;
             read_json_lines(response, |line| {
                 let invoice: LndInvoice =
@@ -309,13 +364,14 @@ impl LightningBackend for Lnd {
         let send = async {
             let response = self
                 .stream(
+                    Route::Pay,
                     self.request(reqwest::Method::POST, "/v2/router/send")
                         .json(&body),
                 )
                 .await?;
             read_json_lines(response, |line| {
                 if let Some(error) = line.get("error") {
-                    return Some(Err(lnd_error(500, error)));
+                    return Some(Err(lnd_error(Route::Pay, 500, error)));
                 }
                 match payment_status(line.get("result")?) {
                     PaymentStatus::Pending | PaymentStatus::Unknown => None,
@@ -345,6 +401,17 @@ impl LightningBackend for Lnd {
                     _ => Err(PayError::Rejected(message)),
                 }
             }
+            // Another payment of this invoice is in flight (a retry while
+            // LND still pays): it is pending, never failed, never paid twice.
+            Ok(Err(LightningError::Rejected(message))) if message.contains("in transition") => {
+                match self.payment_status(&invoice.payment_hash()).await? {
+                    PaymentStatus::Succeeded(outcome) => Err(PayError::AlreadyPaid(outcome)),
+                    PaymentStatus::Failed(reason) => Err(PayError::Rejected(reason)),
+                    PaymentStatus::Pending | PaymentStatus::Unknown => {
+                        Err(PayError::StillPending(timeout))
+                    }
+                }
+            }
             Ok(Err(e)) => Err(PayError::Backend(e)),
         }
     }
@@ -354,17 +421,20 @@ impl LightningBackend for Lnd {
     async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
         let track = async {
             let response = self
-                .stream(self.request(
-                    reqwest::Method::GET,
-                    &format!(
-                        "/v2/router/track/{}?no_inflight_updates=true",
-                        path_hash(hash)
+                .stream(
+                    Route::TrackPayment,
+                    self.request(
+                        reqwest::Method::GET,
+                        &format!(
+                            "/v2/router/track/{}?no_inflight_updates=true",
+                            path_hash(hash)
+                        ),
                     ),
-                ))
+                )
                 .await?;
             read_json_lines(response, |line| {
                 if let Some(error) = line.get("error") {
-                    return Some(Err(lnd_error(500, error)));
+                    return Some(Err(lnd_error(Route::TrackPayment, 500, error)));
                 }
                 Some(Ok(payment_status(line.get("result")?)))
             })
@@ -380,7 +450,10 @@ impl LightningBackend for Lnd {
 
     async fn node_info(&self) -> Result<NodeInfo, LightningError> {
         let info = self
-            .call(self.request(reqwest::Method::GET, "/v1/getinfo"))
+            .call(
+                Route::Info,
+                self.request(reqwest::Method::GET, "/v1/getinfo"),
+            )
             .await?;
         let pubkey = info["identity_pubkey"]
             .as_str()

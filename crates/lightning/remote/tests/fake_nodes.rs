@@ -1,11 +1,13 @@
 //! LND and Core Lightning are not run here: these tests drive the `lnd`
-//! and `cln` backends against local HTTP servers that answer as the nodes'
-//! documented REST APIs do (paths, auth headers, JSON shapes, error
-//! bodies). Behind both fakes, a sandbox issues and settles real regtest
-//! invoices, so the backend contract runs unchanged.
+//! and `cln` backends against local HTTPS servers that answer as the
+//! nodes' REST APIs do (paths, auth headers, JSON shapes, error bodies and
+//! statuses, TLS certificates made from the nodes' own templates). Behind
+//! both fakes, a sandbox issues and settles real regtest invoices, so the
+//! backend contract runs unchanged.
 
-use std::collections::HashMap;
-use std::future::IntoFuture;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +26,10 @@ use gate402_lightning::{
 use gate402_lightning_remote::cln::{Cln, ClnConfig};
 use gate402_lightning_remote::lnd::{Lnd, LndConfig};
 use gate402_lightning_sandbox::Sandbox;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::{json, Value};
 
 /// What the fake network charges to route a payment.
@@ -35,8 +41,18 @@ const ROUTING_FEE_MSAT: u64 = 1_000;
 struct Fake {
     network: Sandbox,
     secret: String,
+    /// Other credentials the node knows, each with what it may do (LND:
+    /// macaroon permissions; Core Lightning: RPC methods).
+    limited: Arc<HashMap<String, Vec<&'static str>>>,
     paid: Arc<Mutex<HashMap<[u8; 32], PaymentOutcome>>>,
+    /// Payments still on their way (LND: another send of one is refused
+    /// as "in transition", tracking it says nothing yet).
+    in_flight: Arc<Mutex<HashSet<[u8; 32]>>>,
     labels: Arc<Mutex<HashMap<String, [u8; 32]>>>,
+    /// The most this node can send at once.
+    spendable_msat: u64,
+    /// Core Lightning with `xpay-handle-pay=true`: a failed `pay` is 209.
+    xpay: bool,
 }
 
 impl Fake {
@@ -44,9 +60,18 @@ impl Fake {
         Self {
             network,
             secret: secret.into(),
+            limited: Arc::default(),
             paid: Arc::default(),
+            in_flight: Arc::default(),
             labels: Arc::default(),
+            spendable_msat: u64::MAX,
+            xpay: false,
         }
+    }
+
+    fn with_limited(mut self, credential: &str, may: &[&'static str]) -> Self {
+        Arc::make_mut(&mut self.limited).insert(credential.into(), may.to_vec());
+        self
     }
 
     /// Pays through the sandbox, charging the fake routing fee.
@@ -54,11 +79,16 @@ impl Fake {
         if max_fee_msat < ROUTING_FEE_MSAT {
             return Err("no route".into());
         }
-        let hash = gate402_bolt11::Invoice::parse(bolt11)
-            .map_err(|e| e.to_string())?
-            .payment_hash();
+        let invoice = gate402_bolt11::Invoice::parse(bolt11).map_err(|e| e.to_string())?;
+        let hash = invoice.payment_hash();
         if self.paid.lock().unwrap().contains_key(&hash) {
             return Err("already paid".into());
+        }
+        if self.in_flight.lock().unwrap().contains(&hash) {
+            return Err("in flight".into());
+        }
+        if invoice.amount_msat().unwrap_or(0) + ROUTING_FEE_MSAT > self.spendable_msat {
+            return Err("insufficient funds".into());
         }
         let mut outcome = self.network.settle(bolt11).map_err(|e| e.to_string())?;
         outcome.fee_msat = ROUTING_FEE_MSAT;
@@ -67,11 +97,91 @@ impl Fake {
     }
 }
 
-async fn serve(router: Router) -> String {
+/// A fake node's TLS: the certificate file a client is configured with,
+/// and the server's side.
+struct NodeTls {
+    cert_file: PathBuf,
+    server: Arc<rustls::ServerConfig>,
+}
+
+fn server_config(chain: Vec<CertificateDer<'static>>, key: &KeyPair) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            chain,
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    Arc::new(config)
+}
+
+/// LND's `tls.cert` template: one self-signed P-256 certificate marked
+/// `CA:TRUE` (key usages keyCertSign, digitalSignature, keyEncipherment),
+/// for `localhost` and the loopback address.
+fn lnd_tls(dir: &FsPath, name: &str) -> NodeTls {
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let cert_file = dir.join(format!("{name}-tls.cert"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    NodeTls {
+        cert_file,
+        server: server_config(vec![cert.der().clone()], &key),
+    }
+}
+
+/// clnrest's: a CA (`ca.pem`, what clients are given) and a separate leaf
+/// it signed for `cln` and `localhost`.
+fn cln_tls(dir: &FsPath, name: &str) -> NodeTls {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_params =
+        CertificateParams::new(vec!["cln".to_owned(), "localhost".to_owned()]).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let cert_file = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&cert_file, ca.pem()).unwrap();
+    NodeTls {
+        cert_file,
+        server: server_config(vec![leaf.der().clone(), ca.der().clone()], &leaf_key),
+    }
+}
+
+/// Serves `router` over TLS on a loopback port.
+async fn serve(router: Router, tls: &NodeTls) -> SocketAddr {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, router).into_future());
-    url
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
+                    .await;
+            });
+        }
+    });
+    addr
 }
 
 fn hash_from_hex(text: &str) -> Option<[u8; 32]> {
@@ -88,24 +198,47 @@ fn lnd_error(status: StatusCode, code: i64, message: &str) -> Response {
         .into_response()
 }
 
-/// The error LND answers for a missing or wrong macaroon, if it would.
-fn lnd_refusal(fake: &Fake, headers: &HeaderMap) -> Option<Response> {
-    match headers
+/// An error of a server-streaming route: LND wraps those in `{"error": …}`.
+fn lnd_stream_error(status: StatusCode, code: i64, message: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": {
+            "code": code,
+            "message": message,
+            "http_code": status.as_u16(),
+            "http_status": status.canonical_reason(),
+            "details": [],
+        }})),
+    )
+        .into_response()
+}
+
+/// The error LND answers for a missing or wrong macaroon, or one without
+/// `permission`, if it would (on a streaming route when `streaming`).
+fn lnd_refusal(
+    fake: &Fake,
+    headers: &HeaderMap,
+    permission: &str,
+    streaming: bool,
+) -> Option<Response> {
+    let error = if streaming {
+        lnd_stream_error
+    } else {
+        lnd_error
+    };
+    let macaroon = headers
         .get("Grpc-Metadata-macaroon")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(m) if m == fake.secret => None,
-        Some(_) => Some(lnd_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            2,
-            "verification failed: signature mismatch after caveat verification",
-        )),
-        None => Some(lnd_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            2,
-            "expected 1 macaroon, got 0",
-        )),
-    }
+        .and_then(|v| v.to_str().ok());
+    let refused = match macaroon {
+        Some(m) if m == fake.secret => return None,
+        Some(m) => match fake.limited.get(m) {
+            Some(may) if may.contains(&permission) => return None,
+            Some(_) => "permission denied",
+            None => "verification failed: signature mismatch after caveat verification",
+        },
+        None => "expected 1 macaroon, got 0",
+    };
+    Some(error(StatusCode::INTERNAL_SERVER_ERROR, 2, refused))
 }
 
 async fn lnd_invoice_json(fake: &Fake, hash: &[u8; 32]) -> Option<Value> {
@@ -140,7 +273,7 @@ fn lnd_payment_json(hash: &[u8; 32], outcome: &PaymentOutcome) -> Value {
 
 fn lnd_router(fake: Fake) -> Router {
     async fn getinfo(State(fake): State<Fake>, headers: HeaderMap) -> Response {
-        if let Some(r) = lnd_refusal(&fake, &headers) {
+        if let Some(r) = lnd_refusal(&fake, &headers, "info:read", false) {
             return r;
         }
         Json(json!({
@@ -156,7 +289,7 @@ fn lnd_router(fake: Fake) -> Router {
         headers: HeaderMap,
         Json(body): Json<Value>,
     ) -> Response {
-        if let Some(r) = lnd_refusal(&fake, &headers) {
+        if let Some(r) = lnd_refusal(&fake, &headers, "invoices:write", false) {
             return r;
         }
         let (Some(memo), Some(value_msat), Some(expiry)) = (
@@ -190,7 +323,7 @@ fn lnd_router(fake: Fake) -> Router {
         headers: HeaderMap,
         Path(hash): Path<String>,
     ) -> Response {
-        if let Some(r) = lnd_refusal(&fake, &headers) {
+        if let Some(r) = lnd_refusal(&fake, &headers, "invoices:read", false) {
             return r;
         }
         match hash_from_hex(&hash) {
@@ -206,7 +339,7 @@ fn lnd_router(fake: Fake) -> Router {
         headers: HeaderMap,
         Path(hash): Path<String>,
     ) -> Response {
-        if let Some(r) = lnd_refusal(&fake, &headers) {
+        if let Some(r) = lnd_refusal(&fake, &headers, "invoices:read", true) {
             return r;
         }
         let Some(hash) = URL_SAFE
@@ -214,15 +347,20 @@ fn lnd_router(fake: Fake) -> Router {
             .ok()
             .and_then(|h| <[u8; 32]>::try_from(h).ok())
         else {
-            return lnd_error(StatusCode::BAD_REQUEST, 3, "invalid hash");
+            return lnd_stream_error(StatusCode::BAD_REQUEST, 3, "invalid hash");
         };
-        if lnd_invoice_json(&fake, &hash).await.is_none() {
-            return lnd_error(StatusCode::NOT_FOUND, 5, "unable to locate invoice");
-        }
+        // As LND: a subscription to an invoice it does not know is taken,
+        // and then nothing is said.
         let stream = futures_stream(move |tx| async move {
             let mut last = String::new();
             loop {
-                let invoice = lnd_invoice_json(&fake, &hash).await.unwrap();
+                let Some(invoice) = lnd_invoice_json(&fake, &hash).await else {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 let state = invoice["state"].as_str().unwrap().to_owned();
                 if state != last {
                     if tx
@@ -244,7 +382,7 @@ fn lnd_router(fake: Fake) -> Router {
         headers: HeaderMap,
         Json(body): Json<Value>,
     ) -> Response {
-        if let Some(r) = lnd_refusal(&fake, &headers) {
+        if let Some(r) = lnd_refusal(&fake, &headers, "offchain:write", true) {
             return r;
         }
         let (Some(bolt11), Some(fee_limit)) = (
@@ -253,7 +391,7 @@ fn lnd_router(fake: Fake) -> Router {
                 .as_str()
                 .and_then(|v| v.parse::<u64>().ok()),
         ) else {
-            return lnd_error(
+            return lnd_stream_error(
                 StatusCode::BAD_REQUEST,
                 3,
                 "payment_request and fee_limit_msat required",
@@ -270,8 +408,15 @@ fn lnd_router(fake: Fake) -> Router {
             Err(e) if e == "no route" => {
                 json!({"result": {"status": "FAILED", "failure_reason": "FAILURE_REASON_NO_ROUTE", "value_msat": "0", "fee_msat": "0"}})
             }
+            // Refused before any result line, with the status of the error.
             Err(e) if e == "already paid" => {
-                json!({"error": {"code": 6, "message": "invoice is already paid", "http_code": 409}})
+                return lnd_stream_error(StatusCode::CONFLICT, 6, "invoice is already paid")
+            }
+            Err(e) if e == "in flight" => {
+                return lnd_stream_error(StatusCode::CONFLICT, 6, "payment is in transition")
+            }
+            Err(e) if e == "insufficient funds" => {
+                json!({"result": {"status": "FAILED", "failure_reason": "FAILURE_REASON_INSUFFICIENT_BALANCE", "value_msat": "0", "fee_msat": "0"}})
             }
             Err(e) => json!({"error": {"code": 2, "message": e, "http_code": 500}}),
         };
@@ -282,7 +427,7 @@ fn lnd_router(fake: Fake) -> Router {
         headers: HeaderMap,
         Path(hash): Path<String>,
     ) -> Response {
-        if let Some(r) = lnd_refusal(&fake, &headers) {
+        if let Some(r) = lnd_refusal(&fake, &headers, "offchain:read", true) {
             return r;
         }
         let Some(hash) = URL_SAFE
@@ -290,7 +435,7 @@ fn lnd_router(fake: Fake) -> Router {
             .ok()
             .and_then(|h| <[u8; 32]>::try_from(h).ok())
         else {
-            return lnd_error(StatusCode::BAD_REQUEST, 3, "invalid hash");
+            return lnd_stream_error(StatusCode::BAD_REQUEST, 3, "invalid hash");
         };
         let paid = fake.paid.lock().unwrap().get(&hash).cloned();
         match paid {
@@ -298,7 +443,11 @@ fn lnd_router(fake: Fake) -> Router {
                 "{}\n",
                 lnd_payment_json(&hash, &outcome)
             ))),
-            None => lnd_error(StatusCode::NOT_FOUND, 5, "payment isn't initiated"),
+            // In flight, with no_inflight_updates: nothing until it ends.
+            None if fake.in_flight.lock().unwrap().contains(&hash) => {
+                Response::new(futures_stream(|tx| async move { tx.closed().await }))
+            }
+            None => lnd_stream_error(StatusCode::NOT_FOUND, 5, "payment isn't initiated"),
         }
     }
     Router::new()
@@ -372,13 +521,24 @@ fn cln_router(fake: Fake) -> Router {
     ) -> Response {
         match headers.get("Rune").and_then(|v| v.to_str().ok()) {
             Some(r) if r == fake.secret => {}
-            _ => {
-                return cln_error(
-                    StatusCode::UNAUTHORIZED,
-                    1501,
-                    "Not authorized: Not derived from master",
-                )
-            }
+            Some(r) => match fake.limited.get(r) {
+                Some(may) if may.contains(&method.as_str()) => {}
+                Some(_) => {
+                    return cln_error(
+                        StatusCode::UNAUTHORIZED,
+                        1502,
+                        &format!("Not authorized: method is not one of the rune's ({method})"),
+                    )
+                }
+                None => {
+                    return cln_error(
+                        StatusCode::UNAUTHORIZED,
+                        1501,
+                        "Not authorized: Not derived from master",
+                    )
+                }
+            },
+            None => return cln_error(StatusCode::FORBIDDEN, 1501, "Not authorized: Missing rune"),
         }
         match method.as_str() {
             "getinfo" => created(
@@ -456,19 +616,38 @@ fn cln_router(fake: Fake) -> Router {
                     );
                 };
                 assert!(params["retry_for"].as_u64().is_some());
-                match fake.pay(bolt11, maxfee) {
-                    Ok(outcome) => created(json!({
+                assert!(params["retry_for"].as_u64().unwrap() <= u64::from(u16::MAX));
+                let hash = gate402_bolt11::Invoice::parse(bolt11)
+                    .unwrap()
+                    .payment_hash();
+                let done = |outcome: PaymentOutcome| {
+                    created(json!({
                         "payment_preimage": hex::encode(outcome.preimage),
-                        "payment_hash": hex::encode(gate402_bolt11::Invoice::parse(bolt11).unwrap().payment_hash()),
+                        "payment_hash": hex::encode(hash),
                         "status": "complete",
                         "amount_msat": outcome.amount_msat,
                         "amount_sent_msat": outcome.amount_msat + outcome.fee_msat,
                         "parts": 1,
-                    })),
+                    }))
+                };
+                match fake.pay(bolt11, maxfee) {
+                    Ok(outcome) => done(outcome),
+                    // A completed payment is answered again, not refused.
+                    Err(e) if e == "already paid" => done(fake.paid.lock().unwrap()[&hash].clone()),
+                    Err(e) if e == "no route" && fake.xpay => cln_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        209,
+                        "Failed after 1 attempts. We could not find a usable set of paths.",
+                    ),
                     Err(e) if e == "no route" => cln_error(
                         StatusCode::INTERNAL_SERVER_ERROR,
                         206,
                         &format!("Route wanted fee of {ROUTING_FEE_MSAT}msat"),
+                    ),
+                    Err(e) if e == "insufficient funds" => cln_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        215,
+                        "We don't have enough funds to pay this invoice",
                     ),
                     Err(e) => cln_error(StatusCode::INTERNAL_SERVER_ERROR, 210, &e),
                 }
@@ -496,48 +675,84 @@ fn cln_router(fake: Fake) -> Router {
 const MACAROON: &[u8] = b"\x02\x01fake admin macaroon";
 const RUNE: &str = "fake-rune-Z6bq4x";
 
+/// An LND fake on HTTPS with its own `tls.cert`, and a backend pinned to it.
+async fn lnd_node(fake: Fake, dir: &FsPath, name: &str, macaroon: &[u8]) -> (Lnd, String, PathBuf) {
+    let tls = lnd_tls(dir, name);
+    let addr = serve(lnd_router(fake), &tls).await;
+    let url = format!("https://{addr}");
+    let macaroon_path = dir.join(format!("{name}.macaroon"));
+    std::fs::write(&macaroon_path, macaroon).unwrap();
+    let lnd = Lnd::new(&LndConfig {
+        url: url.clone(),
+        macaroon_path: Some(macaroon_path),
+        macaroon_dir: None,
+        tls_cert_path: Some(tls.cert_file.clone()),
+    })
+    .unwrap();
+    (lnd, url, tls.cert_file)
+}
+
 async fn lnd_pair() -> (Lnd, Lnd, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let network = Sandbox::open(&dir.path().join("network")).unwrap();
     let secret = hex::encode(MACAROON);
-    let merchant = serve(lnd_router(Fake::new(network.clone(), &secret))).await;
-    let payer = serve(lnd_router(Fake::new(network, &secret))).await;
+    let (merchant, url, _) = lnd_node(
+        Fake::new(network.clone(), &secret),
+        dir.path(),
+        "merchant",
+        MACAROON,
+    )
+    .await;
+    // The payer's node is configured the Aperture way: a macaroon directory.
+    let payer_tls = lnd_tls(dir.path(), "payer");
+    let payer = serve(lnd_router(Fake::new(network, &secret)), &payer_tls).await;
     let macaroon_dir = dir.path().join("macaroons");
     std::fs::create_dir_all(&macaroon_dir).unwrap();
     std::fs::write(macaroon_dir.join("admin.macaroon"), MACAROON).unwrap();
-    let config = |url: String| LndConfig {
-        url,
+    let payer = Lnd::new(&LndConfig {
+        url: format!("https://{payer}"),
         macaroon_path: None,
         macaroon_dir: Some(macaroon_dir.clone()),
-        tls_cert_path: None,
-    };
-    (
-        Lnd::new(&config(merchant.clone())).unwrap(),
-        Lnd::new(&config(payer)).unwrap(),
-        dir,
-        merchant,
-    )
+        tls_cert_path: Some(payer_tls.cert_file),
+    })
+    .unwrap();
+    (merchant, payer, dir, url)
+}
+
+/// A clnrest fake on HTTPS (a CA and its leaf), and a backend trusting the CA.
+async fn cln_node(fake: Fake, dir: &FsPath, name: &str, rune: &str) -> (Cln, String) {
+    let tls = cln_tls(dir, name);
+    let addr = serve(cln_router(fake), &tls).await;
+    let url = format!("https://localhost:{}", addr.port());
+    let cln = Cln::new(&ClnConfig {
+        url: url.clone(),
+        rune: Some(rune.into()),
+        rune_path: None,
+        tls_cert_path: Some(tls.cert_file),
+    })
+    .unwrap();
+    (cln, url)
 }
 
 async fn cln_pair() -> (Cln, Cln, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let network = Sandbox::open(&dir.path().join("network")).unwrap();
-    let merchant = serve(cln_router(Fake::new(network.clone(), RUNE))).await;
-    let payer = serve(cln_router(Fake::new(network, RUNE))).await;
+    let (merchant, merchant_url) = cln_node(
+        Fake::new(network.clone(), RUNE),
+        dir.path(),
+        "merchant",
+        RUNE,
+    )
+    .await;
+    // The payer's rune comes from a file.
+    let payer_tls = cln_tls(dir.path(), "payer");
+    let payer = serve(cln_router(Fake::new(network, RUNE)), &payer_tls).await;
     std::fs::write(dir.path().join("rune"), format!("{RUNE}\n")).unwrap();
-    let merchant_url = merchant.clone();
-    let merchant = Cln::new(&ClnConfig {
-        url: merchant,
-        rune: Some(RUNE.into()),
-        rune_path: None,
-        tls_cert_path: None,
-    })
-    .unwrap();
     let payer = Cln::new(&ClnConfig {
-        url: payer,
+        url: format!("https://localhost:{}", payer.port()),
         rune: None,
         rune_path: Some(dir.path().join("rune")),
-        tls_cert_path: None,
+        tls_cert_path: Some(payer_tls.cert_file),
     })
     .unwrap();
     (merchant, payer, dir, merchant_url)
@@ -594,14 +809,17 @@ async fn lnd_keeps_the_backend_contract() {
 
 #[tokio::test]
 async fn lnd_wrong_macaroon_is_unauthorized() {
-    let (_, _, dir, base) = lnd_pair().await;
+    let dir = tempfile::tempdir().unwrap();
+    let network = Sandbox::open(&dir.path().join("network")).unwrap();
+    let fake = Fake::new(network, &hex::encode(MACAROON));
+    let (_, url, cert) = lnd_node(fake, dir.path(), "node", MACAROON).await;
     let path = dir.path().join("wrong.macaroon");
     std::fs::write(&path, b"another macaroon").unwrap();
     let wrong = Lnd::new(&LndConfig {
-        url: base,
+        url,
         macaroon_path: Some(path),
         macaroon_dir: None,
-        tls_cert_path: None,
+        tls_cert_path: Some(cert),
     })
     .unwrap();
     match wrong.node_info().await {
@@ -626,6 +844,192 @@ async fn lnd_wrong_macaroon_is_unauthorized() {
     .is_err());
 }
 
+/// LND's own certificate (self-signed, `CA:TRUE`) is pinned: that node is
+/// reached, another certificate is refused with a message that names it.
+#[tokio::test]
+async fn lnd_tls_cert_is_pinned() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Sandbox::open(&dir.path().join("network")).unwrap();
+    let secret = hex::encode(MACAROON);
+    let (lnd, url, _) = lnd_node(
+        Fake::new(network.clone(), &secret),
+        dir.path(),
+        "a",
+        MACAROON,
+    )
+    .await;
+    assert_eq!(lnd.node_info().await.unwrap().backend, "lnd");
+    // Any name the node answers on: the certificate is its identity.
+    let by_name = Lnd::new(&LndConfig {
+        url: url.replace("127.0.0.1", "localhost"),
+        macaroon_path: Some(dir.path().join("a.macaroon")),
+        macaroon_dir: None,
+        tls_cert_path: Some(dir.path().join("a-tls.cert")),
+    })
+    .unwrap();
+    assert!(by_name.node_info().await.is_ok());
+
+    let other = lnd_tls(dir.path(), "b");
+    let cert_b = other.cert_file.display().to_string();
+    let unreachable = |tls_cert_path| {
+        Lnd::new(&LndConfig {
+            url: url.clone(),
+            macaroon_path: Some(dir.path().join("a.macaroon")),
+            macaroon_dir: None,
+            tls_cert_path,
+        })
+        .unwrap()
+    };
+    match unreachable(Some(other.cert_file.clone())).node_info().await {
+        Err(LightningError::Unavailable(message)) => {
+            assert!(message.contains(&cert_b), "{message}");
+            assert!(message.contains("not the one in"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without the file: the system roots, which do not know the node.
+    match unreachable(None).node_info().await {
+        Err(LightningError::Unavailable(message)) => {
+            assert!(message.contains("certificate"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // A file that is not a certificate is refused when configured.
+    let junk = dir.path().join("junk.cert");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let error = Lnd::new(&LndConfig {
+        url,
+        macaroon_path: Some(dir.path().join("a.macaroon")),
+        macaroon_dir: None,
+        tls_cert_path: Some(junk),
+    })
+    .unwrap_err();
+    assert!(error.to_string().contains("junk.cert"), "{error}");
+}
+
+/// A macaroon without a permission: the error names it and the macaroon
+/// to use.
+#[tokio::test]
+async fn lnd_permission_denied_names_the_permission() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Sandbox::open(&dir.path().join("network")).unwrap();
+    let fake = Fake::new(network, &hex::encode(MACAROON))
+        .with_limited(
+            &hex::encode(b"invoice"),
+            &["invoices:read", "invoices:write"],
+        )
+        .with_limited(
+            &hex::encode(b"readonly"),
+            &["info:read", "invoices:read", "offchain:read"],
+        );
+    let (_, url, cert) = lnd_node(fake, dir.path(), "node", MACAROON).await;
+    let with = |name: &str| {
+        let path = dir.path().join(format!("{name}.macaroon"));
+        std::fs::write(&path, name).unwrap();
+        Lnd::new(&LndConfig {
+            url: url.clone(),
+            macaroon_path: Some(path),
+            macaroon_dir: None,
+            tls_cert_path: Some(cert.clone()),
+        })
+        .unwrap()
+    };
+    let request = || InvoiceRequest {
+        amount_msat: 1_000,
+        memo: "m".into(),
+        expiry_secs: 600,
+    };
+    let invoice = with("invoice");
+    let created = invoice.create_invoice(request()).await.unwrap();
+    match invoice.node_info().await {
+        Err(LightningError::Unauthorized(message)) => {
+            assert!(message.contains("info:read"), "{message}");
+            assert!(message.contains("admin.macaroon"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let readonly = with("readonly");
+    assert!(readonly.invoice_status(&created.payment_hash).await.is_ok());
+    match readonly.create_invoice(request()).await {
+        Err(LightningError::Unauthorized(message)) => {
+            assert!(message.contains("invoices:write"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match readonly
+        .pay(&created.bolt11, 5_000, Duration::from_secs(5))
+        .await
+    {
+        Err(PayError::Backend(LightningError::Unauthorized(message))) => {
+            assert!(message.contains("offchain:write"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Paying an invoice LND is still paying: pending, never failed; paying a
+/// paid one: the earlier payment; waiting on an unknown invoice: at once.
+#[tokio::test]
+async fn lnd_in_flight_and_unknown_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Sandbox::open(&dir.path().join("network")).unwrap();
+    let secret = hex::encode(MACAROON);
+    let (merchant, _, _) = lnd_node(
+        Fake::new(network.clone(), &secret),
+        dir.path(),
+        "merchant",
+        MACAROON,
+    )
+    .await;
+    let payer_fake = Fake::new(network, &secret);
+    let (payer, _, _) = lnd_node(payer_fake.clone(), dir.path(), "payer", MACAROON).await;
+    let created = merchant
+        .create_invoice(InvoiceRequest {
+            amount_msat: 2_000,
+            memo: "in flight".into(),
+            expiry_secs: 600,
+        })
+        .await
+        .unwrap();
+    payer_fake
+        .in_flight
+        .lock()
+        .unwrap()
+        .insert(created.payment_hash);
+    match payer
+        .pay(&created.bolt11, ROUTING_FEE_MSAT, Duration::from_secs(5))
+        .await
+    {
+        Err(PayError::StillPending(_)) => {}
+        other => panic!("an in-flight payment is pending: {other:?}"),
+    }
+    payer_fake.in_flight.lock().unwrap().clear();
+    let paid = payer
+        .pay(&created.bolt11, ROUTING_FEE_MSAT, Duration::from_secs(5))
+        .await
+        .unwrap();
+    match payer
+        .pay(&created.bolt11, ROUTING_FEE_MSAT, Duration::from_secs(5))
+        .await
+    {
+        Err(PayError::AlreadyPaid(earlier)) => assert_eq!(earlier.preimage, paid.preimage),
+        other => panic!("{other:?}"),
+    }
+    let started = std::time::Instant::now();
+    match merchant
+        .wait_invoice(&[7; 32], Duration::from_secs(30))
+        .await
+    {
+        Err(LightningError::NotFound(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "waited {:?} on an invoice the node does not know",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn cln_keeps_the_backend_contract() {
     let (merchant, payer, _dir, _) = cln_pair().await;
@@ -640,17 +1044,111 @@ async fn cln_keeps_the_backend_contract() {
 
 #[tokio::test]
 async fn cln_wrong_rune_is_unauthorized() {
-    let (_, _, _dir, base) = cln_pair().await;
+    let (_, _, dir, base) = cln_pair().await;
     let wrong = Cln::new(&ClnConfig {
         url: base,
         rune: Some("not-the-rune".into()),
         rune_path: None,
-        tls_cert_path: None,
+        tls_cert_path: Some(dir.path().join("merchant-ca.pem")),
     })
     .unwrap();
     match wrong.node_info().await {
         Err(LightningError::Unauthorized(message)) => {
             assert!(message.contains("Not authorized"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// clnrest's CA is trusted, and it alone: another CA is refused, naming
+/// the certificate problem.
+#[tokio::test]
+async fn cln_trusts_its_ca_alone() {
+    let (merchant, _, dir, base) = cln_pair().await;
+    assert_eq!(merchant.node_info().await.unwrap().backend, "cln");
+    let other = cln_tls(dir.path(), "other");
+    let wrong = Cln::new(&ClnConfig {
+        url: base,
+        rune: Some(RUNE.into()),
+        rune_path: None,
+        tls_cert_path: Some(other.cert_file),
+    })
+    .unwrap();
+    match wrong.node_info().await {
+        Err(LightningError::Unavailable(message)) => {
+            assert!(message.contains("certificate"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Core Lightning's own errors, each as the same error LND's would be.
+#[tokio::test]
+async fn cln_errors_explain_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Sandbox::open(&dir.path().join("network")).unwrap();
+    let merchant_fake = Fake::new(network.clone(), RUNE).with_limited(
+        "no-wait-rune",
+        &["getinfo", "invoice", "listinvoices", "listpays"],
+    );
+    let (merchant, merchant_url) = cln_node(merchant_fake, dir.path(), "merchant", RUNE).await;
+    let mut poor = Fake::new(network.clone(), RUNE);
+    poor.spendable_msat = 5_000;
+    let (poor, _) = cln_node(poor, dir.path(), "poor", RUNE).await;
+    let mut xpay = Fake::new(network, RUNE);
+    xpay.xpay = true;
+    let (xpay, _) = cln_node(xpay, dir.path(), "xpay", RUNE).await;
+    let invoice = |amount_msat| {
+        merchant.create_invoice(InvoiceRequest {
+            amount_msat,
+            memo: "m".into(),
+            expiry_secs: 600,
+        })
+    };
+
+    let dear = invoice(9_000).await.unwrap();
+    match poor
+        .pay(&dear.bolt11, ROUTING_FEE_MSAT, Duration::from_secs(5))
+        .await
+    {
+        Err(PayError::InsufficientBalance(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    match xpay
+        .pay(&dear.bolt11, ROUTING_FEE_MSAT - 1, Duration::from_secs(5))
+        .await
+    {
+        Err(PayError::NoRoute { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // retry_for is a u16 in Core Lightning (the fake checks it).
+    let paid = xpay
+        .pay(&dear.bolt11, ROUTING_FEE_MSAT, Duration::from_secs(100_000))
+        .await
+        .unwrap();
+    match xpay
+        .pay(&dear.bolt11, ROUTING_FEE_MSAT, Duration::from_secs(5))
+        .await
+    {
+        Err(PayError::AlreadyPaid(earlier)) => assert_eq!(earlier.preimage, paid.preimage),
+        other => panic!("{other:?}"),
+    }
+
+    // A rune without waitinvoice: unauthorized, not "still open".
+    let open = invoice(1_000).await.unwrap();
+    let limited = Cln::new(&ClnConfig {
+        url: merchant_url,
+        rune: Some("no-wait-rune".into()),
+        rune_path: None,
+        tls_cert_path: Some(dir.path().join("merchant-ca.pem")),
+    })
+    .unwrap();
+    match limited
+        .wait_invoice(&open.payment_hash, Duration::from_secs(5))
+        .await
+    {
+        Err(LightningError::Unauthorized(message)) => {
+            assert!(message.contains("waitinvoice"), "{message}")
         }
         other => panic!("{other:?}"),
     }
