@@ -42,8 +42,19 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json
     }))
 }
 
+/// Requests the upstream's `/slow` received.
+static SLOW_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn upstream_app() -> Router {
     Router::new()
+        .route(
+            "/slow",
+            any(|| async {
+                SLOW_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                "done, slowly"
+            }),
+        )
         .route(
             "/cached",
             get(|| async {
@@ -395,6 +406,56 @@ async fn a_token_keeps_what_it_was_sold_as_across_a_reload() {
     reload(&weather);
     for _ in 0..2 {
         assert_eq!(h.get("/weather", &pass).await.status(), StatusCode::OK);
+    }
+}
+
+/// A client that hangs up once the upstream has its request has spent the
+/// payment: otherwise one payment would buy any number of upstream calls
+/// (each a side effect, a computation), each cut off before its answer.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
+    let h = Harness::start(|up| vec![service("slow", "/slow", 3, up)]).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    for door in ["L402", "Payment"] {
+        let before = SLOW_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+        let (offer, preimage) = h.buy("/slow").await;
+        let credential = match door {
+            "L402" => offer.l402_authorization(&preimage),
+            _ => offer.payment_authorization(&preimage),
+        }
+        .unwrap();
+        let cut = impatient
+            .post(h.url("/slow"))
+            .header(AUTHORIZATION, &credential)
+            .body("send one SMS")
+            .send()
+            .await;
+        assert!(
+            cut.is_err(),
+            "{door}: the client gave up first: {:?}",
+            cut.map(|r| r.status())
+        );
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        for _ in 0..2 {
+            let again = impatient
+                .post(h.url("/slow"))
+                .header(AUTHORIZATION, &credential)
+                .body("send one SMS")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(again.status(), StatusCode::PAYMENT_REQUIRED, "{door}");
+        }
+        let retry = h.get("/slow", &credential).await;
+        assert_eq!(retry.status(), StatusCode::PAYMENT_REQUIRED, "{door}");
+        assert_eq!(
+            SLOW_CALLS.load(std::sync::atomic::Ordering::SeqCst) - before,
+            1,
+            "{door}: the upstream ran once for one payment"
+        );
     }
 }
 

@@ -8,8 +8,8 @@
 //! never release or spend a claim another request took over. While a
 //! response streams, the claim's lease is renewed, however long the
 //! stream. The claim is committed when the response body has been sent or
-//! abandoned by the client (it was served), released when the upstream
-//! failed or the request was dropped before an answer existed (pay for
+//! the client left after the upstream had the request, released when the
+//! upstream failed or the request ended before reaching it (pay for
 //! success), and every commit or release is tracked so that a graceful
 //! shutdown finishes them all before the process exits. A replica killed
 //! with claims held releases them at its next start
@@ -331,8 +331,9 @@ enum Outcome {
 }
 
 /// A held claim. Dropped as it is, it is released: the request ended
-/// before any answer existed. [`Claim::served`] turns it into one that
-/// commits when dropped, for the guard of a response body.
+/// before it reached the upstream. [`Claim::served`] turns it into one
+/// that commits when dropped, from the moment the upstream has the request
+/// (the guard of the call, then of the response body).
 #[derive(Debug)]
 pub struct Claim {
     claims: Arc<Claims>,
@@ -363,8 +364,9 @@ impl Claim {
             .await
     }
 
-    /// An answer exists: from now on dropping the claim spends the
-    /// payment (after the body went out, or when the client left).
+    /// The upstream has the request: from now on dropping the claim spends
+    /// the payment (the answer went out, or the client left); only an
+    /// explicit [`Claim::release`] frees it.
     pub fn served(mut self) -> Self {
         self.on_drop = Some(Outcome::Commit);
         self

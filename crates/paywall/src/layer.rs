@@ -2,11 +2,13 @@
 //! normalized and its credentials stripped; a request to a priced service
 //! is served only once paid, with a `Payment-Receipt`.
 //!
-//! Pay for success: a single-use payment counts as spent only when the
-//! wrapped service answered without a server error and the answer went
-//! out (or the client left while it streamed). A 5xx, an error of the
-//! wrapped service, or a request dropped before an answer existed leaves
-//! the payment unspent, and the client retries without paying again.
+//! Pay for success: a single-use payment counts as spent once the wrapped
+//! service has the request, unless it fails: a 5xx or an error of the
+//! wrapped service leaves the payment unspent, and the client retries
+//! without paying again. A client that leaves after the request was handed
+//! on (before the answer, or while it streams) has spent it: the upstream
+//! may have acted on the request, and a released payment would buy any
+//! number of upstream calls, each cut off before its answer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -459,8 +461,20 @@ impl Paywall {
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     {
         let started = Instant::now();
-        // An error here drops the claim unspent.
-        let response = inner.call(request).await?;
+        // From here the upstream has the request and may act on it: a
+        // client that leaves before the answer has spent its payment (else
+        // one payment would buy any number of upstream calls, each cut off
+        // before its answer). A failure of the upstream releases it below.
+        let claim = claim.map(Claim::served);
+        let response = match inner.call(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                if let Some(claim) = claim {
+                    claim.release().await;
+                }
+                return Err(e);
+            }
+        };
         self.inner
             .metrics
             .upstream(&service.name, started.elapsed().as_secs_f64());
@@ -484,7 +498,7 @@ impl Paywall {
         make_private(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
-            PaywallBody::wrapped(body, claim.map(Claim::served)),
+            PaywallBody::wrapped(body, claim),
         ))
     }
 
