@@ -1,6 +1,7 @@
 //! A real regtest Lightning network for the integration tests: `bitcoind`
 //! (built by `scripts/build-bitcoind`) and ldk-node nodes with channels
-//! between them. Everything lives in temporary directories and on loopback
+//! between them, and a Core Lightning node beside them when a test asks
+//! ([`cln::ClnNode`], built by `scripts/build-cln`). Everything lives in temporary directories and on loopback
 //! ports, and stops when dropped.
 //!
 //! The `bitcoind` binary comes from `GATE402_BITCOIND`, or from the cache
@@ -16,6 +17,8 @@ use std::time::Duration;
 use gate402_lightning_ldk::{ChainSource, LdkConfig, LdkNode};
 use serde_json::{json, Value};
 
+pub mod cln;
+
 /// The RPC credentials of every test bitcoind.
 const RPC_USER: &str = "gate402";
 const RPC_PASSWORD: &str = "gate402";
@@ -28,15 +31,19 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Where `scripts/build-*` cache what they build.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("GATE402_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/gate402")))
+        .expect("HOME or GATE402_CACHE")
+}
+
 fn bitcoind_path() -> PathBuf {
     if let Some(path) = std::env::var_os("GATE402_BITCOIND") {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("GATE402_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/gate402")))
-        .expect("HOME or GATE402_CACHE");
-    let path = cache.join("bitcoind/0.4.1/bin/bitcoind");
+    let path = cache_dir().join("bitcoind/0.4.1/bin/bitcoind");
     assert!(
         path.exists(),
         "bitcoind not found at {}: run scripts/build-bitcoind (scripts/test does) or set GATE402_BITCOIND",
