@@ -5,7 +5,8 @@
 //! `admin.macaroon` is used: paying needs it), and the node's `tls.cert`.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
@@ -35,7 +36,28 @@ pub struct LndConfig {
     /// present exactly this certificate. The system roots if absent.
     #[serde(default)]
     pub tls_cert_path: Option<PathBuf>,
+    /// Whether invoices carry route hints to the node's private channels.
+    #[serde(default)]
+    pub route_hints: RouteHints,
 }
+
+/// `route_hints`: whether invoices carry hints to private channels
+/// (LND's `private` flag, off by default there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteHints {
+    /// When the node has no active public channel: without hints nobody
+    /// could route to it. Asked again every minute.
+    #[default]
+    Auto,
+    /// Always (the node's private channels are named in every invoice).
+    Always,
+    /// Never.
+    Never,
+}
+
+/// How long the answer to "does the node have a public channel?" is kept.
+const PUBLIC_CHANNELS_TTL: Duration = Duration::from_secs(60);
 
 /// The LND backend.
 #[derive(Debug, Clone)]
@@ -43,6 +65,9 @@ pub struct Lnd {
     client: reqwest::Client,
     base: String,
     macaroon: String,
+    route_hints: RouteHints,
+    /// When it was last asked, and whether it had an active public channel.
+    public: Arc<Mutex<Option<(Instant, bool)>>>,
 }
 
 /// The header through which LND's REST gateway takes the macaroon.
@@ -68,6 +93,8 @@ impl Lnd {
             client: http::client(config.tls_cert_path.as_deref(), http::Trust::Pinned)?,
             base: http::base_url(&config.url)?,
             macaroon: hex::encode(http::read(&macaroon_path)?),
+            route_hints: config.route_hints,
+            public: Arc::default(),
         })
     }
 
@@ -75,6 +102,36 @@ impl Lnd {
         self.client
             .request(method, format!("{}{path}", self.base))
             .header(MACAROON_HEADER, &self.macaroon)
+    }
+
+    /// Whether new invoices should carry hints to private channels.
+    async fn private_invoices(&self) -> bool {
+        match self.route_hints {
+            RouteHints::Always => return true,
+            RouteHints::Never => return false,
+            RouteHints::Auto => {}
+        }
+        if let Some((at, public)) = *self.public.lock().unwrap_or_else(|e| e.into_inner()) {
+            if at.elapsed() < PUBLIC_CHANNELS_TTL {
+                return !public;
+            }
+        }
+        let answer = self
+            .call(
+                Route::ListChannels,
+                self.request(
+                    reqwest::Method::GET,
+                    "/v1/channels?active_only=true&public_only=true",
+                ),
+            )
+            .await;
+        let public = match answer {
+            Ok(answer) => answer["channels"].as_array().is_some_and(|c| !c.is_empty()),
+            // Hints to nothing cost nothing; a missing hint costs the sale.
+            Err(_) => false,
+        };
+        *self.public.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), public));
+        !public
     }
 
     /// Sends a request to a server-streaming route; a non-2xx answer (LND
@@ -123,6 +180,7 @@ enum Route {
     WaitInvoice,
     Pay,
     TrackPayment,
+    ListChannels,
 }
 
 impl Route {
@@ -134,6 +192,7 @@ impl Route {
             Route::WaitInvoice => ("waiting on an invoice", "invoices:read"),
             Route::Pay => ("paying", "offchain:write"),
             Route::TrackPayment => ("looking up a payment", "offchain:read"),
+            Route::ListChannels => ("listing channels", "offchain:read"),
         }
     }
 }
@@ -260,6 +319,7 @@ impl LightningBackend for Lnd {
             "memo": request.memo,
             "value_msat": request.amount_msat.to_string(),
             "expiry": request.expiry_secs.to_string(),
+            "private": self.private_invoices().await,
         });
         let answer = self
             .call(

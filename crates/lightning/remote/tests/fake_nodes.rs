@@ -53,6 +53,10 @@ struct Fake {
     spendable_msat: u64,
     /// Core Lightning with `xpay-handle-pay=true`: a failed `pay` is 209.
     xpay: bool,
+    /// LND: whether it has an active public channel.
+    public_channel: bool,
+    /// LND: the `private` flag of each invoice asked for.
+    private_flags: Arc<Mutex<Vec<bool>>>,
 }
 
 impl Fake {
@@ -66,6 +70,8 @@ impl Fake {
             labels: Arc::default(),
             spendable_msat: u64::MAX,
             xpay: false,
+            public_channel: false,
+            private_flags: Arc::default(),
         }
     }
 
@@ -253,7 +259,8 @@ async fn lnd_invoice_json(fake: &Fake, hash: &[u8; 32]) -> Option<Value> {
     };
     Some(json!({
         "r_hash": STANDARD.encode(hash),
-        "r_preimage": preimage.map(|p| STANDARD.encode(p)),
+        // LND makes the preimage itself and sends it whatever the state.
+        "r_preimage": STANDARD.encode(preimage.unwrap_or([0x5a; 32])),
         "state": state,
         "amt_paid_msat": paid.to_string(),
         "settled": state == "SETTLED",
@@ -301,6 +308,10 @@ fn lnd_router(fake: Fake) -> Router {
         ) else {
             return lnd_error(StatusCode::BAD_REQUEST, 3, "invalid invoice request");
         };
+        fake.private_flags
+            .lock()
+            .unwrap()
+            .push(body["private"].as_bool().unwrap_or(false));
         let created = fake
             .network
             .create_invoice(InvoiceRequest {
@@ -450,8 +461,20 @@ fn lnd_router(fake: Fake) -> Router {
             None => lnd_stream_error(StatusCode::NOT_FOUND, 5, "payment isn't initiated"),
         }
     }
+    async fn channels(State(fake): State<Fake>, headers: HeaderMap) -> Response {
+        if let Some(r) = lnd_refusal(&fake, &headers, "offchain:read", false) {
+            return r;
+        }
+        let channels: Vec<Value> = if fake.public_channel {
+            vec![json!({"active": true, "private": false, "chan_id": "1", "capacity": "1000000"})]
+        } else {
+            vec![]
+        };
+        Json(json!({"channels": channels})).into_response()
+    }
     Router::new()
         .route("/v1/getinfo", get(getinfo))
+        .route("/v1/channels", get(channels))
         .route("/v1/invoices", post(add_invoice))
         .route("/v1/invoice/{hash}", get(lookup))
         .route("/v2/invoices/subscribe/{hash}", get(subscribe))
@@ -687,6 +710,7 @@ async fn lnd_node(fake: Fake, dir: &FsPath, name: &str, macaroon: &[u8]) -> (Lnd
         macaroon_path: Some(macaroon_path),
         macaroon_dir: None,
         tls_cert_path: Some(tls.cert_file.clone()),
+        route_hints: Default::default(),
     })
     .unwrap();
     (lnd, url, tls.cert_file)
@@ -714,6 +738,7 @@ async fn lnd_pair() -> (Lnd, Lnd, tempfile::TempDir, String) {
         macaroon_path: None,
         macaroon_dir: Some(macaroon_dir.clone()),
         tls_cert_path: Some(payer_tls.cert_file),
+        route_hints: Default::default(),
     })
     .unwrap();
     (merchant, payer, dir, url)
@@ -729,6 +754,7 @@ async fn cln_node(fake: Fake, dir: &FsPath, name: &str, rune: &str) -> (Cln, Str
         rune: Some(rune.into()),
         rune_path: None,
         tls_cert_path: Some(tls.cert_file),
+        route_hints: Default::default(),
     })
     .unwrap();
     (cln, url)
@@ -753,6 +779,7 @@ async fn cln_pair() -> (Cln, Cln, tempfile::TempDir, String) {
         rune: None,
         rune_path: Some(dir.path().join("rune")),
         tls_cert_path: Some(payer_tls.cert_file),
+        route_hints: Default::default(),
     })
     .unwrap();
     (merchant, payer, dir, merchant_url)
@@ -820,6 +847,7 @@ async fn lnd_wrong_macaroon_is_unauthorized() {
         macaroon_path: Some(path),
         macaroon_dir: None,
         tls_cert_path: Some(cert),
+        route_hints: Default::default(),
     })
     .unwrap();
     match wrong.node_info().await {
@@ -832,14 +860,16 @@ async fn lnd_wrong_macaroon_is_unauthorized() {
         url: "127.0.0.1:8080".into(),
         macaroon_path: Some(dir.path().join("wrong.macaroon")),
         macaroon_dir: None,
-        tls_cert_path: None
+        tls_cert_path: None,
+        route_hints: Default::default(),
     })
     .is_err());
     assert!(Lnd::new(&LndConfig {
         url: "https://127.0.0.1:8080".into(),
         macaroon_path: Some(dir.path().join("missing")),
         macaroon_dir: None,
-        tls_cert_path: None
+        tls_cert_path: None,
+        route_hints: Default::default(),
     })
     .is_err());
 }
@@ -865,6 +895,7 @@ async fn lnd_tls_cert_is_pinned() {
         macaroon_path: Some(dir.path().join("a.macaroon")),
         macaroon_dir: None,
         tls_cert_path: Some(dir.path().join("a-tls.cert")),
+        route_hints: Default::default(),
     })
     .unwrap();
     assert!(by_name.node_info().await.is_ok());
@@ -877,6 +908,7 @@ async fn lnd_tls_cert_is_pinned() {
             macaroon_path: Some(dir.path().join("a.macaroon")),
             macaroon_dir: None,
             tls_cert_path,
+            route_hints: Default::default(),
         })
         .unwrap()
     };
@@ -902,6 +934,7 @@ async fn lnd_tls_cert_is_pinned() {
         macaroon_path: Some(dir.path().join("a.macaroon")),
         macaroon_dir: None,
         tls_cert_path: Some(junk),
+        route_hints: Default::default(),
     })
     .unwrap_err();
     assert!(error.to_string().contains("junk.cert"), "{error}");
@@ -931,6 +964,7 @@ async fn lnd_permission_denied_names_the_permission() {
             macaroon_path: Some(path),
             macaroon_dir: None,
             tls_cert_path: Some(cert.clone()),
+            route_hints: Default::default(),
         })
         .unwrap()
     };
@@ -965,6 +999,41 @@ async fn lnd_permission_denied_names_the_permission() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A node with no public channel puts hints to its private ones in every
+/// invoice (else no payer could route to it); one with a public channel
+/// does not, unless told to.
+#[tokio::test]
+async fn lnd_route_hints_follow_the_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Sandbox::open(&dir.path().join("network")).unwrap();
+    let secret = hex::encode(MACAROON);
+    let private = Fake::new(network.clone(), &secret);
+    let mut public = Fake::new(network, &secret);
+    public.public_channel = true;
+    let (private_node, _, _) = lnd_node(private.clone(), dir.path(), "private", MACAROON).await;
+    let (public_node, url, cert) = lnd_node(public.clone(), dir.path(), "public", MACAROON).await;
+    let always = Lnd::new(&LndConfig {
+        url,
+        macaroon_path: Some(dir.path().join("public.macaroon")),
+        macaroon_dir: None,
+        tls_cert_path: Some(cert),
+        route_hints: gate402_lightning_remote::lnd::RouteHints::Always,
+    })
+    .unwrap();
+    let request = || InvoiceRequest {
+        amount_msat: 1_000,
+        memo: "hints".into(),
+        expiry_secs: 600,
+    };
+    for _ in 0..2 {
+        private_node.create_invoice(request()).await.unwrap();
+        public_node.create_invoice(request()).await.unwrap();
+    }
+    always.create_invoice(request()).await.unwrap();
+    assert_eq!(*private.private_flags.lock().unwrap(), [true, true]);
+    assert_eq!(*public.private_flags.lock().unwrap(), [false, false, true]);
 }
 
 /// Paying an invoice LND is still paying: pending, never failed; paying a
@@ -1050,6 +1119,7 @@ async fn cln_wrong_rune_is_unauthorized() {
         rune: Some("not-the-rune".into()),
         rune_path: None,
         tls_cert_path: Some(dir.path().join("merchant-ca.pem")),
+        route_hints: Default::default(),
     })
     .unwrap();
     match wrong.node_info().await {
@@ -1072,6 +1142,7 @@ async fn cln_trusts_its_ca_alone() {
         rune: Some(RUNE.into()),
         rune_path: None,
         tls_cert_path: Some(other.cert_file),
+        route_hints: Default::default(),
     })
     .unwrap();
     match wrong.node_info().await {
@@ -1141,6 +1212,7 @@ async fn cln_errors_explain_themselves() {
         rune: Some("no-wait-rune".into()),
         rune_path: None,
         tls_cert_path: Some(dir.path().join("merchant-ca.pem")),
+        route_hints: Default::default(),
     })
     .unwrap();
     match limited
