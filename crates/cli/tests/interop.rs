@@ -22,6 +22,8 @@ use gate402_l402::{Macaroon, RootKeySecrets};
 use serde_json::Value;
 use sha2::Digest;
 
+/// The demo's weather offered through x402 alone.
+const X402_WEATHER: &str = "/api/x402/weather?city=Oslo";
 const WEATHER: &str = "/api/weather?city=Oslo";
 
 // ---------------------------------------------------------------------------
@@ -318,12 +320,16 @@ async fn gate402_get_pays_an_mppx_server() {
 async fn lightning_tools_pays_gate402_serve() {
     let scripts = Scripts::new();
     let gateway = Serve::start().await;
-    let report = scripts.run("alby.mjs", &[&gateway.base, WEATHER]).await;
-    for (helper, scheme) in [
-        ("fetchWithL402", "L402"),
-        ("fetchWithMpp", "Payment"),
-        ("fetch402", "L402"),
-        ("fetch402Mpp", "Payment"),
+    let report = scripts
+        .run("alby.mjs", &[&gateway.base, WEATHER, X402_WEATHER])
+        .await;
+    for (helper, header, scheme) in [
+        ("fetchWithL402", "Authorization", "L402"),
+        ("fetchWithMpp", "Authorization", "Payment"),
+        ("fetch402", "Authorization", "L402"),
+        ("fetch402Mpp", "Authorization", "Payment"),
+        ("fetchWithX402", "payment-signature", ""),
+        ("fetch402X402", "payment-signature", ""),
     ] {
         let run = &report[helper];
         assert!(run["error"].is_null(), "{helper}: {run:#}");
@@ -335,13 +341,111 @@ async fn lightning_tools_pays_gate402_serve() {
             1,
             "{helper}: {run:#}"
         );
-        assert_eq!(run["credentialHeader"], "Authorization", "{helper}");
-        assert_eq!(run["credentialScheme"], scheme, "{helper}");
+        assert_eq!(run["credentialHeader"], header, "{helper}");
+        if !scheme.is_empty() {
+            assert_eq!(run["credentialScheme"], scheme, "{helper}");
+        }
         assert!(
             run["headers"]["payment-receipt"].is_string(),
             "{helper}: {run:#}"
         );
     }
+    // x402's answer names the paid invoice's hash.
+    for helper in ["fetchWithX402", "fetch402X402"] {
+        let run = &report[helper];
+        let response = run["headers"]["payment-response"].as_str().unwrap();
+        let response = base64::engine::general_purpose::STANDARD
+            .decode(response)
+            .unwrap();
+        let response: Value = serde_json::from_slice(&response).unwrap();
+        let paid = invoice(&run["paid"][0]);
+        assert_eq!(response["success"], true, "{helper}");
+        assert_eq!(
+            response["transaction"],
+            hex::encode(paid.payment_hash()),
+            "{helper}"
+        );
+    }
+
+    // The x402 payment Alby made buys nothing more.
+    let client = reqwest::Client::new();
+    let url = format!("{}{WEATHER}", gateway.base);
+    let signature = report["fetchWithX402"]["credential"]["value"]
+        .as_str()
+        .unwrap();
+    let again = client
+        .get(&url)
+        .header("payment-signature", signature)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 402);
+
+    // One invoice, three doors: used through one, spent for the others.
+    for (first, second) in [(2, 0), (2, 1), (0, 2), (1, 2)] {
+        let doors = three_doors(&client, &url, &gateway.base).await;
+        let send = |door: usize| {
+            let (field, value) = &doors[door];
+            client.get(&url).header(field.as_str(), value).send()
+        };
+        assert_eq!(send(first).await.unwrap().status(), 200, "door {first}");
+        assert_eq!(
+            send(second).await.unwrap().status(),
+            402,
+            "door {second} after {first}"
+        );
+    }
+}
+
+/// The credentials of one paid invoice through each door, as
+/// `(field, value)`: L402, MPP, x402.
+async fn three_doors(client: &reqwest::Client, url: &str, base: &str) -> [(String, String); 3] {
+    let unpaid = client.get(url).send().await.unwrap();
+    let offer = gate402_client::Offer::from_headers(unpaid.headers()).unwrap();
+    let required = unpaid.headers()["payment-required"].to_str().unwrap();
+    let required: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(required)
+            .unwrap(),
+    )
+    .unwrap();
+    let accepted = required["accepts"][0].clone();
+    assert_eq!(accepted["extra"]["invoice"], offer.bolt11.as_str());
+    let preimage = sandbox_preimage(base, &offer.bolt11).await;
+    let signature = base64::engine::general_purpose::STANDARD.encode(
+        serde_json::json!({
+            "x402Version": 2, "scheme": "exact", "network": "lightning",
+            "payload": {"invoice": offer.bolt11}, "accepted": accepted,
+        })
+        .to_string(),
+    );
+    [
+        (
+            "authorization".into(),
+            offer.l402_authorization(&preimage).unwrap(),
+        ),
+        (
+            "authorization".into(),
+            offer.payment_authorization(&preimage).unwrap(),
+        ),
+        ("payment-signature".into(), signature),
+    ]
+}
+
+/// The sandbox payer's preimage for `bolt11` (hex decoded).
+async fn sandbox_preimage(base: &str, bolt11: &str) -> [u8; 32] {
+    let paid: Value = reqwest::Client::new()
+        .post(format!("{base}/sandbox/pay"))
+        .json(&serde_json::json!({"invoice": bolt11}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(paid["preimage"].as_str().unwrap(), &mut preimage).unwrap();
+    preimage
 }
 
 // ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::{Auth, Rewrite, ServiceConfig, UpstreamConfig};
+use crate::config::{Auth, Rewrite, Schemes, ServiceConfig, UpstreamConfig};
 
 #[derive(Deserialize)]
 struct WeatherQuery {
@@ -115,15 +115,34 @@ pub fn services(upstream: &str) -> Vec<ServiceConfig> {
         s
     };
     use axum::http::Method;
+    // The weather is offered through every door, x402's too (its
+    // Lightning scheme is a draft, so configured services leave it off);
+    // and once more through x402 alone, for clients that pick the first
+    // door they know.
+    let mut weather = make(
+        "weather",
+        "/api/weather",
+        Method::GET,
+        10,
+        "Weather report (demo)",
+        Auth::On,
+    );
+    weather.priced.schemes = Schemes::ALL;
+    let mut weather_x402 = make(
+        "weather-x402",
+        "/api/x402/weather",
+        Method::GET,
+        10,
+        "Weather report over x402 (demo)",
+        Auth::On,
+    );
+    weather_x402.priced.schemes = Schemes::X402;
+    if let Some(up) = weather_x402.upstream.as_mut() {
+        up.rewrite.strip_prefix = Some("/api/x402".into());
+    }
     vec![
-        make(
-            "weather",
-            "/api/weather",
-            Method::GET,
-            10,
-            "Weather report (demo)",
-            Auth::On,
-        ),
+        weather,
+        weather_x402,
         make(
             "translate",
             "/api/translate",

@@ -63,6 +63,9 @@ impl About<'_> {
         if self.mpp(service) {
             out.push("MPP");
         }
+        if service.schemes.x402() {
+            out.push("x402");
+        }
         out
     }
 
@@ -384,7 +387,7 @@ mod tests {
     fn services() -> Vec<Arc<PricedService>> {
         let both = PricedService::new("both", "/both", 3);
         let mut mpp = PricedService::new("mpp", "/mpp", 4);
-        mpp.schemes = Schemes::Mpp;
+        mpp.schemes = Schemes::MPP;
         let mut l402 = PricedService::new("l402", "/l402/*", 5);
         l402.schemes = Schemes::L402;
         [both, mpp, l402].into_iter().map(Arc::new).collect()

@@ -31,7 +31,7 @@ fn services() -> Vec<ServiceConfig> {
     maps.priced = maps.priced.pass(86_400);
     let mut submit = ServiceConfig::proxied("submit", "/submit", 5, UPSTREAM);
     submit.priced.methods = vec![Method::POST];
-    submit.priced.schemes = Schemes::Mpp;
+    submit.priced.schemes = Schemes::MPP;
     submit.priced.auth = Auth::Freebie(2);
     let mut status = ServiceConfig::proxied("status", "/status", 0, UPSTREAM);
     status.priced.auth = Auth::Off;

@@ -459,6 +459,94 @@ async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
     }
 }
 
+/// x402's door on the same invoice: the offer is bound to its service and
+/// price, paid only once the node holds the invoice as settled, served
+/// once, and its header never reaches the upstream.
+#[tokio::test]
+async fn x402_payments_are_bound_settled_and_single_use() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let h = Harness::start(|up| {
+        let mut cheap = service("cheap", "/cheap", 1, up);
+        cheap.priced.schemes = gate402_gateway::config::Schemes::ALL;
+        let mut dear = service("dear", "/dear", 1, up);
+        dear.priced.schemes = gate402_gateway::config::Schemes::ALL;
+        vec![cheap, dear]
+    })
+    .await;
+    // Configured services leave x402 off unless asked.
+    let plain = Harness::start(|up| vec![service("plain", "/plain", 1, up)]).await;
+    let unpaid = plain.client.get(plain.url("/plain")).send().await.unwrap();
+    assert!(unpaid.headers().get("payment-required").is_none());
+
+    let unpaid = h.client.get(h.url("/cheap?x=1")).send().await.unwrap();
+    assert_eq!(unpaid.status(), StatusCode::PAYMENT_REQUIRED);
+    let required: Value = serde_json::from_slice(
+        &b64.decode(unpaid.headers()["payment-required"].as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(required["x402Version"], 2);
+    assert_eq!(required["resource"]["url"], "/cheap?x=1");
+    let accepted = required["accepts"][0].clone();
+    assert_eq!(accepted["amount"], "1000");
+    assert_eq!(accepted["extra"]["paymentMethod"], "lightning");
+    let offer = Offer::from_headers(unpaid.headers()).unwrap();
+    assert_eq!(accepted["extra"]["invoice"], offer.bolt11.as_str());
+    let signature = |accepted: &Value| {
+        b64.encode(
+            json!({"x402Version": 2, "scheme": "exact", "network": "lightning",
+                   "payload": {"invoice": accepted["extra"]["invoice"]}, "accepted": accepted})
+            .to_string(),
+        )
+    };
+    let pay_with = |path: &'static str, value: String| {
+        h.client
+            .get(h.url(path))
+            .header("payment-signature", value)
+            .send()
+    };
+    // Not paid yet: the node says so.
+    let early = pay_with("/cheap", signature(&accepted)).await.unwrap();
+    assert_eq!(early.status(), StatusCode::PAYMENT_REQUIRED);
+    let body: Value = early.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        "https://paymentauth.org/problems/payment-action-required"
+    );
+    pay_via(&h.client, &h.base(), &offer.bolt11).await.unwrap();
+    // Another service at the same price: not its offer.
+    let elsewhere = pay_with("/dear", signature(&accepted)).await.unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::PAYMENT_REQUIRED);
+    // Another amount claimed for it: not its offer either.
+    let mut inflated = accepted.clone();
+    inflated["amount"] = "1".into();
+    inflated["extra"]["binding"] = "00".into();
+    let forged = pay_with("/cheap", signature(&inflated)).await.unwrap();
+    assert_eq!(forged.status(), StatusCode::PAYMENT_REQUIRED);
+
+    let served = pay_with("/cheap", signature(&accepted)).await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    let response: Value = serde_json::from_slice(
+        &b64.decode(served.headers()["payment-response"].as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(response["success"], true);
+    assert_eq!(
+        response["transaction"],
+        hex::encode(offer.invoice.payment_hash())
+    );
+    assert!(served.headers().contains_key("payment-receipt"));
+    let echoed: Value = served.json().await.unwrap();
+    assert!(
+        echoed["headers"].get("payment-signature").is_none(),
+        "the upstream saw the payment: {echoed}"
+    );
+    let replay = pay_with("/cheap", signature(&accepted)).await.unwrap();
+    assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
+}
+
 #[tokio::test]
 async fn cheap_challenge_does_not_unlock_an_expensive_route() {
     let h = Harness::start(|up| {
@@ -584,7 +672,7 @@ async fn proxy_preserves_the_request_and_hides_the_credential() {
             "x-api-key".parse().unwrap(),
             "upstream-secret".parse().unwrap(),
         )];
-        s.priced.schemes = Schemes::Mpp;
+        s.priced.schemes = Schemes::MPP;
         vec![s]
     })
     .await;

@@ -2,11 +2,12 @@
 //! them, so that a credential never reaches the upstream (or its logs)
 //! whichever header carried it.
 //!
-//! Credentials are read from `Authorization` and `Payment-Authorization`
-//! (the field the Payment scheme's `header` parameter selects). A value of
-//! `Authorization` in another scheme (`Bearer`, `Basic`: an API key of the
-//! upstream's own) is left for the upstream; `Payment-Authorization` is
-//! ours whatever it holds.
+//! Credentials are read from `Authorization`, `Payment-Authorization`
+//! (the field the Payment scheme's `header` parameter selects) and
+//! `payment-signature` (x402's). A value of `Authorization` in another
+//! scheme (`Bearer`, `Basic`: an API key of the upstream's own) is left for
+//! the upstream; `Payment-Authorization` and `payment-signature` are ours
+//! whatever they hold.
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -21,6 +22,9 @@ pub const PAYMENT_AUTHORIZATION: HeaderName = HeaderName::from_static("payment-a
 /// Its name as a challenge's `header` parameter spells it.
 pub const PAYMENT_AUTHORIZATION_NAME: &str = "Payment-Authorization";
 
+/// x402's `payment-signature` field.
+pub const PAYMENT_SIGNATURE: HeaderName = HeaderName::from_static(gate402_x402::PAYMENT_SIGNATURE);
+
 /// The scheme of a presented credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialScheme {
@@ -28,6 +32,8 @@ pub enum CredentialScheme {
     L402,
     /// `Payment`, the MPP scheme.
     Payment,
+    /// x402's payment (base64 JSON in `payment-signature`).
+    X402,
 }
 
 /// The header a credential came in.
@@ -37,6 +43,8 @@ pub enum CredentialField {
     Authorization,
     /// `Payment-Authorization`.
     PaymentAuthorization,
+    /// `payment-signature`.
+    PaymentSignature,
 }
 
 /// A payment credential taken off a request.
@@ -112,6 +120,13 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
             Some(scheme) => found.push((scheme, value, CredentialField::PaymentAuthorization)),
             None => error = Some(CredentialError::NotACredential),
         }
+    }
+    for value in headers.remove_all(PAYMENT_SIGNATURE) {
+        found.push((
+            CredentialScheme::X402,
+            value,
+            CredentialField::PaymentSignature,
+        ));
     }
     if let Some(error) = error {
         return Err(error);
@@ -224,5 +239,23 @@ mod tests {
         let mut h = headers(&[("authorization", "Basic x")]);
         assert_eq!(take(&mut h), Ok(None));
         assert_eq!(h.len(), 1);
+
+        let mut h = headers(&[("authorization", "L402 a:b"), ("payment-signature", "eyJ4")]);
+        assert_eq!(take(&mut h), Err(CredentialError::Several));
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn an_x402_payment_is_taken_and_stripped() {
+        let mut h = headers(&[
+            ("authorization", "Bearer key"),
+            ("payment-signature", " eyJ4NDAyVmVyc2lvbiI6Mn0= "),
+        ]);
+        let presented = take(&mut h).unwrap().unwrap();
+        assert_eq!(presented.scheme, CredentialScheme::X402);
+        assert_eq!(presented.field, CredentialField::PaymentSignature);
+        assert_eq!(presented.value, "eyJ4NDAyVmVyc2lvbiI6Mn0=");
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[AUTHORIZATION], "Bearer key");
     }
 }

@@ -13,6 +13,7 @@ use gate402_mpp::PaymentChallenge;
 
 use crate::clock::unix_now;
 use crate::route::{PricedService, Sells};
+use crate::x402::X402Keys;
 
 /// An invoice and the challenges issued for it.
 #[derive(Debug, Clone)]
@@ -27,6 +28,8 @@ pub struct Issued {
     pub l402: Option<L402Challenge>,
     /// The MPP charge challenge, when issued.
     pub payment: Option<PaymentChallenge>,
+    /// x402's offer of the invoice (`PAYMENT-REQUIRED`), when issued.
+    pub x402: Option<gate402_x402::PaymentRequired>,
 }
 
 /// Which challenges to issue with the invoice (each only if the service
@@ -37,6 +40,8 @@ pub struct Doors {
     pub l402: bool,
     /// An MPP charge.
     pub mpp: bool,
+    /// An x402 offer.
+    pub x402: bool,
 }
 
 /// What the MPP challenge binds besides the price and the service
@@ -47,6 +52,8 @@ pub struct Binding<'a> {
     pub header: Option<&'a str>,
     /// The digest of the request body it pays for (`sha-256=:…:`).
     pub digest: Option<&'a str>,
+    /// The request target, x402's `resource.url`.
+    pub resource: Option<&'a str>,
 }
 
 /// Makes invoices and challenges.
@@ -57,6 +64,9 @@ pub(crate) struct Issuer {
     pub(crate) root_keys: RootKeySecrets,
     pub(crate) realm: String,
     pub(crate) invoice_expiry_secs: u32,
+    pub(crate) x402_keys: X402Keys,
+    /// The node's id (hex), the x402 offer's `payTo`.
+    pub(crate) payee: String,
 }
 
 impl Issuer {
@@ -81,6 +91,7 @@ impl Issuer {
             expires_at: created.expires_at,
             l402: None,
             payment: None,
+            x402: None,
         };
         if doors.l402 && service.schemes.l402() {
             // Counted from the invoice's expiry: a token paid at the last
@@ -138,6 +149,16 @@ impl Issuer {
                         header: binding.header,
                     }),
             );
+        }
+        if doors.x402 && service.schemes.x402() {
+            issued.x402 = Some(self.x402_keys.offer(
+                service,
+                &issued,
+                binding.resource.unwrap_or("/"),
+                &self.payee,
+                self.network,
+                self.invoice_expiry_secs,
+            ));
         }
         Ok(issued)
     }

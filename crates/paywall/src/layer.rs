@@ -370,6 +370,7 @@ impl Paywall {
         };
         let verified = match scheme {
             CredentialScheme::L402 => self.verify_l402(&service, &value),
+            CredentialScheme::X402 => self.verify_x402(&service, &value).await,
             CredentialScheme::Payment => {
                 let arrived_in = (field == CredentialField::PaymentAuthorization)
                     .then_some(PAYMENT_AUTHORIZATION_NAME);
@@ -419,6 +420,7 @@ impl Paywall {
         let scheme_name = match scheme {
             CredentialScheme::L402 => "L402",
             CredentialScheme::Payment => "Payment",
+            CredentialScheme::X402 => "x402",
         };
         // A pass has nothing to claim.
         let claim = if !verified.single_use {
@@ -495,6 +497,13 @@ impl Paywall {
         if let Ok(value) = HeaderValue::from_str(&gate402_mpp::receipt::to_header(&receipt)) {
             parts.headers.insert(gate402_mpp::RECEIPT_HEADER, value);
         }
+        if scheme == "x402" {
+            if let Ok(value) =
+                HeaderValue::from_str(&crate::x402::response_header(&verified.payment_hash))
+            {
+                parts.headers.insert(gate402_x402::PAYMENT_RESPONSE, value);
+            }
+        }
         make_private(&mut parts.headers);
         Ok(Response::from_parts(
             parts,
@@ -547,12 +556,26 @@ impl Paywall {
         } else {
             None
         };
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
         let binding = Binding {
             header,
             digest: digest.as_deref(),
+            resource: Some(&target),
         };
         match self
-            .issue_for(service, Doors { l402: true, mpp }, binding)
+            .issue_for(
+                service,
+                Doors {
+                    l402: true,
+                    mpp,
+                    x402: true,
+                },
+                binding,
+            )
             .await
         {
             Ok(issued) => responses::payment_required(

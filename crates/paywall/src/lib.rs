@@ -1,8 +1,8 @@
 //! The gate402 paywall as a tower layer: a request to a priced route gets
 //! `402 Payment Required` with one Lightning invoice offered through two
 //! protocols, L402 (a macaroon bound to the invoice) and MPP (the IETF
-//! `Payment` scheme); a paid retry is verified, served once, and answered
-//! with a `Payment-Receipt`.
+//! `Payment` scheme), and x402 where a service asks for it; a paid retry is
+//! verified, served once, and answered with a `Payment-Receipt`.
 //!
 //! No config format, no Lightning backend, no MCP: a
 //! [`LightningBackend`](gate402_lightning::LightningBackend) and a
@@ -13,7 +13,8 @@
 //! - [`route`]: priced services, the normalized request path and host,
 //!   and which service they name (the path matched is the path forwarded);
 //! - [`credentials`]: finding payment credentials and stripping them;
-//! - `verify`: L402 and MPP verification;
+//! - `verify`: L402 and MPP verification; `x402`: x402's offer and its
+//!   settled-invoice check;
 //! - [`claims`]: single use, keyed by payment hash and fenced by holder;
 //! - [`issue`]: the invoice and its challenges;
 //! - [`payment_id`]: the bearer id of MCP's `create_payment` flow;
@@ -69,6 +70,7 @@ mod paywall;
 pub mod responses;
 pub mod route;
 mod verify;
+mod x402;
 
 pub use claims::{Claim, ClaimError};
 pub use client::{ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies};

@@ -27,6 +27,7 @@ use crate::responses::Refusal;
 use crate::route::PricedService;
 use crate::route::Routes;
 use crate::verify::{Verified, Verifier};
+use crate::x402::X402Keys;
 
 /// How long a claim is leased before another replica may take it over,
 /// unless renewed (it is, every third of it, while its response streams).
@@ -57,6 +58,7 @@ pub struct PaywallBuilder {
     challenge_key: ChallengeKey,
     root_keys: RootKeySecrets,
     payment_ids: PaymentIds,
+    x402_keys: X402Keys,
     replica: String,
     realm: String,
     invoice_expiry_secs: u32,
@@ -83,6 +85,7 @@ impl PaywallBuilder {
             .map_err(|e| PaywallError::SecretTooShort(e.0))?;
         self.root_keys = self.root_keys.with_previous(secret.as_bytes());
         self.payment_ids = self.payment_ids.with_previous(secret.as_bytes());
+        self.x402_keys = self.x402_keys.with_previous(secret.as_bytes());
         Ok(self)
     }
 
@@ -172,7 +175,10 @@ impl PaywallBuilder {
                     root_keys: self.root_keys.clone(),
                     realm: self.realm.clone(),
                     invoice_expiry_secs: self.invoice_expiry_secs,
+                    x402_keys: self.x402_keys.clone(),
+                    payee: hex::encode(info.pubkey),
                 },
+                x402_keys: self.x402_keys,
                 verifier: Verifier {
                     challenge_key: self.challenge_key,
                     root_keys: self.root_keys,
@@ -233,6 +239,7 @@ pub(crate) struct State {
     pub(crate) routes: ArcSwap<Routes>,
     pub(crate) issuer: Issuer,
     pub(crate) verifier: Verifier,
+    pub(crate) x402_keys: X402Keys,
     pub(crate) network: Network,
     pub(crate) payment_ids: PaymentIds,
     pub(crate) backend: Arc<dyn LightningBackend>,
@@ -271,6 +278,7 @@ impl Paywall {
             challenge_key,
             root_keys: RootKeySecrets::new(secret.as_bytes()),
             payment_ids: PaymentIds::new(secret.as_bytes()),
+            x402_keys: X402Keys::new(secret.as_bytes()),
             replica: hex::encode(rand::random::<[u8; 16]>()),
             realm: "gate402".into(),
             invoice_expiry_secs: 600,
@@ -422,6 +430,28 @@ impl Paywall {
     /// The [`Refusal`] to answer with.
     pub fn verify_l402(&self, service: &PricedService, value: &str) -> Result<Verified, Refusal> {
         self.inner.verifier.l402(service, value)
+    }
+
+    /// Checks an x402 `payment-signature` value for `service`: the offer
+    /// this gateway made, its invoice settled on the node.
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`] to answer with.
+    pub async fn verify_x402(
+        &self,
+        service: &PricedService,
+        value: &str,
+    ) -> Result<Verified, Refusal> {
+        self.inner
+            .x402_keys
+            .verify(
+                service,
+                value,
+                self.inner.backend.as_ref(),
+                service.token_lifetime_secs,
+            )
+            .await
     }
 
     /// Checks a parsed MPP credential for `service` (an MCP `_meta`

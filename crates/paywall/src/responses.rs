@@ -202,6 +202,7 @@ pub fn payment_required(
     let schemes: Vec<&str> = [
         (issued.l402.is_some(), "L402"),
         (payment_line.is_some(), "MPP"),
+        (issued.x402.is_some(), "x402"),
     ]
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
@@ -236,6 +237,11 @@ pub fn payment_required(
     for line in lines {
         if let Ok(value) = HeaderValue::from_str(&line) {
             headers.append(WWW_AUTHENTICATE, value);
+        }
+    }
+    if let Some(offer) = &issued.x402 {
+        if let Ok(value) = HeaderValue::from_str(&gate402_x402::encode(offer)) {
+            headers.insert(gate402_x402::PAYMENT_REQUIRED, value);
         }
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

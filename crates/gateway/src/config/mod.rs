@@ -150,7 +150,7 @@ impl ToolConfig {
         priced.name = format!("mcp/{}", self.name);
         priced.price_sats = self.price_sats.unwrap_or(called.priced.price_sats);
         priced.description = self.description.clone();
-        priced.schemes = Schemes::Mpp;
+        priced.schemes = Schemes::MPP;
         priced.sells = Sells::Request;
         if let Some(path) = &self.path {
             priced.path = PathPattern::Exact(path.clone());

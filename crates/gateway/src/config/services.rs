@@ -25,7 +25,7 @@ struct RawService {
     upstream: Option<String>,
     price_sats: Option<i64>,
     auth: Option<String>,
-    schemes: Option<String>,
+    schemes: Option<Value>,
     sells: Option<String>,
     token_lifetime_secs: Option<i64>,
     capabilities: Option<Vec<String>>,
@@ -58,6 +58,47 @@ struct RawRewrite {
 const MAX_PRICE_SATS: i64 = 21_000_000 * 100_000_000;
 
 impl Checker {
+    /// `schemes`: `"both"` (L402 and MPP), `"l402"`, `"mpp"`, `"x402"`,
+    /// `"all"`, or a list of `"l402"`, `"mpp"` and `"x402"`.
+    fn schemes(&mut self, at: &str, value: Value) -> Schemes {
+        const WORDS: &str = "\"both\", \"all\", \"l402\", \"mpp\", \"x402\" or a list of \"l402\", \"mpp\" and \"x402\"";
+        let words: Vec<String> = match value {
+            Value::String(word) => match word.as_str() {
+                "both" => return Schemes::BOTH,
+                "all" => return Schemes::ALL,
+                _ => vec![word],
+            },
+            Value::Array(list) => list
+                .into_iter()
+                .map(|v| v.as_str().map(str::to_owned).unwrap_or_default())
+                .collect(),
+            other => {
+                self.error(at, format!("{other} is not {WORDS}"));
+                return Schemes::BOTH;
+            }
+        };
+        let mut schemes = Schemes {
+            l402: false,
+            mpp: false,
+            x402: false,
+        };
+        for word in &words {
+            match word.as_str() {
+                "l402" => schemes.l402 = true,
+                "mpp" => schemes.mpp = true,
+                "x402" => schemes.x402 = true,
+                other => {
+                    self.error(at, format!("{other:?} is not {WORDS}"));
+                    return Schemes::BOTH;
+                }
+            }
+        }
+        if words.is_empty() {
+            self.error(at, "names no scheme");
+            return Schemes::BOTH;
+        }
+        schemes
+    }
     /// `[[services]]`: the services that could be read, names unique.
     pub(super) fn services(&mut self, value: Value) -> Vec<ServiceConfig> {
         let mut services: Vec<ServiceConfig> = Vec::new();
@@ -162,18 +203,7 @@ impl Checker {
             };
         }
         if let Some(schemes) = raw.schemes {
-            priced.schemes = match schemes.as_str() {
-                "both" => Schemes::Both,
-                "l402" => Schemes::L402,
-                "mpp" => Schemes::Mpp,
-                other => {
-                    self.error(
-                        &at("schemes"),
-                        format!("{other:?} is not \"l402\", \"mpp\" or \"both\""),
-                    );
-                    Schemes::Both
-                }
-            };
+            priced.schemes = self.schemes(&at("schemes"), schemes);
         }
         if let Some(secs) = raw.token_lifetime_secs {
             if secs <= 0 {

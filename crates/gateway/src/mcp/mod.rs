@@ -190,6 +190,7 @@ impl PaidTools {
         let doors = Doors {
             l402: false,
             mpp: true,
+            x402: false,
         };
         let issued = match self.paywall.issue(service, doors).await {
             Ok(issued) => issued,
@@ -264,6 +265,7 @@ impl PaidTools {
         let doors = Doors {
             l402: false,
             mpp: false,
+            x402: false,
         };
         let issued = self
             .paywall

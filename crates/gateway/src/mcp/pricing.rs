@@ -75,7 +75,7 @@ impl Pricing {
 fn charge(tool: &str, price_sats: u64, description: &str) -> PricedService {
     let mut service = PricedService::new(&format!("mcp/{tool}"), "/mcp", price_sats);
     service.description = description.to_owned();
-    service.schemes = gate402_paywall::Schemes::Mpp;
+    service.schemes = gate402_paywall::Schemes::MPP;
     service
 }
 

@@ -754,7 +754,6 @@ async fn cln_node(fake: Fake, dir: &FsPath, name: &str, rune: &str) -> (Cln, Str
         rune: Some(rune.into()),
         rune_path: None,
         tls_cert_path: Some(tls.cert_file),
-        route_hints: Default::default(),
     })
     .unwrap();
     (cln, url)
@@ -779,7 +778,6 @@ async fn cln_pair() -> (Cln, Cln, tempfile::TempDir, String) {
         rune: None,
         rune_path: Some(dir.path().join("rune")),
         tls_cert_path: Some(payer_tls.cert_file),
-        route_hints: Default::default(),
     })
     .unwrap();
     (merchant, payer, dir, merchant_url)
@@ -1119,7 +1117,6 @@ async fn cln_wrong_rune_is_unauthorized() {
         rune: Some("not-the-rune".into()),
         rune_path: None,
         tls_cert_path: Some(dir.path().join("merchant-ca.pem")),
-        route_hints: Default::default(),
     })
     .unwrap();
     match wrong.node_info().await {
@@ -1142,7 +1139,6 @@ async fn cln_trusts_its_ca_alone() {
         rune: Some(RUNE.into()),
         rune_path: None,
         tls_cert_path: Some(other.cert_file),
-        route_hints: Default::default(),
     })
     .unwrap();
     match wrong.node_info().await {
@@ -1212,7 +1208,6 @@ async fn cln_errors_explain_themselves() {
         rune: Some("no-wait-rune".into()),
         rune_path: None,
         tls_cert_path: Some(dir.path().join("merchant-ca.pem")),
-        route_hints: Default::default(),
     })
     .unwrap();
     match limited

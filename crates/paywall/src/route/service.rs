@@ -17,26 +17,63 @@ pub enum Auth {
     Freebie(u64),
 }
 
-/// Which payment schemes a service offers on its one invoice.
+/// Which payment schemes (doors) a service offers on its one invoice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schemes {
-    /// L402 and MPP.
-    Both,
-    /// L402 only.
-    L402,
-    /// MPP only.
-    Mpp,
+pub struct Schemes {
+    /// L402 (macaroon + invoice; `LSAT` too).
+    pub l402: bool,
+    /// MPP, the `Payment` scheme with its Lightning charge.
+    pub mpp: bool,
+    /// x402's `PAYMENT-REQUIRED` with a Lightning entry (its Lightning
+    /// scheme is still a draft, so off unless asked for).
+    pub x402: bool,
 }
 
 impl Schemes {
+    /// L402 and MPP (the default).
+    pub const BOTH: Self = Self {
+        l402: true,
+        mpp: true,
+        x402: false,
+    };
+    /// L402 only.
+    pub const L402: Self = Self {
+        l402: true,
+        mpp: false,
+        x402: false,
+    };
+    /// MPP only.
+    pub const MPP: Self = Self {
+        l402: false,
+        mpp: true,
+        x402: false,
+    };
+    /// Every door: L402, MPP and x402.
+    pub const ALL: Self = Self {
+        l402: true,
+        mpp: true,
+        x402: true,
+    };
+    /// x402 only.
+    pub const X402: Self = Self {
+        l402: false,
+        mpp: false,
+        x402: true,
+    };
+
     /// Whether L402 is offered.
     pub fn l402(self) -> bool {
-        matches!(self, Schemes::Both | Schemes::L402)
+        self.l402
     }
 
     /// Whether MPP is offered.
     pub fn mpp(self) -> bool {
-        matches!(self, Schemes::Both | Schemes::Mpp)
+        self.mpp
+    }
+
+    /// Whether x402 is offered.
+    pub fn x402(self) -> bool {
+        self.x402
     }
 }
 
@@ -104,7 +141,7 @@ impl PricedService {
             methods: Vec::new(),
             price_sats,
             auth: Auth::On,
-            schemes: Schemes::Both,
+            schemes: Schemes::BOTH,
             sells: Sells::Request,
             token_lifetime_secs: 3600,
             description: name.to_owned(),
