@@ -76,6 +76,10 @@ impl ClnNode {
             // Blocks seen within a second, not the default 30.
             .arg("--developer")
             .arg("--dev-bitcoind-poll=1")
+            // Its gRPC plugin listens on one fixed port (9736) and, being
+            // marked important, stops the node when a second node cannot
+            // bind it; the tests use clnrest alone.
+            .arg("--disable-plugin=cln-grpc")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
