@@ -547,6 +547,96 @@ async fn x402_payments_are_bound_settled_and_single_use() {
     assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
 }
 
+/// A payment spent through its shortest-lived door (MPP's challenge ends
+/// with the invoice) is remembered as long as its longest-lived door (the
+/// L402 token and the x402 offer, an hour after): purging expired claims
+/// in between frees nothing for a second request.
+#[tokio::test]
+async fn a_spent_payment_outlives_every_door_of_its_invoice() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let h = Harness::start(|up| {
+        let mut weather = service("weather", "/weather", 2, up);
+        weather.priced.schemes = gate402_gateway::config::Schemes::ALL;
+        vec![weather]
+    })
+    .await;
+    let unpaid = h.client.get(h.url("/weather")).send().await.unwrap();
+    let required: Value = serde_json::from_slice(
+        &b64.decode(unpaid.headers()["payment-required"].as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    let accepted = required["accepts"][0].clone();
+    let offer = Offer::from_headers(unpaid.headers()).unwrap();
+    let paid = pay_via(&h.client, &h.base(), &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let mpp = offer.payment_authorization(&preimage).unwrap();
+    let served = h.get("/weather", &mpp).await;
+    assert_eq!(served.status(), StatusCode::OK);
+    served.bytes().await.unwrap();
+    // The claim is committed once the body is out, in a batch.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past the invoice's (and so the MPP challenge's) end, before the token's.
+    let later = gate402_paywall::unix_now() + 600 + 60;
+    h.gateway
+        .paywall()
+        .store()
+        .purge_expired(later)
+        .await
+        .unwrap();
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(
+        h.get("/weather", &l402).await.status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
+    let signature = b64.encode(
+        json!({"x402Version": 2, "scheme": "exact", "network": "lightning",
+               "payload": {"invoice": offer.bolt11}, "accepted": accepted})
+        .to_string(),
+    );
+    let x402 = h
+        .client
+        .get(h.url("/weather"))
+        .header("payment-signature", signature)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x402.status(), StatusCode::PAYMENT_REQUIRED);
+    // A later end written into a paid offer breaks its binding.
+    let unpaid = h.client.get(h.url("/weather")).send().await.unwrap();
+    let fresh: Value = serde_json::from_slice(
+        &b64.decode(unpaid.headers()["payment-required"].as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    let mut fresh = fresh["accepts"][0].clone();
+    pay_via(
+        &h.client,
+        &h.base(),
+        fresh["extra"]["invoice"].as_str().unwrap(),
+    )
+    .await
+    .unwrap();
+    fresh["extra"]["validUntil"] = (fresh["extra"]["validUntil"].as_u64().unwrap() + 86_400).into();
+    let forged = h
+        .client
+        .get(h.url("/weather"))
+        .header(
+            "payment-signature",
+            b64.encode(
+                json!({"x402Version": 2, "scheme": "exact", "network": "lightning",
+                       "payload": {"invoice": fresh["extra"]["invoice"]}, "accepted": fresh})
+                .to_string(),
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::PAYMENT_REQUIRED);
+}
+
 #[tokio::test]
 async fn cheap_challenge_does_not_unlock_an_expensive_route() {
     let h = Harness::start(|up| {

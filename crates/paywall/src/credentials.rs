@@ -4,7 +4,8 @@
 //!
 //! Credentials are read from `Authorization`, `Payment-Authorization`
 //! (the field the Payment scheme's `header` parameter selects) and
-//! `payment-signature` (x402's). A value of `Authorization` in another
+//! `payment-signature` (x402's; version 1's `X-PAYMENT` is stripped, never
+//! read). A value of `Authorization` in another
 //! scheme (`Bearer`, `Basic`: an API key of the upstream's own) is left for
 //! the upstream; `Payment-Authorization` and `payment-signature` are ours
 //! whatever they hold.
@@ -24,6 +25,9 @@ pub const PAYMENT_AUTHORIZATION_NAME: &str = "Payment-Authorization";
 
 /// x402's `payment-signature` field.
 pub const PAYMENT_SIGNATURE: HeaderName = HeaderName::from_static(gate402_x402::PAYMENT_SIGNATURE);
+
+/// x402 version 1's payment field: never accepted here, never forwarded.
+pub const X_PAYMENT: HeaderName = HeaderName::from_static("x-payment");
 
 /// The scheme of a presented credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +125,7 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
             None => error = Some(CredentialError::NotACredential),
         }
     }
+    headers.remove_all(X_PAYMENT);
     for value in headers.remove_all(PAYMENT_SIGNATURE) {
         found.push((
             CredentialScheme::X402,
@@ -257,5 +262,10 @@ mod tests {
         assert_eq!(presented.value, "eyJ4NDAyVmVyc2lvbiI6Mn0=");
         assert_eq!(h.len(), 1);
         assert_eq!(h[AUTHORIZATION], "Bearer key");
+
+        // x402 version 1's field is stripped too, though not accepted.
+        let mut h = headers(&[("x-payment", "eyJ2MSI6MX0="), ("accept", "*/*")]);
+        assert_eq!(take(&mut h), Ok(None));
+        assert_eq!(h.len(), 1);
     }
 }

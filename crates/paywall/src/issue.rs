@@ -93,11 +93,11 @@ impl Issuer {
             payment: None,
             x402: None,
         };
+        // Counted from the invoice's expiry: a token paid at the last moment
+        // still lasts token_lifetime_secs. The L402 token and the x402 offer
+        // of one invoice end together.
+        let valid_until = now + u64::from(self.invoice_expiry_secs) + service.token_lifetime_secs;
         if doors.l402 && service.schemes.l402() {
-            // Counted from the invoice's expiry: a token paid at the last
-            // moment still lasts token_lifetime_secs.
-            let valid_until =
-                now + u64::from(self.invoice_expiry_secs) + service.token_lifetime_secs;
             let mut caveats = vec![
                 Caveat::services(&[Service::new(service.name.clone())]),
                 Caveat::valid_until(&service.name, valid_until),
@@ -157,7 +157,7 @@ impl Issuer {
                 binding.resource.unwrap_or("/"),
                 &self.payee,
                 self.network,
-                self.invoice_expiry_secs,
+                valid_until,
             ));
         }
         Ok(issued)

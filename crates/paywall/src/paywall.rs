@@ -443,15 +443,16 @@ impl Paywall {
         service: &PricedService,
         value: &str,
     ) -> Result<Verified, Refusal> {
-        self.inner
+        let mut verified = self
+            .inner
             .x402_keys
-            .verify(
-                service,
-                value,
-                self.inner.backend.as_ref(),
-                service.token_lifetime_secs,
-            )
-            .await
+            .verify(service, value, self.inner.backend.as_ref())
+            .await?;
+        verified.expires_at = self
+            .inner
+            .verifier
+            .remembered_until(service, verified.expires_at);
+        Ok(verified)
     }
 
     /// Checks a parsed MPP credential for `service` (an MCP `_meta`

@@ -74,11 +74,7 @@ impl Verifier {
                 Ok(Verified {
                     payment_hash: id.payment_hash,
                     challenge_id: None,
-                    expires_at: terms.valid_until.unwrap_or_else(|| {
-                        unix_now()
-                            + u64::from(self.invoice_expiry_secs)
-                            + service.token_lifetime_secs
-                    }),
+                    expires_at: self.remembered_until(service, terms.valid_until.unwrap_or(0)),
                     single_use: terms.uses.is_some(),
                 })
             }
@@ -160,8 +156,19 @@ impl Verifier {
         Ok(Verified {
             payment_hash: verified.payment_hash,
             challenge_id: Some(verified.challenge_id),
-            expires_at,
+            expires_at: self.remembered_until(service, expires_at),
             single_use: true,
         })
+    }
+
+    /// Until when a payment's single use must be remembered, whichever door
+    /// spent it: past the end of every credential of its invoice, not only
+    /// of the one presented. One invoice's credentials are minted together
+    /// (the MPP challenge ends with the invoice, the L402 token and the x402
+    /// offer `token_lifetime_secs` after it), so a payment spent through the
+    /// shortest-lived door is not forgotten while a longer-lived door of the
+    /// same invoice still verifies.
+    pub(crate) fn remembered_until(&self, service: &PricedService, own: u64) -> u64 {
+        own.max(unix_now() + u64::from(self.invoice_expiry_secs) + service.token_lifetime_secs)
     }
 }

@@ -2,16 +2,18 @@
 //! `payment-signature` checked by asking the node whether its invoice is
 //! settled (x402's Lightning payload carries no preimage).
 //!
-//! Stateless like the other doors: the offer is bound to its service, hash
-//! and amount by an HMAC under a key derived from the gateway's secret
-//! ([`gate402_x402::binding`]), so a 402 stores nothing and any replica
-//! sharing the secret can check a payment. Single use is the claim's job.
+//! Stateless like the other doors: the offer is bound to its service, its
+//! exact invoice and its end by an HMAC under a key derived from the
+//! gateway's secret ([`gate402_x402::binding`]), so a 402 stores nothing,
+//! any replica sharing the secret can check a payment, and a client cannot
+//! present a re-encoded invoice (another expiry, another signer) for the
+//! same payment hash. Single use is the claim's job.
 
 use gate402_bolt11::Invoice;
 use gate402_lightning::{InvoiceStatus, LightningBackend, Network};
 use gate402_mpp::problem::ProblemType;
 use gate402_x402::{
-    LightningExtra, PaymentRequired, Requirements, ResourceInfo, LIGHTNING, SCHEME, VERSION,
+    Bound, LightningExtra, PaymentRequired, Requirements, ResourceInfo, LIGHTNING, SCHEME, VERSION,
 };
 use hmac::{Hmac, KeyInit, Mac};
 use http::StatusCode;
@@ -53,7 +55,8 @@ impl X402Keys {
     }
 
     /// `PAYMENT-REQUIRED` for `issued`'s invoice, sold as `service` for the
-    /// request target `resource`.
+    /// request target `resource`, honoured until `valid_until` (the L402
+    /// token of the same invoice's end).
     pub(crate) fn offer(
         &self,
         service: &PricedService,
@@ -61,9 +64,10 @@ impl X402Keys {
         resource: &str,
         payee: &str,
         network: Network,
-        expiry_secs: u32,
+        valid_until: u64,
     ) -> PaymentRequired {
         let amount_msat = service.price_sats * 1000;
+        let expiry_secs = issued.expires_at.saturating_sub(unix_now()).max(1);
         PaymentRequired {
             x402_version: VERSION,
             error: Some(format!("{}: {}", service.description, service.sale())),
@@ -77,16 +81,19 @@ impl X402Keys {
                 amount: amount_msat.to_string(),
                 asset: "BTC".into(),
                 pay_to: payee.into(),
-                max_timeout_seconds: u64::from(expiry_secs),
+                max_timeout_seconds: expiry_secs,
                 extra: LightningExtra {
                     payment_method: LIGHTNING.into(),
                     invoice: issued.bolt11.clone(),
                     network: network.to_string(),
+                    valid_until,
                     binding: gate402_x402::binding(
                         &self.0[0],
-                        &service.name,
-                        &issued.payment_hash,
-                        amount_msat,
+                        Bound {
+                            service: &service.name,
+                            invoice: &issued.bolt11,
+                            valid_until,
+                        },
                     ),
                 },
             }],
@@ -94,14 +101,13 @@ impl X402Keys {
     }
 
     /// Checks a `payment-signature` for `service`: an offer of this
-    /// gateway for this service and price, whose invoice `backend` holds as
-    /// settled (or whose preimage the client sent).
+    /// gateway for this service and price, its invoice exactly as issued,
+    /// which `backend` holds as settled (or whose preimage the client sent).
     pub(crate) async fn verify(
         &self,
         service: &PricedService,
         value: &str,
         backend: &dyn LightningBackend,
-        token_lifetime_secs: u64,
     ) -> Result<Verified, Refusal> {
         let refuse =
             |problem, detail: String| Refusal::new(StatusCode::PAYMENT_REQUIRED, problem, detail);
@@ -118,23 +124,24 @@ impl X402Keys {
             .map_err(|e| refuse(ProblemType::MalformedCredential, e.to_string()))?;
         let hash = invoice.payment_hash();
         let amount_msat = service.price_sats * 1000;
-        let bound = self.0.iter().any(|key| {
-            gate402_x402::binding_holds(
-                key,
-                &service.name,
-                &hash,
-                amount_msat,
-                &payment.accepted.extra.binding,
-            )
-        });
-        if !bound || invoice.amount_msat() != Some(amount_msat) {
+        let extra = &payment.accepted.extra;
+        let bound = Bound {
+            service: &service.name,
+            invoice: &payment.payload.invoice,
+            valid_until: extra.valid_until,
+        };
+        let issued_here = self
+            .0
+            .iter()
+            .any(|key| gate402_x402::binding_holds(key, bound, &extra.binding));
+        if !issued_here || invoice.amount_msat() != Some(amount_msat) {
             return Err(refuse(
                 ProblemType::InvalidChallenge,
                 "this x402 offer was not made by this gateway for this service and price".into(),
             ));
         }
         // Its single use is remembered until then; past it, it pays nothing.
-        let expires_at = invoice.expires_at() + token_lifetime_secs;
+        let expires_at = extra.valid_until;
         if unix_now() >= expires_at {
             return Err(refuse(
                 ProblemType::PaymentExpired,

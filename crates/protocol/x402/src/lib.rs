@@ -11,9 +11,10 @@
 //! answers a paid request.
 //!
 //! The offer is bound to what it is for by `extra.binding`, an HMAC under
-//! the server's key of the service, the payment hash and the amount, which
-//! the client echoes in `accepted`: an invoice bought for one service pays
-//! for no other.
+//! the server's key of the service, the exact invoice (so its payee, hash,
+//! amount and times are the server's, not a re-encoding a client made) and
+//! `extra.validUntil`, which the client echoes in `accepted`: an invoice
+//! bought for one service pays for no other, and for no longer.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -93,7 +94,11 @@ pub struct LightningExtra {
     /// `mainnet`, `testnet`, `signet` or `regtest`.
     #[serde(default)]
     pub network: String,
-    /// What binds the offer to its service: see [`binding`].
+    /// Until when a payment of this offer is honoured (unix seconds).
+    #[serde(default)]
+    pub valid_until: u64,
+    /// What binds the offer to its service, invoice and time: see
+    /// [`binding`].
     #[serde(default)]
     pub binding: String,
 }
@@ -205,29 +210,34 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// The binding of an offer: hex HMAC-SHA256 under `key` of the service, the
-/// payment hash and the amount.
-pub fn binding(key: &[u8], service: &str, payment_hash: &[u8; 32], amount_msat: u64) -> String {
+/// What an offer binds: the service it sells, its invoice exactly as
+/// issued (BOLT11, compared in lower case) and until when it is honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound<'a> {
+    /// The service's name.
+    pub service: &'a str,
+    /// The invoice.
+    pub invoice: &'a str,
+    /// Unix seconds.
+    pub valid_until: u64,
+}
+
+/// The binding of an offer: hex HMAC-SHA256 under `key` of [`Bound`].
+pub fn binding(key: &[u8], bound: Bound<'_>) -> String {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(b"gate402 x402\0");
-    mac.update(service.as_bytes());
+    mac.update(b"gate402 x402 v2\0");
+    mac.update(bound.service.as_bytes());
     mac.update(b"\0");
-    mac.update(payment_hash);
-    mac.update(&amount_msat.to_be_bytes());
+    mac.update(bound.invoice.trim().to_ascii_lowercase().as_bytes());
+    mac.update(b"\0");
+    mac.update(&bound.valid_until.to_be_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Whether `presented` is the binding of this service, hash and amount
-/// (in constant time).
-pub fn binding_holds(
-    key: &[u8],
-    service: &str,
-    payment_hash: &[u8; 32],
-    amount_msat: u64,
-    presented: &str,
-) -> bool {
-    let expected = binding(key, service, payment_hash, amount_msat);
+/// Whether `presented` is the binding of `bound` (in constant time).
+pub fn binding_holds(key: &[u8], bound: Bound<'_>, presented: &str) -> bool {
+    let expected = binding(key, bound);
     bool::from(expected.as_bytes().ct_eq(presented.as_bytes()))
 }
 
@@ -247,7 +257,8 @@ mod tests {
                 payment_method: LIGHTNING.into(),
                 invoice: invoice.into(),
                 network: "regtest".into(),
-                binding: binding(b"k", "svc", &[1; 32], 10_000),
+                valid_until: 99,
+                binding: "b".into(),
             },
         }
     }
@@ -293,12 +304,38 @@ mod tests {
     }
 
     #[test]
-    fn the_binding_names_service_hash_and_amount() {
-        let b = binding(b"key", "svc", &[7; 32], 1000);
-        assert!(binding_holds(b"key", "svc", &[7; 32], 1000, &b));
-        assert!(!binding_holds(b"key", "other", &[7; 32], 1000, &b));
-        assert!(!binding_holds(b"key", "svc", &[8; 32], 1000, &b));
-        assert!(!binding_holds(b"key", "svc", &[7; 32], 999, &b));
-        assert!(!binding_holds(b"other key", "svc", &[7; 32], 1000, &b));
+    fn the_binding_names_service_invoice_and_time() {
+        let bound = Bound {
+            service: "svc",
+            invoice: "lnbcrt1abc",
+            valid_until: 1000,
+        };
+        let b = binding(b"key", bound);
+        assert!(binding_holds(b"key", bound, &b));
+        assert!(binding_holds(
+            b"key",
+            Bound {
+                invoice: "LNBCRT1ABC",
+                ..bound
+            },
+            &b
+        ));
+        for other in [
+            Bound {
+                service: "other",
+                ..bound
+            },
+            Bound {
+                invoice: "lnbcrt1abd",
+                ..bound
+            },
+            Bound {
+                valid_until: 1001,
+                ..bound
+            },
+        ] {
+            assert!(!binding_holds(b"key", other, &b), "{other:?}");
+        }
+        assert!(!binding_holds(b"other key", bound, &b));
     }
 }
