@@ -39,8 +39,6 @@ pub use middleware::PaymentMiddleware;
 pub use policy::{Policy, Refusal};
 pub use wallet::{Wallet, PAY_TIMEOUT};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use gate402_bolt11::Invoice;
 use gate402_http_auth::{parse_challenges, Challenge};
 use gate402_l402::caveat::{Caveat, SERVICES, USES_SUFFIX, VALID_UNTIL_SUFFIX};
@@ -302,21 +300,10 @@ fn read_charge(c: &Challenge) -> Result<(PaymentChallenge, ChargeRequest), Strin
     Ok((challenge, charge))
 }
 
-/// Base64 as the official MPP SDKs read it (mpp-rs since its PR 149, and
-/// mppx): the URL-safe or the standard alphabet, with or without `=`.
+/// Base64 as the official MPP SDKs read it (the `mpp` crate's reader, as
+/// mppx's): the URL-safe or the standard alphabet, with or without `=`.
 fn decode_base64(text: &str) -> Result<Vec<u8>, String> {
-    let normalized: String = text
-        .chars()
-        .filter(|c| *c != '=')
-        .map(|c| match c {
-            '+' => '-',
-            '/' => '_',
-            other => other,
-        })
-        .collect();
-    URL_SAFE_NO_PAD
-        .decode(normalized)
-        .map_err(|e| format!("not base64 ({e})"))
+    mpp::base64url_decode(text).map_err(|e| format!("not base64 ({e})"))
 }
 
 fn decode_json_object(text: &str) -> Result<serde_json::Value, String> {
@@ -331,7 +318,8 @@ fn decode_json_object(text: &str) -> Result<serde_json::Value, String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
     use bitcoin::hashes::{sha256, Hash};
     use bitcoin::secp256k1::{Secp256k1, SecretKey};
     use gate402_mpp::lightning::Network;

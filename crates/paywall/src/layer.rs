@@ -556,15 +556,10 @@ impl Paywall {
         } else {
             None
         };
-        let target = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
         let binding = Binding {
             header,
             digest: digest.as_deref(),
-            resource: Some(&target),
+            resource: Some(request.uri().path_and_query().map_or("/", |p| p.as_str())),
         };
         match self
             .issue_for(

@@ -194,20 +194,10 @@ pub fn parse_signature(value: &str) -> Result<PaymentPayload, X402Error> {
     Ok(payment)
 }
 
-/// Base64 in either alphabet, padded or not (clients differ).
+/// Base64 in either alphabet, padded or not (clients differ): the `mpp`
+/// crate's lenient reader, which reads bytes, whatever the protocol.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let normalized: String = text
-        .chars()
-        .filter(|c| *c != '=')
-        .map(|c| match c {
-            '-' => '+',
-            '_' => '/',
-            other => other,
-        })
-        .collect();
-    base64::engine::general_purpose::STANDARD_NO_PAD
-        .decode(normalized)
-        .ok()
+    mpp::base64url_decode(text).ok()
 }
 
 /// What an offer binds: the service it sells, its invoice exactly as
