@@ -45,8 +45,26 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json
 /// Requests the upstream's `/slow` received.
 static SLOW_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Texts the upstream's `/sms` sent.
+static SMS_SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+async fn send_sms(body: Bytes) -> impl axum::response::IntoResponse {
+    let n = SMS_SENT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    (
+        axum::http::StatusCode::CREATED,
+        [("x-sms-id", format!("sms-{n}"))],
+        format!("sent #{n}: {}", String::from_utf8_lossy(&body)),
+    )
+}
+
 fn upstream_app() -> Router {
     Router::new()
+        .route(
+            "/sms",
+            any(send_sms),
+        )
+        .route("/pass/sms", any(send_sms))
         .route(
             "/slow",
             any(|| async {
@@ -457,6 +475,121 @@ async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
             "{door}: the upstream ran once for one payment"
         );
     }
+}
+
+/// A paid POST whose answer is lost is not lost: with `Idempotency-Key`
+/// its retry gets the kept response and receipt, and the upstream acted
+/// once, through each door and for a pass; the key with another body is
+/// refused, and a second request with it while the first is served waits.
+#[tokio::test]
+async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
+    let h = Harness::start(|up| {
+        let mut pass = service("sms-pass", "/pass/sms", 3, up);
+        pass.priced = pass.priced.pass(600);
+        vec![service("sms", "/sms", 3, up), pass]
+    })
+    .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let sent = || SMS_SENT.load(std::sync::atomic::Ordering::SeqCst);
+    for (door, path) in [("L402", "/sms"), ("Payment", "/sms"), ("L402", "/pass/sms")] {
+        let (offer, preimage) = h.buy(path).await;
+        let credential = match door {
+            "L402" => offer.l402_authorization(&preimage),
+            _ => offer.payment_authorization(&preimage),
+        }
+        .unwrap();
+        let key = format!("\"{door}{path}\"");
+        let post = |client: &reqwest::Client, body: &'static str| {
+            client
+                .post(h.url(path))
+                .header(AUTHORIZATION, &credential)
+                .header("idempotency-key", &key)
+                .body(body)
+                .send()
+        };
+        let before = sent();
+        let cut = post(&impatient, "hello").await;
+        assert!(cut.is_err(), "{door} {path}: the answer was lost");
+        // While the first is still served, a retry waits for it.
+        let early = post(&h.client, "hello").await.unwrap();
+        assert_eq!(early.status(), StatusCode::CONFLICT, "{door} {path}");
+        assert!(early.headers().contains_key("retry-after"));
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        for _ in 0..2 {
+            let replay = post(&h.client, "hello").await.unwrap();
+            assert_eq!(replay.status(), StatusCode::CREATED, "{door} {path}");
+            assert_eq!(replay.headers()["idempotent-replayed"], "true");
+            assert_eq!(
+                replay.headers()["x-sms-id"],
+                format!("sms-{}", before + 1).as_str()
+            );
+            assert_eq!(
+                receipt_reference(&replay),
+                hex::encode(offer.invoice.payment_hash())
+            );
+            assert_eq!(
+                replay.text().await.unwrap(),
+                format!("sent #{}: hello", before + 1)
+            );
+        }
+        let other = post(&h.client, "another text").await.unwrap();
+        assert_eq!(
+            other.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{door} {path}: one key, another body"
+        );
+        assert_eq!(sent() - before, 1, "{door} {path}: the upstream acted once");
+    }
+    // Without the key, a spent per-request payment is spent.
+    let (offer, preimage) = h.buy("/sms").await;
+    let credential = offer.payment_authorization(&preimage).unwrap();
+    let once = h
+        .client
+        .post(h.url("/sms"))
+        .header(AUTHORIZATION, &credential)
+        .header("idempotency-key", "k1")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(once.status(), StatusCode::CREATED);
+    let again = h
+        .client
+        .post(h.url("/sms"))
+        .header(AUTHORIZATION, &credential)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::PAYMENT_REQUIRED);
+    // A malformed key is refused before anything is spent.
+    let (offer, preimage) = h.buy("/sms").await;
+    let credential = offer.payment_authorization(&preimage).unwrap();
+    for bad in ["\"\"", "\"open", "k\u{7f}"] {
+        let refused = h
+            .client
+            .post(h.url("/sms"))
+            .header(AUTHORIZATION, &credential)
+            .header("idempotency-key", bad)
+            .body("x")
+            .send()
+            .await;
+        if let Ok(refused) = refused {
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
+    let served = h
+        .client
+        .post(h.url("/sms"))
+        .header(AUTHORIZATION, &credential)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::CREATED);
 }
 
 /// x402's door on the same invoice: the offer is bound to its service and

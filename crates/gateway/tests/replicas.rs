@@ -144,3 +144,92 @@ async fn a_store_outage_spends_no_credential() {
         StatusCode::PAYMENT_REQUIRED
     );
 }
+
+/// A paid POST with `Idempotency-Key` whose answer was lost on one
+/// replica is replayed by the other, from the shared store: the upstream
+/// acted once, and the receipt is the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_is_replayed_by_another_replica() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let postgres = TestPostgres::start().await;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let upstream = axum::Router::new().route(
+        "/sms",
+        axum::routing::post(move |body: String| {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+                format!("sent #{n}: {body}")
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    let mut config = gate402_gateway::GatewayConfig::default_with_services(vec![
+        gate402_gateway::config::ServiceConfig::proxied("sms", "/sms", 5, &upstream_url),
+    ]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.store = StoreConfig::Postgres(postgres.url.clone());
+    config.mpp.secret = Some("a shared secret of at least thirty-two bytes".into());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start(&config, dir_a.path()).await.unwrap();
+    let b = Gateway::start(&config, dir_b.path()).await.unwrap();
+    let (base_a, base_b) = (
+        format!("http://{}", a.addr()),
+        format!("http://{}", b.addr()),
+    );
+    let http = reqwest::Client::new();
+    let offer = Offer::from_headers(
+        http.post(format!("{base_a}/sms"))
+            .body("hello")
+            .send()
+            .await
+            .unwrap()
+            .headers(),
+    )
+    .unwrap();
+    let paid = pay_via(&http, &base_a, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    for credential in [
+        offer.payment_authorization(&preimage).unwrap(),
+        offer.l402_authorization(&preimage).unwrap(),
+    ] {
+        let before = sent.load(Ordering::SeqCst);
+        let post = |base: &str, client: &reqwest::Client| {
+            client
+                .post(format!("{base}/sms"))
+                .header(AUTHORIZATION, &credential)
+                .header("idempotency-key", "\"one-text\"")
+                .body("hello")
+                .send()
+        };
+        if before == 0 {
+            let impatient = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_millis(300))
+                .build()
+                .unwrap();
+            assert!(post(&base_a, &impatient).await.is_err(), "the answer was lost");
+            tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+        }
+        // Replayed on either replica, whichever door the key came through.
+        for base in [&base_b, &base_a] {
+            let replay = post(base, &http).await.unwrap();
+            assert_eq!(replay.status(), StatusCode::OK);
+            assert_eq!(replay.headers()["idempotent-replayed"], "true");
+            let receipt = gate402_mpp::receipt::parse(
+                replay.headers()["payment-receipt"].to_str().unwrap(),
+            )
+            .unwrap();
+            assert_eq!(receipt.reference, hex::encode(offer.invoice.payment_hash()));
+            assert_eq!(replay.text().await.unwrap(), "sent #1: hello");
+        }
+        assert_eq!(sent.load(Ordering::SeqCst), 1, "the upstream acted once");
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -44,6 +44,14 @@ impl ClaimKey {
         Self(format!("p:{}", hex::encode(hash)))
     }
 
+    /// The key of one `Idempotency-Key` under a payment that is not single
+    /// use (a pass): the key is hashed, so any length fits the column.
+    pub fn idempotent(hash: &[u8; 32], idempotency_key: &str) -> Self {
+        use sha2::Digest;
+        let key = sha2::Sha256::digest(idempotency_key.as_bytes());
+        Self(format!("i:{}:{}", hex::encode(hash), hex::encode(key)))
+    }
+
     /// The key as stored.
     pub fn as_str(&self) -> &str {
         &self.0

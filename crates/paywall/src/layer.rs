@@ -28,7 +28,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{binds_body, read_whole, BodyError, BoxError, BODY_BROKEN};
-use crate::claims::{Claim, ClaimError};
+use crate::claims::{Claim, ClaimError, ClaimKey};
+use crate::idempotency::{self, Keep, Partial, Read};
 use crate::client::{client_addr, ClientAddr, PeerAddr};
 use crate::credentials::{
     self, CredentialField, CredentialScheme, Presented, PAYMENT_AUTHORIZATION_NAME,
@@ -73,6 +74,14 @@ impl<S> Layer<S> for PaywallLayer {
             inner,
         }
     }
+}
+
+/// What a paid request with an `Idempotency-Key` comes to.
+enum Kept {
+    /// Serve it, keeping its response when there is a key to keep it by.
+    Serve(Option<Keep>),
+    /// Its response was kept: here it is again.
+    Replay(Response<Bytes>),
 }
 
 /// The paywall around an inner service.
@@ -123,10 +132,19 @@ pin_project_lite::pin_project! {
     enum Inner<B> {
         Wrapped { #[pin] body: B },
         Own { bytes: Option<Bytes> },
+        // Read in part to be kept, then not: what was read, then the rest.
+        Partial { partial: Partial<B> },
     }
 }
 
 impl<B> PaywallBody<B> {
+    fn partial(partial: Partial<B>, claim: Option<Claim>) -> Self {
+        Self {
+            inner: Inner::Partial { partial },
+            claim,
+        }
+    }
+
     fn wrapped(body: B, claim: Option<Claim>) -> Self {
         Self {
             inner: Inner::Wrapped { body },
@@ -156,6 +174,7 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
         let polled = match this.inner.project() {
             InnerProj::Wrapped { body } => body.poll_frame(cx),
             InnerProj::Own { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            InnerProj::Partial { partial } => partial.poll_frame(cx),
         };
         if let Poll::Ready(None) = polled {
             // All sent: spend the payment now rather than when hyper gets
@@ -169,6 +188,7 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
         match &self.inner {
             Inner::Wrapped { body } => body.is_end_stream(),
             Inner::Own { bytes } => bytes.is_none(),
+            Inner::Partial { partial } => partial.is_end_stream(),
         }
     }
 
@@ -178,6 +198,7 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
             Inner::Own { bytes } => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            Inner::Partial { partial } => partial.size_hint(),
         }
     }
 }
@@ -284,6 +305,7 @@ impl Paywall {
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         ReqBody: Body<Data = Bytes> + From<Bytes> + Unpin,
         ReqBody::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes>,
     {
         let presented = credentials::take(request.headers_mut());
         crate::route::strip_overrides(request.headers_mut());
@@ -422,17 +444,36 @@ impl Paywall {
             CredentialScheme::Payment => "Payment",
             CredentialScheme::X402 => "x402",
         };
-        // A pass has nothing to claim.
-        let claim = if !verified.single_use {
-            None
-        } else {
-            match self.claim(&verified).await {
+        let keep = match self.keep(&mut request, &verified).await {
+            Ok(Kept::Serve(keep)) => keep,
+            Ok(Kept::Replay(replayed)) => return Ok(own(replayed)),
+            Err(answer) => return Ok(own(answer)),
+        };
+        // A pass has nothing to claim, unless a response is to be kept for
+        // its Idempotency-Key: then the key is claimed, so that two
+        // requests with it never both reach the upstream.
+        let claim_key = match &keep {
+            Some(keep) => Some(keep.claim_key.clone()),
+            None => verified
+                .single_use
+                .then(|| ClaimKey::payment(&verified.payment_hash)),
+        };
+        let claim = match claim_key {
+            None => None,
+            Some(claim_key) => match self.claim_under(&claim_key, &verified).await {
                 Ok(claim) => Some(claim),
                 Err(ClaimError::Store(e)) => {
                     tracing::error!(error = %e, "store: cannot claim a payment");
                     return Ok(own(responses::payment_unavailable()));
                 }
                 Err(e) => {
+                    if let Some(keep) = &keep {
+                        if let Some(answer) =
+                            self.after_refused_claim(keep, &e, verified.single_use).await
+                        {
+                            return Ok(own(answer));
+                        }
+                    }
                     let refusal = Refusal::new(
                         StatusCode::PAYMENT_REQUIRED,
                         ProblemType::InvalidChallenge,
@@ -442,14 +483,108 @@ impl Paywall {
                         .challenge(&service, &mut request, client, refusal)
                         .await));
                 }
-            }
+            },
         };
-        self.serve(&service, request, inner, scheme_name, &verified, claim)
+        self.serve(&service, request, inner, scheme_name, &verified, claim, keep)
             .await
+    }
+
+    /// Whether the paid request carries an `Idempotency-Key` whose response
+    /// is to be kept ([`Kept::Serve`] with it), was kept already
+    /// ([`Kept::Replay`]), or is not honoured (`Serve(None)`). Reads the
+    /// body whole to fingerprint the request.
+    async fn keep<B>(&self, request: &mut Request<B>, verified: &Verified) -> Result<Kept, Response<Bytes>>
+    where
+        B: Body<Data = Bytes> + From<Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let config = &self.inner.idempotency;
+        if !config.on() {
+            return Ok(Kept::Serve(None));
+        }
+        let key = match idempotency::requested(request.headers()) {
+            Ok(Some(key)) => key,
+            Ok(None) => return Ok(Kept::Serve(None)),
+            Err(detail) => return Err(responses::bad_request(detail)),
+        };
+        let body = match read_whole(request, &self.inner.bodies, true).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                // Served, not kept: a body this large is not read whole.
+                tracing::debug!("a request body too large to fingerprint: its response is not kept");
+                return Ok(Kept::Serve(None));
+            }
+            Err(BodyError::Overflowed) => {
+                return Err(responses::payload_too_large(self.inner.bodies.limit()))
+            }
+            Err(BodyError::Busy) => return Err(responses::busy()),
+            Err(BodyError::Broken) => return Err(responses::bad_request(BODY_BROKEN)),
+        };
+        let now = crate::clock::unix_now();
+        let claim_key = if verified.single_use {
+            ClaimKey::payment(&verified.payment_hash)
+        } else {
+            ClaimKey::idempotent(&verified.payment_hash, &key)
+        };
+        let keep = Keep {
+            fingerprint: idempotency::fingerprint(request.method(), request.uri(), &body),
+            // Never past the end of the credential: it cannot be presented
+            // for the replay then.
+            expires_at: now
+                .saturating_add(config.keep_for.as_secs())
+                .min(verified.expires_at.max(now)),
+            claim_key,
+            key,
+        };
+        match self.kept(&keep).await {
+            Ok(Some(replayed)) => Ok(Kept::Replay(replayed)),
+            Ok(None) => Ok(Kept::Serve(Some(keep))),
+            Err(answer) => Err(answer),
+        }
+    }
+
+    /// The response kept for `keep`'s key, replayed (or a 422 for another
+    /// request under it).
+    async fn kept(&self, keep: &Keep) -> Result<Option<Response<Bytes>>, Response<Bytes>> {
+        match self
+            .store()
+            .stored_response(keep.claim_key.as_str(), &keep.key, crate::clock::unix_now())
+            .await
+        {
+            Ok(stored) => Ok(stored.map(|stored| keep.replay(stored))),
+            Err(e) => {
+                tracing::error!(error = %e, "store: cannot look up a kept response");
+                Err(responses::payment_unavailable())
+            }
+        }
+    }
+
+    /// The answer to a request with an `Idempotency-Key` whose claim was
+    /// refused: the response kept meanwhile, a 409 while the first request
+    /// with the key is served, a 409 when its response was not kept under a
+    /// pass; `None` (the usual 402) for a spent single-use payment whose
+    /// response was not kept under this key.
+    async fn after_refused_claim(
+        &self,
+        keep: &Keep,
+        refused: &ClaimError,
+        single_use: bool,
+    ) -> Option<Response<Bytes>> {
+        match self.kept(keep).await {
+            Ok(Some(replayed)) => return Some(replayed),
+            Ok(None) => {}
+            Err(answer) => return Some(answer),
+        }
+        match refused {
+            ClaimError::InFlight => Some(idempotency::in_progress()),
+            ClaimError::Consumed if !single_use => Some(idempotency::not_kept()),
+            _ => None,
+        }
     }
 
     /// Calls the wrapped service for a verified payment; on success adds
     /// the receipt and hands the claim to the body.
+    #[allow(clippy::too_many_arguments)]
     async fn serve<S, ReqBody, ResBody>(
         &self,
         service: &PricedService,
@@ -458,9 +593,11 @@ impl Paywall {
         scheme: &'static str,
         verified: &Verified,
         claim: Option<Claim>,
+        keep: Option<Keep>,
     ) -> Result<Response<PaywallBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ResBody: Body<Data = Bytes>,
     {
         let started = Instant::now();
         // From here the upstream has the request and may act on it: a
@@ -505,10 +642,46 @@ impl Paywall {
             }
         }
         make_private(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            PaywallBody::wrapped(body, claim),
-        ))
+        let Some(keep) = keep else {
+            return Ok(Response::from_parts(
+                parts,
+                PaywallBody::wrapped(body, claim),
+            ));
+        };
+        match idempotency::read(body, self.inner.idempotency.max_response_bytes).await {
+            Read::Whole(bytes) => {
+                // Kept before the answer leaves: a client that never gets it
+                // finds it on its retry. The claim is spent as it drops.
+                let record = keep.record(parts.status, &parts.headers, &bytes);
+                if let Err(e) = self.store().put_response(&record).await {
+                    tracing::error!(error = %e, "store: cannot keep a paid response for its Idempotency-Key");
+                }
+                drop(claim);
+                Ok(Response::from_parts(parts, PaywallBody::own(bytes)))
+            }
+            Read::Partial(partial) => {
+                tracing::info!(
+                    service = %service.name,
+                    "a paid response too large to keep for its Idempotency-Key is served, not kept"
+                );
+                Ok(Response::from_parts(parts, PaywallBody::partial(partial, claim)))
+            }
+            Read::Broken => {
+                // Nothing whole to keep or send: the upstream failed, and
+                // pays for nothing (the retry runs it again).
+                tracing::warn!(service = %service.name, "the upstream's paid response broke off; the payment stays unspent");
+                if let Some(claim) = claim {
+                    claim.release().await;
+                }
+                Ok(own(responses::problem(
+                    StatusCode::BAD_GATEWAY,
+                    "about:blank",
+                    "Bad Gateway",
+                    "the upstream's response broke off; the payment was not spent, retry it",
+                    None,
+                )))
+            }
+        }
     }
 
     /// A fresh invoice and its challenges in a problem response; a 429

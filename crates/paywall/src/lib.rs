@@ -16,6 +16,7 @@
 //! - `verify`: L402 and MPP verification; `x402`: x402's offer and its
 //!   settled-invoice check;
 //! - [`claims`]: single use, keyed by payment hash and fenced by holder;
+//! - [`idempotency`]: `Idempotency-Key`, paid responses kept and replayed;
 //! - [`issue`]: the invoice and its challenges;
 //! - [`payment_id`]: the bearer id of MCP's `create_payment` flow;
 //! - [`responses`]: 400/401/402/429/503 problem bodies;
@@ -61,6 +62,7 @@ pub mod claims;
 pub mod client;
 mod clock;
 pub mod credentials;
+pub mod idempotency;
 pub mod issue;
 pub mod layer;
 pub mod limits;
@@ -73,6 +75,7 @@ mod verify;
 mod x402;
 
 pub use claims::{Claim, ClaimError};
+pub use idempotency::IdempotencyConfig;
 pub use client::{ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies};
 pub use clock::unix_now;
 pub use issue::{Binding, Doors, Issued};

@@ -19,6 +19,7 @@ use crate::batch::Batch;
 use crate::body::Bodies;
 use crate::claims::{Claim, ClaimError, ClaimKey, Claims};
 use crate::client::{ClientKey, TrustedProxies};
+use crate::idempotency::IdempotencyConfig;
 use crate::issue::{Binding, Doors, Issued, Issuer};
 use crate::limits::{Limited, Limits, LimitsConfig};
 use crate::metrics::Metrics;
@@ -69,6 +70,7 @@ pub struct PaywallBuilder {
     claim_lease: Duration,
     test_money: Option<String>,
     max_body_bytes: usize,
+    idempotency: IdempotencyConfig,
 }
 
 impl PaywallBuilder {
@@ -150,6 +152,14 @@ impl PaywallBuilder {
         self
     }
 
+    /// How responses to paid requests carrying `Idempotency-Key` are kept
+    /// for their retries; default [`IdempotencyConfig::default`] (1 MiB,
+    /// 24 hours).
+    pub fn idempotency(mut self, config: IdempotencyConfig) -> Self {
+        self.idempotency = config;
+        self
+    }
+
     /// Says in every 402 that invoices are test money (the sandbox).
     pub fn test_money(mut self, note: impl Into<String>) -> Self {
         self.test_money = Some(note.into());
@@ -196,6 +206,7 @@ impl PaywallBuilder {
                 trusted_proxies: self.trusted_proxies,
                 test_money: self.test_money,
                 bodies: Bodies::new(self.max_body_bytes),
+                idempotency: self.idempotency,
                 background: TaskTracker::new(),
                 served: Batch::new(),
                 stop: CancellationToken::new(),
@@ -250,6 +261,7 @@ pub(crate) struct State {
     pub(crate) trusted_proxies: TrustedProxies,
     pub(crate) test_money: Option<String>,
     pub(crate) bodies: Bodies,
+    pub(crate) idempotency: IdempotencyConfig,
     /// The writer of `served`.
     pub(crate) background: TaskTracker,
     /// What payments served, written after the responses left.
@@ -289,6 +301,7 @@ impl Paywall {
             claim_lease: DEFAULT_CLAIM_LEASE,
             test_money: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            idempotency: IdempotencyConfig::default(),
         })
     }
 
@@ -477,14 +490,25 @@ impl Paywall {
     /// [`ClaimError`]: spent, in use by another request, or the store
     /// cannot answer.
     pub async fn claim(&self, verified: &Verified) -> Result<Claim, ClaimError> {
+        self.claim_under(&ClaimKey::payment(&verified.payment_hash), verified)
+            .await
+    }
+
+    /// [`Paywall::claim`] under `key`: the payment's, or one made for an
+    /// `Idempotency-Key` under a pass.
+    pub(crate) async fn claim_under(
+        &self,
+        key: &ClaimKey,
+        verified: &Verified,
+    ) -> Result<Claim, ClaimError> {
+        // Claims keyed by challenge id predate claims keyed by payment.
+        let legacy_id = (*key == ClaimKey::payment(&verified.payment_hash))
+            .then_some(verified.challenge_id.as_deref())
+            .flatten();
         let result = self
             .inner
             .claims
-            .claim(
-                &ClaimKey::payment(&verified.payment_hash),
-                verified.expires_at,
-                verified.challenge_id.as_deref(),
-            )
+            .claim(key, verified.expires_at, legacy_id)
             .await;
         if matches!(result, Err(ClaimError::Consumed | ClaimError::InFlight)) {
             self.inner.metrics.rejected("replayed-credential");

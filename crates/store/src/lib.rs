@@ -56,6 +56,29 @@ pub struct PaymentRecord {
     pub served: u64,
 }
 
+/// A paid response kept for retries that carry the same `Idempotency-Key`
+/// (draft-ietf-httpapi-idempotency-key-header), so that a client whose
+/// answer was lost gets it again without the upstream being called twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The claim the request was served under: the payment's, or for a
+    /// pass, one made for this key alone.
+    pub claim_key: String,
+    /// The `Idempotency-Key` the client sent, as sent.
+    pub idempotency_key: String,
+    /// SHA-256 over the request's method, target and body: a retry must
+    /// send the same request.
+    pub fingerprint: [u8; 32],
+    /// The status code.
+    pub status: u16,
+    /// The response's header fields, in order, with the receipt.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The whole body.
+    pub body: Vec<u8>,
+    /// When it may be forgotten (unix seconds).
+    pub expires_at: u64,
+}
+
 /// Who holds a claim: the replica (stable across restarts, from the data
 /// dir) and a random token made for this one claim, so that only the
 /// request that took a claim can renew, commit or release it.
@@ -180,8 +203,21 @@ pub trait Store: Send + Sync + 'static {
     /// count including this one.
     async fn count_freebie(&self, client: &str, service: &str) -> Result<u64, StoreError>;
 
-    /// Drops consumed claims past their expiry (the payment can no longer
-    /// be presented). Returns how many.
+    /// Keeps a paid response for retries with its `Idempotency-Key`. The
+    /// first kept under a key stays: a second is ignored.
+    async fn put_response(&self, response: &StoredResponse) -> Result<(), StoreError>;
+
+    /// The response kept under `claim_key` and `idempotency_key`, unless
+    /// it expired before `now` (unix seconds).
+    async fn stored_response(
+        &self,
+        claim_key: &str,
+        idempotency_key: &str,
+        now: u64,
+    ) -> Result<Option<StoredResponse>, StoreError>;
+
+    /// Drops consumed claims and kept responses past their expiry (the
+    /// payment can no longer be presented). Returns how many.
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError>;
 
     /// Drops invoices recorded before `created_before` (unix seconds) and
@@ -193,4 +229,47 @@ pub trait Store: Send + Sync + 'static {
         created_before: u64,
         served_before: u64,
     ) -> Result<u64, StoreError>;
+}
+
+/// Header fields as one column: `name:value` lines. Neither part can hold
+/// a line feed, nor a name a colon (RFC 9110 field syntax).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn encode_headers(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(value);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The fields of [`encode_headers`].
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn decode_headers(column: &[u8]) -> Vec<(String, Vec<u8>)> {
+    column
+        .split(|b| *b == b'\n')
+        .filter_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            let name = std::str::from_utf8(&line[..colon]).ok()?;
+            Some((name.to_owned(), line[colon + 1..].to_vec()))
+        })
+        .collect()
+}
+
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
+mod tests {
+    #[test]
+    fn header_fields_survive_their_column() {
+        let headers = vec![
+            ("content-type".to_owned(), b"application/json".to_vec()),
+            ("x-odd".to_owned(), b"a:b, \xff".to_vec()),
+            ("x-empty".to_owned(), Vec::new()),
+        ];
+        assert_eq!(
+            super::decode_headers(&super::encode_headers(&headers)),
+            headers
+        );
+    }
 }

@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
-use crate::{ClaimHolder, InvoiceRecord, PaymentRecord, Reservation, Store, StoreError};
+use crate::{
+    decode_headers, encode_headers, ClaimHolder, InvoiceRecord, PaymentRecord, Reservation, Store,
+    StoreError, StoredResponse,
+};
 
 /// Schema versions, in order; `gate402_schema` says how many ran.
 /// Append only: a database keeps whatever a released version made of it.
@@ -79,6 +82,18 @@ const MIGRATIONS: &[&str] = &[
     // Claims are looked up by holder only when a replica starts: a scan
     // then costs less than keeping the index on every claim and commit.
     "DROP INDEX challenges_holder;",
+    // Paid responses kept for retries with the same Idempotency-Key.
+    "CREATE TABLE responses (
+        claim_key TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        fingerprint BYTEA NOT NULL,
+        status INTEGER NOT NULL,
+        headers BYTEA NOT NULL,
+        body BYTEA NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (claim_key, idempotency_key)
+     );
+     CREATE INDEX responses_expires_at ON responses (expires_at);",
 ];
 
 /// Any number fixed for the advisory lock that serializes migrations of
@@ -538,13 +553,71 @@ impl Store for PostgresStore {
         .map_err(db)
     }
 
+    async fn put_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO responses (claim_key, idempotency_key, fingerprint, status, headers, body, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        )
+        .bind(&response.claim_key)
+        .bind(&response.idempotency_key)
+        .bind(&response.fingerprint[..])
+        .bind(i32::from(response.status))
+        .bind(encode_headers(&response.headers))
+        .bind(&response.body)
+        .bind(response.expires_at as i64)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(db)
+    }
+
+    async fn stored_response(
+        &self,
+        claim_key: &str,
+        idempotency_key: &str,
+        now: u64,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        let row = sqlx::query(
+            "SELECT fingerprint, status, headers, body, expires_at FROM responses
+             WHERE claim_key = $1 AND idempotency_key = $2 AND expires_at >= $3",
+        )
+        .bind(claim_key)
+        .bind(idempotency_key)
+        .bind(now as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.map(|r| {
+            let fingerprint: Vec<u8> = r.try_get(0)?;
+            let headers: Vec<u8> = r.try_get(2)?;
+            Ok(StoredResponse {
+                claim_key: claim_key.to_owned(),
+                idempotency_key: idempotency_key.to_owned(),
+                fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+                status: u16::try_from(r.try_get::<i32, _>(1)?).unwrap_or(500),
+                headers: decode_headers(&headers),
+                body: r.try_get(3)?,
+                expires_at: r.try_get::<i64, _>(4)? as u64,
+            })
+        })
+        .transpose()
+        .map_err(db)
+    }
+
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
-        sqlx::query("DELETE FROM challenges WHERE expires_at < $1 AND consumed")
+        let claims = sqlx::query("DELETE FROM challenges WHERE expires_at < $1 AND consumed")
             .bind(now as i64)
             .execute(&self.pool)
             .await
-            .map(|r| r.rows_affected())
-            .map_err(db)
+            .map_err(db)?
+            .rows_affected();
+        let responses = sqlx::query("DELETE FROM responses WHERE expires_at < $1")
+            .bind(now as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        Ok(claims + responses)
     }
 
     async fn purge_records(

@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use crate::{ClaimHolder, InvoiceRecord, PaymentRecord, Reservation, Store, StoreError};
+use crate::{
+    decode_headers, encode_headers, ClaimHolder, InvoiceRecord, PaymentRecord, Reservation, Store,
+    StoreError, StoredResponse,
+};
 
 /// Schema versions, in order; `PRAGMA user_version` says how many ran.
 /// Append only: a database keeps whatever a released version made of it.
@@ -77,6 +80,18 @@ const MIGRATIONS: &[&str] = &[
     // Claims are looked up by holder only when a replica starts: a scan
     // then costs less than keeping the index on every claim and commit.
     "DROP INDEX challenges_holder;",
+    // Paid responses kept for retries with the same Idempotency-Key.
+    "CREATE TABLE responses (
+        claim_key TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        fingerprint BLOB NOT NULL,
+        status INTEGER NOT NULL,
+        headers BLOB NOT NULL,
+        body BLOB NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (claim_key, idempotency_key)
+     );
+     CREATE INDEX responses_expires_at ON responses (expires_at);",
 ];
 
 /// SQLite, one file; safe for several processes on one machine.
@@ -559,11 +574,63 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn put_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
+        let r = response.clone();
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO responses (claim_key, idempotency_key, fingerprint, status, headers, body, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                r.claim_key,
+                r.idempotency_key,
+                &r.fingerprint[..],
+                i64::from(r.status),
+                encode_headers(&r.headers),
+                r.body,
+                r.expires_at as i64
+            ])
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn stored_response(
+        &self,
+        claim_key: &str,
+        idempotency_key: &str,
+        now: u64,
+    ) -> Result<Option<StoredResponse>, StoreError> {
+        let (claim_key, idempotency_key) = (claim_key.to_owned(), idempotency_key.to_owned());
+        self.with(move |c| {
+            c.prepare_cached(
+                "SELECT fingerprint, status, headers, body, expires_at FROM responses WHERE claim_key = ?1 AND idempotency_key = ?2 AND expires_at >= ?3",
+            )?
+            .query_row(params![claim_key, idempotency_key, now as i64], |r| {
+                let fingerprint: Vec<u8> = r.get(0)?;
+                Ok(StoredResponse {
+                    claim_key: claim_key.clone(),
+                    idempotency_key: idempotency_key.clone(),
+                    fingerprint: fingerprint.try_into().unwrap_or([0; 32]),
+                    status: u16::try_from(r.get::<_, i64>(1)?).unwrap_or(500),
+                    headers: decode_headers(&r.get::<_, Vec<u8>>(2)?),
+                    body: r.get(3)?,
+                    expires_at: r.get::<_, i64>(4)? as u64,
+                })
+            })
+            .optional()
+        })
+        .await
+    }
+
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
         self.with(move |c| {
-            c.prepare_cached("DELETE FROM challenges WHERE expires_at < ?1 AND consumed = 1")?
-                .execute([now as i64])
-                .map(|n| n as u64)
+            let claims = c
+                .prepare_cached("DELETE FROM challenges WHERE expires_at < ?1 AND consumed = 1")?
+                .execute([now as i64])?;
+            let responses = c
+                .prepare_cached("DELETE FROM responses WHERE expires_at < ?1")?
+                .execute([now as i64])?;
+            Ok((claims + responses) as u64)
         })
         .await
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use gate402_postgres_testkit::TestPostgres;
 use gate402_store::{
     ClaimHolder, InvoiceRecord, PaymentRecord, PostgresStore, Reservation, SqliteStore, Store,
+    StoredResponse,
 };
 
 /// Two handles on one database, as two gateway replicas have.
@@ -332,6 +333,49 @@ async fn old_invoices_are_purged([a, b]: &Pair) {
     assert_eq!(a.invoice(&[10; 32]).await.unwrap(), None);
 }
 
+fn stored(claim: &str, idempotency_key: &str, body: &str, expires_at: u64) -> StoredResponse {
+    StoredResponse {
+        claim_key: claim.into(),
+        idempotency_key: idempotency_key.into(),
+        fingerprint: [7; 32],
+        status: 201,
+        headers: vec![
+            ("content-type".into(), b"application/json".to_vec()),
+            ("payment-receipt".into(), b"eyJzdGF0dXMiOiJzdWNjZXNzIn0".to_vec()),
+        ],
+        body: body.as_bytes().to_vec(),
+        expires_at,
+    }
+}
+
+async fn kept_responses_are_shared_first_wins_and_expire([a, b]: &Pair) {
+    let first = stored(&key(40), "k-1", "{\"n\":1}", 500);
+    a.put_response(&first).await.unwrap();
+    // Another replica's later write under the same key changes nothing.
+    b.put_response(&stored(&key(40), "k-1", "{\"n\":2}", 900))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.stored_response(&key(40), "k-1", 100).await.unwrap(),
+        Some(first)
+    );
+    assert_eq!(b.stored_response(&key(40), "k-2", 100).await.unwrap(), None);
+    assert_eq!(b.stored_response(&key(41), "k-1", 100).await.unwrap(), None);
+    // Past its end it is neither found nor kept.
+    assert_eq!(a.stored_response(&key(40), "k-1", 501).await.unwrap(), None);
+    assert!(a.purge_expired(501).await.unwrap() >= 1);
+    a.put_response(&stored(&key(40), "k-1", "{}", 900))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.stored_response(&key(40), "k-1", 600)
+            .await
+            .unwrap()
+            .map(|r| r.body),
+        Some(b"{}".to_vec())
+    );
+}
+
 async fn keeps_the_contract(stores: &Pair) {
     the_database_answers_a_ping(stores).await;
     a_payment_is_served_once(stores).await;
@@ -340,6 +384,7 @@ async fn keeps_the_contract(stores: &Pair) {
     a_restarted_replica_releases_its_claims(stores).await;
     concurrent_claims_acquire_once(stores).await;
     consumed_claims_are_purged_after_expiry(stores).await;
+    kept_responses_are_shared_first_wins_and_expire(stores).await;
     payments_are_counted_once(stores).await;
     claims_are_committed_in_batches(stores).await;
     new_claims_are_not_legacy(stores).await;

@@ -367,6 +367,19 @@ impl Checker {
                 "must be 1 or more (bytes of a paid body read to bind it to its payment)",
             );
         }
+        // Kept responses sit in the store: bounded, like request bodies.
+        if server.idempotent_response_max_bytes > 64 << 20 {
+            self.error(
+                &join("server", "idempotent_response_max_bytes"),
+                "must be at most 67108864 (64 MiB), or 0 to turn Idempotency-Key off",
+            );
+        }
+        if !(1..=30 * 86_400).contains(&server.idempotency_keep_secs) {
+            self.error(
+                &join("server", "idempotency_keep_secs"),
+                "must be between 1 and 2592000 (30 days)",
+            );
+        }
     }
 
     fn mcp(&mut self, mcp: &McpConfig) {

@@ -335,6 +335,16 @@ pub struct ServerConfig {
     /// one gets a challenge without it. Default 1 MiB.
     #[serde(default = "ServerConfig::default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// The largest response body (bytes) kept for a paid request that
+    /// carries `Idempotency-Key`, to be replayed on its retry; a larger
+    /// one is served and not kept. 0 turns `Idempotency-Key` off. Default
+    /// 1 MiB.
+    #[serde(default = "ServerConfig::default_idempotent_response_bytes")]
+    pub idempotent_response_max_bytes: usize,
+    /// Seconds a kept response is replayed (never past its credential's
+    /// end). Default 86400.
+    #[serde(default = "ServerConfig::default_idempotency_keep")]
+    pub idempotency_keep_secs: u64,
 }
 
 /// `forwarded_header` as written in the config.
@@ -364,6 +374,21 @@ impl ServerConfig {
     fn default_max_body_bytes() -> usize {
         gate402_paywall::DEFAULT_MAX_BODY_BYTES
     }
+    fn default_idempotent_response_bytes() -> usize {
+        gate402_paywall::idempotency::DEFAULT_MAX_RESPONSE_BYTES
+    }
+    fn default_idempotency_keep() -> u64 {
+        gate402_paywall::idempotency::DEFAULT_KEEP_FOR.as_secs()
+    }
+
+    /// How paid responses are kept for `Idempotency-Key`, as the paywall
+    /// takes it.
+    pub fn idempotency(&self) -> gate402_paywall::IdempotencyConfig {
+        gate402_paywall::IdempotencyConfig {
+            max_response_bytes: self.idempotent_response_max_bytes,
+            keep_for: std::time::Duration::from_secs(self.idempotency_keep_secs),
+        }
+    }
 
     /// The trusted proxies, as the paywall takes them.
     pub fn trusted(&self) -> TrustedProxies {
@@ -388,6 +413,8 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             forwarded_header: ForwardedHeaderName::default(),
             max_body_bytes: Self::default_max_body_bytes(),
+            idempotent_response_max_bytes: Self::default_idempotent_response_bytes(),
+            idempotency_keep_secs: Self::default_idempotency_keep(),
         }
     }
 }

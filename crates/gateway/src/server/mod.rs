@@ -126,6 +126,7 @@ impl Gateway {
             .limits(config.limits)
             .trusted_proxies(config.server.trusted())
             .max_body_bytes(config.server.max_body_bytes)
+            .idempotency(config.server.idempotency())
             .claim_lease(Duration::from_secs(config.claim_lease_secs));
         for previous in &config.mpp.previous_secrets {
             builder = builder.previous_secret(previous)?;
