@@ -15,7 +15,8 @@
 //! A single-use payment is already claimed once; a pass (an L402 token
 //! good for a period) is claimed once per key, so that two concurrent
 //! requests with one key never both reach the upstream. A response larger
-//! than the limit, or with trailers, is served but not kept.
+//! than the limit, with trailers, slower than 30 s, or an event stream, is
+//! served but not kept.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -236,8 +237,8 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 pub(crate) enum Read<B> {
     /// All of it, within the limit.
     Whole(Bytes),
-    /// Not keepable (over the limit, or trailers): what was read, then the
-    /// rest, to be sent as it comes.
+    /// Not keepable (over the limit, trailers, or slower than
+    /// [`READ_FOR`]): what was read, then the rest, to be sent as it comes.
     Partial(Partial<B>),
     /// It failed while being read.
     Broken,
@@ -249,13 +250,31 @@ pub(crate) struct Partial<B> {
     rest: Pin<Box<B>>,
 }
 
-/// Reads `body` whole when it is at most `limit` bytes of data.
+/// How long a response body may take to arrive whole to be kept; a slower
+/// one (a stream) is passed on as it comes from then on.
+pub(crate) const READ_FOR: Duration = Duration::from_secs(30);
+
+/// Whether a response with these fields is kept at all: an event stream is
+/// a stream, to be passed on event by event, never held back.
+pub(crate) fn keepable(headers: &HeaderMap) -> bool {
+    !headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+/// Reads `body` whole when it is at most `limit` bytes of data and arrives
+/// within [`READ_FOR`].
 pub(crate) async fn read<B: Body<Data = Bytes>>(body: B, limit: usize) -> Read<B> {
     let mut rest = Box::pin(body);
     let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
     let mut size = 0usize;
+    let deadline = tokio::time::Instant::now() + READ_FOR;
     loop {
-        match rest.frame().await {
+        let Ok(next) = tokio::time::timeout_at(deadline, rest.frame()).await else {
+            break;
+        };
+        match next {
             None => {
                 let mut whole = BytesMut::with_capacity(size);
                 for frame in frames {

@@ -302,10 +302,12 @@ impl Paywall {
         inner: S,
     ) -> Result<Response<PaywallBody<ResBody>>, S::Error>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-        ReqBody: Body<Data = Bytes> + From<Bytes> + Unpin,
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Body<Data = Bytes> + From<Bytes> + Send + Unpin + 'static,
         ReqBody::Error: Into<BoxError>,
-        ResBody: Body<Data = Bytes>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
     {
         let presented = credentials::take(request.headers_mut());
         crate::route::strip_overrides(request.headers_mut());
@@ -485,8 +487,26 @@ impl Paywall {
                 }
             },
         };
-        self.serve(&service, request, inner, scheme_name, &verified, claim, keep)
-            .await
+        if keep.is_none() {
+            return self
+                .serve(&service, request, inner, scheme_name, &verified, claim, None)
+                .await;
+        }
+        // Detached from the connection: a client that leaves must not stop
+        // the answer it paid for from being kept for its retry.
+        let paywall = self.clone();
+        let task = tokio::spawn(async move {
+            paywall
+                .serve(&service, request, inner, scheme_name, &verified, claim, keep)
+                .await
+        });
+        match task.await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::error!(error = %e, "serving a paid request with an Idempotency-Key failed");
+                Ok(own(responses::unavailable("the upstream")))
+            }
+        }
     }
 
     /// Whether the paid request carries an `Idempotency-Key` whose response
@@ -642,7 +662,7 @@ impl Paywall {
             }
         }
         make_private(&mut parts.headers);
-        let Some(keep) = keep else {
+        let Some(keep) = keep.filter(|_| idempotency::keepable(&parts.headers)) else {
             return Ok(Response::from_parts(
                 parts,
                 PaywallBody::wrapped(body, claim),
