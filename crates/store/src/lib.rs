@@ -79,6 +79,133 @@ pub struct StoredResponse {
     pub expires_at: u64,
 }
 
+/// A prepaid balance: draft-lightning-session-00's session, also what an
+/// L402 token naming a balance spends. Keyed by the payment hash of the
+/// deposit that opened it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The opening deposit's payment hash.
+    pub id: [u8; 32],
+    /// The service it was opened on.
+    pub service: String,
+    /// Everything deposited, top-ups included (msat).
+    pub deposit_msat: u64,
+    /// Everything spent (msat), requests in flight included.
+    pub spent_msat: u64,
+    /// Where the unspent balance is refunded (BOLT11 without an amount);
+    /// none for a balance opened through L402 until an MPP `open` names one.
+    pub return_invoice: Option<String>,
+    /// Seconds of inactivity after which it is closed and refunded.
+    pub idle_secs: u64,
+    /// When it was last opened, spent from or topped up (unix seconds).
+    pub last_used_at: u64,
+    /// Set once it is closed.
+    pub closed: Option<ClosedSession>,
+}
+
+impl SessionRecord {
+    /// What is left to spend (msat).
+    pub fn balance_msat(&self) -> u64 {
+        self.deposit_msat.saturating_sub(self.spent_msat)
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedSession {
+    /// When (unix seconds).
+    pub at: u64,
+    /// The unspent balance at that moment (msat).
+    pub refund_msat: u64,
+    /// `pending` until the refund was tried, then `succeeded`, `failed` or
+    /// `skipped`.
+    pub refund_status: String,
+}
+
+/// A session to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// The deposit's payment hash: the session's id.
+    pub id: [u8; 32],
+    /// The service it is opened on.
+    pub service: String,
+    /// The deposit (msat).
+    pub deposit_msat: u64,
+    /// Where refunds go, if known.
+    pub return_invoice: Option<String>,
+    /// Its idle timeout (seconds).
+    pub idle_secs: u64,
+    /// Now (unix seconds).
+    pub now: u64,
+}
+
+/// What opening a session did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// Made now, with its deposit.
+    New,
+    /// It was open (or closed) already: nothing credited again. A return
+    /// invoice given now is kept if it had none.
+    Existing(SessionRecord),
+    /// Its deposit already topped up another session.
+    DepositSpent,
+}
+
+/// What spending from a session did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Debit {
+    /// Spent; this much is left (msat).
+    Done {
+        /// The balance after it.
+        balance_msat: u64,
+    },
+    /// Not enough left; nothing spent.
+    Insufficient {
+        /// Spent so far (msat).
+        spent_msat: u64,
+        /// Left (msat).
+        balance_msat: u64,
+    },
+    /// The session is closed.
+    Closed,
+    /// No such session.
+    NotFound,
+}
+
+/// What topping a session up did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopUp {
+    /// Credited; everything deposited now (msat).
+    Credited {
+        /// The session's deposits after it.
+        deposit_msat: u64,
+    },
+    /// This payment was credited to this session before (a retry).
+    AlreadyCredited,
+    /// This payment opened or topped up another session.
+    DepositSpent,
+    /// The session is closed.
+    Closed,
+    /// No such session.
+    NotFound,
+}
+
+/// What closing a session did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closing {
+    /// Closed now, by this call alone: refund this much to this invoice.
+    Closed {
+        /// The unspent balance (msat).
+        refund_msat: u64,
+        /// Where to refund it, if known.
+        return_invoice: Option<String>,
+    },
+    /// It was closed before.
+    AlreadyClosed(SessionRecord),
+    /// No such session.
+    NotFound,
+}
+
 /// Who holds a claim: the replica (stable across restarts, from the data
 /// dir) and a random token made for this one claim, so that only the
 /// request that took a claim can renew, commit or release it.
@@ -215,6 +342,57 @@ pub trait Store: Send + Sync + 'static {
         idempotency_key: &str,
         now: u64,
     ) -> Result<Option<StoredResponse>, StoreError>;
+
+    /// Opens a session with its deposit, once: the deposit's payment hash
+    /// credits exactly one session, once, across every replica.
+    async fn open_session(&self, session: &NewSession) -> Result<Opened, StoreError>;
+
+    /// A session, open or closed.
+    async fn session(&self, id: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Spends `amount_msat` from an open session, atomically: never below
+    /// zero, whatever other replicas spend at once. The debit is held by
+    /// `holder` until [`Store::settle_debit`] (served) or
+    /// [`Store::undo_debit`] (the upstream failed: pay for success).
+    async fn debit(
+        &self,
+        id: &[u8; 32],
+        amount_msat: u64,
+        holder: &ClaimHolder,
+        now: u64,
+    ) -> Result<Debit, StoreError>;
+
+    /// Keeps a held debit: its request was served.
+    async fn settle_debit(&self, holder: &ClaimHolder) -> Result<(), StoreError>;
+
+    /// Gives a held debit back to its session, unless the session was
+    /// closed meanwhile (its refund is computed already). Ok(false): no such
+    /// held debit.
+    async fn undo_debit(&self, holder: &ClaimHolder) -> Result<bool, StoreError>;
+
+    /// Gives back every debit `replica` held (its process was killed
+    /// mid-request: pay for success). Returns how many.
+    async fn undo_debits_of(&self, replica: &str) -> Result<u64, StoreError>;
+
+    /// Adds the deposit paid with `payment_hash` (msat) to an open session,
+    /// once: the payment credits exactly one session, once.
+    async fn top_up(
+        &self,
+        id: &[u8; 32],
+        payment_hash: &[u8; 32],
+        amount_msat: u64,
+        now: u64,
+    ) -> Result<TopUp, StoreError>;
+
+    /// Closes a session; only the call that closes it learns the refund,
+    /// so a balance is refunded once whoever else closes it at once.
+    async fn close_session(&self, id: &[u8; 32], now: u64) -> Result<Closing, StoreError>;
+
+    /// Records how a closed session's refund went.
+    async fn record_refund(&self, id: &[u8; 32], status: &str) -> Result<(), StoreError>;
+
+    /// Open sessions idle past their timeout at `now`, at most `limit`.
+    async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError>;
 
     /// Drops consumed claims and kept responses past their expiry (the
     /// payment can no longer be presented). Returns how many.

@@ -8,8 +8,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use crate::{
-    decode_headers, encode_headers, ClaimHolder, InvoiceRecord, PaymentRecord, Reservation, Store,
-    StoreError, StoredResponse,
+    decode_headers, encode_headers, ClaimHolder, ClosedSession, Closing, Debit, InvoiceRecord,
+    NewSession, Opened, PaymentRecord, Reservation, SessionRecord, Store, StoreError,
+    StoredResponse, TopUp,
 };
 
 /// Schema versions, in order; `gate402_schema` says how many ran.
@@ -94,7 +95,72 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (claim_key, idempotency_key)
      );
      CREATE INDEX responses_expires_at ON responses (expires_at);",
+    // Prepaid balances: each deposit's payment hash credits one session
+    // once (`session_credits`); debits of requests in flight are held
+    // until served (`session_debits`).
+    "CREATE TABLE sessions (
+        id BYTEA PRIMARY KEY,
+        service TEXT NOT NULL,
+        deposit_msat BIGINT NOT NULL,
+        spent_msat BIGINT NOT NULL DEFAULT 0,
+        return_invoice TEXT,
+        idle_secs BIGINT NOT NULL,
+        last_used_at BIGINT NOT NULL,
+        closed_at BIGINT,
+        refund_msat BIGINT,
+        refund_status TEXT
+     );
+     CREATE INDEX sessions_open ON sessions (last_used_at) WHERE closed_at IS NULL;
+     CREATE TABLE session_credits (
+        payment_hash BYTEA PRIMARY KEY,
+        session BYTEA NOT NULL,
+        amount_msat BIGINT NOT NULL,
+        at BIGINT NOT NULL
+     );
+     CREATE TABLE session_debits (
+        token TEXT PRIMARY KEY,
+        replica TEXT NOT NULL,
+        session BYTEA NOT NULL,
+        amount_msat BIGINT NOT NULL
+     );",
 ];
+
+/// A session row, if there is one.
+async fn read_session(
+    conn: &mut sqlx::PgConnection,
+    id: &[u8; 32],
+) -> Result<Option<SessionRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT service, deposit_msat, spent_msat, return_invoice, idle_secs, last_used_at, closed_at, refund_msat, refund_status
+         FROM sessions WHERE id = $1",
+    )
+    .bind(&id[..])
+    .fetch_optional(conn)
+    .await
+    .map_err(db)?;
+    row.map(|r| {
+        let closed_at: Option<i64> = r.try_get(6)?;
+        Ok(SessionRecord {
+            id: *id,
+            service: r.try_get(0)?,
+            deposit_msat: r.try_get::<i64, _>(1)? as u64,
+            spent_msat: r.try_get::<i64, _>(2)? as u64,
+            return_invoice: r.try_get(3)?,
+            idle_secs: r.try_get::<i64, _>(4)? as u64,
+            last_used_at: r.try_get::<i64, _>(5)? as u64,
+            closed: match closed_at {
+                None => None,
+                Some(at) => Some(ClosedSession {
+                    at: at as u64,
+                    refund_msat: r.try_get::<Option<i64>, _>(7)?.unwrap_or(0) as u64,
+                    refund_status: r.try_get::<Option<String>, _>(8)?.unwrap_or_default(),
+                }),
+            },
+        })
+    })
+    .transpose()
+    .map_err(db)
+}
 
 /// Any number fixed for the advisory lock that serializes migrations of
 /// replicas starting together.
@@ -602,6 +668,263 @@ impl Store for PostgresStore {
         })
         .transpose()
         .map_err(db)
+    }
+
+    async fn open_session(&self, session: &NewSession) -> Result<Opened, StoreError> {
+        let n = session;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // The credit row is the one fence: whoever inserts it for this hash
+        // first decides which session the deposit opened or topped up.
+        let inserted = sqlx::query(
+            "INSERT INTO session_credits (payment_hash, session, amount_msat, at)
+             VALUES ($1, $1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(&n.id[..])
+        .bind(n.deposit_msat as i64)
+        .bind(n.now as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if inserted == 0 {
+            let session: Vec<u8> =
+                sqlx::query_scalar("SELECT session FROM session_credits WHERE payment_hash = $1")
+                    .bind(&n.id[..])
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            if session != n.id[..] {
+                return Ok(Opened::DepositSpent);
+            }
+            let known = read_session(&mut *tx, &n.id).await?;
+            sqlx::query(
+                "UPDATE sessions SET return_invoice = $2 WHERE id = $1 AND return_invoice IS NULL",
+            )
+            .bind(&n.id[..])
+            .bind(&n.return_invoice)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            return Ok(known.map_or(Opened::DepositSpent, Opened::Existing));
+        }
+        sqlx::query(
+            "INSERT INTO sessions (id, service, deposit_msat, return_invoice, idle_secs, last_used_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&n.id[..])
+        .bind(&n.service)
+        .bind(n.deposit_msat as i64)
+        .bind(&n.return_invoice)
+        .bind(n.idle_secs as i64)
+        .bind(n.now as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Opened::New)
+    }
+
+    async fn session(&self, id: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        read_session(&mut conn, id).await
+    }
+
+    async fn debit(
+        &self,
+        id: &[u8; 32],
+        amount_msat: u64,
+        holder: &ClaimHolder,
+        now: u64,
+    ) -> Result<Debit, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let left: Option<i64> = sqlx::query_scalar(
+            "UPDATE sessions SET spent_msat = spent_msat + $2, last_used_at = $3
+             WHERE id = $1 AND closed_at IS NULL AND deposit_msat - spent_msat >= $2
+             RETURNING deposit_msat - spent_msat",
+        )
+        .bind(&id[..])
+        .bind(amount_msat as i64)
+        .bind(now as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(left) = left else {
+            let known = read_session(&mut *tx, id).await?;
+            return Ok(match known {
+                None => Debit::NotFound,
+                Some(s) if s.closed.is_some() => Debit::Closed,
+                Some(s) => Debit::Insufficient {
+                    spent_msat: s.spent_msat,
+                    balance_msat: s.balance_msat(),
+                },
+            });
+        };
+        sqlx::query(
+            "INSERT INTO session_debits (token, replica, session, amount_msat) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&holder.token)
+        .bind(&holder.replica)
+        .bind(&id[..])
+        .bind(amount_msat as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Debit::Done {
+            balance_msat: left as u64,
+        })
+    }
+
+    async fn settle_debit(&self, holder: &ClaimHolder) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM session_debits WHERE token = $1 AND replica = $2")
+            .bind(&holder.token)
+            .bind(&holder.replica)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    async fn undo_debit(&self, holder: &ClaimHolder) -> Result<bool, StoreError> {
+        let undone = sqlx::query(
+            "WITH held AS (
+                DELETE FROM session_debits WHERE token = $1 AND replica = $2
+                RETURNING session, amount_msat)
+             UPDATE sessions SET spent_msat = spent_msat - held.amount_msat
+             FROM held WHERE sessions.id = held.session AND sessions.closed_at IS NULL
+             RETURNING 1",
+        )
+        .bind(&holder.token)
+        .bind(&holder.replica)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(undone.is_some())
+    }
+
+    async fn undo_debits_of(&self, replica: &str) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query(
+            "UPDATE sessions SET spent_msat = spent_msat - held.amount
+             FROM (SELECT session, SUM(amount_msat) AS amount FROM session_debits
+                   WHERE replica = $1 GROUP BY session) AS held
+             WHERE sessions.id = held.session AND sessions.closed_at IS NULL",
+        )
+        .bind(replica)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let n = sqlx::query("DELETE FROM session_debits WHERE replica = $1")
+            .bind(replica)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(n)
+    }
+
+    async fn top_up(
+        &self,
+        id: &[u8; 32],
+        payment_hash: &[u8; 32],
+        amount_msat: u64,
+        now: u64,
+    ) -> Result<TopUp, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let inserted = sqlx::query(
+            "INSERT INTO session_credits (payment_hash, session, amount_msat, at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(&payment_hash[..])
+        .bind(&id[..])
+        .bind(amount_msat as i64)
+        .bind(now as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if inserted == 0 {
+            let session: Vec<u8> =
+                sqlx::query_scalar("SELECT session FROM session_credits WHERE payment_hash = $1")
+                    .bind(&payment_hash[..])
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            return Ok(if session == id[..] {
+                TopUp::AlreadyCredited
+            } else {
+                TopUp::DepositSpent
+            });
+        }
+        let deposit: Option<i64> = sqlx::query_scalar(
+            "UPDATE sessions SET deposit_msat = deposit_msat + $2, last_used_at = $3
+             WHERE id = $1 AND closed_at IS NULL RETURNING deposit_msat",
+        )
+        .bind(&id[..])
+        .bind(amount_msat as i64)
+        .bind(now as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let Some(deposit) = deposit else {
+            // Nothing credited: the credit row goes with the transaction.
+            let known = read_session(&mut *tx, id).await?;
+            tx.rollback().await.map_err(db)?;
+            return Ok(match known {
+                None => TopUp::NotFound,
+                Some(_) => TopUp::Closed,
+            });
+        };
+        tx.commit().await.map_err(db)?;
+        Ok(TopUp::Credited {
+            deposit_msat: deposit as u64,
+        })
+    }
+
+    async fn close_session(&self, id: &[u8; 32], now: u64) -> Result<Closing, StoreError> {
+        let closed: Option<(i64, Option<String>)> = sqlx::query_as(
+            "UPDATE sessions SET closed_at = $2, refund_msat = GREATEST(deposit_msat - spent_msat, 0), refund_status = 'pending'
+             WHERE id = $1 AND closed_at IS NULL RETURNING refund_msat, return_invoice",
+        )
+        .bind(&id[..])
+        .bind(now as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        if let Some((refund, return_invoice)) = closed {
+            return Ok(Closing::Closed {
+                refund_msat: refund as u64,
+                return_invoice,
+            });
+        }
+        Ok(match self.session(id).await? {
+            None => Closing::NotFound,
+            Some(s) => Closing::AlreadyClosed(s),
+        })
+    }
+
+    async fn record_refund(&self, id: &[u8; 32], status: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sessions SET refund_status = $2 WHERE id = $1")
+            .bind(&id[..])
+            .bind(status)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db)
+    }
+
+    async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let ids: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT id FROM sessions WHERE closed_at IS NULL AND last_used_at + idle_secs < $1 LIMIT $2",
+        )
+        .bind(now as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(ids.into_iter().filter_map(|id| id.try_into().ok()).collect())
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {

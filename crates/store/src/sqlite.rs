@@ -8,8 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::{
-    decode_headers, encode_headers, ClaimHolder, InvoiceRecord, PaymentRecord, Reservation, Store,
-    StoreError, StoredResponse,
+    decode_headers, encode_headers, ClaimHolder, ClosedSession, Closing, Debit, InvoiceRecord,
+    NewSession, Opened, PaymentRecord, Reservation, SessionRecord, Store, StoreError,
+    StoredResponse, TopUp,
 };
 
 /// Schema versions, in order; `PRAGMA user_version` says how many ran.
@@ -92,7 +93,63 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (claim_key, idempotency_key)
      );
      CREATE INDEX responses_expires_at ON responses (expires_at);",
+    // Prepaid balances: each deposit's payment hash credits one session
+    // once (`session_credits`); debits of requests in flight are held
+    // until served (`session_debits`).
+    "CREATE TABLE sessions (
+        id BLOB PRIMARY KEY,
+        service TEXT NOT NULL,
+        deposit_msat INTEGER NOT NULL,
+        spent_msat INTEGER NOT NULL DEFAULT 0,
+        return_invoice TEXT,
+        idle_secs INTEGER NOT NULL,
+        last_used_at INTEGER NOT NULL,
+        closed_at INTEGER,
+        refund_msat INTEGER,
+        refund_status TEXT
+     );
+     CREATE INDEX sessions_open ON sessions (last_used_at) WHERE closed_at IS NULL;
+     CREATE TABLE session_credits (
+        payment_hash BLOB PRIMARY KEY,
+        session BLOB NOT NULL,
+        amount_msat INTEGER NOT NULL,
+        at INTEGER NOT NULL
+     );
+     CREATE TABLE session_debits (
+        token TEXT PRIMARY KEY,
+        replica TEXT NOT NULL,
+        session BLOB NOT NULL,
+        amount_msat INTEGER NOT NULL
+     );",
 ];
+
+/// A session row, if there is one.
+fn read_session(c: &Connection, id: &[u8; 32]) -> rusqlite::Result<Option<SessionRecord>> {
+    c.prepare_cached(
+        "SELECT service, deposit_msat, spent_msat, return_invoice, idle_secs, last_used_at, closed_at, refund_msat, refund_status FROM sessions WHERE id = ?1",
+    )?
+    .query_row([&id[..]], |r| {
+        let closed_at: Option<i64> = r.get(6)?;
+        Ok(SessionRecord {
+            id: *id,
+            service: r.get(0)?,
+            deposit_msat: r.get::<_, i64>(1)? as u64,
+            spent_msat: r.get::<_, i64>(2)? as u64,
+            return_invoice: r.get(3)?,
+            idle_secs: r.get::<_, i64>(4)? as u64,
+            last_used_at: r.get::<_, i64>(5)? as u64,
+            closed: match closed_at {
+                None => None,
+                Some(at) => Some(ClosedSession {
+                    at: at as u64,
+                    refund_msat: r.get::<_, Option<i64>>(7)?.unwrap_or(0) as u64,
+                    refund_status: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                }),
+            },
+        })
+    })
+    .optional()
+}
 
 /// SQLite, one file; safe for several processes on one machine.
 #[derive(Clone)]
@@ -618,6 +675,228 @@ impl Store for SqliteStore {
                 })
             })
             .optional()
+        })
+        .await
+    }
+
+    async fn open_session(&self, session: &NewSession) -> Result<Opened, StoreError> {
+        let n = session.clone();
+        self.with(move |c| {
+            let credited: Option<Vec<u8>> = c
+                .prepare_cached("SELECT session FROM session_credits WHERE payment_hash = ?1")?
+                .query_row([&n.id[..]], |r| r.get(0))
+                .optional()?;
+            if credited.as_deref().is_some_and(|s| s != &n.id[..]) {
+                return Ok(Opened::DepositSpent);
+            }
+            if let Some(known) = read_session(c, &n.id)? {
+                if known.return_invoice.is_none() && n.return_invoice.is_some() {
+                    c.prepare_cached(
+                        "UPDATE sessions SET return_invoice = ?2 WHERE id = ?1 AND return_invoice IS NULL",
+                    )?
+                    .execute(params![&n.id[..], n.return_invoice])?;
+                }
+                return Ok(Opened::Existing(known));
+            }
+            c.prepare_cached(
+                "INSERT INTO sessions (id, service, deposit_msat, return_invoice, idle_secs, last_used_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                &n.id[..],
+                n.service,
+                n.deposit_msat as i64,
+                n.return_invoice,
+                n.idle_secs as i64,
+                n.now as i64
+            ])?;
+            c.prepare_cached(
+                "INSERT INTO session_credits (payment_hash, session, amount_msat, at) VALUES (?1, ?1, ?2, ?3)",
+            )?
+            .execute(params![&n.id[..], n.deposit_msat as i64, n.now as i64])?;
+            Ok(Opened::New)
+        })
+        .await
+    }
+
+    async fn session(&self, id: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
+        let id = *id;
+        self.with(move |c| read_session(c, &id)).await
+    }
+
+    async fn debit(
+        &self,
+        id: &[u8; 32],
+        amount_msat: u64,
+        holder: &ClaimHolder,
+        now: u64,
+    ) -> Result<Debit, StoreError> {
+        let (id, holder) = (*id, holder.clone());
+        self.with(move |c| {
+            let left: Option<i64> = c
+                .prepare_cached(
+                    "UPDATE sessions SET spent_msat = spent_msat + ?2, last_used_at = ?3
+                     WHERE id = ?1 AND closed_at IS NULL AND deposit_msat - spent_msat >= ?2
+                     RETURNING deposit_msat - spent_msat",
+                )?
+                .query_row(params![&id[..], amount_msat as i64, now as i64], |r| r.get(0))
+                .optional()?;
+            if let Some(left) = left {
+                c.prepare_cached(
+                    "INSERT INTO session_debits (token, replica, session, amount_msat) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![holder.token, holder.replica, &id[..], amount_msat as i64])?;
+                return Ok(Debit::Done {
+                    balance_msat: left as u64,
+                });
+            }
+            Ok(match read_session(c, &id)? {
+                None => Debit::NotFound,
+                Some(s) if s.closed.is_some() => Debit::Closed,
+                Some(s) => Debit::Insufficient {
+                    spent_msat: s.spent_msat,
+                    balance_msat: s.balance_msat(),
+                },
+            })
+        })
+        .await
+    }
+
+    async fn settle_debit(&self, holder: &ClaimHolder) -> Result<(), StoreError> {
+        let holder = holder.clone();
+        self.with(move |c| {
+            c.prepare_cached("DELETE FROM session_debits WHERE token = ?1 AND replica = ?2")?
+                .execute(params![holder.token, holder.replica])
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn undo_debit(&self, holder: &ClaimHolder) -> Result<bool, StoreError> {
+        let holder = holder.clone();
+        self.with(move |c| {
+            let held: Option<(Vec<u8>, i64)> = c
+                .prepare_cached(
+                    "DELETE FROM session_debits WHERE token = ?1 AND replica = ?2 RETURNING session, amount_msat",
+                )?
+                .query_row(params![holder.token, holder.replica], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((session, amount)) = held else {
+                return Ok(false);
+            };
+            c.prepare_cached(
+                "UPDATE sessions SET spent_msat = spent_msat - ?2 WHERE id = ?1 AND closed_at IS NULL",
+            )?
+            .execute(params![session, amount])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn undo_debits_of(&self, replica: &str) -> Result<u64, StoreError> {
+        let replica = replica.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE sessions SET spent_msat = spent_msat - (
+                    SELECT COALESCE(SUM(amount_msat), 0) FROM session_debits
+                    WHERE session_debits.session = sessions.id AND replica = ?1)
+                 WHERE closed_at IS NULL
+                   AND id IN (SELECT session FROM session_debits WHERE replica = ?1)",
+                [&replica],
+            )?;
+            c.execute("DELETE FROM session_debits WHERE replica = ?1", [&replica])
+                .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn top_up(
+        &self,
+        id: &[u8; 32],
+        payment_hash: &[u8; 32],
+        amount_msat: u64,
+        now: u64,
+    ) -> Result<TopUp, StoreError> {
+        let (id, hash) = (*id, *payment_hash);
+        self.with(move |c| {
+            let credited: Option<Vec<u8>> = c
+                .prepare_cached("SELECT session FROM session_credits WHERE payment_hash = ?1")?
+                .query_row([&hash[..]], |r| r.get(0))
+                .optional()?;
+            if let Some(session) = credited {
+                return Ok(if session == id[..] {
+                    TopUp::AlreadyCredited
+                } else {
+                    TopUp::DepositSpent
+                });
+            }
+            let deposit: Option<i64> = c
+                .prepare_cached(
+                    "UPDATE sessions SET deposit_msat = deposit_msat + ?2, last_used_at = ?3
+                     WHERE id = ?1 AND closed_at IS NULL RETURNING deposit_msat",
+                )?
+                .query_row(params![&id[..], amount_msat as i64, now as i64], |r| r.get(0))
+                .optional()?;
+            let Some(deposit) = deposit else {
+                return Ok(match read_session(c, &id)? {
+                    None => TopUp::NotFound,
+                    Some(_) => TopUp::Closed,
+                });
+            };
+            c.prepare_cached(
+                "INSERT INTO session_credits (payment_hash, session, amount_msat, at) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![&hash[..], &id[..], amount_msat as i64, now as i64])?;
+            Ok(TopUp::Credited {
+                deposit_msat: deposit as u64,
+            })
+        })
+        .await
+    }
+
+    async fn close_session(&self, id: &[u8; 32], now: u64) -> Result<Closing, StoreError> {
+        let id = *id;
+        self.with(move |c| {
+            let closed: Option<(i64, Option<String>)> = c
+                .prepare_cached(
+                    "UPDATE sessions SET closed_at = ?2, refund_msat = MAX(deposit_msat - spent_msat, 0), refund_status = 'pending'
+                     WHERE id = ?1 AND closed_at IS NULL RETURNING refund_msat, return_invoice",
+                )?
+                .query_row(params![&id[..], now as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((refund, return_invoice)) = closed {
+                return Ok(Closing::Closed {
+                    refund_msat: refund as u64,
+                    return_invoice,
+                });
+            }
+            Ok(match read_session(c, &id)? {
+                None => Closing::NotFound,
+                Some(s) => Closing::AlreadyClosed(s),
+            })
+        })
+        .await
+    }
+
+    async fn record_refund(&self, id: &[u8; 32], status: &str) -> Result<(), StoreError> {
+        let (id, status) = (*id, status.to_owned());
+        self.with(move |c| {
+            c.prepare_cached("UPDATE sessions SET refund_status = ?2 WHERE id = ?1")?
+                .execute(params![&id[..], status])
+                .map(drop)
+        })
+        .await
+    }
+
+    async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id FROM sessions WHERE closed_at IS NULL AND last_used_at + idle_secs < ?1 LIMIT ?2",
+            )?;
+            let ids = stmt
+                .query_map(params![now as i64, limit as i64], |r| r.get::<_, Vec<u8>>(0))?
+                .filter_map(|id| id.ok()?.try_into().ok())
+                .collect();
+            Ok(ids)
         })
         .await
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use gate402_postgres_testkit::TestPostgres;
 use gate402_store::{
     ClaimHolder, InvoiceRecord, PaymentRecord, PostgresStore, Reservation, SqliteStore, Store,
-    StoredResponse,
+    Closing, Debit, NewSession, Opened, StoredResponse, TopUp,
 };
 
 /// Two handles on one database, as two gateway replicas have.
@@ -376,6 +376,146 @@ async fn kept_responses_are_shared_first_wins_and_expire([a, b]: &Pair) {
     );
 }
 
+fn new_session(id: u8, deposit_msat: u64, return_invoice: Option<&str>) -> NewSession {
+    NewSession {
+        id: [id; 32],
+        service: "chat".into(),
+        deposit_msat,
+        return_invoice: return_invoice.map(str::to_owned),
+        idle_secs: 300,
+        now: 1_000,
+    }
+}
+
+async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &Pair) {
+    let (r1, r2) = (holder("r1", "d1"), holder("r2", "d2"));
+    assert_eq!(
+        a.open_session(&new_session(60, 10_000, None)).await.unwrap(),
+        Opened::New
+    );
+    // Opened again (a retry, or the other door): nothing credited twice; a
+    // return invoice given now is kept.
+    let again = b
+        .open_session(&new_session(60, 10_000, Some("lnbcrt1refund")))
+        .await
+        .unwrap();
+    assert!(matches!(again, Opened::Existing(s) if s.deposit_msat == 10_000));
+    let session = a.session(&[60; 32]).await.unwrap().unwrap();
+    assert_eq!(session.return_invoice.as_deref(), Some("lnbcrt1refund"));
+    assert_eq!(
+        a.debit(&[60; 32], 4_000, &r1, 1_001).await.unwrap(),
+        Debit::Done { balance_msat: 6_000 }
+    );
+    assert_eq!(
+        b.debit(&[60; 32], 4_000, &r2, 1_002).await.unwrap(),
+        Debit::Done { balance_msat: 2_000 }
+    );
+    assert_eq!(
+        a.debit(&[60; 32], 4_000, &holder("r1", "d3"), 1_003).await.unwrap(),
+        Debit::Insufficient {
+            spent_msat: 8_000,
+            balance_msat: 2_000
+        }
+    );
+    // The upstream failed for one: given back; the other is kept.
+    assert!(b.undo_debit(&r2).await.unwrap());
+    assert!(!b.undo_debit(&r2).await.unwrap(), "given back once");
+    a.settle_debit(&r1).await.unwrap();
+    assert!(!a.undo_debit(&r1).await.unwrap(), "a settled debit stays");
+    assert_eq!(a.session(&[60; 32]).await.unwrap().unwrap().spent_msat, 4_000);
+    // A top-up credits once, and only the session it was paid for.
+    assert_eq!(
+        b.top_up(&[60; 32], &[61; 32], 5_000, 1_004).await.unwrap(),
+        TopUp::Credited {
+            deposit_msat: 15_000
+        }
+    );
+    assert_eq!(
+        a.top_up(&[60; 32], &[61; 32], 5_000, 1_005).await.unwrap(),
+        TopUp::AlreadyCredited
+    );
+    assert_eq!(
+        a.open_session(&new_session(61, 5_000, None)).await.unwrap(),
+        Opened::DepositSpent,
+        "a top-up's payment cannot open a session of its own"
+    );
+    assert_eq!(
+        a.top_up(&[62; 32], &[60; 32], 10_000, 1_005).await.unwrap(),
+        TopUp::DepositSpent,
+        "a deposit cannot top up another session"
+    );
+    assert_eq!(
+        a.top_up(&[63; 32], &[64; 32], 10_000, 1_005).await.unwrap(),
+        TopUp::NotFound
+    );
+    // A replica killed mid-request: its held debits are given back.
+    assert_eq!(
+        a.debit(&[60; 32], 1_000, &holder("dead", "d4"), 1_006).await.unwrap(),
+        Debit::Done { balance_msat: 10_000 }
+    );
+    assert_eq!(b.undo_debits_of("dead").await.unwrap(), 1);
+    // Idle past its timeout: found; closed once, refunded once.
+    assert_eq!(b.idle_sessions(1_200, 10).await.unwrap(), Vec::<[u8; 32]>::new());
+    assert_eq!(b.idle_sessions(1_400, 10).await.unwrap(), vec![[60; 32]]);
+    let (x, y) = tokio::join!(a.close_session(&[60; 32], 1_400), b.close_session(&[60; 32], 1_400));
+    let closed: Vec<Closing> = [x.unwrap(), y.unwrap()].into_iter().collect();
+    let refunds: Vec<&Closing> = closed
+        .iter()
+        .filter(|c| matches!(c, Closing::Closed { .. }))
+        .collect();
+    assert_eq!(
+        refunds,
+        vec![&Closing::Closed {
+            refund_msat: 11_000,
+            return_invoice: Some("lnbcrt1refund".into())
+        }]
+    );
+    a.record_refund(&[60; 32], "succeeded").await.unwrap();
+    let Closing::AlreadyClosed(done) = b.close_session(&[60; 32], 1_500).await.unwrap() else {
+        panic!("closed twice");
+    };
+    let end = done.closed.unwrap();
+    assert_eq!((end.refund_msat, end.refund_status.as_str()), (11_000, "succeeded"));
+    assert_eq!(
+        a.debit(&[60; 32], 1, &holder("r1", "d5"), 1_501).await.unwrap(),
+        Debit::Closed
+    );
+    assert_eq!(
+        a.top_up(&[60; 32], &[65; 32], 1_000, 1_501).await.unwrap(),
+        TopUp::Closed
+    );
+    assert_eq!(
+        a.open_session(&new_session(65, 1_000, None)).await.unwrap(),
+        Opened::New,
+        "a top-up refused for a closed session leaves its payment unspent"
+    );
+    assert_eq!(b.idle_sessions(9_999, 10).await.unwrap().len(), 1);
+    assert_eq!(a.close_session(&[66; 32], 1).await.unwrap(), Closing::NotFound);
+}
+
+/// Two replicas spending one balance at once never spend more than it
+/// holds.
+async fn concurrent_debits_never_overdraw(stores: &Pair) {
+    let a = &stores[0];
+    a.open_session(&new_session(70, 10_000, None)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = stores[i % 2].clone();
+        let holder = holder("r", &format!("c{i}"));
+        tasks.push(tokio::spawn(async move {
+            store.debit(&[70; 32], 1_000, &holder, 2_000).await.unwrap()
+        }));
+    }
+    let mut done = 0;
+    for task in tasks {
+        if matches!(task.await.unwrap(), Debit::Done { .. }) {
+            done += 1;
+        }
+    }
+    assert_eq!(done, 10);
+    assert_eq!(a.session(&[70; 32]).await.unwrap().unwrap().spent_msat, 10_000);
+}
+
 async fn keeps_the_contract(stores: &Pair) {
     the_database_answers_a_ping(stores).await;
     a_payment_is_served_once(stores).await;
@@ -385,6 +525,8 @@ async fn keeps_the_contract(stores: &Pair) {
     concurrent_claims_acquire_once(stores).await;
     consumed_claims_are_purged_after_expiry(stores).await;
     kept_responses_are_shared_first_wins_and_expire(stores).await;
+    a_balance_is_credited_once_spent_atomically_and_refunded_once(stores).await;
+    concurrent_debits_never_overdraw(stores).await;
     payments_are_counted_once(stores).await;
     claims_are_committed_in_batches(stores).await;
     new_claims_are_not_legacy(stores).await;

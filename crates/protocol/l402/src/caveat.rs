@@ -9,6 +9,9 @@
 //! - `<service>_uses=1`: it buys one request there, not a period (gate402's
 //!   own: a per-request service sells single-use tokens; peers that do not
 //!   know it skip it, and the gateway that minted it enforces it);
+//! - `<service>_balance=<sats>`: it names a prepaid balance there, the
+//!   deposit of its invoice, spent a unit price per request (gate402's own,
+//!   like `_uses`); the balance is the session keyed by its payment hash;
 //! - `<capability>_<constraint>=value`: application constraints, checked by
 //!   satisfiers the application supplies.
 //!
@@ -73,6 +76,12 @@ impl Caveat {
     pub fn uses(service: &str, n: u64) -> Self {
         Self::new(format!("{service}{USES_SUFFIX}"), n.to_string())
     }
+
+    /// `<service>_balance=<sats>`: the token names a prepaid balance of
+    /// `sats` (its invoice's deposit), spent per request of `service`.
+    pub fn balance(service: &str, deposit_sats: u64) -> Self {
+        Self::new(format!("{service}{BALANCE_SUFFIX}"), deposit_sats.to_string())
+    }
 }
 
 /// What a token's caveats say it buys from one service.
@@ -83,6 +92,9 @@ pub struct Terms {
     /// The fewest `<service>_uses`, if any: a value that is not a count
     /// reads as 1, the narrowest.
     pub uses: Option<u64>,
+    /// The smallest `<service>_balance` (sats), if any: a value that is not
+    /// a number reads as 0, the narrowest.
+    pub balance: Option<u64>,
 }
 
 /// Reads [`Terms`] for `service` from a token's first-party caveats.
@@ -100,6 +112,9 @@ pub fn terms<'a>(caveats: impl IntoIterator<Item = &'a [u8]>, service: &str) -> 
         } else if suffix == USES_SUFFIX {
             let n = caveat.value.parse::<u64>().ok().filter(|n| *n > 0);
             terms.uses = earliest(terms.uses, n.unwrap_or(1));
+        } else if suffix == BALANCE_SUFFIX {
+            let sats = caveat.value.parse::<u64>().unwrap_or(0);
+            terms.balance = earliest(terms.balance, sats);
         }
     }
     terms
@@ -119,6 +134,8 @@ pub const CAPABILITIES_SUFFIX: &str = "_capabilities";
 pub const VALID_UNTIL_SUFFIX: &str = "_valid_until";
 /// Suffix of the condition that counts the requests a token buys.
 pub const USES_SUFFIX: &str = "_uses";
+/// The suffix of the per-service balance condition.
+pub const BALANCE_SUFFIX: &str = "_balance";
 
 /// One entry of a `services` caveat.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -503,6 +520,9 @@ mod tests {
             Caveat::uses("svc", 1),
             Caveat::valid_until("other", 100),
             Caveat::uses("other", 1),
+            Caveat::balance("svc", 200),
+            Caveat::balance("svc", 150),
+            Caveat::balance("other", 1),
         ];
         let raw: Vec<String> = caveats.iter().map(Caveat::to_string).collect();
         let bytes = raw.iter().map(|c| c.as_bytes());
@@ -510,9 +530,16 @@ mod tests {
             terms(bytes, "svc"),
             Terms {
                 valid_until: Some(400),
-                uses: Some(1)
+                uses: Some(1),
+                balance: Some(150),
             }
         );
+        // A holder can only lower a balance, never raise it.
+        assert_eq!(
+            terms(["svc_balance=100", "svc_balance=9999"].map(str::as_bytes), "svc").balance,
+            Some(100)
+        );
+        assert_eq!(terms(["svc_balance=x".as_bytes()], "svc").balance, Some(0));
         assert_eq!(terms(["svc_uses=x".as_bytes()], "svc").uses, Some(1));
         assert_eq!(terms(["svc_uses=0".as_bytes()], "svc").uses, Some(1));
         assert_eq!(

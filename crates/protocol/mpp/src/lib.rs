@@ -24,6 +24,7 @@ pub mod jcs;
 pub mod lightning;
 pub mod problem;
 pub mod receipt;
+pub mod session;
 pub mod verify;
 
 pub use mpp::error::PaymentErrorDetails;

@@ -43,6 +43,17 @@ pub enum ProblemType {
     LightningInvalidPreimage,
     /// Lightning: the invoice expired.
     LightningExpiredInvoice,
+    /// Lightning session: no session has this id.
+    LightningSessionNotFound,
+    /// Lightning session: the session is closed.
+    LightningSessionClosed,
+    /// Lightning session: the balance does not cover the request.
+    LightningInsufficientBalance,
+    /// Lightning session: the challenge has expired.
+    LightningChallengeExpired,
+    /// Lightning session: the return invoice is not an amountless BOLT11
+    /// invoice on this network.
+    LightningInvalidReturnInvoice,
 }
 
 impl ProblemType {
@@ -65,6 +76,11 @@ impl ProblemType {
             ProblemType::LightningUnknownChallenge => "unknown-challenge",
             ProblemType::LightningInvalidPreimage => "invalid-preimage",
             ProblemType::LightningExpiredInvoice => "expired-invoice",
+            ProblemType::LightningSessionNotFound => "session-not-found",
+            ProblemType::LightningSessionClosed => "session-closed",
+            ProblemType::LightningInsufficientBalance => "insufficient-balance",
+            ProblemType::LightningChallengeExpired => "challenge-expired",
+            ProblemType::LightningInvalidReturnInvoice => "invalid-return-invoice",
         }
     }
 
@@ -85,6 +101,11 @@ impl ProblemType {
                 | ProblemType::LightningUnknownChallenge
                 | ProblemType::LightningInvalidPreimage
                 | ProblemType::LightningExpiredInvoice
+                | ProblemType::LightningSessionNotFound
+                | ProblemType::LightningSessionClosed
+                | ProblemType::LightningInsufficientBalance
+                | ProblemType::LightningChallengeExpired
+                | ProblemType::LightningInvalidReturnInvoice
         )
     }
 
@@ -107,6 +128,11 @@ impl ProblemType {
             ProblemType::LightningUnknownChallenge => "Unknown Challenge",
             ProblemType::LightningInvalidPreimage => "Invalid Preimage",
             ProblemType::LightningExpiredInvoice => "Expired Invoice",
+            ProblemType::LightningSessionNotFound => "Session Not Found",
+            ProblemType::LightningSessionClosed => "Session Closed",
+            ProblemType::LightningInsufficientBalance => "Insufficient Balance",
+            ProblemType::LightningChallengeExpired => "Challenge Expired",
+            ProblemType::LightningInvalidReturnInvoice => "Invalid Return Invoice",
         }
     }
 

@@ -30,6 +30,27 @@ pub fn lightning(
     }
 }
 
+/// The receipt of a closed session (draft-lightning-session-00 §Receipt):
+/// `reference` is the session id, with `refundSats` (left out when zero)
+/// and `refundStatus` (`succeeded`, `failed` or `skipped`).
+pub fn session_close(
+    session_id: &[u8; 32],
+    refund_sats: u64,
+    refund_status: &str,
+    at: time::OffsetDateTime,
+) -> Receipt {
+    let mut receipt = lightning(session_id, None, at);
+    if refund_sats > 0 {
+        receipt
+            .extensions
+            .insert("refundSats".into(), refund_sats.into());
+    }
+    receipt
+        .extensions
+        .insert("refundStatus".into(), refund_status.into());
+    receipt
+}
+
 /// The header value: base64url (no padding) of the receipt JSON.
 pub fn to_header(receipt: &Receipt) -> String {
     base64url::encode(&serde_json::to_vec(receipt).unwrap_or_default())
