@@ -68,9 +68,20 @@ async fn events() -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     Sse::new(ticks)
 }
 
+#[derive(Deserialize)]
+struct ChatQuery {
+    prompt: Option<String>,
+}
+
+async fn chat(Query(query): Query<ChatQuery>) -> Json<serde_json::Value> {
+    // Not a model: the prompt echoed back, which is easy to check.
+    let prompt = query.prompt.unwrap_or_else(|| "hello".into());
+    Json(json!({"prompt": prompt, "answer": format!("you said: {prompt}"), "source": "gate402 demo"}))
+}
+
 async fn hello() -> Json<serde_json::Value> {
     Json(
-        json!({"hello": "this route is free", "paid": ["/api/weather", "/api/translate", "/api/events"]}),
+        json!({"hello": "this route is free", "paid": ["/api/weather", "/api/translate", "/api/events", "/api/chat"]}),
     )
 }
 
@@ -80,6 +91,7 @@ pub fn router() -> Router {
         .route("/weather", get(weather))
         .route("/translate", post(translate))
         .route("/events", get(events))
+        .route("/chat", get(chat))
         .route("/hello", get(hello))
 }
 
@@ -140,9 +152,21 @@ pub fn services(upstream: &str) -> Vec<ServiceConfig> {
     if let Some(up) = weather_x402.upstream.as_mut() {
         up.rewrite.strip_prefix = Some("/api/x402".into());
     }
+    // A prepaid balance: a 20 sat deposit spent 1 sat a question, through
+    // an L402 token or an MPP session (refunded on close).
+    let mut chat = make(
+        "chat",
+        "/api/chat",
+        Method::GET,
+        1,
+        "Chat, from a prepaid balance (demo)",
+        Auth::On,
+    );
+    chat.priced = chat.priced.balance(20);
     vec![
         weather,
         weather_x402,
+        chat,
         make(
             "translate",
             "/api/translate",

@@ -4,13 +4,17 @@
 //! `x-payment-info` offers on every paid operation), and the L402 manifest
 //! `/.well-known/l402.json` with its quote endpoint (L402 discovery, as
 //! Aperture proposes it). All advisory: the 402 itself is authoritative.
+//!
+//! A service sold through x402 alone is listed wherever a service sold
+//! through MPP alone is (the service list, OpenAPI, quotes), and left out
+//! of the L402 manifest, which lists what L402 tokens buy.
 
 use std::sync::Arc;
 
 use axum::http::Method;
 use serde_json::{json, Map, Value};
 
-use gate402_l402::caveat::{USES_SUFFIX, VALID_UNTIL_SUFFIX};
+use gate402_l402::caveat::{BALANCE_SUFFIX, USES_SUFFIX, VALID_UNTIL_SUFFIX};
 use gate402_paywall::route::PathPattern;
 use gate402_paywall::{Auth, PricedService, Sells};
 
@@ -54,6 +58,10 @@ impl About<'_> {
         self.mpp && service.schemes.mpp()
     }
 
+    fn x402(&self, service: &PricedService) -> bool {
+        service.schemes.x402()
+    }
+
     /// The protocols a service's 402 carries here.
     fn protocols(&self, service: &PricedService) -> Vec<&'static str> {
         let mut out = Vec::new();
@@ -63,24 +71,29 @@ impl About<'_> {
         if self.mpp(service) {
             out.push("MPP");
         }
-        if service.schemes.x402() {
+        if self.x402(service) {
             out.push("x402");
         }
         out
     }
 
-    /// The protocols any 402 of this gateway can carry.
-    fn gateway_protocols(&self) -> &'static [&'static str] {
+    /// The protocols any 402 of this gateway can carry: L402, MPP unless
+    /// the network rules it out, and x402 when a service it sells takes it
+    /// (x402 is off unless a service asks for it).
+    fn gateway_protocols(&self, services: &[Arc<PricedService>]) -> Vec<&'static str> {
+        let mut out = vec!["L402"];
         if self.mpp {
-            &["L402", "MPP"]
-        } else {
-            &["L402"]
+            out.push("MPP");
         }
+        if services.iter().any(|s| paid(s) && self.x402(s)) {
+            out.push("x402");
+        }
+        out
     }
 
     /// Paid, and payable here with at least one protocol.
     pub fn sells(&self, service: &PricedService) -> bool {
-        paid(service) && (self.l402(service) || self.mpp(service))
+        paid(service) && (self.l402(service) || self.mpp(service) || self.x402(service))
     }
 }
 
@@ -100,13 +113,19 @@ fn price_msat(service: &PricedService) -> u64 {
     service.price_sats.saturating_mul(1000)
 }
 
-/// What one payment buys: `{"sells": "request"}`, or `{"sells": "pass",
+/// What one payment buys: `{"sells": "request"}`, `{"sells": "pass",
 /// "passSeconds": N}` (the L402 token's life; an MPP charge still serves one
-/// request).
+/// request), or `{"sells": "balance", "depositSats": N, "idleTimeoutSeconds":
+/// N}` (a deposit spent per request through either door).
 fn sale(service: &PricedService) -> Value {
     match service.sells {
         Sells::Request => json!({"sells": "request"}),
         Sells::Pass => json!({"sells": "pass", "passSeconds": service.token_lifetime_secs}),
+        Sells::Balance => json!({
+            "sells": "balance",
+            "depositSats": service.deposit_sats(),
+            "idleTimeoutSeconds": service.session_idle_secs,
+        }),
     }
 }
 
@@ -129,7 +148,7 @@ fn template(path: &PathPattern) -> String {
 
 /// `/.well-known/l402-services`.
 pub fn l402_services(about: &About<'_>, services: &[Arc<PricedService>]) -> Value {
-    let services: Vec<Value> = services
+    let listed: Vec<Value> = services
         .iter()
         .filter(|s| about.sells(s))
         .map(|s| {
@@ -146,12 +165,12 @@ pub fn l402_services(about: &About<'_>, services: &[Arc<PricedService>]) -> Valu
             with_sale(entry, s)
         })
         .collect();
-    let protocols = about.gateway_protocols();
+    let protocols = about.gateway_protocols(services);
     let mut doc = json!({
         "name": about.name,
         "protocols": protocols,
         "payment_network": "lightning",
-        "services": services,
+        "services": listed,
         "authentication": {
             "protocols_supported": protocols,
             "l402": {"spec": "https://github.com/lightninglabs/L402", "header": "Authorization: L402 <macaroon>:<preimage>", "manifest": MANIFEST_PATH},
@@ -160,6 +179,9 @@ pub fn l402_services(about: &About<'_>, services: &[Arc<PricedService>]) -> Valu
     if about.mpp {
         doc["authentication"]["mpp"] = json!({"spec": "https://paymentauth.org", "realm": about.realm, "methods": ["lightning/charge"], "header": "Authorization: Payment <credential>"});
     }
+    if protocols.contains(&"x402") {
+        doc["authentication"]["x402"] = json!({"spec": "https://github.com/coinbase/x402", "version": 2, "offer": "PAYMENT-REQUIRED: <base64 JSON>", "header": "payment-signature: <base64 JSON>"});
+    }
     if let Some(homepage) = &about.discovery.homepage {
         doc["homepage"] = homepage.as_str().into();
     }
@@ -167,7 +189,8 @@ pub fn l402_services(about: &About<'_>, services: &[Arc<PricedService>]) -> Valu
 }
 
 /// One offer per scheme the service takes, each a Lightning charge of its
-/// price; `scheme` tells an L402 client its offer from an MPP one.
+/// price; `scheme` tells an L402 client its offer from an MPP or an x402
+/// one.
 fn offers(about: &About<'_>, service: &PricedService) -> Vec<Value> {
     let offer = |scheme: &str| {
         json!({
@@ -184,18 +207,60 @@ fn offers(about: &About<'_>, service: &PricedService) -> Vec<Value> {
     // the service sells.
     if about.mpp(service) {
         let mut mpp = offer(gate402_mpp::SCHEME);
-        mpp["sells"] = Sells::Request.as_str().into();
+        if service.sells == Sells::Balance {
+            // The session intent: `amount` per unit, the deposit stated.
+            mpp["intent"] = gate402_mpp::session::SESSION.into();
+            mpp = with_sale(mpp, service);
+        } else {
+            mpp["sells"] = Sells::Request.as_str().into();
+        }
         offers.push(mpp);
     }
     if about.l402(service) {
         offers.push(with_sale(offer("L402"), service));
     }
+    // An x402 payment, like an MPP charge, is spent on one request.
+    if about.x402(service) {
+        let mut x402 = offer("x402");
+        x402["sells"] = Sells::Request.as_str().into();
+        offers.push(x402);
+    }
     offers
+}
+
+/// The `402` response an operation declares: the fields its offer comes
+/// in, for the schemes the service takes.
+fn payment_required(about: &About<'_>, service: &PricedService) -> Value {
+    let mut headers = Map::new();
+    let mut carried = Vec::new();
+    if about.l402(service) || about.mpp(service) {
+        headers.insert(
+            "WWW-Authenticate".into(),
+            json!({"description": "The challenges", "schema": {"type": "string"}}),
+        );
+        carried.push("its challenges in WWW-Authenticate");
+    }
+    if about.x402(service) {
+        headers.insert(
+            "PAYMENT-REQUIRED".into(),
+            json!({"description": "The x402 offer (base64 JSON)", "schema": {"type": "string"}}),
+        );
+        carried.push("its x402 offer in PAYMENT-REQUIRED");
+    }
+    headers.insert(
+        "Link".into(),
+        json!({"description": "The L402 manifest (rel=\"l402-manifest\")", "schema": {"type": "string"}}),
+    );
+    json!({
+        "description": format!("Payment Required: one Lightning invoice and {}", carried.join(" and ")),
+        "headers": headers,
+        "content": {"application/problem+json": {"schema": {"type": "object"}}},
+    })
 }
 
 /// `x-service-info`: categories and documentation links where configured,
 /// plus what the gateway itself knows.
-fn service_info(about: &About<'_>) -> Value {
+fn service_info(about: &About<'_>, services: &[Arc<PricedService>]) -> Value {
     let discovery = about.discovery;
     let mut info = Map::new();
     if !discovery.categories.is_empty() {
@@ -215,7 +280,7 @@ fn service_info(about: &About<'_>) -> Value {
         info.insert("docs".into(), Value::Object(docs));
     }
     info.insert("name".into(), about.name.into());
-    info.insert("protocols".into(), json!(about.gateway_protocols()));
+    info.insert("protocols".into(), json!(about.gateway_protocols(services)));
     info.insert("payment_network".into(), "lightning".into());
     info.insert("l402Manifest".into(), MANIFEST_PATH.into());
     Value::Object(info)
@@ -242,14 +307,7 @@ pub fn openapi(about: &About<'_>, services: &[Arc<PricedService>]) -> Value {
                 "x-payment-info": {"offers": offers(about, service)},
                 "responses": {
                     "200": {"description": "The paid response, with a Payment-Receipt header"},
-                    "402": {
-                        "description": "Payment Required: one Lightning invoice and its challenges in WWW-Authenticate",
-                        "headers": {
-                            "WWW-Authenticate": {"description": "The challenges", "schema": {"type": "string"}},
-                            "Link": {"description": "The L402 manifest (rel=\"l402-manifest\")", "schema": {"type": "string"}},
-                        },
-                        "content": {"application/problem+json": {"schema": {"type": "object"}}},
-                    },
+                    "402": payment_required(about, service),
                 },
             });
             // The body is the upstream's business and goes to it as sent.
@@ -270,7 +328,7 @@ pub fn openapi(about: &About<'_>, services: &[Arc<PricedService>]) -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": about.name, "version": "1"},
-        "x-service-info": service_info(about),
+        "x-service-info": service_info(about, services),
         "paths": paths,
     })
 }
@@ -334,6 +392,16 @@ pub fn manifest(
                 format!("Unix time the token stops working on {name}"),
             ),
         );
+        if s.sells == Sells::Balance {
+            caveats.insert(
+                format!("{name}{BALANCE_SUFFIX}"),
+                caveat(
+                    "amount",
+                    "smaller",
+                    format!("The deposit (sat) of the balance the token spends on {name}, a request at a time"),
+                ),
+            );
+        }
         if s.sells == Sells::Request {
             caveats.insert(
                 format!("{name}{USES_SUFFIX}"),
@@ -424,6 +492,45 @@ mod tests {
         assert_eq!(schemes_offered(&doc, "/mpp"), ["Payment"]);
         assert_eq!(schemes_offered(&doc, "/l402/{rest}"), ["L402"]);
         assert_eq!(doc["x-service-info"]["protocols"], json!(["L402", "MPP"]));
+    }
+
+    /// x402 is listed where a service takes it, and in the gateway's
+    /// protocols only then; never in the L402 manifest without L402.
+    #[test]
+    fn x402_is_offered_where_a_service_takes_it() {
+        let about = about(true);
+        assert_eq!(about.gateway_protocols(&services()), ["L402", "MPP"]);
+        let mut alone = PricedService::new("alone", "/alone", 6);
+        alone.schemes = Schemes::X402;
+        let mut all = PricedService::new("all", "/all", 7);
+        all.schemes = Schemes::ALL;
+        let mut with = services();
+        with.extend([alone, all].map(Arc::new));
+        assert!(about.sells(&with[3]));
+        let doc = openapi(&about, &with);
+        assert_eq!(schemes_offered(&doc, "/alone"), ["x402"]);
+        assert_eq!(schemes_offered(&doc, "/all"), ["Payment", "L402", "x402"]);
+        assert_eq!(
+            doc["x-service-info"]["protocols"],
+            json!(["L402", "MPP", "x402"])
+        );
+        let listed = l402_services(&about, &with);
+        assert_eq!(listed["protocols"], json!(["L402", "MPP", "x402"]));
+        assert_eq!(listed["services"].as_array().unwrap().len(), 5);
+        let sold = manifest(&about, None, &with);
+        let names: Vec<_> = sold["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["both", "l402", "all"]);
+        // A free service that would take x402 offers nothing.
+        let mut free = PricedService::new("free", "/free", 1);
+        free.schemes = Schemes::X402;
+        free.auth = Auth::Off;
+        assert!(!about.sells(&free));
+        assert_eq!(about.gateway_protocols(&[Arc::new(free)]), ["L402", "MPP"]);
     }
 
     /// On testnet the paywall sends no MPP challenge, so discovery offers

@@ -1,7 +1,8 @@
 //! Discovery on a running gateway: `/openapi.json` as
 //! draft-payment-discovery-01 shapes it (and as mppx's own validator reads
 //! it), `/.well-known/l402-services`, the L402 manifest and its quote
-//! endpoint, and the `Link` to the manifest on discovery documents and 402s.
+//! endpoint, and the `Link` to the manifest on discovery documents and 402s;
+//! the demo's x402 routes listed with their x402 offers.
 
 use std::path::PathBuf;
 
@@ -39,6 +40,21 @@ fn services() -> Vec<ServiceConfig> {
 }
 
 impl Discovery {
+    /// The demo gateway: the weather through every door, and through x402
+    /// alone at `/api/x402/weather`.
+    async fn demo() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let upstream = UPSTREAM.trim_start_matches("http://").parse().unwrap();
+        let gateway = Gateway::start(&gate402_gateway::demo::config(upstream), dir.path())
+            .await
+            .unwrap();
+        Self {
+            gateway,
+            client: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = GatewayConfig::default_with_services(services());
@@ -374,6 +390,81 @@ async fn a_402_links_the_manifest() {
     assert!(response.headers().get(LINK).is_none());
 }
 
+#[tokio::test]
+async fn a_service_sold_through_x402_alone_is_listed_with_its_x402_offer() {
+    let d = Discovery::demo().await;
+    let openapi = d.document("/openapi.json").await;
+    assert_eq!(
+        openapi["x-service-info"]["protocols"],
+        json!(["L402", "MPP", "x402"])
+    );
+    let offers = |path: &str| -> Vec<Value> {
+        openapi["paths"][path]["get"]["x-payment-info"]["offers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path} is not listed"))
+            .clone()
+    };
+    let alone = offers("/api/x402/weather");
+    assert_eq!(
+        alone,
+        [json!({
+            "intent": "charge", "method": "lightning", "amount": "10",
+            "currency": "sat", "description": "Weather report over x402 (demo)",
+            "scheme": "x402", "sells": "request",
+        })]
+    );
+    let schemes =
+        |offers: Vec<Value>| -> Vec<Value> { offers.iter().map(|o| o["scheme"].clone()).collect() };
+    assert_eq!(
+        schemes(offers("/api/weather")),
+        [json!("Payment"), json!("L402"), json!("x402")]
+    );
+    // Its 402 carries PAYMENT-REQUIRED, and no challenge.
+    let declared = &openapi["paths"]["/api/x402/weather"]["get"]["responses"]["402"]["headers"];
+    assert!(declared["PAYMENT-REQUIRED"].is_object(), "{declared}");
+    assert!(declared.get("WWW-Authenticate").is_none(), "{declared}");
+    let answered = d.get("/api/x402/weather").await;
+    assert_eq!(answered.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(answered.headers().contains_key("payment-required"));
+    assert!(!answered.headers().contains_key("www-authenticate"));
+    let declared = &openapi["paths"]["/api/weather"]["get"]["responses"]["402"]["headers"];
+    assert!(declared["PAYMENT-REQUIRED"].is_object() && declared["WWW-Authenticate"].is_object());
+
+    let services = d.document("/.well-known/l402-services").await;
+    assert_eq!(services["protocols"], json!(["L402", "MPP", "x402"]));
+    assert_eq!(
+        services["authentication"]["x402"]["header"],
+        "payment-signature: <base64 JSON>"
+    );
+    let listed = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "weather-x402")
+        .expect("weather-x402 listed");
+    assert_eq!(listed["protocols"], json!(["x402"]));
+    assert_eq!(listed["endpoint"], "/api/x402/weather");
+
+    let (status, quote) = d.quote("path=/api/x402/weather").await;
+    assert_eq!(status, StatusCode::OK, "{quote}");
+    assert_eq!(quote["protocols"], json!(["x402"]));
+    assert_eq!(quote["price_msat"], 10_000);
+
+    // No L402 token buys it: the L402 manifest leaves it out.
+    let manifest = d.document("/.well-known/l402.json").await;
+    let names: Vec<_> = manifest["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"weather"), "{names:?}");
+    assert!(!names.contains(&"weather-x402"), "{names:?}");
+    assert!(manifest["caveats"]
+        .get("weather-x402_valid_until")
+        .is_none());
+}
+
 /// Where scripts/test installed mppx (its pinned version).
 fn mppx() -> PathBuf {
     const HOW: &str = "./scripts/test installs it into $GATE402_CACHE/npm/mppx-discovery and sets \
@@ -404,6 +495,10 @@ async fn mppx_validates_the_openapi_document() {
     spoilt["paths"]["/weather"]["get"]["x-payment-info"]["amount"] = "10".into();
     let spoilt_path = dir.path().join("spoilt.json");
     std::fs::write(&spoilt_path, serde_json::to_vec(&spoilt).unwrap()).unwrap();
+    // The demo's, with x402 offers beside the others and alone.
+    let demo = Discovery::demo().await.document("/openapi.json").await;
+    let demo_path = dir.path().join("demo.json");
+    std::fs::write(&demo_path, serde_json::to_vec(&demo).unwrap()).unwrap();
 
     let script =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mppx-discovery/validate.mjs");
@@ -412,6 +507,7 @@ async fn mppx_validates_the_openapi_document() {
         .arg(&mppx)
         .arg(&ours)
         .arg(&spoilt_path)
+        .arg(&demo_path)
         .output()
         .await
         .expect("node runs mppx's validator");
@@ -433,5 +529,10 @@ async fn mppx_validates_the_openapi_document() {
             .iter()
             .any(|i| i["severity"] == "error" && i["message"].as_str().unwrap().contains("mix")),
         "{spoilt_issues:?}"
+    );
+    assert_eq!(
+        results[2]["issues"],
+        json!([]),
+        "mppx finds fault with the demo's /openapi.json"
     );
 }

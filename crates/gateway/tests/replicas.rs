@@ -233,3 +233,74 @@ async fn a_lost_answer_is_replayed_by_another_replica() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// One balance spent over two replicas on one database at once: exactly
+/// the deposit's requests are served, never more, and no server error.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_spend_one_balance_exactly() {
+    let postgres = TestPostgres::start().await;
+    let upstream = axum::Router::new().route("/chat", axum::routing::get(|| async { "an answer" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    let mut chat =
+        gate402_gateway::config::ServiceConfig::proxied("chat", "/chat", 3, &upstream_url);
+    chat.priced = chat.priced.balance(7);
+    let mut config = gate402_gateway::GatewayConfig::default_with_services(vec![chat]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.store = StoreConfig::Postgres(postgres.url.clone());
+    config.mpp.secret = Some("a shared secret of at least thirty-two bytes".into());
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start(&config, dir_a.path()).await.unwrap();
+    let b = Gateway::start(&config, dir_b.path()).await.unwrap();
+    let bases = [format!("http://{}", a.addr()), format!("http://{}", b.addr())];
+    let http = reqwest::Client::new();
+    let response = http.get(format!("{}/chat", bases[0])).send().await.unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    assert_eq!(offer.invoice.amount_msat(), Some(21_000));
+    let paid = pay_via(&http, &bases[0], &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    // The MPP door to the same balance, from a challenge of replica B.
+    let unpaid = http.get(format!("{}/chat", bases[1])).send().await.unwrap();
+    let session_challenge = unpaid
+        .headers()
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| gate402_mpp::challenge::parse_payment_challenges(v).unwrap_or_default())
+        .find(|c| c.intent.as_str() == "session")
+        .unwrap();
+    let bearer = gate402_mpp::credential::to_authorization(&gate402_mpp::PaymentCredential::new(
+        session_challenge.to_echo(),
+        serde_json::json!({"action": "bearer", "sessionId": hex::encode(offer.invoice.payment_hash()),
+                           "preimage": paid.preimage}),
+    ));
+    // Opened once, through L402 on A.
+    let first = http
+        .get(format!("{}/chat", bases[0]))
+        .header(AUTHORIZATION, &l402)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let attempts = (0..48).map(|i| {
+        let url = format!("{}/chat", bases[i % 2]);
+        let credential = if (i / 2) % 2 == 0 { &l402 } else { &bearer }.clone();
+        let request = http.get(url).header(AUTHORIZATION, credential);
+        async move { request.send().await.unwrap().status() }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    let served = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    // 7 requests for the deposit: one served above, 6 of the 48.
+    assert_eq!(served, 6, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::PAYMENT_REQUIRED),
+        "{statuses:?}"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -181,6 +181,11 @@ impl Claims {
         }
     }
 
+    /// This replica's name in the store.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
     /// The lease of each claim.
     pub fn lease(&self) -> Duration {
         self.lease

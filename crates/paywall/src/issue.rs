@@ -9,6 +9,7 @@ use gate402_l402::{L402Challenge, RootKeySecrets};
 use gate402_lightning::{InvoiceRequest, LightningBackend, LightningError, Network};
 use gate402_mpp::challenge::{ChallengeKey, NewChallenge};
 use gate402_mpp::lightning::{ChargeRequest, CHARGE, METHOD};
+use gate402_mpp::session::{SessionRequest, SESSION};
 use gate402_mpp::PaymentChallenge;
 
 use crate::clock::unix_now;
@@ -26,7 +27,8 @@ pub struct Issued {
     pub expires_at: u64,
     /// The L402 challenge, when issued.
     pub l402: Option<L402Challenge>,
-    /// The MPP charge challenge, when issued.
+    /// The MPP challenge (a charge, or a session for a balance), when
+    /// issued.
     pub payment: Option<PaymentChallenge>,
     /// x402's offer of the invoice (`PAYMENT-REQUIRED`), when issued.
     pub x402: Option<gate402_x402::PaymentRequired>,
@@ -77,10 +79,18 @@ impl Issuer {
         binding: Binding<'_>,
     ) -> Result<Issued, LightningError> {
         let now = unix_now();
+        // Amount 0 would ask the node for an invoice without an amount,
+        // which a payer pays with what it likes.
+        if service.invoice_sats() == 0 {
+            return Err(LightningError::Rejected(format!(
+                "service {} charges 0 sat: a priced service costs at least 1 sat",
+                service.name
+            )));
+        }
         let created = self
             .backend
             .create_invoice(InvoiceRequest {
-                amount_msat: service.price_sats * 1000,
+                amount_msat: service.invoice_sats() * 1000,
                 memo: service.description.clone(),
                 expiry_secs: self.invoice_expiry_secs,
             })
@@ -102,8 +112,12 @@ impl Issuer {
                 Caveat::services(&[Service::new(service.name.clone())]),
                 Caveat::valid_until(&service.name, valid_until),
             ];
-            if service.sells == Sells::Request {
-                caveats.push(Caveat::uses(&service.name, 1));
+            match service.sells {
+                Sells::Request => caveats.push(Caveat::uses(&service.name, 1)),
+                Sells::Balance => {
+                    caveats.push(Caveat::balance(&service.name, service.deposit_sats()));
+                }
+                Sells::Pass => {}
             }
             let minted = self.root_keys.mint(
                 created.payment_hash,
@@ -116,14 +130,33 @@ impl Issuer {
             });
         }
         if doors.mpp && service.schemes.mpp() && charges_on(self.network) {
-            let request = ChargeRequest::new(
-                service.price_sats,
-                Some(service.description.clone()),
-                &created.bolt11,
-                &created.payment_hash,
-                self.network,
-            )
-            .to_value();
+            // A balance is sold through the session intent: its invoice is
+            // a deposit, not the price of one request.
+            let (intent, request) = match service.sells {
+                Sells::Balance => (
+                    SESSION,
+                    SessionRequest::new(
+                        service.price_sats,
+                        service.deposit_sats(),
+                        Some(service.description.clone()),
+                        &created.bolt11,
+                        &created.payment_hash,
+                        service.session_idle_secs,
+                    )
+                    .to_value(),
+                ),
+                _ => (
+                    CHARGE,
+                    ChargeRequest::new(
+                        service.price_sats,
+                        Some(service.description.clone()),
+                        &created.bolt11,
+                        &created.payment_hash,
+                        self.network,
+                    )
+                    .to_value(),
+                ),
+            };
             // Never later than the invoice: a challenge must not outlive
             // what it asks to be paid.
             let expires = time::OffsetDateTime::from_unix_timestamp(
@@ -140,7 +173,7 @@ impl Issuer {
                     .issue(NewChallenge {
                         realm: &self.realm,
                         method: METHOD,
-                        intent: CHARGE,
+                        intent,
                         request: &request,
                         expires,
                         digest: binding.digest,
@@ -150,7 +183,8 @@ impl Issuer {
                     }),
             );
         }
-        if doors.x402 && service.schemes.x402() {
+        // x402 buys one request: it is no door to a balance.
+        if doors.x402 && service.schemes.x402() && service.sells != Sells::Balance {
             issued.x402 = Some(self.x402_keys.offer(
                 service,
                 &issued,

@@ -19,6 +19,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use gate402_mpp::accept::AcceptPayment;
 use gate402_mpp::lightning::{CHARGE, METHOD};
+use gate402_mpp::session::SESSION;
 use gate402_mpp::problem::ProblemType;
 use http::header::CACHE_CONTROL;
 use http::uri::PathAndQuery;
@@ -29,6 +30,7 @@ use tower_service::Service;
 
 use crate::body::{binds_body, read_whole, BodyError, BoxError, BODY_BROKEN};
 use crate::claims::{Claim, ClaimError, ClaimKey};
+use crate::sessions::{Hold, Step};
 use crate::idempotency::{self, Keep, Partial, Read};
 use crate::client::{client_addr, ClientAddr, PeerAddr};
 use crate::credentials::{
@@ -38,7 +40,7 @@ use crate::issue::{Binding, Doors};
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
 use crate::route::{request_host, RequestPath};
-use crate::route::{Auth, PricedService};
+use crate::route::{Auth, PricedService, Sells};
 use crate::verify::{Verified, Verifier};
 
 /// Put into a request's extensions by the paywall: the priced service it
@@ -72,6 +74,33 @@ impl<S> Layer<S> for PaywallLayer {
         PaywallService {
             paywall: self.0.clone(),
             inner,
+        }
+    }
+}
+
+/// What a paid request spends: a claimed payment (or `Idempotency-Key`),
+/// a debit from a balance, or both. Dropped before the upstream has the
+/// request, both are given back.
+#[derive(Debug, Default)]
+pub(crate) struct Spend {
+    claim: Option<Claim>,
+    hold: Option<Hold>,
+}
+
+impl Spend {
+    fn served(self) -> Self {
+        Self {
+            claim: self.claim.map(Claim::served),
+            hold: self.hold.map(Hold::served),
+        }
+    }
+
+    async fn release(self) {
+        if let Some(claim) = self.claim {
+            claim.release().await;
+        }
+        if let Some(hold) = self.hold {
+            hold.release().await;
         }
     }
 }
@@ -118,12 +147,13 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A response body: the wrapped service's (holding the claim that is
-    /// committed once it has been sent), or the paywall's own answer.
+    /// A response body: the wrapped service's (holding what the request
+    /// spends, a claim or a debit, committed once it has been sent), or the
+    /// paywall's own answer.
     pub struct PaywallBody<B> {
         #[pin]
         inner: Inner<B>,
-        claim: Option<Claim>,
+        spend: Option<Spend>,
     }
 }
 
@@ -138,17 +168,17 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> PaywallBody<B> {
-    fn partial(partial: Partial<B>, claim: Option<Claim>) -> Self {
+    fn partial(partial: Partial<B>, spend: Option<Spend>) -> Self {
         Self {
             inner: Inner::Partial { partial },
-            claim,
+            spend,
         }
     }
 
-    fn wrapped(body: B, claim: Option<Claim>) -> Self {
+    fn wrapped(body: B, spend: Option<Spend>) -> Self {
         Self {
             inner: Inner::Wrapped { body },
-            claim,
+            spend,
         }
     }
 
@@ -157,7 +187,7 @@ impl<B> PaywallBody<B> {
             inner: Inner::Own {
                 bytes: (!bytes.is_empty()).then_some(bytes),
             },
-            claim: None,
+            spend: None,
         }
     }
 }
@@ -179,7 +209,7 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
         if let Poll::Ready(None) = polled {
             // All sent: spend the payment now rather than when hyper gets
             // round to dropping the body.
-            this.claim.take();
+            this.spend.take();
         }
         polled
     }
@@ -392,6 +422,9 @@ impl Paywall {
                 .challenge(&service, &mut request, client, refusal)
                 .await));
         };
+        // Whether the request spends from a balance (an MPP session or an
+        // L402 token naming one) rather than a payment of its own.
+        let mut from_balance = false;
         let verified = match scheme {
             CredentialScheme::L402 => self.verify_l402(&service, &value),
             CredentialScheme::X402 => self.verify_x402(&service, &value).await,
@@ -400,6 +433,16 @@ impl Paywall {
                     .then_some(PAYMENT_AUTHORIZATION_NAME);
                 match Verifier::parse_payment(&value) {
                     Err(refusal) => Err(refusal),
+                    Ok(credential) if credential.challenge.intent.as_str() == SESSION => {
+                        match self.session_step(&service, &credential).await {
+                            Step::Spend(verified) => {
+                                from_balance = true;
+                                Ok(verified)
+                            }
+                            Step::Refuse(refusal) => Err(refusal),
+                            Step::Answer(answer) => return Ok(own(answer)),
+                        }
+                    }
                     Ok(credential) => {
                         // The body its challenge may bind: read (up to the
                         // limit) to be checked, then forwarded as read.
@@ -446,6 +489,13 @@ impl Paywall {
             CredentialScheme::Payment => "Payment",
             CredentialScheme::X402 => "x402",
         };
+        if let Some(deposit) = verified.balance {
+            // An L402 token naming a balance opens it on first use.
+            if let Err(step) = self.open_balance(&service, &verified, deposit).await {
+                return Ok(own(self.step_answer(step, &service, &mut request, client).await));
+            }
+            from_balance = true;
+        }
         let keep = match self.keep(&mut request, &verified).await {
             Ok(Kept::Serve(keep)) => keep,
             Ok(Kept::Replay(replayed)) => return Ok(own(replayed)),
@@ -487,9 +537,23 @@ impl Paywall {
                 }
             },
         };
+        // Spent after the kept response was looked for: a replay spends
+        // nothing.
+        let hold = if from_balance {
+            match self.debit(&service, &verified.payment_hash).await {
+                Ok(hold) => Some(hold),
+                Err(step) => {
+                    drop(claim);
+                    return Ok(own(self.step_answer(step, &service, &mut request, client).await));
+                }
+            }
+        } else {
+            None
+        };
+        let spend = Spend { claim, hold };
         if keep.is_none() {
             return self
-                .serve(&service, request, inner, scheme_name, &verified, claim, None)
+                .serve(&service, request, inner, scheme_name, &verified, spend, None)
                 .await;
         }
         // Detached from the connection: a client that leaves must not stop
@@ -497,7 +561,7 @@ impl Paywall {
         let paywall = self.clone();
         let task = tokio::spawn(async move {
             paywall
-                .serve(&service, request, inner, scheme_name, &verified, claim, keep)
+                .serve(&service, request, inner, scheme_name, &verified, spend, keep)
                 .await
         });
         match task.await {
@@ -506,6 +570,29 @@ impl Paywall {
                 tracing::error!(error = %e, "serving a paid request with an Idempotency-Key failed");
                 Ok(own(responses::unavailable("the upstream")))
             }
+        }
+    }
+
+    /// The answer to a session step that does not serve: its own, or a
+    /// refusal with a fresh challenge.
+    async fn step_answer<B>(
+        &self,
+        step: Step,
+        service: &PricedService,
+        request: &mut Request<B>,
+        client: Option<ClientAddr>,
+    ) -> Response<Bytes>
+    where
+        B: Body<Data = Bytes> + From<Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        match step {
+            Step::Answer(answer) => answer,
+            Step::Refuse(refusal) => {
+                self.inner.metrics.rejected(refusal.problem.code());
+                self.challenge(service, request, client, refusal).await
+            }
+            Step::Spend(_) => responses::bad_request("nothing to answer"),
         }
     }
 
@@ -612,7 +699,7 @@ impl Paywall {
         mut inner: S,
         scheme: &'static str,
         verified: &Verified,
-        claim: Option<Claim>,
+        spend: Spend,
         keep: Option<Keep>,
     ) -> Result<Response<PaywallBody<ResBody>>, S::Error>
     where
@@ -624,13 +711,11 @@ impl Paywall {
         // client that leaves before the answer has spent its payment (else
         // one payment would buy any number of upstream calls, each cut off
         // before its answer). A failure of the upstream releases it below.
-        let claim = claim.map(Claim::served);
+        let spend = spend.served();
         let response = match inner.call(request).await {
             Ok(response) => response,
             Err(e) => {
-                if let Some(claim) = claim {
-                    claim.release().await;
-                }
+                spend.release().await;
                 return Err(e);
             }
         };
@@ -644,12 +729,15 @@ impl Paywall {
                 scheme,
                 "upstream failed; the payment stays unspent"
             );
-            if let Some(claim) = claim {
-                claim.release().await;
-            }
+            spend.release().await;
             return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
         }
-        let receipt = self.record_paid(service, scheme, verified);
+        // A balance's revenue was counted with its deposit.
+        let receipt = if spend.hold.is_some() {
+            self.record_spent(service, scheme, verified)
+        } else {
+            self.record_paid(service, scheme, verified)
+        };
         let (mut parts, body) = response.into_parts();
         if let Ok(value) = HeaderValue::from_str(&gate402_mpp::receipt::to_header(&receipt)) {
             parts.headers.insert(gate402_mpp::RECEIPT_HEADER, value);
@@ -665,7 +753,7 @@ impl Paywall {
         let Some(keep) = keep.filter(|_| idempotency::keepable(&parts.headers)) else {
             return Ok(Response::from_parts(
                 parts,
-                PaywallBody::wrapped(body, claim),
+                PaywallBody::wrapped(body, Some(spend)),
             ));
         };
         match idempotency::read(body, self.inner.idempotency.max_response_bytes).await {
@@ -676,7 +764,7 @@ impl Paywall {
                 if let Err(e) = self.store().put_response(&record).await {
                     tracing::error!(error = %e, "store: cannot keep a paid response for its Idempotency-Key");
                 }
-                drop(claim);
+                drop(spend);
                 Ok(Response::from_parts(parts, PaywallBody::own(bytes)))
             }
             Read::Partial(partial) => {
@@ -684,15 +772,16 @@ impl Paywall {
                     service = %service.name,
                     "a paid response too large to keep for its Idempotency-Key is served, not kept"
                 );
-                Ok(Response::from_parts(parts, PaywallBody::partial(partial, claim)))
+                Ok(Response::from_parts(
+                    parts,
+                    PaywallBody::partial(partial, Some(spend)),
+                ))
             }
             Read::Broken => {
                 // Nothing whole to keep or send: the upstream failed, and
                 // pays for nothing (the retry runs it again).
                 tracing::warn!(service = %service.name, "the upstream's paid response broke off; the payment stays unspent");
-                if let Some(claim) = claim {
-                    claim.release().await;
-                }
+                spend.release().await;
                 Ok(own(responses::problem(
                     StatusCode::BAD_GATEWAY,
                     "about:blank",
@@ -728,9 +817,14 @@ impl Paywall {
             .get(gate402_mpp::ACCEPT_PAYMENT_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| AcceptPayment::parse(v).ok());
+        let intent = if service.sells == Sells::Balance {
+            SESSION
+        } else {
+            CHARGE
+        };
         let mpp = accept
             .as_ref()
-            .is_none_or(|a| a.accepts(METHOD, CHARGE) || !service.schemes.l402());
+            .is_none_or(|a| a.accepts(METHOD, intent) || !service.schemes.l402());
         // An `Authorization` left after the credentials were taken is the
         // upstream's own (an API key): the credential goes in the other field.
         let header = request
@@ -739,7 +833,12 @@ impl Paywall {
             .then_some(PAYMENT_AUTHORIZATION_NAME);
         // A body too large to read, or that finds the body budget spent, is
         // not bound; one that broke off gets no challenge at all.
-        let digest = if mpp && service.schemes.mpp() && binds_body(request.method()) {
+        // A session pays for many requests: no one body is bound to it.
+        let digest = if mpp
+            && service.schemes.mpp()
+            && service.sells != Sells::Balance
+            && binds_body(request.method())
+        {
             match read_whole(request, &self.inner.bodies, false).await {
                 Ok(body) => Some(gate402_mpp::verify::body_digest(&body)),
                 // Not bound: the challenge still pays for one call.

@@ -16,6 +16,8 @@
 //! - `verify`: L402 and MPP verification; `x402`: x402's offer and its
 //!   settled-invoice check;
 //! - [`claims`]: single use, keyed by payment hash and fenced by holder;
+//! - `sessions`: prepaid balances (the MPP session intent, L402 balance
+//!   tokens): opened once, spent atomically, topped up, refunded on close;
 //! - [`idempotency`]: `Idempotency-Key`, paid responses kept and replayed;
 //! - [`issue`]: the invoice and its challenges;
 //! - [`payment_id`]: the bearer id of MCP's `create_payment` flow;
@@ -71,6 +73,7 @@ pub mod payment_id;
 mod paywall;
 pub mod responses;
 pub mod route;
+mod sessions;
 mod verify;
 mod x402;
 

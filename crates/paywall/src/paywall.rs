@@ -212,6 +212,17 @@ impl PaywallBuilder {
                 stop: CancellationToken::new(),
             }),
         };
+        let reaper = paywall.clone();
+        paywall.inner.background.spawn(async move {
+            let stop = reaper.inner.stop.clone();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(crate::sessions::REAP_EVERY) => {}
+                }
+                reaper.close_idle().await;
+            }
+        });
         let writer = paywall.clone();
         paywall.inner.background.spawn(async move {
             let state = &writer.inner;
@@ -358,7 +369,20 @@ impl Paywall {
     ///
     /// The store's.
     pub async fn release_abandoned_claims(&self) -> Result<u64, StoreError> {
-        self.inner.claims.release_abandoned().await
+        let claims = self.inner.claims.release_abandoned().await?;
+        // Requests it was serving from balances: given back too.
+        let debits = self
+            .inner
+            .store
+            .undo_debits_of(self.inner.claims.replica())
+            .await?;
+        Ok(claims + debits)
+    }
+
+    /// Closes the sessions idle past their timeout and refunds their
+    /// unspent balances now (it also runs every 15 s in the background).
+    pub async fn close_idle_sessions(&self) {
+        self.close_idle().await;
     }
 
     /// Finishes every pending claim outcome and record. Call after the
@@ -516,6 +540,44 @@ impl Paywall {
         result
     }
 
+    /// Counts a deposit into a balance (`sats`) as one payment, once: its
+    /// revenue is counted when first written.
+    pub(crate) fn record_deposit(
+        &self,
+        service: &PricedService,
+        scheme: &'static str,
+        payment_hash: [u8; 32],
+        sats: u64,
+    ) {
+        let at = unix_now_secs();
+        self.inner.served.add(|pending| {
+            pending.entry(payment_hash).or_insert_with(|| PaymentRecord {
+                payment_hash,
+                service: service.name.clone(),
+                scheme: scheme.to_owned(),
+                amount_msat: sats.saturating_mul(1000),
+                at,
+                served: 0,
+            });
+        });
+    }
+
+    /// Counts a request served from a balance and returns its receipt,
+    /// which names the session (its revenue was counted with the deposit).
+    pub(crate) fn record_spent(
+        &self,
+        service: &PricedService,
+        scheme: &'static str,
+        verified: &Verified,
+    ) -> Receipt {
+        self.inner.metrics.served(&service.name, scheme);
+        gate402_mpp::receipt::lightning(
+            &verified.payment_hash,
+            verified.challenge_id.as_deref(),
+            time::OffsetDateTime::now_utc(),
+        )
+    }
+
     /// Counts a served paid request and returns its receipt. The count
     /// is written with others after the response, so a reused token costs
     /// the store nothing per request; the first write of a payment counts
@@ -584,6 +646,10 @@ impl Paywall {
             }
         }
     }
+}
+
+fn unix_now_secs() -> u64 {
+    crate::clock::unix_now()
 }
 
 /// How long served payments gather before they are written: revenue in

@@ -220,8 +220,14 @@ pub fn payment_required(
     }
     // What the payment buys: one request, or (for an L402 token) a pass.
     extra["sells"] = service.sells.as_str().into();
-    if service.sells == Sells::Pass {
-        extra["passSeconds"] = service.token_lifetime_secs.into();
+    match service.sells {
+        Sells::Pass => extra["passSeconds"] = service.token_lifetime_secs.into(),
+        Sells::Balance => {
+            extra["depositSats"] = service.deposit_sats().into();
+            extra["idleTimeoutSeconds"] = service.session_idle_secs.into();
+            extra["howToPay"] = "Pay the Lightning invoice (a deposit), then retry with `Authorization: L402 <macaroon>:<preimage>` (spends the balance per request) or an MPP session credential (`open` with a return invoice for the refund, then `bearer`, `topUp`, `close`).".into();
+        }
+        Sells::Request => {}
     }
     if let Some(note) = test_money {
         extra["testMoney"] = note.into();

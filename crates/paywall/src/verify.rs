@@ -29,6 +29,10 @@ pub struct Verified {
     /// credential, and an L402 token minted for a per-request service
     /// (its `<service>_uses` caveat). An L402 token without it is a pass.
     pub single_use: bool,
+    /// The deposit (sats) of the prepaid balance an L402 token names (its
+    /// `<service>_balance` caveat): it spends from that balance, keyed by
+    /// its payment hash, instead of being claimed.
+    pub balance: Option<u64>,
 }
 
 /// Checks credentials against the gateway's secrets and terms.
@@ -75,7 +79,8 @@ impl Verifier {
                     payment_hash: id.payment_hash,
                     challenge_id: None,
                     expires_at: self.remembered_until(service, terms.valid_until.unwrap_or(0)),
-                    single_use: terms.uses.is_some(),
+                    single_use: terms.uses.is_some() && terms.balance.is_none(),
+                    balance: terms.balance,
                 })
             }
             Err(e) if e.is_expired() => Err(Refusal::new(
@@ -158,6 +163,7 @@ impl Verifier {
             challenge_id: Some(verified.challenge_id),
             expires_at: self.remembered_until(service, expires_at),
             single_use: true,
+            balance: None,
         })
     }
 

@@ -189,6 +189,7 @@ impl X402Keys {
             challenge_id: None,
             expires_at,
             single_use: true,
+            balance: None,
         })
     }
 }

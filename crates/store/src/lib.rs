@@ -52,7 +52,8 @@ pub struct PaymentRecord {
     pub amount_msat: u64,
     /// When it served the last of `served` (unix seconds).
     pub at: u64,
-    /// Requests served since it was last recorded (at least 1).
+    /// Requests served since it was last recorded (0 for a deposit into a
+    /// balance, whose requests are counted with the balance).
     pub served: u64,
 }
 

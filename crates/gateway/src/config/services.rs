@@ -28,6 +28,8 @@ struct RawService {
     schemes: Option<Value>,
     sells: Option<String>,
     token_lifetime_secs: Option<i64>,
+    deposit_units: Option<i64>,
+    idle_timeout_secs: Option<i64>,
     capabilities: Option<Vec<String>>,
     headers: Option<Value>,
     rewrite: Option<Value>,
@@ -218,14 +220,39 @@ impl Checker {
             None if raw.token_lifetime_secs.is_some() => Sells::Pass,
             None | Some("request") => Sells::Request,
             Some("pass") => Sells::Pass,
+            Some("balance") => Sells::Balance,
             Some(other) => {
                 self.error(
                     &at("sells"),
-                    format!("{other:?} is not \"request\" or \"pass\""),
+                    format!("{other:?} is not \"request\", \"pass\" or \"balance\""),
                 );
                 Sells::Request
             }
         };
+        for (key, value, min) in [
+            ("deposit_units", raw.deposit_units, 1),
+            ("idle_timeout_secs", raw.idle_timeout_secs, 10),
+        ] {
+            let Some(value) = value else { continue };
+            if priced.sells != Sells::Balance {
+                self.error(&at(key), "only a service with sells = \"balance\" takes it");
+            } else if !(min..=1_000_000).contains(&value) {
+                self.error(&at(key), format!("must be between {min} and 1000000"));
+            } else if key == "deposit_units" {
+                priced.deposit_units = value as u64;
+            } else {
+                priced.session_idle_secs = value as u64;
+            }
+        }
+        if priced.sells == Sells::Balance && priced.schemes.x402() {
+            self.error(
+                &at("schemes"),
+                "x402 buys one request: a service that sells a balance takes L402 and MPP",
+            );
+        }
+        if priced.sells == Sells::Balance && priced.deposit_sats() > MAX_PRICE_SATS as u64 {
+            self.error(&at("deposit_units"), "the deposit is more than every bitcoin there will be");
+        }
         if raw.capabilities.is_some() {
             self.warnings.push(format!(
                 "{}: ignored: capabilities are no longer minted into tokens (nothing enforced them)",

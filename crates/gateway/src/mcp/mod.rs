@@ -406,6 +406,7 @@ impl PaidTools {
             challenge_id: None,
             expires_at: record.created_at + PAYMENT_ID_LIFETIME_SECS + 3600,
             single_use: true,
+            balance: None,
         })
     }
 

@@ -28,12 +28,29 @@ fn request(amount_msat: u64, expiry_secs: u32) -> InvoiceRequest {
 
 /// Runs every check of the contract.
 pub async fn run_all(pair: &Pair<'_>) {
+    run_common(pair).await;
+    amountless_invoice_is_paid_with_the_amount_given(pair).await;
+}
+
+/// Runs every check of the contract for a receiver that cannot issue an
+/// invoice without an amount (NWC's `make_invoice` needs one): instead of
+/// paying such an invoice, checks that the receiver says it cannot make one.
+pub async fn run_all_amount_only_receiver(pair: &Pair<'_>) {
+    run_common(pair).await;
+    amountless_invoice_is_unsupported(pair).await;
+}
+
+async fn run_common(pair: &Pair<'_>) {
     invoice_is_what_was_asked(pair).await;
     payment_settles_and_reveals_the_preimage(pair).await;
     unknown_hashes(pair).await;
     waiting_times_out_without_payment(pair).await;
     expired_invoice_is_refused(pair).await;
+    pay_amount_refuses_an_invoice_with_an_amount(pair).await;
 }
+
+/// What the amountless-invoice checks pay: 1234 sat.
+const CHOSEN_AMOUNT_MSAT: u64 = 1_234_000;
 
 /// A new invoice decodes to the amount, memo, network and payee asked for,
 /// and starts open.
@@ -185,4 +202,152 @@ pub async fn expired_invoice_is_refused(pair: &Pair<'_>) {
         PaymentStatus::Unknown,
         "nothing was sent"
     );
+}
+
+/// An invoice asked for with amount 0 encodes no amount; `pay` refuses it,
+/// and `pay_amount` settles it for the amount the payer chose, which is
+/// what the receiver reports. Paying again is refused.
+pub async fn amountless_invoice_is_paid_with_the_amount_given(pair: &Pair<'_>) {
+    let created = pair
+        .receiver
+        .create_invoice(request(0, 600))
+        .await
+        .expect("create an invoice without an amount");
+    let invoice = gate402_bolt11::Invoice::parse(&created.bolt11).expect("valid BOLT11");
+    assert_eq!(invoice.amount_msat(), None, "the invoice encodes no amount");
+    assert_eq!(invoice.payment_hash(), created.payment_hash);
+    assert_eq!(
+        pair.receiver
+            .invoice_status(&created.payment_hash)
+            .await
+            .unwrap(),
+        InvoiceStatus::Open
+    );
+    match pair
+        .payer
+        .pay(&created.bolt11, 10_000, Duration::from_secs(10))
+        .await
+    {
+        Err(PayError::NoAmount) => {}
+        other => panic!("pay must refuse an invoice without an amount, got {other:?}"),
+    }
+
+    let waiter = pair
+        .receiver
+        .wait_invoice(&created.payment_hash, Duration::from_secs(60));
+    let payment = pair.payer.pay_amount(
+        &created.bolt11,
+        CHOSEN_AMOUNT_MSAT,
+        10_000,
+        Duration::from_secs(60),
+    );
+    let (settled, paid) = tokio::join!(waiter, payment);
+    let paid = paid.expect("payment with a chosen amount succeeds");
+    assert_eq!(
+        <[u8; 32]>::from(Sha256::digest(paid.preimage)),
+        created.payment_hash,
+        "preimage hashes to the payment hash"
+    );
+    assert_eq!(paid.amount_msat, CHOSEN_AMOUNT_MSAT);
+    assert!(paid.fee_msat <= 10_000);
+    match settled.expect("receiver sees the settlement") {
+        InvoiceStatus::Settled {
+            amount_msat,
+            preimage,
+        } => {
+            assert_eq!(amount_msat, CHOSEN_AMOUNT_MSAT);
+            if let Some(preimage) = preimage {
+                assert_eq!(preimage, paid.preimage);
+            }
+        }
+        other => panic!("expected settled, got {other:?}"),
+    }
+    match pair
+        .receiver
+        .invoice_status(&created.payment_hash)
+        .await
+        .unwrap()
+    {
+        InvoiceStatus::Settled { amount_msat, .. } => {
+            assert_eq!(amount_msat, CHOSEN_AMOUNT_MSAT)
+        }
+        other => panic!("expected settled, got {other:?}"),
+    }
+    assert_eq!(
+        pair.payer
+            .payment_status(&created.payment_hash)
+            .await
+            .unwrap(),
+        PaymentStatus::Succeeded(paid.clone())
+    );
+    match pair
+        .payer
+        .pay_amount(
+            &created.bolt11,
+            CHOSEN_AMOUNT_MSAT,
+            10_000,
+            Duration::from_secs(30),
+        )
+        .await
+    {
+        Err(PayError::AlreadyPaid(outcome)) => assert_eq!(outcome.preimage, paid.preimage),
+        other => panic!("paying twice must be refused, got {other:?}"),
+    }
+}
+
+/// `pay_amount` refuses, before sending anything, an invoice that asks for
+/// an amount of its own and an amount of zero: the invoice stays open.
+pub async fn pay_amount_refuses_an_invoice_with_an_amount(pair: &Pair<'_>) {
+    let created = pair
+        .receiver
+        .create_invoice(request(2_000, 600))
+        .await
+        .unwrap();
+    for amount_msat in [2_000, CHOSEN_AMOUNT_MSAT] {
+        match pair
+            .payer
+            .pay_amount(
+                &created.bolt11,
+                amount_msat,
+                10_000,
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            Err(PayError::InvoiceHasAmount(asked)) => assert_eq!(asked, 2_000),
+            other => panic!("expected InvoiceHasAmount, got {other:?}"),
+        }
+    }
+    match pair
+        .payer
+        .pay_amount(&created.bolt11, 0, 10_000, Duration::from_secs(10))
+        .await
+    {
+        Err(PayError::ZeroAmount) => {}
+        other => panic!("expected ZeroAmount, got {other:?}"),
+    }
+    assert_eq!(
+        pair.receiver
+            .invoice_status(&created.payment_hash)
+            .await
+            .unwrap(),
+        InvoiceStatus::Open,
+        "nothing was paid"
+    );
+    assert_eq!(
+        pair.payer
+            .payment_status(&created.payment_hash)
+            .await
+            .unwrap(),
+        PaymentStatus::Unknown,
+        "nothing was sent"
+    );
+}
+
+/// A receiver that cannot issue an invoice without an amount says so.
+pub async fn amountless_invoice_is_unsupported(pair: &Pair<'_>) {
+    match pair.receiver.create_invoice(request(0, 600)).await {
+        Err(LightningError::Unsupported(_)) => {}
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
 }

@@ -24,7 +24,10 @@ pub type Preimage = [u8; 32];
 /// What an invoice should ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvoiceRequest {
-    /// Amount in millisatoshis.
+    /// Amount in millisatoshis. `0` asks for an invoice that encodes no
+    /// amount, which the payer completes with one of its choosing (see
+    /// [`LightningBackend::pay_amount`]); a backend that cannot issue such
+    /// invoices answers [`LightningError::Unsupported`].
     pub amount_msat: u64,
     /// The description shown to the payer.
     pub memo: String,
@@ -122,6 +125,9 @@ pub enum LightningError {
     /// The node answered something this backend cannot read.
     #[error("unexpected answer from the Lightning node: {0}")]
     Protocol(String),
+    /// This backend cannot do what was asked (the node may be fine).
+    #[error("not supported by this Lightning backend: {0}")]
+    Unsupported(String),
 }
 
 /// Why an outgoing payment failed or was refused.
@@ -141,9 +147,21 @@ pub enum PayError {
     /// The invoice has expired (checked before paying).
     #[error("invoice expired at {0} (unix)")]
     InvoiceExpired(u64),
-    /// An invoice without an amount: gate402 never pays those.
+    /// An invoice without an amount (or with an amount of zero), given to
+    /// [`LightningBackend::pay`]: only [`LightningBackend::pay_amount`]
+    /// pays those.
     #[error("invoice has no amount")]
     NoAmount,
+    /// An invoice that encodes an amount, given to
+    /// [`LightningBackend::pay_amount`]: nothing was paid (pay it with
+    /// [`LightningBackend::pay`], for its own amount).
+    #[error(
+        "invoice already asks for {0} msat; only an invoice without an amount can be paid with one"
+    )]
+    InvoiceHasAmount(u64),
+    /// [`LightningBackend::pay_amount`] was asked to pay 0 msat.
+    #[error("the amount to pay must be more than 0 msat")]
+    ZeroAmount,
     /// No route to the payee whose fees fit under the cap.
     #[error("no route within the fee cap of {max_fee_msat} msat: {reason}")]
     NoRoute {
@@ -192,10 +210,38 @@ pub trait LightningBackend: Send + Sync + 'static {
 
     /// Pays an invoice, paying at most `max_fee_msat` in routing fees, and
     /// waits up to `timeout` for the outcome. An invoice this node already
-    /// paid is not paid again ([`PayError::AlreadyPaid`]).
+    /// paid is not paid again ([`PayError::AlreadyPaid`]); one without an
+    /// amount is refused ([`PayError::NoAmount`]: see
+    /// [`LightningBackend::pay_amount`]).
     async fn pay(
         &self,
         bolt11: &str,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError>;
+
+    /// Pays `amount_msat` (millisatoshis, routing fees not included) to an
+    /// invoice that encodes no amount, or an amount of zero: a refund to an
+    /// invoice the payee made without knowing what it would get. Otherwise
+    /// as [`LightningBackend::pay`]: at most `max_fee_msat` in routing
+    /// fees, waits up to `timeout`, never pays an invoice this node already
+    /// paid, and is cancel-safe. The outcome's `amount_msat` is
+    /// `amount_msat`.
+    ///
+    /// # Errors
+    ///
+    /// Refused before anything is sent: [`PayError::ZeroAmount`] when
+    /// `amount_msat` is 0, [`PayError::InvoiceHasAmount`] when the invoice
+    /// asks for an amount of its own, and the refusals of
+    /// [`check_payable_amount`]. Then as [`LightningBackend::pay`]:
+    /// [`PayError::AlreadyPaid`] with the first payment's outcome,
+    /// [`PayError::StillPending`] when the outcome is not known within
+    /// `timeout`, [`PayError::NoRoute`], [`PayError::InsufficientBalance`],
+    /// [`PayError::Rejected`], [`PayError::Backend`].
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
         max_fee_msat: u64,
         timeout: Duration,
     ) -> Result<PaymentOutcome, PayError>;
@@ -215,13 +261,58 @@ pub trait LightningBackend: Send + Sync + 'static {
 }
 
 /// Decodes an invoice and refuses what no backend should attempt: a
-/// malformed invoice, one for another network, one with no amount, an
-/// expired one. Backends call this before handing an invoice to the node.
+/// malformed invoice, one for another network, one with no amount (or an
+/// amount of zero), an expired one. Backends call this before handing an
+/// invoice to the node in [`LightningBackend::pay`].
+///
+/// # Errors
+///
+/// [`PayError::InvalidInvoice`], [`PayError::WrongNetwork`],
+/// [`PayError::NoAmount`], [`PayError::InvoiceExpired`], in that order.
 pub fn check_payable(
     bolt11: &str,
     network: Network,
     now: std::time::SystemTime,
 ) -> Result<gate402_bolt11::Invoice, PayError> {
+    let invoice = decode_for(bolt11, network)?;
+    if encoded_amount(&invoice).is_none() {
+        return Err(PayError::NoAmount);
+    }
+    unexpired(invoice, now)
+}
+
+/// [`check_payable`] for [`LightningBackend::pay_amount`]: refuses an
+/// amount of 0 msat, a malformed invoice, one for another network, one that
+/// encodes an amount, an expired one.
+///
+/// # Errors
+///
+/// [`PayError::ZeroAmount`], [`PayError::InvalidInvoice`],
+/// [`PayError::WrongNetwork`], [`PayError::InvoiceHasAmount`],
+/// [`PayError::InvoiceExpired`], in that order.
+pub fn check_payable_amount(
+    bolt11: &str,
+    network: Network,
+    amount_msat: u64,
+    now: std::time::SystemTime,
+) -> Result<gate402_bolt11::Invoice, PayError> {
+    if amount_msat == 0 {
+        return Err(PayError::ZeroAmount);
+    }
+    let invoice = decode_for(bolt11, network)?;
+    if let Some(asked) = encoded_amount(&invoice) {
+        return Err(PayError::InvoiceHasAmount(asked));
+    }
+    unexpired(invoice, now)
+}
+
+/// The amount an invoice asks for, in millisatoshis; an explicit zero is
+/// no amount (`None`), as nodes treat it.
+pub fn encoded_amount(invoice: &gate402_bolt11::Invoice) -> Option<u64> {
+    invoice.amount_msat().filter(|&msat| msat > 0)
+}
+
+fn decode_for(bolt11: &str, network: Network) -> Result<gate402_bolt11::Invoice, PayError> {
     let invoice = gate402_bolt11::Invoice::parse(bolt11)
         .map_err(|e| PayError::InvalidInvoice(e.to_string()))?;
     if invoice.network() != network {
@@ -230,9 +321,13 @@ pub fn check_payable(
             node: network,
         });
     }
-    if invoice.amount_msat().is_none() {
-        return Err(PayError::NoAmount);
-    }
+    Ok(invoice)
+}
+
+fn unexpired(
+    invoice: gate402_bolt11::Invoice,
+    now: std::time::SystemTime,
+) -> Result<gate402_bolt11::Invoice, PayError> {
     if invoice.is_expired_at(now) {
         return Err(PayError::InvoiceExpired(invoice.expires_at()));
     }

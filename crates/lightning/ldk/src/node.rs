@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use gate402_lightning::{
-    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError,
-    Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
+    check_payable, check_payable_amount, CreatedInvoice, InvoiceRequest, InvoiceStatus,
+    LightningBackend, LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
+    PaymentStatus,
 };
 use ldk_node::bitcoin::secp256k1::PublicKey;
 use ldk_node::config::{BackgroundSyncConfig, ElectrumSyncConfig, EsploraSyncConfig};
@@ -363,6 +364,89 @@ impl LdkNode {
             }
         }
     }
+
+    /// Sends a checked invoice (with `amount_msat` when given, for an
+    /// invoice without an amount) unless this node already paid it or is
+    /// paying it, and waits up to `timeout` for the outcome.
+    async fn send(
+        &self,
+        invoice: &gate402_bolt11::Invoice,
+        amount_msat: Option<u64>,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        let hash = invoice.payment_hash();
+        self.await_usable_channel(timeout.min(CHANNEL_READY_WAIT))
+            .await;
+        match self.outgoing_status(self.payment(&hash)) {
+            PaymentStatus::Succeeded(outcome) => return Err(PayError::AlreadyPaid(outcome)),
+            PaymentStatus::Pending => {}
+            PaymentStatus::Unknown | PaymentStatus::Failed(_) => {
+                let params = RouteParametersConfig {
+                    max_total_routing_fee_msat: Some(max_fee_msat),
+                    ..RouteParametersConfig::default()
+                };
+                let payments = self.node.bolt11_payment();
+                let sent = match amount_msat {
+                    None => payments.send(invoice.raw(), Some(params)),
+                    Some(amount_msat) => {
+                        payments.send_using_amount(invoice.raw(), amount_msat, Some(params))
+                    }
+                };
+                match sent {
+                    Ok(_) | Err(NodeError::DuplicatePayment) => {}
+                    Err(NodeError::InsufficientFunds) => {
+                        return Err(PayError::InsufficientBalance(
+                            "not enough outbound capacity".into(),
+                        ))
+                    }
+                    Err(NodeError::PaymentSendingFailed) => {
+                        // Route finding runs inside `send` (and
+                        // `send_using_amount`); expiry was checked above, so
+                        // what failed is finding a route.
+                        let reason = "RouteNotFound".to_owned();
+                        self.failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(hash, reason.clone());
+                        return Err(PayError::NoRoute {
+                            max_fee_msat,
+                            reason,
+                        });
+                    }
+                    Err(NodeError::InvalidInvoice) => {
+                        return Err(PayError::InvalidInvoice(
+                            "the node refused the invoice".into(),
+                        ))
+                    }
+                    Err(e) => return Err(PayError::Backend(unavailable(e))),
+                }
+            }
+        }
+        let status = self
+            .wait_for(&hash, timeout, |details| {
+                match self.outgoing_status(details) {
+                    PaymentStatus::Pending => None,
+                    other => Some(other),
+                }
+            })
+            .await;
+        match status {
+            Some(PaymentStatus::Succeeded(outcome)) => Ok(outcome),
+            Some(PaymentStatus::Failed(reason)) => Err(match reason.as_str() {
+                "RouteNotFound" | "RetriesExhausted" => PayError::NoRoute {
+                    max_fee_msat,
+                    reason,
+                },
+                "PaymentExpired" => PayError::InvoiceExpired(invoice.expires_at()),
+                _ => PayError::Rejected(reason),
+            }),
+            Some(PaymentStatus::Unknown) => Err(PayError::Backend(LightningError::Protocol(
+                "the node lost track of the payment".into(),
+            ))),
+            Some(PaymentStatus::Pending) | None => Err(PayError::StillPending(timeout)),
+        }
+    }
 }
 
 impl Drop for LdkNode {
@@ -546,15 +630,14 @@ impl LightningBackend for LdkNode {
     ) -> Result<CreatedInvoice, LightningError> {
         let description = Description::new(request.memo)
             .map_err(|e| LightningError::Rejected(format!("memo: {e}")))?;
-        let invoice = self
-            .node
-            .bolt11_payment()
-            .receive(
-                request.amount_msat,
-                &Bolt11InvoiceDescription::Direct(description),
-                request.expiry_secs,
-            )
-            .map_err(unavailable)?;
+        let description = Bolt11InvoiceDescription::Direct(description);
+        let payments = self.node.bolt11_payment();
+        // Amount 0: ldk-node's "variable amount" invoice, which encodes none.
+        let invoice = match request.amount_msat {
+            0 => payments.receive_variable_amount(&description, request.expiry_secs),
+            amount_msat => payments.receive(amount_msat, &description, request.expiry_secs),
+        }
+        .map_err(unavailable)?;
         let expires_at = invoice
             .duration_since_epoch()
             .as_secs()
@@ -605,69 +688,21 @@ impl LightningBackend for LdkNode {
         timeout: Duration,
     ) -> Result<PaymentOutcome, PayError> {
         let invoice = check_payable(bolt11, self.network, SystemTime::now())?;
-        let hash = invoice.payment_hash();
-        self.await_usable_channel(timeout.min(CHANNEL_READY_WAIT))
-            .await;
-        match self.outgoing_status(self.payment(&hash)) {
-            PaymentStatus::Succeeded(outcome) => return Err(PayError::AlreadyPaid(outcome)),
-            PaymentStatus::Pending => {}
-            PaymentStatus::Unknown | PaymentStatus::Failed(_) => {
-                let params = RouteParametersConfig {
-                    max_total_routing_fee_msat: Some(max_fee_msat),
-                    ..RouteParametersConfig::default()
-                };
-                match self.node.bolt11_payment().send(invoice.raw(), Some(params)) {
-                    Ok(_) | Err(NodeError::DuplicatePayment) => {}
-                    Err(NodeError::InsufficientFunds) => {
-                        return Err(PayError::InsufficientBalance(
-                            "not enough outbound capacity".into(),
-                        ))
-                    }
-                    Err(NodeError::PaymentSendingFailed) => {
-                        // Route finding runs inside `send`; expiry was checked
-                        // above, so what failed is finding a route.
-                        let reason = "RouteNotFound".to_owned();
-                        self.failures
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(hash, reason.clone());
-                        return Err(PayError::NoRoute {
-                            max_fee_msat,
-                            reason,
-                        });
-                    }
-                    Err(NodeError::InvalidInvoice) => {
-                        return Err(PayError::InvalidInvoice(
-                            "the node refused the invoice".into(),
-                        ))
-                    }
-                    Err(e) => return Err(PayError::Backend(unavailable(e))),
-                }
-            }
-        }
-        let status = self
-            .wait_for(&hash, timeout, |details| {
-                match self.outgoing_status(details) {
-                    PaymentStatus::Pending => None,
-                    other => Some(other),
-                }
-            })
-            .await;
-        match status {
-            Some(PaymentStatus::Succeeded(outcome)) => Ok(outcome),
-            Some(PaymentStatus::Failed(reason)) => Err(match reason.as_str() {
-                "RouteNotFound" | "RetriesExhausted" => PayError::NoRoute {
-                    max_fee_msat,
-                    reason,
-                },
-                "PaymentExpired" => PayError::InvoiceExpired(invoice.expires_at()),
-                _ => PayError::Rejected(reason),
-            }),
-            Some(PaymentStatus::Unknown) => Err(PayError::Backend(LightningError::Protocol(
-                "the node lost track of the payment".into(),
-            ))),
-            Some(PaymentStatus::Pending) | None => Err(PayError::StillPending(timeout)),
-        }
+        self.send(&invoice, None, max_fee_msat, timeout).await
+    }
+
+    /// ldk-node's `send_using_amount`, which pays an invoice without an
+    /// amount.
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        let invoice = check_payable_amount(bolt11, self.network, amount_msat, SystemTime::now())?;
+        self.send(&invoice, Some(amount_msat), max_fee_msat, timeout)
+            .await
     }
 
     async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {

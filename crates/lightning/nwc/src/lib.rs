@@ -14,6 +14,10 @@
 //!   key is not one) while paying still works, see [`Nwc::reported_network`].
 //! - A request the wallet does not answer in time may still have been
 //!   carried out: an unanswered payment is [`PayError::StillPending`].
+//! - `make_invoice` requires an amount, so [`Nwc::create_invoice`] cannot
+//!   make an invoice without one (amount 0): it answers
+//!   [`LightningError::Unsupported`] without asking the wallet. Paying such
+//!   an invoice works: [`Nwc::pay_amount`] sends `pay_invoice`'s `amount`.
 //!
 //! [`service`] is the other side of the protocol: a NIP-47 wallet service in
 //! front of any of our backends.
@@ -25,9 +29,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use gate402_lightning::{
-    check_payable, hash_hex, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend,
-    LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
-    Preimage,
+    check_payable, check_payable_amount, hash_hex, CreatedInvoice, InvoiceRequest, InvoiceStatus,
+    LightningBackend, LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
+    PaymentStatus, Preimage,
 };
 use nostr_sdk::nips::nip47::{
     self, ErrorCode, GetInfoResponse, LookupInvoiceRequest, LookupInvoiceResponse,
@@ -277,6 +281,72 @@ impl Nwc {
             )),
         }
     }
+
+    /// `pay_invoice`, with `amount` set to `chosen_msat` when given (an
+    /// invoice without an amount); see [`Nwc::pay`].
+    async fn send(
+        &self,
+        bolt11: &str,
+        chosen_msat: Option<u64>,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        let waited = timeout.min(self.timeout);
+        let deadline = Instant::now() + waited;
+        let network = match self.network.get() {
+            Some(network) => *network,
+            None => tokio::time::timeout_at(deadline, self.reported_network())
+                .await
+                .map_err(|_| {
+                    LightningError::Unavailable(format!(
+                        "the NWC wallet did not say its network within {waited:?}"
+                    ))
+                })??,
+        };
+        let network = match network {
+            Some(network) => network,
+            // The wallet does not say: the invoice's network is the only
+            // one there is to check against.
+            None => gate402_bolt11::Invoice::parse(bolt11)
+                .map_err(|e| PayError::InvalidInvoice(e.to_string()))?
+                .network(),
+        };
+        let now = SystemTime::now();
+        let (invoice, amount_msat) = match chosen_msat {
+            None => {
+                let invoice = check_payable(bolt11, network, now)?;
+                let amount_msat = invoice.amount_msat().ok_or(PayError::NoAmount)?;
+                (invoice, amount_msat)
+            }
+            Some(amount_msat) => (
+                check_payable_amount(bolt11, network, amount_msat, now)?,
+                amount_msat,
+            ),
+        };
+        let hash = invoice.payment_hash();
+        let mut request = PayInvoiceRequest::new(bolt11);
+        request.amount = chosen_msat;
+        let sent = tokio::time::timeout_at(deadline, self.client.pay_invoice(request)).await;
+        match sent {
+            // Dropping the request does not recall it: it may still be paid.
+            Err(_) | Ok(Err(nwc::Error::PrematureExit | nwc::Error::Timeout)) => {
+                Err(PayError::StillPending(waited))
+            }
+            Ok(Ok(paid)) => outcome(&paid, &hash, amount_msat, max_fee_msat),
+            Ok(Err(nwc::Error::NIP47(nip47::Error::ErrorCode(e)))) => {
+                Err(self.refusal(e, &hash, max_fee_msat, waited, deadline).await)
+            }
+            // The relays took nothing: the request never reached the wallet.
+            Ok(Err(e @ nwc::Error::Pool(_))) => Err(PayError::Backend(self.lightning_error(e))),
+            // An answer that cannot be read may still be a payment made.
+            Ok(Err(e)) => match tokio::time::timeout_at(deadline, self.payment_status(&hash)).await
+            {
+                Ok(Ok(PaymentStatus::Succeeded(outcome))) => Ok(outcome),
+                Ok(Ok(PaymentStatus::Pending)) => Err(PayError::StillPending(waited)),
+                _ => Err(PayError::Backend(self.lightning_error(e))),
+            },
+        }
+    }
 }
 
 /// The wire name of an error code.
@@ -441,10 +511,19 @@ fn outcome(
 
 #[async_trait]
 impl LightningBackend for Nwc {
+    /// Sends `make_invoice`. An amount of 0 is refused with
+    /// [`LightningError::Unsupported`] before anything is sent: NIP-47
+    /// requires an amount.
     async fn create_invoice(
         &self,
         request: InvoiceRequest,
     ) -> Result<CreatedInvoice, LightningError> {
+        if request.amount_msat == 0 {
+            return Err(LightningError::Unsupported(
+                "NWC cannot create an invoice without an amount: NIP-47 make_invoice requires one"
+                    .into(),
+            ));
+        }
         let made = self
             .client
             .make_invoice(MakeInvoiceRequest {
@@ -528,53 +607,21 @@ impl LightningBackend for Nwc {
         max_fee_msat: u64,
         timeout: Duration,
     ) -> Result<PaymentOutcome, PayError> {
-        let waited = timeout.min(self.timeout);
-        let deadline = Instant::now() + waited;
-        let network = match self.network.get() {
-            Some(network) => *network,
-            None => tokio::time::timeout_at(deadline, self.reported_network())
-                .await
-                .map_err(|_| {
-                    LightningError::Unavailable(format!(
-                        "the NWC wallet did not say its network within {waited:?}"
-                    ))
-                })??,
-        };
-        let network = match network {
-            Some(network) => network,
-            // The wallet does not say: the invoice's network is the only
-            // one there is to check against.
-            None => gate402_bolt11::Invoice::parse(bolt11)
-                .map_err(|e| PayError::InvalidInvoice(e.to_string()))?
-                .network(),
-        };
-        let invoice = check_payable(bolt11, network, SystemTime::now())?;
-        let hash = invoice.payment_hash();
-        let amount_msat = invoice.amount_msat().ok_or(PayError::NoAmount)?;
-        let sent = tokio::time::timeout_at(
-            deadline,
-            self.client.pay_invoice(PayInvoiceRequest::new(bolt11)),
-        )
-        .await;
-        match sent {
-            // Dropping the request does not recall it: it may still be paid.
-            Err(_) | Ok(Err(nwc::Error::PrematureExit | nwc::Error::Timeout)) => {
-                Err(PayError::StillPending(waited))
-            }
-            Ok(Ok(paid)) => outcome(&paid, &hash, amount_msat, max_fee_msat),
-            Ok(Err(nwc::Error::NIP47(nip47::Error::ErrorCode(e)))) => {
-                Err(self.refusal(e, &hash, max_fee_msat, waited, deadline).await)
-            }
-            // The relays took nothing: the request never reached the wallet.
-            Ok(Err(e @ nwc::Error::Pool(_))) => Err(PayError::Backend(self.lightning_error(e))),
-            // An answer that cannot be read may still be a payment made.
-            Ok(Err(e)) => match tokio::time::timeout_at(deadline, self.payment_status(&hash)).await
-            {
-                Ok(Ok(PaymentStatus::Succeeded(outcome))) => Ok(outcome),
-                Ok(Ok(PaymentStatus::Pending)) => Err(PayError::StillPending(waited)),
-                _ => Err(PayError::Backend(self.lightning_error(e))),
-            },
-        }
+        self.send(bolt11, None, max_fee_msat, timeout).await
+    }
+
+    /// As [`Nwc::pay`], with `pay_invoice`'s `amount` set to `amount_msat`.
+    /// A wallet that does not take an amount refuses (read as `pay` reads
+    /// any refusal).
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        self.send(bolt11, Some(amount_msat), max_fee_msat, timeout)
+            .await
     }
 
     async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {

@@ -2,17 +2,19 @@
 //! on one relay for one client's requests and carries them out on the
 //! backend, so NWC apps (and [`crate::Nwc`]) can pay and invoice through it.
 //!
-//! It serves `pay_invoice`, `make_invoice`, `lookup_invoice` and `get_info`;
-//! anything else is answered `NOT_IMPLEMENTED`. Requests are read in NIP-04
-//! or NIP-44 v2, whichever the request says, and answered in the same.
+//! It serves `pay_invoice` (with `amount`, an invoice without an amount
+//! too), `make_invoice` (an amount is required), `lookup_invoice` and
+//! `get_info`; anything else is answered `NOT_IMPLEMENTED`. Requests are
+//! read in NIP-04 or NIP-44 v2, whichever the request says, and answered in
+//! the same.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gate402_lightning::{
-    hash_hex, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError, PayError,
-    PaymentHash, PaymentStatus,
+    encoded_amount, hash_hex, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError,
+    PayError, PaymentHash, PaymentStatus,
 };
 use nostr_sdk::nips::nip47::{
     ErrorCode, GetInfoResponse, LookupInvoiceRequest, LookupInvoiceResponse, MakeInvoiceRequest,
@@ -393,6 +395,7 @@ fn backend_error(e: LightningError) -> NIP47Error {
     let code = match e {
         LightningError::NotFound(_) => ErrorCode::NotFound,
         LightningError::Rejected(_) => ErrorCode::Other,
+        LightningError::Unsupported(_) => ErrorCode::NotImplemented,
         LightningError::Unavailable(_)
         | LightningError::Unauthorized(_)
         | LightningError::Timeout(_)
@@ -413,7 +416,9 @@ fn pay_error(e: PayError) -> NIP47Error {
         PayError::InvalidInvoice(_)
         | PayError::WrongNetwork { .. }
         | PayError::InvoiceExpired(_)
-        | PayError::NoAmount => ErrorCode::Other,
+        | PayError::NoAmount
+        | PayError::InvoiceHasAmount(_)
+        | PayError::ZeroAmount => ErrorCode::Other,
         PayError::StillPending(_) | PayError::Backend(_) => ErrorCode::Internal,
     };
     error(code, e.to_string())
@@ -479,23 +484,24 @@ impl Wallet {
     async fn pay_invoice(&self, p: PayInvoiceRequest) -> Result<PayInvoiceResponse, NIP47Error> {
         let invoice = gate402_bolt11::Invoice::parse(&p.invoice)
             .map_err(|e| error(ErrorCode::Other, e.to_string()))?;
-        if p.amount.is_some() && p.amount != invoice.amount_msat() {
-            return Err(error(
-                ErrorCode::NotImplemented,
-                "this wallet pays invoices for their own amount only",
-            ));
-        }
         // Before paying, so a lookup during the payment finds it outgoing.
         self.remember(&invoice, TransactionType::Outgoing);
-        let outcome = self
-            .backend
-            .pay(
-                &p.invoice,
-                self.options.max_fee_msat,
-                self.options.pay_timeout,
-            )
-            .await
-            .map_err(pay_error)?;
+        let (max_fee_msat, timeout) = (self.options.max_fee_msat, self.options.pay_timeout);
+        let paid = match p.amount {
+            // Some clients repeat the invoice's own amount: that is a plain payment.
+            None => self.backend.pay(&p.invoice, max_fee_msat, timeout).await,
+            Some(amount) if Some(amount) == encoded_amount(&invoice) => {
+                self.backend.pay(&p.invoice, max_fee_msat, timeout).await
+            }
+            // An invoice without an amount; one with another amount is
+            // refused by the backend, before anything is sent.
+            Some(amount) => {
+                self.backend
+                    .pay_amount(&p.invoice, amount, max_fee_msat, timeout)
+                    .await
+            }
+        };
+        let outcome = paid.map_err(pay_error)?;
         Ok(PayInvoiceResponse {
             preimage: hex::encode(outcome.preimage),
             fees_paid: Some(outcome.fee_msat),

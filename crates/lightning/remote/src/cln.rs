@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use gate402_lightning::{
-    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError,
-    Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
+    check_payable, check_payable_amount, CreatedInvoice, InvoiceRequest, InvoiceStatus,
+    LightningBackend, LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
+    PaymentStatus,
 };
 use serde_json::{json, Value};
 
@@ -135,6 +136,67 @@ impl Cln {
             .and_then(|list| list.first().cloned())
             .ok_or_else(|| LightningError::NotFound(hex::encode(hash)))
     }
+
+    /// Pays a checked invoice with `pay` (with `amount_msat` when given)
+    /// unless this node already paid it, and reads the outcome.
+    async fn send(
+        &self,
+        bolt11: &str,
+        invoice: &gate402_bolt11::Invoice,
+        amount_msat: Option<u64>,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        if let PaymentStatus::Succeeded(done) = self.payment_status(&invoice.payment_hash()).await?
+        {
+            return Err(PayError::AlreadyPaid(done));
+        }
+        let mut params = json!({
+            "bolt11": bolt11,
+            "maxfee": max_fee_msat,
+            // A u16 in Core Lightning.
+            "retry_for": timeout.as_secs().clamp(1, u64::from(u16::MAX)),
+        });
+        if let Some(amount_msat) = amount_msat {
+            params["amount_msat"] = amount_msat.into();
+        }
+        match self
+            .rpc("pay", params, timeout + Duration::from_secs(10))
+            .await
+        {
+            Ok(answer) => outcome(&answer).ok_or_else(|| {
+                PayError::Backend(LightningError::Protocol(
+                    "pay answered without a preimage".into(),
+                ))
+            }),
+            Err((_, LightningError::Timeout(_))) => Err(PayError::StillPending(timeout)),
+            Err((Some(code), LightningError::Rejected(reason))) => Err(match code {
+                codes::ROUTE_NOT_FOUND
+                | codes::ROUTE_TOO_EXPENSIVE
+                | codes::STOPPED_RETRYING
+                | codes::UNREACHABLE => PayError::NoRoute {
+                    max_fee_msat,
+                    reason,
+                },
+                codes::INSUFFICIENT_FUNDS => PayError::InsufficientBalance(reason),
+                codes::INVOICE_EXPIRED => PayError::InvoiceExpired(invoice.expires_at()),
+                // xpay gave up; whether a part may still be in flight, the
+                // node's record of the payment says.
+                codes::UNSPECIFIED_ERROR => {
+                    match self.payment_status(&invoice.payment_hash()).await? {
+                        PaymentStatus::Succeeded(done) => return Ok(done),
+                        PaymentStatus::Pending => PayError::StillPending(timeout),
+                        PaymentStatus::Failed(_) | PaymentStatus::Unknown => PayError::NoRoute {
+                            max_fee_msat,
+                            reason,
+                        },
+                    }
+                }
+                _ => PayError::Rejected(reason),
+            }),
+            Err((_, e)) => Err(PayError::Backend(e)),
+        }
+    }
 }
 
 fn msat(value: &Value) -> u64 {
@@ -184,11 +246,16 @@ impl LightningBackend for Cln {
     ) -> Result<CreatedInvoice, LightningError> {
         // Labels must be unique; the payment hash is not known beforehand.
         let label = format!("gate402-{}", hex::encode(rand::random::<[u8; 16]>()));
+        // "any": Core Lightning's invoice without an amount.
+        let amount_msat = match request.amount_msat {
+            0 => json!("any"),
+            msat => json!(msat),
+        };
         let answer = self
             .call(
                 "invoice",
                 json!({
-                    "amount_msat": request.amount_msat,
+                    "amount_msat": amount_msat,
                     "label": label,
                     "description": request.memo,
                     "expiry": request.expiry_secs,
@@ -245,52 +312,24 @@ impl LightningBackend for Cln {
     ) -> Result<PaymentOutcome, PayError> {
         let network = self.node_info().await?.network;
         let invoice = check_payable(bolt11, network, SystemTime::now())?;
-        if let PaymentStatus::Succeeded(done) = self.payment_status(&invoice.payment_hash()).await?
-        {
-            return Err(PayError::AlreadyPaid(done));
-        }
-        let params = json!({
-            "bolt11": bolt11,
-            "maxfee": max_fee_msat,
-            // A u16 in Core Lightning.
-            "retry_for": timeout.as_secs().clamp(1, u64::from(u16::MAX)),
-        });
-        match self
-            .rpc("pay", params, timeout + Duration::from_secs(10))
+        self.send(bolt11, &invoice, None, max_fee_msat, timeout)
             .await
-        {
-            Ok(answer) => outcome(&answer).ok_or_else(|| {
-                PayError::Backend(LightningError::Protocol(
-                    "pay answered without a preimage".into(),
-                ))
-            }),
-            Err((_, LightningError::Timeout(_))) => Err(PayError::StillPending(timeout)),
-            Err((Some(code), LightningError::Rejected(reason))) => Err(match code {
-                codes::ROUTE_NOT_FOUND
-                | codes::ROUTE_TOO_EXPENSIVE
-                | codes::STOPPED_RETRYING
-                | codes::UNREACHABLE => PayError::NoRoute {
-                    max_fee_msat,
-                    reason,
-                },
-                codes::INSUFFICIENT_FUNDS => PayError::InsufficientBalance(reason),
-                codes::INVOICE_EXPIRED => PayError::InvoiceExpired(invoice.expires_at()),
-                // xpay gave up; whether a part may still be in flight, the
-                // node's record of the payment says.
-                codes::UNSPECIFIED_ERROR => {
-                    match self.payment_status(&invoice.payment_hash()).await? {
-                        PaymentStatus::Succeeded(done) => return Ok(done),
-                        PaymentStatus::Pending => PayError::StillPending(timeout),
-                        PaymentStatus::Failed(_) | PaymentStatus::Unknown => PayError::NoRoute {
-                            max_fee_msat,
-                            reason,
-                        },
-                    }
-                }
-                _ => PayError::Rejected(reason),
-            }),
-            Err((_, e)) => Err(PayError::Backend(e)),
-        }
+    }
+
+    /// As [`LightningBackend::pay`], with `pay`'s `amount_msat` set: Core
+    /// Lightning requires it for an invoice without an amount (and refuses
+    /// it for one with an amount, which is refused here before asking).
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        let network = self.node_info().await?.network;
+        let invoice = check_payable_amount(bolt11, network, amount_msat, SystemTime::now())?;
+        self.send(bolt11, &invoice, Some(amount_msat), max_fee_msat, timeout)
+            .await
     }
 
     async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {

@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::Engine as _;
 use gate402_lightning::{
-    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError,
-    Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
+    check_payable, check_payable_amount, CreatedInvoice, InvoiceRequest, InvoiceStatus,
+    LightningBackend, LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
+    PaymentStatus,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -169,6 +170,80 @@ impl Lnd {
         }
         Err(lnd_error(route, status.as_u16(), &body))
     }
+
+    /// Sends a checked invoice through `/v2/router/send` (with `amt_msat`
+    /// when `amount_msat` is given) and reads the outcome.
+    async fn send(
+        &self,
+        bolt11: &str,
+        invoice: &gate402_bolt11::Invoice,
+        amount_msat: Option<u64>,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        let mut body = json!({
+            "payment_request": bolt11,
+            "fee_limit_msat": max_fee_msat.to_string(),
+            "timeout_seconds": timeout.as_secs().clamp(1, i32::MAX as u64),
+            "no_inflight_updates": true,
+        });
+        if let Some(amount_msat) = amount_msat {
+            body["amt_msat"] = amount_msat.to_string().into();
+        }
+        let send = async {
+            let response = self
+                .stream(
+                    Route::Pay,
+                    self.request(reqwest::Method::POST, "/v2/router/send")
+                        .json(&body),
+                )
+                .await?;
+            read_json_lines(response, |line| {
+                if let Some(error) = line.get("error") {
+                    return Some(Err(lnd_error(Route::Pay, 500, error)));
+                }
+                match payment_status(line.get("result")?) {
+                    PaymentStatus::Pending | PaymentStatus::Unknown => None,
+                    done => Some(Ok(done)),
+                }
+            })
+            .await?
+            .unwrap_or(Ok(PaymentStatus::Pending))
+        };
+        let outcome = tokio::time::timeout(timeout + Duration::from_secs(5), send).await;
+        match outcome {
+            Err(_) | Ok(Ok(PaymentStatus::Pending | PaymentStatus::Unknown)) => {
+                Err(PayError::StillPending(timeout))
+            }
+            Ok(Ok(PaymentStatus::Succeeded(outcome))) => Ok(outcome),
+            Ok(Ok(PaymentStatus::Failed(reason))) => Err(match reason.as_str() {
+                "FAILURE_REASON_NO_ROUTE" => PayError::NoRoute {
+                    max_fee_msat,
+                    reason,
+                },
+                "FAILURE_REASON_INSUFFICIENT_BALANCE" => PayError::InsufficientBalance(reason),
+                _ => PayError::Rejected(reason),
+            }),
+            Ok(Err(LightningError::Rejected(message))) if message.contains("already paid") => {
+                match self.payment_status(&invoice.payment_hash()).await? {
+                    PaymentStatus::Succeeded(outcome) => Err(PayError::AlreadyPaid(outcome)),
+                    _ => Err(PayError::Rejected(message)),
+                }
+            }
+            // Another payment of this invoice is in flight (a retry while
+            // LND still pays): it is pending, never failed, never paid twice.
+            Ok(Err(LightningError::Rejected(message))) if message.contains("in transition") => {
+                match self.payment_status(&invoice.payment_hash()).await? {
+                    PaymentStatus::Succeeded(outcome) => Err(PayError::AlreadyPaid(outcome)),
+                    PaymentStatus::Failed(reason) => Err(PayError::Rejected(reason)),
+                    PaymentStatus::Pending | PaymentStatus::Unknown => {
+                        Err(PayError::StillPending(timeout))
+                    }
+                }
+            }
+            Ok(Err(e)) => Err(PayError::Backend(e)),
+        }
+    }
 }
 
 /// What a call does, and the macaroon permission LND checks for it.
@@ -315,6 +390,7 @@ impl LightningBackend for Lnd {
         &self,
         request: InvoiceRequest,
     ) -> Result<CreatedInvoice, LightningError> {
+        // value_msat 0 is LND's invoice without an amount.
         let body = json!({
             "memo": request.memo,
             "value_msat": request.amount_msat.to_string(),
@@ -415,65 +491,24 @@ impl LightningBackend for Lnd {
     ) -> Result<PaymentOutcome, PayError> {
         let network = self.node_info().await?.network;
         let invoice = check_payable(bolt11, network, SystemTime::now())?;
-        let body = json!({
-            "payment_request": bolt11,
-            "fee_limit_msat": max_fee_msat.to_string(),
-            "timeout_seconds": timeout.as_secs().clamp(1, i32::MAX as u64),
-            "no_inflight_updates": true,
-        });
-        let send = async {
-            let response = self
-                .stream(
-                    Route::Pay,
-                    self.request(reqwest::Method::POST, "/v2/router/send")
-                        .json(&body),
-                )
-                .await?;
-            read_json_lines(response, |line| {
-                if let Some(error) = line.get("error") {
-                    return Some(Err(lnd_error(Route::Pay, 500, error)));
-                }
-                match payment_status(line.get("result")?) {
-                    PaymentStatus::Pending | PaymentStatus::Unknown => None,
-                    done => Some(Ok(done)),
-                }
-            })
-            .await?
-            .unwrap_or(Ok(PaymentStatus::Pending))
-        };
-        let outcome = tokio::time::timeout(timeout + Duration::from_secs(5), send).await;
-        match outcome {
-            Err(_) | Ok(Ok(PaymentStatus::Pending | PaymentStatus::Unknown)) => {
-                Err(PayError::StillPending(timeout))
-            }
-            Ok(Ok(PaymentStatus::Succeeded(outcome))) => Ok(outcome),
-            Ok(Ok(PaymentStatus::Failed(reason))) => Err(match reason.as_str() {
-                "FAILURE_REASON_NO_ROUTE" => PayError::NoRoute {
-                    max_fee_msat,
-                    reason,
-                },
-                "FAILURE_REASON_INSUFFICIENT_BALANCE" => PayError::InsufficientBalance(reason),
-                _ => PayError::Rejected(reason),
-            }),
-            Ok(Err(LightningError::Rejected(message))) if message.contains("already paid") => {
-                match self.payment_status(&invoice.payment_hash()).await? {
-                    PaymentStatus::Succeeded(outcome) => Err(PayError::AlreadyPaid(outcome)),
-                    _ => Err(PayError::Rejected(message)),
-                }
-            }
-            // Another payment of this invoice is in flight (a retry while
-            // LND still pays): it is pending, never failed, never paid twice.
-            Ok(Err(LightningError::Rejected(message))) if message.contains("in transition") => {
-                match self.payment_status(&invoice.payment_hash()).await? {
-                    PaymentStatus::Succeeded(outcome) => Err(PayError::AlreadyPaid(outcome)),
-                    PaymentStatus::Failed(reason) => Err(PayError::Rejected(reason)),
-                    PaymentStatus::Pending | PaymentStatus::Unknown => {
-                        Err(PayError::StillPending(timeout))
-                    }
-                }
-            }
-            Ok(Err(e)) => Err(PayError::Backend(e)),
-        }
+        self.send(bolt11, &invoice, None, max_fee_msat, timeout)
+            .await
+    }
+
+    /// As [`LightningBackend::pay`], with `amt_msat` set: LND requires it for an
+    /// invoice without an amount (and refuses it for one with an amount,
+    /// which is refused here before asking).
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        let network = self.node_info().await?.network;
+        let invoice = check_payable_amount(bolt11, network, amount_msat, SystemTime::now())?;
+        self.send(bolt11, &invoice, Some(amount_msat), max_fee_msat, timeout)
+            .await
     }
 
     /// Asks the router to track the payment; no final answer within a

@@ -80,8 +80,14 @@ impl Fake {
         self
     }
 
-    /// Pays through the sandbox, charging the fake routing fee.
-    fn pay(&self, bolt11: &str, max_fee_msat: u64) -> Result<PaymentOutcome, String> {
+    /// Pays through the sandbox, charging the fake routing fee; `amount_msat`
+    /// pays an invoice without an amount.
+    fn pay(
+        &self,
+        bolt11: &str,
+        amount_msat: Option<u64>,
+        max_fee_msat: u64,
+    ) -> Result<PaymentOutcome, String> {
         if max_fee_msat < ROUTING_FEE_MSAT {
             return Err("no route".into());
         }
@@ -93,10 +99,15 @@ impl Fake {
         if self.in_flight.lock().unwrap().contains(&hash) {
             return Err("in flight".into());
         }
-        if invoice.amount_msat().unwrap_or(0) + ROUTING_FEE_MSAT > self.spendable_msat {
+        let sending = amount_msat.or(invoice.amount_msat()).unwrap_or(0);
+        if sending + ROUTING_FEE_MSAT > self.spendable_msat {
             return Err("insufficient funds".into());
         }
-        let mut outcome = self.network.settle(bolt11).map_err(|e| e.to_string())?;
+        let settled = match amount_msat {
+            None => self.network.settle(bolt11),
+            Some(amount_msat) => self.network.settle_amount(bolt11, amount_msat),
+        };
+        let mut outcome = settled.map_err(|e| e.to_string())?;
         outcome.fee_msat = ROUTING_FEE_MSAT;
         self.paid.lock().unwrap().insert(hash, outcome.clone());
         Ok(outcome)
@@ -409,7 +420,35 @@ fn lnd_router(fake: Fake) -> Router {
             );
         };
         assert_eq!(body["no_inflight_updates"], true);
-        let line = match fake.pay(bolt11, fee_limit) {
+        let amount_msat = match body.get("amt_msat") {
+            None => None,
+            Some(v) => match v.as_str().and_then(|v| v.parse::<u64>().ok()) {
+                Some(msat) => Some(msat),
+                None => return lnd_stream_error(StatusCode::BAD_REQUEST, 3, "bad amt_msat"),
+            },
+        };
+        // LND's checks of the amount against the invoice's.
+        let encoded = gate402_bolt11::Invoice::parse(bolt11)
+            .ok()
+            .and_then(|i| i.amount_msat());
+        match (encoded, amount_msat) {
+            (Some(_), Some(_)) => {
+                return lnd_stream_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    2,
+                    "amount must not be specified when paying a non-zero amount invoice",
+                )
+            }
+            (None, None) => {
+                return lnd_stream_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    2,
+                    "amount must be specified when paying a zero amount invoice",
+                )
+            }
+            _ => {}
+        }
+        let line = match fake.pay(bolt11, amount_msat, fee_limit) {
             Ok(outcome) => {
                 let hash = gate402_bolt11::Invoice::parse(bolt11)
                     .unwrap()
@@ -568,8 +607,13 @@ fn cln_router(fake: Fake) -> Router {
                 json!({"id": hex::encode(fake.network.pubkey()), "alias": "fake-cln", "network": "regtest", "blockheight": 101}),
             ),
             "invoice" => {
+                // "any": an invoice without an amount.
+                let amount_msat = match &params["amount_msat"] {
+                    Value::String(any) if any == "any" => Some(0),
+                    other => other.as_u64().filter(|&msat| msat > 0),
+                };
                 let (Some(amount_msat), Some(label), Some(description), Some(expiry)) = (
-                    params["amount_msat"].as_u64(),
+                    amount_msat,
                     params["label"].as_str(),
                     params["description"].as_str(),
                     params["expiry"].as_u64(),
@@ -640,9 +684,27 @@ fn cln_router(fake: Fake) -> Router {
                 };
                 assert!(params["retry_for"].as_u64().is_some());
                 assert!(params["retry_for"].as_u64().unwrap() <= u64::from(u16::MAX));
-                let hash = gate402_bolt11::Invoice::parse(bolt11)
-                    .unwrap()
-                    .payment_hash();
+                let invoice = gate402_bolt11::Invoice::parse(bolt11).unwrap();
+                let hash = invoice.payment_hash();
+                let amount_msat = params["amount_msat"].as_u64();
+                // Core Lightning's checks of the amount against the invoice's.
+                match (invoice.amount_msat(), amount_msat) {
+                    (Some(_), Some(_)) => {
+                        return cln_error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            -32602,
+                            "amount_msat: parameter unnecessary",
+                        )
+                    }
+                    (None, None) => {
+                        return cln_error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            -32602,
+                            "amount_msat: Invoice has no amount, need amount_msat",
+                        )
+                    }
+                    _ => {}
+                }
                 let done = |outcome: PaymentOutcome| {
                     created(json!({
                         "payment_preimage": hex::encode(outcome.preimage),
@@ -653,7 +715,7 @@ fn cln_router(fake: Fake) -> Router {
                         "parts": 1,
                     }))
                 };
-                match fake.pay(bolt11, maxfee) {
+                match fake.pay(bolt11, amount_msat, maxfee) {
                     Ok(outcome) => done(outcome),
                     // A completed payment is answered again, not refused.
                     Err(e) if e == "already paid" => done(fake.paid.lock().unwrap()[&hash].clone()),

@@ -1,7 +1,8 @@
 //! `POST /sandbox/pay`: the sandbox payer over HTTP, and its client.
 //!
 //! A gateway running on the sandbox mounts [`router`]; `gate402 sandbox pay`
-//! and the sandbox wallet call it with [`pay_via`].
+//! and the sandbox wallet call it with [`pay_via`], and [`pay_amount_via`]
+//! pays an invoice without an amount.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -22,6 +23,10 @@ pub const PATH: &str = "/sandbox/pay";
 pub struct PayRequest {
     /// A BOLT11 invoice this sandbox issued.
     pub invoice: String,
+    /// Millisatoshis to pay an invoice that encodes no amount; absent for
+    /// one that does (which is paid its own amount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_msat: Option<u64>,
 }
 
 /// The answer: the preimage that proves payment.
@@ -29,7 +34,8 @@ pub struct PayRequest {
 pub struct PayResponse {
     /// 64 lowercase hex digits.
     pub preimage: String,
-    /// What the invoice asked for.
+    /// What the payment delivered: the invoice's amount, or the one the
+    /// request gave.
     pub amount_msat: u64,
 }
 
@@ -62,13 +68,17 @@ async fn pay(
             return problem(
                 StatusCode::BAD_REQUEST,
                 &format!(
-                    "body must be JSON {{\"invoice\": \"lnbcrt…\"}}: {}",
+                    "body must be JSON {{\"invoice\": \"lnbcrt…\"}}, with \"amount_msat\" for an invoice without an amount: {}",
                     rejection.body_text()
                 ),
             )
         }
     };
-    match sandbox.settle(&request.invoice) {
+    let settled = match request.amount_msat {
+        None => sandbox.settle(&request.invoice),
+        Some(amount_msat) => sandbox.settle_amount(&request.invoice, amount_msat),
+    };
+    match settled {
         Ok(outcome) => Json(PayResponse {
             preimage: hex::encode(outcome.preimage),
             amount_msat: outcome.amount_msat,
@@ -138,17 +148,51 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// Asks the sandbox payer of the gateway at `base_url` to pay `invoice`.
+/// Asks the sandbox payer of the gateway at `base_url` to pay `invoice`
+/// for its own amount.
+///
+/// # Errors
+///
+/// [`ClientError::AlreadyPaid`] with what the first payment got;
+/// [`ClientError::Refused`] with the sandbox's reason (an invoice without
+/// an amount among them); [`ClientError::Unreachable`];
+/// [`ClientError::Protocol`].
 pub async fn pay_via(
     client: &reqwest::Client,
     base_url: &str,
     invoice: &str,
+) -> Result<PayResponse, ClientError> {
+    post_pay(client, base_url, invoice, None).await
+}
+
+/// Asks the sandbox payer of the gateway at `base_url` to pay
+/// `amount_msat` (millisatoshis) to `invoice`, which must encode no amount.
+///
+/// # Errors
+///
+/// As [`pay_via`]; an invoice that encodes an amount, or an amount of 0,
+/// is [`ClientError::Refused`] with status 400.
+pub async fn pay_amount_via(
+    client: &reqwest::Client,
+    base_url: &str,
+    invoice: &str,
+    amount_msat: u64,
+) -> Result<PayResponse, ClientError> {
+    post_pay(client, base_url, invoice, Some(amount_msat)).await
+}
+
+async fn post_pay(
+    client: &reqwest::Client,
+    base_url: &str,
+    invoice: &str,
+    amount_msat: Option<u64>,
 ) -> Result<PayResponse, ClientError> {
     let url = format!("{}{PATH}", base_url.trim_end_matches('/'));
     let response = client
         .post(&url)
         .json(&PayRequest {
             invoice: invoice.to_owned(),
+            amount_msat,
         })
         .send()
         .await

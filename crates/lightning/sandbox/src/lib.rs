@@ -5,7 +5,8 @@
 //! node key kept in its data directory, and settles them through its own
 //! payer, which reveals the preimage. It pays nothing else: an invoice it
 //! did not issue is refused. Invoices live in SQLite beside the key, so a
-//! restart loses none.
+//! restart loses none. An invoice asked for with amount 0 encodes no amount
+//! and is paid with one ([`Sandbox::settle_amount`]).
 //!
 //! [`http`] holds the `POST /sandbox/pay` endpoint a gateway mounts when the
 //! sandbox is its backend, and the client that calls it.
@@ -21,8 +22,9 @@ use async_trait::async_trait;
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
 use gate402_lightning::{
-    check_payable, CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError,
-    Network, NodeInfo, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
+    check_payable, check_payable_amount, CreatedInvoice, InvoiceRequest, InvoiceStatus,
+    LightningBackend, LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
+    PaymentStatus,
 };
 use lightning_invoice::{InvoiceBuilder, PaymentSecret};
 use sha2::Digest;
@@ -107,9 +109,41 @@ impl Sandbox {
     }
 
     /// The sandbox payer: settles an invoice this sandbox issued and
-    /// returns its preimage. Refuses any other invoice, an expired one, and
-    /// one already paid.
+    /// returns its preimage. Refuses any other invoice, an expired one, one
+    /// without an amount, and one already paid.
+    ///
+    /// # Errors
+    ///
+    /// [`PayError::Rejected`] for an invoice it did not issue; the
+    /// refusals of [`check_payable`]; [`PayError::AlreadyPaid`] with what
+    /// the first payment got; [`PayError::Backend`] when its database fails.
     pub fn settle(&self, bolt11: &str) -> Result<PaymentOutcome, PayError> {
+        self.settle_with(bolt11, None)
+    }
+
+    /// The sandbox payer for an invoice without an amount: settles an
+    /// invoice this sandbox issued with `amount_msat` (millisatoshis) and
+    /// returns its preimage.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sandbox::settle`], with the refusals of [`check_payable_amount`]
+    /// (an invoice that encodes an amount, an amount of 0) in place of
+    /// those of [`check_payable`].
+    pub fn settle_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+    ) -> Result<PaymentOutcome, PayError> {
+        self.settle_with(bolt11, Some(amount_msat))
+    }
+
+    /// Settles with the invoice's own amount (`None`) or the one given.
+    fn settle_with(
+        &self,
+        bolt11: &str,
+        amount_msat: Option<u64>,
+    ) -> Result<PaymentOutcome, PayError> {
         let invoice = gate402_bolt11::Invoice::parse(bolt11)
             .map_err(|e| PayError::InvalidInvoice(e.to_string()))?;
         if invoice.network() != NETWORK || invoice.payee() != self.pubkey() {
@@ -117,32 +151,36 @@ impl Sandbox {
                 "the sandbox pays only invoices it issued itself".into(),
             ));
         }
-        check_payable(bolt11, NETWORK, SystemTime::now())?;
-        let hash = invoice.payment_hash();
-        let row = self
-            .inner
-            .store
-            .get(&hash)
-            .map_err(backend)?
-            .ok_or_else(|| {
-                PayError::Rejected("the sandbox has no record of this invoice".into())
-            })?;
-        let outcome = PaymentOutcome {
-            preimage: row.preimage,
-            fee_msat: 0,
-            amount_msat: row.amount_msat,
+        let now = SystemTime::now();
+        match amount_msat {
+            None => check_payable(bolt11, NETWORK, now)?,
+            Some(amount_msat) => check_payable_amount(bolt11, NETWORK, amount_msat, now)?,
         };
-        if !self
-            .inner
-            .store
-            .settle(&hash, unix_now())
+        let hash = invoice.payment_hash();
+        let store = &self.inner.store;
+        let row = store.get(&hash).map_err(backend)?.ok_or_else(|| {
+            PayError::Rejected("the sandbox has no record of this invoice".into())
+        })?;
+        let paid_msat = amount_msat.unwrap_or(row.amount_msat);
+        if !store
+            .settle(&hash, unix_now(), paid_msat)
             .map_err(backend)?
         {
-            return Err(PayError::AlreadyPaid(outcome));
+            // Read again: a payment may have landed since the row was read.
+            let first = store.get(&hash).map_err(backend)?.unwrap_or(row);
+            return Err(PayError::AlreadyPaid(PaymentOutcome {
+                preimage: first.preimage,
+                fee_msat: 0,
+                amount_msat: first.received_msat(),
+            }));
         }
-        tracing::info!(payment_hash = %hex::encode(hash), amount_msat = row.amount_msat, "sandbox settled an invoice (test money)");
+        tracing::info!(payment_hash = %hex::encode(hash), amount_msat = paid_msat, "sandbox settled an invoice (test money)");
         self.inner.settled.notify_waiters();
-        Ok(outcome)
+        Ok(PaymentOutcome {
+            preimage: row.preimage,
+            fee_msat: 0,
+            amount_msat: paid_msat,
+        })
     }
 }
 
@@ -194,14 +232,19 @@ impl LightningBackend for Sandbox {
         let hash: [u8; 32] = sha2::Sha256::digest(preimage).into();
         let now = SystemTime::now();
         let inner = &self.inner;
-        let invoice = InvoiceBuilder::new(NETWORK.currency())
+        let builder = InvoiceBuilder::new(NETWORK.currency())
             .description(request.memo.clone())
             .payment_hash(sha256::Hash::from_byte_array(hash))
             .payment_secret(PaymentSecret(rand::random()))
             .timestamp(now)
             .min_final_cltv_expiry_delta(18)
-            .amount_milli_satoshis(request.amount_msat)
-            .expiry_time(Duration::from_secs(request.expiry_secs.into()))
+            .expiry_time(Duration::from_secs(request.expiry_secs.into()));
+        // Amount 0: an invoice that encodes none, for the payer to choose.
+        let builder = match request.amount_msat {
+            0 => builder,
+            amount_msat => builder.amount_milli_satoshis(amount_msat),
+        };
+        let invoice = builder
             .build_signed(|m| inner.secp.sign_ecdsa_recoverable(m, &inner.key))
             .map_err(|e| LightningError::Rejected(e.to_string()))?;
         let created_at = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -213,6 +256,7 @@ impl LightningBackend for Sandbox {
             created_at,
             expires_at: created_at + u64::from(request.expiry_secs),
             settled_at: None,
+            paid_msat: None,
         };
         let created = CreatedInvoice {
             bolt11: row.bolt11.clone(),
@@ -265,12 +309,22 @@ impl LightningBackend for Sandbox {
         self.settle(bolt11)
     }
 
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+        _max_fee_msat: u64,
+        _timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        self.settle_amount(bolt11, amount_msat)
+    }
+
     async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
         Ok(match self.inner.store.get(hash).map_err(backend)? {
             Some(row) if row.settled_at.is_some() => PaymentStatus::Succeeded(PaymentOutcome {
                 preimage: row.preimage,
                 fee_msat: 0,
-                amount_msat: row.amount_msat,
+                amount_msat: row.received_msat(),
             }),
             _ => PaymentStatus::Unknown,
         })

@@ -15,7 +15,8 @@ use gate402_lightning::InvoiceStatus;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how far.
-const MIGRATIONS: &[&str] = &["CREATE TABLE invoices (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE invoices (
         payment_hash BLOB PRIMARY KEY,
         preimage BLOB NOT NULL,
         bolt11 TEXT NOT NULL,
@@ -23,7 +24,11 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE invoices (
         created_at INTEGER NOT NULL,
         expires_at INTEGER NOT NULL,
         settled_at INTEGER
-    )"];
+    )",
+    // What a payment delivered: an invoice without an amount (amount_msat
+    // 0) is paid whatever its payer chose.
+    "ALTER TABLE invoices ADD COLUMN paid_msat INTEGER",
+];
 
 pub(crate) struct Store {
     conn: Mutex<Connection>,
@@ -38,17 +43,26 @@ pub(crate) struct InvoiceRow {
     pub payment_hash: [u8; 32],
     pub preimage: [u8; 32],
     pub bolt11: String,
+    /// What the invoice asks for; 0 for an invoice without an amount.
     pub amount_msat: u64,
     pub created_at: u64,
     pub expires_at: u64,
     pub settled_at: Option<u64>,
+    /// What its payment delivered, once paid.
+    pub paid_msat: Option<u64>,
 }
 
 impl InvoiceRow {
+    /// What its payment delivered; rows settled before `paid_msat` existed
+    /// were paid their own amount.
+    pub fn received_msat(&self) -> u64 {
+        self.paid_msat.unwrap_or(self.amount_msat)
+    }
+
     pub fn status(&self, now: u64) -> InvoiceStatus {
         match self.settled_at {
             Some(_) => InvoiceStatus::Settled {
-                amount_msat: self.amount_msat,
+                amount_msat: self.received_msat(),
                 preimage: Some(self.preimage),
             },
             None if now >= self.expires_at => InvoiceStatus::Canceled,
@@ -124,7 +138,7 @@ impl Store {
     pub fn get(&self, hash: &[u8; 32]) -> rusqlite::Result<Option<InvoiceRow>> {
         self.conn()?
             .query_row(
-                "SELECT preimage, bolt11, amount_msat, created_at, expires_at, settled_at
+                "SELECT preimage, bolt11, amount_msat, created_at, expires_at, settled_at, paid_msat
                  FROM invoices WHERE payment_hash = ?1",
                 [&hash[..]],
                 |r| {
@@ -137,17 +151,20 @@ impl Store {
                         created_at: r.get::<_, i64>(3)? as u64,
                         expires_at: r.get::<_, i64>(4)? as u64,
                         settled_at: r.get::<_, Option<i64>>(5)?.map(|t| t as u64),
+                        paid_msat: r.get::<_, Option<i64>>(6)?.map(|m| m as u64),
                     })
                 },
             )
             .optional()
     }
 
-    /// Marks an invoice paid; `false` if it already was (one payment only).
-    pub fn settle(&self, hash: &[u8; 32], now: u64) -> rusqlite::Result<bool> {
+    /// Marks an invoice paid with `paid_msat`; `false` if it already was
+    /// (one payment only).
+    pub fn settle(&self, hash: &[u8; 32], now: u64, paid_msat: u64) -> rusqlite::Result<bool> {
         let changed = self.conn()?.execute(
-            "UPDATE invoices SET settled_at = ?2 WHERE payment_hash = ?1 AND settled_at IS NULL",
-            params![&hash[..], now as i64],
+            "UPDATE invoices SET settled_at = ?2, paid_msat = ?3
+             WHERE payment_hash = ?1 AND settled_at IS NULL",
+            params![&hash[..], now as i64, paid_msat as i64],
         )?;
         Ok(changed == 1)
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gate402_lightning::contract::{self, Pair};
 use gate402_lightning::{InvoiceRequest, InvoiceStatus, LightningBackend, PayError};
-use gate402_lightning_sandbox::http::{pay_via, router, ClientError};
+use gate402_lightning_sandbox::http::{pay_amount_via, pay_via, router, ClientError};
 use gate402_lightning_sandbox::Sandbox;
 use sha2::Digest;
 
@@ -122,6 +122,75 @@ async fn http_payer() {
     assert_eq!(raw.headers()["content-type"], "application/problem+json");
     match pay_via(&client, "http://127.0.0.1:1", &created.bolt11).await {
         Err(ClientError::Unreachable { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn http_payer_pays_an_invoice_without_an_amount() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::open(dir.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, router(sandbox.clone())).into_future());
+    let client = reqwest::Client::new();
+
+    let refund = sandbox.create_invoice(request(0)).await.unwrap();
+    // Without an amount there is nothing to pay, and zero is no amount.
+    for refused in [
+        pay_via(&client, &url, &refund.bolt11).await,
+        pay_amount_via(&client, &url, &refund.bolt11, 0).await,
+    ] {
+        match refused {
+            Err(ClientError::Refused { status: 400, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    let priced = sandbox.create_invoice(request(3_000)).await.unwrap();
+    match pay_amount_via(&client, &url, &priced.bolt11, 3_000).await {
+        Err(ClientError::Refused {
+            status: 400,
+            detail,
+        }) => {
+            assert!(detail.contains("3000 msat"), "{detail}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        sandbox.invoice_status(&priced.payment_hash).await.unwrap(),
+        InvoiceStatus::Open
+    );
+
+    let paid = pay_amount_via(&client, &url, &refund.bolt11, 4_321_000)
+        .await
+        .unwrap();
+    assert_eq!(paid.amount_msat, 4_321_000);
+    match sandbox.invoice_status(&refund.payment_hash).await.unwrap() {
+        InvoiceStatus::Settled { amount_msat, .. } => assert_eq!(amount_msat, 4_321_000),
+        other => panic!("{other:?}"),
+    }
+    match pay_amount_via(&client, &url, &refund.bolt11, 1_000).await {
+        Err(ClientError::AlreadyPaid(again)) => assert_eq!(again, paid),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn amount_paid_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let refund = {
+        let sandbox = Sandbox::open(dir.path()).unwrap();
+        let refund = sandbox.create_invoice(request(0)).await.unwrap();
+        sandbox.settle_amount(&refund.bolt11, 8_000).unwrap();
+        refund
+    };
+    let reopened = Sandbox::open(dir.path()).unwrap();
+    match reopened.invoice_status(&refund.payment_hash).await.unwrap() {
+        InvoiceStatus::Settled { amount_msat, .. } => assert_eq!(amount_msat, 8_000),
+        other => panic!("{other:?}"),
+    }
+    match reopened.settle_amount(&refund.bolt11, 9_000) {
+        Err(PayError::AlreadyPaid(first)) => assert_eq!(first.amount_msat, 8_000),
         other => panic!("{other:?}"),
     }
 }

@@ -88,6 +88,11 @@ pub enum Sells {
     /// `<service>_valid_until` (as Aperture's tokens do). An MPP
     /// credential is still single use: a charge is spent once.
     Pass,
+    /// A prepaid balance: one payment deposits `deposit_units` times the
+    /// price, spent the price per request through either door (an L402
+    /// token naming the balance, or the MPP session intent's `bearer`),
+    /// topped up and refunded on close (draft-lightning-session-00).
+    Balance,
 }
 
 impl Sells {
@@ -96,6 +101,7 @@ impl Sells {
         match self {
             Sells::Request => "request",
             Sells::Pass => "pass",
+            Sells::Balance => "balance",
         }
     }
 }
@@ -127,6 +133,11 @@ pub struct PricedService {
     pub token_lifetime_secs: u64,
     /// Shown in invoices, challenges and discovery.
     pub description: String,
+    /// For a balance: the deposit, in units of `price_sats`.
+    pub deposit_units: u64,
+    /// For a balance: seconds of inactivity after which a session is
+    /// closed and its unspent balance refunded.
+    pub session_idle_secs: u64,
 }
 
 impl PricedService {
@@ -145,6 +156,8 @@ impl PricedService {
             sells: Sells::Request,
             token_lifetime_secs: 3600,
             description: name.to_owned(),
+            deposit_units: gate402_mpp::session::DEFAULT_DEPOSIT_UNITS,
+            session_idle_secs: gate402_mpp::session::DEFAULT_IDLE_TIMEOUT_SECS,
         }
     }
 
@@ -162,6 +175,28 @@ impl PricedService {
         self
     }
 
+    /// The same service sold as a prepaid balance of `deposit_units`
+    /// requests per deposit.
+    pub fn balance(mut self, deposit_units: u64) -> Self {
+        self.sells = Sells::Balance;
+        self.deposit_units = deposit_units;
+        self
+    }
+
+    /// The deposit of a balance, in satoshis.
+    pub fn deposit_sats(&self) -> u64 {
+        self.price_sats.saturating_mul(self.deposit_units.max(1))
+    }
+
+    /// What one invoice of this service asks for, in satoshis: the price,
+    /// or a balance's deposit.
+    pub fn invoice_sats(&self) -> u64 {
+        match self.sells {
+            Sells::Balance => self.deposit_sats(),
+            _ => self.price_sats,
+        }
+    }
+
     /// What one payment buys, in words (for `serve --check` and logs):
     /// `10 sat per request`, `10 sat for a pass of 3600 s`, `free`,
     /// with the free calls first when there are some.
@@ -175,6 +210,11 @@ impl PricedService {
                 self.token_lifetime_secs
             ),
             (_, Sells::Pass) => format!("{price} sat for a pass of {} s", self.token_lifetime_secs),
+            (_, Sells::Balance) => format!(
+                "a balance of {} sat ({} requests at {price} sat), refunded unspent on close",
+                self.deposit_sats(),
+                self.deposit_units
+            ),
         };
         match self.auth {
             Auth::Freebie(n) => format!("{n} free calls per client, then {sold}"),

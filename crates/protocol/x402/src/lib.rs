@@ -194,6 +194,93 @@ pub fn parse_signature(value: &str) -> Result<PaymentPayload, X402Error> {
     Ok(payment)
 }
 
+/// Why a `PAYMENT-REQUIRED` value offers nothing a Lightning payer can
+/// pay.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequiredError {
+    /// Not base64.
+    #[error("PAYMENT-REQUIRED is not base64")]
+    Base64,
+    /// Not the JSON of an offer.
+    #[error("PAYMENT-REQUIRED is not an x402 offer: {0}")]
+    Json(String),
+    /// Another version.
+    #[error("PAYMENT-REQUIRED has x402Version {0}; 2 is supported")]
+    Version(u64),
+    /// No entry of `accepts` is a Lightning one that reads.
+    #[error("PAYMENT-REQUIRED accepts no Lightning payment")]
+    NoLightning,
+}
+
+/// The Lightning entry of a `PAYMENT-REQUIRED` offer, as a payer reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LightningOffer {
+    /// The entry, read.
+    pub requirements: Requirements,
+    /// The entry exactly as received, echoed whole in `accepted`: a server
+    /// may compare it with what it offered, fields this crate does not
+    /// know included.
+    pub accepted: Value,
+}
+
+impl LightningOffer {
+    /// The `payment-signature` value answering this offer once its invoice
+    /// is paid: base64 JSON of `{x402Version, scheme, network, payload:
+    /// {invoice, preimage}, accepted}`. `preimage` (32 bytes, sent as hex)
+    /// is optional in x402's Lightning payload; with it a server checks the
+    /// payment without asking its node.
+    pub fn signature(&self, preimage: Option<&[u8; 32]>) -> String {
+        let payload = Paid {
+            invoice: self.requirements.extra.invoice.clone(),
+            preimage: preimage.map(hex::encode),
+        };
+        let json = serde_json::json!({
+            "x402Version": VERSION,
+            "scheme": self.requirements.scheme,
+            "network": self.requirements.network,
+            "payload": payload,
+            "accepted": self.accepted,
+        });
+        encode(&json)
+    }
+}
+
+/// Reads a `PAYMENT-REQUIRED` value (base64 in either alphabet, padded or
+/// not) and returns its first Lightning entry; entries for other assets
+/// and networks are passed over.
+///
+/// # Errors
+///
+/// [`RequiredError`] when it is not version-2 JSON or has no Lightning
+/// entry that reads as [`Requirements`].
+pub fn parse_required(value: &str) -> Result<LightningOffer, RequiredError> {
+    let bytes = decode_base64(value.trim()).ok_or(RequiredError::Base64)?;
+    let json: Value =
+        serde_json::from_slice(&bytes).map_err(|e| RequiredError::Json(e.to_string()))?;
+    let version = json
+        .get("x402Version")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| RequiredError::Json("no x402Version".into()))?;
+    if version != VERSION {
+        return Err(RequiredError::Version(version));
+    }
+    let accepts = json
+        .get("accepts")
+        .and_then(Value::as_array)
+        .ok_or_else(|| RequiredError::Json("no accepts list".into()))?;
+    accepts
+        .iter()
+        .filter(|entry| entry["extra"]["paymentMethod"] == LIGHTNING)
+        .find_map(|entry| {
+            let requirements = serde_json::from_value(entry.clone()).ok()?;
+            Some(LightningOffer {
+                requirements,
+                accepted: entry.clone(),
+            })
+        })
+        .ok_or(RequiredError::NoLightning)
+}
+
 /// Base64 in either alphabet, padded or not (clients differ): the `mpp`
 /// crate's lenient reader, which reads bytes, whatever the protocol.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
@@ -291,6 +378,55 @@ mod tests {
             Err(X402Error::NotLightning(_))
         ));
         assert_eq!(parse_signature("!!"), Err(X402Error::Base64));
+    }
+
+    #[test]
+    fn an_offer_is_read_and_answered_with_its_entry_echoed_whole() {
+        let mut lightning = serde_json::to_value(requirements("lnbcrt1")).unwrap();
+        // A field this crate does not know is echoed all the same.
+        lightning["extra"]["note"] = "kept".into();
+        let usdc = serde_json::json!({
+            "scheme": "exact", "network": "eip155:8453", "amount": "10000",
+            "asset": "0xa0b8", "payTo": "0x01", "maxTimeoutSeconds": 60,
+            "extra": {"name": "USDC", "version": "2"},
+        });
+        let offer = serde_json::json!({
+            "x402Version": 2,
+            "resource": {"url": "/weather"},
+            "accepts": [usdc, lightning],
+        });
+        let read = parse_required(&encode(&offer)).unwrap();
+        assert_eq!(read.requirements, requirements("lnbcrt1"));
+        assert_eq!(read.accepted, lightning);
+
+        let signature = read.signature(Some(&[7; 32]));
+        let payment = parse_signature(&signature).unwrap();
+        assert_eq!(payment.accepted, requirements("lnbcrt1"));
+        assert_eq!(payment.payload.invoice, "lnbcrt1");
+        assert_eq!(payment.payload.preimage, Some(hex::encode([7; 32])));
+        assert_eq!(
+            (payment.scheme.as_str(), payment.network.as_str()),
+            (SCHEME, LIGHTNING)
+        );
+        let sent: Value = serde_json::from_slice(&STANDARD.decode(&signature).unwrap()).unwrap();
+        assert_eq!(sent["accepted"], lightning);
+        let bare: Value =
+            serde_json::from_slice(&STANDARD.decode(read.signature(None)).unwrap()).unwrap();
+        assert_eq!(bare["payload"], serde_json::json!({"invoice": "lnbcrt1"}));
+
+        let mut old = offer.clone();
+        old["x402Version"] = 1.into();
+        assert_eq!(
+            parse_required(&encode(&old)),
+            Err(RequiredError::Version(1))
+        );
+        let mut usdc_only = offer;
+        usdc_only["accepts"] = serde_json::json!([usdc]);
+        assert_eq!(
+            parse_required(&encode(&usdc_only)),
+            Err(RequiredError::NoLightning)
+        );
+        assert_eq!(parse_required("!!"), Err(RequiredError::Base64));
     }
 
     #[test]

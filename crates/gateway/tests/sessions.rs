@@ -1,0 +1,394 @@
+//! Prepaid balances through both doors, on the sandbox: the MPP session
+//! intent (draft-lightning-session-00: open, bearer, topUp, close with a
+//! real refund payment) and L402 tokens that name a balance; one deposit is
+//! one balance whichever door spends it, every request spends its price,
+//! a failed upstream spends nothing, and idle sessions are refunded.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::any;
+use gate402_client::Offer;
+use gate402_gateway::config::ServiceConfig;
+use gate402_gateway::{Gateway, GatewayConfig};
+use gate402_lightning::{InvoiceRequest, InvoiceStatus};
+use gate402_lightning_sandbox::http::pay_via;
+use gate402_mpp::{PaymentChallenge, PaymentCredential};
+use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Harness {
+    gateway: Gateway,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// An upstream with `/chat` (answers), `/flaky` (fails its first two
+/// calls).
+async fn upstream(failures: Arc<AtomicUsize>) -> String {
+    let app = axum::Router::new()
+        .route("/chat", any(|| async { "an answer" }))
+        .route(
+            "/flaky",
+            any(move || {
+                let failures = failures.clone();
+                async move {
+                    if failures.fetch_add(1, Ordering::SeqCst) < 2 {
+                        (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down")
+                    } else {
+                        (axum::http::StatusCode::OK, "up")
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+fn balance(name: &str, path: &str, price: u64, units: u64, upstream: &str) -> ServiceConfig {
+    let mut service = ServiceConfig::proxied(name, path, price, upstream);
+    service.priced = service.priced.balance(units);
+    service
+}
+
+impl Harness {
+    async fn start(adjust: impl FnOnce(&mut Vec<ServiceConfig>)) -> Self {
+        let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
+        let mut services = vec![
+            balance("chat", "/chat", 2, 5, &upstream),
+            balance("flaky", "/flaky", 2, 2, &upstream),
+        ];
+        adjust(&mut services);
+        let mut config = GatewayConfig::default_with_services(services);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.mpp.realm = "api.test".into();
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+        Self {
+            gateway,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.addr())
+    }
+
+    /// A 402 for `path`: its session challenge and its decoded request.
+    async fn challenge(&self, path: &str) -> (PaymentChallenge, Value, reqwest::header::HeaderMap) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+        let headers = response.headers().clone();
+        let session = headers
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| gate402_mpp::challenge::parse_payment_challenges(v).unwrap_or_default())
+            .find(|c| c.intent.as_str() == "session")
+            .expect("a session challenge");
+        let request = gate402_mpp::challenge::decode_request(&session).unwrap();
+        (session, request, headers)
+    }
+
+    /// Pays a challenge's deposit invoice; its preimage, hex.
+    async fn pay(&self, request: &Value) -> String {
+        let invoice = request["depositInvoice"].as_str().unwrap();
+        pay_via(&self.http, &format!("http://{}", self.gateway.addr()), invoice)
+            .await
+            .unwrap()
+            .preimage
+    }
+
+    /// An amountless invoice of the gateway's own node (its sandbox), as a
+    /// client's return invoice.
+    async fn return_invoice(&self) -> (String, [u8; 32]) {
+        let created = self
+            .gateway
+            .paywall()
+            .backend()
+            .create_invoice(InvoiceRequest {
+                amount_msat: 0,
+                memo: "refund".into(),
+                expiry_secs: 3600,
+            })
+            .await
+            .unwrap();
+        (created.bolt11, created.payment_hash)
+    }
+
+    async fn send(&self, path: &str, challenge: &PaymentChallenge, payload: Value) -> reqwest::Response {
+        let credential = PaymentCredential::new(challenge.to_echo(), payload);
+        self.http
+            .get(self.url(path))
+            .header(
+                AUTHORIZATION,
+                gate402_mpp::credential::to_authorization(&credential),
+            )
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+async fn problem(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(
+        response.headers().contains_key(WWW_AUTHENTICATE),
+        "a fresh challenge comes with it"
+    );
+    let body: Value = response.json().await.unwrap();
+    body["type"].as_str().unwrap_or_default().to_owned()
+}
+
+fn lightning(problem: &str) -> String {
+    format!("https://paymentauth.org/problems/lightning/{problem}")
+}
+
+#[tokio::test]
+async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
+    let h = Harness::start(|_| {}).await;
+    let (challenge, request, _) = h.challenge("/chat").await;
+    assert_eq!(request["amount"], "2");
+    assert_eq!(request["depositAmount"], "10");
+    let unpaid: Value = h
+        .http
+        .get(h.url("/chat"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unpaid["sells"], "balance");
+    assert_eq!(unpaid["depositSats"], 10);
+
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, refund_hash) = h.return_invoice().await;
+
+    // An invoice with an amount is no return invoice.
+    let (amounted, _, _) = h.challenge("/chat").await;
+    let bad = h
+        .send(
+            "/chat",
+            &challenge,
+            json!({"action": "open", "preimage": preimage,
+                   "returnInvoice": gate402_mpp::challenge::decode_request(&amounted).unwrap()["depositInvoice"]}),
+        )
+        .await;
+    assert_eq!(problem(bad).await, lightning("invalid-return-invoice"));
+
+    // Open: the deposit of 10 sat, 5 requests at 2 sat; the open is one.
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    let opened = h.send("/chat", &challenge, open.clone()).await;
+    assert_eq!(opened.status(), StatusCode::OK);
+    let receipt = gate402_mpp::receipt::parse(
+        opened.headers()["payment-receipt"].to_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(receipt.reference, session);
+    assert_eq!(opened.text().await.unwrap(), "an answer");
+    // The same open again (a retry) credits nothing more: it spends.
+    assert_eq!(h.send("/chat", &challenge, open).await.status(), StatusCode::OK);
+    let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
+    for _ in 0..3 {
+        assert_eq!(
+            h.send("/chat", &challenge, bearer.clone()).await.status(),
+            StatusCode::OK
+        );
+    }
+    let out = h.send("/chat", &challenge, bearer.clone()).await;
+    assert_eq!(problem(out).await, lightning("insufficient-balance"));
+
+    // Someone else's preimage proves nothing.
+    let forged = json!({"action": "bearer", "sessionId": session, "preimage": "00".repeat(32)});
+    assert_eq!(
+        problem(h.send("/chat", &challenge, forged).await).await,
+        lightning("invalid-preimage")
+    );
+
+    // Top up with a fresh challenge's invoice: credited once, however often
+    // it is sent.
+    let (fresh, fresh_request, _) = h.challenge("/chat").await;
+    let top_up_preimage = h.pay(&fresh_request).await;
+    let top_up = json!({"action": "topUp", "sessionId": session, "topUpPreimage": top_up_preimage});
+    for _ in 0..2 {
+        let topped = h.send("/chat", &fresh, top_up.clone()).await;
+        assert_eq!(topped.status(), StatusCode::OK);
+        assert!(topped.headers().contains_key("payment-receipt"));
+        assert_eq!(topped.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    }
+    // The top-up's payment cannot open a session of its own.
+    let (other_refund, _) = h.return_invoice().await;
+    let stolen = json!({"action": "open", "preimage": top_up_preimage, "returnInvoice": other_refund});
+    let refused = h.send("/chat", &fresh, stolen).await;
+    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+
+    // Two more requests: 4 of the 10 topped up are spent.
+    for _ in 0..2 {
+        assert_eq!(
+            h.send("/chat", &challenge, bearer.clone()).await.status(),
+            StatusCode::OK
+        );
+    }
+    let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
+    for _ in 0..2 {
+        let closed = h.send("/chat", &challenge, close.clone()).await;
+        assert_eq!(closed.status(), StatusCode::OK);
+        let receipt = gate402_mpp::receipt::decode_json(
+            closed.headers()["payment-receipt"].to_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(receipt["refundSats"], 6);
+        assert_eq!(receipt["refundStatus"], "succeeded");
+        assert_eq!(
+            closed.json::<Value>().await.unwrap(),
+            json!({"status": "closed", "refundSats": 6, "refundStatus": "succeeded"})
+        );
+    }
+    // The refund was a real payment to the return invoice, of exactly the
+    // unspent balance.
+    let status = h
+        .gateway
+        .paywall()
+        .backend()
+        .invoice_status(&refund_hash)
+        .await
+        .unwrap();
+    assert!(
+        matches!(status, InvoiceStatus::Settled { amount_msat: 6_000, .. }),
+        "{status:?}"
+    );
+    assert_eq!(
+        problem(h.send("/chat", &challenge, bearer).await).await,
+        lightning("session-closed")
+    );
+}
+
+#[tokio::test]
+async fn an_l402_balance_token_and_the_mpp_session_spend_one_balance() {
+    let h = Harness::start(|_| {}).await;
+    let response = h.http.get(h.url("/chat")).send().await.unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    assert_eq!(offer.invoice.amount_msat(), Some(10_000), "the deposit");
+    let paid = pay_via(&h.http, &format!("http://{}", h.gateway.addr()), &offer.bolt11)
+        .await
+        .unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let get = |authorization: String| {
+        h.http
+            .get(h.url("/chat"))
+            .header(AUTHORIZATION, authorization)
+            .send()
+    };
+    for _ in 0..2 {
+        let served = get(l402.clone()).await.unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        let receipt = gate402_mpp::receipt::parse(
+            served.headers()["payment-receipt"].to_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(receipt.reference, hex::encode(offer.invoice.payment_hash()));
+    }
+    // The same deposit through the MPP door: the same balance, 3 left.
+    let (challenge, _, _) = h.challenge("/chat").await;
+    let bearer = json!({"action": "bearer", "sessionId": hex::encode(offer.invoice.payment_hash()),
+                        "preimage": paid.preimage});
+    for _ in 0..3 {
+        assert_eq!(
+            h.send("/chat", &challenge, bearer.clone()).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        problem(get(l402.clone()).await.unwrap()).await,
+        lightning("insufficient-balance")
+    );
+    assert_eq!(
+        problem(h.send("/chat", &challenge, bearer).await).await,
+        lightning("insufficient-balance")
+    );
+    // A holder cannot raise the balance its token names.
+    let raised = {
+        let mut credential = gate402_l402::L402Credential::from_authorization(&l402).unwrap();
+        credential.macaroons[0].add_first_party_caveat(b"chat_balance=1000000".to_vec());
+        credential.to_authorization()
+    };
+    assert_eq!(
+        problem(get(raised).await.unwrap()).await,
+        lightning("insufficient-balance")
+    );
+}
+
+#[tokio::test]
+async fn a_failed_upstream_spends_nothing_from_a_balance() {
+    let h = Harness::start(|_| {}).await;
+    let response = h.http.get(h.url("/flaky")).send().await.unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    let paid = pay_via(&h.http, &format!("http://{}", h.gateway.addr()), &offer.bolt11)
+        .await
+        .unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = h
+            .http
+            .get(h.url("/flaky"))
+            .header(AUTHORIZATION, &l402)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    // Two failures given back, then the deposit's two requests, then none.
+    assert_eq!(statuses, [500, 500, 200, 200, 402]);
+}
+
+#[tokio::test]
+async fn an_idle_session_is_closed_and_refunded() {
+    let h = Harness::start(|services| services[0].priced.session_idle_secs = 1).await;
+    let (challenge, request, _) = h.challenge("/chat").await;
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, refund_hash) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    assert_eq!(h.send("/chat", &challenge, open).await.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    h.gateway.paywall().close_idle_sessions().await;
+    let status = h
+        .gateway
+        .paywall()
+        .backend()
+        .invoice_status(&refund_hash)
+        .await
+        .unwrap();
+    assert!(
+        matches!(status, InvoiceStatus::Settled { amount_msat: 8_000, .. }),
+        "{status:?}"
+    );
+    let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
+    assert_eq!(
+        problem(h.send("/chat", &challenge, bearer).await).await,
+        lightning("session-closed")
+    );
+    let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
+    let closed: Value = h
+        .send("/chat", &challenge, close)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        closed,
+        json!({"status": "closed", "refundSats": 8, "refundStatus": "succeeded"})
+    );
+}

@@ -1,0 +1,511 @@
+//! Prepaid balances: the one place that opens, spends, tops up, closes and
+//! refunds them (draft-lightning-session-00, and L402 tokens that name a
+//! balance).
+//!
+//! A balance is a session keyed by the payment hash of the deposit that
+//! opened it. Its deposit is credited once, whichever door presents it
+//! first: the MPP session intent's `open` (with a return invoice for the
+//! refund) or an L402 token with a `<service>_balance` caveat (the same
+//! invoice, the same preimage). Each request spends the service's price,
+//! atomically in the store across replicas; the debit is held until the
+//! request is served and given back when the upstream fails (pay for
+//! success) or the replica is killed mid-request. `topUp` credits a further
+//! paid deposit once; `close`, or the idle timeout, closes the session once
+//! and pays the unspent balance to the return invoice, once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gate402_lightning::PayError;
+use gate402_mpp::problem::ProblemType;
+use gate402_mpp::session::{
+    check_return_invoice, proves, session_id, verify_session, SessionAction, VerifiedSession,
+};
+use gate402_mpp::PaymentCredential;
+use gate402_store::{ClaimHolder, Closing, Debit, NewSession, Opened, Store, TopUp};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::unix_now;
+use crate::paywall::Paywall;
+use crate::responses::{self, Refusal};
+use crate::route::PricedService;
+use crate::verify::Verified;
+
+/// How often idle sessions are looked for.
+pub(crate) const REAP_EVERY: Duration = Duration::from_secs(15);
+
+/// How long a refund payment may take before it is reported pending.
+const REFUND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a session credential comes to.
+pub(crate) enum Step {
+    /// Serve the request from this session's balance.
+    Spend(Verified),
+    /// Answer without the upstream (`topUp`, `close`).
+    Answer(Response<Bytes>),
+    /// Refuse, with a fresh challenge.
+    Refuse(Refusal),
+}
+
+fn refuse(problem: ProblemType, detail: impl Into<String>) -> Step {
+    Step::Refuse(Refusal::new(StatusCode::PAYMENT_REQUIRED, problem, detail))
+}
+
+/// What a session spend stands on: the session, the challenge echoed.
+fn spending(id: [u8; 32], challenge_id: Option<String>) -> Verified {
+    Verified {
+        payment_hash: id,
+        challenge_id,
+        expires_at: 0,
+        single_use: false,
+        balance: None,
+    }
+}
+
+/// A debit held for one request: kept once the upstream has the request,
+/// given back when the upstream fails or the request never reached it.
+pub(crate) struct Hold {
+    store: Arc<dyn Store>,
+    holder: ClaimHolder,
+    tracker: TaskTracker,
+    /// What dropping it does: give back (not served yet) or keep.
+    keep_on_drop: bool,
+    done: bool,
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("token", &self.holder.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hold {
+    /// The upstream has the request: from now on dropping it keeps the
+    /// debit; only [`Hold::release`] gives it back.
+    pub(crate) fn served(mut self) -> Self {
+        self.keep_on_drop = true;
+        self
+    }
+
+    /// Gives the debit back now (the upstream failed).
+    pub(crate) async fn release(mut self) {
+        self.done = true;
+        if let Err(e) = self.store.undo_debit(&self.holder).await {
+            // Given back at this replica's next start.
+            tracing::error!(error = %e, "cannot give a debit back to its session");
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (store, holder, keep) = (self.store.clone(), self.holder.clone(), self.keep_on_drop);
+        let finish = async move {
+            let result = if keep {
+                store.settle_debit(&holder).await
+            } else {
+                store.undo_debit(&holder).await.map(drop)
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %e, keep, "cannot record a debit's outcome");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                self.tracker.spawn_on(finish, &runtime);
+            }
+            Err(_) => tracing::error!("no runtime to finish a debit on"),
+        }
+    }
+}
+
+/// The JSON answer of `topUp` and `close`, with its receipt.
+fn answer(body: serde_json::Value, receipt: &gate402_mpp::Receipt) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body.to_string()));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&gate402_mpp::receipt::to_header(receipt)) {
+        headers.insert(gate402_mpp::RECEIPT_HEADER, value);
+    }
+    response
+}
+
+fn now_time() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+impl Paywall {
+    /// Acts on an MPP session credential for `service`.
+    pub(crate) async fn session_step(
+        &self,
+        service: &PricedService,
+        credential: &PaymentCredential,
+    ) -> Step {
+        let state = &self.inner;
+        let key = state.verifier.challenge_key.scoped(&service.name);
+        // Open and topUp spend the echoed challenge's invoice: it must not
+        // have expired. Bearer and close only name the session.
+        let unexpired = |a: &SessionAction| {
+            matches!(a, SessionAction::Open { .. } | SessionAction::TopUp { .. })
+        };
+        let verified =
+            match verify_session(&key, credential, &state.verifier.realm, unexpired, now_time()) {
+                Ok(verified) => verified,
+                Err(gate402_mpp::verify::VerifyError::Expired(at)) => {
+                    return refuse(
+                        ProblemType::LightningChallengeExpired,
+                        format!("the challenge expired at {at}; pay a fresh one"),
+                    )
+                }
+                Err(e) => {
+                    let problem = e.problem_type();
+                    let status = StatusCode::from_u16(problem.status())
+                        .unwrap_or(StatusCode::PAYMENT_REQUIRED);
+                    return Step::Refuse(Refusal::new(status, problem, e.to_string()));
+                }
+            };
+        let VerifiedSession {
+            challenge_id,
+            request,
+            action,
+        } = verified;
+        let challenge_id = Some(challenge_id);
+        match action {
+            SessionAction::Open {
+                preimage,
+                return_invoice,
+            } => {
+                let (Some(hash), Some(deposit)) = (request.payment_hash(), request.deposit_sats())
+                else {
+                    return refuse(
+                        ProblemType::LightningMalformedCredential,
+                        "the challenge's request has no paymentHash or depositAmount",
+                    );
+                };
+                if !proves(&preimage, &hash) {
+                    return refuse(
+                        ProblemType::LightningInvalidPreimage,
+                        "the preimage does not match the deposit's payment hash",
+                    );
+                }
+                if let Err(e) = check_return_invoice(&return_invoice, state.network) {
+                    return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string());
+                }
+                let opened = self
+                    .open(service, hash, deposit, Some(return_invoice), "Payment")
+                    .await;
+                match opened {
+                    Ok(()) => Step::Spend(spending(hash, challenge_id)),
+                    Err(step) => step,
+                }
+            }
+            SessionAction::Bearer {
+                session_id: id,
+                preimage,
+            } => match session_id(&id) {
+                Some(id) if proves(&preimage, &id) => Step::Spend(spending(id, challenge_id)),
+                _ => refuse(
+                    ProblemType::LightningInvalidPreimage,
+                    "the preimage does not prove this session",
+                ),
+            },
+            SessionAction::TopUp {
+                session_id: id,
+                top_up_preimage,
+            } => {
+                let (Some(id), Some(hash), Some(deposit)) = (
+                    session_id(&id),
+                    request.payment_hash(),
+                    request.deposit_sats(),
+                ) else {
+                    return refuse(
+                        ProblemType::LightningMalformedCredential,
+                        "a top-up names a session and echoes a deposit challenge",
+                    );
+                };
+                if !proves(&top_up_preimage, &hash) {
+                    return refuse(
+                        ProblemType::LightningInvalidPreimage,
+                        "the top-up preimage does not match the challenge's payment hash",
+                    );
+                }
+                self.top_up(service, id, hash, deposit, challenge_id.as_deref())
+                    .await
+            }
+            SessionAction::Close {
+                session_id: id,
+                preimage,
+            } => match session_id(&id) {
+                Some(id) if proves(&preimage, &id) => self.close(id).await,
+                _ => refuse(
+                    ProblemType::LightningInvalidPreimage,
+                    "the preimage does not prove this session",
+                ),
+            },
+        }
+    }
+
+    /// Opens the balance an L402 token names, on its first use (later uses
+    /// find it open).
+    ///
+    /// # Errors
+    ///
+    /// The step to answer with: closed, or a deposit spent elsewhere.
+    pub(crate) async fn open_balance(
+        &self,
+        service: &PricedService,
+        verified: &Verified,
+        deposit_sats: u64,
+    ) -> Result<(), Step> {
+        self.open(service, verified.payment_hash, deposit_sats, None, "L402")
+            .await
+    }
+
+    async fn open(
+        &self,
+        service: &PricedService,
+        id: [u8; 32],
+        deposit_sats: u64,
+        return_invoice: Option<String>,
+        scheme: &'static str,
+    ) -> Result<(), Step> {
+        // An L402 balance has no refund path until an MPP `open` names a
+        // return invoice: it is not closed for idleness before its token
+        // ends.
+        let idle_secs = if return_invoice.is_some() {
+            service.session_idle_secs
+        } else {
+            service.session_idle_secs.max(service.token_lifetime_secs)
+        };
+        let opened = self
+            .store()
+            .open_session(&NewSession {
+                id,
+                service: service.name.clone(),
+                deposit_msat: deposit_sats.saturating_mul(1000),
+                return_invoice,
+                idle_secs,
+                now: unix_now(),
+            })
+            .await;
+        match opened {
+            Ok(Opened::New) => {
+                self.record_deposit(service, scheme, id, deposit_sats);
+                Ok(())
+            }
+            Ok(Opened::Existing(session)) if session.closed.is_some() => Err(refuse(
+                ProblemType::LightningSessionClosed,
+                "this session is closed; pay a fresh deposit",
+            )),
+            Ok(Opened::Existing(_)) => Ok(()),
+            Ok(Opened::DepositSpent) => Err(refuse(
+                ProblemType::InvalidChallenge,
+                "this deposit topped up another session",
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "store: cannot open a session");
+                Err(Step::Answer(responses::payment_unavailable()))
+            }
+        }
+    }
+
+    /// Spends the service's price from session `id` for one request.
+    ///
+    /// # Errors
+    ///
+    /// The step to answer with: not enough left, closed, unknown, or the
+    /// store out of reach.
+    pub(crate) async fn debit(&self, service: &PricedService, id: &[u8; 32]) -> Result<Hold, Step> {
+        let holder = ClaimHolder {
+            replica: self.inner.claims.replica().to_owned(),
+            token: hex::encode(rand::random::<[u8; 16]>()),
+        };
+        let price_msat = service.price_sats.saturating_mul(1000);
+        match self
+            .store()
+            .debit(id, price_msat, &holder, unix_now())
+            .await
+        {
+            Ok(Debit::Done { .. }) => Ok(Hold {
+                store: self.store().clone(),
+                holder,
+                tracker: self.inner.background.clone(),
+                keep_on_drop: false,
+                done: false,
+            }),
+            Ok(Debit::Insufficient { balance_msat, .. }) => Err(refuse(
+                ProblemType::LightningInsufficientBalance,
+                format!(
+                    "the session has {} sat left and this request costs {} sat; top it up with the new challenge's invoice",
+                    balance_msat / 1000,
+                    service.price_sats
+                ),
+            )),
+            Ok(Debit::Closed) => Err(refuse(
+                ProblemType::LightningSessionClosed,
+                "this session is closed; pay a fresh deposit",
+            )),
+            Ok(Debit::NotFound) => Err(refuse(
+                ProblemType::LightningSessionNotFound,
+                "no session has this id; open one with the challenge's deposit",
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "store: cannot spend from a session");
+                Err(Step::Answer(responses::payment_unavailable()))
+            }
+        }
+    }
+
+    async fn top_up(
+        &self,
+        service: &PricedService,
+        id: [u8; 32],
+        hash: [u8; 32],
+        deposit_sats: u64,
+        challenge_id: Option<&str>,
+    ) -> Step {
+        let credited = self
+            .store()
+            .top_up(&id, &hash, deposit_sats.saturating_mul(1000), unix_now())
+            .await;
+        match credited {
+            Ok(TopUp::Credited { .. }) => {
+                self.record_deposit(service, "Payment", hash, deposit_sats);
+            }
+            // A retry: answered as the first time, credited once.
+            Ok(TopUp::AlreadyCredited) => {}
+            Ok(TopUp::DepositSpent) => {
+                return refuse(
+                    ProblemType::InvalidChallenge,
+                    "this payment opened or topped up another session",
+                )
+            }
+            Ok(TopUp::Closed) => {
+                return refuse(
+                    ProblemType::LightningSessionClosed,
+                    "this session is closed; the top-up's payment is unspent and may open a session",
+                )
+            }
+            Ok(TopUp::NotFound) => {
+                return refuse(
+                    ProblemType::LightningSessionNotFound,
+                    "no session has this id",
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store: cannot top up a session");
+                return Step::Answer(responses::payment_unavailable());
+            }
+        }
+        let receipt = gate402_mpp::receipt::lightning(&id, challenge_id, now_time());
+        Step::Answer(answer(json!({"status": "ok"}), &receipt))
+    }
+
+    async fn close(&self, id: [u8; 32]) -> Step {
+        let (refund_sats, status) = match self.store().close_session(&id, unix_now()).await {
+            Ok(Closing::Closed {
+                refund_msat,
+                return_invoice,
+            }) => self.refund(&id, refund_msat, return_invoice.as_deref()).await,
+            // Asked again: the first answer, refunded once.
+            Ok(Closing::AlreadyClosed(session)) => {
+                let closed = session.closed.unwrap_or_else(|| gate402_store::ClosedSession {
+                    at: 0,
+                    refund_msat: 0,
+                    refund_status: "skipped".into(),
+                });
+                (closed.refund_msat / 1000, closed.refund_status)
+            }
+            Ok(Closing::NotFound) => {
+                return refuse(
+                    ProblemType::LightningSessionNotFound,
+                    "no session has this id",
+                )
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store: cannot close a session");
+                return Step::Answer(responses::payment_unavailable());
+            }
+        };
+        let receipt = gate402_mpp::receipt::session_close(&id, refund_sats, &status, now_time());
+        Step::Answer(answer(
+            json!({"status": "closed", "refundSats": refund_sats, "refundStatus": status}),
+            &receipt,
+        ))
+    }
+
+    /// Pays a closed session's unspent balance to its return invoice, once
+    /// (only the call that closed it gets here), and records how it went.
+    /// Answers the refund in sats and its status.
+    async fn refund(
+        &self,
+        id: &[u8; 32],
+        refund_msat: u64,
+        return_invoice: Option<&str>,
+    ) -> (u64, String) {
+        let refund_sats = refund_msat / 1000;
+        let status = match return_invoice {
+            _ if refund_sats == 0 => "skipped",
+            None => {
+                tracing::warn!(session = %hex::encode(id), refund_sats, "a closed balance has no return invoice to refund to");
+                "failed"
+            }
+            Some(invoice) => {
+                // The routing fee is the gateway's, within 1% and 10 sat.
+                let max_fee_msat = refund_sats * 10 + 10_000;
+                match self
+                    .backend()
+                    .pay_amount(invoice, refund_sats * 1000, max_fee_msat, REFUND_TIMEOUT)
+                    .await
+                {
+                    Ok(_) => "succeeded",
+                    Err(PayError::StillPending(_)) => "pending",
+                    Err(e) => {
+                        tracing::warn!(session = %hex::encode(id), refund_sats, error = %e, "a session's refund failed");
+                        "failed"
+                    }
+                }
+            }
+        };
+        if let Err(e) = self.store().record_refund(id, status).await {
+            tracing::error!(error = %e, "store: cannot record a refund");
+        }
+        (refund_sats, status.to_owned())
+    }
+
+    /// Closes and refunds the sessions idle past their timeout. Only the
+    /// replica whose close wins refunds one.
+    pub(crate) async fn close_idle(&self) {
+        let ids = match self.store().idle_sessions(unix_now(), 100).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "store: cannot look for idle sessions");
+                return;
+            }
+        };
+        for id in ids {
+            if let Ok(Closing::Closed {
+                refund_msat,
+                return_invoice,
+            }) = self.store().close_session(&id, unix_now()).await
+            {
+                let (refund_sats, status) =
+                    self.refund(&id, refund_msat, return_invoice.as_deref()).await;
+                tracing::info!(session = %hex::encode(id), refund_sats, status, "an idle session was closed");
+            }
+        }
+    }
+}
