@@ -1,4 +1,7 @@
-//! `POST /sandbox/pay`: the sandbox payer over HTTP, and its client.
+//! `POST /sandbox/pay`: the sandbox payer over HTTP, and its client; and
+//! `POST /sandbox/invoice`, which issues invoices without an amount (a
+//! client's return invoice for a session's refund, in test money), with
+//! `GET /sandbox/invoice/<payment hash>` to see what was paid to one.
 //!
 //! A gateway running on the sandbox mounts [`router`]; `gate402 sandbox pay`
 //! and the sandbox wallet call it with [`pay_via`], and [`pay_amount_via`]
@@ -53,9 +56,117 @@ impl PayResponse {
     }
 }
 
-/// The `POST /sandbox/pay` route, to merge into a gateway's router.
+/// The path that issues return invoices.
+pub const INVOICE_PATH: &str = "/sandbox/invoice";
+
+/// The body of `POST /sandbox/invoice` (all optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InvoiceRequest {
+    /// The description; default "return invoice".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memo: Option<String>,
+    /// Seconds until it expires; default one day, at most 30 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry_secs: Option<u32>,
+}
+
+/// An issued invoice, or where one stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceResponse {
+    /// The BOLT11 string (absent when asking for its status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice: Option<String>,
+    /// Its payment hash, 64 lowercase hex digits.
+    pub payment_hash: String,
+    /// `open`, `settled` or `canceled`.
+    pub status: String,
+    /// What was paid to it (msat), once settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_msat: Option<u64>,
+}
+
+/// The longest a return invoice may live: the draft asks for 30 days.
+const MAX_EXPIRY_SECS: u32 = 30 * 24 * 3600;
+
+/// The sandbox routes (`POST /sandbox/pay`, `POST /sandbox/invoice`,
+/// `GET /sandbox/invoice/<payment hash>`), to merge into a gateway's
+/// router.
 pub fn router(sandbox: Sandbox) -> Router {
-    Router::new().route(PATH, post(pay)).with_state(sandbox)
+    Router::new()
+        .route(PATH, post(pay))
+        .route(INVOICE_PATH, post(issue))
+        .route(&format!("{INVOICE_PATH}/{{hash}}"), axum::routing::get(status))
+        .with_state(sandbox)
+}
+
+/// Issues an invoice without an amount: test money flows back only to
+/// invoices of this sandbox, so a client on the sandbox gets its return
+/// invoice here. Only amountless ones: a priced invoice is the gateway's to
+/// issue.
+async fn issue(
+    State(sandbox): State<Sandbox>,
+    body: Option<Json<InvoiceRequest>>,
+) -> Response {
+    use gate402_lightning::LightningBackend as _;
+    let request = body.map(|Json(b)| b).unwrap_or_default();
+    let expiry_secs = request.expiry_secs.unwrap_or(24 * 3600);
+    if expiry_secs == 0 || expiry_secs > MAX_EXPIRY_SECS {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "expiry_secs must be between 1 and 2592000 (30 days)",
+        );
+    }
+    let memo = request.memo.unwrap_or_else(|| "return invoice".into());
+    if memo.len() > 256 {
+        return problem(StatusCode::BAD_REQUEST, "memo must be at most 256 bytes");
+    }
+    match sandbox
+        .create_invoice(gate402_lightning::InvoiceRequest {
+            amount_msat: 0,
+            memo,
+            expiry_secs,
+        })
+        .await
+    {
+        Ok(created) => Json(InvoiceResponse {
+            invoice: Some(created.bolt11),
+            payment_hash: hex::encode(created.payment_hash),
+            status: "open".into(),
+            amount_msat: None,
+        })
+        .into_response(),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn status(
+    State(sandbox): State<Sandbox>,
+    axum::extract::Path(hash): axum::extract::Path<String>,
+) -> Response {
+    use gate402_lightning::{InvoiceStatus, LightningBackend as _};
+    let mut bytes = [0u8; 32];
+    if hash.len() != 64 || hex::decode_to_slice(&hash, &mut bytes).is_err() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "the path ends with a payment hash: 64 hex digits",
+        );
+    }
+    let (status, amount_msat) = match sandbox.invoice_status(&bytes).await {
+        Ok(InvoiceStatus::Open) => ("open", None),
+        Ok(InvoiceStatus::Settled { amount_msat, .. }) => ("settled", Some(amount_msat)),
+        Ok(InvoiceStatus::Canceled) => ("canceled", None),
+        Err(gate402_lightning::LightningError::NotFound(_)) => {
+            return problem(StatusCode::NOT_FOUND, "this sandbox issued no such invoice")
+        }
+        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    Json(InvoiceResponse {
+        invoice: None,
+        payment_hash: hash.to_ascii_lowercase(),
+        status: status.into(),
+        amount_msat,
+    })
+    .into_response()
 }
 
 async fn pay(

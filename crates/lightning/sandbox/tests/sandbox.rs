@@ -194,3 +194,68 @@ async fn amount_paid_survives_a_restart() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A client on the sandbox gets its return invoice over HTTP (no amount,
+/// so the payer chooses it) and sees what was paid to it.
+#[tokio::test]
+async fn return_invoices_are_issued_and_watched_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::open(dir.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, router(sandbox.clone())).into_future());
+    let client = reqwest::Client::new();
+    let issued: serde_json::Value = client
+        .post(format!("{url}/sandbox/invoice"))
+        .json(&serde_json::json!({"memo": "refund", "expiry_secs": 600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bolt11 = issued["invoice"].as_str().unwrap();
+    let invoice = gate402_bolt11::Invoice::parse(bolt11).unwrap();
+    assert_eq!(invoice.amount_msat(), None, "no amount");
+    let hash = issued["payment_hash"].as_str().unwrap();
+    assert_eq!(hash, hex::encode(invoice.payment_hash()));
+    let watch = || async {
+        client
+            .get(format!("{url}/sandbox/invoice/{hash}"))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(watch().await["status"], "open");
+    sandbox
+        .pay_amount(bolt11, 7_000, 0, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let settled = watch().await;
+    assert_eq!(settled["status"], "settled");
+    assert_eq!(settled["amount_msat"], 7_000);
+    for (path, status) in [
+        (format!("/sandbox/invoice/{}", "00".repeat(32)), 404),
+        ("/sandbox/invoice/xyz".to_owned(), 400),
+    ] {
+        let response = client.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{path}");
+    }
+    let too_long = client
+        .post(format!("{url}/sandbox/invoice"))
+        .json(&serde_json::json!({"expiry_secs": 99_999_999}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_long.status().as_u16(), 400);
+    // No body at all: the defaults.
+    let plain = client
+        .post(format!("{url}/sandbox/invoice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status().as_u16(), 200);
+}
