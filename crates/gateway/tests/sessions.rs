@@ -31,6 +31,20 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
     let app = axum::Router::new()
         .route("/chat", any(|| async { "an answer" }))
         .route(
+            "/stream",
+            any(|| async {
+                use futures_util::StreamExt;
+                let tokens = futures_util::stream::iter(1..=7).then(|i| async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let data = if i == 7 { "[DONE]".to_owned() } else { format!("tok-{i}") };
+                    Ok::<_, std::convert::Infallible>(
+                        axum::response::sse::Event::default().data(data),
+                    )
+                });
+                axum::response::sse::Sse::new(tokens)
+            }),
+        )
+        .route(
             "/flaky",
             any(move || {
                 let failures = failures.clone();
@@ -61,6 +75,12 @@ impl Harness {
         let mut services = vec![
             balance("chat", "/chat", 2, 5, &upstream),
             balance("flaky", "/flaky", 2, 2, &upstream),
+            {
+                let mut stream = balance("stream", "/stream", 1, 3, &upstream);
+                stream.priced.meter = gate402_gateway::config::Meter::Events;
+                stream.priced.topup_wait_secs = 3;
+                stream
+            },
         ];
         adjust(&mut services);
         let mut config = GatewayConfig::default_with_services(services);
@@ -390,5 +410,119 @@ async fn an_idle_session_is_closed_and_refunded() {
     assert_eq!(
         closed,
         json!({"status": "closed", "refundSats": 8, "refundStatus": "succeeded"})
+    );
+}
+
+/// Reads server-sent events from a response as they come: (event, data).
+struct Events {
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl Events {
+    fn of(response: reqwest::Response) -> Self {
+        Self {
+            stream: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Option<(String, String)> {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let mut name = "message".to_owned();
+                let mut data = String::new();
+                for line in event.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = v.trim().to_owned();
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                return Some((name, data));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(10), self.stream.next())
+                .await
+                .expect("the stream stalled")?
+                .ok()?;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_metered_stream_stops_at_the_balance_and_resumes_after_a_top_up() {
+    let h = Harness::start(|_| {}).await;
+    let (challenge, request, _) = h.challenge("/stream").await;
+    assert_eq!(request["depositAmount"], "3");
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    let response = h.send("/stream", &challenge, open).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = Events::of(response);
+    for i in 1..=3 {
+        assert_eq!(events.next().await.unwrap(), ("message".into(), format!("tok-{i}")));
+    }
+    // Three events for the 3 sat deposit; then the stream asks and waits.
+    let (name, data) = events.next().await.unwrap();
+    assert_eq!(name, "payment-need-topup");
+    let need: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        need,
+        json!({"sessionId": session, "balanceSpent": 3, "balanceRequired": 1})
+    );
+    // Topped up while the stream is held: it resumes where it stopped.
+    let (fresh, fresh_request, _) = h.challenge("/stream").await;
+    let top_up_preimage = h.pay(&fresh_request).await;
+    let top_up = json!({"action": "topUp", "sessionId": session, "topUpPreimage": top_up_preimage});
+    assert_eq!(h.send("/stream", &fresh, top_up).await.status(), StatusCode::OK);
+    for i in 4..=6 {
+        assert_eq!(events.next().await.unwrap(), ("message".into(), format!("tok-{i}")));
+    }
+    let (name, data) = events.next().await.unwrap();
+    assert_eq!(name, "payment-receipt");
+    let receipt: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!((receipt["spent"].as_u64(), receipt["units"].as_u64()), (Some(6), Some(6)));
+    assert_eq!(receipt["reference"], session.as_str());
+    assert_eq!(events.next().await.unwrap(), ("message".into(), "[DONE]".into()));
+    assert_eq!(events.next().await, None);
+
+    // The balance is spent: the next stream is refused before it starts.
+    let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
+    assert_eq!(
+        problem(h.send("/stream", &challenge, bearer).await).await,
+        lightning("insufficient-balance")
+    );
+}
+
+#[tokio::test]
+async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
+    let h = Harness::start(|_| {}).await;
+    let (challenge, request, _) = h.challenge("/stream").await;
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    let mut events = Events::of(h.send("/stream", &challenge, open).await);
+    let mut names = Vec::new();
+    while let Some((name, _)) = events.next().await {
+        names.push(name);
+    }
+    assert_eq!(
+        names,
+        ["message", "message", "message", "payment-need-topup", "session-timeout"]
+    );
+    let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
+    let closed: Value = h.send("/stream", &challenge, close).await.json().await.unwrap();
+    assert_eq!(
+        closed,
+        json!({"status": "closed", "refundSats": 0, "refundStatus": "skipped"})
     );
 }

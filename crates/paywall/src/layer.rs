@@ -40,7 +40,8 @@ use crate::issue::{Binding, Doors};
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
 use crate::route::{request_host, RequestPath};
-use crate::route::{Auth, PricedService, Sells};
+use crate::meter::{self, Metered, MeteredBody};
+use crate::route::{Auth, Meter, PricedService, Sells};
 use crate::verify::{Verified, Verifier};
 
 /// Put into a request's extensions by the paywall: the priced service it
@@ -164,6 +165,8 @@ pin_project_lite::pin_project! {
         Own { bytes: Option<Bytes> },
         // Read in part to be kept, then not: what was read, then the rest.
         Partial { partial: Partial<B> },
+        // An event stream charged per event, passed on by its meter.
+        Metered { metered: MeteredBody },
     }
 }
 
@@ -172,6 +175,13 @@ impl<B> PaywallBody<B> {
         Self {
             inner: Inner::Partial { partial },
             spend,
+        }
+    }
+
+    fn metered(metered: MeteredBody) -> Self {
+        Self {
+            inner: Inner::Metered { metered },
+            spend: None,
         }
     }
 
@@ -205,6 +215,9 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
             InnerProj::Wrapped { body } => body.poll_frame(cx),
             InnerProj::Own { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             InnerProj::Partial { partial } => partial.poll_frame(cx),
+            InnerProj::Metered { metered } => {
+                std::pin::Pin::new(metered).poll_next(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+            }
         };
         if let Poll::Ready(None) = polled {
             // All sent: spend the payment now rather than when hyper gets
@@ -219,6 +232,7 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
             Inner::Wrapped { body } => body.is_end_stream(),
             Inner::Own { bytes } => bytes.is_none(),
             Inner::Partial { partial } => partial.is_end_stream(),
+            Inner::Metered { .. } => false,
         }
     }
 
@@ -229,6 +243,7 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Inner::Partial { partial } => partial.size_hint(),
+            Inner::Metered { .. } => SizeHint::default(),
         }
     }
 }
@@ -704,7 +719,7 @@ impl Paywall {
     ) -> Result<Response<PaywallBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-        ResBody: Body<Data = Bytes>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
     {
         let started = Instant::now();
         // From here the upstream has the request and may act on it: a
@@ -750,6 +765,24 @@ impl Paywall {
             }
         }
         make_private(&mut parts.headers);
+        if spend.hold.is_some()
+            && service.meter == Meter::Events
+            && meter::is_event_stream(&parts.headers)
+        {
+            let metered = Metered {
+                paywall: self.clone(),
+                session: verified.payment_hash,
+                price_sats: service.price_sats,
+                topup_wait: std::time::Duration::from_secs(service.topup_wait_secs),
+            };
+            // Its length is the meter's to decide now.
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+            let rx = metered.start(body, spend);
+            return Ok(Response::from_parts(
+                parts,
+                PaywallBody::metered(MeteredBody { rx }),
+            ));
+        }
         let Some(keep) = keep.filter(|_| idempotency::keepable(&parts.headers)) else {
             return Ok(Response::from_parts(
                 parts,

@@ -16,6 +16,7 @@
 //! - `verify`: L402 and MPP verification; `x402`: x402's offer and its
 //!   settled-invoice check;
 //! - [`claims`]: single use, keyed by payment hash and fenced by holder;
+//! - `meter`: event streams charged per event from a balance;
 //! - `sessions`: prepaid balances (the MPP session intent, L402 balance
 //!   tokens): opened once, spent atomically, topped up, refunded on close;
 //! - [`idempotency`]: `Idempotency-Key`, paid responses kept and replayed;
@@ -68,6 +69,7 @@ pub mod idempotency;
 pub mod issue;
 pub mod layer;
 pub mod limits;
+mod meter;
 pub mod metrics;
 pub mod payment_id;
 mod paywall;
@@ -89,5 +91,5 @@ pub use paywall::{
     Paywall, PaywallBuilder, PaywallError, DEFAULT_CLAIM_LEASE, DEFAULT_MAX_BODY_BYTES,
 };
 pub use responses::Refusal;
-pub use route::{Auth, PricedService, Schemes, Sells};
+pub use route::{Auth, Meter, PricedService, Schemes, Sells};
 pub use verify::Verified;

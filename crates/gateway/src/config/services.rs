@@ -8,7 +8,7 @@ use toml::{Table, Value};
 
 use super::check::Checker;
 use super::{
-    join, segment_prefix, Auth, HostPattern, PathPattern, PricedService, Rewrite, Schemes, Sells,
+    join, segment_prefix, Auth, HostPattern, PathPattern, Meter, PricedService, Rewrite, Schemes, Sells,
     ServiceConfig, ToolConfig, UpstreamConfig,
 };
 
@@ -30,6 +30,8 @@ struct RawService {
     token_lifetime_secs: Option<i64>,
     deposit_units: Option<i64>,
     idle_timeout_secs: Option<i64>,
+    meter: Option<String>,
+    topup_wait_secs: Option<i64>,
     capabilities: Option<Vec<String>>,
     headers: Option<Value>,
     rewrite: Option<Value>,
@@ -229,20 +231,35 @@ impl Checker {
                 Sells::Request
             }
         };
-        for (key, value, min) in [
-            ("deposit_units", raw.deposit_units, 1),
-            ("idle_timeout_secs", raw.idle_timeout_secs, 10),
+        for (key, value, min, max) in [
+            ("deposit_units", raw.deposit_units, 1, 1_000_000),
+            ("idle_timeout_secs", raw.idle_timeout_secs, 10, 1_000_000),
+            ("topup_wait_secs", raw.topup_wait_secs, 1, 600),
         ] {
             let Some(value) = value else { continue };
             if priced.sells != Sells::Balance {
                 self.error(&at(key), "only a service with sells = \"balance\" takes it");
-            } else if !(min..=1_000_000).contains(&value) {
-                self.error(&at(key), format!("must be between {min} and 1000000"));
+            } else if !(min..=max).contains(&value) {
+                self.error(&at(key), format!("must be between {min} and {max}"));
             } else if key == "deposit_units" {
                 priced.deposit_units = value as u64;
-            } else {
+            } else if key == "idle_timeout_secs" {
                 priced.session_idle_secs = value as u64;
+            } else {
+                priced.topup_wait_secs = value as u64;
             }
+        }
+        match raw.meter.as_deref() {
+            None | Some("request") => {}
+            Some("events") if priced.sells == Sells::Balance => priced.meter = Meter::Events,
+            Some("events") => self.error(
+                &at("meter"),
+                "only a service with sells = \"balance\" meters events",
+            ),
+            Some(other) => self.error(
+                &at("meter"),
+                format!("{other:?} is not \"request\" or \"events\""),
+            ),
         }
         if priced.sells == Sells::Balance && priced.schemes.x402() {
             self.error(

@@ -106,6 +106,18 @@ impl Sells {
     }
 }
 
+/// What a request to a balance is charged for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Meter {
+    /// The request: its price once.
+    #[default]
+    Request,
+    /// Each event of a server-sent event stream: the price per event, spent
+    /// as the stream flows (draft-lightning-session-00 §Streaming). A
+    /// response that is not an event stream is charged as one request.
+    Events,
+}
+
 /// One priced service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PricedService {
@@ -138,6 +150,11 @@ pub struct PricedService {
     /// For a balance: seconds of inactivity after which a session is
     /// closed and its unspent balance refunded.
     pub session_idle_secs: u64,
+    /// For a balance: what is charged, the request or each streamed event.
+    pub meter: Meter,
+    /// For a metered stream: seconds it is held, once the balance runs
+    /// out, for a top-up before it ends with `session-timeout`.
+    pub topup_wait_secs: u64,
 }
 
 impl PricedService {
@@ -158,6 +175,8 @@ impl PricedService {
             description: name.to_owned(),
             deposit_units: gate402_mpp::session::DEFAULT_DEPOSIT_UNITS,
             session_idle_secs: gate402_mpp::session::DEFAULT_IDLE_TIMEOUT_SECS,
+            meter: Meter::Request,
+            topup_wait_secs: 60,
         }
     }
 

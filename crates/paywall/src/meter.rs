@@ -1,0 +1,262 @@
+//! Metered event streams (draft-lightning-session-00 §Streaming): a
+//! server-sent event stream served from a balance is charged per event, as
+//! it flows.
+//!
+//! The request's own debit pays for the first event; each further event is
+//! debited before it is passed on. When the balance runs out the client
+//! gets a `payment-need-topup` event (`sessionId`, `balanceSpent`,
+//! `balanceRequired`) and the stream is held, upstream and all, until a
+//! top-up covers the next event or the wait ends with `session-timeout`.
+//! Before the stream ends (and before a closing `data: [DONE]`), a
+//! `payment-receipt` event says what it cost (`spent`, `units`).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use gate402_store::{ClaimHolder, Debit};
+use http::HeaderMap;
+use http_body::Body;
+use http_body_util::BodyExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::clock::unix_now;
+use crate::paywall::Paywall;
+
+/// How often a held stream looks for a top-up.
+const TOPUP_POLL: Duration = Duration::from_millis(250);
+
+/// Whether a response is an event stream.
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+/// The end of the first whole event in `buffer` (past its blank line).
+fn event_end(buffer: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buffer.len() {
+        if buffer[i] == b'\n' {
+            // A line feed, optionally after a carriage return, then an empty
+            // line: the event ends.
+            let next = &buffer[i + 1..];
+            if next.first() == Some(&b'\n') {
+                return Some(i + 2);
+            }
+            if next.starts_with(b"\r\n") {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether an event carries data (comments and keep-alives are free).
+fn has_data(event: &[u8]) -> bool {
+    event
+        .split(|b| *b == b'\n')
+        .any(|line| line.starts_with(b"data"))
+}
+
+/// Whether an event is the `data: [DONE]` that ends an LLM stream.
+fn is_done(event: &[u8]) -> bool {
+    event
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .any(|line| line == b"data: [DONE]" || line == b"data:[DONE]")
+}
+
+fn sse(event: &str, data: &serde_json::Value) -> Bytes {
+    Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+/// Charges a stream: one event at a time from the session's balance.
+pub(crate) struct Metered {
+    pub(crate) paywall: Paywall,
+    pub(crate) session: [u8; 32],
+    pub(crate) price_sats: u64,
+    pub(crate) topup_wait: Duration,
+}
+
+impl Metered {
+    /// Passes `body` on through the returned channel, charging each event
+    /// after the first. `paid_first` is dropped (kept: the first event's
+    /// debit) when the stream ends.
+    pub(crate) fn start<B, G>(self, body: B, paid_first: G) -> mpsc::Receiver<Bytes>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        G: Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(16);
+        let tracker = self.paywall.inner.background.clone();
+        tracker.spawn(async move {
+            self.run(body, tx).await;
+            drop(paid_first);
+        });
+        rx
+    }
+
+    async fn run<B: Body<Data = Bytes>>(&self, body: B, tx: mpsc::Sender<Bytes>) {
+        let mut body = Box::pin(body);
+        let mut buffer = BytesMut::new();
+        let mut units: u64 = 0;
+        loop {
+            let frame = match body.frame().await {
+                Some(Ok(frame)) => frame,
+                // The upstream ended or broke: what was charged stands.
+                Some(Err(_)) | None => break,
+            };
+            let Ok(data) = frame.into_data() else { continue };
+            buffer.extend_from_slice(&data);
+            while let Some(end) = event_end(&buffer) {
+                let event = buffer.split_to(end).freeze();
+                if has_data(&event) {
+                    if is_done(&event) {
+                        let _ = tx.send(self.receipt(units)).await;
+                        let _ = tx.send(event).await;
+                        return;
+                    }
+                    // The first event was paid with the request.
+                    if units > 0 && !self.charge(&tx).await {
+                        return;
+                    }
+                    units += 1;
+                }
+                if tx.send(event).await.is_err() {
+                    // The client left: nothing more is charged.
+                    return;
+                }
+            }
+        }
+        if !buffer.is_empty() {
+            let _ = tx.send(buffer.freeze()).await;
+        }
+        let _ = tx.send(self.receipt(units.max(1))).await;
+    }
+
+    /// Debits one event; when the balance is out, asks for a top-up and
+    /// holds the stream until one covers it. False: the stream ends (no
+    /// top-up in time, the session closed, or the client left).
+    async fn charge(&self, tx: &mpsc::Sender<Bytes>) -> bool {
+        let store = self.paywall.store();
+        let price_msat = self.price_sats.saturating_mul(1000);
+        let deadline = tokio::time::Instant::now() + self.topup_wait;
+        let mut asked = false;
+        loop {
+            let holder = ClaimHolder {
+                replica: self.paywall.inner.claims.replica().to_owned(),
+                token: hex::encode(rand::random::<[u8; 16]>()),
+            };
+            let spent_msat = match store.debit(&self.session, price_msat, &holder, unix_now()).await
+            {
+                Ok(Debit::Done { .. }) => {
+                    // Kept at once: the event goes out now.
+                    if let Err(e) = store.settle_debit(&holder).await {
+                        tracing::warn!(error = %e, "store: cannot settle a stream's debit");
+                    }
+                    return true;
+                }
+                Ok(Debit::Insufficient { spent_msat, .. }) => spent_msat,
+                Ok(Debit::Closed | Debit::NotFound) => {
+                    let _ = tx.send(self.timeout_event(0)).await;
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "store: cannot charge a stream's event");
+                    0
+                }
+            };
+            if !asked {
+                asked = true;
+                let need = sse(
+                    "payment-need-topup",
+                    &json!({
+                        "sessionId": hex::encode(self.session),
+                        "balanceSpent": spent_msat / 1000,
+                        "balanceRequired": self.price_sats,
+                    }),
+                );
+                if tx.send(need).await.is_err() {
+                    return false;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = tx.send(self.timeout_event(spent_msat / 1000)).await;
+                return false;
+            }
+            if tx.is_closed() {
+                return false;
+            }
+            tokio::time::sleep(TOPUP_POLL).await;
+        }
+    }
+
+    fn timeout_event(&self, spent_sats: u64) -> Bytes {
+        sse(
+            "session-timeout",
+            &json!({
+                "sessionId": hex::encode(self.session),
+                "balanceSpent": spent_sats,
+                "balanceRequired": self.price_sats,
+            }),
+        )
+    }
+
+    fn receipt(&self, units: u64) -> Bytes {
+        sse(
+            "payment-receipt",
+            &json!({
+                "method": "lightning",
+                "reference": hex::encode(self.session),
+                "status": "success",
+                "timestamp": gate402_mpp::format_time(time::OffsetDateTime::now_utc()),
+                "spent": units.saturating_mul(self.price_sats),
+                "units": units,
+            }),
+        )
+    }
+}
+
+/// The body of a metered stream: what the charging task passes on.
+pub(crate) struct MeteredBody {
+    pub(crate) rx: mpsc::Receiver<Bytes>,
+}
+
+impl MeteredBody {
+    pub(crate) fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Bytes>> {
+        self.get_mut().rx.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_cut_at_blank_lines() {
+        let stream = b"data: a\n\n: keep-alive\n\nevent: x\r\ndata: b\r\n\r\ndata: [DONE]\n\npartial";
+        let mut rest: &[u8] = stream;
+        let mut events = Vec::new();
+        while let Some(end) = event_end(rest) {
+            events.push(&rest[..end]);
+            rest = &rest[end..];
+        }
+        assert_eq!(events.len(), 4);
+        assert!(has_data(events[0]));
+        assert!(!has_data(events[1]), "a comment is free");
+        assert!(has_data(events[2]));
+        assert!(is_done(events[3]));
+        assert_eq!(rest, b"partial");
+    }
+}
