@@ -1,12 +1,15 @@
 //! `gate402 demo`: the whole payment loop once, each step printed.
 //!
 //! 402 → pay with the sandbox → retry with L402 → a new 402 → pay →
-//! retry with MPP → decode the receipt → replay the spent credential.
+//! retry with MPP → decode the receipt → replay the spent credential; then
+//! a prepaid session: a deposit opens it, a token stream is charged as it
+//! flows, a top-up resumes it, and closing refunds what is left.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use gate402_client::Offer;
+use gate402_mpp::{PaymentChallenge, PaymentCredential};
 use gate402_gateway::{demo, Gateway, GatewayConfig};
 use gate402_lightning_sandbox::http::pay_via;
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -139,10 +142,151 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
             bail!("a replayed {name} must get 402, got {}", replay.status());
         }
     }
-    println!("\nEach payment bought one request, through either protocol. A service with `sells = \"pass\"` sells L402 tokens that last a period instead.");
+    println!("\nEach payment bought one request, through either protocol. A service with `sells = \"pass\"` sells L402 tokens that last a period instead.\n");
+    session(&client, &base).await?;
     if let Some((gateway, task)) = local {
         gateway.shutdown().await?;
         task.abort();
     }
+    Ok(())
+}
+
+/// The session challenge of a 402, and its decoded request.
+async fn session_offer(
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<(PaymentChallenge, serde_json::Value)> {
+    let response = get(client, url, None).await?;
+    if response.status() != StatusCode::PAYMENT_REQUIRED {
+        bail!("expected 402, got {}", response.status());
+    }
+    let challenge = response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| gate402_mpp::challenge::parse_payment_challenges(v).unwrap_or_default())
+        .find(|c| c.intent.as_str() == gate402_mpp::session::SESSION)
+        .context("no session challenge offered")?;
+    let request = gate402_mpp::challenge::decode_request(&challenge)?;
+    println!(
+        "     Payment intent=\"session\": {} sat a token, deposit {} sat",
+        request["amount"].as_str().unwrap_or("?"),
+        request["depositAmount"].as_str().unwrap_or("?")
+    );
+    Ok((challenge, request))
+}
+
+/// Pays a session challenge's deposit invoice; the preimage, hex.
+async fn pay_deposit(
+    client: &reqwest::Client,
+    base: &str,
+    request: &serde_json::Value,
+) -> Result<String> {
+    let invoice = request["depositInvoice"]
+        .as_str()
+        .context("no depositInvoice")?;
+    let paid = pay_via(client, base, invoice).await?;
+    println!("     sandbox paid {} msat", paid.amount_msat);
+    Ok(paid.preimage)
+}
+
+fn session_credential(challenge: &PaymentChallenge, payload: serde_json::Value) -> String {
+    gate402_mpp::credential::to_authorization(&PaymentCredential::new(
+        challenge.to_echo(),
+        payload,
+    ))
+}
+
+/// One event of a stream: its name and data, or None at its end.
+async fn next_event(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+) -> Result<Option<(String, String)>> {
+    loop {
+        if let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let mut name = "message".to_owned();
+            let mut data = String::new();
+            for line in event.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = v.trim().to_owned();
+                }
+            }
+            if !data.is_empty() {
+                return Ok(Some((name, data)));
+            }
+            continue;
+        }
+        match response.chunk().await? {
+            Some(chunk) => buffer.push_str(&String::from_utf8_lossy(&chunk)),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// A prepaid session on the demo's streamed chat: opened with a deposit,
+/// charged a token at a time, topped up mid-stream, closed with a refund.
+async fn session(client: &reqwest::Client, base: &str) -> Result<()> {
+    let url = format!("{base}/api/chat/stream?prompt=metered");
+    println!("8. GET {url}: a balance, sold as an MPP session (or an L402 token)");
+    let (challenge, request) = session_offer(client, &url).await?;
+    println!("9. pay the deposit, get a return invoice for the refund (POST /sandbox/invoice)");
+    let preimage = pay_deposit(client, base, &request).await?;
+    let issued: serde_json::Value = client
+        .post(format!("{base}/sandbox/invoice"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let return_invoice = issued["invoice"].as_str().context("no return invoice")?;
+    let return_hash = issued["payment_hash"].as_str().unwrap_or_default().to_owned();
+    let session_id = request["paymentHash"].as_str().unwrap_or_default().to_owned();
+    println!("10. open the session and read the stream, charged a token at a time");
+    let open = session_credential(
+        &challenge,
+        serde_json::json!({"action": "open", "preimage": preimage, "returnInvoice": return_invoice}),
+    );
+    let mut stream = get(client, &url, Some(&open)).await?;
+    if stream.status() != StatusCode::OK {
+        bail!("expected 200, got {}", stream.status());
+    }
+    let mut buffer = String::new();
+    while let Some((name, data)) = next_event(&mut stream, &mut buffer).await? {
+        match name.as_str() {
+            "payment-need-topup" => {
+                println!("     event {name}: {data}");
+                println!("     top up while the stream waits: a fresh 402, paid, sent as topUp");
+                let (fresh, fresh_request) = session_offer(client, &url).await?;
+                let top_up = pay_deposit(client, base, &fresh_request).await?;
+                let credential = session_credential(
+                    &fresh,
+                    serde_json::json!({"action": "topUp", "sessionId": session_id, "topUpPreimage": top_up}),
+                );
+                let answer = get(client, &url, Some(&credential)).await?;
+                println!("     topUp: {} {}", answer.status(), answer.text().await?);
+            }
+            "message" => println!("     {data}"),
+            _ => println!("     event {name}: {data}"),
+        }
+    }
+    println!("11. close the session: the unspent balance is refunded");
+    let close = session_credential(
+        &challenge,
+        serde_json::json!({"action": "close", "sessionId": session_id, "preimage": preimage}),
+    );
+    let closed = get(client, &url, Some(&close)).await?;
+    println!("     {} {}", closed.status(), closed.text().await?);
+    let refund: serde_json::Value = client
+        .get(format!("{base}/sandbox/invoice/{return_hash}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    println!("     the return invoice: {refund}");
+    println!("\nOne deposit paid for many tokens; what was not spent came back.");
     Ok(())
 }

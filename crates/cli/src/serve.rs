@@ -97,7 +97,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
             &format!("  gate402 get {url}/api/weather?city=Oslo      # or let the client pay\n");
         text += &format!("  gate402 mcp call {url}/mcp weather --args '{{\"city\":\"Oslo\"}}'   # the same as an MCP tool\n");
         text += &format!(
-            "  gate402 demo --url {url}                     # the whole loop, step by step\n"
+            "  curl -i {url}/api/chat/stream                # a balance: an MPP session or an L402 token\n"
+        );
+        text += &format!(
+            "  gate402 demo --url {url}                     # the whole loop and a session, step by step\n"
         );
         text += &format!("\n  discovery: {url}/.well-known/l402-services  {url}/.well-known/mcp  {url}/openapi.json  metrics: {url}/metrics\n");
         text

@@ -148,3 +148,35 @@ async fn sighup_reloads_services_and_logs_are_json() {
         "{logs}"
     );
 }
+
+/// `gate402 demo`, the README's first command: the whole payment loop on
+/// the embedded defaults, then a metered session topped up mid-stream and
+/// refunded on close.
+#[test]
+fn the_demo_runs_the_payment_loop_and_a_refunded_session() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("demo")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "7. replay the L402 token",
+        "Payment intent=\"session\": 1 sat a token, deposit 5 sat",
+        "event payment-need-topup",
+        "topUp: 200 OK {\"status\":\"ok\"}",
+        "event payment-receipt",
+        "[DONE]",
+        "\"refundStatus\":\"succeeded\"",
+        "\"status\":\"settled\"",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+}

@@ -79,9 +79,32 @@ async fn chat(Query(query): Query<ChatQuery>) -> Json<serde_json::Value> {
     Json(json!({"prompt": prompt, "answer": format!("you said: {prompt}"), "source": "gate402 demo"}))
 }
 
+/// The answer streamed a word at a time, as an LLM streams tokens, ending
+/// with `data: [DONE]`.
+async fn chat_stream(
+    Query(query): Query<ChatQuery>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let prompt = query.prompt.unwrap_or_else(|| "hello".into());
+    let mut words: Vec<String> = format!("you said: {prompt}, and that is all I know")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    words.push("[DONE]".into());
+    let tokens = stream::iter(words).then(|word| async move {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let data = if word == "[DONE]" {
+            word
+        } else {
+            json!({"token": word}).to_string()
+        };
+        Ok(Event::default().data(data))
+    });
+    Sse::new(tokens)
+}
+
 async fn hello() -> Json<serde_json::Value> {
     Json(
-        json!({"hello": "this route is free", "paid": ["/api/weather", "/api/translate", "/api/events", "/api/chat"]}),
+        json!({"hello": "this route is free", "paid": ["/api/weather", "/api/translate", "/api/events", "/api/chat", "/api/chat/stream"]}),
     )
 }
 
@@ -92,6 +115,7 @@ pub fn router() -> Router {
         .route("/translate", post(translate))
         .route("/events", get(events))
         .route("/chat", get(chat))
+        .route("/chat/stream", get(chat_stream))
         .route("/hello", get(hello))
 }
 
@@ -163,9 +187,23 @@ pub fn services(upstream: &str) -> Vec<ServiceConfig> {
         Auth::On,
     );
     chat.priced = chat.priced.balance(20);
+    // The same, streamed: each token is charged as it flows, 1 sat from a
+    // 5 sat deposit, so a longer answer asks for a top-up mid-stream.
+    let mut chat_stream = make(
+        "chat-stream",
+        "/api/chat/stream",
+        Method::GET,
+        1,
+        "Chat streamed token by token, metered from a prepaid balance (demo)",
+        Auth::On,
+    );
+    chat_stream.priced = chat_stream.priced.balance(5);
+    chat_stream.priced.meter = crate::config::Meter::Events;
+    chat_stream.priced.topup_wait_secs = 30;
     vec![
         weather,
         weather_x402,
+        chat_stream,
         chat,
         make(
             "translate",
