@@ -47,8 +47,9 @@ pub struct FetchArgs {
     /// Print one JSON document: status, headers, body, payment.
     #[arg(long)]
     pub json: bool,
-    /// Scheme to answer with when both are offered (default: the first offered).
-    #[arg(long, value_parser = ["l402", "mpp"])]
+    /// Scheme to answer with when several are offered (default: the first
+    /// of L402 and MPP offered; x402 when neither is).
+    #[arg(long, value_parser = ["l402", "mpp", "x402"])]
     pub prefer: Option<String>,
     /// Spending limits and the wallet.
     #[command(flatten)]
@@ -177,6 +178,9 @@ pub fn print_offer(offer: &gate402_client::Offer) -> Result<()> {
     if offer.payment.is_some() {
         schemes.push("MPP");
     }
+    if offer.x402.is_some() {
+        schemes.push("x402");
+    }
     let description = match offer.invoice.description() {
         gate402_bolt11::Description::Text(text) => text,
         gate402_bolt11::Description::Hash(hash) => format!("(hash {})", hex::encode(hash)),
@@ -206,12 +210,10 @@ pub fn report_payment(paid: &gate402_client::PaymentEntry) {
 }
 
 async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
-    let prefer = args.prefer.as_deref().map(|p| {
-        if p == "mpp" {
-            Prefer::Mpp
-        } else {
-            Prefer::L402
-        }
+    let prefer = args.prefer.as_deref().map(|p| match p {
+        "mpp" => Prefer::Mpp,
+        "x402" => Prefer::X402,
+        _ => Prefer::L402,
     });
     let payer = args.pay.payer(prefer, data_dir).await?;
     // Redirects are followed by the payer, hop by hop, so that each 402 is

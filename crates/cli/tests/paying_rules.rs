@@ -1,8 +1,10 @@
 //! What `gate402 get` pays, to whom, and with which credential where:
 //! challenges read as the official SDKs read them, expired ones refused
 //! before paying, mixed-case invoices refused, tokens kept for what they
-//! buy, redirects paid by the origin that asks, and a request's own
-//! `Authorization` kept when the challenge names `Payment-Authorization`.
+//! buy, redirects paid by the origin that asks, a request's own
+//! `Authorization` kept when the challenge names `Payment-Authorization`,
+//! and x402 offers paid where nothing else is offered, once checked
+//! against their invoice.
 
 mod common;
 
@@ -210,6 +212,52 @@ impl Origin {
             .into_response()
     }
 
+    /// Whether `value`, a `payment-signature`, presents one of this
+    /// origin's invoices that was paid.
+    fn proves_x402(&self, value: &str) -> Result<(), String> {
+        let payment = gate402_x402::parse_signature(value).map_err(|e| e.to_string())?;
+        let invoice =
+            gate402_bolt11::Invoice::parse(&payment.payload.invoice).map_err(|e| e.to_string())?;
+        if self.paid.lock().unwrap().contains(&invoice.payment_hash()) {
+            Ok(())
+        } else {
+            Err("not paid".into())
+        }
+    }
+
+    /// A 402 with x402's `PAYMENT-REQUIRED` alone, offering an invoice of
+    /// `sats` as gate402's gateway does; `edit` changes the offer's JSON
+    /// before it is sent.
+    fn x402_402(&self, sats: u64, edit: fn(&mut Value)) -> Response {
+        let (invoice, _) = self.invoice(sats, 600);
+        let valid_until = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+        let mut offer = json!({
+            "x402Version": 2,
+            "resource": {"url": "/stub"},
+            "accepts": [{
+                "scheme": "exact",
+                "network": "lightning",
+                "amount": (sats * 1000).to_string(),
+                "asset": "BTC",
+                "payTo": "02".repeat(33),
+                "maxTimeoutSeconds": 600,
+                "extra": {
+                    "paymentMethod": "lightning",
+                    "invoice": invoice,
+                    "network": "regtest",
+                    "validUntil": valid_until,
+                    "binding": "stub",
+                },
+            }],
+        });
+        edit(&mut offer);
+        (
+            StatusCode::PAYMENT_REQUIRED,
+            [("payment-required", gate402_x402::encode(&offer))],
+        )
+            .into_response()
+    }
+
     /// A 402 with an L402 challenge.
     fn l402_402(&self, sats: u64) -> Response {
         let (invoice, hash) = self.invoice(sats, 600);
@@ -239,6 +287,12 @@ impl Origin {
             let ask = ask.clone();
             async move {
                 origin.note(path, &headers);
+                if let Some(signature) = text(&headers, "payment-signature") {
+                    return match origin.proves_x402(&signature) {
+                        Ok(()) => (StatusCode::OK, served).into_response(),
+                        Err(why) => (StatusCode::UNAUTHORIZED, why).into_response(),
+                    };
+                }
                 let credential = text(&headers, "payment-authorization")
                     .or_else(|| text(&headers, "authorization"))
                     .filter(|v| v.starts_with("L402 ") || v.starts_with("Payment "));
@@ -840,4 +894,119 @@ price_sats = 4
         assert_eq!(String::from_utf8_lossy(&out.stdout), "served");
     }
     assert_eq!(payments(client.path()).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_x402_only_route_is_paid_once_through_x402() {
+    let (gateway, base, _upstream) = demo_gateway().await;
+    let client = tempfile::tempdir().unwrap();
+    let url = format!("{base}/api/x402/weather?city=Oslo");
+    let out = gate402(client.path(), &["get", "--no-pay", &url]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let offer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offer["schemes"], json!(["x402"]));
+    assert_eq!(offer["price_sats"], 10);
+
+    let out = gate402(client.path(), &["get", "--json", &url]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], 200, "{report}");
+    let body: Value = serde_json::from_str(report["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["city"], "Oslo");
+    assert_eq!(report["payment"]["scheme"], "x402");
+    // The gateway's answer to an x402 payment names what was paid.
+    let answered = STANDARD
+        .decode(report["headers"]["payment-response"].as_str().unwrap())
+        .unwrap();
+    let answered: Value = serde_json::from_slice(&answered).unwrap();
+    assert_eq!(answered["success"], true);
+    assert_eq!(answered["transaction"], report["payment"]["payment_hash"]);
+
+    let ledger = payments(client.path()).await;
+    assert_eq!(ledger.len(), 1, "paid once: {ledger:?}");
+    assert_eq!(ledger[0]["scheme"], "x402");
+    assert_eq!(ledger[0]["amount_msat"], 10_000);
+    assert_eq!(ledger[0]["status"], "paid");
+    assert!(ledger[0]["receipt"].is_string(), "{ledger:?}");
+
+    // Where L402 and MPP are offered too, one of them is answered, unless
+    // x402 is asked for.
+    let every_door = format!("{base}/api/weather?city=Oslo");
+    for prefer in [None, Some("x402")] {
+        let mut args = vec!["get", "-s"];
+        args.extend(prefer.iter().flat_map(|p| ["--prefer", *p]));
+        args.push(&every_door);
+        let out = gate402(client.path(), &args).await;
+        assert!(out.status.success(), "{prefer:?}: {}", stderr(&out));
+    }
+    let ledger = payments(client.path()).await;
+    let schemes: Vec<_> = ledger.iter().map(|p| p["scheme"].clone()).collect();
+    assert_eq!(schemes, [json!("x402"), json!("L402"), json!("x402")]);
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_x402_offer_that_disagrees_with_its_invoice_or_has_ended_is_refused_before_paying() {
+    let origin = Origin::default();
+    let routes = Router::new()
+        .route(
+            "/x402",
+            origin.paid_route("/x402", "paid", |o| o.x402_402(2, |_| {})),
+        )
+        .route(
+            "/cheaper",
+            origin.paid_route("/cheaper", "paid", |o| {
+                o.x402_402(2, |offer| offer["accepts"][0]["amount"] = "1000".into())
+            }),
+        )
+        .route(
+            "/other-network",
+            origin.paid_route("/other-network", "paid", |o| {
+                o.x402_402(2, |offer| {
+                    offer["accepts"][0]["extra"]["network"] = "mainnet".into()
+                })
+            }),
+        )
+        .route(
+            "/ended",
+            origin.paid_route("/ended", "paid", |o| {
+                o.x402_402(2, |offer| {
+                    offer["accepts"][0]["extra"]["validUntil"] = 1_600_000_000.into()
+                })
+            }),
+        );
+    let base = origin.serve("127.0.0.1", routes).await;
+    let client = tempfile::tempdir().unwrap();
+    // The offer as it should be is paid: the refusals below are the
+    // offers' own.
+    let out = gate402(client.path(), &["get", "-s", &format!("{base}/x402")]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "paid");
+    for (path, code, needle) in [
+        (
+            "/cheaper",
+            1,
+            "the x402 offer: invoice is for 2000 msat, expected 1000 msat",
+        ),
+        (
+            "/other-network",
+            1,
+            "the x402 offer: invoice is for regtest, expected mainnet",
+        ),
+        (
+            "/ended",
+            6,
+            "refused: the x402 offer (validUntil) expired at 2020-09-13T12:26:40Z",
+        ),
+    ] {
+        let out = gate402(client.path(), &["get", &format!("{base}{path}")]).await;
+        let stderr = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{path}: {stderr}");
+        assert!(stderr.contains(needle), "{path}: {stderr}");
+    }
+    let ledger = payments(client.path()).await;
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0]["scheme"], "x402");
+    assert_eq!(ledger[0]["amount_msat"], 2_000);
+    assert_eq!(origin.paid.lock().unwrap().len(), 1, "nothing else paid");
 }

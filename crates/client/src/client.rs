@@ -17,17 +17,22 @@ use crate::ledger::{BeginError, PaymentState, PendingPayment};
 use crate::policy::expiry;
 use crate::wallet::may_be_in_flight;
 use crate::{
-    CachedToken, Ledger, LedgerError, Offer, OfferError, PaymentEntry, Policy, Refusal, Wallet,
-    PAYMENT_AUTHORIZATION,
+    CachedToken, Ledger, LedgerError, Offer, OfferError, PaymentEntry, Policy, Refusal, RequestKey,
+    Wallet, IDEMPOTENCY_KEY, PAYMENT_AUTHORIZATION,
 };
 
-/// Which scheme to answer with when both are offered.
+/// Which scheme to answer with when several are offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prefer {
     /// `Authorization: L402 …` (reusable token).
     L402,
     /// `Authorization: Payment …` (single use).
     Mpp,
+    /// `payment-signature: …` (x402; single use). Without a preference it
+    /// is answered only when neither L402 nor MPP can be: their credentials
+    /// prove payment by the preimage in every deployed form, x402's
+    /// Lightning payment by the invoice alone in most.
+    X402,
 }
 
 impl Prefer {
@@ -36,6 +41,7 @@ impl Prefer {
         match self {
             Prefer::L402 => "L402",
             Prefer::Mpp => "Payment",
+            Prefer::X402 => "x402",
         }
     }
 }
@@ -227,6 +233,7 @@ fn moved(mut request: Request, url: Url) -> Request {
             headers.remove(name);
         }
         headers.remove(PAYMENT_AUTHORIZATION);
+        headers.remove(gate402_x402::PAYMENT_SIGNATURE);
     }
     *request.url_mut() = url;
     request
@@ -275,22 +282,30 @@ fn with_credential(request: &Request, field: &str, value: &str) -> Result<Reques
     Ok(attempt)
 }
 
-/// Sends `request` with a kept L402 token in `Authorization`.
-async fn present<S, F>(
+/// Sends `request` with `credential` in `field`, and again (up to
+/// [`PAID_RETRIES`] times) while it is lost in transit: each time the
+/// same request, its `Idempotency-Key` included.
+async fn send_paid<S, F>(
     request: &Request,
-    token: &CachedToken,
+    field: &str,
+    credential: &str,
     send: &S,
 ) -> Result<Response, FetchError>
 where
     S: Fn(Request) -> F + Sync,
     F: Future<Output = Result<Response, FetchError>> + Send,
 {
-    send(with_credential(
-        request,
-        "Authorization",
-        &token.authorization,
-    )?)
-    .await
+    let mut wait = PAID_RETRY_AFTER;
+    for _ in 0..PAID_RETRIES {
+        match send(with_credential(request, field, credential)?).await {
+            Err(error) if lost_in_transit(&error) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            answered => return answered,
+        }
+    }
+    send(with_credential(request, field, credential)?).await
 }
 
 /// Whether the request carries an `Authorization` of its own (an API
@@ -302,14 +317,43 @@ fn carries_authorization(request: &Request) -> bool {
 /// Whether a pending payment was for what `offer` sells, as far as their
 /// L402 macaroons tell (when either has no `services`, it is taken to be).
 fn buys_the_same(pending: &PendingPayment, offer: &Offer) -> bool {
-    let earlier = Offer::from_challenges(pending.challenges.iter().map(String::as_str))
-        .ok()
-        .and_then(|o| o.l402_services());
+    let earlier = pending_offer(pending).ok().and_then(|o| o.l402_services());
     match (earlier, offer.l402_services()) {
         (Some(earlier), Some(now)) => earlier == now,
         _ => true,
     }
 }
+
+/// The offer a pending payment was begun for.
+fn pending_offer(pending: &PendingPayment) -> Result<Offer, OfferError> {
+    Offer::from_parts(
+        pending.challenges.iter().map(String::as_str),
+        pending.payment_required.as_deref(),
+    )
+}
+
+/// The scheme to answer a resumed payment's offer with: the one it was
+/// begun for, if that offer has it, else the first the offer has.
+fn resumed_scheme(recorded: &str, offer: &Offer) -> Prefer {
+    let all = [Prefer::L402, Prefer::Mpp, Prefer::X402];
+    all.into_iter()
+        .find(|s| s.as_str() == recorded && offer.offers(*s))
+        .or_else(|| all.into_iter().find(|s| offer.offers(*s)))
+        .unwrap_or(Prefer::L402)
+}
+
+/// Whether a request failed on its way, before any answer: sending the
+/// same request again may get through. A timeout is not one (the server
+/// may still be at work on the first).
+fn lost_in_transit(error: &FetchError) -> bool {
+    matches!(error, FetchError::Http(e) if (e.is_connect() || e.is_request()) && !e.is_timeout())
+}
+
+/// How often a paid request is sent again after it was lost in transit
+/// (the payment is made: giving up would lose it).
+const PAID_RETRIES: u32 = 2;
+/// The wait before the first of those; doubled before each next one.
+const PAID_RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// Whether a server refused the credential presented.
 fn refused(status: StatusCode) -> bool {
@@ -337,13 +381,24 @@ impl Payer {
         F: Future<Output = Result<Response, FetchError>> + Send,
     {
         let endpoint = Endpoint::of_request(&request);
+        // Every paid attempt of this request carries the same key; the
+        // unpaid one none, as it is not performed.
+        let key = RequestKey::for_request(&request);
+        let mut request = request;
+        if let Some(key) = &key {
+            key.apply(&mut request);
+        }
         if let Some(answer) = self
-            .with_cached_token(&request, &endpoint, false, &send)
+            .with_cached_token(&request, &endpoint, false, key.as_ref(), &send)
             .await?
         {
             return Ok(Fetched::Response(answer, None));
         }
-        let response = send(request.try_clone().ok_or(FetchError::NotRepeatable)?).await?;
+        let mut unpaid = request.try_clone().ok_or(FetchError::NotRepeatable)?;
+        if key.is_some() {
+            unpaid.headers_mut().remove(IDEMPOTENCY_KEY);
+        }
+        let response = send(unpaid).await?;
         if response.status() != StatusCode::PAYMENT_REQUIRED {
             return Ok(Fetched::Response(response, None));
         }
@@ -381,7 +436,7 @@ impl Payer {
             .await?;
         // Whoever held the lock may have bought a token meanwhile.
         if let Some(answer) = self
-            .with_cached_token(&request, &endpoint, over_own, &send)
+            .with_cached_token(&request, &endpoint, over_own, key.as_ref(), &send)
             .await?
         {
             return Ok(Fetched::Response(answer, None));
@@ -396,14 +451,17 @@ impl Payer {
             if !buys_the_same(&pending, &offer) {
                 continue;
             }
-            if let Some(fetched) = self.resume(pending, &request, &endpoint, &send).await? {
+            if let Some(fetched) = self
+                .resume(pending, &request, &endpoint, key.as_ref(), &send)
+                .await?
+            {
                 return Ok(fetched);
             }
         }
         // A token bought on another route of the same service buys this
         // one too.
         if let Some(answer) = self
-            .with_service_token(&request, &endpoint, &offer, over_own, &send)
+            .with_service_token(&request, &endpoint, &offer, over_own, key.as_ref(), &send)
             .await?
         {
             return Ok(Fetched::Response(answer, None));
@@ -411,7 +469,7 @@ impl Payer {
         let now = SystemTime::now();
         let scheme = self.scheme_for(&offer, own_authorization, now);
         self.policy.check(&offer, scheme, now)?;
-        let (mut entry, outcome) = self.pay(&endpoint, &offer, scheme).await?;
+        let (mut entry, outcome) = self.pay(&endpoint, &offer, scheme, key.as_ref()).await?;
         let answer = self
             .answer(
                 &request, &endpoint, &offer, scheme, &mut entry, &outcome, &send,
@@ -421,16 +479,18 @@ impl Payer {
     }
 
     /// Pays `offer`'s invoice for `endpoint`: written to the ledger as
-    /// pending (within the budget) before it is sent, settled or failed
-    /// once its outcome is known, resolved through the wallet when that
-    /// is not known at once. The caller holds the endpoint's lock.
+    /// pending (within the budget, with the offer and `request_key`, the
+    /// key of the request paid for) before it is sent, settled or failed
+    /// once its outcome is known, resolved through the wallet when that is
+    /// not known at once. The caller holds the endpoint's lock.
     pub(crate) async fn pay(
         &self,
         endpoint: &Endpoint,
         offer: &Offer,
         scheme: Prefer,
+        request_key: Option<&RequestKey>,
     ) -> Result<(PaymentEntry, PaymentOutcome), FetchError> {
-        let mut entry = PaymentEntry {
+        let entry = PaymentEntry {
             id: 0,
             url: endpoint.url.clone(),
             origin: endpoint.origin.clone(),
@@ -445,12 +505,15 @@ impl Payer {
             error: None,
             created_at: now(),
         };
-        entry.id = self.ledger.begin_payment(
-            &entry,
-            &offer.bolt11,
-            &offer.challenges,
-            &self.policy.budget,
-        )?;
+        let begun = PendingPayment {
+            entry,
+            bolt11: offer.bolt11.clone(),
+            challenges: offer.challenges.clone(),
+            payment_required: offer.payment_required.clone(),
+            request_key: request_key.cloned(),
+        };
+        let mut entry = begun.entry.clone();
+        entry.id = self.ledger.begin_payment(&begun, &self.policy.budget)?;
         let paid = self
             .wallet
             .pay(
@@ -497,6 +560,39 @@ impl Payer {
         Ok(())
     }
 
+    /// Sends `request` with a kept L402 token in `Authorization`. A retry
+    /// of a request that went out with the token and got no answer (the
+    /// digest of `own_key`, the key this run made for it, is the one
+    /// noted with the token) carries that request's key instead; the key
+    /// sent is noted with the token until an answer comes.
+    async fn present<S, F>(
+        &self,
+        request: &Request,
+        token: &CachedToken,
+        own_key: Option<&RequestKey>,
+        send: &S,
+    ) -> Result<Response, FetchError>
+    where
+        S: Fn(Request) -> F + Sync,
+        F: Future<Output = Result<Response, FetchError>> + Send,
+    {
+        let mut attempt = with_credential(request, "Authorization", &token.authorization)?;
+        if let (Some(own), Some(kept)) = (own_key, &token.unanswered) {
+            if kept.request_digest == own.request_digest {
+                kept.apply(&mut attempt);
+            }
+        }
+        let sent = RequestKey::of(&attempt);
+        if let Some(sent) = &sent {
+            self.ledger.note_unanswered(&token.payment_hash, sent)?;
+        }
+        let answer = send(attempt).await?;
+        if let Some(sent) = &sent {
+            self.ledger.note_answered(&token.payment_hash, sent)?;
+        }
+        Ok(answer)
+    }
+
     /// Tries the token kept for this endpoint's route, if any. `None`: no
     /// token, or the route refused it (then it is forgotten there). A
     /// request with an `Authorization` of its own gets one only when
@@ -506,6 +602,7 @@ impl Payer {
         request: &Request,
         endpoint: &Endpoint,
         over_own: bool,
+        own_key: Option<&RequestKey>,
         send: &S,
     ) -> Result<Option<Response>, FetchError>
     where
@@ -521,7 +618,7 @@ impl Payer {
         else {
             return Ok(None);
         };
-        let answer = present(request, &token, send).await?;
+        let answer = self.present(request, &token, own_key, send).await?;
         if refused(answer.status()) {
             // Expired or revoked, if the route it was kept for said so; a
             // refusal from where a redirect led says nothing of it.
@@ -543,6 +640,7 @@ impl Payer {
         endpoint: &Endpoint,
         offer: &Offer,
         over_own: bool,
+        own_key: Option<&RequestKey>,
         send: &S,
     ) -> Result<Option<Response>, FetchError>
     where
@@ -561,7 +659,7 @@ impl Payer {
         else {
             return Ok(None);
         };
-        let answer = present(request, &token, send).await?;
+        let answer = self.present(request, &token, own_key, send).await?;
         if refused(answer.status()) {
             return Ok(None);
         }
@@ -569,6 +667,8 @@ impl Payer {
             let token = CachedToken {
                 method: endpoint.method.clone(),
                 path: endpoint.path.clone(),
+                // Answered: nothing to send again.
+                unanswered: None,
                 ..token
             };
             self.ledger.cache_token(&token, now())?;
@@ -578,28 +678,33 @@ impl Payer {
 
     /// The scheme to answer `offer` with: one whose challenge has not
     /// expired, the one that keeps the request's own `Authorization` when
-    /// it has one, then the preference, then the first offered.
+    /// it has one, then the preference, then the first of L402 and MPP
+    /// offered, then x402.
     pub(crate) fn scheme_for(
         &self,
         offer: &Offer,
         own_authorization: bool,
         now: SystemTime,
     ) -> Prefer {
-        let live = |scheme| expiry(offer, scheme, now).is_none();
-        let mpp = offer.payment.is_some() && live(Prefer::Mpp);
-        let l402 = offer.l402.is_some() && live(Prefer::L402);
+        let live = |scheme| offer.offers(scheme) && expiry(offer, scheme, now).is_none();
+        let mpp = live(Prefer::Mpp);
         if mpp && own_authorization && offer.payment_field() == PAYMENT_AUTHORIZATION {
             return Prefer::Mpp;
         }
-        match (self.prefer, l402, mpp) {
-            (_, false, true) => Prefer::Mpp,
-            (_, true, false) => Prefer::L402,
-            (Some(prefer), true, true) => prefer,
-            (None, true, true) if !offer.l402_first => Prefer::Mpp,
-            (None, true, true) => Prefer::L402,
-            // Neither can be paid: the policy will say why.
-            (_, false, false) if offer.l402.is_none() => Prefer::Mpp,
-            (_, false, false) => Prefer::L402,
+        if let Some(prefer) = self.prefer.filter(|p| live(*p)) {
+            return prefer;
+        }
+        match (live(Prefer::L402), mpp) {
+            (true, true) if offer.l402_first => Prefer::L402,
+            (_, true) => Prefer::Mpp,
+            (true, false) => Prefer::L402,
+            (false, false) if live(Prefer::X402) => Prefer::X402,
+            // Nothing can be paid: the policy will say why, of the first
+            // offered.
+            (false, false) => [Prefer::L402, Prefer::Mpp]
+                .into_iter()
+                .find(|s| offer.offers(*s))
+                .unwrap_or(Prefer::X402),
         }
     }
 
@@ -631,7 +736,7 @@ impl Payer {
         &self,
         pending: PendingPayment,
     ) -> Result<Option<(PaymentEntry, PaymentOutcome, Offer)>, FetchError> {
-        let mut entry = pending.entry;
+        let mut entry = pending.entry.clone();
         let outcome = match self
             .await_outcome(&entry.origin, &entry.payment_hash, &pending.bolt11)
             .await?
@@ -649,29 +754,43 @@ impl Payer {
             }
         };
         self.settle(&mut entry, &outcome)?;
-        let offer = Offer::from_challenges(pending.challenges.iter().map(String::as_str))?;
+        let offer = pending_offer(&pending)?;
         Ok(Some((entry, outcome, offer)))
     }
 
-    /// Finishes a pending payment and answers the request with it.
+    /// Finishes a pending payment and answers the request with it. When
+    /// the request is the one the payment was begun for (`own_key`, the
+    /// key this run made, has the digest kept with it), it goes out with
+    /// the key kept: to the API it is a retry of that request.
     async fn resume<S, F>(
         &self,
         pending: PendingPayment,
         request: &Request,
         endpoint: &Endpoint,
+        own_key: Option<&RequestKey>,
         send: &S,
     ) -> Result<Option<Fetched>, FetchError>
     where
         S: Fn(Request) -> F + Sync,
         F: Future<Output = Result<Response, FetchError>> + Send,
     {
+        let kept = pending
+            .request_key
+            .clone()
+            .filter(|kept| own_key.is_some_and(|own| own.request_digest == kept.request_digest));
         let Some((mut entry, outcome, offer)) = self.finish_pending(pending).await? else {
             return Ok(None);
         };
-        let scheme = if entry.scheme == Prefer::Mpp.as_str() && offer.payment.is_some() {
-            Prefer::Mpp
-        } else {
-            Prefer::L402
+        let scheme = resumed_scheme(&entry.scheme, &offer);
+        let retried;
+        let request = match kept {
+            Some(kept) => {
+                let mut again = request.try_clone().ok_or(FetchError::NotRepeatable)?;
+                kept.apply(&mut again);
+                retried = again;
+                &retried
+            }
+            None => request,
         };
         let answer = self
             .answer(
@@ -681,8 +800,9 @@ impl Payer {
         Ok(Some(Fetched::Response(answer, Some(entry))))
     }
 
-    /// Retries `request` with the paid credential; keeps the receipt and,
-    /// for L402, the token.
+    /// Retries `request` with the paid credential (sent again, as it is,
+    /// when it is lost in transit); keeps the receipt and, for L402, the
+    /// token.
     #[allow(clippy::too_many_arguments)]
     async fn answer<S, F>(
         &self,
@@ -704,6 +824,10 @@ impl Payer {
                 offer.payment_field(),
                 offer.payment_authorization(&outcome.preimage),
             ),
+            Prefer::X402 => (
+                gate402_x402::PAYMENT_SIGNATURE,
+                offer.x402_signature(&outcome.preimage),
+            ),
         };
         let credential = credential.unwrap_or_default();
         if scheme == Prefer::L402 {
@@ -713,6 +837,8 @@ impl Payer {
                 .iter()
                 .filter_map(|(_, value)| value.parse::<u64>().ok())
                 .min();
+            // With the request's key: until it is answered, a retry of it
+            // with the token is a retry, not a second request.
             let token = CachedToken {
                 origin: endpoint.origin.clone(),
                 method: endpoint.method.clone(),
@@ -721,10 +847,14 @@ impl Payer {
                 payment_hash: entry.payment_hash.clone(),
                 authorization: credential.clone(),
                 expires_at,
+                unanswered: RequestKey::of(request),
             };
             self.ledger.cache_token(&token, now())?;
         }
-        let answer = send(with_credential(request, field, &credential)?).await?;
+        let answer = send_paid(request, field, &credential, send).await?;
+        if let (Prefer::L402, Some(sent)) = (scheme, RequestKey::of(request)) {
+            self.ledger.note_answered(&entry.payment_hash, &sent)?;
+        }
         if scheme == Prefer::L402
             && offer.l402_single_use()
             && !refused(answer.status())
@@ -734,9 +864,14 @@ impl Payer {
             // (After a 5xx the gateway keeps it unspent for a retry.)
             self.ledger.forget_payment_tokens(&entry.payment_hash)?;
         }
-        let receipt = answer
-            .headers()
+        let headers = answer.headers();
+        let receipt = headers
             .get(gate402_mpp::RECEIPT_HEADER)
+            .or_else(|| {
+                (scheme == Prefer::X402)
+                    .then(|| headers.get(gate402_x402::PAYMENT_RESPONSE))
+                    .flatten()
+            })
             .and_then(|v| v.to_str().ok());
         entry.scheme = scheme.as_str().into();
         self.ledger
@@ -749,7 +884,7 @@ impl Payer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::{invoice, l402_challenge, payment_challenge};
+    use crate::tests::{invoice, l402_challenge, payment_challenge, x402_required};
     use crate::Budget;
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
@@ -814,6 +949,64 @@ mod tests {
             payer(None, dir.path()).scheme_for(&alone, false, now),
             Prefer::Mpp
         );
+    }
+
+    #[test]
+    fn x402_is_answered_when_asked_for_or_when_nothing_else_can_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let bolt11 = invoice([6; 32], 600);
+        let live = x402_required(&bolt11, 2_000, 4_000_000_000);
+        let ended = x402_required(&bolt11, 2_000, 1_600_000_000);
+        let l402 = l402_challenge(&bolt11, &[]);
+        let mpp = payment_challenge(
+            &bolt11,
+            |b| URL_SAFE_NO_PAD.encode(b),
+            &[("header", "Payment-Authorization")],
+        );
+        let both = format!("{mpp}, {l402}");
+        let now = SystemTime::now();
+        for (prefer, challenges, required, own, expected) in [
+            (None, "", &live, false, Prefer::X402),
+            (Some(Prefer::L402), "", &live, false, Prefer::X402),
+            (None, l402.as_str(), &live, false, Prefer::L402),
+            (None, both.as_str(), &live, false, Prefer::Mpp),
+            (
+                Some(Prefer::X402),
+                l402.as_str(),
+                &live,
+                false,
+                Prefer::X402,
+            ),
+            (
+                Some(Prefer::X402),
+                l402.as_str(),
+                &ended,
+                false,
+                Prefer::L402,
+            ),
+            // MPP in Payment-Authorization keeps the request's own
+            // Authorization, whatever the preference.
+            (Some(Prefer::X402), both.as_str(), &live, true, Prefer::Mpp),
+            // Nothing else: x402, which the policy then refuses.
+            (None, "", &ended, false, Prefer::X402),
+        ] {
+            let challenges: Vec<&str> =
+                [challenges].into_iter().filter(|c| !c.is_empty()).collect();
+            let offer = Offer::from_parts(challenges, Some(required)).unwrap();
+            assert_eq!(
+                payer(prefer, dir.path()).scheme_for(&offer, own, now),
+                expected,
+                "{prefer:?}"
+            );
+        }
+        assert_eq!(
+            resumed_scheme("x402", &Offer::from_parts([], Some(&live)).unwrap()),
+            Prefer::X402
+        );
+        let all = Offer::from_parts([both.as_str()], Some(&live)).unwrap();
+        for scheme in [Prefer::L402, Prefer::Mpp, Prefer::X402] {
+            assert_eq!(resumed_scheme(scheme.as_str(), &all), scheme);
+        }
     }
 
     fn redirect(status: u16, from: &str, to: &str) -> Response {

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 use crate::budget::{Budget, Window};
-use crate::Refusal;
+use crate::{Refusal, RequestKey};
 
 /// Schema versions, in order; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -64,6 +64,15 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE tokens;
     ALTER TABLE tokens_by_route RENAME TO tokens;
     CREATE INDEX tokens_by_services ON tokens (origin, services);",
+    // x402's offer, to answer it once a pending payment completes; the
+    // Idempotency-Key of the request paid for, and that request's digest.
+    // A token's request still without an answer: its Idempotency-Key and
+    // digest.
+    "ALTER TABLE payments ADD COLUMN payment_required TEXT;
+    ALTER TABLE payments ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE payments ADD COLUMN request_digest TEXT;
+    ALTER TABLE tokens ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE tokens ADD COLUMN request_digest TEXT;",
 ];
 
 /// Why the ledger failed.
@@ -125,7 +134,7 @@ pub struct PaymentEntry {
     pub host: String,
     /// Its path.
     pub path: String,
-    /// `L402` or `Payment`.
+    /// The scheme answered with: `L402`, `Payment` (MPP) or `x402`.
     pub scheme: String,
     /// What was paid (or is being paid).
     pub amount_msat: u64,
@@ -133,7 +142,8 @@ pub struct PaymentEntry {
     pub fee_msat: u64,
     /// The invoice's payment hash, hex.
     pub payment_hash: String,
-    /// The `Payment-Receipt` received, if any.
+    /// The `Payment-Receipt` received, if any (for x402 without one, its
+    /// `PAYMENT-RESPONSE`).
     pub receipt: Option<String>,
     /// Where it stands.
     pub status: PaymentState,
@@ -144,7 +154,8 @@ pub struct PaymentEntry {
 }
 
 /// What a pending payment needs to be finished by a later run: the
-/// invoice, and the 402's challenges to answer once the preimage is known.
+/// invoice, the 402's offer to answer once the preimage is known, and the
+/// `Idempotency-Key` of the request it pays for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingPayment {
     /// The ledger row.
@@ -153,6 +164,11 @@ pub struct PendingPayment {
     pub bolt11: String,
     /// The 402's `WWW-Authenticate` values.
     pub challenges: Vec<String>,
+    /// The 402's `PAYMENT-REQUIRED` value (x402), when it had one.
+    pub payment_required: Option<String>,
+    /// The key the paid request goes out with, when it has one the client
+    /// made: a retry of the same request in a later run sends it again.
+    pub request_key: Option<RequestKey>,
 }
 
 /// A paid L402 token kept for reuse.
@@ -178,6 +194,13 @@ pub struct CachedToken {
     pub authorization: String,
     /// Its `_valid_until` (unix seconds), when it has one.
     pub expires_at: Option<u64>,
+    /// The key of a request sent with it that got no answer (lost in
+    /// transit, or the run ended first): the same request sent again with
+    /// the token, in this run or a later one, carries the same key, so an
+    /// API that keeps answers by key replays the first one instead of
+    /// acting twice.
+    #[serde(skip)]
+    pub unanswered: Option<RequestKey>,
 }
 
 /// Held while one endpoint is being paid for; dropping it lets the next
@@ -195,7 +218,8 @@ pub struct Ledger {
 }
 
 const COLUMNS: &str = "id, url, origin, host, path, scheme, amount_msat, fee_msat, payment_hash, \
-    receipt, status, error, created_at, bolt11, challenges";
+    receipt, status, error, created_at, bolt11, challenges, payment_required, idempotency_key, \
+    request_digest";
 
 impl Ledger {
     /// Opens (creating and migrating) the ledger at `path`.
@@ -260,16 +284,20 @@ impl Ledger {
         Ok(EndpointLock { _file: file })
     }
 
-    /// Checks `entry` against the budget and, if it fits, records it as
-    /// pending, in one transaction: two processes cannot both fit into
-    /// the last of a budget.
+    /// Checks `payment`'s entry against the budget and, if it fits,
+    /// records the payment as pending (whatever its entry's status), in one
+    /// transaction: two processes cannot both fit into the last of a
+    /// budget. Returns the new row's id.
+    ///
+    /// # Errors
+    ///
+    /// [`BeginError::Refused`] when a budget would be exceeded.
     pub fn begin_payment(
         &self,
-        entry: &PaymentEntry,
-        bolt11: &str,
-        challenges: &[String],
+        payment: &PendingPayment,
         budget: &Budget,
     ) -> Result<i64, BeginError> {
+        let entry = &payment.entry;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for (scope, window, limit_sats) in budget.limits_for(&entry.host) {
@@ -300,8 +328,8 @@ impl Ledger {
             }
         }
         tx.execute(
-            "INSERT INTO payments (url, origin, host, path, scheme, amount_msat, fee_msat, payment_hash, status, created_at, bolt11, challenges)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, 'pending', ?8, ?9, ?10)",
+            "INSERT INTO payments (url, origin, host, path, scheme, amount_msat, fee_msat, payment_hash, status, created_at, bolt11, challenges, payment_required, idempotency_key, request_digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, 'pending', ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 entry.url,
                 entry.origin,
@@ -311,8 +339,11 @@ impl Ledger {
                 entry.amount_msat as i64,
                 entry.payment_hash,
                 entry.created_at as i64,
-                bolt11,
-                serde_json::to_string(challenges).unwrap_or_default(),
+                payment.bolt11,
+                serde_json::to_string(&payment.challenges).unwrap_or_default(),
+                payment.payment_required,
+                payment.request_key.as_ref().map(|k| &k.value),
+                payment.request_key.as_ref().map(|k| &k.request_digest),
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -386,8 +417,19 @@ impl Ledger {
     /// Keeps a paid L402 token for its route.
     pub fn cache_token(&self, token: &CachedToken, now: u64) -> Result<(), LedgerError> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO tokens (origin, method, path, services, payment_hash, authorization, expires_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![token.origin, token.method, token.path, token.services, token.payment_hash, token.authorization, token.expires_at.map(|t| t as i64), now as i64],
+            "INSERT OR REPLACE INTO tokens (origin, method, path, services, payment_hash, authorization, expires_at, created_at, idempotency_key, request_digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                token.origin,
+                token.method,
+                token.path,
+                token.services,
+                token.payment_hash,
+                token.authorization,
+                token.expires_at.map(|t| t as i64),
+                now as i64,
+                token.unanswered.as_ref().map(|k| &k.value),
+                token.unanswered.as_ref().map(|k| &k.request_digest),
+            ],
         )?;
         Ok(())
     }
@@ -442,6 +484,28 @@ impl Ledger {
                 token,
             )
             .optional()?)
+    }
+
+    /// Notes that a request with `key` is out with the token of
+    /// `payment_hash` (on every route it is kept for) and has no answer
+    /// yet; it replaces any request noted before.
+    pub fn note_unanswered(&self, payment_hash: &str, key: &RequestKey) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "UPDATE tokens SET idempotency_key = ?2, request_digest = ?3 WHERE payment_hash = ?1",
+            params![payment_hash, key.value, key.request_digest],
+        )?;
+        Ok(())
+    }
+
+    /// Notes that the request with `key` sent with the token of
+    /// `payment_hash` was answered (a request noted since is left as it is).
+    pub fn note_answered(&self, payment_hash: &str, key: &RequestKey) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "UPDATE tokens SET idempotency_key = NULL, request_digest = NULL
+             WHERE payment_hash = ?1 AND idempotency_key = ?2",
+            params![payment_hash, key.value],
+        )?;
+        Ok(())
     }
 
     /// Forgets one token for the route it was kept for (its other routes
@@ -532,11 +596,19 @@ fn pending(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingPayment> {
         challenges: challenges
             .and_then(|c| serde_json::from_str(&c).ok())
             .unwrap_or_default(),
+        payment_required: r.get(15)?,
+        request_key: match (r.get(16)?, r.get(17)?) {
+            (Some(value), Some(request_digest)) => Some(RequestKey {
+                value,
+                request_digest,
+            }),
+            _ => None,
+        },
     })
 }
 
-const TOKEN_COLUMNS: &str =
-    "origin, method, path, services, payment_hash, authorization, expires_at";
+const TOKEN_COLUMNS: &str = "origin, method, path, services, payment_hash, authorization, \
+    expires_at, idempotency_key, request_digest";
 
 fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedToken> {
     Ok(CachedToken {
@@ -547,6 +619,13 @@ fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedToken> {
         payment_hash: r.get(4)?,
         authorization: r.get(5)?,
         expires_at: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+        unanswered: match (r.get(7)?, r.get(8)?) {
+            (Some(value), Some(request_digest)) => Some(RequestKey {
+                value,
+                request_digest,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -562,6 +641,17 @@ fn forget_expired(conn: &Connection, now: u64) -> Result<(), LedgerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A payment of `amount_msat` to `host`, with no offer to answer.
+    fn payment(host: &str, amount_msat: u64, created_at: u64) -> PendingPayment {
+        PendingPayment {
+            entry: entry(host, amount_msat, created_at),
+            bolt11: String::new(),
+            challenges: Vec::new(),
+            payment_required: None,
+            request_key: None,
+        }
+    }
 
     fn entry(host: &str, amount_msat: u64, created_at: u64) -> PaymentEntry {
         PaymentEntry {
@@ -591,10 +681,10 @@ mod tests {
         .unwrap();
         let now = 1_000_000;
         let first = ledger
-            .begin_payment(&entry("a.example", 50_000, now), "", &[], &budget)
+            .begin_payment(&payment("a.example", 50_000, now), &budget)
             .unwrap();
         // 50 + 20 > 60 for a.example's day.
-        let refused = ledger.begin_payment(&entry("a.example", 20_000, now), "", &[], &budget);
+        let refused = ledger.begin_payment(&payment("a.example", 20_000, now), &budget);
         assert!(
             matches!(
                 refused,
@@ -608,9 +698,9 @@ mod tests {
         );
         // Another domain is under the hourly budget only: 50 + 50 fits, then 1 more does not.
         ledger
-            .begin_payment(&entry("b.example", 50_000, now), "", &[], &budget)
+            .begin_payment(&payment("b.example", 50_000, now), &budget)
             .unwrap();
-        let refused = ledger.begin_payment(&entry("b.example", 1_000, now), "", &[], &budget);
+        let refused = ledger.begin_payment(&payment("b.example", 1_000, now), &budget);
         assert!(
             matches!(
                 refused,
@@ -625,15 +715,14 @@ mod tests {
         // but the total still counts.
         ledger.fail_payment(first, "no route").unwrap();
         ledger
-            .begin_payment(&entry("a.example", 40_000, now), "", &[], &budget)
+            .begin_payment(&payment("a.example", 40_000, now), &budget)
             .unwrap();
         let later = now + 3601;
         ledger
-            .begin_payment(&entry("c.example", 100_000, later), "", &[], &budget)
+            .begin_payment(&payment("c.example", 100_000, later), &budget)
             .unwrap();
         let much_later = later + 3601;
-        let refused =
-            ledger.begin_payment(&entry("c.example", 11_000, much_later), "", &[], &budget);
+        let refused = ledger.begin_payment(&payment("c.example", 11_000, much_later), &budget);
         assert!(
             matches!(
                 refused,
@@ -646,6 +735,36 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(ledger.pending(None).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_pending_payment_keeps_its_offer_and_request_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
+        let mut begun = payment("a.example", 1_000, 10);
+        begun.bolt11 = "lnbcrt1".into();
+        begun.challenges = vec!["L402 macaroon=\"m\", invoice=\"lnbcrt1\"".into()];
+        begun.payment_required = Some("eyJ4NDAyVmVyc2lvbiI6Mn0=".into());
+        begun.request_key = Some(RequestKey {
+            value: "\"k\"".into(),
+            request_digest: "ab".repeat(32),
+        });
+        begun.entry.id = ledger.begin_payment(&begun, &Budget::default()).unwrap();
+        assert_eq!(ledger.pending(None).unwrap(), [begun.clone()]);
+        // Without them, as rows written before they were kept read.
+        let bare = payment("a.example", 1_000, 11);
+        ledger.settle_payment(begun.entry.id, 1_000, 0).unwrap();
+        let id = ledger.begin_payment(&bare, &Budget::default()).unwrap();
+        let found = ledger.pending(None).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].entry.id, id);
+        assert_eq!(
+            (
+                found[0].payment_required.clone(),
+                found[0].request_key.clone()
+            ),
+            (None, None)
+        );
     }
 
     fn kept(
@@ -663,6 +782,7 @@ mod tests {
             payment_hash: hash.into(),
             authorization: format!("L402 {hash}"),
             expires_at,
+            unanswered: None,
         }
     }
 
@@ -699,6 +819,23 @@ mod tests {
                 .unwrap(),
             Some(read)
         );
+        // A request out with a token, unanswered, is noted on each of its
+        // routes until it is answered.
+        let key = RequestKey {
+            value: "\"k\"".into(),
+            request_digest: "d".into(),
+        };
+        ledger.note_unanswered("bb", &key).unwrap();
+        assert_eq!(found("POST").unwrap().unanswered, Some(key.clone()));
+        assert_eq!(found("GET").unwrap().unanswered, None);
+        let other = RequestKey {
+            value: "\"other\"".into(),
+            ..key.clone()
+        };
+        ledger.note_answered("bb", &other).unwrap();
+        assert_eq!(found("POST").unwrap().unanswered, Some(key.clone()));
+        ledger.note_answered("bb", &key).unwrap();
+        assert_eq!(found("POST").unwrap().unanswered, None);
         // Expired: gone.
         assert_eq!(
             ledger.token_for("https://a", "POST", "/x", 2_000).unwrap(),

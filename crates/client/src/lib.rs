@@ -1,11 +1,13 @@
 //! The paying side of a 402.
 //!
-//! [`Offer::from_challenges`] reads every `WWW-Authenticate` value of a
-//! 402, keeps the first usable L402 challenge and the first Lightning
-//! `Payment` charge, decodes the invoice itself and checks that the
-//! challenges agree with it (the invoice is authoritative). After paying,
+//! [`Offer::from_parts`] reads every `WWW-Authenticate` value of a 402,
+//! and its x402 `PAYMENT-REQUIRED` value, keeps the first usable L402
+//! challenge, the first Lightning `Payment` charge and the Lightning entry
+//! of the x402 offer, decodes the invoice itself and checks that each
+//! agrees with it (the invoice is authoritative). After paying,
 //! [`Offer::l402_authorization`] and [`Offer::payment_authorization`] give
-//! the `Authorization` value to retry with.
+//! the `Authorization` value to retry with, [`Offer::x402_signature`] the
+//! `payment-signature` one.
 //!
 //! On top of that, [`Client`] is the auto-paying HTTP client of
 //! `gate402 get`: it checks an offer against the [`Policy`] before paying
@@ -19,9 +21,12 @@
 //! before it is sent; requests for one endpoint pay one at a time (a file
 //! lock next to the ledger, so across processes too); a payment whose
 //! outcome is not known is resolved through the wallet, never sent again.
+//! A paid request whose method is not idempotent carries an
+//! `Idempotency-Key`, the same on every retry of it ([`RequestKey`]).
 
 mod budget;
 mod client;
+mod idempotency;
 mod ledger;
 mod mcp;
 mod middleware;
@@ -30,6 +35,7 @@ mod wallet;
 
 pub use budget::{Budget, Limits, Window};
 pub use client::{Client, FetchError, Fetched, Payer, Prefer};
+pub use idempotency::{RequestKey, IDEMPOTENCY_KEY};
 pub use ledger::{
     BeginError, CachedToken, EndpointLock, Ledger, LedgerError, PaymentEntry, PaymentState,
     PendingPayment,
@@ -39,25 +45,29 @@ pub use middleware::PaymentMiddleware;
 pub use policy::{Policy, Refusal};
 pub use wallet::{Wallet, PAY_TIMEOUT};
 
-use gate402_bolt11::Invoice;
+use gate402_bolt11::{Expect, Invoice};
 use gate402_http_auth::{parse_challenges, Challenge};
 use gate402_l402::caveat::{Caveat, SERVICES, USES_SUFFIX, VALID_UNTIL_SUFFIX};
 use gate402_l402::{challenges_in, Identifier, L402Challenge, L402Credential, Scheme};
 use gate402_mpp::lightning::{ChargeRequest, PreimagePayload, CHARGE, METHOD};
 use gate402_mpp::{PaymentChallenge, PaymentCredential};
+use gate402_x402::LightningOffer;
 
 /// The field a Payment challenge may name in its `header` parameter
 /// (draft-httpauth-payment-01), so that `Authorization` stays the
 /// request's own.
 pub const PAYMENT_AUTHORIZATION: &str = "Payment-Authorization";
 
-/// What a 402 offers: one invoice, and the schemes that accept its preimage.
+/// What a 402 offers: one invoice, and the schemes that accept its payment.
 #[derive(Debug, Clone)]
 pub struct Offer {
     /// The L402 challenge, if offered.
     pub l402: Option<L402Challenge>,
     /// The MPP Lightning charge challenge, if offered.
     pub payment: Option<PaymentChallenge>,
+    /// The Lightning entry of the x402 offer (`PAYMENT-REQUIRED`), if
+    /// offered.
+    pub x402: Option<LightningOffer>,
     /// The invoice, decoded and checked.
     pub invoice: Invoice,
     /// The invoice as sent.
@@ -67,6 +77,9 @@ pub struct Offer {
     /// The `WWW-Authenticate` values it was read from (kept with a pending
     /// payment, to answer them once it completes).
     pub challenges: Vec<String>,
+    /// The `PAYMENT-REQUIRED` value it was read from, if any (kept the same
+    /// way).
+    pub payment_required: Option<String>,
 }
 
 /// Why a 402 cannot be paid.
@@ -75,8 +88,9 @@ pub enum OfferError {
     /// The header does not parse.
     #[error("malformed WWW-Authenticate: {0}")]
     Header(gate402_http_auth::Error),
-    /// Neither a usable L402 nor a Lightning Payment challenge: why each
-    /// one offered was passed over (none when none was offered).
+    /// No usable L402 challenge, Lightning Payment challenge or x402
+    /// Lightning offer: why each one offered was passed over (none when
+    /// none was offered).
     #[error("{}", nothing_payable(.0))]
     NothingPayable(Vec<String>),
     /// The invoice does not decode.
@@ -97,10 +111,10 @@ impl From<gate402_http_auth::Error> for OfferError {
 
 fn nothing_payable(reasons: &[String]) -> String {
     if reasons.is_empty() {
-        "no L402 or Lightning Payment challenge offered".into()
+        "no L402 or Lightning Payment challenge, nor x402 Lightning offer, offered".into()
     } else {
         format!(
-            "no usable L402 or Lightning Payment challenge: {}",
+            "no usable L402 or Lightning Payment challenge, nor x402 Lightning offer: {}",
             reasons.join("; ")
         )
     }
@@ -109,12 +123,33 @@ fn nothing_payable(reasons: &[String]) -> String {
 impl Offer {
     /// Reads an offer from the `WWW-Authenticate` values of a 402.
     ///
-    /// Reading is as lenient as the official MPP SDKs (base64 in either
-    /// alphabet, padded or not, in `request` and `opaque`); answering is
-    /// strict: the challenge is echoed exactly as received, since its id
-    /// is an HMAC over the strings as sent.
+    /// # Errors
+    ///
+    /// As [`Offer::from_parts`].
     pub fn from_challenges<'a>(
         values: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, OfferError> {
+        Self::from_parts(values, None)
+    }
+
+    /// Reads an offer from the `WWW-Authenticate` values of a 402 and its
+    /// `PAYMENT-REQUIRED` value (x402), if any.
+    ///
+    /// Reading is as lenient as the official SDKs (base64 in either
+    /// alphabet, padded or not, in `request`, `opaque` and
+    /// `PAYMENT-REQUIRED`); answering is strict: the challenge is echoed
+    /// exactly as received, since its id is an HMAC over the strings as
+    /// sent, and so is the x402 entry.
+    ///
+    /// # Errors
+    ///
+    /// [`OfferError`] when a header does not parse, nothing payable is
+    /// offered, the invoice does not decode, or a challenge or the x402
+    /// offer disagrees with the invoice (its payment hash, its amount, its
+    /// network).
+    pub fn from_parts<'a>(
+        values: impl IntoIterator<Item = &'a str>,
+        payment_required: Option<&str>,
     ) -> Result<Self, OfferError> {
         let mut list = Vec::new();
         let mut challenges = Vec::new();
@@ -147,10 +182,19 @@ impl Offer {
                 Err(why) => passed_over.push(why),
             }
         }
-        let bolt11 = match (&l402, &payment) {
-            (Some(l402), _) => l402.invoice.clone(),
-            (None, Some((_, charge))) => charge.method_details.invoice.clone(),
-            (None, None) => return Err(OfferError::NothingPayable(passed_over)),
+        let x402 = match payment_required.map(gate402_x402::parse_required) {
+            Some(Ok(found)) => Some(found),
+            Some(Err(why)) => {
+                passed_over.push(why.to_string());
+                None
+            }
+            None => None,
+        };
+        let bolt11 = match (&l402, &payment, &x402) {
+            (Some(l402), _, _) => l402.invoice.clone(),
+            (None, Some((_, charge)), _) => charge.method_details.invoice.clone(),
+            (None, None, Some(x402)) => x402.requirements.extra.invoice.clone(),
+            (None, None, None) => return Err(OfferError::NothingPayable(passed_over)),
         };
         let invoice = Invoice::parse(&bolt11).map_err(|e| OfferError::Invoice(e.to_string()))?;
         if let Some(l402) = &l402 {
@@ -172,23 +216,36 @@ impl Offer {
                 ));
             }
         }
+        if let Some(x402) = &x402 {
+            check_x402(x402, &invoice)?;
+        }
         Ok(Self {
             l402,
             payment: payment.map(|(challenge, _)| challenge),
+            x402,
             invoice,
             bolt11,
             l402_first,
             challenges,
+            payment_required: payment_required.map(str::to_owned),
         })
     }
 
-    /// Reads an offer from a 402's headers (every `WWW-Authenticate` line).
+    /// Reads an offer from a 402's headers (every `WWW-Authenticate` line,
+    /// and `PAYMENT-REQUIRED`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Offer::from_parts`].
     pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Result<Self, OfferError> {
-        Self::from_challenges(
+        Self::from_parts(
             headers
                 .get_all(reqwest::header::WWW_AUTHENTICATE)
                 .iter()
                 .filter_map(|v| v.to_str().ok()),
+            headers
+                .get(gate402_x402::PAYMENT_REQUIRED)
+                .and_then(|v| v.to_str().ok()),
         )
     }
 
@@ -216,6 +273,21 @@ impl Offer {
         let credential =
             PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(preimage));
         Some(gate402_mpp::credential::to_authorization(&credential))
+    }
+
+    /// The `payment-signature` value, if x402 was offered. It carries the
+    /// preimage too, so the server need not ask its node.
+    pub fn x402_signature(&self, preimage: &[u8; 32]) -> Option<String> {
+        Some(self.x402.as_ref()?.signature(Some(preimage)))
+    }
+
+    /// Whether `scheme` was offered.
+    pub fn offers(&self, scheme: Prefer) -> bool {
+        match scheme {
+            Prefer::L402 => self.l402.is_some(),
+            Prefer::Mpp => self.payment.is_some(),
+            Prefer::X402 => self.x402.is_some(),
+        }
     }
 
     /// The field the Payment credential goes in: [`PAYMENT_AUTHORIZATION`]
@@ -265,6 +337,35 @@ impl Offer {
             .map(|c| (c.condition, c.value))
             .collect()
     }
+}
+
+/// Checks the x402 offer against the invoice paid: the same payment hash
+/// (when another door's invoice is the one paid), the amount it states
+/// (millisatoshis) exactly, and the network it names, if any.
+fn check_x402(x402: &LightningOffer, invoice: &Invoice) -> Result<(), OfferError> {
+    let mismatch = |why: String| OfferError::Mismatch(format!("the x402 offer: {why}"));
+    let extra = &x402.requirements.extra;
+    let own = Invoice::parse(&extra.invoice).map_err(|e| mismatch(format!("invoice: {e}")))?;
+    let amount_msat = x402.requirements.amount.parse::<u64>().map_err(|_| {
+        mismatch(format!(
+            "amount {:?} is not a number of millisatoshis",
+            x402.requirements.amount
+        ))
+    })?;
+    let network = match extra.network.as_str() {
+        "" => None,
+        name => Some(
+            name.parse()
+                .map_err(|e| mismatch(format!("extra.network: {e}")))?,
+        ),
+    };
+    own.check(&Expect {
+        amount_msat: Some(amount_msat),
+        payment_hash: Some(invoice.payment_hash()),
+        network,
+        ..Expect::default()
+    })
+    .map_err(|e| mismatch(e.to_string()))
 }
 
 /// Reads one `Payment` challenge as a Lightning charge, or says which
@@ -369,6 +470,34 @@ pub(crate) mod tests {
         gate402_http_auth::format_challenge("Payment", params).unwrap()
     }
 
+    /// A `PAYMENT-REQUIRED` value offering `bolt11` for `amount_msat`,
+    /// honoured until `valid_until`.
+    pub(crate) fn x402_required(bolt11: &str, amount_msat: u64, valid_until: u64) -> String {
+        gate402_x402::encode(&gate402_x402::PaymentRequired {
+            x402_version: gate402_x402::VERSION,
+            error: None,
+            resource: gate402_x402::ResourceInfo {
+                url: "/x".into(),
+                description: None,
+            },
+            accepts: vec![gate402_x402::Requirements {
+                scheme: gate402_x402::SCHEME.into(),
+                network: gate402_x402::LIGHTNING.into(),
+                amount: amount_msat.to_string(),
+                asset: "BTC".into(),
+                pay_to: "02ab".into(),
+                max_timeout_seconds: 600,
+                extra: gate402_x402::LightningExtra {
+                    payment_method: gate402_x402::LIGHTNING.into(),
+                    invoice: bolt11.into(),
+                    network: "regtest".into(),
+                    valid_until,
+                    binding: "b".into(),
+                },
+            }],
+        })
+    }
+
     /// An L402 challenge for `bolt11` whose macaroon carries `caveats`.
     pub(crate) fn l402_challenge(bolt11: &str, caveats: &[Caveat]) -> String {
         let hash = Invoice::parse(bolt11).unwrap().payment_hash();
@@ -455,7 +584,54 @@ pub(crate) mod tests {
             Offer::from_challenges(["Basic realm=\"x\""])
                 .unwrap_err()
                 .to_string(),
-            "no L402 or Lightning Payment challenge offered"
+            "no L402 or Lightning Payment challenge, nor x402 Lightning offer, offered"
         );
+    }
+
+    #[test]
+    fn an_x402_offer_is_read_beside_the_challenges_and_checked_against_the_invoice() {
+        let bolt11 = invoice([3; 32], 600);
+        let alone = x402_required(&bolt11, 2_000, 4_000_000_000);
+        let offer = Offer::from_parts([], Some(&alone)).unwrap();
+        assert!(offer.l402.is_none() && offer.payment.is_none());
+        assert_eq!(offer.bolt11, bolt11);
+        assert_eq!(offer.amount_msat(), Some(2_000));
+        assert_eq!(offer.payment_required.as_deref(), Some(alone.as_str()));
+        let paid = gate402_x402::parse_signature(&offer.x402_signature(&[3; 32]).unwrap()).unwrap();
+        assert_eq!(paid.payload.invoice, bolt11);
+        assert_eq!(paid.payload.preimage, Some(hex::encode([3; 32])));
+        assert!(offer.offers(Prefer::X402) && !offer.offers(Prefer::L402));
+
+        // Beside an L402 challenge for the same invoice: both are kept.
+        let l402 = l402_challenge(&bolt11, &[]);
+        let both = Offer::from_parts([l402.as_str()], Some(&alone)).unwrap();
+        assert!(both.l402.is_some() && both.x402.is_some());
+
+        let refused = |value: &str| {
+            Offer::from_parts([l402.as_str()], Some(value))
+                .unwrap_err()
+                .to_string()
+        };
+        let other_invoice = x402_required(&invoice([4; 32], 600), 2_000, 4_000_000_000);
+        assert!(
+            refused(&other_invoice).contains("the x402 offer: invoice payment hash"),
+            "{}",
+            refused(&other_invoice)
+        );
+        let cheaper = x402_required(&bolt11, 1_000, 4_000_000_000);
+        assert!(
+            refused(&cheaper)
+                .ends_with("the x402 offer: invoice is for 2000 msat, expected 1000 msat"),
+            "{}",
+            refused(&cheaper)
+        );
+        // An offer that cannot be read is passed over, and named.
+        let error = Offer::from_parts([], Some("%%%")).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "no usable L402 or Lightning Payment challenge, nor x402 Lightning offer: PAYMENT-REQUIRED is not base64"
+        );
+        let offer = Offer::from_parts([l402.as_str()], Some("%%%")).unwrap();
+        assert!(offer.x402.is_none());
     }
 }

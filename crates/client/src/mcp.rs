@@ -152,7 +152,7 @@ impl Payer {
         let (mut entry, outcome, offer) = match paid {
             Some(finished) => finished,
             None => {
-                let (entry, outcome) = self.pay(&endpoint, &offer, Prefer::Mpp).await?;
+                let (entry, outcome) = self.pay(&endpoint, &offer, Prefer::Mpp, None).await?;
                 (entry, outcome, offer)
             }
         };

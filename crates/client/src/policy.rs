@@ -118,7 +118,8 @@ impl Policy {
 /// Why `offer` can no longer be paid at `now` when answered with `scheme`:
 /// the earliest of the invoice's expiry and the answered challenge's
 /// (`expires` of a Payment challenge, draft-lightning-charge; the L402
-/// token's `_valid_until`), once it has passed. An expiry that is not a
+/// token's `_valid_until`; the x402 offer's `extra.validUntil`), once it
+/// has passed. An expiry that is not a
 /// time counts as passed.
 pub(crate) fn expiry(offer: &Offer, scheme: Prefer, now: SystemTime) -> Option<Refusal> {
     let now = now
@@ -138,6 +139,20 @@ pub(crate) fn expiry(offer: &Offer, scheme: Prefer, now: SystemTime) -> Option<R
                         })
                     }
                 }
+            }
+        }
+        Prefer::X402 => {
+            // 0: the offer names no end of its own (an x402 server that is
+            // not gate402); the invoice's is the one.
+            let valid_until = offer
+                .x402
+                .as_ref()
+                .map(|x| x.requirements.extra.valid_until);
+            if let Some(at) = valid_until.filter(|&at| at > 0) {
+                ends.push((
+                    "the x402 offer (validUntil)".to_owned(),
+                    i64::try_from(at).unwrap_or(i64::MAX),
+                ));
             }
         }
         Prefer::L402 => {
