@@ -9,9 +9,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use gate402_client::Offer;
-use gate402_mpp::{PaymentChallenge, PaymentCredential};
 use gate402_gateway::{demo, Gateway, GatewayConfig};
 use gate402_lightning_sandbox::http::pay_via;
+use gate402_mpp::{PaymentChallenge, PaymentCredential};
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
@@ -192,10 +192,7 @@ async fn pay_deposit(
 }
 
 fn session_credential(challenge: &PaymentChallenge, payload: serde_json::Value) -> String {
-    gate402_mpp::credential::to_authorization(&PaymentCredential::new(
-        challenge.to_echo(),
-        payload,
-    ))
+    gate402_mpp::credential::to_authorization(&PaymentCredential::new(challenge.to_echo(), payload))
 }
 
 /// One event of a stream: its name and data, or None at its end.
@@ -243,8 +240,14 @@ async fn session(client: &reqwest::Client, base: &str) -> Result<()> {
         .json()
         .await?;
     let return_invoice = issued["invoice"].as_str().context("no return invoice")?;
-    let return_hash = issued["payment_hash"].as_str().unwrap_or_default().to_owned();
-    let session_id = request["paymentHash"].as_str().unwrap_or_default().to_owned();
+    let return_hash = issued["payment_hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let session_id = request["paymentHash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     println!("10. open the session and read the stream, charged a token at a time");
     let open = session_credential(
         &challenge,

@@ -167,9 +167,10 @@ async fn a_node_pays_the_gateway_on_regtest() {
     .unwrap();
     assert_eq!(opened.status(), StatusCode::OK);
     for _ in 0..2 {
-        let served = send(serde_json::json!({"action": "bearer", "sessionId": id, "preimage": preimage}))
-            .await
-            .unwrap();
+        let served =
+            send(serde_json::json!({"action": "bearer", "sessionId": id, "preimage": preimage}))
+                .await
+                .unwrap();
         assert_eq!(served.status(), StatusCode::OK);
     }
     let closed: serde_json::Value =
@@ -188,7 +189,13 @@ async fn a_node_pays_the_gateway_on_regtest() {
         .await
         .unwrap();
     assert!(
-        matches!(refunded, gate402_lightning::InvoiceStatus::Settled { amount_msat: 17_000, .. }),
+        matches!(
+            refunded,
+            gate402_lightning::InvoiceStatus::Settled {
+                amount_msat: 17_000,
+                ..
+            }
+        ),
         "{refunded:?}"
     );
     gateway.shutdown().await.unwrap();

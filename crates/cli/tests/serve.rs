@@ -177,6 +177,9 @@ fn the_demo_runs_the_payment_loop_and_a_refunded_session() {
         "\"refundStatus\":\"succeeded\"",
         "\"status\":\"settled\"",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
 }

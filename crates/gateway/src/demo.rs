@@ -76,7 +76,9 @@ struct ChatQuery {
 async fn chat(Query(query): Query<ChatQuery>) -> Json<serde_json::Value> {
     // Not a model: the prompt echoed back, which is easy to check.
     let prompt = query.prompt.unwrap_or_else(|| "hello".into());
-    Json(json!({"prompt": prompt, "answer": format!("you said: {prompt}"), "source": "gate402 demo"}))
+    Json(
+        json!({"prompt": prompt, "answer": format!("you said: {prompt}"), "source": "gate402 demo"}),
+    )
 }
 
 /// The answer streamed a word at a time, as an LLM streams tokens, ending

@@ -60,10 +60,7 @@ async fn send_sms(body: Bytes) -> impl axum::response::IntoResponse {
 
 fn upstream_app() -> Router {
     Router::new()
-        .route(
-            "/sms",
-            any(send_sms),
-        )
+        .route("/sms", any(send_sms))
         .route("/pass/sms", any(send_sms))
         .route(
             "/slow",
@@ -191,6 +188,26 @@ impl Harness {
         let offer = self
             .offer(self.client.get(self.url(path)).send().await.unwrap())
             .await;
+        self.pay(offer).await
+    }
+
+    /// POST `body` without credentials, pay the 402 (its MPP challenge binds
+    /// the body); returns the offer and preimage.
+    async fn buy_post(&self, path: &str, body: &'static str) -> (Offer, [u8; 32]) {
+        let offer = self
+            .offer(
+                self.client
+                    .post(self.url(path))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+        self.pay(offer).await
+    }
+
+    async fn pay(&self, offer: Offer) -> (Offer, [u8; 32]) {
         let paid = pay_via(&self.client, &self.base(), &offer.bolt11)
             .await
             .unwrap();
@@ -439,7 +456,7 @@ async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
         .unwrap();
     for door in ["L402", "Payment"] {
         let before = SLOW_CALLS.load(std::sync::atomic::Ordering::SeqCst);
-        let (offer, preimage) = h.buy("/slow").await;
+        let (offer, preimage) = h.buy_post("/slow", "send one SMS").await;
         let credential = match door {
             "L402" => offer.l402_authorization(&preimage),
             _ => offer.payment_authorization(&preimage),
@@ -495,7 +512,7 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
         .unwrap();
     let sent = || SMS_SENT.load(std::sync::atomic::Ordering::SeqCst);
     for (door, path) in [("L402", "/sms"), ("Payment", "/sms"), ("L402", "/pass/sms")] {
-        let (offer, preimage) = h.buy(path).await;
+        let (offer, preimage) = h.buy_post(path, "hello").await;
         let credential = match door {
             "L402" => offer.l402_authorization(&preimage),
             _ => offer.payment_authorization(&preimage),
@@ -544,7 +561,7 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
         assert_eq!(sent() - before, 1, "{door} {path}: the upstream acted once");
     }
     // Without the key, a spent per-request payment is spent.
-    let (offer, preimage) = h.buy("/sms").await;
+    let (offer, preimage) = h.buy_post("/sms", "x").await;
     let credential = offer.payment_authorization(&preimage).unwrap();
     let once = h
         .client
@@ -566,7 +583,7 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
         .unwrap();
     assert_eq!(again.status(), StatusCode::PAYMENT_REQUIRED);
     // A malformed key is refused before anything is spent.
-    let (offer, preimage) = h.buy("/sms").await;
+    let (offer, preimage) = h.buy_post("/sms", "x").await;
     let credential = offer.payment_authorization(&preimage).unwrap();
     for bad in ["\"\"", "\"open", "k\u{7f}"] {
         let refused = h
@@ -590,6 +607,91 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
         .await
         .unwrap();
     assert_eq!(served.status(), StatusCode::CREATED);
+}
+
+/// A kept response goes back only to a credential that proves the
+/// payment: an x402 payment without a preimage (which anyone who saw the
+/// offer can send) gets no replay of what the payer was answered.
+#[tokio::test]
+async fn a_kept_response_is_not_replayed_to_a_credential_without_a_secret() {
+    let h = Harness::start(|up| {
+        let mut sms = service("sms", "/sms", 3, up);
+        sms.priced.schemes = Schemes::ALL;
+        vec![sms]
+    })
+    .await;
+    let (offer, preimage) = h.buy("/sms").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let served = h
+        .client
+        .post(h.url("/sms"))
+        .header(AUTHORIZATION, &l402)
+        .header("idempotency-key", "\"victim-key\"")
+        .body("private text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::CREATED);
+    let sent_before = SMS_SENT.load(std::sync::atomic::Ordering::SeqCst);
+    let seen_offer = offer.x402.as_ref().expect("an x402 offer").signature(None);
+    let stolen = h
+        .client
+        .post(h.url("/sms"))
+        .header("payment-signature", &seen_offer)
+        .header("idempotency-key", "\"victim-key\"")
+        .body("private text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stolen.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(stolen.headers().get("idempotent-replayed").is_none());
+    assert!(!stolen.text().await.unwrap().contains("private text"));
+    assert_eq!(
+        SMS_SENT.load(std::sync::atomic::Ordering::SeqCst),
+        sent_before,
+        "nor was the upstream called again"
+    );
+    // The payer, with its preimage, still gets its answer again.
+    let replay = h
+        .client
+        .post(h.url("/sms"))
+        .header(AUTHORIZATION, &l402)
+        .header("idempotency-key", "\"victim-key\"")
+        .body("private text")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+}
+
+/// A challenge issued for a request without a body (a GET) pays for no
+/// body: its credential on a POST with one is refused, the upstream never
+/// sees the body, and the payment stays unspent for the request it was for.
+#[tokio::test]
+async fn a_get_challenge_does_not_pay_for_a_post_body() {
+    let h = Harness::start(|up| vec![service("sms", "/sms", 3, up)]).await;
+    let (offer, preimage) = h.buy("/sms").await;
+    let payment = offer.payment_authorization(&preimage).unwrap();
+    let sent_before = SMS_SENT.load(std::sync::atomic::Ordering::SeqCst);
+    let smuggled = h
+        .client
+        .post(h.url("/sms"))
+        .header(AUTHORIZATION, &payment)
+        .body(r#"{"amount":1000000}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(smuggled.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(SMS_SENT.load(std::sync::atomic::Ordering::SeqCst), sent_before);
+    let body_less = h
+        .client
+        .post(h.url("/sms"))
+        .header(AUTHORIZATION, &payment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body_less.status(), StatusCode::CREATED);
 }
 
 /// x402's door on the same invoice: the offer is bound to its service and

@@ -213,7 +213,10 @@ async fn a_lost_answer_is_replayed_by_another_replica() {
                 .timeout(std::time::Duration::from_millis(300))
                 .build()
                 .unwrap();
-            assert!(post(&base_a, &impatient).await.is_err(), "the answer was lost");
+            assert!(
+                post(&base_a, &impatient).await.is_err(),
+                "the answer was lost"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(900)).await;
         }
         // Replayed on either replica, whichever door the key came through.
@@ -221,10 +224,9 @@ async fn a_lost_answer_is_replayed_by_another_replica() {
             let replay = post(base, &http).await.unwrap();
             assert_eq!(replay.status(), StatusCode::OK);
             assert_eq!(replay.headers()["idempotent-replayed"], "true");
-            let receipt = gate402_mpp::receipt::parse(
-                replay.headers()["payment-receipt"].to_str().unwrap(),
-            )
-            .unwrap();
+            let receipt =
+                gate402_mpp::receipt::parse(replay.headers()["payment-receipt"].to_str().unwrap())
+                    .unwrap();
             assert_eq!(receipt.reference, hex::encode(offer.invoice.payment_hash()));
             assert_eq!(replay.text().await.unwrap(), "sent #1: hello");
         }
@@ -253,7 +255,10 @@ async fn two_replicas_spend_one_balance_exactly() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Gateway::start(&config, dir_a.path()).await.unwrap();
     let b = Gateway::start(&config, dir_b.path()).await.unwrap();
-    let bases = [format!("http://{}", a.addr()), format!("http://{}", b.addr())];
+    let bases = [
+        format!("http://{}", a.addr()),
+        format!("http://{}", b.addr()),
+    ];
     let http = reqwest::Client::new();
     let response = http.get(format!("{}/chat", bases[0])).send().await.unwrap();
     let offer = Offer::from_headers(response.headers()).unwrap();

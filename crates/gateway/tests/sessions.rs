@@ -36,7 +36,11 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
                 use futures_util::StreamExt;
                 let tokens = futures_util::stream::iter(1..=7).then(|i| async move {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    let data = if i == 7 { "[DONE]".to_owned() } else { format!("tok-{i}") };
+                    let data = if i == 7 {
+                        "[DONE]".to_owned()
+                    } else {
+                        format!("tok-{i}")
+                    };
                     Ok::<_, std::convert::Infallible>(
                         axum::response::sse::Event::default().data(data),
                     )
@@ -118,10 +122,14 @@ impl Harness {
     /// Pays a challenge's deposit invoice; its preimage, hex.
     async fn pay(&self, request: &Value) -> String {
         let invoice = request["depositInvoice"].as_str().unwrap();
-        pay_via(&self.http, &format!("http://{}", self.gateway.addr()), invoice)
-            .await
-            .unwrap()
-            .preimage
+        pay_via(
+            &self.http,
+            &format!("http://{}", self.gateway.addr()),
+            invoice,
+        )
+        .await
+        .unwrap()
+        .preimage
     }
 
     /// An amountless invoice of the gateway's own node (its sandbox), as a
@@ -141,7 +149,12 @@ impl Harness {
         (created.bolt11, created.payment_hash)
     }
 
-    async fn send(&self, path: &str, challenge: &PaymentChallenge, payload: Value) -> reqwest::Response {
+    async fn send(
+        &self,
+        path: &str,
+        challenge: &PaymentChallenge,
+        payload: Value,
+    ) -> reqwest::Response {
         let credential = PaymentCredential::new(challenge.to_echo(), payload);
         self.http
             .get(self.url(path))
@@ -207,14 +220,15 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
     let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
     let opened = h.send("/chat", &challenge, open.clone()).await;
     assert_eq!(opened.status(), StatusCode::OK);
-    let receipt = gate402_mpp::receipt::parse(
-        opened.headers()["payment-receipt"].to_str().unwrap(),
-    )
-    .unwrap();
+    let receipt =
+        gate402_mpp::receipt::parse(opened.headers()["payment-receipt"].to_str().unwrap()).unwrap();
     assert_eq!(receipt.reference, session);
     assert_eq!(opened.text().await.unwrap(), "an answer");
     // The same open again (a retry) credits nothing more: it spends.
-    assert_eq!(h.send("/chat", &challenge, open).await.status(), StatusCode::OK);
+    assert_eq!(
+        h.send("/chat", &challenge, open).await.status(),
+        StatusCode::OK
+    );
     let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
     for _ in 0..3 {
         assert_eq!(
@@ -241,11 +255,15 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
         let topped = h.send("/chat", &fresh, top_up.clone()).await;
         assert_eq!(topped.status(), StatusCode::OK);
         assert!(topped.headers().contains_key("payment-receipt"));
-        assert_eq!(topped.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+        assert_eq!(
+            topped.json::<Value>().await.unwrap(),
+            json!({"status": "ok"})
+        );
     }
     // The top-up's payment cannot open a session of its own.
     let (other_refund, _) = h.return_invoice().await;
-    let stolen = json!({"action": "open", "preimage": top_up_preimage, "returnInvoice": other_refund});
+    let stolen =
+        json!({"action": "open", "preimage": top_up_preimage, "returnInvoice": other_refund});
     let refused = h.send("/chat", &fresh, stolen).await;
     assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
 
@@ -281,7 +299,13 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
         .await
         .unwrap();
     assert!(
-        matches!(status, InvoiceStatus::Settled { amount_msat: 6_000, .. }),
+        matches!(
+            status,
+            InvoiceStatus::Settled {
+                amount_msat: 6_000,
+                ..
+            }
+        ),
         "{status:?}"
     );
     assert_eq!(
@@ -296,9 +320,13 @@ async fn an_l402_balance_token_and_the_mpp_session_spend_one_balance() {
     let response = h.http.get(h.url("/chat")).send().await.unwrap();
     let offer = Offer::from_headers(response.headers()).unwrap();
     assert_eq!(offer.invoice.amount_msat(), Some(10_000), "the deposit");
-    let paid = pay_via(&h.http, &format!("http://{}", h.gateway.addr()), &offer.bolt11)
-        .await
-        .unwrap();
+    let paid = pay_via(
+        &h.http,
+        &format!("http://{}", h.gateway.addr()),
+        &offer.bolt11,
+    )
+    .await
+    .unwrap();
     let mut preimage = [0u8; 32];
     hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
     let l402 = offer.l402_authorization(&preimage).unwrap();
@@ -311,10 +339,9 @@ async fn an_l402_balance_token_and_the_mpp_session_spend_one_balance() {
     for _ in 0..2 {
         let served = get(l402.clone()).await.unwrap();
         assert_eq!(served.status(), StatusCode::OK);
-        let receipt = gate402_mpp::receipt::parse(
-            served.headers()["payment-receipt"].to_str().unwrap(),
-        )
-        .unwrap();
+        let receipt =
+            gate402_mpp::receipt::parse(served.headers()["payment-receipt"].to_str().unwrap())
+                .unwrap();
         assert_eq!(receipt.reference, hex::encode(offer.invoice.payment_hash()));
     }
     // The same deposit through the MPP door: the same balance, 3 left.
@@ -352,9 +379,13 @@ async fn a_failed_upstream_spends_nothing_from_a_balance() {
     let h = Harness::start(|_| {}).await;
     let response = h.http.get(h.url("/flaky")).send().await.unwrap();
     let offer = Offer::from_headers(response.headers()).unwrap();
-    let paid = pay_via(&h.http, &format!("http://{}", h.gateway.addr()), &offer.bolt11)
-        .await
-        .unwrap();
+    let paid = pay_via(
+        &h.http,
+        &format!("http://{}", h.gateway.addr()),
+        &offer.bolt11,
+    )
+    .await
+    .unwrap();
     let mut preimage = [0u8; 32];
     hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
     let l402 = offer.l402_authorization(&preimage).unwrap();
@@ -381,7 +412,10 @@ async fn an_idle_session_is_closed_and_refunded() {
     let session = request["paymentHash"].as_str().unwrap().to_owned();
     let (refund_to, refund_hash) = h.return_invoice().await;
     let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
-    assert_eq!(h.send("/chat", &challenge, open).await.status(), StatusCode::OK);
+    assert_eq!(
+        h.send("/chat", &challenge, open).await.status(),
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     h.gateway.paywall().close_idle_sessions().await;
     let status = h
@@ -392,7 +426,13 @@ async fn an_idle_session_is_closed_and_refunded() {
         .await
         .unwrap();
     assert!(
-        matches!(status, InvoiceStatus::Settled { amount_msat: 8_000, .. }),
+        matches!(
+            status,
+            InvoiceStatus::Settled {
+                amount_msat: 8_000,
+                ..
+            }
+        ),
         "{status:?}"
     );
     let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
@@ -415,7 +455,9 @@ async fn an_idle_session_is_closed_and_refunded() {
 
 /// Reads server-sent events from a response as they come: (event, data).
 struct Events {
-    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>,
+    stream: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>,
+    >,
     buffer: String,
 }
 
@@ -468,7 +510,10 @@ async fn a_metered_stream_stops_at_the_balance_and_resumes_after_a_top_up() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut events = Events::of(response);
     for i in 1..=3 {
-        assert_eq!(events.next().await.unwrap(), ("message".into(), format!("tok-{i}")));
+        assert_eq!(
+            events.next().await.unwrap(),
+            ("message".into(), format!("tok-{i}"))
+        );
     }
     // Three events for the 3 sat deposit; then the stream asks and waits.
     let (name, data) = events.next().await.unwrap();
@@ -482,16 +527,28 @@ async fn a_metered_stream_stops_at_the_balance_and_resumes_after_a_top_up() {
     let (fresh, fresh_request, _) = h.challenge("/stream").await;
     let top_up_preimage = h.pay(&fresh_request).await;
     let top_up = json!({"action": "topUp", "sessionId": session, "topUpPreimage": top_up_preimage});
-    assert_eq!(h.send("/stream", &fresh, top_up).await.status(), StatusCode::OK);
+    assert_eq!(
+        h.send("/stream", &fresh, top_up).await.status(),
+        StatusCode::OK
+    );
     for i in 4..=6 {
-        assert_eq!(events.next().await.unwrap(), ("message".into(), format!("tok-{i}")));
+        assert_eq!(
+            events.next().await.unwrap(),
+            ("message".into(), format!("tok-{i}"))
+        );
     }
     let (name, data) = events.next().await.unwrap();
     assert_eq!(name, "payment-receipt");
     let receipt: Value = serde_json::from_str(&data).unwrap();
-    assert_eq!((receipt["spent"].as_u64(), receipt["units"].as_u64()), (Some(6), Some(6)));
+    assert_eq!(
+        (receipt["spent"].as_u64(), receipt["units"].as_u64()),
+        (Some(6), Some(6))
+    );
     assert_eq!(receipt["reference"], session.as_str());
-    assert_eq!(events.next().await.unwrap(), ("message".into(), "[DONE]".into()));
+    assert_eq!(
+        events.next().await.unwrap(),
+        ("message".into(), "[DONE]".into())
+    );
     assert_eq!(events.next().await, None);
 
     // The balance is spent: the next stream is refused before it starts.
@@ -517,12 +574,69 @@ async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
     }
     assert_eq!(
         names,
-        ["message", "message", "message", "payment-need-topup", "session-timeout"]
+        [
+            "message",
+            "message",
+            "message",
+            "payment-need-topup",
+            "session-timeout"
+        ]
     );
     let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
-    let closed: Value = h.send("/stream", &challenge, close).await.json().await.unwrap();
+    let closed: Value = h
+        .send("/stream", &challenge, close)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         closed,
         json!({"status": "closed", "refundSats": 0, "refundStatus": "skipped"})
+    );
+}
+
+/// What a token's holder appends cannot change the deposit it names, and a
+/// balance bought for one service is spent on that service alone, through
+/// either door.
+#[tokio::test]
+async fn a_balance_is_its_minted_deposit_spent_on_its_own_service() {
+    let h = Harness::start(|_| {}).await;
+    let response = h.http.get(h.url("/chat")).send().await.unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    let paid = pay_via(&h.http, &format!("http://{}", h.gateway.addr()), &offer.bolt11)
+        .await
+        .unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    // First used with a lowered (and a malformed) balance appended: the
+    // session still holds the 10 sat deposit, 5 requests.
+    let lowered = {
+        let mut credential = gate402_l402::L402Credential::from_authorization(&l402).unwrap();
+        credential.macaroons[0].add_first_party_caveat(b"chat_balance=2".to_vec());
+        credential.macaroons[0].add_first_party_caveat(b"chat_balance=abc".to_vec());
+        credential.to_authorization()
+    };
+    let mut served = 0;
+    for _ in 0..6 {
+        let response = h
+            .http
+            .get(h.url("/chat"))
+            .header(AUTHORIZATION, &lowered)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 5);
+    // Another balance service of the same gateway: not this session's.
+    let (other, _, _) = h.challenge("/flaky").await;
+    let session = hex::encode(offer.invoice.payment_hash());
+    let elsewhere = json!({"action": "bearer", "sessionId": session, "preimage": paid.preimage});
+    assert_eq!(
+        problem(h.send("/flaky", &other, elsewhere).await).await,
+        lightning("session-not-found")
     );
 }

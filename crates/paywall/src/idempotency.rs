@@ -100,7 +100,12 @@ pub(crate) fn requested(headers: &HeaderMap) -> Result<Option<String>, &'static 
             let mut chars = inner.chars();
             while let Some(c) = chars.next() {
                 match c {
-                    '\\' => key.push(chars.next().filter(|c| matches!(c, '"' | '\\')).ok_or(BAD)?),
+                    '\\' => key.push(
+                        chars
+                            .next()
+                            .filter(|c| matches!(c, '"' | '\\'))
+                            .ok_or(BAD)?,
+                    ),
                     '"' => return Err(BAD),
                     c => key.push(c),
                 }
@@ -178,10 +183,9 @@ impl Keep {
         *response.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
         let headers = response.headers_mut();
         for (name, value) in stored.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::try_from(name),
-                HeaderValue::from_bytes(&value),
-            ) {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::try_from(name), HeaderValue::from_bytes(&value))
+            {
                 headers.append(name, value);
             }
         }
@@ -260,7 +264,11 @@ pub(crate) fn keepable(headers: &HeaderMap) -> bool {
     !headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
 }
 
 /// Reads `body` whole when it is at most `limit` bytes of data and arrives
@@ -363,11 +371,23 @@ mod tests {
     fn the_same_request_has_the_same_fingerprint() {
         let uri: Uri = "/api/image?size=2".parse().unwrap();
         let one = fingerprint(&Method::POST, &uri, b"{\"prompt\":\"cat\"}");
-        assert_eq!(one, fingerprint(&Method::POST, &uri, b"{\"prompt\":\"cat\"}"));
-        assert_ne!(one, fingerprint(&Method::POST, &uri, b"{\"prompt\":\"dog\"}"));
-        assert_ne!(one, fingerprint(&Method::PUT, &uri, b"{\"prompt\":\"cat\"}"));
+        assert_eq!(
+            one,
+            fingerprint(&Method::POST, &uri, b"{\"prompt\":\"cat\"}")
+        );
+        assert_ne!(
+            one,
+            fingerprint(&Method::POST, &uri, b"{\"prompt\":\"dog\"}")
+        );
+        assert_ne!(
+            one,
+            fingerprint(&Method::PUT, &uri, b"{\"prompt\":\"cat\"}")
+        );
         let other: Uri = "/api/image?size=3".parse().unwrap();
-        assert_ne!(one, fingerprint(&Method::POST, &other, b"{\"prompt\":\"cat\"}"));
+        assert_ne!(
+            one,
+            fingerprint(&Method::POST, &other, b"{\"prompt\":\"cat\"}")
+        );
     }
 
     #[tokio::test]

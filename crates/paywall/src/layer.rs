@@ -19,8 +19,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use gate402_mpp::accept::AcceptPayment;
 use gate402_mpp::lightning::{CHARGE, METHOD};
-use gate402_mpp::session::SESSION;
 use gate402_mpp::problem::ProblemType;
+use gate402_mpp::session::SESSION;
 use http::header::CACHE_CONTROL;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
@@ -30,18 +30,18 @@ use tower_service::Service;
 
 use crate::body::{binds_body, read_whole, BodyError, BoxError, BODY_BROKEN};
 use crate::claims::{Claim, ClaimError, ClaimKey};
-use crate::sessions::{Hold, Step};
-use crate::idempotency::{self, Keep, Partial, Read};
 use crate::client::{client_addr, ClientAddr, PeerAddr};
 use crate::credentials::{
     self, CredentialField, CredentialScheme, Presented, PAYMENT_AUTHORIZATION_NAME,
 };
+use crate::idempotency::{self, Keep, Partial, Read};
 use crate::issue::{Binding, Doors};
+use crate::meter::{self, Metered, MeteredBody};
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
 use crate::route::{request_host, RequestPath};
-use crate::meter::{self, Metered, MeteredBody};
 use crate::route::{Auth, Meter, PricedService, Sells};
+use crate::sessions::{Hold, Step};
 use crate::verify::{Verified, Verifier};
 
 /// Put into a request's extensions by the paywall: the priced service it
@@ -215,9 +215,9 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
             InnerProj::Wrapped { body } => body.poll_frame(cx),
             InnerProj::Own { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             InnerProj::Partial { partial } => partial.poll_frame(cx),
-            InnerProj::Metered { metered } => {
-                std::pin::Pin::new(metered).poll_next(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-            }
+            InnerProj::Metered { metered } => std::pin::Pin::new(metered)
+                .poll_next(cx)
+                .map(|b| b.map(|b| Ok(Frame::data(b)))),
         };
         if let Poll::Ready(None) = polled {
             // All sent: spend the payment now rather than when hyper gets
@@ -507,7 +507,9 @@ impl Paywall {
         if let Some(deposit) = verified.balance {
             // An L402 token naming a balance opens it on first use.
             if let Err(step) = self.open_balance(&service, &verified, deposit).await {
-                return Ok(own(self.step_answer(step, &service, &mut request, client).await));
+                return Ok(own(self
+                    .step_answer(step, &service, &mut request, client)
+                    .await));
             }
             from_balance = true;
         }
@@ -535,8 +537,9 @@ impl Paywall {
                 }
                 Err(e) => {
                     if let Some(keep) = &keep {
-                        if let Some(answer) =
-                            self.after_refused_claim(keep, &e, verified.single_use).await
+                        if let Some(answer) = self
+                            .after_refused_claim(keep, &e, verified.single_use)
+                            .await
                         {
                             return Ok(own(answer));
                         }
@@ -559,7 +562,9 @@ impl Paywall {
                 Ok(hold) => Some(hold),
                 Err(step) => {
                     drop(claim);
-                    return Ok(own(self.step_answer(step, &service, &mut request, client).await));
+                    return Ok(own(self
+                        .step_answer(step, &service, &mut request, client)
+                        .await));
                 }
             }
         } else {
@@ -568,7 +573,15 @@ impl Paywall {
         let spend = Spend { claim, hold };
         if keep.is_none() {
             return self
-                .serve(&service, request, inner, scheme_name, &verified, spend, None)
+                .serve(
+                    &service,
+                    request,
+                    inner,
+                    scheme_name,
+                    &verified,
+                    spend,
+                    None,
+                )
                 .await;
         }
         // Detached from the connection: a client that leaves must not stop
@@ -576,7 +589,15 @@ impl Paywall {
         let paywall = self.clone();
         let task = tokio::spawn(async move {
             paywall
-                .serve(&service, request, inner, scheme_name, &verified, spend, keep)
+                .serve(
+                    &service,
+                    request,
+                    inner,
+                    scheme_name,
+                    &verified,
+                    spend,
+                    keep,
+                )
                 .await
         });
         match task.await {
@@ -615,13 +636,19 @@ impl Paywall {
     /// is to be kept ([`Kept::Serve`] with it), was kept already
     /// ([`Kept::Replay`]), or is not honoured (`Serve(None)`). Reads the
     /// body whole to fingerprint the request.
-    async fn keep<B>(&self, request: &mut Request<B>, verified: &Verified) -> Result<Kept, Response<Bytes>>
+    async fn keep<B>(
+        &self,
+        request: &mut Request<B>,
+        verified: &Verified,
+    ) -> Result<Kept, Response<Bytes>>
     where
         B: Body<Data = Bytes> + From<Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
         let config = &self.inner.idempotency;
-        if !config.on() {
+        // A credential anyone who saw the offer can send (x402 without a
+        // preimage) must not fetch what its payer was answered.
+        if !config.on() || !verified.proven {
             return Ok(Kept::Serve(None));
         }
         let key = match idempotency::requested(request.headers()) {
@@ -633,7 +660,9 @@ impl Paywall {
             Ok(body) => body,
             Err(BodyError::TooLarge) => {
                 // Served, not kept: a body this large is not read whole.
-                tracing::debug!("a request body too large to fingerprint: its response is not kept");
+                tracing::debug!(
+                    "a request body too large to fingerprint: its response is not kept"
+                );
                 return Ok(Kept::Serve(None));
             }
             Err(BodyError::Overflowed) => {
@@ -772,6 +801,7 @@ impl Paywall {
             let metered = Metered {
                 paywall: self.clone(),
                 session: verified.payment_hash,
+                service: service.name.clone(),
                 price_sats: service.price_sats,
                 topup_wait: std::time::Duration::from_secs(service.topup_wait_secs),
             };
@@ -874,8 +904,12 @@ impl Paywall {
         {
             match read_whole(request, &self.inner.bodies, false).await {
                 Ok(body) => Some(gate402_mpp::verify::body_digest(&body)),
-                // Not bound: the challenge still pays for one call.
-                Err(BodyError::TooLarge | BodyError::Overflowed | BodyError::Busy) => None,
+                // Too large to bind: the challenge pays for one call with a
+                // body too large to read.
+                Err(BodyError::TooLarge | BodyError::Overflowed) => None,
+                // Nothing issued rather than a challenge binding no body,
+                // which would then refuse this very body.
+                Err(BodyError::Busy) => return responses::busy(),
                 Err(BodyError::Broken) => return responses::bad_request(BODY_BROKEN),
             }
         } else {

@@ -80,9 +80,9 @@ mod verify;
 mod x402;
 
 pub use claims::{Claim, ClaimError};
-pub use idempotency::IdempotencyConfig;
 pub use client::{ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies};
 pub use clock::unix_now;
+pub use idempotency::IdempotencyConfig;
 pub use issue::{Binding, Doors, Issued};
 pub use layer::{PaywallBody, PaywallLayer, PaywallService, Routed};
 pub use limits::{Limited, LimitsConfig};

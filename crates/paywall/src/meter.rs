@@ -82,6 +82,7 @@ fn sse(event: &str, data: &serde_json::Value) -> Bytes {
 pub(crate) struct Metered {
     pub(crate) paywall: Paywall,
     pub(crate) session: [u8; 32],
+    pub(crate) service: String,
     pub(crate) price_sats: u64,
     pub(crate) topup_wait: Duration,
 }
@@ -114,7 +115,9 @@ impl Metered {
                 // The upstream ended or broke: what was charged stands.
                 Some(Err(_)) | None => break,
             };
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             buffer.extend_from_slice(&data);
             while let Some(end) = event_end(&buffer) {
                 let event = buffer.split_to(end).freeze();
@@ -155,7 +158,9 @@ impl Metered {
                 replica: self.paywall.inner.claims.replica().to_owned(),
                 token: hex::encode(rand::random::<[u8; 16]>()),
             };
-            let spent_msat = match store.debit(&self.session, price_msat, &holder, unix_now()).await
+            let spent_msat = match store
+                .debit(&self.session, &self.service, price_msat, &holder, unix_now())
+                .await
             {
                 Ok(Debit::Done { .. }) => {
                     // Kept at once: the event goes out now.
@@ -245,7 +250,8 @@ mod tests {
 
     #[test]
     fn events_are_cut_at_blank_lines() {
-        let stream = b"data: a\n\n: keep-alive\n\nevent: x\r\ndata: b\r\n\r\ndata: [DONE]\n\npartial";
+        let stream =
+            b"data: a\n\n: keep-alive\n\nevent: x\r\ndata: b\r\n\r\ndata: [DONE]\n\npartial";
         let mut rest: &[u8] = stream;
         let mut events = Vec::new();
         while let Some(end) = event_end(rest) {

@@ -551,14 +551,16 @@ impl Paywall {
     ) {
         let at = unix_now_secs();
         self.inner.served.add(|pending| {
-            pending.entry(payment_hash).or_insert_with(|| PaymentRecord {
-                payment_hash,
-                service: service.name.clone(),
-                scheme: scheme.to_owned(),
-                amount_msat: sats.saturating_mul(1000),
-                at,
-                served: 0,
-            });
+            pending
+                .entry(payment_hash)
+                .or_insert_with(|| PaymentRecord {
+                    payment_hash,
+                    service: service.name.clone(),
+                    scheme: scheme.to_owned(),
+                    amount_msat: sats.saturating_mul(1000),
+                    at,
+                    served: 0,
+                });
         });
     }
 

@@ -63,6 +63,7 @@ fn spending(id: [u8; 32], challenge_id: Option<String>) -> Verified {
         expires_at: 0,
         single_use: false,
         balance: None,
+        proven: true,
     }
 }
 
@@ -161,22 +162,27 @@ impl Paywall {
         let unexpired = |a: &SessionAction| {
             matches!(a, SessionAction::Open { .. } | SessionAction::TopUp { .. })
         };
-        let verified =
-            match verify_session(&key, credential, &state.verifier.realm, unexpired, now_time()) {
-                Ok(verified) => verified,
-                Err(gate402_mpp::verify::VerifyError::Expired(at)) => {
-                    return refuse(
-                        ProblemType::LightningChallengeExpired,
-                        format!("the challenge expired at {at}; pay a fresh one"),
-                    )
-                }
-                Err(e) => {
-                    let problem = e.problem_type();
-                    let status = StatusCode::from_u16(problem.status())
-                        .unwrap_or(StatusCode::PAYMENT_REQUIRED);
-                    return Step::Refuse(Refusal::new(status, problem, e.to_string()));
-                }
-            };
+        let verified = match verify_session(
+            &key,
+            credential,
+            &state.verifier.realm,
+            unexpired,
+            now_time(),
+        ) {
+            Ok(verified) => verified,
+            Err(gate402_mpp::verify::VerifyError::Expired(at)) => {
+                return refuse(
+                    ProblemType::LightningChallengeExpired,
+                    format!("the challenge expired at {at}; pay a fresh one"),
+                )
+            }
+            Err(e) => {
+                let problem = e.problem_type();
+                let status =
+                    StatusCode::from_u16(problem.status()).unwrap_or(StatusCode::PAYMENT_REQUIRED);
+                return Step::Refuse(Refusal::new(status, problem, e.to_string()));
+            }
+        };
         let VerifiedSession {
             challenge_id,
             request,
@@ -336,7 +342,7 @@ impl Paywall {
         let price_msat = service.price_sats.saturating_mul(1000);
         match self
             .store()
-            .debit(id, price_msat, &holder, unix_now())
+            .debit(id, &service.name, price_msat, &holder, unix_now())
             .await
         {
             Ok(Debit::Done { .. }) => Ok(Hold {
@@ -360,7 +366,7 @@ impl Paywall {
             )),
             Ok(Debit::NotFound) => Err(refuse(
                 ProblemType::LightningSessionNotFound,
-                "no session has this id; open one with the challenge's deposit",
+                "no session of this service has this id; open one with the challenge's deposit",
             )),
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot spend from a session");
@@ -393,12 +399,10 @@ impl Paywall {
                     "this payment opened or topped up another session",
                 )
             }
-            Ok(TopUp::Closed) => {
-                return refuse(
-                    ProblemType::LightningSessionClosed,
-                    "this session is closed; the top-up's payment is unspent and may open a session",
-                )
-            }
+            Ok(TopUp::Closed) => return refuse(
+                ProblemType::LightningSessionClosed,
+                "this session is closed; the top-up's payment is unspent and may open a session",
+            ),
             Ok(TopUp::NotFound) => {
                 return refuse(
                     ProblemType::LightningSessionNotFound,
@@ -419,14 +423,19 @@ impl Paywall {
             Ok(Closing::Closed {
                 refund_msat,
                 return_invoice,
-            }) => self.refund(&id, refund_msat, return_invoice.as_deref()).await,
+            }) => {
+                self.refund(&id, refund_msat, return_invoice.as_deref())
+                    .await
+            }
             // Asked again: the first answer, refunded once.
             Ok(Closing::AlreadyClosed(session)) => {
-                let closed = session.closed.unwrap_or_else(|| gate402_store::ClosedSession {
-                    at: 0,
-                    refund_msat: 0,
-                    refund_status: "skipped".into(),
-                });
+                let closed = session
+                    .closed
+                    .unwrap_or_else(|| gate402_store::ClosedSession {
+                        at: 0,
+                        refund_msat: 0,
+                        refund_status: "skipped".into(),
+                    });
                 (closed.refund_msat / 1000, closed.refund_status)
             }
             Ok(Closing::NotFound) => {
@@ -502,8 +511,9 @@ impl Paywall {
                 return_invoice,
             }) = self.store().close_session(&id, unix_now()).await
             {
-                let (refund_sats, status) =
-                    self.refund(&id, refund_msat, return_invoice.as_deref()).await;
+                let (refund_sats, status) = self
+                    .refund(&id, refund_msat, return_invoice.as_deref())
+                    .await;
                 tracing::info!(session = %hex::encode(id), refund_sats, status, "an idle session was closed");
             }
         }

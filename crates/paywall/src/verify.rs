@@ -33,6 +33,10 @@ pub struct Verified {
     /// `<service>_balance` caveat): it spends from that balance, keyed by
     /// its payment hash, instead of being claimed.
     pub balance: Option<u64>,
+    /// Whether the credential itself proves the payment (it carries the
+    /// preimage). An x402 payment without one does not: anyone who saw the
+    /// offer can send it, so no kept response is replayed to it.
+    pub proven: bool,
 }
 
 /// Checks credentials against the gateway's secrets and terms.
@@ -81,6 +85,7 @@ impl Verifier {
                     expires_at: self.remembered_until(service, terms.valid_until.unwrap_or(0)),
                     single_use: terms.uses.is_some() && terms.balance.is_none(),
                     balance: terms.balance,
+                    proven: true,
                 })
             }
             Err(e) if e.is_expired() => Err(Refusal::new(
@@ -164,6 +169,7 @@ impl Verifier {
             expires_at: self.remembered_until(service, expires_at),
             single_use: true,
             balance: None,
+            proven: true,
         })
     }
 

@@ -190,6 +190,7 @@ impl X402Keys {
             expires_at,
             single_use: true,
             balance: None,
+            proven: payment.payload.preimage.is_some(),
         })
     }
 }

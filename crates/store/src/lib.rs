@@ -351,13 +351,15 @@ pub trait Store: Send + Sync + 'static {
     /// A session, open or closed.
     async fn session(&self, id: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
 
-    /// Spends `amount_msat` from an open session, atomically: never below
+    /// Spends `amount_msat` from an open session of `service` (another
+    /// service's session is [`Debit::NotFound`]), atomically: never below
     /// zero, whatever other replicas spend at once. The debit is held by
     /// `holder` until [`Store::settle_debit`] (served) or
     /// [`Store::undo_debit`] (the upstream failed: pay for success).
     async fn debit(
         &self,
         id: &[u8; 32],
+        service: &str,
         amount_msat: u64,
         holder: &ClaimHolder,
         now: u64,

@@ -696,7 +696,7 @@ impl Store for PostgresStore {
             if session != n.id[..] {
                 return Ok(Opened::DepositSpent);
             }
-            let known = read_session(&mut *tx, &n.id).await?;
+            let known = read_session(&mut tx, &n.id).await?;
             sqlx::query(
                 "UPDATE sessions SET return_invoice = $2 WHERE id = $1 AND return_invoice IS NULL",
             )
@@ -733,6 +733,7 @@ impl Store for PostgresStore {
     async fn debit(
         &self,
         id: &[u8; 32],
+        service: &str,
         amount_msat: u64,
         holder: &ClaimHolder,
         now: u64,
@@ -740,19 +741,21 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await.map_err(db)?;
         let left: Option<i64> = sqlx::query_scalar(
             "UPDATE sessions SET spent_msat = spent_msat + $2, last_used_at = $3
-             WHERE id = $1 AND closed_at IS NULL AND deposit_msat - spent_msat >= $2
+             WHERE id = $1 AND service = $4 AND closed_at IS NULL AND deposit_msat - spent_msat >= $2
              RETURNING deposit_msat - spent_msat",
         )
         .bind(&id[..])
         .bind(amount_msat as i64)
         .bind(now as i64)
+        .bind(service)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
         let Some(left) = left else {
-            let known = read_session(&mut *tx, id).await?;
+            let known = read_session(&mut tx, id).await?;
             return Ok(match known {
                 None => Debit::NotFound,
+                Some(s) if s.service != service => Debit::NotFound,
                 Some(s) if s.closed.is_some() => Debit::Closed,
                 Some(s) => Debit::Insufficient {
                     spent_msat: s.spent_msat,
@@ -870,7 +873,7 @@ impl Store for PostgresStore {
         .map_err(db)?;
         let Some(deposit) = deposit else {
             // Nothing credited: the credit row goes with the transaction.
-            let known = read_session(&mut *tx, id).await?;
+            let known = read_session(&mut tx, id).await?;
             tx.rollback().await.map_err(db)?;
             return Ok(match known {
                 None => TopUp::NotFound,
@@ -924,7 +927,10 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        Ok(ids.into_iter().filter_map(|id| id.try_into().ok()).collect())
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| id.try_into().ok())
+            .collect())
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {

@@ -726,19 +726,23 @@ impl Store for SqliteStore {
     async fn debit(
         &self,
         id: &[u8; 32],
+        service: &str,
         amount_msat: u64,
         holder: &ClaimHolder,
         now: u64,
     ) -> Result<Debit, StoreError> {
-        let (id, holder) = (*id, holder.clone());
+        let (id, holder, service) = (*id, holder.clone(), service.to_owned());
         self.with(move |c| {
             let left: Option<i64> = c
                 .prepare_cached(
                     "UPDATE sessions SET spent_msat = spent_msat + ?2, last_used_at = ?3
-                     WHERE id = ?1 AND closed_at IS NULL AND deposit_msat - spent_msat >= ?2
+                     WHERE id = ?1 AND service = ?4 AND closed_at IS NULL AND deposit_msat - spent_msat >= ?2
                      RETURNING deposit_msat - spent_msat",
                 )?
-                .query_row(params![&id[..], amount_msat as i64, now as i64], |r| r.get(0))
+                .query_row(
+                    params![&id[..], amount_msat as i64, now as i64, service],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if let Some(left) = left {
                 c.prepare_cached(
@@ -751,6 +755,7 @@ impl Store for SqliteStore {
             }
             Ok(match read_session(c, &id)? {
                 None => Debit::NotFound,
+                Some(s) if s.service != service => Debit::NotFound,
                 Some(s) if s.closed.is_some() => Debit::Closed,
                 Some(s) => Debit::Insufficient {
                     spent_msat: s.spent_msat,

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use gate402_postgres_testkit::TestPostgres;
 use gate402_store::{
-    ClaimHolder, InvoiceRecord, PaymentRecord, PostgresStore, Reservation, SqliteStore, Store,
-    Closing, Debit, NewSession, Opened, StoredResponse, TopUp,
+    ClaimHolder, Closing, Debit, InvoiceRecord, NewSession, Opened, PaymentRecord, PostgresStore,
+    Reservation, SqliteStore, Store, StoredResponse, TopUp,
 };
 
 /// Two handles on one database, as two gateway replicas have.
@@ -341,7 +341,10 @@ fn stored(claim: &str, idempotency_key: &str, body: &str, expires_at: u64) -> St
         status: 201,
         headers: vec![
             ("content-type".into(), b"application/json".to_vec()),
-            ("payment-receipt".into(), b"eyJzdGF0dXMiOiJzdWNjZXNzIn0".to_vec()),
+            (
+                "payment-receipt".into(),
+                b"eyJzdGF0dXMiOiJzdWNjZXNzIn0".to_vec(),
+            ),
         ],
         body: body.as_bytes().to_vec(),
         expires_at,
@@ -390,7 +393,9 @@ fn new_session(id: u8, deposit_msat: u64, return_invoice: Option<&str>) -> NewSe
 async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &Pair) {
     let (r1, r2) = (holder("r1", "d1"), holder("r2", "d2"));
     assert_eq!(
-        a.open_session(&new_session(60, 10_000, None)).await.unwrap(),
+        a.open_session(&new_session(60, 10_000, None))
+            .await
+            .unwrap(),
         Opened::New
     );
     // Opened again (a retry, or the other door): nothing credited twice; a
@@ -403,15 +408,21 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     let session = a.session(&[60; 32]).await.unwrap().unwrap();
     assert_eq!(session.return_invoice.as_deref(), Some("lnbcrt1refund"));
     assert_eq!(
-        a.debit(&[60; 32], 4_000, &r1, 1_001).await.unwrap(),
-        Debit::Done { balance_msat: 6_000 }
+        a.debit(&[60; 32], "chat", 4_000, &r1, 1_001).await.unwrap(),
+        Debit::Done {
+            balance_msat: 6_000
+        }
     );
     assert_eq!(
-        b.debit(&[60; 32], 4_000, &r2, 1_002).await.unwrap(),
-        Debit::Done { balance_msat: 2_000 }
+        b.debit(&[60; 32], "chat", 4_000, &r2, 1_002).await.unwrap(),
+        Debit::Done {
+            balance_msat: 2_000
+        }
     );
     assert_eq!(
-        a.debit(&[60; 32], 4_000, &holder("r1", "d3"), 1_003).await.unwrap(),
+        a.debit(&[60; 32], "chat", 4_000, &holder("r1", "d3"), 1_003)
+            .await
+            .unwrap(),
         Debit::Insufficient {
             spent_msat: 8_000,
             balance_msat: 2_000
@@ -422,7 +433,10 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     assert!(!b.undo_debit(&r2).await.unwrap(), "given back once");
     a.settle_debit(&r1).await.unwrap();
     assert!(!a.undo_debit(&r1).await.unwrap(), "a settled debit stays");
-    assert_eq!(a.session(&[60; 32]).await.unwrap().unwrap().spent_msat, 4_000);
+    assert_eq!(
+        a.session(&[60; 32]).await.unwrap().unwrap().spent_msat,
+        4_000
+    );
     // A top-up credits once, and only the session it was paid for.
     assert_eq!(
         b.top_up(&[60; 32], &[61; 32], 5_000, 1_004).await.unwrap(),
@@ -448,16 +462,33 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         a.top_up(&[63; 32], &[64; 32], 10_000, 1_005).await.unwrap(),
         TopUp::NotFound
     );
+    // Another service's requests find no such session.
+    assert_eq!(
+        a.debit(&[60; 32], "other", 1_000, &holder("r1", "d9"), 1_006)
+            .await
+            .unwrap(),
+        Debit::NotFound
+    );
     // A replica killed mid-request: its held debits are given back.
     assert_eq!(
-        a.debit(&[60; 32], 1_000, &holder("dead", "d4"), 1_006).await.unwrap(),
-        Debit::Done { balance_msat: 10_000 }
+        a.debit(&[60; 32], "chat", 1_000, &holder("dead", "d4"), 1_006)
+            .await
+            .unwrap(),
+        Debit::Done {
+            balance_msat: 10_000
+        }
     );
     assert_eq!(b.undo_debits_of("dead").await.unwrap(), 1);
     // Idle past its timeout: found; closed once, refunded once.
-    assert_eq!(b.idle_sessions(1_200, 10).await.unwrap(), Vec::<[u8; 32]>::new());
+    assert_eq!(
+        b.idle_sessions(1_200, 10).await.unwrap(),
+        Vec::<[u8; 32]>::new()
+    );
     assert_eq!(b.idle_sessions(1_400, 10).await.unwrap(), vec![[60; 32]]);
-    let (x, y) = tokio::join!(a.close_session(&[60; 32], 1_400), b.close_session(&[60; 32], 1_400));
+    let (x, y) = tokio::join!(
+        a.close_session(&[60; 32], 1_400),
+        b.close_session(&[60; 32], 1_400)
+    );
     let closed: Vec<Closing> = [x.unwrap(), y.unwrap()].into_iter().collect();
     let refunds: Vec<&Closing> = closed
         .iter()
@@ -475,9 +506,14 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         panic!("closed twice");
     };
     let end = done.closed.unwrap();
-    assert_eq!((end.refund_msat, end.refund_status.as_str()), (11_000, "succeeded"));
     assert_eq!(
-        a.debit(&[60; 32], 1, &holder("r1", "d5"), 1_501).await.unwrap(),
+        (end.refund_msat, end.refund_status.as_str()),
+        (11_000, "succeeded")
+    );
+    assert_eq!(
+        a.debit(&[60; 32], "chat", 1, &holder("r1", "d5"), 1_501)
+            .await
+            .unwrap(),
         Debit::Closed
     );
     assert_eq!(
@@ -490,20 +526,25 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         "a top-up refused for a closed session leaves its payment unspent"
     );
     assert_eq!(b.idle_sessions(9_999, 10).await.unwrap().len(), 1);
-    assert_eq!(a.close_session(&[66; 32], 1).await.unwrap(), Closing::NotFound);
+    assert_eq!(
+        a.close_session(&[66; 32], 1).await.unwrap(),
+        Closing::NotFound
+    );
 }
 
 /// Two replicas spending one balance at once never spend more than it
 /// holds.
 async fn concurrent_debits_never_overdraw(stores: &Pair) {
     let a = &stores[0];
-    a.open_session(&new_session(70, 10_000, None)).await.unwrap();
+    a.open_session(&new_session(70, 10_000, None))
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for i in 0..40 {
         let store = stores[i % 2].clone();
         let holder = holder("r", &format!("c{i}"));
         tasks.push(tokio::spawn(async move {
-            store.debit(&[70; 32], 1_000, &holder, 2_000).await.unwrap()
+            store.debit(&[70; 32], "chat", 1_000, &holder, 2_000).await.unwrap()
         }));
     }
     let mut done = 0;
@@ -513,7 +554,10 @@ async fn concurrent_debits_never_overdraw(stores: &Pair) {
         }
     }
     assert_eq!(done, 10);
-    assert_eq!(a.session(&[70; 32]).await.unwrap().unwrap().spent_msat, 10_000);
+    assert_eq!(
+        a.session(&[70; 32]).await.unwrap().unwrap().spent_msat,
+        10_000
+    );
 }
 
 async fn keeps_the_contract(stores: &Pair) {

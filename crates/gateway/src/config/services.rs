@@ -8,8 +8,8 @@ use toml::{Table, Value};
 
 use super::check::Checker;
 use super::{
-    join, segment_prefix, Auth, HostPattern, PathPattern, Meter, PricedService, Rewrite, Schemes, Sells,
-    ServiceConfig, ToolConfig, UpstreamConfig,
+    join, segment_prefix, Auth, HostPattern, Meter, PathPattern, PricedService, Rewrite, Schemes,
+    Sells, ServiceConfig, ToolConfig, UpstreamConfig,
 };
 
 /// One `[[services]]` entry as written. Everything is optional here so
@@ -268,7 +268,10 @@ impl Checker {
             );
         }
         if priced.sells == Sells::Balance && priced.deposit_sats() > MAX_PRICE_SATS as u64 {
-            self.error(&at("deposit_units"), "the deposit is more than every bitcoin there will be");
+            self.error(
+                &at("deposit_units"),
+                "the deposit is more than every bitcoin there will be",
+            );
         }
         if raw.capabilities.is_some() {
             self.warnings.push(format!(

@@ -407,6 +407,7 @@ impl PaidTools {
             expires_at: record.created_at + PAYMENT_ID_LIFETIME_SECS + 3600,
             single_use: true,
             balance: None,
+            proven: true,
         })
     }
 

@@ -95,7 +95,10 @@ pub fn router(sandbox: Sandbox) -> Router {
     Router::new()
         .route(PATH, post(pay))
         .route(INVOICE_PATH, post(issue))
-        .route(&format!("{INVOICE_PATH}/{{hash}}"), axum::routing::get(status))
+        .route(
+            &format!("{INVOICE_PATH}/{{hash}}"),
+            axum::routing::get(status),
+        )
         .with_state(sandbox)
 }
 
@@ -103,10 +106,7 @@ pub fn router(sandbox: Sandbox) -> Router {
 /// invoices of this sandbox, so a client on the sandbox gets its return
 /// invoice here. Only amountless ones: a priced invoice is the gateway's to
 /// issue.
-async fn issue(
-    State(sandbox): State<Sandbox>,
-    body: Option<Json<InvoiceRequest>>,
-) -> Response {
+async fn issue(State(sandbox): State<Sandbox>, body: Option<Json<InvoiceRequest>>) -> Response {
     use gate402_lightning::LightningBackend as _;
     let request = body.map(|Json(b)| b).unwrap_or_default();
     let expiry_secs = request.expiry_secs.unwrap_or(24 * 3600);

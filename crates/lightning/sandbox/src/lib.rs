@@ -87,10 +87,24 @@ impl Sandbox {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
+        // The invoices hold their preimages: readable by the owner alone,
+        // whatever the umask made of the directory.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
         let key = load_or_create_key(&dir.join("node_key"))?;
         let secp = Secp256k1::new();
         let pubkey = key.public_key(&secp);
-        let store = Store::open(&dir.join("invoices.sqlite3"))?;
+        let database = dir.join("invoices.sqlite3");
+        let store = Store::open(&database)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
+        }
         tracing::warn!(node = %pubkey, "{TEST_MONEY}");
         Ok(Self {
             inner: Arc::new(Inner {

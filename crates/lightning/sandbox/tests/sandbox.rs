@@ -259,3 +259,20 @@ async fn return_invoices_are_issued_and_watched_over_http() {
         .unwrap();
     assert_eq!(plain.status().as_u16(), 200);
 }
+
+/// The invoices hold their preimages: the sandbox's directory and database
+/// are its owner's alone, even in a directory made world-readable before.
+#[cfg(unix)]
+#[test]
+fn the_sandbox_keeps_its_preimages_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox_dir = dir.path().join("sandbox");
+    std::fs::create_dir(&sandbox_dir).unwrap();
+    std::fs::set_permissions(&sandbox_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _sandbox = Sandbox::open(&sandbox_dir).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&sandbox_dir), 0o700);
+    assert_eq!(mode(&sandbox_dir.join("invoices.sqlite3")), 0o600);
+    assert_eq!(mode(&sandbox_dir.join("node_key")), 0o600);
+}

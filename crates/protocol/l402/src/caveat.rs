@@ -11,7 +11,8 @@
 //!   know it skip it, and the gateway that minted it enforces it);
 //! - `<service>_balance=<sats>`: it names a prepaid balance there, the
 //!   deposit of its invoice, spent a unit price per request (gate402's own,
-//!   like `_uses`); the balance is the session keyed by its payment hash;
+//!   like `_uses`); the balance is the session keyed by its payment hash,
+//!   and the first such caveat (the minted one) alone names its deposit;
 //! - `<capability>_<constraint>=value`: application constraints, checked by
 //!   satisfiers the application supplies.
 //!
@@ -80,7 +81,10 @@ impl Caveat {
     /// `<service>_balance=<sats>`: the token names a prepaid balance of
     /// `sats` (its invoice's deposit), spent per request of `service`.
     pub fn balance(service: &str, deposit_sats: u64) -> Self {
-        Self::new(format!("{service}{BALANCE_SUFFIX}"), deposit_sats.to_string())
+        Self::new(
+            format!("{service}{BALANCE_SUFFIX}"),
+            deposit_sats.to_string(),
+        )
     }
 }
 
@@ -92,8 +96,9 @@ pub struct Terms {
     /// The fewest `<service>_uses`, if any: a value that is not a count
     /// reads as 1, the narrowest.
     pub uses: Option<u64>,
-    /// The smallest `<service>_balance` (sats), if any: a value that is not
-    /// a number reads as 0, the narrowest.
+    /// The first `<service>_balance` (sats), if any: the deposit the token
+    /// was minted with, which later caveats do not change (a value that is
+    /// not a number reads as 0).
     pub balance: Option<u64>,
 }
 
@@ -112,9 +117,10 @@ pub fn terms<'a>(caveats: impl IntoIterator<Item = &'a [u8]>, service: &str) -> 
         } else if suffix == USES_SUFFIX {
             let n = caveat.value.parse::<u64>().ok().filter(|n| *n > 0);
             terms.uses = earliest(terms.uses, n.unwrap_or(1));
-        } else if suffix == BALANCE_SUFFIX {
-            let sats = caveat.value.parse::<u64>().unwrap_or(0);
-            terms.balance = earliest(terms.balance, sats);
+        } else if suffix == BALANCE_SUFFIX && terms.balance.is_none() {
+            // The first is the one minted with the token; caveats a holder
+            // appends cannot change the deposit it names.
+            terms.balance = Some(caveat.value.parse::<u64>().unwrap_or(0));
         }
     }
     terms
@@ -520,8 +526,8 @@ mod tests {
             Caveat::uses("svc", 1),
             Caveat::valid_until("other", 100),
             Caveat::uses("other", 1),
-            Caveat::balance("svc", 200),
             Caveat::balance("svc", 150),
+            Caveat::balance("svc", 200),
             Caveat::balance("other", 1),
         ];
         let raw: Vec<String> = caveats.iter().map(Caveat::to_string).collect();
@@ -536,7 +542,11 @@ mod tests {
         );
         // A holder can only lower a balance, never raise it.
         assert_eq!(
-            terms(["svc_balance=100", "svc_balance=9999"].map(str::as_bytes), "svc").balance,
+            terms(
+                ["svc_balance=100", "svc_balance=9999"].map(str::as_bytes),
+                "svc"
+            )
+            .balance,
             Some(100)
         );
         assert_eq!(terms(["svc_balance=x".as_bytes()], "svc").balance, Some(0));

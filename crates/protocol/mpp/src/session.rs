@@ -108,7 +108,11 @@ fn canonical(text: &str) -> Option<u64> {
 
 /// A session credential's payload: what the client does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "action",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum SessionAction {
     /// Opens a session with the paid deposit; refunds go to
     /// `return_invoice` (BOLT11 with no amount).
@@ -290,17 +294,18 @@ mod tests {
                 return_invoice: "lnbc1p".into()
             }
         );
-        let top_up: SessionAction = serde_json::from_str(
-            r#"{"action":"topUp","sessionId":"ab","topUpPreimage":"cd"}"#,
-        )
-        .unwrap();
+        let top_up: SessionAction =
+            serde_json::from_str(r#"{"action":"topUp","sessionId":"ab","topUpPreimage":"cd"}"#)
+                .unwrap();
         assert_eq!(top_up.name(), "topUp");
         assert_eq!(
             serde_json::to_value(&top_up).unwrap(),
             serde_json::json!({"action":"topUp","sessionId":"ab","topUpPreimage":"cd"})
         );
-        assert!(serde_json::from_str::<SessionAction>(r#"{"action":"bearer","preimage":"aa"}"#)
-            .is_err());
+        assert!(
+            serde_json::from_str::<SessionAction>(r#"{"action":"bearer","preimage":"aa"}"#)
+                .is_err()
+        );
         assert!(serde_json::from_str::<SessionAction>(r#"{"preimage":"aa"}"#).is_err());
     }
 

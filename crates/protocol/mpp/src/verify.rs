@@ -246,13 +246,22 @@ fn verify_bound(
             request.method_details.network
         )));
     }
-    if let Some(digest) = input.digest {
-        let matches = expected
-            .body
-            .is_some_and(|body| mpp::body_digest::verify(digest, body));
-        if !matches {
+    match input.digest {
+        Some(digest) => {
+            let matches = expected
+                .body
+                .is_some_and(|body| mpp::body_digest::verify(digest, body));
+            if !matches {
+                return Err(VerifyError::Digest);
+            }
+        }
+        // Issued for a request without a body (a GET): it pays for no body,
+        // not for whatever a POST sends with it. (A body too large to bind
+        // is not read: `body` is `None` then.)
+        None if expected.body.is_some_and(|body| !body.is_empty()) => {
             return Err(VerifyError::Digest);
         }
+        None => {}
     }
     if let Some(scope) = expected.scope {
         // The opaque is bound by the id, verified above: it is ours.
@@ -593,9 +602,15 @@ mod tests {
             with_body(&dropped, None).unwrap_err(),
             VerifyError::UnknownChallenge
         );
-        // A challenge that bound no body (one too large to read) pays for
-        // whatever body comes.
+        // A challenge that bound no body pays for a request without one
+        // (it was issued for a GET), or with one too large to read (the
+        // server then has none to show), never for a body it could check.
         let unbound = issued_for_body(&key, None, None, |_| {});
-        assert!(with_body(&unbound, Some(body)).is_ok());
+        assert!(with_body(&unbound, None).is_ok());
+        assert!(with_body(&unbound, Some(b"")).is_ok());
+        assert_eq!(
+            with_body(&unbound, Some(body)).unwrap_err(),
+            VerifyError::Digest
+        );
     }
 }
