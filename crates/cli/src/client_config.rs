@@ -4,6 +4,7 @@
 //! ```toml
 //! max_cost_sats = 1000            # per request (--max-cost overrides)
 //! max_fee_sats = 10               # routing fees per payment (--max-fee)
+//! sessions = true                 # open MPP sessions for balances (--session, --no-session)
 //!
 //! [budget]                        # over time; pending payments count
 //! per_hour_sats = 5000
@@ -33,6 +34,9 @@ pub struct ClientConfig {
     pub max_cost_sats: Option<u64>,
     /// Default `--max-fee`.
     pub max_fee_sats: Option<u64>,
+    /// Default `--session` (true) or `--no-session` (false): whether `get`
+    /// opens MPP sessions for prepaid balances.
+    pub sessions: Option<bool>,
     /// Budgets over time.
     #[serde(default)]
     pub budget: Budget,
@@ -77,10 +81,11 @@ mod tests {
     #[test]
     fn reads_budgets_per_domain_and_refuses_unknown_keys() {
         let config: ClientConfig = toml::from_str(
-            "max_cost_sats = 50\n[budget]\nper_day_sats = 10\n[budget.domains.\"a.example\"]\ntotal_sats = 3\n",
+            "max_cost_sats = 50\nsessions = true\n[budget]\nper_day_sats = 10\n[budget.domains.\"a.example\"]\ntotal_sats = 3\n",
         )
         .unwrap();
         assert_eq!(config.max_cost_sats, Some(50));
+        assert_eq!(config.sessions, Some(true));
         assert_eq!(config.budget.per_day_sats, Some(10));
         assert_eq!(config.budget.domains["a.example"].total_sats, Some(3));
         let typo = toml::from_str::<ClientConfig>("[budget]\nper_day_sat = 10\n").unwrap_err();

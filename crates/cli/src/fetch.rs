@@ -1,6 +1,7 @@
 //! `gate402 get|post|put|patch|delete`: curl's habits, and a 402 is paid
-//! within `--max-cost`, then retried. `gate402 tokens` and `gate402
-//! receipts` read what it keeps.
+//! within `--max-cost`, then retried (a prepaid balance through an MPP
+//! session with `--session`). `gate402 tokens` and `gate402 receipts` read
+//! what it keeps; `gate402 sessions` lists and closes its sessions.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -51,6 +52,17 @@ pub struct FetchArgs {
     /// of L402 and MPP offered; x402 when neither is).
     #[arg(long, value_parser = ["l402", "mpp", "x402"])]
     pub prefer: Option<String>,
+    /// Buy a prepaid balance through an MPP session when the server offers
+    /// one: pay the deposit once, spend from it on later calls (in later
+    /// runs too), top it up when it runs out, and have the unspent balance
+    /// refunded to the wallet when it is closed (`gate402 sessions close`)
+    /// or idle [default: the config's `sessions`, else off: the balance is
+    /// bought through its L402 token, never refunded].
+    #[arg(long, overrides_with = "no_session")]
+    pub session: bool,
+    /// Do not open or use MPP sessions, whatever the config says.
+    #[arg(long, overrides_with = "session")]
+    pub no_session: bool,
     /// Spending limits and the wallet.
     #[command(flatten)]
     pub pay: PayOptions,
@@ -79,8 +91,14 @@ pub struct PayOptions {
 }
 
 impl PayOptions {
-    /// The payer these options describe.
-    pub async fn payer(&self, prefer: Option<Prefer>, data_dir: &Path) -> Result<Payer> {
+    /// The payer these options describe; `sessions` overrides the config's
+    /// `sessions` (off when neither says).
+    pub async fn payer(
+        &self,
+        prefer: Option<Prefer>,
+        sessions: Option<bool>,
+        data_dir: &Path,
+    ) -> Result<Payer> {
         let config = ClientConfig::load(self.config.as_deref(), data_dir)?;
         let wallet = match &config.lightning {
             None => Wallet::sandbox(),
@@ -98,6 +116,7 @@ impl PayOptions {
             ledger: Arc::new(Ledger::open(&ledger_path(data_dir))?),
             prefer,
             pay: !self.no_pay,
+            sessions: sessions.or(config.sessions).unwrap_or(false),
         })
     }
 }
@@ -215,7 +234,12 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
         "x402" => Prefer::X402,
         _ => Prefer::L402,
     });
-    let payer = args.pay.payer(prefer, data_dir).await?;
+    let sessions = match (args.session, args.no_session) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let payer = args.pay.payer(prefer, sessions, data_dir).await?;
     // Redirects are followed by the payer, hop by hop, so that each 402 is
     // paid to the origin that sent it and no credential crosses origins.
     let http = reqwest::Client::builder()
@@ -386,19 +410,28 @@ fn since(text: &str) -> Result<u64> {
 /// Lists payments with totals per domain (failed ones listed, not counted).
 pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
     let ledger = Ledger::open(&ledger_path(data_dir))?;
-    let payments = ledger.payments(args.since.as_deref().map(since).transpose()?.unwrap_or(0))?;
-    let mut totals: std::collections::BTreeMap<&str, (u64, u64, usize)> = Default::default();
+    let since = args.since.as_deref().map(since).transpose()?.unwrap_or(0);
+    let payments = ledger.payments(since)?;
+    let refunds = ledger.refunds(since)?;
+    // Per domain: paid (msat), fees (msat), payments, refunded (msat).
+    let mut totals: std::collections::BTreeMap<&str, (u64, u64, usize, u64)> = Default::default();
     for p in payments.iter().filter(|p| p.status != PaymentState::Failed) {
         let t = totals.entry(p.host.as_str()).or_default();
         t.0 += p.amount_msat;
         t.1 += p.fee_msat;
         t.2 += 1;
     }
+    // A refund counts once the server says it went out.
+    for r in refunds.iter().filter(|r| r.status == "succeeded") {
+        totals.entry(r.host.as_str()).or_default().3 += r.refund_msat;
+    }
     if args.json {
-        let totals: Vec<_> = totals.iter().map(|(domain, (amount, fee, count))| json!({"domain": domain, "payments": count, "amount_msat": amount, "fee_msat": fee})).collect();
+        let totals: Vec<_> = totals.iter().map(|(domain, (amount, fee, count, refunded))| json!({"domain": domain, "payments": count, "amount_msat": amount, "fee_msat": fee, "refunded_msat": refunded})).collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"payments": payments, "totals": totals}))?
+            serde_json::to_string_pretty(
+                &json!({"payments": payments, "refunds": refunds, "totals": totals})
+            )?
         );
         return Ok(());
     }
@@ -414,11 +447,23 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
             p.url
         );
     }
-    for (domain, (amount, fee, count)) in &totals {
+    for r in &refunds {
         println!(
-            "total {domain}: {count} payments, {} sat + {} msat fees",
+            "{}  {:>8} msat  refund   {:7}  {}  {}  ({})",
+            r.created_at,
+            r.refund_msat,
+            r.status,
+            &r.session[..16.min(r.session.len())],
+            r.url,
+            r.reason
+        );
+    }
+    for (domain, (amount, fee, count, refunded)) in &totals {
+        println!(
+            "total {domain}: {count} payments, {} sat + {} msat fees, {} sat refunded",
             amount / 1000,
-            fee
+            fee,
+            refunded / 1000
         );
     }
     Ok(())

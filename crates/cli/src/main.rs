@@ -13,6 +13,7 @@ mod node;
 mod report;
 mod sandbox;
 mod serve;
+mod sessions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,11 @@ enum Command {
     },
     /// Every payment `get` made, with its receipt, and totals per origin.
     Receipts(fetch::ReceiptsArgs),
+    /// The MPP sessions `get --session` opened: list them, close them.
+    Sessions {
+        #[command(subcommand)]
+        command: sessions::SessionsCommand,
+    },
     /// Paid MCP tools: `mcp call URL TOOL --args JSON`.
     Mcp {
         #[command(subcommand)]
@@ -154,6 +160,7 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Sandbox { command } => sandbox::run(command).await,
         Command::Tokens { command } => fetch::tokens(command, &cli.data_dir()?),
         Command::Receipts(args) => fetch::receipts(args, &cli.data_dir()?),
+        Command::Sessions { command } => sessions::run(command, &cli.data_dir()?).await,
         Command::McpProxy(args) => mcp::proxy(args, &cli.data_dir()?).await,
         Command::Mcp { .. } => unreachable!("mcp commands are dispatched above"),
         Command::Get(_)

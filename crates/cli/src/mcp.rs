@@ -53,7 +53,8 @@ async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
         Ok(serde_json::Value::Object(object)) => object,
         _ => bail!("--args must be a JSON object, as in --args '{{\"city\": \"Oslo\"}}'"),
     };
-    let payer = args.pay.payer(None, data_dir).await?;
+    // A tool call pays per call: MCP has no session door.
+    let payer = args.pay.payer(None, Some(false), data_dir).await?;
     let (result, payment) = match payer.call_tool(&url, &args.tool, arguments).await? {
         ToolCall::Offer(offer) => return print_offer(&offer),
         ToolCall::Result(result, payment) => (result, payment),

@@ -85,6 +85,11 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
         .map(|p| p["amount_msat"].as_u64().unwrap())
         .sum();
     assert_eq!(total, 2 * 10_000 + 7_000);
+    // The ledger's totals say the same: two per-request payments, one pass.
+    let out = run(data, &["receipts", "--json"]).await;
+    let receipts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(receipts["totals"][0]["payments"], 3, "{receipts}");
+    assert_eq!(receipts["totals"][0]["amount_msat"], 27_000);
     assert!(paid.iter().all(|p| p["receipt"].is_string()), "{paid:?}");
     let tokens = run(data, &["tokens", "list"]).await;
     let tokens = String::from_utf8_lossy(&tokens.stdout);
@@ -601,6 +606,7 @@ async fn a_payment_that_times_out_is_resolved_not_repeated() {
             ledger: ledger.clone(),
             prefer: None,
             pay: true,
+            sessions: false,
         },
     };
     let request = client.http.get(format!("{base}/paid")).build().unwrap();

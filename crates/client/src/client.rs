@@ -15,10 +15,11 @@ use reqwest::{Method, Request, Response, StatusCode, Url};
 
 use crate::ledger::{BeginError, PaymentState, PendingPayment};
 use crate::policy::expiry;
+use crate::session::{SessionError, SessionOffer, Sessioned, TOP_UP_SCHEME};
 use crate::wallet::may_be_in_flight;
 use crate::{
-    CachedToken, Ledger, LedgerError, Offer, OfferError, PaymentEntry, Policy, Refusal, RequestKey,
-    Wallet, IDEMPOTENCY_KEY, PAYMENT_AUTHORIZATION,
+    CachedToken, Ledger, LedgerError, Offer, OfferError, PaymentEntry, Policy, Refund, Refusal,
+    RequestKey, StoredSession, Wallet, IDEMPOTENCY_KEY, PAYMENT_AUTHORIZATION,
 };
 
 /// Which scheme to answer with when several are offered.
@@ -86,6 +87,9 @@ pub enum FetchError {
     /// The ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// An MPP session could not be used as the draft has it.
+    #[error(transparent)]
+    Session(#[from] SessionError),
     /// The request cannot be repeated after a 402 (a streaming body).
     #[error("the request body cannot be sent twice")]
     NotRepeatable,
@@ -140,6 +144,14 @@ pub struct Payer {
     pub prefer: Option<Prefer>,
     /// When false, a 402 is returned as an offer instead of paid.
     pub pay: bool,
+    /// Whether to use the MPP session intent (draft-lightning-session-00)
+    /// when a 402 offers it: pay the deposit and open a session (with a
+    /// return invoice of the wallet for the refund), spend from it on
+    /// later requests to the same service, top it up within the policy,
+    /// close it once idle. When false, a balance is bought through its
+    /// L402 token (which has no refund), and sessions kept from before are
+    /// left alone.
+    pub sessions: bool,
 }
 
 /// The client of `gate402 get`: a [`Payer`] over a `reqwest::Client`.
@@ -156,6 +168,16 @@ impl Client {
         self.payer
             .fetch_with(request, |r| async { Ok(self.http.execute(r).await?) })
             .await
+    }
+
+    /// Closes `session` (see [`Payer::close_session`]) with this client's
+    /// HTTP client.
+    ///
+    /// # Errors
+    ///
+    /// As [`Payer::close_session`].
+    pub async fn close_session(&self, session: &StoredSession) -> Result<Refund, FetchError> {
+        self.payer.close_session(&self.http, session).await
     }
 
     /// Like [`Client::fetch`], following up to `max_redirects` redirects
@@ -239,6 +261,7 @@ fn moved(mut request: Request, url: Url) -> Request {
     request
 }
 
+/// Unix seconds.
 pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -270,8 +293,38 @@ impl Endpoint {
     }
 }
 
+/// A ledger entry for a payment about to begin for `endpoint`.
+pub(crate) fn new_entry(
+    endpoint: &Endpoint,
+    scheme: &str,
+    amount_msat: u64,
+    payment_hash: String,
+    session: Option<String>,
+) -> PaymentEntry {
+    PaymentEntry {
+        id: 0,
+        url: endpoint.url.clone(),
+        origin: endpoint.origin.clone(),
+        host: endpoint.host.clone(),
+        path: endpoint.path.clone(),
+        scheme: scheme.into(),
+        amount_msat,
+        fee_msat: 0,
+        payment_hash,
+        receipt: None,
+        status: PaymentState::Pending,
+        error: None,
+        created_at: now(),
+        session,
+    }
+}
+
 /// A copy of `request` carrying `value` in `field`.
-fn with_credential(request: &Request, field: &str, value: &str) -> Result<Request, FetchError> {
+pub(crate) fn with_credential(
+    request: &Request,
+    field: &str,
+    value: &str,
+) -> Result<Request, FetchError> {
     let mut attempt = request.try_clone().ok_or(FetchError::NotRepeatable)?;
     if let (Ok(name), Ok(value)) = (
         HeaderName::from_bytes(field.as_bytes()),
@@ -285,7 +338,7 @@ fn with_credential(request: &Request, field: &str, value: &str) -> Result<Reques
 /// Sends `request` with `credential` in `field`, and again (up to
 /// [`PAID_RETRIES`] times) while it is lost in transit: each time the
 /// same request, its `Idempotency-Key` included.
-async fn send_paid<S, F>(
+pub(crate) async fn send_paid<S, F>(
     request: &Request,
     field: &str,
     credential: &str,
@@ -356,7 +409,7 @@ const PAID_RETRIES: u32 = 2;
 const PAID_RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// Whether a server refused the credential presented.
-fn refused(status: StatusCode) -> bool {
+pub(crate) fn refused(status: StatusCode) -> bool {
     matches!(
         status,
         StatusCode::PAYMENT_REQUIRED | StatusCode::UNAUTHORIZED
@@ -375,6 +428,10 @@ impl Payer {
     /// The 402 is paid to the URL that sent it: when the HTTP stack
     /// followed a redirect on its own, the request is repeated there (a
     /// GET or HEAD only; see [`Client::fetch_following`]).
+    ///
+    /// With [`Payer::sessions`] on, a session kept for the route is spent
+    /// first, and a 402 that offers a session opens one (see
+    /// [`crate::SessionOffer`]).
     pub async fn fetch_with<S, F>(&self, request: Request, send: S) -> Result<Fetched, FetchError>
     where
         S: Fn(Request) -> F + Sync,
@@ -388,17 +445,41 @@ impl Payer {
         if let Some(key) = &key {
             key.apply(&mut request);
         }
-        if let Some(answer) = self
-            .with_cached_token(&request, &endpoint, false, key.as_ref(), &send)
-            .await?
-        {
-            return Ok(Fetched::Response(answer, None));
+        // A session kept for this route answers first; one that has ended
+        // leaves the 402 the server answered, with a fresh challenge.
+        let mut offered = None;
+        if self.sessions && self.pay {
+            if let Some(session) =
+                self.ledger
+                    .session_for_route(&endpoint.origin, &endpoint.method, &endpoint.path)?
+            {
+                match self
+                    .spend(session, &request, &endpoint, false, &send)
+                    .await?
+                {
+                    Sessioned::Answered(answer, paid) => {
+                        return Ok(Fetched::Response(answer, paid))
+                    }
+                    Sessioned::Ended(refusal) => offered = refusal,
+                }
+            }
         }
-        let mut unpaid = request.try_clone().ok_or(FetchError::NotRepeatable)?;
-        if key.is_some() {
-            unpaid.headers_mut().remove(IDEMPOTENCY_KEY);
-        }
-        let response = send(unpaid).await?;
+        let response = match offered {
+            Some(refusal) => refusal,
+            None => {
+                if let Some(answer) = self
+                    .with_cached_token(&request, &endpoint, false, key.as_ref(), &send)
+                    .await?
+                {
+                    return Ok(Fetched::Response(answer, None));
+                }
+                let mut unpaid = request.try_clone().ok_or(FetchError::NotRepeatable)?;
+                if key.is_some() {
+                    unpaid.headers_mut().remove(IDEMPOTENCY_KEY);
+                }
+                send(unpaid).await?
+            }
+        };
         if response.status() != StatusCode::PAYMENT_REQUIRED {
             return Ok(Fetched::Response(response, None));
         }
@@ -416,6 +497,13 @@ impl Payer {
             let endpoint = Endpoint::of_request(&request);
             (request, endpoint)
         };
+        if self.sessions && self.pay {
+            if let Some(offer) = SessionOffer::from_headers(response.headers())? {
+                return self
+                    .open_session(&request, &endpoint, key.as_ref(), offer, &send)
+                    .await;
+            }
+        }
         let offer = Offer::from_headers(response.headers())?;
         if !self.pay {
             return Ok(Fetched::Offer(Box::new(offer)));
@@ -448,7 +536,8 @@ impl Payer {
             .ledger
             .pending(Some((&endpoint.origin, &endpoint.path)))?
         {
-            if !buys_the_same(&pending, &offer) {
+            // A top-up is the session's to finish: its payment opens nothing.
+            if pending.entry.scheme == TOP_UP_SCHEME || !buys_the_same(&pending, &offer) {
                 continue;
             }
             if let Some(fetched) = self
@@ -490,35 +579,36 @@ impl Payer {
         scheme: Prefer,
         request_key: Option<&RequestKey>,
     ) -> Result<(PaymentEntry, PaymentOutcome), FetchError> {
-        let entry = PaymentEntry {
-            id: 0,
-            url: endpoint.url.clone(),
-            origin: endpoint.origin.clone(),
-            host: endpoint.host.clone(),
-            path: endpoint.path.clone(),
-            scheme: scheme.as_str().into(),
-            amount_msat: offer.amount_msat().unwrap_or_default(),
-            fee_msat: 0,
-            payment_hash: hex::encode(offer.invoice.payment_hash()),
-            receipt: None,
-            status: PaymentState::Pending,
-            error: None,
-            created_at: now(),
-        };
         let begun = PendingPayment {
-            entry,
+            entry: new_entry(
+                endpoint,
+                scheme.as_str(),
+                offer.amount_msat().unwrap_or_default(),
+                hex::encode(offer.invoice.payment_hash()),
+                None,
+            ),
             bolt11: offer.bolt11.clone(),
             challenges: offer.challenges.clone(),
             payment_required: offer.payment_required.clone(),
             request_key: request_key.cloned(),
         };
+        self.pay_begun(begun).await
+    }
+
+    /// Pays the invoice of `begun`: written to the ledger as pending
+    /// (within the budget) before it is sent, then as [`Payer::pay`]. The
+    /// caller holds the endpoint's lock.
+    pub(crate) async fn pay_begun(
+        &self,
+        begun: PendingPayment,
+    ) -> Result<(PaymentEntry, PaymentOutcome), FetchError> {
         let mut entry = begun.entry.clone();
         entry.id = self.ledger.begin_payment(&begun, &self.policy.budget)?;
         let paid = self
             .wallet
             .pay(
-                &endpoint.origin,
-                &offer.bolt11,
+                &entry.origin,
+                &begun.bolt11,
                 self.policy.max_fee_sats * 1000,
             )
             .await;
@@ -526,7 +616,7 @@ impl Payer {
             Ok(outcome) => outcome,
             Err(error) if may_be_in_flight(&error) => {
                 match self
-                    .await_outcome(&endpoint.origin, &entry.payment_hash, &offer.bolt11)
+                    .await_outcome(&entry.origin, &entry.payment_hash, &begun.bolt11)
                     .await?
                 {
                     PaymentStatus::Succeeded(outcome) => outcome,
@@ -736,6 +826,18 @@ impl Payer {
         &self,
         pending: PendingPayment,
     ) -> Result<Option<(PaymentEntry, PaymentOutcome, Offer)>, FetchError> {
+        let Some((entry, outcome)) = self.finish_payment(&pending).await? else {
+            return Ok(None);
+        };
+        let offer = pending_offer(&pending)?;
+        Ok(Some((entry, outcome, offer)))
+    }
+
+    /// As [`Payer::finish_pending`], without reading its offer.
+    pub(crate) async fn finish_payment(
+        &self,
+        pending: &PendingPayment,
+    ) -> Result<Option<(PaymentEntry, PaymentOutcome)>, FetchError> {
         let mut entry = pending.entry.clone();
         let outcome = match self
             .await_outcome(&entry.origin, &entry.payment_hash, &pending.bolt11)
@@ -754,8 +856,7 @@ impl Payer {
             }
         };
         self.settle(&mut entry, &outcome)?;
-        let offer = pending_offer(&pending)?;
-        Ok(Some((entry, outcome, offer)))
+        Ok(Some((entry, outcome)))
     }
 
     /// Finishes a pending payment and answers the request with it. When
@@ -804,7 +905,7 @@ impl Payer {
     /// when it is lost in transit); keeps the receipt and, for L402, the
     /// token.
     #[allow(clippy::too_many_arguments)]
-    async fn answer<S, F>(
+    pub(crate) async fn answer<S, F>(
         &self,
         request: &Request,
         endpoint: &Endpoint,
@@ -902,6 +1003,7 @@ mod tests {
             ledger: Arc::new(Ledger::open(&dir.join("l.sqlite3")).unwrap()),
             prefer,
             pay: true,
+            sessions: false,
         }
     }
 

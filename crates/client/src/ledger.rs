@@ -5,6 +5,10 @@
 //! `failed` once its outcome is known. An interrupted run therefore leaves
 //! a pending row that names the invoice, and the next run asks the wallet
 //! how it ended instead of paying again.
+//!
+//! MPP sessions live here too: what a later call (or process) needs to
+//! spend from one (its id, the deposit's preimage, the challenge to echo,
+//! the return invoice), and the refunds of the closed ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -73,6 +77,53 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE payments ADD COLUMN request_digest TEXT;
     ALTER TABLE tokens ADD COLUMN idempotency_key TEXT;
     ALTER TABLE tokens ADD COLUMN request_digest TEXT;",
+    // MPP sessions (draft-lightning-session-00): the deposit's preimage is
+    // their bearer secret, kept like the tokens, owner only. A session may
+    // serve several routes of its service. Deposits and top-ups are
+    // payments naming their session; refunds are kept apart.
+    "ALTER TABLE payments ADD COLUMN session_id TEXT;
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        origin TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        host TEXT NOT NULL,
+        realm TEXT NOT NULL,
+        services TEXT,
+        preimage TEXT NOT NULL,
+        challenge TEXT NOT NULL,
+        unit_sats INTEGER NOT NULL,
+        deposit_sats INTEGER NOT NULL,
+        spent_sats INTEGER NOT NULL DEFAULT 0,
+        idle_timeout_secs INTEGER,
+        return_invoice TEXT,
+        return_hash TEXT,
+        opened INTEGER NOT NULL DEFAULT 0,
+        opened_at INTEGER NOT NULL,
+        last_used_at INTEGER NOT NULL,
+        closed_at INTEGER,
+        close_reason TEXT
+    );
+    CREATE TABLE session_routes (
+        origin TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        PRIMARY KEY (origin, method, path, session_id)
+    );
+    CREATE INDEX sessions_by_service ON sessions (origin, realm, services);
+    CREATE TABLE refunds (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        host TEXT NOT NULL,
+        refund_msat INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        received_msat INTEGER,
+        reason TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 /// Why the ledger failed.
@@ -151,6 +202,9 @@ pub struct PaymentEntry {
     pub error: Option<String>,
     /// When (unix seconds).
     pub created_at: u64,
+    /// The MPP session it opened or topped up (its id, hex), for a
+    /// session's deposit or top-up.
+    pub session: Option<String>,
 }
 
 /// What a pending payment needs to be finished by a later run: the
@@ -203,6 +257,105 @@ pub struct CachedToken {
     pub unanswered: Option<RequestKey>,
 }
 
+/// An MPP session the client opened, as kept in the ledger.
+///
+/// Its preimage is the bearer secret of the deposit (never serialized);
+/// the balance is the client's own count (deposits less the unit price of
+/// each request served), exact for a balance spent per request, an
+/// estimate for one metered as a stream flows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredSession {
+    /// The session id: the payment hash of the deposit that opened it, hex.
+    pub id: String,
+    /// The origin it was opened at (`scheme://host:port`).
+    pub origin: String,
+    /// The method of the request that opened it.
+    pub method: String,
+    /// The path of the request that opened it.
+    pub path: String,
+    /// The origin's host (the unit of per-domain budgets).
+    pub host: String,
+    /// The challenge's `realm`.
+    pub realm: String,
+    /// The `services` caveats of the L402 token offered with it, when one
+    /// was: another route of the same service may spend the session too.
+    pub services: Option<String>,
+    /// The deposit's preimage, hex: the bearer secret.
+    #[serde(skip)]
+    pub preimage: String,
+    /// The challenge echoed in `bearer` and `close` (a `ChallengeEcho` as
+    /// JSON): the one the session was opened with.
+    #[serde(skip)]
+    pub challenge: String,
+    /// The price of one unit, in satoshis.
+    pub unit_sats: u64,
+    /// Deposited so far (the opening deposit and every top-up), in
+    /// satoshis.
+    pub deposit_sats: u64,
+    /// Spent so far as the client counts it, in satoshis.
+    pub spent_sats: u64,
+    /// The server's idle timeout, in seconds, when it stated one.
+    pub idle_timeout_secs: Option<u64>,
+    /// The amountless invoice the unspent balance is refunded to.
+    pub return_invoice: Option<String>,
+    /// Its payment hash, hex.
+    pub return_hash: Option<String>,
+    /// Whether the server answered the `open` (until then the next call
+    /// sends `open` again rather than `bearer`).
+    pub opened: bool,
+    /// When it was opened (unix seconds).
+    pub opened_at: u64,
+    /// When it last served a request (unix seconds).
+    pub last_used_at: u64,
+    /// When the client took it as closed (unix seconds), if it has.
+    pub closed_at: Option<u64>,
+    /// Why it was taken as closed: `close`, `idle`, `closed by the
+    /// server`, ….
+    pub close_reason: Option<String>,
+}
+
+impl StoredSession {
+    /// What is left as the client counts it, in satoshis.
+    pub fn balance_sats(&self) -> u64 {
+        self.deposit_sats.saturating_sub(self.spent_sats)
+    }
+
+    /// Whether it has been idle past the server's idle timeout at `now`
+    /// (unix seconds): the server closes and refunds it on its own then.
+    pub fn idle_at(&self, now: u64) -> bool {
+        self.idle_timeout_secs
+            .is_some_and(|idle| now >= self.last_used_at.saturating_add(idle))
+    }
+}
+
+/// The refund of a closed session, as the server reported it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refund {
+    /// Row id.
+    pub id: i64,
+    /// The session's id, hex.
+    pub session: String,
+    /// Where the session was opened (origin and path).
+    pub url: String,
+    /// Its origin.
+    pub origin: String,
+    /// Its host.
+    pub host: String,
+    /// What the server says it refunded, in millisatoshis.
+    pub refund_msat: u64,
+    /// The server's `refundStatus`: `succeeded`, `failed`, `skipped`
+    /// (nothing left) or `pending`.
+    pub status: String,
+    /// What the wallet saw arrive on the return invoice, in
+    /// millisatoshis, when it can see its invoices (not NWC).
+    pub received_msat: Option<u64>,
+    /// Why the session was closed: `close` (asked for), `idle` (past its
+    /// idle timeout), `closed by the server`.
+    pub reason: String,
+    /// When (unix seconds).
+    pub created_at: u64,
+}
+
 /// Held while one endpoint is being paid for; dropping it lets the next
 /// request (in this process or another) in. An OS file lock, so a process
 /// killed while holding it releases it.
@@ -219,7 +372,7 @@ pub struct Ledger {
 
 const COLUMNS: &str = "id, url, origin, host, path, scheme, amount_msat, fee_msat, payment_hash, \
     receipt, status, error, created_at, bolt11, challenges, payment_required, idempotency_key, \
-    request_digest";
+    request_digest, session_id";
 
 impl Ledger {
     /// Opens (creating and migrating) the ledger at `path`.
@@ -328,8 +481,8 @@ impl Ledger {
             }
         }
         tx.execute(
-            "INSERT INTO payments (url, origin, host, path, scheme, amount_msat, fee_msat, payment_hash, status, created_at, bolt11, challenges, payment_required, idempotency_key, request_digest)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, 'pending', ?8, ?9, ?10, ?11, ?12, ?13)",
+            "INSERT INTO payments (url, origin, host, path, scheme, amount_msat, fee_msat, payment_hash, status, created_at, bolt11, challenges, payment_required, idempotency_key, request_digest, session_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, 'pending', ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 entry.url,
                 entry.origin,
@@ -344,6 +497,7 @@ impl Ledger {
                 payment.payment_required,
                 payment.request_key.as_ref().map(|k| &k.value),
                 payment.request_key.as_ref().map(|k| &k.request_digest),
+                entry.session,
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -412,6 +566,28 @@ impl Ledger {
         ))?;
         let rows = statement.query_map(params![origin, path], pending)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest payment of `payment_hash` (hex), whatever its state,
+    /// with what it was begun for.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn payment_by_hash(
+        &self,
+        payment_hash: &str,
+    ) -> Result<Option<PendingPayment>, LedgerError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM payments WHERE payment_hash = ?1 ORDER BY id DESC LIMIT 1"
+                ),
+                [payment_hash],
+                pending,
+            )
+            .optional()?)
     }
 
     /// Keeps a paid L402 token for its route.
@@ -545,6 +721,258 @@ impl Ledger {
             [prefix],
         )?)
     }
+
+    /// Keeps a session (before its `open` is sent: a run that dies
+    /// before the answer finds it, and opens it again) for the route it
+    /// was opened on.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn keep_session(&self, session: &StoredSession) -> Result<(), LedgerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            &format!("INSERT OR REPLACE INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"),
+            params![
+                session.id,
+                session.origin,
+                session.method,
+                session.path,
+                session.host,
+                session.realm,
+                session.services,
+                session.preimage,
+                session.challenge,
+                session.unit_sats as i64,
+                session.deposit_sats as i64,
+                session.spent_sats as i64,
+                session.idle_timeout_secs.map(|s| s as i64),
+                session.return_invoice,
+                session.return_hash,
+                session.opened,
+                session.opened_at as i64,
+                session.last_used_at as i64,
+                session.closed_at.map(|t| t as i64),
+                session.close_reason,
+            ],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO session_routes (origin, method, path, session_id) VALUES (?1, ?2, ?3, ?4)",
+            params![session.origin, session.method, session.path, session.id],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest open session kept for `method` and `path` at `origin`.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn session_for_route(
+        &self,
+        origin: &str,
+        method: &str,
+        path: &str,
+    ) -> Result<Option<StoredSession>, LedgerError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE closed_at IS NULL AND id IN
+                     (SELECT session_id FROM session_routes WHERE origin = ?1 AND method = ?2 AND path = ?3)
+                     ORDER BY opened_at DESC LIMIT 1"
+                ),
+                params![origin, method, path],
+                stored_session,
+            )
+            .optional()?)
+    }
+
+    /// The newest open session at `origin` in `realm` whose L402 services
+    /// are `services` and unit price `unit_sats`: one of the same service,
+    /// opened on another route.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn session_for_service(
+        &self,
+        origin: &str,
+        realm: &str,
+        services: &str,
+        unit_sats: u64,
+    ) -> Result<Option<StoredSession>, LedgerError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE closed_at IS NULL
+                     AND origin = ?1 AND realm = ?2 AND services = ?3 AND unit_sats = ?4
+                     ORDER BY opened_at DESC LIMIT 1"
+                ),
+                params![origin, realm, services, unit_sats as i64],
+                stored_session,
+            )
+            .optional()?)
+    }
+
+    /// Keeps session `id` for one more route of its service.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn add_session_route(
+        &self,
+        id: &str,
+        origin: &str,
+        method: &str,
+        path: &str,
+    ) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO session_routes (origin, method, path, session_id) VALUES (?1, ?2, ?3, ?4)",
+            params![origin, method, path, id],
+        )?;
+        Ok(())
+    }
+
+    /// Sessions, oldest first: the open ones, or all.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn sessions(&self, include_closed: bool) -> Result<Vec<StoredSession>, LedgerError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE ?1 OR closed_at IS NULL ORDER BY opened_at, id"
+        ))?;
+        let rows = statement.query_map([include_closed], stored_session)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes that the server answered a session's `open`.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn note_session_opened(&self, id: &str) -> Result<(), LedgerError> {
+        self.conn()
+            .execute("UPDATE sessions SET opened = 1 WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Notes a request served from session `id`: `spent_sats` more spent
+    /// (0 when the server gave the debit back), last used at `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn note_session_spent(
+        &self,
+        id: &str,
+        spent_sats: u64,
+        now: u64,
+    ) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "UPDATE sessions SET spent_sats = spent_sats + ?2, last_used_at = MAX(last_used_at, ?3) WHERE id = ?1",
+            params![id, spent_sats as i64, now as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Notes a top-up of `deposit_sats` credited to session `id`.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn note_session_top_up(&self, id: &str, deposit_sats: u64) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "UPDATE sessions SET deposit_sats = deposit_sats + ?2 WHERE id = ?1",
+            params![id, deposit_sats as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Replaces the challenge session `id` echoes (one that verifies
+    /// where the kept one no longer does).
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn note_session_challenge(&self, id: &str, challenge: &str) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "UPDATE sessions SET challenge = ?2 WHERE id = ?1",
+            params![id, challenge],
+        )?;
+        Ok(())
+    }
+
+    /// Takes session `id` as closed at `now`, for `reason`. `false` when
+    /// it was already.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn close_session(&self, id: &str, now: u64, reason: &str) -> Result<bool, LedgerError> {
+        Ok(self.conn().execute(
+            "UPDATE sessions SET closed_at = ?2, close_reason = ?3 WHERE id = ?1 AND closed_at IS NULL",
+            params![id, now as i64, reason],
+        )? == 1)
+    }
+
+    /// Records the refund of a closed session; returns its row id.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn record_refund(&self, refund: &Refund) -> Result<i64, LedgerError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO refunds (session_id, url, origin, host, refund_msat, status, received_msat, reason, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                refund.session,
+                refund.url,
+                refund.origin,
+                refund.host,
+                refund.refund_msat as i64,
+                refund.status,
+                refund.received_msat.map(|m| m as i64),
+                refund.reason,
+                refund.created_at as i64,
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Refunds since `since` (unix seconds), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn refunds(&self, since: u64) -> Result<Vec<Refund>, LedgerError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, session_id, url, origin, host, refund_msat, status, received_msat, reason, created_at
+             FROM refunds WHERE created_at >= ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map([since as i64], |r| {
+            Ok(Refund {
+                id: r.get(0)?,
+                session: r.get(1)?,
+                url: r.get(2)?,
+                origin: r.get(3)?,
+                host: r.get(4)?,
+                refund_msat: r.get::<_, i64>(5)? as u64,
+                status: r.get(6)?,
+                received_msat: r.get::<_, Option<i64>>(7)?.map(|m| m as u64),
+                reason: r.get(8)?,
+                created_at: r.get::<_, i64>(9)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 /// Why a payment could not be begun.
@@ -591,6 +1019,7 @@ fn pending(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingPayment> {
             status: PaymentState::parse(&r.get::<_, String>(10)?),
             error: r.get(11)?,
             created_at: r.get::<_, i64>(12)? as u64,
+            session: r.get(18)?,
         },
         bolt11: r.get::<_, Option<String>>(13)?.unwrap_or_default(),
         challenges: challenges
@@ -626,6 +1055,35 @@ fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedToken> {
             }),
             _ => None,
         },
+    })
+}
+
+const SESSION_COLUMNS: &str = "id, origin, method, path, host, realm, services, preimage, \
+    challenge, unit_sats, deposit_sats, spent_sats, idle_timeout_secs, return_invoice, return_hash, \
+    opened, opened_at, last_used_at, closed_at, close_reason";
+
+fn stored_session(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
+    Ok(StoredSession {
+        id: r.get(0)?,
+        origin: r.get(1)?,
+        method: r.get(2)?,
+        path: r.get(3)?,
+        host: r.get(4)?,
+        realm: r.get(5)?,
+        services: r.get(6)?,
+        preimage: r.get(7)?,
+        challenge: r.get(8)?,
+        unit_sats: r.get::<_, i64>(9)? as u64,
+        deposit_sats: r.get::<_, i64>(10)? as u64,
+        spent_sats: r.get::<_, i64>(11)? as u64,
+        idle_timeout_secs: r.get::<_, Option<i64>>(12)?.map(|s| s as u64),
+        return_invoice: r.get(13)?,
+        return_hash: r.get(14)?,
+        opened: r.get(15)?,
+        opened_at: r.get::<_, i64>(16)? as u64,
+        last_used_at: r.get::<_, i64>(17)? as u64,
+        closed_at: r.get::<_, Option<i64>>(18)?.map(|t| t as u64),
+        close_reason: r.get(19)?,
     })
 }
 
@@ -668,6 +1126,7 @@ mod tests {
             status: PaymentState::Pending,
             error: None,
             created_at,
+            session: None,
         }
     }
 
@@ -879,6 +1338,103 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(token.payment_hash, "dd");
+    }
+
+    fn session(id: &str, path: &str, opened_at: u64) -> StoredSession {
+        StoredSession {
+            id: id.into(),
+            origin: "https://a".into(),
+            method: "GET".into(),
+            path: path.into(),
+            host: "a".into(),
+            realm: "a".into(),
+            services: Some("chat:0".into()),
+            preimage: "11".repeat(32),
+            challenge: "{}".into(),
+            unit_sats: 1,
+            deposit_sats: 20,
+            spent_sats: 0,
+            idle_timeout_secs: Some(300),
+            return_invoice: None,
+            return_hash: None,
+            opened: false,
+            opened_at,
+            last_used_at: opened_at,
+            closed_at: None,
+            close_reason: None,
+        }
+    }
+
+    #[test]
+    fn sessions_are_kept_per_route_spent_topped_up_and_closed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
+        ledger.keep_session(&session("s1", "/chat", 100)).unwrap();
+        let route = |path| ledger.session_for_route("https://a", "GET", path).unwrap();
+        assert_eq!(route("/chat").unwrap().id, "s1");
+        assert_eq!(route("/other"), None);
+        assert_eq!(
+            ledger
+                .session_for_route("https://a", "POST", "/chat")
+                .unwrap(),
+            None
+        );
+        // Another route of the service finds it by its services and price,
+        // and keeps it once it served there.
+        let found = ledger
+            .session_for_service("https://a", "a", "chat:0", 1)
+            .unwrap();
+        assert_eq!(found.unwrap().id, "s1");
+        assert_eq!(
+            ledger
+                .session_for_service("https://a", "a", "chat:0", 2)
+                .unwrap(),
+            None
+        );
+        ledger
+            .add_session_route("s1", "https://a", "GET", "/other")
+            .unwrap();
+        assert_eq!(route("/other").unwrap().id, "s1");
+
+        ledger.note_session_opened("s1").unwrap();
+        ledger.note_session_spent("s1", 1, 150).unwrap();
+        ledger.note_session_spent("s1", 0, 140).unwrap();
+        ledger.note_session_top_up("s1", 20).unwrap();
+        let kept = route("/chat").unwrap();
+        assert!(kept.opened);
+        assert_eq!((kept.deposit_sats, kept.spent_sats), (40, 1));
+        assert_eq!((kept.balance_sats(), kept.last_used_at), (39, 150));
+        assert!(!kept.idle_at(449) && kept.idle_at(450));
+
+        // The newest open one serves a route.
+        ledger.keep_session(&session("s2", "/chat", 200)).unwrap();
+        assert_eq!(route("/chat").unwrap().id, "s2");
+        assert!(ledger.close_session("s2", 300, "close").unwrap());
+        assert!(!ledger.close_session("s2", 301, "idle").unwrap());
+        assert_eq!(route("/chat").unwrap().id, "s1");
+        let all = ledger.sessions(true).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[1].closed_at, all[1].close_reason.as_deref()),
+            (Some(300), Some("close"))
+        );
+        assert_eq!(ledger.sessions(false).unwrap().len(), 1);
+
+        let mut refund = Refund {
+            id: 0,
+            session: "s2".into(),
+            url: "https://a/chat".into(),
+            origin: "https://a".into(),
+            host: "a".into(),
+            refund_msat: 19_000,
+            status: "succeeded".into(),
+            received_msat: Some(19_000),
+            reason: "close".into(),
+            created_at: 300,
+        };
+        refund.id = ledger.record_refund(&refund).unwrap();
+        assert_eq!(ledger.refunds(0).unwrap(), [refund]);
+        assert!(ledger.refunds(301).unwrap().is_empty());
     }
 
     #[tokio::test]

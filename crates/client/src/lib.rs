@@ -23,6 +23,14 @@
 //! outcome is not known is resolved through the wallet, never sent again.
 //! A paid request whose method is not idempotent carries an
 //! `Idempotency-Key`, the same on every retry of it ([`RequestKey`]).
+//!
+//! With [`Payer::sessions`] on, a 402 offering the MPP session intent
+//! ([`SessionOffer`]) opens a prepaid session instead: its deposit is paid
+//! once, later requests to the service spend from it (across processes:
+//! the session is kept in the ledger), it is topped up within the policy
+//! when it runs out, and closed on request ([`Payer::close_session`]) or
+//! once idle, with the unspent balance refunded to a return invoice of
+//! the wallet ([`Refund`]).
 
 mod budget;
 mod client;
@@ -31,6 +39,7 @@ mod ledger;
 mod mcp;
 mod middleware;
 mod policy;
+mod session;
 mod wallet;
 
 pub use budget::{Budget, Limits, Window};
@@ -38,12 +47,13 @@ pub use client::{Client, FetchError, Fetched, Payer, Prefer};
 pub use idempotency::{RequestKey, IDEMPOTENCY_KEY};
 pub use ledger::{
     BeginError, CachedToken, EndpointLock, Ledger, LedgerError, PaymentEntry, PaymentState,
-    PendingPayment,
+    PendingPayment, Refund, StoredSession,
 };
 pub use mcp::{McpCallError, ToolCall};
 pub use middleware::PaymentMiddleware;
 pub use policy::{Policy, Refusal};
-pub use wallet::{Wallet, PAY_TIMEOUT};
+pub use session::{SessionError, SessionOffer, SESSION_SCHEME, TOP_UP_SCHEME};
+pub use wallet::{ReturnInvoice, Wallet, PAY_TIMEOUT, RETURN_INVOICE_EXPIRY_SECS};
 
 use gate402_bolt11::{Expect, Invoice};
 use gate402_http_auth::{parse_challenges, Challenge};

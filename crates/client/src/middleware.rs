@@ -10,7 +10,10 @@ use reqwest_middleware::{Middleware, Next};
 use crate::{FetchError, Fetched, Payer};
 
 /// Pays a 402 within the [`Payer`]'s policy and retries, with the same
-/// token cache and ledger as `gate402 get`.
+/// token cache and ledger as `gate402 get`; with [`Payer::sessions`] on,
+/// opens, spends from, tops up and closes MPP sessions as `gate402 get
+/// --session` does (close one with [`PaymentMiddleware::payer`] and
+/// [`Payer::close_session`]).
 ///
 /// ```no_run
 /// # async fn example(payer: gate402_client::Payer) -> Result<(), Box<dyn std::error::Error>> {
@@ -31,6 +34,12 @@ impl PaymentMiddleware {
         Self {
             payer: Arc::new(Payer { pay: true, ..payer }),
         }
+    }
+
+    /// The payer it pays with: its ledger (sessions kept, payments,
+    /// refunds), and [`Payer::close_session`].
+    pub fn payer(&self) -> &Payer {
+        &self.payer
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use gate402_bolt11::Network;
 
-use crate::{Budget, Offer, Prefer};
+use crate::{Budget, Offer, Prefer, SessionOffer};
 
 /// Spending limits: per request here, over time in the [`Budget`].
 #[derive(Debug, Clone)]
@@ -74,6 +74,13 @@ pub enum Refusal {
         /// Allowed in the window.
         limit_sats: u64,
     },
+    /// A session would be opened, and the wallet cannot issue the
+    /// amountless return invoice its refund is paid to.
+    #[error("refused: the wallet cannot issue a return invoice for the session's refund ({reason}); without sessions the balance is bought through its L402 token, which is never refunded")]
+    NoReturnInvoice {
+        /// The wallet's words.
+        reason: String,
+    },
 }
 
 impl Refusal {
@@ -85,6 +92,7 @@ impl Refusal {
             Refusal::WrongNetwork { .. } => 5,
             Refusal::Expired { .. } | Refusal::UnreadableExpiry { .. } => 6,
             Refusal::OverBudget { .. } => 8,
+            Refusal::NoReturnInvoice { .. } => 10,
         }
     }
 }
@@ -113,6 +121,50 @@ impl Policy {
         }
         Ok(amount_msat)
     }
+
+    /// Checks a session's deposit (or top-up) before it is paid, as any
+    /// payment is checked: the deposit is what is paid, so the cap applies
+    /// to it, not to the unit price. `Ok` holds the amount, in
+    /// millisatoshis.
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`]: another network, no amount, the invoice or the
+    /// challenge expired, the deposit above the cap.
+    pub fn check_deposit(&self, offer: &SessionOffer, now: SystemTime) -> Result<u64, Refusal> {
+        let invoice = &offer.invoice;
+        if invoice.network() != self.network {
+            return Err(Refusal::WrongNetwork {
+                invoice: invoice.network(),
+                wallet: self.network,
+            });
+        }
+        let amount_msat = invoice.amount_msat().ok_or(Refusal::NoAmount)?;
+        let mut ends = vec![("the invoice".to_owned(), invoice.expires_at() as i64)];
+        if let Some(text) = offer.challenge.expires.as_deref() {
+            let what = "the session challenge".to_owned();
+            match gate402_mpp::parse_time(text) {
+                Some(at) => ends.push((what, at.unix_timestamp())),
+                None => {
+                    return Err(Refusal::UnreadableExpiry {
+                        what,
+                        text: text.to_owned(),
+                    })
+                }
+            }
+        }
+        if let Some(passed) = first_passed(ends, now) {
+            return Err(passed);
+        }
+        let price_sats = amount_msat.div_ceil(1000);
+        if price_sats > self.max_cost_sats {
+            return Err(Refusal::OverCap {
+                price_sats,
+                max_sats: self.max_cost_sats,
+            });
+        }
+        Ok(amount_msat)
+    }
 }
 
 /// Why `offer` can no longer be paid at `now` when answered with `scheme`:
@@ -122,9 +174,6 @@ impl Policy {
 /// has passed. An expiry that is not a
 /// time counts as passed.
 pub(crate) fn expiry(offer: &Offer, scheme: Prefer, now: SystemTime) -> Option<Refusal> {
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
     let mut ends = vec![("the invoice".to_owned(), offer.invoice.expires_at() as i64)];
     match scheme {
         Prefer::Mpp => {
@@ -165,6 +214,15 @@ pub(crate) fn expiry(offer: &Offer, scheme: Prefer, now: SystemTime) -> Option<R
             }
         }
     }
+    first_passed(ends, now)
+}
+
+/// The earliest of `ends` (what ends, unix seconds), if it has passed at
+/// `now`.
+fn first_passed(ends: Vec<(String, i64)>, now: SystemTime) -> Option<Refusal> {
+    let now = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let (what, at) = ends.into_iter().min_by_key(|(_, at)| *at)?;
     (at <= now).then(|| Refusal::Expired {
         what,

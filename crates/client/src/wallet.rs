@@ -4,12 +4,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gate402_lightning::{
-    LightningBackend, LightningError, Network, PayError, PaymentOutcome, PaymentStatus,
+    InvoiceRequest, InvoiceStatus, LightningBackend, LightningError, Network, PayError,
+    PaymentOutcome, PaymentStatus,
 };
-use gate402_lightning_sandbox::http::ClientError;
+use gate402_lightning_sandbox::http::{ClientError, InvoiceResponse, INVOICE_PATH};
 
 /// How long one payment may take before it is treated as in flight.
 pub const PAY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a session's return invoice lives: the most the draft allows
+/// (30 days), since the refund comes whenever the session closes.
+pub const RETURN_INVOICE_EXPIRY_SECS: u32 = 30 * 24 * 3600;
+
+/// An invoice without an amount that the wallet is paid on: where a
+/// session's unspent balance is refunded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReturnInvoice {
+    /// The BOLT11 string.
+    pub bolt11: String,
+    /// Its payment hash.
+    pub payment_hash: [u8; 32],
+}
 
 /// The client's wallet.
 #[derive(Clone)]
@@ -104,4 +119,130 @@ impl Wallet {
             Wallet::Node(node) => Ok(node.payment_status(hash).await?),
         }
     }
+
+    /// An invoice without an amount for a session's refund, valid for
+    /// [`RETURN_INVOICE_EXPIRY_SECS`]: from the sandbox of the gateway at
+    /// `origin` (`POST /sandbox/invoice`), or from the node.
+    ///
+    /// # Errors
+    ///
+    /// [`LightningError::Unsupported`] from a wallet that cannot issue
+    /// invoices without an amount (Nostr Wallet Connect); otherwise the
+    /// node's or the sandbox's error.
+    pub async fn return_invoice(&self, origin: &str) -> Result<ReturnInvoice, LightningError> {
+        match self {
+            Wallet::Sandbox(http) => {
+                let url = format!("{}{INVOICE_PATH}", origin.trim_end_matches('/'));
+                let body = gate402_lightning_sandbox::http::InvoiceRequest {
+                    memo: Some("gate402 session refund".into()),
+                    expiry_secs: Some(RETURN_INVOICE_EXPIRY_SECS),
+                };
+                let issued: InvoiceResponse =
+                    sandbox_json(http.post(&url).json(&body), &url).await?;
+                let bolt11 = issued.invoice.ok_or_else(|| {
+                    LightningError::Protocol(format!("{url} answered no invoice"))
+                })?;
+                Ok(ReturnInvoice {
+                    bolt11,
+                    payment_hash: hash_of(&issued.payment_hash)?,
+                })
+            }
+            Wallet::Node(node) => {
+                let created = node
+                    .create_invoice(InvoiceRequest {
+                        amount_msat: 0,
+                        memo: "gate402 session refund".into(),
+                        expiry_secs: RETURN_INVOICE_EXPIRY_SECS,
+                    })
+                    .await?;
+                Ok(ReturnInvoice {
+                    bolt11: created.bolt11,
+                    payment_hash: created.payment_hash,
+                })
+            }
+        }
+    }
+
+    /// Where a return invoice of this wallet stands (what a refund
+    /// delivered, once settled). `None` when the wallet cannot see its
+    /// invoices.
+    ///
+    /// # Errors
+    ///
+    /// The node's or the sandbox's error.
+    pub async fn received(
+        &self,
+        origin: &str,
+        payment_hash: &[u8; 32],
+    ) -> Result<Option<InvoiceStatus>, LightningError> {
+        match self {
+            Wallet::Sandbox(http) => {
+                let url = format!(
+                    "{}{INVOICE_PATH}/{}",
+                    origin.trim_end_matches('/'),
+                    hex::encode(payment_hash)
+                );
+                let seen: InvoiceResponse = match sandbox_json(http.get(&url), &url).await {
+                    Ok(seen) => seen,
+                    // Not this sandbox's invoice, or no sandbox: nothing seen.
+                    Err(LightningError::Unsupported(_)) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                Ok(Some(match seen.status.as_str() {
+                    "settled" => InvoiceStatus::Settled {
+                        amount_msat: seen.amount_msat.unwrap_or_default(),
+                        preimage: None,
+                    },
+                    "canceled" => InvoiceStatus::Canceled,
+                    _ => InvoiceStatus::Open,
+                }))
+            }
+            Wallet::Node(node) => match node.invoice_status(payment_hash).await {
+                Ok(status) => Ok(Some(status)),
+                Err(LightningError::Unsupported(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+/// Sends a request to a sandbox invoice endpoint and reads its JSON
+/// answer; a refusal carries the problem's detail.
+async fn sandbox_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    url: &str,
+) -> Result<T, LightningError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| LightningError::Unavailable(format!("{url}: {e}")))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| LightningError::Unavailable(format!("{url}: {e}")))?;
+    if !status.is_success() {
+        let detail = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["detail"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        // No sandbox there (a gateway on a real node), or none of its
+        // invoices: nothing it can do for this wallet.
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(LightningError::Unsupported(format!(
+                "{url} (404): {detail}"
+            )));
+        }
+        return Err(LightningError::Rejected(format!(
+            "{url} ({status}): {detail}"
+        )));
+    }
+    serde_json::from_slice(&body).map_err(|e| LightningError::Protocol(format!("{url}: {e}")))
+}
+
+fn hash_of(text: &str) -> Result<[u8; 32], LightningError> {
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(text, &mut hash)
+        .map_err(|_| LightningError::Protocol(format!("payment hash {text:?}")))?;
+    Ok(hash)
 }

@@ -81,6 +81,7 @@ fn client(ledger: Arc<Ledger>) -> Client {
             ledger,
             prefer: None,
             pay: true,
+            sessions: false,
         },
     }
 }
@@ -306,6 +307,7 @@ async fn left_pending(ledger: &Ledger, request: &reqwest::Request, key: &str) {
         status: PaymentState::Pending,
         error: None,
         created_at: 1,
+        session: None,
     };
     let pending = PendingPayment {
         entry,

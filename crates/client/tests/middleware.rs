@@ -20,6 +20,7 @@ fn payer(ledger: Arc<Ledger>, max_cost_sats: u64) -> Payer {
         ledger,
         prefer: None,
         pay: true,
+        sessions: false,
     }
 }
 

@@ -49,6 +49,7 @@ async fn the_middleware_pays_the_origin_a_redirect_led_to() {
             ledger: ledger.clone(),
             prefer: None,
             pay: true,
+            sessions: false,
         }))
         .build();
     for _ in 0..2 {

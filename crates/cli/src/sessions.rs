@@ -1,0 +1,170 @@
+//! `gate402 sessions list|close`: the MPP sessions `gate402 get --session`
+//! opened, and closing them (the unspent balance is refunded to the
+//! wallet's return invoice).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use gate402_client::{Client, Ledger, Refund, StoredSession};
+use serde_json::{json, Value};
+
+use crate::fetch::{ledger_path, PayOptions};
+
+/// `gate402 sessions`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// The open sessions: deposit, last known balance, idle timeout, last
+    /// use.
+    List {
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
+        /// Closed ones too, with why they were closed.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Close a session (by id prefix), or every open one: the server
+    /// refunds the unspent balance; prints `{"session", "refundSats",
+    /// "refundStatus", "receivedMsat"}` (an array with --all).
+    Close {
+        /// The session id (the deposit's payment hash) or a prefix of it.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every open session.
+        #[arg(long)]
+        all: bool,
+        /// The client config, for its wallet (to see the refund arrive)
+        /// [default: client.toml in the data dir, if any].
+        #[arg(long, env = "GATE402_CLIENT_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Runs a sessions command.
+pub async fn run(command: &SessionsCommand, data_dir: &Path) -> Result<()> {
+    match command {
+        SessionsCommand::List { json, all } => list(*json, *all, data_dir),
+        SessionsCommand::Close { id, all, config } => {
+            close(id.as_deref(), *all, config.clone(), data_dir).await
+        }
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn described(session: &StoredSession, now: u64) -> Value {
+    let mut value = serde_json::to_value(session).unwrap_or_default();
+    value["balance_sats"] = session.balance_sats().into();
+    // Past its idle timeout the server has closed (or is closing) it; the
+    // next use or `close` learns the refund.
+    value["idle"] = (session.closed_at.is_none() && session.idle_at(now)).into();
+    value
+}
+
+fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
+    let ledger = Ledger::open(&ledger_path(data_dir))?;
+    let sessions = ledger.sessions(all)?;
+    let now = now();
+    if json_out {
+        let sessions: Vec<Value> = sessions.iter().map(|s| described(s, now)).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "sessions": sessions }))?
+        );
+        return Ok(());
+    }
+    for s in &sessions {
+        let state = match (&s.closed_at, s.idle_at(now)) {
+            (Some(_), _) => format!(
+                "closed ({})",
+                s.close_reason.as_deref().unwrap_or("unknown")
+            ),
+            (None, true) => "idle past its timeout".into(),
+            (None, false) => "open".into(),
+        };
+        println!(
+            "{}  {} {}{}  balance {} of {} sat deposited ({} sat a unit)  idle timeout {}  last used {}  {state}",
+            &s.id[..16.min(s.id.len())],
+            s.method,
+            s.origin,
+            s.path,
+            s.balance_sats(),
+            s.deposit_sats,
+            s.unit_sats,
+            s.idle_timeout_secs
+                .map_or("-".into(), |t| format!("{t} s")),
+            s.last_used_at,
+        );
+    }
+    Ok(())
+}
+
+fn closed(refund: &Refund) -> Value {
+    json!({
+        "session": refund.session,
+        "refundSats": refund.refund_msat / 1000,
+        "refundStatus": refund.status,
+        "receivedMsat": refund.received_msat,
+    })
+}
+
+async fn close(
+    id: Option<&str>,
+    all: bool,
+    config: Option<PathBuf>,
+    data_dir: &Path,
+) -> Result<()> {
+    let options = PayOptions {
+        max_cost: None,
+        max_fee: None,
+        no_pay: false,
+        config,
+    };
+    let payer = options.payer(None, Some(true), data_dir).await?;
+    let open = payer.ledger.sessions(false)?;
+    let chosen: Vec<&StoredSession> = match id {
+        _ if all => open.iter().collect(),
+        Some(prefix) if !prefix.is_empty() => {
+            let prefix = prefix.to_ascii_lowercase();
+            open.iter().filter(|s| s.id.starts_with(&prefix)).collect()
+        }
+        _ => bail!("give a session id (or --all)"),
+    };
+    match (chosen.len(), id) {
+        (0, Some(id)) => bail!("no open session {id}"),
+        (n, Some(id)) if n > 1 => bail!("{id} names {n} open sessions; give more of the id"),
+        _ => {}
+    }
+    let client = Client {
+        http: reqwest::Client::new(),
+        payer,
+    };
+    let mut answers = Vec::new();
+    let mut failed = 0;
+    for session in chosen {
+        match client.close_session(session).await {
+            Ok(refund) => answers.push(closed(&refund)),
+            // The others are still closed; this one stays open.
+            Err(e) if all => {
+                eprintln!("gate402: session {}: {e}", session.id);
+                failed += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let out = if all {
+        Value::Array(answers)
+    } else {
+        answers.pop().unwrap_or_default()
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if failed > 0 {
+        bail!("{failed} sessions could not be closed and are kept open");
+    }
+    Ok(())
+}

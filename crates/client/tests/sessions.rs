@@ -1,0 +1,338 @@
+//! MPP sessions from the paying side, against our own gateway on the
+//! sandbox: the middleware opens one, spends it across requests and
+//! payers sharing a ledger, tops it up when it runs out, closes it with
+//! its refund recorded; an idle one is closed before it would be used; a
+//! wallet that cannot take a refund opens none and pays nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gate402_client::{
+    Budget, FetchError, Ledger, Payer, PaymentMiddleware, Policy, Refusal, Wallet, SESSION_SCHEME,
+    TOP_UP_SCHEME,
+};
+use gate402_gateway::config::GatewayConfig;
+use gate402_gateway::{demo, Gateway};
+use gate402_lightning::{
+    CreatedInvoice, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError, NodeInfo,
+    PayError, PaymentHash, PaymentOutcome, PaymentStatus,
+};
+
+struct Demo {
+    gateway: Gateway,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The demo gateway, its chat balance adjusted by `chat`.
+async fn demo_gateway(chat: impl FnOnce(&mut gate402_gateway::config::ServiceConfig)) -> Demo {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config: GatewayConfig = demo::config(upstream);
+    chat(
+        config
+            .services
+            .iter_mut()
+            .find(|s| s.priced.name == "chat")
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    Demo {
+        gateway,
+        base,
+        _dir: dir,
+    }
+}
+
+fn payer(wallet: Wallet, ledger: Arc<Ledger>, max_cost_sats: u64) -> Payer {
+    Payer {
+        wallet,
+        policy: Policy {
+            max_cost_sats,
+            max_fee_sats: 0,
+            network: gate402_lightning_sandbox::NETWORK,
+            budget: Budget::default(),
+        },
+        ledger,
+        prefer: None,
+        pay: true,
+        sessions: true,
+    }
+}
+
+fn client(payer: Payer) -> (reqwest_middleware::ClientWithMiddleware, PaymentMiddleware) {
+    let middleware = PaymentMiddleware::new(payer);
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(middleware.clone())
+        .build();
+    (client, middleware)
+}
+
+async fn chat(client: &reqwest_middleware::ClientWithMiddleware, base: &str, prompt: &str) {
+    let response = client
+        .get(format!("{base}/api/chat?prompt={prompt}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body.to_string().contains(prompt), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_is_opened_once_and_spent_across_requests_and_payers() {
+    let demo = demo_gateway(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (first, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    chat(&first, &demo.base, "one").await;
+    chat(&first, &demo.base, "two").await;
+    // Another payer on the same ledger (another process, say) spends the
+    // same session.
+    let (second, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    chat(&second, &demo.base, "three").await;
+
+    let paid = ledger.payments(0).unwrap();
+    assert_eq!(paid.len(), 1, "one deposit for three requests: {paid:?}");
+    assert_eq!(paid[0].scheme, SESSION_SCHEME);
+    assert_eq!(paid[0].amount_msat, 20_000);
+    assert!(paid[0].receipt.is_some(), "the open's receipt is kept");
+    let sessions = ledger.sessions(false).unwrap();
+    assert_eq!(sessions.len(), 1);
+    let session = &sessions[0];
+    assert_eq!(Some(session.id.as_str()), paid[0].session.as_deref());
+    assert_eq!(
+        (session.deposit_sats, session.spent_sats, session.unit_sats),
+        (20, 3, 1)
+    );
+    assert_eq!(session.idle_timeout_secs, Some(300));
+
+    let refund = middleware
+        .payer()
+        .close_session(&reqwest::Client::new(), session)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            refund.refund_msat,
+            refund.status.as_str(),
+            refund.received_msat
+        ),
+        (17_000, "succeeded", Some(17_000))
+    );
+    assert_eq!(ledger.refunds(0).unwrap(), [refund]);
+    assert!(ledger.sessions(false).unwrap().is_empty());
+    demo.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_open_one_session_and_top_it_up_once() {
+    // 3 requests a deposit: 8 at once need one deposit and two top-ups
+    // (or a few more top-ups, never a second session).
+    let demo = demo_gateway(|chat| chat.priced = chat.priced.clone().balance(3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    let asked = (0..8).map(|i| {
+        let client = client.clone();
+        let base = demo.base.clone();
+        async move { chat(&client, &base, &format!("c{i}")).await }
+    });
+    futures_util::future::join_all(asked).await;
+    let paid = ledger.payments(0).unwrap();
+    let opened: Vec<_> = paid.iter().filter(|p| p.scheme == SESSION_SCHEME).collect();
+    assert_eq!(opened.len(), 1, "one session: {paid:?}");
+    assert!(paid.iter().all(|p| p.session == opened[0].session));
+    let session = ledger.sessions(true).unwrap();
+    assert_eq!(session.len(), 1);
+    assert_eq!(session[0].spent_sats, 8);
+    assert_eq!(session[0].deposit_sats, 3 * paid.len() as u64);
+    assert!(
+        session[0].balance_sats() < 3,
+        "no top-up was paid before it was needed: {paid:?}"
+    );
+    demo.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_wallet_tops_a_session_up_and_takes_its_refund() {
+    // 3 requests a deposit: the fourth request tops up.
+    let demo = demo_gateway(|chat| chat.priced = chat.priced.clone().balance(3)).await;
+    let node = demo.gateway.paywall().backend().clone();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, middleware) = client(payer(Wallet::Node(node.clone()), ledger.clone(), 100));
+    for i in 0..4 {
+        chat(&client, &demo.base, &format!("q{i}")).await;
+    }
+    let paid = ledger.payments(0).unwrap();
+    let schemes: Vec<_> = paid
+        .iter()
+        .map(|p| (p.scheme.as_str(), p.amount_msat))
+        .collect();
+    assert_eq!(schemes, [(SESSION_SCHEME, 3_000), (TOP_UP_SCHEME, 3_000)]);
+    assert_eq!(paid[0].session, paid[1].session);
+    let session = ledger.sessions(false).unwrap().remove(0);
+    assert_eq!((session.deposit_sats, session.spent_sats), (6, 4));
+
+    let refund = middleware
+        .payer()
+        .close_session(&reqwest::Client::new(), &session)
+        .await
+        .unwrap();
+    assert_eq!(
+        (refund.refund_msat, refund.status.as_str()),
+        (2_000, "succeeded")
+    );
+    // The refund went to the node's own return invoice.
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(session.return_hash.unwrap(), &mut hash).unwrap();
+    let status = node.invoice_status(&hash).await.unwrap();
+    assert!(
+        matches!(
+            status,
+            InvoiceStatus::Settled {
+                amount_msat: 2_000,
+                ..
+            }
+        ),
+        "{status:?}"
+    );
+    demo.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_session_is_closed_and_refunded_before_a_new_one_opens() {
+    let demo = demo_gateway(|chat| chat.priced.session_idle_secs = 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    chat(&client, &demo.base, "before").await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    chat(&client, &demo.base, "after").await;
+    let refunds = ledger.refunds(0).unwrap();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(
+        (refunds[0].reason.as_str(), refunds[0].refund_msat),
+        ("idle", 19_000)
+    );
+    assert_eq!(refunds[0].received_msat, Some(19_000));
+    let paid = ledger.payments(0).unwrap();
+    assert_eq!(paid.len(), 2, "a new deposit for the new session: {paid:?}");
+    let all = ledger.sessions(true).unwrap();
+    assert_eq!(all.len(), 2);
+    let idle = all.iter().find(|s| s.closed_at.is_some()).unwrap();
+    assert_eq!(idle.close_reason.as_deref(), Some("idle"));
+    assert_eq!(Some(idle.id.as_str()), paid[0].session.as_deref());
+    assert_eq!(ledger.sessions(false).unwrap().len(), 1);
+    demo.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_closed_elsewhere_is_forgotten_and_a_new_one_opened() {
+    let demo = demo_gateway(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    chat(&client, &demo.base, "one").await;
+    let session = ledger.sessions(false).unwrap().remove(0);
+    // Closed by someone else holding the preimage: this ledger still
+    // takes it as open.
+    middleware
+        .payer()
+        .close_session(&reqwest::Client::new(), &session)
+        .await
+        .unwrap();
+    ledger.keep_session(&session).unwrap();
+    chat(&client, &demo.base, "two").await;
+    let all = ledger.sessions(true).unwrap();
+    assert_eq!(all.len(), 2);
+    let old = all.iter().find(|s| s.id == session.id).unwrap();
+    assert_eq!(old.close_reason.as_deref(), Some("closed by the server"));
+    assert_eq!(ledger.sessions(false).unwrap().len(), 1);
+    // The server answers the close it made, refunded once.
+    let refunds = ledger.refunds(0).unwrap();
+    assert_eq!(refunds.len(), 2);
+    assert_eq!(refunds[1].refund_msat, 19_000);
+    assert_eq!(ledger.payments(0).unwrap().len(), 2);
+    demo.gateway.shutdown().await.unwrap();
+}
+
+/// A node that pays, and cannot issue invoices without an amount (as a
+/// Nostr Wallet Connect wallet).
+struct NoReturnInvoices(Arc<dyn LightningBackend>);
+
+#[async_trait]
+impl LightningBackend for NoReturnInvoices {
+    async fn create_invoice(
+        &self,
+        _request: InvoiceRequest,
+    ) -> Result<CreatedInvoice, LightningError> {
+        Err(LightningError::Unsupported(
+            "invoices without an amount".into(),
+        ))
+    }
+    async fn invoice_status(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError> {
+        self.0.invoice_status(hash).await
+    }
+    async fn wait_invoice(
+        &self,
+        hash: &PaymentHash,
+        timeout: Duration,
+    ) -> Result<InvoiceStatus, LightningError> {
+        self.0.wait_invoice(hash, timeout).await
+    }
+    async fn pay(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        self.0.pay(bolt11, max_fee_msat, timeout).await
+    }
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        self.0
+            .pay_amount(bolt11, amount_msat, max_fee_msat, timeout)
+            .await
+    }
+    async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
+        self.0.payment_status(hash).await
+    }
+    async fn node_info(&self) -> Result<NodeInfo, LightningError> {
+        self.0.node_info().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wallet_that_cannot_take_a_refund_opens_no_session_and_pays_nothing() {
+    let demo = demo_gateway(|_| {}).await;
+    let node = Arc::new(NoReturnInvoices(demo.gateway.paywall().backend().clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, _) = client(payer(Wallet::Node(node), ledger.clone(), 100));
+    let error = client
+        .get(format!("{}/api/chat?prompt=x", demo.base))
+        .send()
+        .await
+        .unwrap_err();
+    let reqwest_middleware::Error::Middleware(error) = error else {
+        panic!("{error:?}");
+    };
+    let error = error.downcast::<FetchError>().unwrap();
+    let FetchError::Refused(refusal @ Refusal::NoReturnInvoice { .. }) = &error else {
+        panic!("{error}");
+    };
+    assert_eq!(refusal.exit_code(), 10);
+    assert!(error.to_string().contains("L402 token"), "{error}");
+    assert!(ledger.payments(0).unwrap().is_empty());
+    assert!(ledger.sessions(true).unwrap().is_empty());
+    demo.gateway.shutdown().await.unwrap();
+}
