@@ -559,7 +559,11 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
             "Payment" => StatusCode::PAYMENT_REQUIRED,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        assert_eq!(other.status(), refused, "{door} {path}: one key, another body");
+        assert_eq!(
+            other.status(),
+            refused,
+            "{door} {path}: one key, another body"
+        );
         assert_eq!(sent() - before, 1, "{door} {path}: the upstream acted once");
     }
     // Without the key, a spent per-request payment is spent.
@@ -685,7 +689,10 @@ async fn a_get_challenge_does_not_pay_for_a_post_body() {
         .await
         .unwrap();
     assert_eq!(smuggled.status(), StatusCode::PAYMENT_REQUIRED);
-    assert_eq!(SMS_SENT.load(std::sync::atomic::Ordering::SeqCst), sent_before);
+    assert_eq!(
+        SMS_SENT.load(std::sync::atomic::Ordering::SeqCst),
+        sent_before
+    );
     let body_less = h
         .client
         .post(h.url("/sms"))

@@ -603,9 +603,13 @@ async fn a_balance_is_its_minted_deposit_spent_on_its_own_service() {
     let h = Harness::start(|_| {}).await;
     let response = h.http.get(h.url("/chat")).send().await.unwrap();
     let offer = Offer::from_headers(response.headers()).unwrap();
-    let paid = pay_via(&h.http, &format!("http://{}", h.gateway.addr()), &offer.bolt11)
-        .await
-        .unwrap();
+    let paid = pay_via(
+        &h.http,
+        &format!("http://{}", h.gateway.addr()),
+        &offer.bolt11,
+    )
+    .await
+    .unwrap();
     let mut preimage = [0u8; 32];
     hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
     let l402 = offer.l402_authorization(&preimage).unwrap();

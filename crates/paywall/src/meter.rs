@@ -159,7 +159,13 @@ impl Metered {
                 token: hex::encode(rand::random::<[u8; 16]>()),
             };
             let spent_msat = match store
-                .debit(&self.session, &self.service, price_msat, &holder, unix_now())
+                .debit(
+                    &self.session,
+                    &self.service,
+                    price_msat,
+                    &holder,
+                    unix_now(),
+                )
                 .await
             {
                 Ok(Debit::Done { .. }) => {

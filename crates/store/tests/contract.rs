@@ -544,7 +544,10 @@ async fn concurrent_debits_never_overdraw(stores: &Pair) {
         let store = stores[i % 2].clone();
         let holder = holder("r", &format!("c{i}"));
         tasks.push(tokio::spawn(async move {
-            store.debit(&[70; 32], "chat", 1_000, &holder, 2_000).await.unwrap()
+            store
+                .debit(&[70; 32], "chat", 1_000, &holder, 2_000)
+                .await
+                .unwrap()
         }));
     }
     let mut done = 0;
