@@ -60,7 +60,7 @@ fn every_error_of_the_broken_example_with_its_key_path() {
         "services[1].upstream: \"ftp://files.example.com\"",
         "services[1].auth: \"maybe\"",
         "services[1].schemes: \"bitcoin\"",
-        "services[1].sells: \"forever\" is not \"request\" or \"pass\"",
+        "services[1].sells: \"forever\" is not \"request\", \"pass\" or \"balance\"",
     ] {
         assert!(
             stderr.contains(needle),

@@ -31,6 +31,32 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
     let app = axum::Router::new()
         .route("/chat", any(|| async { "an answer" }))
         .route(
+            "/complete",
+            any(|| async {
+                (
+                    [("x-usage-tokens", "7")],
+                    axum::Json(json!({"answer": "hi", "usage": {"total_tokens": 7}})),
+                )
+            }),
+        )
+        .route(
+            "/complete/stream",
+            any(|| async {
+                let events = [
+                    "{\"token\":\"a\"}",
+                    "{\"token\":\"b\"}",
+                    "{\"usage\":{\"total_tokens\":4}}",
+                    "[DONE]",
+                ]
+                .map(|data| {
+                    Ok::<_, std::convert::Infallible>(
+                        axum::response::sse::Event::default().data(data),
+                    )
+                });
+                axum::response::sse::Sse::new(futures_util::stream::iter(events))
+            }),
+        )
+        .route(
             "/stream",
             any(|| async {
                 use futures_util::StreamExt;
@@ -642,5 +668,147 @@ async fn a_balance_is_its_minted_deposit_spent_on_its_own_service() {
     assert_eq!(
         problem(h.send("/flaky", &other, elsewhere).await).await,
         lightning("session-not-found")
+    );
+}
+
+fn usage(
+    name: &str,
+    path: &str,
+    header: Option<&'static str>,
+    field: Option<&str>,
+    upstream: &str,
+) -> ServiceConfig {
+    let mut service = balance(name, path, 1, 20, upstream);
+    service.priced.meter = gate402_gateway::config::Meter::Usage(gate402_gateway::config::Usage {
+        header: header.map(axum::http::HeaderName::from_static),
+        field: field.map(str::to_owned),
+        max_units: 10,
+    });
+    service
+}
+
+/// Buys a balance through its L402 token: the token, the session's id and
+/// preimage, and the session challenge of the same 402 (the same invoice),
+/// through which an MPP `open` names a return invoice for it.
+async fn balance_with_refund(
+    h: &Harness,
+    path: &str,
+) -> (String, String, String, PaymentChallenge) {
+    let response = h.http.get(h.url(path)).send().await.unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    let session_challenge = response
+        .headers()
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| gate402_mpp::challenge::parse_payment_challenges(v).unwrap_or_default())
+        .find(|c| c.intent.as_str() == "session")
+        .unwrap();
+    let paid = pay_via(
+        &h.http,
+        &format!("http://{}", h.gateway.addr()),
+        &offer.bolt11,
+    )
+    .await
+    .unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    (
+        offer.l402_authorization(&preimage).unwrap(),
+        hex::encode(offer.invoice.payment_hash()),
+        paid.preimage,
+        session_challenge,
+    )
+}
+
+async fn close(h: &Harness, path: &str, session: &str, preimage: &str) -> Value {
+    let (challenge, _, _) = h.challenge(path).await;
+    h.send(
+        path,
+        &challenge,
+        json!({"action": "close", "sessionId": session, "preimage": preimage}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap()
+}
+
+/// A balance metered by the units the upstream reports: each request holds
+/// the most it may use (10 units), and keeps what it used (7 in a header,
+/// 4 in the stream's last usage event).
+#[tokio::test]
+async fn a_balance_is_charged_the_usage_the_upstream_reports() {
+    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
+    let h = Harness::start(|services| {
+        services.push(usage(
+            "header",
+            "/complete",
+            Some("x-usage-tokens"),
+            None,
+            &upstream,
+        ));
+        services.push(usage(
+            "stream-usage",
+            "/complete/stream",
+            None,
+            Some("/usage/total_tokens"),
+            &upstream,
+        ));
+    })
+    .await;
+    // 20 sat: 7 + 7 used; the third request cannot hold 10 of the 6 left.
+    let (l402, session, preimage, challenge) = balance_with_refund(&h, "/complete").await;
+    for _ in 0..2 {
+        let served = h
+            .http
+            .get(h.url("/complete"))
+            .header(AUTHORIZATION, &l402)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(served.json::<Value>().await.unwrap()["answer"], "hi");
+    }
+    let third = h
+        .http
+        .get(h.url("/complete"))
+        .header(AUTHORIZATION, &l402)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(third).await, lightning("insufficient-balance"));
+    // The refund (through the MPP door, which names a return invoice)
+    // shows what was kept.
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    let reopened = h.send("/complete", &challenge, open).await;
+    assert_eq!(problem(reopened).await, lightning("insufficient-balance"));
+    assert_eq!(
+        close(&h, "/complete", &session, &preimage).await,
+        json!({"status": "closed", "refundSats": 6, "refundStatus": "succeeded"})
+    );
+
+    // A stream: the units of its last usage event.
+    let (l402, session, preimage, challenge) = balance_with_refund(&h, "/complete/stream").await;
+    let streamed = h
+        .http
+        .get(h.url("/complete/stream"))
+        .header(AUTHORIZATION, &l402)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), StatusCode::OK);
+    assert!(streamed.text().await.unwrap().contains("[DONE]"));
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    // Opening again spends a request (it holds 10 and reports 4 again).
+    let again = h.send("/complete/stream", &challenge, open).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(again.text().await.unwrap().contains("total_tokens"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        close(&h, "/complete/stream", &session, &preimage).await,
+        json!({"status": "closed", "refundSats": 12, "refundStatus": "succeeded"})
     );
 }

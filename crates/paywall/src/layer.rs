@@ -36,7 +36,7 @@ use crate::credentials::{
 };
 use crate::idempotency::{self, Keep, Partial, Read};
 use crate::issue::{Binding, Doors};
-use crate::meter::{self, Metered, MeteredBody};
+use crate::meter::{self, Metered, MeteredBody, UsageScan};
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
 use crate::route::{request_host, RequestPath};
@@ -167,6 +167,8 @@ pin_project_lite::pin_project! {
         Partial { partial: Partial<B> },
         // An event stream charged per event, passed on by its meter.
         Metered { metered: MeteredBody },
+        // Read as it passes for the units it reports.
+        Scanned { #[pin] body: B, scan: UsageScan },
     }
 }
 
@@ -174,6 +176,13 @@ impl<B> PaywallBody<B> {
     fn partial(partial: Partial<B>, spend: Option<Spend>) -> Self {
         Self {
             inner: Inner::Partial { partial },
+            spend,
+        }
+    }
+
+    fn scanned(body: B, scan: UsageScan, spend: Option<Spend>) -> Self {
+        Self {
+            inner: Inner::Scanned { body, scan },
             spend,
         }
     }
@@ -215,6 +224,19 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
             InnerProj::Wrapped { body } => body.poll_frame(cx),
             InnerProj::Own { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             InnerProj::Partial { partial } => partial.poll_frame(cx),
+            InnerProj::Scanned { body, scan } => {
+                let polled = body.poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            scan.feed(data);
+                        }
+                    }
+                    Poll::Ready(None) => scan.finish(),
+                    _ => {}
+                }
+                polled
+            }
             InnerProj::Metered { metered } => std::pin::Pin::new(metered)
                 .poll_next(cx)
                 .map(|b| b.map(|b| Ok(Frame::data(b)))),
@@ -233,6 +255,7 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
             Inner::Own { bytes } => bytes.is_none(),
             Inner::Partial { partial } => partial.is_end_stream(),
             Inner::Metered { .. } => false,
+            Inner::Scanned { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -244,6 +267,7 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
             }
             Inner::Partial { partial } => partial.size_hint(),
             Inner::Metered { .. } => SizeHint::default(),
+            Inner::Scanned { body, .. } => body.size_hint(),
         }
     }
 }
@@ -794,6 +818,19 @@ impl Paywall {
             }
         }
         make_private(&mut parts.headers);
+        // Usage reported in a header is known now; in the body, once read.
+        let units = spend.hold.as_ref().and_then(Hold::units);
+        let mut usage_field = None;
+        if let (Meter::Usage(usage), Some(units)) = (&service.meter, &units) {
+            if let Some(n) = usage
+                .header
+                .as_ref()
+                .and_then(|name| meter::header_units(&parts.headers, name))
+            {
+                units.store(n, std::sync::atomic::Ordering::Release);
+            }
+            usage_field = usage.field.clone();
+        }
         if spend.hold.is_some()
             && service.meter == Meter::Events
             && meter::is_event_stream(&parts.headers)
@@ -813,14 +850,27 @@ impl Paywall {
                 PaywallBody::metered(MeteredBody { rx }),
             ));
         }
+        let scan = match (usage_field, units) {
+            (Some(pointer), Some(units)) => Some(UsageScan::new(
+                pointer,
+                units,
+                meter::is_event_stream(&parts.headers),
+            )),
+            _ => None,
+        };
         let Some(keep) = keep.filter(|_| idempotency::keepable(&parts.headers)) else {
-            return Ok(Response::from_parts(
-                parts,
-                PaywallBody::wrapped(body, Some(spend)),
-            ));
+            let body = match scan {
+                Some(scan) => PaywallBody::scanned(body, scan, Some(spend)),
+                None => PaywallBody::wrapped(body, Some(spend)),
+            };
+            return Ok(Response::from_parts(parts, body));
         };
         match idempotency::read(body, self.inner.idempotency.max_response_bytes).await {
             Read::Whole(bytes) => {
+                if let Some(mut scan) = scan {
+                    scan.feed(&bytes);
+                    scan.finish();
+                }
                 // Kept before the answer leaves: a client that never gets it
                 // finds it on its retry. The claim is spent as it drops.
                 let record = keep.record(parts.status, &parts.headers, &bytes);

@@ -91,5 +91,5 @@ pub use paywall::{
     Paywall, PaywallBuilder, PaywallError, DEFAULT_CLAIM_LEASE, DEFAULT_MAX_BODY_BYTES,
 };
 pub use responses::Refusal;
-pub use route::{Auth, Meter, PricedService, Schemes, Sells};
+pub use route::{Auth, Meter, PricedService, Schemes, Sells, Usage};
 pub use verify::Verified;

@@ -170,7 +170,7 @@ impl Metered {
             {
                 Ok(Debit::Done { .. }) => {
                     // Kept at once: the event goes out now.
-                    if let Err(e) = store.settle_debit(&holder).await {
+                    if let Err(e) = store.settle_debit(&holder, None).await {
                         tracing::warn!(error = %e, "store: cannot settle a stream's debit");
                     }
                     return true;
@@ -270,5 +270,120 @@ mod tests {
         assert!(has_data(events[2]));
         assert!(is_done(events[3]));
         assert_eq!(rest, b"partial");
+    }
+}
+
+/// The most of a JSON response body read for its reported usage.
+const MAX_USAGE_BODY: usize = 1 << 20;
+
+/// Reads the units a response reports at a JSON pointer, from its events
+/// (the last that has it counts) or its JSON body, as it passes.
+pub(crate) struct UsageScan {
+    pointer: String,
+    units: crate::sessions::Units,
+    sse: bool,
+    buffer: BytesMut,
+    /// A JSON body larger than [`MAX_USAGE_BODY`] is not read.
+    overflowed: bool,
+}
+
+impl UsageScan {
+    pub(crate) fn new(pointer: String, units: crate::sessions::Units, sse: bool) -> Self {
+        Self {
+            pointer,
+            units,
+            sse,
+            buffer: BytesMut::new(),
+            overflowed: false,
+        }
+    }
+
+    /// Reads the next part of the body.
+    pub(crate) fn feed(&mut self, data: &[u8]) {
+        if !self.sse {
+            if self.buffer.len() + data.len() > MAX_USAGE_BODY {
+                self.overflowed = true;
+                self.buffer.clear();
+            }
+            if !self.overflowed {
+                self.buffer.extend_from_slice(data);
+            }
+            return;
+        }
+        self.buffer.extend_from_slice(data);
+        while let Some(end) = event_end(&self.buffer) {
+            let event = self.buffer.split_to(end).freeze();
+            let data: Vec<&[u8]> = event
+                .split(|b| *b == b'\n')
+                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+                .filter_map(|l| l.strip_prefix(b"data:"))
+                .map(|l| l.strip_prefix(b" ").unwrap_or(l))
+                .collect();
+            self.read(&data.join(&b'\n'));
+        }
+        // An event larger than a JSON body may be is not usage.
+        if self.buffer.len() > MAX_USAGE_BODY {
+            self.buffer.clear();
+        }
+    }
+
+    /// The body ended: a JSON body is read now.
+    pub(crate) fn finish(&mut self) {
+        if !self.sse && !self.overflowed {
+            let body = std::mem::take(&mut self.buffer);
+            self.read(&body);
+        }
+    }
+
+    fn read(&self, json: &[u8]) {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
+            return;
+        };
+        if let Some(units) = value.pointer(&self.pointer).and_then(|v| v.as_u64()) {
+            self.units
+                .store(units, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+/// The units in a response header, if it holds a decimal integer.
+pub(crate) fn header_units(headers: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn the_last_event_that_reports_usage_counts() {
+        let units = Arc::new(AtomicU64::new(crate::sessions::UNREPORTED));
+        let mut scan = UsageScan::new("/usage/total_tokens".into(), units.clone(), true);
+        scan.feed(b"data: {\"token\":\"a\"}\n\ndata: {\"usage\":{\"total_tokens\":3}}\n");
+        assert_eq!(units.load(Ordering::Acquire), crate::sessions::UNREPORTED);
+        scan.feed(b"\ndata: {\"usage\":{\"total_tokens\":");
+        assert_eq!(units.load(Ordering::Acquire), 3);
+        scan.feed(b"12}}\r\n\r\ndata: [DONE]\n\n");
+        scan.finish();
+        assert_eq!(units.load(Ordering::Acquire), 12);
+    }
+
+    #[test]
+    fn a_json_body_reports_usage_once_whole() {
+        let units = Arc::new(AtomicU64::new(crate::sessions::UNREPORTED));
+        let mut scan = UsageScan::new("/usage/total_tokens".into(), units.clone(), false);
+        scan.feed(b"{\"answer\":\"hi\",\"usage\":{\"total");
+        scan.feed(b"_tokens\":7}}");
+        assert_eq!(units.load(Ordering::Acquire), crate::sessions::UNREPORTED);
+        scan.finish();
+        assert_eq!(units.load(Ordering::Acquire), 7);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-usage", http::HeaderValue::from_static(" 42 "));
+        assert_eq!(
+            header_units(&headers, &http::HeaderName::from_static("x-usage")),
+            Some(42)
+        );
     }
 }

@@ -13,6 +13,7 @@
 //! paid deposit once; `close`, or the idle timeout, closes the session once
 //! and pays the unspent balance to the return invoice, once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::unix_now;
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
-use crate::route::PricedService;
+use crate::route::{Meter, PricedService};
 use crate::verify::Verified;
 
 /// How often idle sessions are looked for.
@@ -76,6 +77,33 @@ pub(crate) struct Hold {
     /// What dropping it does: give back (not served yet) or keep.
     keep_on_drop: bool,
     done: bool,
+    /// For a service metered by reported usage: what is kept of the hold.
+    usage: Option<UsageCount>,
+}
+
+/// The units a response reported, [`UNREPORTED`] until it does.
+pub(crate) type Units = Arc<AtomicU64>;
+
+/// No units reported (yet).
+pub(crate) const UNREPORTED: u64 = u64::MAX;
+
+/// How a hold on the most a request may use becomes what it used.
+struct UsageCount {
+    units: Units,
+    unit_msat: u64,
+    max_units: u64,
+}
+
+impl UsageCount {
+    /// What is kept: the units reported (at most the most held), or one
+    /// unit when none were.
+    fn kept_msat(&self) -> u64 {
+        let units = match self.units.load(Ordering::Acquire) {
+            UNREPORTED => 1,
+            n => n.min(self.max_units),
+        };
+        units.saturating_mul(self.unit_msat)
+    }
 }
 
 impl std::fmt::Debug for Hold {
@@ -87,6 +115,12 @@ impl std::fmt::Debug for Hold {
 }
 
 impl Hold {
+    /// Where the units a response reports go, for a service metered by
+    /// usage.
+    pub(crate) fn units(&self) -> Option<Units> {
+        self.usage.as_ref().map(|u| u.units.clone())
+    }
+
     /// The upstream has the request: from now on dropping it keeps the
     /// debit; only [`Hold::release`] gives it back.
     pub(crate) fn served(mut self) -> Self {
@@ -110,9 +144,10 @@ impl Drop for Hold {
             return;
         }
         let (store, holder, keep) = (self.store.clone(), self.holder.clone(), self.keep_on_drop);
+        let kept_msat = self.usage.as_ref().map(UsageCount::kept_msat);
         let finish = async move {
             let result = if keep {
-                store.settle_debit(&holder).await
+                store.settle_debit(&holder, kept_msat).await
             } else {
                 store.undo_debit(&holder).await.map(drop)
             };
@@ -339,10 +374,19 @@ impl Paywall {
             replica: self.inner.claims.replica().to_owned(),
             token: hex::encode(rand::random::<[u8; 16]>()),
         };
-        let price_msat = service.price_sats.saturating_mul(1000);
+        // A request metered by usage holds the most it may use.
+        let hold_msat = service.hold_msat();
+        let usage = match &service.meter {
+            Meter::Usage(usage) => Some(UsageCount {
+                units: Arc::new(AtomicU64::new(UNREPORTED)),
+                unit_msat: service.price_sats.saturating_mul(1000),
+                max_units: usage.max_units.max(1),
+            }),
+            _ => None,
+        };
         match self
             .store()
-            .debit(id, &service.name, price_msat, &holder, unix_now())
+            .debit(id, &service.name, hold_msat, &holder, unix_now())
             .await
         {
             Ok(Debit::Done { .. }) => Ok(Hold {
@@ -351,13 +395,14 @@ impl Paywall {
                 tracker: self.inner.background.clone(),
                 keep_on_drop: false,
                 done: false,
+                usage,
             }),
             Ok(Debit::Insufficient { balance_msat, .. }) => Err(refuse(
                 ProblemType::LightningInsufficientBalance,
                 format!(
-                    "the session has {} sat left and this request costs {} sat; top it up with the new challenge's invoice",
+                    "the session has {} sat left and this request holds {} sat; top it up with the new challenge's invoice",
                     balance_msat / 1000,
-                    service.price_sats
+                    hold_msat / 1000
                 ),
             )),
             Ok(Debit::Closed) => Err(refuse(

@@ -365,8 +365,15 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<Debit, StoreError>;
 
-    /// Keeps a held debit: its request was served.
-    async fn settle_debit(&self, holder: &ClaimHolder) -> Result<(), StoreError>;
+    /// Keeps a held debit: its request was served. With `kept_msat`, keeps
+    /// that much of it (at most all) and gives the rest back to the session
+    /// (a request that held the most it may use, and used less), unless the
+    /// session was closed meanwhile.
+    async fn settle_debit(
+        &self,
+        holder: &ClaimHolder,
+        kept_msat: Option<u64>,
+    ) -> Result<(), StoreError>;
 
     /// Gives a held debit back to its session, unless the session was
     /// closed meanwhile (its refund is computed already). Ok(false): no such

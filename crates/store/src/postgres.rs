@@ -779,14 +779,28 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn settle_debit(&self, holder: &ClaimHolder) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM session_debits WHERE token = $1 AND replica = $2")
-            .bind(&holder.token)
-            .bind(&holder.replica)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(db)
+    async fn settle_debit(
+        &self,
+        holder: &ClaimHolder,
+        kept_msat: Option<u64>,
+    ) -> Result<(), StoreError> {
+        // One statement: the hold goes, and what it held beyond `kept_msat`
+        // goes back to an open session.
+        sqlx::query(
+            "WITH held AS (
+                DELETE FROM session_debits WHERE token = $1 AND replica = $2
+                RETURNING session, amount_msat)
+             UPDATE sessions SET spent_msat = spent_msat - (held.amount_msat - LEAST(held.amount_msat, $3))
+             FROM held WHERE sessions.id = held.session AND sessions.closed_at IS NULL
+               AND held.amount_msat > LEAST(held.amount_msat, $3)",
+        )
+        .bind(&holder.token)
+        .bind(&holder.replica)
+        .bind(kept_msat.map_or(i64::MAX, |k| k.min(i64::MAX as u64) as i64))
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(db)
     }
 
     async fn undo_debit(&self, holder: &ClaimHolder) -> Result<bool, StoreError> {

@@ -766,12 +766,29 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn settle_debit(&self, holder: &ClaimHolder) -> Result<(), StoreError> {
+    async fn settle_debit(
+        &self,
+        holder: &ClaimHolder,
+        kept_msat: Option<u64>,
+    ) -> Result<(), StoreError> {
         let holder = holder.clone();
         self.with(move |c| {
-            c.prepare_cached("DELETE FROM session_debits WHERE token = ?1 AND replica = ?2")?
-                .execute(params![holder.token, holder.replica])
-                .map(drop)
+            let held: Option<(Vec<u8>, i64)> = c
+                .prepare_cached(
+                    "DELETE FROM session_debits WHERE token = ?1 AND replica = ?2 RETURNING session, amount_msat",
+                )?
+                .query_row(params![holder.token, holder.replica], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let (Some((session, held)), Some(kept)) = (held, kept_msat) {
+                let back = (held as u64).saturating_sub(kept);
+                if back > 0 {
+                    c.prepare_cached(
+                        "UPDATE sessions SET spent_msat = spent_msat - ?2 WHERE id = ?1 AND closed_at IS NULL",
+                    )?
+                    .execute(params![session, back as i64])?;
+                }
+            }
+            Ok(())
         })
         .await
     }

@@ -431,11 +431,44 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     // The upstream failed for one: given back; the other is kept.
     assert!(b.undo_debit(&r2).await.unwrap());
     assert!(!b.undo_debit(&r2).await.unwrap(), "given back once");
-    a.settle_debit(&r1).await.unwrap();
+    a.settle_debit(&r1, None).await.unwrap();
     assert!(!a.undo_debit(&r1).await.unwrap(), "a settled debit stays");
     assert_eq!(
         a.session(&[60; 32]).await.unwrap().unwrap().spent_msat,
         4_000
+    );
+    // Held the most, kept what was used: the rest goes back.
+    assert_eq!(
+        b.debit(&[60; 32], "chat", 2_000, &holder("r2", "d6"), 1_003)
+            .await
+            .unwrap(),
+        Debit::Done {
+            balance_msat: 4_000
+        }
+    );
+    b.settle_debit(&holder("r2", "d6"), Some(500))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.session(&[60; 32]).await.unwrap().unwrap().spent_msat,
+        4_500
+    );
+    assert!(!b.undo_debit(&holder("r2", "d6")).await.unwrap());
+    // ... and never more than was held.
+    assert_eq!(
+        b.debit(&[60; 32], "chat", 500, &holder("r2", "d7"), 1_003)
+            .await
+            .unwrap(),
+        Debit::Done {
+            balance_msat: 5_000
+        }
+    );
+    b.settle_debit(&holder("r2", "d7"), Some(9_999))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.session(&[60; 32]).await.unwrap().unwrap().spent_msat,
+        5_000
     );
     // A top-up credits once, and only the session it was paid for.
     assert_eq!(
@@ -475,7 +508,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
             .await
             .unwrap(),
         Debit::Done {
-            balance_msat: 10_000
+            balance_msat: 9_000
         }
     );
     assert_eq!(b.undo_debits_of("dead").await.unwrap(), 1);
@@ -497,7 +530,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     assert_eq!(
         refunds,
         vec![&Closing::Closed {
-            refund_msat: 11_000,
+            refund_msat: 10_000,
             return_invoice: Some("lnbcrt1refund".into())
         }]
     );
@@ -508,7 +541,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     let end = done.closed.unwrap();
     assert_eq!(
         (end.refund_msat, end.refund_status.as_str()),
-        (11_000, "succeeded")
+        (10_000, "succeeded")
     );
     assert_eq!(
         a.debit(&[60; 32], "chat", 1, &holder("r1", "d5"), 1_501)

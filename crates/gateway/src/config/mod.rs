@@ -195,7 +195,7 @@ pub struct MppConfig {
 pub use crate::tls::UpstreamTls;
 pub use gate402_paywall::client::{ForwardedHeader, TrustedProxies};
 pub use gate402_paywall::route::{HostPattern, PathPattern};
-pub use gate402_paywall::{Auth, Meter, PricedService, Schemes, Sells};
+pub use gate402_paywall::{Auth, Meter, PricedService, Schemes, Sells, Usage};
 
 /// How the path is changed on its way upstream. Applied to the normalized
 /// path only, and only at segment boundaries, so the upstream path never

@@ -9,7 +9,7 @@ use toml::{Table, Value};
 use super::check::Checker;
 use super::{
     join, segment_prefix, Auth, HostPattern, Meter, PathPattern, PricedService, Rewrite, Schemes,
-    Sells, ServiceConfig, ToolConfig, UpstreamConfig,
+    Sells, ServiceConfig, ToolConfig, UpstreamConfig, Usage,
 };
 
 /// One `[[services]]` entry as written. Everything is optional here so
@@ -32,6 +32,9 @@ struct RawService {
     idle_timeout_secs: Option<i64>,
     meter: Option<String>,
     topup_wait_secs: Option<i64>,
+    usage_header: Option<String>,
+    usage_field: Option<String>,
+    max_units: Option<i64>,
     capabilities: Option<Vec<String>>,
     headers: Option<Value>,
     rewrite: Option<Value>,
@@ -64,6 +67,62 @@ const MAX_PRICE_SATS: i64 = 21_000_000 * 100_000_000;
 impl Checker {
     /// `schemes`: `"both"` (L402 and MPP), `"l402"`, `"mpp"`, `"x402"`,
     /// `"all"`, or a list of `"l402"`, `"mpp"` and `"x402"`.
+    /// `meter = "usage"`: where the upstream reports units, and the most
+    /// one request may use.
+    fn usage(
+        &mut self,
+        at: &dyn Fn(&str) -> String,
+        header: Option<&str>,
+        field: Option<String>,
+        max_units: Option<i64>,
+    ) -> Usage {
+        let header = header.and_then(|name| match HeaderName::try_from(name) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                self.error(
+                    &at("usage_header"),
+                    format!("{name:?} is not a header name"),
+                );
+                None
+            }
+        });
+        if let Some(pointer) = &field {
+            if !pointer.is_empty() && !pointer.starts_with('/') {
+                self.error(
+                    &at("usage_field"),
+                    format!(
+                        "{pointer:?} is not a JSON pointer (RFC 6901: \"/usage/total_tokens\")"
+                    ),
+                );
+            }
+        }
+        if header.is_none() && field.is_none() {
+            self.error(
+                &at("meter"),
+                "meter = \"usage\" needs usage_header, usage_field or both: where the upstream reports the units",
+            );
+        }
+        let max_units = match max_units {
+            Some(n) if (1..=1_000_000).contains(&n) => n as u64,
+            Some(_) => {
+                self.error(&at("max_units"), "must be between 1 and 1000000");
+                1
+            }
+            None => {
+                self.error(
+                    &at("max_units"),
+                    "is required with meter = \"usage\": the units one request may use, held from the balance before it is served",
+                );
+                1
+            }
+        };
+        Usage {
+            header,
+            field,
+            max_units,
+        }
+    }
+
     fn schemes(&mut self, at: &str, value: Value) -> Schemes {
         const WORDS: &str = "\"both\", \"all\", \"l402\", \"mpp\", \"x402\" or a list of \"l402\", \"mpp\" and \"x402\"";
         let words: Vec<String> = match value {
@@ -251,15 +310,34 @@ impl Checker {
         }
         match raw.meter.as_deref() {
             None | Some("request") => {}
-            Some("events") if priced.sells == Sells::Balance => priced.meter = Meter::Events,
-            Some("events") => self.error(
+            Some("events" | "usage") if priced.sells != Sells::Balance => self.error(
                 &at("meter"),
-                "only a service with sells = \"balance\" meters events",
+                "only a service with sells = \"balance\" is metered",
             ),
+            Some("events") => priced.meter = Meter::Events,
+            Some("usage") => {
+                priced.meter = Meter::Usage(self.usage(
+                    &at,
+                    raw.usage_header.as_deref(),
+                    raw.usage_field.clone(),
+                    raw.max_units,
+                ));
+            }
             Some(other) => self.error(
                 &at("meter"),
-                format!("{other:?} is not \"request\" or \"events\""),
+                format!("{other:?} is not \"request\", \"events\" or \"usage\""),
             ),
+        }
+        if !matches!(priced.meter, Meter::Usage(_)) {
+            for (key, set) in [
+                ("usage_header", raw.usage_header.is_some()),
+                ("usage_field", raw.usage_field.is_some()),
+                ("max_units", raw.max_units.is_some()),
+            ] {
+                if set {
+                    self.error(&at(key), "only a service with meter = \"usage\" takes it");
+                }
+            }
         }
         if priced.sells == Sells::Balance && priced.schemes.x402() {
             self.error(

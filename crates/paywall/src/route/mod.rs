@@ -16,7 +16,7 @@ use std::sync::Arc;
 use http::Method;
 
 pub use host::{normal_name, request_host, HostError};
-pub use service::{Auth, Meter, PricedService, Schemes, Sells};
+pub use service::{Auth, Meter, PricedService, Schemes, Sells, Usage};
 pub use target::{RequestPath, TargetError};
 
 /// A path pattern: exact (`/weather`) or a prefix (`/api/*`, `/*`).

@@ -107,7 +107,7 @@ impl Sells {
 }
 
 /// What a request to a balance is charged for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Meter {
     /// The request: its price once.
     #[default]
@@ -116,6 +116,29 @@ pub enum Meter {
     /// as the stream flows (draft-lightning-session-00 §Streaming). A
     /// response that is not an event stream is charged as one request.
     Events,
+    /// The units the upstream reports it used (the tokens of an LLM
+    /// completion, say): the price per unit.
+    Usage(Usage),
+}
+
+/// Where the upstream reports the units a request used, and the most one
+/// request may use.
+///
+/// The request holds `max_units` from the balance before it reaches the
+/// upstream (so a balance never goes below zero, whatever is reported);
+/// once the response has been sent, the units reported are kept (at most
+/// `max_units`) and the rest given back. A response that reports none is
+/// charged one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// A response header holding the units as a decimal integer.
+    pub header: Option<http::HeaderName>,
+    /// A JSON pointer (RFC 6901, `/usage/total_tokens`) into the data of a
+    /// server-sent event (the last event that has it counts), or of a JSON
+    /// response body.
+    pub field: Option<String>,
+    /// The most units one request may use: what it holds.
+    pub max_units: u64,
 }
 
 /// One priced service.
@@ -202,6 +225,16 @@ impl PricedService {
         self
     }
 
+    /// What one request holds from a balance before it is served (msat):
+    /// its price, or for usage, the most it may use.
+    pub fn hold_msat(&self) -> u64 {
+        let units = match &self.meter {
+            Meter::Usage(usage) => usage.max_units.max(1),
+            _ => 1,
+        };
+        self.price_sats.saturating_mul(units).saturating_mul(1000)
+    }
+
     /// The deposit of a balance, in satoshis.
     pub fn deposit_sats(&self) -> u64 {
         self.price_sats.saturating_mul(self.deposit_units.max(1))
@@ -230,9 +263,14 @@ impl PricedService {
             ),
             (_, Sells::Pass) => format!("{price} sat for a pass of {} s", self.token_lifetime_secs),
             (_, Sells::Balance) => format!(
-                "a balance of {} sat ({} requests at {price} sat), refunded unspent on close",
+                "a balance of {} sat ({} {}s at {price} sat), refunded unspent on close",
                 self.deposit_sats(),
-                self.deposit_units
+                self.deposit_units,
+                match self.meter {
+                    Meter::Request => "request",
+                    Meter::Events => "streamed event",
+                    Meter::Usage(_) => "reported unit",
+                }
             ),
         };
         match self.auth {
