@@ -134,15 +134,32 @@ impl Harness {
         let response = self.http.get(self.url(path)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
         let headers = response.headers().clone();
-        let session = headers
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| gate402_mpp::challenge::parse_payment_challenges(v).unwrap_or_default())
-            .find(|c| c.intent.as_str() == "session")
-            .expect("a session challenge");
+        let session = session_challenge(&headers).expect("a session challenge");
         let request = gate402_mpp::challenge::decode_request(&session).unwrap();
         (session, request, headers)
+    }
+
+    /// A 402 for `path` paid through its L402 challenge.
+    async fn buy(&self, path: &str) -> Bought {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        let offer = Offer::from_headers(response.headers()).unwrap();
+        let session = session_challenge(response.headers());
+        let paid = pay_via(
+            &self.http,
+            &format!("http://{}", self.gateway.addr()),
+            &offer.bolt11,
+        )
+        .await
+        .unwrap();
+        let mut preimage = [0u8; 32];
+        hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+        let l402 = offer.l402_authorization(&preimage).unwrap();
+        Bought {
+            offer,
+            paid,
+            l402,
+            session,
+        }
     }
 
     /// Pays a challenge's deposit invoice; its preimage, hex.
@@ -192,6 +209,25 @@ impl Harness {
             .await
             .unwrap()
     }
+}
+
+/// A paid 402: its offer, the payment, the L402 credential, and the
+/// session challenge of the same invoice.
+struct Bought {
+    offer: Offer,
+    paid: gate402_lightning_sandbox::http::PayResponse,
+    l402: String,
+    session: Option<PaymentChallenge>,
+}
+
+/// The session challenge among a 402's `WWW-Authenticate` fields.
+fn session_challenge(headers: &reqwest::header::HeaderMap) -> Option<PaymentChallenge> {
+    headers
+        .get_all(WWW_AUTHENTICATE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| gate402_mpp::challenge::parse_payment_challenges(v).unwrap_or_default())
+        .find(|c| c.intent.as_str() == "session")
 }
 
 async fn problem(response: reqwest::Response) -> String {
@@ -343,19 +379,10 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
 #[tokio::test]
 async fn an_l402_balance_token_and_the_mpp_session_spend_one_balance() {
     let h = Harness::start(|_| {}).await;
-    let response = h.http.get(h.url("/chat")).send().await.unwrap();
-    let offer = Offer::from_headers(response.headers()).unwrap();
+    let Bought {
+        offer, paid, l402, ..
+    } = h.buy("/chat").await;
     assert_eq!(offer.invoice.amount_msat(), Some(10_000), "the deposit");
-    let paid = pay_via(
-        &h.http,
-        &format!("http://{}", h.gateway.addr()),
-        &offer.bolt11,
-    )
-    .await
-    .unwrap();
-    let mut preimage = [0u8; 32];
-    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
-    let l402 = offer.l402_authorization(&preimage).unwrap();
     let get = |authorization: String| {
         h.http
             .get(h.url("/chat"))
@@ -403,18 +430,7 @@ async fn an_l402_balance_token_and_the_mpp_session_spend_one_balance() {
 #[tokio::test]
 async fn a_failed_upstream_spends_nothing_from_a_balance() {
     let h = Harness::start(|_| {}).await;
-    let response = h.http.get(h.url("/flaky")).send().await.unwrap();
-    let offer = Offer::from_headers(response.headers()).unwrap();
-    let paid = pay_via(
-        &h.http,
-        &format!("http://{}", h.gateway.addr()),
-        &offer.bolt11,
-    )
-    .await
-    .unwrap();
-    let mut preimage = [0u8; 32];
-    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
-    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let Bought { l402, .. } = h.buy("/flaky").await;
     let mut statuses = Vec::new();
     for _ in 0..5 {
         let response = h
@@ -627,18 +643,9 @@ async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
 #[tokio::test]
 async fn a_balance_is_its_minted_deposit_spent_on_its_own_service() {
     let h = Harness::start(|_| {}).await;
-    let response = h.http.get(h.url("/chat")).send().await.unwrap();
-    let offer = Offer::from_headers(response.headers()).unwrap();
-    let paid = pay_via(
-        &h.http,
-        &format!("http://{}", h.gateway.addr()),
-        &offer.bolt11,
-    )
-    .await
-    .unwrap();
-    let mut preimage = [0u8; 32];
-    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
-    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let Bought {
+        offer, paid, l402, ..
+    } = h.buy("/chat").await;
     // First used with a lowered (and a malformed) balance appended: the
     // session still holds the 10 sat deposit, 5 requests.
     let lowered = {
@@ -694,30 +701,12 @@ async fn balance_with_refund(
     h: &Harness,
     path: &str,
 ) -> (String, String, String, PaymentChallenge) {
-    let response = h.http.get(h.url(path)).send().await.unwrap();
-    let offer = Offer::from_headers(response.headers()).unwrap();
-    let session_challenge = response
-        .headers()
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| gate402_mpp::challenge::parse_payment_challenges(v).unwrap_or_default())
-        .find(|c| c.intent.as_str() == "session")
-        .unwrap();
-    let paid = pay_via(
-        &h.http,
-        &format!("http://{}", h.gateway.addr()),
-        &offer.bolt11,
-    )
-    .await
-    .unwrap();
-    let mut preimage = [0u8; 32];
-    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let bought = h.buy(path).await;
     (
-        offer.l402_authorization(&preimage).unwrap(),
-        hex::encode(offer.invoice.payment_hash()),
-        paid.preimage,
-        session_challenge,
+        bought.l402,
+        hex::encode(bought.offer.invoice.payment_hash()),
+        bought.paid.preimage,
+        bought.session.expect("a session challenge"),
     )
 }
 
