@@ -101,7 +101,7 @@ impl PayOptions {
     ) -> Result<Payer> {
         let config = ClientConfig::load(self.config.as_deref(), data_dir)?;
         let wallet = match &config.lightning {
-            None => Wallet::sandbox(),
+            None => Wallet::sandbox_as(sandbox_payer(data_dir)?),
             Some(lightning) => Wallet::Node(lightning.connect(data_dir).await?.backend),
         };
         let network = wallet.network().await?;
@@ -478,4 +478,45 @@ pub(crate) fn http_url(text: &str) -> Result<reqwest::Url> {
         anyhow::bail!("{text:?}: only http:// and https:// URLs can be called");
     }
     Ok(url)
+}
+
+/// This client's secret as a sandbox payer, kept in the data dir (owner
+/// only) so that a later run recovers the preimage of a payment whose
+/// answer was lost, and nobody else can.
+fn sandbox_payer(data_dir: &Path) -> Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = data_dir.join("sandbox_payer");
+    match std::fs::read_to_string(&path) {
+        Ok(secret) if secret.trim().len() >= 16 => return Ok(secret.trim().to_owned()),
+        Ok(_) => anyhow::bail!(
+            "{}: not a payer secret; delete it to make a new one",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| data_dir.display().to_string())?;
+    let secret = Wallet::new_sandbox_payer();
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            file.write_all(secret.as_bytes())
+                .with_context(|| path.display().to_string())?;
+            Ok(secret)
+        }
+        // Another run made it first: that one is the secret.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)?.trim().to_owned())
+        }
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
 }

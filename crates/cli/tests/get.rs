@@ -596,6 +596,7 @@ async fn a_payment_that_times_out_is_resolved_not_repeated() {
                     .timeout(Duration::from_secs(1))
                     .build()
                     .unwrap(),
+                Wallet::new_sandbox_payer(),
             ),
             policy: Policy {
                 max_cost_sats: 10,

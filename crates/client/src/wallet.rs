@@ -30,8 +30,10 @@ pub struct ReturnInvoice {
 #[derive(Clone)]
 pub enum Wallet {
     /// The sandbox payer of the gateway that sent the 402 (`POST
-    /// /sandbox/pay` on the URL's origin). Regtest test money only.
-    Sandbox(reqwest::Client),
+    /// /sandbox/pay` on the URL's origin), as the payer with this secret
+    /// (which alone is told a paid invoice's preimage again). Regtest test
+    /// money only.
+    Sandbox(reqwest::Client, String),
     /// A Lightning node or wallet (ldk, LND, Core Lightning, NWC) behind
     /// the backend trait.
     Node(Arc<dyn LightningBackend>),
@@ -40,7 +42,7 @@ pub enum Wallet {
 impl std::fmt::Debug for Wallet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Wallet::Sandbox(_) => f.write_str("Wallet::Sandbox"),
+            Wallet::Sandbox(..) => f.write_str("Wallet::Sandbox"),
             Wallet::Node(_) => f.write_str("Wallet::Node"),
         }
     }
@@ -57,20 +59,35 @@ pub fn may_be_in_flight(error: &PayError) -> bool {
 }
 
 impl Wallet {
-    /// The sandbox payer, with its own HTTP client.
+    /// The sandbox payer, with its own HTTP client and a secret made for
+    /// this process (a payment it loses the answer of is recovered only by
+    /// this process; see [`Wallet::sandbox_as`]).
     pub fn sandbox() -> Self {
+        Self::sandbox_as(Self::new_sandbox_payer())
+    }
+
+    /// A new sandbox payer secret: 64 random hex digits.
+    pub fn new_sandbox_payer() -> String {
+        hex::encode(rand::random::<[u8; 32]>())
+    }
+
+    /// The sandbox payer as the payer whose secret is `payer` (16 to 256
+    /// bytes): kept across runs, it lets a later run recover the preimage
+    /// of a payment whose answer was lost.
+    pub fn sandbox_as(payer: String) -> Self {
         Wallet::Sandbox(
             reqwest::Client::builder()
                 .timeout(PAY_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
+            payer,
         )
     }
 
     /// The network this wallet pays on.
     pub async fn network(&self) -> Result<Network, PayError> {
         match self {
-            Wallet::Sandbox(_) => Ok(gate402_lightning_sandbox::NETWORK),
+            Wallet::Sandbox(..) => Ok(gate402_lightning_sandbox::NETWORK),
             Wallet::Node(node) => Ok(node.network().await?),
         }
     }
@@ -84,8 +101,10 @@ impl Wallet {
         max_fee_msat: u64,
     ) -> Result<PaymentOutcome, PayError> {
         let paid = match self {
-            Wallet::Sandbox(http) => {
-                match gate402_lightning_sandbox::http::pay_via(http, origin, bolt11).await {
+            Wallet::Sandbox(http, payer) => {
+                match gate402_lightning_sandbox::http::pay_as(http, origin, bolt11, None, payer)
+                    .await
+                {
                     Ok(paid) | Err(ClientError::AlreadyPaid(paid)) => paid.outcome(),
                     Err(e @ ClientError::Unreachable { .. }) => Err(PayError::Backend(
                         LightningError::Unavailable(e.to_string()),
@@ -111,7 +130,7 @@ impl Wallet {
         bolt11: &str,
     ) -> Result<PaymentStatus, PayError> {
         match self {
-            Wallet::Sandbox(_) => match self.pay(origin, bolt11, 0).await {
+            Wallet::Sandbox(..) => match self.pay(origin, bolt11, 0).await {
                 Ok(outcome) => Ok(PaymentStatus::Succeeded(outcome)),
                 Err(e) if may_be_in_flight(&e) => Ok(PaymentStatus::Pending),
                 Err(e) => Ok(PaymentStatus::Failed(e.to_string())),
@@ -131,7 +150,7 @@ impl Wallet {
     /// node's or the sandbox's error.
     pub async fn return_invoice(&self, origin: &str) -> Result<ReturnInvoice, LightningError> {
         match self {
-            Wallet::Sandbox(http) => {
+            Wallet::Sandbox(http, _) => {
                 let url = format!("{}{INVOICE_PATH}", origin.trim_end_matches('/'));
                 let body = gate402_lightning_sandbox::http::InvoiceRequest {
                     memo: Some("gate402 session refund".into()),
@@ -176,7 +195,7 @@ impl Wallet {
         payment_hash: &[u8; 32],
     ) -> Result<Option<InvoiceStatus>, LightningError> {
         match self {
-            Wallet::Sandbox(http) => {
+            Wallet::Sandbox(http, _) => {
                 let url = format!(
                     "{}{INVOICE_PATH}/{}",
                     origin.trim_end_matches('/'),

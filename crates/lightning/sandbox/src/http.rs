@@ -30,6 +30,12 @@ pub struct PayRequest {
     /// one that does (which is paid its own amount).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount_msat: Option<u64>,
+    /// A secret of the payer's own (16 to 256 bytes): asking to pay an
+    /// invoice it paid before answers its preimage again only with the same
+    /// secret, so that a payer that lost the answer recovers it and nobody
+    /// else who saw the invoice learns it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer: Option<String>,
 }
 
 /// The answer: the preimage that proves payment.
@@ -185,9 +191,20 @@ async fn pay(
             )
         }
     };
-    let settled = match request.amount_msat {
-        None => sandbox.settle(&request.invoice),
-        Some(amount_msat) => sandbox.settle_amount(&request.invoice, amount_msat),
+    if request
+        .payer
+        .as_ref()
+        .is_some_and(|p| !(16..=256).contains(&p.len()))
+    {
+        return problem(StatusCode::BAD_REQUEST, "payer must be 16 to 256 bytes");
+    }
+    let settled = match sandbox.settle_for(
+        &request.invoice,
+        request.amount_msat,
+        request.payer.as_deref(),
+    ) {
+        Ok(settled) => settled,
+        Err(another) => return problem(StatusCode::CONFLICT, &another.to_string()),
     };
     match settled {
         Ok(outcome) => Json(PayResponse {
@@ -195,8 +212,8 @@ async fn pay(
             amount_msat: outcome.amount_msat,
         })
         .into_response(),
-        // Paying twice is answered with what the first payment got, so a
-        // payer that lost the answer can recover it.
+        // Paying twice is answered with what the first payment got, to the
+        // payer that made it, so that it can recover a lost answer.
         Err(PayError::AlreadyPaid(outcome)) => (
             StatusCode::CONFLICT,
             Json(PayResponse {
@@ -273,7 +290,25 @@ pub async fn pay_via(
     base_url: &str,
     invoice: &str,
 ) -> Result<PayResponse, ClientError> {
-    post_pay(client, base_url, invoice, None).await
+    post_pay(client, base_url, invoice, None, None).await
+}
+
+/// [`pay_via`] (or, with `amount_msat`, [`pay_amount_via`]) as the payer
+/// whose secret is `payer`: paying again an invoice it paid answers
+/// [`ClientError::AlreadyPaid`] with the first payment's preimage; one paid
+/// by another payer is [`ClientError::Refused`] with status 409.
+///
+/// # Errors
+///
+/// As [`pay_via`].
+pub async fn pay_as(
+    client: &reqwest::Client,
+    base_url: &str,
+    invoice: &str,
+    amount_msat: Option<u64>,
+    payer: &str,
+) -> Result<PayResponse, ClientError> {
+    post_pay(client, base_url, invoice, amount_msat, Some(payer)).await
 }
 
 /// Asks the sandbox payer of the gateway at `base_url` to pay
@@ -289,7 +324,7 @@ pub async fn pay_amount_via(
     invoice: &str,
     amount_msat: u64,
 ) -> Result<PayResponse, ClientError> {
-    post_pay(client, base_url, invoice, Some(amount_msat)).await
+    post_pay(client, base_url, invoice, Some(amount_msat), None).await
 }
 
 async fn post_pay(
@@ -297,6 +332,7 @@ async fn post_pay(
     base_url: &str,
     invoice: &str,
     amount_msat: Option<u64>,
+    payer: Option<&str>,
 ) -> Result<PayResponse, ClientError> {
     let url = format!("{}{PATH}", base_url.trim_end_matches('/'));
     let response = client
@@ -304,6 +340,7 @@ async fn post_pay(
         .json(&PayRequest {
             invoice: invoice.to_owned(),
             amount_msat,
+            payer: payer.map(str::to_owned),
         })
         .send()
         .await

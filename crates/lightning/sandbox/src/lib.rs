@@ -78,6 +78,12 @@ impl std::fmt::Debug for Sandbox {
     }
 }
 
+/// An invoice paid before by another payer than the one asking: its
+/// preimage is not told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("this invoice was already paid, by another payer: its preimage goes to that payer alone")]
+pub struct PaidByAnother;
+
 impl Sandbox {
     /// Opens (creating on first use) the sandbox in `dir`: the node key in
     /// `dir/node_key`, invoices in `dir/invoices.sqlite3`.
@@ -132,7 +138,41 @@ impl Sandbox {
     /// refusals of [`check_payable`]; [`PayError::AlreadyPaid`] with what
     /// the first payment got; [`PayError::Backend`] when its database fails.
     pub fn settle(&self, bolt11: &str) -> Result<PaymentOutcome, PayError> {
-        self.settle_with(bolt11, None)
+        self.settle_with(bolt11, None, None)
+    }
+
+    /// The sandbox payer for a payer over HTTP, who sends a secret of its
+    /// own (`payer`) and the amount for an invoice without one: paying an
+    /// invoice paid before answers [`PayError::AlreadyPaid`] with the first
+    /// payment's preimage only to the payer that made it (the same secret);
+    /// anyone else gets [`PaidByAnother`], so seeing an invoice is not
+    /// enough to learn its preimage.
+    ///
+    /// # Errors
+    ///
+    /// As [`Sandbox::settle`] and [`Sandbox::settle_amount`] (`Ok(Err(_))`),
+    /// or [`PaidByAnother`].
+    pub fn settle_for(
+        &self,
+        bolt11: &str,
+        amount_msat: Option<u64>,
+        payer: Option<&str>,
+    ) -> Result<Result<PaymentOutcome, PayError>, PaidByAnother> {
+        let payer_hash = payer.map(|p| -> [u8; 32] { sha2::Sha256::digest(p.as_bytes()).into() });
+        match self.settle_with(bolt11, amount_msat, payer_hash) {
+            Err(PayError::AlreadyPaid(first)) => {
+                let paid_by = gate402_bolt11::Invoice::parse(bolt11)
+                    .ok()
+                    .and_then(|invoice| self.inner.store.get(&invoice.payment_hash()).ok())
+                    .flatten()
+                    .and_then(|row| row.payer_hash);
+                match (paid_by, payer_hash) {
+                    (Some(by), Some(asker)) if by == asker => Ok(Err(PayError::AlreadyPaid(first))),
+                    _ => Err(PaidByAnother),
+                }
+            }
+            other => Ok(other),
+        }
     }
 
     /// The sandbox payer for an invoice without an amount: settles an
@@ -149,7 +189,7 @@ impl Sandbox {
         bolt11: &str,
         amount_msat: u64,
     ) -> Result<PaymentOutcome, PayError> {
-        self.settle_with(bolt11, Some(amount_msat))
+        self.settle_with(bolt11, Some(amount_msat), None)
     }
 
     /// Settles with the invoice's own amount (`None`) or the one given.
@@ -157,6 +197,7 @@ impl Sandbox {
         &self,
         bolt11: &str,
         amount_msat: Option<u64>,
+        payer_hash: Option<[u8; 32]>,
     ) -> Result<PaymentOutcome, PayError> {
         let invoice = gate402_bolt11::Invoice::parse(bolt11)
             .map_err(|e| PayError::InvalidInvoice(e.to_string()))?;
@@ -177,7 +218,7 @@ impl Sandbox {
         })?;
         let paid_msat = amount_msat.unwrap_or(row.amount_msat);
         if !store
-            .settle(&hash, unix_now(), paid_msat)
+            .settle(&hash, unix_now(), paid_msat, payer_hash)
             .map_err(backend)?
         {
             // Read again: a payment may have landed since the row was read.
@@ -271,6 +312,7 @@ impl LightningBackend for Sandbox {
             expires_at: created_at + u64::from(request.expiry_secs),
             settled_at: None,
             paid_msat: None,
+            payer_hash: None,
         };
         let created = CreatedInvoice {
             bolt11: row.bolt11.clone(),

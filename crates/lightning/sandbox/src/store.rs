@@ -28,6 +28,9 @@ const MIGRATIONS: &[&str] = &[
     // What a payment delivered: an invoice without an amount (amount_msat
     // 0) is paid whatever its payer chose.
     "ALTER TABLE invoices ADD COLUMN paid_msat INTEGER",
+    // Who paid (the hash of the secret its payer sent over HTTP): only that
+    // payer is told the preimage again.
+    "ALTER TABLE invoices ADD COLUMN payer_hash BLOB",
 ];
 
 pub(crate) struct Store {
@@ -50,6 +53,8 @@ pub(crate) struct InvoiceRow {
     pub settled_at: Option<u64>,
     /// What its payment delivered, once paid.
     pub paid_msat: Option<u64>,
+    /// The hash of the secret its HTTP payer sent, once paid by one.
+    pub payer_hash: Option<[u8; 32]>,
 }
 
 impl InvoiceRow {
@@ -138,7 +143,7 @@ impl Store {
     pub fn get(&self, hash: &[u8; 32]) -> rusqlite::Result<Option<InvoiceRow>> {
         self.conn()?
             .query_row(
-                "SELECT preimage, bolt11, amount_msat, created_at, expires_at, settled_at, paid_msat
+                "SELECT preimage, bolt11, amount_msat, created_at, expires_at, settled_at, paid_msat, payer_hash
                  FROM invoices WHERE payment_hash = ?1",
                 [&hash[..]],
                 |r| {
@@ -152,19 +157,33 @@ impl Store {
                         expires_at: r.get::<_, i64>(4)? as u64,
                         settled_at: r.get::<_, Option<i64>>(5)?.map(|t| t as u64),
                         paid_msat: r.get::<_, Option<i64>>(6)?.map(|m| m as u64),
+                        payer_hash: r
+                            .get::<_, Option<Vec<u8>>>(7)?
+                            .and_then(|h| h.try_into().ok()),
                     })
                 },
             )
             .optional()
     }
 
-    /// Marks an invoice paid with `paid_msat`; `false` if it already was
-    /// (one payment only).
-    pub fn settle(&self, hash: &[u8; 32], now: u64, paid_msat: u64) -> rusqlite::Result<bool> {
+    /// Marks an invoice paid with `paid_msat` by the payer whose secret
+    /// hashes to `payer_hash`; `false` if it already was (one payment only).
+    pub fn settle(
+        &self,
+        hash: &[u8; 32],
+        now: u64,
+        paid_msat: u64,
+        payer_hash: Option<[u8; 32]>,
+    ) -> rusqlite::Result<bool> {
         let changed = self.conn()?.execute(
-            "UPDATE invoices SET settled_at = ?2, paid_msat = ?3
+            "UPDATE invoices SET settled_at = ?2, paid_msat = ?3, payer_hash = ?4
              WHERE payment_hash = ?1 AND settled_at IS NULL",
-            params![&hash[..], now as i64, paid_msat as i64],
+            params![
+                &hash[..],
+                now as i64,
+                paid_msat as i64,
+                payer_hash.as_ref().map(|h| &h[..])
+            ],
         )?;
         Ok(changed == 1)
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gate402_lightning::contract::{self, Pair};
 use gate402_lightning::{InvoiceRequest, InvoiceStatus, LightningBackend, PayError};
-use gate402_lightning_sandbox::http::{pay_amount_via, pay_via, router, ClientError};
+use gate402_lightning_sandbox::http::{pay_amount_via, pay_as, pay_via, router, ClientError};
 use gate402_lightning_sandbox::Sandbox;
 use sha2::Digest;
 
@@ -92,7 +92,8 @@ async fn http_payer() {
 
     let created = sandbox.create_invoice(request(7_000)).await.unwrap();
     let wait = sandbox.wait_invoice(&created.payment_hash, Duration::from_secs(10));
-    let (paid, settled) = tokio::join!(pay_via(&client, &url, &created.bolt11), wait);
+    let me = "the payer's own secret, 64 bytes would do as well";
+    let (paid, settled) = tokio::join!(pay_as(&client, &url, &created.bolt11, None, me), wait);
     let paid = paid.unwrap();
     assert_eq!(paid.amount_msat, 7_000);
     let preimage = hex::decode(&paid.preimage).unwrap();
@@ -102,10 +103,33 @@ async fn http_payer() {
     );
     assert!(settled.unwrap().is_settled());
 
-    // Paying again pays nothing and answers what the first payment got.
-    match pay_via(&client, &url, &created.bolt11).await {
+    // Paying again pays nothing and answers what the first payment got, to
+    // its payer alone: someone else who saw the invoice learns nothing.
+    match pay_as(&client, &url, &created.bolt11, None, me).await {
         Err(ClientError::AlreadyPaid(again)) => assert_eq!(again, paid),
         other => panic!("{other:?}"),
+    }
+    for other in [
+        pay_as(
+            &client,
+            &url,
+            &created.bolt11,
+            None,
+            "someone else's secret",
+        )
+        .await,
+        pay_via(&client, &url, &created.bolt11).await,
+    ] {
+        match other {
+            Err(ClientError::Refused {
+                status: 409,
+                detail,
+            }) => {
+                assert!(!detail.contains(&paid.preimage), "{detail}");
+                assert!(detail.contains("another payer"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
     match pay_via(&client, &url, "lnbc1nope").await {
         Err(ClientError::Refused { status: 400, .. }) => {}
@@ -170,7 +194,7 @@ async fn http_payer_pays_an_invoice_without_an_amount() {
         other => panic!("{other:?}"),
     }
     match pay_amount_via(&client, &url, &refund.bolt11, 1_000).await {
-        Err(ClientError::AlreadyPaid(again)) => assert_eq!(again, paid),
+        Err(ClientError::Refused { status: 409, .. }) => {}
         other => panic!("{other:?}"),
     }
 }
