@@ -10,6 +10,7 @@ use gate402_http_auth::{parse_challenges, Challenge};
 use gate402_l402::caveat::Caveat;
 use gate402_l402::{Identifier, L402Credential, Macaroon, MacaroonFormat, Scheme};
 use gate402_mpp::lightning::ChargeRequest;
+use gate402_mpp::session::SESSION;
 use gate402_mpp::{base64url, challenge as mpp_challenge, credential as mpp_credential};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -323,11 +324,10 @@ fn request_error(e: &base64url::JsonError) -> String {
     }
 }
 
-/// The prepaid-balance intent; gate402 does not sell it, but decodes it.
-const SESSION: &str = "session";
-
 /// The `request` of a Lightning session (draft-lightning-session-00):
-/// only what locates and backs its deposit invoice.
+/// only what locates and backs its deposit invoice, so that a request
+/// lacking the rest (which [`gate402_mpp::session::SessionRequest`]
+/// requires) still shows its invoice.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SessionRequest {

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use gate402_client::Offer;
+use gate402_client::{Offer, SessionOffer};
 use gate402_gateway::{demo, Gateway, GatewayConfig};
 use gate402_lightning_sandbox::http::pay_via;
 use gate402_mpp::{PaymentChallenge, PaymentCredential};
@@ -151,42 +151,25 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The session challenge of a 402, and its decoded request.
-async fn session_offer(
-    client: &reqwest::Client,
-    url: &str,
-) -> Result<(PaymentChallenge, serde_json::Value)> {
+/// The session offer of a 402 for `url`, checked against its deposit
+/// invoice.
+async fn session_offer(client: &reqwest::Client, url: &str) -> Result<SessionOffer> {
     let response = get(client, url, None).await?;
     if response.status() != StatusCode::PAYMENT_REQUIRED {
         bail!("expected 402, got {}", response.status());
     }
-    let challenge = response
-        .headers()
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| gate402_mpp::challenge::parse_payment_challenges(v).unwrap_or_default())
-        .find(|c| c.intent.as_str() == gate402_mpp::session::SESSION)
-        .context("no session challenge offered")?;
-    let request = gate402_mpp::challenge::decode_request(&challenge)?;
+    let offer =
+        SessionOffer::from_headers(response.headers())?.context("no session challenge offered")?;
     println!(
         "     Payment intent=\"session\": {} sat a token, deposit {} sat",
-        request["amount"].as_str().unwrap_or("?"),
-        request["depositAmount"].as_str().unwrap_or("?")
+        offer.unit_sats, offer.deposit_sats
     );
-    Ok((challenge, request))
+    Ok(offer)
 }
 
-/// Pays a session challenge's deposit invoice; the preimage, hex.
-async fn pay_deposit(
-    client: &reqwest::Client,
-    base: &str,
-    request: &serde_json::Value,
-) -> Result<String> {
-    let invoice = request["depositInvoice"]
-        .as_str()
-        .context("no depositInvoice")?;
-    let paid = pay_via(client, base, invoice).await?;
+/// Pays a session offer's deposit invoice; the preimage, hex.
+async fn pay_deposit(client: &reqwest::Client, base: &str, offer: &SessionOffer) -> Result<String> {
+    let paid = pay_via(client, base, &offer.bolt11).await?;
     println!("     sandbox paid {} msat", paid.amount_msat);
     Ok(paid.preimage)
 }
@@ -229,9 +212,9 @@ async fn next_event(
 async fn session(client: &reqwest::Client, base: &str) -> Result<()> {
     let url = format!("{base}/api/chat/stream?prompt=metered");
     println!("8. GET {url}: a balance, sold as an MPP session (or an L402 token)");
-    let (challenge, request) = session_offer(client, &url).await?;
+    let offer = session_offer(client, &url).await?;
     println!("9. pay the deposit, get a return invoice for the refund (POST /sandbox/invoice)");
-    let preimage = pay_deposit(client, base, &request).await?;
+    let preimage = pay_deposit(client, base, &offer).await?;
     let issued: serde_json::Value = client
         .post(format!("{base}/sandbox/invoice"))
         .send()
@@ -244,13 +227,10 @@ async fn session(client: &reqwest::Client, base: &str) -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let session_id = request["paymentHash"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let session_id = offer.request.payment_hash.clone();
     println!("10. open the session and read the stream, charged a token at a time");
     let open = session_credential(
-        &challenge,
+        &offer.challenge,
         serde_json::json!({"action": "open", "preimage": preimage, "returnInvoice": return_invoice}),
     );
     let mut stream = get(client, &url, Some(&open)).await?;
@@ -263,10 +243,10 @@ async fn session(client: &reqwest::Client, base: &str) -> Result<()> {
             "payment-need-topup" => {
                 println!("     event {name}: {data}");
                 println!("     top up while the stream waits: a fresh 402, paid, sent as topUp");
-                let (fresh, fresh_request) = session_offer(client, &url).await?;
-                let top_up = pay_deposit(client, base, &fresh_request).await?;
+                let fresh = session_offer(client, &url).await?;
+                let top_up = pay_deposit(client, base, &fresh).await?;
                 let credential = session_credential(
-                    &fresh,
+                    &fresh.challenge,
                     serde_json::json!({"action": "topUp", "sessionId": session_id, "topUpPreimage": top_up}),
                 );
                 let answer = get(client, &url, Some(&credential)).await?;
@@ -278,7 +258,7 @@ async fn session(client: &reqwest::Client, base: &str) -> Result<()> {
     }
     println!("11. close the session: the unspent balance is refunded");
     let close = session_credential(
-        &challenge,
+        &offer.challenge,
         serde_json::json!({"action": "close", "sessionId": session_id, "preimage": preimage}),
     );
     let closed = get(client, &url, Some(&close)).await?;

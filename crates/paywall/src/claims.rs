@@ -52,6 +52,11 @@ impl ClaimKey {
         Self(format!("i:{}:{}", hex::encode(hash), hex::encode(key)))
     }
 
+    /// Whether it is a payment's own key ([`ClaimKey::payment`]).
+    pub fn is_payment(&self) -> bool {
+        self.0.starts_with("p:")
+    }
+
     /// The key as stored.
     pub fn as_str(&self) -> &str {
         &self.0

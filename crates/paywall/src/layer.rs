@@ -41,7 +41,7 @@ use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
 use crate::route::{request_host, RequestPath};
 use crate::route::{Auth, Meter, PricedService, Sells};
-use crate::sessions::{Hold, Step};
+use crate::sessions::{Halt, Hold, Step};
 use crate::verify::{Verified, Verifier};
 
 /// Put into a request's extensions by the paywall: the priced service it
@@ -478,8 +478,8 @@ impl Paywall {
                                 from_balance = true;
                                 Ok(verified)
                             }
-                            Step::Refuse(refusal) => Err(refusal),
-                            Step::Answer(answer) => return Ok(own(answer)),
+                            Step::Halt(Halt::Refuse(refusal)) => Err(refusal),
+                            Step::Halt(Halt::Answer(answer)) => return Ok(own(answer)),
                         }
                     }
                     Ok(credential) => {
@@ -530,9 +530,9 @@ impl Paywall {
         };
         if let Some(deposit) = verified.balance {
             // An L402 token naming a balance opens it on first use.
-            if let Err(step) = self.open_balance(&service, &verified, deposit).await {
+            if let Err(halt) = self.open_balance(&service, &verified, deposit).await {
                 return Ok(own(self
-                    .step_answer(step, &service, &mut request, client)
+                    .halt_answer(halt, &service, &mut request, client)
                     .await));
             }
             from_balance = true;
@@ -584,10 +584,10 @@ impl Paywall {
         let hold = if from_balance {
             match self.debit(&service, &verified.payment_hash).await {
                 Ok(hold) => Some(hold),
-                Err(step) => {
+                Err(halt) => {
                     drop(claim);
                     return Ok(own(self
-                        .step_answer(step, &service, &mut request, client)
+                        .halt_answer(halt, &service, &mut request, client)
                         .await));
                 }
             }
@@ -633,11 +633,11 @@ impl Paywall {
         }
     }
 
-    /// The answer to a session step that does not serve: its own, or a
+    /// The answer to a request halted before the upstream: its own, or a
     /// refusal with a fresh challenge.
-    async fn step_answer<B>(
+    async fn halt_answer<B>(
         &self,
-        step: Step,
+        halt: Halt,
         service: &PricedService,
         request: &mut Request<B>,
         client: Option<ClientAddr>,
@@ -646,13 +646,12 @@ impl Paywall {
         B: Body<Data = Bytes> + From<Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        match step {
-            Step::Answer(answer) => answer,
-            Step::Refuse(refusal) => {
+        match halt {
+            Halt::Answer(answer) => answer,
+            Halt::Refuse(refusal) => {
                 self.inner.metrics.rejected(refusal.problem.code());
                 self.challenge(service, request, client, refusal).await
             }
-            Step::Spend(_) => responses::bad_request("nothing to answer"),
         }
     }
 

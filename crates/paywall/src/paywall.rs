@@ -526,7 +526,8 @@ impl Paywall {
         verified: &Verified,
     ) -> Result<Claim, ClaimError> {
         // Claims keyed by challenge id predate claims keyed by payment.
-        let legacy_id = (*key == ClaimKey::payment(&verified.payment_hash))
+        let legacy_id = key
+            .is_payment()
             .then_some(verified.challenge_id.as_deref())
             .flatten();
         let result = self

@@ -46,14 +46,24 @@ const REFUND_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) enum Step {
     /// Serve the request from this session's balance.
     Spend(Verified),
-    /// Answer without the upstream (`topUp`, `close`).
+    /// Go no further.
+    Halt(Halt),
+}
+
+/// A request that does not reach the upstream.
+pub(crate) enum Halt {
+    /// Answered here (`topUp`, `close`, the store out of reach).
     Answer(Response<Bytes>),
-    /// Refuse, with a fresh challenge.
+    /// Refused, with a fresh challenge.
     Refuse(Refusal),
 }
 
+fn refused(problem: ProblemType, detail: impl Into<String>) -> Halt {
+    Halt::Refuse(Refusal::new(StatusCode::PAYMENT_REQUIRED, problem, detail))
+}
+
 fn refuse(problem: ProblemType, detail: impl Into<String>) -> Step {
-    Step::Refuse(Refusal::new(StatusCode::PAYMENT_REQUIRED, problem, detail))
+    Step::Halt(refused(problem, detail))
 }
 
 /// What a session spend stands on: the session, the challenge echoed.
@@ -215,7 +225,7 @@ impl Paywall {
                 let problem = e.problem_type();
                 let status =
                     StatusCode::from_u16(problem.status()).unwrap_or(StatusCode::PAYMENT_REQUIRED);
-                return Step::Refuse(Refusal::new(status, problem, e.to_string()));
+                return Step::Halt(Halt::Refuse(Refusal::new(status, problem, e.to_string())));
             }
         };
         let VerifiedSession {
@@ -250,7 +260,7 @@ impl Paywall {
                     .await;
                 match opened {
                     Ok(()) => Step::Spend(spending(hash, challenge_id)),
-                    Err(step) => step,
+                    Err(halt) => Step::Halt(halt),
                 }
             }
             SessionAction::Bearer {
@@ -310,7 +320,7 @@ impl Paywall {
         service: &PricedService,
         verified: &Verified,
         deposit_sats: u64,
-    ) -> Result<(), Step> {
+    ) -> Result<(), Halt> {
         self.open(service, verified.payment_hash, deposit_sats, None, "L402")
             .await
     }
@@ -322,7 +332,7 @@ impl Paywall {
         deposit_sats: u64,
         return_invoice: Option<String>,
         scheme: &'static str,
-    ) -> Result<(), Step> {
+    ) -> Result<(), Halt> {
         // An L402 balance has no refund path until an MPP `open` names a
         // return invoice: it is not closed for idleness before its token
         // ends.
@@ -347,18 +357,18 @@ impl Paywall {
                 self.record_deposit(service, scheme, id, deposit_sats);
                 Ok(())
             }
-            Ok(Opened::Existing(session)) if session.closed.is_some() => Err(refuse(
+            Ok(Opened::Existing(session)) if session.closed.is_some() => Err(refused(
                 ProblemType::LightningSessionClosed,
                 "this session is closed; pay a fresh deposit",
             )),
             Ok(Opened::Existing(_)) => Ok(()),
-            Ok(Opened::DepositSpent) => Err(refuse(
+            Ok(Opened::DepositSpent) => Err(refused(
                 ProblemType::InvalidChallenge,
                 "this deposit topped up another session",
             )),
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot open a session");
-                Err(Step::Answer(responses::payment_unavailable()))
+                Err(Halt::Answer(responses::payment_unavailable()))
             }
         }
     }
@@ -369,7 +379,7 @@ impl Paywall {
     ///
     /// The step to answer with: not enough left, closed, unknown, or the
     /// store out of reach.
-    pub(crate) async fn debit(&self, service: &PricedService, id: &[u8; 32]) -> Result<Hold, Step> {
+    pub(crate) async fn debit(&self, service: &PricedService, id: &[u8; 32]) -> Result<Hold, Halt> {
         let holder = ClaimHolder {
             replica: self.inner.claims.replica().to_owned(),
             token: hex::encode(rand::random::<[u8; 16]>()),
@@ -397,7 +407,7 @@ impl Paywall {
                 done: false,
                 usage,
             }),
-            Ok(Debit::Insufficient { balance_msat, .. }) => Err(refuse(
+            Ok(Debit::Insufficient { balance_msat, .. }) => Err(refused(
                 ProblemType::LightningInsufficientBalance,
                 format!(
                     "the session has {} sat left and this request holds {} sat; top it up with the new challenge's invoice",
@@ -405,17 +415,17 @@ impl Paywall {
                     hold_msat / 1000
                 ),
             )),
-            Ok(Debit::Closed) => Err(refuse(
+            Ok(Debit::Closed) => Err(refused(
                 ProblemType::LightningSessionClosed,
                 "this session is closed; pay a fresh deposit",
             )),
-            Ok(Debit::NotFound) => Err(refuse(
+            Ok(Debit::NotFound) => Err(refused(
                 ProblemType::LightningSessionNotFound,
                 "no session of this service has this id; open one with the challenge's deposit",
             )),
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot spend from a session");
-                Err(Step::Answer(responses::payment_unavailable()))
+                Err(Halt::Answer(responses::payment_unavailable()))
             }
         }
     }
@@ -456,11 +466,11 @@ impl Paywall {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot top up a session");
-                return Step::Answer(responses::payment_unavailable());
+                return Step::Halt(Halt::Answer(responses::payment_unavailable()));
             }
         }
         let receipt = gate402_mpp::receipt::lightning(&id, challenge_id, now_time());
-        Step::Answer(answer(json!({"status": "ok"}), &receipt))
+        Step::Halt(Halt::Answer(answer(json!({"status": "ok"}), &receipt)))
     }
 
     async fn close(&self, id: [u8; 32]) -> Step {
@@ -491,14 +501,14 @@ impl Paywall {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot close a session");
-                return Step::Answer(responses::payment_unavailable());
+                return Step::Halt(Halt::Answer(responses::payment_unavailable()));
             }
         };
         let receipt = gate402_mpp::receipt::session_close(&id, refund_sats, &status, now_time());
-        Step::Answer(answer(
+        Step::Halt(Halt::Answer(answer(
             json!({"status": "closed", "refundSats": refund_sats, "refundStatus": status}),
             &receipt,
-        ))
+        )))
     }
 
     /// Pays a closed session's unspent balance to its return invoice, once
