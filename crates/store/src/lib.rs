@@ -9,12 +9,18 @@
 //! replicas. Without them the crate is the trait and its records, for code
 //! that takes any store.
 
+mod admin;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 use async_trait::async_trait;
+
+pub use admin::{
+    AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
+    ServiceChange, ServiceState,
+};
 
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStore;
@@ -417,6 +423,50 @@ pub trait Store: Send + Sync + 'static {
         created_before: u64,
         served_before: u64,
     ) -> Result<u64, StoreError>;
+
+    /// Records the change of one service (its `version` is ignored) and
+    /// returns the version it was given, larger than any before.
+    async fn put_service_change(&self, change: &ServiceChange) -> Result<u64, StoreError>;
+
+    /// The latest change of every service ever changed, oldest first.
+    async fn service_changes(&self) -> Result<Vec<ServiceChange>, StoreError>;
+
+    /// Revokes a payment; `false` when it already was.
+    async fn revoke(&self, payment_hash: &[u8; 32], at: u64, by: &str) -> Result<bool, StoreError>;
+
+    /// Revocations with a `seq` above `after`, in order.
+    async fn revocations(&self, after: u64) -> Result<Vec<Revocation>, StoreError>;
+
+    /// The latest versions of the service changes and revocations.
+    async fn admin_versions(&self) -> Result<AdminVersions, StoreError>;
+
+    /// Adds 402 counts to their service's hour.
+    async fn add_challenge_counts(&self, counts: &[ChallengeCount]) -> Result<(), StoreError>;
+
+    /// The 402 counts of the hours starting in `[since, until)`.
+    async fn challenge_counts(
+        &self,
+        since: u64,
+        until: u64,
+    ) -> Result<Vec<ChallengeCount>, StoreError>;
+
+    /// The payments `query` selects, newest first.
+    async fn payments(&self, query: &PaymentQuery) -> Result<Vec<PaymentRow>, StoreError>;
+
+    /// Payments first served in `[since, until)`, summed per service in
+    /// buckets `bucket_secs` wide (aligned to the unix epoch).
+    async fn revenue(
+        &self,
+        since: u64,
+        until: u64,
+        bucket_secs: u64,
+    ) -> Result<Vec<RevenueBucket>, StoreError>;
+
+    /// Appends to the admin log.
+    async fn log_admin(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// The latest `limit` admin log entries, newest first.
+    async fn admin_log(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
 /// Header fields as one column: `name:value` lines. Neither part can hold

@@ -12,6 +12,10 @@ use crate::{
     NewSession, Opened, PaymentRecord, Reservation, SessionRecord, Store, StoreError,
     StoredResponse, TopUp,
 };
+use crate::{
+    AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
+    ServiceChange, ServiceState,
+};
 
 /// Schema versions, in order; `gate402_schema` says how many ran.
 /// Append only: a database keeps whatever a released version made of it.
@@ -123,6 +127,39 @@ const MIGRATIONS: &[&str] = &[
         session BYTEA NOT NULL,
         amount_msat BIGINT NOT NULL
      );",
+    // The admin API: services changed at runtime (the latest change of
+    // each), revoked payments, 402s per service and hour, and its log.
+    // One sequence orders service changes and revocations across replicas.
+    "CREATE SEQUENCE admin_seq;
+     CREATE TABLE admin_services (
+        name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        body TEXT,
+        version BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        by_name TEXT NOT NULL
+     );
+     CREATE TABLE revocations (
+        payment_hash BYTEA PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        by_name TEXT NOT NULL
+     );
+     CREATE TABLE challenge_counts (
+        service TEXT NOT NULL,
+        hour BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (service, hour)
+     );
+     CREATE TABLE admin_log (
+        id BIGSERIAL PRIMARY KEY,
+        at BIGINT NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+     );
+     CREATE INDEX payments_first_served_at ON payments (first_served_at);",
 ];
 
 /// A session row, if there is one.
@@ -982,4 +1019,249 @@ impl Store for PostgresStore {
             .rows_affected();
         Ok(invoices + receipts)
     }
+
+    async fn put_service_change(&self, change: &ServiceChange) -> Result<u64, StoreError> {
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO admin_services (name, state, body, version, at, by_name)
+             VALUES ($1, $2, $3, nextval('admin_seq'), $4, $5)
+             ON CONFLICT (name) DO UPDATE SET state = excluded.state, body = excluded.body,
+             version = excluded.version, at = excluded.at, by_name = excluded.by_name
+             RETURNING version",
+        )
+        .bind(&change.name)
+        .bind(change.state.as_str())
+        .bind(&change.table)
+        .bind(change.at as i64)
+        .bind(&change.by)
+        .fetch_one(&self.pool)
+        .await
+        .map(|v| v as u64)
+        .map_err(db)
+    }
+
+    async fn service_changes(&self) -> Result<Vec<ServiceChange>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, state, body, version, at, by_name FROM admin_services ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get(1)?;
+                Ok(ServiceChange {
+                    name: r.try_get(0)?,
+                    state: ServiceState::parse(&state).unwrap_or(ServiceState::Disabled),
+                    table: r.try_get(2)?,
+                    version: r.try_get::<i64, _>(3)? as u64,
+                    at: r.try_get::<i64, _>(4)? as u64,
+                    by: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db)
+    }
+
+    async fn revoke(&self, payment_hash: &[u8; 32], at: u64, by: &str) -> Result<bool, StoreError> {
+        sqlx::query(
+            "INSERT INTO revocations (payment_hash, seq, at, by_name)
+             VALUES ($1, nextval('admin_seq'), $2, $3) ON CONFLICT (payment_hash) DO NOTHING",
+        )
+        .bind(&payment_hash[..])
+        .bind(at as i64)
+        .bind(by)
+        .execute(&self.pool)
+        .await
+        .map(|done| done.rows_affected() == 1)
+        .map_err(db)
+    }
+
+    async fn revocations(&self, after: u64) -> Result<Vec<Revocation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT payment_hash, seq, at, by_name FROM revocations WHERE seq > $1 ORDER BY seq",
+        )
+        .bind(after as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(Revocation {
+                    payment_hash: hash_column(r, 0)?,
+                    seq: r.try_get::<i64, _>(1)? as u64,
+                    at: r.try_get::<i64, _>(2)? as u64,
+                    by: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db)
+    }
+
+    async fn admin_versions(&self) -> Result<AdminVersions, StoreError> {
+        let (services, revocations): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(version), 0) FROM admin_services),
+                    (SELECT COALESCE(MAX(seq), 0) FROM revocations)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(AdminVersions {
+            services: services as u64,
+            revocations: revocations as u64,
+        })
+    }
+
+    async fn add_challenge_counts(&self, counts: &[ChallengeCount]) -> Result<(), StoreError> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let services: Vec<&str> = counts.iter().map(|c| c.service.as_str()).collect();
+        let hours: Vec<i64> = counts.iter().map(|c| c.hour as i64).collect();
+        let added: Vec<i64> = counts.iter().map(|c| c.count as i64).collect();
+        sqlx::query(
+            "INSERT INTO challenge_counts (service, hour, count)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[])
+             ON CONFLICT (service, hour) DO UPDATE SET count = challenge_counts.count + excluded.count",
+        )
+        .bind(services)
+        .bind(hours)
+        .bind(added)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(db)
+    }
+
+    async fn challenge_counts(
+        &self,
+        since: u64,
+        until: u64,
+    ) -> Result<Vec<ChallengeCount>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT service, hour, count FROM challenge_counts
+             WHERE hour >= $1 AND hour < $2 ORDER BY hour, service",
+        )
+        .bind(since as i64)
+        .bind(until.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(service, hour, count)| ChallengeCount {
+                service,
+                hour: hour as u64,
+                count: count as u64,
+            })
+            .collect())
+    }
+
+    async fn payments(&self, query: &PaymentQuery) -> Result<Vec<PaymentRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT payment_hash, service, scheme, amount_msat, first_served_at,
+                    COALESCE(last_served_at, first_served_at), served
+             FROM payments
+             WHERE first_served_at >= $1 AND first_served_at < $2
+               AND ($3::text IS NULL OR service = $3) AND ($4::text IS NULL OR scheme = $4)
+               AND ($5::bytea IS NULL OR payment_hash = $5)
+             ORDER BY first_served_at DESC, payment_hash LIMIT $6",
+        )
+        .bind(query.since as i64)
+        .bind(query.until.min(i64::MAX as u64) as i64)
+        .bind(&query.service)
+        .bind(&query.scheme)
+        .bind(query.payment_hash.map(|h| h.to_vec()))
+        .bind(query.limit.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|r| {
+                Ok(PaymentRow {
+                    payment_hash: hash_column(r, 0)?,
+                    service: r.try_get(1)?,
+                    scheme: r.try_get(2)?,
+                    amount_msat: r.try_get::<i64, _>(3)? as u64,
+                    first_served_at: r.try_get::<i64, _>(4)? as u64,
+                    last_served_at: r.try_get::<i64, _>(5)? as u64,
+                    served: r.try_get::<i64, _>(6)? as u64,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db)
+    }
+
+    async fn revenue(
+        &self,
+        since: u64,
+        until: u64,
+        bucket_secs: u64,
+    ) -> Result<Vec<RevenueBucket>, StoreError> {
+        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT service, (first_served_at / $3) * $3 AS bucket, COUNT(*),
+                    SUM(amount_msat)::bigint, SUM(served)::bigint
+             FROM payments WHERE first_served_at >= $1 AND first_served_at < $2
+             GROUP BY service, bucket ORDER BY bucket, service",
+        )
+        .bind(since as i64)
+        .bind(until.min(i64::MAX as u64) as i64)
+        .bind(bucket_secs.max(1) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(service, start, payments, amount, served)| RevenueBucket {
+                service,
+                start: start as u64,
+                payments: payments as u64,
+                amount_msat: amount as u64,
+                served: served as u64,
+            })
+            .collect())
+    }
+
+    async fn log_admin(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO admin_log (at, who, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(entry.at as i64)
+        .bind(&entry.who)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(&entry.detail)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(db)
+    }
+
+    async fn admin_log(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT at, who, action, target, detail FROM admin_log ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit.min(i64::MAX as u64) as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(at, who, action, target, detail)| AuditEntry {
+                at: at as u64,
+                who,
+                action,
+                target,
+                detail,
+            })
+            .collect())
+    }
+}
+
+/// A 32-byte hash column.
+fn hash_column(row: &sqlx::postgres::PgRow, index: usize) -> Result<[u8; 32], sqlx::Error> {
+    let bytes: Vec<u8> = row.try_get(index)?;
+    bytes.try_into().map_err(|_| sqlx::Error::ColumnDecode {
+        index: index.to_string(),
+        source: "not a 32-byte hash".into(),
+    })
 }

@@ -12,6 +12,10 @@ use crate::{
     NewSession, Opened, PaymentRecord, Reservation, SessionRecord, Store, StoreError,
     StoredResponse, TopUp,
 };
+use crate::{
+    AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
+    ServiceChange, ServiceState,
+};
 
 /// Schema versions, in order; `PRAGMA user_version` says how many ran.
 /// Append only: a database keeps whatever a released version made of it.
@@ -121,6 +125,37 @@ const MIGRATIONS: &[&str] = &[
         session BLOB NOT NULL,
         amount_msat INTEGER NOT NULL
      );",
+    // The admin API: services changed at runtime (the latest change of
+    // each), revoked payments, 402s per service and hour, and its log.
+    "CREATE TABLE admin_services (
+        name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        body TEXT,
+        version INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        by_name TEXT NOT NULL
+     );
+     CREATE TABLE revocations (
+        payment_hash BLOB PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        by_name TEXT NOT NULL
+     );
+     CREATE TABLE challenge_counts (
+        service TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (service, hour)
+     );
+     CREATE TABLE admin_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+     );
+     CREATE INDEX payments_first_served_at ON payments (first_served_at);",
 ];
 
 /// A session row, if there is one.
@@ -954,4 +989,254 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn put_service_change(&self, change: &ServiceChange) -> Result<u64, StoreError> {
+        let change = change.clone();
+        self.with(move |c| {
+            let version: i64 = c.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM admin_services",
+                [],
+                |r| r.get(0),
+            )?;
+            c.execute(
+                "INSERT INTO admin_services (name, state, body, version, at, by_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (name) DO UPDATE SET state = excluded.state, body = excluded.body,
+                 version = excluded.version, at = excluded.at, by_name = excluded.by_name",
+                params![
+                    change.name,
+                    change.state.as_str(),
+                    change.table,
+                    version,
+                    change.at as i64,
+                    change.by
+                ],
+            )?;
+            Ok(version as u64)
+        })
+        .await
+    }
+
+    async fn service_changes(&self) -> Result<Vec<ServiceChange>, StoreError> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT name, state, body, version, at, by_name FROM admin_services ORDER BY version",
+            )?;
+            let rows = statement.query_map([], |r| {
+                let state: String = r.get(1)?;
+                Ok(ServiceChange {
+                    name: r.get(0)?,
+                    state: ServiceState::parse(&state).unwrap_or(ServiceState::Disabled),
+                    table: r.get(2)?,
+                    version: r.get::<_, i64>(3)? as u64,
+                    at: r.get::<_, i64>(4)? as u64,
+                    by: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn revoke(&self, payment_hash: &[u8; 32], at: u64, by: &str) -> Result<bool, StoreError> {
+        let (hash, by) = (*payment_hash, by.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO revocations (payment_hash, seq, at, by_name)
+                 SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3 FROM revocations WHERE true
+                 ON CONFLICT (payment_hash) DO NOTHING",
+                params![&hash[..], at as i64, by],
+            )
+            .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn revocations(&self, after: u64) -> Result<Vec<Revocation>, StoreError> {
+        self.with(move |c| {
+            let mut statement = c.prepare(
+                "SELECT payment_hash, seq, at, by_name FROM revocations WHERE seq > ?1 ORDER BY seq",
+            )?;
+            let rows = statement.query_map([after as i64], |r| {
+                Ok(Revocation {
+                    payment_hash: hash_column(r, 0)?,
+                    seq: r.get::<_, i64>(1)? as u64,
+                    at: r.get::<_, i64>(2)? as u64,
+                    by: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn admin_versions(&self) -> Result<AdminVersions, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT (SELECT COALESCE(MAX(version), 0) FROM admin_services),
+                        (SELECT COALESCE(MAX(seq), 0) FROM revocations)",
+            )?
+            .query_row([], |r| {
+                Ok(AdminVersions {
+                    services: r.get::<_, i64>(0)? as u64,
+                    revocations: r.get::<_, i64>(1)? as u64,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn add_challenge_counts(&self, counts: &[ChallengeCount]) -> Result<(), StoreError> {
+        let counts = counts.to_vec();
+        self.with(move |c| {
+            let mut statement = c.prepare_cached(
+                "INSERT INTO challenge_counts (service, hour, count) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (service, hour) DO UPDATE SET count = count + excluded.count",
+            )?;
+            for count in counts {
+                statement.execute(params![
+                    count.service,
+                    count.hour as i64,
+                    count.count as i64
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn challenge_counts(
+        &self,
+        since: u64,
+        until: u64,
+    ) -> Result<Vec<ChallengeCount>, StoreError> {
+        self.with(move |c| {
+            let mut statement = c.prepare(
+                "SELECT service, hour, count FROM challenge_counts
+                 WHERE hour >= ?1 AND hour < ?2 ORDER BY hour, service",
+            )?;
+            let rows = statement.query_map([since as i64, until as i64], |r| {
+                Ok(ChallengeCount {
+                    service: r.get(0)?,
+                    hour: r.get::<_, i64>(1)? as u64,
+                    count: r.get::<_, i64>(2)? as u64,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn payments(&self, query: &PaymentQuery) -> Result<Vec<PaymentRow>, StoreError> {
+        let q = query.clone();
+        self.with(move |c| {
+            let mut statement = c.prepare(
+                "SELECT payment_hash, service, scheme, amount_msat, first_served_at,
+                        COALESCE(last_served_at, first_served_at), served
+                 FROM payments
+                 WHERE first_served_at >= ?1 AND first_served_at < ?2
+                   AND (?3 IS NULL OR service = ?3) AND (?4 IS NULL OR scheme = ?4)
+                   AND (?5 IS NULL OR payment_hash = ?5)
+                 ORDER BY first_served_at DESC, payment_hash LIMIT ?6",
+            )?;
+            let hash = q.payment_hash.map(|h| h.to_vec());
+            let rows = statement.query_map(
+                params![
+                    q.since as i64,
+                    q.until.min(i64::MAX as u64) as i64,
+                    q.service,
+                    q.scheme,
+                    hash,
+                    q.limit.min(i64::MAX as u64) as i64
+                ],
+                |r| {
+                    Ok(PaymentRow {
+                        payment_hash: hash_column(r, 0)?,
+                        service: r.get(1)?,
+                        scheme: r.get(2)?,
+                        amount_msat: r.get::<_, i64>(3)? as u64,
+                        first_served_at: r.get::<_, i64>(4)? as u64,
+                        last_served_at: r.get::<_, i64>(5)? as u64,
+                        served: r.get::<_, i64>(6)? as u64,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn revenue(
+        &self,
+        since: u64,
+        until: u64,
+        bucket_secs: u64,
+    ) -> Result<Vec<RevenueBucket>, StoreError> {
+        let width = bucket_secs.max(1) as i64;
+        self.with(move |c| {
+            let mut statement = c.prepare(
+                "SELECT service, (first_served_at / ?3) * ?3 AS bucket, COUNT(*),
+                        SUM(amount_msat), SUM(served)
+                 FROM payments WHERE first_served_at >= ?1 AND first_served_at < ?2
+                 GROUP BY service, bucket ORDER BY bucket, service",
+            )?;
+            let rows = statement.query_map(
+                params![since as i64, until.min(i64::MAX as u64) as i64, width],
+                |r| {
+                    Ok(RevenueBucket {
+                        service: r.get(0)?,
+                        start: r.get::<_, i64>(1)? as u64,
+                        payments: r.get::<_, i64>(2)? as u64,
+                        amount_msat: r.get::<_, i64>(3)? as u64,
+                        served: r.get::<_, i64>(4)? as u64,
+                    })
+                },
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn log_admin(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let e = entry.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO admin_log (at, who, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.at as i64, e.who, e.action, e.target, e.detail],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn admin_log(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with(move |c| {
+            let mut statement = c.prepare(
+                "SELECT at, who, action, target, detail FROM admin_log ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = statement.query_map([limit.min(i64::MAX as u64) as i64], |r| {
+                Ok(AuditEntry {
+                    at: r.get::<_, i64>(0)? as u64,
+                    who: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
+/// A 32-byte hash column.
+fn hash_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<[u8; 32]> {
+    let bytes: Vec<u8> = row.get(index)?;
+    bytes.try_into().map_err(|_| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Blob,
+            "not a 32-byte hash".into(),
+        )
+    })
 }

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use gate402_postgres_testkit::TestPostgres;
 use gate402_store::{
-    ClaimHolder, Closing, Debit, InvoiceRecord, NewSession, Opened, PaymentRecord, PostgresStore,
-    Reservation, SqliteStore, Store, StoredResponse, TopUp,
+    AuditEntry, ChallengeCount, ClaimHolder, Closing, Debit, InvoiceRecord, NewSession, Opened,
+    PaymentQuery, PaymentRecord, PostgresStore, Reservation, ServiceChange, ServiceState,
+    SqliteStore, Store, StoredResponse, TopUp,
 };
 
 /// Two handles on one database, as two gateway replicas have.
@@ -596,6 +597,186 @@ async fn concurrent_debits_never_overdraw(stores: &Pair) {
     );
 }
 
+fn change(name: &str, state: ServiceState, table: Option<&str>) -> ServiceChange {
+    ServiceChange {
+        name: name.into(),
+        state,
+        table: table.map(Into::into),
+        version: 0,
+        at: 100,
+        by: "ops".into(),
+    }
+}
+
+async fn admin_changes_are_shared_and_ordered([a, b]: &Pair) {
+    let v0 = a.admin_versions().await.unwrap();
+    assert_eq!(v0, b.admin_versions().await.unwrap());
+    let table = r#"{"name":"weather","price_sats":7}"#;
+    let v1 = a
+        .put_service_change(&change("weather", ServiceState::Active, Some(table)))
+        .await
+        .unwrap();
+    let v2 = b
+        .put_service_change(&change("news", ServiceState::Disabled, Some("{}")))
+        .await
+        .unwrap();
+    assert!(
+        v1 > v0.services && v2 > v1,
+        "versions grow: {v0:?} {v1} {v2}"
+    );
+    // The latest change of a service replaces the one before.
+    let v3 = b
+        .put_service_change(&change("weather", ServiceState::Deleted, None))
+        .await
+        .unwrap();
+    assert!(v3 > v2);
+    let changes = a.service_changes().await.unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[0].name, "news");
+    assert_eq!(changes[0].state, ServiceState::Disabled);
+    assert_eq!(changes[1].name, "weather");
+    assert_eq!(changes[1].state, ServiceState::Deleted);
+    assert_eq!(changes[1].table, None);
+    assert_eq!(changes[1].version, v3);
+    assert_eq!(b.admin_versions().await.unwrap().services, v3);
+
+    // A payment is revoked once; replicas catch up by sequence.
+    let before = a.admin_versions().await.unwrap().revocations;
+    assert!(a.revoke(&[0x31; 32], 200, "ops").await.unwrap());
+    assert!(!b.revoke(&[0x31; 32], 201, "other").await.unwrap());
+    assert!(b.revoke(&[0x32; 32], 202, "ops").await.unwrap());
+    let all = b.revocations(before).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.payment_hash[0]).collect::<Vec<_>>(),
+        [0x31, 0x32]
+    );
+    assert_eq!(all[0].by, "ops");
+    let last = a.admin_versions().await.unwrap().revocations;
+    assert_eq!(last, all[1].seq);
+    assert!(a.revocations(last).await.unwrap().is_empty());
+
+    // 402 counts add up per service and hour, from any replica.
+    let count = |service: &str, hour: u64, count: u64| ChallengeCount {
+        service: service.into(),
+        hour,
+        count,
+    };
+    a.add_challenge_counts(&[count("weather", 3600, 5), count("news", 3600, 1)])
+        .await
+        .unwrap();
+    b.add_challenge_counts(&[count("weather", 3600, 2), count("weather", 7200, 4)])
+        .await
+        .unwrap();
+    b.add_challenge_counts(&[]).await.unwrap();
+    assert_eq!(
+        a.challenge_counts(3600, 7200).await.unwrap(),
+        [count("news", 3600, 1), count("weather", 3600, 7)]
+    );
+    assert_eq!(b.challenge_counts(0, 10_800).await.unwrap().len(), 3);
+
+    // The log, newest first.
+    for (i, action) in ["service.update", "token.revoke"].iter().enumerate() {
+        let entry = AuditEntry {
+            at: 300 + i as u64,
+            who: "ops".into(),
+            action: (*action).into(),
+            target: "weather".into(),
+            detail: "{}".into(),
+        };
+        [a, b][i].log_admin(&entry).await.unwrap();
+    }
+    let log = a.admin_log(1).await.unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].action, "token.revoke");
+    assert_eq!(b.admin_log(10).await.unwrap().len(), 2);
+}
+
+async fn payments_are_searched_and_summed([a, b]: &Pair) {
+    let paid = |hash: u8, service: &str, scheme: &str, at: u64, served: u64| PaymentRecord {
+        payment_hash: [hash; 32],
+        service: service.into(),
+        scheme: scheme.into(),
+        amount_msat: 1_000 * u64::from(hash),
+        at,
+        served,
+    };
+    let day = 86_400 * 100;
+    a.record_payments(&[
+        paid(1, "weather", "L402", day + 10, 1),
+        paid(2, "weather", "Payment", day + 3_700, 3),
+        paid(3, "news", "Payment", day + 3_800, 1),
+    ])
+    .await
+    .unwrap();
+    let window = |service: Option<&str>, scheme: Option<&str>| PaymentQuery {
+        since: day,
+        until: day + 86_400,
+        service: service.map(Into::into),
+        scheme: scheme.map(Into::into),
+        payment_hash: None,
+        limit: 100,
+    };
+    let found = b.payments(&window(None, None)).await.unwrap();
+    assert_eq!(
+        found.iter().map(|p| p.payment_hash[0]).collect::<Vec<_>>(),
+        [3, 2, 1],
+        "newest first"
+    );
+    assert_eq!(found[1].served, 3);
+    assert_eq!(found[1].amount_msat, 2_000);
+    let weather = b.payments(&window(Some("weather"), None)).await.unwrap();
+    assert_eq!(weather.len(), 2);
+    let mpp = b
+        .payments(&window(Some("weather"), Some("Payment")))
+        .await
+        .unwrap();
+    assert_eq!(mpp.len(), 1);
+    let one = b
+        .payments(&PaymentQuery {
+            payment_hash: Some([3; 32]),
+            ..window(None, None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].service, "news");
+    let limited = b
+        .payments(&PaymentQuery {
+            limit: 1,
+            ..window(None, None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1);
+
+    let hourly = a.revenue(day, day + 86_400, 3_600).await.unwrap();
+    let row = |service: &str, start: u64| {
+        hourly
+            .iter()
+            .find(|r| r.service == service && r.start == start)
+            .cloned()
+    };
+    let first = row("weather", day).unwrap();
+    assert_eq!(
+        (first.payments, first.amount_msat, first.served),
+        (1, 1_000, 1)
+    );
+    let second = row("weather", day + 3_600).unwrap();
+    assert_eq!((second.payments, second.amount_msat), (1, 2_000));
+    assert_eq!(row("news", day + 3_600).unwrap().amount_msat, 3_000);
+    assert_eq!(hourly.len(), 3);
+    let daily = b.revenue(day, day + 86_400, 86_400).await.unwrap();
+    let weather_day = daily.iter().find(|r| r.service == "weather").unwrap();
+    assert_eq!(
+        (
+            weather_day.payments,
+            weather_day.amount_msat,
+            weather_day.served
+        ),
+        (2, 3_000, 4)
+    );
+}
+
 async fn keeps_the_contract(stores: &Pair) {
     the_database_answers_a_ping(stores).await;
     a_payment_is_served_once(stores).await;
@@ -611,6 +792,8 @@ async fn keeps_the_contract(stores: &Pair) {
     claims_are_committed_in_batches(stores).await;
     new_claims_are_not_legacy(stores).await;
     freebies_count_per_client_and_service(stores).await;
+    admin_changes_are_shared_and_ordered(stores).await;
+    payments_are_searched_and_summed(stores).await;
     // Before the invoice the reopened database is checked for is put.
     old_invoices_are_purged(stores).await;
     invoices_are_found_by_payment_hash(stores).await;
