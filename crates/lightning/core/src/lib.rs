@@ -104,6 +104,142 @@ pub struct NodeInfo {
     pub backend: &'static str,
 }
 
+/// The node's funds and channels: what [`LightningBackend::liquidity`]
+/// reports. A figure the backend cannot know is `None`, never a guess.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Liquidity {
+    /// Test money without limit: the sandbox, which has no chain, no
+    /// channels and no balance, and settles any invoice it issued. When
+    /// `true`, every other field is `None`.
+    pub unlimited: bool,
+    /// The on-chain wallet, when the backend has one it can read.
+    pub onchain: Option<OnchainBalance>,
+    /// What the node holds on its side of all its channels, usable or not,
+    /// reserves included, in millisatoshis; for a wallet behind NWC, the
+    /// balance it reports (NIP-47 `get_balance`).
+    pub lightning_balance_msat: Option<u64>,
+    /// Every channel, pending and inactive ones included; `None` when the
+    /// backend cannot list channels.
+    pub channels: Option<Vec<ChannelInfo>>,
+    /// How much more the node can be paid now: the sum of
+    /// [`ChannelInfo::inbound_msat`] over usable channels, millisatoshis.
+    pub inbound_msat: Option<u64>,
+    /// How much the node can pay now: the sum of
+    /// [`ChannelInfo::outbound_msat`] over usable channels, millisatoshis.
+    pub outbound_msat: Option<u64>,
+}
+
+impl Liquidity {
+    /// The sandbox's answer: unlimited test money, nothing else known.
+    pub fn unlimited() -> Self {
+        Self {
+            unlimited: true,
+            ..Self::default()
+        }
+    }
+
+    /// A node's answer from its channel list: the inbound and outbound
+    /// totals are summed over the usable channels.
+    pub fn from_channels(
+        onchain: Option<OnchainBalance>,
+        lightning_balance_msat: Option<u64>,
+        channels: Vec<ChannelInfo>,
+    ) -> Self {
+        let usable = channels.iter().filter(|c| c.usable);
+        let (inbound, outbound) = usable.fold((0u64, 0u64), |(i, o), c| {
+            (
+                i.saturating_add(c.inbound_msat),
+                o.saturating_add(c.outbound_msat),
+            )
+        });
+        Self {
+            unlimited: false,
+            onchain,
+            lightning_balance_msat,
+            channels: Some(channels),
+            inbound_msat: Some(inbound),
+            outbound_msat: Some(outbound),
+        }
+    }
+}
+
+/// The node's on-chain wallet, in satoshis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnchainBalance {
+    /// Everything the wallet holds, confirmed or not.
+    pub total_sat: u64,
+    /// Confirmed funds, when the node tells them apart.
+    pub confirmed_sat: Option<u64>,
+    /// Funds not confirmed yet, when the node tells them apart.
+    pub unconfirmed_sat: Option<u64>,
+    /// What can be spent now (opening channels, withdrawing), when the node
+    /// says: confirmed funds less those locked or reserved (LDK keeps a
+    /// reserve for anchor channels; LND locks and reserves outputs; Core
+    /// Lightning reserves outputs for transactions in the making).
+    pub spendable_sat: Option<u64>,
+}
+
+/// One channel, as the node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// The peer's node id, 66 lowercase hex digits.
+    pub peer_node_id: String,
+    /// The channel id (BOLT 2, 64 hex digits), when the backend reports it.
+    pub channel_id: Option<String>,
+    /// The short channel id, `BLOCKxTXxOUTPUT` (BOLT 7), once the funding
+    /// transaction is confirmed and the backend reports it.
+    pub short_channel_id: Option<String>,
+    /// The funding amount, in satoshis.
+    pub capacity_sat: u64,
+    /// What this node can send over it now, in millisatoshis: its side of
+    /// the channel less the reserve its peer requires (and, on the funder's
+    /// side, the commitment fee), as the node computes it.
+    pub outbound_msat: u64,
+    /// What this node can receive over it now, in millisatoshis: the peer's
+    /// side less the reserve this node requires, as the node computes it.
+    pub inbound_msat: u64,
+    /// Open, confirmed, and the peer connected: payments can cross it now.
+    pub usable: bool,
+    /// Announced to the network (public); unannounced channels serve only
+    /// this node's own payments.
+    pub public: bool,
+}
+
+/// Where an invoice stands, in a listing ([`InvoiceSummary`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvoiceState {
+    /// Not paid, not expired.
+    Open,
+    /// Paid.
+    Settled,
+    /// Canceled or expired without payment.
+    Canceled,
+}
+
+/// An invoice this node issued, as [`LightningBackend::recent_invoices`]
+/// lists it. A field the backend does not keep is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceSummary {
+    /// Its payment hash.
+    pub payment_hash: PaymentHash,
+    /// The amount asked for, in millisatoshis; `None` for an invoice that
+    /// encodes no amount, or when the backend does not keep it.
+    pub amount_msat: Option<u64>,
+    /// What its payment delivered, in millisatoshis, once settled.
+    pub received_msat: Option<u64>,
+    /// Open, settled or canceled.
+    pub state: InvoiceState,
+    /// When it was created, unix seconds.
+    pub created_at: Option<u64>,
+    /// When it was paid, unix seconds.
+    pub settled_at: Option<u64>,
+    /// When it expires (or expired), unix seconds.
+    pub expires_at: Option<u64>,
+    /// Its description (memo); `None` when it has only a description hash
+    /// or the backend does not keep it.
+    pub description: Option<String>,
+}
+
 /// Why a backend call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LightningError {
@@ -252,6 +388,36 @@ pub trait LightningBackend: Send + Sync + 'static {
     /// The node's network and id.
     async fn node_info(&self) -> Result<NodeInfo, LightningError>;
 
+    /// The node's on-chain balance, channels, and inbound and outbound
+    /// liquidity. Every backend of this workspace answers it; the default,
+    /// for a backend that cannot tell, is [`LightningError::Unsupported`].
+    ///
+    /// # Errors
+    ///
+    /// [`LightningError::Unsupported`] when the backend cannot tell; the
+    /// node's errors otherwise ([`LightningError::Unavailable`],
+    /// [`LightningError::Unauthorized`], ...).
+    async fn liquidity(&self) -> Result<Liquidity, LightningError> {
+        Err(LightningError::Unsupported(
+            "this Lightning backend does not report its liquidity".into(),
+        ))
+    }
+
+    /// Up to `limit` invoices this node issued, newest first. The default,
+    /// for a backend that cannot list its invoices, is
+    /// [`LightningError::Unsupported`].
+    ///
+    /// # Errors
+    ///
+    /// [`LightningError::Unsupported`] when the backend cannot list
+    /// invoices; the node's errors otherwise.
+    async fn recent_invoices(&self, limit: usize) -> Result<Vec<InvoiceSummary>, LightningError> {
+        let _ = limit;
+        Err(LightningError::Unsupported(
+            "this Lightning backend does not list its invoices".into(),
+        ))
+    }
+
     /// The chain this node pays on. From [`LightningBackend::node_info`]
     /// unless the backend can tell its network without a node id (a
     /// payer only needs the network).
@@ -337,4 +503,60 @@ fn unexpired(
 /// Lowercase hex of a hash, for messages and wire formats.
 pub fn hash_hex(hash: &PaymentHash) -> String {
     hex::encode(hash)
+}
+
+/// A short channel id, given as the 64-bit number LDK and LND use, in the
+/// `BLOCKxTXxOUTPUT` form of BOLT 7 (3 bytes of block height, 3 of
+/// transaction index, 2 of output index).
+pub fn short_channel_id(scid: u64) -> String {
+    format!(
+        "{}x{}x{}",
+        scid >> 40,
+        (scid >> 16) & 0xff_ffff,
+        scid & 0xffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(usable: bool, inbound_msat: u64, outbound_msat: u64) -> ChannelInfo {
+        ChannelInfo {
+            peer_node_id: "02".repeat(33),
+            channel_id: None,
+            short_channel_id: None,
+            capacity_sat: 1_000,
+            outbound_msat,
+            inbound_msat,
+            usable,
+            public: false,
+        }
+    }
+
+    #[test]
+    fn totals_count_usable_channels_only() {
+        let liquidity = Liquidity::from_channels(
+            None,
+            Some(7),
+            vec![
+                channel(true, 10, 20),
+                channel(false, 100, 200),
+                channel(true, 1, 2),
+            ],
+        );
+        assert_eq!(liquidity.inbound_msat, Some(11));
+        assert_eq!(liquidity.outbound_msat, Some(22));
+        assert_eq!(liquidity.channels.map(|c| c.len()), Some(3));
+        assert!(!liquidity.unlimited);
+        let sandbox = Liquidity::unlimited();
+        assert!(sandbox.unlimited && sandbox.channels.is_none() && sandbox.inbound_msat.is_none());
+    }
+
+    #[test]
+    fn short_channel_ids_read_as_bolt7() {
+        // 103x1x0: block 103, transaction 1, output 0.
+        assert_eq!(short_channel_id((103 << 40) | (1 << 16)), "103x1x0");
+        assert_eq!(short_channel_id(u64::MAX), "16777215x16777215x65535");
+    }
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use gate402_lightning::{
-    check_payable, check_payable_amount, CreatedInvoice, InvoiceRequest, InvoiceStatus,
-    LightningBackend, LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
+    check_payable, check_payable_amount, short_channel_id, ChannelInfo, CreatedInvoice,
+    InvoiceRequest, InvoiceState, InvoiceStatus, InvoiceSummary, LightningBackend, LightningError,
+    Liquidity, Network, NodeInfo, OnchainBalance, PayError, PaymentHash, PaymentOutcome,
     PaymentStatus,
 };
 use ldk_node::bitcoin::secp256k1::PublicKey;
@@ -715,6 +716,92 @@ impl LightningBackend for LdkNode {
             pubkey: self.node.node_id().serialize(),
             backend: "ldk",
         })
+    }
+
+    /// From ldk-node's `list_balances` and `list_channels`. The on-chain
+    /// wallet gives a total and what is spendable (less the anchor-channel
+    /// reserve), not confirmed and unconfirmed apart. The Lightning balance
+    /// is ldk-node's `total_lightning_balance_sats`, which also counts
+    /// funds still to be claimed from closed channels. A channel's
+    /// outbound and inbound are LDK's `outbound_capacity_msat` and
+    /// `inbound_capacity_msat`.
+    async fn liquidity(&self) -> Result<Liquidity, LightningError> {
+        let balances = self.node.list_balances();
+        let channels = self
+            .node
+            .list_channels()
+            .into_iter()
+            .map(|c| ChannelInfo {
+                peer_node_id: c.counterparty_node_id.to_string(),
+                channel_id: Some(c.channel_id.to_string()),
+                short_channel_id: c.short_channel_id.map(short_channel_id),
+                capacity_sat: c.channel_value_sats,
+                outbound_msat: c.outbound_capacity_msat,
+                inbound_msat: c.inbound_capacity_msat,
+                usable: c.is_usable,
+                public: c.is_announced,
+            })
+            .collect();
+        let onchain = OnchainBalance {
+            total_sat: balances.total_onchain_balance_sats,
+            confirmed_sat: None,
+            unconfirmed_sat: None,
+            spendable_sat: Some(balances.spendable_onchain_balance_sats),
+        };
+        Ok(Liquidity::from_channels(
+            Some(onchain),
+            Some(balances.total_lightning_balance_sats.saturating_mul(1000)),
+            channels,
+        ))
+    }
+
+    /// From ldk-node's payment store (`list_payments`): its BOLT11
+    /// invoices, newest update first. The store keeps no invoice text, so
+    /// `description`, `created_at` and `expires_at` are `None`; it keeps
+    /// one amount, which becomes the amount received once paid (then
+    /// `amount_msat` is `None`, `received_msat` set); `settled_at` is the
+    /// time of the store's last update of a paid invoice. An unpaid
+    /// invoice stays open in the store after it expires.
+    async fn recent_invoices(&self, limit: usize) -> Result<Vec<InvoiceSummary>, LightningError> {
+        let mut invoices: Vec<(u64, InvoiceSummary)> = self
+            .node
+            .list_payments_with_filter(|p| p.direction == PaymentDirection::Inbound)
+            .into_iter()
+            .filter_map(|p| {
+                let payment_hash = hash_of(&p.kind)?;
+                let (state, amount_msat, received_msat, settled_at) = match p.status {
+                    ldk_node::payment::PaymentStatus::Pending => {
+                        (InvoiceState::Open, p.amount_msat, None, None)
+                    }
+                    ldk_node::payment::PaymentStatus::Succeeded => (
+                        InvoiceState::Settled,
+                        None,
+                        p.amount_msat,
+                        Some(p.latest_update_timestamp),
+                    ),
+                    ldk_node::payment::PaymentStatus::Failed => {
+                        (InvoiceState::Canceled, p.amount_msat, None, None)
+                    }
+                };
+                let summary = InvoiceSummary {
+                    payment_hash,
+                    amount_msat,
+                    received_msat,
+                    state,
+                    created_at: None,
+                    settled_at,
+                    expires_at: None,
+                    description: None,
+                };
+                Some((p.latest_update_timestamp, summary))
+            })
+            .collect();
+        invoices.sort_by_key(|(updated, _)| std::cmp::Reverse(*updated));
+        Ok(invoices
+            .into_iter()
+            .take(limit)
+            .map(|(_, summary)| summary)
+            .collect())
     }
 }
 

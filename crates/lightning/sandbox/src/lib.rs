@@ -22,9 +22,9 @@ use async_trait::async_trait;
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
 use gate402_lightning::{
-    check_payable, check_payable_amount, CreatedInvoice, InvoiceRequest, InvoiceStatus,
-    LightningBackend, LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
-    PaymentStatus,
+    check_payable, check_payable_amount, CreatedInvoice, InvoiceRequest, InvoiceState,
+    InvoiceStatus, InvoiceSummary, LightningBackend, LightningError, Liquidity, Network, NodeInfo,
+    PayError, PaymentHash, PaymentOutcome, PaymentStatus,
 };
 use lightning_invoice::{InvoiceBuilder, PaymentSecret};
 use sha2::Digest;
@@ -392,5 +392,43 @@ impl LightningBackend for Sandbox {
             pubkey: self.pubkey(),
             backend: "sandbox",
         })
+    }
+
+    /// [`Liquidity::unlimited`]: the sandbox has no chain and no channels,
+    /// and settles any invoice it issued, whatever the amount (test money).
+    async fn liquidity(&self) -> Result<Liquidity, LightningError> {
+        Ok(Liquidity::unlimited())
+    }
+
+    /// From its invoice database, newest first, every field known (the
+    /// description is read from the invoice itself).
+    async fn recent_invoices(&self, limit: usize) -> Result<Vec<InvoiceSummary>, LightningError> {
+        let now = unix_now();
+        let rows = self.inner.store.recent(limit).map_err(backend)?;
+        Ok(rows.iter().map(|row| summary(row, now)).collect())
+    }
+}
+
+fn summary(row: &InvoiceRow, now: u64) -> InvoiceSummary {
+    let state = match row.status(now) {
+        InvoiceStatus::Open => InvoiceState::Open,
+        InvoiceStatus::Settled { .. } => InvoiceState::Settled,
+        InvoiceStatus::Canceled => InvoiceState::Canceled,
+    };
+    let description = gate402_bolt11::Invoice::parse(&row.bolt11)
+        .ok()
+        .and_then(|invoice| match invoice.description() {
+            gate402_bolt11::Description::Text(text) => Some(text),
+            gate402_bolt11::Description::Hash(_) => None,
+        });
+    InvoiceSummary {
+        payment_hash: row.payment_hash,
+        amount_msat: (row.amount_msat > 0).then_some(row.amount_msat),
+        received_msat: row.settled_at.map(|_| row.received_msat()),
+        state,
+        created_at: Some(row.created_at),
+        settled_at: row.settled_at,
+        expires_at: Some(row.expires_at),
+        description,
     }
 }

@@ -143,27 +143,23 @@ impl Store {
     pub fn get(&self, hash: &[u8; 32]) -> rusqlite::Result<Option<InvoiceRow>> {
         self.conn()?
             .query_row(
-                "SELECT preimage, bolt11, amount_msat, created_at, expires_at, settled_at, paid_msat, payer_hash
-                 FROM invoices WHERE payment_hash = ?1",
+                &format!("SELECT {COLUMNS} FROM invoices WHERE payment_hash = ?1"),
                 [&hash[..]],
-                |r| {
-                    let preimage: Vec<u8> = r.get(0)?;
-                    Ok(InvoiceRow {
-                        payment_hash: *hash,
-                        preimage: preimage.try_into().unwrap_or([0; 32]),
-                        bolt11: r.get(1)?,
-                        amount_msat: r.get::<_, i64>(2)? as u64,
-                        created_at: r.get::<_, i64>(3)? as u64,
-                        expires_at: r.get::<_, i64>(4)? as u64,
-                        settled_at: r.get::<_, Option<i64>>(5)?.map(|t| t as u64),
-                        paid_msat: r.get::<_, Option<i64>>(6)?.map(|m| m as u64),
-                        payer_hash: r
-                            .get::<_, Option<Vec<u8>>>(7)?
-                            .and_then(|h| h.try_into().ok()),
-                    })
-                },
+                read_row,
             )
             .optional()
+    }
+
+    /// Up to `limit` invoices, newest first (the later written first among
+    /// those made in the same second).
+    pub fn recent(&self, limit: usize) -> rusqlite::Result<Vec<InvoiceRow>> {
+        let conn = self.conn()?;
+        let mut select = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM invoices ORDER BY created_at DESC, rowid DESC LIMIT ?1"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = select.query_map([limit], read_row)?;
+        rows.collect()
     }
 
     /// Marks an invoice paid with `paid_msat` by the payer whose secret
@@ -187,6 +183,27 @@ impl Store {
         )?;
         Ok(changed == 1)
     }
+}
+
+/// What [`read_row`] reads, in its order.
+const COLUMNS: &str = "payment_hash, preimage, bolt11, amount_msat, created_at, expires_at, settled_at, paid_msat, payer_hash";
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvoiceRow> {
+    let hash: Vec<u8> = r.get(0)?;
+    let preimage: Vec<u8> = r.get(1)?;
+    Ok(InvoiceRow {
+        payment_hash: hash.try_into().unwrap_or([0; 32]),
+        preimage: preimage.try_into().unwrap_or([0; 32]),
+        bolt11: r.get(2)?,
+        amount_msat: r.get::<_, i64>(3)? as u64,
+        created_at: r.get::<_, i64>(4)? as u64,
+        expires_at: r.get::<_, i64>(5)? as u64,
+        settled_at: r.get::<_, Option<i64>>(6)?.map(|t| t as u64),
+        paid_msat: r.get::<_, Option<i64>>(7)?.map(|m| m as u64),
+        payer_hash: r
+            .get::<_, Option<Vec<u8>>>(8)?
+            .and_then(|h| h.try_into().ok()),
+    })
 }
 
 /// The writer thread: writes what is pending every [`WRITE_EVERY`] until

@@ -300,3 +300,70 @@ fn the_sandbox_keeps_its_preimages_private() {
     assert_eq!(mode(&sandbox_dir.join("invoices.sqlite3")), 0o600);
     assert_eq!(mode(&sandbox_dir.join("node_key")), 0o600);
 }
+
+/// The sandbox says its money is unlimited rather than inventing channels,
+/// and lists its invoices newest first, as they stand.
+#[tokio::test]
+async fn reports_unlimited_liquidity_and_lists_its_invoices() {
+    use gate402_lightning::{InvoiceState, Liquidity};
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::open(dir.path()).unwrap();
+    let liquidity = sandbox.liquidity().await.unwrap();
+    assert_eq!(liquidity, Liquidity::unlimited());
+    assert!(liquidity.channels.is_none() && liquidity.onchain.is_none());
+    assert!(liquidity.inbound_msat.is_none() && liquidity.outbound_msat.is_none());
+
+    assert!(sandbox.recent_invoices(10).await.unwrap().is_empty());
+    let paid = sandbox.create_invoice(request(2_000)).await.unwrap();
+    let open = sandbox.create_invoice(request(3_000)).await.unwrap();
+    let any = sandbox
+        .create_invoice(InvoiceRequest {
+            amount_msat: 0,
+            memo: "any amount".into(),
+            expiry_secs: 600,
+        })
+        .await
+        .unwrap();
+    sandbox.settle(&paid.bolt11).unwrap();
+    sandbox.settle_amount(&any.bolt11, 4_321).unwrap();
+
+    let recent = sandbox.recent_invoices(10).await.unwrap();
+    let hashes: Vec<_> = recent.iter().map(|i| i.payment_hash).collect();
+    assert_eq!(
+        hashes,
+        [any.payment_hash, open.payment_hash, paid.payment_hash]
+    );
+    let (any_row, open_row, paid_row) = (&recent[0], &recent[1], &recent[2]);
+    assert_eq!(any_row.state, InvoiceState::Settled);
+    assert_eq!(any_row.amount_msat, None, "asked for no amount");
+    assert_eq!(any_row.received_msat, Some(4_321));
+    assert_eq!(any_row.description.as_deref(), Some("any amount"));
+    assert_eq!(open_row.state, InvoiceState::Open);
+    assert_eq!(open_row.amount_msat, Some(3_000));
+    assert_eq!((open_row.received_msat, open_row.settled_at), (None, None));
+    assert_eq!(open_row.description.as_deref(), Some("test"));
+    assert_eq!(open_row.expires_at, Some(open.expires_at));
+    assert_eq!(open_row.created_at.map(|t| t + 600), Some(open.expires_at));
+    assert_eq!(paid_row.state, InvoiceState::Settled);
+    assert_eq!(paid_row.received_msat, Some(2_000));
+    assert!(paid_row.settled_at.is_some());
+
+    let newest = sandbox.recent_invoices(1).await.unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].payment_hash, any.payment_hash);
+    assert!(sandbox.recent_invoices(0).await.unwrap().is_empty());
+
+    // An expired invoice is listed as canceled.
+    let short = sandbox
+        .create_invoice(InvoiceRequest {
+            amount_msat: 1_000,
+            memo: "short".into(),
+            expiry_secs: 1,
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let newest = sandbox.recent_invoices(1).await.unwrap();
+    assert_eq!(newest[0].payment_hash, short.payment_hash);
+    assert_eq!(newest[0].state, InvoiceState::Canceled);
+}
