@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use gate402_lightning::{
-    check_payable, check_payable_amount, CreatedInvoice, InvoiceRequest, InvoiceStatus,
-    LightningBackend, LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
-    PaymentStatus,
+    check_payable, check_payable_amount, ChannelInfo, CreatedInvoice, InvoiceRequest, InvoiceState,
+    InvoiceStatus, InvoiceSummary, LightningBackend, LightningError, Liquidity, Network, NodeInfo,
+    OnchainBalance, PayError, PaymentHash, PaymentOutcome, PaymentStatus,
 };
 use serde_json::{json, Value};
 
@@ -228,6 +228,63 @@ fn invoice_status(invoice: &Value) -> InvoiceStatus {
     }
 }
 
+/// States in which a channel forwards payments (a splice being confirmed
+/// keeps the channel working).
+const USABLE_STATES: [&str; 2] = ["CHANNELD_NORMAL", "CHANNELD_AWAITING_SPLICE"];
+
+/// States of a channel whose funds are back on chain: no longer a
+/// Lightning balance.
+const CLOSED_STATES: [&str; 2] = ["ONCHAIN", "CLOSED"];
+
+/// A channel of `listpeerchannels`: it sends `spendable_msat` and receives
+/// `receivable_msat`, which Core Lightning computes net of reserves and fees.
+fn cln_channel(channel: &Value) -> Result<ChannelInfo, LightningError> {
+    let peer_node_id = channel["peer_id"].as_str().ok_or_else(|| {
+        LightningError::Protocol("listpeerchannels: channel without peer_id".into())
+    })?;
+    let state = channel["state"].as_str().unwrap_or("");
+    Ok(ChannelInfo {
+        peer_node_id: peer_node_id.to_ascii_lowercase(),
+        channel_id: channel["channel_id"].as_str().map(str::to_owned),
+        short_channel_id: channel["short_channel_id"].as_str().map(str::to_owned),
+        capacity_sat: msat(&channel["total_msat"]) / 1000,
+        outbound_msat: msat(&channel["spendable_msat"]),
+        inbound_msat: msat(&channel["receivable_msat"]),
+        usable: USABLE_STATES.contains(&state) && channel["peer_connected"] == true,
+        public: !channel["private"].as_bool().unwrap_or(false),
+    })
+}
+
+/// An invoice of `listinvoices` with its `created_index`. Core Lightning
+/// keeps no creation time: the BOLT11 invoice's timestamp is.
+fn cln_invoice_summary(invoice: &Value) -> Option<(u64, InvoiceSummary)> {
+    let state = match invoice["status"].as_str()? {
+        "paid" => InvoiceState::Settled,
+        "expired" => InvoiceState::Canceled,
+        _ => InvoiceState::Open,
+    };
+    let created_at = invoice["bolt11"]
+        .as_str()
+        .and_then(|b| gate402_bolt11::Invoice::parse(b).ok())
+        .map(|b| b.timestamp());
+    let summary = InvoiceSummary {
+        payment_hash: hash32(&invoice["payment_hash"])?,
+        amount_msat: Some(msat(&invoice["amount_msat"])).filter(|&m| m > 0),
+        received_msat: (state == InvoiceState::Settled)
+            .then(|| msat(&invoice["amount_received_msat"])),
+        state,
+        created_at,
+        settled_at: invoice["paid_at"].as_u64(),
+        expires_at: invoice["expires_at"].as_u64(),
+        description: invoice["description"].as_str().map(str::to_owned),
+    };
+    Some((invoice["created_index"].as_u64()?, summary))
+}
+
+/// How many windows of `listinvoices` [`Cln::recent_invoices`] reads at
+/// most: deleted invoices leave gaps in the creation index.
+const INVOICE_WINDOWS: usize = 8;
+
 fn outcome(pay: &Value) -> Option<PaymentOutcome> {
     let amount = msat(&pay["amount_msat"]);
     let sent = msat(&pay["amount_sent_msat"]);
@@ -347,6 +404,109 @@ impl LightningBackend for Cln {
             Some(p) if p["status"] == "pending" => PaymentStatus::Pending,
             Some(_) => PaymentStatus::Failed("payment failed".into()),
         })
+    }
+
+    /// From `listfunds` (its unspent outputs: `confirmed`, `unconfirmed`,
+    /// and `immature` coinbase, which counts in the total only; spendable
+    /// is what is confirmed and not reserved) and `listpeerchannels` (the
+    /// Lightning balance is `to_us_msat` over the channels not yet closed
+    /// on chain). A channel is usable in state `CHANNELD_NORMAL` (or
+    /// awaiting a splice) with its peer connected. The rune must allow
+    /// both methods.
+    async fn liquidity(&self) -> Result<Liquidity, LightningError> {
+        let (funds, peers) = tokio::try_join!(
+            self.call("listfunds", json!({})),
+            self.call("listpeerchannels", json!({})),
+        )?;
+        let mut total_msat = 0u64;
+        let (mut confirmed_msat, mut unconfirmed_msat, mut spendable_msat) = (0u64, 0u64, 0u64);
+        for output in funds["outputs"].as_array().into_iter().flatten() {
+            let amount = msat(&output["amount_msat"]);
+            match output["status"].as_str() {
+                Some("confirmed") => {
+                    confirmed_msat += amount;
+                    if output["reserved"] != true {
+                        spendable_msat += amount;
+                    }
+                }
+                Some("unconfirmed") => unconfirmed_msat += amount,
+                Some("immature") => {}
+                _ => continue,
+            }
+            total_msat += amount;
+        }
+        let onchain = OnchainBalance {
+            total_sat: total_msat / 1000,
+            confirmed_sat: Some(confirmed_msat / 1000),
+            unconfirmed_sat: Some(unconfirmed_msat / 1000),
+            spendable_sat: Some(spendable_msat / 1000),
+        };
+        let listed = peers["channels"].as_array().ok_or_else(|| {
+            LightningError::Protocol("listpeerchannels answered no channels list".into())
+        })?;
+        let lightning_balance_msat = listed
+            .iter()
+            .filter(|c| !CLOSED_STATES.contains(&c["state"].as_str().unwrap_or("")))
+            .map(|c| msat(&c["to_us_msat"]))
+            .sum();
+        let channels = listed
+            .iter()
+            .map(cln_channel)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Liquidity::from_channels(
+            Some(onchain),
+            Some(lightning_balance_msat),
+            channels,
+        ))
+    }
+
+    /// The newest invoices by creation: `wait` (invoices, created, 0)
+    /// answers the current creation index at once, then `listinvoices`
+    /// reads back from it (`index=created`, `start`, `limit`; Core
+    /// Lightning v23.08 or later). Invoices deleted since (for instance by
+    /// `autoclean`) are skipped; after [`INVOICE_WINDOWS`] reads, fewer
+    /// than `limit` may be returned. The rune must allow `wait` and
+    /// `listinvoices`.
+    async fn recent_invoices(&self, limit: usize) -> Result<Vec<InvoiceSummary>, LightningError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let index = self
+            .call(
+                "wait",
+                json!({"subsystem": "invoices", "indexname": "created", "nextvalue": 0}),
+            )
+            .await?;
+        let mut end = index["created"].as_u64().unwrap_or(0);
+        let mut found: Vec<(u64, InvoiceSummary)> = Vec::new();
+        for _ in 0..INVOICE_WINDOWS {
+            if found.len() >= limit || end == 0 {
+                break;
+            }
+            let wanted = (limit - found.len()) as u64;
+            let start = end.saturating_sub(wanted - 1).max(1);
+            let page = self
+                .call(
+                    "listinvoices",
+                    json!({"index": "created", "start": start, "limit": end - start + 1}),
+                )
+                .await?;
+            let invoices = page["invoices"].as_array().ok_or_else(|| {
+                LightningError::Protocol("listinvoices answered no invoices list".into())
+            })?;
+            for invoice in invoices {
+                let (created, summary) = cln_invoice_summary(invoice).ok_or_else(|| {
+                    LightningError::Protocol(format!("listinvoices: unreadable invoice {invoice}"))
+                })?;
+                if (start..=end).contains(&created) {
+                    found.push((created, summary));
+                }
+            }
+            end = start - 1;
+        }
+        found.sort_by_key(|(created, _)| std::cmp::Reverse(*created));
+        found.truncate(limit);
+        Ok(found.into_iter().map(|(_, summary)| summary).collect())
     }
 
     async fn node_info(&self) -> Result<NodeInfo, LightningError> {

@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::Engine as _;
 use gate402_lightning::{
-    check_payable, check_payable_amount, CreatedInvoice, InvoiceRequest, InvoiceStatus,
-    LightningBackend, LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
+    check_payable, check_payable_amount, short_channel_id, ChannelInfo, CreatedInvoice,
+    InvoiceRequest, InvoiceState, InvoiceStatus, InvoiceSummary, LightningBackend, LightningError,
+    Liquidity, Network, NodeInfo, OnchainBalance, PayError, PaymentHash, PaymentOutcome,
     PaymentStatus,
 };
 use serde::Deserialize;
@@ -256,6 +257,9 @@ enum Route {
     Pay,
     TrackPayment,
     ListChannels,
+    ChainBalance,
+    ChannelBalance,
+    ListInvoices,
 }
 
 impl Route {
@@ -268,6 +272,9 @@ impl Route {
             Route::Pay => ("paying", "offchain:write"),
             Route::TrackPayment => ("looking up a payment", "offchain:read"),
             Route::ListChannels => ("listing channels", "offchain:read"),
+            Route::ChainBalance => ("reading the on-chain balance", "onchain:read"),
+            Route::ChannelBalance => ("reading the channel balance", "offchain:read"),
+            Route::ListInvoices => ("listing invoices", "invoices:read"),
         }
     }
 }
@@ -382,6 +389,72 @@ fn payment_status(payment: &Value) -> PaymentStatus {
 
 fn path_hash(hash: &PaymentHash) -> String {
     URL_SAFE.encode(hash)
+}
+
+/// A channel of `/v1/channels` (`lnrpc.Channel`). What it can send is its
+/// balance less the reserve its peer makes it keep
+/// (`local_chan_reserve_sat`); what it can receive, the peer's balance less
+/// the peer's reserve. LND keeps the commitment fee out of the funder's
+/// `local_balance` already.
+fn lnd_channel(channel: &Value) -> Result<ChannelInfo, LightningError> {
+    let sat = |key: &str| number(&channel[key]);
+    let msat = |balance: &str, reserve: &str| sat(balance).saturating_sub(sat(reserve)) * 1000;
+    let peer_node_id = channel["remote_pubkey"]
+        .as_str()
+        .filter(|k| k.len() == 66 && hex::decode(k).is_ok())
+        .ok_or_else(|| LightningError::Protocol("LND channel without remote_pubkey".into()))?;
+    let scid = number(&channel["chan_id"]);
+    Ok(ChannelInfo {
+        peer_node_id: peer_node_id.to_ascii_lowercase(),
+        channel_id: channel["channel_point"].as_str().and_then(bolt2_channel_id),
+        short_channel_id: (scid != 0).then(|| short_channel_id(scid)),
+        capacity_sat: sat("capacity"),
+        outbound_msat: msat("local_balance", "local_chan_reserve_sat"),
+        inbound_msat: msat("remote_balance", "remote_chan_reserve_sat"),
+        usable: channel["active"].as_bool().unwrap_or(false),
+        public: !channel["private"].as_bool().unwrap_or(false),
+    })
+}
+
+/// The BOLT 2 channel id of a funding outpoint `txid:index` (the txid as
+/// displayed, byte-reversed): the txid's bytes XOR the index in the last two.
+fn bolt2_channel_id(channel_point: &str) -> Option<String> {
+    let (txid, index) = channel_point.split_once(':')?;
+    let mut id: [u8; 32] = hex::decode(txid).ok()?.try_into().ok()?;
+    id.reverse();
+    let index: u16 = index.parse().ok()?;
+    id[30] ^= (index >> 8) as u8;
+    id[31] ^= (index & 0xff) as u8;
+    Some(hex::encode(id))
+}
+
+/// An invoice of `/v1/invoices` (`lnrpc.Invoice`); `ACCEPTED` (a hold
+/// invoice whose payment waits) is open.
+fn lnd_invoice_summary(invoice: &Value) -> Option<InvoiceSummary> {
+    let payment_hash = invoice["r_hash"]
+        .as_str()
+        .and_then(|h| STANDARD.decode(h).ok())
+        .and_then(|h| <[u8; 32]>::try_from(h).ok())?;
+    let state = match invoice["state"].as_str()? {
+        "SETTLED" => InvoiceState::Settled,
+        "CANCELED" => InvoiceState::Canceled,
+        _ => InvoiceState::Open,
+    };
+    let nonzero = |key: &str| Some(number(&invoice[key])).filter(|&n| n > 0);
+    let created_at = nonzero("creation_date");
+    Some(InvoiceSummary {
+        payment_hash,
+        amount_msat: nonzero("value_msat"),
+        received_msat: (state == InvoiceState::Settled).then(|| number(&invoice["amt_paid_msat"])),
+        state,
+        created_at,
+        settled_at: nonzero("settle_date"),
+        expires_at: created_at.map(|at| at.saturating_add(number(&invoice["expiry"]))),
+        description: invoice["memo"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned),
+    })
 }
 
 #[async_trait]
@@ -541,6 +614,79 @@ impl LightningBackend for Lnd {
             Ok(Err(LightningError::NotFound(_))) => Ok(PaymentStatus::Unknown),
             Ok(result) => result,
         }
+    }
+
+    /// From `GET /v1/balance/blockchain` (total, confirmed, unconfirmed;
+    /// spendable is confirmed less locked and less the anchor-channel
+    /// reserve), `GET /v1/balance/channels` (the Lightning balance: its
+    /// `local_balance`) and `GET /v1/channels` (open channels, active or
+    /// not; channels still being opened are not listed). Needs the
+    /// `onchain:read` and `offchain:read` permissions.
+    async fn liquidity(&self) -> Result<Liquidity, LightningError> {
+        let get = |path: &str| self.request(reqwest::Method::GET, path);
+        let (chain, balance, channels) = tokio::try_join!(
+            self.call(Route::ChainBalance, get("/v1/balance/blockchain")),
+            self.call(Route::ChannelBalance, get("/v1/balance/channels")),
+            self.call(Route::ListChannels, get("/v1/channels")),
+        )?;
+        let confirmed = number(&chain["confirmed_balance"]);
+        let held = number(&chain["locked_balance"])
+            .saturating_add(number(&chain["reserved_balance_anchor_chan"]));
+        let onchain = OnchainBalance {
+            total_sat: number(&chain["total_balance"]),
+            confirmed_sat: Some(confirmed),
+            unconfirmed_sat: Some(number(&chain["unconfirmed_balance"])),
+            spendable_sat: Some(confirmed.saturating_sub(held)),
+        };
+        let lightning_balance_msat = match &balance["local_balance"]["msat"] {
+            Value::Null => number(&balance["balance"]).saturating_mul(1000),
+            msat => number(msat),
+        };
+        let channels = channels["channels"]
+            .as_array()
+            .map(|list| list.iter().map(lnd_channel).collect::<Result<Vec<_>, _>>())
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Liquidity::from_channels(
+            Some(onchain),
+            Some(lightning_balance_msat),
+            channels,
+        ))
+    }
+
+    /// `GET /v1/invoices?reversed=true&num_max_invoices=N`: the newest
+    /// invoices, whatever their state. Needs `invoices:read`.
+    async fn recent_invoices(&self, limit: usize) -> Result<Vec<InvoiceSummary>, LightningError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let answer = self
+            .call(
+                Route::ListInvoices,
+                self.request(
+                    reqwest::Method::GET,
+                    &format!("/v1/invoices?reversed=true&num_max_invoices={limit}"),
+                ),
+            )
+            .await?;
+        let list = answer["invoices"]
+            .as_array()
+            .ok_or_else(|| LightningError::Protocol("LND invoices: no invoices list".into()))?;
+        // LND answers the page oldest first.
+        let mut indexed = list
+            .iter()
+            .map(|invoice| {
+                lnd_invoice_summary(invoice)
+                    .map(|summary| (number(&invoice["add_index"]), summary))
+                    .ok_or_else(|| LightningError::Protocol(format!("LND invoice: {invoice}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        indexed.sort_by_key(|(index, _)| std::cmp::Reverse(*index));
+        Ok(indexed
+            .into_iter()
+            .take(limit)
+            .map(|(_, summary)| summary)
+            .collect())
     }
 
     async fn node_info(&self) -> Result<NodeInfo, LightningError> {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -21,7 +21,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use base64::Engine as _;
 use gate402_lightning::contract::{self, Pair};
 use gate402_lightning::{
-    InvoiceRequest, InvoiceStatus, LightningBackend, LightningError, PayError, PaymentOutcome,
+    InvoiceRequest, InvoiceState, InvoiceStatus, InvoiceSummary, LightningBackend, LightningError,
+    PayError, PaymentOutcome,
 };
 use gate402_lightning_remote::cln::{Cln, ClnConfig};
 use gate402_lightning_remote::lnd::{Lnd, LndConfig};
@@ -34,6 +35,9 @@ use serde_json::{json, Value};
 
 /// What the fake network charges to route a payment.
 const ROUTING_FEE_MSAT: u64 = 1_000;
+
+/// An invoice a fake node issued: its payment hash and BOLT11 string.
+type Issued = ([u8; 32], String);
 
 /// The shared state of a fake node: the sandbox that plays the network,
 /// and what this node paid.
@@ -57,6 +61,15 @@ struct Fake {
     public_channel: bool,
     /// LND: the `private` flag of each invoice asked for.
     private_flags: Arc<Mutex<Vec<bool>>>,
+    /// The invoices this node issued, oldest first: LND's `add_index` and
+    /// Core Lightning's `created_index` are the position plus one.
+    issued: Arc<Mutex<Vec<Issued>>>,
+    /// Core Lightning: invoices deleted (`delinvoice`, `autoclean`); their
+    /// `created_index` is not given again.
+    deleted: Arc<Mutex<HashSet<[u8; 32]>>>,
+    /// What read-only calls answer, by LND path or Core Lightning method,
+    /// in the node's own shapes: balances, channels, funds.
+    canned: Arc<HashMap<&'static str, Value>>,
 }
 
 impl Fake {
@@ -72,7 +85,32 @@ impl Fake {
             xpay: false,
             public_channel: false,
             private_flags: Arc::default(),
+            issued: Arc::default(),
+            deleted: Arc::default(),
+            canned: Arc::default(),
         }
+    }
+
+    fn with_canned(mut self, key: &'static str, answer: Value) -> Self {
+        Arc::make_mut(&mut self.canned).insert(key, answer);
+        self
+    }
+
+    /// What the sandbox knows of an invoice: amount, times, description.
+    async fn facts(&self, hash: &[u8; 32]) -> Option<InvoiceSummary> {
+        let all = self.network.recent_invoices(usize::MAX).await.ok()?;
+        all.into_iter().find(|i| i.payment_hash == *hash)
+    }
+
+    /// Its position in [`Fake::issued`] plus one, and its BOLT11 string.
+    fn issued_as(&self, hash: &[u8; 32]) -> Option<(u64, String)> {
+        let issued = self.issued.lock().unwrap();
+        let position = issued.iter().position(|(h, _)| h == hash)?;
+        Some((position as u64 + 1, issued[position].1.clone()))
+    }
+
+    fn issue(&self, hash: [u8; 32], bolt11: &str) {
+        self.issued.lock().unwrap().push((hash, bolt11.to_owned()));
     }
 
     fn with_limited(mut self, credential: &str, may: &[&'static str]) -> Self {
@@ -268,13 +306,27 @@ async fn lnd_invoice_json(fake: &Fake, hash: &[u8; 32]) -> Option<Value> {
             preimage,
         } => ("SETTLED", amount_msat, preimage),
     };
+    let facts = fake.facts(hash).await?;
+    let created_at = facts.created_at.unwrap_or(0);
+    let (add_index, bolt11) = fake.issued_as(hash).unwrap_or_default();
     Some(json!({
+        "memo": facts.description.unwrap_or_default(),
         "r_hash": STANDARD.encode(hash),
         // LND makes the preimage itself and sends it whatever the state.
         "r_preimage": STANDARD.encode(preimage.unwrap_or([0x5a; 32])),
-        "state": state,
-        "amt_paid_msat": paid.to_string(),
+        "value": (facts.amount_msat.unwrap_or(0) / 1000).to_string(),
+        "value_msat": facts.amount_msat.unwrap_or(0).to_string(),
         "settled": state == "SETTLED",
+        "creation_date": created_at.to_string(),
+        "settle_date": facts.settled_at.unwrap_or(0).to_string(),
+        "payment_request": bolt11,
+        "expiry": facts.expires_at.map_or(0, |at| at - created_at).to_string(),
+        "add_index": add_index.to_string(),
+        "settle_index": "0",
+        "amt_paid_sat": (paid / 1000).to_string(),
+        "amt_paid_msat": paid.to_string(),
+        "state": state,
+        "is_keysend": false,
     }))
 }
 
@@ -332,13 +384,69 @@ fn lnd_router(fake: Fake) -> Router {
             })
             .await
             .unwrap();
+        fake.issue(created.payment_hash, &created.bolt11);
+        let (add_index, _) = fake.issued_as(&created.payment_hash).unwrap();
         Json(json!({
             "r_hash": STANDARD.encode(created.payment_hash),
             "payment_request": created.bolt11,
-            "add_index": "1",
+            "add_index": add_index.to_string(),
             "payment_addr": STANDARD.encode([0u8; 32]),
         }))
         .into_response()
+    }
+    /// `GET /v1/invoices`: as LND, the first 100 from the start unless
+    /// `reversed`, which seeks back from the end (or `index_offset`); the
+    /// page itself is always oldest first.
+    async fn list_invoices(
+        State(fake): State<Fake>,
+        headers: HeaderMap,
+        Query(query): Query<HashMap<String, String>>,
+    ) -> Response {
+        if let Some(r) = lnd_refusal(&fake, &headers, "invoices:read", false) {
+            return r;
+        }
+        let number = |key: &str| query.get(key).and_then(|v| v.parse::<usize>().ok());
+        let max = number("num_max_invoices").filter(|&n| n > 0).unwrap_or(100);
+        let reversed = query.get("reversed").is_some_and(|v| v == "true");
+        let hashes: Vec<[u8; 32]> = fake
+            .issued
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(h, _)| *h)
+            .collect();
+        let page: Vec<[u8; 32]> = if reversed {
+            let end = number("index_offset")
+                .filter(|&o| o > 0)
+                .map_or(hashes.len(), |o| (o - 1).min(hashes.len()));
+            hashes[end.saturating_sub(max)..end].to_vec()
+        } else {
+            let start = number("index_offset").unwrap_or(0).min(hashes.len());
+            hashes[start..(start + max).min(hashes.len())].to_vec()
+        };
+        let mut invoices = Vec::new();
+        for hash in &page {
+            invoices.push(lnd_invoice_json(&fake, hash).await.unwrap());
+        }
+        let index = |i: Option<&Value>| i.map_or("0".into(), |i| i["add_index"].clone());
+        Json(json!({
+            "first_index_offset": index(invoices.first()),
+            "last_index_offset": index(invoices.last()),
+            "invoices": invoices,
+        }))
+        .into_response()
+    }
+    async fn chain_balance(State(fake): State<Fake>, headers: HeaderMap) -> Response {
+        if let Some(r) = lnd_refusal(&fake, &headers, "onchain:read", false) {
+            return r;
+        }
+        Json(fake.canned["/v1/balance/blockchain"].clone()).into_response()
+    }
+    async fn channel_balance(State(fake): State<Fake>, headers: HeaderMap) -> Response {
+        if let Some(r) = lnd_refusal(&fake, &headers, "offchain:read", false) {
+            return r;
+        }
+        Json(fake.canned["/v1/balance/channels"].clone()).into_response()
     }
     async fn lookup(
         State(fake): State<Fake>,
@@ -500,21 +608,42 @@ fn lnd_router(fake: Fake) -> Router {
             None => lnd_stream_error(StatusCode::NOT_FOUND, 5, "payment isn't initiated"),
         }
     }
-    async fn channels(State(fake): State<Fake>, headers: HeaderMap) -> Response {
+    async fn channels(
+        State(fake): State<Fake>,
+        headers: HeaderMap,
+        Query(query): Query<HashMap<String, String>>,
+    ) -> Response {
         if let Some(r) = lnd_refusal(&fake, &headers, "offchain:read", false) {
             return r;
         }
-        let channels: Vec<Value> = if fake.public_channel {
-            vec![json!({"active": true, "private": false, "chan_id": "1", "capacity": "1000000"})]
-        } else {
-            vec![]
+        let mut channels: Vec<Value> = match fake.canned.get("/v1/channels") {
+            Some(answer) => answer["channels"].as_array().cloned().unwrap_or_default(),
+            None if fake.public_channel => vec![
+                json!({"active": true, "private": false, "chan_id": "1", "capacity": "1000000"}),
+            ],
+            None => vec![],
         };
+        let flag = |key: &str| query.get(key).is_some_and(|v| v == "true");
+        if flag("active_only") {
+            channels.retain(|c| c["active"] == true);
+        }
+        if flag("inactive_only") {
+            channels.retain(|c| c["active"] != true);
+        }
+        if flag("public_only") {
+            channels.retain(|c| c["private"] != true);
+        }
+        if flag("private_only") {
+            channels.retain(|c| c["private"] == true);
+        }
         Json(json!({"channels": channels})).into_response()
     }
     Router::new()
         .route("/v1/getinfo", get(getinfo))
         .route("/v1/channels", get(channels))
-        .route("/v1/invoices", post(add_invoice))
+        .route("/v1/invoices", post(add_invoice).get(list_invoices))
+        .route("/v1/balance/blockchain", get(chain_balance))
+        .route("/v1/balance/channels", get(channel_balance))
         .route("/v1/invoice/{hash}", get(lookup))
         .route("/v2/invoices/subscribe/{hash}", get(subscribe))
         .route("/v2/router/send", post(send))
@@ -557,8 +686,21 @@ async fn cln_invoice_json(fake: &Fake, hash: &[u8; 32]) -> Option<Value> {
         .iter()
         .find(|(_, h)| *h == hash)
         .map(|(l, _)| l.clone())?;
-    let mut invoice =
-        json!({"label": label, "payment_hash": hex::encode(hash), "status": "unpaid"});
+    let facts = fake.facts(hash).await?;
+    let (created_index, bolt11) = fake.issued_as(hash)?;
+    let mut invoice = json!({
+        "label": label,
+        "bolt11": bolt11,
+        "payment_hash": hex::encode(hash),
+        "status": "unpaid",
+        "description": facts.description,
+        "expires_at": facts.expires_at,
+        "created_index": created_index,
+    });
+    // An invoice for "any" amount has no amount_msat.
+    if let Some(amount_msat) = facts.amount_msat {
+        invoice["amount_msat"] = amount_msat.into();
+    }
     match status {
         InvoiceStatus::Open => {}
         InvoiceStatus::Canceled => invoice["status"] = "expired".into(),
@@ -567,8 +709,11 @@ async fn cln_invoice_json(fake: &Fake, hash: &[u8; 32]) -> Option<Value> {
             preimage,
         } => {
             invoice["status"] = "paid".into();
+            invoice["pay_index"] = 1.into();
             invoice["amount_received_msat"] = amount_msat.into();
+            invoice["paid_at"] = facts.settled_at.into();
             invoice["payment_preimage"] = preimage.map(hex::encode).into();
+            invoice["updated_index"] = 1.into();
         }
     }
     Some(invoice)
@@ -640,18 +785,55 @@ fn cln_router(fake: Fake) -> Router {
                     .lock()
                     .unwrap()
                     .insert(label.into(), invoice.payment_hash);
+                fake.issue(invoice.payment_hash, &invoice.bolt11);
                 created(
                     json!({"payment_hash": hex::encode(invoice.payment_hash), "expires_at": invoice.expires_at, "bolt11": invoice.bolt11, "payment_secret": hex::encode([0u8; 32]), "created_index": 1}),
                 )
             }
             "listinvoices" => {
-                let hash = params["payment_hash"].as_str().and_then(hash_from_hex);
-                let invoices: Vec<Value> = match hash {
-                    Some(hash) => cln_invoice_json(&fake, &hash).await.into_iter().collect(),
-                    None => vec![],
+                let deleted = fake.deleted.lock().unwrap().clone();
+                let hashes: Vec<[u8; 32]> = match params["payment_hash"].as_str() {
+                    Some(hash) => hash_from_hex(hash).into_iter().collect(),
+                    // By creation: from `start` (1 if absent), at most `limit`.
+                    None => {
+                        if params.get("start").is_some() && params["index"] != "created" {
+                            return cln_error(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                -32602,
+                                "start: Can only specify start with index",
+                            );
+                        }
+                        let start = params["start"].as_u64().unwrap_or(1).max(1) as usize;
+                        let limit = params["limit"].as_u64().map_or(usize::MAX, |l| l as usize);
+                        let issued = fake.issued.lock().unwrap().clone();
+                        issued
+                            .into_iter()
+                            .skip(start - 1)
+                            .map(|(h, _)| h)
+                            .filter(|h| !deleted.contains(h))
+                            .take(limit)
+                            .collect()
+                    }
                 };
+                let mut invoices = Vec::new();
+                for hash in hashes.iter().filter(|h| !deleted.contains(*h)) {
+                    invoices.extend(cln_invoice_json(&fake, hash).await);
+                }
                 created(json!({"invoices": invoices}))
             }
+            "wait" => {
+                // Only the form that answers at once: the current index.
+                assert_eq!(params["nextvalue"], 0, "the fake does not wait");
+                if params["subsystem"] != "invoices" || params["indexname"] != "created" {
+                    return cln_error(StatusCode::INTERNAL_SERVER_ERROR, -32602, "unsupported");
+                }
+                let created_index = fake.issued.lock().unwrap().len();
+                created(json!({"subsystem": "invoices", "created": created_index}))
+            }
+            "listfunds" | "listpeerchannels" => match fake.canned.get(method.as_str()) {
+                Some(answer) => created(answer.clone()),
+                None => cln_error(StatusCode::NOT_FOUND, -32601, "Unknown command"),
+            },
             "waitinvoice" => {
                 let label = params["label"].as_str().unwrap_or_default().to_owned();
                 let Some(hash) = fake.labels.lock().unwrap().get(&label).copied() else {
@@ -1279,6 +1461,377 @@ async fn cln_errors_explain_themselves() {
         Err(LightningError::Unauthorized(message)) => {
             assert!(message.contains("waitinvoice"), "{message}")
         }
+        other => panic!("{other:?}"),
+    }
+}
+
+// ------------------------------------------------ liquidity, invoices ----
+
+/// A `lnrpc.Channel` as `GET /v1/channels` answers it (amounts in sat, as
+/// strings).
+fn lnd_channel_json(
+    peer: &str,
+    channel_point: &str,
+    chan_id: u64,
+    (capacity, local, remote, reserve): (u64, u64, u64, u64),
+    active: bool,
+    private: bool,
+) -> Value {
+    let constraints = json!({"csv_delay": 144, "chan_reserve_sat": reserve.to_string(), "dust_limit_sat": "354", "max_pending_amt_msat": (capacity * 990).to_string(), "min_htlc_msat": "1", "max_accepted_htlcs": 483});
+    json!({
+        "active": active,
+        "remote_pubkey": peer,
+        "channel_point": channel_point,
+        "chan_id": chan_id.to_string(),
+        "capacity": capacity.to_string(),
+        "local_balance": local.to_string(),
+        "remote_balance": remote.to_string(),
+        "commit_fee": (capacity - local - remote).to_string(),
+        "commit_weight": "1116",
+        "fee_per_kw": "2500",
+        "unsettled_balance": "0",
+        "total_satoshis_sent": "0",
+        "total_satoshis_received": "0",
+        "num_updates": "4",
+        "pending_htlcs": [],
+        "csv_delay": 144,
+        "private": private,
+        "initiator": true,
+        "chan_status_flags": "ChanStatusDefault",
+        "local_chan_reserve_sat": reserve.to_string(),
+        "remote_chan_reserve_sat": reserve.to_string(),
+        "static_remote_key": false,
+        "commitment_type": "ANCHORS",
+        "lifetime": "3600",
+        "uptime": "3600",
+        "close_address": "",
+        "push_amount_sat": "0",
+        "thaw_height": 0,
+        "local_constraints": constraints,
+        "remote_constraints": constraints,
+        "alias_scids": [],
+        "zero_conf": false,
+        "zero_conf_confirmed_scid": "0",
+        "peer_alias": "",
+        "peer_scid_alias": "0",
+        "memo": "",
+    })
+}
+
+/// An LND node with two open channels and one inactive, an on-chain wallet
+/// with locked and unconfirmed funds: every figure is read as LND means it.
+#[tokio::test]
+async fn lnd_reports_liquidity_and_recent_invoices() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Sandbox::open(&dir.path().join("network")).unwrap();
+    let secret = hex::encode(MACAROON);
+    let (peer_a, peer_b) = (
+        format!("02{}", "aa".repeat(32)),
+        format!("03{}", "bb".repeat(32)),
+    );
+    let txid: String = (0u8..32).map(|b| format!("{b:02x}")).collect();
+    let scid = (103u64 << 40) | (1 << 16) | 1;
+    let merchant_fake = Fake::new(network.clone(), &secret)
+        .with_limited(
+            &hex::encode(b"readonly"),
+            &["info:read", "invoices:read", "offchain:read"],
+        )
+        .with_canned(
+            "/v1/balance/blockchain",
+            json!({
+                "total_balance": "1500000", "confirmed_balance": "1200000",
+                "unconfirmed_balance": "300000", "locked_balance": "100000",
+                "reserved_balance_anchor_chan": "20000",
+                "account_balance": {"default": {"confirmed_balance": "1200000", "unconfirmed_balance": "300000"}},
+            }),
+        )
+        .with_canned(
+            "/v1/balance/channels",
+            json!({
+                "balance": "600000", "pending_open_balance": "0",
+                "local_balance": {"sat": "600000", "msat": "600000123"},
+                "remote_balance": {"sat": "1360000", "msat": "1360000000"},
+                "unsettled_local_balance": {"sat": "0", "msat": "0"},
+                "unsettled_remote_balance": {"sat": "0", "msat": "0"},
+                "pending_open_local_balance": {"sat": "0", "msat": "0"},
+                "pending_open_remote_balance": {"sat": "0", "msat": "0"},
+            }),
+        )
+        .with_canned(
+            "/v1/channels",
+            json!({"channels": [
+                lnd_channel_json(&peer_a, &format!("{txid}:1"), scid, (1_000_000, 400_000, 590_000, 10_000), true, false),
+                lnd_channel_json(&peer_b, &format!("{}:0", "cd".repeat(32)), scid + 1, (500_000, 200_000, 295_000, 5_000), true, true),
+                lnd_channel_json(&peer_a, &format!("{}:0", "ef".repeat(32)), scid + 2, (490_000, 0, 480_000, 4_900), false, false),
+            ]}),
+        );
+    let (merchant, url, cert) = lnd_node(merchant_fake, dir.path(), "merchant", MACAROON).await;
+    let (payer, _, _) = lnd_node(Fake::new(network, &secret), dir.path(), "payer", MACAROON).await;
+
+    let liquidity = merchant.liquidity().await.unwrap();
+    let onchain = liquidity.onchain.unwrap();
+    assert_eq!(onchain.total_sat, 1_500_000);
+    assert_eq!(onchain.confirmed_sat, Some(1_200_000));
+    assert_eq!(onchain.unconfirmed_sat, Some(300_000));
+    // Confirmed, less what is locked and the anchor reserve.
+    assert_eq!(onchain.spendable_sat, Some(1_080_000));
+    assert_eq!(liquidity.lightning_balance_msat, Some(600_000_123));
+    let channels = liquidity.channels.clone().unwrap();
+    assert_eq!(channels.len(), 3);
+    let first = &channels[0];
+    assert_eq!(first.peer_node_id, peer_a);
+    assert_eq!(first.short_channel_id.as_deref(), Some("103x1x1"));
+    // BOLT 2: the txid's bytes (reversed from how it is shown) XOR the
+    // output index (1) in the last two.
+    let expected_id: String = (2u8..32).rev().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        first.channel_id.as_deref(),
+        Some(format!("{expected_id}0101").as_str())
+    );
+    assert_eq!(first.capacity_sat, 1_000_000);
+    assert_eq!(
+        (first.outbound_msat, first.inbound_msat),
+        (390_000_000, 580_000_000)
+    );
+    assert!(first.usable && first.public);
+    assert!(channels[1].usable && !channels[1].public);
+    assert_eq!(
+        (channels[1].outbound_msat, channels[1].inbound_msat),
+        (195_000_000, 290_000_000)
+    );
+    assert!(!channels[2].usable);
+    assert_eq!(channels[2].outbound_msat, 0, "nothing above its reserve");
+    // Totals over the active channels only.
+    assert_eq!(liquidity.outbound_msat, Some(585_000_000));
+    assert_eq!(liquidity.inbound_msat, Some(870_000_000));
+    assert!(!liquidity.unlimited);
+
+    // Recent invoices, newest first.
+    let ask = |amount_msat, memo: &str| {
+        merchant.create_invoice(InvoiceRequest {
+            amount_msat,
+            memo: memo.into(),
+            expiry_secs: 600,
+        })
+    };
+    let first_invoice = ask(5_000, "first").await.unwrap();
+    let any = ask(0, "any amount").await.unwrap();
+    let last = ask(7_000, "last").await.unwrap();
+    payer
+        .pay(
+            &first_invoice.bolt11,
+            ROUTING_FEE_MSAT,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let newest = merchant.recent_invoices(2).await.unwrap();
+    let hashes: Vec<_> = newest.iter().map(|i| i.payment_hash).collect();
+    assert_eq!(hashes, [last.payment_hash, any.payment_hash]);
+    let all = merchant.recent_invoices(10).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let (open, any_row, paid) = (&all[0], &all[1], &all[2]);
+    assert_eq!(
+        (open.state, open.amount_msat),
+        (InvoiceState::Open, Some(7_000))
+    );
+    assert_eq!(open.description.as_deref(), Some("last"));
+    assert_eq!(open.expires_at, Some(last.expires_at));
+    assert_eq!(open.expires_at, open.created_at.map(|at| at + 600));
+    assert_eq!((open.received_msat, open.settled_at), (None, None));
+    assert_eq!(any_row.amount_msat, None, "an invoice without an amount");
+    assert_eq!(paid.payment_hash, first_invoice.payment_hash);
+    assert_eq!(paid.state, InvoiceState::Settled);
+    assert_eq!(paid.received_msat, Some(5_000));
+    assert!(paid.settled_at.is_some());
+    assert!(merchant.recent_invoices(0).await.unwrap().is_empty());
+    assert!(
+        payer.recent_invoices(10).await.unwrap().is_empty(),
+        "the payer issued none"
+    );
+
+    // A macaroon without onchain:read: the error names the permission.
+    let path = dir.path().join("readonly.macaroon");
+    std::fs::write(&path, "readonly").unwrap();
+    let readonly = Lnd::new(&LndConfig {
+        url,
+        macaroon_path: Some(path),
+        macaroon_dir: None,
+        tls_cert_path: Some(cert),
+        route_hints: Default::default(),
+    })
+    .unwrap();
+    match readonly.liquidity().await {
+        Err(LightningError::Unauthorized(message)) => {
+            assert!(message.contains("onchain:read"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(readonly.recent_invoices(1).await.unwrap().len(), 1);
+}
+
+/// A Core Lightning node's funds and channels (shapes of its own examples):
+/// reserved and immature outputs, a channel whose peer is away, one being
+/// opened and one closed; and its invoices read back across deleted ones.
+#[tokio::test]
+async fn cln_reports_liquidity_and_recent_invoices() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = Sandbox::open(&dir.path().join("network")).unwrap();
+    let peer = format!("02{}", "22".repeat(32));
+    let output = |amount_msat: u64, status: &str, reserved: bool| json!({"txid": "aa".repeat(32), "output": 1, "amount_msat": amount_msat, "scriptpubkey": "0014".to_owned() + &"11".repeat(20), "address": "bcrt1qzyg3zyg3zyg3zyg3zyg3zyg3zyg3zyg3hqqnjr", "status": status, "blockheight": 160, "reserved": reserved});
+    let channel = |state: &str,
+                   connected: bool,
+                   private: bool,
+                   scid: Option<&str>,
+                   (to_us, spendable, receivable): (u64, u64, u64)| {
+        let mut c = json!({
+            "peer_id": peer, "peer_connected": connected, "reestablished": connected,
+            "state": state, "owner": "channeld", "direction": 1,
+            "channel_id": "5a".repeat(32), "funding_txid": "bb".repeat(32), "funding_outnum": 1,
+            "private": private, "opener": "local",
+            "funding": {"local_funds_msat": 1_000_000_000u64, "remote_funds_msat": 0, "pushed_msat": 0},
+            "to_us_msat": to_us, "min_to_us_msat": to_us, "max_to_us_msat": 1_000_000_000u64,
+            "total_msat": 1_000_000_000u64, "fee_base_msat": 1, "fee_proportional_millionths": 10,
+            "dust_limit_msat": 546_000, "their_reserve_msat": 10_000_000, "our_reserve_msat": 10_000_000,
+            "spendable_msat": spendable, "receivable_msat": receivable,
+            "minimum_htlc_in_msat": 0, "minimum_htlc_out_msat": 0, "maximum_htlc_out_msat": 990_000_000,
+            "their_to_self_delay": 5, "our_to_self_delay": 5, "max_accepted_htlcs": 483,
+            "status": [format!("{state}:status")], "htlcs": [],
+        });
+        if let Some(scid) = scid {
+            c["short_channel_id"] = scid.into();
+        }
+        c
+    };
+    let fake = Fake::new(network.clone(), RUNE)
+        .with_limited("no-wait-rune", &["getinfo", "invoice", "listinvoices"])
+        .with_canned(
+            "listfunds",
+            json!({
+                "outputs": [
+                    output(26_000_000, "confirmed", false),
+                    output(27_000_000, "confirmed", true),
+                    output(5_000_000, "unconfirmed", false),
+                    output(625_000_000, "immature", false),
+                ],
+                "channels": [],
+            }),
+        )
+        .with_canned(
+            "listpeerchannels",
+            json!({"channels": [
+                channel("CHANNELD_NORMAL", true, false, Some("109x1x1"), (390_492_790, 363_951_708, 599_507_210)),
+                channel("CHANNELD_NORMAL", false, true, Some("110x1x0"), (100_000_000, 80_000_000, 10_000_000)),
+                channel("ONCHAIN", false, false, Some("111x1x0"), (50_000_000, 0, 0)),
+                channel("CHANNELD_AWAITING_LOCKIN", true, false, None, (200_000_000, 0, 0)),
+            ]}),
+        );
+    let issued = fake.clone();
+    let (cln, url) = cln_node(fake, dir.path(), "merchant", RUNE).await;
+
+    let liquidity = cln.liquidity().await.unwrap();
+    let onchain = liquidity.onchain.unwrap();
+    assert_eq!(
+        onchain.total_sat, 683_000,
+        "immature coinbase counts in the total"
+    );
+    assert_eq!(onchain.confirmed_sat, Some(53_000));
+    assert_eq!(onchain.unconfirmed_sat, Some(5_000));
+    assert_eq!(
+        onchain.spendable_sat,
+        Some(26_000),
+        "a reserved output is not spendable"
+    );
+    // Not the closed channel's.
+    assert_eq!(liquidity.lightning_balance_msat, Some(690_492_790));
+    let channels = liquidity.channels.clone().unwrap();
+    assert_eq!(channels.len(), 4);
+    let normal = &channels[0];
+    assert_eq!(normal.peer_node_id, peer);
+    assert_eq!(normal.channel_id.as_deref(), Some("5a".repeat(32).as_str()));
+    assert_eq!(normal.short_channel_id.as_deref(), Some("109x1x1"));
+    assert_eq!(normal.capacity_sat, 1_000_000);
+    assert_eq!(
+        (normal.outbound_msat, normal.inbound_msat),
+        (363_951_708, 599_507_210)
+    );
+    assert!(normal.usable && normal.public);
+    assert!(
+        !channels[1].usable && !channels[1].public,
+        "its peer is away"
+    );
+    assert!(!channels[2].usable && !channels[3].usable);
+    assert_eq!(channels[3].short_channel_id, None);
+    assert_eq!(liquidity.outbound_msat, Some(363_951_708));
+    assert_eq!(liquidity.inbound_msat, Some(599_507_210));
+
+    // Five invoices; the third and fourth deleted since.
+    let mut made = Vec::new();
+    for (amount_msat, memo) in [
+        (1_000, "one"),
+        (0, "two"),
+        (3_000, "three"),
+        (4_000, "four"),
+        (5_000, "five"),
+    ] {
+        made.push(
+            cln.create_invoice(InvoiceRequest {
+                amount_msat,
+                memo: memo.into(),
+                expiry_secs: 600,
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    network.settle(&made[0].bolt11).unwrap();
+    issued
+        .deleted
+        .lock()
+        .unwrap()
+        .extend([made[2].payment_hash, made[3].payment_hash]);
+    let newest = cln.recent_invoices(2).await.unwrap();
+    let hashes: Vec<_> = newest.iter().map(|i| i.payment_hash).collect();
+    assert_eq!(hashes, [made[4].payment_hash, made[1].payment_hash]);
+    let all = cln.recent_invoices(10).await.unwrap();
+    let hashes: Vec<_> = all.iter().map(|i| i.payment_hash).collect();
+    assert_eq!(
+        hashes,
+        [
+            made[4].payment_hash,
+            made[1].payment_hash,
+            made[0].payment_hash
+        ]
+    );
+    let (five, two, one) = (&all[0], &all[1], &all[2]);
+    assert_eq!(
+        (five.state, five.amount_msat),
+        (InvoiceState::Open, Some(5_000))
+    );
+    assert_eq!(five.description.as_deref(), Some("five"));
+    assert_eq!(five.expires_at, Some(made[4].expires_at));
+    assert_eq!(five.created_at.map(|at| at + 600), Some(made[4].expires_at));
+    assert_eq!(two.amount_msat, None, "an invoice for any amount");
+    assert_eq!(one.state, InvoiceState::Settled);
+    assert_eq!(one.received_msat, Some(1_000));
+    assert!(one.settled_at.is_some());
+
+    // A rune without `wait` cannot list them: said so.
+    let limited = Cln::new(&ClnConfig {
+        url,
+        rune: Some("no-wait-rune".into()),
+        rune_path: None,
+        tls_cert_path: Some(dir.path().join("merchant-ca.pem")),
+    })
+    .unwrap();
+    match limited.recent_invoices(5).await {
+        Err(LightningError::Unauthorized(message)) => {
+            assert!(message.contains("wait"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match limited.liquidity().await {
+        Err(LightningError::Unauthorized(_)) => {}
         other => panic!("{other:?}"),
     }
 }

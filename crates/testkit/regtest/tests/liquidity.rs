@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use gate402_lightning::{ChannelInfo, InvoiceRequest, InvoiceState, LightningBackend, Liquidity};
+use gate402_lightning_remote::cln::{Cln, ClnConfig};
 use gate402_regtest::{ChannelSpec, RegtestNetwork};
 
 /// Every channel the tests open.
@@ -174,4 +175,95 @@ async fn ldk_reports_its_channels_balances_and_invoices() {
     assert_eq!(payee.recent_invoices(1).await.unwrap().len(), 1);
     // The payer issued none: its outgoing payment is not an invoice.
     assert!(payer.recent_invoices(10).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn core_lightning_reports_its_channels_balances_and_invoices() {
+    let network = RegtestNetwork::start(1, &[] as &[ChannelSpec]).await;
+    let node = network.add_cln(0, CAPACITY_SAT, PUSH_MSAT).await;
+    let cln = Cln::new(&ClnConfig {
+        url: node.rest_url.clone(),
+        rune: Some(node.rune.clone()),
+        rune_path: None,
+        tls_cert_path: Some(node.ca_pem()),
+    })
+    .expect("a clnrest client");
+    let ldk = network.nodes[0].node.as_ref();
+
+    let before = cln.liquidity().await.expect("liquidity over clnrest");
+    assert!(!before.unlimited);
+    let channel = channel_with(&before, &ldk.node_id());
+    assert_eq!(channel.capacity_sat, CAPACITY_SAT);
+    assert!(channel.usable, "{channel:?}");
+    assert!(!channel.public, "opened with announce=false");
+    assert_eq!(
+        before.lightning_balance_msat,
+        Some(CAPACITY_SAT * 1000 - PUSH_MSAT)
+    );
+    assert_eq!(before.outbound_msat, Some(channel.outbound_msat));
+    assert_eq!(before.inbound_msat, Some(channel.inbound_msat));
+    assert!(
+        channel.outbound_msat > 0 && channel.inbound_msat > 0,
+        "{channel:?}"
+    );
+    // The same channel as the LDK node sees it.
+    let seen_by_ldk = channel_with(&ldk.liquidity().await.unwrap(), &node.id);
+    assert_eq!(seen_by_ldk.channel_id, channel.channel_id);
+    assert_eq!(seen_by_ldk.short_channel_id, channel.short_channel_id);
+    assert!(channel.short_channel_id.is_some());
+    // What is left of the coinbase after funding the channel, confirmed.
+    let onchain = before.onchain.expect("listfunds");
+    assert!(onchain.total_sat > 0, "{onchain:?}");
+    assert_eq!(onchain.confirmed_sat, Some(node.onchain_sats()));
+    assert_eq!(onchain.unconfirmed_sat, Some(0));
+
+    let invoice = cln
+        .create_invoice(request(PAYMENT_MSAT, "liquidity over clnrest"))
+        .await
+        .unwrap();
+    ldk.pay(&invoice.bolt11, 10_000, Duration::from_secs(60))
+        .await
+        .expect("the LDK node pays Core Lightning");
+    let after = liquidity_once(&cln, "the Core Lightning channel updated", |l| {
+        l.lightning_balance_msat != before.lightning_balance_msat
+            && l.outbound_msat != before.outbound_msat
+    })
+    .await;
+    let updated = channel_with(&after, &ldk.node_id());
+    assert_eq!(updated.inbound_msat, channel.inbound_msat - PAYMENT_MSAT);
+    // Core Lightning opened the channel, so what it can send is net of the
+    // commitment fee, which follows the feerate it updates as blocks come
+    // (by some sats here); its balance moves by the exact amount.
+    let off_by = updated
+        .outbound_msat
+        .abs_diff(channel.outbound_msat + PAYMENT_MSAT);
+    assert!(
+        off_by <= 100_000,
+        "outbound moved by {} msat",
+        updated.outbound_msat as i64 - channel.outbound_msat as i64
+    );
+    assert_eq!(
+        after.lightning_balance_msat,
+        before.lightning_balance_msat.map(|b| b + PAYMENT_MSAT)
+    );
+
+    let open = cln
+        .create_invoice(request(3_000_000, "still open"))
+        .await
+        .unwrap();
+    let recent = cln.recent_invoices(10).await.expect("listinvoices");
+    assert_eq!(recent.len(), 2, "{recent:#?}");
+    assert_eq!(recent[0].payment_hash, open.payment_hash);
+    assert_eq!(recent[0].state, InvoiceState::Open);
+    assert_eq!(recent[0].amount_msat, Some(3_000_000));
+    assert_eq!(recent[0].expires_at, Some(open.expires_at));
+    assert_eq!(recent[0].description.as_deref(), Some("still open"));
+    assert_eq!(recent[1].payment_hash, invoice.payment_hash);
+    assert_eq!(recent[1].state, InvoiceState::Settled);
+    assert_eq!(recent[1].amount_msat, Some(PAYMENT_MSAT));
+    assert_eq!(recent[1].received_msat, Some(PAYMENT_MSAT));
+    assert!(recent[1].settled_at >= recent[1].created_at && recent[1].created_at.is_some());
+    let newest = cln.recent_invoices(1).await.unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].payment_hash, open.payment_hash);
 }
