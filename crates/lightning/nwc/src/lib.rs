@@ -18,6 +18,11 @@
 //!   make an invoice without one (amount 0): it answers
 //!   [`LightningError::Unsupported`] without asking the wallet. Paying such
 //!   an invoice works: [`Nwc::pay_amount`] sends `pay_invoice`'s `amount`.
+//! - A wallet tells a balance (`get_balance`), not its chain funds or
+//!   channels: [`Nwc::liquidity`] reports that balance alone. Its invoices
+//!   come from `list_transactions` ([`Nwc::recent_invoices`]). Both methods
+//!   are optional in NIP-47: a wallet without them gets
+//!   [`LightningError::Unsupported`].
 //!
 //! [`service`] is the other side of the protocol: a NIP-47 wallet service in
 //! front of any of our backends.
@@ -29,14 +34,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use gate402_lightning::{
-    check_payable, check_payable_amount, hash_hex, CreatedInvoice, InvoiceRequest, InvoiceStatus,
-    LightningBackend, LightningError, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
-    PaymentStatus, Preimage,
+    check_payable, check_payable_amount, hash_hex, CreatedInvoice, InvoiceRequest, InvoiceState,
+    InvoiceStatus, InvoiceSummary, LightningBackend, LightningError, Liquidity, Network, NodeInfo,
+    PayError, PaymentHash, PaymentOutcome, PaymentStatus, Preimage,
 };
 use nostr_sdk::nips::nip47::{
-    self, ErrorCode, GetInfoResponse, LookupInvoiceRequest, LookupInvoiceResponse,
-    MakeInvoiceRequest, NIP47Error, NostrWalletConnectURI, PayInvoiceRequest, PayInvoiceResponse,
-    TransactionState, TransactionType, NOSTR_WALLET_CONNECT_URI_SCHEME,
+    self, ErrorCode, GetInfoResponse, ListTransactionsRequest, LookupInvoiceRequest,
+    LookupInvoiceResponse, MakeInvoiceRequest, NIP47Error, NostrWalletConnectURI,
+    PayInvoiceRequest, PayInvoiceResponse, TransactionState, TransactionType,
+    NOSTR_WALLET_CONNECT_URI_SCHEME,
 };
 use nostr_sdk::{PublicKey, RelayUrl, SecretKey, Url};
 use nwc::{NostrWalletConnectOptions, NWC};
@@ -218,6 +224,20 @@ impl Nwc {
                 invoice: None,
             })
             .await
+    }
+
+    /// As [`Nwc::lightning_error`], a wallet that does not serve the
+    /// method (`NOT_IMPLEMENTED`) being [`LightningError::Unsupported`].
+    fn optional_method_error(&self, method: &str, error: nwc::Error) -> LightningError {
+        match error {
+            nwc::Error::NIP47(nip47::Error::ErrorCode(NIP47Error {
+                code: ErrorCode::NotImplemented,
+                message,
+            })) => {
+                LightningError::Unsupported(format!("the NWC wallet has no {method}: {message}"))
+            }
+            other => self.lightning_error(other),
+        }
     }
 
     fn lightning_error(&self, error: nwc::Error) -> LightningError {
@@ -474,6 +494,51 @@ fn invoice_of(
     }
 }
 
+/// An incoming transaction of `list_transactions`, as a listed invoice;
+/// `None` for an outgoing one (a wallet may list them whatever was asked).
+fn summary_of(tx: &LookupInvoiceResponse) -> Result<Option<InvoiceSummary>, LightningError> {
+    if tx.transaction_type == Some(TransactionType::Outgoing) {
+        return Ok(None);
+    }
+    let payment_hash: PaymentHash = hex::decode(&tx.payment_hash)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| {
+            LightningError::Protocol("NWC list_transactions: a payment_hash is not 32 bytes".into())
+        })?;
+    let expired = || tx.expires_at.is_some_and(|at| at.as_secs() <= unix_now());
+    let state = match tx.state {
+        Some(TransactionState::Settled) => InvoiceState::Settled,
+        Some(TransactionState::Expired | TransactionState::Failed) => InvoiceState::Canceled,
+        Some(TransactionState::Pending) => InvoiceState::Open,
+        // Wallets predating `state`: the timestamps tell.
+        None if tx.settled_at.is_some() => InvoiceState::Settled,
+        None if expired() => InvoiceState::Canceled,
+        None => InvoiceState::Open,
+    };
+    let amount = Some(tx.amount).filter(|&a| a > 0);
+    let created_at = tx.created_at.as_secs();
+    Ok(Some(InvoiceSummary {
+        payment_hash,
+        // One amount: asked for while open, received once settled.
+        amount_msat: if state == InvoiceState::Settled {
+            None
+        } else {
+            amount
+        },
+        received_msat: if state == InvoiceState::Settled {
+            amount
+        } else {
+            None
+        },
+        state,
+        created_at: (created_at > 0).then_some(created_at),
+        settled_at: tx.settled_at.map(|t| t.as_secs()),
+        expires_at: tx.expires_at.map(|t| t.as_secs()),
+        description: tx.description.clone(),
+    }))
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -630,6 +695,49 @@ impl LightningBackend for Nwc {
             Err(e) if is_not_found(&e) => Ok(PaymentStatus::Unknown),
             Err(e) => Err(self.lightning_error(e)),
         }
+    }
+
+    /// `get_balance`: the balance the wallet reports, as
+    /// [`Liquidity::lightning_balance_msat`]; NIP-47 tells nothing of the
+    /// chain, channels or inbound liquidity, so the rest is `None`.
+    async fn liquidity(&self) -> Result<Liquidity, LightningError> {
+        let balance = self
+            .client
+            .get_balance()
+            .await
+            .map_err(|e| self.optional_method_error("get_balance", e))?;
+        Ok(Liquidity {
+            lightning_balance_msat: Some(balance),
+            ..Liquidity::default()
+        })
+    }
+
+    /// `list_transactions` for incoming transactions, unpaid ones
+    /// included, newest first. NIP-47 keeps one amount per transaction:
+    /// the amount asked for while open, received once settled.
+    async fn recent_invoices(&self, limit: usize) -> Result<Vec<InvoiceSummary>, LightningError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let listed = self
+            .client
+            .list_transactions(ListTransactionsRequest {
+                from: None,
+                until: None,
+                limit: Some(u64::try_from(limit).unwrap_or(u64::MAX)),
+                offset: None,
+                unpaid: Some(true),
+                transaction_type: Some(TransactionType::Incoming),
+            })
+            .await
+            .map_err(|e| self.optional_method_error("list_transactions", e))?;
+        let mut invoices = Vec::new();
+        for tx in &listed {
+            invoices.extend(summary_of(tx)?);
+        }
+        invoices.sort_by_key(|i| std::cmp::Reverse(i.created_at));
+        invoices.truncate(limit);
+        Ok(invoices)
     }
 
     /// The network the wallet reports; an error when it does not say.

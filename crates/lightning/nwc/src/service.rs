@@ -3,8 +3,14 @@
 //! backend, so NWC apps (and [`crate::Nwc`]) can pay and invoice through it.
 //!
 //! It serves `pay_invoice` (with `amount`, an invoice without an amount
-//! too), `make_invoice` (an amount is required), `lookup_invoice` and
-//! `get_info`; anything else is answered `NOT_IMPLEMENTED`. Requests are
+//! too), `make_invoice` (an amount is required), `lookup_invoice`,
+//! `get_info`, `get_balance` (what the backend can pay now: its usable
+//! outbound liquidity, see [`LightningBackend::liquidity`]) and
+//! `list_transactions` (the invoices the backend issued, see
+//! [`LightningBackend::recent_invoices`]; it lists no outgoing payments);
+//! anything else is answered `NOT_IMPLEMENTED`, and so is `get_balance` in
+//! front of a backend with no balance to tell (the sandbox's test money is
+//! unlimited). Requests are
 //! read in NIP-04 or NIP-44 v2, whichever the request says, and answered in
 //! the same.
 
@@ -13,14 +19,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gate402_lightning::{
-    encoded_amount, hash_hex, InvoiceRequest, InvoiceStatus, LightningBackend, LightningError,
-    PayError, PaymentHash, PaymentStatus,
+    encoded_amount, hash_hex, InvoiceRequest, InvoiceState, InvoiceStatus, InvoiceSummary,
+    LightningBackend, LightningError, PayError, PaymentHash, PaymentStatus,
 };
 use nostr_sdk::nips::nip47::{
-    ErrorCode, GetInfoResponse, LookupInvoiceRequest, LookupInvoiceResponse, MakeInvoiceRequest,
-    MakeInvoiceResponse, Method, NIP47Error, NostrWalletConnectURI, PayInvoiceRequest,
-    PayInvoiceResponse, Request, RequestParams, Response, ResponseResult, TransactionState,
-    TransactionType,
+    ErrorCode, GetBalanceResponse, GetInfoResponse, ListTransactionsRequest, LookupInvoiceRequest,
+    LookupInvoiceResponse, MakeInvoiceRequest, MakeInvoiceResponse, Method, NIP47Error,
+    NostrWalletConnectURI, PayInvoiceRequest, PayInvoiceResponse, Request, RequestParams, Response,
+    ResponseResult, TransactionState, TransactionType,
 };
 use nostr_sdk::nips::{nip04, nip44};
 use nostr_sdk::{
@@ -31,12 +37,18 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::task::{JoinHandle, JoinSet};
 
 /// The methods served, as advertised in the info event and `get_info`.
-pub const METHODS: [Method; 4] = [
+pub const METHODS: [Method; 6] = [
     Method::PayInvoice,
     Method::MakeInvoice,
     Method::LookupInvoice,
     Method::GetInfo,
+    Method::GetBalance,
+    Method::ListTransactions,
 ];
+
+/// How many transactions `list_transactions` answers when asked for no
+/// `limit`, and at most.
+pub const LIST_LIMIT: usize = 100;
 
 /// The ciphers accepted, preferred first (the info event's `encryption` tag).
 pub const ENCRYPTION: &str = "nip44_v2 nip04";
@@ -448,6 +460,11 @@ impl Wallet {
                 .await
                 .map(ResponseResult::LookupInvoice),
             RequestParams::GetInfo => self.get_info().await.map(ResponseResult::GetInfo),
+            RequestParams::GetBalance => self.get_balance().await.map(ResponseResult::GetBalance),
+            RequestParams::ListTransactions(p) => self
+                .list_transactions(p)
+                .await
+                .map(ResponseResult::ListTransactions),
             _ => Err(error(
                 ErrorCode::NotImplemented,
                 format!("{method} is not supported"),
@@ -615,6 +632,71 @@ impl Wallet {
         }
     }
 
+    /// The backend's usable outbound liquidity: what it can pay now.
+    async fn get_balance(&self) -> Result<GetBalanceResponse, NIP47Error> {
+        let liquidity = self.backend.liquidity().await.map_err(backend_error)?;
+        if liquidity.unlimited {
+            return Err(error(
+                ErrorCode::NotImplemented,
+                "this wallet's test money is unlimited: it has no balance to tell",
+            ));
+        }
+        let balance = liquidity
+            .outbound_msat
+            .or(liquidity.lightning_balance_msat)
+            .ok_or_else(|| {
+                error(
+                    ErrorCode::NotImplemented,
+                    "the wallet cannot tell its balance",
+                )
+            })?;
+        Ok(GetBalanceResponse { balance })
+    }
+
+    /// The invoices the backend issued, newest first, as NIP-47 says:
+    /// settled ones only unless `unpaid`, created within `from`..=`until`,
+    /// `offset` skipped, at most `limit` ([`LIST_LIMIT`]). Outgoing
+    /// payments are not listed: asked for those alone, the list is empty.
+    async fn list_transactions(
+        &self,
+        p: ListTransactionsRequest,
+    ) -> Result<Vec<LookupInvoiceResponse>, NIP47Error> {
+        if p.transaction_type == Some(TransactionType::Outgoing) {
+            return Ok(Vec::new());
+        }
+        let limit = p
+            .limit
+            .map_or(LIST_LIMIT, |l| usize::try_from(l).unwrap_or(usize::MAX))
+            .min(LIST_LIMIT);
+        let offset = p
+            .offset
+            .map_or(0, |o| usize::try_from(o).unwrap_or(usize::MAX));
+        let unpaid = p.unpaid.unwrap_or(false);
+        let filtered = !unpaid || p.from.is_some() || p.until.is_some();
+        // Filters drop rows after the backend's limit: then read further.
+        let wanted = offset.saturating_add(limit);
+        let read = if filtered {
+            wanted.max(10 * LIST_LIMIT)
+        } else {
+            wanted
+        };
+        let invoices = self
+            .backend
+            .recent_invoices(read)
+            .await
+            .map_err(backend_error)?;
+        let created = |i: &InvoiceSummary| i.created_at.unwrap_or(0);
+        Ok(invoices
+            .iter()
+            .filter(|i| unpaid || i.state == InvoiceState::Settled)
+            .filter(|i| p.from.is_none_or(|from| created(i) >= from.as_secs()))
+            .filter(|i| p.until.is_none_or(|until| created(i) <= until.as_secs()))
+            .skip(offset)
+            .take(limit)
+            .map(listed)
+            .collect())
+    }
+
     async fn get_info(&self) -> Result<GetInfoResponse, NIP47Error> {
         let info = self.backend.node_info().await.map_err(backend_error)?;
         Ok(GetInfoResponse {
@@ -628,6 +710,31 @@ impl Wallet {
             methods: METHODS.to_vec(),
             notifications: Vec::new(),
         })
+    }
+}
+
+/// An invoice the backend listed, as a NIP-47 incoming transaction.
+fn listed(invoice: &InvoiceSummary) -> LookupInvoiceResponse {
+    let state = match invoice.state {
+        InvoiceState::Open => TransactionState::Pending,
+        InvoiceState::Settled => TransactionState::Settled,
+        InvoiceState::Canceled => TransactionState::Expired,
+    };
+    LookupInvoiceResponse {
+        transaction_type: Some(TransactionType::Incoming),
+        state: Some(state),
+        invoice: None,
+        description: invoice.description.clone(),
+        description_hash: None,
+        preimage: None,
+        payment_hash: hash_hex(&invoice.payment_hash),
+        amount: invoice.received_msat.or(invoice.amount_msat).unwrap_or(0),
+        fees_paid: 0,
+        // Required by NIP-47; the epoch when the backend keeps no time.
+        created_at: Timestamp::from_secs(invoice.created_at.unwrap_or(0)),
+        expires_at: invoice.expires_at.map(Timestamp::from_secs),
+        settled_at: invoice.settled_at.map(Timestamp::from_secs),
+        metadata: None,
     }
 }
 

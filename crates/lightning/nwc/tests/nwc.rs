@@ -10,7 +10,9 @@ use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use gate402_lightning::contract::{self, Pair};
 use gate402_lightning::{
-    InvoiceRequest, LightningBackend, LightningError, Network, PayError, PaymentStatus,
+    ChannelInfo, CreatedInvoice, InvoiceRequest, InvoiceState, InvoiceStatus, LightningBackend,
+    LightningError, Liquidity, Network, NodeInfo, PayError, PaymentHash, PaymentOutcome,
+    PaymentStatus,
 };
 use gate402_lightning_nwc::service::{WalletService, ENCRYPTION};
 use gate402_lightning_nwc::{Nwc, NwcConfig};
@@ -175,14 +177,15 @@ async fn unanswered_payment_is_still_pending() {
 }
 
 /// The service answers in the cipher the request used, advertises both,
-/// and answers methods it does not serve with NOT_IMPLEMENTED.
+/// and answers NOT_IMPLEMENTED what it cannot serve: here `get_balance`,
+/// the sandbox's test money being unlimited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_speaks_nip44_and_refuses_what_it_lacks() {
     let s = setup(30).await;
     let url = s.relay.url().await;
     let uri = NostrWalletConnectURI::parse(s.service.uri()).unwrap();
 
-    // nwc's own client, for a method our backend does not use.
+    // nwc's own client, for a method our backend cannot answer here.
     let raw = nwc::NWC::with_opts(
         uri.clone(),
         nwc::NostrWalletConnectOptions::new().timeout(Duration::from_secs(10)),
@@ -252,6 +255,169 @@ async fn service_speaks_nip44_and_refuses_what_it_lacks() {
     assert_eq!(info.pubkey, Some(hex::encode(s.sandbox.pubkey())));
 
     app.shutdown().await;
+    s.service.shutdown().await;
+    s.relay.shutdown();
+}
+
+/// The sandbox, reporting the liquidity of a node with channels: what a
+/// service in front of a real node answers `get_balance` from.
+struct WithChannels {
+    sandbox: Sandbox,
+    liquidity: Liquidity,
+}
+
+#[async_trait::async_trait]
+impl LightningBackend for WithChannels {
+    async fn create_invoice(
+        &self,
+        request: InvoiceRequest,
+    ) -> Result<CreatedInvoice, LightningError> {
+        self.sandbox.create_invoice(request).await
+    }
+    async fn invoice_status(&self, hash: &PaymentHash) -> Result<InvoiceStatus, LightningError> {
+        self.sandbox.invoice_status(hash).await
+    }
+    async fn wait_invoice(
+        &self,
+        hash: &PaymentHash,
+        timeout: Duration,
+    ) -> Result<InvoiceStatus, LightningError> {
+        self.sandbox.wait_invoice(hash, timeout).await
+    }
+    async fn pay(
+        &self,
+        bolt11: &str,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        self.sandbox.pay(bolt11, max_fee_msat, timeout).await
+    }
+    async fn pay_amount(
+        &self,
+        bolt11: &str,
+        amount_msat: u64,
+        max_fee_msat: u64,
+        timeout: Duration,
+    ) -> Result<PaymentOutcome, PayError> {
+        self.sandbox
+            .pay_amount(bolt11, amount_msat, max_fee_msat, timeout)
+            .await
+    }
+    async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
+        self.sandbox.payment_status(hash).await
+    }
+    async fn node_info(&self) -> Result<NodeInfo, LightningError> {
+        self.sandbox.node_info().await
+    }
+    async fn liquidity(&self) -> Result<Liquidity, LightningError> {
+        Ok(self.liquidity.clone())
+    }
+}
+
+/// Balance and invoices over NIP-47: `get_balance` is what the node can
+/// pay now (nothing at all in front of the sandbox, whose money is
+/// unlimited), `list_transactions` lists the backend's invoices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_and_recent_invoices() {
+    let s = setup(30).await;
+    match s.nwc.liquidity().await {
+        Err(LightningError::Unsupported(message)) => {
+            assert!(message.contains("unlimited"), "{message}")
+        }
+        other => panic!("the sandbox has no balance to tell: {other:?}"),
+    }
+
+    let paid = s.nwc.create_invoice(request(5_000)).await.unwrap();
+    let open = s
+        .sandbox
+        .create_invoice(InvoiceRequest {
+            amount_msat: 7_000,
+            memo: "still open".into(),
+            expiry_secs: 600,
+        })
+        .await
+        .unwrap();
+    s.sandbox.settle(&paid.bolt11).unwrap();
+    let recent = s.nwc.recent_invoices(10).await.unwrap();
+    let hashes: Vec<_> = recent.iter().map(|i| i.payment_hash).collect();
+    assert_eq!(hashes, [open.payment_hash, paid.payment_hash]);
+    assert_eq!(recent[0].state, InvoiceState::Open);
+    assert_eq!(recent[0].amount_msat, Some(7_000));
+    assert_eq!(recent[0].description.as_deref(), Some("still open"));
+    assert_eq!(recent[0].expires_at, Some(open.expires_at));
+    assert_eq!(
+        recent[0].created_at.map(|at| at + 600),
+        Some(open.expires_at)
+    );
+    assert_eq!(recent[1].state, InvoiceState::Settled);
+    assert_eq!(recent[1].received_msat, Some(5_000));
+    assert!(recent[1].settled_at.is_some());
+    assert_eq!(recent[1].description.as_deref(), Some("nwc test"));
+    let newest = s.nwc.recent_invoices(1).await.unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].payment_hash, open.payment_hash);
+
+    // NIP-47's defaults: settled invoices only unless `unpaid`; the
+    // service lists no outgoing payments.
+    let uri = NostrWalletConnectURI::parse(s.service.uri()).unwrap();
+    let raw = nwc::NWC::with_opts(
+        uri,
+        nwc::NostrWalletConnectOptions::new().timeout(Duration::from_secs(10)),
+    );
+    let settled = raw
+        .list_transactions(nip47::ListTransactionsRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].payment_hash, hex::encode(paid.payment_hash));
+    assert_eq!(settled[0].amount, 5_000);
+    let outgoing = raw
+        .list_transactions(nip47::ListTransactionsRequest {
+            transaction_type: Some(nip47::TransactionType::Outgoing),
+            unpaid: Some(true),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(outgoing.is_empty());
+    raw.shutdown().await;
+
+    // In front of a node with channels: what it can pay now.
+    let url = s.relay.url().await;
+    let node = WithChannels {
+        sandbox: s.sandbox.clone(),
+        liquidity: Liquidity::from_channels(
+            None,
+            Some(900_000_000),
+            vec![ChannelInfo {
+                peer_node_id: format!("02{}", "ab".repeat(32)),
+                channel_id: None,
+                short_channel_id: Some("103x1x0".into()),
+                capacity_sat: 1_000_000,
+                outbound_msat: 585_000_000,
+                inbound_msat: 90_000_000,
+                usable: true,
+                public: false,
+            }],
+        ),
+    };
+    let service = WalletService::spawn(url.as_str(), Arc::new(node))
+        .await
+        .unwrap();
+    let wallet = Nwc::connect(&NwcConfig {
+        uri: service.uri(),
+        timeout_secs: Some(30),
+    })
+    .unwrap();
+    let liquidity = wallet.liquidity().await.unwrap();
+    assert_eq!(
+        liquidity,
+        Liquidity {
+            lightning_balance_msat: Some(585_000_000),
+            ..Liquidity::default()
+        }
+    );
+    service.shutdown().await;
     s.service.shutdown().await;
     s.relay.shutdown();
 }
