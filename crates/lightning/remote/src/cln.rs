@@ -54,6 +54,8 @@ mod codes {
     pub const STOPPED_RETRYING: i64 = 210;
     pub const INSUFFICIENT_FUNDS: i64 = 215;
     pub const UNREACHABLE: i64 = 216;
+    /// JSON-RPC's "method not found": a release without the method.
+    pub const UNKNOWN_COMMAND: i64 = -32601;
 }
 
 impl Cln {
@@ -125,6 +127,17 @@ impl Cln {
         self.rpc(method, params, Duration::from_secs(30))
             .await
             .map_err(|(_, e)| e)
+    }
+
+    /// As [`Cln::call`], for a method older releases lack: its absence is
+    /// [`LightningError::Unsupported`].
+    async fn call_newer(&self, method: &str, params: Value) -> Result<Value, LightningError> {
+        match self.rpc(method, params, Duration::from_secs(30)).await {
+            Err((Some(codes::UNKNOWN_COMMAND), e)) => Err(LightningError::Unsupported(format!(
+                "this Core Lightning release has no {method}: {e}"
+            ))),
+            other => other.map_err(|(_, e)| e),
+        }
     }
 
     async fn find_invoice(&self, hash: &PaymentHash) -> Result<Value, LightningError> {
@@ -415,8 +428,8 @@ impl LightningBackend for Cln {
     /// both methods.
     async fn liquidity(&self) -> Result<Liquidity, LightningError> {
         let (funds, peers) = tokio::try_join!(
-            self.call("listfunds", json!({})),
-            self.call("listpeerchannels", json!({})),
+            self.call_newer("listfunds", json!({})),
+            self.call_newer("listpeerchannels", json!({})),
         )?;
         let mut total_msat = 0u64;
         let (mut confirmed_msat, mut unconfirmed_msat, mut spendable_msat) = (0u64, 0u64, 0u64);
@@ -472,7 +485,7 @@ impl LightningBackend for Cln {
             return Ok(Vec::new());
         }
         let index = self
-            .call(
+            .call_newer(
                 "wait",
                 json!({"subsystem": "invoices", "indexname": "created", "nextvalue": 0}),
             )

@@ -1834,4 +1834,12 @@ async fn cln_reports_liquidity_and_recent_invoices() {
         Err(LightningError::Unauthorized(_)) => {}
         other => panic!("{other:?}"),
     }
+    // A release without listpeerchannels: unsupported, not an error of the node.
+    let (old, _) = cln_node(Fake::new(network, RUNE), dir.path(), "old", RUNE).await;
+    match old.liquidity().await {
+        Err(LightningError::Unsupported(message)) => {
+            assert!(message.contains("Unknown command"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
