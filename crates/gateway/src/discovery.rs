@@ -113,6 +113,32 @@ fn price_msat(service: &PricedService) -> u64 {
     service.price_sats.saturating_mul(1000)
 }
 
+/// Whether the price depends on the request (rules or a pricer): the
+/// documents then show no amount, and the 402 of a request names its own.
+fn dynamic(service: &PricedService) -> bool {
+    gate402_paywall::pricing::is_dynamic(service)
+}
+
+/// `{"amount": N, "type": "fixed"}`, or for a dynamic price
+/// `{"amount": null, "type": "dynamic", "default": N, "quote": …}`.
+fn listed_pricing(service: &PricedService) -> Value {
+    if dynamic(service) {
+        json!({"amount": null, "currency": "sat", "type": "dynamic", "default": service.price_sats, "quote": QUOTE_PATH})
+    } else {
+        json!({"amount": service.price_sats, "currency": "sat", "type": "fixed"})
+    }
+}
+
+/// The L402 manifest's and the quote's `pricing`: fixed at `price_msat`,
+/// or dynamic (its default stated, the 402 authoritative).
+fn manifest_pricing(service: &PricedService) -> Value {
+    if dynamic(service) {
+        json!({"model": "dynamic", "default_msat": price_msat(service), "quote_endpoint": QUOTE_PATH})
+    } else {
+        json!({"model": "fixed", "price_msat": price_msat(service)})
+    }
+}
+
 /// What one payment buys: `{"sells": "request"}`, `{"sells": "pass",
 /// "passSeconds": N}` (the L402 token's life; an MPP charge still serves one
 /// request), or `{"sells": "balance", "depositSats": N, "idleTimeoutSeconds":
@@ -158,7 +184,7 @@ pub fn l402_services(about: &About<'_>, services: &[Arc<PricedService>]) -> Valu
                 "description": s.description,
                 "endpoint": s.path.as_written(),
                 "method": methods(s).join(","),
-                "pricing": {"amount": s.price_sats, "currency": "sat", "type": "fixed"},
+                "pricing": listed_pricing(s),
                 "protocols": about.protocols(s),
                 "freeCalls": match s.auth { Auth::Freebie(n) => n, _ => 0 },
             });
@@ -192,15 +218,22 @@ pub fn l402_services(about: &About<'_>, services: &[Arc<PricedService>]) -> Valu
 /// price; `scheme` tells an L402 client its offer from an MPP or an x402
 /// one.
 fn offers(about: &About<'_>, service: &PricedService) -> Vec<Value> {
+    // A dynamic price has no amount here (draft-payment-discovery-01):
+    // the quote endpoint and the request's own 402 tell it.
+    let amount = (!dynamic(service)).then(|| service.price_sats.to_string());
     let offer = |scheme: &str| {
-        json!({
+        let mut offer = json!({
             "intent": "charge",
             "method": "lightning",
-            "amount": service.price_sats.to_string(),
+            "amount": amount,
             "currency": "sat",
             "description": service.description,
             "scheme": scheme,
-        })
+        });
+        if amount.is_none() {
+            offer["quote"] = QUOTE_PATH.into();
+        }
+        offer
     };
     let mut offers = Vec::new();
     // What each offer buys: an MPP charge one request; an L402 token what
@@ -361,7 +394,7 @@ pub fn manifest(
                     json!({
                         "path": template(&s.path),
                         "method": method,
-                        "pricing": {"model": "fixed", "price_msat": price_msat(s)},
+                        "pricing": manifest_pricing(s),
                     })
                 })
                 .collect();
@@ -433,15 +466,18 @@ pub fn quote(about: &About<'_>, service: &PricedService, path: &str, method: &Me
         "service": service.name,
         "path": path,
         "method": method.as_str(),
-        "price_msat": price_msat(service),
-        "pricing": {"model": "fixed", "price_msat": price_msat(service)},
-        "amount": service.price_sats.to_string(),
+        "price_msat": (!dynamic(service)).then(|| price_msat(service)),
+        "pricing": manifest_pricing(service),
+        "amount": (!dynamic(service)).then(|| service.price_sats.to_string()),
         "currency": "sat",
         "protocols": about.protocols(service),
         "description": service.description,
     });
     if let Auth::Freebie(n) = service.auth {
         quote["freeCalls"] = n.into();
+    }
+    if dynamic(service) {
+        quote["detail"] = "The price depends on the request (its method, path, query and body): send it, and its 402 names its price.".into();
     }
     with_sale(quote, service)
 }

@@ -113,7 +113,14 @@ impl Issuer {
                 Caveat::valid_until(&service.name, valid_until),
             ];
             match service.sells {
-                Sells::Request => caveats.push(Caveat::uses(&service.name, 1)),
+                Sells::Request => {
+                    caveats.push(Caveat::uses(&service.name, 1));
+                    // What this invoice asked: a request priced higher
+                    // refuses the token.
+                    if service.pricing.is_some() {
+                        caveats.push(crate::pricing::amount_caveat(service));
+                    }
+                }
                 Sells::Balance => {
                     caveats.push(Caveat::balance(&service.name, service.deposit_sats()));
                 }

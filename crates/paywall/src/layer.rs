@@ -415,6 +415,12 @@ impl Paywall {
         if let Err(limited) = self.admit(client_key, &service.name) {
             return Ok(own(responses::too_many_requests(&limited)));
         }
+        // This request's price, where it depends on the request: what its
+        // challenge asks and what its credential must have paid.
+        let service = match self.priced(service, &mut request).await {
+            Ok(service) => service,
+            Err(answer) => return Ok(own(answer)),
+        };
         let presented = match (service.auth, presented) {
             (Auth::Off, _) => return call(inner, request).await,
             (_, Err(e)) => {
@@ -504,12 +510,14 @@ impl Paywall {
                         } else {
                             None
                         };
-                        self.inner.verifier.payment(
-                            &service,
-                            &credential,
-                            arrived_in,
-                            body.as_deref(),
-                        )
+                        crate::pricing::as_charged(&service, &credential).and_then(|charged| {
+                            self.inner.verifier.payment(
+                                &charged,
+                                &credential,
+                                arrived_in,
+                                body.as_deref(),
+                            )
+                        })
                     }
                 }
             }
@@ -522,6 +530,18 @@ impl Paywall {
                     .challenge(&service, &mut request, client, refusal)
                     .await));
             }
+        };
+        // Paid at least this request's price (a dynamic price), and
+        // counted at what it paid.
+        let service = match self.paid_for(&service, scheme, &value, &verified).await {
+            Ok(service) => service,
+            Err(Ok(refusal)) => {
+                self.inner.metrics.rejected(refusal.problem.code());
+                return Ok(own(self
+                    .challenge(&service, &mut request, client, refusal)
+                    .await));
+            }
+            Err(Err(answer)) => return Ok(own(answer)),
         };
         let scheme_name = match scheme {
             CredentialScheme::L402 => "L402",

@@ -20,6 +20,7 @@
 //! - `sessions`: prepaid balances (the MPP session intent, L402 balance
 //!   tokens): opened once, spent atomically, topped up, refunded on close;
 //! - [`idempotency`]: `Idempotency-Key`, paid responses kept and replayed;
+//! - [`pricing`]: prices that depend on the request (rules, a pricer);
 //! - [`issue`]: the invoice and its challenges;
 //! - [`payment_id`]: the bearer id of MCP's `create_payment` flow;
 //! - [`responses`]: 400/401/402/429/503 problem bodies;
@@ -73,6 +74,7 @@ mod meter;
 pub mod metrics;
 pub mod payment_id;
 mod paywall;
+pub mod pricing;
 pub mod responses;
 pub mod route;
 mod sessions;
@@ -90,6 +92,7 @@ pub use metrics::Metrics;
 pub use paywall::{
     Paywall, PaywallBuilder, PaywallError, DEFAULT_CLAIM_LEASE, DEFAULT_MAX_BODY_BYTES,
 };
+pub use pricing::Pricing;
 pub use responses::Refusal;
 pub use route::{Auth, Meter, PricedService, Schemes, Sells, Usage};
 pub use verify::Verified;

@@ -20,6 +20,7 @@ pub struct Metrics {
     revenue: Family<Labels, Counter>,
     rejections: Family<Labels, Counter>,
     upstream: Family<Labels, Histogram>,
+    pricer_fallbacks: Family<Labels, Counter>,
     /// The hot counters of each service, resolved once: the families
     /// would build and hash a label set on every request.
     hot: std::sync::RwLock<std::collections::HashMap<String, Arc<Hot>>>,
@@ -81,6 +82,12 @@ impl Default for Metrics {
             "Upstream response time, per service",
             upstream.clone(),
         );
+        let pricer_fallbacks = Family::<Labels, Counter>::default();
+        registry.register(
+            "pricer_fallbacks",
+            "Requests priced at a pricer's fallback, per service and reason (timeout, error, status, garbage)",
+            pricer_fallbacks.clone(),
+        );
         Self {
             registry,
             challenges,
@@ -89,6 +96,7 @@ impl Default for Metrics {
             revenue,
             rejections,
             upstream,
+            pricer_fallbacks,
             hot: Default::default(),
         }
     }
@@ -175,6 +183,17 @@ impl Metrics {
     /// The upstream of `service` answered after `seconds`.
     pub fn upstream(&self, service: &str, seconds: f64) {
         self.hot(service).upstream.observe(seconds);
+    }
+
+    /// A request to `service` was priced at its pricer's fallback, for
+    /// `reason`.
+    pub fn pricer_fallback(&self, service: &str, reason: &str) {
+        self.pricer_fallbacks
+            .get_or_create(&vec![
+                ("service", service.to_owned()),
+                ("reason", reason.to_owned()),
+            ])
+            .inc();
     }
 
     /// The text exposition format.

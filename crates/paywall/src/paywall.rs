@@ -207,6 +207,7 @@ impl PaywallBuilder {
                 test_money: self.test_money,
                 bodies: Bodies::new(self.max_body_bytes),
                 idempotency: self.idempotency,
+                pricers: Default::default(),
                 background: TaskTracker::new(),
                 served: Batch::new(),
                 stop: CancellationToken::new(),
@@ -273,6 +274,8 @@ pub(crate) struct State {
     pub(crate) test_money: Option<String>,
     pub(crate) bodies: Bodies,
     pub(crate) idempotency: IdempotencyConfig,
+    /// Pricers' client and the answers they gave.
+    pub(crate) pricers: crate::pricing::Pricers,
     /// The writer of `served`.
     pub(crate) background: TaskTracker,
     /// What payments served, written after the responses left.

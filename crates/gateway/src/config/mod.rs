@@ -9,6 +9,7 @@
 
 mod check;
 mod env;
+mod prices;
 mod services;
 
 use std::fmt::Display;

@@ -42,6 +42,8 @@ struct RawService {
     connect_timeout_secs: Option<i64>,
     response_timeout_secs: Option<i64>,
     description: Option<String>,
+    prices: Option<Value>,
+    pricer: Option<Value>,
 }
 
 /// A service's `upstream_tls = { … }`.
@@ -415,6 +417,9 @@ impl Checker {
             ),
             None => {}
         }
+        priced.pricing = self
+            .pricing(path, raw.prices, raw.pricer, &priced)
+            .map(std::sync::Arc::new);
         raw.name.map(|_| ServiceConfig { priced, upstream })
     }
 

@@ -178,6 +178,10 @@ pub struct PricedService {
     /// For a metered stream: seconds it is held, once the balance runs
     /// out, for a top-up before it ends with `session-timeout`.
     pub topup_wait_secs: u64,
+    /// For a service that sells requests: prices that depend on the
+    /// request (rules, a pricer), `price_sats` being the default
+    /// ([`crate::pricing`]).
+    pub pricing: Option<std::sync::Arc<crate::pricing::Pricing>>,
 }
 
 impl PricedService {
@@ -200,6 +204,7 @@ impl PricedService {
             session_idle_secs: gate402_mpp::session::DEFAULT_IDLE_TIMEOUT_SECS,
             meter: Meter::Request,
             topup_wait_secs: 60,
+            pricing: None,
         }
     }
 
@@ -256,6 +261,9 @@ impl PricedService {
         let price = self.price_sats;
         let sold = match (self.auth, self.sells) {
             (Auth::Off, _) => return "free".into(),
+            (_, Sells::Request) if self.pricing.is_some() => {
+                format!("{price} sat for this request (the price depends on the request)")
+            }
             (_, Sells::Request) => format!("{price} sat per request"),
             (_, Sells::Pass) if self.schemes.mpp() => format!(
                 "{price} sat for a pass of {} s (L402; an MPP charge serves one request)",

@@ -1,0 +1,508 @@
+//! Prices that depend on the request, end to end: rules and an HTTP pricer
+//! decide the amount of the challenge, and a credential paid for a cheaper
+//! request is refused on a dearer one.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::response::IntoResponse;
+use axum::routing::{any, post};
+use axum::{Json, Router};
+use gate402_client::Offer;
+use gate402_gateway::config::ServiceConfig;
+use gate402_gateway::{Gateway, GatewayConfig};
+use gate402_lightning_sandbox::http::pay_via;
+use reqwest::header::AUTHORIZATION;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// Answers every request with 200 and what it was sent.
+async fn start_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().fallback(any(|body: axum::body::Bytes| async move {
+        format!("served: {}", String::from_utf8_lossy(&body))
+    }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// The services of a config written in TOML, each pointed at `upstream`.
+fn services(toml: &str, upstream: &str) -> Vec<ServiceConfig> {
+    let text = toml.replace("UPSTREAM", upstream);
+    GatewayConfig::parse(&text, |_| None)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .services
+}
+
+struct Harness {
+    gateway: Gateway,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start(toml: &str) -> Self {
+        let upstream = start_upstream().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = GatewayConfig::default_with_services(services(toml, &upstream));
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.mpp.realm = "api.test".into();
+        let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+        Self {
+            gateway,
+            client: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.addr())
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+        authorization: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .body(body.to_owned());
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, body: &str, authorization: Option<&str>) -> reqwest::Response {
+        self.send(reqwest::Method::POST, path, body, authorization)
+            .await
+    }
+
+    /// The price a request is asked, checked to be the same in the problem
+    /// body, the invoice (which the L402 challenge carries) and the MPP
+    /// challenge.
+    async fn price(&self, method: reqwest::Method, path: &str, body: &str) -> u64 {
+        let (price, _) = priced(self.send(method, path, body, None).await).await;
+        price
+    }
+
+    /// POSTs `body` unpaid and pays its 402: the offer and preimage.
+    async fn buy(&self, path: &str, body: &str) -> (Offer, [u8; 32]) {
+        let (_, offer) = priced(self.post(path, body, None).await).await;
+        let paid = pay_via(
+            &self.client,
+            &format!("http://{}", self.gateway.addr()),
+            &offer.bolt11,
+        )
+        .await
+        .unwrap();
+        let mut preimage = [0u8; 32];
+        hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+        (offer, preimage)
+    }
+}
+
+/// The price of a 402 and its offer: the problem body's price, the
+/// invoice's amount and the MPP charge's amount, asserted to agree.
+async fn priced(response: reqwest::Response) -> (u64, Offer) {
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    assert!(offer.l402.is_some(), "an L402 challenge");
+    let body: Value = response.json().await.unwrap();
+    let price: u64 = body["price"]["amount"].as_str().unwrap().parse().unwrap();
+    assert_eq!(offer.amount_msat(), Some(price * 1000), "the invoice");
+    let challenge = offer.payment.as_ref().expect("an MPP challenge");
+    let request = gate402_mpp::base64url::decode_json_object(challenge.request.raw()).unwrap();
+    assert_eq!(request["amount"], price.to_string(), "the MPP charge");
+    (price, offer)
+}
+
+/// What a refusal says: its problem type's last segment and its detail.
+async fn refusal(response: reqwest::Response) -> (String, String, Offer) {
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    let body: Value = response.json().await.unwrap();
+    let kind = body["type"].as_str().unwrap().rsplit('/').next().unwrap();
+    (
+        kind.to_owned(),
+        body["detail"].as_str().unwrap().to_owned(),
+        offer,
+    )
+}
+
+const CHAT: &str = r#"
+[[services]]
+name = "chat"
+path = "/chat"
+methods = ["POST"]
+upstream = "UPSTREAM"
+price_sats = 10
+[[services.prices]]
+body = { "/model" = "gpt-4" }
+price_sats = 50
+"#;
+
+#[tokio::test]
+async fn a_body_field_decides_the_price_of_the_challenge() {
+    let h = Harness::start(CHAT).await;
+    let post = reqwest::Method::POST;
+    assert_eq!(
+        h.price(post.clone(), "/chat", r#"{"model":"gpt-4"}"#).await,
+        50
+    );
+    assert_eq!(
+        h.price(post.clone(), "/chat", r#"{"model":"small"}"#).await,
+        10
+    );
+    assert_eq!(h.price(post, "/chat", "not json").await, 10);
+}
+
+#[tokio::test]
+async fn a_credential_for_a_cheap_body_is_refused_on_a_dear_one() {
+    let h = Harness::start(CHAT).await;
+    let cheap = r#"{"model":"small"}"#;
+    let dear = r#"{"model":"gpt-4"}"#;
+    for door in ["L402", "MPP"] {
+        let (offer, preimage) = h.buy("/chat", cheap).await;
+        let credential = match door {
+            "L402" => offer.l402_authorization(&preimage).unwrap(),
+            _ => offer.payment_authorization(&preimage).unwrap(),
+        };
+        let (kind, detail, fresh) = refusal(h.post("/chat", dear, Some(&credential)).await).await;
+        assert_eq!(kind, "payment-insufficient", "{door}: {detail}");
+        assert!(
+            detail.contains("paid 10 sat") && detail.contains("costs 50 sat"),
+            "{door}: {detail}"
+        );
+        assert_eq!(
+            fresh.amount_msat(),
+            Some(50_000),
+            "{door}: a fresh challenge at 50"
+        );
+        // Refused before it was spent: the body it paid for is served.
+        let served = h.post("/chat", cheap, Some(&credential)).await;
+        assert_eq!(served.status(), StatusCode::OK, "{door}");
+        assert_eq!(served.text().await.unwrap(), format!("served: {cheap}"));
+    }
+    // A token paid for the dear body pays for a cheap one (L402 binds no
+    // body); the MPP credential is bound to its body's digest.
+    let (offer, preimage) = h.buy("/chat", dear).await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(
+        h.post("/chat", cheap, Some(&l402)).await.status(),
+        StatusCode::OK
+    );
+    let (offer, preimage) = h.buy("/chat", dear).await;
+    let mpp = offer.payment_authorization(&preimage).unwrap();
+    let (kind, detail, _) = refusal(h.post("/chat", cheap, Some(&mpp)).await).await;
+    assert_ne!(kind, "payment-insufficient", "{detail}");
+    assert_eq!(
+        h.post("/chat", dear, Some(&mpp)).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn query_path_method_size_and_per_unit_rules() {
+    let h = Harness::start(
+        r#"
+        [[services]]
+        name = "media"
+        path = "/media/*"
+        upstream = "UPSTREAM"
+        price_sats = 10
+        [[services.prices]]
+        methods = ["DELETE"]
+        price_sats = 3
+        [[services.prices]]
+        path = "/media/images/{size}/*"
+        params = { size = ["large", "huge"] }
+        price_sats = 40
+        [[services.prices]]
+        query = { quality = "hd" }
+        price_sats = 30
+        [[services.prices]]
+        min_body_bytes = 1000
+        price_sats = 25
+        [[services.prices]]
+        path = "/media/complete"
+        price_sats = 5
+        per = { body = "/max_tokens", every = 100, price_sats = 1 }
+        "#,
+    )
+    .await;
+    use reqwest::Method;
+    let price = |method: Method, path: &'static str, body: String| {
+        let h = &h;
+        async move { h.price(method, path, &body).await }
+    };
+    assert_eq!(price(Method::DELETE, "/media/x", String::new()).await, 3);
+    assert_eq!(
+        price(Method::GET, "/media/images/huge/cat.png", String::new()).await,
+        40
+    );
+    assert_eq!(
+        price(Method::GET, "/media/images/small/cat.png", String::new()).await,
+        10
+    );
+    assert_eq!(
+        price(Method::GET, "/media/x?quality=hd", String::new()).await,
+        30
+    );
+    assert_eq!(
+        price(Method::GET, "/media/x?quality=sd", String::new()).await,
+        10
+    );
+    assert_eq!(price(Method::POST, "/media/x", "x".repeat(1000)).await, 25);
+    assert_eq!(price(Method::POST, "/media/x", "x".repeat(999)).await, 10);
+    let tokens = |n: u64| json!({ "max_tokens": n }).to_string();
+    assert_eq!(price(Method::POST, "/media/complete", tokens(250)).await, 8);
+    assert_eq!(price(Method::POST, "/media/complete", tokens(100)).await, 6);
+    // No count: the rule does not match, and the default price holds.
+    assert_eq!(
+        price(Method::POST, "/media/complete", "{}".into()).await,
+        10
+    );
+    // A parameter a price depends on, given twice, is refused: an upstream
+    // may read either.
+    let twice = h
+        .send(Method::GET, "/media/x?quality=sd&quality=hd", "", None)
+        .await;
+    assert_eq!(twice.status(), StatusCode::BAD_REQUEST);
+}
+
+/// A pricer on loopback: counts its calls, keeps what it was asked, and
+/// answers as `mode` says.
+struct Pricer {
+    url: String,
+    calls: Arc<AtomicUsize>,
+    asked: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn start_pricer(mode: &'static str) -> Pricer {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let (c, a) = (calls.clone(), asked.clone());
+    let app = Router::new().route(
+        "/price",
+        post(move |Json(question): Json<Value>| {
+            let (c, a) = (c.clone(), a.clone());
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                a.lock().unwrap().push(question.clone());
+                match mode {
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        Json(json!({"price": 99})).into_response()
+                    }
+                    "garbage" => (
+                        [("content-type", "application/json")],
+                        "{\"price\": \"lots\"}",
+                    )
+                        .into_response(),
+                    _ => {
+                        let long =
+                            question["body_digest"].is_string() && question["query"] == "long=1";
+                        Json(json!({"price": if long { 77 } else { 33 }, "expires": 60}))
+                            .into_response()
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Pricer {
+        url: format!("http://{addr}/price"),
+        calls,
+        asked,
+    }
+}
+
+fn priced_by(pricer: &Pricer) -> String {
+    format!(
+        r#"
+        [[services]]
+        name = "quote"
+        path = "/quote"
+        upstream = "UPSTREAM"
+        price_sats = 10
+        pricer = {{ url = "{}", timeout_ms = 300, fallback = 12, cache_secs = 60 }}
+        "#,
+        pricer.url
+    )
+}
+
+#[tokio::test]
+async fn a_pricer_decides_and_its_answer_is_kept() {
+    let pricer = start_pricer("answer").await;
+    let h = Harness::start(&priced_by(&pricer)).await;
+    let ask = || async {
+        h.client
+            .post(h.url("/quote"))
+            .header("cookie", "session=secret")
+            .header("x-tier", "gold")
+            .body("{\"n\":1}")
+            .send()
+            .await
+            .unwrap()
+    };
+    let (first, _) = priced(ask().await).await;
+    let (second, _) = priced(ask().await).await;
+    assert_eq!((first, second), (33, 33));
+    assert_eq!(
+        pricer.calls.load(Ordering::SeqCst),
+        1,
+        "the second answer was kept"
+    );
+    let question = pricer.asked.lock().unwrap()[0].clone();
+    assert_eq!(question["service"], "quote");
+    assert_eq!(question["method"], "POST");
+    assert_eq!(question["path"], "/quote");
+    assert_eq!(question["headers"]["x-tier"], "gold");
+    assert!(question["headers"].get("cookie").is_none(), "{question}");
+    let digest = gate402_mpp::verify::body_digest(b"{\"n\":1}");
+    assert_eq!(question["body_digest"], digest);
+    // Another request is another question.
+    assert_eq!(
+        h.price(reqwest::Method::POST, "/quote?long=1", "{}").await,
+        77
+    );
+    assert_eq!(pricer.calls.load(Ordering::SeqCst), 2);
+
+    // Paid at the pricer's price, served.
+    let (offer, preimage) = h.buy("/quote?long=1", "{}").await;
+    let paid = h
+        .post(
+            "/quote?long=1",
+            "{}",
+            Some(&offer.l402_authorization(&preimage).unwrap()),
+        )
+        .await;
+    assert_eq!(paid.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_slow_or_garbled_pricer_gives_way_to_its_fallback() {
+    for mode in ["slow", "garbage"] {
+        let pricer = start_pricer(mode).await;
+        let h = Harness::start(&priced_by(&pricer)).await;
+        let started = std::time::Instant::now();
+        assert_eq!(
+            h.price(reqwest::Method::POST, "/quote", "{}").await,
+            12,
+            "{mode}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{mode}: the timeout held"
+        );
+        assert_eq!(pricer.calls.load(Ordering::SeqCst), 1, "{mode}");
+        let metrics = h
+            .client
+            .get(h.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let reason = if mode == "slow" { "timeout" } else { "garbage" };
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("gate402_pricer_fallbacks_total")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "{mode}: {metrics}"
+        );
+    }
+    // Nobody there at all: the fallback too, never a 5xx.
+    let h = Harness::start(
+        r#"
+        [[services]]
+        name = "quote"
+        path = "/quote"
+        upstream = "UPSTREAM"
+        price_sats = 10
+        pricer = { url = "http://127.0.0.1:9/price", fallback = 14 }
+        "#,
+    )
+    .await;
+    assert_eq!(h.price(reqwest::Method::GET, "/quote", "").await, 14);
+}
+
+#[tokio::test]
+async fn discovery_shows_a_dynamic_price_without_an_amount() {
+    let h = Harness::start(CHAT).await;
+    let openapi: Value = h
+        .client
+        .get(h.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let offers = openapi["paths"]["/chat"]["post"]["x-payment-info"]["offers"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(!offers.is_empty());
+    for offer in &offers {
+        assert!(offer["amount"].is_null(), "{offer}");
+        assert_eq!(offer["quote"], "/l402/quote");
+    }
+    let listed: Value = h
+        .client
+        .get(h.url("/.well-known/l402-services"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["services"][0]["pricing"]["type"], "dynamic");
+    assert!(listed["services"][0]["pricing"]["amount"].is_null());
+    let quote: Value = h
+        .client
+        .get(h.url("/l402/quote?path=/chat&method=POST"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(quote["pricing"]["model"], "dynamic");
+    assert!(quote["amount"].is_null(), "{quote}");
+
+    // mppx's validator accepts it (./scripts/test installs it).
+    let mppx = std::env::var_os("GATE402_MPPX_DISCOVERY")
+        .map(PathBuf::from)
+        .expect("GATE402_MPPX_DISCOVERY names where mppx is installed");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, serde_json::to_vec(&openapi).unwrap()).unwrap();
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mppx-discovery/validate.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .arg(&mppx)
+        .arg(&file)
+        .output()
+        .await
+        .expect("node runs mppx's validator");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results[0]["issues"], json!([]), "mppx finds fault");
+}

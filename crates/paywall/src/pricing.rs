@@ -1,0 +1,1053 @@
+//! Prices that depend on the request: rules matched in order (method, path
+//! parameters, query parameters, JSON body fields, body size, with an
+//! optional per-unit part), then an HTTP pricer, then the service's own
+//! `price_sats`.
+//!
+//! The price decided for a request is the amount of its challenge (the
+//! invoice, the L402 token's `<service>_amount` caveat, the MPP charge's
+//! `amount`). A paid retry is priced again, and a credential whose invoice
+//! asked less than that price is refused with a fresh challenge at the
+//! right one: a credential bought for a cheap request never pays for a dear
+//! one. Only a service that sells single requests ([`Sells::Request`]) is
+//! priced per request; a pass or a balance keeps its `price_sats`.
+//!
+//! Pricing never fails a request with a 5xx: a pricer that is down, slow or
+//! answers garbage gives way to its fallback price, with a warning in the
+//! log and a `gate402_pricer_fallbacks` count.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gate402_l402::caveat::Caveat;
+use gate402_l402::L402Credential;
+use gate402_mpp::lightning::ChargeRequest;
+use gate402_mpp::problem::ProblemType;
+use gate402_mpp::PaymentCredential;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Body;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::body::{read_whole, BodyError, BoxError, BODY_BROKEN};
+use crate::credentials::CredentialScheme;
+use crate::paywall::Paywall;
+use crate::responses::{self, Refusal};
+use crate::route::{Auth, PricedService, Sells};
+use crate::verify::Verified;
+
+/// The most any price may be, in satoshis: every bitcoin there will be.
+pub const MAX_PRICE_SATS: u64 = 21_000_000 * 100_000_000;
+
+/// The suffix of the caveat that carries the amount (sat) an L402 token's
+/// invoice asked for: `<service>_amount=<sats>`, minted on tokens of
+/// dynamically priced services (gate402's own; peers skip it).
+pub const AMOUNT_SUFFIX: &str = "_amount";
+
+/// The most pricer answers kept at once.
+const CACHE_ENTRIES: usize = 10_000;
+
+/// The largest pricer answer read, in bytes.
+const MAX_ANSWER_BYTES: usize = 16 * 1024;
+
+/// An `expires` at least this large is a unix time; below it, seconds.
+const UNIX_TIME_FROM: u64 = 1_000_000_000;
+
+/// Request headers never sent to a pricer: credentials and cookies.
+const PRIVATE_HEADERS: [&str; 7] = [
+    "authorization",
+    "proxy-authorization",
+    "payment-authorization",
+    "payment-signature",
+    "x-payment",
+    "cookie",
+    "cookie2",
+];
+
+/// How a service's price is decided per request: its rules, in order, the
+/// first that matches deciding; then its pricer, when it has one; then its
+/// `price_sats`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pricing {
+    /// Tried in order.
+    pub rules: Vec<PriceRule>,
+    /// Asked when no rule matches.
+    pub pricer: Option<PricerConfig>,
+}
+
+/// One price rule: every condition given must hold (none given: it always
+/// matches); its price is then `price_sats`, plus the [`PerUnit`] part.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PriceRule {
+    /// The request's method is one of these (any when empty).
+    pub methods: Vec<Method>,
+    /// The request's path matches this pattern, which names the path
+    /// parameters `params` looks at.
+    pub path: Option<ParamPath>,
+    /// Path parameters (named in `path`) with the values that match.
+    pub params: Vec<ValueMatch>,
+    /// Query parameters with the values that match.
+    pub query: Vec<ValueMatch>,
+    /// JSON body fields (RFC 6901 pointers, `/model`) with the values that
+    /// match: a string field by its text, a number or boolean by its JSON
+    /// form (`4`, `true`).
+    pub body: Vec<ValueMatch>,
+    /// The body has at least this many bytes.
+    pub min_body_bytes: Option<u64>,
+    /// The body has at most this many bytes.
+    pub max_body_bytes: Option<u64>,
+    /// The price (sat), or its fixed part with `per`.
+    pub price_sats: u64,
+    /// A part priced by a count the request carries.
+    pub per: Option<PerUnit>,
+}
+
+/// A named value and the values it may have for a rule to match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueMatch {
+    /// The parameter name, or the JSON pointer.
+    pub key: String,
+    /// Any of these matches.
+    pub values: Vec<String>,
+}
+
+/// `price_sats` per `every` units (rounded up) of a count the request
+/// carries: with `every = 100` and `price_sats = 1`, a `max_tokens` of 250
+/// costs 3 sat. A request that does not carry the count (or carries
+/// something else than a whole number) does not match the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PerUnit {
+    /// Where the count is.
+    pub source: UnitSource,
+    /// Units per step (at least 1).
+    pub every: u64,
+    /// The price of a step, in satoshis.
+    pub price_sats: u64,
+}
+
+/// Where a [`PerUnit`] count is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitSource {
+    /// A JSON body field (an RFC 6901 pointer) holding a whole number.
+    Body(String),
+    /// A query parameter holding a whole number.
+    Query(String),
+    /// The body's size in bytes.
+    BodyBytes,
+}
+
+/// Where an HTTP pricer is and how it is asked.
+///
+/// gate402 POSTs it `{service, method, path, query, headers, body_digest}`
+/// (headers without credentials or cookies; `body_digest` the RFC 9530
+/// `sha-256=:…:` of the body, as MPP binds it, or `null` for a body too
+/// large to read) and reads `{"price": <sat>, "expires": <unix seconds, or
+/// seconds from now>}` (`expires` optional).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricerConfig {
+    /// The pricer's URL (`http://` or `https://`).
+    pub url: String,
+    /// How long an answer may take.
+    pub timeout: Duration,
+    /// The price (sat) used when the pricer fails, is slow or answers
+    /// garbage.
+    pub fallback_sats: u64,
+    /// The longest an answer is kept, in seconds (0: never kept): until its
+    /// `expires`, but never longer than this.
+    pub cache_secs: u64,
+}
+
+/// A path pattern with named parameters: `/v1/images/{size}/*`; `{name}`
+/// takes one whole segment, a last `*` any rest. Fixed segments compare
+/// without regard to ASCII case, as routes do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamPath {
+    segments: Vec<PathSegment>,
+    rest: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PathSegment {
+    Fixed(String),
+    Param(String),
+}
+
+/// Why a pricing setting cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PricingError {
+    /// A path pattern that is not one.
+    #[error("{0:?} is not a path pattern (/fixed/{{name}}/*): {1}")]
+    Path(String, &'static str),
+}
+
+impl ParamPath {
+    /// Parses `/a/{name}/b` or `/a/{name}/*`.
+    ///
+    /// # Errors
+    ///
+    /// [`PricingError::Path`] for a pattern that does not start with `/`,
+    /// a `*` that is not the whole last segment, a parameter named twice or
+    /// not in letters, digits, `_` and `-`, or braces elsewhere.
+    pub fn parse(text: &str) -> Result<Self, PricingError> {
+        let bad = |why| PricingError::Path(text.to_owned(), why);
+        let body = text
+            .strip_prefix('/')
+            .ok_or_else(|| bad("it must start with /"))?;
+        let mut parts: Vec<&str> = body.split('/').collect();
+        let rest = parts.last() == Some(&"*");
+        if rest {
+            parts.pop();
+        }
+        if parts.last() == Some(&"") {
+            parts.pop();
+        }
+        let mut segments = Vec::new();
+        for part in parts {
+            if part.contains('*') {
+                return Err(bad("* is allowed only as the whole last segment"));
+            }
+            let segment = match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                Some(name) => {
+                    let valid = !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                    if !valid {
+                        return Err(bad("a parameter is named in letters, digits, _ or -"));
+                    }
+                    if segments
+                        .iter()
+                        .any(|s| matches!(s, PathSegment::Param(n) if n == name))
+                    {
+                        return Err(bad("a parameter is named twice"));
+                    }
+                    PathSegment::Param(name.to_owned())
+                }
+                None if part.contains(['{', '}']) => {
+                    return Err(bad("a parameter takes a whole segment, as in /{name}"))
+                }
+                None => PathSegment::Fixed(part.to_owned()),
+            };
+            segments.push(segment);
+        }
+        Ok(Self { segments, rest })
+    }
+
+    /// The names of its parameters.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            PathSegment::Param(name) => Some(name.as_str()),
+            PathSegment::Fixed(_) => None,
+        })
+    }
+
+    /// The parameters of `path` (normal form), when it matches.
+    pub fn captures<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
+        let trimmed = path.strip_prefix('/').unwrap_or(path);
+        let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+        let parts: Vec<&str> = if trimmed.is_empty() {
+            Vec::new()
+        } else {
+            trimmed.split('/').collect()
+        };
+        let fits = if self.rest {
+            parts.len() >= self.segments.len()
+        } else {
+            parts.len() == self.segments.len()
+        };
+        if !fits {
+            return None;
+        }
+        let mut captured = Vec::new();
+        for (segment, part) in self.segments.iter().zip(&parts) {
+            match segment {
+                PathSegment::Fixed(fixed) if fixed.eq_ignore_ascii_case(part) => {}
+                PathSegment::Fixed(_) => return None,
+                PathSegment::Param(name) if !part.is_empty() => {
+                    captured.push((name.as_str(), *part))
+                }
+                PathSegment::Param(_) => return None,
+            }
+        }
+        Some(captured)
+    }
+}
+
+/// What the rules see of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct PriceRequest<'a> {
+    /// Its method.
+    pub method: &'a Method,
+    /// Its path, in normal form.
+    pub path: &'a str,
+    /// Its query, as sent.
+    pub query: Option<&'a str>,
+    /// Its body, when read (`None`: too large to read, so no body field
+    /// matches).
+    pub body: Option<&'a [u8]>,
+    /// Its body's size in bytes (the declared one when too large to read).
+    pub body_len: u64,
+}
+
+/// A request's query parameters and JSON body, each parsed once.
+struct Parsed<'a> {
+    request: &'a PriceRequest<'a>,
+    query: OnceLock<Vec<(String, String)>>,
+    json: OnceLock<Option<Value>>,
+}
+
+impl<'a> Parsed<'a> {
+    fn new(request: &'a PriceRequest<'a>) -> Self {
+        Self {
+            request,
+            query: OnceLock::new(),
+            json: OnceLock::new(),
+        }
+    }
+
+    fn query_pairs(&self) -> &[(String, String)] {
+        self.query.get_or_init(|| {
+            form_urlencoded::parse(self.request.query.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+    }
+
+    /// The one value of query parameter `name`; `None` when absent or
+    /// given more than once (an upstream may read either, so none decides
+    /// a price).
+    fn query(&self, name: &str) -> Option<&str> {
+        let mut values = self.query_pairs().iter().filter(|(k, _)| k == name);
+        let (_, value) = values.next()?;
+        values.next().is_none().then_some(value.as_str())
+    }
+
+    fn field(&self, pointer: &str) -> Option<&Value> {
+        self.json
+            .get_or_init(|| {
+                self.request
+                    .body
+                    .and_then(|b| serde_json::from_slice(b).ok())
+            })
+            .as_ref()?
+            .pointer(pointer)
+    }
+}
+
+/// A JSON field's value as a rule compares it: a string by its text,
+/// numbers and booleans by their JSON form; objects, arrays and null by
+/// nothing.
+fn field_text(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(_) | Value::Bool(_) => Some(Cow::Owned(value.to_string())),
+        _ => None,
+    }
+}
+
+fn one_of(values: &[String], value: Option<&str>) -> bool {
+    value.is_some_and(|v| values.iter().any(|w| w == v))
+}
+
+impl PriceRule {
+    /// The price of `request` under this rule, if it matches.
+    fn price(&self, request: &PriceRequest<'_>, parsed: &Parsed<'_>) -> Option<u64> {
+        if !self.methods.is_empty() && !self.methods.contains(request.method) {
+            return None;
+        }
+        if self
+            .min_body_bytes
+            .is_some_and(|min| request.body_len < min)
+            || self
+                .max_body_bytes
+                .is_some_and(|max| request.body_len > max)
+        {
+            return None;
+        }
+        if let Some(path) = &self.path {
+            let captured = path.captures(request.path)?;
+            let param = |name: &str| {
+                captured
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, value)| *value)
+            };
+            if !self.params.iter().all(|m| one_of(&m.values, param(&m.key))) {
+                return None;
+            }
+        } else if !self.params.is_empty() {
+            return None;
+        }
+        if !self
+            .query
+            .iter()
+            .all(|m| one_of(&m.values, parsed.query(&m.key)))
+        {
+            return None;
+        }
+        if !self.body.iter().all(|m| {
+            let text = parsed.field(&m.key).and_then(field_text);
+            one_of(&m.values, text.as_deref())
+        }) {
+            return None;
+        }
+        let Some(per) = &self.per else {
+            return Some(self.price_sats);
+        };
+        let units = match &per.source {
+            UnitSource::Body(pointer) => parsed.field(pointer).and_then(Value::as_u64)?,
+            UnitSource::Query(name) => parsed.query(name)?.parse::<u64>().ok()?,
+            UnitSource::BodyBytes => request.body_len,
+        };
+        let steps = units.div_ceil(per.every.max(1));
+        Some(
+            self.price_sats
+                .saturating_add(steps.saturating_mul(per.price_sats)),
+        )
+    }
+
+    /// Whether it looks at the body.
+    fn reads_body(&self) -> bool {
+        !self.body.is_empty()
+            || self.min_body_bytes.is_some()
+            || self.max_body_bytes.is_some()
+            || self
+                .per
+                .as_ref()
+                .is_some_and(|p| !matches!(p.source, UnitSource::Query(_)))
+    }
+}
+
+impl Pricing {
+    /// The price (sat) of the first rule that matches `request`, if one
+    /// does; at least 1 and at most [`MAX_PRICE_SATS`].
+    pub fn rule_price(&self, request: &PriceRequest<'_>) -> Option<u64> {
+        let parsed = Parsed::new(request);
+        self.rules
+            .iter()
+            .find_map(|rule| rule.price(request, &parsed))
+            .map(clamp)
+    }
+
+    /// Whether deciding a price needs the request body: a rule looks at it,
+    /// or the pricer is sent its digest.
+    pub fn reads_body(&self) -> bool {
+        self.pricer.is_some() || self.rules.iter().any(PriceRule::reads_body)
+    }
+
+    /// The query parameters the rules look at.
+    fn query_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().flat_map(|rule| {
+            rule.query
+                .iter()
+                .map(|m| m.key.as_str())
+                .chain(rule.per.iter().filter_map(|p| match &p.source {
+                    UnitSource::Query(name) => Some(name.as_str()),
+                    _ => None,
+                }))
+        })
+    }
+}
+
+fn clamp(price: u64) -> u64 {
+    price.clamp(1, MAX_PRICE_SATS)
+}
+
+/// What gate402 POSTs to a pricer.
+#[derive(Debug, Serialize)]
+struct PricerQuestion<'a> {
+    service: &'a str,
+    method: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: serde_json::Map<String, Value>,
+    body_digest: Option<&'a str>,
+}
+
+/// What a pricer answers.
+#[derive(Debug, Deserialize)]
+struct PricerAnswer {
+    price: u64,
+    expires: Option<u64>,
+}
+
+/// Why a pricer's answer was not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    Timeout,
+    Unreachable,
+    Status,
+    Garbage,
+}
+
+impl Fallback {
+    fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Timeout => "timeout",
+            Fallback::Unreachable => "error",
+            Fallback::Status => "status",
+            Fallback::Garbage => "garbage",
+        }
+    }
+}
+
+/// What a pricer answer is kept by: the service, method, path and query,
+/// and body digest.
+type CacheKey = (String, String, String, String);
+
+/// The HTTP client of pricers and the answers they gave, shared by every
+/// service.
+#[derive(Default)]
+pub(crate) struct Pricers {
+    client: OnceLock<Option<reqwest::Client>>,
+    cache: Mutex<HashMap<CacheKey, (u64, Instant)>>,
+}
+
+impl std::fmt::Debug for Pricers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pricers")
+    }
+}
+
+impl Pricers {
+    fn client(&self) -> Option<&reqwest::Client> {
+        self.client
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    // A pricer is asked, not followed elsewhere.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(|e| tracing::error!(error = %e, "cannot build the pricer client"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    fn cached(&self, key: &CacheKey) -> Option<u64> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(key)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(price, _)| *price)
+    }
+
+    fn keep(&self, key: CacheKey, price: u64, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_ENTRIES {
+            cache.retain(|_, (_, until)| *until > now);
+        }
+        if cache.len() < CACHE_ENTRIES || cache.contains_key(&key) {
+            cache.insert(key, (price, now + ttl));
+        }
+    }
+
+    /// Asks the pricer; the price and how long it may be kept.
+    async fn ask(
+        &self,
+        config: &PricerConfig,
+        question: &PricerQuestion<'_>,
+    ) -> Result<(u64, Duration), Fallback> {
+        let client = self.client().ok_or(Fallback::Unreachable)?;
+        let sent = client
+            .post(&config.url)
+            .timeout(config.timeout)
+            .json(question)
+            .send();
+        let read = async {
+            let response = sent.await?;
+            if !response.status().is_success() {
+                return Ok(Err(Fallback::Status));
+            }
+            if response
+                .content_length()
+                .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+            {
+                return Ok(Err(Fallback::Garbage));
+            }
+            response.bytes().await.map(Ok)
+        };
+        // The whole exchange within the timeout, body included.
+        let bytes = match tokio::time::timeout(config.timeout, read).await {
+            Err(_) => return Err(Fallback::Timeout),
+            Ok(Err(e)) if e.is_timeout() => return Err(Fallback::Timeout),
+            Ok(Err(_)) => return Err(Fallback::Unreachable),
+            Ok(Ok(Err(fallback))) => return Err(fallback),
+            Ok(Ok(Ok(bytes))) => bytes,
+        };
+        if bytes.len() > MAX_ANSWER_BYTES {
+            return Err(Fallback::Garbage);
+        }
+        let answer: PricerAnswer = serde_json::from_slice(&bytes).map_err(|_| Fallback::Garbage)?;
+        if !(1..=MAX_PRICE_SATS).contains(&answer.price) {
+            return Err(Fallback::Garbage);
+        }
+        let most = Duration::from_secs(config.cache_secs);
+        let ttl = match answer.expires {
+            None => most,
+            Some(at) if at >= UNIX_TIME_FROM => {
+                Duration::from_secs(at.saturating_sub(crate::clock::unix_now())).min(most)
+            }
+            Some(secs) => Duration::from_secs(secs).min(most),
+        };
+        Ok((answer.price, ttl))
+    }
+}
+
+/// The request headers a pricer sees: all but credentials and cookies,
+/// repeated fields joined with `, `, values that are not text left out.
+fn shown_headers(headers: &HeaderMap) -> serde_json::Map<String, Value> {
+    let mut shown = serde_json::Map::new();
+    for name in headers.keys() {
+        if PRIVATE_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !values.is_empty() {
+            shown.insert(name.as_str().to_owned(), values.join(", ").into());
+        }
+    }
+    shown
+}
+
+/// The same service at another price.
+fn at_price(service: &PricedService, price_sats: u64) -> Arc<PricedService> {
+    let mut priced = service.clone();
+    priced.price_sats = price_sats;
+    Arc::new(priced)
+}
+
+/// Whether `service` is priced per request: it has pricing, charges, and
+/// sells single requests.
+pub fn is_dynamic(service: &PricedService) -> bool {
+    service.pricing.is_some()
+        && matches!(service.auth, Auth::On | Auth::Freebie(_))
+        && service.sells == Sells::Request
+}
+
+/// The caveat that records what an L402 token's invoice asked for.
+pub(crate) fn amount_caveat(service: &PricedService) -> Caveat {
+    Caveat::new(
+        format!("{}{AMOUNT_SUFFIX}", service.name),
+        service.invoice_sats().to_string(),
+    )
+}
+
+/// The amount (sat) an L402 token's invoice asked for: its first
+/// `<service>_amount` caveat (the one minted; a holder may only append).
+fn l402_amount(service: &str, value: &str) -> Option<u64> {
+    let credential = L402Credential::from_authorization(value).ok()?;
+    let condition = format!("{service}{AMOUNT_SUFFIX}");
+    let first = credential
+        .token()
+        .first_party_caveats()
+        .filter_map(Caveat::parse)
+        .find(|c| c.condition == condition)?;
+    first.value.parse().ok()
+}
+
+/// The amount (sat) an MPP charge credential's echoed challenge asks for.
+fn mpp_amount(credential: &PaymentCredential) -> Option<u64> {
+    let value =
+        gate402_mpp::base64url::decode_json_object(credential.challenge.request.raw()).ok()?;
+    serde_json::from_value::<ChargeRequest>(value)
+        .ok()?
+        .amount_sats()
+}
+
+/// The refusal of a credential that paid less than this request costs.
+fn too_little(paid: u64, price: u64) -> Refusal {
+    Refusal::new(
+        StatusCode::PAYMENT_REQUIRED,
+        ProblemType::PaymentInsufficient,
+        format!(
+            "this credential paid {paid} sat, but this request costs {price} sat (its price depends on what it asks for); pay the new challenge"
+        ),
+    )
+}
+
+/// For a dynamically priced service, the service an MPP charge credential
+/// is verified against: at the amount its challenge asked (bound by its
+/// id), once that is at least this request's price.
+///
+/// # Errors
+///
+/// A 402 refusal (`payment-insufficient`) when it asked less.
+pub(crate) fn as_charged<'s>(
+    service: &'s PricedService,
+    credential: &PaymentCredential,
+) -> Result<Cow<'s, PricedService>, Refusal> {
+    if !is_dynamic(service) {
+        return Ok(Cow::Borrowed(service));
+    }
+    match mpp_amount(credential) {
+        Some(paid) if paid < service.price_sats => Err(too_little(paid, service.price_sats)),
+        Some(paid) => {
+            let mut charged = service.clone();
+            charged.price_sats = paid;
+            Ok(Cow::Owned(charged))
+        }
+        // Garbage: verification refuses it in its own words.
+        None => Ok(Cow::Borrowed(service)),
+    }
+}
+
+impl Paywall {
+    /// The service as priced for this request: for a dynamically priced
+    /// service, a copy whose `price_sats` is this request's price (its body
+    /// read, within the body limit, when a rule or the pricer needs it);
+    /// any other service as it is.
+    ///
+    /// # Errors
+    ///
+    /// The answer for a body that could not be read (413, 400, 503 busy),
+    /// or a 400 for a query parameter a rule looks at given more than once.
+    pub(crate) async fn priced<B>(
+        &self,
+        service: Arc<PricedService>,
+        request: &mut Request<B>,
+    ) -> Result<Arc<PricedService>, Response<Bytes>>
+    where
+        B: Body<Data = Bytes> + From<Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let Some(pricing) = service.pricing.as_ref().filter(|_| is_dynamic(&service)) else {
+            return Ok(service);
+        };
+        let declared = request.body().size_hint().lower();
+        let body = if pricing.reads_body() {
+            match read_whole(request, &self.inner.bodies, true).await {
+                Ok(body) => Some(body),
+                Err(BodyError::TooLarge) => None,
+                Err(BodyError::Overflowed) => {
+                    return Err(responses::payload_too_large(self.inner.bodies.limit()))
+                }
+                Err(BodyError::Busy) => return Err(responses::busy()),
+                Err(BodyError::Broken) => return Err(responses::bad_request(BODY_BROKEN)),
+            }
+        } else {
+            None
+        };
+        let view = PriceRequest {
+            method: request.method(),
+            path: request.uri().path(),
+            query: request.uri().query(),
+            body: body.as_deref(),
+            body_len: body.as_ref().map_or(declared, |b| b.len() as u64),
+        };
+        let parsed = Parsed::new(&view);
+        if let Some(name) = pricing.query_names().find(|name| {
+            parsed
+                .query_pairs()
+                .iter()
+                .filter(|(k, _)| k == name)
+                .count()
+                > 1
+        }) {
+            return Err(responses::bad_request(&format!(
+                "query parameter {name:?} is given more than once; the price depends on it"
+            )));
+        }
+        let price = match pricing.rule_price(&view) {
+            Some(price) => price,
+            None => match &pricing.pricer {
+                Some(pricer) => {
+                    self.ask_pricer(&service.name, pricer, &view, request.headers())
+                        .await
+                }
+                None => service.price_sats,
+            },
+        };
+        Ok(if price == service.price_sats {
+            service
+        } else {
+            at_price(&service, price)
+        })
+    }
+
+    /// The pricer's price for `request`, kept or asked; its fallback when
+    /// it fails.
+    async fn ask_pricer(
+        &self,
+        name: &str,
+        config: &PricerConfig,
+        request: &PriceRequest<'_>,
+        headers: &HeaderMap,
+    ) -> u64 {
+        let digest = request.body.map(gate402_mpp::verify::body_digest);
+        let target = match request.query {
+            Some(query) => format!("{}?{query}", request.path),
+            None => request.path.to_owned(),
+        };
+        let key: CacheKey = (
+            name.to_owned(),
+            request.method.as_str().to_owned(),
+            target,
+            digest.clone().unwrap_or_default(),
+        );
+        let pricers = &self.inner.pricers;
+        if let Some(price) = pricers.cached(&key) {
+            return price;
+        }
+        let question = PricerQuestion {
+            service: name,
+            method: request.method.as_str(),
+            path: request.path,
+            query: request.query,
+            headers: shown_headers(headers),
+            body_digest: digest.as_deref(),
+        };
+        match pricers.ask(config, &question).await {
+            Ok((price, ttl)) => {
+                pricers.keep(key, price, ttl);
+                price
+            }
+            Err(fallback) => {
+                tracing::warn!(
+                    service = name,
+                    pricer = %config.url,
+                    reason = fallback.as_str(),
+                    fallback_sats = config.fallback_sats,
+                    "the pricer gave no price; the fallback price is asked"
+                );
+                self.inner.metrics.pricer_fallback(name, fallback.as_str());
+                clamp(config.fallback_sats)
+            }
+        }
+    }
+
+    /// For a dynamically priced service, the service as paid: its price
+    /// the amount the credential's invoice asked for, once that is at
+    /// least this request's price. An L402 token tells it by its
+    /// `<service>_amount` caveat, an MPP charge by its challenge; a token
+    /// minted without the caveat, and an x402 payment, by the invoice the
+    /// node settled.
+    ///
+    /// # Errors
+    ///
+    /// A 402 refusal (`payment-insufficient`) for a credential that paid
+    /// less, or a 503 when the node cannot say what its invoice was paid.
+    pub(crate) async fn paid_for(
+        &self,
+        service: &Arc<PricedService>,
+        scheme: CredentialScheme,
+        value: &str,
+        verified: &Verified,
+    ) -> Result<Arc<PricedService>, Result<Refusal, Response<Bytes>>> {
+        if !is_dynamic(service) || verified.balance.is_some() {
+            return Ok(service.clone());
+        }
+        let told = match scheme {
+            CredentialScheme::L402 => l402_amount(&service.name, value),
+            CredentialScheme::Payment => crate::verify::Verifier::parse_payment(value)
+                .ok()
+                .and_then(|c| mpp_amount(&c)),
+            CredentialScheme::X402 => None,
+        };
+        let paid = match told {
+            Some(paid) => paid,
+            None => match self.backend().invoice_status(&verified.payment_hash).await {
+                Ok(gate402_lightning::InvoiceStatus::Settled { amount_msat, .. }) => {
+                    amount_msat / 1000
+                }
+                Ok(_) => 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot ask the node what an invoice was paid");
+                    return Err(Err(responses::unavailable("the Lightning node")));
+                }
+            },
+        };
+        if paid < service.price_sats {
+            return Err(Ok(too_little(paid, service.price_sats)));
+        }
+        Ok(if paid == service.price_sats {
+            service.clone()
+        } else {
+            at_price(service, paid)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(price_sats: u64) -> PriceRule {
+        PriceRule {
+            price_sats,
+            ..PriceRule::default()
+        }
+    }
+
+    fn matches(values: &[&str], key: &str) -> Vec<ValueMatch> {
+        vec![ValueMatch {
+            key: key.to_owned(),
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+        }]
+    }
+
+    fn price(pricing: &Pricing, method: Method, target: &str, body: &str) -> Option<u64> {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        pricing.rule_price(&PriceRequest {
+            method: &method,
+            path,
+            query,
+            body: Some(body.as_bytes()),
+            body_len: body.len() as u64,
+        })
+    }
+
+    #[test]
+    fn the_first_rule_that_matches_decides() {
+        let pricing = Pricing {
+            rules: vec![
+                PriceRule {
+                    body: matches(&["gpt-4", "gpt-5"], "/model"),
+                    ..rule(50)
+                },
+                PriceRule {
+                    methods: vec![Method::DELETE],
+                    ..rule(7)
+                },
+                PriceRule {
+                    query: matches(&["hd"], "quality"),
+                    ..rule(30)
+                },
+                PriceRule {
+                    min_body_bytes: Some(10),
+                    ..rule(20)
+                },
+            ],
+            pricer: None,
+        };
+        let post = |target, body| price(&pricing, Method::POST, target, body);
+        assert_eq!(post("/x", r#"{"model":"gpt-4"}"#), Some(50));
+        assert_eq!(post("/x", r#"{"model":"gpt-5"}"#), Some(50));
+        assert_eq!(post("/x", r#"{"model":"small"}"#), Some(20));
+        assert_eq!(post("/x?quality=hd", "{}"), Some(30));
+        assert_eq!(post("/x?quality=sd", "{}"), None);
+        assert_eq!(price(&pricing, Method::DELETE, "/x", ""), Some(7));
+        assert_eq!(post("/x", "{}"), None);
+        // Not JSON: no field matches.
+        assert_eq!(post("/x", "model=gpt-4"), Some(20));
+    }
+
+    #[test]
+    fn numbers_and_booleans_match_by_their_json_form() {
+        let pricing = Pricing {
+            rules: vec![
+                PriceRule {
+                    body: matches(&["4"], "/n"),
+                    ..rule(4)
+                },
+                PriceRule {
+                    body: matches(&["true"], "/stream"),
+                    ..rule(9)
+                },
+            ],
+            pricer: None,
+        };
+        assert_eq!(price(&pricing, Method::POST, "/", r#"{"n":4}"#), Some(4));
+        assert_eq!(price(&pricing, Method::POST, "/", r#"{"n":"4"}"#), Some(4));
+        assert_eq!(
+            price(&pricing, Method::POST, "/", r#"{"stream":true}"#),
+            Some(9)
+        );
+        assert_eq!(price(&pricing, Method::POST, "/", r#"{"n":[4]}"#), None);
+    }
+
+    #[test]
+    fn a_per_unit_part_rounds_up_and_needs_its_count() {
+        let pricing = Pricing {
+            rules: vec![PriceRule {
+                per: Some(PerUnit {
+                    source: UnitSource::Body("/max_tokens".into()),
+                    every: 100,
+                    price_sats: 1,
+                }),
+                ..rule(5)
+            }],
+            pricer: None,
+        };
+        let post = |body| price(&pricing, Method::POST, "/", body);
+        assert_eq!(post(r#"{"max_tokens":250}"#), Some(8));
+        assert_eq!(post(r#"{"max_tokens":200}"#), Some(7));
+        assert_eq!(post(r#"{"max_tokens":0}"#), Some(5));
+        assert_eq!(post(r#"{"max_tokens":-3}"#), None);
+        assert_eq!(post(r#"{"max_tokens":"many"}"#), None);
+        assert_eq!(post("{}"), None);
+        let huge = Pricing {
+            rules: vec![PriceRule {
+                per: Some(PerUnit {
+                    source: UnitSource::Query("n".into()),
+                    every: 1,
+                    price_sats: u64::MAX,
+                }),
+                ..rule(0)
+            }],
+            pricer: None,
+        };
+        assert_eq!(price(&huge, Method::GET, "/?n=3", ""), Some(MAX_PRICE_SATS));
+        // Nothing costs nothing: a free price is 1 sat.
+        assert_eq!(price(&huge, Method::GET, "/?n=0", ""), Some(1));
+    }
+
+    #[test]
+    fn path_parameters_are_captured_by_name() {
+        let pattern = ParamPath::parse("/v1/images/{size}/*").unwrap();
+        assert_eq!(pattern.names().collect::<Vec<_>>(), ["size"]);
+        assert_eq!(
+            pattern.captures("/V1/images/large/cat.png"),
+            Some(vec![("size", "large")])
+        );
+        assert_eq!(
+            pattern.captures("/v1/images/large"),
+            Some(vec![("size", "large")])
+        );
+        assert_eq!(pattern.captures("/v1/images"), None);
+        assert_eq!(pattern.captures("/v1/videos/large/x"), None);
+        let exact = ParamPath::parse("/m/{model}").unwrap();
+        assert_eq!(exact.captures("/m/a/b"), None);
+        assert_eq!(exact.captures("/m/a/"), Some(vec![("model", "a")]));
+        for bad in ["v1", "/a/*/b", "/{}", "/{a}/{a}", "/x{a}", "/{a b}"] {
+            assert!(ParamPath::parse(bad).is_err(), "{bad}");
+        }
+        let pricing = Pricing {
+            rules: vec![PriceRule {
+                path: Some(pattern),
+                params: matches(&["large", "huge"], "size"),
+                ..rule(40)
+            }],
+            pricer: None,
+        };
+        assert_eq!(
+            price(&pricing, Method::GET, "/v1/images/huge/x", ""),
+            Some(40)
+        );
+        assert_eq!(price(&pricing, Method::GET, "/v1/images/small/x", ""), None);
+    }
+
+    #[test]
+    fn credentials_and_cookies_are_not_shown_to_a_pricer() {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer x".parse().unwrap());
+        headers.insert("cookie", "a=b".parse().unwrap());
+        headers.append("accept", "a/b".parse().unwrap());
+        headers.append("accept", "c/d".parse().unwrap());
+        let shown = shown_headers(&headers);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown["accept"], "a/b, c/d");
+    }
+}
