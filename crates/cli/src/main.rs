@@ -4,6 +4,7 @@
 //! crates, and turns errors into messages and exit codes. `anyhow` lives
 //! here and nowhere below.
 
+mod admin;
 mod client_config;
 mod decode;
 mod demo;
@@ -19,6 +20,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use gate402_gateway::telemetry::Telemetry;
+use gate402_gateway::GatewayConfig;
+use tracing_subscriber::filter::{filter_fn, FilterExt};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -85,6 +91,9 @@ enum Command {
         #[command(subcommand)]
         command: node::NodeCommand,
     },
+    /// A running gateway's admin API: services, prices, revenue, tokens,
+    /// sessions, the node, a dashboard login link.
+    Admin(admin::Args),
     /// The sandbox backend's payer (test money).
     Sandbox {
         #[command(subcommand)]
@@ -120,7 +129,36 @@ fn main() -> ExitCode {
         cli.command,
         Command::Serve(_) | Command::Node { .. } | Command::McpProxy(_)
     );
-    init_logging(&cli.log_format, quiet);
+    // A gateway's config is read first: its [telemetry] shapes the log.
+    let (loaded, telemetry) = match &cli.command {
+        Command::Serve(args) => match serve_telemetry(args) {
+            Ok(started) => started,
+            Err(e) => return fail(e),
+        },
+        _ => (None, None),
+    };
+    init_logging(&cli.log_format, quiet, telemetry.as_ref());
+    let code = run_command(&cli, loaded);
+    // After the runtime is gone: sending the last spans blocks.
+    if let Some(telemetry) = telemetry {
+        if let Err(e) = telemetry.shutdown() {
+            eprintln!("gate402: {e}");
+        }
+    }
+    code
+}
+
+/// `gate402 serve`'s config file, read, and its traces' exporter, started
+/// when it names a collector.
+fn serve_telemetry(
+    args: &serve::Args,
+) -> anyhow::Result<(Option<GatewayConfig>, Option<Telemetry>)> {
+    let loaded = serve::load(args)?;
+    let telemetry = Telemetry::start(&serve::telemetry(loaded.as_ref())?)?;
+    Ok((loaded, telemetry))
+}
+
+fn run_command(cli: &Cli, loaded: Option<GatewayConfig>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => return fail(anyhow::anyhow!("cannot start the async runtime: {e}")),
@@ -145,19 +183,20 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         };
     }
-    match runtime.block_on(run(&cli)) {
+    match runtime.block_on(run(cli, loaded)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
 }
 
-async fn run(cli: &Cli) -> anyhow::Result<()> {
+async fn run(cli: &Cli, loaded: Option<GatewayConfig>) -> anyhow::Result<()> {
     match &cli.command {
         Command::Decode(_) => unreachable!("decode runs without a runtime"),
-        Command::Serve(args) => serve::run(args, &cli.data_dir()?).await,
+        Command::Serve(args) => serve::run(args, loaded, &cli.data_dir()?).await,
         Command::Demo(args) => demo::run(args, &cli.data_dir()?).await,
         Command::Node { config, command } => node::run(config, &cli.data_dir()?, command).await,
         Command::Sandbox { command } => sandbox::run(command).await,
+        Command::Admin(args) => admin::run(args, &cli.data_dir()?).await,
         Command::Tokens { command } => fetch::tokens(command, &cli.data_dir()?),
         Command::Receipts(args) => fetch::receipts(args, &cli.data_dir()?),
         Command::Sessions { command } => sessions::run(command, &cli.data_dir()?).await,
@@ -174,8 +213,11 @@ async fn run(cli: &Cli) -> anyhow::Result<()> {
 }
 
 /// Logs to stderr (`RUST_LOG` filters; default: info for gate402, warnings
-/// for the rest), as text or one JSON object per line.
-fn init_logging(format: &str, quiet: bool) {
+/// for the rest), as text or one JSON object per line. With `telemetry`,
+/// gate402's spans are exported too, and a line logged inside a request
+/// carries its span's fields (its `trace_id` among them); without, spans
+/// are off altogether, so that they cost nothing.
+fn init_logging(format: &str, quiet: bool, telemetry: Option<&Telemetry>) {
     let default = if quiet {
         "error"
     } else {
@@ -184,14 +226,18 @@ fn init_logging(format: &str, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
+    let traced = telemetry.is_some();
+    let filter = filter.and(filter_fn(move |metadata| traced || metadata.is_event()));
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = if format == "json" {
+        log.json().boxed()
     } else {
-        builder.init();
-    }
+        log.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(telemetry.map(Telemetry::layer))
+        .init();
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {

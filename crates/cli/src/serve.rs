@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
+use gate402_gateway::telemetry::TelemetryConfig;
 use gate402_gateway::{demo, Gateway, GatewayConfig};
 
 /// Arguments of `gate402 serve`.
@@ -21,10 +22,37 @@ pub struct Args {
     pub check: bool,
 }
 
-/// Loads the config, or the demo one when there is no file.
-async fn config(args: &Args) -> Result<(GatewayConfig, Option<tokio::task::JoinHandle<()>>)> {
-    let (mut config, demo_task) = match &args.config {
-        Some(path) => (GatewayConfig::load(path).map_err(|e| anyhow!("{e}"))?, None),
+/// Reads and checks the config file, if one is given: before anything
+/// starts, since its `[telemetry]` decides how the program logs.
+pub fn load(args: &Args) -> Result<Option<GatewayConfig>> {
+    match &args.config {
+        Some(path) => Ok(Some(GatewayConfig::load(path).map_err(|e| anyhow!("{e}"))?)),
+        None => Ok(None),
+    }
+}
+
+/// Where traces go: the file's `[telemetry]`, or without a file the
+/// standard `OTEL_*` variables alone.
+pub fn telemetry(loaded: Option<&GatewayConfig>) -> Result<TelemetryConfig> {
+    match loaded {
+        Some(config) => Ok(config.telemetry.clone()),
+        None => {
+            let mut telemetry = TelemetryConfig::default();
+            telemetry
+                .inherit_env(|name| std::env::var(name).ok())
+                .map_err(|e| anyhow!("{e}"))?;
+            Ok(telemetry)
+        }
+    }
+}
+
+/// The config read by [`load`], or the demo one when there is no file.
+async fn config(
+    args: &Args,
+    loaded: Option<GatewayConfig>,
+) -> Result<(GatewayConfig, Option<tokio::task::JoinHandle<()>>)> {
+    let (mut config, demo_task) = match loaded {
+        Some(config) => (config, None),
         None => {
             let (addr, task) = demo::start_upstream().await?;
             let services = demo::services(&format!("http://{addr}"));
@@ -78,9 +106,10 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
     }
 }
 
-/// Runs until SIGINT or SIGTERM; SIGHUP reloads the services from the file.
-pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
-    let (config, _demo) = config(args).await?;
+/// Runs until SIGINT or SIGTERM; SIGHUP reloads the services from the file
+/// (`loaded` is that file, read by [`load`]).
+pub async fn run(args: &Args, loaded: Option<GatewayConfig>, data_dir: &Path) -> Result<()> {
+    let (config, _demo) = config(args, loaded).await?;
     let banner = |url: &str| {
         let mut text = format!(
             "gate402 on {url}: sandbox Lightning backend (TEST MONEY) in front of the demo API\n\n"
@@ -144,7 +173,7 @@ pub async fn serve(
                     None => tracing::info!("SIGHUP: no config file to reload"),
                     Some(path) => match GatewayConfig::load(path) {
                         Ok(config) => {
-                            match services.set(&config.services) {
+                            match services.reload(&config) {
                                 Ok(()) => tracing::info!(services = config.services.len(), "SIGHUP: services reloaded"),
                                 Err(e) => tracing::error!(error = %e, "SIGHUP: config rejected, keeping the running one"),
                             }

@@ -105,8 +105,9 @@ fn methods(service: &PricedService) -> Vec<String> {
     }
 }
 
+/// Sold now: neither free nor switched off by the operator.
 fn paid(service: &PricedService) -> bool {
-    service.auth != Auth::Off
+    !matches!(service.auth, Auth::Off | Auth::Disabled)
 }
 
 fn price_msat(service: &PricedService) -> u64 {

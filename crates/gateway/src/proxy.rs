@@ -24,6 +24,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tracing::Instrument;
 
 use crate::config::{ServiceConfig, UpstreamConfig};
 use crate::problem::problem_response;
@@ -234,10 +235,24 @@ impl Proxy {
         for (name, value) in &upstream.headers {
             parts.headers.insert(name.clone(), value.clone());
         }
+        let service = parts.extensions.get::<Routed>().map(|r| &*r.service.name);
+        let span = crate::telemetry::upstream_span(&parts.method, &uri, service);
+        crate::telemetry::propagate(&span, &mut parts.headers);
         parts.uri = uri;
         parts.version = axum::http::Version::HTTP_11;
         let request = Request::from_parts(parts, body);
-        match tokio::time::timeout(upstream.response_timeout, pool.request(request)).await {
+        let answer = tokio::time::timeout(upstream.response_timeout, pool.request(request))
+            .instrument(span.clone())
+            .await;
+        crate::telemetry::upstream_answered(
+            &span,
+            match &answer {
+                Err(_) => Err("timeout"),
+                Ok(Err(_)) => Err("unreachable"),
+                Ok(Ok(response)) => Ok(response.status()),
+            },
+        );
+        match answer {
             Err(_) => problem_response(
                 StatusCode::GATEWAY_TIMEOUT,
                 "about:blank",

@@ -45,11 +45,16 @@ struct Harness {
 
 impl Harness {
     async fn start(toml: &str) -> Self {
+        Self::start_configured(toml, |_| {}).await
+    }
+
+    async fn start_configured(toml: &str, adjust: impl FnOnce(&mut GatewayConfig)) -> Self {
         let upstream = start_upstream().await;
         let dir = tempfile::tempdir().unwrap();
         let mut config = GatewayConfig::default_with_services(services(toml, &upstream));
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.mpp.realm = "api.test".into();
+        adjust(&mut config);
         let gateway = Gateway::start(&config, dir.path()).await.unwrap();
         Self {
             gateway,
@@ -161,6 +166,21 @@ async fn a_body_field_decides_the_price_of_the_challenge() {
         10
     );
     assert_eq!(h.price(post, "/chat", "not json").await, 10);
+}
+
+/// A body too large to read cannot be priced by its fields: it is refused,
+/// not sold at the default price.
+#[tokio::test]
+async fn a_body_too_large_to_read_is_not_priced_by_its_fields() {
+    let pricer = start_pricer("answer").await;
+    let both = format!("{CHAT}{}", priced_by(&pricer));
+    let h = Harness::start_configured(&both, |c| c.server.max_body_bytes = 64).await;
+    let large = json!({"model": "gpt-4", "pad": "x".repeat(100)}).to_string();
+    let refused = h.post("/chat", &large, None).await;
+    assert_eq!(refused.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // A pricer is asked without the digest of a body it was not sent.
+    assert_eq!(h.price(reqwest::Method::POST, "/quote", &large).await, 33);
+    assert!(pricer.asked.lock().unwrap()[0]["body_digest"].is_null());
 }
 
 #[tokio::test]

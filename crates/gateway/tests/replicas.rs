@@ -309,3 +309,130 @@ async fn two_replicas_spend_one_balance_exactly() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// An admin change made on one replica applies on the other within its
+/// sync (`[admin] sync_secs`, 1 s here): a new price, and a revoked token.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_change_on_one_replica_applies_to_both() {
+    let postgres = TestPostgres::start().await;
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+[store]
+kind = "postgres"
+url = "{url}"
+[mpp]
+secret = "a shared secret of at least thirty-two bytes"
+[[services]]
+name = "weather"
+path = "/weather"
+price_sats = 10
+upstream = "http://{upstream}"
+[[services]]
+name = "pass"
+path = "/hello"
+price_sats = 3
+sells = "pass"
+upstream = "http://{upstream}"
+"#,
+        url = postgres.url
+    );
+    let config = gate402_gateway::GatewayConfig::parse(&text, |_| None).unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start(&config, dir_a.path()).await.unwrap();
+    let b = Gateway::start(&config, dir_b.path()).await.unwrap();
+    let http = reqwest::Client::new();
+    let base = |g: &Gateway| format!("http://{}", g.addr());
+    let admin_a = format!("http://{}/admin/api", a.admin_addr().unwrap());
+    let secret_a = std::fs::read_to_string(dir_a.path().join("admin_secret")).unwrap();
+    let price = |gateway: String| {
+        let http = http.clone();
+        async move {
+            let response = http.get(format!("{gateway}/weather")).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+            Offer::from_headers(response.headers())
+                .unwrap()
+                .amount_msat()
+                .unwrap()
+                / 1000
+        }
+    };
+    assert_eq!(price(base(&b)).await, 10);
+
+    // A pass bought on B, used on both.
+    let response = http
+        .get(format!("{}/hello", base(&b)))
+        .send()
+        .await
+        .unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    let paid = pay_via(&http, &base(&b), &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let token = offer.l402_authorization(&preimage).unwrap();
+    let use_pass = |gateway: String| {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            http.get(format!("{gateway}/hello"))
+                .header(AUTHORIZATION, token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(use_pass(base(&a)).await, StatusCode::OK);
+    assert_eq!(use_pass(base(&b)).await, StatusCode::OK);
+
+    // Through A's admin API: a new price, and the pass revoked.
+    let response = http
+        .patch(format!("{admin_a}/services/weather"))
+        .bearer_auth(&secret_a)
+        .json(&serde_json::json!({"price_sats": 21}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = http
+        .post(format!(
+            "{admin_a}/tokens/{}/revoke",
+            hex::encode(offer.invoice.payment_hash())
+        ))
+        .bearer_auth(&secret_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // A at once; B within its sync.
+    assert_eq!(price(base(&a)).await, 21);
+    assert_eq!(use_pass(base(&a)).await, StatusCode::PAYMENT_REQUIRED);
+    let mut seen = false;
+    for _ in 0..50 {
+        if price(base(&b)).await == 21 && use_pass(base(&b)).await == StatusCode::PAYMENT_REQUIRED {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen,
+        "replica B applied the price and the revocation within 5 s"
+    );
+    // B's own admin API shows who changed it.
+    let admin_b = format!("http://{}/admin/api", b.admin_addr().unwrap());
+    let secret_b = std::fs::read_to_string(dir_b.path().join("admin_secret")).unwrap();
+    let service: serde_json::Value = http
+        .get(format!("{admin_b}/services/weather"))
+        .bearer_auth(&secret_b)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(service["price_sats"], 21);
+    assert_eq!(service["changed"]["by"], "local");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

@@ -40,6 +40,18 @@ pub enum CredentialScheme {
     X402,
 }
 
+impl CredentialScheme {
+    /// Its name as receipts, metrics and traces give it: `L402`,
+    /// `Payment` or `x402`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialScheme::L402 => "L402",
+            CredentialScheme::Payment => "Payment",
+            CredentialScheme::X402 => "x402",
+        }
+    }
+}
+
 /// The header a credential came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialField {

@@ -27,6 +27,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::body::{binds_body, read_whole, BodyError, BoxError, BODY_BROKEN};
 use crate::claims::{Claim, ClaimError, ClaimKey};
@@ -143,7 +144,15 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let paywall = self.paywall.clone();
-        Box::pin(async move { paywall.handle(request, inner).await })
+        let span = crate::observe::request_span(&request);
+        Box::pin(async move {
+            let answer = paywall
+                .handle(request, inner)
+                .instrument(span.clone())
+                .await;
+            crate::observe::responded(&span, answer.as_ref().ok().map(Response::status));
+            answer
+        })
     }
 }
 
@@ -406,6 +415,7 @@ impl Paywall {
             Ok(None) => return call(inner, request).await,
             Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),
         };
+        crate::observe::routed(request.method(), &service);
         request.extensions_mut().insert(Routed {
             service: service.clone(),
             host,
@@ -423,6 +433,7 @@ impl Paywall {
         };
         let presented = match (service.auth, presented) {
             (Auth::Off, _) => return call(inner, request).await,
+            (Auth::Disabled, _) => return Ok(own(responses::disabled(&service.name))),
             (_, Err(e)) => {
                 let refusal = match e {
                     credentials::CredentialError::TooLarge(_) => Refusal::new(
@@ -467,6 +478,7 @@ impl Paywall {
                 .challenge(&service, &mut request, client, refusal)
                 .await));
         };
+        crate::observe::scheme(scheme.name());
         // Whether the request spends from a balance (an MPP session or an
         // L402 token naming one) rather than a payment of its own.
         let mut from_balance = false;
@@ -522,7 +534,7 @@ impl Paywall {
                 }
             }
         };
-        let verified = match verified {
+        let verified = match verified.and_then(|verified| self.unrevoked(verified)) {
             Ok(verified) => verified,
             Err(refusal) => {
                 self.inner.metrics.rejected(refusal.problem.code());
@@ -543,11 +555,8 @@ impl Paywall {
             }
             Err(Err(answer)) => return Ok(own(answer)),
         };
-        let scheme_name = match scheme {
-            CredentialScheme::L402 => "L402",
-            CredentialScheme::Payment => "Payment",
-            CredentialScheme::X402 => "x402",
-        };
+        let scheme_name = scheme.name();
+        crate::observe::payment_hash(&verified.payment_hash);
         if let Some(deposit) = verified.balance {
             // An L402 token naming a balance opens it on first use.
             if let Err(halt) = self.open_balance(&service, &verified, deposit).await {
@@ -631,7 +640,7 @@ impl Paywall {
         // Detached from the connection: a client that leaves must not stop
         // the answer it paid for from being kept for its retry.
         let paywall = self.clone();
-        let task = tokio::spawn(async move {
+        let serving = async move {
             paywall
                 .serve(
                     &service,
@@ -643,7 +652,8 @@ impl Paywall {
                     keep,
                 )
                 .await
-        });
+        };
+        let task = tokio::spawn(serving.in_current_span());
         match task.await {
             Ok(answer) => answer,
             Err(e) => {
@@ -1001,13 +1011,16 @@ impl Paywall {
             )
             .await
         {
-            Ok(issued) => responses::payment_required(
-                &issued,
-                service,
-                &refusal,
-                accept.is_some(),
-                self.test_money(),
-            ),
+            Ok(issued) => {
+                crate::observe::payment_hash(&issued.payment_hash);
+                responses::payment_required(
+                    &issued,
+                    service,
+                    &refusal,
+                    accept.is_some(),
+                    self.test_money(),
+                )
+            }
             Err(_) => responses::unavailable("the Lightning node"),
         }
     }

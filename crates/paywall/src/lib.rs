@@ -26,6 +26,8 @@
 //! - [`responses`]: 400/401/402/429/503 problem bodies;
 //! - [`client`]: who the client is, behind trusted proxies;
 //! - [`limits`]: rate limits and the unpaid-invoice cap;
+//! - [`observe`]: the request span, store and Lightning calls timed and
+//!   traced;
 //! - [`layer`]: all of it as a [`tower_layer::Layer`].
 //!
 //! ```
@@ -72,6 +74,7 @@ pub mod layer;
 pub mod limits;
 mod meter;
 pub mod metrics;
+pub mod observe;
 pub mod payment_id;
 mod paywall;
 pub mod pricing;
@@ -89,10 +92,12 @@ pub use issue::{Binding, Doors, Issued};
 pub use layer::{PaywallBody, PaywallLayer, PaywallService, Routed};
 pub use limits::{Limited, LimitsConfig};
 pub use metrics::Metrics;
+pub use observe::{ObservedBackend, ObservedStore};
 pub use paywall::{
     Paywall, PaywallBuilder, PaywallError, DEFAULT_CLAIM_LEASE, DEFAULT_MAX_BODY_BYTES,
 };
 pub use pricing::Pricing;
 pub use responses::Refusal;
+pub use sessions::SessionClose;
 pub use route::{Auth, Meter, PricedService, Schemes, Sells, Usage};
 pub use verify::Verified;

@@ -10,8 +10,10 @@ use arc_swap::ArcSwap;
 use gate402_l402::RootKeySecrets;
 use gate402_lightning::{LightningBackend, LightningError, Network};
 use gate402_mpp::challenge::ChallengeKey;
+use gate402_mpp::problem::ProblemType;
 use gate402_mpp::{PaymentCredential, Receipt};
 use gate402_store::{PaymentRecord, Store, StoreError};
+use http::StatusCode;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -208,6 +210,7 @@ impl PaywallBuilder {
                 bodies: Bodies::new(self.max_body_bytes),
                 idempotency: self.idempotency,
                 pricers: Default::default(),
+                revoked: ArcSwap::default(),
                 background: TaskTracker::new(),
                 served: Batch::new(),
                 stop: CancellationToken::new(),
@@ -276,6 +279,9 @@ pub(crate) struct State {
     pub(crate) idempotency: IdempotencyConfig,
     /// Pricers' client and the answers they gave.
     pub(crate) pricers: crate::pricing::Pricers,
+    /// Payments the operator revoked (their hashes): read by every paid
+    /// request, replaced whole when one is added.
+    revoked: ArcSwap<std::collections::HashSet<[u8; 32]>>,
     /// The writer of `served`.
     pub(crate) background: TaskTracker,
     /// What payments served, written after the responses left.
@@ -328,6 +334,38 @@ impl Paywall {
     /// with the services they started with.
     pub fn set_services(&self, services: impl IntoIterator<Item = PricedService>) {
         self.inner.routes.store(Arc::new(Routes::new(services)));
+    }
+
+    /// Refuses from now on every credential naming one of `payment_hashes`
+    /// (revoked by the operator), through any scheme.
+    pub fn revoke(&self, payment_hashes: impl IntoIterator<Item = [u8; 32]>) {
+        let added: Vec<[u8; 32]> = payment_hashes.into_iter().collect();
+        if added.is_empty() {
+            return;
+        }
+        self.inner.revoked.rcu(|revoked| {
+            let mut revoked = (**revoked).clone();
+            revoked.extend(added.iter().copied());
+            revoked
+        });
+    }
+
+    /// Whether the operator revoked the payment `payment_hash`.
+    pub fn is_revoked(&self, payment_hash: &[u8; 32]) -> bool {
+        self.inner.revoked.load().contains(payment_hash)
+    }
+
+    /// `verified`, unless the operator revoked its payment: the one check
+    /// every scheme's credential passes after its proof holds.
+    pub(crate) fn unrevoked(&self, verified: Verified) -> Result<Verified, Refusal> {
+        if self.is_revoked(&verified.payment_hash) {
+            return Err(Refusal::new(
+                StatusCode::PAYMENT_REQUIRED,
+                ProblemType::VerificationFailed,
+                "this payment's credential was revoked by the operator",
+            ));
+        }
+        Ok(verified)
     }
 
     /// The metrics.
@@ -506,7 +544,10 @@ impl Paywall {
         service: &PricedService,
         credential: &PaymentCredential,
     ) -> Result<Verified, Refusal> {
-        self.inner.verifier.payment(service, credential, None, None)
+        self.inner
+            .verifier
+            .payment(service, credential, None, None)
+            .and_then(|verified| self.unrevoked(verified))
     }
 
     /// Claims a verified single-use payment for one request, keyed by its

@@ -408,6 +408,15 @@ impl PriceRule {
         )
     }
 
+    /// Whether it looks into the body (its JSON fields).
+    fn reads_fields(&self) -> bool {
+        !self.body.is_empty()
+            || self
+                .per
+                .as_ref()
+                .is_some_and(|p| matches!(p.source, UnitSource::Body(_)))
+    }
+
     /// Whether it looks at the body.
     fn reads_body(&self) -> bool {
         !self.body.is_empty()
@@ -435,6 +444,12 @@ impl Pricing {
     /// or the pricer is sent its digest.
     pub fn reads_body(&self) -> bool {
         self.pricer.is_some() || self.rules.iter().any(PriceRule::reads_body)
+    }
+
+    /// Whether a rule looks into the body's JSON fields: a body too large
+    /// to read cannot be priced then.
+    pub fn reads_fields(&self) -> bool {
+        self.rules.iter().any(PriceRule::reads_fields)
     }
 
     /// The query parameters the rules look at.
@@ -709,7 +724,8 @@ impl Paywall {
     ///
     /// # Errors
     ///
-    /// The answer for a body that could not be read (413, 400, 503 busy),
+    /// The answer for a body that could not be read (413, also for a body
+    /// over the limit when a rule looks into its fields; 400; 503 busy),
     /// or a 400 for a query parameter a rule looks at given more than once.
     pub(crate) async fn priced<B>(
         &self,
@@ -727,8 +743,10 @@ impl Paywall {
         let body = if pricing.reads_body() {
             match read_whole(request, &self.inner.bodies, true).await {
                 Ok(body) => Some(body),
-                Err(BodyError::TooLarge) => None,
-                Err(BodyError::Overflowed) => {
+                // Unread, its fields cannot decide a price: a body too large
+                // would otherwise buy the default price for any request.
+                Err(BodyError::TooLarge) if !pricing.reads_fields() => None,
+                Err(BodyError::TooLarge | BodyError::Overflowed) => {
                     return Err(responses::payload_too_large(self.inner.bodies.limit()))
                 }
                 Err(BodyError::Busy) => return Err(responses::busy()),

@@ -125,6 +125,18 @@ pub fn busy() -> Response<Bytes> {
     response
 }
 
+/// `503` for a service the operator switched off: nothing was charged,
+/// and no other route serves its requests meanwhile.
+pub fn disabled(service: &str) -> Response<Bytes> {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "about:blank",
+        "Service Unavailable",
+        &format!("the service {service:?} is disabled by its operator (nothing was charged)"),
+        None,
+    )
+}
+
 /// `413 Content Too Large`: a paid request's body is bound to its payment
 /// and read whole, up to `limit` bytes.
 pub fn payload_too_large(limit: usize) -> Response<Bytes> {

@@ -550,6 +550,37 @@ impl Paywall {
         (refund_sats, status.to_owned())
     }
 
+    /// Closes the session `id` now (the operator's close) and refunds its
+    /// unspent balance to its return invoice, once across replicas.
+    /// Answers the refund in sats and how it went (`paid`, `failed`,
+    /// `pending`, `none` when nothing was left or no invoice is known), or
+    /// the record of a session closed before (`None` when there is none).
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot answer; nothing changed then.
+    pub async fn close_session(
+        &self,
+        id: &[u8; 32],
+    ) -> Result<Option<SessionClose>, gate402_store::StoreError> {
+        Ok(match self.store().close_session(id, unix_now()).await? {
+            Closing::NotFound => None,
+            Closing::AlreadyClosed(record) => Some(SessionClose::AlreadyClosed(record)),
+            Closing::Closed {
+                refund_msat,
+                return_invoice,
+            } => {
+                let (refund_sats, status) = self
+                    .refund(id, refund_msat, return_invoice.as_deref())
+                    .await;
+                Some(SessionClose::Closed {
+                    refund_sats,
+                    status,
+                })
+            }
+        })
+    }
+
     /// Closes and refunds the sessions idle past their timeout. Only the
     /// replica whose close wins refunds one.
     pub(crate) async fn close_idle(&self) {
@@ -573,4 +604,18 @@ impl Paywall {
             }
         }
     }
+}
+
+/// What [`Paywall::close_session`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionClose {
+    /// Closed by this call: the refund in sats and how it went.
+    Closed {
+        /// The unspent balance refunded, in satoshis.
+        refund_sats: u64,
+        /// `paid`, `failed`, `pending` or `none`.
+        status: String,
+    },
+    /// Closed before; its record.
+    AlreadyClosed(gate402_store::SessionRecord),
 }

@@ -11,10 +11,12 @@ use serde_path_to_error::Segment;
 use toml::{Table, Value};
 
 use super::{
-    join, DiscoveryConfig, GatewayConfig, McpConfig, McpProxyConfig, ServerConfig, StoreConfig,
+    join, AdminConfig, DiscoveryConfig, GatewayConfig, McpConfig, McpProxyConfig, ServerConfig, StoreConfig,
     TlsConfig,
 };
 use crate::lightning::LightningConfig;
+use crate::telemetry::TelemetryConfig;
+use crate::LOCAL_ADMIN;
 
 /// The top level. Each table is read on its own after, so a mistake in one
 /// does not hide those in the others.
@@ -35,6 +37,8 @@ struct RawRoot {
     server: Option<Value>,
     mcp: Option<Value>,
     discovery: Option<Value>,
+    telemetry: Option<Value>,
+    admin: Option<Value>,
 }
 
 /// `[tls]`.
@@ -248,11 +252,49 @@ impl Checker {
         if let Some(tools) = raw.tools {
             config.tools = self.tools(tools, &config.services);
         }
+        if let Some(admin) = raw.admin.and_then(|v| self.section("admin", v)) {
+            self.admin(&admin);
+            config.admin = admin;
+        }
         if let Some(discovery) = raw.discovery.and_then(|v| self.section("discovery", v)) {
             self.discovery(&discovery);
             config.discovery = discovery;
         }
+        if let Some(telemetry) = raw.telemetry.and_then(|v| self.section("telemetry", v)) {
+            self.telemetry(&telemetry);
+            config.telemetry = telemetry;
+        }
         config
+    }
+
+    fn admin(&mut self, admin: &AdminConfig) {
+        if admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            self.error(
+                "admin.listen",
+                format!("{:?} is not an address like 127.0.0.1:8403", admin.listen),
+            );
+        }
+        if !(1..=3600).contains(&admin.sync_secs) {
+            self.error("admin.sync_secs", "must be between 1 and 3600");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, credential) in admin.credentials.iter().enumerate() {
+            let at = format!("admin.credentials[{i}]");
+            if credential.name.is_empty() || credential.name == LOCAL_ADMIN {
+                self.error(
+                    &format!("{at}.name"),
+                    format!("must be set and not {LOCAL_ADMIN:?} (the data dir's credential)"),
+                );
+            } else if !names.insert(credential.name.as_str()) {
+                self.error(&format!("{at}.name"), "is used by an earlier credential");
+            }
+            if credential.secret.len() < 32 {
+                self.error(
+                    &format!("{at}.secret"),
+                    "must be at least 32 characters (e.g. secret = \"${GATE402_ADMIN_SECRET}\")",
+                );
+            }
+        }
     }
 
     fn store(&mut self, store: RawStore, config: &mut GatewayConfig) {
@@ -408,6 +450,25 @@ impl Checker {
                     format!("{origin:?} is not an origin like https://app.example.com"),
                 );
             }
+        }
+    }
+
+    fn telemetry(&mut self, telemetry: &TelemetryConfig) {
+        if let Some(endpoint) = &telemetry.otlp_endpoint {
+            if let Err(e) = crate::telemetry::check_endpoint(endpoint) {
+                self.error("telemetry.otlp_endpoint", e);
+            }
+        }
+        if let Some(name) = &telemetry.service_name {
+            if let Err(e) = crate::telemetry::check_service_name(name) {
+                self.error("telemetry.service_name", e);
+            }
+        }
+        if !(0.0..=1.0).contains(&telemetry.sample_ratio) {
+            self.error(
+                "telemetry.sample_ratio",
+                "must be between 0.0 (no request traced) and 1.0 (every request)",
+            );
         }
     }
 

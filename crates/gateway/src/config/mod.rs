@@ -70,6 +70,14 @@ pub struct GatewayConfig {
     pub receipts_retention_days: u64,
     /// What the discovery documents say beyond routes and prices.
     pub discovery: DiscoveryConfig,
+    /// Where traces go (`[telemetry]`); off by default.
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    /// The operator's admin API.
+    pub admin: AdminConfig,
+    /// The `[[services]]` tables as written, before `${NAME}` expansion
+    /// (so no secret from the environment is in them): what the admin API
+    /// shows and edits. Empty for services made in code.
+    pub service_tables: Vec<Table>,
     /// What is allowed but risky, for `serve --check` and the log.
     pub warnings: Vec<String>,
 }
@@ -92,6 +100,78 @@ pub struct DiscoveryConfig {
     /// Its documentation for language models (an `llms.txt`): `docs.llms`.
     #[serde(default)]
     pub llms: Option<String>,
+}
+
+/// `[admin]`: the operator's admin API and dashboard, on a listener of
+/// their own.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether it runs (default: yes).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where it listens (default `127.0.0.1:0`: loopback, a port chosen
+    /// at start and written to `admin.json` in the data dir).
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// Seconds between checks of the store for changes other replicas
+    /// made (services, revocations); default 1.
+    #[serde(default = "one")]
+    pub sync_secs: u64,
+    /// Named bearer credentials besides the data dir's (`local`).
+    #[serde(default)]
+    pub credentials: Vec<AdminCredential>,
+    /// The dashboard warns when the node can be paid less than this more
+    /// (inbound liquidity, satoshis); default 50 000.
+    #[serde(default = "default_low_inbound")]
+    pub low_inbound_sats: u64,
+}
+
+/// A named admin credential; its name is logged with every change made
+/// with it.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminCredential {
+    /// Who it is (`ops`, `ci`…).
+    pub name: String,
+    /// The bearer secret, at least 32 characters.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AdminCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminCredential")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: default_admin_listen(),
+            sync_secs: 1,
+            credentials: Vec::new(),
+            low_inbound_sats: default_low_inbound(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn default_low_inbound() -> u64 {
+    50_000
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:0".into()
 }
 
 /// `[mcp_proxy]`: the paywall in front of another MCP server.
@@ -514,7 +594,32 @@ impl GatewayConfig {
             claim_lease_secs: gate402_paywall::DEFAULT_CLAIM_LEASE.as_secs(),
             receipts_retention_days: 90,
             discovery: DiscoveryConfig::default(),
+            telemetry: Default::default(),
+            admin: AdminConfig::default(),
+            service_tables: Vec::new(),
             warnings: Vec::new(),
+        }
+    }
+
+    /// One `[[services]]` table from elsewhere than the file (the admin
+    /// API): `${NAME}` expanded with `env` and checked as the file's
+    /// tables are, each error prefixed with `path`.
+    ///
+    /// # Errors
+    ///
+    /// Every problem found, with its key path.
+    pub fn service_from_table(
+        table: &Table,
+        path: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ServiceConfig, ConfigErrors> {
+        let mut table = table.clone();
+        let mut check = Checker::default();
+        env::expand(&mut table, path, &env, &mut check.errors);
+        let service = check.service(path, table);
+        match service {
+            Some(service) if check.errors.is_empty() => Ok(service),
+            _ => Err(ConfigErrors(check.errors)),
         }
     }
 
@@ -529,9 +634,21 @@ impl GatewayConfig {
     /// Parses config text; `env` resolves `${NAME}` in string values.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
         let mut root = parse_toml(text)?;
+        let written: Vec<Table> = match root.get("services") {
+            Some(Value::Array(entries)) => entries
+                .iter()
+                .filter_map(|entry| entry.as_table().cloned())
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut check = Checker::default();
         env::expand(&mut root, "", &env, &mut check.errors);
         let mut config = check.config(root);
+        // The standard OpenTelemetry variables, where the file is silent.
+        if let Err(e) = config.telemetry.inherit_env(&env) {
+            check.errors.push(e);
+        }
+        config.service_tables = written;
         check.warn_risky(&config);
         config.warnings = std::mem::take(&mut check.warnings);
         if check.errors.is_empty() {

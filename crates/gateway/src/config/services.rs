@@ -183,7 +183,7 @@ impl Checker {
         services
     }
 
-    fn service(&mut self, path: &str, table: Table) -> Option<ServiceConfig> {
+    pub(super) fn service(&mut self, path: &str, table: Table) -> Option<ServiceConfig> {
         let at = |key: &str| join(path, key);
         // What was written, whether or not it could be read: a key of the
         // wrong type is reported as such, not as missing.

@@ -62,6 +62,28 @@ fn create_private_file(path: &Path, contents: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Writes `contents` to `path`, readable by its owner only, replacing
+/// what was there (through a file renamed into place, so a reader never
+/// sees half of it).
+///
+/// # Errors
+///
+/// When the file cannot be written.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let temporary = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Reads a small file made by [`create_private_file`], or makes it with
 /// `make()`. A file readable by others is made private, with a warning
 /// when it is `secret`.

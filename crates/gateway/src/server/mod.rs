@@ -19,7 +19,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use gate402_paywall::{Paywall, PricedService};
+use gate402_paywall::{ObservedBackend, ObservedStore, Paywall, PricedService};
 use gate402_store::{PostgresStore, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 use tower::Layer;
@@ -29,6 +29,7 @@ use crate::discovery;
 use crate::lightning::Connected;
 use crate::mcp::{McpAccess, PaidTools};
 use crate::proxy::Proxy;
+use crate::services::ServicesHandle;
 use data_dir::DataDir;
 
 /// A running gateway.
@@ -39,29 +40,9 @@ pub struct Gateway {
     stop: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     purge: tokio::task::JoinHandle<()>,
+    sync: tokio::task::JoinHandle<()>,
+    admin: Option<crate::admin::AdminListener>,
     _data_dir: DataDir,
-}
-
-/// Replaces the services of a running gateway (a config reload): routes
-/// and prices in the paywall, upstreams in the proxy.
-#[derive(Clone)]
-pub struct ServicesHandle {
-    paywall: Paywall,
-    proxy: Proxy,
-}
-
-impl ServicesHandle {
-    /// Installs `services`; requests in flight finish with the old ones.
-    ///
-    /// # Errors
-    ///
-    /// When an upstream's TLS files cannot be used; nothing changes then.
-    pub fn set(&self, services: &[ServiceConfig]) -> Result<(), crate::tls::TlsError> {
-        self.proxy.set_services(services)?;
-        self.paywall
-            .set_services(services.iter().map(|s| s.priced.clone()));
-        Ok(())
-    }
 }
 
 #[derive(Clone)]
@@ -114,11 +95,33 @@ impl Gateway {
                     .context("store: connecting to PostgreSQL")?,
             ),
         };
+        // Every store and Lightning call is timed (and traced inside a
+        // request) through these, into the paywall's metrics.
+        let paywall_metrics = Arc::new(gate402_paywall::Metrics::default());
+        let store: Arc<dyn Store> = Arc::new(ObservedStore::new(
+            store,
+            paywall_metrics.clone(),
+            match &config.store {
+                StoreConfig::Sqlite(_) => "sqlite",
+                StoreConfig::Postgres(_) => "postgresql",
+            },
+        ));
+        let backend_name = if connected.sandbox.is_some() {
+            "sandbox"
+        } else {
+            config.lightning.name()
+        };
+        let backend = Arc::new(ObservedBackend::new(
+            connected.backend,
+            paywall_metrics.clone(),
+            backend_name,
+        ));
         let secret = match &config.mpp.secret {
             Some(secret) => secret.clone(),
             None => data_dir.secret("mpp_secret")?,
         };
-        let mut builder = Paywall::builder(connected.backend, store.clone(), &secret)?
+        let mut builder = Paywall::builder(backend, store.clone(), &secret)?
+            .metrics(paywall_metrics)
             .replica(data_dir.replica())
             .realm(config.mpp.realm.clone())
             .invoice_expiry_secs(config.invoice_expiry_secs)
@@ -156,6 +159,27 @@ impl Gateway {
         }
         let proxy =
             Proxy::new(&config.services, config.server.trusted()).context("upstream TLS")?;
+        let services = ServicesHandle::new(paywall.clone(), proxy.clone(), config);
+        // What the admin API changed (prices, revocations) applies before
+        // the first request is served.
+        let mut sync = crate::admin::sync::Sync::new(paywall.clone(), services.clone());
+        sync.catch_up()
+            .await
+            .context("catching up with the admin API's changes in the store")?;
+        let stop = CancellationToken::new();
+        let admin = crate::admin::listen(
+            &config.admin,
+            data_dir.path(),
+            &data_dir.secret(crate::admin::SECRET_FILE)?,
+            paywall.clone(),
+            services.clone(),
+            stop.clone(),
+        )
+        .await?;
+        let sync = tokio::spawn(sync.run(
+            Duration::from_secs(config.admin.sync_secs),
+            stop.clone(),
+        ));
         let mcp = PaidTools::from_config(config, &paywall, &proxy).await?;
         let state = AppState {
             paywall: paywall.clone(),
@@ -206,7 +230,6 @@ impl Gateway {
             trusted: config.server.trusted(),
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
         };
-        let stop = CancellationToken::new();
         let server = tokio::spawn(listen::serve(listener, tls, app, limits, stop.clone()));
         let retention = config.receipts_retention_days * 86_400;
         let purge = tokio::spawn(async move {
@@ -231,14 +254,13 @@ impl Gateway {
         tracing::info!(%addr, backend = config.lightning.name(), services = config.services.len(), test_money = paywall.test_money().is_some(), "gate402 listening");
         Ok(Self {
             addr,
-            services: ServicesHandle {
-                paywall: paywall.clone(),
-                proxy,
-            },
+            services,
             paywall,
             stop,
             server,
             purge,
+            sync,
+            admin,
             _data_dir: data_dir,
         })
     }
@@ -246,6 +268,11 @@ impl Gateway {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the admin API listens, unless `[admin] enabled = false`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr())
     }
 
     /// The paywall.
@@ -279,6 +306,10 @@ impl Gateway {
     pub async fn wait(self) -> Result<()> {
         let served = self.server.await;
         self.purge.abort();
+        let _ = self.sync.await;
+        if let Some(admin) = self.admin {
+            admin.wait().await;
+        }
         self.paywall.shutdown().await;
         served??;
         Ok(())

@@ -15,6 +15,9 @@ pub enum Auth {
     Off,
     /// This many free calls per client, then pay.
     Freebie(u64),
+    /// Switched off by the operator: answers 503 and reaches no upstream.
+    /// The route stays, so that no broader route takes its requests.
+    Disabled,
 }
 
 /// Which payment schemes (doors) a service offers on its one invoice.

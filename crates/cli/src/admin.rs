@@ -1,0 +1,415 @@
+//! `gate402 admin …`: the admin API of a running gateway from the shell.
+//! With the gateway's `--data-dir` and nothing else it finds the API's
+//! address (`admin.json`) and the `local` credential (`admin_secret`)
+//! there; `--url` and `GATE402_ADMIN_SECRET` reach another one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use serde_json::{json, Value};
+
+/// `gate402 admin`'s flags.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Print the API's JSON answer instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The admin API (default: the one the gateway on --data-dir wrote).
+    #[arg(long, global = true, value_name = "URL")]
+    url: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+/// What `gate402 admin` does.
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// The services that run, with their last 24 hours.
+    Services,
+    /// One service, with its table.
+    Service {
+        /// Its name.
+        name: String,
+    },
+    /// Set a service's price, in satoshis.
+    Price {
+        /// The service.
+        name: String,
+        /// The new price.
+        sats: u64,
+    },
+    /// Create a service, or replace its whole table, from a TOML or JSON
+    /// file holding one `[[services]]` table's keys.
+    Put {
+        /// The service.
+        name: String,
+        /// The table (`.json`, else TOML).
+        file: PathBuf,
+    },
+    /// Make a service answer 503 (its route stays; nothing is charged).
+    Disable {
+        /// The service.
+        name: String,
+    },
+    /// Serve a disabled service again.
+    Enable {
+        /// The service.
+        name: String,
+    },
+    /// Delete a service, even one the config file names.
+    Delete {
+        /// The service.
+        name: String,
+    },
+    /// Revenue, payments, 402s and conversion per service.
+    Revenue {
+        /// Buckets: hour or day.
+        #[arg(long, default_value = "hour")]
+        by: String,
+        /// How far back, in hours (default: 24, or 720 by day).
+        #[arg(long)]
+        hours: Option<u64>,
+    },
+    /// Payments, newest first.
+    Payments {
+        /// Of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Through this scheme (L402, Payment, x402).
+        #[arg(long)]
+        scheme: Option<String>,
+        /// How far back, in hours (default 24).
+        #[arg(long)]
+        hours: Option<u64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+    },
+    /// A payment's record, revocation and balance.
+    Token {
+        /// Its payment hash, or the L402 macaroon.
+        token: String,
+    },
+    /// Refuse every credential of one payment from now on.
+    Revoke {
+        /// Its payment hash, or the L402 macaroon.
+        token: String,
+    },
+    /// A prepaid balance.
+    Session {
+        /// Its id (the deposit's payment hash).
+        id: String,
+    },
+    /// Close a prepaid balance and refund what is left.
+    CloseSession {
+        /// Its id (the deposit's payment hash).
+        id: String,
+    },
+    /// The Lightning node: funds, channels, inbound liquidity, invoices.
+    Node,
+    /// The latest admin changes and who made them.
+    Log {
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
+    /// Print a dashboard login link (usable for 2 minutes).
+    Open,
+}
+
+/// Where the API is and who calls it.
+struct Api {
+    url: String,
+    secret: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn find(args: &Args, data_dir: &Path) -> Result<Self> {
+        let url = match &args.url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let file = data_dir.join(gate402_gateway::admin::ADMIN_FILE);
+                let text = std::fs::read_to_string(&file).with_context(|| {
+                    format!(
+                        "no running gateway's admin API found: {} cannot be read (start `gate402 serve` with this --data-dir, or pass --url)",
+                        file.display()
+                    )
+                })?;
+                let found: Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", file.display()))?;
+                found["url"]
+                    .as_str()
+                    .with_context(|| format!("{} names no url", file.display()))?
+                    .to_owned()
+            }
+        };
+        let secret = match std::env::var("GATE402_ADMIN_SECRET") {
+            Ok(secret) => secret,
+            Err(_) => {
+                let file = data_dir.join(gate402_gateway::admin::SECRET_FILE);
+                std::fs::read_to_string(&file)
+                    .with_context(|| {
+                        format!(
+                            "no admin credential: {} cannot be read (or set GATE402_ADMIN_SECRET)",
+                            file.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        Ok(Self {
+            url,
+            secret,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut request = self
+            .http
+            .request(method, format!("{}/admin/api{path}", self.url))
+            .bearer_auth(&self.secret);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.url))?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let detail = answer["detail"].as_str().unwrap_or("no detail");
+            let mut message = format!("{status}: {detail}");
+            if let Some(errors) = answer["errors"].as_array() {
+                for error in errors {
+                    message.push_str(&format!("\n  {}", error.as_str().unwrap_or_default()));
+                }
+            }
+            bail!(message);
+        }
+        Ok(answer)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str) -> Result<Value> {
+        self.call(reqwest::Method::POST, path, None).await
+    }
+}
+
+/// A path segment, percent-encoded.
+fn segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// Runs `gate402 admin`.
+///
+/// # Errors
+///
+/// When the API cannot be found or reached, or refuses (its problem's
+/// detail is the message).
+pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
+    let api = Api::find(args, data_dir)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let answer = match &args.command {
+        AdminCommand::Services => api.get("/services").await?,
+        AdminCommand::Service { name } => api.get(&format!("/services/{}", segment(name))).await?,
+        AdminCommand::Price { name, sats } => {
+            api.call(
+                reqwest::Method::PATCH,
+                &format!("/services/{}", segment(name)),
+                Some(json!({ "price_sats": sats })),
+            )
+            .await?
+        }
+        AdminCommand::Put { name, file } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let table: Value = if file.extension().is_some_and(|e| e == "json") {
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not JSON", file.display()))?
+            } else {
+                let table: toml::Table = toml::from_str(&text)
+                    .with_context(|| format!("{} is not TOML", file.display()))?;
+                serde_json::to_value(table)?
+            };
+            api.call(
+                reqwest::Method::PUT,
+                &format!("/services/{}", segment(name)),
+                Some(table),
+            )
+            .await?
+        }
+        AdminCommand::Disable { name } => {
+            api.post(&format!("/services/{}/disable", segment(name)))
+                .await?
+        }
+        AdminCommand::Enable { name } => {
+            api.post(&format!("/services/{}/enable", segment(name)))
+                .await?
+        }
+        AdminCommand::Delete { name } => {
+            api.call(
+                reqwest::Method::DELETE,
+                &format!("/services/{}", segment(name)),
+                None,
+            )
+            .await?
+        }
+        AdminCommand::Revenue { by, hours } => {
+            let hours = hours.unwrap_or(if by == "day" { 720 } else { 24 });
+            api.get(&format!(
+                "/revenue?by={}&since={}",
+                segment(by),
+                now.saturating_sub(hours * 3600)
+            ))
+            .await?
+        }
+        AdminCommand::Payments {
+            service,
+            scheme,
+            hours,
+            limit,
+        } => {
+            let mut path = format!(
+                "/payments?limit={limit}&since={}",
+                now.saturating_sub(hours.unwrap_or(24) * 3600)
+            );
+            if let Some(service) = service {
+                path.push_str(&format!("&service={}", segment(service)));
+            }
+            if let Some(scheme) = scheme {
+                path.push_str(&format!("&scheme={}", segment(scheme)));
+            }
+            api.get(&path).await?
+        }
+        AdminCommand::Token { token } => api.get(&format!("/tokens/{}", segment(token))).await?,
+        AdminCommand::Revoke { token } => {
+            api.post(&format!("/tokens/{}/revoke", segment(token)))
+                .await?
+        }
+        AdminCommand::Session { id } => api.get(&format!("/sessions/{}", segment(id))).await?,
+        AdminCommand::CloseSession { id } => {
+            api.post(&format!("/sessions/{}/close", segment(id)))
+                .await?
+        }
+        AdminCommand::Node => api.get("/node").await?,
+        AdminCommand::Log { limit } => api.get(&format!("/log?limit={limit}")).await?,
+        AdminCommand::Open => api.post("/login-links").await?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    print!("{}", summary(&args.command, &answer));
+    Ok(())
+}
+
+/// A short text for the terminal.
+fn summary(command: &AdminCommand, answer: &Value) -> String {
+    let mut out = String::new();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    match command {
+        AdminCommand::Services => {
+            out.push_str(&format!(
+                "{:<20} {:<9} {:<8} {:>10} {:>8} {:>9} {:>11}  {}\n",
+                "SERVICE",
+                "STATE",
+                "SELLS",
+                "PRICE sat",
+                "402s",
+                "PAYMENTS",
+                "REVENUE sat",
+                "ROUTE"
+            ));
+            for s in answer["services"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{:<20} {:<9} {:<8} {:>10} {:>8} {:>9} {:>11}  {}\n",
+                    s["name"].as_str().unwrap_or_default(),
+                    s["state"].as_str().unwrap_or_default(),
+                    s["sells"].as_str().unwrap_or_default(),
+                    n(&s["price_sats"]),
+                    n(&s["last_24h"]["challenges"]),
+                    n(&s["last_24h"]["payments"]),
+                    n(&s["last_24h"]["revenue_sats"]),
+                    s["path"].as_str().unwrap_or_default(),
+                ));
+            }
+        }
+        AdminCommand::Revenue { .. } => {
+            let line = |name: &str, s: &Value| {
+                let conversion = s["conversion"]
+                    .as_f64()
+                    .map_or("-".to_owned(), |c| format!("{:.1}%", c * 100.0));
+                format!(
+                    "{:<20} {:>11} {:>9} {:>8} {:>10}\n",
+                    name,
+                    n(&s["revenue_sats"]),
+                    n(&s["payments"]),
+                    n(&s["challenges"]),
+                    conversion
+                )
+            };
+            out.push_str(&format!(
+                "{:<20} {:>11} {:>9} {:>8} {:>10}\n",
+                "SERVICE", "REVENUE sat", "PAYMENTS", "402s", "CONVERSION"
+            ));
+            for s in answer["services"].as_array().into_iter().flatten() {
+                out.push_str(&line(s["service"].as_str().unwrap_or_default(), s));
+            }
+            out.push_str(&line("total", &answer["total"]));
+        }
+        AdminCommand::Payments { .. } => {
+            for p in answer["payments"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{}  {:<16} {:<8} {:>8} sat  {:>5} req  {}\n",
+                    p["first_served_at"],
+                    p["service"].as_str().unwrap_or_default(),
+                    p["scheme"].as_str().unwrap_or_default(),
+                    n(&p["amount_sats"]),
+                    n(&p["served"]),
+                    p["payment_hash"].as_str().unwrap_or_default(),
+                ));
+            }
+        }
+        AdminCommand::Open => {
+            out.push_str(answer["url"].as_str().unwrap_or_default());
+            out.push('\n');
+        }
+        AdminCommand::Revoke { .. } => out.push_str(&format!(
+            "revoked {}{}\n",
+            answer["payment_hash"].as_str().unwrap_or_default(),
+            if answer["already"] == json!(true) {
+                " (it already was)"
+            } else {
+                ""
+            }
+        )),
+        AdminCommand::Price { .. } => out.push_str(&format!(
+            "{}: {} sat\n",
+            answer["name"].as_str().unwrap_or_default(),
+            n(&answer["price_sats"])
+        )),
+        _ => {
+            out.push_str(&serde_json::to_string_pretty(answer).unwrap_or_default());
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,164 @@
+//! `gate402 admin` against a running `gate402 serve`, found through the
+//! data dir alone: services, a price set from the shell (kept over a
+//! SIGHUP reload of the file), a service created from a TOML file and
+//! disabled, revenue, a login link, and clear errors.
+
+mod common;
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::free_port;
+
+struct Serve(Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn gate402(data: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("GATE402_ADMIN_SECRET")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+async fn price(base: &str, path: &str) -> String {
+    let body: serde_json::Value = reqwest::get(format!("{base}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["price"]["amount"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Before any gateway ran there: a clear error.
+    let output = gate402(&data, &["admin", "services"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no running gateway's admin API found"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let port = free_port();
+    let config = dir.path().join("gate402.toml");
+    std::fs::write(
+        &config,
+        "[[services]]\nname = \"thing\"\npath = \"/thing\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 3\n",
+    )
+    .unwrap();
+    let serve = Serve(
+        Command::new(env!("CARGO_BIN_EXE_gate402"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--config", config.to_str().unwrap(), "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while reqwest::get(format!("{base}/healthz")).await.is_err()
+        || !data.join("admin.json").exists()
+    {
+        assert!(Instant::now() < deadline, "gateway did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let listed = stdout(&gate402(&data, &["admin", "services"]));
+    assert!(listed.contains("SERVICE"), "{listed}");
+    let line = listed.lines().find(|l| l.starts_with("thing")).unwrap();
+    assert!(line.contains(" 3 ") && line.contains("/thing"), "{line}");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&gate402(&data, &["admin", "--json", "services"]))).unwrap();
+    assert_eq!(json["services"][0]["name"], "thing");
+
+    // A price from the shell; a SIGHUP reload of the file keeps it.
+    assert_eq!(
+        stdout(&gate402(&data, &["admin", "price", "thing", "9"])),
+        "thing: 9 sat\n"
+    );
+    assert_eq!(price(&base, "/thing").await, "9");
+    assert!(Command::new("kill")
+        .args(["-s", "HUP", &serve.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(price(&base, "/thing").await, "9");
+
+    // A service from a TOML file, then disabled.
+    let table = dir.path().join("news.toml");
+    std::fs::write(
+        &table,
+        "path = \"/news\"\nprice_sats = 4\nupstream = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let created: serde_json::Value = serde_json::from_str(&stdout(&gate402(
+        &data,
+        &["admin", "--json", "put", "news", table.to_str().unwrap()],
+    )))
+    .unwrap();
+    assert_eq!(created["source"], "admin");
+    assert_eq!(price(&base, "/news").await, "4");
+    stdout(&gate402(&data, &["admin", "disable", "news"]));
+    let response = reqwest::get(format!("{base}/news")).await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+
+    // Refusals: the API's problem, exit 1.
+    let output = gate402(&data, &["admin", "price", "nothing", "3"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no service is named \"nothing\""),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "path = \"no-slash\"\nprice_sats = 4\n").unwrap();
+    let output = gate402(&data, &["admin", "put", "broken", broken.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("services.broken.path"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let revenue = stdout(&gate402(&data, &["admin", "revenue"]));
+    assert!(revenue.contains("total"), "{revenue}");
+    let log = stdout(&gate402(&data, &["admin", "log"]));
+    assert!(
+        log.contains("service.disable") && log.contains("\"local\""),
+        "{log}"
+    );
+    let link = stdout(&gate402(&data, &["admin", "open"]));
+    assert!(
+        link.starts_with("http://127.0.0.1:") && link.contains("/admin/login?code="),
+        "{link}"
+    );
+    let node = stdout(&gate402(&data, &["admin", "node"]));
+    assert!(node.contains("\"sandbox\""), "{node}");
+    drop(serve);
+}

@@ -1,0 +1,194 @@
+//! Who is calling the admin API: a named bearer secret, or the dashboard's
+//! cookie, got from a short-lived login link.
+//!
+//! Links and cookies are `<claims>.<tag>` in base64url, the tag an
+//! HMAC-SHA256 over the claims (`kind:name:expires`) under a key derived
+//! from the data dir's admin secret: nothing to store, and they die with
+//! their time or with the secret.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::config::AdminCredential;
+
+/// The name of the credential kept in the data dir.
+pub const LOCAL_ADMIN: &str = "local";
+
+/// Seconds a login link stays usable.
+pub const LOGIN_LINK_SECS: u64 = 120;
+
+/// Seconds a dashboard cookie stays valid.
+pub const COOKIE_SECS: u64 = 12 * 3600;
+
+/// The dashboard's cookie.
+pub const COOKIE_NAME: &str = "gate402_admin";
+
+/// The admin credentials and the key of links and cookies.
+pub struct Credentials {
+    named: Vec<AdminCredential>,
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field(
+                "names",
+                &self.named.iter().map(|c| &c.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Login,
+    Session,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Login => "login",
+            Kind::Session => "session",
+        }
+    }
+}
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+impl Credentials {
+    /// The data dir's secret (named [`LOCAL_ADMIN`]) and the configured
+    /// ones.
+    pub fn new(local_secret: &str, configured: &[AdminCredential]) -> Self {
+        let mut named = vec![AdminCredential {
+            name: LOCAL_ADMIN.into(),
+            secret: local_secret.into(),
+        }];
+        named.extend(configured.iter().cloned());
+        let mut mac =
+            HmacSha256::new_from_slice(local_secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(b"gate402 admin links and cookies");
+        Self {
+            named,
+            key: mac.finalize().into_bytes().into(),
+        }
+    }
+
+    /// The name of the credential whose secret is `secret`. Every secret
+    /// is compared in constant time.
+    pub fn bearer(&self, secret: &str) -> Option<&str> {
+        let mut found = None;
+        for credential in &self.named {
+            if bool::from(credential.secret.as_bytes().ct_eq(secret.as_bytes())) {
+                found = Some(credential.name.as_str());
+            }
+        }
+        found
+    }
+
+    /// A login link's code for `name`, usable until `now` +
+    /// [`LOGIN_LINK_SECS`].
+    pub fn login_code(&self, name: &str, now: u64) -> String {
+        self.sign(Kind::Login, name, now + LOGIN_LINK_SECS)
+    }
+
+    /// The name a login code was made for, while it is valid.
+    pub fn redeem_login(&self, code: &str, now: u64) -> Option<String> {
+        self.open(Kind::Login, code, now)
+    }
+
+    /// A dashboard cookie's value for `name`, valid [`COOKIE_SECS`].
+    pub fn cookie_for(&self, name: &str, now: u64) -> String {
+        self.sign(Kind::Session, name, now + COOKIE_SECS)
+    }
+
+    /// The name a cookie was made for, while it is valid.
+    pub fn cookie(&self, value: &str, now: u64) -> Option<String> {
+        self.open(Kind::Session, value, now)
+    }
+
+    fn tag(&self, claims: &str) -> [u8; 32] {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(claims.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    fn sign(&self, kind: Kind, name: &str, expires: u64) -> String {
+        let claims = format!("{}:{name}:{expires}", kind.as_str());
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&claims),
+            URL_SAFE_NO_PAD.encode(self.tag(&claims))
+        )
+    }
+
+    fn open(&self, kind: Kind, token: &str, now: u64) -> Option<String> {
+        let (claims, tag) = token.split_once('.')?;
+        let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        if !bool::from(self.tag(&claims).as_slice().ct_eq(&tag)) {
+            return None;
+        }
+        let mut parts = claims.splitn(3, ':');
+        let (Some(k), Some(name), Some(expires)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let live = k == kind.as_str() && expires.parse::<u64>().ok()? > now;
+        // A credential removed from the config takes its cookies with it.
+        let known = self.named.iter().any(|c| c.name == name);
+        (live && known).then(|| name.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credentials() -> Credentials {
+        Credentials::new(
+            &"a".repeat(64),
+            &[AdminCredential {
+                name: "ops".into(),
+                secret: "b".repeat(40),
+            }],
+        )
+    }
+
+    #[test]
+    fn bearers_are_named() {
+        let c = credentials();
+        assert_eq!(c.bearer(&"a".repeat(64)), Some(LOCAL_ADMIN));
+        assert_eq!(c.bearer(&"b".repeat(40)), Some("ops"));
+        assert_eq!(c.bearer(&"b".repeat(39)), None);
+        assert_eq!(c.bearer(""), None);
+    }
+
+    #[test]
+    fn links_and_cookies_expire_and_do_not_stand_in_for_each_other() {
+        let c = credentials();
+        let code = c.login_code("ops", 1_000);
+        assert_eq!(c.redeem_login(&code, 1_000).as_deref(), Some("ops"));
+        assert_eq!(c.redeem_login(&code, 1_000 + LOGIN_LINK_SECS), None);
+        assert_eq!(c.cookie(&code, 1_000), None, "a link is not a cookie");
+        let cookie = c.cookie_for("ops", 1_000);
+        assert_eq!(c.cookie(&cookie, 1_001).as_deref(), Some("ops"));
+        assert_eq!(c.redeem_login(&cookie, 1_001), None);
+        assert_eq!(c.cookie(&cookie, 1_000 + COOKIE_SECS), None);
+        // Another key (another data dir) signs other cookies.
+        let other = Credentials::new(&"c".repeat(64), &[]);
+        assert_eq!(other.cookie(&cookie, 1_001), None);
+        // A forged name or time breaks the tag.
+        let (_, tag) = cookie.split_once('.').unwrap();
+        let forged = format!(
+            "{}.{tag}",
+            URL_SAFE_NO_PAD.encode(format!("session:ops:{}", u64::MAX))
+        );
+        assert_eq!(c.cookie(&forged, 1_001), None);
+        assert_eq!(c.cookie("garbage", 1_001), None);
+    }
+}

@@ -1,0 +1,247 @@
+//! `/admin/api/payments`, `/admin/api/revenue`, `/admin/api/log`: what was
+//! paid, earned and changed, across every replica sharing the store.
+//!
+//! A payment is dated by the first request it served; revenue counts each
+//! payment once (a deposit into a balance, a pass, a single request), in
+//! satoshis and millisatoshis. Conversion is payments over 402s issued in
+//! the same window and service: how many 402s led to a payment.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use gate402_paywall::unix_now;
+use gate402_store::{PaymentQuery, PaymentRow};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{problem, store_unavailable, AdminState};
+
+/// The most payments one search answers.
+const MAX_LIMIT: u64 = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PaymentsQuery {
+    since: Option<u64>,
+    until: Option<u64>,
+    service: Option<String>,
+    scheme: Option<String>,
+    payment_hash: Option<String>,
+    limit: Option<u64>,
+}
+
+/// `GET /admin/api/payments?since=&until=&service=&scheme=&payment_hash=&limit=`
+/// (unix seconds; default the last 24 hours, 100 payments, newest first).
+pub(super) async fn payments(
+    State(state): State<AdminState>,
+    query: Result<Query<PaymentsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &e.body_text()),
+    };
+    let now = unix_now();
+    let payment_hash = match q.payment_hash.as_deref().map(super::tokens::hash_of) {
+        None => None,
+        Some(Ok(hash)) => Some(hash),
+        Some(Err(message)) => return problem(StatusCode::BAD_REQUEST, &message),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIMIT {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            &format!("limit must be between 1 and {MAX_LIMIT}"),
+        );
+    }
+    let query = PaymentQuery {
+        // A payment hash finds its payment whenever it was.
+        since: q.since.unwrap_or(if payment_hash.is_some() {
+            0
+        } else {
+            now.saturating_sub(86_400)
+        }),
+        until: q.until.unwrap_or(u64::MAX),
+        service: q.service,
+        scheme: q.scheme,
+        payment_hash,
+        limit,
+    };
+    if query.since >= query.until {
+        return problem(StatusCode::BAD_REQUEST, "since must be before until");
+    }
+    match state.store().payments(&query).await {
+        Ok(rows) => Json(json!({
+            "payments": rows.iter().map(payment_json).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => store_unavailable(&e),
+    }
+}
+
+pub(super) fn payment_json(row: &PaymentRow) -> Value {
+    json!({
+        "payment_hash": hex::encode(row.payment_hash),
+        "service": row.service,
+        "scheme": row.scheme,
+        "amount_sats": row.amount_msat / 1000,
+        "amount_msat": row.amount_msat,
+        "first_served_at": row.first_served_at,
+        "last_served_at": row.last_served_at,
+        "served": row.served,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RevenueQuery {
+    since: Option<u64>,
+    until: Option<u64>,
+    by: Option<String>,
+}
+
+#[derive(Default)]
+struct Sums {
+    payments: u64,
+    amount_msat: u64,
+    served: u64,
+    challenges: u64,
+}
+
+impl Sums {
+    fn json(&self) -> Value {
+        json!({
+            "payments": self.payments,
+            "revenue_sats": self.amount_msat / 1000,
+            "revenue_msat": self.amount_msat,
+            "served": self.served,
+            "challenges": self.challenges,
+            "conversion": (self.challenges > 0)
+                .then(|| self.payments as f64 / self.challenges as f64),
+        })
+    }
+}
+
+/// `GET /admin/api/revenue?since=&until=&by=hour|day`: buckets per
+/// service, totals per service and overall. Default: the last 24 hours by
+/// hour (`by=day`: the last 30 days). Bounds are rounded out to whole
+/// buckets.
+pub(super) async fn revenue(
+    State(state): State<AdminState>,
+    query: Result<Query<RevenueQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &e.body_text()),
+    };
+    let width: u64 = match q.by.as_deref().unwrap_or("hour") {
+        "hour" => 3600,
+        "day" => 86_400,
+        other => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("by={other:?}: use hour or day"),
+            )
+        }
+    };
+    let now = unix_now();
+    let until = q.until.unwrap_or(now + 1);
+    let since = q
+        .since
+        .unwrap_or_else(|| until.saturating_sub(if width == 3600 { 86_400 } else { 30 * 86_400 }));
+    if since >= until {
+        return problem(StatusCode::BAD_REQUEST, "since must be before until");
+    }
+    if (until - since) / width > 10_000 {
+        return problem(StatusCode::BAD_REQUEST, "at most 10000 buckets");
+    }
+    let (since, until) = (since / width * width, until.div_ceil(width) * width);
+    let (paid, issued) = match (
+        state.store().revenue(since, until, width).await,
+        state.store().challenge_counts(since, until).await,
+    ) {
+        (Ok(paid), Ok(issued)) => (paid, issued),
+        (Err(e), _) | (_, Err(e)) => return store_unavailable(&e),
+    };
+    let mut buckets: BTreeMap<(u64, String), Sums> = BTreeMap::new();
+    for row in paid {
+        let sums = buckets.entry((row.start, row.service)).or_default();
+        sums.payments += row.payments;
+        sums.amount_msat += row.amount_msat;
+        sums.served += row.served;
+    }
+    for count in issued {
+        let start = count.hour / width * width;
+        buckets
+            .entry((start, count.service))
+            .or_default()
+            .challenges += count.count;
+    }
+    let mut services: BTreeMap<&str, Sums> = BTreeMap::new();
+    let mut total = Sums::default();
+    for ((_, service), sums) in &buckets {
+        for into in [services.entry(service.as_str()).or_default(), &mut total] {
+            into.payments += sums.payments;
+            into.amount_msat += sums.amount_msat;
+            into.served += sums.served;
+            into.challenges += sums.challenges;
+        }
+    }
+    let with = |mut value: Value, key: &str, extra: Value| {
+        value[key] = extra;
+        value
+    };
+    Json(json!({
+        "since": since,
+        "until": until,
+        "by": if width == 3600 { "hour" } else { "day" },
+        "buckets": buckets
+            .iter()
+            .map(|((start, service), sums)| {
+                with(with(sums.json(), "start", json!(start)), "service", json!(service))
+            })
+            .collect::<Vec<_>>(),
+        "services": services
+            .iter()
+            .map(|(service, sums)| with(sums.json(), "service", json!(service)))
+            .collect::<Vec<_>>(),
+        "total": total.json(),
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogQuery {
+    limit: Option<u64>,
+}
+
+/// `GET /admin/api/log?limit=`: the latest changes, newest first.
+pub(super) async fn log(
+    State(state): State<AdminState>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &e.body_text()),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    match state.store().admin_log(limit).await {
+        Ok(entries) => Json(json!({
+            "entries": entries
+                .iter()
+                .map(|e| json!({
+                    "at": e.at,
+                    "who": e.who,
+                    "action": e.action,
+                    "target": e.target,
+                    "detail": serde_json::from_str::<Value>(&e.detail).unwrap_or(Value::Null),
+                }))
+                .collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => store_unavailable(&e),
+    }
+}

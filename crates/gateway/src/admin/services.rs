@@ -1,0 +1,401 @@
+//! `/admin/api/services`: the running services, and changes to them that
+//! every replica applies (through the store, within `[admin] sync_secs`).
+//!
+//! A service is written as its `[[services]]` table in JSON, the config
+//! file's keys; `${NAME}` stays unexpanded in the store and is expanded by
+//! each replica, so secrets kept in the environment never reach the store.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use gate402_paywall::route::PathPattern;
+use gate402_paywall::{unix_now, Auth};
+use gate402_store::{ServiceChange, ServiceState};
+use serde_json::{json, Map, Value};
+use toml::Table;
+
+use super::{problem, problem_with, store_unavailable, AdminState, Who};
+use crate::services::ServiceView;
+
+/// What a header value shows as when it holds a literal (not `${NAME}`).
+const REDACTED: &str = "<redacted>";
+
+/// `GET /admin/api/services`: every running service with its counts over
+/// the last 24 hours (all replicas).
+pub(super) async fn list(State(state): State<AdminState>) -> Response {
+    let now = unix_now();
+    let since = now.saturating_sub(86_400);
+    let (revenue, challenges) = match (
+        state.store().revenue(since, now + 1, 86_400 * 2).await,
+        state
+            .store()
+            .challenge_counts(since - since % 3600, now + 1)
+            .await,
+    ) {
+        (Ok(revenue), Ok(challenges)) => (revenue, challenges),
+        (Err(e), _) | (_, Err(e)) => return store_unavailable(&e),
+    };
+    let services: Vec<Value> = state
+        .services
+        .views()
+        .iter()
+        .map(|view| {
+            let name = view.config.name();
+            let paid = revenue.iter().filter(|r| r.service == name);
+            let (payments, msat) =
+                paid.fold((0, 0), |(n, m), r| (n + r.payments, m + r.amount_msat));
+            let issued: u64 = challenges
+                .iter()
+                .filter(|c| c.service == name)
+                .map(|c| c.count)
+                .sum();
+            let mut shown = describe(view);
+            shown["last_24h"] = json!({
+                "challenges": issued,
+                "payments": payments,
+                "revenue_sats": msat / 1000,
+            });
+            shown
+        })
+        .collect();
+    Json(json!({ "services": services })).into_response()
+}
+
+/// `GET /admin/api/services/{name}`.
+pub(super) async fn show(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+    match state.services.view(&name) {
+        Some(view) => Json(describe(&view)).into_response(),
+        None => no_such(&name),
+    }
+}
+
+/// `PUT /admin/api/services/{name}`: creates the service, or replaces its
+/// whole table.
+pub(super) async fn put(
+    State(state): State<AdminState>,
+    Extension(who): Extension<Who>,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let table = match table_of(body, &name) {
+        Ok(table) => table,
+        Err((status, detail)) => return problem(status, &detail),
+    };
+    let existed = state.services.view(&name).is_some();
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let action = if existed {
+        "service.replace"
+    } else {
+        "service.create"
+    };
+    change(
+        &state,
+        &who,
+        &name,
+        ServiceState::Active,
+        Some(table),
+        action,
+        status,
+    )
+    .await
+}
+
+/// `PATCH /admin/api/services/{name}`: merges the keys sent into the
+/// service's table (`{"price_sats": 12}`); `null` removes a key.
+pub(super) async fn patch(
+    State(state): State<AdminState>,
+    Extension(who): Extension<Who>,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(view) = state.services.view(&name) else {
+        return no_such(&name);
+    };
+    let Some(mut table) = view.table.clone() else {
+        return problem(
+            StatusCode::CONFLICT,
+            &format!("the service {name:?} is made in code and has no table to change: PUT a whole table to replace it"),
+        );
+    };
+    let keys = match body {
+        Ok(Json(Value::Object(keys))) => keys,
+        Ok(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON object of the service's keys",
+            )
+        }
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &e.body_text()),
+    };
+    if keys.contains_key("name") && keys["name"] != json!(name) {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "a service cannot be renamed: create the new name and delete this one",
+        );
+    }
+    for (key, value) in keys {
+        if value.is_null() {
+            table.remove(&key);
+            continue;
+        }
+        match toml::Value::try_from(&value) {
+            Ok(value) => {
+                table.insert(key, value);
+            }
+            Err(e) => {
+                return problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!("services.{name}.{key}: {e}"),
+                )
+            }
+        }
+    }
+    if let Err(detail) = no_redacted(&table, &name) {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, &detail);
+    }
+    let state_now = view.state;
+    change(
+        &state,
+        &who,
+        &name,
+        state_now,
+        Some(table),
+        "service.update",
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// `POST /admin/api/services/{name}/disable`: the route stays, answering
+/// 503, so that no broader route takes its requests.
+pub(super) async fn disable(
+    State(state): State<AdminState>,
+    Extension(who): Extension<Who>,
+    Path(name): Path<String>,
+) -> Response {
+    switch(state, who, name, ServiceState::Disabled, "service.disable").await
+}
+
+/// `POST /admin/api/services/{name}/enable`.
+pub(super) async fn enable(
+    State(state): State<AdminState>,
+    Extension(who): Extension<Who>,
+    Path(name): Path<String>,
+) -> Response {
+    switch(state, who, name, ServiceState::Active, "service.enable").await
+}
+
+/// `DELETE /admin/api/services/{name}`: gone, even when the config file
+/// names it (until created again).
+pub(super) async fn delete(
+    State(state): State<AdminState>,
+    Extension(who): Extension<Who>,
+    Path(name): Path<String>,
+) -> Response {
+    if state.services.view(&name).is_none() {
+        return no_such(&name);
+    }
+    change(
+        &state,
+        &who,
+        &name,
+        ServiceState::Deleted,
+        None,
+        "service.delete",
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn switch(
+    state: AdminState,
+    who: Who,
+    name: String,
+    to: ServiceState,
+    action: &str,
+) -> Response {
+    let Some(view) = state.services.view(&name) else {
+        return no_such(&name);
+    };
+    // The table in force goes with the change, so that every replica
+    // disables the same service, whatever its own config file says.
+    change(&state, &who, &name, to, view.table, action, StatusCode::OK).await
+}
+
+/// Checks a change against what runs, writes it to the store, applies it
+/// here at once (the other replicas within their sync), logs it.
+async fn change(
+    state: &AdminState,
+    who: &Who,
+    name: &str,
+    to: ServiceState,
+    table: Option<Table>,
+    action: &str,
+    status: StatusCode,
+) -> Response {
+    let json_table = match &table {
+        Some(table) => match serde_json::to_string(table) {
+            Ok(json) => Some(json),
+            Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
+        },
+        None => None,
+    };
+    let change = ServiceChange {
+        name: name.to_owned(),
+        state: to,
+        table: json_table,
+        version: 0,
+        at: unix_now(),
+        by: who.0.clone(),
+    };
+    if let Err(errors) = state.services.check(&change) {
+        return problem_with(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("the service does not pass the config's checks: {errors}"),
+            json!({ "errors": errors.0 }),
+        );
+    }
+    if let Err(e) = state.store().put_service_change(&change).await {
+        return store_unavailable(&e);
+    }
+    if let Err(e) = super::sync::services(&state.services, state.store().as_ref()).await {
+        tracing::error!(error = %e, "admin: a change was stored but not applied here yet");
+    }
+    state
+        .audit(
+            who,
+            action,
+            name,
+            json!({ "state": to.as_str(), "table": table.as_ref().map(redacted) }),
+        )
+        .await;
+    let shown = match state.services.view(name) {
+        Some(view) => describe(&view),
+        None => json!({ "name": name, "state": to.as_str() }),
+    };
+    (status, Json(shown)).into_response()
+}
+
+/// A service's table from a request body: a JSON object whose `name`, if
+/// given, is the one in the path. Refused with a status and why.
+fn table_of(
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    name: &str,
+) -> Result<Table, (StatusCode, String)> {
+    let mut object: Map<String, Value> = match body {
+        Ok(Json(Value::Object(object))) => object,
+        Ok(_) => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON object: the service's [[services]] table".into(),
+            ))
+        }
+        Err(e) => return Err((StatusCode::BAD_REQUEST, e.body_text())),
+    };
+    match object.get("name") {
+        None => {
+            object.insert("name".into(), json!(name));
+        }
+        Some(given) if given == &json!(name) => {}
+        Some(_) => {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the table's name is not the one in the path".into(),
+            ))
+        }
+    }
+    let table = Table::try_from(Value::Object(object)).map_err(|e| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("services.{name}: {e} (null is not a TOML value: leave the key out)"),
+        )
+    })?;
+    no_redacted(&table, name).map_err(|detail| (StatusCode::UNPROCESSABLE_ENTITY, detail))?;
+    Ok(table)
+}
+
+/// Refuses a table that still holds a redacted header value: it was read
+/// back from this API, and writing it would replace the secret.
+fn no_redacted(table: &Table, name: &str) -> Result<(), String> {
+    let Some(toml::Value::Table(headers)) = table.get("headers") else {
+        return Ok(());
+    };
+    match headers.iter().find(|(_, v)| v.as_str() == Some(REDACTED)) {
+        Some((header, _)) => Err(format!(
+            "services.{name}.headers.{header}: give the value (or ${{NAME}}) instead of {REDACTED:?}"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn no_such(name: &str) -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        &format!("no service is named {name:?}"),
+    )
+}
+
+/// A table as shown: header values written literally are redacted (they
+/// often hold the upstream's credentials); `${NAME}` references are shown.
+fn redacted(table: &Table) -> Value {
+    let mut shown = serde_json::to_value(table).unwrap_or(Value::Null);
+    if let Some(Value::Object(headers)) = shown.get_mut("headers") {
+        for value in headers.values_mut() {
+            let reference = value
+                .as_str()
+                .is_some_and(|v| v.starts_with("${") && v.ends_with('}'));
+            if !reference {
+                *value = json!(REDACTED);
+            }
+        }
+    }
+    shown
+}
+
+/// A running service as the API shows it.
+pub(super) fn describe(view: &ServiceView) -> Value {
+    let priced = &view.config.priced;
+    let auth = match priced.auth {
+        Auth::On => "on".to_owned(),
+        Auth::Off => "off".to_owned(),
+        Auth::Freebie(n) => format!("freebie:{n}"),
+        Auth::Disabled => "disabled".to_owned(),
+    };
+    let path = match &priced.path {
+        PathPattern::Exact(path) => path.clone(),
+        PathPattern::Prefix(prefix) => format!("{prefix}*"),
+    };
+    let schemes: Vec<&str> = [
+        (priced.schemes.l402, "l402"),
+        (priced.schemes.mpp, "mpp"),
+        (priced.schemes.x402, "x402"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    json!({
+        "name": priced.name,
+        "state": view.state.as_str(),
+        "source": view.source,
+        "path": path,
+        "host": priced.host.as_ref().map(|h| h.as_written()),
+        "methods": priced.methods.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "price_sats": priced.price_sats,
+        "auth": auth,
+        "schemes": schemes,
+        "sells": priced.sells.as_str(),
+        "description": priced.description,
+        "upstream": view.config.upstream.as_ref().map(|u| u.url.clone()),
+        "table": view.table.as_ref().map(redacted),
+        "changed": view.change.as_ref().map(|c| json!({
+            "at": c.at,
+            "by": c.by,
+            "version": c.version,
+        })),
+    })
+}

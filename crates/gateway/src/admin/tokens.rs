@@ -1,0 +1,184 @@
+//! `/admin/api/tokens/{token}` and `/admin/api/sessions/{id}`: a payment's
+//! credentials, revoked one at a time (not by rotating the secret for
+//! everyone), and balances closed with their refund.
+//!
+//! A token is named by its payment hash (64 hex digits) or by the L402
+//! macaroon itself (base64, or the whole `L402 <macaroon>:<preimage>`):
+//! the macaroon's identifier holds the payment hash. Revoking a payment
+//! refuses every credential naming it, through L402, MPP and x402, on
+//! every replica (at once here, within `[admin] sync_secs` elsewhere).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use gate402_paywall::{unix_now, SessionClose};
+use gate402_store::{PaymentQuery, SessionRecord};
+use serde_json::{json, Value};
+
+use super::reports::payment_json;
+use super::{problem, store_unavailable, AdminState, Who};
+
+/// The payment hash a token names: 64 hex digits, or an L402 macaroon
+/// (alone, as `<macaroon>:<preimage>`, or with its scheme).
+///
+/// # Errors
+///
+/// A message saying what the text is not.
+pub(crate) fn hash_of(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    if text.len() == 64 {
+        if let Ok(bytes) = hex::decode(text) {
+            return Ok(bytes.try_into().expect("32 bytes"));
+        }
+    }
+    let token = text
+        .split_once(' ')
+        .filter(|(scheme, _)| {
+            scheme.eq_ignore_ascii_case("L402") || scheme.eq_ignore_ascii_case("LSAT")
+        })
+        .map_or(text, |(_, token)| token.trim());
+    let macaroon = token
+        .split_once(':')
+        .map_or(token, |(macaroon, _)| macaroon);
+    let macaroon = gate402_l402::Macaroon::from_base64(macaroon)
+        .map_err(|_| "not a payment hash (64 hex digits) nor an L402 macaroon".to_owned())?;
+    gate402_l402::Identifier::from_bytes(macaroon.identifier())
+        .map(|id| id.payment_hash)
+        .map_err(|e| format!("the macaroon's identifier is not an L402 one: {e}"))
+}
+
+/// `GET /admin/api/tokens/{token}`: the payment, whether it is revoked,
+/// and its balance if it opened one.
+pub(super) async fn show(State(state): State<AdminState>, Path(token): Path<String>) -> Response {
+    let hash = match hash_of(&token) {
+        Ok(hash) => hash,
+        Err(message) => return problem(StatusCode::BAD_REQUEST, &message),
+    };
+    let query = PaymentQuery {
+        since: 0,
+        until: u64::MAX,
+        payment_hash: Some(hash),
+        limit: 1,
+        ..PaymentQuery::default()
+    };
+    let (payment, session) = match (
+        state.store().payments(&query).await,
+        state.store().session(&hash).await,
+    ) {
+        (Ok(payment), Ok(session)) => (payment, session),
+        (Err(e), _) | (_, Err(e)) => return store_unavailable(&e),
+    };
+    Json(json!({
+        "payment_hash": hex::encode(hash),
+        "revoked": state.paywall.is_revoked(&hash),
+        "payment": payment.first().map(payment_json),
+        "session": session.as_ref().map(session_json),
+    }))
+    .into_response()
+}
+
+/// `POST /admin/api/tokens/{token}/revoke`.
+pub(super) async fn revoke(
+    State(state): State<AdminState>,
+    Extension(who): Extension<Who>,
+    Path(token): Path<String>,
+) -> Response {
+    let hash = match hash_of(&token) {
+        Ok(hash) => hash,
+        Err(message) => return problem(StatusCode::BAD_REQUEST, &message),
+    };
+    let newly = match state.store().revoke(&hash, unix_now(), &who.0).await {
+        Ok(newly) => newly,
+        Err(e) => return store_unavailable(&e),
+    };
+    state.paywall.revoke([hash]);
+    let hex = hex::encode(hash);
+    if newly {
+        state.audit(&who, "token.revoke", &hex, json!({})).await;
+    }
+    Json(json!({ "payment_hash": hex, "revoked": true, "already": !newly })).into_response()
+}
+
+fn session_json(session: &SessionRecord) -> Value {
+    json!({
+        "id": hex::encode(session.id),
+        "service": session.service,
+        "deposit_msat": session.deposit_msat,
+        "spent_msat": session.spent_msat,
+        "balance_msat": session.balance_msat(),
+        "has_return_invoice": session.return_invoice.is_some(),
+        "idle_secs": session.idle_secs,
+        "last_used_at": session.last_used_at,
+        "closed": session.closed.as_ref().map(|c| json!({
+            "at": c.at,
+            "refund_msat": c.refund_msat,
+            "refund_status": c.refund_status,
+        })),
+    })
+}
+
+fn session_id(id: &str) -> Option<[u8; 32]> {
+    hex::decode(id).ok()?.try_into().ok()
+}
+
+fn bad_session_id() -> Response {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "a session id is its deposit's payment hash: 64 hex digits",
+    )
+}
+
+/// `GET /admin/api/sessions/{id}`.
+pub(super) async fn session(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+    let Some(id) = session_id(&id) else {
+        return bad_session_id();
+    };
+    match state.store().session(&id).await {
+        Ok(Some(session)) => Json(session_json(&session)).into_response(),
+        Ok(None) => problem(StatusCode::NOT_FOUND, "no session has this id"),
+        Err(e) => store_unavailable(&e),
+    }
+}
+
+/// `POST /admin/api/sessions/{id}/close`: closes the balance now and
+/// refunds what is left to its return invoice, once across replicas.
+pub(super) async fn close_session(
+    State(state): State<AdminState>,
+    Extension(who): Extension<Who>,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(id) = session_id(&id) else {
+        return bad_session_id();
+    };
+    match state.paywall.close_session(&id).await {
+        Ok(None) => problem(StatusCode::NOT_FOUND, "no session has this id"),
+        Ok(Some(SessionClose::AlreadyClosed(record))) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "closed": false, "session": session_json(&record) })),
+        )
+            .into_response(),
+        Ok(Some(SessionClose::Closed {
+            refund_sats,
+            status,
+        })) => {
+            let hex = hex::encode(id);
+            state
+                .audit(
+                    &who,
+                    "session.close",
+                    &hex,
+                    json!({ "refund_sats": refund_sats, "refund_status": status }),
+                )
+                .await;
+            Json(json!({
+                "closed": true,
+                "id": hex,
+                "refund_sats": refund_sats,
+                "refund_status": status,
+            }))
+            .into_response()
+        }
+        Err(e) => store_unavailable(&e),
+    }
+}

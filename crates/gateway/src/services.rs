@@ -1,0 +1,292 @@
+//! The services a gateway runs: the config's (file, or code), with the
+//! admin API's changes on top. [`ServicesHandle`] alone decides the list
+//! the paywall routes and the proxy forwards; a config reload replaces the
+//! bottom layer, the admin sync the top one, and both go through the same
+//! merge and the same checks as `serve --check`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use gate402_paywall::{Auth, Paywall};
+use gate402_store::{ServiceChange, ServiceState};
+use toml::Table;
+
+use crate::config::{ConfigErrors, GatewayConfig, ServiceConfig};
+use crate::proxy::Proxy;
+
+/// Why a set of services was not installed; the running one stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    /// A service's table does not pass the config's checks.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// An upstream's TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Where a running service comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A `[[services]]` table of the config file.
+    File,
+    /// Made in code (the demo, an embedding program): it has no table.
+    Code,
+    /// Created through the admin API.
+    Admin,
+}
+
+/// One service as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct ServiceView {
+    /// Its settings as running (a disabled one's `auth` is
+    /// [`Auth::Disabled`]).
+    pub config: ServiceConfig,
+    /// Active or disabled (deleted ones are not listed).
+    pub state: ServiceState,
+    /// Where it comes from.
+    pub source: Source,
+    /// Its table as written (before `${NAME}` expansion), when it has one.
+    pub table: Option<Table>,
+    /// The admin change in force on it, if any.
+    pub change: Option<ServiceChange>,
+}
+
+/// Replaces the services of a running gateway: routes and prices in the
+/// paywall, upstreams in the proxy.
+#[derive(Clone)]
+pub struct ServicesHandle {
+    paywall: Paywall,
+    proxy: Proxy,
+    layers: Arc<Mutex<Layers>>,
+}
+
+#[derive(Default)]
+struct Layers {
+    /// The config's services, in order.
+    base: Vec<ServiceConfig>,
+    /// Their tables as written, by name (none for services made in code).
+    tables: HashMap<String, Table>,
+    /// The admin API's latest change of each service, in version order.
+    changes: Vec<ServiceChange>,
+    /// The largest version among `changes`.
+    version: u64,
+}
+
+impl ServicesHandle {
+    pub(crate) fn new(paywall: Paywall, proxy: Proxy, config: &GatewayConfig) -> Self {
+        let layers = Layers {
+            base: config.services.clone(),
+            tables: tables_by_name(&config.service_tables),
+            ..Layers::default()
+        };
+        Self {
+            paywall,
+            proxy,
+            layers: Arc::new(Mutex::new(layers)),
+        }
+    }
+
+    fn layers(&self) -> std::sync::MutexGuard<'_, Layers> {
+        self.layers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Installs `services` in place of the config's (made in code: no
+    /// tables); the admin API's changes stay on top. Requests in flight
+    /// finish with the services they started with.
+    ///
+    /// # Errors
+    ///
+    /// When the merged services do not pass the checks; nothing changes.
+    pub fn set(&self, services: &[ServiceConfig]) -> Result<(), ServicesError> {
+        let mut layers = self.layers();
+        let running = merge(services, &HashMap::new(), &layers.changes)?;
+        self.install(&running)?;
+        layers.base = services.to_vec();
+        layers.tables.clear();
+        Ok(())
+    }
+
+    /// Installs the services of a reloaded config, with the admin API's
+    /// changes on top.
+    ///
+    /// # Errors
+    ///
+    /// As [`ServicesHandle::set`].
+    pub fn reload(&self, config: &GatewayConfig) -> Result<(), ServicesError> {
+        let mut layers = self.layers();
+        let tables = tables_by_name(&config.service_tables);
+        let running = merge(&config.services, &tables, &layers.changes)?;
+        self.install(&running)?;
+        layers.base = config.services.clone();
+        layers.tables = tables;
+        Ok(())
+    }
+
+    /// Installs the admin API's changes (the latest of each service, as
+    /// the store lists them) on top of the config's services.
+    ///
+    /// # Errors
+    ///
+    /// As [`ServicesHandle::set`].
+    pub fn apply(&self, changes: Vec<ServiceChange>) -> Result<(), ServicesError> {
+        let mut layers = self.layers();
+        let running = merge(&layers.base, &layers.tables, &changes)?;
+        self.install(&running)?;
+        layers.version = changes.iter().map(|c| c.version).max().unwrap_or(0);
+        layers.changes = changes;
+        Ok(())
+    }
+
+    /// The largest change version installed.
+    pub fn version(&self) -> u64 {
+        self.layers().version
+    }
+
+    /// Checks that `change`, made on top of what runs, gives services that
+    /// pass the config's checks; installs nothing.
+    ///
+    /// # Errors
+    ///
+    /// The problems, with key paths under `services.<name>`.
+    pub fn check(&self, change: &ServiceChange) -> Result<(), ConfigErrors> {
+        let layers = self.layers();
+        let mut changes: Vec<ServiceChange> = layers
+            .changes
+            .iter()
+            .filter(|c| c.name != change.name)
+            .cloned()
+            .collect();
+        changes.push(change.clone());
+        merge(&layers.base, &layers.tables, &changes).map(|_| ())
+    }
+
+    /// Every service running, in route order.
+    pub fn views(&self) -> Vec<ServiceView> {
+        let layers = self.layers();
+        // The merge ran when these layers were installed, so it holds.
+        merge(&layers.base, &layers.tables, &layers.changes).unwrap_or_default()
+    }
+
+    /// The service named `name`, as running.
+    pub fn view(&self, name: &str) -> Option<ServiceView> {
+        self.views().into_iter().find(|v| v.config.name() == name)
+    }
+
+    fn install(&self, running: &[ServiceView]) -> Result<(), ServicesError> {
+        let services: Vec<ServiceConfig> = running.iter().map(|v| v.config.clone()).collect();
+        self.proxy.set_services(&services)?;
+        self.paywall
+            .set_services(services.into_iter().map(|s| s.priced));
+        Ok(())
+    }
+}
+
+fn tables_by_name(tables: &[Table]) -> HashMap<String, Table> {
+    tables
+        .iter()
+        .filter_map(|t| Some((t.get("name")?.as_str()?.to_owned(), t.clone())))
+        .collect()
+}
+
+/// The services that run: those the admin API created, in the order they
+/// were created, then the config's in order, each replaced, disabled or
+/// dropped by its change. Created ones come first so that a catch-all of
+/// the config file does not hide a route added later (the first match
+/// wins).
+fn merge(
+    base: &[ServiceConfig],
+    tables: &HashMap<String, Table>,
+    changes: &[ServiceChange],
+) -> Result<Vec<ServiceView>, ConfigErrors> {
+    let by_name: HashMap<&str, &ServiceChange> =
+        changes.iter().map(|c| (c.name.as_str(), c)).collect();
+    let mut running = Vec::new();
+    let mut errors = Vec::new();
+    for change in changes {
+        if !base.iter().any(|s| s.name() == change.name) {
+            running.extend(changed(None, change, Source::Admin, &mut errors));
+        }
+    }
+    for service in base {
+        let name = service.name();
+        let table = tables.get(name).cloned();
+        let source = if table.is_some() {
+            Source::File
+        } else {
+            Source::Code
+        };
+        let view = match by_name.get(name) {
+            None => Some(ServiceView {
+                config: service.clone(),
+                state: ServiceState::Active,
+                source,
+                table,
+                change: None,
+            }),
+            Some(change) => changed(Some((service, table)), change, source, &mut errors),
+        };
+        running.extend(view);
+    }
+    if errors.is_empty() {
+        Ok(running)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// A service as its change leaves it; `None` when deleted.
+fn changed(
+    base: Option<(&ServiceConfig, Option<Table>)>,
+    change: &ServiceChange,
+    source: Source,
+    errors: &mut Vec<String>,
+) -> Option<ServiceView> {
+    if change.state == ServiceState::Deleted {
+        return None;
+    }
+    let path = format!("services.{}", change.name);
+    let (mut config, table) = match (&change.table, base) {
+        (Some(json), _) => {
+            let table = match serde_json::from_str::<Table>(json) {
+                Ok(table) => table,
+                Err(e) => {
+                    errors.push(format!("{path}: not a table: {e}"));
+                    return None;
+                }
+            };
+            match GatewayConfig::service_from_table(&table, &path, |n| std::env::var(n).ok()) {
+                Ok(config) if config.name() == change.name => (config, Some(table)),
+                Ok(config) => {
+                    errors.push(format!(
+                        "{path}.name: {:?} is not the service's name {:?}",
+                        config.name(),
+                        change.name
+                    ));
+                    return None;
+                }
+                Err(e) => {
+                    errors.extend(e.0);
+                    return None;
+                }
+            }
+        }
+        // Disabled as the config has it.
+        (None, Some((service, table))) => (service.clone(), table),
+        (None, None) => {
+            errors.push(format!("{path}: no table to create it from"));
+            return None;
+        }
+    };
+    if change.state == ServiceState::Disabled {
+        config.priced.auth = Auth::Disabled;
+    }
+    Some(ServiceView {
+        config,
+        state: change.state,
+        source,
+        table,
+        change: Some(change.clone()),
+    })
+}

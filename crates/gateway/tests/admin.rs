@@ -1,0 +1,1051 @@
+//! The admin API on its own listener, on the sandbox and SQLite: its
+//! credentials (the data dir's, a configured one, the dashboard's cookie
+//! from a login link), services changed at runtime with the config's
+//! checks, payments and revenue after paid traffic, one token revoked,
+//! a balance closed with its refund, the node, and the log of who changed
+//! what.
+
+use std::time::Duration;
+
+use gate402_client::Offer;
+use gate402_gateway::{Gateway, GatewayConfig};
+use gate402_lightning_sandbox::http::pay_via;
+use reqwest::header::{AUTHORIZATION, COOKIE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const OPS_SECRET: &str = "an ops secret of at least thirty-two characters";
+
+struct Harness {
+    gateway: Gateway,
+    http: reqwest::Client,
+    admin: String,
+    secret: String,
+    config: GatewayConfig,
+    dir: tempfile::TempDir,
+}
+
+async fn upstream() -> String {
+    let app = axum::Router::new().fallback(|| async { "upstream answer" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let upstream = upstream().await;
+        let text = format!(
+            r#"
+listen = "127.0.0.1:0"
+
+[admin]
+credentials = [{{ name = "ops", secret = "{OPS_SECRET}" }}]
+
+[[services]]
+name = "weather"
+path = "/api/weather"
+price_sats = 10
+upstream = "{upstream}"
+headers = {{ "x-api-key" = "upstream-secret-key" }}
+
+[[services]]
+name = "pass"
+path = "/api/pass"
+price_sats = 3
+sells = "pass"
+upstream = "{upstream}"
+
+[[services]]
+name = "chat"
+path = "/api/chat"
+price_sats = 2
+sells = "balance"
+deposit_units = 5
+upstream = "{upstream}"
+
+[[services]]
+name = "everything"
+path = "/api/*"
+price_sats = 1
+auth = "off"
+upstream = "{upstream}"
+"#
+        );
+        let config = GatewayConfig::parse(&text, |_| None).unwrap();
+        Self::start_in(config, tempfile::tempdir().unwrap()).await
+    }
+
+    async fn start_in(config: GatewayConfig, dir: tempfile::TempDir) -> Self {
+        let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+        let admin = format!("http://{}", gateway.admin_addr().expect("admin listens"));
+        let secret = std::fs::read_to_string(dir.path().join("admin_secret")).unwrap();
+        Self {
+            gateway,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            admin,
+            secret,
+            config,
+            dir,
+        }
+    }
+
+    /// Stops the gateway and starts it again on the same data dir.
+    async fn restart(self) -> Self {
+        self.gateway.shutdown().await.unwrap();
+        Self::start_in(self.config, self.dir).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.addr())
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        self.call_as(&self.secret, method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        secret: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}/admin/api{path}", self.admin))
+            .bearer_auth(secret);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        body
+    }
+
+    /// A 402 for `path`, its invoice paid: the offer and the preimage.
+    async fn buy(&self, path: &str) -> (Offer, [u8; 32]) {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+        let offer = Offer::from_headers(response.headers()).unwrap();
+        let paid = pay_via(&self.http, &self.url(""), &offer.bolt11)
+            .await
+            .unwrap();
+        let mut preimage = [0u8; 32];
+        hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+        (offer, preimage)
+    }
+
+    async fn send(&self, path: &str, authorization: &str) -> StatusCode {
+        self.http
+            .get(self.url(path))
+            .header(AUTHORIZATION, authorization)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// The price of the next 402 on `path`, in sats, from its invoice.
+    async fn price(&self, path: &str) -> u64 {
+        let response = self.http.get(self.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED, "{path}");
+        let offer = Offer::from_headers(response.headers()).unwrap();
+        offer.amount_msat().unwrap() / 1000
+    }
+}
+
+/// Polls `check` until it holds (payments and counts are written in the
+/// background), for up to 10 s.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_needs_a_credential_and_names_who_used_it() {
+    let h = Harness::start().await;
+    // Its address and the local credential are in the data dir, owner only.
+    let found: Value =
+        serde_json::from_str(&std::fs::read_to_string(h.dir.path().join("admin.json")).unwrap())
+            .unwrap();
+    assert_eq!(found["url"], json!(h.admin));
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["admin.json", "admin_secret"] {
+        let mode = std::fs::metadata(h.dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+    // Not on the paid listener.
+    let response = h
+        .http
+        .get(h.url("/admin/api/services"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response.status(), StatusCode::OK);
+
+    for secret in [None, Some("wrong"), Some(&h.secret[1..])] {
+        let mut request = h.http.get(format!("{}/admin/api/services", h.admin));
+        if let Some(secret) = secret {
+            request = request.bearer_auth(secret);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers().contains_key(WWW_AUTHENTICATE));
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    let (status, _) = h
+        .call_as(
+            OPS_SECRET,
+            reqwest::Method::POST,
+            "/services/weather/disable",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h
+        .call(reqwest::Method::POST, "/services/weather/enable", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let log = h.get("/log").await;
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["who"], "local");
+    assert_eq!(entries[0]["action"], "service.enable");
+    assert_eq!(entries[1]["who"], "ops");
+    assert_eq!(entries[1]["action"], "service.disable");
+    assert_eq!(entries[1]["target"], "weather");
+
+    // The OpenAPI document describes it, without a credential.
+    let document: Value = h
+        .http
+        .get(format!("{}/admin/api/openapi.json", h.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(document["openapi"], "3.1.0");
+    assert!(document["paths"]["/admin/api/services/{name}"]["patch"].is_object());
+
+    // A login link gives the dashboard's cookie; the cookie reads, and
+    // changes only with the dashboard's header.
+    let link = h.call(reqwest::Method::POST, "/login-links", None).await.1;
+    let url = link["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("{}/admin/login?code=", h.admin)));
+    let response = h.http.get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()[LOCATION], "/admin/");
+    let set = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let response = h
+        .http
+        .get(format!("{}/admin/api/services", h.admin))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let disable = format!("{}/admin/api/services/pass/disable", h.admin);
+    let response = h
+        .http
+        .post(&disable)
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = h
+        .http
+        .post(&disable)
+        .header(COOKIE, &cookie)
+        .header("x-gate402-admin", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // A forged or spent code gives nothing.
+    let response = h
+        .http
+        .get(format!("{}/admin/login?code=forged.code", h.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = h
+        .http
+        .get(format!("{}/admin/api/services", h.admin))
+        .header(COOKIE, "gate402_admin=forged.cookie")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+
+    // The dashboard's page, script and style come with a strict policy.
+    let page = h
+        .http
+        .get(format!("{}/admin/", h.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("script-src 'self'"));
+    assert!(page.text().await.unwrap().contains("/admin/app.js"));
+
+    let dir = h.dir.path().to_owned();
+    h.gateway.shutdown().await.unwrap();
+    assert!(!dir.join("admin.json").exists(), "removed at shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_change_at_runtime_with_the_configs_checks() {
+    let h = Harness::start().await;
+    let services = h.get("/services").await;
+    let weather = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "weather")
+        .unwrap()
+        .clone();
+    assert_eq!(weather["price_sats"], 10);
+    assert_eq!(weather["source"], "file");
+    assert_eq!(weather["table"]["price_sats"], 10);
+    // The upstream's key is not shown.
+    assert_eq!(weather["table"]["headers"]["x-api-key"], "<redacted>");
+    assert!(!services.to_string().contains("upstream-secret-key"));
+
+    // A price change: the next 402 carries it.
+    assert_eq!(h.price("/api/weather").await, 10);
+    let (status, body) = h
+        .call(
+            reqwest::Method::PATCH,
+            "/services/weather",
+            Some(json!({"price_sats": 12})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["price_sats"], 12);
+    assert_eq!(body["changed"]["by"], "local");
+    assert_eq!(h.price("/api/weather").await, 12);
+    // The upstream still gets its key (kept, not redacted, in the change).
+    let (offer, preimage) = h.buy("/api/weather").await;
+    assert_eq!(
+        h.send(
+            "/api/weather",
+            &offer.l402_authorization(&preimage).unwrap()
+        )
+        .await,
+        StatusCode::OK
+    );
+
+    // The config's checks, with key paths; nothing changes.
+    for (patch, expected) in [
+        (json!({"price_sats": "lots"}), "services.weather.price_sats"),
+        (json!({"sells": "forever"}), "services.weather.sells"),
+        (json!({"surprise": 1}), "surprise"),
+        (json!({"headers": {"x-api-key": "<redacted>"}}), "x-api-key"),
+    ] {
+        let (status, body) = h
+            .call(
+                reqwest::Method::PATCH,
+                "/services/weather",
+                Some(patch.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{patch}: {body}");
+        assert!(body.to_string().contains(expected), "{patch}: {body}");
+    }
+    assert_eq!(h.price("/api/weather").await, 12);
+    for (method, path, body, expected) in [
+        (
+            reqwest::Method::PATCH,
+            "/services/nothing",
+            json!({"price_sats": 1}),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/services/weather",
+            json!([1]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/services/weather",
+            json!({"name": "other"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            reqwest::Method::PUT,
+            "/services/news",
+            json!({"name": "other"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            reqwest::Method::PUT,
+            "/services/news",
+            json!({"path": "/api/news"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let (status, answer) = h.call(method.clone(), path, Some(body.clone())).await;
+        assert_eq!(status, expected, "{method} {path} {body}: {answer}");
+        assert!(answer["detail"].is_string(), "a problem body: {answer}");
+    }
+
+    // Disabled: 503, charging nothing, and the catch-all free route does
+    // not take its requests.
+    let (status, _) = h
+        .call(reqwest::Method::POST, "/services/weather/disable", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let response = h.http.get(h.url("/api/weather")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.text().await.unwrap().contains("disabled"));
+    let (status, _) = h
+        .call(reqwest::Method::POST, "/services/weather/enable", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.price("/api/weather").await, 12, "enabled with its price");
+
+    // Created at runtime, then deleted (the free catch-all answers again).
+    let (status, body) = h
+        .call(
+            reqwest::Method::PUT,
+            "/services/news",
+            Some(json!({"path": "/api/news", "price_sats": 4, "upstream": "${NEWS_UPSTREAM}"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "an unset variable: {body}"
+    );
+    assert!(body.to_string().contains("NEWS_UPSTREAM"), "{body}");
+    let upstream = upstream().await;
+    let (status, body) = h
+        .call(
+            reqwest::Method::PUT,
+            "/services/news",
+            Some(json!({"path": "/api/news", "price_sats": 4, "upstream": upstream})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["source"], "admin");
+    assert_eq!(h.price("/api/news").await, 4);
+    let (status, _) = h
+        .call(reqwest::Method::DELETE, "/services/news", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let response = h.http.get(h.url("/api/news")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the free catch-all");
+    let (status, _) = h
+        .call(reqwest::Method::DELETE, "/services/news", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A restart keeps the changes: they live in the store.
+    let h = h.restart().await;
+    assert_eq!(h.price("/api/weather").await, 12);
+    assert_eq!(h.get("/services/weather").await["changed"]["by"], "local");
+    h.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn paid_traffic_shows_in_payments_and_revenue_and_one_token_is_revoked() {
+    let h = Harness::start().await;
+    // Three 402s on the weather, two paid (L402, then MPP); a pass bought.
+    let (weather, preimage) = h.buy("/api/weather").await;
+    assert_eq!(
+        h.send(
+            "/api/weather",
+            &weather.l402_authorization(&preimage).unwrap()
+        )
+        .await,
+        StatusCode::OK
+    );
+    let (mpp, mpp_preimage) = h.buy("/api/weather").await;
+    assert_eq!(
+        h.send(
+            "/api/weather",
+            &mpp.payment_authorization(&mpp_preimage).unwrap()
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(h.price("/api/weather").await, 10);
+    let (pass, pass_preimage) = h.buy("/api/pass").await;
+    let pass_token = pass.l402_authorization(&pass_preimage).unwrap();
+    for _ in 0..3 {
+        assert_eq!(h.send("/api/pass", &pass_token).await, StatusCode::OK);
+    }
+
+    eventually("four payments and four 402s in the store", || async {
+        let payments = h.get("/payments").await;
+        let revenue = h.get("/revenue").await;
+        payments["payments"].as_array().unwrap().len() == 3
+            && revenue["total"]["challenges"] == 4
+            && revenue["total"]["served"] == 5
+    })
+    .await;
+    let payments = h.get("/payments").await["payments"].clone();
+    let weather_hash = hex::encode(weather.invoice.payment_hash());
+    let row = payments
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["payment_hash"] == json!(weather_hash))
+        .unwrap();
+    assert_eq!(row["service"], "weather");
+    assert_eq!(row["scheme"], "L402");
+    assert_eq!(row["amount_sats"], 10);
+    let by_scheme = h.get("/payments?service=weather&scheme=Payment").await;
+    assert_eq!(by_scheme["payments"].as_array().unwrap().len(), 1);
+    let by_hash = h
+        .get(&format!("/payments?payment_hash={weather_hash}"))
+        .await;
+    assert_eq!(by_hash["payments"].as_array().unwrap().len(), 1);
+
+    let revenue = h.get("/revenue?by=hour").await;
+    assert_eq!(revenue["total"]["revenue_sats"], 23);
+    assert_eq!(revenue["total"]["payments"], 3);
+    let weather_sums = revenue["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "weather")
+        .unwrap();
+    assert_eq!(weather_sums["revenue_sats"], 20);
+    assert_eq!(weather_sums["challenges"], 3);
+    let conversion = weather_sums["conversion"].as_f64().unwrap();
+    assert!((conversion - 2.0 / 3.0).abs() < 1e-9, "{conversion}");
+    let daily = h.get("/revenue?by=day").await;
+    assert_eq!(daily["total"]["revenue_sats"], 23);
+    for bad in [
+        "/revenue?by=week",
+        "/revenue?since=10&until=5",
+        "/payments?limit=0",
+        "/payments?payment_hash=zz",
+        "/payments?bogus=1",
+    ] {
+        let (status, body) = h.call(reqwest::Method::GET, bad, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let services = h.get("/services").await;
+    let pass_row = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "pass")
+        .unwrap();
+    assert_eq!(pass_row["last_24h"]["payments"], 1);
+    assert_eq!(pass_row["last_24h"]["revenue_sats"], 3);
+
+    // One pass token revoked by its macaroon; another pass still works.
+    let macaroon = pass_token
+        .strip_prefix("L402 ")
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let shown = h.get(&format!("/tokens/{}", urlencode(&macaroon))).await;
+    assert_eq!(shown["revoked"], false);
+    assert_eq!(shown["payment"]["served"], 3);
+    let (other, other_preimage) = h.buy("/api/pass").await;
+    let other_token = other.l402_authorization(&other_preimage).unwrap();
+    let (status, body) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/tokens/{}/revoke", urlencode(&macaroon)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["already"], false);
+    assert_eq!(
+        h.send("/api/pass", &pass_token).await,
+        StatusCode::PAYMENT_REQUIRED
+    );
+    assert_eq!(h.send("/api/pass", &other_token).await, StatusCode::OK);
+    let shown = h
+        .get(&format!(
+            "/tokens/{}",
+            hex::encode(pass.invoice.payment_hash())
+        ))
+        .await;
+    assert_eq!(shown["revoked"], true);
+    let (_, again) = h
+        .call(
+            reqwest::Method::POST,
+            &format!(
+                "/tokens/{}/revoke",
+                hex::encode(pass.invoice.payment_hash())
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(again["already"], true);
+    // Its MPP spelling too: an unused payment revoked is refused at both doors.
+    let (unused, unused_preimage) = h.buy("/api/weather").await;
+    h.call(
+        reqwest::Method::POST,
+        &format!(
+            "/tokens/{}/revoke",
+            hex::encode(unused.invoice.payment_hash())
+        ),
+        None,
+    )
+    .await;
+    for credential in [
+        unused.payment_authorization(&unused_preimage).unwrap(),
+        unused.l402_authorization(&unused_preimage).unwrap(),
+    ] {
+        assert_eq!(
+            h.send("/api/weather", &credential).await,
+            StatusCode::PAYMENT_REQUIRED
+        );
+    }
+    let (status, _) = h
+        .call(reqwest::Method::POST, "/tokens/not-a-token/revoke", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Revocations survive a restart.
+    let h = h.restart().await;
+    assert_eq!(
+        h.send("/api/pass", &pass_token).await,
+        StatusCode::PAYMENT_REQUIRED
+    );
+    assert_eq!(h.send("/api/pass", &other_token).await, StatusCode::OK);
+    h.gateway.shutdown().await.unwrap();
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_balance_is_closed_and_refunded_by_the_operator() {
+    let h = Harness::start().await;
+    // A 10 sat balance (5 units of 2) opened through L402, two requests.
+    let (offer, preimage) = h.buy("/api/chat").await;
+    let token = offer.l402_authorization(&preimage).unwrap();
+    for _ in 0..2 {
+        assert_eq!(h.send("/api/chat", &token).await, StatusCode::OK);
+    }
+    let id = hex::encode(offer.invoice.payment_hash());
+    let session = h.get(&format!("/sessions/{id}")).await;
+    assert_eq!(session["deposit_msat"], 10_000);
+    assert_eq!(session["balance_msat"], 6_000);
+    assert_eq!(session["closed"], Value::Null);
+    let (status, body) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/sessions/{id}/close"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["refund_sats"], 6);
+    // No return invoice was given through L402: nothing could be paid.
+    assert_ne!(body["refund_status"], "paid");
+    assert_eq!(
+        h.send("/api/chat", &token).await,
+        StatusCode::PAYMENT_REQUIRED
+    );
+    let (status, body) = h
+        .call(
+            reqwest::Method::POST,
+            &format!("/sessions/{id}/close"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "closed once: {body}");
+    let (status, _) = h
+        .call(
+            reqwest::Method::GET,
+            &format!("/sessions/{}", "00".repeat(32)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = h.call(reqwest::Method::GET, "/sessions/xyz", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let log = h.get("/log").await;
+    assert_eq!(log["entries"][0]["action"], "session.close");
+    h.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_view_says_what_the_sandbox_is() {
+    let h = Harness::start().await;
+    let (offer, preimage) = h.buy("/api/weather").await;
+    assert_eq!(
+        h.send(
+            "/api/weather",
+            &offer.l402_authorization(&preimage).unwrap()
+        )
+        .await,
+        StatusCode::OK
+    );
+    let node = h.get("/node").await;
+    assert_eq!(node["backend"], "sandbox");
+    assert_eq!(node["network"], "regtest");
+    assert_eq!(node["pubkey"].as_str().unwrap().len(), 66);
+    assert_eq!(node["liquidity"]["unlimited"], true);
+    assert_eq!(
+        node["low_inbound"], false,
+        "unlimited test money is never low"
+    );
+    let paid = hex::encode(offer.invoice.payment_hash());
+    let invoices = node["recent_invoices"]
+        .as_array()
+        .expect("the sandbox lists its invoices");
+    let listed = invoices
+        .iter()
+        .find(|i| i["payment_hash"] == json!(paid))
+        .unwrap();
+    assert_eq!(listed["state"], "settled");
+    assert_eq!(listed["amount_msat"], 10_000);
+    h.gateway.shutdown().await.unwrap();
+}
+
+/// A page of a headless Chromium (the distribution's package, started
+/// here), driven over the DevTools protocol.
+struct Browser {
+    process: std::process::Child,
+    page: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        use std::io::BufRead;
+        let program = std::env::var("GATE402_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+        let profile = tempfile::tempdir().unwrap();
+        let mut process = std::process::Command::new(&program)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--window-size=1280,1700",
+                &format!("--user-data-dir={}", profile.path().display()),
+                "about:blank",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {program} (scripts/test installs the chromium package; GATE402_CHROMIUM names another): {e}")
+            });
+        let stderr = std::io::BufReader::new(process.stderr.take().unwrap());
+        let port = stderr
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                let rest = line.split("DevTools listening on ws://127.0.0.1:").nth(1)?;
+                rest.split('/').next()?.parse::<u16>().ok()
+            })
+            .expect("chromium says where DevTools listens");
+        let targets: Value = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let page = targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .expect("a page")["webSocketDebuggerUrl"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (page, _) = tokio_tungstenite::connect_async(page).await.unwrap();
+        Self {
+            process,
+            page,
+            next_id: 0,
+            _profile: profile,
+        }
+    }
+
+    async fn command(&mut self, method: &str, params: Value) -> Value {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        self.next_id += 1;
+        let id = self.next_id;
+        let message = json!({"id": id, "method": method, "params": params}).to_string();
+        self.page.send(Message::text(message)).await.unwrap();
+        loop {
+            let Some(Ok(Message::Text(text))) = self.page.next().await else {
+                continue;
+            };
+            let answer: Value = serde_json::from_str(&text).unwrap();
+            if answer["id"] == id {
+                assert!(answer["error"].is_null(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .command(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        assert!(
+            result["exceptionDetails"].is_null(),
+            "{expression}: {result}"
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// Waits until `expression` is true in the page (one that throws, on
+    /// a page still loading, is not), for up to 15 s.
+    async fn until(&mut self, expression: &str) {
+        for _ in 0..150 {
+            let result = self
+                .command(
+                    "Runtime.evaluate",
+                    json!({"expression": expression, "returnByValue": true}),
+                )
+                .await;
+            if result["result"]["value"] == json!(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the page never made this true: {expression}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_shows_what_the_api_says_and_edits_a_price_in_headless_chromium() {
+    let h = Harness::start().await;
+    // Paid traffic: two weather payments, a pass used three times, and one
+    // 402 left unpaid.
+    for _ in 0..2 {
+        let (offer, preimage) = h.buy("/api/weather").await;
+        assert_eq!(
+            h.send(
+                "/api/weather",
+                &offer.l402_authorization(&preimage).unwrap()
+            )
+            .await,
+            StatusCode::OK
+        );
+    }
+    let (pass, preimage) = h.buy("/api/pass").await;
+    for _ in 0..3 {
+        assert_eq!(
+            h.send("/api/pass", &pass.l402_authorization(&preimage).unwrap())
+                .await,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(h.price("/api/weather").await, 10);
+    eventually("the traffic counted in the store", || async {
+        let revenue = h.get("/revenue").await;
+        revenue["total"]["payments"] == 3 && revenue["total"]["challenges"] == 4
+    })
+    .await;
+    let revenue = h.get("/revenue").await;
+    let services = h.get("/services").await;
+
+    let link = h.call(reqwest::Method::POST, "/login-links", None).await.1;
+    let mut browser = Browser::start().await;
+    browser
+        .command("Page.navigate", json!({"url": link["url"]}))
+        .await;
+    browser
+        .until("location.pathname === '/admin/' && document.body.dataset.loaded !== undefined")
+        .await;
+
+    // The figures shown are the API's.
+    let shown = browser
+        .eval(
+            r#"({
+                revenue: document.querySelector('#revenue-total').textContent,
+                payments: document.querySelector('#payments-total').textContent,
+                challenges: document.querySelector('#challenges-total').textContent,
+                conversion: document.querySelector('#conversion-total').textContent,
+                inbound: document.querySelector('#inbound').textContent,
+                bars: [...document.querySelectorAll('#revenue-chart rect')]
+                    .reduce((sum, bar) => sum + Number(bar.dataset.sats), 0),
+                rows: Object.fromEntries([...document.querySelectorAll('#services tbody tr')].map(row => [
+                    row.dataset.service,
+                    {
+                        price: row.querySelector('input.price')?.value ?? 'free',
+                        payments: row.querySelector('.payments').textContent,
+                        revenue: row.querySelector('.revenue').textContent,
+                        challenges: row.querySelector('.challenges').textContent,
+                        state: row.querySelector('.state').firstChild.textContent,
+                    },
+                ])),
+                recent: [...document.querySelectorAll('#payments tbody tr')].map(row => row.dataset.paymentHash),
+            })"#,
+        )
+        .await;
+    assert_eq!(
+        shown["revenue"],
+        revenue["total"]["revenue_sats"].to_string()
+    );
+    assert_eq!(shown["revenue"], "23");
+    assert_eq!(shown["payments"], "3");
+    assert_eq!(shown["challenges"], "4");
+    assert_eq!(shown["conversion"], "75.0 %");
+    assert_eq!(shown["bars"], 23, "the chart's bars add up to the revenue");
+    assert_eq!(shown["inbound"], "unlimited");
+    for service in services["services"].as_array().unwrap() {
+        let name = service["name"].as_str().unwrap();
+        let row = &shown["rows"][name];
+        let price = if service["auth"] == "off" {
+            "free".to_owned()
+        } else {
+            service["price_sats"].to_string()
+        };
+        assert_eq!(row["price"], price, "{name}");
+        assert_eq!(
+            row["payments"],
+            service["last_24h"]["payments"].to_string(),
+            "{name}"
+        );
+        assert_eq!(
+            row["revenue"],
+            service["last_24h"]["revenue_sats"].to_string(),
+            "{name}"
+        );
+        assert_eq!(
+            row["challenges"],
+            service["last_24h"]["challenges"].to_string(),
+            "{name}"
+        );
+        assert_eq!(row["state"], service["state"], "{name}");
+    }
+    assert_eq!(shown["rows"]["weather"]["revenue"], "20");
+    let api_recent: Vec<Value> = h.get("/payments?limit=20").await["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["payment_hash"].clone())
+        .collect();
+    assert_eq!(shown["recent"], json!(api_recent));
+
+    // A price edited in the page: the next 402 carries it.
+    browser
+        .eval(
+            r#"(() => {
+                const row = document.querySelector('#services tr[data-service="weather"]');
+                row.querySelector('input.price').value = '13';
+                row.querySelector('button.save').click();
+                return true;
+            })()"#,
+        )
+        .await;
+    browser
+        .until("document.querySelector('#status').textContent.includes('price set to 13')")
+        .await;
+    assert_eq!(h.price("/api/weather").await, 13);
+    assert_eq!(
+        h.get("/log").await["entries"][0]["action"],
+        "service.update"
+    );
+
+    // A screenshot, for the README.
+    browser
+        .until("document.querySelector('#services tr[data-service=\"weather\"] input.price').value === '13'")
+        .await;
+    let shot = browser
+        .command(
+            "Page.captureScreenshot",
+            json!({"format": "png", "captureBeyondViewport": true}),
+        )
+        .await;
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let path = std::env::var("GATE402_SCREENSHOT").map_or_else(
+        |_| std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png"),
+        std::path::PathBuf::from,
+    );
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("dashboard screenshot: {}", path.display());
+
+    // Signed out (no cookie), the page says how to sign in.
+    browser
+        .command("Network.clearBrowserCookies", json!({}))
+        .await;
+    browser
+        .command(
+            "Page.navigate",
+            json!({"url": format!("{}/admin/", h.admin)}),
+        )
+        .await;
+    browser
+        .until("!document.querySelector('#login').hidden")
+        .await;
+    drop(browser);
+    h.gateway.shutdown().await.unwrap();
+}
