@@ -1057,6 +1057,80 @@ mod tests {
         assert_eq!(price(&pricing, Method::GET, "/v1/images/small/x", ""), None);
     }
 
+    /// A token minted while the service had a fixed price carries no
+    /// amount: the node's settled invoice tells what it paid.
+    #[tokio::test]
+    async fn a_token_without_its_amount_is_checked_against_the_node() {
+        use tower::ServiceExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Arc::new(gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap());
+        let store = Arc::new(
+            gate402_store::SqliteStore::open(&dir.path().join("paywall.sqlite3")).unwrap(),
+        );
+        let fixed = PricedService::new("chat", "/chat", 10);
+        let paywall = Paywall::builder(
+            sandbox.clone(),
+            store,
+            "a secret of at least thirty-two bytes",
+        )
+        .unwrap()
+        .services([fixed.clone()])
+        .build()
+        .await
+        .unwrap();
+        let app = axum::Router::new()
+            .route("/chat", axum::routing::post(|| async { "answered" }))
+            .layer(paywall.layer());
+        let doors = crate::Doors {
+            l402: true,
+            mpp: false,
+            x402: false,
+        };
+        let token = || async {
+            let issued = paywall.issue(&fixed, doors).await.unwrap();
+            let paid = sandbox.settle(&issued.bolt11).unwrap();
+            let macaroon = issued.l402.unwrap().macaroon.to_base64();
+            format!("L402 {macaroon}:{}", hex::encode(paid.preimage))
+        };
+        let (cheap, dear) = (token().await, token().await);
+        // Now 50 sat for a gpt-4 body.
+        let mut dynamic = fixed.clone();
+        dynamic.pricing = Some(Arc::new(Pricing {
+            rules: vec![PriceRule {
+                body: matches(&["gpt-4"], "/model"),
+                ..rule(50)
+            }],
+            pricer: None,
+        }));
+        paywall.set_services([dynamic]);
+        let send = |authorization: String, body: &'static str| {
+            let request = http::Request::post("/chat")
+                .header("authorization", authorization)
+                .body(axum::body::Body::from(body))
+                .unwrap();
+            app.clone().oneshot(request)
+        };
+        let refused = send(cheap.clone(), r#"{"model":"gpt-4"}"#).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+        let body = http_body_util::BodyExt::collect(refused.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let problem: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            problem["detail"].as_str().unwrap().contains("paid 10 sat"),
+            "{problem}"
+        );
+        assert_eq!(problem["price"]["amount"], "50");
+        let served = send(cheap, r#"{"model":"small"}"#).await.unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        // Paid 10, and 10 is what a cheap request costs.
+        let served = send(dear, "{}").await.unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        paywall.shutdown().await;
+    }
+
     #[test]
     fn credentials_and_cookies_are_not_shown_to_a_pricer() {
         let mut headers = HeaderMap::new();

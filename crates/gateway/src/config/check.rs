@@ -274,6 +274,13 @@ impl Checker {
                 format!("{:?} is not an address like 127.0.0.1:8403", admin.listen),
             );
         }
+        if let Ok(addr) = admin.listen.parse::<std::net::SocketAddr>() {
+            if admin.enabled && !addr.ip().is_loopback() {
+                self.warnings.push(format!(
+                    "admin.listen: {addr} is not a loopback address: the admin API speaks plain HTTP, so its bearer secrets cross the network in the clear (put a TLS proxy in front, or keep it on loopback)"
+                ));
+            }
+        }
         if !(1..=3600).contains(&admin.sync_secs) {
             self.error("admin.sync_secs", "must be between 1 and 3600");
         }

@@ -26,6 +26,9 @@ struct RawRule {
     max_body_bytes: Option<i64>,
     price_sats: Option<i64>,
     per: Option<Value>,
+    /// A service's key written after its first rule, which TOML reads
+    /// into that rule: reported as such.
+    pricer: Option<Value>,
 }
 
 /// A rule's `per = { … }`.
@@ -108,6 +111,12 @@ impl Checker {
     fn price_rule(&mut self, path: &str, value: Value) -> Option<PriceRule> {
         let at = |key: &str| join(path, key);
         let raw: RawRule = self.section(path, value)?;
+        if raw.pricer.is_some() {
+            self.error(
+                &at("pricer"),
+                "belongs to the service: write pricer = { … } before its first [[services.prices]]",
+            );
+        }
         let mut rule = PriceRule::default();
         for (i, method) in raw.methods.iter().flatten().enumerate() {
             match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
@@ -452,6 +461,7 @@ mod tests {
             price_sats = 0
             [[services.prices]]
             params = { a = "1" }
+            pricer = { url = "http://127.0.0.1:9/price" }
             per = { query = "n", body_bytes = true, every = 0 }
             [[services]]
             name = "b"
@@ -478,6 +488,7 @@ mod tests {
             "services[0].prices[1].params.y: path \"/a/{x}\" names no {y}",
             "services[0].prices[1].price_sats: 0 is not a positive number",
             "services[0].prices[2].params: path parameters need a path",
+            "services[0].prices[2].pricer: belongs to the service",
             "services[0].prices[2].per: names its count with one of",
             "services[0].prices[2].per.every: 0 is not a positive number",
             "services[0].prices[2].per.price_sats: is required",

@@ -449,3 +449,113 @@ fn what_a_service_sells() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn the_admin_table_is_checked_and_the_services_kept_as_written() {
+    let config = GatewayConfig::parse(
+        r#"
+        [admin]
+        listen = "127.0.0.1:8403"
+        sync_secs = 2
+        credentials = [{ name = "ops", secret = "${OPS}" }]
+        [[services]]
+        name = "weather"
+        path = "/weather"
+        price_sats = 10
+        upstream = "http://127.0.0.1:9001"
+        headers = { "x-api-key" = "${API_KEY}" }
+        "#,
+        |name| match name {
+            "OPS" => Some("o".repeat(40)),
+            other => env(other),
+        },
+    )
+    .unwrap();
+    assert_eq!(config.admin.listen, "127.0.0.1:8403");
+    assert_eq!(config.admin.sync_secs, 2);
+    assert_eq!(config.admin.credentials[0].name, "ops");
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // As written: the variable, not its value.
+    assert_eq!(
+        config.service_tables[0]["headers"]["x-api-key"].as_str(),
+        Some("${API_KEY}")
+    );
+    // A credential's secret never shows in a debug print.
+    assert!(!format!("{:?}", config.admin).contains(&"o".repeat(40)));
+
+    let errors = GatewayConfig::parse(
+        r#"
+        [admin]
+        listen = "everywhere"
+        sync_secs = 0
+        credentials = [
+          { name = "local", secret = "0123456789abcdef0123456789abcdef" },
+          { name = "ops", secret = "short" },
+          { name = "ops", secret = "0123456789abcdef0123456789abcdef" },
+        ]
+        surprise = 1
+        "#,
+        env,
+    )
+    .unwrap_err();
+    let text = errors.to_string();
+    assert!(text.contains("admin: unknown field `surprise`") || text.contains("surprise"), "{text}");
+
+    let errors = GatewayConfig::parse(
+        r#"
+        [admin]
+        listen = "everywhere"
+        sync_secs = 0
+        credentials = [
+          { name = "local", secret = "0123456789abcdef0123456789abcdef" },
+          { name = "ops", secret = "short" },
+          { name = "ops", secret = "0123456789abcdef0123456789abcdef" },
+        ]
+        "#,
+        env,
+    )
+    .unwrap_err()
+    .0;
+    for expected in [
+        "admin.listen",
+        "admin.sync_secs",
+        "admin.credentials[0].name",
+        "admin.credentials[1].secret",
+        "admin.credentials[2].name",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(expected)),
+            "{expected}: {errors:?}"
+        );
+    }
+
+    let open = GatewayConfig::parse("[admin]\nlisten = \"0.0.0.0:8403\"\n", env).unwrap();
+    assert!(
+        open.warnings.iter().any(|w| w.contains("not a loopback address")),
+        "{:?}",
+        open.warnings
+    );
+}
+
+#[test]
+fn a_service_table_from_the_admin_api_is_checked_as_the_files_are() {
+    let table: toml::Table = toml::from_str(
+        "name = \"news\"\npath = \"/news\"\nprice_sats = 4\nupstream = \"${API_KEY}\"\n",
+    )
+    .unwrap();
+    let error = GatewayConfig::service_from_table(&table, "services.news", env).unwrap_err();
+    assert!(error.to_string().contains("services.news.upstream"), "{error}");
+    let table: toml::Table =
+        toml::from_str("name = \"news\"\npath = \"/news\"\nprice_sats = 4\n").unwrap();
+    let service = GatewayConfig::service_from_table(&table, "services.news", env).unwrap();
+    assert_eq!(service.priced.price_sats, 4);
+    let table: toml::Table = toml::from_str("name = \"news\"\npath = \"news\"\n").unwrap();
+    let errors = GatewayConfig::service_from_table(&table, "services.news", env)
+        .unwrap_err()
+        .0;
+    assert!(errors.iter().any(|e| e.starts_with("services.news.path")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.starts_with("services.news.price_sats")),
+        "{errors:?}"
+    );
+}
