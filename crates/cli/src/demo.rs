@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use gate402_client::{Offer, SessionOffer};
-use gate402_gateway::{demo, Gateway, GatewayConfig};
+use gate402_gateway::{demo, Gateway};
 use gate402_lightning_sandbox::http::pay_via;
 use gate402_mpp::{PaymentChallenge, PaymentCredential};
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -99,8 +99,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
         Some(url) => (url.trim_end_matches('/').to_owned(), None),
         None => {
             let (upstream, task) = demo::start_upstream().await?;
-            let mut config =
-                GatewayConfig::default_with_services(demo::services(&format!("http://{upstream}")));
+            let mut config = demo::gateway_config(&format!("http://{upstream}"));
             config.listen = "127.0.0.1:0".parse()?;
             let gateway = Gateway::start(&config, &data_dir.join("demo")).await?;
             (format!("http://{}", gateway.addr()), Some((gateway, task)))

@@ -55,10 +55,7 @@ async fn config(
         Some(config) => (config, None),
         None => {
             let (addr, task) = demo::start_upstream().await?;
-            let services = demo::services(&format!("http://{addr}"));
-            let mut config = GatewayConfig::default_with_services(services);
-            config.tools = demo::tools();
-            (config, Some(task))
+            (demo::gateway_config(&format!("http://{addr}")), Some(task))
         }
     };
     if let Some(listen) = args.listen {

@@ -15,7 +15,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::{Auth, Rewrite, Schemes, ServiceConfig, UpstreamConfig};
+use crate::config::ServiceConfig;
 
 #[derive(Deserialize)]
 struct WeatherQuery {
@@ -131,107 +131,104 @@ pub async fn start_upstream() -> std::io::Result<(SocketAddr, tokio::task::JoinH
     Ok((addr, task))
 }
 
+/// The demo's priced services, as a config file writes them (so that the
+/// admin API shows and edits them as it does a file's). `{upstream}` is
+/// replaced by the demo API's URL.
+const SERVICES: &str = r#"
+# The weather is offered through every door, x402's too (its Lightning
+# scheme is a draft, so configured services leave it off); and once more
+# through x402 alone, for clients that pick the first door they know.
+[[services]]
+name = "weather"
+path = "/api/weather"
+methods = ["GET"]
+price_sats = 10
+schemes = "all"
+description = "Weather report (demo)"
+upstream = "{upstream}"
+rewrite = { strip_prefix = "/api" }
+
+[[services]]
+name = "weather-x402"
+path = "/api/x402/weather"
+methods = ["GET"]
+price_sats = 10
+schemes = "x402"
+description = "Weather report over x402 (demo)"
+upstream = "{upstream}"
+rewrite = { strip_prefix = "/api/x402" }
+
+# The same, streamed: each token is charged as it flows, 1 sat from a 5 sat
+# deposit, so a longer answer asks for a top-up mid-stream.
+[[services]]
+name = "chat-stream"
+path = "/api/chat/stream"
+methods = ["GET"]
+price_sats = 1
+sells = "balance"
+deposit_units = 5
+meter = "events"
+topup_wait_secs = 30
+description = "Chat streamed token by token, metered from a prepaid balance (demo)"
+upstream = "{upstream}"
+rewrite = { strip_prefix = "/api" }
+
+# A prepaid balance: a 20 sat deposit spent 1 sat a question, through an
+# L402 token or an MPP session (refunded on close).
+[[services]]
+name = "chat"
+path = "/api/chat"
+methods = ["GET"]
+price_sats = 1
+sells = "balance"
+deposit_units = 20
+description = "Chat, from a prepaid balance (demo)"
+upstream = "{upstream}"
+rewrite = { strip_prefix = "/api" }
+
+[[services]]
+name = "translate"
+path = "/api/translate"
+methods = ["POST"]
+price_sats = 25
+description = "Translation (demo)"
+upstream = "{upstream}"
+rewrite = { strip_prefix = "/api" }
+
+[[services]]
+name = "events"
+path = "/api/events"
+methods = ["GET"]
+price_sats = 5
+description = "Event stream (demo, SSE)"
+upstream = "{upstream}"
+rewrite = { strip_prefix = "/api" }
+
+[[services]]
+name = "hello"
+path = "/api/hello"
+methods = ["GET"]
+price_sats = 1
+auth = "off"
+description = "Free greeting (demo)"
+upstream = "{upstream}"
+rewrite = { strip_prefix = "/api" }
+"#;
+
+/// The demo as a config in front of `upstream` (a URL): its services, with
+/// their tables, and its paid MCP tools; the other settings are the
+/// defaults.
+pub fn gateway_config(upstream: &str) -> crate::config::GatewayConfig {
+    let text = SERVICES.replace("{upstream}", upstream);
+    let mut config = crate::config::GatewayConfig::parse(&text, |_| None)
+        .expect("the demo's services pass the config's checks");
+    config.tools = tools();
+    config
+}
+
 /// The demo's priced services in front of `upstream`.
 pub fn services(upstream: &str) -> Vec<ServiceConfig> {
-    let strip = Rewrite {
-        strip_prefix: Some("/api".into()),
-        add_prefix: None,
-    };
-    let make = |name: &str,
-                path: &str,
-                method: axum::http::Method,
-                price: u64,
-                description: &str,
-                auth: Auth| {
-        let mut s = ServiceConfig::new(name, path, price);
-        s.priced.methods = vec![method];
-        s.priced.description = description.into();
-        s.priced.auth = auth;
-        let mut up = UpstreamConfig::new(upstream);
-        up.rewrite = strip.clone();
-        s.upstream = Some(up);
-        s
-    };
-    use axum::http::Method;
-    // The weather is offered through every door, x402's too (its
-    // Lightning scheme is a draft, so configured services leave it off);
-    // and once more through x402 alone, for clients that pick the first
-    // door they know.
-    let mut weather = make(
-        "weather",
-        "/api/weather",
-        Method::GET,
-        10,
-        "Weather report (demo)",
-        Auth::On,
-    );
-    weather.priced.schemes = Schemes::ALL;
-    let mut weather_x402 = make(
-        "weather-x402",
-        "/api/x402/weather",
-        Method::GET,
-        10,
-        "Weather report over x402 (demo)",
-        Auth::On,
-    );
-    weather_x402.priced.schemes = Schemes::X402;
-    if let Some(up) = weather_x402.upstream.as_mut() {
-        up.rewrite.strip_prefix = Some("/api/x402".into());
-    }
-    // A prepaid balance: a 20 sat deposit spent 1 sat a question, through
-    // an L402 token or an MPP session (refunded on close).
-    let mut chat = make(
-        "chat",
-        "/api/chat",
-        Method::GET,
-        1,
-        "Chat, from a prepaid balance (demo)",
-        Auth::On,
-    );
-    chat.priced = chat.priced.balance(20);
-    // The same, streamed: each token is charged as it flows, 1 sat from a
-    // 5 sat deposit, so a longer answer asks for a top-up mid-stream.
-    let mut chat_stream = make(
-        "chat-stream",
-        "/api/chat/stream",
-        Method::GET,
-        1,
-        "Chat streamed token by token, metered from a prepaid balance (demo)",
-        Auth::On,
-    );
-    chat_stream.priced = chat_stream.priced.balance(5);
-    chat_stream.priced.meter = crate::config::Meter::Events;
-    chat_stream.priced.topup_wait_secs = 30;
-    vec![
-        weather,
-        weather_x402,
-        chat_stream,
-        chat,
-        make(
-            "translate",
-            "/api/translate",
-            Method::POST,
-            25,
-            "Translation (demo)",
-            Auth::On,
-        ),
-        make(
-            "events",
-            "/api/events",
-            Method::GET,
-            5,
-            "Event stream (demo, SSE)",
-            Auth::On,
-        ),
-        make(
-            "hello",
-            "/api/hello",
-            Method::GET,
-            1,
-            "Free greeting (demo)",
-            Auth::Off,
-        ),
-    ]
+    gateway_config(upstream).services
 }
 
 /// The demo's services as paid MCP tools (the event stream is not a tool).
@@ -274,10 +271,40 @@ pub fn tools() -> Vec<crate::config::ToolConfig> {
 /// The demo as a config: its services and tools in front of `upstream`,
 /// on an ephemeral loopback port (for tests and embedding).
 pub fn config(upstream: std::net::SocketAddr) -> crate::config::GatewayConfig {
-    let mut config = crate::config::GatewayConfig::default_with_services(services(&format!(
-        "http://{upstream}"
-    )));
-    config.tools = tools();
+    let mut config = gateway_config(&format!("http://{upstream}"));
     config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Auth, Meter, Schemes, Sells};
+
+    #[test]
+    fn the_demo_services_read_as_a_config_file_with_their_tables() {
+        let config = gateway_config("http://127.0.0.1:9");
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        assert_eq!(config.service_tables.len(), config.services.len());
+        let by_name = |name: &str| {
+            config
+                .services
+                .iter()
+                .find(|s| s.name() == name)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(by_name("weather").priced.schemes, Schemes::ALL);
+        assert_eq!(by_name("weather-x402").priced.schemes, Schemes::X402);
+        let chat = by_name("chat").priced;
+        assert_eq!((chat.sells, chat.deposit_units), (Sells::Balance, 20));
+        let stream = by_name("chat-stream").priced;
+        assert_eq!(stream.meter, Meter::Events);
+        assert_eq!(stream.topup_wait_secs, 30);
+        assert_eq!(by_name("hello").priced.auth, Auth::Off);
+        let weather = by_name("weather");
+        let upstream = weather.upstream.unwrap();
+        assert_eq!(upstream.rewrite.strip_prefix.as_deref(), Some("/api"));
+        assert_eq!(config.tools.len(), 2);
+    }
 }
