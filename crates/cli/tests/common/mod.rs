@@ -174,6 +174,9 @@ impl ServeProcess {
             .arg(config)
             // The gateway's own default filter, whatever the test runs under.
             .env_remove("RUST_LOG")
+            // Traces go where the config says, or nowhere.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_SERVICE_NAME")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
