@@ -801,3 +801,67 @@ async fn a_balance_is_charged_the_usage_the_upstream_reports() {
         json!({"status": "closed", "refundSats": 12, "refundStatus": "succeeded"})
     );
 }
+
+/// The operator closes an open session through the admin API: the unspent
+/// balance is paid to its return invoice once, and the session spends no
+/// more.
+#[tokio::test]
+async fn the_operator_closes_a_session_and_its_balance_is_refunded_once() {
+    let h = Harness::start(|_| {}).await;
+    let (challenge, request, _) = h.challenge("/chat").await;
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, refund_hash) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    assert_eq!(
+        h.send("/chat", &challenge, open).await.status(),
+        StatusCode::OK
+    );
+
+    let admin = format!("http://{}/admin/api", h.gateway.admin_addr().unwrap());
+    let secret = std::fs::read_to_string(h._dir.path().join("admin_secret")).unwrap();
+    let shown: Value = h
+        .http
+        .get(format!("{admin}/sessions/{session}"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["balance_msat"], 8_000);
+    assert_eq!(shown["has_return_invoice"], true);
+    let close = || {
+        h.http
+            .post(format!("{admin}/sessions/{session}/close"))
+            .bearer_auth(&secret)
+            .send()
+    };
+    let closed = close().await.unwrap();
+    assert_eq!(closed.status(), StatusCode::OK);
+    let closed: Value = closed.json().await.unwrap();
+    assert_eq!(closed["refund_sats"], 8);
+    assert_eq!(closed["refund_status"], "succeeded");
+    assert_eq!(close().await.unwrap().status(), StatusCode::CONFLICT);
+    let status = h
+        .gateway
+        .paywall()
+        .backend()
+        .invoice_status(&refund_hash)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            status,
+            InvoiceStatus::Settled {
+                amount_msat: 8_000,
+                ..
+            }
+        ),
+        "{status:?}"
+    );
+    let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
+    let refused = h.send("/chat", &challenge, bearer).await;
+    assert_eq!(problem(refused).await, lightning("session-closed"));
+}

@@ -552,9 +552,10 @@ impl Paywall {
 
     /// Closes the session `id` now (the operator's close) and refunds its
     /// unspent balance to its return invoice, once across replicas.
-    /// Answers the refund in sats and how it went (`paid`, `failed`,
-    /// `pending`, `none` when nothing was left or no invoice is known), or
-    /// the record of a session closed before (`None` when there is none).
+    /// Answers the refund in sats and how it went (`succeeded`; `failed`,
+    /// also when no return invoice is known; `pending`; `skipped` when
+    /// nothing was left), or the record of a session closed before (`None`
+    /// when there is none).
     ///
     /// # Errors
     ///
@@ -613,7 +614,7 @@ pub enum SessionClose {
     Closed {
         /// The unspent balance refunded, in satoshis.
         refund_sats: u64,
-        /// `paid`, `failed`, `pending` or `none`.
+        /// `succeeded`, `failed`, `pending` or `skipped`.
         status: String,
     },
     /// Closed before; its record.
