@@ -166,6 +166,12 @@ async fn a_body_field_decides_the_price_of_the_challenge() {
         10
     );
     assert_eq!(h.price(post, "/chat", "not json").await, 10);
+    let unpaid = h.post("/chat", r#"{"model":"gpt-4"}"#, None).await;
+    let problem: Value = unpaid.json().await.unwrap();
+    assert_eq!(
+        problem["detail"],
+        "chat: 50 sat for this request (its price depends on the request)"
+    );
 }
 
 /// A body too large to read cannot be priced by its fields: it is refused,

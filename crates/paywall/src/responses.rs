@@ -37,10 +37,19 @@ impl Refusal {
 
     /// No credential was presented: the plain 402.
     pub fn payment_required(service: &PricedService) -> Self {
+        // A dynamic price was decided for this very request.
+        let sale = if crate::pricing::is_dynamic(service) {
+            format!(
+                "{} sat for this request (its price depends on the request)",
+                service.price_sats
+            )
+        } else {
+            service.sale()
+        };
         Self::new(
             StatusCode::PAYMENT_REQUIRED,
             ProblemType::PaymentRequired,
-            format!("{}: {}", service.description, service.sale()),
+            format!("{}: {sale}", service.description),
         )
     }
 }

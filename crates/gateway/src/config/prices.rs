@@ -436,7 +436,7 @@ mod tests {
         assert!(config
             .services
             .iter()
-            .all(|s| s.priced.sale().contains("depends on the request")));
+            .all(|s| s.priced.sale().starts_with("priced per request")));
     }
 
     #[test]

@@ -265,7 +265,7 @@ impl PricedService {
         let sold = match (self.auth, self.sells) {
             (Auth::Off, _) => return "free".into(),
             (_, Sells::Request) if self.pricing.is_some() => {
-                format!("{price} sat for this request (the price depends on the request)")
+                format!("priced per request by its rules or pricer ({price} sat when they do not decide)")
             }
             (_, Sells::Request) => format!("{price} sat per request"),
             (_, Sells::Pass) if self.schemes.mpp() => format!(
