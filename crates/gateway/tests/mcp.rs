@@ -469,3 +469,64 @@ async fn one_client_cannot_take_every_session_nor_send_a_huge_body() {
     assert_eq!(too_big.status(), 413);
     gateway.shutdown().await.unwrap();
 }
+
+/// A payment the operator revoked pays for no tool call, whether it is
+/// presented as a `paymentId` or as a credential in `_meta`.
+#[tokio::test]
+async fn a_revoked_payment_pays_for_no_tool_call() {
+    let h = start().await;
+    let created = h
+        .call(call("create_payment", json!({"tool": "weather"}), None))
+        .await
+        .unwrap()
+        .structured_content
+        .unwrap();
+    let payment_id = created["paymentId"].as_str().unwrap().to_owned();
+    pay_via(&h.http, &h.base, created["invoice"].as_str().unwrap())
+        .await
+        .unwrap();
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(&payment_id[..64], &mut hash).unwrap();
+    h.gateway.paywall().revoke([hash]);
+    let (code, data) = h
+        .call(call(
+            "weather",
+            json!({"city": "Lima", "paymentId": payment_id}),
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043, "{data}");
+    assert!(
+        data["problem"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{data}"
+    );
+
+    let (_, challenge) = h
+        .call(call("weather", json!({"city": "Lima"}), None))
+        .await
+        .unwrap_err();
+    let credential = h.pay(&challenge).await;
+    let invoice = challenge["challenges"][0]["request"]["methodDetails"]["invoice"]
+        .as_str()
+        .unwrap();
+    let paid = gate402_bolt11::Invoice::parse(invoice)
+        .unwrap()
+        .payment_hash();
+    h.gateway.paywall().revoke([paid]);
+    let (code, data) = h
+        .call(call("weather", json!({"city": "Lima"}), Some(credential)))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043, "{data}");
+    assert!(
+        data["problem"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{data}"
+    );
+}

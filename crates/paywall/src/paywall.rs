@@ -356,8 +356,14 @@ impl Paywall {
     }
 
     /// `verified`, unless the operator revoked its payment: the one check
-    /// every scheme's credential passes after its proof holds.
-    pub(crate) fn unrevoked(&self, verified: Verified) -> Result<Verified, Refusal> {
+    /// every scheme's credential passes after its proof holds (the layer
+    /// and [`Paywall::verify_payment`] make it; a caller that verifies a
+    /// payment some other way, as MCP's `paymentId`, calls it).
+    ///
+    /// # Errors
+    ///
+    /// The [`Refusal`] to answer with: 402, verification failed.
+    pub fn unrevoked(&self, verified: Verified) -> Result<Verified, Refusal> {
         if self.is_revoked(&verified.payment_hash) {
             return Err(Refusal::new(
                 StatusCode::PAYMENT_REQUIRED,

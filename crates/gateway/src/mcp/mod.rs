@@ -424,7 +424,11 @@ impl PaidTools {
     ) -> Result<CallToolResult, ErrorData> {
         let payment_id = arguments.as_mut().and_then(|a| a.remove(PAYMENT_ID_ARG));
         let (verified, scheme) = if let Some(payment_id) = payment_id {
-            match self.check_payment_id(service, &payment_id).await {
+            let checked = self
+                .check_payment_id(service, &payment_id)
+                .await
+                .and_then(|verified| self.paywall.unrevoked(verified));
+            match checked {
                 Ok(verified) => (verified, "paymentId"),
                 Err(refusal) => return Err(self.refused(service, refusal, client).await),
             }
