@@ -192,9 +192,9 @@ impl Telemetry {
         let ratio = config.sample_ratio.clamp(0.0, 1.0);
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                ratio,
-            ))))
+            // By trace id alone, so that a caller's `traceparent` cannot
+            // have a trace kept against the ratio.
+            .with_sampler(Sampler::TraceIdRatioBased(ratio))
             .with_resource(
                 Resource::builder()
                     .with_service_name(config.service_name().to_owned())

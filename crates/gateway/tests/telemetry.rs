@@ -35,6 +35,10 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer as _;
 
+/// The trace and span of a caller that sends `traceparent`.
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
 /// Held by each test for its whole run (see the top of the file).
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -305,12 +309,19 @@ async fn a_paid_request_is_one_trace_of_its_route_payment_store_node_and_upstrea
     let hash = hex::encode(offer.invoice.payment_hash());
 
     // Paid through L402: its preimage and macaroon must appear nowhere.
+    // The caller's trace is joined; its "not sampled" flag does not
+    // overrule the ratio.
     let (offer_l402, _, preimage) = h.buy("/weather").await;
     let l402 = offer_l402.l402_authorization(&preimage).unwrap();
-    assert_eq!(
-        h.get("/weather", ("authorization", &l402)).await.status(),
-        StatusCode::OK
-    );
+    let paid_l402 = h
+        .client
+        .get(h.url("/weather"))
+        .header("authorization", &l402)
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-00"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid_l402.status(), StatusCode::OK);
     // A failing upstream: the warning logged inside the request names its
     // trace.
     let (offer_broken, _, preimage_broken) = h.buy("/broken").await;
@@ -442,6 +453,8 @@ async fn a_paid_request_is_one_trace_of_its_route_payment_store_node_and_upstrea
         l402_request.attr("gate402.payment_hash"),
         Some(hex::encode(offer_l402.invoice.payment_hash()))
     );
+    assert_eq!(hex::encode(&l402_request.span.trace_id), CALLER_TRACE);
+    assert_eq!(hex::encode(&l402_request.span.parent_span_id), CALLER_SPAN);
 
     // The failed request: an error span, and its warning logged with its
     // trace id.
@@ -494,15 +507,22 @@ async fn without_an_endpoint_or_with_nothing_sampled_nothing_is_sent() {
     let h = Harness::start(&unsampled).await;
     let (offer, _, preimage) = h.buy("/weather").await;
     let l402 = offer.l402_authorization(&preimage).unwrap();
-    let served = h.get("/weather", ("authorization", &l402)).await;
+    // A caller's "sampled" flag does not overrule the ratio either.
+    let served = h
+        .client
+        .get(h.url("/weather"))
+        .header("authorization", &l402)
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(served.status(), StatusCode::OK);
     let echoed: Value = served.json().await.unwrap();
+    // The upstream is told the caller's trace, not sampled here.
+    let traceparent = echoed["headers"]["traceparent"].as_str().unwrap();
     assert!(
-        echoed["headers"].get("traceparent").is_none()
-            || echoed["headers"]["traceparent"]
-                .as_str()
-                .is_some_and(|t| t.ends_with("-00")),
-        "an unsampled trace is not sampled upstream either: {echoed}"
+        traceparent.starts_with(&format!("00-{CALLER_TRACE}-")) && traceparent.ends_with("-00"),
+        "{traceparent}"
     );
     h.gateway.shutdown().await.unwrap();
     flush(telemetry).await;

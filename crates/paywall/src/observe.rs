@@ -31,7 +31,9 @@ use gate402_store::{
     NewSession, Opened, PaymentQuery, PaymentRecord, PaymentRow, Reservation, RevenueBucket,
     Revocation, ServiceChange, SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::field::{display, Empty};
 use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -41,7 +43,8 @@ use crate::route::PricedService;
 
 /// The span of one request, named `request` (its OpenTelemetry name is
 /// the method, then `{method} {route}` once routed), server kind. When an
-/// OpenTelemetry layer records it, its trace id is also its `trace_id`
+/// OpenTelemetry layer records it, it joins the trace a W3C `traceparent`
+/// names (as the caller's child), and its trace id is also its `trace_id`
 /// field, so that log lines written inside the request carry it.
 pub fn request_span<B>(request: &http::Request<B>) -> Span {
     let method = request.method().as_str();
@@ -60,6 +63,11 @@ pub fn request_span<B>(request: &http::Request<B>) -> Span {
         trace_id = Empty,
     );
     if !span.is_disabled() {
+        let caller = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+        if caller.span().span_context().is_valid() {
+            // Only fails on a span already started, which this one is not.
+            let _ = span.set_parent(caller);
+        }
         let context = span.context();
         let trace = context.span().span_context().trace_id();
         if trace != opentelemetry::trace::TraceId::INVALID {
@@ -111,6 +119,19 @@ pub(crate) fn responded(span: &Span, status: Option<http::StatusCode>) {
     }
     if status.is_none_or(|s| s.is_server_error()) {
         span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// A request's header fields, as OpenTelemetry's propagators read them.
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
     }
 }
 
