@@ -830,9 +830,14 @@ impl Paywall {
                 price
             }
             Err(fallback) => {
+                // Its host only: a URL may carry a key in its query.
+                let pricer = reqwest::Url::parse(&config.url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default();
                 tracing::warn!(
                     service = name,
-                    pricer = %config.url,
+                    pricer,
                     reason = fallback.as_str(),
                     fallback_sats = config.fallback_sats,
                     "the pricer gave no price; the fallback price is asked"
