@@ -714,3 +714,79 @@ impl LightningBackend for ObservedBackend {
         self.timed("lightning.network", self.inner.network()).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `count` of a call's histogram in the exposition.
+    fn count(metrics: &Metrics, name: &str, call: &str) -> u64 {
+        let prefix = format!("{name}_count{{call=\"{call}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(|n| n.trim().parse().unwrap()))
+            .unwrap_or(0)
+    }
+
+    /// The methods with a default body reach the wrapped backend's own:
+    /// the sandbox reports its liquidity and invoices, which the trait's
+    /// defaults would call unsupported.
+    #[tokio::test]
+    async fn a_backend_is_forwarded_every_call_and_timed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let observed = ObservedBackend::new(Arc::new(sandbox), metrics.clone(), "sandbox");
+        assert!(observed.liquidity().await.unwrap().unlimited);
+        let created = observed
+            .create_invoice(InvoiceRequest {
+                amount_msat: 1_000,
+                memo: "observed".into(),
+                expiry_secs: 600,
+            })
+            .await
+            .unwrap();
+        let listed = observed.recent_invoices(10).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].payment_hash, created.payment_hash);
+        assert_eq!(observed.network().await.unwrap(), Network::Regtest);
+        let unknown = observed.invoice_status(&[7; 32]).await;
+        assert!(matches!(unknown, Err(LightningError::NotFound(_))));
+        let name = "gate402_lightning_call_duration_seconds";
+        for call in [
+            "liquidity",
+            "create_invoice",
+            "recent_invoices",
+            "network",
+            "invoice_status",
+        ] {
+            assert_eq!(count(&metrics, name, call), 1, "{call}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_is_forwarded_every_call_and_timed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let observed = ObservedStore::new(Arc::new(sqlite), metrics.clone(), "sqlite");
+        let payment = PaymentRecord {
+            payment_hash: [1; 32],
+            service: "weather".into(),
+            scheme: "L402".into(),
+            amount_msat: 10_000,
+            at: 1,
+            served: 1,
+        };
+        assert!(observed.record_payment(&payment).await.unwrap());
+        assert!(!observed.record_payment(&payment).await.unwrap());
+        assert_eq!(observed.invoice(&[1; 32]).await.unwrap(), None);
+        let name = "gate402_store_call_duration_seconds";
+        assert_eq!(count(&metrics, name, "record_payment"), 2);
+        assert_eq!(count(&metrics, name, "invoice"), 1);
+        // The default record_payment was not used: it would go through
+        // this wrapper's record_payments.
+        assert_eq!(count(&metrics, name, "record_payments"), 0);
+    }
+}
