@@ -483,6 +483,23 @@ pub fn quote(about: &About<'_>, service: &PricedService, path: &str, method: &Me
     with_sale(quote, service)
 }
 
+/// A [`quote`] of a dynamically priced service with the price decided for
+/// the request described (`?path`, `&method`, `&query`, no body), when it
+/// could be: `amount` and `price_msat` then hold it, and `pricing` says
+/// `quoted`.
+pub fn with_price(mut quote: Value, service: &PricedService, price_sats: Option<u64>) -> Value {
+    if let (true, Some(sats)) = (dynamic(service), price_sats) {
+        let msat = sats.saturating_mul(1000);
+        quote["amount"] = sats.to_string().into();
+        quote["price_msat"] = msat.into();
+        quote["pricing"]["price_msat"] = msat.into();
+        quote["pricing"]["quoted"] = true.into();
+        quote["detail"] =
+            "The price of this request without a body; its 402 is authoritative.".into();
+    }
+    quote
+}
+
 #[cfg(test)]
 mod tests {
     use gate402_paywall::Schemes;

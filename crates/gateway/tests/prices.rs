@@ -301,6 +301,36 @@ async fn query_path_method_size_and_per_unit_rules() {
         .send(Method::GET, "/media/x?quality=sd&quality=hd", "", None)
         .await;
     assert_eq!(twice.status(), StatusCode::BAD_REQUEST);
+
+    // The quote endpoint prices a request without a body, its query given
+    // apart; one whose price may depend on its body is not quoted.
+    let quote = |q: &'static str| {
+        let h = &h;
+        async move {
+            let url = h.url(&format!("/l402/quote?{q}"));
+            let quote: Value = h
+                .client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            quote
+        }
+    };
+    let hd = quote("path=/media/x&method=GET&query=quality%3Dhd").await;
+    assert_eq!(hd["amount"], "30", "{hd}");
+    assert_eq!(hd["price_msat"], 30_000);
+    assert_eq!(hd["pricing"]["quoted"], true);
+    let huge = quote("path=/media/images/huge/a.png").await;
+    assert_eq!(huge["amount"], "40", "{huge}");
+    let plain = quote("path=/media/x&method=DELETE").await;
+    assert_eq!(plain["amount"], "3", "{plain}");
+    let post = quote("path=/media/x&method=POST").await;
+    assert!(post["amount"].is_null(), "{post}");
+    assert_eq!(post["pricing"]["model"], "dynamic");
 }
 
 /// A pricer on loopback: counts its calls, keeps what it was asked, and

@@ -792,6 +792,52 @@ impl Paywall {
         })
     }
 
+    /// What a request to `service` with this method, path, query and
+    /// headers, and no body, is asked: the quote endpoint's answer. `None`
+    /// when its price depends on a body it would send (a POST, PUT or
+    /// PATCH to a service whose rules or pricer read the body), or on a
+    /// query parameter given twice.
+    pub async fn quote(
+        &self,
+        service: &PricedService,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<u64> {
+        let Some(pricing) = service.pricing.as_ref().filter(|_| is_dynamic(service)) else {
+            return Some(service.price_sats);
+        };
+        if crate::body::binds_body(method) && pricing.reads_body() {
+            return None;
+        }
+        let view = PriceRequest {
+            method,
+            path,
+            query,
+            body: Some(&[]),
+            body_len: 0,
+        };
+        let parsed = Parsed::new(&view);
+        if pricing.query_names().any(|name| {
+            parsed
+                .query_pairs()
+                .iter()
+                .filter(|(k, _)| k == name)
+                .count()
+                > 1
+        }) {
+            return None;
+        }
+        Some(match pricing.rule_price(&view) {
+            Some(price) => price,
+            None => match &pricing.pricer {
+                Some(pricer) => self.ask_pricer(&service.name, pricer, &view, headers).await,
+                None => service.price_sats,
+            },
+        })
+    }
+
     /// The pricer's price for `request`, kept or asked; its fallback when
     /// it fails.
     async fn ask_pricer(

@@ -448,6 +448,8 @@ async fn l402_manifest(State(state): State<AppState>) -> axum::response::Respons
 struct QuoteQuery {
     path: Option<String>,
     method: Option<String>,
+    /// The quoted request's own query, for a price that depends on it.
+    query: Option<String>,
 }
 
 /// `GET /l402/quote?path=…&method=…`: the price of the route a request
@@ -497,13 +499,20 @@ async fn l402_quote(
         Err(e) => return bad_request(&e.to_string()),
     };
     let mut response = match service {
-        Some(service) if state.about().sells(service) => Json(discovery::quote(
-            &state.about(),
-            service,
-            path.as_str(),
-            &method,
-        ))
-        .into_response(),
+        Some(service) if state.about().sells(service) => {
+            let quoted = discovery::quote(&state.about(), service, path.as_str(), &method);
+            let price = state
+                .paywall
+                .quote(
+                    service,
+                    &method,
+                    path.as_str(),
+                    query.query.as_deref(),
+                    &headers,
+                )
+                .await;
+            Json(discovery::with_price(quoted, service, price)).into_response()
+        }
         Some(_) | None => crate::problem::problem_response(
             StatusCode::NOT_FOUND,
             "about:blank",
