@@ -427,7 +427,8 @@ impl Paywall {
         }
         // This request's price, where it depends on the request: what its
         // challenge asks and what its credential must have paid.
-        let service = match self.priced(service, &mut request).await {
+        let paid = matches!(presented, Ok(Some(_)));
+        let service = match self.priced(service, &mut request, paid).await {
             Ok(service) => service,
             Err(answer) => return Ok(own(answer)),
         };

@@ -720,7 +720,9 @@ impl Paywall {
     /// The service as priced for this request: for a dynamically priced
     /// service, a copy whose `price_sats` is this request's price (its body
     /// read, within the body limit, when a rule or the pricer needs it);
-    /// any other service as it is.
+    /// any other service as it is. Only a request that presents a
+    /// credential (`paid`) waits for room in the body budget; an unpaid one
+    /// finding it spent gets a 503 at once, as its challenge would.
     ///
     /// # Errors
     ///
@@ -731,6 +733,7 @@ impl Paywall {
         &self,
         service: Arc<PricedService>,
         request: &mut Request<B>,
+        paid: bool,
     ) -> Result<Arc<PricedService>, Response<Bytes>>
     where
         B: Body<Data = Bytes> + From<Bytes> + Unpin,
@@ -741,7 +744,7 @@ impl Paywall {
         };
         let declared = request.body().size_hint().lower();
         let body = if pricing.reads_body() {
-            match read_whole(request, &self.inner.bodies, true).await {
+            match read_whole(request, &self.inner.bodies, paid).await {
                 Ok(body) => Some(body),
                 // Unread, its fields cannot decide a price: a body too large
                 // would otherwise buy the default price for any request.
