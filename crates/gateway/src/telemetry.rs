@@ -241,9 +241,15 @@ impl Telemetry {
 /// The span of a call to an upstream, client kind, named after its method
 /// as OpenTelemetry's HTTP client conventions say, with `server.address`,
 /// `server.port`, `url.full` (its query left out: it may carry keys) and
-/// the service it serves.
+/// the service it serves. Only inside a traced request (its child): a
+/// call made for a paid MCP tool, outside any, starts no trace of its own.
 pub(crate) fn upstream_span(method: &Method, uri: &Uri, service: Option<&str>) -> Span {
+    let request = Span::current();
+    if request.is_none() {
+        return Span::none();
+    }
     let span = tracing::info_span!(
+        parent: &request,
         "upstream",
         otel.name = method.as_str(),
         otel.kind = "client",
