@@ -265,14 +265,20 @@ pub(crate) fn upstream_span(method: &Method, uri: &Uri, service: Option<&str>) -
         gate402.service = service,
     );
     if !span.is_disabled() {
-        let authority = uri.authority().map_or("", |a| a.as_str());
-        let scheme = uri.scheme_str().unwrap_or("http");
-        span.record(
-            "url.full",
-            format!("{scheme}://{authority}{}", uri.path()).as_str(),
-        );
+        span.record("url.full", url_full(uri).as_str());
     }
     span
+}
+
+/// `uri` as `url.full` records it: scheme, host, port and path; no user
+/// name or password (an upstream URL may carry them), no query.
+fn url_full(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let host = uri.host().unwrap_or("");
+    match uri.port() {
+        Some(port) => format!("{scheme}://{host}:{port}{}", uri.path()),
+        None => format!("{scheme}://{host}{}", uri.path()),
+    }
 }
 
 /// Puts `span`'s trace context into `headers` (W3C `traceparent`), so
@@ -335,6 +341,16 @@ mod tests {
                 .map(|(_, v)| (*v).to_owned())
         })
         .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn an_upstream_url_is_recorded_without_its_user_or_query() {
+        let uri: Uri = "https://user:secret@api.example:8443/v1/x?key=k"
+            .parse()
+            .unwrap();
+        assert_eq!(url_full(&uri), "https://api.example:8443/v1/x");
+        let uri: Uri = "http://[::1]/a".parse().unwrap();
+        assert_eq!(url_full(&uri), "http://[::1]/a");
     }
 
     #[test]
