@@ -101,8 +101,9 @@ impl ServicesHandle {
     /// When the merged services do not pass the checks; nothing changes.
     pub fn set(&self, services: &[ServiceConfig]) -> Result<(), ServicesError> {
         let mut layers = self.layers();
-        let running = merge(services, &HashMap::new(), &layers.changes)?;
+        let (running, warnings) = merge(services, &HashMap::new(), &layers.changes)?;
         self.install(&running)?;
+        log(&warnings);
         layers.base = services.to_vec();
         layers.tables.clear();
         Ok(())
@@ -117,8 +118,9 @@ impl ServicesHandle {
     pub fn reload(&self, config: &GatewayConfig) -> Result<(), ServicesError> {
         let mut layers = self.layers();
         let tables = tables_by_name(&config.service_tables);
-        let running = merge(&config.services, &tables, &layers.changes)?;
+        let (running, warnings) = merge(&config.services, &tables, &layers.changes)?;
         self.install(&running)?;
+        log(&warnings);
         layers.base = config.services.clone();
         layers.tables = tables;
         Ok(())
@@ -132,8 +134,9 @@ impl ServicesHandle {
     /// As [`ServicesHandle::set`].
     pub fn apply(&self, changes: Vec<ServiceChange>) -> Result<(), ServicesError> {
         let mut layers = self.layers();
-        let running = merge(&layers.base, &layers.tables, &changes)?;
+        let (running, warnings) = merge(&layers.base, &layers.tables, &changes)?;
         self.install(&running)?;
+        log(&warnings);
         layers.version = changes.iter().map(|c| c.version).max().unwrap_or(0);
         layers.changes = changes;
         Ok(())
@@ -162,11 +165,37 @@ impl ServicesHandle {
         merge(&layers.base, &layers.tables, &changes).map(|_| ())
     }
 
+    /// What is risky about the services that run (free routes that
+    /// overlap paid ones, config entries not run), as `serve --check`
+    /// warns.
+    pub fn warnings(&self) -> Vec<String> {
+        let layers = self.layers();
+        match merge(&layers.base, &layers.tables, &layers.changes) {
+            Ok((running, mut warnings)) => {
+                let services: Vec<ServiceConfig> = running.into_iter().map(|v| v.config).collect();
+                warnings.extend(crate::config::overlap_warnings(&services));
+                warnings
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Every service running, in route order.
     pub fn views(&self) -> Vec<ServiceView> {
         let layers = self.layers();
         // The merge ran when these layers were installed, so it holds.
-        merge(&layers.base, &layers.tables, &layers.changes).unwrap_or_default()
+        merge(&layers.base, &layers.tables, &layers.changes)
+            .map(|(running, _)| running)
+            .unwrap_or_default()
+    }
+
+    /// Whether the admin API's changes (a deletion included) apply to the
+    /// service named `name`.
+    pub fn changed(&self, name: &str) -> bool {
+        self.layers()
+            .changes
+            .iter()
+            .any(|c| c.name == name && c.state != ServiceState::Reset)
     }
 
     /// The service named `name`, as running.
@@ -183,6 +212,12 @@ impl ServicesHandle {
     }
 }
 
+fn log(warnings: &[String]) {
+    for warning in warnings {
+        tracing::warn!("services: {warning}");
+    }
+}
+
 fn tables_by_name(tables: &[Table]) -> HashMap<String, Table> {
     tables
         .iter()
@@ -194,20 +229,25 @@ fn tables_by_name(tables: &[Table]) -> HashMap<String, Table> {
 /// were created, then the config's in order, each replaced, disabled or
 /// dropped by its change. Created ones come first so that a catch-all of
 /// the config file does not hide a route added later (the first match
-/// wins).
+/// wins), and stay first when the file later gains an entry of the same
+/// name (that entry is then not run: the second element says so). A
+/// change handed back to the file (`reset`) applies to nothing.
 fn merge(
     base: &[ServiceConfig],
     tables: &HashMap<String, Table>,
     changes: &[ServiceChange],
-) -> Result<Vec<ServiceView>, ConfigErrors> {
+) -> Result<(Vec<ServiceView>, Vec<String>), ConfigErrors> {
+    let changes: Vec<&ServiceChange> = changes
+        .iter()
+        .filter(|c| c.state != ServiceState::Reset)
+        .collect();
     let by_name: HashMap<&str, &ServiceChange> =
-        changes.iter().map(|c| (c.name.as_str(), c)).collect();
+        changes.iter().map(|c| (c.name.as_str(), *c)).collect();
     let mut running = Vec::new();
     let mut errors = Vec::new();
-    for change in changes {
-        if !base.iter().any(|s| s.name() == change.name) {
-            running.extend(changed(None, change, Source::Admin, &mut errors));
-        }
+    let mut warnings = Vec::new();
+    for change in changes.iter().filter(|c| c.created) {
+        running.extend(changed(None, change, Source::Admin, &mut errors));
     }
     for service in base {
         let name = service.name();
@@ -225,12 +265,20 @@ fn merge(
                 table,
                 change: None,
             }),
+            Some(change) if change.created => {
+                if change.state != ServiceState::Deleted {
+                    warnings.push(format!(
+                        "the config's service {name:?} is not run: the admin API created a service of that name (rename one, or delete the admin API's)"
+                    ));
+                }
+                None
+            }
             Some(change) => changed(Some((service, table)), change, source, &mut errors),
         };
         running.extend(view);
     }
     if errors.is_empty() {
-        Ok(running)
+        Ok((running, warnings))
     } else {
         Err(ConfigErrors(errors))
     }
@@ -243,7 +291,7 @@ fn changed(
     source: Source,
     errors: &mut Vec<String>,
 ) -> Option<ServiceView> {
-    if change.state == ServiceState::Deleted {
+    if matches!(change.state, ServiceState::Deleted | ServiceState::Reset) {
         return None;
     }
     let path = format!("services.{}", change.name);

@@ -1049,3 +1049,145 @@ async fn the_dashboard_shows_what_the_api_says_and_edits_a_price_in_headless_chr
     drop(browser);
     h.gateway.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changes_merge_stay_where_they_were_made_and_hand_back_to_the_file() {
+    let h = Harness::start().await;
+    // A merge patch: a header added, the upstream's key kept.
+    let (status, body) = h
+        .call(
+            reqwest::Method::PATCH,
+            "/services/weather",
+            Some(json!({"headers": {"x-extra": "1"}, "price_sats": 11})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["table"]["headers"]["x-api-key"], "<redacted>");
+    assert_eq!(body["table"]["headers"]["x-extra"], "<redacted>");
+    let (status, body) = h
+        .call(
+            reqwest::Method::PATCH,
+            "/services/weather",
+            Some(json!({"headers": {"x-extra": null}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["table"]["headers"].get("x-extra").is_none(), "{body}");
+    assert_eq!(body["table"]["headers"]["x-api-key"], "<redacted>");
+
+    // Environment variables only where secrets belong.
+    let (status, body) = h
+        .call(
+            reqwest::Method::PATCH,
+            "/services/weather",
+            Some(json!({"description": "${HOME}"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("services.weather.description"),
+        "{body}"
+    );
+
+    // Handed back to the file: its price again; nothing left to reset.
+    assert_eq!(h.price("/api/weather").await, 11);
+    let (status, _) = h
+        .call(reqwest::Method::POST, "/services/weather/reset", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.price("/api/weather").await, 10);
+    assert_eq!(h.get("/services/weather").await["changed"], Value::Null);
+    let (status, _) = h
+        .call(reqwest::Method::POST, "/services/weather/reset", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // A deleted file service comes back the same way.
+    h.call(reqwest::Method::DELETE, "/services/pass", None)
+        .await;
+    assert_eq!(
+        h.http
+            .get(h.url("/api/pass"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let (status, _) = h
+        .call(reqwest::Method::POST, "/services/pass/reset", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(h.price("/api/pass").await, 3);
+
+    // A service the API created stays first when the file gains an entry
+    // of the same name: that entry is not run, and a warning says so.
+    let upstream = upstream().await;
+    let (status, _) = h
+        .call(
+            reqwest::Method::PUT,
+            "/services/vip",
+            Some(json!({"path": "/api/vip/*", "price_sats": 500, "upstream": upstream})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut config = h.config.clone();
+    let with_vip = GatewayConfig::parse(
+        &format!(
+            "[[services]]\nname = \"vip\"\npath = \"/api/*\"\nprice_sats = 1\nupstream = \"{upstream}\"\n"
+        ),
+        |_| None,
+    )
+    .unwrap();
+    config.services.insert(0, with_vip.services[0].clone());
+    config
+        .service_tables
+        .insert(0, with_vip.service_tables[0].clone());
+    let h = Harness { config, ..h }.restart().await;
+    assert_eq!(h.price("/api/vip/x").await, 500);
+    assert_eq!(h.price("/api/weather").await, 10, "the file's vip runs not");
+    let services = h.get("/services").await;
+    let warnings = services["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("\"vip\" is not run")),
+        "{warnings:?}"
+    );
+    h.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_link_opens_one_dashboard_and_a_cookie_makes_no_links() {
+    let h = Harness::start().await;
+    let link = h.call(reqwest::Method::POST, "/login-links", None).await.1;
+    let url = link["url"].as_str().unwrap();
+    let first = h.http.get(url).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::SEE_OTHER);
+    let again = h.http.get(url).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED, "used once");
+    let cookie = first.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let response = h
+        .http
+        .post(format!("{}/admin/api/login-links", h.admin))
+        .header(COOKIE, &cookie)
+        .header("x-gate402-admin", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // Problems everywhere: a second close, an unknown scheme.
+    let (status, body) = h
+        .call(reqwest::Method::GET, "/payments?scheme=bogus", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    h.gateway.shutdown().await.unwrap();
+}

@@ -865,3 +865,53 @@ async fn the_operator_closes_a_session_and_its_balance_is_refunded_once() {
     let refused = h.send("/chat", &challenge, bearer).await;
     assert_eq!(problem(refused).await, lightning("session-closed"));
 }
+
+/// A revoked deposit opens no session and names no return invoice (so
+/// nothing is refunded to an invoice chosen after the revocation), and a
+/// revoked session takes no top-up.
+#[tokio::test]
+async fn a_revoked_deposit_opens_nothing_and_a_revoked_session_takes_no_top_up() {
+    let h = Harness::start(|_| {}).await;
+    let (challenge, request, _) = h.challenge("/chat").await;
+    let preimage = h.pay(&request).await;
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(request["paymentHash"].as_str().unwrap(), &mut hash).unwrap();
+    h.gateway.paywall().revoke([hash]);
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    let refused = h.send("/chat", &challenge, open).await;
+    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(refused.text().await.unwrap().contains("revoked"));
+    let store = h.gateway.paywall().store();
+    assert_eq!(
+        store.session(&hash).await.unwrap(),
+        None,
+        "no session was opened"
+    );
+
+    // A session opened, then revoked: its top-up is refused, uncredited.
+    let (challenge, request, _) = h.challenge("/chat").await;
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    assert_eq!(
+        h.send("/chat", &challenge, open).await.status(),
+        StatusCode::OK
+    );
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(&session, &mut id).unwrap();
+    h.gateway.paywall().revoke([id]);
+    let (top_up, top_up_request, _) = h.challenge("/chat").await;
+    let top_up_preimage = h.pay(&top_up_request).await;
+    let refused = h
+        .send(
+            "/chat",
+            &top_up,
+            json!({"action": "topUp", "sessionId": session, "topUpPreimage": top_up_preimage}),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+    let record = store.session(&id).await.unwrap().unwrap();
+    assert_eq!(record.deposit_msat, 10_000, "the top-up was not credited");
+}

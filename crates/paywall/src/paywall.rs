@@ -365,13 +365,10 @@ impl Paywall {
     /// The [`Refusal`] to answer with: 402, verification failed.
     pub fn unrevoked(&self, verified: Verified) -> Result<Verified, Refusal> {
         if self.is_revoked(&verified.payment_hash) {
-            return Err(Refusal::new(
-                StatusCode::PAYMENT_REQUIRED,
-                ProblemType::VerificationFailed,
-                "this payment's credential was revoked by the operator",
-            ));
+            Err(revoked())
+        } else {
+            Ok(verified)
         }
-        Ok(verified)
     }
 
     /// The metrics.
@@ -726,4 +723,13 @@ fn merge_served(into: &mut Served, more: Served) {
             }
         }
     }
+}
+
+/// The refusal of a credential whose payment the operator revoked.
+pub(crate) fn revoked() -> Refusal {
+    Refusal::new(
+        StatusCode::PAYMENT_REQUIRED,
+        ProblemType::VerificationFailed,
+        "this payment's credential was revoked by the operator",
+    )
 }

@@ -252,6 +252,11 @@ impl Paywall {
                         "the preimage does not match the deposit's payment hash",
                     );
                 }
+                // Before anything is written: a revoked deposit opens no
+                // session and names no return invoice.
+                if self.is_revoked(&hash) {
+                    return Step::Halt(Halt::Refuse(crate::paywall::revoked()));
+                }
                 if let Err(e) = check_return_invoice(&return_invoice, state.network) {
                     return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string());
                 }
@@ -292,6 +297,10 @@ impl Paywall {
                         ProblemType::LightningInvalidPreimage,
                         "the top-up preimage does not match the challenge's payment hash",
                     );
+                }
+                // A revoked balance takes no more money.
+                if self.is_revoked(&id) || self.is_revoked(&hash) {
+                    return Step::Halt(Halt::Refuse(crate::paywall::revoked()));
                 }
                 self.top_up(service, id, hash, deposit, challenge_id.as_deref())
                     .await

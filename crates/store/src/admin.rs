@@ -12,6 +12,9 @@ pub enum ServiceState {
     Disabled,
     /// Gone, even when the config file names it.
     Deleted,
+    /// Handed back to the config file: no change of the admin API applies
+    /// to it any more.
+    Reset,
 }
 
 impl ServiceState {
@@ -21,6 +24,7 @@ impl ServiceState {
             ServiceState::Active => "active",
             ServiceState::Disabled => "disabled",
             ServiceState::Deleted => "deleted",
+            ServiceState::Reset => "reset",
         }
     }
 
@@ -30,6 +34,7 @@ impl ServiceState {
             "active" => Some(ServiceState::Active),
             "disabled" => Some(ServiceState::Disabled),
             "deleted" => Some(ServiceState::Deleted),
+            "reset" => Some(ServiceState::Reset),
             _ => None,
         }
     }
@@ -46,6 +51,11 @@ pub struct ServiceChange {
     /// Its `[[services]]` table as a JSON object (the config file's keys);
     /// `None` for a deleted service.
     pub table: Option<String>,
+    /// Whether the admin API created the service (rather than changed one
+    /// of the config file's): it is then matched before the file's
+    /// services, and a same-named entry the file gains later does not
+    /// move it.
+    pub created: bool,
     /// Increases with every change of any service: a replica that has seen
     /// version `n` has nothing to do until a larger one appears.
     pub version: u64,

@@ -135,6 +135,7 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         state TEXT NOT NULL,
         body TEXT,
+        created BOOLEAN NOT NULL,
         version BIGINT NOT NULL,
         at BIGINT NOT NULL,
         by_name TEXT NOT NULL
@@ -1022,10 +1023,11 @@ impl Store for PostgresStore {
 
     async fn put_service_change(&self, change: &ServiceChange) -> Result<u64, StoreError> {
         sqlx::query_scalar::<_, i64>(
-            "INSERT INTO admin_services (name, state, body, version, at, by_name)
-             VALUES ($1, $2, $3, nextval('admin_seq'), $4, $5)
+            "INSERT INTO admin_services (name, state, body, created, version, at, by_name)
+             VALUES ($1, $2, $3, $6, nextval('admin_seq'), $4, $5)
              ON CONFLICT (name) DO UPDATE SET state = excluded.state, body = excluded.body,
-             version = excluded.version, at = excluded.at, by_name = excluded.by_name
+             created = excluded.created, version = excluded.version, at = excluded.at,
+             by_name = excluded.by_name
              RETURNING version",
         )
         .bind(&change.name)
@@ -1033,6 +1035,7 @@ impl Store for PostgresStore {
         .bind(&change.table)
         .bind(change.at as i64)
         .bind(&change.by)
+        .bind(change.created)
         .fetch_one(&self.pool)
         .await
         .map(|v| v as u64)
@@ -1041,7 +1044,7 @@ impl Store for PostgresStore {
 
     async fn service_changes(&self) -> Result<Vec<ServiceChange>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, state, body, version, at, by_name FROM admin_services ORDER BY version",
+            "SELECT name, state, body, version, at, by_name, created FROM admin_services ORDER BY version",
         )
         .fetch_all(&self.pool)
         .await
@@ -1053,6 +1056,7 @@ impl Store for PostgresStore {
                     name: r.try_get(0)?,
                     state: ServiceState::parse(&state).unwrap_or(ServiceState::Disabled),
                     table: r.try_get(2)?,
+                    created: r.try_get(6)?,
                     version: r.try_get::<i64, _>(3)? as u64,
                     at: r.try_get::<i64, _>(4)? as u64,
                     by: r.try_get(5)?,

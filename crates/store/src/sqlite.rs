@@ -131,6 +131,7 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         state TEXT NOT NULL,
         body TEXT,
+        created INTEGER NOT NULL,
         version INTEGER NOT NULL,
         at INTEGER NOT NULL,
         by_name TEXT NOT NULL
@@ -999,14 +1000,16 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )?;
             c.execute(
-                "INSERT INTO admin_services (name, state, body, version, at, by_name)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO admin_services (name, state, body, created, version, at, by_name)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (name) DO UPDATE SET state = excluded.state, body = excluded.body,
-                 version = excluded.version, at = excluded.at, by_name = excluded.by_name",
+                 created = excluded.created, version = excluded.version, at = excluded.at,
+                 by_name = excluded.by_name",
                 params![
                     change.name,
                     change.state.as_str(),
                     change.table,
+                    change.created,
                     version,
                     change.at as i64,
                     change.by
@@ -1020,7 +1023,7 @@ impl Store for SqliteStore {
     async fn service_changes(&self) -> Result<Vec<ServiceChange>, StoreError> {
         self.with(|c| {
             let mut statement = c.prepare(
-                "SELECT name, state, body, version, at, by_name FROM admin_services ORDER BY version",
+                "SELECT name, state, body, version, at, by_name, created FROM admin_services ORDER BY version",
             )?;
             let rows = statement.query_map([], |r| {
                 let state: String = r.get(1)?;
@@ -1028,6 +1031,7 @@ impl Store for SqliteStore {
                     name: r.get(0)?,
                     state: ServiceState::parse(&state).unwrap_or(ServiceState::Disabled),
                     table: r.get(2)?,
+                    created: r.get(6)?,
                     version: r.get::<_, i64>(3)? as u64,
                     at: r.get::<_, i64>(4)? as u64,
                     by: r.get(5)?,

@@ -602,6 +602,7 @@ fn change(name: &str, state: ServiceState, table: Option<&str>) -> ServiceChange
         name: name.into(),
         state,
         table: table.map(Into::into),
+        created: state == ServiceState::Active,
         version: 0,
         at: 100,
         by: "ops".into(),
@@ -634,11 +635,20 @@ async fn admin_changes_are_shared_and_ordered([a, b]: &Pair) {
     assert_eq!(changes.len(), 2, "{changes:?}");
     assert_eq!(changes[0].name, "news");
     assert_eq!(changes[0].state, ServiceState::Disabled);
+    assert!(!changes[0].created);
     assert_eq!(changes[1].name, "weather");
     assert_eq!(changes[1].state, ServiceState::Deleted);
     assert_eq!(changes[1].table, None);
+    assert!(!changes[1].created, "the latest change says");
+    b.put_service_change(&change("news", ServiceState::Reset, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.service_changes().await.unwrap()[1].state,
+        ServiceState::Reset
+    );
     assert_eq!(changes[1].version, v3);
-    assert_eq!(b.admin_versions().await.unwrap().services, v3);
+    assert!(b.admin_versions().await.unwrap().services > v3);
 
     // A payment is revoked once; replicas catch up by sequence.
     let before = a.admin_versions().await.unwrap().revocations;

@@ -145,6 +145,21 @@ impl Credentials {
     }
 }
 
+/// Login codes traded for a cookie, until they expire: a link opens one
+/// dashboard, once (on the replica that served it; links are made on the
+/// replica whose admin listener answered).
+#[derive(Debug, Default)]
+pub struct Redeemed(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl Redeemed {
+    /// Whether `code` is used for the first time (and marks it used).
+    pub fn first_use(&self, code: &str, now: u64) -> bool {
+        let mut used = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        used.retain(|_, at| *at + LOGIN_LINK_SECS >= now);
+        used.insert(code.to_owned(), now).is_none()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

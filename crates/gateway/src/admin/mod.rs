@@ -66,6 +66,8 @@ pub(crate) struct AdminState {
     /// Where the listener is, for login links.
     base_url: Arc<str>,
     low_inbound_sats: u64,
+    /// Login codes already traded for a cookie on this replica.
+    redeemed: Arc<auth::Redeemed>,
 }
 
 impl AdminState {
@@ -75,10 +77,10 @@ impl AdminState {
 
     /// Writes a change to the admin log and the process log.
     async fn audit(&self, who: &Who, action: &str, target: &str, detail: Value) {
-        tracing::info!(target: "gate402::admin", who = %who.0, action, target, %detail, "admin change");
+        tracing::info!(target: "gate402::admin", who = %who.name, action, target, %detail, "admin change");
         let entry = AuditEntry {
             at: unix_now(),
-            who: who.0.clone(),
+            who: who.name.clone(),
             action: action.into(),
             target: target.into(),
             detail: detail.to_string(),
@@ -89,9 +91,14 @@ impl AdminState {
     }
 }
 
-/// The admin credential's name a request was made with.
+/// The admin credential a request was made with.
 #[derive(Debug, Clone)]
-pub(crate) struct Who(pub String);
+pub(crate) struct Who {
+    /// Its name.
+    pub name: String,
+    /// Through the dashboard's cookie rather than a bearer secret.
+    pub cookie: bool,
+}
 
 /// The running admin listener.
 pub struct AdminListener {
@@ -147,6 +154,7 @@ pub(crate) async fn listen(
         credentials: Arc::new(Credentials::new(local_secret, &config.credentials)),
         base_url: base_url.clone(),
         low_inbound_sats: config.low_inbound_sats,
+        redeemed: Arc::default(),
     };
     let app = router(state);
     let file = data_dir.join(ADMIN_FILE);
@@ -177,6 +185,7 @@ fn router(state: AdminState) -> Router {
         )
         .route("/services/{name}/disable", post(services::disable))
         .route("/services/{name}/enable", post(services::enable))
+        .route("/services/{name}/reset", post(services::reset))
         .route("/payments", get(reports::payments))
         .route("/revenue", get(reports::revenue))
         .route("/tokens/{token}", get(tokens::show))
@@ -209,7 +218,10 @@ async fn authenticate(
     let now = unix_now();
     let headers = request.headers();
     let who = match bearer(headers) {
-        Some(secret) => state.credentials.bearer(secret).map(str::to_owned),
+        Some(secret) => state.credentials.bearer(secret).map(|name| Who {
+            name: name.to_owned(),
+            cookie: false,
+        }),
         None => match cookie(headers) {
             Some(value) => {
                 let changes = !matches!(*request.method(), Method::GET | Method::HEAD);
@@ -219,14 +231,17 @@ async fn authenticate(
                         &format!("a change made with the dashboard's cookie must carry the {CHANGE_HEADER} header"),
                     );
                 }
-                state.credentials.cookie(value, now)
+                state
+                    .credentials
+                    .cookie(value, now)
+                    .map(|name| Who { name, cookie: true })
             }
             None => None,
         },
     };
     match who {
-        Some(name) => {
-            request.extensions_mut().insert(Who(name));
+        Some(who) => {
+            request.extensions_mut().insert(who);
             next.run(request).await
         }
         None => {
@@ -261,14 +276,21 @@ fn cookie(headers: &HeaderMap) -> Option<&str> {
         })
 }
 
-/// `POST /admin/api/login-links`: a dashboard link usable for
-/// [`auth::LOGIN_LINK_SECS`].
+/// `POST /admin/api/login-links`: a dashboard link usable once, for
+/// [`auth::LOGIN_LINK_SECS`]. Only a bearer secret makes one: the
+/// dashboard's cookie would otherwise renew itself for ever.
 async fn login_link(
     State(state): State<AdminState>,
     axum::Extension(who): axum::Extension<Who>,
 ) -> Response {
+    if who.cookie {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "a login link is made with an admin bearer secret (gate402 admin open), not with the dashboard's cookie",
+        );
+    }
     let now = unix_now();
-    let code = state.credentials.login_code(&who.0, now);
+    let code = state.credentials.login_code(&who.name, now);
     Json(serde_json::json!({
         "url": format!("{}/admin/login?code={code}", state.base_url),
         "expires_at": now + auth::LOGIN_LINK_SECS,
@@ -291,6 +313,7 @@ async fn login(
     let Some(name) = query
         .code
         .as_deref()
+        .filter(|code| state.redeemed.first_use(code, now))
         .and_then(|code| state.credentials.redeem_login(code, now))
     else {
         return problem(

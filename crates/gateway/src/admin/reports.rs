@@ -49,6 +49,14 @@ pub(super) async fn payments(
         Some(Ok(hash)) => Some(hash),
         Some(Err(message)) => return problem(StatusCode::BAD_REQUEST, &message),
     };
+    if let Some(scheme) = q.scheme.as_deref() {
+        if !["L402", "Payment", "x402"].contains(&scheme) {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("scheme={scheme:?}: use L402, Payment or x402"),
+            );
+        }
+    }
     let limit = q.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIMIT {
         return problem(

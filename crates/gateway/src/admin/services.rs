@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use toml::Table;
 
 use super::{problem, problem_with, store_unavailable, AdminState, Who};
-use crate::services::ServiceView;
+use crate::services::{ServiceView, Source};
 
 /// What a header value shows as when it holds a literal (not `${NAME}`).
 const REDACTED: &str = "<redacted>";
@@ -59,7 +59,7 @@ pub(super) async fn list(State(state): State<AdminState>) -> Response {
             shown
         })
         .collect();
-    Json(json!({ "services": services })).into_response()
+    Json(json!({ "services": services, "warnings": state.services.warnings() })).into_response()
 }
 
 /// `GET /admin/api/services/{name}`.
@@ -82,7 +82,10 @@ pub(super) async fn put(
         Ok(table) => table,
         Err((status, detail)) => return problem(status, &detail),
     };
-    let existed = state.services.view(&name).is_some();
+    let existing = state.services.view(&name);
+    let existed = existing.is_some();
+    // Replacing keeps a service where it is; a new one is the API's own.
+    let created = existing.is_none_or(|view| view.source == Source::Admin);
     let status = if existed {
         StatusCode::OK
     } else {
@@ -93,16 +96,12 @@ pub(super) async fn put(
     } else {
         "service.create"
     };
-    change(
-        &state,
-        &who,
-        &name,
-        ServiceState::Active,
-        Some(table),
-        action,
-        status,
-    )
-    .await
+    let to = Change {
+        state: ServiceState::Active,
+        table: Some(table),
+        created,
+    };
+    change(&state, &who, &name, to, action, status).await
 }
 
 /// `PATCH /admin/api/services/{name}`: merges the keys sent into the
@@ -138,37 +137,56 @@ pub(super) async fn patch(
             "a service cannot be renamed: create the new name and delete this one",
         );
     }
-    for (key, value) in keys {
-        if value.is_null() {
-            table.remove(&key);
-            continue;
-        }
-        match toml::Value::try_from(&value) {
-            Ok(value) => {
-                table.insert(key, value);
-            }
-            Err(e) => {
-                return problem(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    &format!("services.{name}.{key}: {e}"),
-                )
-            }
-        }
+    if let Err(detail) = merge_patch(&mut table, keys, &format!("services.{name}")) {
+        return problem(StatusCode::UNPROCESSABLE_ENTITY, &detail);
     }
     if let Err(detail) = no_redacted(&table, &name) {
         return problem(StatusCode::UNPROCESSABLE_ENTITY, &detail);
     }
-    let state_now = view.state;
-    change(
-        &state,
-        &who,
-        &name,
-        state_now,
-        Some(table),
-        "service.update",
-        StatusCode::OK,
+    let to = Change {
+        state: view.state,
+        table: Some(table),
+        created: view.source == Source::Admin,
+    };
+    change(&state, &who, &name, to, "service.update", StatusCode::OK).await
+}
+
+/// Applies a JSON merge patch (RFC 7396) to a table: an object merges
+/// into the table under its key, `null` removes a key, anything else
+/// replaces it.
+///
+/// # Errors
+///
+/// A value TOML cannot hold, with its key path under `at`.
+fn merge_patch(table: &mut Table, patch: Map<String, Value>, at: &str) -> Result<(), String> {
+    for (key, value) in patch {
+        let path = format!("{at}.{key}");
+        match value {
+            Value::Null => {
+                table.remove(&key);
+            }
+            Value::Object(inner) => {
+                let mut nested = match table.remove(&key) {
+                    Some(toml::Value::Table(nested)) => nested,
+                    _ => Table::new(),
+                };
+                merge_patch(&mut nested, inner, &path)?;
+                table.insert(key, toml::Value::Table(nested));
+            }
+            other => {
+                let value = toml::Value::try_from(&other).map_err(|e| toml_error(&path, &e))?;
+                table.insert(key, value);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a JSON value is not a TOML one, at `path`.
+fn toml_error(path: &str, e: &toml::ser::Error) -> String {
+    format!(
+        "{path}: {e} (TOML holds integers up to 9223372036854775807, and no null inside an array)"
     )
-    .await
 }
 
 /// `POST /admin/api/services/{name}/disable`: the route stays, answering
@@ -197,19 +215,15 @@ pub(super) async fn delete(
     Extension(who): Extension<Who>,
     Path(name): Path<String>,
 ) -> Response {
-    if state.services.view(&name).is_none() {
+    let Some(view) = state.services.view(&name) else {
         return no_such(&name);
-    }
-    change(
-        &state,
-        &who,
-        &name,
-        ServiceState::Deleted,
-        None,
-        "service.delete",
-        StatusCode::OK,
-    )
-    .await
+    };
+    let to = Change {
+        state: ServiceState::Deleted,
+        table: None,
+        created: view.source == Source::Admin,
+    };
+    change(&state, &who, &name, to, "service.delete", StatusCode::OK).await
 }
 
 async fn switch(
@@ -224,21 +238,61 @@ async fn switch(
     };
     // The table in force goes with the change, so that every replica
     // disables the same service, whatever its own config file says.
-    change(&state, &who, &name, to, view.table, action, StatusCode::OK).await
+    let to = Change {
+        state: to,
+        created: view.source == Source::Admin,
+        table: view.table,
+    };
+    change(&state, &who, &name, to, action, StatusCode::OK).await
+}
+
+/// `POST /admin/api/services/{name}/reset`: hands the service back to the
+/// config file, dropping every change the admin API made to it (a
+/// service the API created is then gone, unless the file names it).
+pub(super) async fn reset(
+    State(state): State<AdminState>,
+    Extension(who): Extension<Who>,
+    Path(name): Path<String>,
+) -> Response {
+    if !state.services.changed(&name) {
+        return problem(
+            StatusCode::NOT_FOUND,
+            &format!("the admin API has made no change to a service named {name:?}"),
+        );
+    }
+    let to = Change {
+        state: ServiceState::Reset,
+        table: None,
+        created: false,
+    };
+    change(&state, &who, &name, to, "service.reset", StatusCode::OK).await
+}
+
+/// What a change makes of a service.
+struct Change {
+    state: ServiceState,
+    table: Option<Table>,
+    created: bool,
 }
 
 /// Checks a change against what runs, writes it to the store, applies it
-/// here at once (the other replicas within their sync), logs it.
+/// here at once (the other replicas within their sync), logs it. The
+/// answer is the service as it now runs, with what is risky about the
+/// services after the change (`warnings`).
 async fn change(
     state: &AdminState,
     who: &Who,
     name: &str,
-    to: ServiceState,
-    table: Option<Table>,
+    to: Change,
     action: &str,
     status: StatusCode,
 ) -> Response {
-    let json_table = match &table {
+    if let Some(table) = &to.table {
+        if let Err(detail) = references_allowed(table, &format!("services.{name}")) {
+            return problem(StatusCode::UNPROCESSABLE_ENTITY, &detail);
+        }
+    }
+    let json_table = match &to.table {
         Some(table) => match serde_json::to_string(table) {
             Ok(json) => Some(json),
             Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
@@ -247,11 +301,12 @@ async fn change(
     };
     let change = ServiceChange {
         name: name.to_owned(),
-        state: to,
+        state: to.state,
         table: json_table,
+        created: to.created,
         version: 0,
         at: unix_now(),
-        by: who.0.clone(),
+        by: who.name.clone(),
     };
     if let Err(errors) = state.services.check(&change) {
         return problem_with(
@@ -271,14 +326,50 @@ async fn change(
             who,
             action,
             name,
-            json!({ "state": to.as_str(), "table": table.as_ref().map(redacted) }),
+            json!({ "state": to.state.as_str(), "table": to.table.as_ref().map(redacted) }),
         )
         .await;
-    let shown = match state.services.view(name) {
+    let mut shown = match state.services.view(name) {
         Some(view) => describe(&view),
-        None => json!({ "name": name, "state": to.as_str() }),
+        None => json!({ "name": name, "state": to.state.as_str() }),
     };
+    shown["warnings"] = json!(state.services.warnings());
     (status, Json(shown)).into_response()
+}
+
+/// The keys of a table written through the API where `${NAME}` may name
+/// an environment variable: where a secret belongs (the upstream, its
+/// headers, the pricer). Elsewhere, in a description say, it would be
+/// published in every 402.
+fn references_allowed(table: &Table, at: &str) -> Result<(), String> {
+    fn walk(value: &toml::Value, path: &str, allowed: bool) -> Result<(), String> {
+        match value {
+            toml::Value::String(text) if text.contains("${") && !allowed => Err(format!(
+                "{path}: ${{NAME}} is expanded only in upstream, headers and pricer.url when written through the admin API"
+            )),
+            toml::Value::Table(table) => table
+                .iter()
+                .try_for_each(|(k, v)| walk(v, &format!("{path}.{k}"), allowed)),
+            toml::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, v)| walk(v, &format!("{path}[{i}]"), allowed)),
+            _ => Ok(()),
+        }
+    }
+    for (key, value) in table {
+        let allowed = matches!(key.as_str(), "upstream" | "headers");
+        if key == "pricer" {
+            if let toml::Value::Table(pricer) = value {
+                for (k, v) in pricer {
+                    walk(v, &format!("{at}.pricer.{k}"), k == "url")?;
+                }
+                continue;
+            }
+        }
+        walk(value, &format!("{at}.{key}"), allowed)?;
+    }
+    Ok(())
 }
 
 /// A service's table from a request body: a JSON object whose `name`, if
@@ -309,12 +400,22 @@ fn table_of(
             ))
         }
     }
-    let table = Table::try_from(Value::Object(object)).map_err(|e| {
-        (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("services.{name}: {e} (null is not a TOML value: leave the key out)"),
-        )
-    })?;
+    let mut table = Table::new();
+    let keys: Map<String, Value> = object
+        .into_iter()
+        .map(|(key, value)| {
+            if value.is_null() {
+                Err(format!(
+                    "services.{name}.{key}: null is not a TOML value: leave the key out"
+                ))
+            } else {
+                Ok((key, value))
+            }
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|detail| (StatusCode::UNPROCESSABLE_ENTITY, detail))?;
+    merge_patch(&mut table, keys, &format!("services.{name}"))
+        .map_err(|detail| (StatusCode::UNPROCESSABLE_ENTITY, detail))?;
     no_redacted(&table, name).map_err(|detail| (StatusCode::UNPROCESSABLE_ENTITY, detail))?;
     Ok(table)
 }
@@ -354,7 +455,32 @@ fn redacted(table: &Table) -> Value {
             }
         }
     }
+    if let Some(Value::String(url)) = shown.pointer_mut("/pricer/url") {
+        *url = without_secrets(url);
+    }
     shown
+}
+
+/// A URL without its user info and query, where keys often hide.
+fn without_secrets(url: &str) -> String {
+    if url.starts_with("${") {
+        return url.to_owned();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return REDACTED.to_owned();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let hidden = authority.contains('@') || url.contains('?');
+    format!(
+        "{scheme}://{host}{path}{}",
+        if hidden {
+            " (credentials redacted)"
+        } else {
+            ""
+        }
+    )
 }
 
 /// A running service as the API shows it.

@@ -88,7 +88,7 @@ pub(super) async fn revoke(
         Ok(hash) => hash,
         Err(message) => return problem(StatusCode::BAD_REQUEST, &message),
     };
-    let newly = match state.store().revoke(&hash, unix_now(), &who.0).await {
+    let newly = match state.store().revoke(&hash, unix_now(), &who.name).await {
         Ok(newly) => newly,
         Err(e) => return store_unavailable(&e),
     };
@@ -153,11 +153,11 @@ pub(super) async fn close_session(
     };
     match state.paywall.close_session(&id).await {
         Ok(None) => problem(StatusCode::NOT_FOUND, "no session has this id"),
-        Ok(Some(SessionClose::AlreadyClosed(record))) => (
+        Ok(Some(SessionClose::AlreadyClosed(record))) => super::problem_with(
             StatusCode::CONFLICT,
-            Json(json!({ "closed": false, "session": session_json(&record) })),
-        )
-            .into_response(),
+            "this session was closed before; its refund was decided then",
+            json!({ "session": session_json(&record) }),
+        ),
         Ok(Some(SessionClose::Closed {
             refund_sats,
             status,

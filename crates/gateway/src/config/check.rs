@@ -11,8 +11,8 @@ use serde_path_to_error::Segment;
 use toml::{Table, Value};
 
 use super::{
-    join, AdminConfig, DiscoveryConfig, GatewayConfig, McpConfig, McpProxyConfig, ServerConfig, StoreConfig,
-    TlsConfig,
+    join, AdminConfig, DiscoveryConfig, GatewayConfig, McpConfig, McpProxyConfig, ServerConfig,
+    StoreConfig, TlsConfig,
 };
 use crate::lightning::LightningConfig;
 use crate::telemetry::TelemetryConfig;
@@ -534,40 +534,53 @@ impl Checker {
         }
     }
 
-    /// Risky but valid: free routes that overlap paid ones (an upstream
-    /// that serves one resource under several spellings may hand a paid
-    /// one out through the free route), and tools nobody priced.
+    /// Risky but valid: free routes that overlap paid ones (see
+    /// [`overlap_warnings`]), and tools nobody priced.
     pub(super) fn warn_risky(&mut self, config: &GatewayConfig) {
-        let services = &config.services;
-        for (i, free) in services.iter().enumerate() {
-            if free.priced.charges() {
+        self.warnings.extend(overlap_warnings(&config.services));
+        if let Some(proxy) = &config.mcp_proxy {
+            if proxy.default_price_sats.is_none() {
+                self.warnings.push(
+                    "mcp_proxy: no default_price_sats: tools not named in prices are refused (name a tool with 0 to make it free)".into(),
+                );
+            }
+        }
+    }
+}
+
+/// Free routes that overlap paid ones, in route order: an upstream that
+/// serves one resource under several spellings may hand a paid one out
+/// through the free route. Risky but valid; `serve --check` and the admin
+/// API warn.
+pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (i, free) in services.iter().enumerate() {
+        if free.priced.charges() {
+            continue;
+        }
+        for (j, paid) in services.iter().enumerate() {
+            let hosts_meet = match (&free.priced.host, &paid.priced.host) {
+                (Some(a), Some(b)) => {
+                    a == b || a.as_written().starts_with("*.") || b.as_written().starts_with("*.")
+                }
+                _ => true,
+            };
+            if !paid.priced.charges()
+                || !hosts_meet
+                || !free.priced.path.overlaps(&paid.priced.path)
+            {
                 continue;
             }
-            for (j, paid) in services.iter().enumerate() {
-                let hosts_meet = match (&free.priced.host, &paid.priced.host) {
-                    (Some(a), Some(b)) => {
-                        a == b
-                            || a.as_written().starts_with("*.")
-                            || b.as_written().starts_with("*.")
-                    }
-                    _ => true,
-                };
-                if !paid.priced.charges()
-                    || !hosts_meet
-                    || !free.priced.path.overlaps(&paid.priced.path)
-                {
-                    continue;
-                }
-                let shared_upstream = match (&free.upstream, &paid.upstream) {
-                    (Some(a), Some(b)) => a.url == b.url,
-                    _ => false,
-                };
-                let why = if i < j {
-                    "comes first, so it takes requests meant for"
-                } else {
-                    "catches what does not match"
-                };
-                self.warnings.push(format!(
+            let shared_upstream = match (&free.upstream, &paid.upstream) {
+                (Some(a), Some(b)) => a.url == b.url,
+                _ => false,
+            };
+            let why = if i < j {
+                "comes first, so it takes requests meant for"
+            } else {
+                "catches what does not match"
+            };
+            warnings.push(format!(
                     "services[{i}] ({:?}, free, {}) {why} services[{j}] ({:?}, paid, {}){}",
                     free.priced.name,
                     free.priced.path.as_written(),
@@ -579,14 +592,7 @@ impl Checker {
                         ""
                     }
                 ));
-            }
-        }
-        if let Some(proxy) = &config.mcp_proxy {
-            if proxy.default_price_sats.is_none() {
-                self.warnings.push(
-                    "mcp_proxy: no default_price_sats: tools not named in prices are refused (name a tool with 0 to make it free)".into(),
-                );
-            }
         }
     }
+    warnings
 }

@@ -24,6 +24,7 @@ use toml::{Table, Value};
 use crate::lightning::LightningConfig;
 use check::Checker;
 
+pub use check::overlap_warnings;
 pub use env::expand_env;
 
 /// The default listen address.
