@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 /// `gate402 admin`'s flags.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Print the API's JSON answer instead of a summary.
+    /// Print the API's whole JSON answer (without it, services,
+    /// revenue, payments, price, revoke and open print a summary; the
+    /// other commands print the JSON anyway).
     #[arg(long, global = true)]
     json: bool,
     /// The admin API (default: the one the gateway on --data-dir wrote).
@@ -60,6 +62,12 @@ pub enum AdminCommand {
     },
     /// Delete a service, even one the config file names.
     Delete {
+        /// The service.
+        name: String,
+    },
+    /// Drop every change made through the admin API to a service: the
+    /// config file's entry applies again.
+    Reset {
         /// The service.
         name: String,
     },
@@ -132,6 +140,17 @@ impl Api {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => {
                 let file = data_dir.join(gate402_gateway::admin::ADMIN_FILE);
+                // admin.json outlives a gateway killed hard: trust it only
+                // while a gateway holds the data dir's lock.
+                if let Ok(lock) = std::fs::File::open(data_dir.join("gateway.lock")) {
+                    if lock.try_lock().is_ok() {
+                        bail!(
+                            "no gateway is running on the data dir {} ({} is left from one that stopped)",
+                            data_dir.display(),
+                            gate402_gateway::admin::ADMIN_FILE
+                        );
+                    }
+                }
                 let text = std::fs::read_to_string(&file).with_context(|| {
                     format!(
                         "no running gateway's admin API found: {} cannot be read (start `gate402 serve` with this --data-dir, or pass --url)",
@@ -161,11 +180,34 @@ impl Api {
                     .to_owned()
             }
         };
-        Ok(Self {
+        let api = Self {
             url,
             secret,
             http: reqwest::Client::new(),
-        })
+        };
+        Ok(api)
+    }
+
+    /// Checks, without the credential, that a gate402 admin API answers
+    /// at the URL, so that the secret is never sent to anything else (the
+    /// gateway's public port, another program on a port left in a stale
+    /// admin.json).
+    async fn probe(&self) -> Result<()> {
+        let url = format!("{}/admin/api/openapi.json", self.url);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.url))?;
+        let document: Value = response.json().await.unwrap_or(Value::Null);
+        if document["info"]["title"] != "gate402 admin API" {
+            bail!(
+                "{} is not a gate402 admin API (no admin document at {url}); the credential was not sent",
+                self.url
+            );
+        }
+        Ok(())
     }
 
     async fn call(
@@ -224,6 +266,7 @@ fn segment(text: &str) -> String {
 /// detail is the message).
 pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
     let api = Api::find(args, data_dir)?;
+    api.probe().await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -271,6 +314,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
                 None,
             )
             .await?
+        }
+        AdminCommand::Reset { name } => {
+            api.post(&format!("/services/{}/reset", segment(name)))
+                .await?
         }
         AdminCommand::Revenue { by, hours } => {
             let hours = hours.unwrap_or(if by == "day" { 720 } else { 24 });
@@ -327,28 +374,50 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     match command {
         AdminCommand::Services => {
-            out.push_str(&format!(
-                "{:<20} {:<9} {:<8} {:>10} {:>8} {:>9} {:>11}  {}\n",
+            let row = |cells: [&str; 9]| {
+                format!(
+                    "{:<20} {:<9} {:<10} {:<8} {:>10} {:>8} {:>9} {:>11}  {}\n",
+                    cells[0],
+                    cells[1],
+                    cells[2],
+                    cells[3],
+                    cells[4],
+                    cells[5],
+                    cells[6],
+                    cells[7],
+                    cells[8]
+                )
+            };
+            out.push_str(&row([
                 "SERVICE",
                 "STATE",
+                "AUTH",
                 "SELLS",
                 "PRICE sat",
                 "402s",
                 "PAYMENTS",
                 "REVENUE sat",
-                "ROUTE"
-            ));
+                "ROUTE",
+            ]));
             for s in answer["services"].as_array().into_iter().flatten() {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                let count = |v: &Value| n(v).to_string();
+                out.push_str(&row([
+                    &text(&s["name"]),
+                    &text(&s["state"]),
+                    &text(&s["auth"]),
+                    &text(&s["sells"]),
+                    &count(&s["price_sats"]),
+                    &count(&s["last_24h"]["challenges"]),
+                    &count(&s["last_24h"]["payments"]),
+                    &count(&s["last_24h"]["revenue_sats"]),
+                    &text(&s["path"]),
+                ]));
+            }
+            for warning in answer["warnings"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
-                    "{:<20} {:<9} {:<8} {:>10} {:>8} {:>9} {:>11}  {}\n",
-                    s["name"].as_str().unwrap_or_default(),
-                    s["state"].as_str().unwrap_or_default(),
-                    s["sells"].as_str().unwrap_or_default(),
-                    n(&s["price_sats"]),
-                    n(&s["last_24h"]["challenges"]),
-                    n(&s["last_24h"]["payments"]),
-                    n(&s["last_24h"]["revenue_sats"]),
-                    s["path"].as_str().unwrap_or_default(),
+                    "warning: {}\n",
+                    warning.as_str().unwrap_or_default()
                 ));
             }
         }

@@ -89,7 +89,10 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
     }
 
     let listed = stdout(&gate402(&data, &["admin", "services"]));
-    assert!(listed.contains("SERVICE"), "{listed}");
+    assert!(
+        listed.contains("SERVICE") && listed.contains("AUTH"),
+        "{listed}"
+    );
     let line = listed.lines().find(|l| l.starts_with("thing")).unwrap();
     assert!(line.contains(" 3 ") && line.contains("/thing"), "{line}");
     let json: serde_json::Value =
@@ -160,5 +163,29 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
     );
     let node = stdout(&gate402(&data, &["admin", "node"]));
     assert!(node.contains("\"sandbox\""), "{node}");
-    drop(serve);
+    // Handed back to the file: its price again.
+    stdout(&gate402(&data, &["admin", "reset", "thing"]));
+    assert_eq!(price(&base, "/thing").await, "3");
+
+    // The credential goes to a gate402 admin API only: not to the public
+    // port, whatever --url says.
+    let output = gate402(&data, &["admin", "--url", &base, "services"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("is not a gate402 admin API"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Killed hard, the gateway leaves admin.json; it is not trusted.
+    let mut serve = serve;
+    serve.0.kill().unwrap();
+    serve.0.wait().unwrap();
+    assert!(data.join("admin.json").exists());
+    let output = gate402(&data, &["admin", "services"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no gateway is running on the data dir"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
