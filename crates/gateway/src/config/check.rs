@@ -253,7 +253,7 @@ impl Checker {
             config.tools = self.tools(tools, &config.services);
         }
         if let Some(admin) = raw.admin.and_then(|v| self.section("admin", v)) {
-            self.admin(&admin);
+            self.admin(&admin, config.listen);
             config.admin = admin;
         }
         if let Some(discovery) = raw.discovery.and_then(|v| self.section("discovery", v)) {
@@ -267,7 +267,7 @@ impl Checker {
         config
     }
 
-    fn admin(&mut self, admin: &AdminConfig) {
+    fn admin(&mut self, admin: &AdminConfig, listen: std::net::SocketAddr) {
         if admin.listen.parse::<std::net::SocketAddr>().is_err() {
             self.error(
                 "admin.listen",
@@ -275,6 +275,12 @@ impl Checker {
             );
         }
         if let Ok(addr) = admin.listen.parse::<std::net::SocketAddr>() {
+            if admin.enabled && addr.port() != 0 && addr.port() == listen.port() {
+                self.error(
+                    "admin.listen",
+                    format!("{addr} is the gateway's own port: the admin API needs one of its own"),
+                );
+            }
             if admin.enabled && !addr.ip().is_loopback() {
                 self.warnings.push(format!(
                     "admin.listen: {addr} is not a loopback address: the admin API speaks plain HTTP, so its bearer secrets cross the network in the clear (put a TLS proxy in front, or keep it on loopback)"

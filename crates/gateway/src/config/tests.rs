@@ -529,6 +529,12 @@ fn the_admin_table_is_checked_and_the_services_kept_as_written() {
         );
     }
 
+    let clash = GatewayConfig::parse(
+        "listen = \"127.0.0.1:8402\"\n[admin]\nlisten = \"127.0.0.1:8402\"\n",
+        env,
+    )
+    .unwrap_err();
+    assert!(clash.0[0].starts_with("admin.listen"), "{clash}");
     let open = GatewayConfig::parse("[admin]\nlisten = \"0.0.0.0:8403\"\n", env).unwrap();
     assert!(
         open.warnings.iter().any(|w| w.contains("not a loopback address")),

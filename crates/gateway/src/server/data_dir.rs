@@ -98,7 +98,7 @@ fn read_or_create(path: &Path, secret: bool, make: impl FnOnce() -> String) -> R
                     tracing::warn!(
                         file = %path.display(),
                         mode = format!("{:o}", mode & 0o777),
-                        "a secret was readable by other users; it is 0600 now, but rotate it (anyone who read it can mint tokens)"
+                        "a secret was readable by other users; it is 0600 now, but rotate it: whoever read it can use it (mpp_secret makes credentials, admin_secret opens the admin API); stop the gateway, delete the file (or set a new secret) and start it again"
                     );
                 }
             }

@@ -255,10 +255,23 @@ fn load_or_create_key(path: &Path) -> Result<SecretKey, SandboxError> {
         source,
     };
     match std::fs::read_to_string(path) {
-        Ok(text) => hex::decode(text.trim())
-            .ok()
-            .and_then(|bytes| SecretKey::from_slice(&bytes).ok())
-            .ok_or_else(|| SandboxError::Key(path.to_owned())),
+        Ok(text) => {
+            // A key an earlier version left readable by others is made
+            // private (it signs the sandbox's invoices).
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(io)?;
+                }
+            }
+            hex::decode(text.trim())
+                .ok()
+                .and_then(|bytes| SecretKey::from_slice(&bytes).ok())
+                .ok_or_else(|| SandboxError::Key(path.to_owned()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SecretKey::new(&mut bitcoin::secp256k1::rand::thread_rng());
             write_private(path, &hex::encode(key.secret_bytes())).map_err(io)?;

@@ -299,6 +299,13 @@ fn the_sandbox_keeps_its_preimages_private() {
     assert_eq!(mode(&sandbox_dir), 0o700);
     assert_eq!(mode(&sandbox_dir.join("invoices.sqlite3")), 0o600);
     assert_eq!(mode(&sandbox_dir.join("node_key")), 0o600);
+    // A key left readable by others (by an earlier version, or by hand) is
+    // made private when the sandbox opens again.
+    drop(_sandbox);
+    let key = sandbox_dir.join("node_key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _sandbox = Sandbox::open(&sandbox_dir).unwrap();
+    assert_eq!(mode(&key), 0o600);
 }
 
 /// The sandbox says its money is unlimited rather than inventing channels,

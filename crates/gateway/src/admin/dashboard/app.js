@@ -112,10 +112,10 @@ function renderServices(services) {
   fill(
     tbody,
     services.map((service) => {
-      const price = el("input", { class: "price", type: "number", min: "0", value: String(service.price_sats), "aria-label": `price of ${service.name}` });
+      const price = el("input", { class: "price", type: "number", min: "1", value: String(service.price_sats), "aria-label": `price of ${service.name}` });
       const save = el("button", { class: "save", onclick: () => {
         const value = Number(price.value);
-        if (!Number.isInteger(value) || value < 0) return status("a price is a whole number of sats", true);
+        if (!Number.isInteger(value) || value < 1) return status("a price is a whole number of sats, at least 1", true);
         change(`/services/${encodeURIComponent(service.name)}`, { method: "PATCH", body: JSON.stringify({ price_sats: value }) },
           `${service.name}: price set to ${value} sat`);
       } }, "Save");
