@@ -3,10 +3,11 @@
 //! What must survive a restart and be shared by every replica of a
 //! gateway: the invoices issued, the claims on single-use payments (so a
 //! payment is served once), the payments counted, the receipts given out,
-//! and the freebie counters. Two backends, each behind a feature (both on
-//! by default): `SqliteStore` (feature `sqlite`), a file in the data
-//! directory, and `PostgresStore` (feature `postgres`), shared by several
-//! replicas. Without them the crate is the trait and its records, for code
+//! the freebie counters, prepaid balances, kept responses, and what the
+//! admin API changed (services, revocations, 402 counts, its log). Two
+//! backends, each behind a feature (both on by default): `SqliteStore`
+//! (feature `sqlite`), a file in the data directory, and `PostgresStore`
+//! (feature `postgres`), shared by several replicas. Without them the crate is the trait and its records, for code
 //! that takes any store.
 
 mod admin;
