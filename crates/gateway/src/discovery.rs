@@ -445,6 +445,14 @@ pub fn manifest(
                     format!("Requests the token pays for on {name} (1: a token per request)"),
                 ),
             );
+            caveats.insert(
+                format!("{name}{}", gate402_paywall::pricing::AMOUNT_SUFFIX),
+                caveat(
+                    "amount",
+                    "none",
+                    format!("The amount (sat) the token's invoice asked; a request to {name} that costs more refuses it"),
+                ),
+            );
         }
     }
     json!({

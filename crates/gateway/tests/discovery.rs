@@ -271,12 +271,14 @@ async fn the_l402_manifest_lists_what_l402_buys() {
         [
             "maps_valid_until",
             "services",
+            "weather_amount",
             "weather_uses",
             "weather_valid_until"
         ]
     );
     // A per-request token says so in its macaroon; a pass does not.
     assert_eq!(caveats["weather_uses"]["type"], "count");
+    assert_eq!(caveats["weather_amount"]["type"], "amount");
     assert_eq!(caveats["services"]["type"], "service_list");
     assert_eq!(caveats["maps_valid_until"]["type"], "timestamp");
     assert_eq!(caveats["maps_valid_until"]["attenuation"], "earlier");

@@ -40,6 +40,7 @@ fn services(toml: &str, upstream: &str) -> Vec<ServiceConfig> {
 struct Harness {
     gateway: Gateway,
     client: reqwest::Client,
+    upstream: String,
     _dir: tempfile::TempDir,
 }
 
@@ -59,8 +60,17 @@ impl Harness {
         Self {
             gateway,
             client: reqwest::Client::new(),
+            upstream,
             _dir: dir,
         }
+    }
+
+    /// Runs the services of `toml` instead, as a config reload does.
+    fn reload(&self, toml: &str) {
+        self.gateway
+            .services_handle()
+            .set(&services(toml, &self.upstream))
+            .unwrap();
     }
 
     fn url(&self, path: &str) -> String {
@@ -165,7 +175,9 @@ async fn a_body_field_decides_the_price_of_the_challenge() {
         h.price(post.clone(), "/chat", r#"{"model":"small"}"#).await,
         10
     );
-    assert_eq!(h.price(post, "/chat", "not json").await, 10);
+    // Not JSON: not read as any field, so not priced by default either.
+    let unread = h.post("/chat", "not json", None).await;
+    assert_eq!(unread.status(), StatusCode::BAD_REQUEST);
     let unpaid = h.post("/chat", r#"{"model":"gpt-4"}"#, None).await;
     let problem: Value = unpaid.json().await.unwrap();
     assert_eq!(
@@ -561,4 +573,305 @@ async fn discovery_shows_a_dynamic_price_without_an_amount() {
     );
     let results: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(results[0]["issues"], json!([]), "mppx finds fault");
+}
+
+const PREMIUM: &str = r#"
+[[services]]
+name = "premium"
+path = "/premium"
+upstream = "UPSTREAM"
+schemes = "all"
+price_sats = PRICE
+"#;
+
+fn premium(price: u64) -> String {
+    PREMIUM.replace("PRICE", &price.to_string())
+}
+
+/// A credential that buys one request pays for a request of today's
+/// price only, fixed or dynamic, whichever door it came through; a pass
+/// lasts at the price it was bought for.
+#[tokio::test]
+async fn a_raised_fixed_price_refuses_a_single_use_credential_bought_before() {
+    let h = Harness::start(&premium(5)).await;
+    let (offer, preimage) = h.buy("/premium", "").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let (offer, preimage) = h.buy("/premium", "").await;
+    let mpp = offer.payment_authorization(&preimage).unwrap();
+    let (offer, preimage) = h.buy("/premium", "").await;
+    let recreated = offer.l402_authorization(&preimage).unwrap();
+    let (offer, preimage) = h.buy("/premium", "").await;
+    let x402 = offer.x402_signature(&preimage).unwrap();
+    let with_x402 = || async {
+        h.client
+            .post(h.url("/premium"))
+            .header("payment-signature", &x402)
+            .send()
+            .await
+            .unwrap()
+    };
+
+    h.reload(&premium(50));
+    let (kind, detail, _) = refusal(with_x402().await).await;
+    assert_eq!(kind, "payment-insufficient", "x402: {detail}");
+    assert!(detail.contains("paid 5 sat"), "x402: {detail}");
+    for (door, credential) in [("L402", &l402), ("MPP", &mpp)] {
+        let (kind, detail, fresh) = refusal(h.post("/premium", "", Some(credential)).await).await;
+        assert_eq!(kind, "payment-insufficient", "{door}: {detail}");
+        assert!(
+            detail.contains("paid 5 sat") && detail.contains("costs 50 sat"),
+            "{door}: {detail}"
+        );
+        assert_eq!(fresh.amount_msat(), Some(50_000), "{door}");
+    }
+    // Deleted, then made anew under its name at 50: the same.
+    h.reload(CHAT);
+    h.reload(&premium(50));
+    let (kind, _, _) = refusal(h.post("/premium", "", Some(&recreated)).await).await;
+    assert_eq!(kind, "payment-insufficient");
+    // Refused unspent: back at its price, each serves once.
+    h.reload(&premium(5));
+    for credential in [&l402, &mpp, &recreated] {
+        let served = h.post("/premium", "", Some(credential)).await;
+        assert_eq!(served.status(), StatusCode::OK);
+        let again = h.post("/premium", "", Some(credential)).await;
+        assert_eq!(again.status(), StatusCode::PAYMENT_REQUIRED);
+    }
+    assert_eq!(with_x402().await.status(), StatusCode::OK);
+    // A credential that paid more than a lowered price serves, through
+    // either door.
+    let (l402_offer, l402_preimage) = h.buy("/premium", "").await;
+    let (mpp_offer, mpp_preimage) = h.buy("/premium", "").await;
+    h.reload(&premium(3));
+    for credential in [
+        l402_offer.l402_authorization(&l402_preimage).unwrap(),
+        mpp_offer.payment_authorization(&mpp_preimage).unwrap(),
+    ] {
+        let served = h.post("/premium", "", Some(&credential)).await;
+        assert_eq!(served.status(), StatusCode::OK);
+    }
+
+    // A token bought for a cheap request of a dynamic service, then the
+    // service made fixed at 50.
+    h.reload(CHAT);
+    let (offer, preimage) = h.buy("/chat", r#"{"model":"small"}"#).await;
+    let cheap = offer.l402_authorization(&preimage).unwrap();
+    h.reload(&CHAT.replace("price_sats = 10", "price_sats = 50").replace(
+        "[[services.prices]]\nbody = { \"/model\" = \"gpt-4\" }\nprice_sats = 50\n",
+        "",
+    ));
+    let (kind, detail, _) = refusal(h.post("/chat", "{}", Some(&cheap)).await).await;
+    assert_eq!(kind, "payment-insufficient", "{detail}");
+    assert!(detail.contains("paid 10 sat"), "{detail}");
+
+    // A pass lasts until it expires at the price it was bought for.
+    let pass = |price: u64| {
+        format!(
+            "{}sells = \"pass\"\ntoken_lifetime_secs = 3600\n",
+            premium(price)
+        )
+    };
+    h.reload(&pass(5));
+    let (offer, preimage) = h.buy("/premium", "").await;
+    let bought = offer.l402_authorization(&preimage).unwrap();
+    h.reload(&pass(50));
+    for _ in 0..2 {
+        let served = h.post("/premium", "", Some(&bought)).await;
+        assert_eq!(served.status(), StatusCode::OK);
+    }
+}
+
+const DYN: &str = r#"
+[[services]]
+name = "dyn"
+path = "/dyn/*"
+upstream = "UPSTREAM"
+price_sats = 5
+[[services.prices]]
+path = "/dyn/a"
+body = { "/model" = "gpt-4" }
+price_sats = 50
+[[services.prices]]
+path = "/dyn/q"
+query = { quality = "hd" }
+price_sats = 30
+[[services.prices]]
+path = "/dyn/tokens"
+price_sats = 0
+per = { body = "/max_tokens", every = 1, price_sats = 1 }
+[[services.prices]]
+path = "/dyn/n"
+price_sats = 0
+per = { query = "n", every = 1, price_sats = 10 }
+"#;
+
+/// Where a rule looks, what gate402 cannot read one way only is refused
+/// with a 400 that says what to send; it never buys the default price.
+#[tokio::test]
+async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
+    let h = Harness::start(DYN).await;
+    let send = |path: &'static str, body: Vec<u8>, encoding: Option<&'static str>| {
+        let h = &h;
+        async move {
+            let mut request = h.client.post(h.url(path)).body(body);
+            if let Some(encoding) = encoding {
+                request = request.header("content-encoding", encoding);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let problem: Value = response.json().await.unwrap();
+            (status, problem["detail"].as_str().unwrap_or("").to_owned())
+        }
+    };
+    // Read as it should be, for reference.
+    let (status, _) = send("/dyn/a", br#"{"model":"gpt-4"}"#.to_vec(), None).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(
+        h.price(reqwest::Method::POST, "/dyn/a", r#"{"model":"gpt-4"}"#)
+            .await,
+        50
+    );
+    let utf16: Vec<u8> = r#"{"model":"gpt-4"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let deep = format!(
+        r#"{{"model":"gpt-4","x":{}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let mut gzip = stored_gzip(br#"{"model":"gpt-4"}"#);
+    let bodies: Vec<(&str, Vec<u8>, Option<&str>, &str)> = vec![
+        (
+            "/dyn/a",
+            [&b"\xEF\xBB\xBF"[..], br#"{"model":"gpt-4"}"#].concat(),
+            None,
+            "byte order mark",
+        ),
+        ("/dyn/a", utf16, None, "not UTF-8"),
+        (
+            "/dyn/a",
+            br#"{"model":"gpt-4","x":NaN}"#.to_vec(),
+            None,
+            "not JSON",
+        ),
+        (
+            "/dyn/a",
+            br#"{"model":"gpt-4","x":1e999}"#.to_vec(),
+            None,
+            "not JSON",
+        ),
+        ("/dyn/a", deep.into_bytes(), None, "not JSON"),
+        (
+            "/dyn/a",
+            std::mem::take(&mut gzip),
+            Some("gzip"),
+            "content-encoding \"gzip\"",
+        ),
+        (
+            "/dyn/a",
+            br#"{"model":"gpt-4","model":"gpt-3"}"#.to_vec(),
+            None,
+            "given twice",
+        ),
+        (
+            "/dyn/tokens",
+            br#"{"max_tokens":1e5}"#.to_vec(),
+            None,
+            "/max_tokens",
+        ),
+        (
+            "/dyn/tokens",
+            br#"{"max_tokens":100000.0}"#.to_vec(),
+            None,
+            "/max_tokens",
+        ),
+        (
+            "/dyn/tokens",
+            br#"{"max_tokens":"100000"}"#.to_vec(),
+            None,
+            "/max_tokens",
+        ),
+        (
+            "/dyn/tokens",
+            br#"{"max_tokens":-100000}"#.to_vec(),
+            None,
+            "/max_tokens",
+        ),
+    ];
+    for (path, body, encoding, why) in bodies {
+        let shown = String::from_utf8_lossy(&body).into_owned();
+        let (status, detail) = send(path, body, encoding).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{shown}: {detail}");
+        assert!(detail.contains(why), "{shown}: {detail}");
+    }
+    for (target, why) in [
+        ("/dyn/n?n=+100", "\"n\""),
+        ("/dyn/n?n=%20100", "\"n\""),
+        ("/dyn/n?n=%EF%BC%91%EF%BC%90%EF%BC%90", "\"n\""),
+        ("/dyn/q?Quality=hd", "only by case"),
+    ] {
+        let response = h.client.get(h.url(target)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{target}");
+        let problem: Value = response.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(why), "{target}: {detail}");
+    }
+    // Priced above what one invoice asks: refused, not a 503 from the node.
+    let max = u64::MAX.to_string();
+    for (method, target, body) in [
+        (
+            reqwest::Method::POST,
+            "/dyn/tokens",
+            format!(r#"{{"max_tokens":{max}}}"#),
+        ),
+        (
+            reqwest::Method::GET,
+            "/dyn/n?n=1844674407370955161",
+            String::new(),
+        ),
+    ] {
+        let response = h.send(method, target, &body, None).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{target}");
+        let problem: Value = response.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("more than the maximum"),
+            "{target}: {detail}"
+        );
+    }
+}
+
+/// `data` framed as gzip in one stored (uncompressed) block, its CRC left
+/// zero: the gateway never inflates a body, it only sees the header.
+fn stored_gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let len = data.len() as u16;
+    out.push(1);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(&[0; 8]);
+    out
+}
+
+/// A client over its cap of unpaid invoices is refused before its request
+/// is priced: the pricer is asked only for the invoices handed out.
+#[tokio::test]
+async fn the_unpaid_cap_is_taken_before_the_pricer_is_asked() {
+    let pricer = start_pricer("answer").await;
+    let toml = priced_by(&pricer).replace("cache_secs = 60", "cache_secs = 0");
+    let h =
+        Harness::start_configured(&toml, |c| c.limits.unpaid_invoices_per_minute = Some(5.0)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(h.post("/quote", "{}", None).await.status());
+    }
+    let challenged = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::PAYMENT_REQUIRED)
+        .count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((challenged, limited), (5, 15), "{statuses:?}");
+    assert_eq!(pricer.calls.load(Ordering::SeqCst), 5);
 }

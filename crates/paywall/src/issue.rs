@@ -16,6 +16,11 @@ use crate::clock::unix_now;
 use crate::route::{PricedService, Sells};
 use crate::x402::X402Keys;
 
+/// The most bytes a service's `description` may have: it is the memo of
+/// its invoices, and a BOLT11 tagged field holds at most 1023 five-bit
+/// words, 639 bytes.
+pub const MAX_DESCRIPTION_BYTES: usize = 639;
+
 /// An invoice and the challenges issued for it.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -91,7 +96,7 @@ impl Issuer {
             .backend
             .create_invoice(InvoiceRequest {
                 amount_msat: service.invoice_sats() * 1000,
-                memo: service.description.clone(),
+                memo: memo(&service.description),
                 expiry_secs: self.invoice_expiry_secs,
             })
             .await?;
@@ -115,11 +120,11 @@ impl Issuer {
             match service.sells {
                 Sells::Request => {
                     caveats.push(Caveat::uses(&service.name, 1));
-                    // What this invoice asked: a request priced higher
-                    // refuses the token.
-                    if service.pricing.is_some() {
-                        caveats.push(crate::pricing::amount_caveat(service));
-                    }
+                    // What this invoice asked, fixed price or not: a
+                    // request priced higher (a price raised since, a
+                    // dearer body) refuses the token without asking the
+                    // node.
+                    caveats.push(crate::pricing::amount_caveat(service));
                 }
                 Sells::Balance => {
                     caveats.push(Caveat::balance(&service.name, service.deposit_sats()));
@@ -205,6 +210,18 @@ impl Issuer {
     }
 }
 
+/// `description` cut to what an invoice's memo holds
+/// ([`MAX_DESCRIPTION_BYTES`]), at a character boundary: a description
+/// from elsewhere than the checked config (an MCP upstream's tool, a
+/// library caller) must not make every invoice fail.
+fn memo(description: &str) -> String {
+    let mut end = description.len().min(MAX_DESCRIPTION_BYTES);
+    while !description.is_char_boundary(end) {
+        end -= 1;
+    }
+    description[..end].to_owned()
+}
+
 /// Whether the Lightning charge method can name `network`:
 /// draft-lightning-charge-00 knows `mainnet`, `regtest` and `signet`, so a
 /// testnet gateway offers L402 alone rather than a challenge no conforming
@@ -219,6 +236,16 @@ pub fn charges_on(network: Network) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memo_is_cut_to_what_an_invoice_holds() {
+        assert_eq!(memo("weather"), "weather");
+        let long = "é".repeat(400);
+        let cut = memo(&long);
+        assert_eq!(cut.len(), 638, "at a character boundary");
+        assert!(long.starts_with(&cut));
+        assert_eq!(memo(&"a".repeat(700)).len(), MAX_DESCRIPTION_BYTES);
+    }
 
     #[test]
     fn testnet_gets_no_lightning_charge() {

@@ -58,6 +58,11 @@ pub struct Routed {
     pub path: RequestPath,
 }
 
+/// Put into a request's extensions once it was admitted to the unpaid
+/// invoice it asks for: its challenge does not count it again.
+#[derive(Debug, Clone, Copy)]
+struct UnpaidAdmitted;
+
 /// [`Layer`] that puts the paywall in front of a service.
 #[derive(Clone, Debug)]
 pub struct PaywallLayer(Paywall);
@@ -425,6 +430,31 @@ impl Paywall {
         if let Err(limited) = self.admit(client_key, &service.name) {
             return Ok(own(responses::too_many_requests(&limited)));
         }
+        // A free call needs no price; a request without a credential is
+        // admitted to its invoice before it is priced, so that a client
+        // over the unpaid cap costs no body read and no pricer call.
+        if let (Auth::Freebie(free), Ok(None)) = (service.auth, &presented) {
+            let who = client_key.map_or_else(|| "unknown".to_owned(), |k| k.to_string());
+            match self.store().count_freebie(&who, &service.name).await {
+                Ok(used) if used <= free => return call(inner, request).await,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "store: cannot count a free call");
+                    return Ok(own(responses::unavailable("the payment store")));
+                }
+            }
+        }
+        // A credential too large to read is answered as no credential.
+        let unpaid = matches!(
+            presented,
+            Ok(None) | Err(credentials::CredentialError::TooLarge(_))
+        );
+        if unpaid && matches!(service.auth, Auth::On | Auth::Freebie(_)) {
+            if let Err(limited) = self.admit_unpaid(client_key) {
+                return Ok(own(responses::too_many_requests(&limited)));
+            }
+            request.extensions_mut().insert(UnpaidAdmitted);
+        }
         // This request's price, where it depends on the request: what its
         // challenge asks and what its credential must have paid.
         let paid = matches!(presented, Ok(Some(_)));
@@ -454,17 +484,6 @@ impl Paywall {
                 return Ok(own(self
                     .challenge(&service, &mut request, client, refusal)
                     .await));
-            }
-            (Auth::Freebie(free), Ok(None)) => {
-                let who = client_key.map_or_else(|| "unknown".to_owned(), |k| k.to_string());
-                match self.store().count_freebie(&who, &service.name).await {
-                    Ok(used) if used <= free => return call(inner, request).await,
-                    Ok(_) => None,
-                    Err(e) => {
-                        tracing::error!(error = %e, "store: cannot count a free call");
-                        return Ok(own(responses::unavailable("the payment store")));
-                    }
-                }
             }
             (_, Ok(presented)) => presented,
         };
@@ -952,8 +971,14 @@ impl Paywall {
         B: Body<Data = Bytes> + From<Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        if let Err(limited) = self.admit_unpaid(client.map(|c| c.key())) {
-            return responses::too_many_requests(&limited);
+        let admitted = request
+            .extensions_mut()
+            .remove::<UnpaidAdmitted>()
+            .is_some();
+        if !admitted {
+            if let Err(limited) = self.admit_unpaid(client.map(|c| c.key())) {
+                return responses::too_many_requests(&limited);
+            }
         }
         let accept = request
             .headers()

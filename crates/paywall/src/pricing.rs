@@ -14,6 +14,14 @@
 //! Pricing never fails a request with a 5xx: a pricer that is down, slow or
 //! answers garbage gives way to its fallback price, with a warning in the
 //! log and a `gate402_pricer_fallbacks` count.
+//!
+//! Nor does it guess: where a rule depends on a body field, a query
+//! parameter or a count, and the request carries there something that
+//! cannot be read one way only (a body that is not strict UTF-8 JSON, a
+//! compressed body, a key given twice, a count that is not a plain whole
+//! number, a query key that differs from the rule's only by case), the
+//! request gets a 400 saying what to send instead, never the default
+//! price: an upstream may read it as the dear value.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -38,12 +46,16 @@ use crate::responses::{self, Refusal};
 use crate::route::{Auth, PricedService, Sells};
 use crate::verify::Verified;
 
-/// The most any price may be, in satoshis: every bitcoin there will be.
-pub const MAX_PRICE_SATS: u64 = 21_000_000 * 100_000_000;
+/// The most one invoice may ask, in satoshis: 1 BTC. `serve --check`
+/// refuses a price, fallback or deposit above it; a request whose rules
+/// price it above it gets a 400, and a pricer answer above it is garbage
+/// (its fallback is asked).
+pub const MAX_PRICE_SATS: u64 = 100_000_000;
 
 /// The suffix of the caveat that carries the amount (sat) an L402 token's
-/// invoice asked for: `<service>_amount=<sats>`, minted on tokens of
-/// dynamically priced services (gate402's own; peers skip it).
+/// invoice asked for: `<service>_amount=<sats>`, minted on every token
+/// that buys one request (gate402's own; peers skip it), so that its
+/// price is checked without asking the node.
 pub const AMOUNT_SUFFIX: &str = "_amount";
 
 /// The most pricer answers kept at once.
@@ -289,13 +301,164 @@ pub struct PriceRequest<'a> {
     pub body: Option<&'a [u8]>,
     /// Its body's size in bytes (the declared one when too large to read).
     pub body_len: u64,
+    /// Its `Content-Encoding`, when it names anything but `identity`: a
+    /// body so encoded cannot be priced by its fields or its size.
+    pub encoding: Option<&'a str>,
+}
+
+/// What a rule depends on that the request carries in a form that cannot
+/// be read one way only; the words of its 400, saying what to send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreadable(String);
+
+/// The `Content-Encoding` of a request, when it names anything but
+/// `identity` (its values joined as sent).
+pub fn content_encoding(headers: &HeaderMap) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("?"))
+        .collect();
+    let identity = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .all(|v| v.trim().is_empty() || v.trim().eq_ignore_ascii_case("identity"));
+    (!identity).then(|| values.join(", "))
+}
+
+/// A JSON value read strictly: an object that names a key twice is an
+/// error (serde_json keeps the last value, some upstreams the first), as
+/// is a number that is not finite. serde_json's own limits hold (UTF-8,
+/// nesting at most 128 deep).
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("a number that is not finite"))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} is given twice in one object"
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// The JSON of a body a rule looks into: `None` when there is none (no
+/// body read, or only whitespace).
+fn strict_json(body: Option<&[u8]>, encoding: Option<&str>) -> Result<Option<Value>, Unreadable> {
+    let Some(body) = body.filter(|b| !b.trim_ascii().is_empty()) else {
+        return Ok(None);
+    };
+    let how = "the price depends on its fields: send it as UTF-8 JSON, uncompressed, without a byte order mark, each key once per object, numbers finite, nested at most 128 deep";
+    if let Some(encoding) = encoding {
+        return Err(Unreadable(format!(
+            "the request body is sent with content-encoding {encoding:?}; {how}"
+        )));
+    }
+    let why = if body.starts_with(b"\xEF\xBB\xBF") {
+        "it starts with a byte order mark".to_owned()
+    } else if body.starts_with(b"\xFE\xFF") || body.starts_with(b"\xFF\xFE") || body.contains(&0) {
+        "it is not UTF-8 (UTF-16?)".to_owned()
+    } else if let Err(e) = std::str::from_utf8(body) {
+        format!("it is not UTF-8 ({e})")
+    } else {
+        match serde_json::from_slice::<Strict>(body) {
+            Ok(Strict(value)) => return Ok(Some(value)),
+            Err(e) => format!("it is not JSON gate402 can read ({e})"),
+        }
+    };
+    Err(Unreadable(format!(
+        "the request body cannot be read: {why}; {how}"
+    )))
+}
+
+/// A count in a query parameter: ASCII digits only (a count too large for
+/// 64 bits counts as the most there is, and so costs too much).
+fn query_count(name: &str, value: &str) -> Result<u64, Unreadable> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Unreadable(format!(
+            "query parameter {name:?} is {value:?}; the price depends on it: send a whole number in ASCII digits, without sign, spaces or fraction ({name}=100)"
+        )));
+    }
+    Ok(value.parse().unwrap_or(u64::MAX))
+}
+
+/// A count in a JSON body field: a whole number of 0 or more, written
+/// without fraction or exponent; `None` when the field is absent or null.
+fn body_count(pointer: &str, value: Option<&Value>) -> Result<Option<u64>, Unreadable> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+            Unreadable(format!(
+                "the count at {pointer} in the request body is {value}; the price depends on it: send a whole number of 0 or more, without sign, fraction or exponent, not in quotes (100000)"
+            ))
+        }),
+    }
 }
 
 /// A request's query parameters and JSON body, each parsed once.
 struct Parsed<'a> {
     request: &'a PriceRequest<'a>,
     query: OnceLock<Vec<(String, String)>>,
-    json: OnceLock<Option<Value>>,
+    json: OnceLock<Result<Option<Value>, Unreadable>>,
 }
 
 impl<'a> Parsed<'a> {
@@ -324,15 +487,49 @@ impl<'a> Parsed<'a> {
         values.next().is_none().then_some(value.as_str())
     }
 
-    fn field(&self, pointer: &str) -> Option<&Value> {
-        self.json
-            .get_or_init(|| {
-                self.request
-                    .body
-                    .and_then(|b| serde_json::from_slice(b).ok())
-            })
-            .as_ref()?
-            .pointer(pointer)
+    /// The field at `pointer` of the JSON body.
+    fn field(&self, pointer: &str) -> Result<Option<&Value>, Unreadable> {
+        let json = self
+            .json
+            .get_or_init(|| strict_json(self.request.body, self.request.encoding));
+        match json {
+            Ok(json) => Ok(json.as_ref().and_then(|j| j.pointer(pointer))),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// The body's size, for a rule that depends on it.
+    fn body_len(&self) -> Result<u64, Unreadable> {
+        match self.request.encoding {
+            Some(encoding) if self.request.body_len > 0 => Err(Unreadable(format!(
+                "the request body is sent with content-encoding {encoding:?}; the price depends on its size: send it uncompressed"
+            ))),
+            _ => Ok(self.request.body_len),
+        }
+    }
+
+    /// Why the query cannot decide a price of `pricing`: a parameter a
+    /// rule looks at given more than once (an upstream may read either),
+    /// or given under a name that differs from the rule's only by case
+    /// (an upstream may not tell them apart).
+    fn query_conflict(&self, pricing: &Pricing) -> Option<Unreadable> {
+        pricing.query_names().find_map(|name| {
+            let pairs = self.query_pairs();
+            if pairs.iter().filter(|(k, _)| k == name).count() > 1 {
+                return Some(Unreadable(format!(
+                    "query parameter {name:?} is given more than once; the price depends on it: give it once"
+                )));
+            }
+            let lower = name.to_lowercase();
+            pairs
+                .iter()
+                .find(|(k, _)| k != name && k.to_lowercase() == lower)
+                .map(|(k, _)| {
+                    Unreadable(format!(
+                        "query parameter {k:?} differs from {name:?}, which the price depends on, only by case: send it as {name:?}"
+                    ))
+                })
+        })
     }
 }
 
@@ -352,60 +549,88 @@ fn one_of(values: &[String], value: Option<&str>) -> bool {
 }
 
 impl PriceRule {
-    /// The price of `request` under this rule, if it matches.
-    fn price(&self, request: &PriceRequest<'_>, parsed: &Parsed<'_>) -> Option<u64> {
+    /// The price of `request` under this rule, if it matches; saturating,
+    /// so it may be more than [`MAX_PRICE_SATS`].
+    fn price(
+        &self,
+        request: &PriceRequest<'_>,
+        parsed: &Parsed<'_>,
+    ) -> Result<Option<u64>, Unreadable> {
         if !self.methods.is_empty() && !self.methods.contains(request.method) {
-            return None;
-        }
-        if self
-            .min_body_bytes
-            .is_some_and(|min| request.body_len < min)
-            || self
-                .max_body_bytes
-                .is_some_and(|max| request.body_len > max)
-        {
-            return None;
+            return Ok(None);
         }
         if let Some(path) = &self.path {
-            let captured = path.captures(request.path)?;
+            let Some(captured) = path.captures(request.path) else {
+                return Ok(None);
+            };
             let param = |name: &str| {
                 captured
                     .iter()
                     .find(|(n, _)| *n == name)
                     .map(|(_, value)| *value)
             };
-            if !self.params.iter().all(|m| one_of(&m.values, param(&m.key))) {
-                return None;
+            for m in &self.params {
+                let value = param(&m.key);
+                if one_of(&m.values, value) {
+                    continue;
+                }
+                // Routes match without regard to case: an upstream may too.
+                if let Some((v, w)) = value.and_then(|v| {
+                    m.values
+                        .iter()
+                        .find(|w| w.eq_ignore_ascii_case(v))
+                        .map(|w| (v, w))
+                }) {
+                    return Err(Unreadable(format!(
+                        "path parameter {{{}}} is {v:?}, which differs from {w:?} only by case; the price depends on it: send it as {w:?}",
+                        m.key
+                    )));
+                }
+                return Ok(None);
             }
         } else if !self.params.is_empty() {
-            return None;
+            return Ok(None);
         }
         if !self
             .query
             .iter()
             .all(|m| one_of(&m.values, parsed.query(&m.key)))
         {
-            return None;
+            return Ok(None);
         }
-        if !self.body.iter().all(|m| {
-            let text = parsed.field(&m.key).and_then(field_text);
-            one_of(&m.values, text.as_deref())
-        }) {
-            return None;
+        if self.min_body_bytes.is_some() || self.max_body_bytes.is_some() {
+            let len = parsed.body_len()?;
+            if self.min_body_bytes.is_some_and(|min| len < min)
+                || self.max_body_bytes.is_some_and(|max| len > max)
+            {
+                return Ok(None);
+            }
+        }
+        for m in &self.body {
+            let text = parsed.field(&m.key)?.and_then(field_text);
+            if !one_of(&m.values, text.as_deref()) {
+                return Ok(None);
+            }
         }
         let Some(per) = &self.per else {
-            return Some(self.price_sats);
+            return Ok(Some(self.price_sats));
         };
         let units = match &per.source {
-            UnitSource::Body(pointer) => parsed.field(pointer).and_then(Value::as_u64)?,
-            UnitSource::Query(name) => parsed.query(name)?.parse::<u64>().ok()?,
-            UnitSource::BodyBytes => request.body_len,
+            UnitSource::Body(pointer) => body_count(pointer, parsed.field(pointer)?)?,
+            UnitSource::Query(name) => parsed
+                .query(name)
+                .map(|value| query_count(name, value))
+                .transpose()?,
+            UnitSource::BodyBytes => Some(parsed.body_len()?),
+        };
+        let Some(units) = units else {
+            return Ok(None);
         };
         let steps = units.div_ceil(per.every.max(1));
-        Some(
+        Ok(Some(
             self.price_sats
                 .saturating_add(steps.saturating_mul(per.price_sats)),
-        )
+        ))
     }
 
     /// Whether it looks into the body (its JSON fields).
@@ -431,13 +656,32 @@ impl PriceRule {
 
 impl Pricing {
     /// The price (sat) of the first rule that matches `request`, if one
-    /// does; at least 1 and at most [`MAX_PRICE_SATS`].
-    pub fn rule_price(&self, request: &PriceRequest<'_>) -> Option<u64> {
-        let parsed = Parsed::new(request);
-        self.rules
-            .iter()
-            .find_map(|rule| rule.price(request, &parsed))
-            .map(clamp)
+    /// does: at least 1, and more than [`MAX_PRICE_SATS`] when the request
+    /// asks for that much (a caller refuses it).
+    ///
+    /// # Errors
+    ///
+    /// [`Unreadable`] when a rule tried depends on a body field, a query
+    /// parameter or a count that the request carries in a form that cannot
+    /// be read one way only.
+    pub fn rule_price(&self, request: &PriceRequest<'_>) -> Result<Option<u64>, Unreadable> {
+        self.decide(request, &Parsed::new(request))
+    }
+
+    fn decide(
+        &self,
+        request: &PriceRequest<'_>,
+        parsed: &Parsed<'_>,
+    ) -> Result<Option<u64>, Unreadable> {
+        if let Some(conflict) = parsed.query_conflict(self) {
+            return Err(conflict);
+        }
+        for rule in &self.rules {
+            if let Some(price) = rule.price(request, parsed)? {
+                return Ok(Some(price.max(1)));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether deciding a price needs the request body: a rule looks at it,
@@ -468,6 +712,13 @@ impl Pricing {
 
 fn clamp(price: u64) -> u64 {
     price.clamp(1, MAX_PRICE_SATS)
+}
+
+/// The 400's words for a request priced above [`MAX_PRICE_SATS`].
+fn too_dear() -> String {
+    format!(
+        "this request would cost more than the maximum of {MAX_PRICE_SATS} sat (1 BTC) one invoice asks; ask for less (a smaller count)"
+    )
 }
 
 /// What gate402 POSTs to a pricer.
@@ -680,32 +931,46 @@ fn mpp_amount(credential: &PaymentCredential) -> Option<u64> {
 }
 
 /// The refusal of a credential that paid less than this request costs.
-fn too_little(paid: u64, price: u64) -> Refusal {
+fn too_little(paid: u64, service: &PricedService) -> Refusal {
+    let why = if is_dynamic(service) {
+        "its price depends on what it asks for"
+    } else {
+        "the price was raised since it was bought"
+    };
     Refusal::new(
         StatusCode::PAYMENT_REQUIRED,
         ProblemType::PaymentInsufficient,
         format!(
-            "this credential paid {paid} sat, but this request costs {price} sat (its price depends on what it asks for); pay the new challenge"
+            "this credential paid {paid} sat, but this request costs {} sat ({why}); pay the new challenge",
+            service.price_sats
         ),
     )
 }
 
-/// For a dynamically priced service, the service an MPP charge credential
-/// is verified against: at the amount its challenge asked (bound by its
-/// id), once that is at least this request's price.
+/// The service an MPP charge credential is verified against: at the
+/// amount its challenge asked (bound by its id), so that a price changed
+/// since it was issued does not make it another challenge. Whether that
+/// amount covers this request's price is [`Paywall::paid_for`]'s to say
+/// once it is verified (its scope first: a credential of another service
+/// is refused as such); for a dynamic price it is said here already, as
+/// a credential for a cheaper request is bound to another body. A
+/// balance's session is not a charge: it is left as it is.
 ///
 /// # Errors
 ///
-/// A 402 refusal (`payment-insufficient`) when it asked less.
+/// A 402 refusal (`payment-insufficient`) when a dynamic price is more
+/// than it asked.
 pub(crate) fn as_charged<'s>(
     service: &'s PricedService,
     credential: &PaymentCredential,
 ) -> Result<Cow<'s, PricedService>, Refusal> {
-    if !is_dynamic(service) {
+    if service.sells == Sells::Balance {
         return Ok(Cow::Borrowed(service));
     }
     match mpp_amount(credential) {
-        Some(paid) if paid < service.price_sats => Err(too_little(paid, service.price_sats)),
+        Some(paid) if paid < service.price_sats && is_dynamic(service) => {
+            Err(too_little(paid, service))
+        }
         Some(paid) => {
             let mut charged = service.clone();
             charged.price_sats = paid;
@@ -727,8 +992,11 @@ impl Paywall {
     /// # Errors
     ///
     /// The answer for a body that could not be read (413, also for a body
-    /// over the limit when a rule looks into its fields; 400; 503 busy),
-    /// or a 400 for a query parameter a rule looks at given more than once.
+    /// over the limit when a rule looks into its fields; 400; 503 busy);
+    /// a 400 for what a rule depends on that cannot be read one way only
+    /// ([`Unreadable`]: a query parameter given twice, a body that is not
+    /// strict JSON, a count that is not a plain whole number…), and for a
+    /// request whose rules price it above [`MAX_PRICE_SATS`].
     pub(crate) async fn priced<B>(
         &self,
         service: Arc<PricedService>,
@@ -743,6 +1011,7 @@ impl Paywall {
             return Ok(service);
         };
         let declared = request.body().size_hint().lower();
+        let encoding = content_encoding(request.headers());
         let body = if pricing.reads_body() {
             match read_whole(request, &self.inner.bodies, paid).await {
                 Ok(body) => Some(body),
@@ -764,23 +1033,15 @@ impl Paywall {
             query: request.uri().query(),
             body: body.as_deref(),
             body_len: body.as_ref().map_or(declared, |b| b.len() as u64),
+            encoding: encoding.as_deref(),
         };
-        let parsed = Parsed::new(&view);
-        if let Some(name) = pricing.query_names().find(|name| {
-            parsed
-                .query_pairs()
-                .iter()
-                .filter(|(k, _)| k == name)
-                .count()
-                > 1
-        }) {
-            return Err(responses::bad_request(&format!(
-                "query parameter {name:?} is given more than once; the price depends on it"
-            )));
-        }
         let price = match pricing.rule_price(&view) {
-            Some(price) => price,
-            None => match &pricing.pricer {
+            Err(unreadable) => return Err(responses::bad_request(&unreadable.to_string())),
+            Ok(Some(price)) if price > MAX_PRICE_SATS => {
+                return Err(responses::bad_request(&too_dear()))
+            }
+            Ok(Some(price)) => price,
+            Ok(None) => match &pricing.pricer {
                 Some(pricer) => {
                     self.ask_pricer(&service.name, pricer, &view, request.headers())
                         .await
@@ -798,8 +1059,10 @@ impl Paywall {
     /// What a request to `service` with this method, path, query and
     /// headers, and no body, is asked: the quote endpoint's answer. `None`
     /// when its price depends on a body it would send (a POST, PUT or
-    /// PATCH to a service whose rules or pricer read the body), or on a
-    /// query parameter given twice.
+    /// PATCH to a service whose rules or pricer read the body), on a
+    /// query parameter that cannot be read one way only (given twice, a
+    /// count that is not a plain whole number…), or when it would cost
+    /// more than [`MAX_PRICE_SATS`].
     pub async fn quote(
         &self,
         service: &PricedService,
@@ -820,19 +1083,10 @@ impl Paywall {
             query,
             body: Some(&[]),
             body_len: 0,
+            encoding: None,
         };
-        let parsed = Parsed::new(&view);
-        if pricing.query_names().any(|name| {
-            parsed
-                .query_pairs()
-                .iter()
-                .filter(|(k, _)| k == name)
-                .count()
-                > 1
-        }) {
-            return None;
-        }
-        Some(match pricing.rule_price(&view) {
+        Some(match pricing.rule_price(&view).ok()? {
+            Some(price) if price > MAX_PRICE_SATS => return None,
             Some(price) => price,
             None => match &pricing.pricer {
                 Some(pricer) => self.ask_pricer(&service.name, pricer, &view, headers).await,
@@ -897,12 +1151,17 @@ impl Paywall {
         }
     }
 
-    /// For a dynamically priced service, the service as paid: its price
-    /// the amount the credential's invoice asked for, once that is at
-    /// least this request's price. An L402 token tells it by its
-    /// `<service>_amount` caveat, an MPP charge by its challenge; a token
-    /// minted without the caveat, and an x402 payment, by the invoice the
-    /// node settled.
+    /// For a credential that buys one request (every MPP charge and x402
+    /// payment, an L402 token with a `<service>_uses` caveat), the service
+    /// as paid: its price the amount the credential's invoice asked for,
+    /// once that is at least this request's price, whether the price is
+    /// dynamic or fixed (raised since it was bought, or the service made
+    /// anew under its name). An L402 token tells it by its
+    /// `<service>_amount` caveat, an MPP charge by its challenge, an x402
+    /// payment by its invoice (verified to be of this very price); only a
+    /// token minted without the caveat asks the node what its invoice was
+    /// paid. A pass and a balance are honoured at what they were bought
+    /// for.
     ///
     /// # Errors
     ///
@@ -915,7 +1174,7 @@ impl Paywall {
         value: &str,
         verified: &Verified,
     ) -> Result<Arc<PricedService>, Result<Refusal, Response<Bytes>>> {
-        if !is_dynamic(service) || verified.balance.is_some() {
+        if !verified.single_use || verified.balance.is_some() || service.sells == Sells::Balance {
             return Ok(service.clone());
         }
         let told = match scheme {
@@ -923,7 +1182,8 @@ impl Paywall {
             CredentialScheme::Payment => crate::verify::Verifier::parse_payment(value)
                 .ok()
                 .and_then(|c| mpp_amount(&c)),
-            CredentialScheme::X402 => None,
+            // Verified only for an invoice of exactly this price.
+            CredentialScheme::X402 => Some(service.price_sats),
         };
         let paid = match told {
             Some(paid) => paid,
@@ -939,7 +1199,7 @@ impl Paywall {
             },
         };
         if paid < service.price_sats {
-            return Err(Ok(too_little(paid, service.price_sats)));
+            return Err(Ok(too_little(paid, service)));
         }
         Ok(if paid == service.price_sats {
             service.clone()
@@ -968,6 +1228,15 @@ mod tests {
     }
 
     fn price(pricing: &Pricing, method: Method, target: &str, body: &str) -> Option<u64> {
+        read(pricing, method, target, body.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn read(
+        pricing: &Pricing,
+        method: Method,
+        target: &str,
+        body: &[u8],
+    ) -> Result<Option<u64>, Unreadable> {
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),
@@ -976,8 +1245,9 @@ mod tests {
             method: &method,
             path,
             query,
-            body: Some(body.as_bytes()),
+            body: Some(body),
             body_len: body.len() as u64,
+            encoding: None,
         })
     }
 
@@ -1012,8 +1282,125 @@ mod tests {
         assert_eq!(post("/x?quality=sd", "{}"), None);
         assert_eq!(price(&pricing, Method::DELETE, "/x", ""), Some(7));
         assert_eq!(post("/x", "{}"), None);
-        // Not JSON: no field matches.
-        assert_eq!(post("/x", "model=gpt-4"), Some(20));
+        // No body: no field matches.
+        assert_eq!(post("/x", ""), None);
+        // Not JSON: not read as any field, and not priced by default.
+        let form = read(&pricing, Method::POST, "/x", b"model=gpt-4").unwrap_err();
+        assert!(form.to_string().contains("not JSON"), "{form}");
+    }
+
+    /// Whatever gate402 cannot read one way only, where a body rule looks,
+    /// is refused: an upstream may read it as the dear value.
+    #[test]
+    fn a_body_that_is_not_strict_json_is_refused_not_priced_by_default() {
+        let pricing = Pricing {
+            rules: vec![PriceRule {
+                body: matches(&["gpt-4"], "/model"),
+                ..rule(50)
+            }],
+            pricer: None,
+        };
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let deep = format!(r#"{{"model":"gpt-4","x":{deep}}}"#);
+        let utf16: Vec<u8> =
+            r#"{"model":"gpt-4"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let bom = [b"\xEF\xBB\xBF".as_slice(), br#"{"model":"gpt-4"}"#].concat();
+        let cases: [(&[u8], &str); 7] = [
+            (&bom, "byte order mark"),
+            (&utf16, "not UTF-8"),
+            (br#"{"model":"gpt-4","x":NaN}"#, "not JSON"),
+            (br#"{"model":"gpt-4","x":1e999}"#, "not JSON"),
+            (deep.as_bytes(), "not JSON"),
+            (br#"{"model":"gpt-4","model":"gpt-3"}"#, "given twice"),
+            (br#"{"a":{"k":1,"k":2},"model":"x"}"#, "given twice"),
+        ];
+        for (body, why) in cases {
+            let refused = read(&pricing, Method::POST, "/", body).unwrap_err();
+            assert!(
+                refused.to_string().contains(why),
+                "{}: {refused}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            price(&pricing, Method::POST, "/", r#" {"model":"gpt-4"} "#),
+            Some(50)
+        );
+        // Compressed: neither its fields nor its size can be read.
+        let gzip = PriceRequest {
+            method: &Method::POST,
+            path: "/",
+            query: None,
+            body: Some(b"\x1f\x8b"),
+            body_len: 2,
+            encoding: Some("gzip"),
+        };
+        let refused = pricing.rule_price(&gzip).unwrap_err();
+        assert!(refused.to_string().contains("\"gzip\""), "{refused}");
+        let sized = Pricing {
+            rules: vec![PriceRule {
+                min_body_bytes: Some(1000),
+                ..rule(25)
+            }],
+            pricer: None,
+        };
+        assert!(sized.rule_price(&gzip).is_err());
+    }
+
+    #[test]
+    fn a_query_key_that_differs_only_by_case_is_refused() {
+        let pricing = Pricing {
+            rules: vec![PriceRule {
+                query: matches(&["hd"], "quality"),
+                ..rule(30)
+            }],
+            pricer: None,
+        };
+        assert_eq!(price(&pricing, Method::GET, "/?quality=hd", ""), Some(30));
+        assert_eq!(price(&pricing, Method::GET, "/?other=hd", ""), None);
+        for target in [
+            "/?Quality=hd",
+            "/?QUALITY=hd&quality=sd",
+            "/?quality=sd&quality=hd",
+        ] {
+            assert!(
+                read(&pricing, Method::GET, target, b"").is_err(),
+                "{target}"
+            );
+        }
+    }
+
+    /// The largest count is refused by its price, never wrapped round.
+    #[test]
+    fn a_count_too_large_costs_more_than_the_maximum() {
+        let pricing = Pricing {
+            rules: vec![PriceRule {
+                per: Some(PerUnit {
+                    source: UnitSource::Body("/max_tokens".into()),
+                    every: 1,
+                    price_sats: 1,
+                }),
+                ..rule(5)
+            }],
+            pricer: None,
+        };
+        let post = |body: &str| price(&pricing, Method::POST, "/", body).unwrap();
+        assert!(post(r#"{"max_tokens":18446744073709551615}"#) > MAX_PRICE_SATS);
+        assert_eq!(post(r#"{"max_tokens":99999995}"#), MAX_PRICE_SATS);
+        let by_query = Pricing {
+            rules: vec![PriceRule {
+                per: Some(PerUnit {
+                    source: UnitSource::Query("n".into()),
+                    every: 1,
+                    price_sats: 10,
+                }),
+                ..rule(0)
+            }],
+            pricer: None,
+        };
+        let get = |target| price(&by_query, Method::GET, target, "").unwrap();
+        assert!(get("/?n=1844674407370955161") > MAX_PRICE_SATS);
+        assert!(get("/?n=99999999999999999999999") > MAX_PRICE_SATS);
     }
 
     #[test]
@@ -1057,9 +1444,25 @@ mod tests {
         assert_eq!(post(r#"{"max_tokens":250}"#), Some(8));
         assert_eq!(post(r#"{"max_tokens":200}"#), Some(7));
         assert_eq!(post(r#"{"max_tokens":0}"#), Some(5));
-        assert_eq!(post(r#"{"max_tokens":-3}"#), None);
-        assert_eq!(post(r#"{"max_tokens":"many"}"#), None);
         assert_eq!(post("{}"), None);
+        assert_eq!(post(r#"{"max_tokens":null}"#), None);
+        // A count that is there but not a plain whole number is refused.
+        for count in [
+            "-3",
+            "\"many\"",
+            "\"100000\"",
+            "1e5",
+            "100000.0",
+            "-100000",
+            "[1]",
+        ] {
+            let body = format!(r#"{{"max_tokens":{count}}}"#);
+            let refused = read(&pricing, Method::POST, "/", body.as_bytes()).unwrap_err();
+            assert!(
+                refused.to_string().contains("/max_tokens"),
+                "{count}: {refused}"
+            );
+        }
         let huge = Pricing {
             rules: vec![PriceRule {
                 per: Some(PerUnit {
@@ -1071,9 +1474,21 @@ mod tests {
             }],
             pricer: None,
         };
-        assert_eq!(price(&huge, Method::GET, "/?n=3", ""), Some(MAX_PRICE_SATS));
+        assert_eq!(price(&huge, Method::GET, "/?n=3", ""), Some(u64::MAX));
         // Nothing costs nothing: a free price is 1 sat.
         assert_eq!(price(&huge, Method::GET, "/?n=0", ""), Some(1));
+        for count in [
+            "+100",
+            "%20100",
+            "%EF%BC%91%EF%BC%90%EF%BC%90",
+            "",
+            "1.5",
+            "-1",
+        ] {
+            let target = format!("/?n={count}");
+            let refused = read(&huge, Method::GET, &target, b"").unwrap_err();
+            assert!(refused.to_string().contains("\"n\""), "{count}: {refused}");
+        }
     }
 
     #[test]
@@ -1109,10 +1524,12 @@ mod tests {
             Some(40)
         );
         assert_eq!(price(&pricing, Method::GET, "/v1/images/small/x", ""), None);
+        let refused = read(&pricing, Method::GET, "/v1/images/Huge/x", b"").unwrap_err();
+        assert!(refused.to_string().contains("only by case"), "{refused}");
     }
 
-    /// A token minted while the service had a fixed price carries no
-    /// amount: the node's settled invoice tells what it paid.
+    /// A token minted before every single-use token carried its amount:
+    /// the node's settled invoice tells what it paid.
     #[tokio::test]
     async fn a_token_without_its_amount_is_checked_against_the_node() {
         use tower::ServiceExt;
@@ -1144,7 +1561,24 @@ mod tests {
         let token = || async {
             let issued = paywall.issue(&fixed, doors).await.unwrap();
             let paid = sandbox.settle(&issued.bolt11).unwrap();
-            let macaroon = issued.l402.unwrap().macaroon.to_base64();
+            let minted = issued.l402.unwrap().macaroon;
+            let amount = format!("chat{AMOUNT_SUFFIX}");
+            let old: Vec<Caveat> = minted
+                .first_party_caveats()
+                .filter_map(Caveat::parse)
+                .filter(|c| c.condition != amount)
+                .collect();
+            assert!(
+                old.len() < minted.first_party_caveats().count(),
+                "minted with its amount"
+            );
+            let macaroon = paywall
+                .inner
+                .issuer
+                .root_keys
+                .mint(issued.payment_hash, gate402_l402::DEFAULT_LOCATION, &old)
+                .macaroon
+                .to_base64();
             format!("L402 {macaroon}:{}", hex::encode(paid.preimage))
         };
         let (cheap, dear) = (token().await, token().await);

@@ -134,6 +134,16 @@ impl X402Keys {
             .0
             .iter()
             .any(|key| gate402_x402::binding_holds(key, bound, &extra.binding));
+        if issued_here && invoice.amount_msat().is_some_and(|paid| paid < amount_msat) {
+            return Err(refuse(
+                ProblemType::PaymentInsufficient,
+                format!(
+                    "this x402 payment paid {} sat, but this request costs {} sat; pay the new offer",
+                    invoice.amount_msat().unwrap_or(0) / 1000,
+                    service.price_sats
+                ),
+            ));
+        }
         if !issued_here || invoice.amount_msat() != Some(amount_msat) {
             return Err(refuse(
                 ProblemType::InvalidChallenge,

@@ -190,7 +190,7 @@ impl Checker {
             Some(p) if (least..=MAX_PRICE_SATS as i64).contains(&p) => rule.price_sats = p as u64,
             Some(p) => self.error(
                 &at("price_sats"),
-                format!("{p} is not a positive number of satoshis"),
+                format!("{p} is not a positive number of satoshis up to {MAX_PRICE_SATS} (1 BTC, the most one invoice asks)"),
             ),
             None => self.error(
                 &at("price_sats"),
@@ -284,7 +284,7 @@ impl Checker {
             Some(p) => {
                 self.error(
                     &join(path, "price_sats"),
-                    format!("{p} is not a positive number of satoshis"),
+                    format!("{p} is not a positive number of satoshis up to {MAX_PRICE_SATS} (1 BTC, the most one invoice asks)"),
                 );
                 1
             }
@@ -342,7 +342,7 @@ impl Checker {
             Some(p) => {
                 self.error(
                     &join(path, "fallback"),
-                    format!("{p} is not a positive number of satoshis"),
+                    format!("{p} is not a positive number of satoshis up to {MAX_PRICE_SATS} (1 BTC, the most one invoice asks)"),
                 );
                 default_sats
             }
@@ -426,8 +426,9 @@ mod tests {
             query: None,
             body: Some(body),
             body_len: body.len() as u64,
+            encoding: None,
         });
-        assert_eq!(price, Some(2));
+        assert_eq!(price, Ok(Some(2)));
         let pricer = config.services[1].priced.pricing.as_ref().unwrap();
         let pricer = pricer.pricer.as_ref().unwrap();
         assert_eq!(pricer.fallback_sats, 7, "the service's price unless given");
@@ -437,6 +438,52 @@ mod tests {
             .services
             .iter()
             .all(|s| s.priced.sale().starts_with("priced per request")));
+    }
+
+    /// What one invoice cannot carry is refused before it is served (not
+    /// a 503 "the Lightning node is unavailable" on every request).
+    #[test]
+    fn what_an_invoice_cannot_carry_is_refused() {
+        let long_name = "n".repeat(65);
+        let text = format!(
+            r#"
+            [[services]]
+            name = "{long_name}"
+            path = "/a"
+            price_sats = 2100000000000000
+            [[services]]
+            name = "b"
+            path = "/b"
+            price_sats = 100000000
+            description = "{}"
+            pricer = {{ url = "http://127.0.0.1:9/price", fallback = 100000001 }}
+            [[services.prices]]
+            price_sats = 100000001
+            [[services]]
+            name = "{}"
+            path = "/c"
+            price_sats = 1
+            description = "{}"
+            "#,
+            "é".repeat(320),
+            "n".repeat(64),
+            "d".repeat(639),
+        );
+        let errors = parse(&text).unwrap_err();
+        let expected = [
+            "services[0].name: is 65 characters long; a name has at most 64",
+            "services[0].price_sats: 2100000000000000 is not a positive number of satoshis up to 100000000",
+            "services[1].description: is 640 bytes long",
+            "services[1].pricer.fallback: 100000001 is not a positive number of satoshis up to 100000000",
+            "services[1].prices[0].price_sats: 100000001 is not a positive number",
+        ];
+        for needle in expected {
+            assert!(
+                errors.iter().any(|e| e.starts_with(needle)),
+                "{needle:?} missing from {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
     }
 
     #[test]

@@ -63,8 +63,12 @@ struct RawRewrite {
     add_prefix: Option<String>,
 }
 
-/// The most a price may be: every bitcoin there will be.
-const MAX_PRICE_SATS: i64 = 21_000_000 * 100_000_000;
+/// The most a price may be: what one invoice may ask.
+const MAX_PRICE_SATS: i64 = gate402_paywall::pricing::MAX_PRICE_SATS as i64;
+
+/// The longest a service's name may be, in characters: it is in every
+/// token's caveats and every challenge's scope.
+const MAX_NAME_CHARS: usize = 64;
 
 impl Checker {
     /// `schemes`: `"both"` (L402 and MPP), `"l402"`, `"mpp"`, `"x402"`,
@@ -205,6 +209,13 @@ impl Checker {
                     format!("{n:?} must be letters, digits, - or _"),
                 )
             }
+            Some(n) if n.chars().count() > MAX_NAME_CHARS => self.error(
+                &at("name"),
+                format!(
+                    "is {} characters long; a name has at most {MAX_NAME_CHARS}",
+                    n.chars().count()
+                ),
+            ),
             _ => {}
         }
         let pattern = match &raw.path {
@@ -247,7 +258,7 @@ impl Checker {
             Some(p) if (1..=MAX_PRICE_SATS).contains(&p) => priced.price_sats = p as u64,
             Some(p) => self.error(
                 &at("price_sats"),
-                format!("{p} is not a positive number of satoshis"),
+                format!("{p} is not a positive number of satoshis up to {MAX_PRICE_SATS} (1 BTC, the most one invoice asks)"),
             ),
             None if !has_price => self.error(&at("price_sats"), "is required"),
             None => {}
@@ -350,7 +361,7 @@ impl Checker {
         if priced.sells == Sells::Balance && priced.deposit_sats() > MAX_PRICE_SATS as u64 {
             self.error(
                 &at("deposit_units"),
-                "the deposit is more than every bitcoin there will be",
+                format!("the deposit is more than {MAX_PRICE_SATS} sat (1 BTC, the most one invoice asks)"),
             );
         }
         if raw.capabilities.is_some() {
@@ -370,6 +381,16 @@ impl Checker {
         if let Some(description) = raw.description {
             if description.chars().any(|c| c.is_control()) {
                 self.error(&at("description"), "may not contain control characters");
+            }
+            let most = gate402_paywall::issue::MAX_DESCRIPTION_BYTES;
+            if description.len() > most {
+                self.error(
+                    &at("description"),
+                    format!(
+                        "is {} bytes long; it is the memo of every invoice, which holds at most {most} bytes (BOLT11)",
+                        description.len()
+                    ),
+                );
             }
             priced.description = description;
         }
