@@ -772,6 +772,12 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
             "given twice",
         ),
         (
+            "/dyn/a",
+            br#"{"Model":"gpt-4"}"#.to_vec(),
+            None,
+            "only by case",
+        ),
+        (
             "/dyn/tokens",
             br#"{"max_tokens":1e5}"#.to_vec(),
             None,

@@ -430,6 +430,37 @@ fn strict_json(body: Option<&[u8]>, encoding: Option<&str>) -> Result<Option<Val
     )))
 }
 
+/// Refuses an object key on the way to `pointer` that differs from the
+/// pointer's only by case: some upstreams match keys without regard to
+/// case (Go's `encoding/json`), and would read `{"Model": …}` as `/model`.
+fn case_conflict(json: &Value, pointer: &str) -> Result<(), Unreadable> {
+    let mut at = json;
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        let next = match at {
+            Value::Object(object) => {
+                let lower = token.to_lowercase();
+                if let Some(key) = object
+                    .keys()
+                    .find(|k| **k != token && k.to_lowercase() == lower)
+                {
+                    return Err(Unreadable(format!(
+                        "the request body names {key:?}, which differs from {token:?} (at {pointer}) only by case; the price depends on it: send it as {token:?}"
+                    )));
+                }
+                object.get(&token)
+            }
+            Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+            _ => None,
+        };
+        match next {
+            Some(next) => at = next,
+            None => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// A count in a query parameter: ASCII digits only (a count too large for
 /// 64 bits counts as the most there is, and so costs too much).
 fn query_count(name: &str, value: &str) -> Result<u64, Unreadable> {
@@ -493,7 +524,11 @@ impl<'a> Parsed<'a> {
             .json
             .get_or_init(|| strict_json(self.request.body, self.request.encoding));
         match json {
-            Ok(json) => Ok(json.as_ref().and_then(|j| j.pointer(pointer))),
+            Ok(Some(json)) => {
+                case_conflict(json, pointer)?;
+                Ok(json.pointer(pointer))
+            }
+            Ok(None) => Ok(None),
             Err(e) => Err(e.clone()),
         }
     }
@@ -1305,7 +1340,7 @@ mod tests {
         let utf16: Vec<u8> =
             r#"{"model":"gpt-4"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
         let bom = [b"\xEF\xBB\xBF".as_slice(), br#"{"model":"gpt-4"}"#].concat();
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 9] = [
             (&bom, "byte order mark"),
             (&utf16, "not UTF-8"),
             (br#"{"model":"gpt-4","x":NaN}"#, "not JSON"),
@@ -1313,6 +1348,8 @@ mod tests {
             (deep.as_bytes(), "not JSON"),
             (br#"{"model":"gpt-4","model":"gpt-3"}"#, "given twice"),
             (br#"{"a":{"k":1,"k":2},"model":"x"}"#, "given twice"),
+            (br#"{"Model":"gpt-4"}"#, "only by case"),
+            (br#"{"model":"gpt-3","MODEL":"gpt-4"}"#, "only by case"),
         ];
         for (body, why) in cases {
             let refused = read(&pricing, Method::POST, "/", body).unwrap_err();
