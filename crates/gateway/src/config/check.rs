@@ -538,6 +538,19 @@ impl Checker {
             }
             _ => {}
         }
+        // Each paid call is an invoice of its price.
+        let most = gate402_paywall::pricing::MAX_PRICE_SATS;
+        let too_dear =
+            |p: u64| format!("{p} sat is more than {most} sat (1 BTC, the most one invoice asks)");
+        if let Some(p) = proxy.default_price_sats.filter(|p| *p > most) {
+            self.error("mcp_proxy.default_price_sats", too_dear(p));
+        }
+        let mut dear: Vec<(&String, &u64)> =
+            proxy.prices.iter().filter(|(_, p)| **p > most).collect();
+        dear.sort();
+        for (tool, p) in dear {
+            self.error(&join("mcp_proxy.prices", tool), too_dear(*p));
+        }
     }
 
     /// Risky but valid: free routes that overlap paid ones (see

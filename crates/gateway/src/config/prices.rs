@@ -487,6 +487,26 @@ mod tests {
     }
 
     #[test]
+    fn an_mcp_tool_priced_above_one_invoice_is_refused() {
+        let errors = parse(
+            r#"
+            [mcp_proxy]
+            url = "http://127.0.0.1:9/mcp"
+            default_price_sats = 100000001
+            prices = { search = 100000000, render = 2100000000000000 }
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "mcp_proxy.default_price_sats: 100000001 sat is more than 100000000 sat (1 BTC, the most one invoice asks)",
+                "mcp_proxy.prices.render: 2100000000000000 sat is more than 100000000 sat (1 BTC, the most one invoice asks)",
+            ]
+        );
+    }
+
+    #[test]
     fn every_mistake_with_its_key_path() {
         let errors = parse(
             r#"
