@@ -27,11 +27,11 @@ pub mod mcp;
 pub mod problem;
 pub mod proxy;
 pub mod server;
-pub mod telemetry;
 pub mod services;
+pub mod telemetry;
 pub mod tls;
 
-pub use config::GatewayConfig;
 pub use admin::LOCAL_ADMIN;
+pub use config::GatewayConfig;
 pub use server::Gateway;
 pub use services::ServicesHandle;

@@ -98,6 +98,6 @@ pub use paywall::{
 };
 pub use pricing::Pricing;
 pub use responses::Refusal;
-pub use sessions::SessionClose;
 pub use route::{Auth, Meter, PricedService, Schemes, Sells, Usage};
+pub use sessions::SessionClose;
 pub use verify::Verified;

@@ -499,7 +499,10 @@ fn the_admin_table_is_checked_and_the_services_kept_as_written() {
     )
     .unwrap_err();
     let text = errors.to_string();
-    assert!(text.contains("admin: unknown field `surprise`") || text.contains("surprise"), "{text}");
+    assert!(
+        text.contains("admin: unknown field `surprise`") || text.contains("surprise"),
+        "{text}"
+    );
 
     let errors = GatewayConfig::parse(
         r#"
@@ -537,7 +540,9 @@ fn the_admin_table_is_checked_and_the_services_kept_as_written() {
     assert!(clash.0[0].starts_with("admin.listen"), "{clash}");
     let open = GatewayConfig::parse("[admin]\nlisten = \"0.0.0.0:8403\"\n", env).unwrap();
     assert!(
-        open.warnings.iter().any(|w| w.contains("not a loopback address")),
+        open.warnings
+            .iter()
+            .any(|w| w.contains("not a loopback address")),
         "{:?}",
         open.warnings
     );
@@ -550,7 +555,10 @@ fn a_service_table_from_the_admin_api_is_checked_as_the_files_are() {
     )
     .unwrap();
     let error = GatewayConfig::service_from_table(&table, "services.news", env).unwrap_err();
-    assert!(error.to_string().contains("services.news.upstream"), "{error}");
+    assert!(
+        error.to_string().contains("services.news.upstream"),
+        "{error}"
+    );
     let table: toml::Table =
         toml::from_str("name = \"news\"\npath = \"/news\"\nprice_sats = 4\n").unwrap();
     let service = GatewayConfig::service_from_table(&table, "services.news", env).unwrap();
@@ -559,9 +567,14 @@ fn a_service_table_from_the_admin_api_is_checked_as_the_files_are() {
     let errors = GatewayConfig::service_from_table(&table, "services.news", env)
         .unwrap_err()
         .0;
-    assert!(errors.iter().any(|e| e.starts_with("services.news.path")), "{errors:?}");
     assert!(
-        errors.iter().any(|e| e.starts_with("services.news.price_sats")),
+        errors.iter().any(|e| e.starts_with("services.news.path")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("services.news.price_sats")),
         "{errors:?}"
     );
 }

@@ -176,10 +176,8 @@ impl Gateway {
             stop.clone(),
         )
         .await?;
-        let sync = tokio::spawn(sync.run(
-            Duration::from_secs(config.admin.sync_secs),
-            stop.clone(),
-        ));
+        let sync =
+            tokio::spawn(sync.run(Duration::from_secs(config.admin.sync_secs), stop.clone()));
         let mcp = PaidTools::from_config(config, &paywall, &proxy).await?;
         let state = AppState {
             paywall: paywall.clone(),
