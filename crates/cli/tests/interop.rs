@@ -527,13 +527,19 @@ async fn js_macaroon_tokens_decode_and_pay_at_gate402() {
         identifier_hex.as_str(),
         "lsat",
     ];
-    args.extend(
-        offered["caveats"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap()),
-    );
+    // Not the `<service>_amount` caveat: js-macaroon 3.0.4 cannot export a
+    // V2 macaroon past three caveats (its buffer doubles on every write
+    // and overflows), and a token without it is checked against the
+    // amount the node settled, as tokens minted elsewhere are.
+    let caveats: Vec<&str> = offered["caveats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .filter(|c| !c.starts_with("weather_amount="))
+        .collect();
+    assert_eq!(caveats.len(), 3, "{offered:#}");
+    args.extend(caveats.iter().copied());
     let minted = scripts.run("macaroon.mjs", &args).await;
     let macaroon = minted["macaroon"].as_str().unwrap();
 
@@ -548,7 +554,7 @@ async fn js_macaroon_tokens_decode_and_pay_at_gate402() {
         hex::encode(invoice.payment_hash())
     );
     assert_eq!(decoded["identifier"]["token_id"], hex::encode(token_id));
-    assert_eq!(decoded["caveats"], offered["caveats"]);
+    assert_eq!(decoded["caveats"], serde_json::json!(caveats));
     assert_eq!(decoded["signature"], minted["signature"]);
 
     // And the gateway takes it, once the invoice is paid.
