@@ -234,10 +234,14 @@ fn init_logging(format: &str, quiet: bool, telemetry: Option<&Telemetry>) {
     } else {
         log.boxed()
     };
-    tracing_subscriber::registry()
-        .with(log.with_filter(filter))
-        .with(telemetry.map(Telemetry::layer))
-        .init();
+    let registry = tracing_subscriber::registry().with(log.with_filter(filter));
+    // Not `.with(Option<layer>)`: an absent layer still says it wants
+    // every span, and the registry would then make one per request for
+    // nobody.
+    match telemetry {
+        Some(telemetry) => registry.with(telemetry.layer()).init(),
+        None => registry.init(),
+    }
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {
