@@ -234,14 +234,16 @@ fn init_logging(format: &str, quiet: bool, telemetry: Option<&Telemetry>) {
     } else {
         log.boxed()
     };
-    let registry = tracing_subscriber::registry().with(log.with_filter(filter));
-    // Not `.with(Option<layer>)`: an absent layer still says it wants
-    // every span, and the registry would then make one per request for
-    // nobody.
-    match telemetry {
-        Some(telemetry) => registry.with(telemetry.layer()).init(),
-        None => registry.init(),
-    }
+    // An absent layer (`None`) still says it wants every span, and the
+    // registry would then make one per request for nobody: the exporter's
+    // place is filtered to nothing when there is none.
+    let traces = telemetry
+        .map(Telemetry::layer)
+        .with_filter(filter_fn(move |_| traced));
+    tracing_subscriber::registry()
+        .with(log.with_filter(filter))
+        .with(traces)
+        .init();
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {
