@@ -151,6 +151,14 @@ upstream = "{upstream}"
         (offer, preimage)
     }
 
+    /// [`Harness::buy`], the token used once through L402 (200).
+    async fn buy_and_use(&self, path: &str) -> (Offer, [u8; 32]) {
+        let (offer, preimage) = self.buy(path).await;
+        let token = offer.l402_authorization(&preimage).unwrap();
+        assert_eq!(self.send(path, &token).await, StatusCode::OK, "{path}");
+        (offer, preimage)
+    }
+
     async fn send(&self, path: &str, authorization: &str) -> StatusCode {
         self.http
             .get(self.url(path))
@@ -366,15 +374,7 @@ async fn services_change_at_runtime_with_the_configs_checks() {
     assert_eq!(body["changed"]["by"], "local");
     assert_eq!(h.price("/api/weather").await, 12);
     // The upstream still gets its key (kept, not redacted, in the change).
-    let (offer, preimage) = h.buy("/api/weather").await;
-    assert_eq!(
-        h.send(
-            "/api/weather",
-            &offer.l402_authorization(&preimage).unwrap()
-        )
-        .await,
-        StatusCode::OK
-    );
+    h.buy_and_use("/api/weather").await;
 
     // The config's checks, with key paths; nothing changes.
     for (patch, expected) in [
@@ -493,15 +493,7 @@ async fn services_change_at_runtime_with_the_configs_checks() {
 async fn paid_traffic_shows_in_payments_and_revenue_and_one_token_is_revoked() {
     let h = Harness::start().await;
     // Three 402s on the weather, two paid (L402, then MPP); a pass bought.
-    let (weather, preimage) = h.buy("/api/weather").await;
-    assert_eq!(
-        h.send(
-            "/api/weather",
-            &weather.l402_authorization(&preimage).unwrap()
-        )
-        .await,
-        StatusCode::OK
-    );
+    let (weather, _) = h.buy_and_use("/api/weather").await;
     let (mpp, mpp_preimage) = h.buy("/api/weather").await;
     assert_eq!(
         h.send(
@@ -722,15 +714,7 @@ async fn a_balance_is_closed_and_refunded_by_the_operator() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_node_view_says_what_the_sandbox_is() {
     let h = Harness::start().await;
-    let (offer, preimage) = h.buy("/api/weather").await;
-    assert_eq!(
-        h.send(
-            "/api/weather",
-            &offer.l402_authorization(&preimage).unwrap()
-        )
-        .await,
-        StatusCode::OK
-    );
+    let (offer, _) = h.buy_and_use("/api/weather").await;
     let node = h.get("/node").await;
     assert_eq!(node["backend"], "sandbox");
     assert_eq!(node["network"], "regtest");
@@ -885,15 +869,7 @@ async fn the_dashboard_shows_what_the_api_says_and_edits_a_price_in_headless_chr
     // Paid traffic: two weather payments, a pass used three times, and one
     // 402 left unpaid.
     for _ in 0..2 {
-        let (offer, preimage) = h.buy("/api/weather").await;
-        assert_eq!(
-            h.send(
-                "/api/weather",
-                &offer.l402_authorization(&preimage).unwrap()
-            )
-            .await,
-            StatusCode::OK
-        );
+        h.buy_and_use("/api/weather").await;
     }
     let (pass, preimage) = h.buy("/api/pass").await;
     for _ in 0..3 {

@@ -175,6 +175,22 @@ impl Harness {
         .preimage
     }
 
+    /// Asserts that the return invoice `hash` was paid exactly `msat`: a
+    /// real refund of the unspent balance.
+    async fn assert_refunded(&self, hash: &[u8; 32], msat: u64) {
+        let status = self
+            .gateway
+            .paywall()
+            .backend()
+            .invoice_status(hash)
+            .await
+            .unwrap();
+        assert!(
+            matches!(status, InvoiceStatus::Settled { amount_msat, .. } if amount_msat == msat),
+            "{status:?}"
+        );
+    }
+
     /// An amountless invoice of the gateway's own node (its sandbox), as a
     /// client's return invoice.
     async fn return_invoice(&self) -> (String, [u8; 32]) {
@@ -353,23 +369,7 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
     }
     // The refund was a real payment to the return invoice, of exactly the
     // unspent balance.
-    let status = h
-        .gateway
-        .paywall()
-        .backend()
-        .invoice_status(&refund_hash)
-        .await
-        .unwrap();
-    assert!(
-        matches!(
-            status,
-            InvoiceStatus::Settled {
-                amount_msat: 6_000,
-                ..
-            }
-        ),
-        "{status:?}"
-    );
+    h.assert_refunded(&refund_hash, 6_000).await;
     assert_eq!(
         problem(h.send("/chat", &challenge, bearer).await).await,
         lightning("session-closed")
@@ -460,23 +460,7 @@ async fn an_idle_session_is_closed_and_refunded() {
     );
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     h.gateway.paywall().close_idle_sessions().await;
-    let status = h
-        .gateway
-        .paywall()
-        .backend()
-        .invoice_status(&refund_hash)
-        .await
-        .unwrap();
-    assert!(
-        matches!(
-            status,
-            InvoiceStatus::Settled {
-                amount_msat: 8_000,
-                ..
-            }
-        ),
-        "{status:?}"
-    );
+    h.assert_refunded(&refund_hash, 8_000).await;
     let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
     assert_eq!(
         problem(h.send("/chat", &challenge, bearer).await).await,
@@ -844,23 +828,7 @@ async fn the_operator_closes_a_session_and_its_balance_is_refunded_once() {
     assert_eq!(closed["refund_sats"], 8);
     assert_eq!(closed["refund_status"], "succeeded");
     assert_eq!(close().await.unwrap().status(), StatusCode::CONFLICT);
-    let status = h
-        .gateway
-        .paywall()
-        .backend()
-        .invoice_status(&refund_hash)
-        .await
-        .unwrap();
-    assert!(
-        matches!(
-            status,
-            InvoiceStatus::Settled {
-                amount_msat: 8_000,
-                ..
-            }
-        ),
-        "{status:?}"
-    );
+    h.assert_refunded(&refund_hash, 8_000).await;
     let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
     let refused = h.send("/chat", &challenge, bearer).await;
     assert_eq!(problem(refused).await, lightning("session-closed"));
