@@ -361,10 +361,10 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
         AdminCommand::Open => api.post("/login-links").await?,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
-    print!("{}", summary(&args.command, &answer));
+    out!("{}", summary(&args.command, &answer));
     Ok(())
 }
 

@@ -43,12 +43,12 @@ pub fn run(args: &Args) -> ExitCode {
     match decode(&input, SystemTime::now()) {
         Ok(report) => {
             if args.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&report).unwrap_or_default()
                 );
             } else {
-                print!("{}", crate::report::to_text(&failures_inline(report)));
+                out!("{}", crate::report::to_text(&failures_inline(report)));
             }
             ExitCode::SUCCESS
         }

@@ -50,13 +50,13 @@ async fn expect_402(response: reqwest::Response) -> Result<Offer> {
         bail!("expected 402, got {}", response.status());
     }
     for value in response.headers().get_all(WWW_AUTHENTICATE) {
-        println!(
+        outln!(
             "     WWW-Authenticate: {}",
             short(value.to_str().unwrap_or("?"))
         );
     }
     let offer = Offer::from_headers(response.headers())?;
-    println!(
+    outln!(
         "     one invoice: {} msat, payment hash {}",
         offer.amount_msat().unwrap_or(0),
         hex::encode(offer.invoice.payment_hash())
@@ -66,7 +66,7 @@ async fn expect_402(response: reqwest::Response) -> Result<Offer> {
 
 async fn pay(client: &reqwest::Client, base: &str, offer: &Offer) -> Result<[u8; 32]> {
     let paid = pay_via(client, base, &offer.bolt11).await?;
-    println!("     sandbox paid it: preimage {}", paid.preimage);
+    outln!("     sandbox paid it: preimage {}", paid.preimage);
     let mut preimage = [0u8; 32];
     hex::decode_to_slice(&paid.preimage, &mut preimage).context("preimage")?;
     Ok(preimage)
@@ -83,13 +83,13 @@ async fn expect_200(response: reqwest::Response) -> Result<String> {
     if status != StatusCode::OK {
         bail!("expected 200, got {status}: {body}");
     }
-    println!("     200 OK: {}", body.trim());
+    outln!("     200 OK: {}", body.trim());
     receipt.context("no Payment-Receipt header")
 }
 
 fn show_receipt(receipt: &str) -> Result<()> {
     let json = gate402_mpp::receipt::decode_json(receipt)?;
-    println!("     Payment-Receipt decodes to {json}");
+    outln!("     Payment-Receipt decodes to {json}");
     Ok(())
 }
 
@@ -105,28 +105,28 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
             (format!("http://{}", gateway.addr()), Some((gateway, task)))
         }
     };
-    println!("gate402 demo against {base} (sandbox: TEST MONEY)\n");
+    outln!("gate402 demo against {base} (sandbox: TEST MONEY)\n");
     let client = reqwest::Client::new();
     let url = format!("{base}/api/weather?city=Oslo");
 
-    println!("1. GET {url} without paying");
+    outln!("1. GET {url} without paying");
     let offer = expect_402(get(&client, &url, None).await?).await?;
-    println!("2. pay the invoice with the sandbox payer");
+    outln!("2. pay the invoice with the sandbox payer");
     let preimage = pay(&client, &base, &offer).await?;
     let l402 = offer
         .l402_authorization(&preimage)
         .context("no L402 challenge offered")?;
-    println!("3. retry with Authorization: {}", short(&l402));
+    outln!("3. retry with Authorization: {}", short(&l402));
     let receipt = expect_200(get(&client, &url, Some(&l402)).await?).await?;
     show_receipt(&receipt)?;
 
-    println!("4. GET again without credentials: a new invoice");
+    outln!("4. GET again without credentials: a new invoice");
     let offer = expect_402(get(&client, &url, None).await?).await?;
     let preimage = pay(&client, &base, &offer).await?;
     let payment = offer
         .payment_authorization(&preimage)
         .context("no Payment challenge offered")?;
-    println!("5. retry with Authorization: {}", short(&payment));
+    outln!("5. retry with Authorization: {}", short(&payment));
     let receipt = expect_200(get(&client, &url, Some(&payment)).await?).await?;
     show_receipt(&receipt)?;
 
@@ -134,14 +134,14 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
         (6, "Payment credential", &payment),
         (7, "L402 token", &l402),
     ] {
-        println!("{step}. replay the {name}: a payment buys one request here");
+        outln!("{step}. replay the {name}: a payment buys one request here");
         let replay = get(&client, &url, Some(credential)).await?;
-        println!("     {} (a fresh challenge is attached)", replay.status());
+        outln!("     {} (a fresh challenge is attached)", replay.status());
         if replay.status() != StatusCode::PAYMENT_REQUIRED {
             bail!("a replayed {name} must get 402, got {}", replay.status());
         }
     }
-    println!("\nEach payment bought one request, through either protocol. A service with `sells = \"pass\"` sells L402 tokens that last a period instead.\n");
+    outln!("\nEach payment bought one request, through either protocol. A service with `sells = \"pass\"` sells L402 tokens that last a period instead.\n");
     session(&client, &base).await?;
     if let Some((gateway, task)) = local {
         gateway.shutdown().await?;
@@ -159,9 +159,10 @@ async fn session_offer(client: &reqwest::Client, url: &str) -> Result<SessionOff
     }
     let offer =
         SessionOffer::from_headers(response.headers())?.context("no session challenge offered")?;
-    println!(
+    outln!(
         "     Payment intent=\"session\": {} sat a token, deposit {} sat",
-        offer.unit_sats, offer.deposit_sats
+        offer.unit_sats,
+        offer.deposit_sats
     );
     Ok(offer)
 }
@@ -169,7 +170,7 @@ async fn session_offer(client: &reqwest::Client, url: &str) -> Result<SessionOff
 /// Pays a session offer's deposit invoice; the preimage, hex.
 async fn pay_deposit(client: &reqwest::Client, base: &str, offer: &SessionOffer) -> Result<String> {
     let paid = pay_via(client, base, &offer.bolt11).await?;
-    println!("     sandbox paid {} msat", paid.amount_msat);
+    outln!("     sandbox paid {} msat", paid.amount_msat);
     Ok(paid.preimage)
 }
 
@@ -210,9 +211,9 @@ async fn next_event(
 /// charged a token at a time, topped up mid-stream, closed with a refund.
 async fn session(client: &reqwest::Client, base: &str) -> Result<()> {
     let url = format!("{base}/api/chat/stream?prompt=metered");
-    println!("8. GET {url}: a balance, sold as an MPP session (or an L402 token)");
+    outln!("8. GET {url}: a balance, sold as an MPP session (or an L402 token)");
     let offer = session_offer(client, &url).await?;
-    println!("9. pay the deposit, get a return invoice for the refund (POST /sandbox/invoice)");
+    outln!("9. pay the deposit, get a return invoice for the refund (POST /sandbox/invoice)");
     let preimage = pay_deposit(client, base, &offer).await?;
     let issued: serde_json::Value = client
         .post(format!("{base}/sandbox/invoice"))
@@ -227,7 +228,7 @@ async fn session(client: &reqwest::Client, base: &str) -> Result<()> {
         .unwrap_or_default()
         .to_owned();
     let session_id = offer.request.payment_hash.clone();
-    println!("10. open the session and read the stream, charged a token at a time");
+    outln!("10. open the session and read the stream, charged a token at a time");
     let open = session_credential(
         &offer.challenge,
         serde_json::json!({"action": "open", "preimage": preimage, "returnInvoice": return_invoice}),
@@ -240,8 +241,8 @@ async fn session(client: &reqwest::Client, base: &str) -> Result<()> {
     while let Some((name, data)) = next_event(&mut stream, &mut buffer).await? {
         match name.as_str() {
             "payment-need-topup" => {
-                println!("     event {name}: {data}");
-                println!("     top up while the stream waits: a fresh 402, paid, sent as topUp");
+                outln!("     event {name}: {data}");
+                outln!("     top up while the stream waits: a fresh 402, paid, sent as topUp");
                 let fresh = session_offer(client, &url).await?;
                 let top_up = pay_deposit(client, base, &fresh).await?;
                 let credential = session_credential(
@@ -249,26 +250,26 @@ async fn session(client: &reqwest::Client, base: &str) -> Result<()> {
                     serde_json::json!({"action": "topUp", "sessionId": session_id, "topUpPreimage": top_up}),
                 );
                 let answer = get(client, &url, Some(&credential)).await?;
-                println!("     topUp: {} {}", answer.status(), answer.text().await?);
+                outln!("     topUp: {} {}", answer.status(), answer.text().await?);
             }
-            "message" => println!("     {data}"),
-            _ => println!("     event {name}: {data}"),
+            "message" => outln!("     {data}"),
+            _ => outln!("     event {name}: {data}"),
         }
     }
-    println!("11. close the session: the unspent balance is refunded");
+    outln!("11. close the session: the unspent balance is refunded");
     let close = session_credential(
         &offer.challenge,
         serde_json::json!({"action": "close", "sessionId": session_id, "preimage": preimage}),
     );
     let closed = get(client, &url, Some(&close)).await?;
-    println!("     {} {}", closed.status(), closed.text().await?);
+    outln!("     {} {}", closed.status(), closed.text().await?);
     let refund: serde_json::Value = client
         .get(format!("{base}/sandbox/invoice/{return_hash}"))
         .send()
         .await?
         .json()
         .await?;
-    println!("     the return invoice: {refund}");
-    println!("\nOne deposit paid for many tokens; what was not spent came back.");
+    outln!("     the return invoice: {refund}");
+    outln!("\nOne deposit paid for many tokens; what was not spent came back.");
     Ok(())
 }

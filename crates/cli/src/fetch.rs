@@ -213,7 +213,7 @@ pub fn print_offer(offer: &gate402_client::Offer) -> Result<()> {
         "payment_hash": hex::encode(offer.invoice.payment_hash()),
         "invoice": offer.bolt11,
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    outln!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
 
@@ -294,7 +294,7 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             "body": String::from_utf8_lossy(&body),
             "payment": payment,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let mut out: Box<dyn std::io::Write> = match &args.output {
@@ -303,14 +303,23 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
         }
         None => Box::new(std::io::stdout()),
     };
-    if args.include {
-        writeln!(out, "{version:?} {status}")?;
-        for (name, value) in &headers {
-            writeln!(out, "{name}: {}", value.to_str().unwrap_or(""))?;
+    let written = (|| {
+        if args.include {
+            writeln!(out, "{version:?} {status}")?;
+            for (name, value) in &headers {
+                writeln!(out, "{name}: {}", value.to_str().unwrap_or(""))?;
+            }
+            writeln!(out)?;
         }
-        writeln!(out)?;
+        out.write_all(&body)?;
+        out.flush()
+    })();
+    match written {
+        // A reader that stopped reading (`| head`) was given what it asked
+        // for; the payment is in the ledger already (see `output`).
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && args.output.is_none() => {}
+        other => other?,
     }
-    out.write_all(&body)?;
     if status == reqwest::StatusCode::PAYMENT_REQUIRED {
         bail!("still 402 after paying: {}", String::from_utf8_lossy(&body));
     }
@@ -342,7 +351,7 @@ pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
     match command {
         TokensCommand::List => {
             for token in ledger.tokens()? {
-                println!(
+                outln!(
                     "{}  {} {}{}  expires {}",
                     &token.payment_hash[..16],
                     if token.method.is_empty() {
@@ -362,15 +371,15 @@ pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
                 .into_iter()
                 .find(|t| t.payment_hash.starts_with(hash.as_str()))
                 .with_context(|| format!("no token {hash}"))?;
-            println!("{}", serde_json::to_string_pretty(&token)?);
+            outln!("{}", serde_json::to_string_pretty(&token)?);
         }
         TokensCommand::Remove { hash } => {
             if hash.is_empty() {
                 bail!("give a payment hash (or use `tokens clear`)");
             }
-            println!("removed {}", ledger.remove_tokens(hash)?);
+            outln!("removed {}", ledger.remove_tokens(hash)?);
         }
-        TokensCommand::Clear => println!("removed {}", ledger.remove_tokens("")?),
+        TokensCommand::Clear => outln!("removed {}", ledger.remove_tokens("")?),
     }
     Ok(())
 }
@@ -427,7 +436,7 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
     }
     if args.json {
         let totals: Vec<_> = totals.iter().map(|(domain, (amount, fee, count, refunded))| json!({"domain": domain, "payments": count, "amount_msat": amount, "fee_msat": fee, "refunded_msat": refunded})).collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({"payments": payments, "refunds": refunds, "totals": totals})
@@ -436,7 +445,7 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
         return Ok(());
     }
     for p in &payments {
-        println!(
+        outln!(
             "{}  {:>8} msat  +{} fee  {:7}  {:7}  {}  {}",
             p.created_at,
             p.amount_msat,
@@ -448,7 +457,7 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
         );
     }
     for r in &refunds {
-        println!(
+        outln!(
             "{}  {:>8} msat  refund   {:7}  {}  {}  ({})",
             r.created_at,
             r.refund_msat,
@@ -459,7 +468,7 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
         );
     }
     for (domain, (amount, fee, count, refunded)) in &totals {
-        println!(
+        outln!(
             "total {domain}: {count} payments, {} sat + {} msat fees, {} sat refunded",
             amount / 1000,
             fee,

@@ -4,6 +4,9 @@
 //! crates, and turns errors into messages and exit codes. `anyhow` lives
 //! here and nowhere below.
 
+#[macro_use]
+mod output;
+
 mod admin;
 mod client_config;
 mod decode;

@@ -60,7 +60,7 @@ async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
         ToolCall::Result(result, payment) => (result, payment),
     };
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({"result": result, "payment": payment}))?
         );
@@ -70,8 +70,8 @@ async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
         }
         for block in &result.content {
             match block.as_text() {
-                Some(text) => println!("{}", text.text),
-                None => println!("{}", serde_json::to_string(block)?),
+                Some(text) => outln!("{}", text.text),
+                None => outln!("{}", serde_json::to_string(block)?),
             }
         }
     }

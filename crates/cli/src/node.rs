@@ -76,7 +76,7 @@ pub async fn run(config: &Path, data_dir: &Path, command: &NodeCommand) -> Resul
             "network": info.network,
             "node_id": hex::encode(info.pubkey),
         });
-        println!("{}", serde_json::to_string_pretty(&output)?);
+        outln!("{}", serde_json::to_string_pretty(&output)?);
         return Ok(());
     }
     let LightningConfig::Ldk(ldk) = &lightning else {
@@ -129,6 +129,6 @@ pub async fn run(config: &Path, data_dir: &Path, command: &NodeCommand) -> Resul
         }
     };
     node.stop().await;
-    println!("{}", serde_json::to_string_pretty(&output)?);
+    outln!("{}", serde_json::to_string_pretty(&output)?);
     Ok(())
 }

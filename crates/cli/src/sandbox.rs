@@ -29,7 +29,7 @@ pub async fn run(command: &SandboxCommand) -> Result<()> {
             // the gateway at `url` would accept.
             gate402_bolt11::Invoice::parse(invoice)?;
             let paid = pay_via(&reqwest::Client::new(), url, invoice.trim()).await?;
-            println!("{}", serde_json::to_string_pretty(&paid)?);
+            outln!("{}", serde_json::to_string_pretty(&paid)?);
             Ok(())
         }
     }

@@ -75,7 +75,7 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
             for warning in &config.warnings {
                 eprintln!("{}: warning: {warning}", path.display());
             }
-            println!(
+            outln!(
                 "{}: ok ({} services, {} MCP tools{}, lightning backend {}, listen {})",
                 path.display(),
                 config.services.len(),
@@ -90,7 +90,7 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
             );
             for service in &config.services {
                 let priced = &service.priced;
-                println!("  {}: {}", priced.name, priced.sale());
+                outln!("  {}: {}", priced.name, priced.sale());
             }
             std::process::ExitCode::SUCCESS
         }
@@ -150,7 +150,9 @@ pub async fn serve(
     let gateway = Gateway::start(config, data_dir).await?;
     let url = format!("http://{}", gateway.addr());
     if let Some(banner) = banner {
-        println!("{}", banner(&url));
+        // A gateway keeps serving when no one reads its banner.
+        let _ =
+            std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", banner(&url)));
     }
     let shutdown = gateway.shutdown_handle();
     let services = gateway.services_handle();

@@ -72,7 +72,7 @@ fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
     let now = now();
     if json_out {
         let sessions: Vec<Value> = sessions.iter().map(|s| described(s, now)).collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "sessions": sessions }))?
         );
@@ -87,7 +87,7 @@ fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
             (None, true) => "idle past its timeout".into(),
             (None, false) => "open".into(),
         };
-        println!(
+        outln!(
             "{}  {} {}{}  balance {} of {} sat deposited ({} sat a unit)  idle timeout {}  last used {}  {state}",
             &s.id[..16.min(s.id.len())],
             s.method,
@@ -162,7 +162,7 @@ async fn close(
     } else {
         answers.pop().unwrap_or_default()
     };
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    outln!("{}", serde_json::to_string_pretty(&out)?);
     if failed > 0 {
         bail!("{failed} sessions could not be closed and are kept open");
     }

@@ -526,3 +526,56 @@ fn every_vector_challenge_and_list_decodes() {
     }
     assert_eq!(seen, 17, "every challenge and list case was run");
 }
+
+/// Runs `gate402 ARGS` with its standard output a pipe whose reader has
+/// already gone (`… | head` after `head` left): every write to it fails.
+fn with_reader_gone(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .args(args)
+        .env_remove("GATE402_CLIENT_CONFIG")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_reader_that_stopped_reading_ends_a_command_quietly() {
+    let x = exchange();
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path().to_str().unwrap();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[[services]]\nname = \"api\"\npath = \"/api\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 5\n",
+    )
+    .unwrap();
+    let config = config.path().to_str().unwrap();
+    let commands: [&[&str]; 5] = [
+        &["decode", &x.macaroon],
+        &["decode", "--json", &x.invoice],
+        &["--data-dir", data, "serve", "--check", "--config", config],
+        &["--data-dir", data, "receipts", "--json"],
+        &["--data-dir", data, "sessions", "list", "--json"],
+    ];
+    for args in commands {
+        // What it prints when someone reads it...
+        let read = Command::new(env!("CARGO_BIN_EXE_gate402"))
+            .args(args)
+            .env_remove("GATE402_CLIENT_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            read.status.success() && !read.stdout.is_empty(),
+            "{args:?} prints nothing to read: {}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        // ...and when no one does: status 0, no panic, no message.
+        let gone = with_reader_gone(args);
+        let stderr = String::from_utf8_lossy(&gone.stderr);
+        assert_eq!(gone.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
