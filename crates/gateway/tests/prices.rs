@@ -107,6 +107,25 @@ impl Harness {
         price
     }
 
+    /// The detail of the 400 that `/l402/quote` answers for a GET of
+    /// `target` (a path and query).
+    async fn quote_refusal(&self, target: &str) -> String {
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("path", path)
+            .append_pair("query", query)
+            .finish();
+        let response = self
+            .client
+            .get(self.url(&format!("/l402/quote?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "quote {target}");
+        let problem: Value = response.json().await.unwrap();
+        problem["detail"].as_str().unwrap().to_owned()
+    }
+
     /// POSTs `body` unpaid and pays its 402: the offer and preimage.
     async fn buy(&self, path: &str, body: &str) -> (Offer, [u8; 32]) {
         let (_, offer) = priced(self.post(path, body, None).await).await;
@@ -819,6 +838,7 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
         let problem: Value = response.json().await.unwrap();
         let detail = problem["detail"].as_str().unwrap();
         assert!(detail.contains(why), "{target}: {detail}");
+        assert_eq!(h.quote_refusal(target).await, detail, "{target}");
     }
     // Priced above what one invoice asks: refused, not a 503 from the node.
     let max = u64::MAX.to_string();
@@ -834,7 +854,7 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
             String::new(),
         ),
     ] {
-        let response = h.send(method, target, &body, None).await;
+        let response = h.send(method.clone(), target, &body, None).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{target}");
         let problem: Value = response.json().await.unwrap();
         let detail = problem["detail"].as_str().unwrap();
@@ -842,6 +862,10 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
             detail.contains("more than the maximum"),
             "{target}: {detail}"
         );
+        // Its quote says so too, where it has no body to wait for.
+        if method == reqwest::Method::GET {
+            assert_eq!(h.quote_refusal(target).await, detail, "{target}");
+        }
     }
 }
 

@@ -749,6 +749,17 @@ fn clamp(price: u64) -> u64 {
     price.clamp(1, MAX_PRICE_SATS)
 }
 
+/// Why a request has no quote: the 400 the request itself would get.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unquotable {
+    /// A query parameter a rule reads cannot be read one way only.
+    #[error(transparent)]
+    Unreadable(#[from] Unreadable),
+    /// Its rules price it above [`MAX_PRICE_SATS`].
+    #[error("{}", too_dear())]
+    TooDear,
+}
+
 /// The 400's words for a request priced above [`MAX_PRICE_SATS`].
 fn too_dear() -> String {
     format!(
@@ -1092,12 +1103,16 @@ impl Paywall {
     }
 
     /// What a request to `service` with this method, path, query and
-    /// headers, and no body, is asked: the quote endpoint's answer. `None`
-    /// when its price depends on a body it would send (a POST, PUT or
-    /// PATCH to a service whose rules or pricer read the body), on a
-    /// query parameter that cannot be read one way only (given twice, a
-    /// count that is not a plain whole number…), or when it would cost
-    /// more than [`MAX_PRICE_SATS`].
+    /// headers, and no body, is asked: the quote endpoint's answer, in
+    /// sat. `None` when its price depends on a body it would send (a POST,
+    /// PUT or PATCH to a service whose rules or pricer read the body).
+    ///
+    /// # Errors
+    ///
+    /// [`Unquotable`] where the request itself would be refused with a
+    /// 400 (and these words): a query parameter a rule reads that cannot be
+    /// read one way only (given twice, a count that is not a plain whole
+    /// number…), or a price above [`MAX_PRICE_SATS`].
     pub async fn quote(
         &self,
         service: &PricedService,
@@ -1105,12 +1120,12 @@ impl Paywall {
         path: &str,
         query: Option<&str>,
         headers: &HeaderMap,
-    ) -> Option<u64> {
+    ) -> Result<Option<u64>, Unquotable> {
         let Some(pricing) = service.pricing.as_ref().filter(|_| is_dynamic(service)) else {
-            return Some(service.price_sats);
+            return Ok(Some(service.price_sats));
         };
         if crate::body::binds_body(method) && pricing.reads_body() {
-            return None;
+            return Ok(None);
         }
         let view = PriceRequest {
             method,
@@ -1120,14 +1135,14 @@ impl Paywall {
             body_len: 0,
             encoding: None,
         };
-        Some(match pricing.rule_price(&view).ok()? {
-            Some(price) if price > MAX_PRICE_SATS => return None,
+        Ok(Some(match pricing.rule_price(&view)? {
+            Some(price) if price > MAX_PRICE_SATS => return Err(Unquotable::TooDear),
             Some(price) => price,
             None => match &pricing.pricer {
                 Some(pricer) => self.ask_pricer(&service.name, pricer, &view, headers).await,
                 None => service.price_sats,
             },
-        })
+        }))
     }
 
     /// The pricer's price for `request`, kept or asked; its fallback when

@@ -499,7 +499,8 @@ async fn l402_quote(
     let mut response = match service {
         Some(service) if state.about().sells(service) => {
             let quoted = discovery::quote(&state.about(), service, path.as_str(), &method);
-            let price = state
+            // What the request itself would be refused for, so is its quote.
+            let price = match state
                 .paywall
                 .quote(
                     service,
@@ -508,7 +509,11 @@ async fn l402_quote(
                     query.query.as_deref(),
                     &headers,
                 )
-                .await;
+                .await
+            {
+                Ok(price) => price,
+                Err(e) => return bad_request(&e.to_string()),
+            };
             Json(discovery::with_price(quoted, service, price)).into_response()
         }
         Some(_) | None => crate::problem::problem_response(
