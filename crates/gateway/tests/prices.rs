@@ -700,6 +700,42 @@ async fn a_raised_fixed_price_refuses_a_single_use_credential_bought_before() {
     }
 }
 
+/// What a single-use credential was answered under its Idempotency-Key
+/// is replayed after a price raise: it paid that response's price. A new
+/// request with it is still refused.
+#[tokio::test]
+async fn a_kept_response_is_replayed_after_a_price_raise() {
+    let h = Harness::start(&premium(5)).await;
+    for door in ["L402", "MPP"] {
+        // (an MPP challenge binds the body it was offered for)
+        let (offer, preimage) = h.buy("/premium", "once").await;
+        let credential = match door {
+            "L402" => offer.l402_authorization(&preimage),
+            _ => offer.payment_authorization(&preimage),
+        }
+        .unwrap();
+        let send = |key: &'static str| {
+            h.client
+                .post(h.url("/premium"))
+                .header(AUTHORIZATION, &credential)
+                .header("idempotency-key", key)
+                .body("once")
+                .send()
+        };
+        let first = send("k1").await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK, "{door}");
+        assert_eq!(first.text().await.unwrap(), "served: once", "{door}");
+        h.reload(&premium(50));
+        let replayed = send("k1").await.unwrap();
+        assert_eq!(replayed.status(), StatusCode::OK, "{door}");
+        assert_eq!(replayed.headers()["idempotent-replayed"], "true", "{door}");
+        assert_eq!(replayed.text().await.unwrap(), "served: once", "{door}");
+        let (kind, _, _) = refusal(send("k2").await.unwrap()).await;
+        assert_eq!(kind, "payment-insufficient", "{door}");
+        h.reload(&premium(5));
+    }
+}
+
 const DYN: &str = r#"
 [[services]]
 name = "dyn"

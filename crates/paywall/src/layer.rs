@@ -568,6 +568,11 @@ impl Paywall {
         let service = match self.paid_for(&service, scheme, &value, &verified).await {
             Ok(service) => service,
             Err(Ok(refusal)) => {
+                // What it was answered when it paid the price then is its
+                // own: a replay under its Idempotency-Key is not priced again.
+                if let Ok(Kept::Replay(replayed)) = self.keep(&mut request, &verified).await {
+                    return Ok(own(replayed));
+                }
                 self.inner.metrics.rejected(refusal.problem.code());
                 return Ok(own(self
                     .challenge(&service, &mut request, client, refusal)
