@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
+use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use gate402_paywall::route::RequestPath;
 use gate402_paywall::{ClientAddr, Routed, TrustedProxies};
@@ -63,6 +64,11 @@ const FORWARDING: [HeaderName; 13] = [
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over their few names costs less
+    // than a lookup of every one of these.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -81,6 +87,54 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
 struct Upstream {
     config: UpstreamConfig,
     client: HttpsClient,
+    /// Its URL taken apart once, not for every request; `None` when it
+    /// does not parse (every request is then refused).
+    origin: Option<Origin>,
+}
+
+/// An upstream URL's parts that every forwarded request repeats.
+struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+    /// The `Host` it is sent.
+    host: HeaderValue,
+    /// The base path before the forwarded one (empty for none).
+    base: String,
+}
+
+impl Origin {
+    fn parse(url: &str) -> Option<Self> {
+        let uri: Uri = url.parse().ok()?;
+        let parts = uri.into_parts();
+        let (scheme, authority) = (parts.scheme?, parts.authority?);
+        let base = match parts.path_and_query {
+            Some(base) if base.as_str() != "/" => base.as_str().to_owned(),
+            _ => String::new(),
+        };
+        Some(Self {
+            host: HeaderValue::from_str(authority.as_str()).ok()?,
+            scheme,
+            authority,
+            base,
+        })
+    }
+
+    /// The upstream's URI for `path` (normal form) and `query`.
+    fn uri(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+        let mut target =
+            String::with_capacity(self.base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        target.push_str(&self.base);
+        target.push_str(path);
+        if let Some(query) = query {
+            target.push('?');
+            target.push_str(query);
+        }
+        let mut parts = axum::http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(PathAndQuery::try_from(target).ok()?);
+        Uri::from_parts(parts).ok()
+    }
 }
 
 type Upstreams = HashMap<String, Arc<Upstream>>;
@@ -130,6 +184,7 @@ fn upstreams(services: &[ServiceConfig]) -> Result<Upstreams, TlsError> {
         upstreams.insert(
             service.name().to_owned(),
             Arc::new(Upstream {
+                origin: Origin::parse(&config.url),
                 config: config.clone(),
                 client,
             }),
@@ -190,14 +245,13 @@ impl Proxy {
         request: Request<Body>,
     ) -> Response<Body> {
         let pool = &upstream.client;
+        let origin = upstream.origin.as_ref();
         let upstream = &upstream.config;
         let (mut parts, body) = request.into_parts();
         let path = upstream.rewrite.apply(path);
-        let target = match parts.uri.query() {
-            Some(q) => format!("{}{path}?{q}", upstream.url),
-            None => format!("{}{path}", upstream.url),
-        };
-        let Ok(uri) = target.parse::<Uri>() else {
+        let target =
+            origin.and_then(|origin| Some((origin, origin.uri(&path, parts.uri.query())?)));
+        let Some((origin, uri)) = target else {
             return problem_response(
                 StatusCode::BAD_REQUEST,
                 "about:blank",
@@ -209,7 +263,7 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         let client = parts.extensions.get::<ClientAddr>().copied();
         let vouched = client.is_some_and(|c| c.via_trusted_proxy(&self.trusted));
-        if !vouched {
+        if !vouched && parts.headers.keys().any(|name| FORWARDING.contains(name)) {
             for name in &FORWARDING {
                 parts.headers.remove(name);
             }
@@ -226,12 +280,7 @@ impl Proxy {
         if let Some(host) = routed_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
             parts.headers.insert("x-forwarded-host", host);
         }
-        parts.headers.remove(header::HOST);
-        if let Some(authority) = uri.authority() {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
+        parts.headers.insert(header::HOST, origin.host.clone());
         for (name, value) in &upstream.headers {
             parts.headers.insert(name.clone(), value.clone());
         }
