@@ -64,9 +64,7 @@ const FORWARDING: [HeaderName; 13] = [
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over their few names costs less
-    // than a lookup of every one of these.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !gate402_paywall::fields::any_of(headers, &HOP_BY_HOP) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -263,10 +261,8 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         let client = parts.extensions.get::<ClientAddr>().copied();
         let vouched = client.is_some_and(|c| c.via_trusted_proxy(&self.trusted));
-        if !vouched && parts.headers.keys().any(|name| FORWARDING.contains(name)) {
-            for name in &FORWARDING {
-                parts.headers.remove(name);
-            }
+        if !vouched {
+            gate402_paywall::fields::remove_all_of(&mut parts.headers, &FORWARDING);
         }
         if let Some(client) = client {
             if let Ok(ip) = HeaderValue::from_str(&client.peer.to_string()) {

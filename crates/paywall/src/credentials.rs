@@ -113,6 +113,17 @@ fn scheme_of(value: &[u8]) -> Option<CredentialScheme> {
 /// A [`CredentialError`] when the credentials cannot be read; they are
 /// stripped all the same.
 pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialError> {
+    if !crate::fields::any_of(
+        headers,
+        &[
+            AUTHORIZATION,
+            PAYMENT_AUTHORIZATION,
+            X_PAYMENT,
+            PAYMENT_SIGNATURE,
+        ],
+    ) {
+        return Ok(None);
+    }
     let mut found: Vec<(CredentialScheme, HeaderValue, CredentialField)> = Vec::new();
     let mut error = None;
     if headers.contains_key(AUTHORIZATION) {

@@ -68,6 +68,7 @@ pub mod claims;
 pub mod client;
 mod clock;
 pub mod credentials;
+pub mod fields;
 pub mod idempotency;
 pub mod issue;
 pub mod layer;

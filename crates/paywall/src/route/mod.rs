@@ -179,21 +179,19 @@ impl HostPattern {
 /// request line (IIS and Symfony's `X-Original-URL`, method overrides): a
 /// request routed to a free service could name a paid one through them.
 /// No client may send them; they are removed from every request.
-const OVERRIDES: [&str; 7] = [
-    "x-original-url",
-    "x-rewrite-url",
-    "x-override-url",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-    "x-original-method",
+const OVERRIDES: [http::HeaderName; 7] = [
+    http::HeaderName::from_static("x-original-url"),
+    http::HeaderName::from_static("x-rewrite-url"),
+    http::HeaderName::from_static("x-override-url"),
+    http::HeaderName::from_static("x-http-method-override"),
+    http::HeaderName::from_static("x-http-method"),
+    http::HeaderName::from_static("x-method-override"),
+    http::HeaderName::from_static("x-original-method"),
 ];
 
 /// Removes the [`OVERRIDES`] from a request.
 pub fn strip_overrides(headers: &mut http::HeaderMap) {
-    for name in OVERRIDES {
-        headers.remove(name);
-    }
+    crate::fields::remove_all_of(headers, &OVERRIDES);
 }
 
 /// Whether a service that lists `methods` takes a request with `method`:
