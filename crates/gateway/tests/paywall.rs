@@ -967,6 +967,44 @@ async fn expired_and_tampered_tokens() {
     );
 }
 
+/// A pass is checked in full once, then known by its value; what the
+/// clock and the route decide is decided again on every use: once used,
+/// it is still refused on another service, and once expired.
+#[tokio::test]
+async fn a_pass_used_before_is_refused_elsewhere_and_once_expired() {
+    // It lasts its lifetime counted from its invoice's expiry: 2 + 1 s.
+    let h = Harness::start_configured(
+        |up| {
+            let mut brief = service("brief", "/brief", 5, up);
+            brief.priced.sells = gate402_paywall::Sells::Pass;
+            brief.priced.token_lifetime_secs = 1;
+            let mut other = service("other", "/other", 5, up);
+            other.priced.sells = gate402_paywall::Sells::Pass;
+            vec![brief, other]
+        },
+        |config| config.invoice_expiry_secs = 2,
+    )
+    .await;
+    let (offer, preimage) = h.buy("/brief").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    for _ in 0..3 {
+        assert_eq!(h.get("/brief", &l402).await.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        h.get("/other", &l402).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(h.get("/brief", &l402).await.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let response = h.get("/brief", &l402).await;
+    assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        "https://paymentauth.org/problems/payment-expired"
+    );
+}
+
 fn base64_std(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)

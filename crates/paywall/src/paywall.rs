@@ -197,6 +197,7 @@ impl PaywallBuilder {
                     realm: self.realm,
                     network: info.network,
                     invoice_expiry_secs: self.invoice_expiry_secs,
+                    passes: crate::verify::Passes::default(),
                 },
                 network: info.network,
                 payment_ids: self.payment_ids,

@@ -46,6 +46,64 @@ pub(crate) struct Verifier {
     pub(crate) realm: String,
     pub(crate) network: Network,
     pub(crate) invoice_expiry_secs: u32,
+    pub(crate) passes: Passes,
+}
+
+/// L402 tokens that are not single use (passes, balances) verified
+/// already, by their exact `Authorization` value.
+///
+/// A pass is presented on request after request, and its macaroon's
+/// parse, HMAC chain, preimage and caveat checks give the same answer
+/// every time but for the clock: a value verified for a service verifies
+/// for it again until its expiry, which is checked on every use (an
+/// expired one goes through the whole check, for its refusal). The root
+/// keys never change while the gateway runs; revocations and prices are
+/// checked after verification, on every request. Only values that
+/// verified are kept, so nobody fills this without paying; but a holder
+/// can spell one pass many ways (caveats it appends), so it is bounded
+/// (at most [`PASSES_KEPT`] values of at most 8 KiB each) and emptied
+/// when full rather than ordered by use: a value not kept is only checked
+/// in full again.
+#[derive(Default)]
+pub(crate) struct Passes(std::sync::RwLock<std::collections::HashMap<String, Pass>>);
+
+/// How many verified values [`Passes`] keeps.
+const PASSES_KEPT: usize = 1024;
+
+/// A verified value and the service it verified for.
+struct Pass {
+    service: String,
+    grant: Grant,
+}
+
+/// What a verified token grants, less the clock.
+#[derive(Clone, Copy)]
+struct Grant {
+    payment_hash: [u8; 32],
+    valid_until: Option<u64>,
+    balance: Option<u64>,
+}
+
+impl Passes {
+    /// What `value` grants if it verified for `service` before and has not
+    /// expired since.
+    fn get(&self, value: &str, service: &str) -> Option<Grant> {
+        let passes = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let pass = passes.get(value)?;
+        let fresh = pass
+            .grant
+            .valid_until
+            .is_none_or(|until| unix_now() < until);
+        (pass.service == service && fresh).then_some(pass.grant)
+    }
+
+    fn keep(&self, value: &str, pass: Pass) {
+        let mut passes = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if passes.len() >= PASSES_KEPT {
+            passes.clear();
+        }
+        passes.insert(value.to_owned(), pass);
+    }
 }
 
 impl Verifier {
@@ -59,6 +117,16 @@ impl Verifier {
                 ProblemType::MethodUnsupported,
                 "this service does not accept L402; use the Payment scheme",
             ));
+        }
+        if let Some(grant) = self.passes.get(value, &service.name) {
+            return Ok(Verified {
+                payment_hash: grant.payment_hash,
+                challenge_id: None,
+                expires_at: self.remembered_until(service, grant.valid_until.unwrap_or(0)),
+                single_use: false,
+                balance: grant.balance,
+                proven: true,
+            });
         }
         let credential = L402Credential::from_authorization(value)
             .map_err(|e| unauthorized(ProblemType::MalformedCredential, e.to_string()))?;
@@ -79,11 +147,25 @@ impl Verifier {
                 // a token sold as a pass stays one, a single-use token
                 // stays single use, whatever the service sells now.
                 let terms = caveat::terms(credential.token().first_party_caveats(), &service.name);
+                let single_use = terms.uses.is_some() && terms.balance.is_none();
+                if !single_use {
+                    self.passes.keep(
+                        value,
+                        Pass {
+                            service: service.name.clone(),
+                            grant: Grant {
+                                payment_hash: id.payment_hash,
+                                valid_until: terms.valid_until,
+                                balance: terms.balance,
+                            },
+                        },
+                    );
+                }
                 Ok(Verified {
                     payment_hash: id.payment_hash,
                     challenge_id: None,
                     expires_at: self.remembered_until(service, terms.valid_until.unwrap_or(0)),
-                    single_use: terms.uses.is_some() && terms.balance.is_none(),
+                    single_use,
                     balance: terms.balance,
                     proven: true,
                 })
@@ -182,5 +264,45 @@ impl Verifier {
     /// same invoice still verifies.
     pub(crate) fn remembered_until(&self, service: &PricedService, own: u64) -> u64 {
         own.max(unix_now() + u64::from(self.invoice_expiry_secs) + service.token_lifetime_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(service: &str, valid_until: Option<u64>) -> Pass {
+        Pass {
+            service: service.into(),
+            grant: Grant {
+                payment_hash: [7; 32],
+                valid_until,
+                balance: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_kept_pass_answers_for_its_service_until_it_expires() {
+        let passes = Passes::default();
+        let now = unix_now();
+        passes.keep("L402 a:b", pass("weather", Some(now + 60)));
+        passes.keep("L402 c:d", pass("weather", Some(now)));
+        passes.keep("L402 e:f", pass("weather", None));
+        assert!(passes.get("L402 a:b", "weather").is_some());
+        assert!(passes.get("L402 a:b", "maps").is_none());
+        assert!(passes.get("L402 a:b ", "weather").is_none());
+        assert!(passes.get("L402 c:d", "weather").is_none(), "expired");
+        assert!(passes.get("L402 e:f", "weather").is_some());
+    }
+
+    #[test]
+    fn passes_are_bounded() {
+        let passes = Passes::default();
+        for i in 0..PASSES_KEPT * 2 + 1 {
+            passes.keep(&format!("L402 {i}"), pass("weather", None));
+        }
+        let kept = passes.0.read().unwrap().len();
+        assert!((1..=PASSES_KEPT).contains(&kept), "{kept}");
     }
 }
