@@ -1608,7 +1608,20 @@ async fn clients_behind_a_trusted_proxy_are_told_apart_and_others_cannot_pose() 
 
 #[tokio::test]
 async fn a_paid_answer_is_never_left_to_shared_caches() {
-    let h = Harness::start(|up| vec![service("cached", "/cached", 2, up)]).await;
+    let h = Harness::start(|up| {
+        vec![
+            service("cached", "/cached", 2, up),
+            service("echo", "/echo", 2, up),
+        ]
+    })
+    .await;
+    // An upstream that says nothing of caching: private all the same.
+    let (offer, preimage) = h.buy("/echo").await;
+    let response = h
+        .get("/echo", &offer.l402_authorization(&preimage).unwrap())
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "private");
     let (offer, preimage) = h.buy("/cached").await;
     let response = h
         .get("/cached", &offer.l402_authorization(&preimage).unwrap())

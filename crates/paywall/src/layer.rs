@@ -305,6 +305,18 @@ fn with_path(uri: &Uri, path: &RequestPath) -> Option<Uri> {
 /// must never be stored by a shared cache and handed to someone who did
 /// not pay (`public` and `s-maxage` are dropped).
 fn make_private(headers: &mut HeaderMap) {
+    if !headers.contains_key(CACHE_CONTROL) {
+        // The usual case: nothing to merge with.
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+    } else {
+        merge_private(headers);
+    }
+    drop_targeted_cache_fields(headers);
+}
+
+/// Merges `private` into the `Cache-Control` directives, less `public`
+/// and `s-maxage`.
+fn merge_private(headers: &mut HeaderMap) {
     let directives: Vec<String> = headers
         .get_all(CACHE_CONTROL)
         .iter()
@@ -332,6 +344,9 @@ fn make_private(headers: &mut HeaderMap) {
     if let Ok(value) = HeaderValue::from_str(&merged.join(", ")) {
         headers.insert(CACHE_CONTROL, value);
     }
+}
+
+fn drop_targeted_cache_fields(headers: &mut HeaderMap) {
     // Fields that tell one kind of cache to ignore Cache-Control: CDNs'
     // targeted fields (RFC 9213: CDN-Cache-Control and vendors'
     // *-CDN-Cache-Control), Fastly's Surrogate-Control, Akamai's
