@@ -1,6 +1,7 @@
 //! `gate402 serve`: the gateway, from a config file or, without one, the
 //! sandbox in front of the built-in demo API.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -151,8 +152,7 @@ pub async fn serve(
     let url = format!("http://{}", gateway.addr());
     if let Some(banner) = banner {
         // A gateway keeps serving when no one reads its banner.
-        let _ =
-            std::io::Write::write_fmt(&mut std::io::stdout(), format_args!("{}\n", banner(&url)));
+        let _ = writeln!(std::io::stdout(), "{}", banner(&url));
     }
     let shutdown = gateway.shutdown_handle();
     let services = gateway.services_handle();

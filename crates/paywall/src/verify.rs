@@ -119,14 +119,7 @@ impl Verifier {
             ));
         }
         if let Some(grant) = self.passes.get(value, &service.name) {
-            return Ok(Verified {
-                payment_hash: grant.payment_hash,
-                challenge_id: None,
-                expires_at: self.remembered_until(service, grant.valid_until.unwrap_or(0)),
-                single_use: false,
-                balance: grant.balance,
-                proven: true,
-            });
+            return Ok(self.granted(service, grant, false));
         }
         let credential = L402Credential::from_authorization(value)
             .map_err(|e| unauthorized(ProblemType::MalformedCredential, e.to_string()))?;
@@ -148,27 +141,16 @@ impl Verifier {
                 // stays single use, whatever the service sells now.
                 let terms = caveat::terms(credential.token().first_party_caveats(), &service.name);
                 let single_use = terms.uses.is_some() && terms.balance.is_none();
-                if !single_use {
-                    self.passes.keep(
-                        value,
-                        Pass {
-                            service: service.name.clone(),
-                            grant: Grant {
-                                payment_hash: id.payment_hash,
-                                valid_until: terms.valid_until,
-                                balance: terms.balance,
-                            },
-                        },
-                    );
-                }
-                Ok(Verified {
+                let grant = Grant {
                     payment_hash: id.payment_hash,
-                    challenge_id: None,
-                    expires_at: self.remembered_until(service, terms.valid_until.unwrap_or(0)),
-                    single_use,
+                    valid_until: terms.valid_until,
                     balance: terms.balance,
-                    proven: true,
-                })
+                };
+                if !single_use {
+                    let service = service.name.clone();
+                    self.passes.keep(value, Pass { service, grant });
+                }
+                Ok(self.granted(service, grant, single_use))
             }
             Err(e) if e.is_expired() => Err(Refusal::new(
                 StatusCode::PAYMENT_REQUIRED,
@@ -253,6 +235,18 @@ impl Verifier {
             balance: None,
             proven: true,
         })
+    }
+
+    /// What a verified L402 token grants for `service`, as [`Verified`].
+    fn granted(&self, service: &PricedService, grant: Grant, single_use: bool) -> Verified {
+        Verified {
+            payment_hash: grant.payment_hash,
+            challenge_id: None,
+            expires_at: self.remembered_until(service, grant.valid_until.unwrap_or(0)),
+            single_use,
+            balance: grant.balance,
+            proven: true,
+        }
     }
 
     /// Until when a payment's single use must be remembered, whichever door
