@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gate402_l402::caveat::Caveat;
 use gate402_l402::L402Credential;
-use gate402_mpp::lightning::ChargeRequest;
 use gate402_mpp::problem::ProblemType;
 use gate402_mpp::PaymentCredential;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
@@ -969,11 +968,15 @@ fn l402_amount(service: &str, value: &str) -> Option<u64> {
 
 /// The amount (sat) an MPP charge credential's echoed challenge asks for.
 fn mpp_amount(credential: &PaymentCredential) -> Option<u64> {
-    let value =
-        gate402_mpp::base64url::decode_json_object(credential.challenge.request.raw()).ok()?;
-    serde_json::from_value::<ChargeRequest>(value)
-        .ok()?
-        .amount_sats()
+    // Only the amount, read straight from the bytes: the request is bound
+    // to its challenge id, so it is what this gateway wrote, and
+    // verification reads the whole of it.
+    #[derive(serde::Deserialize)]
+    struct Amount {
+        amount: String,
+    }
+    let bytes = gate402_mpp::base64url::decode(credential.challenge.request.raw()).ok()?;
+    gate402_mpp::lightning::amount_sats(&serde_json::from_slice::<Amount>(&bytes).ok()?.amount)
 }
 
 /// The refusal of a credential that paid less than this request costs.
@@ -1017,6 +1020,7 @@ pub(crate) fn as_charged<'s>(
         Some(paid) if paid < service.price_sats && is_dynamic(service) => {
             Err(too_little(paid, service))
         }
+        Some(paid) if paid == service.price_sats => Ok(Cow::Borrowed(service)),
         Some(paid) => {
             let mut charged = service.clone();
             charged.price_sats = paid;

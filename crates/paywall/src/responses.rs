@@ -3,7 +3,7 @@
 //! addresses) reaches a client body; that goes to the log.
 
 use bytes::Bytes;
-use gate402_l402::Scheme;
+use gate402_l402::L402Challenge;
 use gate402_mpp::problem::ProblemType;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
@@ -206,7 +206,7 @@ pub fn payment_required(
     let l402_lines: Vec<String> = issued
         .l402
         .iter()
-        .flat_map(|c| [c.to_header(Scheme::L402), c.to_header(Scheme::Lsat)])
+        .flat_map(L402Challenge::to_headers)
         .collect();
     let payment_line = issued
         .payment

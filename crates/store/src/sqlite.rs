@@ -241,8 +241,14 @@ impl SqliteStore {
             .map_err(db)?;
         conn.pragma_update(None, "wal_autocheckpoint", 4_096)
             .map_err(db)?;
+        // Each call runs in a savepoint, whose journal of the pages it
+        // changed would otherwise spill to a temporary file per batch.
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(db)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
+        // Every statement a request runs stays prepared.
+        conn.set_prepared_statement_cache_capacity(64);
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Exclusive)
             .map_err(db)?;
@@ -264,14 +270,39 @@ impl SqliteStore {
     }
 
     /// Runs `f` on the store's thread, in the next batch, and waits for
-    /// the batch to commit.
+    /// the batch to commit. `f` runs in a savepoint of its own, so that if
+    /// it fails after some of its writes, they are undone and the rest of
+    /// the batch is kept.
     async fn with<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.call(f, true).await
+    }
+
+    /// [`Self::with`] for an `f` that writes with one statement at most:
+    /// SQLite makes a statement all or nothing by itself, so `f` needs no
+    /// savepoint, which would copy every page it changes (the hot calls,
+    /// a claim per single-use request, are of this kind).
+    async fn with_one<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.call(f, false).await
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        savepoint: bool,
+    ) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Box::new(Call { f, reply }))
+            .send(Box::new(Call {
+                f,
+                reply,
+                savepoint,
+            }))
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -286,6 +317,9 @@ const MAX_BATCH: usize = 256;
 
 /// One call waiting for the store's thread.
 trait Job: Send {
+    /// Whether it must run in a savepoint of its own (it may write with
+    /// more than one statement).
+    fn savepoint(&self) -> bool;
     /// Runs it inside the batch's transaction.
     fn run(self: Box<Self>, conn: &Connection) -> Box<dyn Outcome>;
     /// Answers it without running it (the batch could not start).
@@ -303,6 +337,7 @@ trait Outcome: Send {
 struct Call<F, T> {
     f: F,
     reply: oneshot::Sender<Result<T, StoreError>>,
+    savepoint: bool,
 }
 
 struct Done<T> {
@@ -315,6 +350,10 @@ where
     F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     T: Send + 'static,
 {
+    fn savepoint(&self) -> bool {
+        self.savepoint
+    }
+
     fn run(self: Box<Self>, conn: &Connection) -> Box<dyn Outcome> {
         Box::new(Done {
             result: (self.f)(conn),
@@ -339,8 +378,9 @@ impl<T: Send + 'static> Outcome for Done<T> {
 }
 
 /// The store's thread: takes every call waiting, runs them in one
-/// transaction (each in a savepoint, so one failing call leaves the others
-/// whole), commits once, then answers them all. Under load many requests
+/// transaction (each that may write more than once in a savepoint, each
+/// other one a single statement, all or nothing by itself: one failing call
+/// leaves the others whole), commits once, then answers them all. Under load many requests
 /// share one commit; a lone request waits for nothing. Calls are answered
 /// only after their commit, so nothing is acknowledged that a crash could
 /// lose. The thread ends when the last handle on the store is dropped.
@@ -372,6 +412,10 @@ fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>) {
                 .map(drop)
         };
         for job in batch {
+            if !job.savepoint() {
+                outcomes.push(job.run(&tx));
+                continue;
+            }
             let outcome = match run("SAVEPOINT call") {
                 Ok(()) => {
                     let outcome = job.run(&tx);
@@ -427,7 +471,7 @@ impl Store for SqliteStore {
 
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError> {
         let i = invoice.clone();
-        self.with(move |c| {
+        self.with_one(move |c| {
             c.prepare_cached(
                 "INSERT OR IGNORE INTO invoices (payment_hash, bolt11, amount_msat, service, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
@@ -441,9 +485,11 @@ impl Store for SqliteStore {
 
     async fn invoice(&self, payment_hash: &[u8; 32]) -> Result<Option<InvoiceRecord>, StoreError> {
         let hash = *payment_hash;
-        self.with(move |c| {
-            c.query_row(
+        self.with_one(move |c| {
+            c.prepare_cached(
                 "SELECT bolt11, amount_msat, service, created_at, expires_at FROM invoices WHERE payment_hash = ?1",
+            )?
+            .query_row(
                 [&hash[..]],
                 |r| {
                     Ok(InvoiceRecord {
@@ -470,7 +516,7 @@ impl Store for SqliteStore {
         now: u64,
     ) -> Result<Reservation, StoreError> {
         let (key, holder) = (key.to_owned(), holder.clone());
-        self.with(move |tx| {
+        self.with_one(move |tx| {
             // The batch's transaction holds the write lock: the row read is
             // still the row when written.
             let row: Option<(bool, i64)> = tx
@@ -484,20 +530,20 @@ impl Store for SqliteStore {
                 Some((true, _)) => Reservation::Consumed,
                 Some((false, lease)) if lease as u64 > now => Reservation::InFlight,
                 Some((false, _)) => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE challenges
                          SET lease_until = ?2, holder = ?3, holder_token = ?4, legacy = 0
                          WHERE id = ?1",
-                        params![key, lease_until as i64, holder.replica, holder.token],
-                    )?;
+                    )?
+                    .execute(params![key, lease_until as i64, holder.replica, holder.token])?;
                     Reservation::Acquired
                 }
                 None => {
-                    tx.execute(
+                    tx.prepare_cached(
                         "INSERT INTO challenges (id, lease_until, expires_at, holder, holder_token, legacy)
                          VALUES (?1, ?2, ?3, ?4, ?5, 0)",
-                        params![key, lease_until as i64, expires_at as i64, holder.replica, holder.token],
-                    )?;
+                    )?
+                    .execute(params![key, lease_until as i64, expires_at as i64, holder.replica, holder.token])?;
                     Reservation::Acquired
                 }
             };
@@ -513,7 +559,7 @@ impl Store for SqliteStore {
         lease_until: u64,
     ) -> Result<bool, StoreError> {
         let (key, holder) = (key.to_owned(), holder.clone());
-        self.with(move |c| {
+        self.with_one(move |c| {
             c.prepare_cached(
                 "UPDATE challenges SET lease_until = ?4
                  WHERE id = ?1 AND holder = ?2 AND holder_token = ?3",
@@ -536,7 +582,7 @@ impl Store for SqliteStore {
         now: u64,
     ) -> Result<bool, StoreError> {
         let (key, holder) = (key.to_owned(), holder.clone());
-        self.with(move |c| {
+        self.with_one(move |c| {
             c.prepare_cached(
                 "UPDATE challenges SET consumed = 1, consumed_at = coalesce(consumed_at, ?4)
                  WHERE id = ?1 AND holder = ?2 AND holder_token = ?3",
@@ -572,7 +618,7 @@ impl Store for SqliteStore {
 
     async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError> {
         let (key, holder) = (key.to_owned(), holder.clone());
-        self.with(move |c| {
+        self.with_one(move |c| {
             c.prepare_cached(
                 "DELETE FROM challenges
                  WHERE id = ?1 AND holder = ?2 AND holder_token = ?3 AND consumed = 0",
@@ -585,7 +631,7 @@ impl Store for SqliteStore {
 
     async fn release_claims_of(&self, replica: &str) -> Result<u64, StoreError> {
         let replica = replica.to_owned();
-        self.with(move |c| {
+        self.with_one(move |c| {
             c.prepare_cached("DELETE FROM challenges WHERE holder = ?1 AND consumed = 0")?
                 .execute([replica])
                 .map(|n| n as u64)
@@ -607,9 +653,9 @@ impl Store for SqliteStore {
 
     async fn legacy_consumed(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.with(move |c| {
-            c.query_row(
-                "SELECT 1 FROM challenges WHERE id = ?1 AND legacy = 1 AND consumed = 1",
+        self.with_one(move |c| {
+            c.prepare_cached("SELECT 1 FROM challenges WHERE id = ?1 AND legacy = 1 AND consumed = 1")?
+            .query_row(
                 [id],
                 |_| Ok(()),
             )
@@ -622,30 +668,36 @@ impl Store for SqliteStore {
     async fn record_payments(&self, payments: &[PaymentRecord]) -> Result<Vec<bool>, StoreError> {
         let payments = payments.to_vec();
         self.with(move |c| {
-            // `served` comes back as this record's own count only when the
-            // row was just made.
-            let mut upsert = c.prepare_cached(
+            // A plain insert for a new payment, the usual case: an upsert
+            // with RETURNING needs a statement journal, which costs more
+            // than the row.
+            let mut insert = c.prepare_cached(
                 "INSERT INTO payments (payment_hash, service, scheme, amount_msat, first_served_at, last_served_at, served)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)
-                 ON CONFLICT (payment_hash) DO UPDATE
-                    SET served = served + excluded.served,
-                        last_served_at = max(coalesce(last_served_at, 0), excluded.last_served_at)
-                 RETURNING served, first_served_at = ?5 AND served = ?6",
+                 ON CONFLICT (payment_hash) DO NOTHING",
+            )?;
+            let mut add = c.prepare_cached(
+                "UPDATE payments
+                 SET served = served + ?2, last_served_at = max(coalesce(last_served_at, 0), ?3)
+                 WHERE payment_hash = ?1",
             )?;
             payments
                 .iter()
                 .map(|p| {
-                    upsert.query_row(
-                        params![
-                            &p.payment_hash[..],
-                            p.service,
-                            p.scheme,
-                            p.amount_msat as i64,
-                            p.at as i64,
-                            p.served as i64
-                        ],
-                        |r| r.get::<_, bool>(1),
-                    )
+                    let hash = &p.payment_hash[..];
+                    let (at, served) = (p.at as i64, p.served as i64);
+                    let new = insert.execute(params![
+                        hash,
+                        p.service,
+                        p.scheme,
+                        p.amount_msat as i64,
+                        at,
+                        served
+                    ])? == 1;
+                    if !new {
+                        add.execute(params![hash, served, at])?;
+                    }
+                    Ok(new)
                 })
                 .collect()
         })
@@ -654,11 +706,13 @@ impl Store for SqliteStore {
 
     async fn count_freebie(&self, client: &str, service: &str) -> Result<u64, StoreError> {
         let (client, service) = (client.to_owned(), service.to_owned());
-        self.with(move |c| {
-            c.query_row(
+        self.with_one(move |c| {
+            c.prepare_cached(
                 "INSERT INTO freebies (client, service, used) VALUES (?1, ?2, 1)
                  ON CONFLICT (client, service) DO UPDATE SET used = used + 1
                  RETURNING used",
+            )?
+            .query_row(
                 params![client, service],
                 |r| r.get::<_, i64>(0),
             )
@@ -669,7 +723,7 @@ impl Store for SqliteStore {
 
     async fn put_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
         let r = response.clone();
-        self.with(move |c| {
+        self.with_one(move |c| {
             c.prepare_cached(
                 "INSERT OR IGNORE INTO responses (claim_key, idempotency_key, fingerprint, status, headers, body, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
@@ -694,7 +748,7 @@ impl Store for SqliteStore {
         now: u64,
     ) -> Result<Option<StoredResponse>, StoreError> {
         let (claim_key, idempotency_key) = (claim_key.to_owned(), idempotency_key.to_owned());
-        self.with(move |c| {
+        self.with_one(move |c| {
             c.prepare_cached(
                 "SELECT fingerprint, status, headers, body, expires_at FROM responses WHERE claim_key = ?1 AND idempotency_key = ?2 AND expires_at >= ?3",
             )?
@@ -1243,4 +1297,49 @@ fn hash_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<[u8; 3
             "not a 32-byte hash".into(),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failing call leaves the rest of its batch whole, whether it ran in
+    /// a savepoint (several writes, the first undone) or as one statement.
+    #[tokio::test]
+    async fn a_failing_call_leaves_its_batch_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        store
+            .with(|c| c.execute_batch("CREATE TABLE t (x INTEGER PRIMARY KEY)"))
+            .await
+            .unwrap();
+        let insert = |x: i64| move |c: &Connection| c.execute("INSERT INTO t VALUES (?1)", [x]);
+        store.with_one(insert(1)).await.unwrap();
+        // The first call holds the thread while the others queue: they are
+        // one batch.
+        let (_, two_writes, one_write, fine) = tokio::join!(
+            store.with(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                Ok(())
+            }),
+            store.with(|c| {
+                c.execute("INSERT INTO t VALUES (2)", [])?;
+                c.execute("INSERT INTO t VALUES (1)", [])
+            }),
+            store.with_one(insert(1)),
+            store.with_one(insert(3)),
+        );
+        assert!(two_writes.is_err());
+        assert!(one_write.is_err());
+        assert_eq!(fine.unwrap(), 1);
+        let rows = store
+            .with_one(|c| {
+                c.prepare("SELECT x FROM t ORDER BY x")?
+                    .query_map([], |r| r.get::<_, i64>(0))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, [1, 3]);
+    }
 }

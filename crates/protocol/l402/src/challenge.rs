@@ -72,13 +72,23 @@ impl L402Challenge {
     /// `token` and `version`, Alby reads either name. `LSAT` gets only the
     /// first two, as Aperture sends it.
     pub fn to_header(&self, scheme: Scheme) -> String {
+        self.header_with(scheme, &self.macaroon.to_base64())
+    }
+
+    /// The `L402` and the `LSAT` header values, in that order, the macaroon
+    /// encoded once for both.
+    pub fn to_headers(&self) -> [String; 2] {
         let macaroon = self.macaroon.to_base64();
-        let mut params = vec![
-            ("macaroon", macaroon.as_str()),
-            ("invoice", self.invoice.as_str()),
-        ];
+        [
+            self.header_with(Scheme::L402, &macaroon),
+            self.header_with(Scheme::Lsat, &macaroon),
+        ]
+    }
+
+    fn header_with(&self, scheme: Scheme, macaroon: &str) -> String {
+        let mut params = vec![("macaroon", macaroon), ("invoice", self.invoice.as_str())];
         if scheme == Scheme::L402 {
-            params.push(("token", macaroon.as_str()));
+            params.push(("token", macaroon));
             params.push(("version", "0"));
         }
         // Base64 and BOLT11 carry no control characters, so this cannot fail

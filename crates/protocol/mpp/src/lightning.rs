@@ -40,6 +40,13 @@ pub struct MethodDetails {
     pub network: Network,
 }
 
+/// An `amount` in satoshis: a decimal string in its one canonical
+/// spelling (no sign, no leading zero, no exponent), else `None`.
+pub fn amount_sats(amount: &str) -> Option<u64> {
+    let n: u64 = amount.parse().ok()?;
+    (n.to_string() == amount).then_some(n)
+}
+
 impl ChargeRequest {
     /// A charge of `amount_sats` payable with `invoice`.
     pub fn new(
@@ -63,8 +70,7 @@ impl ChargeRequest {
 
     /// The amount as a number, if it is a canonical decimal.
     pub fn amount_sats(&self) -> Option<u64> {
-        let n: u64 = self.amount.parse().ok()?;
-        (n.to_string() == self.amount).then_some(n)
+        amount_sats(&self.amount)
     }
 
     /// The payment hash as bytes, if it is 64 hex digits.
