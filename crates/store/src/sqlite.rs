@@ -654,11 +654,10 @@ impl Store for SqliteStore {
     async fn legacy_consumed(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
         self.with_one(move |c| {
-            c.prepare_cached("SELECT 1 FROM challenges WHERE id = ?1 AND legacy = 1 AND consumed = 1")?
-            .query_row(
-                [id],
-                |_| Ok(()),
-            )
+            c.prepare_cached(
+                "SELECT 1 FROM challenges WHERE id = ?1 AND legacy = 1 AND consumed = 1",
+            )?
+            .query_row([id], |_| Ok(()))
             .optional()
             .map(|row| row.is_some())
         })
@@ -712,10 +711,7 @@ impl Store for SqliteStore {
                  ON CONFLICT (client, service) DO UPDATE SET used = used + 1
                  RETURNING used",
             )?
-            .query_row(
-                params![client, service],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row(params![client, service], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
         })
         .await
