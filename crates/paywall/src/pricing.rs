@@ -968,15 +968,17 @@ fn l402_amount(service: &str, value: &str) -> Option<u64> {
 
 /// The amount (sat) an MPP charge credential's echoed challenge asks for.
 fn mpp_amount(credential: &PaymentCredential) -> Option<u64> {
-    // Only the amount, read straight from the bytes: the request is bound
-    // to its challenge id, so it is what this gateway wrote, and
-    // verification reads the whole of it.
+    // Only the amount: verification, which follows, refuses a request its
+    // challenge id does not bind and reads the whole of it.
     #[derive(serde::Deserialize)]
     struct Amount {
         amount: String,
     }
-    let bytes = gate402_mpp::base64url::decode(credential.challenge.request.raw()).ok()?;
-    gate402_mpp::lightning::amount_sats(&serde_json::from_slice::<Amount>(&bytes).ok()?.amount)
+    let request = credential.challenge.request.raw();
+    let amount = gate402_mpp::base64url::decode_object::<Amount>(request)
+        .ok()?
+        .amount;
+    gate402_mpp::lightning::amount_sats(&amount)
 }
 
 /// The refusal of a credential that paid less than this request costs.

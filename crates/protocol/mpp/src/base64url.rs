@@ -58,6 +58,25 @@ pub fn decode_json_object(text: &str) -> Result<serde_json::Value, JsonError> {
     }
 }
 
+/// Decodes JSON that must be an object straight into `T`, without the
+/// tree of [`decode_json_object`].
+///
+/// # Errors
+///
+/// As [`decode_json_object`]'s; a JSON object that is not a `T` is
+/// [`JsonError::Json`].
+pub fn decode_object<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, JsonError> {
+    let bytes = decode(text)?;
+    // A struct would also take a JSON array of its fields.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            Ok(_) => Err(JsonError::NotAnObject),
+            Err(e) => Err(JsonError::Json(e.to_string())),
+        };
+    }
+    serde_json::from_slice(&bytes).map_err(|e| JsonError::Json(e.to_string()))
+}
+
 /// Why a base64url JSON value does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JsonError {
@@ -76,6 +95,36 @@ pub enum JsonError {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_object_decodes_into_a_struct_and_nothing_else_does() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Amount {
+            amount: String,
+        }
+        let text = |json: &str| encode(json.as_bytes());
+        assert_eq!(
+            decode_object::<Amount>(&text(r#" {"amount":"5","x":1}"#)).unwrap(),
+            Amount { amount: "5".into() }
+        );
+        // Serde takes a struct's fields from an array; a request is an object.
+        assert_eq!(
+            decode_object::<Amount>(&text(r#"["5"]"#)).unwrap_err(),
+            JsonError::NotAnObject
+        );
+        assert!(matches!(
+            decode_object::<Amount>(&text("[5")).unwrap_err(),
+            JsonError::Json(_)
+        ));
+        assert!(matches!(
+            decode_object::<Amount>(&text(r#"{"amt":"5"}"#)).unwrap_err(),
+            JsonError::Json(_)
+        ));
+        assert!(matches!(
+            decode_object::<Amount>("e30=!").unwrap_err(),
+            JsonError::Base64(_)
+        ));
+    }
 
     proptest! {
         #[test]

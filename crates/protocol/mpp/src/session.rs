@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::base64url::decode_json_object;
+use crate::base64url::decode_object;
 use crate::challenge::{ChallengeKey, IdInput};
 use crate::lightning::{CURRENCY, METHOD};
 use crate::verify::VerifyError;
@@ -208,9 +208,8 @@ pub fn verify_session(
             }
         }
     }
-    let request: SessionRequest = decode_json_object(echo.request.raw())
-        .map_err(|e| VerifyError::Request(e.to_string()))
-        .and_then(|v| serde_json::from_value(v).map_err(|e| VerifyError::Request(e.to_string())))?;
+    let request: SessionRequest =
+        decode_object(echo.request.raw()).map_err(|e| VerifyError::Request(e.to_string()))?;
     if request.currency != CURRENCY {
         return Err(VerifyError::Terms(format!(
             "currency {:?}",

@@ -8,7 +8,7 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::base64url::decode_json_object;
+use crate::base64url::{decode_json_object, decode_object};
 use crate::challenge::{ChallengeKey, IdInput};
 use crate::lightning::{ChargeRequest, Network, PreimagePayload, CHARGE, CURRENCY, METHOD};
 use crate::problem::ProblemType;
@@ -225,9 +225,8 @@ fn verify_bound(
             Some(at)
         }
     };
-    let request: ChargeRequest = decode_json_object(echo.request.raw())
-        .map_err(|e| VerifyError::Request(e.to_string()))
-        .and_then(|v| serde_json::from_value(v).map_err(|e| VerifyError::Request(e.to_string())))?;
+    let request: ChargeRequest =
+        decode_object(echo.request.raw()).map_err(|e| VerifyError::Request(e.to_string()))?;
     if request.amount_sats() != Some(expected.amount_sats) {
         return Err(VerifyError::Amount {
             charged: request.amount.clone(),
