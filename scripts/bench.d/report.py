@@ -83,10 +83,6 @@ targets = [
     ("paid MPP on PostgreSQL / free route", ratio("mpp_pg", "free"), 0.4),
     ("unpaid 402 / free route", ratio("unpaid", "free"), 0.5),
 ]
-if "l402" in rows and "free" in rows:
-    # Lower is better: expressed as free p99 / L402 p99 against 1/1.5.
-    targets.append(("p99 of paid L402 within 1.5x the free route's",
-                    rows["free"]["p99"] * 1.5 / rows["l402"]["p99"], 1.0))
 print("\n| target | measured | goal | met |")
 print("|---|---:|---:|---|")
 for label, value, goal in targets:
@@ -94,7 +90,11 @@ for label, value, goal in targets:
         continue
     print(f"| {label} | {value:.2f} | {goal:.2f} | {'yes' if value >= goal else 'NO'} |")
 if "l402" in rows and "free" in rows:
-    print(f"\np99 ms: paid L402 {rows['l402']['p99']:.2f}, free route {rows['free']['p99']:.2f}")
+    # Lower is better: the two p99s against the limit, in milliseconds.
+    l402, limit = rows["l402"]["p99"], rows["free"]["p99"] * 1.5
+    print(f"| p99 of paid L402 within 1.5x the free route's | {l402:.2f} ms "
+          f"| <= {limit:.2f} ms | {'yes' if l402 <= limit else 'NO'} |")
+    print(f"\np99 ms: paid L402 {l402:.2f}, free route {rows['free']['p99']:.2f}")
 
 before, after = (f"{directory}/rss.{w}" for w in ("before", "after"))
 if os.path.exists(before) and os.path.exists(after):
