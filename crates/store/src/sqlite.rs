@@ -378,12 +378,12 @@ impl<T: Send + 'static> Outcome for Done<T> {
 }
 
 /// The store's thread: takes every call waiting, runs them in one
-/// transaction (each that may write more than once in a savepoint, each
-/// other one a single statement, all or nothing by itself: one failing call
-/// leaves the others whole), commits once, then answers them all. Under load many requests
-/// share one commit; a lone request waits for nothing. Calls are answered
-/// only after their commit, so nothing is acknowledged that a crash could
-/// lose. The thread ends when the last handle on the store is dropped.
+/// transaction, commits once, then answers them all. A call that may write
+/// more than once runs in a savepoint; any other is one statement, all or
+/// nothing by itself: either way one failing call leaves the others whole.
+/// Under load many requests share one commit; a lone request waits for
+/// nothing. Calls are answered only after their commit, so nothing is
+/// acknowledged that a crash could lose. The thread ends when the last handle on the store is dropped.
 fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
