@@ -383,7 +383,8 @@ impl<T: Send + 'static> Outcome for Done<T> {
 /// nothing by itself: either way one failing call leaves the others whole.
 /// Under load many requests share one commit; a lone request waits for
 /// nothing. Calls are answered only after their commit, so nothing is
-/// acknowledged that a crash could lose. The thread ends when the last handle on the store is dropped.
+/// acknowledged that a crash could lose. The thread ends when the last
+/// handle on the store is dropped.
 fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
