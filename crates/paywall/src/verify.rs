@@ -61,7 +61,8 @@ pub(crate) struct Verifier {
 /// checked after verification, on every request. Only values that
 /// verified are kept, so nobody fills this without paying; but a holder
 /// can spell one pass many ways (caveats it appends), so it is bounded
-/// (at most [`PASSES_KEPT`] values of at most 8 KiB each) and emptied
+/// (at most [`PASSES_KEPT`] values, each within
+/// [`crate::credentials::MAX_CREDENTIAL_BYTES`]) and emptied
 /// when full rather than ordered by use: a value not kept is only checked
 /// in full again.
 #[derive(Default)]
