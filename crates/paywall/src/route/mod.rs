@@ -189,7 +189,8 @@ const OVERRIDES: [http::HeaderName; 7] = [
     http::HeaderName::from_static("x-original-method"),
 ];
 
-/// Removes the [`OVERRIDES`] from a request.
+/// Removes the headers that name another path or method (`X-Original-URL`,
+/// `X-HTTP-Method-Override` and their kin) from a request.
 pub fn strip_overrides(headers: &mut http::HeaderMap) {
     crate::fields::remove_all_of(headers, &OVERRIDES);
 }
