@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::Row;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row};
 
 use crate::{
     decode_headers, encode_headers, ClaimHolder, ClosedSession, Closing, Debit, InvoiceRecord,
@@ -215,6 +216,47 @@ pub struct PostgresStore {
     /// statement: each commit waits for the WAL to reach the disk, so one
     /// commit for many claims is what lets a busy gateway keep up.
     claims: tokio::sync::mpsc::UnboundedSender<ClaimCall>,
+    /// The connection that records served claims as spent.
+    commits: std::sync::Arc<tokio::sync::Mutex<Held>>,
+}
+
+/// A connection kept by one writer of hot batches across them. The pool
+/// tests a connection with a round trip to the server each time it is
+/// taken and again each time it is given back, which costs the server
+/// more than a batch's own statement; a kept connection is tested once,
+/// when taken. One that failed is closed, and the next batch takes a
+/// fresh one.
+struct Held {
+    pool: PgPool,
+    connection: Option<PoolConnection<Postgres>>,
+}
+
+impl Held {
+    fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            connection: None,
+        }
+    }
+
+    /// Runs `write` on the kept connection, taking one first if none is
+    /// kept; closes it if `write` fails.
+    async fn write<T>(
+        &mut self,
+        write: impl AsyncFnOnce(&mut PgConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            slot => slot.insert(self.pool.acquire().await.map_err(db)?),
+        };
+        let written = write(connection).await;
+        if written.is_err() {
+            if let Some(mut failed) = self.connection.take() {
+                failed.close_on_drop();
+            }
+        }
+        written
+    }
 }
 
 /// One claim waiting to be written.
@@ -267,10 +309,15 @@ impl PostgresStore {
         let (claims, queue) = tokio::sync::mpsc::unbounded_channel();
         let queue = std::sync::Arc::new(tokio::sync::Mutex::new(queue));
         for _ in 0..CLAIM_WRITERS {
-            let (pool, queue) = (pool.clone(), queue.clone());
-            tokio::spawn(async move { write_claims(pool, queue).await });
+            let (held, queue) = (Held::new(pool.clone()), queue.clone());
+            tokio::spawn(async move { write_claims(held, queue).await });
         }
-        let store = Self { pool, claims };
+        let commits = std::sync::Arc::new(tokio::sync::Mutex::new(Held::new(pool.clone())));
+        let store = Self {
+            pool,
+            claims,
+            commits,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -306,7 +353,7 @@ impl PostgresStore {
 /// A claim writer: takes every claim waiting (up to a batch), writes them
 /// in one statement, answers them, and again, until the store is dropped.
 async fn write_claims(
-    pool: PgPool,
+    mut held: Held,
     queue: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ClaimCall>>>,
 ) {
     loop {
@@ -324,7 +371,7 @@ async fn write_claims(
             }
             batch
         };
-        match claim_batch(&pool, &batch).await {
+        match held.write(async |c| claim_batch(c, &batch).await).await {
             Ok(answers) => {
                 for (call, answer) in batch.into_iter().zip(answers) {
                     let _ = call.reply.send(Ok(answer));
@@ -346,7 +393,10 @@ async fn write_claims(
 /// lapsed one, under the row locks of ON CONFLICT, so concurrent replicas
 /// cannot both acquire. A key asked for twice in the batch goes in once;
 /// the second asker finds it in flight (or spent).
-async fn claim_batch(pool: &PgPool, batch: &[ClaimCall]) -> Result<Vec<Reservation>, StoreError> {
+async fn claim_batch(
+    connection: &mut PgConnection,
+    batch: &[ClaimCall],
+) -> Result<Vec<Reservation>, StoreError> {
     let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let mut unique: Vec<&ClaimCall> = Vec::new();
     for call in batch {
@@ -381,7 +431,7 @@ async fn claim_batch(pool: &PgPool, batch: &[ClaimCall]) -> Result<Vec<Reservati
     .bind(&replicas)
     .bind(&tokens)
     .bind(now)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await
     .map_err(db)?;
     let acquired: std::collections::HashSet<&str> = acquired.iter().map(String::as_str).collect();
@@ -395,7 +445,7 @@ async fn claim_batch(pool: &PgPool, batch: &[ClaimCall]) -> Result<Vec<Reservati
     } else {
         sqlx::query_scalar("SELECT id FROM challenges WHERE id = ANY($1) AND consumed")
             .bind(&refused)
-            .fetch_all(pool)
+            .fetch_all(&mut *connection)
             .await
             .map_err(db)?
             .into_iter()
@@ -544,7 +594,7 @@ impl Store for PostgresStore {
         let keys: Vec<&str> = claims.iter().map(|(k, _)| k.as_str()).collect();
         let replicas: Vec<&str> = claims.iter().map(|(_, h)| h.replica.as_str()).collect();
         let tokens: Vec<&str> = claims.iter().map(|(_, h)| h.token.as_str()).collect();
-        let committed: Vec<String> = sqlx::query_scalar(
+        let statement = sqlx::query_scalar(
             "UPDATE challenges AS c
              SET consumed = TRUE, consumed_at = coalesce(c.consumed_at, $4)
              FROM UNNEST($1::text[], $2::text[], $3::text[]) AS u(id, holder, token)
@@ -554,10 +604,13 @@ impl Store for PostgresStore {
         .bind(&keys)
         .bind(&replicas)
         .bind(&tokens)
-        .bind(now as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        .bind(now as i64);
+        let committed: Vec<String> = self
+            .commits
+            .lock()
+            .await
+            .write(async |c| statement.fetch_all(c).await.map_err(db))
+            .await?;
         let committed: std::collections::HashSet<&str> =
             committed.iter().map(String::as_str).collect();
         Ok(keys.iter().map(|k| committed.contains(k)).collect())

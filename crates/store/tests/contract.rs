@@ -8,7 +8,7 @@ use gate402_postgres_testkit::TestPostgres;
 use gate402_store::{
     AuditEntry, ChallengeCount, ClaimHolder, Closing, Debit, InvoiceRecord, NewSession, Opened,
     PaymentQuery, PaymentRecord, PostgresStore, Reservation, ServiceChange, ServiceState,
-    SqliteStore, Store, StoredResponse, TopUp,
+    SqliteStore, Store, StoreError, StoredResponse, TopUp,
 };
 
 /// Two handles on one database, as two gateway replicas have.
@@ -1014,4 +1014,52 @@ async fn postgres_upgrade_keeps_legacy_claims() {
         .unwrap();
     assert_eq!(stores[0].legacy_claims_until().await.unwrap(), 6500);
     assert!(stores[1].legacy_consumed("ch-late").await.unwrap());
+}
+
+/// Claims and their commits go through connections the store keeps
+/// across batches: after the database restarts, each fails at most once,
+/// as unavailable, is replaced, and nothing written before or after is
+/// lost or written twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_kept_connections_heal_after_a_restart() {
+    /// `call`'s answer once the connections it may meet have healed.
+    async fn healed<T, F: std::future::Future<Output = Result<T, StoreError>>>(
+        mut call: impl FnMut() -> F,
+    ) -> T {
+        for _ in 0..4 {
+            match call().await {
+                Ok(answer) => return answer,
+                Err(StoreError::Unavailable(_)) => {}
+                Err(e) => panic!("not an outage: {e}"),
+            }
+        }
+        call().await.expect("a kept connection does not heal")
+    }
+
+    let mut postgres = TestPostgres::start().await;
+    let store = PostgresStore::connect(&postgres.url).await.unwrap();
+    let (before, after) = (key(1), key(2));
+    let (other, third) = (key(3), holder("r", "3"));
+    let (first, second, later) = (holder("r", "1"), holder("r", "2"), holder("r", "4"));
+    // The claim writers' and the committer's connections are kept.
+    let claims = tokio::join!(
+        store.claim(&before, &first, 1000, 100, 10),
+        store.claim(&other, &third, 1000, 100, 10),
+    );
+    assert_eq!(claims.0.unwrap(), Reservation::Acquired);
+    assert_eq!(claims.1.unwrap(), Reservation::Acquired);
+    let spent = [(before.clone(), first.clone())];
+    assert_eq!(store.commit_claims(&spent, 11).await.unwrap(), vec![true]);
+
+    postgres.stop();
+    postgres.restart().await;
+
+    let claimed = healed(|| store.claim(&after, &second, 1000, 100, 12)).await;
+    assert_eq!(claimed, Reservation::Acquired);
+    let spent = [(after.clone(), second.clone())];
+    assert_eq!(healed(|| store.commit_claims(&spent, 13)).await, vec![true]);
+    for key in [&before, &after] {
+        let again = healed(|| store.claim(key, &later, 1000, 100, 200)).await;
+        assert_eq!(again, Reservation::Consumed);
+    }
 }
