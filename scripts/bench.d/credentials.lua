@@ -1,8 +1,8 @@
 -- wrk: a different single-use credential on every request. Each of the
 -- GATE402_THREADS threads takes every GATE402_THREADS-th line of the file
 -- GATE402_CREDENTIALS, starting at its own offset. Requests are formatted
--- before the run starts, so that the load generator spends no more per
--- request than it does without a script (the 2 cores are shared).
+-- before the run starts: the load generator shares the cores with the
+-- gateway, so what it spends per request is taken from the gateway.
 local threads = 0
 function setup(thread)
   thread:set("offset", threads)
