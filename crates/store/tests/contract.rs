@@ -1063,3 +1063,46 @@ async fn postgres_kept_connections_heal_after_a_restart() {
         assert_eq!(again, Reservation::Consumed);
     }
 }
+
+/// Spending a claim rewrites no index entry: the commit is a heap-only
+/// update, which is what keeps PostgreSQL's work per paid request small.
+/// It stops being one as soon as an index names `consumed` (even in a
+/// predicate) or a page has no room for the new version.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_spends_claims_in_place() {
+    const CLAIMS: u8 = 50;
+    let postgres = TestPostgres::start().await;
+    let store = PostgresStore::connect(&postgres.url).await.unwrap();
+    let spent: Vec<(String, ClaimHolder)> = (0..CLAIMS)
+        .map(|n| (key(n), holder("r", &n.to_string())))
+        .collect();
+    for (k, h) in &spent {
+        let claimed = store.claim(k, h, 1000, 100, 10).await.unwrap();
+        assert_eq!(claimed, Reservation::Acquired);
+    }
+    let committed = store.commit_claims(&spent, 11).await.unwrap();
+    assert_eq!(committed, vec![true; CLAIMS as usize]);
+    for (k, h) in &spent {
+        let again = store.claim(k, h, 1000, 100, 12).await.unwrap();
+        assert_eq!(again, Reservation::Consumed);
+    }
+
+    // Counters reach the statistics views within a second or so of a
+    // transaction's end.
+    let stats = sqlx::PgPool::connect(&postgres.url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (updated, in_place) = loop {
+        let counts: (i64, i64) = sqlx::query_as(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'challenges'",
+        )
+        .fetch_one(&stats)
+        .await
+        .unwrap();
+        if counts.0 >= i64::from(CLAIMS) || std::time::Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(updated, i64::from(CLAIMS), "every claim was spent once");
+    assert_eq!(in_place, updated, "a spent claim added index entries");
+}
