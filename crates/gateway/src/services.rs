@@ -11,7 +11,8 @@ use gate402_paywall::{Auth, Paywall};
 use gate402_store::{ServiceChange, ServiceState};
 use toml::Table;
 
-use crate::config::{ConfigErrors, GatewayConfig, ServiceConfig};
+use crate::config::{ConfigErrors, GatewayConfig, ServiceConfig, ToolConfig};
+use crate::mcp::{HttpTools, PaidTools};
 use crate::proxy::Proxy;
 
 /// Why a set of services was not installed; the running one stays.
@@ -54,12 +55,29 @@ pub struct ServiceView {
 }
 
 /// Replaces the services of a running gateway: routes and prices in the
-/// paywall, upstreams in the proxy.
+/// paywall, upstreams in the proxy, and the prices of the MCP tools that
+/// call them.
 #[derive(Clone)]
 pub struct ServicesHandle {
     paywall: Paywall,
     proxy: Proxy,
     layers: Arc<Mutex<Layers>>,
+    /// The `[[tools]]` and the MCP server that sells them, once it runs.
+    tools: Arc<Mutex<Option<SoldTools>>>,
+}
+
+/// `[[tools]]` entries and the MCP server that sells them.
+struct SoldTools {
+    tools: Vec<ToolConfig>,
+    server: PaidTools,
+}
+
+impl SoldTools {
+    /// Prices the tools over `services` as they now run.
+    fn reprice(&self, services: &[ServiceConfig]) {
+        self.server
+            .set_pricing(HttpTools::pricing(&self.tools, services));
+    }
 }
 
 #[derive(Default)]
@@ -85,7 +103,26 @@ impl ServicesHandle {
             paywall,
             proxy,
             layers: Arc::new(Mutex::new(layers)),
+            tools: Arc::default(),
         }
+    }
+
+    /// Prices `tools`, sold by `server`, over the services as they run,
+    /// now and at every change of them: a tool without a price of its own
+    /// charges its service's, and the tools of a disabled or removed
+    /// service are not sold.
+    pub(crate) fn price_tools(&self, tools: Vec<ToolConfig>, server: PaidTools) {
+        // Services are installed under the layers' lock: holding it, no
+        // change can slip between this pricing and the next.
+        let layers = self.layers();
+        let sold = SoldTools { tools, server };
+        sold.reprice(&running(&layers));
+        *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = Some(sold);
+    }
+
+    /// The services that run, in route order.
+    pub fn running(&self) -> Vec<ServiceConfig> {
+        running(&self.layers())
     }
 
     fn layers(&self) -> std::sync::MutexGuard<'_, Layers> {
@@ -182,11 +219,7 @@ impl ServicesHandle {
 
     /// Every service running, in route order.
     pub fn views(&self) -> Vec<ServiceView> {
-        let layers = self.layers();
-        // The merge ran when these layers were installed, so it holds.
-        merge(&layers.base, &layers.tables, &layers.changes)
-            .map(|(running, _)| running)
-            .unwrap_or_default()
+        views(&self.layers())
     }
 
     /// Whether the admin API's changes (a deletion included) apply to the
@@ -206,10 +239,26 @@ impl ServicesHandle {
     fn install(&self, running: &[ServiceView]) -> Result<(), ServicesError> {
         let services: Vec<ServiceConfig> = running.iter().map(|v| v.config.clone()).collect();
         self.proxy.set_services(&services)?;
+        if let Some(sold) = &*self.tools.lock().unwrap_or_else(|e| e.into_inner()) {
+            sold.reprice(&services);
+        }
         self.paywall
             .set_services(services.into_iter().map(|s| s.priced));
         Ok(())
     }
+}
+
+/// Every service running in `layers`, in route order.
+fn views(layers: &Layers) -> Vec<ServiceView> {
+    // The merge ran when these layers were installed, so it holds.
+    merge(&layers.base, &layers.tables, &layers.changes)
+        .map(|(running, _)| running)
+        .unwrap_or_default()
+}
+
+/// The settings of every service running in `layers`, in route order.
+fn running(layers: &Layers) -> Vec<ServiceConfig> {
+    views(layers).into_iter().map(|v| v.config).collect()
 }
 
 fn log(warnings: &[String]) {

@@ -530,3 +530,83 @@ async fn a_revoked_payment_pays_for_no_tool_call() {
         "{data}"
     );
 }
+
+/// A tool without a price of its own charges its service's price as the
+/// service runs: when the operator changes the service (a SIGHUP or the
+/// admin API install services this way), `tools/list`, discovery and the
+/// next challenge follow; a credential bought at the old price is refused
+/// and stays unspent; and the tools of a disabled service are not sold.
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_follow_the_price_and_state_of_their_service() {
+    let h = start().await;
+    let weather = || json!({"city": "Oslo"});
+    let (_, offered) = h.call(call("weather", weather(), None)).await.unwrap_err();
+    assert_eq!(offered["challenges"][0]["request"]["amount"], "10");
+    let bought_cheap = h.pay(&offered).await;
+
+    let services = h.gateway.services_handle();
+    let mut running = services.running();
+    let at = running.iter().position(|s| s.name() == "weather").unwrap();
+    let enabled = running[at].priced.auth;
+    running[at].priced.price_sats = 25;
+    services.set(&running).unwrap();
+
+    let listed = h.client.list_all_tools().await.unwrap();
+    for name in ["weather", "forecast"] {
+        let tool = listed.iter().find(|t| t.name == name).unwrap();
+        assert_eq!(
+            tool.meta.as_ref().unwrap()["org.paymentauth/price"]["amount"],
+            "25",
+            "{name}"
+        );
+    }
+    let described: Value = h
+        .http
+        .get(format!("{}/.well-known/mcp", h.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(described["tools"][0]["price"]["amount"], "25");
+    let (code, refused) = h
+        .call(call("weather", weather(), Some(bought_cheap)))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043, "{refused}");
+    assert_eq!(refused["challenges"][0]["request"]["amount"], "25");
+    let created = h
+        .call(call("create_payment", json!({"tool": "forecast"}), None))
+        .await
+        .unwrap();
+    assert_eq!(created.structured_content.unwrap()["amountSats"], 25);
+    let bought = h.pay(&refused).await;
+    let served = h.call(call("weather", weather(), Some(bought))).await;
+    assert!(served.is_ok(), "{served:?}");
+
+    running[at].priced.auth = gate402_paywall::Auth::Disabled;
+    services.set(&running).unwrap();
+    let listed = h.client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["translate", "create_payment"]);
+    for params in [
+        call("weather", weather(), None),
+        call("create_payment", json!({"tool": "forecast"}), None),
+    ] {
+        match h.client.call_tool(params).await {
+            Err(ServiceError::McpError(e)) => {
+                assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
+                assert!(e.message.contains("disabled"), "{}", e.message);
+            }
+            other => panic!("a disabled service's tool was sold: {other:?}"),
+        }
+    }
+    // Enabled again, at its price then.
+    running[at].priced.auth = enabled;
+    services.set(&running).unwrap();
+    let (_, offered) = h.call(call("weather", weather(), None)).await.unwrap_err();
+    assert_eq!(offered["challenges"][0]["request"]["amount"], "25");
+    h.client.cancel().await.unwrap();
+    h.gateway.shutdown().await.unwrap();
+}

@@ -39,6 +39,7 @@ pub use upstreams::{HttpTools, McpUpstream};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use gate402_lightning::InvoiceStatus;
@@ -93,7 +94,8 @@ pub trait ToolUpstream: Send + Sync + 'static {
 pub struct PaidTools {
     paywall: Paywall,
     upstream: Arc<dyn ToolUpstream>,
-    pricing: Arc<Pricing>,
+    /// Swapped whole when the services the tools call change.
+    pricing: Arc<ArcSwap<Pricing>>,
     /// Tool name → description, as last listed: a call needs the tool's
     /// description (and whether it exists), and asking an MCP upstream
     /// for its tool list on every call would double the round trips.
@@ -129,9 +131,15 @@ impl PaidTools {
         Self {
             paywall,
             upstream,
-            pricing: Arc::new(pricing),
+            pricing: Arc::new(ArcSwap::from_pointee(pricing)),
             descriptions: Default::default(),
         }
+    }
+
+    /// Charges by `pricing` from the next call on (calls in flight keep
+    /// the price they were checked against).
+    pub fn set_pricing(&self, pricing: Pricing) {
+        self.pricing.store(Arc::new(pricing));
     }
 
     /// The upstream's tools, remembering their descriptions.
@@ -152,11 +160,11 @@ impl PaidTools {
         let mut tools = Vec::new();
         for mut tool in self.upstream_tools().await? {
             let description = tool.description.clone().unwrap_or_default();
-            let price = match self.pricing.price(&tool.name, &description) {
+            let price = match self.pricing.load().price(&tool.name, &description) {
                 ToolPrice::Free => None,
                 ToolPrice::Paid(service) => Some(service.price_sats),
                 // Not served, so not listed.
-                ToolPrice::Unpriced => continue,
+                ToolPrice::Unpriced | ToolPrice::Unavailable => continue,
             };
             if let Some(price) = price {
                 tool.description = Some(
@@ -252,7 +260,7 @@ impl PaidTools {
                 )
             })?;
         let description = self.description_of(tool).await?;
-        let service = match self.pricing.price(tool, &description) {
+        let service = match self.pricing.load().price(tool, &description) {
             ToolPrice::Paid(service) => service,
             ToolPrice::Free => {
                 return Err(ErrorData::invalid_params(
@@ -261,6 +269,7 @@ impl PaidTools {
                 ))
             }
             ToolPrice::Unpriced => return Err(unpriced(tool)),
+            ToolPrice::Unavailable => return Err(unavailable(tool)),
         };
         let doors = Doors {
             l402: false,
@@ -513,6 +522,13 @@ fn store_unavailable() -> ErrorData {
     )
 }
 
+fn unavailable(tool: &str) -> ErrorData {
+    ErrorData::invalid_params(
+        format!("tool {tool:?} is not served now: the service it calls is disabled or removed"),
+        None,
+    )
+}
+
 fn unpriced(tool: &str) -> ErrorData {
     ErrorData::invalid_params(
         format!("tool {tool:?} has no price set by this gateway's operator, so it is not served"),
@@ -581,13 +597,15 @@ impl ServerHandler for PaidTools {
             self.create_payment(request.arguments).await?
         } else {
             let description = self.description_of(&name).await?;
-            match self.pricing.price(&name, &description) {
+            let price = self.pricing.load().price(&name, &description);
+            match price {
                 ToolPrice::Free => self.upstream.call(&name, request.arguments).await?,
                 ToolPrice::Paid(service) => {
                     self.paid_call(&service, &name, request.arguments, &context.meta.0, client)
                         .await?
                 }
                 ToolPrice::Unpriced => return Err(unpriced(&name)),
+                ToolPrice::Unavailable => return Err(unavailable(&name)),
             }
         };
         Ok(result.into())
@@ -596,9 +614,11 @@ impl ServerHandler for PaidTools {
 
 impl PaidTools {
     /// The `/mcp` server the config asks for: `[mcp_proxy]`'s upstream, or
-    /// the `[[tools]]`; `None` when it asks for neither.
+    /// the `[[tools]]` over `services` (the services as they run, admin
+    /// changes included); `None` when it asks for neither.
     pub async fn from_config(
         config: &crate::config::GatewayConfig,
+        services: &[crate::config::ServiceConfig],
         paywall: &Paywall,
         proxy: &Proxy,
     ) -> anyhow::Result<Option<Self>> {
@@ -614,7 +634,7 @@ impl PaidTools {
         if config.tools.is_empty() {
             return Ok(None);
         }
-        let (tools, pricing) = HttpTools::new(&config.tools, &config.services, proxy.clone());
+        let (tools, pricing) = HttpTools::new(&config.tools, services, proxy.clone());
         Ok(Some(Self::new(paywall.clone(), Arc::new(tools), pricing)))
     }
 }

@@ -13,6 +13,9 @@ pub struct Pricing {
     tools: HashMap<String, Arc<PricedService>>,
     /// Named with price 0: free even when a default applies.
     free: std::collections::HashSet<String>,
+    /// Tools whose service is disabled or gone: not sold, whatever the
+    /// default.
+    unavailable: std::collections::HashSet<String>,
     default_sats: Option<u64>,
 }
 
@@ -24,6 +27,8 @@ pub(super) enum ToolPrice {
     Paid(Arc<PricedService>),
     /// Nobody priced it: it is not served.
     Unpriced,
+    /// The service it calls is disabled or gone: it is not served.
+    Unavailable,
 }
 
 impl Pricing {
@@ -35,8 +40,15 @@ impl Pricing {
                 .map(|(tool, service)| (tool, Arc::new(service)))
                 .collect(),
             free: Default::default(),
+            unavailable: Default::default(),
             default_sats: None,
         }
+    }
+
+    /// These prices, with `tools` not served.
+    pub fn without(mut self, tools: impl IntoIterator<Item = String>) -> Self {
+        self.unavailable.extend(tools);
+        self
     }
 
     /// Prices per tool name, and a default for the rest (the proxy's).
@@ -58,6 +70,9 @@ impl Pricing {
 
     /// What a call of `tool` costs.
     pub(super) fn price(&self, tool: &str, description: &str) -> ToolPrice {
+        if self.unavailable.contains(tool) {
+            return ToolPrice::Unavailable;
+        }
         if let Some(service) = self.tools.get(tool) {
             return ToolPrice::Paid(service.clone());
         }
@@ -96,5 +111,11 @@ mod tests {
         let pricing = Pricing::per_tool(&prices, Some(5));
         assert!(matches!(pricing.price("other", ""), ToolPrice::Paid(s) if s.price_sats == 5));
         assert!(matches!(pricing.price("ping", ""), ToolPrice::Free));
+        let pricing = pricing.without(["search".to_owned(), "other".to_owned()]);
+        assert!(matches!(
+            pricing.price("search", ""),
+            ToolPrice::Unavailable
+        ));
+        assert!(matches!(pricing.price("other", ""), ToolPrice::Unavailable));
     }
 }

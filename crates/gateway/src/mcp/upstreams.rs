@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, Method, Request};
 use gate402_paywall::route::RequestPath;
+use gate402_paywall::Auth;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ContentBlock, ErrorData, JsonObject, Tool,
 };
@@ -40,7 +41,6 @@ impl HttpTools {
     /// tool's paid service is in the returned [`Pricing`].
     pub fn new(tools: &[ToolConfig], services: &[ServiceConfig], proxy: Proxy) -> (Self, Pricing) {
         let mut http = Vec::new();
-        let mut prices = Vec::new();
         for config in tools {
             let Some(called) = services.iter().find(|s| s.name() == config.service) else {
                 continue;
@@ -55,7 +55,6 @@ impl HttpTools {
             let Ok(path) = RequestPath::parse(paid.path.stem()) else {
                 continue;
             };
-            prices.push((config.name.clone(), paid));
             http.push(HttpTool {
                 tool: Tool::new(
                     config.name.clone(),
@@ -67,7 +66,25 @@ impl HttpTools {
                 path,
             });
         }
-        (Self { tools: http, proxy }, Pricing::new(prices))
+        (Self { tools: http, proxy }, Self::pricing(tools, services))
+    }
+
+    /// What each of `tools` costs over `services` as they run: the tool's
+    /// own price, else its service's. A tool whose service is disabled or
+    /// gone is not served, so that what the paywall no longer sells over
+    /// HTTP is not sold over MCP either.
+    pub fn pricing(tools: &[ToolConfig], services: &[ServiceConfig]) -> Pricing {
+        let mut prices = Vec::new();
+        let mut unavailable = Vec::new();
+        for config in tools {
+            match services.iter().find(|s| s.name() == config.service) {
+                Some(called) if called.priced.auth != Auth::Disabled => {
+                    prices.push((config.name.clone(), config.paid_service(called).priced));
+                }
+                _ => unavailable.push(config.name.clone()),
+            }
+        }
+        Pricing::new(prices).without(unavailable)
     }
 }
 

@@ -178,7 +178,10 @@ impl Gateway {
         .await?;
         let sync =
             tokio::spawn(sync.run(Duration::from_secs(config.admin.sync_secs), stop.clone()));
-        let mcp = PaidTools::from_config(config, &paywall, &proxy).await?;
+        let mcp = PaidTools::from_config(config, &services.running(), &paywall, &proxy).await?;
+        if let (Some(tools), None) = (&mcp, &config.mcp_proxy) {
+            services.price_tools(config.tools.clone(), tools.clone());
+        }
         let state = AppState {
             paywall: paywall.clone(),
             mcp: mcp.clone(),
