@@ -73,6 +73,12 @@ impl Harness {
         }
     }
 
+    /// `/.well-known/mcp`.
+    async fn described(&self) -> Value {
+        let response = self.http.get(format!("{}/.well-known/mcp", self.base));
+        response.send().await.unwrap().json().await.unwrap()
+    }
+
     /// Pays a -32042's challenge; returns the credential.
     async fn pay(&self, data: &Value) -> Value {
         let challenge = data["challenges"][0].clone();
@@ -182,15 +188,7 @@ async fn tools_are_paid_with_a_credential_in_meta() {
     assert_eq!(code, -32602);
 
     // Discovery.
-    let described: Value = h
-        .http
-        .get(format!("{}/.well-known/mcp", h.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let described = h.described().await;
     assert_eq!(described["protocols"], json!(["L402", "MPP"]));
     assert_eq!(described["tools"][1]["name"], "translate");
     assert_eq!(described["tools"][1]["price"]["amount"], "25");
@@ -560,15 +558,7 @@ async fn tools_follow_the_price_and_state_of_their_service() {
             "{name}"
         );
     }
-    let described: Value = h
-        .http
-        .get(format!("{}/.well-known/mcp", h.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let described = h.described().await;
     assert_eq!(described["tools"][0]["price"]["amount"], "25");
     let (code, refused) = h
         .call(call("weather", weather(), Some(bought_cheap)))
