@@ -104,7 +104,8 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
     }
 }
 
-/// Runs until SIGINT or SIGTERM; SIGHUP reloads the services from the file
+/// Runs until SIGINT or SIGTERM; SIGHUP reloads the services and the admin
+/// credentials from the file
 /// (`loaded` is that file, read by [`load`]).
 pub async fn run(args: &Args, loaded: Option<GatewayConfig>, data_dir: &Path) -> Result<()> {
     let (config, _demo) = config(args, loaded).await?;
@@ -141,7 +142,8 @@ pub async fn run(args: &Args, loaded: Option<GatewayConfig>, data_dir: &Path) ->
 }
 
 /// Runs `config` until SIGINT or SIGTERM, printing `banner(url)` first;
-/// SIGHUP reloads the services from `config_path`.
+/// SIGHUP reloads the services and the admin credentials from
+/// `config_path` ([`gate402_gateway::server::Reloader`]).
 pub async fn serve(
     config: &GatewayConfig,
     config_path: Option<PathBuf>,
@@ -155,7 +157,7 @@ pub async fn serve(
         let _ = writeln!(std::io::stdout(), "{}", banner(&url));
     }
     let shutdown = gateway.shutdown_handle();
-    let services = gateway.services_handle();
+    let reloader = gateway.reloader();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut hup), Ok(mut term)) = (
@@ -171,12 +173,15 @@ pub async fn serve(
                 _ = hup.recv() => match &config_path {
                     None => tracing::info!("SIGHUP: no config file to reload"),
                     Some(path) => match GatewayConfig::load(path) {
-                        Ok(config) => {
-                            match services.reload(&config) {
-                                Ok(()) => tracing::info!(services = config.services.len(), "SIGHUP: services reloaded"),
-                                Err(e) => tracing::error!(error = %e, "SIGHUP: config rejected, keeping the running one"),
+                        Ok(config) => match reloader.reload(&config) {
+                            Ok(later) => {
+                                tracing::info!(services = config.services.len(), "SIGHUP: services reloaded");
+                                for setting in later {
+                                    tracing::warn!("SIGHUP: {setting}");
+                                }
                             }
-                        }
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: config rejected, keeping the running one"),
+                        },
                         Err(errors) => tracing::error!(%errors, "SIGHUP: config rejected, keeping the running one"),
                     },
                 },

@@ -189,3 +189,126 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// SIGHUP applies `[admin] credentials`: a secret replaced (it leaked)
+/// stops working for the next call, and so does a dashboard opened with
+/// it; the new secret and the data dir's own keep working, and so does
+/// the new `low_inbound_sats`; a change only a restart applies (the
+/// listener's address) is logged as such.
+#[tokio::test]
+async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("gate402.toml");
+    let leaked = "the ops secret before it leaked, 32+ characters";
+    let rotated = "the ops secret after its rotation, 32+ characters";
+    let write = |secret: &str, listen: &str, low: u64| {
+        std::fs::write(
+            &config,
+            format!(
+                "[admin]\nlisten = \"{listen}\"\nlow_inbound_sats = {low}\ncredentials = [{{ name = \"ops\", secret = \"{secret}\" }}]\n\n\
+                 [[services]]\nname = \"thing\"\npath = \"/thing\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 3\n"
+            ),
+        )
+        .unwrap()
+    };
+    write(leaked, "127.0.0.1:0", 1000);
+    let log = dir.path().join("serve.log");
+    let port = free_port();
+    let serve = Serve(
+        Command::new(env!("CARGO_BIN_EXE_gate402"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--config", config.to_str().unwrap(), "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !data.join("admin.json").exists() {
+        assert!(Instant::now() < deadline, "gateway did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("admin.json")).unwrap()).unwrap();
+    let admin = file["url"].as_str().unwrap().to_owned();
+    let local = std::fs::read_to_string(data.join("admin_secret")).unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let services = format!("{admin}/admin/api/services");
+    let as_bearer = |secret: String| {
+        let request = http.get(&services).bearer_auth(secret);
+        async move { request.send().await.unwrap().status() }
+    };
+    let as_cookie = |cookie: String| {
+        let request = http.get(&services).header(reqwest::header::COOKIE, cookie);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(as_bearer(leaked.into()).await, 200);
+    // A dashboard opened with the secret that leaked.
+    let link: serde_json::Value = http
+        .post(format!("{admin}/admin/api/login-links"))
+        .bearer_auth(leaked)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let opened = http
+        .get(link["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 303);
+    let cookie = opened.headers()[reqwest::header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(as_cookie(cookie.clone()).await, 200);
+
+    write(rotated, "127.0.0.1:1", 2000);
+    assert!(Command::new("kill")
+        .args(["-s", "HUP", &serve.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while as_bearer(leaked.into()).await != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not replace the admin credential"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(as_cookie(cookie).await, 401, "the old dashboard is closed");
+    assert_eq!(as_bearer(rotated.into()).await, 200);
+    assert_eq!(as_bearer(local.trim().into()).await, 200);
+    let node: serde_json::Value = http
+        .get(format!("{admin}/admin/api/node"))
+        .bearer_auth(rotated)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(node["low_inbound_sats"], 2000);
+    // Still where it was: the address waits for a restart, and says so.
+    let after: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("admin.json")).unwrap()).unwrap();
+    assert_eq!(after["url"], file["url"]);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("SIGHUP: admin.listen: still \"127.0.0.1:0\" until a restart"),
+        "{logged}"
+    );
+    drop(serve);
+}

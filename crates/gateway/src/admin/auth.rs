@@ -2,9 +2,12 @@
 //! cookie, got from a short-lived login link.
 //!
 //! Links and cookies are `<claims>.<tag>` in base64url, the tag an
-//! HMAC-SHA256 over the claims (`kind:name:expires`) under a key derived
-//! from the data dir's admin secret: nothing to store, and they die with
-//! their time or with the secret.
+//! HMAC-SHA256 over the claims (`kind:name:expires`) and the named
+//! credential's secret, under a key derived from the data dir's admin
+//! secret: nothing to store, and they die with their time, with the data
+//! dir's secret, or when their credential is removed or given another
+//! secret (a leaked secret, replaced, takes the dashboards opened with it
+//! along).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -111,18 +114,36 @@ impl Credentials {
         self.open(Kind::Session, value, now)
     }
 
-    fn tag(&self, claims: &str) -> [u8; 32] {
+    /// The secret of the credential named `name`.
+    fn secret_of(&self, name: &str) -> Option<&str> {
+        self.named
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.secret.as_str())
+    }
+
+    fn tag(&self, claims: &str, secret: &str) -> [u8; 32] {
         let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        // Length-prefixed, so that no claims and secret run into another
+        // pair's.
+        mac.update(&(claims.len() as u64).to_be_bytes());
         mac.update(claims.as_bytes());
+        mac.update(secret.as_bytes());
         mac.finalize().into_bytes().into()
     }
 
+    /// A link or cookie for `name`; one for a name that is not (or no
+    /// longer) a credential's never opens.
     fn sign(&self, kind: Kind, name: &str, expires: u64) -> String {
         let claims = format!("{}:{name}:{expires}", kind.as_str());
+        let tag = match self.secret_of(name) {
+            Some(secret) => self.tag(&claims, secret),
+            None => [0; 32],
+        };
         format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(&claims),
-            URL_SAFE_NO_PAD.encode(self.tag(&claims))
+            URL_SAFE_NO_PAD.encode(tag)
         )
     }
 
@@ -130,18 +151,19 @@ impl Credentials {
         let (claims, tag) = token.split_once('.')?;
         let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
-        if !bool::from(self.tag(&claims).as_slice().ct_eq(&tag)) {
-            return None;
-        }
         let mut parts = claims.splitn(3, ':');
         let (Some(k), Some(name), Some(expires)) = (parts.next(), parts.next(), parts.next())
         else {
             return None;
         };
+        // A credential removed, or given another secret, takes its links
+        // and cookies with it.
+        let secret = self.secret_of(name)?;
+        if !bool::from(self.tag(&claims, secret).as_slice().ct_eq(&tag)) {
+            return None;
+        }
         let live = k == kind.as_str() && expires.parse::<u64>().ok()? > now;
-        // A credential removed from the config takes its cookies with it.
-        let known = self.named.iter().any(|c| c.name == name);
-        (live && known).then(|| name.to_owned())
+        live.then(|| name.to_owned())
     }
 }
 
@@ -205,5 +227,32 @@ mod tests {
         );
         assert_eq!(c.cookie(&forged, 1_001), None);
         assert_eq!(c.cookie("garbage", 1_001), None);
+    }
+
+    #[test]
+    fn a_credential_replaced_or_removed_takes_its_links_and_cookies_along() {
+        let c = credentials();
+        let cookie = c.cookie_for("ops", 1_000);
+        let code = c.login_code("ops", 1_000);
+        let local = c.cookie_for(LOCAL_ADMIN, 1_000);
+        // The same data dir, "ops" with a new secret (the old one leaked).
+        let rotated = Credentials::new(
+            &"a".repeat(64),
+            &[AdminCredential {
+                name: "ops".into(),
+                secret: "d".repeat(40),
+            }],
+        );
+        assert_eq!(rotated.cookie(&cookie, 1_001), None);
+        assert_eq!(rotated.redeem_login(&code, 1_001), None);
+        assert_eq!(rotated.cookie(&local, 1_001).as_deref(), Some(LOCAL_ADMIN));
+        let fresh = rotated.cookie_for("ops", 1_001);
+        assert_eq!(rotated.cookie(&fresh, 1_002).as_deref(), Some("ops"));
+        // "ops" gone: nothing made for it opens, nor can be made.
+        let removed = Credentials::new(&"a".repeat(64), &[]);
+        assert_eq!(removed.cookie(&cookie, 1_001), None);
+        assert_eq!(removed.cookie(&fresh, 1_002), None);
+        let orphan = removed.cookie_for("ops", 1_002);
+        assert_eq!(removed.cookie(&orphan, 1_003), None);
     }
 }

@@ -25,9 +25,11 @@ mod tokens;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -62,12 +64,46 @@ pub const CHANGE_HEADER: &str = "x-gate402-admin";
 pub(crate) struct AdminState {
     paywall: Paywall,
     services: ServicesHandle,
-    credentials: Arc<Credentials>,
+    /// Swapped whole by [`AdminHandle::reload`].
+    credentials: Arc<ArcSwap<Credentials>>,
     /// Where the listener is, for login links.
     base_url: Arc<str>,
-    low_inbound_sats: u64,
+    low_inbound_sats: Arc<AtomicU64>,
     /// Login codes already traded for a cookie on this replica.
     redeemed: Arc<auth::Redeemed>,
+}
+
+/// The settings of a running admin listener that change without a
+/// restart (on SIGHUP): its credentials and `low_inbound_sats`.
+#[derive(Clone)]
+pub struct AdminHandle {
+    credentials: Arc<ArcSwap<Credentials>>,
+    low_inbound_sats: Arc<AtomicU64>,
+    local_secret: Arc<str>,
+}
+
+impl std::fmt::Debug for AdminHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminHandle")
+            .field("credentials", &self.credentials.load())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AdminHandle {
+    /// Applies `config`'s credentials and `low_inbound_sats` at once: a
+    /// credential removed or given another secret stops working for the
+    /// next call, and so do the login links and dashboard cookies made
+    /// with it. The data dir's `local` credential stays. `config` is
+    /// taken as checked (by [`crate::GatewayConfig::load`]).
+    pub fn reload(&self, config: &AdminConfig) {
+        self.credentials.store(Arc::new(Credentials::new(
+            &self.local_secret,
+            &config.credentials,
+        )));
+        self.low_inbound_sats
+            .store(config.low_inbound_sats, Ordering::Relaxed);
+    }
 }
 
 impl AdminState {
@@ -105,12 +141,18 @@ pub struct AdminListener {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     file: PathBuf,
+    handle: AdminHandle,
 }
 
 impl AdminListener {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What changes in it without a restart.
+    pub fn handle(&self) -> AdminHandle {
+        self.handle.clone()
     }
 
     /// Waits for it to stop (after the gateway's stop was cancelled) and
@@ -148,12 +190,20 @@ pub(crate) async fn listen(
         .with_context(|| format!("admin.listen: cannot bind {addr}"))?;
     let addr = listener.local_addr()?;
     let base_url: Arc<str> = format!("http://{addr}").into();
+    let handle = AdminHandle {
+        credentials: Arc::new(ArcSwap::from_pointee(Credentials::new(
+            local_secret,
+            &config.credentials,
+        ))),
+        low_inbound_sats: Arc::new(AtomicU64::new(config.low_inbound_sats)),
+        local_secret: local_secret.into(),
+    };
     let state = AdminState {
         paywall,
         services,
-        credentials: Arc::new(Credentials::new(local_secret, &config.credentials)),
+        credentials: handle.credentials.clone(),
         base_url: base_url.clone(),
-        low_inbound_sats: config.low_inbound_sats,
+        low_inbound_sats: handle.low_inbound_sats.clone(),
         redeemed: Arc::default(),
     };
     let app = router(state);
@@ -170,7 +220,12 @@ pub(crate) async fn listen(
             .await
     });
     tracing::info!(url = %base_url, "admin API and dashboard listening (/admin/)");
-    Ok(Some(AdminListener { addr, task, file }))
+    Ok(Some(AdminListener {
+        addr,
+        task,
+        file,
+        handle,
+    }))
 }
 
 fn router(state: AdminState) -> Router {
@@ -218,7 +273,7 @@ async fn authenticate(
     let now = unix_now();
     let headers = request.headers();
     let who = match bearer(headers) {
-        Some(secret) => state.credentials.bearer(secret).map(|name| Who {
+        Some(secret) => state.credentials.load().bearer(secret).map(|name| Who {
             name: name.to_owned(),
             cookie: false,
         }),
@@ -233,6 +288,7 @@ async fn authenticate(
                 }
                 state
                     .credentials
+                    .load()
                     .cookie(value, now)
                     .map(|name| Who { name, cookie: true })
             }
@@ -290,7 +346,7 @@ async fn login_link(
         );
     }
     let now = unix_now();
-    let code = state.credentials.login_code(&who.name, now);
+    let code = state.credentials.load().login_code(&who.name, now);
     Json(serde_json::json!({
         "url": format!("{}/admin/login?code={code}", state.base_url),
         "expires_at": now + auth::LOGIN_LINK_SECS,
@@ -314,7 +370,7 @@ async fn login(
         .code
         .as_deref()
         .filter(|code| state.redeemed.first_use(code, now))
-        .and_then(|code| state.credentials.redeem_login(code, now))
+        .and_then(|code| state.credentials.load().redeem_login(code, now))
     else {
         return problem(
             StatusCode::UNAUTHORIZED,
@@ -324,7 +380,7 @@ async fn login(
     let cookie = format!(
         "{}={}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}",
         auth::COOKIE_NAME,
-        state.credentials.cookie_for(&name, now),
+        state.credentials.load().cookie_for(&name, now),
         auth::COOKIE_SECS
     );
     Response::builder()

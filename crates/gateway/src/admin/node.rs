@@ -18,6 +18,9 @@ const RECENT_INVOICES: usize = 20;
 /// `GET /admin/api/node`.
 pub(super) async fn node(State(state): State<AdminState>) -> Response {
     let backend = state.paywall.backend();
+    let low_inbound_sats = state
+        .low_inbound_sats
+        .load(std::sync::atomic::Ordering::Relaxed);
     let (info, liquidity, invoices) = tokio::join!(
         backend.node_info(),
         backend.liquidity(),
@@ -40,7 +43,7 @@ pub(super) async fn node(State(state): State<AdminState>) -> Response {
             let low = !liquidity.unlimited
                 && liquidity
                     .inbound_msat
-                    .is_some_and(|inbound| inbound / 1000 < state.low_inbound_sats);
+                    .is_some_and(|inbound| inbound / 1000 < low_inbound_sats);
             shown["liquidity"] = liquidity_json(&liquidity);
             shown["low_inbound"] = json!(low);
         }
@@ -48,7 +51,7 @@ pub(super) async fn node(State(state): State<AdminState>) -> Response {
             errors.insert("liquidity".into(), json!(e.to_string()));
         }
     }
-    shown["low_inbound_sats"] = json!(state.low_inbound_sats);
+    shown["low_inbound_sats"] = json!(low_inbound_sats);
     match invoices {
         Ok(invoices) => shown["recent_invoices"] = invoices.iter().map(invoice_json).collect(),
         Err(e) => {

@@ -7,6 +7,9 @@
 
 pub mod data_dir;
 pub mod listen;
+mod reload;
+
+pub use reload::Reloader;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,6 +40,8 @@ pub struct Gateway {
     addr: SocketAddr,
     paywall: Paywall,
     services: ServicesHandle,
+    /// `[admin]` as started, for [`Reloader`].
+    admin_config: crate::config::AdminConfig,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     purge: tokio::task::JoinHandle<()>,
@@ -256,6 +261,7 @@ impl Gateway {
         Ok(Self {
             addr,
             services,
+            admin_config: config.admin.clone(),
             paywall,
             stop,
             server,
@@ -284,6 +290,16 @@ impl Gateway {
     /// What replaces the services on a reload.
     pub fn services_handle(&self) -> ServicesHandle {
         self.services.clone()
+    }
+
+    /// What applies a config file again (on SIGHUP): the services and
+    /// the admin listener's credentials.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            services: self.services.clone(),
+            admin: self.admin.as_ref().map(|a| a.handle()),
+            started: self.admin_config.clone(),
+        }
     }
 
     /// Stops accepting, lets requests in flight finish (for the grace
