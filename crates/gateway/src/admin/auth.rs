@@ -151,11 +151,9 @@ impl Credentials {
         let (claims, tag) = token.split_once('.')?;
         let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
-        let mut parts = claims.splitn(3, ':');
-        let (Some(k), Some(name), Some(expires)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return None;
-        };
+        // A name may hold colons; the kind and the time cannot.
+        let (k, rest) = claims.split_once(':')?;
+        let (name, expires) = rest.rsplit_once(':')?;
         // A credential removed, or given another secret, takes its links
         // and cookies with it.
         let secret = self.secret_of(name)?;
@@ -254,5 +252,20 @@ mod tests {
         assert_eq!(removed.cookie(&fresh, 1_002), None);
         let orphan = removed.cookie_for("ops", 1_002);
         assert_eq!(removed.cookie(&orphan, 1_003), None);
+    }
+
+    #[test]
+    fn a_name_with_colons_opens_its_dashboard() {
+        let c = Credentials::new(
+            &"a".repeat(64),
+            &[AdminCredential {
+                name: "ops:eu:1".into(),
+                secret: "b".repeat(40),
+            }],
+        );
+        let code = c.login_code("ops:eu:1", 1_000);
+        assert_eq!(c.redeem_login(&code, 1_001).as_deref(), Some("ops:eu:1"));
+        let cookie = c.cookie_for("ops:eu:1", 1_000);
+        assert_eq!(c.cookie(&cookie, 1_001).as_deref(), Some("ops:eu:1"));
     }
 }
