@@ -104,8 +104,8 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
     }
 }
 
-/// Runs until SIGINT or SIGTERM; SIGHUP reloads the services and the admin
-/// credentials from the file
+/// Runs until SIGINT or SIGTERM; SIGHUP reloads the services, the tools
+/// and the admin credentials from the file
 /// (`loaded` is that file, read by [`load`]).
 pub async fn run(args: &Args, loaded: Option<GatewayConfig>, data_dir: &Path) -> Result<()> {
     let (config, _demo) = config(args, loaded).await?;
@@ -142,7 +142,7 @@ pub async fn run(args: &Args, loaded: Option<GatewayConfig>, data_dir: &Path) ->
 }
 
 /// Runs `config` until SIGINT or SIGTERM, printing `banner(url)` first;
-/// SIGHUP reloads the services and the admin credentials from
+/// SIGHUP reloads the services, the tools and the admin credentials from
 /// `config_path` ([`gate402_gateway::server::Reloader`]).
 pub async fn serve(
     config: &GatewayConfig,

@@ -12,7 +12,7 @@ use gate402_store::{ServiceChange, ServiceState};
 use toml::Table;
 
 use crate::config::{ConfigErrors, GatewayConfig, ServiceConfig, ToolConfig};
-use crate::mcp::{HttpTools, PaidTools};
+use crate::mcp::PaidTools;
 use crate::proxy::Proxy;
 
 /// Why a set of services was not installed; the running one stays.
@@ -73,10 +73,9 @@ struct SoldTools {
 }
 
 impl SoldTools {
-    /// Prices the tools over `services` as they now run.
-    fn reprice(&self, services: &[ServiceConfig]) {
-        self.server
-            .set_pricing(HttpTools::pricing(&self.tools, services));
+    /// Makes and prices the tools over `services` as they now run.
+    fn install(&self, services: &[ServiceConfig]) {
+        self.server.set_tools(&self.tools, services);
     }
 }
 
@@ -116,8 +115,24 @@ impl ServicesHandle {
         // change can slip between this pricing and the next.
         let layers = self.layers();
         let sold = SoldTools { tools, server };
-        sold.reprice(&running(&layers));
+        sold.install(&running(&layers));
         *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = Some(sold);
+    }
+
+    /// Whether an MCP server sells `[[tools]]` (one started with some).
+    pub fn sells_tools(&self) -> bool {
+        self.tools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Replaces the `[[tools]]` entries sold (once a server sells them),
+    /// to be made at the next install; answers the entries before.
+    fn set_tool_entries(&self, tools: Vec<ToolConfig>) -> Option<Vec<ToolConfig>> {
+        let mut sold = self.tools.lock().unwrap_or_else(|e| e.into_inner());
+        sold.as_mut()
+            .map(|sold| std::mem::replace(&mut sold.tools, tools))
     }
 
     /// The services that run, in route order.
@@ -147,7 +162,8 @@ impl ServicesHandle {
     }
 
     /// Installs the services of a reloaded config, with the admin API's
-    /// changes on top.
+    /// changes on top, and its `[[tools]]` once a server sells tools
+    /// (names, descriptions, schemas, services and prices as written).
     ///
     /// # Errors
     ///
@@ -156,7 +172,14 @@ impl ServicesHandle {
         let mut layers = self.layers();
         let tables = tables_by_name(&config.service_tables);
         let (running, warnings) = merge(&config.services, &tables, &layers.changes)?;
-        self.install(&running)?;
+        // The file's tools are installed with its services, or neither.
+        let before = self.set_tool_entries(config.tools.clone());
+        if let Err(e) = self.install(&running) {
+            if let Some(before) = before {
+                self.set_tool_entries(before);
+            }
+            return Err(e);
+        }
         log(&warnings);
         layers.base = config.services.clone();
         layers.tables = tables;
@@ -240,7 +263,7 @@ impl ServicesHandle {
         let services: Vec<ServiceConfig> = running.iter().map(|v| v.config.clone()).collect();
         self.proxy.set_services(&services)?;
         if let Some(sold) = &*self.tools.lock().unwrap_or_else(|e| e.into_inner()) {
-            sold.reprice(&services);
+            sold.install(&services);
         }
         self.paywall
             .set_services(services.into_iter().map(|s| s.priced));

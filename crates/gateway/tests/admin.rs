@@ -1167,3 +1167,34 @@ async fn a_login_link_opens_one_dashboard_and_a_cookie_makes_no_links() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     h.gateway.shutdown().await.unwrap();
 }
+
+/// A reload names each change it leaves for a restart, and applies the
+/// rest: here the admin listener's address and sync period, and tools on
+/// a gateway that started without an MCP server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_names_what_waits_for_a_restart() {
+    let h = Harness::start().await;
+    let mut config = h.config.clone();
+    config.admin.listen = "127.0.0.1:1".into();
+    config.admin.sync_secs = 5;
+    config.admin.low_inbound_sats = 12_345;
+    config.tools.push(gate402_gateway::config::ToolConfig {
+        name: "weather".into(),
+        description: "The weather".into(),
+        service: "weather".into(),
+        method: None,
+        path: None,
+        input_schema: json!({"type": "object"}),
+        price_sats: None,
+    });
+    let later = h.gateway.reloader().reload(&config).unwrap();
+    assert_eq!(later.len(), 3, "{later:?}");
+    assert!(later[0].starts_with("admin.listen: still"), "{later:?}");
+    assert!(
+        later[1].starts_with("admin.sync_secs: still 1"),
+        "{later:?}"
+    );
+    assert!(later[2].starts_with("tools: none are sold"), "{later:?}");
+    assert_eq!(h.get("/node").await["low_inbound_sats"], 12_345);
+    h.gateway.shutdown().await.unwrap();
+}

@@ -16,6 +16,8 @@ const RECEIPT: &str = "org.paymentauth/receipt";
 
 struct Harness {
     gateway: Gateway,
+    /// The config it started with.
+    config: gate402_gateway::GatewayConfig,
     base: String,
     client: RunningService<RoleClient, ()>,
     http: reqwest::Client,
@@ -47,6 +49,7 @@ async fn start_limited(limits: gate402_paywall::LimitsConfig) -> Harness {
         .unwrap();
     Harness {
         gateway,
+        config,
         base,
         client,
         http: reqwest::Client::new(),
@@ -597,6 +600,111 @@ async fn tools_follow_the_price_and_state_of_their_service() {
     services.set(&running).unwrap();
     let (_, offered) = h.call(call("weather", weather(), None)).await.unwrap_err();
     assert_eq!(offered["challenges"][0]["request"]["amount"], "25");
+    h.client.cancel().await.unwrap();
+    h.gateway.shutdown().await.unwrap();
+}
+
+/// A reload (SIGHUP) sells the file's `[[tools]]` as now written: a tool
+/// added is listed and charged its own price, one changed is described and
+/// priced anew, and one removed is no longer sold.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_sells_the_tools_as_the_file_now_writes_them() {
+    let h = start().await;
+    let mut config = h.config.clone();
+    config.tools.retain(|t| t.name != "forecast");
+    let translate = config
+        .tools
+        .iter_mut()
+        .find(|t| t.name == "translate")
+        .unwrap();
+    translate.description = "Translation, now with a price of its own".into();
+    translate.price_sats = Some(7);
+    config.tools.push(ToolConfig {
+        name: "weather_now".into(),
+        description: "The weather this minute".into(),
+        service: "weather".into(),
+        method: None,
+        path: None,
+        input_schema: json!({"type": "object", "required": ["city"]}),
+        price_sats: Some(3),
+    });
+    let later = h.gateway.reloader().reload(&config).unwrap();
+    assert!(later.is_empty(), "{later:?}");
+
+    let listed = h.client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(
+        names,
+        ["weather", "translate", "weather_now", "create_payment"]
+    );
+    let price = |name: &str| {
+        let tool = listed.iter().find(|t| t.name == name).unwrap();
+        tool.meta.as_ref().unwrap()["org.paymentauth/price"]["amount"].clone()
+    };
+    assert_eq!(price("weather"), "10");
+    assert_eq!(price("translate"), "7");
+    assert_eq!(price("weather_now"), "3");
+    let translate = listed.iter().find(|t| t.name == "translate").unwrap();
+    assert!(
+        translate
+            .description
+            .as_deref()
+            .unwrap()
+            .starts_with("Translation, now with a price of its own"),
+        "{translate:?}"
+    );
+    let now = listed.iter().find(|t| t.name == "weather_now").unwrap();
+    assert_eq!(now.input_schema["required"], json!(["city"]));
+    let described = h.described().await;
+    assert!(
+        described["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "weather_now" && t["price"]["amount"] == "3"),
+        "{described}"
+    );
+
+    match h
+        .client
+        .call_tool(call("forecast", json!({"city": "Oslo"}), None))
+        .await
+    {
+        Err(ServiceError::McpError(e)) => {
+            assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
+            assert!(e.message.contains("no tool named"), "{}", e.message);
+        }
+        other => panic!("a removed tool was sold: {other:?}"),
+    }
+    let (code, offered) = h
+        .call(call("weather_now", json!({"city": "Oslo"}), None))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32042);
+    assert_eq!(offered["challenges"][0]["request"]["amount"], "3");
+    let bought = h.pay(&offered).await;
+    let served = h
+        .call(call("weather_now", json!({"city": "Oslo"}), Some(bought)))
+        .await
+        .unwrap();
+    assert!(served.structured_content.is_some(), "{served:?}");
+    // Its service removed, a tool the file still names is not made, and
+    // a call says why.
+    let services = h.gateway.services_handle();
+    let mut running = services.running();
+    running.retain(|s| s.name() != "translate");
+    services.set(&running).unwrap();
+    match h
+        .client
+        .call_tool(call("translate", json!({"text": "hi"}), None))
+        .await
+    {
+        Err(ServiceError::McpError(e)) => {
+            assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
+            assert!(e.message.contains("removed"), "{}", e.message);
+        }
+        other => panic!("a removed service's tool was sold: {other:?}"),
+    }
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }

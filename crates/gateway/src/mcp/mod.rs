@@ -100,6 +100,8 @@ pub struct PaidTools {
     /// description (and whether it exists), and asking an MCP upstream
     /// for its tool list on every call would double the round trips.
     descriptions: Arc<RwLock<HashMap<String, String>>>,
+    /// The `[[tools]]` behind `upstream`, when it is those.
+    http: Option<Arc<HttpTools>>,
 }
 
 fn error(code: i32, message: impl Into<String>, data: Option<Value>) -> ErrorData {
@@ -133,7 +135,37 @@ impl PaidTools {
             upstream,
             pricing: Arc::new(ArcSwap::from_pointee(pricing)),
             descriptions: Default::default(),
+            http: None,
         }
+    }
+
+    /// A server selling `[[tools]]` ([`HttpTools`]), charging by `pricing`.
+    pub fn over_http(paywall: Paywall, tools: HttpTools, pricing: Pricing) -> Self {
+        let tools = Arc::new(tools);
+        Self {
+            http: Some(tools.clone()),
+            ..Self::new(paywall, tools, pricing)
+        }
+    }
+
+    /// Sells `tools` over `services` as they now run, from the next call
+    /// on: their names, descriptions, schemas, the path and method each
+    /// calls, and their prices. Does nothing on a server that proxies
+    /// another MCP server (its tools are that server's).
+    pub fn set_tools(
+        &self,
+        tools: &[crate::config::ToolConfig],
+        services: &[crate::config::ServiceConfig],
+    ) {
+        let Some(http) = &self.http else {
+            return;
+        };
+        self.set_pricing(http.set(tools, services));
+        // A renamed or re-described tool is looked up afresh.
+        self.descriptions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Charges by `pricing` from the next call on (calls in flight keep
@@ -322,8 +354,13 @@ impl PaidTools {
             return Ok(description);
         }
         self.upstream_tools().await?;
-        known(&self.descriptions)
-            .ok_or_else(|| ErrorData::invalid_params(format!("no tool named {tool:?}"), None))
+        known(&self.descriptions).ok_or_else(|| {
+            // A tool of a removed service is not made, but was sold.
+            match self.pricing.load().price(tool, "") {
+                ToolPrice::Unavailable => unavailable(tool),
+                _ => ErrorData::invalid_params(format!("no tool named {tool:?}"), None),
+            }
+        })
     }
 
     /// Checks a `paymentId` for `service`: its invoice is ours, for this
@@ -635,7 +672,7 @@ impl PaidTools {
             return Ok(None);
         }
         let (tools, pricing) = HttpTools::new(&config.tools, services, proxy.clone());
-        Ok(Some(Self::new(paywall.clone(), Arc::new(tools), pricing)))
+        Ok(Some(Self::over_http(paywall.clone(), tools, pricing)))
     }
 }
 

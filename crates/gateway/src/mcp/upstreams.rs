@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, Method, Request};
@@ -22,9 +23,10 @@ use crate::proxy::Proxy;
 /// The largest upstream answer turned into a tool result.
 const MAX_RESULT_BYTES: usize = 8 << 20;
 
-/// Tools that call priced HTTP services (`[[tools]]`).
+/// Tools that call priced HTTP services (`[[tools]]`), made again from
+/// their entries whenever the services change ([`HttpTools::set`]).
 pub struct HttpTools {
-    tools: Vec<HttpTool>,
+    tools: ArcSwap<Vec<HttpTool>>,
     proxy: Proxy,
 }
 
@@ -40,6 +42,19 @@ impl HttpTools {
     /// The configured tools over `services`, called through `proxy`; each
     /// tool's paid service is in the returned [`Pricing`].
     pub fn new(tools: &[ToolConfig], services: &[ServiceConfig], proxy: Proxy) -> (Self, Pricing) {
+        let http = Self {
+            tools: ArcSwap::default(),
+            proxy,
+        };
+        let pricing = http.set(tools, services);
+        (http, pricing)
+    }
+
+    /// Makes the tools of `tools` over `services` as they now run (each
+    /// calls its service's path with its first method), for the next
+    /// call on; answers what they cost ([`HttpTools::pricing`]). A tool
+    /// whose service is not running is left out.
+    pub fn set(&self, tools: &[ToolConfig], services: &[ServiceConfig]) -> Pricing {
         let mut http = Vec::new();
         for config in tools {
             let Some(called) = services.iter().find(|s| s.name() == config.service) else {
@@ -66,7 +81,8 @@ impl HttpTools {
                 path,
             });
         }
-        (Self { tools: http, proxy }, Self::pricing(tools, services))
+        self.tools.store(Arc::new(http));
+        Self::pricing(tools, services)
     }
 
     /// What each of `tools` costs over `services` as they run: the tool's
@@ -99,7 +115,7 @@ fn query_value(value: &Value) -> String {
 #[async_trait]
 impl ToolUpstream for HttpTools {
     async fn tools(&self) -> Result<Vec<Tool>, ErrorData> {
-        Ok(self.tools.iter().map(|t| t.tool.clone()).collect())
+        Ok(self.tools.load().iter().map(|t| t.tool.clone()).collect())
     }
 
     async fn call(
@@ -107,8 +123,8 @@ impl ToolUpstream for HttpTools {
         name: &str,
         arguments: Option<JsonObject>,
     ) -> Result<CallToolResult, ErrorData> {
-        let tool = self
-            .tools
+        let tools = self.tools.load_full();
+        let tool = tools
             .iter()
             .find(|t| t.tool.name == name)
             .ok_or_else(|| ErrorData::invalid_params(format!("no tool named {name:?}"), None))?;

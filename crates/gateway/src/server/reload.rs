@@ -24,10 +24,12 @@ impl std::fmt::Debug for Reloader {
 
 impl Reloader {
     /// Applies `config` (checked by [`GatewayConfig::load`]): its
-    /// services, with the admin API's changes on top, all or nothing;
-    /// then the admin listener's credentials and `low_inbound_sats`
-    /// ([`AdminHandle::reload`]). Answers, one line each, the changes it
-    /// leaves for a restart: `[admin] enabled`, `listen` and `sync_secs`.
+    /// services, with the admin API's changes on top, and its `[[tools]]`,
+    /// all or nothing; then the admin listener's credentials and
+    /// `low_inbound_sats` ([`AdminHandle::reload`]). Answers, one line
+    /// each, the changes it leaves for a restart: `[admin] enabled`,
+    /// `listen` and `sync_secs`, and `[[tools]]` on a gateway that started
+    /// without any (it has no MCP server to sell them).
     ///
     /// # Errors
     ///
@@ -52,6 +54,12 @@ impl Reloader {
                 "admin.sync_secs: still {} until a restart",
                 was.sync_secs
             ));
+        }
+        if !config.tools.is_empty() && config.mcp_proxy.is_none() && !self.services.sells_tools() {
+            later.push(
+                "tools: none are sold until a restart (the gateway started without [[tools]])"
+                    .into(),
+            );
         }
         Ok(later)
     }
