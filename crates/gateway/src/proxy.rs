@@ -216,7 +216,9 @@ impl Proxy {
     }
 
     /// Forwards `request` to the upstream of the service named `service`,
-    /// at `path` (normal form).
+    /// at `path` (normal form). A service removed since the request was
+    /// routed (a reload in between) answers `503`: a server error, so a
+    /// payment the request carried is released, not spent on nothing.
     pub async fn forward_to(
         &self,
         service: &str,
@@ -226,10 +228,10 @@ impl Proxy {
         let upstream = self.upstreams.load().get(service).cloned();
         let Some(upstream) = upstream else {
             return problem_response(
-                StatusCode::NOT_FOUND,
+                StatusCode::SERVICE_UNAVAILABLE,
                 "about:blank",
-                "Not Found",
-                "no service is configured for this path",
+                "Service Unavailable",
+                "this service was removed while the request was on its way; nothing was charged",
                 None,
             );
         };
@@ -349,5 +351,22 @@ impl tower::Service<Request<Body>> for Proxy {
                 .forward_to(&routed.service.name, &routed.path, request)
                 .await)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request routed to a service that a reload removed on its way
+    /// gets a server error, on which the paywall releases its payment.
+    #[tokio::test]
+    async fn a_service_removed_on_the_way_is_a_server_error() {
+        let proxy = Proxy::new(&[], TrustedProxies::default()).unwrap();
+        let path = RequestPath::parse("/gone").unwrap();
+        let response = proxy
+            .forward_to("gone", &path, Request::new(Body::empty()))
+            .await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -705,6 +705,23 @@ async fn a_reload_sells_the_tools_as_the_file_now_writes_them() {
         }
         other => panic!("a removed service's tool was sold: {other:?}"),
     }
+    // Its service made a prefix by the admin API, a tool without a path
+    // of its own is not sold (the file's check would refuse it).
+    let at = running.iter().position(|s| s.name() == "weather").unwrap();
+    running[at].priced.path = gate402_paywall::route::PathPattern::Prefix("/api/weather/".into());
+    services.set(&running).unwrap();
+    let listed = h.client.list_all_tools().await.unwrap();
+    assert!(!listed.iter().any(|t| t.name == "weather"), "{listed:?}");
+    match h
+        .client
+        .call_tool(call("weather", json!({"city": "Oslo"}), None))
+        .await
+    {
+        Err(ServiceError::McpError(e)) => {
+            assert!(e.message.contains("prefix"), "{}", e.message);
+        }
+        other => panic!("a tool with no path on a prefix was sold: {other:?}"),
+    }
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }

@@ -134,6 +134,11 @@ pub(crate) struct Who {
     pub name: String,
     /// Through the dashboard's cookie rather than a bearer secret.
     pub cookie: bool,
+    /// The credentials it was checked against: what is made for it (a
+    /// login link) is signed with those, so that a reload between the
+    /// check and the signature cannot hand a replaced secret a link
+    /// under the new ones.
+    pub credentials: Arc<Credentials>,
 }
 
 /// The running admin listener.
@@ -272,10 +277,12 @@ async fn authenticate(
 ) -> Response {
     let now = unix_now();
     let headers = request.headers();
+    let credentials = state.credentials.load_full();
     let who = match bearer(headers) {
-        Some(secret) => state.credentials.load().bearer(secret).map(|name| Who {
+        Some(secret) => credentials.bearer(secret).map(|name| Who {
             name: name.to_owned(),
             cookie: false,
+            credentials: credentials.clone(),
         }),
         None => match cookie(headers) {
             Some(value) => {
@@ -286,11 +293,11 @@ async fn authenticate(
                         &format!("a change made with the dashboard's cookie must carry the {CHANGE_HEADER} header"),
                     );
                 }
-                state
-                    .credentials
-                    .load()
-                    .cookie(value, now)
-                    .map(|name| Who { name, cookie: true })
+                credentials.cookie(value, now).map(|name| Who {
+                    name,
+                    cookie: true,
+                    credentials: credentials.clone(),
+                })
             }
             None => None,
         },
@@ -346,7 +353,7 @@ async fn login_link(
         );
     }
     let now = unix_now();
-    let code = state.credentials.load().login_code(&who.name, now);
+    let code = who.credentials.login_code(&who.name, now);
     Json(serde_json::json!({
         "url": format!("{}/admin/login?code={code}", state.base_url),
         "expires_at": now + auth::LOGIN_LINK_SECS,
@@ -366,11 +373,13 @@ async fn login(
     axum::extract::Query(query): axum::extract::Query<LoginQuery>,
 ) -> Response {
     let now = unix_now();
+    // One snapshot checks the link and signs the cookie.
+    let credentials = state.credentials.load_full();
     let Some(name) = query
         .code
         .as_deref()
         .filter(|code| state.redeemed.first_use(code, now))
-        .and_then(|code| state.credentials.load().redeem_login(code, now))
+        .and_then(|code| credentials.redeem_login(code, now))
     else {
         return problem(
             StatusCode::UNAUTHORIZED,
@@ -380,7 +389,7 @@ async fn login(
     let cookie = format!(
         "{}={}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}",
         auth::COOKIE_NAME,
-        state.credentials.load().cookie_for(&name, now),
+        credentials.cookie_for(&name, now),
         auth::COOKIE_SECS
     );
     Response::builder()

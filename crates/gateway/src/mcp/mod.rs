@@ -561,7 +561,7 @@ fn store_unavailable() -> ErrorData {
 
 fn unavailable(tool: &str) -> ErrorData {
     ErrorData::invalid_params(
-        format!("tool {tool:?} is not served now: the service it calls is disabled or removed"),
+        format!("tool {tool:?} is not served now: the service it calls is disabled or removed, or matches a prefix and the tool names no path of its own"),
         None,
     )
 }

@@ -7,8 +7,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, Method, Request};
-use gate402_paywall::route::RequestPath;
-use gate402_paywall::Auth;
+use gate402_paywall::route::{PathPattern, RequestPath};
+use gate402_paywall::{Auth, PricedService};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ContentBlock, ErrorData, JsonObject, Tool,
 };
@@ -51,57 +51,64 @@ impl HttpTools {
     }
 
     /// Makes the tools of `tools` over `services` as they now run (each
-    /// calls its service's path with its first method), for the next
-    /// call on; answers what they cost ([`HttpTools::pricing`]). A tool
-    /// whose service is not running is left out.
+    /// calls its own path and method, else its service's), for the next
+    /// call on; answers what they cost: the tool's own price, else its
+    /// service's. A tool is left out, and priced as not served, when its
+    /// service is disabled or gone (what the paywall no longer sells over
+    /// HTTP is not sold over MCP either) or, without a path of its own,
+    /// now matches a prefix (an admin API change: the file's check would
+    /// refuse it).
     pub fn set(&self, tools: &[ToolConfig], services: &[ServiceConfig]) -> Pricing {
-        let mut http = Vec::new();
-        for config in tools {
-            let Some(called) = services.iter().find(|s| s.name() == config.service) else {
-                continue;
-            };
-            let schema = match &config.input_schema {
-                Value::Object(schema) => schema.clone(),
-                _ => JsonObject::new(),
-            };
-            let paid = config.paid_service(called).priced;
-            let method = paid.methods.first().cloned().unwrap_or(Method::GET);
-            // The config checked that a tool's path is in normal form.
-            let Ok(path) = RequestPath::parse(paid.path.stem()) else {
-                continue;
-            };
-            http.push(HttpTool {
-                tool: Tool::new(
-                    config.name.clone(),
-                    config.description.clone(),
-                    Arc::new(schema),
-                ),
-                service: called.name().to_owned(),
-                method,
-                path,
-            });
-        }
-        self.tools.store(Arc::new(http));
-        Self::pricing(tools, services)
-    }
-
-    /// What each of `tools` costs over `services` as they run: the tool's
-    /// own price, else its service's. A tool whose service is disabled or
-    /// gone is not served, so that what the paywall no longer sells over
-    /// HTTP is not sold over MCP either.
-    pub fn pricing(tools: &[ToolConfig], services: &[ServiceConfig]) -> Pricing {
+        let mut made = Vec::new();
         let mut prices = Vec::new();
         let mut unavailable = Vec::new();
         for config in tools {
-            match services.iter().find(|s| s.name() == config.service) {
-                Some(called) if called.priced.auth != Auth::Disabled => {
-                    prices.push((config.name.clone(), config.paid_service(called).priced));
+            match make(config, services) {
+                Some((tool, priced)) => {
+                    prices.push((config.name.clone(), priced));
+                    made.push(tool);
                 }
-                _ => unavailable.push(config.name.clone()),
+                None => unavailable.push(config.name.clone()),
             }
         }
+        self.tools.store(Arc::new(made));
         Pricing::new(prices).without(unavailable)
     }
+}
+
+/// The tool of `config` over `services`, and the service that charges
+/// for it; `None` when it is not served now.
+fn make(config: &ToolConfig, services: &[ServiceConfig]) -> Option<(HttpTool, PricedService)> {
+    let called = services.iter().find(|s| s.name() == config.service)?;
+    if called.priced.auth == Auth::Disabled {
+        return None;
+    }
+    let paid = config.paid_service(called).priced;
+    if !matches!(paid.path, PathPattern::Exact(_)) {
+        tracing::warn!(
+            tool = %config.name,
+            service = %config.service,
+            "the tool's service now matches a prefix: the tool is not sold until it names its path"
+        );
+        return None;
+    }
+    // The config checked that a tool's path is in normal form.
+    let path = RequestPath::parse(paid.path.stem()).ok()?;
+    let schema = match &config.input_schema {
+        Value::Object(schema) => schema.clone(),
+        _ => JsonObject::new(),
+    };
+    let tool = HttpTool {
+        tool: Tool::new(
+            config.name.clone(),
+            config.description.clone(),
+            Arc::new(schema),
+        ),
+        service: called.name().to_owned(),
+        method: paid.methods.first().cloned().unwrap_or(Method::GET),
+        path,
+    };
+    Some((tool, paid))
 }
 
 /// A JSON argument as a query value: strings as they are, the rest as JSON.
