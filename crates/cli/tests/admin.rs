@@ -12,6 +12,24 @@ use common::free_port;
 
 struct Serve(Child);
 
+impl Serve {
+    /// `gate402 serve` of `config` on `data`, at `port`, its log to
+    /// `stderr`.
+    fn start(data: &std::path::Path, config: &std::path::Path, port: u16, stderr: Stdio) -> Self {
+        Self(
+            Command::new(env!("CARGO_BIN_EXE_gate402"))
+                .arg("--data-dir")
+                .arg(data)
+                .args(["serve", "--config", config.to_str().unwrap(), "--listen"])
+                .arg(format!("127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -38,13 +56,13 @@ fn stdout(output: &Output) -> String {
     String::from_utf8(output.stdout.clone()).unwrap()
 }
 
+/// The JSON body of the answer to `request`.
+async fn json_of(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 async fn price(base: &str, path: &str) -> String {
-    let body: serde_json::Value = reqwest::get(format!("{base}{path}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = json_of(reqwest::Client::new().get(format!("{base}{path}"))).await;
     body["price"]["amount"].as_str().unwrap().to_owned()
 }
 
@@ -68,17 +86,7 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
         "[[services]]\nname = \"thing\"\npath = \"/thing\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 3\n",
     )
     .unwrap();
-    let serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_gate402"))
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["serve", "--config", config.to_str().unwrap(), "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let serve = Serve::start(&data, &config, port, Stdio::null());
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while reqwest::get(format!("{base}/healthz")).await.is_err()
@@ -215,16 +223,11 @@ async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
     write(leaked, "127.0.0.1:0", 1000);
     let log = dir.path().join("serve.log");
     let port = free_port();
-    let serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_gate402"))
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["serve", "--config", config.to_str().unwrap(), "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
+    let serve = Serve::start(
+        &data,
+        &config,
+        port,
+        std::fs::File::create(&log).unwrap().into(),
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !data.join("admin.json").exists() {
@@ -250,28 +253,22 @@ async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
     };
     assert_eq!(as_bearer(leaked.into()).await, 200);
     // A dashboard opened with the secret that leaked.
-    let link: serde_json::Value = http
-        .post(format!("{admin}/admin/api/login-links"))
-        .bearer_auth(leaked)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let link = json_of(
+        http.post(format!("{admin}/admin/api/login-links"))
+            .bearer_auth(leaked),
+    )
+    .await;
     let opened = http
         .get(link["url"].as_str().unwrap())
         .send()
         .await
         .unwrap();
     assert_eq!(opened.status(), 303);
-    let cookie = opened.headers()[reqwest::header::SET_COOKIE]
+    // `name=value`, without the attributes.
+    let set = opened.headers()[reqwest::header::SET_COOKIE]
         .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+        .unwrap();
+    let cookie = set[..set.find(';').unwrap_or(set.len())].to_owned();
     assert_eq!(as_cookie(cookie.clone()).await, 200);
 
     write(rotated, "127.0.0.1:1", 2000);
@@ -291,15 +288,11 @@ async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
     assert_eq!(as_cookie(cookie).await, 401, "the old dashboard is closed");
     assert_eq!(as_bearer(rotated.into()).await, 200);
     assert_eq!(as_bearer(local.trim().into()).await, 200);
-    let node: serde_json::Value = http
-        .get(format!("{admin}/admin/api/node"))
-        .bearer_auth(rotated)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let node = json_of(
+        http.get(format!("{admin}/admin/api/node"))
+            .bearer_auth(rotated),
+    )
+    .await;
     assert_eq!(node["low_inbound_sats"], 2000);
     // Still where it was: the address waits for a restart, and says so.
     let after: serde_json::Value =

@@ -76,6 +76,18 @@ impl Harness {
         }
     }
 
+    /// The message of the `-32602` (invalid params) that `params` gets;
+    /// anything else, a result included, fails the test.
+    async fn refused(&self, params: CallToolRequestParams) -> String {
+        match self.client.call_tool(params).await {
+            Err(ServiceError::McpError(e)) => {
+                assert_eq!(e.code, ErrorCode::INVALID_PARAMS, "{e:?}");
+                e.message.into_owned()
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
     /// `/.well-known/mcp`.
     async fn described(&self) -> Value {
         let response = self.http.get(format!("{}/.well-known/mcp", self.base));
@@ -587,13 +599,8 @@ async fn tools_follow_the_price_and_state_of_their_service() {
         call("weather", weather(), None),
         call("create_payment", json!({"tool": "forecast"}), None),
     ] {
-        match h.client.call_tool(params).await {
-            Err(ServiceError::McpError(e)) => {
-                assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
-                assert!(e.message.contains("disabled"), "{}", e.message);
-            }
-            other => panic!("a disabled service's tool was sold: {other:?}"),
-        }
+        let message = h.refused(params).await;
+        assert!(message.contains("disabled"), "{message}");
     }
     // Enabled again, at its price then.
     running[at].priced.auth = enabled;
@@ -665,17 +672,10 @@ async fn a_reload_sells_the_tools_as_the_file_now_writes_them() {
         "{described}"
     );
 
-    match h
-        .client
-        .call_tool(call("forecast", json!({"city": "Oslo"}), None))
-        .await
-    {
-        Err(ServiceError::McpError(e)) => {
-            assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
-            assert!(e.message.contains("no tool named"), "{}", e.message);
-        }
-        other => panic!("a removed tool was sold: {other:?}"),
-    }
+    let message = h
+        .refused(call("forecast", json!({"city": "Oslo"}), None))
+        .await;
+    assert!(message.contains("no tool named"), "{message}");
     let (code, offered) = h
         .call(call("weather_now", json!({"city": "Oslo"}), None))
         .await
@@ -694,17 +694,10 @@ async fn a_reload_sells_the_tools_as_the_file_now_writes_them() {
     let mut running = services.running();
     running.retain(|s| s.name() != "translate");
     services.set(&running).unwrap();
-    match h
-        .client
-        .call_tool(call("translate", json!({"text": "hi"}), None))
-        .await
-    {
-        Err(ServiceError::McpError(e)) => {
-            assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
-            assert!(e.message.contains("removed"), "{}", e.message);
-        }
-        other => panic!("a removed service's tool was sold: {other:?}"),
-    }
+    let message = h
+        .refused(call("translate", json!({"text": "hi"}), None))
+        .await;
+    assert!(message.contains("removed"), "{message}");
     // Its service made a prefix by the admin API, a tool without a path
     // of its own is not sold (the file's check would refuse it).
     let at = running.iter().position(|s| s.name() == "weather").unwrap();
@@ -712,16 +705,10 @@ async fn a_reload_sells_the_tools_as_the_file_now_writes_them() {
     services.set(&running).unwrap();
     let listed = h.client.list_all_tools().await.unwrap();
     assert!(!listed.iter().any(|t| t.name == "weather"), "{listed:?}");
-    match h
-        .client
-        .call_tool(call("weather", json!({"city": "Oslo"}), None))
-        .await
-    {
-        Err(ServiceError::McpError(e)) => {
-            assert!(e.message.contains("prefix"), "{}", e.message);
-        }
-        other => panic!("a tool with no path on a prefix was sold: {other:?}"),
-    }
+    let message = h
+        .refused(call("weather", json!({"city": "Oslo"}), None))
+        .await;
+    assert!(message.contains("prefix"), "{message}");
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }
