@@ -1,14 +1,16 @@
 //! The sandbox's invoices in SQLite.
 //!
 //! A new invoice is kept in memory and written with the others made in
-//! the same moment, in one transaction, by a thread that runs every few
-//! milliseconds, or at once by any read or settlement: a flood of 402s
-//! costs one commit per batch, not one per invoice. Test money: an
-//! invoice made in the last milliseconds before a crash may be forgotten,
-//! and its payer told it is unknown.
+//! the same moment, in one transaction, by a thread that wakes when one
+//! arrives and waits a few milliseconds for more (and sleeps while none
+//! do), or at once by any read or settlement, or when the store is
+//! dropped: a flood of 402s costs one commit per batch, not one per
+//! invoice. Test money: an invoice made in the last milliseconds before
+//! a crash may be forgotten, and its payer told it is unknown.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use gate402_lightning::InvoiceStatus;
@@ -35,11 +37,25 @@ const MIGRATIONS: &[&str] = &[
 
 pub(crate) struct Store {
     conn: Mutex<Connection>,
-    /// Invoices made and not written yet.
-    pending: Mutex<Vec<InvoiceRow>>,
+    pending: Arc<Pending>,
 }
 
-/// How often the writer thread writes what is pending.
+/// Invoices made and not written yet, shared with the writer thread.
+#[derive(Default)]
+struct Pending {
+    rows: Mutex<Vec<InvoiceRow>>,
+    /// Signalled when the first row arrives, and when the store goes.
+    arrived: Condvar,
+    gone: AtomicBool,
+}
+
+impl Pending {
+    fn rows(&self) -> MutexGuard<'_, Vec<InvoiceRow>> {
+        self.rows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How long the writer thread lets new invoices gather before it writes.
 const WRITE_EVERY: Duration = Duration::from_millis(20);
 
 pub(crate) struct InvoiceRow {
@@ -89,19 +105,23 @@ impl Store {
         }
         let store = Arc::new(Self {
             conn: Mutex::new(conn),
-            pending: Mutex::new(Vec::new()),
+            pending: Arc::default(),
         });
-        let writer = Arc::downgrade(&store);
+        let (writer, pending) = (Arc::downgrade(&store), store.pending.clone());
         // Ends with the store; a failure to start leaves reads to write.
         let _ = std::thread::Builder::new()
             .name("sandbox-invoices".into())
-            .spawn(move || write_pending_until_gone(writer));
+            .spawn(move || write_pending_until_gone(writer, &pending));
         Ok(store)
     }
 
     /// Writes what is pending; call with the connection locked.
     fn write_pending(&self, conn: &mut Connection) -> rusqlite::Result<()> {
-        let rows = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        Self::write_rows(&self.pending, conn)
+    }
+
+    fn write_rows(pending: &Pending, conn: &mut Connection) -> rusqlite::Result<()> {
+        let rows = std::mem::take(&mut *pending.rows());
         if rows.is_empty() {
             return Ok(());
         }
@@ -134,10 +154,11 @@ impl Store {
     }
 
     pub fn insert(&self, row: InvoiceRow) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(row);
+        let mut rows = self.pending.rows();
+        rows.push(row);
+        if rows.len() == 1 {
+            self.pending.arrived.notify_one();
+        }
     }
 
     pub fn get(&self, hash: &[u8; 32]) -> rusqlite::Result<Option<InvoiceRow>> {
@@ -206,10 +227,23 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvoiceRow> {
     })
 }
 
-/// The writer thread: writes what is pending every [`WRITE_EVERY`] until
-/// the store is dropped.
-fn write_pending_until_gone(store: Weak<Store>) {
+/// The writer thread: once an invoice is pending, waits [`WRITE_EVERY`]
+/// for others and writes them all; sleeps while none is; ends when the
+/// store is dropped.
+fn write_pending_until_gone(store: Weak<Store>, pending: &Pending) {
     loop {
+        {
+            let rows = pending.rows();
+            let _rows = pending
+                .arrived
+                .wait_while(rows, |rows| {
+                    rows.is_empty() && !pending.gone.load(Ordering::Acquire)
+                })
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if pending.gone.load(Ordering::Acquire) {
+            return;
+        }
         std::thread::sleep(WRITE_EVERY);
         let Some(store) = store.upgrade() else {
             return;
@@ -218,5 +252,103 @@ fn write_pending_until_gone(store: Weak<Store>) {
         if let Err(e) = written {
             tracing::warn!(error = %e, "sandbox: cannot write new invoices; retrying");
         }
+    }
+}
+
+impl Drop for Store {
+    /// Writes what is pending, and lets the writer thread go.
+    fn drop(&mut self) {
+        {
+            // Under the lock, so that the thread cannot miss it between
+            // its check and its wait.
+            let _rows = self.pending.rows();
+            self.pending.gone.store(true, Ordering::Release);
+            self.pending.arrived.notify_all();
+        }
+        let conn = self.conn.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = Self::write_rows(&self.pending, conn) {
+            tracing::warn!(error = %e, "sandbox: cannot write the last new invoices");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(byte: u8) -> InvoiceRow {
+        InvoiceRow {
+            payment_hash: [byte; 32],
+            preimage: [byte; 32],
+            bolt11: format!("lnbcrt{byte}"),
+            amount_msat: 1_000,
+            created_at: 1,
+            expires_at: u64::MAX >> 1,
+            settled_at: None,
+            paid_msat: None,
+            payer_hash: None,
+        }
+    }
+
+    /// The ids of this process's threads named like the writer.
+    fn writer_threads() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| {
+                let task = task.ok()?.path();
+                let comm = std::fs::read_to_string(task.join("comm")).ok()?;
+                comm.starts_with("sandbox-invoice")
+                    .then(|| task.file_name()?.to_str().map(str::to_owned))?
+            })
+            .collect()
+    }
+
+    fn voluntary_switches(tid: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// With nothing to write, the writer thread sleeps; an invoice wakes
+    /// it, and it writes that invoice without any read asking.
+    #[test]
+    fn the_writer_sleeps_until_an_invoice_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = writer_threads();
+        let store = Store::open(&dir.path().join("s.sqlite3")).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let tid = writer_threads()
+            .into_iter()
+            .find(|t| !before.contains(t))
+            .expect("the store's writer thread");
+        let idle = voluntary_switches(&tid);
+        std::thread::sleep(Duration::from_millis(300));
+        let woke = voluntary_switches(&tid) - idle;
+        assert!(
+            woke <= 1,
+            "woke {woke} times in 300 ms with nothing to write"
+        );
+        store.insert(row(7));
+        std::thread::sleep(WRITE_EVERY * 5);
+        assert!(store.pending.rows().is_empty(), "not written");
+        assert!(voluntary_switches(&tid) > idle);
+    }
+
+    /// Dropped, the store writes what is still pending: an invoice made
+    /// just before a graceful stop is known after it.
+    #[test]
+    fn a_dropped_store_writes_what_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        let store = Store::open(&path).unwrap();
+        store.insert(row(9));
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert!(store.get(&[9; 32]).unwrap().is_some());
     }
 }
