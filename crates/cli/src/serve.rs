@@ -175,7 +175,12 @@ pub async fn serve(
                     Some(path) => match GatewayConfig::load(path) {
                         Ok(config) => match reloader.reload(&config) {
                             Ok(later) => {
-                                tracing::info!(services = config.services.len(), "SIGHUP: services reloaded");
+                                tracing::info!(
+                                    services = config.services.len(),
+                                    tools = config.tools.len(),
+                                    admin_credentials = config.admin.credentials.len(),
+                                    "SIGHUP: services reloaded"
+                                );
                                 for setting in later {
                                     tracing::warn!("SIGHUP: {setting}");
                                 }

@@ -287,6 +287,15 @@ async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
     }
     assert_eq!(as_cookie(cookie).await, 401, "the old dashboard is closed");
     assert_eq!(as_bearer(rotated.into()).await, 200);
+    // Two credentials at once: neither is guessed at.
+    let both = http
+        .get(&services)
+        .header(reqwest::header::AUTHORIZATION, format!("Bearer {rotated}"))
+        .header(reqwest::header::AUTHORIZATION, format!("Bearer {leaked}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), 400);
     assert_eq!(as_bearer(local.trim().into()).await, 200);
     let node = json_of(
         http.get(format!("{admin}/admin/api/node"))
@@ -299,6 +308,15 @@ async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
         serde_json::from_str(&std::fs::read_to_string(data.join("admin.json")).unwrap()).unwrap();
     assert_eq!(after["url"], file["url"]);
     let logged = std::fs::read_to_string(&log).unwrap();
+    // Without the terminal's colours: `ESC [ … m`.
+    let plain: String = logged
+        .split('\u{1b}')
+        .map(|part| {
+            part.strip_prefix('[')
+                .map_or(part, |p| &p[p.find('m').map_or(0, |m| m + 1)..])
+        })
+        .collect();
+    assert!(plain.contains("admin_credentials=1"), "{plain}");
     assert!(
         logged.contains("SIGHUP: admin.listen: still \"127.0.0.1:0\" until a restart"),
         "{logged}"

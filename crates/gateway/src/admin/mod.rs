@@ -277,6 +277,18 @@ async fn authenticate(
 ) -> Response {
     let now = unix_now();
     let headers = request.headers();
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        // Which of two would count is a guess the caller should not make.
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "send one Authorization header, not several",
+        );
+    }
     let credentials = state.credentials.load_full();
     let who = match bearer(headers) {
         Some(secret) => credentials.bearer(secret).map(|name| Who {

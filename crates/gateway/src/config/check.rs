@@ -306,6 +306,21 @@ impl Checker {
                     &format!("{at}.secret"),
                     "must be at least 32 characters (e.g. secret = \"${GATE402_ADMIN_SECRET}\")",
                 );
+            } else if credential.secret.trim() != credential.secret {
+                // A bearer secret is read trimmed: this one could never match.
+                self.error(
+                    &format!("{at}.secret"),
+                    "must not start or end with whitespace (no Authorization header could carry it)",
+                );
+            } else if admin.credentials[..i]
+                .iter()
+                .any(|earlier| earlier.secret == credential.secret)
+            {
+                // The log names who made each change: one secret, one name.
+                self.error(
+                    &format!("{at}.secret"),
+                    "is the secret of an earlier credential: give each its own",
+                );
             }
         }
     }

@@ -568,6 +568,15 @@ impl Checker {
         if tool.name == super::CREATE_PAYMENT || earlier.iter().any(|t| t.name == tool.name) {
             self.error(&join(path, "name"), format!("{:?} is taken", tool.name));
         }
+        // A tool is always sold (MCP has no free door of its own here): its
+        // price is a service's, with the same bounds.
+        let most = gate402_paywall::pricing::MAX_PRICE_SATS;
+        if let Some(price) = tool.price_sats.filter(|p| !(1..=most).contains(p)) {
+            self.error(
+                &join(path, "price_sats"),
+                format!("{price} is not a positive number of satoshis up to {most} (1 BTC, the most one invoice asks)"),
+            );
+        }
         match services.iter().find(|s| s.name() == tool.service) {
             None => self.error(
                 &join(path, "service"),

@@ -578,3 +578,58 @@ fn a_service_table_from_the_admin_api_is_checked_as_the_files_are() {
         "{errors:?}"
     );
 }
+
+/// Refused before they run: an admin secret no Authorization header could
+/// carry, two credentials with one secret (the log could not tell who made
+/// a change), and a tool price outside 1 sat to 1 BTC.
+#[test]
+fn unusable_admin_secrets_and_tool_prices_are_refused() {
+    let errors = GatewayConfig::parse(
+        r#"
+        [admin]
+        credentials = [
+          { name = "ops", secret = "0123456789abcdef0123456789abcdef" },
+          { name = "ci", secret = "0123456789abcdef0123456789abcdef" },
+          { name = "spaces", secret = "                                        " },
+          { name = "padded", secret = " fedcba9876543210fedcba9876543210" },
+        ]
+        [[services]]
+        name = "c"
+        path = "/c"
+        price_sats = 1
+        upstream = "http://127.0.0.1:9"
+        [[tools]]
+        name = "free"
+        description = "d"
+        service = "c"
+        price_sats = 0
+        [[tools]]
+        name = "dear"
+        description = "d"
+        service = "c"
+        price_sats = 100000001
+        [[tools]]
+        name = "fine"
+        description = "d"
+        service = "c"
+        price_sats = 100000000
+        "#,
+        env,
+    )
+    .unwrap_err()
+    .0;
+    let expected = [
+        "admin.credentials[1].secret: is the secret of an earlier credential",
+        "admin.credentials[2].secret: must not start or end with whitespace",
+        "admin.credentials[3].secret: must not start or end with whitespace",
+        "tools[0].price_sats: 0 is not a positive number",
+        "tools[1].price_sats: 100000001 is not a positive number",
+    ];
+    for needle in expected {
+        assert!(
+            errors.iter().any(|e| e.starts_with(needle)),
+            "{needle:?} missing from {errors:#?}"
+        );
+    }
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+}
