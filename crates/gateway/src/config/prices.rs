@@ -477,13 +477,7 @@ mod tests {
             "services[1].pricer.fallback: 100000001 is not a positive number of satoshis up to 100000000",
             "services[1].prices[0].price_sats: 100000001 is not a positive number",
         ];
-        for needle in expected {
-            assert!(
-                errors.iter().any(|e| e.starts_with(needle)),
-                "{needle:?} missing from {errors:#?}"
-            );
-        }
-        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        super::super::tests::assert_errors(&errors, &expected);
     }
 
     #[test]
