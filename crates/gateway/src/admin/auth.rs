@@ -81,6 +81,18 @@ impl Credentials {
         }
     }
 
+    /// These credentials with `configured` in place of the configured
+    /// ones: the data dir's (`local`) and the key of links and cookies
+    /// stay.
+    pub fn with_configured(&self, configured: &[AdminCredential]) -> Self {
+        let mut named = vec![self.named[0].clone()];
+        named.extend(configured.iter().cloned());
+        Self {
+            named,
+            key: self.key,
+        }
+    }
+
     /// The name of the credential whose secret is `secret`. Every secret
     /// is compared in constant time.
     pub fn bearer(&self, secret: &str) -> Option<&str> {

@@ -79,7 +79,6 @@ pub(crate) struct AdminState {
 pub struct AdminHandle {
     credentials: Arc<ArcSwap<Credentials>>,
     low_inbound_sats: Arc<AtomicU64>,
-    local_secret: Arc<str>,
 }
 
 impl std::fmt::Debug for AdminHandle {
@@ -97,10 +96,9 @@ impl AdminHandle {
     /// with it. The data dir's `local` credential stays. `config` is
     /// taken as checked (by [`crate::GatewayConfig::load`]).
     pub fn reload(&self, config: &AdminConfig) {
-        self.credentials.store(Arc::new(Credentials::new(
-            &self.local_secret,
-            &config.credentials,
-        )));
+        let running = self.credentials.load_full();
+        self.credentials
+            .store(Arc::new(running.with_configured(&config.credentials)));
         self.low_inbound_sats
             .store(config.low_inbound_sats, Ordering::Relaxed);
     }
@@ -201,7 +199,6 @@ pub(crate) async fn listen(
             &config.credentials,
         ))),
         low_inbound_sats: Arc::new(AtomicU64::new(config.low_inbound_sats)),
-        local_secret: local_secret.into(),
     };
     let state = AdminState {
         paywall,

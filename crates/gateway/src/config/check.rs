@@ -630,3 +630,9 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
     }
     warnings
 }
+
+/// Why `price` (satoshis) is not a price: the bounds every price shares.
+pub(super) fn not_a_price(price: impl Display) -> String {
+    let most = gate402_paywall::pricing::MAX_PRICE_SATS;
+    format!("{price} is not a positive number of satoshis up to {most} (1 BTC, the most one invoice asks)")
+}

@@ -10,7 +10,7 @@ use gate402_paywall::pricing::{
 use serde::Deserialize;
 use toml::Value;
 
-use super::check::Checker;
+use super::check::{not_a_price, Checker};
 use super::{join, Auth, PricedService, Sells};
 
 /// One `[[services.prices]]` rule as written.
@@ -188,10 +188,7 @@ impl Checker {
         }
         match raw.price_sats {
             Some(p) if (least..=MAX_PRICE_SATS as i64).contains(&p) => rule.price_sats = p as u64,
-            Some(p) => self.error(
-                &at("price_sats"),
-                format!("{p} is not a positive number of satoshis up to {MAX_PRICE_SATS} (1 BTC, the most one invoice asks)"),
-            ),
+            Some(p) => self.error(&at("price_sats"), not_a_price(p)),
             None => self.error(
                 &at("price_sats"),
                 "is required: the price when the rule matches",
@@ -282,10 +279,7 @@ impl Checker {
         let price_sats = match raw.price_sats {
             Some(p) if (1..=MAX_PRICE_SATS as i64).contains(&p) => p as u64,
             Some(p) => {
-                self.error(
-                    &join(path, "price_sats"),
-                    format!("{p} is not a positive number of satoshis up to {MAX_PRICE_SATS} (1 BTC, the most one invoice asks)"),
-                );
+                self.error(&join(path, "price_sats"), not_a_price(p));
                 1
             }
             None => {
@@ -340,10 +334,7 @@ impl Checker {
             None => default_sats,
             Some(p) if (1..=MAX_PRICE_SATS as i64).contains(&p) => p as u64,
             Some(p) => {
-                self.error(
-                    &join(path, "fallback"),
-                    format!("{p} is not a positive number of satoshis up to {MAX_PRICE_SATS} (1 BTC, the most one invoice asks)"),
-                );
+                self.error(&join(path, "fallback"), not_a_price(p));
                 default_sats
             }
         };

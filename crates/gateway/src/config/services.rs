@@ -6,7 +6,7 @@ use gate402_paywall::route::RequestPath;
 use serde::Deserialize;
 use toml::{Table, Value};
 
-use super::check::Checker;
+use super::check::{not_a_price, Checker};
 use super::{
     join, segment_prefix, Auth, HostPattern, Meter, PathPattern, PricedService, Rewrite, Schemes,
     Sells, ServiceConfig, ToolConfig, UpstreamConfig, Usage,
@@ -256,10 +256,7 @@ impl Checker {
             .and_then(|url| self.upstream(&at("upstream"), &url));
         match raw.price_sats {
             Some(p) if (1..=MAX_PRICE_SATS).contains(&p) => priced.price_sats = p as u64,
-            Some(p) => self.error(
-                &at("price_sats"),
-                format!("{p} is not a positive number of satoshis up to {MAX_PRICE_SATS} (1 BTC, the most one invoice asks)"),
-            ),
+            Some(p) => self.error(&at("price_sats"), not_a_price(p)),
             None if !has_price => self.error(&at("price_sats"), "is required"),
             None => {}
         }
@@ -570,12 +567,9 @@ impl Checker {
         }
         // A tool is always sold (MCP has no free door of its own here): its
         // price is a service's, with the same bounds.
-        let most = gate402_paywall::pricing::MAX_PRICE_SATS;
+        let most = MAX_PRICE_SATS as u64;
         if let Some(price) = tool.price_sats.filter(|p| !(1..=most).contains(p)) {
-            self.error(
-                &join(path, "price_sats"),
-                format!("{price} is not a positive number of satoshis up to {most} (1 BTC, the most one invoice asks)"),
-            );
+            self.error(&join(path, "price_sats"), not_a_price(price));
         }
         match services.iter().find(|s| s.name() == tool.service) {
             None => self.error(

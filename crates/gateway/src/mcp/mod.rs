@@ -170,7 +170,7 @@ impl PaidTools {
 
     /// Charges by `pricing` from the next call on (calls in flight keep
     /// the price they were checked against).
-    pub fn set_pricing(&self, pricing: Pricing) {
+    fn set_pricing(&self, pricing: Pricing) {
         self.pricing.store(Arc::new(pricing));
     }
 
@@ -634,6 +634,7 @@ impl ServerHandler for PaidTools {
             self.create_payment(request.arguments).await?
         } else {
             let description = self.description_of(&name).await?;
+            // Bound first: the pricing's guard must not live across the call.
             let price = self.pricing.load().price(&name, &description);
             match price {
                 ToolPrice::Free => self.upstream.call(&name, request.arguments).await?,

@@ -292,8 +292,8 @@ impl Gateway {
         self.services.clone()
     }
 
-    /// What applies a config file again (on SIGHUP): the services and
-    /// the admin listener's credentials.
+    /// What applies a config file again (on SIGHUP): the services, the
+    /// tools and the admin listener's credentials.
     pub fn reloader(&self) -> Reloader {
         Reloader {
             services: self.services.clone(),

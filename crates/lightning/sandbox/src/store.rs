@@ -116,10 +116,6 @@ impl Store {
     }
 
     /// Writes what is pending; call with the connection locked.
-    fn write_pending(&self, conn: &mut Connection) -> rusqlite::Result<()> {
-        Self::write_rows(&self.pending, conn)
-    }
-
     fn write_rows(pending: &Pending, conn: &mut Connection) -> rusqlite::Result<()> {
         let rows = std::mem::take(&mut *pending.rows());
         if rows.is_empty() {
@@ -149,7 +145,7 @@ impl Store {
     fn conn(&self) -> rusqlite::Result<std::sync::MutexGuard<'_, Connection>> {
         // A panic while holding the lock leaves SQLite consistent; go on.
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        self.write_pending(&mut conn)?;
+        Self::write_rows(&self.pending, &mut conn)?;
         Ok(conn)
     }
 
