@@ -238,9 +238,11 @@ fn initialize_request() -> String {
 /// One paid tool calling `/work`; at most `max_sessions` MCP sessions (the
 /// test's one client may hold all of them; the per-client cap is tested in
 /// the gateway's own MCP tests).
+/// The tests' 60 connections come from one address: the per-client
+/// connection cap (64 by default) gets room, as it is not what they test.
 fn mcp_config(upstream: u16, max_sessions: usize) -> String {
     format!(
-        "{}[[tools]]\nname = \"work\"\ndescription = \"Does the work\"\nservice = \"work\"\n[mcp]\nmax_sessions = {max_sessions}\nmax_sessions_per_client = {max_sessions}\nmax_requests_in_flight_per_client = 128\n",
+        "{}[[tools]]\nname = \"work\"\ndescription = \"Does the work\"\nservice = \"work\"\n[mcp]\nmax_sessions = {max_sessions}\nmax_sessions_per_client = {max_sessions}\nmax_requests_in_flight_per_client = 128\n[server]\nmax_connections_per_client = 256\n",
         service(upstream)
     )
 }

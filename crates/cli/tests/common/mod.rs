@@ -119,30 +119,38 @@ impl ServeProcess {
         config_text: &str,
         file_limit: Option<u32>,
     ) -> Self {
-        let port = free_port();
         std::fs::create_dir_all(root).unwrap();
         let config = root.join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!("listen = \"127.0.0.1:{port}\"\n{config_text}"),
-        )
-        .unwrap();
-        let mut process = Self {
-            child: Self::launch(
-                &root.join("data"),
+        let log = root.join("gateway.log");
+        // A port free a moment ago can be taken before the gateway binds
+        // it (by another test's gateway, or a connection's local port):
+        // then this gateway exits, and another one may be answering on
+        // the port. Only this launch's own "listening" line counts, and a
+        // taken port is given up for another.
+        for _ in 0..5 {
+            let port = free_port();
+            std::fs::write(
                 &config,
-                &root.join("gateway.log"),
+                format!("listen = \"127.0.0.1:{port}\"\n{config_text}"),
+            )
+            .unwrap();
+            let mut process = Self {
+                child: Self::launch(&root.join("data"), &config, &log, file_limit),
+                base: format!("http://127.0.0.1:{port}"),
+                port,
+                data: root.join("data"),
+                config: config.clone(),
+                log: log.clone(),
                 file_limit,
-            ),
-            base: format!("http://127.0.0.1:{port}"),
-            port,
-            data: root.join("data"),
-            config,
-            log: root.join("gateway.log"),
-            file_limit,
-        };
-        process.wait_healthy().await;
-        process
+            };
+            let listening = process.listening_lines();
+            match process.wait_healthy(listening).await {
+                None => return process,
+                Some(_) if process.log_text().contains("in use") => continue,
+                Some(status) => panic!("gateway exited ({status}): {}", process.log_text()),
+            }
+        }
+        panic!("no free port for the gateway after 5 tries");
     }
 
     fn launch(
@@ -185,18 +193,32 @@ impl ServeProcess {
 
     /// Starts it again on the same data dir, config and port.
     pub async fn restart(&mut self) {
+        let listening = self.listening_lines();
         self.child = Self::launch(&self.data, &self.config, &self.log, self.file_limit);
-        self.wait_healthy().await;
+        if let Some(status) = self.wait_healthy(listening).await {
+            panic!("gateway exited ({status}): {}", self.log_text());
+        }
     }
 
-    async fn wait_healthy(&mut self) {
+    /// How many times a gateway said it listens in this log (it is
+    /// appended to by every launch).
+    fn listening_lines(&self) -> usize {
+        self.log_text().matches("gate402 listening").count()
+    }
+
+    /// Waits until this launch logged that it listens (a line more than
+    /// `listening_before`) and `/healthz` answers; the exit status if the
+    /// process ended first.
+    async fn wait_healthy(&mut self, listening_before: usize) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while reqwest::get(format!("{}/healthz", self.base))
-            .await
-            .is_err()
-        {
+        loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("gateway exited ({status}): {}", self.log_text());
+                return Some(status);
+            }
+            if self.listening_lines() > listening_before
+                && reqwest::get(format!("{}/healthz", self.base)).await.is_ok()
+            {
+                return None;
             }
             assert!(
                 std::time::Instant::now() < deadline,
