@@ -2,7 +2,8 @@
 //! cookie, got from a short-lived login link.
 //!
 //! Links and cookies are `<claims>.<tag>` in base64url, the tag an
-//! HMAC-SHA256 over the claims (`kind:name:expires`) and the named
+//! HMAC-SHA256 over the claims (`kind:name:expires`, and for a link a
+//! random nonce after them, so that each link is its own) and the named
 //! credential's secret, under a key derived from the data dir's admin
 //! secret: nothing to store, and they die with their time, with the data
 //! dir's secret, or when their credential is removed or given another
@@ -147,7 +148,13 @@ impl Credentials {
     /// A link or cookie for `name`; one for a name that is not (or no
     /// longer) a credential's never opens.
     fn sign(&self, kind: Kind, name: &str, expires: u64) -> String {
-        let claims = format!("{}:{name}:{expires}", kind.as_str());
+        let mut claims = format!("{}:{name}:{expires}", kind.as_str());
+        if kind == Kind::Login {
+            // Links are spent on use: two made in the same second must not
+            // be one link.
+            claims.push(':');
+            claims.push_str(&hex::encode(rand::random::<[u8; 12]>()));
+        }
         let tag = match self.secret_of(name) {
             Some(secret) => self.tag(&claims, secret),
             None => [0; 32],
@@ -165,6 +172,11 @@ impl Credentials {
         let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
         // A name may hold colons; the kind and the time cannot.
         let (k, rest) = claims.split_once(':')?;
+        let rest = if k == Kind::Login.as_str() {
+            rest.rsplit_once(':')?.0
+        } else {
+            rest
+        };
         let (name, expires) = rest.rsplit_once(':')?;
         // A credential removed, or given another secret, takes its links
         // and cookies with it.
@@ -184,11 +196,15 @@ impl Credentials {
 pub struct Redeemed(std::sync::Mutex<std::collections::HashMap<String, u64>>);
 
 impl Redeemed {
-    /// Whether `code` is used for the first time (and marks it used).
-    pub fn first_use(&self, code: &str, now: u64) -> bool {
+    /// The name a login `code` opens, if it is valid under `credentials`
+    /// and used for the first time (it is then marked used). Only valid
+    /// codes are remembered: anyone can send a code, and a made-up one
+    /// must cost no memory.
+    pub fn redeem(&self, credentials: &Credentials, code: &str, now: u64) -> Option<String> {
+        let name = credentials.redeem_login(code, now)?;
         let mut used = self.0.lock().unwrap_or_else(|e| e.into_inner());
         used.retain(|_, at| *at + LOGIN_LINK_SECS >= now);
-        used.insert(code.to_owned(), now).is_none()
+        used.insert(code.to_owned(), now).is_none().then_some(name)
     }
 }
 
@@ -264,6 +280,27 @@ mod tests {
         assert_eq!(removed.cookie(&fresh, 1_002), None);
         let orphan = removed.cookie_for("ops", 1_002);
         assert_eq!(removed.cookie(&orphan, 1_003), None);
+    }
+
+    #[test]
+    fn each_link_opens_once_and_made_up_codes_are_not_kept() {
+        let c = credentials();
+        let redeemed = Redeemed::default();
+        let (first, second) = (c.login_code("ops", 1_000), c.login_code("ops", 1_000));
+        assert_ne!(first, second, "two links made in one second are two links");
+        assert_eq!(redeemed.redeem(&c, &first, 1_001).as_deref(), Some("ops"));
+        assert_eq!(redeemed.redeem(&c, &first, 1_002), None, "spent");
+        assert_eq!(redeemed.redeem(&c, &second, 1_002).as_deref(), Some("ops"));
+        for i in 0..1_000 {
+            assert_eq!(redeemed.redeem(&c, &format!("made-up-{i}.x"), 1_003), None);
+        }
+        let cookie = c.cookie_for("ops", 1_000);
+        assert_eq!(redeemed.redeem(&c, &cookie, 1_003), None);
+        assert_eq!(
+            redeemed.0.lock().unwrap().len(),
+            2,
+            "only the two links are kept"
+        );
     }
 
     #[test]

@@ -387,8 +387,7 @@ async fn login(
     let Some(name) = query
         .code
         .as_deref()
-        .filter(|code| state.redeemed.first_use(code, now))
-        .and_then(|code| credentials.redeem_login(code, now))
+        .and_then(|code| state.redeemed.redeem(&credentials, code, now))
     else {
         return problem(
             StatusCode::UNAUTHORIZED,
