@@ -238,6 +238,7 @@ fn initialize_request() -> String {
 /// One paid tool calling `/work`; at most `max_sessions` MCP sessions (the
 /// test's one client may hold all of them; the per-client cap is tested in
 /// the gateway's own MCP tests).
+///
 /// The tests' 60 connections come from one address: the per-client
 /// connection cap (64 by default) gets room, as it is not what they test.
 fn mcp_config(upstream: u16, max_sessions: usize) -> String {

@@ -112,8 +112,9 @@ impl Credentials {
         self.sign(Kind::Login, name, now + LOGIN_LINK_SECS)
     }
 
-    /// The name a login code was made for, while it is valid.
-    pub fn redeem_login(&self, code: &str, now: u64) -> Option<String> {
+    /// The name a login code was made for, while it is valid. Not for
+    /// handlers: [`Redeemed::redeem`] also spends the link.
+    fn redeem_login(&self, code: &str, now: u64) -> Option<String> {
         self.open(Kind::Login, code, now)
     }
 
