@@ -177,11 +177,23 @@ fn lenient_path(raw: &str) -> String {
     if let Some(end) = bytes.iter().position(|b| matches!(b, 0 | b'?' | b'#')) {
         bytes.truncate(end);
     }
-    // NFKC, as Windows' best-fit mapping and some frameworks fold:
-    // `．．` is `..`, `／` is `/`, `ｐ` is `p`.
+    // Compatibility forms folded, as some frameworks do (`．．` is `..`,
+    // `／` is `/`, `ｐ` is `p`), then Windows' best-fit reading of what
+    // has no such form: accents dropped, `ı` as `i`, `∕` and `⁄` as `/`,
+    // `∖` as `\`.
     let text: String = {
+        use unicode_normalization::char::is_combining_mark;
         use unicode_normalization::UnicodeNormalization;
-        String::from_utf8_lossy(&bytes).nfkc().collect()
+        String::from_utf8_lossy(&bytes)
+            .nfkd()
+            .filter(|c| !is_combining_mark(*c))
+            .map(|c| match c {
+                '\u{0131}' => 'i',
+                '\u{2215}' | '\u{2044}' => '/',
+                '\u{2216}' => '\\',
+                c => c,
+            })
+            .collect()
     };
     let text = text.replace('\\', "/");
     let mut segments: Vec<String> = Vec::new();
@@ -823,6 +835,18 @@ fn attack_targets() -> Vec<Target> {
         "/cheap/%EF%BC%8E%EF%BC%8E/premium/secret.txt",
         "/v1/fc/%EF%BC%8E%EF%BC%8E/%EF%BC%8E%EF%BC%8E/admin/secret.txt",
         "/public%EF%BC%BC..%EF%BC%BCpremium/secret.txt",
+        // Best-fit readings: letters with an accent or without a dot, and
+        // slashes that are mathematical signs.
+        "/prem%C4%B1um/secret.txt",
+        "/PREM%C4%B0UM/secret.txt",
+        "/pr%C4%93mium/secret.txt",
+        "/pre%CC%81mium/secret.txt",
+        "/%C4%81dmin/secret.txt",
+        "/public/..%E2%88%95premium/secret.txt",
+        "/public%E2%88%95..%E2%88%95premium/secret.txt",
+        "/public%E2%81%84..%E2%81%84premium/secret.txt",
+        "/public%E2%88%96..%E2%88%96premium%E2%88%96secret.txt",
+        "/cheap%E2%88%95..%E2%88%95premium/secret.txt",
         // Above the root, and no path at all.
         "/../premium/secret.txt",
         "/public/../../premium/secret.txt",

@@ -98,6 +98,26 @@ impl PathPattern {
         }
     }
 
+    /// The pattern as a folding upstream reads it (see
+    /// [`RequestPath::compatibility_form`]): itself for any ASCII pattern.
+    fn folded(&self) -> PathPattern {
+        let stem = match self {
+            PathPattern::Exact(p) | PathPattern::Prefix(p) => p,
+        };
+        let folded = RequestPath::parse(stem)
+            .ok()
+            .and_then(|p| p.compatibility_form().ok().flatten());
+        match (self, folded) {
+            (PathPattern::Exact(_), Some(f)) => PathPattern::Exact(f.as_str().to_owned()),
+            (PathPattern::Prefix(_), Some(f)) => {
+                let mut p = f.as_str().trim_end_matches('/').to_owned();
+                p.push('/');
+                PathPattern::Prefix(p)
+            }
+            (_, None) => self.clone(),
+        }
+    }
+
     /// Whether some path matches both patterns.
     pub fn overlaps(&self, other: &PathPattern) -> bool {
         match (self, other) {
@@ -223,14 +243,17 @@ pub enum RouteError {
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     services: Vec<Arc<PricedService>>,
+    /// Each service's path pattern as a folding upstream reads it, so that
+    /// a route written in `café` is not refused for its own spelling.
+    folded: Vec<PathPattern>,
 }
 
 impl Routes {
     /// A table over `services`, first match wins.
     pub fn new(services: impl IntoIterator<Item = PricedService>) -> Self {
-        Self {
-            services: services.into_iter().map(Arc::new).collect(),
-        }
+        let services: Vec<Arc<PricedService>> = services.into_iter().map(Arc::new).collect();
+        let folded = services.iter().map(|s| s.path.folded()).collect();
+        Self { services, folded }
     }
 
     /// The services, in order.
@@ -250,13 +273,14 @@ impl Routes {
         method: &Method,
         path: &RequestPath,
     ) -> Result<Option<&Arc<PricedService>>, RouteError> {
-        let found = self.find_exactly(host, method, path)?;
-        // An upstream that folds `ｐｒｅｍｉｕｍ` into `premium` must not be
-        // reached through a route that only the unfolded spelling matches.
+        let found = self.find_exactly(host, method, path, false)?;
+        // An upstream that folds `ｐｒｅｍｉｕｍ` or `prēmium` into `premium`
+        // must not be reached through a route that only the unfolded
+        // spelling matches.
         match path.compatibility_form() {
             Ok(None) => Ok(found),
             Ok(Some(folded)) => {
-                let other = self.find_exactly(host, method, &folded)?;
+                let other = self.find_exactly(host, method, &folded, true)?;
                 let same = match (found, other) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                     (None, None) => true,
@@ -277,9 +301,15 @@ impl Routes {
         host: Option<&str>,
         method: &Method,
         path: &RequestPath,
+        folded: bool,
     ) -> Result<Option<&Arc<PricedService>>, RouteError> {
-        for service in &self.services {
-            if !method_matches(&service.methods, method) || !service.path.matches(path) {
+        for (service, folded_pattern) in self.services.iter().zip(&self.folded) {
+            let pattern = if folded {
+                folded_pattern
+            } else {
+                &service.path
+            };
+            if !method_matches(&service.methods, method) || !pattern.matches(path) {
                 continue;
             }
             match (&service.host, host) {
@@ -356,6 +386,37 @@ mod tests {
         ));
         assert!(!method_matches(&[Method::GET], &Method::POST));
         assert!(method_matches(&[], &Method::DELETE));
+    }
+
+    #[test]
+    fn lookalikes_of_a_priced_path_are_refused_and_its_own_spelling_is_not() {
+        let routes = Routes::new([
+            PricedService::new("premium", "/premium/*", 1000),
+            PricedService::new("cafe", "/caf%C3%A9/*", 5),
+            PricedService::free("rest", "/*"),
+        ]);
+        let name = |p: &str| {
+            routes
+                .find(None, &Method::GET, &path(p))
+                .map(|s| s.map(|s| s.name.clone()))
+        };
+        for p in [
+            "/prem%C4%B1um/a",
+            "/PREM%C4%B0UM/a",
+            "/pr%C4%93mium/a",
+            "/pre%CC%81mium/a",
+            "/x/..%E2%88%95premium/a",
+            "/x%E2%88%96..%E2%88%96premium%E2%88%96a",
+            "/%EF%BD%90remium/a",
+        ] {
+            assert_eq!(name(p), Err(RouteError::Ambiguous), "{p}");
+        }
+        assert_eq!(name("/caf%C3%A9/menu"), Ok(Some("cafe".into())));
+        // The decomposed spelling of `café`: an upstream that composes it
+        // serves the priced route, which this spelling does not match.
+        assert_eq!(name("/cafe%CC%81/menu"), Err(RouteError::Ambiguous));
+        assert_eq!(name("/premium/a"), Ok(Some("premium".into())));
+        assert_eq!(name("/prix/%C3%A9t%C3%A9"), Ok(Some("rest".into())));
     }
 
     #[test]

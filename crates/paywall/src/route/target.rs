@@ -246,10 +246,10 @@ impl RequestPath {
         &self.0
     }
 
-    /// The path an upstream that folds Unicode compatibility characters
-    /// (NFKC, or Windows' best-fit mapping) would read: `／`, `．．` and
-    /// `ｐｒｅｍｉｕｍ` become `/`, `..` and `premium` there. `None` when
-    /// the path has no such character (any ASCII path).
+    /// The path an upstream that folds Unicode to ASCII would read, by
+    /// [`fold_char`]'s reading: `／`, `．．`, `∕` and `ｐｒｅｍｉｕｍ` become
+    /// `/`, `..`, `/` and `premium` there, `prēmıum` becomes `premium`.
+    /// `None` when folding changes nothing (any ASCII path).
     ///
     /// # Errors
     ///
@@ -267,7 +267,7 @@ impl RequestPath {
             return Ok(None);
         }
         let decoded = decode(&self.0).ok_or(TargetError::InvalidUtf8)?;
-        let folded: String = decoded.nfkc().collect();
+        let folded: String = decoded.nfkd().filter_map(fold_char).collect();
         if folded == decoded {
             return Ok(None);
         }
@@ -306,6 +306,51 @@ impl AsRef<str> for RequestPath {
     fn as_ref(&self) -> &str {
         &self.0
     }
+}
+
+/// What a folding upstream makes of one character of an NFKD-decomposed
+/// path: combining marks dropped (`ā` is `a` + U+0304), and the letters and
+/// signs that Windows' best-fit tables (`bestfit1252.txt`) map to ASCII
+/// without a compatibility decomposition (`ı` to `i`, `∕` to `/`, `∖` to
+/// `\`). NFKD has already folded the fullwidth and other compatibility
+/// forms (`／`, `．`, `ｐ`).
+fn fold_char(c: char) -> Option<char> {
+    if unicode_normalization::char::is_combining_mark(c) {
+        return None;
+    }
+    Some(match c {
+        '\u{0110}' | '\u{0189}' => 'D',
+        '\u{0111}' => 'd',
+        '\u{0126}' => 'H',
+        '\u{0127}' => 'h',
+        '\u{0131}' => 'i',
+        '\u{0197}' => 'I',
+        '\u{0237}' => 'j',
+        '\u{0141}' => 'L',
+        '\u{0142}' | '\u{019A}' => 'l',
+        '\u{00D8}' | '\u{019F}' => 'O',
+        '\u{00F8}' => 'o',
+        '\u{0166}' | '\u{01AE}' => 'T',
+        '\u{0167}' | '\u{01AB}' => 't',
+        '\u{0180}' => 'b',
+        '\u{0191}' => 'F',
+        '\u{01B5}' => 'Z',
+        '\u{01B6}' => 'z',
+        '\u{01E4}' => 'G',
+        '\u{01E5}' | '\u{0261}' => 'g',
+        '\u{2044}' | '\u{2215}' | '\u{29F8}' => '/',
+        '\u{2216}' | '\u{29F5}' | '\u{29F9}' => '\\',
+        '\u{2024}' => '.',
+        '\u{2236}' => ':',
+        '\u{01C0}' | '\u{2223}' => '|',
+        '\u{02B9}' | '\u{02BC}' | '\u{02C8}' | '\u{2032}' => '\'',
+        '\u{02CB}' | '\u{2035}' => '`',
+        '\u{02CD}' => '_',
+        '\u{2010}' | '\u{2011}' | '\u{2212}' => '-',
+        '\u{2217}' => '*',
+        '\u{223C}' => '~',
+        c => c,
+    })
 }
 
 /// Every `%XX` of a normal form decoded; `None` if that is not UTF-8.
@@ -414,7 +459,7 @@ mod tests {
     fn unicode_compatibility_readings() {
         let compat = |p: &str| RequestPath::parse(p).unwrap().compatibility_form();
         assert_eq!(compat("/premium/secret.txt"), Ok(None));
-        assert_eq!(compat("/caf%C3%A9"), Ok(None));
+        assert_eq!(compat("/%E6%97%A5%E6%9C%AC"), Ok(None));
         for (input, folded) in [
             (
                 "/%EF%BD%90%EF%BD%92%EF%BD%85%EF%BD%8D%EF%BD%89%EF%BD%95%EF%BD%8D/x",
@@ -433,6 +478,18 @@ mod tests {
                 "/premium/secret.txt",
             ),
             ("/a/%EF%B9%92/b", "/a/b"),
+            ("/caf%C3%A9", "/cafe"),
+            // Best-fit readings: no compatibility decomposition, but a
+            // Windows upstream reads them as ASCII.
+            ("/pass%E2%88%95a", "/pass/a"),
+            ("/pass%E2%81%84a", "/pass/a"),
+            ("/p%C4%81ss/a", "/pass/a"),
+            ("/%C4%87heap/a", "/cheap/a"),
+            ("/prem%C4%B1um/a", "/premium/a"),
+            ("/PREM%C4%B0UM/a", "/PREMIUM/a"),
+            ("/pre%CC%81mium/a", "/premium/a"),
+            ("/%C5%82ocal/a", "/local/a"),
+            ("/public/%E2%80%A4%E2%80%A4/premium", "/premium"),
         ] {
             assert_eq!(
                 compat(input).map(|p| p.map(|p| p.0)),
@@ -444,6 +501,10 @@ mod tests {
         assert_eq!(compat("/a%EF%BC%BCb"), Err(TargetError::Backslash));
         assert_eq!(compat("/a%EF%BC%9Bb"), Err(TargetError::Semicolon));
         assert_eq!(compat("/%EF%BC%8E%EF%BC%8E/x"), Err(TargetError::AboveRoot));
+        assert_eq!(
+            compat("/x%E2%88%96..%E2%88%96premium%E2%88%96a"),
+            Err(TargetError::Backslash)
+        );
     }
 
     proptest::proptest! {
