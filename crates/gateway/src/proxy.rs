@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use gate402_paywall::route::RequestPath;
-use gate402_paywall::{ClientAddr, Routed, TrustedProxies};
+use gate402_paywall::{ClientAddr, NotReached, Routed, TrustedProxies};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -227,13 +227,13 @@ impl Proxy {
     ) -> Response<Body> {
         let upstream = self.upstreams.load().get(service).cloned();
         let Some(upstream) = upstream else {
-            return problem_response(
+            return not_reached(problem_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "about:blank",
                 "Service Unavailable",
                 "this service was removed while the request was on its way; nothing was charged",
                 None,
-            );
+            ));
         };
         self.forward(&upstream, path, request).await
     }
@@ -252,13 +252,13 @@ impl Proxy {
         let target =
             origin.and_then(|origin| Some((origin, origin.uri(&path, parts.uri.query())?)));
         let Some((origin, uri)) = target else {
-            return problem_response(
+            return not_reached(problem_response(
                 StatusCode::BAD_REQUEST,
                 "about:blank",
                 "Bad Request",
                 "the request target cannot be forwarded",
                 None,
-            );
+            ));
         };
         strip_hop_by_hop(&mut parts.headers);
         let client = parts.extensions.get::<ClientAddr>().copied();
@@ -309,13 +309,21 @@ impl Proxy {
             ),
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %upstream.url, error = %e, "upstream unreachable");
-                problem_response(
+                let response = problem_response(
                     StatusCode::BAD_GATEWAY,
                     "about:blank",
                     "Bad Gateway",
                     "the upstream could not be reached",
                     None,
-                )
+                );
+                // Not connected: it never had the request. Any later error
+                // (the connection closed after the request went out) may
+                // come after the upstream acted on it.
+                if e.is_connect() {
+                    not_reached(response)
+                } else {
+                    response
+                }
             }
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
@@ -324,6 +332,12 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Marks a response as made before the upstream had the request.
+fn not_reached(mut response: Response<Body>) -> Response<Body> {
+    response.extensions_mut().insert(NotReached);
+    response
 }
 
 impl tower::Service<Request<Body>> for Proxy {

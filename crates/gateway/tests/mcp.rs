@@ -28,9 +28,13 @@ async fn start() -> Harness {
 }
 
 async fn start_limited(limits: gate402_paywall::LimitsConfig) -> Harness {
+    start_with(|config| config.limits = limits).await
+}
+
+async fn start_with(adjust: impl FnOnce(&mut gate402_gateway::GatewayConfig)) -> Harness {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
     let mut config = demo::config(upstream);
-    config.limits = limits;
+    adjust(&mut config);
     // A second tool on the same service at the same price: only the
     // binding of a payment to its tool tells them apart.
     config.tools.push(ToolConfig {
@@ -485,6 +489,77 @@ async fn one_client_cannot_take_every_session_nor_send_a_huge_body() {
 
 /// A payment the operator revoked pays for no tool call, whether it is
 /// presented as a `paymentId` or as a credential in `_meta`.
+/// A tool whose upstream had the call and failed leaves its payment
+/// unspent for a retry, but not forever: the third failure spends it, so
+/// a call that makes the upstream fail buys at most three runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_whose_upstream_keeps_failing_spends_its_payment_on_the_third_failure() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let failing = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/boom",
+        axum::routing::any(|| async {
+            RUNS.fetch_add(1, SeqCst);
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "acted, then failed",
+            )
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let h = start_with(|config| {
+        config
+            .services
+            .push(gate402_gateway::config::ServiceConfig::proxied(
+                "boom", "/boom", 10, &failing,
+            ));
+        config.tools.push(ToolConfig {
+            name: "boom".into(),
+            description: "Acts, then fails".into(),
+            service: "boom".into(),
+            method: Some("GET".into()),
+            path: None,
+            input_schema: json!({"type": "object"}),
+            price_sats: None,
+        });
+    })
+    .await;
+    let (code, data) = h.call(call("boom", json!({}), None)).await.unwrap_err();
+    assert_eq!(code, -32042, "{data}");
+    let credential = h.pay(&data).await;
+    let tries = gate402_paywall::FAILURES_PER_PAYMENT as usize;
+    for attempt in 1..=tries {
+        let (code, data) = h
+            .call(call("boom", json!({}), Some(credential.clone())))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            code,
+            ErrorCode::INTERNAL_ERROR.0,
+            "attempt {attempt}: {data}"
+        );
+    }
+    let (code, data) = h
+        .call(call("boom", json!({}), Some(credential)))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043, "spent after {tries} failures: {data}");
+    assert!(
+        data["problem"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already been used"),
+        "{data}"
+    );
+    assert_eq!(
+        RUNS.load(SeqCst),
+        tries,
+        "the upstream ran {tries} times, no more"
+    );
+}
+
 #[tokio::test]
 async fn a_revoked_payment_pays_for_no_tool_call() {
     let h = start().await;

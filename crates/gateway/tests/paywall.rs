@@ -45,6 +45,11 @@ async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json
 /// Requests the upstream's `/slow` received.
 static SLOW_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Requests the upstream's `/boom` (a 500 after acting) and `/stall` (an
+/// answer later than the gateway waits) received.
+static BOOM_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static STALL_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Texts the upstream's `/sms` sent.
 static SMS_SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -68,6 +73,24 @@ fn upstream_app() -> Router {
                 SLOW_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(800)).await;
                 "done, slowly"
+            }),
+        )
+        .route(
+            "/boom",
+            any(|| async {
+                BOOM_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "acted, then failed",
+                )
+            }),
+        )
+        .route(
+            "/stall",
+            any(|| async {
+                STALL_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                "too late"
             }),
         )
         .route(
@@ -1154,6 +1177,51 @@ async fn server_sent_events_arrive_event_by_event() {
     );
 }
 
+/// An upstream that had a paid request and failed (a 5xx, or no answer
+/// before the gateway's timeout) may have acted on it: the payment is
+/// given back for a retry, but not any number of times.
+#[tokio::test]
+async fn an_upstream_that_keeps_failing_on_one_payment_spends_it() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let h = Harness::start(|up| {
+        let mut stall = service("stall", "/stall", 2, up);
+        stall.upstream.as_mut().unwrap().response_timeout = Duration::from_millis(300);
+        vec![service("boom", "/boom", 2, up), stall]
+    })
+    .await;
+    let tries = gate402_paywall::FAILURES_PER_PAYMENT as usize;
+    for (path, calls, status) in [
+        ("/boom", &BOOM_CALLS, StatusCode::INTERNAL_SERVER_ERROR),
+        ("/stall", &STALL_CALLS, StatusCode::GATEWAY_TIMEOUT),
+    ] {
+        for door in ["L402", "Payment"] {
+            let (offer, preimage) = h.buy(path).await;
+            let credential = match door {
+                "L402" => offer.l402_authorization(&preimage),
+                _ => offer.payment_authorization(&preimage),
+            }
+            .unwrap();
+            let before = calls.load(SeqCst);
+            for attempt in 1..=tries {
+                let failed = h.get(path, &credential).await;
+                assert_eq!(failed.status(), status, "{path} {door} attempt {attempt}");
+                assert!(failed.headers().get("payment-receipt").is_none());
+            }
+            let spent = h.get(path, &credential).await;
+            assert_eq!(
+                spent.status(),
+                StatusCode::PAYMENT_REQUIRED,
+                "{path} {door}: after {tries} failures the payment is spent"
+            );
+            assert_eq!(
+                calls.load(SeqCst) - before,
+                tries,
+                "{path} {door}: the upstream had {tries} tries on one payment, no more"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn upstream_down_after_payment_keeps_the_credential() {
     let mut h = Harness::start(|up| vec![service("flaky", "/flaky", 7, up)]).await;
@@ -1165,10 +1233,16 @@ async fn upstream_down_after_payment_keeps_the_credential() {
     let down = h.get("/flaky", &payment).await;
     assert_eq!(down.status(), StatusCode::BAD_GATEWAY);
     assert!(down.headers().get("payment-receipt").is_none());
-    assert_eq!(
-        h.get("/flaky", &l402).await.status(),
-        StatusCode::BAD_GATEWAY
-    );
+    // An upstream that cannot be connected to never had the request:
+    // retries against it cost nothing, however many.
+    for _ in 0..2 * gate402_paywall::FAILURES_PER_PAYMENT {
+        for credential in [&payment, &l402] {
+            assert_eq!(
+                h.get("/flaky", credential).await.status(),
+                StatusCode::BAD_GATEWAY
+            );
+        }
+    }
     h.upstream = Upstream::start(addr).await;
     let back = h.get("/flaky", &payment).await;
     assert_eq!(

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gate402_store::{ClaimHolder, Reservation, Store, StoreError};
+use gate402_store::{AfterFailure, ClaimHolder, Reservation, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,6 +32,13 @@ use crate::clock::unix_now;
 /// until then it stays held (a replay is refused as in flight), and a
 /// crash releases it at the next start.
 const COMMIT_LINGER: Duration = Duration::from_millis(2);
+
+/// How many times an upstream may fail on one payment before the payment
+/// counts as spent: enough for a client to retry a passing fault for free,
+/// few enough that a request which makes the upstream fail or time out
+/// after acting on it cannot have it act any number of times for one
+/// payment.
+pub const FAILURES_PER_PAYMENT: u32 = 3;
 
 /// The canonical key of a single-use payment.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -303,13 +310,16 @@ impl Claims {
         }
     }
 
-    async fn finish_now(&self, key: &str, holder: &ClaimHolder, outcome: Outcome) -> bool {
-        {
-            let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            if map.get(key) == Some(holder) {
-                map.remove(key);
-            }
+    /// Stops renewing a claim this request is finishing.
+    fn forget(&self, key: &str, holder: &ClaimHolder) {
+        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(key) == Some(holder) {
+            map.remove(key);
         }
+    }
+
+    async fn finish_now(&self, key: &str, holder: &ClaimHolder, outcome: Outcome) -> bool {
+        self.forget(key, holder);
         let result = match outcome {
             Outcome::Commit => self.store.commit_claim(key, holder, unix_now()).await,
             Outcome::Release => self.store.release_claim(key, holder).await,
@@ -380,6 +390,43 @@ impl Claim {
         self.claims
             .finish_now(&self.key, &self.holder, Outcome::Release)
             .await
+    }
+
+    /// Frees the payment after the upstream had the request and failed,
+    /// counting the failure: the [`FAILURES_PER_PAYMENT`]-th spends it
+    /// instead. True when the payment is still good for a retry.
+    pub async fn fail(mut self) -> bool {
+        self.on_drop = None;
+        self.claims.forget(&self.key, &self.holder);
+        let result = self
+            .claims
+            .store
+            .fail_claim(&self.key, &self.holder, FAILURES_PER_PAYMENT, unix_now())
+            .await;
+        match result {
+            Ok(AfterFailure::Released) => true,
+            Ok(AfterFailure::Spent) => {
+                tracing::warn!(
+                    key = self.key,
+                    failures = FAILURES_PER_PAYMENT,
+                    "the upstream failed on this payment too many times; it is spent"
+                );
+                false
+            }
+            Ok(AfterFailure::NotHeld) => {
+                tracing::error!(
+                    key = self.key,
+                    "the claim was no longer held by this request"
+                );
+                false
+            }
+            Err(e) => {
+                // As for a lost release: the lease lapses and the claim is
+                // taken over, or the next start releases it.
+                tracing::error!(key = self.key, error = %e, "cannot record an upstream failure on a claim");
+                true
+            }
+        }
     }
 
     /// The upstream has the request: from now on dropping the claim spends

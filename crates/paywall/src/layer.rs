@@ -58,6 +58,14 @@ pub struct Routed {
     pub path: RequestPath,
 }
 
+/// Put into a response's extensions by the service behind the paywall
+/// when the request never reached the upstream (it could not be
+/// connected to, or the service was removed on the way): the payment is
+/// given back without counting as one of the upstream's failures on it
+/// ([`crate::claims::FAILURES_PER_PAYMENT`]), whatever the status.
+#[derive(Debug, Clone, Copy)]
+pub struct NotReached;
+
 /// Put into a request's extensions once it was admitted to the unpaid
 /// invoice it asks for: its challenge does not count it again.
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +117,19 @@ impl Spend {
         if let Some(hold) = self.hold {
             hold.release().await;
         }
+    }
+
+    /// The upstream had the request and failed: the payment is given back
+    /// unless this was its last allowed failure. True when it was.
+    async fn fail(self) -> bool {
+        let unspent = match self.claim {
+            Some(claim) => claim.fail().await,
+            None => true,
+        };
+        if let Some(hold) = self.hold {
+            hold.release().await;
+        }
+        unspent
     }
 }
 
@@ -852,21 +873,26 @@ impl Paywall {
         let response = match inner.call(request).await {
             Ok(response) => response,
             Err(e) => {
-                spend.release().await;
+                spend.fail().await;
                 return Err(e);
             }
         };
         self.inner
             .metrics
             .upstream(&service.name, started.elapsed().as_secs_f64());
+        if response.extensions().get::<NotReached>().is_some() {
+            spend.release().await;
+            return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
+        }
         if response.status().is_server_error() {
+            let unspent = spend.fail().await;
             tracing::warn!(
                 service = %service.name,
                 status = %response.status(),
                 scheme,
-                "upstream failed; the payment stays unspent"
+                unspent,
+                "upstream failed; the payment stays unspent unless it failed on it too often"
             );
-            spend.release().await;
             return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
         }
         // A balance's revenue was counted with its deposit.
@@ -962,13 +988,18 @@ impl Paywall {
             Read::Broken => {
                 // Nothing whole to keep or send: the upstream failed, and
                 // pays for nothing (the retry runs it again).
-                tracing::warn!(service = %service.name, "the upstream's paid response broke off; the payment stays unspent");
-                spend.release().await;
+                let unspent = spend.fail().await;
+                tracing::warn!(service = %service.name, unspent, "the upstream's paid response broke off");
+                let detail = if unspent {
+                    "the upstream's response broke off; the payment was not spent, retry it"
+                } else {
+                    "the upstream's response broke off; the upstream failed on this payment too often, and it is spent"
+                };
                 Ok(own(responses::problem(
                     StatusCode::BAD_GATEWAY,
                     "about:blank",
                     "Bad Gateway",
-                    "the upstream's response broke off; the payment was not spent, retry it",
+                    detail,
                     None,
                 )))
             }

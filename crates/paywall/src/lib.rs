@@ -85,12 +85,12 @@ mod sessions;
 mod verify;
 mod x402;
 
-pub use claims::{Claim, ClaimError};
+pub use claims::{Claim, ClaimError, FAILURES_PER_PAYMENT};
 pub use client::{ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies};
 pub use clock::unix_now;
 pub use idempotency::IdempotencyConfig;
 pub use issue::{Binding, Doors, Issued};
-pub use layer::{PaywallBody, PaywallLayer, PaywallService, Routed};
+pub use layer::{NotReached, PaywallBody, PaywallLayer, PaywallService, Routed};
 pub use limits::{Limited, LimitsConfig};
 pub use metrics::Metrics;
 pub use observe::{ObservedBackend, ObservedStore};

@@ -27,9 +27,10 @@ use gate402_lightning::{
     PaymentStatus,
 };
 use gate402_store::{
-    AdminVersions, AuditEntry, ChallengeCount, ClaimHolder, Closing, Debit, InvoiceRecord,
-    NewSession, Opened, PaymentQuery, PaymentRecord, PaymentRow, Reservation, RevenueBucket,
-    Revocation, ServiceChange, SessionRecord, Store, StoreError, StoredResponse, TopUp,
+    AdminVersions, AfterFailure, AuditEntry, ChallengeCount, ClaimHolder, Closing, Debit,
+    InvoiceRecord, NewSession, Opened, PaymentQuery, PaymentRecord, PaymentRow, Reservation,
+    RevenueBucket, Revocation, ServiceChange, SessionRecord, Store, StoreError, StoredResponse,
+    TopUp,
 };
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
@@ -347,6 +348,20 @@ impl Store for ObservedStore {
     async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError> {
         self.timed("store.release_claim", self.inner.release_claim(key, holder))
             .await
+    }
+
+    async fn fail_claim(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        spend_at: u32,
+        now: u64,
+    ) -> Result<AfterFailure, StoreError> {
+        self.timed(
+            "store.fail_claim",
+            self.inner.fail_claim(key, holder, spend_at, now),
+        )
+        .await
     }
 
     async fn release_claims_of(&self, replica: &str) -> Result<u64, StoreError> {

@@ -237,6 +237,18 @@ pub enum Reservation {
     Consumed,
 }
 
+/// What became of a claim whose upstream failed ([`Store::fail_claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Given back: the same payment is good for another request.
+    Released,
+    /// That was its last allowed failure: the payment is spent.
+    Spent,
+    /// `holder` did not hold it (its lease lapsed and it was taken over,
+    /// or it was finished already).
+    NotHeld,
+}
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -304,9 +316,24 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<Vec<bool>, StoreError>;
 
-    /// Frees the claim (upstream failed: pay for success), only if `holder`
-    /// holds it and it is not consumed.
+    /// Frees the claim, only if `holder` holds it and it is not consumed:
+    /// the request never reached the upstream. Failures counted by
+    /// [`Store::fail_claim`] are kept.
     async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError>;
+
+    /// Frees the claim after its upstream had the request and failed (pay
+    /// for success), counting the failure, only if `holder` holds it and
+    /// it is not consumed. The `spend_at`-th failure of one payment spends
+    /// it instead (at `now`, unix seconds): an upstream that may have
+    /// acted on a request it failed must not be made to act on one
+    /// payment any number of times.
+    async fn fail_claim(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        spend_at: u32,
+        now: u64,
+    ) -> Result<AfterFailure, StoreError>;
 
     /// Releases every unconsumed claim of `replica` whatever its token
     /// (called at start: the previous process of this replica was killed,

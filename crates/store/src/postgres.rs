@@ -9,9 +9,9 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
 use crate::{
-    decode_headers, encode_headers, ClaimHolder, ClosedSession, Closing, Debit, InvoiceRecord,
-    NewSession, Opened, PaymentRecord, Reservation, SessionRecord, Store, StoreError,
-    StoredResponse, TopUp,
+    decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedSession, Closing, Debit,
+    InvoiceRecord, NewSession, Opened, PaymentRecord, Reservation, SessionRecord, Store,
+    StoreError, StoredResponse, TopUp,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -174,6 +174,9 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE challenges SET (fillfactor = 45);
      CREATE INDEX challenges_expires_at ON challenges (expires_at);
      CREATE INDEX challenges_legacy ON challenges (expires_at) WHERE legacy;",
+    // A claim given back keeps its row: it counts the upstream's failures
+    // on its payment.
+    "ALTER TABLE challenges ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A session row, if there is one.
@@ -629,8 +632,22 @@ impl Store for PostgresStore {
     }
 
     async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError> {
-        sqlx::query(
+        let deleted = sqlx::query(
             "DELETE FROM challenges
+             WHERE id = $1 AND holder = $2 AND holder_token = $3 AND NOT consumed
+               AND failures = 0",
+        )
+        .bind(key)
+        .bind(&holder.replica)
+        .bind(&holder.token)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        if deleted.rows_affected() == 1 {
+            return Ok(true);
+        }
+        sqlx::query(
+            "UPDATE challenges SET holder = NULL, holder_token = NULL, lease_until = 0
              WHERE id = $1 AND holder = $2 AND holder_token = $3 AND NOT consumed",
         )
         .bind(key)
@@ -640,6 +657,36 @@ impl Store for PostgresStore {
         .await
         .map(|r| r.rows_affected() == 1)
         .map_err(db)
+    }
+
+    async fn fail_claim(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        spend_at: u32,
+        now: u64,
+    ) -> Result<AfterFailure, StoreError> {
+        let consumed: Option<bool> = sqlx::query_scalar(
+            "UPDATE challenges
+             SET failures = failures + 1, holder = NULL, holder_token = NULL, lease_until = 0,
+                 consumed = (failures + 1 >= $4),
+                 consumed_at = CASE WHEN failures + 1 >= $4 THEN $5 ELSE consumed_at END
+             WHERE id = $1 AND holder = $2 AND holder_token = $3 AND NOT consumed
+             RETURNING consumed",
+        )
+        .bind(key)
+        .bind(&holder.replica)
+        .bind(&holder.token)
+        .bind(spend_at as i32)
+        .bind(now as i64)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(match consumed {
+            None => AfterFailure::NotHeld,
+            Some(false) => AfterFailure::Released,
+            Some(true) => AfterFailure::Spent,
+        })
     }
 
     async fn release_claims_of(&self, replica: &str) -> Result<u64, StoreError> {
@@ -1051,12 +1098,14 @@ impl Store for PostgresStore {
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {
-        let claims = sqlx::query("DELETE FROM challenges WHERE expires_at < $1 AND consumed")
-            .bind(now as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(db)?
-            .rows_affected();
+        let claims = sqlx::query(
+            "DELETE FROM challenges WHERE expires_at < $1 AND (consumed OR holder IS NULL)",
+        )
+        .bind(now as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
         let responses = sqlx::query("DELETE FROM responses WHERE expires_at < $1")
             .bind(now as i64)
             .execute(&self.pool)

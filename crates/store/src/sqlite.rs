@@ -8,9 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::{
-    decode_headers, encode_headers, ClaimHolder, ClosedSession, Closing, Debit, InvoiceRecord,
-    NewSession, Opened, PaymentRecord, Reservation, SessionRecord, Store, StoreError,
-    StoredResponse, TopUp,
+    decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedSession, Closing, Debit,
+    InvoiceRecord, NewSession, Opened, PaymentRecord, Reservation, SessionRecord, Store,
+    StoreError, StoredResponse, TopUp,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -157,6 +157,10 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
      );
      CREATE INDEX payments_first_served_at ON payments (first_served_at);",
+    // A claim given back keeps its row: it counts the upstream's failures
+    // on its payment.
+    "ALTER TABLE challenges ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX challenges_released ON challenges (expires_at) WHERE consumed = 0 AND holder IS NULL;",
 ];
 
 /// A session row, if there is one.
@@ -620,12 +624,54 @@ impl Store for SqliteStore {
     async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError> {
         let (key, holder) = (key.to_owned(), holder.clone());
         self.with_one(move |c| {
+            let args = params![key, holder.replica, holder.token];
+            let deleted = c
+                .prepare_cached(
+                    "DELETE FROM challenges
+                     WHERE id = ?1 AND holder = ?2 AND holder_token = ?3 AND consumed = 0
+                       AND failures = 0",
+                )?
+                .execute(args)?;
+            if deleted == 1 {
+                return Ok(true);
+            }
             c.prepare_cached(
-                "DELETE FROM challenges
+                "UPDATE challenges SET holder = NULL, holder_token = NULL, lease_until = 0
                  WHERE id = ?1 AND holder = ?2 AND holder_token = ?3 AND consumed = 0",
             )?
-            .execute(params![key, holder.replica, holder.token])
+            .execute(args)
             .map(|n| n == 1)
+        })
+        .await
+    }
+
+    async fn fail_claim(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        spend_at: u32,
+        now: u64,
+    ) -> Result<AfterFailure, StoreError> {
+        let (key, holder) = (key.to_owned(), holder.clone());
+        self.with_one(move |c| {
+            c.prepare_cached(
+                "UPDATE challenges
+                 SET failures = failures + 1, holder = NULL, holder_token = NULL, lease_until = 0,
+                     consumed = (failures + 1 >= ?4),
+                     consumed_at = CASE WHEN failures + 1 >= ?4 THEN ?5 ELSE consumed_at END
+                 WHERE id = ?1 AND holder = ?2 AND holder_token = ?3 AND consumed = 0
+                 RETURNING consumed",
+            )?
+            .query_row(
+                params![key, holder.replica, holder.token, spend_at, now as i64],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|consumed| match consumed {
+                None => AfterFailure::NotHeld,
+                Some(0) => AfterFailure::Released,
+                Some(_) => AfterFailure::Spent,
+            })
         })
         .await
     }
@@ -1015,10 +1061,15 @@ impl Store for SqliteStore {
             let claims = c
                 .prepare_cached("DELETE FROM challenges WHERE expires_at < ?1 AND consumed = 1")?
                 .execute([now as i64])?;
+            let released = c
+                .prepare_cached(
+                    "DELETE FROM challenges WHERE expires_at < ?1 AND consumed = 0 AND holder IS NULL",
+                )?
+                .execute([now as i64])?;
             let responses = c
                 .prepare_cached("DELETE FROM responses WHERE expires_at < ?1")?
                 .execute([now as i64])?;
-            Ok((claims + responses) as u64)
+            Ok((claims + released + responses) as u64)
         })
         .await
     }

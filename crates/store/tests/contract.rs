@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use gate402_postgres_testkit::TestPostgres;
 use gate402_store::{
-    AuditEntry, ChallengeCount, ClaimHolder, Closing, Debit, InvoiceRecord, NewSession, Opened,
-    PaymentQuery, PaymentRecord, PostgresStore, Reservation, ServiceChange, ServiceState,
-    SqliteStore, Store, StoreError, StoredResponse, TopUp,
+    AfterFailure, AuditEntry, ChallengeCount, ClaimHolder, Closing, Debit, InvoiceRecord,
+    NewSession, Opened, PaymentQuery, PaymentRecord, PostgresStore, Reservation, ServiceChange,
+    ServiceState, SqliteStore, Store, StoreError, StoredResponse, TopUp,
 };
 
 /// Two handles on one database, as two gateway replicas have.
@@ -184,6 +184,70 @@ async fn concurrent_claims_acquire_once(stores: &Pair) {
         }
     }
     assert_eq!((acquired, in_flight), (1, 63));
+}
+
+async fn an_upstream_fails_on_one_payment_a_bounded_number_of_times([a, b]: &Pair) {
+    use Reservation::*;
+    let k = key(20);
+    let (h1, h2, h3, h4) = (
+        holder("r1", "f1"),
+        holder("r2", "f2"),
+        holder("r1", "f3"),
+        holder("r2", "f4"),
+    );
+    assert_eq!(a.claim(&k, &h1, 500, 100, 10).await.unwrap(), Acquired);
+    // Only its holder counts a failure on it.
+    assert_eq!(
+        b.fail_claim(&k, &h2, 3, 11).await.unwrap(),
+        AfterFailure::NotHeld
+    );
+    assert_eq!(
+        a.fail_claim(&k, &h1, 3, 11).await.unwrap(),
+        AfterFailure::Released
+    );
+    assert_eq!(
+        a.fail_claim(&k, &h1, 3, 11).await.unwrap(),
+        AfterFailure::NotHeld,
+        "a failure is counted once"
+    );
+    // Given back: any replica takes it again at once.
+    assert_eq!(b.claim(&k, &h2, 500, 100, 11).await.unwrap(), Acquired);
+    assert_eq!(
+        b.fail_claim(&k, &h2, 3, 12).await.unwrap(),
+        AfterFailure::Released
+    );
+    // A request that never reached the upstream gives it back without
+    // counting, and without forgetting the failures counted before.
+    assert_eq!(a.claim(&k, &h3, 500, 100, 12).await.unwrap(), Acquired);
+    assert!(a.release_claim(&k, &h3).await.unwrap());
+    assert_eq!(b.claim(&k, &h4, 500, 100, 13).await.unwrap(), Acquired);
+    assert_eq!(
+        b.fail_claim(&k, &h4, 3, 13).await.unwrap(),
+        AfterFailure::Spent,
+        "the third failure spends it"
+    );
+    assert_eq!(a.claim(&k, &h1, 500, 100, 14).await.unwrap(), Consumed);
+    // A given-back row is purged once its payment expired, failures and
+    // all (it is no longer presented).
+    let released = key(21);
+    assert_eq!(
+        a.claim(&released, &h1, 50, 100, 10).await.unwrap(),
+        Acquired
+    );
+    assert_eq!(
+        a.fail_claim(&released, &h1, 3, 11).await.unwrap(),
+        AfterFailure::Released
+    );
+    assert!(a.purge_expired(60).await.unwrap() >= 1);
+    for (n, h) in [h2, h3].iter().enumerate() {
+        assert_eq!(a.claim(&released, h, 50, 100, 61).await.unwrap(), Acquired);
+        assert_eq!(
+            a.fail_claim(&released, h, 3, 61).await.unwrap(),
+            AfterFailure::Released,
+            "failure {} after the purge",
+            n + 1
+        );
+    }
 }
 
 async fn consumed_claims_are_purged_after_expiry([a, _]: &Pair) {
@@ -795,6 +859,7 @@ async fn keeps_the_contract(stores: &Pair) {
     a_restarted_replica_releases_its_claims(stores).await;
     concurrent_claims_acquire_once(stores).await;
     consumed_claims_are_purged_after_expiry(stores).await;
+    an_upstream_fails_on_one_payment_a_bounded_number_of_times(stores).await;
     kept_responses_are_shared_first_wins_and_expire(stores).await;
     a_balance_is_credited_once_spent_atomically_and_refunded_once(stores).await;
     concurrent_debits_never_overdraw(stores).await;

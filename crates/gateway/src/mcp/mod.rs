@@ -78,14 +78,36 @@ pub trait ToolUpstream: Send + Sync + 'static {
     /// The tools, as the upstream describes them (prices are added on top).
     async fn tools(&self) -> Result<Vec<Tool>, ErrorData>;
 
-    /// Calls a tool. `Err` means the upstream failed: the payment stays
-    /// unspent. A tool that ran and reported an error is an `Ok` result
-    /// with `is_error`, and is paid for.
+    /// Calls a tool. `Err` means the call failed: the payment stays
+    /// unspent (see [`ToolFailure`]). A tool that ran and reported an
+    /// error is an `Ok` result with `is_error`, and is paid for.
     async fn call(
         &self,
         name: &str,
         arguments: Option<JsonObject>,
-    ) -> Result<CallToolResult, ErrorData>;
+    ) -> Result<CallToolResult, ToolFailure>;
+}
+
+/// Why a tool call failed: whether the upstream had the call decides what
+/// its payment comes to.
+#[derive(Debug)]
+pub enum ToolFailure {
+    /// The call never reached the upstream (no such tool, arguments that
+    /// cannot be sent, an upstream that could not be connected to): the
+    /// payment is given back.
+    NotReached(ErrorData),
+    /// The upstream had the call and failed: the payment is given back,
+    /// but the [`gate402_paywall::FAILURES_PER_PAYMENT`]-th such failure
+    /// spends it.
+    Failed(ErrorData),
+}
+
+impl From<ToolFailure> for ErrorData {
+    fn from(failure: ToolFailure) -> Self {
+        match failure {
+            ToolFailure::NotReached(e) | ToolFailure::Failed(e) => e,
+        }
+    }
 }
 
 /// The MCP server: tools from a [`ToolUpstream`], charged through the
@@ -509,12 +531,23 @@ impl PaidTools {
                 return Err(self.refused(service, refusal, client).await);
             }
         };
-        let outcome = self.upstream.call(name, arguments).await;
-        match &outcome {
-            Ok(_) => claim.commit().await,
-            Err(_) => claim.release().await,
+        let mut result = match self.upstream.call(name, arguments).await {
+            Ok(result) => {
+                claim.commit().await;
+                result
+            }
+            Err(ToolFailure::NotReached(e)) => {
+                claim.release().await;
+                return Err(e);
+            }
+            Err(ToolFailure::Failed(mut e)) => {
+                if !claim.fail().await {
+                    e.message =
+                        "the upstream failed on this payment too many times; it is spent".into();
+                }
+                return Err(e);
+            }
         };
-        let mut result = outcome?;
         let receipt = self.paywall.record_paid(service, scheme, &verified);
         let mut receipt = serde_json::to_value(&receipt).unwrap_or_default();
         if let Some(object) = receipt.as_object_mut() {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, Method, Request};
 use gate402_paywall::route::{PathPattern, RequestPath};
-use gate402_paywall::{Auth, PricedService};
+use gate402_paywall::{Auth, NotReached, PricedService};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ContentBlock, ErrorData, JsonObject, Tool,
 };
@@ -16,7 +16,7 @@ use rmcp::service::Peer;
 use rmcp::RoleClient;
 use serde_json::Value;
 
-use super::{Pricing, ToolUpstream};
+use super::{Pricing, ToolFailure, ToolUpstream};
 use crate::config::{McpProxyConfig, ServiceConfig, ToolConfig};
 use crate::proxy::Proxy;
 
@@ -129,12 +129,14 @@ impl ToolUpstream for HttpTools {
         &self,
         name: &str,
         arguments: Option<JsonObject>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, ToolFailure> {
         let tools = self.tools.load_full();
-        let tool = tools
-            .iter()
-            .find(|t| t.tool.name == name)
-            .ok_or_else(|| ErrorData::invalid_params(format!("no tool named {name:?}"), None))?;
+        let tool = tools.iter().find(|t| t.tool.name == name).ok_or_else(|| {
+            ToolFailure::NotReached(ErrorData::invalid_params(
+                format!("no tool named {name:?}"),
+                None,
+            ))
+        })?;
         let arguments = arguments.unwrap_or_default();
         let in_query = matches!(tool.method, Method::GET | Method::DELETE | Method::HEAD);
         let mut uri = tool.path.as_str().to_owned();
@@ -155,22 +157,30 @@ impl ToolUpstream for HttpTools {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json")
             .body(body)
-            .map_err(|e| ErrorData::invalid_params(format!("arguments: {e}"), None))?;
+            .map_err(|e| {
+                ToolFailure::NotReached(ErrorData::invalid_params(format!("arguments: {e}"), None))
+            })?;
         let response = self
             .proxy
             .forward_to(&tool.service, &tool.path, request)
             .await;
         let status = response.status();
+        let reached = response.extensions().get::<NotReached>().is_none();
+        let failed = |message: String| {
+            let error = ErrorData::internal_error(message, None);
+            if reached {
+                ToolFailure::Failed(error)
+            } else {
+                ToolFailure::NotReached(error)
+            }
+        };
         let bytes = axum::body::to_bytes(response.into_body(), MAX_RESULT_BYTES)
             .await
-            .map_err(|e| ErrorData::internal_error(format!("upstream body: {e}"), None))?;
-        if status.is_server_error() {
-            return Err(ErrorData::internal_error(
-                format!(
-                    "the upstream failed ({status}); the payment was not spent, call again with it"
-                ),
-                None,
-            ));
+            .map_err(|e| failed(format!("upstream body: {e}")))?;
+        if status.is_server_error() || !reached {
+            return Err(failed(format!(
+                "the upstream failed ({status}); the payment was not spent, call again with it"
+            )));
         }
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let mut result = if status.is_success() {
@@ -253,9 +263,12 @@ impl ToolUpstream for McpUpstream {
         &self,
         name: &str,
         arguments: Option<JsonObject>,
-    ) -> Result<CallToolResult, ErrorData> {
+    ) -> Result<CallToolResult, ToolFailure> {
         let mut request = CallToolRequestParams::new(name.to_owned());
         request.arguments = arguments;
-        self.peer.call_tool(request).await.map_err(upstream_error)
+        self.peer
+            .call_tool(request)
+            .await
+            .map_err(|e| ToolFailure::Failed(upstream_error(e)))
     }
 }
