@@ -1369,7 +1369,7 @@ fn secret_part(credential: &str) -> String {
 /// priced request is served, fields. The MPP credential's challenge named
 /// no `header`, so it is accepted from `Authorization` only
 /// (draft-httpauth-payment-01); either way it never reaches the upstream.
-const CREDENTIAL_ROWS: [&str; 17] = [
+const CREDENTIAL_ROWS: [&str; 20] = [
     "Authorization: L402            | served  | Authorization: L402 {l402}",
     "Payment-Authorization: L402    | served  | Payment-Authorization: L402 {l402}",
     "Payment-Authorization: Payment | refused | Payment-Authorization: Payment {mpp}",
@@ -1387,6 +1387,9 @@ const CREDENTIAL_ROWS: [&str; 17] = [
     "Payment-Authorization: Bearer  | refused | Payment-Authorization: Bearer k",
     "tab after the scheme           | refused | Authorization: L402\\t{l402}",
     "forged preimage                | refused | Authorization: L402 {forged}",
+    "Bearer, L402 in one value      | refused | Authorization: Bearer k, L402 {l402}",
+    "Basic, Payment in one value    | refused | Authorization: Basic eA==,Payment {mpp}",
+    "Bearer, x, lsat in one value   | refused | Authorization: Bearer k, x, lsat {l402}",
 ];
 
 /// A reusable L402 token in every field and spelling, and MPP credentials,

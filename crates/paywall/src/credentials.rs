@@ -83,6 +83,11 @@ pub enum CredentialError {
     /// More than one payment credential: which one pays is ambiguous.
     #[error("the request carries more than one payment credential")]
     Several,
+    /// An `Authorization` value that lists a payment credential after
+    /// another one (`Bearer key, L402 …`): an upstream that splits the
+    /// value at its commas would read it.
+    #[error("Authorization lists a payment credential among others; send it alone")]
+    Listed,
     /// `Payment-Authorization` holding something that is no payment
     /// credential, or bytes that are not text.
     #[error("Payment-Authorization does not hold an L402 or Payment credential")]
@@ -132,10 +137,11 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
             let trimmed = trim_start(value.as_bytes());
             match scheme_of(trimmed) {
                 Some(scheme) => found.push((scheme, value.clone(), CredentialField::Authorization)),
+                None if lists_credential(trimmed) => error = Some(CredentialError::Listed),
                 None => kept.push(value.clone()),
             }
         }
-        if !found.is_empty() {
+        if !found.is_empty() || error.is_some() {
             headers.remove(AUTHORIZATION);
             for value in kept {
                 headers.append(AUTHORIZATION, value);
@@ -178,6 +184,15 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
         value,
         field,
     }))
+}
+
+/// Whether a value lists a payment credential after its first element
+/// (`Bearer key, L402 mac:preimage`).
+fn lists_credential(value: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .skip(1)
+        .any(|element| scheme_of(trim_start(element)).is_some())
 }
 
 fn trim_start(bytes: &[u8]) -> &[u8] {
@@ -265,6 +280,23 @@ mod tests {
         assert!(h.is_empty());
 
         let mut h = headers(&[("authorization", "Basic x")]);
+        assert_eq!(take(&mut h), Ok(None));
+        assert_eq!(h.len(), 1);
+
+        // Listed after another credential, where an upstream splitting the
+        // value at commas would find it.
+        for listed in [
+            "Bearer x, L402 mac:pre",
+            "Basic eA==,Payment abc",
+            "Bearer x,\tlsat mac:pre",
+            "Bearer x, y, payment abc",
+        ] {
+            let mut h = headers(&[("authorization", listed), ("accept", "*/*")]);
+            assert_eq!(take(&mut h), Err(CredentialError::Listed), "{listed}");
+            assert!(h.get(AUTHORIZATION).is_none(), "{listed}");
+            assert_eq!(h.len(), 1);
+        }
+        let mut h = headers(&[("authorization", "Bearer a,b=c, Paymentx y")]);
         assert_eq!(take(&mut h), Ok(None));
         assert_eq!(h.len(), 1);
 
