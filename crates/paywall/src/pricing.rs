@@ -547,8 +547,20 @@ impl<'a> Parsed<'a> {
     /// or given under a name that differs from the rule's only by case
     /// (an upstream may not tell them apart).
     fn query_conflict(&self, pricing: &Pricing) -> Option<Unreadable> {
+        let raw = self.request.query.unwrap_or("");
         pricing.query_names().find_map(|name| {
             let pairs = self.query_pairs();
+            // Some upstreams also split a query at `;` (`x=1;quality=hd`).
+            if raw.contains(';') {
+                let split_at_semicolons = form_urlencoded::parse(raw.replace(';', "&").as_bytes())
+                    .filter(|(k, _)| k == name)
+                    .count();
+                if split_at_semicolons != pairs.iter().filter(|(k, _)| k == name).count() {
+                    return Some(Unreadable(format!(
+                        "the query separates parameters with ';', and the price depends on {name:?}: separate them with '&'"
+                    )));
+                }
+            }
             if pairs.iter().filter(|(k, _)| k == name).count() > 1 {
                 return Some(Unreadable(format!(
                     "query parameter {name:?} is given more than once; the price depends on it: give it once"
@@ -578,8 +590,42 @@ fn field_text(value: &Value) -> Option<Cow<'_, str>> {
     }
 }
 
-fn one_of(values: &[String], value: Option<&str>) -> bool {
-    value.is_some_and(|v| values.iter().any(|w| w == v))
+/// Whether `value` is one of a rule's `values`: exactly, or not at all.
+///
+/// # Errors
+///
+/// [`Unreadable`] when it is none of them but an upstream may read it as
+/// one ([`loose`]): `HD`, `hd `, `hd\0` for `hd`. `what` names where it
+/// was (`query parameter "quality"`).
+fn one_of(
+    values: &[String],
+    value: Option<&str>,
+    what: &dyn Fn() -> String,
+) -> Result<bool, Unreadable> {
+    let Some(value) = value else {
+        return Ok(false);
+    };
+    if values.iter().any(|w| w == value) {
+        return Ok(true);
+    }
+    let read = loose(value);
+    match values.iter().find(|w| loose(w) == read) {
+        Some(w) => Err(Unreadable(format!(
+            "{} is {value:?}, which differs from {w:?} only by case, spaces, control characters or Unicode compatibility forms; the price depends on it: send it as {w:?}",
+            what()
+        ))),
+        None => Ok(false),
+    }
+}
+
+/// A value as a lenient upstream may read it: cut at NUL (C strings),
+/// without other control characters, trimmed, compatibility forms folded
+/// (NFKC) and lower-cased.
+fn loose(value: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let cut = value.split('\0').next().unwrap_or("");
+    let kept: String = cut.chars().filter(|c| !c.is_control()).collect();
+    kept.trim().nfkc().collect::<String>().to_lowercase()
 }
 
 impl PriceRule {
@@ -604,33 +650,20 @@ impl PriceRule {
                     .map(|(_, value)| *value)
             };
             for m in &self.params {
-                let value = param(&m.key);
-                if one_of(&m.values, value) {
-                    continue;
-                }
                 // Routes match without regard to case: an upstream may too.
-                if let Some((v, w)) = value.and_then(|v| {
-                    m.values
-                        .iter()
-                        .find(|w| w.eq_ignore_ascii_case(v))
-                        .map(|w| (v, w))
-                }) {
-                    return Err(Unreadable(format!(
-                        "path parameter {{{}}} is {v:?}, which differs from {w:?} only by case; the price depends on it: send it as {w:?}",
-                        m.key
-                    )));
+                let what = || format!("path parameter {{{}}}", m.key);
+                if !one_of(&m.values, param(&m.key), &what)? {
+                    return Ok(None);
                 }
-                return Ok(None);
             }
         } else if !self.params.is_empty() {
             return Ok(None);
         }
-        if !self
-            .query
-            .iter()
-            .all(|m| one_of(&m.values, parsed.query(&m.key)))
-        {
-            return Ok(None);
+        for m in &self.query {
+            let what = || format!("query parameter {:?}", m.key);
+            if !one_of(&m.values, parsed.query(&m.key), &what)? {
+                return Ok(None);
+            }
         }
         if self.min_body_bytes.is_some() || self.max_body_bytes.is_some() {
             let len = parsed.body_len()?;
@@ -642,7 +675,8 @@ impl PriceRule {
         }
         for m in &self.body {
             let text = parsed.field(&m.key)?.and_then(field_text);
-            if !one_of(&m.values, text.as_deref()) {
+            let what = || format!("body field {:?}", m.key);
+            if !one_of(&m.values, text.as_deref(), &what)? {
                 return Ok(None);
             }
         }
@@ -1334,6 +1368,20 @@ mod tests {
         assert_eq!(post("/x", r#"{"model":"gpt-4"}"#), Some(50));
         assert_eq!(post("/x", r#"{"model":"gpt-5"}"#), Some(50));
         assert_eq!(post("/x", r#"{"model":"small"}"#), Some(20));
+        // Values an upstream may read as a dear one are refused, not priced
+        // by the next rule.
+        for body in [
+            r#"{"model":"GPT-4"}"#,
+            r#"{"model":"gpt-4 "}"#,
+            r#"{"model":"gpt-4\u0000"}"#,
+            r#"{"model":"\tgpt-5"}"#,
+        ] {
+            let refused = read(&pricing, Method::POST, "/x", body.as_bytes()).unwrap_err();
+            assert!(
+                refused.to_string().contains("send it as"),
+                "{body}: {refused}"
+            );
+        }
         assert_eq!(post("/x?quality=hd", "{}"), Some(30));
         assert_eq!(post("/x?quality=sd", "{}"), None);
         assert_eq!(price(&pricing, Method::DELETE, "/x", ""), Some(7));
@@ -1416,10 +1464,23 @@ mod tests {
         };
         assert_eq!(price(&pricing, Method::GET, "/?quality=hd", ""), Some(30));
         assert_eq!(price(&pricing, Method::GET, "/?other=hd", ""), None);
+        assert_eq!(price(&pricing, Method::GET, "/?quality=sd", ""), None);
+        assert_eq!(price(&pricing, Method::GET, "/?quality=hdr", ""), None);
+        assert_eq!(price(&pricing, Method::GET, "/?x=a;b", ""), None);
         for target in [
             "/?Quality=hd",
             "/?QUALITY=hd&quality=sd",
             "/?quality=sd&quality=hd",
+            // Values an upstream may read as `hd`, and a `;` it may split at.
+            "/?quality=HD",
+            "/?quality=hd+",
+            "/?quality=%20hd",
+            "/?quality=hd%00",
+            "/?quality=hd%00x",
+            "/?quality=h%01d",
+            "/?quality=%EF%BD%88d",
+            "/?x=1;quality=hd",
+            "/?quality=sd;quality=hd",
         ] {
             assert!(
                 read(&pricing, Method::GET, target, b"").is_err(),
