@@ -25,8 +25,11 @@ struct Harness {
     _dir: tempfile::TempDir,
 }
 
+/// Runs of the upstream's `/broken`, which always fails after acting.
+static BROKEN_RUNS: AtomicUsize = AtomicUsize::new(0);
+
 /// An upstream with `/chat` (answers), `/flaky` (fails its first two
-/// calls).
+/// calls), `/broken` (always fails).
 async fn upstream(failures: Arc<AtomicUsize>) -> String {
     let app = axum::Router::new()
         .route("/chat", any(|| async { "an answer" }))
@@ -72,6 +75,16 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
                     )
                 });
                 axum::response::sse::Sse::new(tokens)
+            }),
+        )
+        .route(
+            "/broken",
+            any(|| async {
+                BROKEN_RUNS.fetch_add(1, Ordering::SeqCst);
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "acted, then failed",
+                )
             }),
         )
         .route(
@@ -444,6 +457,33 @@ async fn a_failed_upstream_spends_nothing_from_a_balance() {
     }
     // Two failures given back, then the deposit's two requests, then none.
     assert_eq!(statuses, [500, 500, 200, 200, 402]);
+}
+
+/// A request that makes the upstream fail after acting on it cannot buy
+/// any number of runs with one deposit: failures are given back while
+/// they stay within twice what the balance spent, failed requests' own
+/// debits counted, so a deposit for two requests buys six failed runs.
+#[tokio::test]
+async fn a_balance_buys_a_bounded_number_of_failed_runs() {
+    let h = Harness::start(|services| {
+        let upstream = services[0].upstream.as_ref().unwrap().url.clone();
+        services.push(balance("broken", "/broken", 2, 2, &upstream));
+    })
+    .await;
+    let Bought { l402, .. } = h.buy("/broken").await;
+    let mut statuses = Vec::new();
+    for _ in 0..9 {
+        let response = h
+            .http
+            .get(h.url("/broken"))
+            .header(AUTHORIZATION, &l402)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, [500, 500, 500, 500, 500, 500, 402, 402, 402]);
+    assert_eq!(BROKEN_RUNS.load(Ordering::SeqCst), 6);
 }
 
 #[tokio::test]

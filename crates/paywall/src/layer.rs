@@ -122,14 +122,15 @@ impl Spend {
     /// The upstream had the request and failed: the payment is given back
     /// unless this was its last allowed failure. True when it was.
     async fn fail(self) -> bool {
-        let unspent = match self.claim {
+        let claim_unspent = match self.claim {
             Some(claim) => claim.fail().await,
             None => true,
         };
-        if let Some(hold) = self.hold {
-            hold.release().await;
-        }
-        unspent
+        let hold_unspent = match self.hold {
+            Some(hold) => hold.fail().await,
+            None => true,
+        };
+        claim_unspent && hold_unspent
     }
 }
 

@@ -465,6 +465,15 @@ impl Store for ObservedStore {
             .await
     }
 
+    async fn fail_debit(
+        &self,
+        holder: &ClaimHolder,
+        spend_at: u32,
+    ) -> Result<AfterFailure, StoreError> {
+        self.timed("store.fail_debit", self.inner.fail_debit(holder, spend_at))
+            .await
+    }
+
     async fn undo_debits_of(&self, replica: &str) -> Result<u64, StoreError> {
         self.timed("store.undo_debits_of", self.inner.undo_debits_of(replica))
             .await

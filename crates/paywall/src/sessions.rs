@@ -24,7 +24,7 @@ use gate402_mpp::session::{
     check_return_invoice, proves, session_id, verify_session, SessionAction, VerifiedSession,
 };
 use gate402_mpp::PaymentCredential;
-use gate402_store::{ClaimHolder, Closing, Debit, NewSession, Opened, Store, TopUp};
+use gate402_store::{AfterFailure, ClaimHolder, Closing, Debit, NewSession, Opened, Store, TopUp};
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
@@ -138,7 +138,31 @@ impl Hold {
         self
     }
 
-    /// Gives the debit back now (the upstream failed).
+    /// Gives the debit back after the upstream had the request and
+    /// failed, unless the session had as much given back for failures as
+    /// it may ([`crate::claims::FAILURES_PER_PAYMENT`]). True when given
+    /// back.
+    pub(crate) async fn fail(mut self) -> bool {
+        self.done = true;
+        let spend_at = crate::claims::FAILURES_PER_PAYMENT;
+        match self.store.fail_debit(&self.holder, spend_at).await {
+            Ok(AfterFailure::Released) => true,
+            Ok(AfterFailure::Spent) => {
+                tracing::warn!(
+                    "the upstream failed too often on this session's requests; the debit is kept"
+                );
+                false
+            }
+            Ok(AfterFailure::NotHeld) => false,
+            Err(e) => {
+                // Given back at this replica's next start.
+                tracing::error!(error = %e, "cannot give a debit back to its session");
+                true
+            }
+        }
+    }
+
+    /// Gives the debit back now (the request never reached the upstream).
     pub(crate) async fn release(mut self) {
         self.done = true;
         if let Err(e) = self.store.undo_debit(&self.holder).await {

@@ -414,6 +414,19 @@ pub trait Store: Send + Sync + 'static {
     /// held debit.
     async fn undo_debit(&self, holder: &ClaimHolder) -> Result<bool, StoreError>;
 
+    /// Gives a held debit back after its upstream had the request and
+    /// failed, unless the session has had as much given back for failures
+    /// as `spend_at - 1` times what it spent: then the debit is kept, so a
+    /// balance buys at most `spend_at` runs per request it pays for of a
+    /// request that makes the upstream fail. `Released`: given back;
+    /// `Spent`: kept (or the session was closed meanwhile); `NotHeld`: no
+    /// such held debit.
+    async fn fail_debit(
+        &self,
+        holder: &ClaimHolder,
+        spend_at: u32,
+    ) -> Result<AfterFailure, StoreError>;
+
     /// Gives back every debit `replica` held (its process was killed
     /// mid-request: pay for success). Returns how many.
     async fn undo_debits_of(&self, replica: &str) -> Result<u64, StoreError>;

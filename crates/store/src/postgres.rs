@@ -176,7 +176,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX challenges_legacy ON challenges (expires_at) WHERE legacy;",
     // A claim given back keeps its row: it counts the upstream's failures
     // on its payment.
-    "ALTER TABLE challenges ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;",
+    "ALTER TABLE challenges ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE sessions ADD COLUMN failed_msat BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// A session row, if there is one.
@@ -968,6 +969,37 @@ impl Store for PostgresStore {
         .await
         .map_err(db)?;
         Ok(undone.is_some())
+    }
+
+    async fn fail_debit(
+        &self,
+        holder: &ClaimHolder,
+        spend_at: u32,
+    ) -> Result<AfterFailure, StoreError> {
+        let (held, given): (i64, i64) = sqlx::query_as(
+            "WITH held AS (
+                DELETE FROM session_debits WHERE token = $1 AND replica = $2
+                RETURNING session, amount_msat),
+             given AS (
+                UPDATE sessions
+                SET spent_msat = spent_msat - held.amount_msat,
+                    failed_msat = failed_msat + held.amount_msat
+                FROM held WHERE sessions.id = held.session AND sessions.closed_at IS NULL
+                  AND sessions.failed_msat + held.amount_msat <= ($3 - 1) * sessions.spent_msat
+                RETURNING 1)
+             SELECT (SELECT count(*) FROM held), (SELECT count(*) FROM given)",
+        )
+        .bind(&holder.token)
+        .bind(&holder.replica)
+        .bind(i64::from(spend_at))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(match (held, given) {
+            (0, _) => AfterFailure::NotHeld,
+            (_, 0) => AfterFailure::Spent,
+            _ => AfterFailure::Released,
+        })
     }
 
     async fn undo_debits_of(&self, replica: &str) -> Result<u64, StoreError> {

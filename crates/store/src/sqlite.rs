@@ -160,7 +160,8 @@ const MIGRATIONS: &[&str] = &[
     // A claim given back keeps its row: it counts the upstream's failures
     // on its payment.
     "ALTER TABLE challenges ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
-     CREATE INDEX challenges_released ON challenges (expires_at) WHERE consumed = 0 AND holder IS NULL;",
+     CREATE INDEX challenges_released ON challenges (expires_at) WHERE consumed = 0 AND holder IS NULL;
+     ALTER TABLE sessions ADD COLUMN failed_msat INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A session row, if there is one.
@@ -943,6 +944,38 @@ impl Store for SqliteStore {
             )?
             .execute(params![session, amount])?;
             Ok(true)
+        })
+        .await
+    }
+
+    async fn fail_debit(
+        &self,
+        holder: &ClaimHolder,
+        spend_at: u32,
+    ) -> Result<AfterFailure, StoreError> {
+        let holder = holder.clone();
+        self.with(move |c| {
+            let held: Option<(Vec<u8>, i64)> = c
+                .prepare_cached(
+                    "DELETE FROM session_debits WHERE token = ?1 AND replica = ?2 RETURNING session, amount_msat",
+                )?
+                .query_row(params![holder.token, holder.replica], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((session, amount)) = held else {
+                return Ok(AfterFailure::NotHeld);
+            };
+            let given = c
+                .prepare_cached(
+                    "UPDATE sessions SET spent_msat = spent_msat - ?2, failed_msat = failed_msat + ?2
+                     WHERE id = ?1 AND closed_at IS NULL
+                       AND failed_msat + ?2 <= (?3 - 1) * spent_msat",
+                )?
+                .execute(params![session, amount, spend_at])?;
+            Ok(if given == 1 {
+                AfterFailure::Released
+            } else {
+                AfterFailure::Spent
+            })
         })
         .await
     }

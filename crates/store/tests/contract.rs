@@ -455,6 +455,63 @@ fn new_session(id: u8, deposit_msat: u64, return_invoice: Option<&str>) -> NewSe
     }
 }
 
+/// A balance gives back failed requests' debits while what it gave back
+/// stays within twice what it spent, the failed request's own debit
+/// counted: two from the start, then two more for each debit kept.
+async fn a_balance_gives_back_failures_up_to_twice_its_spending([a, b]: &Pair) {
+    let id = [72; 32];
+    assert_eq!(
+        a.open_session(&new_session(72, 10_000, None))
+            .await
+            .unwrap(),
+        Opened::New
+    );
+    let mut n = 0;
+    let mut debit = |store: &Arc<dyn Store>| {
+        n += 1;
+        let (store, h) = (store.clone(), holder("r", &format!("f{n}")));
+        async move {
+            let done = store.debit(&id, "chat", 1_000, &h, 1_001).await.unwrap();
+            assert!(matches!(done, Debit::Done { .. }), "{done:?}");
+            h
+        }
+    };
+    for (i, store) in [a, b].into_iter().enumerate() {
+        let h = debit(store).await;
+        assert_eq!(
+            store.fail_debit(&h, 3).await.unwrap(),
+            AfterFailure::Released,
+            "free failure {i}"
+        );
+        assert_eq!(
+            store.fail_debit(&h, 3).await.unwrap(),
+            AfterFailure::NotHeld
+        );
+    }
+    let h = debit(a).await;
+    assert_eq!(
+        a.fail_debit(&h, 3).await.unwrap(),
+        AfterFailure::Spent,
+        "the third failure with nothing spent is kept"
+    );
+    let spent = |s: &Arc<dyn Store>| {
+        let s = s.clone();
+        async move { s.session(&id).await.unwrap().unwrap().spent_msat }
+    };
+    assert_eq!(spent(b).await, 1_000);
+    // What was kept, the failure's and a served request's, earns two
+    // failures given back each.
+    let h = debit(b).await;
+    b.settle_debit(&h, None).await.unwrap();
+    for _ in 0..4 {
+        let h = debit(a).await;
+        assert_eq!(a.fail_debit(&h, 3).await.unwrap(), AfterFailure::Released);
+    }
+    let h = debit(a).await;
+    assert_eq!(a.fail_debit(&h, 3).await.unwrap(), AfterFailure::Spent);
+    assert_eq!(spent(a).await, 3_000);
+}
+
 async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &Pair) {
     let (r1, r2) = (holder("r1", "d1"), holder("r2", "d2"));
     assert_eq!(
@@ -862,6 +919,7 @@ async fn keeps_the_contract(stores: &Pair) {
     an_upstream_fails_on_one_payment_a_bounded_number_of_times(stores).await;
     kept_responses_are_shared_first_wins_and_expire(stores).await;
     a_balance_is_credited_once_spent_atomically_and_refunded_once(stores).await;
+    a_balance_gives_back_failures_up_to_twice_its_spending(stores).await;
     concurrent_debits_never_overdraw(stores).await;
     payments_are_counted_once(stores).await;
     claims_are_committed_in_batches(stores).await;
