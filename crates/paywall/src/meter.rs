@@ -339,16 +339,44 @@ impl UsageScan {
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
             return;
         };
-        if let Some(units) = value.pointer(&self.pointer).and_then(|v| v.as_u64()) {
+        if let Some(units) = value.pointer(&self.pointer).and_then(json_units) {
             self.units
                 .store(units, std::sync::atomic::Ordering::Release);
         }
     }
 }
 
-/// The units in a response header, if it holds a decimal integer.
+/// A report that says units were used but not how many a whole number of
+/// them is: charged the most the request held (the stored units are
+/// capped at `max_units`), never one unit.
+const UNREADABLE_REPORT: u64 = crate::sessions::UNREPORTED - 1;
+
+/// The units a JSON value reports: a whole number as it is, a fraction
+/// rounded up, anything larger than a `u64` or that is no count (negative,
+/// a string, an object) [`UNREADABLE_REPORT`]; `null` reports nothing.
+fn json_units(value: &serde_json::Value) -> Option<u64> {
+    if value.is_null() {
+        return None;
+    }
+    Some(match (value.as_u64(), value.as_f64()) {
+        (Some(n), _) => n.min(UNREADABLE_REPORT),
+        (None, Some(f)) if f >= 0.0 && f < u64::MAX as f64 => f.ceil() as u64,
+        _ => UNREADABLE_REPORT,
+    })
+}
+
+/// The units in a response header: a decimal whole number as it is, and
+/// anything else it holds (too large, negative, not a number)
+/// [`UNREADABLE_REPORT`]; `None` when absent or empty.
 pub(crate) fn header_units(headers: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+    let text = headers.get(name)?.to_str().map(str::trim).unwrap_or("?");
+    if text.is_empty() {
+        return None;
+    }
+    Some(
+        text.parse::<u64>()
+            .map_or(UNREADABLE_REPORT, |n| n.min(UNREADABLE_REPORT)),
+    )
 }
 
 #[cfg(test)]
@@ -368,6 +396,42 @@ mod usage_tests {
         scan.feed(b"12}}\r\n\r\ndata: [DONE]\n\n");
         scan.finish();
         assert_eq!(units.load(Ordering::Acquire), 12);
+    }
+
+    #[test]
+    fn a_report_that_is_no_count_is_charged_the_most_held() {
+        let scan = |body: &str| {
+            let units = Arc::new(AtomicU64::new(crate::sessions::UNREPORTED));
+            let mut scan = UsageScan::new("/usage".into(), units.clone(), false);
+            scan.feed(body.as_bytes());
+            scan.finish();
+            units.load(Ordering::Acquire)
+        };
+        assert_eq!(scan(r#"{"usage":7}"#), 7);
+        assert_eq!(scan(r#"{"usage":7.2}"#), 8);
+        assert_eq!(scan(r#"{"usage":null}"#), crate::sessions::UNREPORTED);
+        assert_eq!(scan(r#"{"other":1}"#), crate::sessions::UNREPORTED);
+        for garbage in [
+            r#"{"usage":10000000000000000000000}"#,
+            r#"{"usage":-3}"#,
+            r#"{"usage":"7"}"#,
+            r#"{"usage":{}}"#,
+            r#"{"usage":18446744073709551615}"#,
+        ] {
+            assert_eq!(scan(garbage), UNREADABLE_REPORT, "{garbage}");
+        }
+        let name = http::HeaderName::from_static("x-usage");
+        let header = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), value.parse().unwrap());
+            header_units(&headers, &name)
+        };
+        assert_eq!(header(" 12 "), Some(12));
+        assert_eq!(header(""), None);
+        for garbage in ["10000000000000000000000", "-1", "1e3", "many"] {
+            assert_eq!(header(garbage), Some(UNREADABLE_REPORT), "{garbage}");
+        }
+        assert_eq!(header_units(&HeaderMap::new(), &name), None);
     }
 
     #[test]
