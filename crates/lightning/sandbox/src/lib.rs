@@ -105,11 +105,16 @@ impl Sandbox {
         let pubkey = key.public_key(&secp);
         let database = dir.join("invoices.sqlite3");
         let store = Store::open(&database)?;
+        // SQLite's `-wal` and `-shm` beside it hold the same preimages.
         #[cfg(unix)]
-        {
+        for suffix in ["", "-wal", "-shm"] {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&database, std::fs::Permissions::from_mode(0o600))
-                .map_err(io)?;
+            let mut file = database.clone().into_os_string();
+            file.push(suffix);
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                _ => {}
+            }
         }
         tracing::warn!(node = %pubkey, "{TEST_MONEY}");
         Ok(Self {

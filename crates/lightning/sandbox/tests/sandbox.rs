@@ -299,6 +299,10 @@ fn the_sandbox_keeps_its_preimages_private() {
     assert_eq!(mode(&sandbox_dir), 0o700);
     assert_eq!(mode(&sandbox_dir.join("invoices.sqlite3")), 0o600);
     assert_eq!(mode(&sandbox_dir.join("node_key")), 0o600);
+    // SQLite's own files beside it hold the same preimages.
+    for side in ["invoices.sqlite3-wal", "invoices.sqlite3-shm"] {
+        assert_eq!(mode(&sandbox_dir.join(side)), 0o600, "{side}");
+    }
     // A key left readable by others (by an earlier version, or by hand) is
     // made private when the sandbox opens again.
     drop(_sandbox);
