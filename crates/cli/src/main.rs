@@ -230,7 +230,9 @@ fn init_logging(format: &str, quiet: bool, telemetry: Option<&Telemetry>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let traced = telemetry.is_some();
-    let filter = filter.and(filter_fn(move |metadata| traced || metadata.is_event()));
+    let filter = filter
+        .and(filter_fn(move |metadata| traced || metadata.is_event()))
+        .and(filter_fn(|metadata| !tells_request_contents(metadata)));
     let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let log = if format == "json" {
         log.json().boxed()
@@ -247,6 +249,14 @@ fn init_logging(format: &str, quiet: bool, telemetry: Option<&Telemetry>) {
         .with(log.with_filter(filter))
         .with(traces)
         .init();
+}
+
+/// Whether an event may hold what a request carried: rmcp logs every
+/// JSON-RPC message it receives, tool arguments and all (a `paymentId`
+/// among them), at DEBUG and below. Those are never written, whatever
+/// `RUST_LOG` asks.
+fn tells_request_contents(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.target().starts_with("rmcp") && *metadata.level() > tracing::Level::INFO
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{gate402, ok_json, payments};
+use common::{gate402, gate402_with_env, ok_json, payments, Launch, ServeProcess};
 use gate402_gateway::{demo, Gateway};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorData,
@@ -363,4 +363,126 @@ async fn mcp_proxy_charges_for_the_tools_of_another_server() {
     assert_eq!(payments(data).await.len(), 1, "only echo was paid for");
     proxy.start_kill().unwrap();
     let _ = proxy.wait().await;
+}
+
+/// Debug logs name what happened, never a credential: with
+/// `RUST_LOG=debug` on both sides of a paid tool call, neither the
+/// gateway's log nor `gate402 mcp call`'s stderr holds its preimage; and a
+/// `paymentId` sent in a tool's arguments (a made-up one: it is logged, if
+/// at all, as the request arrives, before it is checked) is not in the
+/// gateway's log.
+#[tokio::test(flavor = "multi_thread")]
+async fn debug_logs_of_a_paid_tool_call_hold_no_credential() {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[services]]\nname = \"weather\"\npath = \"/weather\"\nupstream = \"http://{upstream}\"\nprice_sats = 10\n[[tools]]\nname = \"weather\"\ndescription = \"The weather\"\nservice = \"weather\"\n"
+    );
+    let launch = Launch {
+        rust_log: Some("debug".into()),
+        ..Launch::default()
+    };
+    let gateway = ServeProcess::start_with(dir.path(), &config, launch).await;
+    let mcp = format!("{}/mcp", gateway.base);
+    let client = tempfile::tempdir().unwrap();
+    let out = gate402_with_env(
+        client.path(),
+        &[
+            "mcp",
+            "call",
+            &mcp,
+            "weather",
+            "--args",
+            r#"{"city":"Oslo"}"#,
+            "--json",
+        ],
+        &[("RUST_LOG", "debug")],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["result"]["structuredContent"]["city"], "Oslo");
+
+    // A tool call with a paymentId, over plain JSON-RPC.
+    let payment_id = format!("{}{}", "ab".repeat(32), "cd".repeat(16));
+    let http = reqwest::Client::new();
+    let post = |body: Value, session: Option<String>| {
+        let mut request = http
+            .post(&mcp)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-03-26")
+            .body(body.to_string());
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let initialized = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-03-26", "capabilities": {},
+            "clientInfo": {"name": "log-check", "version": "0"}}}),
+        None,
+    )
+    .await
+    .unwrap();
+    let session = initialized.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    post(
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        Some(session.clone()),
+    )
+    .await
+    .unwrap();
+    let called = post(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "weather", "arguments": {"city": "Oslo", "paymentId": payment_id}}}),
+        Some(session),
+    )
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        called.contains("-32602") || called.contains("-3204"),
+        "{called}"
+    );
+
+    let gateway_log = gateway.log_text();
+    for (who, log) in [
+        ("gate402 mcp call", stderr.into_owned()),
+        ("the gateway", gateway_log.clone()),
+    ] {
+        assert!(log.contains("DEBUG"), "{who}: debug logs were on:\n{log}");
+        let leaks: Vec<&str> = log.lines().filter(|l| holds_a_preimage(l)).collect();
+        assert!(
+            leaks.is_empty(),
+            "{who} logged a preimage:\n{}",
+            leaks.join("\n")
+        );
+    }
+    let leaks: Vec<&str> = gateway_log
+        .lines()
+        .filter(|l| l.contains(&payment_id))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "the gateway logged a paymentId:\n{}",
+        leaks.join("\n")
+    );
+}
+
+/// Whether `line` holds a preimage's value: 64 hex digits shortly after
+/// the word (a hint that names the field holds none).
+fn holds_a_preimage(line: &str) -> bool {
+    line.match_indices("preimage").any(|(at, _)| {
+        let after: Vec<char> = line[at..].chars().skip(8).take(100).collect();
+        after
+            .windows(64)
+            .any(|w| w.iter().all(char::is_ascii_hexdigit))
+    })
 }

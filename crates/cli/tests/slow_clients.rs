@@ -80,7 +80,15 @@ async fn slow_headers_do_not_starve_paying_clients() {
         HEADER_TIMEOUT.as_secs(),
         service(upstream)
     );
-    let gateway = ServeProcess::start_with_file_limit(dir.path(), &config, Some(256)).await;
+    let gateway = ServeProcess::start_with(
+        dir.path(),
+        &config,
+        Launch {
+            file_limit: Some(256),
+            ..Launch::default()
+        },
+    )
+    .await;
     assert_eq!(soft_file_limit(gateway.pid()), 256);
 
     // Each from 127.0.0.2, a request line begun and never finished.

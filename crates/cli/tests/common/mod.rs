@@ -102,23 +102,28 @@ pub struct ServeProcess {
     pub data: PathBuf,
     config: PathBuf,
     pub log: PathBuf,
+    /// How it is started.
+    launch: Launch,
+}
+
+/// How a [`ServeProcess`] is started, beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
     /// `ulimit -n` for the process, when set.
-    file_limit: Option<u32>,
+    pub file_limit: Option<u32>,
+    /// `RUST_LOG` for the process; by default the gateway's own filter.
+    pub rust_log: Option<String>,
 }
 
 impl ServeProcess {
     /// Writes the config (`listen` first, then `config_text`) and starts
     /// the gateway; returns once it answers `/healthz`.
     pub async fn start(root: &Path, config_text: &str) -> Self {
-        Self::start_with_file_limit(root, config_text, None).await
+        Self::start_with(root, config_text, Launch::default()).await
     }
 
-    /// Like [`ServeProcess::start`], under `ulimit -n file_limit`.
-    pub async fn start_with_file_limit(
-        root: &Path,
-        config_text: &str,
-        file_limit: Option<u32>,
-    ) -> Self {
+    /// Like [`ServeProcess::start`], started as `launch` says.
+    pub async fn start_with(root: &Path, config_text: &str, launch: Launch) -> Self {
         std::fs::create_dir_all(root).unwrap();
         let config = root.join("gateway.toml");
         let log = root.join("gateway.log");
@@ -135,13 +140,13 @@ impl ServeProcess {
             )
             .unwrap();
             let mut process = Self {
-                child: Self::launch(&root.join("data"), &config, &log, file_limit),
+                child: Self::spawn(&root.join("data"), &config, &log, &launch),
                 base: format!("http://127.0.0.1:{port}"),
                 port,
                 data: root.join("data"),
                 config: config.clone(),
                 log: log.clone(),
-                file_limit,
+                launch: launch.clone(),
             };
             let listening = process.listening_lines();
             match process.wait_healthy(listening).await {
@@ -153,18 +158,13 @@ impl ServeProcess {
         panic!("no free port for the gateway after 5 tries");
     }
 
-    fn launch(
-        data: &Path,
-        config: &Path,
-        log: &Path,
-        file_limit: Option<u32>,
-    ) -> std::process::Child {
+    fn spawn(data: &Path, config: &Path, log: &Path, launch: &Launch) -> std::process::Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
-        let mut command = match file_limit {
+        let mut command = match launch.file_limit {
             // `exec` keeps the pid: signals and /proc reach the gateway.
             Some(n) => {
                 let mut sh = Command::new("sh");
@@ -186,15 +186,17 @@ impl ServeProcess {
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .env_remove("OTEL_SERVICE_NAME")
             .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+            .stderr(log);
+        if let Some(filter) = &launch.rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        command.spawn().unwrap()
     }
 
     /// Starts it again on the same data dir, config and port.
     pub async fn restart(&mut self) {
         let listening = self.listening_lines();
-        self.child = Self::launch(&self.data, &self.config, &self.log, self.file_limit);
+        self.child = Self::spawn(&self.data, &self.config, &self.log, &self.launch);
         if let Some(status) = self.wait_healthy(listening).await {
             panic!("gateway exited ({status}): {}", self.log_text());
         }
