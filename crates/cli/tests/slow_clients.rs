@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
-use common::{buy_mpp, ServeProcess};
+use common::{buy_mpp, Launch, ServeProcess};
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
