@@ -94,6 +94,14 @@ upstream = "http://127.0.0.1:9000"
 price_sats = 1000
 
 [[services]]
+name = "public"
+path = "/public/*"
+upstream = "http://127.0.0.1:9000"
+price_sats = 1
+auth = "off"
+rewrite = { strip_prefix = "/public" }
+
+[[services]]
 name = "everything-else"
 path = "/*"
 upstream = "http://127.0.0.1:9000"
@@ -111,8 +119,9 @@ prices = { search = 20 }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     for needle in [
-        "warning: services[1] (\"everything-else\", free, /*) catches what does not match services[0] (\"premium\", paid, /premium/*); they share an upstream",
-        "warning: services[1].capabilities: ignored",
+        "warning: services[1] (\"public\", free, /public/*) forwards to the upstream paths of services[0] (\"premium\", paid, /premium/*) through its rewrite",
+        "warning: services[2] (\"everything-else\", free, /*) catches what does not match services[0] (\"premium\", paid, /premium/*); they share an upstream",
+        "warning: services[2].capabilities: ignored",
         "warning: mcp_proxy: no default_price_sats: tools not named in prices are refused",
     ] {
         assert!(stderr.contains(needle), "{needle:?} missing from:\n{stderr}");

@@ -5,6 +5,7 @@
 use std::fmt::Display;
 use std::path::PathBuf;
 
+use gate402_paywall::route::{PathPattern, RequestPath};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_path_to_error::Segment;
@@ -599,16 +600,33 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
                 }
                 _ => true,
             };
-            if !paid.priced.charges()
-                || !hosts_meet
-                || !free.priced.path.overlaps(&paid.priced.path)
-            {
+            if !paid.priced.charges() || !hosts_meet {
                 continue;
             }
             let shared_upstream = match (&free.upstream, &paid.upstream) {
                 (Some(a), Some(b)) => a.url == b.url,
                 _ => false,
             };
+            if !free.priced.path.overlaps(&paid.priced.path) {
+                // Apart as routes, but a rewrite may forward both to the
+                // same upstream paths: `/public/*` without `/public` is
+                // everything the upstream serves, `/premium/a` included.
+                let forwarded = shared_upstream
+                    && matches!(
+                        (upstream_pattern(free), upstream_pattern(paid)),
+                        (Some(a), Some(b)) if a.overlaps(&b)
+                    );
+                if forwarded {
+                    warnings.push(format!(
+                        "services[{i}] ({:?}, free, {}) forwards to the upstream paths of services[{j}] ({:?}, paid, {}) through its rewrite: the paid resources are served free under the free route's prefix",
+                        free.priced.name,
+                        free.priced.path.as_written(),
+                        paid.priced.name,
+                        paid.priced.path.as_written(),
+                    ));
+                }
+                continue;
+            }
             let why = if i < j {
                 "comes first, so it takes requests meant for"
             } else {
@@ -629,6 +647,20 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
         }
     }
     warnings
+}
+
+/// The upstream paths a service's route is forwarded to: its pattern with
+/// its rewrite applied (`/public/*` stripped of `/public` is `/*`).
+fn upstream_pattern(service: &super::ServiceConfig) -> Option<PathPattern> {
+    let rewrite = &service.upstream.as_ref()?.rewrite;
+    let pattern = &service.priced.path;
+    let stem = RequestPath::parse(pattern.stem()).ok()?;
+    let forwarded = rewrite.apply(&stem);
+    let written = match pattern {
+        PathPattern::Exact(_) => forwarded,
+        PathPattern::Prefix(_) => format!("{}/*", forwarded.trim_end_matches('/')),
+    };
+    PathPattern::parse(&written).ok()
 }
 
 /// Why `price` (satoshis) is not a price: the bounds every price shares.
