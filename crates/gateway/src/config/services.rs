@@ -254,10 +254,13 @@ impl Checker {
         let mut upstream = raw
             .upstream
             .and_then(|url| self.upstream(&at("upstream"), &url));
+        // A free route charges nothing: its price is only a placeholder.
+        let free = raw.auth.as_deref().map(str::trim) == Some("off");
         match raw.price_sats {
             Some(p) if (1..=MAX_PRICE_SATS).contains(&p) => priced.price_sats = p as u64,
             Some(p) => self.error(&at("price_sats"), not_a_price(p)),
-            None if !has_price => self.error(&at("price_sats"), "is required"),
+            None if free && !has_price => priced.price_sats = 1,
+            None if !has_price => self.error(&at("price_sats"), "is required (or auth = \"off\")"),
             None => {}
         }
         if let Some(auth) = raw.auth {

@@ -632,3 +632,22 @@ pub(super) fn assert_errors(errors: &[String], expected: &[&str]) {
     }
     assert_eq!(errors.len(), expected.len(), "{errors:#?}");
 }
+
+#[test]
+fn a_free_route_needs_no_price_and_a_priced_one_does() {
+    let config = GatewayConfig::parse(
+        "[[services]]\nname = \"docs\"\npath = \"/docs/*\"\nupstream = \"http://127.0.0.1:9\"\nauth = \"off\"\n",
+        env,
+    )
+    .unwrap();
+    assert_eq!(config.services[0].priced.auth, Auth::Off);
+    let errors = GatewayConfig::parse(
+        "[[services]]\nname = \"docs\"\npath = \"/docs/*\"\nupstream = \"http://127.0.0.1:9\"\nauth = \"on\"\n",
+        env,
+    )
+    .unwrap_err();
+    assert!(
+        errors.to_string().contains("services[0].price_sats: is required"),
+        "{errors}"
+    );
+}
