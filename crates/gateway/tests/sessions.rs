@@ -306,6 +306,28 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
         )
         .await;
     assert_eq!(problem(bad).await, lightning("invalid-return-invoice"));
+    // Nor is an expired one: no refund could be paid to it.
+    let expired = h
+        .gateway
+        .paywall()
+        .backend()
+        .create_invoice(InvoiceRequest {
+            amount_msat: 0,
+            memo: "refund".into(),
+            expiry_secs: 1,
+        })
+        .await
+        .unwrap()
+        .bolt11;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let late = h
+        .send(
+            "/chat",
+            &challenge,
+            json!({"action": "open", "preimage": preimage, "returnInvoice": expired}),
+        )
+        .await;
+    assert_eq!(problem(late).await, lightning("invalid-return-invoice"));
 
     // Open: the deposit of 10 sat, 5 requests at 2 sat; the open is one.
     let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});

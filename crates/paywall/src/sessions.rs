@@ -281,7 +281,11 @@ impl Paywall {
                 if self.is_revoked(&hash) {
                     return Step::Halt(Halt::Refuse(crate::paywall::revoked()));
                 }
-                if let Err(e) = check_return_invoice(&return_invoice, state.network) {
+                if let Err(e) = check_return_invoice(
+                    &return_invoice,
+                    state.network,
+                    std::time::SystemTime::now(),
+                ) {
                     return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string());
                 }
                 let opened = self

@@ -647,7 +647,9 @@ fn a_free_route_needs_no_price_and_a_priced_one_does() {
     )
     .unwrap_err();
     assert!(
-        errors.to_string().contains("services[0].price_sats: is required"),
+        errors
+            .to_string()
+            .contains("services[0].price_sats: is required"),
         "{errors}"
     );
 }

@@ -257,16 +257,26 @@ pub enum ReturnInvoiceError {
     /// It is for another network.
     #[error("the return invoice is for {0}, this server pays on {1}")]
     Network(Network, Network),
+    /// It expired (at this unix time): no refund could be paid to it.
+    #[error("the return invoice expired at unix time {0}; send a fresh one")]
+    Expired(u64),
 }
 
 /// Checks an `open` action's return invoice: BOLT11 on `network`, with no
-/// amount (or an explicit zero).
+/// amount (or an explicit zero), not expired at `now`.
 ///
 /// # Errors
 ///
 /// [`ReturnInvoiceError`].
-pub fn check_return_invoice(bolt11: &str, network: Network) -> Result<(), ReturnInvoiceError> {
+pub fn check_return_invoice(
+    bolt11: &str,
+    network: Network,
+    now: std::time::SystemTime,
+) -> Result<(), ReturnInvoiceError> {
     let invoice = Invoice::parse(bolt11).map_err(|e| ReturnInvoiceError::Invalid(e.to_string()))?;
+    if invoice.is_expired_at(now) {
+        return Err(ReturnInvoiceError::Expired(invoice.expires_at()));
+    }
     if invoice.amount_msat().is_some_and(|a| a > 0) {
         return Err(ReturnInvoiceError::HasAmount);
     }
