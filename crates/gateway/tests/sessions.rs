@@ -221,6 +221,22 @@ impl Harness {
         (created.bolt11, created.payment_hash)
     }
 
+    /// The statuses of `n` GETs of `path` with `authorization`, in turn.
+    async fn statuses(&self, path: &str, authorization: &str, n: usize) -> Vec<u16> {
+        let mut statuses = Vec::new();
+        for _ in 0..n {
+            let response = self
+                .http
+                .get(self.url(path))
+                .header(AUTHORIZATION, authorization)
+                .send()
+                .await
+                .unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        statuses
+    }
+
     async fn send(
         &self,
         path: &str,
@@ -466,19 +482,11 @@ async fn an_l402_balance_token_and_the_mpp_session_spend_one_balance() {
 async fn a_failed_upstream_spends_nothing_from_a_balance() {
     let h = Harness::start(|_| {}).await;
     let Bought { l402, .. } = h.buy("/flaky").await;
-    let mut statuses = Vec::new();
-    for _ in 0..5 {
-        let response = h
-            .http
-            .get(h.url("/flaky"))
-            .header(AUTHORIZATION, &l402)
-            .send()
-            .await
-            .unwrap();
-        statuses.push(response.status().as_u16());
-    }
     // Two failures given back, then the deposit's two requests, then none.
-    assert_eq!(statuses, [500, 500, 200, 200, 402]);
+    assert_eq!(
+        h.statuses("/flaky", &l402, 5).await,
+        [500, 500, 200, 200, 402]
+    );
 }
 
 /// A request that makes the upstream fail after acting on it cannot buy
@@ -493,18 +501,10 @@ async fn a_balance_buys_a_bounded_number_of_failed_runs() {
     })
     .await;
     let Bought { l402, .. } = h.buy("/broken").await;
-    let mut statuses = Vec::new();
-    for _ in 0..9 {
-        let response = h
-            .http
-            .get(h.url("/broken"))
-            .header(AUTHORIZATION, &l402)
-            .send()
-            .await
-            .unwrap();
-        statuses.push(response.status().as_u16());
-    }
-    assert_eq!(statuses, [500, 500, 500, 500, 500, 500, 402, 402, 402]);
+    assert_eq!(
+        h.statuses("/broken", &l402, 9).await,
+        [500, 500, 500, 500, 500, 500, 402, 402, 402]
+    );
     assert_eq!(BROKEN_RUNS.load(Ordering::SeqCst), 6);
 }
 

@@ -165,6 +165,17 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// A session row, if there is one.
+/// Removes a held debit: its session and amount, if `holder` held one.
+fn take_debit(c: &Connection, holder: &ClaimHolder) -> rusqlite::Result<Option<(Vec<u8>, i64)>> {
+    c.prepare_cached(
+        "DELETE FROM session_debits WHERE token = ?1 AND replica = ?2 RETURNING session, amount_msat",
+    )?
+    .query_row(params![holder.token, holder.replica], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()
+}
+
 fn read_session(c: &Connection, id: &[u8; 32]) -> rusqlite::Result<Option<SessionRecord>> {
     c.prepare_cached(
         "SELECT service, deposit_msat, spent_msat, return_invoice, idle_secs, last_used_at, closed_at, refund_msat, refund_status FROM sessions WHERE id = ?1",
@@ -907,12 +918,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let holder = holder.clone();
         self.with(move |c| {
-            let held: Option<(Vec<u8>, i64)> = c
-                .prepare_cached(
-                    "DELETE FROM session_debits WHERE token = ?1 AND replica = ?2 RETURNING session, amount_msat",
-                )?
-                .query_row(params![holder.token, holder.replica], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+            let held = take_debit(c, &holder)?;
             if let (Some((session, held)), Some(kept)) = (held, kept_msat) {
                 let back = (held as u64).saturating_sub(kept);
                 if back > 0 {
@@ -930,12 +936,7 @@ impl Store for SqliteStore {
     async fn undo_debit(&self, holder: &ClaimHolder) -> Result<bool, StoreError> {
         let holder = holder.clone();
         self.with(move |c| {
-            let held: Option<(Vec<u8>, i64)> = c
-                .prepare_cached(
-                    "DELETE FROM session_debits WHERE token = ?1 AND replica = ?2 RETURNING session, amount_msat",
-                )?
-                .query_row(params![holder.token, holder.replica], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+            let held = take_debit(c, &holder)?;
             let Some((session, amount)) = held else {
                 return Ok(false);
             };
@@ -955,12 +956,7 @@ impl Store for SqliteStore {
     ) -> Result<AfterFailure, StoreError> {
         let holder = holder.clone();
         self.with(move |c| {
-            let held: Option<(Vec<u8>, i64)> = c
-                .prepare_cached(
-                    "DELETE FROM session_debits WHERE token = ?1 AND replica = ?2 RETURNING session, amount_msat",
-                )?
-                .query_row(params![holder.token, holder.replica], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+            let held = take_debit(c, &holder)?;
             let Some((session, amount)) = held else {
                 return Ok(AfterFailure::NotHeld);
             };

@@ -607,43 +607,43 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
                 (Some(a), Some(b)) => a.url == b.url,
                 _ => false,
             };
-            if !free.priced.path.overlaps(&paid.priced.path) {
-                // Apart as routes, but a rewrite may forward both to the
-                // same upstream paths: `/public/*` without `/public` is
+            let why = if free.priced.path.overlaps(&paid.priced.path) {
+                let order = if i < j {
+                    "comes first, so it takes requests meant for"
+                } else {
+                    "catches what does not match"
+                };
+                let shared = if shared_upstream {
+                    "; they share an upstream, which may serve a paid resource under a spelling only the free route matches (a file extension, an alias)"
+                } else {
+                    ""
+                };
+                (order, shared)
+            } else if shared_upstream
+                && matches!(
+                    (upstream_pattern(free), upstream_pattern(paid)),
+                    (Some(a), Some(b)) if a.overlaps(&b)
+                )
+            {
+                // Apart as routes, but a rewrite forwards both to the same
+                // upstream paths: `/public/*` without `/public` is
                 // everything the upstream serves, `/premium/a` included.
-                let forwarded = shared_upstream
-                    && matches!(
-                        (upstream_pattern(free), upstream_pattern(paid)),
-                        (Some(a), Some(b)) if a.overlaps(&b)
-                    );
-                if forwarded {
-                    warnings.push(format!(
-                        "services[{i}] ({:?}, free, {}) forwards to the upstream paths of services[{j}] ({:?}, paid, {}) through its rewrite: the paid resources are served free under the free route's prefix",
-                        free.priced.name,
-                        free.priced.path.as_written(),
-                        paid.priced.name,
-                        paid.priced.path.as_written(),
-                    ));
-                }
-                continue;
-            }
-            let why = if i < j {
-                "comes first, so it takes requests meant for"
+                (
+                    "forwards to the upstream paths of",
+                    " through its rewrite: the paid resources are served free under the free route's prefix",
+                )
             } else {
-                "catches what does not match"
+                continue;
             };
             warnings.push(format!(
-                    "services[{i}] ({:?}, free, {}) {why} services[{j}] ({:?}, paid, {}){}",
-                    free.priced.name,
-                    free.priced.path.as_written(),
-                    paid.priced.name,
-                    paid.priced.path.as_written(),
-                    if shared_upstream {
-                        "; they share an upstream, which may serve a paid resource under a spelling only the free route matches (a file extension, an alias)"
-                    } else {
-                        ""
-                    }
-                ));
+                "services[{i}] ({:?}, free, {}) {} services[{j}] ({:?}, paid, {}){}",
+                free.priced.name,
+                free.priced.path.as_written(),
+                why.0,
+                paid.priced.name,
+                paid.priced.path.as_written(),
+                why.1,
+            ));
         }
     }
     warnings
