@@ -117,19 +117,7 @@ async fn gate402_mcp_call_pays_within_the_caps() {
     let client = tempfile::tempdir().unwrap();
     let data = client.path();
     let mcp = format!("{base}/mcp");
-    let report = ok_json(
-        data,
-        &[
-            "mcp",
-            "call",
-            &mcp,
-            "weather",
-            "--args",
-            r#"{"city":"Oslo"}"#,
-            "--json",
-        ],
-    )
-    .await;
+    let report = ok_json(data, &weather_in_oslo(&mcp)).await;
     assert_eq!(report["result"]["structuredContent"]["city"], "Oslo");
     let receipt = &report["result"]["_meta"]["org.paymentauth/receipt"];
     assert_eq!(receipt["status"], "success");
@@ -387,15 +375,7 @@ async fn debug_logs_of_a_paid_tool_call_hold_no_credential() {
     let client = tempfile::tempdir().unwrap();
     let out = gate402_with_env(
         client.path(),
-        &[
-            "mcp",
-            "call",
-            &mcp,
-            "weather",
-            "--args",
-            r#"{"city":"Oslo"}"#,
-            "--json",
-        ],
+        &weather_in_oslo(&mcp),
         &[("RUST_LOG", "debug")],
     )
     .await;
@@ -485,4 +465,17 @@ fn holds_a_preimage(line: &str) -> bool {
             .windows(64)
             .any(|w| w.iter().all(char::is_ascii_hexdigit))
     })
+}
+
+/// `gate402 mcp call` of the demo's weather tool for Oslo, as JSON.
+fn weather_in_oslo(mcp: &str) -> [&str; 7] {
+    [
+        "mcp",
+        "call",
+        mcp,
+        "weather",
+        "--args",
+        r#"{"city":"Oslo"}"#,
+        "--json",
+    ]
 }

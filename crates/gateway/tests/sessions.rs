@@ -207,6 +207,11 @@ impl Harness {
     /// An amountless invoice of the gateway's own node (its sandbox), as a
     /// client's return invoice.
     async fn return_invoice(&self) -> (String, [u8; 32]) {
+        self.return_invoice_expiring(3600).await
+    }
+
+    /// [`Harness::return_invoice`], expiring after `expiry_secs`.
+    async fn return_invoice_expiring(&self, expiry_secs: u32) -> (String, [u8; 32]) {
         let created = self
             .gateway
             .paywall()
@@ -214,7 +219,7 @@ impl Harness {
             .create_invoice(InvoiceRequest {
                 amount_msat: 0,
                 memo: "refund".into(),
-                expiry_secs: 3600,
+                expiry_secs,
             })
             .await
             .unwrap();
@@ -323,18 +328,7 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
         .await;
     assert_eq!(problem(bad).await, lightning("invalid-return-invoice"));
     // Nor is an expired one: no refund could be paid to it.
-    let expired = h
-        .gateway
-        .paywall()
-        .backend()
-        .create_invoice(InvoiceRequest {
-            amount_msat: 0,
-            memo: "refund".into(),
-            expiry_secs: 1,
-        })
-        .await
-        .unwrap()
-        .bolt11;
+    let (expired, _) = h.return_invoice_expiring(1).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let late = h
         .send(
