@@ -180,7 +180,8 @@ fn lenient_path(raw: &str) -> String {
     // Compatibility forms folded, as some frameworks do (`．．` is `..`,
     // `／` is `/`, `ｐ` is `p`), then Windows' best-fit reading of what
     // has no such form: accents dropped, `ı` as `i`, `∕` and `⁄` as `/`,
-    // `∖` as `\`.
+    // `∖` as `\`; then what is still not ASCII dropped, as slugifying
+    // code does (a soft hyphen or a zero-width space vanishes).
     let text: String = {
         use unicode_normalization::char::is_combining_mark;
         use unicode_normalization::UnicodeNormalization;
@@ -193,6 +194,7 @@ fn lenient_path(raw: &str) -> String {
                 '\u{2216}' => '\\',
                 c => c,
             })
+            .filter(char::is_ascii)
             .collect()
     };
     let text = text.replace('\\', "/");
@@ -847,6 +849,12 @@ fn attack_targets() -> Vec<Target> {
         "/public%E2%81%84..%E2%81%84premium/secret.txt",
         "/public%E2%88%96..%E2%88%96premium%E2%88%96secret.txt",
         "/cheap%E2%88%95..%E2%88%95premium/secret.txt",
+        // Invisible or unreadable characters a slugifying upstream drops.
+        "/pre%C2%ADmium/secret.txt",
+        "/pre%E2%80%8Bmium/secret.txt",
+        "/%EF%BB%BFpremium/secret.txt",
+        "/pre%E2%82%ACmium/secret.txt",
+        "/adm%F3%A0%80%A1in/secret.txt",
         // Above the root, and no path at all.
         "/../premium/secret.txt",
         "/public/../../premium/secret.txt",

@@ -429,22 +429,20 @@ fn strict_json(body: Option<&[u8]>, encoding: Option<&str>) -> Result<Option<Val
     )))
 }
 
-/// Refuses an object key on the way to `pointer` that differs from the
-/// pointer's only by case: some upstreams match keys without regard to
-/// case (Go's `encoding/json`), and would read `{"Model": …}` as `/model`.
+/// Refuses an object key on the way to `pointer` that reads as the
+/// pointer's ([`loose`]): some upstreams match keys without regard to
+/// case (Go's `encoding/json`), and would read `{"Model": …}` or
+/// `{"modeſ": …}` as `/model`.
 fn case_conflict(json: &Value, pointer: &str) -> Result<(), Unreadable> {
     let mut at = json;
     for token in pointer.split('/').skip(1) {
         let token = token.replace("~1", "/").replace("~0", "~");
         let next = match at {
             Value::Object(object) => {
-                let lower = token.to_lowercase();
-                if let Some(key) = object
-                    .keys()
-                    .find(|k| **k != token && k.to_lowercase() == lower)
-                {
+                let read = loose(&token);
+                if let Some(key) = object.keys().find(|k| **k != token && loose(k) == read) {
                     return Err(Unreadable(format!(
-                        "the request body names {key:?}, which differs from {token:?} (at {pointer}) only by case; the price depends on it: send it as {token:?}"
+                        "the request body names {key:?}, which differs from {token:?} (at {pointer}) only by case, spaces, invisible characters or Unicode forms; the price depends on it: send it as {token:?}"
                     )));
                 }
                 object.get(&token)
@@ -550,14 +548,17 @@ impl<'a> Parsed<'a> {
         let raw = self.request.query.unwrap_or("");
         pricing.query_names().find_map(|name| {
             let pairs = self.query_pairs();
-            // Some upstreams also split a query at `;` (`x=1;quality=hd`).
+            // Some upstreams also split a query at `;` (`x=1;quality=hd`,
+            // `quality=hd;x`): the parameter must read the same either way.
             if raw.contains(';') {
-                let split_at_semicolons = form_urlencoded::parse(raw.replace(';', "&").as_bytes())
+                let ampersands = raw.replace(';', "&");
+                let split_at_semicolons = form_urlencoded::parse(ampersands.as_bytes())
                     .filter(|(k, _)| k == name)
-                    .count();
-                if split_at_semicolons != pairs.iter().filter(|(k, _)| k == name).count() {
+                    .map(|(_, v)| v.into_owned());
+                let split_at_ampersands = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone());
+                if !split_at_semicolons.eq(split_at_ampersands) {
                     return Some(Unreadable(format!(
-                        "the query separates parameters with ';', and the price depends on {name:?}: separate them with '&'"
+                        "the query has a raw ';', and the price depends on {name:?}: separate parameters with '&' and spell a ';' in a value as %3B"
                     )));
                 }
             }
@@ -566,13 +567,13 @@ impl<'a> Parsed<'a> {
                     "query parameter {name:?} is given more than once; the price depends on it: give it once"
                 )));
             }
-            let lower = name.to_lowercase();
+            let read = loose(name);
             pairs
                 .iter()
-                .find(|(k, _)| k != name && k.to_lowercase() == lower)
+                .find(|(k, _)| k != name && loose(k) == read)
                 .map(|(k, _)| {
                     Unreadable(format!(
-                        "query parameter {k:?} differs from {name:?}, which the price depends on, only by case: send it as {name:?}"
+                        "query parameter {k:?} differs from {name:?}, which the price depends on, only by case, spaces, invisible characters or Unicode forms: send it as {name:?}"
                     ))
                 })
         })
@@ -618,14 +619,16 @@ fn one_of(
     }
 }
 
-/// A value as a lenient upstream may read it: cut at NUL (C strings),
-/// without other control characters, trimmed, compatibility forms folded
-/// (NFKC) and lower-cased.
+/// A value or a name as a lenient upstream may read it: cut at NUL (C
+/// strings), folded to ASCII ([`crate::route::ascii_reading`]: `ｈd`,
+/// `h\u{AD}d`, `ḣd`), without control characters, trimmed, lower-cased.
 fn loose(value: &str) -> String {
-    use unicode_normalization::UnicodeNormalization;
     let cut = value.split('\0').next().unwrap_or("");
-    let kept: String = cut.chars().filter(|c| !c.is_control()).collect();
-    kept.trim().nfkc().collect::<String>().to_lowercase()
+    let read: String = crate::route::ascii_reading(cut)
+        .chars()
+        .filter(|c| !c.is_ascii_control())
+        .collect();
+    read.trim().to_ascii_lowercase()
 }
 
 impl PriceRule {
@@ -643,16 +646,18 @@ impl PriceRule {
             let Some(captured) = path.captures(request.path) else {
                 return Ok(None);
             };
+            // Captured from the normal form: compared as the upstream
+            // decodes it (`caf%C3%A9` is `café`).
             let param = |name: &str| {
                 captured
                     .iter()
                     .find(|(n, _)| *n == name)
-                    .map(|(_, value)| *value)
+                    .and_then(|(_, value)| crate::route::decode_normal(value))
             };
             for m in &self.params {
                 // Routes match without regard to case: an upstream may too.
                 let what = || format!("path parameter {{{}}}", m.key);
-                if !one_of(&m.values, param(&m.key), &what)? {
+                if !one_of(&m.values, param(&m.key).as_deref(), &what)? {
                     return Ok(None);
                 }
             }
@@ -1375,6 +1380,9 @@ mod tests {
             r#"{"model":"gpt-4 "}"#,
             r#"{"model":"gpt-4\u0000"}"#,
             r#"{"model":"\tgpt-5"}"#,
+            r#"{"model":"gpt-4\u00ad"}"#,
+            r#"{"model":"g\u0301pt-4"}"#,
+            r#"{"model":"gpt\u200b-4"}"#,
         ] {
             let refused = read(&pricing, Method::POST, "/x", body.as_bytes()).unwrap_err();
             assert!(
@@ -1409,7 +1417,7 @@ mod tests {
         let utf16: Vec<u8> =
             r#"{"model":"gpt-4"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
         let bom = [b"\xEF\xBB\xBF".as_slice(), br#"{"model":"gpt-4"}"#].concat();
-        let cases: [(&[u8], &str); 9] = [
+        let cases: [(&[u8], &str); 11] = [
             (&bom, "byte order mark"),
             (&utf16, "not UTF-8"),
             (br#"{"model":"gpt-4","x":NaN}"#, "not JSON"),
@@ -1419,6 +1427,8 @@ mod tests {
             (br#"{"a":{"k":1,"k":2},"model":"x"}"#, "given twice"),
             (br#"{"Model":"gpt-4"}"#, "only by case"),
             (br#"{"model":"gpt-3","MODEL":"gpt-4"}"#, "only by case"),
+            (br#"{"mo\u00addel":"gpt-4"}"#, "only by case"),
+            (br#"{" model":"gpt-4"}"#, "only by case"),
         ];
         for (body, why) in cases {
             let refused = read(&pricing, Method::POST, "/", body).unwrap_err();
@@ -1467,6 +1477,11 @@ mod tests {
         assert_eq!(price(&pricing, Method::GET, "/?quality=sd", ""), None);
         assert_eq!(price(&pricing, Method::GET, "/?quality=hdr", ""), None);
         assert_eq!(price(&pricing, Method::GET, "/?x=a;b", ""), None);
+        assert_eq!(
+            price(&pricing, Method::GET, "/?quality=hd&x=a;b", ""),
+            Some(30)
+        );
+        assert_eq!(price(&pricing, Method::GET, "/?quality=hd%3Bx", ""), None);
         for target in [
             "/?Quality=hd",
             "/?QUALITY=hd&quality=sd",
@@ -1481,6 +1496,13 @@ mod tests {
             "/?quality=%EF%BD%88d",
             "/?x=1;quality=hd",
             "/?quality=sd;quality=hd",
+            "/?quality=hd;x",
+            "/?quality=hd;",
+            "/?quality=h%C2%ADd",
+            "/?quality=hd%E2%80%8B",
+            "/?quality=h%CC%81d",
+            "/?%20quality=hd",
+            "/?quality%00=hd",
         ] {
             assert!(
                 read(&pricing, Method::GET, target, b"").is_err(),
@@ -1643,8 +1665,28 @@ mod tests {
             Some(40)
         );
         assert_eq!(price(&pricing, Method::GET, "/v1/images/small/x", ""), None);
-        let refused = read(&pricing, Method::GET, "/v1/images/Huge/x", b"").unwrap_err();
-        assert!(refused.to_string().contains("only by case"), "{refused}");
+        for lookalike in [
+            "/v1/images/Huge/x",
+            "/v1/images/%EF%BD%8C%EF%BD%81%EF%BD%92%EF%BD%87%EF%BD%85/x",
+            "/v1/images/lar%C2%ADge/x",
+            "/v1/images/hug%C3%A9/x",
+        ] {
+            let refused = read(&pricing, Method::GET, lookalike, b"").unwrap_err();
+            assert!(
+                refused.to_string().contains("only by case"),
+                "{lookalike}: {refused}"
+            );
+        }
+        // A value written with an accent matches its own spelling.
+        let accented = Pricing {
+            rules: vec![PriceRule {
+                path: Some(ParamPath::parse("/v1/{style}").unwrap()),
+                params: matches(&["café"], "style"),
+                ..rule(9)
+            }],
+            pricer: None,
+        };
+        assert_eq!(price(&accented, Method::GET, "/v1/caf%C3%A9", ""), Some(9));
     }
 
     /// A token minted before every single-use token carried its amount:

@@ -7,6 +7,7 @@
 //! that fold case or ignore a trailing slash (Express, ASP.NET) would
 //! otherwise serve a priced resource under a spelling no route claims.
 
+mod fold;
 mod host;
 mod service;
 mod target;
@@ -15,9 +16,10 @@ use std::sync::Arc;
 
 use http::Method;
 
+pub use fold::ascii_reading;
 pub use host::{normal_name, request_host, HostError};
 pub use service::{Auth, Meter, PricedService, Schemes, Sells, Usage};
-pub use target::{RequestPath, TargetError};
+pub use target::{decode_normal, RequestPath, TargetError};
 
 /// A path pattern: exact (`/weather`) or a prefix (`/api/*`, `/*`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -408,6 +410,8 @@ mod tests {
             "/x/..%E2%88%95premium/a",
             "/x%E2%88%96..%E2%88%96premium%E2%88%96a",
             "/%EF%BD%90remium/a",
+            "/pre%C2%ADmium/a",
+            "/pre%E2%81%A0mium/a",
         ] {
             assert_eq!(name(p), Err(RouteError::Ambiguous), "{p}");
         }

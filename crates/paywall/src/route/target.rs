@@ -21,6 +21,8 @@
 
 use std::fmt;
 
+use super::fold::ascii_reading;
+
 /// A request path in normal form: starts with `/`, has no dot segments and
 /// no empty segments (but keeps a trailing `/`), and spells every byte
 /// outside the RFC 3986 `pchar` set as `%XX` with upper-case hex.
@@ -246,17 +248,16 @@ impl RequestPath {
         &self.0
     }
 
-    /// The path an upstream that folds Unicode to ASCII would read, by
-    /// [`fold_char`]'s reading: `／`, `．．`, `∕` and `ｐｒｅｍｉｕｍ` become
-    /// `/`, `..`, `/` and `premium` there, `prēmıum` becomes `premium`.
-    /// `None` when folding changes nothing (any ASCII path).
+    /// The path an upstream that folds Unicode to ASCII would read
+    /// ([`ascii_reading`]): `／`, `．．`, `∕` and `ｐｒｅｍｉｕｍ` become
+    /// `/`, `..`, `/` and `premium` there, `prēmıum` and `pre\u{AD}mium`
+    /// become `premium`. `None` for an ASCII path.
     ///
     /// # Errors
     ///
     /// A [`TargetError`] when that reading is itself ambiguous (it holds a
     /// `\`, a `;`, a dot segment above the root…).
     pub fn compatibility_form(&self) -> Result<Option<RequestPath>, TargetError> {
-        use unicode_normalization::UnicodeNormalization;
         // Bytes over 0x7f are always spelled %8X..%FX in the normal form.
         let non_ascii = self
             .0
@@ -266,24 +267,14 @@ impl RequestPath {
         if !non_ascii {
             return Ok(None);
         }
-        let decoded = decode(&self.0).ok_or(TargetError::InvalidUtf8)?;
-        let folded: String = decoded.nfkd().filter_map(fold_char).collect();
-        if folded == decoded {
-            return Ok(None);
-        }
+        let decoded = decode_normal(&self.0).ok_or(TargetError::InvalidUtf8)?;
+        let folded = ascii_reading(&decoded);
         let mut spelled = String::with_capacity(folded.len() * 3);
-        for c in folded.chars() {
-            match c {
-                '%' => spelled.push_str("%25"),
-                c if c.is_ascii() && !c.is_ascii_control() && c != ' ' && c != '?' && c != '#' => {
-                    spelled.push(c)
-                }
-                c => {
-                    let mut utf8 = [0u8; 4];
-                    for b in c.encode_utf8(&mut utf8).bytes() {
-                        push_encoded(&mut spelled, b);
-                    }
-                }
+        for b in folded.bytes() {
+            match b {
+                b'%' | b' ' | b'?' | b'#' => push_encoded(&mut spelled, b),
+                b if b.is_ascii_control() => push_encoded(&mut spelled, b),
+                b => spelled.push(char::from(b)),
             }
         }
         RequestPath::parse(&spelled).map(Some)
@@ -308,53 +299,9 @@ impl AsRef<str> for RequestPath {
     }
 }
 
-/// What a folding upstream makes of one character of an NFKD-decomposed
-/// path: combining marks dropped (`ā` is `a` + U+0304), and the letters and
-/// signs that Windows' best-fit tables (`bestfit1252.txt`) map to ASCII
-/// without a compatibility decomposition (`ı` to `i`, `∕` to `/`, `∖` to
-/// `\`). NFKD has already folded the fullwidth and other compatibility
-/// forms (`／`, `．`, `ｐ`).
-fn fold_char(c: char) -> Option<char> {
-    if unicode_normalization::char::is_combining_mark(c) {
-        return None;
-    }
-    Some(match c {
-        '\u{0110}' | '\u{0189}' => 'D',
-        '\u{0111}' => 'd',
-        '\u{0126}' => 'H',
-        '\u{0127}' => 'h',
-        '\u{0131}' => 'i',
-        '\u{0197}' => 'I',
-        '\u{0237}' => 'j',
-        '\u{0141}' => 'L',
-        '\u{0142}' | '\u{019A}' => 'l',
-        '\u{00D8}' | '\u{019F}' => 'O',
-        '\u{00F8}' => 'o',
-        '\u{0166}' | '\u{01AE}' => 'T',
-        '\u{0167}' | '\u{01AB}' => 't',
-        '\u{0180}' => 'b',
-        '\u{0191}' => 'F',
-        '\u{01B5}' => 'Z',
-        '\u{01B6}' => 'z',
-        '\u{01E4}' => 'G',
-        '\u{01E5}' | '\u{0261}' => 'g',
-        '\u{2044}' | '\u{2215}' | '\u{29F8}' => '/',
-        '\u{2216}' | '\u{29F5}' | '\u{29F9}' => '\\',
-        '\u{2024}' => '.',
-        '\u{2236}' => ':',
-        '\u{01C0}' | '\u{2223}' => '|',
-        '\u{02B9}' | '\u{02BC}' | '\u{02C8}' | '\u{2032}' => '\'',
-        '\u{02CB}' | '\u{2035}' => '`',
-        '\u{02CD}' => '_',
-        '\u{2010}' | '\u{2011}' | '\u{2212}' => '-',
-        '\u{2217}' => '*',
-        '\u{223C}' => '~',
-        c => c,
-    })
-}
-
-/// Every `%XX` of a normal form decoded; `None` if that is not UTF-8.
-fn decode(normal: &str) -> Option<String> {
+/// Every `%XX` of a normal form (or a part of one) decoded; `None` if
+/// that is not UTF-8.
+pub fn decode_normal(normal: &str) -> Option<String> {
     let bytes = normal.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -459,7 +406,11 @@ mod tests {
     fn unicode_compatibility_readings() {
         let compat = |p: &str| RequestPath::parse(p).unwrap().compatibility_form();
         assert_eq!(compat("/premium/secret.txt"), Ok(None));
-        assert_eq!(compat("/%E6%97%A5%E6%9C%AC"), Ok(None));
+        // What has no ASCII reading is dropped, as slugifying upstreams do.
+        assert_eq!(
+            compat("/%E6%97%A5%E6%9C%AC/x").map(|p| p.map(|p| p.0)),
+            Ok(Some("/x".to_owned()))
+        );
         for (input, folded) in [
             (
                 "/%EF%BD%90%EF%BD%92%EF%BD%85%EF%BD%8D%EF%BD%89%EF%BD%95%EF%BD%8D/x",
@@ -490,6 +441,10 @@ mod tests {
             ("/pre%CC%81mium/a", "/premium/a"),
             ("/%C5%82ocal/a", "/local/a"),
             ("/public/%E2%80%A4%E2%80%A4/premium", "/premium"),
+            ("/pre%C2%ADmium/a", "/premium/a"),
+            ("/pre%E2%80%8Bmium/a", "/premium/a"),
+            ("/%EF%BB%BFpremium/a", "/premium/a"),
+            ("/pre%E2%82%ACmium/a", "/premium/a"),
         ] {
             assert_eq!(
                 compat(input).map(|p| p.map(|p| p.0)),
