@@ -102,6 +102,33 @@ auth = "off"
 rewrite = { strip_prefix = "/public" }
 
 [[services]]
+name = "gold"
+path = "/gold/*"
+upstream = "http://[::ffff:127.0.0.1]:9000/"
+price_sats = 5
+
+[[services]]
+name = "open"
+path = "/open/*"
+upstream = "http://localhost:9000"
+auth = "off"
+rewrite = { strip_prefix = "/open" }
+
+[[services]]
+name = "members"
+path = "/members/*"
+host = "api.example.com"
+upstream = "http://API.example.com:80"
+price_sats = 5
+
+[[services]]
+name = "guest"
+path = "/*"
+host = "www.example.com"
+upstream = "http://api.example.com"
+auth = "off"
+
+[[services]]
 name = "everything-else"
 path = "/*"
 upstream = "http://127.0.0.1:9000"
@@ -119,9 +146,11 @@ prices = { search = 20 }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     for needle in [
-        "warning: services[1] (\"public\", free, /public/*) forwards to the upstream paths of services[0] (\"premium\", paid, /premium/*) through its rewrite",
-        "warning: services[2] (\"everything-else\", free, /*) catches what does not match services[0] (\"premium\", paid, /premium/*); they share an upstream",
-        "warning: services[2].capabilities: ignored",
+        "warning: services[1] (\"public\", free, /public/*) is forwarded to the upstream paths of services[0] (\"premium\", paid, /premium/*) on the same upstream",
+        "warning: services[3] (\"open\", free, /open/*) is forwarded to the upstream paths of services[2] (\"gold\", paid, /gold/*) on the same upstream",
+        "warning: services[5] (\"guest\", free, /*) is forwarded to the upstream paths of services[4] (\"members\", paid, /members/*) on the same upstream",
+        "warning: services[6] (\"everything-else\", free, /*) catches what does not match services[0] (\"premium\", paid, /premium/*); they share an upstream",
+        "warning: services[6].capabilities: ignored",
         "warning: mcp_proxy: no default_price_sats: tools not named in prices are refused",
     ] {
         assert!(stderr.contains(needle), "{needle:?} missing from:\n{stderr}");

@@ -600,14 +600,14 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
                 }
                 _ => true,
             };
-            if !paid.priced.charges() || !hosts_meet {
+            if !paid.priced.charges() {
                 continue;
             }
             let shared_upstream = match (&free.upstream, &paid.upstream) {
-                (Some(a), Some(b)) => a.url == b.url,
+                (Some(a), Some(b)) => same_upstream(&a.url, &b.url),
                 _ => false,
             };
-            let why = if free.priced.path.overlaps(&paid.priced.path) {
+            let why = if hosts_meet && free.priced.path.overlaps(&paid.priced.path) {
                 let order = if i < j {
                     "comes first, so it takes requests meant for"
                 } else {
@@ -628,9 +628,11 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
                 // Apart as routes, but a rewrite forwards both to the same
                 // upstream paths: `/public/*` without `/public` is
                 // everything the upstream serves, `/premium/a` included.
+                // Hosts do not keep them apart: the upstream is sent its
+                // own host either way.
                 (
-                    "forwards to the upstream paths of",
-                    " through its rewrite: the paid resources are served free under the free route's prefix",
+                    "is forwarded to the upstream paths of",
+                    " on the same upstream (by a rewrite, or on another host): the paid resources are served free through it",
                 )
             } else {
                 continue;
@@ -647,6 +649,32 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
         }
     }
     warnings
+}
+
+/// Whether two upstream URLs name one server and base path, however
+/// spelled: case, a default port, a trailing `/`, and loopback addresses
+/// (`localhost`, `127.0.0.1`, `[::1]`, `[::ffff:127.0.0.1]`) set aside.
+fn same_upstream(a: &str, b: &str) -> bool {
+    fn key(url: &str) -> Option<(String, String, u16, String)> {
+        let uri: axum::http::Uri = url.parse().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let host = uri.host()?.trim_matches(['[', ']']).to_ascii_lowercase();
+        let host = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.to_canonical().is_loopback() => "loopback".to_owned(),
+            Ok(ip) => ip.to_canonical().to_string(),
+            Err(_) if host == "localhost" => "loopback".to_owned(),
+            Err(_) => host.trim_end_matches('.').to_owned(),
+        };
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        let base = uri.path().trim_end_matches('/').to_owned();
+        Some((scheme, host, port, base))
+    }
+    match (key(a), key(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// The upstream paths a service's route is forwarded to: its pattern with
