@@ -80,11 +80,15 @@ pub trait ToolUpstream: Send + Sync + 'static {
 
     /// Calls a tool. `Err` means the call failed: the payment stays
     /// unspent (see [`ToolFailure`]). A tool that ran and reported an
-    /// error is an `Ok` result with `is_error`, and is paid for.
+    /// error is an `Ok` result with `is_error`, and is paid for. `priced`
+    /// is the paid service the call was charged through, from the
+    /// [`Pricing`] the upstream made; an upstream whose tool has changed
+    /// since (a reload) answers [`ToolFailure::NotReached`].
     async fn call(
         &self,
         name: &str,
         arguments: Option<JsonObject>,
+        priced: Option<&Arc<PricedService>>,
     ) -> Result<CallToolResult, ToolFailure>;
 }
 
@@ -484,7 +488,7 @@ impl PaidTools {
     /// receipt attached.
     async fn paid_call(
         &self,
-        service: &PricedService,
+        service: &Arc<PricedService>,
         name: &str,
         mut arguments: Option<JsonObject>,
         meta: &MetaObject,
@@ -531,7 +535,7 @@ impl PaidTools {
                 return Err(self.refused(service, refusal, client).await);
             }
         };
-        let mut result = match self.upstream.call(name, arguments).await {
+        let mut result = match self.upstream.call(name, arguments, Some(service)).await {
             Ok(result) => {
                 claim.commit().await;
                 result
@@ -670,7 +674,7 @@ impl ServerHandler for PaidTools {
             // Bound first: the pricing's guard must not live across the call.
             let price = self.pricing.load().price(&name, &description);
             match price {
-                ToolPrice::Free => self.upstream.call(&name, request.arguments).await?,
+                ToolPrice::Free => self.upstream.call(&name, request.arguments, None).await?,
                 ToolPrice::Paid(service) => {
                     self.paid_call(&service, &name, request.arguments, &context.meta.0, client)
                         .await?

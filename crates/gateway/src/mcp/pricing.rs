@@ -33,12 +33,9 @@ pub(super) enum ToolPrice {
 
 impl Pricing {
     /// Prices from paid services named `mcp/<tool>`.
-    pub fn new(services: impl IntoIterator<Item = (String, PricedService)>) -> Self {
+    pub fn new(services: impl IntoIterator<Item = (String, Arc<PricedService>)>) -> Self {
         Self {
-            tools: services
-                .into_iter()
-                .map(|(tool, service)| (tool, Arc::new(service)))
-                .collect(),
+            tools: services.into_iter().collect(),
             free: Default::default(),
             unavailable: Default::default(),
             default_sats: None,
@@ -57,7 +54,7 @@ impl Pricing {
             prices
                 .iter()
                 .filter(|(_, price)| **price > 0)
-                .map(|(tool, price)| (tool.clone(), charge(tool, *price, tool))),
+                .map(|(tool, price)| (tool.clone(), Arc::new(charge(tool, *price, tool)))),
         );
         pricing.free = prices
             .iter()

@@ -32,6 +32,10 @@ pub struct HttpTools {
 
 struct HttpTool {
     tool: Tool,
+    /// The paid service it is priced by, the very one in the [`Pricing`]
+    /// made with it: a call checked against another (a reload in between)
+    /// is not run.
+    paid: Arc<PricedService>,
     /// The service whose upstream it calls.
     service: String,
     method: Method,
@@ -64,8 +68,8 @@ impl HttpTools {
         let mut unavailable = Vec::new();
         for config in tools {
             match make(config, services) {
-                Some((tool, priced)) => {
-                    prices.push((config.name.clone(), priced));
+                Some(tool) => {
+                    prices.push((config.name.clone(), tool.paid.clone()));
                     made.push(tool);
                 }
                 None => unavailable.push(config.name.clone()),
@@ -76,9 +80,9 @@ impl HttpTools {
     }
 }
 
-/// The tool of `config` over `services`, and the service that charges
+/// The tool of `config` over `services`, with the service that charges
 /// for it; `None` when it is not served now.
-fn make(config: &ToolConfig, services: &[ServiceConfig]) -> Option<(HttpTool, PricedService)> {
+fn make(config: &ToolConfig, services: &[ServiceConfig]) -> Option<HttpTool> {
     let called = services.iter().find(|s| s.name() == config.service)?;
     if called.priced.auth == Auth::Disabled {
         return None;
@@ -107,8 +111,9 @@ fn make(config: &ToolConfig, services: &[ServiceConfig]) -> Option<(HttpTool, Pr
         service: called.name().to_owned(),
         method: paid.methods.first().cloned().unwrap_or(Method::GET),
         path,
+        paid: Arc::new(paid),
     };
-    Some((tool, paid))
+    Some(tool)
 }
 
 /// A JSON argument as a query value: strings as they are, the rest as JSON.
@@ -129,6 +134,7 @@ impl ToolUpstream for HttpTools {
         &self,
         name: &str,
         arguments: Option<JsonObject>,
+        priced: Option<&Arc<PricedService>>,
     ) -> Result<CallToolResult, ToolFailure> {
         let tools = self.tools.load_full();
         let tool = tools.iter().find(|t| t.tool.name == name).ok_or_else(|| {
@@ -137,6 +143,12 @@ impl ToolUpstream for HttpTools {
                 None,
             ))
         })?;
+        if priced.is_some_and(|priced| !Arc::ptr_eq(priced, &tool.paid)) {
+            return Err(ToolFailure::NotReached(ErrorData::internal_error(
+                format!("tool {name:?} changed while the call was on its way; nothing was charged, call again"),
+                None,
+            )));
+        }
         let arguments = arguments.unwrap_or_default();
         let in_query = matches!(tool.method, Method::GET | Method::DELETE | Method::HEAD);
         let mut uri = tool.path.as_str().to_owned();
@@ -263,6 +275,7 @@ impl ToolUpstream for McpUpstream {
         &self,
         name: &str,
         arguments: Option<JsonObject>,
+        _priced: Option<&Arc<PricedService>>,
     ) -> Result<CallToolResult, ToolFailure> {
         let mut request = CallToolRequestParams::new(name.to_owned());
         request.arguments = arguments;
@@ -270,5 +283,43 @@ impl ToolUpstream for McpUpstream {
             .call_tool(request)
             .await
             .map_err(|e| ToolFailure::Failed(upstream_error(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call priced before a reload and run after it is not run against
+    /// the reloaded tool: its payment was checked against the old price.
+    #[tokio::test]
+    async fn a_call_priced_before_a_reload_is_not_run_after_it() {
+        // Nothing listens on port 9: a call that ran would be refused.
+        let services = [ServiceConfig::proxied("w", "/w", 5, "http://127.0.0.1:9")];
+        let tool = ToolConfig {
+            name: "weather".into(),
+            description: "The weather".into(),
+            service: "w".into(),
+            method: None,
+            path: None,
+            input_schema: serde_json::json!({"type": "object"}),
+            price_sats: None,
+        };
+        let proxy = Proxy::new(&services, Default::default()).unwrap();
+        let (tools, pricing) = HttpTools::new(std::slice::from_ref(&tool), &services, proxy);
+        let crate::mcp::pricing::ToolPrice::Paid(old) = pricing.price("weather", "") else {
+            panic!("the tool is priced");
+        };
+        let dearer = ToolConfig {
+            price_sats: Some(50),
+            ..tool
+        };
+        let _ = tools.set(std::slice::from_ref(&dearer), &services);
+        match tools.call("weather", None, Some(&old)).await {
+            Err(ToolFailure::NotReached(e)) => {
+                assert!(e.message.contains("changed"), "{e:?}")
+            }
+            other => panic!("run at the old price: {other:?}"),
+        }
     }
 }
