@@ -24,6 +24,11 @@ pub enum ServicesError {
     /// An upstream's TLS files cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// A reloaded file names no service while this many run from the file:
+    /// most likely a file caught half-written, and applying it would stop
+    /// selling every one of them.
+    #[error("the file names no [[services]], and {0} run from it: reloading it would stop selling all of them (restart to run it as it is)")]
+    NoneLeft(usize),
 }
 
 /// Where a running service comes from.
@@ -167,9 +172,13 @@ impl ServicesHandle {
     ///
     /// # Errors
     ///
-    /// As [`ServicesHandle::set`].
+    /// As [`ServicesHandle::set`]; [`ServicesError::NoneLeft`] for a file
+    /// with no service while services run from the file.
     pub fn reload(&self, config: &GatewayConfig) -> Result<(), ServicesError> {
         let mut layers = self.layers();
+        if config.services.is_empty() && !layers.base.is_empty() {
+            return Err(ServicesError::NoneLeft(layers.base.len()));
+        }
         let tables = tables_by_name(&config.service_tables);
         let (running, warnings) = merge(&config.services, &tables, &layers.changes)?;
         // The file's tools are installed with its services, or neither.

@@ -1196,5 +1196,27 @@ async fn a_reload_names_what_waits_for_a_restart() {
     );
     assert!(later[2].starts_with("tools: none are sold"), "{later:?}");
     assert_eq!(h.get("/node").await["low_inbound_sats"], 12_345);
+
+    // Turning the admin API off and moving it: both wait, both are named.
+    let mut moved = h.config.clone();
+    moved.admin.enabled = false;
+    moved.admin.listen = "127.0.0.1:2".into();
+    let later = h.gateway.reloader().reload(&moved).unwrap();
+    assert!(later[0].starts_with("admin.enabled: true"), "{later:?}");
+    assert!(later[1].starts_with("admin.listen: still"), "{later:?}");
+
+    // A file caught half-written names no service: it is not applied.
+    let mut emptied = h.config.clone();
+    emptied.services.clear();
+    emptied.tools.clear();
+    let refused = h.gateway.reloader().reload(&emptied).unwrap_err();
+    assert!(
+        refused.to_string().contains("names no [[services]]"),
+        "{refused}"
+    );
+    assert!(
+        !h.gateway.services_handle().running().is_empty(),
+        "the running services stay"
+    );
     h.gateway.shutdown().await.unwrap();
 }

@@ -43,7 +43,8 @@ impl Reloader {
         let mut later = Vec::new();
         if was.enabled != now.enabled {
             later.push(format!("admin.enabled: {} until a restart", was.enabled));
-        } else if was.enabled && was.listen != now.listen {
+        }
+        if (was.enabled || now.enabled) && was.listen != now.listen {
             later.push(format!(
                 "admin.listen: still {:?} until a restart",
                 was.listen
