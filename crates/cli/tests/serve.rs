@@ -126,6 +126,11 @@ async fn sighup_reloads_services_and_logs_are_json() {
     signal(&serve.0, "HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(price().await, "8");
+    // So is a file caught truncated to nothing: the service still sells.
+    std::fs::write(&config, "").unwrap();
+    signal(&serve.0, "HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(price().await, "8");
     signal(&serve.0, "TERM");
     assert!(serve.0.wait().unwrap().success());
     let mut logs = String::new();
