@@ -855,6 +855,11 @@ fn attack_targets() -> Vec<Target> {
         "/%EF%BB%BFpremium/secret.txt",
         "/pre%E2%82%ACmium/secret.txt",
         "/adm%F3%A0%80%A1in/secret.txt",
+        // Read one way by best-fit and another by a slugifier: `ŉ` is
+        // `ʼn`, and `ʼ` is `'` to one and nothing to the other.
+        "/admi%C5%89/secret.txt",
+        "/admin%CA%BC/secret.txt",
+        "/premium%CA%BC/secret.txt",
         // Above the root, and no path at all.
         "/../premium/secret.txt",
         "/public/../../premium/secret.txt",

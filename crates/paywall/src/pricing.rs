@@ -430,7 +430,7 @@ fn strict_json(body: Option<&[u8]>, encoding: Option<&str>) -> Result<Option<Val
 }
 
 /// Refuses an object key on the way to `pointer` that reads as the
-/// pointer's ([`loose`]): some upstreams match keys without regard to
+/// pointer's ([`name_reads_as`]): some upstreams match keys without regard to
 /// case (Go's `encoding/json`), and would read `{"Model": …}` or
 /// `{"modeſ": …}` as `/model`.
 fn case_conflict(json: &Value, pointer: &str) -> Result<(), Unreadable> {
@@ -439,8 +439,7 @@ fn case_conflict(json: &Value, pointer: &str) -> Result<(), Unreadable> {
         let token = token.replace("~1", "/").replace("~0", "~");
         let next = match at {
             Value::Object(object) => {
-                let read = loose(&token);
-                if let Some(key) = object.keys().find(|k| **k != token && loose(k) == read) {
+                if let Some(key) = object.keys().find(|k| name_reads_as(k, &token)) {
                     return Err(Unreadable(format!(
                         "the request body names {key:?}, which differs from {token:?} (at {pointer}) only by case, spaces, invisible characters or Unicode forms; the price depends on it: send it as {token:?}"
                     )));
@@ -567,10 +566,9 @@ impl<'a> Parsed<'a> {
                     "query parameter {name:?} is given more than once; the price depends on it: give it once"
                 )));
             }
-            let read = loose(name);
             pairs
                 .iter()
-                .find(|(k, _)| k != name && loose(k) == read)
+                .find(|(k, _)| name_reads_as(k, name))
                 .map(|(k, _)| {
                     Unreadable(format!(
                         "query parameter {k:?} differs from {name:?}, which the price depends on, only by case, spaces, invisible characters or Unicode forms: send it as {name:?}"
@@ -596,8 +594,8 @@ fn field_text(value: &Value) -> Option<Cow<'_, str>> {
 /// # Errors
 ///
 /// [`Unreadable`] when it is none of them but an upstream may read it as
-/// one ([`loose`]): `HD`, `hd `, `hd\0` for `hd`. `what` names where it
-/// was (`query parameter "quality"`).
+/// one ([`reads_as`]): `HD`, `hd `, `hd\0`, `%2568d` for `hd`. `what`
+/// names where it was (`query parameter "quality"`).
 fn one_of(
     values: &[String],
     value: Option<&str>,
@@ -609,26 +607,101 @@ fn one_of(
     if values.iter().any(|w| w == value) {
         return Ok(true);
     }
-    let read = loose(value);
-    match values.iter().find(|w| loose(w) == read) {
+    let mut variants = vec![value.to_owned()];
+    // An upstream that decodes a value once more (`%2568d`, IIS's
+    // `%u0068d`) reads another one.
+    if let Some(again) = decode_again(value) {
+        variants.push(again);
+    }
+    let found = values
+        .iter()
+        .find(|w| variants.iter().any(|v| reads_as(v, w)));
+    match found {
         Some(w) => Err(Unreadable(format!(
-            "{} is {value:?}, which differs from {w:?} only by case, spaces, control characters or Unicode compatibility forms; the price depends on it: send it as {w:?}",
+            "{} is {value:?}, which reads as {w:?} to some upstreams (case, spaces, control or invisible characters, Unicode forms, a second decoding); the price depends on it: send it as {w:?}",
             what()
         ))),
         None => Ok(false),
     }
 }
 
-/// A value or a name as a lenient upstream may read it: cut at NUL (C
-/// strings), folded to ASCII ([`crate::route::ascii_reading`]: `ｈd`,
-/// `h\u{AD}d`, `ḣd`), without control characters, trimmed, lower-cased.
-fn loose(value: &str) -> String {
-    let cut = value.split('\0').next().unwrap_or("");
-    let read: String = crate::route::ascii_reading(cut)
+/// Whether some lenient upstream reads `text` as `wanted`: under one of
+/// the ASCII readings ([`crate::route::ascii_readings`]: `ｈd`,
+/// `h\u{AD}d`, `ḣd`, `hʼd`), cut at NUL (C strings), without control
+/// characters, trimmed, case ignored; each reading of `text` against the
+/// same reading of `wanted`.
+fn reads_as(text: &str, wanted: &str) -> bool {
+    let loose = |text: &str| {
+        let cut = text.split('\0').next().unwrap_or("");
+        crate::route::ascii_readings(cut).map(|read| {
+            let kept: String = read.chars().filter(|c| !c.is_ascii_control()).collect();
+            kept.trim().to_ascii_lowercase()
+        })
+    };
+    loose(text)
+        .iter()
+        .zip(loose(wanted).iter())
+        .any(|(a, b)| a == b)
+}
+
+/// Whether some lenient upstream reads the parameter or key `name` as
+/// `wanted` (not spelled so): as [`reads_as`], or once PHP has mangled
+/// it (`.`, space and `[` become `_`) or read it as an array
+/// (`quality[]`, `quality[0]`).
+fn name_reads_as(name: &str, wanted: &str) -> bool {
+    if name == wanted {
+        return false;
+    }
+    let array = name
+        .strip_suffix(']')
+        .and_then(|n| n.rsplit_once('['))
+        .map(|(base, _)| base);
+    let mangled: String = name
         .chars()
-        .filter(|c| !c.is_ascii_control())
+        .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
         .collect();
-    read.trim().to_ascii_lowercase()
+    let variants = [Some(name), array, Some(mangled.as_str())];
+    let read = variants
+        .into_iter()
+        .flatten()
+        .any(|variant| variant == wanted || reads_as(variant, wanted));
+    read
+}
+
+/// `value` percent-decoded once more (`%XX`, and IIS's `%uXXXX`), when
+/// that changes it.
+fn decode_again(value: &str) -> Option<String> {
+    if !value.contains('%') {
+        return None;
+    }
+    let bytes = value.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let hex = |from: usize, n: usize| {
+        let digits = value.get(from..from + n)?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let Some(c) = matches!(bytes.get(i + 1), Some(b'u' | b'U'))
+                .then(|| hex(i + 2, 4).and_then(char::from_u32))
+                .flatten()
+            {
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                i += 6;
+                continue;
+            }
+            if let Some(b) = hex(i + 1, 2) {
+                out.push(b as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    let again = String::from_utf8_lossy(&out).into_owned();
+    (again != value).then_some(again)
 }
 
 impl PriceRule {
@@ -644,6 +717,17 @@ impl PriceRule {
         }
         if let Some(path) = &self.path {
             let Some(captured) = path.captures(request.path) else {
+                // Nor when an upstream folding Unicode reads the path as
+                // one this rule prices (`/v1/ｉmages/large`).
+                let forms = crate::route::RequestPath::parse(request.path)
+                    .ok()
+                    .and_then(|p| p.compatibility_forms().ok().flatten())
+                    .unwrap_or_default();
+                if let Some(form) = forms.iter().find(|f| path.captures(f.as_str()).is_some()) {
+                    return Err(Unreadable(format!(
+                        "the path reads as {form} to some upstreams (Unicode folded to ASCII), which a price rule depends on: send it as {form}"
+                    )));
+                }
                 return Ok(None);
             };
             // Captured from the normal form: compared as the upstream
@@ -679,8 +763,24 @@ impl PriceRule {
             }
         }
         for m in &self.body {
-            let text = parsed.field(&m.key)?.and_then(field_text);
+            let field = parsed.field(&m.key)?;
             let what = || format!("body field {:?}", m.key);
+            // A one-item array reads as its item to loosely comparing code
+            // (`["gpt-4"] == "gpt-4"` in JavaScript).
+            let item = field
+                .and_then(Value::as_array)
+                .filter(|items| items.len() == 1)
+                .and_then(|items| field_text(&items[0]));
+            if let Some(item) = item {
+                let what = || format!("body field {:?}, a one-item array,", m.key);
+                if one_of(&m.values, Some(&item), &what).unwrap_or(true) {
+                    return Err(Unreadable(format!(
+                        "{} holds {item:?}, a value the price depends on: send it as {item:?} alone, not in an array",
+                        what()
+                    )));
+                }
+            }
+            let text = field.and_then(field_text);
             if !one_of(&m.values, text.as_deref(), &what)? {
                 return Ok(None);
             }
@@ -1383,6 +1483,11 @@ mod tests {
             r#"{"model":"gpt-4\u00ad"}"#,
             r#"{"model":"g\u0301pt-4"}"#,
             r#"{"model":"gpt\u200b-4"}"#,
+            r#"{"model":"gpt-4\u00e9"}"#,
+            r#"{"model":"gpt-4\u02bc"}"#,
+            r#"{"model":["gpt-4"]}"#,
+            r#"{"mo\u01c6el":"gpt-4"}"#,
+            r#"{"model\u02bc":"gpt-4"}"#,
         ] {
             let refused = read(&pricing, Method::POST, "/x", body.as_bytes()).unwrap_err();
             assert!(
@@ -1503,6 +1608,15 @@ mod tests {
             "/?quality=h%CC%81d",
             "/?%20quality=hd",
             "/?quality%00=hd",
+            "/?quality=h%C7%86",
+            "/?quality=h%CA%BCd",
+            "/?quality%CA%BC=hd",
+            "/?quality%C3%A9=hd",
+            "/?quality=hd%C3%A9",
+            "/?quality[]=hd",
+            "/?quality[0]=hd",
+            "/?quality=%2568d",
+            "/?quality=%25u0068d",
         ] {
             assert!(
                 read(&pricing, Method::GET, target, b"").is_err(),
@@ -1565,7 +1679,9 @@ mod tests {
             price(&pricing, Method::POST, "/", r#"{"stream":true}"#),
             Some(9)
         );
-        assert_eq!(price(&pricing, Method::POST, "/", r#"{"n":[4]}"#), None);
+        // A one-item array reads as its item to loosely comparing code.
+        assert!(read(&pricing, Method::POST, "/", br#"{"n":[4]}"#).is_err());
+        assert_eq!(price(&pricing, Method::POST, "/", r#"{"n":[4,5]}"#), None);
     }
 
     #[test]
@@ -1670,10 +1786,14 @@ mod tests {
             "/v1/images/%EF%BD%8C%EF%BD%81%EF%BD%92%EF%BD%87%EF%BD%85/x",
             "/v1/images/lar%C2%ADge/x",
             "/v1/images/hug%C3%A9/x",
+            "/v1/images/huge%CA%BC/x",
+            "/v1/%EF%BD%89mages/huge/x",
+            "/v1/images%E2%82%AC/huge/x",
+            "/v1/image%C5%BF/huge/x",
         ] {
             let refused = read(&pricing, Method::GET, lookalike, b"").unwrap_err();
             assert!(
-                refused.to_string().contains("only by case"),
+                refused.to_string().contains("reads as"),
                 "{lookalike}: {refused}"
             );
         }

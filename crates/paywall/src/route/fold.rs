@@ -1,19 +1,45 @@
-//! What an upstream that folds Unicode to ASCII reads: the one reading
-//! that routing and request-dependent prices are checked against.
+//! What upstreams that fold Unicode to ASCII read: the readings that
+//! routing and request-dependent prices are checked against.
 //!
-//! Upstreams fold in several ways: compatibility normalization (NFKC:
-//! `ｐ` is `p`, `．` is `.`), Windows' best-fit code pages (`ı` is `i`,
-//! `∕` is `/`), "slugify"-style decomposing and dropping what is not ASCII
-//! (`é` is `e`, a soft hyphen or a zero-width space vanishes). A path or a
-//! priced value that reads as another one under any of them is ambiguous.
-//! The reading here is the union: decompose (NFKD), map what best-fit maps,
-//! drop everything else that is not ASCII.
+//! Upstreams fold in several ways: compatibility normalization (NFKC or
+//! NFKD: `ｐ` is `p`, `．` is `.`, `ŉ` is `ʼn`), Windows' best-fit code
+//! pages (`ı` is `i`, `∕` is `/`), and "slugify"-style dropping of what is
+//! not ASCII, after decomposing or not (`é` is `e`, or nothing; a soft
+//! hyphen or a zero-width space vanishes). These disagree with each other
+//! (`ʼ` is `'` to best-fit and nothing to a slugifier), so there is no one
+//! reading: [`ascii_readings`] gives each combination, always in the same
+//! order, and a path or a priced value is ambiguous when any reading of it
+//! means something else than it does. Every reading is all ASCII.
 
 use unicode_normalization::UnicodeNormalization;
 
-/// `text` as a folding upstream reads it, all ASCII: `ｐｒｅｍｉｕｍ`,
-/// `prēmıum`, `pre\u{AD}mium` and `pre\u{200B}mium` all read `premium`;
-/// `∕` reads `/`, `∖` reads `\\`.
+/// How many readings [`ascii_readings`] gives.
+pub const READINGS: usize = 6;
+
+/// `text` as each kind of folding upstream reads it, in a fixed order
+/// (compare a request's reading with a route's or a rule's of the same
+/// index): NFKD, NFKC or nothing first, then with best-fit's mappings or
+/// without, then every other non-ASCII character dropped. `ｐｒｅｍｉｕｍ`,
+/// `prēmıum`, `pre\u{AD}mium`, `admi\u{149}` (`ŉ`) read `premium` or
+/// `admin` in at least one.
+pub fn ascii_readings(text: &str) -> [String; READINGS] {
+    let decomposed: Vec<char> = text.nfkd().collect();
+    let composed: Vec<char> = text.nfkc().collect();
+    let raw: Vec<char> = text.chars().collect();
+    let fitted = |chars: &[char]| chars.iter().copied().filter_map(ascii_char).collect();
+    let dropped = |chars: &[char]| chars.iter().copied().filter(char::is_ascii).collect();
+    [
+        fitted(&decomposed),
+        dropped(&decomposed),
+        fitted(&composed),
+        dropped(&composed),
+        fitted(&raw),
+        dropped(&raw),
+    ]
+}
+
+/// The first of [`ascii_readings`] (decomposed, best-fit, the rest
+/// dropped): `prēmıum` and `ｐｒｅｍｉｕｍ` read `premium`.
 pub fn ascii_reading(text: &str) -> String {
     text.nfkd().filter_map(ascii_char).collect()
 }
@@ -87,5 +113,20 @@ mod tests {
         assert_eq!(ascii_reading("a\u{2215}b\u{2216}c"), "a/b\\c");
         assert_eq!(ascii_reading("max_token\u{17F}"), "max_tokens");
         assert_eq!(ascii_reading("日本"), "");
+    }
+
+    #[test]
+    fn the_folds_that_disagree_each_have_a_reading() {
+        let reads = |text: &str, wanted: &str| ascii_readings(text).iter().any(|r| r == wanted);
+        // `ŉ` is `ʼn`: best-fit reads `'n`, a slugifier `n`.
+        assert!(reads("admi\u{149}", "admin"));
+        assert!(reads("admi\u{149}", "admi'n"));
+        // `Ǆ` is `DŽ` composed, `DZ` + caron decomposed.
+        assert!(reads("a\u{1C4}min", "aDmin"));
+        // `é` is `e` decomposed, nothing to a plain slugifier.
+        assert!(reads("a\u{E9}dmin", "admin"));
+        assert!(reads("premium\u{2BC}", "premium"));
+        assert!(ascii_readings("日本").iter().all(String::is_empty));
+        assert!(ascii_readings("plain").iter().all(|r| r == "plain"));
     }
 }

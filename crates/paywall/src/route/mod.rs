@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-pub use fold::ascii_reading;
+pub use fold::{ascii_reading, ascii_readings, READINGS};
 pub use host::{normal_name, request_host, HostError};
 pub use service::{Auth, Meter, PricedService, Schemes, Sells, Usage};
 pub use target::{decode_normal, RequestPath, TargetError};
@@ -100,24 +100,30 @@ impl PathPattern {
         }
     }
 
-    /// The pattern as a folding upstream reads it (see
-    /// [`RequestPath::compatibility_form`]): itself for any ASCII pattern.
-    fn folded(&self) -> PathPattern {
+    /// The pattern as folding upstreams read it, one per reading of
+    /// [`ascii_readings`] (see [`RequestPath::compatibility_forms`]):
+    /// itself for any ASCII pattern.
+    fn folded(&self) -> Vec<PathPattern> {
         let stem = match self {
             PathPattern::Exact(p) | PathPattern::Prefix(p) => p,
         };
-        let folded = RequestPath::parse(stem)
+        let forms = RequestPath::parse(stem)
             .ok()
-            .and_then(|p| p.compatibility_form().ok().flatten());
-        match (self, folded) {
-            (PathPattern::Exact(_), Some(f)) => PathPattern::Exact(f.as_str().to_owned()),
-            (PathPattern::Prefix(_), Some(f)) => {
-                let mut p = f.as_str().trim_end_matches('/').to_owned();
-                p.push('/');
-                PathPattern::Prefix(p)
-            }
-            (_, None) => self.clone(),
-        }
+            .and_then(|p| p.compatibility_forms().ok().flatten());
+        let Some(forms) = forms else {
+            return vec![self.clone(); fold::READINGS];
+        };
+        forms
+            .into_iter()
+            .map(|f| match self {
+                PathPattern::Exact(_) => PathPattern::Exact(f.as_str().to_owned()),
+                PathPattern::Prefix(_) => {
+                    let mut p = f.as_str().trim_end_matches('/').to_owned();
+                    p.push('/');
+                    PathPattern::Prefix(p)
+                }
+            })
+            .collect()
     }
 
     /// Whether some path matches both patterns.
@@ -245,9 +251,10 @@ pub enum RouteError {
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     services: Vec<Arc<PricedService>>,
-    /// Each service's path pattern as a folding upstream reads it, so that
-    /// a route written in `café` is not refused for its own spelling.
-    folded: Vec<PathPattern>,
+    /// Each service's path pattern as each kind of folding upstream reads
+    /// it, so that a route written in `café` is not refused for its own
+    /// spelling.
+    folded: Vec<Vec<PathPattern>>,
 }
 
 impl Routes {
@@ -275,27 +282,27 @@ impl Routes {
         method: &Method,
         path: &RequestPath,
     ) -> Result<Option<&Arc<PricedService>>, RouteError> {
-        let found = self.find_exactly(host, method, path, false)?;
+        let found = self.find_exactly(host, method, path, None)?;
         // An upstream that folds `ｐｒｅｍｉｕｍ` or `prēmium` into `premium`
         // must not be reached through a route that only the unfolded
-        // spelling matches.
-        match path.compatibility_form() {
-            Ok(None) => Ok(found),
-            Ok(Some(folded)) => {
-                let other = self.find_exactly(host, method, &folded, true)?;
-                let same = match (found, other) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (None, None) => true,
-                    _ => false,
-                };
-                if same {
-                    Ok(found)
-                } else {
-                    Err(RouteError::Ambiguous)
-                }
+        // spelling matches, whichever way it folds.
+        let forms = match path.compatibility_forms() {
+            Ok(None) => return Ok(found),
+            Ok(Some(forms)) => forms,
+            Err(_) => return Err(RouteError::Ambiguous),
+        };
+        for (reading, folded) in forms.iter().enumerate() {
+            let other = self.find_exactly(host, method, folded, Some(reading))?;
+            let same = match (found, other) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                return Err(RouteError::Ambiguous);
             }
-            Err(_) => Err(RouteError::Ambiguous),
         }
+        Ok(found)
     }
 
     fn find_exactly(
@@ -303,13 +310,12 @@ impl Routes {
         host: Option<&str>,
         method: &Method,
         path: &RequestPath,
-        folded: bool,
+        reading: Option<usize>,
     ) -> Result<Option<&Arc<PricedService>>, RouteError> {
-        for (service, folded_pattern) in self.services.iter().zip(&self.folded) {
-            let pattern = if folded {
-                folded_pattern
-            } else {
-                &service.path
+        for (service, folded) in self.services.iter().zip(&self.folded) {
+            let pattern = match reading {
+                Some(i) => &folded[i],
+                None => &service.path,
             };
             if !method_matches(&service.methods, method) || !pattern.matches(path) {
                 continue;
@@ -412,6 +418,10 @@ mod tests {
             "/%EF%BD%90remium/a",
             "/pre%C2%ADmium/a",
             "/pre%E2%81%A0mium/a",
+            "/premium%CA%BC/a",
+            "/pr%C3%A9emium/a",
+            "/%C3%A9/premium/a",
+            "/p%C7%84remium/a",
         ] {
             assert_eq!(name(p), Err(RouteError::Ambiguous), "{p}");
         }

@@ -21,7 +21,7 @@
 
 use std::fmt;
 
-use super::fold::ascii_reading;
+use super::fold::ascii_readings;
 
 /// A request path in normal form: starts with `/`, has no dot segments and
 /// no empty segments (but keeps a trailing `/`), and spells every byte
@@ -248,16 +248,17 @@ impl RequestPath {
         &self.0
     }
 
-    /// The path an upstream that folds Unicode to ASCII would read
-    /// ([`ascii_reading`]): `／`, `．．`, `∕` and `ｐｒｅｍｉｕｍ` become
-    /// `/`, `..`, `/` and `premium` there, `prēmıum` and `pre\u{AD}mium`
-    /// become `premium`. `None` for an ASCII path.
+    /// The paths upstreams that fold Unicode to ASCII would read, one per
+    /// reading of [`ascii_readings`] and in its order: `／`, `．．`, `∕`
+    /// and `ｐｒｅｍｉｕｍ` become `/`, `..`, `/` and `premium` there,
+    /// `prēmıum` and `pre\u{AD}mium` become `premium`. `None` for an ASCII
+    /// path.
     ///
     /// # Errors
     ///
-    /// A [`TargetError`] when that reading is itself ambiguous (it holds a
+    /// A [`TargetError`] when a reading is itself ambiguous (it holds a
     /// `\`, a `;`, a dot segment above the root…).
-    pub fn compatibility_form(&self) -> Result<Option<RequestPath>, TargetError> {
+    pub fn compatibility_forms(&self) -> Result<Option<Vec<RequestPath>>, TargetError> {
         // Bytes over 0x7f are always spelled %8X..%FX in the normal form.
         let non_ascii = self
             .0
@@ -268,16 +269,21 @@ impl RequestPath {
             return Ok(None);
         }
         let decoded = decode_normal(&self.0).ok_or(TargetError::InvalidUtf8)?;
-        let folded = ascii_reading(&decoded);
-        let mut spelled = String::with_capacity(folded.len() * 3);
-        for b in folded.bytes() {
-            match b {
-                b'%' | b' ' | b'?' | b'#' => push_encoded(&mut spelled, b),
-                b if b.is_ascii_control() => push_encoded(&mut spelled, b),
-                b => spelled.push(char::from(b)),
-            }
-        }
-        RequestPath::parse(&spelled).map(Some)
+        ascii_readings(&decoded)
+            .iter()
+            .map(|folded| {
+                let mut spelled = String::with_capacity(folded.len() * 3);
+                for b in folded.bytes() {
+                    match b {
+                        b'%' | b' ' | b'?' | b'#' => push_encoded(&mut spelled, b),
+                        b if b.is_ascii_control() => push_encoded(&mut spelled, b),
+                        b => spelled.push(char::from(b)),
+                    }
+                }
+                RequestPath::parse(&spelled)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     /// The segments, without the leading `/` (a trailing `/` gives an
@@ -404,7 +410,13 @@ mod tests {
 
     #[test]
     fn unicode_compatibility_readings() {
-        let compat = |p: &str| RequestPath::parse(p).unwrap().compatibility_form();
+        // The first reading: decomposed, best-fit, the rest dropped.
+        let compat = |p: &str| {
+            RequestPath::parse(p)
+                .unwrap()
+                .compatibility_forms()
+                .map(|forms| forms.map(|mut forms| forms.swap_remove(0)))
+        };
         assert_eq!(compat("/premium/secret.txt"), Ok(None));
         // What has no ASCII reading is dropped, as slugifying upstreams do.
         assert_eq!(
