@@ -661,11 +661,12 @@ fn name_reads_as(name: &str, wanted: &str) -> bool {
         .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
         .collect();
     let variants = [Some(name), array, Some(mangled.as_str())];
-    let read = variants
-        .into_iter()
-        .flatten()
-        .any(|variant| variant == wanted || reads_as(variant, wanted));
-    read
+    for variant in variants.into_iter().flatten() {
+        if variant == wanted || reads_as(variant, wanted) {
+            return true;
+        }
+    }
+    false
 }
 
 /// `value` percent-decoded once more (`%XX`, and IIS's `%uXXXX`), when
