@@ -604,7 +604,9 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
                 continue;
             }
             let shared_upstream = match (&free.upstream, &paid.upstream) {
-                (Some(a), Some(b)) => same_upstream(&a.url, &b.url),
+                (Some(a), Some(b)) => {
+                    upstream_server(&a.url).is_some_and(|s| Some(s) == upstream_server(&b.url))
+                }
                 _ => false,
             };
             let why = if hosts_meet && free.priced.path.overlaps(&paid.priced.path) {
@@ -619,20 +621,15 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
                     ""
                 };
                 (order, shared)
-            } else if shared_upstream
-                && matches!(
-                    (upstream_pattern(free), upstream_pattern(paid)),
-                    (Some(a), Some(b)) if a.overlaps(&b)
-                )
-            {
-                // Apart as routes, but a rewrite forwards both to the same
-                // upstream paths: `/public/*` without `/public` is
-                // everything the upstream serves, `/premium/a` included.
-                // Hosts do not keep them apart: the upstream is sent its
-                // own host either way.
+            } else if shared_upstream && forwarded_overlap(free, paid) {
+                // Apart as routes, but forwarded to the same upstream
+                // paths: `/public/*` without `/public` is everything the
+                // upstream serves, `/premium/a` included; so is an upstream
+                // URL with a base path. Hosts do not keep them apart: the
+                // upstream is sent its own host either way.
                 (
                     "is forwarded to the upstream paths of",
-                    " on the same upstream (by a rewrite, or on another host): the paid resources are served free through it",
+                    " on the same upstream (by a rewrite, a base path, or on another host): the paid resources are served free through it",
                 )
             } else {
                 continue;
@@ -651,44 +648,99 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
     warnings
 }
 
-/// Whether two upstream URLs name one server and base path, however
-/// spelled: case, a default port, a trailing `/`, and loopback addresses
-/// (`localhost`, `127.0.0.1`, `[::1]`, `[::ffff:127.0.0.1]`) set aside.
-fn same_upstream(a: &str, b: &str) -> bool {
-    fn key(url: &str) -> Option<(String, String, u16, String)> {
-        let uri: axum::http::Uri = url.parse().ok()?;
-        let scheme = uri.scheme_str()?.to_ascii_lowercase();
-        let host = uri.host()?.trim_matches(['[', ']']).to_ascii_lowercase();
-        let host = match host.parse::<std::net::IpAddr>() {
-            Ok(ip) if ip.to_canonical().is_loopback() => "loopback".to_owned(),
-            Ok(ip) => ip.to_canonical().to_string(),
-            Err(_) if host == "localhost" => "loopback".to_owned(),
-            Err(_) => host.trim_end_matches('.').to_owned(),
-        };
-        let port = uri
-            .port_u16()
-            .unwrap_or(if scheme == "https" { 443 } else { 80 });
-        let base = uri.path().trim_end_matches('/').to_owned();
-        Some((scheme, host, port, base))
-    }
-    match (key(a), key(b)) {
-        (Some(a), Some(b)) => a == b,
-        _ => a == b,
-    }
+/// The server an upstream URL names, however spelled: scheme, host and
+/// port, with case, a default port and the spellings of one address set
+/// aside (`127.1`, `0x7f000001` and `2130706433` are `127.0.0.1`; every
+/// loopback address, `localhost` and `0.0.0.0` are one).
+fn upstream_server(url: &str) -> Option<(String, String, u16)> {
+    let uri: axum::http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let host = uri.host()?.trim_matches(['[', ']']).to_ascii_lowercase();
+    let ip = host
+        .parse::<std::net::IpAddr>()
+        .ok()
+        .or_else(|| loose_ipv4(&host).map(std::net::IpAddr::V4));
+    let host = match ip.map(|ip| ip.to_canonical()) {
+        Some(ip) if ip.is_loopback() || ip.is_unspecified() => "loopback".to_owned(),
+        Some(ip) => ip.to_string(),
+        None if host.trim_end_matches('.') == "localhost" => "loopback".to_owned(),
+        None => host.trim_end_matches('.').to_owned(),
+    };
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    Some((scheme, host, port))
 }
 
-/// The upstream paths a service's route is forwarded to: its pattern with
-/// its rewrite applied (`/public/*` stripped of `/public` is `/*`).
-fn upstream_pattern(service: &super::ServiceConfig) -> Option<PathPattern> {
-    let rewrite = &service.upstream.as_ref()?.rewrite;
+/// An IPv4 address as `inet_aton` reads it, which URL parsers and
+/// resolvers follow: one to four parts, each decimal, `0x` hex or
+/// `0`-led octal, the last filling the remaining bytes (`127.1`).
+fn loose_ipv4(host: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = host.trim_end_matches('.').split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let number = |part: &str| -> Option<u64> {
+        if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+            u64::from_str_radix(hex, 16).ok()
+        } else if part.len() > 1 && part.starts_with('0') {
+            u64::from_str_radix(&part[1..], 8).ok()
+        } else {
+            part.parse().ok()
+        }
+    };
+    let numbers: Vec<u64> = parts.iter().map(|p| number(p)).collect::<Option<_>>()?;
+    let (last, head) = numbers.split_last()?;
+    if head.iter().any(|n| *n > 255) || *last >= 1u64 << (8 * (5 - numbers.len())) {
+        return None;
+    }
+    let value = head
+        .iter()
+        .enumerate()
+        .fold(*last, |acc, (i, n)| acc | n << (8 * (3 - i)));
+    Some(std::net::Ipv4Addr::from(u32::try_from(value).ok()?))
+}
+
+/// The paths at its upstream server that a service's route is forwarded
+/// to: the upstream URL's base path, then the pattern with its rewrite
+/// applied (`/public/*` stripped of `/public` is `/*`), in each reading of
+/// a server that folds Unicode (the first is as written).
+fn upstream_patterns(service: &super::ServiceConfig) -> Vec<PathPattern> {
+    let Some(upstream) = &service.upstream else {
+        return Vec::new();
+    };
+    let base = upstream
+        .url
+        .parse::<axum::http::Uri>()
+        .ok()
+        .and_then(|uri| RequestPath::parse(uri.path()).ok())
+        .map(|base| base.as_str().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
     let pattern = &service.priced.path;
-    let stem = RequestPath::parse(pattern.stem()).ok()?;
-    let forwarded = rewrite.apply(&stem);
+    let Ok(stem) = RequestPath::parse(pattern.stem()) else {
+        return Vec::new();
+    };
+    let forwarded = format!("{base}{}", upstream.rewrite.apply(&stem));
     let written = match pattern {
         PathPattern::Exact(_) => forwarded,
         PathPattern::Prefix(_) => format!("{}/*", forwarded.trim_end_matches('/')),
     };
-    PathPattern::parse(&written).ok()
+    match PathPattern::parse(&written) {
+        Ok(pattern) => {
+            let mut readings = vec![pattern.clone()];
+            readings.extend(pattern.readings());
+            readings
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Whether a free and a paid service reach shared paths at one upstream
+/// server, as written or as a server folding Unicode reads them.
+fn forwarded_overlap(free: &super::ServiceConfig, paid: &super::ServiceConfig) -> bool {
+    let (a, b) = (upstream_patterns(free), upstream_patterns(paid));
+    // The first is as written: each reading against the same reading.
+    a.iter().zip(&b).any(|(a, b)| a.overlaps(b))
 }
 
 /// Why `price` (satoshis) is not a price: the bounds every price shares.

@@ -653,3 +653,57 @@ fn a_free_route_needs_no_price_and_a_priced_one_does() {
         "{errors}"
     );
 }
+
+#[test]
+fn a_free_route_onto_paid_upstream_paths_is_warned_about_however_spelled() {
+    let paid = "[[services]]\nname = \"premium\"\npath = \"/premium/*\"\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 5\n";
+    for (free, why) in [
+        (
+            "path = \"/f/*\"\nupstream = \"http://127.1:9000\"\nrewrite = { strip_prefix = \"/f\" }",
+            "127.1",
+        ),
+        (
+            "path = \"/f/*\"\nupstream = \"http://0x7f000001:9000\"\nrewrite = { strip_prefix = \"/f\" }",
+            "hex",
+        ),
+        (
+            "path = \"/f/*\"\nupstream = \"http://2130706433:9000\"\nrewrite = { strip_prefix = \"/f\" }",
+            "one number",
+        ),
+        (
+            "path = \"/f/*\"\nupstream = \"http://0.0.0.0:9000\"\nrewrite = { strip_prefix = \"/f\" }",
+            "unspecified",
+        ),
+        (
+            "path = \"/f/*\"\nupstream = \"http://127.0.0.1:9000/premium\"\nrewrite = { strip_prefix = \"/f\" }",
+            "a base path",
+        ),
+        (
+            "path = \"/f/*\"\nupstream = \"http://127.0.0.1:9000/x/..\"\nrewrite = { strip_prefix = \"/f\", add_prefix = \"/premium\" }",
+            "a base path with dots",
+        ),
+        (
+            "path = \"/f/*\"\nupstream = \"http://127.0.0.1:9000\"\nrewrite = { strip_prefix = \"/f\", add_prefix = \"/%EF%BD%90remium\" }",
+            "a fullwidth add_prefix",
+        ),
+    ] {
+        let text = format!(
+            "{paid}[[services]]\nname = \"free\"\nauth = \"off\"\n{free}\n"
+        );
+        let config = GatewayConfig::parse(&text, env).unwrap_or_else(|e| panic!("{why}: {e}"));
+        let warnings = overlap_warnings(&config.services);
+        assert!(
+            warnings.iter().any(|w| w.contains("is forwarded to the upstream paths of")),
+            "{why}: {warnings:?}"
+        );
+    }
+    // Another server, or other paths on it: nothing to warn about.
+    for free in [
+        "path = \"/f/*\"\nupstream = \"http://127.0.0.1:9001\"\nrewrite = { strip_prefix = \"/f\" }",
+        "path = \"/f/*\"\nupstream = \"http://127.0.0.1:9000/public\"\nrewrite = { strip_prefix = \"/f\" }",
+    ] {
+        let text = format!("{paid}[[services]]\nname = \"free\"\nauth = \"off\"\n{free}\n");
+        let config = GatewayConfig::parse(&text, env).unwrap();
+        assert!(overlap_warnings(&config.services).is_empty(), "{free}");
+    }
+}

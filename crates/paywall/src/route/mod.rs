@@ -103,7 +103,7 @@ impl PathPattern {
     /// The pattern as folding upstreams read it, one per reading of
     /// [`ascii_readings`] (see [`RequestPath::compatibility_forms`]):
     /// itself for any ASCII pattern.
-    fn folded(&self) -> Vec<PathPattern> {
+    pub fn readings(&self) -> Vec<PathPattern> {
         let stem = match self {
             PathPattern::Exact(p) | PathPattern::Prefix(p) => p,
         };
@@ -261,7 +261,7 @@ impl Routes {
     /// A table over `services`, first match wins.
     pub fn new(services: impl IntoIterator<Item = PricedService>) -> Self {
         let services: Vec<Arc<PricedService>> = services.into_iter().map(Arc::new).collect();
-        let folded = services.iter().map(|s| s.path.folded()).collect();
+        let folded = services.iter().map(|s| s.path.readings()).collect();
         Self { services, folded }
     }
 
