@@ -850,6 +850,19 @@ impl Pricing {
         if let Some(conflict) = parsed.query_conflict(self) {
             return Err(conflict);
         }
+        // Frameworks that merge the query into the body's parameters
+        // (Rails' `params`, PHP's `$_REQUEST`) read a body field there.
+        let pairs = parsed.query_pairs();
+        if let Some((key, name)) = self.body_keys().find_map(|key| {
+            pairs
+                .iter()
+                .find(|(name, _)| *name == key || name_reads_as(name, &key))
+                .map(|(name, _)| (key, name.clone()))
+        }) {
+            return Err(Unreadable(format!(
+                "query parameter {name:?} stands for the body field {key:?}, which the price depends on, to upstreams that merge query and body: send it in the body only"
+            )));
+        }
         for rule in &self.rules {
             if let Some(price) = rule.price(request, parsed)? {
                 return Ok(Some(price.max(1)));
@@ -868,6 +881,22 @@ impl Pricing {
     /// to read cannot be priced then.
     pub fn reads_fields(&self) -> bool {
         self.rules.iter().any(PriceRule::reads_fields)
+    }
+
+    /// The top-level body fields the rules look at (`model` of
+    /// `/model`), as JSON pointers spell them.
+    fn body_keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.rules.iter().flat_map(|rule| {
+            rule.body
+                .iter()
+                .map(|m| m.key.as_str())
+                .chain(rule.per.iter().filter_map(|p| match &p.source {
+                    UnitSource::Body(pointer) => Some(pointer.as_str()),
+                    _ => None,
+                }))
+                .filter_map(|pointer| pointer.split('/').nth(1))
+                .map(|token| token.replace("~1", "/").replace("~0", "~"))
+        })
     }
 
     /// The query parameters the rules look at.
@@ -1474,6 +1503,15 @@ mod tests {
         assert_eq!(post("/x", r#"{"model":"gpt-4"}"#), Some(50));
         assert_eq!(post("/x", r#"{"model":"gpt-5"}"#), Some(50));
         assert_eq!(post("/x", r#"{"model":"small"}"#), Some(20));
+        // A query parameter standing for a body field a rule reads.
+        for target in ["/x?model=gpt-4", "/x?Model=gpt-4", "/x?model[]=gpt-4"] {
+            let refused = read(&pricing, Method::POST, target, b"{}").unwrap_err();
+            assert!(
+                refused.to_string().contains("body only"),
+                "{target}: {refused}"
+            );
+        }
+        assert_eq!(post("/x?other=1", "{}"), None);
         // Values an upstream may read as a dear one are refused, not priced
         // by the next rule.
         for body in [
