@@ -190,8 +190,10 @@ fn lenient_path(raw: &str) -> String {
             .filter(|c| !is_combining_mark(*c))
             .map(|c| match c {
                 '\u{0131}' => 'i',
+                '\u{03C0}' => 'p',
+                '\u{03B1}' => 'a',
                 '\u{2215}' | '\u{2044}' => '/',
-                '\u{2216}' => '\\',
+                '\u{2216}' | '\u{00A5}' | '\u{20A9}' => '\\',
                 c => c,
             })
             .filter(char::is_ascii)
@@ -860,6 +862,14 @@ fn attack_targets() -> Vec<Target> {
         "/admi%C5%89/secret.txt",
         "/admin%CA%BC/secret.txt",
         "/premium%CA%BC/secret.txt",
+        // Best-fit's Greek letters and the yen and won signs (`\` in the
+        // Japanese and Korean code pages), and IIS's `%u` behind a `%25`.
+        "/%CF%80remium/secret.txt",
+        "/%CE%B1dmin/secret.txt",
+        "/public/..%C2%A5premium/secret.txt",
+        "/public/..%E2%82%A9premium/secret.txt",
+        "/%25u0070remium/secret.txt",
+        "/public/%25u002e%25u002e/premium/secret.txt",
         // Above the root, and no path at all.
         "/../premium/secret.txt",
         "/public/../../premium/secret.txt",

@@ -303,6 +303,23 @@ pub struct PriceRequest<'a> {
     /// Its `Content-Encoding`, when it names anything but `identity`: a
     /// body so encoded cannot be priced by its fields or its size.
     pub encoding: Option<&'a str>,
+    /// Whether its `Content-Type` names a form
+    /// (`application/x-www-form-urlencoded`, `multipart/form-data`): an
+    /// upstream reads its fields as a form, whatever JSON it also is.
+    pub form: bool,
+}
+
+/// Whether `headers` declare a form body.
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            let media = v.split(';').next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case("application/x-www-form-urlencoded")
+                || media.eq_ignore_ascii_case("multipart/form-data")
+        })
 }
 
 /// What a rule depends on that the request carries in a form that cannot
@@ -516,6 +533,11 @@ impl<'a> Parsed<'a> {
 
     /// The field at `pointer` of the JSON body.
     fn field(&self, pointer: &str) -> Result<Option<&Value>, Unreadable> {
+        if self.request.form {
+            return Err(Unreadable(format!(
+                "the request body is declared a form, and the price depends on its JSON field {pointer}: send it as application/json"
+            )));
+        }
         let json = self
             .json
             .get_or_init(|| strict_json(self.request.body, self.request.encoding));
@@ -608,9 +630,12 @@ fn one_of(
         return Ok(true);
     }
     let mut variants = vec![value.to_owned()];
-    // An upstream that decodes a value once more (`%2568d`, IIS's
-    // `%u0068d`) reads another one.
-    if let Some(again) = decode_again(value) {
+    // An upstream that decodes a value once or twice more (`%2568d`,
+    // IIS's `%u0068d`, a body's `%25u0068d`) reads another one.
+    while let Some(again) = variants.last().and_then(|v| decode_again(v)) {
+        if variants.len() > 2 {
+            break;
+        }
         variants.push(again);
     }
     let found = values
@@ -641,7 +666,9 @@ fn reads_as(text: &str, wanted: &str) -> bool {
     loose(text)
         .iter()
         .zip(loose(wanted).iter())
-        .any(|(a, b)| a == b)
+        // A reading may hold an escape that decodes to the value (`٪75`
+        // is `%75` to best-fit, then `u`).
+        .any(|(a, b)| a == b || decode_again(a).is_some_and(|a| a.to_ascii_lowercase() == *b))
 }
 
 /// Whether some lenient upstream reads the parameter or key `name` as
@@ -1233,6 +1260,7 @@ impl Paywall {
         };
         let declared = request.body().size_hint().lower();
         let encoding = content_encoding(request.headers());
+        let form = is_form(request.headers());
         let body = if pricing.reads_body() {
             match read_whole(request, &self.inner.bodies, paid).await {
                 Ok(body) => Some(body),
@@ -1255,6 +1283,7 @@ impl Paywall {
             body: body.as_deref(),
             body_len: body.as_ref().map_or(declared, |b| b.len() as u64),
             encoding: encoding.as_deref(),
+            form,
         };
         let price = match pricing.rule_price(&view) {
             Err(unreadable) => return Err(responses::bad_request(&unreadable.to_string())),
@@ -1309,6 +1338,7 @@ impl Paywall {
             body: Some(&[]),
             body_len: 0,
             encoding: None,
+            form: false,
         };
         Ok(Some(match pricing.rule_price(&view)? {
             Some(price) if price > MAX_PRICE_SATS => return Err(Unquotable::TooDear),
@@ -1473,6 +1503,7 @@ mod tests {
             body: Some(body),
             body_len: body.len() as u64,
             encoding: None,
+            form: false,
         })
     }
 
@@ -1527,6 +1558,10 @@ mod tests {
             r#"{"model":["gpt-4"]}"#,
             r#"{"mo\u01c6el":"gpt-4"}"#,
             r#"{"model\u02bc":"gpt-4"}"#,
+            r#"{"model":"g\u03c0t-4"}"#,
+            r#"{"model":"gpt\u25004"}"#,
+            r#"{"model":"%25u0067pt-4"}"#,
+            r#"{"mod\u03b5l":"gpt-4"}"#,
         ] {
             let refused = read(&pricing, Method::POST, "/x", body.as_bytes()).unwrap_err();
             assert!(
@@ -1594,9 +1629,20 @@ mod tests {
             body: Some(b"\x1f\x8b"),
             body_len: 2,
             encoding: Some("gzip"),
+            form: false,
         };
         let refused = pricing.rule_price(&gzip).unwrap_err();
         assert!(refused.to_string().contains("\"gzip\""), "{refused}");
+        // A form that is also JSON: the upstream reads it as a form.
+        let json_form = PriceRequest {
+            form: true,
+            encoding: None,
+            body: Some(br#""&model=gpt-4&""#),
+            body_len: 16,
+            ..gzip
+        };
+        let refused = pricing.rule_price(&json_form).unwrap_err();
+        assert!(refused.to_string().contains("declared a form"), "{refused}");
         let sized = Pricing {
             rules: vec![PriceRule {
                 min_body_bytes: Some(1000),
@@ -1656,6 +1702,9 @@ mod tests {
             "/?quality[0]=hd",
             "/?quality=%2568d",
             "/?quality=%25u0068d",
+            "/?quality=h%CE%B4",
+            "/?quality=%D2%BBd",
+            "/?qu%CE%B1lity=hd",
         ] {
             assert!(
                 read(&pricing, Method::GET, target, b"").is_err(),
@@ -1829,6 +1878,9 @@ mod tests {
             "/v1/%EF%BD%89mages/huge/x",
             "/v1/images%E2%82%AC/huge/x",
             "/v1/image%C5%BF/huge/x",
+            "/v1/im%CE%B1ges/huge/x",
+            "/v1/images/hug%CE%B5/x",
+            "/v1/images/h%D9%AA75ge/x",
         ] {
             let refused = read(&pricing, Method::GET, lookalike, b"").unwrap_err();
             assert!(

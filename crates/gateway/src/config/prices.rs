@@ -418,6 +418,7 @@ mod tests {
             body: Some(body),
             body_len: body.len() as u64,
             encoding: None,
+            form: false,
         });
         assert_eq!(price, Ok(Some(2)));
         let pricer = config.services[1].priced.pricing.as_ref().unwrap();

@@ -83,7 +83,51 @@ fn ascii_char(c: char) -> Option<char> {
         '\u{02CD}' => '_',
         '\u{2010}' | '\u{2011}' | '\u{2212}' => '-',
         '\u{2217}' => '*',
-        '\u{223C}' => '~',
+        '\u{223C}' | '\u{2248}' => '~',
+        // Greek and Cyrillic letters best-fit reads as Latin ones.
+        '\u{0391}' | '\u{03B1}' => 'a',
+        '\u{0392}' | '\u{03B2}' => 'b',
+        '\u{0393}' => 'G',
+        '\u{0394}' | '\u{03B4}' => 'd',
+        '\u{0395}' | '\u{03B5}' => 'e',
+        '\u{0398}' | '\u{03B8}' => 'T',
+        '\u{0399}' | '\u{03B9}' => 'i',
+        '\u{039A}' | '\u{03BA}' => 'k',
+        '\u{039C}' | '\u{03BC}' => 'm',
+        '\u{039D}' | '\u{03BD}' => 'n',
+        '\u{039F}' | '\u{03BF}' => 'o',
+        '\u{03A0}' | '\u{03C0}' => 'p',
+        '\u{03A1}' | '\u{03C1}' => 'r',
+        '\u{03A3}' | '\u{03C3}' | '\u{03C2}' => 's',
+        '\u{03A4}' | '\u{03C4}' => 't',
+        '\u{03A5}' | '\u{03C5}' => 'u',
+        '\u{03A6}' | '\u{03C6}' => 'f',
+        '\u{03A7}' | '\u{03C7}' => 'x',
+        '\u{03A9}' | '\u{03C9}' => 'O',
+        '\u{0430}' => 'a',
+        '\u{0435}' => 'e',
+        '\u{043E}' => 'o',
+        '\u{0440}' => 'p',
+        '\u{0441}' => 'c',
+        '\u{0443}' => 'y',
+        '\u{0445}' => 'x',
+        '\u{0455}' => 's',
+        '\u{0456}' => 'i',
+        '\u{0458}' => 'j',
+        '\u{04BB}' => 'h',
+        // Signs: set and logic, currency, box drawing, percent.
+        '\u{2229}' => 'n',
+        '\u{212E}' => 'e',
+        '\u{2118}' | '\u{20A7}' => 'P',
+        '\u{221E}' => '8',
+        '\u{2261}' | '\u{2264}' | '\u{2265}' => '=',
+        '\u{221A}' => 'v',
+        '\u{066A}' => '%',
+        '\u{2500}' => '-',
+        '\u{2502}' => '|',
+        '\u{250C}' | '\u{2510}' | '\u{2514}' | '\u{2518}' | '\u{253C}' => '+',
+        // Japanese and Korean code pages put `¥` and `₩` where `\` is.
+        '\u{00A5}' | '\u{20A9}' => '\\',
         _ => return None,
     })
 }
@@ -112,6 +156,19 @@ mod tests {
         assert_eq!(ascii_reading("PREMİUM"), "PREMIUM");
         assert_eq!(ascii_reading("a\u{2215}b\u{2216}c"), "a/b\\c");
         assert_eq!(ascii_reading("max_token\u{17F}"), "max_tokens");
+        for (text, read) in [
+            ("\u{3C0}remium", "premium"),
+            ("pr\u{3B5}mium", "premium"),
+            ("\u{3B1}dmin", "admin"),
+            ("admi\u{2229}", "admin"),
+            ("\u{4BB}d", "hd"),
+            ("\u{66A}70remium", "%70remium"),
+            ("..\u{A5}premium", "..\\premium"),
+            ("..\u{20A9}premium", "..\\premium"),
+            ("gpt\u{2500}4", "gpt-4"),
+        ] {
+            assert_eq!(ascii_reading(text), read, "{text:?}");
+        }
         assert_eq!(ascii_reading("日本"), "");
     }
 

@@ -178,12 +178,13 @@ fn segment(raw: &str) -> Result<Segment, TargetError> {
         return Err(TargetError::InvalidUtf8);
     }
     // Decoding the normal form once must not make a new escape: `%25`
-    // before two hex digits, whether they came raw or encoded.
+    // before two hex digits, whether they came raw or encoded, or before
+    // `u` (IIS and .NET decode `%uXXXX`).
     let spelled = out.as_bytes();
     let escape_again = spelled.windows(5).any(|w| {
         w[..3].eq_ignore_ascii_case(b"%25")
-            && hex_value(w[3]).is_some()
-            && hex_value(w[4]).is_some()
+            && (matches!(w[3], b'u' | b'U')
+                || (hex_value(w[3]).is_some() && hex_value(w[4]).is_some()))
     });
     if escape_again {
         return Err(TargetError::DoubleEncoded);
@@ -385,6 +386,8 @@ mod tests {
             ),
             ("/%25%37%30remium", TargetError::DoubleEncoded),
             ("/%25%36%31dmin", TargetError::DoubleEncoded),
+            ("/%25u0070remium/x", TargetError::DoubleEncoded),
+            ("/x/%25U002e%25u002e/premium", TargetError::DoubleEncoded),
             ("/public/..%3b/premium", TargetError::EncodedDelimiter),
             ("/premium%3Bx/secret", TargetError::EncodedDelimiter),
             ("/premium%3F/secret", TargetError::EncodedDelimiter),
