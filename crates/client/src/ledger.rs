@@ -374,6 +374,27 @@ const COLUMNS: &str = "id, url, origin, host, path, scheme, amount_msat, fee_msa
     receipt, status, error, created_at, bolt11, challenges, payment_required, idempotency_key, \
     request_digest, session_id";
 
+/// Puts the ledger in WAL mode. Switching needs the database to itself,
+/// and SQLite answers "database is locked" at once, without waiting, when
+/// another process opening the same new ledger holds it: that is retried
+/// for up to 30 seconds, as every other wait on the ledger is.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
 impl Ledger {
     /// Opens (creating and migrating) the ledger at `path`.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
@@ -398,7 +419,7 @@ impl Ledger {
         }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        set_wal(&conn)?;
         // Read the version inside the write transaction: processes opening
         // a new ledger at once must not both run the same migration.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
