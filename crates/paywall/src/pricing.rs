@@ -446,14 +446,21 @@ fn strict_json(body: Option<&[u8]>, encoding: Option<&str>) -> Result<Option<Val
     )))
 }
 
+/// The keys a JSON pointer names, unescaped (`/a~1b/c` is `a/b`, `c`).
+fn pointer_keys(pointer: &str) -> impl Iterator<Item = String> + '_ {
+    pointer
+        .split('/')
+        .skip(1)
+        .map(|token| token.replace("~1", "/").replace("~0", "~"))
+}
+
 /// Refuses an object key on the way to `pointer` that reads as the
 /// pointer's ([`name_reads_as`]): some upstreams match keys without regard to
 /// case (Go's `encoding/json`), and would read `{"Model": …}` or
 /// `{"modeſ": …}` as `/model`.
 fn case_conflict(json: &Value, pointer: &str) -> Result<(), Unreadable> {
     let mut at = json;
-    for token in pointer.split('/').skip(1) {
-        let token = token.replace("~1", "/").replace("~0", "~");
+    for token in pointer_keys(pointer) {
         let next = match at {
             Value::Object(object) => {
                 if let Some(key) = object.keys().find(|k| name_reads_as(k, &token)) {
@@ -629,15 +636,11 @@ fn one_of(
     if values.iter().any(|w| w == value) {
         return Ok(true);
     }
-    let mut variants = vec![value.to_owned()];
     // An upstream that decodes a value once or twice more (`%2568d`,
     // IIS's `%u0068d`, a body's `%25u0068d`) reads another one.
-    while let Some(again) = variants.last().and_then(|v| decode_again(v)) {
-        if variants.len() > 2 {
-            break;
-        }
-        variants.push(again);
-    }
+    let variants: Vec<String> = std::iter::successors(Some(value.to_owned()), |v| decode_again(v))
+        .take(3)
+        .collect();
     let found = values
         .iter()
         .find(|w| variants.iter().any(|v| reads_as(v, w)));
@@ -921,8 +924,7 @@ impl Pricing {
                     UnitSource::Body(pointer) => Some(pointer.as_str()),
                     _ => None,
                 }))
-                .filter_map(|pointer| pointer.split('/').nth(1))
-                .map(|token| token.replace("~1", "/").replace("~0", "~"))
+                .filter_map(|pointer| pointer_keys(pointer).next())
         })
     }
 

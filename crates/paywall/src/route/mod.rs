@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-pub use fold::{ascii_reading, ascii_readings, READINGS};
+pub use fold::{ascii_readings, READINGS};
 pub use host::{normal_name, request_host, HostError};
 pub use service::{Auth, Meter, PricedService, Schemes, Sells, Usage};
 pub use target::{decode_normal, RequestPath, TargetError};
