@@ -1392,7 +1392,7 @@ fn secret_part(credential: &str) -> String {
 /// priced request is served, fields. The MPP credential's challenge named
 /// no `header`, so it is accepted from `Authorization` only
 /// (draft-httpauth-payment-01); either way it never reaches the upstream.
-const CREDENTIAL_ROWS: [&str; 20] = [
+const CREDENTIAL_ROWS: [&str; 26] = [
     "Authorization: L402            | served  | Authorization: L402 {l402}",
     "Payment-Authorization: L402    | served  | Payment-Authorization: L402 {l402}",
     "Payment-Authorization: Payment | refused | Payment-Authorization: Payment {mpp}",
@@ -1413,6 +1413,12 @@ const CREDENTIAL_ROWS: [&str; 20] = [
     "Bearer, L402 in one value      | refused | Authorization: Bearer k, L402 {l402}",
     "Basic, Payment in one value    | refused | Authorization: Basic eA==,Payment {mpp}",
     "Bearer, x, lsat in one value   | refused | Authorization: Bearer k, x, lsat {l402}",
+    "gRPC metadata, as Aperture     | refused | Grpc-Metadata-Macaroon: {l402}",
+    "Macaroon, as Aperture          | refused | Macaroon: {l402}",
+    "Bearer; L402 in one value      | refused | Authorization: Bearer k; L402 {l402}",
+    "Bearer L402 in one value       | refused | Authorization: Bearer k L402 {l402}",
+    "Digest quoting L402            | refused | Authorization: Digest x=\"L402 {l402}\"",
+    "Bearer Payment in one value    | refused | Authorization: Bearer k Payment {mpp}",
 ];
 
 /// A reusable L402 token in every field and spelling, and MPP credentials,

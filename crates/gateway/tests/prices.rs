@@ -941,3 +941,154 @@ async fn the_unpaid_cap_is_taken_before_the_pricer_is_asked() {
     assert_eq!((challenged, limited), (5, 15), "{statuses:?}");
     assert_eq!(pricer.calls.load(Ordering::SeqCst), 5);
 }
+
+const READ_OTHERWISE: &str = r#"
+[[services]]
+name = "q"
+path = "/q/*"
+upstream = "UPSTREAM"
+price_sats = 5
+[[services.prices]]
+methods = ["PUT"]
+price_sats = 200
+[[services.prices]]
+query = { quality = "hd" }
+price_sats = 400
+[[services]]
+name = "img"
+path = "/img/*"
+upstream = "UPSTREAM"
+price_sats = 5
+[[services.prices]]
+path = "/img/{size}/*"
+params = { size = "large" }
+price_sats = 300
+[[services]]
+name = "deletes"
+path = "/m/*"
+methods = ["DELETE"]
+upstream = "UPSTREAM"
+price_sats = 100
+[[services]]
+name = "free"
+path = "/*"
+upstream = "UPSTREAM"
+auth = "off"
+headers = { "x-api-key" = "UPSTREAM-SECRET" }
+"#;
+
+/// What common frameworks read otherwise than the request line and query
+/// say is refused, never priced by the default or served free: a query
+/// parameter a rule looks at sent as a body field (Rails' `params`, PHP's
+/// `$_REQUEST`), a lower-case method (Werkzeug upper-cases it), a `_method`
+/// override (Rails, Laravel, Symfony), a path parameter with a format
+/// (Rails' `(.:format)`); and TRACE, whose echo would show the upstream's
+/// API key, is answered by the gateway.
+#[tokio::test]
+async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
+    let h = Harness::start(READ_OTHERWISE).await;
+    let send = |method: &'static str,
+                target: &'static str,
+                content_type: &'static str,
+                body: &'static str| {
+        let h = &h;
+        async move {
+            let mut request = h
+                .client
+                .request(
+                    reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                    h.url(target),
+                )
+                .body(body);
+            if !content_type.is_empty() {
+                request = request.header("content-type", content_type);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            (status, response.text().await.unwrap())
+        }
+    };
+    // For reference: as the rules read them.
+    assert_eq!(
+        h.price(reqwest::Method::GET, "/q/x?quality=hd", "").await,
+        400
+    );
+    assert_eq!(h.price(reqwest::Method::PUT, "/q/x", "").await, 200);
+    assert_eq!(h.price(reqwest::Method::GET, "/img/large", "").await, 300);
+    assert_eq!(h.price(reqwest::Method::DELETE, "/m/x", "").await, 100);
+    assert_eq!(h.price(reqwest::Method::POST, "/q/x", "a=1").await, 5);
+    let mut failures = Vec::new();
+    // A lower-case method is priced as its upper-case self.
+    let put = reqwest::Method::from_bytes(b"put").unwrap();
+    let price = h.price(put, "/q/x", "").await;
+    if price != 200 {
+        failures.push(format!("put /q/x: priced {price}, want 200"));
+    }
+
+    let multipart =
+        "--b\r\nContent-Disposition: form-data; name=\"quality\"\r\n\r\nhd\r\n--b--\r\n";
+    for (method, target, content_type, body, why) in [
+        (
+            "POST",
+            "/q/x?quality=sd",
+            "application/x-www-form-urlencoded",
+            "quality=hd",
+            "stands for the query parameter",
+        ),
+        (
+            "POST",
+            "/q/x",
+            "application/json",
+            r#"{"quality":"hd"}"#,
+            "stands for the query parameter",
+        ),
+        (
+            "POST",
+            "/q/x",
+            "application/json",
+            r#"{"Quality":"hd"}"#,
+            "stands for the query parameter",
+        ),
+        (
+            "POST",
+            "/q/x",
+            "multipart/form-data; boundary=b",
+            multipart,
+            "stands for the query parameter",
+        ),
+        ("GET", "/img/large.json", "", "", "and a format"),
+        ("POST", "/q/x?_method=PUT", "", "", "_method"),
+        ("POST", "/m/x?_method=DELETE", "", "", "_method"),
+        ("POST", "/m/x?_METHOD=DELETE", "", "", "_method"),
+        (
+            "POST",
+            "/m/x",
+            "application/x-www-form-urlencoded",
+            "_method=DELETE",
+            "_method",
+        ),
+        (
+            "POST",
+            "/m/x",
+            "application/json",
+            r#"{"_method":"DELETE"}"#,
+            "_method",
+        ),
+    ] {
+        let (status, text) = send(method, target, content_type, body).await;
+        if status != StatusCode::BAD_REQUEST || !text.contains(why) {
+            failures.push(format!("{method} {target} {body}: {status} {text}"));
+        }
+    }
+    // Where no route or price depends on the method, `_method` is left to
+    // the upstream.
+    let (status, text) = send("POST", "/other?_method=PUT", "", "").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    for method in ["TRACE", "trace", "TRACK"] {
+        let (status, text) = send(method, "/anything", "", "").await;
+        if status != StatusCode::METHOD_NOT_ALLOWED || text.contains("served:") {
+            failures.push(format!("{method} /anything: {status} {text}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -127,6 +127,59 @@ where
     }
 }
 
+/// Whether `headers` declare a body whose fields frameworks merge into a
+/// request's parameters (Rails' `params`, PHP's `$_REQUEST`, Laravel's
+/// input): a form, or JSON.
+pub(crate) fn has_fields(headers: &http::HeaderMap) -> bool {
+    crate::pricing::is_form(headers)
+        || headers
+            .get_all(http::header::CONTENT_TYPE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                let media = v.split(';').next().unwrap_or("").trim();
+                media.len() >= 4 && media[media.len() - 4..].eq_ignore_ascii_case("json")
+            })
+}
+
+/// The names of a body's top-level fields as the frameworks that merge
+/// them into a request's parameters read them: a form's (`a=1&b=2`, and
+/// the `name` of every `Content-Disposition` line, which a multipart part
+/// declares; a line inside a part's content counts too), or, when `form`
+/// is false, a JSON object's keys. More names than a parser would find,
+/// never fewer.
+pub(crate) fn field_names(body: &[u8], form: bool) -> Vec<String> {
+    if !form {
+        return serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+            .map(|object| object.into_iter().map(|(key, _)| key).collect())
+            .unwrap_or_default();
+    }
+    let mut names: Vec<String> = form_urlencoded::parse(body)
+        .map(|(name, _)| name.into_owned())
+        .collect();
+    for line in body.split(|b| *b == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        let Some((field, value)) = line.split_once(':') else {
+            continue;
+        };
+        if !field.trim().eq_ignore_ascii_case("content-disposition") {
+            continue;
+        }
+        names.extend(value.split(';').skip(1).filter_map(|param| {
+            let (key, value) = param.split_once('=')?;
+            let key = key.trim();
+            let value = value.trim().trim_matches('"');
+            // RFC 7578 forbids `name*`; RFC 5987 readers take it anyway.
+            match key.to_ascii_lowercase().as_str() {
+                "name" => Some(value.to_owned()),
+                "name*" => Some(value.rsplit("''").next().unwrap_or(value).to_owned()),
+                _ => None,
+            }
+        }));
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +217,19 @@ mod tests {
         );
         drop(all);
         assert_eq!(read_whole(&mut r, &bodies, false).await.unwrap(), "x");
+    }
+
+    #[test]
+    fn field_names_of_forms_multipart_and_json() {
+        assert_eq!(field_names(b"a=1&quality=hd", true), ["a", "quality"]);
+        let multipart = b"--b\r\nContent-Disposition: form-data; name=\"quality\"\r\n\r\nhd\r\n--b\r\ncontent-disposition: form-data; name*=utf-8''_method\r\n\r\nPUT\r\n--b--\r\n";
+        let names = field_names(multipart, true);
+        assert!(names.iter().any(|n| n == "quality"), "{names:?}");
+        assert!(names.iter().any(|n| n == "_method"), "{names:?}");
+        let mut keys = field_names(br#"{"quality":"hd","n":{"x":1}}"#, false);
+        keys.sort();
+        assert_eq!(keys, ["n", "quality"]);
+        assert!(field_names(b"[1,2]", false).is_empty());
+        assert!(field_names(b"not json", false).is_empty());
     }
 }

@@ -4,8 +4,9 @@
 //!
 //! Credentials are read from `Authorization`, `Payment-Authorization`
 //! (the field the Payment scheme's `header` parameter selects) and
-//! `payment-signature` (x402's; version 1's `X-PAYMENT` is stripped, never
-//! read). A value of `Authorization` in another
+//! `payment-signature` (x402's; version 1's `X-PAYMENT`, and the
+//! `Grpc-Metadata-Macaroon` and `Macaroon` fields Aperture reads, are
+//! stripped, never read). A value of `Authorization` in another
 //! scheme (`Bearer`, `Basic`: an API key of the upstream's own) is left for
 //! the upstream; `Payment-Authorization` and `payment-signature` are ours
 //! whatever they hold.
@@ -28,6 +29,24 @@ pub const PAYMENT_SIGNATURE: HeaderName = HeaderName::from_static(gate402_x402::
 
 /// x402 version 1's payment field: never accepted here, never forwarded.
 pub const X_PAYMENT: HeaderName = HeaderName::from_static("x-payment");
+
+/// The fields Aperture also reads an L402 token from (gRPC metadata, a
+/// hex macaroon whose caveats may carry the preimage): never accepted
+/// here, never forwarded.
+pub const MACAROON_FIELDS: [HeaderName; 2] = [
+    HeaderName::from_static("grpc-metadata-macaroon"),
+    HeaderName::from_static("macaroon"),
+];
+
+/// Every field a credential is read from or stripped from.
+const CREDENTIAL_FIELDS: [HeaderName; 6] = [
+    AUTHORIZATION,
+    PAYMENT_AUTHORIZATION,
+    X_PAYMENT,
+    PAYMENT_SIGNATURE,
+    HeaderName::from_static("grpc-metadata-macaroon"),
+    HeaderName::from_static("macaroon"),
+];
 
 /// The scheme of a presented credential.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,17 +137,10 @@ fn scheme_of(value: &[u8]) -> Option<CredentialScheme> {
 /// A [`CredentialError`] when the credentials cannot be read; they are
 /// stripped all the same.
 pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialError> {
-    if !crate::fields::any_of(
-        headers,
-        &[
-            AUTHORIZATION,
-            PAYMENT_AUTHORIZATION,
-            X_PAYMENT,
-            PAYMENT_SIGNATURE,
-        ],
-    ) {
+    if !crate::fields::any_of(headers, &CREDENTIAL_FIELDS) {
         return Ok(None);
     }
+    crate::fields::remove_all_of(headers, &MACAROON_FIELDS);
     let mut found: Vec<(CredentialScheme, HeaderValue, CredentialField)> = Vec::new();
     let mut error = None;
     if headers.contains_key(AUTHORIZATION) {
@@ -186,13 +198,39 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
     }))
 }
 
-/// Whether a value lists a payment credential after its first element
-/// (`Bearer key, L402 mac:preimage`).
+/// Whether a value holds a payment credential after its first word: an
+/// element of a comma list that starts with a scheme (`Bearer key, L402
+/// mac:preimage`), which an upstream splitting the value at its commas
+/// reads; or a scheme word anywhere followed by a credential-shaped token
+/// (`Bearer key; L402 …`, `Digest x="L402 …"`), which one searching the
+/// value for `L402 ` (as Aperture does) reads: a token with a `:` after
+/// `L402` or `LSAT`, a base64 run of 16 or more after `Payment`.
 fn lists_credential(value: &[u8]) -> bool {
-    value
+    let listed = value
         .split(|b| *b == b',')
         .skip(1)
-        .any(|element| scheme_of(trim_start(element)).is_some())
+        .any(|element| scheme_of(trim_start(element)).is_some());
+    if listed {
+        return true;
+    }
+    let text = String::from_utf8_lossy(value);
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_ascii_whitespace() || matches!(c, ',' | ';' | '"' | '(' | ')'))
+        .filter(|word| !word.is_empty())
+        .collect();
+    words.windows(2).skip(1).any(|pair| {
+        let (word, next) = (pair[0], pair[1]);
+        match scheme_of(word.as_bytes()) {
+            Some(CredentialScheme::L402) => next.contains(':'),
+            Some(CredentialScheme::Payment) => {
+                next.len() >= 16
+                    && next.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'=')
+                    })
+            }
+            _ => false,
+        }
+    })
 }
 
 fn trim_start(bytes: &[u8]) -> &[u8] {

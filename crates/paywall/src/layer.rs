@@ -431,6 +431,9 @@ impl Paywall {
     {
         let presented = credentials::take(request.headers_mut());
         crate::route::strip_overrides(request.headers_mut());
+        if crate::route::echoes_request(request.method()) {
+            return Ok(own(responses::method_not_allowed(request.method())));
+        }
         let path = match RequestPath::parse(request.uri().path()) {
             Ok(path) => path,
             Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),
@@ -452,6 +455,13 @@ impl Paywall {
             request.extensions_mut().insert(client);
         }
         let routes = self.routes();
+        if request.method().as_str().eq_ignore_ascii_case("POST")
+            && routes.method_decides(host.as_deref(), &path)
+        {
+            if let Err(answer) = self.refuse_method_override(&mut request).await {
+                return Ok(own(answer));
+            }
+        }
         let service = match routes.find(host.as_deref(), request.method(), &path) {
             Ok(Some(service)) => service.clone(),
             Ok(None) => return call(inner, request).await,
@@ -727,6 +737,51 @@ impl Paywall {
 
     /// The answer to a request halted before the upstream: its own, or a
     /// refusal with a fresh challenge.
+    /// Refuses a POST that names another method in a `_method` query
+    /// parameter or body field ([`crate::route::is_method_override`]): the
+    /// upstream would act on a method this request was not routed and
+    /// priced by. Reads a form or JSON body for it (within the body limit).
+    async fn refuse_method_override<B>(
+        &self,
+        request: &mut Request<B>,
+    ) -> Result<(), Response<Bytes>>
+    where
+        B: Body<Data = Bytes> + From<Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let refused = || {
+            responses::bad_request(&format!(
+                "the request names a method in {:?}, which some upstreams act on instead of the request's own: send the method itself",
+                crate::route::METHOD_OVERRIDE_PARAM
+            ))
+        };
+        let query = request.uri().query().unwrap_or("");
+        if form_urlencoded::parse(query.as_bytes())
+            .any(|(name, _)| crate::route::is_method_override(&name))
+        {
+            return Err(refused());
+        }
+        if !crate::body::has_fields(request.headers()) {
+            return Ok(());
+        }
+        let body = match read_whole(request, &self.inner.bodies, true).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge | BodyError::Overflowed) => {
+                return Err(responses::payload_too_large(self.inner.bodies.limit()))
+            }
+            Err(BodyError::Busy) => return Err(responses::busy()),
+            Err(BodyError::Broken) => return Err(responses::bad_request(BODY_BROKEN)),
+        };
+        let form = crate::pricing::is_form(request.headers());
+        if crate::body::field_names(&body, form)
+            .iter()
+            .any(|name| crate::route::is_method_override(name))
+        {
+            return Err(refused());
+        }
+        Ok(())
+    }
+
     async fn halt_answer<B>(
         &self,
         halt: Halt,

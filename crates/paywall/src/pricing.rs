@@ -42,7 +42,7 @@ use crate::body::{read_whole, BodyError, BoxError, BODY_BROKEN};
 use crate::credentials::CredentialScheme;
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
-use crate::route::{Auth, PricedService, Sells};
+use crate::route::{decode_again, name_reads_as, reads_as, Auth, PricedService, Sells};
 use crate::verify::Verified;
 
 /// The most one invoice may ask, in satoshis: 1 BTC. `serve --check`
@@ -455,7 +455,7 @@ fn pointer_keys(pointer: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Refuses an object key on the way to `pointer` that reads as the
-/// pointer's ([`name_reads_as`]): some upstreams match keys without regard to
+/// pointer's ([`crate::route::name_reads_as`]): some upstreams match keys without regard to
 /// case (Go's `encoding/json`), and would read `{"Model": …}` or
 /// `{"modeſ": …}` as `/model`.
 fn case_conflict(json: &Value, pointer: &str) -> Result<(), Unreadable> {
@@ -623,7 +623,7 @@ fn field_text(value: &Value) -> Option<Cow<'_, str>> {
 /// # Errors
 ///
 /// [`Unreadable`] when it is none of them but an upstream may read it as
-/// one ([`reads_as`]): `HD`, `hd `, `hd\0`, `%2568d` for `hd`. `what`
+/// one ([`crate::route::reads_as`]): `HD`, `hd `, `hd\0`, `%2568d` for `hd`. `what`
 /// names where it was (`query parameter "quality"`).
 fn one_of(
     values: &[String],
@@ -653,86 +653,24 @@ fn one_of(
     }
 }
 
-/// Whether some lenient upstream reads `text` as `wanted`: under one of
-/// the ASCII readings ([`crate::route::ascii_readings`]: `ｈd`,
-/// `h\u{AD}d`, `ḣd`, `hʼd`), cut at NUL (C strings), without control
-/// characters, trimmed, case ignored; each reading of `text` against the
-/// same reading of `wanted`.
-fn reads_as(text: &str, wanted: &str) -> bool {
-    let loose = |text: &str| {
-        let cut = text.split('\0').next().unwrap_or("");
-        crate::route::ascii_readings(cut).map(|read| {
-            let kept: String = read.chars().filter(|c| !c.is_ascii_control()).collect();
-            kept.trim().to_ascii_lowercase()
-        })
+/// Refuses a path parameter that reads as one of a rule's `values` with
+/// a format after a dot (`large.json`): Rails routes (`/:size(.:format)`)
+/// and others that take a format suffix read it as `large`.
+fn format_suffix(
+    values: &[String],
+    value: Option<&str>,
+    what: &dyn Fn() -> String,
+) -> Result<(), Unreadable> {
+    let Some((value, stem)) = value.and_then(|v| Some((v, v.split_once('.')?.0))) else {
+        return Ok(());
     };
-    loose(text)
-        .iter()
-        .zip(loose(wanted).iter())
-        // A reading may hold an escape that decodes to the value (`٪75`
-        // is `%75` to best-fit, then `u`).
-        .any(|(a, b)| a == b || decode_again(a).is_some_and(|a| a.to_ascii_lowercase() == *b))
-}
-
-/// Whether some lenient upstream reads the parameter or key `name` as
-/// `wanted` (not spelled so): as [`reads_as`], or once PHP has mangled
-/// it (`.`, space and `[` become `_`) or read it as an array
-/// (`quality[]`, `quality[0]`).
-fn name_reads_as(name: &str, wanted: &str) -> bool {
-    if name == wanted {
-        return false;
+    if one_of(values, Some(stem), what).unwrap_or(true) {
+        return Err(Unreadable(format!(
+            "{} is {value:?}, which some upstreams read as {stem:?} and a format; the price depends on it: send it as {stem:?}",
+            what()
+        )));
     }
-    let array = name
-        .strip_suffix(']')
-        .and_then(|n| n.rsplit_once('['))
-        .map(|(base, _)| base);
-    let mangled: String = name
-        .chars()
-        .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
-        .collect();
-    let variants = [Some(name), array, Some(mangled.as_str())];
-    for variant in variants.into_iter().flatten() {
-        if variant == wanted || reads_as(variant, wanted) {
-            return true;
-        }
-    }
-    false
-}
-
-/// `value` percent-decoded once more (`%XX`, and IIS's `%uXXXX`), when
-/// that changes it.
-fn decode_again(value: &str) -> Option<String> {
-    if !value.contains('%') {
-        return None;
-    }
-    let bytes = value.as_bytes();
-    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    let hex = |from: usize, n: usize| {
-        let digits = value.get(from..from + n)?;
-        u32::from_str_radix(digits, 16).ok()
-    };
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let Some(c) = matches!(bytes.get(i + 1), Some(b'u' | b'U'))
-                .then(|| hex(i + 2, 4).and_then(char::from_u32))
-                .flatten()
-            {
-                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
-                i += 6;
-                continue;
-            }
-            if let Some(b) = hex(i + 1, 2) {
-                out.push(b as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    let again = String::from_utf8_lossy(&out).into_owned();
-    (again != value).then_some(again)
+    Ok(())
 }
 
 impl PriceRule {
@@ -743,7 +681,9 @@ impl PriceRule {
         request: &PriceRequest<'_>,
         parsed: &Parsed<'_>,
     ) -> Result<Option<u64>, Unreadable> {
-        if !self.methods.is_empty() && !self.methods.contains(request.method) {
+        // As routes match methods: case ignored, HEAD with GET (an
+        // upstream may run its GET handler for either).
+        if !crate::route::method_matches(&self.methods, request.method) {
             return Ok(None);
         }
         if let Some(path) = &self.path {
@@ -772,7 +712,9 @@ impl PriceRule {
             for m in &self.params {
                 // Routes match without regard to case: an upstream may too.
                 let what = || format!("path parameter {{{}}}", m.key);
-                if !one_of(&m.values, param(&m.key).as_deref(), &what)? {
+                let value = param(&m.key);
+                if !one_of(&m.values, value.as_deref(), &what)? {
+                    format_suffix(&m.values, value.as_deref(), &what)?;
                     return Ok(None);
                 }
             }
@@ -893,6 +835,22 @@ impl Pricing {
                 "query parameter {name:?} stands for the body field {key:?}, which the price depends on, to upstreams that merge query and body: send it in the body only"
             )));
         }
+        // And the other way round: a body field that such frameworks read
+        // as a query parameter a rule looks at.
+        if let Some(body) = request.body.filter(|_| self.reads_query()) {
+            let fields = crate::body::field_names(body, request.form);
+            let stands_for = self.query_names().find_map(|name| {
+                fields
+                    .iter()
+                    .find(|field| *field == name || name_reads_as(field, name))
+                    .map(|field| (field, name))
+            });
+            if let Some((field, name)) = stands_for {
+                return Err(Unreadable(format!(
+                    "body field {field:?} stands for the query parameter {name:?}, which the price depends on, to upstreams that merge query and body: send it in the query only"
+                )));
+            }
+        }
         for rule in &self.rules {
             if let Some(price) = rule.price(request, parsed)? {
                 return Ok(Some(price.max(1)));
@@ -926,6 +884,18 @@ impl Pricing {
                 }))
                 .filter_map(|pointer| pointer_keys(pointer).next())
         })
+    }
+
+    /// Whether a rule looks at the query: a request's body is then read
+    /// when it has fields ([`crate::body::field_names`]), as some
+    /// upstreams read those as query parameters.
+    pub fn reads_query(&self) -> bool {
+        self.query_names().next().is_some()
+    }
+
+    /// The methods the rules name.
+    pub fn methods(&self) -> impl Iterator<Item = &Method> {
+        self.rules.iter().flat_map(|rule| rule.methods.iter())
     }
 
     /// The query parameters the rules look at.
@@ -1263,12 +1233,14 @@ impl Paywall {
         let declared = request.body().size_hint().lower();
         let encoding = content_encoding(request.headers());
         let form = is_form(request.headers());
-        let body = if pricing.reads_body() {
+        // A body whose fields an upstream may read as query parameters.
+        let merged = pricing.reads_query() && crate::body::has_fields(request.headers());
+        let body = if pricing.reads_body() || merged {
             match read_whole(request, &self.inner.bodies, paid).await {
                 Ok(body) => Some(body),
                 // Unread, its fields cannot decide a price: a body too large
                 // would otherwise buy the default price for any request.
-                Err(BodyError::TooLarge) if !pricing.reads_fields() => None,
+                Err(BodyError::TooLarge) if !pricing.reads_fields() && !merged => None,
                 Err(BodyError::TooLarge | BodyError::Overflowed) => {
                     return Err(responses::payload_too_large(self.inner.bodies.limit()))
                 }

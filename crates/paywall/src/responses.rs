@@ -91,6 +91,18 @@ pub fn bad_request(detail: &str) -> Response<Bytes> {
     )
 }
 
+/// `405 Method Not Allowed` for a method the gateway never forwards
+/// (`TRACE`: its answer would echo the headers added for the upstream).
+pub fn method_not_allowed(method: &http::Method) -> Response<Bytes> {
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "about:blank",
+        "Method Not Allowed",
+        &format!("{method} echoes the request and is not forwarded"),
+        None,
+    )
+}
+
 /// A refusal answered without a fresh challenge (a malformed request
 /// around the credential: no invoice would help).
 pub fn refused(refusal: &Refusal) -> Response<Bytes> {

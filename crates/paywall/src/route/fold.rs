@@ -130,6 +130,88 @@ fn ascii_char(c: char) -> Option<char> {
     })
 }
 
+/// Whether some lenient upstream reads `text` as `wanted`: under one of
+/// the ASCII readings ([`ascii_readings`]: `ｈd`,
+/// `h\u{AD}d`, `ḣd`, `hʼd`), cut at NUL (C strings), without control
+/// characters, trimmed, case ignored; each reading of `text` against the
+/// same reading of `wanted`.
+pub fn reads_as(text: &str, wanted: &str) -> bool {
+    let loose = |text: &str| {
+        let cut = text.split('\0').next().unwrap_or("");
+        ascii_readings(cut).map(|read| {
+            let kept: String = read.chars().filter(|c| !c.is_ascii_control()).collect();
+            kept.trim().to_ascii_lowercase()
+        })
+    };
+    loose(text)
+        .iter()
+        .zip(loose(wanted).iter())
+        // A reading may hold an escape that decodes to the value (`٪75`
+        // is `%75` to best-fit, then `u`).
+        .any(|(a, b)| a == b || decode_again(a).is_some_and(|a| a.to_ascii_lowercase() == *b))
+}
+
+/// Whether some lenient upstream reads the parameter or key `name` as
+/// `wanted` (not spelled so): as [`reads_as`], or once PHP has mangled
+/// it (`.`, space and `[` become `_`) or read it as an array
+/// (`quality[]`, `quality[0]`).
+pub fn name_reads_as(name: &str, wanted: &str) -> bool {
+    if name == wanted {
+        return false;
+    }
+    let array = name
+        .strip_suffix(']')
+        .and_then(|n| n.rsplit_once('['))
+        .map(|(base, _)| base);
+    let mangled: String = name
+        .chars()
+        .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
+        .collect();
+    let variants = [Some(name), array, Some(mangled.as_str())];
+    for variant in variants.into_iter().flatten() {
+        if variant == wanted || reads_as(variant, wanted) {
+            return true;
+        }
+    }
+    false
+}
+
+/// `value` percent-decoded once more (`%XX`, and IIS's `%uXXXX`), when
+/// that changes it.
+pub fn decode_again(value: &str) -> Option<String> {
+    if !value.contains('%') {
+        return None;
+    }
+    let bytes = value.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let hex = |from: usize, n: usize| {
+        let digits = value.get(from..from + n)?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let Some(c) = matches!(bytes.get(i + 1), Some(b'u' | b'U'))
+                .then(|| hex(i + 2, 4).and_then(char::from_u32))
+                .flatten()
+            {
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                i += 6;
+                continue;
+            }
+            if let Some(b) = hex(i + 1, 2) {
+                out.push(b as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    let again = String::from_utf8_lossy(&out).into_owned();
+    (again != value).then_some(again)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

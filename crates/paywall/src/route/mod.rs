@@ -9,6 +9,7 @@
 
 mod fold;
 mod host;
+mod method;
 mod service;
 mod target;
 
@@ -16,8 +17,11 @@ use std::sync::Arc;
 
 use http::Method;
 
-pub use fold::{ascii_readings, READINGS};
+pub use fold::{ascii_readings, decode_again, name_reads_as, reads_as, READINGS};
 pub use host::{normal_name, request_host, HostError};
+pub use method::{
+    echoes_request, is_method_override, method_matches, strip_overrides, METHOD_OVERRIDE_PARAM,
+};
 pub use service::{Auth, Meter, PricedService, Schemes, Sells, Usage};
 pub use target::{decode_normal, RequestPath, TargetError};
 
@@ -203,37 +207,6 @@ impl HostPattern {
     }
 }
 
-/// Headers some upstreams read the path or the method from instead of the
-/// request line (IIS and Symfony's `X-Original-URL`, method overrides): a
-/// request routed to a free service could name a paid one through them.
-/// No client may send them; they are removed from every request.
-const OVERRIDES: [http::HeaderName; 7] = [
-    http::HeaderName::from_static("x-original-url"),
-    http::HeaderName::from_static("x-rewrite-url"),
-    http::HeaderName::from_static("x-override-url"),
-    http::HeaderName::from_static("x-http-method-override"),
-    http::HeaderName::from_static("x-http-method"),
-    http::HeaderName::from_static("x-method-override"),
-    http::HeaderName::from_static("x-original-method"),
-];
-
-/// Removes the headers that name another path or method (`X-Original-URL`,
-/// `X-HTTP-Method-Override` and their kin) from a request.
-pub fn strip_overrides(headers: &mut http::HeaderMap) {
-    crate::fields::remove_all_of(headers, &OVERRIDES);
-}
-
-/// Whether a service that lists `methods` takes a request with `method`:
-/// HEAD goes with GET (upstreams answer it as a GET without the body), and
-/// case is ignored (some upstreams fold it).
-pub fn method_matches(methods: &[Method], method: &Method) -> bool {
-    methods.is_empty()
-        || methods.iter().any(|m| {
-            m.as_str().eq_ignore_ascii_case(method.as_str())
-                || (*m == Method::GET && method.as_str().eq_ignore_ascii_case("HEAD"))
-        })
-}
-
 /// Why a request cannot be routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
@@ -268,6 +241,41 @@ impl Routes {
     /// The services, in order.
     pub fn services(&self) -> &[Arc<PricedService>] {
         &self.services
+    }
+
+    /// Whether a POST to `path` would be routed or priced otherwise under
+    /// another method: then an upstream that takes the method from a
+    /// `_method` parameter ([`is_method_override`]) must not be sent one.
+    pub fn method_decides(&self, host: Option<&str>, path: &RequestPath) -> bool {
+        let named: Vec<&Method> = self
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.methods
+                    .iter()
+                    .chain(s.pricing.iter().flat_map(|p| p.methods()))
+            })
+            .collect();
+        if named.is_empty() {
+            return false;
+        }
+        let Ok(posted) = self.find(host, &Method::POST, path) else {
+            return true;
+        };
+        if posted.is_some_and(|s| {
+            s.pricing
+                .as_ref()
+                .is_some_and(|p| p.methods().next().is_some())
+        }) {
+            return true;
+        }
+        named.into_iter().chain([&Method::GET]).any(|method| {
+            match (posted, self.find(host, method, path)) {
+                (Some(a), Ok(Some(b))) => !Arc::ptr_eq(a, b),
+                (None, Ok(None)) => false,
+                _ => true,
+            }
+        })
     }
 
     /// The service a request is for, `None` when no service claims it.
