@@ -963,6 +963,9 @@ price_sats = 5
 path = "/img/{size}/*"
 params = { size = "large" }
 price_sats = 300
+[[services.prices]]
+path = "/img/v1/huge"
+price_sats = 700
 [[services]]
 name = "deletes"
 path = "/m/*"
@@ -1025,6 +1028,27 @@ async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
         failures.push(format!("put /q/x: priced {price}, want 200"));
     }
 
+    // Its body is bound to its payment as a POST's is.
+    let lower_post = h
+        .client
+        .request(reqwest::Method::from_bytes(b"post").unwrap(), h.url("/q/x"))
+        .body("a=1")
+        .send()
+        .await
+        .unwrap();
+    let challenges: Vec<String> = lower_post
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    if !challenges
+        .iter()
+        .any(|c| c.starts_with("Payment") && c.contains("digest="))
+    {
+        failures.push(format!("post /q/x: no digest in {challenges:?}"));
+    }
+
     let multipart =
         "--b\r\nContent-Disposition: form-data; name=\"quality\"\r\n\r\nhd\r\n--b--\r\n";
     for (method, target, content_type, body, why) in [
@@ -1057,6 +1081,7 @@ async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
             "stands for the query parameter",
         ),
         ("GET", "/img/large.json", "", "", "and a format"),
+        ("GET", "/img/v1/huge.json", "", "", "and a format"),
         ("POST", "/q/x?_method=PUT", "", "", "_method"),
         ("POST", "/m/x?_method=DELETE", "", "", "_method"),
         ("POST", "/m/x?_METHOD=DELETE", "", "", "_method"),

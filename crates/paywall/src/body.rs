@@ -33,9 +33,12 @@ const BODIES_AT_ONCE: usize = 64;
 const UNIT: usize = 1024;
 
 /// Whether a request of `method` has its body bound to its payment
-/// (draft-httpauth-payment-01: POST, PUT and PATCH).
+/// (draft-httpauth-payment-01: POST, PUT and PATCH, however cased: an
+/// upstream may upper-case the method).
 pub(crate) fn binds_body(method: &Method) -> bool {
-    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+    [Method::POST, Method::PUT, Method::PATCH]
+        .iter()
+        .any(|m| m.as_str().eq_ignore_ascii_case(method.as_str()))
 }
 
 /// Why a request body could not be read.

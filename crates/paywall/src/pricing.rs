@@ -699,6 +699,17 @@ impl PriceRule {
                         "the path reads as {form} to some upstreams (Unicode folded to ASCII), which a price rule depends on: send it as {form}"
                     )));
                 }
+                // Nor when one that takes a format after a dot in the last
+                // segment (Rails' `(.:format)`) reads it as such a path.
+                let (head, last) = request.path.rsplit_once('/').unwrap_or(("", request.path));
+                if let Some((stem, _)) = last.split_once('.').filter(|(stem, _)| !stem.is_empty()) {
+                    let cut = format!("{head}/{stem}");
+                    if path.captures(&cut).is_some() {
+                        return Err(Unreadable(format!(
+                            "the path reads as {cut} and a format to some upstreams, which a price rule depends on: send it as {cut}"
+                        )));
+                    }
+                }
                 return Ok(None);
             };
             // Captured from the normal form: compared as the upstream
