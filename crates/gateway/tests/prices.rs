@@ -954,6 +954,9 @@ price_sats = 200
 [[services.prices]]
 query = { quality = "hd" }
 price_sats = 400
+[[services.prices]]
+query = { hd_mode = "on" }
+price_sats = 70
 [[services]]
 name = "img"
 path = "/img/*"
@@ -1049,6 +1052,10 @@ async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
         failures.push(format!("post /q/x: no digest in {challenges:?}"));
     }
 
+    let folded =
+        "--b\r\nContent-Disposition: form-data;\r\n name=\"quality\"\r\n\r\nhd\r\n--b--\r\n";
+    let method_part =
+        "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n";
     let multipart =
         "--b\r\nContent-Disposition: form-data; name=\"quality\"\r\n\r\nhd\r\n--b--\r\n";
     for (method, target, content_type, body, why) in [
@@ -1082,6 +1089,58 @@ async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
         ),
         ("GET", "/img/large.json", "", "", "and a format"),
         ("GET", "/img/v1/huge.json", "", "", "and a format"),
+        ("GET", "/img/v1/huge.json/", "", "", "and a format"),
+        ("GET", "/q/x?+hd.mode=on", "", "", "differs from"),
+        (
+            "POST",
+            "/q/x",
+            "",
+            "quality=hd",
+            "stands for the query parameter",
+        ),
+        (
+            "POST",
+            "/q/x",
+            "multipart/form-data; boundary=b",
+            folded,
+            "stands for the query parameter",
+        ),
+        (
+            "POST",
+            "/q/x",
+            "application/x-www-form-urlencoded",
+            "+hd.mode=on",
+            "stands for the query parameter",
+        ),
+        ("POST", "/m/x", "", "_method=DELETE", "_method"),
+        (
+            "POST",
+            "/m/x",
+            "application/x-www-form-urlencoded, text/plain",
+            "_method=DELETE",
+            "_method",
+        ),
+        (
+            "POST",
+            "/m/x",
+            "multipart/mixed; boundary=b",
+            method_part,
+            "_method",
+        ),
+        (
+            "POST",
+            "/m/x",
+            "text/plain; x=/json",
+            r#"{"_method":"DELETE"}"#,
+            "_method",
+        ),
+        (
+            "POST",
+            "/m/x",
+            "application/x-www-form-urlencoded",
+            "+.method=DELETE",
+            "_method",
+        ),
         ("POST", "/q/x?_method=PUT", "", "", "_method"),
         ("POST", "/m/x?_method=DELETE", "", "", "_method"),
         ("POST", "/m/x?_METHOD=DELETE", "", "", "_method"),

@@ -130,38 +130,60 @@ where
     }
 }
 
-/// Whether `headers` declare a body whose fields frameworks merge into a
-/// request's parameters (Rails' `params`, PHP's `$_REQUEST`, Laravel's
-/// input): a form, or JSON.
+/// Whether a body sent with these `headers` may have fields that
+/// frameworks merge into a request's parameters (Rails' `params`, PHP's
+/// `$_REQUEST`, Laravel's input): no `Content-Type` or an empty one (Rack
+/// parses a POST without one as a form); a form or any `multipart/*` type,
+/// its media type cut at `;`, `,` or a space as PHP and Rack cut it; or a
+/// value holding `/json` or `+json` anywhere (Laravel's `isJson`).
 pub(crate) fn has_fields(headers: &http::HeaderMap) -> bool {
-    crate::pricing::is_form(headers)
-        || headers
-            .get_all(http::header::CONTENT_TYPE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                let media = v.split(';').next().unwrap_or("").trim();
-                media.len() >= 4 && media[media.len() - 4..].eq_ignore_ascii_case("json")
-            })
+    let mut types = headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .peekable();
+    if types.peek().is_none() {
+        return true;
+    }
+    types.any(|value| {
+        let value = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+        let media = value
+            .split(|c: char| matches!(c, ';' | ',') || c.is_ascii_whitespace())
+            .find(|part| !part.is_empty())
+            .unwrap_or("");
+        media.is_empty()
+            || media == "application/x-www-form-urlencoded"
+            || media.starts_with("multipart/")
+            || value.contains("/json")
+            || value.contains("+json")
+    })
 }
 
 /// The names of a body's top-level fields as the frameworks that merge
-/// them into a request's parameters read them: a form's (`a=1&b=2`, and
-/// the `name` of every `Content-Disposition` line, which a multipart part
-/// declares; a line inside a part's content counts too), or, when `form`
-/// is false, a JSON object's keys. More names than a parser would find,
+/// them into a request's parameters may read them, whatever its declared
+/// type: its pairs read as a form (`a=1&b=2`), the `name` of every
+/// `Content-Disposition` header a multipart part may declare (folded
+/// lines joined; a line inside a part's content counts too), and its keys
+/// read as a JSON object. More names than any one parser would find,
 /// never fewer.
-pub(crate) fn field_names(body: &[u8], form: bool) -> Vec<String> {
-    if !form {
-        return serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
-            .map(|object| object.into_iter().map(|(key, _)| key).collect())
-            .unwrap_or_default();
-    }
+pub(crate) fn field_names(body: &[u8]) -> Vec<String> {
     let mut names: Vec<String> = form_urlencoded::parse(body)
         .map(|(name, _)| name.into_owned())
         .collect();
+    if let Ok(object) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
+        names.extend(object.into_iter().map(|(key, _)| key));
+    }
+    // Header lines, a line that starts with a space or a tab continuing
+    // the one before (PHP and Werkzeug unfold part headers).
+    let mut lines: Vec<String> = Vec::new();
     for line in body.split(|b| *b == b'\n') {
         let line = String::from_utf8_lossy(line);
+        let line = line.trim_end_matches('\r');
+        match lines.last_mut() {
+            Some(last) if line.starts_with([' ', '\t']) => last.push_str(line),
+            _ => lines.push(line.to_owned()),
+        }
+    }
+    for line in &lines {
         let Some((field, value)) = line.split_once(':') else {
             continue;
         };
@@ -224,15 +246,48 @@ mod tests {
 
     #[test]
     fn field_names_of_forms_multipart_and_json() {
-        assert_eq!(field_names(b"a=1&quality=hd", true), ["a", "quality"]);
+        let has = |body: &[u8], name: &str| field_names(body).iter().any(|n| n == name);
+        assert!(has(b"a=1&quality=hd", "quality"));
         let multipart = b"--b\r\nContent-Disposition: form-data; name=\"quality\"\r\n\r\nhd\r\n--b\r\ncontent-disposition: form-data; name*=utf-8''_method\r\n\r\nPUT\r\n--b--\r\n";
-        let names = field_names(multipart, true);
-        assert!(names.iter().any(|n| n == "quality"), "{names:?}");
-        assert!(names.iter().any(|n| n == "_method"), "{names:?}");
-        let mut keys = field_names(br#"{"quality":"hd","n":{"x":1}}"#, false);
-        keys.sort();
-        assert_eq!(keys, ["n", "quality"]);
-        assert!(field_names(b"[1,2]", false).is_empty());
-        assert!(field_names(b"not json", false).is_empty());
+        assert!(has(multipart, "quality") && has(multipart, "_method"));
+        let folded =
+            b"--b\r\nContent-Disposition: form-data;\r\n name=\"quality\"\r\n\r\nhd\r\n--b--\r\n";
+        assert!(has(folded, "quality"));
+        let folded =
+            b"--b\r\nContent-Disposition: form-data;\r\n\tname=\"_method\"\r\n\r\nPUT\r\n--b--\r\n";
+        assert!(has(folded, "_method"));
+        assert!(has(br#"{"quality":"hd","n":{"x":1}}"#, "quality"));
+        assert!(!has(br#"{"n":{"quality":1}}"#, "quality"));
+    }
+
+    #[test]
+    fn bodies_frameworks_parse_have_fields() {
+        let with = |types: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for t in types {
+                headers.append(http::header::CONTENT_TYPE, t.parse().unwrap());
+            }
+            has_fields(&headers)
+        };
+        for types in [
+            &[][..],
+            &[""],
+            &["application/x-www-form-urlencoded, text/plain"],
+            &["application/x-www-form-urlencoded x"],
+            &["multipart/mixed; boundary=b"],
+            &["application/json, text/plain"],
+            &["text/plain; x=/json"],
+            &["text/plain; charset=\"+json\""],
+            &["Application/JSON"],
+        ] {
+            assert!(with(types), "{types:?}");
+        }
+        for types in [
+            &["application/octet-stream"][..],
+            &["image/png"],
+            &["text/plain"],
+        ] {
+            assert!(!with(types), "{types:?}");
+        }
     }
 }

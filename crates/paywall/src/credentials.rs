@@ -141,6 +141,7 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
         return Ok(None);
     }
     crate::fields::remove_all_of(headers, &MACAROON_FIELDS);
+    crate::fields::remove_underscored(headers, &CREDENTIAL_FIELDS);
     let mut found: Vec<(CredentialScheme, HeaderValue, CredentialField)> = Vec::new();
     let mut error = None;
     if headers.contains_key(AUTHORIZATION) {
@@ -201,10 +202,11 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
 /// Whether a value holds a payment credential after its first word: an
 /// element of a comma list that starts with a scheme (`Bearer key, L402
 /// mac:preimage`), which an upstream splitting the value at its commas
-/// reads; or a scheme word anywhere followed by a credential-shaped token
-/// (`Bearer key; L402 …`, `Digest x="L402 …"`), which one searching the
-/// value for `L402 ` (as Aperture does) reads: a token with a `:` after
-/// `L402` or `LSAT`, a base64 run of 16 or more after `Payment`.
+/// reads; or a scheme word anywhere, whatever comes before it, followed
+/// by spaces and a credential-shaped token (`Bearer key; L402 …`, `Bearer
+/// key|L402 …`, `Digest x="L402 …"`), which one searching the value for
+/// `L402 ` (as Aperture does) reads: a token with a `:` after `L402` or
+/// `LSAT`, a base64 run of 16 or more after `Payment`.
 fn lists_credential(value: &[u8]) -> bool {
     let listed = value
         .split(|b| *b == b',')
@@ -213,23 +215,38 @@ fn lists_credential(value: &[u8]) -> bool {
     if listed {
         return true;
     }
-    let text = String::from_utf8_lossy(value);
-    let words: Vec<&str> = text
-        .split(|c: char| c.is_ascii_whitespace() || matches!(c, ',' | ';' | '"' | '(' | ')'))
-        .filter(|word| !word.is_empty())
-        .collect();
-    words.windows(2).skip(1).any(|pair| {
-        let (word, next) = (pair[0], pair[1]);
-        match scheme_of(word.as_bytes()) {
-            Some(CredentialScheme::L402) => next.contains(':'),
-            Some(CredentialScheme::Payment) => {
-                next.len() >= 16
-                    && next.bytes().all(|b| {
+    // Wherever the scheme word starts, as a search for `L402 ` finds it
+    // (`Bearer k|L402 …`, `Bearer k/L402 …`).
+    let lower = value.to_ascii_lowercase();
+    [&b"l402"[..], b"lsat", b"payment"].iter().any(|word| {
+        (1..lower.len()).any(|at| {
+            let Some(rest) = lower[at..].strip_prefix(*word) else {
+                return false;
+            };
+            let gap = rest
+                .iter()
+                .take_while(|b| matches!(b, b' ' | b'\t'))
+                .count();
+            if gap == 0 {
+                return false;
+            }
+            let token: &[u8] = {
+                let rest = &value[at + word.len() + gap..];
+                let end = rest
+                    .iter()
+                    .position(|b| b.is_ascii_whitespace() || matches!(b, b',' | b';' | b'"'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            };
+            if *word == b"payment" {
+                token.len() >= 16
+                    && token.iter().all(|b| {
                         b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'=')
                     })
+            } else {
+                token.contains(&b':')
             }
-            _ => false,
-        }
+        })
     })
 }
 

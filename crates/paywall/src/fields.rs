@@ -7,16 +7,67 @@
 
 use http::{HeaderMap, HeaderName};
 
-/// Whether `headers` has a field named in `names`.
-pub fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
-    headers.keys().any(|name| names.contains(name))
+/// Whether `name` is one of `names`, also when spelled with `_` for `-`:
+/// CGI-style servers (PHP's, a CGI gateway) map both to `_`, so
+/// `X_Forwarded_For` reaches them as `X-Forwarded-For` does.
+fn is_one_of(name: &HeaderName, names: &[HeaderName]) -> bool {
+    if names.contains(name) {
+        return true;
+    }
+    let name = name.as_str();
+    name.contains('_')
+        && names.iter().any(|n| {
+            n.as_str().len() == name.len()
+                && n.as_str()
+                    .bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        })
 }
 
-/// Removes every field named in `names` (all their values).
+/// Whether `headers` has a field named in `names` (or so named with `_`
+/// for `-`).
+pub fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
+    headers.keys().any(|name| is_one_of(name, names))
+}
+
+/// Removes every field named in `names` (all their values), also where
+/// spelled with `_` for `-`.
 pub fn remove_all_of(headers: &mut HeaderMap, names: &[HeaderName]) {
     if any_of(headers, names) {
         for name in names {
             headers.remove(name);
         }
+        remove_underscored(headers, names);
+    }
+}
+
+/// Removes the fields named in `names` with `_` for `-` only
+/// (`Payment_Authorization`): never read, never forwarded.
+pub fn remove_underscored(headers: &mut HeaderMap, names: &[HeaderName]) {
+    let spelled: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_') && is_one_of(name, names))
+        .cloned()
+        .collect();
+    for name in spelled {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn underscores_for_dashes_are_the_same_field() {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc_metadata_macaroon", "m".parse().unwrap());
+        headers.insert("x-kept", "k".parse().unwrap());
+        let names = [HeaderName::from_static("grpc-metadata-macaroon")];
+        assert!(any_of(&headers, &names));
+        remove_all_of(&mut headers, &names);
+        assert_eq!(headers.len(), 1);
+        assert!(!any_of(&headers, &[HeaderName::from_static("x-kept-not")]));
     }
 }

@@ -772,8 +772,7 @@ impl Paywall {
             Err(BodyError::Busy) => return Err(responses::busy()),
             Err(BodyError::Broken) => return Err(responses::bad_request(BODY_BROKEN)),
         };
-        let form = crate::pricing::is_form(request.headers());
-        if crate::body::field_names(&body, form)
+        if crate::body::field_names(&body)
             .iter()
             .any(|name| crate::route::is_method_override(name))
         {

@@ -701,7 +701,9 @@ impl PriceRule {
                 }
                 // Nor when one that takes a format after a dot in the last
                 // segment (Rails' `(.:format)`) reads it as such a path.
-                let (head, last) = request.path.rsplit_once('/').unwrap_or(("", request.path));
+                // (Rails also drops a trailing `/`.)
+                let trimmed = request.path.trim_end_matches('/');
+                let (head, last) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
                 if let Some((stem, _)) = last.split_once('.').filter(|(stem, _)| !stem.is_empty()) {
                     let cut = format!("{head}/{stem}");
                     if path.captures(&cut).is_some() {
@@ -849,7 +851,7 @@ impl Pricing {
         // And the other way round: a body field that such frameworks read
         // as a query parameter a rule looks at.
         if let Some(body) = request.body.filter(|_| self.reads_query()) {
-            let fields = crate::body::field_names(body, request.form);
+            let fields = crate::body::field_names(body);
             let stands_for = self.query_names().find_map(|name| {
                 fields
                     .iter()
@@ -1245,7 +1247,9 @@ impl Paywall {
         let encoding = content_encoding(request.headers());
         let form = is_form(request.headers());
         // A body whose fields an upstream may read as query parameters.
-        let merged = pricing.reads_query() && crate::body::has_fields(request.headers());
+        let merged = pricing.reads_query()
+            && request.body().size_hint().exact() != Some(0)
+            && crate::body::has_fields(request.headers());
         let body = if pricing.reads_body() || merged {
             match read_whole(request, &self.inner.bodies, paid).await {
                 Ok(body) => Some(body),

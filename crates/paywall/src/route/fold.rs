@@ -163,7 +163,9 @@ pub fn name_reads_as(name: &str, wanted: &str) -> bool {
         .strip_suffix(']')
         .and_then(|n| n.rsplit_once('['))
         .map(|(base, _)| base);
+    // PHP drops leading spaces before it mangles (` hd.mode` is `hd_mode`).
     let mangled: String = name
+        .trim_start_matches(' ')
         .chars()
         .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
         .collect();
