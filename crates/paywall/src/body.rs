@@ -24,7 +24,7 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The 400's words for a body that could not be read.
-pub(crate) const BODY_BROKEN: &str = "the request body broke off, or stalled past 30 s";
+const BODY_BROKEN: &str = "the request body broke off, or stalled past 30 s";
 
 /// How many of the largest bodies may be held at once, at least.
 const BODIES_AT_ONCE: usize = 64;
@@ -72,9 +72,16 @@ impl Bodies {
         }
     }
 
-    /// The largest body read, in bytes.
-    pub(crate) fn limit(&self) -> usize {
-        self.limit
+    /// The answer to a request whose body could not be read: `413` over
+    /// the limit, `503` with the budget spent, `400` broken off.
+    pub(crate) fn refusal(&self, error: BodyError) -> http::Response<Bytes> {
+        match error {
+            BodyError::TooLarge | BodyError::Overflowed => {
+                crate::responses::payload_too_large(self.limit)
+            }
+            BodyError::Busy => crate::responses::busy(),
+            BodyError::Broken => crate::responses::bad_request(BODY_BROKEN),
+        }
     }
 
     fn units(&self, bytes: usize) -> u32 {

@@ -33,10 +33,10 @@ pub const X_PAYMENT: HeaderName = HeaderName::from_static("x-payment");
 /// The fields Aperture also reads an L402 token from (gRPC metadata, a
 /// hex macaroon whose caveats may carry the preimage): never accepted
 /// here, never forwarded.
-pub const MACAROON_FIELDS: [HeaderName; 2] = [
-    HeaderName::from_static("grpc-metadata-macaroon"),
-    HeaderName::from_static("macaroon"),
-];
+pub const MACAROON_FIELDS: [HeaderName; 2] = [GRPC_METADATA_MACAROON, MACAROON];
+
+const GRPC_METADATA_MACAROON: HeaderName = HeaderName::from_static("grpc-metadata-macaroon");
+const MACAROON: HeaderName = HeaderName::from_static("macaroon");
 
 /// Every field a credential is read from or stripped from.
 const CREDENTIAL_FIELDS: [HeaderName; 6] = [
@@ -44,8 +44,8 @@ const CREDENTIAL_FIELDS: [HeaderName; 6] = [
     PAYMENT_AUTHORIZATION,
     X_PAYMENT,
     PAYMENT_SIGNATURE,
-    HeaderName::from_static("grpc-metadata-macaroon"),
-    HeaderName::from_static("macaroon"),
+    GRPC_METADATA_MACAROON,
+    MACAROON,
 ];
 
 /// The scheme of a presented credential.
@@ -140,7 +140,10 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
     if !crate::fields::any_of(headers, &CREDENTIAL_FIELDS) {
         return Ok(None);
     }
-    crate::fields::remove_all_of(headers, &MACAROON_FIELDS);
+    // Stripped, never read, in any spelling; the others are read below.
+    for name in &MACAROON_FIELDS {
+        headers.remove(name);
+    }
     crate::fields::remove_underscored(headers, &CREDENTIAL_FIELDS);
     let mut found: Vec<(CredentialScheme, HeaderValue, CredentialField)> = Vec::new();
     let mut error = None;

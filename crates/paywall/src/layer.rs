@@ -29,7 +29,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::body::{binds_body, read_whole, BodyError, BoxError, BODY_BROKEN};
+use crate::body::{binds_body, read_whole, BodyError, BoxError};
 use crate::claims::{Claim, ClaimError, ClaimKey};
 use crate::client::{client_addr, ClientAddr, PeerAddr};
 use crate::credentials::{
@@ -576,15 +576,7 @@ impl Paywall {
                                 Ok(body) => Some(body),
                                 // Too large to have been bound when issued.
                                 Err(BodyError::TooLarge) if !bound => None,
-                                Err(BodyError::TooLarge | BodyError::Overflowed) => {
-                                    return Ok(own(responses::payload_too_large(
-                                        self.inner.bodies.limit(),
-                                    )))
-                                }
-                                Err(BodyError::Busy) => return Ok(own(responses::busy())),
-                                Err(BodyError::Broken) => {
-                                    return Ok(own(responses::bad_request(BODY_BROKEN)))
-                                }
+                                Err(e) => return Ok(own(self.inner.bodies.refusal(e))),
                             }
                         } else {
                             None
@@ -735,8 +727,6 @@ impl Paywall {
         }
     }
 
-    /// The answer to a request halted before the upstream: its own, or a
-    /// refusal with a fresh challenge.
     /// Refuses a POST that names another method in a `_method` query
     /// parameter or body field ([`crate::route::is_method_override`]): the
     /// upstream would act on a method this request was not routed and
@@ -764,14 +754,9 @@ impl Paywall {
         if !crate::body::has_fields(request.headers()) {
             return Ok(());
         }
-        let body = match read_whole(request, &self.inner.bodies, true).await {
-            Ok(body) => body,
-            Err(BodyError::TooLarge | BodyError::Overflowed) => {
-                return Err(responses::payload_too_large(self.inner.bodies.limit()))
-            }
-            Err(BodyError::Busy) => return Err(responses::busy()),
-            Err(BodyError::Broken) => return Err(responses::bad_request(BODY_BROKEN)),
-        };
+        let body = read_whole(request, &self.inner.bodies, true)
+            .await
+            .map_err(|e| self.inner.bodies.refusal(e))?;
         if crate::body::field_names(&body)
             .iter()
             .any(|name| crate::route::is_method_override(name))
@@ -781,6 +766,8 @@ impl Paywall {
         Ok(())
     }
 
+    /// The answer to a request halted before the upstream: its own, or a
+    /// refusal with a fresh challenge.
     async fn halt_answer<B>(
         &self,
         halt: Halt,
@@ -834,11 +821,7 @@ impl Paywall {
                 );
                 return Ok(Kept::Serve(None));
             }
-            Err(BodyError::Overflowed) => {
-                return Err(responses::payload_too_large(self.inner.bodies.limit()))
-            }
-            Err(BodyError::Busy) => return Err(responses::busy()),
-            Err(BodyError::Broken) => return Err(responses::bad_request(BODY_BROKEN)),
+            Err(e) => return Err(self.inner.bodies.refusal(e)),
         };
         let now = crate::clock::unix_now();
         let claim_key = if verified.single_use {
@@ -1120,8 +1103,7 @@ impl Paywall {
                 Err(BodyError::TooLarge | BodyError::Overflowed) => None,
                 // Nothing issued rather than a challenge binding no body,
                 // which would then refuse this very body.
-                Err(BodyError::Busy) => return responses::busy(),
-                Err(BodyError::Broken) => return responses::bad_request(BODY_BROKEN),
+                Err(e) => return self.inner.bodies.refusal(e),
             }
         } else {
             None

@@ -38,7 +38,7 @@ use http_body::Body;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::body::{read_whole, BodyError, BoxError, BODY_BROKEN};
+use crate::body::{read_whole, BodyError, BoxError};
 use crate::credentials::CredentialScheme;
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
@@ -1256,11 +1256,7 @@ impl Paywall {
                 // Unread, its fields cannot decide a price: a body too large
                 // would otherwise buy the default price for any request.
                 Err(BodyError::TooLarge) if !pricing.reads_fields() && !merged => None,
-                Err(BodyError::TooLarge | BodyError::Overflowed) => {
-                    return Err(responses::payload_too_large(self.inner.bodies.limit()))
-                }
-                Err(BodyError::Busy) => return Err(responses::busy()),
-                Err(BodyError::Broken) => return Err(responses::bad_request(BODY_BROKEN)),
+                Err(e) => return Err(self.inner.bodies.refusal(e)),
             }
         } else {
             None

@@ -228,6 +228,9 @@ pub struct Routes {
     /// it, so that a route written in `café` is not refused for its own
     /// spelling.
     folded: Vec<Vec<PathPattern>>,
+    /// Every method a service or price rule names: where there is none,
+    /// the method decides nothing.
+    named_methods: Vec<Method>,
 }
 
 impl Routes {
@@ -235,7 +238,22 @@ impl Routes {
     pub fn new(services: impl IntoIterator<Item = PricedService>) -> Self {
         let services: Vec<Arc<PricedService>> = services.into_iter().map(Arc::new).collect();
         let folded = services.iter().map(|s| s.path.readings()).collect();
-        Self { services, folded }
+        let mut named_methods: Vec<Method> = services
+            .iter()
+            .flat_map(|s| {
+                s.methods
+                    .iter()
+                    .chain(s.pricing.iter().flat_map(|p| p.methods()))
+            })
+            .cloned()
+            .collect();
+        named_methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        named_methods.dedup();
+        Self {
+            services,
+            folded,
+            named_methods,
+        }
     }
 
     /// The services, in order.
@@ -247,16 +265,7 @@ impl Routes {
     /// another method: then an upstream that takes the method from a
     /// `_method` parameter ([`is_method_override`]) must not be sent one.
     pub fn method_decides(&self, host: Option<&str>, path: &RequestPath) -> bool {
-        let named: Vec<&Method> = self
-            .services
-            .iter()
-            .flat_map(|s| {
-                s.methods
-                    .iter()
-                    .chain(s.pricing.iter().flat_map(|p| p.methods()))
-            })
-            .collect();
-        if named.is_empty() {
+        if self.named_methods.is_empty() {
             return false;
         }
         let Ok(posted) = self.find(host, &Method::POST, path) else {
@@ -269,13 +278,14 @@ impl Routes {
         }) {
             return true;
         }
-        named.into_iter().chain([&Method::GET]).any(|method| {
-            match (posted, self.find(host, method, path)) {
+        self.named_methods
+            .iter()
+            .chain([&Method::GET])
+            .any(|method| match (posted, self.find(host, method, path)) {
                 (Some(a), Ok(Some(b))) => !Arc::ptr_eq(a, b),
                 (None, Ok(None)) => false,
                 _ => true,
-            }
-        })
+            })
     }
 
     /// The service a request is for, `None` when no service claims it.
