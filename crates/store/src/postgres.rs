@@ -459,7 +459,9 @@ async fn claim_batch(
     let consumed: std::collections::HashSet<String> = if refused.is_empty() {
         Default::default()
     } else {
+        // Planned anew, as `commit_claims`'s update is, for the same reason.
         sqlx::query_scalar("SELECT id FROM challenges WHERE id = ANY($1) AND consumed")
+            .persistent(false)
             .bind(&refused)
             .fetch_all(&mut *connection)
             .await
@@ -610,6 +612,9 @@ impl Store for PostgresStore {
         let keys: Vec<&str> = claims.iter().map(|(k, _)| k.as_str()).collect();
         let replicas: Vec<&str> = claims.iter().map(|(_, h)| h.replica.as_str()).collect();
         let tokens: Vec<&str> = claims.iter().map(|(_, h)| h.token.as_str()).collect();
+        // Planned anew each time (not a prepared statement): a plan kept
+        // from when the table was small joins the batch against a scan of
+        // every claim, however many the table holds by then.
         let statement = sqlx::query_scalar(
             "UPDATE challenges AS c
              SET consumed = TRUE, consumed_at = coalesce(c.consumed_at, $4)
@@ -617,6 +622,7 @@ impl Store for PostgresStore {
              WHERE c.id = u.id AND c.holder = u.holder AND c.holder_token = u.token
              RETURNING c.id",
         )
+        .persistent(false)
         .bind(&keys)
         .bind(&replicas)
         .bind(&tokens)

@@ -250,12 +250,16 @@ impl SqliteStore {
             .map_err(db)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
-        // Claims touch random pages: keep them in memory (64 MiB) and
-        // checkpoint the WAL less often (every 16 MiB), so a busy gateway
-        // writes each page once per batch and syncs rarely.
+        // Claims touch random pages: keep them in memory (64 MiB).
         conn.pragma_update(None, "cache_size", -65_536)
             .map_err(db)?;
-        conn.pragma_update(None, "wal_autocheckpoint", 4_096)
+        // The log is copied into the database by a thread of its own
+        // (`checkpointer`): done by the writer, every copy and its sync
+        // would hold up the batch that filled the log, and every request
+        // waiting on it.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)
             .map_err(db)?;
         // Each call runs in a savepoint, whose journal of the pages it
         // changed would otherwise spill to a temporary file per batch.
@@ -277,11 +281,26 @@ impl SqliteStore {
                 .map_err(db)?;
         }
         tx.commit().map_err(db)?;
+        let copier = Connection::open(path).map_err(db)?;
+        copier
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        let (writing, written) = mpsc::channel::<()>();
+        let log = LogFrames::default();
+        let thread = |name: &str| std::thread::Builder::new().name(name.into());
+        let started =
+            |e: std::io::Error| StoreError::Database(format!("starting the store's thread: {e}"));
+        let copied = log.clone();
+        thread("gate402-sqlite-checkpoint")
+            .spawn(move || checkpointer(copier, written, CHECKPOINT_EVERY, copied))
+            .map_err(started)?;
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
-        std::thread::Builder::new()
-            .name("gate402-sqlite".into())
-            .spawn(move || writer(conn, queue))
-            .map_err(|e| StoreError::Database(format!("starting the store's thread: {e}")))?;
+        thread("gate402-sqlite")
+            .spawn(move || {
+                writer(conn, queue, log);
+                drop(writing);
+            })
+            .map_err(started)?;
         Ok(Self { jobs })
     }
 
@@ -330,6 +349,77 @@ fn stopped() -> StoreError {
 
 /// How many calls at most share one transaction.
 const MAX_BATCH: usize = 256;
+
+/// How often the log is copied into the database while the writer runs.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Log frames (a page each, 4 KiB by default) past which the writer starts
+/// the log over between two batches: under writes that never pause,
+/// copying alone never lets it start over, and it would grow without end.
+const RESTART_AT_FRAMES: i64 = 16_384;
+
+/// What a log file is cut back to when it starts over (bytes).
+const WAL_KEEP_BYTES: i64 = 64 << 20;
+
+/// The log's length in frames, as the checkpointer last saw it.
+type LogFrames = std::sync::Arc<std::sync::atomic::AtomicI64>;
+
+/// The checkpointer: copies the write-ahead log into the database file
+/// `every` so often ([`CHECKPOINT_EVERY`]) on a connection of its own,
+/// without holding up the writer (SQLite's passive checkpoint), and tells
+/// the writer how long the log is (`log`). Ends when `writer` hangs up,
+/// after a last checkpoint that empties the log. What it copies was
+/// committed already: a crash at any point loses nothing the writer
+/// answered (the log is replayed at the next open).
+fn checkpointer(
+    conn: Connection,
+    writer: mpsc::Receiver<()>,
+    every: std::time::Duration,
+    log: LogFrames,
+) {
+    loop {
+        let last = matches!(
+            writer.recv_timeout(every),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        );
+        let mode = if last { "TRUNCATE" } else { "PASSIVE" };
+        match checkpoint(&conn, mode).map_err(db) {
+            Ok(frames) => log.store(frames, std::sync::atomic::Ordering::Relaxed),
+            // Another process's checkpoint: the next round copies what
+            // this one left.
+            Err(e @ StoreError::Unavailable(_)) => {
+                tracing::debug!(error = %e, "sqlite checkpoint deferred")
+            }
+            Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed; retrying"),
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// Starts the log over if the checkpointer found it `restart_at` frames
+/// long or longer. Run by the writer between batches, holding nothing: a
+/// checkpointer would wait for the writer's lock for ever under writes
+/// that never pause. It copies only what the checkpointer has not yet, so
+/// it holds up the next batch briefly.
+fn start_over_if_long(conn: &Connection, log: &LogFrames, restart_at: i64) {
+    use std::sync::atomic::Ordering;
+    if log.load(Ordering::Relaxed) < restart_at {
+        return;
+    }
+    match checkpoint(conn, "RESTART") {
+        Ok(frames) => log.store(frames, Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %db(e), "sqlite log restart deferred"),
+    }
+}
+
+/// Runs one checkpoint in `mode`; answers how many frames the log holds.
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<i64> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        r.get::<_, i64>(1)
+    })
+}
 
 /// One call waiting for the store's thread.
 trait Job: Send {
@@ -401,8 +491,9 @@ impl<T: Send + 'static> Outcome for Done<T> {
 /// nothing. Calls are answered only after their commit, so nothing is
 /// acknowledged that a crash could lose. The thread ends when the last
 /// handle on the store is dropped.
-fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>) {
+fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>, log: LogFrames) {
     while let Ok(first) = queue.recv() {
+        start_over_if_long(&conn, &log, RESTART_AT_FRAMES);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -1379,6 +1470,94 @@ fn hash_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<[u8; 3
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the writer commits reaches the database file itself, not only
+    /// its log, while the store runs.
+    #[tokio::test]
+    async fn the_log_is_copied_into_the_database_while_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        let store = SqliteStore::open(&path).unwrap();
+        let holder = ClaimHolder {
+            replica: "r".into(),
+            token: "t".into(),
+        };
+        store.claim("p:1", &holder, 100, 50, 10).await.unwrap();
+        tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
+        // The database file alone, as a copy without its log would be.
+        let copy = dir.path().join("copy.sqlite3");
+        std::fs::copy(&path, &copy).unwrap();
+        let found: i64 = Connection::open(&copy)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM challenges WHERE id = 'p:1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(found, 1);
+    }
+
+    /// Under writes that never pause, the log still starts over: it stays
+    /// near the length it is started over at instead of growing with
+    /// every write.
+    #[test]
+    fn the_log_stays_bounded_under_writes_that_never_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        let writer = Connection::open(&path).unwrap();
+        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        writer.pragma_update(None, "journal_size_limit", 0).unwrap();
+        writer
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        writer
+            .execute_batch("CREATE TABLE t (k BLOB PRIMARY KEY, v BLOB)")
+            .unwrap();
+        let copier = Connection::open(&path).unwrap();
+        copier
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .unwrap();
+        let (alive, hung_up) = mpsc::channel();
+        let log = LogFrames::default();
+        let copied = log.clone();
+        let copying = std::thread::spawn(move || {
+            checkpointer(copier, hung_up, std::time::Duration::from_millis(5), copied)
+        });
+        let wal = dir.path().join("s.sqlite3-wal");
+        let mut largest = 0;
+        for i in 0..3_000u32 {
+            let key: [u8; 32] = rand_key(i);
+            writer
+                .execute("INSERT INTO t VALUES (?1, zeroblob(200))", [&key[..]])
+                .unwrap();
+            start_over_if_long(&writer, &log, 64);
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        drop(alive);
+        copying.join().unwrap();
+        // Each insert commits a page or more: 3,000 of them would leave
+        // a log of about 12 MiB if it never started over.
+        assert!(largest < 4 << 20, "the log grew to {largest} bytes");
+        let rows: i64 = writer
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 3_000);
+    }
+
+    /// A key spread over the index as payment hashes are.
+    fn rand_key(i: u32) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        let mut x = u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for byte in &mut key {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = x as u8;
+        }
+        key
+    }
 
     /// A failing call leaves the rest of its batch whole, whether it ran in
     /// a savepoint (several writes, the first undone) or as one statement.
