@@ -350,6 +350,16 @@ fn stopped() -> StoreError {
 /// How many calls at most share one transaction.
 const MAX_BATCH: usize = 256;
 
+/// How long the writer lets calls gather before a batch when it is busy
+/// (the call came within [`BUSY_GAP`] of the last batch's commit). A batch
+/// costs its locks and its commit whatever it holds, and a busy gateway
+/// would otherwise commit two or three calls at a time.
+const GATHER: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// A call this soon after the last commit finds the writer busy; one
+/// later is answered without waiting for others.
+const BUSY_GAP: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// How often the log is copied into the database while the writer runs.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -487,13 +497,18 @@ impl<T: Send + 'static> Outcome for Done<T> {
 /// transaction, commits once, then answers them all. A call that may write
 /// more than once runs in a savepoint; any other is one statement, all or
 /// nothing by itself: either way one failing call leaves the others whole.
-/// Under load many requests share one commit; a lone request waits for
-/// nothing. Calls are answered only after their commit, so nothing is
+/// Under load many requests share one commit (when busy, the writer lets
+/// calls gather for [`GATHER`] first); a lone request waits for nothing.
+/// Calls are answered only after their commit, so nothing is
 /// acknowledged that a crash could lose. The thread ends when the last
 /// handle on the store is dropped.
 fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>, log: LogFrames) {
+    let mut last_batch = std::time::Instant::now() - BUSY_GAP;
     while let Ok(first) = queue.recv() {
         start_over_if_long(&conn, &log, RESTART_AT_FRAMES);
+        if last_batch.elapsed() < BUSY_GAP {
+            std::thread::sleep(GATHER);
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -541,6 +556,7 @@ fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>, log: LogFra
             outcomes.push(outcome);
         }
         let committed = tx.commit().map_err(db);
+        last_batch = std::time::Instant::now();
         for outcome in outcomes {
             outcome.send(
                 committed
