@@ -1229,3 +1229,75 @@ async fn postgres_spends_claims_in_place() {
     assert_eq!(updated, i64::from(CLAIMS), "every claim was spent once");
     assert_eq!(in_place, updated, "a spent claim added index entries");
 }
+
+/// A batch of spent claims finds its rows through the primary key however
+/// much the table grew since the store first spent some: a plan kept from
+/// when the table was nearly empty scans all of it for every batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_spends_claims_by_key_however_the_table_grew() {
+    const BATCH: u32 = 40;
+    let postgres = TestPostgres::start().await;
+    let store = PostgresStore::connect(&postgres.url).await.unwrap();
+    // Batches as a busy gateway commits them, each of `BATCH` claims.
+    let spend = |batch: u32| {
+        let store = &store;
+        async move {
+            let spent: Vec<(String, ClaimHolder)> = (batch * BATCH..(batch + 1) * BATCH)
+                .map(|n| (format!("p:{n:064x}"), holder("r", &n.to_string())))
+                .collect();
+            for (k, h) in &spent {
+                let claimed = store.claim(k, h, 1000, 100, 10).await.unwrap();
+                assert_eq!(claimed, Reservation::Acquired);
+            }
+            let committed = store.commit_claims(&spent, 11).await.unwrap();
+            assert_eq!(committed, vec![true; BATCH as usize]);
+        }
+    };
+    // While the table is nearly empty: more than the five runs after
+    // which PostgreSQL may keep one plan for a statement.
+    for batch in 0..8 {
+        spend(batch).await;
+    }
+    let stats = sqlx::PgPool::connect(&postgres.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO challenges (id, lease_until, expires_at, holder, holder_token, legacy)
+         SELECT 'x:' || g, 0, 1000, 'other', 't', FALSE FROM generate_series(1, 50000) AS g",
+    )
+    .execute(&stats)
+    .await
+    .unwrap();
+    // Counters reach the statistics views some seconds after a
+    // transaction's end: wait until they show every claim spent so far.
+    let counts = |updated: u32| {
+        let stats = &stats;
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let (scans, done): (i64, i64) = sqlx::query_as(
+                    "SELECT seq_scan, n_tup_upd FROM pg_stat_user_tables WHERE relname = 'challenges'",
+                )
+                .fetch_one(stats)
+                .await
+                .unwrap();
+                if done >= i64::from(updated) {
+                    break scans;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the statistics never showed {updated} claims spent"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let scans_before = counts(8 * BATCH).await;
+    for batch in 8..13 {
+        spend(batch).await;
+    }
+    let scans_after = counts(13 * BATCH).await;
+    assert_eq!(
+        scans_after - scans_before,
+        0,
+        "spending 5 batches of claims scanned the whole table"
+    );
+}
