@@ -455,8 +455,8 @@ fn pointer_keys(pointer: &str) -> impl Iterator<Item = String> + '_ {
 }
 
 /// Refuses an object key on the way to `pointer` that reads as the
-/// pointer's ([`crate::route::name_reads_as`]): some upstreams match keys without regard to
-/// case (Go's `encoding/json`), and would read `{"Model": …}` or
+/// pointer's ([`name_reads_as`]): some upstreams match keys without regard
+/// to case (Go's `encoding/json`), and would read `{"Model": …}` or
 /// `{"modeſ": …}` as `/model`.
 fn case_conflict(json: &Value, pointer: &str) -> Result<(), Unreadable> {
     let mut at = json;
@@ -623,7 +623,7 @@ fn field_text(value: &Value) -> Option<Cow<'_, str>> {
 /// # Errors
 ///
 /// [`Unreadable`] when it is none of them but an upstream may read it as
-/// one ([`crate::route::reads_as`]): `HD`, `hd `, `hd\0`, `%2568d` for `hd`. `what`
+/// one ([`reads_as`]): `HD`, `hd `, `hd\0`, `%2568d` for `hd`. `what`
 /// names where it was (`query parameter "quality"`).
 fn one_of(
     values: &[String],
@@ -900,9 +900,9 @@ impl Pricing {
     }
 
     /// Whether a rule looks at the query: a request's body is then read
-    /// when it has fields ([`crate::body::field_names`]), as some
-    /// upstreams read those as query parameters.
-    pub fn reads_query(&self) -> bool {
+    /// for its field names, as some upstreams read those as query
+    /// parameters.
+    pub(crate) fn reads_query(&self) -> bool {
         self.query_names().next().is_some()
     }
 

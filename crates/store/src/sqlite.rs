@@ -265,8 +265,7 @@ impl SqliteStore {
         // changed would otherwise spill to a temporary file per batch.
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
         // Every statement a request runs stays prepared.
         conn.set_prepared_statement_cache_capacity(64);
         let tx = conn
@@ -282,9 +281,7 @@ impl SqliteStore {
         }
         tx.commit().map_err(db)?;
         let copier = Connection::open(path).map_err(db)?;
-        copier
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
+        copier.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
         let (writing, written) = mpsc::channel::<()>();
         let log = LogFrames::default();
         let thread = |name: &str| std::thread::Builder::new().name(name.into());
@@ -346,6 +343,10 @@ impl SqliteStore {
 fn stopped() -> StoreError {
     StoreError::Database("the store's thread has stopped".into())
 }
+
+/// How long a connection waits for another process's lock on the file
+/// (or a checkpoint's) before answering busy.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How many calls at most share one transaction.
 const MAX_BATCH: usize = 256;
@@ -503,10 +504,10 @@ impl<T: Send + 'static> Outcome for Done<T> {
 /// acknowledged that a crash could lose. The thread ends when the last
 /// handle on the store is dropped.
 fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>, log: LogFrames) {
-    let mut last_batch = std::time::Instant::now() - BUSY_GAP;
+    let mut last_batch: Option<std::time::Instant> = None;
     while let Ok(first) = queue.recv() {
         start_over_if_long(&conn, &log, RESTART_AT_FRAMES);
-        if last_batch.elapsed() < BUSY_GAP {
+        if last_batch.is_some_and(|at| at.elapsed() < BUSY_GAP) {
             std::thread::sleep(GATHER);
         }
         let mut batch = vec![first];
@@ -556,7 +557,7 @@ fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>, log: LogFra
             outcomes.push(outcome);
         }
         let committed = tx.commit().map_err(db);
-        last_batch = std::time::Instant::now();
+        last_batch = Some(std::time::Instant::now());
         for outcome in outcomes {
             outcome.send(
                 committed
@@ -1525,16 +1526,12 @@ mod tests {
         writer.pragma_update(None, "journal_mode", "WAL").unwrap();
         writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
         writer.pragma_update(None, "journal_size_limit", 0).unwrap();
-        writer
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .unwrap();
+        writer.busy_timeout(BUSY_TIMEOUT).unwrap();
         writer
             .execute_batch("CREATE TABLE t (k BLOB PRIMARY KEY, v BLOB)")
             .unwrap();
         let copier = Connection::open(&path).unwrap();
-        copier
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .unwrap();
+        copier.busy_timeout(BUSY_TIMEOUT).unwrap();
         let (alive, hung_up) = mpsc::channel();
         let log = LogFrames::default();
         let copied = log.clone();

@@ -36,7 +36,11 @@ pub fn strip_overrides(headers: &mut http::HeaderMap) {
 pub fn is_method_override(name: &str) -> bool {
     // Most names are nothing like it: only those holding "method" (in
     // some reading) are compared the long way.
-    let plain = name.is_ascii() && !name.to_ascii_lowercase().contains("method");
+    let plain = name.is_ascii()
+        && !name
+            .as_bytes()
+            .windows(6)
+            .any(|w| w.eq_ignore_ascii_case(b"method"));
     !plain && (name == METHOD_OVERRIDE_PARAM || super::name_reads_as(name, METHOD_OVERRIDE_PARAM))
 }
 
