@@ -337,7 +337,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Releases every unconsumed claim of `replica` whatever its token
     /// (called at start: the previous process of this replica was killed,
-    /// and the clients of its unfinished requests retry). Returns how many.
+    /// and the clients of its unfinished requests retry). A claim whose
+    /// payment has upstream failures counted keeps them, as with
+    /// [`Store::release_claim`]. Returns how many.
     async fn release_claims_of(&self, replica: &str) -> Result<u64, StoreError>;
 
     /// The latest `expires_at` of consumed legacy claims (0 when none):

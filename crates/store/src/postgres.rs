@@ -697,12 +697,26 @@ impl Store for PostgresStore {
     }
 
     async fn release_claims_of(&self, replica: &str) -> Result<u64, StoreError> {
-        sqlx::query("DELETE FROM challenges WHERE holder = $1 AND NOT consumed")
-            .bind(replica)
-            .execute(&self.pool)
-            .await
-            .map(|r| r.rows_affected())
-            .map_err(db)
+        // As `release_claim` does, claim by claim: a row that counts
+        // failures is kept, given back. The two sets are disjoint, so one
+        // statement changes each row once.
+        sqlx::query_scalar(
+            "WITH deleted AS (
+                DELETE FROM challenges
+                WHERE holder = $1 AND NOT consumed AND failures = 0
+                RETURNING 1
+             ), kept AS (
+                UPDATE challenges SET holder = NULL, holder_token = NULL, lease_until = 0
+                WHERE holder = $1 AND NOT consumed AND failures > 0
+                RETURNING 1
+             )
+             SELECT (SELECT count(*) FROM deleted) + (SELECT count(*) FROM kept)",
+        )
+        .bind(replica)
+        .fetch_one(&self.pool)
+        .await
+        .map(|n: i64| n as u64)
+        .map_err(db)
     }
 
     async fn legacy_claims_until(&self) -> Result<u64, StoreError> {

@@ -798,10 +798,21 @@ impl Store for SqliteStore {
 
     async fn release_claims_of(&self, replica: &str) -> Result<u64, StoreError> {
         let replica = replica.to_owned();
-        self.with_one(move |c| {
-            c.prepare_cached("DELETE FROM challenges WHERE holder = ?1 AND consumed = 0")?
-                .execute([replica])
-                .map(|n| n as u64)
+        // As `release_claim` does, claim by claim: a row that counts
+        // failures is kept, given back.
+        self.with(move |c| {
+            let deleted = c
+                .prepare_cached(
+                    "DELETE FROM challenges WHERE holder = ?1 AND consumed = 0 AND failures = 0",
+                )?
+                .execute([&replica])?;
+            let kept = c
+                .prepare_cached(
+                    "UPDATE challenges SET holder = NULL, holder_token = NULL, lease_until = 0
+                     WHERE holder = ?1 AND consumed = 0",
+                )?
+                .execute([&replica])?;
+            Ok((deleted + kept) as u64)
         })
         .await
     }

@@ -227,6 +227,40 @@ async fn an_upstream_fails_on_one_payment_a_bounded_number_of_times([a, b]: &Pai
         "the third failure spends it"
     );
     assert_eq!(a.claim(&k, &h1, 500, 100, 14).await.unwrap(), Consumed);
+    // A replica killed while it held a claim with failures counted gives
+    // the claim back at its next start, failures and all.
+    let counted = key(22);
+    assert_eq!(
+        a.claim(&counted, &h1, 500, 100, 10).await.unwrap(),
+        Acquired
+    );
+    assert_eq!(
+        a.fail_claim(&counted, &h1, 3, 11).await.unwrap(),
+        AfterFailure::Released
+    );
+    assert_eq!(
+        b.claim(&counted, &h2, 500, 100, 11).await.unwrap(),
+        Acquired
+    );
+    assert_eq!(
+        b.fail_claim(&counted, &h2, 3, 12).await.unwrap(),
+        AfterFailure::Released
+    );
+    let crashed = holder("crashed", "f5");
+    assert_eq!(
+        a.claim(&counted, &crashed, 500, 100, 12).await.unwrap(),
+        Acquired
+    );
+    assert_eq!(a.release_claims_of("crashed").await.unwrap(), 1);
+    assert_eq!(
+        b.claim(&counted, &h4, 500, 100, 13).await.unwrap(),
+        Acquired
+    );
+    assert_eq!(
+        b.fail_claim(&counted, &h4, 3, 13).await.unwrap(),
+        AfterFailure::Spent,
+        "the failures counted before the kill still count"
+    );
     // A given-back row is purged once its payment expired, failures and
     // all (it is no longer presented).
     let released = key(21);
