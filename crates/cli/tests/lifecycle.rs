@@ -428,6 +428,40 @@ async fn a_graceful_stop_finishes_every_commit() {
     assert_eq!(calls.quick.load(Ordering::SeqCst), CYCLES * CREDENTIALS);
 }
 
+/// After a graceful stop the SQLite file alone holds everything: its
+/// write-ahead log was copied in and removed, so a copy of the file (a
+/// backup, a move to another machine) misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_leaves_the_store_in_one_file() {
+    let (upstream, _) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = ServeProcess::start(dir.path(), &config(upstream, "")).await;
+    let http = reqwest::Client::new();
+    let credential = buy_mpp(&http, &gateway.base, "/quick").await;
+    let (status, body) = present(&http, &gateway.base, "/quick", &credential).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let status = gateway.terminate().await;
+    assert!(status.success(), "the gateway exited with {status}");
+    let log = gateway.data.join("gate402.sqlite3-wal");
+    assert!(
+        !log.exists(),
+        "{} is left after a graceful stop",
+        log.display()
+    );
+    let copy = tempfile::tempdir().unwrap();
+    let file = copy.path().join("gate402.sqlite3");
+    std::fs::copy(gateway.data.join("gate402.sqlite3"), &file).unwrap();
+    let spent: i64 = rusqlite::Connection::open(&file)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM challenges WHERE consumed = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(spent, 1, "the spent credential is in the file");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_serves_an_unanswered_credential_on_retry() {
     let (upstream, calls) = start_upstream().await;

@@ -285,6 +285,10 @@ impl Store for ObservedStore {
         self.timed("store.ping", self.inner.ping()).await
     }
 
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError> {
         self.timed("store.put_invoice", self.inner.put_invoice(invoice))
             .await

@@ -266,6 +266,13 @@ pub trait Store: Send + Sync + 'static {
     /// Answers if the database does: a cheap query for the health check.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Finishes the store's own work before the process exits; call last,
+    /// once nothing writes any more. SQLite commits what it was given,
+    /// copies its write-ahead log into the database file and removes the
+    /// log, so that the file alone holds everything; calls after it fail
+    /// (on every clone of the store). Others do nothing.
+    async fn close(&self) {}
+
     /// Records an issued invoice.
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError>;
 

@@ -208,6 +208,8 @@ fn read_session(c: &Connection, id: &[u8; 32]) -> rusqlite::Result<Option<Sessio
 pub struct SqliteStore {
     /// Calls for the store's one thread, which owns the connection.
     jobs: mpsc::Sender<Box<dyn Job>>,
+    /// The checkpointer's thread, joined by [`Store::close`].
+    checkpointer: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -288,7 +290,7 @@ impl SqliteStore {
         let started =
             |e: std::io::Error| StoreError::Database(format!("starting the store's thread: {e}"));
         let copied = log.clone();
-        thread("gate402-sqlite-checkpoint")
+        let checkpointing = thread("gate402-sqlite-checkpoint")
             .spawn(move || checkpointer(copier, written, CHECKPOINT_EVERY, copied))
             .map_err(started)?;
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
@@ -298,7 +300,10 @@ impl SqliteStore {
                 drop(writing);
             })
             .map_err(started)?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            checkpointer: std::sync::Arc::new(std::sync::Mutex::new(Some(checkpointing))),
+        })
     }
 
     /// Runs `f` on the store's thread, in the next batch, and waits for
@@ -441,6 +446,35 @@ trait Job: Send {
     fn run(self: Box<Self>, conn: &Connection) -> Box<dyn Outcome>;
     /// Answers it without running it (the batch could not start).
     fn refuse(self: Box<Self>, error: StoreError);
+    /// Whether the writer stops after its batch.
+    fn closes(&self) -> bool {
+        false
+    }
+}
+
+/// The last call: the writer answers it once its batch has committed,
+/// then stops.
+struct Close(oneshot::Sender<Result<(), StoreError>>);
+
+impl Job for Close {
+    fn savepoint(&self) -> bool {
+        false
+    }
+
+    fn run(self: Box<Self>, _: &Connection) -> Box<dyn Outcome> {
+        Box::new(Done {
+            result: Ok(()),
+            reply: self.0,
+        })
+    }
+
+    fn refuse(self: Box<Self>, error: StoreError) {
+        let _ = self.0.send(Err(error));
+    }
+
+    fn closes(&self) -> bool {
+        true
+    }
 }
 
 /// What a call did, to be sent once its batch has committed.
@@ -502,7 +536,8 @@ impl<T: Send + 'static> Outcome for Done<T> {
 /// calls gather for [`GATHER`] first); a lone request waits for nothing.
 /// Calls are answered only after their commit, so nothing is
 /// acknowledged that a crash could lose. The thread ends when the last
-/// handle on the store is dropped.
+/// handle on the store is dropped, or after the batch that holds a
+/// [`Close`].
 fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>, log: LogFrames) {
     let mut last_batch: Option<std::time::Instant> = None;
     while let Ok(first) = queue.recv() {
@@ -529,6 +564,7 @@ fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>, log: LogFra
                 continue;
             }
         };
+        let closing = batch.iter().any(|job| job.closes());
         let mut outcomes = Vec::with_capacity(batch.len());
         let run = |sql: &str| {
             tx.prepare_cached(sql)
@@ -566,6 +602,9 @@ fn writer(mut conn: Connection, queue: mpsc::Receiver<Box<dyn Job>>, log: LogFra
                     .map_err(StoreError::clone_error),
             );
         }
+        if closing {
+            return;
+        }
     }
 }
 
@@ -586,6 +625,23 @@ impl CloneError for StoreError {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn close(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.jobs.send(Box::new(Close(reply))).is_ok() {
+            let _ = answer.await;
+        }
+        let checkpointer = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(checkpointer) = checkpointer {
+            // Its last checkpoint empties the log; closing the last
+            // connection then removes the log's files.
+            let _ = tokio::task::spawn_blocking(move || checkpointer.join()).await;
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         // Reading the header takes a read lock on the file: a database
         // locked up or gone answers an error, not a cached value.
@@ -1524,6 +1580,37 @@ mod tests {
             )
             .unwrap();
         assert_eq!(found, 1);
+    }
+
+    /// Closed, the store leaves everything in the database file and no
+    /// log beside it, and answers no more calls.
+    #[tokio::test]
+    async fn closing_leaves_the_database_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        let store = SqliteStore::open(&path).unwrap();
+        let holder = ClaimHolder {
+            replica: "r".into(),
+            token: "t".into(),
+        };
+        store.claim("p:1", &holder, 100, 50, 10).await.unwrap();
+        assert!(store.commit_claim("p:1", &holder, 11).await.unwrap());
+        store.close().await;
+        let log = dir.path().join("s.sqlite3-wal");
+        assert!(!log.exists(), "the log is still there after close");
+        let copy = dir.path().join("copy.sqlite3");
+        std::fs::copy(&path, &copy).unwrap();
+        let spent: i64 = Connection::open(&copy)
+            .unwrap()
+            .query_row(
+                "SELECT consumed FROM challenges WHERE id = 'p:1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(spent, 1);
+        assert!(store.ping().await.is_err());
+        store.close().await;
     }
 
     /// Under writes that never pause, the log still starts over: it stays

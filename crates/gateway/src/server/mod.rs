@@ -328,6 +328,8 @@ impl Gateway {
             admin.wait().await;
         }
         self.paywall.shutdown().await;
+        // Last: everything above may still have written to it.
+        self.paywall.store().close().await;
         served??;
         Ok(())
     }
