@@ -25,7 +25,7 @@
 //!
 //! - [`pricing`]: what each tool costs (unpriced tools are refused);
 //! - [`upstreams`]: where calls go;
-//! - [`router`]: the `/mcp` endpoint, with its host, origin, size and
+//! - [`router`](mod@router): the `/mcp` endpoint, with its host, origin, size and
 //!   session limits.
 
 pub mod pricing;

@@ -1,5 +1,5 @@
 //! The embedded Lightning backend: a self-custodial `ldk-node` node running
-//! inside the gateway (or the client), behind [`LightningBackend`].
+//! inside the gateway (or the client), behind [`LightningBackend`](gate402_lightning::LightningBackend).
 //!
 //! [`LdkConfig`] says which network, which chain source (Esplora, Electrum
 //! or bitcoind RPC), where the node keeps its keys and state, where it

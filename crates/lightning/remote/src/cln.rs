@@ -477,7 +477,7 @@ impl LightningBackend for Cln {
     /// answers the current creation index at once, then `listinvoices`
     /// reads back from it (`index=created`, `start`, `limit`; Core
     /// Lightning v23.08 or later). Invoices deleted since (for instance by
-    /// `autoclean`) are skipped; after [`INVOICE_WINDOWS`] reads, fewer
+    /// `autoclean`) are skipped; after `INVOICE_WINDOWS` (8) reads, fewer
     /// than `limit` may be returned. The rune must allow `wait` and
     /// `listinvoices`.
     async fn recent_invoices(&self, limit: usize) -> Result<Vec<InvoiceSummary>, LightningError> {
