@@ -18,6 +18,7 @@ pub mod auth;
 mod dashboard;
 mod node;
 mod openapi;
+mod payment;
 mod reports;
 mod services;
 pub mod sync;

@@ -13,10 +13,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gate402_paywall::unix_now;
-use gate402_store::{PaymentQuery, PaymentRow};
+use gate402_store::PaymentQuery;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::payment::payment_json;
 use super::{problem, store_unavailable, AdminState};
 
 /// The most payments one search answers.
@@ -44,7 +45,7 @@ pub(super) async fn payments(
         Err(e) => return problem(StatusCode::BAD_REQUEST, &e.body_text()),
     };
     let now = unix_now();
-    let payment_hash = match q.payment_hash.as_deref().map(super::tokens::hash_of) {
+    let payment_hash = match q.payment_hash.as_deref().map(super::payment::hash_of) {
         None => None,
         Some(Ok(hash)) => Some(hash),
         Some(Err(message)) => return problem(StatusCode::BAD_REQUEST, &message),
@@ -87,19 +88,6 @@ pub(super) async fn payments(
         .into_response(),
         Err(e) => store_unavailable(&e),
     }
-}
-
-pub(super) fn payment_json(row: &PaymentRow) -> Value {
-    json!({
-        "payment_hash": hex::encode(row.payment_hash),
-        "service": row.service,
-        "scheme": row.scheme,
-        "amount_sats": row.amount_msat / 1000,
-        "amount_msat": row.amount_msat,
-        "first_served_at": row.first_served_at,
-        "last_served_at": row.last_served_at,
-        "served": row.served,
-    })
 }
 
 #[derive(Deserialize)]

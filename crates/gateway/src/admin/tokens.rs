@@ -16,37 +16,8 @@ use gate402_paywall::{unix_now, SessionClose};
 use gate402_store::{PaymentQuery, SessionRecord};
 use serde_json::{json, Value};
 
-use super::reports::payment_json;
+use super::payment::{hash_of, payment_json};
 use super::{problem, store_unavailable, AdminState, Who};
-
-/// The payment hash a token names: 64 hex digits, or an L402 macaroon
-/// (alone, as `<macaroon>:<preimage>`, or with its scheme).
-///
-/// # Errors
-///
-/// A message saying what the text is not.
-pub(crate) fn hash_of(text: &str) -> Result<[u8; 32], String> {
-    let text = text.trim();
-    if text.len() == 64 {
-        if let Ok(bytes) = hex::decode(text) {
-            return Ok(bytes.try_into().expect("32 bytes"));
-        }
-    }
-    let token = text
-        .split_once(' ')
-        .filter(|(scheme, _)| {
-            scheme.eq_ignore_ascii_case("L402") || scheme.eq_ignore_ascii_case("LSAT")
-        })
-        .map_or(text, |(_, token)| token.trim());
-    let macaroon = token
-        .split_once(':')
-        .map_or(token, |(macaroon, _)| macaroon);
-    let macaroon = gate402_l402::Macaroon::from_base64(macaroon)
-        .map_err(|_| "not a payment hash (64 hex digits) nor an L402 macaroon".to_owned())?;
-    gate402_l402::Identifier::from_bytes(macaroon.identifier())
-        .map(|id| id.payment_hash)
-        .map_err(|e| format!("the macaroon's identifier is not an L402 one: {e}"))
-}
 
 /// `GET /admin/api/tokens/{token}`: the payment, whether it is revoked,
 /// and its balance if it opened one.

@@ -15,7 +15,8 @@ use gate402_lightning::{
 };
 use serde_json::{json, Value};
 
-use crate::http::{self, unavailable, RemoteError};
+use crate::error::{self, RemoteError};
+use crate::http::{self, unavailable};
 
 /// How to reach Core Lightning.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -63,7 +64,7 @@ impl Cln {
     pub fn new(config: &ClnConfig) -> Result<Self, RemoteError> {
         let rune = match (&config.rune, &config.rune_path) {
             (Some(rune), _) => rune.clone(),
-            (None, Some(path)) => String::from_utf8_lossy(&http::read(path)?)
+            (None, Some(path)) => String::from_utf8_lossy(&error::read(path)?)
                 .trim()
                 .to_owned(),
             (None, None) => {

@@ -1,38 +1,11 @@
-//! What both REST backends share: the HTTPS client and its errors.
+//! What both REST backends share: the HTTPS client.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use gate402_lightning::LightningError;
 
-/// Why a REST backend could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum RemoteError {
-    /// A credential or certificate file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// A certificate that is not PEM.
-    #[error("{0} is not a PEM certificate")]
-    Certificate(PathBuf),
-    /// A URL that is not `http(s)://host:port`.
-    #[error("invalid node URL {0:?}")]
-    Url(String),
-    /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
-}
-
-pub(crate) fn read(path: &Path) -> Result<Vec<u8>, RemoteError> {
-    std::fs::read(path).map_err(|source| RemoteError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
+use crate::error::RemoteError;
 
 /// How a node's certificate file is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

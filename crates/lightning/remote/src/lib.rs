@@ -6,8 +6,9 @@
 //! - [`cln::Cln`]: Core Lightning's `clnrest` plugin, authenticated with a rune.
 
 pub mod cln;
+mod error;
 mod http;
 pub mod lnd;
 mod tls;
 
-pub use http::RemoteError;
+pub use error::RemoteError;

@@ -20,7 +20,8 @@ use gate402_lightning::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::http::{self, read_json_lines, unavailable, RemoteError};
+use crate::error::{self, RemoteError};
+use crate::http::{self, read_json_lines, unavailable};
 
 /// How to reach LND.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -94,7 +95,7 @@ impl Lnd {
         Ok(Self {
             client: http::client(config.tls_cert_path.as_deref(), http::Trust::Pinned)?,
             base: http::base_url(&config.url)?,
-            macaroon: hex::encode(http::read(&macaroon_path)?),
+            macaroon: hex::encode(error::read(&macaroon_path)?),
             route_hints: config.route_hints,
             public: Arc::default(),
         })

@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-use crate::http::RemoteError;
+use crate::error::{read, RemoteError};
 
 /// The certificates of a PEM file.
 ///
@@ -28,7 +28,7 @@ use crate::http::RemoteError;
 /// [`RemoteError::Read`] when it cannot be read, [`RemoteError::Certificate`]
 /// when it holds no certificate.
 pub(crate) fn read_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, RemoteError> {
-    let pem = crate::http::read(path)?;
+    let pem = read(path)?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|_| RemoteError::Certificate(path.to_owned()))?;

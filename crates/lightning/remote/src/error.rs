@@ -1,0 +1,34 @@
+//! Why a REST backend could not be set up, and reading the files its
+//! config names.
+
+use std::path::{Path, PathBuf};
+
+/// Why a REST backend could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// A credential or certificate file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A certificate that is not PEM.
+    #[error("{0} is not a PEM certificate")]
+    Certificate(PathBuf),
+    /// A URL that is not `http(s)://host:port`.
+    #[error("invalid node URL {0:?}")]
+    Url(String),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// Reads a credential or certificate file named in the config.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, RemoteError> {
+    std::fs::read(path).map_err(|source| RemoteError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
