@@ -117,7 +117,7 @@ fn price_msat(service: &PricedService) -> u64 {
 /// Whether the price depends on the request (rules or a pricer): the
 /// documents then show no amount, and the 402 of a request names its own.
 fn dynamic(service: &PricedService) -> bool {
-    gate402_paywall::pricing::is_dynamic(service)
+    service.is_dynamic()
 }
 
 /// `{"amount": N, "type": "fixed"}`, or for a dynamic price

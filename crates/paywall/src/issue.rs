@@ -10,9 +10,9 @@ use gate402_lightning::{InvoiceRequest, LightningBackend, LightningError, Networ
 use gate402_mpp::challenge::{ChallengeKey, NewChallenge};
 use gate402_mpp::lightning::{ChargeRequest, CHARGE, METHOD};
 use gate402_mpp::session::{SessionRequest, SESSION};
-use gate402_mpp::PaymentChallenge;
 
 use crate::clock::unix_now;
+use crate::issued::Issued;
 use crate::route::{PricedService, Sells};
 use crate::x402::X402Keys;
 
@@ -20,24 +20,6 @@ use crate::x402::X402Keys;
 /// its invoices, and a BOLT11 tagged field holds at most 1023 five-bit
 /// words, 639 bytes.
 pub const MAX_DESCRIPTION_BYTES: usize = 639;
-
-/// An invoice and the challenges issued for it.
-#[derive(Debug, Clone)]
-pub struct Issued {
-    /// The BOLT11 invoice.
-    pub bolt11: String,
-    /// Its payment hash.
-    pub payment_hash: [u8; 32],
-    /// When it expires (unix seconds).
-    pub expires_at: u64,
-    /// The L402 challenge, when issued.
-    pub l402: Option<L402Challenge>,
-    /// The MPP challenge (a charge, or a session for a balance), when
-    /// issued.
-    pub payment: Option<PaymentChallenge>,
-    /// x402's offer of the invoice (`PAYMENT-REQUIRED`), when issued.
-    pub x402: Option<gate402_x402::PaymentRequired>,
-}
 
 /// Which challenges to issue with the invoice (each only if the service
 /// offers its scheme).

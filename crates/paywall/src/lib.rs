@@ -64,6 +64,7 @@
 
 mod batch;
 mod body;
+mod charge;
 pub mod claims;
 pub mod client;
 mod clock;
@@ -71,6 +72,7 @@ pub mod credentials;
 pub mod fields;
 pub mod idempotency;
 pub mod issue;
+mod issued;
 pub mod layer;
 pub mod limits;
 mod meter;
@@ -89,7 +91,8 @@ pub use claims::{Claim, ClaimError, FAILURES_PER_PAYMENT};
 pub use client::{ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies};
 pub use clock::unix_now;
 pub use idempotency::IdempotencyConfig;
-pub use issue::{Binding, Doors, Issued};
+pub use issue::{Binding, Doors};
+pub use issued::Issued;
 pub use layer::{NotReached, PaywallBody, PaywallLayer, PaywallService, Routed};
 pub use limits::{Limited, LimitsConfig};
 pub use metrics::Metrics;

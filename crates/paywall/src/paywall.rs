@@ -22,7 +22,8 @@ use crate::body::Bodies;
 use crate::claims::{Claim, ClaimError, ClaimKey, Claims};
 use crate::client::{ClientKey, TrustedProxies};
 use crate::idempotency::IdempotencyConfig;
-use crate::issue::{Binding, Doors, Issued, Issuer};
+use crate::issue::{Binding, Doors, Issuer};
+use crate::issued::Issued;
 use crate::limits::{Limited, Limits, LimitsConfig};
 use crate::metrics::Metrics;
 use crate::payment_id::PaymentIds;
@@ -223,7 +224,7 @@ impl PaywallBuilder {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(crate::sessions::REAP_EVERY) => {}
+                    () = tokio::time::sleep(REAP_EVERY) => {}
                 }
                 reaper.close_idle().await;
             }
@@ -702,6 +703,10 @@ impl Paywall {
 fn unix_now_secs() -> u64 {
     crate::clock::unix_now()
 }
+
+/// How often idle sessions are looked for (and closed, their balance
+/// refunded: [`crate::sessions`]).
+const REAP_EVERY: Duration = Duration::from_secs(15);
 
 /// How long served payments gather before they are written: revenue in
 /// the metrics lags by about this much.

@@ -28,22 +28,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use gate402_l402::caveat::Caveat;
 use gate402_l402::L402Credential;
 use gate402_mpp::problem::ProblemType;
 use gate402_mpp::PaymentCredential;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body::Body;
+use http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::body::{read_whole, BodyError, BoxError};
-use crate::credentials::CredentialScheme;
-use crate::paywall::Paywall;
-use crate::responses::{self, Refusal};
-use crate::route::{decode_again, name_reads_as, reads_as, Auth, PricedService, Sells};
-use crate::verify::Verified;
+use crate::responses::Refusal;
+use crate::route::{decode_again, name_reads_as, reads_as, PricedService, Sells};
 
 /// The most one invoice may ask, in satoshis: 1 BTC. `serve --check`
 /// refuses a price, fallback or deposit above it; a request whose rules
@@ -941,7 +935,7 @@ pub enum Unquotable {
 }
 
 /// The 400's words for a request priced above [`MAX_PRICE_SATS`].
-fn too_dear() -> String {
+pub(crate) fn too_dear() -> String {
     format!(
         "this request would cost more than the maximum of {MAX_PRICE_SATS} sat (1 BTC) one invoice asks; ask for less (a smaller count)"
     )
@@ -1089,6 +1083,63 @@ impl Pricers {
         };
         Ok((answer.price, ttl))
     }
+
+    /// The pricer's price for `request`, kept or asked; its fallback when
+    /// it fails.
+    pub(crate) async fn price(
+        &self,
+        name: &str,
+        config: &PricerConfig,
+        request: &PriceRequest<'_>,
+        headers: &HeaderMap,
+        metrics: &crate::metrics::Metrics,
+    ) -> u64 {
+        let digest = request.body.map(gate402_mpp::verify::body_digest);
+        let target = match request.query {
+            Some(query) => format!("{}?{query}", request.path),
+            None => request.path.to_owned(),
+        };
+        let key: CacheKey = (
+            name.to_owned(),
+            request.method.as_str().to_owned(),
+            target,
+            digest.clone().unwrap_or_default(),
+        );
+        let pricers = self;
+        if let Some(price) = pricers.cached(&key) {
+            return price;
+        }
+        let question = PricerQuestion {
+            service: name,
+            method: request.method.as_str(),
+            path: request.path,
+            query: request.query,
+            headers: shown_headers(headers),
+            body_digest: digest.as_deref(),
+        };
+        match pricers.ask(config, &question).await {
+            Ok((price, ttl)) => {
+                pricers.keep(key, price, ttl);
+                price
+            }
+            Err(fallback) => {
+                // Its host only: a URL may carry a key in its query.
+                let pricer = reqwest::Url::parse(&config.url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default();
+                tracing::warn!(
+                    service = name,
+                    pricer,
+                    reason = fallback.as_str(),
+                    fallback_sats = config.fallback_sats,
+                    "the pricer gave no price; the fallback price is asked"
+                );
+                metrics.pricer_fallback(name, fallback.as_str());
+                clamp(config.fallback_sats)
+            }
+        }
+    }
 }
 
 /// The request headers a pricer sees: all but credentials and cookies,
@@ -1112,18 +1163,10 @@ fn shown_headers(headers: &HeaderMap) -> serde_json::Map<String, Value> {
 }
 
 /// The same service at another price.
-fn at_price(service: &PricedService, price_sats: u64) -> Arc<PricedService> {
+pub(crate) fn at_price(service: &PricedService, price_sats: u64) -> Arc<PricedService> {
     let mut priced = service.clone();
     priced.price_sats = price_sats;
     Arc::new(priced)
-}
-
-/// Whether `service` is priced per request: it has pricing, charges, and
-/// sells single requests.
-pub fn is_dynamic(service: &PricedService) -> bool {
-    service.pricing.is_some()
-        && matches!(service.auth, Auth::On | Auth::Freebie(_))
-        && service.sells == Sells::Request
 }
 
 /// The caveat that records what an L402 token's invoice asked for.
@@ -1136,7 +1179,7 @@ pub(crate) fn amount_caveat(service: &PricedService) -> Caveat {
 
 /// The amount (sat) an L402 token's invoice asked for: its first
 /// `<service>_amount` caveat (the one minted; a holder may only append).
-fn l402_amount(service: &str, value: &str) -> Option<u64> {
+pub(crate) fn l402_amount(service: &str, value: &str) -> Option<u64> {
     let credential = L402Credential::from_authorization(value).ok()?;
     let condition = format!("{service}{AMOUNT_SUFFIX}");
     let first = credential
@@ -1148,7 +1191,7 @@ fn l402_amount(service: &str, value: &str) -> Option<u64> {
 }
 
 /// The amount (sat) an MPP charge credential's echoed challenge asks for.
-fn mpp_amount(credential: &PaymentCredential) -> Option<u64> {
+pub(crate) fn mpp_amount(credential: &PaymentCredential) -> Option<u64> {
     // Only the amount: verification, which follows, refuses a request its
     // challenge id does not bind and reads the whole of it.
     #[derive(serde::Deserialize)]
@@ -1163,8 +1206,8 @@ fn mpp_amount(credential: &PaymentCredential) -> Option<u64> {
 }
 
 /// The refusal of a credential that paid less than this request costs.
-fn too_little(paid: u64, service: &PricedService) -> Refusal {
-    let why = if is_dynamic(service) {
+pub(crate) fn too_little(paid: u64, service: &PricedService) -> Refusal {
+    let why = if service.is_dynamic() {
         "its price depends on what it asks for"
     } else {
         "the price was raised since it was bought"
@@ -1200,7 +1243,7 @@ pub(crate) fn as_charged<'s>(
         return Ok(Cow::Borrowed(service));
     }
     match mpp_amount(credential) {
-        Some(paid) if paid < service.price_sats && is_dynamic(service) => {
+        Some(paid) if paid < service.price_sats && service.is_dynamic() => {
             Err(too_little(paid, service))
         }
         Some(paid) if paid == service.price_sats => Ok(Cow::Borrowed(service)),
@@ -1214,244 +1257,10 @@ pub(crate) fn as_charged<'s>(
     }
 }
 
-impl Paywall {
-    /// The service as priced for this request: for a dynamically priced
-    /// service, a copy whose `price_sats` is this request's price (its body
-    /// read, within the body limit, when a rule or the pricer needs it);
-    /// any other service as it is. Only a request that presents a
-    /// credential (`paid`) waits for room in the body budget; an unpaid one
-    /// finding it spent gets a 503 at once, as its challenge would.
-    ///
-    /// # Errors
-    ///
-    /// The answer for a body that could not be read (413, also for a body
-    /// over the limit when a rule looks into its fields; 400; 503 busy);
-    /// a 400 for what a rule depends on that cannot be read one way only
-    /// ([`Unreadable`]: a query parameter given twice, a body that is not
-    /// strict JSON, a count that is not a plain whole number…), and for a
-    /// request whose rules price it above [`MAX_PRICE_SATS`].
-    pub(crate) async fn priced<B>(
-        &self,
-        service: Arc<PricedService>,
-        request: &mut Request<B>,
-        paid: bool,
-    ) -> Result<Arc<PricedService>, Response<Bytes>>
-    where
-        B: Body<Data = Bytes> + From<Bytes> + Unpin,
-        B::Error: Into<BoxError>,
-    {
-        let Some(pricing) = service.pricing.as_ref().filter(|_| is_dynamic(&service)) else {
-            return Ok(service);
-        };
-        let declared = request.body().size_hint().lower();
-        let encoding = content_encoding(request.headers());
-        let form = is_form(request.headers());
-        // A body whose fields an upstream may read as query parameters.
-        let merged = pricing.reads_query()
-            && request.body().size_hint().exact() != Some(0)
-            && crate::body::has_fields(request.headers());
-        let body = if pricing.reads_body() || merged {
-            match read_whole(request, &self.inner.bodies, paid).await {
-                Ok(body) => Some(body),
-                // Unread, its fields cannot decide a price: a body too large
-                // would otherwise buy the default price for any request.
-                Err(BodyError::TooLarge) if !pricing.reads_fields() && !merged => None,
-                Err(e) => return Err(self.inner.bodies.refusal(e)),
-            }
-        } else {
-            None
-        };
-        let view = PriceRequest {
-            method: request.method(),
-            path: request.uri().path(),
-            query: request.uri().query(),
-            body: body.as_deref(),
-            body_len: body.as_ref().map_or(declared, |b| b.len() as u64),
-            encoding: encoding.as_deref(),
-            form,
-        };
-        let price = match pricing.rule_price(&view) {
-            Err(unreadable) => return Err(responses::bad_request(&unreadable.to_string())),
-            Ok(Some(price)) if price > MAX_PRICE_SATS => {
-                return Err(responses::bad_request(&too_dear()))
-            }
-            Ok(Some(price)) => price,
-            Ok(None) => match &pricing.pricer {
-                Some(pricer) => {
-                    self.ask_pricer(&service.name, pricer, &view, request.headers())
-                        .await
-                }
-                None => service.price_sats,
-            },
-        };
-        Ok(if price == service.price_sats {
-            service
-        } else {
-            at_price(&service, price)
-        })
-    }
-
-    /// What a request to `service` with this method, path, query and
-    /// headers, and no body, is asked: the quote endpoint's answer, in
-    /// sat. `None` when its price depends on a body it would send (a POST,
-    /// PUT or PATCH to a service whose rules or pricer read the body).
-    ///
-    /// # Errors
-    ///
-    /// [`Unquotable`] where the request itself would be refused with a
-    /// 400 (and these words): a query parameter a rule reads that cannot be
-    /// read one way only (given twice, a count that is not a plain whole
-    /// number…), or a price above [`MAX_PRICE_SATS`].
-    pub async fn quote(
-        &self,
-        service: &PricedService,
-        method: &Method,
-        path: &str,
-        query: Option<&str>,
-        headers: &HeaderMap,
-    ) -> Result<Option<u64>, Unquotable> {
-        let Some(pricing) = service.pricing.as_ref().filter(|_| is_dynamic(service)) else {
-            return Ok(Some(service.price_sats));
-        };
-        if crate::body::binds_body(method) && pricing.reads_body() {
-            return Ok(None);
-        }
-        let view = PriceRequest {
-            method,
-            path,
-            query,
-            body: Some(&[]),
-            body_len: 0,
-            encoding: None,
-            form: false,
-        };
-        Ok(Some(match pricing.rule_price(&view)? {
-            Some(price) if price > MAX_PRICE_SATS => return Err(Unquotable::TooDear),
-            Some(price) => price,
-            None => match &pricing.pricer {
-                Some(pricer) => self.ask_pricer(&service.name, pricer, &view, headers).await,
-                None => service.price_sats,
-            },
-        }))
-    }
-
-    /// The pricer's price for `request`, kept or asked; its fallback when
-    /// it fails.
-    async fn ask_pricer(
-        &self,
-        name: &str,
-        config: &PricerConfig,
-        request: &PriceRequest<'_>,
-        headers: &HeaderMap,
-    ) -> u64 {
-        let digest = request.body.map(gate402_mpp::verify::body_digest);
-        let target = match request.query {
-            Some(query) => format!("{}?{query}", request.path),
-            None => request.path.to_owned(),
-        };
-        let key: CacheKey = (
-            name.to_owned(),
-            request.method.as_str().to_owned(),
-            target,
-            digest.clone().unwrap_or_default(),
-        );
-        let pricers = &self.inner.pricers;
-        if let Some(price) = pricers.cached(&key) {
-            return price;
-        }
-        let question = PricerQuestion {
-            service: name,
-            method: request.method.as_str(),
-            path: request.path,
-            query: request.query,
-            headers: shown_headers(headers),
-            body_digest: digest.as_deref(),
-        };
-        match pricers.ask(config, &question).await {
-            Ok((price, ttl)) => {
-                pricers.keep(key, price, ttl);
-                price
-            }
-            Err(fallback) => {
-                // Its host only: a URL may carry a key in its query.
-                let pricer = reqwest::Url::parse(&config.url)
-                    .ok()
-                    .and_then(|u| u.host_str().map(str::to_owned))
-                    .unwrap_or_default();
-                tracing::warn!(
-                    service = name,
-                    pricer,
-                    reason = fallback.as_str(),
-                    fallback_sats = config.fallback_sats,
-                    "the pricer gave no price; the fallback price is asked"
-                );
-                self.inner.metrics.pricer_fallback(name, fallback.as_str());
-                clamp(config.fallback_sats)
-            }
-        }
-    }
-
-    /// For a credential that buys one request (every MPP charge and x402
-    /// payment, an L402 token with a `<service>_uses` caveat), the service
-    /// as paid: its price the amount the credential's invoice asked for,
-    /// once that is at least this request's price, whether the price is
-    /// dynamic or fixed (raised since it was bought, or the service made
-    /// anew under its name). An L402 token tells it by its
-    /// `<service>_amount` caveat, an MPP charge by its challenge, an x402
-    /// payment by its invoice (verified to be of this very price); only a
-    /// token minted without the caveat asks the node what its invoice was
-    /// paid. A pass and a balance are honoured at what they were bought
-    /// for.
-    ///
-    /// # Errors
-    ///
-    /// A 402 refusal (`payment-insufficient`) for a credential that paid
-    /// less, or a 503 when the node cannot say what its invoice was paid.
-    pub(crate) async fn paid_for(
-        &self,
-        service: &Arc<PricedService>,
-        scheme: CredentialScheme,
-        value: &str,
-        verified: &Verified,
-    ) -> Result<Arc<PricedService>, Result<Refusal, Response<Bytes>>> {
-        if !verified.single_use || verified.balance.is_some() || service.sells == Sells::Balance {
-            return Ok(service.clone());
-        }
-        let told = match scheme {
-            CredentialScheme::L402 => l402_amount(&service.name, value),
-            CredentialScheme::Payment => crate::verify::Verifier::parse_payment(value)
-                .ok()
-                .and_then(|c| mpp_amount(&c)),
-            // Verified only for an invoice of exactly this price.
-            CredentialScheme::X402 => Some(service.price_sats),
-        };
-        let paid = match told {
-            Some(paid) => paid,
-            None => match self.backend().invoice_status(&verified.payment_hash).await {
-                Ok(gate402_lightning::InvoiceStatus::Settled { amount_msat, .. }) => {
-                    amount_msat / 1000
-                }
-                Ok(_) => 0,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot ask the node what an invoice was paid");
-                    return Err(Err(responses::unavailable("the Lightning node")));
-                }
-            },
-        };
-        if paid < service.price_sats {
-            return Err(Ok(too_little(paid, service)));
-        }
-        Ok(if paid == service.price_sats {
-            service.clone()
-        } else {
-            at_price(service, paid)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paywall::Paywall;
 
     fn rule(price_sats: u64) -> PriceRule {
         PriceRule {

@@ -9,7 +9,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::issue::Issued;
+use crate::issued::Issued;
 use crate::limits::Limited;
 use crate::route::{PricedService, Sells};
 
@@ -38,7 +38,7 @@ impl Refusal {
     /// No credential was presented: the plain 402.
     pub fn payment_required(service: &PricedService) -> Self {
         // A dynamic price was decided for this very request.
-        let sale = if crate::pricing::is_dynamic(service) {
+        let sale = if service.is_dynamic() {
             format!(
                 "{} sat for this request (its price depends on the request)",
                 service.price_sats

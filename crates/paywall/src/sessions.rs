@@ -36,9 +36,6 @@ use crate::responses::{self, Refusal};
 use crate::route::{Meter, PricedService};
 use crate::verify::Verified;
 
-/// How often idle sessions are looked for.
-pub(crate) const REAP_EVERY: Duration = Duration::from_secs(15);
-
 /// How long a refund payment may take before it is reported pending.
 const REFUND_TIMEOUT: Duration = Duration::from_secs(60);
 

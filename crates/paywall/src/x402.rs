@@ -20,7 +20,7 @@ use http::StatusCode;
 use sha2::{Digest, Sha256};
 
 use crate::clock::unix_now;
-use crate::issue::Issued;
+use crate::issued::Issued;
 use crate::responses::Refusal;
 use crate::route::PricedService;
 use crate::verify::Verified;

@@ -257,6 +257,14 @@ impl PricedService {
         }
     }
 
+    /// Whether it is priced per request: it has pricing, charges, and
+    /// sells single requests.
+    pub fn is_dynamic(&self) -> bool {
+        self.pricing.is_some()
+            && matches!(self.auth, Auth::On | Auth::Freebie(_))
+            && self.sells == Sells::Request
+    }
+
     /// What one payment buys, in words (for `serve --check` and logs):
     /// `10 sat per request`, `10 sat for a pass of 3600 s`, `free`,
     /// with the free calls first when there are some.
