@@ -180,14 +180,15 @@ impl Paywall {
         if !verified.single_use || verified.balance.is_some() || service.sells == Sells::Balance {
             return Ok(service.clone());
         }
-        let told = match scheme {
+        // Told by verification where it could (not parsed again here).
+        let told = verified.paid_sats.or_else(|| match scheme {
             CredentialScheme::L402 => l402_amount(&service.name, value),
             CredentialScheme::Payment => crate::verify::Verifier::parse_payment(value)
                 .ok()
                 .and_then(|c| mpp_amount(&c)),
             // Verified only for an invoice of exactly this price.
             CredentialScheme::X402 => Some(service.price_sats),
-        };
+        });
         let paid = match told {
             Some(paid) => paid,
             None => match self.backend().invoice_status(&verified.payment_hash).await {

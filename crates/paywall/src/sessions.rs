@@ -72,6 +72,7 @@ fn spending(id: [u8; 32], challenge_id: Option<String>) -> Verified {
         single_use: false,
         balance: None,
         proven: true,
+        paid_sats: None,
     }
 }
 

@@ -37,6 +37,12 @@ pub struct Verified {
     /// preimage). An x402 payment without one does not: anyone who saw the
     /// offer can send it, so no kept response is replayed to it.
     pub proven: bool,
+    /// What its invoice asked (sats) when verifying it told: an MPP
+    /// charge's `amount` (checked to be the price it was verified at), an
+    /// x402 payment's price. `None` where it is read when needed (an L402
+    /// token's `<service>_amount` caveat) or does not matter (a pass, a
+    /// balance).
+    pub paid_sats: Option<u64>,
 }
 
 /// Checks credentials against the gateway's secrets and terms.
@@ -235,6 +241,7 @@ impl Verifier {
             single_use: true,
             balance: None,
             proven: true,
+            paid_sats: Some(verified.amount_sats),
         })
     }
 
@@ -247,6 +254,7 @@ impl Verifier {
             single_use,
             balance: grant.balance,
             proven: true,
+            paid_sats: None,
         }
     }
 

@@ -201,6 +201,7 @@ impl X402Keys {
             single_use: true,
             balance: None,
             proven: payment.payload.preimage.is_some(),
+            paid_sats: Some(service.price_sats),
         })
     }
 }

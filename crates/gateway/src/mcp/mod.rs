@@ -480,6 +480,7 @@ impl PaidTools {
             single_use: true,
             balance: None,
             proven: true,
+            paid_sats: None,
         })
     }
 
