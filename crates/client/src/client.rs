@@ -1,158 +1,26 @@
-//! The auto-paying HTTP client: [`Payer`] holds the flow, [`Client`] runs
+//! The auto-paying HTTP client: [`Payer::fetch_with`] runs the flow (a
+//! cached token, a session, or a 402 paid and answered), [`Client`] runs
 //! it over a plain `reqwest::Client`, [`crate::PaymentMiddleware`] inside
 //! a `reqwest-middleware` stack.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use gate402_lightning::{PayError, PaymentOutcome, PaymentStatus};
 use reqwest::header::{
-    HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE,
-    LOCATION, PROXY_AUTHORIZATION, TRANSFER_ENCODING,
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION,
+    PROXY_AUTHORIZATION, TRANSFER_ENCODING,
 };
 use reqwest::{Method, Request, Response, StatusCode, Url};
 
-use crate::ledger::{BeginError, PaymentState, PendingPayment};
-use crate::policy::expiry;
-use crate::session::{SessionError, SessionOffer, Sessioned, TOP_UP_SCHEME};
-use crate::wallet::may_be_in_flight;
-use crate::{
-    CachedToken, Ledger, LedgerError, Offer, OfferError, PaymentEntry, Policy, Refund, Refusal,
-    RequestKey, StoredSession, Wallet, IDEMPOTENCY_KEY, PAYMENT_AUTHORIZATION,
+use crate::error::FetchError;
+use crate::ledger::PendingPayment;
+use crate::payer::{
+    now, pending_offer, refused, with_credential, Endpoint, Fetched, Payer, Prefer,
 };
-
-/// Which scheme to answer with when several are offered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prefer {
-    /// `Authorization: L402 …` (reusable token).
-    L402,
-    /// `Authorization: Payment …` (single use).
-    Mpp,
-    /// `payment-signature: …` (x402; single use). Without a preference it
-    /// is answered only when neither L402 nor MPP can be: their credentials
-    /// prove payment by the preimage in every deployed form, x402's
-    /// Lightning payment by the invoice alone in most.
-    X402,
-}
-
-impl Prefer {
-    /// The scheme's name as the ledger keeps it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Prefer::L402 => "L402",
-            Prefer::Mpp => "Payment",
-            Prefer::X402 => "x402",
-        }
-    }
-}
-
-/// What a fetch produced.
-// One per request and moved once: the size difference costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Fetched {
-    /// The final response, and the ledger entry if this request paid.
-    Response(Response, Option<PaymentEntry>),
-    /// `--no-pay`: the offer, unpaid.
-    Offer(Box<Offer>),
-}
-
-/// Why a fetch failed.
-///
-/// A variant that prints what it wraps does not also give it as its
-/// source: an error chain (`{:#}`) would print it twice.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// The request could not be sent.
-    #[error(transparent)]
-    Http(#[from] reqwest::Error),
-    /// A middleware further down the stack failed.
-    #[error("{0}")]
-    Middleware(Box<dyn std::error::Error + Send + Sync>),
-    /// The 402 cannot be read.
-    #[error("unusable 402: {0}")]
-    Offer(OfferError),
-    /// The offer breaks the policy; nothing was paid.
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    /// Paying failed; nothing was paid.
-    #[error("payment failed: {0}")]
-    Pay(PayError),
-    /// A payment was sent and its outcome is not known yet; it stays
-    /// pending in the ledger and the next request for this endpoint
-    /// finishes it instead of paying again.
-    #[error("payment {0} is still in flight; it is recorded as pending and the next request to this endpoint will finish it instead of paying again")]
-    InFlight(String),
-    /// The ledger failed.
-    #[error(transparent)]
-    Ledger(#[from] LedgerError),
-    /// An MPP session could not be used as the draft has it.
-    #[error(transparent)]
-    Session(#[from] SessionError),
-    /// The request cannot be repeated after a 402 (a streaming body).
-    #[error("the request body cannot be sent twice")]
-    NotRepeatable,
-    /// The HTTP stack followed a redirect to the URL that asked for
-    /// payment, and which method the redirect left the request with is
-    /// not known, so it cannot be repeated there.
-    #[error("{to} asked for payment after a redirect from {from}, which a {method} request may not survive unchanged; let the payer follow redirects (Client::fetch_following) to pay it")]
-    RedirectedRequest {
-        /// The URL requested.
-        from: String,
-        /// The URL that answered 402.
-        to: String,
-        /// The request's method.
-        method: String,
-    },
-    /// More redirects than allowed.
-    #[error("stopped after {0} redirects")]
-    TooManyRedirects(usize),
-}
-
-impl From<OfferError> for FetchError {
-    fn from(e: OfferError) -> Self {
-        FetchError::Offer(e)
-    }
-}
-
-impl From<PayError> for FetchError {
-    fn from(e: PayError) -> Self {
-        FetchError::Pay(e)
-    }
-}
-
-impl From<BeginError> for FetchError {
-    fn from(e: BeginError) -> Self {
-        match e {
-            BeginError::Refused(r) => FetchError::Refused(r),
-            BeginError::Ledger(l) => FetchError::Ledger(l),
-        }
-    }
-}
-
-/// The paying flow, independent of how requests are sent: a wallet, a
-/// policy, a ledger.
-pub struct Payer {
-    /// What pays.
-    pub wallet: Wallet,
-    /// What may be paid.
-    pub policy: Policy,
-    /// Payments, receipts, tokens.
-    pub ledger: Arc<Ledger>,
-    /// Scheme preference (default: the first offered).
-    pub prefer: Option<Prefer>,
-    /// When false, a 402 is returned as an offer instead of paid.
-    pub pay: bool,
-    /// Whether to use the MPP session intent (draft-lightning-session-00)
-    /// when a 402 offers it: pay the deposit and open a session (with a
-    /// return invoice of the wallet for the refund), spend from it on
-    /// later requests to the same service, top it up within the policy,
-    /// close it once idle. When false, a balance is bought through its
-    /// L402 token (which has no refund), and sessions kept from before are
-    /// left alone.
-    pub sessions: bool,
-}
+use crate::session::{SessionOffer, Sessioned, TOP_UP_SCHEME};
+use crate::{
+    CachedToken, Offer, Refund, RequestKey, StoredSession, IDEMPOTENCY_KEY, PAYMENT_AUTHORIZATION,
+};
 
 /// The client of `gate402 get`: a [`Payer`] over a `reqwest::Client`.
 pub struct Client {
@@ -261,106 +129,6 @@ fn moved(mut request: Request, url: Url) -> Request {
     request
 }
 
-/// Unix seconds.
-pub(crate) fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Where a request goes, in the units the ledger keys on.
-pub(crate) struct Endpoint {
-    pub(crate) url: String,
-    pub(crate) origin: String,
-    pub(crate) host: String,
-    pub(crate) method: String,
-    pub(crate) path: String,
-}
-
-impl Endpoint {
-    pub(crate) fn of(method: &Method, url: &Url) -> Self {
-        Self {
-            url: url.to_string(),
-            origin: url.origin().ascii_serialization(),
-            host: url.host_str().unwrap_or_default().to_ascii_lowercase(),
-            method: method.as_str().to_owned(),
-            path: url.path().to_owned(),
-        }
-    }
-
-    pub(crate) fn of_request(request: &Request) -> Self {
-        Self::of(request.method(), request.url())
-    }
-}
-
-/// A ledger entry for a payment about to begin for `endpoint`.
-pub(crate) fn new_entry(
-    endpoint: &Endpoint,
-    scheme: &str,
-    amount_msat: u64,
-    payment_hash: String,
-    session: Option<String>,
-) -> PaymentEntry {
-    PaymentEntry {
-        id: 0,
-        url: endpoint.url.clone(),
-        origin: endpoint.origin.clone(),
-        host: endpoint.host.clone(),
-        path: endpoint.path.clone(),
-        scheme: scheme.into(),
-        amount_msat,
-        fee_msat: 0,
-        payment_hash,
-        receipt: None,
-        status: PaymentState::Pending,
-        error: None,
-        created_at: now(),
-        session,
-    }
-}
-
-/// A copy of `request` carrying `value` in `field`.
-pub(crate) fn with_credential(
-    request: &Request,
-    field: &str,
-    value: &str,
-) -> Result<Request, FetchError> {
-    let mut attempt = request.try_clone().ok_or(FetchError::NotRepeatable)?;
-    if let (Ok(name), Ok(value)) = (
-        HeaderName::from_bytes(field.as_bytes()),
-        HeaderValue::from_str(value),
-    ) {
-        attempt.headers_mut().insert(name, value);
-    }
-    Ok(attempt)
-}
-
-/// Sends `request` with `credential` in `field`, and again (up to
-/// [`PAID_RETRIES`] times) while it is lost in transit: each time the
-/// same request, its `Idempotency-Key` included.
-pub(crate) async fn send_paid<S, F>(
-    request: &Request,
-    field: &str,
-    credential: &str,
-    send: &S,
-) -> Result<Response, FetchError>
-where
-    S: Fn(Request) -> F + Sync,
-    F: Future<Output = Result<Response, FetchError>> + Send,
-{
-    let mut wait = PAID_RETRY_AFTER;
-    for _ in 0..PAID_RETRIES {
-        match send(with_credential(request, field, credential)?).await {
-            Err(error) if lost_in_transit(&error) => {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-            }
-            answered => return answered,
-        }
-    }
-    send(with_credential(request, field, credential)?).await
-}
-
 /// Whether the request carries an `Authorization` of its own (an API
 /// key, say): an L402 token in its place takes it away.
 fn carries_authorization(request: &Request) -> bool {
@@ -377,14 +145,6 @@ fn buys_the_same(pending: &PendingPayment, offer: &Offer) -> bool {
     }
 }
 
-/// The offer a pending payment was begun for.
-fn pending_offer(pending: &PendingPayment) -> Result<Offer, OfferError> {
-    Offer::from_parts(
-        pending.challenges.iter().map(String::as_str),
-        pending.payment_required.as_deref(),
-    )
-}
-
 /// The scheme to answer a resumed payment's offer with: the one it was
 /// begun for, if that offer has it, else the first the offer has.
 fn resumed_scheme(recorded: &str, offer: &Offer) -> Prefer {
@@ -394,30 +154,6 @@ fn resumed_scheme(recorded: &str, offer: &Offer) -> Prefer {
         .or_else(|| all.into_iter().find(|s| offer.offers(*s)))
         .unwrap_or(Prefer::L402)
 }
-
-/// Whether a request failed on its way, before any answer: sending the
-/// same request again may get through. A timeout is not one (the server
-/// may still be at work on the first).
-fn lost_in_transit(error: &FetchError) -> bool {
-    matches!(error, FetchError::Http(e) if (e.is_connect() || e.is_request()) && !e.is_timeout())
-}
-
-/// How often a paid request is sent again after it was lost in transit
-/// (the payment is made: giving up would lose it).
-const PAID_RETRIES: u32 = 2;
-/// The wait before the first of those; doubled before each next one.
-const PAID_RETRY_AFTER: Duration = Duration::from_millis(500);
-
-/// Whether a server refused the credential presented.
-pub(crate) fn refused(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::PAYMENT_REQUIRED | StatusCode::UNAUTHORIZED
-    )
-}
-
-/// How long to keep asking about a payment that may be in flight.
-const RESOLVE_FOR: Duration = Duration::from_secs(30);
 
 impl Payer {
     /// Sends `request` with `send`; pays a 402 within the policy and
@@ -567,89 +303,6 @@ impl Payer {
         Ok(Fetched::Response(answer, Some(entry)))
     }
 
-    /// Pays `offer`'s invoice for `endpoint`: written to the ledger as
-    /// pending (within the budget, with the offer and `request_key`, the
-    /// key of the request paid for) before it is sent, settled or failed
-    /// once its outcome is known, resolved through the wallet when that is
-    /// not known at once. The caller holds the endpoint's lock.
-    pub(crate) async fn pay(
-        &self,
-        endpoint: &Endpoint,
-        offer: &Offer,
-        scheme: Prefer,
-        request_key: Option<&RequestKey>,
-    ) -> Result<(PaymentEntry, PaymentOutcome), FetchError> {
-        let begun = PendingPayment {
-            entry: new_entry(
-                endpoint,
-                scheme.as_str(),
-                offer.amount_msat().unwrap_or_default(),
-                hex::encode(offer.invoice.payment_hash()),
-                None,
-            ),
-            bolt11: offer.bolt11.clone(),
-            challenges: offer.challenges.clone(),
-            payment_required: offer.payment_required.clone(),
-            request_key: request_key.cloned(),
-        };
-        self.pay_begun(begun).await
-    }
-
-    /// Pays the invoice of `begun`: written to the ledger as pending
-    /// (within the budget) before it is sent, then as [`Payer::pay`]. The
-    /// caller holds the endpoint's lock.
-    pub(crate) async fn pay_begun(
-        &self,
-        begun: PendingPayment,
-    ) -> Result<(PaymentEntry, PaymentOutcome), FetchError> {
-        let mut entry = begun.entry.clone();
-        entry.id = self.ledger.begin_payment(&begun, &self.policy.budget)?;
-        let paid = self
-            .wallet
-            .pay(
-                &entry.origin,
-                &begun.bolt11,
-                self.policy.max_fee_sats * 1000,
-            )
-            .await;
-        let outcome = match paid {
-            Ok(outcome) => outcome,
-            Err(error) if may_be_in_flight(&error) => {
-                match self
-                    .await_outcome(&entry.origin, &entry.payment_hash, &begun.bolt11)
-                    .await?
-                {
-                    PaymentStatus::Succeeded(outcome) => outcome,
-                    PaymentStatus::Pending => return Err(FetchError::InFlight(entry.payment_hash)),
-                    PaymentStatus::Failed(_) | PaymentStatus::Unknown => {
-                        self.ledger.fail_payment(entry.id, &error.to_string())?;
-                        return Err(error.into());
-                    }
-                }
-            }
-            Err(error) => {
-                self.ledger.fail_payment(entry.id, &error.to_string())?;
-                return Err(error.into());
-            }
-        };
-        self.settle(&mut entry, &outcome)?;
-        Ok((entry, outcome))
-    }
-
-    /// Marks a payment paid, in the ledger and in `entry`.
-    fn settle(
-        &self,
-        entry: &mut PaymentEntry,
-        outcome: &PaymentOutcome,
-    ) -> Result<(), LedgerError> {
-        self.ledger
-            .settle_payment(entry.id, outcome.amount_msat, outcome.fee_msat)?;
-        entry.amount_msat = outcome.amount_msat;
-        entry.fee_msat = outcome.fee_msat;
-        entry.status = PaymentState::Paid;
-        Ok(())
-    }
-
     /// Sends `request` with a kept L402 token in `Authorization`. A retry
     /// of a request that went out with the token and got no answer (the
     /// digest of `own_key`, the key this run made for it, is the one
@@ -766,99 +419,6 @@ impl Payer {
         Ok(Some(answer))
     }
 
-    /// The scheme to answer `offer` with: one whose challenge has not
-    /// expired, the one that keeps the request's own `Authorization` when
-    /// it has one, then the preference, then the first of L402 and MPP
-    /// offered, then x402.
-    pub(crate) fn scheme_for(
-        &self,
-        offer: &Offer,
-        own_authorization: bool,
-        now: SystemTime,
-    ) -> Prefer {
-        let live = |scheme| offer.offers(scheme) && expiry(offer, scheme, now).is_none();
-        let mpp = live(Prefer::Mpp);
-        if mpp && own_authorization && offer.payment_field() == PAYMENT_AUTHORIZATION {
-            return Prefer::Mpp;
-        }
-        if let Some(prefer) = self.prefer.filter(|p| live(*p)) {
-            return prefer;
-        }
-        match (live(Prefer::L402), mpp) {
-            (true, true) if offer.l402_first => Prefer::L402,
-            (_, true) => Prefer::Mpp,
-            (true, false) => Prefer::L402,
-            (false, false) if live(Prefer::X402) => Prefer::X402,
-            // Nothing can be paid: the policy will say why, of the first
-            // offered.
-            (false, false) => [Prefer::L402, Prefer::Mpp]
-                .into_iter()
-                .find(|s| offer.offers(*s))
-                .unwrap_or(Prefer::X402),
-        }
-    }
-
-    /// Asks the wallet how a payment ended, for up to [`RESOLVE_FOR`].
-    async fn await_outcome(
-        &self,
-        origin: &str,
-        payment_hash: &str,
-        bolt11: &str,
-    ) -> Result<PaymentStatus, FetchError> {
-        let mut hash = [0u8; 32];
-        hex::decode_to_slice(payment_hash, &mut hash)
-            .map_err(|_| LedgerError::corrupt(format!("payment hash {payment_hash:?}")))?;
-        let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
-        loop {
-            let status = self.wallet.resolve(origin, &hash, bolt11).await?;
-            if status != PaymentStatus::Pending || tokio::time::Instant::now() >= deadline {
-                return Ok(status);
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    /// Finds out how a payment an earlier run left pending ended: paid →
-    /// settled in the ledger and returned with its offer, to answer it
-    /// now; failed or never sent → marked failed (`None`); still in
-    /// flight → [`FetchError::InFlight`].
-    pub(crate) async fn finish_pending(
-        &self,
-        pending: PendingPayment,
-    ) -> Result<Option<(PaymentEntry, PaymentOutcome, Offer)>, FetchError> {
-        let Some((entry, outcome)) = self.finish_payment(&pending).await? else {
-            return Ok(None);
-        };
-        let offer = pending_offer(&pending)?;
-        Ok(Some((entry, outcome, offer)))
-    }
-
-    /// As [`Payer::finish_pending`], without reading its offer.
-    pub(crate) async fn finish_payment(
-        &self,
-        pending: &PendingPayment,
-    ) -> Result<Option<(PaymentEntry, PaymentOutcome)>, FetchError> {
-        let mut entry = pending.entry.clone();
-        let outcome = match self
-            .await_outcome(&entry.origin, &entry.payment_hash, &pending.bolt11)
-            .await?
-        {
-            PaymentStatus::Succeeded(outcome) => outcome,
-            PaymentStatus::Pending => return Err(FetchError::InFlight(entry.payment_hash)),
-            PaymentStatus::Failed(reason) => {
-                self.ledger.fail_payment(entry.id, &reason)?;
-                return Ok(None);
-            }
-            PaymentStatus::Unknown => {
-                self.ledger
-                    .fail_payment(entry.id, "the wallet never sent it")?;
-                return Ok(None);
-            }
-        };
-        self.settle(&mut entry, &outcome)?;
-        Ok(Some((entry, outcome)))
-    }
-
     /// Finishes a pending payment and answers the request with it. When
     /// the request is the one the payment was begun for (`own_key`, the
     /// key this run made, has the digest kept with it), it goes out with
@@ -900,93 +460,16 @@ impl Payer {
             .await?;
         Ok(Some(Fetched::Response(answer, Some(entry))))
     }
-
-    /// Retries `request` with the paid credential (sent again, as it is,
-    /// when it is lost in transit); keeps the receipt and, for L402, the
-    /// token.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn answer<S, F>(
-        &self,
-        request: &Request,
-        endpoint: &Endpoint,
-        offer: &Offer,
-        scheme: Prefer,
-        entry: &mut PaymentEntry,
-        outcome: &PaymentOutcome,
-        send: &S,
-    ) -> Result<Response, FetchError>
-    where
-        S: Fn(Request) -> F + Sync,
-        F: Future<Output = Result<Response, FetchError>> + Send,
-    {
-        let (field, credential) = match scheme {
-            Prefer::L402 => ("Authorization", offer.l402_authorization(&outcome.preimage)),
-            Prefer::Mpp => (
-                offer.payment_field(),
-                offer.payment_authorization(&outcome.preimage),
-            ),
-            Prefer::X402 => (
-                gate402_x402::PAYMENT_SIGNATURE,
-                offer.x402_signature(&outcome.preimage),
-            ),
-        };
-        let credential = credential.unwrap_or_default();
-        if scheme == Prefer::L402 {
-            // Kept before the retry: a paid token outlives a failed retry.
-            let expires_at = offer
-                .l402_valid_until()
-                .iter()
-                .filter_map(|(_, value)| value.parse::<u64>().ok())
-                .min();
-            // With the request's key: until it is answered, a retry of it
-            // with the token is a retry, not a second request.
-            let token = CachedToken {
-                origin: endpoint.origin.clone(),
-                method: endpoint.method.clone(),
-                path: endpoint.path.clone(),
-                services: offer.l402_services(),
-                payment_hash: entry.payment_hash.clone(),
-                authorization: credential.clone(),
-                expires_at,
-                unanswered: RequestKey::of(request),
-            };
-            self.ledger.cache_token(&token, now())?;
-        }
-        let answer = send_paid(request, field, &credential, send).await?;
-        if let (Prefer::L402, Some(sent)) = (scheme, RequestKey::of(request)) {
-            self.ledger.note_answered(&entry.payment_hash, &sent)?;
-        }
-        if scheme == Prefer::L402
-            && offer.l402_single_use()
-            && !refused(answer.status())
-            && !answer.status().is_server_error()
-        {
-            // Served, so spent: a per-request token buys nothing more.
-            // (After a 5xx the gateway keeps it unspent for a retry.)
-            self.ledger.forget_payment_tokens(&entry.payment_hash)?;
-        }
-        let headers = answer.headers();
-        let receipt = headers
-            .get(gate402_mpp::RECEIPT_HEADER)
-            .or_else(|| {
-                (scheme == Prefer::X402)
-                    .then(|| headers.get(gate402_x402::PAYMENT_RESPONSE))
-                    .flatten()
-            })
-            .and_then(|v| v.to_str().ok());
-        entry.scheme = scheme.as_str().into();
-        self.ledger
-            .attach_receipt(entry.id, &entry.scheme, receipt)?;
-        entry.receipt = receipt.map(str::to_owned).or(entry.receipt.take());
-        Ok(answer)
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::tests::{invoice, l402_challenge, payment_challenge, x402_required};
     use crate::Budget;
+    use crate::{Ledger, Policy, Wallet};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine as _;
     use reqwest::ResponseBuilderExt as _;

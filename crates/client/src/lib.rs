@@ -34,16 +34,19 @@
 
 mod budget;
 mod client;
+mod error;
 mod idempotency;
 mod ledger;
 mod mcp;
 mod middleware;
+mod payer;
 mod policy;
 mod session;
 mod wallet;
 
 pub use budget::{Budget, Limits, Window};
-pub use client::{Client, FetchError, Fetched, Payer, Prefer};
+pub use client::Client;
+pub use error::{FetchError, SessionError};
 pub use idempotency::{RequestKey, IDEMPOTENCY_KEY};
 pub use ledger::{
     BeginError, CachedToken, EndpointLock, Ledger, LedgerError, PaymentEntry, PaymentState,
@@ -51,8 +54,9 @@ pub use ledger::{
 };
 pub use mcp::{McpCallError, ToolCall};
 pub use middleware::PaymentMiddleware;
+pub use payer::{Fetched, Payer, Prefer};
 pub use policy::{Policy, Refusal};
-pub use session::{SessionError, SessionOffer, SESSION_SCHEME, TOP_UP_SCHEME};
+pub use session::{SessionOffer, SESSION_SCHEME, TOP_UP_SCHEME};
 pub use wallet::{ReturnInvoice, Wallet, PAY_TIMEOUT, RETURN_INVOICE_EXPIRY_SECS};
 
 use gate402_bolt11::{Expect, Invoice};

@@ -16,7 +16,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceError, ServiceExt};
 use serde_json::Value;
 
-use crate::client::{Endpoint, Prefer};
+use crate::payer::{Endpoint, Prefer};
 use crate::{FetchError, Offer, Payer, PaymentEntry};
 
 /// What a tool call produced.

@@ -34,8 +34,9 @@ use reqwest::header::{
 };
 use reqwest::{Method, Request, Response, ResponseBuilderExt as _, StatusCode, Url};
 
-use crate::client::{now, refused, send_paid, with_credential, Endpoint};
+use crate::error::SessionError;
 use crate::ledger::{PaymentState, PendingPayment, Refund, StoredSession};
+use crate::payer::{new_entry, now, refused, send_paid, with_credential, Endpoint};
 use crate::wallet::ReturnInvoice;
 use crate::{
     FetchError, Fetched, LedgerError, Offer, OfferError, Payer, PaymentEntry, Prefer, Refusal,
@@ -207,44 +208,6 @@ fn read_session(
         idle_timeout_secs,
         services,
         challenges,
-    })
-}
-
-/// Why a session could not be used as the draft has it.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// The server refused a session action. `paid` names a payment made
-    /// for it (a deposit or top-up, by payment hash) that it did not take.
-    #[error("the server refused the session's {action}: {problem}{}", paid_note(.paid))]
-    Refused {
-        /// `open`, `topUp`, `close`.
-        action: &'static str,
-        /// The problem type and detail it answered.
-        problem: String,
-        /// The payment hash of what was paid for it, if anything was.
-        paid: Option<String>,
-    },
-    /// The server answered an action with something the draft does not
-    /// have it answer.
-    #[error("unexpected answer to the session's {action}: HTTP {status}")]
-    Unexpected {
-        /// `topUp`, `close`.
-        action: &'static str,
-        /// The status received.
-        status: u16,
-    },
-    /// The balance ran out and the 402 offers no session challenge to top
-    /// it up with.
-    #[error("the session's balance ran out and the server offers no session challenge to top it up with")]
-    NoTopUp,
-    /// The wallet could not issue the return invoice.
-    #[error("return invoice: {0}")]
-    Wallet(LightningError),
-}
-
-fn paid_note(paid: &Option<String>) -> String {
-    paid.as_ref().map_or_else(String::new, |hash| {
-        format!(" (payment {hash} was made for it and is recorded in the ledger)")
     })
 }
 
@@ -693,7 +656,7 @@ impl Payer {
         // The lock may have been a while coming.
         self.policy.check_deposit(&offer, SystemTime::now())?;
         let begun = PendingPayment {
-            entry: crate::client::new_entry(
+            entry: new_entry(
                 endpoint,
                 SESSION_SCHEME,
                 offer.deposit_sats * 1000,
@@ -836,7 +799,7 @@ impl Payer {
             }
         }
         let begun = PendingPayment {
-            entry: crate::client::new_entry(
+            entry: new_entry(
                 endpoint,
                 TOP_UP_SCHEME,
                 offer.deposit_sats * 1000,
