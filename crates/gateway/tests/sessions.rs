@@ -680,6 +680,61 @@ async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
 /// What a token's holder appends cannot change the deposit it names, and a
 /// balance bought for one service is spent on that service alone, through
 /// either door.
+/// A holder may append caveats to a token, of any kind, but that changes
+/// nothing it was sold as: a token sold for one request still serves one,
+/// a pass naming a balance its invoice did not pay opens none (the pass
+/// itself keeps serving), and a balance's token stays that balance.
+#[tokio::test]
+async fn appended_caveats_change_nothing_a_token_was_sold_as() {
+    let h = Harness::start(|services| {
+        let upstream = services[0].upstream.clone();
+        let mut one = ServiceConfig::proxied("one", "/complete", 3, "http://127.0.0.1:9");
+        one.upstream = upstream.clone();
+        let mut day = ServiceConfig::proxied("day", "/complete/stream", 3, "http://127.0.0.1:9");
+        day.priced = day.priced.pass(3600);
+        day.upstream = upstream;
+        services.extend([one, day]);
+    })
+    .await;
+    let appended = |l402: &str, caveat: &str| {
+        let mut credential = gate402_l402::L402Credential::from_authorization(l402).unwrap();
+        credential.macaroons[0].add_first_party_caveat(caveat.as_bytes().to_vec());
+        credential.to_authorization()
+    };
+    let request = h.buy("/complete").await;
+    let forged = appended(&request.l402, "one_balance=1000");
+    assert_eq!(h.statuses("/complete", &forged, 3).await, [200, 402, 402]);
+    assert_eq!(h.statuses("/complete", &request.l402, 1).await, [402]);
+
+    let pass = h.buy("/complete/stream").await;
+    let forged = appended(&pass.l402, "day_balance=100000");
+    let response = h
+        .http
+        .get(h.url("/complete/stream"))
+        .header(AUTHORIZATION, &forged)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        problem(response).await.ends_with("/verification-failed"),
+        "a balance its invoice did not pay"
+    );
+    assert_eq!(
+        h.statuses("/complete/stream", &pass.l402, 2).await,
+        [200, 200]
+    );
+    let id = pass.offer.invoice.payment_hash();
+    let opened = h.gateway.paywall().store().session(&id).await.unwrap();
+    assert!(opened.is_none(), "a balance was opened for the pass");
+
+    // Nor does an appended `uses` make a balance's token buy a request of
+    // its own: both spend the one balance (10 sat, 5 requests).
+    let balance = h.buy("/chat").await;
+    let forged = appended(&balance.l402, "chat_uses=1");
+    assert_eq!(h.statuses("/chat", &forged, 3).await, [200, 200, 200]);
+    assert_eq!(h.statuses("/chat", &balance.l402, 3).await, [200, 200, 402]);
+}
+
 #[tokio::test]
 async fn a_balance_is_its_minted_deposit_spent_on_its_own_service() {
     let h = Harness::start(|_| {}).await;

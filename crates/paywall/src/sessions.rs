@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gate402_lightning::PayError;
+use gate402_lightning::{InvoiceStatus, PayError};
 use gate402_mpp::problem::ProblemType;
 use gate402_mpp::session::{
     check_return_invoice, proves, session_id, verify_session, SessionAction, VerifiedSession,
@@ -345,19 +345,58 @@ impl Paywall {
     }
 
     /// Opens the balance an L402 token names, on its first use (later uses
-    /// find it open).
+    /// find it open). Its `<service>_balance` caveat may have been appended
+    /// by the holder to a token sold as something else (a pass): so first
+    /// the node must say that the token's invoice paid that deposit.
     ///
     /// # Errors
     ///
-    /// The step to answer with: closed, or a deposit spent elsewhere.
+    /// The step to answer with: closed, a deposit spent elsewhere, a
+    /// deposit the invoice did not pay (402), or a 503 when the store or
+    /// the node cannot answer.
     pub(crate) async fn open_balance(
         &self,
         service: &PricedService,
         verified: &Verified,
         deposit_sats: u64,
     ) -> Result<(), Halt> {
-        self.open(service, verified.payment_hash, deposit_sats, None, "L402")
-            .await
+        let id = verified.payment_hash;
+        match self.store().session(&id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => self.deposit_paid(&id, deposit_sats).await?,
+            Err(e) => {
+                tracing::error!(error = %e, "store: cannot look up a session");
+                return Err(Halt::Answer(responses::payment_unavailable()));
+            }
+        }
+        self.open(service, id, deposit_sats, None, "L402").await
+    }
+
+    /// Whether the invoice of payment `hash` was paid at least
+    /// `deposit_sats`, as the node says.
+    async fn deposit_paid(&self, hash: &[u8; 32], deposit_sats: u64) -> Result<(), Halt> {
+        match self.backend().invoice_status(hash).await {
+            Ok(InvoiceStatus::Settled { amount_msat, .. })
+                if amount_msat >= deposit_sats.saturating_mul(1000) =>
+            {
+                Ok(())
+            }
+            Ok(InvoiceStatus::Settled { amount_msat, .. }) => Err(refused(
+                ProblemType::VerificationFailed,
+                format!(
+                    "this token names a balance of {deposit_sats} sat; its invoice paid {} sat",
+                    amount_msat / 1000
+                ),
+            )),
+            Ok(_) => Err(refused(
+                ProblemType::VerificationFailed,
+                "this token's invoice is not paid",
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot ask the node what a deposit's invoice was paid");
+                Err(Halt::Answer(responses::unavailable("the Lightning node")))
+            }
+        }
     }
 
     async fn open(

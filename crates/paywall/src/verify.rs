@@ -2,7 +2,7 @@
 //! Stateless checks only (signatures, terms, preimages); single use is the
 //! claim's job ([`crate::claims`]).
 
-use gate402_l402::caveat::{self, RequestContext};
+use gate402_l402::caveat::{self, RequestContext, Sale};
 use gate402_l402::{verify as verify_l402, L402Credential, RootKeySecrets, VerifyError};
 use gate402_lightning::Network;
 use gate402_mpp::challenge::ChallengeKey;
@@ -146,12 +146,18 @@ impl Verifier {
                 // What the token says it buys decides, not today's config:
                 // a token sold as a pass stays one, a single-use token
                 // stays single use, whatever the service sells now.
-                let terms = caveat::terms(credential.token().first_party_caveats(), &service.name);
-                let single_use = terms.uses.is_some() && terms.balance.is_none();
+                let caveats = || credential.token().first_party_caveats();
+                let terms = caveat::terms(caveats(), &service.name);
+                // A holder may append caveats of either kind: the first
+                // says what was sold; a balance on a token that names none
+                // before (a pass) opens only if its invoice paid it
+                // (`open_balance`).
+                let sale = caveat::sold_as(caveats(), &service.name);
+                let single_use = sale == Sale::Requests;
                 let grant = Grant {
                     payment_hash: id.payment_hash,
                     valid_until: terms.valid_until,
-                    balance: terms.balance,
+                    balance: terms.balance.filter(|_| sale == Sale::Balance),
                 };
                 if !single_use {
                     let service = service.name.clone();

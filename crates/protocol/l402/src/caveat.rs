@@ -126,6 +126,33 @@ pub fn terms<'a>(caveats: impl IntoIterator<Item = &'a [u8]>, service: &str) -> 
     terms
 }
 
+/// What a token was sold as for one service, by the first of its
+/// `<service>_uses` and `<service>_balance` caveats: the gateway mints at
+/// most one of them, and a holder can only append caveats after it, so an
+/// appended one of the other kind never changes the sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sale {
+    /// `<service>_uses` came first: requests, each claimed once.
+    Requests,
+    /// `<service>_balance` came first: a prepaid balance.
+    Balance,
+    /// Neither: a pass, good until `<service>_valid_until`.
+    Pass,
+}
+
+/// Reads the [`Sale`] for `service` from a token's first-party caveats.
+pub fn sold_as<'a>(caveats: impl IntoIterator<Item = &'a [u8]>, service: &str) -> Sale {
+    caveats
+        .into_iter()
+        .filter_map(Caveat::parse)
+        .find_map(|caveat| match caveat.condition.strip_prefix(service)? {
+            USES_SUFFIX => Some(Sale::Requests),
+            BALANCE_SUFFIX => Some(Sale::Balance),
+            _ => None,
+        })
+        .unwrap_or(Sale::Pass)
+}
+
 impl std::fmt::Display for Caveat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}={}", self.condition, self.value)
@@ -556,6 +583,22 @@ mod tests {
             terms(["services=svc:0".as_bytes()], "svc"),
             Terms::default()
         );
+    }
+
+    #[test]
+    fn the_first_of_uses_and_balance_says_what_was_sold() {
+        let sale = |caveats: &[&str]| sold_as(caveats.iter().map(|c| c.as_bytes()), "svc");
+        assert_eq!(sale(&["services=svc:0", "svc_valid_until=9"]), Sale::Pass);
+        assert_eq!(
+            sale(&["svc_valid_until=9", "svc_uses=1", "svc_balance=1000"]),
+            Sale::Requests
+        );
+        assert_eq!(
+            sale(&["svc_valid_until=9", "svc_balance=10", "svc_uses=1"]),
+            Sale::Balance
+        );
+        assert_eq!(sale(&["other_balance=10", "svc_uses=1"]), Sale::Requests);
+        assert_eq!(sale(&["svc_usesx=1", "svc_balance=3"]), Sale::Balance);
     }
 
     #[test]
