@@ -517,6 +517,48 @@ async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
     }
 }
 
+/// A client that sends a paid request and closes its connection at once,
+/// while the request's claim is still being taken, leaves the payment
+/// free: retried, it is served (or, had the request reached the upstream,
+/// spent), never refused as in use by another request until the claim's
+/// lease runs out.
+#[tokio::test]
+async fn a_client_that_leaves_while_its_claim_is_taken_can_retry_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(|up| vec![service("echo", "/echo", 3, up)]).await;
+    for door in ["L402", "Payment"] {
+        for n in 0..10 {
+            let (offer, preimage) = h.buy("/echo").await;
+            let credential = match door {
+                "L402" => offer.l402_authorization(&preimage),
+                _ => offer.payment_authorization(&preimage),
+            }
+            .unwrap();
+            let mut socket = tokio::net::TcpStream::connect(h.gateway.addr())
+                .await
+                .unwrap();
+            let request =
+                format!("GET /echo HTTP/1.1\r\nHost: x\r\nAuthorization: {credential}\r\n\r\n");
+            socket.write_all(request.as_bytes()).await.unwrap();
+            drop(socket);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let response = h.get("/echo", &credential).await;
+                let status = response.status();
+                let body = response.text().await.unwrap();
+                if status == StatusCode::OK || body.contains("already been used") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{door} #{n}: still held 5 s after its client left: {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// A paid POST whose answer is lost is not lost: with `Idempotency-Key`
 /// its retry gets the kept response and receipt, and the upstream acted
 /// once, through each door and for a pass; the key with another body is

@@ -27,12 +27,21 @@ struct Harness {
 
 /// Runs of the upstream's `/broken`, which always fails after acting.
 static BROKEN_RUNS: AtomicUsize = AtomicUsize::new(0);
+/// Requests the upstream's `/counted` answered.
+static COUNTED_RUNS: AtomicUsize = AtomicUsize::new(0);
 
 /// An upstream with `/chat` (answers), `/flaky` (fails its first two
 /// calls), `/broken` (always fails).
 async fn upstream(failures: Arc<AtomicUsize>) -> String {
     let app = axum::Router::new()
         .route("/chat", any(|| async { "an answer" }))
+        .route(
+            "/counted",
+            any(|| async {
+                COUNTED_RUNS.fetch_add(1, Ordering::SeqCst);
+                "an answer"
+            }),
+        )
         .route(
             "/complete",
             any(|| async {
@@ -733,6 +742,46 @@ async fn appended_caveats_change_nothing_a_token_was_sold_as() {
     let forged = appended(&balance.l402, "chat_uses=1");
     assert_eq!(h.statuses("/chat", &forged, 3).await, [200, 200, 200]);
     assert_eq!(h.statuses("/chat", &balance.l402, 3).await, [200, 200, 402]);
+}
+
+/// Requests whose clients close the connection at once, while their
+/// debit is being taken, spend nothing from the balance unless they
+/// reached the upstream: the deposit buys exactly its requests, counted
+/// at the upstream.
+#[tokio::test]
+async fn a_client_that_leaves_while_its_debit_is_taken_spends_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(|services| {
+        let mut counted = balance("counted", "/counted", 2, 5, "http://127.0.0.1:9");
+        counted.upstream = services[0].upstream.clone();
+        services.push(counted);
+    })
+    .await;
+    let bought = h.buy("/counted").await;
+    for _ in 0..10 {
+        let mut socket = tokio::net::TcpStream::connect(h.gateway.addr())
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /counted HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+            bought.l402
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        drop(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left = COUNTED_RUNS.load(Ordering::SeqCst);
+    let served = h
+        .statuses("/counted", &bought.l402, 6)
+        .await
+        .iter()
+        .filter(|&&status| status == 200)
+        .count();
+    assert_eq!(
+        left + served,
+        5,
+        "{left} reached the upstream as their clients left, {served} after"
+    );
 }
 
 #[tokio::test]

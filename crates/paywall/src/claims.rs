@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::batch::Batch;
 use crate::clock::unix_now;
+use crate::detached::Detached;
 
 /// How long a served claim waits for others to be committed with it:
 /// until then it stays held (a replay is refused as in flight), and a
@@ -241,11 +242,25 @@ impl Claims {
             token: hex::encode(rand::random::<[u8; 16]>()),
         };
         let lease_until = now + self.lease.as_secs();
-        match self
-            .store
-            .claim(key.as_str(), &holder, expires_at, lease_until, now)
-            .await?
-        {
+        let call = {
+            let (store, key, holder) = (self.store.clone(), key.0.clone(), holder.clone());
+            async move {
+                store
+                    .claim(&key, &holder, expires_at, lease_until, now)
+                    .await
+            }
+        };
+        // Taken after its request left (its client closed the connection):
+        // given back at once.
+        let give_back = {
+            let (claims, key, holder) = (self.clone(), key.0.clone(), holder.clone());
+            move |taken: Result<Reservation, StoreError>| {
+                if matches!(taken, Ok(Reservation::Acquired)) {
+                    claims.finish(key, holder, Outcome::Release);
+                }
+            }
+        };
+        match Detached::new(&self.tracker, call, give_back).await? {
             Reservation::Acquired => {}
             Reservation::Consumed => return Err(ClaimError::Consumed),
             Reservation::InFlight => return Err(ClaimError::InFlight),
@@ -320,10 +335,17 @@ impl Claims {
 
     async fn finish_now(&self, key: &str, holder: &ClaimHolder, outcome: Outcome) -> bool {
         self.forget(key, holder);
-        let result = match outcome {
-            Outcome::Commit => self.store.commit_claim(key, holder, unix_now()).await,
-            Outcome::Release => self.store.release_claim(key, holder).await,
+        let call = {
+            let (store, key, holder) = (self.store.clone(), key.to_owned(), holder.clone());
+            async move {
+                match outcome {
+                    Outcome::Commit => store.commit_claim(&key, &holder, unix_now()).await,
+                    Outcome::Release => store.release_claim(&key, &holder).await,
+                }
+            }
         };
+        // Finished even if the request is dropped meanwhile.
+        let result = Detached::new(&self.tracker, call, drop).await;
         match result {
             Ok(true) => true,
             Ok(false) => {
@@ -398,11 +420,17 @@ impl Claim {
     pub async fn fail(mut self) -> bool {
         self.on_drop = None;
         self.claims.forget(&self.key, &self.holder);
-        let result = self
-            .claims
-            .store
-            .fail_claim(&self.key, &self.holder, FAILURES_PER_PAYMENT, unix_now())
-            .await;
+        let call = {
+            let store = self.claims.store.clone();
+            let (key, holder) = (self.key.clone(), self.holder.clone());
+            async move {
+                store
+                    .fail_claim(&key, &holder, FAILURES_PER_PAYMENT, unix_now())
+                    .await
+            }
+        };
+        // Finished even if the request is dropped meanwhile.
+        let result = Detached::new(&self.claims.tracker, call, drop).await;
         match result {
             Ok(AfterFailure::Released) => true,
             Ok(AfterFailure::Spent) => {

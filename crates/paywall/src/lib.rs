@@ -69,6 +69,7 @@ pub mod claims;
 pub mod client;
 mod clock;
 pub mod credentials;
+mod detached;
 pub mod fields;
 pub mod idempotency;
 pub mod issue;

@@ -24,13 +24,16 @@ use gate402_mpp::session::{
     check_return_invoice, proves, session_id, verify_session, SessionAction, VerifiedSession,
 };
 use gate402_mpp::PaymentCredential;
-use gate402_store::{AfterFailure, ClaimHolder, Closing, Debit, NewSession, Opened, Store, TopUp};
+use gate402_store::{
+    AfterFailure, ClaimHolder, Closing, Debit, NewSession, Opened, Store, StoreError, TopUp,
+};
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::unix_now;
+use crate::detached::Detached;
 use crate::paywall::Paywall;
 use crate::responses::{self, Refusal};
 use crate::route::{Meter, PricedService};
@@ -143,7 +146,12 @@ impl Hold {
     pub(crate) async fn fail(mut self) -> bool {
         self.done = true;
         let spend_at = crate::claims::FAILURES_PER_PAYMENT;
-        match self.store.fail_debit(&self.holder, spend_at).await {
+        let call = {
+            let (store, holder) = (self.store.clone(), self.holder.clone());
+            async move { store.fail_debit(&holder, spend_at).await }
+        };
+        // Finished even if the request is dropped meanwhile.
+        match Detached::new(&self.tracker, call, drop).await {
             Ok(AfterFailure::Released) => true,
             Ok(AfterFailure::Spent) => {
                 tracing::warn!(
@@ -163,7 +171,11 @@ impl Hold {
     /// Gives the debit back now (the request never reached the upstream).
     pub(crate) async fn release(mut self) {
         self.done = true;
-        if let Err(e) = self.store.undo_debit(&self.holder).await {
+        let call = {
+            let (store, holder) = (self.store.clone(), self.holder.clone());
+            async move { store.undo_debit(&holder).await }
+        };
+        if let Err(e) = Detached::new(&self.tracker, call, drop).await {
             // Given back at this replica's next start.
             tracing::error!(error = %e, "cannot give a debit back to its session");
         }
@@ -468,11 +480,35 @@ impl Paywall {
             }),
             _ => None,
         };
-        match self
-            .store()
-            .debit(id, &service.name, hold_msat, &holder, unix_now())
-            .await
-        {
+        let call = {
+            let (store, id, name, holder) = (
+                self.store().clone(),
+                *id,
+                service.name.clone(),
+                holder.clone(),
+            );
+            async move {
+                store
+                    .debit(&id, &name, hold_msat, &holder, unix_now())
+                    .await
+            }
+        };
+        // Debited after its request left (its client closed the
+        // connection): given back at once.
+        let give_back = {
+            let (store, holder) = (self.store().clone(), holder.clone());
+            let tracker = self.inner.background.clone();
+            move |debited: Result<Debit, StoreError>| {
+                if matches!(debited, Ok(Debit::Done { .. })) {
+                    tracker.spawn(async move {
+                        if let Err(e) = store.undo_debit(&holder).await {
+                            tracing::error!(error = %e, "store: cannot give back a debit whose request left");
+                        }
+                    });
+                }
+            }
+        };
+        match Detached::new(&self.inner.background, call, give_back).await {
             Ok(Debit::Done { .. }) => Ok(Hold {
                 store: self.store().clone(),
                 holder,
@@ -693,4 +729,61 @@ pub enum SessionClose {
     },
     /// Closed before; its record.
     AlreadyClosed(gate402_store::SessionRecord),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A request dropped while its debit is being taken (its client left)
+    /// holds nothing from the balance: the debit, taken anyway, is given
+    /// back.
+    #[tokio::test]
+    async fn a_debit_whose_request_left_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Arc::new(gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap());
+        let store = Arc::new(
+            gate402_store::SqliteStore::open(&dir.path().join("paywall.sqlite3")).unwrap(),
+        );
+        let chat = PricedService::new("chat", "/chat", 2).balance(5);
+        let paywall = Paywall::builder(sandbox, store, "a secret of at least thirty-two bytes")
+            .unwrap()
+            .services([chat.clone()])
+            .build()
+            .await
+            .unwrap();
+        let id = [9; 32];
+        let opened = paywall
+            .store()
+            .open_session(&NewSession {
+                id,
+                service: "chat".into(),
+                deposit_msat: 10_000,
+                return_invoice: None,
+                idle_secs: 600,
+                now: unix_now(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(opened, Opened::New);
+        let spent = || async {
+            let session = paywall.store().session(&id).await.unwrap().unwrap();
+            session.spent_msat
+        };
+        // Polled once (the store has the call), then dropped.
+        let mut debit = Box::pin(paywall.debit(&chat, &id));
+        tokio::select! {
+            biased;
+            _ = &mut debit => panic!("the store answered within one poll"),
+            () = std::future::ready(()) => {}
+        }
+        drop(debit);
+        let mut waited = Duration::ZERO;
+        while spent().await != 0 && waited < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+        assert_eq!(spent().await, 0, "the debit of a request that left is held");
+    }
 }
