@@ -517,6 +517,29 @@ async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
     }
 }
 
+/// A credential replayed right after its request was answered is told it
+/// was used, not that another request is using it (its commit may not be
+/// written yet).
+#[tokio::test]
+async fn a_replay_right_after_the_answer_is_told_the_credential_was_used() {
+    let h = Harness::start(|up| vec![service("echo", "/echo", 3, up)]).await;
+    for door in ["L402", "Payment"] {
+        for n in 0..5 {
+            let (offer, preimage) = h.buy("/echo").await;
+            let credential = match door {
+                "L402" => offer.l402_authorization(&preimage),
+                _ => offer.payment_authorization(&preimage),
+            }
+            .unwrap();
+            assert_eq!(h.get("/echo", &credential).await.status(), StatusCode::OK);
+            let replay = h.get("/echo", &credential).await;
+            assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
+            let body = replay.text().await.unwrap();
+            assert!(body.contains("already been used"), "{door} #{n}: {body}");
+        }
+    }
+}
+
 /// A client that sends a paid request and closes its connection at once,
 /// while the request's claim is still being taken, leaves the payment
 /// free: retried, it is served (or, had the request reached the upstream,

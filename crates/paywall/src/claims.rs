@@ -16,7 +16,7 @@
 //! ([`Claims::release_abandoned`]): their clients paid and were never
 //! answered, and are served on their retry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,8 +30,9 @@ use crate::clock::unix_now;
 use crate::detached::Detached;
 
 /// How long a served claim waits for others to be committed with it:
-/// until then it stays held (a replay is refused as in flight), and a
-/// crash releases it at the next start.
+/// until then it stays held (a replay is refused: as spent on this
+/// replica, as in flight on another), and a crash releases it at the next
+/// start.
 const COMMIT_LINGER: Duration = Duration::from_millis(2);
 
 /// How many times an upstream may fail on one payment before the payment
@@ -92,6 +93,8 @@ pub struct Claims {
     lease: Duration,
     /// Claims held now, for the renewer.
     held: Mutex<HashMap<String, ClaimHolder>>,
+    /// The keys of those, to tell a replay that they are spent.
+    spent: Mutex<HashSet<String>>,
     /// Claims served and waiting to be recorded as spent: still held (and
     /// renewed) until their batch is written.
     commits: Batch<Vec<(String, ClaimHolder)>>,
@@ -129,6 +132,7 @@ impl Claims {
             replica,
             lease: lease.max(Duration::from_secs(1)),
             held: Mutex::new(HashMap::new()),
+            spent: Mutex::new(HashSet::new()),
             commits: Batch::new(),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -175,6 +179,11 @@ impl Claims {
     ) -> Option<Vec<(String, ClaimHolder)>> {
         match self.store.commit_claims(&batch, unix_now()).await {
             Ok(held) => {
+                let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+                for (key, _) in &batch {
+                    spent.remove(key);
+                }
+                drop(spent);
                 let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
                 for ((key, holder), held) in batch.iter().zip(held) {
                     if map.get(key) == Some(holder) {
@@ -263,6 +272,16 @@ impl Claims {
         match Detached::new(&self.tracker, call, give_back).await? {
             Reservation::Acquired => {}
             Reservation::Consumed => return Err(ClaimError::Consumed),
+            // Served here, its commit not yet written: spent all the same.
+            Reservation::InFlight
+                if self
+                    .spent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&key.0) =>
+            {
+                return Err(ClaimError::Consumed)
+            }
             Reservation::InFlight => return Err(ClaimError::InFlight),
         }
         self.held
@@ -308,6 +327,10 @@ impl Claims {
 
     fn finish(self: &Arc<Self>, key: String, holder: ClaimHolder, outcome: Outcome) {
         if outcome == Outcome::Commit {
+            self.spent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone());
             self.commits.add(|pending| pending.push((key, holder)));
             return;
         }

@@ -111,6 +111,21 @@ pub enum CredentialError {
     /// credential, or bytes that are not text.
     #[error("Payment-Authorization does not hold an L402 or Payment credential")]
     NotACredential,
+    /// A payment credential, in the field named, with bytes that are not
+    /// visible ASCII.
+    #[error("the payment credential in {0} holds bytes that are not text")]
+    NotText(&'static str),
+}
+
+impl CredentialField {
+    /// The field's name, as sent.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Authorization => "Authorization",
+            Self::PaymentAuthorization => "Payment-Authorization",
+            Self::PaymentSignature => "payment-signature",
+        }
+    }
 }
 
 fn scheme_of(value: &[u8]) -> Option<CredentialScheme> {
@@ -192,7 +207,7 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
     }
     let value = value
         .to_str()
-        .map_err(|_| CredentialError::NotACredential)?
+        .map_err(|_| CredentialError::NotText(field.name()))?
         .trim()
         .to_owned();
     Ok(Some(Presented {
@@ -330,6 +345,20 @@ mod tests {
 
         let mut h = headers(&[("payment-authorization", "Bearer x")]);
         assert_eq!(take(&mut h), Err(CredentialError::NotACredential));
+
+        // Not text: named by the field it came in.
+        for (field, name) in [
+            (AUTHORIZATION, "Authorization"),
+            (PAYMENT_AUTHORIZATION, "Payment-Authorization"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                field,
+                HeaderValue::from_bytes(b"L402 \xff\xfe:\xff").unwrap(),
+            );
+            assert_eq!(take(&mut h), Err(CredentialError::NotText(name)));
+            assert!(h.is_empty());
+        }
         assert!(h.is_empty());
 
         let big = format!("Payment {}", "a".repeat(MAX_CREDENTIAL_BYTES));
