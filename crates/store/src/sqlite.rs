@@ -1568,18 +1568,21 @@ mod tests {
         };
         store.claim("p:1", &holder, 100, 50, 10).await.unwrap();
         tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
-        // The database file alone, as a copy without its log would be.
-        let copy = dir.path().join("copy.sqlite3");
-        std::fs::copy(&path, &copy).unwrap();
-        let found: i64 = Connection::open(&copy)
-            .unwrap()
-            .query_row(
-                "SELECT count(*) FROM challenges WHERE id = 'p:1'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let found = in_the_file_alone(&path, "SELECT count(*) FROM challenges WHERE id = 'p:1'");
         assert_eq!(found, 1);
+    }
+
+    /// `sql`'s answer from a copy of the database file alone, as a copy
+    /// without its log would have it.
+    fn in_the_file_alone(path: &Path, sql: &str) -> i64 {
+        let copy = path.with_extension("copy");
+        std::fs::copy(path, &copy).unwrap();
+        let answer = Connection::open(&copy)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap();
+        std::fs::remove_file(&copy).unwrap();
+        answer
     }
 
     /// Closed, the store leaves everything in the database file and no
@@ -1598,16 +1601,7 @@ mod tests {
         store.close().await;
         let log = dir.path().join("s.sqlite3-wal");
         assert!(!log.exists(), "the log is still there after close");
-        let copy = dir.path().join("copy.sqlite3");
-        std::fs::copy(&path, &copy).unwrap();
-        let spent: i64 = Connection::open(&copy)
-            .unwrap()
-            .query_row(
-                "SELECT consumed FROM challenges WHERE id = 'p:1'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let spent = in_the_file_alone(&path, "SELECT consumed FROM challenges WHERE id = 'p:1'");
         assert_eq!(spent, 1);
         assert!(store.ping().await.is_err());
         store.close().await;
