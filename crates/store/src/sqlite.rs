@@ -1559,6 +1559,20 @@ mod tests {
     /// its log, while the store runs.
     #[tokio::test]
     async fn the_log_is_copied_into_the_database_while_running() {
+        let (_dir, path, _store, _holder) = claimed_in_a_new_store().await;
+        tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
+        let found = in_the_file_alone(&path, "SELECT count(*) FROM challenges WHERE id = 'p:1'");
+        assert_eq!(found, 1);
+    }
+
+    /// A store in a new file, holding claim `p:1`: its directory (removed
+    /// when dropped), its path, itself and the claim's holder.
+    async fn claimed_in_a_new_store() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        SqliteStore,
+        ClaimHolder,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite3");
         let store = SqliteStore::open(&path).unwrap();
@@ -1567,9 +1581,7 @@ mod tests {
             token: "t".into(),
         };
         store.claim("p:1", &holder, 100, 50, 10).await.unwrap();
-        tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
-        let found = in_the_file_alone(&path, "SELECT count(*) FROM challenges WHERE id = 'p:1'");
-        assert_eq!(found, 1);
+        (dir, path, store, holder)
     }
 
     /// `sql`'s answer from a copy of the database file alone, as a copy
@@ -1589,17 +1601,10 @@ mod tests {
     /// log beside it, and answers no more calls.
     #[tokio::test]
     async fn closing_leaves_the_database_file_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.sqlite3");
-        let store = SqliteStore::open(&path).unwrap();
-        let holder = ClaimHolder {
-            replica: "r".into(),
-            token: "t".into(),
-        };
-        store.claim("p:1", &holder, 100, 50, 10).await.unwrap();
+        let (_dir, path, store, holder) = claimed_in_a_new_store().await;
         assert!(store.commit_claim("p:1", &holder, 11).await.unwrap());
         store.close().await;
-        let log = dir.path().join("s.sqlite3-wal");
+        let log = path.with_extension("sqlite3-wal");
         assert!(!log.exists(), "the log is still there after close");
         let spent = in_the_file_alone(&path, "SELECT consumed FROM challenges WHERE id = 'p:1'");
         assert_eq!(spent, 1);
