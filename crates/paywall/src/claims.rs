@@ -16,7 +16,7 @@
 //! ([`Claims::release_abandoned`]): their clients paid and were never
 //! answered, and are served on their retry.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,15 +86,21 @@ pub enum ClaimError {
     Store(#[from] StoreError),
 }
 
+/// A claim this replica holds.
+struct Held {
+    holder: ClaimHolder,
+    /// Its request was answered and its commit waits for its batch: a
+    /// replay is told it is spent, not in flight.
+    served: bool,
+}
+
 /// The claims of one replica.
 pub struct Claims {
     store: Arc<dyn Store>,
     replica: String,
     lease: Duration,
-    /// Claims held now, for the renewer.
-    held: Mutex<HashMap<String, ClaimHolder>>,
-    /// The keys of those, to tell a replay that they are spent.
-    spent: Mutex<HashSet<String>>,
+    /// Claims held now, for the renewer, by key.
+    held: Mutex<HashMap<String, Held>>,
     /// Claims served and waiting to be recorded as spent: still held (and
     /// renewed) until their batch is written.
     commits: Batch<Vec<(String, ClaimHolder)>>,
@@ -132,7 +138,6 @@ impl Claims {
             replica,
             lease: lease.max(Duration::from_secs(1)),
             held: Mutex::new(HashMap::new()),
-            spent: Mutex::new(HashSet::new()),
             commits: Batch::new(),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
@@ -179,14 +184,9 @@ impl Claims {
     ) -> Option<Vec<(String, ClaimHolder)>> {
         match self.store.commit_claims(&batch, unix_now()).await {
             Ok(held) => {
-                let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
-                for (key, _) in &batch {
-                    spent.remove(key);
-                }
-                drop(spent);
                 let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
                 for ((key, holder), held) in batch.iter().zip(held) {
-                    if map.get(key) == Some(holder) {
+                    if map.get(key).is_some_and(|h| h.holder == *holder) {
                         map.remove(key);
                     }
                     if !held {
@@ -275,19 +275,23 @@ impl Claims {
             // Served here, its commit not yet written: spent all the same.
             Reservation::InFlight
                 if self
-                    .spent
+                    .held
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .contains(&key.0) =>
+                    .get(&key.0)
+                    .is_some_and(|h| h.served) =>
             {
                 return Err(ClaimError::Consumed)
             }
             Reservation::InFlight => return Err(ClaimError::InFlight),
         }
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.0.clone(), holder.clone());
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            key.0.clone(),
+            Held {
+                holder: holder.clone(),
+                served: false,
+            },
+        );
         Ok(Claim {
             claims: self.clone(),
             key: key.0.clone(),
@@ -302,7 +306,7 @@ impl Claims {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(k, h)| (k.clone(), h.clone()))
+            .map(|(k, h)| (k.clone(), h.holder.clone()))
             .collect();
         let lease_until = unix_now() + self.lease.as_secs();
         for (key, holder) in held {
@@ -312,7 +316,7 @@ impl Claims {
                     // Finished meanwhile, or lost while the store was out
                     // of reach for a whole lease.
                     let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-                    if map.get(&key) == Some(&holder) {
+                    if map.get(&key).is_some_and(|h| h.holder == holder) {
                         map.remove(&key);
                         tracing::error!(
                             key,
@@ -327,10 +331,11 @@ impl Claims {
 
     fn finish(self: &Arc<Self>, key: String, holder: ClaimHolder, outcome: Outcome) {
         if outcome == Outcome::Commit {
-            self.spent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.clone());
+            let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(held) = map.get_mut(&key).filter(|h| h.holder == holder) {
+                held.served = true;
+            }
+            drop(map);
             self.commits.add(|pending| pending.push((key, holder)));
             return;
         }
@@ -351,7 +356,7 @@ impl Claims {
     /// Stops renewing a claim this request is finishing.
     fn forget(&self, key: &str, holder: &ClaimHolder) {
         let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if map.get(key) == Some(holder) {
+        if map.get(key).is_some_and(|h| h.holder == *holder) {
             map.remove(key);
         }
     }

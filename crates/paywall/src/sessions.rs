@@ -62,6 +62,14 @@ fn refused(problem: ProblemType, detail: impl Into<String>) -> Halt {
     Halt::Refuse(Refusal::new(StatusCode::PAYMENT_REQUIRED, problem, detail))
 }
 
+/// The refusal of a request on a closed session.
+fn closed() -> Halt {
+    refused(
+        ProblemType::LightningSessionClosed,
+        "this session is closed; pay a fresh deposit",
+    )
+}
+
 fn refuse(problem: ProblemType, detail: impl Into<String>) -> Step {
     Step::Halt(refused(problem, detail))
 }
@@ -126,6 +134,24 @@ impl std::fmt::Debug for Hold {
 }
 
 impl Hold {
+    /// A debit `holder` holds from a balance: given back when dropped as
+    /// it is.
+    fn new(
+        store: Arc<dyn Store>,
+        holder: ClaimHolder,
+        tracker: TaskTracker,
+        usage: Option<UsageCount>,
+    ) -> Self {
+        Self {
+            store,
+            holder,
+            tracker,
+            keep_on_drop: false,
+            done: false,
+            usage,
+        }
+    }
+
     /// Where the units a response reports go, for a service metered by
     /// usage.
     pub(crate) fn units(&self) -> Option<Units> {
@@ -374,14 +400,17 @@ impl Paywall {
     ) -> Result<(), Halt> {
         let id = verified.payment_hash;
         match self.store().session(&id).await {
-            Ok(Some(_)) => {}
-            Ok(None) => self.deposit_paid(&id, deposit_sats).await?,
+            Ok(Some(session)) if session.closed.is_some() => Err(closed()),
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                self.deposit_paid(&id, deposit_sats).await?;
+                self.open(service, id, deposit_sats, None, "L402").await
+            }
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot look up a session");
-                return Err(Halt::Answer(responses::payment_unavailable()));
+                Err(Halt::Answer(responses::payment_unavailable()))
             }
         }
-        self.open(service, id, deposit_sats, None, "L402").await
     }
 
     /// Whether the invoice of payment `hash` was paid at least
@@ -443,10 +472,7 @@ impl Paywall {
                 self.record_deposit(service, scheme, id, deposit_sats);
                 Ok(())
             }
-            Ok(Opened::Existing(session)) if session.closed.is_some() => Err(refused(
-                ProblemType::LightningSessionClosed,
-                "this session is closed; pay a fresh deposit",
-            )),
+            Ok(Opened::Existing(session)) if session.closed.is_some() => Err(closed()),
             Ok(Opened::Existing(_)) => Ok(()),
             Ok(Opened::DepositSpent) => Err(refused(
                 ProblemType::InvalidChallenge,
@@ -493,30 +519,19 @@ impl Paywall {
                     .await
             }
         };
+        let (store, tracker) = (self.store().clone(), self.inner.background.clone());
         // Debited after its request left (its client closed the
-        // connection): given back at once.
+        // connection): its hold, dropped as it is, gives it back.
         let give_back = {
-            let (store, holder) = (self.store().clone(), holder.clone());
-            let tracker = self.inner.background.clone();
+            let (store, holder, tracker) = (store.clone(), holder.clone(), tracker.clone());
             move |debited: Result<Debit, StoreError>| {
                 if matches!(debited, Ok(Debit::Done { .. })) {
-                    tracker.spawn(async move {
-                        if let Err(e) = store.undo_debit(&holder).await {
-                            tracing::error!(error = %e, "store: cannot give back a debit whose request left");
-                        }
-                    });
+                    drop(Hold::new(store, holder, tracker, None));
                 }
             }
         };
         match Detached::new(&self.inner.background, call, give_back).await {
-            Ok(Debit::Done { .. }) => Ok(Hold {
-                store: self.store().clone(),
-                holder,
-                tracker: self.inner.background.clone(),
-                keep_on_drop: false,
-                done: false,
-                usage,
-            }),
+            Ok(Debit::Done { .. }) => Ok(Hold::new(store, holder, tracker, usage)),
             Ok(Debit::Insufficient { balance_msat, .. }) => Err(refused(
                 ProblemType::LightningInsufficientBalance,
                 format!(
@@ -525,10 +540,7 @@ impl Paywall {
                     hold_msat / 1000
                 ),
             )),
-            Ok(Debit::Closed) => Err(refused(
-                ProblemType::LightningSessionClosed,
-                "this session is closed; pay a fresh deposit",
-            )),
+            Ok(Debit::Closed) => Err(closed()),
             Ok(Debit::NotFound) => Err(refused(
                 ProblemType::LightningSessionNotFound,
                 "no session of this service has this id; open one with the challenge's deposit",
