@@ -135,6 +135,10 @@ pub async fn start_upstream() -> std::io::Result<(SocketAddr, tokio::task::JoinH
 /// admin API shows and edits them as it does a file's). `{upstream}` is
 /// replaced by the demo API's URL.
 const SERVICES: &str = r#"
+# Test money only: the demo's metrics are everyone's to read.
+[server]
+public_metrics = true
+
 # The weather is offered through every door, x402's too (its Lightning
 # scheme is a draft, so configured services leave it off); and once more
 # through x402 alone, for clients that pick the first door they know.

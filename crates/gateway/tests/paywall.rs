@@ -159,7 +159,7 @@ struct Harness {
     gateway: Gateway,
     upstream: Upstream,
     client: reqwest::Client,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Harness {
@@ -189,12 +189,28 @@ impl Harness {
             gateway,
             upstream,
             client: reqwest::Client::new(),
-            _dir: dir,
+            dir,
         }
     }
 
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.gateway.addr())
+    }
+
+    /// The metrics, where they are by default: on the admin listener,
+    /// with the data dir's admin credential.
+    async fn metrics(&self) -> String {
+        let admin = self.gateway.admin_addr().expect("the admin API listens");
+        let secret = std::fs::read_to_string(self.dir.path().join("admin_secret")).unwrap();
+        let response = self
+            .client
+            .get(format!("http://{admin}/admin/api/metrics"))
+            .bearer_auth(secret.trim())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.text().await.unwrap()
     }
 
     fn base(&self) -> String {
@@ -1402,15 +1418,7 @@ async fn discovery_health_and_metrics() {
     // Revenue is booked once the payment row is written, after the answer.
     let mut metrics = String::new();
     for _ in 0..50 {
-        metrics = h
-            .client
-            .get(h.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        metrics = h.metrics().await;
         if metrics.contains("gate402_revenue_sats_total") {
             break;
         }
@@ -1432,6 +1440,20 @@ async fn discovery_health_and_metrics() {
         metrics.contains("gate402_revenue_sats_total{service=\"weather\"} 10"),
         "{metrics}"
     );
+    // Payments and revenue are the operator's: not on the serving port
+    // unless `public_metrics` says so, and not without a credential.
+    let public = h.client.get(h.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+    assert!(!public.text().await.unwrap().contains("gate402_"));
+    let admin = h.gateway.admin_addr().unwrap();
+    let anonymous = h
+        .client
+        .get(format!("http://{admin}/admin/api/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert!(!anonymous.text().await.unwrap().contains("gate402_"));
 }
 
 #[tokio::test]
@@ -1639,15 +1661,7 @@ async fn unpaid_invoices_are_capped_per_client_and_paid_traffic_flows() {
         .get("/data", &offer.l402_authorization(&preimage).unwrap())
         .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let metrics = h
-        .client
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics().await;
     assert!(metrics.contains("reason=\"unpaid-invoices\""), "{metrics}");
 }
 

@@ -480,7 +480,9 @@ async fn a_pricer_decides_and_its_answer_is_kept() {
 async fn a_slow_or_garbled_pricer_gives_way_to_its_fallback() {
     for mode in ["slow", "garbage"] {
         let pricer = start_pricer(mode).await;
-        let h = Harness::start(&priced_by(&pricer)).await;
+        // Metrics on the serving port, as `public_metrics` puts them.
+        let h = Harness::start_configured(&priced_by(&pricer), |c| c.server.public_metrics = true)
+            .await;
         let started = std::time::Instant::now();
         assert_eq!(
             h.price(reqwest::Method::POST, "/quote", "{}").await,

@@ -547,8 +547,10 @@ fn histogram_count(metrics: &str, name: &str, call: &str) -> u64 {
 async fn store_and_lightning_calls_are_timed_at_metrics() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let upstream = upstream().await;
-    // Telemetry off: the histograms do not depend on it.
-    let config = config("", &upstream);
+    // Telemetry off: the histograms do not depend on it. Metrics on the
+    // serving port, as `public_metrics` puts them.
+    let mut config = config("", &upstream);
+    config.server.public_metrics = true;
     let h = Harness::start(&config).await;
     let (offer, _, preimage) = h.buy("/weather").await;
     let l402 = offer.l402_authorization(&preimage).unwrap();

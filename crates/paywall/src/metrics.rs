@@ -135,6 +135,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The `Content-Type` of what [`Metrics::render`] returns.
+    pub const CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
     fn hot(&self, service: &str) -> Arc<Hot> {
         if let Some(hot) = self
             .hot
@@ -253,7 +257,8 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The text exposition format.
+    /// The text exposition format (OpenMetrics 1.0; served with
+    /// [`Metrics::CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);

@@ -9,6 +9,8 @@
 //! - `reports`: payments, revenue, 402s and conversion;
 //! - `tokens`: show and revoke a payment's credentials, close sessions;
 //! - `node`: the Lightning node's funds, channels and invoices;
+//! - `metrics`: the Prometheus metrics (public only with
+//!   `[server] public_metrics`);
 //! - [`sync`]: changes and revocations in from the store, 402 counts out.
 //!
 //! Every change is written to the store's admin log with the name of the
@@ -252,6 +254,7 @@ fn router(state: AdminState) -> Router {
         .route("/sessions/{id}/close", post(tokens::close_session))
         .route("/node", get(node::node))
         .route("/log", get(reports::log))
+        .route("/metrics", get(metrics))
         .route("/login-links", post(login_link))
         .fallback(not_found)
         .route_layer(axum::middleware::from_fn_with_state(
@@ -265,6 +268,22 @@ fn router(state: AdminState) -> Router {
         .merge(dashboard::router())
         .fallback(not_found)
         .with_state(state)
+}
+
+/// `GET /admin/api/metrics`: the Prometheus metrics, for the operator's
+/// scraper (`authorization` with an admin credential).
+async fn metrics(State(state): State<AdminState>) -> Response {
+    metrics_response(&state.paywall)
+}
+
+/// The paywall's metrics as a response (OpenMetrics text), wherever they
+/// are served.
+pub(crate) fn metrics_response(paywall: &Paywall) -> Response {
+    (
+        [(header::CONTENT_TYPE, gate402_paywall::Metrics::CONTENT_TYPE)],
+        paywall.metrics().render(),
+    )
+        .into_response()
 }
 
 /// Lets a request through with its [`Who`], or answers 401.

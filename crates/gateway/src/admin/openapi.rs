@@ -39,6 +39,18 @@ fn op(summary: &str, params: &[(&str, &str, &str)], body: Option<&str>) -> Value
     op
 }
 
+/// `GET /admin/api/metrics`: text, not JSON.
+fn metrics() -> Value {
+    let mut op = op(
+        "The Prometheus metrics (OpenMetrics text): 402s, payments, revenue, rejections, upstream, store and Lightning call times",
+        &[],
+        None,
+    );
+    op["responses"]["200"]["content"] =
+        json!({ gate402_paywall::Metrics::CONTENT_TYPE: {"schema": {"type": "string"}} });
+    op
+}
+
 /// The document.
 pub(super) async fn document() -> Json<Value> {
     let name = [("name", "path", "the service's name")];
@@ -86,6 +98,7 @@ pub(super) async fn document() -> Json<Value> {
             "/admin/api/sessions/{id}/close": {"post": op("Close a balance and refund what is left to its return invoice", &session, None)},
             "/admin/api/node": {"get": op("The Lightning node: backend, funds, channels, inbound liquidity, recent invoices", &[], None)},
             "/admin/api/log": {"get": op("The latest admin changes, newest first", &[("limit", "query", "1 to 1000 (default 100)")], None)},
+            "/admin/api/metrics": {"get": metrics()},
             "/admin/api/login-links": {"post": op("A dashboard login link usable for 120 seconds", &[], None)},
         },
         "components": {

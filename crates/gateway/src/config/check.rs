@@ -570,9 +570,15 @@ impl Checker {
     }
 
     /// Risky but valid: free routes that overlap paid ones (see
-    /// [`overlap_warnings`]), and tools nobody priced.
+    /// [`overlap_warnings`]), tools nobody priced, and metrics served
+    /// nowhere.
     pub(super) fn warn_risky(&mut self, config: &GatewayConfig) {
         self.warnings.extend(overlap_warnings(&config.services));
+        if !config.admin.enabled && !config.server.public_metrics {
+            self.warnings.push(
+                "metrics are served nowhere: they are on the admin listener (/admin/api/metrics), which [admin] enabled = false turns off; [server] public_metrics = true serves them to anyone at /metrics".into(),
+            );
+        }
         if let Some(proxy) = &config.mcp_proxy {
             if proxy.default_price_sats.is_none() {
                 self.warnings.push(

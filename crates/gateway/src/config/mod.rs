@@ -427,6 +427,12 @@ pub struct ServerConfig {
     /// end). Default 86400.
     #[serde(default = "ServerConfig::default_idempotency_keep")]
     pub idempotency_keep_secs: u64,
+    /// Whether `/metrics` is also served on this listener, to anyone. Off
+    /// by default: the metrics count payments and revenue per service,
+    /// which are the operator's to read (on the admin listener,
+    /// `/admin/api/metrics`, with an admin credential).
+    #[serde(default)]
+    pub public_metrics: bool,
 }
 
 /// `forwarded_header` as written in the config.
@@ -497,6 +503,7 @@ impl Default for ServerConfig {
             max_body_bytes: Self::default_max_body_bytes(),
             idempotent_response_max_bytes: Self::default_idempotent_response_bytes(),
             idempotency_keep_secs: Self::default_idempotency_keep(),
+            public_metrics: false,
         }
     }
 }

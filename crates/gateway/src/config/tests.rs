@@ -707,3 +707,20 @@ fn a_free_route_onto_paid_upstream_paths_is_warned_about_however_spelled() {
         assert!(overlap_warnings(&config.services).is_empty(), "{free}");
     }
 }
+
+#[test]
+fn metrics_served_nowhere_are_warned_of() {
+    let warned = |toml: &str| {
+        GatewayConfig::parse(toml, env)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains("metrics are served nowhere"))
+    };
+    assert!(!warned(""));
+    assert!(warned("[admin]\nenabled = false\n"));
+    assert!(!warned(
+        "[admin]\nenabled = false\n[server]\npublic_metrics = true\n"
+    ));
+    assert!(!GatewayConfig::parse("", env).unwrap().server.public_metrics);
+}

@@ -195,15 +195,17 @@ impl Gateway {
             discovery: Arc::new(config.discovery.clone()),
             node_pubkey: Arc::default(),
         };
-        let mut app = Router::new()
+        let mut routes = Router::new()
             .route("/healthz", get(healthz))
-            .route("/metrics", get(metrics))
             .route(discovery::SERVICES_PATH, get(l402_services))
             .route(discovery::OPENAPI_PATH, get(openapi))
             .route(discovery::MANIFEST_PATH, get(l402_manifest))
             .route(discovery::QUOTE_PATH, get(l402_quote))
-            .route("/.well-known/mcp", get(well_known_mcp))
-            .with_state(state);
+            .route("/.well-known/mcp", get(well_known_mcp));
+        if config.server.public_metrics {
+            routes = routes.route("/metrics", get(metrics));
+        }
+        let mut app = routes.with_state(state);
         if let Some(tools) = mcp {
             let access = McpAccess::new(&config.mcp, config.listen);
             app = app.merge(crate::mcp::router(tools, &config.mcp, &access, &paywall));
@@ -360,13 +362,7 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.paywall.metrics().render(),
-    )
+    crate::admin::metrics_response(&state.paywall)
 }
 
 async fn well_known_mcp(State(state): State<AppState>) -> axum::response::Response {
