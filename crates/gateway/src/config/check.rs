@@ -641,17 +641,43 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
                 continue;
             };
             warnings.push(format!(
-                "services[{i}] ({:?}, free, {}) {} services[{j}] ({:?}, paid, {}){}",
+                "services[{i}] ({:?}, free, {}) {} services[{j}] ({:?}, paid, {}){}{}",
                 free.priced.name,
                 free.priced.path.as_written(),
                 why.0,
                 paid.priced.name,
                 paid.priced.path.as_written(),
                 why.1,
+                methods_left_free(free, paid),
             ));
         }
     }
     warnings
+}
+
+/// What a free route adds to a warning about a paid one restricted by
+/// `methods`: the paid path's other methods are not the paid service's,
+/// so they fall through to the free route (an upstream that answers
+/// `POST` as it answers `GET` serves the paid resource free).
+fn methods_left_free(free: &super::ServiceConfig, paid: &super::ServiceConfig) -> String {
+    let paid_methods = &paid.priced.methods;
+    if paid_methods.is_empty() {
+        return String::new();
+    }
+    let free_takes_others = free.priced.methods.is_empty()
+        || free
+            .priced
+            .methods
+            .iter()
+            .any(|m| !gate402_paywall::route::method_matches(paid_methods, m));
+    if !free_takes_others {
+        return String::new();
+    }
+    let named: Vec<&str> = paid_methods.iter().map(|m| m.as_str()).collect();
+    format!(
+        "; the paid one charges only for {}: its path's other methods reach the upstream through the free route",
+        named.join(", ")
+    )
 }
 
 /// The server an upstream URL names, however spelled: scheme, host and

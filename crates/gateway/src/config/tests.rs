@@ -724,3 +724,31 @@ fn metrics_served_nowhere_are_warned_of() {
     ));
     assert!(!GatewayConfig::parse("", env).unwrap().server.public_metrics);
 }
+
+#[test]
+fn a_free_route_taking_the_methods_a_paid_one_leaves_is_warned_of() {
+    let paid = |methods: &str| {
+        format!(
+            "[[services]]\nname = \"report\"\npath = \"/report\"\n{methods}upstream = \"http://127.0.0.1:9000\"\nprice_sats = 5\n"
+        )
+    };
+    let free = |methods: &str| {
+        format!("[[services]]\nname = \"rest\"\npath = \"/*\"\n{methods}auth = \"off\"\nupstream = \"http://127.0.0.1:9000\"\n")
+    };
+    let warning = |text: String| {
+        let config = GatewayConfig::parse(&text, env).unwrap();
+        let warnings = overlap_warnings(&config.services);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        warnings[0].contains("charges only for GET: its path's other methods reach the upstream through the free route")
+    };
+    assert!(warning(paid("methods = [\"GET\"]\n") + &free("")));
+    assert!(warning(
+        paid("methods = [\"GET\"]\n") + &free("methods = [\"GET\", \"POST\"]\n")
+    ));
+    // Every method of the path is paid, or the free route takes none of
+    // the others: the overlap alone is warned of.
+    assert!(!warning(paid("") + &free("")));
+    assert!(!warning(
+        paid("methods = [\"GET\"]\n") + &free("methods = [\"GET\", \"HEAD\"]\n")
+    ));
+}
