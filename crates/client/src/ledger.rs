@@ -445,12 +445,19 @@ impl Ledger {
         origin: &str,
         path: &str,
     ) -> Result<EndpointLock, LedgerError> {
-        std::fs::create_dir_all(&self.locks)?;
+        // Owner only, as the ledger: their names say which endpoints the
+        // user pays for (to anyone who can guess the URL).
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.locks)?;
         let name = hex::encode(&Sha256::digest(format!("{origin}\n{path}"))[..16]);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(self.locks.join(name + ".lock"))?;
         let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
             .await
@@ -1477,5 +1484,22 @@ mod tests {
             .unwrap()
             .unwrap();
         drop(other);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_and_its_locks_are_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("client");
+        let ledger = Ledger::open(&home.join("ledger.sqlite3")).unwrap();
+        let _held = ledger.lock_endpoint("https://a", "/x").await.unwrap();
+        assert_eq!(mode(&home), 0o700);
+        assert_eq!(mode(&home.join("ledger.sqlite3")), 0o600);
+        let locks = home.join("locks");
+        assert_eq!(mode(&locks), 0o700);
+        for lock in std::fs::read_dir(&locks).unwrap() {
+            assert_eq!(mode(&lock.unwrap().path()), 0o600);
+        }
     }
 }
