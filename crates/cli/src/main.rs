@@ -233,7 +233,13 @@ fn init_logging(format: &str, quiet: bool, telemetry: Option<&Telemetry>) {
     let filter = filter
         .and(filter_fn(move |metadata| traced || metadata.is_event()))
         .and(filter_fn(|metadata| !tells_request_contents(metadata)));
-    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours for a terminal only: a file or a log collector would keep
+    // the escape codes as text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
+    let log = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     let log = if format == "json" {
         log.json().boxed()
     } else {

@@ -475,6 +475,12 @@ async fn secrets_are_private_on_disk() {
         "{}",
         gateway.log_text()
     );
+    // A log written to a file holds text, not a terminal's colour codes.
+    assert!(
+        !gateway.log_text().contains('\u{1b}'),
+        "{}",
+        gateway.log_text()
+    );
 
     // As an older version, or a hand, may have left them.
     let open = dir.path().join("open");
