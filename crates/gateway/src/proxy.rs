@@ -328,6 +328,9 @@ impl Proxy {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                // The upstream's software and version are not the
+                // client's business (nginx hides them too).
+                parts.headers.remove(header::SERVER);
                 Response::from_parts(parts, Body::new(body))
             }
         }

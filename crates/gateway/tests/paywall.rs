@@ -28,18 +28,25 @@ struct Upstream {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-async fn echo(method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Json<Value> {
+/// Names its software in `Server`, as most upstreams do.
+async fn echo(
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ([(&'static str, &'static str); 1], Json<Value>) {
     let headers: BTreeMap<String, String> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
         .collect();
-    Json(json!({
+    let echoed = json!({
         "method": method.as_str(),
         "path": uri.path(),
         "query": uri.query(),
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
-    }))
+    });
+    ([("server", "EchoServer/0.1 Python/3.11")], Json(echoed))
 }
 
 /// Requests the upstream's `/slow` received.
@@ -1185,6 +1192,11 @@ async fn proxy_preserves_the_request_and_hides_the_credential() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers().get("server").is_none(),
+        "the upstream's software reached the client: {:?}",
+        response.headers().get("server")
+    );
     let echo: Value = response.json().await.unwrap();
     assert_eq!(echo["method"], "POST");
     assert_eq!(echo["path"], "/v2/items");
