@@ -547,7 +547,10 @@ impl Checker {
                 self.error("mcp_proxy", "give either url or command, not both")
             }
             (Some(url), None) if !url.starts_with("http://") && !url.starts_with("https://") => {
-                self.error("mcp_proxy.url", format!("{url:?} is not an http(s) URL"))
+                self.error(
+                    "mcp_proxy.url",
+                    format!("{:?} is not an http(s) URL", super::without_user_info(url)),
+                )
             }
             (None, Some(command)) if command.is_empty() => {
                 self.error("mcp_proxy.command", "names no program")

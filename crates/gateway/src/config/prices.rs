@@ -312,7 +312,10 @@ impl Checker {
                 _ => {
                     self.error(
                         &join(path, "url"),
-                        format!("{url:?} is not an http[s]:// URL"),
+                        format!(
+                            "{:?} is not an http[s]:// URL",
+                            super::without_user_info(&url)
+                        ),
                     );
                     None
                 }

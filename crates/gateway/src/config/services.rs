@@ -445,19 +445,29 @@ impl Checker {
     }
 
     /// `upstream`: HTTP or HTTPS to a host, with an optional base path.
+    /// A password in it is never repeated in an error.
     fn upstream(&mut self, path: &str, url: &str) -> Option<UpstreamConfig> {
         match url.parse::<axum::http::Uri>() {
+            Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => self.error(
+                path,
+                format!(
+                    "{:?} holds user info (user:password@), which is not sent: give the upstream its credentials in headers (headers = {{ Authorization = \"Basic …\" }})",
+                    super::without_user_info(url)
+                ),
+            ),
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.host().is_some_and(|h| !h.is_empty())
-                    && !uri.authority().is_some_and(|a| a.as_str().contains('@'))
                     && uri.query().is_none() =>
             {
                 return Some(UpstreamConfig::new(url));
             }
             _ => self.error(
                 path,
-                format!("{url:?} is not an http[s]://host[:port][/path] URL"),
+                format!(
+                    "{:?} is not an http[s]://host[:port][/path] URL",
+                    super::without_user_info(url)
+                ),
             ),
         }
         None

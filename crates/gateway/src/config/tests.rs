@@ -752,3 +752,35 @@ fn a_free_route_taking_the_methods_a_paid_one_leaves_is_warned_of() {
         paid("methods = [\"GET\"]\n") + &free("methods = [\"GET\", \"HEAD\"]\n")
     ));
 }
+
+#[test]
+fn an_upstream_with_a_password_is_refused_without_repeating_it() {
+    for (url, shown) in [
+        (
+            "http://user:hunter2@127.0.0.1:9000",
+            "http://…@127.0.0.1:9000",
+        ),
+        (
+            "https://:hunter2@api.example/v1",
+            "https://…@api.example/v1",
+        ),
+        // Not a URL at all: still not repeated.
+        ("http://us er:hunter2@x y", "http://…@x y"),
+    ] {
+        let text = format!(
+            "[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"{url}\"\nprice_sats = 1\n"
+        );
+        let error = GatewayConfig::parse(&text, env).unwrap_err().to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(error.contains(shown), "{error}");
+    }
+    let text = "[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://u:hunter2@h\"\nprice_sats = 1\n";
+    let error = GatewayConfig::parse(text, env).unwrap_err().to_string();
+    assert!(error.contains("Authorization"), "{error}");
+    let text = "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\npricer = { url = \"ftp://u:hunter2@h\" }\n";
+    let error = GatewayConfig::parse(text, env).unwrap_err().to_string();
+    assert!(
+        error.contains("\"ftp://…@h\" is not an http[s]:// URL"),
+        "{error}"
+    );
+}

@@ -236,9 +236,12 @@ impl McpUpstream {
             (None, Some(url)) => {
                 let transport =
                     rmcp::transport::StreamableHttpClientTransport::from_uri(url.clone());
-                ().serve(transport)
-                    .await
-                    .with_context(|| format!("the MCP server at {url} did not initialize"))?
+                ().serve(transport).await.with_context(|| {
+                    format!(
+                        "the MCP server at {} did not initialize",
+                        crate::config::without_user_info(url)
+                    )
+                })?
             }
             (None, None) => anyhow::bail!("mcp_proxy needs url or command"),
         };
