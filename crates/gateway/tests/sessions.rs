@@ -30,10 +30,77 @@ static BROKEN_RUNS: AtomicUsize = AtomicUsize::new(0);
 /// Requests the upstream's `/counted` answered.
 static COUNTED_RUNS: AtomicUsize = AtomicUsize::new(0);
 
+/// The `Accept-Encoding` the upstream's `/stream/gzip` was sent.
+static STREAM_ENCODINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Seven events (the last `[DONE]`), as an event stream's body.
+fn seven_events() -> String {
+    (1..=7)
+        .map(|i| match i {
+            7 => "data: [DONE]\n\n".to_owned(),
+            i => format!("data: tok-{i}\n\n"),
+        })
+        .collect()
+}
+
+/// An event stream, gzipped when `gzip`, as compression middleware sends
+/// it.
+fn event_stream(gzip: bool) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let events = seven_events();
+    if !gzip {
+        return ([("content-type", "text/event-stream")], events).into_response();
+    }
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut encoder, events.as_bytes()).unwrap();
+    (
+        [
+            ("content-type", "text/event-stream"),
+            ("content-encoding", "gzip"),
+        ],
+        encoder.finish().unwrap(),
+    )
+        .into_response()
+}
+
 /// An upstream with `/chat` (answers), `/flaky` (fails its first two
 /// calls), `/broken` (always fails).
 async fn upstream(failures: Arc<AtomicUsize>) -> String {
     let app = axum::Router::new()
+        .route(
+            "/stream/gzip",
+            any(|headers: axum::http::HeaderMap| async move {
+                let asked = headers
+                    .get("accept-encoding")
+                    .map(|v| v.to_str().unwrap_or("").to_owned())
+                    .unwrap_or_default();
+                let gzip = asked.contains("gzip");
+                STREAM_ENCODINGS.lock().unwrap().push(asked);
+                event_stream(gzip)
+            }),
+        )
+        .route("/stream/gzip-always", any(|| async { event_stream(true) }))
+        .route(
+            "/complete/late-usage",
+            any(|| async {
+                use futures_util::StreamExt;
+                // The answer first; its usage only after a pause.
+                let events = futures_util::stream::iter(0..3).then(|i| async move {
+                    let data = match i {
+                        0 => "{\"token\":\"the whole answer\"}",
+                        1 => {
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            "{\"usage\":{\"total_tokens\":3}}"
+                        }
+                        _ => "[DONE]",
+                    };
+                    Ok::<_, std::convert::Infallible>(
+                        axum::response::sse::Event::default().data(data),
+                    )
+                });
+                axum::response::sse::Sse::new(events)
+            }),
+        )
         .route("/chat", any(|| async { "an answer" }))
         .route(
             "/counted",
@@ -195,6 +262,32 @@ impl Harness {
         .await
         .unwrap()
         .preimage
+    }
+
+    /// What is left of the balance `session` (hex) once it reads `settled`,
+    /// or after 3 s, as the admin API shows it (msat).
+    async fn balance_once(&self, session: &str, settled: u64) -> u64 {
+        let admin = format!("http://{}/admin/api", self.gateway.admin_addr().unwrap());
+        let secret = std::fs::read_to_string(self._dir.path().join("admin_secret")).unwrap();
+        let mut left = 0;
+        for _ in 0..60 {
+            let shown: Value = self
+                .http
+                .get(format!("{admin}/sessions/{session}"))
+                .bearer_auth(secret.trim())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            left = shown["balance_msat"].as_u64().unwrap_or(u64::MAX);
+            if left == settled {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        left
     }
 
     /// Asserts that the return invoice `hash` was paid exactly `msat`: a
@@ -944,6 +1037,104 @@ async fn a_balance_is_charged_the_usage_the_upstream_reports() {
         close(&h, "/complete/stream", &session, &preimage).await,
         json!({"status": "closed", "refundSats": 12, "refundStatus": "succeeded"})
     );
+}
+
+/// Usage reported in a JSON body is charged however the body is framed
+/// (with a length, hyper reads no further than its last byte); a client
+/// that leaves before the report keeps no more than it held.
+#[tokio::test]
+async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() {
+    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
+    let field = Some("/usage/total_tokens");
+    let h = Harness::start(|services| {
+        services.push(usage("json", "/complete", None, field, &upstream));
+        services.push(usage(
+            "late",
+            "/complete/late-usage",
+            None,
+            field,
+            &upstream,
+        ));
+    })
+    .await;
+    // 20 sat: one request holds 10, and keeps the 7 its body reports.
+    let (l402, session, _, _) = balance_with_refund(&h, "/complete").await;
+    let served = h
+        .http
+        .get(h.url("/complete"))
+        .header(AUTHORIZATION, &l402)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(served.headers().contains_key("content-length"));
+    assert_eq!(served.json::<Value>().await.unwrap()["answer"], "hi");
+    assert_eq!(h.balance_once(&session, 13_000).await, 13_000);
+
+    // The answer read, the connection closed before the usage event.
+    let (l402, session, _, _) = balance_with_refund(&h, "/complete/late-usage").await;
+    let mut streamed = h
+        .http
+        .get(h.url("/complete/late-usage"))
+        .header(AUTHORIZATION, &l402)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), StatusCode::OK);
+    let first = streamed.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("the whole answer"));
+    drop(streamed);
+    // Held 10 while in flight; once the upstream's pause is over, settled.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(h.balance_once(&session, 10_000).await, 10_000);
+}
+
+/// A stream metered per event is asked for unencoded (gzip would hide its
+/// events from the meter and give them away); one the upstream encodes
+/// anyway is not served, and costs nothing.
+#[tokio::test]
+async fn a_metered_stream_is_never_passed_on_encoded() {
+    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
+    let h = Harness::start(|services| {
+        for (name, path) in [("gz", "/stream/gzip"), ("gz-always", "/stream/gzip-always")] {
+            let mut stream = balance(name, path, 1, 3, &upstream);
+            stream.priced.meter = gate402_gateway::config::Meter::Events;
+            stream.priced.topup_wait_secs = 1;
+            services.push(stream);
+        }
+    })
+    .await;
+    let (l402, session, _, _) = balance_with_refund(&h, "/stream/gzip").await;
+    let streamed = h
+        .http
+        .get(h.url("/stream/gzip"))
+        .header(AUTHORIZATION, &l402)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), StatusCode::OK);
+    assert!(!streamed.headers().contains_key("content-encoding"));
+    let text = streamed.text().await.unwrap();
+    assert_eq!(
+        STREAM_ENCODINGS.lock().unwrap().last().map(String::as_str),
+        Some("identity")
+    );
+    assert_eq!(text.matches("data: tok-").count(), 3, "{text}");
+    assert!(text.contains("payment-need-topup"), "{text}");
+    assert_eq!(h.balance_once(&session, 0).await, 0);
+
+    let (l402, session, _, _) = balance_with_refund(&h, "/stream/gzip-always").await;
+    let refused = h
+        .http
+        .get(h.url("/stream/gzip-always"))
+        .header(AUTHORIZATION, &l402)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+    assert!(!refused.text().await.unwrap().contains("tok-"));
+    assert_eq!(h.balance_once(&session, 3_000).await, 3_000);
 }
 
 /// The operator closes an open session through the admin API: the unspent

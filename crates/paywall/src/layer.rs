@@ -188,6 +188,8 @@ pin_project_lite::pin_project! {
     /// spends, a claim or a debit, committed once it has been sent), or the
     /// paywall's own answer.
     pub struct PaywallBody<B> {
+        // Dropped before `spend`: a usage scan cut short sets its units
+        // before the spend is settled.
         #[pin]
         inner: Inner<B>,
         spend: Option<Spend>,
@@ -260,12 +262,17 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
             InnerProj::Wrapped { body } => body.poll_frame(cx),
             InnerProj::Own { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             InnerProj::Partial { partial } => partial.poll_frame(cx),
-            InnerProj::Scanned { body, scan } => {
-                let polled = body.poll_frame(cx);
+            InnerProj::Scanned { mut body, scan } => {
+                let polled = body.as_mut().poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
                             scan.feed(data);
+                        }
+                        // A body of known length ends with its last frame:
+                        // hyper does not poll it again.
+                        if body.is_end_stream() {
+                            scan.finish();
                         }
                     }
                     Poll::Ready(None) => scan.finish(),
@@ -310,6 +317,18 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
 
 fn own<B>(response: Response<Bytes>) -> Response<PaywallBody<B>> {
     response.map(PaywallBody::own)
+}
+
+/// Whether a response's body comes in a content coding (gzip, br…).
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|coding| {
+            let coding = coding.trim_ascii();
+            !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity")
+        })
 }
 
 /// Puts `path` (normal form) and the original query into the URI.
@@ -891,7 +910,7 @@ impl Paywall {
     async fn serve<S, ReqBody, ResBody>(
         &self,
         service: &PricedService,
-        request: Request<ReqBody>,
+        mut request: Request<ReqBody>,
         mut inner: S,
         scheme: &'static str,
         verified: &Verified,
@@ -903,6 +922,15 @@ impl Paywall {
         ResBody: Body<Data = Bytes> + Send + 'static,
     {
         let started = Instant::now();
+        // Counted as it passes: compressed, its events and reports could
+        // not be read, and the client would get them for nothing.
+        let reads_body = spend.hold.is_some() && service.meter.reads_body();
+        if reads_body {
+            request.headers_mut().insert(
+                http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         // From here the upstream has the request and may act on it: a
         // client that leaves before the answer has spent its payment (else
         // one payment would buy any number of upstream calls, each cut off
@@ -932,6 +960,21 @@ impl Paywall {
                 "upstream failed; the payment stays unspent unless it failed on it too often"
             );
             return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
+        }
+        if reads_body && is_encoded(response.headers()) {
+            let unspent = spend.fail().await;
+            tracing::warn!(
+                service = %service.name,
+                unspent,
+                "the upstream encoded a metered response although it was asked not to: not served"
+            );
+            return Ok(own(responses::problem(
+                StatusCode::BAD_GATEWAY,
+                "about:blank",
+                "Bad Gateway",
+                "the upstream's response came compressed, and what it costs is read from it; it was not served",
+                None,
+            )));
         }
         // A balance's revenue was counted with its deposit.
         let receipt = if spend.hold.is_some() {

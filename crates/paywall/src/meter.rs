@@ -278,6 +278,12 @@ const MAX_USAGE_BODY: usize = 1 << 20;
 
 /// Reads the units a response reports at a JSON pointer, from its events
 /// (the last that has it counts) or its JSON body, as it passes.
+///
+/// A body not seen to its end (the client stopped reading it, or it was
+/// too large to read) had its report go unread: it is charged the most the
+/// request held, unless an event reported units before it stopped. So a
+/// client cannot take what it paid a unit for by leaving just before the
+/// report (an LLM stream's usage comes last).
 pub(crate) struct UsageScan {
     pointer: String,
     units: crate::sessions::Units,
@@ -285,6 +291,10 @@ pub(crate) struct UsageScan {
     buffer: BytesMut,
     /// A JSON body larger than [`MAX_USAGE_BODY`] is not read.
     overflowed: bool,
+    /// The body ended and was read.
+    finished: bool,
+    /// An event reported units.
+    reported: bool,
 }
 
 impl UsageScan {
@@ -295,6 +305,8 @@ impl UsageScan {
             sse,
             buffer: BytesMut::new(),
             overflowed: false,
+            finished: false,
+            reported: false,
         }
     }
 
@@ -327,21 +339,57 @@ impl UsageScan {
         }
     }
 
-    /// The body ended: a JSON body is read now.
+    /// The body ended: a JSON body is read now (one too large to read is
+    /// charged as unread).
     pub(crate) fn finish(&mut self) {
-        if !self.sse && !self.overflowed {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if self.sse {
+            return;
+        }
+        if self.overflowed {
+            self.unread();
+        } else {
             let body = std::mem::take(&mut self.buffer);
             self.read(&body);
         }
     }
 
-    fn read(&self, json: &[u8]) {
+    /// Reads one JSON document's report; false when it is not JSON.
+    fn read(&mut self, json: &[u8]) -> bool {
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
-            return;
+            return false;
         };
         if let Some(units) = value.pointer(&self.pointer).and_then(json_units) {
+            self.reported = true;
             self.units
                 .store(units, std::sync::atomic::Ordering::Release);
+        }
+        true
+    }
+
+    /// No report could be read: the most held is kept.
+    fn unread(&self) {
+        self.units
+            .store(UNREADABLE_REPORT, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for UsageScan {
+    /// Not read to its end: an event's report stands, and a JSON body
+    /// that parses whole was all there; otherwise the most held is kept.
+    fn drop(&mut self) {
+        if self.finished || self.reported {
+            return;
+        }
+        let whole = !self.sse && !self.overflowed && {
+            let body = std::mem::take(&mut self.buffer);
+            self.read(&body)
+        };
+        if !whole {
+            self.unread();
         }
     }
 }
@@ -432,6 +480,52 @@ mod usage_tests {
             assert_eq!(header(garbage), Some(UNREADABLE_REPORT), "{garbage}");
         }
         assert_eq!(header_units(&HeaderMap::new(), &name), None);
+    }
+
+    #[test]
+    fn a_body_not_read_to_its_end_keeps_the_most_held() {
+        let scanned = |sse: bool, parts: &[&[u8]], finish: bool| {
+            let units = Arc::new(AtomicU64::new(crate::sessions::UNREPORTED));
+            let mut scan = UsageScan::new("/usage".into(), units.clone(), sse);
+            for part in parts {
+                scan.feed(part);
+            }
+            if finish {
+                scan.finish();
+            }
+            drop(scan);
+            units.load(Ordering::Acquire)
+        };
+        // Cut short before the report: the most held.
+        assert_eq!(
+            scanned(false, &[b"{\"answer\":\"hi\",\"us"], false),
+            UNREADABLE_REPORT
+        );
+        assert_eq!(
+            scanned(true, &[b"data: {\"token\":1}\n\n"], false),
+            UNREADABLE_REPORT
+        );
+        // A report read before the end stands; a whole body is read.
+        assert_eq!(
+            scanned(true, &[b"data: {\"usage\":2}\n\ndata: x"], false),
+            2
+        );
+        assert_eq!(scanned(false, &[b"{\"usage\":4}"], false), 4);
+        assert_eq!(
+            scanned(false, &[b"{\"none\":4}"], false),
+            crate::sessions::UNREPORTED
+        );
+        // Too large to read: the most held, not one unit.
+        let large = vec![b' '; MAX_USAGE_BODY + 1];
+        assert_eq!(
+            scanned(false, &[&large, b"{\"usage\":4}"], true),
+            UNREADABLE_REPORT
+        );
+        // Seen to its end without a report: one unit, as before.
+        assert_eq!(
+            scanned(true, &[b"data: x\n\n"], true),
+            crate::sessions::UNREPORTED
+        );
     }
 
     #[test]

@@ -341,6 +341,17 @@ impl Checker {
                 format!("{other:?} is not \"request\", \"events\" or \"usage\""),
             ),
         }
+        if let Meter::Usage(usage) = &priced.meter {
+            if usage.max_units > priced.deposit_units {
+                self.error(
+                    &at("max_units"),
+                    format!(
+                        "{} is more than deposit_units ({}): a request holds max_units from the balance, so a deposit could never pay for one",
+                        usage.max_units, priced.deposit_units
+                    ),
+                );
+            }
+        }
         if !matches!(priced.meter, Meter::Usage(_)) {
             for (key, set) in [
                 ("usage_header", raw.usage_header.is_some()),

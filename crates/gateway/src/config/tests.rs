@@ -784,3 +784,18 @@ fn an_upstream_with_a_password_is_refused_without_repeating_it() {
         "{error}"
     );
 }
+
+#[test]
+fn a_usage_hold_larger_than_the_deposit_is_refused() {
+    let text = |max_units: u32| {
+        format!("[[services]]\nname = \"u\"\npath = \"/u\"\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 1\nsells = \"balance\"\ndeposit_units = 5\nmeter = \"usage\"\nusage_header = \"x-usage\"\nmax_units = {max_units}\n")
+    };
+    let error = GatewayConfig::parse(&text(10), env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("services[0].max_units: 10 is more than deposit_units (5)"),
+        "{error}"
+    );
+    GatewayConfig::parse(&text(5), env).unwrap();
+}

@@ -124,6 +124,18 @@ pub enum Meter {
     Usage(Usage),
 }
 
+impl Meter {
+    /// Whether what a response costs is read from its body (its events
+    /// counted, or a usage field read): the body must then come unencoded.
+    pub fn reads_body(&self) -> bool {
+        match self {
+            Meter::Request => false,
+            Meter::Events => true,
+            Meter::Usage(usage) => usage.field.is_some(),
+        }
+    }
+}
+
 /// Where the upstream reports the units a request used, and the most one
 /// request may use.
 ///
@@ -131,7 +143,8 @@ pub enum Meter {
 /// upstream (so a balance never goes below zero, whatever is reported);
 /// once the response has been sent, the units reported are kept (at most
 /// `max_units`) and the rest given back. A response that reports none is
-/// charged one unit.
+/// charged one unit; one whose report was not read (a body too large, or
+/// not read to its end) `max_units`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Usage {
     /// A response header holding the units as a decimal integer.
@@ -236,16 +249,30 @@ impl PricedService {
     /// What one request holds from a balance before it is served (msat):
     /// its price, or for usage, the most it may use.
     pub fn hold_msat(&self) -> u64 {
-        let units = match &self.meter {
-            Meter::Usage(usage) => usage.max_units.max(1),
-            _ => 1,
-        };
-        self.price_sats.saturating_mul(units).saturating_mul(1000)
+        self.price_sats
+            .saturating_mul(self.held_units())
+            .saturating_mul(1000)
     }
 
-    /// The deposit of a balance, in satoshis.
+    /// The units one request holds: one, or for usage the most it may use.
+    fn held_units(&self) -> u64 {
+        match &self.meter {
+            Meter::Usage(usage) => usage.max_units.max(1),
+            _ => 1,
+        }
+    }
+
+    /// The deposit of a balance, in satoshis: `deposit_units` at the
+    /// price, and never less than one request holds ([`Self::hold_msat`]),
+    /// so that every deposit can pay for a request.
     pub fn deposit_sats(&self) -> u64 {
-        self.price_sats.saturating_mul(self.deposit_units.max(1))
+        self.price_sats.saturating_mul(self.deposit_units_sold())
+    }
+
+    /// The units a deposit buys: `deposit_units`, or one request's hold
+    /// when that is more.
+    fn deposit_units_sold(&self) -> u64 {
+        self.deposit_units.max(self.held_units())
     }
 
     /// What one invoice of this service asks for, in satoshis: the price,
@@ -284,7 +311,7 @@ impl PricedService {
             (_, Sells::Balance) => format!(
                 "a balance of {} sat ({} {}s at {price} sat), refunded unspent on close",
                 self.deposit_sats(),
-                self.deposit_units,
+                self.deposit_units_sold(),
                 match self.meter {
                     Meter::Request => "request",
                     Meter::Events => "streamed event",
@@ -301,5 +328,25 @@ impl PricedService {
     /// Whether it takes payment at all.
     pub fn charges(&self) -> bool {
         self.auth != Auth::Off
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deposit_always_pays_for_one_request() {
+        let mut service = PricedService::new("usage", "/u", 2).balance(5);
+        assert_eq!(service.deposit_sats(), 10);
+        service.meter = Meter::Usage(Usage {
+            header: None,
+            field: Some("/usage".into()),
+            max_units: 8,
+        });
+        // A request holds 8 units (16 sat): a deposit of 5 could pay none.
+        assert_eq!(service.hold_msat(), 16_000);
+        assert_eq!(service.deposit_sats(), 16);
+        assert!(service.sale().contains("(8 reported units at 2 sat)"));
     }
 }
