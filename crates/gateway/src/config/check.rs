@@ -573,10 +573,20 @@ impl Checker {
     }
 
     /// Risky but valid: free routes that overlap paid ones (see
-    /// [`overlap_warnings`]), tools nobody priced, and metrics served
-    /// nowhere.
+    /// [`overlap_warnings`]), tools nobody priced, every address trusted
+    /// as a proxy, and metrics served nowhere.
     pub(super) fn warn_risky(&mut self, config: &GatewayConfig) {
         self.warnings.extend(overlap_warnings(&config.services));
+        if let Some(all) = config
+            .server
+            .trusted_proxies
+            .iter()
+            .find(|net| net.prefix_len() == 0)
+        {
+            self.warnings.push(format!(
+                "server.trusted_proxies: {all} trusts every address to name its client: any client can claim to be another, so per-client limits and free calls count what it claims; name your proxies' addresses"
+            ));
+        }
         if !config.admin.enabled && !config.server.public_metrics {
             self.warnings.push(
                 "metrics are served nowhere: they are on the admin listener (/admin/api/metrics), which [admin] enabled = false turns off; [server] public_metrics = true serves them to anyone at /metrics".into(),

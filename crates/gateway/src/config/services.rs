@@ -617,6 +617,21 @@ impl Checker {
                             format!("{p:?} is not a path in normal form (no dot segments, %XX only where needed)"),
                         )
                     }
+                    // Sold at its service's price, it calls what that
+                    // service sells: another path of the upstream may be a
+                    // dearer service's.
+                    (Some(p), pattern)
+                        if RequestPath::parse(p).is_ok_and(|n| !pattern.matches(&n)) =>
+                    {
+                        self.error(
+                            &join(path, "path"),
+                            format!(
+                                "{p:?} is not a path of service {:?} ({}): a tool calls what its service sells",
+                                tool.service,
+                                pattern.as_written()
+                            ),
+                        )
+                    }
                     (None, PathPattern::Prefix(_)) => self.error(
                         &join(path, "path"),
                         format!(

@@ -799,3 +799,36 @@ fn a_usage_hold_larger_than_the_deposit_is_refused() {
     );
     GatewayConfig::parse(&text(5), env).unwrap();
 }
+
+#[test]
+fn a_tool_calls_only_a_path_its_service_sells() {
+    let text = |tool_path: &str| {
+        format!(
+            "[[services]]\nname = \"cheap\"\npath = \"/c/*\"\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 1\n\
+             [[services]]\nname = \"dear\"\npath = \"/s/*\"\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 50\n\
+             [[tools]]\nname = \"t\"\ndescription = \"d\"\nservice = \"cheap\"\npath = \"{tool_path}\"\n"
+        )
+    };
+    let error = GatewayConfig::parse(&text("/s/x"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("tools[0].path: \"/s/x\" is not a path of service \"cheap\" (/c/*)"),
+        "{error}"
+    );
+    GatewayConfig::parse(&text("/c/x"), env).unwrap();
+}
+
+#[test]
+fn trusting_every_address_as_a_proxy_is_warned_of() {
+    let warned = |nets: &str| {
+        GatewayConfig::parse(&format!("[server]\ntrusted_proxies = [{nets}]\n"), env)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains("trusts every address"))
+    };
+    assert!(warned("\"0.0.0.0/0\""));
+    assert!(warned("\"10.0.0.0/8\", \"::/0\""));
+    assert!(!warned("\"10.0.0.0/8\""));
+}
