@@ -753,9 +753,13 @@ async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
     let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
     let mut events = Events::of(h.send("/stream", &challenge, open).await);
     let mut names = Vec::new();
-    while let Some((name, _)) = events.next().await {
+    let mut last = Value::Null;
+    while let Some((name, data)) = events.next().await {
         names.push(name);
+        last = serde_json::from_str(&data).unwrap_or_default();
     }
+    // The final event says what the stream cost (draft-lightning-session
+    // §Streaming), however it ended.
     assert_eq!(
         names,
         [
@@ -763,9 +767,11 @@ async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
             "message",
             "message",
             "payment-need-topup",
-            "session-timeout"
+            "session-timeout",
+            "payment-receipt"
         ]
     );
+    assert_eq!((&last["spent"], &last["units"]), (&json!(3), &json!(3)));
     let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
     let closed: Value = h
         .send("/stream", &challenge, close)

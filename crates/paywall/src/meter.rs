@@ -129,6 +129,8 @@ impl Metered {
                     }
                     // The first event was paid with the request.
                     if units > 0 && !self.charge(&tx).await {
+                        // Ended for want of a top-up: still told its cost.
+                        let _ = tx.send(self.receipt(units)).await;
                         return;
                     }
                     units += 1;
