@@ -22,6 +22,10 @@ pub enum HostError {
     /// The URI's authority and `Host` name different hosts.
     #[error("the request names two different hosts (its target and Host)")]
     Conflict,
+    /// An absolute-form target or `:authority` that is not `host[:port]`
+    /// (user info, a bad port).
+    #[error("the request target's authority is not a host name with an optional port (no user@)")]
+    MalformedTarget,
 }
 
 /// The host in normal form, or `None` when the request names none.
@@ -31,7 +35,11 @@ pub enum HostError {
 /// A [`HostError`] when the request names a host ambiguously; answer it
 /// with `400 Bad Request`.
 pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, HostError> {
-    let from_uri = uri.authority().map(normal).transpose()?;
+    let from_uri = uri
+        .authority()
+        .map(normal)
+        .transpose()
+        .map_err(|_| HostError::MalformedTarget)?;
     let mut values = headers.get_all(HOST).iter();
     let from_header = match (values.next(), values.next()) {
         (Some(_), Some(_)) => return Err(HostError::Several),
@@ -129,5 +137,11 @@ mod tests {
             host("http://a.test/x", &["b.test"]),
             Err(HostError::Conflict)
         );
+        // The fault named where it is: the target, not Host.
+        assert_eq!(
+            host("http://paid.test@other.test/x", &["other.test"]),
+            Err(HostError::MalformedTarget)
+        );
+        assert!(HostError::MalformedTarget.to_string().contains("target"));
     }
 }
