@@ -592,6 +592,20 @@ async fn every_malformed_input_gets_a_4xx_and_nothing_is_lost() {
     assert_eq!(paid(mpp.clone()).await.unwrap().status(), 200);
     assert_eq!(paid(mpp).await.unwrap().status(), 402);
     assert_eq!(paid(l402).await.unwrap().status(), 402);
+    // A transfer coding the server does not take off would reach the
+    // upstream as the body: refused as such, before any price.
+    let (status, body) = send(
+        gateway.addr(),
+        b"POST /api/translate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("Transfer-Encoding may be chunked alone"),
+        "{body}"
+    );
     eprintln!("{} malformed inputs, each refused with a 4xx", cases.len());
     gateway.shutdown().await.unwrap();
 }

@@ -319,6 +319,17 @@ fn own<B>(response: Response<Bytes>) -> Response<PaywallBody<B>> {
     response.map(PaywallBody::own)
 }
 
+/// Whether a request's `Transfer-Encoding` names a coding besides
+/// `chunked` (`gzip, chunked`): the server takes off the chunks only, and
+/// the still-coded bytes would be forwarded as if they were the body.
+fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
 /// Whether a response's body comes in a content coding (gzip, br…).
 fn is_encoded(headers: &HeaderMap) -> bool {
     headers
@@ -452,6 +463,11 @@ impl Paywall {
         crate::route::strip_overrides(request.headers_mut());
         if crate::route::echoes_request(request.method()) {
             return Ok(own(responses::method_not_allowed(request.method())));
+        }
+        if has_foreign_transfer_coding(request.headers()) {
+            return Ok(own(responses::bad_request(
+                "Transfer-Encoding may be chunked alone: another transfer coding (gzip, …) would reach the upstream as the body itself; send Content-Encoding instead",
+            )));
         }
         let path = match RequestPath::parse(request.uri().path()) {
             Ok(path) => path,
