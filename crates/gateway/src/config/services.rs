@@ -244,6 +244,10 @@ impl Checker {
         }
         for (i, method) in raw.methods.iter().flatten().enumerate() {
             match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
+                Ok(m) if gate402_paywall::route::echoes_request(&m) => self.error(
+                    &format!("{}[{i}]", at("methods")),
+                    format!("{method:?} is never served: it would echo the request back, the headers added for the upstream with it"),
+                ),
                 Ok(m) => priced.methods.push(m),
                 Err(_) => self.error(
                     &format!("{}[{i}]", at("methods")),
@@ -268,6 +272,13 @@ impl Checker {
             priced.auth = match words.as_slice() {
                 ["on"] => Auth::On,
                 ["off"] => Auth::Off,
+                ["freebie", n] if n.parse::<u64>() == Ok(0) => {
+                    self.warnings.push(format!(
+                        "{}: {auth:?} gives no free calls; it is \"on\"",
+                        at("auth")
+                    ));
+                    Auth::On
+                }
                 ["freebie", n] if n.parse::<u64>().is_ok() => Auth::Freebie(n.parse().unwrap_or(0)),
                 _ => {
                     self.error(

@@ -832,3 +832,27 @@ fn trusting_every_address_as_a_proxy_is_warned_of() {
     assert!(warned("\"10.0.0.0/8\", \"::/0\""));
     assert!(!warned("\"10.0.0.0/8\""));
 }
+
+#[test]
+fn a_method_never_served_is_refused_and_no_free_calls_is_said() {
+    let service = |extra: &str| {
+        format!("[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 1\n{extra}")
+    };
+    let error = GatewayConfig::parse(&service("methods = [\"GET\", \"trace\"]\n"), env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("services[0].methods[1]: \"trace\" is never served"),
+        "{error}"
+    );
+    let config = GatewayConfig::parse(&service("auth = \"freebie 0\"\n"), env).unwrap();
+    assert_eq!(config.services[0].priced.auth, Auth::On);
+    assert!(
+        config
+            .warnings
+            .iter()
+            .any(|w| w.contains("gives no free calls")),
+        "{:?}",
+        config.warnings
+    );
+}
