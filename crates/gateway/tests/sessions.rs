@@ -89,7 +89,7 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
                     let data = match i {
                         0 => "{\"token\":\"the whole answer\"}",
                         1 => {
-                            tokio::time::sleep(Duration::from_secs(2)).await;
+                            tokio::time::sleep(Duration::from_secs(3)).await;
                             "{\"usage\":{\"total_tokens\":3}}"
                         }
                         _ => "[DONE]",
@@ -1091,7 +1091,7 @@ async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() 
     assert!(String::from_utf8_lossy(&first).contains("the whole answer"));
     drop(streamed);
     // Held 10 while in flight; once the upstream's pause is over, settled.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(h.balance_once(&session, 10_000).await, 10_000);
 }
 
