@@ -55,6 +55,10 @@ impl Client {
     /// to the origin it was bought from. A hop to another origin carries
     /// none of the request's own credentials either (`Authorization`,
     /// `Payment-Authorization`, cookies), as curl and browsers do.
+    ///
+    /// The hops are one request: together they pay at most the policy's
+    /// `max_cost_sats` (a hop after one that paid may pay only what is
+    /// left of it), so a server cannot charge again behind each redirect.
     pub async fn fetch_following(
         &self,
         request: Request,
@@ -62,12 +66,22 @@ impl Client {
     ) -> Result<Fetched, FetchError> {
         let mut request = request;
         let mut paid = None;
+        let mut spent_msat: u64 = 0;
         for _ in 0..=max_redirects {
             let kept = request.try_clone();
-            let (response, entry) = match self.fetch(request).await? {
+            let mut payer = self.payer.clone();
+            let cap = &mut payer.policy.max_cost_sats;
+            *cap = cap.saturating_sub(spent_msat.div_ceil(1000));
+            let fetched = payer
+                .fetch_with(request, |r| async { Ok(self.http.execute(r).await?) })
+                .await?;
+            let (response, entry) = match fetched {
                 Fetched::Response(response, entry) => (response, entry),
                 offer @ Fetched::Offer(_) => return Ok(offer),
             };
+            if let Some(entry) = &entry {
+                spent_msat = spent_msat.saturating_add(entry.amount_msat);
+            }
             paid = entry.or(paid);
             let next = match (max_redirects, kept) {
                 (0, _) | (_, None) => None,

@@ -59,6 +59,7 @@ pub enum Fetched {
 
 /// The paying flow, independent of how requests are sent: a wallet, a
 /// policy, a ledger.
+#[derive(Clone)]
 pub struct Payer {
     /// What pays.
     pub wallet: Wallet,

@@ -82,3 +82,72 @@ async fn the_middleware_pays_the_origin_a_redirect_led_to() {
     assert_eq!(ledger.payments(0).unwrap().len(), 1);
     gateway.shutdown().await.unwrap();
 }
+
+/// A paid answer that redirects to another paid resource, and so on: one
+/// request, however many hops, pays at most `--max-cost` in all (it paid
+/// 10 sat at every hop before, 110 for a cap of 15).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_of_paid_redirects_pays_at_most_the_cap_in_all() {
+    let hops = Router::new().route(
+        "/hop/{n}",
+        any(
+            |axum::extract::Path(n): axum::extract::Path<u32>| async move {
+                (
+                    StatusCode::FOUND,
+                    [(header::LOCATION, format!("/hop/{}", n + 1))],
+                )
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, hops).into_future());
+    let gw_dir = tempfile::tempdir().unwrap();
+    let mut config = gate402_gateway::GatewayConfig::default_with_services(vec![
+        gate402_gateway::config::ServiceConfig::proxied("hop", "/hop/*", 10, &upstream),
+    ]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let client = gate402_client::Client {
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        payer: Payer {
+            wallet: Wallet::sandbox(),
+            policy: Policy {
+                max_cost_sats: 15,
+                max_fee_sats: 0,
+                network: gate402_lightning_sandbox::NETWORK,
+                budget: Budget::default(),
+            },
+            ledger: ledger.clone(),
+            prefer: None,
+            pay: true,
+            sessions: false,
+        },
+    };
+    let request = client
+        .http
+        .get(format!("http://{}/hop/1", gateway.addr()))
+        .build()
+        .unwrap();
+    let error = client.fetch_following(request, 10).await.unwrap_err();
+    assert!(
+        matches!(
+            error,
+            FetchError::Refused(gate402_client::Refusal::OverCap { max_sats: 5, .. })
+        ),
+        "{error}"
+    );
+    let paid: u64 = ledger
+        .payments(0)
+        .unwrap()
+        .iter()
+        .map(|p| p.amount_msat)
+        .sum();
+    assert_eq!(paid, 10_000, "one hop paid, the next refused");
+}
