@@ -114,10 +114,41 @@ impl Wallet {
             }
             Wallet::Node(node) => node.pay(bolt11, max_fee_msat, PAY_TIMEOUT).await,
         };
-        match paid {
-            Err(PayError::AlreadyPaid(outcome)) => Ok(outcome),
-            other => other,
+        let outcome = match paid {
+            Err(PayError::AlreadyPaid(outcome)) => outcome,
+            other => other?,
+        };
+        self.proven(bolt11, outcome)
+    }
+
+    /// `outcome` as the invoice proves it: its preimage must be the
+    /// payment hash's (a wallet, or a sandbox payer run by the very server
+    /// being paid, that answers another has proven nothing, and the
+    /// credential built on it would fail); the sandbox's amount is the
+    /// invoice's, whatever its payer says, and it charges no fee (so a
+    /// payer cannot book more against the budgets than was asked).
+    ///
+    /// # Errors
+    ///
+    /// [`PayError::Rejected`] when the preimage is not the invoice's.
+    fn proven(
+        &self,
+        bolt11: &str,
+        mut outcome: PaymentOutcome,
+    ) -> Result<PaymentOutcome, PayError> {
+        use sha2::{Digest, Sha256};
+        let invoice = gate402_bolt11::Invoice::parse(bolt11)
+            .map_err(|e| PayError::Rejected(format!("the invoice paid does not parse: {e}")))?;
+        if <[u8; 32]>::from(Sha256::digest(outcome.preimage)) != invoice.payment_hash() {
+            return Err(PayError::Rejected(
+                "the payer answered a preimage that is not the invoice's (its hash is not the payment hash): nothing is proven paid".into(),
+            ));
         }
+        if let (Wallet::Sandbox(..), Some(amount_msat)) = (self, invoice.amount_msat()) {
+            outcome.amount_msat = amount_msat;
+            outcome.fee_msat = 0;
+        }
+        Ok(outcome)
     }
 
     /// How a payment that may have been sent ended. The sandbox payer has
@@ -135,7 +166,12 @@ impl Wallet {
                 Err(e) if may_be_in_flight(&e) => Ok(PaymentStatus::Pending),
                 Err(e) => Ok(PaymentStatus::Failed(e.to_string())),
             },
-            Wallet::Node(node) => Ok(node.payment_status(hash).await?),
+            Wallet::Node(node) => match node.payment_status(hash).await? {
+                PaymentStatus::Succeeded(outcome) => {
+                    Ok(PaymentStatus::Succeeded(self.proven(bolt11, outcome)?))
+                }
+                other => Ok(other),
+            },
         }
     }
 
@@ -264,4 +300,50 @@ fn hash_of(text: &str) -> Result<[u8; 32], LightningError> {
     hex::decode_to_slice(text, &mut hash)
         .map_err(|_| LightningError::Protocol(format!("payment hash {text:?}")))?;
     Ok(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sandbox payer run by the server being paid, answering `answer`.
+    async fn lying_payer(answer: serde_json::Value) -> String {
+        let app = axum::Router::new().route(
+            gate402_lightning_sandbox::http::PATH,
+            axum::routing::post(move || {
+                let answer = answer.clone();
+                async move { axum::Json(answer) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        origin
+    }
+
+    #[tokio::test]
+    async fn a_payment_is_what_its_invoice_proves() {
+        let preimage = [7u8; 32];
+        let bolt11 = crate::tests::invoice(preimage, 600);
+        let wallet = Wallet::sandbox();
+        // Another preimage proves nothing paid.
+        let origin = lying_payer(serde_json::json!({
+            "preimage": hex::encode([8u8; 32]),
+            "amount_msat": 2_000,
+        }))
+        .await;
+        let refused = wallet.pay(&origin, &bolt11, 0).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("not the invoice's"),
+            "{refused}"
+        );
+        // The invoice's preimage with a grown amount: the invoice's amount.
+        let origin = lying_payer(serde_json::json!({
+            "preimage": hex::encode(preimage),
+            "amount_msat": 10_000_000,
+        }))
+        .await;
+        let outcome = wallet.pay(&origin, &bolt11, 0).await.unwrap();
+        assert_eq!((outcome.amount_msat, outcome.fee_msat), (2_000, 0));
+    }
 }
