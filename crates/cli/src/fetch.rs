@@ -430,9 +430,10 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
         t.1 += p.fee_msat;
         t.2 += 1;
     }
-    // A refund counts once the server says it went out.
+    // A refund counts once the server says it went out: what the wallet
+    // saw arrive, when it can see it.
     for r in refunds.iter().filter(|r| r.status == "succeeded") {
-        totals.entry(r.host.as_str()).or_default().3 += r.refund_msat;
+        totals.entry(r.host.as_str()).or_default().3 += r.received_msat.unwrap_or(r.refund_msat);
     }
     if args.json {
         let totals: Vec<_> = totals.iter().map(|(domain, (amount, fee, count, refunded))| json!({"domain": domain, "payments": count, "amount_msat": amount, "fee_msat": fee, "refunded_msat": refunded})).collect();

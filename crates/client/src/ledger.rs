@@ -341,10 +341,12 @@ pub struct Refund {
     pub origin: String,
     /// Its host.
     pub host: String,
-    /// What the server says it refunded, in millisatoshis.
+    /// What the server says it refunded, in millisatoshis (at most what
+    /// the session was deposited).
     pub refund_msat: u64,
     /// The server's `refundStatus`: `succeeded`, `failed`, `skipped`
-    /// (nothing left) or `pending`.
+    /// (nothing left) or `pending`; or `disputed` when it said it refunded
+    /// more than was ever deposited (the deposit is recorded).
     pub status: String,
     /// What the wallet saw arrive on the return invoice, in
     /// millisatoshis, when it can see its invoices (not NWC).

@@ -1008,13 +1008,15 @@ impl Payer {
             (Some(hash), true) => self.received_on(&session.origin, hash).await,
             _ => None,
         };
+        let (refund_msat, refund_status) =
+            as_recorded(refund_sats, refund_status, session.deposit_sats);
         let mut refund = Refund {
             id: 0,
             session: session.id.clone(),
             url: url.to_string(),
             origin: session.origin.clone(),
             host: session.host.clone(),
-            refund_msat: refund_sats * 1000,
+            refund_msat,
             status: refund_status,
             received_msat,
             reason: reason.to_owned(),
@@ -1055,6 +1057,18 @@ impl Payer {
             Ok::<_, FetchError>(http.execute(request).await?)
         })
         .await
+    }
+}
+
+/// A refund as the ledger records it: what the server says it refunded
+/// (msat) and its `refundStatus`, unless it says more than was ever
+/// deposited (`deposit_sats`): then the deposit, as `disputed` (a server
+/// cannot book a refund it could not have owed).
+fn as_recorded(refund_sats: u64, status: String, deposit_sats: u64) -> (u64, String) {
+    if refund_sats > deposit_sats {
+        (deposit_sats.saturating_mul(1000), "disputed".to_owned())
+    } else {
+        (refund_sats.saturating_mul(1000), status)
     }
 }
 
@@ -1153,6 +1167,18 @@ mod tests {
                 price_sats: 2,
                 max_sats: 1
             }
+        );
+    }
+
+    #[test]
+    fn a_refund_larger_than_every_deposit_is_recorded_as_disputed() {
+        assert_eq!(
+            as_recorded(5, "succeeded".into(), 20),
+            (5_000, "succeeded".to_owned())
+        );
+        assert_eq!(
+            as_recorded(5_000, "succeeded".into(), 20),
+            (20_000, "disputed".to_owned())
         );
     }
 }
