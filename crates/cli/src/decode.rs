@@ -53,7 +53,10 @@ pub fn run(args: &Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("gate402 decode: {}", one_line(&format!("{error:#}")));
+            eprintln!(
+                "gate402 decode: {}",
+                crate::output::terminal_safe(&one_line(&format!("{error:#}")))
+            );
             ExitCode::from(crate::EXIT_MALFORMED)
         }
     }

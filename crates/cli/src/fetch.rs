@@ -182,7 +182,10 @@ pub async fn run_paying(
                 Some(FetchError::InFlight(_)) => EXIT_IN_FLIGHT,
                 _ => 1,
             };
-            eprintln!("gate402: {error:#}");
+            eprintln!(
+                "gate402: {}",
+                crate::output::terminal_safe(&format!("{error:#}"))
+            );
             ExitCode::from(code)
         }
     }
@@ -282,8 +285,8 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let status = response.status();
     let version = response.version();
     let headers = response.headers().clone();
-    let body = response.bytes().await?;
     if args.json {
+        let body = response.bytes().await?;
         let headers: serde_json::Map<String, serde_json::Value> = headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
@@ -303,7 +306,14 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
         }
         None => Box::new(std::io::stdout()),
     };
-    let written = (|| {
+    // A reader that stopped reading (`| head`) was given what it asked
+    // for; the payment is in the ledger already (see `output`).
+    let stopped =
+        |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe && args.output.is_none();
+    let still_unpaid = status == reqwest::StatusCode::PAYMENT_REQUIRED;
+    let mut told = Vec::new();
+    let mut response = response;
+    let written: std::io::Result<()> = async {
         if args.include {
             writeln!(out, "{version:?} {status}")?;
             for (name, value) in &headers {
@@ -311,20 +321,29 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             }
             writeln!(out)?;
         }
-        out.write_all(&body)?;
+        // Streamed, not held: a body may be larger than memory. A 402's
+        // first bytes are kept for the message.
+        while let Some(chunk) = response.chunk().await.map_err(std::io::Error::other)? {
+            if still_unpaid && told.len() < MAX_TOLD_BYTES {
+                told.extend_from_slice(&chunk[..chunk.len().min(MAX_TOLD_BYTES - told.len())]);
+            }
+            out.write_all(&chunk)?;
+        }
         out.flush()
-    })();
+    }
+    .await;
     match written {
-        // A reader that stopped reading (`| head`) was given what it asked
-        // for; the payment is in the ledger already (see `output`).
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe && args.output.is_none() => {}
+        Err(e) if stopped(&e) => {}
         other => other?,
     }
-    if status == reqwest::StatusCode::PAYMENT_REQUIRED {
-        bail!("still 402 after paying: {}", String::from_utf8_lossy(&body));
+    if still_unpaid {
+        bail!("still 402 after paying: {}", String::from_utf8_lossy(&told));
     }
     Ok(())
 }
+
+/// The most of a body repeated in an error message, in bytes.
+const MAX_TOLD_BYTES: usize = 1024;
 
 /// `gate402 tokens`.
 #[derive(Debug, Subcommand)]

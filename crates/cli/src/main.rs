@@ -266,6 +266,6 @@ fn tells_request_contents(metadata: &tracing::Metadata<'_>) -> bool {
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {
-    eprintln!("gate402: {error:#}");
+    eprintln!("gate402: {}", output::terminal_safe(&format!("{error:#}")));
     ExitCode::FAILURE
 }

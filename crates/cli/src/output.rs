@@ -42,3 +42,52 @@ pub(crate) fn write(args: std::fmt::Arguments<'_>, line: bool) {
         std::process::exit(1);
     }
 }
+
+/// The most of one message written to the terminal, in characters.
+const MAX_MESSAGE_CHARS: usize = 4096;
+
+/// `text` as a message to the terminal may show it: control characters
+/// (but newline and tab) become U+FFFD, so that a server's words cannot
+/// move the cursor, clear the screen or retitle the window, and what
+/// passes [`MAX_MESSAGE_CHARS`] is cut, with how much was left out.
+pub(crate) fn terminal_safe(text: &str) -> String {
+    let mut safe: String = text
+        .chars()
+        .take(MAX_MESSAGE_CHARS)
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect();
+    if let Some((cut_at, _)) = text.char_indices().nth(MAX_MESSAGE_CHARS) {
+        safe += &format!("… ({} more bytes)", text.len() - cut_at);
+    }
+    safe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_cannot_drive_the_terminal_or_flood_it() {
+        let hostile =
+            "still 402: \u{1b}]0;PWNED\u{7}\u{1b}[2J\u{1b}[32mrefund received\r\nok\tdone";
+        let safe = terminal_safe(hostile);
+        assert!(
+            !safe
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{safe:?}"
+        );
+        assert!(safe.contains("refund received"));
+        assert!(safe.ends_with("\nok\tdone"));
+        let flood = "A".repeat(1_000_000);
+        let cut = terminal_safe(&flood);
+        assert!(cut.len() < 5_000, "{}", cut.len());
+        assert!(cut.ends_with("(995904 more bytes)"), "{}", &cut[4090..]);
+    }
+}

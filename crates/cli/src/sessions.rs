@@ -151,7 +151,11 @@ async fn close(
             Ok(refund) => answers.push(closed(&refund)),
             // The others are still closed; this one stays open.
             Err(e) if all => {
-                eprintln!("gate402: session {}: {e}", session.id);
+                eprintln!(
+                    "gate402: session {}: {}",
+                    session.id,
+                    crate::output::terminal_safe(&e.to_string())
+                );
                 failed += 1;
             }
             Err(e) => return Err(e.into()),

@@ -1010,3 +1010,54 @@ async fn an_x402_offer_that_disagrees_with_its_invoice_or_has_ended_is_refused_b
     assert_eq!(ledger[0]["amount_msat"], 2_000);
     assert_eq!(origin.paid.lock().unwrap().len(), 1, "nothing else paid");
 }
+
+/// A server that answers a paid retry with another 402 whose body is large
+/// and drives the terminal: the message shows its first kilobyte, with
+/// every control character replaced, and the body is written out whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_402_after_paying_is_told_without_its_control_characters_or_its_bulk() {
+    let origin = Origin::default();
+    let hostile = format!(
+        "\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{1b}[32mgate402: refund of 10 sat received\u{1b}[0m{}",
+        "A".repeat(200_000)
+    );
+    let refusal = hostile.clone();
+    let never = {
+        let origin = origin.clone();
+        get(move |headers: HeaderMap| {
+            let origin = origin.clone();
+            let refusal = refusal.clone();
+            async move {
+                match text(&headers, "authorization") {
+                    Some(_) => (StatusCode::PAYMENT_REQUIRED, refusal).into_response(),
+                    None => origin.payment_402(2, Charge::default()),
+                }
+            }
+        })
+    };
+    let base = origin
+        .serve("127.0.0.1", Router::new().route("/never", never))
+        .await;
+    let client = tempfile::tempdir().unwrap();
+    let body = client.path().join("body");
+    let out = gate402(
+        client.path(),
+        &[
+            "get",
+            "-o",
+            body.to_str().unwrap(),
+            &format!("{base}/never"),
+        ],
+    )
+    .await;
+    let stderr = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("still 402 after paying:"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}'),
+        "{stderr:?}"
+    );
+    assert!(stderr.contains("refund of 10 sat received"), "{stderr}");
+    assert!(stderr.len() < 4_000, "{} bytes of stderr", stderr.len());
+    assert_eq!(std::fs::read_to_string(&body).unwrap(), hostile);
+}
