@@ -30,9 +30,9 @@ pub struct ReturnInvoice {
 #[derive(Clone)]
 pub enum Wallet {
     /// The sandbox payer of the gateway that sent the 402 (`POST
-    /// /sandbox/pay` on the URL's origin), as the payer with this secret
-    /// (which alone is told a paid invoice's preimage again). Regtest test
-    /// money only.
+    /// /sandbox/pay` on the URL's origin), as the payer whose secret is
+    /// derived from this one for that origin (which alone is told a paid
+    /// invoice's preimage again). Regtest test money only.
     Sandbox(reqwest::Client, String),
     /// A Lightning node or wallet (ldk, LND, Core Lightning, NWC) behind
     /// the backend trait.
@@ -101,8 +101,9 @@ impl Wallet {
         max_fee_msat: u64,
     ) -> Result<PaymentOutcome, PayError> {
         let paid = match self {
-            Wallet::Sandbox(http, payer) => {
-                match gate402_lightning_sandbox::http::pay_as(http, origin, bolt11, None, payer)
+            Wallet::Sandbox(http, secret) => {
+                let payer = payer_for(secret, origin);
+                match gate402_lightning_sandbox::http::pay_as(http, origin, bolt11, None, &payer)
                     .await
                 {
                     Ok(paid) | Err(ClientError::AlreadyPaid(paid)) => paid.outcome(),
@@ -302,6 +303,20 @@ fn hash_of(text: &str) -> Result<[u8; 32], LightningError> {
     Ok(hash)
 }
 
+/// The payer secret shown to the sandbox at `origin`: one of its own,
+/// SHA-256 of the wallet's secret and the origin, so that no server learns
+/// the secret another origin's payer answers to (a server's own `/sandbox/pay`
+/// sees what it is sent).
+fn payer_for(secret: &str, origin: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"gate402 sandbox payer\n");
+    hash.update(secret.as_bytes());
+    hash.update(b"\n");
+    hash.update(origin.as_bytes());
+    hex::encode(hash.finalize())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +334,16 @@ mod tests {
         let origin = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         origin
+    }
+
+    #[test]
+    fn each_origin_sees_a_payer_secret_of_its_own() {
+        let secret = Wallet::new_sandbox_payer();
+        let a = payer_for(&secret, "http://127.0.0.1:1");
+        assert_eq!(a, payer_for(&secret, "http://127.0.0.1:1"));
+        assert_ne!(a, payer_for(&secret, "http://127.0.0.1:2"));
+        assert_ne!(a, secret);
+        assert_eq!(a.len(), 64);
     }
 
     #[tokio::test]
