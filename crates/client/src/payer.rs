@@ -88,6 +88,23 @@ pub(crate) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A URL's host as budgets and the ledger name it: lower case, and an
+/// IPv4 address written as IPv6 (`[::ffff:127.0.0.1]`) as the IPv4 address
+/// it is, so that no spelling of a host escapes its domain's budget (the
+/// URL parser already reads `127.1` and `2130706433` as `127.0.0.1`).
+fn budget_host(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    let mapped = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok())
+        .and_then(|v6| v6.to_ipv4_mapped());
+    match mapped {
+        Some(v4) => v4.to_string(),
+        None => host.to_ascii_lowercase(),
+    }
+}
+
 /// Where a request goes, in the units the ledger keys on.
 pub(crate) struct Endpoint {
     pub(crate) url: String,
@@ -102,7 +119,7 @@ impl Endpoint {
         Self {
             url: url.to_string(),
             origin: url.origin().ascii_serialization(),
-            host: url.host_str().unwrap_or_default().to_ascii_lowercase(),
+            host: budget_host(url),
             method: method.as_str().to_owned(),
             path: url.path().to_owned(),
         }
@@ -470,4 +487,25 @@ pub(crate) fn pending_offer(pending: &PendingPayment) -> Result<Offer, OfferErro
         pending.challenges.iter().map(String::as_str),
         pending.payment_required.as_deref(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_has_one_name_for_its_budget() {
+        let host = |url: &str| budget_host(&Url::parse(url).unwrap());
+        for url in [
+            "http://127.0.0.1:1/x",
+            "http://127.1:1/x",
+            "http://2130706433:1/x",
+            "http://[::ffff:127.0.0.1]:1/x",
+            "http://[::FFFF:7f00:1]:1/x",
+        ] {
+            assert_eq!(host(url), "127.0.0.1", "{url}");
+        }
+        assert_eq!(host("http://[::1]:1/x"), "[::1]");
+        assert_eq!(host("http://API.Example.com/x"), "api.example.com");
+    }
 }
