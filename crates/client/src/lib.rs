@@ -442,6 +442,11 @@ pub(crate) mod tests {
 
     /// A regtest invoice of 2 sat for `preimage`, created now.
     pub(crate) fn invoice(preimage: [u8; 32], expiry_secs: u64) -> String {
+        invoice_of(preimage, 2_000, expiry_secs)
+    }
+
+    /// A regtest invoice of `amount_msat` for `preimage`, created now.
+    pub(crate) fn invoice_of(preimage: [u8; 32], amount_msat: u64, expiry_secs: u64) -> String {
         let secp = Secp256k1::new();
         let key = SecretKey::from_slice(&[0x44; 32]).unwrap();
         InvoiceBuilder::new(Currency::Regtest)
@@ -450,7 +455,7 @@ pub(crate) mod tests {
             .payment_secret(PaymentSecret([1; 32]))
             .current_timestamp()
             .min_final_cltv_expiry_delta(18)
-            .amount_milli_satoshis(2_000)
+            .amount_milli_satoshis(amount_msat)
             .expiry_time(std::time::Duration::from_secs(expiry_secs))
             .build_signed(|h| secp.sign_ecdsa_recoverable(h, &key))
             .unwrap()

@@ -22,7 +22,7 @@ pub struct Policy {
 /// Why an offer is refused before paying. Each has its own exit code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    /// The invoice has no amount.
+    /// The invoice has no amount (or an amount of zero).
     #[error("refused: the invoice has no amount")]
     NoAmount,
     /// Above `--max-cost`.
@@ -108,7 +108,11 @@ impl Policy {
                 wallet: self.network,
             });
         }
-        let amount_msat = invoice.amount_msat().ok_or(Refusal::NoAmount)?;
+        // Zero is no amount either: nothing would be paid for the answer.
+        let amount_msat = invoice
+            .amount_msat()
+            .filter(|msat| *msat > 0)
+            .ok_or(Refusal::NoAmount)?;
         if let Some(expired) = expiry(offer, scheme, now) {
             return Err(expired);
         }
@@ -139,7 +143,11 @@ impl Policy {
                 wallet: self.network,
             });
         }
-        let amount_msat = invoice.amount_msat().ok_or(Refusal::NoAmount)?;
+        // Zero is no amount either: nothing would be paid for the answer.
+        let amount_msat = invoice
+            .amount_msat()
+            .filter(|msat| *msat > 0)
+            .ok_or(Refusal::NoAmount)?;
         let mut ends = vec![("the invoice".to_owned(), invoice.expires_at() as i64)];
         if let Some(text) = offer.challenge.expires.as_deref() {
             let what = "the session challenge".to_owned();
@@ -260,6 +268,16 @@ mod tests {
             )
         );
         Offer::from_challenges([header.as_str()]).unwrap()
+    }
+
+    #[test]
+    fn an_invoice_of_zero_is_no_amount() {
+        let bolt11 = crate::tests::invoice_of([5; 32], 0, 600);
+        let offer = Offer::from_challenges([l402_challenge(&bolt11, &[]).as_str()]).unwrap();
+        assert_eq!(
+            policy().check(&offer, Prefer::L402, SystemTime::now()),
+            Err(Refusal::NoAmount)
+        );
     }
 
     #[test]
