@@ -11,6 +11,23 @@ use axum::Router;
 use gate402_client::{Budget, FetchError, Ledger, Payer, PaymentMiddleware, Policy, Wallet};
 use gate402_gateway::{demo, Gateway};
 
+/// A payer on the sandbox that pays up to `max_cost_sats` a request.
+fn sandbox_payer(ledger: &Arc<Ledger>, max_cost_sats: u64) -> Payer {
+    Payer {
+        wallet: Wallet::sandbox(),
+        policy: Policy {
+            max_cost_sats,
+            max_fee_sats: 0,
+            network: gate402_lightning_sandbox::NETWORK,
+            budget: Budget::default(),
+        },
+        ledger: ledger.clone(),
+        prefer: None,
+        pay: true,
+        sessions: false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_middleware_pays_the_origin_a_redirect_led_to() {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
@@ -38,19 +55,7 @@ async fn the_middleware_pays_the_origin_a_redirect_led_to() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(PaymentMiddleware::new(Payer {
-            wallet: Wallet::sandbox(),
-            policy: Policy {
-                max_cost_sats: 100,
-                max_fee_sats: 0,
-                network: gate402_lightning_sandbox::NETWORK,
-                budget: Budget::default(),
-            },
-            ledger: ledger.clone(),
-            prefer: None,
-            pay: true,
-            sessions: false,
-        }))
+        .with(PaymentMiddleware::new(sandbox_payer(&ledger, 100)))
         .build();
     for _ in 0..2 {
         let response = client.get(&go).send().await.unwrap();
@@ -116,19 +121,7 @@ async fn a_chain_of_paid_redirects_pays_at_most_the_cap_in_all() {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
-        payer: Payer {
-            wallet: Wallet::sandbox(),
-            policy: Policy {
-                max_cost_sats: 15,
-                max_fee_sats: 0,
-                network: gate402_lightning_sandbox::NETWORK,
-                budget: Budget::default(),
-            },
-            ledger: ledger.clone(),
-            prefer: None,
-            pay: true,
-            sessions: false,
-        },
+        payer: sandbox_payer(&ledger, 15),
     };
     let request = client
         .http

@@ -264,6 +264,16 @@ impl Harness {
         .preimage
     }
 
+    /// `GET path` with the L402 credential `l402`.
+    async fn get_paid(&self, path: &str, l402: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .header(AUTHORIZATION, l402)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// What is left of the balance `session` (hex) once it reads `settled`,
     /// or after 3 s, as the admin API shows it (msat).
     async fn balance_once(&self, session: &str, settled: u64) -> u64 {
@@ -816,13 +826,7 @@ async fn appended_caveats_change_nothing_a_token_was_sold_as() {
 
     let pass = h.buy("/complete/stream").await;
     let forged = appended(&pass.l402, "day_balance=100000");
-    let response = h
-        .http
-        .get(h.url("/complete/stream"))
-        .header(AUTHORIZATION, &forged)
-        .send()
-        .await
-        .unwrap();
+    let response = h.get_paid("/complete/stream", &forged).await;
     assert!(
         problem(response).await.ends_with("/verification-failed"),
         "a balance its invoice did not pay"
@@ -899,13 +903,7 @@ async fn a_balance_is_its_minted_deposit_spent_on_its_own_service() {
     };
     let mut served = 0;
     for _ in 0..6 {
-        let response = h
-            .http
-            .get(h.url("/chat"))
-            .header(AUTHORIZATION, &lowered)
-            .send()
-            .await
-            .unwrap();
+        let response = h.get_paid("/chat", &lowered).await;
         if response.status() == StatusCode::OK {
             served += 1;
         }
@@ -992,23 +990,11 @@ async fn a_balance_is_charged_the_usage_the_upstream_reports() {
     // 20 sat: 7 + 7 used; the third request cannot hold 10 of the 6 left.
     let (l402, session, preimage, challenge) = balance_with_refund(&h, "/complete").await;
     for _ in 0..2 {
-        let served = h
-            .http
-            .get(h.url("/complete"))
-            .header(AUTHORIZATION, &l402)
-            .send()
-            .await
-            .unwrap();
+        let served = h.get_paid("/complete", &l402).await;
         assert_eq!(served.status(), StatusCode::OK);
         assert_eq!(served.json::<Value>().await.unwrap()["answer"], "hi");
     }
-    let third = h
-        .http
-        .get(h.url("/complete"))
-        .header(AUTHORIZATION, &l402)
-        .send()
-        .await
-        .unwrap();
+    let third = h.get_paid("/complete", &l402).await;
     assert_eq!(problem(third).await, lightning("insufficient-balance"));
     // The refund (through the MPP door, which names a return invoice)
     // shows what was kept.
@@ -1023,13 +1009,7 @@ async fn a_balance_is_charged_the_usage_the_upstream_reports() {
 
     // A stream: the units of its last usage event.
     let (l402, session, preimage, challenge) = balance_with_refund(&h, "/complete/stream").await;
-    let streamed = h
-        .http
-        .get(h.url("/complete/stream"))
-        .header(AUTHORIZATION, &l402)
-        .send()
-        .await
-        .unwrap();
+    let streamed = h.get_paid("/complete/stream", &l402).await;
     assert_eq!(streamed.status(), StatusCode::OK);
     assert!(streamed.text().await.unwrap().contains("[DONE]"));
     let (refund_to, _) = h.return_invoice().await;
@@ -1065,13 +1045,7 @@ async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() 
     .await;
     // 20 sat: one request holds 10, and keeps the 7 its body reports.
     let (l402, session, _, _) = balance_with_refund(&h, "/complete").await;
-    let served = h
-        .http
-        .get(h.url("/complete"))
-        .header(AUTHORIZATION, &l402)
-        .send()
-        .await
-        .unwrap();
+    let served = h.get_paid("/complete", &l402).await;
     assert_eq!(served.status(), StatusCode::OK);
     assert!(served.headers().contains_key("content-length"));
     assert_eq!(served.json::<Value>().await.unwrap()["answer"], "hi");
@@ -1079,13 +1053,7 @@ async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() 
 
     // The answer read, the connection closed before the usage event.
     let (l402, session, _, _) = balance_with_refund(&h, "/complete/late-usage").await;
-    let mut streamed = h
-        .http
-        .get(h.url("/complete/late-usage"))
-        .header(AUTHORIZATION, &l402)
-        .send()
-        .await
-        .unwrap();
+    let mut streamed = h.get_paid("/complete/late-usage", &l402).await;
     assert_eq!(streamed.status(), StatusCode::OK);
     let first = streamed.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("the whole answer"));
@@ -1131,13 +1099,7 @@ async fn a_metered_stream_is_never_passed_on_encoded() {
     assert_eq!(h.balance_once(&session, 0).await, 0);
 
     let (l402, session, _, _) = balance_with_refund(&h, "/stream/gzip-always").await;
-    let refused = h
-        .http
-        .get(h.url("/stream/gzip-always"))
-        .header(AUTHORIZATION, &l402)
-        .send()
-        .await
-        .unwrap();
+    let refused = h.get_paid("/stream/gzip-always", &l402).await;
     assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
     assert!(!refused.text().await.unwrap().contains("tok-"));
     assert_eq!(h.balance_once(&session, 3_000).await, 3_000);
