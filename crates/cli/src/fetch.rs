@@ -275,13 +275,19 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let request = request.build().context("URL")?;
     let client = Client { http, payer };
     let max_redirects = if args.follow { MAX_REDIRECTS } else { 0 };
-    let (response, payment) = match client.fetch_following(request, max_redirects).await? {
+    // Each payment is told as it is made: a later hop may still fail.
+    let quiet = args.silent || args.json;
+    let fetched = client
+        .fetch_following_reporting(request, max_redirects, |paid| {
+            if !quiet {
+                report_payment(paid);
+            }
+        })
+        .await?;
+    let (response, payment) = match fetched {
         Fetched::Offer(offer) => return print_offer(&offer),
         Fetched::Response(response, payment) => (response, payment),
     };
-    if let (Some(paid), false) = (&payment, args.silent || args.json) {
-        report_payment(paid);
-    }
     let status = response.status();
     let version = response.version();
     let headers = response.headers().clone();

@@ -19,7 +19,8 @@ use crate::payer::{
 };
 use crate::session::{SessionOffer, Sessioned, TOP_UP_SCHEME};
 use crate::{
-    CachedToken, Offer, Refund, RequestKey, StoredSession, IDEMPOTENCY_KEY, PAYMENT_AUTHORIZATION,
+    CachedToken, Offer, PaymentEntry, Refund, RequestKey, StoredSession, IDEMPOTENCY_KEY,
+    PAYMENT_AUTHORIZATION,
 };
 
 /// The client of `gate402 get`: a [`Payer`] over a `reqwest::Client`.
@@ -59,10 +60,25 @@ impl Client {
     /// The hops are one request: together they pay at most the policy's
     /// `max_cost_sats` (a hop after one that paid may pay only what is
     /// left of it), so a server cannot charge again behind each redirect.
+    /// The entry returned is the last payment's; see
+    /// [`Client::fetch_following_reporting`] for each of them.
     pub async fn fetch_following(
         &self,
         request: Request,
         max_redirects: usize,
+    ) -> Result<Fetched, FetchError> {
+        self.fetch_following_reporting(request, max_redirects, |_| {})
+            .await
+    }
+
+    /// Like [`Client::fetch_following`], calling `paid` with every
+    /// payment as it is made: a hop after it may still fail, and the
+    /// money is gone all the same.
+    pub async fn fetch_following_reporting(
+        &self,
+        request: Request,
+        max_redirects: usize,
+        mut on_paid: impl FnMut(&PaymentEntry),
     ) -> Result<Fetched, FetchError> {
         let mut request = request;
         let mut paid = None;
@@ -81,6 +97,7 @@ impl Client {
             };
             if let Some(entry) = &entry {
                 spent_msat = spent_msat.saturating_add(entry.amount_msat);
+                on_paid(entry);
             }
             paid = entry.or(paid);
             let next = match (max_redirects, kept) {

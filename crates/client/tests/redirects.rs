@@ -90,7 +90,8 @@ async fn the_middleware_pays_the_origin_a_redirect_led_to() {
 
 /// A paid answer that redirects to another paid resource, and so on: one
 /// request, however many hops, pays at most `--max-cost` in all (it paid
-/// 10 sat at every hop before, 110 for a cap of 15).
+/// 10 sat at every hop before, 110 for a cap of 15), and every payment is
+/// told as it is made.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chain_of_paid_redirects_pays_at_most_the_cap_in_all() {
     let hops = Router::new().route(
@@ -121,14 +122,18 @@ async fn a_chain_of_paid_redirects_pays_at_most_the_cap_in_all() {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
-        payer: sandbox_payer(&ledger, 15),
+        payer: sandbox_payer(&ledger, 25),
     };
     let request = client
         .http
         .get(format!("http://{}/hop/1", gateway.addr()))
         .build()
         .unwrap();
-    let error = client.fetch_following(request, 10).await.unwrap_err();
+    let mut told = Vec::new();
+    let error = client
+        .fetch_following_reporting(request, 10, |paid| told.push(paid.amount_msat))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             error,
@@ -142,5 +147,6 @@ async fn a_chain_of_paid_redirects_pays_at_most_the_cap_in_all() {
         .iter()
         .map(|p| p.amount_msat)
         .sum();
-    assert_eq!(paid, 10_000, "one hop paid, the next refused");
+    assert_eq!(paid, 20_000, "two hops paid, the third refused");
+    assert_eq!(told, [10_000, 10_000]);
 }
