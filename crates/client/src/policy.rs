@@ -108,11 +108,7 @@ impl Policy {
                 wallet: self.network,
             });
         }
-        // Zero is no amount either: nothing would be paid for the answer.
-        let amount_msat = invoice
-            .amount_msat()
-            .filter(|msat| *msat > 0)
-            .ok_or(Refusal::NoAmount)?;
+        let amount_msat = amount_of(invoice)?;
         if let Some(expired) = expiry(offer, scheme, now) {
             return Err(expired);
         }
@@ -143,11 +139,7 @@ impl Policy {
                 wallet: self.network,
             });
         }
-        // Zero is no amount either: nothing would be paid for the answer.
-        let amount_msat = invoice
-            .amount_msat()
-            .filter(|msat| *msat > 0)
-            .ok_or(Refusal::NoAmount)?;
+        let amount_msat = amount_of(invoice)?;
         let mut ends = vec![("the invoice".to_owned(), invoice.expires_at() as i64)];
         if let Some(text) = offer.challenge.expires.as_deref() {
             let what = "the session challenge".to_owned();
@@ -173,6 +165,15 @@ impl Policy {
         }
         Ok(amount_msat)
     }
+}
+
+/// What `invoice` asks, in millisatoshis. Zero is no amount either:
+/// nothing would be paid for the answer.
+fn amount_of(invoice: &gate402_bolt11::Invoice) -> Result<u64, Refusal> {
+    invoice
+        .amount_msat()
+        .filter(|msat| *msat > 0)
+        .ok_or(Refusal::NoAmount)
 }
 
 /// Why `offer` can no longer be paid at `now` when answered with `scheme`:

@@ -503,11 +503,7 @@ async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
     for door in ["L402", "Payment"] {
         let before = SLOW_CALLS.load(std::sync::atomic::Ordering::SeqCst);
         let (offer, preimage) = h.buy_post("/slow", "send one SMS").await;
-        let credential = match door {
-            "L402" => offer.l402_authorization(&preimage),
-            _ => offer.payment_authorization(&preimage),
-        }
-        .unwrap();
+        let credential = credential(door, &offer, &preimage);
         let cut = impatient
             .post(h.url("/slow"))
             .header(AUTHORIZATION, &credential)
@@ -540,6 +536,15 @@ async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
     }
 }
 
+/// The credential `door` (`L402` or `Payment`) answers `offer` with.
+fn credential(door: &str, offer: &Offer, preimage: &[u8; 32]) -> String {
+    match door {
+        "L402" => offer.l402_authorization(preimage),
+        _ => offer.payment_authorization(preimage),
+    }
+    .unwrap()
+}
+
 /// A credential replayed right after its request was answered is told it
 /// was used, not that another request is using it (its commit may not be
 /// written yet).
@@ -549,11 +554,7 @@ async fn a_replay_right_after_the_answer_is_told_the_credential_was_used() {
     for door in ["L402", "Payment"] {
         for n in 0..5 {
             let (offer, preimage) = h.buy("/echo").await;
-            let credential = match door {
-                "L402" => offer.l402_authorization(&preimage),
-                _ => offer.payment_authorization(&preimage),
-            }
-            .unwrap();
+            let credential = credential(door, &offer, &preimage);
             assert_eq!(h.get("/echo", &credential).await.status(), StatusCode::OK);
             let replay = h.get("/echo", &credential).await;
             assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
@@ -575,11 +576,7 @@ async fn a_client_that_leaves_while_its_claim_is_taken_can_retry_at_once() {
     for door in ["L402", "Payment"] {
         for n in 0..10 {
             let (offer, preimage) = h.buy("/echo").await;
-            let credential = match door {
-                "L402" => offer.l402_authorization(&preimage),
-                _ => offer.payment_authorization(&preimage),
-            }
-            .unwrap();
+            let credential = credential(door, &offer, &preimage);
             let mut socket = tokio::net::TcpStream::connect(h.gateway.addr())
                 .await
                 .unwrap();
@@ -624,11 +621,7 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
     let sent = || SMS_SENT.load(std::sync::atomic::Ordering::SeqCst);
     for (door, path) in [("L402", "/sms"), ("Payment", "/sms"), ("L402", "/pass/sms")] {
         let (offer, preimage) = h.buy_post(path, "hello").await;
-        let credential = match door {
-            "L402" => offer.l402_authorization(&preimage),
-            _ => offer.payment_authorization(&preimage),
-        }
-        .unwrap();
+        let credential = credential(door, &offer, &preimage);
         let key = format!("\"{door}{path}\"");
         let post = |client: &reqwest::Client, body: &'static str| {
             client
@@ -1289,11 +1282,7 @@ async fn an_upstream_that_keeps_failing_on_one_payment_spends_it() {
     ] {
         for door in ["L402", "Payment"] {
             let (offer, preimage) = h.buy(path).await;
-            let credential = match door {
-                "L402" => offer.l402_authorization(&preimage),
-                _ => offer.payment_authorization(&preimage),
-            }
-            .unwrap();
+            let credential = credential(door, &offer, &preimage);
             let before = calls.load(SeqCst);
             for attempt in 1..=tries {
                 let failed = h.get(path, &credential).await;

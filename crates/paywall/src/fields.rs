@@ -55,6 +55,19 @@ pub fn remove_underscored(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
+/// The elements of a comma-separated list field (RFC 9110 §5.6.1), every
+/// line of it, trimmed; empty elements included.
+pub fn list_items<'a>(
+    headers: &'a HeaderMap,
+    name: &HeaderName,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

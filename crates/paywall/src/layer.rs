@@ -323,23 +323,14 @@ fn own<B>(response: Response<Bytes>) -> Response<PaywallBody<B>> {
 /// `chunked` (`gzip, chunked`): the server takes off the chunks only, and
 /// the still-coded bytes would be forwarded as if they were the body.
 fn has_foreign_transfer_coding(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|coding| !coding.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    crate::fields::list_items(headers, &http::header::TRANSFER_ENCODING)
+        .any(|coding| !coding.eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Whether a response's body comes in a content coding (gzip, br…).
 fn is_encoded(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|coding| {
-            let coding = coding.trim_ascii();
-            !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity")
-        })
+    crate::fields::list_items(headers, &http::header::CONTENT_ENCODING)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
 }
 
 /// Puts `path` (normal form) and the original query into the URI.
