@@ -1392,7 +1392,7 @@ fn secret_part(credential: &str) -> String {
 /// priced request is served, fields. The MPP credential's challenge named
 /// no `header`, so it is accepted from `Authorization` only
 /// (draft-httpauth-payment-01); either way it never reaches the upstream.
-const CREDENTIAL_ROWS: [&str; 30] = [
+const CREDENTIAL_ROWS: [&str; 34] = [
     "Authorization: L402            | served  | Authorization: L402 {l402}",
     "Payment-Authorization: L402    | served  | Payment-Authorization: L402 {l402}",
     "Payment-Authorization: Payment | refused | Payment-Authorization: Payment {mpp}",
@@ -1423,6 +1423,10 @@ const CREDENTIAL_ROWS: [&str; 30] = [
     "Bearer/L402 in one value       | refused | Authorization: Bearer k/L402 {l402}",
     "gRPC metadata, with _ for -    | refused | Grpc_Metadata_Macaroon: {l402}",
     "Payment_Authorization          | refused | Payment_Authorization: L402 {l402}",
+    "L402 with no space             | refused | Authorization: L402{l402}",
+    "Bearer,L402= in one value      | refused | Authorization: Bearer k,L402={l402}",
+    "Bearer L402: in one value      | refused | Authorization: Bearer k L402:{l402}",
+    "Bearer; Payment= in one value  | refused | Authorization: Bearer k; Payment={mpp}",
 ];
 
 /// A reusable L402 token in every field and spelling, and MPP credentials,

@@ -102,10 +102,11 @@ pub enum CredentialError {
     /// More than one payment credential: which one pays is ambiguous.
     #[error("the request carries more than one payment credential")]
     Several,
-    /// An `Authorization` value that lists a payment credential after
-    /// another one (`Bearer key, L402 …`): an upstream that splits the
-    /// value at its commas would read it.
-    #[error("Authorization lists a payment credential among others; send it alone")]
+    /// An `Authorization` value that holds a payment credential among
+    /// other text (`Bearer key, L402 …`, `L402<token>` with no space): an
+    /// upstream that splits the value at its commas, or searches it for
+    /// the scheme, would read it.
+    #[error("Authorization holds a payment credential among other text; send it alone, as `L402 <token>` or `Payment <credential>`")]
     Listed,
     /// `Payment-Authorization` holding something that is no payment
     /// credential, or bytes that are not text.
@@ -217,14 +218,17 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
     }))
 }
 
-/// Whether a value holds a payment credential after its first word: an
-/// element of a comma list that starts with a scheme (`Bearer key, L402
-/// mac:preimage`), which an upstream splitting the value at its commas
-/// reads; or a scheme word anywhere, whatever comes before it, followed
-/// by spaces and a credential-shaped token (`Bearer key; L402 …`, `Bearer
-/// key|L402 …`, `Digest x="L402 …"`), which one searching the value for
-/// `L402 ` (as Aperture does) reads: a token with a `:` after `L402` or
-/// `LSAT`, a base64 run of 16 or more after `Payment`.
+/// Whether a value holds a payment credential other than as its whole
+/// value: an element of a comma list that starts with a scheme (`Bearer
+/// key, L402 mac:preimage`), which an upstream splitting the value at its
+/// commas reads; or a scheme word anywhere, whatever comes before it,
+/// followed by separators (spaces, tabs, `=`, quotes; `:` after `L402`)
+/// and a credential-shaped token (`Bearer key; L402 …`, `Bearer key|L402 …`,
+/// `Bearer x,L402=…`, `Digest x="L402 …"`), which one searching the value
+/// for the scheme word (as Aperture does) reads: a token with a `:` after
+/// `L402` or `LSAT`, a base64 run of 16 or more after `Payment`; or
+/// `L402`/`LSAT` with no separator at all before a whole L402 token
+/// (`L402<macaroon>:<preimage>`).
 fn lists_credential(value: &[u8]) -> bool {
     let listed = value
         .split(|b| *b == b',')
@@ -233,21 +237,19 @@ fn lists_credential(value: &[u8]) -> bool {
     if listed {
         return true;
     }
-    // Wherever the scheme word starts, as a search for `L402 ` finds it
-    // (`Bearer k|L402 …`, `Bearer k/L402 …`).
     let lower = value.to_ascii_lowercase();
     [&b"l402"[..], b"lsat", b"payment"].iter().any(|word| {
-        (1..lower.len()).any(|at| {
+        (0..lower.len()).any(|at| {
             let Some(rest) = lower[at..].strip_prefix(*word) else {
                 return false;
             };
+            let payment = *word == b"payment";
             let gap = rest
                 .iter()
-                .take_while(|b| matches!(b, b' ' | b'\t'))
+                .take_while(|b| {
+                    matches!(b, b' ' | b'\t' | b'=' | b'"' | b'\'') || (!payment && **b == b':')
+                })
                 .count();
-            if gap == 0 {
-                return false;
-            }
             let token: &[u8] = {
                 let rest = &value[at + word.len() + gap..];
                 let end = rest
@@ -256,16 +258,27 @@ fn lists_credential(value: &[u8]) -> bool {
                     .unwrap_or(rest.len());
                 &rest[..end]
             };
-            if *word == b"payment" {
-                token.len() >= 16
-                    && token.iter().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'=')
-                    })
-            } else {
-                token.contains(&b':')
+            match (payment, gap) {
+                (true, 0) => false,
+                (true, _) => token.len() >= 16 && token.iter().all(|b| is_base64(*b)),
+                (false, 0) => is_l402_token(token),
+                (false, _) => token.contains(&b':'),
             }
         })
     })
+}
+
+fn is_base64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'/' | b'=')
+}
+
+/// `<macaroon, base64>:<preimage, 64 hex digits>`, the whole of an L402
+/// token.
+fn is_l402_token(token: &[u8]) -> bool {
+    token.len() > 65
+        && token[token.len() - 65] == b':'
+        && token[token.len() - 64..].iter().all(u8::is_ascii_hexdigit)
+        && token[..token.len() - 65].iter().all(|b| is_base64(*b))
 }
 
 fn trim_start(bytes: &[u8]) -> &[u8] {
@@ -377,15 +390,31 @@ mod tests {
             "Basic eA==,Payment abc",
             "Bearer x,\tlsat mac:pre",
             "Bearer x, y, payment abc",
+            // No space after the scheme, or another separator.
+            "Bearer x,L402=mac:pre",
+            "Bearer x; lsat=\"mac:pre\"",
+            "Bearer x L402:mac:pre",
+            "Basic eA==; Payment=eyJjaGFsbGVuZ2UiOnt9fQ",
+            &format!("L402AgELbWFjYXJvb24=:{}", "ab".repeat(32)),
+            &format!("lsatAgELbWFjYXJvb24:{}", "0F".repeat(32)),
         ] {
             let mut h = headers(&[("authorization", listed), ("accept", "*/*")]);
             assert_eq!(take(&mut h), Err(CredentialError::Listed), "{listed}");
             assert!(h.get(AUTHORIZATION).is_none(), "{listed}");
             assert_eq!(h.len(), 1);
         }
-        let mut h = headers(&[("authorization", "Bearer a,b=c, Paymentx y")]);
-        assert_eq!(take(&mut h), Ok(None));
-        assert_eq!(h.len(), 1);
+        // An API key of the upstream's own that merely contains a scheme
+        // word is its business.
+        for key in [
+            "Bearer a,b=c, Paymentx y",
+            "Bearer payment_service_key_0123456789abcdef",
+            "Bearer l402abc:def",
+            "Bearer payment:0123456789abcdefgh",
+        ] {
+            let mut h = headers(&[("authorization", key)]);
+            assert_eq!(take(&mut h), Ok(None), "{key}");
+            assert_eq!(h.len(), 1);
+        }
 
         let mut h = headers(&[("authorization", "L402 a:b"), ("payment-signature", "eyJ4")]);
         assert_eq!(take(&mut h), Err(CredentialError::Several));
