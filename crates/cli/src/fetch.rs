@@ -354,7 +354,8 @@ const MAX_TOLD_BYTES: usize = 1024;
 /// `gate402 tokens`.
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
-    /// Every cached L402 token.
+    /// Every cached L402 token, and every MPP credential paid and not yet
+    /// served (its request got a server error).
     List,
     /// One token in full (by payment-hash prefix).
     Show {
@@ -377,8 +378,9 @@ pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
         TokensCommand::List => {
             for token in ledger.tokens()? {
                 outln!(
-                    "{}  {} {}{}  expires {}",
+                    "{}  {:<7} {} {}{}  expires {}",
                     &token.payment_hash[..16],
+                    token.authorization.split(' ').next().unwrap_or_default(),
                     if token.method.is_empty() {
                         "*"
                     } else {

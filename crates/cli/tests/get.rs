@@ -630,3 +630,90 @@ async fn a_payment_that_times_out_is_resolved_not_repeated() {
     assert_eq!(ledger.len(), 1);
     assert_eq!(ledger[0].status, gate402_client::PaymentState::Paid);
 }
+
+/// Pay for success, as the client sees it: a paid request whose upstream
+/// fails (a 500 through the gateway, which leaves the payment unspent) is
+/// answered on the next run with the same credential, not paid again; an
+/// MPP credential, once served, is spent, and the next request pays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paid_request_the_upstream_failed_is_served_on_the_next_run_unpaid() {
+    // The first call of each path fails, the others are served.
+    let calls: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>> =
+        Default::default();
+    let counted = calls.clone();
+    let app = Router::new().route(
+        "/{*rest}",
+        get(move |uri: axum::http::Uri| async move {
+            let n = {
+                let mut calls = counted.lock().unwrap();
+                let n = calls.entry(uri.path().to_owned()).or_default();
+                *n += 1;
+                *n
+            };
+            if n == 1 {
+                (StatusCode::INTERNAL_SERVER_ERROR, "down\n".to_owned())
+            } else {
+                (StatusCode::OK, format!("served, call {n}\n"))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let (demo_upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(demo_upstream);
+    config.services.insert(
+        0,
+        ServiceConfig::proxied("flaky", "/flaky/*", 10, &format!("http://{upstream}")),
+    );
+    let gw_dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    for scheme in ["mpp", "l402"] {
+        let url = format!("http://{}/flaky/{scheme}", gateway.addr());
+        let paid_here = || async {
+            payments(data)
+                .await
+                .into_iter()
+                .filter(|p| p["url"] == url.as_str())
+                .collect::<Vec<_>>()
+        };
+        let args = ["get", "--prefer", scheme, &url];
+        let get = || run(data, &args);
+        let out = get().await;
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "down\n", "{scheme}");
+        assert_eq!(paid_here().await.len(), 1, "{scheme}");
+        // The next run sends the credential again: served, nothing paid.
+        let out = get().await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "served, call 2\n",
+            "{scheme}: {stderr}"
+        );
+        assert!(!stderr.contains("paid"), "{scheme}: {stderr}");
+        let paid = paid_here().await;
+        assert_eq!(
+            paid.len(),
+            1,
+            "{scheme}: one payment for one answer: {paid:?}"
+        );
+        assert!(paid[0]["receipt"].is_string(), "{scheme}: {paid:?}");
+        // Spent now: the next request pays.
+        let out = get().await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "served, call 3\n",
+            "{scheme}"
+        );
+        assert_eq!(paid_here().await.len(), 2, "{scheme}");
+    }
+    let tokens = run(data, &["tokens", "list"]).await;
+    let tokens = String::from_utf8_lossy(&tokens.stdout);
+    assert!(
+        !tokens.contains("Payment"),
+        "a served credential is kept: {tokens}"
+    );
+    gateway.shutdown().await.unwrap();
+}

@@ -334,7 +334,7 @@ impl Payer {
         Ok(Fetched::Response(answer, Some(entry)))
     }
 
-    /// Sends `request` with a kept L402 token in `Authorization`. A retry
+    /// Sends `request` with a kept token in its field. A retry
     /// of a request that went out with the token and got no answer (the
     /// digest of `own_key`, the key this run made for it, is the one
     /// noted with the token) carries that request's key instead; the key
@@ -350,7 +350,7 @@ impl Payer {
         S: Fn(Request) -> F + Sync,
         F: Future<Output = Result<Response, FetchError>> + Send,
     {
-        let mut attempt = with_credential(request, "Authorization", &token.authorization)?;
+        let mut attempt = with_credential(request, &token.field, &token.authorization)?;
         if let (Some(own), Some(kept)) = (own_key, &token.unanswered) {
             if kept.request_digest == own.request_digest {
                 kept.apply(&mut attempt);
@@ -400,6 +400,30 @@ impl Payer {
                 self.ledger.forget_token(&token)?;
             }
             return Ok(None);
+        }
+        if answer.status().is_server_error() {
+            return Ok(Some(answer));
+        }
+        if token.single_use() {
+            // An MPP credential kept after a server error: served now, so
+            // spent.
+            self.ledger.forget_payment_tokens(&token.payment_hash)?;
+        }
+        // The first receipt of a payment whose paid request got none (its
+        // upstream failed) is this one.
+        let receipt = answer
+            .headers()
+            .get(gate402_mpp::RECEIPT_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Some(receipt) = receipt {
+            if let Some(paid) = self
+                .ledger
+                .payment_by_hash(&token.payment_hash)?
+                .filter(|p| p.entry.receipt.is_none())
+            {
+                self.ledger
+                    .attach_receipt(paid.entry.id, &paid.entry.scheme, Some(receipt))?;
+            }
         }
         Ok(Some(answer))
     }

@@ -124,6 +124,8 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT NOT NULL,
         created_at INTEGER NOT NULL
     );",
+    // MPP credentials kept until served, in the field their challenge named.
+    "ALTER TABLE tokens ADD COLUMN field TEXT NOT NULL DEFAULT 'Authorization';",
 ];
 
 /// Why the ledger failed.
@@ -225,7 +227,9 @@ pub struct PendingPayment {
     pub request_key: Option<RequestKey>,
 }
 
-/// A paid L402 token kept for reuse.
+/// A paid L402 token kept for reuse, or a paid MPP credential kept until
+/// it is served (its request was answered with a server error, or not at
+/// all: the gateway left it unspent for a retry).
 ///
 /// Tokens are kept per origin, method and path, with the services their
 /// macaroon names: one gateway prices several services under one origin
@@ -244,8 +248,11 @@ pub struct CachedToken {
     pub services: Option<String>,
     /// Its payment hash, hex (names it in `gate402 tokens`).
     pub payment_hash: String,
-    /// The `Authorization` value.
+    /// The credential as sent (`L402 …`, `Payment …`).
     pub authorization: String,
+    /// The header field it is sent in: `Authorization`, or
+    /// `Payment-Authorization` where an MPP challenge named that field.
+    pub field: String,
     /// Its `_valid_until` (unix seconds), when it has one.
     pub expires_at: Option<u64>,
     /// The key of a request sent with it that got no answer (lost in
@@ -255,6 +262,16 @@ pub struct CachedToken {
     /// acting twice.
     #[serde(skip)]
     pub unanswered: Option<RequestKey>,
+}
+
+impl CachedToken {
+    /// Whether it is an MPP credential, which pays for one request: once
+    /// a request with it is served, it is spent.
+    pub fn single_use(&self) -> bool {
+        self.authorization
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("Payment "))
+    }
 }
 
 /// An MPP session the client opened, as kept in the ledger.
@@ -620,10 +637,11 @@ impl Ledger {
             .optional()?)
     }
 
-    /// Keeps a paid L402 token for its route.
+    /// Keeps a paid L402 token (or an MPP credential not yet served) for
+    /// its route.
     pub fn cache_token(&self, token: &CachedToken, now: u64) -> Result<(), LedgerError> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO tokens (origin, method, path, services, payment_hash, authorization, expires_at, created_at, idempotency_key, request_digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT OR REPLACE INTO tokens (origin, method, path, services, payment_hash, authorization, expires_at, created_at, idempotency_key, request_digest, field) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 token.origin,
                 token.method,
@@ -635,6 +653,7 @@ impl Ledger {
                 now as i64,
                 token.unanswered.as_ref().map(|k| &k.value),
                 token.unanswered.as_ref().map(|k| &k.request_digest),
+                token.field,
             ],
         )?;
         Ok(())
@@ -1067,7 +1086,7 @@ fn pending(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingPayment> {
 }
 
 const TOKEN_COLUMNS: &str = "origin, method, path, services, payment_hash, authorization, \
-    expires_at, idempotency_key, request_digest";
+    expires_at, idempotency_key, request_digest, field";
 
 fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedToken> {
     Ok(CachedToken {
@@ -1085,6 +1104,7 @@ fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedToken> {
             }),
             _ => None,
         },
+        field: r.get(9)?,
     })
 }
 
@@ -1270,6 +1290,7 @@ mod tests {
             services: Some(services.into()),
             payment_hash: hash.into(),
             authorization: format!("L402 {hash}"),
+            field: "Authorization".into(),
             expires_at,
             unanswered: None,
         }

@@ -423,36 +423,56 @@ impl Payer {
             ),
         };
         let credential = credential.unwrap_or_default();
-        if scheme == Prefer::L402 {
-            // Kept before the retry: a paid token outlives a failed retry.
-            let expires_at = offer
-                .l402_valid_until()
-                .iter()
-                .filter_map(|(_, value)| value.parse::<u64>().ok())
-                .min();
+        // Kept before the retry: a paid token outlives a failed retry, and
+        // so does an MPP credential until it is served (a gateway that
+        // answers a server error leaves it unspent, to be sent again).
+        let kept = match scheme {
+            Prefer::L402 => Some((
+                offer.l402_services(),
+                offer
+                    .l402_valid_until()
+                    .iter()
+                    .filter_map(|(_, value)| value.parse::<u64>().ok())
+                    .min(),
+            )),
+            Prefer::Mpp => Some((
+                None,
+                offer
+                    .payment
+                    .as_ref()
+                    .and_then(|c| c.expires.as_deref())
+                    .and_then(gate402_mpp::parse_time)
+                    .map(|at| at.unix_timestamp().max(0) as u64),
+            )),
+            Prefer::X402 => None,
+        };
+        let keeps = kept.is_some();
+        if let Some((services, expires_at)) = kept {
             // With the request's key: until it is answered, a retry of it
             // with the token is a retry, not a second request.
             let token = CachedToken {
                 origin: endpoint.origin.clone(),
                 method: endpoint.method.clone(),
                 path: endpoint.path.clone(),
-                services: offer.l402_services(),
+                services,
                 payment_hash: entry.payment_hash.clone(),
                 authorization: credential.clone(),
+                field: field.to_owned(),
                 expires_at,
                 unanswered: RequestKey::of(request),
             };
             self.ledger.cache_token(&token, now())?;
         }
         let answer = send_paid(request, field, &credential, send).await?;
-        if let (Prefer::L402, Some(sent)) = (scheme, RequestKey::of(request)) {
+        if let (true, Some(sent)) = (keeps, RequestKey::of(request)) {
             self.ledger.note_answered(&entry.payment_hash, &sent)?;
         }
-        if scheme == Prefer::L402
-            && offer.l402_single_use()
-            && !refused(answer.status())
-            && !answer.status().is_server_error()
-        {
+        let single_use = match scheme {
+            Prefer::L402 => offer.l402_single_use(),
+            Prefer::Mpp => true,
+            Prefer::X402 => false,
+        };
+        if single_use && !refused(answer.status()) && !answer.status().is_server_error() {
             // Served, so spent: a per-request token buys nothing more.
             // (After a 5xx the gateway keeps it unspent for a retry.)
             self.ledger.forget_payment_tokens(&entry.payment_hash)?;
