@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
-use gate402_client::ToolCall;
+use gate402_client::{McpCallError, ToolCall};
 use gate402_gateway::config::McpProxyConfig;
 use gate402_gateway::GatewayConfig;
 use serde_json::json;
@@ -55,7 +55,17 @@ async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
     };
     // A tool call pays per call: MCP has no session door.
     let payer = args.pay.payer(None, Some(false), data_dir).await?;
-    let (result, payment) = match payer.call_tool(&url, &args.tool, arguments).await? {
+    let called = match payer.call_tool(&url, &args.tool, arguments).await {
+        // Paid, then failed: the payment is told all the same.
+        Err(McpCallError::AfterPayment { error, payment }) => {
+            if !args.json {
+                report_payment(&payment);
+            }
+            return Err(McpCallError::AfterPayment { error, payment }.into());
+        }
+        called => called?,
+    };
+    let (result, payment) = match called {
         ToolCall::Offer(offer) => return print_offer(&offer),
         ToolCall::Result(result, payment) => (result, payment),
     };

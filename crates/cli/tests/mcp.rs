@@ -174,6 +174,83 @@ async fn gate402_mcp_call_pays_within_the_caps() {
     gateway.shutdown().await.unwrap();
 }
 
+/// A paid tool call whose upstream fails gets an error that says the
+/// payment was not spent: `gate402 mcp call` tells the payment, keeps the
+/// credential, and the next call of the tool sends it again instead of
+/// paying; once a result came, it is spent and the next call pays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_call_whose_upstream_failed_is_answered_on_the_next_call_unpaid() {
+    // The first call fails, the others are answered.
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().route(
+        "/flaky",
+        axum::routing::get(move || async move {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == 1 {
+                (axum::http::StatusCode::BAD_GATEWAY, "down".to_owned())
+            } else {
+                (axum::http::StatusCode::OK, format!("answer {n}"))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let (demo_upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(demo_upstream);
+    config
+        .services
+        .push(gate402_gateway::config::ServiceConfig::proxied(
+            "flaky",
+            "/flaky",
+            10,
+            &format!("http://{upstream}"),
+        ));
+    config.tools.push(gate402_gateway::config::ToolConfig {
+        name: "flaky".into(),
+        description: "Fails once".into(),
+        service: "flaky".into(),
+        method: None,
+        path: None,
+        input_schema: json!({"type": "object"}),
+        price_sats: None,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let mcp = format!("http://{}/mcp", gateway.addr());
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    let args = ["mcp", "call", &mcp, "flaky"];
+    let call = || gate402(data, &args);
+
+    let out = call().await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was not spent"), "{stderr}");
+    assert!(
+        stderr.contains("paid 10 sat"),
+        "the payment is told: {stderr}"
+    );
+    assert_eq!(payments(data).await.len(), 1);
+
+    let out = call().await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "answer 2\n");
+    assert!(!stderr.contains("paid"), "{stderr}");
+    let paid = payments(data).await;
+    assert_eq!(paid.len(), 1, "one payment for one answer: {paid:?}");
+    assert!(paid[0]["receipt"].as_str().unwrap().contains("challengeId"));
+
+    let out = call().await;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "answer 3\n");
+    assert_eq!(payments(data).await.len(), 2, "spent: the next call pays");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    gateway.shutdown().await.unwrap();
+}
+
 /// An MCP server of our own: `echo` (priced by the proxy) and `ping`
 /// (free through it).
 #[derive(Clone)]

@@ -16,7 +16,8 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceError, ServiceExt};
 use serde_json::Value;
 
-use crate::payer::{Endpoint, Prefer};
+use crate::ledger::CachedToken;
+use crate::payer::{now, Endpoint, Prefer};
 use crate::{FetchError, Offer, Payer, PaymentEntry};
 
 /// What a tool call produced.
@@ -52,6 +53,24 @@ pub enum McpCallError {
     /// Paying failed, was refused, or the ledger failed.
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// The call failed after this run paid for it. A call the server did
+    /// not answer with a result (its upstream failed) leaves the
+    /// credential unspent: it is kept, and the next call of the tool
+    /// sends it again instead of paying.
+    #[error("{error}")]
+    AfterPayment {
+        /// Why the call failed.
+        error: Box<McpCallError>,
+        /// The payment made for it.
+        payment: Box<PaymentEntry>,
+    },
+}
+
+/// Whether the server refused the credential (or asked for one): the
+/// payment transport's two payment errors.
+fn refused(error: &ServiceError) -> bool {
+    matches!(error, ServiceError::McpError(e)
+        if e.code.0 == PAYMENT_REQUIRED_CODE || e.code.0 == PAYMENT_VERIFICATION_FAILED_CODE)
 }
 
 fn params(tool: &str, arguments: &JsonObject, credential: Option<Value>) -> CallToolRequestParams {
@@ -137,6 +156,14 @@ impl Payer {
             .lock_endpoint(&endpoint.origin, &endpoint.path)
             .await
             .map_err(FetchError::from)?;
+        // A credential an earlier call paid for and did not spend (its
+        // upstream failed) is sent again, not paid for again.
+        if let Some(result) = self
+            .with_kept_credential(client, &endpoint, tool, arguments)
+            .await?
+        {
+            return Ok(ToolCall::Result(result, None));
+        }
         // A payment an earlier run left pending is used, not repeated.
         let mut paid = None;
         for pending in self
@@ -162,21 +189,121 @@ impl Payer {
             .ok_or(McpCallError::NoLightningChallenge)?;
         let credential =
             PaymentCredential::new(challenge.to_echo(), PreimagePayload::new(&outcome.preimage));
+        // Kept until a result comes: a call that gets none leaves it unspent.
+        let kept = CachedToken {
+            origin: endpoint.origin.clone(),
+            method: endpoint.method.clone(),
+            path: endpoint.path.clone(),
+            services: None,
+            payment_hash: entry.payment_hash.clone(),
+            authorization: gate402_mpp::credential::to_authorization(&credential),
+            field: "_meta".into(),
+            expires_at: challenge
+                .expires
+                .as_deref()
+                .and_then(gate402_mpp::parse_time)
+                .map(|at| at.unix_timestamp().max(0) as u64),
+            unanswered: None,
+        };
+        self.ledger
+            .cache_token(&kept, now())
+            .map_err(FetchError::from)?;
         let credential = wire::credential_value(&credential)
             .map_err(|e| McpCallError::Connect(format!("credential: {e}")))?;
-        let result = client
+        let result = match client
             .call_tool(params(tool, arguments, Some(credential)))
             .await
-            .map_err(tool_error)?;
-        let receipt = result
-            .meta
-            .as_ref()
-            .and_then(|meta| meta.get(RECEIPT_META_KEY))
-            .map(Value::to_string);
+        {
+            Ok(result) => result,
+            Err(error) => {
+                return Err(McpCallError::AfterPayment {
+                    error: Box::new(tool_error(error)),
+                    payment: Box::new(entry),
+                })
+            }
+        };
+        self.ledger
+            .forget_payment_tokens(&entry.payment_hash)
+            .map_err(FetchError::from)?;
+        let receipt = receipt_of(&result);
         self.ledger
             .attach_receipt(entry.id, Prefer::Mpp.as_str(), receipt.as_deref())
             .map_err(FetchError::from)?;
         entry.receipt = receipt.or(entry.receipt);
         Ok(ToolCall::Result(result, Some(entry)))
     }
+
+    /// Calls the tool with the credential kept for it, if there is one:
+    /// `Some` with the result when it was taken (then it is spent, and the
+    /// receipt is its payment's); `None` when there is none or the server
+    /// refused it (then it is forgotten).
+    ///
+    /// # Errors
+    ///
+    /// The server's error when the call failed again (the credential stays
+    /// kept, unspent), or the ledger's.
+    async fn with_kept_credential(
+        &self,
+        client: &RunningService<RoleClient, ()>,
+        endpoint: &Endpoint,
+        tool: &str,
+        arguments: &JsonObject,
+    ) -> Result<Option<CallToolResult>, McpCallError> {
+        let kept = self
+            .ledger
+            .token_for(&endpoint.origin, &endpoint.method, &endpoint.path, now())
+            .map_err(FetchError::from)?
+            .filter(CachedToken::single_use);
+        let Some(kept) = kept else {
+            return Ok(None);
+        };
+        let credential = gate402_mpp::credential::parse_authorization(&kept.authorization)
+            .ok()
+            .and_then(|c| wire::credential_value(&c).ok());
+        let forget = || {
+            self.ledger
+                .forget_payment_tokens(&kept.payment_hash)
+                .map_err(FetchError::from)
+        };
+        let Some(credential) = credential else {
+            forget()?;
+            return Ok(None);
+        };
+        let result = match client
+            .call_tool(params(tool, arguments, Some(credential)))
+            .await
+        {
+            Ok(result) => result,
+            Err(error) if refused(&error) => {
+                forget()?;
+                return Ok(None);
+            }
+            Err(error) => return Err(tool_error(error)),
+        };
+        forget()?;
+        if let Some(paid) = self
+            .ledger
+            .payment_by_hash(&kept.payment_hash)
+            .map_err(FetchError::from)?
+            .filter(|p| p.entry.receipt.is_none())
+        {
+            self.ledger
+                .attach_receipt(
+                    paid.entry.id,
+                    Prefer::Mpp.as_str(),
+                    receipt_of(&result).as_deref(),
+                )
+                .map_err(FetchError::from)?;
+        }
+        Ok(Some(result))
+    }
+}
+
+/// The receipt a paid result carries in its `_meta`, as JSON text.
+fn receipt_of(result: &CallToolResult) -> Option<String> {
+    result
+        .meta
+        .as_ref()
+        .and_then(|meta| meta.get(RECEIPT_META_KEY))
+        .map(Value::to_string)
 }
