@@ -47,15 +47,18 @@ pub(crate) fn write(args: std::fmt::Arguments<'_>, line: bool) {
 const MAX_MESSAGE_CHARS: usize = 4096;
 
 /// `text` as a message to the terminal may show it: control characters
-/// (but newline and tab) become U+FFFD, so that a server's words cannot
-/// move the cursor, clear the screen or retitle the window, and what
-/// passes [`MAX_MESSAGE_CHARS`] is cut, with how much was left out.
+/// (but newline and tab) and the bidirectional controls (U+202A–U+202E,
+/// U+2066–U+2069, which reorder what follows: `received` shown for
+/// `deviecer`) become U+FFFD, so that a server's words cannot move the
+/// cursor, clear the screen, retitle the window or read backwards, and
+/// what passes [`MAX_MESSAGE_CHARS`] is cut, with how much was left out.
 pub(crate) fn terminal_safe(text: &str) -> String {
+    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
     let mut safe: String = text
         .chars()
         .take(MAX_MESSAGE_CHARS)
         .map(|c| {
-            if c.is_control() && c != '\n' && c != '\t' {
+            if (c.is_control() && c != '\n' && c != '\t') || bidi(c) {
                 char::REPLACEMENT_CHARACTER
             } else {
                 c
@@ -85,6 +88,8 @@ mod tests {
         );
         assert!(safe.contains("refund received"));
         assert!(safe.ends_with("\nok\tdone"));
+        let reordered = terminal_safe("paid \u{202e}tas 0001\u{202c} \u{2066}x\u{2069}");
+        assert_eq!(reordered, "paid \u{fffd}tas 0001\u{fffd} \u{fffd}x\u{fffd}");
         let flood = "A".repeat(1_000_000);
         let cut = terminal_safe(&flood);
         assert!(cut.len() < 5_000, "{}", cut.len());

@@ -262,7 +262,7 @@ async fn a_replica_killed_under_paid_load_loses_nothing_and_serves_nothing_twice
                             served.lock().unwrap()[n] += 1;
                             break;
                         }
-                        Ok((StatusCode::PAYMENT_REQUIRED, body))
+                        Ok((StatusCode::CONFLICT, body))
                             if body.contains("being used by another request") =>
                         {
                             tally.retried_in_flight.fetch_add(1, Ordering::SeqCst);

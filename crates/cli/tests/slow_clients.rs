@@ -163,6 +163,70 @@ async fn slow_headers_do_not_starve_paying_clients() {
     );
 }
 
+/// Slow request bodies from one client (POSTs that each declare the
+/// largest body and then stall) fill the budget for bodies read at once:
+/// another client's unpaid POST is answered at once (`503` with
+/// `Retry-After`, to come back), not held until the slow ones time out,
+/// and its paid GET is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_hold_up_no_other_clients_unpaid_request() {
+    /// `[server] max_connections_per_client`'s default.
+    const PER_CLIENT: usize = 64;
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[limits]\nunpaid_invoices_per_minute = 0\n{}\
+         [[services]]\nname = \"post\"\npath = \"/post\"\nmethods = [\"POST\"]\nupstream = \"http://127.0.0.1:{upstream}\"\nprice_sats = 2\n",
+        service(upstream)
+    );
+    let gateway = ServeProcess::start_with(dir.path(), &config, Launch::default()).await;
+    let target = format!("127.0.0.1:{}", gateway.port).parse().unwrap();
+    let mut stalled = Vec::new();
+    for _ in 0..PER_CLIENT {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(target).await.unwrap();
+        stream
+            .write_all(b"POST /post HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{\"a\":")
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let http = fresh_connections();
+    let started = Instant::now();
+    let answer = http
+        .post(format!("{}/post", gateway.base))
+        .header("content-type", "application/json")
+        .body("{\"a\":1}")
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    let status = answer.status();
+    assert!(
+        waited < Duration::from_secs(3),
+        "an unpaid POST waited {waited:?} for another client's slow bodies ({status})"
+    );
+    assert!(
+        status == StatusCode::PAYMENT_REQUIRED
+            || (status == StatusCode::SERVICE_UNAVAILABLE
+                && answer.headers().contains_key("retry-after")),
+        "{status}"
+    );
+    let credential = buy_mpp(&http, &gateway.base, "/work").await;
+    let served = http
+        .get(format!("{}/work", gateway.base))
+        .header(AUTHORIZATION, credential)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(stalled);
+}
+
 /// Reads one response with a `content-length` body; returns its head.
 async fn read_response(socket: &mut TcpStream) -> String {
     let mut buf = Vec::new();

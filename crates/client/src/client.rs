@@ -15,7 +15,7 @@ use reqwest::{Method, Request, Response, StatusCode, Url};
 use crate::error::FetchError;
 use crate::ledger::PendingPayment;
 use crate::payer::{
-    now, pending_offer, refused, with_credential, Endpoint, Fetched, Payer, Prefer,
+    now, pending_offer, refused, spends, with_credential, Endpoint, Fetched, Payer, Prefer,
 };
 use crate::session::{SessionOffer, Sessioned, TOP_UP_SCHEME};
 use crate::{
@@ -401,7 +401,7 @@ impl Payer {
             }
             return Ok(None);
         }
-        if answer.status().is_server_error() {
+        if !spends(answer.status()) {
             return Ok(Some(answer));
         }
         if token.single_use() {

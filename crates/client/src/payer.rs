@@ -213,6 +213,17 @@ pub(crate) fn refused(status: StatusCode) -> bool {
     )
 }
 
+/// Whether an answer to a request with a credential spent it: not a
+/// refusal (`401`, `402`), not a server error (the gateway leaves the
+/// payment unspent when its upstream fails), not `409` (another request
+/// holds the credential) nor `429`.
+pub(crate) fn spends(status: StatusCode) -> bool {
+    !(refused(status)
+        || status.is_server_error()
+        || status == StatusCode::CONFLICT
+        || status == StatusCode::TOO_MANY_REQUESTS)
+}
+
 /// How long to keep asking about a payment that may be in flight.
 const RESOLVE_FOR: Duration = Duration::from_secs(30);
 
@@ -472,7 +483,7 @@ impl Payer {
             Prefer::Mpp => true,
             Prefer::X402 => false,
         };
-        if single_use && !refused(answer.status()) && !answer.status().is_server_error() {
+        if single_use && spends(answer.status()) {
             // Served, so spent: a per-request token buys nothing more.
             // (After a 5xx the gateway keeps it unspent for a retry.)
             self.ledger.forget_payment_tokens(&entry.payment_hash)?;

@@ -407,6 +407,13 @@ impl Payer {
             }
             let rejection = Rejection::read(answer).await?;
             if rejection.is(ProblemType::LightningInsufficientBalance) {
+                if paid.is_some() {
+                    // Topped up for this request already, and still short:
+                    // one request pays one top-up at most (a server that
+                    // asks again and again would have it pay without end).
+                    last = Some(rejection);
+                    break;
+                }
                 if !locked && lock.is_none() {
                     // Another request may be topping it up: wait for it,
                     // then ask again before paying.

@@ -336,3 +336,94 @@ async fn a_wallet_that_cannot_take_a_refund_opens_no_session_and_pays_nothing() 
     assert!(ledger.sessions(true).unwrap().is_empty());
     demo.gateway.shutdown().await.unwrap();
 }
+
+/// A server that answers every `bearer` with `insufficient-balance` and a
+/// fresh top-up challenge, and takes every `topUp`, would have a request
+/// pay top-ups without end: one request pays one top-up at most. (In
+/// front of the demo gateway, which issues the invoices and answers the
+/// rest.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_always_asks_for_a_top_up_gets_one_per_request() {
+    use axum::body::Body;
+    use axum::http::{header, Response, StatusCode};
+    let demo = demo_gateway(|chat| chat.priced = chat.priced.clone().balance(3)).await;
+    let gateway = demo.base.clone();
+    let hostile = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let gateway = gateway.clone();
+        async move {
+            let http = reqwest::Client::new();
+            let action = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| gate402_mpp::credential::parse_authorization(v).ok())
+                .and_then(|c| c.payload["action"].as_str().map(str::to_owned));
+            let target = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            match action.as_deref() {
+                Some("bearer") => {
+                    // A fresh challenge of the service, as a top-up's.
+                    let fresh = http
+                        .get(format!("{gateway}{target}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    let mut answer = Response::builder().status(StatusCode::PAYMENT_REQUIRED);
+                    for value in fresh.headers().get_all(header::WWW_AUTHENTICATE) {
+                        answer = answer.header(header::WWW_AUTHENTICATE, value);
+                    }
+                    let problem = serde_json::json!({
+                        "type": gate402_mpp::problem::ProblemType::LightningInsufficientBalance.uri(),
+                        "status": 402,
+                        "detail": "the balance ran out; top it up",
+                    });
+                    answer
+                        .header(header::CONTENT_TYPE, "application/problem+json")
+                        .body(Body::from(problem.to_string()))
+                        .unwrap()
+                }
+                Some("topUp") => Response::new(Body::from(r#"{"status":"ok"}"#)),
+                _ => {
+                    let (parts, body) = request.into_parts();
+                    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                    let mut forwarded = http.request(parts.method, format!("{gateway}{target}"));
+                    for (name, value) in &parts.headers {
+                        if name != header::HOST {
+                            forwarded = forwarded.header(name, value);
+                        }
+                    }
+                    let answered = forwarded.body(body).send().await.unwrap();
+                    let mut answer = Response::builder().status(answered.status());
+                    for (name, value) in answered.headers() {
+                        answer = answer.header(name, value);
+                    }
+                    answer
+                        .body(Body::from(answered.bytes().await.unwrap()))
+                        .unwrap()
+                }
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hostile).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    // Opened (and answered) by the first request; the second spends it.
+    chat(&client, &base, "first").await;
+    let answer = client
+        .get(format!("{base}/api/chat?prompt=second"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 402);
+    let paid = ledger.payments(0).unwrap();
+    let top_ups = paid.iter().filter(|p| p.scheme == TOP_UP_SCHEME).count();
+    assert_eq!(top_ups, 1, "one request, one top-up: {paid:?}");
+    demo.gateway.shutdown().await.unwrap();
+}

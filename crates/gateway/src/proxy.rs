@@ -307,6 +307,20 @@ impl Proxy {
                 "the upstream did not answer in time",
                 None,
             ),
+            // The client's own body broke off or was malformed (a chunk
+            // that does not parse): its fault, not the upstream's, so not
+            // counted as the upstream failing on its payment (which is
+            // given back: nothing was served).
+            Ok(Err(e)) if client_body_failed(&e) => {
+                tracing::debug!(error = %e, "the request body broke off on its way upstream");
+                not_reached(problem_response(
+                    StatusCode::BAD_REQUEST,
+                    "about:blank",
+                    "Bad Request",
+                    "the request body broke off or was malformed; nothing was charged",
+                    None,
+                ))
+            }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %upstream.url, error = %e, "upstream unreachable");
                 let response = problem_response(
@@ -335,6 +349,20 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Whether sending failed because the request's body, as the client sent
+/// it, failed to stream (hyper's "user body" error somewhere in the
+/// chain), rather than the upstream or the connection to it.
+fn client_body_failed(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
+            return hyper.is_user();
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Marks a response as made before the upstream had the request.

@@ -607,5 +607,39 @@ async fn every_malformed_input_gets_a_4xx_and_nothing_is_lost() {
         "{body}"
     );
     eprintln!("{} malformed inputs, each refused with a 4xx", cases.len());
+
+    // A paid request whose own chunked body breaks off on its way to the
+    // upstream is the client's fault: a 400, and its payment is given back
+    // (not counted as the upstream failing on it, the third of which
+    // would spend it).
+    let unpaid = http
+        .post(format!("{base}/api/translate"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let offer = Offer::from_headers(unpaid.headers()).unwrap();
+    let paid_for = pay_via(&http, &base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid_for.preimage, &mut preimage).unwrap();
+    let token = offer.l402_authorization(&preimage).unwrap();
+    for attempt in 0..4 {
+        let request = format!(
+            "POST /api/translate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{\"\r\nZZ\r\n"
+        );
+        let (status, body) = send(gateway.addr(), request.as_bytes()).await.unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, 400, "attempt {attempt}: {body}");
+        assert!(body.contains("request body"), "attempt {attempt}: {body}");
+    }
+    let served = http
+        .post(format!("{base}/api/translate"))
+        .header("Authorization", &token)
+        .header("Content-Type", "application/json")
+        .body(r#"{"text":"a b","to":"fr"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200, "{}", served.text().await.unwrap());
     gateway.shutdown().await.unwrap();
 }

@@ -787,3 +787,116 @@ async fn a_reload_sells_the_tools_as_the_file_now_writes_them() {
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }
+
+/// A tool on a service whose price depends on the request is charged
+/// what the request the call makes costs over HTTP (its arguments as the
+/// query): a dear call is not bought at the service's base price, through
+/// either way of paying; and an argument naming a method (`_method`) is
+/// refused before anything is paid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_is_charged_what_its_request_costs_over_http() {
+    let rules = gate402_gateway::GatewayConfig::parse(
+        r#"
+        [[services]]
+        name = "weather"
+        path = "/api/weather"
+        upstream = "http://127.0.0.1:9"
+        price_sats = 10
+        [[services.prices]]
+        query = { city = "Tokyo" }
+        price_sats = 40
+        "#,
+        |_| None,
+    )
+    .unwrap()
+    .services[0]
+        .priced
+        .pricing
+        .clone();
+    assert!(rules.is_some());
+    let h = start_with(|config| {
+        let weather = config
+            .services
+            .iter_mut()
+            .find(|s| s.name() == "weather")
+            .unwrap();
+        weather.priced.pricing = rules;
+    })
+    .await;
+    let city = |name: &str| json!({ "city": name });
+
+    let (_, cheap) = h
+        .call(call("weather", city("Oslo"), None))
+        .await
+        .unwrap_err();
+    assert_eq!(cheap["challenges"][0]["request"]["amount"], "10");
+    let (_, dear) = h
+        .call(call("weather", city("Tokyo"), None))
+        .await
+        .unwrap_err();
+    assert_eq!(dear["challenges"][0]["request"]["amount"], "40");
+    // Bought for a cheap call, refused for a dear one (and kept unspent).
+    let bought_cheap = h.pay(&cheap).await;
+    let (code, refused) = h
+        .call(call("weather", city("Tokyo"), Some(bought_cheap.clone())))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043, "{refused}");
+    assert_eq!(refused["challenges"][0]["request"]["amount"], "40");
+    h.call(call("weather", city("Oslo"), Some(bought_cheap)))
+        .await
+        .unwrap();
+    let bought = h.pay(&dear).await;
+    h.call(call("weather", city("Tokyo"), Some(bought)))
+        .await
+        .unwrap();
+
+    // paymentId: priced by the arguments it is created for; one made
+    // without them is for the base price, and pays for no dear call.
+    let created = h
+        .call(call(
+            "create_payment",
+            json!({"tool": "weather", "arguments": city("Tokyo")}),
+            None,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(created.structured_content.unwrap()["amountSats"], 40);
+    let base = h
+        .call(call("create_payment", json!({"tool": "weather"}), None))
+        .await
+        .unwrap()
+        .structured_content
+        .unwrap();
+    assert_eq!(base["amountSats"], 10);
+    pay_via(&h.http, &h.base, base["invoice"].as_str().unwrap())
+        .await
+        .unwrap();
+    let (code, refused) = h
+        .call(call(
+            "weather",
+            json!({"city": "Tokyo", "paymentId": base["paymentId"]}),
+            None,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(code, -32043, "{refused}");
+    assert!(
+        refused["problem"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("less than the price"),
+        "{refused}"
+    );
+
+    let message = h
+        .refused(call(
+            "weather",
+            json!({"city": "Oslo", "_method": "DELETE"}),
+            None,
+        ))
+        .await;
+    assert!(message.contains("_method"), "{message}");
+    h.client.cancel().await.unwrap();
+    h.gateway.shutdown().await.unwrap();
+}

@@ -36,7 +36,7 @@ impl Paywall {
     /// ([`Unreadable`]: a query parameter given twice, a body that is not
     /// strict JSON, a count that is not a plain whole number…), and for a
     /// request whose rules price it above [`MAX_PRICE_SATS`].
-    pub(crate) async fn priced<B>(
+    pub async fn priced<B>(
         &self,
         service: Arc<PricedService>,
         request: &mut Request<B>,

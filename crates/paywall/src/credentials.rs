@@ -226,9 +226,10 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
 /// and a credential-shaped token (`Bearer key; L402 …`, `Bearer key|L402 …`,
 /// `Bearer x,L402=…`, `Digest x="L402 …"`), which one searching the value
 /// for the scheme word (as Aperture does) reads: a token with a `:` after
-/// `L402` or `LSAT`, a base64 run of 16 or more after `Payment`; or
-/// `L402`/`LSAT` with no separator at all before a whole L402 token
-/// (`L402<macaroon>:<preimage>`).
+/// `L402` or `LSAT`, a base64 run of 16 or more after `Payment`; or a
+/// scheme word with no separator at all before a whole L402 token
+/// (`L402<macaroon>:<preimage>`) or a base64url JSON credential
+/// (`Payment<eyJ…>`).
 fn lists_credential(value: &[u8]) -> bool {
     let listed = value
         .split(|b| *b == b',')
@@ -259,7 +260,12 @@ fn lists_credential(value: &[u8]) -> bool {
                 &rest[..end]
             };
             match (payment, gap) {
-                (true, 0) => false,
+                // A credential is base64url JSON: `{"` reads `eyJ`.
+                (true, 0) => {
+                    token.starts_with(b"eyJ")
+                        && token.len() >= 16
+                        && token.iter().all(|b| is_base64(*b))
+                }
                 (true, _) => token.len() >= 16 && token.iter().all(|b| is_base64(*b)),
                 (false, 0) => is_l402_token(token),
                 (false, _) => token.contains(&b':'),
@@ -397,6 +403,8 @@ mod tests {
             "Basic eA==; Payment=eyJjaGFsbGVuZ2UiOnt9fQ",
             &format!("L402AgELbWFjYXJvb24=:{}", "ab".repeat(32)),
             &format!("lsatAgELbWFjYXJvb24:{}", "0F".repeat(32)),
+            "PaymenteyJjaGFsbGVuZ2UiOnt9fQ",
+            "Bearer k,PaymenteyJjaGFsbGVuZ2UiOnt9fQ",
         ] {
             let mut h = headers(&[("authorization", listed), ("accept", "*/*")]);
             assert_eq!(take(&mut h), Err(CredentialError::Listed), "{listed}");

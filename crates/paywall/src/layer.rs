@@ -484,7 +484,8 @@ impl Paywall {
         if request.method().as_str().eq_ignore_ascii_case("POST")
             && routes.method_decides(host.as_deref(), &path)
         {
-            if let Err(answer) = self.refuse_method_override(&mut request).await {
+            let paid = matches!(presented, Ok(Some(_)));
+            if let Err(answer) = self.refuse_method_override(&mut request, paid).await {
                 return Ok(own(answer));
             }
         }
@@ -687,6 +688,9 @@ impl Paywall {
                             return Ok(own(answer));
                         }
                     }
+                    if matches!(e, ClaimError::InFlight) {
+                        return Ok(own(responses::in_flight(self.inner.claims.lease())));
+                    }
                     let refusal = Refusal::new(
                         StatusCode::PAYMENT_REQUIRED,
                         ProblemType::InvalidChallenge,
@@ -756,10 +760,14 @@ impl Paywall {
     /// Refuses a POST that names another method in a `_method` query
     /// parameter or body field ([`crate::route::is_method_override`]): the
     /// upstream would act on a method this request was not routed and
-    /// priced by. Reads a form or JSON body for it (within the body limit).
+    /// priced by. Reads a form or JSON body for it (within the body limit;
+    /// only a request that presents a credential, `paid`, waits for room
+    /// in the body budget: an unpaid one finding it spent gets a 503 at
+    /// once, so that slow senders filling it hold up no one else's 402).
     async fn refuse_method_override<B>(
         &self,
         request: &mut Request<B>,
+        paid: bool,
     ) -> Result<(), Response<Bytes>>
     where
         B: Body<Data = Bytes> + From<Bytes> + Unpin,
@@ -780,7 +788,7 @@ impl Paywall {
         if !crate::body::has_fields(request.headers()) {
             return Ok(());
         }
-        let body = read_whole(request, &self.inner.bodies, true)
+        let body = read_whole(request, &self.inner.bodies, paid)
             .await
             .map_err(|e| self.inner.bodies.refusal(e))?;
         if crate::body::field_names(&body)
@@ -1138,8 +1146,10 @@ impl Paywall {
             .headers()
             .contains_key(http::header::AUTHORIZATION)
             .then_some(PAYMENT_AUTHORIZATION_NAME);
-        // A body too large to read, or that finds the body budget spent, is
-        // not bound; one that broke off gets no challenge at all.
+        // A body too large to read is not bound; one that broke off, or
+        // that finds the body budget spent, gets no challenge at all (one
+        // binding no body would refuse this very body when paid: a 503,
+        // to come back).
         // A session pays for many requests: no one body is bound to it.
         let digest = if mpp
             && service.schemes.mpp()

@@ -130,6 +130,29 @@ pub fn payment_unavailable() -> Response<Bytes> {
     response
 }
 
+/// `409 Conflict` with `Retry-After` for a single-use credential another
+/// request holds: it is not spent, and a retry with it is served once
+/// that request is answered (or released, if it was cut off: a claim left
+/// by a replica that stopped is released when it starts again, or taken
+/// over once its `lease` lapses). A `402` here would tell the client to
+/// pay again for what it has paid.
+pub fn in_flight(lease: std::time::Duration) -> Response<Bytes> {
+    let mut response = problem(
+        StatusCode::CONFLICT,
+        "about:blank",
+        "Conflict",
+        &format!(
+            "this credential is being used by another request; it is not spent: retry with it shortly (one held by a replica that stopped is released when that replica starts again, or after {} s)",
+            lease.as_secs()
+        ),
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// `503` with `Retry-After` while too many request bodies are being read
 /// to check their payment: nothing was spent.
 pub fn busy() -> Response<Bytes> {
@@ -191,11 +214,18 @@ pub fn too_many_requests(limited: &Limited) -> Response<Bytes> {
 /// `503 Service Unavailable` with `Retry-After`, and no invoice: while the
 /// store or the node is down nothing could verify a payment for it.
 pub fn unavailable(what: &str) -> Response<Bytes> {
+    retry_later(&format!(
+        "{what} is unavailable; retry shortly (nothing was charged)"
+    ))
+}
+
+/// `503` with `Retry-After: 5` and `detail`: nothing was charged.
+pub fn retry_later(detail: &str) -> Response<Bytes> {
     let mut response = problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "about:blank",
         "Service Unavailable",
-        &format!("{what} is unavailable; retry shortly (nothing was charged)"),
+        detail,
         None,
     );
     response

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gate402_lightning::{InvoiceStatus, PayError};
+use gate402_lightning::{InvoiceStatus, LightningError, PayError};
 use gate402_mpp::problem::ProblemType;
 use gate402_mpp::session::{
     check_return_invoice, proves, session_id, verify_session, SessionAction, VerifiedSession,
@@ -433,6 +433,16 @@ impl Paywall {
                 ProblemType::VerificationFailed,
                 "this token's invoice is not paid",
             )),
+            // Issued by another replica's node: a deployment where
+            // replicas selling balances through L402 do not share one.
+            Err(LightningError::NotFound(_)) => {
+                tracing::warn!(
+                    "a balance's L402 token names an invoice this node did not issue; replicas that sell balances through L402 must share one Lightning node"
+                );
+                Err(Halt::Answer(responses::retry_later(
+                    "this replica's Lightning node did not issue this token's invoice, so it cannot tell what the invoice paid; retry shortly (nothing was charged)",
+                )))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot ask the node what a deposit's invoice was paid");
                 Err(Halt::Answer(responses::unavailable("the Lightning node")))

@@ -201,7 +201,8 @@ pub enum TopUp {
 /// What closing a session did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Closing {
-    /// Closed now, by this call alone: refund this much to this invoice.
+    /// Closed now (or a failed refund taken to be tried again), by this
+    /// call alone: refund this much to this invoice.
     Closed {
         /// The unspent balance (msat).
         refund_msat: u64,
@@ -451,7 +452,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<TopUp, StoreError>;
 
     /// Closes a session; only the call that closes it learns the refund,
-    /// so a balance is refunded once whoever else closes it at once.
+    /// so a balance is refunded once whoever else closes it at once. A
+    /// session closed before whose refund `failed` is taken again the same
+    /// way (its status back to `pending`, by one caller alone): closing it
+    /// again tries the refund again.
     async fn close_session(&self, id: &[u8; 32], now: u64) -> Result<Closing, StoreError>;
 
     /// Records how a closed session's refund went.

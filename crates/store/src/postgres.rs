@@ -255,6 +255,13 @@ impl Held {
         }
     }
 
+    /// Whether a connection is kept: one taken for an earlier batch, which
+    /// the server may have closed since (a restart, `pg_terminate_backend`,
+    /// an idle timeout), so that its next use fails.
+    fn keeps(&self) -> bool {
+        self.connection.is_some()
+    }
+
     /// Runs `write` on the kept connection, taking one first if none is
     /// kept; closes it if `write` fails.
     async fn write<T>(
@@ -297,6 +304,16 @@ fn db(e: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        // The server ended the connection (SQLSTATE class 57, operator
+        // intervention: a shutdown, `pg_terminate_backend`) or lost it
+        // (class 08): the same.
+        sqlx::Error::Database(ref error)
+            if error
+                .code()
+                .is_some_and(|code| code.starts_with("57") || code.starts_with("08")) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
         other => StoreError::Database(other.to_string()),
     }
 }
@@ -387,7 +404,16 @@ async fn write_claims(
             }
             batch
         };
-        match held.write(async |c| claim_batch(c, &batch).await).await {
+        // A kept connection that fails as lost is tried once more on a
+        // fresh one, rather than failing every request of the batch. (Run
+        // twice, a claim the first run wrote after all finds itself held:
+        // in flight, refused for its lease, never served twice.)
+        let kept = held.keeps();
+        let mut written = held.write(async |c| claim_batch(c, &batch).await).await;
+        if kept && matches!(written, Err(StoreError::Unavailable(_))) {
+            written = held.write(async |c| claim_batch(c, &batch).await).await;
+        }
+        match written {
             Ok(answers) => {
                 for (call, answer) in batch.into_iter().zip(answers) {
                     let _ = call.reply.send(Ok(answer));
@@ -627,6 +653,7 @@ impl Store for PostgresStore {
         .bind(&replicas)
         .bind(&tokens)
         .bind(now as i64);
+        // A commit that fails is tried again by its caller's batch.
         let committed: Vec<String> = self
             .commits
             .lock()
@@ -1104,8 +1131,11 @@ impl Store for PostgresStore {
 
     async fn close_session(&self, id: &[u8; 32], now: u64) -> Result<Closing, StoreError> {
         let closed: Option<(i64, Option<String>)> = sqlx::query_as(
-            "UPDATE sessions SET closed_at = $2, refund_msat = GREATEST(deposit_msat - spent_msat, 0), refund_status = 'pending'
-             WHERE id = $1 AND closed_at IS NULL RETURNING refund_msat, return_invoice",
+            "UPDATE sessions SET closed_at = coalesce(closed_at, $2),
+                refund_msat = CASE WHEN closed_at IS NULL THEN GREATEST(deposit_msat - spent_msat, 0) ELSE refund_msat END,
+                refund_status = 'pending'
+             WHERE id = $1 AND (closed_at IS NULL OR refund_status = 'failed')
+             RETURNING refund_msat, return_invoice",
         )
         .bind(&id[..])
         .bind(now as i64)

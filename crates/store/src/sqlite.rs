@@ -1217,8 +1217,11 @@ impl Store for SqliteStore {
         self.with(move |c| {
             let closed: Option<(i64, Option<String>)> = c
                 .prepare_cached(
-                    "UPDATE sessions SET closed_at = ?2, refund_msat = MAX(deposit_msat - spent_msat, 0), refund_status = 'pending'
-                     WHERE id = ?1 AND closed_at IS NULL RETURNING refund_msat, return_invoice",
+                    "UPDATE sessions SET closed_at = coalesce(closed_at, ?2),
+                        refund_msat = CASE WHEN closed_at IS NULL THEN MAX(deposit_msat - spent_msat, 0) ELSE refund_msat END,
+                        refund_status = 'pending'
+                     WHERE id = ?1 AND (closed_at IS NULL OR refund_status = 'failed')
+                     RETURNING refund_msat, return_invoice",
                 )?
                 .query_row(params![&id[..], now as i64], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;

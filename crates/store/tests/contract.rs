@@ -690,6 +690,25 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
             return_invoice: Some("lnbcrt1refund".into())
         }]
     );
+    // A refund that failed (no route, say) is tried again when the
+    // session is closed again, by one caller alone; one that succeeded is
+    // not.
+    a.record_refund(&[60; 32], "failed").await.unwrap();
+    let (x, y) = tokio::join!(
+        a.close_session(&[60; 32], 1_450),
+        b.close_session(&[60; 32], 1_450)
+    );
+    let retried: Vec<Closing> = [x.unwrap(), y.unwrap()]
+        .into_iter()
+        .filter(|c| matches!(c, Closing::Closed { .. }))
+        .collect();
+    assert_eq!(
+        retried,
+        vec![Closing::Closed {
+            refund_msat: 10_000,
+            return_invoice: Some("lnbcrt1refund".into())
+        }]
+    );
     a.record_refund(&[60; 32], "succeeded").await.unwrap();
     let Closing::AlreadyClosed(done) = b.close_session(&[60; 32], 1_500).await.unwrap() else {
         panic!("closed twice");

@@ -549,7 +549,7 @@ impl Checker {
             (Some(url), None) if !url.starts_with("http://") && !url.starts_with("https://") => {
                 self.error(
                     "mcp_proxy.url",
-                    format!("{:?} is not an http(s) URL", super::without_user_info(url)),
+                    format!("{:?} is not an http(s) URL", super::redacted_url(url)),
                 )
             }
             (None, Some(command)) if command.is_empty() => {

@@ -739,15 +739,21 @@ fn join(path: &str, key: &str) -> String {
 }
 
 /// `url` as an error or a log line may repeat it: user info
-/// (`user:password@`) is replaced by `…@`, whether the rest parses or not.
-pub(crate) fn without_user_info(url: &str) -> String {
+/// (`user:password@`) is replaced by `…@`, and a query (which may hold an
+/// API key) by `?…`, whether the rest parses or not.
+pub(crate) fn redacted_url(url: &str) -> String {
     let start = url.find("://").map_or(0, |i| i + 3);
     let end = url[start..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| start + i);
-    match url[start..end].rfind('@') {
+    let shown = match url[start..end].rfind('@') {
         Some(at) => format!("{}…{}", &url[..start], &url[start + at..]),
         None => url.to_owned(),
+    };
+    let query = shown[start.min(shown.len())..].find('?').map(|i| start + i);
+    match query {
+        Some(at) => format!("{}?…", &shown[..at]),
+        None => shown,
     }
 }
 

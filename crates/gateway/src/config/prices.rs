@@ -312,10 +312,7 @@ impl Checker {
                 _ => {
                     self.error(
                         &join(path, "url"),
-                        format!(
-                            "{:?} is not an http[s]:// URL",
-                            super::without_user_info(&url)
-                        ),
+                        format!("{:?} is not an http[s]:// URL", super::redacted_url(&url)),
                     );
                     None
                 }

@@ -766,6 +766,12 @@ fn an_upstream_with_a_password_is_refused_without_repeating_it() {
         ),
         // Not a URL at all: still not repeated.
         ("http://us er:hunter2@x y", "http://…@x y"),
+        // An API key in the query, which an upstream URL may not have.
+        (
+            "http://127.0.0.1:9000/v1?api_key=hunter2",
+            "http://127.0.0.1:9000/v1?…",
+        ),
+        ("http://u:p@h/?k=hunter2#f", "http://…@h/?…"),
     ] {
         let text = format!(
             "[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"{url}\"\nprice_sats = 1\n"
@@ -817,6 +823,34 @@ fn a_tool_calls_only_a_path_its_service_sells() {
         "{error}"
     );
     GatewayConfig::parse(&text("/c/x"), env).unwrap();
+
+    // Within its service's pattern, but HTTP routes it to a dearer one;
+    // or a method the service does not sell.
+    let text = |tool: &str| {
+        format!(
+            "[[services]]\nname = \"premium\"\npath = \"/api/premium/*\"\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 400\n\
+             [[services]]\nname = \"api\"\npath = \"/api/*\"\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 4\n\
+             [[services]]\nname = \"post\"\npath = \"/post\"\nmethods = [\"POST\"]\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 4\n\
+             [[tools]]\nname = \"t\"\ndescription = \"d\"\n{tool}\n"
+        )
+    };
+    for (tool, refused) in [
+        (
+            "service = \"api\"\npath = \"/api/premium/x\"",
+            "tools[0].path: GET /api/premium/x is sold by service \"premium\" over HTTP, not by \"api\"",
+        ),
+        (
+            "service = \"post\"\nmethod = \"DELETE\"",
+            "tools[0].method: DELETE /post is not sold by service \"post\" (its methods: POST)",
+        ),
+    ] {
+        let error = GatewayConfig::parse(&text(tool), env)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(refused), "{error}");
+    }
+    GatewayConfig::parse(&text("service = \"api\"\npath = \"/api/x\""), env).unwrap();
+    GatewayConfig::parse(&text("service = \"post\""), env).unwrap();
 }
 
 #[test]

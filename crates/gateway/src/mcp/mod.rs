@@ -329,6 +329,12 @@ impl PaidTools {
             ToolPrice::Unpriced => return Err(unpriced(tool)),
             ToolPrice::Unavailable => return Err(unavailable(tool)),
         };
+        // Priced for the call it will pay for, when told its arguments.
+        let call = arguments
+            .as_ref()
+            .and_then(|a| a.get("arguments"))
+            .and_then(Value::as_object);
+        let service = self.priced(&service, tool, call, false).await?;
         let doors = Doors {
             l402: false,
             mpp: false,
@@ -496,6 +502,11 @@ impl PaidTools {
         client: Option<ClientKey>,
     ) -> Result<CallToolResult, ErrorData> {
         let payment_id = arguments.as_mut().and_then(|a| a.remove(PAYMENT_ID_ARG));
+        let paid = payment_id.is_some() || meta.contains_key(CREDENTIAL_META_KEY);
+        // Charged as the request it makes is charged over HTTP; the tool as
+        // configured is what it calls.
+        let called = service;
+        let service = &self.priced(called, name, arguments.as_ref(), paid).await?;
         let (verified, scheme) = if let Some(payment_id) = payment_id {
             let checked = self
                 .check_payment_id(service, &payment_id)
@@ -527,6 +538,8 @@ impl PaidTools {
                 tracing::error!(error = %e, "store: cannot claim a payment");
                 return Err(store_unavailable());
             }
+            // Not a payment error: the credential is good and unspent.
+            Err(ClaimError::InFlight) => return Err(in_flight()),
             Err(e) => {
                 let refusal = Refusal::new(
                     StatusCode::PAYMENT_REQUIRED,
@@ -536,7 +549,7 @@ impl PaidTools {
                 return Err(self.refused(service, refusal, client).await);
             }
         };
-        let mut result = match self.upstream.call(name, arguments, Some(service)).await {
+        let mut result = match self.upstream.call(name, arguments, Some(called)).await {
             Ok(result) => {
                 claim.commit().await;
                 result
@@ -568,6 +581,47 @@ impl PaidTools {
         Ok(result)
     }
 
+    /// A tool's service as priced for one call: a tool that calls an HTTP
+    /// service is charged what that service charges over HTTP for the
+    /// request the call makes (its price rules, its pricer), so that no
+    /// call buys a dear request at the service's base price; any other
+    /// tool is charged its flat price.
+    ///
+    /// # Errors
+    ///
+    /// `-32602` for arguments whose request cannot be priced or sent (what
+    /// HTTP refuses with a 400 or 413).
+    async fn priced(
+        &self,
+        service: &Arc<PricedService>,
+        name: &str,
+        arguments: Option<&JsonObject>,
+        paid: bool,
+    ) -> Result<Arc<PricedService>, ErrorData> {
+        let Some(http) = self.http.as_ref() else {
+            return Ok(service.clone());
+        };
+        let none = JsonObject::new();
+        let Some(request) = http.request(name, arguments.unwrap_or(&none)) else {
+            return Ok(service.clone());
+        };
+        // Arguments that make no request are refused before any payment.
+        let mut request = request?;
+        if !service.is_dynamic() {
+            return Ok(service.clone());
+        }
+        self.paywall
+            .priced(service.clone(), &mut request, paid)
+            .await
+            .map_err(|refused| {
+                let detail = serde_json::from_slice::<Value>(refused.body())
+                    .ok()
+                    .and_then(|p| p["detail"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| refused.status().to_string());
+                ErrorData::invalid_params(format!("this call cannot be priced: {detail}"), None)
+            })
+    }
+
     async fn refused(
         &self,
         service: &PricedService,
@@ -585,6 +639,16 @@ impl PaidTools {
 fn node_unavailable() -> ErrorData {
     ErrorData::internal_error(
         "the Lightning node is unavailable; retry shortly (nothing was charged)",
+        None,
+    )
+}
+
+/// The credential is held by another call (or a replica that stopped): a
+/// good credential, unspent, so not a payment error, which would have the
+/// client pay again.
+fn in_flight() -> ErrorData {
+    ErrorData::internal_error(
+        "this credential is being used by another call; it is not spent: call again with it shortly",
         None,
     )
 }
@@ -640,7 +704,10 @@ impl ServerHandler for PaidTools {
         if any_priced {
             let schema = json!({
                 "type": "object",
-                "properties": {"tool": {"type": "string", "description": "the paid tool to buy one call of"}},
+                "properties": {
+                    "tool": {"type": "string", "description": "the paid tool to buy one call of"},
+                    "arguments": {"type": "object", "description": "the arguments of that call, when the tool's price depends on them (else it is bought at its base price)"}
+                },
                 "required": ["tool"],
             });
             if let Value::Object(schema) = schema {

@@ -116,6 +116,63 @@ fn make(config: &ToolConfig, services: &[ServiceConfig]) -> Option<HttpTool> {
     Some(tool)
 }
 
+impl HttpTools {
+    /// The HTTP request a call of tool `name` with `arguments` makes (see
+    /// [`request_for`]); `None` when no tool has that name.
+    pub fn request(
+        &self,
+        name: &str,
+        arguments: &JsonObject,
+    ) -> Option<Result<Request<Body>, ErrorData>> {
+        let tools = self.tools.load();
+        let tool = tools.iter().find(|t| t.tool.name == name)?;
+        Some(request_for(tool, arguments))
+    }
+}
+
+/// The HTTP request a call of `tool` makes: its method and path, the
+/// arguments as the query of a GET, HEAD or DELETE, else as a JSON body.
+///
+/// # Errors
+///
+/// `-32602` for an argument named like a method override (`_method`),
+/// which an upstream reading it would act on instead of the tool's own
+/// method, or arguments that make no request.
+fn request_for(tool: &HttpTool, arguments: &JsonObject) -> Result<Request<Body>, ErrorData> {
+    if let Some(name) = arguments
+        .keys()
+        .find(|name| gate402_paywall::route::is_method_override(name))
+    {
+        return Err(ErrorData::invalid_params(
+            format!(
+                "argument {name:?} names a method, which some upstreams act on instead of the tool's own ({}): leave it out",
+                tool.method
+            ),
+            None,
+        ));
+    }
+    let in_query = matches!(tool.method, Method::GET | Method::DELETE | Method::HEAD);
+    let mut uri = tool.path.as_str().to_owned();
+    let body = if in_query {
+        if !arguments.is_empty() {
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(arguments.iter().map(|(k, v)| (k, query_value(v))))
+                .finish();
+            uri = format!("{uri}?{query}");
+        }
+        Body::empty()
+    } else {
+        Body::from(Value::Object(arguments.clone()).to_string())
+    };
+    Request::builder()
+        .method(tool.method.clone())
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::ACCEPT, "application/json")
+        .body(body)
+        .map_err(|e| ErrorData::invalid_params(format!("arguments: {e}"), None))
+}
+
 /// A JSON argument as a query value: strings as they are, the rest as JSON.
 fn query_value(value: &Value) -> String {
     match value {
@@ -149,29 +206,8 @@ impl ToolUpstream for HttpTools {
                 None,
             )));
         }
-        let arguments = arguments.unwrap_or_default();
-        let in_query = matches!(tool.method, Method::GET | Method::DELETE | Method::HEAD);
-        let mut uri = tool.path.as_str().to_owned();
-        let body = if in_query {
-            if !arguments.is_empty() {
-                let query: String = form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(arguments.iter().map(|(k, v)| (k, query_value(v))))
-                    .finish();
-                uri = format!("{uri}?{query}");
-            }
-            Body::empty()
-        } else {
-            Body::from(Value::Object(arguments).to_string())
-        };
-        let request = Request::builder()
-            .method(tool.method.clone())
-            .uri(uri)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json")
-            .body(body)
-            .map_err(|e| {
-                ToolFailure::NotReached(ErrorData::invalid_params(format!("arguments: {e}"), None))
-            })?;
+        let request =
+            request_for(tool, &arguments.unwrap_or_default()).map_err(ToolFailure::NotReached)?;
         let response = self
             .proxy
             .forward_to(&tool.service, &tool.path, request)
@@ -239,7 +275,7 @@ impl McpUpstream {
                 ().serve(transport).await.with_context(|| {
                     format!(
                         "the MCP server at {} did not initialize",
-                        crate::config::without_user_info(url)
+                        crate::config::redacted_url(url)
                     )
                 })?
             }

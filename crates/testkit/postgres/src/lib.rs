@@ -129,6 +129,35 @@ impl TestPostgres {
         let _ = self.server.wait();
     }
 
+    /// Runs `sql` with `psql` on the `postgres` database; its output.
+    ///
+    /// # Panics
+    ///
+    /// When `psql` cannot run or the statement fails.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = command(&self.bin, "psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "gate402",
+                "-d",
+                "postgres",
+                "-XAtqc",
+            ])
+            .arg(sql)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Starts the stopped server again on the same port and data.
     pub async fn restart(&mut self) {
         self.server = spawn(&self.bin, &self.data, self.dir.path(), self.port);
