@@ -609,7 +609,8 @@ async fn every_malformed_input_gets_a_4xx_and_nothing_is_lost() {
     eprintln!("{} malformed inputs, each refused with a 4xx", cases.len());
 
     // A paid request whose own chunked body breaks off on its way to the
-    // upstream is the client's fault: a 400, and its payment is given back
+    // upstream (a body not read first: no field a rule or `_method` could
+    // hold) is the client's fault: a 400, and its payment is given back
     // (not counted as the upstream failing on it, the third of which
     // would spend it).
     let unpaid = http
@@ -625,7 +626,7 @@ async fn every_malformed_input_gets_a_4xx_and_nothing_is_lost() {
     let token = offer.l402_authorization(&preimage).unwrap();
     for attempt in 0..4 {
         let request = format!(
-            "POST /api/translate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{\"\r\nZZ\r\n"
+            "POST /api/translate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {token}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{\"\r\nZZ\r\n"
         );
         let (status, body) = send(gateway.addr(), request.as_bytes()).await.unwrap();
         let body = String::from_utf8_lossy(&body);

@@ -854,6 +854,24 @@ fn a_tool_calls_only_a_path_its_service_sells() {
 }
 
 #[test]
+fn a_tool_on_a_metered_service_needs_a_price_of_its_own() {
+    let text = |price: &str| {
+        format!(
+            "[[services]]\nname = \"u\"\npath = \"/u\"\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 1\nsells = \"balance\"\ndeposit_units = 100\nmeter = \"usage\"\nusage_header = \"x-usage\"\nmax_units = 100\n\
+             [[tools]]\nname = \"t\"\ndescription = \"d\"\nservice = \"u\"\n{price}"
+        )
+    };
+    let error = GatewayConfig::parse(&text(""), env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("tools[0].price_sats: service \"u\" charges per event or unit used"),
+        "{error}"
+    );
+    GatewayConfig::parse(&text("price_sats = 100\n"), env).unwrap();
+}
+
+#[test]
 fn trusting_every_address_as_a_proxy_is_warned_of() {
     let warned = |nets: &str| {
         GatewayConfig::parse(&format!("[server]\ntrusted_proxies = [{nets}]\n"), env)
