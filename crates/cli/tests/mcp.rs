@@ -274,6 +274,11 @@ impl ServerHandler for EchoServer {
                 schema(json!({"type": "object", "properties": {"text": {"type": "string"}}})),
             ),
             Tool::new("ping", "Answers pong", schema(json!({"type": "object"}))),
+            Tool::new(
+                "hang",
+                "Answers after a minute",
+                schema(json!({"type": "object"})),
+            ),
         ]))
     }
 
@@ -289,6 +294,10 @@ impl ServerHandler for EchoServer {
                 .and_then(|t| t.as_str().map(str::to_owned))
                 .unwrap_or_default(),
             "ping" => "pong".to_owned(),
+            "hang" => {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late".to_owned()
+            }
             other => return Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
         };
         Ok(CallToolResult::success(vec![ContentBlock::text(text)]).into())
@@ -387,7 +396,7 @@ async fn mcp_proxy_charges_for_the_tools_of_another_server() {
     std::fs::write(
         &config,
         format!(
-            "[mcp_proxy]\nurl = \"{upstream_url}\"\ndefault_price_sats = 7\n[mcp_proxy.prices]\nping = 0\n"
+            "[mcp_proxy]\nurl = \"{upstream_url}\"\ndefault_price_sats = 7\ncall_timeout_secs = 1\n[mcp_proxy.prices]\nping = 0\n"
         ),
     )
     .unwrap();
@@ -426,6 +435,19 @@ async fn mcp_proxy_charges_for_the_tools_of_another_server() {
     assert_eq!(free["result"]["content"][0]["text"], "pong");
     assert_eq!(free["payment"], Value::Null);
     assert_eq!(payments(data).await.len(), 1, "only echo was paid for");
+    // A call the upstream never answers fails after call_timeout_secs,
+    // its payment unspent (the client keeps it for the next call).
+    let started = std::time::Instant::now();
+    let out = gate402(data, &["mcp", "call", &mcp, "hang"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did not answer within 1 s"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{stderr}");
+    let tokens = gate402(data, &["tokens", "list"]).await;
+    assert!(
+        String::from_utf8_lossy(&tokens.stdout).contains("Payment"),
+        "the unspent credential is kept"
+    );
     proxy.start_kill().unwrap();
     let _ = proxy.wait().await;
 }

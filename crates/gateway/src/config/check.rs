@@ -557,6 +557,12 @@ impl Checker {
             }
             _ => {}
         }
+        if let Some(secs) = proxy.call_timeout_secs.filter(|s| !(1..=3600).contains(s)) {
+            self.error(
+                "mcp_proxy.call_timeout_secs",
+                format!("{secs} must be between 1 and 3600"),
+            );
+        }
         // Each paid call is an invoice of its price.
         let most = gate402_paywall::pricing::MAX_PRICE_SATS;
         let too_dear =

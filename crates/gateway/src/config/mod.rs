@@ -191,7 +191,15 @@ pub struct McpProxyConfig {
     /// Prices per tool; 0 makes a tool free.
     #[serde(default)]
     pub prices: std::collections::HashMap<String, u64>,
+    /// Seconds a tool call may take before it fails, its payment unspent
+    /// (default [`DEFAULT_TOOL_CALL_TIMEOUT_SECS`]).
+    #[serde(default)]
+    pub call_timeout_secs: Option<u64>,
 }
+
+/// How long a call to an `[mcp_proxy]` upstream may take, by default
+/// (seconds).
+pub const DEFAULT_TOOL_CALL_TIMEOUT_SECS: u64 = 120;
 
 /// A paid MCP tool, `[[tools]]`: it calls a priced service's upstream.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]

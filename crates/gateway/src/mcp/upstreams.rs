@@ -246,6 +246,9 @@ impl ToolUpstream for HttpTools {
 /// Another MCP server, reached as a client (stdio child or HTTP).
 pub struct McpUpstream {
     peer: Peer<RoleClient>,
+    /// How long one tool call may take: a server that never answers must
+    /// not hold a paid call (and its claim) for ever.
+    call_timeout: std::time::Duration,
     // Keeps the connection (and a child process) alive.
     _running: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -281,14 +284,30 @@ impl McpUpstream {
             }
             (None, None) => anyhow::bail!("mcp_proxy needs url or command"),
         };
-        Ok(Self::new(running.peer().clone(), Box::new(running)))
+        let timeout = config
+            .call_timeout_secs
+            .unwrap_or(crate::config::DEFAULT_TOOL_CALL_TIMEOUT_SECS);
+        Ok(Self::new(running.peer().clone(), Box::new(running))
+            .with_call_timeout(std::time::Duration::from_secs(timeout)))
     }
 
     /// Over a running rmcp client; `keep` holds what keeps it running.
+    /// Calls time out after [`crate::config::DEFAULT_TOOL_CALL_TIMEOUT_SECS`].
     pub fn new(peer: Peer<RoleClient>, keep: Box<dyn std::any::Any + Send + Sync>) -> Self {
         Self {
             peer,
+            call_timeout: std::time::Duration::from_secs(
+                crate::config::DEFAULT_TOOL_CALL_TIMEOUT_SECS,
+            ),
             _running: keep,
+        }
+    }
+
+    /// The same, its calls failing after `timeout`.
+    pub fn with_call_timeout(self, timeout: std::time::Duration) -> Self {
+        Self {
+            call_timeout: timeout,
+            ..self
         }
     }
 }
@@ -318,10 +337,17 @@ impl ToolUpstream for McpUpstream {
     ) -> Result<CallToolResult, ToolFailure> {
         let mut request = CallToolRequestParams::new(name.to_owned());
         request.arguments = arguments;
-        self.peer
-            .call_tool(request)
-            .await
-            .map_err(|e| ToolFailure::Failed(upstream_error(e)))
+        match tokio::time::timeout(self.call_timeout, self.peer.call_tool(request)).await {
+            Ok(answered) => answered.map_err(|e| ToolFailure::Failed(upstream_error(e))),
+            // It had the call: a failure on its payment, as a 5xx is.
+            Err(_) => Err(ToolFailure::Failed(ErrorData::internal_error(
+                format!(
+                    "the upstream MCP server did not answer within {} s; the payment was not spent",
+                    self.call_timeout.as_secs()
+                ),
+                None,
+            ))),
+        }
     }
 }
 
