@@ -47,13 +47,21 @@ pub(crate) fn write(args: std::fmt::Arguments<'_>, line: bool) {
 const MAX_MESSAGE_CHARS: usize = 4096;
 
 /// `text` as a message to the terminal may show it: control characters
-/// (but newline and tab) and the bidirectional controls (U+202A–U+202E,
-/// U+2066–U+2069, which reorder what follows: `received` shown for
-/// `deviecer`) become U+FFFD, so that a server's words cannot move the
+/// (but newline and tab), the bidirectional marks and controls (U+061C,
+/// U+200E, U+200F, U+202A–U+202E, U+2066–U+2069, which reorder what
+/// follows: `received` shown for `deviecer`) and the line and paragraph
+/// separators (U+2028, U+2029) become U+FFFD, so that a server's words cannot move the
 /// cursor, clear the screen, retitle the window or read backwards, and
 /// what passes [`MAX_MESSAGE_CHARS`] is cut, with how much was left out.
 pub(crate) fn terminal_safe(text: &str) -> String {
-    let bidi = |c: char| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let bidi = |c: char| {
+        matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
+    };
     let mut safe: String = text
         .chars()
         .take(MAX_MESSAGE_CHARS)
@@ -90,6 +98,8 @@ mod tests {
         assert!(safe.ends_with("\nok\tdone"));
         let reordered = terminal_safe("paid \u{202e}tas 0001\u{202c} \u{2066}x\u{2069}");
         assert_eq!(reordered, "paid \u{fffd}tas 0001\u{fffd} \u{fffd}x\u{fffd}");
+        let marks = terminal_safe("a\u{061c}b\u{200e}c\u{200f}d\u{2028}e\u{2029}f");
+        assert_eq!(marks, "a\u{fffd}b\u{fffd}c\u{fffd}d\u{fffd}e\u{fffd}f");
         let flood = "A".repeat(1_000_000);
         let cut = terminal_safe(&flood);
         assert!(cut.len() < 5_000, "{}", cut.len());

@@ -717,3 +717,61 @@ async fn a_paid_request_the_upstream_failed_is_served_on_the_next_run_unpaid() {
     );
     gateway.shutdown().await.unwrap();
 }
+
+/// A kept MPP credential goes only with the request it was bought for:
+/// its challenge binds the body. Another body pays anew and leaves it
+/// kept (sent with it, it was refused and forgotten, unspent); the same
+/// body later is served with it, unpaid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_credential_goes_only_with_the_request_it_was_bought_for() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = calls.clone();
+    let app = Router::new().route(
+        "/{*rest}",
+        axum::routing::post(move |body: String| async move {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == 1 {
+                (StatusCode::INTERNAL_SERVER_ERROR, "down\n".to_owned())
+            } else {
+                (StatusCode::OK, format!("served {body}\n"))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let (demo_upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(demo_upstream);
+    config.services.insert(
+        0,
+        ServiceConfig::proxied("flaky", "/flaky/*", 10, &format!("http://{upstream}")),
+    );
+    let gw_dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    let url = format!("http://{}/flaky/x", gateway.addr());
+    let post = |body: &'static str| {
+        let url = url.clone();
+        async move { run(data, &["post", "--prefer", "mpp", "-d", body, &url]).await }
+    };
+    assert_eq!(String::from_utf8_lossy(&post("A").await.stdout), "down\n");
+    let out = post("B").await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "served B\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(payments(data).await.len(), 2, "B pays for itself");
+    let out = post("A").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "served A\n",
+        "{stderr}"
+    );
+    assert!(!stderr.contains("paid"), "{stderr}");
+    assert_eq!(payments(data).await.len(), 2, "A was paid for once");
+    gateway.shutdown().await.unwrap();
+}

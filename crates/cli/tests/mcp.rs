@@ -251,6 +251,70 @@ async fn a_tool_call_whose_upstream_failed_is_answered_on_the_next_call_unpaid()
     gateway.shutdown().await.unwrap();
 }
 
+/// A kept tool credential goes only with the arguments it was bought for
+/// (a tool's price may depend on them): a dearer call pays for itself and
+/// leaves it kept; the cheaper call later is answered with it, unpaid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_tool_credential_goes_only_with_its_arguments() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().route(
+        "/priced",
+        axum::routing::get(move || async move {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == 1 {
+                (axum::http::StatusCode::BAD_GATEWAY, "down".to_owned())
+            } else {
+                (axum::http::StatusCode::OK, format!("answer {n}"))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let file = format!(
+        "[[services]]\nname = \"priced\"\npath = \"/priced\"\nupstream = \"http://{upstream}\"\nprice_sats = 10\n\
+         [[services.prices]]\nquery = {{ q = \"big\" }}\nprice_sats = 50\n\
+         [[tools]]\nname = \"priced\"\ndescription = \"Priced by q\"\nservice = \"priced\"\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = ServeProcess::start_with(dir.path(), &file, Launch::default()).await;
+    let mcp = format!("{}/mcp", gateway.base);
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    let call = |q: &'static str| {
+        let mcp = mcp.clone();
+        async move {
+            let args = format!("{{\"q\":\"{q}\"}}");
+            gate402(data, &["mcp", "call", &mcp, "priced", "--args", &args]).await
+        }
+    };
+    let out = call("small").await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = call("big").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let paid: Vec<u64> = payments(data)
+        .await
+        .iter()
+        .map(|p| p["amount_msat"].as_u64().unwrap())
+        .collect();
+    assert_eq!(paid, [10_000, 50_000]);
+    let out = call("small").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("paid"), "{stderr}");
+    assert_eq!(payments(data).await.len(), 2, "small was paid for once");
+}
+
 /// An MCP server of our own: `echo` (priced by the proxy) and `ping`
 /// (free through it).
 #[derive(Clone)]

@@ -15,7 +15,8 @@ use reqwest::{Method, Request, Response, StatusCode, Url};
 use crate::error::FetchError;
 use crate::ledger::PendingPayment;
 use crate::payer::{
-    now, pending_offer, refused, spends, with_credential, Endpoint, Fetched, Payer, Prefer,
+    now, own_receipt, pending_offer, refused, spends, with_credential, Endpoint, Fetched, Payer,
+    Prefer,
 };
 use crate::session::{SessionOffer, Sessioned, TOP_UP_SCHEME};
 use crate::{
@@ -386,9 +387,13 @@ impl Payer {
         if carries_authorization(request) && !over_own {
             return Ok(None);
         }
-        let Some(token) =
-            self.ledger
-                .token_for(&endpoint.origin, &endpoint.method, &endpoint.path, now())?
+        let Some(token) = self.ledger.token_for(
+            &endpoint.origin,
+            &endpoint.method,
+            &endpoint.path,
+            &RequestKey::digest(request),
+            now(),
+        )?
         else {
             return Ok(None);
         };
@@ -414,7 +419,8 @@ impl Payer {
         let receipt = answer
             .headers()
             .get(gate402_mpp::RECEIPT_HEADER)
-            .and_then(|v| v.to_str().ok());
+            .and_then(|v| v.to_str().ok())
+            .filter(|receipt| own_receipt(receipt, &token.payment_hash));
         if let Some(receipt) = receipt {
             if let Some(paid) = self
                 .ledger
@@ -460,6 +466,12 @@ impl Payer {
         let answer = self.present(request, &token, own_key, send).await?;
         if refused(answer.status()) {
             return Ok(None);
+        }
+        if token.single_use() && spends(answer.status()) {
+            // A per-request token kept unspent (its request failed): served
+            // here, so spent everywhere it is kept.
+            self.ledger.forget_payment_tokens(&token.payment_hash)?;
+            return Ok(Some(answer));
         }
         if answer.url() == request.url() {
             let token = CachedToken {

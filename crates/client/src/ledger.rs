@@ -126,6 +126,9 @@ const MIGRATIONS: &[&str] = &[
     );",
     // MPP credentials kept until served, in the field their challenge named.
     "ALTER TABLE tokens ADD COLUMN field TEXT NOT NULL DEFAULT 'Authorization';",
+    // The request a kept MPP credential pays for (its digest): sent with
+    // that request only.
+    "ALTER TABLE tokens ADD COLUMN bound_to TEXT;",
 ];
 
 /// Why the ledger failed.
@@ -253,6 +256,13 @@ pub struct CachedToken {
     /// The header field it is sent in: `Authorization`, or
     /// `Payment-Authorization` where an MPP challenge named that field.
     pub field: String,
+    /// For an MPP credential, the request it was bought for (a digest of
+    /// its method, URL and body, [`crate::RequestKey::digest`]; of a tool
+    /// call, its tool and arguments): its challenge binds the body and its
+    /// price may depend on the query or arguments, so it is sent with that
+    /// request alone (another would be refused, and the credential lost
+    /// with it). `None` for an L402 token, which pays for its route.
+    pub bound_to: Option<String>,
     /// Its `_valid_until` (unix seconds), when it has one.
     pub expires_at: Option<u64>,
     /// The key of a request sent with it that got no answer (lost in
@@ -265,12 +275,24 @@ pub struct CachedToken {
 }
 
 impl CachedToken {
-    /// Whether it is an MPP credential, which pays for one request: once
-    /// a request with it is served, it is spent.
+    /// Whether it pays for one request (an MPP credential, or an L402
+    /// token whose macaroon has a `<service>_uses` caveat): once a request
+    /// with it is served, it is spent.
     pub fn single_use(&self) -> bool {
-        self.authorization
+        use gate402_l402::caveat::{Caveat, USES_SUFFIX};
+        let mpp = self
+            .authorization
             .get(..8)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("Payment "))
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("Payment "));
+        mpp || gate402_l402::L402Credential::from_authorization(&self.authorization).is_ok_and(
+            |token| {
+                token
+                    .token()
+                    .first_party_caveats()
+                    .filter_map(Caveat::parse)
+                    .any(|c| c.condition.ends_with(USES_SUFFIX))
+            },
+        )
     }
 }
 
@@ -641,7 +663,7 @@ impl Ledger {
     /// its route.
     pub fn cache_token(&self, token: &CachedToken, now: u64) -> Result<(), LedgerError> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO tokens (origin, method, path, services, payment_hash, authorization, expires_at, created_at, idempotency_key, request_digest, field) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT OR REPLACE INTO tokens (origin, method, path, services, payment_hash, authorization, expires_at, created_at, idempotency_key, request_digest, field, bound_to) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 token.origin,
                 token.method,
@@ -654,6 +676,7 @@ impl Ledger {
                 token.unanswered.as_ref().map(|k| &k.value),
                 token.unanswered.as_ref().map(|k| &k.request_digest),
                 token.field,
+                token.bound_to,
             ],
         )?;
         Ok(())
@@ -661,18 +684,22 @@ impl Ledger {
 
     /// The newest unexpired token kept for `method` and `path` at
     /// `origin` (one kept for the method first, then one kept before
-    /// methods were). Expired tokens are forgotten on the way.
+    /// methods were) that may go with the request of digest `request`
+    /// (an L402 token, or an MPP credential bound to that request).
+    /// Expired tokens are forgotten on the way.
     pub fn token_for(
         &self,
         origin: &str,
         method: &str,
         path: &str,
+        request: &str,
         now: u64,
     ) -> Result<Option<CachedToken>, LedgerError> {
         self.newest_token(
             "origin = ?1 AND path = ?3 AND (method = ?2 OR method = '')
+             AND (bound_to IS NULL OR bound_to = ?4)
              ORDER BY method = '', created_at DESC",
-            params![origin, method, path],
+            params![origin, method, path, request],
             now,
         )
     }
@@ -1086,7 +1113,7 @@ fn pending(r: &rusqlite::Row<'_>) -> rusqlite::Result<PendingPayment> {
 }
 
 const TOKEN_COLUMNS: &str = "origin, method, path, services, payment_hash, authorization, \
-    expires_at, idempotency_key, request_digest, field";
+    expires_at, idempotency_key, request_digest, field, bound_to";
 
 fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedToken> {
     Ok(CachedToken {
@@ -1105,6 +1132,7 @@ fn token(r: &rusqlite::Row<'_>) -> rusqlite::Result<CachedToken> {
             _ => None,
         },
         field: r.get(9)?,
+        bound_to: r.get(10)?,
     })
 }
 
@@ -1291,6 +1319,7 @@ mod tests {
             payment_hash: hash.into(),
             authorization: format!("L402 {hash}"),
             field: "Authorization".into(),
+            bound_to: None,
             expires_at,
             unanswered: None,
         }
@@ -1304,7 +1333,11 @@ mod tests {
         let write = kept("POST", "/x", "write:0", "bb", Some(2_000));
         ledger.cache_token(&read, 100).unwrap();
         ledger.cache_token(&write, 101).unwrap();
-        let found = |method| ledger.token_for("https://a", method, "/x", 1_000).unwrap();
+        let found = |method| {
+            ledger
+                .token_for("https://a", method, "/x", "", 1_000)
+                .unwrap()
+        };
         assert_eq!(found("GET"), Some(read.clone()));
         assert_eq!(found("POST"), Some(write.clone()));
         assert_eq!(found("PUT"), None);
@@ -1348,7 +1381,9 @@ mod tests {
         assert_eq!(found("POST").unwrap().unanswered, None);
         // Expired: gone.
         assert_eq!(
-            ledger.token_for("https://a", "POST", "/x", 2_000).unwrap(),
+            ledger
+                .token_for("https://a", "POST", "/x", "", 2_000)
+                .unwrap(),
             None
         );
         assert_eq!(ledger.tokens().unwrap().len(), 1);
@@ -1372,7 +1407,7 @@ mod tests {
         let ledger = Ledger::open(&path).unwrap();
         for method in ["GET", "POST"] {
             let token = ledger
-                .token_for("https://a", method, "/x", 10)
+                .token_for("https://a", method, "/x", "", 10)
                 .unwrap()
                 .unwrap();
             assert_eq!(
@@ -1385,7 +1420,7 @@ mod tests {
             .cache_token(&kept("GET", "/x", "read:0", "dd", None), 20)
             .unwrap();
         let token = ledger
-            .token_for("https://a", "GET", "/x", 30)
+            .token_for("https://a", "GET", "/x", "", 30)
             .unwrap()
             .unwrap();
         assert_eq!(token.payment_hash, "dd");

@@ -17,7 +17,7 @@ use rmcp::{RoleClient, ServiceError, ServiceExt};
 use serde_json::Value;
 
 use crate::ledger::CachedToken;
-use crate::payer::{now, Endpoint, Prefer};
+use crate::payer::{now, own_receipt, Endpoint, Prefer};
 use crate::{FetchError, Offer, Payer, PaymentEntry};
 
 /// What a tool call produced.
@@ -198,6 +198,8 @@ impl Payer {
             payment_hash: entry.payment_hash.clone(),
             authorization: gate402_mpp::credential::to_authorization(&credential),
             field: "_meta".into(),
+            // Priced for these arguments: sent again with them alone.
+            bound_to: Some(arguments_digest(arguments)),
             expires_at: challenge
                 .expires
                 .as_deref()
@@ -225,7 +227,7 @@ impl Payer {
         self.ledger
             .forget_payment_tokens(&entry.payment_hash)
             .map_err(FetchError::from)?;
-        let receipt = receipt_of(&result);
+        let receipt = receipt_of(&result).filter(|r| own_receipt(r, &entry.payment_hash));
         self.ledger
             .attach_receipt(entry.id, Prefer::Mpp.as_str(), receipt.as_deref())
             .map_err(FetchError::from)?;
@@ -251,7 +253,13 @@ impl Payer {
     ) -> Result<Option<CallToolResult>, McpCallError> {
         let kept = self
             .ledger
-            .token_for(&endpoint.origin, &endpoint.method, &endpoint.path, now())
+            .token_for(
+                &endpoint.origin,
+                &endpoint.method,
+                &endpoint.path,
+                &arguments_digest(arguments),
+                now(),
+            )
             .map_err(FetchError::from)?
             .filter(CachedToken::single_use);
         let Some(kept) = kept else {
@@ -287,16 +295,21 @@ impl Payer {
             .map_err(FetchError::from)?
             .filter(|p| p.entry.receipt.is_none())
         {
+            let receipt = receipt_of(&result).filter(|r| own_receipt(r, &kept.payment_hash));
             self.ledger
-                .attach_receipt(
-                    paid.entry.id,
-                    Prefer::Mpp.as_str(),
-                    receipt_of(&result).as_deref(),
-                )
+                .attach_receipt(paid.entry.id, Prefer::Mpp.as_str(), receipt.as_deref())
                 .map_err(FetchError::from)?;
         }
         Ok(Some(result))
     }
+}
+
+/// What a kept credential of a tool is bound to: its call's arguments
+/// (SHA-256 of their JSON, hex), as its price may depend on them.
+fn arguments_digest(arguments: &JsonObject) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_string(arguments).unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(json.as_bytes()))
 }
 
 /// The receipt a paid result carries in its `_meta`, as JSON text.

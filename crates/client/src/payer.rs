@@ -459,6 +459,9 @@ impl Payer {
         };
         let keeps = kept.is_some();
         if let Some((services, expires_at)) = kept {
+            // An MPP credential pays for this very request (its body is
+            // bound, its price may be the query's).
+            let bound_to = (scheme == Prefer::Mpp).then(|| RequestKey::digest(request));
             // With the request's key: until it is answered, a retry of it
             // with the token is a retry, not a second request.
             let token = CachedToken {
@@ -469,6 +472,7 @@ impl Payer {
                 payment_hash: entry.payment_hash.clone(),
                 authorization: credential.clone(),
                 field: field.to_owned(),
+                bound_to,
                 expires_at,
                 unanswered: RequestKey::of(request),
             };
@@ -496,12 +500,32 @@ impl Payer {
                     .then(|| headers.get(gate402_x402::PAYMENT_RESPONSE))
                     .flatten()
             })
-            .and_then(|v| v.to_str().ok());
+            .and_then(|v| v.to_str().ok())
+            .filter(|receipt| own_receipt(receipt, &entry.payment_hash));
         entry.scheme = scheme.as_str().into();
         self.ledger
             .attach_receipt(entry.id, &entry.scheme, receipt)?;
         entry.receipt = receipt.map(str::to_owned).or(entry.receipt.take());
         Ok(answer)
+    }
+}
+
+/// Whether `receipt` (a `Payment-Receipt` value, or a receipt as JSON, as
+/// MCP carries it) may be booked with the payment of `payment_hash`
+/// (hex): not when its `reference` names another payment (a server's
+/// mistake, or a lie that would have the ledger show the receipt of an
+/// earlier payment). A receipt naming no payment hash (x402's, an
+/// unreadable one) is kept as sent.
+pub(crate) fn own_receipt(receipt: &str, payment_hash: &str) -> bool {
+    let value = serde_json::from_str::<serde_json::Value>(receipt)
+        .ok()
+        .or_else(|| gate402_mpp::receipt::decode_json(receipt).ok());
+    let reference = value.as_ref().and_then(|v| v["reference"].as_str());
+    match reference {
+        Some(reference) if reference.len() == 64 && hex::decode(reference).is_ok() => {
+            reference.eq_ignore_ascii_case(payment_hash)
+        }
+        _ => true,
     }
 }
 

@@ -900,3 +900,67 @@ async fn a_tool_is_charged_what_its_request_costs_over_http() {
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }
+
+/// A tool's price follows the services as they run: a service the admin
+/// API adds in front of the tool's path (a dearer one) takes the tool off
+/// sale rather than leave that path on sale at the old price; and a pricer
+/// is told the name of the service the tool calls, as over HTTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_is_not_sold_below_what_http_charges_after_a_change() {
+    // A pricer that knows the weather service by name, and nothing else.
+    let pricer = axum::Router::new().route(
+        "/price",
+        axum::routing::post(|body: axum::Json<Value>| async move {
+            let price = if body["service"] == "weather" { 40 } else { 3 };
+            axum::Json(json!({ "price": price }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pricer_url = format!("http://{}/price", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, pricer).await.unwrap() });
+    let rules = gate402_gateway::GatewayConfig::parse(
+        &format!(
+            "[[services]]\nname = \"weather\"\npath = \"/api/weather\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 10\npricer = {{ url = \"{pricer_url}\", fallback = 10 }}\n"
+        ),
+        |_| None,
+    )
+    .unwrap()
+    .services[0]
+        .priced
+        .pricing
+        .clone();
+    let h = start_with(|config| {
+        let weather = config
+            .services
+            .iter_mut()
+            .find(|s| s.name() == "weather")
+            .unwrap();
+        weather.priced.pricing = rules;
+    })
+    .await;
+    let city = json!({"city": "Oslo"});
+    let (_, offered) = h
+        .call(call("weather", city.clone(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(offered["challenges"][0]["request"]["amount"], "40");
+
+    // A dearer service in front of the tool's path: over HTTP the path is
+    // its; the tool is no longer sold.
+    let services = h.gateway.services_handle();
+    let mut running = services.running();
+    let weather = running.iter().find(|s| s.name() == "weather").unwrap();
+    let mut dear = gate402_gateway::config::ServiceConfig::proxied(
+        "dear",
+        "/api/weather",
+        500,
+        &weather.upstream.as_ref().unwrap().url,
+    );
+    dear.priced.description = "Dear".into();
+    running.insert(0, dear);
+    services.set(&running).unwrap();
+    let message = h.refused(call("weather", city.clone(), None)).await;
+    assert!(message.contains("not served now"), "{message}");
+    h.client.cancel().await.unwrap();
+    h.gateway.shutdown().await.unwrap();
+}

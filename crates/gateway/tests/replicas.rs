@@ -206,6 +206,38 @@ async fn connections_the_server_closed_are_replaced_without_failing_a_request() 
     gateway.shutdown().await.unwrap();
 }
 
+/// A copy of a replica's data dir (its `replica_id` with it) does not run
+/// beside the original on one store: at its start it would release the
+/// claims of the requests the original is serving. Once the original is
+/// gone, it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copied_data_dir_does_not_run_beside_its_original() {
+    let postgres = TestPostgres::start().await;
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(upstream);
+    config.store = StoreConfig::Postgres(postgres.url.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let original = Gateway::start(&config, dir.path()).await.unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("replica_id"),
+        copy.path().join("replica_id"),
+    )
+    .unwrap();
+    let refused = Gateway::start(&config, copy.path())
+        .await
+        .err()
+        .expect("a copy started beside its original");
+    let refused = format!("{refused:#}");
+    assert!(
+        refused.contains("another gateway is running as replica"),
+        "{refused}"
+    );
+    original.shutdown().await.unwrap();
+    let copied = Gateway::start(&config, copy.path()).await.unwrap();
+    copied.shutdown().await.unwrap();
+}
+
 /// A paid POST with `Idempotency-Key` whose answer was lost on one
 /// replica is replayed by the other, from the shared store: the upstream
 /// acted once, and the receipt is the same.

@@ -289,6 +289,11 @@ impl Store for ObservedStore {
         self.inner.close().await;
     }
 
+    async fn hold_replica(&self, replica: &str) -> Result<bool, StoreError> {
+        self.timed("store.hold_replica", self.inner.hold_replica(replica))
+            .await
+    }
+
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError> {
         self.timed("store.put_invoice", self.inner.put_invoice(invoice))
             .await

@@ -274,6 +274,20 @@ pub trait Store: Send + Sync + 'static {
     /// (on every clone of the store). Others do nothing.
     async fn close(&self) {}
 
+    /// Takes the name `replica` for this process (one name per store), for
+    /// as long as it runs: `false` when another process holds it. Two processes claiming
+    /// under one name (a data dir copied with its `replica_id`) would each
+    /// release, at start, the claims of requests the other is serving, so
+    /// a gateway that cannot take its name does not start. PostgreSQL
+    /// holds a session advisory lock, released with the connection when
+    /// the process ends (a `kill -9` too); a store that one process uses
+    /// at a time (SQLite, behind the data dir's lock) always grants it.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be asked.
+    async fn hold_replica(&self, replica: &str) -> Result<bool, StoreError>;
+
     /// Records an issued invoice.
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError>;
 

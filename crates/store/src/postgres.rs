@@ -234,6 +234,9 @@ pub struct PostgresStore {
     claims: tokio::sync::mpsc::UnboundedSender<ClaimCall>,
     /// The connection that records served claims as spent.
     commits: std::sync::Arc<tokio::sync::Mutex<Held>>,
+    /// The connection holding this process's replica name
+    /// ([`Store::hold_replica`]), out of the pool for as long as it runs.
+    replica: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
 }
 
 /// A connection kept by one writer of hot batches across them. The pool
@@ -350,6 +353,7 @@ impl PostgresStore {
             pool,
             claims,
             commits,
+            replica: Default::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -524,6 +528,33 @@ impl Store for PostgresStore {
             .await
             .map(drop)
             .map_err(db)
+    }
+
+    async fn close(&self) {
+        if let Some(held) = self.replica.lock().await.take() {
+            let _ = sqlx::Connection::close(held).await;
+        }
+    }
+
+    async fn hold_replica(&self, replica: &str) -> Result<bool, StoreError> {
+        let mut held = self.replica.lock().await;
+        if held.is_some() {
+            return Ok(true);
+        }
+        let mut connection = self.pool.acquire().await.map_err(db)?.detach();
+        // Keyed by 8 bytes of the name's hash, made by the server so that
+        // every version of the gateway makes the same key.
+        let taken: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(('x' || substr(md5('gate402 replica ' || $1), 1, 16))::bit(64)::bigint)",
+        )
+        .bind(replica)
+            .fetch_one(&mut connection)
+            .await
+            .map_err(db)?;
+        if taken {
+            *held = Some(connection);
+        }
+        Ok(taken)
     }
 
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError> {

@@ -210,6 +210,10 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Box<dyn Job>>,
     /// The checkpointer's thread, joined by [`Store::close`].
     checkpointer: std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The database file's path, beside which a replica's name is locked.
+    path: std::path::PathBuf,
+    /// The lock on this process's replica name ([`Store::hold_replica`]).
+    replica: std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -303,6 +307,8 @@ impl SqliteStore {
         Ok(Self {
             jobs,
             checkpointer: std::sync::Arc::new(std::sync::Mutex::new(Some(checkpointing))),
+            path: path.to_owned(),
+            replica: Default::default(),
         })
     }
 
@@ -639,6 +645,41 @@ impl Store for SqliteStore {
             // Its last checkpoint empties the log; closing the last
             // connection then removes the log's files.
             let _ = tokio::task::spawn_blocking(move || checkpointer.join()).await;
+        }
+    }
+
+    /// Processes sharing the file (`[store] path` outside a data dir)
+    /// lock a file beside it named after the replica; the system lets the
+    /// lock go when the process ends.
+    async fn hold_replica(&self, replica: &str) -> Result<bool, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut held = self.replica.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_some() {
+            return Ok(true);
+        }
+        // Replica names are hex; anything else is left out of the name.
+        let name: String = replica
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let mut lock = self.path.clone().into_os_string();
+        lock.push(format!(".replica-{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&lock)
+            .map_err(|e| StoreError::Database(format!("{}: {e}", lock.to_string_lossy())))?;
+        match file.try_lock() {
+            Ok(()) => {
+                *held = Some(file);
+                Ok(true)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Database(format!(
+                "{}: {e}",
+                lock.to_string_lossy()
+            ))),
         }
     }
 

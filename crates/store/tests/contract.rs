@@ -961,8 +961,18 @@ async fn payments_are_searched_and_summed([a, b]: &Pair) {
     );
 }
 
+/// A replica's name is held by one process (store) at a time: a copy of
+/// its data dir cannot run beside it.
+async fn a_replica_name_is_held_by_one_process([a, b]: &Pair) {
+    assert!(a.hold_replica("r-held").await.unwrap());
+    assert!(a.hold_replica("r-held").await.unwrap(), "held already");
+    assert!(!b.hold_replica("r-held").await.unwrap());
+    assert!(b.hold_replica("r-other").await.unwrap());
+}
+
 async fn keeps_the_contract(stores: &Pair) {
     the_database_answers_a_ping(stores).await;
+    a_replica_name_is_held_by_one_process(stores).await;
     a_payment_is_served_once(stores).await;
     a_lapsed_claim_is_fenced_from_its_old_holder(stores).await;
     renewing_extends_the_lease(stores).await;

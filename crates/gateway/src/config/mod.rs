@@ -231,6 +231,83 @@ fn any_object() -> serde_json::Value {
 }
 
 impl ToolConfig {
+    /// Why this tool cannot be sold at its service's price over `services`
+    /// as they are (`routes` made from them), as the field at fault and
+    /// the words: the request it makes is one HTTP routes to another
+    /// service (a dearer one: `/api/premium/x` under `/api/*` next to
+    /// `/api/premium/*`) or to none (a method the service does not sell),
+    /// or its service charges per event or unit used, which a call paid
+    /// before it runs cannot, and the tool has no price of its own. `None`
+    /// when it can be sold (or its service is missing, or its path is not
+    /// its service's: other faults, told where the config is read).
+    pub fn sale_fault(
+        &self,
+        services: &[ServiceConfig],
+        routes: &gate402_paywall::route::Routes,
+    ) -> Option<(&'static str, String)> {
+        use gate402_paywall::route::RequestPath;
+        let service = services.iter().find(|s| s.name() == self.service)?;
+        if service.priced.meter != gate402_paywall::Meter::Request && self.price_sats.is_none() {
+            return Some((
+                "price_sats",
+                format!(
+                    "service {:?} charges per event or unit used, which a tool call paid before it runs cannot: give the tool a price_sats of its own",
+                    self.service
+                ),
+            ));
+        }
+        let called = self.paid_service(service);
+        let target = RequestPath::parse(called.priced.path.stem()).ok()?;
+        let method = called
+            .priced
+            .methods
+            .first()
+            .cloned()
+            .unwrap_or(axum::http::Method::GET);
+        if !service.priced.path.matches(&target) {
+            return None;
+        }
+        // A host the service's pattern matches.
+        let host = service
+            .priced
+            .host
+            .as_ref()
+            .map(|h| h.as_written().replace('*', "tool"));
+        let key = if self.path.is_some() {
+            "path"
+        } else {
+            "method"
+        };
+        match routes.find(host.as_deref(), &method, &target) {
+            Ok(Some(routed)) if routed.name == self.service => None,
+            Ok(Some(routed)) => Some((
+                key,
+                format!(
+                    "{method} {} is sold by service {:?} over HTTP, not by {:?}: a tool calls what its service sells",
+                    target.as_str(),
+                    routed.name,
+                    self.service
+                ),
+            )),
+            Ok(None) => Some((
+                key,
+                format!(
+                    "{method} {} is not sold by service {:?} (its methods: {}): a tool calls what its service sells",
+                    target.as_str(),
+                    self.service,
+                    service
+                        .priced
+                        .methods
+                        .iter()
+                        .map(axum::http::Method::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            Err(_) => None,
+        }
+    }
+
     /// The service that prices and charges calls to this tool: the called
     /// service's upstream settings, under the name `mcp/<tool>`, the
     /// tool's price and description, paid with MPP (MCP carries no L402).

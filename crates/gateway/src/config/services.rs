@@ -580,10 +580,8 @@ impl Checker {
         tools
     }
 
-    /// A tool is sold at its service's price, so the request it makes must
-    /// be one HTTP routes to that service: not a path a dearer service
-    /// takes (`/api/premium/x` under `/api/*`), nor a method the service
-    /// does not sell.
+    /// A tool must be one its service can sell at its price
+    /// ([`ToolConfig::sale_fault`]).
     fn tool_route(
         &mut self,
         tool: &ToolConfig,
@@ -591,58 +589,8 @@ impl Checker {
         services: &[ServiceConfig],
         routes: &gate402_paywall::route::Routes,
     ) {
-        let Some(service) = services.iter().find(|s| s.name() == tool.service) else {
-            return;
-        };
-        let called = tool.paid_service(service);
-        let (Some(target), Some(method)) = (
-            RequestPath::parse(called.priced.path.stem()).ok(),
-            called.priced.methods.first().cloned().or(Some(Method::GET)),
-        ) else {
-            return;
-        };
-        // A path outside the service's own is refused above already.
-        if !service.priced.path.matches(&target) {
-            return;
-        }
-        // A host the service's pattern matches.
-        let host = service
-            .priced
-            .host
-            .as_ref()
-            .map(|h| h.as_written().replace('*', "tool"));
-        let key = if tool.path.is_some() {
-            "path"
-        } else {
-            "method"
-        };
-        match routes.find(host.as_deref(), &method, &target) {
-            Ok(Some(routed)) if routed.name == tool.service => {}
-            Ok(Some(routed)) => self.error(
-                &join(path, key),
-                format!(
-                    "{method} {} is sold by service {:?} over HTTP, not by {:?}: a tool calls what its service sells",
-                    target.as_str(),
-                    routed.name,
-                    tool.service
-                ),
-            ),
-            Ok(None) => self.error(
-                &join(path, key),
-                format!(
-                    "{method} {} is not sold by service {:?} (its methods: {}): a tool calls what its service sells",
-                    target.as_str(),
-                    tool.service,
-                    service
-                        .priced
-                        .methods
-                        .iter()
-                        .map(Method::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
-            Err(_) => {}
+        if let Some((key, fault)) = tool.sale_fault(services, routes) {
+            self.error(&join(path, key), fault);
         }
     }
 
@@ -686,19 +634,7 @@ impl Checker {
                         format!("service {:?} has no upstream to call", tool.service),
                     );
                 }
-                // Its price is per event or unit, known once the answer
-                // has come; a tool call is paid once, before it runs.
-                if service.priced.meter != gate402_paywall::Meter::Request
-                    && tool.price_sats.is_none()
-                {
-                    self.error(
-                        &join(path, "price_sats"),
-                        format!(
-                            "service {:?} charges per event or unit used, which a tool call paid before it runs cannot: give the tool a price_sats of its own",
-                            tool.service
-                        ),
-                    );
-                }
+
                 match (&tool.path, &service.priced.path) {
                     (Some(p), _) if !p.starts_with('/') => {
                         self.error(&join(path, "path"), format!("{p:?} must start with /"))

@@ -606,12 +606,19 @@ impl PaidTools {
             return Ok(service.clone());
         };
         // Arguments that make no request are refused before any payment.
-        let mut request = request?;
+        let (mut request, called) = request?;
         if !service.is_dynamic() {
             return Ok(service.clone());
         }
-        self.paywall
-            .priced(service.clone(), &mut request, paid)
+        // Priced as the service it calls prices it: its pricer is told
+        // that service's name, as for the same request over HTTP.
+        let as_called = Arc::new(PricedService {
+            name: called,
+            ..(**service).clone()
+        });
+        let price = self
+            .paywall
+            .priced(as_called, &mut request, paid)
             .await
             .map_err(|refused| {
                 let detail = serde_json::from_slice::<Value>(refused.body())
@@ -619,7 +626,16 @@ impl PaidTools {
                     .and_then(|p| p["detail"].as_str().map(str::to_owned))
                     .unwrap_or_else(|| refused.status().to_string());
                 ErrorData::invalid_params(format!("this call cannot be priced: {detail}"), None)
+            })?
+            .price_sats;
+        Ok(if price == service.price_sats {
+            service.clone()
+        } else {
+            Arc::new(PricedService {
+                price_sats: price,
+                ..(**service).clone()
             })
+        })
     }
 
     async fn refused(
@@ -663,7 +679,7 @@ fn store_unavailable() -> ErrorData {
 
 fn unavailable(tool: &str) -> ErrorData {
     ErrorData::invalid_params(
-        format!("tool {tool:?} is not served now: the service it calls is disabled or removed, or matches a prefix and the tool names no path of its own"),
+        format!("tool {tool:?} is not served now: the service it calls is disabled or removed, matches a prefix and the tool names no path of its own, or no longer sells the request the tool makes at its price (the log says why)"),
         None,
     )
 }

@@ -66,7 +66,15 @@ impl HttpTools {
         let mut made = Vec::new();
         let mut prices = Vec::new();
         let mut unavailable = Vec::new();
+        // As the services run now: an admin API change may have given a
+        // tool's request to a dearer service, or metered its own.
+        let routes = gate402_paywall::route::Routes::new(services.iter().map(|s| s.priced.clone()));
         for config in tools {
+            if let Some((_, fault)) = config.sale_fault(services, &routes) {
+                tracing::warn!(tool = %config.name, %fault, "the tool is not sold until its entry or its service changes");
+                unavailable.push(config.name.clone());
+                continue;
+            }
             match make(config, services) {
                 Some(tool) => {
                     prices.push((config.name.clone(), tool.paid.clone()));
@@ -118,15 +126,16 @@ fn make(config: &ToolConfig, services: &[ServiceConfig]) -> Option<HttpTool> {
 
 impl HttpTools {
     /// The HTTP request a call of tool `name` with `arguments` makes (see
-    /// [`request_for`]); `None` when no tool has that name.
+    /// [`request_for`]), and the name of the service it calls; `None` when
+    /// no tool has that name.
     pub fn request(
         &self,
         name: &str,
         arguments: &JsonObject,
-    ) -> Option<Result<Request<Body>, ErrorData>> {
+    ) -> Option<Result<(Request<Body>, String), ErrorData>> {
         let tools = self.tools.load();
         let tool = tools.iter().find(|t| t.tool.name == name)?;
-        Some(request_for(tool, arguments))
+        Some(request_for(tool, arguments).map(|request| (request, tool.service.clone())))
     }
 }
 

@@ -143,6 +143,28 @@ impl Gateway {
             builder = builder.test_money(gate402_lightning_sandbox::TEST_MONEY);
         }
         let paywall = builder.build().await?;
+        let replica = data_dir.replica();
+        // A predecessor killed a moment ago holds it until the database
+        // notices its connection closed.
+        let mut held = false;
+        for _ in 0..15 {
+            held = store
+                .hold_replica(replica)
+                .await
+                .context("taking this replica's name in the store")?;
+            if held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !held {
+            anyhow::bail!(
+                "another gateway is running as replica {replica:?} on this store (was its data dir copied?); \
+                 starting would release the payments it is serving: give each replica its own data dir, \
+                 or delete {} from this one",
+                data_dir.path().join("replica_id").display()
+            );
+        }
         let released = paywall
             .release_abandoned_claims()
             .await
