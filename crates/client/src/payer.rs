@@ -549,6 +549,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_receipt_naming_another_payment_is_not_this_ones() {
+        let (ours, theirs) = ("ab".repeat(32), "cd".repeat(32));
+        let header = |reference: &str| {
+            gate402_mpp::receipt::to_header(&gate402_mpp::receipt::lightning(
+                &<[u8; 32]>::try_from(hex::decode(reference).unwrap()).unwrap(),
+                None,
+                time::OffsetDateTime::UNIX_EPOCH,
+            ))
+        };
+        assert!(own_receipt(&header(&ours), &ours));
+        assert!(!own_receipt(&header(&theirs), &ours));
+        // As MCP carries it: JSON.
+        let json = |reference: &str| format!(r#"{{"status":"success","reference":"{reference}"}}"#);
+        assert!(own_receipt(&json(&ours.to_uppercase()), &ours));
+        assert!(!own_receipt(&json(&theirs), &ours));
+        // Naming no payment hash (x402's, or unreadable): kept as sent.
+        assert!(own_receipt("not a receipt", &ours));
+        assert!(own_receipt(r#"{"reference":"0xabc"}"#, &ours));
+    }
+
+    #[test]
     fn a_host_has_one_name_for_its_budget() {
         let host = |url: &str| budget_host(&Url::parse(url).unwrap());
         for url in [
