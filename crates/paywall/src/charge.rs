@@ -33,7 +33,7 @@ impl Paywall {
     /// The answer for a body that could not be read (413, also for a body
     /// over the limit when a rule looks into its fields; 400; 503 busy);
     /// a 400 for what a rule depends on that cannot be read one way only
-    /// ([`Unreadable`]: a query parameter given twice, a body that is not
+    /// ([`Unreadable`](crate::pricing::Unreadable): a query parameter given twice, a body that is not
     /// strict JSON, a count that is not a plain whole number…), and for a
     /// request whose rules price it above [`MAX_PRICE_SATS`].
     pub async fn priced<B>(

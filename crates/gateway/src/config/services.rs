@@ -571,7 +571,16 @@ impl Checker {
         let mut tools: Vec<ToolConfig> = Vec::new();
         let routes = gate402_paywall::route::Routes::new(services.iter().map(|s| s.priced.clone()));
         for (path, table) in self.entries("tools", value) {
-            if let Some(tool) = self.section::<ToolConfig>(&path, Value::Table(table)) {
+            if let Some(mut tool) = self.section::<ToolConfig>(&path, Value::Table(table)) {
+                // `post` is POST to the upstream, not a method of its own.
+                if let Some(method) = tool.method.as_mut() {
+                    let upper = method.to_ascii_uppercase();
+                    if ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+                        .contains(&upper.as_str())
+                    {
+                        *method = upper;
+                    }
+                }
                 self.tool(&tool, &path, services, &tools);
                 self.tool_route(&tool, &path, services, &routes);
                 tools.push(tool);

@@ -851,6 +851,9 @@ fn a_tool_calls_only_a_path_its_service_sells() {
     }
     GatewayConfig::parse(&text("service = \"api\"\npath = \"/api/x\""), env).unwrap();
     GatewayConfig::parse(&text("service = \"post\""), env).unwrap();
+    // A standard method however cased is that method.
+    let lower = GatewayConfig::parse(&text("service = \"post\"\nmethod = \"post\""), env).unwrap();
+    assert_eq!(lower.tools[0].method.as_deref(), Some("POST"));
 }
 
 #[test]

@@ -758,7 +758,15 @@ impl ServerHandler for PaidTools {
             // Bound first: the pricing's guard must not live across the call.
             let price = self.pricing.load().price(&name, &description);
             match price {
-                ToolPrice::Free => self.upstream.call(&name, request.arguments, None).await?,
+                ToolPrice::Free => {
+                    // A bearer id sent to a free tool by mistake goes no
+                    // further.
+                    let mut arguments = request.arguments;
+                    if let Some(arguments) = arguments.as_mut() {
+                        arguments.remove(PAYMENT_ID_ARG);
+                    }
+                    self.upstream.call(&name, arguments, None).await?
+                }
                 ToolPrice::Paid(service) => {
                     self.paid_call(&service, &name, request.arguments, &context.meta.0, client)
                         .await?

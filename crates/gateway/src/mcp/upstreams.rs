@@ -125,9 +125,15 @@ fn make(config: &ToolConfig, services: &[ServiceConfig]) -> Option<HttpTool> {
 }
 
 impl HttpTools {
-    /// The HTTP request a call of tool `name` with `arguments` makes (see
-    /// [`request_for`]), and the name of the service it calls; `None` when
-    /// no tool has that name.
+    /// The HTTP request a call of tool `name` with `arguments` makes (its
+    /// method and path; the arguments as the query of a GET, HEAD or
+    /// DELETE, else as a JSON body), and the name of the service it calls;
+    /// `None` when no tool has that name.
+    ///
+    /// # Errors
+    ///
+    /// `-32602` for an argument named like a method override (`_method`)
+    /// or arguments that make no request.
     pub fn request(
         &self,
         name: &str,
