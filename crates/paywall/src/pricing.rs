@@ -630,6 +630,14 @@ fn one_of(
     if values.iter().any(|w| w == value) {
         return Ok(true);
     }
+    // An upstream that compares numbers (JavaScript, Python, most JSON
+    // frameworks) reads `5.0`, `5e0`, `05`, `+5` or `0x5` as `5`.
+    if let Some(w) = values.iter().find(|w| same_number(value, w)) {
+        return Err(Unreadable(format!(
+            "{} is {value:?}, which reads as the number {w} to upstreams that compare numbers; the price depends on it: send it as {w:?}",
+            what()
+        )));
+    }
     // An upstream that decodes a value once or twice more (`%2568d`,
     // IIS's `%u0068d`, a body's `%25u0068d`) reads another one.
     let variants: Vec<String> = std::iter::successors(Some(value.to_owned()), |v| decode_again(v))
@@ -645,6 +653,51 @@ fn one_of(
         ))),
         None => Ok(false),
     }
+}
+
+/// Whether `value` reads as the number `wanted` is (a rule's value that
+/// is a finite number) in some upstream's reading: spaces around it, a
+/// `+`, leading zeros, a fraction or exponent (`5.0`, `5e0`), `_` between
+/// digits (Python), a `0x`, `0o` or `0b` prefix (JavaScript's `Number`).
+fn same_number(value: &str, wanted: &str) -> bool {
+    let Some(wanted) = wanted.parse::<f64>().ok().filter(|w| w.is_finite()) else {
+        return false;
+    };
+    let text = value.trim_matches(|c: char| c.is_ascii_whitespace());
+    let (negative, digits) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let radix = |prefix: &str, radix: u32| {
+        let rest = digits
+            .get(..2)
+            .filter(|p| p.eq_ignore_ascii_case(prefix))
+            .map(|_| &digits[2..])?;
+        u64::from_str_radix(rest, radix).ok().map(|n| n as f64)
+    };
+    let read = radix("0x", 16)
+        .or_else(|| radix("0o", 8))
+        .or_else(|| radix("0b", 2))
+        .or_else(|| {
+            // `_` only between digits, as Python takes it.
+            let bytes = digits.as_bytes();
+            let joined = bytes.iter().enumerate().all(|(i, b)| {
+                *b != b'_'
+                    || (i > 0
+                        && i + 1 < bytes.len()
+                        && bytes[i - 1].is_ascii_digit()
+                        && bytes[i + 1].is_ascii_digit())
+            });
+            // Not `inf` or `nan`, which Rust reads too.
+            let plain = digits.bytes().all(|b| {
+                b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-' | b'_')
+            });
+            (joined && plain && !digits.is_empty())
+                .then(|| digits.replace('_', "").parse::<f64>().ok())
+                .flatten()
+        });
+    read.is_some_and(|n| (if negative { -n } else { n }) == wanted)
 }
 
 /// Refuses a path parameter that reads as one of a rule's `values` with
@@ -1299,6 +1352,67 @@ mod tests {
             encoding: None,
             form: false,
         })
+    }
+
+    /// A number a rule names is read one way only: another spelling of it,
+    /// which an upstream comparing numbers reads as it, is refused rather
+    /// than priced at the default.
+    #[test]
+    fn a_number_in_a_rule_is_read_one_way_only() {
+        let pricing = Pricing {
+            rules: vec![
+                PriceRule {
+                    body: matches(&["5"], "/level"),
+                    ..rule(100)
+                },
+                PriceRule {
+                    query: matches(&["5"], "lvl"),
+                    ..rule(80)
+                },
+            ],
+            pricer: None,
+        };
+        assert_eq!(
+            price(&pricing, Method::POST, "/x", r#"{"level":5}"#),
+            Some(100)
+        );
+        assert_eq!(price(&pricing, Method::GET, "/x?lvl=5", ""), Some(80));
+        for body in [
+            r#"{"level":5.0}"#,
+            r#"{"level":5e0}"#,
+            r#"{"level":50e-1}"#,
+            r#"{"level":"05"}"#,
+            r#"{"level":" 5"}"#,
+        ] {
+            let refused = read(&pricing, Method::POST, "/x", body.as_bytes()).unwrap_err();
+            assert!(
+                refused.to_string().contains("reads as the number 5"),
+                "{body}: {refused}"
+            );
+        }
+        for target in [
+            "/x?lvl=05",
+            "/x?lvl=%2B5",
+            "/x?lvl=5.0",
+            "/x?lvl=0x5",
+            "/x?lvl=0b101",
+        ] {
+            let refused = read(&pricing, Method::GET, target, b"").unwrap_err();
+            assert!(
+                refused.to_string().contains("reads as the number 5"),
+                "{target}: {refused}"
+            );
+        }
+        // Other numbers, and words, are other values.
+        for target in [
+            "/x?lvl=6",
+            "/x?lvl=5_0",
+            "/x?lvl=inf",
+            "/x?lvl=five",
+            "/x?lvl=0x",
+        ] {
+            assert_eq!(price(&pricing, Method::GET, target, ""), None, "{target}");
+        }
     }
 
     #[test]

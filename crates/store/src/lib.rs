@@ -467,9 +467,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Closes a session; only the call that closes it learns the refund,
     /// so a balance is refunded once whoever else closes it at once. A
-    /// session closed before whose refund `failed` is taken again the same
-    /// way (its status back to `pending`, by one caller alone): closing it
-    /// again tries the refund again.
+    /// session closed before whose refund to its return invoice `failed`
+    /// is taken again the same way (its status back to `pending`, by one
+    /// caller alone): closing it again tries the refund again. (One with
+    /// no return invoice has nowhere to be refunded to.)
     async fn close_session(&self, id: &[u8; 32], now: u64) -> Result<Closing, StoreError>;
 
     /// Records how a closed session's refund went.

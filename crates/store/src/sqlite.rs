@@ -1261,7 +1261,7 @@ impl Store for SqliteStore {
                     "UPDATE sessions SET closed_at = coalesce(closed_at, ?2),
                         refund_msat = CASE WHEN closed_at IS NULL THEN MAX(deposit_msat - spent_msat, 0) ELSE refund_msat END,
                         refund_status = 'pending'
-                     WHERE id = ?1 AND (closed_at IS NULL OR refund_status = 'failed')
+                     WHERE id = ?1 AND (closed_at IS NULL OR (refund_status = 'failed' AND return_invoice IS NOT NULL))
                      RETURNING refund_msat, return_invoice",
                 )?
                 .query_row(params![&id[..], now as i64], |r| Ok((r.get(0)?, r.get(1)?)))
