@@ -539,21 +539,60 @@ fn sandbox_payer(data_dir: &Path) -> Result<String> {
         .create(data_dir)
         .with_context(|| data_dir.display().to_string())?;
     let secret = Wallet::new_sandbox_payer();
-    match std::fs::OpenOptions::new()
+    // Written whole under a name of this run's, then linked into place:
+    // runs started together never read a file another is still writing
+    // (they read an empty one, and failed).
+    let written = data_dir.join(format!(
+        ".sandbox_payer.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let made = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
-    {
-        Ok(mut file) => {
-            file.write_all(secret.as_bytes())
-                .with_context(|| path.display().to_string())?;
-            Ok(secret)
-        }
+        .open(&written)
+        .and_then(|mut file| file.write_all(secret.as_bytes()))
+        .and_then(|()| std::fs::hard_link(&written, &path));
+    let _ = std::fs::remove_file(&written);
+    match made {
+        Ok(()) => Ok(secret),
         // Another run made it first: that one is the secret.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             Ok(std::fs::read_to_string(&path)?.trim().to_owned())
         }
         Err(e) => Err(anyhow::anyhow!("{}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs started together on a fresh data dir make one payer secret, and
+    /// each reads it whole (one could read the file another was still
+    /// writing: empty).
+    #[test]
+    fn runs_started_together_share_one_payer_secret() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let runs: Vec<_> = (0..8)
+                .map(|_| {
+                    let (dir, start) = (dir.path().to_owned(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        sandbox_payer(&dir).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            let secrets: Vec<_> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+            let first = secrets[0].clone().unwrap();
+            assert!(first.len() >= 16, "{first:?}");
+            assert!(
+                secrets.iter().all(|s| s.as_ref() == Ok(&first)),
+                "{secrets:?}"
+            );
+        }
     }
 }
