@@ -631,6 +631,23 @@ async fn a_payment_that_times_out_is_resolved_not_repeated() {
     assert_eq!(ledger[0].status, gate402_client::PaymentState::Paid);
 }
 
+/// The demo gateway with `flaky`, 10 sat a request at `/flaky/*`, in
+/// front of `app`; and its data dir.
+async fn flaky_gateway(app: Router) -> (Gateway, tempfile::TempDir) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let (demo_upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(demo_upstream);
+    config.services.insert(
+        0,
+        ServiceConfig::proxied("flaky", "/flaky/*", 10, &format!("http://{upstream}")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    (gateway, dir)
+}
+
 /// Pay for success, as the client sees it: a paid request whose upstream
 /// fails (a 500 through the gateway, which leaves the payment unspent) is
 /// answered on the next run with the same credential, not paid again; an
@@ -657,17 +674,7 @@ async fn a_paid_request_the_upstream_failed_is_served_on_the_next_run_unpaid() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, app).into_future());
-    let (demo_upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config = demo::config(demo_upstream);
-    config.services.insert(
-        0,
-        ServiceConfig::proxied("flaky", "/flaky/*", 10, &format!("http://{upstream}")),
-    );
-    let gw_dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
+    let (gateway, _gw_dir) = flaky_gateway(app).await;
     let client = tempfile::tempdir().unwrap();
     let data = client.path();
     for scheme in ["mpp", "l402"] {
@@ -737,17 +744,7 @@ async fn a_kept_credential_goes_only_with_the_request_it_was_bought_for() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, app).into_future());
-    let (demo_upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config = demo::config(demo_upstream);
-    config.services.insert(
-        0,
-        ServiceConfig::proxied("flaky", "/flaky/*", 10, &format!("http://{upstream}")),
-    );
-    let gw_dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
+    let (gateway, _gw_dir) = flaky_gateway(app).await;
     let client = tempfile::tempdir().unwrap();
     let data = client.path();
     let url = format!("http://{}/flaky/x", gateway.addr());

@@ -174,17 +174,15 @@ async fn gate402_mcp_call_pays_within_the_caps() {
     gateway.shutdown().await.unwrap();
 }
 
-/// A paid tool call whose upstream fails gets an error that says the
-/// payment was not spent: `gate402 mcp call` tells the payment, keeps the
-/// credential, and the next call of the tool sends it again instead of
-/// paying; once a result came, it is spent and the next call pays.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_tool_call_whose_upstream_failed_is_answered_on_the_next_call_unpaid() {
-    // The first call fails, the others are answered.
+/// An upstream whose GET `path` fails (502) its first call and answers
+/// `answer <n>` to the n-th after; its address and the calls counted.
+async fn failing_once(
+    path: &'static str,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU32>) {
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counted = calls.clone();
     let app = axum::Router::new().route(
-        "/flaky",
+        path,
         axum::routing::get(move || async move {
             let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             if n == 1 {
@@ -197,6 +195,16 @@ async fn a_tool_call_whose_upstream_failed_is_answered_on_the_next_call_unpaid()
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     tokio::spawn(axum::serve(listener, app).into_future());
+    (upstream, calls)
+}
+
+/// A paid tool call whose upstream fails gets an error that says the
+/// payment was not spent: `gate402 mcp call` tells the payment, keeps the
+/// credential, and the next call of the tool sends it again instead of
+/// paying; once a result came, it is spent and the next call pays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_call_whose_upstream_failed_is_answered_on_the_next_call_unpaid() {
+    let (upstream, calls) = failing_once("/flaky").await;
     let (demo_upstream, _task) = demo::start_upstream().await.unwrap();
     let mut config = demo::config(demo_upstream);
     config
@@ -256,22 +264,7 @@ async fn a_tool_call_whose_upstream_failed_is_answered_on_the_next_call_unpaid()
 /// leaves it kept; the cheaper call later is answered with it, unpaid.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_tool_credential_goes_only_with_its_arguments() {
-    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let counted = calls.clone();
-    let app = axum::Router::new().route(
-        "/priced",
-        axum::routing::get(move || async move {
-            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            if n == 1 {
-                (axum::http::StatusCode::BAD_GATEWAY, "down".to_owned())
-            } else {
-                (axum::http::StatusCode::OK, format!("answer {n}"))
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(axum::serve(listener, app).into_future());
+    let (upstream, _) = failing_once("/priced").await;
     let file = format!(
         "[[services]]\nname = \"priced\"\npath = \"/priced\"\nupstream = \"http://{upstream}\"\nprice_sats = 10\n\
          [[services.prices]]\nquery = {{ q = \"big\" }}\nprice_sats = 50\n\

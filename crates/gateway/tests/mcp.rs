@@ -60,6 +60,26 @@ async fn start_with(adjust: impl FnOnce(&mut gate402_gateway::GatewayConfig)) ->
     }
 }
 
+/// The harness, the demo's weather service priced by `pricing`: the TOML
+/// of its `pricer` or `[[services.prices]]` (its default is 10 sat).
+async fn start_priced(pricing: &str) -> Harness {
+    let text = format!(
+        "[[services]]\nname = \"weather\"\npath = \"/api/weather\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 10\n{pricing}\n"
+    );
+    let parsed = gate402_gateway::GatewayConfig::parse(&text, |_| None).unwrap();
+    let pricing = parsed.services[0].priced.pricing.clone();
+    assert!(pricing.is_some());
+    start_with(|config| {
+        let weather = config
+            .services
+            .iter_mut()
+            .find(|s| s.name() == "weather")
+            .unwrap();
+        weather.priced.pricing = pricing;
+    })
+    .await
+}
+
 fn call(tool: &str, arguments: Value, credential: Option<Value>) -> CallToolRequestParams {
     let mut params = CallToolRequestParams::new(tool.to_owned());
     params.arguments = arguments.as_object().cloned();
@@ -795,34 +815,8 @@ async fn a_reload_sells_the_tools_as_the_file_now_writes_them() {
 /// refused before anything is paid.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tool_is_charged_what_its_request_costs_over_http() {
-    let rules = gate402_gateway::GatewayConfig::parse(
-        r#"
-        [[services]]
-        name = "weather"
-        path = "/api/weather"
-        upstream = "http://127.0.0.1:9"
-        price_sats = 10
-        [[services.prices]]
-        query = { city = "Tokyo" }
-        price_sats = 40
-        "#,
-        |_| None,
-    )
-    .unwrap()
-    .services[0]
-        .priced
-        .pricing
-        .clone();
-    assert!(rules.is_some());
-    let h = start_with(|config| {
-        let weather = config
-            .services
-            .iter_mut()
-            .find(|s| s.name() == "weather")
-            .unwrap();
-        weather.priced.pricing = rules;
-    })
-    .await;
+    let h =
+        start_priced("[[services.prices]]\nquery = { city = \"Tokyo\" }\nprice_sats = 40").await;
     let city = |name: &str| json!({ "city": name });
 
     let (_, cheap) = h
@@ -918,25 +912,9 @@ async fn a_tool_is_not_sold_below_what_http_charges_after_a_change() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let pricer_url = format!("http://{}/price", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, pricer).await.unwrap() });
-    let rules = gate402_gateway::GatewayConfig::parse(
-        &format!(
-            "[[services]]\nname = \"weather\"\npath = \"/api/weather\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 10\npricer = {{ url = \"{pricer_url}\", fallback = 10 }}\n"
-        ),
-        |_| None,
-    )
-    .unwrap()
-    .services[0]
-        .priced
-        .pricing
-        .clone();
-    let h = start_with(|config| {
-        let weather = config
-            .services
-            .iter_mut()
-            .find(|s| s.name() == "weather")
-            .unwrap();
-        weather.priced.pricing = rules;
-    })
+    let h = start_priced(&format!(
+        "pricer = {{ url = \"{pricer_url}\", fallback = 10 }}"
+    ))
     .await;
     let city = json!({"city": "Oslo"});
     let (_, offered) = h

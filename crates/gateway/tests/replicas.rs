@@ -11,12 +11,19 @@ use gate402_postgres_testkit::TestPostgres;
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_replicas_on_one_database_act_as_one() {
-    let postgres = TestPostgres::start().await;
+/// The demo's config in front of its upstream (started here), its store
+/// `postgres`.
+async fn demo_on(postgres: &TestPostgres) -> gate402_gateway::GatewayConfig {
     let (upstream, _task) = demo::start_upstream().await.unwrap();
     let mut config = demo::config(upstream);
     config.store = StoreConfig::Postgres(postgres.url.clone());
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_on_one_database_act_as_one() {
+    let postgres = TestPostgres::start().await;
+    let mut config = demo_on(&postgres).await;
     config.mpp.secret = Some("a shared secret of at least thirty-two bytes".into());
     // Each replica has its own data dir (and sandbox node); credentials
     // verify anywhere, being bound by the shared secret, not by a node.
@@ -101,9 +108,7 @@ async fn two_replicas_on_one_database_act_as_one() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_outage_spends_no_credential() {
     let mut postgres = TestPostgres::start().await;
-    let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config = demo::config(upstream);
-    config.store = StoreConfig::Postgres(postgres.url.clone());
+    let config = demo_on(&postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&config, dir.path()).await.unwrap();
     let base = format!("http://{}", gateway.addr());
@@ -162,9 +167,7 @@ async fn a_store_outage_spends_no_credential() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_the_server_closed_are_replaced_without_failing_a_request() {
     let postgres = TestPostgres::start().await;
-    let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config = demo::config(upstream);
-    config.store = StoreConfig::Postgres(postgres.url.clone());
+    let config = demo_on(&postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&config, dir.path()).await.unwrap();
     let base = format!("http://{}", gateway.addr());
@@ -213,9 +216,7 @@ async fn connections_the_server_closed_are_replaced_without_failing_a_request() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_copied_data_dir_does_not_run_beside_its_original() {
     let postgres = TestPostgres::start().await;
-    let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let mut config = demo::config(upstream);
-    config.store = StoreConfig::Postgres(postgres.url.clone());
+    let config = demo_on(&postgres).await;
     let dir = tempfile::tempdir().unwrap();
     let original = Gateway::start(&config, dir.path()).await.unwrap();
     let copy = tempfile::tempdir().unwrap();
