@@ -11,6 +11,15 @@ use gate402_postgres_testkit::TestPostgres;
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 
+/// An MPP credential for `url`, its invoice paid on the sandbox at `base`.
+async fn mpp_credential(http: &reqwest::Client, base: &str, url: &str) -> String {
+    let offer = Offer::from_headers(http.get(url).send().await.unwrap().headers()).unwrap();
+    let paid = pay_via(http, base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    offer.payment_authorization(&preimage).unwrap()
+}
+
 /// The demo's config in front of its upstream (started here), its store
 /// `postgres`.
 async fn demo_on(postgres: &TestPostgres) -> gate402_gateway::GatewayConfig {
@@ -114,11 +123,7 @@ async fn a_store_outage_spends_no_credential() {
     let base = format!("http://{}", gateway.addr());
     let http = reqwest::Client::new();
     let weather = format!("{base}/api/weather?city=Oslo");
-    let offer = Offer::from_headers(http.get(&weather).send().await.unwrap().headers()).unwrap();
-    let paid = pay_via(&http, &base, &offer.bolt11).await.unwrap();
-    let mut preimage = [0u8; 32];
-    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
-    let credential = offer.payment_authorization(&preimage).unwrap();
+    let credential = mpp_credential(&http, &base, &weather).await;
     let present = || {
         http.get(&weather)
             .header(AUTHORIZATION, credential.clone())
@@ -174,12 +179,7 @@ async fn connections_the_server_closed_are_replaced_without_failing_a_request() 
     let http = reqwest::Client::new();
     let weather = format!("{base}/api/weather?city=Oslo");
     for round in 0..3 {
-        let offer =
-            Offer::from_headers(http.get(&weather).send().await.unwrap().headers()).unwrap();
-        let paid = pay_via(&http, &base, &offer.bolt11).await.unwrap();
-        let mut preimage = [0u8; 32];
-        hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
-        let credential = offer.payment_authorization(&preimage).unwrap();
+        let credential = mpp_credential(&http, &base, &weather).await;
         let present = || {
             http.get(&weather)
                 .header(AUTHORIZATION, credential.clone())
