@@ -15,8 +15,7 @@ use reqwest::{Method, Request, Response, StatusCode, Url};
 use crate::error::FetchError;
 use crate::ledger::PendingPayment;
 use crate::payer::{
-    now, own_receipt, pending_offer, refused, spends, with_credential, Endpoint, Fetched, Payer,
-    Prefer,
+    now, pending_offer, refused, spends, with_credential, Endpoint, Fetched, Payer, Prefer,
 };
 use crate::session::{SessionOffer, Sessioned, TOP_UP_SCHEME};
 use crate::{
@@ -414,23 +413,11 @@ impl Payer {
             // spent.
             self.ledger.forget_payment_tokens(&token.payment_hash)?;
         }
-        // The first receipt of a payment whose paid request got none (its
-        // upstream failed) is this one.
         let receipt = answer
             .headers()
             .get(gate402_mpp::RECEIPT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|receipt| own_receipt(receipt, &token.payment_hash));
-        if let Some(receipt) = receipt {
-            if let Some(paid) = self
-                .ledger
-                .payment_by_hash(&token.payment_hash)?
-                .filter(|p| p.entry.receipt.is_none())
-            {
-                self.ledger
-                    .attach_receipt(paid.entry.id, &paid.entry.scheme, Some(receipt))?;
-            }
-        }
+            .and_then(|v| v.to_str().ok());
+        self.keep_first_receipt(&token.payment_hash, receipt)?;
         Ok(Some(answer))
     }
 

@@ -340,6 +340,16 @@ impl Offer {
             .any(|c| c.condition.ends_with(USES_SUFFIX))
     }
 
+    /// When the Payment challenge stops being payable (its `expires`,
+    /// unix seconds), if it says.
+    pub(crate) fn payment_expires_at(&self) -> Option<u64> {
+        self.payment
+            .as_ref()
+            .and_then(|c| c.expires.as_deref())
+            .and_then(gate402_mpp::parse_time)
+            .map(|at| at.unix_timestamp().max(0) as u64)
+    }
+
     /// The L402 token's `<service>_valid_until` caveats, as `(condition,
     /// value)`: when it stops working, if it says.
     pub(crate) fn l402_valid_until(&self) -> Vec<(String, String)> {

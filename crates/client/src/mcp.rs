@@ -200,11 +200,7 @@ impl Payer {
             field: "_meta".into(),
             // Priced for these arguments: sent again with them alone.
             bound_to: Some(arguments_digest(arguments)),
-            expires_at: challenge
-                .expires
-                .as_deref()
-                .and_then(gate402_mpp::parse_time)
-                .map(|at| at.unix_timestamp().max(0) as u64),
+            expires_at: offer.payment_expires_at(),
             unanswered: None,
         };
         self.ledger
@@ -289,17 +285,8 @@ impl Payer {
             Err(error) => return Err(tool_error(error)),
         };
         forget()?;
-        if let Some(paid) = self
-            .ledger
-            .payment_by_hash(&kept.payment_hash)
-            .map_err(FetchError::from)?
-            .filter(|p| p.entry.receipt.is_none())
-        {
-            let receipt = receipt_of(&result).filter(|r| own_receipt(r, &kept.payment_hash));
-            self.ledger
-                .attach_receipt(paid.entry.id, Prefer::Mpp.as_str(), receipt.as_deref())
-                .map_err(FetchError::from)?;
-        }
+        self.keep_first_receipt(&kept.payment_hash, receipt_of(&result).as_deref())
+            .map_err(FetchError::from)?;
         Ok(Some(result))
     }
 }

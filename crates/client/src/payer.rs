@@ -446,15 +446,7 @@ impl Payer {
                     .filter_map(|(_, value)| value.parse::<u64>().ok())
                     .min(),
             )),
-            Prefer::Mpp => Some((
-                None,
-                offer
-                    .payment
-                    .as_ref()
-                    .and_then(|c| c.expires.as_deref())
-                    .and_then(gate402_mpp::parse_time)
-                    .map(|at| at.unix_timestamp().max(0) as u64),
-            )),
+            Prefer::Mpp => Some((None, offer.payment_expires_at())),
             Prefer::X402 => None,
         };
         let keeps = kept.is_some();
@@ -507,6 +499,31 @@ impl Payer {
             .attach_receipt(entry.id, &entry.scheme, receipt)?;
         entry.receipt = receipt.map(str::to_owned).or(entry.receipt.take());
         Ok(answer)
+    }
+}
+
+impl Payer {
+    /// Books `receipt` with the payment of `payment_hash` (hex) when that
+    /// payment has none yet and the receipt is its ([`own_receipt`]): the
+    /// answer to a kept credential, whose paid request got no receipt (its
+    /// upstream failed).
+    pub(crate) fn keep_first_receipt(
+        &self,
+        payment_hash: &str,
+        receipt: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let Some(receipt) = receipt.filter(|r| own_receipt(r, payment_hash)) else {
+            return Ok(());
+        };
+        let unreceipted = self
+            .ledger
+            .payment_by_hash(payment_hash)?
+            .filter(|paid| paid.entry.receipt.is_none());
+        if let Some(paid) = unreceipted {
+            self.ledger
+                .attach_receipt(paid.entry.id, &paid.entry.scheme, Some(receipt))?;
+        }
+        Ok(())
     }
 }
 

@@ -451,6 +451,8 @@ impl Paywall {
         ResBody: Body<Data = Bytes> + Send + 'static,
     {
         let presented = credentials::take(request.headers_mut());
+        // Presents a credential: may wait for room to read its body.
+        let paid = matches!(presented, Ok(Some(_)));
         crate::route::strip_overrides(request.headers_mut());
         if crate::route::echoes_request(request.method()) {
             return Ok(own(responses::method_not_allowed(request.method())));
@@ -484,7 +486,6 @@ impl Paywall {
         if request.method().as_str().eq_ignore_ascii_case("POST")
             && routes.method_decides(host.as_deref(), &path)
         {
-            let paid = matches!(presented, Ok(Some(_)));
             if let Err(answer) = self.refuse_method_override(&mut request, paid).await {
                 return Ok(own(answer));
             }
@@ -531,7 +532,6 @@ impl Paywall {
         }
         // This request's price, where it depends on the request: what its
         // challenge asks and what its credential must have paid.
-        let paid = matches!(presented, Ok(Some(_)));
         let service = match self.priced(service, &mut request, paid).await {
             Ok(service) => service,
             Err(answer) => return Ok(own(answer)),

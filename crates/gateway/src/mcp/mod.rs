@@ -602,14 +602,16 @@ impl PaidTools {
             return Ok(service.clone());
         };
         let none = JsonObject::new();
-        let Some(request) = http.request(name, arguments.unwrap_or(&none)) else {
-            return Ok(service.clone());
-        };
-        // Arguments that make no request are refused before any payment.
-        let (mut request, called) = request?;
+        let arguments = arguments.unwrap_or(&none);
+        // Arguments that name a method are refused before any payment.
         if !service.is_dynamic() {
+            http.check_arguments(name, arguments)?;
             return Ok(service.clone());
         }
+        let Some(request) = http.request(name, arguments) else {
+            return Ok(service.clone());
+        };
+        let (mut request, called) = request?;
         // Priced as the service it calls prices it: its pricer is told
         // that service's name, as for the same request over HTTP.
         let as_called = Arc::new(PricedService {

@@ -143,6 +143,20 @@ impl HttpTools {
         let tool = tools.iter().find(|t| t.tool.name == name)?;
         Some(request_for(tool, arguments).map(|request| (request, tool.service.clone())))
     }
+
+    /// Checks the arguments of a call of tool `name` as
+    /// [`HttpTools::request`] does, without making the request.
+    ///
+    /// # Errors
+    ///
+    /// `-32602` for an argument named like a method override (`_method`).
+    pub fn check_arguments(&self, name: &str, arguments: &JsonObject) -> Result<(), ErrorData> {
+        let tools = self.tools.load();
+        match tools.iter().find(|t| t.tool.name == name) {
+            Some(tool) => refuse_method_override(tool, arguments),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The HTTP request a call of `tool` makes: its method and path, the
@@ -154,18 +168,7 @@ impl HttpTools {
 /// which an upstream reading it would act on instead of the tool's own
 /// method, or arguments that make no request.
 fn request_for(tool: &HttpTool, arguments: &JsonObject) -> Result<Request<Body>, ErrorData> {
-    if let Some(name) = arguments
-        .keys()
-        .find(|name| gate402_paywall::route::is_method_override(name))
-    {
-        return Err(ErrorData::invalid_params(
-            format!(
-                "argument {name:?} names a method, which some upstreams act on instead of the tool's own ({}): leave it out",
-                tool.method
-            ),
-            None,
-        ));
-    }
+    refuse_method_override(tool, arguments)?;
     let in_query = matches!(tool.method, Method::GET | Method::DELETE | Method::HEAD);
     let mut uri = tool.path.as_str().to_owned();
     let body = if in_query {
@@ -186,6 +189,24 @@ fn request_for(tool: &HttpTool, arguments: &JsonObject) -> Result<Request<Body>,
         .header(header::ACCEPT, "application/json")
         .body(body)
         .map_err(|e| ErrorData::invalid_params(format!("arguments: {e}"), None))
+}
+
+/// Refuses an argument named like a method override (`_method`), which an
+/// upstream reading it would act on instead of the tool's own method.
+fn refuse_method_override(tool: &HttpTool, arguments: &JsonObject) -> Result<(), ErrorData> {
+    match arguments
+        .keys()
+        .find(|name| gate402_paywall::route::is_method_override(name))
+    {
+        Some(name) => Err(ErrorData::invalid_params(
+            format!(
+                "argument {name:?} names a method, which some upstreams act on instead of the tool's own ({}): leave it out",
+                tool.method
+            ),
+            None,
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A JSON argument as a query value: strings as they are, the rest as JSON.
