@@ -239,6 +239,75 @@ async fn a_copied_data_dir_does_not_run_beside_its_original() {
     copied.shutdown().await.unwrap();
 }
 
+/// The server dropping the connection that holds a replica's name (a
+/// database restart, `pg_terminate_backend`) lets the name go; the running
+/// gateway takes it again within seconds, so a copy of its data dir started
+/// later is still refused. A copy that takes the name in the meantime makes
+/// the original stop: never two run under one name.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_name_the_server_let_go_is_taken_again() {
+    let postgres = TestPostgres::start().await;
+    let config = demo_on(&postgres).await;
+    let dir = tempfile::tempdir().unwrap();
+    let original = Gateway::start(&config, dir.path()).await.unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("replica_id"),
+        copy.path().join("replica_id"),
+    )
+    .unwrap();
+    let drop_name = || {
+        let dropped = postgres.sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid <> pg_backend_pid()",
+        );
+        assert_eq!(dropped.trim(), "1", "{dropped}");
+    };
+    let healthy = |gateway: &Gateway| {
+        let url = format!("http://{}/healthz", gateway.addr());
+        async move {
+            reqwest::get(url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    };
+
+    drop_name();
+    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    let refused = Gateway::start(&config, copy.path())
+        .await
+        .err()
+        .expect("a copy started beside its original after the server let the name go");
+    assert!(
+        format!("{refused:#}").contains("another gateway is running as replica"),
+        "{refused:#}"
+    );
+    assert!(healthy(&original).await);
+
+    // Taken by the copy first: the original stops, with an error. (Taken
+    // back by the original first: the copy does not start.)
+    drop_name();
+    match Gateway::start(&config, copy.path()).await {
+        Ok(copied) => {
+            let stopped = tokio::time::timeout(std::time::Duration::from_secs(12), original.wait())
+                .await
+                .expect("the original kept running beside a copy holding its name");
+            let stopped = format!("{:#}", stopped.expect_err("stopped without an error"));
+            assert!(stopped.contains("took replica name"), "{stopped}");
+            assert!(healthy(&copied).await);
+            copied.shutdown().await.unwrap();
+        }
+        Err(refused) => {
+            assert!(
+                format!("{refused:#}").contains("another gateway is running as replica"),
+                "{refused:#}"
+            );
+            assert!(healthy(&original).await);
+            original.shutdown().await.unwrap();
+        }
+    }
+}
+
 /// A paid POST with `Idempotency-Key` whose answer was lost on one
 /// replica is replayed by the other, from the shared store: the upstream
 /// acted once, and the receipt is the same.

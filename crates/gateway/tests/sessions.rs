@@ -647,6 +647,70 @@ async fn an_idle_session_is_closed_and_refunded() {
     );
 }
 
+/// A refund still owed is paid by the background round once its payer
+/// is long gone, and never twice: a session closed by a replica that died
+/// before paying (`pending`, nothing paid) is refunded; one whose refund
+/// was paid before its payer died is recorded `succeeded`, not paid again
+/// (the node is asked first); one just taken, whose payer may still be at
+/// work, is left alone.
+#[tokio::test]
+async fn a_refund_still_owed_is_paid_later_and_never_twice() {
+    let h = Harness::start(|_| {}).await;
+    let store = h.gateway.paywall().store();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (challenge, request, _) = h.challenge("/chat").await;
+        let preimage = h.pay(&request).await;
+        let (refund_to, refund_hash) = h.return_invoice().await;
+        let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+        assert_eq!(
+            h.send("/chat", &challenge, open).await.status(),
+            StatusCode::OK
+        );
+        let mut id = [0u8; 32];
+        hex::decode_to_slice(request["paymentHash"].as_str().unwrap(), &mut id).unwrap();
+        sessions.push((id, refund_to, refund_hash));
+    }
+    let [died_before_paying, died_after_paying, at_work] = &sessions[..] else {
+        unreachable!()
+    };
+    let backend = h.gateway.paywall().backend();
+    backend
+        .pay_amount(&died_after_paying.1, 8_000, 0, Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    // Each closed as a replica does before it pays (the refund of the
+    // second was paid, its payer died before recording it).
+    for ((id, _, _), closed_at) in sessions.iter().zip([now - 600, now - 600, now]) {
+        assert!(matches!(
+            store.close_session(id, closed_at).await.unwrap(),
+            gate402_store::Closing::Closed {
+                refund_msat: 8_000,
+                ..
+            }
+        ));
+    }
+    h.gateway.paywall().close_idle_sessions().await;
+    let status = |id: [u8; 32]| async move {
+        let record = store.session(&id).await.unwrap().unwrap();
+        record.closed.unwrap().refund_status
+    };
+    h.assert_refunded(&died_before_paying.2, 8_000).await;
+    assert_eq!(status(died_before_paying.0).await, "succeeded");
+    h.assert_refunded(&died_after_paying.2, 8_000).await;
+    assert_eq!(status(died_after_paying.0).await, "succeeded");
+    assert_eq!(
+        backend.invoice_status(&at_work.2).await.unwrap(),
+        InvoiceStatus::Open
+    );
+    assert_eq!(status(at_work.0).await, "pending");
+}
+
 /// Reads server-sent events from a response as they come: (event, data).
 struct Events {
     stream: std::pin::Pin<

@@ -28,9 +28,9 @@ use gate402_lightning::{
 };
 use gate402_store::{
     AdminVersions, AfterFailure, AuditEntry, ChallengeCount, ClaimHolder, Closing, Debit,
-    InvoiceRecord, NewSession, Opened, PaymentQuery, PaymentRecord, PaymentRow, Reservation,
-    RevenueBucket, Revocation, ServiceChange, SessionRecord, Store, StoreError, StoredResponse,
-    TopUp,
+    InvoiceRecord, NewSession, Opened, OwedRefund, PaymentQuery, PaymentRecord, PaymentRow,
+    Reservation, RevenueBucket, Revocation, ServiceChange, SessionRecord, Store, StoreError,
+    StoredResponse, TopUp,
 };
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
@@ -510,6 +510,19 @@ impl Store for ObservedStore {
     async fn record_refund(&self, id: &[u8; 32], status: &str) -> Result<(), StoreError> {
         self.timed("store.record_refund", self.inner.record_refund(id, status))
             .await
+    }
+
+    async fn take_owed_refunds(
+        &self,
+        taken_before: u64,
+        now: u64,
+        limit: u64,
+    ) -> Result<Vec<OwedRefund>, StoreError> {
+        self.timed(
+            "store.take_owed_refunds",
+            self.inner.take_owed_refunds(taken_before, now, limit),
+        )
+        .await
     }
 
     async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError> {

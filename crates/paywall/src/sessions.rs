@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gate402_lightning::{InvoiceStatus, LightningError, PayError};
+use gate402_lightning::{InvoiceStatus, LightningError, PayError, PaymentStatus};
 use gate402_mpp::problem::ProblemType;
 use gate402_mpp::session::{
     check_return_invoice, proves, session_id, verify_session, SessionAction, VerifiedSession,
@@ -41,6 +41,11 @@ use crate::verify::Verified;
 
 /// How long a refund payment may take before it is reported pending.
 const REFUND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long after a refund was last taken one still owed is taken again
+/// (seconds): well past [`REFUND_TIMEOUT`], so that a payer still at work
+/// is never doubled.
+const REFUND_RETRY_SECS: u64 = 300;
 
 /// What a session credential comes to.
 pub(crate) enum Step {
@@ -676,9 +681,7 @@ impl Paywall {
                 }
             }
         };
-        if let Err(e) = self.store().record_refund(id, status).await {
-            tracing::error!(error = %e, "store: cannot record a refund");
-        }
+        self.record_refund(id, status).await;
         (refund_sats, status.to_owned())
     }
 
@@ -735,6 +738,68 @@ impl Paywall {
                     .await;
                 tracing::info!(session = %hex::encode(id), refund_sats, status, "an idle session was closed");
             }
+        }
+        self.settle_owed_refunds().await;
+    }
+
+    /// Takes up the refunds still owed ([`REFUND_RETRY_SECS`] after they
+    /// were last taken): one whose payer died before paying or recording
+    /// it, one in flight when its payer stopped waiting, one that failed.
+    /// The node says first whether it paid the return invoice already, so
+    /// that nothing is refunded twice; one whose return invoice expired
+    /// stays `failed` for the operator.
+    async fn settle_owed_refunds(&self) {
+        let now = unix_now();
+        let owed = match self
+            .store()
+            .take_owed_refunds(now.saturating_sub(REFUND_RETRY_SECS), now, 100)
+            .await
+        {
+            Ok(owed) => owed,
+            Err(e) => {
+                tracing::warn!(error = %e, "store: cannot look for refunds still owed");
+                return;
+            }
+        };
+        for owed in owed {
+            let session = hex::encode(owed.id);
+            let invoice = match gate402_bolt11::Invoice::parse(&owed.return_invoice) {
+                Ok(invoice) => invoice,
+                Err(e) => {
+                    tracing::warn!(%session, error = %e, "a refund's return invoice does not parse");
+                    self.record_refund(&owed.id, "failed").await;
+                    continue;
+                }
+            };
+            let status = match self.backend().payment_status(&invoice.payment_hash()).await {
+                Ok(PaymentStatus::Succeeded(_)) => "succeeded",
+                Ok(PaymentStatus::Pending) => "pending",
+                Ok(PaymentStatus::Unknown | PaymentStatus::Failed(_))
+                    if invoice.is_expired_at(std::time::SystemTime::now()) =>
+                {
+                    tracing::warn!(%session, refund_sats = owed.refund_msat / 1000, "a refund is owed but its return invoice expired; pay it by hand");
+                    "failed"
+                }
+                Ok(PaymentStatus::Unknown | PaymentStatus::Failed(_)) => {
+                    let (refund_sats, status) = self
+                        .refund(&owed.id, owed.refund_msat, Some(&owed.return_invoice))
+                        .await;
+                    tracing::info!(%session, refund_sats, status, "a refund still owed was tried again");
+                    continue;
+                }
+                // Asked again at the next round.
+                Err(e) => {
+                    tracing::warn!(%session, error = %e, "the node cannot say whether a refund was paid");
+                    "pending"
+                }
+            };
+            self.record_refund(&owed.id, status).await;
+        }
+    }
+
+    async fn record_refund(&self, id: &[u8; 32], status: &str) {
+        if let Err(e) = self.store().record_refund(id, status).await {
+            tracing::error!(error = %e, "store: cannot record a refund");
         }
     }
 }

@@ -215,6 +215,18 @@ pub enum Closing {
     NotFound,
 }
 
+/// A closed session's refund still owed, taken by one caller to be paid
+/// ([`Store::take_owed_refunds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedRefund {
+    /// The session.
+    pub id: [u8; 32],
+    /// The unspent balance to refund (msat).
+    pub refund_msat: u64,
+    /// Where to refund it (BOLT11 without an amount).
+    pub return_invoice: String,
+}
+
 /// Who holds a claim: the replica (stable across restarts, from the data
 /// dir) and a random token made for this one claim, so that only the
 /// request that took a claim can renew, commit or release it.
@@ -275,13 +287,16 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self) {}
 
     /// Takes the name `replica` for this process (one name per store), for
-    /// as long as it runs: `false` when another process holds it. Two processes claiming
-    /// under one name (a data dir copied with its `replica_id`) would each
-    /// release, at start, the claims of requests the other is serving, so
-    /// a gateway that cannot take its name does not start. PostgreSQL
-    /// holds a session advisory lock, released with the connection when
-    /// the process ends (a `kill -9` too); a store that one process uses
-    /// at a time (SQLite, behind the data dir's lock) always grants it.
+    /// as long as it runs: `false` when another process holds it. Two
+    /// processes claiming under one name (a data dir copied with its
+    /// `replica_id`) would each release, at start, the claims of requests
+    /// the other is serving, so a gateway that cannot take its name does
+    /// not start, and one that finds it taken while running stops. Asked
+    /// again, it checks that the name is still held and takes it again if
+    /// the store let it go. PostgreSQL holds a session advisory lock,
+    /// released with the connection when the process ends (a `kill -9`
+    /// too) or the server drops it; SQLite a lock on a file beside the
+    /// database, released when the process ends.
     ///
     /// # Errors
     ///
@@ -475,6 +490,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records how a closed session's refund went.
     async fn record_refund(&self, id: &[u8; 32], status: &str) -> Result<(), StoreError>;
+
+    /// Refunds still owed and last taken (closed, or taken here) before
+    /// `taken_before` (unix seconds): `pending` ones whose payer may have
+    /// died or whose payment was still in flight, and `failed` ones, of
+    /// sessions with a return invoice and at least 1 sat to refund; at
+    /// most `limit`, the longest waiting first. Each is taken for this
+    /// caller alone (it is `pending` again, taken at `now`): another
+    /// replica asking at the same time gets the others.
+    async fn take_owed_refunds(
+        &self,
+        taken_before: u64,
+        now: u64,
+        limit: u64,
+    ) -> Result<Vec<OwedRefund>, StoreError>;
 
     /// Open sessions idle past their timeout at `now`, at most `limit`.
     async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError>;

@@ -10,8 +10,8 @@ use sqlx::{Postgres, Row};
 
 use crate::{
     decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedSession, Closing, Debit,
-    InvoiceRecord, NewSession, Opened, PaymentRecord, Reservation, SessionRecord, Store,
-    StoreError, StoredResponse, TopUp,
+    InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation, SessionRecord,
+    Store, StoreError, StoredResponse, TopUp,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -178,6 +178,11 @@ const MIGRATIONS: &[&str] = &[
     // on its payment.
     "ALTER TABLE challenges ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE sessions ADD COLUMN failed_msat BIGINT NOT NULL DEFAULT 0;",
+    // When a refund was last taken to be paid: one still owed (its payer
+    // died, it failed, it was in flight) is taken again later.
+    "ALTER TABLE sessions ADD COLUMN refund_taken_at BIGINT;
+     CREATE INDEX sessions_refund_owed ON sessions ((coalesce(refund_taken_at, closed_at)))
+         WHERE refund_status IN ('pending', 'failed');",
 ];
 
 /// A session row, if there is one.
@@ -221,6 +226,24 @@ async fn read_session(
 /// replicas starting together.
 const MIGRATION_LOCK: i64 = 0x0067_6174_6534_3032;
 
+/// The advisory lock key of the replica named `$1`: 8 bytes of the name's
+/// hash, made by the server so that every version of the gateway makes
+/// the same key.
+const REPLICA_LOCK_KEY: &str =
+    "('x' || substr(md5('gate402 replica ' || $1), 1, 16))::bit(64)::bigint";
+
+/// How long a held replica name's connection may take to answer before it
+/// counts as lost.
+const REPLICA_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connection holding this process's replica name, and its server
+/// process (to tell it from another gateway's once the connection is
+/// lost).
+struct HeldName {
+    connection: PgConnection,
+    backend: i32,
+}
+
 /// How long to keep trying to reach the database at start.
 const CONNECT_FOR: Duration = Duration::from_secs(30);
 
@@ -236,7 +259,7 @@ pub struct PostgresStore {
     commits: std::sync::Arc<tokio::sync::Mutex<Held>>,
     /// The connection holding this process's replica name
     /// ([`Store::hold_replica`]), out of the pool for as long as it runs.
-    replica: std::sync::Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+    replica: std::sync::Arc<tokio::sync::Mutex<Option<HeldName>>>,
 }
 
 /// A connection kept by one writer of hot batches across them. The pool
@@ -532,29 +555,69 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         if let Some(held) = self.replica.lock().await.take() {
-            let _ = sqlx::Connection::close(held).await;
+            let _ = sqlx::Connection::close(held.connection).await;
         }
     }
 
     async fn hold_replica(&self, replica: &str) -> Result<bool, StoreError> {
         let mut held = self.replica.lock().await;
-        if held.is_some() {
-            return Ok(true);
+        // Asked again while running: the lock lives as long as its
+        // connection, which the server may have closed (a restart, an
+        // idle or admin kill) and let the lock go with it.
+        let mut zombie = None;
+        if let Some(name) = held.as_mut() {
+            let alive = tokio::time::timeout(
+                REPLICA_CHECK_TIMEOUT,
+                sqlx::query("SELECT 1").execute(&mut name.connection),
+            )
+            .await;
+            if matches!(alive, Ok(Ok(_))) {
+                return Ok(true);
+            }
+            zombie = Some(name.backend);
+            *held = None;
         }
         let mut connection = self.pool.acquire().await.map_err(db)?.detach();
-        // Keyed by 8 bytes of the name's hash, made by the server so that
-        // every version of the gateway makes the same key.
-        let taken: bool = sqlx::query_scalar(
-            "SELECT pg_try_advisory_lock(('x' || substr(md5('gate402 replica ' || $1), 1, 16))::bit(64)::bigint)",
-        )
+        let (taken, backend): (bool, i32) = sqlx::query_as(&format!(
+            "SELECT pg_try_advisory_lock({REPLICA_LOCK_KEY}), pg_backend_pid()"
+        ))
         .bind(replica)
-            .fetch_one(&mut connection)
+        .fetch_one(&mut connection)
+        .await
+        .map_err(db)?;
+        if taken {
+            *held = Some(HeldName {
+                connection,
+                backend,
+            });
+            return Ok(true);
+        }
+        // Still held by the server process of the connection this process
+        // lost (the server has not noticed it is gone): ours, not another
+        // gateway's. It is ended so that the name can be taken again.
+        if let Some(zombie) = zombie {
+            let holder: Option<i32> = sqlx::query_scalar(&format!(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1
+                   AND ((classid::bigint << 32) | objid::bigint) = {REPLICA_LOCK_KEY}"
+            ))
+            .bind(replica)
+            .fetch_optional(&mut connection)
             .await
             .map_err(db)?;
-        if taken {
-            *held = Some(connection);
+            if holder == Some(zombie) {
+                tracing::warn!(
+                    backend = zombie,
+                    "this replica's name is held by its own lost connection; ending it"
+                );
+                let _: Option<bool> = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                    .bind(zombie)
+                    .fetch_optional(&mut connection)
+                    .await
+                    .map_err(db)?;
+                return Ok(true);
+            }
         }
-        Ok(taken)
+        Ok(false)
     }
 
     async fn put_invoice(&self, invoice: &InvoiceRecord) -> Result<(), StoreError> {
@@ -1164,7 +1227,7 @@ impl Store for PostgresStore {
         let closed: Option<(i64, Option<String>)> = sqlx::query_as(
             "UPDATE sessions SET closed_at = coalesce(closed_at, $2),
                 refund_msat = CASE WHEN closed_at IS NULL THEN GREATEST(deposit_msat - spent_msat, 0) ELSE refund_msat END,
-                refund_status = 'pending'
+                refund_status = 'pending', refund_taken_at = $2
              WHERE id = $1 AND (closed_at IS NULL OR (refund_status = 'failed' AND return_invoice IS NOT NULL))
              RETURNING refund_msat, return_invoice",
         )
@@ -1193,6 +1256,45 @@ impl Store for PostgresStore {
             .await
             .map(drop)
             .map_err(db)
+    }
+
+    async fn take_owed_refunds(
+        &self,
+        taken_before: u64,
+        now: u64,
+        limit: u64,
+    ) -> Result<Vec<OwedRefund>, StoreError> {
+        // SKIP LOCKED: replicas asking at once take different rows; the
+        // outer WHERE is checked again on the locked row.
+        let owed: Vec<(Vec<u8>, i64, String)> = sqlx::query_as(
+            "UPDATE sessions SET refund_status = 'pending', refund_taken_at = $2
+             WHERE id IN (
+                 SELECT id FROM sessions
+                 WHERE refund_status IN ('pending', 'failed')
+                   AND coalesce(refund_taken_at, closed_at) < $1
+                   AND closed_at IS NOT NULL AND return_invoice IS NOT NULL AND refund_msat >= 1000
+                 ORDER BY coalesce(refund_taken_at, closed_at) LIMIT $3
+                 FOR UPDATE SKIP LOCKED)
+               AND refund_status IN ('pending', 'failed')
+               AND coalesce(refund_taken_at, closed_at) < $1
+             RETURNING id, refund_msat, return_invoice",
+        )
+        .bind(taken_before as i64)
+        .bind(now as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(owed
+            .into_iter()
+            .filter_map(|(id, refund_msat, return_invoice)| {
+                Some(OwedRefund {
+                    id: id.try_into().ok()?,
+                    refund_msat: refund_msat as u64,
+                    return_invoice,
+                })
+            })
+            .collect())
     }
 
     async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError> {

@@ -9,8 +9,8 @@ use tokio::sync::oneshot;
 
 use crate::{
     decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedSession, Closing, Debit,
-    InvoiceRecord, NewSession, Opened, PaymentRecord, Reservation, SessionRecord, Store,
-    StoreError, StoredResponse, TopUp,
+    InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation, SessionRecord,
+    Store, StoreError, StoredResponse, TopUp,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -162,6 +162,11 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE challenges ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX challenges_released ON challenges (expires_at) WHERE consumed = 0 AND holder IS NULL;
      ALTER TABLE sessions ADD COLUMN failed_msat INTEGER NOT NULL DEFAULT 0;",
+    // When a refund was last taken to be paid: one still owed (its payer
+    // died, it failed, it was in flight) is taken again later.
+    "ALTER TABLE sessions ADD COLUMN refund_taken_at INTEGER;
+     CREATE INDEX sessions_refund_owed ON sessions (coalesce(refund_taken_at, closed_at))
+         WHERE refund_status IN ('pending', 'failed');",
 ];
 
 /// A session row, if there is one.
@@ -1260,7 +1265,7 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "UPDATE sessions SET closed_at = coalesce(closed_at, ?2),
                         refund_msat = CASE WHEN closed_at IS NULL THEN MAX(deposit_msat - spent_msat, 0) ELSE refund_msat END,
-                        refund_status = 'pending'
+                        refund_status = 'pending', refund_taken_at = ?2
                      WHERE id = ?1 AND (closed_at IS NULL OR (refund_status = 'failed' AND return_invoice IS NOT NULL))
                      RETURNING refund_msat, return_invoice",
                 )?
@@ -1286,6 +1291,49 @@ impl Store for SqliteStore {
             c.prepare_cached("UPDATE sessions SET refund_status = ?2 WHERE id = ?1")?
                 .execute(params![&id[..], status])
                 .map(drop)
+        })
+        .await
+    }
+
+    async fn take_owed_refunds(
+        &self,
+        taken_before: u64,
+        now: u64,
+        limit: u64,
+    ) -> Result<Vec<OwedRefund>, StoreError> {
+        self.with_one(move |c| {
+            let mut stmt = c.prepare_cached(
+                "UPDATE sessions SET refund_status = 'pending', refund_taken_at = ?2
+                 WHERE id IN (
+                     SELECT id FROM sessions
+                     WHERE refund_status IN ('pending', 'failed')
+                       AND coalesce(refund_taken_at, closed_at) < ?1
+                       AND closed_at IS NOT NULL AND return_invoice IS NOT NULL AND refund_msat >= 1000
+                     ORDER BY coalesce(refund_taken_at, closed_at) LIMIT ?3)
+                 RETURNING id, refund_msat, return_invoice",
+            )?;
+            let owed = stmt
+                .query_map(
+                    params![taken_before as i64, now as i64, limit as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(owed
+                .into_iter()
+                .filter_map(|(id, refund_msat, return_invoice)| {
+                    Some(OwedRefund {
+                        id: id.try_into().ok()?,
+                        refund_msat: refund_msat as u64,
+                        return_invoice,
+                    })
+                })
+                .collect())
         })
         .await
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use gate402_postgres_testkit::TestPostgres;
 use gate402_store::{
     AfterFailure, AuditEntry, ChallengeCount, ClaimHolder, Closing, Debit, InvoiceRecord,
-    NewSession, Opened, PaymentQuery, PaymentRecord, PostgresStore, Reservation, ServiceChange,
-    ServiceState, SqliteStore, Store, StoreError, StoredResponse, TopUp,
+    NewSession, Opened, OwedRefund, PaymentQuery, PaymentRecord, PostgresStore, Reservation,
+    ServiceChange, ServiceState, SqliteStore, Store, StoreError, StoredResponse, TopUp,
 };
 
 /// Two handles on one database, as two gateway replicas have.
@@ -709,7 +709,28 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
             return_invoice: Some("lnbcrt1refund".into())
         }]
     );
+    // Still owed once the retry delay has passed since it was last taken
+    // (at 1 450), and taken by one caller alone; then not before the
+    // delay passes again.
+    assert_eq!(a.take_owed_refunds(1_450, 1_460, 10).await.unwrap(), vec![]);
+    let (x, y) = tokio::join!(
+        a.take_owed_refunds(1_451, 1_470, 10),
+        b.take_owed_refunds(1_451, 1_470, 10)
+    );
+    let taken: Vec<OwedRefund> = [x.unwrap(), y.unwrap()].concat();
+    assert_eq!(
+        taken,
+        vec![OwedRefund {
+            id: [60; 32],
+            refund_msat: 10_000,
+            return_invoice: "lnbcrt1refund".into()
+        }]
+    );
+    assert_eq!(a.take_owed_refunds(1_470, 1_480, 10).await.unwrap(), vec![]);
+    a.record_refund(&[60; 32], "failed").await.unwrap();
+    assert_eq!(a.take_owed_refunds(1_471, 1_480, 10).await.unwrap(), taken);
     a.record_refund(&[60; 32], "succeeded").await.unwrap();
+    assert_eq!(b.take_owed_refunds(2_000, 2_000, 10).await.unwrap(), vec![]);
     let Closing::AlreadyClosed(done) = b.close_session(&[60; 32], 1_500).await.unwrap() else {
         panic!("closed twice");
     };

@@ -46,6 +46,8 @@ pub struct Gateway {
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     purge: tokio::task::JoinHandle<()>,
     sync: tokio::task::JoinHandle<()>,
+    /// Ends with an error when another process took this replica's name.
+    name: tokio::task::JoinHandle<Result<()>>,
     admin: Option<crate::admin::AdminListener>,
     _data_dir: DataDir,
 }
@@ -261,6 +263,11 @@ impl Gateway {
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
         };
         let server = tokio::spawn(listen::serve(listener, tls, app, limits, stop.clone()));
+        let name = tokio::spawn(keep_replica_name(
+            store.clone(),
+            replica.to_owned(),
+            stop.clone(),
+        ));
         let retention = config.receipts_retention_days * 86_400;
         let purge = tokio::spawn(async move {
             loop {
@@ -291,6 +298,7 @@ impl Gateway {
             server,
             purge,
             sync,
+            name,
             admin,
             _data_dir: data_dir,
         })
@@ -347,6 +355,7 @@ impl Gateway {
     pub async fn wait(self) -> Result<()> {
         let served = self.server.await;
         self.purge.abort();
+        let named = self.name.await;
         let _ = self.sync.await;
         if let Some(admin) = self.admin {
             admin.wait().await;
@@ -355,12 +364,46 @@ impl Gateway {
         // Last: everything above may still have written to it.
         self.paywall.store().close().await;
         served??;
-        Ok(())
+        named?
     }
 
     /// Cancelling it starts a graceful stop.
     pub fn shutdown_handle(&self) -> CancellationToken {
         self.stop.clone()
+    }
+}
+
+/// How often a running gateway checks that it still holds its replica
+/// name in the store.
+const NAME_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps this replica's name held ([`gate402_store::Store::hold_replica`])
+/// until `stop`: a store that let it go (PostgreSQL dropped the connection
+/// holding it) is asked to take it again. If another process took it
+/// meanwhile, two gateways run under one name: this one stops, and ends
+/// with an error.
+async fn keep_replica_name(
+    store: Arc<dyn gate402_store::Store>,
+    replica: String,
+    stop: CancellationToken,
+) -> Result<()> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(NAME_CHECK_EVERY) => {}
+        }
+        match store.hold_replica(&replica).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(%replica, "another gateway took this replica's name on the store; stopping");
+                stop.cancel();
+                anyhow::bail!(
+                    "another gateway took replica name {replica:?} on this store while this one ran (was its data dir copied?); stopped"
+                );
+            }
+            // Asked again at the next round; claims fail meanwhile anyway.
+            Err(e) => tracing::warn!(error = %e, "store: cannot check this replica's name"),
+        }
     }
 }
 
