@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use axum::Router;
-use common::{buy_mpp, Launch, ServeProcess};
+use common::{buy_mpp, buy_mpp_for, Launch, ServeProcess};
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,7 +21,12 @@ use tokio::task::JoinSet;
 
 /// An upstream with one quick route, `/work`.
 async fn start_upstream() -> u16 {
-    let app = Router::new().route("/work", get(|| async { "{\"done\":true}" }));
+    let app = Router::new()
+        .route("/work", get(|| async { "{\"done\":true}" }))
+        .route(
+            "/post",
+            axum::routing::post(|body: String| async move { body }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -164,12 +169,12 @@ async fn slow_headers_do_not_starve_paying_clients() {
 }
 
 /// Slow request bodies from one client (POSTs that each declare the
-/// largest body and then stall) fill the budget for bodies read at once:
-/// another client's unpaid POST is answered at once (`503` with
-/// `Retry-After`, to come back), not held until the slow ones time out,
-/// and its paid GET is served.
+/// largest body and then stall) hold their client's share of the budget
+/// for bodies read at once, not the whole budget: another client's unpaid
+/// POST is answered at once (`402`), not held until the slow ones time
+/// out, and its paid POST and paid GET are served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_bodies_hold_up_no_other_clients_unpaid_request() {
+async fn slow_bodies_hold_up_no_other_clients_request() {
     /// `[server] max_connections_per_client`'s default.
     const PER_CLIENT: usize = 64;
     let upstream = start_upstream().await;
@@ -181,6 +186,13 @@ async fn slow_bodies_hold_up_no_other_clients_unpaid_request() {
     );
     let gateway = ServeProcess::start_with(dir.path(), &config, Launch::default()).await;
     let target = format!("127.0.0.1:{}", gateway.port).parse().unwrap();
+    let http = fresh_connections();
+    let post = || {
+        http.post(format!("{}/post", gateway.base))
+            .header("content-type", "application/json")
+            .body("{\"a\":1}")
+    };
+    let paid_post = buy_mpp_for(&http, &gateway.base, post()).await;
     let mut stalled = Vec::new();
     for _ in 0..PER_CLIENT {
         let socket = TcpSocket::new_v4().unwrap();
@@ -194,26 +206,25 @@ async fn slow_bodies_hold_up_no_other_clients_unpaid_request() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let http = fresh_connections();
     let started = Instant::now();
-    let answer = http
-        .post(format!("{}/post", gateway.base))
-        .header("content-type", "application/json")
-        .body("{\"a\":1}")
-        .send()
-        .await
-        .unwrap();
+    let answer = post().send().await.unwrap();
     let waited = started.elapsed();
     let status = answer.status();
     assert!(
         waited < Duration::from_secs(3),
         "an unpaid POST waited {waited:?} for another client's slow bodies ({status})"
     );
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let answer = post()
+        .header(AUTHORIZATION, paid_post)
+        .send()
+        .await
+        .unwrap();
+    let (status, waited) = (answer.status(), started.elapsed());
+    assert_eq!(answer.text().await.unwrap(), "{\"a\":1}", "{status}");
     assert!(
-        status == StatusCode::PAYMENT_REQUIRED
-            || (status == StatusCode::SERVICE_UNAVAILABLE
-                && answer.headers().contains_key("retry-after")),
-        "{status}"
+        waited < Duration::from_secs(4),
+        "a paid POST waited {waited:?} for another client's slow bodies"
     );
     let credential = buy_mpp(&http, &gateway.base, "/work").await;
     let served = http

@@ -6,9 +6,11 @@
 //! Reading buffers what is otherwise streamed, so it is bounded three ways:
 //! the size of one body, the time it may take to arrive, and the bytes all
 //! requests hold at once (a budget, so that many slow senders cannot fill
-//! memory).
+//! memory), of which one client may hold a share (so that one client's
+//! slow senders cannot keep everyone else's paid requests waiting).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +18,8 @@ use http::{Method, Request};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::client::{ClientAddr, ClientKey};
 
 /// What a request body's error turns into.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -31,6 +35,10 @@ const BODIES_AT_ONCE: usize = 64;
 
 /// The budget is counted in KiB: a semaphore's permits are a `u32`.
 const UNIT: usize = 1024;
+
+/// The part of the budget one client may hold at once: a quarter, so that
+/// filling it takes four clients (addresses, or IPv6 /64s).
+const SHARE_OF_ONE_CLIENT: u32 = 4;
 
 /// Whether a request of `method` has its body bound to its payment
 /// (draft-httpauth-payment-01: POST, PUT and PATCH, however cased: an
@@ -51,7 +59,8 @@ pub(crate) enum BodyError {
     Overflowed,
     /// It broke off, failed, or stalled past [`BODY_READ_TIMEOUT`].
     Broken,
-    /// The budget for bodies held at once is spent.
+    /// The budget for bodies held at once is spent, or the client's share
+    /// of it.
     Busy,
 }
 
@@ -59,17 +68,68 @@ pub(crate) enum BodyError {
 pub(crate) struct Bodies {
     limit: usize,
     budget: Arc<Semaphore>,
+    /// What each client holds of the budget now (units).
+    held: Arc<Mutex<HashMap<ClientKey, u32>>>,
+    /// The most one client may hold (units).
+    share: u32,
+}
+
+/// A client's hold on its share, given back when dropped.
+struct Share {
+    held: Arc<Mutex<HashMap<ClientKey, u32>>>,
+    client: ClientKey,
+    units: u32,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(units) = held.get_mut(&self.client) {
+            *units = units.saturating_sub(self.units);
+            if *units == 0 {
+                held.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl Bodies {
     /// Bodies of at most `limit` bytes, [`BODIES_AT_ONCE`] of the largest
-    /// at once (64 MiB in all at the default 1 MiB limit).
+    /// at once (64 MiB in all at the default 1 MiB limit), a quarter of
+    /// that for one client ([`SHARE_OF_ONE_CLIENT`]).
     pub(crate) fn new(limit: usize) -> Self {
-        let units = (limit.div_ceil(UNIT).max(1) * BODIES_AT_ONCE).min(Semaphore::MAX_PERMITS);
+        let most = limit.div_ceil(UNIT).max(1);
+        let units = (most * BODIES_AT_ONCE).min(Semaphore::MAX_PERMITS);
+        let share = u32::try_from(units).unwrap_or(u32::MAX) / SHARE_OF_ONE_CLIENT;
         Self {
             limit,
             budget: Arc::new(Semaphore::new(units)),
+            held: Arc::default(),
+            share: share.max(u32::try_from(most).unwrap_or(u32::MAX)),
         }
+    }
+
+    /// Takes `units` of `client`'s share; [`BodyError::Busy`] past it. A
+    /// request of no known client (a layer without a socket peer) takes
+    /// none.
+    fn share_of(&self, client: Option<ClientKey>, units: u32) -> Result<Option<Share>, BodyError> {
+        let Some(client) = client else {
+            return Ok(None);
+        };
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let holds = held.entry(client).or_insert(0);
+        if holds.saturating_add(units) > self.share {
+            if *holds == 0 {
+                held.remove(&client);
+            }
+            return Err(BodyError::Busy);
+        }
+        *holds += units;
+        Ok(Some(Share {
+            held: self.held.clone(),
+            client,
+            units,
+        }))
     }
 
     /// The answer to a request whose body could not be read: `413` over
@@ -93,7 +153,8 @@ impl Bodies {
 /// Reads a request's body whole, within [`BODY_READ_TIMEOUT`], and puts it
 /// back as read, to be forwarded. Past the budget, a reader that may
 /// `wait` waits (within the same deadline), another gets
-/// [`BodyError::Busy`] at once.
+/// [`BodyError::Busy`] at once; past its client's share, every reader
+/// gets it at once (waiting would only wait for the client itself).
 pub(crate) async fn read_whole<B>(
     request: &mut Request<B>,
     bodies: &Bodies,
@@ -112,6 +173,11 @@ where
         .upper()
         .map_or(bodies.limit, |n| usize::try_from(n).unwrap_or(usize::MAX));
     let units = bodies.units(expected);
+    let client = request
+        .extensions()
+        .get::<ClientAddr>()
+        .map(ClientAddr::key);
+    let _share = bodies.share_of(client, units)?;
     let _held: OwnedSemaphorePermit = if wait {
         tokio::time::timeout_at(deadline, bodies.budget.clone().acquire_many_owned(units))
             .await
@@ -249,6 +315,41 @@ mod tests {
         );
         drop(all);
         assert_eq!(read_whole(&mut r, &bodies, false).await.unwrap(), "x");
+    }
+
+    #[tokio::test]
+    async fn one_client_holds_a_quarter_of_the_budget_at_most() {
+        let bodies = Bodies::new(UNIT);
+        let from = |ip: [u8; 4]| {
+            let ip = std::net::IpAddr::from(ip);
+            let mut r = request("x");
+            r.extensions_mut().insert(ClientAddr { ip, peer: ip });
+            r
+        };
+        let hog = ClientKey::of([10, 0, 0, 1].into());
+        let shares: Vec<Share> = (0..16)
+            .map(|_| bodies.share_of(Some(hog), 1).unwrap().unwrap())
+            .collect();
+        assert_eq!(
+            read_whole(&mut from([10, 0, 0, 1]), &bodies, true)
+                .await
+                .unwrap_err(),
+            BodyError::Busy
+        );
+        assert_eq!(
+            read_whole(&mut from([10, 0, 0, 2]), &bodies, true)
+                .await
+                .unwrap(),
+            "x"
+        );
+        drop(shares);
+        assert_eq!(
+            read_whole(&mut from([10, 0, 0, 1]), &bodies, true)
+                .await
+                .unwrap(),
+            "x"
+        );
+        assert!(bodies.held.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -298,7 +298,17 @@ pub fn proc_status_field(pid: u32, field: &str) -> String {
 /// Buys one MPP credential for `path` from the gateway at `base` (its
 /// sandbox pays): the `Authorization` value, good for one request.
 pub async fn buy_mpp(http: &reqwest::Client, base: &str, path: &str) -> String {
-    let response = http.get(format!("{base}{path}")).send().await.unwrap();
+    buy_mpp_for(http, base, http.get(format!("{base}{path}"))).await
+}
+
+/// [`buy_mpp`] for `request` as built (a POST with its body, say), paid
+/// through the sandbox at `base`.
+pub async fn buy_mpp_for(
+    http: &reqwest::Client,
+    base: &str,
+    request: reqwest::RequestBuilder,
+) -> String {
+    let response = request.send().await.unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::PAYMENT_REQUIRED);
     let offer = gate402_client::Offer::from_headers(response.headers()).unwrap();
     let paid = gate402_lightning_sandbox::http::pay_via(http, base, &offer.bolt11)
