@@ -90,6 +90,19 @@ struct Upstream {
     origin: Option<Origin>,
 }
 
+/// The port a request named in its target's authority (HTTP/2) or its
+/// `Host` field, if any.
+fn named_port(parts: &axum::http::request::Parts) -> Option<u16> {
+    parts
+        .uri
+        .authority()
+        .and_then(Authority::port_u16)
+        .or_else(|| {
+            let host = parts.headers.get(header::HOST)?.to_str().ok()?;
+            host.parse::<Authority>().ok()?.port_u16()
+        })
+}
+
 /// An upstream URL's parts that every forwarded request repeats.
 struct Origin {
     scheme: Scheme,
@@ -271,12 +284,25 @@ impl Proxy {
                 parts.headers.append("x-forwarded-for", ip);
             }
         }
+        // The host the request was routed by, with the port it named.
         let routed_host = parts
             .extensions
             .get::<Routed>()
-            .and_then(|r| r.host.clone());
+            .and_then(|r| r.host.clone())
+            .map(|host| match named_port(&parts) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            });
         if let Some(host) = routed_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
             parts.headers.insert("x-forwarded-host", host);
+        }
+        if !parts.headers.contains_key("x-forwarded-proto") {
+            let tls = parts
+                .extensions
+                .get::<crate::server::listen::ServedOverTls>()
+                .is_some_and(|t| t.0);
+            let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+            parts.headers.insert("x-forwarded-proto", proto);
         }
         parts.headers.insert(header::HOST, origin.host.clone());
         for (name, value) in &upstream.headers {

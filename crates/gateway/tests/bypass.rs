@@ -1521,8 +1521,9 @@ async fn payment_credentials_never_reach_the_upstream() {
 }
 
 /// With no trusted proxies, what a client says about itself is dropped:
-/// the upstream sees the socket peer in `X-Forwarded-For` and nothing the
-/// client sent in `Forwarded`, `X-Real-IP` or the other `X-Forwarded-*`.
+/// the upstream sees the socket peer in `X-Forwarded-For`, the gateway's
+/// own scheme in `X-Forwarded-Proto`, and nothing the client sent in
+/// `Forwarded`, `X-Real-IP` or the other `X-Forwarded-*`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_from_clients_are_not_believed() {
     let upstream = start_lenient().await;
@@ -1594,12 +1595,13 @@ async fn forwarding_headers_from_clients_are_not_believed() {
                         seen["x-forwarded-for"]
                     ));
                 }
-                for name in [
-                    "forwarded",
-                    "x-real-ip",
-                    "x-forwarded-proto",
-                    "x-forwarded-port",
-                ] {
+                if seen["x-forwarded-proto"] != json!(["http"]) {
+                    failures.push(format!(
+                        "{row}: X-Forwarded-Proto arrived as {}, want [\"http\"]",
+                        seen["x-forwarded-proto"]
+                    ));
+                }
+                for name in ["forwarded", "x-real-ip", "x-forwarded-port"] {
                     if !seen[name].is_null() {
                         failures.push(format!("{row}: the upstream saw {name}: {}", seen[name]));
                     }

@@ -1599,12 +1599,12 @@ async fn terminates_tls_with_the_configured_certificate() {
     let key = dir.path().join("key.pem");
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    let mut config = GatewayConfig::default_with_services(vec![service(
-        "weather",
-        "/weather",
-        4,
-        &upstream.url(),
-    )]);
+    let mut free = service("free", "/free", 1, &upstream.url());
+    free.priced.auth = Auth::Off;
+    let mut config = GatewayConfig::default_with_services(vec![
+        service("weather", "/weather", 4, &upstream.url()),
+        free,
+    ]);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.tls = Some(gate402_gateway::config::TlsConfig {
         cert: cert.clone(),
@@ -1621,6 +1621,22 @@ async fn terminates_tls_with_the_configured_certificate() {
     let url = format!("https://localhost:{}/weather", gateway.addr().port());
     let response = client.get(&url).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    // The upstream is told the scheme and the host and port the client
+    // named.
+    let free = format!("https://localhost:{}/free", gateway.addr().port());
+    let echo: Value = client
+        .get(&free)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(
+        echo["headers"]["x-forwarded-host"],
+        format!("localhost:{}", gateway.addr().port())
+    );
     // Plain HTTP to the TLS port is not served.
     assert!(reqwest::get(format!("http://{}/weather", gateway.addr()))
         .await

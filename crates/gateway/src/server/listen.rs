@@ -156,13 +156,13 @@ pub async fn serve(
         connections.spawn(async move {
             let _held = (permit, slot);
             match tls {
-                None => connection(stream, peer, app, &limits, stop, closing).await,
+                None => connection(stream, peer, false, app, &limits, stop, closing).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
                         .await
                     {
                         Ok(Ok(stream)) => {
-                            connection(stream, peer, app, &limits, stop, closing).await
+                            connection(stream, peer, true, app, &limits, stop, closing).await
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -194,10 +194,16 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
+/// Whether a request came over TLS to this gateway, put in its extensions
+/// by the server: the proxy tells the upstream (`X-Forwarded-Proto`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServedOverTls(pub bool);
+
 /// Serves one connection until it ends, idles out, or is closed by a stop.
 async fn connection<I>(
     io: I,
     peer: SocketAddr,
+    tls: bool,
     app: axum::Router,
     limits: &Limits,
     stop: CancellationToken,
@@ -218,6 +224,7 @@ async fn connection<I>(
     let service = app.map_request(move |mut request: axum::extract::Request<_>| {
         request.extensions_mut().insert(PeerAddr(peer));
         request.extensions_mut().insert(ConnectInfo(peer));
+        request.extensions_mut().insert(ServedOverTls(tls));
         request
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
