@@ -524,6 +524,67 @@ async fn a_connection_that_never_starts_its_request_is_closed_by_the_header_time
     );
 }
 
+/// An HTTP/2 header block kept open by a CONTINUATION frame every 700 ms
+/// gets the header timeout, as a slow HTTP/1.1 request head does: the
+/// bytes keep the connection from idling, not from the deadline. (The
+/// HTTP/2 library ends a block after a few CONTINUATION frames, however
+/// slow: a frame every 20 s held a connection for 100 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_header_block_that_never_ends_is_closed_by_the_header_timeout() {
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = ServeProcess::start(
+        dir.path(),
+        &format!(
+            "[server]\nheader_read_timeout_secs = {}\nidle_timeout_secs = 30\n",
+            HEADER_TIMEOUT.as_secs()
+        ),
+    )
+    .await;
+    let frame = |kind: u8, flags: u8, stream: u8, payload: &[u8]| {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut bytes = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, stream];
+        bytes.extend_from_slice(payload);
+        bytes
+    };
+    let socket = TcpStream::connect(("127.0.0.1", gateway.port))
+        .await
+        .unwrap();
+    let (mut read, mut write) = socket.into_split();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+                                           // HEADERS of stream 1 without END_HEADERS: `:method GET`, then one
+                                           // CONTINUATION after another, each `:scheme http`.
+    opening.extend(frame(0x1, 0x1, 1, &[0x82]));
+    write.write_all(&opening).await.unwrap();
+    let opened = Instant::now();
+    let trickle = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let field = [0x00, 0x01, b'x', 0x01, b'y'];
+            if write.write_all(&frame(0x9, 0, 1, &field)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout_at((opened + HEADER_TIMEOUT * 4).into(), read.read(&mut buf))
+            .await
+        {
+            Ok(Ok(0) | Err(_)) => break Some(opened.elapsed()),
+            Ok(Ok(_)) => {} // the server's SETTINGS and its ACK
+            Err(_) => break None,
+        }
+    };
+    trickle.abort();
+    assert!(
+        closed.is_some_and(|after| after < HEADER_TIMEOUT + Duration::from_secs(1)),
+        "an HTTP/2 header block trickled for up to {:?} was closed after {closed:?}, want within the header timeout",
+        HEADER_TIMEOUT * 4
+    );
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }

@@ -214,12 +214,15 @@ async fn connection<I>(
     let started = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
     let decided = Arc::new(AtomicBool::new(false));
+    let header_block = Arc::new(AtomicU64::new(0));
     let io = Watched {
         inner: io,
         started,
         activity: activity.clone(),
         head: Vec::with_capacity(PREFACE.len()),
         decided: decided.clone(),
+        frames: None,
+        header_block: header_block.clone(),
     };
     let service = app.map_request(move |mut request: axum::extract::Request<_>| {
         request.extensions_mut().insert(PeerAddr(peer));
@@ -262,6 +265,20 @@ async fn connection<I>(
         if undecided {
             wait = wait.min(to_decide);
         }
+        // An HTTP/2 header block gets the header deadline too, however
+        // slowly its CONTINUATION frames keep the connection busy.
+        let block_since = header_block.load(Ordering::Relaxed);
+        if block_since > 0 {
+            let open_for = Duration::from_millis(
+                (started.elapsed().as_millis() as u64).saturating_sub(block_since - 1),
+            );
+            let left = limits.header_read_timeout.saturating_sub(open_for);
+            if left.is_zero() {
+                tracing::debug!(%peer, "an HTTP/2 header block not ended within the header timeout; closed");
+                return;
+            }
+            wait = wait.min(left);
+        }
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -293,6 +310,53 @@ struct Watched<I> {
     head: Vec<u8>,
     /// Set once `head` is the whole preface or stops matching it.
     decided: Arc<AtomicBool>,
+    /// The frames read after an HTTP/2 preface.
+    frames: Option<Frames>,
+    /// When the header block being read began (milliseconds after
+    /// `started`, plus one), 0 when none is open.
+    header_block: Arc<AtomicU64>,
+}
+
+/// Frame boundaries of an HTTP/2 stream as it is read (RFC 9113 §4.1): a
+/// 9-byte header (24-bit length, type, flags, stream) and its payload.
+#[derive(Default)]
+struct Frames {
+    header: [u8; 9],
+    /// Bytes of `header` read so far.
+    have: usize,
+    /// Bytes of the current frame's payload still to come.
+    payload_left: usize,
+}
+
+/// HTTP/2 frame types and the flag that ends a header block (RFC 9113
+/// §6.2, §6.10).
+const HEADERS: u8 = 0x1;
+const CONTINUATION: u8 = 0x9;
+const END_HEADERS: u8 = 0x4;
+
+impl Frames {
+    /// Reads on through `bytes`, telling `frame` the type and flags of
+    /// each frame whose header is complete.
+    fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8)) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (self.header.len() - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == self.header.len() {
+                let h = self.header;
+                self.have = 0;
+                self.payload_left = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                frame(h[3], h[4]);
+            }
+        }
+    }
 }
 
 impl<I> Watched<I> {
@@ -302,6 +366,10 @@ impl<I> Watched<I> {
     }
 
     fn note_head(&mut self, read: &[u8]) {
+        if self.frames.is_some() {
+            self.note_frames(read);
+            return;
+        }
         if self.head.len() == PREFACE.len() || self.decided.load(Ordering::Relaxed) {
             return;
         }
@@ -310,6 +378,26 @@ impl<I> Watched<I> {
         if self.head.len() == PREFACE.len() || !PREFACE.starts_with(&self.head) {
             self.decided.store(true, Ordering::Relaxed);
         }
+        if self.head == PREFACE {
+            self.frames = Some(Frames::default());
+            self.note_frames(&read[read.len().min(room)..]);
+        }
+    }
+
+    /// Notes when a header block begins and ends.
+    fn note_frames(&mut self, read: &[u8]) {
+        let (Some(frames), block) = (self.frames.as_mut(), &self.header_block) else {
+            return;
+        };
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        frames.feed(read, |kind, flags| {
+            let ended = flags & END_HEADERS != 0;
+            match kind {
+                HEADERS | CONTINUATION if ended => block.store(0, Ordering::Relaxed),
+                HEADERS => block.store(now, Ordering::Relaxed),
+                _ => {}
+            }
+        });
     }
 }
 
@@ -378,4 +466,41 @@ pub fn tls_acceptor(
     key: &std::path::Path,
 ) -> Result<tokio_rustls::TlsAcceptor, crate::tls::TlsError> {
     crate::tls::server_config(cert, key).map(tokio_rustls::TlsAcceptor::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut bytes = vec![len[1], len[2], len[3], kind, flags, 0, 0, 0, 1];
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+
+    #[test]
+    fn frames_are_told_apart_however_the_reads_cut_them() {
+        let mut stream = frame(0x4, 0, &[0; 6]); // SETTINGS
+        stream.extend(frame(HEADERS, 0, &[0x82; 300]));
+        stream.extend(frame(CONTINUATION, 0, &[0x84]));
+        stream.extend(frame(CONTINUATION, END_HEADERS, &[]));
+        for cut in [1, 2, 7, 9, 10, 64, stream.len()] {
+            let mut frames = Frames::default();
+            let mut seen = Vec::new();
+            for read in stream.chunks(cut) {
+                frames.feed(read, |kind, flags| seen.push((kind, flags)));
+            }
+            assert_eq!(
+                seen,
+                [
+                    (0x4, 0),
+                    (HEADERS, 0),
+                    (CONTINUATION, 0),
+                    (CONTINUATION, END_HEADERS)
+                ],
+                "reads of {cut}"
+            );
+        }
+    }
 }
