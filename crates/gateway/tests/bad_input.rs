@@ -630,8 +630,13 @@ async fn every_malformed_input_gets_a_4xx_and_nothing_is_lost() {
         );
         let (status, body) = send(gateway.addr(), request.as_bytes()).await.unwrap();
         let body = String::from_utf8_lossy(&body);
-        assert_eq!(status, 400, "attempt {attempt}: {body}");
-        assert!(body.contains("request body"), "attempt {attempt}: {body}");
+        // The demo upstream may refuse the type (415) before the body
+        // breaks: its own answer, which spends nothing either.
+        let refused_first = status == 415 && body.contains("Content-Type");
+        assert!(
+            refused_first || (status == 400 && body.contains("request body")),
+            "attempt {attempt}: {status} {body}"
+        );
     }
     let served = http
         .post(format!("{base}/api/translate"))
