@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use gate402_paywall::route::RequestPath;
-use gate402_paywall::{ClientAddr, NotReached, Routed, TrustedProxies};
+use gate402_paywall::{ClientAddr, NotReached, Routed, TrustedProxies, FORWARDING_HEADERS};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -41,25 +41,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-];
-
-/// Headers that say who the client is and how it came (the standard one,
-/// the de facto `X-Forwarded-*`, and CDNs' own): believed only from
-/// trusted proxies.
-const FORWARDING: [HeaderName; 13] = [
-    header::FORWARDED,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-path"),
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("fastly-client-ip"),
 ];
 
 /// Removes hop-by-hop headers, including those `Connection` names.
@@ -277,7 +258,7 @@ impl Proxy {
         let client = parts.extensions.get::<ClientAddr>().copied();
         let vouched = client.is_some_and(|c| c.via_trusted_proxy(&self.trusted));
         if !vouched {
-            gate402_paywall::fields::remove_all_of(&mut parts.headers, &FORWARDING);
+            gate402_paywall::fields::remove_all_of(&mut parts.headers, &FORWARDING_HEADERS);
         }
         if let Some(client) = client {
             if let Ok(ip) = HeaderValue::from_str(&client.peer.to_string()) {

@@ -358,6 +358,9 @@ async fn quotes() {
         "path=weather",
         "path=/a%252Fb",
         "path=/weather&method=G%20T",
+        // Answered by the gateway itself (405), never sold.
+        "path=/weather&method=TRACE",
+        "path=/weather&method=track",
     ] {
         let (status, problem) = d.quote(query).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {problem}");

@@ -393,6 +393,10 @@ async fn start_pricer(mode: &'static str) -> Pricer {
                         "{\"price\": \"lots\"}",
                     )
                         .into_response(),
+                    "tier" => {
+                        let premium = question["headers"]["x-tier"] == "premium";
+                        Json(json!({"price": if premium { 100 } else { 2 }})).into_response()
+                    }
                     _ => {
                         let long =
                             question["body_digest"].is_string() && question["query"] == "long=1";
@@ -474,6 +478,46 @@ async fn a_pricer_decides_and_its_answer_is_kept() {
         )
         .await;
     assert_eq!(paid.status(), StatusCode::OK);
+}
+
+/// A pricer may price by any header it is shown: its answer for one
+/// request is not kept for another that differs only in a header. (Kept
+/// by method, path, query and body alone, a token bought at 2 sat for a
+/// plain request was served a request the pricer prices at 100.) A
+/// forwarding header from a client no trusted proxy vouches for is not
+/// shown.
+#[tokio::test]
+async fn a_pricer_answer_is_kept_for_the_headers_it_was_shown() {
+    let pricer = start_pricer("tier").await;
+    let h = Harness::start(&priced_by(&pricer)).await;
+    assert_eq!(h.price(reqwest::Method::POST, "/quote", "{}").await, 2);
+    let (offer, preimage) = h.buy("/quote", "{}").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let premium = h
+        .client
+        .post(h.url("/quote"))
+        .header(AUTHORIZATION, &l402)
+        .header("x-tier", "premium")
+        .header("x-forwarded-for", "6.6.6.6")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(premium.status(), StatusCode::PAYMENT_REQUIRED);
+    let problem: Value = premium.json().await.unwrap();
+    assert_eq!(problem["price"]["amount"], "100", "{problem}");
+    assert_eq!(
+        h.post("/quote", "{}", Some(&l402)).await.status(),
+        StatusCode::OK
+    );
+    let asked = pricer.asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .all(|q| q["headers"].get("x-forwarded-for").is_none()),
+        "{asked:?}"
+    );
 }
 
 #[tokio::test]
@@ -660,9 +704,19 @@ async fn a_raised_fixed_price_refuses_a_single_use_credential_bought_before() {
     }
     assert_eq!(with_x402().await.status(), StatusCode::OK);
     // A credential that paid more than a lowered price serves, through
-    // either door.
+    // any door, once.
     let (l402_offer, l402_preimage) = h.buy("/premium", "").await;
     let (mpp_offer, mpp_preimage) = h.buy("/premium", "").await;
+    let (x402_offer, x402_preimage) = h.buy("/premium", "").await;
+    let paid_more = x402_offer.x402_signature(&x402_preimage).unwrap();
+    let with_paid_more = || async {
+        h.client
+            .post(h.url("/premium"))
+            .header("payment-signature", &paid_more)
+            .send()
+            .await
+            .unwrap()
+    };
     h.reload(&premium(3));
     for credential in [
         l402_offer.l402_authorization(&l402_preimage).unwrap(),
@@ -671,6 +725,10 @@ async fn a_raised_fixed_price_refuses_a_single_use_credential_bought_before() {
         let served = h.post("/premium", "", Some(&credential)).await;
         assert_eq!(served.status(), StatusCode::OK);
     }
+    let served = with_paid_more().await;
+    assert_eq!(served.status(), StatusCode::OK, "x402 after a price cut");
+    let (kind, _, _) = refusal(with_paid_more().await).await;
+    assert_eq!(kind, "invalid-challenge", "x402 spent once");
 
     // A token bought for a cheap request of a dynamic service, then the
     // service made fixed at 50.

@@ -84,6 +84,9 @@ impl Paywall {
             Ok(Some(price)) => price,
             Ok(None) => match &pricing.pricer {
                 Some(pricer) => {
+                    let vouched = self.client_of(request).is_some_and(|client| {
+                        client.via_trusted_proxy(&self.inner.trusted_proxies)
+                    });
                     self.inner
                         .pricers
                         .price(
@@ -91,6 +94,7 @@ impl Paywall {
                             pricer,
                             &view,
                             request.headers(),
+                            vouched,
                             &self.inner.metrics,
                         )
                         .await
@@ -146,7 +150,16 @@ impl Paywall {
                 Some(pricer) => {
                     self.inner
                         .pricers
-                        .price(&service.name, pricer, &view, headers, &self.inner.metrics)
+                        // A quote believes no forwarding header: the
+                        // pricer is shown what a direct request shows.
+                        .price(
+                            &service.name,
+                            pricer,
+                            &view,
+                            headers,
+                            false,
+                            &self.inner.metrics,
+                        )
                         .await
                 }
                 None => service.price_sats,
@@ -161,7 +174,7 @@ impl Paywall {
     /// dynamic or fixed (raised since it was bought, or the service made
     /// anew under its name). An L402 token tells it by its
     /// `<service>_amount` caveat, an MPP charge by its challenge, an x402
-    /// payment by its invoice (verified to be of this very price); only a
+    /// payment by its invoice (told by its verification); only a
     /// token minted without the caveat asks the node what its invoice was
     /// paid. A pass and a balance are honoured at what they were bought
     /// for.
@@ -186,8 +199,8 @@ impl Paywall {
             CredentialScheme::Payment => crate::verify::Verifier::parse_payment(value)
                 .ok()
                 .and_then(|c| mpp_amount(&c)),
-            // Verified only for an invoice of exactly this price.
-            CredentialScheme::X402 => Some(service.price_sats),
+            // Told by verification (its invoice's amount).
+            CredentialScheme::X402 => None,
         });
         let paid = match told {
             Some(paid) => paid,

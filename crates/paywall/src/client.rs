@@ -115,6 +115,26 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Headers that say who the client is and how it came (the standard one,
+/// the de facto `X-Forwarded-*`, and CDNs' own): believed only from
+/// trusted proxies: from anyone else they reach neither the upstream nor
+/// a pricer.
+pub const FORWARDING_HEADERS: [HeaderName; 13] = [
+    http::header::FORWARDED,
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-path"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+];
+
 /// The client of a request from `peer` with `headers`.
 pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> ClientAddr {
     let peer = canonical(peer);

@@ -89,7 +89,9 @@ mod verify;
 mod x402;
 
 pub use claims::{Claim, ClaimError, FAILURES_PER_PAYMENT};
-pub use client::{ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies};
+pub use client::{
+    ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies, FORWARDING_HEADERS,
+};
 pub use clock::unix_now;
 pub use idempotency::IdempotencyConfig;
 pub use issue::{Binding, Doors};

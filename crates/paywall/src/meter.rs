@@ -39,39 +39,54 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
         })
 }
 
-/// The end of the first whole event in `buffer` (past its blank line).
-fn event_end(buffer: &[u8]) -> Option<usize> {
+/// The end of the first whole event in `buffer`: past the line break of
+/// the blank line that ends it. Lines end at CRLF, LF or a lone CR
+/// (WHATWG HTML, server-sent events, §9.2.6). A CR last in `buffer` may be
+/// the first half of a CRLF still to come: it ends its line only `at_end`
+/// of the stream.
+fn event_end(buffer: &[u8], at_end: bool) -> Option<usize> {
+    let mut line_start = 0;
     let mut i = 0;
     while i < buffer.len() {
-        if buffer[i] == b'\n' {
-            // A line feed, optionally after a carriage return, then an empty
-            // line: the event ends.
-            let next = &buffer[i + 1..];
-            if next.first() == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if next.starts_with(b"\r\n") {
-                return Some(i + 3);
+        let byte = buffer[i];
+        if byte != b'\n' && byte != b'\r' {
+            i += 1;
+            continue;
+        }
+        let mut next = i + 1;
+        if byte == b'\r' {
+            match buffer.get(next) {
+                Some(b'\n') => next += 1,
+                None if !at_end => return None,
+                _ => {}
             }
         }
-        i += 1;
+        if i == line_start {
+            return Some(next);
+        }
+        line_start = next;
+        i = next;
     }
     None
 }
 
+/// The lines of an event, however they end (an empty piece between the
+/// halves of a CRLF is an empty line, which says nothing).
+fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    event.split(|b| *b == b'\n' || *b == b'\r')
+}
+
+/// A byte order mark, which a stream may start with (and a reader skips).
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Whether an event carries data (comments and keep-alives are free).
 fn has_data(event: &[u8]) -> bool {
-    event
-        .split(|b| *b == b'\n')
-        .any(|line| line.starts_with(b"data"))
+    lines(event).any(|line| line.strip_prefix(BOM).unwrap_or(line).starts_with(b"data"))
 }
 
 /// Whether an event is the `data: [DONE]` that ends an LLM stream.
 fn is_done(event: &[u8]) -> bool {
-    event
-        .split(|b| *b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .any(|line| line == b"data: [DONE]" || line == b"data:[DONE]")
+    lines(event).any(|line| line == b"data: [DONE]" || line == b"data:[DONE]")
 }
 
 fn sse(event: &str, data: &serde_json::Value) -> Bytes {
@@ -119,32 +134,50 @@ impl Metered {
                 continue;
             };
             buffer.extend_from_slice(&data);
-            while let Some(end) = event_end(&buffer) {
+            while let Some(end) = event_end(&buffer, false) {
                 let event = buffer.split_to(end).freeze();
-                if has_data(&event) {
-                    if is_done(&event) {
-                        let _ = tx.send(self.receipt(units)).await;
-                        let _ = tx.send(event).await;
-                        return;
-                    }
-                    // The first event was paid with the request.
-                    if units > 0 && !self.charge(&tx).await {
-                        // Ended for want of a top-up: still told its cost.
-                        let _ = tx.send(self.receipt(units)).await;
-                        return;
-                    }
-                    units += 1;
-                }
-                if tx.send(event).await.is_err() {
-                    // The client left: nothing more is charged.
+                if !self.pass(event, &mut units, &tx).await {
                     return;
                 }
             }
         }
+        while let Some(end) = event_end(&buffer, true) {
+            let event = buffer.split_to(end).freeze();
+            if !self.pass(event, &mut units, &tx).await {
+                return;
+            }
+        }
+        // An event the stream ended in the middle of is charged as one
+        // (a reader that is no browser takes it), and ended, so that the
+        // receipt is an event of its own.
         if !buffer.is_empty() {
-            let _ = tx.send(buffer.freeze()).await;
+            buffer.extend_from_slice(b"\n\n");
+            if !self.pass(buffer.freeze(), &mut units, &tx).await {
+                return;
+            }
         }
         let _ = tx.send(self.receipt(units.max(1))).await;
+    }
+
+    /// Passes one whole event on, charging it if it carries data (the
+    /// first was paid with the request). False: the stream ends here (it
+    /// was its `[DONE]`, no top-up came, or the client left).
+    async fn pass(&self, event: Bytes, units: &mut u64, tx: &mpsc::Sender<Bytes>) -> bool {
+        if has_data(&event) {
+            if is_done(&event) {
+                let _ = tx.send(self.receipt(*units)).await;
+                let _ = tx.send(event).await;
+                return false;
+            }
+            if *units > 0 && !self.charge(tx).await {
+                // Ended for want of a top-up: still told its cost.
+                let _ = tx.send(self.receipt(*units)).await;
+                return false;
+            }
+            *units += 1;
+        }
+        // The client left: nothing more is charged.
+        tx.send(event).await.is_ok()
     }
 
     /// Debits one event; when the balance is out, asks for a top-up and
@@ -262,7 +295,7 @@ mod tests {
             b"data: a\n\n: keep-alive\n\nevent: x\r\ndata: b\r\n\r\ndata: [DONE]\n\npartial";
         let mut rest: &[u8] = stream;
         let mut events = Vec::new();
-        while let Some(end) = event_end(rest) {
+        while let Some(end) = event_end(rest, false) {
             events.push(&rest[..end]);
             rest = &rest[end..];
         }
@@ -272,6 +305,36 @@ mod tests {
         assert!(has_data(events[2]));
         assert!(is_done(events[3]));
         assert_eq!(rest, b"partial");
+    }
+
+    /// Every line ending a reader honours ends an event: a lone CR too,
+    /// however the reads cut the stream (a CR last in a read waits for the
+    /// next, which may hold its LF).
+    #[test]
+    fn events_end_at_any_line_break_a_reader_honours() {
+        for (stream, want) in [
+            (&b"data: 1\r\rdata: 2\r\r"[..], 2),
+            (b"data: 1\n\rdata: 2\n\r", 2),
+            (b"data: 1\r\r\ndata: 2\r\r\n", 2),
+            (b"data: 1\r\n\ndata: 2\n\r\n", 2),
+            (b"\xEF\xBB\xBFdata: 1\n\ndata: 2\n\n", 2),
+        ] {
+            for cut in 1..=stream.len() {
+                let mut buffer = Vec::new();
+                let mut events = Vec::new();
+                for read in stream.chunks(cut) {
+                    buffer.extend_from_slice(read);
+                    while let Some(end) = event_end(&buffer, false) {
+                        events.push(buffer.drain(..end).collect::<Vec<u8>>());
+                    }
+                }
+                while let Some(end) = event_end(&buffer, true) {
+                    events.push(buffer.drain(..end).collect::<Vec<u8>>());
+                }
+                let charged = events.iter().filter(|e| has_data(e)).count();
+                assert_eq!(charged, want, "{stream:?} read {cut} at a time: {events:?}");
+            }
+        }
     }
 }
 
@@ -325,20 +388,33 @@ impl UsageScan {
             return;
         }
         self.buffer.extend_from_slice(data);
-        while let Some(end) = event_end(&self.buffer) {
-            let event = self.buffer.split_to(end).freeze();
-            let data: Vec<&[u8]> = event
-                .split(|b| *b == b'\n')
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .filter_map(|l| l.strip_prefix(b"data:"))
-                .map(|l| l.strip_prefix(b" ").unwrap_or(l))
-                .collect();
-            self.read(&data.join(&b'\n'));
-        }
+        self.read_events(false);
         // An event larger than a JSON body may be is not usage.
         if self.buffer.len() > MAX_USAGE_BODY {
             self.buffer.clear();
         }
+    }
+
+    /// Reads the reports of the whole events buffered (`at_end` of the
+    /// stream, the last one too, ended or not).
+    fn read_events(&mut self, at_end: bool) {
+        while let Some(end) = event_end(&self.buffer, at_end) {
+            let event = self.buffer.split_to(end).freeze();
+            self.read_event(&event);
+        }
+        if at_end && !self.buffer.is_empty() {
+            let event = std::mem::take(&mut self.buffer);
+            self.read_event(&event);
+        }
+    }
+
+    fn read_event(&mut self, event: &[u8]) {
+        let data: Vec<&[u8]> = lines(event)
+            .map(|l| l.strip_prefix(BOM).unwrap_or(l))
+            .filter_map(|l| l.strip_prefix(b"data:"))
+            .map(|l| l.strip_prefix(b" ").unwrap_or(l))
+            .collect();
+        self.read(&data.join(&b'\n'));
     }
 
     /// The body ended: a JSON body is read now (one too large to read is
@@ -349,6 +425,7 @@ impl UsageScan {
         }
         self.finished = true;
         if self.sse {
+            self.read_events(true);
             return;
         }
         if self.overflowed {
@@ -361,8 +438,16 @@ impl UsageScan {
 
     /// Reads one JSON document's report; false when it is not JSON.
     fn read(&mut self, json: &[u8]) -> bool {
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(json) else {
-            return false;
+        let value = match serde_json::from_slice::<serde_json::Value>(json) {
+            Ok(value) => value,
+            // A number beyond what a float holds (`1e400`): a report
+            // larger than any count, charged the most held.
+            Err(e) if e.to_string().starts_with("number out of range") => {
+                self.reported = true;
+                self.unread();
+                return true;
+            }
+            Err(_) => return false,
         };
         if let Some(units) = value.pointer(&self.pointer).and_then(json_units) {
             self.reported = true;
@@ -415,18 +500,25 @@ fn json_units(value: &serde_json::Value) -> Option<u64> {
     })
 }
 
-/// The units in a response header: a decimal whole number as it is, and
-/// anything else it holds (too large, negative, not a number)
-/// [`UNREADABLE_REPORT`]; `None` when absent or empty.
+/// The units in a response header, read as a JSON number is
+/// ([`json_units`]: a fraction rounded up); anything else it holds (not a
+/// number, or the field given twice) [`UNREADABLE_REPORT`]; `None` when
+/// absent or empty.
 pub(crate) fn header_units(headers: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
-    let text = headers.get(name)?.to_str().map(str::trim).unwrap_or("?");
+    let mut values = headers.get_all(name).iter();
+    let text = values.next()?.to_str().map(str::trim).unwrap_or("?");
+    if values.next().is_some() {
+        return Some(UNREADABLE_REPORT);
+    }
     if text.is_empty() {
         return None;
     }
-    Some(
-        text.parse::<u64>()
-            .map_or(UNREADABLE_REPORT, |n| n.min(UNREADABLE_REPORT)),
-    )
+    Some(match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(number @ serde_json::Value::Number(_)) => {
+            json_units(&number).unwrap_or(UNREADABLE_REPORT)
+        }
+        _ => UNREADABLE_REPORT,
+    })
 }
 
 #[cfg(test)]
@@ -478,9 +570,26 @@ mod usage_tests {
         };
         assert_eq!(header(" 12 "), Some(12));
         assert_eq!(header(""), None);
-        for garbage in ["10000000000000000000000", "-1", "1e3", "many"] {
+        // Read as the JSON field is: a fraction rounded up.
+        assert_eq!(header("2.5"), Some(3));
+        assert_eq!(header("3.0"), Some(3));
+        assert_eq!(header("1e3"), Some(1000));
+        for garbage in [
+            "10000000000000000000000",
+            "1e400",
+            "-1",
+            "many",
+            "+5",
+            "0x5",
+        ] {
             assert_eq!(header(garbage), Some(UNREADABLE_REPORT), "{garbage}");
         }
+        assert_eq!(scan(r#"{"usage":1e400}"#), UNREADABLE_REPORT);
+        // Given twice, it reads two ways.
+        let mut twice = HeaderMap::new();
+        twice.append(name.clone(), "1".parse().unwrap());
+        twice.append(name.clone(), "9".parse().unwrap());
+        assert_eq!(header_units(&twice, &name), Some(UNREADABLE_REPORT));
         assert_eq!(header_units(&HeaderMap::new(), &name), None);
     }
 
@@ -528,6 +637,12 @@ mod usage_tests {
             scanned(true, &[b"data: x\n\n"], true),
             crate::sessions::UNREPORTED
         );
+        // Events ended by lone CRs, and a last one the stream ended in.
+        assert_eq!(
+            scanned(true, &[b"data: x\r\rdata: {\"usage\":4}\r\r"], true),
+            4
+        );
+        assert_eq!(scanned(true, &[b"data: x\n\ndata: {\"usage\":5}"], true), 5);
     }
 
     #[test]

@@ -1033,8 +1033,9 @@ impl Fallback {
 }
 
 /// What a pricer answer is kept by: the service, method, path and query,
-/// and body digest.
-type CacheKey = (String, String, String, String);
+/// body digest, and a digest of the headers it was shown (a pricer may
+/// price by any of them).
+type CacheKey = (String, String, String, String, [u8; 32]);
 
 /// The HTTP client of pricers and the answers they gave, shared by every
 /// service.
@@ -1137,14 +1138,16 @@ impl Pricers {
         Ok((answer.price, ttl))
     }
 
-    /// The pricer's price for `request`, kept or asked; its fallback when
-    /// it fails.
+    /// The pricer's price for `request` with `headers` (the forwarding
+    /// ones left out unless `vouched` for by a trusted proxy), kept or
+    /// asked; its fallback when it fails.
     pub(crate) async fn price(
         &self,
         name: &str,
         config: &PricerConfig,
         request: &PriceRequest<'_>,
         headers: &HeaderMap,
+        vouched: bool,
         metrics: &crate::metrics::Metrics,
     ) -> u64 {
         let digest = request.body.map(gate402_mpp::verify::body_digest);
@@ -1152,11 +1155,21 @@ impl Pricers {
             Some(query) => format!("{}?{query}", request.path),
             None => request.path.to_owned(),
         };
+        let shown = shown_headers(headers, vouched);
+        let shown_digest: [u8; 32] = {
+            use sha2::Digest;
+            // In order of name: the same fields sent in another order are
+            // the same question.
+            let sorted: std::collections::BTreeMap<&String, &Value> = shown.iter().collect();
+            let text = serde_json::to_vec(&sorted).unwrap_or_default();
+            sha2::Sha256::digest(text).into()
+        };
         let key: CacheKey = (
             name.to_owned(),
             request.method.as_str().to_owned(),
             target,
             digest.clone().unwrap_or_default(),
+            shown_digest,
         );
         let pricers = self;
         if let Some(price) = pricers.cached(&key) {
@@ -1167,7 +1180,7 @@ impl Pricers {
             method: request.method.as_str(),
             path: request.path,
             query: request.query,
-            headers: shown_headers(headers),
+            headers: shown,
             body_digest: digest.as_deref(),
         };
         match pricers.ask(config, &question).await {
@@ -1196,11 +1209,14 @@ impl Pricers {
 }
 
 /// The request headers a pricer sees: all but credentials and cookies,
+/// and the forwarding ones unless `vouched` for by a trusted proxy;
 /// repeated fields joined with `, `, values that are not text left out.
-fn shown_headers(headers: &HeaderMap) -> serde_json::Map<String, Value> {
+fn shown_headers(headers: &HeaderMap, vouched: bool) -> serde_json::Map<String, Value> {
     let mut shown = serde_json::Map::new();
     for name in headers.keys() {
-        if PRIVATE_HEADERS.contains(&name.as_str()) {
+        if PRIVATE_HEADERS.contains(&name.as_str())
+            || (!vouched && crate::client::FORWARDING_HEADERS.contains(name))
+        {
             continue;
         }
         let values: Vec<&str> = headers
@@ -1900,14 +1916,20 @@ mod tests {
     }
 
     #[test]
-    fn credentials_and_cookies_are_not_shown_to_a_pricer() {
+    fn credentials_cookies_and_unvouched_forwarding_are_not_shown_to_a_pricer() {
         let mut headers = HeaderMap::new();
         headers.insert("authorization", "Bearer x".parse().unwrap());
         headers.insert("cookie", "a=b".parse().unwrap());
         headers.append("accept", "a/b".parse().unwrap());
         headers.append("accept", "c/d".parse().unwrap());
-        let shown = shown_headers(&headers);
+        headers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        headers.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        let shown = shown_headers(&headers, false);
         assert_eq!(shown.len(), 1);
         assert_eq!(shown["accept"], "a/b, c/d");
+        // Vouched for by a trusted proxy, forwarding headers are shown.
+        let shown = shown_headers(&headers, true);
+        assert_eq!(shown.len(), 3);
+        assert_eq!(shown["x-forwarded-for"], "6.6.6.6");
     }
 }

@@ -101,8 +101,10 @@ impl X402Keys {
     }
 
     /// Checks a `payment-signature` for `service`: an offer of this
-    /// gateway for this service and price, its invoice exactly as issued,
-    /// which `backend` holds as settled (or whose preimage the client sent).
+    /// gateway for this service, its invoice exactly as issued and for at
+    /// least this request's price, which `backend` holds as settled (or
+    /// whose preimage the client sent). `paid_sats` is its invoice's
+    /// amount.
     pub(crate) async fn verify(
         &self,
         service: &PricedService,
@@ -134,20 +136,23 @@ impl X402Keys {
             .0
             .iter()
             .any(|key| gate402_x402::binding_holds(key, bound, &extra.binding));
-        if issued_here && invoice.amount_msat().is_some_and(|paid| paid < amount_msat) {
+        // Its invoice's amount is what it paid (the binding covers the
+        // invoice): at least this request's price serves, as a credential
+        // of the other doors does after a price cut.
+        let Some(invoiced_msat) = invoice.amount_msat().filter(|_| issued_here) else {
+            return Err(refuse(
+                ProblemType::InvalidChallenge,
+                "this x402 offer was not made by this gateway for this service".into(),
+            ));
+        };
+        if invoiced_msat < amount_msat {
             return Err(refuse(
                 ProblemType::PaymentInsufficient,
                 format!(
                     "this x402 payment paid {} sat, but this request costs {} sat; pay the new offer",
-                    invoice.amount_msat().unwrap_or(0) / 1000,
+                    invoiced_msat / 1000,
                     service.price_sats
                 ),
-            ));
-        }
-        if !issued_here || invoice.amount_msat() != Some(amount_msat) {
-            return Err(refuse(
-                ProblemType::InvalidChallenge,
-                "this x402 offer was not made by this gateway for this service and price".into(),
             ));
         }
         // Its single use is remembered until then; past it, it pays nothing.
@@ -165,7 +170,7 @@ impl X402Keys {
             None => match backend.invoice_status(&hash).await {
                 Ok(InvoiceStatus::Settled {
                     amount_msat: got, ..
-                }) => got >= amount_msat,
+                }) => got >= invoiced_msat,
                 Ok(InvoiceStatus::Open) => {
                     return Err(refuse(
                         ProblemType::PaymentActionRequired,
@@ -201,7 +206,7 @@ impl X402Keys {
             single_use: true,
             balance: None,
             proven: payment.payload.preimage.is_some(),
-            paid_sats: Some(service.price_sats),
+            paid_sats: Some(invoiced_msat / 1000),
         })
     }
 }

@@ -6,6 +6,23 @@ use gate402_paywall::route::RequestPath;
 use serde::Deserialize;
 use toml::{Table, Value};
 
+/// Fields an upstream's `headers` may not set: the gateway sets them for
+/// each request it sends (a fixed `Content-Length` cut every body to it,
+/// a fixed `Host` or `Transfer-Encoding` would misframe requests), and
+/// the hop-by-hop ones describe one connection (RFC 9110 §7.6.1).
+const FRAMED_BY_THE_GATEWAY: [&str; 10] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
 use super::check::{not_a_price, Checker};
 use super::{
     join, segment_prefix, Auth, HostPattern, Meter, PathPattern, PricedService, Rewrite, Schemes,
@@ -514,6 +531,8 @@ impl Checker {
     }
 
     /// `headers = { Name = "value" }`, added upstream.
+    /// `headers = { name = "value" }`: fields added to every request sent
+    /// upstream, none of those [`FRAMED_BY_THE_GATEWAY`].
     fn headers(&mut self, path: &str, value: Value) -> Vec<(HeaderName, HeaderValue)> {
         let Some(table) = self.table(path, value) else {
             return Vec::new();
@@ -524,6 +543,10 @@ impl Checker {
             let header = HeaderName::from_bytes(name.as_bytes());
             let value = value.as_str().map(HeaderValue::from_str);
             match (header, value) {
+                (Ok(h), _) if FRAMED_BY_THE_GATEWAY.contains(&h.as_str()) => self.error(
+                    &key,
+                    "is the gateway's to set for each request (the host, the length and framing of the body, the connection)",
+                ),
                 (Ok(h), Some(Ok(v))) => headers.push((h, v)),
                 (Err(_), _) => self.error(&key, "not a valid header name"),
                 _ => self.error(&key, "value must be a string a header can carry"),

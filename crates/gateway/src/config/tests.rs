@@ -105,7 +105,7 @@ fn every_error_with_its_key_path() {
         path = "/b"
         price_sats = 1
         upstream = "ftp://x"
-        headers = { "X-Key" = "${MISSING}" }
+        headers = { "X-Key" = "${MISSING}", "Content-Length" = "5", "transfer-encoding" = "chunked", "Host" = "x" }
         "#,
         env,
     )
@@ -113,6 +113,9 @@ fn every_error_with_its_key_path() {
     .0;
     let expected = [
         "services[1].headers.X-Key: environment variable MISSING is not set",
+        "services[1].headers.Content-Length: is the gateway's to set",
+        "services[1].headers.transfer-encoding: is the gateway's to set",
+        "services[1].headers.Host: is the gateway's to set",
         "colour: unknown field `colour`",
         "listen: \"nowhere\" is not an address",
         "test money on regtest",

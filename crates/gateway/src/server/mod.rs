@@ -566,6 +566,9 @@ async fn l402_quote(
         .unwrap_or("GET")
         .parse::<axum::http::Method>()
     {
+        Ok(method) if gate402_paywall::route::echoes_request(&method) => {
+            return bad_request("method: the gateway answers it itself (405), never sells it")
+        }
         Ok(method) => method,
         Err(_) => return bad_request("method: not an HTTP method"),
     };
