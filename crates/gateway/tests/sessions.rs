@@ -13,7 +13,7 @@ use gate402_client::Offer;
 use gate402_gateway::config::ServiceConfig;
 use gate402_gateway::{Gateway, GatewayConfig};
 use gate402_lightning::{InvoiceRequest, InvoiceStatus};
-use gate402_lightning_sandbox::http::pay_via;
+use gate402_lightning_sandbox::http::{pay_amount_via, pay_via};
 use gate402_mpp::{PaymentChallenge, PaymentCredential};
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
@@ -652,7 +652,8 @@ async fn an_idle_session_is_closed_and_refunded() {
 /// before paying (`pending`, nothing paid) is refunded; one whose refund
 /// was paid before its payer died is recorded `succeeded`, not paid again
 /// (the node is asked first); one just taken, whose payer may still be at
-/// work, is left alone.
+/// work, is left alone; one whose return invoice someone else paid (1 sat)
+/// is not taken for refunded: it stays `failed`.
 #[tokio::test]
 async fn a_refund_still_owed_is_paid_later_and_never_twice() {
     let h = Harness::start(|_| {}).await;
@@ -662,7 +663,7 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
         .unwrap()
         .as_secs();
     let mut sessions = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let (challenge, request, _) = h.challenge("/chat").await;
         let preimage = h.pay(&request).await;
         let (refund_to, refund_hash) = h.return_invoice().await;
@@ -675,9 +676,13 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
         hex::decode_to_slice(request["paymentHash"].as_str().unwrap(), &mut id).unwrap();
         sessions.push((id, refund_to, refund_hash));
     }
-    let [died_before_paying, died_after_paying, at_work] = &sessions[..] else {
+    let [died_before_paying, died_after_paying, at_work, paid_by_another] = &sessions[..] else {
         unreachable!()
     };
+    let base = format!("http://{}", h.gateway.addr());
+    pay_amount_via(&h.http, &base, &paid_by_another.1, 1_000)
+        .await
+        .unwrap();
     let backend = h.gateway.paywall().backend();
     backend
         .pay_amount(&died_after_paying.1, 8_000, 0, Duration::from_secs(5))
@@ -686,7 +691,7 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
 
     // Each closed as a replica does before it pays (the refund of the
     // second was paid, its payer died before recording it).
-    for ((id, _, _), closed_at) in sessions.iter().zip([now - 600, now - 600, now]) {
+    for ((id, _, _), closed_at) in sessions.iter().zip([now - 600, now - 600, now, now - 600]) {
         assert!(matches!(
             store.close_session(id, closed_at).await.unwrap(),
             gate402_store::Closing::Closed {
@@ -709,6 +714,7 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
         InvoiceStatus::Open
     );
     assert_eq!(status(at_work.0).await, "pending");
+    assert_eq!(status(paid_by_another.0).await, "failed");
 }
 
 /// Reads server-sent events from a response as they come: (event, data).

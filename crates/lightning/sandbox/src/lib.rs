@@ -34,6 +34,12 @@ use store::{InvoiceRow, Store};
 /// The only network the sandbox lives on.
 pub const NETWORK: Network = Network::Regtest;
 
+/// What the node's own payments are recorded as paid by (a payer over
+/// HTTP is recorded by the hash of its secret, or not at all).
+fn node_payer() -> [u8; 32] {
+    sha2::Sha256::digest(b"gate402 sandbox: the node's own payments").into()
+}
+
 /// Said wherever the sandbox shows up: in logs, in 402 bodies.
 pub const TEST_MONEY: &str = "sandbox Lightning backend: regtest invoices settled by a built-in payer; TEST MONEY, nothing of value moves";
 
@@ -177,6 +183,35 @@ impl Sandbox {
                 }
             }
             other => Ok(other),
+        }
+    }
+
+    /// Pays as the node itself (the backend's `pay` and `pay_amount`):
+    /// recorded as the node's, so that [`LightningBackend::payment_status`]
+    /// tells its own payments from those of payers over HTTP. An invoice
+    /// another payer paid first is refused, as a node's payment to a paid
+    /// invoice fails.
+    fn pay_as_node(
+        &self,
+        bolt11: &str,
+        amount_msat: Option<u64>,
+    ) -> Result<PaymentOutcome, PayError> {
+        match self.settle_with(bolt11, amount_msat, Some(node_payer())) {
+            Err(PayError::AlreadyPaid(first)) => {
+                let by_node = gate402_bolt11::Invoice::parse(bolt11)
+                    .ok()
+                    .and_then(|invoice| self.inner.store.get(&invoice.payment_hash()).ok())
+                    .flatten()
+                    .is_some_and(|row| row.payer_hash == Some(node_payer()));
+                if by_node {
+                    Err(PayError::AlreadyPaid(first))
+                } else {
+                    Err(PayError::Rejected(
+                        "the invoice was paid already, by another payer".into(),
+                    ))
+                }
+            }
+            other => other,
         }
     }
 
@@ -380,7 +415,7 @@ impl LightningBackend for Sandbox {
         _max_fee_msat: u64,
         _timeout: Duration,
     ) -> Result<PaymentOutcome, PayError> {
-        self.settle(bolt11)
+        self.pay_as_node(bolt11, None)
     }
 
     async fn pay_amount(
@@ -390,16 +425,20 @@ impl LightningBackend for Sandbox {
         _max_fee_msat: u64,
         _timeout: Duration,
     ) -> Result<PaymentOutcome, PayError> {
-        self.settle_amount(bolt11, amount_msat)
+        self.pay_as_node(bolt11, Some(amount_msat))
     }
 
+    /// The node's own payments only, as a node's list of what it sent: an
+    /// invoice someone else paid was not paid by this node.
     async fn payment_status(&self, hash: &PaymentHash) -> Result<PaymentStatus, LightningError> {
         Ok(match self.inner.store.get(hash).map_err(backend)? {
-            Some(row) if row.settled_at.is_some() => PaymentStatus::Succeeded(PaymentOutcome {
-                preimage: row.preimage,
-                fee_msat: 0,
-                amount_msat: row.received_msat(),
-            }),
+            Some(row) if row.settled_at.is_some() && row.payer_hash == Some(node_payer()) => {
+                PaymentStatus::Succeeded(PaymentOutcome {
+                    preimage: row.preimage,
+                    fee_msat: 0,
+                    amount_msat: row.received_msat(),
+                })
+            }
             _ => PaymentStatus::Unknown,
         })
     }
