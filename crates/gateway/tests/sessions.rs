@@ -717,6 +717,54 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
     assert_eq!(status(paid_by_another.0).await, "failed");
 }
 
+/// A bearer request with an `Idempotency-Key` is answered again from its
+/// kept response later, as through the other doors: the upstream acts
+/// once, the balance is charged once. (Kept until the session
+/// credential's end, which it has not, the response was gone within a
+/// second and the retry got `409`.)
+#[tokio::test]
+async fn a_bearer_request_with_an_idempotency_key_is_replayed_later() {
+    let h = Harness::start(|services| {
+        let mut counted = balance("counted", "/counted", 2, 5, "http://127.0.0.1:9");
+        counted.upstream = services[0].upstream.clone();
+        services.push(counted);
+    })
+    .await;
+    let (challenge, request, _) = h.challenge("/counted").await;
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    assert_eq!(
+        h.send("/counted", &challenge, open).await.status(),
+        StatusCode::OK
+    );
+    let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
+    let credential = gate402_mpp::credential::to_authorization(&PaymentCredential::new(
+        challenge.to_echo(),
+        bearer,
+    ));
+    let post = || {
+        h.http
+            .post(h.url("/counted"))
+            .header(AUTHORIZATION, &credential)
+            .header("idempotency-key", "\"k1\"")
+            .body("send it")
+            .send()
+    };
+    let before = COUNTED_RUNS.load(Ordering::SeqCst);
+    assert_eq!(post().await.unwrap().status(), StatusCode::OK);
+    // 10 sat deposited: 2 for the open's request, 2 for this one.
+    assert_eq!(h.balance_once(&session, 6_000).await, 6_000);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let again = post().await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(COUNTED_RUNS.load(Ordering::SeqCst), before + 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.balance_once(&session, 6_000).await, 6_000);
+}
+
 /// Reads server-sent events from a response as they come: (event, data).
 struct Events {
     stream: std::pin::Pin<

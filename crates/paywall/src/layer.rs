@@ -671,9 +671,13 @@ impl Paywall {
                 .single_use
                 .then(|| ClaimKey::payment(&verified.payment_hash)),
         };
+        // The key of a kept response is remembered as long as the response.
+        let claim_ends = keep.as_ref().map_or(verified.expires_at, |k| {
+            k.expires_at.max(verified.expires_at)
+        });
         let claim = match claim_key {
             None => None,
-            Some(claim_key) => match self.claim_under(&claim_key, &verified).await {
+            Some(claim_key) => match self.claim_under(&claim_key, &verified, claim_ends).await {
                 Ok(claim) => Some(claim),
                 Err(ClaimError::Store(e)) => {
                     tracing::error!(error = %e, "store: cannot claim a payment");
@@ -863,13 +867,16 @@ impl Paywall {
         } else {
             ClaimKey::idempotent(&verified.payment_hash, &key)
         };
+        // Never past the end of the credential: it cannot be presented
+        // for the replay then. A session's has no end of its own (0): it is
+        // refused once the session closes.
+        let ends = match verified.expires_at {
+            0 => u64::MAX,
+            at => at.max(now),
+        };
         let keep = Keep {
             fingerprint: idempotency::fingerprint(request.method(), request.uri(), &body),
-            // Never past the end of the credential: it cannot be presented
-            // for the replay then.
-            expires_at: now
-                .saturating_add(config.keep_for.as_secs())
-                .min(verified.expires_at.max(now)),
+            expires_at: now.saturating_add(config.keep_for.as_secs()).min(ends),
             claim_key,
             key,
         };

@@ -563,27 +563,29 @@ impl Paywall {
     /// [`ClaimError`]: spent, in use by another request, or the store
     /// cannot answer.
     pub async fn claim(&self, verified: &Verified) -> Result<Claim, ClaimError> {
-        self.claim_under(&ClaimKey::payment(&verified.payment_hash), verified)
-            .await
+        self.claim_under(
+            &ClaimKey::payment(&verified.payment_hash),
+            verified,
+            verified.expires_at,
+        )
+        .await
     }
 
-    /// [`Paywall::claim`] under `key`: the payment's, or one made for an
-    /// `Idempotency-Key` under a pass.
+    /// [`Paywall::claim`] under `key` (the payment's, or one made for an
+    /// `Idempotency-Key` under a pass or a balance), remembered until
+    /// `expires_at` (unix seconds).
     pub(crate) async fn claim_under(
         &self,
         key: &ClaimKey,
         verified: &Verified,
+        expires_at: u64,
     ) -> Result<Claim, ClaimError> {
         // Claims keyed by challenge id predate claims keyed by payment.
         let legacy_id = key
             .is_payment()
             .then_some(verified.challenge_id.as_deref())
             .flatten();
-        let result = self
-            .inner
-            .claims
-            .claim(key, verified.expires_at, legacy_id)
-            .await;
+        let result = self.inner.claims.claim(key, expires_at, legacy_id).await;
         if matches!(result, Err(ClaimError::Consumed | ClaimError::InFlight)) {
             self.inner.metrics.rejected("replayed-credential");
         }
