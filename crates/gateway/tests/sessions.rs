@@ -29,6 +29,8 @@ struct Harness {
 static BROKEN_RUNS: AtomicUsize = AtomicUsize::new(0);
 /// Requests the upstream's `/counted` answered.
 static COUNTED_RUNS: AtomicUsize = AtomicUsize::new(0);
+/// Requests the upstream's `/kept` answered.
+static KEPT_RUNS: AtomicUsize = AtomicUsize::new(0);
 
 /// The `Accept-Encoding` the upstream's `/stream/gzip` was sent.
 static STREAM_ENCODINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -106,6 +108,13 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
             "/counted",
             any(|| async {
                 COUNTED_RUNS.fetch_add(1, Ordering::SeqCst);
+                "an answer"
+            }),
+        )
+        .route(
+            "/kept",
+            any(|| async {
+                KEPT_RUNS.fetch_add(1, Ordering::SeqCst);
                 "an answer"
             }),
         )
@@ -725,18 +734,18 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
 #[tokio::test]
 async fn a_bearer_request_with_an_idempotency_key_is_replayed_later() {
     let h = Harness::start(|services| {
-        let mut counted = balance("counted", "/counted", 2, 5, "http://127.0.0.1:9");
-        counted.upstream = services[0].upstream.clone();
-        services.push(counted);
+        let mut kept = balance("kept", "/kept", 2, 5, "http://127.0.0.1:9");
+        kept.upstream = services[0].upstream.clone();
+        services.push(kept);
     })
     .await;
-    let (challenge, request, _) = h.challenge("/counted").await;
+    let (challenge, request, _) = h.challenge("/kept").await;
     let preimage = h.pay(&request).await;
     let session = request["paymentHash"].as_str().unwrap().to_owned();
     let (refund_to, _) = h.return_invoice().await;
     let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
     assert_eq!(
-        h.send("/counted", &challenge, open).await.status(),
+        h.send("/kept", &challenge, open).await.status(),
         StatusCode::OK
     );
     let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
@@ -746,13 +755,13 @@ async fn a_bearer_request_with_an_idempotency_key_is_replayed_later() {
     ));
     let post = || {
         h.http
-            .post(h.url("/counted"))
+            .post(h.url("/kept"))
             .header(AUTHORIZATION, &credential)
             .header("idempotency-key", "\"k1\"")
             .body("send it")
             .send()
     };
-    let before = COUNTED_RUNS.load(Ordering::SeqCst);
+    let before = KEPT_RUNS.load(Ordering::SeqCst);
     assert_eq!(post().await.unwrap().status(), StatusCode::OK);
     // 10 sat deposited: 2 for the open's request, 2 for this one.
     assert_eq!(h.balance_once(&session, 6_000).await, 6_000);
@@ -760,9 +769,47 @@ async fn a_bearer_request_with_an_idempotency_key_is_replayed_later() {
     let again = post().await.unwrap();
     assert_eq!(again.status(), StatusCode::OK);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
-    assert_eq!(COUNTED_RUNS.load(Ordering::SeqCst), before + 1);
+    assert_eq!(KEPT_RUNS.load(Ordering::SeqCst), before + 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.balance_once(&session, 6_000).await, 6_000);
+}
+
+/// Another service's challenge reaches no session of this one, whatever
+/// the action: a top-up paid on `flaky` is not credited to a `chat`
+/// session (and stays unspent), and a close through `flaky` closes
+/// nothing.
+#[tokio::test]
+async fn another_services_challenge_tops_up_and_closes_no_session() {
+    let h = Harness::start(|_| {}).await;
+    let (challenge, request, _) = h.challenge("/chat").await;
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    assert_eq!(
+        h.send("/chat", &challenge, open).await.status(),
+        StatusCode::OK
+    );
+    let (other, other_request, _) = h.challenge("/flaky").await;
+    let top_up_preimage = h.pay(&other_request).await;
+    let top_up = json!({"action": "topUp", "sessionId": session, "topUpPreimage": top_up_preimage});
+    assert_eq!(
+        problem(h.send("/flaky", &other, top_up).await).await,
+        lightning("session-not-found")
+    );
+    let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
+    assert_eq!(
+        problem(h.send("/flaky", &other, close.clone()).await).await,
+        lightning("session-not-found")
+    );
+    assert_eq!(h.balance_once(&session, 8_000).await, 8_000);
+    let closed: Value = h
+        .send("/chat", &challenge, close)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(closed["refundSats"], 8, "{closed}");
 }
 
 /// Reads server-sent events from a response as they come: (event, data).

@@ -378,7 +378,7 @@ impl Paywall {
                 session_id: id,
                 preimage,
             } => match session_id(&id) {
-                Some(id) if proves(&preimage, &id) => self.close(id).await,
+                Some(id) if proves(&preimage, &id) => self.close(service, id).await,
                 _ => refuse(
                     ProblemType::LightningInvalidPreimage,
                     "the preimage does not prove this session",
@@ -575,6 +575,9 @@ impl Paywall {
         deposit_sats: u64,
         challenge_id: Option<&str>,
     ) -> Step {
+        if let Err(step) = self.of_service(service, &id).await {
+            return step;
+        }
         let credited = self
             .store()
             .top_up(&id, &hash, deposit_sats.saturating_mul(1000), unix_now())
@@ -610,7 +613,27 @@ impl Paywall {
         Step::Halt(Halt::Answer(answer(json!({"status": "ok"}), &receipt)))
     }
 
-    async fn close(&self, id: [u8; 32]) -> Step {
+    /// Whether session `id` was opened on `service`: another service's
+    /// requests, through either door and whatever the action, find no
+    /// such session.
+    async fn of_service(&self, service: &PricedService, id: &[u8; 32]) -> Result<(), Step> {
+        match self.store().session(id).await {
+            Ok(Some(session)) if session.service == service.name => Ok(()),
+            Ok(_) => Err(refuse(
+                ProblemType::LightningSessionNotFound,
+                "no session has this id",
+            )),
+            Err(e) => {
+                tracing::error!(error = %e, "store: cannot read a session");
+                Err(Step::Halt(Halt::Answer(responses::payment_unavailable())))
+            }
+        }
+    }
+
+    async fn close(&self, service: &PricedService, id: [u8; 32]) -> Step {
+        if let Err(step) = self.of_service(service, &id).await {
+            return step;
+        }
         let (refund_sats, status) = match self.store().close_session(&id, unix_now()).await {
             Ok(Closing::Closed {
                 refund_msat,
