@@ -83,6 +83,15 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
         )
         .route("/stream/gzip-always", any(|| async { event_stream(true) }))
         .route(
+            "/failing/stream",
+            any(|| async {
+                use axum::response::IntoResponse;
+                let mut failed = event_stream(false);
+                *failed.status_mut() = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                failed.into_response()
+            }),
+        )
+        .route(
             "/complete/late-usage",
             any(|| async {
                 use futures_util::StreamExt;
@@ -958,6 +967,49 @@ async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
         closed,
         json!({"status": "closed", "refundSats": 0, "refundStatus": "skipped"})
     );
+}
+
+/// An event stream a failing upstream (a 5xx) sends is charged per event
+/// all the same, past the first: the request's own debit is given back
+/// (pay for success), but its events are content. (Passed on unmetered,
+/// a 3-sat deposit bought any number of such streams.)
+#[tokio::test]
+async fn a_failing_upstreams_event_stream_is_charged_per_event() {
+    let h = Harness::start(|services| {
+        let mut failing = balance("failing", "/failing/stream", 1, 3, "http://127.0.0.1:9");
+        failing.upstream = services[0].upstream.clone();
+        failing.priced.meter = gate402_gateway::config::Meter::Events;
+        failing.priced.topup_wait_secs = 1;
+        services.push(failing);
+    })
+    .await;
+    let (challenge, request, _) = h.challenge("/failing/stream").await;
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    let answer = h.send("/failing/stream", &challenge, open).await;
+    assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let mut events = Events::of(answer);
+    let mut names = Vec::new();
+    while let Some((name, _)) = events.next().await {
+        names.push(name);
+    }
+    // The first event free, three charged: the deposit.
+    let messages = names.iter().filter(|n| *n == "message").count();
+    assert_eq!(messages, 4, "{names:?}");
+    assert!(
+        names.contains(&"payment-need-topup".to_owned()),
+        "{names:?}"
+    );
+    let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
+    let closed: Value = h
+        .send("/failing/stream", &challenge, close)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(closed["refundSats"], 0, "{closed}");
 }
 
 /// What a token's holder appends cannot change the deposit it names, and a

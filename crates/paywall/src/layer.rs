@@ -929,6 +929,34 @@ impl Paywall {
     /// Calls the wrapped service for a verified payment; on success adds
     /// the receipt and hands the claim to the body.
     #[allow(clippy::too_many_arguments)]
+    /// An event stream from a balance, charged per event as it passes
+    /// ([`Metered`]); `paid_first` (the request's own debit, or nothing
+    /// when it was given back) is kept until the stream ends.
+    fn metered<B, G>(
+        &self,
+        service: &PricedService,
+        verified: &Verified,
+        mut parts: http::response::Parts,
+        body: B,
+        paid_first: G,
+    ) -> Response<PaywallBody<B>>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        G: Send + 'static,
+    {
+        let metered = Metered {
+            paywall: self.clone(),
+            session: verified.payment_hash,
+            service: service.name.clone(),
+            price_sats: service.price_sats,
+            topup_wait: std::time::Duration::from_secs(service.topup_wait_secs),
+        };
+        // Its length is the meter's to decide now.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+        let rx = metered.start(body, paid_first);
+        Response::from_parts(parts, PaywallBody::metered(MeteredBody { rx }))
+    }
+
     async fn serve<S, ReqBody, ResBody>(
         &self,
         service: &PricedService,
@@ -973,6 +1001,9 @@ impl Paywall {
             return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
         }
         if response.status().is_server_error() {
+            let metered = spend.hold.is_some()
+                && service.meter == Meter::Events
+                && meter::is_event_stream(response.headers());
             let unspent = spend.fail().await;
             tracing::warn!(
                 service = %service.name,
@@ -981,6 +1012,13 @@ impl Paywall {
                 unspent,
                 "upstream failed; the payment stays unspent unless it failed on it too often"
             );
+            if metered {
+                // The request's own debit is given back, but the events a
+                // failing upstream streams are content all the same: each
+                // after the first is charged, as in any stream.
+                let (parts, body) = response.into_parts();
+                return Ok(self.metered(service, verified, parts, body, ()));
+            }
             return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
         }
         if reads_body && is_encoded(response.headers()) {
@@ -1033,20 +1071,7 @@ impl Paywall {
             && service.meter == Meter::Events
             && meter::is_event_stream(&parts.headers)
         {
-            let metered = Metered {
-                paywall: self.clone(),
-                session: verified.payment_hash,
-                service: service.name.clone(),
-                price_sats: service.price_sats,
-                topup_wait: std::time::Duration::from_secs(service.topup_wait_secs),
-            };
-            // Its length is the meter's to decide now.
-            parts.headers.remove(http::header::CONTENT_LENGTH);
-            let rx = metered.start(body, spend);
-            return Ok(Response::from_parts(
-                parts,
-                PaywallBody::metered(MeteredBody { rx }),
-            ));
+            return Ok(self.metered(service, verified, parts, body, spend));
         }
         let scan = match (usage_field, units) {
             (Some(pointer), Some(units)) => Some(UsageScan::new(
