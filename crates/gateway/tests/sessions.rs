@@ -783,6 +783,51 @@ async fn a_bearer_request_with_an_idempotency_key_is_replayed_later() {
     assert_eq!(h.balance_once(&session, 6_000).await, 6_000);
 }
 
+/// A session is spent at the unit price it was opened at: the operator
+/// raising the service's price (to 7 sat) or lowering it (to 1) changes
+/// what new sessions pay, not open ones. (A bearer request was charged the
+/// amount of whichever challenge it echoed: 7 after agreeing to 2, or 1.)
+#[tokio::test]
+async fn a_session_is_spent_at_the_price_it_was_opened_at() {
+    let configured = std::sync::Mutex::new(Vec::new());
+    let h = Harness::start(|services| *configured.lock().unwrap() = services.clone()).await;
+    let (challenge, request, _) = h.challenge("/chat").await;
+    assert_eq!(request["amount"], "2");
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    assert_eq!(
+        h.send("/chat", &challenge, open).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(h.balance_once(&session, 8_000).await, 8_000);
+    let mut raised = configured.into_inner().unwrap();
+    raised[0].priced.price_sats = 7;
+    h.gateway.services_handle().set(&raised).unwrap();
+    // Whichever challenge of the service a bearer request echoes (a
+    // bearer names the session only): here a fresh one, at 7.
+    let (fresh, offered, _) = h.challenge("/chat").await;
+    assert_eq!(offered["amount"], "7");
+    let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
+    assert_eq!(
+        h.send("/chat", &fresh, bearer.clone()).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(h.balance_once(&session, 6_000).await, 6_000);
+    // And lowered, the open session still spends 2 (an old challenge at 2
+    // or a fresh one at 1 alike).
+    let mut lowered = raised.clone();
+    lowered[0].priced.price_sats = 1;
+    h.gateway.services_handle().set(&lowered).unwrap();
+    let (fresh, _, _) = h.challenge("/chat").await;
+    assert_eq!(
+        h.send("/chat", &fresh, bearer).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(h.balance_once(&session, 4_000).await, 4_000);
+}
+
 /// Another service's challenge reaches no session of this one, whatever
 /// the action: a top-up paid on `flaky` is not credited to a `chat`
 /// session (and stays unspent), and a close through `flaky` closes

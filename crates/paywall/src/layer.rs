@@ -631,7 +631,7 @@ impl Paywall {
         };
         // Paid at least this request's price (a dynamic price), and
         // counted at what it paid.
-        let service = match self.paid_for(&service, scheme, &value, &verified).await {
+        let mut service = match self.paid_for(&service, scheme, &value, &verified).await {
             Ok(service) => service,
             Err(Ok(refusal)) => {
                 // What it was answered when it paid the price then is its
@@ -708,6 +708,20 @@ impl Paywall {
         };
         // Spent after the kept response was looked for: a replay spends
         // nothing.
+        if from_balance {
+            service = match self
+                .at_session_price(&service, &verified.payment_hash)
+                .await
+            {
+                Ok(priced) => priced,
+                Err(halt) => {
+                    drop(claim);
+                    return Ok(own(self
+                        .halt_answer(halt, &service, &mut request, client)
+                        .await));
+                }
+            };
+        }
         let hold = if from_balance {
             match self.debit(&service, &verified.payment_hash).await {
                 Ok(hold) => Some(hold),

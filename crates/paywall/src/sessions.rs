@@ -329,8 +329,18 @@ impl Paywall {
                 ) {
                     return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string());
                 }
+                // At the unit price the client was offered (bound by the
+                // challenge's id), whatever the service's price now.
+                let unit = request.unit_sats().unwrap_or(service.price_sats);
                 let opened = self
-                    .open(service, hash, deposit, Some(return_invoice), "Payment")
+                    .open(
+                        service,
+                        hash,
+                        deposit,
+                        unit,
+                        Some(return_invoice),
+                        "Payment",
+                    )
                     .await;
                 match opened {
                     Ok(()) => Step::Spend(spending(hash, challenge_id)),
@@ -409,7 +419,8 @@ impl Paywall {
             Ok(Some(_)) => Ok(()),
             Ok(None) => {
                 self.deposit_paid(&id, deposit_sats).await?;
-                self.open(service, id, deposit_sats, None, "L402").await
+                self.open(service, id, deposit_sats, service.price_sats, None, "L402")
+                    .await
             }
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot look up a session");
@@ -455,11 +466,14 @@ impl Paywall {
         }
     }
 
+    /// Opens session `id` on `service` with a deposit, spent at
+    /// `unit_sats` a unit.
     async fn open(
         &self,
         service: &PricedService,
         id: [u8; 32],
         deposit_sats: u64,
+        unit_sats: u64,
         return_invoice: Option<String>,
         scheme: &'static str,
     ) -> Result<(), Halt> {
@@ -479,6 +493,7 @@ impl Paywall {
                 deposit_msat: deposit_sats.saturating_mul(1000),
                 return_invoice,
                 idle_secs,
+                unit_msat: unit_sats.saturating_mul(1000),
                 now: unix_now(),
             })
             .await;
@@ -506,6 +521,31 @@ impl Paywall {
     ///
     /// The step to answer with: not enough left, closed, unknown, or the
     /// store out of reach.
+    /// `service` as session `id` is spent: at the unit price it was
+    /// opened at (a session opened before that was recorded, at the
+    /// service's price).
+    ///
+    /// # Errors
+    ///
+    /// A 503 answer when the store cannot say.
+    pub(crate) async fn at_session_price(
+        &self,
+        service: &Arc<PricedService>,
+        id: &[u8; 32],
+    ) -> Result<Arc<PricedService>, Halt> {
+        let unit_msat = match self.store().session(id).await {
+            Ok(session) => session.and_then(|s| s.unit_msat),
+            Err(e) => {
+                tracing::error!(error = %e, "store: cannot read a session");
+                return Err(Halt::Answer(responses::payment_unavailable()));
+            }
+        };
+        Ok(match unit_msat.map(|msat| msat / 1000) {
+            Some(unit) if unit != service.price_sats => crate::pricing::at_price(service, unit),
+            _ => service.clone(),
+        })
+    }
+
     pub(crate) async fn debit(&self, service: &PricedService, id: &[u8; 32]) -> Result<Hold, Halt> {
         let holder = ClaimHolder {
             replica: self.inner.claims.replica().to_owned(),
@@ -872,6 +912,7 @@ mod tests {
                 deposit_msat: 10_000,
                 return_invoice: None,
                 idle_secs: 600,
+                unit_msat: 2_000,
                 now: unix_now(),
             })
             .await

@@ -107,6 +107,10 @@ pub struct SessionRecord {
     pub idle_secs: u64,
     /// When it was last opened, spent from or topped up (unix seconds).
     pub last_used_at: u64,
+    /// The price of one unit it was opened at (msat): what each request
+    /// or event spends from it, whatever the service's price later.
+    /// `None` for a session opened before it was recorded.
+    pub unit_msat: Option<u64>,
     /// Set once it is closed.
     pub closed: Option<ClosedSession>,
 }
@@ -143,6 +147,8 @@ pub struct NewSession {
     pub return_invoice: Option<String>,
     /// Its idle timeout (seconds).
     pub idle_secs: u64,
+    /// The price of one unit (msat), as the client was offered it.
+    pub unit_msat: u64,
     /// Now (unix seconds).
     pub now: u64,
 }

@@ -183,6 +183,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sessions ADD COLUMN refund_taken_at BIGINT;
      CREATE INDEX sessions_refund_owed ON sessions ((coalesce(refund_taken_at, closed_at)))
          WHERE refund_status IN ('pending', 'failed');",
+    // The unit price a session was opened at: spent at it whatever the
+    // service's price later.
+    "ALTER TABLE sessions ADD COLUMN unit_msat BIGINT;",
 ];
 
 /// A session row, if there is one.
@@ -191,7 +194,7 @@ async fn read_session(
     id: &[u8; 32],
 ) -> Result<Option<SessionRecord>, StoreError> {
     let row = sqlx::query(
-        "SELECT service, deposit_msat, spent_msat, return_invoice, idle_secs, last_used_at, closed_at, refund_msat, refund_status
+        "SELECT service, deposit_msat, spent_msat, return_invoice, idle_secs, last_used_at, closed_at, refund_msat, refund_status, unit_msat
          FROM sessions WHERE id = $1",
     )
     .bind(&id[..])
@@ -208,6 +211,7 @@ async fn read_session(
             return_invoice: r.try_get(3)?,
             idle_secs: r.try_get::<i64, _>(4)? as u64,
             last_used_at: r.try_get::<i64, _>(5)? as u64,
+            unit_msat: r.try_get::<Option<i64>, _>(9)?.map(|u| u as u64),
             closed: match closed_at {
                 None => None,
                 Some(at) => Some(ClosedSession {
@@ -1001,8 +1005,8 @@ impl Store for PostgresStore {
             return Ok(known.map_or(Opened::DepositSpent, Opened::Existing));
         }
         sqlx::query(
-            "INSERT INTO sessions (id, service, deposit_msat, return_invoice, idle_secs, last_used_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO sessions (id, service, deposit_msat, return_invoice, idle_secs, last_used_at, unit_msat)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&n.id[..])
         .bind(&n.service)
@@ -1010,6 +1014,7 @@ impl Store for PostgresStore {
         .bind(&n.return_invoice)
         .bind(n.idle_secs as i64)
         .bind(n.now as i64)
+        .bind(n.unit_msat as i64)
         .execute(&mut *tx)
         .await
         .map_err(db)?;

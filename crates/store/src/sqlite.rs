@@ -167,6 +167,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sessions ADD COLUMN refund_taken_at INTEGER;
      CREATE INDEX sessions_refund_owed ON sessions (coalesce(refund_taken_at, closed_at))
          WHERE refund_status IN ('pending', 'failed');",
+    // The unit price a session was opened at: spent at it whatever the
+    // service's price later.
+    "ALTER TABLE sessions ADD COLUMN unit_msat INTEGER;",
 ];
 
 /// A session row, if there is one.
@@ -183,7 +186,7 @@ fn take_debit(c: &Connection, holder: &ClaimHolder) -> rusqlite::Result<Option<(
 
 fn read_session(c: &Connection, id: &[u8; 32]) -> rusqlite::Result<Option<SessionRecord>> {
     c.prepare_cached(
-        "SELECT service, deposit_msat, spent_msat, return_invoice, idle_secs, last_used_at, closed_at, refund_msat, refund_status FROM sessions WHERE id = ?1",
+        "SELECT service, deposit_msat, spent_msat, return_invoice, idle_secs, last_used_at, closed_at, refund_msat, refund_status, unit_msat FROM sessions WHERE id = ?1",
     )?
     .query_row([&id[..]], |r| {
         let closed_at: Option<i64> = r.get(6)?;
@@ -195,6 +198,7 @@ fn read_session(c: &Connection, id: &[u8; 32]) -> rusqlite::Result<Option<Sessio
             return_invoice: r.get(3)?,
             idle_secs: r.get::<_, i64>(4)? as u64,
             last_used_at: r.get::<_, i64>(5)? as u64,
+            unit_msat: r.get::<_, Option<i64>>(9)?.map(|u| u as u64),
             closed: match closed_at {
                 None => None,
                 Some(at) => Some(ClosedSession {
@@ -1065,7 +1069,7 @@ impl Store for SqliteStore {
                 return Ok(Opened::Existing(known));
             }
             c.prepare_cached(
-                "INSERT INTO sessions (id, service, deposit_msat, return_invoice, idle_secs, last_used_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO sessions (id, service, deposit_msat, return_invoice, idle_secs, last_used_at, unit_msat) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 &n.id[..],
@@ -1073,7 +1077,8 @@ impl Store for SqliteStore {
                 n.deposit_msat as i64,
                 n.return_invoice,
                 n.idle_secs as i64,
-                n.now as i64
+                n.now as i64,
+                n.unit_msat as i64
             ])?;
             c.prepare_cached(
                 "INSERT INTO session_credits (payment_hash, session, amount_msat, at) VALUES (?1, ?1, ?2, ?3)",

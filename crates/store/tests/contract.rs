@@ -485,6 +485,7 @@ fn new_session(id: u8, deposit_msat: u64, return_invoice: Option<&str>) -> NewSe
         deposit_msat,
         return_invoice: return_invoice.map(str::to_owned),
         idle_secs: 300,
+        unit_msat: 1_000,
         now: 1_000,
     }
 }
@@ -563,6 +564,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     assert!(matches!(again, Opened::Existing(s) if s.deposit_msat == 10_000));
     let session = a.session(&[60; 32]).await.unwrap().unwrap();
     assert_eq!(session.return_invoice.as_deref(), Some("lnbcrt1refund"));
+    assert_eq!(session.unit_msat, Some(1_000));
     assert_eq!(
         a.debit(&[60; 32], "chat", 4_000, &r1, 1_001).await.unwrap(),
         Debit::Done {
