@@ -940,9 +940,6 @@ impl Paywall {
         }
     }
 
-    /// Calls the wrapped service for a verified payment; on success adds
-    /// the receipt and hands the claim to the body.
-    #[allow(clippy::too_many_arguments)]
     /// An event stream from a balance, charged per event as it passes
     /// ([`Metered`]); `paid_first` (the request's own debit, or nothing
     /// when it was given back) is kept until the stream ends.
@@ -971,6 +968,9 @@ impl Paywall {
         Response::from_parts(parts, PaywallBody::metered(MeteredBody { rx }))
     }
 
+    /// Calls the wrapped service for a verified payment; on success adds
+    /// the receipt and hands the claim to the body.
+    #[allow(clippy::too_many_arguments)]
     async fn serve<S, ReqBody, ResBody>(
         &self,
         service: &PricedService,
