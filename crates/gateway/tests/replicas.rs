@@ -209,6 +209,22 @@ async fn connections_the_server_closed_are_replaced_without_failing_a_request() 
     gateway.shutdown().await.unwrap();
 }
 
+/// A gateway on a data dir of its own, and a copy of that data dir's
+/// replica name (`replica_id`) in another.
+async fn started_with_a_copy(
+    config: &gate402_gateway::GatewayConfig,
+) -> (Gateway, tempfile::TempDir, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let original = Gateway::start(config, dir.path()).await.unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join("replica_id"),
+        copy.path().join("replica_id"),
+    )
+    .unwrap();
+    (original, dir, copy)
+}
+
 /// A copy of a replica's data dir (its `replica_id` with it) does not run
 /// beside the original on one store: at its start it would release the
 /// claims of the requests the original is serving. Once the original is
@@ -217,14 +233,7 @@ async fn connections_the_server_closed_are_replaced_without_failing_a_request() 
 async fn a_copied_data_dir_does_not_run_beside_its_original() {
     let postgres = TestPostgres::start().await;
     let config = demo_on(&postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let original = Gateway::start(&config, dir.path()).await.unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.path().join("replica_id"),
-        copy.path().join("replica_id"),
-    )
-    .unwrap();
+    let (original, _dir, copy) = started_with_a_copy(&config).await;
     let refused = Gateway::start(&config, copy.path())
         .await
         .err()
@@ -248,14 +257,7 @@ async fn a_copied_data_dir_does_not_run_beside_its_original() {
 async fn a_replica_name_the_server_let_go_is_taken_again() {
     let postgres = TestPostgres::start().await;
     let config = demo_on(&postgres).await;
-    let dir = tempfile::tempdir().unwrap();
-    let original = Gateway::start(&config, dir.path()).await.unwrap();
-    let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.path().join("replica_id"),
-        copy.path().join("replica_id"),
-    )
-    .unwrap();
+    let (original, _dir, copy) = started_with_a_copy(&config).await;
     let drop_name = || {
         let dropped = postgres.sql(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \

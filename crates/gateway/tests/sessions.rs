@@ -356,6 +356,28 @@ impl Harness {
         (created.bolt11, created.payment_hash)
     }
 
+    /// A session opened on `path` with a fresh return invoice (answered
+    /// 200): its challenge, its id (hex), its preimage, and the return
+    /// invoice with its payment hash.
+    async fn open_session(&self, path: &str) -> OpenSession {
+        let (challenge, request, _) = self.challenge(path).await;
+        let preimage = self.pay(&request).await;
+        let session = request["paymentHash"].as_str().unwrap().to_owned();
+        let (refund_to, refund_hash) = self.return_invoice().await;
+        let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+        assert_eq!(
+            self.send(path, &challenge, open).await.status(),
+            StatusCode::OK
+        );
+        OpenSession {
+            challenge,
+            session,
+            preimage,
+            refund_to,
+            refund_hash,
+        }
+    }
+
     /// The statuses of `n` GETs of `path` with `authorization`, in turn.
     async fn statuses(&self, path: &str, authorization: &str, n: usize) -> Vec<u16> {
         let mut statuses = Vec::new();
@@ -389,6 +411,15 @@ impl Harness {
             .await
             .unwrap()
     }
+}
+
+/// What [`Harness::open_session`] opened.
+struct OpenSession {
+    challenge: PaymentChallenge,
+    session: String,
+    preimage: String,
+    refund_to: String,
+    refund_hash: [u8; 32],
 }
 
 /// A paid 402: its offer, the payment, the L402 credential, and the
@@ -635,15 +666,13 @@ async fn a_balance_buys_a_bounded_number_of_failed_runs() {
 #[tokio::test]
 async fn an_idle_session_is_closed_and_refunded() {
     let h = Harness::start(|services| services[0].priced.session_idle_secs = 1).await;
-    let (challenge, request, _) = h.challenge("/chat").await;
-    let preimage = h.pay(&request).await;
-    let session = request["paymentHash"].as_str().unwrap().to_owned();
-    let (refund_to, refund_hash) = h.return_invoice().await;
-    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
-    assert_eq!(
-        h.send("/chat", &challenge, open).await.status(),
-        StatusCode::OK
-    );
+    let OpenSession {
+        challenge,
+        session,
+        preimage,
+        refund_hash,
+        ..
+    } = h.open_session("/chat").await;
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     h.gateway.paywall().close_idle_sessions().await;
     h.assert_refunded(&refund_hash, 8_000).await;
@@ -682,17 +711,10 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
         .as_secs();
     let mut sessions = Vec::new();
     for _ in 0..4 {
-        let (challenge, request, _) = h.challenge("/chat").await;
-        let preimage = h.pay(&request).await;
-        let (refund_to, refund_hash) = h.return_invoice().await;
-        let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
-        assert_eq!(
-            h.send("/chat", &challenge, open).await.status(),
-            StatusCode::OK
-        );
+        let opened = h.open_session("/chat").await;
         let mut id = [0u8; 32];
-        hex::decode_to_slice(request["paymentHash"].as_str().unwrap(), &mut id).unwrap();
-        sessions.push((id, refund_to, refund_hash));
+        hex::decode_to_slice(&opened.session, &mut id).unwrap();
+        sessions.push((id, opened.refund_to, opened.refund_hash));
     }
     let [died_before_paying, died_after_paying, at_work, paid_by_another] = &sessions[..] else {
         unreachable!()
@@ -748,15 +770,12 @@ async fn a_bearer_request_with_an_idempotency_key_is_replayed_later() {
         services.push(kept);
     })
     .await;
-    let (challenge, request, _) = h.challenge("/kept").await;
-    let preimage = h.pay(&request).await;
-    let session = request["paymentHash"].as_str().unwrap().to_owned();
-    let (refund_to, _) = h.return_invoice().await;
-    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
-    assert_eq!(
-        h.send("/kept", &challenge, open).await.status(),
-        StatusCode::OK
-    );
+    let OpenSession {
+        challenge,
+        session,
+        preimage,
+        ..
+    } = h.open_session("/kept").await;
     let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
     let credential = gate402_mpp::credential::to_authorization(&PaymentCredential::new(
         challenge.to_echo(),
@@ -835,15 +854,12 @@ async fn a_session_is_spent_at_the_price_it_was_opened_at() {
 #[tokio::test]
 async fn another_services_challenge_tops_up_and_closes_no_session() {
     let h = Harness::start(|_| {}).await;
-    let (challenge, request, _) = h.challenge("/chat").await;
-    let preimage = h.pay(&request).await;
-    let session = request["paymentHash"].as_str().unwrap().to_owned();
-    let (refund_to, _) = h.return_invoice().await;
-    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
-    assert_eq!(
-        h.send("/chat", &challenge, open).await.status(),
-        StatusCode::OK
-    );
+    let OpenSession {
+        challenge,
+        session,
+        preimage,
+        ..
+    } = h.open_session("/chat").await;
     let (other, other_request, _) = h.challenge("/flaky").await;
     let top_up_preimage = h.pay(&other_request).await;
     let top_up = json!({"action": "topUp", "sessionId": session, "topUpPreimage": top_up_preimage});
@@ -1373,15 +1389,13 @@ async fn a_metered_stream_is_never_passed_on_encoded() {
 #[tokio::test]
 async fn the_operator_closes_a_session_and_its_balance_is_refunded_once() {
     let h = Harness::start(|_| {}).await;
-    let (challenge, request, _) = h.challenge("/chat").await;
-    let preimage = h.pay(&request).await;
-    let session = request["paymentHash"].as_str().unwrap().to_owned();
-    let (refund_to, refund_hash) = h.return_invoice().await;
-    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
-    assert_eq!(
-        h.send("/chat", &challenge, open).await.status(),
-        StatusCode::OK
-    );
+    let OpenSession {
+        challenge,
+        session,
+        preimage,
+        refund_hash,
+        ..
+    } = h.open_session("/chat").await;
 
     let admin = format!("http://{}/admin/api", h.gateway.admin_addr().unwrap());
     let secret = std::fs::read_to_string(h._dir.path().join("admin_secret")).unwrap();
@@ -1439,15 +1453,7 @@ async fn a_revoked_deposit_opens_nothing_and_a_revoked_session_takes_no_top_up()
     );
 
     // A session opened, then revoked: its top-up is refused, uncredited.
-    let (challenge, request, _) = h.challenge("/chat").await;
-    let preimage = h.pay(&request).await;
-    let session = request["paymentHash"].as_str().unwrap().to_owned();
-    let (refund_to, _) = h.return_invoice().await;
-    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
-    assert_eq!(
-        h.send("/chat", &challenge, open).await.status(),
-        StatusCode::OK
-    );
+    let OpenSession { session, .. } = h.open_session("/chat").await;
     let mut id = [0u8; 32];
     hex::decode_to_slice(&session, &mut id).unwrap();
     h.gateway.paywall().revoke([id]);

@@ -233,6 +233,18 @@ pub struct OwedRefund {
     pub return_invoice: String,
 }
 
+impl OwedRefund {
+    /// From a row of (id, refund msat, return invoice); `None` for an id
+    /// that is not 32 bytes.
+    fn from_row((id, refund_msat, return_invoice): (Vec<u8>, i64, String)) -> Option<Self> {
+        Some(Self {
+            id: id.try_into().ok()?,
+            refund_msat: refund_msat as u64,
+            return_invoice,
+        })
+    }
+}
+
 /// Who holds a claim: the replica (stable across restarts, from the data
 /// dir) and a random token made for this one claim, so that only the
 /// request that took a claim can renew, commit or release it.

@@ -1290,16 +1290,7 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        Ok(owed
-            .into_iter()
-            .filter_map(|(id, refund_msat, return_invoice)| {
-                Some(OwedRefund {
-                    id: id.try_into().ok()?,
-                    refund_msat: refund_msat as u64,
-                    return_invoice,
-                })
-            })
-            .collect())
+        Ok(owed.into_iter().filter_map(OwedRefund::from_row).collect())
     }
 
     async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError> {

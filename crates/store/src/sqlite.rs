@@ -1331,13 +1331,7 @@ impl Store for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(owed
                 .into_iter()
-                .filter_map(|(id, refund_msat, return_invoice)| {
-                    Some(OwedRefund {
-                        id: id.try_into().ok()?,
-                        refund_msat: refund_msat as u64,
-                        return_invoice,
-                    })
-                })
+        .filter_map(OwedRefund::from_row)
                 .collect())
         })
         .await
