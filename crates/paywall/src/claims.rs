@@ -246,6 +246,12 @@ impl Claims {
                 return Err(ClaimError::Consumed);
             }
         }
+        // Served here, its commit not yet written: spent. Asked before the
+        // store too, since the commit may land (and the claim leave this
+        // map) while the store is answering that it is in flight.
+        if self.is_served_here(&key.0) {
+            return Err(ClaimError::Consumed);
+        }
         let holder = ClaimHolder {
             replica: self.replica.clone(),
             token: hex::encode(rand::random::<[u8; 16]>()),
@@ -273,14 +279,7 @@ impl Claims {
             Reservation::Acquired => {}
             Reservation::Consumed => return Err(ClaimError::Consumed),
             // Served here, its commit not yet written: spent all the same.
-            Reservation::InFlight
-                if self
-                    .held
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&key.0)
-                    .is_some_and(|h| h.served) =>
-            {
+            Reservation::InFlight if self.is_served_here(&key.0) => {
                 return Err(ClaimError::Consumed)
             }
             Reservation::InFlight => return Err(ClaimError::InFlight),
@@ -298,6 +297,16 @@ impl Claims {
             holder,
             on_drop: Some(Outcome::Release),
         })
+    }
+
+    /// Whether a request of this replica was served with `key`, whose
+    /// commit is not yet written.
+    fn is_served_here(&self, key: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .is_some_and(|h| h.served)
     }
 
     async fn renew_all(&self) {

@@ -210,6 +210,18 @@ pin_project_lite::pin_project! {
     }
 }
 
+impl<B: Body<Data = Bytes>> Inner<B> {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Wrapped { body } => body.is_end_stream(),
+            Inner::Own { bytes } => bytes.is_none(),
+            Inner::Partial { partial } => partial.is_end_stream(),
+            Inner::Metered { .. } => false,
+            Inner::Scanned { body, .. } => body.is_end_stream(),
+        }
+    }
+}
+
 impl<B> PaywallBody<B> {
     fn partial(partial: Partial<B>, spend: Option<Spend>) -> Self {
         Self {
@@ -257,8 +269,8 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = match this.inner.project() {
+        let mut this = self.project();
+        let polled = match this.inner.as_mut().project() {
             InnerProj::Wrapped { body } => body.poll_frame(cx),
             InnerProj::Own { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             InnerProj::Partial { partial } => partial.poll_frame(cx),
@@ -284,22 +296,24 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
                 .poll_next(cx)
                 .map(|b| b.map(|b| Ok(Frame::data(b)))),
         };
-        if let Poll::Ready(None) = polled {
-            // All sent: spend the payment now rather than when hyper gets
-            // round to dropping the body.
+        // All handed over (a body of known length ends with its last
+        // frame: hyper does not poll it again): spend the payment before
+        // that frame is written, not when hyper gets round to dropping the
+        // body, so that a client holding its whole answer finds its
+        // credential spent, not in use.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.as_ref().get_ref().is_end_stream(),
+            _ => false,
+        };
+        if ended {
             this.spend.take();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Wrapped { body } => body.is_end_stream(),
-            Inner::Own { bytes } => bytes.is_none(),
-            Inner::Partial { partial } => partial.is_end_stream(),
-            Inner::Metered { .. } => false,
-            Inner::Scanned { body, .. } => body.is_end_stream(),
-        }
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -233,6 +233,7 @@ pub struct OwedRefund {
     pub return_invoice: String,
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 impl OwedRefund {
     /// From a row of (id, refund msat, return invoice); `None` for an id
     /// that is not 32 bytes.
