@@ -1542,6 +1542,11 @@ async fn forwarding_headers_from_clients_are_not_believed() {
         ("X-Forwarded-Host", "evil.test"),
         ("X-Forwarded-Proto", "https-evil"),
         ("X-Forwarded-Port", "6666"),
+        ("X-Forwarded", "for=6.6.6.6"),
+        ("Client-IP", "6.6.6.6"),
+        ("X-Originating-IP", "6.6.6.6"),
+        ("X-ProxyUser-Ip", "6.6.6.6"),
+        ("Via", "1.1 evil.test"),
     ];
     let telltales = ["6.6.6.6", "7.7.7.7", "evil.test", "https-evil", "6666"];
     let mut variants: Vec<(&str, Vec<(String, String)>)> = vec![(

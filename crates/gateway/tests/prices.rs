@@ -510,6 +510,20 @@ async fn a_pricer_answer_is_kept_for_the_headers_it_was_shown() {
         h.post("/quote", "{}", Some(&l402)).await.status(),
         StatusCode::OK
     );
+    // A value the pricer could not be shown is refused, not priced
+    // without it.
+    let unshowable = h
+        .client
+        .post(h.url("/quote"))
+        .header(
+            "x-tier",
+            reqwest::header::HeaderValue::from_bytes(b"premium\xff").unwrap(),
+        )
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unshowable.status(), StatusCode::BAD_REQUEST);
     let asked = pricer.asked.lock().unwrap().clone();
     assert_eq!(asked.len(), 2, "{asked:?}");
     assert!(

@@ -699,8 +699,9 @@ async fn an_idle_session_is_closed_and_refunded() {
 /// before paying (`pending`, nothing paid) is refunded; one whose refund
 /// was paid before its payer died is recorded `succeeded`, not paid again
 /// (the node is asked first); one just taken, whose payer may still be at
-/// work, is left alone; one whose return invoice someone else paid (1 sat)
-/// is not taken for refunded: it stays `failed`.
+/// work, is left alone; one whose return invoice someone else paid (1 sat),
+/// or the node paid another amount (another session's refund to the same
+/// invoice), is not taken for refunded: it stays `failed`.
 #[tokio::test]
 async fn a_refund_still_owed_is_paid_later_and_never_twice() {
     let h = Harness::start(|_| {}).await;
@@ -710,13 +711,15 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
         .unwrap()
         .as_secs();
     let mut sessions = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let opened = h.open_session("/chat").await;
         let mut id = [0u8; 32];
         hex::decode_to_slice(&opened.session, &mut id).unwrap();
         sessions.push((id, opened.refund_to, opened.refund_hash));
     }
-    let [died_before_paying, died_after_paying, at_work, paid_by_another] = &sessions[..] else {
+    let [died_before_paying, died_after_paying, at_work, paid_by_another, paid_for_another] =
+        &sessions[..]
+    else {
         unreachable!()
     };
     let base = format!("http://{}", h.gateway.addr());
@@ -728,10 +731,17 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
         .pay_amount(&died_after_paying.1, 8_000, 0, Duration::from_secs(5))
         .await
         .unwrap();
+    // Paid by the node, but 3 sat: the refund of another session that
+    // named the same return invoice.
+    backend
+        .pay_amount(&paid_for_another.1, 3_000, 0, Duration::from_secs(5))
+        .await
+        .unwrap();
 
     // Each closed as a replica does before it pays (the refund of the
     // second was paid, its payer died before recording it).
-    for ((id, _, _), closed_at) in sessions.iter().zip([now - 600, now - 600, now, now - 600]) {
+    let closed_at = [now - 600, now - 600, now, now - 600, now - 600];
+    for ((id, _, _), closed_at) in sessions.iter().zip(closed_at) {
         assert!(matches!(
             store.close_session(id, closed_at).await.unwrap(),
             gate402_store::Closing::Closed {
@@ -755,6 +765,7 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
     );
     assert_eq!(status(at_work.0).await, "pending");
     assert_eq!(status(paid_by_another.0).await, "failed");
+    assert_eq!(status(paid_for_another.0).await, "failed");
 }
 
 /// A bearer request with an `Idempotency-Key` is answered again from its

@@ -83,6 +83,13 @@ impl Paywall {
             }
             Ok(Some(price)) => price,
             Ok(None) => match &pricing.pricer {
+                // A value the pricer cannot be shown (not visible ASCII)
+                // would reach the upstream unpriced.
+                Some(_) if crate::pricing::has_unshowable_header(request.headers()) => {
+                    return Err(responses::bad_request(
+                        "a header value is not visible ASCII, and this service's price is decided from its headers",
+                    ))
+                }
                 Some(pricer) => {
                     let vouched = self.client_of(request).is_some_and(|client| {
                         client.via_trusted_proxy(&self.inner.trusted_proxies)

@@ -119,7 +119,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// the de facto `X-Forwarded-*`, and CDNs' own): believed only from
 /// trusted proxies: from anyone else they reach neither the upstream nor
 /// a pricer.
-pub const FORWARDING_HEADERS: [HeaderName; 13] = [
+pub const FORWARDING_HEADERS: [HeaderName; 19] = [
     http::header::FORWARDED,
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-host"),
@@ -133,6 +133,12 @@ pub const FORWARDING_HEADERS: [HeaderName; 13] = [
     HeaderName::from_static("true-client-ip"),
     HeaderName::from_static("cf-connecting-ip"),
     HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-forwarded"),
+    HeaderName::from_static("forwarded-for"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("x-proxyuser-ip"),
+    HeaderName::from_static("x-originating-ip"),
+    http::header::VIA,
 ];
 
 /// The client of a request from `peer` with `headers`.

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName};
 /// Whether `name` is one of `names`, also when spelled with `_` for `-`:
 /// CGI-style servers (PHP's, a CGI gateway) map both to `_`, so
 /// `X_Forwarded_For` reaches them as `X-Forwarded-For` does.
-fn is_one_of(name: &HeaderName, names: &[HeaderName]) -> bool {
+pub fn is_one_of(name: &HeaderName, names: &[HeaderName]) -> bool {
     if names.contains(name) {
         return true;
     }

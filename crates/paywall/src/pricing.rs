@@ -1208,6 +1208,15 @@ impl Pricers {
     }
 }
 
+/// Whether a header a pricer would be shown has a value that is not
+/// visible ASCII (obs-text, raw bytes): left out of what it is shown, it
+/// would still reach the upstream.
+pub(crate) fn has_unshowable_header(headers: &HeaderMap) -> bool {
+    headers
+        .iter()
+        .any(|(name, value)| !PRIVATE_HEADERS.contains(&name.as_str()) && value.to_str().is_err())
+}
+
 /// The request headers a pricer sees: all but credentials and cookies,
 /// and the forwarding ones unless `vouched` for by a trusted proxy;
 /// repeated fields joined with `, `, values that are not text left out.
@@ -1215,7 +1224,7 @@ fn shown_headers(headers: &HeaderMap, vouched: bool) -> serde_json::Map<String, 
     let mut shown = serde_json::Map::new();
     for name in headers.keys() {
         if PRIVATE_HEADERS.contains(&name.as_str())
-            || (!vouched && crate::client::FORWARDING_HEADERS.contains(name))
+            || (!vouched && crate::fields::is_one_of(name, &crate::client::FORWARDING_HEADERS))
         {
             continue;
         }
@@ -1924,12 +1933,20 @@ mod tests {
         headers.append("accept", "c/d".parse().unwrap());
         headers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         headers.insert("forwarded", "for=6.6.6.6".parse().unwrap());
+        headers.insert("x_forwarded_for", "6.6.6.6".parse().unwrap());
         let shown = shown_headers(&headers, false);
         assert_eq!(shown.len(), 1);
         assert_eq!(shown["accept"], "a/b, c/d");
+        assert!(!has_unshowable_header(&headers));
+        headers.insert(
+            "x-tier",
+            http::HeaderValue::from_bytes(b"premium\xff").unwrap(),
+        );
+        assert!(has_unshowable_header(&headers));
+        headers.remove("x-tier");
         // Vouched for by a trusted proxy, forwarding headers are shown.
         let shown = shown_headers(&headers, true);
-        assert_eq!(shown.len(), 3);
+        assert_eq!(shown.len(), 4);
         assert_eq!(shown["x-forwarded-for"], "6.6.6.6");
     }
 }

@@ -835,7 +835,18 @@ impl Paywall {
                 }
             };
             let status = match self.backend().payment_status(&invoice.payment_hash()).await {
-                Ok(PaymentStatus::Succeeded(_)) => "succeeded",
+                // Paid this refund's amount. (Another amount: paid for
+                // another session naming the same return invoice, which
+                // can be paid once: this refund is owed still.)
+                Ok(PaymentStatus::Succeeded(paid))
+                    if paid.amount_msat == owed.refund_msat / 1000 * 1000 =>
+                {
+                    "succeeded"
+                }
+                Ok(PaymentStatus::Succeeded(_)) => {
+                    tracing::warn!(%session, refund_sats = owed.refund_msat / 1000, "a refund is owed but its return invoice was paid for another session; pay it by hand");
+                    "failed"
+                }
                 Ok(PaymentStatus::Pending) => "pending",
                 Ok(PaymentStatus::Unknown | PaymentStatus::Failed(_))
                     if invoice.is_expired_at(std::time::SystemTime::now()) =>
