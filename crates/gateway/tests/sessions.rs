@@ -858,6 +858,30 @@ async fn a_session_is_spent_at_the_price_it_was_opened_at() {
     assert_eq!(h.balance_once(&session, 4_000).await, 4_000);
 }
 
+/// A return invoice is one session's: an invoice is paid once, so a
+/// second session naming it could never be refunded (and the node's
+/// payment of it for the first would be taken for the second's). Its
+/// `open` is refused, the deposit unspent: opened with an invoice of its
+/// own, it serves.
+#[tokio::test]
+async fn a_return_invoice_is_one_sessions() {
+    let h = Harness::start(|_| {}).await;
+    let first = h.open_session("/chat").await;
+    let (challenge, request, _) = h.challenge("/chat").await;
+    let preimage = h.pay(&request).await;
+    let shared = json!({"action": "open", "preimage": preimage, "returnInvoice": first.refund_to});
+    assert_eq!(
+        problem(h.send("/chat", &challenge, shared).await).await,
+        lightning("invalid-return-invoice")
+    );
+    let (own, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": own});
+    assert_eq!(
+        h.send("/chat", &challenge, open).await.status(),
+        StatusCode::OK
+    );
+}
+
 /// Another service's challenge reaches no session of this one, whatever
 /// the action: a top-up paid on `flaky` is not credited to a `chat`
 /// session (and stays unspent), and a close through `flaky` closes

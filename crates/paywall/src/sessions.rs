@@ -329,6 +329,17 @@ impl Paywall {
                 ) {
                     return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string());
                 }
+                match self.store().return_invoice_named(&return_invoice, &hash).await {
+                    Ok(false) => {}
+                    Ok(true) => return refuse(
+                        ProblemType::LightningInvalidReturnInvoice,
+                        "this return invoice is another session's, and an invoice is paid once: make a new one",
+                    ),
+                    Err(e) => {
+                        tracing::error!(error = %e, "store: cannot look up a return invoice");
+                        return Step::Halt(Halt::Answer(responses::payment_unavailable()));
+                    }
+                }
                 // At the unit price the client was offered (bound by the
                 // challenge's id), whatever the service's price now.
                 let unit = request.unit_sats().unwrap_or(service.price_sats);

@@ -510,6 +510,15 @@ pub trait Store: Send + Sync + 'static {
     /// Records how a closed session's refund went.
     async fn record_refund(&self, id: &[u8; 32], status: &str) -> Result<(), StoreError>;
 
+    /// Whether a session other than `id` names `return_invoice` (BOLT11)
+    /// as where its refund goes: an invoice is paid once, so a second
+    /// session's refund to it could never be paid.
+    async fn return_invoice_named(
+        &self,
+        return_invoice: &str,
+        id: &[u8; 32],
+    ) -> Result<bool, StoreError>;
+
     /// Refunds still owed and last taken (closed, or taken here) before
     /// `taken_before` (unix seconds): `pending` ones whose payer may have
     /// died or whose payment was still in flight, and `failed` ones, of

@@ -186,6 +186,8 @@ const MIGRATIONS: &[&str] = &[
     // The unit price a session was opened at: spent at it whatever the
     // service's price later.
     "ALTER TABLE sessions ADD COLUMN unit_msat BIGINT;",
+    // Sessions are looked up by return invoice when one is opened.
+    "CREATE INDEX sessions_return_invoice ON sessions (return_invoice);",
 ];
 
 /// A session row, if there is one.
@@ -1261,6 +1263,22 @@ impl Store for PostgresStore {
             .await
             .map(drop)
             .map_err(db)
+    }
+
+    async fn return_invoice_named(
+        &self,
+        return_invoice: &str,
+        id: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let found: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM sessions WHERE return_invoice = $1 AND id <> $2 LIMIT 1",
+        )
+        .bind(return_invoice)
+        .bind(&id[..])
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(found.is_some())
     }
 
     async fn take_owed_refunds(

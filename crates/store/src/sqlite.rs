@@ -170,6 +170,8 @@ const MIGRATIONS: &[&str] = &[
     // The unit price a session was opened at: spent at it whatever the
     // service's price later.
     "ALTER TABLE sessions ADD COLUMN unit_msat INTEGER;",
+    // Sessions are looked up by return invoice when one is opened.
+    "CREATE INDEX sessions_return_invoice ON sessions (return_invoice);",
 ];
 
 /// A session row, if there is one.
@@ -1296,6 +1298,23 @@ impl Store for SqliteStore {
             c.prepare_cached("UPDATE sessions SET refund_status = ?2 WHERE id = ?1")?
                 .execute(params![&id[..], status])
                 .map(drop)
+        })
+        .await
+    }
+
+    async fn return_invoice_named(
+        &self,
+        return_invoice: &str,
+        id: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let (return_invoice, id) = (return_invoice.to_owned(), *id);
+        self.with(move |c| {
+            c.prepare_cached(
+                "SELECT 1 FROM sessions WHERE return_invoice = ?1 AND id <> ?2 LIMIT 1",
+            )?
+            .query_row(params![return_invoice, &id[..]], |_| Ok(()))
+            .optional()
+            .map(|found| found.is_some())
         })
         .await
     }

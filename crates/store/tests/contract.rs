@@ -565,6 +565,20 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     let session = a.session(&[60; 32]).await.unwrap().unwrap();
     assert_eq!(session.return_invoice.as_deref(), Some("lnbcrt1refund"));
     assert_eq!(session.unit_msat, Some(1_000));
+    // Its return invoice is its own: named by another session, it is
+    // found; by itself, or unknown, not.
+    assert!(b
+        .return_invoice_named("lnbcrt1refund", &[61; 32])
+        .await
+        .unwrap());
+    assert!(!b
+        .return_invoice_named("lnbcrt1refund", &[60; 32])
+        .await
+        .unwrap());
+    assert!(!b
+        .return_invoice_named("lnbcrt1other", &[61; 32])
+        .await
+        .unwrap());
     assert_eq!(
         a.debit(&[60; 32], "chat", 4_000, &r1, 1_001).await.unwrap(),
         Debit::Done {
