@@ -512,18 +512,6 @@ impl Store for ObservedStore {
             .await
     }
 
-    async fn return_invoice_named(
-        &self,
-        return_invoice: &str,
-        id: &[u8; 32],
-    ) -> Result<bool, StoreError> {
-        self.timed(
-            "store.return_invoice_named",
-            self.inner.return_invoice_named(return_invoice, id),
-        )
-        .await
-    }
-
     async fn take_owed_refunds(
         &self,
         taken_before: u64,

@@ -329,17 +329,6 @@ impl Paywall {
                 ) {
                     return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string());
                 }
-                match self.store().return_invoice_named(&return_invoice, &hash).await {
-                    Ok(false) => {}
-                    Ok(true) => return refuse(
-                        ProblemType::LightningInvalidReturnInvoice,
-                        "this return invoice is another session's, and an invoice is paid once: make a new one",
-                    ),
-                    Err(e) => {
-                        tracing::error!(error = %e, "store: cannot look up a return invoice");
-                        return Step::Halt(Halt::Answer(responses::payment_unavailable()));
-                    }
-                }
                 // At the unit price the client was offered (bound by the
                 // challenge's id), whatever the service's price now.
                 let unit = request.unit_sats().unwrap_or(service.price_sats);
@@ -519,6 +508,10 @@ impl Paywall {
                 ProblemType::InvalidChallenge,
                 "this deposit topped up another session",
             )),
+            Ok(Opened::ReturnInvoiceTaken) => Err(refused(
+                ProblemType::LightningInvalidReturnInvoice,
+                "this return invoice is another session's, and an invoice is paid once: make a new one",
+            )),
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot open a session");
                 Err(Halt::Answer(responses::payment_unavailable()))
@@ -526,12 +519,6 @@ impl Paywall {
         }
     }
 
-    /// Spends the service's price from session `id` for one request.
-    ///
-    /// # Errors
-    ///
-    /// The step to answer with: not enough left, closed, unknown, or the
-    /// store out of reach.
     /// `service` as session `id` is spent: at the unit price it was
     /// opened at (a session opened before that was recorded, at the
     /// service's price).
@@ -557,6 +544,12 @@ impl Paywall {
         })
     }
 
+    /// Spends the service's price from session `id` for one request.
+    ///
+    /// # Errors
+    ///
+    /// The step to answer with: not enough left, closed, unknown, or the
+    /// store out of reach.
     pub(crate) async fn debit(&self, service: &PricedService, id: &[u8; 32]) -> Result<Hold, Halt> {
         let holder = ClaimHolder {
             replica: self.inner.claims.replica().to_owned(),

@@ -163,6 +163,10 @@ pub enum Opened {
     Existing(SessionRecord),
     /// Its deposit already topped up another session.
     DepositSpent,
+    /// Another session names the return invoice given (BOLT11) as where
+    /// its refund goes, and an invoice is paid once: nothing was written,
+    /// the deposit is unspent.
+    ReturnInvoiceTaken,
 }
 
 /// What spending from a session did.
@@ -438,6 +442,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Opens a session with its deposit, once: the deposit's payment hash
     /// credits exactly one session, once, across every replica.
+    /// A return invoice names one session: an open naming one that
+    /// another session names writes nothing
+    /// ([`Opened::ReturnInvoiceTaken`]), decided atomically with the
+    /// write, so that two opens naming one new invoice at once cannot
+    /// both take it.
     async fn open_session(&self, session: &NewSession) -> Result<Opened, StoreError>;
 
     /// A session, open or closed.
@@ -509,15 +518,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records how a closed session's refund went.
     async fn record_refund(&self, id: &[u8; 32], status: &str) -> Result<(), StoreError>;
-
-    /// Whether a session other than `id` names `return_invoice` (BOLT11)
-    /// as where its refund goes: an invoice is paid once, so a second
-    /// session's refund to it could never be paid.
-    async fn return_invoice_named(
-        &self,
-        return_invoice: &str,
-        id: &[u8; 32],
-    ) -> Result<bool, StoreError>;
 
     /// Refunds still owed and last taken (closed, or taken here) before
     /// `taken_before` (unix seconds): `pending` ones whose payer may have

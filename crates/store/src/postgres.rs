@@ -238,6 +238,27 @@ const MIGRATION_LOCK: i64 = 0x0067_6174_6534_3032;
 const REPLICA_LOCK_KEY: &str =
     "('x' || substr(md5('gate402 replica ' || $1), 1, 16))::bit(64)::bigint";
 
+/// The advisory lock key of return invoice `$1` (BOLT11): opens naming
+/// one invoice take turns, so that one session alone names it.
+const RETURN_INVOICE_LOCK_KEY: &str =
+    "('x' || substr(md5('gate402 return invoice ' || $1), 1, 16))::bit(64)::bigint";
+
+/// Whether a session other than `id` names `return_invoice`.
+async fn named_elsewhere(
+    conn: &mut PgConnection,
+    return_invoice: &str,
+    id: &[u8; 32],
+) -> Result<bool, StoreError> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM sessions WHERE return_invoice = $1 AND id <> $2 LIMIT 1")
+            .bind(return_invoice)
+            .bind(&id[..])
+            .fetch_optional(conn)
+            .await
+            .map_err(db)?;
+    Ok(found.is_some())
+}
+
 /// How long a held replica name's connection may take to answer before it
 /// counts as lost.
 const REPLICA_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -971,6 +992,15 @@ impl Store for PostgresStore {
     async fn open_session(&self, session: &NewSession) -> Result<Opened, StoreError> {
         let n = session;
         let mut tx = self.pool.begin().await.map_err(db)?;
+        if let Some(invoice) = &n.return_invoice {
+            sqlx::query(&format!(
+                "SELECT pg_advisory_xact_lock({RETURN_INVOICE_LOCK_KEY})"
+            ))
+            .bind(invoice)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
         // The credit row is the one fence: whoever inserts it for this hash
         // first decides which session the deposit opened or topped up.
         let inserted = sqlx::query(
@@ -995,6 +1025,14 @@ impl Store for PostgresStore {
                 return Ok(Opened::DepositSpent);
             }
             let known = read_session(&mut tx, &n.id).await?;
+            if let (Some(invoice), Some(None)) = (
+                &n.return_invoice,
+                known.as_ref().map(|s| s.return_invoice.as_ref()),
+            ) {
+                if named_elsewhere(&mut tx, invoice, &n.id).await? {
+                    return Ok(Opened::ReturnInvoiceTaken);
+                }
+            }
             sqlx::query(
                 "UPDATE sessions SET return_invoice = $2 WHERE id = $1 AND return_invoice IS NULL",
             )
@@ -1005,6 +1043,11 @@ impl Store for PostgresStore {
             .map_err(db)?;
             tx.commit().await.map_err(db)?;
             return Ok(known.map_or(Opened::DepositSpent, Opened::Existing));
+        }
+        if let Some(invoice) = &n.return_invoice {
+            if named_elsewhere(&mut tx, invoice, &n.id).await? {
+                return Ok(Opened::ReturnInvoiceTaken);
+            }
         }
         sqlx::query(
             "INSERT INTO sessions (id, service, deposit_msat, return_invoice, idle_secs, last_used_at, unit_msat)
@@ -1263,22 +1306,6 @@ impl Store for PostgresStore {
             .await
             .map(drop)
             .map_err(db)
-    }
-
-    async fn return_invoice_named(
-        &self,
-        return_invoice: &str,
-        id: &[u8; 32],
-    ) -> Result<bool, StoreError> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM sessions WHERE return_invoice = $1 AND id <> $2 LIMIT 1",
-        )
-        .bind(return_invoice)
-        .bind(&id[..])
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(found.is_some())
     }
 
     async fn take_owed_refunds(

@@ -1061,8 +1061,21 @@ impl Store for SqliteStore {
             if credited.as_deref().is_some_and(|s| s != &n.id[..]) {
                 return Ok(Opened::DepositSpent);
             }
-            if let Some(known) = read_session(c, &n.id)? {
-                if known.return_invoice.is_none() && n.return_invoice.is_some() {
+            let known = read_session(c, &n.id)?;
+            let names_an_invoice = n.return_invoice.is_some()
+                && known.as_ref().is_none_or(|s| s.return_invoice.is_none());
+            if names_an_invoice {
+                let taken = c
+                    .prepare_cached(
+                        "SELECT 1 FROM sessions WHERE return_invoice = ?1 AND id <> ?2 LIMIT 1",
+                    )?
+                    .exists(params![n.return_invoice, &n.id[..]])?;
+                if taken {
+                    return Ok(Opened::ReturnInvoiceTaken);
+                }
+            }
+            if let Some(known) = known {
+                if names_an_invoice {
                     c.prepare_cached(
                         "UPDATE sessions SET return_invoice = ?2 WHERE id = ?1 AND return_invoice IS NULL",
                     )?
@@ -1298,23 +1311,6 @@ impl Store for SqliteStore {
             c.prepare_cached("UPDATE sessions SET refund_status = ?2 WHERE id = ?1")?
                 .execute(params![&id[..], status])
                 .map(drop)
-        })
-        .await
-    }
-
-    async fn return_invoice_named(
-        &self,
-        return_invoice: &str,
-        id: &[u8; 32],
-    ) -> Result<bool, StoreError> {
-        let (return_invoice, id) = (return_invoice.to_owned(), *id);
-        self.with(move |c| {
-            c.prepare_cached(
-                "SELECT 1 FROM sessions WHERE return_invoice = ?1 AND id <> ?2 LIMIT 1",
-            )?
-            .query_row(params![return_invoice, &id[..]], |_| Ok(()))
-            .optional()
-            .map(|found| found.is_some())
         })
         .await
     }

@@ -565,20 +565,6 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     let session = a.session(&[60; 32]).await.unwrap().unwrap();
     assert_eq!(session.return_invoice.as_deref(), Some("lnbcrt1refund"));
     assert_eq!(session.unit_msat, Some(1_000));
-    // Its return invoice is its own: named by another session, it is
-    // found; by itself, or unknown, not.
-    assert!(b
-        .return_invoice_named("lnbcrt1refund", &[61; 32])
-        .await
-        .unwrap());
-    assert!(!b
-        .return_invoice_named("lnbcrt1refund", &[60; 32])
-        .await
-        .unwrap());
-    assert!(!b
-        .return_invoice_named("lnbcrt1other", &[61; 32])
-        .await
-        .unwrap());
     assert_eq!(
         a.debit(&[60; 32], "chat", 4_000, &r1, 1_001).await.unwrap(),
         Debit::Done {
@@ -808,6 +794,63 @@ async fn concurrent_debits_never_overdraw(stores: &Pair) {
     );
 }
 
+/// A return invoice names one session (an invoice is paid once): an open
+/// naming another session's writes nothing and spends no deposit, and of
+/// opens naming one new invoice at once on both stores, one takes it.
+async fn a_return_invoice_names_one_session(stores: &Pair) {
+    let [a, b] = stores;
+    let mine = Some("lnbcrt1mine");
+    assert_eq!(
+        a.open_session(&new_session(80, 5_000, mine)).await.unwrap(),
+        Opened::New
+    );
+    assert_eq!(
+        b.open_session(&new_session(81, 5_000, mine)).await.unwrap(),
+        Opened::ReturnInvoiceTaken
+    );
+    assert_eq!(b.session(&[81; 32]).await.unwrap(), None);
+    assert_eq!(
+        b.open_session(&new_session(81, 5_000, None)).await.unwrap(),
+        Opened::New,
+        "the deposit was not spent"
+    );
+    // Named later, by a session that has none: refused the same way.
+    assert_eq!(
+        a.open_session(&new_session(81, 5_000, mine)).await.unwrap(),
+        Opened::ReturnInvoiceTaken
+    );
+    assert_eq!(
+        a.session(&[81; 32]).await.unwrap().unwrap().return_invoice,
+        None
+    );
+    assert!(matches!(
+        b.open_session(&new_session(80, 5_000, mine)).await.unwrap(),
+        Opened::Existing(s) if s.return_invoice.as_deref() == mine
+    ));
+    let mut tasks = Vec::new();
+    for id in 90..106u8 {
+        let store = stores[usize::from(id % 2)].clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .open_session(&new_session(id, 5_000, Some("lnbcrt1raced")))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut opened = Vec::new();
+    for task in tasks {
+        opened.push(task.await.unwrap());
+    }
+    assert_eq!(
+        opened.iter().filter(|o| **o == Opened::New).count(),
+        1,
+        "{opened:?}"
+    );
+    assert!(opened
+        .iter()
+        .all(|o| matches!(o, Opened::New | Opened::ReturnInvoiceTaken)));
+}
+
 fn change(name: &str, state: ServiceState, table: Option<&str>) -> ServiceChange {
     ServiceChange {
         name: name.into(),
@@ -1021,6 +1064,7 @@ async fn keeps_the_contract(stores: &Pair) {
     a_balance_is_credited_once_spent_atomically_and_refunded_once(stores).await;
     a_balance_gives_back_failures_up_to_twice_its_spending(stores).await;
     concurrent_debits_never_overdraw(stores).await;
+    a_return_invoice_names_one_session(stores).await;
     payments_are_counted_once(stores).await;
     claims_are_committed_in_batches(stores).await;
     new_claims_are_not_legacy(stores).await;
