@@ -83,27 +83,15 @@ impl Paywall {
             }
             Ok(Some(price)) => price,
             Ok(None) => match &pricing.pricer {
-                // A value the pricer cannot be shown (not visible ASCII)
-                // would reach the upstream unpriced.
-                Some(_) if crate::pricing::has_unshowable_header(request.headers()) => {
-                    return Err(responses::bad_request(
-                        "a header value is not visible ASCII, and this service's price is decided from its headers",
-                    ))
-                }
                 Some(pricer) => {
                     let vouched = self.client_of(request).is_some_and(|client| {
                         client.via_trusted_proxy(&self.inner.trusted_proxies)
                     });
+                    let shown = crate::pricing::shown_headers(request.headers(), vouched)
+                        .map_err(|e| responses::bad_request(&e.to_string()))?;
                     self.inner
                         .pricers
-                        .price(
-                            &service.name,
-                            pricer,
-                            &view,
-                            request.headers(),
-                            vouched,
-                            &self.inner.metrics,
-                        )
+                        .price(&service.name, pricer, &view, shown, &self.inner.metrics)
                         .await
                 }
                 None => service.price_sats,
@@ -155,18 +143,12 @@ impl Paywall {
             Some(price) => price,
             None => match &pricing.pricer {
                 Some(pricer) => {
+                    // A quote believes no forwarding header: the pricer is
+                    // shown what a direct request shows.
+                    let shown = crate::pricing::shown_headers(headers, false)?;
                     self.inner
                         .pricers
-                        // A quote believes no forwarding header: the
-                        // pricer is shown what a direct request shows.
-                        .price(
-                            &service.name,
-                            pricer,
-                            &view,
-                            headers,
-                            false,
-                            &self.inner.metrics,
-                        )
+                        .price(&service.name, pricer, &view, shown, &self.inner.metrics)
                         .await
                 }
                 None => service.price_sats,

@@ -985,6 +985,9 @@ pub enum Unquotable {
     /// Its rules price it above [`MAX_PRICE_SATS`].
     #[error("{}", too_dear())]
     TooDear,
+    /// Its pricer could not be shown a header.
+    #[error(transparent)]
+    Unshowable(#[from] UnshowableHeader),
 }
 
 /// The 400's words for a request priced above [`MAX_PRICE_SATS`].
@@ -1138,16 +1141,14 @@ impl Pricers {
         Ok((answer.price, ttl))
     }
 
-    /// The pricer's price for `request` with `headers` (the forwarding
-    /// ones left out unless `vouched` for by a trusted proxy), kept or
-    /// asked; its fallback when it fails.
+    /// The pricer's price for `request` with the headers it is `shown`
+    /// ([`shown_headers`]), kept or asked; its fallback when it fails.
     pub(crate) async fn price(
         &self,
         name: &str,
         config: &PricerConfig,
         request: &PriceRequest<'_>,
-        headers: &HeaderMap,
-        vouched: bool,
+        shown: serde_json::Map<String, Value>,
         metrics: &crate::metrics::Metrics,
     ) -> u64 {
         let digest = request.body.map(gate402_mpp::verify::body_digest);
@@ -1155,7 +1156,6 @@ impl Pricers {
             Some(query) => format!("{}?{query}", request.path),
             None => request.path.to_owned(),
         };
-        let shown = shown_headers(headers, vouched);
         let shown_digest: [u8; 32] = {
             use sha2::Digest;
             // In order of name: the same fields sent in another order are
@@ -1208,36 +1208,43 @@ impl Pricers {
     }
 }
 
-/// Whether a header a pricer would be shown has a value that is not
-/// visible ASCII (obs-text, raw bytes): left out of what it is shown, it
-/// would still reach the upstream.
-pub(crate) fn has_unshowable_header(headers: &HeaderMap) -> bool {
-    headers
-        .iter()
-        .any(|(name, value)| !PRIVATE_HEADERS.contains(&name.as_str()) && value.to_str().is_err())
-}
+/// A request header value that is not visible ASCII (obs-text, raw
+/// bytes): a pricer could not be shown it, yet it would reach the
+/// upstream, so the request cannot be priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a header value is not visible ASCII, and this service's price is decided from its headers"
+)]
+pub struct UnshowableHeader;
 
 /// The request headers a pricer sees: all but credentials and cookies,
 /// and the forwarding ones unless `vouched` for by a trusted proxy;
-/// repeated fields joined with `, `, values that are not text left out.
-fn shown_headers(headers: &HeaderMap, vouched: bool) -> serde_json::Map<String, Value> {
+/// repeated fields joined with `, `.
+///
+/// # Errors
+///
+/// [`UnshowableHeader`] when a value of any header but credentials and
+/// cookies is not visible ASCII.
+pub(crate) fn shown_headers(
+    headers: &HeaderMap,
+    vouched: bool,
+) -> Result<serde_json::Map<String, Value>, UnshowableHeader> {
     let mut shown = serde_json::Map::new();
     for name in headers.keys() {
-        if PRIVATE_HEADERS.contains(&name.as_str())
-            || (!vouched && crate::fields::is_one_of(name, &crate::client::FORWARDING_HEADERS))
-        {
+        if PRIVATE_HEADERS.contains(&name.as_str()) {
             continue;
         }
-        let values: Vec<&str> = headers
+        let values = headers
             .get_all(name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if !values.is_empty() {
+            .map(|v| v.to_str())
+            .collect::<Result<Vec<&str>, _>>()
+            .map_err(|_| UnshowableHeader)?;
+        if vouched || !crate::fields::is_one_of(name, &crate::client::FORWARDING_HEADERS) {
             shown.insert(name.as_str().to_owned(), values.join(", ").into());
         }
     }
-    shown
+    Ok(shown)
 }
 
 /// The same service at another price.
@@ -1934,18 +1941,18 @@ mod tests {
         headers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         headers.insert("forwarded", "for=6.6.6.6".parse().unwrap());
         headers.insert("x_forwarded_for", "6.6.6.6".parse().unwrap());
-        let shown = shown_headers(&headers, false);
+        let shown = shown_headers(&headers, false).unwrap();
         assert_eq!(shown.len(), 1);
         assert_eq!(shown["accept"], "a/b, c/d");
-        assert!(!has_unshowable_header(&headers));
-        headers.insert(
-            "x-tier",
-            http::HeaderValue::from_bytes(b"premium\xff").unwrap(),
-        );
-        assert!(has_unshowable_header(&headers));
-        headers.remove("x-tier");
+        // Neither shown nor left out: refused.
+        for name in ["x-tier", "x-forwarded-host"] {
+            let mut headers = headers.clone();
+            headers.insert(name, http::HeaderValue::from_bytes(b"premium\xff").unwrap());
+            assert!(shown_headers(&headers, false).is_err(), "{name}");
+        }
+        headers.insert("cookie", http::HeaderValue::from_bytes(b"\xff").unwrap());
         // Vouched for by a trusted proxy, forwarding headers are shown.
-        let shown = shown_headers(&headers, true);
+        let shown = shown_headers(&headers, true).unwrap();
         assert_eq!(shown.len(), 4);
         assert_eq!(shown["x-forwarded-for"], "6.6.6.6");
     }
