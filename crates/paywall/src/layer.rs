@@ -722,23 +722,12 @@ impl Paywall {
         };
         // Spent after the kept response was looked for: a replay spends
         // nothing.
-        if from_balance {
-            service = match self
-                .at_session_price(&service, &verified.payment_hash)
-                .await
-            {
-                Ok(priced) => priced,
-                Err(halt) => {
-                    drop(claim);
-                    return Ok(own(self
-                        .halt_answer(halt, &service, &mut request, client)
-                        .await));
-                }
-            };
-        }
         let hold = if from_balance {
             match self.debit(&service, &verified.payment_hash).await {
-                Ok(hold) => Some(hold),
+                Ok((hold, at_session_price)) => {
+                    service = at_session_price;
+                    Some(hold)
+                }
                 Err(halt) => {
                     drop(claim);
                     return Ok(own(self

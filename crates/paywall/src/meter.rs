@@ -197,6 +197,7 @@ impl Metered {
                 .debit(
                     &self.session,
                     &self.service,
+                    1,
                     price_msat,
                     &holder,
                     unix_now(),

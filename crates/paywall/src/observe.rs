@@ -446,13 +446,14 @@ impl Store for ObservedStore {
         &self,
         id: &[u8; 32],
         service: &str,
-        amount_msat: u64,
+        units: u64,
+        unit_msat: u64,
         holder: &ClaimHolder,
         now: u64,
     ) -> Result<Debit, StoreError> {
         self.timed(
             "store.debit",
-            self.inner.debit(id, service, amount_msat, holder, now),
+            self.inner.debit(id, service, units, unit_msat, holder, now),
         )
         .await
     }

@@ -519,52 +519,25 @@ impl Paywall {
         }
     }
 
-    /// `service` as session `id` is spent: at the unit price it was
-    /// opened at (a session opened before that was recorded, at the
-    /// service's price).
-    ///
-    /// # Errors
-    ///
-    /// A 503 answer when the store cannot say.
-    pub(crate) async fn at_session_price(
-        &self,
-        service: &Arc<PricedService>,
-        id: &[u8; 32],
-    ) -> Result<Arc<PricedService>, Halt> {
-        let unit_msat = match self.store().session(id).await {
-            Ok(session) => session.and_then(|s| s.unit_msat),
-            Err(e) => {
-                tracing::error!(error = %e, "store: cannot read a session");
-                return Err(Halt::Answer(responses::payment_unavailable()));
-            }
-        };
-        Ok(match unit_msat.map(|msat| msat / 1000) {
-            Some(unit) if unit != service.price_sats => crate::pricing::at_price(service, unit),
-            _ => service.clone(),
-        })
-    }
-
-    /// Spends the service's price from session `id` for one request.
+    /// Spends one request's hold from session `id` at the unit price the
+    /// session was opened at (one opened before that was recorded, at the
+    /// service's price). Answers the hold and `service` at that price.
     ///
     /// # Errors
     ///
     /// The step to answer with: not enough left, closed, unknown, or the
     /// store out of reach.
-    pub(crate) async fn debit(&self, service: &PricedService, id: &[u8; 32]) -> Result<Hold, Halt> {
+    pub(crate) async fn debit(
+        &self,
+        service: &Arc<PricedService>,
+        id: &[u8; 32],
+    ) -> Result<(Hold, Arc<PricedService>), Halt> {
         let holder = ClaimHolder {
             replica: self.inner.claims.replica().to_owned(),
             token: hex::encode(rand::random::<[u8; 16]>()),
         };
         // A request metered by usage holds the most it may use.
-        let hold_msat = service.hold_msat();
-        let usage = match &service.meter {
-            Meter::Usage(usage) => Some(UsageCount {
-                units: Arc::new(AtomicU64::new(UNREPORTED)),
-                unit_msat: service.price_sats.saturating_mul(1000),
-                max_units: usage.max_units.max(1),
-            }),
-            _ => None,
-        };
+        let units = service.held_units();
         let call = {
             let (store, id, name, holder) = (
                 self.store().clone(),
@@ -572,9 +545,10 @@ impl Paywall {
                 service.name.clone(),
                 holder.clone(),
             );
+            let unit_msat = service.price_sats.saturating_mul(1000);
             async move {
                 store
-                    .debit(&id, &name, hold_msat, &holder, unix_now())
+                    .debit(&id, &name, units, unit_msat, &holder, unix_now())
                     .await
             }
         };
@@ -590,13 +564,31 @@ impl Paywall {
             }
         };
         match Detached::new(&self.inner.background, call, give_back).await {
-            Ok(Debit::Done { .. }) => Ok(Hold::new(store, holder, tracker, usage)),
-            Ok(Debit::Insufficient { balance_msat, .. }) => Err(refused(
+            Ok(Debit::Done { unit_msat, .. }) => {
+                let service = match unit_msat / 1000 {
+                    unit if unit != service.price_sats => crate::pricing::at_price(service, unit),
+                    _ => service.clone(),
+                };
+                let usage = match &service.meter {
+                    Meter::Usage(usage) => Some(UsageCount {
+                        units: Arc::new(AtomicU64::new(UNREPORTED)),
+                        unit_msat,
+                        max_units: usage.max_units.max(1),
+                    }),
+                    _ => None,
+                };
+                Ok((Hold::new(store, holder, tracker, usage), service))
+            }
+            Ok(Debit::Insufficient {
+                balance_msat,
+                unit_msat,
+                ..
+            }) => Err(refused(
                 ProblemType::LightningInsufficientBalance,
                 format!(
                     "the session has {} sat left and this request holds {} sat; top it up with the new challenge's invoice",
                     balance_msat / 1000,
-                    hold_msat / 1000
+                    units.saturating_mul(unit_msat) / 1000
                 ),
             )),
             Ok(Debit::Closed) => Err(closed()),
@@ -911,10 +903,10 @@ mod tests {
         let store = Arc::new(
             gate402_store::SqliteStore::open(&dir.path().join("paywall.sqlite3")).unwrap(),
         );
-        let chat = PricedService::new("chat", "/chat", 2).balance(5);
+        let chat = Arc::new(PricedService::new("chat", "/chat", 2).balance(5));
         let paywall = Paywall::builder(sandbox, store, "a secret of at least thirty-two bytes")
             .unwrap()
-            .services([chat.clone()])
+            .services([(*chat).clone()])
             .build()
             .await
             .unwrap();

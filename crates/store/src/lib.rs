@@ -176,6 +176,8 @@ pub enum Debit {
     Done {
         /// The balance after it.
         balance_msat: u64,
+        /// The unit price charged (msat).
+        unit_msat: u64,
     },
     /// Not enough left; nothing spent.
     Insufficient {
@@ -183,6 +185,8 @@ pub enum Debit {
         spent_msat: u64,
         /// Left (msat).
         balance_msat: u64,
+        /// The unit price it would have been charged (msat).
+        unit_msat: u64,
     },
     /// The session is closed.
     Closed,
@@ -452,16 +456,19 @@ pub trait Store: Send + Sync + 'static {
     /// A session, open or closed.
     async fn session(&self, id: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
 
-    /// Spends `amount_msat` from an open session of `service` (another
-    /// service's session is [`Debit::NotFound`]), atomically: never below
-    /// zero, whatever other replicas spend at once. The debit is held by
-    /// `holder` until [`Store::settle_debit`] (served) or
+    /// Spends `units` from an open session of `service` (another
+    /// service's session is [`Debit::NotFound`]) at the unit price it was
+    /// opened at (`unit_msat` for a session opened before unit prices
+    /// were recorded), atomically: never below zero, whatever other
+    /// replicas spend at once. Answers the unit price charged. The debit
+    /// is held by `holder` until [`Store::settle_debit`] (served) or
     /// [`Store::undo_debit`] (the upstream failed: pay for success).
     async fn debit(
         &self,
         id: &[u8; 32],
         service: &str,
-        amount_msat: u64,
+        units: u64,
+        unit_msat: u64,
         holder: &ClaimHolder,
         now: u64,
     ) -> Result<Debit, StoreError>;

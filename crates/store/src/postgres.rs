@@ -1076,24 +1076,27 @@ impl Store for PostgresStore {
         &self,
         id: &[u8; 32],
         service: &str,
-        amount_msat: u64,
+        units: u64,
+        unit_msat: u64,
         holder: &ClaimHolder,
         now: u64,
     ) -> Result<Debit, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let left: Option<i64> = sqlx::query_scalar(
-            "UPDATE sessions SET spent_msat = spent_msat + $2, last_used_at = $3
-             WHERE id = $1 AND service = $4 AND closed_at IS NULL AND deposit_msat - spent_msat >= $2
-             RETURNING deposit_msat - spent_msat",
+        let done: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE sessions SET spent_msat = spent_msat + $2 * coalesce(unit_msat, $5), last_used_at = $3
+             WHERE id = $1 AND service = $4 AND closed_at IS NULL
+               AND deposit_msat - spent_msat >= $2 * coalesce(unit_msat, $5)
+             RETURNING deposit_msat - spent_msat, coalesce(unit_msat, $5)",
         )
         .bind(&id[..])
-        .bind(amount_msat as i64)
+        .bind(units as i64)
         .bind(now as i64)
         .bind(service)
+        .bind(unit_msat as i64)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
-        let Some(left) = left else {
+        let Some((left, unit)) = done else {
             let known = read_session(&mut tx, id).await?;
             return Ok(match known {
                 None => Debit::NotFound,
@@ -1102,6 +1105,7 @@ impl Store for PostgresStore {
                 Some(s) => Debit::Insufficient {
                     spent_msat: s.spent_msat,
                     balance_msat: s.balance_msat(),
+                    unit_msat: s.unit_msat.unwrap_or(unit_msat),
                 },
             });
         };
@@ -1111,13 +1115,14 @@ impl Store for PostgresStore {
         .bind(&holder.token)
         .bind(&holder.replica)
         .bind(&id[..])
-        .bind(amount_msat as i64)
+        .bind(units as i64 * unit)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(Debit::Done {
             balance_msat: left as u64,
+            unit_msat: unit as u64,
         })
     }
 

@@ -1113,30 +1113,33 @@ impl Store for SqliteStore {
         &self,
         id: &[u8; 32],
         service: &str,
-        amount_msat: u64,
+        units: u64,
+        unit_msat: u64,
         holder: &ClaimHolder,
         now: u64,
     ) -> Result<Debit, StoreError> {
         let (id, holder, service) = (*id, holder.clone(), service.to_owned());
         self.with(move |c| {
-            let left: Option<i64> = c
+            let done: Option<(i64, i64)> = c
                 .prepare_cached(
-                    "UPDATE sessions SET spent_msat = spent_msat + ?2, last_used_at = ?3
-                     WHERE id = ?1 AND service = ?4 AND closed_at IS NULL AND deposit_msat - spent_msat >= ?2
-                     RETURNING deposit_msat - spent_msat",
+                    "UPDATE sessions SET spent_msat = spent_msat + ?2 * coalesce(unit_msat, ?5), last_used_at = ?3
+                     WHERE id = ?1 AND service = ?4 AND closed_at IS NULL
+                       AND deposit_msat - spent_msat >= ?2 * coalesce(unit_msat, ?5)
+                     RETURNING deposit_msat - spent_msat, coalesce(unit_msat, ?5)",
                 )?
                 .query_row(
-                    params![&id[..], amount_msat as i64, now as i64, service],
-                    |r| r.get(0),
+                    params![&id[..], units as i64, now as i64, service, unit_msat as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            if let Some(left) = left {
+            if let Some((left, unit)) = done {
                 c.prepare_cached(
                     "INSERT INTO session_debits (token, replica, session, amount_msat) VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![holder.token, holder.replica, &id[..], amount_msat as i64])?;
+                .execute(params![holder.token, holder.replica, &id[..], units as i64 * unit])?;
                 return Ok(Debit::Done {
                     balance_msat: left as u64,
+                    unit_msat: unit as u64,
                 });
             }
             Ok(match read_session(c, &id)? {
@@ -1146,6 +1149,7 @@ impl Store for SqliteStore {
                 Some(s) => Debit::Insufficient {
                     spent_msat: s.spent_msat,
                     balance_msat: s.balance_msat(),
+                    unit_msat: s.unit_msat.unwrap_or(unit_msat),
                 },
             })
         })

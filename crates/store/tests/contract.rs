@@ -506,7 +506,7 @@ async fn a_balance_gives_back_failures_up_to_twice_its_spending([a, b]: &Pair) {
         n += 1;
         let (store, h) = (store.clone(), holder("r", &format!("f{n}")));
         async move {
-            let done = store.debit(&id, "chat", 1_000, &h, 1_001).await.unwrap();
+            let done = store.debit(&id, "chat", 1, 1_000, &h, 1_001).await.unwrap();
             assert!(matches!(done, Debit::Done { .. }), "{done:?}");
             h
         }
@@ -566,24 +566,32 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     assert_eq!(session.return_invoice.as_deref(), Some("lnbcrt1refund"));
     assert_eq!(session.unit_msat, Some(1_000));
     assert_eq!(
-        a.debit(&[60; 32], "chat", 4_000, &r1, 1_001).await.unwrap(),
+        a.debit(&[60; 32], "chat", 4, 1_000, &r1, 1_001)
+            .await
+            .unwrap(),
         Debit::Done {
-            balance_msat: 6_000
+            balance_msat: 6_000,
+            unit_msat: 1_000
         }
     );
     assert_eq!(
-        b.debit(&[60; 32], "chat", 4_000, &r2, 1_002).await.unwrap(),
+        // At the unit price it was opened at, whatever the price now.
+        b.debit(&[60; 32], "chat", 4, 7_000, &r2, 1_002)
+            .await
+            .unwrap(),
         Debit::Done {
-            balance_msat: 2_000
+            balance_msat: 2_000,
+            unit_msat: 1_000
         }
     );
     assert_eq!(
-        a.debit(&[60; 32], "chat", 4_000, &holder("r1", "d3"), 1_003)
+        a.debit(&[60; 32], "chat", 4, 1_000, &holder("r1", "d3"), 1_003)
             .await
             .unwrap(),
         Debit::Insufficient {
             spent_msat: 8_000,
-            balance_msat: 2_000
+            balance_msat: 2_000,
+            unit_msat: 1_000
         }
     );
     // The upstream failed for one: given back; the other is kept.
@@ -597,11 +605,12 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     );
     // Held the most, kept what was used: the rest goes back.
     assert_eq!(
-        b.debit(&[60; 32], "chat", 2_000, &holder("r2", "d6"), 1_003)
+        b.debit(&[60; 32], "chat", 2, 1_000, &holder("r2", "d6"), 1_003)
             .await
             .unwrap(),
         Debit::Done {
-            balance_msat: 4_000
+            balance_msat: 4_000,
+            unit_msat: 1_000
         }
     );
     b.settle_debit(&holder("r2", "d6"), Some(500))
@@ -614,11 +623,12 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     assert!(!b.undo_debit(&holder("r2", "d6")).await.unwrap());
     // ... and never more than was held.
     assert_eq!(
-        b.debit(&[60; 32], "chat", 500, &holder("r2", "d7"), 1_003)
+        b.debit(&[60; 32], "chat", 1, 1_000, &holder("r2", "d7"), 1_003)
             .await
             .unwrap(),
         Debit::Done {
-            balance_msat: 5_000
+            balance_msat: 4_500,
+            unit_msat: 1_000
         }
     );
     b.settle_debit(&holder("r2", "d7"), Some(9_999))
@@ -626,7 +636,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         .unwrap();
     assert_eq!(
         a.session(&[60; 32]).await.unwrap().unwrap().spent_msat,
-        5_000
+        5_500
     );
     // A top-up credits once, and only the session it was paid for.
     assert_eq!(
@@ -655,18 +665,19 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     );
     // Another service's requests find no such session.
     assert_eq!(
-        a.debit(&[60; 32], "other", 1_000, &holder("r1", "d9"), 1_006)
+        a.debit(&[60; 32], "other", 1, 1_000, &holder("r1", "d9"), 1_006)
             .await
             .unwrap(),
         Debit::NotFound
     );
     // A replica killed mid-request: its held debits are given back.
     assert_eq!(
-        a.debit(&[60; 32], "chat", 1_000, &holder("dead", "d4"), 1_006)
+        a.debit(&[60; 32], "chat", 1, 1_000, &holder("dead", "d4"), 1_006)
             .await
             .unwrap(),
         Debit::Done {
-            balance_msat: 9_000
+            balance_msat: 8_500,
+            unit_msat: 1_000
         }
     );
     assert_eq!(b.undo_debits_of("dead").await.unwrap(), 1);
@@ -688,7 +699,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     assert_eq!(
         refunds,
         vec![&Closing::Closed {
-            refund_msat: 10_000,
+            refund_msat: 9_500,
             return_invoice: Some("lnbcrt1refund".into())
         }]
     );
@@ -707,7 +718,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     assert_eq!(
         retried,
         vec![Closing::Closed {
-            refund_msat: 10_000,
+            refund_msat: 9_500,
             return_invoice: Some("lnbcrt1refund".into())
         }]
     );
@@ -724,7 +735,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         taken,
         vec![OwedRefund {
             id: [60; 32],
-            refund_msat: 10_000,
+            refund_msat: 9_500,
             return_invoice: "lnbcrt1refund".into()
         }]
     );
@@ -739,10 +750,10 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     let end = done.closed.unwrap();
     assert_eq!(
         (end.refund_msat, end.refund_status.as_str()),
-        (10_000, "succeeded")
+        (9_500, "succeeded")
     );
     assert_eq!(
-        a.debit(&[60; 32], "chat", 1, &holder("r1", "d5"), 1_501)
+        a.debit(&[60; 32], "chat", 1, 1_000, &holder("r1", "d5"), 1_501)
             .await
             .unwrap(),
         Debit::Closed
@@ -776,7 +787,7 @@ async fn concurrent_debits_never_overdraw(stores: &Pair) {
         let holder = holder("r", &format!("c{i}"));
         tasks.push(tokio::spawn(async move {
             store
-                .debit(&[70; 32], "chat", 1_000, &holder, 2_000)
+                .debit(&[70; 32], "chat", 1, 1_000, &holder, 2_000)
                 .await
                 .unwrap()
         }));

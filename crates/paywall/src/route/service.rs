@@ -255,7 +255,7 @@ impl PricedService {
     }
 
     /// The units one request holds: one, or for usage the most it may use.
-    fn held_units(&self) -> u64 {
+    pub(crate) fn held_units(&self) -> u64 {
         match &self.meter {
             Meter::Usage(usage) => usage.max_units.max(1),
             _ => 1,
