@@ -937,6 +937,29 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{shown}: {detail}");
         assert!(detail.contains(why), "{shown}: {detail}");
     }
+    // JSON that is also a form, declared a form as PHP and Rack read the
+    // type (cut at `;`, `,` or a space): they read `model=gpt-4`.
+    for content_type in [
+        "application/x-www-form-urlencoded, application/json",
+        "application/x-www-form-urlencoded application/json",
+        "multipart/mixed; boundary=b",
+    ] {
+        let response = h
+            .client
+            .post(h.url("/dyn/a"))
+            .header("content-type", content_type)
+            .body(r#"{"note":"&model=gpt-4&"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{content_type}");
+        let problem: Value = response.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("declared a form"),
+            "{content_type}: {detail}"
+        );
+    }
     for (target, why) in [
         ("/dyn/n?n=+100", "\"n\""),
         ("/dyn/n?n=%20100", "\"n\""),

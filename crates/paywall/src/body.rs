@@ -203,32 +203,48 @@ where
     }
 }
 
+/// The media types of a request's `Content-Type` fields as PHP and Rack
+/// read them: lower-cased, each cut at its first `;`, `,` or space
+/// (`application/x-www-form-urlencoded, application/json` is a form); an
+/// empty one for a field with nothing before that.
+fn media_types(headers: &http::HeaderMap) -> impl Iterator<Item = (String, String)> + '_ {
+    headers
+        .get_all(http::header::CONTENT_TYPE)
+        .iter()
+        .map(|value| {
+            let value = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+            let media = value
+                .split(|c: char| matches!(c, ';' | ',') || c.is_ascii_whitespace())
+                .find(|part| !part.is_empty())
+                .unwrap_or("")
+                .to_owned();
+            (media, value)
+        })
+}
+
+/// Whether these `headers` declare a form body, as the frameworks that
+/// read a form's fields decide it: a `Content-Type` whose media type
+/// ([`media_types`]) is `application/x-www-form-urlencoded` or any
+/// `multipart/*` type.
+pub(crate) fn declares_form(headers: &http::HeaderMap) -> bool {
+    media_types(headers).any(|(media, _)| {
+        media == "application/x-www-form-urlencoded" || media.starts_with("multipart/")
+    })
+}
+
 /// Whether a body sent with these `headers` may have fields that
 /// frameworks merge into a request's parameters (Rails' `params`, PHP's
 /// `$_REQUEST`, Laravel's input): no `Content-Type` or an empty one (Rack
-/// parses a POST without one as a form); a form or any `multipart/*` type,
-/// its media type cut at `;`, `,` or a space as PHP and Rack cut it; or a
-/// value holding `/json` or `+json` anywhere (Laravel's `isJson`).
+/// parses a POST without one as a form); a declared form
+/// ([`declares_form`]); or a value holding `/json` or `+json` anywhere
+/// (Laravel's `isJson`).
 pub(crate) fn has_fields(headers: &http::HeaderMap) -> bool {
-    let mut types = headers
-        .get_all(http::header::CONTENT_TYPE)
-        .iter()
-        .peekable();
-    if types.peek().is_none() {
-        return true;
-    }
-    types.any(|value| {
-        let value = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
-        let media = value
-            .split(|c: char| matches!(c, ';' | ',') || c.is_ascii_whitespace())
-            .find(|part| !part.is_empty())
-            .unwrap_or("");
-        media.is_empty()
-            || media == "application/x-www-form-urlencoded"
-            || media.starts_with("multipart/")
-            || value.contains("/json")
-            || value.contains("+json")
-    })
+    let mut types = media_types(headers).peekable();
+    types.peek().is_none()
+        || declares_form(headers)
+        || types.any(|(media, value)| {
+            media.is_empty() || value.contains("/json") || value.contains("+json")
+        })
 }
 
 /// The names of a body's top-level fields as the frameworks that merge
@@ -396,6 +412,33 @@ mod tests {
             &["text/plain"],
         ] {
             assert!(!with(types), "{types:?}");
+        }
+    }
+
+    #[test]
+    fn a_form_is_declared_as_php_and_rack_read_the_type() {
+        let declares = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
+            declares_form(&headers)
+        };
+        for value in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded; charset=utf-8",
+            "application/x-www-form-urlencoded, application/json",
+            "application/x-www-form-urlencoded application/json",
+            "application/x-www-form-urlencoded\tapplication/json",
+            "multipart/form-data; boundary=b",
+            "multipart/mixed, application/json",
+        ] {
+            assert!(declares(value), "{value}");
+        }
+        for value in [
+            "application/json",
+            "application/json, application/x-www-form-urlencoded",
+            "text/plain",
+        ] {
+            assert!(!declares(value), "{value}");
         }
     }
 }

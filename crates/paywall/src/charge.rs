@@ -13,8 +13,8 @@ use crate::body::{read_whole, BodyError, BoxError};
 use crate::credentials::CredentialScheme;
 use crate::paywall::Paywall;
 use crate::pricing::{
-    at_price, content_encoding, is_form, l402_amount, mpp_amount, too_dear, too_little,
-    PriceRequest, Unquotable, MAX_PRICE_SATS,
+    at_price, content_encoding, l402_amount, mpp_amount, too_dear, too_little, PriceRequest,
+    Unquotable, MAX_PRICE_SATS,
 };
 use crate::responses::{self, Refusal};
 use crate::route::{PricedService, Sells};
@@ -51,7 +51,7 @@ impl Paywall {
         };
         let declared = request.body().size_hint().lower();
         let encoding = content_encoding(request.headers());
-        let form = is_form(request.headers());
+        let form = crate::body::declares_form(request.headers());
         // A body whose fields an upstream may read as query parameters.
         let merged = pricing.reads_query()
             && request.body().size_hint().exact() != Some(0)

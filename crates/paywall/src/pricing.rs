@@ -297,23 +297,10 @@ pub struct PriceRequest<'a> {
     /// Its `Content-Encoding`, when it names anything but `identity`: a
     /// body so encoded cannot be priced by its fields or its size.
     pub encoding: Option<&'a str>,
-    /// Whether its `Content-Type` names a form
-    /// (`application/x-www-form-urlencoded`, `multipart/form-data`): an
-    /// upstream reads its fields as a form, whatever JSON it also is.
+    /// Whether its `Content-Type` declares a form (a form or any
+    /// `multipart/*` type, read as PHP and Rack read it): an upstream
+    /// reads its fields as a form, whatever JSON it also is.
     pub form: bool,
-}
-
-/// Whether `headers` declare a form body.
-pub fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONTENT_TYPE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            let media = v.split(';').next().unwrap_or("").trim();
-            media.eq_ignore_ascii_case("application/x-www-form-urlencoded")
-                || media.eq_ignore_ascii_case("multipart/form-data")
-        })
 }
 
 /// What a rule depends on that the request carries in a form that cannot
