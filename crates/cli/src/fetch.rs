@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -63,9 +64,45 @@ pub struct FetchArgs {
     /// Do not open or use MPP sessions, whatever the config says.
     #[arg(long, overrides_with = "session")]
     pub no_session: bool,
+    /// Seconds a connection (TCP and TLS) may take.
+    #[arg(long, value_name = "SECS", default_value_t = CONNECT_TIMEOUT_SECS)]
+    pub connect_timeout: u64,
+    /// Seconds the server may send nothing (before its answer or within
+    /// it) before the request is given up; 0 waits for ever. A payment
+    /// made for it is booked all the same.
+    #[arg(long, value_name = "SECS", default_value_t = READ_TIMEOUT_SECS)]
+    pub read_timeout: u64,
     /// Spending limits and the wallet.
     #[command(flatten)]
     pub pay: PayOptions,
+}
+
+/// How long `gate402 get` waits for a connection by default (seconds).
+pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// How long `gate402 get` waits by default for a server that sends
+/// nothing (seconds): long enough for an API that thinks a minute or two
+/// before it answers, short enough that a stalled server cannot hold an
+/// agent for ever.
+pub const READ_TIMEOUT_SECS: u64 = 120;
+
+/// The HTTP client of the paying commands: redirects left to the payer
+/// (each hop is paid to its own origin), connections within
+/// `connect_secs`, and a server silent for `read_secs` (0: no limit)
+/// given up.
+///
+/// # Errors
+///
+/// When the TLS backend cannot be set up.
+pub fn http_client(insecure: bool, connect_secs: u64, read_secs: u64) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .danger_accept_invalid_certs(insecure)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(connect_secs));
+    if read_secs > 0 {
+        builder = builder.read_timeout(Duration::from_secs(read_secs));
+    }
+    Ok(builder.build()?)
 }
 
 /// What may be paid and with what: shared by `get` and `mcp call`.
@@ -245,10 +282,7 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let payer = args.pay.payer(prefer, sessions, data_dir).await?;
     // Redirects are followed by the payer, hop by hop, so that each 402 is
     // paid to the origin that sent it and no credential crosses origins.
-    let http = reqwest::Client::builder()
-        .danger_accept_invalid_certs(args.insecure)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
+    let http = http_client(args.insecure, args.connect_timeout, args.read_timeout)?;
     let method = args.method.clone().unwrap_or_else(|| {
         if method == "GET" && args.data.is_some() {
             "POST".into()

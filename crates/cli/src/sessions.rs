@@ -141,7 +141,11 @@ async fn close(
         _ => {}
     }
     let client = Client {
-        http: reqwest::Client::new(),
+        http: crate::fetch::http_client(
+            false,
+            crate::fetch::CONNECT_TIMEOUT_SECS,
+            crate::fetch::READ_TIMEOUT_SECS,
+        )?,
         payer,
     };
     let mut answers = Vec::new();

@@ -772,3 +772,49 @@ async fn a_kept_credential_goes_only_with_the_request_it_was_bought_for() {
     assert_eq!(payments(data).await.len(), 2, "A was paid for once");
     gateway.shutdown().await.unwrap();
 }
+
+/// A server that stalls (says nothing after the request, or stops within
+/// its body) does not hold the client for ever: it gives up after
+/// `--read-timeout` seconds of silence with an error and a non-zero exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_server_is_given_up_after_the_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut request = vec![0; 4096];
+                let n = socket.read(&mut request).await.unwrap_or(0);
+                if String::from_utf8_lossy(&request[..n]).starts_with("GET /body") {
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                        )
+                        .await;
+                }
+                // Then nothing, the connection kept open.
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                drop(socket);
+            });
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    for path in ["/silent", "/body"] {
+        let url = format!("http://{addr}{path}");
+        let started = std::time::Instant::now();
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(data.path(), &["get", "-s", "--read-timeout", "2", &url]),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path}: still waiting after 30 s"));
+        assert!(!out.status.success(), "{path}");
+        assert!(started.elapsed() < Duration::from_secs(15), "{path}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("timed out"), "{path}: {stderr}");
+    }
+}
