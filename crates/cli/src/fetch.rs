@@ -523,10 +523,10 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
             "{}  {:>8} msat  refund   {:7}  {}  {}  ({})",
             r.created_at,
             r.refund_msat,
-            r.status,
+            crate::output::terminal_safe(&r.status),
             &r.session[..16.min(r.session.len())],
             r.url,
-            r.reason
+            crate::output::terminal_safe(&r.reason)
         );
     }
     for (domain, (amount, fee, count, refunded)) in &totals {

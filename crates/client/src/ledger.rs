@@ -384,8 +384,9 @@ pub struct Refund {
     /// the session was deposited).
     pub refund_msat: u64,
     /// The server's `refundStatus`: `succeeded`, `failed`, `skipped`
-    /// (nothing left) or `pending`; or `disputed` when it said it refunded
-    /// more than was ever deposited (the deposit is recorded).
+    /// (nothing left) or `pending`; `unknown` when it said another word
+    /// or none; or `disputed` when it said it refunded more than was ever
+    /// deposited (the deposit is recorded).
     pub status: String,
     /// What the wallet saw arrive on the return invoice, in
     /// millisatoshis, when it can see its invoices (not NWC).

@@ -1068,15 +1068,19 @@ impl Payer {
 }
 
 /// A refund as the ledger records it: what the server says it refunded
-/// (msat) and its `refundStatus`, unless it says more than was ever
+/// (msat) and its `refundStatus` (`unknown` for one the protocol has not:
+/// a server's words are not kept), unless it says more than was ever
 /// deposited (`deposit_sats`): then the deposit, as `disputed` (a server
 /// cannot book a refund it could not have owed).
 fn as_recorded(refund_sats: u64, status: String, deposit_sats: u64) -> (u64, String) {
     if refund_sats > deposit_sats {
-        (deposit_sats.saturating_mul(1000), "disputed".to_owned())
-    } else {
-        (refund_sats.saturating_mul(1000), status)
+        return (deposit_sats.saturating_mul(1000), "disputed".to_owned());
     }
+    let status = match status.as_str() {
+        "succeeded" | "failed" | "skipped" | "pending" => status,
+        _ => "unknown".to_owned(),
+    };
+    (refund_sats.saturating_mul(1000), status)
 }
 
 #[cfg(test)]
@@ -1186,6 +1190,10 @@ mod tests {
         assert_eq!(
             as_recorded(5_000, "succeeded".into(), 20),
             (20_000, "disputed".to_owned())
+        );
+        assert_eq!(
+            as_recorded(5, "\u{1b}[31msucceeded".into(), 20),
+            (5_000, "unknown".to_owned())
         );
     }
 }
