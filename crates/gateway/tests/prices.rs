@@ -1084,9 +1084,9 @@ headers = { "x-api-key" = "UPSTREAM-SECRET" }
 /// say is refused, never priced by the default or served free: a query
 /// parameter a rule looks at sent as a body field (Rails' `params`, PHP's
 /// `$_REQUEST`), a lower-case method (Werkzeug upper-cases it), a `_method`
-/// override (Rails, Laravel, Symfony), a path parameter with a format
-/// (Rails' `(.:format)`); and TRACE, whose echo would show the upstream's
-/// API key, is answered by the gateway.
+/// override (Rails, Laravel, Symfony), a path or a path parameter with a
+/// format (Rails' `(.:format)`); and TRACE, whose echo would show the
+/// upstream's API key, is answered by the gateway.
 #[tokio::test]
 async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
     let h = Harness::start(READ_OTHERWISE).await;
@@ -1187,6 +1187,11 @@ async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
         ("GET", "/img/large.json", "", "", "and a format"),
         ("GET", "/img/v1/huge.json", "", "", "and a format"),
         ("GET", "/img/v1/huge.json/", "", "", "and a format"),
+        // A format suffix on a service's own path reaches it through the
+        // free catch-all.
+        ("GET", "/q.json", "", "", "format suffix"),
+        ("GET", "/img.xml/", "", "", "format suffix"),
+        ("DELETE", "/m.json", "", "", "format suffix"),
         ("GET", "/q/x?+hd.mode=on", "", "", "differs from"),
         (
             "POST",

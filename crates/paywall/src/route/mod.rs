@@ -218,6 +218,10 @@ pub enum RouteError {
     /// upstreams do), the path names another service, or cannot be read.
     #[error("the path names another resource once Unicode compatibility characters are folded")]
     Ambiguous,
+    /// Read without its format suffix (as Rails' `(.:format)` reads
+    /// `/premium.json`: `/premium`), the path names another service.
+    #[error("without its format suffix the path names another resource, and upstreams that take a format suffix (Rails' (.:format)) would serve that one: ask for it by that path")]
+    FormatSuffix,
 }
 
 /// The priced services, in order; the first that matches wins.
@@ -301,6 +305,18 @@ impl Routes {
         path: &RequestPath,
     ) -> Result<Option<&Arc<PricedService>>, RouteError> {
         let found = self.find_exactly(host, method, path, None)?;
+        let same = |other: Option<&Arc<PricedService>>| match (found, other) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        // Nor through a route that only the suffixed spelling matches, to
+        // an upstream that reads `/premium.json` as `/premium`.
+        if let Some(stem) = path.without_format() {
+            if !same(self.find_exactly(host, method, &stem, None)?) {
+                return Err(RouteError::FormatSuffix);
+            }
+        }
         // An upstream that folds `ｐｒｅｍｉｕｍ` or `prēmium` into `premium`
         // must not be reached through a route that only the unfolded
         // spelling matches, whichever way it folds.
@@ -310,13 +326,7 @@ impl Routes {
             Err(_) => return Err(RouteError::Ambiguous),
         };
         for (reading, folded) in forms.iter().enumerate() {
-            let other = self.find_exactly(host, method, folded, Some(reading))?;
-            let same = match (found, other) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            };
-            if !same {
+            if !same(self.find_exactly(host, method, folded, Some(reading))?) {
                 return Err(RouteError::Ambiguous);
             }
         }
@@ -449,6 +459,50 @@ mod tests {
         assert_eq!(name("/cafe%CC%81/menu"), Err(RouteError::Ambiguous));
         assert_eq!(name("/premium/a"), Ok(Some("premium".into())));
         assert_eq!(name("/prix/%C3%A9t%C3%A9"), Ok(Some("rest".into())));
+    }
+
+    #[test]
+    fn a_format_suffix_that_reaches_another_service_is_refused() {
+        let routes = Routes::new([
+            PricedService::new("premium", "/premium/*", 50),
+            PricedService::new("write", "/api/write", 30),
+            PricedService::new("files", "/files/*", 2),
+            PricedService::new("cheap", "/*", 1),
+        ]);
+        let name = |p: &str| {
+            routes
+                .find(None, &Method::GET, &path(p))
+                .map(|s| s.map(|s| s.name.clone()))
+        };
+        for p in [
+            "/premium.json",
+            "/premium.xml/",
+            "/PREMIUM.json",
+            "/api/write.json",
+            "/api/write.v1.json",
+        ] {
+            assert_eq!(name(p), Err(RouteError::FormatSuffix), "{p}");
+        }
+        for (p, service) in [
+            ("/premium/a.json", "premium"),
+            ("/files/report.pdf", "files"),
+            ("/index.html", "cheap"),
+            ("/.well-known/x", "cheap"),
+            ("/api/.env", "cheap"),
+        ] {
+            assert_eq!(name(p), Ok(Some(service.into())), "{p}");
+        }
+        // Unclaimed, it must not be a priced route without its suffix
+        // either: a layer passes it to the app unpaid.
+        let routes = Routes::new([PricedService::new("premium", "/premium", 50)]);
+        assert_eq!(
+            routes.find(None, &Method::GET, &path("/premium.json")),
+            Err(RouteError::FormatSuffix)
+        );
+        assert_eq!(
+            routes.find(None, &Method::GET, &path("/other.json")),
+            Ok(None)
+        );
     }
 
     #[test]

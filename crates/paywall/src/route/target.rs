@@ -287,6 +287,17 @@ impl RequestPath {
             .map(Some)
     }
 
+    /// The path as frameworks that take a format suffix read it (Rails'
+    /// `(.:format)`): its last segment (before a trailing `/`) cut at its
+    /// first `.` after its first character (`/premium.json` and
+    /// `/premium.v1.json` are `/premium`); `None` when it has none.
+    pub fn without_format(&self) -> Option<RequestPath> {
+        let trimmed = self.0.strip_suffix('/').unwrap_or(&self.0);
+        let (parent, last) = trimmed.rsplit_once('/')?;
+        let dot = last.get(1..)?.find('.')? + 1;
+        RequestPath::parse(&format!("{parent}/{}", &last[..dot])).ok()
+    }
+
     /// The segments, without the leading `/` (a trailing `/` gives an
     /// empty last segment).
     pub fn segments(&self) -> std::str::Split<'_, char> {
