@@ -906,6 +906,19 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
             None,
             "only by case",
         ),
+        // Sent without a content-type, which Rack reads as a form.
+        (
+            "/dyn/a",
+            br#"{"note":"&model=gpt-4&"}"#.to_vec(),
+            None,
+            "declared a form",
+        ),
+        (
+            "/dyn/a",
+            br#"{"note":"&model[]=gpt-4&"}"#.to_vec(),
+            None,
+            "declared a form",
+        ),
         (
             "/dyn/tokens",
             br#"{"max_tokens":1e5}"#.to_vec(),

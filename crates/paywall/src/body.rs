@@ -239,12 +239,17 @@ pub(crate) fn declares_form(headers: &http::HeaderMap) -> bool {
 /// ([`declares_form`]); or a value holding `/json` or `+json` anywhere
 /// (Laravel's `isJson`).
 pub(crate) fn has_fields(headers: &http::HeaderMap) -> bool {
-    let mut types = media_types(headers).peekable();
-    types.peek().is_none()
+    untyped(headers)
         || declares_form(headers)
-        || types.any(|(media, value)| {
-            media.is_empty() || value.contains("/json") || value.contains("+json")
-        })
+        || media_types(headers).any(|(_, value)| value.contains("/json") || value.contains("+json"))
+}
+
+/// Whether these `headers` give a body no type: no `Content-Type`, or one
+/// with nothing before its first `;`, `,` or space. Rack parses such a
+/// POST's body as a form.
+pub(crate) fn untyped(headers: &http::HeaderMap) -> bool {
+    let mut types = media_types(headers).peekable();
+    types.peek().is_none() || types.any(|(media, _)| media.is_empty())
 }
 
 /// The names of a body's top-level fields as the frameworks that merge

@@ -51,7 +51,6 @@ impl Paywall {
         };
         let declared = request.body().size_hint().lower();
         let encoding = content_encoding(request.headers());
-        let form = crate::body::declares_form(request.headers());
         // A body whose fields an upstream may read as query parameters.
         let merged = pricing.reads_query()
             && request.body().size_hint().exact() != Some(0)
@@ -67,6 +66,11 @@ impl Paywall {
         } else {
             None
         };
+        let form = crate::body::declares_form(request.headers())
+            || (crate::body::untyped(request.headers())
+                && body
+                    .as_deref()
+                    .is_some_and(|b| pricing.form_names_a_field(b)));
         let view = PriceRequest {
             method: request.method(),
             path: request.uri().path(),

@@ -297,9 +297,11 @@ pub struct PriceRequest<'a> {
     /// Its `Content-Encoding`, when it names anything but `identity`: a
     /// body so encoded cannot be priced by its fields or its size.
     pub encoding: Option<&'a str>,
-    /// Whether its `Content-Type` declares a form (a form or any
-    /// `multipart/*` type, read as PHP and Rack read it): an upstream
-    /// reads its fields as a form, whatever JSON it also is.
+    /// Whether an upstream may read its body as a form, whatever JSON it
+    /// also is: its `Content-Type` declares one (a form or any
+    /// `multipart/*` type, read as PHP and Rack read it), or it has none
+    /// (Rack reads a form then) and the body read as a form has a field a
+    /// rule looks at.
     pub form: bool,
 }
 
@@ -523,7 +525,7 @@ impl<'a> Parsed<'a> {
     fn field(&self, pointer: &str) -> Result<Option<&Value>, Unreadable> {
         if self.request.form {
             return Err(Unreadable(format!(
-                "the request body is declared a form, and the price depends on its JSON field {pointer}: send it as application/json"
+                "the request body is declared a form (or has no content-type and reads as a form with that field), and the price depends on its JSON field {pointer}: send it as application/json"
             )));
         }
         let json = self
@@ -916,6 +918,16 @@ impl Pricing {
     /// to read cannot be priced then.
     pub fn reads_fields(&self) -> bool {
         self.rules.iter().any(PriceRule::reads_fields)
+    }
+
+    /// Whether `body`, read as a form, has a field a rule looks at
+    /// (`model=gpt-4` inside `{"note":"&model=gpt-4&"}`), spelled so or as
+    /// PHP would read it ([`name_reads_as`]).
+    pub(crate) fn form_names_a_field(&self, body: &[u8]) -> bool {
+        form_urlencoded::parse(body).any(|(name, _)| {
+            self.body_keys()
+                .any(|key| name == key || name_reads_as(&name, &key))
+        })
     }
 
     /// The top-level body fields the rules look at (`model` of
