@@ -70,9 +70,11 @@ fn normal(authority: &Authority) -> Result<String, HostError> {
     }
     let host = authority.host();
     let port = &authority.as_str()[host.len()..];
-    let port_ok = port
-        .strip_prefix(':')
-        .is_none_or(|digits| digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()));
+    // Empty (`host:`) or a port number: 0 to 65535, digits only.
+    let port_ok = port.strip_prefix(':').is_none_or(|digits| {
+        digits.is_empty()
+            || (digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok())
+    });
     if !port_ok || (!port.is_empty() && !port.starts_with(':')) {
         return Err(HostError::Malformed);
     }
@@ -133,6 +135,10 @@ mod tests {
         assert_eq!(host("/x", &["user@a.test"]), Err(HostError::Malformed));
         assert_eq!(host("/x", &["a..test"]), Err(HostError::Malformed));
         assert_eq!(host("/x", &["a.test:port"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["a.test:99999"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["a.test:65536"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["a.test:+80"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["a.test:65535"]), Ok(Some("a.test".to_owned())));
         assert_eq!(
             host("http://a.test/x", &["b.test"]),
             Err(HostError::Conflict)
