@@ -337,6 +337,14 @@ async fn the_admin_api_needs_a_credential_and_names_who_used_it() {
         .contains("script-src 'self'"));
     assert!(page.text().await.unwrap().contains("/admin/app.js"));
 
+    // A path parameter that is not text gets a problem body like every
+    // other admin error.
+    for path in ["/tokens/%00%ff", "/services/%ff", "/sessions/%ff"] {
+        let (status, body) = h.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(body["detail"].is_string(), "{path}: {body}");
+    }
+
     let dir = h.dir.path().to_owned();
     h.gateway.shutdown().await.unwrap();
     assert!(!dir.join("admin.json").exists(), "removed at shutdown");

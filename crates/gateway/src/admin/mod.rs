@@ -432,6 +432,26 @@ async fn not_found() -> Response {
     problem(StatusCode::NOT_FOUND, "no such admin resource")
 }
 
+/// The one path parameter of an admin route (a service's name, a
+/// token, a session id), percent-decoded. One that does not decode to
+/// text (`%00%ff`) is refused with a 400 problem body, as every admin
+/// error is, not with the router's plain text.
+pub(crate) struct Segment(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(segment)) => Ok(Self(segment)),
+            Err(rejection) => Err(problem(StatusCode::BAD_REQUEST, &rejection.body_text())),
+        }
+    }
+}
+
 /// A problem body with the status's title.
 pub(crate) fn problem(status: StatusCode, detail: &str) -> Response {
     problem_response(

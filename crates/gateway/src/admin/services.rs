@@ -5,7 +5,7 @@
 //! file's keys; `${NAME}` stays unexpanded in the store and is expanded by
 //! each replica, so secrets kept in the environment never reach the store.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -15,7 +15,7 @@ use gate402_store::{ServiceChange, ServiceState};
 use serde_json::{json, Map, Value};
 use toml::Table;
 
-use super::{problem, problem_with, store_unavailable, AdminState, Who};
+use super::{problem, problem_with, store_unavailable, AdminState, Segment, Who};
 use crate::services::{ServiceView, Source};
 
 /// What a header value shows as when it holds a literal (not `${NAME}`).
@@ -63,7 +63,7 @@ pub(super) async fn list(State(state): State<AdminState>) -> Response {
 }
 
 /// `GET /admin/api/services/{name}`.
-pub(super) async fn show(State(state): State<AdminState>, Path(name): Path<String>) -> Response {
+pub(super) async fn show(State(state): State<AdminState>, Segment(name): Segment) -> Response {
     match state.services.view(&name) {
         Some(view) => Json(describe(&view)).into_response(),
         None => no_such(&name),
@@ -75,7 +75,7 @@ pub(super) async fn show(State(state): State<AdminState>, Path(name): Path<Strin
 pub(super) async fn put(
     State(state): State<AdminState>,
     Extension(who): Extension<Who>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let table = match table_of(body, &name) {
@@ -109,7 +109,7 @@ pub(super) async fn put(
 pub(super) async fn patch(
     State(state): State<AdminState>,
     Extension(who): Extension<Who>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Some(view) = state.services.view(&name) else {
@@ -194,7 +194,7 @@ fn toml_error(path: &str, e: &toml::ser::Error) -> String {
 pub(super) async fn disable(
     State(state): State<AdminState>,
     Extension(who): Extension<Who>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
 ) -> Response {
     switch(state, who, name, ServiceState::Disabled, "service.disable").await
 }
@@ -203,7 +203,7 @@ pub(super) async fn disable(
 pub(super) async fn enable(
     State(state): State<AdminState>,
     Extension(who): Extension<Who>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
 ) -> Response {
     switch(state, who, name, ServiceState::Active, "service.enable").await
 }
@@ -213,7 +213,7 @@ pub(super) async fn enable(
 pub(super) async fn delete(
     State(state): State<AdminState>,
     Extension(who): Extension<Who>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
 ) -> Response {
     let Some(view) = state.services.view(&name) else {
         return no_such(&name);
@@ -252,7 +252,7 @@ async fn switch(
 pub(super) async fn reset(
     State(state): State<AdminState>,
     Extension(who): Extension<Who>,
-    Path(name): Path<String>,
+    Segment(name): Segment,
 ) -> Response {
     if !state.services.changed(&name) {
         return problem(

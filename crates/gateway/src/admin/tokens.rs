@@ -8,7 +8,7 @@
 //! refuses every credential naming it, through L402, MPP and x402, on
 //! every replica (at once here, within `[admin] sync_secs` elsewhere).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -17,11 +17,11 @@ use gate402_store::{PaymentQuery, SessionRecord};
 use serde_json::{json, Value};
 
 use super::payment::{hash_of, payment_json};
-use super::{problem, store_unavailable, AdminState, Who};
+use super::{problem, store_unavailable, AdminState, Segment, Who};
 
 /// `GET /admin/api/tokens/{token}`: the payment, whether it is revoked,
 /// and its balance if it opened one.
-pub(super) async fn show(State(state): State<AdminState>, Path(token): Path<String>) -> Response {
+pub(super) async fn show(State(state): State<AdminState>, Segment(token): Segment) -> Response {
     let hash = match hash_of(&token) {
         Ok(hash) => hash,
         Err(message) => return problem(StatusCode::BAD_REQUEST, &message),
@@ -53,7 +53,7 @@ pub(super) async fn show(State(state): State<AdminState>, Path(token): Path<Stri
 pub(super) async fn revoke(
     State(state): State<AdminState>,
     Extension(who): Extension<Who>,
-    Path(token): Path<String>,
+    Segment(token): Segment,
 ) -> Response {
     let hash = match hash_of(&token) {
         Ok(hash) => hash,
@@ -101,7 +101,7 @@ fn bad_session_id() -> Response {
 }
 
 /// `GET /admin/api/sessions/{id}`.
-pub(super) async fn session(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
+pub(super) async fn session(State(state): State<AdminState>, Segment(id): Segment) -> Response {
     let Some(id) = session_id(&id) else {
         return bad_session_id();
     };
@@ -117,7 +117,7 @@ pub(super) async fn session(State(state): State<AdminState>, Path(id): Path<Stri
 pub(super) async fn close_session(
     State(state): State<AdminState>,
     Extension(who): Extension<Who>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> Response {
     let Some(id) = session_id(&id) else {
         return bad_session_id();
