@@ -212,13 +212,14 @@ pub(crate) fn in_progress() -> Response<Bytes> {
 }
 
 /// `409 Conflict`: the request under this key was served, but its response
-/// was too large to keep (or had trailers), so it cannot be replayed.
+/// was not kept (an event stream, too large or slow, or with trailers), so it
+/// cannot be replayed.
 pub(crate) fn not_kept() -> Response<Bytes> {
     problem(
         StatusCode::CONFLICT,
         "about:blank",
         "Conflict",
-        "the request with this Idempotency-Key was served and its response was not kept (too large); send a new key to make a new request",
+        "the request with this Idempotency-Key was served and its response was not kept (an event stream, too large or too slow to keep, or with trailers); send a new key to make a new request",
         None,
     )
 }
