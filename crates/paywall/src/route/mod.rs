@@ -310,11 +310,21 @@ impl Routes {
             (None, None) => true,
             _ => false,
         };
-        // Nor through a route that only the suffixed spelling matches, to
-        // an upstream that reads `/premium.json` as `/premium`.
-        if let Some(stem) = path.without_format() {
-            if !same(self.find_exactly(host, method, &stem, None)?) {
-                return Err(RouteError::FormatSuffix);
+        // An upstream that reads `/premium.json` as `/premium` must not be
+        // reached through a route that only the suffixed spelling matches.
+        // Only a pattern whose fixed part is the stem or the path itself
+        // can match one of the two and not the other (a prefix ends with
+        // `/`): the stem is routed again only when there is one.
+        if let Some(stem) = path.format_stem() {
+            let whole = trim_slash(path.as_str());
+            let told_apart = self.services.iter().any(|s| {
+                let fixed = s.path.stem();
+                same_path(fixed, stem) || same_path(fixed, whole)
+            });
+            if let Some(stem) = told_apart.then(|| RequestPath::parse(stem).ok()).flatten() {
+                if !same(self.find_exactly(host, method, &stem, None)?) {
+                    return Err(RouteError::FormatSuffix);
+                }
             }
         }
         // An upstream that folds `ｐｒｅｍｉｕｍ` or `prēmium` into `premium`
@@ -502,6 +512,15 @@ mod tests {
         assert_eq!(
             routes.find(None, &Method::GET, &path("/other.json")),
             Ok(None)
+        );
+        // A route of the suffixed path itself, its stem another's.
+        let routes = Routes::new([
+            PricedService::new("feed", "/feed.xml", 5),
+            PricedService::new("cheap", "/*", 1),
+        ]);
+        assert_eq!(
+            routes.find(None, &Method::GET, &path("/feed.xml")),
+            Err(RouteError::FormatSuffix)
         );
     }
 

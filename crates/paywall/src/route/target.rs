@@ -288,14 +288,15 @@ impl RequestPath {
     }
 
     /// The path as frameworks that take a format suffix read it (Rails'
-    /// `(.:format)`): its last segment (before a trailing `/`) cut at its
-    /// first `.` after its first character (`/premium.json` and
-    /// `/premium.v1.json` are `/premium`); `None` when it has none.
-    pub fn without_format(&self) -> Option<RequestPath> {
+    /// `(.:format)`), in normal form: its last segment (before a trailing
+    /// `/`) cut at its first `.` after its first character
+    /// (`/premium.json` and `/premium.v1.json` are `/premium`); `None`
+    /// when it has none. A prefix of the path itself: nothing is made.
+    pub fn format_stem(&self) -> Option<&str> {
         let trimmed = self.0.strip_suffix('/').unwrap_or(&self.0);
         let (parent, last) = trimmed.rsplit_once('/')?;
         let dot = last.get(1..)?.find('.')? + 1;
-        RequestPath::parse(&format!("{parent}/{}", &last[..dot])).ok()
+        Some(&trimmed[..parent.len() + 1 + dot])
     }
 
     /// The segments, without the leading `/` (a trailing `/` gives an
