@@ -311,16 +311,20 @@ impl Routes {
             _ => false,
         };
         // An upstream that reads `/premium.json` as `/premium` must not be
-        // reached through a route that only the suffixed spelling matches.
-        // Only a pattern whose fixed part is the stem or the path itself
-        // can match one of the two and not the other (a prefix ends with
-        // `/`): the stem is routed again only when there is one.
+        // reached through a route that only the suffixed spelling matches,
+        // unless that route names the suffixed path itself (`/feed.xml`:
+        // the operator priced that spelling). Only a pattern whose fixed
+        // part is the stem or the path itself can match one of the two and
+        // not the other (a prefix ends with `/`): the stem is routed again
+        // only when there is one.
         if let Some(stem) = path.format_stem() {
             let whole = trim_slash(path.as_str());
-            let told_apart = self.services.iter().any(|s| {
-                let fixed = s.path.stem();
-                same_path(fixed, stem) || same_path(fixed, whole)
-            });
+            let named = found.is_some_and(|s| same_path(s.path.stem(), whole));
+            let told_apart = !named
+                && self.services.iter().any(|s| {
+                    let fixed = s.path.stem();
+                    same_path(fixed, stem) || same_path(fixed, whole)
+                });
             if let Some(stem) = told_apart.then(|| RequestPath::parse(stem).ok()).flatten() {
                 if !same(self.find_exactly(host, method, &stem, None)?) {
                     return Err(RouteError::FormatSuffix);
@@ -513,15 +517,21 @@ mod tests {
             routes.find(None, &Method::GET, &path("/other.json")),
             Ok(None)
         );
-        // A route of the suffixed path itself, its stem another's.
+        // A route that names the suffixed path itself is the operator's
+        // price for that spelling.
         let routes = Routes::new([
             PricedService::new("feed", "/feed.xml", 5),
+            PricedService::new("reports", "/reports.v1/*", 5),
             PricedService::new("cheap", "/*", 1),
         ]);
-        assert_eq!(
-            routes.find(None, &Method::GET, &path("/feed.xml")),
-            Err(RouteError::FormatSuffix)
-        );
+        let name = |p: &str| {
+            routes
+                .find(None, &Method::GET, &path(p))
+                .map(|s| s.map(|s| s.name.clone()))
+        };
+        assert_eq!(name("/feed.xml"), Ok(Some("feed".into())));
+        assert_eq!(name("/reports.v1/"), Ok(Some("reports".into())));
+        assert_eq!(name("/reports.v1/a.json"), Ok(Some("reports".into())));
     }
 
     #[test]
