@@ -64,14 +64,9 @@ pub struct FetchArgs {
     /// Do not open or use MPP sessions, whatever the config says.
     #[arg(long, overrides_with = "session")]
     pub no_session: bool,
-    /// Seconds a connection (TCP and TLS) may take.
-    #[arg(long, value_name = "SECS", default_value_t = CONNECT_TIMEOUT_SECS)]
-    pub connect_timeout: u64,
-    /// Seconds the server may send nothing (before its answer or within
-    /// it) before the request is given up; 0 waits for ever. A payment
-    /// made for it is booked all the same.
-    #[arg(long, value_name = "SECS", default_value_t = READ_TIMEOUT_SECS)]
-    pub read_timeout: u64,
+    /// How long the server may take.
+    #[command(flatten)]
+    pub timeouts: Timeouts,
     /// Spending limits and the wallet.
     #[command(flatten)]
     pub pay: PayOptions,
@@ -86,23 +81,53 @@ pub const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// agent for ever.
 pub const READ_TIMEOUT_SECS: u64 = 120;
 
-/// The HTTP client of the paying commands: redirects left to the payer
-/// (each hop is paid to its own origin), connections within
-/// `connect_secs`, and a server silent for `read_secs` (0: no limit)
-/// given up.
-///
-/// # Errors
-///
-/// When the TLS backend cannot be set up.
-pub fn http_client(insecure: bool, connect_secs: u64, read_secs: u64) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .danger_accept_invalid_certs(insecure)
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(connect_secs));
-    if read_secs > 0 {
-        builder = builder.read_timeout(Duration::from_secs(read_secs));
+/// How long a paying command waits for a server: shared by `get` and
+/// `mcp call`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Timeouts {
+    /// Seconds a connection (TCP and TLS) may take.
+    #[arg(long, value_name = "SECS", default_value_t = CONNECT_TIMEOUT_SECS)]
+    pub connect_timeout: u64,
+    /// Seconds the server may send nothing (before its answer or within
+    /// it) before the request is given up; for `mcp call`, also the most
+    /// a tool's answer may take. 0 waits for ever. A payment made for it
+    /// is booked all the same.
+    #[arg(long, value_name = "SECS", default_value_t = READ_TIMEOUT_SECS)]
+    pub read_timeout: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_timeout: CONNECT_TIMEOUT_SECS,
+            read_timeout: READ_TIMEOUT_SECS,
+        }
     }
-    Ok(builder.build()?)
+}
+
+impl Timeouts {
+    /// The HTTP client of the paying commands: connections within
+    /// `connect_timeout`, a server silent for `read_timeout` (0: no limit)
+    /// given up, and redirects followed only as `redirect` allows (the
+    /// payer follows `get`'s itself, hop by hop).
+    ///
+    /// # Errors
+    ///
+    /// When the TLS backend cannot be set up.
+    pub fn http_client(
+        self,
+        insecure: bool,
+        redirect: reqwest::redirect::Policy,
+    ) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .danger_accept_invalid_certs(insecure)
+            .redirect(redirect)
+            .connect_timeout(Duration::from_secs(self.connect_timeout));
+        if self.read_timeout > 0 {
+            builder = builder.read_timeout(Duration::from_secs(self.read_timeout));
+        }
+        Ok(builder.build()?)
+    }
 }
 
 /// What may be paid and with what: shared by `get` and `mcp call`.
@@ -282,7 +307,9 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let payer = args.pay.payer(prefer, sessions, data_dir).await?;
     // Redirects are followed by the payer, hop by hop, so that each 402 is
     // paid to the origin that sent it and no credential crosses origins.
-    let http = http_client(args.insecure, args.connect_timeout, args.read_timeout)?;
+    let http = args
+        .timeouts
+        .http_client(args.insecure, reqwest::redirect::Policy::none())?;
     let method = args.method.clone().unwrap_or_else(|| {
         if method == "GET" && args.data.is_some() {
             "POST".into()

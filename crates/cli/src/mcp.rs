@@ -13,7 +13,7 @@ use gate402_gateway::config::McpProxyConfig;
 use gate402_gateway::GatewayConfig;
 use serde_json::json;
 
-use crate::fetch::{print_offer, report_payment, run_paying, PayOptions};
+use crate::fetch::{print_offer, report_payment, run_paying, PayOptions, Timeouts};
 
 /// `gate402 mcp …`.
 #[derive(Debug, Subcommand)]
@@ -35,6 +35,9 @@ pub struct CallArgs {
     /// Print the whole result (content, structuredContent, _meta) and the payment as JSON.
     #[arg(long)]
     pub json: bool,
+    /// How long the server may take.
+    #[command(flatten)]
+    pub timeouts: Timeouts,
     /// Spending limits and the wallet.
     #[command(flatten)]
     pub pay: PayOptions,
@@ -55,7 +58,15 @@ async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
     };
     // A tool call pays per call: MCP has no session door.
     let payer = args.pay.payer(None, Some(false), data_dir).await?;
-    let called = match payer.call_tool(&url, &args.tool, arguments).await {
+    let http = args
+        .timeouts
+        .http_client(false, gate402_client::mcp_redirect_policy())?;
+    let within = (args.timeouts.read_timeout > 0)
+        .then(|| std::time::Duration::from_secs(args.timeouts.read_timeout));
+    let called = match payer
+        .call_tool(http, within, &url, &args.tool, arguments)
+        .await
+    {
         // Paid, then failed: the payment is told all the same.
         Err(McpCallError::AfterPayment { error, payment }) => {
             if !args.json {

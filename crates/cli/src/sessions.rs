@@ -141,11 +141,8 @@ async fn close(
         _ => {}
     }
     let client = Client {
-        http: crate::fetch::http_client(
-            false,
-            crate::fetch::CONNECT_TIMEOUT_SECS,
-            crate::fetch::READ_TIMEOUT_SECS,
-        )?,
+        http: crate::fetch::Timeouts::default()
+            .http_client(false, reqwest::redirect::Policy::none())?,
         payer,
     };
     let mut answers = Vec::new();

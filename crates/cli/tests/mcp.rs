@@ -635,3 +635,125 @@ fn weather_in_oslo(mcp: &str) -> [&str; 7] {
         "--json",
     ]
 }
+
+/// Serves `EchoServer` over streamable HTTP at `/mcp` (and, moved, at
+/// `/old` with a `307` to `/mcp`); returns its address.
+async fn echo_server() -> std::net::SocketAddr {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let service = StreamableHttpService::new(
+        || Ok(EchoServer),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let moved = || async {
+        (
+            axum::http::StatusCode::TEMPORARY_REDIRECT,
+            [(axum::http::header::LOCATION, "/mcp")],
+        )
+    };
+    let app = axum::Router::new()
+        .nest_service("/mcp", service)
+        .route("/old", axum::routing::any(moved));
+    tokio::spawn(axum::serve(listener, app).into_future());
+    addr
+}
+
+/// A stalled MCP server does not hold `gate402 mcp call` for ever: a
+/// server that accepts and says nothing, and a tool that answers nothing
+/// for a minute, are given up after `--read-timeout` seconds of silence.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_mcp_server_is_given_up_after_the_read_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/mcp", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let echo = format!("http://{}/mcp", echo_server().await);
+    let data = tempfile::tempdir().unwrap();
+    for (url, tool) in [(silent_url.as_str(), "echo"), (echo.as_str(), "hang")] {
+        let started = std::time::Instant::now();
+        let out = tokio::time::timeout(
+            Duration::from_secs(40),
+            gate402(
+                data.path(),
+                &["mcp", "call", url, tool, "--read-timeout", "2"],
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{tool}: still waiting after 40 s"));
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(!out.status.success(), "{tool}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{tool}");
+        assert!(
+            stderr.contains("timed out") || stderr.contains("timeout after"),
+            "{tool}: {stderr}"
+        );
+    }
+}
+
+/// A moved MCP endpoint is followed only to its own origin (a `307` keeps
+/// the call's body, which may hold a credential): another origin never
+/// sees the call.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_call_follows_a_redirect_only_to_its_origin() {
+    let echo = echo_server().await;
+    let data = tempfile::tempdir().unwrap();
+    let moved = ok_json(
+        data.path(),
+        &[
+            "mcp",
+            "call",
+            &format!("http://{echo}/old"),
+            "echo",
+            "--args",
+            r#"{"text":"moved"}"#,
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(moved["result"]["content"][0]["text"], "moved");
+
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_addr = elsewhere.local_addr().unwrap();
+    let reached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn({
+        let reached = reached.clone();
+        async move {
+            while let Ok(_socket) = elsewhere.accept().await {
+                reached.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector_url = format!("http://{}/mcp", redirector.local_addr().unwrap());
+    let away = move || async move {
+        (
+            axum::http::StatusCode::TEMPORARY_REDIRECT,
+            [(
+                axum::http::header::LOCATION,
+                format!("http://{elsewhere_addr}/mcp"),
+            )],
+        )
+    };
+    tokio::spawn(
+        axum::serve(
+            redirector,
+            axum::Router::new().route("/mcp", axum::routing::any(away)),
+        )
+        .into_future(),
+    );
+    let out = gate402(data.path(), &["mcp", "call", &redirector_url, "echo"]).await;
+    assert!(!out.status.success());
+    assert!(
+        !reached.load(std::sync::atomic::Ordering::SeqCst),
+        "the call went to another origin"
+    );
+}

@@ -52,7 +52,7 @@ pub use ledger::{
     BeginError, CachedToken, EndpointLock, Ledger, LedgerError, PaymentEntry, PaymentState,
     PendingPayment, Refund, StoredSession,
 };
-pub use mcp::{McpCallError, ToolCall};
+pub use mcp::{redirect_policy as mcp_redirect_policy, McpCallError, ToolCall};
 pub use middleware::PaymentMiddleware;
 pub use payer::{Fetched, Payer, Prefer};
 pub use policy::{Policy, Refusal};

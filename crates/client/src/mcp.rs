@@ -2,7 +2,7 @@
 //! 402, under the same policy, budgets, lock and ledger, and the call is
 //! made again with the credential in `_meta`.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use gate402_mpp::lightning::PreimagePayload;
 use gate402_mpp::mcp::{
@@ -11,7 +11,10 @@ use gate402_mpp::mcp::{
 };
 use gate402_mpp::PaymentCredential;
 use rmcp::model::{CallToolRequestParams, CallToolResult, JsonObject, RequestMetaObject};
-use rmcp::service::RunningService;
+use rmcp::service::{ClientInitializeError, RunningService};
+use rmcp::transport::streamable_http_client::{
+    StreamableHttpClientTransportConfig, StreamableHttpError,
+};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{RoleClient, ServiceError, ServiceExt};
 use serde_json::Value;
@@ -84,6 +87,42 @@ fn params(tool: &str, arguments: &JsonObject, credential: Option<Value>) -> Call
     params
 }
 
+/// An error's text and its causes' (rmcp's transport errors name the
+/// request, not why it failed, such as a timeout), each cause once.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let said = next.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = next.source();
+    }
+    text
+}
+
+/// Why the MCP session could not be set up: for a transport's failure,
+/// what was being done and why it failed, without rmcp's type names.
+fn initialize_error(error: &ClientInitializeError) -> String {
+    match error {
+        ClientInitializeError::TransportError { error, context } => {
+            // rmcp's HTTP error names no source: the HTTP client's own
+            // error is taken out to say why.
+            match error
+                .error
+                .downcast_ref::<StreamableHttpError<reqwest::Error>>()
+            {
+                Some(StreamableHttpError::Client(http)) => {
+                    format!("{context}: {}", with_causes(http))
+                }
+                _ => format!("{context}: {}", with_causes(error.error.as_ref())),
+            }
+        }
+        other => with_causes(other),
+    }
+}
+
 fn tool_error(error: ServiceError) -> McpCallError {
     match error {
         ServiceError::McpError(e) => McpCallError::Tool {
@@ -91,36 +130,105 @@ fn tool_error(error: ServiceError) -> McpCallError {
             message: e.message.into_owned(),
             data: e.data,
         },
-        other => McpCallError::Connect(other.to_string()),
+        other => McpCallError::Connect(with_causes(&other)),
+    }
+}
+
+/// The most redirects one MCP request follows.
+const MAX_REDIRECTS: usize = 10;
+
+/// The redirects an MCP client should follow: a `307` or `308` to the same
+/// origin, at most ten. A paid call carries its credential in the body
+/// (`_meta`), which another origin must never see, and a `301`–`303`
+/// would drop the body.
+pub fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let keeps_body = matches!(
+            attempt.status(),
+            reqwest::StatusCode::TEMPORARY_REDIRECT | reqwest::StatusCode::PERMANENT_REDIRECT
+        );
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        if !keeps_body || !same_origin {
+            attempt.stop()
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
+/// A connected MCP server, and how long a call may wait for its answer.
+struct Server<'a> {
+    client: &'a RunningService<RoleClient, ()>,
+    within: Option<Duration>,
+}
+
+impl Server<'_> {
+    /// `tools/call`, given up when not answered `within`: rmcp resumes an
+    /// answer's event stream that broke off (a read timeout among the
+    /// causes) for as long as the server takes the resumption, so the HTTP
+    /// client's timeouts alone cannot bound a call.
+    async fn call(&self, params: CallToolRequestParams) -> Result<CallToolResult, ServiceError> {
+        let call = self.client.call_tool(params);
+        match self.within {
+            Some(within) => tokio::time::timeout(within, call)
+                .await
+                .unwrap_or(Err(ServiceError::Timeout { timeout: within })),
+            None => call.await,
+        }
     }
 }
 
 impl Payer {
-    /// Calls `tool` on the MCP server at `url` (streamable HTTP), paying
-    /// what it asks within the policy.
+    /// Calls `tool` on the MCP server at `url` (streamable HTTP) through
+    /// `http`, paying what it asks within the policy, and gives up a call
+    /// the server has not answered `within` (`None`: waits for ever).
+    /// `http`'s own timeouts bound each HTTP exchange (rmcp's client has
+    /// none); its redirects should follow [`redirect_policy`].
+    ///
+    /// # Errors
+    ///
+    /// [`McpCallError`]: the server unreachable, silent past `http`'s
+    /// timeouts or not answering `within` (`Connect`; after a payment,
+    /// `AfterPayment`, its credential kept for the next call), the tool's
+    /// error (`Tool`), or the payment's.
     pub async fn call_tool(
         &self,
+        http: reqwest::Client,
+        within: Option<Duration>,
         url: &reqwest::Url,
         tool: &str,
         arguments: JsonObject,
     ) -> Result<ToolCall, McpCallError> {
+        let transport = StreamableHttpClientTransport::with_client(
+            http,
+            StreamableHttpClientTransportConfig::with_uri(url.as_str()),
+        );
         let client: RunningService<RoleClient, ()> = ()
-            .serve(StreamableHttpClientTransport::from_uri(url.as_str()))
+            .serve(transport)
             .await
-            .map_err(|e| McpCallError::Connect(e.to_string()))?;
-        let outcome = self.call_paying(&client, url, tool, &arguments).await;
+            .map_err(|e| McpCallError::Connect(initialize_error(&e)))?;
+        let server = Server {
+            client: &client,
+            within,
+        };
+        let outcome = self.call_paying(&server, url, tool, &arguments).await;
         let _ = client.cancel().await;
         outcome
     }
 
     async fn call_paying(
         &self,
-        client: &RunningService<RoleClient, ()>,
+        server: &Server<'_>,
         url: &reqwest::Url,
         tool: &str,
         arguments: &JsonObject,
     ) -> Result<ToolCall, McpCallError> {
-        let data = match client.call_tool(params(tool, arguments, None)).await {
+        let data = match server.call(params(tool, arguments, None)).await {
             Ok(result) => return Ok(ToolCall::Result(result, None)),
             Err(ServiceError::McpError(e))
                 if e.code.0 == PAYMENT_REQUIRED_CODE
@@ -159,7 +267,7 @@ impl Payer {
         // A credential an earlier call paid for and did not spend (its
         // upstream failed) is sent again, not paid for again.
         if let Some(result) = self
-            .with_kept_credential(client, &endpoint, tool, arguments)
+            .with_kept_credential(server, &endpoint, tool, arguments)
             .await?
         {
             return Ok(ToolCall::Result(result, None));
@@ -208,10 +316,7 @@ impl Payer {
             .map_err(FetchError::from)?;
         let credential = wire::credential_value(&credential)
             .map_err(|e| McpCallError::Connect(format!("credential: {e}")))?;
-        let result = match client
-            .call_tool(params(tool, arguments, Some(credential)))
-            .await
-        {
+        let result = match server.call(params(tool, arguments, Some(credential))).await {
             Ok(result) => result,
             Err(error) => {
                 return Err(McpCallError::AfterPayment {
@@ -242,7 +347,7 @@ impl Payer {
     /// kept, unspent), or the ledger's.
     async fn with_kept_credential(
         &self,
-        client: &RunningService<RoleClient, ()>,
+        server: &Server<'_>,
         endpoint: &Endpoint,
         tool: &str,
         arguments: &JsonObject,
@@ -273,10 +378,7 @@ impl Payer {
             forget()?;
             return Ok(None);
         };
-        let result = match client
-            .call_tool(params(tool, arguments, Some(credential)))
-            .await
-        {
+        let result = match server.call(params(tool, arguments, Some(credential))).await {
             Ok(result) => result,
             Err(error) if refused(&error) => {
                 forget()?;
