@@ -113,6 +113,14 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
             }),
         )
         .route("/chat", any(|| async { "an answer" }))
+        .route("/slow/quick", any(|| async { "an answer" }))
+        .route(
+            "/slow/failing",
+            any(|| async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down")
+            }),
+        )
         .route(
             "/counted",
             any(|| async {
@@ -692,6 +700,47 @@ async fn an_idle_session_is_closed_and_refunded() {
         closed,
         json!({"status": "closed", "refundSats": 8, "refundStatus": "succeeded"})
     );
+}
+
+/// A session is not idle while one of its requests is in flight, however
+/// long it runs: closed then, what the request gives back (its whole
+/// debit, when the upstream fails) would be lost to the refund. It is idle
+/// from when that request ended.
+#[tokio::test]
+async fn a_session_with_a_request_in_flight_is_not_idle() {
+    let h = Harness::start(|services| {
+        let upstream = services[0].upstream.as_ref().unwrap().url.clone();
+        let mut slow = balance("slow", "/slow/*", 2, 5, &upstream);
+        slow.priced.session_idle_secs = 1;
+        services.push(slow);
+    })
+    .await;
+    let OpenSession {
+        challenge,
+        session,
+        preimage,
+        refund_hash,
+        ..
+    } = h.open_session("/slow/quick").await;
+    let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
+    let failing = h.send("/slow/failing", &challenge, bearer.clone());
+    let idle_rounds = async {
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        h.gateway.paywall().close_idle_sessions().await;
+    };
+    let (failed, ()) = tokio::join!(failing, idle_rounds);
+    assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    // Just ended: not idle yet.
+    h.gateway.paywall().close_idle_sessions().await;
+    assert_eq!(
+        h.send("/slow/quick", &challenge, bearer).await.status(),
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    h.gateway.paywall().close_idle_sessions().await;
+    // 10 sat, less the open's request and the last one: the failed
+    // request's debit came back.
+    h.assert_refunded(&refund_hash, 6_000).await;
 }
 
 /// A refund still owed is paid by the background round once its payer

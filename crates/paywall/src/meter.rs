@@ -206,7 +206,7 @@ impl Metered {
             {
                 Ok(Debit::Done { .. }) => {
                     // Kept at once: the event goes out now.
-                    if let Err(e) = store.settle_debit(&holder, None).await {
+                    if let Err(e) = store.settle_debit(&holder, None, unix_now()).await {
                         tracing::warn!(error = %e, "store: cannot settle a stream's debit");
                     }
                     return true;

@@ -27,8 +27,8 @@ use gate402_lightning::{
     PaymentStatus,
 };
 use gate402_store::{
-    AdminVersions, AfterFailure, AuditEntry, ChallengeCount, ClaimHolder, Closing, Debit,
-    InvoiceRecord, NewSession, Opened, OwedRefund, PaymentQuery, PaymentRecord, PaymentRow,
+    AdminVersions, AfterFailure, AuditEntry, ChallengeCount, ClaimHolder, ClosedIdle, Closing,
+    Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentQuery, PaymentRecord, PaymentRow,
     Reservation, RevenueBucket, Revocation, ServiceChange, SessionRecord, Store, StoreError,
     StoredResponse, TopUp,
 };
@@ -462,10 +462,11 @@ impl Store for ObservedStore {
         &self,
         holder: &ClaimHolder,
         kept_msat: Option<u64>,
+        now: u64,
     ) -> Result<(), StoreError> {
         self.timed(
             "store.settle_debit",
-            self.inner.settle_debit(holder, kept_msat),
+            self.inner.settle_debit(holder, kept_msat, now),
         )
         .await
     }
@@ -479,9 +480,13 @@ impl Store for ObservedStore {
         &self,
         holder: &ClaimHolder,
         spend_at: u32,
+        now: u64,
     ) -> Result<AfterFailure, StoreError> {
-        self.timed("store.fail_debit", self.inner.fail_debit(holder, spend_at))
-            .await
+        self.timed(
+            "store.fail_debit",
+            self.inner.fail_debit(holder, spend_at, now),
+        )
+        .await
     }
 
     async fn undo_debits_of(&self, replica: &str) -> Result<u64, StoreError> {
@@ -526,9 +531,16 @@ impl Store for ObservedStore {
         .await
     }
 
-    async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError> {
-        self.timed("store.idle_sessions", self.inner.idle_sessions(now, limit))
-            .await
+    async fn close_idle_sessions(
+        &self,
+        now: u64,
+        limit: u64,
+    ) -> Result<Vec<ClosedIdle>, StoreError> {
+        self.timed(
+            "store.close_idle_sessions",
+            self.inner.close_idle_sessions(now, limit),
+        )
+        .await
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, StoreError> {

@@ -25,7 +25,8 @@ use gate402_mpp::session::{
 };
 use gate402_mpp::PaymentCredential;
 use gate402_store::{
-    AfterFailure, ClaimHolder, Closing, Debit, NewSession, Opened, Store, StoreError, TopUp,
+    AfterFailure, ClaimHolder, ClosedIdle, Closing, Debit, NewSession, Opened, Store, StoreError,
+    TopUp,
 };
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
@@ -179,7 +180,7 @@ impl Hold {
         let spend_at = crate::claims::FAILURES_PER_PAYMENT;
         let call = {
             let (store, holder) = (self.store.clone(), self.holder.clone());
-            async move { store.fail_debit(&holder, spend_at).await }
+            async move { store.fail_debit(&holder, spend_at, unix_now()).await }
         };
         // Finished even if the request is dropped meanwhile.
         match Detached::new(&self.tracker, call, drop).await {
@@ -222,7 +223,7 @@ impl Drop for Hold {
         let kept_msat = self.usage.as_ref().map(UsageCount::kept_msat);
         let finish = async move {
             let result = if keep {
-                store.settle_debit(&holder, kept_msat).await
+                store.settle_debit(&holder, kept_msat, unix_now()).await
             } else {
                 store.undo_debit(&holder).await.map(drop)
             };
@@ -776,27 +777,25 @@ impl Paywall {
         })
     }
 
-    /// Closes and refunds the sessions idle past their timeout. Only the
+    /// Closes and refunds the sessions idle past their timeout (none with
+    /// a request in flight: [`Store::close_idle_sessions`]). Only the
     /// replica whose close wins refunds one.
     pub(crate) async fn close_idle(&self) {
-        let ids = match self.store().idle_sessions(unix_now(), 100).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::warn!(error = %e, "store: cannot look for idle sessions");
-                return;
+        match self.store().close_idle_sessions(unix_now(), 100).await {
+            Ok(closed) => {
+                for ClosedIdle {
+                    id,
+                    refund_msat,
+                    return_invoice,
+                } in closed
+                {
+                    let (refund_sats, status) = self
+                        .refund(&id, refund_msat, return_invoice.as_deref())
+                        .await;
+                    tracing::info!(session = %hex::encode(id), refund_sats, status, "an idle session was closed");
+                }
             }
-        };
-        for id in ids {
-            if let Ok(Closing::Closed {
-                refund_msat,
-                return_invoice,
-            }) = self.store().close_session(&id, unix_now()).await
-            {
-                let (refund_sats, status) = self
-                    .refund(&id, refund_msat, return_invoice.as_deref())
-                    .await;
-                tracing::info!(session = %hex::encode(id), refund_sats, status, "an idle session was closed");
-            }
+            Err(e) => tracing::warn!(error = %e, "store: cannot close idle sessions"),
         }
         self.settle_owed_refunds().await;
     }

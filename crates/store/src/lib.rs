@@ -229,6 +229,31 @@ pub enum Closing {
     NotFound,
 }
 
+/// A session closed for being idle ([`Store::close_idle_sessions`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedIdle {
+    /// The session.
+    pub id: [u8; 32],
+    /// The unspent balance to refund (msat).
+    pub refund_msat: u64,
+    /// Where to refund it (BOLT11 without an amount), if the session named
+    /// one.
+    pub return_invoice: Option<String>,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl ClosedIdle {
+    /// From a row of (id, refund msat, return invoice); `None` for an id
+    /// that is not 32 bytes.
+    fn from_row((id, refund_msat, return_invoice): (Vec<u8>, i64, Option<String>)) -> Option<Self> {
+        Some(Self {
+            id: id.try_into().ok()?,
+            refund_msat: refund_msat as u64,
+            return_invoice,
+        })
+    }
+}
+
 /// A closed session's refund still owed, taken by one caller to be paid
 /// ([`Store::take_owed_refunds`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -473,14 +498,16 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<Debit, StoreError>;
 
-    /// Keeps a held debit: its request was served. With `kept_msat`, keeps
-    /// that much of it (at most all) and gives the rest back to the session
-    /// (a request that held the most it may use, and used less), unless the
-    /// session was closed meanwhile.
+    /// Keeps a held debit: its request was served (at `now`, unix
+    /// seconds, from when the session is idle again). With `kept_msat`,
+    /// keeps that much of it (at most all) and gives the rest back to the
+    /// session (a request that held the most it may use, and used less),
+    /// unless the session was closed meanwhile.
     async fn settle_debit(
         &self,
         holder: &ClaimHolder,
         kept_msat: Option<u64>,
+        now: u64,
     ) -> Result<(), StoreError>;
 
     /// Gives a held debit back to its session, unless the session was
@@ -494,11 +521,12 @@ pub trait Store: Send + Sync + 'static {
     /// balance buys at most `spend_at` runs per request it pays for of a
     /// request that makes the upstream fail. `Released`: given back;
     /// `Spent`: kept (or the session was closed meanwhile); `NotHeld`: no
-    /// such held debit.
+    /// such held debit. The session is idle from `now` (unix seconds).
     async fn fail_debit(
         &self,
         holder: &ClaimHolder,
         spend_at: u32,
+        now: u64,
     ) -> Result<AfterFailure, StoreError>;
 
     /// Gives back every debit `replica` held (its process was killed
@@ -540,8 +568,19 @@ pub trait Store: Send + Sync + 'static {
         limit: u64,
     ) -> Result<Vec<OwedRefund>, StoreError>;
 
-    /// Open sessions idle past their timeout at `now`, at most `limit`.
-    async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError>;
+    /// Closes open sessions idle past their timeout at `now`, at most
+    /// `limit`, and answers each one's refund (each is closed by one
+    /// caller alone, as by [`Store::close_session`]). A session with a
+    /// debit held (a request, or an event stream, still in flight) is not
+    /// idle, however long ago that request began: closed then, the part
+    /// of the hold its request gives back would be lost to the refund.
+    /// Decided in the close's own write, so that a request debiting at
+    /// that moment either keeps the session open or finds it closed.
+    async fn close_idle_sessions(
+        &self,
+        now: u64,
+        limit: u64,
+    ) -> Result<Vec<ClosedIdle>, StoreError>;
 
     /// Drops consumed claims and kept responses past their expiry (the
     /// payment can no longer be presented). Returns how many.

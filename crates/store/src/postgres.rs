@@ -9,9 +9,9 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
 use crate::{
-    decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedSession, Closing, Debit,
-    InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation, SessionRecord,
-    Store, StoreError, StoredResponse, TopUp,
+    decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedIdle, ClosedSession, Closing,
+    Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation,
+    SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -1130,20 +1130,23 @@ impl Store for PostgresStore {
         &self,
         holder: &ClaimHolder,
         kept_msat: Option<u64>,
+        now: u64,
     ) -> Result<(), StoreError> {
-        // One statement: the hold goes, and what it held beyond `kept_msat`
-        // goes back to an open session.
+        // One statement: the hold goes, what it held beyond `kept_msat`
+        // goes back to an open session, and the session's idle time
+        // starts again.
         sqlx::query(
             "WITH held AS (
                 DELETE FROM session_debits WHERE token = $1 AND replica = $2
                 RETURNING session, amount_msat)
-             UPDATE sessions SET spent_msat = spent_msat - (held.amount_msat - LEAST(held.amount_msat, $3))
-             FROM held WHERE sessions.id = held.session AND sessions.closed_at IS NULL
-               AND held.amount_msat > LEAST(held.amount_msat, $3)",
+             UPDATE sessions SET spent_msat = spent_msat - (held.amount_msat - LEAST(held.amount_msat, $3)),
+                last_used_at = GREATEST(last_used_at, $4)
+             FROM held WHERE sessions.id = held.session AND sessions.closed_at IS NULL",
         )
         .bind(&holder.token)
         .bind(&holder.replica)
         .bind(kept_msat.map_or(i64::MAX, |k| k.min(i64::MAX as u64) as i64))
+        .bind(now as i64)
         .execute(&self.pool)
         .await
         .map(drop)
@@ -1171,26 +1174,42 @@ impl Store for PostgresStore {
         &self,
         holder: &ClaimHolder,
         spend_at: u32,
+        now: u64,
     ) -> Result<AfterFailure, StoreError> {
-        let (held, given): (i64, i64) = sqlx::query_as(
+        let (held, given, session): (i64, i64, Option<Vec<u8>>) = sqlx::query_as(
             "WITH held AS (
                 DELETE FROM session_debits WHERE token = $1 AND replica = $2
                 RETURNING session, amount_msat),
              given AS (
                 UPDATE sessions
                 SET spent_msat = spent_msat - held.amount_msat,
-                    failed_msat = failed_msat + held.amount_msat
+                    failed_msat = failed_msat + held.amount_msat,
+                    last_used_at = GREATEST(last_used_at, $4)
                 FROM held WHERE sessions.id = held.session AND sessions.closed_at IS NULL
                   AND sessions.failed_msat + held.amount_msat <= ($3 - 1) * sessions.spent_msat
                 RETURNING 1)
-             SELECT (SELECT count(*) FROM held), (SELECT count(*) FROM given)",
+             SELECT (SELECT count(*) FROM held), (SELECT count(*) FROM given),
+                (SELECT session FROM held LIMIT 1)",
         )
         .bind(&holder.token)
         .bind(&holder.replica)
         .bind(i64::from(spend_at))
+        .bind(now as i64)
         .fetch_one(&self.pool)
         .await
         .map_err(db)?;
+        if let (Some(session), 0) = (session, given) {
+            // Kept, not given back: the session's idle time starts again
+            // all the same (a row changes once per statement, so apart).
+            sqlx::query(
+                "UPDATE sessions SET last_used_at = GREATEST(last_used_at, $2) WHERE id = $1 AND closed_at IS NULL",
+            )
+            .bind(session)
+            .bind(now as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        }
         Ok(match (held, given) {
             (0, _) => AfterFailure::NotHeld,
             (_, 0) => AfterFailure::Spent,
@@ -1343,18 +1362,36 @@ impl Store for PostgresStore {
         Ok(owed.into_iter().filter_map(OwedRefund::from_row).collect())
     }
 
-    async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError> {
-        let ids: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT id FROM sessions WHERE closed_at IS NULL AND last_used_at + idle_secs < $1 LIMIT $2",
+    async fn close_idle_sessions(
+        &self,
+        now: u64,
+        limit: u64,
+    ) -> Result<Vec<ClosedIdle>, StoreError> {
+        // A debit at the same moment updates the session's row (its
+        // last_used_at): the close waits for it and checks the row again,
+        // and finds it no longer idle. SKIP LOCKED: replicas closing at
+        // once take different rows.
+        let closed: Vec<(Vec<u8>, i64, Option<String>)> = sqlx::query_as(
+            "UPDATE sessions SET closed_at = $1,
+                refund_msat = GREATEST(deposit_msat - spent_msat, 0),
+                refund_status = 'pending', refund_taken_at = $1
+             WHERE id IN (
+                 SELECT id FROM sessions
+                 WHERE closed_at IS NULL AND last_used_at + idle_secs < $1
+                   AND NOT EXISTS (SELECT 1 FROM session_debits WHERE session_debits.session = sessions.id)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)
+               AND closed_at IS NULL AND last_used_at + idle_secs < $1
+               AND NOT EXISTS (SELECT 1 FROM session_debits WHERE session_debits.session = sessions.id)
+             RETURNING id, refund_msat, return_invoice",
         )
         .bind(now as i64)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        Ok(ids
+        Ok(closed
             .into_iter()
-            .filter_map(|id| id.try_into().ok())
+            .filter_map(ClosedIdle::from_row)
             .collect())
     }
 

@@ -8,9 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::{
-    decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedSession, Closing, Debit,
-    InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation, SessionRecord,
-    Store, StoreError, StoredResponse, TopUp,
+    decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedIdle, ClosedSession, Closing,
+    Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation,
+    SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -1160,18 +1160,17 @@ impl Store for SqliteStore {
         &self,
         holder: &ClaimHolder,
         kept_msat: Option<u64>,
+        now: u64,
     ) -> Result<(), StoreError> {
         let holder = holder.clone();
         self.with(move |c| {
-            let held = take_debit(c, &holder)?;
-            if let (Some((session, held)), Some(kept)) = (held, kept_msat) {
-                let back = (held as u64).saturating_sub(kept);
-                if back > 0 {
-                    c.prepare_cached(
-                        "UPDATE sessions SET spent_msat = spent_msat - ?2 WHERE id = ?1 AND closed_at IS NULL",
-                    )?
-                    .execute(params![session, back as i64])?;
-                }
+            if let Some((session, held)) = take_debit(c, &holder)? {
+                let back = kept_msat.map_or(0, |kept| (held as u64).saturating_sub(kept));
+                c.prepare_cached(
+                    "UPDATE sessions SET spent_msat = spent_msat - ?2, last_used_at = MAX(last_used_at, ?3)
+                     WHERE id = ?1 AND closed_at IS NULL",
+                )?
+                .execute(params![session, back as i64, now as i64])?;
             }
             Ok(())
         })
@@ -1198,6 +1197,7 @@ impl Store for SqliteStore {
         &self,
         holder: &ClaimHolder,
         spend_at: u32,
+        now: u64,
     ) -> Result<AfterFailure, StoreError> {
         let holder = holder.clone();
         self.with(move |c| {
@@ -1205,6 +1205,10 @@ impl Store for SqliteStore {
             let Some((session, amount)) = held else {
                 return Ok(AfterFailure::NotHeld);
             };
+            c.prepare_cached(
+                "UPDATE sessions SET last_used_at = MAX(last_used_at, ?2) WHERE id = ?1 AND closed_at IS NULL",
+            )?
+            .execute(params![session, now as i64])?;
             let given = c
                 .prepare_cached(
                     "UPDATE sessions SET spent_msat = spent_msat - ?2, failed_msat = failed_msat + ?2
@@ -1356,16 +1360,29 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn idle_sessions(&self, now: u64, limit: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+    async fn close_idle_sessions(
+        &self,
+        now: u64,
+        limit: u64,
+    ) -> Result<Vec<ClosedIdle>, StoreError> {
         self.with(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id FROM sessions WHERE closed_at IS NULL AND last_used_at + idle_secs < ?1 LIMIT ?2",
+                "UPDATE sessions SET closed_at = ?1,
+                    refund_msat = MAX(deposit_msat - spent_msat, 0),
+                    refund_status = 'pending', refund_taken_at = ?1
+                 WHERE id IN (
+                     SELECT id FROM sessions
+                     WHERE closed_at IS NULL AND last_used_at + idle_secs < ?1
+                       AND NOT EXISTS (SELECT 1 FROM session_debits WHERE session_debits.session = sessions.id)
+                     LIMIT ?2)
+                 RETURNING id, refund_msat, return_invoice",
             )?;
-            let ids = stmt
-                .query_map(params![now as i64, limit as i64], |r| r.get::<_, Vec<u8>>(0))?
-                .filter_map(|id| id.ok()?.try_into().ok())
-                .collect();
-            Ok(ids)
+            let closed = stmt
+                .query_map(params![now as i64, limit as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(closed.into_iter().filter_map(ClosedIdle::from_row).collect())
         })
         .await
     }

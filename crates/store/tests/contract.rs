@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use gate402_postgres_testkit::TestPostgres;
 use gate402_store::{
-    AfterFailure, AuditEntry, ChallengeCount, ClaimHolder, Closing, Debit, InvoiceRecord,
-    NewSession, Opened, OwedRefund, PaymentQuery, PaymentRecord, PostgresStore, Reservation,
-    ServiceChange, ServiceState, SqliteStore, Store, StoreError, StoredResponse, TopUp,
+    AfterFailure, AuditEntry, ChallengeCount, ClaimHolder, ClosedIdle, Closing, Debit,
+    InvoiceRecord, NewSession, Opened, OwedRefund, PaymentQuery, PaymentRecord, PostgresStore,
+    Reservation, ServiceChange, ServiceState, SqliteStore, Store, StoreError, StoredResponse,
+    TopUp,
 };
 
 /// Two handles on one database, as two gateway replicas have.
@@ -514,18 +515,18 @@ async fn a_balance_gives_back_failures_up_to_twice_its_spending([a, b]: &Pair) {
     for (i, store) in [a, b].into_iter().enumerate() {
         let h = debit(store).await;
         assert_eq!(
-            store.fail_debit(&h, 3).await.unwrap(),
+            store.fail_debit(&h, 3, 1_100).await.unwrap(),
             AfterFailure::Released,
             "free failure {i}"
         );
         assert_eq!(
-            store.fail_debit(&h, 3).await.unwrap(),
+            store.fail_debit(&h, 3, 1_100).await.unwrap(),
             AfterFailure::NotHeld
         );
     }
     let h = debit(a).await;
     assert_eq!(
-        a.fail_debit(&h, 3).await.unwrap(),
+        a.fail_debit(&h, 3, 1_100).await.unwrap(),
         AfterFailure::Spent,
         "the third failure with nothing spent is kept"
     );
@@ -537,13 +538,19 @@ async fn a_balance_gives_back_failures_up_to_twice_its_spending([a, b]: &Pair) {
     // What was kept, the failure's and a served request's, earns two
     // failures given back each.
     let h = debit(b).await;
-    b.settle_debit(&h, None).await.unwrap();
+    b.settle_debit(&h, None, 1_100).await.unwrap();
     for _ in 0..4 {
         let h = debit(a).await;
-        assert_eq!(a.fail_debit(&h, 3).await.unwrap(), AfterFailure::Released);
+        assert_eq!(
+            a.fail_debit(&h, 3, 1_100).await.unwrap(),
+            AfterFailure::Released
+        );
     }
     let h = debit(a).await;
-    assert_eq!(a.fail_debit(&h, 3).await.unwrap(), AfterFailure::Spent);
+    assert_eq!(
+        a.fail_debit(&h, 3, 1_100).await.unwrap(),
+        AfterFailure::Spent
+    );
     assert_eq!(spent(a).await, 3_000);
 }
 
@@ -597,7 +604,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     // The upstream failed for one: given back; the other is kept.
     assert!(b.undo_debit(&r2).await.unwrap());
     assert!(!b.undo_debit(&r2).await.unwrap(), "given back once");
-    a.settle_debit(&r1, None).await.unwrap();
+    a.settle_debit(&r1, None, 1_003).await.unwrap();
     assert!(!a.undo_debit(&r1).await.unwrap(), "a settled debit stays");
     assert_eq!(
         a.session(&[60; 32]).await.unwrap().unwrap().spent_msat,
@@ -613,7 +620,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
             unit_msat: 1_000
         }
     );
-    b.settle_debit(&holder("r2", "d6"), Some(500))
+    b.settle_debit(&holder("r2", "d6"), Some(500), 1_003)
         .await
         .unwrap();
     assert_eq!(
@@ -631,7 +638,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
             unit_msat: 1_000
         }
     );
-    b.settle_debit(&holder("r2", "d7"), Some(9_999))
+    b.settle_debit(&holder("r2", "d7"), Some(9_999), 1_003)
         .await
         .unwrap();
     assert_eq!(
@@ -681,28 +688,39 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         }
     );
     assert_eq!(b.undo_debits_of("dead").await.unwrap(), 1);
-    // Idle past its timeout: found; closed once, refunded once.
+    // A request in flight keeps its session open however long it runs,
+    // and the session is idle from when the request ended.
     assert_eq!(
-        b.idle_sessions(1_200, 10).await.unwrap(),
-        Vec::<[u8; 32]>::new()
+        a.debit(&[60; 32], "chat", 1, 1_000, &holder("r1", "long"), 1_007)
+            .await
+            .unwrap(),
+        Debit::Done {
+            balance_msat: 8_500,
+            unit_msat: 1_000
+        }
     );
-    assert_eq!(b.idle_sessions(1_400, 10).await.unwrap(), vec![[60; 32]]);
+    assert_eq!(b.close_idle_sessions(1_400, 10).await.unwrap(), vec![]);
+    a.settle_debit(&holder("r1", "long"), Some(0), 1_390)
+        .await
+        .unwrap();
+    assert_eq!(b.close_idle_sessions(1_600, 10).await.unwrap(), vec![]);
+    // Idle past its timeout: closed once, refunded once.
     let (x, y) = tokio::join!(
-        a.close_session(&[60; 32], 1_400),
-        b.close_session(&[60; 32], 1_400)
+        a.close_idle_sessions(1_700, 10),
+        b.close_idle_sessions(1_700, 10)
     );
-    let closed: Vec<Closing> = [x.unwrap(), y.unwrap()].into_iter().collect();
-    let refunds: Vec<&Closing> = closed
-        .iter()
-        .filter(|c| matches!(c, Closing::Closed { .. }))
-        .collect();
     assert_eq!(
-        refunds,
-        vec![&Closing::Closed {
+        [x.unwrap(), y.unwrap()].concat(),
+        vec![ClosedIdle {
+            id: [60; 32],
             refund_msat: 9_500,
             return_invoice: Some("lnbcrt1refund".into())
         }]
     );
+    assert!(matches!(
+        a.close_session(&[60; 32], 1_700).await.unwrap(),
+        Closing::AlreadyClosed(_)
+    ));
     // A refund that failed (no route, say) is tried again when the
     // session is closed again, by one caller alone; one that succeeded is
     // not.
@@ -767,7 +785,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         Opened::New,
         "a top-up refused for a closed session leaves its payment unspent"
     );
-    assert_eq!(b.idle_sessions(9_999, 10).await.unwrap().len(), 1);
+    assert_eq!(b.close_idle_sessions(9_999, 10).await.unwrap().len(), 1);
     assert_eq!(
         a.close_session(&[66; 32], 1).await.unwrap(),
         Closing::NotFound
