@@ -438,12 +438,16 @@ impl UsageScan {
     }
 
     /// Reads one JSON document's report; false when it is not JSON.
+    ///
+    /// One that sets out to be JSON and cannot be read whole (nested
+    /// deeper than the parser goes, bytes after its end, two documents,
+    /// a number beyond what a float holds) may hold a report all the
+    /// same: charged the most held, so that an answer made unreadable
+    /// (an upstream that echoes what it is sent) cannot cost one unit.
     fn read(&mut self, json: &[u8]) -> bool {
         let value = match serde_json::from_slice::<serde_json::Value>(json) {
             Ok(value) => value,
-            // A number beyond what a float holds (`1e400`): a report
-            // larger than any count, charged the most held.
-            Err(e) if e.to_string().starts_with("number out of range") => {
+            Err(_) if sets_out_as_json(json) => {
                 self.reported = true;
                 self.unread();
                 return true;
@@ -479,6 +483,18 @@ impl Drop for UsageScan {
         if !whole {
             self.unread();
         }
+    }
+}
+
+/// Whether `text` begins as a JSON object or array does (an LLM stream's
+/// closing `[DONE]` aside): text that does not (an HTML page, a word)
+/// reports nothing.
+fn sets_out_as_json(text: &[u8]) -> bool {
+    let text = text.trim_ascii();
+    match text.first() {
+        Some(b'{') => true,
+        Some(b'[') => text != b"[DONE]",
+        _ => false,
     }
 }
 
@@ -586,6 +602,23 @@ mod usage_tests {
             assert_eq!(header(garbage), Some(UNREADABLE_REPORT), "{garbage}");
         }
         assert_eq!(scan(r#"{"usage":1e400}"#), UNREADABLE_REPORT);
+        // JSON that cannot be read whole may hold a report: the most held.
+        let deep = format!(
+            r#"{{"usage":9,"x":{}{}}}"#,
+            "[".repeat(129),
+            "]".repeat(129)
+        );
+        for unreadable in [
+            deep.as_str(),
+            "{\"usage\":9}\nX",
+            r#"{"usage":2}{"usage":9}"#,
+            r#"[{"usage":9}"#,
+        ] {
+            assert_eq!(scan(unreadable), UNREADABLE_REPORT, "{unreadable}");
+        }
+        // Text that is no JSON reports nothing.
+        assert_eq!(scan("<html>an answer</html>"), crate::sessions::UNREPORTED);
+        assert_eq!(scan("an answer"), crate::sessions::UNREPORTED);
         // Given twice, it reads two ways.
         let mut twice = HeaderMap::new();
         twice.append(name.clone(), "1".parse().unwrap());
@@ -637,6 +670,22 @@ mod usage_tests {
         assert_eq!(
             scanned(true, &[b"data: x\n\n"], true),
             crate::sessions::UNREPORTED
+        );
+        assert_eq!(
+            scanned(true, &[b"data: {\"token\":1}\n\ndata: [DONE]\n\n"], true),
+            crate::sessions::UNREPORTED
+        );
+        // An event that cannot be read whole: the most held, unless a
+        // later one reports.
+        let deep = format!(
+            "data: {{\"usage\":9,\"x\":{}{}}}\n\n",
+            "[".repeat(129),
+            "]".repeat(129)
+        );
+        assert_eq!(scanned(true, &[deep.as_bytes()], true), UNREADABLE_REPORT);
+        assert_eq!(
+            scanned(true, &[deep.as_bytes(), b"data: {\"usage\":3}\n\n"], true),
+            3
         );
         // Events ended by lone CRs, and a last one the stream ended in.
         assert_eq!(
