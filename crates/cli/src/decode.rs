@@ -33,7 +33,7 @@ pub fn run(args: &Args) -> ExitCode {
     let input = if args.value == "-" {
         let mut text = String::new();
         if let Err(e) = std::io::stdin().read_to_string(&mut text) {
-            eprintln!("gate402 decode: cannot read standard input: {e}");
+            errln!("gate402 decode: cannot read standard input: {e}");
             return ExitCode::from(crate::EXIT_MALFORMED);
         }
         text
@@ -53,7 +53,7 @@ pub fn run(args: &Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!(
+            errln!(
                 "gate402 decode: {}",
                 crate::output::terminal_safe(&one_line(&format!("{error:#}")))
             );

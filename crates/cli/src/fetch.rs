@@ -217,9 +217,9 @@ pub async fn run_paying(
             let pending = Ledger::open(&ledger_path(data_dir))
                 .and_then(|ledger| ledger.pending(None))
                 .unwrap_or_default();
-            eprintln!("gate402: interrupted");
+            errln!("gate402: interrupted");
             for payment in pending {
-                eprintln!(
+                errln!(
                     "gate402: payment {} ({} sat for {}) is pending; the next request to that endpoint finishes it",
                     payment.entry.payment_hash,
                     payment.entry.amount_msat.div_ceil(1000),
@@ -244,7 +244,7 @@ pub async fn run_paying(
                 Some(FetchError::InFlight(_)) => EXIT_IN_FLIGHT,
                 _ => 1,
             };
-            eprintln!(
+            errln!(
                 "gate402: {}",
                 crate::output::terminal_safe(&format!("{error:#}"))
             );
@@ -284,7 +284,7 @@ pub fn print_offer(offer: &gate402_client::Offer) -> Result<()> {
 
 /// Says on standard error what a request paid.
 pub fn report_payment(paid: &gate402_client::PaymentEntry) {
-    eprintln!(
+    errln!(
         "gate402: paid {} sat (+{} msat fee) with {} for {}",
         paid.amount_msat / 1000,
         paid.fee_msat,

@@ -145,7 +145,7 @@ fn main() -> ExitCode {
     // After the runtime is gone: sending the last spans blocks.
     if let Some(telemetry) = telemetry {
         if let Err(e) = telemetry.shutdown() {
-            eprintln!("gate402: {e}");
+            errln!("gate402: {e}");
         }
     }
     code
@@ -266,6 +266,6 @@ fn tells_request_contents(metadata: &tracing::Metadata<'_>) -> bool {
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {
-    eprintln!("gate402: {}", output::terminal_safe(&format!("{error:#}")));
+    errln!("gate402: {}", output::terminal_safe(&format!("{error:#}")));
     ExitCode::FAILURE
 }

@@ -20,6 +20,23 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*), true) };
 }
 
+/// Prints a line to standard error, as `eprintln!` does, but never
+/// panics: a message nobody can read any more (standard error closed, or
+/// a pipe whose reader has gone) is dropped, so that the command still
+/// ends with its own status, not a panic's.
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::output::write_err(format_args!($($arg)*)) };
+}
+
+/// Writes `args` and a newline to standard error, ignoring failure (see
+/// [`errln!`]).
+pub(crate) fn write_err(args: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(args)
+        .and_then(|()| stderr.write_all(b"\n"));
+}
+
 /// Writes `args` (and a newline when `line`) to standard output; exits on
 /// a closed pipe (status 0) or another write error (status 1).
 pub(crate) fn write(args: std::fmt::Arguments<'_>, line: bool) {
@@ -38,7 +55,7 @@ pub(crate) fn write(args: std::fmt::Arguments<'_>, line: bool) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("gate402: cannot write to standard output: {e}");
+        errln!("gate402: cannot write to standard output: {e}");
         std::process::exit(1);
     }
 }

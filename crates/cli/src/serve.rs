@@ -68,13 +68,13 @@ async fn config(
 /// `--check`: 0 when the config is good, 2 (errors on stderr) when not.
 pub fn check(path: Option<&Path>) -> std::process::ExitCode {
     let Some(path) = path else {
-        eprintln!("gate402 serve --check: no config given (--config FILE)");
+        errln!("gate402 serve --check: no config given (--config FILE)");
         return std::process::ExitCode::from(2);
     };
     match GatewayConfig::load(path) {
         Ok(config) => {
             for warning in &config.warnings {
-                eprintln!("{}: warning: {warning}", path.display());
+                errln!("{}: warning: {warning}", path.display());
             }
             outln!(
                 "{}: ok ({} services, {} MCP tools{}, lightning backend {}, listen {})",
@@ -97,7 +97,7 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
         }
         Err(errors) => {
             for error in &errors.0 {
-                eprintln!("{}: {error}", path.display());
+                errln!("{}: {error}", path.display());
             }
             std::process::ExitCode::from(2)
         }

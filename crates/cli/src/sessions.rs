@@ -152,7 +152,7 @@ async fn close(
             Ok(refund) => answers.push(closed(&refund)),
             // The others are still closed; this one stays open.
             Err(e) if all => {
-                eprintln!(
+                errln!(
                     "gate402: session {}: {}",
                     session.id,
                     crate::output::terminal_safe(&e.to_string())

@@ -818,3 +818,39 @@ async fn a_stalled_server_is_given_up_after_the_read_timeout() {
         assert!(stderr.contains("timed out"), "{path}: {stderr}");
     }
 }
+
+/// A reader gone from standard error (a closed pipe) does not turn the
+/// command's own exit status into a panic's (101): over the cap is still
+/// 3, a server that cannot be reached still 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stderr_leaves_the_exit_status_alone() {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let config = demo::config(upstream);
+    let gw_dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let unreachable = format!("http://127.0.0.1:{}/", gate402_regtest::free_port());
+    let dear = format!("http://{}/api/weather?city=Oslo", gateway.addr());
+    for (args, code) in [
+        (vec!["get", "--max-cost", "1", dear.as_str()], 3),
+        (vec!["get", unreachable.as_str()], 1),
+    ] {
+        let data = data.path().to_owned();
+        let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let status = tokio::task::spawn_blocking(move || {
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            Command::new(env!("CARGO_BIN_EXE_gate402"))
+                .arg("--data-dir")
+                .arg(&data)
+                .args(&owned)
+                .stdout(std::process::Stdio::null())
+                .stderr(writer)
+                .status()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
+}
