@@ -450,8 +450,21 @@ impl Payer {
         else {
             return Ok(None);
         };
+        // A per-request token is its own request's while that request
+        // pays or waits for its answer (another run holds its route's
+        // lock): taken first here, it would leave that request paid for
+        // and refused.
+        let _owner = match token.single_use() {
+            true => match self.ledger.try_lock_endpoint(&token.origin, &token.path)? {
+                Some(lock) => Some(lock),
+                None => return Ok(None),
+            },
+            false => None,
+        };
         let answer = self.present(request, &token, own_key, send).await?;
-        if refused(answer.status()) {
+        // Refused, or held by another request (`409`): this request pays
+        // its own.
+        if refused(answer.status()) || answer.status() == StatusCode::CONFLICT {
             return Ok(None);
         }
         if token.single_use() && spends(answer.status()) {

@@ -487,6 +487,29 @@ impl Ledger {
         origin: &str,
         path: &str,
     ) -> Result<EndpointLock, LedgerError> {
+        let file = self.endpoint_lock_file(origin, path)?;
+        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+            .await
+            .map_err(|e| LedgerError(e.to_string()))??;
+        Ok(EndpointLock { _file: file })
+    }
+
+    /// Takes the lock of one endpoint if nobody holds it: `None` while a
+    /// request of that endpoint pays or is being answered.
+    pub fn try_lock_endpoint(
+        &self,
+        origin: &str,
+        path: &str,
+    ) -> Result<Option<EndpointLock>, LedgerError> {
+        let file = self.endpoint_lock_file(origin, path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(EndpointLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        }
+    }
+
+    fn endpoint_lock_file(&self, origin: &str, path: &str) -> Result<std::fs::File, LedgerError> {
         // Owner only, as the ledger: their names say which endpoints the
         // user pays for (to anyone who can guess the URL).
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -495,16 +518,12 @@ impl Ledger {
             .mode(0o700)
             .create(&self.locks)?;
         let name = hex::encode(&Sha256::digest(format!("{origin}\n{path}"))[..16]);
-        let file = std::fs::OpenOptions::new()
+        Ok(std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
-            .open(self.locks.join(name + ".lock"))?;
-        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-            .await
-            .map_err(|e| LedgerError(e.to_string()))??;
-        Ok(EndpointLock { _file: file })
+            .open(self.locks.join(name + ".lock"))?)
     }
 
     /// Checks `payment`'s entry against the budget and, if it fits,

@@ -37,7 +37,10 @@ async fn gateway() -> (Gateway, String, Received, tempfile::TempDir) {
                     .lock()
                     .unwrap()
                     .push((method.to_string(), uri.path().to_owned(), key));
-                "done"
+                if uri.path().ends_with("/fail") {
+                    return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "failed");
+                }
+                (axum::http::StatusCode::OK, "done")
             }
         }
     }));
@@ -51,6 +54,11 @@ name = "op"
 path = "/op"
 upstream = "{upstream}"
 price_sats = 3
+[[services]]
+name = "many"
+path = "/many/*"
+upstream = "{upstream}"
+price_sats = 2
 [[services]]
 name = "free"
 path = "/free"
@@ -358,4 +366,26 @@ async fn a_later_run_finishing_the_payment_sends_the_key_it_was_begun_with() {
     assert!(payments.iter().all(|p| p.status == PaymentState::Paid));
     assert!(ledger.pending(None).unwrap().is_empty());
     gateway.shutdown().await.unwrap();
+}
+
+/// A per-request token kept unspent on one route (its request failed)
+/// buys a request on another route of its service, but not while a run
+/// holds its route's lock (that route's request pays or waits for its
+/// answer, and the token is its own): the other request pays its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_whose_request_is_out_is_not_taken_on_another_route() {
+    let (gateway, base, _received, _dir) = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let client = client(ledger.clone());
+    let get = |path: &str| client.http.get(format!("{base}{path}")).build().unwrap();
+    let Fetched::Response(failed, Some(_)) = client.fetch(get("/many/fail")).await.unwrap() else {
+        panic!("not paid");
+    };
+    assert_eq!(failed.status(), 500, "kept unspent");
+    let held = ledger.lock_endpoint(&base, "/many/fail").await.unwrap();
+    served(&client, get("/many/b"), true).await;
+    drop(held);
+    served(&client, get("/many/c"), false).await;
+    drop(gateway);
 }
