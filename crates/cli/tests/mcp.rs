@@ -427,8 +427,63 @@ async fn mcp_proxy_charges_for_a_stdio_server() {
     .await;
     assert_eq!(report["result"]["content"][0]["text"], "OVER STDIO");
     assert_eq!(report["payment"]["amount_msat"], 3_000);
+    // A server that exits is started again for the next call: the call
+    // it died in fails (its payment unspent), the next is served.
+    let crashed = gate402(
+        client.path(),
+        &["mcp", "call", &format!("{base}/mcp"), "crash"],
+    )
+    .await;
+    assert!(!crashed.status.success());
+    let again = ok_json(
+        client.path(),
+        &[
+            "mcp",
+            "call",
+            &format!("{base}/mcp"),
+            "shout",
+            "--args",
+            r#"{"text":"again"}"#,
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(again["result"]["content"][0]["text"], "AGAIN");
     proxy.start_kill().unwrap();
     let _ = proxy.wait().await;
+}
+
+/// A server that never answers `initialize` does not hold the proxy's
+/// start for ever: it stops with an error after `call_timeout_secs`.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_proxy_gives_up_a_server_that_never_initializes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[mcp_proxy]\ncommand = [\"sleep\", \"600\"]\ndefault_price_sats = 1\ncall_timeout_secs = 1\n",
+    )
+    .unwrap();
+    let port = gate402_regtest::free_port();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_gate402"))
+            .arg("--data-dir")
+            .arg(dir.path().join("gateway"))
+            .args(["mcp-proxy", "--config", config.to_str().unwrap()])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("still starting after 60 s")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("did not answer initialize within 1 s"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

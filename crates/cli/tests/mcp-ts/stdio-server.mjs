@@ -1,6 +1,6 @@
 // An MCP server on stdio, written with the official TypeScript SDK: the
 // upstream that `gate402 mcp-proxy -- node stdio-server.mjs <SDK dir>`
-// charges for. One tool, `shout`, upper-cases its text.
+// charges for. `shout` upper-cases its text; `crash` ends the server.
 const [sdk] = process.argv.slice(2);
 const { Server } = await import(`${sdk}/dist/esm/server/index.js`);
 const { StdioServerTransport } = await import(`${sdk}/dist/esm/server/stdio.js`);
@@ -14,9 +14,15 @@ server.setRequestHandler(ListToolsRequestSchema, async () => ({
       description: 'Upper-cases its text',
       inputSchema: { type: 'object', properties: { text: { type: 'string' } }, required: ['text'] },
     },
+    { name: 'crash', description: 'Ends the server', inputSchema: { type: 'object' } },
   ],
 }));
-server.setRequestHandler(CallToolRequestSchema, async (request) => ({
-  content: [{ type: 'text', text: String(request.params.arguments?.text ?? '').toUpperCase() }],
-}));
+server.setRequestHandler(CallToolRequestSchema, async (request) => {
+  if (request.params.name === 'crash') {
+    process.exit(1);
+  }
+  return {
+    content: [{ type: 'text', text: String(request.params.arguments?.text ?? '').toUpperCase() }],
+  };
+});
 await server.connect(new StdioServerTransport());

@@ -2,6 +2,7 @@
 //! server (`[mcp_proxy]`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -12,7 +13,7 @@ use gate402_paywall::{Auth, NotReached, PricedService};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ContentBlock, ErrorData, JsonObject, Tool,
 };
-use rmcp::service::Peer;
+use rmcp::service::{Peer, RunningService};
 use rmcp::RoleClient;
 use serde_json::Value;
 
@@ -279,71 +280,134 @@ impl ToolUpstream for HttpTools {
     }
 }
 
-/// Another MCP server, reached as a client (stdio child or HTTP).
+/// Another MCP server, reached as a client (stdio child or HTTP). A
+/// connection that has closed (a child that exited, a server that went
+/// away) is opened again, the command started again, at the next listing
+/// or call: one crash does not leave the proxy selling calls that can
+/// only fail.
 pub struct McpUpstream {
-    peer: Peer<RoleClient>,
+    config: McpProxyConfig,
+    connection: ArcSwap<Connection>,
+    /// Held while the connection is opened again: one opens it, the
+    /// calls that find it closed meanwhile wait for that one.
+    reopening: tokio::sync::Mutex<()>,
     /// How long one tool call may take: a server that never answers must
     /// not hold a paid call (and its claim) for ever.
-    call_timeout: std::time::Duration,
-    // Keeps the connection (and a child process) alive.
-    _running: Box<dyn std::any::Any + Send + Sync>,
+    call_timeout: Duration,
+}
+
+/// A running rmcp client and what keeps it running (a child process).
+struct Connection {
+    peer: Peer<RoleClient>,
+    _running: RunningService<RoleClient, ()>,
+}
+
+/// How long the upstream of `config` may take to answer one request, a
+/// call or `initialize`: one that never answers must not hold a paid call
+/// (and its claim), nor the proxy's start, for ever.
+fn answer_timeout(config: &McpProxyConfig) -> Duration {
+    Duration::from_secs(
+        config
+            .call_timeout_secs
+            .unwrap_or(crate::config::DEFAULT_TOOL_CALL_TIMEOUT_SECS),
+    )
+}
+
+/// Starts the command of `config`, or opens its URL, and initializes
+/// within [`answer_timeout`].
+async fn open(config: &McpProxyConfig) -> anyhow::Result<Connection> {
+    let within = answer_timeout(config);
+    use anyhow::Context;
+    use rmcp::ServiceExt;
+    let (initialized, what) = match (&config.command, &config.url) {
+        (Some(command), _) => {
+            let (program, args) = command
+                .split_first()
+                .context("mcp_proxy.command names no program")?;
+            let mut child = tokio::process::Command::new(program);
+            child.args(args);
+            let transport = rmcp::transport::TokioChildProcess::new(child)
+                .with_context(|| format!("starting the MCP server {program:?}"))?;
+            let what = format!("the MCP server {program:?}");
+            (
+                tokio::time::timeout(within, ().serve(transport)).await,
+                what,
+            )
+        }
+        (None, Some(url)) => {
+            let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url.clone());
+            let what = format!("the MCP server at {}", crate::config::redacted_url(url));
+            (
+                tokio::time::timeout(within, ().serve(transport)).await,
+                what,
+            )
+        }
+        (None, None) => anyhow::bail!("mcp_proxy needs url or command"),
+    };
+    let running = match initialized {
+        Ok(running) => running.with_context(|| format!("{what} did not initialize"))?,
+        Err(_) => anyhow::bail!(
+            "{what} did not answer initialize within {} s (mcp_proxy.call_timeout_secs)",
+            within.as_secs()
+        ),
+    };
+    Ok(Connection {
+        peer: running.peer().clone(),
+        _running: running,
+    })
 }
 
 impl McpUpstream {
     /// Connects to the upstream of `[mcp_proxy]`: starts its command, or
-    /// opens its URL.
+    /// opens its URL, and initializes.
+    ///
+    /// # Errors
+    ///
+    /// When the command cannot start, or the server does not initialize
+    /// within `call_timeout_secs`.
     pub async fn connect(config: &McpProxyConfig) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        use rmcp::ServiceExt;
-        let running = match (&config.command, &config.url) {
-            (Some(command), _) => {
-                let (program, args) = command
-                    .split_first()
-                    .context("mcp_proxy.command names no program")?;
-                let mut child = tokio::process::Command::new(program);
-                child.args(args);
-                let transport = rmcp::transport::TokioChildProcess::new(child)
-                    .with_context(|| format!("starting the MCP server {program:?}"))?;
-                ().serve(transport)
-                    .await
-                    .with_context(|| format!("the MCP server {program:?} did not initialize"))?
-            }
-            (None, Some(url)) => {
-                let transport =
-                    rmcp::transport::StreamableHttpClientTransport::from_uri(url.clone());
-                ().serve(transport).await.with_context(|| {
-                    format!(
-                        "the MCP server at {} did not initialize",
-                        crate::config::redacted_url(url)
-                    )
-                })?
-            }
-            (None, None) => anyhow::bail!("mcp_proxy needs url or command"),
+        let connection = open(config).await?;
+        Ok(Self {
+            config: config.clone(),
+            connection: ArcSwap::from_pointee(connection),
+            reopening: tokio::sync::Mutex::new(()),
+            call_timeout: answer_timeout(config),
+        })
+    }
+
+    /// The connection's peer, the connection opened again first when it
+    /// has closed.
+    ///
+    /// # Errors
+    ///
+    /// `-32603` when it cannot be opened again (nothing was charged).
+    async fn peer(&self) -> Result<Peer<RoleClient>, ErrorData> {
+        let open_peer = || {
+            let current = self.connection.load();
+            (!current.peer.is_transport_closed()).then(|| current.peer.clone())
         };
-        let timeout = config
-            .call_timeout_secs
-            .unwrap_or(crate::config::DEFAULT_TOOL_CALL_TIMEOUT_SECS);
-        Ok(Self::new(running.peer().clone(), Box::new(running))
-            .with_call_timeout(std::time::Duration::from_secs(timeout)))
-    }
-
-    /// Over a running rmcp client; `keep` holds what keeps it running.
-    /// Calls time out after [`crate::config::DEFAULT_TOOL_CALL_TIMEOUT_SECS`].
-    pub fn new(peer: Peer<RoleClient>, keep: Box<dyn std::any::Any + Send + Sync>) -> Self {
-        Self {
-            peer,
-            call_timeout: std::time::Duration::from_secs(
-                crate::config::DEFAULT_TOOL_CALL_TIMEOUT_SECS,
-            ),
-            _running: keep,
+        if let Some(peer) = open_peer() {
+            return Ok(peer);
         }
-    }
-
-    /// The same, its calls failing after `timeout`.
-    pub fn with_call_timeout(self, timeout: std::time::Duration) -> Self {
-        Self {
-            call_timeout: timeout,
-            ..self
+        let _turn = self.reopening.lock().await;
+        if let Some(peer) = open_peer() {
+            return Ok(peer);
+        }
+        tracing::warn!("the upstream MCP server's connection closed; opening it again");
+        match open(&self.config).await {
+            Ok(connection) => {
+                let peer = connection.peer.clone();
+                self.connection.store(Arc::new(connection));
+                tracing::info!("the upstream MCP server is back");
+                Ok(peer)
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot open the upstream MCP server again");
+                Err(ErrorData::internal_error(
+                    "the upstream MCP server is down (it is tried again at the next call); nothing was charged",
+                    None,
+                ))
+            }
         }
     }
 }
@@ -362,7 +426,11 @@ fn upstream_error(e: rmcp::ServiceError) -> ErrorData {
 #[async_trait]
 impl ToolUpstream for McpUpstream {
     async fn tools(&self) -> Result<Vec<Tool>, ErrorData> {
-        self.peer.list_all_tools().await.map_err(upstream_error)
+        self.peer()
+            .await?
+            .list_all_tools()
+            .await
+            .map_err(upstream_error)
     }
 
     async fn call(
@@ -373,7 +441,8 @@ impl ToolUpstream for McpUpstream {
     ) -> Result<CallToolResult, ToolFailure> {
         let mut request = CallToolRequestParams::new(name.to_owned());
         request.arguments = arguments;
-        match tokio::time::timeout(self.call_timeout, self.peer.call_tool(request)).await {
+        let peer = self.peer().await.map_err(ToolFailure::NotReached)?;
+        match tokio::time::timeout(self.call_timeout, peer.call_tool(request)).await {
             Ok(answered) => answered.map_err(|e| ToolFailure::Failed(upstream_error(e))),
             // It had the call: a failure on its payment, as a 5xx is.
             Err(_) => Err(ToolFailure::Failed(ErrorData::internal_error(
