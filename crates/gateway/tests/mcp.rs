@@ -375,6 +375,33 @@ async fn a_payment_id_pays_for_one_call_of_its_tool() {
         .await
         .unwrap_err();
     assert_eq!(code, ErrorCode::INVALID_PARAMS.0);
+    // An id another replica issued through a node this one does not
+    // share: said so, not blamed on the store.
+    let store = h.gateway.paywall().store();
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(&payment_id[..64], &mut hash).unwrap();
+    let issued = store.invoice(&hash).await.unwrap().unwrap();
+    let elsewhere = gate402_store::InvoiceRecord {
+        payment_hash: [7; 32],
+        ..issued
+    };
+    store.put_invoice(&elsewhere).await.unwrap();
+    let foreign = h.gateway.paywall().payment_ids().issue(&[7; 32]);
+    match h
+        .client
+        .call_tool(call(
+            "weather",
+            json!({"city": "Lima", "paymentId": foreign}),
+            None,
+        ))
+        .await
+    {
+        Err(ServiceError::McpError(e)) => {
+            assert_eq!(e.code, ErrorCode::INTERNAL_ERROR, "{e:?}");
+            assert!(e.message.contains("did not issue"), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }

@@ -42,7 +42,7 @@ use std::sync::{Arc, RwLock};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use axum::http::StatusCode;
-use gate402_lightning::InvoiceStatus;
+use gate402_lightning::{InvoiceStatus, LightningError};
 use gate402_mpp::mcp::{
     self as wire, CREDENTIAL_META_KEY, PAYMENT_REQUIRED_CODE, PAYMENT_VERIFICATION_FAILED_CODE,
     RECEIPT_META_KEY,
@@ -405,11 +405,12 @@ impl PaidTools {
     ) -> Result<Verified, Refusal> {
         let refuse =
             |problem, detail: String| Refusal::new(StatusCode::PAYMENT_REQUIRED, problem, detail);
-        let unavailable = || {
+        // Answered as the detail says (see `refused`): nothing charged.
+        let unavailable = |detail: &str| {
             Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ProblemType::PaymentRequired,
-                "unavailable",
+                detail,
             )
         };
         let text = payment_id.as_str().unwrap_or_default();
@@ -438,7 +439,7 @@ impl PaidTools {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot look up a paymentId");
-                return Err(unavailable());
+                return Err(unavailable(STORE_UNAVAILABLE));
             }
         };
         if record.service != service.name {
@@ -474,9 +475,19 @@ impl PaidTools {
                 ),
                 ))
             }
+            // Issued by another replica's node: replicas selling tools
+            // must share one.
+            Err(LightningError::NotFound(_)) => {
+                tracing::warn!(
+                    "a paymentId names an invoice this node did not issue; replicas that sell tools must share one Lightning node"
+                );
+                return Err(unavailable(
+                    "this replica's Lightning node did not issue this paymentId's invoice, so it cannot tell whether it was paid; retry shortly (nothing was charged)",
+                ));
+            }
             Err(e) => {
                 tracing::error!(error = %e, "Lightning backend: cannot look up a paymentId's invoice");
-                return Err(unavailable());
+                return Err(unavailable(NODE_UNAVAILABLE));
             }
         }
         Ok(Verified {
@@ -647,18 +658,25 @@ impl PaidTools {
         client: Option<ClientKey>,
     ) -> ErrorData {
         if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
-            return store_unavailable();
+            return ErrorData::internal_error(refusal.detail, None);
         }
         self.payment_error(service, Some(refusal), client).await
     }
 }
 
+/// What a client is told when the node cannot be asked (the details go
+/// to the log).
+const NODE_UNAVAILABLE: &str =
+    "the Lightning node is unavailable; retry shortly (nothing was charged)";
+
+/// What a client is told when the store cannot be asked (the details go
+/// to the log).
+const STORE_UNAVAILABLE: &str =
+    "the payment store is unavailable; retry shortly (nothing was charged)";
+
 /// The node could not make an invoice: details go to the log, not the client.
 fn node_unavailable() -> ErrorData {
-    ErrorData::internal_error(
-        "the Lightning node is unavailable; retry shortly (nothing was charged)",
-        None,
-    )
+    ErrorData::internal_error(NODE_UNAVAILABLE, None)
 }
 
 /// The credential is held by another call (or a replica that stopped): a
@@ -673,10 +691,7 @@ fn in_flight() -> ErrorData {
 
 /// The store could not be asked: details go to the log, not the client.
 fn store_unavailable() -> ErrorData {
-    ErrorData::internal_error(
-        "the payment store is unavailable; retry shortly (nothing was charged)",
-        None,
-    )
+    ErrorData::internal_error(STORE_UNAVAILABLE, None)
 }
 
 fn unavailable(tool: &str) -> ErrorData {
