@@ -1554,3 +1554,43 @@ async fn a_revoked_deposit_opens_nothing_and_a_revoked_session_takes_no_top_up()
     let record = store.session(&id).await.unwrap().unwrap();
     assert_eq!(record.deposit_msat, 10_000, "the top-up was not credited");
 }
+
+/// A session payload that is none of the session's actions is told
+/// precisely what is wrong with it (the action unknown, a field missing
+/// or of another type), not that it is no Lightning preimage; its deposit
+/// stays unspent.
+#[tokio::test]
+async fn a_malformed_session_payload_is_told_what_is_wrong() {
+    let h = Harness::start(|_| {}).await;
+    let (challenge, request, _) = h.challenge("/chat").await;
+    let preimage = h.pay(&request).await;
+    for (payload, needle) in [
+        (
+            json!({"action": "open", "preimage": preimage}),
+            "returnInvoice",
+        ),
+        (
+            json!({"action": "open", "preimage": preimage, "returnInvoice": 7}),
+            "expected a string",
+        ),
+        (json!({"action": "reopen", "preimage": preimage}), "reopen"),
+    ] {
+        let response = h.send("/chat", &challenge, payload.clone()).await;
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["type"].as_str().unwrap().ends_with("/invalid-payload"),
+            "{payload}: {body}"
+        );
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(needle), "{payload}: {detail}");
+        assert!(!detail.contains("preimage"), "{payload}: {detail}");
+    }
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    assert_eq!(
+        h.send("/chat", &challenge, open).await.status(),
+        StatusCode::OK,
+        "the deposit was not spent"
+    );
+}

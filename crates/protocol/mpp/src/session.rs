@@ -198,8 +198,8 @@ pub fn verify_session(
     if echo.realm != realm {
         return Err(VerifyError::WrongRealm(echo.realm.clone()));
     }
-    let action: SessionAction =
-        serde_json::from_value(credential.payload.clone()).map_err(|_| VerifyError::Payload)?;
+    let action: SessionAction = serde_json::from_value(credential.payload.clone())
+        .map_err(|e| VerifyError::SessionPayload(e.to_string()))?;
     if unexpired(&action) {
         if let Some(text) = echo.expires.as_deref() {
             let at = crate::parse_time(text).ok_or_else(|| VerifyError::BadExpires(text.into()))?;

@@ -130,6 +130,11 @@ pub enum VerifyError {
     /// The payload is not `{"preimage": <64 lowercase hex>}`.
     #[error("payload is not a Lightning preimage")]
     Payload,
+    /// A session credential's payload is none of the session's actions
+    /// (draft-lightning-session-00): why, in the parser's words (the
+    /// action unknown, a field missing or of another type).
+    #[error("session payload: {0}")]
+    SessionPayload(String),
     /// `sha256(preimage) != paymentHash`.
     #[error("preimage does not match the payment hash")]
     Preimage,
@@ -154,7 +159,7 @@ impl VerifyError {
                 Ok(charged) if charged < *expected => ProblemType::PaymentInsufficient,
                 _ => ProblemType::InvalidChallenge,
             },
-            VerifyError::Payload => ProblemType::InvalidPayload,
+            VerifyError::Payload | VerifyError::SessionPayload(_) => ProblemType::InvalidPayload,
             VerifyError::Preimage => ProblemType::LightningInvalidPreimage,
         }
     }
