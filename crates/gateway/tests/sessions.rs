@@ -216,6 +216,14 @@ fn balance(name: &str, path: &str, price: u64, units: u64, upstream: &str) -> Se
 
 impl Harness {
     async fn start(adjust: impl FnOnce(&mut Vec<ServiceConfig>)) -> Self {
+        Self::start_with(adjust, |_| {}).await
+    }
+
+    /// [`Harness::start`], the gateway's config adjusted too.
+    async fn start_with(
+        adjust: impl FnOnce(&mut Vec<ServiceConfig>),
+        adjust_config: impl FnOnce(&mut GatewayConfig),
+    ) -> Self {
         let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
         let mut services = vec![
             balance("chat", "/chat", 2, 5, &upstream),
@@ -231,6 +239,7 @@ impl Harness {
         let mut config = GatewayConfig::default_with_services(services);
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.mpp.realm = "api.test".into();
+        adjust_config(&mut config);
         let dir = tempfile::tempdir().unwrap();
         let gateway = Gateway::start(&config, dir.path()).await.unwrap();
         Self {
@@ -1593,4 +1602,65 @@ async fn a_malformed_session_payload_is_told_what_is_wrong() {
         StatusCode::OK,
         "the deposit was not spent"
     );
+}
+
+/// A replica that stopped mid-request and never starts again does not
+/// keep its debits, nor its sessions from being idle: once it has been
+/// seen stopped for a claim lease, the next round gives them back (and
+/// the session is then closed as idle, refunded in full); a running
+/// replica's (this one's) are left alone.
+#[tokio::test]
+async fn the_debits_of_a_replica_that_never_returns_are_given_back() {
+    let h = Harness::start_with(
+        |services| services[0].priced.session_idle_secs = 1,
+        |config| config.claim_lease_secs = 1,
+    )
+    .await;
+    let OpenSession {
+        session,
+        refund_hash,
+        ..
+    } = h.open_session("/chat").await;
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(&session, &mut id).unwrap();
+    let store = h.gateway.paywall().store();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let own = h.gateway.paywall().replica().to_owned();
+    for (replica, token) in [("gone", "t1"), (own.as_str(), "t2")] {
+        let holder = gate402_store::ClaimHolder {
+            replica: replica.into(),
+            token: token.into(),
+        };
+        assert!(matches!(
+            store
+                .debit(&id, "chat", 1, 2_000, &holder, now)
+                .await
+                .unwrap(),
+            gate402_store::Debit::Done { .. }
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // First seen stopped: not yet.
+    h.gateway.paywall().close_idle_sessions().await;
+    assert_eq!(h.balance_once(&session, 4_000).await, 4_000);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    h.gateway.paywall().close_idle_sessions().await;
+    assert_eq!(
+        h.balance_once(&session, 6_000).await,
+        6_000,
+        "gone's came back"
+    );
+    // This replica's request is still in flight: not idle.
+    assert!(store.session(&id).await.unwrap().unwrap().closed.is_none());
+    let own_hold = gate402_store::ClaimHolder {
+        replica: own,
+        token: "t2".into(),
+    };
+    assert!(store.undo_debit(&own_hold).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    h.gateway.paywall().close_idle_sessions().await;
+    h.assert_refunded(&refund_hash, 8_000).await;
 }

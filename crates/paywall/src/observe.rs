@@ -494,6 +494,24 @@ impl Store for ObservedStore {
             .await
     }
 
+    async fn debit_holders(&self) -> Result<Vec<String>, StoreError> {
+        self.timed("store.debit_holders", self.inner.debit_holders())
+            .await
+    }
+
+    async fn replica_running(&self, replica: &str) -> Result<bool, StoreError> {
+        self.timed("store.replica_running", self.inner.replica_running(replica))
+            .await
+    }
+
+    async fn undo_debits_of_stopped(&self, replica: &str) -> Result<Option<u64>, StoreError> {
+        self.timed(
+            "store.undo_debits_of_stopped",
+            self.inner.undo_debits_of_stopped(replica),
+        )
+        .await
+    }
+
     async fn top_up(
         &self,
         id: &[u8; 32],

@@ -215,6 +215,7 @@ impl PaywallBuilder {
                 revoked: ArcSwap::default(),
                 background: TaskTracker::new(),
                 served: Batch::new(),
+                stopped_since: Default::default(),
                 stop: CancellationToken::new(),
             }),
         };
@@ -288,6 +289,9 @@ pub(crate) struct State {
     pub(crate) background: TaskTracker,
     /// What payments served, written after the responses left.
     served: Batch<Served>,
+    /// Replicas holding debits seen stopped, and since when.
+    pub(crate) stopped_since:
+        std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     stop: CancellationToken,
 }
 
@@ -401,6 +405,12 @@ impl Paywall {
     /// The note on test money, when invoices are test money.
     pub fn test_money(&self) -> Option<&str> {
         self.inner.test_money.as_deref()
+    }
+
+    /// This replica's name in the store (its claims and debits are held
+    /// under it).
+    pub fn replica(&self) -> &str {
+        self.inner.claims.replica()
     }
 
     /// The proxies whose forwarding headers are believed.

@@ -781,6 +781,9 @@ impl Paywall {
     /// a request in flight: [`Store::close_idle_sessions`]). Only the
     /// replica whose close wins refunds one.
     pub(crate) async fn close_idle(&self) {
+        // First: a stopped replica's holds would keep its sessions from
+        // ever being idle.
+        self.give_back_debits_of_stopped().await;
         match self.store().close_idle_sessions(unix_now(), 100).await {
             Ok(closed) => {
                 for ClosedIdle {
@@ -798,6 +801,67 @@ impl Paywall {
             Err(e) => tracing::warn!(error = %e, "store: cannot close idle sessions"),
         }
         self.settle_owed_refunds().await;
+    }
+
+    /// Gives back the debits of replicas that stopped and did not start
+    /// again. A replica's holds come back at its own next start; one that
+    /// never starts again (a lost machine, a data dir gone) would keep
+    /// them, and its sessions from ever being idle. A replica seen
+    /// stopped (no process holds its name) for a claim lease is taken for
+    /// gone, as its claims are, and its debits are given back with its
+    /// name held, so that it cannot start meanwhile.
+    async fn give_back_debits_of_stopped(&self) {
+        let store = self.store();
+        let holders = match store.debit_holders().await {
+            Ok(holders) => holders,
+            Err(e) => {
+                tracing::warn!(error = %e, "store: cannot list the replicas holding debits");
+                return;
+            }
+        };
+        let own = self.inner.claims.replica();
+        let mut stopped = Vec::new();
+        for replica in holders.into_iter().filter(|r| r != own) {
+            match store.replica_running(&replica).await {
+                Ok(false) => stopped.push(replica),
+                Ok(true) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "store: cannot tell whether a replica runs");
+                    return;
+                }
+            }
+        }
+        let now = std::time::Instant::now();
+        let lease = self.inner.claims.lease();
+        let due: Vec<String> = {
+            let mut since = self
+                .inner
+                .stopped_since
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            since.retain(|replica, _| stopped.contains(replica));
+            stopped
+                .into_iter()
+                .filter(|replica| {
+                    let seen = *since.entry(replica.clone()).or_insert(now);
+                    now.duration_since(seen) >= lease
+                })
+                .collect()
+        };
+        for replica in due {
+            match store.undo_debits_of_stopped(&replica).await {
+                Ok(Some(debits)) => tracing::warn!(
+                    %replica,
+                    debits,
+                    "gave back the debits of a replica that stopped and did not start again"
+                ),
+                // It started again meanwhile, and gave them back itself.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "store: cannot give a stopped replica's debits back")
+                }
+            }
+        }
     }
 
     /// Takes up the refunds still owed ([`REFUND_RETRY_SECS`] after they

@@ -533,6 +533,18 @@ pub trait Store: Send + Sync + 'static {
     /// mid-request: pay for success). Returns how many.
     async fn undo_debits_of(&self, replica: &str) -> Result<u64, StoreError>;
 
+    /// The replicas that hold debits now (requests in flight), by name.
+    async fn debit_holders(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Whether a process runs as `replica`: holds its name, as
+    /// [`Store::hold_replica`] takes it.
+    async fn replica_running(&self, replica: &str) -> Result<bool, StoreError>;
+
+    /// Gives back every debit `replica` held if no process runs as it
+    /// (a replica killed and never started again), its name held for the
+    /// while so that none can start as it meanwhile. `None` when one runs.
+    async fn undo_debits_of_stopped(&self, replica: &str) -> Result<Option<u64>, StoreError>;
+
     /// Adds the deposit paid with `payment_hash` (msat) to an open session,
     /// once: the payment credits exactly one session, once.
     async fn top_up(

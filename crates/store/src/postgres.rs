@@ -1219,24 +1219,49 @@ impl Store for PostgresStore {
 
     async fn undo_debits_of(&self, replica: &str) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        sqlx::query(
-            "UPDATE sessions SET spent_msat = spent_msat - held.amount
-             FROM (SELECT session, SUM(amount_msat) AS amount FROM session_debits
-                   WHERE replica = $1 GROUP BY session) AS held
-             WHERE sessions.id = held.session AND sessions.closed_at IS NULL",
-        )
-        .bind(replica)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        let n = sqlx::query("DELETE FROM session_debits WHERE replica = $1")
-            .bind(replica)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?
-            .rows_affected();
+        let n = undo_debits_in(&mut tx, replica).await?;
         tx.commit().await.map_err(db)?;
         Ok(n)
+    }
+
+    async fn debit_holders(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT DISTINCT replica FROM session_debits")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn replica_running(&self, replica: &str) -> Result<bool, StoreError> {
+        // A lock the name's holder has is one this transaction cannot
+        // take; taken, it goes with the transaction.
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let free: bool = sqlx::query_scalar(&format!(
+            "SELECT pg_try_advisory_xact_lock({REPLICA_LOCK_KEY})"
+        ))
+        .bind(replica)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.rollback().await.map_err(db)?;
+        Ok(!free)
+    }
+
+    async fn undo_debits_of_stopped(&self, replica: &str) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let free: bool = sqlx::query_scalar(&format!(
+            "SELECT pg_try_advisory_xact_lock({REPLICA_LOCK_KEY})"
+        ))
+        .bind(replica)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if !free {
+            tx.rollback().await.map_err(db)?;
+            return Ok(None);
+        }
+        let n = undo_debits_in(&mut tx, replica).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(n))
     }
 
     async fn top_up(
@@ -1680,4 +1705,27 @@ fn hash_column(row: &sqlx::postgres::PgRow, index: usize) -> Result<[u8; 32], sq
         index: index.to_string(),
         source: "not a 32-byte hash".into(),
     })
+}
+
+/// Gives back, in `tx`, every debit `replica` holds. Returns how many.
+async fn undo_debits_in(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    replica: &str,
+) -> Result<u64, StoreError> {
+    sqlx::query(
+        "UPDATE sessions SET spent_msat = spent_msat - held.amount
+         FROM (SELECT session, SUM(amount_msat) AS amount FROM session_debits
+               WHERE replica = $1 GROUP BY session) AS held
+         WHERE sessions.id = held.session AND sessions.closed_at IS NULL",
+    )
+    .bind(replica)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(sqlx::query("DELETE FROM session_debits WHERE replica = $1")
+        .bind(replica)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?
+        .rows_affected())
 }

@@ -227,6 +227,35 @@ pub struct SqliteStore {
     replica: std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>,
 }
 
+impl SqliteStore {
+    /// Takes the lock on the name `replica`, a file beside the database,
+    /// if no process holds it; `None` when one does. Held as long as the
+    /// file is.
+    fn try_replica_name(&self, replica: &str) -> Result<Option<std::fs::File>, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Replica names are hex; anything else is left out of the name.
+        let name: String = replica
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let mut lock = self.path.clone().into_os_string();
+        lock.push(format!(".replica-{name}.lock"));
+        let failed =
+            |e: std::io::Error| StoreError::Database(format!("{}: {e}", lock.to_string_lossy()));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&lock)
+            .map_err(failed)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
+        }
+    }
+}
+
 fn db(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DatabaseBusy => {
@@ -663,35 +692,14 @@ impl Store for SqliteStore {
     /// lock a file beside it named after the replica; the system lets the
     /// lock go when the process ends.
     async fn hold_replica(&self, replica: &str) -> Result<bool, StoreError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let mut held = self.replica.lock().unwrap_or_else(|e| e.into_inner());
         if held.is_some() {
             return Ok(true);
         }
-        // Replica names are hex; anything else is left out of the name.
-        let name: String = replica
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect();
-        let mut lock = self.path.clone().into_os_string();
-        lock.push(format!(".replica-{name}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&lock)
-            .map_err(|e| StoreError::Database(format!("{}: {e}", lock.to_string_lossy())))?;
-        match file.try_lock() {
-            Ok(()) => {
-                *held = Some(file);
-                Ok(true)
-            }
-            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
-            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Database(format!(
-                "{}: {e}",
-                lock.to_string_lossy()
-            ))),
-        }
+        let taken = self.try_replica_name(replica)?;
+        let running = taken.is_some();
+        *held = taken;
+        Ok(running)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1240,6 +1248,27 @@ impl Store for SqliteStore {
                 .map(|n| n as u64)
         })
         .await
+    }
+
+    async fn debit_holders(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached("SELECT DISTINCT replica FROM session_debits")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        })
+        .await
+    }
+
+    async fn replica_running(&self, replica: &str) -> Result<bool, StoreError> {
+        Ok(self.try_replica_name(replica)?.is_none())
+    }
+
+    async fn undo_debits_of_stopped(&self, replica: &str) -> Result<Option<u64>, StoreError> {
+        // Held while the debits go back: no process starts as it meanwhile.
+        let Some(_name) = self.try_replica_name(replica)? else {
+            return Ok(None);
+        };
+        self.undo_debits_of(replica).await.map(Some)
     }
 
     async fn top_up(

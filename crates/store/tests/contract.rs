@@ -688,6 +688,35 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         }
     );
     assert_eq!(b.undo_debits_of("dead").await.unwrap(), 1);
+    // One that never starts again: its debits are given back by another,
+    // its name held meanwhile; a running one's (`r-held`, held by `a`
+    // since the start) are not.
+    for (store, replica, token) in [(a, "r-held", "d8"), (b, "gone", "d9")] {
+        assert!(matches!(
+            store
+                .debit(&[60; 32], "chat", 1, 1_000, &holder(replica, token), 1_006)
+                .await
+                .unwrap(),
+            Debit::Done { .. }
+        ));
+    }
+    let mut holders = a.debit_holders().await.unwrap();
+    holders.sort();
+    assert_eq!(holders, ["gone", "r-held"]);
+    assert!(a.replica_running("r-held").await.unwrap());
+    assert!(b.replica_running("r-held").await.unwrap());
+    assert!(!b.replica_running("gone").await.unwrap());
+    assert_eq!(b.undo_debits_of_stopped("r-held").await.unwrap(), None);
+    assert_eq!(b.undo_debits_of_stopped("gone").await.unwrap(), Some(1));
+    assert!(
+        !a.replica_running("gone").await.unwrap(),
+        "its name is let go"
+    );
+    assert!(a.undo_debit(&holder("r-held", "d8")).await.unwrap());
+    assert_eq!(
+        a.session(&[60; 32]).await.unwrap().unwrap().spent_msat,
+        5_500
+    );
     // A request in flight keeps its session open however long it runs,
     // and the session is idle from when the request ended.
     assert_eq!(
