@@ -336,6 +336,12 @@ impl ServerHandler for EchoServer {
                 "Answers after a minute",
                 schema(json!({"type": "object"})),
             ),
+            // Named as the gateway's own tool: never listed by the proxy.
+            Tool::new(
+                "create_payment",
+                "The upstream's own",
+                schema(json!({"type": "object"})),
+            ),
         ]))
     }
 
@@ -520,6 +526,13 @@ async fn mcp_proxy_charges_for_the_tools_of_another_server() {
     assert_eq!(described["tools"][0]["name"], "echo", "{described}");
     assert_eq!(described["tools"][0]["price"]["amount"], "7");
     assert_eq!(described["tools"][1]["price"], Value::Null, "ping is free");
+    let names: Vec<&str> = described["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(!names.contains(&"create_payment"), "{names:?}");
 
     let client = tempfile::tempdir().unwrap();
     let data = client.path();

@@ -217,6 +217,11 @@ impl PaidTools {
     pub async fn priced_tools(&self) -> Result<Vec<(Tool, Option<u64>)>, ErrorData> {
         let mut tools = Vec::new();
         for mut tool in self.upstream_tools().await? {
+            // The gateway's own answers that name: the upstream's could
+            // never be called.
+            if tool.name == CREATE_PAYMENT {
+                continue;
+            }
             let description = tool.description.clone().unwrap_or_default();
             let price = match self.pricing.load().price(&tool.name, &description) {
                 ToolPrice::Free => None,
@@ -808,6 +813,14 @@ impl PaidTools {
     ) -> anyhow::Result<Option<Self>> {
         if let Some(proxy) = &config.mcp_proxy {
             let upstream = McpUpstream::connect(proxy).await?;
+            if let Ok(tools) = upstream.tools().await {
+                if tools.iter().any(|t| t.name == CREATE_PAYMENT) {
+                    tracing::warn!(
+                        tool = CREATE_PAYMENT,
+                        "the upstream MCP server has a tool named as the gateway's own: it is not listed, and calls of that name buy a paymentId"
+                    );
+                }
+            }
             let pricing = Pricing::per_tool(&proxy.prices, proxy.default_price_sats);
             return Ok(Some(Self::new(
                 paywall.clone(),
