@@ -57,11 +57,24 @@ static SLOW_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsi
 static BOOM_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static STALL_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Texts the upstream's `/sms` sent.
-static SMS_SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Texts the upstream's `/sms` sent, by every test of this file (they
+/// run at once: each counts its own texts, [`sms_sent`]).
+static SMS_SENT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// How many of the texts sent were one of `texts`.
+fn sms_sent(texts: &[&str]) -> usize {
+    let sent = SMS_SENT.lock().unwrap();
+    sent.iter().filter(|t| texts.contains(&t.as_str())).count()
+}
 
 async fn send_sms(body: Bytes) -> impl axum::response::IntoResponse {
-    let n = SMS_SENT.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    // Numbered among the texts with the same words: each test's own.
+    let n = {
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let mut sent = SMS_SENT.lock().unwrap();
+        sent.push(text.clone());
+        sent.iter().filter(|t| **t == text).count()
+    };
     tokio::time::sleep(Duration::from_millis(800)).await;
     (
         axum::http::StatusCode::CREATED,
@@ -623,7 +636,7 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
         .timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let sent = || SMS_SENT.load(std::sync::atomic::Ordering::SeqCst);
+    let sent = || sms_sent(&["hello", "another text"]);
     for (door, path) in [("L402", "/sms"), ("Payment", "/sms"), ("L402", "/pass/sms")] {
         let (offer, preimage) = h.buy_post(path, "hello").await;
         let credential = credential(door, &offer, &preimage);
@@ -747,7 +760,7 @@ async fn a_kept_response_is_not_replayed_to_a_credential_without_a_secret() {
         .await
         .unwrap();
     assert_eq!(served.status(), StatusCode::CREATED);
-    let sent_before = SMS_SENT.load(std::sync::atomic::Ordering::SeqCst);
+    let sent_before = sms_sent(&["private text"]);
     let seen_offer = offer.x402.as_ref().expect("an x402 offer").signature(None);
     let stolen = h
         .client
@@ -762,7 +775,7 @@ async fn a_kept_response_is_not_replayed_to_a_credential_without_a_secret() {
     assert!(stolen.headers().get("idempotent-replayed").is_none());
     assert!(!stolen.text().await.unwrap().contains("private text"));
     assert_eq!(
-        SMS_SENT.load(std::sync::atomic::Ordering::SeqCst),
+        sms_sent(&["private text"]),
         sent_before,
         "nor was the upstream called again"
     );
@@ -788,20 +801,18 @@ async fn a_get_challenge_does_not_pay_for_a_post_body() {
     let h = Harness::start(|up| vec![service("sms", "/sms", 3, up)]).await;
     let (offer, preimage) = h.buy("/sms").await;
     let payment = offer.payment_authorization(&preimage).unwrap();
-    let sent_before = SMS_SENT.load(std::sync::atomic::Ordering::SeqCst);
+    let smuggled_body = r#"{"amount":1000000}"#;
+    let sent_before = sms_sent(&[smuggled_body]);
     let smuggled = h
         .client
         .post(h.url("/sms"))
         .header(AUTHORIZATION, &payment)
-        .body(r#"{"amount":1000000}"#)
+        .body(smuggled_body)
         .send()
         .await
         .unwrap();
     assert_eq!(smuggled.status(), StatusCode::PAYMENT_REQUIRED);
-    assert_eq!(
-        SMS_SENT.load(std::sync::atomic::Ordering::SeqCst),
-        sent_before
-    );
+    assert_eq!(sms_sent(&[smuggled_body]), sent_before);
     let body_less = h
         .client
         .post(h.url("/sms"))
