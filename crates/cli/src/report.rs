@@ -15,7 +15,9 @@ fn scalar(value: &Value) -> Option<String> {
         Value::Null => Some("-".into()),
         Value::Bool(b) => Some(if *b { "yes" } else { "no" }.into()),
         Value::Number(n) => Some(n.to_string()),
-        Value::String(s) => Some(s.clone()),
+        // What a server wrote (a macaroon's caveats, a challenge's realm)
+        // cannot drive the terminal.
+        Value::String(s) => Some(crate::output::terminal_safe(s)),
         Value::Array(a) if a.is_empty() => Some("(none)".into()),
         Value::Object(o) if o.is_empty() => Some("{}".into()),
         Value::Array(_) | Value::Object(_) => None,
@@ -27,6 +29,7 @@ fn render(value: &Value, indent: usize, out: &mut String) {
     match value {
         Value::Object(map) => {
             for (key, v) in map {
+                let key = crate::output::terminal_safe(key);
                 match scalar(v) {
                     Some(s) => out.push_str(&format!("{pad}{key}: {s}\n")),
                     None => {

@@ -579,3 +579,22 @@ fn a_reader_that_stopped_reading_ends_a_command_quietly() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+/// What a server wrote (a challenge's realm and description, a request's
+/// fields) is shown with its control characters replaced: a hostile 402
+/// cannot retitle, recolour or rewrite the terminal through `decode`.
+#[test]
+fn a_servers_words_cannot_drive_the_terminal() {
+    use base64::Engine as _;
+    let hostile = "\u{1b}]0;PWNED\u{7}\u{1b}[31mred\r\u{1b}[2K";
+    let request = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::json!({"amount": hostile, "currency": "sat"}).to_string());
+    let challenge = format!(
+        "Payment id=\"x\", realm=\"{hostile}\", method=\"lightning\", intent=\"charge\", request=\"{request}\", description=\"{hostile}\""
+    );
+    let shown = decode_text(&challenge);
+    for control in ['\u{1b}', '\u{7}', '\r'] {
+        assert!(!shown.contains(control), "{control:?} in {shown:?}");
+    }
+    assert!(shown.contains("PWNED"), "{shown}");
+}
