@@ -888,6 +888,21 @@ async fn x402_payments_are_bound_settled_and_single_use() {
     inflated["extra"]["binding"] = "00".into();
     let forged = pay_with("/cheap", signature(&inflated)).await.unwrap();
     assert_eq!(forged.status(), StatusCode::PAYMENT_REQUIRED);
+    // A preimage that is not the invoice's: said so (the invoice is paid),
+    // and nothing is spent.
+    let wrong = b64.encode(
+        json!({"x402Version": 2, "scheme": "exact", "network": "lightning",
+               "payload": {"invoice": accepted["extra"]["invoice"], "preimage": "00".repeat(32)},
+               "accepted": accepted})
+        .to_string(),
+    );
+    let wrong = pay_with("/cheap", wrong).await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::PAYMENT_REQUIRED);
+    let body: Value = wrong.json().await.unwrap();
+    assert_eq!(
+        body["type"], "https://paymentauth.org/problems/lightning/invalid-preimage",
+        "{body}"
+    );
 
     let served = pay_with("/cheap", signature(&accepted)).await.unwrap();
     assert_eq!(served.status(), StatusCode::OK);

@@ -37,19 +37,10 @@ impl Refusal {
 
     /// No credential was presented: the plain 402.
     pub fn payment_required(service: &PricedService) -> Self {
-        // A dynamic price was decided for this very request.
-        let sale = if service.is_dynamic() {
-            format!(
-                "{} sat for this request (its price depends on the request)",
-                service.price_sats
-            )
-        } else {
-            service.sale()
-        };
         Self::new(
             StatusCode::PAYMENT_REQUIRED,
             ProblemType::PaymentRequired,
-            format!("{}: {sale}", service.description),
+            format!("{}: {}", service.description, service.asked()),
         )
     }
 }

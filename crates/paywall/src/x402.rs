@@ -70,7 +70,7 @@ impl X402Keys {
         let expiry_secs = issued.expires_at.saturating_sub(unix_now()).max(1);
         PaymentRequired {
             x402_version: VERSION,
-            error: Some(format!("{}: {}", service.description, service.sale())),
+            error: Some(format!("{}: {}", service.description, service.asked())),
             resource: ResourceInfo {
                 url: resource.to_owned(),
                 description: Some(service.description.clone()),
@@ -164,9 +164,18 @@ impl X402Keys {
             ));
         }
         let paid = match &payment.payload.preimage {
-            Some(preimage) => hex::decode(preimage)
-                .ok()
-                .is_some_and(|p| Sha256::digest(p).as_slice() == hash),
+            Some(preimage) => {
+                let proves = hex::decode(preimage)
+                    .ok()
+                    .is_some_and(|p| Sha256::digest(p).as_slice() == hash);
+                if !proves {
+                    return Err(refuse(
+                        ProblemType::LightningInvalidPreimage,
+                        "the preimage does not match the invoice's payment hash".into(),
+                    ));
+                }
+                true
+            }
             None => match backend.invoice_status(&hash).await {
                 Ok(InvoiceStatus::Settled {
                     amount_msat: got, ..

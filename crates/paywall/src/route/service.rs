@@ -292,6 +292,20 @@ impl PricedService {
             && self.sells == Sells::Request
     }
 
+    /// What a 402 for one request asks, in words: [`PricedService::sale`],
+    /// or for a service priced per request (this copy priced for the
+    /// request at hand) that request's price.
+    pub fn asked(&self) -> String {
+        if self.is_dynamic() {
+            format!(
+                "{} sat for this request (its price depends on the request)",
+                self.price_sats
+            )
+        } else {
+            self.sale()
+        }
+    }
+
     /// What one payment buys, in words (for `serve --check` and logs):
     /// `10 sat per request`, `10 sat for a pass of 3600 s`, `free`,
     /// with the free calls first when there are some.
@@ -334,6 +348,19 @@ impl PricedService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 402 of a service priced per request names that request's price,
+    /// not the price of a request no rule decides.
+    #[test]
+    fn a_402_names_the_price_of_the_request_at_hand() {
+        let mut service = PricedService::new("dyn", "/d", 50);
+        service.pricing = Some(Default::default());
+        let asked = service.asked();
+        assert!(asked.starts_with("50 sat for this request"), "{asked}");
+        assert!(!asked.contains("do not decide"), "{asked}");
+        let fixed = PricedService::new("fixed", "/f", 10);
+        assert_eq!(fixed.asked(), fixed.sale());
+    }
 
     #[test]
     fn a_deposit_always_pays_for_one_request() {
