@@ -24,6 +24,13 @@ async fn start_upstream() -> u16 {
     let app = Router::new()
         .route("/work", get(|| async { "{\"done\":true}" }))
         .route(
+            "/think",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                "{\"thought\":true}"
+            }),
+        )
+        .route(
             "/post",
             axum::routing::post(|body: String| async move { body }),
         );
@@ -301,6 +308,34 @@ async fn an_idle_connection_is_closed() {
         closed >= IDLE - Duration::from_millis(500) && closed < IDLE + Duration::from_secs(1),
         "closed {closed:?} after its last byte (idle timeout {IDLE:?})"
     );
+}
+
+/// A connection whose request the upstream is still thinking about is
+/// not idle: an upstream given longer to answer (`response_timeout_secs`)
+/// than the idle timeout answers a paid request, which was cut unanswered
+/// (and spent) at the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_waiting_for_its_upstream_is_not_idle() {
+    let upstream = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = ServeProcess::start(
+        dir.path(),
+        &format!(
+            "[server]\nidle_timeout_secs = 2\n[[services]]\nname = \"think\"\npath = \"/think\"\nupstream = \"http://127.0.0.1:{upstream}\"\nprice_sats = 2\nresponse_timeout_secs = 10\n"
+        ),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/think", gateway.base);
+    let credential = buy_mpp(&http, &gateway.base, "/think").await;
+    let answer = http
+        .get(&url)
+        .header(AUTHORIZATION, &credential)
+        .send()
+        .await
+        .expect("answered, not cut at the idle timeout");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.text().await.unwrap(), "{\"thought\":true}");
 }
 
 /// A JSON-RPC `initialize`: what opens an MCP session.

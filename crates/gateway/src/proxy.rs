@@ -294,6 +294,11 @@ impl Proxy {
         crate::telemetry::propagate(&span, &mut parts.headers);
         parts.uri = uri;
         parts.version = axum::http::Version::HTTP_11;
+        // The client's connection is not idle while the upstream thinks.
+        let _waiting = parts
+            .extensions
+            .get::<crate::server::listen::AwaitingUpstream>()
+            .map(crate::server::listen::AwaitingUpstream::enter);
         let request = Request::from_parts(parts, body);
         let answer = tokio::time::timeout(upstream.response_timeout, pool.request(request))
             .instrument(span.clone())

@@ -224,10 +224,17 @@ async fn connection<I>(
         frames: None,
         header_block: header_block.clone(),
     };
+    // Requests whose upstream has them and has not answered: the
+    // connection is not idle meanwhile (the upstream's response timeout
+    // may be longer than the idle timeout, and a paid request cut there
+    // would be spent unanswered).
+    let waiting = AwaitingUpstream(Arc::new(AtomicU64::new(0)));
+    let counter = waiting.clone();
     let service = app.map_request(move |mut request: axum::extract::Request<_>| {
         request.extensions_mut().insert(PeerAddr(peer));
         request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(ServedOverTls(tls));
+        request.extensions_mut().insert(counter.clone());
         request
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -254,9 +261,14 @@ async fn connection<I>(
             tracing::debug!(%peer, "no request within the header timeout; closed");
             return;
         }
-        let idle_for = Duration::from_millis(
-            (started.elapsed().as_millis() as u64).saturating_sub(activity.load(Ordering::Relaxed)),
-        );
+        let idle_for = if waiting.0.load(Ordering::Relaxed) > 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(
+                (started.elapsed().as_millis() as u64)
+                    .saturating_sub(activity.load(Ordering::Relaxed)),
+            )
+        };
         let mut wait = limits.idle_timeout.saturating_sub(idle_for);
         if wait.is_zero() {
             tracing::debug!(%peer, "connection idle; closed");
@@ -293,6 +305,30 @@ async fn connection<I>(
             }
             () = closing.cancelled() => return,
         }
+    }
+}
+
+/// The requests of one connection whose upstream has them and has not
+/// answered, put in each request's extensions by the server; the proxy
+/// counts its wait ([`AwaitingUpstream::enter`]), and the connection is
+/// not closed as idle while any waits.
+#[derive(Debug, Clone)]
+pub(crate) struct AwaitingUpstream(Arc<AtomicU64>);
+
+impl AwaitingUpstream {
+    /// Counts one request as waiting for as long as the guard lives.
+    pub(crate) fn enter(&self) -> WaitingGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        WaitingGuard(self.0.clone())
+    }
+}
+
+/// One request waiting for its upstream ([`AwaitingUpstream::enter`]).
+pub(crate) struct WaitingGuard(Arc<AtomicU64>);
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
