@@ -854,3 +854,47 @@ async fn a_closed_stderr_leaves_the_exit_status_alone() {
         assert_eq!(status.code(), Some(code), "{args:?}");
     }
 }
+
+/// Runs at once on the paths of one per-request service, sharing one data
+/// dir, each pay for and get their own answer: none presents a token
+/// another run bought and has not been answered for yet (which the
+/// gateway answers 409, in use, printed as if it were the answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_runs_on_one_service_each_pay_and_are_served() {
+    let app = Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        "thought"
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let mut config =
+        gate402_gateway::GatewayConfig::default_with_services(vec![ServiceConfig::proxied(
+            "req",
+            "/req/*",
+            3,
+            &format!("http://{upstream}"),
+        )]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let gw_dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let runs: Vec<_> = (0..12)
+        .map(|i| {
+            let url = format!("http://{}/req/p{}", gateway.addr(), i % 4);
+            let data = data.path().to_owned();
+            tokio::spawn(async move { run(&data, &["get", "-s", "-i", &url]).await })
+        })
+        .collect();
+    for run in runs {
+        let out = run.await.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.starts_with("HTTP/1.1 200"), "{stdout}");
+    }
+    assert_eq!(payments(data.path()).await.len(), 12);
+}

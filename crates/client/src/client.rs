@@ -235,7 +235,7 @@ impl Payer {
             Some(refusal) => refusal,
             None => {
                 if let Some(answer) = self
-                    .with_cached_token(&request, &endpoint, false, key.as_ref(), &send)
+                    .with_cached_token(&request, &endpoint, false, false, key.as_ref(), &send)
                     .await?
                 {
                     return Ok(Fetched::Response(answer, None));
@@ -291,7 +291,7 @@ impl Payer {
             .await?;
         // Whoever held the lock may have bought a token meanwhile.
         if let Some(answer) = self
-            .with_cached_token(&request, &endpoint, over_own, key.as_ref(), &send)
+            .with_cached_token(&request, &endpoint, over_own, true, key.as_ref(), &send)
             .await?
         {
             return Ok(Fetched::Response(answer, None));
@@ -368,14 +368,17 @@ impl Payer {
     }
 
     /// Tries the token kept for this endpoint's route, if any. `None`: no
-    /// token, or the route refused it (then it is forgotten there). A
-    /// request with an `Authorization` of its own gets one only when
-    /// `over_own`.
+    /// token, the route refused it (then it is forgotten there), or it is
+    /// a per-request token another request holds (answered `409`, or,
+    /// unless this run holds the endpoint's lock (`locked`), another run
+    /// holds the lock: it pays or waits for its answer). A request with an
+    /// `Authorization` of its own gets one only when `over_own`.
     async fn with_cached_token<S, F>(
         &self,
         request: &Request,
         endpoint: &Endpoint,
         over_own: bool,
+        locked: bool,
         own_key: Option<&RequestKey>,
         send: &S,
     ) -> Result<Option<Response>, FetchError>
@@ -396,6 +399,13 @@ impl Payer {
         else {
             return Ok(None);
         };
+        let _owner = match (token.single_use(), locked) {
+            (true, false) => match self.ledger.try_lock_endpoint(&token.origin, &token.path)? {
+                Some(lock) => Some(lock),
+                None => return Ok(None),
+            },
+            _ => None,
+        };
         let answer = self.present(request, &token, own_key, send).await?;
         if refused(answer.status()) {
             // Expired or revoked, if the route it was kept for said so; a
@@ -403,6 +413,18 @@ impl Payer {
             if answer.url() == request.url() {
                 self.ledger.forget_token(&token)?;
             }
+            return Ok(None);
+        }
+        // Held by another request: this one pays its own, unless it is the
+        // retry of the request the token was bought for (paying again
+        // would run that request twice: its answer is waited for).
+        let retry = own_key.is_some_and(|own| {
+            token
+                .unanswered
+                .as_ref()
+                .is_some_and(|kept| kept.request_digest == own.request_digest)
+        });
+        if token.single_use() && !retry && answer.status() == StatusCode::CONFLICT {
             return Ok(None);
         }
         if !spends(answer.status()) {
