@@ -732,10 +732,13 @@ async fn echo_server() -> std::net::SocketAddr {
 }
 
 /// A stalled MCP server does not hold `gate402 mcp call` for ever: a
-/// server that accepts and says nothing, and a tool that answers nothing
-/// for a minute, are given up after `--read-timeout` seconds of silence.
+/// server that accepts and says nothing, one that answers `initialize`
+/// with an event stream of keep-alive comments and nothing else, and a
+/// tool that answers nothing for a minute, are given up after
+/// `--read-timeout` seconds.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_mcp_server_is_given_up_after_the_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_url = format!("http://{}/mcp", silent.local_addr().unwrap());
     tokio::spawn(async move {
@@ -744,9 +747,33 @@ async fn a_stalled_mcp_server_is_given_up_after_the_read_timeout() {
             held.push(socket);
         }
     });
+    let trickle = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trickle_url = format!("http://{}/mcp", trickle.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = trickle.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0; 8192];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                loop {
+                    if socket.write_all(b"6\r\n: ka\n\n\r\n").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            });
+        }
+    });
     let echo = format!("http://{}/mcp", echo_server().await);
     let data = tempfile::tempdir().unwrap();
-    for (url, tool) in [(silent_url.as_str(), "echo"), (echo.as_str(), "hang")] {
+    for (url, tool) in [
+        (silent_url.as_str(), "echo"),
+        (trickle_url.as_str(), "echo"),
+        (echo.as_str(), "hang"),
+    ] {
         let started = std::time::Instant::now();
         let out = tokio::time::timeout(
             Duration::from_secs(40),
@@ -761,7 +788,9 @@ async fn a_stalled_mcp_server_is_given_up_after_the_read_timeout() {
         assert!(!out.status.success(), "{tool}: {stderr}");
         assert!(started.elapsed() < Duration::from_secs(20), "{tool}");
         assert!(
-            stderr.contains("timed out") || stderr.contains("timeout after"),
+            stderr.contains("timed out")
+                || stderr.contains("timeout after")
+                || stderr.contains("within 2 s"),
             "{tool}: {stderr}"
         );
     }

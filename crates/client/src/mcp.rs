@@ -208,10 +208,22 @@ impl Payer {
             http,
             StreamableHttpClientTransportConfig::with_uri(url.as_str()),
         );
-        let client: RunningService<RoleClient, ()> = ()
-            .serve(transport)
-            .await
-            .map_err(|e| McpCallError::Connect(initialize_error(&e)))?;
+        // Bounded as a call is: a server that keeps its answer's stream
+        // alive with comments and never answers `initialize` would
+        // otherwise hold the run, however short `http`'s read timeout.
+        let initialized = match within {
+            Some(within) => tokio::time::timeout(within, ().serve(transport))
+                .await
+                .map_err(|_| {
+                    McpCallError::Connect(format!(
+                        "the server did not answer initialize within {} s",
+                        within.as_secs()
+                    ))
+                })?,
+            None => ().serve(transport).await,
+        };
+        let client: RunningService<RoleClient, ()> =
+            initialized.map_err(|e| McpCallError::Connect(initialize_error(&e)))?;
         let server = Server {
             client: &client,
             within,
