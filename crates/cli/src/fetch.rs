@@ -21,15 +21,16 @@ use crate::client_config::ClientConfig;
 #[derive(Debug, clap::Args)]
 pub struct FetchArgs {
     /// The URL.
+    #[arg(value_parser = valid(http_url))]
     pub url: String,
     /// Request body (`@FILE` reads a file); makes the default method POST.
     #[arg(short = 'd', long = "data")]
     pub data: Option<String>,
     /// Extra header, `Name: value` (repeatable).
-    #[arg(short = 'H', long = "header")]
+    #[arg(short = 'H', long = "header", value_parser = valid(header_arg))]
     pub headers: Vec<String>,
     /// Method, overriding the subcommand's.
-    #[arg(short = 'X', long = "request")]
+    #[arg(short = 'X', long = "request", value_parser = valid(method_arg))]
     pub method: Option<String>,
     /// Write the body to FILE instead of standard output.
     #[arg(short = 'o', long = "output")]
@@ -317,14 +318,11 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             method.to_owned()
         }
     });
-    let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-        .context("-X: not an HTTP method")?;
+    let method = method_arg(&method)?;
     let mut request = http.request(method, http_url(&args.url)?);
     for header in &args.headers {
-        let (name, value) = header
-            .split_once(':')
-            .with_context(|| format!("-H {header:?}: expected 'Name: value'"))?;
-        request = request.header(name.trim(), value.trim());
+        let (name, value) = header_arg(header)?;
+        request = request.header(name, value);
     }
     if let Some(data) = &args.data {
         let body = match data.strip_prefix('@') {
@@ -479,7 +477,7 @@ pub struct ReceiptsArgs {
     #[arg(long)]
     pub json: bool,
     /// Only since WHEN: unix seconds, or a duration back from now (`30m`, `24h`, `7d`).
-    #[arg(long)]
+    #[arg(long, value_parser = valid(since))]
     pub since: Option<String>,
 }
 
@@ -568,6 +566,38 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
 }
 
 /// Parses a URL the client may call: absolute, `http` or `https`.
+/// A clap value parser that checks a value with `check` and keeps its
+/// text: a value that does not pass is a usage error (exit 2), named
+/// before anything runs.
+pub(crate) fn valid<T: 'static>(
+    check: fn(&str) -> Result<T>,
+) -> impl Fn(&str) -> std::result::Result<String, String> + Clone + Send + Sync + 'static {
+    move |text| {
+        check(text)
+            .map(|_| text.to_owned())
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// A `-H` value: `Name: value`, a valid header.
+fn header_arg(text: &str) -> Result<(reqwest::header::HeaderName, reqwest::header::HeaderValue)> {
+    let (name, value) = text
+        .split_once(':')
+        .with_context(|| format!("{text:?}: expected 'Name: value'"))?;
+    Ok((
+        reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+            .with_context(|| format!("{name:?} is not a header name"))?,
+        reqwest::header::HeaderValue::from_str(value.trim())
+            .with_context(|| format!("{text:?}: not a header value"))?,
+    ))
+}
+
+/// A `-X` value: an HTTP method.
+fn method_arg(text: &str) -> Result<reqwest::Method> {
+    reqwest::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+        .with_context(|| format!("{text:?} is not an HTTP method"))
+}
+
 pub(crate) fn http_url(text: &str) -> Result<reqwest::Url> {
     let url = reqwest::Url::parse(text).with_context(|| {
         format!("{text:?} is not a URL; give one like https://api.example.com/path")

@@ -26,11 +26,12 @@ pub enum McpCommand {
 #[derive(Debug, clap::Args)]
 pub struct CallArgs {
     /// The server's MCP endpoint (`https://host/mcp`).
+    #[arg(value_parser = crate::fetch::valid(crate::fetch::http_url))]
     pub url: String,
     /// The tool's name.
     pub tool: String,
     /// The arguments, a JSON object.
-    #[arg(long, default_value = "{}", value_name = "JSON")]
+    #[arg(long, default_value = "{}", value_name = "JSON", value_parser = crate::fetch::valid(json_object))]
     pub args: String,
     /// Print the whole result (content, structuredContent, _meta) and the payment as JSON.
     #[arg(long)]
@@ -43,6 +44,14 @@ pub struct CallArgs {
     pub pay: PayOptions,
 }
 
+/// An `--args` value: a JSON object.
+fn json_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        _ => bail!("--args must be a JSON object, as in --args '{{\"city\": \"Oslo\"}}'"),
+    }
+}
+
 /// Runs an `mcp` command.
 pub async fn run(command: &McpCommand, data_dir: &Path) -> ExitCode {
     match command {
@@ -52,10 +61,7 @@ pub async fn run(command: &McpCommand, data_dir: &Path) -> ExitCode {
 
 async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
     let url = crate::fetch::http_url(&args.url)?;
-    let arguments = match serde_json::from_str(&args.args) {
-        Ok(serde_json::Value::Object(object)) => object,
-        _ => bail!("--args must be a JSON object, as in --args '{{\"city\": \"Oslo\"}}'"),
-    };
+    let arguments = json_object(&args.args)?;
     // A tool call pays per call: MCP has no session door.
     let payer = args.pay.payer(None, Some(false), data_dir).await?;
     let http = args

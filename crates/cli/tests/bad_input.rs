@@ -206,3 +206,41 @@ fn every_malformed_command_line_is_a_clear_error() {
         cases.len()
     );
 }
+
+/// A value of the command line that cannot be used is a usage error, as
+/// the README's table says (exit 2), named before anything runs: a URL, a
+/// header, a method, `--since`, `--args`.
+#[test]
+fn bad_arguments_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["get", "notaurl"],
+        vec!["get", "ftp://example.com/x"],
+        vec!["get", "-H", "no colon", "http://127.0.0.1:9/"],
+        vec!["get", "-H", "bad name: x", "http://127.0.0.1:9/"],
+        vec!["get", "-X", "GE T", "http://127.0.0.1:9/"],
+        vec!["receipts", "--since", "garbage"],
+        vec!["mcp", "call", "not a url", "weather"],
+        vec![
+            "mcp",
+            "call",
+            "http://127.0.0.1:9/mcp",
+            "weather",
+            "--args",
+            "[1]",
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gate402"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
