@@ -325,7 +325,10 @@ async fn open(config: &McpProxyConfig) -> anyhow::Result<Connection> {
                 .split_first()
                 .context("mcp_proxy.command names no program")?;
             let mut child = tokio::process::Command::new(program);
-            child.args(args);
+            // rmcp kills the command from a task it spawns when dropped; a
+            // process that exits right after (a start given up) would
+            // leave it running, holding the pipes it inherited.
+            child.args(args).kill_on_drop(true);
             let transport = rmcp::transport::TokioChildProcess::new(child)
                 .with_context(|| format!("starting the MCP server {program:?}"))?;
             let what = format!("the MCP server {program:?}");
