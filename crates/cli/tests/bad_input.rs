@@ -230,12 +230,7 @@ fn bad_arguments_exit_2() {
             "[1]",
         ],
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gate402"))
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = gate402(dir.path(), &args);
         assert_eq!(
             out.status.code(),
             Some(2),

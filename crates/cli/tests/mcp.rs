@@ -441,17 +441,10 @@ async fn mcp_proxy_charges_for_a_stdio_server() {
     )
     .await;
     assert!(!crashed.status.success());
+    let mcp = format!("{base}/mcp");
     let again = ok_json(
         client.path(),
-        &[
-            "mcp",
-            "call",
-            &format!("{base}/mcp"),
-            "shout",
-            "--args",
-            r#"{"text":"again"}"#,
-            "--json",
-        ],
+        &tool_call(&mcp, "shout", r#"{"text":"again"}"#),
     )
     .await;
     assert_eq!(again["result"]["content"][0]["text"], "AGAIN");
@@ -693,15 +686,12 @@ fn holds_a_preimage(line: &str) -> bool {
 
 /// `gate402 mcp call` of the demo's weather tool for Oslo, as JSON.
 fn weather_in_oslo(mcp: &str) -> [&str; 7] {
-    [
-        "mcp",
-        "call",
-        mcp,
-        "weather",
-        "--args",
-        r#"{"city":"Oslo"}"#,
-        "--json",
-    ]
+    tool_call(mcp, "weather", r#"{"city":"Oslo"}"#)
+}
+
+/// `gate402 mcp call MCP TOOL --args ARGS --json`.
+fn tool_call<'a>(mcp: &'a str, tool: &'a str, args: &'a str) -> [&'a str; 7] {
+    ["mcp", "call", mcp, tool, "--args", args, "--json"]
 }
 
 /// Serves `EchoServer` over streamable HTTP at `/mcp` (and, moved, at
@@ -803,19 +793,8 @@ async fn a_stalled_mcp_server_is_given_up_after_the_read_timeout() {
 async fn an_mcp_call_follows_a_redirect_only_to_its_origin() {
     let echo = echo_server().await;
     let data = tempfile::tempdir().unwrap();
-    let moved = ok_json(
-        data.path(),
-        &[
-            "mcp",
-            "call",
-            &format!("http://{echo}/old"),
-            "echo",
-            "--args",
-            r#"{"text":"moved"}"#,
-            "--json",
-        ],
-    )
-    .await;
+    let old = format!("http://{echo}/old");
+    let moved = ok_json(data.path(), &tool_call(&old, "echo", r#"{"text":"moved"}"#)).await;
     assert_eq!(moved["result"]["content"][0]["text"], "moved");
 
     let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1232,30 +1232,15 @@ impl Store for PostgresStore {
     }
 
     async fn replica_running(&self, replica: &str) -> Result<bool, StoreError> {
-        // A lock the name's holder has is one this transaction cannot
-        // take; taken, it goes with the transaction.
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let free: bool = sqlx::query_scalar(&format!(
-            "SELECT pg_try_advisory_xact_lock({REPLICA_LOCK_KEY})"
-        ))
-        .bind(replica)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
+        let free = take_free_name(&mut tx, replica).await?;
         tx.rollback().await.map_err(db)?;
         Ok(!free)
     }
 
     async fn undo_debits_of_stopped(&self, replica: &str) -> Result<Option<u64>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let free: bool = sqlx::query_scalar(&format!(
-            "SELECT pg_try_advisory_xact_lock({REPLICA_LOCK_KEY})"
-        ))
-        .bind(replica)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
-        if !free {
+        if !take_free_name(&mut tx, replica).await? {
             tx.rollback().await.map_err(db)?;
             return Ok(None);
         }
@@ -1705,6 +1690,22 @@ fn hash_column(row: &sqlx::postgres::PgRow, index: usize) -> Result<[u8; 32], sq
         index: index.to_string(),
         source: "not a 32-byte hash".into(),
     })
+}
+
+/// Takes the name `replica` for the while of `tx` if no process holds it
+/// (as [`Store::hold_replica`] does, for as long as it runs): a lock the
+/// name's holder has is one this transaction cannot take. False when held.
+async fn take_free_name(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    replica: &str,
+) -> Result<bool, StoreError> {
+    sqlx::query_scalar(&format!(
+        "SELECT pg_try_advisory_xact_lock({REPLICA_LOCK_KEY})"
+    ))
+    .bind(replica)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)
 }
 
 /// Gives back, in `tx`, every debit `replica` holds. Returns how many.
