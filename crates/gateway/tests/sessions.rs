@@ -1664,3 +1664,43 @@ async fn the_debits_of_a_replica_that_never_returns_are_given_back() {
     h.gateway.paywall().close_idle_sessions().await;
     h.assert_refunded(&refund_hash, 8_000).await;
 }
+
+/// A close waits for the session's requests in flight: what a
+/// usage-metered request gives back as it ends (it holds 10 units and
+/// reports 3) reaches the refund, where a close under it refunded without
+/// the 7 units it gave back.
+#[tokio::test]
+async fn a_close_waits_for_the_requests_in_flight() {
+    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
+    let h = Harness::start(|services| {
+        services.push(usage(
+            "late",
+            "/complete/late-usage",
+            None,
+            Some("/usage/total_tokens"),
+            &upstream,
+        ));
+    })
+    .await;
+    let (l402, session, _, _) = balance_with_refund(&h, "/complete/late-usage").await;
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(&session, &mut id).unwrap();
+    let read = async {
+        let streamed = h.get_paid("/complete/late-usage", &l402).await;
+        assert_eq!(streamed.status(), StatusCode::OK);
+        streamed.text().await.unwrap()
+    };
+    let close = async {
+        // The request holds its 10 units by now; its usage comes after 3 s.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        h.gateway.paywall().close_session(&id).await.unwrap()
+    };
+    let (text, closed) = tokio::join!(read, close);
+    assert!(text.contains("total_tokens"), "{text}");
+    match closed {
+        Some(gate402_paywall::SessionClose::Closed { refund_sats, .. }) => {
+            assert_eq!(refund_sats, 17, "20 sat, less the 3 units used")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -494,6 +494,11 @@ impl Store for ObservedStore {
             .await
     }
 
+    async fn has_held_debits(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        self.timed("store.has_held_debits", self.inner.has_held_debits(id))
+            .await
+    }
+
     async fn debit_holders(&self) -> Result<Vec<String>, StoreError> {
         self.timed("store.debit_holders", self.inner.debit_holders())
             .await

@@ -43,6 +43,12 @@ use crate::verify::Verified;
 /// How long a refund payment may take before it is reported pending.
 const REFUND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a close waits for the session's requests in flight.
+const CLOSE_WAITS_FOR: Duration = Duration::from_secs(30);
+
+/// How often a close waiting for them looks again.
+const CLOSE_POLL: Duration = Duration::from_millis(200);
+
 /// How long after a refund was last taken one still owed is taken again
 /// (seconds): well past [`REFUND_TIMEOUT`], so that a payer still at work
 /// is never doubled.
@@ -671,6 +677,7 @@ impl Paywall {
         if let Err(step) = self.of_service(service, &id).await {
             return step;
         }
+        self.settle_before_close(&id).await;
         let (refund_sats, status) = match self.store().close_session(&id, unix_now()).await {
             Ok(Closing::Closed {
                 refund_msat,
@@ -706,6 +713,21 @@ impl Paywall {
             json!({"status": "closed", "refundSats": refund_sats, "refundStatus": status}),
             &receipt,
         )))
+    }
+
+    /// Waits, up to [`CLOSE_WAITS_FOR`], for the requests of session `id`
+    /// in flight to finish (their debits settled or given back): what
+    /// they give back then (a failed request's debit, the unused part of
+    /// a usage hold, settled just after its answer left) reaches the
+    /// refund. A request that outlasts the wait is closed under: what it
+    /// would give back is lost to the refund.
+    async fn settle_before_close(&self, id: &[u8; 32]) {
+        let deadline = tokio::time::Instant::now() + CLOSE_WAITS_FOR;
+        while matches!(self.store().has_held_debits(id).await, Ok(true))
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(CLOSE_POLL).await;
+        }
     }
 
     /// Pays a closed session's unspent balance to its return invoice, once
@@ -759,6 +781,7 @@ impl Paywall {
         &self,
         id: &[u8; 32],
     ) -> Result<Option<SessionClose>, gate402_store::StoreError> {
+        self.settle_before_close(id).await;
         Ok(match self.store().close_session(id, unix_now()).await? {
             Closing::NotFound => None,
             Closing::AlreadyClosed(record) => Some(SessionClose::AlreadyClosed(record)),

@@ -533,6 +533,9 @@ pub trait Store: Send + Sync + 'static {
     /// mid-request: pay for success). Returns how many.
     async fn undo_debits_of(&self, replica: &str) -> Result<u64, StoreError>;
 
+    /// Whether session `id` has a debit held (a request of it in flight).
+    async fn has_held_debits(&self, id: &[u8; 32]) -> Result<bool, StoreError>;
+
     /// The replicas that hold debits now (requests in flight), by name.
     async fn debit_holders(&self) -> Result<Vec<String>, StoreError>;
 

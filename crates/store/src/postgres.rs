@@ -1224,6 +1224,14 @@ impl Store for PostgresStore {
         Ok(n)
     }
 
+    async fn has_held_debits(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM session_debits WHERE session = $1)")
+            .bind(&id[..])
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
+    }
+
     async fn debit_holders(&self) -> Result<Vec<String>, StoreError> {
         sqlx::query_scalar("SELECT DISTINCT replica FROM session_debits")
             .fetch_all(&self.pool)

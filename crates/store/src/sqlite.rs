@@ -1250,6 +1250,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn has_held_debits(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        let id = *id;
+        self.with(move |c| {
+            c.prepare_cached("SELECT EXISTS (SELECT 1 FROM session_debits WHERE session = ?1)")?
+                .query_row([&id[..]], |r| r.get(0))
+        })
+        .await
+    }
+
     async fn debit_holders(&self) -> Result<Vec<String>, StoreError> {
         self.with(|c| {
             c.prepare_cached("SELECT DISTINCT replica FROM session_debits")?

@@ -729,9 +729,11 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         }
     );
     assert_eq!(b.close_idle_sessions(1_400, 10).await.unwrap(), vec![]);
+    assert!(b.has_held_debits(&[60; 32]).await.unwrap());
     a.settle_debit(&holder("r1", "long"), Some(0), 1_390)
         .await
         .unwrap();
+    assert!(!b.has_held_debits(&[60; 32]).await.unwrap());
     assert_eq!(b.close_idle_sessions(1_600, 10).await.unwrap(), vec![]);
     // Idle past its timeout: closed once, refunded once.
     let (x, y) = tokio::join!(
