@@ -565,7 +565,6 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Parses a URL the client may call: absolute, `http` or `https`.
 /// A clap value parser that checks a value with `check` and keeps its
 /// text: a value that does not pass is a usage error (exit 2), named
 /// before anything runs.
@@ -598,6 +597,7 @@ fn method_arg(text: &str) -> Result<reqwest::Method> {
         .with_context(|| format!("{text:?} is not an HTTP method"))
 }
 
+/// Parses a URL the client may call: absolute, `http` or `https`.
 pub(crate) fn http_url(text: &str) -> Result<reqwest::Url> {
     let url = reqwest::Url::parse(text).with_context(|| {
         format!("{text:?} is not a URL; give one like https://api.example.com/path")

@@ -13,7 +13,7 @@ use reqwest::header::{
 use reqwest::{Method, Request, Response, StatusCode, Url};
 
 use crate::error::FetchError;
-use crate::ledger::PendingPayment;
+use crate::ledger::{EndpointLock, PendingPayment};
 use crate::payer::{
     now, pending_offer, refused, spends, with_credential, Endpoint, Fetched, Payer, Prefer,
 };
@@ -367,6 +367,26 @@ impl Payer {
         Ok(answer)
     }
 
+    /// Whether this run may present `token`: `None` when it is a
+    /// per-request token whose own request another run is paying for or
+    /// waiting on (it holds the lock of the token's route; taken first
+    /// here, the token would leave that request paid for and refused).
+    /// Otherwise the route's lock, taken for as long as the token is used
+    /// (none for a pass, or when this run holds it already: `locked`).
+    fn free_to_present(
+        &self,
+        token: &CachedToken,
+        locked: bool,
+    ) -> Result<Option<Option<EndpointLock>>, FetchError> {
+        if !token.single_use() || locked {
+            return Ok(Some(None));
+        }
+        Ok(self
+            .ledger
+            .try_lock_endpoint(&token.origin, &token.path)?
+            .map(Some))
+    }
+
     /// Tries the token kept for this endpoint's route, if any. `None`: no
     /// token, the route refused it (then it is forgotten there), or it is
     /// a per-request token another request holds (answered `409`, or,
@@ -399,12 +419,8 @@ impl Payer {
         else {
             return Ok(None);
         };
-        let _owner = match (token.single_use(), locked) {
-            (true, false) => match self.ledger.try_lock_endpoint(&token.origin, &token.path)? {
-                Some(lock) => Some(lock),
-                None => return Ok(None),
-            },
-            _ => None,
+        let Some(_owner) = self.free_to_present(&token, locked)? else {
+            return Ok(None);
         };
         let answer = self.present(request, &token, own_key, send).await?;
         if refused(answer.status()) {
@@ -472,16 +488,8 @@ impl Payer {
         else {
             return Ok(None);
         };
-        // A per-request token is its own request's while that request
-        // pays or waits for its answer (another run holds its route's
-        // lock): taken first here, it would leave that request paid for
-        // and refused.
-        let _owner = match token.single_use() {
-            true => match self.ledger.try_lock_endpoint(&token.origin, &token.path)? {
-                Some(lock) => Some(lock),
-                None => return Ok(None),
-            },
-            false => None,
+        let Some(_owner) = self.free_to_present(&token, false)? else {
+            return Ok(None);
         };
         let answer = self.present(request, &token, own_key, send).await?;
         // Refused, or held by another request (`409`): this request pays
