@@ -60,7 +60,65 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+type HttpsClient = Client<ConnectWithin<HttpsConnector<HttpConnector>>, Body>;
+
+/// A connector that connects (TCP, then TLS for `https://`) within one
+/// deadline, the service's connect timeout. hyper's own covers the TCP
+/// connect alone: a TLS handshake that stalled ran on into the response
+/// timeout, and was counted as an upstream failing on a request that it
+/// never had (a paid request's failures spend its payment).
+#[derive(Clone)]
+struct ConnectWithin<C> {
+    inner: C,
+    limit: Duration,
+}
+
+/// Connecting took longer than the connect timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("connecting (the TLS handshake included) took longer than {0:?}")]
+struct ConnectTimedOut(Duration);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<C> tower::Service<Uri> for ConnectWithin<C>
+where
+    C: tower::Service<Uri>,
+    C::Response: Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let (connecting, limit) = (self.inner.call(uri), self.limit);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(ConnectTimedOut(limit).into()),
+            }
+        })
+    }
+}
+
+/// An error and its causes, outermost first (`client error (Connect):
+/// invalid peer certificate: UnknownIssuer`): hyper's own text names only
+/// the stage that failed.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
 
 /// One service's upstream and the pooled client that reaches it.
 struct Upstream {
@@ -152,7 +210,10 @@ fn client(tls: &UpstreamTls, connect_timeout: Duration) -> Result<HttpsClient, T
         .wrap_connector(connector);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .build(https))
+        .build(ConnectWithin {
+            inner: https,
+            limit: connect_timeout,
+        }))
 }
 
 /// The upstreams of `services`; services with the same TLS settings and
@@ -334,7 +395,7 @@ impl Proxy {
                 ))
             }
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %upstream.url, error = %e, "upstream unreachable");
+                tracing::warn!(upstream = %upstream.url, error = with_causes(&e), "upstream unreachable");
                 let response = problem_response(
                     StatusCode::BAD_GATEWAY,
                     "about:blank",

@@ -105,6 +105,16 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 }
 
 async fn gateway(upstream: SocketAddr, tls: UpstreamTls, dir: &Path) -> Gateway {
+    gateway_waiting(upstream, tls, dir, Duration::from_secs(30)).await
+}
+
+/// [`gateway`], its upstreams given `response_timeout` to answer.
+async fn gateway_waiting(
+    upstream: SocketAddr,
+    tls: UpstreamTls,
+    dir: &Path,
+    response_timeout: Duration,
+) -> Gateway {
     let url = format!("https://localhost:{}", upstream.port());
     let mut free = ServiceConfig::proxied("hello", "/hello", 1, &url);
     free.priced.auth = Auth::Off;
@@ -114,6 +124,7 @@ async fn gateway(upstream: SocketAddr, tls: UpstreamTls, dir: &Path) -> Gateway 
         let upstream = service.upstream.as_mut().unwrap();
         upstream.tls = tls.clone();
         upstream.connect_timeout = Duration::from_secs(2);
+        upstream.response_timeout = response_timeout;
     }
     let mut config = GatewayConfig::default_with_services(services);
     config.listen = "127.0.0.1:0".parse().unwrap();
@@ -174,6 +185,54 @@ async fn an_untrusted_upstream_is_a_502_that_names_no_address() {
             && !body.contains(&upstream.port().to_string()),
         "{body}"
     );
+    gateway.shutdown().await.unwrap();
+}
+
+/// An upstream that takes the TCP connection and never answers the TLS
+/// handshake never had the request: each try is a `502` within the connect
+/// timeout, and the payment stays the client's however many tries (it was
+/// a `504` after the response timeout, counted as the upstream failing on
+/// the request: the third spent the payment).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_tls_handshake_is_not_connected_and_keeps_the_payment() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stalled = listener.local_addr().unwrap();
+    let (held, mut release) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = held.send(stream);
+        }
+    });
+    let tls = UpstreamTls {
+        ca: Some(write(dir.path(), "ca.pem", &ca().pem)),
+        ..UpstreamTls::default()
+    };
+    let gateway = gateway_waiting(stalled, tls, dir.path(), Duration::from_secs(6)).await;
+    let base = format!("http://{}", gateway.addr());
+    let client = reqwest::Client::new();
+    let unpaid = client.get(format!("{base}/paid")).send().await.unwrap();
+    let offer = Offer::from_headers(unpaid.headers()).unwrap();
+    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let credential = offer.payment_authorization(&preimage).unwrap();
+    for attempt in 1..=4 {
+        let started = std::time::Instant::now();
+        let response = client
+            .get(format!("{base}/paid"))
+            .header("authorization", &credential)
+            .send()
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "try {attempt}: {body}");
+        assert!(took < Duration::from_secs(5), "try {attempt} took {took:?}");
+        assert!(!body.contains(&stalled.port().to_string()), "{body}");
+    }
+    release.close();
     gateway.shutdown().await.unwrap();
 }
 
