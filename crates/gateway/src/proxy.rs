@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use gate402_paywall::route::RequestPath;
-use gate402_paywall::{ClientAddr, NotReached, Routed, TrustedProxies, FORWARDING_HEADERS};
+use gate402_paywall::{ClientAddr, NotReached, Routed, TrustedProxies};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -319,7 +319,7 @@ impl Proxy {
         let client = parts.extensions.get::<ClientAddr>().copied();
         let vouched = client.is_some_and(|c| c.via_trusted_proxy(&self.trusted));
         if !vouched {
-            gate402_paywall::fields::remove_all_of(&mut parts.headers, &FORWARDING_HEADERS);
+            gate402_paywall::remove_forwarding_headers(&mut parts.headers);
         }
         if let Some(client) = client {
             if let Ok(ip) = HeaderValue::from_str(&client.peer.to_string()) {

@@ -1523,7 +1523,8 @@ async fn payment_credentials_never_reach_the_upstream() {
 /// With no trusted proxies, what a client says about itself is dropped:
 /// the upstream sees the socket peer in `X-Forwarded-For`, the gateway's
 /// own scheme in `X-Forwarded-Proto`, and nothing the client sent in
-/// `Forwarded`, `X-Real-IP` or the other `X-Forwarded-*`.
+/// `Forwarded`, `X-Real-IP`, the other `X-Forwarded-*` or the fields other
+/// proxies vouch with (`X-Original-URI`, a client certificate, a user).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_from_clients_are_not_believed() {
     let upstream = start_lenient().await;
@@ -1547,6 +1548,36 @@ async fn forwarding_headers_from_clients_are_not_believed() {
         ("X-Originating-IP", "6.6.6.6"),
         ("X-ProxyUser-Ip", "6.6.6.6"),
         ("Via", "1.1 evil.test"),
+        // Read by upstreams behind other proxies: the target as a front
+        // proxy saw it, the scheme, a TLS terminator's client
+        // certificate, the user an authenticating proxy vouches for.
+        ("X-Forwarded-Uri", "/evil.test"),
+        ("X-Forwarded-Url", "http://evil.test/"),
+        ("X-Forwarded-Method", "evil.test"),
+        ("X-Forwarded-Server", "evil.test"),
+        ("X-Forwarded-Scheme", "https-evil"),
+        ("X-Forwarded-Ssl", "on evil.test"),
+        ("X-Forwarded-Client-Cert", "By=evil.test"),
+        ("X-Forwarded-User", "admin@evil.test"),
+        ("X-Forwarded-Email", "admin@evil.test"),
+        ("X-Forwarded-Access-Token", "evil.test"),
+        ("X-Original-URI", "/evil.test"),
+        ("X-Original-Host", "evil.test"),
+        ("X-Host", "evil.test"),
+        ("X-HTTP-Host-Override", "evil.test"),
+        ("X-Envoy-Original-Path", "/evil.test"),
+        ("X-Envoy-External-Address", "6.6.6.6"),
+        ("X-Client-Cert", "evil.test"),
+        ("Ssl-Client-Cert", "evil.test"),
+        ("X-Ssl-Client-Cert", "evil.test"),
+        ("Remote-User", "admin@evil.test"),
+        ("X-Remote-User", "admin@evil.test"),
+        ("X-Remote-Addr", "6.6.6.6"),
+        ("X-Auth-Request-User", "admin@evil.test"),
+        ("X-Amzn-Oidc-Identity", "admin@evil.test"),
+        ("Front-End-Https", "on evil.test"),
+        ("X-Url-Scheme", "https-evil"),
+        ("X_Forwarded_User", "admin@evil.test"),
     ];
     let telltales = ["6.6.6.6", "7.7.7.7", "evil.test", "https-evil", "6666"];
     let mut variants: Vec<(&str, Vec<(String, String)>)> = vec![(

@@ -115,31 +115,89 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Headers that say who the client is and how it came (the standard one,
-/// the de facto `X-Forwarded-*`, and CDNs' own): believed only from
-/// trusted proxies: from anyone else they reach neither the upstream nor
-/// a pricer.
-pub const FORWARDING_HEADERS: [HeaderName; 19] = [
-    http::header::FORWARDED,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-path"),
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("fastly-client-ip"),
-    HeaderName::from_static("x-forwarded"),
-    HeaderName::from_static("forwarded-for"),
-    HeaderName::from_static("client-ip"),
-    HeaderName::from_static("x-proxyuser-ip"),
-    HeaderName::from_static("x-originating-ip"),
-    http::header::VIA,
+/// Fields that say who the client is or how it came, named in full: the
+/// standard one, the de facto ones and CDNs' own ([`is_forwarding_header`]
+/// adds whole families by prefix).
+const FORWARDING_NAMES: [&str; 25] = [
+    "forwarded",
+    "forwarded-for",
+    "via",
+    "x-forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "fastly-client-ip",
+    "client-ip",
+    "x-proxyuser-ip",
+    "x-originating-ip",
+    "x-host",
+    "x-http-host-override",
+    "x-url-scheme",
+    "x-scheme",
+    "front-end-https",
+    "x-client-cert",
+    "x-client-verify",
+    "x-arr-ssl",
+    "x-arr-clientcert",
+    "x-proxy-user",
+    "x-authenticated-user",
 ];
+
+/// Families of such fields, by prefix: `X-Forwarded-*` (`-Uri`, `-User`,
+/// `-Client-Cert`, …), the original target as a front proxy saw it
+/// (`X-Original-URI`), Envoy's own, the client certificate as a TLS
+/// terminator passes it, and the user an authenticating proxy vouches for
+/// (oauth2-proxy, Authelia, AWS ALB, Google IAP, Azure App Service,
+/// Grafana's auth proxy). An upstream behind such a proxy believes them.
+const FORWARDING_PREFIXES: [&str; 11] = [
+    "x-forwarded-",
+    "x-original-",
+    "x-envoy-",
+    "x-ssl-",
+    "ssl-client-",
+    "x-remote-",
+    "remote-",
+    "x-auth-request-",
+    "x-amzn-oidc-",
+    "x-goog-authenticated-user-",
+    "x-ms-client-principal",
+];
+
+/// Whether `name` says who the client is or how it came (the standard
+/// `Forwarded`, the de facto `X-Forwarded-*` family, CDNs' client address,
+/// a TLS terminator's client certificate, an authenticating proxy's user),
+/// also when spelled with `_` for `-` (CGI-style servers read both alike):
+/// believed only from trusted proxies; from anyone else such a field
+/// reaches neither the upstream nor a pricer.
+pub fn is_forwarding_header(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    let is = |name: &str| {
+        FORWARDING_NAMES.contains(&name) || FORWARDING_PREFIXES.iter().any(|p| name.starts_with(p))
+    };
+    if name.contains('_') {
+        is(&name.replace('_', "-"))
+    } else {
+        is(name)
+    }
+}
+
+/// Removes every field [`is_forwarding_header`] names from `headers`.
+pub fn remove_forwarding_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_forwarding_header) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_forwarding_header(name))
+        .cloned()
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
 
 /// The client of a request from `peer` with `headers`.
 pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> ClientAddr {

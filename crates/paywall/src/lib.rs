@@ -90,7 +90,7 @@ mod x402;
 
 pub use claims::{Claim, ClaimError, FAILURES_PER_PAYMENT};
 pub use client::{
-    ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies, FORWARDING_HEADERS,
+    remove_forwarding_headers, ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies,
 };
 pub use clock::unix_now;
 pub use idempotency::IdempotencyConfig;

@@ -1239,7 +1239,7 @@ pub(crate) fn shown_headers(
             .map(|v| v.to_str())
             .collect::<Result<Vec<&str>, _>>()
             .map_err(|_| UnshowableHeader)?;
-        if vouched || !crate::fields::is_one_of(name, &crate::client::FORWARDING_HEADERS) {
+        if vouched || !crate::client::is_forwarding_header(name) {
             shown.insert(name.as_str().to_owned(), values.join(", ").into());
         }
     }
@@ -1940,8 +1940,11 @@ mod tests {
         headers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
         headers.insert("forwarded", "for=6.6.6.6".parse().unwrap());
         headers.insert("x_forwarded_for", "6.6.6.6".parse().unwrap());
+        headers.insert("x-forwarded-user", "admin".parse().unwrap());
+        headers.insert("x-original-uri", "/admin".parse().unwrap());
+        headers.insert("remote-user", "admin".parse().unwrap());
         let shown = shown_headers(&headers, false).unwrap();
-        assert_eq!(shown.len(), 1);
+        assert_eq!(shown.len(), 1, "{shown:?}");
         assert_eq!(shown["accept"], "a/b, c/d");
         // Neither shown nor left out: refused.
         for name in ["x-tier", "x-forwarded-host"] {
@@ -1952,7 +1955,7 @@ mod tests {
         headers.insert("cookie", http::HeaderValue::from_bytes(b"\xff").unwrap());
         // Vouched for by a trusted proxy, forwarding headers are shown.
         let shown = shown_headers(&headers, true).unwrap();
-        assert_eq!(shown.len(), 4);
+        assert_eq!(shown.len(), 7);
         assert_eq!(shown["x-forwarded-for"], "6.6.6.6");
     }
 }
