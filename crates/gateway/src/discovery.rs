@@ -121,10 +121,11 @@ fn dynamic(service: &PricedService) -> bool {
 }
 
 /// `{"amount": N, "type": "fixed"}`, or for a dynamic price
-/// `{"amount": null, "type": "dynamic", "default": N, "quote": …}`.
+/// `{"amount": null, "type": "dynamic", "default": N, "quote": …}`, N
+/// what a request no rule decides is asked ([`PricedService::default_sats`]).
 fn listed_pricing(service: &PricedService) -> Value {
     if dynamic(service) {
-        json!({"amount": null, "currency": "sat", "type": "dynamic", "default": service.price_sats, "quote": QUOTE_PATH})
+        json!({"amount": null, "currency": "sat", "type": "dynamic", "default": service.default_sats(), "quote": QUOTE_PATH})
     } else {
         json!({"amount": service.price_sats, "currency": "sat", "type": "fixed"})
     }
@@ -134,7 +135,7 @@ fn listed_pricing(service: &PricedService) -> Value {
 /// or dynamic (its default stated, the 402 authoritative).
 fn manifest_pricing(service: &PricedService) -> Value {
     if dynamic(service) {
-        json!({"model": "dynamic", "default_msat": price_msat(service), "quote_endpoint": QUOTE_PATH})
+        json!({"model": "dynamic", "default_msat": service.default_sats().saturating_mul(1000), "quote_endpoint": QUOTE_PATH})
     } else {
         json!({"model": "fixed", "price_msat": price_msat(service)})
     }

@@ -478,6 +478,18 @@ async fn a_pricer_decides_and_its_answer_is_kept() {
         )
         .await;
     assert_eq!(paid.status(), StatusCode::OK);
+
+    // What discovery calls the default is what a request no rule decides
+    // is asked: the pricer's fallback (12), never price_sats (10).
+    let h = &h;
+    let get = |path: &'static str| async move {
+        let answer = h.client.get(h.url(path)).send().await.unwrap();
+        answer.json::<Value>().await.unwrap()
+    };
+    let listed = get("/.well-known/l402-services").await;
+    assert_eq!(listed["services"][0]["pricing"]["default"], 12, "{listed}");
+    let quote = get("/l402/quote?path=/quote&method=POST").await;
+    assert_eq!(quote["pricing"]["default_msat"], 12_000, "{quote}");
 }
 
 /// A pricer may price by any header it is shown: its answer for one

@@ -292,6 +292,16 @@ impl PricedService {
             && self.sells == Sells::Request
     }
 
+    /// The price asked of a request that no price rule decides (sat): a
+    /// pricer's fallback when the service has a pricer (which is asked
+    /// then; `price_sats` never is), else `price_sats`.
+    pub fn default_sats(&self) -> u64 {
+        self.pricing
+            .as_ref()
+            .and_then(|p| p.pricer.as_ref())
+            .map_or(self.price_sats, |pricer| pricer.fallback_sats)
+    }
+
     /// What a 402 for one request asks, in words: [`PricedService::sale`],
     /// or for a service priced per request (this copy priced for the
     /// request at hand) that request's price.
@@ -313,8 +323,14 @@ impl PricedService {
         let price = self.price_sats;
         let sold = match (self.auth, self.sells) {
             (Auth::Off, _) => return "free".into(),
+            (_, Sells::Request) if self.pricing.as_ref().is_some_and(|p| p.pricer.is_some()) => {
+                format!(
+                    "priced per request by its rules or pricer ({} sat when the pricer gives none)",
+                    self.default_sats()
+                )
+            }
             (_, Sells::Request) if self.pricing.is_some() => {
-                format!("priced per request by its rules or pricer ({price} sat when they do not decide)")
+                format!("priced per request by its rules ({price} sat when none matches)")
             }
             (_, Sells::Request) => format!("{price} sat per request"),
             (_, Sells::Pass) if self.schemes.mpp() => format!(
@@ -360,6 +376,32 @@ mod tests {
         assert!(!asked.contains("do not decide"), "{asked}");
         let fixed = PricedService::new("fixed", "/f", 10);
         assert_eq!(fixed.asked(), fixed.sale());
+    }
+
+    /// With a pricer, what a request no rule decides is asked is the
+    /// pricer's fallback (the pricer answers, or it is asked): never
+    /// `price_sats`, which `serve --check` and discovery named.
+    #[test]
+    fn the_default_price_of_a_service_with_a_pricer_is_its_fallback() {
+        let mut service = PricedService::new("dyn", "/d", 10);
+        service.pricing = Some(Default::default());
+        assert_eq!(service.default_sats(), 10);
+        assert!(service.sale().contains("(10 sat when none matches)"));
+        service.pricing = Some(std::sync::Arc::new(crate::Pricing {
+            rules: Vec::new(),
+            pricer: Some(crate::pricing::PricerConfig {
+                url: "http://127.0.0.1:9/price".into(),
+                timeout: std::time::Duration::from_secs(1),
+                fallback_sats: 30,
+                cache_secs: 0,
+            }),
+        }));
+        assert_eq!(service.default_sats(), 30);
+        let sale = service.sale();
+        assert!(
+            sale.contains("(30 sat when the pricer gives none)"),
+            "{sale}"
+        );
     }
 
     #[test]
