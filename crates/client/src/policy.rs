@@ -140,7 +140,7 @@ impl Policy {
             });
         }
         let amount_msat = amount_of(invoice)?;
-        let mut ends = vec![("the invoice".to_owned(), invoice.expires_at() as i64)];
+        let mut ends = vec![invoice_end(invoice)];
         if let Some(text) = offer.challenge.expires.as_deref() {
             let what = "the session challenge".to_owned();
             match gate402_mpp::parse_time(text) {
@@ -183,7 +183,7 @@ fn amount_of(invoice: &gate402_bolt11::Invoice) -> Result<u64, Refusal> {
 /// has passed. An expiry that is not a
 /// time counts as passed.
 pub(crate) fn expiry(offer: &Offer, scheme: Prefer, now: SystemTime) -> Option<Refusal> {
-    let mut ends = vec![("the invoice".to_owned(), offer.invoice.expires_at() as i64)];
+    let mut ends = vec![invoice_end(&offer.invoice)];
     match scheme {
         Prefer::Mpp => {
             if let Some(text) = offer.payment.as_ref().and_then(|c| c.expires.as_deref()) {
@@ -224,6 +224,14 @@ pub(crate) fn expiry(offer: &Offer, scheme: Prefer, now: SystemTime) -> Option<R
         }
     }
     first_passed(ends, now)
+}
+
+/// When `invoice` expires, as one of the ends [`first_passed`] compares:
+/// an expiry past `i64::MAX` seconds is as good as never (cast, it read
+/// as before 1970: a never-expiring invoice was refused as expired).
+fn invoice_end(invoice: &gate402_bolt11::Invoice) -> (String, i64) {
+    let at = i64::try_from(invoice.expires_at()).unwrap_or(i64::MAX);
+    ("the invoice".to_owned(), at)
 }
 
 /// The earliest of `ends` (what ends, unix seconds), if it has passed at
@@ -279,6 +287,27 @@ mod tests {
             policy().check(&offer, Prefer::L402, SystemTime::now()),
             Err(Refusal::NoAmount)
         );
+    }
+
+    /// An invoice whose expiry lies past `i64::MAX` seconds never expires:
+    /// it read as expired before 1970 (exit 6, "expired at
+    /// 1969-12-31T23:59:59Z").
+    #[test]
+    fn an_invoice_that_never_expires_is_not_expired() {
+        let now = SystemTime::now();
+        for expiry in [u64::MAX, i64::MAX as u64, 1 << 63] {
+            let never = offer(expiry, "2099-01-01T00:00:00Z", "4000000000");
+            assert_eq!(
+                policy().check(&never, Prefer::L402, now),
+                Ok(2_000),
+                "{expiry}"
+            );
+            assert_eq!(
+                policy().check(&never, Prefer::Mpp, now),
+                Ok(2_000),
+                "{expiry}"
+            );
+        }
     }
 
     #[test]
