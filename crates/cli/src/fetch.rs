@@ -616,7 +616,10 @@ fn sandbox_payer(data_dir: &Path) -> Result<String> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let path = data_dir.join("sandbox_payer");
     match std::fs::read_to_string(&path) {
-        Ok(secret) if secret.trim().len() >= 16 => return Ok(secret.trim().to_owned()),
+        Ok(secret) if secret.trim().len() >= 16 => {
+            keep_private(&path)?;
+            return Ok(secret.trim().to_owned());
+        }
         Ok(_) => anyhow::bail!(
             "{}: not a payer secret; delete it to make a new one",
             path.display()
@@ -656,9 +659,45 @@ fn sandbox_payer(data_dir: &Path) -> Result<String> {
     }
 }
 
+/// Makes the payer secret at `path` its owner's only if others could read
+/// it (made by hand, or copied with another mode), and says so: whoever
+/// read it could ask the sandbox for this client's preimages.
+fn keep_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| path.display().to_string())?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+        errln!(
+            "gate402: warning: {} was readable by other users (mode {:o}); it is 0600 now. Whoever read it could ask the sandbox for this client's preimages.",
+            path.display(),
+            mode & 0o777
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A payer secret that others can read is made private when it is
+    /// read (it was used as it was).
+    #[test]
+    fn a_payer_secret_open_to_others_is_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let first = sandbox_payer(dir.path()).unwrap();
+        let path = dir.path().join("sandbox_payer");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(sandbox_payer(dir.path()).unwrap(), first);
+        assert_eq!(mode(&path), 0o600);
+    }
 
     /// Runs started together on a fresh data dir make one payer secret, and
     /// each reads it whole (one could read the file another was still
