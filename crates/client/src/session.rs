@@ -984,8 +984,14 @@ impl Payer {
         let status = answer.status();
         let (refund_sats, refund_status) = if status == StatusCode::OK {
             let closed: serde_json::Value = answer.json().await?;
+            // Left out: nothing refunded. Given but no whole number of sat
+            // (`-5`, `1.5`, `"5"`): not a figure to book as refunded.
+            let refund_sats = match &closed["refundSats"] {
+                serde_json::Value::Null => Some(0),
+                given => given.as_u64(),
+            };
             (
-                closed["refundSats"].as_u64().unwrap_or(0),
+                refund_sats,
                 closed["refundStatus"]
                     .as_str()
                     .unwrap_or("unknown")
@@ -1001,7 +1007,7 @@ impl Payer {
                 }
                 .into());
             }
-            (0, "unknown".to_owned())
+            (Some(0), "unknown".to_owned())
         } else {
             return Err(SessionError::Unexpected {
                 action: "close",
@@ -1011,7 +1017,7 @@ impl Payer {
         };
         // Another run that closed it at once has recorded the same refund.
         let first = self.ledger.close_session(&session.id, now(), reason)?;
-        let received_msat = match (&session.return_hash, refund_sats > 0) {
+        let received_msat = match (&session.return_hash, refund_sats != Some(0)) {
             (Some(hash), true) => self.received_on(&session.origin, hash).await,
             _ => None,
         };
@@ -1071,8 +1077,12 @@ impl Payer {
 /// (msat) and its `refundStatus` (`unknown` for one the protocol has not:
 /// a server's words are not kept), unless it says more than was ever
 /// deposited (`deposit_sats`): then the deposit, as `disputed` (a server
-/// cannot book a refund it could not have owed).
-fn as_recorded(refund_sats: u64, status: String, deposit_sats: u64) -> (u64, String) {
+/// cannot book a refund it could not have owed). A figure that is no
+/// whole number of sat (`None`) is 0, `unknown`.
+fn as_recorded(refund_sats: Option<u64>, status: String, deposit_sats: u64) -> (u64, String) {
+    let Some(refund_sats) = refund_sats else {
+        return (0, "unknown".to_owned());
+    };
     if refund_sats > deposit_sats {
         return (deposit_sats.saturating_mul(1000), "disputed".to_owned());
     }
@@ -1184,16 +1194,22 @@ mod tests {
     #[test]
     fn a_refund_larger_than_every_deposit_is_recorded_as_disputed() {
         assert_eq!(
-            as_recorded(5, "succeeded".into(), 20),
+            as_recorded(Some(5), "succeeded".into(), 20),
             (5_000, "succeeded".to_owned())
         );
         assert_eq!(
-            as_recorded(5_000, "succeeded".into(), 20),
+            as_recorded(Some(5_000), "succeeded".into(), 20),
             (20_000, "disputed".to_owned())
         );
         assert_eq!(
-            as_recorded(5, "\u{1b}[31msucceeded".into(), 20),
+            as_recorded(Some(5), "\u{1b}[31msucceeded".into(), 20),
             (5_000, "unknown".to_owned())
+        );
+        // A figure that is no whole number of sat (-5, 1.5, "5") is not
+        // booked as a refund that succeeded.
+        assert_eq!(
+            as_recorded(None, "succeeded".into(), 20),
+            (0, "unknown".to_owned())
         );
     }
 }
