@@ -287,7 +287,7 @@ pub fn print_offer(offer: &gate402_client::Offer) -> Result<()> {
 pub fn report_payment(paid: &gate402_client::PaymentEntry) {
     errln!(
         "gate402: paid {} sat (+{} msat fee) with {} for {}",
-        paid.amount_msat / 1000,
+        crate::output::sats(paid.amount_msat),
         paid.fee_msat,
         paid.scheme,
         paid.url
@@ -557,9 +557,9 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
     for (domain, (amount, fee, count, refunded)) in &totals {
         outln!(
             "total {domain}: {count} payments, {} sat + {} msat fees, {} sat refunded",
-            amount / 1000,
+            crate::output::sats(*amount),
             fee,
-            refunded / 1000
+            crate::output::sats(*refunded)
         );
     }
     Ok(())

@@ -96,9 +96,33 @@ pub(crate) fn terminal_safe(text: &str) -> String {
     safe
 }
 
+/// An amount in millisatoshis as sat for people to read: `10` when whole,
+/// `10.999` when not (cut down to `10`, a payment of 10 999 msat read as
+/// less than it was).
+pub(crate) fn sats(msat: u64) -> String {
+    match msat % 1000 {
+        0 => (msat / 1000).to_string(),
+        part => format!(
+            "{}.{}",
+            msat / 1000,
+            format!("{part:03}").trim_end_matches('0')
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_amount_in_sat_keeps_its_millisatoshis() {
+        assert_eq!(sats(10_000), "10");
+        assert_eq!(sats(10_999), "10.999");
+        assert_eq!(sats(999), "0.999");
+        assert_eq!(sats(1_500), "1.5");
+        assert_eq!(sats(1_050), "1.05");
+        assert_eq!(sats(0), "0");
+    }
 
     #[test]
     fn a_message_cannot_drive_the_terminal_or_flood_it() {
