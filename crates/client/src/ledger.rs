@@ -129,6 +129,9 @@ const MIGRATIONS: &[&str] = &[
     // The request a kept MPP credential pays for (its digest): sent with
     // that request only.
     "ALTER TABLE tokens ADD COLUMN bound_to TEXT;",
+    // A payment hash is looked up before every payment (paid for another
+    // origin?) and when a receipt is booked.
+    "CREATE INDEX payments_by_hash ON payments (payment_hash);",
 ];
 
 /// Why the ledger failed.
@@ -533,7 +536,8 @@ impl Ledger {
     ///
     /// # Errors
     ///
-    /// [`BeginError::Refused`] when a budget would be exceeded.
+    /// [`BeginError::Refused`] when a budget would be exceeded, or when the
+    /// payment hash was paid (or is being paid) for another origin.
     pub fn begin_payment(
         &self,
         payment: &PendingPayment,
@@ -542,6 +546,19 @@ impl Ledger {
         let entry = &payment.entry;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let paid_elsewhere: Option<String> = tx
+            .query_row(
+                "SELECT origin FROM payments
+                 WHERE payment_hash = ?1 AND origin != ?2 AND status != 'failed' LIMIT 1",
+                params![entry.payment_hash, entry.origin],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(origin) = paid_elsewhere {
+            return Err(BeginError::Refused(Refusal::PaidForAnotherOrigin {
+                origin,
+            }));
+        }
         for (scope, window, limit_sats) in budget.limits_for(&entry.host) {
             let since = window.since(entry.created_at);
             let spent_msat: i64 = match &scope {
@@ -1219,13 +1236,59 @@ mod tests {
             scheme: "L402".into(),
             amount_msat,
             fee_msat: 0,
-            payment_hash: "00".repeat(32),
+            // Its own hash: one hash paid for two origins is refused.
+            payment_hash: {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(format!(
+                    "{host} {amount_msat} {created_at}"
+                )))
+            },
             receipt: None,
             status: PaymentState::Pending,
             error: None,
             created_at,
             session: None,
         }
+    }
+
+    /// A server that offers an invoice over a payment hash paid for another
+    /// origin is refused before the wallet is asked (which would answer
+    /// with that payment's preimage); a failed payment gave nothing away,
+    /// and the same origin may offer it again.
+    #[test]
+    fn a_payment_hash_paid_for_another_origin_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
+        let budget = Budget::default();
+        let at = |host: &str, hash: &str| {
+            let mut begun = payment(host, 1_000, 1_000_000);
+            begun.entry.payment_hash = hash.to_owned();
+            begun
+        };
+        let (paid, failed) = ("aa".repeat(32), "bb".repeat(32));
+        let first = ledger
+            .begin_payment(&at("a.example", &paid), &budget)
+            .unwrap();
+        ledger.settle_payment(first, 1_000, 0).unwrap();
+        let refused = ledger.begin_payment(&at("b.example", &paid), &budget);
+        assert!(
+            matches!(
+                &refused,
+                Err(BeginError::Refused(Refusal::PaidForAnotherOrigin { origin }))
+                    if origin == "https://a.example"
+            ),
+            "{refused:?}"
+        );
+        ledger
+            .begin_payment(&at("a.example", &paid), &budget)
+            .unwrap();
+        let lost = ledger
+            .begin_payment(&at("a.example", &failed), &budget)
+            .unwrap();
+        ledger.fail_payment(lost, "no route").unwrap();
+        ledger
+            .begin_payment(&at("b.example", &failed), &budget)
+            .unwrap();
     }
 
     #[test]

@@ -81,6 +81,15 @@ pub enum Refusal {
         /// The wallet's words.
         reason: String,
     },
+    /// The invoice's payment hash is one this client paid (or is paying)
+    /// for another origin: a wallet asked to pay a hash twice answers
+    /// with the first payment's outcome, its preimage, which this origin
+    /// would then be shown without being paid.
+    #[error("refused: the invoice's payment hash was paid for another origin ({origin}); a server offering it again is not owed that payment's preimage")]
+    PaidForAnotherOrigin {
+        /// The origin it was paid for.
+        origin: String,
+    },
 }
 
 impl Refusal {
@@ -93,6 +102,7 @@ impl Refusal {
             Refusal::Expired { .. } | Refusal::UnreadableExpiry { .. } => 6,
             Refusal::OverBudget { .. } => 8,
             Refusal::NoReturnInvoice { .. } => 10,
+            Refusal::PaidForAnotherOrigin { .. } => 1,
         }
     }
 }
