@@ -362,6 +362,12 @@ async fn query_path_method_size_and_per_unit_rules() {
     let post = quote("path=/media/x&method=POST").await;
     assert!(post["amount"].is_null(), "{post}");
     assert_eq!(post["pricing"]["model"], "dynamic");
+    // A query no request target carries (a line break, a raw byte, a
+    // space, a fragment) is not priced.
+    for bad in ["a\r\nb", "q=\u{ff}", "q=a b", "q=a#b"] {
+        let detail = h.quote_refusal(&format!("/media/x?{bad}")).await;
+        assert!(detail.starts_with("query:"), "{bad:?}: {detail}");
+    }
 }
 
 /// A pricer on loopback: counts its calls, keeps what it was asked, and

@@ -556,6 +556,15 @@ async fn l402_quote(
     let Some(text) = query.path else {
         return bad_request("give the route as ?path=/some/path (and &method=GET)");
     };
+    // Priced as the request's own query would be, so it is one a request
+    // target could carry: a pricer is never shown what no request has.
+    if let Some(q) = &query.query {
+        if !q.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+            return bad_request(
+                "query: write it as in a request target (visible ASCII, no #; percent-encode the rest, and that again inside ?query=)",
+            );
+        }
+    }
     let path = match RequestPath::parse(&text) {
         Ok(path) => path,
         Err(e) => return bad_request(&format!("path: {e}")),
