@@ -418,6 +418,10 @@ impl Proxy {
                 // The upstream's software and version are not the
                 // client's business (nginx hides them too).
                 parts.headers.remove(header::SERVER);
+                // The upstream's HTTP version is its connection's, not the
+                // client's: an HTTP/1.0 answer kept as such is written to
+                // the client as HTTP/1.0, its connection then closed.
+                parts.version = axum::http::Version::default();
                 Response::from_parts(parts, Body::new(body))
             }
         }

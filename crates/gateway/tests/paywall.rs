@@ -2112,3 +2112,66 @@ async fn problems_of_draft_httpauth_payment_01() {
         StatusCode::OK
     );
 }
+
+/// An upstream that answers in HTTP/1.0 (no length, the end of the body
+/// its close) does not make the gateway answer its own HTTP/1.1 clients
+/// in HTTP/1.0 and close their connections: two requests go over one
+/// client connection, each answered `HTTP/1.1`.
+#[tokio::test]
+async fn an_http_1_0_upstream_leaves_the_client_connection_alone() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let old = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold server")
+                    .await;
+            });
+        }
+    });
+    let upstream = format!("http://{old}");
+    let h = Harness::start(|_| {
+        let mut free = service("old", "/old", 1, &upstream);
+        free.priced.auth = Auth::Off;
+        vec![free]
+    })
+    .await;
+    let stream = tokio::net::TcpStream::connect(h.gateway.addr())
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for attempt in 1..=2 {
+        let request = axum::http::Request::get("/old")
+            .header("host", h.gateway.addr().to_string())
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap_or_else(|e| {
+            panic!("request {attempt} on the kept connection: {e}");
+        });
+        assert_eq!(
+            response.version(),
+            axum::http::Version::HTTP_11,
+            "{attempt}"
+        );
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"old server");
+    }
+}

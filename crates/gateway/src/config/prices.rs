@@ -373,6 +373,7 @@ mod tests {
             [[services]]
             name = "chat"
             path = "/v1/*"
+            upstream = "http://127.0.0.1:9"
             price_sats = 10
             [[services.prices]]
             methods = ["post"]
@@ -389,6 +390,7 @@ mod tests {
             [[services]]
             name = "priced"
             path = "/p"
+            upstream = "http://127.0.0.1:9"
             price_sats = 7
             pricer = { url = "http://127.0.0.1:9/price" }
             "#,
@@ -442,10 +444,12 @@ mod tests {
             [[services]]
             name = "{long_name}"
             path = "/a"
+            upstream = "http://127.0.0.1:9"
             price_sats = 2100000000000000
             [[services]]
             name = "b"
             path = "/b"
+            upstream = "http://127.0.0.1:9"
             price_sats = 100000000
             description = "{}"
             pricer = {{ url = "http://127.0.0.1:9/price", fallback = 100000001 }}
@@ -454,6 +458,7 @@ mod tests {
             [[services]]
             name = "{}"
             path = "/c"
+            upstream = "http://127.0.0.1:9"
             price_sats = 1
             description = "{}"
             "#,

@@ -272,6 +272,14 @@ impl Checker {
                 ),
             }
         }
+        // The gateway forwards every request it sells: without an upstream
+        // it would sell requests it can only answer 503.
+        if raw.upstream.is_none() {
+            self.error(
+                &at("upstream"),
+                "is required: the http:// or https:// URL the service's requests go to",
+            );
+        }
         let mut upstream = raw
             .upstream
             .and_then(|url| self.upstream(&at("upstream"), &url));

@@ -179,7 +179,7 @@ fn env_is_expanded_in_string_values_only() {
 
 #[test]
 fn an_env_value_is_taken_literally() {
-    let text = "[mpp]\nsecret = \"${SECRET}\"\n[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\n";
+    let text = "[mpp]\nsecret = \"${SECRET}\"\n[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\n";
     // 32 bytes that would close the string and add a table, were the
     // variable pasted into the text.
     let injected = "ab\"c\n[lightning]\nbackend = \"lnd\"";
@@ -219,7 +219,7 @@ fn an_unset_variable_is_named_with_its_key_path() {
 #[test]
 fn an_unknown_key_in_a_service_is_named() {
     let errors = GatewayConfig::parse(
-        "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\n[[services]]\nname = \"b\"\npath = \"/b\"\nprice_sats = 1\ncolour = \"blue\"\n",
+        "[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\n[[services]]\nname = \"b\"\npath = \"/b\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\ncolour = \"blue\"\n",
         env,
     )
     .unwrap_err()
@@ -238,12 +238,14 @@ fn every_broken_service_and_every_mistake_in_one_is_reported() {
         [[services]]
         name = "a"
         path = "/a"
+        upstream = "http://127.0.0.1:9"
         price_sats = "five"
         methods = ["GET", 3]
         colour = "blue"
         [[services]]
         name = "b"
         path = "b"
+        upstream = "http://127.0.0.1:9"
         price_sats = 1
         rewrite = { strip = "/b" }
         [[services]]
@@ -277,13 +279,15 @@ fn every_broken_service_and_every_mistake_in_one_is_reported() {
         "tools[1]: missing field `description`",
         "tools[2].method: invalid type: integer `5`",
         "tools[2].service: no [[services]] entry is named \"nope\"",
+        // A service the gateway would sell and answer 503.
+        "services[2].upstream: is required",
     ];
     assert_errors(&errors, &expected);
     // A value of the wrong type is not also missing.
     assert!(
-        !errors
-            .iter()
-            .any(|e| e.contains("is required") || e.contains("missing field `name`")),
+        !errors.iter().any(|e| (e.contains("is required")
+            && !e.starts_with("services[2].upstream"))
+            || e.contains("missing field `name`")),
         "{errors:#?}"
     );
 }
@@ -351,7 +355,9 @@ fn other_configs_of_the_family() {
 
 #[test]
 fn a_name_used_twice_is_named_where_it_is_written() {
-    let service = |name: &str| format!("[[services]]\n{name}path = \"/a\"\nprice_sats = 1\n");
+    let service = |name: &str| {
+        format!("[[services]]\n{name}path = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\n")
+    };
     let text = service("") + &service("name = \"a\"\n") + &service("name = \"a\"\n");
     let errors = GatewayConfig::parse(&text, env).unwrap_err().0;
     assert_eq!(
@@ -558,6 +564,17 @@ fn a_service_table_from_the_admin_api_is_checked_as_the_files_are() {
     );
     let table: toml::Table =
         toml::from_str("name = \"news\"\npath = \"/news\"\nprice_sats = 4\n").unwrap();
+    let errors = GatewayConfig::service_from_table(&table, "services.news", env)
+        .unwrap_err()
+        .0;
+    assert_eq!(
+        errors,
+        ["services.news.upstream: is required: the http:// or https:// URL the service's requests go to"]
+    );
+    let table: toml::Table = toml::from_str(
+        "name = \"news\"\npath = \"/news\"\nprice_sats = 4\nupstream = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
     let service = GatewayConfig::service_from_table(&table, "services.news", env).unwrap();
     assert_eq!(service.priced.price_sats, 4);
     let table: toml::Table = toml::from_str("name = \"news\"\npath = \"news\"\n").unwrap();
