@@ -2175,3 +2175,67 @@ async fn an_http_1_0_upstream_leaves_the_client_connection_alone() {
         assert_eq!(&body[..], b"old server");
     }
 }
+
+/// An upstream that answers 1 000 bytes of the 100 000 it announced and
+/// closes has failed on the request: the payment is given back as for any
+/// upstream failure (it was spent, the cut answer counted as served), and
+/// the retry is served whole, once.
+#[tokio::test]
+async fn an_answer_cut_off_by_the_upstream_is_not_spent() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cutting = listener.local_addr().unwrap();
+    let answered = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head =
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n";
+                let _ = stream.write_all(head).await;
+                // The first answer breaks off; the next ones are whole.
+                let size = if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                    1_000
+                } else {
+                    100_000
+                };
+                let _ = stream.write_all(&vec![b'x'; size]).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let upstream = format!("http://{cutting}");
+    let h = Harness::start(|_| vec![service("cut", "/cut", 5, &upstream)]).await;
+    let (offer, preimage) = h.buy("/cut").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let first = h.get("/cut", &l402).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.bytes().await.is_err(), "the first answer broke off");
+    // The failure is recorded just after: the retry may find it in flight.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let retry = loop {
+        let retry = h.get("/cut", &l402).await;
+        if retry.status() != StatusCode::CONFLICT || Instant::now() > deadline {
+            break retry;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(retry.status(), StatusCode::OK, "the payment was given back");
+    assert_eq!(retry.bytes().await.unwrap().len(), 100_000);
+    assert_eq!(
+        h.get("/cut", &l402).await.status(),
+        StatusCode::PAYMENT_REQUIRED,
+        "and served once"
+    );
+    assert_eq!(answered.load(Ordering::SeqCst), 2);
+}

@@ -119,6 +119,19 @@ impl Spend {
         }
     }
 
+    /// [`Spend::fail`] for an answer that broke off while it was sent
+    /// (the upstream's connection closed mid-body, or its body failed):
+    /// not served, so not spent on the first such failure. Run on a task of
+    /// its own, since a body's poll cannot wait for the store.
+    fn fail_broken_answer(self) {
+        tracing::warn!("the upstream's answer broke off while it was sent; counted as the upstream failing on this payment");
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                self.fail().await;
+            });
+        }
+    }
+
     /// The upstream had the request and failed: the payment is given back
     /// unless this was its last allowed failure. True when it was.
     async fn fail(self) -> bool {
@@ -304,7 +317,13 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
         let ended = match &polled {
             Poll::Ready(None) => true,
             Poll::Ready(Some(Ok(_))) => this.inner.as_ref().get_ref().is_end_stream(),
-            _ => false,
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(spend) = this.spend.take() {
+                    spend.fail_broken_answer();
+                }
+                false
+            }
+            Poll::Pending => false,
         };
         if ended {
             this.spend.take();
