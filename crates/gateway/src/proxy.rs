@@ -21,6 +21,7 @@ use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use gate402_paywall::route::RequestPath;
 use gate402_paywall::{ClientAddr, NotReached, Routed, TrustedProxies};
+use hyper::body::Body as _;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -29,6 +30,7 @@ use tracing::Instrument;
 
 use crate::config::{ServiceConfig, UpstreamConfig};
 use crate::problem::problem_response;
+use crate::server::listen::{AwaitingUpstream, WaitingGuard};
 use crate::tls::{TlsError, UpstreamTls};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
@@ -355,15 +357,38 @@ impl Proxy {
         crate::telemetry::propagate(&span, &mut parts.headers);
         parts.uri = uri;
         parts.version = axum::http::Version::HTTP_11;
-        // The client's connection is not idle while the upstream thinks.
-        let _waiting = parts
+        let waiting = parts
             .extensions
             .get::<crate::server::listen::AwaitingUpstream>()
-            .map(crate::server::listen::AwaitingUpstream::enter);
+            .cloned();
+        // The client's upload is the client's time: the response timeout,
+        // and the wait that keeps its connection from idling, start once
+        // the body has been sent (a slow upload was a timeout counted
+        // against the upstream, and its third spent the payment).
+        let (sent, body_sent) = tokio::sync::oneshot::channel();
+        let body = if body.is_end_stream() {
+            let _ = sent.send(());
+            body
+        } else {
+            Body::new(Sending {
+                body,
+                sent: Some(sent),
+            })
+        };
         let request = Request::from_parts(parts, body);
-        let answer = tokio::time::timeout(upstream.response_timeout, pool.request(request))
-            .instrument(span.clone())
-            .await;
+        let answer = async {
+            let response = pool.request(request);
+            tokio::pin!(response);
+            tokio::select! {
+                answered = &mut response => Ok(answered),
+                _ = body_sent => {
+                    let _waiting = waiting.as_ref().map(AwaitingUpstream::enter);
+                    tokio::time::timeout(upstream.response_timeout, &mut response).await
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await;
         crate::telemetry::upstream_answered(
             &span,
             match &answer {
@@ -422,9 +447,117 @@ impl Proxy {
                 // client's: an HTTP/1.0 answer kept as such is written to
                 // the client as HTTP/1.0, its connection then closed.
                 parts.version = axum::http::Version::default();
+                let body = Receiving {
+                    body,
+                    waiting,
+                    guard: None,
+                    pause: None,
+                    limit: upstream.response_timeout,
+                };
                 Response::from_parts(parts, Body::new(body))
             }
         }
+    }
+}
+
+/// A request body on its way upstream that says when it has been sent
+/// whole (`sent`; dropped unsaid when it breaks off).
+struct Sending {
+    body: Body,
+    sent: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl hyper::body::Body for Sending {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => self.body.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                self.sent = None;
+                false
+            }
+            Poll::Pending => false,
+        };
+        if let Some(sent) = ended.then(|| self.sent.take()).flatten() {
+            let _ = sent.send(());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The upstream's answer on its way to the client. While the upstream
+/// sends nothing the client's connection is not idle (a pause longer than
+/// the idle timeout cut the client off mid-answer and spent the payment),
+/// and a pause longer than the response timeout ends the body with an
+/// error: the upstream failed on the request.
+struct Receiving {
+    body: hyper::body::Incoming,
+    waiting: Option<AwaitingUpstream>,
+    guard: Option<WaitingGuard>,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    limit: Duration,
+}
+
+/// The upstream paused its answer longer than the response timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing of its answer for {0:?}")]
+struct Paused(Duration);
+
+impl hyper::body::Body for Receiving {
+    type Data = axum::body::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Pending => {
+                if this.guard.is_none() {
+                    this.guard = this.waiting.as_ref().map(AwaitingUpstream::enter);
+                }
+                let limit = this.limit;
+                let pause = this
+                    .pause
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if pause.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.guard = None;
+                this.pause = None;
+                tracing::warn!(limit = ?limit, "the upstream paused its answer longer than the response timeout");
+                Poll::Ready(Some(Err(Paused(limit).into())))
+            }
+            polled => {
+                this.guard = None;
+                this.pause = None;
+                polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -83,9 +83,20 @@ async fn send_sms(body: Bytes) -> impl axum::response::IntoResponse {
     )
 }
 
+/// An answer that pauses `ms` milliseconds between its two halves.
+async fn paused(axum::extract::Path(ms): axum::extract::Path<u64>) -> axum::body::Body {
+    let halves =
+        stream::iter([("first half, ", 0), ("second half", ms)]).then(|(half, wait)| async move {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            Ok::<_, Infallible>(Bytes::from_static(half.as_bytes()))
+        });
+    axum::body::Body::from_stream(halves)
+}
+
 fn upstream_app() -> Router {
     Router::new()
         .route("/sms", any(send_sms))
+        .route("/pause/{ms}", any(paused))
         .route("/pass/sms", any(send_sms))
         .route(
             "/slow",
@@ -2238,4 +2249,85 @@ async fn an_answer_cut_off_by_the_upstream_is_not_spent() {
         "and served once"
     );
     assert_eq!(answered.load(Ordering::SeqCst), 2);
+}
+
+/// A paid answer whose upstream pauses mid-body longer than the server's
+/// idle timeout reaches the client whole: the connection waiting for its
+/// upstream is not idle (it was cut at the idle timeout, the payment
+/// spent). A pause longer than the response timeout is the upstream
+/// failing: the body ends with an error and the payment is not spent.
+#[tokio::test]
+async fn a_pause_in_the_upstreams_answer_is_the_upstreams() {
+    let h = Harness::start_configured(
+        |up| {
+            let mut s = service("pauses", "/pause/*", 5, up);
+            s.upstream.as_mut().unwrap().response_timeout = Duration::from_secs(2);
+            vec![s]
+        },
+        |config| config.server.idle_timeout_secs = 1,
+    )
+    .await;
+    let (offer, preimage) = h.buy("/pause/1500").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let whole = h.get("/pause/1500", &l402).await;
+    assert_eq!(whole.status(), StatusCode::OK);
+    assert_eq!(
+        whole.text().await.unwrap(),
+        "first half, second half",
+        "the answer arrived whole across a pause longer than the idle timeout"
+    );
+
+    let (offer, preimage) = h.buy("/pause/3000").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let cut = h.get("/pause/3000", &l402).await;
+    assert_eq!(cut.status(), StatusCode::OK);
+    assert!(
+        cut.bytes().await.is_err(),
+        "a pause past the response timeout ends it"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let retry = loop {
+        let retry = h.get("/pause/3000", &l402).await;
+        if retry.status() != StatusCode::CONFLICT || Instant::now() > deadline {
+            break retry;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        retry.status(),
+        StatusCode::OK,
+        "and the payment was not spent"
+    );
+}
+
+/// A slow upload is the client's time: the response timeout starts once
+/// the body has been sent. A paid POST whose 4-byte body takes 3 s to
+/// arrive, to a service with a response timeout of 1 s, is served (it was
+/// a 504 counted against the upstream, and the third spent the payment).
+#[tokio::test]
+async fn a_slow_upload_is_not_the_upstreams_timeout() {
+    let h = Harness::start(|up| {
+        let mut s = service("upload", "/upload", 5, up);
+        s.upstream.as_mut().unwrap().response_timeout = Duration::from_secs(1);
+        vec![s]
+    })
+    .await;
+    let (offer, preimage) = h.buy("/upload").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let trickle = stream::iter(["a", "b", "c", "d"]).then(|part| async move {
+        tokio::time::sleep(Duration::from_millis(750)).await;
+        Ok::<_, Infallible>(Bytes::from_static(part.as_bytes()))
+    });
+    let answer = h
+        .client
+        .post(h.url("/upload"))
+        .header(AUTHORIZATION, &l402)
+        .header("content-length", "4")
+        .body(reqwest::Body::wrap_stream(trickle))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let echoed: Value = answer.json().await.unwrap();
+    assert_eq!(echoed["body"], "abcd", "{echoed}");
 }
