@@ -437,6 +437,18 @@ impl Proxy {
                     response
                 }
             }
+            // Switched to another protocol the client never asked for (its
+            // Upgrade is not forwarded): nothing the proxy can carry.
+            Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                tracing::warn!(upstream = %upstream.url, "the upstream switched protocols; answered 502");
+                problem_response(
+                    StatusCode::BAD_GATEWAY,
+                    "about:blank",
+                    "Bad Gateway",
+                    "the upstream answered with a protocol switch, which the gateway does not carry",
+                    None,
+                )
+            }
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -458,6 +470,35 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Answers `501` to a request that asks to switch protocols (`Upgrade:
+/// websocket` and the like), before it is charged: the proxy forwards
+/// HTTP exchanges only (`Upgrade` is hop-by-hop), so the upstream would
+/// answer it as plain HTTP (`426`), or switch with no tunnel behind, and
+/// the payment be spent on it. `h2c`, which the server itself may take,
+/// passes.
+pub async fn refuse_upgrades(
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> Response<Body> {
+    let upgrades = request
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .any(|protocol| !protocol.eq_ignore_ascii_case("h2c"));
+    if upgrades {
+        return problem_response(
+            StatusCode::NOT_IMPLEMENTED,
+            "about:blank",
+            "Not Implemented",
+            "the gateway does not switch protocols (WebSocket and other upgrades): only HTTP requests are sold and forwarded; nothing was charged",
+            None,
+        );
+    }
+    next.run(request).await
 }
 
 /// A request body on its way upstream that says when it has been sent

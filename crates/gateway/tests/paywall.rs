@@ -2331,3 +2331,74 @@ async fn a_slow_upload_is_not_the_upstreams_timeout() {
     let echoed: Value = answer.json().await.unwrap();
     assert_eq!(echoed["body"], "abcd", "{echoed}");
 }
+
+/// A request to switch protocols (a WebSocket) is refused with `501`
+/// before it is charged: the proxy carries HTTP exchanges only, and the
+/// upstream answered it `426` (or switched with nothing behind), the
+/// payment spent. `h2c` is left to the server. An upstream that switches
+/// protocols unasked is a `502`, its payment not spent.
+#[tokio::test]
+async fn a_protocol_switch_is_neither_sold_nor_charged() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(|up| vec![service("ws", "/ws", 5, up)]).await;
+    let upgrade = |credential: Option<&str>, protocol: &'static str| {
+        let mut request = h
+            .client
+            .get(h.url("/ws"))
+            .header("connection", "Upgrade")
+            .header("upgrade", protocol)
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13");
+        if let Some(credential) = credential {
+            request = request.header(AUTHORIZATION, credential);
+        }
+        request.send()
+    };
+    assert_eq!(
+        upgrade(None, "websocket").await.unwrap().status(),
+        StatusCode::NOT_IMPLEMENTED,
+        "not offered for sale"
+    );
+    assert_eq!(
+        upgrade(None, "h2c").await.unwrap().status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
+    let (offer, preimage) = h.buy("/ws").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let refused = upgrade(Some(&l402), "WebSocket").await.unwrap();
+    assert_eq!(refused.status(), StatusCode::NOT_IMPLEMENTED);
+    assert_eq!(
+        h.get("/ws", &l402).await.status(),
+        StatusCode::OK,
+        "not charged"
+    );
+
+    // An upstream that switches protocols without being asked.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let switching = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    let upstream = format!("http://{switching}");
+    let h = Harness::start(|_| vec![service("switch", "/switch", 5, &upstream)]).await;
+    let (offer, preimage) = h.buy("/switch").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(
+        h.get("/switch", &l402).await.status(),
+        StatusCode::BAD_GATEWAY
+    );
+    assert_eq!(
+        h.get("/switch", &l402).await.status(),
+        StatusCode::BAD_GATEWAY,
+        "the payment was not spent on it"
+    );
+}

@@ -25,7 +25,6 @@ use axum::{Json, Router};
 use gate402_paywall::{ObservedBackend, ObservedStore, Paywall, PricedService};
 use gate402_store::{PostgresStore, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
-use tower::Layer;
 
 use crate::config::{GatewayConfig, ServiceConfig, StoreConfig};
 use crate::discovery;
@@ -240,8 +239,11 @@ impl Gateway {
         // The 402s come from the paywall crate; the link to the manifest is
         // this program's to add.
         let app = app.fallback_service(
-            tower::util::MapResponseLayer::new(link_manifest_on_402)
-                .layer(paywall.layer().layer(proxy.clone())),
+            tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(crate::proxy::refuse_upgrades))
+                .layer(tower::util::MapResponseLayer::new(link_manifest_on_402))
+                .layer(paywall.layer())
+                .service(proxy.clone()),
         );
         let tls = match &config.tls {
             None => None,
