@@ -348,6 +348,7 @@ impl Proxy {
             let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
             parts.headers.insert("x-forwarded-proto", proto);
         }
+        join_cookies(&mut parts.headers);
         parts.headers.insert(header::HOST, origin.host.clone());
         for (name, value) in &upstream.headers {
             parts.headers.insert(name.clone(), value.clone());
@@ -469,6 +470,25 @@ impl Proxy {
                 Response::from_parts(parts, Body::new(body))
             }
         }
+    }
+}
+
+/// Joins the `Cookie` fields of a request into one, `; ` between them: an
+/// HTTP/2 client may split its cookies over several, and an HTTP/1.1
+/// upstream (which many read the first of only) must get one (RFC 9113
+/// §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
@@ -653,6 +673,21 @@ impl tower::Service<Request<Body>> for Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Cookies an HTTP/2 client split over several fields reach the
+    /// upstream in one (two `Cookie:` lines, of which frameworks read one).
+    #[test]
+    fn cookies_are_joined_into_one_field() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut headers);
+        assert_eq!(headers.get_all(header::COOKIE).iter().count(), 1);
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        headers.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut headers);
+        let cookies: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+    }
 
     /// A request routed to a service that a reload removed on its way
     /// gets a server error, on which the paywall releases its payment.
