@@ -132,7 +132,7 @@ impl CredentialField {
 fn scheme_of(value: &[u8]) -> Option<CredentialScheme> {
     let end = value
         .iter()
-        .position(|b| *b == b' ' || *b == b'\t')
+        .position(|b| is_space(*b))
         .unwrap_or(value.len());
     let word = &value[..end];
     if word.eq_ignore_ascii_case(b"L402") || word.eq_ignore_ascii_case(b"LSAT") {
@@ -290,9 +290,17 @@ fn is_l402_token(token: &[u8]) -> bool {
 fn trim_start(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
-        .position(|b| *b != b' ' && *b != b'\t')
+        .position(|b| !is_space(*b))
         .unwrap_or(bytes.len());
     &bytes[start..]
+}
+
+/// Whether `byte` separates words for some reader of the field: HTTP's
+/// space and tab, and what an upstream decoding the field as Latin-1 and
+/// splitting at whitespace (Python's `str.split`, Werkzeug) also takes for
+/// a space: the no-break space and NEL.
+fn is_space(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | 0x85 | 0xa0)
 }
 
 /// Removes every value of a field.
@@ -351,6 +359,18 @@ mod tests {
         let mut h = headers(&[("authorization", "  Payment  abc ")]);
         assert_eq!(take(&mut h).unwrap().unwrap().value, "Payment  abc");
         assert!(h.is_empty());
+
+        // A no-break space (or NEL) for the space: an upstream decoding
+        // Latin-1 and splitting at whitespace reads an L402 credential.
+        for space in [0xa0u8, 0x85] {
+            let mut value = b"L402".to_vec();
+            value.push(space);
+            value.extend_from_slice(b"mac:pre");
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, HeaderValue::from_bytes(&value).unwrap());
+            let _ = take(&mut h);
+            assert!(h.is_empty(), "{space:#x}: {h:?}");
+        }
     }
 
     #[test]
