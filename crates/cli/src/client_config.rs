@@ -64,7 +64,7 @@ impl ClientConfig {
         };
         let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
         let config: Self = parse_with_env(&text, |name| std::env::var(name).ok())
-            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+            .map_err(|e| anyhow!("{}", e.in_file(&path)))?;
         if let Some(lightning) = &config.lightning {
             lightning
                 .check()

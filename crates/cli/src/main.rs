@@ -72,7 +72,7 @@ enum Command {
         #[command(subcommand)]
         command: fetch::TokensCommand,
     },
-    /// Every payment `get` made, with its receipt, and totals per origin.
+    /// Every payment `get` made, with its receipt, and totals per host.
     Receipts(fetch::ReceiptsArgs),
     /// The MPP sessions `get --session` opened: list them, close them.
     Sessions {

@@ -132,7 +132,7 @@ pub struct ProxyArgs {
 /// Builds the config and runs the gateway with `/mcp` in front of the upstream.
 pub async fn proxy(args: &ProxyArgs, data_dir: &Path) -> Result<()> {
     let mut config = match &args.config {
-        Some(path) => GatewayConfig::load(path).map_err(|e| anyhow!("{e}"))?,
+        Some(path) => GatewayConfig::load(path).map_err(|e| anyhow!("{}", e.in_file(path)))?,
         None => GatewayConfig::default_with_services(Vec::new()),
     };
     let mut proxy = config.mcp_proxy.take().unwrap_or_default();

@@ -59,7 +59,7 @@ fn lightning_of(path: &Path, data_dir: &Path) -> Result<LightningConfig> {
                 ..
             }) => Ok(lightning),
             Ok(_) => bail!("{}: no [lightning] table", path.display()),
-            Err(_) => Err(anyhow::anyhow!("{gateway_errors}")),
+            Err(_) => Err(anyhow::anyhow!("{}", gateway_errors.in_file(path))),
         },
     }
 }

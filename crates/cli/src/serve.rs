@@ -27,7 +27,9 @@ pub struct Args {
 /// starts, since its `[telemetry]` decides how the program logs.
 pub fn load(args: &Args) -> Result<Option<GatewayConfig>> {
     match &args.config {
-        Some(path) => Ok(Some(GatewayConfig::load(path).map_err(|e| anyhow!("{e}"))?)),
+        Some(path) => Ok(Some(
+            GatewayConfig::load(path).map_err(|e| anyhow!("{}", e.in_file(path)))?,
+        )),
         None => Ok(None),
     }
 }

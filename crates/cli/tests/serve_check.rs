@@ -77,7 +77,10 @@ fn every_error_of_the_broken_example_with_its_key_path() {
 fn a_missing_file_is_a_clear_error() {
     let out = check(&example("no-such-file.toml"));
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("No such file"), "{stderr}");
+    // Named once (it was "x.toml: x.toml: No such file").
+    assert_eq!(stderr.matches("no-such-file.toml").count(), 1, "{stderr}");
 }
 
 #[test]

@@ -231,6 +231,15 @@ async fn the_admin_api_needs_a_credential_and_names_who_used_it() {
             response.headers()["content-type"],
             "application/problem+json"
         );
+        // A wrong secret is told it is wrong, not that one is required.
+        let problem: serde_json::Value = response.json().await.unwrap();
+        let detail = problem["detail"].as_str().unwrap();
+        let told = if secret.is_some() {
+            "this admin credential is not one the gateway knows"
+        } else {
+            "an admin credential is required"
+        };
+        assert!(detail.starts_with(told), "{secret:?}: {detail}");
     }
     let (status, _) = h
         .call_as(
@@ -322,6 +331,14 @@ async fn the_admin_api_needs_a_credential_and_names_who_used_it() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let problem: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the dashboard's session has ended"),
+        "{problem}"
+    );
 
     // The dashboard's page, script and style come with a strict policy.
     let page = h

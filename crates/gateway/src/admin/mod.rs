@@ -337,10 +337,14 @@ async fn authenticate(
             next.run(request).await
         }
         None => {
-            let mut response = problem(
-                StatusCode::UNAUTHORIZED,
-                "an admin credential is required: Authorization: Bearer <secret> (the data dir's admin_secret, or one of [admin] credentials)",
-            );
+            let detail = if bearer(request.headers()).is_some() {
+                "this admin credential is not one the gateway knows: Authorization: Bearer <secret> (the data dir's admin_secret, or one of [admin] credentials)"
+            } else if cookie(request.headers()).is_some() {
+                "the dashboard's session has ended or is not this gateway's: log in again"
+            } else {
+                "an admin credential is required: Authorization: Bearer <secret> (the data dir's admin_secret, or one of [admin] credentials)"
+            };
+            let mut response = problem(StatusCode::UNAUTHORIZED, detail);
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"gate402-admin\""),

@@ -19,6 +19,36 @@ use crate::lightning::LightningConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::LOCAL_ADMIN;
 
+/// A serde message with the Rust type it expected said in words
+/// (`expected i64` → `expected a whole number`): the reader wrote TOML.
+fn in_words(message: &str) -> String {
+    const TYPES: [(&str, &str); 12] = [
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected i16", "expected a whole number"),
+        ("expected i8", "expected a whole number"),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected u32", "expected a whole number of 0 or more"),
+        ("expected u16", "expected a whole number of 0 or more"),
+        ("expected u8", "expected a whole number of 0 or more"),
+        ("expected usize", "expected a whole number of 0 or more"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a borrowed string", "expected a string"),
+    ];
+    let mut message = message.to_owned();
+    for (rust, words) in TYPES {
+        if let Some(at) = message.find(rust) {
+            let end = at + rust.len();
+            // `expected u64` but not `expected u6400…`.
+            if !message[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                message.replace_range(at..end, words);
+            }
+        }
+    }
+    message
+}
+
 /// The top level. Each table is read on its own after, so a mistake in one
 /// does not hide those in the others.
 #[derive(Deserialize)]
@@ -149,7 +179,7 @@ impl Checker {
                 Segment::Unknown => at = join(&at, "?"),
             }
         }
-        self.error(&at, e.inner().message().trim_end());
+        self.error(&at, in_words(e.inner().message().trim_end()));
     }
 
     /// The entries of the array of tables at `path` (`[[services]]`), each

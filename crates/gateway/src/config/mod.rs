@@ -719,8 +719,7 @@ impl GatewayConfig {
     /// Reads, expands and checks a config file. Every problem is in the
     /// error, one per line, each with its key path.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![e.to_string()]))?;
         Self::parse(&text, |name| std::env::var(name).ok())
     }
 
@@ -801,6 +800,19 @@ impl Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// The problems of the file at `path`, one per line, each after the
+    /// file's name (`gate402.toml: services[0].path: …`).
+    pub fn in_file(&self, path: &Path) -> String {
+        let lines: Vec<String> = self
+            .0
+            .iter()
+            .map(|error| format!("{}: {error}", path.display()))
+            .collect();
+        lines.join("\n")
+    }
+}
 
 impl StoreConfig {
     /// The SQLite path, defaulting into the data directory.

@@ -292,6 +292,25 @@ fn every_broken_service_and_every_mistake_in_one_is_reported() {
     );
 }
 
+/// A value of the wrong type is told in TOML's words, not Rust's.
+#[test]
+fn a_wrong_type_is_told_in_words() {
+    let errors = GatewayConfig::parse(
+        "listen = \"127.0.0.1:8402\"\ninvoice_expiry_secs = \"ten\"\n[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = \"5\"\n",
+        env,
+    )
+    .unwrap_err()
+    .0;
+    assert_errors(
+        &errors,
+        &[
+            "invoice_expiry_secs: invalid type: string \"ten\", expected a whole number",
+            "services[0].price_sats: invalid type: string \"5\", expected a whole number",
+        ],
+    );
+    assert!(!errors.iter().any(|e| e.contains("i64")), "{errors:?}");
+}
+
 #[test]
 fn a_section_of_the_wrong_shape() {
     let errors = GatewayConfig::parse(
