@@ -122,7 +122,7 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "SATS")]
     pub price: Option<u64>,
     /// Listen address, overriding the config's.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::serve::listen_addr)]
     pub listen: Option<SocketAddr>,
     /// The upstream MCP server as a command speaking stdio, after `--`.
     #[arg(last = true, value_name = "COMMAND")]

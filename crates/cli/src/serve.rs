@@ -16,7 +16,7 @@ pub struct Args {
     #[arg(long, short, env = "GATE402_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Listen address, overriding the config's `listen`.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
     pub listen: Option<SocketAddr>,
     /// Check the config, print every error with its key path, and exit.
     #[arg(long)]
@@ -198,4 +198,15 @@ pub async fn serve(
         shutdown.cancel();
     });
     gateway.wait().await
+}
+
+/// A `--listen` value: an IP address and port (`127.0.0.1:8402`, `[::1]:8402`).
+///
+/// # Errors
+///
+/// What it should look like, for a host name or a missing port.
+pub(crate) fn listen_addr(text: &str) -> std::result::Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("{text:?} is not an address like 127.0.0.1:8402 (an IP address and a port; no host names)")
+    })
 }

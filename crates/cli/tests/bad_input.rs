@@ -238,4 +238,14 @@ fn bad_arguments_exit_2() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // A host name for --listen is told what an address looks like.
+    for command in ["serve", "mcp-proxy"] {
+        let out = gate402(dir.path(), &[command, "--listen", "localhost:8402"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("is not an address like 127.0.0.1:8402"),
+            "{command}: {stderr}"
+        );
+    }
 }
