@@ -232,10 +232,13 @@ impl Api {
         if !status.is_success() {
             let detail = answer["detail"].as_str().unwrap_or("no detail");
             let mut message = format!("{status}: {detail}");
-            if let Some(errors) = answer["errors"].as_array() {
-                for error in errors {
-                    message.push_str(&format!("\n  {}", error.as_str().unwrap_or_default()));
-                }
+            // The detail may hold the one error itself: not said twice.
+            let errors = answer["errors"].as_array().into_iter().flatten();
+            for error in errors
+                .filter_map(Value::as_str)
+                .filter(|e| !detail.contains(e))
+            {
+                message.push_str(&format!("\n  {error}"));
             }
             bail!(message);
         }

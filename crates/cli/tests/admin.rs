@@ -147,6 +147,15 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // A price of 0 is told once (the detail was the one error, said twice).
+    let output = gate402(&data, &["admin", "price", "thing", "0"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.matches("is not a positive number").count(),
+        1,
+        "{stderr}"
+    );
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, "path = \"no-slash\"\nprice_sats = 4\n").unwrap();
     let output = gate402(&data, &["admin", "put", "broken", broken.to_str().unwrap()]);
