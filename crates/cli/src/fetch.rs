@@ -463,7 +463,10 @@ pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
             if hash.is_empty() {
                 bail!("give a payment hash (or use `tokens clear`)");
             }
-            outln!("removed {}", ledger.remove_tokens(hash)?);
+            match ledger.remove_tokens(hash)? {
+                0 => bail!("no token {hash}"),
+                removed => outln!("removed {removed}"),
+            }
         }
         TokensCommand::Clear => outln!("removed {}", ledger.remove_tokens("")?),
     }

@@ -157,6 +157,12 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
         4,
         "refusals and --no-pay paid nothing"
     );
+    // Removing a token that is not there is an error, as showing it is.
+    for command in ["show", "remove"] {
+        let out = run(data, &["tokens", command, "zz"]).await;
+        assert_eq!(out.status.code(), Some(1), "tokens {command}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no token zz"));
+    }
     let out = run(data, &["tokens", "clear"]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1"));
     gateway.shutdown().await.unwrap();
