@@ -2124,17 +2124,24 @@ async fn problems_of_draft_httpauth_payment_01() {
     );
 }
 
-/// An upstream that answers in HTTP/1.0 (no length, the end of the body
-/// its close) does not make the gateway answer its own HTTP/1.1 clients
-/// in HTTP/1.0 and close their connections: two requests go over one
-/// client connection, each answered `HTTP/1.1`.
-#[tokio::test]
-async fn an_http_1_0_upstream_leaves_the_client_connection_alone() {
+/// An upstream speaking raw HTTP/1: reads each request's head, writes
+/// `answer(n)` (`n` counting the requests from 0), holds the connection
+/// `hold`, then closes it. Its URL.
+fn raw_upstream(
+    answer: impl Fn(usize) -> Vec<u8> + Send + Sync + 'static,
+    hold: Duration,
+) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let old = listener.local_addr().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = std::sync::Arc::new(answer);
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         while let Ok((mut stream, _)) = listener.accept().await {
+            let (answer, count) = (answer.clone(), count.clone());
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -2144,13 +2151,40 @@ async fn an_http_1_0_upstream_leaves_the_client_connection_alone() {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = stream
-                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold server")
-                    .await;
+                let bytes = answer(count.fetch_add(1, Ordering::SeqCst));
+                let _ = stream.write_all(&bytes).await;
+                tokio::time::sleep(hold).await;
+                let _ = stream.shutdown().await;
             });
         }
     });
-    let upstream = format!("http://{old}");
+    url
+}
+
+/// `h.get(path, credential)` again until the payment is no longer in
+/// flight (its failure is recorded just after the answer that failed), for
+/// up to 5 s.
+async fn retried(h: &Harness, path: &str, credential: &str) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let retry = h.get(path, credential).await;
+        if retry.status() != StatusCode::CONFLICT || Instant::now() > deadline {
+            return retry;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An upstream that answers in HTTP/1.0 (no length, the end of the body
+/// its close) does not make the gateway answer its own HTTP/1.1 clients
+/// in HTTP/1.0 and close their connections: two requests go over one
+/// client connection, each answered `HTTP/1.1`.
+#[tokio::test]
+async fn an_http_1_0_upstream_leaves_the_client_connection_alone() {
+    let upstream = raw_upstream(
+        |_| b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold server".to_vec(),
+        Duration::ZERO,
+    );
     let h = Harness::start(|_| {
         let mut free = service("old", "/old", 1, &upstream);
         free.priced.auth = Auth::Off;
@@ -2194,53 +2228,27 @@ async fn an_http_1_0_upstream_leaves_the_client_connection_alone() {
 #[tokio::test]
 async fn an_answer_cut_off_by_the_upstream_is_not_spent() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let cutting = listener.local_addr().unwrap();
     let answered = std::sync::Arc::new(AtomicUsize::new(0));
     let count = answered.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head =
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n";
-                let _ = stream.write_all(head).await;
-                // The first answer breaks off; the next ones are whole.
-                let size = if count.fetch_add(1, Ordering::SeqCst) == 0 {
-                    1_000
-                } else {
-                    100_000
-                };
-                let _ = stream.write_all(&vec![b'x'; size]).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    let upstream = format!("http://{cutting}");
+    let upstream = raw_upstream(
+        move |n| {
+            count.fetch_add(1, Ordering::SeqCst);
+            // The first answer breaks off; the next ones are whole.
+            let size = if n == 0 { 1_000 } else { 100_000 };
+            let mut answer =
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n".to_vec();
+            answer.extend(std::iter::repeat_n(b'x', size));
+            answer
+        },
+        Duration::ZERO,
+    );
     let h = Harness::start(|_| vec![service("cut", "/cut", 5, &upstream)]).await;
     let (offer, preimage) = h.buy("/cut").await;
     let l402 = offer.l402_authorization(&preimage).unwrap();
     let first = h.get("/cut", &l402).await;
     assert_eq!(first.status(), StatusCode::OK);
     assert!(first.bytes().await.is_err(), "the first answer broke off");
-    // The failure is recorded just after: the retry may find it in flight.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let retry = loop {
-        let retry = h.get("/cut", &l402).await;
-        if retry.status() != StatusCode::CONFLICT || Instant::now() > deadline {
-            break retry;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let retry = retried(&h, "/cut", &l402).await;
     assert_eq!(retry.status(), StatusCode::OK, "the payment was given back");
     assert_eq!(retry.bytes().await.unwrap().len(), 100_000);
     assert_eq!(
@@ -2285,14 +2293,7 @@ async fn a_pause_in_the_upstreams_answer_is_the_upstreams() {
         cut.bytes().await.is_err(),
         "a pause past the response timeout ends it"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let retry = loop {
-        let retry = h.get("/pause/3000", &l402).await;
-        if retry.status() != StatusCode::CONFLICT || Instant::now() > deadline {
-            break retry;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let retry = retried(&h, "/pause/3000", &l402).await;
     assert_eq!(
         retry.status(),
         StatusCode::OK,
@@ -2339,7 +2340,6 @@ async fn a_slow_upload_is_not_the_upstreams_timeout() {
 /// protocols unasked is a `502`, its payment not spent.
 #[tokio::test]
 async fn a_protocol_switch_is_neither_sold_nor_charged() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let h = Harness::start(|up| vec![service("ws", "/ws", 5, up)]).await;
     let upgrade = |credential: Option<&str>, protocol: &'static str| {
         let mut request = h
@@ -2374,21 +2374,13 @@ async fn a_protocol_switch_is_neither_sold_nor_charged() {
     );
 
     // An upstream that switches protocols without being asked.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let switching = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-                    .await;
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            });
-        }
-    });
-    let upstream = format!("http://{switching}");
+    let upstream = raw_upstream(
+        |_| {
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                .to_vec()
+        },
+        Duration::from_secs(5),
+    );
     let h = Harness::start(|_| vec![service("switch", "/switch", 5, &upstream)]).await;
     let (offer, preimage) = h.buy("/switch").await;
     let l402 = offer.l402_authorization(&preimage).unwrap();
