@@ -367,13 +367,16 @@ impl Proxy {
         // the body has been sent (a slow upload was a timeout counted
         // against the upstream, and its third spent the payment).
         let (sent, body_sent) = tokio::sync::oneshot::channel();
+        let upload = Arc::new(Upload::default());
         let body = if body.is_end_stream() {
+            upload.finish();
             let _ = sent.send(());
             body
         } else {
             Body::new(Sending {
                 body,
                 sent: Some(sent),
+                upload: upload.clone(),
             })
         };
         let request = Request::from_parts(parts, body);
@@ -462,6 +465,7 @@ impl Proxy {
                 parts.version = axum::http::Version::default();
                 let body = Receiving {
                     body,
+                    upload,
                     waiting,
                     guard: None,
                     pause: None,
@@ -526,6 +530,33 @@ pub async fn refuse_upgrades(
 struct Sending {
     body: Body,
     sent: Option<tokio::sync::oneshot::Sender<()>>,
+    upload: Arc<Upload>,
+}
+
+/// Whether a request's body has been sent whole, and the answer to wake
+/// when it has: until then a pause in the answer may be the upstream
+/// waiting for the rest of the body, which is the client's time.
+#[derive(Default)]
+struct Upload {
+    done: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Upload {
+    fn finish(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether it is done; if not, `cx` is woken when it is.
+    fn done(&self, cx: &Context<'_>) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.done.load(Ordering::Acquire) {
+            return true;
+        }
+        self.waker.register(cx.waker());
+        self.done.load(Ordering::Acquire)
+    }
 }
 
 impl hyper::body::Body for Sending {
@@ -547,6 +578,7 @@ impl hyper::body::Body for Sending {
             Poll::Pending => false,
         };
         if let Some(sent) = ended.then(|| self.sent.take()).flatten() {
+            self.upload.finish();
             let _ = sent.send(());
         }
         polled
@@ -568,6 +600,11 @@ impl hyper::body::Body for Sending {
 /// error: the upstream failed on the request.
 struct Receiving {
     body: hyper::body::Incoming,
+    /// The request's body: while the client is still sending it, a pause
+    /// is neither timed nor kept from idling (an upstream that answers as
+    /// it reads waits for the client, whose stalled upload made the
+    /// upstream look failed and got its payment given back).
+    upload: Arc<Upload>,
     waiting: Option<AwaitingUpstream>,
     guard: Option<WaitingGuard>,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -590,6 +627,11 @@ impl hyper::body::Body for Receiving {
         let this = &mut *self;
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Pending => {
+                if !this.upload.done(cx) {
+                    this.guard = None;
+                    this.pause = None;
+                    return Poll::Pending;
+                }
                 if this.guard.is_none() {
                     this.guard = this.waiting.as_ref().map(AwaitingUpstream::enter);
                 }

@@ -2394,3 +2394,90 @@ async fn a_protocol_switch_is_neither_sold_nor_charged() {
         "the payment was not spent on it"
     );
 }
+
+/// An upstream that answers while it reads the request waits for the
+/// client's upload: a client that stalls its upload mid-answer makes no
+/// pause of the upstream's. Its stall longer than the response timeout
+/// (1 s here) got the answer ended as the upstream failing and the
+/// payment given back (a client could read nearly all of an answer three
+/// times for one payment); now the answer arrives whole once the upload
+/// does, and the payment is spent.
+#[tokio::test]
+async fn a_stalled_upload_is_not_a_pause_of_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                let mut answered = false;
+                // Half the answer once the head is in, the rest once the
+                // whole 10-byte body is.
+                loop {
+                    let head_end = seen.windows(4).position(|w| w == b"\r\n\r\n");
+                    if let Some(end) = head_end {
+                        if !answered {
+                            answered = true;
+                            let half = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello";
+                            let _ = stream.write_all(half).await;
+                        }
+                        if seen.len() >= end + 4 + 10 {
+                            let _ = stream.write_all(b"world").await;
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let h = Harness::start(|_| {
+        let mut s = service("reads", "/reads", 5, &upstream);
+        s.upstream.as_mut().unwrap().response_timeout = Duration::from_secs(1);
+        vec![s]
+    })
+    .await;
+    let (offer, preimage) = h.buy("/reads").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let mut client = tokio::net::TcpStream::connect(h.gateway.addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /reads HTTP/1.1\r\nHost: {}\r\nAuthorization: {l402}\r\nContent-Length: 10\r\n\r\n12345",
+        h.gateway.addr()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"hello") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    client.write_all(b"67890").await.unwrap();
+    let read_rest = async {
+        while !answer.ends_with(b"world") {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read_rest).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        text.ends_with("helloworld"),
+        "the answer arrived whole: {text}"
+    );
+    assert_eq!(
+        retried(&h, "/reads", &l402).await.status(),
+        StatusCode::PAYMENT_REQUIRED,
+        "served whole, the payment is spent"
+    );
+}
