@@ -835,7 +835,9 @@ async fn a_closed_stderr_leaves_the_exit_status_alone() {
     let gw_dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
     let data = tempfile::tempdir().unwrap();
-    let unreachable = format!("http://127.0.0.1:{}/", gate402_regtest::free_port());
+    // Port 9 (discard), which no test binds: a free port picked here could
+    // be taken by another test's server before the run (it answered: 0).
+    let unreachable = "http://127.0.0.1:9/".to_owned();
     let dear = format!("http://{}/api/weather?city=Oslo", gateway.addr());
     for (args, code) in [
         (vec!["get", "--max-cost", "1", dear.as_str()], 3),
