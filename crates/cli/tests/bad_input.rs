@@ -114,12 +114,6 @@ fn every_malformed_command_line_is_a_clear_error() {
             vec!["decode", "L402 AGIAJEemVQUTEyNCR0exk7ek90Cg=="],
             "decode",
         ),
-        ("get a relative URL", vec!["get", "/api/weather"], "URL"),
-        (
-            "get a non-http URL",
-            vec!["get", "ftp://example.com/x"],
-            "http",
-        ),
         (
             "get with a max cost that is not a number",
             vec!["get", "--max-cost", "lots", "http://127.0.0.1:9/"],
@@ -129,11 +123,6 @@ fn every_malformed_command_line_is_a_clear_error() {
             "get with a negative max cost",
             vec!["get", "--max-cost=-3", "http://127.0.0.1:9/"],
             "max-cost",
-        ),
-        (
-            "get with an invalid header",
-            vec!["get", "-H", "no colon here", "http://127.0.0.1:9/"],
-            "Name: value",
         ),
         (
             "get with a client config that is not TOML",
@@ -173,6 +162,58 @@ fn every_malformed_command_line_is_a_clear_error() {
             "args",
         ),
         (
+            "serve with a missing config",
+            vec!["serve", "--check", "--config", "/nonexistent/gate402.toml"],
+            "gate402.toml",
+        ),
+        ("unknown subcommand", vec!["fetch"], "fetch"),
+    ];
+    let cases: Vec<_> = cases.into_iter().chain(usage_errors()).collect();
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|(name, args, needle)| not_a_clear_error(dir.path(), name, args, needle))
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!(
+        "{} malformed command lines, each a clear error",
+        cases.len()
+    );
+}
+
+/// Command-line values that cannot be used, each with a word its error
+/// names: usage errors, exit 2 as the README's table says, named before
+/// anything runs (a URL, a header, a method, `--since`, `--args`,
+/// `--listen`).
+fn usage_errors() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
+    vec![
+        ("get a relative URL", vec!["get", "/api/weather"], "URL"),
+        ("get a word for a URL", vec!["get", "notaurl"], "URL"),
+        (
+            "get a non-http URL",
+            vec!["get", "ftp://example.com/x"],
+            "http",
+        ),
+        (
+            "get with an invalid header",
+            vec!["get", "-H", "no colon here", "http://127.0.0.1:9/"],
+            "Name: value",
+        ),
+        (
+            "get with a header name that is none",
+            vec!["get", "-H", "bad name: x", "http://127.0.0.1:9/"],
+            "not a header name",
+        ),
+        (
+            "get with a method that is none",
+            vec!["get", "-X", "GE T", "http://127.0.0.1:9/"],
+            "not an HTTP method",
+        ),
+        (
+            "receipts since a word",
+            vec!["receipts", "--since", "garbage"],
+            "--since",
+        ),
+        (
             "mcp call with arguments that are not an object",
             vec![
                 "mcp",
@@ -189,63 +230,27 @@ fn every_malformed_command_line_is_a_clear_error() {
             vec!["mcp", "call", "not a url", "weather"],
             "URL",
         ),
+        // A host name is told what an address looks like.
         (
-            "serve with a missing config",
-            vec!["serve", "--check", "--config", "/nonexistent/gate402.toml"],
-            "gate402.toml",
+            "serve on a host name",
+            vec!["serve", "--listen", "localhost:8402"],
+            "is not an address like 127.0.0.1:8402",
         ),
-        ("unknown subcommand", vec!["fetch"], "fetch"),
-    ];
-    let failures: Vec<String> = cases
-        .iter()
-        .filter_map(|(name, args, needle)| not_a_clear_error(dir.path(), name, args, needle))
-        .collect();
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    eprintln!(
-        "{} malformed command lines, each a clear error",
-        cases.len()
-    );
+        (
+            "mcp-proxy on a host name",
+            vec!["mcp-proxy", "--listen", "localhost:8402"],
+            "is not an address like 127.0.0.1:8402",
+        ),
+    ]
 }
 
-/// A value of the command line that cannot be used is a usage error, as
-/// the README's table says (exit 2), named before anything runs: a URL, a
-/// header, a method, `--since`, `--args`.
 #[test]
 fn bad_arguments_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [
-        vec!["get", "notaurl"],
-        vec!["get", "ftp://example.com/x"],
-        vec!["get", "-H", "no colon", "http://127.0.0.1:9/"],
-        vec!["get", "-H", "bad name: x", "http://127.0.0.1:9/"],
-        vec!["get", "-X", "GE T", "http://127.0.0.1:9/"],
-        vec!["receipts", "--since", "garbage"],
-        vec!["mcp", "call", "not a url", "weather"],
-        vec![
-            "mcp",
-            "call",
-            "http://127.0.0.1:9/mcp",
-            "weather",
-            "--args",
-            "[1]",
-        ],
-    ] {
+    for (name, args, needle) in usage_errors() {
         let out = gate402(dir.path(), &args);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // A host name for --listen is told what an address looks like.
-    for command in ["serve", "mcp-proxy"] {
-        let out = gate402(dir.path(), &[command, "--listen", "localhost:8402"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
-        assert!(
-            stderr.contains("is not an address like 127.0.0.1:8402"),
-            "{command}: {stderr}"
-        );
+        assert_eq!(out.status.code(), Some(2), "{name}: {args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{name}: {stderr}");
     }
 }
