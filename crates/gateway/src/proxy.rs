@@ -366,18 +366,14 @@ impl Proxy {
         // and the wait that keeps its connection from idling, start once
         // the body has been sent (a slow upload was a timeout counted
         // against the upstream, and its third spent the payment).
-        let (sent, body_sent) = tokio::sync::oneshot::channel();
-        let upload = Arc::new(Upload::default());
-        let body = if body.is_end_stream() {
-            upload.finish();
-            let _ = sent.send(());
-            body
-        } else {
-            Body::new(Sending {
+        // None: no body to send (most requests; nothing to allocate).
+        let upload = (!body.is_end_stream()).then(|| Arc::new(Upload::default()));
+        let body = match &upload {
+            None => body,
+            Some(upload) => Body::new(Sending {
                 body,
-                sent: Some(sent),
                 upload: upload.clone(),
-            })
+            }),
         };
         let request = Request::from_parts(parts, body);
         let answer = async {
@@ -385,7 +381,7 @@ impl Proxy {
             tokio::pin!(response);
             tokio::select! {
                 answered = &mut response => Ok(answered),
-                _ = body_sent => {
+                () = Upload::sent(upload.as_deref()) => {
                     let _waiting = waiting.as_ref().map(AwaitingUpstream::enter);
                     tokio::time::timeout(upstream.response_timeout, &mut response).await
                 }
@@ -526,16 +522,17 @@ pub async fn refuse_upgrades(
 }
 
 /// A request body on its way upstream that says when it has been sent
-/// whole (`sent`; dropped unsaid when it breaks off).
+/// whole, or has broken off ([`Upload`]).
 struct Sending {
     body: Body,
-    sent: Option<tokio::sync::oneshot::Sender<()>>,
     upload: Arc<Upload>,
 }
 
-/// Whether a request's body has been sent whole, and the answer to wake
-/// when it has: until then a pause in the answer may be the upstream
-/// waiting for the rest of the body, which is the client's time.
+/// Whether a request's body has been sent (whole, or as far as it went
+/// before breaking off), and the one waiting to be woken when it has (the
+/// wait for the response timeout to start, then the answer): until then a
+/// pause in the answer may be the upstream waiting for the rest of the
+/// body, which is the client's time.
 #[derive(Default)]
 struct Upload {
     done: std::sync::atomic::AtomicBool,
@@ -546,6 +543,17 @@ impl Upload {
     fn finish(&self) {
         self.done.store(true, std::sync::atomic::Ordering::Release);
         self.waker.wake();
+    }
+
+    /// When `upload` is done (at once for none: a request without body).
+    async fn sent(upload: Option<&Upload>) {
+        if let Some(upload) = upload {
+            std::future::poll_fn(|cx| match upload.done(cx) {
+                true => Poll::Ready(()),
+                false => Poll::Pending,
+            })
+            .await;
+        }
     }
 
     /// Whether it is done; if not, `cx` is woken when it is.
@@ -569,17 +577,12 @@ impl hyper::body::Body for Sending {
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         let ended = match &polled {
-            Poll::Ready(None) => true,
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
             Poll::Ready(Some(Ok(_))) => self.body.is_end_stream(),
-            Poll::Ready(Some(Err(_))) => {
-                self.sent = None;
-                false
-            }
             Poll::Pending => false,
         };
-        if let Some(sent) = ended.then(|| self.sent.take()).flatten() {
+        if ended {
             self.upload.finish();
-            let _ = sent.send(());
         }
         polled
     }
@@ -604,7 +607,7 @@ struct Receiving {
     /// is neither timed nor kept from idling (an upstream that answers as
     /// it reads waits for the client, whose stalled upload made the
     /// upstream look failed and got its payment given back).
-    upload: Arc<Upload>,
+    upload: Option<Arc<Upload>>,
     waiting: Option<AwaitingUpstream>,
     guard: Option<WaitingGuard>,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -627,7 +630,7 @@ impl hyper::body::Body for Receiving {
         let this = &mut *self;
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Pending => {
-                if !this.upload.done(cx) {
+                if this.upload.as_ref().is_some_and(|u| !u.done(cx)) {
                     this.guard = None;
                     this.pause = None;
                     return Poll::Pending;
