@@ -186,17 +186,7 @@ pub fn is_forwarding_header(name: &HeaderName) -> bool {
 
 /// Removes every field [`is_forwarding_header`] names from `headers`.
 pub fn remove_forwarding_headers(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_forwarding_header) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_forwarding_header(name))
-        .cloned()
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
+    crate::fields::remove_where(headers, is_forwarding_header);
 }
 
 /// The client of a request from `peer` with `headers`.

@@ -45,12 +45,19 @@ pub fn remove_all_of(headers: &mut HeaderMap, names: &[HeaderName]) {
 /// Removes the fields named in `names` with `_` for `-` only
 /// (`Payment_Authorization`): never read, never forwarded.
 pub fn remove_underscored(headers: &mut HeaderMap, names: &[HeaderName]) {
-    let spelled: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().contains('_') && is_one_of(name, names))
-        .cloned()
-        .collect();
-    for name in spelled {
+    remove_where(headers, |name| {
+        name.as_str().contains('_') && is_one_of(name, names)
+    });
+}
+
+/// Removes every field whose name `named` holds for (all its values); a
+/// message with none is only read.
+pub fn remove_where(headers: &mut HeaderMap, named: impl Fn(&HeaderName) -> bool) {
+    if !headers.keys().any(&named) {
+        return;
+    }
+    let removed: Vec<HeaderName> = headers.keys().filter(|n| named(n)).cloned().collect();
+    for name in removed {
         headers.remove(name);
     }
 }
