@@ -666,14 +666,7 @@ fn sandbox_payer(data_dir: &Path) -> Result<String> {
 /// it (made by hand, or copied with another mode), and says so: whoever
 /// read it could ask the sandbox for this client's preimages.
 fn keep_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .with_context(|| path.display().to_string())?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("making {} private", path.display()))?;
+    if let Some(mode) = gate402_gateway::server::data_dir::make_private(path)? {
         errln!(
             "gate402: warning: {} was readable by other users (mode {:o}); it is 0600 now. Whoever read it could ask the sandbox for this client's preimages.",
             path.display(),

@@ -84,16 +84,33 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Makes the file at `path` its owner's only (`0600`) if other users
+/// could read or write it; answers the mode it had then (`None`: it was
+/// private already).
+///
+/// # Errors
+///
+/// When its mode cannot be read or set.
+pub fn make_private(path: &Path) -> Result<Option<u32>> {
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    std::fs::set_permissions(path, Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))?;
+    Ok(Some(mode))
+}
+
 /// Reads a small file made by [`create_private_file`], or makes it with
 /// `make()`. A file readable by others is made private, with a warning
 /// when it is `secret`.
 fn read_or_create(path: &Path, secret: bool, make: impl FnOnce() -> String) -> Result<String> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let mode = std::fs::metadata(path)?.permissions().mode();
-            if mode & 0o077 != 0 {
-                std::fs::set_permissions(path, Permissions::from_mode(0o600))
-                    .with_context(|| format!("making {} private", path.display()))?;
+            if let Some(mode) = make_private(path)? {
                 if secret {
                     tracing::warn!(
                         file = %path.display(),
