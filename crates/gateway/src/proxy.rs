@@ -20,7 +20,7 @@ use axum::body::Body;
 use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use gate402_paywall::route::RequestPath;
-use gate402_paywall::{ClientAddr, NotReached, Routed, TrustedProxies};
+use gate402_paywall::{ClientAddr, NotReached, OtherMethods, Routed, TrustedProxies};
 use hyper::body::Body as _;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -700,6 +700,10 @@ impl tower::Service<Request<Body>> for Proxy {
         let proxy = self.clone();
         Box::pin(async move {
             let Some(routed) = request.extensions().get::<Routed>().cloned() else {
+                if let Some(OtherMethods(allowed)) = request.extensions().get::<OtherMethods>() {
+                    let answer = gate402_paywall::responses::served_for(request.method(), allowed);
+                    return Ok(answer.map(Body::from));
+                }
                 return Ok(problem_response(
                     StatusCode::NOT_FOUND,
                     "about:blank",

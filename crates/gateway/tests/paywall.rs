@@ -1259,10 +1259,20 @@ async fn proxy_preserves_the_request_and_hides_the_credential() {
             "{name} reached the upstream"
         );
     }
-    // A GET matches no service (methods = POST): nothing is proxied.
+    // A GET matches no service (methods = POST): nothing is proxied, and
+    // the answer names the methods the path is served for (it was a 404,
+    // as for a path no service takes).
+    let wrong_method = h.client.get(h.url("/api/items")).send().await.unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong_method.headers()["allow"], "POST");
+    let problem: Value = wrong_method.json().await.unwrap();
+    assert_eq!(
+        problem["detail"], "this path is served for POST, not for GET",
+        "{problem}"
+    );
     assert_eq!(
         h.client
-            .get(h.url("/api/items"))
+            .get(h.url("/elsewhere"))
             .send()
             .await
             .unwrap()

@@ -66,6 +66,13 @@ pub struct Routed {
 #[derive(Debug, Clone, Copy)]
 pub struct NotReached;
 
+/// Put into a request's extensions by the paywall when no service takes
+/// it under its method but some service takes its path under others
+/// (these, in the order configured): a server answers `405` with them as
+/// `Allow` (RFC 9110 §15.5.6) rather than `404`.
+#[derive(Debug, Clone)]
+pub struct OtherMethods(pub Vec<http::Method>);
+
 /// Put into a request's extensions once it was admitted to the unpaid
 /// invoice it asks for: its challenge does not count it again.
 #[derive(Debug, Clone, Copy)]
@@ -525,7 +532,13 @@ impl Paywall {
         }
         let service = match routes.find(host.as_deref(), request.method(), &path) {
             Ok(Some(service)) => service.clone(),
-            Ok(None) => return call(inner, request).await,
+            Ok(None) => {
+                let allowed = routes.allowed(host.as_deref(), &path);
+                if !allowed.is_empty() {
+                    request.extensions_mut().insert(OtherMethods(allowed));
+                }
+                return call(inner, request).await;
+            }
             Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),
         };
         crate::observe::routed(request.method(), &service);

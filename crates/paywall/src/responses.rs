@@ -94,6 +94,27 @@ pub fn method_not_allowed(method: &http::Method) -> Response<Bytes> {
     )
 }
 
+/// `405` for a request whose path is served under other methods only,
+/// `allowed` (RFC 9110 §15.5.6: named in `Allow`).
+pub fn served_for(method: &http::Method, allowed: &[http::Method]) -> Response<Bytes> {
+    let allow = allowed
+        .iter()
+        .map(http::Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut response = problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "about:blank",
+        "Method Not Allowed",
+        &format!("this path is served for {allow}, not for {method}"),
+        None,
+    );
+    if let Ok(value) = http::HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(http::header::ALLOW, value);
+    }
+    response
+}
+
 /// A refusal answered without a fresh challenge (a malformed request
 /// around the credential: no invoice would help).
 pub fn refused(refusal: &Refusal) -> Response<Bytes> {

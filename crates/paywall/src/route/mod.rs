@@ -292,6 +292,33 @@ impl Routes {
             })
     }
 
+    /// The methods under which some service takes `path` on `host`, for a
+    /// request no service takes under its own method (the `Allow` of a
+    /// `405`): a service's methods as configured, `HEAD` with `GET`, in
+    /// the order first named. Empty when no service takes the path at all.
+    pub fn allowed(&self, host: Option<&str>, path: &RequestPath) -> Vec<Method> {
+        let mut allowed: Vec<Method> = Vec::new();
+        for service in &self.services {
+            let on_host = match (&service.host, host) {
+                (None, _) => true,
+                (Some(pattern), Some(host)) => pattern.matches(host),
+                (Some(_), None) => false,
+            };
+            if !on_host || !service.path.matches(path) {
+                continue;
+            }
+            for method in &service.methods {
+                let with_head = (*method == Method::GET).then_some(Method::HEAD);
+                for method in std::iter::once(method.clone()).chain(with_head) {
+                    if !allowed.contains(&method) {
+                        allowed.push(method);
+                    }
+                }
+            }
+        }
+        allowed
+    }
+
     /// The service a request is for, `None` when no service claims it.
     ///
     /// # Errors
@@ -554,5 +581,28 @@ mod tests {
         assert_eq!(other.unwrap().name, "rest");
         let free = routes.find(None, &Method::GET, &path("/x")).unwrap();
         assert_eq!(free.unwrap().name, "rest");
+    }
+
+    #[test]
+    fn a_path_served_under_other_methods_names_them() {
+        let mut read = PricedService::new("read", "/items/*", 1);
+        read.methods = vec![Method::GET];
+        let mut write = PricedService::new("write", "/items/*", 5);
+        write.methods = vec![Method::POST, Method::GET];
+        let mut bound = PricedService::new("bound", "/items/*", 5);
+        bound.methods = vec![Method::DELETE];
+        bound.host = Some(HostPattern::parse("admin.example.com").unwrap());
+        let routes = Routes::new([read, write, bound]);
+        let p = path("/items/1");
+        assert_eq!(routes.find(None, &Method::PUT, &p).unwrap(), None);
+        assert_eq!(
+            routes.allowed(None, &p),
+            [Method::GET, Method::HEAD, Method::POST]
+        );
+        assert_eq!(
+            routes.allowed(Some("admin.example.com"), &p),
+            [Method::GET, Method::HEAD, Method::POST, Method::DELETE]
+        );
+        assert!(routes.allowed(None, &path("/other")).is_empty());
     }
 }
