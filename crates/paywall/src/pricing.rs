@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::responses::Refusal;
-use crate::route::{decode_again, name_reads_as, reads_as, PricedService, Sells};
+use crate::route::{decode_again, name_reads_as, reads_as, PathPattern, PricedService, Sells};
 
 /// The most one invoice may ask, in satoshis: 1 BTC. `serve --check`
 /// refuses a price, fallback or deposit above it; a request whose rules
@@ -246,6 +246,34 @@ impl ParamPath {
             PathSegment::Param(name) => Some(name.as_str()),
             PathSegment::Fixed(_) => None,
         })
+    }
+
+    /// Whether some path that `service` routes matches this too: a rule
+    /// for which none does never prices anything (its service's requests
+    /// are the only ones its rules see).
+    pub fn may_match_under(&self, service: &PathPattern) -> bool {
+        let stem = match service {
+            // Percent-encoded or folded spellings are compared elsewhere.
+            _ if !service.stem().is_ascii() || service.stem().contains('%') => return true,
+            PathPattern::Exact(exact) => return self.captures(exact).is_some(),
+            PathPattern::Prefix(prefix) => prefix.trim_matches('/'),
+        };
+        let fixed: Vec<&str> = if stem.is_empty() {
+            Vec::new()
+        } else {
+            stem.split('/').collect()
+        };
+        // Paths under the prefix have its segments first, then any.
+        let long_enough = self.rest || self.segments.len() >= fixed.len();
+        long_enough
+            && self
+                .segments
+                .iter()
+                .zip(&fixed)
+                .all(|(segment, part)| match segment {
+                    PathSegment::Fixed(name) => name.eq_ignore_ascii_case(part),
+                    PathSegment::Param(_) => true,
+                })
     }
 
     /// The parameters of `path` (normal form), when it matches.
@@ -1837,6 +1865,39 @@ mod tests {
             pricer: None,
         };
         assert_eq!(price(&accented, Method::GET, "/v1/caf%C3%A9", ""), Some(9));
+    }
+
+    #[test]
+    fn a_rule_path_outside_its_service_is_told() {
+        let rule = |text: &str| ParamPath::parse(text).unwrap();
+        let service = |text: &str| PathPattern::parse(text).unwrap();
+        for (rule_path, service_path) in [
+            ("/v1/{model}/*", "/v1/*"),
+            ("/v1/{model}/*", "/*"),
+            ("/V1/images", "/v1/*"),
+            ("/v1", "/v1/*"),
+            ("/{version}/images", "/v2/*"),
+            ("/v1/{model}", "/v1/large"),
+            ("/*", "/api/deep/*"),
+            ("/api/{a}/*", "/api/x/y/*"),
+        ] {
+            assert!(
+                rule(rule_path).may_match_under(&service(service_path)),
+                "{rule_path} under {service_path}"
+            );
+        }
+        for (rule_path, service_path) in [
+            ("/v2/{model}/*", "/v1/*"),
+            ("/v1/{model}", "/v1/large/x"),
+            ("/api", "/api/x/*"),
+            ("/api/{a}", "/api/x/y/*"),
+            ("/other", "/api"),
+        ] {
+            assert!(
+                !rule(rule_path).may_match_under(&service(service_path)),
+                "{rule_path} under {service_path}"
+            );
+        }
     }
 
     /// A token minted before every single-use token carried its amount:

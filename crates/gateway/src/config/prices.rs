@@ -7,6 +7,7 @@ use axum::http::Method;
 use gate402_paywall::pricing::{
     ParamPath, PerUnit, PriceRule, PricerConfig, Pricing, UnitSource, ValueMatch, MAX_PRICE_SATS,
 };
+use gate402_paywall::route::PathPattern;
 use serde::Deserialize;
 use toml::Value;
 
@@ -85,7 +86,7 @@ impl Checker {
         }
         let mut pricing = Pricing::default();
         if let Some(prices) = prices {
-            pricing.rules = self.price_rules(&join(path, "prices"), prices);
+            pricing.rules = self.price_rules(&join(path, "prices"), prices, &priced.path);
         }
         if let Some(pricer) = pricer {
             pricing.pricer = self.pricer(&join(path, "pricer"), pricer, priced.price_sats);
@@ -93,7 +94,7 @@ impl Checker {
         Some(pricing)
     }
 
-    fn price_rules(&mut self, path: &str, value: Value) -> Vec<PriceRule> {
+    fn price_rules(&mut self, path: &str, value: Value, service: &PathPattern) -> Vec<PriceRule> {
         let Value::Array(list) = value else {
             self.error(path, "expected an array of tables ([[services.prices]])");
             return Vec::new();
@@ -101,14 +102,14 @@ impl Checker {
         let mut rules = Vec::new();
         for (i, entry) in list.into_iter().enumerate() {
             let at = format!("{path}[{i}]");
-            if let Some(rule) = self.price_rule(&at, entry) {
+            if let Some(rule) = self.price_rule(&at, entry, service) {
                 rules.push(rule);
             }
         }
         rules
     }
 
-    fn price_rule(&mut self, path: &str, value: Value) -> Option<PriceRule> {
+    fn price_rule(&mut self, path: &str, value: Value, service: &PathPattern) -> Option<PriceRule> {
         let at = |key: &str| join(path, key);
         let raw: RawRule = self.section(path, value)?;
         if raw.pricer.is_some() {
@@ -129,6 +130,13 @@ impl Checker {
         }
         if let Some(text) = &raw.path {
             match ParamPath::parse(text) {
+                Ok(pattern) if !pattern.may_match_under(service) => self.error(
+                    &at("path"),
+                    format!(
+                        "{text:?} matches no path of its service ({}): a rule prices its service's requests only",
+                        service.as_written()
+                    ),
+                ),
                 Ok(pattern) => rule.path = Some(pattern),
                 Err(e) => self.error(&at("path"), e),
             }

@@ -265,7 +265,16 @@ impl Checker {
                     &format!("{}[{i}]", at("methods")),
                     format!("{method:?} is never served: it would echo the request back, the headers added for the upstream with it"),
                 ),
-                Ok(m) => priced.methods.push(m),
+                Ok(m) => {
+                    if !is_registered(&m) {
+                        self.warnings.push(format!(
+                            "{}[{i}]: {method:?} is no registered HTTP method{}; requests are matched by it as written",
+                            at("methods"),
+                            closest_method(&m).map_or(String::new(), |m| format!(" (did you mean {m:?}?)"))
+                        ));
+                    }
+                    priced.methods.push(m);
+                }
                 Err(_) => self.error(
                     &format!("{}[{i}]", at("methods")),
                     format!("{method:?} is not an HTTP method"),
@@ -339,6 +348,12 @@ impl Checker {
                 Sells::Request
             }
         };
+        if free && priced.sells != Sells::Request {
+            self.error(
+                &at("sells"),
+                "a service with auth = \"off\" is free and sells nothing: remove one of the two",
+            );
+        }
         for (key, value, min, max) in [
             ("deposit_units", raw.deposit_units, 1, 1_000_000),
             ("idle_timeout_secs", raw.idle_timeout_secs, 10, 1_000_000),
@@ -726,4 +741,63 @@ impl Checker {
             );
         }
     }
+}
+
+/// The methods of IANA's HTTP Method Registry (RFC 9110 §16.1), and
+/// `PURGE`, which caches take.
+const REGISTERED_METHODS: [&str; 41] = [
+    "ACL",
+    "BASELINE-CONTROL",
+    "BIND",
+    "CHECKIN",
+    "CHECKOUT",
+    "CONNECT",
+    "COPY",
+    "DELETE",
+    "GET",
+    "HEAD",
+    "LABEL",
+    "LINK",
+    "LOCK",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MKREDIRECTREF",
+    "MKWORKSPACE",
+    "MOVE",
+    "OPTIONS",
+    "ORDERPATCH",
+    "PATCH",
+    "POST",
+    "PRI",
+    "PROPFIND",
+    "PROPPATCH",
+    "PURGE",
+    "PUT",
+    "QUERY",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "TRACE",
+    "UNBIND",
+    "UNCHECKOUT",
+    "UNLINK",
+    "UNLOCK",
+    "UPDATE",
+    "UPDATEREDIRECTREF",
+    "VERSION-CONTROL",
+];
+
+fn is_registered(method: &Method) -> bool {
+    REGISTERED_METHODS.contains(&method.as_str())
+}
+
+/// The common method `method` is most likely a typo of (one letter added,
+/// dropped, changed or two swapped), if any.
+fn closest_method(method: &Method) -> Option<&'static str> {
+    const COMMON: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    COMMON
+        .into_iter()
+        .find(|common| strsim::damerau_levenshtein(common, method.as_str()) == 1)
 }

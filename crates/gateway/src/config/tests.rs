@@ -950,3 +950,61 @@ fn a_method_never_served_is_refused_and_no_free_calls_is_said() {
         config.warnings
     );
 }
+
+/// Settings that could never take effect are refused: a price rule whose
+/// path no request of its service has, a free service that sells.
+#[test]
+fn settings_that_never_apply_are_refused() {
+    let errors = GatewayConfig::parse(
+        r#"
+        [[services]]
+        name = "models"
+        path = "/v1/*"
+        upstream = "http://127.0.0.1:9"
+        price_sats = 1
+        [[services.prices]]
+        path = "/v2/{model}/*"
+        price_sats = 5
+        [[services.prices]]
+        path = "/v1/{model}/*"
+        price_sats = 7
+        [[services]]
+        name = "free"
+        path = "/free/*"
+        upstream = "http://127.0.0.1:9"
+        auth = "off"
+        sells = "balance"
+        "#,
+        env,
+    )
+    .unwrap_err()
+    .0;
+    let expected = [
+        "services[0].prices[0].path: \"/v2/{model}/*\" matches no path of its service (/v1/*): a rule prices its service's requests only",
+        "services[1].sells: a service with auth = \"off\" is free and sells nothing: remove one of the two",
+    ];
+    assert_errors(&errors, &expected);
+    assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+}
+
+/// A method no registry knows is taken as written, and warned of with the
+/// method it most likely misspells.
+#[test]
+fn an_unregistered_method_is_warned_of() {
+    let warnings = |methods: &str| {
+        GatewayConfig::parse(
+            &format!("[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\nmethods = {methods}\n"),
+            env,
+        )
+        .unwrap()
+        .warnings
+    };
+    assert_eq!(
+        warnings(r#"["GET", "GETT", "query", "PURGE"]"#),
+        ["services[0].methods[1]: \"GETT\" is no registered HTTP method (did you mean \"GET\"?); requests are matched by it as written"]
+    );
+    assert_eq!(
+        warnings(r#"["FROBNICATE"]"#),
+        ["services[0].methods[0]: \"FROBNICATE\" is no registered HTTP method; requests are matched by it as written"]
+    );
+}
