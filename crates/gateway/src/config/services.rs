@@ -348,7 +348,7 @@ impl Checker {
                 Sells::Request
             }
         };
-        if free && priced.sells != Sells::Request {
+        if free && raw.sells.is_some() && priced.sells != Sells::Request {
             self.error(
                 &at("sells"),
                 "a service with auth = \"off\" is free and sells nothing: remove one of the two",
