@@ -50,6 +50,16 @@ pub struct FetchArgs {
     /// Print one JSON document: status, headers, body, payment.
     #[arg(long)]
     pub json: bool,
+    /// Exit 22, as curl does, when the answer is an HTTP error (400 or
+    /// above) and write no body: the status and the start of the body go
+    /// to standard error (with --json, the document is written). A
+    /// payment made for it is booked all the same.
+    #[arg(short = 'f', long = "fail", conflicts_with = "fail_with_body")]
+    pub fail: bool,
+    /// Exit 22 when the answer is an HTTP error (400 or above), after
+    /// writing its body as any other.
+    #[arg(long)]
+    pub fail_with_body: bool,
     /// Scheme to answer with when several are offered (default: the first
     /// of L402 and MPP offered; x402 when neither is).
     #[arg(long, value_parser = ["l402", "mpp", "x402"])]
@@ -193,6 +203,30 @@ pub const EXIT_PAYMENT_FAILED: u8 = 7;
 pub const EXIT_IN_FLIGHT: u8 = 9;
 /// Exit code on Ctrl-C, as shells report SIGINT.
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code of `--fail` and `--fail-with-body` for an HTTP error answer,
+/// curl's.
+pub const EXIT_HTTP_ERROR: u8 = 22;
+
+/// An HTTP error answer under `--fail` or `--fail-with-body`.
+#[derive(Debug)]
+pub struct HttpError {
+    /// The answer's status.
+    pub status: reqwest::StatusCode,
+    /// The start of its body (under `--fail`, which does not write it).
+    pub told: String,
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the server answered {}", self.status)?;
+        if !self.told.is_empty() {
+            write!(f, ": {}", self.told)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HttpError {}
 
 pub fn ledger_path(data_dir: &Path) -> PathBuf {
     data_dir.join("client").join("ledger.sqlite3")
@@ -243,6 +277,7 @@ pub async fn run_paying(
                 Some(FetchError::Refused(refusal)) => refusal.exit_code(),
                 Some(FetchError::Pay(_)) => EXIT_PAYMENT_FAILED,
                 Some(FetchError::InFlight(_)) => EXIT_IN_FLIGHT,
+                _ if error.downcast_ref::<HttpError>().is_some() => EXIT_HTTP_ERROR,
                 _ => 1,
             };
             errln!(
@@ -350,6 +385,28 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let status = response.status();
     let version = response.version();
     let headers = response.headers().clone();
+    // A 402 still unpaid is an error of its own, below.
+    let failed = (args.fail || args.fail_with_body)
+        && status.as_u16() >= 400
+        && status != reqwest::StatusCode::PAYMENT_REQUIRED;
+    if failed && args.fail && !args.json {
+        let mut told = Vec::new();
+        let mut response = response;
+        while let Some(chunk) = response.chunk().await? {
+            told.extend_from_slice(&chunk[..chunk.len().min(MAX_TOLD_BYTES - told.len())]);
+            if told.len() == MAX_TOLD_BYTES {
+                break;
+            }
+        }
+        let told = String::from_utf8_lossy(&told).trim().to_owned();
+        return Err(HttpError { status, told }.into());
+    }
+    let http_error = || {
+        anyhow::Error::from(HttpError {
+            status,
+            told: String::new(),
+        })
+    };
     if args.json {
         let body = response.bytes().await?;
         let headers: serde_json::Map<String, serde_json::Value> = headers
@@ -363,7 +420,7 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             "payment": payment,
         });
         outln!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
+        return if failed { Err(http_error()) } else { Ok(()) };
     }
     let mut out: Box<dyn std::io::Write> = match &args.output {
         Some(path) => {
@@ -403,6 +460,9 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     }
     if still_unpaid {
         bail!("still 402 after paying: {}", String::from_utf8_lossy(&told));
+    }
+    if failed {
+        return Err(http_error());
     }
     Ok(())
 }

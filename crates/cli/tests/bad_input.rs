@@ -209,6 +209,11 @@ fn usage_errors() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
             "not an HTTP method",
         ),
         (
+            "get with both kinds of --fail",
+            vec!["get", "-f", "--fail-with-body", "http://127.0.0.1:9/"],
+            "cannot be used with",
+        ),
+        (
             "receipts since a word",
             vec!["receipts", "--since", "garbage"],
             "--since",

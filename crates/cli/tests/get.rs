@@ -906,3 +906,58 @@ async fn concurrent_runs_on_one_service_each_pay_and_are_served() {
     }
     assert_eq!(payments(data.path()).await.len(), 12);
 }
+
+/// `--fail` (`-f`) and `--fail-with-body`, as curl's: an HTTP error answer
+/// (paid for or not) exits 22, with the body withheld (its start told on
+/// standard error) or written; anything else is unchanged. Without them
+/// an error answer exits 0, as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_exits_22_on_an_http_error_answer() {
+    let app = Router::new().route(
+        "/{*rest}",
+        get(|uri: axum::http::Uri| async move {
+            match uri.path() {
+                "/flaky/missing" => (StatusCode::NOT_FOUND, "no such item\n"),
+                _ => (StatusCode::OK, "here\n"),
+            }
+        }),
+    );
+    let (gateway, _gw_dir) = flaky_gateway(app).await;
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    let missing = format!("http://{}/flaky/missing", gateway.addr());
+    let found = format!("http://{}/flaky/found", gateway.addr());
+    let unrouted = format!("http://{}/nothing/here", gateway.addr());
+
+    let out = run(data, &["get", "-s", &missing]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no such item\n");
+
+    let out = run(data, &["get", "-s", "-f", &missing]).await;
+    assert_eq!(out.status.code(), Some(22));
+    assert!(out.stdout.is_empty(), "{:?}", out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the server answered 404 Not Found: no such item"),
+        "{stderr}"
+    );
+
+    let out = run(data, &["get", "-s", "--fail-with-body", &missing]).await;
+    assert_eq!(out.status.code(), Some(22));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no such item\n");
+
+    let out = run(data, &["get", "--json", "--fail", &missing]).await;
+    assert_eq!(out.status.code(), Some(22));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], 404);
+
+    // Unpaid: the gateway's own 404.
+    let out = run(data, &["get", "-s", "-f", &unrouted]).await;
+    assert_eq!(out.status.code(), Some(22));
+
+    let out = run(data, &["get", "-s", "-f", &found]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "here\n");
+    // Every paid answer was booked, the failed ones too.
+    assert_eq!(payments(data).await.len(), 5);
+}
