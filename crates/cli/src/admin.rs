@@ -451,7 +451,9 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
             for p in answer["payments"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
                     "{}  {:<16} {:<8} {:>8} sat  {:>5} req  {}\n",
-                    p["first_served_at"],
+                    p["first_served_at"]
+                        .as_u64()
+                        .map_or_else(|| p["first_served_at"].to_string(), crate::output::when),
                     p["service"].as_str().unwrap_or_default(),
                     p["scheme"].as_str().unwrap_or_default(),
                     n(&p["amount_sats"]),

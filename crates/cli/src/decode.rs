@@ -527,17 +527,15 @@ fn invoice_report(invoice: &Invoice, now: SystemTime) -> Value {
         }
     };
     report.insert("payee".into(), hex::encode(invoice.payee()).into());
-    report.insert("created_at".into(), rfc3339(invoice.timestamp()).into());
+    report.insert(
+        "created_at".into(),
+        crate::output::when(invoice.timestamp()).into(),
+    );
     report.insert("expiry_secs".into(), invoice.expiry_secs().into());
-    report.insert("expires_at".into(), rfc3339(invoice.expires_at()).into());
+    report.insert(
+        "expires_at".into(),
+        crate::output::when(invoice.expires_at()).into(),
+    );
     report.insert("expired".into(), (invoice.expires_at() <= now_secs).into());
     Value::Object(report)
-}
-
-fn rfc3339(unix: u64) -> String {
-    i64::try_from(unix)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .map(gate402_mpp::format_time)
-        .unwrap_or_else(|| unix.to_string())
 }

@@ -495,7 +495,11 @@ pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
     let ledger = Ledger::open(&ledger_path(data_dir))?;
     match command {
         TokensCommand::List => {
-            for token in ledger.tokens()? {
+            let tokens = ledger.tokens()?;
+            if tokens.is_empty() {
+                errln!("gate402: no tokens kept");
+            }
+            for token in tokens {
                 outln!(
                     "{}  {:<7} {} {}{}  expires {}",
                     &token.payment_hash[..16],
@@ -507,7 +511,7 @@ pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
                     },
                     token.origin,
                     token.path,
-                    token.expires_at.map_or("never".into(), |t| t.to_string())
+                    token.expires_at.map_or("never".into(), crate::output::when)
                 );
             }
         }
@@ -597,7 +601,7 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
     for p in &payments {
         outln!(
             "{}  {:>8} msat  +{} fee  {:7}  {:7}  {}  {}",
-            p.created_at,
+            crate::output::when(p.created_at),
             p.amount_msat,
             p.fee_msat,
             p.scheme,
@@ -609,7 +613,7 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
     for r in &refunds {
         outln!(
             "{}  {:>8} msat  refund   {:7}  {}  {}  ({})",
-            r.created_at,
+            crate::output::when(r.created_at),
             r.refund_msat,
             crate::output::terminal_safe(&r.status),
             &r.session[..16.min(r.session.len())],

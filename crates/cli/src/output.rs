@@ -110,6 +110,16 @@ pub(crate) fn sats(msat: u64) -> String {
     }
 }
 
+/// A time in unix seconds for people to read: RFC 3339 in UTC
+/// (`2026-12-02T10:48:16Z`), or the number itself past what a date holds.
+pub(crate) fn when(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .map(gate402_mpp::format_time)
+        .unwrap_or_else(|| unix.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +155,12 @@ mod tests {
         let cut = terminal_safe(&flood);
         assert!(cut.len() < 5_000, "{}", cut.len());
         assert!(cut.ends_with("(995904 more bytes)"), "{}", &cut[4090..]);
+    }
+
+    #[test]
+    fn times_read_as_dates() {
+        assert_eq!(when(0), "1970-01-01T00:00:00Z");
+        assert_eq!(when(1_796_208_496), "2026-12-02T10:48:16Z");
+        assert_eq!(when(u64::MAX), u64::MAX.to_string());
     }
 }

@@ -98,7 +98,7 @@ fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
             s.unit_sats,
             s.idle_timeout_secs
                 .map_or("-".into(), |t| format!("{t} s")),
-            s.last_used_at,
+            crate::output::when(s.last_used_at),
         );
     }
     Ok(())

@@ -94,6 +94,11 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
     let tokens = run(data, &["tokens", "list"]).await;
     let tokens = String::from_utf8_lossy(&tokens.stdout);
     assert!(tokens.contains("/daily/weather"), "{tokens}");
+    // When it expires, as a date (it was unix seconds).
+    assert!(tokens.contains("expires 20"), "{tokens}");
+    let receipts = run(data, &["receipts"]).await;
+    let receipts = String::from_utf8_lossy(&receipts.stdout);
+    assert!(receipts.starts_with("20"), "{receipts}");
     assert!(
         !tokens.contains("/api/weather"),
         "a spent token is kept: {tokens}"
@@ -165,6 +170,13 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
     }
     let out = run(data, &["tokens", "clear"]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1"));
+    // An empty list says so (it printed nothing at all).
+    let out = run(data, &["tokens", "list"]).await;
+    assert!(out.status.success() && out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "gate402: no tokens kept\n"
+    );
     gateway.shutdown().await.unwrap();
 }
 
