@@ -83,6 +83,27 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
         )
         .route("/stream/gzip-always", any(|| async { event_stream(true) }))
         .route(
+            "/stream/cut",
+            any(|| async {
+                use futures_util::StreamExt;
+                // Three events and half of a fourth, then broken off.
+                let parts: Vec<Result<&'static str, std::io::Error>> = vec![
+                    Ok("data: tok-1\n\ndata: tok-2\n\n"),
+                    Ok("data: tok-3\n\ndata: tok-"),
+                    Err(std::io::Error::other("the upstream broke off")),
+                ];
+                // Apart, so that what comes before the break is sent.
+                let parts = futures_util::stream::iter(parts).then(|part| async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    part
+                });
+                (
+                    [("content-type", "text/event-stream")],
+                    axum::body::Body::from_stream(parts),
+                )
+            }),
+        )
+        .route(
             "/failing/stream",
             any(|| async {
                 use axum::response::IntoResponse;
@@ -1164,6 +1185,52 @@ async fn a_failing_upstreams_event_stream_is_charged_per_event() {
         .await
         .unwrap();
     assert_eq!(closed["refundSats"], 0, "{closed}");
+}
+
+/// An event stream the upstream breaks off is broken off for the client
+/// too, after a receipt of the events it was charged (the half event at
+/// the break is neither passed on nor charged). It ended cleanly, its
+/// receipt saying success: the client could not tell it was cut.
+#[tokio::test]
+async fn a_metered_stream_the_upstream_breaks_off_is_broken_off_for_the_client() {
+    use futures_util::StreamExt;
+    let h = Harness::start(|services| {
+        let mut cut = balance("cut", "/stream/cut", 1, 5, "http://127.0.0.1:9");
+        cut.upstream = services[0].upstream.clone();
+        cut.priced.meter = gate402_gateway::config::Meter::Events;
+        services.push(cut);
+    })
+    .await;
+    let (challenge, request, _) = h.challenge("/stream/cut").await;
+    let preimage = h.pay(&request).await;
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    let answer = h.send("/stream/cut", &challenge, open).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let mut stream = answer.bytes_stream();
+    let mut text = String::new();
+    let mut broken = false;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the stream stalled")
+    {
+        match chunk {
+            Ok(chunk) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Err(_) => {
+                broken = true;
+                break;
+            }
+        }
+    }
+    assert!(broken, "the stream ended as if whole: {text}");
+    assert!(text.contains("data: tok-3\n\n"), "{text}");
+    assert!(!text.contains("data: tok-\n"), "half an event: {text}");
+    let receipt = text
+        .split("\n\n")
+        .find_map(|event| event.strip_prefix("event: payment-receipt\ndata: "))
+        .unwrap_or_else(|| panic!("no receipt: {text}"));
+    let receipt: Value = serde_json::from_str(receipt).unwrap();
+    assert_eq!(receipt["units"], 3, "{receipt}");
 }
 
 /// What a token's holder appends cannot change the deposit it names, and a

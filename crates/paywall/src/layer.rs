@@ -177,6 +177,7 @@ where
     ReqBody: Body<Data = Bytes> + From<Bytes> + Send + Unpin + 'static,
     ReqBody::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
 {
     type Response = Response<PaywallBody<ResBody>>;
     type Error = S::Error;
@@ -281,14 +282,21 @@ impl<B> PaywallBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
+/// Its errors are boxed: an event stream the upstream cuts off is cut off
+/// for the client with the upstream's error, which the meter passes on
+/// from the task that charges it.
+impl<B> Body for PaywallBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         let polled = match this.inner.as_mut().project() {
             InnerProj::Wrapped { body } => body.poll_frame(cx),
@@ -312,10 +320,13 @@ impl<B: Body<Data = Bytes>> Body for PaywallBody<B> {
                 }
                 polled
             }
-            InnerProj::Metered { metered } => std::pin::Pin::new(metered)
-                .poll_next(cx)
-                .map(|b| b.map(|b| Ok(Frame::data(b)))),
+            InnerProj::Metered { metered } => {
+                return std::pin::Pin::new(metered)
+                    .poll_next(cx)
+                    .map(|b| b.map(|b| b.map(Frame::data)));
+            }
         };
+        let polled = polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)));
         // All handed over (a body of known length ends with its last
         // frame: hyper does not poll it again): spend the payment before
         // that frame is written, not when hyper gets round to dropping the
@@ -489,6 +500,7 @@ impl Paywall {
         ReqBody: Body<Data = Bytes> + From<Bytes> + Send + Unpin + 'static,
         ReqBody::Error: Into<BoxError>,
         ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
     {
         let presented = credentials::take(request.headers_mut());
         // Presents a credential: may wait for room to read its body.
@@ -988,6 +1000,7 @@ impl Paywall {
     ) -> Response<PaywallBody<B>>
     where
         B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
         G: Send + 'static,
     {
         let metered = Metered {
@@ -1000,7 +1013,7 @@ impl Paywall {
         // Its length is the meter's to decide now.
         parts.headers.remove(http::header::CONTENT_LENGTH);
         let rx = metered.start(body, paid_first);
-        Response::from_parts(parts, PaywallBody::metered(MeteredBody { rx }))
+        Response::from_parts(parts, PaywallBody::metered(MeteredBody::new(rx)))
     }
 
     /// Calls the wrapped service for a verified payment; on success adds
@@ -1019,6 +1032,7 @@ impl Paywall {
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
     {
         let started = Instant::now();
         // Counted as it passes: compressed, its events and reports could

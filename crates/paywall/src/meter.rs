@@ -21,6 +21,7 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::body::BoxError;
 use crate::clock::unix_now;
 use crate::paywall::Paywall;
 
@@ -106,9 +107,10 @@ impl Metered {
     /// Passes `body` on through the returned channel, charging each event
     /// after the first. `paid_first` is dropped (kept: the first event's
     /// debit) when the stream ends.
-    pub(crate) fn start<B, G>(self, body: B, paid_first: G) -> mpsc::Receiver<Bytes>
+    pub(crate) fn start<B, G>(self, body: B, paid_first: G) -> mpsc::Receiver<Passed>
     where
         B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
         G: Send + 'static,
     {
         let (tx, rx) = mpsc::channel(16);
@@ -120,15 +122,24 @@ impl Metered {
         rx
     }
 
-    async fn run<B: Body<Data = Bytes>>(&self, body: B, tx: mpsc::Sender<Bytes>) {
+    async fn run<B>(&self, body: B, tx: mpsc::Sender<Passed>)
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
         let mut body = Box::pin(body);
         let mut buffer = BytesMut::new();
         let mut units: u64 = 0;
+        // What the upstream broke off with: what was charged stands.
+        let mut cut: Option<BoxError> = None;
         loop {
             let frame = match body.frame().await {
                 Some(Ok(frame)) => frame,
-                // The upstream ended or broke: what was charged stands.
-                Some(Err(_)) | None => break,
+                Some(Err(e)) => {
+                    cut = Some(e.into());
+                    break;
+                }
+                None => break,
             };
             let Ok(data) = frame.into_data() else {
                 continue;
@@ -149,41 +160,47 @@ impl Metered {
         }
         // An event the stream ended in the middle of is charged as one
         // (a reader that is no browser takes it), and ended, so that the
-        // receipt is an event of its own.
-        if !buffer.is_empty() {
+        // receipt is an event of its own. One the upstream broke off in is
+        // neither passed on nor charged.
+        if !buffer.is_empty() && cut.is_none() {
             buffer.extend_from_slice(b"\n\n");
             if !self.pass(buffer.freeze(), &mut units, &tx).await {
                 return;
             }
         }
-        let _ = tx.send(self.receipt(units.max(1))).await;
+        let _ = tx.send(Ok(self.receipt(units.max(1)))).await;
+        // Broken off for the client too, after its receipt: a stream that
+        // ends cleanly would read as whole.
+        if let Some(e) = cut {
+            let _ = tx.send(Err(e)).await;
+        }
     }
 
     /// Passes one whole event on, charging it if it carries data (the
     /// first was paid with the request). False: the stream ends here (it
     /// was its `[DONE]`, no top-up came, or the client left).
-    async fn pass(&self, event: Bytes, units: &mut u64, tx: &mpsc::Sender<Bytes>) -> bool {
+    async fn pass(&self, event: Bytes, units: &mut u64, tx: &mpsc::Sender<Passed>) -> bool {
         if has_data(&event) {
             if is_done(&event) {
-                let _ = tx.send(self.receipt(*units)).await;
-                let _ = tx.send(event).await;
+                let _ = tx.send(Ok(self.receipt(*units))).await;
+                let _ = tx.send(Ok(event)).await;
                 return false;
             }
             if *units > 0 && !self.charge(tx).await {
                 // Ended for want of a top-up: still told its cost.
-                let _ = tx.send(self.receipt(*units)).await;
+                let _ = tx.send(Ok(self.receipt(*units))).await;
                 return false;
             }
             *units += 1;
         }
         // The client left: nothing more is charged.
-        tx.send(event).await.is_ok()
+        tx.send(Ok(event)).await.is_ok()
     }
 
     /// Debits one event; when the balance is out, asks for a top-up and
     /// holds the stream until one covers it. False: the stream ends (no
     /// top-up in time, the session closed, or the client left).
-    async fn charge(&self, tx: &mpsc::Sender<Bytes>) -> bool {
+    async fn charge(&self, tx: &mpsc::Sender<Passed>) -> bool {
         let store = self.paywall.store();
         let price_msat = self.price_sats.saturating_mul(1000);
         let deadline = tokio::time::Instant::now() + self.topup_wait;
@@ -213,7 +230,7 @@ impl Metered {
                 }
                 Ok(Debit::Insufficient { spent_msat, .. }) => spent_msat,
                 Ok(Debit::Closed | Debit::NotFound) => {
-                    let _ = tx.send(self.timeout_event(0)).await;
+                    let _ = tx.send(Ok(self.timeout_event(0))).await;
                     return false;
                 }
                 Err(e) => {
@@ -231,12 +248,12 @@ impl Metered {
                         "balanceRequired": self.price_sats,
                     }),
                 );
-                if tx.send(need).await.is_err() {
+                if tx.send(Ok(need)).await.is_err() {
                     return false;
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                let _ = tx.send(self.timeout_event(spent_msat / 1000)).await;
+                let _ = tx.send(Ok(self.timeout_event(spent_msat / 1000))).await;
                 return false;
             }
             if tx.is_closed() {
@@ -272,17 +289,41 @@ impl Metered {
     }
 }
 
+/// What the charging task passes on: the stream's bytes, then the
+/// upstream's error if it broke off.
+pub(crate) type Passed = Result<Bytes, BoxError>;
+
 /// The body of a metered stream: what the charging task passes on.
 pub(crate) struct MeteredBody {
-    pub(crate) rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Passed>,
+    /// The upstream's error, held back for one poll: a server that finds
+    /// its body failed drops the connection at once, with whatever it has
+    /// not yet written (the receipt just before it).
+    held: Option<BoxError>,
 }
 
 impl MeteredBody {
+    pub(crate) fn new(rx: mpsc::Receiver<Passed>) -> Self {
+        Self { rx, held: None }
+    }
+
     pub(crate) fn poll_next(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Bytes>> {
-        self.get_mut().rx.poll_recv(cx)
+    ) -> std::task::Poll<Option<Passed>> {
+        let this = self.get_mut();
+        if let Some(e) = this.held.take() {
+            return std::task::Poll::Ready(Some(Err(e)));
+        }
+        match this.rx.poll_recv(cx) {
+            std::task::Poll::Ready(Some(Err(e))) => {
+                // Pending once, so that what came before is written first.
+                this.held = Some(e);
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+            polled => polled,
+        }
     }
 }
 
