@@ -130,14 +130,22 @@ impl Timeouts {
         insecure: bool,
         redirect: reqwest::redirect::Policy,
     ) -> Result<reqwest::Client> {
-        let mut builder = reqwest::Client::builder()
+        let builder = self
+            .bounded(reqwest::Client::builder())
             .danger_accept_invalid_certs(insecure)
-            .redirect(redirect)
-            .connect_timeout(Duration::from_secs(self.connect_timeout));
-        if self.read_timeout > 0 {
-            builder = builder.read_timeout(Duration::from_secs(self.read_timeout));
-        }
+            .redirect(redirect);
         Ok(builder.build()?)
+    }
+
+    /// `builder` with these timeouts: a server (the sandbox payer too)
+    /// that takes longer is given up.
+    fn bounded(self, builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+        let builder = builder.connect_timeout(Duration::from_secs(self.connect_timeout));
+        if self.read_timeout > 0 {
+            builder.read_timeout(Duration::from_secs(self.read_timeout))
+        } else {
+            builder
+        }
     }
 }
 
@@ -170,11 +178,16 @@ impl PayOptions {
         &self,
         prefer: Option<Prefer>,
         sessions: Option<bool>,
+        timeouts: Timeouts,
         data_dir: &Path,
     ) -> Result<Payer> {
         let config = ClientConfig::load(self.config.as_deref(), data_dir)?;
         let wallet = match &config.lightning {
-            None => Wallet::sandbox_as(sandbox_payer(data_dir)?),
+            // Its server is the one being paid: bounded as it is.
+            None => Wallet::sandbox_with(
+                timeouts.bounded(reqwest::Client::builder()),
+                sandbox_payer(data_dir)?,
+            ),
             Some(lightning) => Wallet::Node(lightning.connect(data_dir).await?.backend),
         };
         let network = wallet.network().await?;
@@ -340,7 +353,10 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
         (_, true) => Some(false),
         _ => None,
     };
-    let payer = args.pay.payer(prefer, sessions, data_dir).await?;
+    let payer = args
+        .pay
+        .payer(prefer, sessions, args.timeouts, data_dir)
+        .await?;
     // Redirects are followed by the payer, hop by hop, so that each 402 is
     // paid to the origin that sent it and no credential crosses origins.
     let http = args

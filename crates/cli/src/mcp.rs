@@ -63,7 +63,10 @@ async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
     let url = crate::fetch::http_url(&args.url)?;
     let arguments = json_object(&args.args)?;
     // A tool call pays per call: MCP has no session door.
-    let payer = args.pay.payer(None, Some(false), data_dir).await?;
+    let payer = args
+        .pay
+        .payer(None, Some(false), args.timeouts, data_dir)
+        .await?;
     let http = args
         .timeouts
         .http_client(false, gate402_client::mcp_redirect_policy())?;

@@ -125,7 +125,14 @@ async fn close(
         no_pay: false,
         config,
     };
-    let payer = options.payer(None, Some(true), data_dir).await?;
+    let payer = options
+        .payer(
+            None,
+            Some(true),
+            crate::fetch::Timeouts::default(),
+            data_dir,
+        )
+        .await?;
     let open = payer.ledger.sessions(false)?;
     let chosen: Vec<&StoredSession> = match id {
         _ if all => open.iter().collect(),

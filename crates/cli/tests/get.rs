@@ -973,3 +973,34 @@ async fn fail_exits_22_on_an_http_error_answer() {
     // Every paid answer was booked, the failed ones too.
     assert_eq!(payments(data).await.len(), 5);
 }
+
+/// `--read-timeout` bounds each call to the sandbox payer too (the server
+/// being paid): one that never answers is given up after it, the payment
+/// asked about for up to 30 s more (each asking bounded as well), then kept
+/// pending (exit 9) for a later run to resolve. The payment alone took
+/// 60 s, whatever `--read-timeout` said.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_read_timeout_bounds_the_sandbox_payer() {
+    let state = SlowPayer::default();
+    state
+        .delay_ms
+        .store(600_000, std::sync::atomic::Ordering::SeqCst);
+    let base = slow_origin(state.clone()).await;
+    let client = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let out = run(
+        client.path(),
+        &["get", "--read-timeout", "1", &format!("{base}/paid")],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "{:?}: {stderr}",
+        started.elapsed()
+    );
+    let pending = payments(client.path()).await;
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0]["status"], "pending", "{pending:?}");
+}

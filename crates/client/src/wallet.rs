@@ -75,13 +75,14 @@ impl Wallet {
     /// bytes): kept across runs, it lets a later run recover the preimage
     /// of a payment whose answer was lost.
     pub fn sandbox_as(payer: String) -> Self {
-        Wallet::Sandbox(
-            reqwest::Client::builder()
-                .timeout(PAY_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
-            payer,
-        )
+        Self::sandbox_with(reqwest::Client::builder(), payer)
+    }
+
+    /// [`Wallet::sandbox_as`] with an HTTP client built from `http` (its
+    /// connect and read timeouts, say), each payment within
+    /// [`PAY_TIMEOUT`] at most.
+    pub fn sandbox_with(http: reqwest::ClientBuilder, payer: String) -> Self {
+        Wallet::Sandbox(http.timeout(PAY_TIMEOUT).build().unwrap_or_default(), payer)
     }
 
     /// The network this wallet pays on.
