@@ -134,10 +134,21 @@ struct Api {
     http: reqwest::Client,
 }
 
+/// The base an admin `--url` names: the gateway's admin listener, as
+/// written or as the address of its dashboard (`…/admin`) or its API
+/// (`…/admin/api`), which the requests' paths would otherwise repeat.
+fn api_base(url: &str) -> &str {
+    let url = url.trim_end_matches('/');
+    ["/admin/api", "/admin"]
+        .iter()
+        .find_map(|suffix| url.strip_suffix(suffix))
+        .unwrap_or(url)
+}
+
 impl Api {
     fn find(args: &Args, data_dir: &Path) -> Result<Self> {
         let url = match &args.url {
-            Some(url) => url.trim_end_matches('/').to_owned(),
+            Some(url) => api_base(url).to_owned(),
             None => {
                 let file = data_dir.join(gate402_gateway::admin::ADMIN_FILE);
                 // admin.json outlives a gateway killed hard: trust it only
@@ -486,4 +497,27 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_url_may_name_the_dashboard_or_the_api() {
+        for url in [
+            "http://127.0.0.1:9000",
+            "http://127.0.0.1:9000/",
+            "http://127.0.0.1:9000/admin",
+            "http://127.0.0.1:9000/admin/",
+            "http://127.0.0.1:9000/admin/api",
+            "http://127.0.0.1:9000/admin/api/",
+        ] {
+            assert_eq!(api_base(url), "http://127.0.0.1:9000", "{url}");
+        }
+        assert_eq!(
+            api_base("https://gw.test/ops/admin/api"),
+            "https://gw.test/ops"
+        );
+    }
 }
