@@ -172,6 +172,7 @@ fn request_for(tool: &HttpTool, arguments: &JsonObject) -> Result<Request<Body>,
     refuse_method_override(tool, arguments)?;
     let in_query = matches!(tool.method, Method::GET | Method::DELETE | Method::HEAD);
     let mut uri = tool.path.as_str().to_owned();
+    let mut request = Request::builder().method(tool.method.clone());
     let body = if in_query {
         if !arguments.is_empty() {
             let query: String = form_urlencoded::Serializer::new(String::new())
@@ -181,12 +182,13 @@ fn request_for(tool: &HttpTool, arguments: &JsonObject) -> Result<Request<Body>,
         }
         Body::empty()
     } else {
+        // A type for the body there is (a GET with one would be read by
+        // some upstreams as sending JSON).
+        request = request.header(header::CONTENT_TYPE, "application/json");
         Body::from(Value::Object(arguments.clone()).to_string())
     };
-    Request::builder()
-        .method(tool.method.clone())
+    request
         .uri(uri)
-        .header(header::CONTENT_TYPE, "application/json")
         .header(header::ACCEPT, "application/json")
         .body(body)
         .map_err(|e| ErrorData::invalid_params(format!("arguments: {e}"), None))
@@ -494,5 +496,25 @@ mod tests {
             }
             other => panic!("run at the old price: {other:?}"),
         }
+    }
+
+    /// A tool's arguments go in the query of a GET, HEAD or DELETE, which
+    /// then says no body type; else in a JSON body, which it names.
+    #[test]
+    fn a_body_type_is_named_only_with_a_body() {
+        let tool = |method: Method| HttpTool {
+            tool: Tool::new("t", "t", Arc::new(JsonObject::new())),
+            paid: Arc::new(PricedService::new("t", "/t", 1)),
+            service: "t".into(),
+            method,
+            path: RequestPath::parse("/t").unwrap(),
+        };
+        let mut arguments = JsonObject::new();
+        arguments.insert("city".into(), "Oslo".into());
+        let get = request_for(&tool(Method::GET), &arguments).unwrap();
+        assert_eq!(get.uri(), "/t?city=Oslo");
+        assert!(get.headers().get(header::CONTENT_TYPE).is_none());
+        let post = request_for(&tool(Method::POST), &arguments).unwrap();
+        assert_eq!(post.headers()[header::CONTENT_TYPE], "application/json");
     }
 }
