@@ -360,6 +360,8 @@ async fn budgets_in_the_client_config_refuse_with_exit_8() {
 #[derive(Clone, Default)]
 struct SlowPayer {
     delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// How many answers to a payment to cut off (after paying).
+    cut: std::sync::Arc<std::sync::atomic::AtomicU8>,
     refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
     issued: std::sync::Arc<std::sync::atomic::AtomicU8>,
     paid: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
@@ -420,7 +422,8 @@ async fn slow_origin(state: SlowPayer) -> String {
                         return (
                             StatusCode::FORBIDDEN,
                             axum::Json(serde_json::json!({"detail": "refused by the stub"})),
-                        );
+                        )
+                            .into_response();
                     }
                     let invoice =
                         gate402_bolt11::Invoice::parse(body["invoice"].as_str().unwrap()).unwrap();
@@ -440,13 +443,34 @@ async fn slow_origin(state: SlowPayer) -> String {
                             StatusCode::OK
                         }
                     };
-                    (
-                        status,
-                        axum::Json(serde_json::json!({
-                            "preimage": hex::encode([n; 32]),
-                            "amount_msat": 3_000,
-                        })),
-                    )
+                    let answer = serde_json::json!({
+                        "preimage": hex::encode([n; 32]),
+                        "amount_msat": 3_000,
+                    })
+                    .to_string();
+                    let cut = s
+                        .cut
+                        .fetch_update(
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                            |n| n.checked_sub(1),
+                        )
+                        .is_ok();
+                    if cut {
+                        // Paid, and the answer broken off halfway.
+                        let half = answer[..answer.len() / 2].to_owned();
+                        let parts: Vec<Result<String, std::io::Error>> =
+                            vec![Ok(half), Err(std::io::Error::other("cut"))];
+                        let parts = futures_util::StreamExt::then(
+                            futures_util::stream::iter(parts),
+                            |part| async move {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                part
+                            },
+                        );
+                        return (status, axum::body::Body::from_stream(parts)).into_response();
+                    }
+                    (status, [(header::CONTENT_TYPE, "application/json")], answer).into_response()
                 },
             ),
         )
@@ -1003,4 +1027,28 @@ async fn the_read_timeout_bounds_the_sandbox_payer() {
     let pending = payments(client.path()).await;
     assert_eq!(pending.len(), 1, "{pending:?}");
     assert_eq!(pending[0]["status"], "pending", "{pending:?}");
+}
+
+/// A sandbox payer that paid and whose answer was then lost (broken off
+/// halfway) leaves the payment's outcome unknown: it is asked again and
+/// found paid, and the request is served on that payment. It was booked
+/// `failed` (exit 7) and the next run paid another invoice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_whose_answer_was_lost_is_asked_again_not_failed() {
+    let state = SlowPayer::default();
+    state.cut.store(1, std::sync::atomic::Ordering::SeqCst);
+    let base = slow_origin(state.clone()).await;
+    let client = tempfile::tempdir().unwrap();
+    let out = run(client.path(), &["get", "-s", &format!("{base}/paid")]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "served for invoice 1");
+    assert_eq!(
+        *state.paid.lock().unwrap(),
+        vec![1],
+        "one invoice, paid once"
+    );
+    let paid = payments(client.path()).await;
+    assert_eq!(paid.len(), 1, "{paid:?}");
+    assert_eq!(paid[0]["status"], "paid", "{paid:?}");
 }

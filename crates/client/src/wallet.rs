@@ -108,9 +108,11 @@ impl Wallet {
                     .await
                 {
                     Ok(paid) | Err(ClientError::AlreadyPaid(paid)) => paid.outcome(),
-                    Err(e @ ClientError::Unreachable { .. }) => Err(PayError::Backend(
-                        LightningError::Unavailable(e.to_string()),
-                    )),
+                    // Not reached, or reached and its answer lost: it may
+                    // have paid (asked again, never paid again).
+                    Err(e @ (ClientError::Unreachable { .. } | ClientError::Lost { .. })) => Err(
+                        PayError::Backend(LightningError::Unavailable(e.to_string())),
+                    ),
                     Err(e) => Err(PayError::Rejected(e.to_string())),
                 }
             }

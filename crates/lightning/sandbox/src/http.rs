@@ -271,9 +271,16 @@ pub enum ClientError {
     /// The invoice was paid before; this is what that payment got.
     #[error("the invoice was already paid (its preimage is {})", .0.preimage)]
     AlreadyPaid(PayResponse),
-    /// The answer is not what the endpoint sends.
-    #[error("unexpected answer from the sandbox payer: {0}")]
-    Protocol(String),
+    /// The payer took the request and its answer was lost (cut off,
+    /// timed out, or a success that cannot be read): whether it paid is
+    /// not known, and must be asked again, never taken as a failure.
+    #[error("the sandbox payer's answer at {url} was lost: {reason}")]
+    Lost {
+        /// The URL asked.
+        url: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Asks the sandbox payer of the gateway at `base_url` to pay `invoice`
@@ -284,7 +291,8 @@ pub enum ClientError {
 /// [`ClientError::AlreadyPaid`] with what the first payment got;
 /// [`ClientError::Refused`] with the sandbox's reason (an invoice without
 /// an amount among them); [`ClientError::Unreachable`];
-/// [`ClientError::Protocol`].
+/// [`ClientError::Lost`] when the answer did not arrive whole (it may have
+/// paid).
 pub async fn pay_via(
     client: &reqwest::Client,
     base_url: &str,
@@ -349,10 +357,11 @@ async fn post_pay(
             reason: e.to_string(),
         })?;
     let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let lost = |reason: String| ClientError::Lost {
+        url: url.clone(),
+        reason,
+    };
+    let body = response.bytes().await.map_err(|e| lost(e.to_string()))?;
     if status == reqwest::StatusCode::CONFLICT {
         if let Ok(paid) = serde_json::from_slice(&body) {
             return Err(ClientError::AlreadyPaid(paid));
@@ -368,5 +377,5 @@ async fn post_pay(
             detail,
         });
     }
-    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+    serde_json::from_slice(&body).map_err(|e| lost(format!("a success that cannot be read: {e}")))
 }
