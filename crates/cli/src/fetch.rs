@@ -401,10 +401,7 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let status = response.status();
     let version = response.version();
     let headers = response.headers().clone();
-    // A 402 still unpaid is an error of its own, below.
-    let failed = (args.fail || args.fail_with_body)
-        && status.as_u16() >= 400
-        && status != reqwest::StatusCode::PAYMENT_REQUIRED;
+    let failed = (args.fail || args.fail_with_body) && status.as_u16() >= 400;
     if failed && args.fail && !args.json {
         let mut told = Vec::new();
         let mut response = response;
@@ -436,7 +433,13 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             "payment": payment,
         });
         outln!("{}", serde_json::to_string_pretty(&report)?);
-        return if failed { Err(http_error()) } else { Ok(()) };
+        if failed {
+            return Err(http_error());
+        }
+        if status == reqwest::StatusCode::PAYMENT_REQUIRED {
+            bail!("still 402 after paying (the document above says why)");
+        }
+        return Ok(());
     }
     let mut out: Box<dyn std::io::Write> = match &args.output {
         Some(path) => {
@@ -474,11 +477,11 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
         Err(e) if stopped(&e) => {}
         other => other?,
     }
-    if still_unpaid {
-        bail!("still 402 after paying: {}", String::from_utf8_lossy(&told));
-    }
     if failed {
         return Err(http_error());
+    }
+    if still_unpaid {
+        bail!("still 402 after paying: {}", String::from_utf8_lossy(&told));
     }
     Ok(())
 }

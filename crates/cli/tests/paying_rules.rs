@@ -1060,4 +1060,25 @@ async fn a_402_after_paying_is_told_without_its_control_characters_or_its_bulk()
     assert!(stderr.contains("refund of 10 sat received"), "{stderr}");
     assert!(stderr.len() < 4_000, "{} bytes of stderr", stderr.len());
     assert_eq!(std::fs::read_to_string(&body).unwrap(), hostile);
+    // The same outcome with --json writes the document and fails too (it
+    // exited 0); with --fail it is an HTTP error answer, exit 22, nothing
+    // written (the body went to the file).
+    let out = gate402(client.path(), &["get", "--json", &format!("{base}/never")]).await;
+    assert_eq!(out.status.code(), Some(1), "{:?}", out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], 402);
+    let failed = client.path().join("failed");
+    let out = gate402(
+        client.path(),
+        &[
+            "get",
+            "-f",
+            "-o",
+            failed.to_str().unwrap(),
+            &format!("{base}/never"),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(22), "{:?}", out.stderr);
+    assert!(!failed.exists(), "-f wrote the error answer");
 }
