@@ -291,6 +291,12 @@ async fn query_path_method_size_and_per_unit_rules() {
         path = "/media/complete"
         price_sats = 5
         per = { body = "/max_tokens", every = 100, price_sats = 1 }
+        [[services.prices]]
+        path = "/media/café/{id}"
+        price_sats = 13
+        [[services.prices]]
+        path = "/media/%78l"
+        price_sats = 14
         "#,
     )
     .await;
@@ -300,6 +306,14 @@ async fn query_path_method_size_and_per_unit_rules() {
         async move { h.price(method, path, &body).await }
     };
     assert_eq!(price(Method::DELETE, "/media/x", String::new()).await, 3);
+    // Rule paths are read as requests are, in normal form: written with an
+    // accent or a needless escape, they never matched (priced 10).
+    assert_eq!(price(Method::GET, "/media/café/1", String::new()).await, 13);
+    assert_eq!(
+        price(Method::GET, "/media/caf%C3%A9/1", String::new()).await,
+        13
+    );
+    assert_eq!(price(Method::GET, "/media/xl", String::new()).await, 14);
     assert_eq!(
         price(Method::GET, "/media/images/huge/cat.png", String::new()).await,
         40

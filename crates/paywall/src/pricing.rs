@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::responses::Refusal;
-use crate::route::{decode_again, name_reads_as, reads_as, PathPattern, PricedService, Sells};
+use crate::route::{
+    decode_again, name_reads_as, reads_as, PathPattern, PricedService, RequestPath, Sells,
+};
 
 /// The most one invoice may ask, in satoshis: 1 BTC. `serve --check`
 /// refuses a price, fallback or deposit above it; a request whose rules
@@ -233,7 +235,19 @@ impl ParamPath {
                 None if part.contains(['{', '}']) => {
                     return Err(bad("a parameter takes a whole segment, as in /{name}"))
                 }
-                None => PathSegment::Fixed(part.to_owned()),
+                None if part == "." || part == ".." => {
+                    return Err(bad(
+                        "a dot segment (. or ..) is resolved before any rule sees the path: write the path it leads to",
+                    ))
+                }
+                // In the normal form requests are matched in (`é` as
+                // `%C3%A9`, `%78` as `x`): as written, it never matched.
+                None => match RequestPath::parse(&format!("/{part}")) {
+                    Ok(normal) if !normal.as_str()[1..].contains('/') => {
+                        PathSegment::Fixed(normal.as_str()[1..].to_owned())
+                    }
+                    _ => return Err(bad("a segment no request path has")),
+                },
             };
             segments.push(segment);
         }
@@ -251,10 +265,9 @@ impl ParamPath {
     /// Whether some path that `service` routes matches this too: a rule
     /// for which none does never prices anything (its service's requests
     /// are the only ones its rules see).
+    /// Both are in normal form, so they compare as written.
     pub fn may_match_under(&self, service: &PathPattern) -> bool {
         let stem = match service {
-            // Percent-encoded or folded spellings are compared elsewhere.
-            _ if !service.stem().is_ascii() || service.stem().contains('%') => return true,
             PathPattern::Exact(exact) => return self.captures(exact).is_some(),
             PathPattern::Prefix(prefix) => prefix.trim_matches('/'),
         };
@@ -1867,6 +1880,29 @@ mod tests {
         assert_eq!(price(&accented, Method::GET, "/v1/caf%C3%A9", ""), Some(9));
     }
 
+    /// A rule's path is read in the normal form requests are matched in,
+    /// as a service's is: written with an accent or a needless escape, it
+    /// never matched, and its requests were priced at the default.
+    #[test]
+    fn a_rule_path_is_read_in_normal_form() {
+        let captures = |rule: &str, path: &str| {
+            let normal = RequestPath::parse(path).unwrap();
+            ParamPath::parse(rule)
+                .unwrap()
+                .captures(normal.as_str())
+                .is_some()
+        };
+        assert!(captures("/café/y", "/café/y"));
+        assert!(captures("/café/y", "/caf%C3%A9/y"));
+        assert!(captures("/caf%c3%a9/{id}", "/café/1"));
+        assert!(captures("/v1/%78", "/v1/x"));
+        assert!(!captures("/café/y", "/cafe/y"));
+        for dotted in ["/v1/a/./b", "/v1/../v2/a", "/v1/{m}/.."] {
+            assert!(ParamPath::parse(dotted).is_err(), "{dotted}");
+        }
+        assert!(ParamPath::parse("/v1/a%2Fb").is_err());
+    }
+
     #[test]
     fn a_rule_path_outside_its_service_is_told() {
         let rule = |text: &str| ParamPath::parse(text).unwrap();
@@ -1880,6 +1916,8 @@ mod tests {
             ("/v1/{model}", "/v1/large"),
             ("/*", "/api/deep/*"),
             ("/api/{a}/*", "/api/x/y/*"),
+            ("/café/y", "/café/*"),
+            ("/caf%C3%A9/{x}", "/café/*"),
         ] {
             assert!(
                 rule(rule_path).may_match_under(&service(service_path)),
@@ -1892,6 +1930,7 @@ mod tests {
             ("/api", "/api/x/*"),
             ("/api/{a}", "/api/x/y/*"),
             ("/other", "/api"),
+            ("/cafe/y", "/café/*"),
         ] {
             assert!(
                 !rule(rule_path).may_match_under(&service(service_path)),
