@@ -137,18 +137,33 @@ struct Api {
 /// The base an admin `--url` names: the gateway's admin listener, as
 /// written or as the address of its dashboard (`…/admin`) or its API
 /// (`…/admin/api`), which the requests' paths would otherwise repeat.
-fn api_base(url: &str) -> &str {
-    let url = url.trim_end_matches('/');
-    ["/admin/api", "/admin"]
+///
+/// # Errors
+///
+/// A URL that is none, or that holds a user or password (the secret goes
+/// in `GATE402_ADMIN_SECRET`; it is not repeated).
+fn api_base(url: &str) -> Result<String> {
+    let mut parsed =
+        reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--url: not a URL ({e})"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        bail!(
+            "--url holds a user or password, which would be sent with every request: give the secret in GATE402_ADMIN_SECRET"
+        );
+    }
+    parsed.set_query(None);
+    parsed.set_fragment(None);
+    let url = parsed.as_str().trim_end_matches('/');
+    let base = ["/admin/api", "/admin"]
         .iter()
         .find_map(|suffix| url.strip_suffix(suffix))
-        .unwrap_or(url)
+        .unwrap_or(url);
+    Ok(base.to_owned())
 }
 
 impl Api {
     fn find(args: &Args, data_dir: &Path) -> Result<Self> {
         let url = match &args.url {
-            Some(url) => api_base(url).to_owned(),
+            Some(url) => api_base(url)?,
             None => {
                 let file = data_dir.join(gate402_gateway::admin::ADMIN_FILE);
                 // admin.json outlives a gateway killed hard: trust it only
@@ -513,11 +528,23 @@ mod tests {
             "http://127.0.0.1:9000/admin/api",
             "http://127.0.0.1:9000/admin/api/",
         ] {
-            assert_eq!(api_base(url), "http://127.0.0.1:9000", "{url}");
+            assert_eq!(api_base(url).unwrap(), "http://127.0.0.1:9000", "{url}");
+        }
+        for url in [
+            "http://127.0.0.1:9000/admin?x=1",
+            "http://127.0.0.1:9000/admin/#x",
+        ] {
+            assert_eq!(api_base(url).unwrap(), "http://127.0.0.1:9000", "{url}");
         }
         assert_eq!(
-            api_base("https://gw.test/ops/admin/api"),
+            api_base("https://gw.test/ops/admin/api").unwrap(),
             "https://gw.test/ops"
         );
+        let refused = api_base("http://user:hunter2@127.0.0.1:9000/")
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("GATE402_ADMIN_SECRET"), "{refused}");
+        assert!(!refused.contains("hunter2"), "{refused}");
+        assert!(api_base("not a url").is_err());
     }
 }
