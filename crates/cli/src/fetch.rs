@@ -562,7 +562,8 @@ pub struct ReceiptsArgs {
     /// One JSON document.
     #[arg(long)]
     pub json: bool,
-    /// Only since WHEN: unix seconds, or a duration back from now (`30m`, `24h`, `7d`).
+    /// Only since WHEN: a date (RFC 3339, as the list prints them), unix
+    /// seconds, or a duration back from now (`30m`, `24h`, `7d`).
     #[arg(long, value_parser = valid(since))]
     pub since: Option<String>,
 }
@@ -574,16 +575,21 @@ fn since(text: &str) -> Result<u64> {
     if let Ok(unix) = text.parse::<u64>() {
         return Ok(unix);
     }
+    // As the lists print times.
+    if let Some(at) = gate402_mpp::parse_time(text) {
+        return Ok(at.unix_timestamp().max(0) as u64);
+    }
+    let expected = "expected a date (2026-12-02T10:00:00Z), unix seconds or 30m, 24h, 7d";
     let (number, unit) = text.split_at(text.len().saturating_sub(1));
     let n: u64 = number
         .parse()
-        .with_context(|| format!("--since {text:?}: expected unix seconds or 30m, 24h, 7d"))?;
+        .with_context(|| format!("--since {text:?}: {expected}"))?;
     let secs = match unit {
         "s" => n,
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => bail!("--since {text:?}: expected unix seconds or 30m, 24h, 7d"),
+        _ => bail!("--since {text:?}: {expected}"),
     };
     Ok(now.saturating_sub(secs))
 }
@@ -616,6 +622,9 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
             )?
         );
         return Ok(());
+    }
+    if payments.is_empty() && refunds.is_empty() {
+        errln!("gate402: no payments booked");
     }
     for p in &payments {
         outln!(

@@ -78,6 +78,9 @@ fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
         );
         return Ok(());
     }
+    if sessions.is_empty() {
+        errln!("gate402: no sessions");
+    }
     for s in &sessions {
         let state = match (&s.closed_at, s.idle_at(now)) {
             (Some(_), _) => format!(

@@ -177,6 +177,22 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
         String::from_utf8_lossy(&out.stderr),
         "gate402: no tokens kept\n"
     );
+    // --since takes a date as the lists print it; none since says so.
+    let out = run(data, &["receipts", "--since", "1970-01-01T00:00:00Z"]).await;
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("total"))
+            .count(),
+        4
+    );
+    let out = run(data, &["receipts", "--since", "2999-01-01T00:00:00Z"]).await;
+    assert!(out.status.success() && out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "gate402: no payments booked\n"
+    );
     gateway.shutdown().await.unwrap();
 }
 
