@@ -7,7 +7,6 @@ use axum::http::Method;
 use gate402_paywall::pricing::{
     ParamPath, PerUnit, PriceRule, PricerConfig, Pricing, UnitSource, ValueMatch, MAX_PRICE_SATS,
 };
-use gate402_paywall::route::PathPattern;
 use serde::Deserialize;
 use toml::Value;
 
@@ -86,7 +85,7 @@ impl Checker {
         }
         let mut pricing = Pricing::default();
         if let Some(prices) = prices {
-            pricing.rules = self.price_rules(&join(path, "prices"), prices, &priced.path);
+            pricing.rules = self.price_rules(&join(path, "prices"), prices, priced);
         }
         if let Some(pricer) = pricer {
             pricing.pricer = self.pricer(&join(path, "pricer"), pricer, priced.price_sats);
@@ -94,7 +93,7 @@ impl Checker {
         Some(pricing)
     }
 
-    fn price_rules(&mut self, path: &str, value: Value, service: &PathPattern) -> Vec<PriceRule> {
+    fn price_rules(&mut self, path: &str, value: Value, service: &PricedService) -> Vec<PriceRule> {
         let Value::Array(list) = value else {
             self.error(path, "expected an array of tables ([[services.prices]])");
             return Vec::new();
@@ -109,7 +108,12 @@ impl Checker {
         rules
     }
 
-    fn price_rule(&mut self, path: &str, value: Value, service: &PathPattern) -> Option<PriceRule> {
+    fn price_rule(
+        &mut self,
+        path: &str,
+        value: Value,
+        service: &PricedService,
+    ) -> Option<PriceRule> {
         let at = |key: &str| join(path, key);
         let raw: RawRule = self.section(path, value)?;
         if raw.pricer.is_some() {
@@ -120,21 +124,40 @@ impl Checker {
         }
         let mut rule = PriceRule::default();
         for (i, method) in raw.methods.iter().flatten().enumerate() {
+            let at_method = format!("{}[{i}]", at("methods"));
             match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
-                Ok(m) => rule.methods.push(m),
-                Err(_) => self.error(
-                    &format!("{}[{i}]", at("methods")),
-                    format!("{method:?} is not an HTTP method"),
-                ),
+                Ok(m) => {
+                    self.warn_unregistered(&at_method, method, &m);
+                    rule.methods.push(m);
+                }
+                Err(_) => self.error(&at_method, format!("{method:?} is not an HTTP method")),
             }
+        }
+        let taken = |m: &Method| gate402_paywall::route::method_matches(&service.methods, m);
+        if !rule.methods.is_empty() && !rule.methods.iter().any(taken) {
+            let names = |methods: &[Method]| {
+                methods
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            self.error(
+                &at("methods"),
+                format!(
+                    "{} never reach this service, which takes {} only: the rule never applies",
+                    names(&rule.methods),
+                    names(&service.methods)
+                ),
+            );
         }
         if let Some(text) = &raw.path {
             match ParamPath::parse(text) {
-                Ok(pattern) if !pattern.may_match_under(service) => self.error(
+                Ok(pattern) if !pattern.may_match_under(&service.path) => self.error(
                     &at("path"),
                     format!(
                         "{text:?} matches no path of its service ({}): a rule prices its service's requests only",
-                        service.as_written()
+                        service.path.as_written()
                     ),
                 ),
                 Ok(pattern) => rule.path = Some(pattern),

@@ -266,13 +266,7 @@ impl Checker {
                     format!("{method:?} is never served: it would echo the request back, the headers added for the upstream with it"),
                 ),
                 Ok(m) => {
-                    if !is_registered(&m) {
-                        self.warnings.push(format!(
-                            "{}[{i}]: {method:?} is no registered HTTP method{}; requests are matched by it as written",
-                            at("methods"),
-                            closest_method(&m).map_or(String::new(), |m| format!(" (did you mean {m:?}?)"))
-                        ));
-                    }
+                    self.warn_unregistered(&format!("{}[{i}]", at("methods")), method, &m);
                     priced.methods.push(m);
                 }
                 Err(_) => self.error(
@@ -504,6 +498,20 @@ impl Checker {
             .pricing(path, raw.prices, raw.pricer, &priced)
             .map(std::sync::Arc::new);
         raw.name.map(|_| ServiceConfig { priced, upstream })
+    }
+
+    /// Warns of `method` (written as `written`, at `path`) when IANA's
+    /// registry does not know it: likely a typo, which requests would have
+    /// to repeat to match.
+    pub(super) fn warn_unregistered(&mut self, path: &str, written: &str, method: &Method) {
+        if REGISTERED_METHODS.contains(&method.as_str()) {
+            return;
+        }
+        let likely =
+            closest_method(method).map_or(String::new(), |m| format!(" (did you mean {m:?}?)"));
+        self.warnings.push(format!(
+            "{path}: {written:?} is no registered HTTP method{likely}; requests are matched by it as written"
+        ));
     }
 
     /// `upstream`: HTTP or HTTPS to a host, with an optional base path.
@@ -788,10 +796,6 @@ const REGISTERED_METHODS: [&str; 41] = [
     "UPDATEREDIRECTREF",
     "VERSION-CONTROL",
 ];
-
-fn is_registered(method: &Method) -> bool {
-    REGISTERED_METHODS.contains(&method.as_str())
-}
 
 /// The common method `method` is most likely a typo of (one letter added,
 /// dropped, changed or two swapped), if any.

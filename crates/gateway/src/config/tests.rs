@@ -969,6 +969,18 @@ fn settings_that_never_apply_are_refused() {
         path = "/v1/{model}/*"
         price_sats = 7
         [[services]]
+        name = "reads"
+        path = "/r/*"
+        methods = ["GET"]
+        upstream = "http://127.0.0.1:9"
+        price_sats = 1
+        [[services.prices]]
+        methods = ["POST"]
+        price_sats = 5
+        [[services.prices]]
+        methods = ["HEAD", "PUT"]
+        price_sats = 6
+        [[services]]
         name = "free"
         path = "/free/*"
         upstream = "http://127.0.0.1:9"
@@ -981,7 +993,8 @@ fn settings_that_never_apply_are_refused() {
     .0;
     let expected = [
         "services[0].prices[0].path: \"/v2/{model}/*\" matches no path of its service (/v1/*): a rule prices its service's requests only",
-        "services[1].sells: a service with auth = \"off\" is free and sells nothing: remove one of the two",
+        "services[1].prices[0].methods: POST never reach this service, which takes GET only: the rule never applies",
+        "services[2].sells: a service with auth = \"off\" is free and sells nothing: remove one of the two",
     ];
     assert_errors(&errors, &expected);
     assert_eq!(errors.len(), expected.len(), "{errors:#?}");
@@ -1002,6 +1015,16 @@ fn an_unregistered_method_is_warned_of() {
     assert_eq!(
         warnings(r#"["GET", "GETT", "query", "PURGE"]"#),
         ["services[0].methods[1]: \"GETT\" is no registered HTTP method (did you mean \"GET\"?); requests are matched by it as written"]
+    );
+    let rule = GatewayConfig::parse(
+        "[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\n[[services.prices]]\nmethods = [\"POTS\"]\nprice_sats = 2\n",
+        env,
+    )
+    .unwrap()
+    .warnings;
+    assert_eq!(
+        rule,
+        ["services[0].prices[0].methods[0]: \"POTS\" is no registered HTTP method (did you mean \"POST\"?); requests are matched by it as written"]
     );
     assert_eq!(
         warnings(r#"["FROBNICATE"]"#),
