@@ -1322,4 +1322,24 @@ async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Its 405 names what the path is served for, as every 405 must (it
+    // had no Allow).
+    let trace = |path: &'static str| {
+        let h = &h;
+        async move {
+            let answer = h
+                .client
+                .request(reqwest::Method::TRACE, h.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
+            answer.headers()["allow"].to_str().unwrap().to_owned()
+        }
+    };
+    // The DELETE service first, then the catch-all, which names none.
+    assert_eq!(
+        trace("/m/x").await,
+        "DELETE, GET, HEAD, POST, PUT, PATCH, OPTIONS"
+    );
 }

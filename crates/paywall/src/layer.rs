@@ -506,9 +506,6 @@ impl Paywall {
         // Presents a credential: may wait for room to read its body.
         let paid = matches!(presented, Ok(Some(_)));
         crate::route::strip_overrides(request.headers_mut());
-        if crate::route::echoes_request(request.method()) {
-            return Ok(own(responses::method_not_allowed(request.method())));
-        }
         if has_foreign_transfer_coding(request.headers()) {
             return Ok(own(responses::bad_request(
                 "Transfer-Encoding may be chunked alone: another transfer coding (gzip, …) would reach the upstream as the body itself; send Content-Encoding instead",
@@ -522,6 +519,13 @@ impl Paywall {
             Ok(host) => host,
             Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),
         };
+        if crate::route::echoes_request(request.method()) {
+            let allowed = self.routes().allowed(host.as_deref(), &path);
+            return Ok(own(responses::method_not_allowed(
+                request.method(),
+                &allowed,
+            )));
+        }
         if path.as_str() != request.uri().path() {
             let Some(uri) = with_path(request.uri(), &path) else {
                 return Ok(own(responses::bad_request(

@@ -82,34 +82,46 @@ pub fn bad_request(detail: &str) -> Response<Bytes> {
     )
 }
 
-/// `405 Method Not Allowed` for a method the gateway never forwards
-/// (`TRACE`: its answer would echo the headers added for the upstream).
-pub fn method_not_allowed(method: &http::Method) -> Response<Bytes> {
-    problem(
+/// `405` for a method that echoes the request (`TRACE`): never forwarded.
+/// `allowed` are the methods its path is served for (`Allow`, which a
+/// `405` always carries: RFC 9110 §15.5.6).
+pub fn method_not_allowed(method: &http::Method, allowed: &[http::Method]) -> Response<Bytes> {
+    let response = problem(
         StatusCode::METHOD_NOT_ALLOWED,
         "about:blank",
         "Method Not Allowed",
         &format!("{method} echoes the request and is not forwarded"),
         None,
-    )
+    );
+    with_allow(response, allowed)
 }
 
 /// `405` for a request whose path is served under other methods only,
 /// `allowed` (RFC 9110 §15.5.6: named in `Allow`).
 pub fn served_for(method: &http::Method, allowed: &[http::Method]) -> Response<Bytes> {
-    let allow = allowed
-        .iter()
-        .map(http::Method::as_str)
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut response = problem(
+    let response = problem(
         StatusCode::METHOD_NOT_ALLOWED,
         "about:blank",
         "Method Not Allowed",
-        &format!("this path is served for {allow}, not for {method}"),
+        &format!(
+            "this path is served for {}, not for {method}",
+            allow(allowed)
+        ),
         None,
     );
-    if let Ok(value) = http::HeaderValue::from_str(&allow) {
+    with_allow(response, allowed)
+}
+
+fn allow(allowed: &[http::Method]) -> String {
+    allowed
+        .iter()
+        .map(http::Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn with_allow(mut response: Response<Bytes>, allowed: &[http::Method]) -> Response<Bytes> {
+    if let Ok(value) = http::HeaderValue::from_str(&allow(allowed)) {
         response.headers_mut().insert(http::header::ALLOW, value);
     }
     response

@@ -295,7 +295,9 @@ impl Routes {
     /// The methods under which some service takes `path` on `host`, for a
     /// request no service takes under its own method (the `Allow` of a
     /// `405`): a service's methods as configured, `HEAD` with `GET`, in
-    /// the order first named. Empty when no service takes the path at all.
+    /// the order first named; the common ones for a service that names
+    /// none (it takes any: only a method never forwarded, `TRACE`, gets
+    /// here then). Empty when no service takes the path at all.
     pub fn allowed(&self, host: Option<&str>, path: &RequestPath) -> Vec<Method> {
         let mut allowed: Vec<Method> = Vec::new();
         for service in &self.services {
@@ -307,7 +309,20 @@ impl Routes {
             if !on_host || !service.path.matches(path) {
                 continue;
             }
-            for method in &service.methods {
+            const ANY: [Method; 6] = [
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ];
+            let named = if service.methods.is_empty() {
+                &ANY[..]
+            } else {
+                &service.methods[..]
+            };
+            for method in named {
                 let with_head = (*method == Method::GET).then_some(Method::HEAD);
                 for method in std::iter::once(method.clone()).chain(with_head) {
                     if !allowed.contains(&method) {
