@@ -83,6 +83,23 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
         )
         .route("/stream/gzip-always", any(|| async { event_stream(true) }))
         .route(
+            "/stream/cut-early",
+            any(|| async {
+                use futures_util::StreamExt;
+                // Its head, then broken off before any event.
+                let parts: Vec<Result<&'static str, std::io::Error>> =
+                    vec![Ok(": hello\n\n"), Err(std::io::Error::other("broke off"))];
+                let parts = futures_util::stream::iter(parts).then(|part| async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    part
+                });
+                (
+                    [("content-type", "text/event-stream")],
+                    axum::body::Body::from_stream(parts),
+                )
+            }),
+        )
+        .route(
             "/stream/cut",
             any(|| async {
                 use futures_util::StreamExt;
@@ -1195,10 +1212,12 @@ async fn a_failing_upstreams_event_stream_is_charged_per_event() {
 async fn a_metered_stream_the_upstream_breaks_off_is_broken_off_for_the_client() {
     use futures_util::StreamExt;
     let h = Harness::start(|services| {
-        let mut cut = balance("cut", "/stream/cut", 1, 5, "http://127.0.0.1:9");
-        cut.upstream = services[0].upstream.clone();
-        cut.priced.meter = gate402_gateway::config::Meter::Events;
-        services.push(cut);
+        for (name, path) in [("cut", "/stream/cut"), ("early", "/stream/cut-early")] {
+            let mut cut = balance(name, path, 1, 5, "http://127.0.0.1:9");
+            cut.upstream = services[0].upstream.clone();
+            cut.priced.meter = gate402_gateway::config::Meter::Events;
+            services.push(cut);
+        }
     })
     .await;
     let (challenge, request, _) = h.challenge("/stream/cut").await;
@@ -1231,6 +1250,28 @@ async fn a_metered_stream_the_upstream_breaks_off_is_broken_off_for_the_client()
         .unwrap_or_else(|| panic!("no receipt: {text}"));
     let receipt: Value = serde_json::from_str(receipt).unwrap();
     assert_eq!(receipt["units"], 3, "{receipt}");
+
+    // Broken off before any event: the request's own debit is given back
+    // (it was charged one event).
+    let (challenge, request, _) = h.challenge("/stream/cut-early").await;
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    let answer = h.send("/stream/cut-early", &challenge, open).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let text = answer.text().await.unwrap_or_default();
+    assert!(!text.contains("\"units\":1"), "{text}");
+    // Given back on a task of its own.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
+    let closed: Value = h
+        .send("/stream/cut-early", &challenge, close)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(closed["refundSats"], 5, "{closed}");
 }
 
 /// What a token's holder appends cannot change the deposit it names, and a

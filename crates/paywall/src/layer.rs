@@ -109,6 +109,12 @@ pub(crate) struct Spend {
     hold: Option<Hold>,
 }
 
+impl meter::FirstEvent for Spend {
+    fn give_back(self) {
+        self.fail_broken_answer();
+    }
+}
+
 impl Spend {
     fn served(self) -> Self {
         Self {
@@ -1005,7 +1011,7 @@ impl Paywall {
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
-        G: Send + 'static,
+        G: meter::FirstEvent,
     {
         let metered = Metered {
             paywall: self.clone(),

@@ -111,18 +111,21 @@ impl Metered {
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
-        G: Send + 'static,
+        G: FirstEvent,
     {
         let (tx, rx) = mpsc::channel(16);
         let tracker = self.paywall.inner.background.clone();
         tracker.spawn(async move {
-            self.run(body, tx).await;
-            drop(paid_first);
+            if self.run(body, tx).await {
+                paid_first.give_back();
+            }
         });
         rx
     }
 
-    async fn run<B>(&self, body: B, tx: mpsc::Sender<Passed>)
+    /// True when the upstream broke the stream off before any event:
+    /// the request's own debit, which paid for the first, is given back.
+    async fn run<B>(&self, body: B, tx: mpsc::Sender<Passed>) -> bool
     where
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
@@ -148,14 +151,14 @@ impl Metered {
             while let Some(end) = event_end(&buffer, false) {
                 let event = buffer.split_to(end).freeze();
                 if !self.pass(event, &mut units, &tx).await {
-                    return;
+                    return false;
                 }
             }
         }
         while let Some(end) = event_end(&buffer, true) {
             let event = buffer.split_to(end).freeze();
             if !self.pass(event, &mut units, &tx).await {
-                return;
+                return false;
             }
         }
         // An event the stream ended in the middle of is charged as one
@@ -165,15 +168,19 @@ impl Metered {
         if !buffer.is_empty() && cut.is_none() {
             buffer.extend_from_slice(b"\n\n");
             if !self.pass(buffer.freeze(), &mut units, &tx).await {
-                return;
+                return false;
             }
         }
-        let _ = tx.send(Ok(self.receipt(units.max(1)))).await;
+        // Nothing passed before the break: nothing is charged.
+        let unpaid = cut.is_some() && units == 0;
+        let charged = if unpaid { 0 } else { units.max(1) };
+        let _ = tx.send(Ok(self.receipt(charged))).await;
         // Broken off for the client too, after its receipt: a stream that
         // ends cleanly would read as whole.
         if let Some(e) = cut {
             let _ = tx.send(Err(e)).await;
         }
+        unpaid
     }
 
     /// Passes one whole event on, charging it if it carries data (the
@@ -292,6 +299,18 @@ impl Metered {
 /// What the charging task passes on: the stream's bytes, then the
 /// upstream's error if it broke off.
 pub(crate) type Passed = Result<Bytes, BoxError>;
+
+/// What paid for a stream's first event (the request's own debit), given
+/// back when the upstream broke the stream off before any.
+pub(crate) trait FirstEvent: Send + 'static {
+    /// Gives it back, as for the upstream failing on it.
+    fn give_back(self);
+}
+
+/// Given back already (a failing upstream's stream).
+impl FirstEvent for () {
+    fn give_back(self) {}
+}
 
 /// The body of a metered stream: what the charging task passes on.
 pub(crate) struct MeteredBody {
