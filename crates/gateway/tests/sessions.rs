@@ -67,6 +67,24 @@ fn event_stream(gzip: bool) -> axum::response::Response {
 
 /// An upstream with `/chat` (answers), `/flaky` (fails its first two
 /// calls), `/broken` (always fails).
+/// An event stream that sends `parts` apart (so that each is sent before
+/// the break) and is then broken off by its upstream.
+fn broken_stream(parts: Vec<&'static str>) -> impl axum::response::IntoResponse {
+    use futures_util::StreamExt;
+    let parts = parts
+        .into_iter()
+        .map(Ok)
+        .chain(std::iter::once(Err(std::io::Error::other("broke off"))));
+    let parts = futures_util::stream::iter(parts).then(|part| async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        part
+    });
+    (
+        [("content-type", "text/event-stream")],
+        axum::body::Body::from_stream(parts),
+    )
+}
+
 async fn upstream(failures: Arc<AtomicUsize>) -> String {
     let app = axum::Router::new()
         .route(
@@ -82,42 +100,19 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
             }),
         )
         .route("/stream/gzip-always", any(|| async { event_stream(true) }))
+        // Its head, then broken off before any event.
         .route(
             "/stream/cut-early",
-            any(|| async {
-                use futures_util::StreamExt;
-                // Its head, then broken off before any event.
-                let parts: Vec<Result<&'static str, std::io::Error>> =
-                    vec![Ok(": hello\n\n"), Err(std::io::Error::other("broke off"))];
-                let parts = futures_util::stream::iter(parts).then(|part| async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    part
-                });
-                (
-                    [("content-type", "text/event-stream")],
-                    axum::body::Body::from_stream(parts),
-                )
-            }),
+            any(|| async { broken_stream(vec![": hello\n\n"]) }),
         )
+        // Three events and half of a fourth, then broken off.
         .route(
             "/stream/cut",
             any(|| async {
-                use futures_util::StreamExt;
-                // Three events and half of a fourth, then broken off.
-                let parts: Vec<Result<&'static str, std::io::Error>> = vec![
-                    Ok("data: tok-1\n\ndata: tok-2\n\n"),
-                    Ok("data: tok-3\n\ndata: tok-"),
-                    Err(std::io::Error::other("the upstream broke off")),
-                ];
-                // Apart, so that what comes before the break is sent.
-                let parts = futures_util::stream::iter(parts).then(|part| async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    part
-                });
-                (
-                    [("content-type", "text/event-stream")],
-                    axum::body::Body::from_stream(parts),
-                )
+                broken_stream(vec![
+                    "data: tok-1\n\ndata: tok-2\n\n",
+                    "data: tok-3\n\ndata: tok-",
+                ])
             }),
         )
         .route(

@@ -105,8 +105,9 @@ pub(crate) struct Metered {
 
 impl Metered {
     /// Passes `body` on through the returned channel, charging each event
-    /// after the first. `paid_first` is dropped (kept: the first event's
-    /// debit) when the stream ends.
+    /// after the first. `paid_first`, the request's own debit that paid for
+    /// the first event, is kept when the stream ends, and given back when
+    /// the upstream broke the stream off before any event.
     pub(crate) fn start<B, G>(self, body: B, paid_first: G) -> mpsc::Receiver<Passed>
     where
         B: Body<Data = Bytes> + Send + 'static,
