@@ -1158,7 +1158,8 @@ async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
 
 /// An event stream a failing upstream (a 5xx) sends is charged per event
 /// all the same, past the first: the request's own debit is given back
-/// (pay for success), but its events are content. (Passed on unmetered,
+/// (pay for success), but its events are content; its receipt counts the
+/// events charged. (Passed on unmetered,
 /// a 3-sat deposit bought any number of such streams.)
 #[tokio::test]
 async fn a_failing_upstreams_event_stream_is_charged_per_event() {
@@ -1179,12 +1180,23 @@ async fn a_failing_upstreams_event_stream_is_charged_per_event() {
     assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let mut events = Events::of(answer);
     let mut names = Vec::new();
-    while let Some((name, _)) = events.next().await {
+    let mut receipt = None;
+    while let Some((name, data)) = events.next().await {
+        if name == "payment-receipt" {
+            receipt = Some(serde_json::from_str::<Value>(&data).unwrap());
+        }
         names.push(name);
     }
     // The first event free, three charged: the deposit.
     let messages = names.iter().filter(|n| *n == "message").count();
     assert_eq!(messages, 4, "{names:?}");
+    // Its receipt says what was charged (it said 4: the free event too).
+    let receipt = receipt.unwrap_or_else(|| panic!("no receipt: {names:?}"));
+    assert_eq!(
+        (&receipt["spent"], &receipt["units"]),
+        (&json!(3), &json!(3)),
+        "{receipt}"
+    );
     assert!(
         names.contains(&"payment-need-topup".to_owned()),
         "{names:?}"

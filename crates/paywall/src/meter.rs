@@ -117,7 +117,7 @@ impl Metered {
         let (tx, rx) = mpsc::channel(16);
         let tracker = self.paywall.inner.background.clone();
         tracker.spawn(async move {
-            if self.run(body, tx).await {
+            if self.run(body, tx, G::PAID).await {
                 paid_first.give_back();
             }
         });
@@ -126,14 +126,19 @@ impl Metered {
 
     /// True when the upstream broke the stream off before any event:
     /// the request's own debit, which paid for the first, is given back.
-    async fn run<B>(&self, body: B, tx: mpsc::Sender<Passed>) -> bool
+    /// `first_paid`: whether that debit stands (it was given back already
+    /// for a failing upstream's stream).
+    async fn run<B>(&self, body: B, tx: mpsc::Sender<Passed>, first_paid: bool) -> bool
     where
         B: Body<Data = Bytes>,
         B::Error: Into<BoxError>,
     {
         let mut body = Box::pin(body);
         let mut buffer = BytesMut::new();
-        let mut units: u64 = 0;
+        let mut units = Tally {
+            events: 0,
+            first_paid,
+        };
         // What the upstream broke off with: what was charged stands.
         let mut cut: Option<BoxError> = None;
         loop {
@@ -173,8 +178,8 @@ impl Metered {
             }
         }
         // Nothing passed before the break: nothing is charged.
-        let unpaid = cut.is_some() && units == 0;
-        let charged = if unpaid { 0 } else { units.max(1) };
+        let unpaid = cut.is_some() && units.events == 0;
+        let charged = if unpaid { 0 } else { units.charged() };
         let _ = tx.send(Ok(self.receipt(charged))).await;
         // Broken off for the client too, after its receipt: a stream that
         // ends cleanly would read as whole.
@@ -187,19 +192,19 @@ impl Metered {
     /// Passes one whole event on, charging it if it carries data (the
     /// first was paid with the request). False: the stream ends here (it
     /// was its `[DONE]`, no top-up came, or the client left).
-    async fn pass(&self, event: Bytes, units: &mut u64, tx: &mpsc::Sender<Passed>) -> bool {
+    async fn pass(&self, event: Bytes, units: &mut Tally, tx: &mpsc::Sender<Passed>) -> bool {
         if has_data(&event) {
             if is_done(&event) {
-                let _ = tx.send(Ok(self.receipt(*units))).await;
+                let _ = tx.send(Ok(self.receipt(units.charged()))).await;
                 let _ = tx.send(Ok(event)).await;
                 return false;
             }
-            if *units > 0 && !self.charge(tx).await {
+            if units.events > 0 && !self.charge(tx).await {
                 // Ended for want of a top-up: still told its cost.
-                let _ = tx.send(Ok(self.receipt(*units))).await;
+                let _ = tx.send(Ok(self.receipt(units.charged()))).await;
                 return false;
             }
-            *units += 1;
+            units.events += 1;
         }
         // The client left: nothing more is charged.
         tx.send(Ok(event)).await.is_ok()
@@ -282,6 +287,7 @@ impl Metered {
         )
     }
 
+    /// The `payment-receipt` event of a stream charged `units` events.
     fn receipt(&self, units: u64) -> Bytes {
         sse(
             "payment-receipt",
@@ -297,6 +303,27 @@ impl Metered {
     }
 }
 
+/// The events a stream passed on, and what they cost.
+struct Tally {
+    /// Events with data passed on.
+    events: u64,
+    /// Whether the request's own debit paid for the first.
+    first_paid: bool,
+}
+
+impl Tally {
+    /// Events charged: the first is paid by the request's debit (which
+    /// stands even for a stream without any), or free when that debit was
+    /// given back (a failing upstream's stream).
+    fn charged(&self) -> u64 {
+        if self.first_paid {
+            self.events.max(1)
+        } else {
+            self.events.saturating_sub(1)
+        }
+    }
+}
+
 /// What the charging task passes on: the stream's bytes, then the
 /// upstream's error if it broke off.
 pub(crate) type Passed = Result<Bytes, BoxError>;
@@ -304,12 +331,17 @@ pub(crate) type Passed = Result<Bytes, BoxError>;
 /// What paid for a stream's first event (the request's own debit), given
 /// back when the upstream broke the stream off before any.
 pub(crate) trait FirstEvent: Send + 'static {
+    /// Whether it was paid (false: given back already, the first event
+    /// free).
+    const PAID: bool = true;
+
     /// Gives it back, as for the upstream failing on it.
     fn give_back(self);
 }
 
 /// Given back already (a failing upstream's stream).
 impl FirstEvent for () {
+    const PAID: bool = false;
     fn give_back(self) {}
 }
 
@@ -350,6 +382,18 @@ impl MeteredBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receipt_counts_the_events_charged() {
+        let tally = |events, first_paid| Tally { events, first_paid }.charged();
+        // The request's debit paid for the first, even without any.
+        assert_eq!((tally(0, true), tally(1, true), tally(4, true)), (1, 1, 4));
+        // Given back (a failing upstream): the first is free.
+        assert_eq!(
+            (tally(0, false), tally(1, false), tally(4, false)),
+            (0, 0, 3)
+        );
+    }
 
     #[test]
     fn events_are_cut_at_blank_lines() {
