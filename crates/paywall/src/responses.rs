@@ -86,30 +86,37 @@ pub fn bad_request(detail: &str) -> Response<Bytes> {
 /// `allowed` are the methods its path is served for (`Allow`, which a
 /// `405` always carries: RFC 9110 §15.5.6).
 pub fn method_not_allowed(method: &http::Method, allowed: &[http::Method]) -> Response<Bytes> {
-    let response = problem(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "about:blank",
-        "Method Not Allowed",
+    not_allowed(
         &format!("{method} echoes the request and is not forwarded"),
-        None,
-    );
-    with_allow(response, allowed)
+        allowed,
+    )
 }
 
 /// `405` for a request whose path is served under other methods only,
 /// `allowed` (RFC 9110 §15.5.6: named in `Allow`).
 pub fn served_for(method: &http::Method, allowed: &[http::Method]) -> Response<Bytes> {
-    let response = problem(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "about:blank",
-        "Method Not Allowed",
+    not_allowed(
         &format!(
             "this path is served for {}, not for {method}",
             allow(allowed)
         ),
+        allowed,
+    )
+}
+
+/// A `405` problem saying `detail`, with `allowed` as its `Allow`.
+fn not_allowed(detail: &str, allowed: &[http::Method]) -> Response<Bytes> {
+    let mut response = problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "about:blank",
+        "Method Not Allowed",
+        detail,
         None,
     );
-    with_allow(response, allowed)
+    if let Ok(value) = http::HeaderValue::from_str(&allow(allowed)) {
+        response.headers_mut().insert(http::header::ALLOW, value);
+    }
+    response
 }
 
 fn allow(allowed: &[http::Method]) -> String {
@@ -118,13 +125,6 @@ fn allow(allowed: &[http::Method]) -> String {
         .map(http::Method::as_str)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn with_allow(mut response: Response<Bytes>, allowed: &[http::Method]) -> Response<Bytes> {
-    if let Ok(value) = http::HeaderValue::from_str(&allow(allowed)) {
-        response.headers_mut().insert(http::header::ALLOW, value);
-    }
-    response
 }
 
 /// A refusal answered without a fresh challenge (a malformed request

@@ -260,19 +260,17 @@ impl Checker {
             }
         }
         for (i, method) in raw.methods.iter().flatten().enumerate() {
+            let at_method = format!("{}[{i}]", at("methods"));
             match Method::from_bytes(method.to_ascii_uppercase().as_bytes()) {
                 Ok(m) if gate402_paywall::route::echoes_request(&m) => self.error(
-                    &format!("{}[{i}]", at("methods")),
+                    &at_method,
                     format!("{method:?} is never served: it would echo the request back, the headers added for the upstream with it"),
                 ),
                 Ok(m) => {
-                    self.warn_unregistered(&format!("{}[{i}]", at("methods")), method, &m);
+                    self.warn_unregistered(&at_method, method, &m);
                     priced.methods.push(m);
                 }
-                Err(_) => self.error(
-                    &format!("{}[{i}]", at("methods")),
-                    format!("{method:?} is not an HTTP method"),
-                ),
+                Err(_) => self.error(&at_method, format!("{method:?} is not an HTTP method")),
             }
         }
         // The gateway forwards every request it sells: without an upstream
