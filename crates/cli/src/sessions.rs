@@ -20,7 +20,8 @@ pub enum SessionsCommand {
         /// One JSON document.
         #[arg(long)]
         json: bool,
-        /// Closed ones too, with why they were closed.
+        /// Closed ones too, with why they were closed and what their
+        /// close refunded (their balance is then what is left after it).
         #[arg(long)]
         all: bool,
     },
@@ -57,21 +58,50 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn described(session: &StoredSession, now: u64) -> Value {
+/// A session as listed; `refund` is what its close refunded, when it was
+/// closed and the server answered: the balance is then what is left after
+/// it (nothing when it was refunded whole).
+fn described(session: &StoredSession, refund: Option<&Refund>, now: u64) -> Value {
     let mut value = serde_json::to_value(session).unwrap_or_default();
-    value["balance_sats"] = session.balance_sats().into();
+    value["balance_sats"] = balance_after(session, refund).into();
+    if let Some(refund) = refund {
+        value["refund_sats"] = (refund.refund_msat / 1000).into();
+        value["refund_status"] = refund.status.clone().into();
+    }
     // Past its idle timeout the server has closed (or is closing) it; the
     // next use or `close` learns the refund.
     value["idle"] = (session.closed_at.is_none() && session.idle_at(now)).into();
     value
 }
 
+/// The balance left with the server, in satoshis: the unspent part less
+/// what a refund that succeeded gave back.
+fn balance_after(session: &StoredSession, refund: Option<&Refund>) -> u64 {
+    let refunded = refund
+        .filter(|r| r.status == "succeeded")
+        .map_or(0, |r| r.refund_msat / 1000);
+    session.balance_sats().saturating_sub(refunded)
+}
+
 fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
     let ledger = Ledger::open(&ledger_path(data_dir))?;
     let sessions = ledger.sessions(all)?;
+    // The last refund recorded for each closed session.
+    let refunds: std::collections::HashMap<String, Refund> = if all {
+        ledger
+            .refunds(0)?
+            .into_iter()
+            .map(|r| (r.session.clone(), r))
+            .collect()
+    } else {
+        Default::default()
+    };
     let now = now();
     if json_out {
-        let sessions: Vec<Value> = sessions.iter().map(|s| described(s, now)).collect();
+        let sessions: Vec<Value> = sessions
+            .iter()
+            .map(|s| described(s, refunds.get(&s.id), now))
+            .collect();
         outln!(
             "{}",
             serde_json::to_string_pretty(&json!({ "sessions": sessions }))?
@@ -82,10 +112,16 @@ fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
         errln!("gate402: no sessions");
     }
     for s in &sessions {
+        let refund = refunds.get(&s.id);
         let state = match (&s.closed_at, s.idle_at(now)) {
             (Some(_), _) => format!(
-                "closed ({})",
-                s.close_reason.as_deref().unwrap_or("unknown")
+                "closed ({}){}",
+                s.close_reason.as_deref().unwrap_or("unknown"),
+                refund.map_or_else(String::new, |r| format!(
+                    ", refunded {} sat ({})",
+                    r.refund_msat / 1000,
+                    r.status
+                )),
             ),
             (None, true) => "idle past its timeout".into(),
             (None, false) => "open".into(),
@@ -96,7 +132,7 @@ fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
             s.method,
             s.origin,
             s.path,
-            s.balance_sats(),
+            balance_after(s, refund),
             s.deposit_sats,
             s.unit_sats,
             s.idle_timeout_secs

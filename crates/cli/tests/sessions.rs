@@ -125,6 +125,26 @@ async fn a_session_serves_25_calls_for_two_deposits_and_close_refunds_the_rest()
     assert_eq!(refund["amount_msat"], 15_000);
     let listed = ok_json(data, &["sessions", "list", "--json"]).await;
     assert_eq!(listed["sessions"], serde_json::json!([]));
+    // Listed with the closed ones: its balance went back to the wallet.
+    let listed = ok_json(data, &["sessions", "list", "--json", "--all"]).await;
+    let session = &listed["sessions"][0];
+    assert_eq!(session["id"], session_id.as_str(), "{listed}");
+    assert_eq!(
+        (
+            session["balance_sats"].as_u64(),
+            session["refund_sats"].as_u64(),
+            session["refund_status"].as_str(),
+        ),
+        (Some(0), Some(15), Some("succeeded")),
+        "{listed}"
+    );
+    let out = gate402(data, &["sessions", "list", "--all"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("balance 0 of 40 sat deposited")
+            && text.contains("closed (close), refunded 15 sat (succeeded)"),
+        "{text}"
+    );
     // Nothing left to close.
     let out = gate402(data, &["sessions", "close", &session_id]).await;
     assert_eq!(out.status.code(), Some(1));
