@@ -65,7 +65,7 @@ fn described(session: &StoredSession, refund: Option<&Refund>, now: u64) -> Valu
     let mut value = serde_json::to_value(session).unwrap_or_default();
     value["balance_sats"] = balance_after(session, refund).into();
     if let Some(refund) = refund {
-        value["refund_sats"] = (refund.refund_msat / 1000).into();
+        value["refund_sats"] = refund.refund_sats().into();
         value["refund_status"] = refund.status.clone().into();
     }
     // Past its idle timeout the server has closed (or is closing) it; the
@@ -79,7 +79,7 @@ fn described(session: &StoredSession, refund: Option<&Refund>, now: u64) -> Valu
 fn balance_after(session: &StoredSession, refund: Option<&Refund>) -> u64 {
     let refunded = refund
         .filter(|r| r.status == "succeeded")
-        .map_or(0, |r| r.refund_msat / 1000);
+        .map_or(0, Refund::refund_sats);
     session.balance_sats().saturating_sub(refunded)
 }
 
@@ -119,7 +119,7 @@ fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
                 s.close_reason.as_deref().unwrap_or("unknown"),
                 refund.map_or_else(String::new, |r| format!(
                     ", refunded {} sat ({})",
-                    r.refund_msat / 1000,
+                    r.refund_sats(),
                     r.status
                 )),
             ),
@@ -146,7 +146,7 @@ fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
 fn closed(refund: &Refund) -> Value {
     json!({
         "session": refund.session,
-        "refundSats": refund.refund_msat / 1000,
+        "refundSats": refund.refund_sats(),
         "refundStatus": refund.status,
         "receivedMsat": refund.received_msat,
     })

@@ -401,6 +401,13 @@ pub struct Refund {
     pub created_at: u64,
 }
 
+impl Refund {
+    /// What the server says it refunded, in whole satoshis (rounded down).
+    pub fn refund_sats(&self) -> u64 {
+        self.refund_msat / 1000
+    }
+}
+
 /// Held while one endpoint is being paid for; dropping it lets the next
 /// request (in this process or another) in. An OS file lock, so a process
 /// killed while holding it releases it.
