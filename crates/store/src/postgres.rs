@@ -493,14 +493,14 @@ async fn claim_batch(
     connection: &mut PgConnection,
     batch: &[ClaimCall],
 ) -> Result<Vec<Reservation>, StoreError> {
-    let mut first: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut unique: Vec<&ClaimCall> = Vec::new();
+    // In key order: two batches (of two writers, or of two replicas) that
+    // hold the same new keys then lock them in the same order, and cannot
+    // deadlock whatever order their requests came in.
+    let mut first: std::collections::BTreeMap<&str, &ClaimCall> = Default::default();
     for call in batch {
-        if !first.contains_key(call.key.as_str()) {
-            first.insert(&call.key, unique.len());
-            unique.push(call);
-        }
+        first.entry(call.key.as_str()).or_insert(call);
     }
+    let unique: Vec<&ClaimCall> = first.values().copied().collect();
     let keys: Vec<&str> = unique.iter().map(|c| c.key.as_str()).collect();
     let leases: Vec<i64> = unique.iter().map(|c| c.lease_until as i64).collect();
     let expiries: Vec<i64> = unique.iter().map(|c| c.expires_at as i64).collect();
@@ -551,12 +551,9 @@ async fn claim_batch(
     };
     Ok(batch
         .iter()
-        .enumerate()
-        .map(|(i, call)| {
+        .map(|call| {
             let key = call.key.as_str();
-            let is_first = unique
-                .get(first[key])
-                .is_some_and(|c| std::ptr::eq(*c, &batch[i]));
+            let is_first = std::ptr::eq(first[key], call);
             if consumed.contains(key) {
                 Reservation::Consumed
             } else if is_first && acquired.contains(key) {
@@ -756,9 +753,13 @@ impl Store for PostgresStore {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<&str> = claims.iter().map(|(k, _)| k.as_str()).collect();
-        let replicas: Vec<&str> = claims.iter().map(|(_, h)| h.replica.as_str()).collect();
-        let tokens: Vec<&str> = claims.iter().map(|(_, h)| h.token.as_str()).collect();
+        // In key order, as the claims were taken, so that a commit and a
+        // batch taking over some of its lapsed claims cannot deadlock.
+        let mut sorted: Vec<&(String, ClaimHolder)> = claims.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let keys: Vec<&str> = sorted.iter().map(|(k, _)| k.as_str()).collect();
+        let replicas: Vec<&str> = sorted.iter().map(|(_, h)| h.replica.as_str()).collect();
+        let tokens: Vec<&str> = sorted.iter().map(|(_, h)| h.token.as_str()).collect();
         // Planned anew each time (not a prepared statement): a plan kept
         // from when the table was small joins the batch against a scan of
         // every claim, however many the table holds by then.
@@ -783,7 +784,10 @@ impl Store for PostgresStore {
             .await?;
         let committed: std::collections::HashSet<&str> =
             committed.iter().map(String::as_str).collect();
-        Ok(keys.iter().map(|k| committed.contains(k)).collect())
+        Ok(claims
+            .iter()
+            .map(|(k, _)| committed.contains(k.as_str()))
+            .collect())
     }
 
     async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError> {
@@ -891,10 +895,15 @@ impl Store for PostgresStore {
         if payments.is_empty() {
             return Ok(Vec::new());
         }
-        let column = |f: fn(&PaymentRecord) -> i64| payments.iter().map(f).collect::<Vec<i64>>();
-        let hashes: Vec<Vec<u8>> = payments.iter().map(|p| p.payment_hash.to_vec()).collect();
-        let services: Vec<&str> = payments.iter().map(|p| p.service.as_str()).collect();
-        let schemes: Vec<&str> = payments.iter().map(|p| p.scheme.as_str()).collect();
+        // Rows are locked in payment hash order, so that replicas writing
+        // the same payments at once cannot deadlock.
+        let mut sorted: Vec<&PaymentRecord> = payments.iter().collect();
+        sorted.sort_unstable_by_key(|p| p.payment_hash);
+        let column =
+            |f: fn(&PaymentRecord) -> i64| sorted.iter().map(|p| f(p)).collect::<Vec<i64>>();
+        let hashes: Vec<Vec<u8>> = sorted.iter().map(|p| p.payment_hash.to_vec()).collect();
+        let services: Vec<&str> = sorted.iter().map(|p| p.service.as_str()).collect();
+        let schemes: Vec<&str> = sorted.iter().map(|p| p.scheme.as_str()).collect();
         // One statement for the batch; `xmax = 0` tells a row this
         // statement inserted from one it updated.
         let rows = sqlx::query(
@@ -918,9 +927,9 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| (r.get::<Vec<u8>, _>(0), r.get::<bool, _>(1)))
             .collect();
-        Ok(hashes
+        Ok(payments
             .iter()
-            .map(|h| inserted.get(h).copied().unwrap_or(false))
+            .map(|p| inserted.get(&p.payment_hash[..]).copied().unwrap_or(false))
             .collect())
     }
 
@@ -1549,9 +1558,12 @@ impl Store for PostgresStore {
         if counts.is_empty() {
             return Ok(());
         }
-        let services: Vec<&str> = counts.iter().map(|c| c.service.as_str()).collect();
-        let hours: Vec<i64> = counts.iter().map(|c| c.hour as i64).collect();
-        let added: Vec<i64> = counts.iter().map(|c| c.count as i64).collect();
+        // In key order, as `record_payments`, for the same reason.
+        let mut sorted: Vec<&ChallengeCount> = counts.iter().collect();
+        sorted.sort_unstable_by(|a, b| (&a.service, a.hour).cmp(&(&b.service, b.hour)));
+        let services: Vec<&str> = sorted.iter().map(|c| c.service.as_str()).collect();
+        let hours: Vec<i64> = sorted.iter().map(|c| c.hour as i64).collect();
+        let added: Vec<i64> = sorted.iter().map(|c| c.count as i64).collect();
         sqlx::query(
             "INSERT INTO challenge_counts (service, hour, count)
              SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bigint[])

@@ -1505,3 +1505,146 @@ async fn postgres_spends_claims_by_key_however_the_table_grew() {
         "spending 5 batches of claims scanned the whole table"
     );
 }
+
+/// Runs `a` and `b`, each a batch written by its own replica, while
+/// another transaction holds a lock that both batches need (taken by
+/// `hold`); lets it go once both wait on a lock, then returns their
+/// results. Batches that lock their rows in the order they were given
+/// then deadlock when given the same rows in opposite orders.
+async fn behind_one_lock<T: Send + 'static>(
+    url: &str,
+    hold: &str,
+    a: impl std::future::Future<Output = T> + Send + 'static,
+    b: impl std::future::Future<Output = T> + Send + 'static,
+) -> (T, T) {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let mut holding = pool.begin().await.unwrap();
+    sqlx::raw_sql(hold).execute(&mut *holding).await.unwrap();
+    let (a, b) = (tokio::spawn(a), tokio::spawn(b));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting >= 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two batches never both waited on a lock ({waiting} waiting)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    holding.rollback().await.unwrap();
+    (a.await.unwrap(), b.await.unwrap())
+}
+
+/// Two replicas claiming the same new keys in opposite orders at once:
+/// every key is acquired by exactly one of them, and neither batch fails.
+#[tokio::test]
+async fn postgres_claim_batches_in_opposite_orders_do_not_deadlock() {
+    let postgres = TestPostgres::start().await;
+    let a = Arc::new(PostgresStore::connect(&postgres.url).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(&postgres.url).await.unwrap());
+    let keys = [key(1), key(2), key(3)];
+    // One batch each: on this runtime's one thread, a store's three
+    // claims are all queued before its writer runs.
+    let claims = |store: Arc<PostgresStore>, [x, y, z]: [String; 3], replica: &'static str| async move {
+        let h = holder(replica, "1");
+        let (x, y, z) = tokio::join!(
+            store.claim(&x, &h, 1000, 100, 10),
+            store.claim(&y, &h, 1000, 100, 10),
+            store.claim(&z, &h, 1000, 100, 10)
+        );
+        vec![x, y, z]
+    };
+    let [k1, k2, k3] = keys.clone();
+    let forward = claims(a, [k1.clone(), k2.clone(), k3.clone()], "a");
+    let backward = claims(b, [k3, k2, k1], "b");
+    // The middle key is held by a transaction that inserted it and has
+    // not ended: both batches wait on it with one key already theirs.
+    let hold = format!(
+        "INSERT INTO challenges (id, lease_until, expires_at) VALUES ('{}', 0, 1000)",
+        keys[1]
+    );
+    let (forward, backward) = behind_one_lock(&postgres.url, &hold, forward, backward).await;
+    let forward: Vec<Reservation> = forward.into_iter().map(Result::unwrap).collect();
+    let mut backward: Vec<Reservation> = backward.into_iter().map(Result::unwrap).collect();
+    backward.reverse();
+    for (i, (f, b)) in forward.iter().zip(&backward).enumerate() {
+        let acquired = [f, b]
+            .iter()
+            .filter(|r| ***r == Reservation::Acquired)
+            .count();
+        assert_eq!(acquired, 1, "key {i}: {f:?} and {b:?}");
+    }
+}
+
+/// Two replicas counting the same payments in opposite orders at once:
+/// neither fails, and every serving is counted.
+#[tokio::test]
+async fn postgres_payment_batches_in_opposite_orders_do_not_deadlock() {
+    let postgres = TestPostgres::start().await;
+    let a = Arc::new(PostgresStore::connect(&postgres.url).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(&postgres.url).await.unwrap());
+    let payments = [payment(1, "s"), payment(2, "s"), payment(3, "s")];
+    a.record_payments(&payments).await.unwrap();
+    let write = |store: Arc<PostgresStore>, payments: Vec<PaymentRecord>| async move {
+        store.record_payments(&payments).await
+    };
+    let forward = write(a.clone(), payments.to_vec());
+    let backward = write(b, payments.iter().rev().cloned().collect());
+    let hold = format!(
+        "SELECT 1 FROM payments WHERE payment_hash = '\\x{}' FOR UPDATE",
+        "02".repeat(32)
+    );
+    let (forward, backward) = behind_one_lock(&postgres.url, &hold, forward, backward).await;
+    assert_eq!(forward.unwrap(), vec![false; 3]);
+    assert_eq!(backward.unwrap(), vec![false; 3]);
+    let all = PaymentQuery {
+        until: u64::MAX,
+        limit: 10,
+        ..PaymentQuery::default()
+    };
+    let rows = a.payments(&all).await.unwrap();
+    let served: Vec<u64> = rows.iter().map(|r| r.served).collect();
+    assert_eq!(served, vec![3, 3, 3]);
+}
+
+/// Two replicas adding 402 counts of the same services in opposite
+/// orders at once: neither fails, and every count is added.
+#[tokio::test]
+async fn postgres_challenge_count_batches_in_opposite_orders_do_not_deadlock() {
+    let postgres = TestPostgres::start().await;
+    let a = Arc::new(PostgresStore::connect(&postgres.url).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(&postgres.url).await.unwrap());
+    let counts: Vec<ChallengeCount> = ["a", "b", "c"]
+        .iter()
+        .map(|service| ChallengeCount {
+            service: (*service).into(),
+            hour: 3600,
+            count: 1,
+        })
+        .collect();
+    a.add_challenge_counts(&counts).await.unwrap();
+    let add = |store: Arc<PostgresStore>, counts: Vec<ChallengeCount>| async move {
+        store.add_challenge_counts(&counts).await
+    };
+    let forward = add(a.clone(), counts.clone());
+    let backward = add(b, counts.iter().rev().cloned().collect());
+    let hold = "SELECT 1 FROM challenge_counts WHERE service = 'b' FOR UPDATE";
+    let (forward, backward) = behind_one_lock(&postgres.url, hold, forward, backward).await;
+    forward.unwrap();
+    backward.unwrap();
+    let added: Vec<u64> = a
+        .challenge_counts(0, 7200)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.count)
+        .collect();
+    assert_eq!(added, vec![3, 3, 3]);
+}
