@@ -1176,6 +1176,46 @@ async fn freebies_are_counted_per_client() {
     );
 }
 
+/// A free call is paid for by its success, as a paid one is: one the
+/// upstream failed on is given back (at most as many times as there are
+/// free calls: it may have acted), one that never reached it always.
+#[tokio::test]
+async fn free_calls_that_fail_are_given_back() {
+    let mut h = Harness::start(|up| {
+        let mut boom = service("boom", "/boom", 3, up);
+        boom.priced.auth = Auth::Freebie(2);
+        let mut taste = service("taste", "/taste", 3, up);
+        taste.priced.auth = Auth::Freebie(2);
+        vec![boom, taste]
+    })
+    .await;
+    let status = |h: &Harness, path: &'static str| {
+        let request = h.client.get(h.url(path));
+        async move { request.send().await.unwrap().status() }
+    };
+    // Two failures given back, two more counted: the upstream had four
+    // free calls, twice the two a client has.
+    for attempt in 1..=4 {
+        assert_eq!(
+            status(&h, "/boom").await,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "free call {attempt}"
+        );
+    }
+    assert_eq!(status(&h, "/boom").await, StatusCode::PAYMENT_REQUIRED);
+
+    let addr = h.upstream.addr;
+    h.upstream.stop().await;
+    for _ in 0..5 {
+        assert_eq!(status(&h, "/taste").await, StatusCode::BAD_GATEWAY);
+    }
+    h.upstream = Upstream::start(addr).await;
+    for _ in 0..2 {
+        assert_eq!(status(&h, "/taste").await, StatusCode::OK);
+    }
+    assert_eq!(status(&h, "/taste").await, StatusCode::PAYMENT_REQUIRED);
+}
+
 #[tokio::test]
 async fn proxy_preserves_the_request_and_hides_the_credential() {
     let h = Harness::start(|up| {

@@ -579,7 +579,9 @@ impl Paywall {
         if let (Auth::Freebie(free), Ok(None)) = (service.auth, &presented) {
             let who = client_key.map_or_else(|| "unknown".to_owned(), |k| k.to_string());
             match self.store().count_freebie(&who, &service.name).await {
-                Ok(used) if used <= free => return call(inner, request).await,
+                Ok(used) if used <= free => {
+                    return self.call_free(inner, request, &who, &service.name, free).await;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "store: cannot count a free call");
@@ -1302,6 +1304,43 @@ impl Paywall {
             }
             Err(_) => responses::unavailable("the Lightning node"),
         }
+    }
+}
+
+impl Paywall {
+    /// Forwards a free call; one that did not succeed is given back (pay
+    /// for success, as for paid calls): uncounted if it never reached the
+    /// upstream, else at most `free` times per client and service.
+    async fn call_free<S, ReqBody, ResBody>(
+        &self,
+        inner: S,
+        request: Request<ReqBody>,
+        client: &str,
+        service: &str,
+        free: u64,
+    ) -> Result<Response<PaywallBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let response = call(inner, request).await;
+        let failures_allowed = match &response {
+            Ok(r) if r.extensions().get::<NotReached>().is_some() => None,
+            Ok(r) if !r.status().is_server_error() => return response,
+            _ => Some(free),
+        };
+        match self
+            .store()
+            .return_freebie(client, service, failures_allowed)
+            .await
+        {
+            Ok(given_back) => tracing::warn!(
+                service,
+                given_back,
+                "upstream failed on a free call; given back unless it failed on this client's too often"
+            ),
+            Err(e) => tracing::error!(error = %e, "store: cannot give back a free call"),
+        }
+        response
     }
 }
 

@@ -415,6 +415,19 @@ impl Store for ObservedStore {
         .await
     }
 
+    async fn return_freebie(
+        &self,
+        client: &str,
+        service: &str,
+        failures_allowed: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            "store.return_freebie",
+            self.inner.return_freebie(client, service, failures_allowed),
+        )
+        .await
+    }
+
     async fn put_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
         self.timed("store.put_response", self.inner.put_response(response))
             .await

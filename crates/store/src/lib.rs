@@ -456,6 +456,21 @@ pub trait Store: Send + Sync + 'static {
     /// count including this one.
     async fn count_freebie(&self, client: &str, service: &str) -> Result<u64, StoreError>;
 
+    /// Gives back a free call of `client` on `service` counted by
+    /// [`Store::count_freebie`] that did not succeed (pay for success, as
+    /// for paid calls). `failures_allowed`: `None` for a call that never
+    /// reached the upstream, given back uncounted; `Some(n)` for one the
+    /// upstream had and failed on, counted, and given back only while
+    /// fewer than `n` were (an upstream that may have acted on a failed
+    /// call must not be made to act any number of times for free).
+    /// Returns whether it was given back.
+    async fn return_freebie(
+        &self,
+        client: &str,
+        service: &str,
+        failures_allowed: Option<u64>,
+    ) -> Result<bool, StoreError>;
+
     /// Keeps a paid response for retries with its `Idempotency-Key`. The
     /// first kept under a key stays: a second is ignored.
     async fn put_response(&self, response: &StoredResponse) -> Result<(), StoreError>;
@@ -654,6 +669,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest `limit` admin log entries, newest first.
     async fn admin_log(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+/// [`Store::return_freebie`]'s `failures_allowed` as its statement's two
+/// numbers: what the call adds to the failures counted, and the count
+/// below which it is given back.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn failure_count(failures_allowed: Option<u64>) -> (i64, i64) {
+    match failures_allowed {
+        None => (0, i64::MAX),
+        Some(n) => (1, n.min(i64::MAX as u64) as i64),
+    }
 }
 
 /// Header fields as one column: `name:value` lines. Neither part can hold

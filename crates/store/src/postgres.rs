@@ -9,9 +9,9 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
 use crate::{
-    decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedIdle, ClosedSession, Closing,
-    Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation,
-    SessionRecord, Store, StoreError, StoredResponse, TopUp,
+    decode_headers, encode_headers, failure_count, AfterFailure, ClaimHolder, ClosedIdle,
+    ClosedSession, Closing, Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord,
+    Reservation, SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -188,6 +188,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sessions ADD COLUMN unit_msat BIGINT;",
     // Sessions are looked up by return invoice when one is opened.
     "CREATE INDEX sessions_return_invoice ON sessions (return_invoice);",
+    // Free calls given back after the upstream failed on them.
+    "ALTER TABLE freebies ADD COLUMN failed BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// A session row, if there is one.
@@ -944,6 +946,27 @@ impl Store for PostgresStore {
         .fetch_one(&self.pool)
         .await
         .map(|n| n as u64)
+        .map_err(db)
+    }
+
+    async fn return_freebie(
+        &self,
+        client: &str,
+        service: &str,
+        failures_allowed: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let (counted, allowed) = failure_count(failures_allowed);
+        sqlx::query(
+            "UPDATE freebies SET used = used - 1, failed = failed + $3
+             WHERE client = $1 AND service = $2 AND used > 0 AND failed < $4",
+        )
+        .bind(client)
+        .bind(service)
+        .bind(counted)
+        .bind(allowed)
+        .execute(&self.pool)
+        .await
+        .map(|r| r.rows_affected() == 1)
         .map_err(db)
     }
 

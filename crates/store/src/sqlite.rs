@@ -8,9 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::{
-    decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedIdle, ClosedSession, Closing,
-    Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation,
-    SessionRecord, Store, StoreError, StoredResponse, TopUp,
+    decode_headers, encode_headers, failure_count, AfterFailure, ClaimHolder, ClosedIdle,
+    ClosedSession, Closing, Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord,
+    Reservation, SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -172,6 +172,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sessions ADD COLUMN unit_msat INTEGER;",
     // Sessions are looked up by return invoice when one is opened.
     "CREATE INDEX sessions_return_invoice ON sessions (return_invoice);",
+    // Free calls given back after the upstream failed on them.
+    "ALTER TABLE freebies ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A session row, if there is one.
@@ -1007,6 +1009,25 @@ impl Store for SqliteStore {
             )?
             .query_row(params![client, service], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
+        })
+        .await
+    }
+
+    async fn return_freebie(
+        &self,
+        client: &str,
+        service: &str,
+        failures_allowed: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let (client, service) = (client.to_owned(), service.to_owned());
+        let (counted, allowed) = failure_count(failures_allowed);
+        self.with_one(move |c| {
+            c.prepare_cached(
+                "UPDATE freebies SET used = used - 1, failed = failed + ?3
+                 WHERE client = ?1 AND service = ?2 AND used > 0 AND failed < ?4",
+            )?
+            .execute(params![client, service, counted, allowed])
+            .map(|n| n == 1)
         })
         .await
     }

@@ -397,6 +397,23 @@ async fn freebies_count_per_client_and_service([a, b]: &Pair) {
     assert_eq!(b.count_freebie("1.2.3.4", "a").await.unwrap(), 2);
     assert_eq!(a.count_freebie("1.2.3.4", "b").await.unwrap(), 1);
     assert_eq!(a.count_freebie("5.6.7.8", "a").await.unwrap(), 1);
+
+    // A call that failed is given back; failures at most twice (here),
+    // calls that never reached the upstream any number of times.
+    assert!(b.return_freebie("1.2.3.4", "a", Some(2)).await.unwrap());
+    assert!(a.return_freebie("1.2.3.4", "a", Some(2)).await.unwrap());
+    assert!(!a.return_freebie("1.2.3.4", "a", Some(2)).await.unwrap());
+    assert_eq!(a.count_freebie("1.2.3.4", "a").await.unwrap(), 1);
+    assert!(!b.return_freebie("1.2.3.4", "a", Some(2)).await.unwrap());
+    for _ in 0..3 {
+        assert!(a.return_freebie("1.2.3.4", "a", None).await.unwrap());
+        assert_eq!(b.count_freebie("1.2.3.4", "a").await.unwrap(), 1);
+    }
+    // Never below none used, nor for a client that used none.
+    assert!(a.return_freebie("1.2.3.4", "a", None).await.unwrap());
+    assert!(!a.return_freebie("1.2.3.4", "a", None).await.unwrap());
+    assert!(!a.return_freebie("9.9.9.9", "a", None).await.unwrap());
+    assert_eq!(a.count_freebie("5.6.7.8", "a").await.unwrap(), 2);
 }
 
 async fn invoices_are_found_by_payment_hash([a, b]: &Pair) {
