@@ -456,17 +456,25 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
                     .as_f64()
                     .map_or("-".to_owned(), |c| format!("{:.1}%", c * 100.0));
                 format!(
-                    "{:<20} {:>11} {:>9} {:>8} {:>10}\n",
+                    "{:<20} {:>11} {:>12} {:>9} {:>9} {:>8} {:>10}\n",
                     name,
                     n(&s["revenue_sats"]),
+                    n(&s["refunded_sats"]),
+                    s["net_sats"].as_i64().unwrap_or(0),
                     n(&s["payments"]),
                     n(&s["challenges"]),
                     conversion
                 )
             };
             out.push_str(&format!(
-                "{:<20} {:>11} {:>9} {:>8} {:>10}\n",
-                "SERVICE", "REVENUE sat", "PAYMENTS", "402s", "CONVERSION"
+                "{:<20} {:>11} {:>12} {:>9} {:>9} {:>8} {:>10}\n",
+                "SERVICE",
+                "REVENUE sat",
+                "REFUNDED sat",
+                "NET sat",
+                "PAYMENTS",
+                "402s",
+                "CONVERSION"
             ));
             for s in answer["services"].as_array().into_iter().flatten() {
                 out.push_str(&line(s["service"].as_str().unwrap_or_default(), s));

@@ -927,6 +927,7 @@ async fn the_dashboard_shows_what_the_api_says_and_edits_a_price_in_headless_chr
         .eval(
             r#"({
                 revenue: document.querySelector('#revenue-total').textContent,
+                refunded: document.querySelector('#refunded-total').textContent,
                 payments: document.querySelector('#payments-total').textContent,
                 challenges: document.querySelector('#challenges-total').textContent,
                 conversion: document.querySelector('#conversion-total').textContent,
@@ -952,6 +953,7 @@ async fn the_dashboard_shows_what_the_api_says_and_edits_a_price_in_headless_chr
         revenue["total"]["revenue_sats"].to_string()
     );
     assert_eq!(shown["revenue"], "23");
+    assert_eq!(shown["refunded"], "0");
     assert_eq!(shown["payments"], "3");
     assert_eq!(shown["challenges"], "4");
     assert_eq!(shown["conversion"], "75.0 %");

@@ -342,23 +342,27 @@ impl Harness {
             .unwrap()
     }
 
+    /// `GET /admin/api{path}`, as JSON.
+    async fn admin(&self, path: &str) -> Value {
+        let admin = format!("http://{}/admin/api", self.gateway.admin_addr().unwrap());
+        let secret = std::fs::read_to_string(self._dir.path().join("admin_secret")).unwrap();
+        self.http
+            .get(format!("{admin}{path}"))
+            .bearer_auth(secret.trim())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// What is left of the balance `session` (hex) once it reads `settled`,
     /// or after 3 s, as the admin API shows it (msat).
     async fn balance_once(&self, session: &str, settled: u64) -> u64 {
-        let admin = format!("http://{}/admin/api", self.gateway.admin_addr().unwrap());
-        let secret = std::fs::read_to_string(self._dir.path().join("admin_secret")).unwrap();
         let mut left = 0;
         for _ in 0..60 {
-            let shown: Value = self
-                .http
-                .get(format!("{admin}/sessions/{session}"))
-                .bearer_auth(secret.trim())
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let shown = self.admin(&format!("/sessions/{session}")).await;
             left = shown["balance_msat"].as_u64().unwrap_or(u64::MAX);
             if left == settled {
                 break;
@@ -629,6 +633,25 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
     assert_eq!(
         problem(h.send("/chat", &challenge, bearer).await).await,
         lightning("session-closed")
+    );
+    // The admin report counts both deposits as revenue and the refund
+    // against it (deposits are written in batches: wait for both).
+    let mut total = Value::Null;
+    for _ in 0..60 {
+        total = h.admin("/revenue").await["total"].clone();
+        if total["payments"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        (
+            &total["revenue_sats"],
+            &total["refunded_sats"],
+            &total["net_sats"]
+        ),
+        (&json!(20), &json!(6), &json!(14)),
+        "{total}"
     );
 }
 

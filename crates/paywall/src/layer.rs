@@ -580,7 +580,9 @@ impl Paywall {
             let who = client_key.map_or_else(|| "unknown".to_owned(), |k| k.to_string());
             match self.store().count_freebie(&who, &service.name).await {
                 Ok(used) if used <= free => {
-                    return self.call_free(inner, request, &who, &service.name, free).await;
+                    return self
+                        .call_free(inner, request, &who, &service.name, free)
+                        .await;
                 }
                 Ok(_) => {}
                 Err(e) => {

@@ -149,6 +149,9 @@ pub struct RevenueBucket {
     pub amount_msat: u64,
     /// Requests they served.
     pub served: u64,
+    /// Refunds paid: the unspent balances of sessions closed in the
+    /// bucket whose refund succeeded, summed.
+    pub refunded_msat: u64,
 }
 
 /// One change the admin API made, with who made it.

@@ -655,8 +655,9 @@ pub trait Store: Send + Sync + 'static {
     /// The payments `query` selects, newest first.
     async fn payments(&self, query: &PaymentQuery) -> Result<Vec<PaymentRow>, StoreError>;
 
-    /// Payments first served in `[since, until)`, summed per service in
-    /// buckets `bucket_secs` wide (aligned to the unix epoch).
+    /// Payments first served in `[since, until)`, and refunds of sessions
+    /// closed then, summed per service in buckets `bucket_secs` wide
+    /// (aligned to the unix epoch).
     async fn revenue(
         &self,
         since: u64,

@@ -1666,10 +1666,18 @@ impl Store for PostgresStore {
         until: u64,
         bucket_secs: u64,
     ) -> Result<Vec<RevenueBucket>, StoreError> {
-        let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-            "SELECT service, (first_served_at / $3) * $3 AS bucket, COUNT(*),
-                    SUM(amount_msat)::bigint, SUM(served)::bigint
-             FROM payments WHERE first_served_at >= $1 AND first_served_at < $2
+        let rows: Vec<(String, i64, i64, i64, i64, i64)> = sqlx::query_as(
+            "SELECT service, bucket, SUM(payments)::bigint, SUM(amount)::bigint,
+                    SUM(served)::bigint, SUM(refunded)::bigint
+             FROM (
+                SELECT service, (first_served_at / $3) * $3 AS bucket, 1 AS payments,
+                       amount_msat AS amount, served, 0 AS refunded
+                FROM payments WHERE first_served_at >= $1 AND first_served_at < $2
+                UNION ALL
+                SELECT service, (closed_at / $3) * $3, 0, 0, 0, refund_msat
+                FROM sessions WHERE refund_status = 'succeeded'
+                    AND closed_at >= $1 AND closed_at < $2
+             ) AS both_ways
              GROUP BY service, bucket ORDER BY bucket, service",
         )
         .bind(since as i64)
@@ -1680,13 +1688,16 @@ impl Store for PostgresStore {
         .map_err(db)?;
         Ok(rows
             .into_iter()
-            .map(|(service, start, payments, amount, served)| RevenueBucket {
-                service,
-                start: start as u64,
-                payments: payments as u64,
-                amount_msat: amount as u64,
-                served: served as u64,
-            })
+            .map(
+                |(service, start, payments, amount, served, refunded)| RevenueBucket {
+                    service,
+                    start: start as u64,
+                    payments: payments as u64,
+                    amount_msat: amount as u64,
+                    served: served as u64,
+                    refunded_msat: refunded as u64,
+                },
+            )
             .collect())
     }
 

@@ -1671,9 +1671,16 @@ impl Store for SqliteStore {
         let width = bucket_secs.max(1) as i64;
         self.with(move |c| {
             let mut statement = c.prepare(
-                "SELECT service, (first_served_at / ?3) * ?3 AS bucket, COUNT(*),
-                        SUM(amount_msat), SUM(served)
-                 FROM payments WHERE first_served_at >= ?1 AND first_served_at < ?2
+                "SELECT service, bucket, SUM(payments), SUM(amount), SUM(served), SUM(refunded)
+                 FROM (
+                    SELECT service, (first_served_at / ?3) * ?3 AS bucket, 1 AS payments,
+                           amount_msat AS amount, served, 0 AS refunded
+                    FROM payments WHERE first_served_at >= ?1 AND first_served_at < ?2
+                    UNION ALL
+                    SELECT service, (closed_at / ?3) * ?3, 0, 0, 0, refund_msat
+                    FROM sessions WHERE refund_status = 'succeeded'
+                        AND closed_at >= ?1 AND closed_at < ?2
+                 )
                  GROUP BY service, bucket ORDER BY bucket, service",
             )?;
             let rows = statement.query_map(
@@ -1685,6 +1692,7 @@ impl Store for SqliteStore {
                         payments: r.get::<_, i64>(2)? as u64,
                         amount_msat: r.get::<_, i64>(3)? as u64,
                         served: r.get::<_, i64>(4)? as u64,
+                        refunded_msat: r.get::<_, i64>(5)? as u64,
                     })
                 },
             )?;

@@ -1090,6 +1090,25 @@ async fn payments_are_searched_and_summed([a, b]: &Pair) {
         .unwrap();
     assert_eq!(limited.len(), 1);
 
+    // Sessions opened in the first hour and closed in the second, their unspent
+    // balance refunded: counted when the refund succeeded, not before.
+    for (id, refund) in [(240, "succeeded"), (241, "failed"), (242, "pending")] {
+        let opened = NewSession {
+            service: "weather".into(),
+            now: day + 20,
+            ..new_session(id, 5_000, Some(&format!("lnbcrt1back{id}")))
+        };
+        assert_eq!(b.open_session(&opened).await.unwrap(), Opened::New);
+        let closed = a.close_session(&[id; 32], day + 3_900).await.unwrap();
+        assert!(matches!(
+            closed,
+            Closing::Closed {
+                refund_msat: 5_000,
+                ..
+            }
+        ));
+        b.record_refund(&[id; 32], refund).await.unwrap();
+    }
     let hourly = a.revenue(day, day + 86_400, 3_600).await.unwrap();
     let row = |service: &str, start: u64| {
         hourly
@@ -1102,9 +1121,14 @@ async fn payments_are_searched_and_summed([a, b]: &Pair) {
         (first.payments, first.amount_msat, first.served),
         (1, 1_000, 1)
     );
+    assert_eq!(first.refunded_msat, 0);
     let second = row("weather", day + 3_600).unwrap();
-    assert_eq!((second.payments, second.amount_msat), (1, 2_000));
+    assert_eq!(
+        (second.payments, second.amount_msat, second.refunded_msat),
+        (1, 2_000, 5_000)
+    );
     assert_eq!(row("news", day + 3_600).unwrap().amount_msat, 3_000);
+    assert_eq!(row("news", day + 3_600).unwrap().refunded_msat, 0);
     assert_eq!(hourly.len(), 3);
     let daily = b.revenue(day, day + 86_400, 86_400).await.unwrap();
     let weather_day = daily.iter().find(|r| r.service == "weather").unwrap();
@@ -1112,9 +1136,10 @@ async fn payments_are_searched_and_summed([a, b]: &Pair) {
         (
             weather_day.payments,
             weather_day.amount_msat,
-            weather_day.served
+            weather_day.served,
+            weather_day.refunded_msat
         ),
-        (2, 3_000, 4)
+        (2, 3_000, 4, 5_000)
     );
 }
 

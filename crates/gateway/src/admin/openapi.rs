@@ -87,7 +87,7 @@ pub(super) async fn document() -> Json<Value> {
                 ("payment_hash", "query", "64 hex digits"),
                 ("limit", "query", "1 to 1000 (default 100)"),
             ], None)},
-            "/admin/api/revenue": {"get": op("Payments, revenue, 402s and conversion per service and bucket", &[
+            "/admin/api/revenue": {"get": op("Payments, revenue, refunds, net, 402s and conversion per service and bucket", &[
                 ("since", "query", "unix seconds"),
                 ("until", "query", "unix seconds"),
                 ("by", "query", "hour (default) or day"),

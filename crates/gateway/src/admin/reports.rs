@@ -3,7 +3,9 @@
 //!
 //! A payment is dated by the first request it served; revenue counts each
 //! payment once (a deposit into a balance, a pass, a single request), in
-//! satoshis and millisatoshis. Conversion is payments over 402s issued in
+//! satoshis and millisatoshis; refunds of balances count when their
+//! session closes and its refund succeeded, and `net` is revenue less
+//! refunds. Conversion is payments over 402s issued in
 //! the same window and service: how many 402s led to a payment.
 
 use std::collections::BTreeMap;
@@ -98,20 +100,41 @@ pub(super) struct RevenueQuery {
     by: Option<String>,
 }
 
+/// Revenue less refunds (msat). Refunds are dated by their session's
+/// close, so a bucket's may be negative.
+pub(super) fn net_msat(revenue_msat: u64, refunded_msat: u64) -> i64 {
+    let net = i128::from(revenue_msat) - i128::from(refunded_msat);
+    net.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
 #[derive(Default)]
 struct Sums {
     payments: u64,
     amount_msat: u64,
+    refunded_msat: u64,
     served: u64,
     challenges: u64,
 }
 
 impl Sums {
+    fn add(&mut self, other: &Sums) {
+        self.payments += other.payments;
+        self.amount_msat += other.amount_msat;
+        self.refunded_msat += other.refunded_msat;
+        self.served += other.served;
+        self.challenges += other.challenges;
+    }
+
     fn json(&self) -> Value {
+        let net_msat = net_msat(self.amount_msat, self.refunded_msat);
         json!({
             "payments": self.payments,
             "revenue_sats": self.amount_msat / 1000,
             "revenue_msat": self.amount_msat,
+            "refunded_sats": self.refunded_msat / 1000,
+            "refunded_msat": self.refunded_msat,
+            "net_sats": net_msat / 1000,
+            "net_msat": net_msat,
             "served": self.served,
             "challenges": self.challenges,
             "conversion": (self.challenges > 0)
@@ -166,6 +189,7 @@ pub(super) async fn revenue(
         let sums = buckets.entry((row.start, row.service)).or_default();
         sums.payments += row.payments;
         sums.amount_msat += row.amount_msat;
+        sums.refunded_msat += row.refunded_msat;
         sums.served += row.served;
     }
     for count in issued {
@@ -178,12 +202,8 @@ pub(super) async fn revenue(
     let mut services: BTreeMap<&str, Sums> = BTreeMap::new();
     let mut total = Sums::default();
     for ((_, service), sums) in &buckets {
-        for into in [services.entry(service.as_str()).or_default(), &mut total] {
-            into.payments += sums.payments;
-            into.amount_msat += sums.amount_msat;
-            into.served += sums.served;
-            into.challenges += sums.challenges;
-        }
+        services.entry(service.as_str()).or_default().add(sums);
+        total.add(sums);
     }
     let with = |mut value: Value, key: &str, extra: Value| {
         value[key] = extra;

@@ -43,8 +43,9 @@ pub(super) async fn list(State(state): State<AdminState>) -> Response {
         .map(|view| {
             let name = view.config.name();
             let paid = revenue.iter().filter(|r| r.service == name);
-            let (payments, msat) =
-                paid.fold((0, 0), |(n, m), r| (n + r.payments, m + r.amount_msat));
+            let (payments, msat, refunded_msat) = paid.fold((0, 0, 0), |(n, m, back), r| {
+                (n + r.payments, m + r.amount_msat, back + r.refunded_msat)
+            });
             let issued: u64 = challenges
                 .iter()
                 .filter(|c| c.service == name)
@@ -55,6 +56,8 @@ pub(super) async fn list(State(state): State<AdminState>) -> Response {
                 "challenges": issued,
                 "payments": payments,
                 "revenue_sats": msat / 1000,
+                "refunded_sats": refunded_msat / 1000,
+                "net_sats": super::reports::net_msat(msat, refunded_msat) / 1000,
             });
             shown
         })

@@ -49,6 +49,7 @@ function fill(tbody, rows) {
 function renderOverview(revenue, node) {
   const total = revenue.total;
   $("#revenue-total").textContent = total.revenue_sats.toLocaleString("en-US");
+  $("#refunded-total").textContent = total.refunded_sats.toLocaleString("en-US");
   $("#payments-total").textContent = total.payments.toLocaleString("en-US");
   $("#challenges-total").textContent = total.challenges.toLocaleString("en-US");
   $("#conversion-total").textContent =
