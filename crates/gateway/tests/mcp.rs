@@ -235,6 +235,42 @@ async fn tools_are_paid_with_a_credential_in_meta() {
     h.gateway.shutdown().await.unwrap();
 }
 
+/// A tool's upstream is told who called, as for the same request over
+/// HTTP: `X-Forwarded-For` names the MCP client.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_call_tells_the_upstream_its_client() {
+    let echo = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let forwarded_for = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        axum::Json(json!({"city": "Oslo", "forwarded_for": forwarded_for}))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, echo).await });
+    let h = start_with(|config| {
+        let weather = config
+            .services
+            .iter_mut()
+            .find(|s| s.name() == "weather")
+            .unwrap();
+        weather.upstream.as_mut().unwrap().url = format!("http://{addr}");
+    })
+    .await;
+    let (_, data) = h
+        .call(call("weather", json!({"city": "Oslo"}), None))
+        .await
+        .unwrap_err();
+    let credential = h.pay(&data).await;
+    let result = h
+        .call(call("weather", json!({"city": "Oslo"}), Some(credential)))
+        .await
+        .unwrap();
+    let seen = result.structured_content.unwrap();
+    assert_eq!(seen["forwarded_for"], "127.0.0.1", "{seen}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_payment_id_pays_for_one_call_of_its_tool() {
     let h = start().await;

@@ -90,7 +90,8 @@ mod x402;
 
 pub use claims::{Claim, ClaimError, FAILURES_PER_PAYMENT};
 pub use client::{
-    remove_forwarding_headers, ClientAddr, ClientKey, ForwardedHeader, PeerAddr, TrustedProxies,
+    is_forwarding_header, remove_forwarding_headers, ClientAddr, ClientKey, ForwardedHeader,
+    PeerAddr, TrustedProxies,
 };
 pub use clock::unix_now;
 pub use idempotency::IdempotencyConfig;

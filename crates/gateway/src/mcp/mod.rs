@@ -41,6 +41,7 @@ use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use gate402_lightning::{InvoiceStatus, LightningError};
 use gate402_mpp::mcp::{
@@ -48,7 +49,9 @@ use gate402_mpp::mcp::{
     RECEIPT_META_KEY,
 };
 use gate402_mpp::problem::ProblemType;
-use gate402_paywall::{ClaimError, ClientKey, Doors, Paywall, PricedService, Refusal, Verified};
+use gate402_paywall::{
+    ClaimError, ClientAddr, ClientKey, Doors, Paywall, PricedService, Refusal, Verified,
+};
 use gate402_store::InvoiceRecord;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode, ErrorData,
@@ -84,12 +87,71 @@ pub trait ToolUpstream: Send + Sync + 'static {
     /// is the paid service the call was charged through, from the
     /// [`Pricing`] the upstream made; an upstream whose tool has changed
     /// since (a reload) answers [`ToolFailure::NotReached`].
+    /// `caller` says who made the call, for an upstream that tells its
+    /// own upstream.
     async fn call(
         &self,
         name: &str,
         arguments: Option<JsonObject>,
         priced: Option<&Arc<PricedService>>,
+        caller: &Caller,
     ) -> Result<CallToolResult, ToolFailure>;
+}
+
+/// Who made a tool call: what the upstream of a tool that makes an HTTP
+/// request is told of its client (`X-Forwarded-For` and the rest), by the
+/// rules of the same request over HTTP: the client's address, and the
+/// forwarding header fields it came with, which the proxy passes on only
+/// from a trusted proxy.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    client: Option<ClientAddr>,
+    forwarding: HeaderMap,
+    tls: Option<bool>,
+}
+
+impl Caller {
+    /// The caller of the MCP request with `parts`; no one known without.
+    fn of(paywall: &Paywall, parts: Option<&axum::http::request::Parts>) -> Self {
+        let Some(parts) = parts else {
+            return Self::default();
+        };
+        let mut forwarding = HeaderMap::new();
+        for (name, value) in &parts.headers {
+            if gate402_paywall::is_forwarding_header(name) {
+                forwarding.append(name.clone(), value.clone());
+            }
+        }
+        Self {
+            client: paywall.client_from(&parts.extensions, &parts.headers),
+            forwarding,
+            tls: parts
+                .extensions
+                .get::<crate::server::listen::ServedOverTls>()
+                .map(|t| t.0),
+        }
+    }
+
+    /// The client's address, if known.
+    pub fn client(&self) -> Option<ClientAddr> {
+        self.client
+    }
+
+    /// Puts the caller into a request for the proxy, which makes the
+    /// upstream's forwarding header fields from it.
+    pub(crate) fn add_to<B>(&self, request: &mut axum::http::Request<B>) {
+        for (name, value) in &self.forwarding {
+            request.headers_mut().append(name.clone(), value.clone());
+        }
+        if let Some(client) = self.client {
+            request.extensions_mut().insert(client);
+        }
+        if let Some(tls) = self.tls {
+            request
+                .extensions_mut()
+                .insert(crate::server::listen::ServedOverTls(tls));
+        }
+    }
 }
 
 /// Why a tool call failed: whether the upstream had the call decides what
@@ -515,8 +577,9 @@ impl PaidTools {
         name: &str,
         mut arguments: Option<JsonObject>,
         meta: &MetaObject,
-        client: Option<ClientKey>,
+        caller: &Caller,
     ) -> Result<CallToolResult, ErrorData> {
+        let client = caller.client().map(|c| c.key());
         let payment_id = arguments.as_mut().and_then(|a| a.remove(PAYMENT_ID_ARG));
         let paid = payment_id.is_some() || meta.contains_key(CREDENTIAL_META_KEY);
         // Charged as the request it makes is charged over HTTP; the tool as
@@ -565,7 +628,11 @@ impl PaidTools {
                 return Err(self.refused(service, refusal, client).await);
             }
         };
-        let mut result = match self.upstream.call(name, arguments, Some(called)).await {
+        let mut result = match self
+            .upstream
+            .call(name, arguments, Some(called), caller)
+            .await
+        {
             Ok(result) => {
                 claim.commit().await;
                 result
@@ -765,11 +832,11 @@ impl ServerHandler for PaidTools {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
-        let client = context
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .and_then(|parts| self.paywall.client_from(&parts.extensions, &parts.headers))
-            .map(|c| c.key());
+        let caller = Caller::of(
+            &self.paywall,
+            context.extensions.get::<axum::http::request::Parts>(),
+        );
+        let client = caller.client().map(|c| c.key());
         let result = if name == CREATE_PAYMENT {
             if let Err(limited) = self.paywall.admit_unpaid(client) {
                 return Err(rate_limited(&limited));
@@ -787,10 +854,10 @@ impl ServerHandler for PaidTools {
                     if let Some(arguments) = arguments.as_mut() {
                         arguments.remove(PAYMENT_ID_ARG);
                     }
-                    self.upstream.call(&name, arguments, None).await?
+                    self.upstream.call(&name, arguments, None, &caller).await?
                 }
                 ToolPrice::Paid(service) => {
-                    self.paid_call(&service, &name, request.arguments, &context.meta.0, client)
+                    self.paid_call(&service, &name, request.arguments, &context.meta.0, &caller)
                         .await?
                 }
                 ToolPrice::Unpriced => return Err(unpriced(&name)),

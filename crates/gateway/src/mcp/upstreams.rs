@@ -17,7 +17,7 @@ use rmcp::service::{Peer, RunningService};
 use rmcp::RoleClient;
 use serde_json::Value;
 
-use super::{Pricing, ToolFailure, ToolUpstream};
+use super::{Caller, Pricing, ToolFailure, ToolUpstream};
 use crate::config::{McpProxyConfig, ServiceConfig, ToolConfig};
 use crate::proxy::Proxy;
 
@@ -231,6 +231,7 @@ impl ToolUpstream for HttpTools {
         name: &str,
         arguments: Option<JsonObject>,
         priced: Option<&Arc<PricedService>>,
+        caller: &Caller,
     ) -> Result<CallToolResult, ToolFailure> {
         let tools = self.tools.load_full();
         let tool = tools.iter().find(|t| t.tool.name == name).ok_or_else(|| {
@@ -245,8 +246,9 @@ impl ToolUpstream for HttpTools {
                 None,
             )));
         }
-        let request =
+        let mut request =
             request_for(tool, &arguments.unwrap_or_default()).map_err(ToolFailure::NotReached)?;
+        caller.add_to(&mut request);
         let response = self
             .proxy
             .forward_to(&tool.service, &tool.path, request)
@@ -443,6 +445,7 @@ impl ToolUpstream for McpUpstream {
         name: &str,
         arguments: Option<JsonObject>,
         _priced: Option<&Arc<PricedService>>,
+        _caller: &Caller,
     ) -> Result<CallToolResult, ToolFailure> {
         let mut request = CallToolRequestParams::new(name.to_owned());
         request.arguments = arguments;
@@ -490,7 +493,10 @@ mod tests {
             ..tool
         };
         let _ = tools.set(std::slice::from_ref(&dearer), &services);
-        match tools.call("weather", None, Some(&old)).await {
+        match tools
+            .call("weather", None, Some(&old), &Caller::default())
+            .await
+        {
             Err(ToolFailure::NotReached(e)) => {
                 assert!(e.message.contains("changed"), "{e:?}")
             }
