@@ -150,7 +150,8 @@ pub struct RevenueBucket {
     /// Requests they served.
     pub served: u64,
     /// Refunds paid: the unspent balances of sessions closed in the
-    /// bucket whose refund succeeded, summed.
+    /// bucket whose refund succeeded, each in the whole satoshis paid,
+    /// summed.
     pub refunded_msat: u64,
 }
 

@@ -1674,7 +1674,7 @@ impl Store for PostgresStore {
                        amount_msat AS amount, served, 0 AS refunded
                 FROM payments WHERE first_served_at >= $1 AND first_served_at < $2
                 UNION ALL
-                SELECT service, (closed_at / $3) * $3, 0, 0, 0, refund_msat
+                SELECT service, (closed_at / $3) * $3, 0, 0, 0, (refund_msat / 1000) * 1000
                 FROM sessions WHERE refund_status = 'succeeded'
                     AND closed_at >= $1 AND closed_at < $2
              ) AS both_ways

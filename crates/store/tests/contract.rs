@@ -1092,18 +1092,19 @@ async fn payments_are_searched_and_summed([a, b]: &Pair) {
 
     // Sessions opened in the first hour and closed in the second, their unspent
     // balance refunded: counted when the refund succeeded, not before.
+    // A refund is paid in whole satoshis: 5 500 msat left are 5 sat paid.
     for (id, refund) in [(240, "succeeded"), (241, "failed"), (242, "pending")] {
         let opened = NewSession {
             service: "weather".into(),
             now: day + 20,
-            ..new_session(id, 5_000, Some(&format!("lnbcrt1back{id}")))
+            ..new_session(id, 5_500, Some(&format!("lnbcrt1back{id}")))
         };
         assert_eq!(b.open_session(&opened).await.unwrap(), Opened::New);
         let closed = a.close_session(&[id; 32], day + 3_900).await.unwrap();
         assert!(matches!(
             closed,
             Closing::Closed {
-                refund_msat: 5_000,
+                refund_msat: 5_500,
                 ..
             }
         ));
