@@ -342,8 +342,8 @@ impl Harness {
             .unwrap()
     }
 
-    /// `GET /admin/api{path}`, as JSON.
-    async fn admin(&self, path: &str) -> Value {
+    /// `GET /admin/api{path}`, as text.
+    async fn admin_text(&self, path: &str) -> String {
         let admin = format!("http://{}/admin/api", self.gateway.admin_addr().unwrap());
         let secret = std::fs::read_to_string(self._dir.path().join("admin_secret")).unwrap();
         self.http
@@ -352,9 +352,14 @@ impl Harness {
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
             .unwrap()
+    }
+
+    /// `GET /admin/api{path}`, as JSON.
+    async fn admin(&self, path: &str) -> Value {
+        serde_json::from_str(&self.admin_text(path).await).unwrap()
     }
 
     /// What is left of the balance `session` (hex) once it reads `settled`,
@@ -652,6 +657,11 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
         ),
         (&json!(20), &json!(6), &json!(14)),
         "{total}"
+    );
+    let metrics = h.admin_text("/metrics").await;
+    assert!(
+        metrics.contains("gate402_refunded_sats_total{service=\"chat\"} 6"),
+        "{metrics}"
     );
 }
 

@@ -26,6 +26,7 @@ pub struct Metrics {
     verified: Family<Labels, Counter>,
     payments: Family<Labels, Counter>,
     revenue: Family<Labels, Counter>,
+    refunded: Family<Labels, Counter>,
     rejections: Family<Labels, Counter>,
     upstream: Family<Labels, Histogram>,
     store_calls: Family<CallLabels, Histogram>,
@@ -58,6 +59,7 @@ impl Default for Metrics {
         let verified = Family::<Labels, Counter>::default();
         let payments = Family::<Labels, Counter>::default();
         let revenue = Family::<Labels, Counter>::default();
+        let refunded = Family::<Labels, Counter>::default();
         let rejections = Family::<Labels, Counter>::default();
         let upstream = Family::<Labels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -81,6 +83,11 @@ impl Default for Metrics {
             "revenue_sats",
             "Satoshis received, per service (once per payment)",
             revenue.clone(),
+        );
+        registry.register(
+            "refunded_sats",
+            "Satoshis refunded from prepaid balances, per service (counted when a refund succeeds)",
+            refunded.clone(),
         );
         registry.register(
             "rejections",
@@ -124,6 +131,7 @@ impl Default for Metrics {
             verified,
             payments,
             revenue,
+            refunded,
             rejections,
             upstream,
             store_calls,
@@ -215,6 +223,13 @@ impl Metrics {
             ])
             .inc();
         self.revenue
+            .get_or_create(&vec![("service", service.to_owned())])
+            .inc_by(sats);
+    }
+
+    /// A refund of `sats` from a balance of `service` succeeded.
+    pub fn refunded(&self, service: &str, sats: u64) {
+        self.refunded
             .get_or_create(&vec![("service", service.to_owned())])
             .inc_by(sats);
     }

@@ -953,9 +953,23 @@ impl Paywall {
         }
     }
 
+    /// Records how a refund went; one that succeeded is counted then,
+    /// whichever way it was paid.
     async fn record_refund(&self, id: &[u8; 32], status: &str) {
         if let Err(e) = self.store().record_refund(id, status).await {
             tracing::error!(error = %e, "store: cannot record a refund");
+            return;
+        }
+        if status != "succeeded" {
+            return;
+        }
+        match self.store().session(id).await {
+            Ok(Some(session)) => {
+                let sats = session.closed.map_or(0, |c| c.refund_msat / 1000);
+                self.inner.metrics.refunded(&session.service, sats);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "store: cannot read a refunded session"),
         }
     }
 }
