@@ -236,15 +236,23 @@ async fn tools_are_paid_with_a_credential_in_meta() {
 }
 
 /// A tool's upstream is told who called, as for the same request over
-/// HTTP: `X-Forwarded-For` names the MCP client.
+/// HTTP: `X-Forwarded-For` names the MCP client, and a client that names
+/// another address itself (no trusted proxy) is not believed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tool_call_tells_the_upstream_its_client() {
     let echo = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
-        let forwarded_for = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        axum::Json(json!({"city": "Oslo", "forwarded_for": forwarded_for}))
+        let field = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        axum::Json(json!({
+            "city": "Oslo",
+            "forwarded_for": field("x-forwarded-for"),
+            "forwarded": field("forwarded"),
+            "real_ip": field("x-real-ip"),
+        }))
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -269,6 +277,44 @@ async fn a_tool_call_tells_the_upstream_its_client() {
         .unwrap();
     let seen = result.structured_content.unwrap();
     assert_eq!(seen["forwarded_for"], "127.0.0.1", "{seen}");
+
+    let spoofed: std::collections::HashMap<_, _> = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-real-ip", "6.6.6.6"),
+    ]
+    .into_iter()
+    .map(|(name, value)| {
+        (
+            axum::http::HeaderName::from_static(name),
+            axum::http::HeaderValue::from_static(value),
+        )
+    })
+    .collect();
+    let config =
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            format!("{}/mcp", h.base),
+        )
+        .custom_headers(spoofed);
+    let liar = ().serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
+    let unpaid = liar
+        .call_tool(call("weather", json!({"city": "Oslo"}), None))
+        .await
+        .unwrap_err();
+    let ServiceError::McpError(unpaid) = unpaid else {
+        panic!("{unpaid:?}")
+    };
+    let credential = h.pay(&unpaid.data.unwrap()).await;
+    let result = liar
+        .call_tool(call("weather", json!({"city": "Oslo"}), Some(credential)))
+        .await
+        .unwrap();
+    let seen = result.structured_content.unwrap();
+    assert_eq!(
+        (&seen["forwarded_for"], &seen["forwarded"], &seen["real_ip"]),
+        (&json!("127.0.0.1"), &Value::Null, &Value::Null),
+        "{seen}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
