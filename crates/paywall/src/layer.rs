@@ -1073,11 +1073,12 @@ impl Paywall {
         self.inner
             .metrics
             .upstream(&service.name, started.elapsed().as_secs_f64());
-        if response.extensions().get::<NotReached>().is_some() {
+        let outcome = UpstreamOutcome::of(&response);
+        if outcome == UpstreamOutcome::NotReached {
             spend.release().await;
             return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
         }
-        if response.status().is_server_error() {
+        if outcome == UpstreamOutcome::Failed {
             let metered = spend.hold.is_some()
                 && service.meter == Meter::Events
                 && meter::is_event_stream(response.headers());
@@ -1311,8 +1312,9 @@ impl Paywall {
 
 impl Paywall {
     /// Forwards a free call; one that did not succeed is given back (pay
-    /// for success, as for paid calls): uncounted if it never reached the
-    /// upstream, else at most `free` times per client and service.
+    /// for success, as for paid calls: [`UpstreamOutcome`]): uncounted if it never
+    /// reached the upstream, else at most `free` times per client and
+    /// service.
     async fn call_free<S, ReqBody, ResBody>(
         &self,
         inner: S,
@@ -1325,24 +1327,51 @@ impl Paywall {
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     {
         let response = call(inner, request).await;
-        let failures_allowed = match &response {
-            Ok(r) if r.extensions().get::<NotReached>().is_some() => None,
-            Ok(r) if !r.status().is_server_error() => return response,
-            _ => Some(free),
+        let reached = match response.as_ref().map(UpstreamOutcome::of) {
+            Ok(UpstreamOutcome::Answered) => return response,
+            Ok(UpstreamOutcome::NotReached) => false,
+            Ok(UpstreamOutcome::Failed) | Err(_) => true,
         };
         match self
             .store()
-            .return_freebie(client, service, failures_allowed)
+            .return_freebie(client, service, free, reached)
             .await
         {
-            Ok(given_back) => tracing::warn!(
+            Ok(given_back) if reached => tracing::warn!(
                 service,
                 given_back,
                 "upstream failed on a free call; given back unless it failed on this client's too often"
             ),
+            Ok(_) => tracing::warn!(service, "upstream not reached on a free call; given back"),
             Err(e) => tracing::error!(error = %e, "store: cannot give back a free call"),
         }
         response
+    }
+}
+
+/// What the upstream made of a request: the one rule of pay for success,
+/// for paid and free calls alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamOutcome {
+    /// It never had the request ([`NotReached`]): given back, uncounted.
+    NotReached,
+    /// It had the request and answered with a server error: given back,
+    /// counted among its failures.
+    Failed,
+    /// It answered: what was paid is spent.
+    Answered,
+}
+
+impl UpstreamOutcome {
+    /// The outcome `response` (from the service behind the paywall) tells.
+    pub fn of<B>(response: &Response<B>) -> Self {
+        if response.extensions().get::<NotReached>().is_some() {
+            Self::NotReached
+        } else if response.status().is_server_error() {
+            Self::Failed
+        } else {
+            Self::Answered
+        }
     }
 }
 

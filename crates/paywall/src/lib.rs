@@ -97,7 +97,9 @@ pub use clock::unix_now;
 pub use idempotency::IdempotencyConfig;
 pub use issue::{Binding, Doors};
 pub use issued::Issued;
-pub use layer::{NotReached, OtherMethods, PaywallBody, PaywallLayer, PaywallService, Routed};
+pub use layer::{
+    NotReached, OtherMethods, PaywallBody, PaywallLayer, PaywallService, Routed, UpstreamOutcome,
+};
 pub use limits::{Limited, LimitsConfig};
 pub use metrics::Metrics;
 pub use observe::{ObservedBackend, ObservedStore};

@@ -419,11 +419,12 @@ impl Store for ObservedStore {
         &self,
         client: &str,
         service: &str,
-        failures_allowed: Option<u64>,
+        free: u64,
+        reached: bool,
     ) -> Result<bool, StoreError> {
         self.timed(
             "store.return_freebie",
-            self.inner.return_freebie(client, service, failures_allowed),
+            self.inner.return_freebie(client, service, free, reached),
         )
         .await
     }

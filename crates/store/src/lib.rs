@@ -456,19 +456,21 @@ pub trait Store: Send + Sync + 'static {
     /// count including this one.
     async fn count_freebie(&self, client: &str, service: &str) -> Result<u64, StoreError>;
 
-    /// Gives back a free call of `client` on `service` counted by
-    /// [`Store::count_freebie`] that did not succeed (pay for success, as
-    /// for paid calls). `failures_allowed`: `None` for a call that never
-    /// reached the upstream, given back uncounted; `Some(n)` for one the
-    /// upstream had and failed on, counted, and given back only while
-    /// fewer than `n` were (an upstream that may have acted on a failed
-    /// call must not be made to act any number of times for free).
-    /// Returns whether it was given back.
+    /// Gives back a free call of `client` on `service` (which gives `free`
+    /// per client) counted by [`Store::count_freebie`] that did not
+    /// succeed (pay for success, as for paid calls). One that never
+    /// reached the upstream is given back uncounted; one the upstream had
+    /// and failed on (`reached`) is counted, and given back only while
+    /// fewer than `free` were: an upstream that may have acted on a failed
+    /// call must not be made to act any number of times for free. The
+    /// calls refused as over `free` while it was in flight count for
+    /// nothing then. Returns whether it was given back.
     async fn return_freebie(
         &self,
         client: &str,
         service: &str,
-        failures_allowed: Option<u64>,
+        free: u64,
+        reached: bool,
     ) -> Result<bool, StoreError>;
 
     /// Keeps a paid response for retries with its `Idempotency-Key`. The
@@ -672,14 +674,16 @@ pub trait Store: Send + Sync + 'static {
     async fn admin_log(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-/// [`Store::return_freebie`]'s `failures_allowed` as its statement's two
-/// numbers: what the call adds to the failures counted, and the count
-/// below which it is given back.
+/// [`Store::return_freebie`]'s statement's numbers: the free calls, what
+/// the call adds to the failures counted, and the count below which it
+/// is given back.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn failure_count(failures_allowed: Option<u64>) -> (i64, i64) {
-    match failures_allowed {
-        None => (0, i64::MAX),
-        Some(n) => (1, n.min(i64::MAX as u64) as i64),
+fn freebie_return(free: u64, reached: bool) -> (i64, i64, i64) {
+    let free = free.min(i64::MAX as u64) as i64;
+    if reached {
+        (free, 1, free)
+    } else {
+        (free, 0, i64::MAX)
     }
 }
 

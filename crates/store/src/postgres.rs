@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
 use crate::{
-    decode_headers, encode_headers, failure_count, AfterFailure, ClaimHolder, ClosedIdle,
+    decode_headers, encode_headers, freebie_return, AfterFailure, ClaimHolder, ClosedIdle,
     ClosedSession, Closing, Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord,
     Reservation, SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
@@ -190,6 +190,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX sessions_return_invoice ON sessions (return_invoice);",
     // Free calls given back after the upstream failed on them.
     "ALTER TABLE freebies ADD COLUMN failed BIGINT NOT NULL DEFAULT 0;",
+    // The revenue report sums the refunds paid in its window.
+    "CREATE INDEX sessions_refunded ON sessions (closed_at) WHERE refund_status = 'succeeded';",
 ];
 
 /// A session row, if there is one.
@@ -755,8 +757,10 @@ impl Store for PostgresStore {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        // In key order, as the claims were taken, so that a commit and a
-        // batch taking over some of its lapsed claims cannot deadlock.
+        // In key order, as claims are taken: the planner's usual nested
+        // loop over the keys then locks rows in that order too, so that a
+        // commit and a batch taking over some of its lapsed claims do not
+        // deadlock (a commit that still fails is tried again).
         let mut sorted: Vec<&(String, ClaimHolder)> = claims.iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let keys: Vec<&str> = sorted.iter().map(|(k, _)| k.as_str()).collect();
@@ -953,15 +957,18 @@ impl Store for PostgresStore {
         &self,
         client: &str,
         service: &str,
-        failures_allowed: Option<u64>,
+        free: u64,
+        reached: bool,
     ) -> Result<bool, StoreError> {
-        let (counted, allowed) = failure_count(failures_allowed);
+        let (free, counted, allowed) = freebie_return(free, reached);
+        // As SQLite's: the calls refused over `free` count for nothing.
         sqlx::query(
-            "UPDATE freebies SET used = used - 1, failed = failed + $3
-             WHERE client = $1 AND service = $2 AND used > 0 AND failed < $4",
+            "UPDATE freebies SET used = LEAST(used, $3) - 1, failed = failed + $4
+             WHERE client = $1 AND service = $2 AND used > 0 AND $3 > 0 AND failed < $5",
         )
         .bind(client)
         .bind(service)
+        .bind(free)
         .bind(counted)
         .bind(allowed)
         .execute(&self.pool)

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::{
-    decode_headers, encode_headers, failure_count, AfterFailure, ClaimHolder, ClosedIdle,
+    decode_headers, encode_headers, freebie_return, AfterFailure, ClaimHolder, ClosedIdle,
     ClosedSession, Closing, Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord,
     Reservation, SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
@@ -174,6 +174,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX sessions_return_invoice ON sessions (return_invoice);",
     // Free calls given back after the upstream failed on them.
     "ALTER TABLE freebies ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;",
+    // The revenue report sums the refunds paid in its window.
+    "CREATE INDEX sessions_refunded ON sessions (closed_at) WHERE refund_status = 'succeeded';",
 ];
 
 /// A session row, if there is one.
@@ -1017,16 +1019,19 @@ impl Store for SqliteStore {
         &self,
         client: &str,
         service: &str,
-        failures_allowed: Option<u64>,
+        free: u64,
+        reached: bool,
     ) -> Result<bool, StoreError> {
         let (client, service) = (client.to_owned(), service.to_owned());
-        let (counted, allowed) = failure_count(failures_allowed);
+        let (free, counted, allowed) = freebie_return(free, reached);
+        // `used` counts the calls refused over `free` too: taken down to
+        // what the free calls left make it.
         self.with_one(move |c| {
             c.prepare_cached(
-                "UPDATE freebies SET used = used - 1, failed = failed + ?3
-                 WHERE client = ?1 AND service = ?2 AND used > 0 AND failed < ?4",
+                "UPDATE freebies SET used = min(used, ?3) - 1, failed = failed + ?4
+                 WHERE client = ?1 AND service = ?2 AND used > 0 AND ?3 > 0 AND failed < ?5",
             )?
-            .execute(params![client, service, counted, allowed])
+            .execute(params![client, service, free, counted, allowed])
             .map(|n| n == 1)
         })
         .await

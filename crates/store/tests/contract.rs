@@ -398,22 +398,29 @@ async fn freebies_count_per_client_and_service([a, b]: &Pair) {
     assert_eq!(a.count_freebie("1.2.3.4", "b").await.unwrap(), 1);
     assert_eq!(a.count_freebie("5.6.7.8", "a").await.unwrap(), 1);
 
-    // A call that failed is given back; failures at most twice (here),
-    // calls that never reached the upstream any number of times.
-    assert!(b.return_freebie("1.2.3.4", "a", Some(2)).await.unwrap());
-    assert!(a.return_freebie("1.2.3.4", "a", Some(2)).await.unwrap());
-    assert!(!a.return_freebie("1.2.3.4", "a", Some(2)).await.unwrap());
+    // A call that failed is given back; failures at most as many times
+    // as there are free calls (2 here), calls that never reached the
+    // upstream any number of times.
+    assert!(b.return_freebie("1.2.3.4", "a", 2, true).await.unwrap());
+    assert!(a.return_freebie("1.2.3.4", "a", 2, true).await.unwrap());
+    assert!(!a.return_freebie("1.2.3.4", "a", 2, true).await.unwrap());
     assert_eq!(a.count_freebie("1.2.3.4", "a").await.unwrap(), 1);
-    assert!(!b.return_freebie("1.2.3.4", "a", Some(2)).await.unwrap());
+    assert!(!b.return_freebie("1.2.3.4", "a", 2, true).await.unwrap());
     for _ in 0..3 {
-        assert!(a.return_freebie("1.2.3.4", "a", None).await.unwrap());
+        assert!(a.return_freebie("1.2.3.4", "a", 2, false).await.unwrap());
         assert_eq!(b.count_freebie("1.2.3.4", "a").await.unwrap(), 1);
     }
     // Never below none used, nor for a client that used none.
-    assert!(a.return_freebie("1.2.3.4", "a", None).await.unwrap());
-    assert!(!a.return_freebie("1.2.3.4", "a", None).await.unwrap());
-    assert!(!a.return_freebie("9.9.9.9", "a", None).await.unwrap());
+    assert!(a.return_freebie("1.2.3.4", "a", 2, false).await.unwrap());
+    assert!(!a.return_freebie("1.2.3.4", "a", 2, false).await.unwrap());
+    assert!(!a.return_freebie("9.9.9.9", "a", 2, false).await.unwrap());
+
+    // One free call: while it is in flight, two more are refused (counted
+    // over it); it fails and is given back, and the next call is free.
     assert_eq!(a.count_freebie("5.6.7.8", "a").await.unwrap(), 2);
+    assert_eq!(b.count_freebie("5.6.7.8", "a").await.unwrap(), 3);
+    assert!(a.return_freebie("5.6.7.8", "a", 1, true).await.unwrap());
+    assert_eq!(b.count_freebie("5.6.7.8", "a").await.unwrap(), 1);
 }
 
 async fn invoices_are_found_by_payment_hash([a, b]: &Pair) {

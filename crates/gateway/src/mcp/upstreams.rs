@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, Method, Request};
 use gate402_paywall::route::{PathPattern, RequestPath};
-use gate402_paywall::{Auth, NotReached, PricedService};
+use gate402_paywall::{Auth, PricedService, UpstreamOutcome};
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ContentBlock, ErrorData, JsonObject, Tool,
 };
@@ -254,7 +254,8 @@ impl ToolUpstream for HttpTools {
             .forward_to(&tool.service, &tool.path, request)
             .await;
         let status = response.status();
-        let reached = response.extensions().get::<NotReached>().is_none();
+        let outcome = UpstreamOutcome::of(&response);
+        let reached = outcome != UpstreamOutcome::NotReached;
         let failed = |message: String| {
             let error = ErrorData::internal_error(message, None);
             if reached {
@@ -266,7 +267,7 @@ impl ToolUpstream for HttpTools {
         let bytes = axum::body::to_bytes(response.into_body(), MAX_RESULT_BYTES)
             .await
             .map_err(|e| failed(format!("upstream body: {e}")))?;
-        if status.is_server_error() || !reached {
+        if outcome != UpstreamOutcome::Answered {
             return Err(failed(format!(
                 "the upstream failed ({status}); the payment was not spent, call again with it"
             )));
