@@ -1312,9 +1312,9 @@ impl Paywall {
 
 impl Paywall {
     /// Forwards a free call; one that did not succeed is given back (pay
-    /// for success, as for paid calls: [`UpstreamOutcome`]): uncounted if it never
-    /// reached the upstream, else at most `free` times per client and
-    /// service.
+    /// for success, as for paid calls: [`UpstreamOutcome`]): uncounted if
+    /// it never reached the upstream, else at most `free` times per client
+    /// and service.
     async fn call_free<S, ReqBody, ResBody>(
         &self,
         inner: S,
@@ -1350,7 +1350,7 @@ impl Paywall {
 }
 
 /// What the upstream made of a request: the one rule of pay for success,
-/// for paid and free calls alike.
+/// for paid, free and MCP tool calls alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamOutcome {
     /// It never had the request ([`NotReached`]): given back, uncounted.

@@ -674,19 +674,6 @@ pub trait Store: Send + Sync + 'static {
     async fn admin_log(&self, limit: u64) -> Result<Vec<AuditEntry>, StoreError>;
 }
 
-/// [`Store::return_freebie`]'s statement's numbers: the free calls, what
-/// the call adds to the failures counted, and the count below which it
-/// is given back.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn freebie_return(free: u64, reached: bool) -> (i64, i64, i64) {
-    let free = free.min(i64::MAX as u64) as i64;
-    if reached {
-        (free, 1, free)
-    } else {
-        (free, 0, i64::MAX)
-    }
-}
-
 /// Header fields as one column: `name:value` lines. Neither part can hold
 /// a line feed, nor a name a colon (RFC 9110 field syntax).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

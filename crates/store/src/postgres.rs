@@ -9,9 +9,9 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
 use crate::{
-    decode_headers, encode_headers, freebie_return, AfterFailure, ClaimHolder, ClosedIdle,
-    ClosedSession, Closing, Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord,
-    Reservation, SessionRecord, Store, StoreError, StoredResponse, TopUp,
+    decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedIdle, ClosedSession, Closing,
+    Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation,
+    SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -960,17 +960,16 @@ impl Store for PostgresStore {
         free: u64,
         reached: bool,
     ) -> Result<bool, StoreError> {
-        let (free, counted, allowed) = freebie_return(free, reached);
         // As SQLite's: the calls refused over `free` count for nothing.
         sqlx::query(
-            "UPDATE freebies SET used = LEAST(used, $3) - 1, failed = failed + $4
-             WHERE client = $1 AND service = $2 AND used > 0 AND $3 > 0 AND failed < $5",
+            "UPDATE freebies SET used = LEAST(used, $3) - 1, failed = failed + $4::int
+             WHERE client = $1 AND service = $2 AND used > 0 AND $3 > 0
+               AND (NOT $4 OR failed < $3)",
         )
         .bind(client)
         .bind(service)
-        .bind(free)
-        .bind(counted)
-        .bind(allowed)
+        .bind(free.min(i64::MAX as u64) as i64)
+        .bind(reached)
         .execute(&self.pool)
         .await
         .map(|r| r.rows_affected() == 1)

@@ -8,9 +8,9 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::{
-    decode_headers, encode_headers, freebie_return, AfterFailure, ClaimHolder, ClosedIdle,
-    ClosedSession, Closing, Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord,
-    Reservation, SessionRecord, Store, StoreError, StoredResponse, TopUp,
+    decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedIdle, ClosedSession, Closing,
+    Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation,
+    SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -1023,15 +1023,16 @@ impl Store for SqliteStore {
         reached: bool,
     ) -> Result<bool, StoreError> {
         let (client, service) = (client.to_owned(), service.to_owned());
-        let (free, counted, allowed) = freebie_return(free, reached);
+        let free = free.min(i64::MAX as u64) as i64;
         // `used` counts the calls refused over `free` too: taken down to
         // what the free calls left make it.
         self.with_one(move |c| {
             c.prepare_cached(
                 "UPDATE freebies SET used = min(used, ?3) - 1, failed = failed + ?4
-                 WHERE client = ?1 AND service = ?2 AND used > 0 AND ?3 > 0 AND failed < ?5",
+                 WHERE client = ?1 AND service = ?2 AND used > 0 AND ?3 > 0
+                   AND (NOT ?4 OR failed < ?3)",
             )?
-            .execute(params![client, service, free, counted, allowed])
+            .execute(params![client, service, free, reached])
             .map(|n| n == 1)
         })
         .await
