@@ -440,7 +440,7 @@ async fn an_unpaid_flood_stores_nothing_keeps_memory_flat_and_paid_requests_flow
     let paid = paid.await.unwrap();
     // Served payments are counted in batches, after the answers.
     let mut rows = store_rows(dir.path());
-    for _ in 0..50 {
+    for _ in 0..250 {
         if rows
             .last()
             .is_some_and(|(_, served)| *served == paid as i64)

@@ -1510,7 +1510,7 @@ async fn discovery_health_and_metrics() {
     }
     // Revenue is booked once the payment row is written, after the answer.
     let mut metrics = String::new();
-    for _ in 0..50 {
+    for _ in 0..250 {
         metrics = h.metrics().await;
         if metrics.contains("gate402_revenue_sats_total") {
             break;

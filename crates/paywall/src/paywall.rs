@@ -689,26 +689,42 @@ impl Paywall {
     }
 
     /// Writes a batch of served payments; counts the new ones' revenue.
+    /// In payment hash order, so that the store walks its index of them
+    /// once from end to end, and [`SERVED_CHUNK`] at a time, so that a
+    /// large batch never holds the store's writer (and the claims of the
+    /// requests waiting on it) for long. Answers what was not written.
     async fn write_served(&self, batch: Served) -> Option<Served> {
-        let records: Vec<PaymentRecord> = batch.into_values().collect();
-        match self.inner.store.record_payments(&records).await {
-            Ok(new) => {
-                for (payment, new) in records.iter().zip(new) {
-                    if new {
-                        self.inner.metrics.payment(
-                            &payment.service,
-                            &payment.scheme,
-                            payment.amount_msat / 1000,
-                        );
+        let mut records: Vec<PaymentRecord> = batch.into_values().collect();
+        records.sort_unstable_by_key(|p| p.payment_hash);
+        let mut written = 0;
+        for chunk in records.chunks(SERVED_CHUNK) {
+            match self.inner.store.record_payments(chunk).await {
+                Ok(new) => {
+                    for (payment, new) in chunk.iter().zip(new) {
+                        if new {
+                            self.inner.metrics.payment(
+                                &payment.service,
+                                &payment.scheme,
+                                payment.amount_msat / 1000,
+                            );
+                        }
                     }
+                    written += chunk.len();
                 }
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, payments = records.len(), "cannot record served payments; retrying");
-                Some(records.into_iter().map(|p| (p.payment_hash, p)).collect())
+                Err(e) => {
+                    let left = records.len() - written;
+                    tracing::warn!(error = %e, payments = left, "cannot record served payments; retrying");
+                    return Some(
+                        records
+                            .into_iter()
+                            .skip(written)
+                            .map(|p| (p.payment_hash, p))
+                            .collect(),
+                    );
+                }
             }
         }
+        None
     }
 }
 
@@ -721,8 +737,18 @@ fn unix_now_secs() -> u64 {
 const REAP_EVERY: Duration = Duration::from_secs(15);
 
 /// How long served payments gather before they are written: revenue in
-/// the metrics lags by about this much.
-const SERVED_LINGER: Duration = Duration::from_millis(50);
+/// the metrics lags by about this much, and a process killed hard loses
+/// the records of about this long (never a claim: see
+/// [`Paywall::record_paid`]). Each payment's row sits at a random place
+/// in the store's index (its key is a payment hash): a batch that
+/// gathers longer changes each page of that index once for more
+/// payments, which on a store of some size is most of what writing
+/// payments costs.
+const SERVED_LINGER: Duration = Duration::from_millis(500);
+
+/// Payments written in one store call: one SQLite transaction holds its
+/// single writer for the time of one chunk.
+const SERVED_CHUNK: usize = 256;
 
 /// Served payments waiting to be written, by payment hash.
 type Served = HashMap<[u8; 32], PaymentRecord>;
@@ -750,4 +776,90 @@ pub(crate) fn revoked() -> Refusal {
         ProblemType::VerificationFailed,
         "this payment's credential was revoked by the operator",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::ObservedStore;
+
+    fn rendered(metrics: &Metrics, line: &str) -> Option<u64> {
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(line).map(|n| n.trim().parse().unwrap()))
+    }
+
+    /// Served payments gathered past one chunk are written in several
+    /// store calls (none holds the store's writer for the whole batch),
+    /// each payment once, with every request it served counted.
+    #[tokio::test]
+    async fn a_large_batch_of_served_payments_is_written_in_chunks_and_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Arc::new(gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap());
+        let metrics = Arc::new(Metrics::default());
+        let sqlite = gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        let store = Arc::new(ObservedStore::new(
+            Arc::new(sqlite),
+            metrics.clone(),
+            "sqlite",
+        ));
+        let weather = PricedService::new("weather", "/weather", 2);
+        let paywall = Paywall::builder(sandbox, store, "a secret of at least thirty-two bytes")
+            .unwrap()
+            .metrics(metrics.clone())
+            .services([weather.clone()])
+            .build()
+            .await
+            .unwrap();
+        let payments = 2 * SERVED_CHUNK + 3;
+        let verified = |i: usize| {
+            use sha2::Digest;
+            Verified {
+                payment_hash: sha2::Sha256::digest(i.to_be_bytes()).into(),
+                challenge_id: None,
+                expires_at: u64::MAX,
+                single_use: true,
+                balance: None,
+                proven: true,
+                paid_sats: Some(2),
+            }
+        };
+        for i in 0..payments {
+            paywall.record_paid(&weather, "Payment", &verified(i));
+        }
+        // One of them served a second request.
+        paywall.record_paid(&weather, "Payment", &verified(7));
+        paywall.shutdown().await;
+
+        let calls = rendered(
+            &metrics,
+            "gate402_store_call_duration_seconds_count{call=\"record_payments\"} ",
+        );
+        assert_eq!(calls, Some(3), "{}", metrics.render());
+        assert_eq!(
+            rendered(
+                &metrics,
+                "gate402_payments_total{service=\"weather\",scheme=\"Payment\"} "
+            ),
+            Some(payments as u64)
+        );
+        let rows = paywall
+            .store()
+            .payments(&gate402_store::PaymentQuery {
+                since: 0,
+                until: u64::MAX / 2,
+                service: None,
+                scheme: None,
+                payment_hash: None,
+                limit: 10_000,
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), payments);
+        assert_eq!(
+            rows.iter().map(|r| r.served).sum::<u64>(),
+            payments as u64 + 1
+        );
+    }
 }
