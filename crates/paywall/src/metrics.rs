@@ -279,4 +279,14 @@ impl Metrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
+
+    /// The value of one `series` (its name and labels as rendered), for
+    /// tests; `None` when it was never counted.
+    #[cfg(test)]
+    pub(crate) fn sample(&self, series: &str) -> Option<u64> {
+        let prefix = format!("{series} ");
+        self.render()
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(|n| n.trim().parse().unwrap()))
+    }
 }

@@ -783,13 +783,6 @@ mod tests {
     use super::*;
     use crate::observe::ObservedStore;
 
-    fn rendered(metrics: &Metrics, line: &str) -> Option<u64> {
-        metrics
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix(line).map(|n| n.trim().parse().unwrap()))
-    }
-
     /// Served payments gathered past one chunk are written in several
     /// store calls (none holds the store's writer for the whole batch),
     /// each payment once, with every request it served counted.
@@ -832,16 +825,11 @@ mod tests {
         paywall.record_paid(&weather, "Payment", &verified(7));
         paywall.shutdown().await;
 
-        let calls = rendered(
-            &metrics,
-            "gate402_store_call_duration_seconds_count{call=\"record_payments\"} ",
-        );
+        let calls =
+            metrics.sample("gate402_store_call_duration_seconds_count{call=\"record_payments\"}");
         assert_eq!(calls, Some(3), "{}", metrics.render());
         assert_eq!(
-            rendered(
-                &metrics,
-                "gate402_payments_total{service=\"weather\",scheme=\"Payment\"} "
-            ),
+            metrics.sample("gate402_payments_total{service=\"weather\",scheme=\"Payment\"}"),
             Some(payments as u64)
         );
         let rows = paywall
