@@ -136,6 +136,31 @@ for name, knob in [("mpp", "GATE402_BENCH_MPP_CREDENTIALS"), ("mpp_pg", "GATE402
     row = rows.get(name)
     if row and row["non2xx"] > 0:
         print(f"\nnote: {row['non2xx']} {LABELS[name]} requests found no unused credential; raise {knob}", file=sys.stderr)
+# The work behind each paid MPP request, by round (NAME.<n>.work: the
+# gateway's CPU ticks, its SQLite writer's, the bytes it wrote and the
+# PostgreSQL server's ticks, before and after the run).
+ticks_path = f"{directory}/clock_ticks"
+work_rows = []
+for name, store in [("mpp", "SQLite"), ("mpp_pg", "PostgreSQL")]:
+    paths = sorted(glob.glob(f"{directory}/{name}.[0-9]*.work"), key=lambda p: int(p.rsplit(".", 2)[1]))
+    if not paths or not os.path.exists(ticks_path):
+        continue
+    micros = 1e6 / int(open(ticks_path).read())
+    cells = []
+    for path in paths:
+        before_after = [int(v) for v in open(path).read().split()]
+        gateway, writer, written, postgres = (b - a for a, b in zip(before_after[:4], before_after[4:]))
+        served = int(re.search(r"(\d+) requests in", open(path[: -len("work")] + "out").read()).group(1))
+        cells.append((gateway * micros / served, writer * micros / served, written / served / 1024, postgres * micros / served))
+    work_rows.append((store, cells))
+if work_rows:
+    print("\nwork per paid MPP request, by round (CPU time from /proc; bytes the gateway wrote: its database, log and sockets):")
+    for store, cells in work_rows:
+        if store == "SQLite":
+            parts = [f"gateway {g:.0f} µs (store writer {w:.0f} µs), {b:.1f} KiB" for g, w, b, _ in cells]
+        else:
+            parts = [f"gateway {g:.0f} µs, PostgreSQL {p:.0f} µs" for g, _, _, p in cells]
+        print(f"  {store}: " + " / ".join(parts))
 for paid, unpaid in [("mpp", "mppx_paid"), ("unpaid", "mppx_unpaid")]:
     ours, theirs = rows.get(paid), rows.get(unpaid)
     if ours and theirs:
