@@ -71,6 +71,8 @@ mod clock;
 pub mod credentials;
 mod detached;
 pub mod fields;
+#[cfg(test)]
+mod fixture;
 pub mod idempotency;
 pub mod issue;
 mod issued;

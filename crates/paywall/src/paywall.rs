@@ -781,30 +781,16 @@ pub(crate) fn revoked() -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::ObservedStore;
 
     /// Served payments gathered past one chunk are written in several
     /// store calls (none holds the store's writer for the whole batch),
     /// each payment once, with every request it served counted.
     #[tokio::test]
     async fn a_large_batch_of_served_payments_is_written_in_chunks_and_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let sandbox = Arc::new(gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap());
-        let metrics = Arc::new(Metrics::default());
-        let sqlite = gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
-        let store = Arc::new(ObservedStore::new(
-            Arc::new(sqlite),
-            metrics.clone(),
-            "sqlite",
-        ));
         let weather = PricedService::new("weather", "/weather", 2);
-        let paywall = Paywall::builder(sandbox, store, "a secret of at least thirty-two bytes")
-            .unwrap()
-            .metrics(metrics.clone())
-            .services([weather.clone()])
-            .build()
-            .await
-            .unwrap();
+        let fixture = crate::fixture::paywall([weather.clone()]).await;
+        let paywall = &fixture.paywall;
+        let metrics = paywall.metrics();
         let payments = 2 * SERVED_CHUNK + 3;
         let verified = |i: usize| {
             use sha2::Digest;

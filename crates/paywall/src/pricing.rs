@@ -1385,7 +1385,6 @@ pub(crate) fn as_charged<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paywall::Paywall;
 
     fn rule(price_sats: u64) -> PriceRule {
         PriceRule {
@@ -1945,22 +1944,9 @@ mod tests {
     async fn a_token_without_its_amount_is_checked_against_the_node() {
         use tower::ServiceExt;
 
-        let dir = tempfile::tempdir().unwrap();
-        let sandbox = Arc::new(gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap());
-        let store = Arc::new(
-            gate402_store::SqliteStore::open(&dir.path().join("paywall.sqlite3")).unwrap(),
-        );
         let fixed = PricedService::new("chat", "/chat", 10);
-        let paywall = Paywall::builder(
-            sandbox.clone(),
-            store,
-            "a secret of at least thirty-two bytes",
-        )
-        .unwrap()
-        .services([fixed.clone()])
-        .build()
-        .await
-        .unwrap();
+        let fixture = crate::fixture::paywall([fixed.clone()]).await;
+        let (paywall, sandbox) = (&fixture.paywall, &fixture.sandbox);
         let app = axum::Router::new()
             .route("/chat", axum::routing::post(|| async { "answered" }))
             .layer(paywall.layer());

@@ -998,18 +998,9 @@ mod tests {
     /// back.
     #[tokio::test]
     async fn a_debit_whose_request_left_is_given_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let sandbox = Arc::new(gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap());
-        let store = Arc::new(
-            gate402_store::SqliteStore::open(&dir.path().join("paywall.sqlite3")).unwrap(),
-        );
         let chat = Arc::new(PricedService::new("chat", "/chat", 2).balance(5));
-        let paywall = Paywall::builder(sandbox, store, "a secret of at least thirty-two bytes")
-            .unwrap()
-            .services([(*chat).clone()])
-            .build()
-            .await
-            .unwrap();
+        let fixture = crate::fixture::paywall([(*chat).clone()]).await;
+        let paywall = &fixture.paywall;
         let id = [9; 32];
         let opened = paywall
             .store()
