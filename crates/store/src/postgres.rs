@@ -282,9 +282,9 @@ const CONNECT_FOR: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    /// Claims waiting for the claim writers, which send many in one
-    /// statement: each commit waits for the WAL to reach the disk, so one
-    /// commit for many claims is what lets a busy gateway keep up.
+    /// Claims waiting for the claim writer, which sends all that wait in
+    /// one statement: each commit waits for the WAL to reach the disk, so
+    /// one commit for many claims is what lets a busy gateway keep up.
     claims: tokio::sync::mpsc::UnboundedSender<ClaimCall>,
     /// The connection that records served claims as spent.
     commits: std::sync::Arc<tokio::sync::Mutex<Held>>,
@@ -349,8 +349,6 @@ struct ClaimCall {
     reply: tokio::sync::oneshot::Sender<Result<Reservation, StoreError>>,
 }
 
-/// Claim statements in flight at once.
-const CLAIM_WRITERS: usize = 2;
 /// Claims at most in one statement.
 const MAX_CLAIM_BATCH: usize = 256;
 
@@ -396,12 +394,12 @@ impl PostgresStore {
                 },
             }
         };
+        // One writer, not several: claims that arrive while its statement
+        // is out join the next, so under load each statement (and each
+        // commit) carries more of them, for less of the server's CPU per
+        // claim than two writers with half-size batches.
         let (claims, queue) = tokio::sync::mpsc::unbounded_channel();
-        let queue = std::sync::Arc::new(tokio::sync::Mutex::new(queue));
-        for _ in 0..CLAIM_WRITERS {
-            let (held, queue) = (Held::new(pool.clone()), queue.clone());
-            tokio::spawn(async move { write_claims(held, queue).await });
-        }
+        tokio::spawn(write_claims(Held::new(pool.clone()), queue));
         let commits = std::sync::Arc::new(tokio::sync::Mutex::new(Held::new(pool.clone())));
         let store = Self {
             pool,
@@ -441,27 +439,21 @@ impl PostgresStore {
     }
 }
 
-/// A claim writer: takes every claim waiting (up to a batch), writes them
-/// in one statement, answers them, and again, until the store is dropped.
-async fn write_claims(
-    mut held: Held,
-    queue: std::sync::Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<ClaimCall>>>,
-) {
+/// The claim writer: takes every claim waiting (up to a batch), writes
+/// them in one statement, answers them, and again, until the store is
+/// dropped.
+async fn write_claims(mut held: Held, mut queue: tokio::sync::mpsc::UnboundedReceiver<ClaimCall>) {
     loop {
-        let batch = {
-            let mut queue = queue.lock().await;
-            let Some(first) = queue.recv().await else {
-                return;
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_CLAIM_BATCH {
-                match queue.try_recv() {
-                    Ok(call) => batch.push(call),
-                    Err(_) => break,
-                }
-            }
-            batch
+        let Some(first) = queue.recv().await else {
+            return;
         };
+        let mut batch = vec![first];
+        while batch.len() < MAX_CLAIM_BATCH {
+            match queue.try_recv() {
+                Ok(call) => batch.push(call),
+                Err(_) => break,
+            }
+        }
         // A kept connection that fails as lost is tried once more on a
         // fresh one, rather than failing every request of the batch. (Run
         // twice, a claim the first run wrote after all finds itself held:
@@ -497,7 +489,7 @@ async fn claim_batch(
     connection: &mut PgConnection,
     batch: &[ClaimCall],
 ) -> Result<Vec<Reservation>, StoreError> {
-    // In key order: two batches (of two writers, or of two replicas) that
+    // In key order: two batches (of two replicas) that
     // hold the same new keys then lock them in the same order, and cannot
     // deadlock whatever order their requests came in.
     let mut first: std::collections::BTreeMap<&str, &ClaimCall> = Default::default();
@@ -704,7 +696,7 @@ impl Store for PostgresStore {
             now,
             reply,
         };
-        let stopped = || StoreError::Database("the claim writers have stopped".into());
+        let stopped = || StoreError::Database("the claim writer has stopped".into());
         self.claims.send(call).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }

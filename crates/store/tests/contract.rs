@@ -1418,7 +1418,7 @@ async fn postgres_kept_connections_heal_after_a_restart() {
     let (before, after) = (key(1), key(2));
     let (other, third) = (key(3), holder("r", "3"));
     let (first, second, later) = (holder("r", "1"), holder("r", "2"), holder("r", "4"));
-    // The claim writers' and the committer's connections are kept.
+    // The claim writer's and the committer's connections are kept.
     let claims = tokio::join!(
         store.claim(&before, &first, 1000, 100, 10),
         store.claim(&other, &third, 1000, 100, 10),
