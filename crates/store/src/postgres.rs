@@ -489,9 +489,9 @@ async fn claim_batch(
     connection: &mut PgConnection,
     batch: &[ClaimCall],
 ) -> Result<Vec<Reservation>, StoreError> {
-    // In key order: two batches (of two replicas) that
-    // hold the same new keys then lock them in the same order, and cannot
-    // deadlock whatever order their requests came in.
+    // In key order: two replicas' batches that hold the same new keys
+    // then lock them in the same order, and cannot deadlock whatever
+    // order their requests came in.
     let mut first: std::collections::BTreeMap<&str, &ClaimCall> = Default::default();
     for call in batch {
         first.entry(call.key.as_str()).or_insert(call);
