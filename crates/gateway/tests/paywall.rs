@@ -631,6 +631,150 @@ async fn a_client_that_leaves_while_its_claim_is_taken_can_retry_at_once() {
     }
 }
 
+/// An upstream reached over TLS that takes connections and never answers
+/// their handshake: a request to it waits for its connection until the
+/// connect timeout, and never reaches it.
+struct Unresponsive {
+    url: String,
+    accepted: tokio::sync::watch::Receiver<usize>,
+}
+
+impl Unresponsive {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let (count, accepted) = tokio::sync::watch::channel(0);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+                count.send_modify(|n| *n += 1);
+            }
+        });
+        Self { url, accepted }
+    }
+
+    /// Sends a GET of `path` (with `authorization`) to `h` and closes the
+    /// connection once the gateway is connecting to this upstream for it.
+    async fn leave(&mut self, h: &Harness, path: &str, authorization: Option<&str>) {
+        use tokio::io::AsyncWriteExt;
+        let before = *self.accepted.borrow();
+        let mut socket = tokio::net::TcpStream::connect(h.gateway.addr())
+            .await
+            .unwrap();
+        let authorization = authorization
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{authorization}\r\n");
+        socket.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.accepted.wait_for(|&n| n > before),
+        )
+        .await
+        .expect("the gateway connects to the upstream")
+        .unwrap();
+        drop(socket);
+    }
+}
+
+/// A client that leaves while the gateway still waits for a connection to
+/// the upstream has spent nothing: its request never reached the upstream
+/// (once the attempt gives up, its payment through either door, its debit
+/// from a balance, its free call are all given back, as they are for a
+/// client that waits for the 502).
+#[tokio::test]
+async fn a_client_that_leaves_before_the_upstream_has_its_request_spends_nothing() {
+    let mut silent = Unresponsive::start().await;
+    let h = Harness::start(|_| {
+        let stalled = |name: &str, path: &str| {
+            let mut s = service(name, path, 3, &silent.url);
+            s.upstream.as_mut().unwrap().connect_timeout = Duration::from_secs(1);
+            s
+        };
+        let mut balance = stalled("balance", "/balance");
+        balance.priced = balance.priced.balance(5);
+        let mut free = stalled("free", "/free");
+        free.priced.auth = Auth::Freebie(1);
+        vec![stalled("paid", "/paid"), balance, free]
+    })
+    .await;
+    let gave_up = || tokio::time::sleep(Duration::from_millis(1500));
+    for door in ["L402", "Payment"] {
+        let (offer, preimage) = h.buy("/paid").await;
+        let credential = credential(door, &offer, &preimage);
+        silent.leave(&h, "/paid", Some(&credential)).await;
+        gave_up().await;
+        let retry = h.get("/paid", &credential).await;
+        let status = retry.status();
+        let body = retry.text().await.unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{door}: {body}");
+    }
+
+    let (offer, preimage) = h.buy("/balance").await;
+    let credential = credential("L402", &offer, &preimage);
+    // Opened by a client that waits: nothing spent.
+    let opened = h.get("/balance", &credential).await;
+    assert_eq!(opened.status(), StatusCode::BAD_GATEWAY);
+    let spent = || async {
+        let id = offer.invoice.payment_hash();
+        let session = h.gateway.paywall().store().session(&id).await.unwrap();
+        session.expect("the balance was opened").spent_msat
+    };
+    assert_eq!(spent().await, 0);
+    for _ in 0..2 {
+        silent.leave(&h, "/balance", Some(&credential)).await;
+    }
+    gave_up().await;
+    assert_eq!(
+        spent().await,
+        0,
+        "debits of requests that never reached the upstream"
+    );
+
+    // One free call: used by a client that left, it is given back.
+    silent.leave(&h, "/free", None).await;
+    gave_up().await;
+    let again = h.client.get(h.url("/free")).send().await.unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::BAD_GATEWAY,
+        "the free call is still free"
+    );
+}
+
+/// A client that leaves halfway through its upload has spent nothing: the
+/// upstream never had the whole request, so its payment is given back (as
+/// it is for a client whose body breaks off while it stays).
+#[tokio::test]
+async fn a_client_that_leaves_halfway_through_its_upload_spends_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(|up| vec![service("echo", "/echo", 3, up)]).await;
+    let (offer, preimage) = h.buy_post("/echo", "0123456789").await;
+    let credential = credential("L402", &offer, &preimage);
+    let mut socket = tokio::net::TcpStream::connect(h.gateway.addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nAuthorization: {credential}\r\nContent-Length: 10\r\n\r\n01234"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let retry = h
+        .client
+        .post(h.url("/echo"))
+        .header(AUTHORIZATION, &credential)
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    let status = retry.status();
+    let body = retry.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// A paid POST whose answer is lost is not lost: with `Idempotency-Key`
 /// its retry gets the kept response and receipt, and the upstream acted
 /// once, through each door and for a pass; the key with another body is

@@ -35,6 +35,7 @@ use crate::client::{client_addr, ClientAddr, PeerAddr};
 use crate::credentials::{
     self, CredentialField, CredentialScheme, Presented, PAYMENT_AUTHORIZATION_NAME,
 };
+use crate::detached::Detached;
 use crate::idempotency::{self, Keep, Partial, Read};
 use crate::issue::{Binding, Doors};
 use crate::meter::{self, Metered, MeteredBody, UsageScan};
@@ -578,7 +579,7 @@ impl Paywall {
         // over the unpaid cap costs no body read and no pricer call.
         if let (Auth::Freebie(free), Ok(None)) = (service.auth, &presented) {
             let who = client_key.map_or_else(|| "unknown".to_owned(), |k| k.to_string());
-            match self.store().count_freebie(&who, &service.name).await {
+            match self.count_freebie(&who, &service.name, free).await {
                 Ok(used) if used <= free => {
                     return self
                         .call_free(inner, request, &who, &service.name, free)
@@ -1045,6 +1046,8 @@ impl Paywall {
     ) -> Result<Response<PaywallBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
         ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
@@ -1061,44 +1064,48 @@ impl Paywall {
         // From here the upstream has the request and may act on it: a
         // client that leaves before the answer has spent its payment (else
         // one payment would buy any number of upstream calls, each cut off
-        // before its answer). A failure of the upstream releases it below.
-        let spend = spend.served();
-        let response = match inner.call(request).await {
-            Ok(response) => response,
-            Err(e) => {
-                spend.fail().await;
-                return Err(e);
+        // before its answer). So the call, and what its outcome settles,
+        // run to their end even if the client leaves meanwhile: cut off
+        // while it waited for a connection, a request the upstream never
+        // had would keep its spend, and one it failed on would not be
+        // given back.
+        let from_balance = spend.hold.is_some();
+        let call = inner.call(request);
+        let delivered = async move { Delivered::settle(call.await, spend.served()).await };
+        let delivered = Detached::new(&self.inner.background, delivered, drop).await;
+        if !matches!(delivered, Delivered::Errored(_)) {
+            self.inner
+                .metrics
+                .upstream(&service.name, started.elapsed().as_secs_f64());
+        }
+        let (response, spend) = match delivered {
+            Delivered::Errored(e) => return Err(e),
+            Delivered::NotReached(response) => {
+                return Ok(response.map(|body| PaywallBody::wrapped(body, None)))
             }
+            Delivered::Failed { response, unspent } => {
+                tracing::warn!(
+                    service = %service.name,
+                    status = %response.status(),
+                    scheme,
+                    unspent,
+                    "upstream failed; the payment stays unspent unless it failed on it too often"
+                );
+                if from_balance
+                    && service.meter == Meter::Events
+                    && meter::is_event_stream(response.headers())
+                {
+                    // The request's own debit is given back, but the
+                    // events a failing upstream streams are content all
+                    // the same: each after the first is charged, as in
+                    // any stream.
+                    let (parts, body) = response.into_parts();
+                    return Ok(self.metered(service, verified, parts, body, ()));
+                }
+                return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
+            }
+            Delivered::Answered(response, spend) => (response, spend),
         };
-        self.inner
-            .metrics
-            .upstream(&service.name, started.elapsed().as_secs_f64());
-        let outcome = UpstreamOutcome::of(&response);
-        if outcome == UpstreamOutcome::NotReached {
-            spend.release().await;
-            return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
-        }
-        if outcome == UpstreamOutcome::Failed {
-            let metered = spend.hold.is_some()
-                && service.meter == Meter::Events
-                && meter::is_event_stream(response.headers());
-            let unspent = spend.fail().await;
-            tracing::warn!(
-                service = %service.name,
-                status = %response.status(),
-                scheme,
-                unspent,
-                "upstream failed; the payment stays unspent unless it failed on it too often"
-            );
-            if metered {
-                // The request's own debit is given back, but the events a
-                // failing upstream streams are content all the same: each
-                // after the first is charged, as in any stream.
-                let (parts, body) = response.into_parts();
-                return Ok(self.metered(service, verified, parts, body, ()));
-            }
-            return Ok(response.map(|body| PaywallBody::wrapped(body, None)));
-        }
         if reads_body && is_encoded(response.headers()) {
             let unspent = spend.fail().await;
             tracing::warn!(
@@ -1311,13 +1318,48 @@ impl Paywall {
 }
 
 impl Paywall {
+    /// Counts a free call of `client` on `service` ([`Store::count_freebie`]);
+    /// one counted within `free` after its client left is given back
+    /// uncounted.
+    ///
+    /// # Errors
+    ///
+    /// The store's.
+    ///
+    /// [`Store::count_freebie`]: gate402_store::Store::count_freebie
+    async fn count_freebie(
+        &self,
+        client: &str,
+        service: &str,
+        free: u64,
+    ) -> Result<u64, gate402_store::StoreError> {
+        let (store, client, service) =
+            (self.store().clone(), client.to_owned(), service.to_owned());
+        let call = {
+            let (store, client, service) = (store.clone(), client.clone(), service.clone());
+            async move { store.count_freebie(&client, &service).await }
+        };
+        let tracker = self.inner.background.clone();
+        let give_back = move |counted: Result<u64, gate402_store::StoreError>| {
+            if matches!(counted, Ok(used) if used <= free) {
+                tracker.spawn(async move {
+                    if let Err(e) = store.return_freebie(&client, &service, free, false).await {
+                        tracing::error!(error = %e, "store: cannot give back a free call");
+                    }
+                });
+            }
+        };
+        Detached::new(&self.inner.background, call, give_back).await
+    }
+
     /// Forwards a free call; one that did not succeed is given back (pay
     /// for success, as for paid calls: [`UpstreamOutcome`]): uncounted if
     /// it never reached the upstream, else at most `free` times per client
-    /// and service.
+    /// and service. Run to its end even if the client leaves meanwhile, as
+    /// a paid call is ([`Paywall::serve`]).
     async fn call_free<S, ReqBody, ResBody>(
         &self,
-        inner: S,
+        mut inner: S,
         request: Request<ReqBody>,
         client: &str,
         service: &str,
@@ -1325,27 +1367,70 @@ impl Paywall {
     ) -> Result<Response<PaywallBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ResBody: Send + 'static,
     {
-        let response = call(inner, request).await;
-        let reached = match response.as_ref().map(UpstreamOutcome::of) {
-            Ok(UpstreamOutcome::Answered) => return response,
-            Ok(UpstreamOutcome::NotReached) => false,
-            Ok(UpstreamOutcome::Failed) | Err(_) => true,
+        let call = inner.call(request);
+        let (store, client, service) =
+            (self.store().clone(), client.to_owned(), service.to_owned());
+        let settled = async move {
+            let response = call.await;
+            let reached = match response.as_ref().map(UpstreamOutcome::of) {
+                Ok(UpstreamOutcome::Answered) => return response,
+                Ok(UpstreamOutcome::NotReached) => false,
+                Ok(UpstreamOutcome::Failed) | Err(_) => true,
+            };
+            match store.return_freebie(&client, &service, free, reached).await {
+                Ok(given_back) if reached => tracing::warn!(
+                    service,
+                    given_back,
+                    "upstream failed on a free call; given back unless it failed on this client's too often"
+                ),
+                Ok(_) => tracing::warn!(service, "upstream not reached on a free call; given back"),
+                Err(e) => tracing::error!(error = %e, "store: cannot give back a free call"),
+            }
+            response
         };
-        match self
-            .store()
-            .return_freebie(client, service, free, reached)
-            .await
-        {
-            Ok(given_back) if reached => tracing::warn!(
-                service,
-                given_back,
-                "upstream failed on a free call; given back unless it failed on this client's too often"
-            ),
-            Ok(_) => tracing::warn!(service, "upstream not reached on a free call; given back"),
-            Err(e) => tracing::error!(error = %e, "store: cannot give back a free call"),
+        let response = Detached::new(&self.inner.background, settled, drop).await?;
+        Ok(response.map(|body| PaywallBody::wrapped(body, None)))
+    }
+}
+
+/// What the upstream made of a paid request, with its spend settled by
+/// that outcome ([`UpstreamOutcome`]).
+enum Delivered<R, E> {
+    /// The wrapped service failed: counted as the upstream failing.
+    Errored(E),
+    /// The upstream never had it: given back, uncounted.
+    NotReached(R),
+    /// A server error: given back unless the upstream failed on this
+    /// payment too often (`unspent` false).
+    Failed { response: R, unspent: bool },
+    /// An answer: the spend is still held, kept once the answer is sent.
+    Answered(R, Spend),
+}
+
+impl<B, E> Delivered<Response<B>, E> {
+    async fn settle(answer: Result<Response<B>, E>, spend: Spend) -> Self {
+        let response = match answer {
+            Ok(response) => response,
+            Err(e) => {
+                spend.fail().await;
+                return Self::Errored(e);
+            }
+        };
+        match UpstreamOutcome::of(&response) {
+            UpstreamOutcome::NotReached => {
+                spend.release().await;
+                Self::NotReached(response)
+            }
+            UpstreamOutcome::Failed => {
+                let unspent = spend.fail().await;
+                Self::Failed { response, unspent }
+            }
+            UpstreamOutcome::Answered => Self::Answered(response, spend),
         }
-        response
     }
 }
 
