@@ -677,17 +677,13 @@ impl Paywall {
         if let Err(step) = self.of_service(service, &id).await {
             return step;
         }
-        self.settle_before_close(&id).await;
-        let (refund_sats, status) = match self.store().close_session(&id, unix_now()).await {
-            Ok(Closing::Closed {
-                refund_msat,
-                return_invoice,
-            }) => {
-                self.refund(&id, refund_msat, return_invoice.as_deref())
-                    .await
-            }
+        let (refund_sats, status) = match self.close_session(&id).await {
+            Ok(Some(SessionClose::Closed {
+                refund_sats,
+                status,
+            })) => (refund_sats, status),
             // Asked again: the first answer, refunded once.
-            Ok(Closing::AlreadyClosed(session)) => {
+            Ok(Some(SessionClose::AlreadyClosed(session))) => {
                 let closed = session
                     .closed
                     .unwrap_or_else(|| gate402_store::ClosedSession {
@@ -697,7 +693,7 @@ impl Paywall {
                     });
                 (closed.refund_msat / 1000, closed.refund_status)
             }
-            Ok(Closing::NotFound) => {
+            Ok(None) => {
                 return refuse(
                     ProblemType::LightningSessionNotFound,
                     "no session has this id",
@@ -778,6 +774,20 @@ impl Paywall {
     ///
     /// When the store cannot answer; nothing changed then.
     pub async fn close_session(
+        &self,
+        id: &[u8; 32],
+    ) -> Result<Option<SessionClose>, gate402_store::StoreError> {
+        // Carried to its end if the caller leaves meanwhile: a session
+        // closed without its refund paid would wait for the round that
+        // takes up refunds still owed.
+        let closing = {
+            let (paywall, id) = (self.clone(), *id);
+            async move { paywall.close_now(&id).await }
+        };
+        Detached::new(&self.inner.background, closing, drop).await
+    }
+
+    async fn close_now(
         &self,
         id: &[u8; 32],
     ) -> Result<Option<SessionClose>, gate402_store::StoreError> {
