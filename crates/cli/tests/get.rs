@@ -380,6 +380,9 @@ struct SlowPayer {
     cut: std::sync::Arc<std::sync::atomic::AtomicU8>,
     refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
     issued: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    /// How many invoices to have issued before paying one (for up to
+    /// 10 s), as well as `delay_ms`.
+    pay_after_issued: std::sync::Arc<std::sync::atomic::AtomicU8>,
     paid: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
@@ -434,6 +437,13 @@ async fn slow_origin(state: SlowPayer) -> String {
                 |State(s): State<SlowPayer>, axum::Json(body): axum::Json<Value>| async move {
                     let delay = s.delay_ms.load(std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(delay)).await;
+                    let issued = s.pay_after_issued.load(std::sync::atomic::Ordering::SeqCst);
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    while s.issued.load(std::sync::atomic::Ordering::SeqCst) < issued
+                        && std::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                     if s.refuse.load(std::sync::atomic::Ordering::SeqCst) {
                         return (
                             StatusCode::FORBIDDEN,
@@ -561,13 +571,16 @@ async fn ctrl_c_during_a_payment_leaves_it_pending_and_the_next_run_finishes_it(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_gets_of_one_paid_url_pay_once() {
-    // Each payment takes a second, so all four processes have their 402
-    // before the first payment completes: one pays, the others wait on the
+    // Each payment takes a second, and none completes before all four
+    // processes have their 402: one pays, the others wait on the
     // endpoint's lock and then use the token it bought.
     let state = SlowPayer::default();
     state
         .delay_ms
         .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    state
+        .pay_after_issued
+        .store(4, std::sync::atomic::Ordering::SeqCst);
     let base = slow_origin(state.clone()).await;
     let client = tempfile::tempdir().unwrap();
     let url = format!("{base}/paid");

@@ -82,7 +82,9 @@ fn soft_file_limit(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_do_not_starve_paying_clients() {
     const SLOW: usize = 300;
-    const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+    // Long enough that a loaded machine's paying rounds stay well under
+    // it: one starved by the slow connections would wait for it.
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
     /// `[server] max_connections_per_client`'s default.
     const PER_CLIENT: usize = 64;
     let upstream = start_upstream().await;
@@ -159,7 +161,8 @@ async fn slow_headers_do_not_starve_paying_clients() {
     );
     for (bought, served) in &rounds {
         assert!(
-            *bought < Duration::from_secs(2) && *served < Duration::from_secs(2),
+            *bought < HEADER_TIMEOUT - Duration::from_secs(1)
+                && *served < HEADER_TIMEOUT - Duration::from_secs(1),
             "a paying client waited: bought in {bought:?}, served in {served:?}"
         );
     }
@@ -217,11 +220,14 @@ async fn slow_bodies_hold_up_no_other_clients_request() {
     let answer = post().send().await.unwrap();
     let waited = started.elapsed();
     let status = answer.status();
+    // Each well within the 60 s idle timeout that a held-up request would
+    // wait for, with room for a loaded machine.
     assert!(
-        waited < Duration::from_secs(3),
+        waited < Duration::from_secs(5),
         "an unpaid POST waited {waited:?} for another client's slow bodies ({status})"
     );
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    let started = Instant::now();
     let answer = post()
         .header(AUTHORIZATION, paid_post)
         .send()
@@ -230,9 +236,10 @@ async fn slow_bodies_hold_up_no_other_clients_request() {
     let (status, waited) = (answer.status(), started.elapsed());
     assert_eq!(answer.text().await.unwrap(), "{\"a\":1}", "{status}");
     assert!(
-        waited < Duration::from_secs(4),
+        waited < Duration::from_secs(5),
         "a paid POST waited {waited:?} for another client's slow bodies"
     );
+    let started = Instant::now();
     let credential = buy_mpp(&http, &gateway.base, "/work").await;
     let served = http
         .get(format!("{}/work", gateway.base))
@@ -241,7 +248,7 @@ async fn slow_bodies_hold_up_no_other_clients_request() {
         .await
         .unwrap();
     assert_eq!(served.status(), StatusCode::OK);
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(10));
     drop(stalled);
 }
 
@@ -305,7 +312,7 @@ async fn an_idle_connection_is_closed() {
         .expect("the idle connection was never closed");
     eprintln!("an idle keep-alive connection was closed after {closed:?}");
     assert!(
-        closed >= IDLE - Duration::from_millis(500) && closed < IDLE + Duration::from_secs(1),
+        closed >= IDLE - Duration::from_millis(500) && closed < IDLE + Duration::from_secs(3),
         "closed {closed:?} after its last byte (idle timeout {IDLE:?})"
     );
 }
@@ -552,7 +559,7 @@ async fn a_connection_that_never_starts_its_request_is_closed_by_the_header_time
     assert!(
         closed
             .iter()
-            .all(|(_, after)| after.is_some_and(|d| d < HEADER_TIMEOUT + Duration::from_secs(1))),
+            .all(|(_, after)| after.is_some_and(|d| d < HEADER_TIMEOUT + Duration::from_secs(3))),
         "connections that sent no complete request head within {HEADER_TIMEOUT:?} \
          (None: still open after {:?}): {closed:?}",
         HEADER_TIMEOUT * 3
@@ -614,7 +621,7 @@ async fn an_http2_header_block_that_never_ends_is_closed_by_the_header_timeout()
     };
     trickle.abort();
     assert!(
-        closed.is_some_and(|after| after < HEADER_TIMEOUT + Duration::from_secs(1)),
+        closed.is_some_and(|after| after < HEADER_TIMEOUT + Duration::from_secs(3)),
         "an HTTP/2 header block trickled for up to {:?} was closed after {closed:?}, want within the header timeout",
         HEADER_TIMEOUT * 4
     );

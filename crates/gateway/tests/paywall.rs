@@ -539,15 +539,16 @@ async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
             "{door}: the client gave up first: {:?}",
             cut.map(|r| r.status())
         );
-        tokio::time::sleep(Duration::from_millis(900)).await;
+        // Once the cut request has been served to its end, it is spent.
         for _ in 0..2 {
-            let again = impatient
-                .post(h.url("/slow"))
-                .header(AUTHORIZATION, &credential)
-                .body("send one SMS")
-                .send()
-                .await
-                .unwrap();
+            let again = past_conflict(|| {
+                h.client
+                    .post(h.url("/slow"))
+                    .header(AUTHORIZATION, &credential)
+                    .body("send one SMS")
+                    .send()
+            })
+            .await;
             assert_eq!(again.status(), StatusCode::PAYMENT_REQUIRED, "{door}");
         }
         let retry = h.get("/slow", &credential).await;
@@ -699,13 +700,14 @@ async fn a_client_that_leaves_before_the_upstream_has_its_request_spends_nothing
         vec![stalled("paid", "/paid"), balance, free]
     })
     .await;
-    let gave_up = || tokio::time::sleep(Duration::from_millis(1500));
+    // Each attempt gives up after the connect timeout (1 s); what it
+    // held until then is answered 409.
+    let deadline = || Instant::now() + Duration::from_secs(10);
     for door in ["L402", "Payment"] {
         let (offer, preimage) = h.buy("/paid").await;
         let credential = credential(door, &offer, &preimage);
         silent.leave(&h, "/paid", Some(&credential)).await;
-        gave_up().await;
-        let retry = h.get("/paid", &credential).await;
+        let retry = retried(&h, "/paid", &credential).await;
         let status = retry.status();
         let body = retry.text().await.unwrap();
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{door}: {body}");
@@ -725,7 +727,10 @@ async fn a_client_that_leaves_before_the_upstream_has_its_request_spends_nothing
     for _ in 0..2 {
         silent.leave(&h, "/balance", Some(&credential)).await;
     }
-    gave_up().await;
+    let until = deadline();
+    while spent().await > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         spent().await,
         0,
@@ -733,9 +738,16 @@ async fn a_client_that_leaves_before_the_upstream_has_its_request_spends_nothing
     );
 
     // One free call: used by a client that left, it is given back.
+    // (Refused as over the one free call until it is given back.)
     silent.leave(&h, "/free", None).await;
-    gave_up().await;
-    let again = h.client.get(h.url("/free")).send().await.unwrap();
+    let until = deadline();
+    let again = loop {
+        let again = h.client.get(h.url("/free")).send().await.unwrap();
+        if again.status() != StatusCode::PAYMENT_REQUIRED || Instant::now() > until {
+            break again;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(
         again.status(),
         StatusCode::BAD_GATEWAY,
@@ -761,15 +773,14 @@ async fn a_client_that_leaves_halfway_through_its_upload_spends_nothing() {
     socket.write_all(head.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(socket);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let retry = h
-        .client
-        .post(h.url("/echo"))
-        .header(AUTHORIZATION, &credential)
-        .body("0123456789")
-        .send()
-        .await
-        .unwrap();
+    let retry = past_conflict(|| {
+        h.client
+            .post(h.url("/echo"))
+            .header(AUTHORIZATION, &credential)
+            .body("0123456789")
+            .send()
+    })
+    .await;
     let status = retry.status();
     let body = retry.text().await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -811,9 +822,8 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
         let early = post(&h.client, "hello").await.unwrap();
         assert_eq!(early.status(), StatusCode::CONFLICT, "{door} {path}");
         assert!(early.headers().contains_key("retry-after"));
-        tokio::time::sleep(Duration::from_millis(900)).await;
         for _ in 0..2 {
-            let replay = post(&h.client, "hello").await.unwrap();
+            let replay = past_conflict(|| post(&h.client, "hello")).await;
             assert_eq!(replay.status(), StatusCode::CREATED, "{door} {path}");
             assert_eq!(replay.headers()["idempotent-replayed"], "true");
             assert_eq!(
@@ -1110,8 +1120,28 @@ async fn a_spent_payment_outlives_every_door_of_its_invoice() {
     let served = h.get("/weather", &mpp).await;
     assert_eq!(served.status(), StatusCode::OK);
     served.bytes().await.unwrap();
-    // The claim is committed once the body is out, in a batch.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The claim is committed once the body is out, in a batch: waited for
+    // (until then the store has it held, and a probe finds it in flight).
+    let key = gate402_paywall::claims::ClaimKey::payment(&offer.invoice.payment_hash());
+    let probe = gate402_store::ClaimHolder {
+        replica: "probe".into(),
+        token: "probe".into(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = gate402_paywall::unix_now();
+        let store = h.gateway.paywall().store();
+        match store
+            .claim(key.as_str(), &probe, now + 3600, now + 1, now)
+            .await
+        {
+            Ok(gate402_store::Reservation::Consumed) => break,
+            Ok(gate402_store::Reservation::InFlight) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("the served payment's claim: {other:?}"),
+        }
+    }
     // Past the invoice's (and so the MPP challenge's) end, before the token's.
     let later = gate402_paywall::unix_now() + 600 + 60;
     h.gateway
@@ -2359,11 +2389,27 @@ fn raw_upstream(
 /// flight (its failure is recorded just after the answer that failed), for
 /// up to 5 s.
 async fn retried(h: &Harness, path: &str, credential: &str) -> reqwest::Response {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    past_conflict(|| {
+        h.client
+            .get(h.url(path))
+            .header(AUTHORIZATION, credential)
+            .send()
+    })
+    .await
+}
+
+/// `send` again while it is answered `409` (what it pays with is still
+/// held by a request being served or settled), for up to 10 s; the first
+/// other answer.
+async fn past_conflict<F>(send: impl Fn() -> F) -> reqwest::Response
+where
+    F: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let retry = h.get(path, credential).await;
-        if retry.status() != StatusCode::CONFLICT || Instant::now() > deadline {
-            return retry;
+        let response = send().await.unwrap();
+        if response.status() != StatusCode::CONFLICT || Instant::now() > deadline {
+            return response;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

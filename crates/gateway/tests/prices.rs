@@ -405,7 +405,7 @@ async fn start_pricer(mode: &'static str) -> Pricer {
                 a.lock().unwrap().push(question.clone());
                 match mode {
                     "slow" => {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        tokio::time::sleep(Duration::from_secs(10)).await;
                         Json(json!({"price": 99})).into_response()
                     }
                     "garbage" => (
@@ -580,7 +580,7 @@ async fn a_slow_or_garbled_pricer_gives_way_to_its_fallback() {
             "{mode}"
         );
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(5),
             "{mode}: the timeout held"
         );
         assert_eq!(pricer.calls.load(Ordering::SeqCst), 1, "{mode}");

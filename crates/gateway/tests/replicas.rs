@@ -275,7 +275,22 @@ async fn a_replica_name_the_server_let_go_is_taken_again() {
     };
 
     drop_name();
-    tokio::time::sleep(std::time::Duration::from_secs(7)).await;
+    // Taken again at the next check (every 5 s), reconnected first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let held = postgres.sql(
+            "SELECT count(*) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND objsubid = 1",
+        );
+        if held.trim() == "1" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the name was not taken again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let refused = Gateway::start(&config, copy.path())
         .await
         .err()
@@ -382,11 +397,19 @@ async fn a_lost_answer_is_replayed_by_another_replica() {
                 post(&base_a, &impatient).await.is_err(),
                 "the answer was lost"
             );
-            tokio::time::sleep(std::time::Duration::from_millis(900)).await;
         }
-        // Replayed on either replica, whichever door the key came through.
+        // Replayed on either replica, whichever door the key came through
+        // (once the cut request has been served to its end: `409` until
+        // then).
         for base in [&base_b, &base_a] {
-            let replay = post(base, &http).await.unwrap();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let replay = loop {
+                let replay = post(base, &http).await.unwrap();
+                if replay.status() != StatusCode::CONFLICT || std::time::Instant::now() > deadline {
+                    break replay;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            };
             assert_eq!(replay.status(), StatusCode::OK);
             assert_eq!(replay.headers()["idempotent-replayed"], "true");
             let receipt =

@@ -1862,8 +1862,13 @@ async fn a_close_waits_for_the_requests_in_flight() {
         streamed.text().await.unwrap()
     };
     let close = async {
-        // The request holds its 10 units by now; its usage comes after 3 s.
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        // Closed once the request holds its 10 units (its usage comes
+        // after 3 s).
+        let store = h.gateway.paywall().store();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !store.has_held_debits(&id).await.unwrap() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         h.gateway.paywall().close_session(&id).await.unwrap()
     };
     let (text, closed) = tokio::join!(read, close);

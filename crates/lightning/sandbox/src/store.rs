@@ -317,11 +317,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let before = writer_threads();
         let store = Store::open(&dir.path().join("s.sqlite3")).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let tid = writer_threads()
-            .into_iter()
-            .find(|t| !before.contains(t))
-            .expect("the store's writer thread");
+        // Its thread, named once it runs (another test's store may come
+        // and go meanwhile: waited for until only this one is new).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let tid = loop {
+            let new: Vec<String> = writer_threads()
+                .into_iter()
+                .filter(|t| !before.contains(t))
+                .collect();
+            match &new[..] {
+                [tid] => break tid.clone(),
+                _ if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                _ => panic!("the store's writer thread: {new:?}"),
+            }
+        };
         let idle = voluntary_switches(&tid);
         std::thread::sleep(Duration::from_millis(300));
         let woke = voluntary_switches(&tid) - idle;
@@ -330,7 +341,10 @@ mod tests {
             "woke {woke} times in 300 ms with nothing to write"
         );
         store.insert(row(7));
-        std::thread::sleep(WRITE_EVERY * 5);
+        let deadline = std::time::Instant::now() + WRITE_EVERY * 100;
+        while !store.pending.rows().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(WRITE_EVERY);
+        }
         assert!(store.pending.rows().is_empty(), "not written");
         assert!(voluntary_switches(&tid) > idle);
     }
