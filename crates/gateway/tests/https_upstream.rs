@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,18 @@ fn leaf(ca: &Ca, names: &[&str]) -> (String, String) {
 /// A TLS upstream answering `/hello` and `/paid`; with `client_ca`, it
 /// takes only clients whose certificate that CA signed.
 async fn tls_upstream(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
+    tls_upstream_after(server_ca, client_ca, Duration::ZERO)
+        .await
+        .0
+}
+
+/// [`tls_upstream`], beginning each TLS handshake `delay` after it took
+/// the connection; with the count of `/paid` requests it has answered.
+async fn tls_upstream_after(
+    server_ca: &Ca,
+    client_ca: Option<&Ca>,
+    delay: Duration,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &server_ca.issuer).unwrap();
@@ -74,9 +87,17 @@ async fn tls_upstream(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
         )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let served = Arc::new(AtomicUsize::new(0));
+    let counted = served.clone();
     let app = Router::new()
         .route("/hello", get(|| async { "hello over TLS" }))
-        .route("/paid", get(|| async { "paid answer over TLS" }));
+        .route(
+            "/paid",
+            get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async { "paid answer over TLS" }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -86,6 +107,7 @@ async fn tls_upstream(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
             };
             let (acceptor, app) = (acceptor.clone(), app.clone());
             tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
                 let Ok(stream) = acceptor.accept(stream).await else {
                     return;
                 };
@@ -95,7 +117,7 @@ async fn tls_upstream(server_ca: &Ca, client_ca: Option<&Ca>) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, served)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -165,6 +187,62 @@ async fn an_https_upstream_behind_its_own_ca_free_and_paid() {
     assert_eq!(answer.status(), StatusCode::OK);
     assert!(answer.headers().contains_key("payment-receipt"));
     assert_eq!(answer.text().await.unwrap(), "paid answer over TLS");
+    gateway.shutdown().await.unwrap();
+}
+
+/// A client that leaves while the gateway is still connecting to the
+/// upstream (here in the TLS handshake, which the upstream begins only
+/// after a second) has spent nothing: the connection made after it left
+/// does not carry its request, and its credential is served in full.
+/// (Before, the request went out once connected and its answer, which
+/// nobody read, spent the payment.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_whose_client_left_while_connecting_is_not_sent() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = ca();
+    let (upstream, served) =
+        tls_upstream_after(&server_ca, None, Duration::from_millis(1000)).await;
+    let tls = UpstreamTls {
+        ca: Some(write(dir.path(), "ca.pem", &server_ca.pem)),
+        ..UpstreamTls::default()
+    };
+    let gateway = gateway(upstream, tls, dir.path()).await;
+    let base = format!("http://{}", gateway.addr());
+    let client = reqwest::Client::new();
+    let unpaid = client.get(format!("{base}/paid")).send().await.unwrap();
+    let offer = Offer::from_headers(unpaid.headers()).unwrap();
+    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let credential = offer.payment_authorization(&preimage).unwrap();
+
+    let mut socket = tokio::net::TcpStream::connect(gateway.addr())
+        .await
+        .unwrap();
+    let request = format!("GET /paid HTTP/1.1\r\nHost: x\r\nAuthorization: {credential}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(socket);
+    // The handshake ends about a second after it began; the request
+    // would have been answered well within two more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        0,
+        "a request whose client had left was sent"
+    );
+    let answer = client
+        .get(format!("{base}/paid"))
+        .header("authorization", &credential)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    let body = answer.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "paid answer over TLS");
+    assert_eq!(served.load(Ordering::SeqCst), 1);
     gateway.shutdown().await.unwrap();
 }
 

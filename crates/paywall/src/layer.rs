@@ -67,6 +67,34 @@ pub struct Routed {
 #[derive(Debug, Clone, Copy)]
 pub struct NotReached;
 
+/// Put by the paywall into the extensions of a request that spends (a
+/// payment, a debit, a counted free call): tells the service behind it
+/// when the request's client has left (hyper dropped the request) while
+/// the call goes on, so that what it spends is settled by what the
+/// upstream made of it. A request not yet sent when its client
+/// left should not be sent at all (answered with [`NotReached`]): the
+/// upstream's answer would reach nobody, and the payment be spent on it.
+#[derive(Debug, Clone)]
+pub struct ClientPresence(tokio_util::sync::CancellationToken);
+
+impl ClientPresence {
+    /// Resolves once the client has left; never while it waits.
+    pub async fn left(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// Puts a presence into `request`; the client counts as gone once the
+    /// guard is dropped (with the request's future, when the client
+    /// leaves; or once the call is over, when nothing listens any more).
+    fn put_in<B>(request: &mut Request<B>) -> tokio_util::sync::DropGuard {
+        let presence = tokio_util::sync::CancellationToken::new();
+        request
+            .extensions_mut()
+            .insert(ClientPresence(presence.clone()));
+        presence.drop_guard()
+    }
+}
+
 /// Put into a request's extensions by the paywall when no service takes
 /// it under its method but some service takes its path under others
 /// (these, in the order configured): a server answers `405` with them as
@@ -1070,6 +1098,7 @@ impl Paywall {
         // had would keep its spend, and one it failed on would not be
         // given back.
         let from_balance = spend.hold.is_some();
+        let _present = ClientPresence::put_in(&mut request);
         let call = inner.call(request);
         let delivered = async move { Delivered::settle(call.await, spend.served()).await };
         let delivered = Detached::new(&self.inner.background, delivered, drop).await;
@@ -1360,7 +1389,7 @@ impl Paywall {
     async fn call_free<S, ReqBody, ResBody>(
         &self,
         mut inner: S,
-        request: Request<ReqBody>,
+        mut request: Request<ReqBody>,
         client: &str,
         service: &str,
         free: u64,
@@ -1371,6 +1400,7 @@ impl Paywall {
         S::Error: Send + 'static,
         ResBody: Send + 'static,
     {
+        let _present = ClientPresence::put_in(&mut request);
         let call = inner.call(request);
         let (store, client, service) =
             (self.store().clone(), client.to_owned(), service.to_owned());

@@ -240,7 +240,7 @@ impl Gateway {
         // this program's to add.
         let app = app.fallback_service(
             tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn(crate::proxy::refuse_upgrades))
+                .layer(tower::layer::layer_fn(crate::proxy::RefuseUpgrades))
                 .layer(tower::util::MapResponseLayer::new(link_manifest_on_402))
                 .layer(paywall.layer())
                 .service(proxy.clone()),
