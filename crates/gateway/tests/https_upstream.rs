@@ -120,6 +120,27 @@ async fn tls_upstream_after(
     (addr, served)
 }
 
+/// Upstream TLS settings that trust `ca` alone (its PEM written into
+/// `dir`).
+fn trusting(dir: &Path, ca: &Ca) -> UpstreamTls {
+    UpstreamTls {
+        ca: Some(write(dir, "ca.pem", &ca.pem)),
+        ..UpstreamTls::default()
+    }
+}
+
+/// An `Authorization` value for `/paid` on the gateway at `base`: its
+/// 402's offer, paid through the gateway's sandbox.
+async fn bought(client: &reqwest::Client, base: &str) -> String {
+    let unpaid = client.get(format!("{base}/paid")).send().await.unwrap();
+    assert_eq!(unpaid.status(), StatusCode::PAYMENT_REQUIRED);
+    let offer = Offer::from_headers(unpaid.headers()).unwrap();
+    let paid = pay_via(client, base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    offer.payment_authorization(&preimage).unwrap()
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -158,10 +179,7 @@ async fn an_https_upstream_behind_its_own_ca_free_and_paid() {
     let dir = tempfile::tempdir().unwrap();
     let server_ca = ca();
     let upstream = tls_upstream(&server_ca, None).await;
-    let tls = UpstreamTls {
-        ca: Some(write(dir.path(), "ca.pem", &server_ca.pem)),
-        ..UpstreamTls::default()
-    };
+    let tls = trusting(dir.path(), &server_ca);
     let gateway = gateway(upstream, tls, dir.path()).await;
     let base = format!("http://{}", gateway.addr());
     let client = reqwest::Client::new();
@@ -169,18 +187,10 @@ async fn an_https_upstream_behind_its_own_ca_free_and_paid() {
     assert_eq!(free.status(), StatusCode::OK);
     assert_eq!(free.text().await.unwrap(), "hello over TLS");
 
-    let unpaid = client.get(format!("{base}/paid")).send().await.unwrap();
-    assert_eq!(unpaid.status(), StatusCode::PAYMENT_REQUIRED);
-    let offer = Offer::from_headers(unpaid.headers()).unwrap();
-    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
-    let mut preimage = [0u8; 32];
-    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let credential = bought(&client, &base).await;
     let answer = client
         .get(format!("{base}/paid"))
-        .header(
-            "authorization",
-            offer.payment_authorization(&preimage).unwrap(),
-        )
+        .header("authorization", credential)
         .send()
         .await
         .unwrap();
@@ -203,19 +213,11 @@ async fn a_request_whose_client_left_while_connecting_is_not_sent() {
     let server_ca = ca();
     let (upstream, served) =
         tls_upstream_after(&server_ca, None, Duration::from_millis(1000)).await;
-    let tls = UpstreamTls {
-        ca: Some(write(dir.path(), "ca.pem", &server_ca.pem)),
-        ..UpstreamTls::default()
-    };
+    let tls = trusting(dir.path(), &server_ca);
     let gateway = gateway(upstream, tls, dir.path()).await;
     let base = format!("http://{}", gateway.addr());
     let client = reqwest::Client::new();
-    let unpaid = client.get(format!("{base}/paid")).send().await.unwrap();
-    let offer = Offer::from_headers(unpaid.headers()).unwrap();
-    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
-    let mut preimage = [0u8; 32];
-    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
-    let credential = offer.payment_authorization(&preimage).unwrap();
+    let credential = bought(&client, &base).await;
 
     let mut socket = tokio::net::TcpStream::connect(gateway.addr())
         .await
@@ -282,19 +284,11 @@ async fn a_stalled_tls_handshake_is_not_connected_and_keeps_the_payment() {
             let _ = held.send(stream);
         }
     });
-    let tls = UpstreamTls {
-        ca: Some(write(dir.path(), "ca.pem", &ca().pem)),
-        ..UpstreamTls::default()
-    };
+    let tls = trusting(dir.path(), &ca());
     let gateway = gateway_waiting(stalled, tls, dir.path(), Duration::from_secs(6)).await;
     let base = format!("http://{}", gateway.addr());
     let client = reqwest::Client::new();
-    let unpaid = client.get(format!("{base}/paid")).send().await.unwrap();
-    let offer = Offer::from_headers(unpaid.headers()).unwrap();
-    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
-    let mut preimage = [0u8; 32];
-    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
-    let credential = offer.payment_authorization(&preimage).unwrap();
+    let credential = bought(&client, &base).await;
     for attempt in 1..=4 {
         let started = std::time::Instant::now();
         let response = client
