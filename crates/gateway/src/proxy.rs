@@ -379,9 +379,10 @@ impl Proxy {
         };
         let presence = parts.extensions.get::<ClientPresence>().cloned();
         let mut request = Request::from_parts(parts, body);
-        let connection = capture_connection(&mut request);
+        // Only a request that spends needs to know when it was sent.
+        let watched = presence.map(|presence| (presence, capture_connection(&mut request)));
         let answer = async {
-            let response = unless_left_unsent(pool.request(request), presence, connection);
+            let response = unless_left_unsent(pool.request(request), watched);
             tokio::pin!(response);
             tokio::select! {
                 answered = &mut response => Ok(answered),
@@ -393,29 +394,26 @@ impl Proxy {
         }
         .instrument(span.clone())
         .await;
+        // None: never sent, its client gone; read by nobody, what it
+        // carried is given back.
+        let Some(answer) = answer.transpose() else {
+            crate::telemetry::upstream_answered(&span, Err("client left"));
+            return not_reached(problem_response(
+                StatusCode::BAD_GATEWAY,
+                "about:blank",
+                "Bad Gateway",
+                "the client left before the request was sent upstream; nothing was charged",
+                None,
+            ));
+        };
         crate::telemetry::upstream_answered(
             &span,
             match &answer {
                 Err(_) => Err("timeout"),
-                Ok(None) => Err("client left"),
-                Ok(Some(Err(_))) => Err("unreachable"),
-                Ok(Some(Ok(response))) => Ok(response.status()),
+                Ok(Err(_)) => Err("unreachable"),
+                Ok(Ok(response)) => Ok(response.status()),
             },
         );
-        let answer = match answer {
-            Err(elapsed) => Err(elapsed),
-            Ok(Some(answer)) => Ok(answer),
-            // Read by nobody; what it carried is given back.
-            Ok(None) => {
-                return not_reached(problem_response(
-                    StatusCode::BAD_GATEWAY,
-                    "about:blank",
-                    "Bad Gateway",
-                    "the client left before the request was sent upstream; nothing was charged",
-                    None,
-                ))
-            }
-        };
         match answer {
             Err(_) => problem_response(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -497,16 +495,16 @@ impl Proxy {
 /// connecting, and a connection made after the client left would carry a
 /// request whose answer nobody reads, and spend its payment. Once a
 /// connection has it, the request is on its way and runs to its end.
+/// Without `watched` (a request that spends nothing), simply `sending`.
 async fn unless_left_unsent<F: Future>(
     sending: F,
-    presence: Option<ClientPresence>,
-    connection: CaptureConnection,
+    watched: Option<(ClientPresence, CaptureConnection)>,
 ) -> Option<F::Output> {
+    let Some((presence, connection)) = watched else {
+        return Some(sending.await);
+    };
     let left_unsent = async {
-        match presence {
-            Some(presence) => presence.left().await,
-            None => std::future::pending().await,
-        }
+        presence.left().await;
         if connection.connection_metadata().is_some() {
             std::future::pending::<()>().await;
         }
