@@ -21,7 +21,7 @@ use axum::http::uri::{Authority, PathAndQuery, Scheme};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use gate402_paywall::route::RequestPath;
 use gate402_paywall::{
-    ClientAddr, ClientPresence, NotReached, OtherMethods, Routed, TrustedProxies,
+    ClientAddr, ClientPresence, NotReached, OtherMethods, PartlySent, Routed, TrustedProxies,
 };
 use hyper::body::Body as _;
 use hyper_rustls::HttpsConnector;
@@ -423,18 +423,22 @@ impl Proxy {
                 None,
             ),
             // The client's own body broke off or was malformed (a chunk
-            // that does not parse): its fault, not the upstream's, so not
-            // counted as the upstream failing on its payment (which is
-            // given back: nothing was served).
+            // that does not parse): its fault, so a 400. But a body is
+            // only read once a connection has the request, so the
+            // upstream had its head and maybe part of the body, and may
+            // have acted on them: it counts as a failure on what paid
+            // for it, given back at most a few times.
             Ok(Err(e)) if client_body_failed(&e) => {
                 tracing::debug!(error = %e, "the request body broke off on its way upstream");
-                not_reached(problem_response(
+                let mut response = problem_response(
                     StatusCode::BAD_REQUEST,
                     "about:blank",
                     "Bad Request",
-                    "the request body broke off or was malformed; nothing was charged",
+                    "the request body broke off or was malformed after the upstream had part of the request; what paid for it is given back, unless this happened to it too often",
                     None,
-                ))
+                );
+                response.extensions_mut().insert(PartlySent);
+                response
             }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %upstream.url, error = with_causes(&e), "upstream unreachable");

@@ -610,9 +610,9 @@ async fn every_malformed_input_gets_a_4xx_and_nothing_is_lost() {
 
     // A paid request whose own chunked body breaks off on its way to the
     // upstream (a body not read first: no field a rule or `_method` could
-    // hold) is the client's fault: a 400, and its payment is given back
-    // (not counted as the upstream failing on it, the third of which
-    // would spend it).
+    // hold) is the client's fault: a 400, and its payment is given back for
+    // a retry, counted among the failures a payment is given back for (the
+    // upstream had part of it), the third of which would spend it.
     let buy = || async {
         let unpaid = http
             .post(format!("{base}/api/translate"))
@@ -627,7 +627,7 @@ async fn every_malformed_input_gets_a_4xx_and_nothing_is_lost() {
         offer.l402_authorization(&preimage).unwrap()
     };
     let mut token = buy().await;
-    for attempt in 0..4 {
+    for attempt in 1..gate402_paywall::FAILURES_PER_PAYMENT {
         let request = format!(
             "POST /api/translate HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {token}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{\"\r\nZZ\r\n"
         );

@@ -57,6 +57,10 @@ static SLOW_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsi
 static BOOM_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static STALL_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Requests the upstream's `/partial` (which acts on a request as soon as
+/// it has its head) received.
+static PARTIAL_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Texts the upstream's `/sms` sent, by every test of this file (they
 /// run at once: each counts its own texts, [`sms_sent`]).
 static SMS_SENT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -114,6 +118,16 @@ fn upstream_app() -> Router {
                     axum::http::StatusCode::INTERNAL_SERVER_ERROR,
                     "acted, then failed",
                 )
+            }),
+        )
+        .route(
+            "/partial",
+            any(|body: axum::body::Body| async move {
+                PARTIAL_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                match axum::body::to_bytes(body, usize::MAX).await {
+                    Ok(body) => format!("uploaded {} bytes", body.len()),
+                    Err(_) => "acted on part of an upload".to_owned(),
+                }
             }),
         )
         .route(
@@ -755,11 +769,12 @@ async fn a_client_that_leaves_before_the_upstream_has_its_request_spends_nothing
     );
 }
 
-/// A client that leaves halfway through its upload has spent nothing: the
-/// upstream never had the whole request, so its payment is given back (as
-/// it is for a client whose body breaks off while it stays).
+/// A client that leaves halfway through its upload has not spent its
+/// payment: the upstream never had the whole request, so it is given back
+/// for a retry (counted, as for a client whose body breaks off while it
+/// stays, among the few failures a payment is given back for).
 #[tokio::test]
-async fn a_client_that_leaves_halfway_through_its_upload_spends_nothing() {
+async fn a_client_that_leaves_halfway_through_its_upload_can_retry() {
     use tokio::io::AsyncWriteExt;
     let h = Harness::start(|up| vec![service("echo", "/echo", 3, up)]).await;
     let (offer, preimage) = h.buy_post("/echo", "0123456789").await;
@@ -784,6 +799,65 @@ async fn a_client_that_leaves_halfway_through_its_upload_spends_nothing() {
     let status = retry.status();
     let body = retry.text().await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A paid request whose body breaks off after the upstream had its head
+/// (and part of the body) may have made it act: the payment is given back
+/// for a retry, but as for an upstream that fails, not any number of
+/// times, or cutting uploads short would buy any number of runs.
+#[tokio::test]
+async fn uploads_that_keep_breaking_off_spend_the_payment() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(|up| vec![service("partial", "/partial", 3, up)]).await;
+    let (offer, preimage) = h.buy_post("/partial", "hello").await;
+    let credential = credential("L402", &offer, &preimage);
+    let before = PARTIAL_CALLS.load(SeqCst);
+    let tries = gate402_paywall::FAILURES_PER_PAYMENT as usize;
+    for attempt in 1..=tries {
+        let mut socket = tokio::net::TcpStream::connect(h.gateway.addr())
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /partial HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {credential}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        // The upstream has the head and the first chunk before the next
+        // one fails to parse.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        socket.write_all(b"ZZ\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer))
+            .await
+            .expect("answered")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("broke off"),
+            "attempt {attempt}: {answer}"
+        );
+        assert_eq!(
+            PARTIAL_CALLS.load(SeqCst) - before,
+            attempt,
+            "the upstream acted on attempt {attempt}"
+        );
+    }
+    let spent = h
+        .client
+        .post(h.url("/partial"))
+        .header(AUTHORIZATION, &credential)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let status = spent.status();
+    let body = spent.text().await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::PAYMENT_REQUIRED,
+        "after {tries} broken uploads the payment is spent: {body}"
+    );
+    assert_eq!(PARTIAL_CALLS.load(SeqCst) - before, tries);
 }
 
 /// A paid POST whose answer is lost is not lost: with `Idempotency-Key`

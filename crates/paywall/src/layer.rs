@@ -67,6 +67,17 @@ pub struct Routed {
 #[derive(Debug, Clone, Copy)]
 pub struct NotReached;
 
+/// Put into a response's extensions by the service behind the paywall
+/// when the upstream had the request only in part: its body, as the
+/// client sent it, broke off or did not parse on the way. Whatever the
+/// status (the client's fault, a `400`), it counts as one of the
+/// upstream's failures on the payment
+/// ([`crate::claims::FAILURES_PER_PAYMENT`]): the upstream may have acted
+/// on what it read, and a client that keeps cutting its uploads short
+/// must not buy any number of runs with one payment.
+#[derive(Debug, Clone, Copy)]
+pub struct PartlySent;
+
 /// Put by the paywall into the extensions of a request that spends (a
 /// payment, a debit, a counted free call): tells the service behind it
 /// when the request's client has left (hyper dropped the request) while
@@ -1470,8 +1481,9 @@ impl<B, E> Delivered<Response<B>, E> {
 pub enum UpstreamOutcome {
     /// It never had the request ([`NotReached`]): given back, uncounted.
     NotReached,
-    /// It had the request and answered with a server error: given back,
-    /// counted among its failures.
+    /// It had the request and answered with a server error, or had only
+    /// part of it ([`PartlySent`]): given back, counted among its
+    /// failures.
     Failed,
     /// It answered: what was paid is spent.
     Answered,
@@ -1480,9 +1492,10 @@ pub enum UpstreamOutcome {
 impl UpstreamOutcome {
     /// The outcome `response` (from the service behind the paywall) tells.
     pub fn of<B>(response: &Response<B>) -> Self {
-        if response.extensions().get::<NotReached>().is_some() {
+        let extensions = response.extensions();
+        if extensions.get::<NotReached>().is_some() {
             Self::NotReached
-        } else if response.status().is_server_error() {
+        } else if response.status().is_server_error() || extensions.get::<PartlySent>().is_some() {
             Self::Failed
         } else {
             Self::Answered

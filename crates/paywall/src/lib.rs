@@ -100,8 +100,8 @@ pub use idempotency::IdempotencyConfig;
 pub use issue::{Binding, Doors};
 pub use issued::Issued;
 pub use layer::{
-    ClientPresence, NotReached, OtherMethods, PaywallBody, PaywallLayer, PaywallService, Routed,
-    UpstreamOutcome,
+    ClientPresence, NotReached, OtherMethods, PartlySent, PaywallBody, PaywallLayer,
+    PaywallService, Routed, UpstreamOutcome,
 };
 pub use limits::{Limited, LimitsConfig};
 pub use metrics::Metrics;
