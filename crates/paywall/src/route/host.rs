@@ -37,7 +37,7 @@ pub enum HostError {
 pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, HostError> {
     let from_uri = uri
         .authority()
-        .map(normal)
+        .map(|authority| normal(authority.as_str()))
         .transpose()
         .map_err(|_| HostError::MalformedTarget)?;
     let mut values = headers.get_all(HOST).iter();
@@ -49,10 +49,7 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, Ho
             if text.is_empty() {
                 None
             } else {
-                let authority = text
-                    .parse::<Authority>()
-                    .map_err(|_| HostError::Malformed)?;
-                Some(normal(&authority)?)
+                Some(normal(text)?)
             }
         }
     };
@@ -63,19 +60,40 @@ pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, Ho
     }
 }
 
-fn normal(authority: &Authority) -> Result<String, HostError> {
+/// The port the request named with its host (the target's, else
+/// `Host`'s), if any: `None` for none or one that is not a port number.
+pub fn request_port(uri: &Uri, headers: &HeaderMap) -> Option<u16> {
+    uri.authority().and_then(Authority::port_u16).or_else(|| {
+        let text = headers.get(HOST)?.to_str().ok()?.trim();
+        split_port(text).1.strip_prefix(':')?.parse().ok()
+    })
+}
+
+/// `host[:port]` (`[v6]:port` too) as its host and the rest: empty, or
+/// `:` and what follows.
+fn split_port(text: &str) -> (&str, &str) {
+    let end = match text.strip_prefix('[') {
+        Some(rest) => rest.find(']').map_or(text.len(), |i| i + 2),
+        None => text.rfind(':').unwrap_or(text.len()),
+    };
+    text.split_at(end)
+}
+
+/// `host[:port]` in normal form. Read by hand rather than parsed as an
+/// [`Authority`] first (a copy, on every request): what the host may hold
+/// is checked by [`normal_name`], stricter than an authority's grammar.
+fn normal(text: &str) -> Result<String, HostError> {
     // `user@host` has no place in a request's authority (RFC 9110 §4.2.4).
-    if authority.as_str().contains('@') {
+    if text.contains('@') {
         return Err(HostError::Malformed);
     }
-    let host = authority.host();
-    let port = &authority.as_str()[host.len()..];
+    let (host, port) = split_port(text);
     // Empty (`host:`) or a port number: 0 to 65535, digits only.
-    let port_ok = port.strip_prefix(':').is_none_or(|digits| {
+    let port_ok = port.strip_prefix(':').is_some_and(|digits| {
         digits.is_empty()
             || (digits.bytes().all(|b| b.is_ascii_digit()) && digits.parse::<u16>().is_ok())
     });
-    if !port_ok || (!port.is_empty() && !port.starts_with(':')) {
+    if !port.is_empty() && !port_ok {
         return Err(HostError::Malformed);
     }
     normal_name(host).ok_or(HostError::Malformed)
@@ -124,6 +142,8 @@ mod tests {
             want
         );
         assert_eq!(host("/x", &["[::1]:8402"]), Ok(Some("[::1]".to_owned())));
+        assert_eq!(host("/x", &["[::1]"]), Ok(Some("[::1]".to_owned())));
+        assert_eq!(host("/x", &["a.test:"]), Ok(Some("a.test".to_owned())));
         assert_eq!(host("/x", &[]), Ok(None));
         assert_eq!(host("/x", &[""]), Ok(None));
     }
@@ -138,6 +158,12 @@ mod tests {
         assert_eq!(host("/x", &["a.test:99999"]), Err(HostError::Malformed));
         assert_eq!(host("/x", &["a.test:65536"]), Err(HostError::Malformed));
         assert_eq!(host("/x", &["a.test:+80"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["a:b:80"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["[::1]x"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["[::1"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["[a.test]:80"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &[":80"]), Err(HostError::Malformed));
+        assert_eq!(host("/x", &["a test"]), Err(HostError::Malformed));
         assert_eq!(host("/x", &["a.test:65535"]), Ok(Some("a.test".to_owned())));
         assert_eq!(
             host("http://a.test/x", &["b.test"]),
@@ -149,5 +175,20 @@ mod tests {
             Err(HostError::MalformedTarget)
         );
         assert!(HostError::MalformedTarget.to_string().contains("target"));
+    }
+
+    #[test]
+    fn the_port_named_is_the_targets_else_hosts() {
+        let port = |uri: &str, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, value.parse().unwrap());
+            request_port(&uri.parse().unwrap(), &headers)
+        };
+        assert_eq!(port("/x", "a.test:8443"), Some(8443));
+        assert_eq!(port("/x", "[::1]:8402"), Some(8402));
+        assert_eq!(port("/x", "a.test"), None);
+        assert_eq!(port("/x", "[::1]"), None);
+        assert_eq!(port("/x", "a.test:"), None);
+        assert_eq!(port("http://a.test:81/x", "a.test:82"), Some(81));
     }
 }
