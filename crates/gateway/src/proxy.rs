@@ -53,17 +53,25 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !gate402_paywall::fields::any_of(headers, &HOP_BY_HOP) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    // One pass over the message's few names, removing only those present
+    // (a response from a kept-alive upstream always has `Connection`):
+    // removing each hop-by-hop name in turn hashed every one of them, on
+    // each request and each response.
+    let connection = headers.get_all(header::CONNECTION);
+    let named = |name: &HeaderName| {
+        connection.iter().any(|value| {
+            value.as_bytes().split(|b| *b == b',').any(|item| {
+                item.trim_ascii()
+                    .eq_ignore_ascii_case(name.as_str().as_bytes())
+            })
+        })
+    };
+    let removed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name) || named(name))
+        .cloned()
         .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+    for name in removed {
         headers.remove(name);
     }
 }
@@ -826,6 +834,36 @@ impl tower::Service<Request<Body>> for Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, X-Secret ,keep-alive"),
+            ("connection", "x-other"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "s"),
+            ("x-other", "o"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "k"),
+            ("x-secretive", "k"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-kept", "x-secretive"]);
+        let mut plain = HeaderMap::new();
+        plain.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 1);
+    }
 
     #[test]
     fn client_addresses_are_written_as_display_writes_them() {
