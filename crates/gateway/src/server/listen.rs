@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::ConnectInfo;
 use gate402_paywall::{ClientKey, PeerAddr, TrustedProxies};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -231,8 +230,10 @@ async fn connection<I>(
     let waiting = AwaitingUpstream(Arc::new(AtomicU64::new(0)));
     let counter = waiting.clone();
     let service = app.map_request(move |mut request: axum::extract::Request<_>| {
+        // The paywall's own extension alone, not axum's `ConnectInfo` as
+        // well: nothing here extracts that, and each extension inserted
+        // costs every request.
         request.extensions_mut().insert(PeerAddr(peer));
-        request.extensions_mut().insert(ConnectInfo(peer));
         request.extensions_mut().insert(ServedOverTls(tls));
         request.extensions_mut().insert(counter.clone());
         request
