@@ -7,7 +7,8 @@ use gate402_l402::L402Challenge;
 use gate402_mpp::problem::ProblemType;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::issued::Issued;
 use crate::limits::Limited;
@@ -45,7 +46,8 @@ impl Refusal {
     }
 }
 
-/// An `application/problem+json` response; `extra` fields are merged in.
+/// An `application/problem+json` response; `extra` fields (an object)
+/// follow the standard ones.
 pub fn problem(
     status: StatusCode,
     problem_type: &str,
@@ -53,16 +55,42 @@ pub fn problem(
     detail: &str,
     extra: Option<Value>,
 ) -> Response<Bytes> {
-    let mut body = json!({
-        "type": problem_type,
-        "title": title,
-        "status": status.as_u16(),
-        "detail": detail,
-    });
-    if let (Some(Value::Object(extra)), Value::Object(map)) = (extra, &mut body) {
-        map.extend(extra);
-    }
-    let mut response = Response::new(Bytes::from(body.to_string()));
+    let extra = extra.filter(Value::is_object);
+    problem_with(status, problem_type, title, detail, &extra)
+}
+
+/// An RFC 9457 body: the standard members, then those of `extra`.
+#[derive(Serialize)]
+struct ProblemBody<'a, E> {
+    #[serde(rename = "type")]
+    problem_type: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    #[serde(flatten)]
+    extra: E,
+}
+
+/// [`problem`] with typed `extra` members, serialized straight to the
+/// body: a 402 is answered at the rate unpaid requests arrive, so its body
+/// is not built as a `Value` first.
+fn problem_with<E: Serialize>(
+    status: StatusCode,
+    problem_type: &str,
+    title: &str,
+    detail: &str,
+    extra: E,
+) -> Response<Bytes> {
+    let body = ProblemBody {
+        problem_type,
+        title,
+        status: status.as_u16(),
+        detail,
+        extra,
+    };
+    // Strings, numbers and maps with string keys: nothing that fails.
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -258,6 +286,36 @@ pub fn retry_later(detail: &str) -> Response<Bytes> {
     response
 }
 
+/// What a 402's body offers beside the standard problem members.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Offer<'a> {
+    price: Price<'a>,
+    description: &'a str,
+    invoice: &'a str,
+    payment_hash: &'a str,
+    schemes: &'a [&'a str],
+    how_to_pay: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    challenge_id: Option<&'a str>,
+    sells: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pass_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deposit_sats: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_timeout_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_money: Option<&'a str>,
+}
+
+/// A price: an amount in `currency`, as a decimal string.
+#[derive(Serialize)]
+struct Price<'a> {
+    amount: &'a str,
+    currency: &'a str,
+}
+
 /// A 402 (or 401, for a refused credential) carrying a fresh invoice and
 /// its challenges. L402 first for the clients that read only the first
 /// challenge, unless the client said with `Accept-Payment` that it speaks
@@ -294,37 +352,37 @@ pub fn payment_required(
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
-    let mut extra = json!({
-        "price": {"amount": service.price_sats.to_string(), "currency": "sat"},
-        "description": service.description,
-        "invoice": issued.bolt11,
-        "paymentHash": hex::encode(issued.payment_hash),
-        "schemes": schemes,
-        "howToPay": "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` or `Authorization: Payment <credential>` (the challenges are in WWW-Authenticate).",
-    });
-    if let Some(challenge) = &issued.payment {
-        extra["challengeId"] = challenge.id.clone().into();
-    }
-    // What the payment buys: one request, or (for an L402 token) a pass.
-    extra["sells"] = service.sells.as_str().into();
-    match service.sells {
-        Sells::Pass => extra["passSeconds"] = service.token_lifetime_secs.into(),
-        Sells::Balance => {
-            extra["depositSats"] = service.deposit_sats().into();
-            extra["idleTimeoutSeconds"] = service.session_idle_secs.into();
-            extra["howToPay"] = "Pay the Lightning invoice (a deposit), then retry with `Authorization: L402 <macaroon>:<preimage>` (spends the balance per request) or an MPP session credential (`open` with a return invoice for the refund, then `bearer`, `topUp`, `close`).".into();
-        }
-        Sells::Request => {}
-    }
-    if let Some(note) = test_money {
-        extra["testMoney"] = note.into();
-    }
-    let mut response = problem(
+    let payment_hash = hex::encode(issued.payment_hash);
+    let price = service.price_sats.to_string();
+    let offer = Offer {
+        price: Price {
+            amount: &price,
+            currency: "sat",
+        },
+        description: &service.description,
+        invoice: &issued.bolt11,
+        payment_hash: &payment_hash,
+        schemes: &schemes,
+        how_to_pay: if service.sells == Sells::Balance {
+            "Pay the Lightning invoice (a deposit), then retry with `Authorization: L402 <macaroon>:<preimage>` (spends the balance per request) or an MPP session credential (`open` with a return invoice for the refund, then `bearer`, `topUp`, `close`)."
+        } else {
+            "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` or `Authorization: Payment <credential>` (the challenges are in WWW-Authenticate)."
+        },
+        challenge_id: issued.payment.as_ref().map(|c| c.id.as_str()),
+        // What the payment buys: one request, or (for an L402 token) a pass.
+        sells: service.sells.as_str(),
+        pass_seconds: (service.sells == Sells::Pass).then_some(service.token_lifetime_secs),
+        deposit_sats: (service.sells == Sells::Balance).then(|| service.deposit_sats()),
+        idle_timeout_seconds: (service.sells == Sells::Balance)
+            .then_some(service.session_idle_secs),
+        test_money,
+    };
+    let mut response = problem_with(
         refusal.status,
         &refusal.problem.uri(),
         refusal.problem.title(),
         &refusal.detail,
-        Some(extra),
+        &offer,
     );
     let headers = response.headers_mut();
     for line in lines {
@@ -339,4 +397,140 @@ pub fn payment_required(
     }
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gate402_mpp::challenge::{ChallengeKey, NewChallenge};
+
+    fn issued(challenge: bool) -> Issued {
+        let request = serde_json::json!({"amount": "3", "currency": "sat"});
+        let payment = challenge.then(|| {
+            ChallengeKey::new("a secret of thirty-two bytes or more, for tests")
+                .unwrap()
+                .issue(NewChallenge {
+                    realm: "api.test",
+                    method: "lightning",
+                    intent: "charge",
+                    request: &request,
+                    expires: None,
+                    digest: None,
+                    description: None,
+                    opaque: None,
+                    header: None,
+                })
+        });
+        Issued {
+            bolt11: "lnbcrt30n1\"quoted\\".into(),
+            payment_hash: [0xab; 32],
+            expires_at: 0,
+            l402: None,
+            payment,
+            x402: None,
+        }
+    }
+
+    fn body(response: &Response<Bytes>) -> String {
+        String::from_utf8(response.body().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_402_body_has_the_standard_members_then_the_offer_in_order() {
+        let service = PricedService::new("weather", "/weather", 3).pass(60);
+        let issued = issued(false);
+        let refusal = Refusal::new(
+            StatusCode::PAYMENT_REQUIRED,
+            ProblemType::PaymentRequired,
+            "pay",
+        );
+        let response = payment_required(&issued, &service, &refusal, false, Some("sandbox"));
+        let hash = "ab".repeat(32);
+        assert_eq!(
+            body(&response),
+            format!(
+                "{{\"type\":\"{}\",\"title\":\"{}\",\"status\":402,\"detail\":\"pay\",\
+                 \"price\":{{\"amount\":\"3\",\"currency\":\"sat\"}},\"description\":\"weather\",\
+                 \"invoice\":\"lnbcrt30n1\\\"quoted\\\\\",\"paymentHash\":\"{hash}\",\"schemes\":[],\
+                 \"howToPay\":\"Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` \
+                 or `Authorization: Payment <credential>` (the challenges are in WWW-Authenticate).\",\
+                 \"sells\":\"pass\",\"passSeconds\":60,\"testMoney\":\"sandbox\"}}",
+                ProblemType::PaymentRequired.uri(),
+                ProblemType::PaymentRequired.title(),
+            )
+        );
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+        assert_eq!(
+            response.headers()[CONTENT_TYPE],
+            gate402_mpp::problem::CONTENT_TYPE
+        );
+    }
+
+    #[test]
+    fn a_402_for_a_balance_names_its_deposit_and_the_session_door() {
+        let service = PricedService::new("chat", "/chat", 2).balance(5);
+        let issued = issued(true);
+        let response = payment_required(
+            &issued,
+            &service,
+            &Refusal::payment_required(&service),
+            true,
+            None,
+        );
+        let body: Value = serde_json::from_slice(response.body()).unwrap();
+        let id = issued.payment.as_ref().unwrap().id.clone();
+        assert_eq!(body["challengeId"], id.as_str());
+        assert_eq!(body["schemes"], serde_json::json!(["MPP"]));
+        assert_eq!(body["sells"], "balance");
+        assert_eq!(body["depositSats"], service.deposit_sats());
+        assert_eq!(body["idleTimeoutSeconds"], service.session_idle_secs);
+        assert!(body["howToPay"]
+            .as_str()
+            .unwrap()
+            .contains("session credential"));
+        for absent in ["passSeconds", "testMoney"] {
+            assert!(body.get(absent).is_none(), "{absent} in {body}");
+        }
+        let members: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(&members[..4], ["type", "title", "status", "detail"]);
+    }
+
+    #[test]
+    fn other_problems_merge_only_an_object_of_extra_members() {
+        let plain = problem(
+            StatusCode::BAD_REQUEST,
+            "about:blank",
+            "Bad Request",
+            "no",
+            None,
+        );
+        assert_eq!(
+            body(&plain),
+            r#"{"type":"about:blank","title":"Bad Request","status":400,"detail":"no"}"#
+        );
+        let extra = problem(
+            StatusCode::BAD_REQUEST,
+            "about:blank",
+            "Bad Request",
+            "no",
+            Some(serde_json::json!({"field": "x"})),
+        );
+        assert_eq!(
+            body(&extra),
+            r#"{"type":"about:blank","title":"Bad Request","status":400,"detail":"no","field":"x"}"#
+        );
+        let not_an_object = problem(
+            StatusCode::BAD_REQUEST,
+            "about:blank",
+            "Bad Request",
+            "no",
+            Some(Value::String("x".into())),
+        );
+        assert_eq!(body(&not_an_object), body(&plain));
+    }
 }
