@@ -209,6 +209,10 @@ mod tests {
                 format!("L402 {std}:{}", "zz".repeat(32)),
                 CredentialError::Preimage,
             ),
+            // Hex in one spelling only: no `0x` prefix (a hex decoder that
+            // strips one would make a second spelling of every token).
+            (format!("L402 {std}:0x{pre}"), CredentialError::Preimage),
+            (format!("L402 {std}:0X{pre}"), CredentialError::Preimage),
             (
                 format!("L402 AgE:{pre}"),
                 CredentialError::Macaroon {
