@@ -50,7 +50,7 @@ impl ClaimKey {
     /// The key of the payment with this hash, whichever door it came
     /// through.
     pub fn payment(hash: &[u8; 32]) -> Self {
-        Self(format!("p:{}", hex::encode(hash)))
+        Self(format!("p:{}", gate402_mpp::lightning::hex32(hash)))
     }
 
     /// The key of one `Idempotency-Key` under a payment that is not single

@@ -352,7 +352,7 @@ pub fn payment_required(
     .into_iter()
     .filter_map(|(on, name)| on.then_some(name))
     .collect();
-    let payment_hash = hex::encode(issued.payment_hash);
+    let payment_hash = gate402_mpp::lightning::hex32(&issued.payment_hash);
     let price = service.price_sats.to_string();
     let offer = Offer {
         price: Price {

@@ -61,7 +61,7 @@ impl ChallengeKey {
                 .expect("HMAC takes any key length");
             mac.update(b"gate402 challenge scope\0");
             mac.update(scope.as_bytes());
-            hex::encode(mac.finalize().into_bytes())
+            crate::lightning::hex32(&mac.finalize().into_bytes().into())
         };
         ChallengeKey {
             secrets: self.secrets.iter().map(derive).collect(),

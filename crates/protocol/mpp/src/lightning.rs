@@ -40,6 +40,18 @@ pub struct MethodDetails {
     pub network: Network,
 }
 
+/// 32 bytes (a payment hash, a preimage) in the method's one spelling: 64
+/// lowercase hex digits. Written through `hex`'s table rather than its
+/// char-by-char `encode`: a paid request spells its payment hash several
+/// times (receipt, claim key, challenge).
+pub fn hex32(bytes: &[u8; 32]) -> String {
+    let mut digits = [0u8; 64];
+    hex::encode_to_slice(bytes, &mut digits).expect("32 bytes are 64 hex digits");
+    std::str::from_utf8(&digits)
+        .expect("hex digits are ASCII")
+        .to_owned()
+}
+
 /// An `amount` in satoshis: a decimal string in its one canonical
 /// spelling (no sign, no leading zero, no exponent), else `None`.
 pub fn amount_sats(amount: &str) -> Option<u64> {
@@ -62,7 +74,7 @@ impl ChargeRequest {
             description,
             method_details: MethodDetails {
                 invoice: invoice.into(),
-                payment_hash: hex::encode(payment_hash),
+                payment_hash: hex32(payment_hash),
                 network,
             },
         }
@@ -130,7 +142,7 @@ impl PreimagePayload {
     /// The payload for a preimage.
     pub fn new(preimage: &[u8; 32]) -> Self {
         Self {
-            preimage: hex::encode(preimage),
+            preimage: hex32(preimage),
         }
     }
 
@@ -147,5 +159,20 @@ impl PreimagePayload {
         let mut out = [0u8; 32];
         hex::decode_to_slice(&self.preimage, &mut out).ok()?;
         Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn hex32_is_lowercase_hex_and_reads_back(bytes in any::<[u8; 32]>()) {
+            let digits = hex32(&bytes);
+            prop_assert_eq!(&digits, &hex::encode(bytes));
+            prop_assert_eq!(PreimagePayload { preimage: digits }.bytes(), Some(bytes));
+        }
     }
 }

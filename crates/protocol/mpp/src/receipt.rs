@@ -23,7 +23,7 @@ pub fn lightning(
         status: ReceiptStatus::Success,
         method: crate::lightning::METHOD.into(),
         timestamp: crate::format_time(at),
-        reference: hex::encode(payment_hash),
+        reference: crate::lightning::hex32(payment_hash),
         external_id: None,
         subscription_id: None,
         extensions,

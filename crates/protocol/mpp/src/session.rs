@@ -72,7 +72,7 @@ impl SessionRequest {
             description,
             unit_type: Some("request".into()),
             deposit_invoice: Some(invoice.into()),
-            payment_hash: hex::encode(payment_hash),
+            payment_hash: crate::lightning::hex32(payment_hash),
             deposit_amount: Some(deposit_sats.to_string()),
             idle_timeout: Some(idle_timeout_secs.to_string()),
         }
