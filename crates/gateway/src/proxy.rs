@@ -56,19 +56,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the message's few names, removing only those present
     // (a response from a kept-alive upstream always has `Connection`):
     // removing each hop-by-hop name in turn hashed every one of them, on
-    // each request and each response.
-    let connection = headers.get_all(header::CONNECTION);
-    let named = |name: &HeaderName| {
-        connection.iter().any(|value| {
-            value.as_bytes().split(|b| *b == b',').any(|item| {
-                item.trim_ascii()
-                    .eq_ignore_ascii_case(name.as_str().as_bytes())
-            })
-        })
-    };
+    // each request and each response. The names `Connection` lists are
+    // read once, not again for every field.
+    let listed: Vec<&[u8]> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|item| !item.is_empty())
+        .collect();
     let removed: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| HOP_BY_HOP.contains(name) || named(name))
+        .filter(|name| {
+            HOP_BY_HOP.contains(name)
+                || listed
+                    .iter()
+                    .any(|item| item.eq_ignore_ascii_case(name.as_str().as_bytes()))
+        })
         .cloned()
         .collect();
     for name in removed {
