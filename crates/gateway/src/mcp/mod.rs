@@ -68,6 +68,9 @@ use gate402_paywall::unix_now;
 use pricing::ToolPrice;
 
 pub use crate::config::CREATE_PAYMENT;
+/// Where the MCP server and its priced tools are described.
+pub const WELL_KNOWN_PATH: &str = "/.well-known/mcp";
+
 /// The argument that carries a `paymentId`.
 pub const PAYMENT_ID_ARG: &str = "paymentId";
 /// How long a `paymentId` can be used after it was created.
@@ -903,12 +906,12 @@ impl PaidTools {
     }
 }
 
-/// `/.well-known/mcp`: the server, its tools and prices, its protocols.
+/// [`WELL_KNOWN_PATH`]: the server, its tools and prices, its protocols.
 pub async fn describe(tools: &PaidTools, name: &str) -> Value {
     let listed = tools.priced_tools().await.unwrap_or_default();
     json!({
         "name": name,
-        "endpoint": "/mcp",
+        "endpoint": router::PATH,
         "transport": "streamable-http",
         "protocols": ["L402", "MPP"],
         "payment": {

@@ -21,6 +21,9 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use super::PaidTools;
 use crate::config::McpConfig;
 
+/// Where the MCP endpoint is mounted (streamable HTTP).
+pub const PATH: &str = "/mcp";
+
 /// The `/mcp` service for `tools`, bounded by `config`, reachable as
 /// `allowed` says; clients are told apart as `paywall` tells them.
 pub fn router(
@@ -51,7 +54,7 @@ pub fn router(
     });
     axum::Router::new()
         .nest_service(
-            "/mcp",
+            PATH,
             tower::ServiceBuilder::new()
                 .layer(tower_http::limit::RequestBodyLimitLayer::new(
                     config.max_request_bytes,

@@ -107,6 +107,35 @@ impl Drop for Slot {
     }
 }
 
+/// What [`serve`] serves: a service of every request of a connection
+/// (the gateway serves its own endpoints and its proxy as one; an
+/// [`axum::Router`] is one).
+pub trait App:
+    tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> App for S where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `app` on `listener` until `stop` is cancelled, then stops
 /// accepting, lets connections finish for the grace period, and closes
 /// the rest.
@@ -114,13 +143,16 @@ impl Drop for Slot {
 /// # Errors
 ///
 /// Only when the listener itself fails for good.
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    app: axum::Router,
+    app: S,
     limits: Limits,
     stop: CancellationToken,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: App,
+{
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let per_client = Arc::new(PerClient::default());
     let connections = TaskTracker::new();
@@ -199,16 +231,17 @@ fn is_per_connection(e: &io::Error) -> bool {
 pub(crate) struct ServedOverTls(pub bool);
 
 /// Serves one connection until it ends, idles out, or is closed by a stop.
-async fn connection<I>(
+async fn connection<I, S>(
     io: I,
     peer: SocketAddr,
     tls: bool,
-    app: axum::Router,
+    app: S,
     limits: &Limits,
     stop: CancellationToken,
     closing: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: App,
 {
     let started = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
@@ -229,7 +262,8 @@ async fn connection<I>(
     // would be spent unanswered).
     let waiting = AwaitingUpstream(Arc::new(AtomicU64::new(0)));
     let counter = waiting.clone();
-    let service = app.map_request(move |mut request: axum::extract::Request<_>| {
+    let service = app.map_request(move |request: hyper::Request<hyper::body::Incoming>| {
+        let mut request = request.map(axum::body::Body::new);
         // The paywall's own extension alone, not axum's `ConnectInfo` as
         // well: nothing here extracts that, and each extension inserted
         // costs every request.

@@ -3,13 +3,22 @@
 //! payer; and its life: start, reload, graceful stop.
 //!
 //! - [`data_dir`]: the lock, the replica's name, the secrets (private);
+//! - `front`: which requests are the gateway's own endpoints and which
+//!   go to the paywalled proxy;
 //! - [`listen`]: connections, bounded in time and number.
 
 pub mod data_dir;
+mod front;
 pub mod listen;
 mod reload;
 
 pub use reload::Reloader;
+
+/// The health check's path.
+const HEALTH_PATH: &str = "/healthz";
+
+/// The metrics' path, when public (`server.public_metrics`).
+const METRICS_PATH: &str = "/metrics";
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -219,14 +228,14 @@ impl Gateway {
             node_pubkey: Arc::default(),
         };
         let mut routes = Router::new()
-            .route("/healthz", get(healthz))
+            .route(HEALTH_PATH, get(healthz))
             .route(discovery::SERVICES_PATH, get(l402_services))
             .route(discovery::OPENAPI_PATH, get(openapi))
             .route(discovery::MANIFEST_PATH, get(l402_manifest))
             .route(discovery::QUOTE_PATH, get(l402_quote))
-            .route("/.well-known/mcp", get(well_known_mcp));
+            .route(crate::mcp::WELL_KNOWN_PATH, get(well_known_mcp));
         if config.server.public_metrics {
-            routes = routes.route("/metrics", get(metrics));
+            routes = routes.route(METRICS_PATH, get(metrics));
         }
         let mut app = routes.with_state(state);
         if let Some(tools) = mcp {
@@ -238,13 +247,12 @@ impl Gateway {
         }
         // The 402s come from the paywall crate; the link to the manifest is
         // this program's to add.
-        let app = app.fallback_service(
-            tower::ServiceBuilder::new()
-                .layer(tower::layer::layer_fn(crate::proxy::RefuseUpgrades))
-                .layer(tower::util::MapResponseLayer::new(link_manifest_on_402))
-                .layer(paywall.layer())
-                .service(proxy.clone()),
-        );
+        let paywalled = tower::ServiceBuilder::new()
+            .layer(tower::layer::layer_fn(crate::proxy::RefuseUpgrades))
+            .layer(tower::util::MapResponseLayer::new(link_manifest_on_402))
+            .layer(paywall.layer())
+            .service(proxy.clone());
+        let app = front::Front::new(app.fallback_service(paywalled.clone()), paywalled);
         let tls = match &config.tls {
             None => None,
             Some(tls) => Some(listen::tls_acceptor(&tls.cert, &tls.key).context("tls")?),
