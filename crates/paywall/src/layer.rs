@@ -1161,14 +1161,21 @@ impl Paywall {
                 None,
             )));
         }
-        // A balance's revenue was counted with its deposit.
-        let receipt = if spend.hold.is_some() {
-            self.record_spent(service, scheme, verified)
+        let now = time::OffsetDateTime::now_utc();
+        // A balance's revenue was counted with its deposit; its receipt
+        // names the session.
+        if spend.hold.is_some() {
+            self.inner.metrics.served(&service.name, scheme);
         } else {
-            self.record_paid(service, scheme, verified)
-        };
+            self.count_paid(service, scheme, verified, now);
+        }
+        let receipt = gate402_mpp::receipt::lightning_header(
+            &verified.payment_hash,
+            verified.challenge_id.as_deref(),
+            now,
+        );
         let (mut parts, body) = response.into_parts();
-        if let Ok(value) = HeaderValue::from_str(&gate402_mpp::receipt::to_header(&receipt)) {
+        if let Ok(value) = HeaderValue::from_str(&receipt) {
             parts.headers.insert(gate402_mpp::RECEIPT_HEADER, value);
         }
         if scheme == "x402" {

@@ -626,22 +626,6 @@ impl Paywall {
         });
     }
 
-    /// Counts a request served from a balance and returns its receipt,
-    /// which names the session (its revenue was counted with the deposit).
-    pub(crate) fn record_spent(
-        &self,
-        service: &PricedService,
-        scheme: &'static str,
-        verified: &Verified,
-    ) -> Receipt {
-        self.inner.metrics.served(&service.name, scheme);
-        gate402_mpp::receipt::lightning(
-            &verified.payment_hash,
-            verified.challenge_id.as_deref(),
-            time::OffsetDateTime::now_utc(),
-        )
-    }
-
     /// Counts a served paid request and returns its receipt. The count
     /// is written with others after the response, so a reused token costs
     /// the store nothing per request; the first write of a payment counts
@@ -655,11 +639,23 @@ impl Paywall {
         verified: &Verified,
     ) -> Receipt {
         let now = time::OffsetDateTime::now_utc();
-        let receipt = gate402_mpp::receipt::lightning(
+        self.count_paid(service, scheme, verified, now);
+        gate402_mpp::receipt::lightning(
             &verified.payment_hash,
             verified.challenge_id.as_deref(),
             now,
-        );
+        )
+    }
+
+    /// [`Self::record_paid`] without the receipt: counts a request served
+    /// at `now` with a payment of its own (not a balance's).
+    pub(crate) fn count_paid(
+        &self,
+        service: &PricedService,
+        scheme: &'static str,
+        verified: &Verified,
+        now: time::OffsetDateTime,
+    ) {
         let state = &self.inner;
         state.metrics.served(&service.name, scheme);
         let at = now.unix_timestamp().max(0) as u64;
@@ -685,7 +681,6 @@ impl Paywall {
             payment_hash = %hex::encode(verified.payment_hash),
             "paid request served"
         );
-        receipt
     }
 
     /// Writes a batch of served payments; counts the new ones' revenue.
