@@ -11,6 +11,7 @@
 //! finish their requests in flight for a grace period, then are closed.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -19,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::extract::Request;
+use axum::response::Response;
 use gate402_paywall::{ClientKey, PeerAddr, TrustedProxies};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -28,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 /// How connections are bounded.
 #[derive(Debug, Clone)]
@@ -109,30 +112,17 @@ impl Drop for Slot {
 
 /// What [`serve`] serves: a service of every request of a connection
 /// (the gateway serves its own endpoints and its proxy as one; an
-/// [`axum::Router`] is one).
-pub trait App:
-    tower::Service<
-        axum::extract::Request,
-        Response = axum::response::Response,
-        Error = std::convert::Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
+/// [`axum::Router`] is one), cloned for each connection.
+pub trait App: Answers + Clone + Send + Sync + 'static {}
 
-impl<S> App for S where
-    S: tower::Service<
-            axum::extract::Request,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-            Future: Send + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
+impl<S: Answers + Clone + Send + Sync + 'static> App for S {}
+
+/// A service that answers every request (it never fails), in a future
+/// that may move between threads.
+pub trait Answers: Service<Request, Response = Response, Error = Infallible, Future: Send> {}
+
+impl<S> Answers for S where
+    S: Service<Request, Response = Response, Error = Infallible, Future: Send>
 {
 }
 
