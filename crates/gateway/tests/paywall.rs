@@ -2795,3 +2795,104 @@ async fn a_stalled_upload_is_not_a_pause_of_the_upstream() {
         "served whole, the payment is spent"
     );
 }
+
+/// A HEAD request over h2c with prior knowledge, on a connection of its
+/// own: status, fields and the body's bytes, or why the stream did not
+/// end cleanly.
+async fn head_h2(
+    addr: SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> Result<(u16, HeaderMap, Bytes), String> {
+    use http_body_util::BodyExt;
+    let mut request = axum::http::Request::head(format!("http://{addr}{path}"))
+        .version(axum::http::Version::HTTP_2);
+    if let Some(authorization) = authorization {
+        request = request.header(AUTHORIZATION, authorization);
+    }
+    let request = request.body(http_body_util::Empty::<Bytes>::new()).unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("h2: {e}"))?;
+    let (parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("h2 body: {e:?}"))?
+        .to_bytes();
+    Ok((parts.status.as_u16(), parts.headers, body))
+}
+
+/// HEAD answers with a GET's fields and no body, over both HTTP versions:
+/// the gateway's own endpoints, a 402, a proxied free route and a paid
+/// request. HTTP/2 has no framing that drops a body a HEAD answer carries:
+/// one sent anyway ends the stream with a protocol error.
+#[tokio::test]
+async fn head_requests_get_fields_and_no_body_over_either_http_version() {
+    let h = Harness::start(|up| {
+        let mut free = service("free", "/free", 0, up);
+        free.priced.auth = Auth::Off;
+        vec![service("weather", "/weather", 10, up), free]
+    })
+    .await;
+    let addr = h.gateway.addr();
+
+    for path in ["/healthz", "/free"] {
+        let (status, _, body) = head_h2(addr, path, None).await.expect(path);
+        assert_eq!(status, 200, "{path}");
+        assert!(body.is_empty(), "{path}: {body:?}");
+        let h1 = h.client.head(h.url(path)).send().await.unwrap();
+        assert_eq!(h1.status(), StatusCode::OK, "{path}");
+    }
+
+    let (status, fields, body) = head_h2(addr, "/weather", None).await.expect("402");
+    assert_eq!(status, 402);
+    assert!(body.is_empty(), "{body:?}");
+    assert!(fields.get(WWW_AUTHENTICATE).is_some(), "{fields:?}");
+    let length: usize = fields["content-length"].to_str().unwrap().parse().unwrap();
+    assert!(length > 0, "a GET's length: {fields:?}");
+    let h1 = h.client.head(h.url("/weather")).send().await.unwrap();
+    assert_eq!(h1.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(h1.headers().contains_key("content-length"), "{h1:?}");
+
+    // Paid over HTTP/1.1: served once, then spent.
+    let (offer, preimage) = h.pay(Offer::from_headers(h1.headers()).unwrap()).await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let paid = h
+        .client
+        .head(h.url("/weather"))
+        .header(AUTHORIZATION, &l402);
+    let paid = paid.send().await.unwrap();
+    assert_eq!(paid.status(), StatusCode::OK);
+    assert!(paid.headers().contains_key("payment-receipt"), "{paid:?}");
+    let replay = h
+        .client
+        .head(h.url("/weather"))
+        .header(AUTHORIZATION, &l402);
+    assert_eq!(
+        replay.send().await.unwrap().status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
+
+    // Paid over HTTP/2: served once, with a receipt and no body; then spent.
+    let offer = Offer::from_headers(&fields).unwrap();
+    let (offer, preimage) = h.pay(offer).await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let (status, fields, body) = head_h2(addr, "/weather", Some(&l402)).await.expect("paid");
+    assert_eq!(status, 200);
+    assert!(body.is_empty(), "{body:?}");
+    assert!(fields.get("payment-receipt").is_some(), "{fields:?}");
+    let (status, _, _) = head_h2(addr, "/weather", Some(&l402))
+        .await
+        .expect("replay");
+    assert_eq!(status, 402, "served twice");
+}

@@ -3,6 +3,11 @@
 //! sandbox) goes through axum's router, any other straight to the
 //! paywalled proxy.
 //!
+//! It also answers HEAD as RFC 9110 (section 9.3.2) has it, a GET's fields
+//! without its body, for every response: axum does so only for its own
+//! routes, and HTTP/2 has no framing that drops a body sent anyway (the
+//! client resets the stream).
+//!
 //! The router alone would do: what it has no route for, its fallback
 //! hands to the proxy. But finding no route, then matching the fallback's
 //! catch-all and recording its path parameter, cost about 3% of a proxied
@@ -11,10 +16,10 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use axum::body::Body;
-use axum::http::{Request, Response};
+use axum::body::{Body, HttpBody};
+use axum::http::{header, HeaderValue, Method, Request, Response};
 use axum::Router;
-use futures_util::future::Either;
+use futures_util::future::{Either, FutureExt, Map};
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
@@ -42,6 +47,29 @@ fn is_own(path: &str) -> bool {
     OWN_PATHS.iter().any(|own| path.starts_with(own))
 }
 
+/// What a response becomes on its way out: itself, or for a HEAD request
+/// its fields alone.
+type Finish = fn(Result<Response<Body>, Infallible>) -> Result<Response<Body>, Infallible>;
+
+fn as_is(response: Result<Response<Body>, Infallible>) -> Result<Response<Body>, Infallible> {
+    response
+}
+
+/// The response's fields with no body; a body of known length keeps that
+/// length in `Content-Length`, as the GET's answer would carry it. The
+/// body is dropped unread, as HTTP/1 drops it for HEAD.
+fn headless(response: Result<Response<Body>, Infallible>) -> Result<Response<Body>, Infallible> {
+    let Ok(response) = response;
+    let (mut parts, body) = response.into_parts();
+    if let Some(length) = body.size_hint().exact() {
+        parts
+            .headers
+            .entry(header::CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(length));
+    }
+    Ok(Response::from_parts(parts, Body::empty()))
+}
+
 /// The router of the gateway's own endpoints (whose fallback is `proxy`
 /// too) and the paywalled proxy, as one service.
 #[derive(Clone)]
@@ -64,7 +92,8 @@ where
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<<Router as Service<Request<Body>>>::Future, Oneshot<P, Request<Body>>>;
+    type Future =
+        Map<Either<<Router as Service<Request<Body>>>::Future, Oneshot<P, Request<Body>>>, Finish>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // Each call takes a clone of the service it goes to, readied there.
@@ -72,11 +101,17 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if is_own(request.uri().path()) {
+        let finish: Finish = if request.method() == Method::HEAD {
+            headless
+        } else {
+            as_is
+        };
+        let answer = if is_own(request.uri().path()) {
             Either::Left(self.own.call(request))
         } else {
             Either::Right(self.proxy.clone().oneshot(request))
-        }
+        };
+        answer.map(finish)
     }
 }
 
