@@ -39,7 +39,7 @@ const GRPC_METADATA_MACAROON: HeaderName = HeaderName::from_static("grpc-metadat
 const MACAROON: HeaderName = HeaderName::from_static("macaroon");
 
 /// Every field a credential is read from or stripped from.
-const CREDENTIAL_FIELDS: [HeaderName; 6] = [
+static CREDENTIAL_FIELDS: [HeaderName; 6] = [
     AUTHORIZATION,
     PAYMENT_AUTHORIZATION,
     X_PAYMENT,
@@ -153,17 +153,24 @@ fn scheme_of(value: &[u8]) -> Option<CredentialScheme> {
 /// A [`CredentialError`] when the credentials cannot be read; they are
 /// stripped all the same.
 pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialError> {
-    if !crate::fields::any_of(headers, &CREDENTIAL_FIELDS) {
+    // One pass over the names says which fields are there; each is then
+    // looked up only if it is (a lookup hashes the name).
+    let present = crate::fields::present(headers, &CREDENTIAL_FIELDS);
+    if !present.any() {
         return Ok(None);
     }
     // Stripped, never read, in any spelling; the others are read below.
     for name in &MACAROON_FIELDS {
-        headers.remove(name);
+        if present.has(name) {
+            headers.remove(name);
+        }
     }
-    crate::fields::remove_underscored(headers, &CREDENTIAL_FIELDS);
+    if present.underscored() {
+        crate::fields::remove_underscored(headers, &CREDENTIAL_FIELDS);
+    }
     let mut found: Vec<(CredentialScheme, HeaderValue, CredentialField)> = Vec::new();
     let mut error = None;
-    if headers.contains_key(AUTHORIZATION) {
+    if present.has(&AUTHORIZATION) {
         let mut kept = Vec::new();
         for value in headers.get_all(AUTHORIZATION) {
             let trimmed = trim_start(value.as_bytes());
@@ -180,19 +187,25 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
             }
         }
     }
-    for value in headers.remove_all(PAYMENT_AUTHORIZATION) {
-        match scheme_of(trim_start(value.as_bytes())) {
-            Some(scheme) => found.push((scheme, value, CredentialField::PaymentAuthorization)),
-            None => error = Some(CredentialError::NotACredential),
+    if present.has(&PAYMENT_AUTHORIZATION) {
+        for value in headers.remove_all(PAYMENT_AUTHORIZATION) {
+            match scheme_of(trim_start(value.as_bytes())) {
+                Some(scheme) => found.push((scheme, value, CredentialField::PaymentAuthorization)),
+                None => error = Some(CredentialError::NotACredential),
+            }
         }
     }
-    headers.remove_all(X_PAYMENT);
-    for value in headers.remove_all(PAYMENT_SIGNATURE) {
-        found.push((
-            CredentialScheme::X402,
-            value,
-            CredentialField::PaymentSignature,
-        ));
+    if present.has(&X_PAYMENT) {
+        headers.remove(X_PAYMENT);
+    }
+    if present.has(&PAYMENT_SIGNATURE) {
+        for value in headers.remove_all(PAYMENT_SIGNATURE) {
+            found.push((
+                CredentialScheme::X402,
+                value,
+                CredentialField::PaymentSignature,
+            ));
+        }
     }
     if let Some(error) = error {
         return Err(error);
