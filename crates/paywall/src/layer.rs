@@ -445,11 +445,12 @@ fn with_path(uri: &Uri, path: &RequestPath) -> Option<Uri> {
 /// must never be stored by a shared cache and handed to someone who did
 /// not pay (`public` and `s-maxage` are dropped).
 fn make_private(headers: &mut HeaderMap) {
-    if !headers.contains_key(CACHE_CONTROL) {
+    match headers.entry(CACHE_CONTROL) {
         // The usual case: nothing to merge with.
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
-    } else {
-        merge_private(headers);
+        http::header::Entry::Vacant(field) => {
+            field.insert(HeaderValue::from_static("private"));
+        }
+        http::header::Entry::Occupied(_) => merge_private(headers),
     }
     drop_targeted_cache_fields(headers);
 }
@@ -491,21 +492,14 @@ fn drop_targeted_cache_fields(headers: &mut HeaderMap) {
     // targeted fields (RFC 9213: CDN-Cache-Control and vendors'
     // *-CDN-Cache-Control), Fastly's Surrogate-Control, Akamai's
     // Edge-Control, nginx's X-Accel-Expires.
-    let targeted: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str();
-            (name.ends_with("-cache-control") && name != "cache-control")
-                || matches!(
-                    name,
-                    "surrogate-control" | "edge-control" | "x-accel-expires"
-                )
-        })
-        .cloned()
-        .collect();
-    for name in targeted {
-        headers.remove(name);
-    }
+    crate::fields::remove_where(headers, |name| {
+        let name = name.as_str();
+        (name.ends_with("-cache-control") && name != "cache-control")
+            || matches!(
+                name,
+                "surrogate-control" | "edge-control" | "x-accel-expires"
+            )
+    });
 }
 
 impl Paywall {
