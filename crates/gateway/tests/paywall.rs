@@ -2841,17 +2841,28 @@ async fn head_requests_get_fields_and_no_body_over_either_http_version() {
     let h = Harness::start(|up| {
         let mut free = service("free", "/free", 0, up);
         free.priced.auth = Auth::Off;
-        vec![service("weather", "/weather", 10, up), free]
+        let mut stream = service("stream", "/sse", 0, up);
+        stream.priced.auth = Auth::Off;
+        vec![service("weather", "/weather", 10, up), free, stream]
     })
     .await;
     let addr = h.gateway.addr();
 
-    for path in ["/healthz", "/free"] {
-        let (status, _, body) = head_h2(addr, path, None).await.expect(path);
+    for path in ["/healthz", "/free", "/sse"] {
+        let (status, fields, body) = head_h2(addr, path, None).await.expect(path);
         assert_eq!(status, 200, "{path}");
         assert!(body.is_empty(), "{path}: {body:?}");
         let h1 = h.client.head(h.url(path)).send().await.unwrap();
         assert_eq!(h1.status(), StatusCode::OK, "{path}");
+        // A stream's length is unknown, never 0; the others' are known.
+        for fields in [&fields, h1.headers()] {
+            let length = fields.get("content-length");
+            if path == "/sse" {
+                assert!(length.is_none(), "{path}: {fields:?}");
+            } else {
+                assert!(length.is_some_and(|l| l != "0"), "{path}: {fields:?}");
+            }
+        }
     }
 
     let (status, fields, body) = head_h2(addr, "/weather", None).await.expect("402");

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, HttpBody};
-use axum::http::{header, HeaderValue, Method, Request, Response};
+use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use axum::Router;
 use futures_util::future::{Either, FutureExt, Map};
 use tower::util::Oneshot;
@@ -58,14 +58,27 @@ fn as_is(response: Result<Response<Body>, Infallible>) -> Result<Response<Body>,
 /// The response's fields with no body; a body of known length keeps that
 /// length in `Content-Length`, as the GET's answer would carry it. The
 /// body is dropped unread, as HTTP/1 drops it for HEAD.
+///
+/// A length of 0 is not added: an upstream's answer to HEAD arrives with
+/// an empty body whatever its GET would carry (a stream of unknown
+/// length, say), and a status that has no content (1xx, 204, 304) takes
+/// no `Content-Length` (RFC 9110, sections 8.6 and 15.4.5); hyper's
+/// HTTP/1 server adds none for these either.
 fn headless(response: Result<Response<Body>, Infallible>) -> Result<Response<Body>, Infallible> {
     let Ok(response) = response;
     let (mut parts, body) = response.into_parts();
-    if let Some(length) = body.size_hint().exact() {
-        parts
-            .headers
-            .entry(header::CONTENT_LENGTH)
-            .or_insert_with(|| HeaderValue::from(length));
+    let status = parts.status;
+    let has_content = !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED);
+    match body.size_hint().exact() {
+        Some(length) if length > 0 && has_content => {
+            parts
+                .headers
+                .entry(header::CONTENT_LENGTH)
+                .or_insert_with(|| HeaderValue::from(length));
+        }
+        _ => {}
     }
     Ok(Response::from_parts(parts, Body::empty()))
 }
@@ -131,6 +144,37 @@ mod tests {
             .unwrap()
             .to_bytes();
         String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    fn head_of(status: u16, body: Body, length: Option<&str>) -> Option<String> {
+        let mut response = Response::new(body);
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        if let Some(length) = length {
+            let length = HeaderValue::from_str(length).unwrap();
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, length);
+        }
+        let Ok(response) = headless(Ok(response));
+        assert_eq!(response.body().size_hint().exact(), Some(0), "no body");
+        response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn a_head_answer_has_a_gets_length_where_known_and_no_invented_zero() {
+        assert_eq!(head_of(402, Body::from("{}"), None).as_deref(), Some("2"));
+        assert_eq!(
+            head_of(200, Body::empty(), Some("90")).as_deref(),
+            Some("90")
+        );
+        // An upstream's HEAD answer, or a stream: the length is unknown.
+        assert_eq!(head_of(200, Body::empty(), None), None);
+        for status in [204, 304] {
+            assert_eq!(head_of(status, Body::from("x"), None), None, "{status}");
+        }
     }
 
     #[tokio::test]
