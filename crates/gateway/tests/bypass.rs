@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{Request, StatusCode, Uri, Version};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use futures_util::StreamExt;
@@ -28,10 +28,10 @@ use gate402_gateway::config::{Auth, HostPattern, Rewrite, ServiceConfig};
 use gate402_gateway::{Gateway, GatewayConfig};
 use gate402_lightning_sandbox::http::pay_via;
 use gate402_paywall::LimitsConfig;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+mod common;
 
 /// What must never come back to someone who paid less than 1000 sat.
 const MARKERS: [&str; 2] = ["PREMIUM-SECRET", "ADMIN-SECRET"];
@@ -628,28 +628,12 @@ async fn send_h2(
         .path_and_query(target)
         .build()
         .map_err(|_| Unanswered::Inexpressible)?;
-    let mut request = Request::get(uri).version(Version::HTTP_2);
+    let mut request = Request::get(uri);
     for (name, value) in headers {
         request = request.header(name.as_str(), value.as_str());
     }
-    let request = request
-        .body(Empty::<Bytes>::new())
-        .map_err(|_| Unanswered::Inexpressible)?;
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("h2: {e}"))?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let (parts, body) = common::h2c(addr, request).await?;
         Ok::<_, String>(Answer {
             status: parts.status.as_u16(),
             headers: parts

@@ -21,6 +21,8 @@ use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+mod common;
+
 /// Echoes the request, streams SSE, and can be stopped and restarted on
 /// the same port.
 struct Upstream {
@@ -2796,39 +2798,18 @@ async fn a_stalled_upload_is_not_a_pause_of_the_upstream() {
     );
 }
 
-/// A HEAD request over h2c with prior knowledge, on a connection of its
-/// own: status, fields and the body's bytes, or why the stream did not
-/// end cleanly.
+/// A HEAD request over h2c with prior knowledge: status, fields and the
+/// body's bytes, or why the stream did not end cleanly.
 async fn head_h2(
     addr: SocketAddr,
     path: &str,
     authorization: Option<&str>,
 ) -> Result<(u16, HeaderMap, Bytes), String> {
-    use http_body_util::BodyExt;
-    let mut request = axum::http::Request::head(format!("http://{addr}{path}"))
-        .version(axum::http::Version::HTTP_2);
+    let mut request = axum::http::Request::head(format!("http://{addr}{path}"));
     if let Some(authorization) = authorization {
         request = request.header(AUTHORIZATION, authorization);
     }
-    let request = request.body(http_body_util::Empty::<Bytes>::new()).unwrap();
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("h2: {e}"))?;
-    let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|e| format!("h2 body: {e:?}"))?
-        .to_bytes();
+    let (parts, body) = common::h2c(addr, request).await?;
     Ok((parts.status.as_u16(), parts.headers, body))
 }
 
