@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -28,6 +28,7 @@ use gate402_gateway::config::{Auth, HostPattern, Rewrite, ServiceConfig};
 use gate402_gateway::{Gateway, GatewayConfig};
 use gate402_lightning_sandbox::http::pay_via;
 use gate402_paywall::LimitsConfig;
+use http_body_util::Empty;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
@@ -632,6 +633,9 @@ async fn send_h2(
     for (name, value) in headers {
         request = request.header(name.as_str(), value.as_str());
     }
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|_| Unanswered::Inexpressible)?;
     let exchange = async {
         let (parts, body) = common::h2c(addr, request).await?;
         Ok::<_, String>(Answer {

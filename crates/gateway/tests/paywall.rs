@@ -2809,6 +2809,7 @@ async fn head_h2(
     if let Some(authorization) = authorization {
         request = request.header(AUTHORIZATION, authorization);
     }
+    let request = request.body(http_body_util::Empty::<Bytes>::new()).unwrap();
     let (parts, body) = common::h2c(addr, request).await?;
     Ok((parts.status.as_u16(), parts.headers, body))
 }

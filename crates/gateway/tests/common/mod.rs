@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::http::{request, Version};
+use axum::http::{Request, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -14,12 +14,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 /// written, not normalized.
 pub async fn h2c(
     addr: SocketAddr,
-    request: request::Builder,
+    mut request: Request<Empty<Bytes>>,
 ) -> Result<(axum::http::response::Parts, Bytes), String> {
-    let request = request
-        .version(Version::HTTP_2)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
+    *request.version_mut() = Version::HTTP_2;
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
