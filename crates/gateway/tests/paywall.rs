@@ -2888,4 +2888,75 @@ async fn head_requests_get_fields_and_no_body_over_either_http_version() {
         .await
         .expect("replay");
     assert_eq!(status, 402, "served twice");
+
+    // The admin listener's answers: a refusal, and paths without a route.
+    let admin = h.gateway.admin_addr().unwrap();
+    for path in ["/admin/api/metrics", "/admin/nowhere", "/elsewhere"] {
+        let (status, _, body) = head_h2(admin, path, None).await.expect(path);
+        assert!(status >= 400, "{path}: {status}");
+        assert!(body.is_empty(), "{path}: {status} {body:?}");
+    }
+}
+
+/// The layer around a whole app (not through `Router::layer`, where axum
+/// drops HEAD bodies for its own routes), served over HTTP/2: its own
+/// answers to HEAD (a 402, a 400) carry their fields and no body, and a
+/// paid HEAD is served once.
+#[tokio::test]
+async fn the_layer_around_a_whole_app_answers_head_without_a_body() {
+    use gate402_paywall::{Paywall, PricedService};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap();
+    let store = gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+    let paywall = Paywall::builder(
+        Arc::new(sandbox.clone()),
+        Arc::new(store),
+        "a secret of at least thirty-two bytes!!",
+    )
+    .unwrap()
+    .services([PricedService::new("joke", "/joke", 3)])
+    .build()
+    .await
+    .unwrap();
+    let app = Router::new()
+        .route("/joke", get(|| async { "a paid joke" }))
+        .merge(gate402_lightning_sandbox::http::router(sandbox));
+    let app = tower::ServiceBuilder::new()
+        .map_response(|response: axum::http::Response<_>| response.map(axum::body::Body::new))
+        .layer(paywall.layer())
+        .service(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let base = format!("http://{addr}");
+    tokio::spawn(async move {
+        axum::serve(listener, tower::make::Shared::new(app))
+            .await
+            .unwrap()
+    });
+    let client = reqwest::Client::new();
+
+    let get = client.get(format!("{base}/joke")).send().await.unwrap();
+    assert_eq!(get.status(), StatusCode::PAYMENT_REQUIRED);
+    let get_length = get.bytes().await.unwrap().len();
+    let (status, fields, body) = head_h2(addr, "/joke", None).await.expect("402");
+    assert_eq!(status, 402);
+    assert!(body.is_empty(), "{body:?}");
+    assert_eq!(fields["content-length"], get_length.to_string().as_str());
+    let (status, _, body) = head_h2(addr, "/jo%2Fke", None).await.expect("400");
+    assert_eq!(status, 400);
+    assert!(body.is_empty(), "{body:?}");
+
+    let offer = Offer::from_headers(&fields).unwrap();
+    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let (status, fields, body) = head_h2(addr, "/joke", Some(&l402)).await.expect("paid");
+    assert_eq!(status, 200);
+    assert!(body.is_empty(), "{body:?}");
+    assert!(fields.get("payment-receipt").is_some(), "{fields:?}");
+    let (status, _, body) = head_h2(addr, "/joke", Some(&l402)).await.expect("replay");
+    assert_eq!(status, 402, "served twice");
+    assert!(body.is_empty(), "{body:?}");
 }

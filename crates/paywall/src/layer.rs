@@ -239,13 +239,18 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let paywall = self.paywall.clone();
         let span = crate::observe::request_span(&request);
+        let head = request.method() == http::Method::HEAD;
         Box::pin(async move {
             let answer = paywall
                 .handle(request, inner)
                 .instrument(span.clone())
                 .await;
             crate::observe::responded(&span, answer.as_ref().ok().map(Response::status));
-            answer
+            if head {
+                answer.map(PaywallBody::headless)
+            } else {
+                answer
+            }
         })
     }
 }
@@ -409,6 +414,20 @@ where
             Inner::Metered { .. } => SizeHint::default(),
             Inner::Scanned { body, .. } => body.size_hint(),
         }
+    }
+}
+
+impl<B> PaywallBody<B> {
+    /// An answer to HEAD: a body the paywall wrote (a refusal, a 402, a
+    /// kept response) taken out, its length kept ([`crate::head`]). What
+    /// the wrapped service wrote is its own to answer HEAD with.
+    fn headless(response: Response<Self>) -> Response<Self> {
+        let (mut parts, mut body) = response.into_parts();
+        if let Inner::Own { bytes } = &mut body.inner {
+            let exact = bytes.take().map_or(0, |b| b.len() as u64);
+            crate::head::keep_length(parts.status, &mut parts.headers, Some(exact));
+        }
+        Response::from_parts(parts, body)
     }
 }
 

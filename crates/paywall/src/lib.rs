@@ -24,6 +24,7 @@
 //! - [`issue`]: the invoice and its challenges;
 //! - [`payment_id`]: the bearer id of MCP's `create_payment` flow;
 //! - [`responses`]: 400/401/402/429/503 problem bodies;
+//! - [`head`]: answers to HEAD, their fields without a body;
 //! - [`client`]: who the client is, behind trusted proxies;
 //! - [`limits`]: rate limits and the unpaid-invoice cap;
 //! - [`observe`]: the request span, store and Lightning calls timed and
@@ -73,6 +74,7 @@ mod detached;
 pub mod fields;
 #[cfg(test)]
 mod fixture;
+pub mod head;
 pub mod idempotency;
 pub mod issue;
 mod issued;
