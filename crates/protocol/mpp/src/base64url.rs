@@ -26,6 +26,12 @@ pub fn encode(data: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(data)
 }
 
+/// [`encode`] appended to `out`: after an encoding of a multiple of 3
+/// bytes, the encoding of the two inputs joined.
+pub fn encode_onto(data: &[u8], out: &mut String) {
+    URL_SAFE_NO_PAD.encode_string(data, out);
+}
+
 /// Decodes the URL-safe alphabet; padding is accepted only where and as
 /// much as it belongs. No whitespace, no standard alphabet, no non-zero
 /// trailing bits.
