@@ -7,7 +7,7 @@
 use gate402_l402::caveat::{Caveat, Service};
 use gate402_l402::{L402Challenge, RootKeySecrets};
 use gate402_lightning::{InvoiceRequest, LightningBackend, LightningError, Network};
-use gate402_mpp::challenge::{ChallengeKey, NewChallenge};
+use gate402_mpp::challenge::NewChallenge;
 use gate402_mpp::lightning::{ChargeRequest, CHARGE, METHOD};
 use gate402_mpp::session::{SessionRequest, SESSION};
 
@@ -49,7 +49,7 @@ pub struct Binding<'a> {
 pub(crate) struct Issuer {
     pub(crate) backend: std::sync::Arc<dyn LightningBackend>,
     pub(crate) network: Network,
-    pub(crate) challenge_key: ChallengeKey,
+    pub(crate) challenge_keys: std::sync::Arc<crate::verify::ScopedKeys>,
     pub(crate) root_keys: RootKeySecrets,
     pub(crate) realm: String,
     pub(crate) invoice_expiry_secs: u32,
@@ -162,7 +162,7 @@ impl Issuer {
             // Bound to its service by the key, not by a parameter a client
             // may leave out of its echo.
             issued.payment = Some(
-                self.challenge_key
+                self.challenge_keys
                     .scoped(&service.name)
                     .issue(NewChallenge {
                         realm: &self.realm,

@@ -30,7 +30,7 @@ use crate::payment_id::PaymentIds;
 use crate::responses::Refusal;
 use crate::route::PricedService;
 use crate::route::Routes;
-use crate::verify::{Verified, Verifier};
+use crate::verify::{ScopedKeys, Verified, Verifier};
 use crate::x402::X402Keys;
 
 /// How long a claim is leased before another replica may take it over,
@@ -178,13 +178,14 @@ impl PaywallBuilder {
     pub async fn build(self) -> Result<Paywall, PaywallError> {
         let info = self.backend.node_info().await?;
         let claims = Claims::new(self.store.clone(), self.replica, self.claim_lease).await?;
+        let challenge_keys = Arc::new(ScopedKeys::new(self.challenge_key));
         let paywall = Paywall {
             inner: Arc::new(State {
                 routes: ArcSwap::from_pointee(Routes::new(self.services)),
                 issuer: Issuer {
                     backend: self.backend.clone(),
                     network: info.network,
-                    challenge_key: self.challenge_key.clone(),
+                    challenge_keys: challenge_keys.clone(),
                     root_keys: self.root_keys.clone(),
                     realm: self.realm.clone(),
                     invoice_expiry_secs: self.invoice_expiry_secs,
@@ -193,7 +194,7 @@ impl PaywallBuilder {
                 },
                 x402_keys: self.x402_keys,
                 verifier: Verifier {
-                    challenge_key: self.challenge_key,
+                    challenge_keys,
                     root_keys: self.root_keys,
                     realm: self.realm,
                     network: info.network,

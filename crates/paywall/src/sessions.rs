@@ -273,7 +273,7 @@ impl Paywall {
         credential: &PaymentCredential,
     ) -> Step {
         let state = &self.inner;
-        let key = state.verifier.challenge_key.scoped(&service.name);
+        let key = state.verifier.challenge_keys.scoped(&service.name);
         // Open and topUp spend the echoed challenge's invoice: it must not
         // have expired. Bearer and close only name the session.
         let unexpired = |a: &SessionAction| {

@@ -47,7 +47,7 @@ pub struct Verified {
 
 /// Checks credentials against the gateway's secrets and terms.
 pub(crate) struct Verifier {
-    pub(crate) challenge_key: ChallengeKey,
+    pub(crate) challenge_keys: std::sync::Arc<ScopedKeys>,
     pub(crate) root_keys: RootKeySecrets,
     pub(crate) realm: String,
     pub(crate) network: Network,
@@ -76,6 +76,52 @@ pub(crate) struct Passes(std::sync::RwLock<std::collections::HashMap<String, Pas
 
 /// How many verified values [`Passes`] keeps.
 const PASSES_KEPT: usize = 1024;
+
+/// The MPP challenge key, and the key scoped to each service
+/// ([`ChallengeKey::scoped`]) derived once per service name rather than on
+/// every challenge issued and every credential verified (an HMAC and an
+/// allocation per secret each time). Service names come from the
+/// configuration, never from a request; still, at most [`SCOPES_KEPT`]
+/// are kept, emptied when full, as a service renamed again and again
+/// would otherwise leave its old names behind.
+pub(crate) struct ScopedKeys {
+    key: ChallengeKey,
+    scoped: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<ChallengeKey>>>,
+}
+
+/// How many scoped keys [`ScopedKeys`] keeps.
+const SCOPES_KEPT: usize = 1024;
+
+impl ScopedKeys {
+    pub(crate) fn new(key: ChallengeKey) -> Self {
+        Self {
+            key,
+            scoped: Default::default(),
+        }
+    }
+
+    /// The key itself, unscoped: what challenges issued before scopes
+    /// were bound in the key verify under.
+    pub(crate) fn unscoped(&self) -> &ChallengeKey {
+        &self.key
+    }
+
+    /// The key scoped to `scope` (a service's name).
+    pub(crate) fn scoped(&self, scope: &str) -> std::sync::Arc<ChallengeKey> {
+        let kept = self.scoped.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = kept.get(scope) {
+            return key.clone();
+        }
+        drop(kept);
+        let key = std::sync::Arc::new(self.key.scoped(scope));
+        let mut kept = self.scoped.write().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= SCOPES_KEPT {
+            kept.clear();
+        }
+        kept.insert(scope.to_owned(), key.clone());
+        key
+    }
+}
 
 /// A verified value and the service it verified for.
 struct Pass {
@@ -216,7 +262,7 @@ impl Verifier {
             arrived_in,
         };
         let now = time::OffsetDateTime::now_utc();
-        let scoped = self.challenge_key.scoped(&service.name);
+        let scoped = self.challenge_keys.scoped(&service.name);
         let verified = match verify_lightning_charge(&scoped, credential, &expected, now) {
             // Issued before scopes were bound in the key: the scope is in
             // `opaque`, under the gateway's own key.
@@ -225,7 +271,7 @@ impl Verifier {
                     scope: Some(&service.name),
                     ..expected
                 };
-                verify_lightning_charge(&self.challenge_key, credential, &legacy, now)
+                verify_lightning_charge(self.challenge_keys.unscoped(), credential, &legacy, now)
             }
             verified => verified,
         };
@@ -279,6 +325,33 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scoped_key_is_derived_once_and_is_the_keys_own_scope() {
+        let key = ChallengeKey::new("0123456789abcdef0123456789abcdef").unwrap();
+        let keys = ScopedKeys::new(key.clone());
+        let input = gate402_mpp::challenge::IdInput {
+            realm: "api.test",
+            method: "lightning",
+            intent: "charge",
+            request: "e30",
+            expires: None,
+            digest: None,
+            header: None,
+            opaque: None,
+        };
+        let weather = keys.scoped("weather");
+        let id = key.scoped("weather").id_for(&input);
+        assert!(weather.verifies(&id, &input));
+        assert!(!keys.scoped("forecast").verifies(&id, &input));
+        assert!(!keys.unscoped().verifies(&id, &input));
+        assert!(std::sync::Arc::ptr_eq(&weather, &keys.scoped("weather")));
+        for n in 0..SCOPES_KEPT + 1 {
+            keys.scoped(&n.to_string());
+        }
+        assert!(keys.scoped.read().unwrap().len() <= SCOPES_KEPT);
+        assert!(keys.scoped("weather").verifies(&id, &input));
+    }
 
     fn pass(service: &str, valid_until: Option<u64>) -> Pass {
         Pass {
