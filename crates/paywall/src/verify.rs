@@ -81,9 +81,10 @@ const PASSES_KEPT: usize = 1024;
 /// ([`ChallengeKey::scoped`]) derived once per service name rather than on
 /// every challenge issued and every credential verified (an HMAC and an
 /// allocation per secret each time). Service names come from the
-/// configuration, never from a request; still, at most [`SCOPES_KEPT`]
-/// are kept, emptied when full, as a service renamed again and again
-/// would otherwise leave its old names behind.
+/// configuration, the admin API or an upstream's list of MCP tools, not
+/// from a client's request; still, at most [`SCOPES_KEPT`] are kept (the
+/// first ones asked for), and a name beyond them has its key derived each
+/// time, as before.
 pub(crate) struct ScopedKeys {
     key: ChallengeKey,
     scoped: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<ChallengeKey>>>,
@@ -115,10 +116,9 @@ impl ScopedKeys {
         drop(kept);
         let key = std::sync::Arc::new(self.key.scoped(scope));
         let mut kept = self.scoped.write().unwrap_or_else(|e| e.into_inner());
-        if kept.len() >= SCOPES_KEPT {
-            kept.clear();
+        if kept.len() < SCOPES_KEPT {
+            kept.insert(scope.to_owned(), key.clone());
         }
-        kept.insert(scope.to_owned(), key.clone());
         key
     }
 }
@@ -349,8 +349,12 @@ mod tests {
         for n in 0..SCOPES_KEPT + 1 {
             keys.scoped(&n.to_string());
         }
-        assert!(keys.scoped.read().unwrap().len() <= SCOPES_KEPT);
-        assert!(keys.scoped("weather").verifies(&id, &input));
+        assert_eq!(keys.scoped.read().unwrap().len(), SCOPES_KEPT);
+        // Kept before the bound was reached; one past it still derived.
+        assert!(std::sync::Arc::ptr_eq(&weather, &keys.scoped("weather")));
+        let beyond = keys.scoped(&SCOPES_KEPT.to_string());
+        let expected = key.scoped(&SCOPES_KEPT.to_string()).id_for(&input);
+        assert!(beyond.verifies(&expected, &input));
     }
 
     fn pass(service: &str, valid_until: Option<u64>) -> Pass {

@@ -75,7 +75,8 @@ pub fn lightning_header(
     if !id.is_none_or(plain) {
         return to_header(&lightning(payment_hash, challenge_id, at));
     }
-    let mut json = String::with_capacity(128);
+    // Room for the timestamp, the reference and a 43-character id.
+    let mut json = String::with_capacity(168);
     for part in [
         &crate::format_time(at),
         r#"","reference":""#,
