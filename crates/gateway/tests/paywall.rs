@@ -1799,13 +1799,15 @@ async fn discovery_health_and_metrics() {
     assert!(!anonymous.text().await.unwrap().contains("gate402_"));
 }
 
-#[tokio::test]
-async fn the_layer_guards_an_axum_app() {
+/// A paywall of its own (the layer used without the gateway) that sells
+/// `/joke` for 3 sat, on a sandbox backend and a SQLite store in `dir`.
+async fn joke_paywall(
+    dir: &std::path::Path,
+) -> (gate402_paywall::Paywall, gate402_lightning_sandbox::Sandbox) {
     use gate402_paywall::{Paywall, PricedService};
     use std::sync::Arc;
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap();
-    let store = gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+    let sandbox = gate402_lightning_sandbox::Sandbox::open(dir).unwrap();
+    let store = gate402_store::SqliteStore::open(&dir.join("s.sqlite3")).unwrap();
     let paywall = Paywall::builder(
         Arc::new(sandbox.clone()),
         Arc::new(store),
@@ -1817,6 +1819,13 @@ async fn the_layer_guards_an_axum_app() {
     .build()
     .await
     .unwrap();
+    (paywall, sandbox)
+}
+
+#[tokio::test]
+async fn the_layer_guards_an_axum_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paywall, sandbox) = joke_paywall(dir.path()).await;
     // The few lines an app adds:
     let app: Router = Router::new()
         .route("/joke", get(|| async { "a paid joke" }))
@@ -2904,21 +2913,8 @@ async fn head_requests_get_fields_and_no_body_over_either_http_version() {
 /// paid HEAD is served once.
 #[tokio::test]
 async fn the_layer_around_a_whole_app_answers_head_without_a_body() {
-    use gate402_paywall::{Paywall, PricedService};
-    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = gate402_lightning_sandbox::Sandbox::open(dir.path()).unwrap();
-    let store = gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
-    let paywall = Paywall::builder(
-        Arc::new(sandbox.clone()),
-        Arc::new(store),
-        "a secret of at least thirty-two bytes!!",
-    )
-    .unwrap()
-    .services([PricedService::new("joke", "/joke", 3)])
-    .build()
-    .await
-    .unwrap();
+    let (paywall, sandbox) = joke_paywall(dir.path()).await;
     let app = Router::new()
         .route("/joke", get(|| async { "a paid joke" }))
         .merge(gate402_lightning_sandbox::http::router(sandbox));
