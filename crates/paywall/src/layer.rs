@@ -156,6 +156,11 @@ impl meter::FirstEvent for Spend {
 }
 
 impl Spend {
+    /// Neither a claim nor a debit: a pass, reusable until it expires.
+    fn spends_nothing(&self) -> bool {
+        self.claim.is_none() && self.hold.is_none()
+    }
+
     fn served(self) -> Self {
         Self {
             claim: self.claim.map(Claim::served),
@@ -1122,10 +1127,17 @@ impl Paywall {
         // had would keep its spend, and one it failed on would not be
         // given back.
         let from_balance = spend.hold.is_some();
-        let _present = ClientPresence::put_in(&mut request);
-        let call = inner.call(request);
-        let delivered = async move { Delivered::settle(call.await, spend.served()).await };
-        let delivered = Detached::new(&self.inner.background, delivered, drop).await;
+        let delivered = if spend.spends_nothing() {
+            // A pass: no claim or debit, so a client that leaves loses
+            // nothing and leaves nothing to settle. Its call is the
+            // request's own, as a free call is, and ends with it.
+            Delivered::settle(inner.call(request).await, spend.served()).await
+        } else {
+            let _present = ClientPresence::put_in(&mut request);
+            let call = inner.call(request);
+            let delivered = async move { Delivered::settle(call.await, spend.served()).await };
+            Detached::new(&self.inner.background, delivered, drop).await
+        };
         if !matches!(delivered, Delivered::Errored(_)) {
             self.inner
                 .metrics
