@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gate402_mpp::verify::ChargeCredential;
 use http::{HeaderMap, Method, Request, Response};
 use http_body::Body;
 
@@ -13,8 +14,8 @@ use crate::body::{read_whole, BodyError, BoxError};
 use crate::credentials::CredentialScheme;
 use crate::paywall::Paywall;
 use crate::pricing::{
-    at_price, content_encoding, l402_amount, mpp_amount, too_dear, too_little, PriceRequest,
-    Unquotable, MAX_PRICE_SATS,
+    at_price, content_encoding, l402_amount, too_dear, too_little, PriceRequest, Unquotable,
+    MAX_PRICE_SATS,
 };
 use crate::responses::{self, Refusal};
 use crate::route::{PricedService, Sells};
@@ -191,7 +192,7 @@ impl Paywall {
             CredentialScheme::L402 => l402_amount(&service.name, value),
             CredentialScheme::Payment => crate::verify::Verifier::parse_payment(value)
                 .ok()
-                .and_then(|c| mpp_amount(&c)),
+                .and_then(|c| ChargeCredential::read(&c).amount_sats()),
             // Told by verification (its invoice's amount).
             CredentialScheme::X402 => None,
         });

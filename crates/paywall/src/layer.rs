@@ -21,6 +21,7 @@ use gate402_mpp::accept::AcceptPayment;
 use gate402_mpp::lightning::{CHARGE, METHOD};
 use gate402_mpp::problem::ProblemType;
 use gate402_mpp::session::SESSION;
+use gate402_mpp::verify::ChargeCredential;
 use http::header::CACHE_CONTROL;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
@@ -738,10 +739,12 @@ impl Paywall {
                         } else {
                             None
                         };
-                        crate::pricing::as_charged(&service, &credential).and_then(|charged| {
+                        // Its request decoded once, for its price and its check.
+                        let charge = ChargeCredential::read(&credential);
+                        crate::pricing::as_charged(&service, &charge).and_then(|charged| {
                             self.inner.verifier.payment(
                                 &charged,
-                                &credential,
+                                &charge,
                                 arrived_in,
                                 body.as_deref(),
                             )

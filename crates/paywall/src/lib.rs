@@ -116,3 +116,11 @@ pub use responses::Refusal;
 pub use route::{Auth, Meter, PricedService, Schemes, Sells, Usage};
 pub use sessions::SessionClose;
 pub use verify::Verified;
+
+/// A map looked up on every paid request (verified passes, scoped
+/// challenge keys, a service's counters, served payments). foldhash,
+/// seeded at random per map, hashes its keys (a token of a few hundred
+/// bytes, a service name, a payment hash) several times faster than the
+/// standard SipHash; what these maps hold is bounded or comes from paid
+/// requests and the configuration, not from any client at will.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -34,7 +34,7 @@ pub struct Metrics {
     pricer_fallbacks: Family<Labels, Counter>,
     /// The hot counters of each service, resolved once: the families
     /// would build and hash a label set on every request.
-    hot: std::sync::RwLock<std::collections::HashMap<String, Arc<Hot>>>,
+    hot: std::sync::RwLock<crate::FastMap<String, Arc<Hot>>>,
 }
 
 /// One service's per-request counters.

@@ -562,7 +562,12 @@ impl Paywall {
     ) -> Result<Verified, Refusal> {
         self.inner
             .verifier
-            .payment(service, credential, None, None)
+            .payment(
+                service,
+                &gate402_mpp::verify::ChargeCredential::read(credential),
+                None,
+                None,
+            )
             .and_then(|verified| self.unrevoked(verified))
     }
 
@@ -747,7 +752,7 @@ const SERVED_LINGER: Duration = Duration::from_millis(500);
 const SERVED_CHUNK: usize = 256;
 
 /// Served payments waiting to be written, by payment hash.
-type Served = HashMap<[u8; 32], PaymentRecord>;
+type Served = crate::FastMap<[u8; 32], PaymentRecord>;
 
 /// Adds `more` to `into`, payment by payment.
 fn merge_served(into: &mut Served, more: Served) {

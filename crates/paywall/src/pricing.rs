@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use gate402_l402::caveat::Caveat;
 use gate402_l402::L402Credential;
 use gate402_mpp::problem::ProblemType;
-use gate402_mpp::PaymentCredential;
+use gate402_mpp::verify::ChargeCredential;
 use http::{HeaderMap, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -1315,21 +1315,6 @@ pub(crate) fn l402_amount(service: &str, value: &str) -> Option<u64> {
     first.value.parse().ok()
 }
 
-/// The amount (sat) an MPP charge credential's echoed challenge asks for.
-pub(crate) fn mpp_amount(credential: &PaymentCredential) -> Option<u64> {
-    // Only the amount: verification, which follows, refuses a request its
-    // challenge id does not bind and reads the whole of it.
-    #[derive(serde::Deserialize)]
-    struct Amount {
-        amount: String,
-    }
-    let request = credential.challenge.request.raw();
-    let amount = gate402_mpp::base64url::decode_object::<Amount>(request)
-        .ok()?
-        .amount;
-    gate402_mpp::lightning::amount_sats(&amount)
-}
-
 /// The refusal of a credential that paid less than this request costs.
 pub(crate) fn too_little(paid: u64, service: &PricedService) -> Refusal {
     let why = if service.is_dynamic() {
@@ -1362,12 +1347,14 @@ pub(crate) fn too_little(paid: u64, service: &PricedService) -> Refusal {
 /// than it asked.
 pub(crate) fn as_charged<'s>(
     service: &'s PricedService,
-    credential: &PaymentCredential,
+    charge: &ChargeCredential<'_>,
 ) -> Result<Cow<'s, PricedService>, Refusal> {
     if service.sells == Sells::Balance {
         return Ok(Cow::Borrowed(service));
     }
-    match mpp_amount(credential) {
+    // Only read here: verification, which follows, refuses a request its
+    // challenge id does not bind.
+    match charge.amount_sats() {
         Some(paid) if paid < service.price_sats && service.is_dynamic() => {
             Err(too_little(paid, service))
         }

@@ -7,7 +7,9 @@ use gate402_l402::{verify as verify_l402, L402Credential, RootKeySecrets, Verify
 use gate402_lightning::Network;
 use gate402_mpp::challenge::ChallengeKey;
 use gate402_mpp::problem::ProblemType;
-use gate402_mpp::verify::{verify_lightning_charge, ExpectedCharge, VerifyError as MppVerifyError};
+use gate402_mpp::verify::{
+    verify_charge, ChargeCredential, ExpectedCharge, VerifyError as MppVerifyError,
+};
 use gate402_mpp::PaymentCredential;
 use http::StatusCode;
 
@@ -72,7 +74,7 @@ pub(crate) struct Verifier {
 /// when full rather than ordered by use: a value not kept is only checked
 /// in full again.
 #[derive(Default)]
-pub(crate) struct Passes(std::sync::RwLock<std::collections::HashMap<String, Pass>>);
+pub(crate) struct Passes(std::sync::RwLock<crate::FastMap<String, Pass>>);
 
 /// How many verified values [`Passes`] keeps.
 const PASSES_KEPT: usize = 1024;
@@ -87,7 +89,7 @@ const PASSES_KEPT: usize = 1024;
 /// time, as before.
 pub(crate) struct ScopedKeys {
     key: ChallengeKey,
-    scoped: std::sync::RwLock<std::collections::HashMap<String, std::sync::Arc<ChallengeKey>>>,
+    scoped: std::sync::RwLock<crate::FastMap<String, std::sync::Arc<ChallengeKey>>>,
 }
 
 /// How many scoped keys [`ScopedKeys`] keeps.
@@ -242,7 +244,7 @@ impl Verifier {
     pub(crate) fn payment(
         &self,
         service: &PricedService,
-        credential: &PaymentCredential,
+        charge: &ChargeCredential<'_>,
         arrived_in: Option<&str>,
         body: Option<&[u8]>,
     ) -> Result<Verified, Refusal> {
@@ -263,7 +265,7 @@ impl Verifier {
         };
         let now = time::OffsetDateTime::now_utc();
         let scoped = self.challenge_keys.scoped(&service.name);
-        let verified = match verify_lightning_charge(&scoped, credential, &expected, now) {
+        let verified = match verify_charge(&scoped, charge, &expected, now) {
             // Issued before scopes were bound in the key: the scope is in
             // `opaque`, under the gateway's own key.
             Err(MppVerifyError::UnknownChallenge) => {
@@ -271,7 +273,7 @@ impl Verifier {
                     scope: Some(&service.name),
                     ..expected
                 };
-                verify_lightning_charge(self.challenge_keys.unscoped(), credential, &legacy, now)
+                verify_charge(self.challenge_keys.unscoped(), charge, &legacy, now)
             }
             verified => verified,
         };

@@ -165,13 +165,68 @@ impl VerifyError {
     }
 }
 
+/// A Lightning charge credential with its echoed `request` (base64url
+/// JSON holding the invoice, a few hundred bytes) decoded once: what a
+/// server reads before verifying (the amount, to charge a dynamic price)
+/// and what verifying checks are then the same decoding.
+#[derive(Debug)]
+pub struct ChargeCredential<'c> {
+    credential: &'c PaymentCredential,
+    /// The request, or why it does not decode (checked after the id).
+    request: Result<ChargeRequest, String>,
+}
+
+impl<'c> ChargeCredential<'c> {
+    /// Decodes `credential`'s echoed request; a request that does not
+    /// decode is refused by [`verify_charge`], after the id is checked.
+    pub fn read(credential: &'c PaymentCredential) -> Self {
+        let request = decode_object(credential.challenge.request.raw()).map_err(|e| e.to_string());
+        Self {
+            credential,
+            request,
+        }
+    }
+
+    /// The credential.
+    pub fn credential(&self) -> &'c PaymentCredential {
+        self.credential
+    }
+
+    /// The amount its request asks (sat), if it decodes and the amount is
+    /// spelled canonically; not verified (the id may not bind it).
+    pub fn amount_sats(&self) -> Option<u64> {
+        self.request.as_ref().ok()?.amount_sats()
+    }
+}
+
 /// Checks a Lightning charge credential against this route, at `now`.
+///
+/// # Errors
+///
+/// The first check it fails, as [`verify_charge`].
 pub fn verify_lightning_charge(
     key: &ChallengeKey,
     credential: &PaymentCredential,
     expected: &ExpectedCharge<'_>,
     now: time::OffsetDateTime,
 ) -> Result<VerifiedCharge, VerifyError> {
+    verify_charge(key, &ChargeCredential::read(credential), expected, now)
+}
+
+/// Checks a charge credential read with [`ChargeCredential::read`] against
+/// this route, at `now`: method and intent, the challenge id (under `key`),
+/// realm, field, expiry, the request's terms, digest, scope, preimage.
+///
+/// # Errors
+///
+/// The first check it fails ([`VerifyError`]).
+pub fn verify_charge(
+    key: &ChallengeKey,
+    charge: &ChargeCredential<'_>,
+    expected: &ExpectedCharge<'_>,
+    now: time::OffsetDateTime,
+) -> Result<VerifiedCharge, VerifyError> {
+    let credential = charge.credential;
     let echo = &credential.challenge;
     if echo.method.as_str() != METHOD || echo.intent.as_str() != CHARGE {
         return Err(VerifyError::MethodUnsupported {
@@ -194,16 +249,17 @@ pub fn verify_lightning_charge(
             return Err(VerifyError::UnknownChallenge);
         }
     }
-    verify_bound(credential, &input, expected, now)
+    verify_bound(charge, &input, expected, now)
 }
 
 /// The checks after the id: `input` holds the bound parameters as issued.
 fn verify_bound(
-    credential: &PaymentCredential,
+    charge: &ChargeCredential<'_>,
     input: &IdInput<'_>,
     expected: &ExpectedCharge<'_>,
     now: time::OffsetDateTime,
 ) -> Result<VerifiedCharge, VerifyError> {
+    let credential = charge.credential;
     let echo = &credential.challenge;
     if echo.realm != expected.realm {
         return Err(VerifyError::WrongRealm(echo.realm.clone()));
@@ -230,8 +286,10 @@ fn verify_bound(
             Some(at)
         }
     };
-    let request: ChargeRequest =
-        decode_object(echo.request.raw()).map_err(|e| VerifyError::Request(e.to_string()))?;
+    let request = charge
+        .request
+        .as_ref()
+        .map_err(|e| VerifyError::Request(e.clone()))?;
     if request.amount_sats() != Some(expected.amount_sats) {
         return Err(VerifyError::Amount {
             charged: request.amount.clone(),
@@ -354,6 +412,44 @@ mod tests {
             .unwrap();
         assert_eq!(ok.amount_sats, 100);
         assert_eq!(ok.payment_hash, <[u8; 32]>::from(Sha256::digest(PREIMAGE)));
+    }
+
+    #[test]
+    fn a_charge_read_once_verifies_as_the_credential_does() {
+        let key = ChallengeKey::new(SECRET).unwrap();
+        let paid = credential(100, PREIMAGE);
+        let read = ChargeCredential::read(&paid);
+        assert_eq!(read.amount_sats(), Some(100));
+        assert_eq!(
+            verify_charge(&key, &read, &expected(100), now()),
+            verify_lightning_charge(&key, &paid, &expected(100), now())
+        );
+        assert_eq!(
+            verify_charge(&key, &read, &expected(5), now()).unwrap_err(),
+            VerifyError::Amount {
+                charged: "100".into(),
+                expected: 5
+            }
+        );
+
+        // A request that is JSON but no charge request: it has no amount
+        // to read, and the id is checked before it is refused.
+        let mut odd = paid.clone();
+        odd.challenge.request = mpp::protocol::core::Base64UrlJson::from_raw(
+            crate::base64url::encode(br#"{"amount":"100"}"#),
+        );
+        let read = ChargeCredential::read(&odd);
+        assert_eq!(read.amount_sats(), None);
+        assert_eq!(
+            verify_charge(&key, &read, &expected(100), now()).unwrap_err(),
+            VerifyError::UnknownChallenge
+        );
+        odd.challenge.id = key.id_for(&IdInput::of_echo(&odd.challenge));
+        let read = ChargeCredential::read(&odd);
+        assert!(matches!(
+            verify_charge(&key, &read, &expected(100), now()),
+            Err(VerifyError::Request(_))
+        ));
     }
 
     #[test]
