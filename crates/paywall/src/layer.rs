@@ -1131,9 +1131,10 @@ impl Paywall {
         // given back.
         let from_balance = spend.hold.is_some();
         let delivered = if spend.spends_nothing() {
-            // A pass: no claim or debit, so a client that leaves loses
-            // nothing and leaves nothing to settle. Its call is the
-            // request's own, as a free call is, and ends with it.
+            // A pass with no Idempotency-Key claimed: no claim or debit,
+            // so a client that leaves loses nothing and leaves nothing to
+            // settle. Its call is the request's own, as on a route with
+            // `auth = "off"`, and ends with it.
             Delivered::settle(inner.call(request).await, spend.served()).await
         } else {
             let _present = ClientPresence::put_in(&mut request);

@@ -118,9 +118,12 @@ pub use sessions::SessionClose;
 pub use verify::Verified;
 
 /// A map looked up on every paid request (verified passes, scoped
-/// challenge keys, a service's counters, served payments). foldhash,
-/// seeded at random per map, hashes its keys (a token of a few hundred
-/// bytes, a service name, a payment hash) several times faster than the
-/// standard SipHash; what these maps hold is bounded or comes from paid
-/// requests and the configuration, not from any client at will.
+/// challenge keys, a service's counters, served payments). foldhash's
+/// fast hasher hashes its keys (a token of a few hundred bytes, a service
+/// name, a payment hash) several times faster than the standard SipHash.
+/// Its seed varies by process and by map, but foldhash does not claim to
+/// resist keys chosen to collide; these maps stay safe by what they hold:
+/// service names from the configuration or an upstream, payment hashes
+/// from the node, and passes a client spelled, but only ones that
+/// verified and at most 1,024 of them (`verify::Passes`).
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
