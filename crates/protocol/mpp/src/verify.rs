@@ -187,11 +187,6 @@ impl<'c> ChargeCredential<'c> {
         }
     }
 
-    /// The credential.
-    pub fn credential(&self) -> &'c PaymentCredential {
-        self.credential
-    }
-
     /// The amount its request asks (sat), if it decodes and the amount is
     /// spelled canonically; not verified (the id may not bind it).
     pub fn amount_sats(&self) -> Option<u64> {
