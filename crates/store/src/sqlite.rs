@@ -308,6 +308,23 @@ impl SqliteStore {
         // is big. Pages it drops are read back from the system's cache.
         conn.pragma_update(None, "cache_size", -CACHE_KIB)
             .map_err(db)?;
+        // Pooled page caches let any busier connection in the process take
+        // this cache for good (tests/page_cache.rs); the workspace builds
+        // SQLite without them (.cargo/config.toml), a build elsewhere may not.
+        let pooled: bool = conn
+            .query_row(
+                "SELECT sqlite_compileoption_used('ENABLE_MEMORY_MANAGEMENT')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(db)?;
+        if pooled {
+            tracing::warn!(
+                "SQLite was built with SQLITE_ENABLE_MEMORY_MANAGEMENT: the store's page cache \
+                 is shared with every other SQLite connection in the process and may be lost \
+                 to them; build with LIBSQLITE3_FLAGS=-USQLITE_ENABLE_MEMORY_MANAGEMENT"
+            );
+        }
         // The log is copied into the database by a thread of its own
         // (`checkpointer`): done by the writer, every copy and its sync
         // would hold up the batch that filled the log, and every request
