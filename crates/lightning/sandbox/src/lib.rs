@@ -359,7 +359,7 @@ impl LightningBackend for Sandbox {
         let row = InvoiceRow {
             payment_hash: hash,
             preimage,
-            bolt11: invoice.to_string(),
+            bolt11: gate402_bolt11::encode(&invoice.into_signed_raw()),
             amount_msat: request.amount_msat,
             created_at,
             expires_at: created_at + u64::from(request.expiry_secs),

