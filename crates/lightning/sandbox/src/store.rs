@@ -417,30 +417,26 @@ mod tests {
             conn.pragma_update(None, "user_version", 3).unwrap();
             let insert = "INSERT INTO invoices (payment_hash, preimage, bolt11, amount_msat, created_at, expires_at, settled_at, paid_msat, payer_hash)
                           VALUES (?1, ?2, ?3, 1000, 5, 9999999999, ?4, ?5, ?6)";
-            conn.execute(
-                insert,
-                params![
-                    &[1u8; 32][..],
-                    &[11u8; 32][..],
-                    "lnbcrt1",
-                    None::<i64>,
-                    None::<i64>,
-                    None::<Vec<u8>>
-                ],
-            )
-            .unwrap();
-            conn.execute(
-                insert,
-                params![
-                    &[2u8; 32][..],
-                    &[12u8; 32][..],
-                    "lnbcrt2",
-                    7,
-                    900,
-                    &[3u8; 32][..]
-                ],
-            )
-            .unwrap();
+            let rows = [
+                (1u8, "lnbcrt1", None::<i64>, None::<i64>, None::<[u8; 32]>),
+                (2, "lnbcrt2", Some(7), Some(900), Some([3; 32])),
+            ];
+            for (byte, bolt11, settled_at, paid_msat, payer_hash) in rows {
+                let payer_hash = payer_hash.as_ref().map(|h| &h[..]);
+                let (hash, preimage) = ([byte; 32], [byte + 10; 32]);
+                conn.execute(
+                    insert,
+                    params![
+                        &hash[..],
+                        &preimage[..],
+                        bolt11,
+                        settled_at,
+                        paid_msat,
+                        payer_hash
+                    ],
+                )
+                .unwrap();
+            }
         }
         let store = Store::open(&path).unwrap();
         let open = store.get(&[1; 32]).unwrap().unwrap();
