@@ -295,8 +295,8 @@ impl Invoice {
 /// The text of a signed invoice (lower case, no `lightning:` prefix),
 /// exactly as lightning-invoice's `Display` writes it and from the same
 /// bech32 iterators, but collected into one string: that `Display` formats
-/// one character at a time, which cost more than a tenth of the sandbox's
-/// work to issue an invoice (the signature aside).
+/// one character at a time, about 3% of the instructions of a 402 on the
+/// sandbox (21,600 of 737,800 under valgrind).
 pub fn encode(invoice: &SignedRawBolt11Invoice) -> String {
     use bech32::{ByteIterExt, Fe32IterExt};
     let (hrp, data) = invoice.raw_invoice().to_raw();
