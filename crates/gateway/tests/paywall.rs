@@ -1167,6 +1167,76 @@ async fn x402_payments_are_bound_settled_and_single_use() {
     assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
 }
 
+/// An x402 payment of an invoice the node no longer knows (the sandbox
+/// forgets an unpaid invoice a day after it expires; some nodes delete
+/// canceled invoices): a 402 that says so, not a server error.
+#[tokio::test]
+async fn an_x402_payment_of_an_invoice_the_node_forgot_is_refused() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let h = Harness::start(|up| {
+        let mut cheap = service("cheap", "/cheap", 1, up);
+        cheap.priced.schemes = gate402_gateway::config::Schemes::ALL;
+        vec![cheap]
+    })
+    .await;
+    let unpaid = h.client.get(h.url("/cheap")).send().await.unwrap();
+    assert_eq!(unpaid.status(), StatusCode::PAYMENT_REQUIRED);
+    let required: Value = serde_json::from_slice(
+        &b64.decode(unpaid.headers()["payment-required"].as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    let accepted = required["accepts"][0].clone();
+    let hash = Offer::from_headers(unpaid.headers())
+        .unwrap()
+        .invoice
+        .payment_hash();
+    // Forgotten once written (new invoices are written in batches).
+    let sandbox =
+        rusqlite::Connection::open(h.dir.path().join("sandbox/invoices.sqlite3")).unwrap();
+    sandbox.busy_timeout(Duration::from_secs(5)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let deleted = sandbox
+            .execute("DELETE FROM invoices WHERE payment_hash = ?1", [&hash[..]])
+            .unwrap();
+        if deleted == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the invoice was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let payment = b64.encode(
+        json!({"x402Version": 2, "scheme": "exact", "network": "lightning",
+               "payload": {"invoice": accepted["extra"]["invoice"]}, "accepted": accepted})
+        .to_string(),
+    );
+    let refused = h
+        .client
+        .get(h.url("/cheap"))
+        .header("payment-signature", payment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["type"], "https://paymentauth.org/problems/payment-expired",
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no record of this invoice"),
+        "{body}"
+    );
+}
+
 /// A payment spent through its shortest-lived door (MPP's challenge ends
 /// with the invoice) is remembered as long as its longest-lived door (the
 /// L402 token and the x402 offer, an hour after): purging expired claims

@@ -10,7 +10,7 @@
 //! same payment hash. Single use is the claim's job.
 
 use gate402_bolt11::Invoice;
-use gate402_lightning::{InvoiceStatus, LightningBackend, Network};
+use gate402_lightning::{InvoiceStatus, LightningBackend, LightningError, Network};
 use gate402_mpp::problem::ProblemType;
 use gate402_x402::{
     Bound, LightningExtra, PaymentRequired, Requirements, ResourceInfo, LIGHTNING, SCHEME, VERSION,
@@ -24,6 +24,14 @@ use crate::issued::Issued;
 use crate::responses::Refusal;
 use crate::route::PricedService;
 use crate::verify::Verified;
+
+/// Said of an x402 payment whose invoice the node no longer knows. Bound
+/// to this gateway's offer, so its node issued it, and nodes keep what was
+/// paid: it expired unpaid and was forgotten (the sandbox forgets unpaid
+/// invoices a day after they expire; some nodes delete canceled ones), or
+/// another replica's node issued it.
+const FORGOTTEN: &str = "the Lightning node has no record of this invoice: an unpaid invoice is \
+     forgotten some time after it expires (and replicas must share one node); pay the new offer";
 
 const LABEL: &[u8] = b"gate402 x402 binding";
 
@@ -191,6 +199,9 @@ impl X402Keys {
                         ProblemType::PaymentExpired,
                         "the invoice expired unpaid; pay the new offer".into(),
                     ))
+                }
+                Err(LightningError::NotFound(_)) => {
+                    return Err(refuse(ProblemType::PaymentExpired, FORGOTTEN.into()))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "Lightning backend: cannot look up an x402 invoice");

@@ -162,7 +162,10 @@ async fn status(
         Ok(InvoiceStatus::Settled { amount_msat, .. }) => ("settled", Some(amount_msat)),
         Ok(InvoiceStatus::Canceled) => ("canceled", None),
         Err(gate402_lightning::LightningError::NotFound(_)) => {
-            return problem(StatusCode::NOT_FOUND, "this sandbox issued no such invoice")
+            return problem(
+                StatusCode::NOT_FOUND,
+                "this sandbox has no such invoice: it never issued it, or it expired unpaid more than a day ago",
+            )
         }
         Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };

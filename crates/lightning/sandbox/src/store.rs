@@ -8,6 +8,11 @@
 //! one per invoice. Another process sharing the file sees an invoice once
 //! it is written. Test money: an invoice made in the last quarter second
 //! before a crash may be forgotten, and its payer told it is unknown.
+//!
+//! Unpaid invoices are deleted a day after they expired
+//! ([`FORGET_UNPAID_AFTER_SECS`]), by the same thread while it writes new
+//! ones: the file holds what was paid and what may still be asked about,
+//! not every 402 ever answered. Paid invoices are kept.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,6 +95,21 @@ impl Pending {
 /// 402s: 20 ms wrote 9 KiB an invoice to disk and 250 ms 7 KiB, and the
 /// gateway answered 8% more 402s (a sandbox that stored nothing, 23%).
 const WRITE_EVERY: Duration = Duration::from_millis(250);
+
+/// How long after it expired an unpaid invoice is deleted (seconds). Until
+/// then its status is `Canceled`; after, the sandbox no longer knows it (a
+/// payer is still told it expired: the invoice says when). A day, as long
+/// as the gateway honours the payment ids of MCP tools, which it checks
+/// against the invoice's status.
+pub(crate) const FORGET_UNPAID_AFTER_SECS: u64 = 24 * 3600;
+
+/// How often, at most, the writer thread deletes the unpaid invoices due
+/// ([`FORGET_UNPAID_AFTER_SECS`]).
+const FORGET_EVERY: Duration = Duration::from_secs(60);
+
+/// Rows read per transaction of [`Store::forget_unpaid`]: the connection is
+/// given back between two, so pays and lookups wait for one at most.
+const FORGET_ROWS: i64 = 1_000;
 
 pub(crate) struct InvoiceRow {
     pub payment_hash: [u8; 32],
@@ -205,16 +225,73 @@ impl Store {
             .optional()
     }
 
-    /// Up to `limit` invoices, newest first (the later written first among
-    /// those made in the same second).
+    /// The last `limit` invoices written, newest first (the later written
+    /// first among those made in the same second). Read backwards by row,
+    /// not sorted by time: the table holds every paid invoice ever, and a
+    /// sort of all of it would hold the connection for as long.
     pub fn recent(&self, limit: usize) -> rusqlite::Result<Vec<InvoiceRow>> {
         let conn = self.conn()?;
-        let mut select = conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM invoices ORDER BY created_at DESC, rowid DESC LIMIT ?1"
-        ))?;
+        let mut select = conn.prepare_cached(&recent_sql())?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = select.query_map([limit], read_row)?;
-        rows.collect()
+        let mut rows = select
+            .query_map([limit], read_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        // Written in the order made, but another process's batch may land
+        // after a later one of this process's. Stable: the later written
+        // stays first among equals.
+        rows.sort_by_key(|row| std::cmp::Reverse(row.created_at));
+        Ok(rows)
+    }
+
+    /// Deletes, in the order they were written from after row `from`, the
+    /// unpaid invoices that expired [`FORGET_UNPAID_AFTER_SECS`] or more
+    /// before `now`, skipping paid ones, and stops at the first unpaid
+    /// invoice that did not (those after it were made later; with expiries
+    /// that differ by service, some of them wait for it). Reads
+    /// [`FORGET_ROWS`] rows at most. Answers the row to go on from, how
+    /// many invoices it deleted, and whether it should be called again.
+    ///
+    /// # Errors
+    ///
+    /// SQLite's; nothing is deleted then.
+    fn forget_unpaid(&self, from: i64, now: u64) -> rusqlite::Result<Forgot> {
+        let due = i64::try_from(now.saturating_sub(FORGET_UNPAID_AFTER_SECS)).unwrap_or(i64::MAX);
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let mut forgot = Forgot {
+            reached: from,
+            deleted: 0,
+            more: false,
+        };
+        {
+            let rows = tx
+                .prepare_cached(
+                    "SELECT rowid, settled_at IS NULL, expires_at FROM invoices
+                     WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+                )?
+                .query_map(params![from, FORGET_ROWS], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, bool>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            forgot.more = rows.len() as i64 == FORGET_ROWS;
+            let mut delete = tx.prepare_cached("DELETE FROM invoices WHERE rowid = ?1")?;
+            for (rowid, unpaid, expires_at) in rows {
+                if unpaid {
+                    if expires_at > due {
+                        forgot.more = false;
+                        break;
+                    }
+                    forgot.deleted += delete.execute([rowid])?;
+                }
+                forgot.reached = rowid;
+            }
+        }
+        tx.commit()?;
+        Ok(forgot)
     }
 
     /// Marks an invoice paid with `paid_msat` by the payer whose secret
@@ -242,8 +319,23 @@ impl Store {
     }
 }
 
+/// What [`Store::forget_unpaid`] did.
+#[derive(Debug, PartialEq, Eq)]
+struct Forgot {
+    /// The last row it went past: the next call starts after it.
+    reached: i64,
+    deleted: usize,
+    /// It stopped at its limit of rows, not at an invoice to keep waiting.
+    more: bool,
+}
+
 /// What [`read_row`] reads, in its order.
 const COLUMNS: &str = "payment_hash, preimage, bolt11, amount_msat, created_at, expires_at, settled_at, paid_msat, payer_hash";
+
+/// [`Store::recent`]'s rows: the last `?1` written, backwards by row.
+fn recent_sql() -> String {
+    format!("SELECT {COLUMNS} FROM invoices ORDER BY rowid DESC LIMIT ?1")
+}
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvoiceRow> {
     let hash: Vec<u8> = r.get(0)?;
@@ -264,9 +356,15 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvoiceRow> {
 }
 
 /// The writer thread: once an invoice is pending, waits [`WRITE_EVERY`]
-/// for others and writes them all; sleeps while none is; ends when the
-/// store is dropped.
+/// for others and writes them all, and every [`FORGET_EVERY`] deletes the
+/// unpaid invoices due; sleeps while none is pending; ends when the store
+/// is dropped.
 fn write_pending_until_gone(store: Weak<Store>, pending: &Pending) {
+    // Where the last deletion stopped: rows up to it are paid or gone.
+    // Another process sharing the file keeps its own; deleting a row twice
+    // deletes nothing.
+    let mut reached = 0;
+    let mut forgot_at: Option<std::time::Instant> = None;
     loop {
         {
             let rows = pending.rows();
@@ -287,6 +385,30 @@ fn write_pending_until_gone(store: Weak<Store>, pending: &Pending) {
         let written = store.conn().map(drop);
         if let Err(e) = written {
             tracing::warn!(error = %e, "sandbox: cannot write new invoices; retrying");
+        }
+        if forgot_at.is_some_and(|at| at.elapsed() < FORGET_EVERY) {
+            continue;
+        }
+        forgot_at = Some(std::time::Instant::now());
+        loop {
+            match store.forget_unpaid(reached, crate::unix_now()) {
+                Ok(forgot) => {
+                    reached = forgot.reached;
+                    if forgot.deleted > 0 {
+                        tracing::debug!(
+                            deleted = forgot.deleted,
+                            "sandbox: unpaid invoices a day past their expiry deleted"
+                        );
+                    }
+                    if !forgot.more || pending.gone.load(Ordering::Acquire) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sandbox: cannot delete expired unpaid invoices; retrying later");
+                    break;
+                }
+            }
         }
     }
 }
@@ -471,6 +593,156 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, MIGRATIONS.len() as i64);
+    }
+
+    /// Written with these expiries, in this order; a `Some` is paid then.
+    fn written(store: &Store, rows: &[(u8, u64, Option<u64>)]) {
+        for &(byte, expires_at, _) in rows {
+            store.insert(InvoiceRow {
+                expires_at,
+                ..row(byte)
+            });
+        }
+        drop(store.conn().unwrap());
+        for &(byte, _, settled_at) in rows {
+            if let Some(at) = settled_at {
+                assert!(store.settle(&[byte; 32], at, 1_000, None).unwrap());
+            }
+        }
+    }
+
+    fn known(store: &Store, bytes: &[u8]) -> Vec<bool> {
+        bytes
+            .iter()
+            .map(|b| store.get(&[*b; 32]).unwrap().is_some())
+            .collect()
+    }
+
+    /// Unpaid invoices a day past their expiry are deleted, in the order
+    /// written, up to the first unpaid one that is not; paid ones are kept
+    /// however old, and the next call goes on from where one stopped.
+    #[test]
+    fn unpaid_invoices_are_deleted_a_day_after_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite3")).unwrap();
+        let now = 10_000_000;
+        let day = FORGET_UNPAID_AFTER_SECS;
+        written(
+            &store,
+            &[
+                (1, 100, None),
+                (2, 100, Some(50)),
+                (3, now - day, None),
+                (4, now - day + 10, None),
+                (5, 120, None),
+            ],
+        );
+        let first = store.forget_unpaid(0, now).unwrap();
+        assert_eq!((first.deleted, first.more), (2, false));
+        assert_eq!(
+            known(&store, &[1, 2, 3, 4, 5]),
+            [false, true, false, true, true]
+        );
+        let later = store.forget_unpaid(first.reached, now + 10).unwrap();
+        assert_eq!((later.deleted, later.more), (2, false));
+        assert_eq!(
+            known(&store, &[1, 2, 3, 4, 5]),
+            [false, true, false, false, false]
+        );
+        let paid = store.get(&[2; 32]).unwrap().unwrap();
+        assert_eq!(paid.settled_at, Some(50));
+        // Nothing left to delete: the paid one stays.
+        let again = store.forget_unpaid(0, now + day * 10).unwrap();
+        assert_eq!(again.deleted, 0);
+        assert_eq!(known(&store, &[2]), [true]);
+    }
+
+    /// One call reads a bounded number of rows and says whether more wait.
+    #[test]
+    fn a_deletion_reads_a_bounded_number_of_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite3")).unwrap();
+        let count = FORGET_ROWS as usize + 5;
+        for i in 0..count {
+            let mut hash = [0; 32];
+            hash[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            store.insert(InvoiceRow {
+                payment_hash: hash,
+                expires_at: 1,
+                ..row(0)
+            });
+        }
+        let now = FORGET_UNPAID_AFTER_SECS + 10;
+        let first = store.forget_unpaid(0, now).unwrap();
+        assert_eq!((first.deleted, first.more), (FORGET_ROWS as usize, true));
+        let rest = store.forget_unpaid(first.reached, now).unwrap();
+        assert_eq!((rest.deleted, rest.more), (5, false));
+        let left: i64 = store
+            .conn()
+            .unwrap()
+            .query_row("SELECT count(*) FROM invoices", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    /// The writer thread deletes what is due when it writes new invoices.
+    #[test]
+    fn the_writer_deletes_unpaid_invoices_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite3");
+        let store = Store::open(&path).unwrap();
+        written(&store, &[(1, 5, None), (2, 5, Some(4))]);
+        store.insert(row(3));
+        // Watched through a connection of its own: a read of the store
+        // would write the new invoice itself.
+        let watch = Connection::open(&path).unwrap();
+        let first_bytes = || -> Vec<u8> {
+            watch
+                .prepare("SELECT payment_hash FROM invoices ORDER BY rowid")
+                .unwrap()
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .unwrap()
+                .map(|hash| hash.unwrap()[0])
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + WRITE_EVERY * 100;
+        while first_bytes() != [2, 3] && std::time::Instant::now() < deadline {
+            std::thread::sleep(WRITE_EVERY / 5);
+        }
+        assert_eq!(known(&store, &[1, 2, 3]), [false, true, true]);
+    }
+
+    /// The newest invoices are read backwards by row, with no sort of the
+    /// table; among those made in the same second, the later written first.
+    #[test]
+    fn recent_invoices_are_read_backwards_without_a_sort() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.sqlite3")).unwrap();
+        for (byte, created_at) in [(1, 5), (2, 7), (3, 7), (4, 6)] {
+            store.insert(InvoiceRow {
+                created_at,
+                ..row(byte)
+            });
+        }
+        let order: Vec<u8> = store
+            .recent(3)
+            .unwrap()
+            .iter()
+            .map(|r| r.payment_hash[0])
+            .collect();
+        assert_eq!(order, [3, 2, 4]);
+        let conn = store.conn().unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", recent_sql()))
+            .unwrap()
+            .query_map([3], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{plan:?}"
+        );
     }
 
     /// Looking an invoice up by its hash, to read or to pay it, goes
