@@ -391,6 +391,32 @@ fn attenuated(l402: &str) -> String {
 
 /// A service sold per request (the default): one payment, one request,
 /// through either door and in any spelling of the L402 token.
+/// Routes match regardless of ASCII case; the part a route matched goes
+/// upstream as the route spells it, so a case-sensitive upstream serves
+/// what was paid for (it was sent the client's spelling, answered 404, and
+/// the payment was spent on that).
+#[tokio::test]
+async fn a_paid_request_in_another_case_reaches_the_route_as_configured() {
+    let h = Harness::start(|up| {
+        vec![
+            service("weather", "/Weather", 10, up),
+            service("files", "/Files/*", 10, up),
+        ]
+    })
+    .await;
+    for (asked, forwarded) in [
+        ("/wEATHER/", "/Weather/"),
+        ("/FILES/Report.PDF", "/Files/Report.PDF"),
+    ] {
+        let (offer, preimage) = h.buy(asked).await;
+        let l402 = offer.l402_authorization(&preimage).unwrap();
+        let served = h.get(asked, &l402).await;
+        assert_eq!(served.status(), StatusCode::OK, "{asked}");
+        let echoed: Value = served.json().await.unwrap();
+        assert_eq!(echoed["path"], forwarded, "{echoed}");
+    }
+}
+
 #[tokio::test]
 async fn a_per_request_payment_serves_one_request_through_either_door() {
     let h = Harness::start(|up| vec![service("weather", "/weather", 10, up)]).await;
