@@ -1090,6 +1090,41 @@ async fn a_get_challenge_does_not_pay_for_a_post_body() {
     assert_eq!(body_less.status(), StatusCode::CREATED);
 }
 
+/// A gateway selling `name` on `path` at `price` sat through every door,
+/// x402's included.
+async fn start_with_x402(name: &str, path: &str, price: u64) -> Harness {
+    Harness::start(|up| {
+        let mut priced = service(name, path, price, up);
+        priced.priced.schemes = gate402_gateway::config::Schemes::ALL;
+        vec![priced]
+    })
+    .await
+}
+
+/// A 402's x402 offer: the first of its `accepts`.
+fn x402_accepted(unpaid: &reqwest::Response) -> Value {
+    use base64::Engine as _;
+    let required: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(unpaid.headers()["payment-required"].as_bytes())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(required["x402Version"], 2, "{required}");
+    required["accepts"][0].clone()
+}
+
+/// An x402 payment of the offer `accepted`, without a preimage (the node
+/// is asked whether its invoice was paid).
+fn x402_payment(accepted: &Value) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(
+        json!({"x402Version": 2, "scheme": "exact", "network": "lightning",
+               "payload": {"invoice": accepted["extra"]["invoice"]}, "accepted": accepted})
+        .to_string(),
+    )
+}
+
 /// x402's door on the same invoice: the offer is bound to its service and
 /// price, paid only once the node holds the invoice as settled, served
 /// once, and its header never reaches the upstream.
@@ -1124,13 +1159,6 @@ async fn x402_payments_are_bound_settled_and_single_use() {
     assert_eq!(accepted["extra"]["paymentMethod"], "lightning");
     let offer = Offer::from_headers(unpaid.headers()).unwrap();
     assert_eq!(accepted["extra"]["invoice"], offer.bolt11.as_str());
-    let signature = |accepted: &Value| {
-        b64.encode(
-            json!({"x402Version": 2, "scheme": "exact", "network": "lightning",
-                   "payload": {"invoice": accepted["extra"]["invoice"]}, "accepted": accepted})
-            .to_string(),
-        )
-    };
     let pay_with = |path: &'static str, value: String| {
         h.client
             .get(h.url(path))
@@ -1138,7 +1166,7 @@ async fn x402_payments_are_bound_settled_and_single_use() {
             .send()
     };
     // Not paid yet: the node says so.
-    let early = pay_with("/cheap", signature(&accepted)).await.unwrap();
+    let early = pay_with("/cheap", x402_payment(&accepted)).await.unwrap();
     assert_eq!(early.status(), StatusCode::PAYMENT_REQUIRED);
     let body: Value = early.json().await.unwrap();
     assert_eq!(
@@ -1147,13 +1175,13 @@ async fn x402_payments_are_bound_settled_and_single_use() {
     );
     pay_via(&h.client, &h.base(), &offer.bolt11).await.unwrap();
     // Another service at the same price: not its offer.
-    let elsewhere = pay_with("/dear", signature(&accepted)).await.unwrap();
+    let elsewhere = pay_with("/dear", x402_payment(&accepted)).await.unwrap();
     assert_eq!(elsewhere.status(), StatusCode::PAYMENT_REQUIRED);
     // Another amount claimed for it: not its offer either.
     let mut inflated = accepted.clone();
     inflated["amount"] = "1".into();
     inflated["extra"]["binding"] = "00".into();
-    let forged = pay_with("/cheap", signature(&inflated)).await.unwrap();
+    let forged = pay_with("/cheap", x402_payment(&inflated)).await.unwrap();
     assert_eq!(forged.status(), StatusCode::PAYMENT_REQUIRED);
     // A preimage that is not the invoice's: said so (the invoice is paid),
     // and nothing is spent.
@@ -1171,7 +1199,7 @@ async fn x402_payments_are_bound_settled_and_single_use() {
         "{body}"
     );
 
-    let served = pay_with("/cheap", signature(&accepted)).await.unwrap();
+    let served = pay_with("/cheap", x402_payment(&accepted)).await.unwrap();
     assert_eq!(served.status(), StatusCode::OK);
     let response: Value = serde_json::from_slice(
         &b64.decode(served.headers()["payment-response"].as_bytes())
@@ -1189,7 +1217,7 @@ async fn x402_payments_are_bound_settled_and_single_use() {
         echoed["headers"].get("payment-signature").is_none(),
         "the upstream saw the payment: {echoed}"
     );
-    let replay = pay_with("/cheap", signature(&accepted)).await.unwrap();
+    let replay = pay_with("/cheap", x402_payment(&accepted)).await.unwrap();
     assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
 }
 
@@ -1198,22 +1226,10 @@ async fn x402_payments_are_bound_settled_and_single_use() {
 /// canceled invoices): a 402 that says so, not a server error.
 #[tokio::test]
 async fn an_x402_payment_of_an_invoice_the_node_forgot_is_refused() {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let h = Harness::start(|up| {
-        let mut cheap = service("cheap", "/cheap", 1, up);
-        cheap.priced.schemes = gate402_gateway::config::Schemes::ALL;
-        vec![cheap]
-    })
-    .await;
+    let h = start_with_x402("cheap", "/cheap", 1).await;
     let unpaid = h.client.get(h.url("/cheap")).send().await.unwrap();
     assert_eq!(unpaid.status(), StatusCode::PAYMENT_REQUIRED);
-    let required: Value = serde_json::from_slice(
-        &b64.decode(unpaid.headers()["payment-required"].as_bytes())
-            .unwrap(),
-    )
-    .unwrap();
-    let accepted = required["accepts"][0].clone();
+    let accepted = x402_accepted(&unpaid);
     let hash = Offer::from_headers(unpaid.headers())
         .unwrap()
         .invoice
@@ -1236,15 +1252,10 @@ async fn an_x402_payment_of_an_invoice_the_node_forgot_is_refused() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let payment = b64.encode(
-        json!({"x402Version": 2, "scheme": "exact", "network": "lightning",
-               "payload": {"invoice": accepted["extra"]["invoice"]}, "accepted": accepted})
-        .to_string(),
-    );
     let refused = h
         .client
         .get(h.url("/cheap"))
-        .header("payment-signature", payment)
+        .header("payment-signature", x402_payment(&accepted))
         .send()
         .await
         .unwrap();
@@ -1269,21 +1280,9 @@ async fn an_x402_payment_of_an_invoice_the_node_forgot_is_refused() {
 /// in between frees nothing for a second request.
 #[tokio::test]
 async fn a_spent_payment_outlives_every_door_of_its_invoice() {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let h = Harness::start(|up| {
-        let mut weather = service("weather", "/weather", 2, up);
-        weather.priced.schemes = gate402_gateway::config::Schemes::ALL;
-        vec![weather]
-    })
-    .await;
+    let h = start_with_x402("weather", "/weather", 2).await;
     let unpaid = h.client.get(h.url("/weather")).send().await.unwrap();
-    let required: Value = serde_json::from_slice(
-        &b64.decode(unpaid.headers()["payment-required"].as_bytes())
-            .unwrap(),
-    )
-    .unwrap();
-    let accepted = required["accepts"][0].clone();
+    let accepted = x402_accepted(&unpaid);
     let offer = Offer::from_headers(unpaid.headers()).unwrap();
     let paid = pay_via(&h.client, &h.base(), &offer.bolt11).await.unwrap();
     let mut preimage = [0u8; 32];
@@ -1327,27 +1326,17 @@ async fn a_spent_payment_outlives_every_door_of_its_invoice() {
         h.get("/weather", &l402).await.status(),
         StatusCode::PAYMENT_REQUIRED
     );
-    let signature = b64.encode(
-        json!({"x402Version": 2, "scheme": "exact", "network": "lightning",
-               "payload": {"invoice": offer.bolt11}, "accepted": accepted})
-        .to_string(),
-    );
     let x402 = h
         .client
         .get(h.url("/weather"))
-        .header("payment-signature", signature)
+        .header("payment-signature", x402_payment(&accepted))
         .send()
         .await
         .unwrap();
     assert_eq!(x402.status(), StatusCode::PAYMENT_REQUIRED);
     // A later end written into a paid offer breaks its binding.
     let unpaid = h.client.get(h.url("/weather")).send().await.unwrap();
-    let fresh: Value = serde_json::from_slice(
-        &b64.decode(unpaid.headers()["payment-required"].as_bytes())
-            .unwrap(),
-    )
-    .unwrap();
-    let mut fresh = fresh["accepts"][0].clone();
+    let mut fresh = x402_accepted(&unpaid);
     pay_via(
         &h.client,
         &h.base(),
@@ -1359,14 +1348,7 @@ async fn a_spent_payment_outlives_every_door_of_its_invoice() {
     let forged = h
         .client
         .get(h.url("/weather"))
-        .header(
-            "payment-signature",
-            b64.encode(
-                json!({"x402Version": 2, "scheme": "exact", "network": "lightning",
-                       "payload": {"invoice": fresh["extra"]["invoice"]}, "accepted": fresh})
-                .to_string(),
-            ),
-        )
+        .header("payment-signature", x402_payment(&fresh))
         .send()
         .await
         .unwrap();
