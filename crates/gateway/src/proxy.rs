@@ -30,7 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tracing::Instrument;
 
-use crate::config::{PathPattern, ServiceConfig, UpstreamConfig};
+use crate::config::{ServiceConfig, UpstreamConfig};
 use crate::problem::problem_response;
 use crate::server::listen::{AwaitingUpstream, WaitingGuard};
 use crate::tls::{TlsError, UpstreamTls};
@@ -143,9 +143,6 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 /// One service's upstream and the pooled client that reaches it.
 struct Upstream {
     config: UpstreamConfig,
-    /// The route of its service: the part of a path it matched is
-    /// forwarded in its spelling ([`crate::config::Rewrite::apply`]).
-    route: PathPattern,
     client: HttpsClient,
     /// Its URL taken apart once, not for every request; `None` when it
     /// does not parse (every request is then refused).
@@ -276,7 +273,6 @@ fn upstreams(services: &[ServiceConfig]) -> Result<Upstreams, TlsError> {
             Arc::new(Upstream {
                 origin: Origin::parse(&config.url),
                 config: config.clone(),
-                route: service.priced.path.clone(),
                 client,
             }),
         );
@@ -339,10 +335,9 @@ impl Proxy {
     ) -> Response<Body> {
         let pool = &upstream.client;
         let origin = upstream.origin.as_ref();
-        let route = &upstream.route;
         let upstream = &upstream.config;
         let (mut parts, body) = request.into_parts();
-        let path = upstream.rewrite.apply(route, path);
+        let path = upstream.rewrite.apply(path);
         let target =
             origin.and_then(|origin| Some((origin, origin.uri(&path, parts.uri.query())?)));
         let Some((origin, uri)) = target else {

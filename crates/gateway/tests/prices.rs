@@ -451,6 +451,26 @@ fn priced_by(pricer: &Pricer) -> String {
     )
 }
 
+/// The pricer is asked about the path the upstream is sent: what the
+/// route names as the route spells it (routes ignore case), so a client
+/// cannot have the dear resource priced as another by changing its case.
+#[tokio::test]
+async fn a_pricer_sees_the_route_spelled_as_configured() {
+    let pricer = start_pricer("answer").await;
+    let toml = priced_by(&pricer).replace(r#"path = "/quote""#, r#"path = "/Quote/*""#);
+    let h = Harness::start(&toml).await;
+    for asked in ["/qUOTE/Dear/x", "/Quote/Dear/x"] {
+        h.price(reqwest::Method::GET, asked, "").await;
+    }
+    let asked: Vec<Value> = pricer.asked.lock().unwrap().clone();
+    let paths: Vec<&str> = asked.iter().map(|q| q["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        ["/Quote/Dear/x"],
+        "one question, kept for the second"
+    );
+}
+
 #[tokio::test]
 async fn a_pricer_decides_and_its_answer_is_kept() {
     let pricer = start_pricer("answer").await;

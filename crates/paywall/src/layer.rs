@@ -625,6 +625,19 @@ impl Paywall {
             }
             Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),
         };
+        // Priced, forwarded and logged as the route spells what it names.
+        let path = match service.path.respell(&path) {
+            Some(respelled) => {
+                let Some(uri) = with_path(request.uri(), &respelled) else {
+                    return Ok(own(responses::bad_request(
+                        "the request target cannot be forwarded",
+                    )));
+                };
+                *request.uri_mut() = uri;
+                respelled
+            }
+            None => path,
+        };
         crate::observe::routed(request.method(), &service);
         request.extensions_mut().insert(Routed {
             service: service.clone(),

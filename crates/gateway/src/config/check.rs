@@ -801,7 +801,7 @@ fn upstream_patterns(service: &super::ServiceConfig) -> Vec<PathPattern> {
     let Ok(stem) = RequestPath::parse(pattern.stem()) else {
         return Vec::new();
     };
-    let forwarded = format!("{base}{}", upstream.rewrite.apply(pattern, &stem));
+    let forwarded = format!("{base}{}", upstream.rewrite.apply(&stem));
     let written = match pattern {
         PathPattern::Exact(_) => forwarded,
         PathPattern::Prefix(_) => format!("{}/*", forwarded.trim_end_matches('/')),

@@ -376,22 +376,9 @@ pub struct Rewrite {
 }
 
 impl Rewrite {
-    /// The upstream path for a normalized request path that `route`
-    /// matched. Routes match regardless of ASCII case (see
-    /// [`gate402_paywall::route`]), so the part of the path `route` names
-    /// goes upstream as `route` spells it: a case-sensitive upstream finds
-    /// what was paid for, not a `404` in the client's spelling. The rest
-    /// of the path is the client's. Then `strip_prefix` and `add_prefix`.
-    pub fn apply(&self, route: &PathPattern, path: &RequestPath) -> String {
+    /// The upstream path for a normalized request path.
+    pub fn apply(&self, path: &RequestPath) -> String {
         let path = path.as_str();
-        let stem = route.stem();
-        let spelled;
-        let path = if stem != "/" && segment_prefix(path, stem) && !path.starts_with(stem) {
-            spelled = format!("{stem}{}", &path[stem.len()..]);
-            spelled.as_str()
-        } else {
-            path
-        };
         let rest = match self.strip_prefix.as_deref() {
             Some(prefix) if segment_prefix(path, prefix) => &path[prefix.len()..],
             _ => path,

@@ -88,6 +88,26 @@ impl PathPattern {
         }
     }
 
+    /// `path`, which this pattern matched, with the part the pattern names
+    /// written as the pattern spells it and the rest as the client wrote
+    /// it; `None` when `path` spells it so already (the usual case). Routes
+    /// match regardless of ASCII case, but what a request is priced and
+    /// forwarded as is the route's resource, not the client's spelling of
+    /// it: a case-sensitive upstream would answer `/WEATHER` with a `404`
+    /// on a spent payment, and a pricer that compares paths as that
+    /// upstream does would price it as another resource.
+    pub fn respell(&self, path: &RequestPath) -> Option<RequestPath> {
+        let stem = self.stem();
+        let text = path.as_str();
+        let named = stem != "/"
+            && starts_with_ignore_case(text, stem)
+            && matches!(text.as_bytes().get(stem.len()), None | Some(b'/'));
+        if !named || text.starts_with(stem) {
+            return None;
+        }
+        RequestPath::parse(&format!("{stem}{}", &text[stem.len()..])).ok()
+    }
+
     /// The pattern as a config writes it.
     pub fn as_written(&self) -> String {
         match self {
@@ -421,6 +441,34 @@ mod tests {
 
     fn path(p: &str) -> RequestPath {
         RequestPath::parse(p).unwrap()
+    }
+
+    /// What a route names is written as the route spells it, the rest as
+    /// the client did; a path spelled so already is left alone.
+    #[test]
+    fn a_matched_path_is_respelled_as_its_route() {
+        let respelled = |pattern: &str, asked: &str| {
+            let pattern = PathPattern::parse(pattern).unwrap();
+            assert!(pattern.matches(&path(asked)), "{asked}");
+            pattern.respell(&path(asked)).map(|p| p.as_str().to_owned())
+        };
+        for (pattern, asked, spelled) in [
+            ("/api/Weather", "/API/WEATHER", Some("/api/Weather")),
+            ("/api/Weather", "/Api/weather/", Some("/api/Weather/")),
+            ("/api/Weather", "/api/Weather", None),
+            ("/api/Weather", "/api/Weather/", None),
+            ("/Files/*", "/FILES/Report.PDF", Some("/Files/Report.PDF")),
+            ("/Files/*", "/files", Some("/Files")),
+            ("/Files/*", "/Files/a/B", None),
+            ("/T/%7eUser/*", "/t/~user/X", Some("/T/~User/X")),
+            ("/*", "/ANY/Thing", None),
+        ] {
+            assert_eq!(
+                respelled(pattern, asked).as_deref(),
+                spelled,
+                "{pattern} {asked}"
+            );
+        }
     }
 
     #[test]
