@@ -62,6 +62,11 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE invoices;
      ALTER TABLE invoices_by_prefix RENAME TO invoices;
      CREATE INDEX invoices_hash_prefix ON invoices (substr(payment_hash, 1, 8));",
+    // Unpaid invoices by expiry, to delete those long expired (see
+    // [`FORGET_UNPAID_AFTER_SECS`]) whatever the order they were made in.
+    // New invoices expire in about the order made: they land on the last
+    // pages of this index, which a batch shares.
+    "CREATE INDEX invoices_unpaid_expiry ON invoices (expires_at) WHERE settled_at IS NULL;",
 ];
 
 /// Finds the rows of the payment hash `?1` through `invoices_hash_prefix`.
@@ -107,8 +112,9 @@ pub(crate) const FORGET_UNPAID_AFTER_SECS: u64 = 24 * 3600;
 /// ([`FORGET_UNPAID_AFTER_SECS`]).
 const FORGET_EVERY: Duration = Duration::from_secs(60);
 
-/// Rows read per transaction of [`Store::forget_unpaid`]: the connection is
-/// given back between two, so pays and lookups wait for one at most.
+/// Invoices deleted per transaction of [`Store::forget_unpaid`]: the
+/// connection is given back between two, so pays and lookups wait for one
+/// at most.
 const FORGET_ROWS: i64 = 1_000;
 
 pub(crate) struct InvoiceRow {
@@ -243,55 +249,20 @@ impl Store {
         Ok(rows)
     }
 
-    /// Deletes, in the order they were written from after row `from`, the
-    /// unpaid invoices that expired [`FORGET_UNPAID_AFTER_SECS`] or more
-    /// before `now`, skipping paid ones, and stops at the first unpaid
-    /// invoice that did not (those after it were made later; with expiries
-    /// that differ by service, some of them wait for it). Reads
-    /// [`FORGET_ROWS`] rows at most. Answers the row to go on from, how
-    /// many invoices it deleted, and whether it should be called again.
+    /// Deletes up to [`FORGET_ROWS`] unpaid invoices that expired
+    /// [`FORGET_UNPAID_AFTER_SECS`] or more before `now`, the longest expired
+    /// first, found through `invoices_unpaid_expiry` (an invoice that lives
+    /// long holds up none of the others). Answers how many it deleted: as
+    /// many as [`FORGET_ROWS`] says more may be due.
     ///
     /// # Errors
     ///
     /// SQLite's; nothing is deleted then.
-    fn forget_unpaid(&self, from: i64, now: u64) -> rusqlite::Result<Forgot> {
+    fn forget_unpaid(&self, now: u64) -> rusqlite::Result<usize> {
         let due = i64::try_from(now.saturating_sub(FORGET_UNPAID_AFTER_SECS)).unwrap_or(i64::MAX);
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let mut forgot = Forgot {
-            reached: from,
-            deleted: 0,
-            more: false,
-        };
-        {
-            let rows = tx
-                .prepare_cached(
-                    "SELECT rowid, settled_at IS NULL, expires_at FROM invoices
-                     WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
-                )?
-                .query_map(params![from, FORGET_ROWS], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, bool>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            forgot.more = rows.len() as i64 == FORGET_ROWS;
-            let mut delete = tx.prepare_cached("DELETE FROM invoices WHERE rowid = ?1")?;
-            for (rowid, unpaid, expires_at) in rows {
-                if unpaid {
-                    if expires_at > due {
-                        forgot.more = false;
-                        break;
-                    }
-                    forgot.deleted += delete.execute([rowid])?;
-                }
-                forgot.reached = rowid;
-            }
-        }
-        tx.commit()?;
-        Ok(forgot)
+        self.conn()?
+            .prepare_cached(FORGET)?
+            .execute(params![due, FORGET_ROWS])
     }
 
     /// Marks an invoice paid with `paid_msat` by the payer whose secret
@@ -319,15 +290,12 @@ impl Store {
     }
 }
 
-/// What [`Store::forget_unpaid`] did.
-#[derive(Debug, PartialEq, Eq)]
-struct Forgot {
-    /// The last row it went past: the next call starts after it.
-    reached: i64,
-    deleted: usize,
-    /// It stopped at its limit of rows, not at an invoice to keep waiting.
-    more: bool,
-}
+/// [`Store::forget_unpaid`]'s statement: unpaid invoices expired at `?1`
+/// or before, `?2` at most, through `invoices_unpaid_expiry`.
+const FORGET: &str = "DELETE FROM invoices WHERE rowid IN (
+        SELECT rowid FROM invoices
+        WHERE settled_at IS NULL AND expires_at <= ?1
+        ORDER BY expires_at LIMIT ?2)";
 
 /// What [`read_row`] reads, in its order.
 const COLUMNS: &str = "payment_hash, preimage, bolt11, amount_msat, created_at, expires_at, settled_at, paid_msat, payer_hash";
@@ -360,10 +328,6 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InvoiceRow> {
 /// unpaid invoices due; sleeps while none is pending; ends when the store
 /// is dropped.
 fn write_pending_until_gone(store: Weak<Store>, pending: &Pending) {
-    // Where the last deletion stopped: rows up to it are paid or gone.
-    // Another process sharing the file keeps its own; deleting a row twice
-    // deletes nothing.
-    let mut reached = 0;
     let mut forgot_at: Option<std::time::Instant> = None;
     loop {
         {
@@ -391,16 +355,15 @@ fn write_pending_until_gone(store: Weak<Store>, pending: &Pending) {
         }
         forgot_at = Some(std::time::Instant::now());
         loop {
-            match store.forget_unpaid(reached, crate::unix_now()) {
-                Ok(forgot) => {
-                    reached = forgot.reached;
-                    if forgot.deleted > 0 {
+            match store.forget_unpaid(crate::unix_now()) {
+                Ok(deleted) => {
+                    if deleted > 0 {
                         tracing::debug!(
-                            deleted = forgot.deleted,
+                            deleted,
                             "sandbox: unpaid invoices a day past their expiry deleted"
                         );
                     }
-                    if !forgot.more || pending.gone.load(Ordering::Acquire) {
+                    if deleted < FORGET_ROWS as usize || pending.gone.load(Ordering::Acquire) {
                         break;
                     }
                 }
@@ -433,6 +396,14 @@ impl Drop for Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Held by each test for its whole run: a store's writer thread is
+    /// found by its name, and a store of another test running beside it
+    /// would be taken for it.
+    fn one_at_a_time() -> MutexGuard<'static, ()> {
+        static TESTS: Mutex<()> = Mutex::new(());
+        TESTS.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     fn row(byte: u8) -> InvoiceRow {
         InvoiceRow {
@@ -476,6 +447,7 @@ mod tests {
     /// it, and it writes that invoice without any read asking.
     #[test]
     fn the_writer_sleeps_until_an_invoice_arrives() {
+        let _one_at_a_time = one_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let before = writer_threads();
         let store = Store::open(&dir.path().join("s.sqlite3")).unwrap();
@@ -515,6 +487,7 @@ mod tests {
     /// just before a graceful stop is known after it.
     #[test]
     fn a_dropped_store_writes_what_is_pending() {
+        let _one_at_a_time = one_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite3");
         let store = Store::open(&path).unwrap();
@@ -529,6 +502,7 @@ mod tests {
     /// and paid once, by its hash.
     #[test]
     fn invoices_of_the_previous_schema_are_kept() {
+        let _one_at_a_time = one_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite3");
         {
@@ -618,11 +592,12 @@ mod tests {
             .collect()
     }
 
-    /// Unpaid invoices a day past their expiry are deleted, in the order
-    /// written, up to the first unpaid one that is not; paid ones are kept
-    /// however old, and the next call goes on from where one stopped.
+    /// Unpaid invoices a day past their expiry are deleted, whatever was
+    /// made before them (an open invoice that lives 30 days held up every
+    /// later one); paid ones are kept however old.
     #[test]
     fn unpaid_invoices_are_deleted_a_day_after_they_expire() {
+        let _one_at_a_time = one_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.sqlite3")).unwrap();
         let now = 10_000_000;
@@ -637,14 +612,12 @@ mod tests {
                 (5, 120, None),
             ],
         );
-        let first = store.forget_unpaid(0, now).unwrap();
-        assert_eq!((first.deleted, first.more), (2, false));
+        assert_eq!(store.forget_unpaid(now).unwrap(), 3);
         assert_eq!(
             known(&store, &[1, 2, 3, 4, 5]),
-            [false, true, false, true, true]
+            [false, true, false, true, false]
         );
-        let later = store.forget_unpaid(first.reached, now + 10).unwrap();
-        assert_eq!((later.deleted, later.more), (2, false));
+        assert_eq!(store.forget_unpaid(now + 10).unwrap(), 1);
         assert_eq!(
             known(&store, &[1, 2, 3, 4, 5]),
             [false, true, false, false, false]
@@ -652,14 +625,28 @@ mod tests {
         let paid = store.get(&[2; 32]).unwrap().unwrap();
         assert_eq!(paid.settled_at, Some(50));
         // Nothing left to delete: the paid one stays.
-        let again = store.forget_unpaid(0, now + day * 10).unwrap();
-        assert_eq!(again.deleted, 0);
+        assert_eq!(store.forget_unpaid(now + day * 10).unwrap(), 0);
         assert_eq!(known(&store, &[2]), [true]);
+        // Found through the index of unpaid invoices by expiry, not a scan.
+        let conn = store.conn().unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {FORGET}"))
+            .unwrap()
+            .query_map(params![1, 1], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX invoices_unpaid_expiry")),
+            "{plan:?}"
+        );
     }
 
-    /// One call reads a bounded number of rows and says whether more wait.
+    /// One call deletes a bounded number of invoices.
     #[test]
-    fn a_deletion_reads_a_bounded_number_of_rows() {
+    fn a_deletion_is_bounded() {
+        let _one_at_a_time = one_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.sqlite3")).unwrap();
         let count = FORGET_ROWS as usize + 5;
@@ -673,10 +660,8 @@ mod tests {
             });
         }
         let now = FORGET_UNPAID_AFTER_SECS + 10;
-        let first = store.forget_unpaid(0, now).unwrap();
-        assert_eq!((first.deleted, first.more), (FORGET_ROWS as usize, true));
-        let rest = store.forget_unpaid(first.reached, now).unwrap();
-        assert_eq!((rest.deleted, rest.more), (5, false));
+        assert_eq!(store.forget_unpaid(now).unwrap(), FORGET_ROWS as usize);
+        assert_eq!(store.forget_unpaid(now).unwrap(), 5);
         let left: i64 = store
             .conn()
             .unwrap()
@@ -688,6 +673,7 @@ mod tests {
     /// The writer thread deletes what is due when it writes new invoices.
     #[test]
     fn the_writer_deletes_unpaid_invoices_due() {
+        let _one_at_a_time = one_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite3");
         let store = Store::open(&path).unwrap();
@@ -716,6 +702,7 @@ mod tests {
     /// table; among those made in the same second, the later written first.
     #[test]
     fn recent_invoices_are_read_backwards_without_a_sort() {
+        let _one_at_a_time = one_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.sqlite3")).unwrap();
         for (byte, created_at) in [(1, 5), (2, 7), (3, 7), (4, 6)] {
@@ -749,6 +736,7 @@ mod tests {
     /// through the prefix index, never a scan of the table.
     #[test]
     fn invoices_are_found_through_the_prefix_index() {
+        let _one_at_a_time = one_at_a_time();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.sqlite3")).unwrap();
         let conn = store.conn().unwrap();
