@@ -405,6 +405,16 @@ mod tests {
         TESTS.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The steps of `sql`'s query plan.
+    fn plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Vec<String> {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params, |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     fn row(byte: u8) -> InvoiceRow {
         InvoiceRow {
             payment_hash: [byte; 32],
@@ -629,13 +639,7 @@ mod tests {
         assert_eq!(known(&store, &[2]), [true]);
         // Found through the index of unpaid invoices by expiry, not a scan.
         let conn = store.conn().unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {FORGET}"))
-            .unwrap()
-            .query_map(params![1, 1], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = plan(&conn, FORGET, params![1, 1]);
         assert!(
             plan.iter()
                 .any(|step| step.contains("USING INDEX invoices_unpaid_expiry")),
@@ -719,13 +723,7 @@ mod tests {
             .collect();
         assert_eq!(order, [3, 2, 4]);
         let conn = store.conn().unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", recent_sql()))
-            .unwrap()
-            .query_map([3], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = plan(&conn, &recent_sql(), [3]);
         assert!(
             !plan.iter().any(|step| step.contains("TEMP B-TREE")),
             "{plan:?}"
@@ -744,13 +742,7 @@ mod tests {
             format!("SELECT {COLUMNS} FROM invoices WHERE {BY_HASH}"),
             format!("UPDATE invoices SET settled_at = 1 WHERE {BY_HASH} AND settled_at IS NULL"),
         ] {
-            let plan: Vec<String> = conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap()
-                .query_map([&[5u8; 32][..]], |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
+            let plan = plan(&conn, &sql, [&[5u8; 32][..]]);
             assert!(
                 plan.iter()
                     .any(|step| step.contains("USING INDEX invoices_hash_prefix")),
