@@ -56,7 +56,9 @@ pub struct Routed {
     pub service: Arc<PricedService>,
     /// The host the request named, in normal form.
     pub host: Option<String>,
-    /// The path matched, in normal form: the one to forward.
+    /// The path matched, in normal form, with what the route names spelled
+    /// as the route spells it ([`crate::route::PathPattern::respell`]): the one to price
+    /// and forward.
     pub path: RequestPath,
 }
 
@@ -458,16 +460,33 @@ fn is_encoded(headers: &HeaderMap) -> bool {
         .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
 }
 
-/// Puts `path` (normal form) and the original query into the URI.
-fn with_path(uri: &Uri, path: &RequestPath) -> Option<Uri> {
+/// Puts `path` (normal form) and the original query into the request's
+/// URI, unless it is there already; `false` when the URI cannot hold it.
+fn put_path<B>(request: &mut Request<B>, path: &RequestPath) -> bool {
+    let uri = request.uri();
+    if path.as_str() == uri.path() {
+        return true;
+    }
     let path_and_query = match uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.as_str().to_owned(),
     };
     let mut parts = uri.clone().into_parts();
-    parts.path_and_query = Some(PathAndQuery::try_from(path_and_query).ok()?);
-    Uri::from_parts(parts).ok()
+    let Ok(path_and_query) = PathAndQuery::try_from(path_and_query) else {
+        return false;
+    };
+    parts.path_and_query = Some(path_and_query);
+    match Uri::from_parts(parts) {
+        Ok(uri) => {
+            *request.uri_mut() = uri;
+            true
+        }
+        Err(_) => false,
+    }
 }
+
+/// Said of a request whose normal path cannot be put in its URI.
+const UNFORWARDABLE: &str = "the request target cannot be forwarded";
 
 /// `private`, merged into the upstream's `Cache-Control`: a paid answer
 /// must never be stored by a shared cache and handed to someone who did
@@ -594,13 +613,8 @@ impl Paywall {
                 &allowed,
             )));
         }
-        if path.as_str() != request.uri().path() {
-            let Some(uri) = with_path(request.uri(), &path) else {
-                return Ok(own(responses::bad_request(
-                    "the request target cannot be forwarded",
-                )));
-            };
-            *request.uri_mut() = uri;
+        if !put_path(&mut request, &path) {
+            return Ok(own(responses::bad_request(UNFORWARDABLE)));
         }
         let client = self.client_of(&request);
         if let Some(client) = client {
@@ -626,18 +640,10 @@ impl Paywall {
             Err(e) => return Ok(own(responses::bad_request(&e.to_string()))),
         };
         // Priced, forwarded and logged as the route spells what it names.
-        let path = match service.path.respell(&path) {
-            Some(respelled) => {
-                let Some(uri) = with_path(request.uri(), &respelled) else {
-                    return Ok(own(responses::bad_request(
-                        "the request target cannot be forwarded",
-                    )));
-                };
-                *request.uri_mut() = uri;
-                respelled
-            }
-            None => path,
-        };
+        let path = service.path.respell(&path).unwrap_or(path);
+        if !put_path(&mut request, &path) {
+            return Ok(own(responses::bad_request(UNFORWARDABLE)));
+        }
         crate::observe::routed(request.method(), &service);
         request.extensions_mut().insert(Routed {
             service: service.clone(),

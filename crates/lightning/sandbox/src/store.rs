@@ -106,7 +106,7 @@ const WRITE_EVERY: Duration = Duration::from_millis(250);
 /// payer is still told it expired: the invoice says when). A day, as long
 /// as the gateway honours the payment ids of MCP tools, which it checks
 /// against the invoice's status.
-pub(crate) const FORGET_UNPAID_AFTER_SECS: u64 = 24 * 3600;
+const FORGET_UNPAID_AFTER_SECS: u64 = 24 * 3600;
 
 /// How often, at most, the writer thread deletes the unpaid invoices due
 /// ([`FORGET_UNPAID_AFTER_SECS`]).
