@@ -1252,6 +1252,11 @@ async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
         ("GET", "/img/large.json", "", "", "and a format"),
         ("GET", "/img/v1/huge.json", "", "", "and a format"),
         ("GET", "/img/v1/huge.json/", "", "", "and a format"),
+        // The same, the dot one that folding Unicode makes (`．`, `﹒`, `․`).
+        ("GET", "/img/large%EF%BC%8Ejson/x", "", "", "and a format"),
+        ("GET", "/img/large%EF%B9%92json", "", "", "and a format"),
+        ("GET", "/img/v1/huge%E2%80%A4json", "", "", "and a format"),
+        ("GET", "/q%EF%BC%8Ejson", "", "", "format suffix"),
         // A format suffix on a service's own path reaches it through the
         // free catch-all.
         ("GET", "/q.json", "", "", "format suffix"),

@@ -732,22 +732,39 @@ fn same_number(value: &str, wanted: &str) -> bool {
 
 /// Refuses a path parameter that reads as one of a rule's `values` with
 /// a format after a dot (`large.json`): Rails routes (`/:size(.:format)`)
-/// and others that take a format suffix read it as `large`.
+/// and others that take a format suffix read it as `large`; so do those
+/// that fold Unicode first (`large．json`).
 fn format_suffix(
     values: &[String],
     value: Option<&str>,
     what: &dyn Fn() -> String,
 ) -> Result<(), Unreadable> {
-    let Some((value, stem)) = value.and_then(|v| Some((v, v.split_once('.')?.0))) else {
+    let Some(value) = value else {
         return Ok(());
     };
-    if one_of(values, Some(stem), what).unwrap_or(true) {
-        return Err(Unreadable(format!(
-            "{} is {value:?}, which some upstreams read as {stem:?} and a format; the price depends on it: send it as {stem:?}",
-            what()
-        )));
+    let readings = (!value.is_ascii()).then(|| crate::route::ascii_readings(value));
+    for reading in std::iter::once(value).chain(readings.iter().flatten().map(String::as_str)) {
+        let Some((stem, _)) = reading.split_once('.') else {
+            continue;
+        };
+        if one_of(values, Some(stem), what).unwrap_or(true) {
+            return Err(Unreadable(format!(
+                "{} is {value:?}, which some upstreams read as {stem:?} and a format; the price depends on it: send it as {stem:?}",
+                what()
+            )));
+        }
     }
     Ok(())
+}
+
+/// The path as upstreams that take a format after a dot in its last
+/// segment read it (Rails' `(.:format)`, which also drops a trailing
+/// `/`): `/v1/large.json` is `/v1/large`; `None` without a format.
+fn without_format(path: &str) -> Option<String> {
+    let trimmed = path.trim_end_matches('/');
+    let (head, last) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
+    let (stem, _) = last.split_once('.').filter(|(stem, _)| !stem.is_empty())?;
+    Some(format!("{head}/{stem}"))
 }
 
 impl PriceRule {
@@ -777,17 +794,17 @@ impl PriceRule {
                     )));
                 }
                 // Nor when one that takes a format after a dot in the last
-                // segment (Rails' `(.:format)`) reads it as such a path.
-                // (Rails also drops a trailing `/`.)
-                let trimmed = request.path.trim_end_matches('/');
-                let (head, last) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
-                if let Some((stem, _)) = last.split_once('.').filter(|(stem, _)| !stem.is_empty()) {
-                    let cut = format!("{head}/{stem}");
-                    if path.captures(&cut).is_some() {
-                        return Err(Unreadable(format!(
-                            "the path reads as {cut} and a format to some upstreams, which a price rule depends on: send it as {cut}"
-                        )));
-                    }
+                // segment (Rails' `(.:format)`) reads it, or a folded
+                // reading of it (`/v1/large．json`), as such a path.
+                let readings =
+                    std::iter::once(request.path).chain(forms.iter().map(|f| f.as_str()));
+                if let Some(cut) = readings
+                    .filter_map(without_format)
+                    .find(|cut| path.captures(cut).is_some())
+                {
+                    return Err(Unreadable(format!(
+                        "the path reads as {cut} and a format to some upstreams, which a price rule depends on: send it as {cut}"
+                    )));
                 }
                 return Ok(None);
             };

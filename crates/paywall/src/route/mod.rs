@@ -174,6 +174,15 @@ fn trim_slash(p: &str) -> &str {
     }
 }
 
+/// Whether two routings are to the same service (or both to none).
+fn same(a: Option<&Arc<PricedService>>, b: Option<&Arc<PricedService>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 fn same_path(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
@@ -367,46 +376,76 @@ impl Routes {
         path: &RequestPath,
     ) -> Result<Option<&Arc<PricedService>>, RouteError> {
         let found = self.find_exactly(host, method, path, None)?;
-        let same = |other: Option<&Arc<PricedService>>| match (found, other) {
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        // An upstream that reads `/premium.json` as `/premium` must not be
-        // reached through a route that only the suffixed spelling matches,
-        // unless that route names the suffixed path itself (`/feed.xml`:
-        // the operator priced that spelling). Only a pattern whose fixed
-        // part is the stem or the path itself can match one of the two and
-        // not the other (a prefix ends with `/`): the stem is routed again
-        // only when there is one.
-        if let Some(stem) = path.format_stem() {
-            let whole = trim_slash(path.as_str());
-            let named = found.is_some_and(|s| same_path(s.path.stem(), whole));
-            let told_apart = !named
-                && self.services.iter().any(|s| {
-                    let fixed = s.path.stem();
-                    same_path(fixed, stem) || same_path(fixed, whole)
-                });
-            if let Some(stem) = told_apart.then(|| RequestPath::parse(stem).ok()).flatten() {
-                if !same(self.find_exactly(host, method, &stem, None)?) {
-                    return Err(RouteError::FormatSuffix);
-                }
-            }
+        if self.stem_routes_elsewhere(host, method, path, found, None)? {
+            return Err(RouteError::FormatSuffix);
         }
         // An upstream that folds `ｐｒｅｍｉｕｍ` or `prēmium` into `premium`
         // must not be reached through a route that only the unfolded
-        // spelling matches, whichever way it folds.
+        // spelling matches, whichever way it folds; nor, once folded, be
+        // read without a format suffix that only folding made
+        // (`/premium．json` is `/premium.json`, then `/premium`).
         let forms = match path.compatibility_forms() {
             Ok(None) => return Ok(found),
             Ok(Some(forms)) => forms,
             Err(_) => return Err(RouteError::Ambiguous),
         };
         for (reading, folded) in forms.iter().enumerate() {
-            if !same(self.find_exactly(host, method, folded, Some(reading))?) {
+            if !same(
+                found,
+                self.find_exactly(host, method, folded, Some(reading))?,
+            ) {
                 return Err(RouteError::Ambiguous);
+            }
+            if self.stem_routes_elsewhere(host, method, folded, found, Some(reading))? {
+                return Err(RouteError::FormatSuffix);
             }
         }
         Ok(found)
+    }
+
+    /// Whether `path` without its format suffix is routed to another
+    /// service than `found` (under the patterns of `reading`, as
+    /// [`Self::find_exactly`]). An upstream that reads `/premium.json` as
+    /// `/premium` must not be reached through a route that only the
+    /// suffixed spelling matches, unless that route names the suffixed
+    /// path itself (`/feed.xml`: the operator priced that spelling). Only
+    /// a pattern whose fixed part is the stem or the path itself can match
+    /// one of the two and not the other (a prefix ends with `/`): the stem
+    /// is routed again only when there is one.
+    fn stem_routes_elsewhere(
+        &self,
+        host: Option<&str>,
+        method: &Method,
+        path: &RequestPath,
+        found: Option<&Arc<PricedService>>,
+        reading: Option<usize>,
+    ) -> Result<bool, RouteError> {
+        let Some(stem) = path.format_stem() else {
+            return Ok(false);
+        };
+        let whole = trim_slash(path.as_str());
+        let pattern = |i: usize| match reading {
+            Some(r) => &self.folded[i][r],
+            None => &self.services[i].path,
+        };
+        let named = found.is_some_and(|s| {
+            self.services
+                .iter()
+                .position(|t| Arc::ptr_eq(s, t))
+                .is_some_and(|i| same_path(pattern(i).stem(), whole))
+        });
+        let told_apart = !named
+            && (0..self.services.len()).any(|i| {
+                let fixed = pattern(i).stem();
+                same_path(fixed, stem) || same_path(fixed, whole)
+            });
+        match told_apart.then(|| RequestPath::parse(stem).ok()).flatten() {
+            Some(stem) => Ok(!same(
+                found,
+                self.find_exactly(host, method, &stem, reading)?,
+            )),
+            None => Ok(false),
+        }
     }
 
     fn find_exactly(
@@ -622,6 +661,36 @@ mod tests {
         assert_eq!(name("/feed.xml"), Ok(Some("feed".into())));
         assert_eq!(name("/reports.v1/"), Ok(Some("reports".into())));
         assert_eq!(name("/reports.v1/a.json"), Ok(Some("reports".into())));
+    }
+
+    /// A dot that only folding Unicode makes (a full-width `．`, a small
+    /// `﹒`, a one-dot leader `․`) is a format suffix to an upstream that
+    /// folds first: the free route must not reach the paid one so.
+    #[test]
+    fn a_format_suffix_made_by_folding_that_reaches_another_service_is_refused() {
+        let routes = Routes::new([
+            PricedService::new("premium", "/premium", 10),
+            PricedService::new("write", "/api/write", 30),
+            PricedService::new("cheap", "/*", 1),
+        ]);
+        let name = |p: &str| {
+            routes
+                .find(None, &Method::GET, &path(p))
+                .map(|s| s.map(|s| s.name.clone()))
+        };
+        for p in [
+            "/premium%EF%BC%8Ejson",
+            "/premium%EF%B9%92json",
+            "/premium%E2%80%A4xml",
+            "/PREMIUM%EF%BC%8Ejson/",
+            "/api/write%EF%BC%8Ev1.json",
+            "/%EF%BD%90remium.json",
+        ] {
+            assert_eq!(name(p), Err(RouteError::FormatSuffix), "{p}");
+        }
+        for (p, service) in [("/index%EF%BC%8Ehtml", "cheap"), ("/premium", "premium")] {
+            assert_eq!(name(p), Ok(Some(service.into())), "{p}");
+        }
     }
 
     #[test]
