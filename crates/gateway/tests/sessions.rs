@@ -177,6 +177,34 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
                 )
             }),
         )
+        // As a static file server answers: a range in part (206), a
+        // match of its tag with no body (304).
+        .route(
+            "/complete/ranged",
+            any(|headers: axum::http::HeaderMap| async move {
+                use axum::response::IntoResponse;
+                let body = json!({"answer": "hi", "usage": {"total_tokens": 7}}).to_string();
+                if headers.contains_key("if-none-match") {
+                    return axum::http::StatusCode::NOT_MODIFIED.into_response();
+                }
+                let from = headers
+                    .get("range")
+                    .and_then(|r| r.to_str().ok())
+                    .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok());
+                match from {
+                    Some(n) if n < body.len() => (
+                        axum::http::StatusCode::PARTIAL_CONTENT,
+                        [(
+                            "content-range",
+                            format!("bytes {n}-{}/{}", body.len() - 1, body.len()),
+                        )],
+                        body[n..].to_owned(),
+                    )
+                        .into_response(),
+                    _ => ([("content-type", "application/json")], body).into_response(),
+                }
+            }),
+        )
         .route(
             "/complete/stream",
             any(|| async {
@@ -1603,6 +1631,48 @@ async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() 
     // Held 10 while in flight; once the upstream's pause is over, settled.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(h.balance_once(&session, 10_000).await, 10_000);
+}
+
+/// A request to a balance metered by the usage its answer's body reports
+/// gets the whole body or none: a `Range` is not passed on (the part it
+/// asked for would leave the report out and cost one unit), and an answer
+/// that has no body (to `HEAD`, a `304`) reports nothing and costs one
+/// unit, not the most held.
+#[tokio::test]
+async fn usage_in_the_body_is_read_whole_or_charged_one_unit_without_one() {
+    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
+    let field = Some("/usage/total_tokens");
+    let h = Harness::start(|services| {
+        services.push(usage("ranged", "/complete/ranged", None, field, &upstream));
+    })
+    .await;
+    // 20 sat, each request holding 10: a range (7 kept), a HEAD and a
+    // 304 (1 each), another range (7).
+    let (l402, session, _, _) = balance_with_refund(&h, "/complete/ranged").await;
+    let url = h.url("/complete/ranged");
+    let get = |extra: &[(&'static str, &'static str)]| {
+        let mut request = h.http.get(&url).header(AUTHORIZATION, &l402);
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    let served = get(&[("range", "bytes=1-"), ("if-range", "\"tag\"")])
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!(served.json::<Value>().await.unwrap()["answer"], "hi");
+    assert_eq!(h.balance_once(&session, 13_000).await, 13_000);
+    let head = h.http.head(&url).header(AUTHORIZATION, &l402).send();
+    assert_eq!(head.await.unwrap().status(), StatusCode::OK);
+    assert_eq!(h.balance_once(&session, 12_000).await, 12_000);
+    let unchanged = get(&[("if-none-match", "\"tag\"")]).await.unwrap();
+    assert_eq!(unchanged.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(h.balance_once(&session, 11_000).await, 11_000);
+    let served = get(&[("range", "bytes=0-0,1-")]).await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!(served.json::<Value>().await.unwrap()["answer"], "hi");
+    assert_eq!(h.balance_once(&session, 4_000).await, 4_000);
 }
 
 /// A stream metered per event is asked for unencoded (gzip would hide its

@@ -1138,11 +1138,19 @@ impl Paywall {
         // not be read, and the client would get them for nothing.
         let reads_body = spend.hold.is_some() && service.meter.reads_body();
         if reads_body {
-            request.headers_mut().insert(
+            let headers = request.headers_mut();
+            headers.insert(
                 http::header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+            // Nor in part: a range leaves out the report (an answer that
+            // reports none costs one unit).
+            headers.remove(http::header::RANGE);
+            headers.remove(http::header::IF_RANGE);
         }
+        // An answer without a body reports nothing, and is never read to
+        // an end: not scanned, it costs one unit, not the most held.
+        let head = request.method() == http::Method::HEAD;
         // From here the upstream has the request and may act on it: a
         // client that leaves before the answer has spent its payment (else
         // one payment would buy any number of upstream calls, each cut off
@@ -1250,14 +1258,19 @@ impl Paywall {
             }
             usage_field = usage.field.clone();
         }
+        let bodiless = head
+            || parts.status.is_informational()
+            || parts.status == StatusCode::NO_CONTENT
+            || parts.status == StatusCode::NOT_MODIFIED;
         if spend.hold.is_some()
             && service.meter == Meter::Events
             && meter::is_event_stream(&parts.headers)
+            && !bodiless
         {
             return Ok(self.metered(service, verified, parts, body, spend));
         }
         let scan = match (usage_field, units) {
-            (Some(pointer), Some(units)) => Some(UsageScan::new(
+            (Some(pointer), Some(units)) if !bodiless => Some(UsageScan::new(
                 pointer,
                 units,
                 meter::is_event_stream(&parts.headers),
