@@ -2548,6 +2548,32 @@ fn raw_upstream(
     url
 }
 
+/// An upstream that reads the request and closes without answering had
+/// it (and may have acted on it): its `502` says so rather than that it
+/// could not be reached, and it counts as one of the payment's failures.
+#[tokio::test]
+async fn an_upstream_that_closes_without_answering_had_the_request() {
+    let upstream = raw_upstream(|_| Vec::new(), Duration::ZERO);
+    let h = Harness::start(|_| vec![service("drop", "/drop", 5, &upstream)]).await;
+    let (offer, preimage) = h.buy("/drop").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    for attempt in 1..=gate402_paywall::FAILURES_PER_PAYMENT {
+        let failed = retried(&h, "/drop", &l402).await;
+        assert_eq!(
+            failed.status(),
+            StatusCode::BAD_GATEWAY,
+            "attempt {attempt}"
+        );
+        let body = failed.text().await.unwrap();
+        assert!(
+            body.contains("after it had the request"),
+            "attempt {attempt}: {body}"
+        );
+    }
+    let spent = retried(&h, "/drop", &l402).await;
+    assert_eq!(spent.status(), StatusCode::PAYMENT_REQUIRED);
+}
+
 /// `h.get(path, credential)` again until the payment is no longer in
 /// flight (its failure is recorded just after the answer that failed), for
 /// up to 5 s.

@@ -24,16 +24,16 @@ use gate402_paywall::{
     ClientAddr, ClientPresence, NotReached, OtherMethods, PartlySent, Routed, TrustedProxies,
 };
 use hyper::body::Body as _;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{capture_connection, CaptureConnection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tracing::Instrument;
+
+use pool::{BoxError, Pool, SendError};
 
 use crate::config::{ServiceConfig, UpstreamConfig};
 use crate::problem::problem_response;
 use crate::server::listen::{AwaitingUpstream, WaitingGuard};
 use crate::tls::{TlsError, UpstreamTls};
+
+mod pool;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -80,52 +80,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-type HttpsClient = Client<ConnectWithin<HttpsConnector<HttpConnector>>, Body>;
-
-/// A connector that connects (TCP, then TLS for `https://`) within one
-/// deadline, the service's connect timeout. hyper's own covers the TCP
-/// connect alone: a TLS handshake that stalled ran on into the response
-/// timeout, and was counted as an upstream failing on a request that it
-/// never had (a paid request's failures spend its payment).
-#[derive(Clone)]
-struct ConnectWithin<C> {
-    inner: C,
-    limit: Duration,
-}
-
-/// Connecting took longer than the connect timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("connecting (the TLS handshake included) took longer than {0:?}")]
-struct ConnectTimedOut(Duration);
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl<C> tower::Service<Uri> for ConnectWithin<C>
-where
-    C: tower::Service<Uri>,
-    C::Response: Send + 'static,
-    C::Error: Into<BoxError>,
-    C::Future: Send + 'static,
-{
-    type Response = C::Response;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let (connecting, limit) = (self.inner.call(uri), self.limit);
-        Box::pin(async move {
-            match tokio::time::timeout(limit, connecting).await {
-                Ok(connected) => connected.map_err(Into::into),
-                Err(_) => Err(ConnectTimedOut(limit).into()),
-            }
-        })
-    }
-}
-
 /// An error and its causes, outermost first (`client error (Connect):
 /// invalid peer certificate: UnknownIssuer`): hyper's own text names only
 /// the stage that failed.
@@ -140,13 +94,12 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// One service's upstream and the pooled client that reaches it.
+/// One service's upstream and the pool of connections to it.
 struct Upstream {
     config: UpstreamConfig,
-    client: HttpsClient,
-    /// Its URL taken apart once, not for every request; `None` when it
-    /// does not parse (every request is then refused).
-    origin: Option<Origin>,
+    /// Its URL taken apart once, not for every request, with its pool;
+    /// `None` when it does not parse (every request is then refused).
+    origin: Option<(Origin, Arc<Pool>)>,
 }
 
 /// The port a request named in its target's authority (HTTP/2) or its
@@ -230,50 +183,47 @@ pub struct Proxy {
     trusted: TrustedProxies,
 }
 
-/// A pooled client for upstreams with these TLS settings and connect
-/// timeout (plain `http://` too).
-fn client(tls: &UpstreamTls, connect_timeout: Duration) -> Result<HttpsClient, TlsError> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(crate::tls::client_config(tls)?)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(connector);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(ConnectWithin {
-            inner: https,
-            limit: connect_timeout,
-        }))
-}
-
-/// The upstreams of `services`; services with the same TLS settings and
-/// connect timeout share one client (and its pool).
+/// The upstreams of `services`; services with the same origin, TLS
+/// settings and connect timeout share one pool of connections.
 fn upstreams(services: &[ServiceConfig]) -> Result<Upstreams, TlsError> {
-    let mut clients: HashMap<(UpstreamTls, Duration), HttpsClient> = HashMap::new();
+    type PoolKey = (Scheme, Authority, UpstreamTls, Duration);
+    let mut pools: HashMap<PoolKey, Arc<Pool>> = HashMap::new();
     let mut upstreams = HashMap::new();
     for service in services {
         let Some(config) = &service.upstream else {
             continue;
         };
-        let key = (config.tls.clone(), config.connect_timeout);
-        let client = match clients.get(&key) {
-            Some(client) => client.clone(),
-            None => {
-                let made = client(&config.tls, config.connect_timeout)?;
-                clients.insert(key, made.clone());
-                made
+        let origin = match Origin::parse(&config.url) {
+            None => None,
+            Some(origin) => {
+                let key = (
+                    origin.scheme.clone(),
+                    origin.authority.clone(),
+                    config.tls.clone(),
+                    config.connect_timeout,
+                );
+                let pool = match pools.get(&key) {
+                    Some(pool) => pool.clone(),
+                    None => {
+                        let (scheme, authority) = (key.0.clone(), key.1.clone());
+                        let made = Arc::new(Pool::new(
+                            &config.tls,
+                            config.connect_timeout,
+                            scheme,
+                            authority,
+                        )?);
+                        pools.insert(key, made.clone());
+                        made
+                    }
+                };
+                Some((origin, pool))
             }
         };
         upstreams.insert(
             service.name().to_owned(),
             Arc::new(Upstream {
-                origin: Origin::parse(&config.url),
+                origin,
                 config: config.clone(),
-                client,
             }),
         );
     }
@@ -333,14 +283,13 @@ impl Proxy {
         path: &RequestPath,
         request: Request<Body>,
     ) -> Response<Body> {
-        let pool = &upstream.client;
         let origin = upstream.origin.as_ref();
         let upstream = &upstream.config;
         let (mut parts, body) = request.into_parts();
         let path = upstream.rewrite.apply(path);
-        let target =
-            origin.and_then(|origin| Some((origin, origin.uri(&path, parts.uri.query())?)));
-        let Some((origin, uri)) = target else {
+        let target = origin
+            .and_then(|(origin, pool)| Some((origin, pool, origin.uri(&path, parts.uri.query())?)));
+        let Some((origin, pool, uri)) = target else {
             return not_reached(problem_response(
                 StatusCode::BAD_REQUEST,
                 "about:blank",
@@ -393,7 +342,11 @@ impl Proxy {
         let service = parts.extensions.get::<Routed>().map(|r| &*r.service.name);
         let span = crate::telemetry::upstream_span(&parts.method, &uri, service);
         crate::telemetry::propagate(&span, &mut parts.headers);
-        parts.uri = uri;
+        // Origin form, as HTTP/1.1 sends it to an origin server.
+        parts.uri = uri
+            .path_and_query()
+            .cloned()
+            .map_or_else(Uri::default, Uri::from);
         parts.version = axum::http::Version::HTTP_11;
         let waiting = parts
             .extensions
@@ -413,11 +366,13 @@ impl Proxy {
             }),
         };
         let presence = parts.extensions.get::<ClientPresence>().cloned();
-        let mut request = Request::from_parts(parts, body);
-        // Only a request that spends needs to know when it was sent.
-        let watched = presence.map(|presence| (presence, capture_connection(&mut request)));
+        let request = Request::from_parts(parts, body);
+        let connected = std::sync::atomic::AtomicBool::new(false);
         let answer = async {
-            let response = unless_left_unsent(pool.request(request), watched);
+            let sending = pool.send(request, || {
+                connected.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let response = unless_left_unsent(sending, presence, &connected);
             tokio::pin!(response);
             tokio::select! {
                 answered = &mut response => Ok(answered),
@@ -475,23 +430,28 @@ impl Proxy {
                 response.extensions_mut().insert(PartlySent);
                 response
             }
-            Ok(Err(e)) => {
+            // Not connected, or handed back unsent: it never had the
+            // request. Any later error (the connection closed after the
+            // request went out) may come after the upstream acted on it.
+            Ok(Err(e)) if !e.reached() => {
                 tracing::warn!(upstream = %upstream.url, error = with_causes(&e), "upstream unreachable");
-                let response = problem_response(
+                not_reached(problem_response(
                     StatusCode::BAD_GATEWAY,
                     "about:blank",
                     "Bad Gateway",
                     "the upstream could not be reached",
                     None,
-                );
-                // Not connected: it never had the request. Any later error
-                // (the connection closed after the request went out) may
-                // come after the upstream acted on it.
-                if e.is_connect() {
-                    not_reached(response)
-                } else {
-                    response
-                }
+                ))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %upstream.url, error = with_causes(&e), "the upstream's connection failed with the request");
+                problem_response(
+                    StatusCode::BAD_GATEWAY,
+                    "about:blank",
+                    "Bad Gateway",
+                    "the upstream's connection failed after it had the request, before it answered",
+                    None,
+                )
             }
             // Switched to another protocol the client never asked for (its
             // Upgrade is not forwarded): nothing the proxy can carry.
@@ -533,18 +493,20 @@ impl Proxy {
 /// connection has been given to the request (`None`): it may still be
 /// connecting, and a connection made after the client left would carry a
 /// request whose answer nobody reads, and spend its payment. Once a
-/// connection has it, the request is on its way and runs to its end.
-/// Without `watched` (a request that spends nothing), simply `sending`.
+/// connection has it (`connected`), the request is on its way and runs to
+/// its end. Without `presence` (a request that spends nothing), simply
+/// `sending`.
 async fn unless_left_unsent<F: Future>(
     sending: F,
-    watched: Option<(ClientPresence, CaptureConnection)>,
+    presence: Option<ClientPresence>,
+    connected: &std::sync::atomic::AtomicBool,
 ) -> Option<F::Output> {
-    let Some((presence, connection)) = watched else {
+    let Some(presence) = presence else {
         return Some(sending.await);
     };
     let left_unsent = async {
         presence.left().await;
-        if connection.connection_metadata().is_some() {
+        if connected.load(std::sync::atomic::Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
     };
@@ -784,17 +746,10 @@ impl hyper::body::Body for Receiving {
 }
 
 /// Whether sending failed because the request's body, as the client sent
-/// it, failed to stream (hyper's "user body" error somewhere in the
-/// chain), rather than the upstream or the connection to it.
-fn client_body_failed(error: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
-            return hyper.is_user();
-        }
-        source = cause.source();
-    }
-    false
+/// it, failed to stream (hyper's "user body" error), rather than the
+/// upstream or the connection to it.
+fn client_body_failed(error: &SendError) -> bool {
+    matches!(error, SendError::Send { error, .. } if error.is_user())
 }
 
 /// Marks a response as made before the upstream had the request.
