@@ -1720,6 +1720,30 @@ async fn an_upstream_that_keeps_failing_on_one_payment_spends_it() {
                 tries,
                 "{path} {door}: the upstream had {tries} tries on one payment, no more"
             );
+            // The node kept the money: the books show the payment, which
+            // served no request.
+            let hash = offer.invoice.payment_hash();
+            let query = gate402_store::PaymentQuery {
+                since: 0,
+                until: u64::MAX,
+                service: None,
+                scheme: None,
+                payment_hash: Some(hash),
+                limit: 10,
+            };
+            let mut recorded = Vec::new();
+            for _ in 0..50 {
+                recorded = h.gateway.paywall().store().payments(&query).await.unwrap();
+                if !recorded.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let [payment] = recorded.as_slice() else {
+                panic!("{path} {door}: the spent payment is not in the books: {recorded:?}");
+            };
+            assert_eq!(payment.served, 0, "{path} {door}");
+            assert_eq!(payment.amount_msat, 2_000, "{path} {door}");
         }
     }
 }

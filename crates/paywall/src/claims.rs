@@ -453,8 +453,10 @@ impl Claim {
 
     /// Frees the payment after the upstream had the request and failed,
     /// counting the failure: the [`FAILURES_PER_PAYMENT`]-th spends it
-    /// instead. True when the payment is still good for a retry.
-    pub async fn fail(mut self) -> bool {
+    /// instead ([`AfterFailure::Spent`]). [`AfterFailure::Released`]: the
+    /// payment is still good for a retry (also when the store could not
+    /// record the failure: the claim's lease then lapses).
+    pub async fn fail(mut self) -> AfterFailure {
         self.on_drop = None;
         self.claims.forget(&self.key, &self.holder);
         let call = {
@@ -469,27 +471,27 @@ impl Claim {
         // Finished even if the request is dropped meanwhile.
         let result = Detached::new(&self.claims.tracker, call, drop).await;
         match result {
-            Ok(AfterFailure::Released) => true,
+            Ok(AfterFailure::Released) => AfterFailure::Released,
             Ok(AfterFailure::Spent) => {
                 tracing::warn!(
                     key = self.key,
                     failures = FAILURES_PER_PAYMENT,
                     "the upstream failed on this payment too many times; it is spent"
                 );
-                false
+                AfterFailure::Spent
             }
             Ok(AfterFailure::NotHeld) => {
                 tracing::error!(
                     key = self.key,
                     "the claim was no longer held by this request"
                 );
-                false
+                AfterFailure::NotHeld
             }
             Err(e) => {
                 // As for a lost release: the lease lapses and the claim is
                 // taken over, or the next start releases it.
                 tracing::error!(key = self.key, error = %e, "cannot record an upstream failure on a claim");
-                true
+                AfterFailure::Released
             }
         }
     }

@@ -46,6 +46,7 @@ use crate::route::{request_host, RequestPath};
 use crate::route::{Auth, Meter, PricedService, Sells};
 use crate::sessions::{Halt, Hold, Step};
 use crate::verify::{Verified, Verifier};
+use gate402_store::{AfterFailure, PaymentRecord};
 
 /// Put into a request's extensions by the paywall: the priced service it
 /// was routed to and the host it named. The request's URI path is then
@@ -150,6 +151,18 @@ impl<S> Layer<S> for PaywallLayer {
 pub(crate) struct Spend {
     claim: Option<Claim>,
     hold: Option<Hold>,
+    /// For a payment's own claim: the payment as the books record it if
+    /// its upstream's failures spend it unserved.
+    unserved: Option<Box<Unserved>>,
+}
+
+/// A payment that its upstream's failures may spend before it served
+/// anything: the node kept the money, so it is recorded as a payment that
+/// served no request (revenue, the admin API's payments), not left out.
+#[derive(Debug)]
+struct Unserved {
+    paywall: Paywall,
+    payment: PaymentRecord,
 }
 
 impl meter::FirstEvent for Spend {
@@ -168,6 +181,7 @@ impl Spend {
         Self {
             claim: self.claim.map(Claim::served),
             hold: self.hold.map(Hold::served),
+            unserved: self.unserved,
         }
     }
 
@@ -197,7 +211,17 @@ impl Spend {
     /// unless this was its last allowed failure. True when it was.
     async fn fail(self) -> bool {
         let claim_unspent = match self.claim {
-            Some(claim) => claim.fail().await,
+            Some(claim) => match claim.fail().await {
+                AfterFailure::Released => true,
+                AfterFailure::Spent => {
+                    if let Some(unserved) = self.unserved {
+                        let Unserved { paywall, payment } = *unserved;
+                        paywall.record_unserved_payment(payment);
+                    }
+                    false
+                }
+                AfterFailure::NotHeld => false,
+            },
             None => true,
         };
         let hold_unspent = match self.hold {
@@ -879,7 +903,18 @@ impl Paywall {
         } else {
             None
         };
-        let spend = Spend { claim, hold };
+        // A payment's own claim (not an Idempotency-Key's under a pass).
+        let unserved = (verified.single_use && claim.is_some() && hold.is_none()).then(|| {
+            Box::new(Unserved {
+                paywall: self.clone(),
+                payment: crate::paywall::unserved_payment(&service, scheme_name, &verified),
+            })
+        });
+        let spend = Spend {
+            claim,
+            hold,
+            unserved,
+        };
         if keep.is_none() {
             return self
                 .serve(

@@ -689,6 +689,30 @@ impl Paywall {
         );
     }
 
+    /// Records a payment for `service` that its upstream's failures spent
+    /// ([`crate::FAILURES_PER_PAYMENT`]) before it served a request: the
+    /// node kept the money, so it is written with the served payments,
+    /// `served` 0, its revenue counted as a payment's.
+    pub fn record_unserved(
+        &self,
+        service: &PricedService,
+        scheme: &'static str,
+        verified: &Verified,
+    ) {
+        self.record_unserved_payment(unserved_payment(service, scheme, verified));
+    }
+
+    /// [`Self::record_unserved`] of a payment made out beforehand (its
+    /// `at` set now).
+    pub(crate) fn record_unserved_payment(&self, payment: PaymentRecord) {
+        let at = crate::clock::unix_now();
+        self.inner.served.add(|pending| {
+            pending
+                .entry(payment.payment_hash)
+                .or_insert(PaymentRecord { at, ..payment });
+        });
+    }
+
     /// Writes a batch of served payments; counts the new ones' revenue.
     /// In payment hash order, so that the store walks its index of them
     /// once from end to end, and [`SERVED_CHUNK`] at a time, so that a
@@ -726,6 +750,22 @@ impl Paywall {
             }
         }
         None
+    }
+}
+
+/// The record of a payment for `service` that served no request.
+pub(crate) fn unserved_payment(
+    service: &PricedService,
+    scheme: &'static str,
+    verified: &Verified,
+) -> PaymentRecord {
+    PaymentRecord {
+        payment_hash: verified.payment_hash,
+        service: service.name.clone(),
+        scheme: scheme.to_owned(),
+        amount_msat: service.price_sats * 1000,
+        at: 0,
+        served: 0,
     }
 }
 

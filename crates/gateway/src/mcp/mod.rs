@@ -52,7 +52,7 @@ use gate402_mpp::problem::ProblemType;
 use gate402_paywall::{
     ClaimError, ClientAddr, ClientKey, Doors, Paywall, PricedService, Refusal, Verified,
 };
-use gate402_store::InvoiceRecord;
+use gate402_store::{AfterFailure, InvoiceRecord};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode, ErrorData,
     Implementation, JsonObject, ListToolsResult, MetaObject, PaginatedRequestParams,
@@ -645,9 +645,16 @@ impl PaidTools {
                 return Err(e);
             }
             Err(ToolFailure::Failed(mut e)) => {
-                if !claim.fail().await {
-                    e.message =
-                        "the upstream failed on this payment too many times; it is spent".into();
+                match claim.fail().await {
+                    AfterFailure::Released => {}
+                    spent => {
+                        if spent == AfterFailure::Spent {
+                            self.paywall.record_unserved(service, scheme, &verified);
+                        }
+                        e.message =
+                            "the upstream failed on this payment too many times; it is spent"
+                                .into();
+                    }
                 }
                 return Err(e);
             }
