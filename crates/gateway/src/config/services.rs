@@ -188,6 +188,9 @@ impl Checker {
     /// `[[services]]`: the services that could be read, names unique.
     pub(super) fn services(&mut self, value: Value) -> Vec<ServiceConfig> {
         let mut services: Vec<ServiceConfig> = Vec::new();
+        // Where each was written (`services[N]`): those that could not be
+        // read are left out of `services`.
+        let mut written: Vec<String> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (path, table) in self.entries("services", value) {
             let Some(service) = self.service(&path, table) else {
@@ -199,7 +202,26 @@ impl Checker {
                     format!("{:?} is used by an earlier service", service.name()),
                 );
             }
+            // The first route that matches wins: one that an earlier route
+            // takes every request of is never reached (its price would be
+            // shown in discovery and never asked).
+            if let Some((at, earlier)) = written
+                .iter()
+                .zip(&services)
+                .find(|(_, earlier)| takes_every_request_of(&earlier.priced, &service.priced))
+            {
+                self.error(
+                    &join(&path, "path"),
+                    format!(
+                        "{:?} is never reached: {at} ({:?}, {}) comes first and takes every request it would; put the narrower route first",
+                        service.priced.path.as_written(),
+                        earlier.name(),
+                        earlier.priced.path.as_written(),
+                    ),
+                );
+            }
             services.push(service);
+            written.push(path);
         }
         services
     }
@@ -802,4 +824,21 @@ fn closest_method(method: &Method) -> Option<&'static str> {
     COMMON
         .into_iter()
         .find(|common| strsim::damerau_levenshtein(common, method.as_str()) == 1)
+}
+
+/// Whether `earlier`, routed first, takes every request `later` would
+/// match: its host, its methods and its path.
+fn takes_every_request_of(earlier: &PricedService, later: &PricedService) -> bool {
+    let hosts = match (&earlier.host, &later.host) {
+        (None, _) => true,
+        (Some(a), Some(b)) => a == b,
+        (Some(_), None) => false,
+    };
+    let methods = earlier.methods.is_empty()
+        || (!later.methods.is_empty()
+            && later
+                .methods
+                .iter()
+                .all(|m| gate402_paywall::route::method_matches(&earlier.methods, m)));
+    hosts && methods && earlier.path.covers(&later.path)
 }

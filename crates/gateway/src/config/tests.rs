@@ -374,10 +374,11 @@ fn other_configs_of_the_family() {
 
 #[test]
 fn a_name_used_twice_is_named_where_it_is_written() {
-    let service = |name: &str| {
-        format!("[[services]]\n{name}path = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\n")
+    let service = |name: &str, path: &str| {
+        format!("[[services]]\n{name}path = \"{path}\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\n")
     };
-    let text = service("") + &service("name = \"a\"\n") + &service("name = \"a\"\n");
+    let text =
+        service("", "/a") + &service("name = \"a\"\n", "/b") + &service("name = \"a\"\n", "/c");
     let errors = GatewayConfig::parse(&text, env).unwrap_err().0;
     assert_eq!(
         errors,
@@ -386,6 +387,75 @@ fn a_name_used_twice_is_named_where_it_is_written() {
             "services[2].name: \"a\" is used by an earlier service",
         ]
     );
+}
+
+/// The first route that matches wins: a later one that an earlier one
+/// takes every request of (its path, host and methods) is refused, not
+/// listed in discovery at a price never asked.
+#[test]
+fn a_route_an_earlier_one_takes_every_request_of_is_refused() {
+    let service = |name: &str, rest: &str| {
+        format!("[[services]]\nname = \"{name}\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\n{rest}\n")
+    };
+    let refused = |text: String| GatewayConfig::parse(&text, env).unwrap_err().0;
+    let text = service("a", "path = \"/a\"") + &service("b", "path = \"/A/\"");
+    assert_eq!(
+        refused(text),
+        ["services[1].path: \"/A/\" is never reached: services[0] (\"a\", /a) comes first and takes every request it would; put the narrower route first"]
+    );
+    // Named where they are written, a service that cannot be read before.
+    let text = service("x", "path = \"no slash\"")
+        + &service("a", "path = \"/a\"")
+        + &service("b", "path = \"/a\"");
+    let errors = refused(text);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[1].starts_with("services[2].path: \"/a\" is never reached: services[1] (\"a\""),
+        "{errors:?}"
+    );
+    for (first, second) in [
+        ("path = \"/*\"", "path = \"/premium/*\""),
+        ("path = \"/v1/*\"", "path = \"/v1/x\""),
+        ("path = \"/v1/*\"", "path = \"/v1/x\"\nmethods = [\"POST\"]"),
+        (
+            "path = \"/v1/*\"\nmethods = [\"GET\", \"POST\"]",
+            "path = \"/v1/x\"\nmethods = [\"post\"]",
+        ),
+        (
+            "path = \"/v1/*\"",
+            "path = \"/v1/x\"\nhost = \"api.example.com\"",
+        ),
+    ] {
+        let errors = refused(service("a", first) + &service("b", second));
+        assert!(
+            errors.len() == 1 && errors[0].contains("is never reached"),
+            "{first} / {second}: {errors:?}"
+        );
+    }
+    // Reached: narrower first, other methods or another host.
+    for (first, second) in [
+        ("path = \"/premium/*\"", "path = \"/*\""),
+        ("path = \"/v1/x\"", "path = \"/v1/*\""),
+        ("path = \"/v1/*\"\nmethods = [\"GET\"]", "path = \"/v1/x\""),
+        (
+            "path = \"/v1/*\"\nmethods = [\"GET\"]",
+            "path = \"/v1/x\"\nmethods = [\"POST\"]",
+        ),
+        (
+            "path = \"/v1/*\"\nhost = \"api.example.com\"",
+            "path = \"/v1/x\"",
+        ),
+        (
+            "path = \"/v1/*\"\nhost = \"a.example.com\"",
+            "path = \"/v1/*\"\nhost = \"b.example.com\"",
+        ),
+    ] {
+        let text = service("a", first) + &service("b", second);
+        assert!(
+            GatewayConfig::parse(&text, env).is_ok(),
+            "{first} / {second}"
+        );
+    }
 }
 
 #[test]

@@ -167,6 +167,23 @@ impl PathPattern {
     }
 }
 
+impl PathPattern {
+    /// Whether every path `other` matches, this matches too (case
+    /// ignored, as routes match): a route after this one with `other`
+    /// could never be reached through it.
+    pub fn covers(&self, other: &PathPattern) -> bool {
+        match (self, other) {
+            (PathPattern::Exact(a), PathPattern::Exact(b)) => {
+                same_path(trim_slash(a), trim_slash(b))
+            }
+            (PathPattern::Exact(_), PathPattern::Prefix(_)) => false,
+            (PathPattern::Prefix(p), PathPattern::Exact(e) | PathPattern::Prefix(e)) => {
+                starts_with_ignore_case(e, p) || same_path(trim_slash(e), trim_slash(p))
+            }
+        }
+    }
+}
+
 fn trim_slash(p: &str) -> &str {
     match p.strip_suffix('/') {
         Some("") | None => p,
@@ -542,6 +559,18 @@ mod tests {
         assert!(p("/premium/x").overlaps(&p("/premium/*")));
         assert!(p("/Premium").overlaps(&p("/premium/")));
         assert!(!p("/public/*").overlaps(&p("/premium/*")));
+    }
+
+    #[test]
+    fn covers() {
+        let p = |s| PathPattern::parse(s).unwrap();
+        assert!(p("/*").covers(&p("/premium/*")));
+        assert!(p("/a").covers(&p("/A/")));
+        assert!(p("/premium/*").covers(&p("/premium")));
+        assert!(p("/premium/*").covers(&p("/Premium/x/*")));
+        assert!(!p("/premium/x").covers(&p("/premium/*")));
+        assert!(!p("/premium/*").covers(&p("/premiums")));
+        assert!(!p("/a").covers(&p("/b")));
     }
 
     #[test]
