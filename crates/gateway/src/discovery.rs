@@ -97,9 +97,13 @@ impl About<'_> {
     }
 }
 
+/// The methods a service charges for: those it names, or (naming none)
+/// every method a request is forwarded with (`HEAD` goes with `GET`).
 fn methods(service: &PricedService) -> Vec<String> {
     if service.methods.is_empty() {
-        vec!["GET".into(), "POST".into()]
+        ["GET", "POST", "PUT", "PATCH", "DELETE"]
+            .map(String::from)
+            .to_vec()
     } else {
         service.methods.iter().map(ToString::to_string).collect()
     }

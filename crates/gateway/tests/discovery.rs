@@ -136,7 +136,8 @@ async fn openapi_offers_each_paid_operation_with_its_402() {
         offer
     };
     let paths = &openapi["paths"];
-    for method in ["get", "post"] {
+    // A service that names no methods charges every one it forwards.
+    for method in ["get", "post", "put", "patch", "delete"] {
         assert_eq!(
             paths["/weather"][method]["x-payment-info"],
             json!({"offers": [offer("Payment", "10", "weather"), offer("L402", "10", "weather")]})
@@ -154,7 +155,7 @@ async fn openapi_offers_each_paid_operation_with_its_402() {
     assert!(paths.get("/status").is_none(), "a free route is no offer");
 
     let ops = operations(&openapi);
-    assert_eq!(ops.len(), 4);
+    assert_eq!(ops.len(), 7);
     for (path, method, operation) in &ops {
         let info = operation["x-payment-info"].as_object().unwrap();
         assert_eq!(
@@ -167,7 +168,7 @@ async fn openapi_offers_each_paid_operation_with_its_402() {
         assert!(declared["headers"]["WWW-Authenticate"].is_object());
         assert_eq!(
             operation.get("requestBody").is_some(),
-            method == "post",
+            ["post", "put", "patch"].contains(&method.as_str()),
             "{method} {path}"
         );
     }
@@ -247,6 +248,9 @@ async fn the_l402_manifest_lists_what_l402_buys() {
                 "resources": [
                     {"path": "/weather", "method": "GET", "pricing": fixed(10_000)},
                     {"path": "/weather", "method": "POST", "pricing": fixed(10_000)},
+                    {"path": "/weather", "method": "PUT", "pricing": fixed(10_000)},
+                    {"path": "/weather", "method": "PATCH", "pricing": fixed(10_000)},
+                    {"path": "/weather", "method": "DELETE", "pricing": fixed(10_000)},
                 ],
                 "sells": "request",
             },
