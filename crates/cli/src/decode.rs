@@ -129,15 +129,45 @@ pub fn decode(input: &str, now: SystemTime) -> Result<Value> {
     }
 }
 
-/// Several lines, as `curl -i` shows a 402: each a `WWW-Authenticate` value
-/// (with or without the header name); their challenges are read as one list.
+/// Several lines: a whole response as `curl -i` prints it, or each a
+/// `WWW-Authenticate` value (with or without the header name); their
+/// challenges are read as one list.
 fn decode_lines(input: &str, now: SystemTime) -> Result<Value> {
+    if input.starts_with("HTTP/") {
+        return decode_response(input, now);
+    }
     let mut values = Vec::new();
     for line in input.lines().map(str::trim).filter(|l| !l.is_empty()) {
         match strip_header_name(line) {
             (Some(Header::WwwAuthenticate) | None, value) => values.push(value),
             _ => bail!("several lines given, but not all are WWW-Authenticate values"),
         }
+    }
+    decode_challenges(&values.join(", "), now)
+}
+
+/// A response as `curl -i` prints it (its status line, its fields, a
+/// blank line, its body; `-L` prints each response of a redirect so):
+/// the `WWW-Authenticate` fields of its last head.
+fn decode_response(input: &str, now: SystemTime) -> Result<Value> {
+    let mut values = Vec::new();
+    let mut in_head = false;
+    for line in input.lines().map(|l| l.trim_end_matches('\r')) {
+        if !in_head {
+            if line.starts_with("HTTP/") {
+                values.clear();
+                in_head = true;
+            }
+            continue;
+        }
+        if line.trim().is_empty() {
+            in_head = false;
+        } else if let (Some(Header::WwwAuthenticate), value) = strip_header_name(line) {
+            values.push(value);
+        }
+    }
+    if values.is_empty() {
+        bail!("the response has no WWW-Authenticate field");
     }
     decode_challenges(&values.join(", "), now)
 }

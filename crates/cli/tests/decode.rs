@@ -194,6 +194,39 @@ fn both_challenges_in_one_line_and_in_several() {
     );
 }
 
+/// `curl -si URL | gate402 decode -`: the status line, the other fields
+/// and the body are passed over; so is an earlier response of a redirect.
+#[test]
+fn a_response_as_curl_prints_it() {
+    let x = exchange();
+    let response = format!(
+        "HTTP/1.1 302 Found\r\nLocation: /paid\r\n\r\nHTTP/1.1 402 Payment Required\r\ncontent-type: application/problem+json\r\nwww-authenticate: {}\r\nWWW-Authenticate: {}\r\ncontent-length: 2\r\n\r\n{{}}\n",
+        x.www_authenticate_l402, x.www_authenticate_payment
+    );
+    let out = gate402(&["decode", "--json", "-"], Some(&response));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["kind"], "www-authenticate");
+    let schemes: Vec<&str> = report["challenges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["scheme"].as_str().unwrap())
+        .collect();
+    assert_eq!(schemes, ["L402", "Payment"]);
+    let out = gate402(
+        &["decode", "-"],
+        Some("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no WWW-Authenticate field"), "{stderr}");
+}
+
 #[test]
 fn l402_authorization() {
     let x = exchange();
