@@ -1001,6 +1001,22 @@ impl Ledger {
         Ok(())
     }
 
+    /// Sets what session `id` spent to what its server reported at its
+    /// close (its deposits less the refund), over what was counted a
+    /// request at a time: a usage-metered service charges the units its
+    /// upstream reports, which the client does not see.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn note_session_settled(&self, id: &str, spent_sats: u64) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "UPDATE sessions SET spent_sats = ?2 WHERE id = ?1",
+            params![id, spent_sats as i64],
+        )?;
+        Ok(())
+    }
+
     /// Notes a top-up of `deposit_sats` credited to session `id`.
     ///
     /// # Errors
@@ -1581,6 +1597,10 @@ mod tests {
         assert_eq!((kept.deposit_sats, kept.spent_sats), (40, 1));
         assert_eq!((kept.balance_sats(), kept.last_used_at), (39, 150));
         assert!(!kept.idle_at(449) && kept.idle_at(450));
+        // What the server reported at a close stands over what was counted.
+        ledger.note_session_settled("s1", 21).unwrap();
+        assert_eq!(route("/chat").unwrap().balance_sats(), 19);
+        ledger.note_session_settled("s1", 1).unwrap();
 
         // The newest open one serves a route.
         ledger.keep_session(&session("s2", "/chat", 200)).unwrap();

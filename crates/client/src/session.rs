@@ -1037,6 +1037,12 @@ impl Payer {
         };
         if first {
             refund.id = self.ledger.record_refund(&refund)?;
+            // The server's word on what was spent (a usage-metered
+            // service charges what its upstream reports, unseen here).
+            if let Some(refund_sats) = refund_sats.filter(|r| *r <= session.deposit_sats) {
+                self.ledger
+                    .note_session_settled(&session.id, session.deposit_sats - refund_sats)?;
+            }
         }
         Ok(refund)
     }
