@@ -303,6 +303,8 @@ impl Checker {
                 "is required: the http:// or https:// URL the service's requests go to",
             );
         }
+        // Written, whether or not it could be used (its own error says why).
+        let upstream_written = raw.upstream.is_some();
         let mut upstream = raw
             .upstream
             .and_then(|url| self.upstream(&at("upstream"), &url));
@@ -508,7 +510,7 @@ impl Checker {
                     upstream.response_timeout = t;
                 }
             }
-            None if upstream_settings => self.error(
+            None if upstream_settings && !upstream_written => self.error(
                 path,
                 "headers, rewrite, upstream_tls and timeouts apply to an upstream; this service has none",
             ),

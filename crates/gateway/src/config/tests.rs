@@ -389,6 +389,26 @@ fn a_name_used_twice_is_named_where_it_is_written() {
     );
 }
 
+/// An upstream written but unusable is reported once, as such: not also
+/// as missing for the settings that go with it.
+#[test]
+fn an_unusable_upstream_is_not_also_missing() {
+    let text = "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"ftp://x\"\nheaders = { X-Key = \"k\" }\nresponse_timeout_secs = 5\n";
+    let errors = GatewayConfig::parse(text, env).unwrap_err().0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("services[0].upstream: \"ftp://x\""),
+        "{errors:?}"
+    );
+    let text =
+        "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nheaders = { X-Key = \"k\" }\n";
+    let errors = GatewayConfig::parse(text, env).unwrap_err().0;
+    assert!(
+        errors.iter().any(|e| e.contains("this service has none")),
+        "{errors:?}"
+    );
+}
+
 /// The first route that matches wins: a later one that an earlier one
 /// takes every request of (its path, host and methods) is refused, not
 /// listed in discovery at a price never asked.
