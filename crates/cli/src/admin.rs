@@ -431,12 +431,18 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
             for s in answer["services"].as_array().into_iter().flatten() {
                 let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
                 let count = |v: &Value| n(v).to_string();
+                // A free route sells nothing: its price is a placeholder.
+                let free = s["auth"].as_str() == Some("off");
+                let (sells, price) = match free {
+                    true => ("-".to_owned(), "-".to_owned()),
+                    false => (text(&s["sells"]), count(&s["price_sats"])),
+                };
                 out.push_str(&row([
                     &text(&s["name"]),
                     &text(&s["state"]),
                     &text(&s["auth"]),
-                    &text(&s["sells"]),
-                    &count(&s["price_sats"]),
+                    &sells,
+                    &price,
                     &count(&s["last_24h"]["challenges"]),
                     &count(&s["last_24h"]["payments"]),
                     &count(&s["last_24h"]["revenue_sats"]),

@@ -222,7 +222,9 @@ async fn run(cli: &Cli, loaded: Option<GatewayConfig>) -> anyhow::Result<()> {
 /// are off altogether, so that they cost nothing.
 fn init_logging(format: &str, quiet: bool, telemetry: Option<&Telemetry>) {
     let default = if quiet {
-        "error"
+        // rmcp logs a failed connection of `mcp call` as an error of its
+        // own, a debug dump, before the command's one-line message.
+        "error,rmcp=off"
     } else {
         // rmcp warns on every JSON-RPC error answered, and an unpaid call is one.
         "warn,rmcp=error,gate402=info,gate402_gateway=info"

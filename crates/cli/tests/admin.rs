@@ -83,7 +83,7 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
     let config = dir.path().join("gate402.toml");
     std::fs::write(
         &config,
-        "[[services]]\nname = \"thing\"\npath = \"/thing\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 3\n",
+        "[[services]]\nname = \"thing\"\npath = \"/thing\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 3\n[[services]]\nname = \"open\"\npath = \"/open\"\nupstream = \"http://127.0.0.1:9\"\nauth = \"off\"\n",
     )
     .unwrap();
     let serve = Serve::start(&data, &config, port, Stdio::null());
@@ -103,6 +103,10 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
     );
     let line = listed.lines().find(|l| l.starts_with("thing")).unwrap();
     assert!(line.contains(" 3 ") && line.contains("/thing"), "{line}");
+    // A free route sells nothing at no price.
+    let line = listed.lines().find(|l| l.starts_with("open")).unwrap();
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells[..5], ["open", "active", "off", "-", "-"], "{line}");
     let json: serde_json::Value =
         serde_json::from_str(&stdout(&gate402(&data, &["admin", "--json", "services"]))).unwrap();
     assert_eq!(json["services"][0]["name"], "thing");

@@ -25,9 +25,9 @@ pub enum Refusal {
     /// The invoice has no amount (or an amount of zero).
     #[error("refused: the invoice has no amount")]
     NoAmount,
-    /// Above `--max-cost`.
+    /// Above the cap (`--max-cost`, or `max_cost_sats` in client.toml).
     #[error(
-        "refused: the price is {price_sats} sat, above the cap of {max_sats} sat (--max-cost)"
+        "refused: the price is {price_sats} sat, above the cap of {max_sats} sat (--max-cost, or max_cost_sats in client.toml)"
     )]
     OverCap {
         /// Asked for.
