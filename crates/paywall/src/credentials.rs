@@ -260,9 +260,7 @@ fn lists_credential(value: &[u8]) -> bool {
             let payment = *word == b"payment";
             let gap = rest
                 .iter()
-                .take_while(|b| {
-                    matches!(b, b' ' | b'\t' | b'=' | b'"' | b'\'') || (!payment && **b == b':')
-                })
+                .take_while(|b| is_separator(**b) || (!payment && **b == b':'))
                 .count();
             let token: &[u8] = {
                 let rest = &value[at + word.len() + gap..];
@@ -285,6 +283,16 @@ fn lists_credential(value: &[u8]) -> bool {
             }
         })
     })
+}
+
+/// What may stand between a scheme word and its credential for an
+/// upstream that searches the value for the word: spaces, `=`, quotes,
+/// and the marks that end a word (`L402,…`, `LSAT;…`, `Payment|…`).
+fn is_separator(b: u8) -> bool {
+    matches!(
+        b,
+        b' ' | b'\t' | b'=' | b'"' | b'\'' | b',' | b';' | b'|' | b'(' | b'[' | b'{' | b'<' | b'&'
+    )
 }
 
 fn is_base64(b: u8) -> bool {
@@ -438,6 +446,13 @@ mod tests {
             &format!("lsatAgELbWFjYXJvb24:{}", "0F".repeat(32)),
             "PaymenteyJjaGFsbGVuZ2UiOnt9fQ",
             "Bearer k,PaymenteyJjaGFsbGVuZ2UiOnt9fQ",
+            // A mark that ends the scheme word where a space would.
+            "L402,mac:pre",
+            "LSAT;mac:pre",
+            "l402|mac:pre",
+            "Payment,eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Payment;eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Bearer x (L402 mac:pre)",
         ] {
             let mut h = headers(&[("authorization", listed), ("accept", "*/*")]);
             assert_eq!(take(&mut h), Err(CredentialError::Listed), "{listed}");
@@ -451,6 +466,7 @@ mod tests {
             "Bearer payment_service_key_0123456789abcdef",
             "Bearer l402abc:def",
             "Bearer payment:0123456789abcdefgh",
+            "Bearer payment;session=abc",
         ] {
             let mut h = headers(&[("authorization", key)]);
             assert_eq!(take(&mut h), Ok(None), "{key}");
