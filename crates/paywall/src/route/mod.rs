@@ -499,6 +499,24 @@ mod tests {
         RequestPath::parse(p).unwrap()
     }
 
+    /// The name of the service a `GET` of `p` (no host) is routed to.
+    fn routed(routes: &Routes, p: &str) -> Result<Option<String>, RouteError> {
+        routes
+            .find(None, &Method::GET, &path(p))
+            .map(|s| s.map(|s| s.name.clone()))
+    }
+
+    /// Asserts that each of `refused` is refused as a format suffix and
+    /// each of `served` routed to its service.
+    fn assert_suffixes(routes: &Routes, refused: &[&str], served: &[(&str, &str)]) {
+        for p in refused {
+            assert_eq!(routed(routes, p), Err(RouteError::FormatSuffix), "{p}");
+        }
+        for (p, service) in served {
+            assert_eq!(routed(routes, p), Ok(Some((*service).into())), "{p}");
+        }
+    }
+
     /// What a route names is written as the route spells it, the rest as
     /// the client did; a path spelled so already is left alone.
     #[test]
@@ -603,11 +621,7 @@ mod tests {
             PricedService::new("cafe", "/caf%C3%A9/*", 5),
             PricedService::free("rest", "/*"),
         ]);
-        let name = |p: &str| {
-            routes
-                .find(None, &Method::GET, &path(p))
-                .map(|s| s.map(|s| s.name.clone()))
-        };
+        let name = |p: &str| routed(&routes, p);
         for p in [
             "/prem%C4%B1um/a",
             "/PREM%C4%B0UM/a",
@@ -641,29 +655,23 @@ mod tests {
             PricedService::new("files", "/files/*", 2),
             PricedService::new("cheap", "/*", 1),
         ]);
-        let name = |p: &str| {
-            routes
-                .find(None, &Method::GET, &path(p))
-                .map(|s| s.map(|s| s.name.clone()))
-        };
-        for p in [
-            "/premium.json",
-            "/premium.xml/",
-            "/PREMIUM.json",
-            "/api/write.json",
-            "/api/write.v1.json",
-        ] {
-            assert_eq!(name(p), Err(RouteError::FormatSuffix), "{p}");
-        }
-        for (p, service) in [
-            ("/premium/a.json", "premium"),
-            ("/files/report.pdf", "files"),
-            ("/index.html", "cheap"),
-            ("/.well-known/x", "cheap"),
-            ("/api/.env", "cheap"),
-        ] {
-            assert_eq!(name(p), Ok(Some(service.into())), "{p}");
-        }
+        assert_suffixes(
+            &routes,
+            &[
+                "/premium.json",
+                "/premium.xml/",
+                "/PREMIUM.json",
+                "/api/write.json",
+                "/api/write.v1.json",
+            ],
+            &[
+                ("/premium/a.json", "premium"),
+                ("/files/report.pdf", "files"),
+                ("/index.html", "cheap"),
+                ("/.well-known/x", "cheap"),
+                ("/api/.env", "cheap"),
+            ],
+        );
         // Unclaimed, it must not be a priced route without its suffix
         // either: a layer passes it to the app unpaid.
         let routes = Routes::new([PricedService::new("premium", "/premium", 50)]);
@@ -682,11 +690,7 @@ mod tests {
             PricedService::new("reports", "/reports.v1/*", 5),
             PricedService::new("cheap", "/*", 1),
         ]);
-        let name = |p: &str| {
-            routes
-                .find(None, &Method::GET, &path(p))
-                .map(|s| s.map(|s| s.name.clone()))
-        };
+        let name = |p: &str| routed(&routes, p);
         assert_eq!(name("/feed.xml"), Ok(Some("feed".into())));
         assert_eq!(name("/reports.v1/"), Ok(Some("reports".into())));
         assert_eq!(name("/reports.v1/a.json"), Ok(Some("reports".into())));
@@ -702,24 +706,18 @@ mod tests {
             PricedService::new("write", "/api/write", 30),
             PricedService::new("cheap", "/*", 1),
         ]);
-        let name = |p: &str| {
-            routes
-                .find(None, &Method::GET, &path(p))
-                .map(|s| s.map(|s| s.name.clone()))
-        };
-        for p in [
-            "/premium%EF%BC%8Ejson",
-            "/premium%EF%B9%92json",
-            "/premium%E2%80%A4xml",
-            "/PREMIUM%EF%BC%8Ejson/",
-            "/api/write%EF%BC%8Ev1.json",
-            "/%EF%BD%90remium.json",
-        ] {
-            assert_eq!(name(p), Err(RouteError::FormatSuffix), "{p}");
-        }
-        for (p, service) in [("/index%EF%BC%8Ehtml", "cheap"), ("/premium", "premium")] {
-            assert_eq!(name(p), Ok(Some(service.into())), "{p}");
-        }
+        assert_suffixes(
+            &routes,
+            &[
+                "/premium%EF%BC%8Ejson",
+                "/premium%EF%B9%92json",
+                "/premium%E2%80%A4xml",
+                "/PREMIUM%EF%BC%8Ejson/",
+                "/api/write%EF%BC%8Ev1.json",
+                "/%EF%BD%90remium.json",
+            ],
+            &[("/index%EF%BC%8Ehtml", "cheap"), ("/premium", "premium")],
+        );
     }
 
     #[test]
