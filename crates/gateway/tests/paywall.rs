@@ -2598,6 +2598,86 @@ async fn an_upstream_that_closes_without_answering_had_the_request() {
     assert_eq!(spent.status(), StatusCode::PAYMENT_REQUIRED);
 }
 
+/// An upstream that closes a kept-alive connection as the next request
+/// arrives on it (its keep-alive ran out) most likely never read it: a
+/// paid request that may be sent twice (a `GET`, no body) is sent again on
+/// a new connection and served, spending nothing more; a `POST` is not
+/// sent twice, and counts as the upstream failing on it.
+#[tokio::test]
+async fn a_request_an_idle_connection_fails_as_it_goes_out_is_sent_again_if_it_may_be() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    static SEEN: AtomicUsize = AtomicUsize::new(0);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    // Answers the first request of each connection and keeps it open; on
+    // the next one, closes it unanswered.
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    SEEN.fetch_add(1, SeqCst);
+                    if answered {
+                        return;
+                    }
+                    answered = true;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let h = Harness::start(|_| {
+        let mut free = service("free", "/free/*", 1, &upstream);
+        free.priced.auth = Auth::Off;
+        vec![service("paid", "/paid", 5, &upstream), free]
+    })
+    .await;
+    let warm = |h: &Harness| h.client.get(h.url("/free/warm")).send();
+    let (offer, preimage) = h.buy("/paid").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(warm(&h).await.unwrap().status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = SEEN.load(SeqCst);
+    let served = h.get("/paid", &l402).await;
+    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!(served.text().await.unwrap(), "ok");
+    assert_eq!(
+        SEEN.load(SeqCst) - before,
+        2,
+        "failed once, then sent again"
+    );
+    assert_eq!(
+        h.get("/paid", &l402).await.status(),
+        StatusCode::PAYMENT_REQUIRED,
+        "served once"
+    );
+
+    let (offer, preimage) = h.buy_post("/paid", "hello").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(warm(&h).await.unwrap().status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = SEEN.load(SeqCst);
+    let failed = h
+        .client
+        .post(h.url("/paid"))
+        .header(AUTHORIZATION, &l402)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(SEEN.load(SeqCst) - before, 1, "a POST is not sent twice");
+}
+
 /// `h.get(path, credential)` again until the payment is no longer in
 /// flight (its failure is recorded just after the answer that failed), for
 /// up to 5 s.

@@ -9,8 +9,10 @@
 //! that costed about a tenth of a free request's instructions. Only what
 //! the proxy needs is built: HTTP/1.1 (upstreams are asked nothing else),
 //! the most recently used connection first, idle ones closed after
-//! [`IDLE_TIMEOUT`], and a request that a reused connection closed
-//! before taking it sent again on another (the upstream never had it).
+//! [`IDLE_TIMEOUT`], a request that a reused connection closed before
+//! taking it sent again on another (the upstream never had it), and one
+//! that may be sent twice sent again on a new connection when an idle
+//! one failed it as it went out (the upstream's keep-alive ran out).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,6 +33,35 @@ use crate::tls::{TlsError, UpstreamTls};
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a connection idles before a request on it is kept to be sent
+/// again should the upstream close it as the request goes out. Under load
+/// a connection is reused within microseconds and nothing is copied; an
+/// upstream closing one that idled less than this is not guarded against.
+const IDLE_BEFORE_RESEND: Duration = Duration::from_millis(1);
+
+/// A copy of `request` to send again, when it may be sent twice: an
+/// idempotent method (RFC 9110 §9.2.2) and no body.
+fn resendable(request: &Request<Body>) -> Option<Request<Body>> {
+    use hyper::body::Body as _;
+    let idempotent = matches!(
+        *request.method(),
+        axum::http::Method::GET
+            | axum::http::Method::HEAD
+            | axum::http::Method::OPTIONS
+            | axum::http::Method::PUT
+            | axum::http::Method::DELETE
+    );
+    if !idempotent || !request.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(Body::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
+}
 
 /// Why a request got no response from its upstream.
 #[derive(Debug, thiserror::Error)]
@@ -125,39 +156,67 @@ impl Pool {
     ) -> Result<Response<hyper::body::Incoming>, SendError> {
         let mut connected = Some(connected);
         loop {
-            let (mut sender, reused) = match self.take_idle() {
-                Some(sender) => (sender, true),
-                None => (self.connect().await.map_err(SendError::Connect)?, false),
+            let (mut sender, idled) = match self.take_idle() {
+                Some((sender, since)) => (sender, Some(since.elapsed())),
+                None => (self.connect().await.map_err(SendError::Connect)?, None),
             };
             if let Some(connected) = connected.take() {
                 connected();
             }
+            // An upstream whose keep-alive runs out closes the connection
+            // as the request goes out on it: the request failed, though
+            // the upstream most likely never read it. One that may be
+            // sent twice (RFC 9110 §9.2.2: idempotent, and no body to
+            // send again) is then sent once more on a new connection,
+            // rather than counted as the upstream failing on a payment.
+            let again = idled
+                .filter(|idled| *idled >= IDLE_BEFORE_RESEND)
+                .and_then(|_| resendable(&request));
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     self.give_back(sender);
                     return Ok(response);
                 }
                 Err(mut failed) => match failed.take_message() {
-                    // Closed by the upstream while it idled (its keep-alive
-                    // ran out): the request never left, another may carry it.
-                    Some(unsent) if reused => request = unsent,
-                    unsent => {
+                    // Closed by the upstream while it idled: the request
+                    // never left, another connection may carry it.
+                    Some(unsent) if idled.is_some() => request = unsent,
+                    Some(_) => {
                         return Err(SendError::Send {
-                            sent: unsent.is_none(),
+                            sent: false,
                             error: failed.into_error(),
                         })
                     }
+                    None => match again {
+                        Some(copy) => {
+                            tracing::debug!(error = %failed.error(), "an idle upstream connection failed a request as it went out; sent again on a new one");
+                            let mut sender = self.connect().await.map_err(SendError::Connect)?;
+                            let response = sender
+                                .send_request(copy)
+                                .await
+                                .map_err(|error| SendError::Send { error, sent: true })?;
+                            self.give_back(sender);
+                            return Ok(response);
+                        }
+                        None => {
+                            return Err(SendError::Send {
+                                sent: true,
+                                error: failed.into_error(),
+                            })
+                        }
+                    },
                 },
             }
         }
     }
 
-    /// The most recently used idle connection still open, if any.
-    fn take_idle(&self) -> Option<SendRequest<Body>> {
+    /// The most recently used idle connection still open, if any, and
+    /// since when it idled.
+    fn take_idle(&self) -> Option<(SendRequest<Body>, Instant)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(Idle { sender, since }) = idle.pop() {
             if sender.is_ready() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+                return Some((sender, since));
             }
         }
         None
