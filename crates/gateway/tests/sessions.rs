@@ -181,29 +181,37 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
         // match of its tag with no body (304).
         .route(
             "/complete/ranged",
-            any(|headers: axum::http::HeaderMap| async move {
-                use axum::response::IntoResponse;
-                let body = json!({"answer": "hi", "usage": {"total_tokens": 7}}).to_string();
-                if headers.contains_key("if-none-match") {
-                    return axum::http::StatusCode::NOT_MODIFIED.into_response();
-                }
-                let from = headers
-                    .get("range")
-                    .and_then(|r| r.to_str().ok())
-                    .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok());
-                match from {
-                    Some(n) if n < body.len() => (
-                        axum::http::StatusCode::PARTIAL_CONTENT,
-                        [(
-                            "content-range",
-                            format!("bytes {n}-{}/{}", body.len() - 1, body.len()),
-                        )],
-                        body[n..].to_owned(),
-                    )
-                        .into_response(),
-                    _ => ([("content-type", "application/json")], body).into_response(),
-                }
-            }),
+            any(
+                |headers: axum::http::HeaderMap, uri: axum::http::Uri| async move {
+                    use axum::response::IntoResponse;
+                    // `?part`: a part whatever was asked.
+                    let forced = (uri.query() == Some("part"))
+                        .then(|| axum::http::HeaderValue::from_static("bytes=1-"));
+                    let body = json!({"answer": "hi", "usage": {"total_tokens": 7}}).to_string();
+                    if headers.contains_key("if-none-match") {
+                        return axum::http::StatusCode::NOT_MODIFIED.into_response();
+                    }
+                    // Apache httpd honours the old `Request-Range` as `Range`.
+                    let from = headers
+                        .get("range")
+                        .or_else(|| headers.get("request-range"))
+                        .or(forced.as_ref())
+                        .and_then(|r| r.to_str().ok())
+                        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok());
+                    match from {
+                        Some(n) if n < body.len() => (
+                            axum::http::StatusCode::PARTIAL_CONTENT,
+                            [(
+                                "content-range",
+                                format!("bytes {n}-{}/{}", body.len() - 1, body.len()),
+                            )],
+                            body[n..].to_owned(),
+                        )
+                            .into_response(),
+                        _ => ([("content-type", "application/json")], body).into_response(),
+                    }
+                },
+            ),
         )
         .route(
             "/complete/stream",
@@ -1673,6 +1681,30 @@ async fn usage_in_the_body_is_read_whole_or_charged_one_unit_without_one() {
     assert_eq!(served.status(), StatusCode::OK);
     assert_eq!(served.json::<Value>().await.unwrap()["answer"], "hi");
     assert_eq!(h.balance_once(&session, 4_000).await, 4_000);
+
+    // The old draft's `Request-Range` neither; a part sent unasked costs
+    // the most held, its report unread.
+    let (l402, session, _, _) = balance_with_refund(&h, "/complete/ranged").await;
+    let served = h
+        .http
+        .get(&url)
+        .header(AUTHORIZATION, &l402)
+        .header("request-range", "bytes=1-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!(h.balance_once(&session, 13_000).await, 13_000);
+    let part = h
+        .http
+        .get(format!("{url}?part"))
+        .header(AUTHORIZATION, &l402)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+    assert!(!part.text().await.unwrap().is_empty());
+    assert_eq!(h.balance_once(&session, 3_000).await, 3_000);
 }
 
 /// A stream metered per event is asked for unencoded (gzip would hide its

@@ -48,6 +48,9 @@ use crate::sessions::{Halt, Hold, Step};
 use crate::verify::{Verified, Verifier};
 use gate402_store::{AfterFailure, PaymentRecord};
 
+/// `Request-Range`, the range field of an old draft of HTTP/1.1.
+const REQUEST_RANGE: http::HeaderName = http::HeaderName::from_static("request-range");
+
 /// Put into a request's extensions by the paywall: the priced service it
 /// was routed to and the host it named. The request's URI path is then
 /// the normalized one, which is what a proxy forwards.
@@ -1179,9 +1182,11 @@ impl Paywall {
                 HeaderValue::from_static("identity"),
             );
             // Nor in part: a range leaves out the report (an answer that
-            // reports none costs one unit).
+            // reports none costs one unit). `Request-Range` is the range
+            // of an old draft that Apache httpd and Squid still honour.
             headers.remove(http::header::RANGE);
             headers.remove(http::header::IF_RANGE);
+            headers.remove(REQUEST_RANGE);
         }
         // An answer without a body reports nothing, and is never read to
         // an end: not scanned, it costs one unit, not the most held.
@@ -1303,6 +1308,14 @@ impl Paywall {
             && !bodiless
         {
             return Ok(self.metered(service, verified, parts, body, spend));
+        }
+        // A part of a body whatever was asked (the range was not passed
+        // on): its report cannot be read whole.
+        if parts.status == StatusCode::PARTIAL_CONTENT && usage_field.is_some() {
+            if let Some(units) = &units {
+                meter::charge_most(units);
+            }
+            usage_field = None;
         }
         let scan = match (usage_field, units) {
             (Some(pointer), Some(units)) if !bodiless => Some(UsageScan::new(

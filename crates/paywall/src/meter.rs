@@ -569,8 +569,7 @@ impl UsageScan {
 
     /// No report could be read: the most held is kept.
     fn unread(&self) {
-        self.units
-            .store(UNREADABLE_REPORT, std::sync::atomic::Ordering::Release);
+        charge_most(&self.units);
     }
 }
 
@@ -607,6 +606,12 @@ fn sets_out_as_json(text: &[u8]) -> bool {
 /// them is: charged the most the request held (the stored units are
 /// capped at `max_units`), never one unit.
 const UNREADABLE_REPORT: u64 = crate::sessions::UNREPORTED - 1;
+
+/// Charges the most `units` held: a report was made (or may have been)
+/// that cannot be read whole, such as a part of a body (`206`).
+pub(crate) fn charge_most(units: &crate::sessions::Units) {
+    units.store(UNREADABLE_REPORT, std::sync::atomic::Ordering::Release);
+}
 
 /// The units a JSON value reports: a whole number as it is, a fraction
 /// rounded up, anything larger than a `u64` or that is no count (negative,
