@@ -833,7 +833,7 @@ fn closest_method(method: &Method) -> Option<&'static str> {
 fn takes_every_request_of(earlier: &PricedService, later: &PricedService) -> bool {
     let hosts = match (&earlier.host, &later.host) {
         (None, _) => true,
-        (Some(a), Some(b)) => a == b,
+        (Some(a), Some(b)) => a.covers(b),
         (Some(_), None) => false,
     };
     let methods = earlier.methods.is_empty()

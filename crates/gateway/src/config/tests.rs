@@ -445,6 +445,10 @@ fn a_route_an_earlier_one_takes_every_request_of_is_refused() {
             "path = \"/v1/*\"",
             "path = \"/v1/x\"\nhost = \"api.example.com\"",
         ),
+        (
+            "path = \"/v1/*\"\nhost = \"*.example.com\"",
+            "path = \"/v1/x\"\nhost = \"a.example.com\"",
+        ),
     ] {
         let errors = refused(service("a", first) + &service("b", second));
         assert!(

@@ -243,6 +243,13 @@ impl HostPattern {
         }
     }
 
+    /// Whether every host `other` matches, this matches too: the same
+    /// pattern, or a wildcard over `other`'s name (`*.example.com` covers
+    /// `a.example.com` and `*.a.example.com`).
+    pub fn covers(&self, other: &HostPattern) -> bool {
+        self == other || (self.wildcard && self.matches(&other.name))
+    }
+
     /// The pattern as written, in normal form.
     pub fn as_written(&self) -> String {
         if self.wildcard {
@@ -589,6 +596,18 @@ mod tests {
         assert!(!p("/premium/x").covers(&p("/premium/*")));
         assert!(!p("/premium/*").covers(&p("/premiums")));
         assert!(!p("/a").covers(&p("/b")));
+    }
+
+    #[test]
+    fn host_patterns_cover() {
+        let h = |s| HostPattern::parse(s).unwrap();
+        assert!(h("*.example.com").covers(&h("a.example.com")));
+        assert!(h("*.example.com").covers(&h("*.a.example.com")));
+        assert!(h("*.example.com").covers(&h("*.Example.com.")));
+        assert!(h("A.example.com").covers(&h("a.example.com")));
+        assert!(!h("*.example.com").covers(&h("example.com")));
+        assert!(!h("a.example.com").covers(&h("*.example.com")));
+        assert!(!h("*.a.example.com").covers(&h("*.example.com")));
     }
 
     #[test]
