@@ -112,9 +112,25 @@ pub fn router(sandbox: Sandbox) -> Router {
 /// invoices of this sandbox, so a client on the sandbox gets its return
 /// invoice here. Only amountless ones: a priced invoice is the gateway's to
 /// issue.
-async fn issue(State(sandbox): State<Sandbox>, body: Option<Json<InvoiceRequest>>) -> Response {
+async fn issue(
+    State(sandbox): State<Sandbox>,
+    body: Result<Json<InvoiceRequest>, JsonRejection>,
+) -> Response {
     use gate402_lightning::LightningBackend as _;
-    let request = body.map(|Json(b)| b).unwrap_or_default();
+    let request = match body {
+        Ok(Json(request)) => request,
+        // No JSON body at all: every default.
+        Err(JsonRejection::MissingJsonContentType(_)) => InvoiceRequest::default(),
+        Err(rejection) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "body must be JSON {{\"memo\": \"…\", \"expiry_secs\": 1 to 2592000}}, both optional: {}",
+                    rejection.body_text()
+                ),
+            )
+        }
+    };
     let expiry_secs = request.expiry_secs.unwrap_or(24 * 3600);
     if expiry_secs == 0 || expiry_secs > MAX_EXPIRY_SECS {
         return problem(

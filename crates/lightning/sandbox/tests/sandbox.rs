@@ -275,6 +275,26 @@ async fn return_invoices_are_issued_and_watched_over_http() {
         .await
         .unwrap();
     assert_eq!(too_long.status().as_u16(), 400);
+    // A body that is not one: a problem, as every other error here.
+    for body in [
+        r#"{"expiry_secs": -1}"#,
+        r#"{"expiry_secs": 18446744073709551615}"#,
+        "{",
+    ] {
+        let refused = client
+            .post(format!("{url}/sandbox/invoice"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 400, "{body}");
+        assert_eq!(
+            refused.headers()["content-type"],
+            "application/problem+json",
+            "{body}"
+        );
+    }
     // No body at all: the defaults.
     let plain = client
         .post(format!("{url}/sandbox/invoice"))
