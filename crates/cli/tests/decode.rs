@@ -340,6 +340,15 @@ fn malformed_values_exit_2_with_one_line() {
             "{value:?}: {stderr:?} lacks {needle:?}"
         );
     }
+    // A cause is said once: named in the text, it is not its source again.
+    for value in ["Payment x", "Payment !!!"] {
+        let stderr = String::from_utf8(gate402(&["decode", value], None).stderr).unwrap();
+        assert_eq!(
+            stderr.matches("invalid base64url").count(),
+            1,
+            "{value:?}: {stderr}"
+        );
+    }
 }
 
 /// An inner layer that did not decode: `{"error": "…"}` in its place.

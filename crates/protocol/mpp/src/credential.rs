@@ -17,9 +17,10 @@ pub enum CredentialError {
     /// Nothing after the scheme.
     #[error("Payment credential is empty")]
     Empty,
-    /// Not strict base64url.
+    /// Not strict base64url. Named in the text, not as a source: an
+    /// error chain printed whole (`{:#}`) said it twice.
     #[error("Payment credential: {0}")]
-    Base64(#[from] Base64UrlError),
+    Base64(Base64UrlError),
     /// Not the credential JSON shape.
     #[error("Payment credential JSON: {0}")]
     Json(String),
@@ -29,6 +30,12 @@ pub enum CredentialError {
     /// No `payload` object.
     #[error("Payment credential has no payload object")]
     MissingPayload,
+}
+
+impl From<Base64UrlError> for CredentialError {
+    fn from(error: Base64UrlError) -> Self {
+        Self::Base64(error)
+    }
 }
 
 /// Parses `Payment <token>`: strict base64url of the credential JSON, the
