@@ -11,7 +11,8 @@
 
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::http::uri::{Authority, Scheme};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use opentelemetry::propagation::{Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -243,7 +244,13 @@ impl Telemetry {
 /// `server.port`, `url.full` (its query left out: it may carry keys) and
 /// the service it serves. Only inside a traced request (its child): a
 /// call made for a paid MCP tool, outside any, starts no trace of its own.
-pub(crate) fn upstream_span(method: &Method, uri: &Uri, service: Option<&str>) -> Span {
+pub(crate) fn upstream_span(
+    method: &Method,
+    scheme: &Scheme,
+    authority: &Authority,
+    path: &str,
+    service: Option<&str>,
+) -> Span {
     let request = Span::current();
     if request.is_none() {
         return Span::none();
@@ -257,27 +264,26 @@ pub(crate) fn upstream_span(method: &Method, uri: &Uri, service: Option<&str>) -
         error.type = Empty,
         http.request.method = method.as_str(),
         http.response.status_code = Empty,
-        server.address = uri.host(),
-        server.port = uri
+        server.address = authority.host(),
+        server.port = authority
             .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 }),
+            .unwrap_or(if *scheme == Scheme::HTTPS { 443 } else { 80 }),
         url.full = Empty,
         gate402.service = service,
     );
     if !span.is_disabled() {
-        span.record("url.full", url_full(uri).as_str());
+        span.record("url.full", url_full(scheme, authority, path).as_str());
     }
     span
 }
 
-/// `uri` as `url.full` records it: scheme, host, port and path; no user
+/// A URL as `url.full` records it: scheme, host, port and path; no user
 /// name or password (an upstream URL may carry them), no query.
-fn url_full(uri: &Uri) -> String {
-    let scheme = uri.scheme_str().unwrap_or("http");
-    let host = uri.host().unwrap_or("");
-    match uri.port() {
-        Some(port) => format!("{scheme}://{host}:{port}{}", uri.path()),
-        None => format!("{scheme}://{host}{}", uri.path()),
+fn url_full(scheme: &Scheme, authority: &Authority, path: &str) -> String {
+    let host = authority.host();
+    match authority.port() {
+        Some(port) => format!("{scheme}://{host}:{port}{path}"),
+        None => format!("{scheme}://{host}{path}"),
     }
 }
 
@@ -345,12 +351,15 @@ mod tests {
 
     #[test]
     fn an_upstream_url_is_recorded_without_its_user_or_query() {
+        use axum::http::Uri;
         let uri: Uri = "https://user:secret@api.example:8443/v1/x?key=k"
             .parse()
             .unwrap();
-        assert_eq!(url_full(&uri), "https://api.example:8443/v1/x");
+        let full =
+            |uri: &Uri| url_full(uri.scheme().unwrap(), uri.authority().unwrap(), uri.path());
+        assert_eq!(full(&uri), "https://api.example:8443/v1/x");
         let uri: Uri = "http://[::1]/a".parse().unwrap();
-        assert_eq!(url_full(&uri), "http://[::1]/a");
+        assert_eq!(full(&uri), "http://[::1]/a");
     }
 
     #[test]

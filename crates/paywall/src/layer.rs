@@ -46,7 +46,7 @@ use crate::route::{request_host, RequestPath};
 use crate::route::{Auth, Meter, PricedService, Sells};
 use crate::sessions::{Halt, Hold, Step};
 use crate::verify::{Verified, Verifier};
-use gate402_store::{AfterFailure, PaymentRecord};
+use gate402_store::AfterFailure;
 
 /// `Request-Range`, the range field of an old draft of HTTP/1.1.
 const REQUEST_RANGE: http::HeaderName = http::HeaderName::from_static("request-range");
@@ -154,18 +154,22 @@ impl<S> Layer<S> for PaywallLayer {
 pub(crate) struct Spend {
     claim: Option<Claim>,
     hold: Option<Hold>,
-    /// For a payment's own claim: the payment as the books record it if
-    /// its upstream's failures spend it unserved.
+    /// For a payment's own claim: what the books record if its
+    /// upstream's failures spend it unserved (boxed: a spend travels with
+    /// every paid answer's body).
     unserved: Option<Box<Unserved>>,
 }
 
 /// A payment that its upstream's failures may spend before it served
 /// anything: the node kept the money, so it is recorded as a payment that
 /// served no request (revenue, the admin API's payments), not left out.
+/// Its record is made only then: no text is copied for the usual request.
 #[derive(Debug)]
 struct Unserved {
     paywall: Paywall,
-    payment: PaymentRecord,
+    service: Arc<PricedService>,
+    scheme: &'static str,
+    payment_hash: [u8; 32],
 }
 
 impl meter::FirstEvent for Spend {
@@ -217,9 +221,9 @@ impl Spend {
             Some(claim) => match claim.fail().await {
                 AfterFailure::Released => true,
                 AfterFailure::Spent => {
-                    if let Some(unserved) = self.unserved {
-                        let Unserved { paywall, payment } = *unserved;
-                        paywall.record_unserved_payment(payment);
+                    if let Some(u) = self.unserved {
+                        u.paywall
+                            .record_unserved(&u.service, u.scheme, &u.payment_hash);
                     }
                     false
                 }
@@ -910,7 +914,9 @@ impl Paywall {
         let unserved = (verified.single_use && claim.is_some() && hold.is_none()).then(|| {
             Box::new(Unserved {
                 paywall: self.clone(),
-                payment: crate::paywall::unserved_payment(&service, scheme_name, &verified),
+                service: service.clone(),
+                scheme: scheme_name,
+                payment_hash: verified.payment_hash,
             })
         });
         let spend = Spend {

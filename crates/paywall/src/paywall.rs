@@ -689,7 +689,8 @@ impl Paywall {
         );
     }
 
-    /// Records a payment for `service` that its upstream's failures spent
+    /// Records a payment for `service` (`payment_hash`, presented through
+    /// `scheme`) that its upstream's failures spent
     /// ([`crate::FAILURES_PER_PAYMENT`]) before it served a request: the
     /// node kept the money, so it is written with the served payments,
     /// `served` 0, its revenue counted as a payment's.
@@ -697,19 +698,18 @@ impl Paywall {
         &self,
         service: &PricedService,
         scheme: &'static str,
-        verified: &Verified,
+        payment_hash: &[u8; 32],
     ) {
-        self.record_unserved_payment(unserved_payment(service, scheme, verified));
-    }
-
-    /// [`Self::record_unserved`] of a payment made out beforehand (its
-    /// `at` set now).
-    pub(crate) fn record_unserved_payment(&self, payment: PaymentRecord) {
-        let at = crate::clock::unix_now();
+        let payment = PaymentRecord {
+            payment_hash: *payment_hash,
+            service: service.name.clone(),
+            scheme: scheme.to_owned(),
+            amount_msat: service.price_sats * 1000,
+            at: crate::clock::unix_now(),
+            served: 0,
+        };
         self.inner.served.add(|pending| {
-            pending
-                .entry(payment.payment_hash)
-                .or_insert(PaymentRecord { at, ..payment });
+            pending.entry(payment.payment_hash).or_insert(payment);
         });
     }
 
@@ -750,22 +750,6 @@ impl Paywall {
             }
         }
         None
-    }
-}
-
-/// The record of a payment for `service` that served no request.
-pub(crate) fn unserved_payment(
-    service: &PricedService,
-    scheme: &'static str,
-    verified: &Verified,
-) -> PaymentRecord {
-    PaymentRecord {
-        payment_hash: verified.payment_hash,
-        service: service.name.clone(),
-        scheme: scheme.to_owned(),
-        amount_msat: service.price_sats * 1000,
-        at: 0,
-        served: 0,
     }
 }
 

@@ -757,16 +757,6 @@ fn format_suffix(
     Ok(())
 }
 
-/// The path as upstreams that take a format after a dot in its last
-/// segment read it (Rails' `(.:format)`, which also drops a trailing
-/// `/`): `/v1/large.json` is `/v1/large`; `None` without a format.
-fn without_format(path: &str) -> Option<String> {
-    let trimmed = path.trim_end_matches('/');
-    let (head, last) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
-    let (stem, _) = last.split_once('.').filter(|(stem, _)| !stem.is_empty())?;
-    Some(format!("{head}/{stem}"))
-}
-
 impl PriceRule {
     /// The price of `request` under this rule, if it matches; saturating,
     /// so it may be more than [`MAX_PRICE_SATS`].
@@ -784,8 +774,9 @@ impl PriceRule {
             let Some(captured) = path.captures(request.path) else {
                 // Nor when an upstream folding Unicode reads the path as
                 // one this rule prices (`/v1/ｉmages/large`).
-                let forms = crate::route::RequestPath::parse(request.path)
-                    .ok()
+                let parsed = crate::route::RequestPath::parse(request.path).ok();
+                let forms = parsed
+                    .as_ref()
                     .and_then(|p| p.compatibility_forms().ok().flatten())
                     .unwrap_or_default();
                 if let Some(form) = forms.iter().find(|f| path.captures(f.as_str()).is_some()) {
@@ -796,10 +787,10 @@ impl PriceRule {
                 // Nor when one that takes a format after a dot in the last
                 // segment (Rails' `(.:format)`) reads it, or a folded
                 // reading of it (`/v1/large．json`), as such a path.
-                let readings =
-                    std::iter::once(request.path).chain(forms.iter().map(|f| f.as_str()));
-                if let Some(cut) = readings
-                    .filter_map(without_format)
+                if let Some(cut) = parsed
+                    .iter()
+                    .chain(&forms)
+                    .filter_map(crate::route::RequestPath::format_stem)
                     .find(|cut| path.captures(cut).is_some())
                 {
                     return Err(Unreadable(format!(

@@ -645,16 +645,14 @@ impl PaidTools {
                 return Err(e);
             }
             Err(ToolFailure::Failed(mut e)) => {
-                match claim.fail().await {
-                    AfterFailure::Released => {}
-                    spent => {
-                        if spent == AfterFailure::Spent {
-                            self.paywall.record_unserved(service, scheme, &verified);
-                        }
-                        e.message =
-                            "the upstream failed on this payment too many times; it is spent"
-                                .into();
-                    }
+                let outcome = claim.fail().await;
+                if outcome == AfterFailure::Spent {
+                    self.paywall
+                        .record_unserved(service, scheme, &verified.payment_hash);
+                }
+                if outcome != AfterFailure::Released {
+                    e.message =
+                        "the upstream failed on this payment too many times; it is spent".into();
                 }
                 return Err(e);
             }

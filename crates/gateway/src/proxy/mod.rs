@@ -102,8 +102,6 @@ struct Upstream {
     origin: Option<(Origin, Arc<Pool>)>,
 }
 
-/// The port a request named in its target's authority (HTTP/2) or its
-/// `Host` field, if any.
 /// A client's address as `X-Forwarded-For` gives it. An IPv4 address is
 /// written by hand: through `Display` it cost more than the rest of the
 /// forwarded fields together, on every request.
@@ -156,8 +154,9 @@ impl Origin {
         })
     }
 
-    /// The upstream's URI for `path` (normal form) and `query`.
-    fn uri(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+    /// The upstream's target for `path` (normal form) and `query`, in
+    /// origin form as HTTP/1.1 sends it to an origin server.
+    fn target(&self, path: &str, query: Option<&str>) -> Option<PathAndQuery> {
         let mut target =
             String::with_capacity(self.base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
         target.push_str(&self.base);
@@ -166,11 +165,7 @@ impl Origin {
             target.push('?');
             target.push_str(query);
         }
-        let mut parts = axum::http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(PathAndQuery::try_from(target).ok()?);
-        Uri::from_parts(parts).ok()
+        PathAndQuery::try_from(target).ok()
     }
 }
 
@@ -205,13 +200,8 @@ fn upstreams(services: &[ServiceConfig]) -> Result<Upstreams, TlsError> {
                 let pool = match pools.get(&key) {
                     Some(pool) => pool.clone(),
                     None => {
-                        let (scheme, authority) = (key.0.clone(), key.1.clone());
-                        let made = Arc::new(Pool::new(
-                            &config.tls,
-                            config.connect_timeout,
-                            scheme,
-                            authority,
-                        )?);
+                        let made =
+                            Arc::new(Pool::new(&config.tls, config.connect_timeout, &origin)?);
                         pools.insert(key, made.clone());
                         made
                     }
@@ -287,9 +277,10 @@ impl Proxy {
         let upstream = &upstream.config;
         let (mut parts, body) = request.into_parts();
         let path = upstream.rewrite.apply(path);
-        let target = origin
-            .and_then(|(origin, pool)| Some((origin, pool, origin.uri(&path, parts.uri.query())?)));
-        let Some((origin, pool, uri)) = target else {
+        let target = origin.and_then(|(origin, pool)| {
+            Some((origin, pool, origin.target(&path, parts.uri.query())?))
+        });
+        let Some((origin, pool, target)) = target else {
             return not_reached(problem_response(
                 StatusCode::BAD_REQUEST,
                 "about:blank",
@@ -340,13 +331,15 @@ impl Proxy {
             parts.headers.insert(name.clone(), value.clone());
         }
         let service = parts.extensions.get::<Routed>().map(|r| &*r.service.name);
-        let span = crate::telemetry::upstream_span(&parts.method, &uri, service);
+        let span = crate::telemetry::upstream_span(
+            &parts.method,
+            &origin.scheme,
+            &origin.authority,
+            target.path(),
+            service,
+        );
         crate::telemetry::propagate(&span, &mut parts.headers);
-        // Origin form, as HTTP/1.1 sends it to an origin server.
-        parts.uri = uri
-            .path_and_query()
-            .cloned()
-            .map_or_else(Uri::default, Uri::from);
+        parts.uri = Uri::from(target);
         parts.version = axum::http::Version::HTTP_11;
         let waiting = parts
             .extensions

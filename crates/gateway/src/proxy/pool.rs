@@ -21,7 +21,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::uri::{Authority, Scheme};
 use axum::http::{Request, Response, Uri};
 use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::HttpsConnector;
@@ -105,8 +104,9 @@ pub(super) struct Pool {
 }
 
 impl Pool {
-    /// A pool for `scheme://authority` with these TLS settings (plain
-    /// `http://` too), each connection made within `connect_timeout`.
+    /// A pool for `origin`'s scheme and authority with these TLS settings
+    /// (plain `http://` too), each connection made within
+    /// `connect_timeout`.
     ///
     /// # Errors
     ///
@@ -114,8 +114,7 @@ impl Pool {
     pub(super) fn new(
         tls: &UpstreamTls,
         connect_timeout: Duration,
-        scheme: Scheme,
-        authority: Authority,
+        origin: &super::Origin,
     ) -> Result<Self, TlsError> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
@@ -126,6 +125,7 @@ impl Pool {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
+        let (scheme, authority) = (origin.scheme.clone(), origin.authority.clone());
         let mut origin = axum::http::uri::Parts::default();
         origin.scheme = Some(scheme);
         origin.authority = Some(authority);
@@ -155,8 +155,11 @@ impl Pool {
         connected: impl FnOnce(),
     ) -> Result<Response<hyper::body::Incoming>, SendError> {
         let mut connected = Some(connected);
+        // Set once an idle connection failed a request that is sent again.
+        let mut fresh = false;
         loop {
-            let (mut sender, idled) = match self.take_idle() {
+            let idle = if fresh { None } else { self.take_idle() };
+            let (mut sender, idled) = match idle {
                 Some((sender, since)) => (sender, Some(since.elapsed())),
                 None => (self.connect().await.map_err(SendError::Connect)?, None),
             };
@@ -172,41 +175,29 @@ impl Pool {
             let again = idled
                 .filter(|idled| *idled >= IDLE_BEFORE_RESEND)
                 .and_then(|_| resendable(&request));
-            match sender.try_send_request(request).await {
+            let mut failed = match sender.try_send_request(request).await {
                 Ok(response) => {
                     self.give_back(sender);
                     return Ok(response);
                 }
-                Err(mut failed) => match failed.take_message() {
-                    // Closed by the upstream while it idled: the request
-                    // never left, another connection may carry it.
-                    Some(unsent) if idled.is_some() => request = unsent,
-                    Some(_) => {
-                        return Err(SendError::Send {
-                            sent: false,
-                            error: failed.into_error(),
-                        })
-                    }
-                    None => match again {
-                        Some(copy) => {
-                            tracing::debug!(error = %failed.error(), "an idle upstream connection failed a request as it went out; sent again on a new one");
-                            let mut sender = self.connect().await.map_err(SendError::Connect)?;
-                            let response = sender
-                                .send_request(copy)
-                                .await
-                                .map_err(|error| SendError::Send { error, sent: true })?;
-                            self.give_back(sender);
-                            return Ok(response);
-                        }
-                        None => {
-                            return Err(SendError::Send {
-                                sent: true,
-                                error: failed.into_error(),
-                            })
-                        }
-                    },
-                },
-            }
+                Err(failed) => failed,
+            };
+            request = match (failed.take_message(), again) {
+                // Closed by the upstream while it idled: the request never
+                // left, another connection may carry it.
+                (Some(unsent), _) if idled.is_some() => unsent,
+                (None, Some(copy)) => {
+                    tracing::debug!(error = %failed.error(), "an idle upstream connection failed a request as it went out; sent again on a new one");
+                    fresh = true;
+                    copy
+                }
+                (unsent, _) => {
+                    return Err(SendError::Send {
+                        sent: unsent.is_none(),
+                        error: failed.into_error(),
+                    })
+                }
+            };
         }
     }
 
