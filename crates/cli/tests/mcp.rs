@@ -833,3 +833,52 @@ async fn an_mcp_call_follows_a_redirect_only_to_its_origin() {
         "the call went to another origin"
     );
 }
+
+/// A call that pays with a `paymentId` pays with it or not at all: when
+/// the gateway refuses the id (spent, not paid yet), `mcp call` reports
+/// the refusal and pays no fresh charge (the gateway reads the id before
+/// any credential, so a charge paid alongside it would be refused too and
+/// lost).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_payment_id_is_reported_not_paid_over() {
+    let (gateway, base) = demo_gateway().await;
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    let mcp = format!("{base}/mcp");
+    let created = ok_json(
+        data,
+        &tool_call(&mcp, "create_payment", r#"{"tool":"weather"}"#),
+    )
+    .await;
+    let created = &created["result"]["structuredContent"];
+    let payment_id = created["paymentId"].as_str().unwrap();
+    let args = json!({"city": "Oslo", "paymentId": payment_id}).to_string();
+    let argv = ["mcp", "call", &mcp, "weather", "--args", &args];
+    let call = || gate402(data, &argv);
+
+    let out = call().await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not paid yet"), "{stderr}");
+    assert!(payments(data).await.is_empty(), "paid over a paymentId");
+
+    let invoice = created["invoice"].as_str().unwrap();
+    let paid = gate402(data, &["sandbox", "pay", "--url", &base, invoice]).await;
+    assert!(paid.status.success());
+    let out = call().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Spent: the second call is refused, and nothing is paid for it.
+    let out = call().await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("paymentId"), "{stderr}");
+    assert!(
+        payments(data).await.is_empty(),
+        "paid over a spent paymentId"
+    );
+    gateway.shutdown().await.unwrap();
+}

@@ -23,6 +23,11 @@ use crate::ledger::CachedToken;
 use crate::payer::{now, own_receipt, Endpoint, Prefer};
 use crate::{FetchError, Offer, Payer, PaymentEntry};
 
+/// The argument a gateway's `create_payment` flow pays a call with (a
+/// `paymentId`, for clients that do not speak the payment transport): a
+/// call that carries one is never paid for again by this client.
+const PAYMENT_ID_ARG: &str = "paymentId";
+
 /// What a tool call produced.
 // One per call and moved once: the size difference costs nothing.
 #[allow(clippy::large_enum_variant)]
@@ -242,6 +247,12 @@ impl Payer {
     ) -> Result<ToolCall, McpCallError> {
         let data = match server.call(params(tool, arguments, None)).await {
             Ok(result) => return Ok(ToolCall::Result(result, None)),
+            // A call that pays with a paymentId pays with it or not at
+            // all: a gateway reads the id before any credential, so a
+            // charge paid alongside a refused id is refused too, and lost.
+            Err(error) if refused(&error) && arguments.contains_key(PAYMENT_ID_ARG) => {
+                return Err(tool_error(error))
+            }
             Err(ServiceError::McpError(e))
                 if e.code.0 == PAYMENT_REQUIRED_CODE
                     || e.code.0 == PAYMENT_VERIFICATION_FAILED_CODE =>

@@ -378,6 +378,29 @@ async fn a_payment_id_pays_for_one_call_of_its_tool() {
             "{data}"
         );
     }
+    // With a credential as well: refused before either is read, and
+    // neither is spent (the credential serves a call after).
+    let (_, unpaid) = h
+        .call(call("weather", json!({"city": "Oslo"}), None))
+        .await
+        .unwrap_err();
+    let credential = h.pay(&unpaid).await;
+    let message = h
+        .refused(call(
+            "weather",
+            json!({"city": "Lima", "paymentId": payment_id}),
+            Some(credential.clone()),
+        ))
+        .await;
+    assert!(
+        message.contains("both a paymentId and a credential"),
+        "{message}"
+    );
+    let result = h
+        .call(call("weather", json!({"city": "Oslo"}), Some(credential)))
+        .await
+        .unwrap();
+    assert_eq!(result.structured_content.as_ref().unwrap()["city"], "Oslo");
     // On another tool: refused, and not spent by the attempt.
     let (code, data) = h
         .call(call(

@@ -585,6 +585,16 @@ impl PaidTools {
         let client = caller.client().map(|c| c.key());
         let payment_id = arguments.as_mut().and_then(|a| a.remove(PAYMENT_ID_ARG));
         let paid = payment_id.is_some() || meta.contains_key(CREDENTIAL_META_KEY);
+        // Refused before either is read, so neither is spent: which one
+        // the caller meant to pay with is theirs to say.
+        if payment_id.is_some() && meta.contains_key(CREDENTIAL_META_KEY) {
+            return Err(ErrorData::invalid_params(
+                "both a paymentId and a credential",
+                Some(json!({"detail": format!(
+                    "pay a call with {PAYMENT_ID_ARG} or with _meta[\"{CREDENTIAL_META_KEY}\"], not both; neither was used"
+                )})),
+            ));
+        }
         // Charged as the request it makes is charged over HTTP; the tool as
         // configured is what it calls.
         let called = service;
@@ -623,10 +633,17 @@ impl PaidTools {
             // Not a payment error: the credential is good and unspent.
             Err(ClaimError::InFlight) => return Err(in_flight()),
             Err(e) => {
+                let detail = match e {
+                    // Not "pay the new challenge": this caller pays by id.
+                    ClaimError::Consumed if scheme == "paymentId" => format!(
+                        "this {PAYMENT_ID_ARG} has already been used; get another from {CREATE_PAYMENT}"
+                    ),
+                    e => e.to_string(),
+                };
                 let refusal = Refusal::new(
                     StatusCode::PAYMENT_REQUIRED,
                     ProblemType::InvalidChallenge,
-                    e.to_string(),
+                    detail,
                 );
                 return Err(self.refused(service, refusal, client).await);
             }
