@@ -11,7 +11,9 @@ use gate402_paywall::{Auth, Paywall};
 use gate402_store::{ServiceChange, ServiceState};
 use toml::Table;
 
-use crate::config::{ConfigErrors, GatewayConfig, ServiceConfig, ToolConfig};
+use crate::config::{
+    hidden_by, never_reached, ConfigErrors, GatewayConfig, ServiceConfig, ToolConfig,
+};
 use crate::mcp::PaidTools;
 use crate::proxy::Proxy;
 
@@ -357,6 +359,18 @@ fn merge(
             Some(change) => changed(Some((service, table)), change, source, &mut errors),
         };
         running.extend(view);
+    }
+    // As the file's own check does, on the services as they now run: a
+    // route the admin API added may hide another, or be hidden.
+    for (i, later) in running.iter().map(|v| &v.config).enumerate() {
+        if let Some(earlier) = hidden_by(running[..i].iter().map(|v| &v.config), later) {
+            let earlier = &running[earlier].config;
+            errors.push(format!(
+                "services.{}.path: {}; routes are matched in order, the admin API's own services first, then the file's",
+                later.name(),
+                never_reached(later, &format!("services.{}", earlier.name()), earlier),
+            ));
+        }
     }
     if errors.is_empty() {
         Ok((running, warnings))

@@ -496,6 +496,43 @@ async fn services_change_at_runtime_with_the_configs_checks() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["source"], "admin");
     assert_eq!(h.price("/api/news").await, 4);
+    // A route that would hide another (the admin API's own come first) is
+    // refused as the file's check refuses it: a catch-all over the file's
+    // paid routes, a path moved onto one, an admin route under another.
+    for (method, path, body, hidden) in [
+        (
+            reqwest::Method::PUT,
+            "/services/cheap",
+            json!({"path": "/api/*", "price_sats": 1, "upstream": upstream}),
+            "services.weather.path",
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/services/news",
+            json!({"path": "/api/weather"}),
+            "services.weather.path",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/services/later",
+            json!({"path": "/api/news", "methods": ["GET"], "price_sats": 50, "upstream": upstream}),
+            "services.later.path",
+        ),
+    ] {
+        let (status, answer) = h.call(method.clone(), path, Some(body.clone())).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{method} {path}: {answer}"
+        );
+        let detail = answer["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(hidden) && detail.contains("is never reached"),
+            "{method} {path}: {answer}"
+        );
+    }
+    assert_eq!(h.price("/api/weather").await, 12);
+    assert_eq!(h.price("/api/news").await, 4);
     let (status, _) = h
         .call(reqwest::Method::DELETE, "/services/news", None)
         .await;

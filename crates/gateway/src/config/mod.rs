@@ -26,6 +26,7 @@ use check::Checker;
 
 pub use check::overlap_warnings;
 pub use env::expand_env;
+pub(crate) use services::{hidden_by, never_reached};
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8402";

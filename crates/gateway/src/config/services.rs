@@ -205,18 +205,12 @@ impl Checker {
             // The first route that matches wins: one that an earlier route
             // takes every request of is never reached (its price would be
             // shown in discovery and never asked).
-            if let Some((at, earlier)) = written
-                .iter()
-                .zip(&services)
-                .find(|(_, earlier)| takes_every_request_of(&earlier.priced, &service.priced))
-            {
+            if let Some(earlier) = hidden_by(&services, &service) {
                 self.error(
                     &join(&path, "path"),
                     format!(
-                        "{:?} is never reached: {at} ({:?}, {}) comes first and takes every request it would; put the narrower route first",
-                        service.priced.path.as_written(),
-                        earlier.name(),
-                        earlier.priced.path.as_written(),
+                        "{}; put the narrower route first",
+                        never_reached(&service, &written[earlier], &services[earlier])
                     ),
                 );
             }
@@ -826,6 +820,32 @@ fn closest_method(method: &Method) -> Option<&'static str> {
     COMMON
         .into_iter()
         .find(|common| strsim::damerau_levenshtein(common, method.as_str()) == 1)
+}
+
+/// The first of `earlier` (routed in that order, before `later`) that
+/// takes every request `later` would match, if any: `later` is then never
+/// reached, and its price shown in discovery is never asked.
+pub(crate) fn hidden_by<'a>(
+    earlier: impl IntoIterator<Item = &'a ServiceConfig>,
+    later: &ServiceConfig,
+) -> Option<usize> {
+    earlier
+        .into_iter()
+        .position(|earlier| takes_every_request_of(&earlier.priced, &later.priced))
+}
+
+/// What is said of `later`, hidden by `earlier` (written at `earlier_at`).
+pub(crate) fn never_reached(
+    later: &ServiceConfig,
+    earlier_at: &str,
+    earlier: &ServiceConfig,
+) -> String {
+    format!(
+        "{:?} is never reached: {earlier_at} ({:?}, {}) comes first and takes every request it would",
+        later.priced.path.as_written(),
+        earlier.name(),
+        earlier.priced.path.as_written(),
+    )
 }
 
 /// Whether `earlier`, routed first, takes every request `later` would
