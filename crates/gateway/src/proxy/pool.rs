@@ -86,6 +86,43 @@ impl SendError {
     }
 }
 
+/// Whether `error` is the upstream refusing the TLS handshake, with an
+/// alert that only a handshake ends with (its certificate checks; TLS 1.3
+/// §4.4.2.4, RFC 8446 §6.2). Under TLS 1.3 a server checks the client's
+/// certificate after the client has finished its side of the handshake
+/// and sent the request, so the refusal comes instead of an answer; a
+/// server reads no application data on a handshake it refused.
+fn handshake_refused(error: &hyper::Error) -> bool {
+    use rustls::AlertDescription as Alert;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(mut e) = cause {
+        // An I/O error's source is its inner error's source: the inner
+        // error itself is taken out to be looked at.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            e = inner;
+        }
+        if let Some(rustls::Error::AlertReceived(alert)) = e.downcast_ref::<rustls::Error>() {
+            return matches!(
+                alert,
+                Alert::HandshakeFailure
+                    | Alert::BadCertificate
+                    | Alert::UnsupportedCertificate
+                    | Alert::CertificateRevoked
+                    | Alert::CertificateExpired
+                    | Alert::CertificateUnknown
+                    | Alert::UnknownCA
+                    | Alert::AccessDenied
+                    | Alert::CertificateRequired
+            );
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// A connection waiting for its next request.
 struct Idle {
     sender: SendRequest<Body>,
@@ -192,10 +229,11 @@ impl Pool {
                     copy
                 }
                 (unsent, _) => {
-                    return Err(SendError::Send {
-                        sent: unsent.is_none(),
-                        error: failed.into_error(),
-                    })
+                    let error = failed.into_error();
+                    // A new connection whose handshake the upstream then
+                    // refused never had the request, though it went out.
+                    let sent = unsent.is_none() && !(idled.is_none() && handshake_refused(&error));
+                    return Err(SendError::Send { sent, error });
                 }
             };
         }
