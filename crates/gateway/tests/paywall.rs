@@ -2598,6 +2598,45 @@ async fn an_upstream_that_closes_without_answering_had_the_request() {
     assert_eq!(spent.status(), StatusCode::PAYMENT_REQUIRED);
 }
 
+/// An answer framed two ways, `Content-Length` and chunked, is read as
+/// chunked (RFC 9112 §6.3: the transfer coding wins) and passed on without
+/// the length, whole: it was cut to the length's 3 bytes, and the payment
+/// spent. One with two different lengths is no answer: its `502` says the
+/// upstream's answer was malformed, not that its connection failed.
+#[tokio::test]
+async fn an_answer_framed_two_ways_is_passed_on_whole_or_called_malformed() {
+    let chunked = raw_upstream(
+        |_| {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec()
+        },
+        Duration::ZERO,
+    );
+    let lengths = raw_upstream(
+        |_| b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+        Duration::ZERO,
+    );
+    let h = Harness::start(|_| {
+        vec![
+            service("chunked", "/chunked", 5, &chunked),
+            service("lengths", "/lengths", 5, &lengths),
+        ]
+    })
+    .await;
+    let (offer, preimage) = h.buy("/chunked").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let answer = retried(&h, "/chunked", &l402).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.text().await.unwrap(), "hello");
+
+    let (offer, preimage) = h.buy("/lengths").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let failed = retried(&h, "/lengths", &l402).await;
+    assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
+    let body = failed.text().await.unwrap();
+    assert!(body.contains("malformed"), "{body}");
+}
+
 /// An upstream that closes a kept-alive connection as the next request
 /// arrives on it (its keep-alive ran out) most likely never read it: a
 /// paid request that may be sent twice (a `GET`, no body) is sent again on

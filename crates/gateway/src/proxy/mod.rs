@@ -436,6 +436,16 @@ impl Proxy {
                     None,
                 ))
             }
+            Ok(Err(e)) if e.malformed_answer() => {
+                tracing::warn!(upstream = %upstream.url, error = with_causes(&e), "the upstream's answer is not HTTP that can be read");
+                problem_response(
+                    StatusCode::BAD_GATEWAY,
+                    "about:blank",
+                    "Bad Gateway",
+                    "the upstream answered with a malformed response",
+                    None,
+                )
+            }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %upstream.url, error = with_causes(&e), "the upstream's connection failed with the request");
                 problem_response(
@@ -460,6 +470,11 @@ impl Proxy {
             }
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
+                // Framed two ways: read as chunked (RFC 9112 §6.3), so the
+                // length is not the body's, and would cut it short.
+                if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
                 strip_hop_by_hop(&mut parts.headers);
                 // The upstream's software and version are not the
                 // client's business (nginx hides them too).

@@ -84,6 +84,12 @@ impl SendError {
     pub(super) fn reached(&self) -> bool {
         matches!(self, Self::Send { sent: true, .. })
     }
+
+    /// Whether the upstream answered with something that does not parse
+    /// as an HTTP response (two different lengths, say).
+    pub(super) fn malformed_answer(&self) -> bool {
+        matches!(self, Self::Send { error, sent: true } if error.is_parse())
+    }
 }
 
 /// Whether `error` is the upstream refusing the TLS handshake, with an
