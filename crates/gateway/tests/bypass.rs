@@ -204,10 +204,13 @@ fn lenient_path(raw: &str) -> String {
     let mut segments: Vec<String> = Vec::new();
     for segment in text.split('/') {
         // Servlet containers drop `;params` from every segment; Windows
-        // drops trailing dots and spaces from file names.
+        // drops trailing dots and spaces from file names, and reads
+        // `name::$DATA` or `name:$I30:$INDEX_ALLOCATION` (an NTFS stream)
+        // as `name`.
         let segment = segment.split(';').next().unwrap_or("");
         let segment = match segment {
             "." | ".." => segment,
+            name if name.contains(":$") => name.split(':').next().unwrap_or(""),
             name => name.trim_end_matches(['.', ' ']),
         };
         match segment {
@@ -215,10 +218,45 @@ fn lenient_path(raw: &str) -> String {
             ".." => {
                 segments.pop();
             }
-            s => segments.push(s.to_lowercase()),
+            s => {
+                let long = long_name(&segments, s);
+                segments.push(long.unwrap_or(s).to_lowercase());
+            }
         }
     }
     format!("/{}", segments.join("/"))
+}
+
+/// The name an 8.3 short name (`PREMIU~1`, `SECRET~1.TXT`) stands for
+/// among the [`FILES`] under `parents`, as Windows reads one: the `n`-th
+/// name there whose first characters (and extension's) are the short
+/// one's. IIS cannot run here; this is its reading, made by hand.
+fn long_name(parents: &[String], short: &str) -> Option<&'static str> {
+    let (base, extension) = short.split_once('.').unwrap_or((short, ""));
+    let (prefix, n) = base.rsplit_once('~')?;
+    let n: usize = n.parse().ok()?;
+    let depth = parents.len();
+    let mut names: Vec<&str> = FILES
+        .iter()
+        .filter_map(|(path, _)| {
+            let parts: Vec<&str> = path.split('/').collect();
+            let under = parts.len() > depth
+                && parts[..depth]
+                    .iter()
+                    .zip(parents)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b));
+            under.then(|| parts[depth])
+        })
+        .filter(|name| {
+            let (name_base, name_extension) = name.split_once('.').unwrap_or((name, ""));
+            name_base.to_uppercase().starts_with(&prefix.to_uppercase())
+                && name_extension
+                    .to_uppercase()
+                    .starts_with(&extension.to_uppercase())
+        })
+        .collect();
+    names.dedup();
+    names.get(n.checked_sub(1)?).copied()
 }
 
 /// Serves [`FILES`] at whatever [`lenient_path`] makes of the request, and
@@ -728,7 +766,12 @@ const SEPARATORS: [&str; 7] = ["\\", "%2f", "%2F", "%5c", "%252f", "%25%32%66", 
 
 /// Spellings of the `premium` segment that some upstream reads as
 /// `premium`; a gateway that reads one as something else serves it free.
-const PREMIUM_NAMES: [&str; 37] = [
+const PREMIUM_NAMES: [&str; 42] = [
+    "premium::$INDEX_ALLOCATION",
+    "premium:$i30:$INDEX_ALLOCATION",
+    "premium::%24DATA",
+    "PREMIU~1",
+    "premiu~1",
     "premium%3F",
     "premium%3fx",
     "premium%23",
@@ -770,7 +813,9 @@ const PREMIUM_NAMES: [&str; 37] = [
 
 /// Spellings of `secret.txt` under `/premium/`: all priced, none may be
 /// served unpaid or err.
-const FILE_NAMES: [&str; 13] = [
+const FILE_NAMES: [&str; 15] = [
+    "secret.txt::$DATA",
+    "SECRET~1.TXT",
     "secret.txt%20",
     "secret.txt;x",
     "secret.txt%3b",

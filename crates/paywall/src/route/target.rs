@@ -64,6 +64,11 @@ pub enum TargetError {
     /// A segment ending with `.` or a space, which Windows servers drop.
     #[error("a path segment ends with a dot or a space")]
     TrailingDotOrSpace,
+    /// A segment Windows servers read as another name: an NTFS stream
+    /// (`premium::$DATA`, `premium:$I30:$INDEX_ALLOCATION` are `premium`)
+    /// or an 8.3 short name (`PREMIU~1`, `ANNUAL~1.PDF`).
+    #[error("a path segment is a Windows alias of another name (an NTFS stream :$, or an 8.3 short name such as NAME~1)")]
+    WindowsAlias,
     /// Bytes that are not UTF-8 once decoded.
     #[error("the path is not UTF-8 once percent-decoded")]
     InvalidUtf8,
@@ -105,18 +110,25 @@ fn push_encoded(out: &mut String, b: u8) {
 
 /// Whether a path (after its leading `/`) is its own normal form: only
 /// characters kept as written, no `%`, no empty segment but a last one, no
-/// segment that ends with a dot. Most requests are; they skip the rest.
+/// segment that ends with a dot, none a Windows alias. Most requests are;
+/// they skip the rest.
 fn already_normal(rest: &str) -> bool {
-    let plain = rest
-        .bytes()
-        .all(|b| b == b'/' || (unreserved(b) || literal_delimiter(b)));
+    // A Windows alias needs a `~` or a `:`: only then are segments read for one.
+    let mut maybe_alias = false;
+    let plain = rest.bytes().all(|b| {
+        maybe_alias |= b == b'~' || b == b':';
+        b == b'/' || (unreserved(b) || literal_delimiter(b))
+    });
     if !plain {
         return false;
     }
     let mut segments = rest.split('/').peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
-        if (segment.is_empty() && !last) || segment.ends_with('.') {
+        if (segment.is_empty() && !last)
+            || segment.ends_with('.')
+            || (maybe_alias && windows_alias(segment.as_bytes()))
+        {
             return false;
         }
     }
@@ -195,7 +207,36 @@ fn segment(raw: &str) -> Result<Segment, TargetError> {
     if matches!(decoded.last(), Some(b'.' | b' ')) {
         return Err(TargetError::TrailingDotOrSpace);
     }
+    if windows_alias(&decoded) {
+        return Err(TargetError::WindowsAlias);
+    }
     Ok(Segment::Plain(out))
+}
+
+/// Whether a decoded segment is one Windows servers read as another name:
+/// it names an NTFS stream (`:$` begins a stream type), or has the shape of
+/// an 8.3 short name (at most 8 characters before an extension of at most
+/// 3, ending in `~` and digits: `PREMIU~1`, `PR1A2B~1`, `ANNUAL~1.PDF`).
+fn windows_alias(decoded: &[u8]) -> bool {
+    if decoded.windows(2).any(|w| w == b":$") {
+        return true;
+    }
+    let (base, extension) = match decoded.iter().position(|&b| b == b'.') {
+        Some(dot) => (&decoded[..dot], &decoded[dot + 1..]),
+        None => (decoded, &[][..]),
+    };
+    let Some(tilde) = base.iter().rposition(|&b| b == b'~') else {
+        return false;
+    };
+    let (name, digits) = (&base[..tilde], &base[tilde + 1..]);
+    let short_char = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'()-@^_`{}".contains(b);
+    base.len() <= 8
+        && !name.is_empty()
+        && name.iter().all(short_char)
+        && !digits.is_empty()
+        && digits.iter().all(u8::is_ascii_digit)
+        && extension.len() <= 3
+        && extension.iter().all(short_char)
 }
 
 impl RequestPath {
@@ -370,6 +411,12 @@ mod tests {
             ("/a\"b{c}|", "/a%22b%7Bc%7D%7C"),
             ("/%25", "/%25"),
             ("/..a/a.b", "/..a/a.b"),
+            // Not Windows aliases: a tilde elsewhere, a name too long to
+            // be a short one, a colon without a stream type.
+            ("/~user/a~b", "/~user/a~b"),
+            ("/v1~beta/abc~1x/file.txt~", "/v1~beta/abc~1x/file.txt~"),
+            ("/longname~1/a~1.json", "/longname~1/a~1.json"),
+            ("/v1/projects/p:batchGet", "/v1/projects/p:batchGet"),
         ] {
             assert_eq!(norm(input).as_deref(), Ok(expected), "{input}");
         }
@@ -408,6 +455,21 @@ mod tests {
             ("/premium.../secret", TargetError::TrailingDotOrSpace),
             ("/premium%20/secret", TargetError::TrailingDotOrSpace),
             ("/premium/secret.txt.", TargetError::TrailingDotOrSpace),
+            ("/premium::$INDEX_ALLOCATION/a", TargetError::WindowsAlias),
+            (
+                "/premium:$i30:$INDEX_ALLOCATION/a",
+                TargetError::WindowsAlias,
+            ),
+            ("/premium/secret.txt::$DATA", TargetError::WindowsAlias),
+            ("/premium/secret.txt:x:$data", TargetError::WindowsAlias),
+            (
+                "/premium:%24i30:%24index_allocation",
+                TargetError::WindowsAlias,
+            ),
+            ("/PREMIU~1/a", TargetError::WindowsAlias),
+            ("/reports/ANNUAL~1.PDF", TargetError::WindowsAlias),
+            ("/pr1a2b~1/x", TargetError::WindowsAlias),
+            ("/p%7E12/x", TargetError::WindowsAlias),
             ("/a%00b", TargetError::Control),
             ("/a%0ab", TargetError::Control),
             ("/a%7f", TargetError::Control),
