@@ -1081,3 +1081,72 @@ async fn a_payment_whose_answer_was_lost_is_asked_again_not_failed() {
     assert_eq!(paid.len(), 1, "{paid:?}");
     assert_eq!(paid[0]["status"], "paid", "{paid:?}");
 }
+
+/// A server that offers again an invoice this client has paid (here on
+/// every path: one canned 402) is refused before the wallet is asked: the
+/// payment was booked a second time, counted twice against the budgets,
+/// and reported as paid again, though nothing moved.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invoice_offered_again_is_not_paid_or_booked_twice() {
+    use axum::extract::Path;
+    use axum::http::HeaderMap;
+    let paid = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = paid.clone();
+    let app = Router::new()
+        .route(
+            "/{name}",
+            get(move |Path(name): Path<String>, headers: HeaderMap| {
+                let invoice = numbered_invoice(1);
+                async move {
+                    let auth = headers
+                        .get(header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    if name == "canned" && auth.ends_with(&hex::encode([1u8; 32])) {
+                        return (StatusCode::OK, "canned answer").into_response();
+                    }
+                    (
+                        StatusCode::PAYMENT_REQUIRED,
+                        [(header::WWW_AUTHENTICATE, challenge_for(&invoice))],
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/sandbox/pay",
+            axum::routing::post(move || async move {
+                let again = served.swap(true, std::sync::atomic::Ordering::SeqCst);
+                let status = if again {
+                    StatusCode::CONFLICT
+                } else {
+                    StatusCode::OK
+                };
+                let answer = serde_json::json!({
+                    "preimage": hex::encode([1u8; 32]),
+                    "amount_msat": 3_000,
+                });
+                (status, axum::Json(answer)).into_response()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let out = run(data, &["get", &format!("{base}/canned")]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(paid.load(std::sync::atomic::Ordering::SeqCst));
+    for path in ["/cannedB", "/cannedC"] {
+        let out = run(data, &["get", &format!("{base}{path}")]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{path}: {stderr}");
+        assert!(stderr.contains("paid by this client before"), "{stderr}");
+    }
+    let payments = payments(data).await;
+    assert_eq!(payments.len(), 1, "{payments:?}");
+}

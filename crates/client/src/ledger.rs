@@ -553,18 +553,24 @@ impl Ledger {
         let entry = &payment.entry;
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let paid_elsewhere: Option<String> = tx
+        // Another origin's first: it must not learn the preimage.
+        let paid_before: Option<(String, String)> = tx
             .query_row(
-                "SELECT origin FROM payments
-                 WHERE payment_hash = ?1 AND origin != ?2 AND status != 'failed' LIMIT 1",
+                "SELECT origin, url FROM payments
+                 WHERE payment_hash = ?1 AND status != 'failed'
+                 ORDER BY origin = ?2 LIMIT 1",
                 params![entry.payment_hash, entry.origin],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        if let Some(origin) = paid_elsewhere {
-            return Err(BeginError::Refused(Refusal::PaidForAnotherOrigin {
-                origin,
-            }));
+        match paid_before {
+            Some((origin, _)) if origin != entry.origin => {
+                return Err(BeginError::Refused(Refusal::PaidForAnotherOrigin {
+                    origin,
+                }))
+            }
+            Some((_, url)) => return Err(BeginError::Refused(Refusal::PaidBefore { url })),
+            None => {}
         }
         for (scope, window, limit_sats) in budget.limits_for(&entry.host) {
             let since = window.since(entry.created_at);
@@ -1276,8 +1282,9 @@ mod tests {
 
     /// A server that offers an invoice over a payment hash paid for another
     /// origin is refused before the wallet is asked (which would answer
-    /// with that payment's preimage); a failed payment gave nothing away,
-    /// and the same origin may offer it again.
+    /// with that payment's preimage); nor is it paid or booked again for
+    /// its own origin (the budgets would count it twice); a failed payment
+    /// gave nothing away, and the same origin may offer it again.
     #[test]
     fn a_payment_hash_paid_for_another_origin_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -1302,9 +1309,12 @@ mod tests {
             ),
             "{refused:?}"
         );
-        ledger
-            .begin_payment(&at("a.example", &paid), &budget)
-            .unwrap();
+        // Nor paid or booked twice for its own origin.
+        let again = ledger.begin_payment(&at("a.example", &paid), &budget);
+        assert!(
+            matches!(&again, Err(BeginError::Refused(Refusal::PaidBefore { .. }))),
+            "{again:?}"
+        );
         let lost = ledger
             .begin_payment(&at("a.example", &failed), &budget)
             .unwrap();

@@ -90,6 +90,14 @@ pub enum Refusal {
         /// The origin it was paid for.
         origin: String,
     },
+    /// The invoice's payment hash is one this client paid (or is paying)
+    /// for this origin already: it cannot be paid twice, and booking it
+    /// again would count it twice against the budgets.
+    #[error("refused: the invoice's payment hash was paid by this client before, for {url}; the server offered it again, and it is not paid or booked twice")]
+    PaidBefore {
+        /// The URL it was paid for.
+        url: String,
+    },
 }
 
 impl Refusal {
@@ -102,7 +110,7 @@ impl Refusal {
             Refusal::Expired { .. } | Refusal::UnreadableExpiry { .. } => 6,
             Refusal::OverBudget { .. } => 8,
             Refusal::NoReturnInvoice { .. } => 10,
-            Refusal::PaidForAnotherOrigin { .. } => 1,
+            Refusal::PaidForAnotherOrigin { .. } | Refusal::PaidBefore { .. } => 1,
         }
     }
 }
