@@ -173,19 +173,23 @@ pub struct PayOptions {
 
 impl PayOptions {
     /// The payer these options describe; `sessions` overrides the config's
-    /// `sessions` (off when neither says).
+    /// `sessions` (off when neither says); `insecure` (`-k`) holds for the
+    /// sandbox payer too, which is the server being paid.
     pub async fn payer(
         &self,
         prefer: Option<Prefer>,
         sessions: Option<bool>,
         timeouts: Timeouts,
+        insecure: bool,
         data_dir: &Path,
     ) -> Result<Payer> {
         let config = ClientConfig::load(self.config.as_deref(), data_dir)?;
         let wallet = match &config.lightning {
-            // Its server is the one being paid: bounded as it is.
+            // Its server is the one being paid: bounded and trusted as it is.
             None => Wallet::sandbox_with(
-                timeouts.bounded(reqwest::Client::builder()),
+                timeouts
+                    .bounded(reqwest::Client::builder())
+                    .danger_accept_invalid_certs(insecure),
                 sandbox_payer(data_dir)?,
             ),
             Some(lightning) => Wallet::Node(lightning.connect(data_dir).await?.backend),
@@ -355,7 +359,7 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     };
     let payer = args
         .pay
-        .payer(prefer, sessions, args.timeouts, data_dir)
+        .payer(prefer, sessions, args.timeouts, args.insecure, data_dir)
         .await?;
     // Redirects are followed by the payer, hop by hop, so that each 402 is
     // paid to the origin that sent it and no credential crosses origins.

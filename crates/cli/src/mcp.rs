@@ -65,7 +65,7 @@ async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
     // A tool call pays per call: MCP has no session door.
     let payer = args
         .pay
-        .payer(None, Some(false), args.timeouts, data_dir)
+        .payer(None, Some(false), args.timeouts, false, data_dir)
         .await?;
     let http = args
         .timeouts

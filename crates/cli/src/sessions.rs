@@ -169,6 +169,7 @@ async fn close(
             None,
             Some(true),
             crate::fetch::Timeouts::default(),
+            false,
             data_dir,
         )
         .await?;

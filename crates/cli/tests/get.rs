@@ -1150,3 +1150,80 @@ async fn an_invoice_offered_again_is_not_paid_or_booked_twice() {
     let payments = payments(data).await;
     assert_eq!(payments.len(), 1, "{payments:?}");
 }
+
+/// `-k` holds for the sandbox payer too (the gateway being paid): it was
+/// asked without it, failed its TLS handshake on every try for 30 s, and
+/// the payment, never sent, was kept `pending` (exit 9). A payer that
+/// cannot be connected to has been sent nothing: the payment fails at
+/// once (exit 7) and is not kept pending.
+#[tokio::test(flavor = "multi_thread")]
+async fn insecure_holds_for_the_sandbox_payer_and_an_unsent_payment_fails() {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(upstream);
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    config.tls = Some(gate402_gateway::config::TlsConfig {
+        cert: cert_file,
+        key: key_file,
+    });
+    let gateway = Gateway::start(&config, &dir.path().join("gateway"))
+        .await
+        .unwrap();
+    let url = format!(
+        "https://localhost:{}/api/weather?city=Oslo",
+        gateway.addr().port()
+    );
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    let out = run(data, &["get", "-k", &url]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let paid = payments(data).await;
+    assert_eq!(paid.len(), 1);
+    assert_eq!(paid[0]["status"], "paid");
+
+    gateway.shutdown().await.unwrap();
+
+    // A server that answers its 402 and then takes no connection: the
+    // payer is never reached, and the payment fails at once.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        drop(listener);
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let answer = format!(
+            "HTTP/1.1 402 Payment Required\r\nWWW-Authenticate: {}\r\nContent-Length: 0\r\n\r\n",
+            challenge_for(&numbered_invoice(2))
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+    let started = std::time::Instant::now();
+    let out = run(data, &["get", &format!("{base}/paid")]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stderr.contains("not sent"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{stderr}");
+    let paid = payments(data).await;
+    assert_eq!(paid.len(), 2, "{paid:?}");
+    assert_eq!(paid[1]["status"], "failed", "{paid:?}");
+}

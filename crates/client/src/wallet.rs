@@ -108,11 +108,15 @@ impl Wallet {
                     .await
                 {
                     Ok(paid) | Err(ClientError::AlreadyPaid(paid)) => paid.outcome(),
-                    // Not reached, or reached and its answer lost: it may
-                    // have paid (asked again, never paid again).
-                    Err(e @ (ClientError::Unreachable { .. } | ClientError::Lost { .. })) => Err(
-                        PayError::Backend(LightningError::Unavailable(e.to_string())),
-                    ),
+                    // Never sent: nothing was paid.
+                    Err(e @ ClientError::Unreachable { .. }) => {
+                        Err(PayError::NotSent(e.to_string()))
+                    }
+                    // Reached and its answer lost: it may have paid
+                    // (asked again, never paid again).
+                    Err(e @ ClientError::Lost { .. }) => Err(PayError::Backend(
+                        LightningError::Unavailable(e.to_string()),
+                    )),
                     Err(e) => Err(PayError::Rejected(e.to_string())),
                 }
             }

@@ -184,6 +184,7 @@ impl ErrorType for PayError {
             PayError::InvoiceHasAmount(_) => "invoice_has_amount",
             PayError::ZeroAmount => "zero_amount",
             PayError::NoRoute { .. } => "no_route",
+            PayError::NotSent(_) => "not_sent",
             PayError::Rejected(_) => "rejected",
             PayError::AlreadyPaid(_) => "already_paid",
             PayError::InsufficientBalance(_) => "insufficient_balance",

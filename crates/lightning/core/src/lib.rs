@@ -306,6 +306,10 @@ pub enum PayError {
         /// The node's words.
         reason: String,
     },
+    /// The payment never left: whoever pays it could not be reached
+    /// (nothing was sent, so nothing can have been paid).
+    #[error("the payment was not sent: {0}")]
+    NotSent(String),
     /// The payee rejected the payment (unknown or already paid invoice).
     #[error("payee rejected the payment: {0}")]
     Rejected(String),

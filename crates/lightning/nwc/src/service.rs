@@ -422,9 +422,10 @@ fn backend_error(e: LightningError) -> NIP47Error {
 fn pay_error(e: PayError) -> NIP47Error {
     let code = match e {
         PayError::InsufficientBalance(_) => ErrorCode::InsufficientBalance,
-        PayError::NoRoute { .. } | PayError::Rejected(_) | PayError::AlreadyPaid(_) => {
-            ErrorCode::PaymentFailed
-        }
+        PayError::NoRoute { .. }
+        | PayError::NotSent(_)
+        | PayError::Rejected(_)
+        | PayError::AlreadyPaid(_) => ErrorCode::PaymentFailed,
         PayError::InvalidInvoice(_)
         | PayError::WrongNetwork { .. }
         | PayError::InvoiceExpired(_)

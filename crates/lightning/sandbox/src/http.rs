@@ -271,7 +271,8 @@ fn problem(status: StatusCode, detail: &str) -> Response {
 /// Why the sandbox payer could not pay.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The gateway could not be reached.
+    /// The gateway could not be connected to (TCP or TLS): the request
+    /// never went out, so nothing was paid.
     #[error("cannot reach the sandbox payer at {url}: {reason}")]
     Unreachable {
         /// The URL tried.
@@ -354,6 +355,21 @@ pub async fn pay_amount_via(
     post_pay(client, base_url, invoice, Some(amount_msat), None).await
 }
 
+/// An error's text and its causes' (reqwest's names the request only,
+/// not why it failed), each cause once.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let said = next.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = next.source();
+    }
+    text
+}
+
 async fn post_pay(
     client: &reqwest::Client,
     base_url: &str,
@@ -370,16 +386,24 @@ async fn post_pay(
             payer: payer.map(str::to_owned),
         })
         .send()
-        .await
-        .map_err(|e| ClientError::Unreachable {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
-    let status = response.status();
+        .await;
     let lost = |reason: String| ClientError::Lost {
         url: url.clone(),
         reason,
     };
+    let response = response.map_err(|e| {
+        // Not connected (TCP or TLS): the request never went out. Any
+        // other failure may come after the payer took it.
+        if e.is_connect() {
+            ClientError::Unreachable {
+                url: url.clone(),
+                reason: with_causes(&e),
+            }
+        } else {
+            lost(with_causes(&e))
+        }
+    })?;
+    let status = response.status();
     let body = response.bytes().await.map_err(|e| lost(e.to_string()))?;
     if status == reqwest::StatusCode::CONFLICT {
         if let Ok(paid) = serde_json::from_slice(&body) {
