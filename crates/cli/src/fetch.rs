@@ -203,7 +203,7 @@ impl PayOptions {
                 network,
                 budget: config.budget,
             },
-            ledger: Arc::new(Ledger::open(&ledger_path(data_dir))?),
+            ledger: Arc::new(open_ledger(data_dir)?),
             prefer,
             pay: !self.no_pay,
             sessions: sessions.or(config.sessions).unwrap_or(false),
@@ -247,6 +247,27 @@ impl std::error::Error for HttpError {}
 
 pub fn ledger_path(data_dir: &Path) -> PathBuf {
     data_dir.join("client").join("ledger.sqlite3")
+}
+
+/// Opens the client's ledger. One that others could read (made by hand,
+/// copied with another mode) is made private first, and said so: its kept
+/// tokens and session preimages are bearer credentials.
+///
+/// # Errors
+///
+/// When the ledger cannot be opened or its mode changed.
+pub fn open_ledger(data_dir: &Path) -> Result<Ledger> {
+    let path = ledger_path(data_dir);
+    if path.exists() {
+        if let Some(mode) = gate402_gateway::server::data_dir::make_private(&path)? {
+            errln!(
+                "gate402: warning: {} was readable by other users (mode {:o}); it is 0600 now. Whoever read it holds this client's kept tokens and open sessions' preimages: spend or close them (gate402 tokens clear, gate402 sessions close --all).",
+                path.display(),
+                mode & 0o777
+            );
+        }
+    }
+    Ok(Ledger::open(&path)?)
 }
 
 /// Runs one fetch; the exit code tells refusals apart.
@@ -515,7 +536,7 @@ pub enum TokensCommand {
 
 /// Runs a tokens command.
 pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
-    let ledger = Ledger::open(&ledger_path(data_dir))?;
+    let ledger = open_ledger(data_dir)?;
     match command {
         TokensCommand::List => {
             let tokens = ledger.tokens()?;
@@ -600,7 +621,7 @@ fn since(text: &str) -> Result<u64> {
 
 /// Lists payments with totals per domain (failed ones listed, not counted).
 pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
-    let ledger = Ledger::open(&ledger_path(data_dir))?;
+    let ledger = open_ledger(data_dir)?;
     let since = args.since.as_deref().map(since).transpose()?.unwrap_or(0);
     let payments = ledger.payments(since)?;
     let refunds = ledger.refunds(since)?;

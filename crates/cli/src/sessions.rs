@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use gate402_client::{Client, Ledger, Refund, StoredSession};
+use gate402_client::{Client, Refund, StoredSession};
 use serde_json::{json, Value};
 
-use crate::fetch::{ledger_path, PayOptions};
+use crate::fetch::PayOptions;
 
 /// `gate402 sessions`.
 #[derive(Debug, Subcommand)]
@@ -84,7 +84,7 @@ fn balance_after(session: &StoredSession, refund: Option<&Refund>) -> u64 {
 }
 
 fn list(json_out: bool, all: bool, data_dir: &Path) -> Result<()> {
-    let ledger = Ledger::open(&ledger_path(data_dir))?;
+    let ledger = crate::fetch::open_ledger(data_dir)?;
     let sessions = ledger.sessions(all)?;
     // The last refund recorded for each closed session.
     let refunds: std::collections::HashMap<String, Refund> = if all {

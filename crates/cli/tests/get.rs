@@ -1227,3 +1227,24 @@ async fn insecure_holds_for_the_sandbox_payer_and_an_unsent_payment_fails() {
     assert_eq!(paid.len(), 2, "{paid:?}");
     assert_eq!(paid[1]["status"], "failed", "{paid:?}");
 }
+
+/// A ledger others could read is made private and said so: it holds
+/// kept tokens (bearer credentials). It was made private silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ledger_others_could_read_is_made_private_with_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let out = run(data, &["receipts"]).await;
+    assert!(out.status.success());
+    let ledger = data.join("client").join("ledger.sqlite3");
+    std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(data, &["receipts"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("was readable by other users"), "{stderr}");
+    let mode = std::fs::metadata(&ledger).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = run(data, &["receipts"]).await;
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("readable"));
+}
