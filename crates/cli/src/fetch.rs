@@ -594,29 +594,8 @@ pub struct ReceiptsArgs {
 }
 
 fn since(text: &str) -> Result<u64> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    if let Ok(unix) = text.parse::<u64>() {
-        return Ok(unix);
-    }
-    // As the lists print times.
-    if let Some(at) = gate402_mpp::parse_time(text) {
-        return Ok(at.unix_timestamp().max(0) as u64);
-    }
-    let expected = "expected a date (2026-12-02T10:00:00Z), unix seconds or 30m, 24h, 7d";
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let n: u64 = number
-        .parse()
-        .with_context(|| format!("--since {text:?}: {expected}"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => bail!("--since {text:?}: {expected}"),
-    };
-    Ok(now.saturating_sub(secs))
+    gate402_paywall::time_bound(text, gate402_paywall::unix_now())
+        .map_err(|e| anyhow::anyhow!("--since {e}"))
 }
 
 /// Lists payments with totals per domain (failed ones listed, not counted).

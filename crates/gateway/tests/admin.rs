@@ -593,6 +593,27 @@ async fn paid_traffic_shows_in_payments_and_revenue_and_one_token_is_revoked() {
     assert_eq!(row["amount_sats"], 10);
     let by_scheme = h.get("/payments?service=weather&scheme=Payment").await;
     assert_eq!(by_scheme["payments"].as_array().unwrap().len(), 1);
+    // As the client spells schemes, and times as operators write them.
+    for query in [
+        "service=weather&scheme=mpp",
+        "service=weather&scheme=payment&since=24h",
+        "service=weather&scheme=MPP&since=2020-01-01T00:00:00Z&until=1h",
+    ] {
+        let (status, found) = h
+            .call(reqwest::Method::GET, &format!("/payments?{query}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{query}: {found}");
+        let expected = usize::from(!query.contains("until=1h"));
+        assert_eq!(
+            found["payments"].as_array().unwrap().len(),
+            expected,
+            "{query}: {found}"
+        );
+    }
+    assert_eq!(
+        h.get("/revenue?since=2h").await["total"]["revenue_sats"],
+        23
+    );
     let by_hash = h
         .get(&format!("/payments?payment_hash={weather_hash}"))
         .await;
@@ -619,9 +640,18 @@ async fn paid_traffic_shows_in_payments_and_revenue_and_one_token_is_revoked() {
         "/payments?limit=0",
         "/payments?payment_hash=zz",
         "/payments?bogus=1",
+        "/payments?since=yesterday",
+        "/payments?scheme=lightning",
+        "/revenue?until=24x",
+        "/log?limit=0",
+        "/log?limit=5000",
     ] {
         let (status, body) = h.call(reqwest::Method::GET, bad, None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(
+            !body.to_string().contains("Failed to deserialize"),
+            "{bad}: {body}"
+        );
     }
     let services = h.get("/services").await;
     let pass_row = services["services"]

@@ -97,7 +97,7 @@ pub use client::{
     is_forwarding_header, remove_forwarding_headers, ClientAddr, ClientKey, ForwardedHeader,
     PeerAddr, TrustedProxies,
 };
-pub use clock::unix_now;
+pub use clock::{time_bound, unix_now};
 pub use idempotency::IdempotencyConfig;
 pub use issue::{Binding, Doors};
 pub use issued::Issued;

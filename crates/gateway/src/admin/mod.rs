@@ -456,6 +456,19 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
     }
 }
 
+/// A `400` for a query string that does not fit its endpoint's: what
+/// serde said, without axum's opening words.
+pub(crate) fn query_problem(rejection: &axum::extract::rejection::QueryRejection) -> Response {
+    let text = rejection.body_text();
+    let said = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text);
+    problem(
+        StatusCode::BAD_REQUEST,
+        &format!("the query string does not fit: {said}"),
+    )
+}
+
 /// A problem body with the status's title.
 pub(crate) fn problem(status: StatusCode, detail: &str) -> Response {
     problem_response(

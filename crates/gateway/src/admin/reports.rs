@@ -25,11 +25,31 @@ use super::{problem, store_unavailable, AdminState};
 /// The most payments one search answers.
 const MAX_LIMIT: u64 = 1000;
 
+/// A `since` or `until` parameter, as [`gate402_paywall::time_bound`]
+/// reads it; a `400` saying what it takes otherwise.
+fn bound(name: &str, text: Option<String>, now: u64) -> Result<Option<u64>, Response> {
+    text.map(|text| gate402_paywall::time_bound(&text, now))
+        .transpose()
+        .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("{name}={e}")))
+}
+
+/// A `limit` parameter: 1 to [`MAX_LIMIT`], 100 when absent; a `400`
+/// otherwise.
+fn limit(limit: Option<u64>) -> Result<u64, Response> {
+    match limit.unwrap_or(100) {
+        limit @ 1..=MAX_LIMIT => Ok(limit),
+        _ => Err(problem(
+            StatusCode::BAD_REQUEST,
+            &format!("limit must be between 1 and {MAX_LIMIT}"),
+        )),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PaymentsQuery {
-    since: Option<u64>,
-    until: Option<u64>,
+    since: Option<String>,
+    until: Option<String>,
     service: Option<String>,
     scheme: Option<String>,
     payment_hash: Option<String>,
@@ -37,14 +57,16 @@ pub(super) struct PaymentsQuery {
 }
 
 /// `GET /admin/api/payments?since=&until=&service=&scheme=&payment_hash=&limit=`
-/// (unix seconds; default the last 24 hours, 100 payments, newest first).
+/// (times as [`gate402_paywall::time_bound`] reads them: unix seconds, an
+/// RFC 3339 time, or `24h` back from now; default the last 24 hours, 100
+/// payments, newest first).
 pub(super) async fn payments(
     State(state): State<AdminState>,
     query: Result<Query<PaymentsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Query(q) = match query {
         Ok(q) => q,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, &e.body_text()),
+        Err(e) => return super::query_problem(&e),
     };
     let now = unix_now();
     let payment_hash = match q.payment_hash.as_deref().map(super::payment::hash_of) {
@@ -52,31 +74,40 @@ pub(super) async fn payments(
         Some(Ok(hash)) => Some(hash),
         Some(Err(message)) => return problem(StatusCode::BAD_REQUEST, &message),
     };
-    if let Some(scheme) = q.scheme.as_deref() {
-        if !["L402", "Payment", "x402"].contains(&scheme) {
+    // As the client spells schemes too (`mpp`), in any case.
+    let scheme = match q.scheme.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => None,
+        Some("l402" | "lsat") => Some("L402"),
+        Some("payment" | "mpp") => Some("Payment"),
+        Some("x402") => Some("x402"),
+        Some(_) => {
             return problem(
                 StatusCode::BAD_REQUEST,
-                &format!("scheme={scheme:?}: use L402, Payment or x402"),
-            );
+                &format!(
+                    "scheme={:?}: use L402, Payment (or mpp) or x402",
+                    q.scheme.unwrap_or_default()
+                ),
+            )
         }
-    }
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_LIMIT {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            &format!("limit must be between 1 and {MAX_LIMIT}"),
-        );
-    }
+    };
+    let (since, until) = match (bound("since", q.since, now), bound("until", q.until, now)) {
+        (Ok(since), Ok(until)) => (since, until),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let limit = match limit(q.limit) {
+        Ok(limit) => limit,
+        Err(e) => return e,
+    };
     let query = PaymentQuery {
         // A payment hash finds its payment whenever it was.
-        since: q.since.unwrap_or(if payment_hash.is_some() {
+        since: since.unwrap_or(if payment_hash.is_some() {
             0
         } else {
             now.saturating_sub(86_400)
         }),
-        until: q.until.unwrap_or(u64::MAX),
+        until: until.unwrap_or(u64::MAX),
         service: q.service,
-        scheme: q.scheme,
+        scheme: scheme.map(str::to_owned),
         payment_hash,
         limit,
     };
@@ -95,8 +126,8 @@ pub(super) async fn payments(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RevenueQuery {
-    since: Option<u64>,
-    until: Option<u64>,
+    since: Option<String>,
+    until: Option<String>,
     by: Option<String>,
 }
 
@@ -153,7 +184,7 @@ pub(super) async fn revenue(
 ) -> Response {
     let Query(q) = match query {
         Ok(q) => q,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, &e.body_text()),
+        Err(e) => return super::query_problem(&e),
     };
     let width: u64 = match q.by.as_deref().unwrap_or("hour") {
         "hour" => 3600,
@@ -166,9 +197,12 @@ pub(super) async fn revenue(
         }
     };
     let now = unix_now();
-    let until = q.until.unwrap_or(now + 1);
-    let since = q
-        .since
+    let (since, until) = match (bound("since", q.since, now), bound("until", q.until, now)) {
+        (Ok(since), Ok(until)) => (since, until),
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    let until = until.unwrap_or(now + 1);
+    let since = since
         .unwrap_or_else(|| until.saturating_sub(if width == 3600 { 86_400 } else { 30 * 86_400 }));
     if since >= until {
         return problem(StatusCode::BAD_REQUEST, "since must be before until");
@@ -241,9 +275,12 @@ pub(super) async fn log(
 ) -> Response {
     let Query(q) = match query {
         Ok(q) => q,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, &e.body_text()),
+        Err(e) => return super::query_problem(&e),
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let limit = match limit(q.limit) {
+        Ok(limit) => limit,
+        Err(e) => return e,
+    };
     match state.store().admin_log(limit).await {
         Ok(entries) => Json(json!({
             "entries": entries
