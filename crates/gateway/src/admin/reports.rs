@@ -25,23 +25,27 @@ use super::{problem, store_unavailable, AdminState};
 /// The most payments one search answers.
 const MAX_LIMIT: u64 = 1000;
 
-/// A `since` or `until` parameter, as [`gate402_paywall::time_bound`]
-/// reads it; a `400` saying what it takes otherwise.
-fn bound(name: &str, text: Option<String>, now: u64) -> Result<Option<u64>, Response> {
-    text.map(|text| gate402_paywall::time_bound(&text, now))
-        .transpose()
-        .map_err(|e| problem(StatusCode::BAD_REQUEST, &format!("{name}={e}")))
+/// `since` and `until`, as [`gate402_paywall::time_bound`] reads them;
+/// else what they take, for a `400`.
+fn bounds(
+    since: Option<String>,
+    until: Option<String>,
+    now: u64,
+) -> Result<(Option<u64>, Option<u64>), String> {
+    let bound = |name: &str, text: Option<String>| {
+        text.map(|text| gate402_paywall::time_bound(&text, now))
+            .transpose()
+            .map_err(|e| format!("{name}={e}"))
+    };
+    Ok((bound("since", since)?, bound("until", until)?))
 }
 
-/// A `limit` parameter: 1 to [`MAX_LIMIT`], 100 when absent; a `400`
-/// otherwise.
-fn limit(limit: Option<u64>) -> Result<u64, Response> {
+/// A `limit` parameter: 1 to [`MAX_LIMIT`], 100 when absent; else what it
+/// takes, for a `400`.
+fn limit(limit: Option<u64>) -> Result<u64, String> {
     match limit.unwrap_or(100) {
         limit @ 1..=MAX_LIMIT => Ok(limit),
-        _ => Err(problem(
-            StatusCode::BAD_REQUEST,
-            &format!("limit must be between 1 and {MAX_LIMIT}"),
-        )),
+        _ => Err(format!("limit must be between 1 and {MAX_LIMIT}")),
     }
 }
 
@@ -90,14 +94,11 @@ pub(super) async fn payments(
             )
         }
     };
-    let (since, until) = match (bound("since", q.since, now), bound("until", q.until, now)) {
-        (Ok(since), Ok(until)) => (since, until),
-        (Err(e), _) | (_, Err(e)) => return e,
-    };
-    let limit = match limit(q.limit) {
-        Ok(limit) => limit,
-        Err(e) => return e,
-    };
+    let ((since, until), limit) =
+        match bounds(q.since, q.until, now).and_then(|b| Ok((b, limit(q.limit)?))) {
+            Ok(read) => read,
+            Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
+        };
     let query = PaymentQuery {
         // A payment hash finds its payment whenever it was.
         since: since.unwrap_or(if payment_hash.is_some() {
@@ -197,9 +198,9 @@ pub(super) async fn revenue(
         }
     };
     let now = unix_now();
-    let (since, until) = match (bound("since", q.since, now), bound("until", q.until, now)) {
-        (Ok(since), Ok(until)) => (since, until),
-        (Err(e), _) | (_, Err(e)) => return e,
+    let (since, until) = match bounds(q.since, q.until, now) {
+        Ok(bounds) => bounds,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
     };
     let until = until.unwrap_or(now + 1);
     let since = since
@@ -279,7 +280,7 @@ pub(super) async fn log(
     };
     let limit = match limit(q.limit) {
         Ok(limit) => limit,
-        Err(e) => return e,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
     };
     match state.store().admin_log(limit).await {
         Ok(entries) => Json(json!({
