@@ -1055,11 +1055,15 @@ async fn a_tool_is_not_sold_below_what_http_charges_after_a_change() {
         .unwrap_err();
     assert_eq!(offered["challenges"][0]["request"]["amount"], "40");
 
-    // A dearer service in front of the tool's path: over HTTP the path is
-    // its; the tool is no longer sold.
+    // A dearer service in front of the tool's path for GET, the tool's
+    // service taking POST there too (a service left never reached is
+    // refused): over HTTP the tool's request is the dearer one's; the
+    // tool is no longer sold.
     let services = h.gateway.services_handle();
     let mut running = services.running();
-    let weather = running.iter().find(|s| s.name() == "weather").unwrap();
+    let weather = running.iter_mut().find(|s| s.name() == "weather").unwrap();
+    weather.priced.methods = vec![axum::http::Method::GET, axum::http::Method::POST];
+    let weather = weather.clone();
     let mut dear = gate402_gateway::config::ServiceConfig::proxied(
         "dear",
         "/api/weather",
@@ -1067,6 +1071,7 @@ async fn a_tool_is_not_sold_below_what_http_charges_after_a_change() {
         &weather.upstream.as_ref().unwrap().url,
     );
     dear.priced.description = "Dear".into();
+    dear.priced.methods = vec![axum::http::Method::GET];
     running.insert(0, dear);
     services.set(&running).unwrap();
     let message = h.refused(call("weather", city.clone(), None)).await;
