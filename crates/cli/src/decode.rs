@@ -148,28 +148,38 @@ fn decode_lines(input: &str, now: SystemTime) -> Result<Value> {
 
 /// A response as `curl -i` prints it (its status line, its fields, a
 /// blank line, its body; `-L` prints each response of a redirect so):
-/// the `WWW-Authenticate` fields of its last head.
+/// the `WWW-Authenticate` fields of its last head, or else (a paid answer)
+/// its `Payment-Receipt`.
 fn decode_response(input: &str, now: SystemTime) -> Result<Value> {
     let mut values = Vec::new();
+    let mut receipt = None;
     let mut in_head = false;
     for line in input.lines().map(|l| l.trim_end_matches('\r')) {
         if !in_head {
             if line.starts_with("HTTP/") {
                 values.clear();
+                receipt = None;
                 in_head = true;
             }
             continue;
         }
         if line.trim().is_empty() {
             in_head = false;
-        } else if let (Some(Header::WwwAuthenticate), value) = strip_header_name(line) {
-            values.push(value);
+            continue;
+        }
+        match strip_header_name(line) {
+            (Some(Header::WwwAuthenticate), value) => values.push(value),
+            (Some(Header::Receipt), value) => receipt = Some(value),
+            _ => {}
         }
     }
-    if values.is_empty() {
-        bail!("the response has no WWW-Authenticate field");
+    match receipt {
+        Some(receipt) if values.is_empty() => decode_receipt(receipt),
+        _ if values.is_empty() => {
+            bail!("the response has no WWW-Authenticate or Payment-Receipt field")
+        }
+        _ => decode_challenges(&values.join(", "), now),
     }
-    decode_challenges(&values.join(", "), now)
 }
 
 fn guess(value: &str, now: SystemTime) -> Result<Value> {

@@ -218,13 +218,30 @@ fn a_response_as_curl_prints_it() {
         .map(|c| c["scheme"].as_str().unwrap())
         .collect();
     assert_eq!(schemes, ["L402", "Payment"]);
+    // A paid answer: its receipt.
+    let paid = format!(
+        "HTTP/1.1 200 OK\r\nPayment-Receipt: {}\r\ncontent-length: 2\r\n\r\n{{}}\n",
+        x.receipt
+    );
+    let out = gate402(&["decode", "--json", "-"], Some(&paid));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["kind"], "receipt");
+    assert_eq!(report["receipt"]["reference"], x.payment_hash);
     let out = gate402(
         &["decode", "-"],
         Some("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no WWW-Authenticate field"), "{stderr}");
+    assert!(
+        stderr.contains("no WWW-Authenticate or Payment-Receipt field"),
+        "{stderr}"
+    );
 }
 
 #[test]
