@@ -47,13 +47,21 @@ fn installed_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// The bytes of `path`, or the OS's reason (the PEM readers' own error
+/// says only "I/O error").
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File {
+        path: path.to_owned(),
+        what: e.to_string(),
+    })
+}
+
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_error = |what: String| TlsError::File {
         path: path.to_owned(),
         what,
     };
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(e.to_string()))?
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&read(path)?)
         .collect::<Result<_, _>>()
         .map_err(|e| file_error(format!("not PEM certificates: {e}")))?;
     if chain.is_empty() {
@@ -63,7 +71,7 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
+    PrivateKeyDer::from_pem_slice(&read(path)?).map_err(|e| TlsError::File {
         path: path.to_owned(),
         what: format!("not a PEM private key: {e}"),
     })

@@ -382,7 +382,7 @@ fn serve_check_reads_upstream_tls_files() {
         ),
         (
             "upstream_tls = { ca = \"/nonexistent/ca.pem\" }".to_owned(),
-            "/nonexistent/ca.pem",
+            "services[0].upstream_tls.ca: /nonexistent/ca.pem: No such file or directory",
         ),
         (
             format!("upstream_tls = {{ client_cert = {ca_file:?} }}"),

@@ -571,7 +571,19 @@ impl Checker {
         match crate::tls::client_config(&tls) {
             Ok(_) => Some(tls),
             Err(e) => {
-                self.error(path, e);
+                // Said under the key that names the file.
+                let key = match &e {
+                    crate::tls::TlsError::File { path: file, .. } => [
+                        ("ca", &tls.ca),
+                        ("client_cert", &tls.client_cert),
+                        ("client_key", &tls.client_key),
+                    ]
+                    .into_iter()
+                    .find(|(_, named)| named.as_ref() == Some(file))
+                    .map_or_else(|| path.to_owned(), |(key, _)| join(path, key)),
+                    crate::tls::TlsError::Config(_) => path.to_owned(),
+                };
+                self.error(&key, e);
                 None
             }
         }
