@@ -86,11 +86,25 @@ impl Client {
         for _ in 0..=max_redirects {
             let kept = request.try_clone();
             let mut payer = self.payer.clone();
-            let cap = &mut payer.policy.max_cost_sats;
-            *cap = cap.saturating_sub(spent_msat.div_ceil(1000));
+            let cap_sats = payer.policy.max_cost_sats;
+            let spent_sats = spent_msat.div_ceil(1000);
+            payer.policy.max_cost_sats = cap_sats.saturating_sub(spent_sats);
             let fetched = payer
                 .fetch_with(request, |r| async { Ok(self.http.execute(r).await?) })
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    // Said as what is left of the request's cap.
+                    FetchError::Refused(crate::Refusal::OverCap {
+                        price_sats,
+                        max_sats,
+                    }) if spent_sats > 0 => FetchError::Refused(crate::Refusal::OverCapAfterHops {
+                        price_sats,
+                        left_sats: max_sats,
+                        cap_sats,
+                        spent_sats,
+                    }),
+                    e => e,
+                })?;
             let (response, entry) = match fetched {
                 Fetched::Response(response, entry) => (response, entry),
                 offer @ Fetched::Offer(_) => return Ok(offer),

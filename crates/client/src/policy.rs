@@ -35,6 +35,21 @@ pub enum Refusal {
         /// Allowed.
         max_sats: u64,
     },
+    /// Above what is left of the cap after the earlier hops of a followed
+    /// redirect paid (`-L`: the hops of one request pay the cap in all).
+    #[error(
+        "refused: the price is {price_sats} sat, above the {left_sats} sat left of the cap of {cap_sats} sat (--max-cost, or max_cost_sats in client.toml) after {spent_sats} sat paid on earlier hops of this request"
+    )]
+    OverCapAfterHops {
+        /// Asked for.
+        price_sats: u64,
+        /// What is left of the cap.
+        left_sats: u64,
+        /// The cap of the whole request.
+        cap_sats: u64,
+        /// Paid on earlier hops.
+        spent_sats: u64,
+    },
     /// On another network than the wallet's.
     #[error("refused: the invoice is for {invoice}, the wallet is on {wallet}")]
     WrongNetwork {
@@ -104,7 +119,7 @@ impl Refusal {
     /// The process exit code `gate402 get` uses for this refusal.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Refusal::OverCap { .. } => 3,
+            Refusal::OverCap { .. } | Refusal::OverCapAfterHops { .. } => 3,
             Refusal::NoAmount => 4,
             Refusal::WrongNetwork { .. } => 5,
             Refusal::Expired { .. } | Refusal::UnreadableExpiry { .. } => 6,

@@ -137,9 +137,20 @@ async fn a_chain_of_paid_redirects_pays_at_most_the_cap_in_all() {
     assert!(
         matches!(
             error,
-            FetchError::Refused(gate402_client::Refusal::OverCap { max_sats: 5, .. })
+            FetchError::Refused(gate402_client::Refusal::OverCapAfterHops {
+                left_sats: 5,
+                cap_sats: 25,
+                spent_sats: 20,
+                ..
+            })
         ),
         "{error}"
+    );
+    // Said as what is left of the cap the request was given.
+    let said = error.to_string();
+    assert!(
+        said.contains("5 sat left of the cap of 25 sat") && said.contains("after 20 sat paid"),
+        "{said}"
     );
     let paid: u64 = ledger
         .payments(0)
