@@ -256,9 +256,25 @@ impl Checker {
                 self.error(&at("path"), format!("{p:?} must start with /"));
                 None
             }
-            Some(p) => PathPattern::parse(p)
-                .map_err(|e| self.error(&at("path"), e))
-                .ok(),
+            Some(p) => match PathPattern::parse(p) {
+                // A dot segment is resolved as a request's is: said, not
+                // done silently (`/premium/../x` would sell `/x`).
+                Ok(pattern) if p.split('/').any(|s| s == "." || s == "..") => {
+                    self.error(
+                        &at("path"),
+                        format!(
+                            "{p:?} has a dot segment; write the path it means, {:?}",
+                            pattern.as_written()
+                        ),
+                    );
+                    None
+                }
+                Ok(pattern) => Some(pattern),
+                Err(e) => {
+                    self.error(&at("path"), e);
+                    None
+                }
+            },
             None if !has_path => {
                 self.error(&at("path"), "is required");
                 None

@@ -1125,3 +1125,29 @@ fn an_unregistered_method_is_warned_of() {
         ["services[0].methods[0]: \"FROBNICATE\" is no registered HTTP method; requests are matched by it as written"]
     );
 }
+
+/// A route written with a dot segment is refused with the path it means:
+/// `/premium/../x` was taken as `/x`, silently.
+#[test]
+fn a_route_with_a_dot_segment_is_refused_with_the_path_it_means() {
+    for (path, means) in [
+        ("/premium/../x", "\"/x\""),
+        ("/a/./b/*", "\"/a/b/*\""),
+        ("/a/..", "\"/\""),
+    ] {
+        let text = format!(
+            "[[services]]\nname = \"a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\npath = \"{path}\"\n"
+        );
+        let errors = GatewayConfig::parse(&text, env).unwrap_err().0;
+        assert_eq!(errors.len(), 1, "{path}: {errors:?}");
+        assert!(
+            errors[0].starts_with("services[0].path:")
+                && errors[0].contains("has a dot segment")
+                && errors[0].ends_with(means),
+            "{path}: {errors:?}"
+        );
+    }
+    // Spelled otherwise but meaning the same path: taken as it means.
+    let text = "[[services]]\nname = \"a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\npath = \"/%70remium\"\n";
+    assert!(GatewayConfig::parse(text, env).is_ok());
+}
