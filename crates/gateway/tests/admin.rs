@@ -407,6 +407,14 @@ async fn services_change_at_runtime_with_the_configs_checks() {
         (json!({"sells": "forever"}), "services.weather.sells"),
         (json!({"surprise": 1}), "surprise"),
         (json!({"headers": {"x-api-key": "<redacted>"}}), "x-api-key"),
+        (
+            json!({"token_lifetime_secs": 9_223_372_036_854_775_808u64}),
+            "services.weather.token_lifetime_secs: 9223372036854775808 is more than TOML holds",
+        ),
+        (
+            json!({"methods": ["GET", null]}),
+            "services.weather.methods: null inside an array",
+        ),
     ] {
         let (status, body) = h
             .call(
@@ -417,6 +425,8 @@ async fn services_change_at_runtime_with_the_configs_checks() {
             .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{patch}: {body}");
         assert!(body.to_string().contains(expected), "{patch}: {body}");
+        // Listed as the config's checks list their errors.
+        assert!(body["errors"].is_array(), "{patch}: {body}");
     }
     assert_eq!(h.price("/api/weather").await, 12);
     for (method, path, body, expected) in [

@@ -83,6 +83,7 @@ pub(super) async fn put(
 ) -> Response {
     let table = match table_of(body, &name) {
         Ok(table) => table,
+        Err((StatusCode::UNPROCESSABLE_ENTITY, detail)) => return unfit(&detail),
         Err((status, detail)) => return problem(status, &detail),
     };
     let existing = state.services.view(&name);
@@ -141,10 +142,10 @@ pub(super) async fn patch(
         );
     }
     if let Err(detail) = merge_patch(&mut table, keys, &format!("services.{name}")) {
-        return problem(StatusCode::UNPROCESSABLE_ENTITY, &detail);
+        return unfit(&detail);
     }
     if let Err(detail) = no_redacted(&table, &name) {
-        return problem(StatusCode::UNPROCESSABLE_ENTITY, &detail);
+        return unfit(&detail);
     }
     let to = Change {
         state: view.state,
@@ -177,7 +178,7 @@ fn merge_patch(table: &mut Table, patch: Map<String, Value>, at: &str) -> Result
                 table.insert(key, toml::Value::Table(nested));
             }
             other => {
-                let value = toml::Value::try_from(&other).map_err(|e| toml_error(&path, &e))?;
+                let value = toml::Value::try_from(&other).map_err(|_| toml_error(&path, &other))?;
                 table.insert(key, value);
             }
         }
@@ -185,10 +186,35 @@ fn merge_patch(table: &mut Table, patch: Map<String, Value>, at: &str) -> Result
     Ok(())
 }
 
-/// Why a JSON value is not a TOML one, at `path`.
-fn toml_error(path: &str, e: &toml::ser::Error) -> String {
-    format!(
-        "{path}: {e} (TOML holds integers up to 9223372036854775807, and no null inside an array)"
+/// Why `value`, at `path`, is not a TOML value: a number too large for
+/// it, or a `null` inside an array (TOML has no null).
+fn toml_error(path: &str, value: &Value) -> String {
+    fn unfit(value: &Value) -> Option<String> {
+        match value {
+            Value::Number(n)
+                if n.as_i64().is_none() && n.as_f64().is_none_or(|f| f.fract() == 0.0) =>
+            {
+                Some(format!(
+                    "{n} is more than TOML holds (integers up to 9223372036854775807)"
+                ))
+            }
+            Value::Null => Some("null inside an array is not a TOML value".into()),
+            Value::Array(items) => items.iter().find_map(unfit),
+            Value::Object(fields) => fields.values().find_map(unfit),
+            _ => None,
+        }
+    }
+    let why = unfit(value).unwrap_or_else(|| "not a value TOML can hold".into());
+    format!("{path}: {why}")
+}
+
+/// A `422` for a table that cannot be a service's, with the problem in
+/// `errors` as the config's checks list theirs.
+fn unfit(detail: &str) -> Response {
+    problem_with(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &format!("the service does not pass the config's checks: {detail}"),
+        json!({ "errors": [detail] }),
     )
 }
 
