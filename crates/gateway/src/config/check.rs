@@ -146,14 +146,44 @@ impl Checker {
         }
     }
 
-    /// Deserializes the table at `path` in one go: for an enum tagged by
-    /// one of its keys (`[lightning] backend`), whose other keys mean
-    /// nothing once that one is dropped.
-    fn whole<T: DeserializeOwned>(&mut self, path: &str, value: Value) -> Option<T> {
-        let table = self.table(path, value)?;
-        serde_path_to_error::deserialize(Value::Table(table))
-            .map_err(|e| self.serde_error(path, &e))
-            .ok()
+    /// `[lightning]`: its `backend`, then that backend's keys read as a
+    /// section, so that each error names its key (`lightning.network`);
+    /// read as one tagged enum, serde loses the path to the key.
+    fn lightning(&mut self, value: Value) -> Option<LightningConfig> {
+        use crate::lightning::SandboxSection;
+        let mut table = self.table("lightning", value)?;
+        let backend = match table.remove("backend") {
+            Some(Value::String(backend)) => backend,
+            Some(other) => {
+                let found = format!("expected a string, found {}", other.type_str());
+                self.error("lightning.backend", found);
+                return None;
+            }
+            None => {
+                self.error(
+                    "lightning.backend",
+                    "is required: sandbox, ldk, lnd, cln or nwc",
+                );
+                return None;
+            }
+        };
+        let table = Value::Table(table);
+        match backend.as_str() {
+            "sandbox" => self
+                .section::<SandboxSection>("lightning", table)
+                .map(LightningConfig::Sandbox),
+            "ldk" => self.section("lightning", table).map(LightningConfig::Ldk),
+            "lnd" => self.section("lightning", table).map(LightningConfig::Lnd),
+            "cln" => self.section("lightning", table).map(LightningConfig::Cln),
+            "nwc" => self.section("lightning", table).map(LightningConfig::Nwc),
+            other => {
+                self.error(
+                    "lightning.backend",
+                    format!("{other:?} is not sandbox, ldk, lnd, cln or nwc"),
+                );
+                None
+            }
+        }
     }
 
     /// `value` as the table it must be.
@@ -228,10 +258,7 @@ impl Checker {
                 _ => self.error("tls", "needs both cert and key"),
             }
         }
-        if let Some(lightning) = raw
-            .lightning
-            .and_then(|v| self.whole::<LightningConfig>("lightning", v))
-        {
+        if let Some(lightning) = raw.lightning.and_then(|v| self.lightning(v)) {
             match lightning.check() {
                 Ok(()) => config.lightning = lightning,
                 Err(e) => self.error("", format!("{e:#}")),

@@ -1151,3 +1151,38 @@ fn a_route_with_a_dot_segment_is_refused_with_the_path_it_means() {
     let text = "[[services]]\nname = \"a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\npath = \"/%70remium\"\n";
     assert!(GatewayConfig::parse(text, env).is_ok());
 }
+
+/// `[lightning]` errors name their key (`lightning.network`), and a
+/// missing credential or file is said once.
+#[test]
+fn lightning_errors_name_their_key_and_say_their_reason_once() {
+    for (table, expected) in [
+        (
+            "backend = \"ldk\"\nnetwork = \"bitcoinx\"",
+            "lightning.network: unknown variant `bitcoinx`",
+        ),
+        ("backend = \"lndx\"", "lightning.backend: \"lndx\" is not"),
+        ("network = \"regtest\"", "lightning.backend: is required"),
+        (
+            "backend = \"lnd\"\nurl = \"https://127.0.0.1:8080\"",
+            "lightning (lnd): no credential: set macaroon_path or macaroon_dir",
+        ),
+        (
+            "backend = \"lnd\"\nurl = \"https://127.0.0.1:8080\"\nmacaroon_path = \"/nonexistent/admin.macaroon\"",
+            "cannot read /nonexistent/admin.macaroon: No such file or directory (os error 2)",
+        ),
+    ] {
+        let errors = GatewayConfig::parse(&format!("[lightning]\n{table}\n"), env)
+            .unwrap_err()
+            .0;
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{expected:?} missing from {errors:?}"
+        );
+        assert!(
+            errors.iter().all(|e| e.matches("(os error 2)").count() <= 1
+                && e.matches("set macaroon_path").count() <= 1),
+            "{errors:?}"
+        );
+    }
+}

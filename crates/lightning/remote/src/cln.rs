@@ -67,15 +67,7 @@ impl Cln {
             (None, Some(path)) => String::from_utf8_lossy(&error::read(path)?)
                 .trim()
                 .to_owned(),
-            (None, None) => {
-                return Err(RemoteError::Read {
-                    path: PathBuf::from("rune"),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "set rune or rune_path",
-                    ),
-                })
-            }
+            (None, None) => return Err(RemoteError::NoCredential("rune or rune_path")),
         };
         Ok(Self {
             client: http::client(config.tls_cert_path.as_deref(), http::Trust::Authority)?,

@@ -6,14 +6,19 @@ use std::path::{Path, PathBuf};
 /// Why a REST backend could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    /// A credential or certificate file could not be read.
-    #[error("cannot read {path}: {source}")]
+    /// A credential or certificate file could not be read. The reason is
+    /// said in the message, not chained as a source: an error printed
+    /// with its causes would say it twice.
+    #[error("cannot read {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
+    /// The config names no credential: set one of these keys.
+    #[error("no credential: set {0}")]
+    NoCredential(&'static str),
     /// A certificate that is not PEM.
     #[error("{0} is not a PEM certificate")]
     Certificate(PathBuf),
@@ -27,8 +32,8 @@ pub enum RemoteError {
 
 /// Reads a credential or certificate file named in the config.
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, RemoteError> {
-    std::fs::read(path).map_err(|source| RemoteError::Read {
+    std::fs::read(path).map_err(|reason| RemoteError::Read {
         path: path.to_owned(),
-        source,
+        reason,
     })
 }

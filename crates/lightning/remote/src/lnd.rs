@@ -82,15 +82,7 @@ impl Lnd {
         let macaroon_path = match (&config.macaroon_path, &config.macaroon_dir) {
             (Some(path), _) => path.clone(),
             (None, Some(dir)) => dir.join("admin.macaroon"),
-            (None, None) => {
-                return Err(RemoteError::Read {
-                    path: PathBuf::from("admin.macaroon"),
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "set macaroon_path or macaroon_dir",
-                    ),
-                })
-            }
+            (None, None) => return Err(RemoteError::NoCredential("macaroon_path or macaroon_dir")),
         };
         Ok(Self {
             client: http::client(config.tls_cert_path.as_deref(), http::Trust::Pinned)?,
