@@ -369,6 +369,14 @@ async fn quotes() {
         let (status, problem) = d.quote(query).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {problem}");
     }
+    // A query the endpoint cannot read says why.
+    let (status, problem) = d.quote("path=/a&path=/b").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("does not fit") && detail.contains("duplicate field `path`"),
+        "{problem}"
+    );
     let response = d.get("/l402/quote?path=/weather").await;
     assert_eq!(response.headers()[LINK], MANIFEST_LINK);
     assert_eq!(response.headers()[CACHE_CONTROL], "no-cache");

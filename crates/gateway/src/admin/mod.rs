@@ -456,16 +456,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Segment {
     }
 }
 
-/// A `400` for a query string that does not fit its endpoint's: what
-/// serde said, without axum's opening words.
+/// A `400` for a query string that does not fit its endpoint's.
 pub(crate) fn query_problem(rejection: &axum::extract::rejection::QueryRejection) -> Response {
-    let text = rejection.body_text();
-    let said = text
-        .strip_prefix("Failed to deserialize query string: ")
-        .unwrap_or(&text);
     problem(
         StatusCode::BAD_REQUEST,
-        &format!("the query string does not fit: {said}"),
+        &crate::problem::query_unfit(rejection),
     )
 }
 

@@ -560,8 +560,9 @@ async fn l402_quote(
             None,
         )
     };
-    let Ok(axum::extract::Query(query)) = query else {
-        return bad_request("the query string does not parse");
+    let axum::extract::Query(query) = match query {
+        Ok(query) => query,
+        Err(e) => return bad_request(&crate::problem::query_unfit(&e)),
     };
     let Some(text) = query.path else {
         return bad_request("give the route as ?path=/some/path (and &method=GET)");
