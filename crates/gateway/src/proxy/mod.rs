@@ -365,6 +365,9 @@ impl Proxy {
             let sending = pool.send(request, || {
                 connected.store(true, std::sync::atomic::Ordering::Relaxed);
             });
+            // Pinned here and lent: held once in this future, not also
+            // in the one that races it against the client leaving.
+            tokio::pin!(sending);
             let response = unless_left_unsent(sending, presence, &connected);
             tokio::pin!(response);
             tokio::select! {

@@ -204,7 +204,13 @@ impl Pool {
             let idle = if fresh { None } else { self.take_idle() };
             let (mut sender, idled) = match idle {
                 Some((sender, since)) => (sender, Some(since.elapsed())),
-                None => (self.connect().await.map_err(SendError::Connect)?, None),
+                // Boxed: a connection is made rarely, and its future (the
+                // TLS stream inside, over 2 KB) would otherwise widen every
+                // request's future, moved whole wherever it is.
+                None => (
+                    Box::pin(self.connect()).await.map_err(SendError::Connect)?,
+                    None,
+                ),
             };
             if let Some(connected) = connected.take() {
                 connected();
