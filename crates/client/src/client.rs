@@ -364,21 +364,34 @@ impl Payer {
         S: Fn(Request) -> F + Sync,
         F: Future<Output = Result<Response, FetchError>> + Send,
     {
-        let mut attempt = with_credential(request, &token.field, &token.authorization)?;
-        if let (Some(own), Some(kept)) = (own_key, &token.unanswered) {
-            if kept.request_digest == own.request_digest {
-                kept.apply(&mut attempt);
+        let mut waits = 0;
+        loop {
+            let mut attempt = with_credential(request, &token.field, &token.authorization)?;
+            if let (Some(own), Some(kept)) = (own_key, &token.unanswered) {
+                if kept.request_digest == own.request_digest {
+                    kept.apply(&mut attempt);
+                }
             }
+            let sent = RequestKey::of(&attempt);
+            if let Some(sent) = &sent {
+                self.ledger.note_unanswered(&token.payment_hash, sent)?;
+            }
+            let answer = send(attempt).await?;
+            if let Some(sent) = &sent {
+                self.ledger.note_answered(&token.payment_hash, sent)?;
+            }
+            // A balance whose funds requests in flight hold (`409`): what
+            // they do not use comes back, so it is asked again, not paid
+            // over with a new deposit.
+            if token.single_use()
+                || answer.status() != StatusCode::CONFLICT
+                || waits == crate::payer::HELD_BALANCE_WAITS
+            {
+                return Ok(answer);
+            }
+            waits += 1;
+            tokio::time::sleep(crate::payer::retry_after(&answer)).await;
         }
-        let sent = RequestKey::of(&attempt);
-        if let Some(sent) = &sent {
-            self.ledger.note_unanswered(&token.payment_hash, sent)?;
-        }
-        let answer = send(attempt).await?;
-        if let Some(sent) = &sent {
-            self.ledger.note_answered(&token.payment_hash, sent)?;
-        }
-        Ok(answer)
     }
 
     /// Whether this run may present `token`: `None` when it is a

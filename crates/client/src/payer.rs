@@ -205,6 +205,23 @@ const PAID_RETRIES: u32 = 2;
 /// The wait before the first of those; doubled before each next one.
 const PAID_RETRY_AFTER: Duration = Duration::from_millis(500);
 
+/// How often a request on a balance held by requests in flight (`409`)
+/// is asked again, each after the answer's `Retry-After`.
+pub(crate) const HELD_BALANCE_WAITS: u32 = 30;
+
+/// How long an answer's `Retry-After` (seconds) asks to wait, between
+/// 100 ms and 2 s (1 s when it says nothing readable).
+pub(crate) fn retry_after(answer: &Response) -> Duration {
+    let secs = answer
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite())
+        .unwrap_or(1.0);
+    Duration::from_secs_f64(secs.clamp(0.1, 2.0))
+}
+
 /// Whether a server refused the credential presented.
 pub(crate) fn refused(status: StatusCode) -> bool {
     matches!(

@@ -387,7 +387,17 @@ impl Payer {
                 }
             };
             let field = field_for(echo.header.as_deref());
-            let answer = send_paid(request, field, &credential(&echo, &action), send).await?;
+            let mut answer = send_paid(request, field, &credential(&echo, &action), send).await?;
+            // Its funds held by requests in flight (`409`): what they do
+            // not use comes back, so it is asked again, not topped up.
+            let mut waits = 0;
+            while answer.status() == StatusCode::CONFLICT
+                && waits < crate::payer::HELD_BALANCE_WAITS
+            {
+                waits += 1;
+                tokio::time::sleep(crate::payer::retry_after(&answer)).await;
+                answer = send_paid(request, field, &credential(&echo, &action), send).await?;
+            }
             if !refused(answer.status()) {
                 if !session.opened {
                     self.ledger.note_session_opened(&session.id)?;
@@ -396,8 +406,11 @@ impl Payer {
                     let text = serde_json::to_string(&echo).unwrap_or_default();
                     self.ledger.note_session_challenge(&session.id, &text)?;
                 }
-                // A server error gives the debit back (pay for success).
-                let spent = if answer.status().is_server_error() {
+                // A server error gives the debit back (pay for success);
+                // a `409` took none.
+                let spent = if answer.status().is_server_error()
+                    || answer.status() == StatusCode::CONFLICT
+                {
                     0
                 } else {
                     session.unit_sats

@@ -1982,3 +1982,49 @@ async fn a_close_waits_for_the_requests_in_flight() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A request on a balance whose funds requests in flight hold (each
+/// usage-metered one holds the most it may use) is answered `409` with
+/// `Retry-After`, nothing charged: what they do not use comes back. It was
+/// a `402 insufficient-balance` asking for a top-up, and a client paid a
+/// new deposit, leaving the balance it had.
+#[tokio::test]
+async fn a_balance_held_by_requests_in_flight_asks_for_a_retry_not_a_top_up() {
+    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
+    let path = "/complete/late-usage";
+    let h = Harness::start(|services| {
+        services.push(usage(
+            "late",
+            path,
+            None,
+            Some("/usage/total_tokens"),
+            &upstream,
+        ));
+    })
+    .await;
+    let (l402, _, _, _) = balance_with_refund(&h, path).await;
+    let served = |after: u64| {
+        let (h, l402) = (&h, &l402);
+        async move {
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            let answer = h.get_paid(path, l402).await;
+            (answer.status(), answer.text().await.unwrap())
+        }
+    };
+    let third = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let answer = h.get_paid(path, &l402).await;
+        let retry = answer.headers().get("retry-after").cloned();
+        (answer.status(), retry, answer.text().await.unwrap())
+    };
+    // 20 sat: two requests hold 10 each while their usage is late.
+    let (first, second, (status, retry, body)) = tokio::join!(served(0), served(300), third);
+    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
+    assert_eq!(second.0, StatusCode::OK, "{}", second.1);
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(retry.unwrap(), "1");
+    assert!(body.contains("held by requests in flight"), "{body}");
+    // Each kept the 3 units it reported: 14 sat left, enough for it now.
+    let again = h.get_paid(path, &l402).await;
+    assert_eq!(again.status(), StatusCode::OK);
+}

@@ -205,6 +205,24 @@ pub fn in_flight(lease: std::time::Duration) -> Response<Bytes> {
     response
 }
 
+/// `409 Conflict` with `Retry-After` for a request on a balance whose
+/// funds are held by requests in flight (a usage-metered one holds the
+/// most it may use): what they do not use comes back, so this is not a
+/// `402`, which would have the client pay again for what it has.
+pub fn balance_held() -> Response<Bytes> {
+    let mut response = problem(
+        StatusCode::CONFLICT,
+        "about:blank",
+        "Conflict",
+        "the balance is held by requests in flight; retry shortly (nothing was charged): what they do not use comes back to it",
+        None,
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// `503` with `Retry-After` while too many request bodies are being read
 /// to check their payment: nothing was spent.
 pub fn busy() -> Response<Bytes> {

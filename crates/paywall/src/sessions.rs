@@ -586,6 +586,17 @@ impl Paywall {
                 };
                 Ok((Hold::new(store, holder, tracker, usage), service))
             }
+            // Enough once requests in flight settle: asked again, not paid.
+            Ok(Debit::Insufficient {
+                balance_msat,
+                held_msat,
+                unit_msat,
+                ..
+            }) if held_msat > 0
+                && balance_msat.saturating_add(held_msat) >= units.saturating_mul(unit_msat) =>
+            {
+                Err(Halt::Answer(responses::balance_held()))
+            }
             Ok(Debit::Insufficient {
                 balance_msat,
                 unit_msat,

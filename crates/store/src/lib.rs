@@ -185,6 +185,9 @@ pub enum Debit {
         spent_msat: u64,
         /// Left (msat).
         balance_msat: u64,
+        /// Held by requests in flight (msat; counted in `spent_msat` until
+        /// they settle, and what they do not use comes back).
+        held_msat: u64,
         /// The unit price it would have been charged (msat).
         unit_msat: u64,
     },

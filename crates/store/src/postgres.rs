@@ -1151,11 +1151,21 @@ impl Store for PostgresStore {
                 None => Debit::NotFound,
                 Some(s) if s.service != service => Debit::NotFound,
                 Some(s) if s.closed.is_some() => Debit::Closed,
-                Some(s) => Debit::Insufficient {
-                    spent_msat: s.spent_msat,
-                    balance_msat: s.balance_msat(),
-                    unit_msat: s.unit_msat.unwrap_or(unit_msat),
-                },
+                Some(s) => {
+                    let held: i64 = sqlx::query_scalar(
+                        "SELECT COALESCE(SUM(amount_msat), 0)::BIGINT FROM session_debits WHERE session = $1",
+                    )
+                    .bind(&id[..])
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    Debit::Insufficient {
+                        spent_msat: s.spent_msat,
+                        balance_msat: s.balance_msat(),
+                        held_msat: held.max(0) as u64,
+                        unit_msat: s.unit_msat.unwrap_or(unit_msat),
+                    }
+                }
             });
         };
         sqlx::query(

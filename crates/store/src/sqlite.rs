@@ -1212,6 +1212,12 @@ impl Store for SqliteStore {
                 Some(s) => Debit::Insufficient {
                     spent_msat: s.spent_msat,
                     balance_msat: s.balance_msat(),
+                    held_msat: c
+                        .prepare_cached(
+                            "SELECT COALESCE(SUM(amount_msat), 0) FROM session_debits WHERE session = ?1",
+                        )?
+                        .query_row([&id[..]], |r| r.get::<_, i64>(0))?
+                        .max(0) as u64,
                     unit_msat: s.unit_msat.unwrap_or(unit_msat),
                 },
             })

@@ -1,0 +1,97 @@
+//! A balance whose funds requests in flight hold: the client asks again
+//! when told so (`409`), rather than paying a new deposit and leaving the
+//! balance it has behind.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use gate402_client::{Budget, Client, Fetched, Ledger, Payer, Policy, Wallet};
+use gate402_gateway::config::{Meter, ServiceConfig, Usage};
+use gate402_gateway::{Gateway, GatewayConfig};
+
+/// Answers at once, and reports the 1 unit it used after `late`.
+fn late_usage(late: Duration) -> Router {
+    Router::new().route(
+        "/late",
+        get(move || async move {
+            use futures_util::StreamExt;
+            let events = futures_util::stream::iter(0..3).then(move |i| async move {
+                let data = match i {
+                    0 => "{\"token\":\"the answer\"}",
+                    1 => {
+                        tokio::time::sleep(late).await;
+                        "{\"usage\":{\"total_tokens\":1}}"
+                    }
+                    _ => "[DONE]",
+                };
+                Ok::<_, std::convert::Infallible>(axum::response::sse::Event::default().data(data))
+            });
+            axum::response::sse::Sse::new(events)
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_on_a_held_balance_wait_for_it_and_pay_one_deposit() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, late_usage(Duration::from_millis(1500))).into_future());
+    // 20 sat at 1 sat a unit; each request holds its most, 10.
+    let mut service = ServiceConfig::proxied("late", "/late", 1, &upstream);
+    service.priced = service.priced.balance(20);
+    service.priced.meter = Meter::Usage(Usage {
+        header: None,
+        field: Some("/usage/total_tokens".into()),
+        max_units: 10,
+    });
+    let mut config = GatewayConfig::default_with_services(vec![service]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let gw_dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
+    let url = format!("http://{}/late", gateway.addr());
+
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let client = Client {
+        http: reqwest::Client::new(),
+        payer: Payer {
+            wallet: Wallet::sandbox(),
+            policy: Policy {
+                max_cost_sats: 100,
+                max_fee_sats: 0,
+                network: gate402_lightning_sandbox::NETWORK,
+                budget: Budget::default(),
+            },
+            ledger: ledger.clone(),
+            prefer: None,
+            pay: true,
+            sessions: false,
+        },
+    };
+    let fetch = |after: u64| {
+        let (client, url) = (&client, &url);
+        async move {
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            let request = client.http.get(url).build().unwrap();
+            match client.fetch(request).await.unwrap() {
+                Fetched::Response(answer, _) => (answer.status(), answer.text().await.unwrap()),
+                Fetched::Offer(_) => panic!("an offer"),
+            }
+        }
+    };
+    // The deposit, bought once and spent (1 unit).
+    let (status, body) = fetch(0).await;
+    assert_eq!(status, 200, "{body}");
+    // Three at once on the 19 sat left: the first holds 10 of it, the
+    // others find it held, wait, and are served in turn from it.
+    let (a, b, c) = tokio::join!(fetch(0), fetch(200), fetch(400));
+    for (status, body) in [a, b, c] {
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("the answer"), "{body}");
+    }
+    assert_eq!(ledger.payments(0).unwrap().len(), 1, "one deposit");
+    gateway.shutdown().await.unwrap();
+}
