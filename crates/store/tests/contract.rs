@@ -619,9 +619,11 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         a.debit(&[60; 32], "chat", 4, 1_000, &holder("r1", "d3"), 1_003)
             .await
             .unwrap(),
+        // Both debits still held by their requests, on either replica.
         Debit::Insufficient {
             spent_msat: 8_000,
             balance_msat: 2_000,
+            held_msat: 8_000,
             unit_msat: 1_000
         }
     );
