@@ -28,9 +28,48 @@ pub struct Budget {
     pub per_day_sats: Option<u64>,
     /// Overall, ever.
     pub total_sats: Option<u64>,
-    /// Per domain.
-    #[serde(default)]
+    /// Per domain: keyed by a URL's host alone (`api.example.com`,
+    /// `127.0.0.1`, `[::1]`).
+    #[serde(default, deserialize_with = "domains")]
     pub domains: BTreeMap<String, Limits>,
+}
+
+/// `[budget.domains]`, each key a host as URLs name it: one with a scheme,
+/// a port or a path would match no payment, and its budget would silently
+/// not apply.
+fn domains<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Limits>, D::Error> {
+    let domains = BTreeMap::<String, Limits>::deserialize(deserializer)?;
+    for name in domains.keys() {
+        let host = name
+            .rsplit_once("://")
+            .map_or(name.as_str(), |(_, rest)| rest);
+        let host = host.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
+        let bare = match host.strip_prefix('[') {
+            Some(v6) => v6.split_once(']').map_or(host, |(v6, _)| v6),
+            None => host.split(':').next().unwrap_or_default(),
+        };
+        let bracketed = host.starts_with('[');
+        let plain = !bare.is_empty()
+            && (if bracketed {
+                host == format!("[{bare}]")
+            } else {
+                host == bare
+            });
+        if !plain || host != name {
+            let bare = if bracketed {
+                format!("[{bare}]")
+            } else {
+                bare.to_owned()
+            };
+            return Err(serde::de::Error::custom(format!(
+                "{name:?} is not a host name: a domain's budget is keyed by the URL's host alone ({bare:?}), without scheme, port or path"
+            )));
+        }
+    }
+    Ok(domains)
 }
 
 /// A budget's time window.
@@ -102,5 +141,40 @@ impl Budget {
             );
         }
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A domain key that no payment's host could be (a scheme, a port, a
+    /// path) is an error naming the host it should be, not a budget that
+    /// silently never applies.
+    #[test]
+    fn a_domain_is_a_host_alone() {
+        for name in ["api.example.com", "127.0.0.1", "LOCALHOST", "[::1]"] {
+            let text = format!("[domains.\"{name}\"]\nper_day_sats = 1\n");
+            let budget: Budget = toml::from_str(&text).unwrap();
+            assert_eq!(
+                budget.limits_for(&name.to_ascii_lowercase()).len(),
+                1,
+                "{name}"
+            );
+        }
+        for (name, host) in [
+            ("127.0.0.1:18500", "127.0.0.1"),
+            ("http://127.0.0.1", "127.0.0.1"),
+            ("https://api.example.com:8443/v1", "api.example.com"),
+            ("[::1]:8080", "[::1]"),
+            ("api.example.com/x", "api.example.com"),
+        ] {
+            let text = format!("[domains.\"{name}\"]\nper_day_sats = 1\n");
+            let error = toml::from_str::<Budget>(&text).unwrap_err().to_string();
+            assert!(
+                error.contains("is not a host name") && error.contains(&format!("({host:?})")),
+                "{name}: {error}"
+            );
+        }
     }
 }
