@@ -1263,6 +1263,14 @@ async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
         ("GET", "/img.xml/", "", "", "format suffix"),
         ("DELETE", "/m.json", "", "", "format suffix"),
         ("GET", "/q/x?+hd.mode=on", "", "", "differs from"),
+        // Delimiters an upstream decodes before splitting the query, and
+        // a list to one that splits a value at commas.
+        ("GET", "/q/x?x%3D1%26quality%3Dhd", "", "", "encoded '&'"),
+        ("GET", "/q/x?quality%3Dhd%26y", "", "", "encoded '&'"),
+        ("GET", "/q/x?quality=hd%26x=1", "", "", "encoded '&'"),
+        ("GET", "/q/x?quality=hd%3Bx", "", "", "encoded '&'"),
+        ("GET", "/q/x?quality=hd,x", "", "", "split at commas"),
+        ("GET", "/q/x?quality=x,%20hd", "", "", "split at commas"),
         (
             "POST",
             "/q/x",

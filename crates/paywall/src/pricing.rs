@@ -614,6 +614,22 @@ impl<'a> Parsed<'a> {
                     )));
                 }
             }
+            // An upstream that decodes the whole query before splitting
+            // it reads an encoded `&`, `=` or `;` as one (`x%3D1%26tier%3Dgold`
+            // is `x=1&tier=gold` there): it must read the parameter the same.
+            let lower = raw.to_ascii_lowercase();
+            if ["%26", "%3d", "%3b"].iter().any(|d| lower.contains(d)) {
+                let decoded = decode_again(raw).unwrap_or_default().replace(';', "&");
+                let decoded_first = form_urlencoded::parse(decoded.as_bytes())
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned());
+                let split_first = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone());
+                if !decoded_first.eq(split_first) {
+                    return Some(Unreadable(format!(
+                        "the query has an encoded '&', '=' or ';' (%26, %3D, %3B), and the price depends on {name:?}: an upstream that decodes the query before splitting it reads {name:?} otherwise; send it as a parameter of its own"
+                    )));
+                }
+            }
             if pairs.iter().filter(|(k, _)| k == name).count() > 1 {
                 return Some(Unreadable(format!(
                     "query parameter {name:?} is given more than once; the price depends on it: give it once"
@@ -821,7 +837,24 @@ impl PriceRule {
         }
         for m in &self.query {
             let what = || format!("query parameter {:?}", m.key);
-            if !one_of(&m.values, parsed.query(&m.key), &what)? {
+            let value = parsed.query(&m.key);
+            // A list to upstreams that split a value at commas (Spring
+            // binds `tier=gold,x` to a list whose first item is `gold`).
+            if let Some(value) =
+                value.filter(|v| v.contains(',') && !m.values.iter().any(|w| w == v))
+            {
+                let item = value
+                    .split(',')
+                    .map(str::trim)
+                    .find(|item| one_of(&m.values, Some(item), &what).unwrap_or(true));
+                if let Some(item) = item {
+                    return Err(Unreadable(format!(
+                        "{} is {value:?}, a list to upstreams that split at commas, holding {item:?}, a value the price depends on: send it alone",
+                        what()
+                    )));
+                }
+            }
+            if !one_of(&m.values, value, &what)? {
                 return Ok(None);
             }
         }
