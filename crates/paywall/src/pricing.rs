@@ -553,6 +553,29 @@ impl<'a> Parsed<'a> {
         })
     }
 
+    /// The values of query parameter `name` as an upstream that decodes
+    /// the whole query before splitting it (at `&` and `;`) reads them,
+    /// when that differs from how it is split here: an encoded `&`, `=` or
+    /// `;` is a delimiter there (`x%3D1%26tier%3Dgold` is `x=1&tier=gold`).
+    fn query_decoded_first(&self, name: &str) -> Option<Vec<String>> {
+        let raw = self.request.query.unwrap_or("");
+        let lower = raw.to_ascii_lowercase();
+        if !["%26", "%3d", "%3b"].iter().any(|d| lower.contains(d)) {
+            return None;
+        }
+        let decoded = decode_again(raw)?.replace(';', "&");
+        let values: Vec<String> = form_urlencoded::parse(decoded.as_bytes())
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        let split_here = self
+            .query_pairs()
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v);
+        (!values.iter().eq(split_here)).then_some(values)
+    }
+
     /// The one value of query parameter `name`; `None` when absent or
     /// given more than once (an upstream may read either, so none decides
     /// a price).
@@ -611,22 +634,6 @@ impl<'a> Parsed<'a> {
                 if !split_at_semicolons.eq(split_at_ampersands) {
                     return Some(Unreadable(format!(
                         "the query has a raw ';', and the price depends on {name:?}: separate parameters with '&' and spell a ';' in a value as %3B"
-                    )));
-                }
-            }
-            // An upstream that decodes the whole query before splitting
-            // it reads an encoded `&`, `=` or `;` as one (`x%3D1%26tier%3Dgold`
-            // is `x=1&tier=gold` there): it must read the parameter the same.
-            let lower = raw.to_ascii_lowercase();
-            if ["%26", "%3d", "%3b"].iter().any(|d| lower.contains(d)) {
-                let decoded = decode_again(raw).unwrap_or_default().replace(';', "&");
-                let decoded_first = form_urlencoded::parse(decoded.as_bytes())
-                    .filter(|(k, _)| k == name)
-                    .map(|(_, v)| v.into_owned());
-                let split_first = pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone());
-                if !decoded_first.eq(split_first) {
-                    return Some(Unreadable(format!(
-                        "the query has an encoded '&', '=' or ';' (%26, %3D, %3B), and the price depends on {name:?}: an upstream that decodes the query before splitting it reads {name:?} otherwise; send it as a parameter of its own"
                     )));
                 }
             }
@@ -850,6 +857,19 @@ impl PriceRule {
                 if let Some(item) = item {
                     return Err(Unreadable(format!(
                         "{} is {value:?}, a list to upstreams that split at commas, holding {item:?}, a value the price depends on: send it alone",
+                        what()
+                    )));
+                }
+            }
+            // Read otherwise where the query is decoded before it is split:
+            // refused when that reading holds a rule's value.
+            if let Some(values) = parsed.query_decoded_first(&m.key) {
+                let read = values
+                    .iter()
+                    .find(|v| one_of(&m.values, Some(v), &what).unwrap_or(true));
+                if let Some(read) = read {
+                    return Err(Unreadable(format!(
+                        "the query has an encoded '&', '=' or ';' (%26, %3D, %3B), and an upstream that decodes it before splitting it reads {} as {read:?}, a value the price depends on: send it as a parameter of its own",
                         what()
                     )));
                 }
@@ -1678,7 +1698,13 @@ mod tests {
             price(&pricing, Method::GET, "/?quality=hd&x=a;b", ""),
             Some(30)
         );
-        assert_eq!(price(&pricing, Method::GET, "/?quality=hd%3Bx", ""), None);
+        // Spelled in a value, a `;` is `%3B`; unless decoding the query
+        // first makes it a rule's value.
+        assert_eq!(price(&pricing, Method::GET, "/?quality=sd%3Bx", ""), None);
+        assert_eq!(
+            price(&pricing, Method::GET, "/?quality=hd&x=a%3Bb%26c", ""),
+            Some(30)
+        );
         for target in [
             "/?Quality=hd",
             "/?QUALITY=hd&quality=sd",
@@ -1709,6 +1735,10 @@ mod tests {
             "/?quality[0]=hd",
             "/?quality=%2568d",
             "/?quality=%25u0068d",
+            // Decoded before it is split, or split at its commas.
+            "/?quality=hd%3Bx",
+            "/?x%3D1%26quality%3Dhd",
+            "/?quality=hd,x",
             "/?quality=h%CE%B4",
             "/?quality=%D2%BBd",
             "/?qu%CE%B1lity=hd",
