@@ -624,6 +624,12 @@ async fn paid_traffic_shows_in_payments_and_revenue_and_one_token_is_revoked() {
         h.get("/revenue?since=2h").await["total"]["revenue_sats"],
         23
     );
+    // Payments made with an MCP paymentId are listed under that scheme.
+    let by_id = h.get("/payments?scheme=paymentid").await;
+    assert_eq!(by_id["payments"].as_array().unwrap().len(), 0, "{by_id}");
+    // Every path the API serves is described.
+    let described = h.get("/openapi.json").await.to_string();
+    assert!(described.contains("/admin/api/services/{name}/reset"));
     let by_hash = h
         .get(&format!("/payments?payment_hash={weather_hash}"))
         .await;

@@ -84,11 +84,12 @@ pub(super) async fn payments(
         Some("l402" | "lsat") => Some("L402"),
         Some("payment" | "mpp") => Some("Payment"),
         Some("x402") => Some("x402"),
+        Some("paymentid") => Some("paymentId"),
         Some(_) => {
             return problem(
                 StatusCode::BAD_REQUEST,
                 &format!(
-                    "scheme={:?}: use L402, Payment (or mpp) or x402",
+                    "scheme={:?}: use L402, Payment (or mpp), x402 or paymentId",
                     q.scheme.unwrap_or_default()
                 ),
             )

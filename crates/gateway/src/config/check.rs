@@ -116,6 +116,15 @@ impl Checker {
         }
     }
 
+    /// Whether an error was said of `path` already (an unset `${NAME}`,
+    /// say): a check of its value would only repeat it.
+    fn said(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| {
+            e.strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with(": "))
+        })
+    }
+
     /// Deserializes the table at `path`, reporting each unknown key and
     /// each value of the wrong type. Serde stops at the first, so the key
     /// at fault is dropped and the rest read again: one typo does not hide
@@ -359,7 +368,9 @@ impl Checker {
             } else if !names.insert(credential.name.as_str()) {
                 self.error(&format!("{at}.name"), "is used by an earlier credential");
             }
-            if credential.secret.len() < 32 {
+            if self.said(&format!("{at}.secret")) {
+                // Unset: said once, not also as too short.
+            } else if credential.secret.len() < 32 {
                 self.error(
                     &format!("{at}.secret"),
                     "must be at least 32 characters (e.g. secret = \"${GATE402_ADMIN_SECRET}\")",
@@ -600,9 +611,11 @@ impl Checker {
 
     fn mcp_proxy(&mut self, proxy: &McpProxyConfig) {
         match (&proxy.url, &proxy.command) {
-            (Some(_), Some(_)) | (None, None) => {
-                self.error("mcp_proxy", "give either url or command, not both")
-            }
+            (Some(_), Some(_)) => self.error("mcp_proxy", "give either url or command, not both"),
+            (None, None) => self.error(
+                "mcp_proxy",
+                "names no MCP server: give url (streamable HTTP) or command (stdio)",
+            ),
             (Some(url), None) if !url.starts_with("http://") && !url.starts_with("https://") => {
                 self.error(
                     "mcp_proxy.url",

@@ -1186,3 +1186,27 @@ fn lightning_errors_name_their_key_and_say_their_reason_once() {
         );
     }
 }
+
+/// A key is refused once for one cause: an unset `${NAME}` is not also a
+/// secret too short; an `[mcp_proxy]` naming no server says so (it said
+/// "not both").
+#[test]
+fn one_cause_is_said_once_and_as_it_is() {
+    let errors = GatewayConfig::parse(
+        "[admin]\ncredentials = [{ name = \"ops\", secret = \"${UNSET_ADMIN_SECRET}\" }]\n",
+        env,
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(
+        errors,
+        ["admin.credentials[0].secret: environment variable UNSET_ADMIN_SECRET is not set"]
+    );
+    let errors = GatewayConfig::parse("[mcp_proxy]\n", env).unwrap_err().0;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("mcp_proxy: names no MCP server")),
+        "{errors:?}"
+    );
+}
