@@ -272,13 +272,17 @@ pub fn open_ledger(data_dir: &Path) -> Result<Ledger> {
 
 /// Runs one fetch; the exit code tells refusals apart.
 pub async fn run(method: &str, args: &FetchArgs, data_dir: &Path) -> ExitCode {
-    run_paying(data_dir, fetch(method, args, data_dir)).await
+    run_paying(data_dir, args.json, fetch(method, args, data_dir)).await
 }
 
 /// Runs a command that may pay: Ctrl-C exits 130 and names what is
-/// pending; errors get the exit code of their kind.
+/// pending; errors get the exit code of their kind and, with `json`, a
+/// JSON document on standard output too (`{"error": {"kind",
+/// "exit_code", "message"}}`) unless the command printed its own, so that
+/// a program reading it is told why.
 pub async fn run_paying(
     data_dir: &Path,
+    json: bool,
     command: impl std::future::Future<Output = Result<()>>,
 ) -> ExitCode {
     let outcome = tokio::select! {
@@ -311,17 +315,26 @@ pub async fn run_paying(
                     _ => None,
                 }
             });
-            let code = match fetch_error {
-                Some(FetchError::Refused(refusal)) => refusal.exit_code(),
-                Some(FetchError::Pay(_)) => EXIT_PAYMENT_FAILED,
-                Some(FetchError::InFlight(_)) => EXIT_IN_FLIGHT,
-                _ if error.downcast_ref::<HttpError>().is_some() => EXIT_HTTP_ERROR,
-                _ => 1,
+            let (kind, code) = match fetch_error {
+                Some(FetchError::Refused(refusal)) => ("refused", refusal.exit_code()),
+                Some(FetchError::Pay(_)) => ("payment_failed", EXIT_PAYMENT_FAILED),
+                Some(FetchError::InFlight(_)) => ("payment_in_flight", EXIT_IN_FLIGHT),
+                _ if error.downcast_ref::<HttpError>().is_some() => ("http_error", EXIT_HTTP_ERROR),
+                _ => ("error", 1),
             };
-            errln!(
-                "gate402: {}",
-                crate::output::terminal_safe(&format!("{error:#}"))
-            );
+            let message = format!("{error:#}");
+            errln!("gate402: {}", crate::output::terminal_safe(&message));
+            // Unless the command printed its document (whose own fields
+            // say what went wrong: an HTTP error, a 402 after paying).
+            if json && !crate::output::WROTE.load(std::sync::atomic::Ordering::Relaxed) {
+                let document = serde_json::json!({
+                    "error": {"kind": kind, "exit_code": code, "message": message}
+                });
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&document).unwrap_or_default()
+                );
+            }
             ExitCode::from(code)
         }
     }

@@ -55,7 +55,7 @@ fn json_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>>
 /// Runs an `mcp` command.
 pub async fn run(command: &McpCommand, data_dir: &Path) -> ExitCode {
     match command {
-        McpCommand::Call(args) => run_paying(data_dir, call(args, data_dir)).await,
+        McpCommand::Call(args) => run_paying(data_dir, args.json, call(args, data_dir)).await,
     }
 }
 

@@ -1248,3 +1248,27 @@ async fn a_ledger_others_could_read_is_made_private_with_a_warning() {
     let out = run(data, &["receipts"]).await;
     assert!(!String::from_utf8_lossy(&out.stderr).contains("readable"));
 }
+
+/// With `--json`, a run that ends in an error prints a JSON document
+/// saying why (its kind, exit code and message) on standard output; it
+/// printed nothing there, and a program reading it had an exit code only.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_says_why_a_run_failed() {
+    let (gateway, base, _task) = demo_gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{base}/api/weather?city=Oslo");
+    let out = run(dir.path(), &["get", "--json", "--max-cost", "1", &url]).await;
+    assert_eq!(out.status.code(), Some(3));
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["error"]["kind"], "refused");
+    assert_eq!(said["error"]["exit_code"], 3);
+    assert!(said["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("above the cap"));
+    // A document the command printed itself is not followed by another.
+    let out = run(dir.path(), &["get", "--json", "--no-pay", &url]).await;
+    assert!(out.status.success());
+    let _: Value = serde_json::from_slice(&out.stdout).unwrap();
+    gateway.shutdown().await.unwrap();
+}
