@@ -451,9 +451,38 @@ impl Payer {
                     }
                     ToppedUp::Refused(entry, outcome, challenges, refusal) => {
                         // Closed meanwhile, say: the top-up's payment is
-                        // unspent, and its invoice's L402 token buys a
-                        // balance of its own.
+                        // unspent. It opens a session of its own (refunded
+                        // at its close) where the server offers one and the
+                        // wallet can take the refund; else its invoice's
+                        // L402 token buys a balance of its own.
                         self.end(&session, &refusal, send).await?;
+                        let reopen =
+                            SessionOffer::from_challenges(challenges.iter().map(String::as_str))
+                                .ok()
+                                .flatten();
+                        if let Some(reopen) = reopen {
+                            if let Ok(return_invoice) =
+                                self.wallet.return_invoice(&endpoint.origin).await
+                            {
+                                let opened = self
+                                    .open_paid(
+                                        request,
+                                        endpoint,
+                                        &reopen,
+                                        entry,
+                                        outcome,
+                                        return_invoice,
+                                        send,
+                                    )
+                                    .await?;
+                                return Ok(match opened {
+                                    Fetched::Response(answer, entry) => {
+                                        Sessioned::Answered(answer, entry)
+                                    }
+                                    Fetched::Offer(_) => Sessioned::Ended(None),
+                                });
+                            }
+                        }
                         let mut entry = entry;
                         let answer = self
                             .through_l402(
