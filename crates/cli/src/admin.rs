@@ -77,20 +77,28 @@ pub enum AdminCommand {
         #[arg(long, default_value = "hour")]
         by: String,
         /// How far back, in hours (default: 24, or 720 by day).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "since")]
         hours: Option<u64>,
+        /// From when: unix seconds, a time (2026-12-02T10:00:00Z) or a
+        /// duration back from now (30m, 24h, 7d).
+        #[arg(long, value_parser = since)]
+        since: Option<u64>,
     },
     /// Payments, newest first.
     Payments {
         /// Of this service.
         #[arg(long)]
         service: Option<String>,
-        /// Through this scheme (L402, Payment, x402).
+        /// Through this scheme (L402, Payment or mpp, x402, paymentId).
         #[arg(long)]
         scheme: Option<String>,
         /// How far back, in hours (default 24).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "since")]
         hours: Option<u64>,
+        /// From when: unix seconds, a time (2026-12-02T10:00:00Z) or a
+        /// duration back from now (30m, 24h, 7d).
+        #[arg(long, value_parser = since)]
+        since: Option<u64>,
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u64,
@@ -348,12 +356,12 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
             api.post(&format!("/services/{}/reset", segment(name)))
                 .await?
         }
-        AdminCommand::Revenue { by, hours } => {
+        AdminCommand::Revenue { by, hours, since } => {
             let hours = hours.unwrap_or(if by == "day" { 720 } else { 24 });
             api.get(&format!(
                 "/revenue?by={}&since={}",
                 segment(by),
-                now.saturating_sub(hours * 3600)
+                since.unwrap_or_else(|| now.saturating_sub(hours * 3600))
             ))
             .await?
         }
@@ -361,11 +369,12 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
             service,
             scheme,
             hours,
+            since,
             limit,
         } => {
             let mut path = format!(
                 "/payments?limit={limit}&since={}",
-                now.saturating_sub(hours.unwrap_or(24) * 3600)
+                since.unwrap_or_else(|| now.saturating_sub(hours.unwrap_or(24) * 3600))
             );
             if let Some(service) = service {
                 path.push_str(&format!("&service={}", segment(service)));
@@ -561,4 +570,9 @@ mod tests {
         assert!(!refused.contains("hunter2"), "{refused}");
         assert!(api_base("not a url").is_err());
     }
+}
+
+/// A `--since` value, as the admin API and `gate402 receipts` read one.
+fn since(text: &str) -> Result<u64, String> {
+    gate402_paywall::time_bound(text, gate402_paywall::unix_now())
 }

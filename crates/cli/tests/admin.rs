@@ -172,6 +172,23 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
 
     let revenue = stdout(&gate402(&data, &["admin", "revenue"]));
     assert!(revenue.contains("total"), "{revenue}");
+    // From when, as the API and receipts read it.
+    let since = stdout(&gate402(&data, &["admin", "revenue", "--since", "2h"]));
+    assert!(since.contains("total"), "{since}");
+    stdout(&gate402(
+        &data,
+        &[
+            "admin",
+            "payments",
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "--scheme",
+            "mpp",
+        ],
+    ));
+    let output = gate402(&data, &["admin", "payments", "--since", "yesterday"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("expected a date"));
     let log = stdout(&gate402(&data, &["admin", "log"]));
     assert!(
         log.contains("service.disable") && log.contains("\"local\""),
