@@ -537,6 +537,11 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
     out
 }
 
+/// A `--since` value, as the admin API and `gate402 receipts` read one.
+fn since(text: &str) -> Result<u64, String> {
+    gate402_paywall::time_bound(text, gate402_paywall::unix_now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,9 +575,4 @@ mod tests {
         assert!(!refused.contains("hunter2"), "{refused}");
         assert!(api_base("not a url").is_err());
     }
-}
-
-/// A `--since` value, as the admin API and `gate402 receipts` read one.
-fn since(text: &str) -> Result<u64, String> {
-    gate402_paywall::time_bound(text, gate402_paywall::unix_now())
 }
