@@ -39,7 +39,7 @@ pub(crate) fn write_err(args: std::fmt::Arguments<'_>) {
 
 /// Writes `args` (and a newline when `line`) to standard output; exits on
 /// a closed pipe (status 0) or another write error (status 1).
-/// Whether anything was written to standard output through [`write`]: a
+/// Whether anything was written to standard output through [`write()`]: a
 /// command that printed its JSON document prints no error document after
 /// it.
 pub(crate) static WROTE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
