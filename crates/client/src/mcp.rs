@@ -4,6 +4,9 @@
 
 use std::time::{Duration, SystemTime};
 
+// rmcp's transport errors name the request, not why it failed (a
+// timeout, say): they are said with their causes.
+use gate402_lightning::with_causes;
 use gate402_mpp::lightning::PreimagePayload;
 use gate402_mpp::mcp::{
     self as wire, CREDENTIAL_META_KEY, PAYMENT_REQUIRED_CODE, PAYMENT_VERIFICATION_FAILED_CODE,
@@ -90,21 +93,6 @@ fn params(tool: &str, arguments: &JsonObject, credential: Option<Value>) -> Call
         params.meta = Some(meta);
     }
     params
-}
-
-/// An error's text and its causes' (rmcp's transport errors name the
-/// request, not why it failed, such as a timeout), each cause once.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        let said = next.to_string();
-        if !text.contains(&said) {
-            text = format!("{text}: {said}");
-        }
-        cause = next.source();
-    }
-    text
 }
 
 /// Why the MCP session could not be set up: for a transport's failure,

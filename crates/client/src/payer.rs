@@ -81,6 +81,31 @@ pub struct Payer {
     pub sessions: bool,
 }
 
+impl Payer {
+    /// A payer of test money: the sandbox payer of the gateway being paid
+    /// ([`Wallet::sandbox`]), on its network, paying at most
+    /// `max_cost_sats` a request with no fee, no budget, the first scheme
+    /// offered, and no sessions (set the fields to change any of it).
+    /// Its payments are written to `ledger`: the CLI's is
+    /// `<data dir>/client/ledger.sqlite3`, whose tokens, budgets and locks
+    /// are then shared with `gate402 get`.
+    pub fn sandbox(ledger: Arc<Ledger>, max_cost_sats: u64) -> Self {
+        Payer {
+            wallet: Wallet::sandbox(),
+            policy: Policy {
+                max_cost_sats,
+                max_fee_sats: 0,
+                network: gate402_lightning_sandbox::NETWORK,
+                budget: crate::Budget::default(),
+            },
+            ledger,
+            prefer: None,
+            pay: true,
+            sessions: false,
+        }
+    }
+}
+
 /// Unix seconds.
 pub(crate) fn now() -> u64 {
     SystemTime::now()

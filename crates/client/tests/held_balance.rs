@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use gate402_client::{Budget, Client, Fetched, Ledger, Payer, Policy, Wallet};
+use gate402_client::{Client, Fetched, Ledger, Payer};
 use gate402_gateway::config::{Meter, ServiceConfig, Usage};
 use gate402_gateway::{Gateway, GatewayConfig};
 
@@ -57,19 +57,7 @@ async fn requests_on_a_held_balance_wait_for_it_and_pay_one_deposit() {
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
     let client = Client {
         http: reqwest::Client::new(),
-        payer: Payer {
-            wallet: Wallet::sandbox(),
-            policy: Policy {
-                max_cost_sats: 100,
-                max_fee_sats: 0,
-                network: gate402_lightning_sandbox::NETWORK,
-                budget: Budget::default(),
-            },
-            ledger: ledger.clone(),
-            prefer: None,
-            pay: true,
-            sessions: false,
-        },
+        payer: Payer::sandbox(ledger.clone(), 100),
     };
     let fetch = |after: u64| {
         let (client, url) = (&client, &url);

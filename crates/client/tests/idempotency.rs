@@ -14,7 +14,7 @@ use axum::routing::any;
 use axum::Router;
 use gate402_client::{
     Budget, Client, FetchError, Fetched, Ledger, Offer, Payer, PaymentEntry, PaymentState,
-    PendingPayment, Policy, RequestKey, Wallet, IDEMPOTENCY_KEY,
+    PendingPayment, RequestKey, IDEMPOTENCY_KEY,
 };
 use gate402_gateway::{Gateway, GatewayConfig};
 
@@ -78,19 +78,7 @@ auth = "off"
 fn client(ledger: Arc<Ledger>) -> Client {
     Client {
         http: reqwest::Client::new(),
-        payer: Payer {
-            wallet: Wallet::sandbox(),
-            policy: Policy {
-                max_cost_sats: 100,
-                max_fee_sats: 0,
-                network: gate402_lightning_sandbox::NETWORK,
-                budget: Budget::default(),
-            },
-            ledger,
-            prefer: None,
-            pay: true,
-            sessions: false,
-        },
+        payer: Payer::sandbox(ledger, 100),
     }
 }
 

@@ -8,24 +8,12 @@ use std::sync::Arc;
 use axum::http::{header, StatusCode};
 use axum::routing::any;
 use axum::Router;
-use gate402_client::{Budget, FetchError, Ledger, Payer, PaymentMiddleware, Policy, Wallet};
+use gate402_client::{FetchError, Ledger, Payer, PaymentMiddleware};
 use gate402_gateway::{demo, Gateway};
 
 /// A payer on the sandbox that pays up to `max_cost_sats` a request.
 fn sandbox_payer(ledger: &Arc<Ledger>, max_cost_sats: u64) -> Payer {
-    Payer {
-        wallet: Wallet::sandbox(),
-        policy: Policy {
-            max_cost_sats,
-            max_fee_sats: 0,
-            network: gate402_lightning_sandbox::NETWORK,
-            budget: Budget::default(),
-        },
-        ledger: ledger.clone(),
-        prefer: None,
-        pay: true,
-        sessions: false,
-    }
+    Payer::sandbox(ledger.clone(), max_cost_sats)
 }
 
 #[tokio::test(flavor = "multi_thread")]

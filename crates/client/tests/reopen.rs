@@ -12,7 +12,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use base64::Engine;
-use gate402_client::{Budget, Client, Fetched, Ledger, Payer, Policy, Wallet};
+use gate402_client::{Client, Fetched, Ledger, Payer};
 use gate402_gateway::config::ServiceConfig;
 use gate402_gateway::{Gateway, GatewayConfig};
 
@@ -112,17 +112,8 @@ async fn a_top_up_refused_as_its_session_closed_opens_a_session_of_its_own() {
     let client = Client {
         http: reqwest::Client::new(),
         payer: Payer {
-            wallet: Wallet::sandbox(),
-            policy: Policy {
-                max_cost_sats: 100,
-                max_fee_sats: 0,
-                network: gate402_lightning_sandbox::NETWORK,
-                budget: Budget::default(),
-            },
-            ledger: ledger.clone(),
-            prefer: None,
-            pay: true,
             sessions: true,
+            ..Payer::sandbox(ledger.clone(), 100)
         },
     };
     // Opened, spent, then topped up: the top-up finds the session closed.

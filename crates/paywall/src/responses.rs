@@ -205,8 +205,8 @@ pub fn in_flight(lease: std::time::Duration) -> Response<Bytes> {
     response
 }
 
-/// `409 Conflict` with `Retry-After` for a request on a balance whose
-/// funds are held by requests in flight (a usage-metered one holds the
+/// `409 Conflict` with `Retry-After` for a request on a usage-metered
+/// balance whose funds are held by requests in flight (each holds the
 /// most it may use): what they do not use comes back, so this is not a
 /// `402`, which would have the client pay again for what it has.
 pub fn balance_held() -> Response<Bytes> {

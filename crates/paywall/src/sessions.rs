@@ -586,13 +586,17 @@ impl Paywall {
                 };
                 Ok((Hold::new(store, holder, tracker, usage), service))
             }
-            // Enough once requests in flight settle: asked again, not paid.
+            // Metered by usage, requests in flight hold the most they may
+            // use and give back the rest: enough once they settle, so it
+            // is asked again, not paid. (Other holds are what their
+            // requests spend: given back only on a failure.)
             Ok(Debit::Insufficient {
                 balance_msat,
                 held_msat,
                 unit_msat,
                 ..
-            }) if held_msat > 0
+            }) if matches!(service.meter, Meter::Usage(_))
+                && held_msat > 0
                 && balance_msat.saturating_add(held_msat) >= units.saturating_mul(unit_msat) =>
             {
                 Err(Halt::Answer(responses::balance_held()))

@@ -266,6 +266,21 @@ pub enum LightningError {
     Unsupported(String),
 }
 
+/// An error's text followed by its causes' (`a: b: c`), each said once:
+/// an HTTP client's error names the request, its causes why it failed.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let said = next.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = next.source();
+    }
+    text
+}
+
 /// Why an outgoing payment failed or was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayError {

@@ -355,21 +355,6 @@ pub async fn pay_amount_via(
     post_pay(client, base_url, invoice, Some(amount_msat), None).await
 }
 
-/// An error's text and its causes' (reqwest's names the request only,
-/// not why it failed), each cause once.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        let said = next.to_string();
-        if !text.contains(&said) {
-            text = format!("{text}: {said}");
-        }
-        cause = next.source();
-    }
-    text
-}
-
 async fn post_pay(
     client: &reqwest::Client,
     base_url: &str,
@@ -397,10 +382,10 @@ async fn post_pay(
         if e.is_connect() {
             ClientError::Unreachable {
                 url: url.clone(),
-                reason: with_causes(&e),
+                reason: gate402_lightning::with_causes(&e),
             }
         } else {
-            lost(with_causes(&e))
+            lost(gate402_lightning::with_causes(&e))
         }
     })?;
     let status = response.status();
