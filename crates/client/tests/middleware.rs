@@ -5,23 +5,11 @@
 
 use std::sync::Arc;
 
-use gate402_client::{Budget, Ledger, Payer, PaymentMiddleware, Policy, Wallet};
+use gate402_client::{Ledger, Payer, PaymentMiddleware};
 use gate402_gateway::{demo, Gateway};
 
 fn payer(ledger: Arc<Ledger>, max_cost_sats: u64) -> Payer {
-    Payer {
-        wallet: Wallet::sandbox(),
-        policy: Policy {
-            max_cost_sats,
-            max_fee_sats: 0,
-            network: gate402_lightning_sandbox::NETWORK,
-            budget: Budget::default(),
-        },
-        ledger,
-        prefer: None,
-        pay: true,
-        sessions: false,
-    }
+    Payer::sandbox(ledger, max_cost_sats)
 }
 
 #[tokio::test(flavor = "multi_thread")]

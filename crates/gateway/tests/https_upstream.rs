@@ -141,6 +141,18 @@ async fn bought(client: &reqwest::Client, base: &str) -> String {
     offer.payment_authorization(&preimage).unwrap()
 }
 
+/// `/paid` on the gateway at `base` with `credential`: its status and body.
+async fn paid(client: &reqwest::Client, base: &str, credential: &str) -> (StatusCode, String) {
+    let answer = client
+        .get(format!("{base}/paid"))
+        .header("authorization", credential)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status();
+    (status, answer.text().await.unwrap())
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -234,14 +246,7 @@ async fn a_request_whose_client_left_while_connecting_is_not_sent() {
         0,
         "a request whose client had left was sent"
     );
-    let answer = client
-        .get(format!("{base}/paid"))
-        .header("authorization", &credential)
-        .send()
-        .await
-        .unwrap();
-    let status = answer.status();
-    let body = answer.text().await.unwrap();
+    let (status, body) = paid(&client, &base, &credential).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, "paid answer over TLS");
     assert_eq!(served.load(Ordering::SeqCst), 1);
@@ -291,15 +296,8 @@ async fn a_stalled_tls_handshake_is_not_connected_and_keeps_the_payment() {
     let credential = bought(&client, &base).await;
     for attempt in 1..=4 {
         let started = std::time::Instant::now();
-        let response = client
-            .get(format!("{base}/paid"))
-            .header("authorization", &credential)
-            .send()
-            .await
-            .unwrap();
+        let (status, body) = paid(&client, &base, &credential).await;
         let took = started.elapsed();
-        let status = response.status();
-        let body = response.text().await.unwrap();
         assert_eq!(status, StatusCode::BAD_GATEWAY, "try {attempt}: {body}");
         assert!(took < Duration::from_secs(5), "try {attempt} took {took:?}");
         assert!(!body.contains(&stalled.port().to_string()), "{body}");
@@ -343,14 +341,7 @@ async fn mutual_tls_with_a_client_certificate() {
     let client = reqwest::Client::new();
     let credential = bought(&client, &base).await;
     for attempt in 1..=4 {
-        let response = client
-            .get(format!("{base}/paid"))
-            .header("authorization", &credential)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = response.text().await.unwrap();
+        let (status, body) = paid(&client, &base, &credential).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "try {attempt}: {body}");
         assert!(
             body.contains("could not be reached"),
