@@ -42,30 +42,17 @@ fn domains<'de, D: serde::Deserializer<'de>>(
 ) -> Result<BTreeMap<String, Limits>, D::Error> {
     let domains = BTreeMap::<String, Limits>::deserialize(deserializer)?;
     for name in domains.keys() {
-        let host = name
-            .rsplit_once("://")
+        // The host a URL with this key after its scheme has: the key must
+        // be that host alone.
+        let rest = name
+            .split_once("://")
             .map_or(name.as_str(), |(_, rest)| rest);
-        let host = host.split(['/', '?', '#']).next().unwrap_or_default();
-        let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
-        let bare = match host.strip_prefix('[') {
-            Some(v6) => v6.split_once(']').map_or(host, |(v6, _)| v6),
-            None => host.split(':').next().unwrap_or_default(),
-        };
-        let bracketed = host.starts_with('[');
-        let plain = !bare.is_empty()
-            && (if bracketed {
-                host == format!("[{bare}]")
-            } else {
-                host == bare
-            });
-        if !plain || host != name {
-            let bare = if bracketed {
-                format!("[{bare}]")
-            } else {
-                bare.to_owned()
-            };
+        let url = reqwest::Url::parse(&format!("http://{rest}")).ok();
+        let host = url.as_ref().and_then(reqwest::Url::host_str);
+        if host.is_none_or(|host| !host.eq_ignore_ascii_case(name)) {
             return Err(serde::de::Error::custom(format!(
-                "{name:?} is not a host name: a domain's budget is keyed by the URL's host alone ({bare:?}), without scheme, port or path"
+                "{name:?} is not a host name: a domain's budget is keyed by the URL's host alone ({:?}), without scheme, port or path",
+                host.unwrap_or(rest)
             )));
         }
     }

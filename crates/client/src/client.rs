@@ -364,8 +364,7 @@ impl Payer {
         S: Fn(Request) -> F + Sync,
         F: Future<Output = Result<Response, FetchError>> + Send,
     {
-        let mut waits = 0;
-        loop {
+        let once = || async {
             let mut attempt = with_credential(request, &token.field, &token.authorization)?;
             if let (Some(own), Some(kept)) = (own_key, &token.unanswered) {
                 if kept.request_digest == own.request_digest {
@@ -380,18 +379,12 @@ impl Payer {
             if let Some(sent) = &sent {
                 self.ledger.note_answered(&token.payment_hash, sent)?;
             }
-            // A balance whose funds requests in flight hold (`409`): what
-            // they do not use comes back, so it is asked again, not paid
-            // over with a new deposit.
-            if token.single_use()
-                || answer.status() != StatusCode::CONFLICT
-                || waits == crate::payer::HELD_BALANCE_WAITS
-            {
-                return Ok(answer);
-            }
-            waits += 1;
-            tokio::time::sleep(crate::payer::retry_after(&answer)).await;
+            Ok(answer)
+        };
+        if token.single_use() {
+            return once().await;
         }
+        crate::payer::past_held_balance(once).await
     }
 
     /// Whether this run may present `token`: `None` when it is a

@@ -232,11 +232,33 @@ const PAID_RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// How often a request on a balance held by requests in flight (`409`)
 /// is asked again, each after the answer's `Retry-After`.
-pub(crate) const HELD_BALANCE_WAITS: u32 = 30;
+const HELD_BALANCE_WAITS: u32 = 30;
+
+/// Sends with `send` (a request spending a balance: its L402 token or its
+/// session), and again while the answer is `409`, a balance that requests
+/// in flight hold (what they do not use comes back), each time after its
+/// `Retry-After`, at most [`HELD_BALANCE_WAITS`] times: asked again, not
+/// paid over with a new deposit or a top-up.
+pub(crate) async fn past_held_balance<F>(
+    mut send: impl FnMut() -> F,
+) -> Result<Response, FetchError>
+where
+    F: Future<Output = Result<Response, FetchError>>,
+{
+    let mut answer = send().await?;
+    for _ in 0..HELD_BALANCE_WAITS {
+        if answer.status() != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(retry_after(&answer)).await;
+        answer = send().await?;
+    }
+    Ok(answer)
+}
 
 /// How long an answer's `Retry-After` (seconds) asks to wait, between
 /// 100 ms and 2 s (1 s when it says nothing readable).
-pub(crate) fn retry_after(answer: &Response) -> Duration {
+fn retry_after(answer: &Response) -> Duration {
     let secs = answer
         .headers()
         .get(reqwest::header::RETRY_AFTER)

@@ -36,7 +36,9 @@ use reqwest::{Method, Request, Response, ResponseBuilderExt as _, StatusCode, Ur
 
 use crate::error::SessionError;
 use crate::ledger::{PaymentState, PendingPayment, Refund, StoredSession};
-use crate::payer::{new_entry, now, refused, send_paid, with_credential, Endpoint};
+use crate::payer::{
+    new_entry, now, past_held_balance, refused, send_paid, with_credential, Endpoint,
+};
 use crate::wallet::ReturnInvoice;
 use crate::{
     FetchError, Fetched, LedgerError, Offer, OfferError, Payer, PaymentEntry, Prefer, Refusal,
@@ -387,17 +389,8 @@ impl Payer {
                 }
             };
             let field = field_for(echo.header.as_deref());
-            let mut answer = send_paid(request, field, &credential(&echo, &action), send).await?;
-            // Its funds held by requests in flight (`409`): what they do
-            // not use comes back, so it is asked again, not topped up.
-            let mut waits = 0;
-            while answer.status() == StatusCode::CONFLICT
-                && waits < crate::payer::HELD_BALANCE_WAITS
-            {
-                waits += 1;
-                tokio::time::sleep(crate::payer::retry_after(&answer)).await;
-                answer = send_paid(request, field, &credential(&echo, &action), send).await?;
-            }
+            let paying = credential(&echo, &action);
+            let answer = past_held_balance(|| send_paid(request, field, &paying, send)).await?;
             if !refused(answer.status()) {
                 if !session.opened {
                     self.ledger.note_session_opened(&session.id)?;

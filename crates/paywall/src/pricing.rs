@@ -533,6 +533,9 @@ fn body_count(pointer: &str, value: Option<&Value>) -> Result<Option<u64>, Unrea
 struct Parsed<'a> {
     request: &'a PriceRequest<'a>,
     query: OnceLock<Vec<(String, String)>>,
+    /// The query as an upstream decoding it before splitting it reads it;
+    /// `None` when it has no encoded `&`, `=` or `;` (then it reads alike).
+    decoded_first: OnceLock<Option<Vec<(String, String)>>>,
     json: OnceLock<Result<Option<Value>, Unreadable>>,
 }
 
@@ -541,6 +544,7 @@ impl<'a> Parsed<'a> {
         Self {
             request,
             query: OnceLock::new(),
+            decoded_first: OnceLock::new(),
             json: OnceLock::new(),
         }
     }
@@ -557,23 +561,37 @@ impl<'a> Parsed<'a> {
     /// the whole query before splitting it (at `&` and `;`) reads them,
     /// when that differs from how it is split here: an encoded `&`, `=` or
     /// `;` is a delimiter there (`x%3D1%26tier%3Dgold` is `x=1&tier=gold`).
-    fn query_decoded_first(&self, name: &str) -> Option<Vec<String>> {
-        let raw = self.request.query.unwrap_or("");
-        let lower = raw.to_ascii_lowercase();
-        if !["%26", "%3d", "%3b"].iter().any(|d| lower.contains(d)) {
-            return None;
-        }
-        let decoded = decode_again(raw)?.replace(';', "&");
-        let values: Vec<String> = form_urlencoded::parse(decoded.as_bytes())
+    fn query_decoded_first(&self, name: &str) -> Option<Vec<&str>> {
+        let pairs = self.decoded_first.get_or_init(|| {
+            let raw = self.request.query.unwrap_or("");
+            let encoded_delimiter = raw.as_bytes().windows(3).any(|w| {
+                w[0] == b'%'
+                    && matches!(
+                        (w[1], w[2].to_ascii_lowercase()),
+                        (b'2', b'6') | (b'3', b'd' | b'b')
+                    )
+            });
+            let decoded = decode_again(raw)
+                .filter(|_| encoded_delimiter)?
+                .replace(';', "&");
+            Some(
+                form_urlencoded::parse(decoded.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect(),
+            )
+        });
+        let values: Vec<&str> = pairs
+            .as_ref()?
+            .iter()
             .filter(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
+            .map(|(_, v)| v.as_str())
             .collect();
         let split_here = self
             .query_pairs()
             .iter()
             .filter(|(k, _)| k == name)
-            .map(|(_, v)| v);
-        (!values.iter().eq(split_here)).then_some(values)
+            .map(|(_, v)| v.as_str());
+        (!values.iter().copied().eq(split_here)).then_some(values)
     }
 
     /// The one value of query parameter `name`; `None` when absent or
@@ -663,6 +681,16 @@ fn field_text(value: &Value) -> Option<Cow<'_, str>> {
         Value::Number(_) | Value::Bool(_) => Some(Cow::Owned(value.to_string())),
         _ => None,
     }
+}
+
+/// The first of `readings` that is one of a rule's `values`, or may read
+/// as one ([`one_of`]'s refusal).
+fn rule_value<'r>(
+    values: &[String],
+    mut readings: impl Iterator<Item = &'r str>,
+    what: &dyn Fn() -> String,
+) -> Option<&'r str> {
+    readings.find(|r| one_of(values, Some(r), what).unwrap_or(true))
 }
 
 /// Whether `value` is one of a rule's `values`: exactly, or not at all.
@@ -845,29 +873,23 @@ impl PriceRule {
         for m in &self.query {
             let what = || format!("query parameter {:?}", m.key);
             let value = parsed.query(&m.key);
-            // A list to upstreams that split a value at commas (Spring
-            // binds `tier=gold,x` to a list whose first item is `gold`).
+            // What some upstream reads instead, refused when it is (or may
+            // read as) a rule's value: a list to one that splits a value at
+            // commas (Spring binds `tier=gold,x` to a list whose first item
+            // is `gold`), and the query as one that decodes it before
+            // splitting it reads it.
             if let Some(value) =
                 value.filter(|v| v.contains(',') && !m.values.iter().any(|w| w == v))
             {
-                let item = value
-                    .split(',')
-                    .map(str::trim)
-                    .find(|item| one_of(&m.values, Some(item), &what).unwrap_or(true));
-                if let Some(item) = item {
+                if let Some(item) = rule_value(&m.values, value.split(',').map(str::trim), &what) {
                     return Err(Unreadable(format!(
                         "{} is {value:?}, a list to upstreams that split at commas, holding {item:?}, a value the price depends on: send it alone",
                         what()
                     )));
                 }
             }
-            // Read otherwise where the query is decoded before it is split:
-            // refused when that reading holds a rule's value.
             if let Some(values) = parsed.query_decoded_first(&m.key) {
-                let read = values
-                    .iter()
-                    .find(|v| one_of(&m.values, Some(v), &what).unwrap_or(true));
-                if let Some(read) = read {
+                if let Some(read) = rule_value(&m.values, values.into_iter(), &what) {
                     return Err(Unreadable(format!(
                         "the query has an encoded '&', '=' or ';' (%26, %3D, %3B), and an upstream that decodes it before splitting it reads {} as {read:?}, a value the price depends on: send it as a parameter of its own",
                         what()

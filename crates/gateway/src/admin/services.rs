@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use toml::Table;
 
 use super::{problem, problem_with, store_unavailable, AdminState, Segment, Who};
+use crate::config::ConfigErrors;
 use crate::services::{ServiceView, Source};
 
 /// What a header value shows as when it holds a literal (not `${NAME}`).
@@ -83,7 +84,9 @@ pub(super) async fn put(
 ) -> Response {
     let table = match table_of(body, &name) {
         Ok(table) => table,
-        Err((StatusCode::UNPROCESSABLE_ENTITY, detail)) => return unfit(&detail),
+        Err((StatusCode::UNPROCESSABLE_ENTITY, detail)) => {
+            return unfit(ConfigErrors(vec![detail]))
+        }
         Err((status, detail)) => return problem(status, &detail),
     };
     let existing = state.services.view(&name);
@@ -142,10 +145,10 @@ pub(super) async fn patch(
         );
     }
     if let Err(detail) = merge_patch(&mut table, keys, &format!("services.{name}")) {
-        return unfit(&detail);
+        return unfit(ConfigErrors(vec![detail]));
     }
     if let Err(detail) = no_redacted(&table, &name) {
-        return unfit(&detail);
+        return unfit(ConfigErrors(vec![detail]));
     }
     let to = Change {
         state: view.state,
@@ -189,7 +192,7 @@ fn merge_patch(table: &mut Table, patch: Map<String, Value>, at: &str) -> Result
 /// Why `value`, at `path`, is not a TOML value: a number too large for
 /// it, or a `null` inside an array (TOML has no null).
 fn toml_error(path: &str, value: &Value) -> String {
-    fn unfit(value: &Value) -> Option<String> {
+    fn why_not(value: &Value) -> Option<String> {
         match value {
             Value::Number(n)
                 if n.as_i64().is_none() && n.as_f64().is_none_or(|f| f.fract() == 0.0) =>
@@ -199,22 +202,22 @@ fn toml_error(path: &str, value: &Value) -> String {
                 ))
             }
             Value::Null => Some("null inside an array is not a TOML value".into()),
-            Value::Array(items) => items.iter().find_map(unfit),
-            Value::Object(fields) => fields.values().find_map(unfit),
+            Value::Array(items) => items.iter().find_map(why_not),
+            Value::Object(fields) => fields.values().find_map(why_not),
             _ => None,
         }
     }
-    let why = unfit(value).unwrap_or_else(|| "not a value TOML can hold".into());
+    let why = why_not(value).unwrap_or_else(|| "not a value TOML can hold".into());
     format!("{path}: {why}")
 }
 
-/// A `422` for a table that cannot be a service's, with the problem in
-/// `errors` as the config's checks list theirs.
-fn unfit(detail: &str) -> Response {
+/// The `422` of a change that does not pass the config's checks, its
+/// problems listed in `errors`.
+fn unfit(errors: ConfigErrors) -> Response {
     problem_with(
         StatusCode::UNPROCESSABLE_ENTITY,
-        &format!("the service does not pass the config's checks: {detail}"),
-        json!({ "errors": [detail] }),
+        &format!("the service does not pass the config's checks: {errors}"),
+        json!({ "errors": errors.0 }),
     )
 }
 
@@ -338,11 +341,7 @@ async fn change(
         by: who.name.clone(),
     };
     if let Err(errors) = state.services.check(&change) {
-        return problem_with(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &format!("the service does not pass the config's checks: {errors}"),
-            json!({ "errors": errors.0 }),
-        );
+        return unfit(errors);
     }
     if let Err(e) = state.store().put_service_change(&change).await {
         return store_unavailable(&e);

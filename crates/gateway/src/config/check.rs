@@ -159,7 +159,6 @@ impl Checker {
     /// section, so that each error names its key (`lightning.network`);
     /// read as one tagged enum, serde loses the path to the key.
     fn lightning(&mut self, value: Value) -> Option<LightningConfig> {
-        use crate::lightning::SandboxSection;
         let mut table = self.table("lightning", value)?;
         let backend = match table.remove("backend") {
             Some(Value::String(backend)) => backend,
@@ -179,7 +178,7 @@ impl Checker {
         let table = Value::Table(table);
         match backend.as_str() {
             "sandbox" => self
-                .section::<SandboxSection>("lightning", table)
+                .section("lightning", table)
                 .map(LightningConfig::Sandbox),
             "ldk" => self.section("lightning", table).map(LightningConfig::Ldk),
             "lnd" => self.section("lightning", table).map(LightningConfig::Lnd),
