@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bitcoin::hashes::{sha256, Hash};
-use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
+use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1, SecretKey};
 use gate402_lightning::{
     check_payable, check_payable_amount, CreatedInvoice, InvoiceRequest, InvoiceState,
     InvoiceStatus, InvoiceSummary, LightningBackend, LightningError, Liquidity, Network, NodeInfo,
@@ -352,14 +352,20 @@ impl LightningBackend for Sandbox {
             0 => builder,
             amount_msat => builder.amount_milli_satoshis(amount_msat),
         };
-        let invoice = builder
-            .build_signed(|m| inner.secp.sign_ecdsa_recoverable(m, &inner.key))
+        let unsigned = builder
+            .build_raw()
+            .map(|raw| gate402_bolt11::Unsigned::new(&raw))
             .map_err(|e| LightningError::Rejected(e.to_string()))?;
+        let message = Message::from_digest(unsigned.signable_hash());
+        let (recovery_id, compact) = inner
+            .secp
+            .sign_ecdsa_recoverable(&message, &inner.key)
+            .serialize_compact();
         let created_at = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let row = InvoiceRow {
             payment_hash: hash,
             preimage,
-            bolt11: gate402_bolt11::encode(&invoice.into_signed_raw()),
+            bolt11: unsigned.encode(&compact, recovery_id.to_i32() as u8),
             amount_msat: request.amount_msat,
             created_at,
             expires_at: created_at + u64::from(request.expiry_secs),

@@ -9,9 +9,7 @@
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use lightning_invoice::{
-    Bolt11Invoice, Bolt11InvoiceDescriptionRef, Currency, SignedRawBolt11Invoice,
-};
+use lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescriptionRef, Currency};
 use serde::{Deserialize, Serialize};
 
 pub use lightning_invoice::Bolt11Invoice as RawInvoice;
@@ -292,26 +290,117 @@ impl Invoice {
     }
 }
 
-/// The text of a signed invoice (lower case, no `lightning:` prefix),
-/// exactly as lightning-invoice's `Display` writes it and from the same
-/// bech32 iterators, but collected into one string: that `Display` formats
-/// one character at a time, about 3% of the instructions of a 402 on the
-/// sandbox (21,600 of 737,800 under valgrind).
-pub fn encode(invoice: &SignedRawBolt11Invoice) -> String {
-    use bech32::{ByteIterExt, Fe32IterExt};
-    let (hrp, data) = invoice.raw_invoice().to_raw();
-    // Made by lightning-invoice from a currency and an amount: ASCII.
-    let hrp = bech32::Hrp::parse_unchecked(&hrp);
-    // BOLT11: the 64-byte compact signature, then its recovery id.
-    let (recovery_id, signature) = invoice.signature().0.serialize_compact();
-    let signature = signature
-        .into_iter()
-        .chain(std::iter::once(recovery_id.to_i32() as u8));
-    data.into_iter()
-        .chain(signature.bytes_to_fes())
-        .with_checksum::<bech32::Bech32>(&hrp)
-        .chars()
-        .collect()
+/// An invoice built but not signed yet, as BOLT11 writes it: the
+/// human-readable part (`lnbcrt10u`, lower case) and the data part's 5-bit
+/// groups (timestamp and tagged fields), from lightning-invoice's builder.
+///
+/// A node signing its own invoices needs the hash to sign and then the
+/// text; lightning-invoice makes each from its fields through bech32
+/// iterators, one group and one character at a time, and makes the groups
+/// twice (signing, then writing). Made once here and hashed and written by
+/// plain loops, a sandbox 402 costs 7% fewer instructions (under valgrind).
+pub struct Unsigned {
+    hrp: String,
+    data: Vec<u8>,
+}
+
+/// bech32's alphabet, a 5-bit group to a character (BIP-173).
+const CHARSET: &[u8; 32] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+
+/// bech32's checksum generator (BIP-173).
+const GENERATOR: [u32; 5] = [
+    0x3b6a_57b2,
+    0x2650_8e6d,
+    0x1ea1_19fa,
+    0x3d42_33dd,
+    0x2a14_62b3,
+];
+
+fn polymod(checksum: u32, group: u8) -> u32 {
+    let top = checksum >> 25;
+    let mut checksum = ((checksum & 0x1ff_ffff) << 5) ^ u32::from(group);
+    for (i, g) in GENERATOR.iter().enumerate() {
+        if (top >> i) & 1 == 1 {
+            checksum ^= g;
+        }
+    }
+    checksum
+}
+
+impl Unsigned {
+    /// The parts of `invoice`.
+    pub fn new(invoice: &lightning_invoice::RawBolt11Invoice) -> Self {
+        let (hrp, data) = invoice.to_raw();
+        Self {
+            hrp,
+            data: data.into_iter().map(|group| group.to_u8()).collect(),
+        }
+    }
+
+    /// What the payee signs (BOLT11): SHA-256 of the human-readable part's
+    /// bytes, then of the data part's groups packed into bytes, the last
+    /// one padded with zero bits.
+    pub fn signable_hash(&self) -> [u8; 32] {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(self.hrp.as_bytes());
+        let mut bytes = Vec::with_capacity(self.data.len() * 5 / 8 + 1);
+        let (mut bits, mut held) = (0u32, 0u32);
+        for &group in &self.data {
+            held = (held << 5) | u32::from(group);
+            bits += 5;
+            if bits >= 8 {
+                bits -= 8;
+                bytes.push((held >> bits) as u8);
+            }
+        }
+        if bits > 0 {
+            bytes.push((held << (8 - bits)) as u8);
+        }
+        hasher.update(&bytes);
+        hasher.finalize().into()
+    }
+
+    /// The invoice's text (lower case, no `lightning:` prefix) with its
+    /// signature: `compact` is the 64-byte compact ECDSA signature of
+    /// [`Self::signable_hash`], `recovery_id` its recovery id (0-3).
+    pub fn encode(&self, compact: &[u8; 64], recovery_id: u8) -> String {
+        // BOLT11: the signature's 65 bytes (520 bits) are 104 groups.
+        let mut signature = Vec::with_capacity(104);
+        let (mut bits, mut held) = (0u32, 0u32);
+        for &byte in compact.iter().chain(std::iter::once(&recovery_id)) {
+            held = (held << 8) | u32::from(byte);
+            bits += 8;
+            while bits >= 5 {
+                bits -= 5;
+                signature.push(((held >> bits) & 31) as u8);
+            }
+        }
+        let mut checksum = 1;
+        for &c in self.hrp.as_bytes() {
+            checksum = polymod(checksum, c >> 5);
+        }
+        checksum = polymod(checksum, 0);
+        for &c in self.hrp.as_bytes() {
+            checksum = polymod(checksum, c & 31);
+        }
+        let mut text = String::with_capacity(self.hrp.len() + 1 + self.data.len() + 104 + 6);
+        text.push_str(&self.hrp);
+        text.push('1');
+        for &group in self.data.iter().chain(&signature) {
+            checksum = polymod(checksum, group);
+            text.push(char::from(CHARSET[usize::from(group)]));
+        }
+        for _ in 0..6 {
+            checksum = polymod(checksum, 0);
+        }
+        // bech32 (not bech32m): the constant 1.
+        checksum ^= 1;
+        for i in (0..6).rev() {
+            text.push(char::from(CHARSET[((checksum >> (5 * i)) & 31) as usize]));
+        }
+        text
+    }
 }
 
 impl std::fmt::Display for Invoice {
@@ -352,7 +441,13 @@ mod tests {
     #[test]
     fn encodes_the_spec_example() {
         let invoice = Invoice::parse(SPEC_INVOICE).unwrap().0.into_signed_raw();
-        assert_eq!(encode(&invoice), SPEC_INVOICE);
+        let unsigned = Unsigned::new(invoice.raw_invoice());
+        assert_eq!(&unsigned.signable_hash(), invoice.signable_hash());
+        let (recovery_id, compact) = invoice.signature().0.serialize_compact();
+        assert_eq!(
+            unsigned.encode(&compact, recovery_id.to_i32() as u8),
+            SPEC_INVOICE
+        );
     }
 
     #[test]
@@ -473,8 +568,9 @@ mod tests {
             prop_assert_eq!(inv.to_string(), text);
         }
 
-        /// `encode` writes what lightning-invoice's `Display` writes, for
-        /// any amount (or none), description, expiry and network.
+        /// `Unsigned` hashes what lightning-invoice signs and writes what
+        /// its `Display` writes, for any amount (or none), description,
+        /// expiry and network.
         #[test]
         fn encode_writes_what_display_writes(amount in proptest::option::of(1u64..21_000_000_000_000_000), description in "\\PC{0,150}", hash in any::<[u8; 32]>(), expiry in 1u64..10_000_000, n in 0usize..4) {
             let network = [Network::Mainnet, Network::Testnet, Network::Signet, Network::Regtest][n];
@@ -493,7 +589,11 @@ mod tests {
             }
             .unwrap();
             let text = invoice.to_string();
-            prop_assert_eq!(encode(&invoice.into_signed_raw()), text);
+            let signed = invoice.into_signed_raw();
+            let unsigned = Unsigned::new(signed.raw_invoice());
+            prop_assert_eq!(&unsigned.signable_hash(), signed.signable_hash());
+            let (recovery_id, compact) = signed.signature().0.serialize_compact();
+            prop_assert_eq!(unsigned.encode(&compact, recovery_id.to_i32() as u8), text);
         }
 
         #[test]
