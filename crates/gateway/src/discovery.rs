@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::http::Method;
 use serde_json::{json, Map, Value};
 
-use gate402_l402::caveat::{BALANCE_SUFFIX, USES_SUFFIX, VALID_UNTIL_SUFFIX};
+use gate402_l402::caveat::{BALANCE_SUFFIX, PASS_SUFFIX, USES_SUFFIX, VALID_UNTIL_SUFFIX};
 use gate402_paywall::route::PathPattern;
 use gate402_paywall::{Auth, PricedService, Sells};
 
@@ -431,6 +431,18 @@ pub fn manifest(
                 format!("Unix time the token stops working on {name}"),
             ),
         );
+        if s.sells == Sells::Pass {
+            caveats.insert(
+                format!("{name}{PASS_SUFFIX}"),
+                caveat(
+                    "flag",
+                    "fixed",
+                    format!(
+                        "Marks the token a pass on {name}, good until {name}{VALID_UNTIL_SUFFIX}"
+                    ),
+                ),
+            );
+        }
         if s.sells == Sells::Balance {
             caveats.insert(
                 format!("{name}{BALANCE_SUFFIX}"),

@@ -273,6 +273,7 @@ async fn the_l402_manifest_lists_what_l402_buys() {
     assert_eq!(
         conditions,
         [
+            "maps_pass",
             "maps_valid_until",
             "services",
             "weather_amount",
@@ -280,8 +281,9 @@ async fn the_l402_manifest_lists_what_l402_buys() {
             "weather_valid_until"
         ]
     );
-    // A per-request token says so in its macaroon; a pass does not.
+    // A per-request token says so in its macaroon, and so does a pass.
     assert_eq!(caveats["weather_uses"]["type"], "count");
+    assert_eq!(caveats["maps_pass"]["type"], "flag");
     assert_eq!(caveats["weather_amount"]["type"], "amount");
     assert_eq!(caveats["services"]["type"], "service_list");
     assert_eq!(caveats["maps_valid_until"]["type"], "timestamp");

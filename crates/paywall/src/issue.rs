@@ -111,7 +111,7 @@ impl Issuer {
                 Sells::Balance => {
                     caveats.push(Caveat::balance(&service.name, service.deposit_sats()));
                 }
-                Sells::Pass => {}
+                Sells::Pass => caveats.push(Caveat::pass(&service.name)),
             }
             let minted = self.root_keys.mint(
                 created.payment_hash,

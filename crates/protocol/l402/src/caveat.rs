@@ -13,6 +13,9 @@
 //!   deposit of its invoice, spent a unit price per request (gate402's own,
 //!   like `_uses`); the balance is the session keyed by its payment hash,
 //!   and the first such caveat (the minted one) alone names its deposit;
+//! - `<service>_pass=1`: it is a pass there, good until its
+//!   `_valid_until` (gate402's own; minted so that a `_balance` or `_uses`
+//!   a holder appends comes after it and changes nothing);
 //! - `<capability>_<constraint>=value`: application constraints, checked by
 //!   satisfiers the application supplies.
 //!
@@ -86,6 +89,11 @@ impl Caveat {
             deposit_sats.to_string(),
         )
     }
+
+    /// `<service>_pass=1`: the token is a pass for `service`.
+    pub fn pass(service: &str) -> Self {
+        Self::new(format!("{service}{PASS_SUFFIX}"), "1".to_owned())
+    }
 }
 
 /// What a token's caveats say it buys from one service.
@@ -127,16 +135,20 @@ pub fn terms<'a>(caveats: impl IntoIterator<Item = &'a [u8]>, service: &str) -> 
 }
 
 /// What a token was sold as for one service, by the first of its
-/// `<service>_uses` and `<service>_balance` caveats: the gateway mints at
-/// most one of them, and a holder can only append caveats after it, so an
-/// appended one of the other kind never changes the sale.
+/// `<service>_uses`, `<service>_balance` and `<service>_pass` caveats: the
+/// gateway mints exactly one of them, and a holder can only append caveats
+/// after it, so an appended one never changes the sale. (A pass minted
+/// before passes carried `_pass` has none: one appended to it is the
+/// first, and the gateway opens such a balance only if the token's
+/// invoice paid its deposit.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sale {
     /// `<service>_uses` came first: requests, each claimed once.
     Requests,
     /// `<service>_balance` came first: a prepaid balance.
     Balance,
-    /// Neither: a pass, good until `<service>_valid_until`.
+    /// `<service>_pass` came first, or none of the three is there: a
+    /// pass, good until `<service>_valid_until`.
     Pass,
 }
 
@@ -148,6 +160,7 @@ pub fn sold_as<'a>(caveats: impl IntoIterator<Item = &'a [u8]>, service: &str) -
         .find_map(|caveat| match caveat.condition.strip_prefix(service)? {
             USES_SUFFIX => Some(Sale::Requests),
             BALANCE_SUFFIX => Some(Sale::Balance),
+            PASS_SUFFIX => Some(Sale::Pass),
             _ => None,
         })
         .unwrap_or(Sale::Pass)
@@ -169,6 +182,8 @@ pub const VALID_UNTIL_SUFFIX: &str = "_valid_until";
 pub const USES_SUFFIX: &str = "_uses";
 /// The suffix of the per-service balance condition.
 pub const BALANCE_SUFFIX: &str = "_balance";
+/// The suffix of the condition that marks a pass.
+pub const PASS_SUFFIX: &str = "_pass";
 
 /// One entry of a `services` caveat.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -599,6 +614,16 @@ mod tests {
         );
         assert_eq!(sale(&["other_balance=10", "svc_uses=1"]), Sale::Requests);
         assert_eq!(sale(&["svc_usesx=1", "svc_balance=3"]), Sale::Balance);
+        // A pass minted with its mark stays a pass.
+        assert_eq!(
+            sale(&[
+                "services=svc:0",
+                "svc_valid_until=9",
+                "svc_pass=1",
+                "svc_balance=3"
+            ]),
+            Sale::Pass
+        );
     }
 
     #[test]
