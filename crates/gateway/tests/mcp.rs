@@ -1023,6 +1023,12 @@ async fn a_tool_is_charged_what_its_request_costs_over_http() {
         ))
         .await;
     assert!(message.contains("_method"), "{message}");
+    // An argument wrapping the dear value (its query reads `["Tokyo"]`)
+    // is refused, not charged the base price.
+    let message = h
+        .refused(call("weather", json!({"city": ["Tokyo"]}), None))
+        .await;
+    assert!(message.contains("parse it as JSON"), "{message}");
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }

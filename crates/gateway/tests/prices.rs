@@ -971,6 +971,37 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
             None,
             "declared a form",
         ),
+        // An array or object holding the dear value, and a batch.
+        (
+            "/dyn/a",
+            br#"{"model":["gpt-4","gpt-4"]}"#.to_vec(),
+            None,
+            "an array",
+        ),
+        (
+            "/dyn/a",
+            br#"{"model":["x","gpt-4"]}"#.to_vec(),
+            None,
+            "an array",
+        ),
+        (
+            "/dyn/a",
+            br#"{"model":{"$eq":"gpt-4"}}"#.to_vec(),
+            None,
+            "an object",
+        ),
+        (
+            "/dyn/a",
+            br#"[{"model":"gpt-4"}]"#.to_vec(),
+            None,
+            "a batch",
+        ),
+        (
+            "/dyn/tokens",
+            br#"[{"max_tokens":100000}]"#.to_vec(),
+            None,
+            "a batch",
+        ),
         (
             "/dyn/tokens",
             br#"{"max_tokens":1e5}"#.to_vec(),
@@ -1030,6 +1061,9 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
         ("/dyn/n?n=%20100", "\"n\""),
         ("/dyn/n?n=%EF%BC%91%EF%BC%90%EF%BC%90", "\"n\""),
         ("/dyn/q?Quality=hd", "only by case"),
+        ("/dyn/q?quality=%22hd%22", "parse it as JSON"),
+        ("/dyn/q?quality='hd'", "strip its quotes"),
+        ("/dyn/q?quality=%5B%22hd%22%5D", "parse it as JSON"),
     ] {
         let response = h.client.get(h.url(target)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{target}");

@@ -616,7 +616,17 @@ impl<'a> Parsed<'a> {
         match json {
             Ok(Some(json)) => {
                 case_conflict(json, pointer)?;
-                Ok(json.pointer(pointer))
+                let field = json.pointer(pointer);
+                // A batch: an upstream taking one answers each item, so
+                // what the price depends on is in every item.
+                if let (None, Value::Array(items)) = (field, json) {
+                    if items.iter().any(|item| item.pointer(pointer).is_some()) {
+                        return Err(Unreadable(format!(
+                            "the request body is a JSON array (a batch to upstreams that take one) whose items have the field {pointer}, and the price depends on it: send one item a request, as a JSON object"
+                        )));
+                    }
+                }
+                Ok(field)
             }
             Ok(None) => Ok(None),
             Err(e) => Err(e.clone()),
@@ -683,6 +693,16 @@ fn field_text(value: &Value) -> Option<Cow<'_, str>> {
     }
 }
 
+/// The texts of the scalars (strings, numbers, booleans) in `value`, at
+/// any depth, into `out`.
+fn scalars<'v>(value: &'v Value, out: &mut Vec<Cow<'v, str>>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|item| scalars(item, out)),
+        Value::Object(fields) => fields.values().for_each(|field| scalars(field, out)),
+        _ => out.extend(field_text(value)),
+    }
+}
+
 /// The first of `readings` that is one of a rule's `values`, or may read
 /// as one ([`one_of`]'s refusal).
 fn rule_value<'r>(
@@ -724,6 +744,23 @@ fn one_of(
     let variants: Vec<String> = std::iter::successors(Some(value.to_owned()), |v| decode_again(v))
         .take(3)
         .collect();
+    // An upstream that parses a value as JSON (`"hd"`, `["hd"]`) or strips
+    // its quotes (`'hd'`) reads what it holds.
+    let unwrapped = variants
+        .iter()
+        .flat_map(|v| unwrapped(v))
+        .collect::<Vec<_>>();
+    if let Some((w, _)) = values.iter().find_map(|w| {
+        unwrapped
+            .iter()
+            .find(|u| *u == w || reads_as(u, w))
+            .map(|u| (w, u))
+    }) {
+        return Err(Unreadable(format!(
+            "{} is {value:?}, which holds {w:?} to upstreams that parse it as JSON or strip its quotes; the price depends on it: send it as {w:?}",
+            what()
+        )));
+    }
     let found = values
         .iter()
         .find(|w| variants.iter().any(|v| reads_as(v, w)));
@@ -734,6 +771,26 @@ fn one_of(
         ))),
         None => Ok(false),
     }
+}
+
+/// What `value` holds to an upstream that parses it as JSON or strips its
+/// quotes: the scalars of a JSON string, array or object, or the text
+/// inside one pair of quotes; nothing for any other value.
+fn unwrapped(value: &str) -> Vec<String> {
+    let text = value.trim_matches(|c: char| c.is_ascii_whitespace());
+    if !text.starts_with(['"', '\'', '[', '{']) {
+        return Vec::new();
+    }
+    if let Ok(json) = serde_json::from_str::<Value>(text) {
+        let mut held = Vec::new();
+        scalars(&json, &mut held);
+        return held.into_iter().map(Cow::into_owned).collect();
+    }
+    ['"', '\'']
+        .iter()
+        .find_map(|q| text.strip_prefix(*q)?.strip_suffix(*q))
+        .map(|inner| vec![inner.to_owned()])
+        .unwrap_or_default()
 }
 
 /// Whether `value` reads as the number `wanted` is (a rule's value that
@@ -911,17 +968,21 @@ impl PriceRule {
         for m in &self.body {
             let field = parsed.field(&m.key)?;
             let what = || format!("body field {:?}", m.key);
-            // A one-item array reads as its item to loosely comparing code
-            // (`["gpt-4"] == "gpt-4"` in JavaScript).
-            let item = field
-                .and_then(Value::as_array)
-                .filter(|items| items.len() == 1)
-                .and_then(|items| field_text(&items[0]));
-            if let Some(item) = item {
-                let what = || format!("body field {:?}, a one-item array,", m.key);
-                if one_of(&m.values, Some(&item), &what).unwrap_or(true) {
+            // An array or object holding a rule's value reads as it to some
+            // upstream: loosely comparing code (`["gpt-4"] == "gpt-4"` in
+            // JavaScript), one that takes a list's first or any item, or a
+            // query language's operator (`{"$eq": "gpt-4"}`).
+            if let Some(shape) = field.and_then(|f| match f {
+                Value::Array(_) => Some("an array"),
+                Value::Object(_) => Some("an object"),
+                _ => None,
+            }) {
+                let mut held = Vec::new();
+                scalars(field.unwrap_or(&Value::Null), &mut held);
+                let what = || format!("body field {:?}, {shape},", m.key);
+                if let Some(item) = rule_value(&m.values, held.iter().map(|h| h.as_ref()), &what) {
                     return Err(Unreadable(format!(
-                        "{} holds {item:?}, a value the price depends on: send it as {item:?} alone, not in an array",
+                        "{} holds {item:?}, a value the price depends on: send it as {item:?} alone, not in {shape}",
                         what()
                     )));
                 }
@@ -1826,9 +1887,24 @@ mod tests {
             price(&pricing, Method::POST, "/", r#"{"stream":true}"#),
             Some(9)
         );
-        // A one-item array reads as its item to loosely comparing code.
-        assert!(read(&pricing, Method::POST, "/", br#"{"n":[4]}"#).is_err());
-        assert_eq!(price(&pricing, Method::POST, "/", r#"{"n":[4,5]}"#), None);
+        // An array or object holding a rule's value reads as it to some
+        // upstream; one holding none is no rule's.
+        for body in [
+            r#"{"n":[4]}"#,
+            r#"{"n":[4,5]}"#,
+            r#"{"n":[5,"4"]}"#,
+            r#"{"n":[[4]]}"#,
+            r#"{"n":{"$eq":4}}"#,
+            r#"[{"n":4}]"#,
+            r#"[{"n":5}]"#,
+        ] {
+            assert!(
+                read(&pricing, Method::POST, "/", body.as_bytes()).is_err(),
+                "{body}"
+            );
+        }
+        assert_eq!(price(&pricing, Method::POST, "/", r#"{"n":[5,6]}"#), None);
+        assert_eq!(price(&pricing, Method::POST, "/", r#"[{"m":4}]"#), None);
     }
 
     #[test]
