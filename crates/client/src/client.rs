@@ -445,9 +445,14 @@ impl Payer {
         let answer = self.present(request, &token, own_key, send).await?;
         if refused(answer.status()) {
             // Expired or revoked, if the route it was kept for said so; a
-            // refusal from where a redirect led says nothing of it.
+            // refusal from where a redirect led says nothing of it. A
+            // balance spent out is spent on every route.
             if answer.url() == request.url() {
-                self.ledger.forget_token(&token)?;
+                if is_spent_out(answer).await {
+                    self.ledger.forget_payment_tokens(&token.payment_hash)?;
+                } else {
+                    self.ledger.forget_token(&token)?;
+                }
             }
             return Ok(None);
         }
@@ -502,21 +507,35 @@ impl Payer {
         if carries_authorization(request) && !over_own {
             return Ok(None);
         }
-        let Some(token) = self
-            .ledger
-            .token_for_services(&endpoint.origin, &services, now())?
-        else {
-            return Ok(None);
+        // A balance spent out is forgotten and the next newest tried: a
+        // deposit paid on one path and spent on others leaves none behind.
+        let mut spent_out = 0;
+        let (token, answer) = loop {
+            let Some(token) = self
+                .ledger
+                .token_for_services(&endpoint.origin, &services, now())?
+            else {
+                return Ok(None);
+            };
+            let Some(_owner) = self.free_to_present(&token, false)? else {
+                return Ok(None);
+            };
+            let answer = self.present(request, &token, own_key, send).await?;
+            // Refused, or held by another request (`409`): this request
+            // pays its own.
+            if answer.status() == StatusCode::CONFLICT {
+                return Ok(None);
+            }
+            if refused(answer.status()) {
+                if spent_out < MAX_SPENT_OUT && is_spent_out(answer).await {
+                    self.ledger.forget_payment_tokens(&token.payment_hash)?;
+                    spent_out += 1;
+                    continue;
+                }
+                return Ok(None);
+            }
+            break (token, answer);
         };
-        let Some(_owner) = self.free_to_present(&token, false)? else {
-            return Ok(None);
-        };
-        let answer = self.present(request, &token, own_key, send).await?;
-        // Refused, or held by another request (`409`): this request pays
-        // its own.
-        if refused(answer.status()) || answer.status() == StatusCode::CONFLICT {
-            return Ok(None);
-        }
         if token.single_use() && spends(answer.status()) {
             // A per-request token kept unspent (its request failed): served
             // here, so spent everywhere it is kept.
@@ -576,6 +595,21 @@ impl Payer {
             )
             .await?;
         Ok(Some(Fetched::Response(answer, Some(entry))))
+    }
+}
+
+/// How many spent-out balances one request forgets before it pays its
+/// own: the ledger keeps a token per deposit, and a run may hold several.
+const MAX_SPENT_OUT: usize = 8;
+
+/// Whether a refusal says the token's balance is spent out
+/// (`insufficient-balance`): no route will take it again.
+async fn is_spent_out(answer: Response) -> bool {
+    let insufficient = gate402_mpp::problem::ProblemType::LightningInsufficientBalance.uri();
+    match answer.bytes().await {
+        Ok(body) => serde_json::from_slice::<serde_json::Value>(&body)
+            .is_ok_and(|problem| problem["type"].as_str() == Some(insufficient.as_str())),
+        Err(_) => false,
     }
 }
 

@@ -748,14 +748,15 @@ impl Ledger {
         self.newest_token(
             "origin = ?1 AND path = ?3 AND (method = ?2 OR method = '')
              AND (bound_to IS NULL OR bound_to = ?4)
-             ORDER BY method = '', created_at DESC",
+             ORDER BY method = '', created_at DESC, rowid DESC",
             params![origin, method, path, request],
             now,
         )
     }
 
     /// The newest unexpired token from `origin` that buys `services` (its
-    /// macaroon's `services` caveats), whatever route it was kept for.
+    /// macaroon's `services` caveats), whatever route it was kept for: the
+    /// one kept last, of those kept in the same second.
     pub fn token_for_services(
         &self,
         origin: &str,
@@ -763,7 +764,7 @@ impl Ledger {
         now: u64,
     ) -> Result<Option<CachedToken>, LedgerError> {
         self.newest_token(
-            "origin = ?1 AND services = ?2 ORDER BY created_at DESC",
+            "origin = ?1 AND services = ?2 ORDER BY created_at DESC, rowid DESC",
             params![origin, services],
             now,
         )

@@ -570,16 +570,17 @@ impl Payer {
     }
 
     /// Sends `request` with a session kept for another route of the same
-    /// service (plain `bearer`, nothing paid); when it is served, the
-    /// session is kept for this route too. `None`: refused here, or idle
-    /// (the session is left as it is).
+    /// service (`bearer`); when it is served, or spent out (then it is
+    /// topped up as on its own route: the top-up is the entry returned),
+    /// the session is kept for this route too. `None`: refused here
+    /// otherwise, or idle (the session is left as it is).
     async fn spend_elsewhere<S, F>(
         &self,
         session: &StoredSession,
         request: &Request,
         endpoint: &Endpoint,
         send: &S,
-    ) -> Result<Option<Response>, FetchError>
+    ) -> Result<Option<(Response, Option<PaymentEntry>)>, FetchError>
     where
         S: Fn(Request) -> F + Sync,
         F: Future<Output = Result<Response, FetchError>> + Send,
@@ -594,22 +595,40 @@ impl Payer {
         };
         let field = field_for(echo.header.as_deref());
         let answer = send_paid(request, field, &credential(&echo, &action), send).await?;
+        let add_route = || {
+            self.ledger.add_session_route(
+                &session.id,
+                &endpoint.origin,
+                &endpoint.method,
+                &endpoint.path,
+            )
+        };
         if refused(answer.status()) {
-            return Ok(None);
+            if !Rejection::read(answer)
+                .await?
+                .is(ProblemType::LightningInsufficientBalance)
+            {
+                return Ok(None);
+            }
+            // Spent out: topped up as on a route of its own (this one now),
+            // not left behind for a new session's deposit.
+            add_route()?;
+            return match self
+                .spend(session.clone(), request, endpoint, true, send)
+                .await?
+            {
+                Sessioned::Answered(answer, paid) => Ok(Some((answer, paid))),
+                Sessioned::Ended(_) => Ok(None),
+            };
         }
-        self.ledger.add_session_route(
-            &session.id,
-            &endpoint.origin,
-            &endpoint.method,
-            &endpoint.path,
-        )?;
+        add_route()?;
         let spent = if answer.status().is_server_error() {
             0
         } else {
             session.unit_sats
         };
         self.ledger.note_session_spent(&session.id, spent, now())?;
-        Ok(Some(answer))
+        Ok(Some((answer, None)))
     }
 
     /// Answers a 402 that offers a session: within the cap and budgets,
@@ -661,11 +680,11 @@ impl Payer {
                 services,
                 offer.unit_sats,
             )? {
-                if let Some(answer) = self
+                if let Some((answer, paid)) = self
                     .spend_elsewhere(&session, request, endpoint, send)
                     .await?
                 {
-                    return Ok(Fetched::Response(answer, None));
+                    return Ok(Fetched::Response(answer, paid));
                 }
             }
         }

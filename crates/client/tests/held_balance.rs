@@ -1,6 +1,7 @@
-//! A balance whose funds requests in flight hold: the client asks again
-//! when told so (`409`), rather than paying a new deposit and leaving the
-//! balance it has behind.
+//! Balances the client holds: one whose funds requests in flight hold is
+//! asked again when the gateway says so (`409`), and one bought on another
+//! path of the service is spent before a new deposit is paid; neither is
+//! left behind for a new deposit.
 
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -81,5 +82,91 @@ async fn requests_on_a_held_balance_wait_for_it_and_pay_one_deposit() {
         assert!(body.contains("the answer"), "{body}");
     }
     assert_eq!(ledger.payments(0).unwrap().len(), 1, "one deposit");
+    gateway.shutdown().await.unwrap();
+}
+
+/// A gateway selling `/meter/*` at 2 sat a request, `units` requests a
+/// deposit, in front of an upstream that answers every path.
+async fn metered(units: u64) -> (Gateway, tempfile::TempDir) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let answer = Router::new().fallback(|| async { "metered" });
+    tokio::spawn(axum::serve(listener, answer).into_future());
+    let mut service = ServiceConfig::proxied("meter", "/meter/*", 2, &upstream);
+    service.priced = service.priced.balance(units);
+    let mut config = GatewayConfig::default_with_services(vec![service]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let gw_dir = tempfile::tempdir().unwrap();
+    (
+        Gateway::start(&config, gw_dir.path()).await.unwrap(),
+        gw_dir,
+    )
+}
+
+/// Sends `GET /meter/b1` .. `/meter/b<n>`, each answered 200.
+async fn on_paths(client: &Client, gateway: &Gateway, n: usize) {
+    for i in 1..=n {
+        let url = format!("http://{}/meter/b{i}", gateway.addr());
+        let request = client.http.get(&url).build().unwrap();
+        match client.fetch(request).await.unwrap() {
+            Fetched::Response(answer, _) => assert_eq!(answer.status(), 200, "b{i}"),
+            Fetched::Offer(_) => panic!("an offer"),
+        }
+    }
+}
+
+/// A balance bought on one path of a service pays for its other paths; a
+/// new deposit is paid only once it is spent out, then it is spent in turn
+/// (not the spent-out one tried and a deposit paid on every new path).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_balance_is_spent_across_paths_before_a_new_deposit() {
+    // 10 requests a deposit (20 sat).
+    let (gateway, _gw_dir) = metered(10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let client = Client {
+        http: reqwest::Client::new(),
+        payer: Payer::sandbox(ledger.clone(), 100),
+    };
+    on_paths(&client, &gateway, 16).await;
+    let deposits = ledger.payments(0).unwrap();
+    assert_eq!(
+        deposits.len(),
+        2,
+        "two deposits for 16 requests: {deposits:?}"
+    );
+    // The spent-out balance's token is not kept.
+    let kept: std::collections::BTreeSet<_> = ledger
+        .tokens()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.payment_hash)
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    gateway.shutdown().await.unwrap();
+}
+
+/// The same through an MPP session: one opened on one path is topped up
+/// when it runs out on another, not left open for a second session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_spent_out_on_another_path_is_topped_up() {
+    // 3 requests a deposit (6 sat).
+    let (gateway, _gw_dir) = metered(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let mut payer = Payer::sandbox(ledger.clone(), 100);
+    payer.sessions = true;
+    let client = Client {
+        http: reqwest::Client::new(),
+        payer,
+    };
+    on_paths(&client, &gateway, 7).await;
+    let sessions = ledger.sessions(true).unwrap();
+    assert_eq!(sessions.len(), 1, "one session: {sessions:?}");
+    assert_eq!(
+        (sessions[0].spent_sats, sessions[0].deposit_sats),
+        (14, 18),
+        "one deposit and two top-ups"
+    );
     gateway.shutdown().await.unwrap();
 }
