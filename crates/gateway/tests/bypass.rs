@@ -1611,6 +1611,25 @@ async fn forwarding_headers_from_clients_are_not_believed() {
         ("Front-End-Https", "on evil.test"),
         ("X-Url-Scheme", "https-evil"),
         ("X_Forwarded_User", "admin@evil.test"),
+        // Other vendors' client address and user, and what platforms set
+        // for the apps behind them.
+        ("Proxy-Client-IP", "6.6.6.6"),
+        ("WL-Proxy-Client-IP", "6.6.6.6"),
+        ("CloudFront-Viewer-Address", "6.6.6.6:443"),
+        ("X-Appengine-User-Ip", "6.6.6.6"),
+        ("Ali-CDN-Real-IP", "6.6.6.6"),
+        ("X-Azure-ClientIP", "6.6.6.6"),
+        ("X-Azure-SocketIP", "6.6.6.6"),
+        ("X-Azure-FDID", "evil.test"),
+        ("X-Vercel-Forwarded-For", "6.6.6.6"),
+        ("X-Custom-IP-Authorization", "6.6.6.6"),
+        ("X-Client-Address", "6.6.6.6"),
+        ("X-Auth-User", "admin@evil.test"),
+        ("X-WebAuth-User", "admin@evil.test"),
+        ("CF-Access-Authenticated-User-Email", "admin@evil.test"),
+        ("X-Middleware-Subrequest", "evil.test"),
+        ("X-Invoke-Path", "/evil.test"),
+        ("X-Matched-Path", "/evil.test"),
     ];
     let telltales = ["6.6.6.6", "7.7.7.7", "evil.test", "https-evil", "6666"];
     let mut variants: Vec<(&str, Vec<(String, String)>)> = vec![(

@@ -118,7 +118,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// Fields that say who the client is or how it came, named in full: the
 /// standard one, the de facto ones and CDNs' own ([`is_forwarding_header`]
 /// adds whole families by prefix).
-const FORWARDING_NAMES: [&str; 25] = [
+const FORWARDING_NAMES: [&str; 27] = [
     "forwarded",
     "forwarded-for",
     "via",
@@ -143,16 +143,24 @@ const FORWARDING_NAMES: [&str; 25] = [
     "x-arr-ssl",
     "x-arr-clientcert",
     "x-proxy-user",
-    "x-authenticated-user",
+    "x-auth-user",
+    "x-webauth-user",
+    "x-matched-path",
 ];
 
 /// Families of such fields, by prefix: `X-Forwarded-*` (`-Uri`, `-User`,
 /// `-Client-Cert`, …), the original target as a front proxy saw it
 /// (`X-Original-URI`), Envoy's own, the client certificate as a TLS
-/// terminator passes it, and the user an authenticating proxy vouches for
+/// terminator passes it, the user an authenticating proxy vouches for
 /// (oauth2-proxy, Authelia, AWS ALB, Google IAP, Azure App Service,
-/// Grafana's auth proxy). An upstream behind such a proxy believes them.
-const FORWARDING_PREFIXES: [&str; 11] = [
+/// Grafana's auth proxy), and what CDNs and platforms set for the apps
+/// behind them (Cloudflare's `CF-*`, Access's user among them; Fastly,
+/// Akamai, CloudFront's viewer, App Engine's user, Azure Front Door's
+/// `X-Azure-FDID` that apps check to know the traffic came through it,
+/// Vercel's; Next.js's internal `X-Middleware-Subrequest`, which skips
+/// its middleware, and `X-Invoke-*`). An upstream behind such a proxy
+/// believes them.
+const FORWARDING_PREFIXES: [&str; 23] = [
     "x-forwarded-",
     "x-original-",
     "x-envoy-",
@@ -164,24 +172,70 @@ const FORWARDING_PREFIXES: [&str; 11] = [
     "x-amzn-oidc-",
     "x-goog-authenticated-user-",
     "x-ms-client-principal",
+    "x-authenticated-",
+    "cf-",
+    "fastly-",
+    "akamai-",
+    "cloudfront-viewer-",
+    "x-appengine-",
+    "x-azure-",
+    "x-vercel-",
+    "x-now-",
+    "x-middleware-",
+    "x-invoke-",
+    "ali-cdn-",
+];
+
+/// Words that name a client's address in a field's name, whatever the
+/// vendor (`Proxy-Client-IP`, `WL-Proxy-Client-IP`, `X-Custom-IP-
+/// Authorization`, `X-Azure-ClientIP`).
+const ADDRESS_WORDS: [&str; 10] = [
+    "ip",
+    "ipv6",
+    "clientip",
+    "socketip",
+    "realip",
+    "userip",
+    "remoteip",
+    "sourceip",
+    "peerip",
+    "connectingip",
 ];
 
 /// Whether `name` says who the client is or how it came (the standard
 /// `Forwarded`, the de facto `X-Forwarded-*` family, CDNs' client address,
-/// a TLS terminator's client certificate, an authenticating proxy's user),
-/// also when spelled with `_` for `-` (CGI-style servers read both alike):
-/// believed only from trusted proxies; from anyone else such a field
-/// reaches neither the upstream nor a pricer.
+/// a TLS terminator's client certificate, an authenticating proxy's user,
+/// any field with a word naming an address: `-IP`, `ClientIP`, or a
+/// client's, remote's or viewer's `Address`), also when spelled with `_`
+/// for `-` (CGI-style servers read both alike): believed only from trusted
+/// proxies; from anyone else such a field reaches neither the upstream nor
+/// a pricer.
 pub fn is_forwarding_header(name: &HeaderName) -> bool {
     let name = name.as_str();
     let is = |name: &str| {
-        FORWARDING_NAMES.contains(&name) || FORWARDING_PREFIXES.iter().any(|p| name.starts_with(p))
+        FORWARDING_NAMES.contains(&name)
+            || FORWARDING_PREFIXES.iter().any(|p| name.starts_with(p))
+            || names_an_address(name)
     };
     if name.contains('_') {
         is(&name.replace('_', "-"))
     } else {
         is(name)
     }
+}
+
+/// Whether a field's name (lower case, `-` between words) has a word that
+/// names an address, or `address`/`addr` after whose it is.
+fn names_an_address(name: &str) -> bool {
+    let mut before = "";
+    name.split('-').any(|word| {
+        let whose = matches!(
+            before,
+            "client" | "remote" | "viewer" | "peer" | "real" | "source" | "user"
+        );
+        before = word;
+        ADDRESS_WORDS.contains(&word) || (whose && matches!(word, "addr" | "address"))
+    })
 }
 
 /// Removes every field [`is_forwarding_header`] names from `headers`.
@@ -307,6 +361,37 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// A word naming an address marks a field, whatever its vendor; a
+    /// word that only contains one does not.
+    #[test]
+    fn fields_naming_an_address_are_forwarding_fields() {
+        let forwarding =
+            |name: &str| is_forwarding_header(&HeaderName::from_bytes(name.as_bytes()).unwrap());
+        for name in [
+            "proxy-client-ip",
+            "wl-proxy-client-ip",
+            "x-custom-ip-authorization",
+            "x-azure-clientip",
+            "x-cdn-client-ipv6",
+            "x-client-address",
+            "x-viewer-addr",
+            "x_socketip",
+        ] {
+            assert!(forwarding(name), "{name}");
+        }
+        for name in [
+            "x-client-id",
+            "x-ship-date",
+            "zip",
+            "x-zip-code",
+            "x-address-line",
+            "x-api-key",
+            "x-request-id",
+        ] {
+            assert!(!forwarding(name), "{name}");
+        }
     }
 
     #[test]
