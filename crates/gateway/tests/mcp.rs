@@ -144,6 +144,16 @@ async fn tools_are_paid_with_a_credential_in_meta() {
     );
     assert_eq!(tools[0].input_schema["required"], json!(["city"]));
 
+    // Arguments the tool's input schema refuses: -32602, no challenge.
+    for (arguments, why) in [
+        (json!({}), "\"city\" is a required property"),
+        (json!({"city": 5}), "argument /city"),
+    ] {
+        let message = h.refused(call("weather", arguments.clone(), None)).await;
+        assert!(message.contains(why), "{arguments}: {message}");
+        assert!(message.contains("nothing was charged"), "{message}");
+    }
+
     // Unpaid: -32042 with one challenge whose request is a JSON object.
     let (code, data) = h
         .call(call("weather", json!({"city": "Oslo"}), None))
@@ -1023,12 +1033,14 @@ async fn a_tool_is_charged_what_its_request_costs_over_http() {
         ))
         .await;
     assert!(message.contains("_method"), "{message}");
-    // An argument wrapping the dear value (its query reads `["Tokyo"]`)
-    // is refused, not charged the base price.
+    // An argument wrapping the dear value (its query would read
+    // `["Tokyo"]`) is refused, not charged the base price: by the tool's
+    // schema here (a string), by the price rules where the schema allows
+    // it (what HTTP refuses).
     let message = h
         .refused(call("weather", json!({"city": ["Tokyo"]}), None))
         .await;
-    assert!(message.contains("parse it as JSON"), "{message}");
+    assert!(message.contains("argument /city"), "{message}");
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }

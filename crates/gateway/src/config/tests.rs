@@ -740,6 +740,11 @@ fn unusable_admin_secrets_and_tool_prices_are_refused() {
         description = "d"
         service = "c"
         price_sats = 100000000
+        [[tools]]
+        name = "typo"
+        description = "d"
+        service = "c"
+        input_schema = { type = "object", properties = { city = { type = "strng" } } }
         "#,
         env,
     )
@@ -751,6 +756,7 @@ fn unusable_admin_secrets_and_tool_prices_are_refused() {
         "admin.credentials[3].secret: must not start or end with whitespace",
         "tools[0].price_sats: 0 is not a positive number",
         "tools[1].price_sats: 100000001 is not a positive number",
+        "tools[3].input_schema: is not a JSON Schema: ",
     ];
     assert_errors(&errors, &expected);
 }

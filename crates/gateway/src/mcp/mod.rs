@@ -598,7 +598,8 @@ impl PaidTools {
         // Charged as the request it makes is charged over HTTP; the tool as
         // configured is what it calls.
         let called = service;
-        let service = &self.priced(called, name, arguments.as_ref(), paid).await?;
+        let given = arguments.clone().unwrap_or_default();
+        let service = &self.priced(called, name, Some(&given), paid).await?;
         let (verified, scheme) = if let Some(payment_id) = payment_id {
             let checked = self
                 .check_payment_id(service, &payment_id)
@@ -697,8 +698,9 @@ impl PaidTools {
     ///
     /// # Errors
     ///
-    /// `-32602` for arguments whose request cannot be priced or sent (what
-    /// HTTP refuses with a 400 or 413).
+    /// `-32602` for `arguments` (a call's, or none for a payment created
+    /// for any call) that the tool's input schema refuses, or whose request
+    /// cannot be priced or sent (what HTTP refuses with a 400 or 413).
     async fn priced(
         &self,
         service: &Arc<PricedService>,
@@ -709,6 +711,10 @@ impl PaidTools {
         let Some(http) = self.http.as_ref() else {
             return Ok(service.clone());
         };
+        // A call's arguments (a payment created without them is for any).
+        if let Some(given) = arguments {
+            http.check_schema(name, given)?;
+        }
         let none = JsonObject::new();
         let arguments = arguments.unwrap_or(&none);
         // Arguments that name a method are refused before any payment.

@@ -33,6 +33,9 @@ pub struct HttpTools {
 
 struct HttpTool {
     tool: Tool,
+    /// Its input schema, compiled: a call whose arguments it refuses is
+    /// refused before it is charged.
+    schema: Arc<jsonschema::Validator>,
     /// The paid service it is priced by, the very one in the [`Pricing`]
     /// made with it: a call checked against another (a reload in between)
     /// is not run.
@@ -111,7 +114,12 @@ fn make(config: &ToolConfig, services: &[ServiceConfig]) -> Option<HttpTool> {
         Value::Object(schema) => schema.clone(),
         _ => JsonObject::new(),
     };
+    // The config checked that it compiles.
+    let validator = jsonschema::validator_for(&Value::Object(schema.clone()))
+        .map_err(|e| tracing::warn!(tool = %config.name, error = %e, "the tool's input schema does not compile: the tool is not sold"))
+        .ok()?;
     let tool = HttpTool {
+        schema: Arc::new(validator),
         tool: Tool::new(
             config.name.clone(),
             config.description.clone(),
@@ -158,6 +166,33 @@ impl HttpTools {
             None => Ok(()),
         }
     }
+
+    /// Checks the arguments of a call of tool `name` against its input
+    /// schema: a call that cannot do what it is for is not charged.
+    ///
+    /// # Errors
+    ///
+    /// `-32602` naming the first argument the schema refuses, and why.
+    pub fn check_schema(&self, name: &str, arguments: &JsonObject) -> Result<(), ErrorData> {
+        let tools = self.tools.load();
+        let Some(tool) = tools.iter().find(|t| t.tool.name == name) else {
+            return Ok(());
+        };
+        let given = Value::Object(arguments.clone());
+        let refused = tool.schema.iter_errors(&given).next().map(|error| {
+            let at = error.instance_path().to_string();
+            let at = if at.is_empty() {
+                "arguments".to_owned()
+            } else {
+                format!("argument {at}")
+            };
+            format!("{at}: {error} (the tool's input schema; nothing was charged)")
+        });
+        match refused {
+            Some(why) => Err(ErrorData::invalid_params(why, None)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The HTTP request a call of `tool` makes: its method and path, the
@@ -166,8 +201,7 @@ impl HttpTools {
 /// # Errors
 ///
 /// `-32602` for an argument named like a method override (`_method`),
-/// which an upstream reading it would act on instead of the tool's own
-/// method, or arguments that make no request.
+/// or arguments that make no request.
 fn request_for(tool: &HttpTool, arguments: &JsonObject) -> Result<Request<Body>, ErrorData> {
     refuse_method_override(tool, arguments)?;
     let in_query = matches!(tool.method, Method::GET | Method::DELETE | Method::HEAD);
@@ -511,6 +545,7 @@ mod tests {
     fn a_body_type_is_named_only_with_a_body() {
         let tool = |method: Method| HttpTool {
             tool: Tool::new("t", "t", Arc::new(JsonObject::new())),
+            schema: Arc::new(jsonschema::validator_for(&serde_json::json!({})).unwrap()),
             paid: Arc::new(PricedService::new("t", "/t", 1)),
             service: "t".into(),
             method,
