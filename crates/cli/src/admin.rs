@@ -73,9 +73,9 @@ pub enum AdminCommand {
     },
     /// Revenue, payments, 402s and conversion per service.
     Revenue {
-        /// Buckets: hour or day.
-        #[arg(long, default_value = "hour")]
-        by: String,
+        /// Also per hour or per day, a row a service and bucket.
+        #[arg(long)]
+        by: Option<String>,
         /// How far back, in hours (default: 24, or 720 by day).
         #[arg(long, conflicts_with = "since")]
         hours: Option<u64>,
@@ -357,6 +357,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
                 .await?
         }
         AdminCommand::Revenue { by, hours, since } => {
+            let by = by.as_deref().unwrap_or("hour");
             let hours = hours.unwrap_or(if by == "day" { 720 } else { 24 });
             api.get(&format!(
                 "/revenue?by={}&since={}",
@@ -495,6 +496,28 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
                 out.push_str(&line(s["service"].as_str().unwrap_or_default(), s));
             }
             out.push_str(&line("total", &answer["total"]));
+            if let AdminCommand::Revenue { by: Some(by), .. } = command {
+                out.push_str(&format!(
+                    "\n{:<20} {:<20} {:>11} {:>12} {:>9} {:>8}\n",
+                    format!("{} FROM", by.to_uppercase()),
+                    "SERVICE",
+                    "REVENUE sat",
+                    "REFUNDED sat",
+                    "PAYMENTS",
+                    "402s"
+                ));
+                for b in answer["buckets"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{:<20} {:<20} {:>11} {:>12} {:>9} {:>8}\n",
+                        crate::output::when(n(&b["start"])),
+                        b["service"].as_str().unwrap_or_default(),
+                        n(&b["revenue_sats"]),
+                        n(&b["refunded_sats"]),
+                        n(&b["payments"]),
+                        n(&b["challenges"]),
+                    ));
+                }
+            }
         }
         AdminCommand::Payments { .. } => {
             for p in answer["payments"].as_array().into_iter().flatten() {

@@ -73,9 +73,10 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
         errln!("gate402 serve --check: no config given (--config FILE)");
         return std::process::ExitCode::from(2);
     };
-    match GatewayConfig::load(path) {
+    let (loaded, warnings) = GatewayConfig::load_with_warnings(path);
+    match loaded {
         Ok(config) => {
-            for warning in &config.warnings {
+            for warning in &warnings {
                 errln!("{}: warning: {warning}", path.display());
             }
             outln!(
@@ -100,6 +101,9 @@ pub fn check(path: Option<&Path>) -> std::process::ExitCode {
         Err(errors) => {
             for error in &errors.0 {
                 errln!("{}: {error}", path.display());
+            }
+            for warning in &warnings {
+                errln!("{}: warning: {warning}", path.display());
             }
             std::process::ExitCode::from(2)
         }
@@ -200,13 +204,12 @@ pub async fn serve(
     gateway.wait().await
 }
 
-/// A `--listen` value: an IP address and port (`127.0.0.1:8402`, `[::1]:8402`).
+/// A `--listen` value, as `listen` in a config
+/// ([`gate402_gateway::config::listen_addr`]).
 ///
 /// # Errors
 ///
 /// What it should look like, for a host name or a missing port.
 pub(crate) fn listen_addr(text: &str) -> std::result::Result<SocketAddr, String> {
-    text.parse().map_err(|_| {
-        format!("{text:?} is not an address like 127.0.0.1:8402 (an IP address and a port; no host names)")
-    })
+    gate402_gateway::config::listen_addr(text)
 }

@@ -175,6 +175,11 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
     // From when, as the API and receipts read it.
     let since = stdout(&gate402(&data, &["admin", "revenue", "--since", "2h"]));
     assert!(since.contains("total"), "{since}");
+    // Its buckets, when asked for.
+    let by_day = stdout(&gate402(&data, &["admin", "revenue", "--by", "day"]));
+    assert!(by_day.contains("DAY FROM"), "{by_day}");
+    assert!(by_day.contains("T00:00:00Z"), "a day's row: {by_day}");
+    assert!(!revenue.contains("FROM"), "{revenue}");
     stdout(&gate402(
         &data,
         &[

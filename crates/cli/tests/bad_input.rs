@@ -238,12 +238,12 @@ fn usage_errors() -> Vec<(&'static str, Vec<&'static str>, &'static str)> {
         // A host name is told what an address looks like.
         (
             "serve on a host name",
-            vec!["serve", "--listen", "localhost:8402"],
+            vec!["serve", "--listen", "example.com:8402"],
             "is not an address like 127.0.0.1:8402",
         ),
         (
             "mcp-proxy on a host name",
-            vec!["mcp-proxy", "--listen", "localhost:8402"],
+            vec!["mcp-proxy", "--listen", "example.com:8402"],
             "is not an address like 127.0.0.1:8402",
         ),
     ]

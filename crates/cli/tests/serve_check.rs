@@ -159,3 +159,38 @@ prices = { search = 20 }
         assert!(stderr.contains(needle), "{needle:?} missing from:\n{stderr}");
     }
 }
+
+/// Warnings are shown with errors, not only once the errors are fixed: a
+/// method's typo is worth knowing while mending the rest.
+#[test]
+fn warnings_are_shown_with_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("both.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[services]]
+name = "typo"
+path = "/typo"
+methods = ["GETT"]
+upstream = "http://127.0.0.1:9000"
+price_sats = 5
+
+[[services]]
+name = "broken"
+path = "no-slash"
+upstream = "http://127.0.0.1:9000"
+price_sats = 5
+"#,
+    )
+    .unwrap();
+    let out = check(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("services[1].path"), "{stderr}");
+    assert!(
+        stderr.contains("warning: services[0].methods[0]: \"GETT\"")
+            && stderr.contains("did you mean \"GET\""),
+        "{stderr}"
+    );
+}

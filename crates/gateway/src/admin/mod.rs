@@ -187,10 +187,8 @@ pub(crate) async fn listen(
     if !config.enabled {
         return Ok(None);
     }
-    let addr: SocketAddr = config
-        .listen
-        .parse()
-        .with_context(|| format!("admin.listen: {:?} is not an address", config.listen))?;
+    let addr: SocketAddr = crate::config::listen_addr(&config.listen)
+        .map_err(|e| anyhow::anyhow!("admin.listen: {e}"))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("admin.listen: cannot bind {addr}"))?;

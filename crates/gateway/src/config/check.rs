@@ -245,12 +245,9 @@ impl Checker {
             return config;
         };
         if let Some(listen) = raw.listen {
-            match listen.parse() {
+            match super::listen_addr(&listen) {
                 Ok(addr) => config.listen = addr,
-                Err(_) => self.error(
-                    "listen",
-                    format!("{listen:?} is not an address like 127.0.0.1:8402"),
-                ),
+                Err(e) => self.error("listen", e),
             }
         }
         if let Some(tls) = raw.tls.and_then(|v| self.section::<RawTls>("tls", v)) {
@@ -334,13 +331,11 @@ impl Checker {
     }
 
     fn admin(&mut self, admin: &AdminConfig, listen: std::net::SocketAddr) {
-        if admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            self.error(
-                "admin.listen",
-                format!("{:?} is not an address like 127.0.0.1:8403", admin.listen),
-            );
+        let addr = super::listen_addr(&admin.listen);
+        if let Err(e) = &addr {
+            self.error("admin.listen", e.clone());
         }
-        if let Ok(addr) = admin.listen.parse::<std::net::SocketAddr>() {
+        if let Ok(addr) = addr {
             if admin.enabled && addr.port() != 0 && addr.port() == listen.port() {
                 self.error(
                     "admin.listen",
@@ -651,6 +646,11 @@ impl Checker {
     /// [`overlap_warnings`]), tools nobody priced, every address trusted
     /// as a proxy, and metrics served nowhere.
     pub(super) fn warn_risky(&mut self, config: &GatewayConfig) {
+        if config.services.is_empty() && config.mcp_proxy.is_none() {
+            self.warnings.push(
+                "no [[services]]: the gateway sells nothing (every request gets 404); add one, or run `gate402 serve` without --config for the demo".into(),
+            );
+        }
         self.warnings.extend(overlap_warnings(&config.services));
         if let Some(all) = config
             .server

@@ -720,13 +720,34 @@ impl GatewayConfig {
     /// Reads, expands and checks a config file. Every problem is in the
     /// error, one per line, each with its key path.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![e.to_string()]))?;
-        Self::parse(&text, |name| std::env::var(name).ok())
+        Self::load_with_warnings(path).0
+    }
+
+    /// Reads and checks the config file at `path` as [`Self::load`] does,
+    /// with its warnings also when it has errors (in the config when it
+    /// has none), as `serve --check` shows them.
+    pub fn load_with_warnings(path: &Path) -> (Result<Self, ConfigErrors>, Vec<String>) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse_with_warnings(&text, |name| std::env::var(name).ok()),
+            Err(e) => (Err(ConfigErrors(vec![e.to_string()])), Vec::new()),
+        }
     }
 
     /// Parses config text; `env` resolves `${NAME}` in string values.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
-        let mut root = parse_toml(text)?;
+        Self::parse_with_warnings(text, env).0
+    }
+
+    /// Parses config text as [`Self::parse`] does, with its warnings also
+    /// when it has errors.
+    pub fn parse_with_warnings(
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> (Result<Self, ConfigErrors>, Vec<String>) {
+        let mut root = match parse_toml(text) {
+            Ok(root) => root,
+            Err(e) => return (Err(e), Vec::new()),
+        };
         let written: Vec<Table> = match root.get("services") {
             Some(Value::Array(entries)) => entries
                 .iter()
@@ -745,9 +766,10 @@ impl GatewayConfig {
         check.warn_risky(&config);
         config.warnings = std::mem::take(&mut check.warnings);
         if check.errors.is_empty() {
-            Ok(config)
+            let warnings = config.warnings.clone();
+            (Ok(config), warnings)
         } else {
-            Err(ConfigErrors(check.errors))
+            (Err(ConfigErrors(check.errors)), config.warnings)
         }
     }
 }
@@ -782,6 +804,22 @@ pub fn parse_with_env<T: DeserializeOwned>(
         Some(value) if check.errors.is_empty() => Ok(value),
         _ => Err(ConfigErrors(check.errors)),
     }
+}
+
+/// A listening address: an IP address and a port (`127.0.0.1:8402`,
+/// `[::1]:8402`), or `localhost` and a port for `127.0.0.1`.
+///
+/// # Errors
+///
+/// What it should look like: for another host name, or no port.
+pub fn listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    let loopback = text
+        .strip_prefix("localhost:")
+        .and_then(|port| port.parse::<u16>().ok())
+        .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    loopback.or_else(|| text.parse().ok()).ok_or_else(|| {
+        format!("{text:?} is not an address like 127.0.0.1:8402 (an IP address or localhost, and a port)")
+    })
 }
 
 /// Every problem found in a config, each prefixed with its key path.

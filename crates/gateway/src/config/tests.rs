@@ -497,7 +497,9 @@ fn discovery_links_and_categories() {
     .unwrap();
     assert_eq!(config.discovery.categories, ["data", "developer-tools"]);
     assert_eq!(config.discovery.docs.as_deref(), Some("/docs"));
-    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    // A config that sells nothing says so.
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+    assert!(config.warnings[0].starts_with("no [[services]]"));
     assert_eq!(
         GatewayConfig::parse("", env).unwrap().discovery,
         DiscoveryConfig::default()
@@ -647,6 +649,13 @@ fn the_admin_table_is_checked_and_the_services_kept_as_written() {
             "{expected}: {errors:?}"
         );
     }
+
+    // `localhost` is the loopback address; another host name is told
+    // what an address looks like.
+    let local = GatewayConfig::parse("listen = \"localhost:18505\"\n", env).unwrap();
+    assert_eq!(local.listen, "127.0.0.1:18505".parse().unwrap());
+    let named = GatewayConfig::parse("listen = \"example.com:8402\"\n", env).unwrap_err();
+    assert!(named.0[0].contains("an IP address or localhost"), "{named}");
 
     let clash = GatewayConfig::parse(
         "listen = \"127.0.0.1:8402\"\n[admin]\nlisten = \"127.0.0.1:8402\"\n",
