@@ -376,6 +376,81 @@ async fn unpaid_request_gets_one_invoice_and_both_challenges() {
 }
 
 /// What a `Payment-Receipt` names: the paid invoice's hash.
+/// Browsers: with `cors_origins`, a page of a listed origin has its
+/// preflight answered (not a 402) and may read a 402's challenges and a
+/// paid answer's receipt; a page of another origin may not; without the
+/// setting there are no CORS fields at all.
+#[tokio::test]
+async fn pages_of_listed_origins_may_pay_from_a_browser() {
+    const PAGE: &str = "https://app.example.com";
+    let h = Harness::start_configured(
+        |up| vec![service("weather", "/weather", 10, up)],
+        |c| c.server.cors_origins = vec![PAGE.into()],
+    )
+    .await;
+    let from = |origin: &str, request: reqwest::RequestBuilder| request.header("origin", origin);
+    let preflight = from(
+        PAGE,
+        h.client
+            .request(reqwest::Method::OPTIONS, h.url("/weather")),
+    )
+    .header("access-control-request-method", "GET")
+    .header("access-control-request-headers", "authorization")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(preflight.status(), StatusCode::OK);
+    let field = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    assert_eq!(field(&preflight, "access-control-allow-origin"), PAGE);
+    assert!(field(&preflight, "access-control-allow-headers").contains("authorization"));
+    assert!(preflight
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
+
+    let unpaid = from(PAGE, h.client.get(h.url("/weather")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(field(&unpaid, "access-control-allow-origin"), PAGE);
+    assert!(field(&unpaid, "access-control-expose-headers").contains("www-authenticate"));
+    let offer = h.offer(unpaid).await;
+    let (offer, preimage) = h.pay(offer).await;
+    let paid = from(PAGE, h.client.get(h.url("/weather")))
+        .header(AUTHORIZATION, credential("MPP", &offer, &preimage))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), StatusCode::OK);
+    assert_eq!(field(&paid, "access-control-allow-origin"), PAGE);
+    assert!(field(&paid, "access-control-expose-headers").contains("payment-receipt"));
+    assert!(paid.headers().contains_key("payment-receipt"));
+
+    let elsewhere = from("https://evil.example", h.client.get(h.url("/weather")))
+        .send()
+        .await
+        .unwrap();
+    assert!(elsewhere
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+
+    let plain = Harness::start(|up| vec![service("weather", "/weather", 10, up)]).await;
+    let unpaid = from(PAGE, plain.client.get(plain.url("/weather")))
+        .send()
+        .await
+        .unwrap();
+    assert!(unpaid
+        .headers()
+        .get("access-control-allow-origin")
+        .is_none());
+}
+
 fn receipt_reference(response: &reqwest::Response) -> String {
     let receipt = response.headers()["payment-receipt"].to_str().unwrap();
     gate402_mpp::receipt::parse(receipt).unwrap().reference

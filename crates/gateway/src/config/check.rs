@@ -513,6 +513,11 @@ impl Checker {
                 "must be between 1 and 2592000 (30 days)",
             );
         }
+        for (i, origin) in server.cors_origins.iter().enumerate() {
+            if let Err(why) = crate::server::cors::origin(origin) {
+                self.error(&format!("server.cors_origins[{i}]"), why);
+            }
+        }
     }
 
     fn mcp(&mut self, mcp: &McpConfig) {

@@ -519,6 +519,12 @@ pub struct ServerConfig {
     /// `/admin/api/metrics`, with an admin credential).
     #[serde(default)]
     pub public_metrics: bool,
+    /// Web origins (`https://app.example.com`, or `*` for any) whose pages
+    /// may call the gateway from a browser (CORS): preflights answered,
+    /// and the 402's challenges, receipts and `Retry-After` readable by
+    /// their scripts. Empty (the default): no CORS fields.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 /// `forwarded_header` as written in the config.
@@ -590,6 +596,7 @@ impl Default for ServerConfig {
             idempotent_response_max_bytes: Self::default_idempotent_response_bytes(),
             idempotency_keep_secs: Self::default_idempotency_keep(),
             public_metrics: false,
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -1225,3 +1225,27 @@ fn one_cause_is_said_once_and_as_it_is() {
         "{errors:?}"
     );
 }
+
+/// A CORS origin is written as a browser sends it, or `*`.
+#[test]
+fn cors_origins_are_origins() {
+    let config = GatewayConfig::parse(
+        "[server]\ncors_origins = [\"https://app.example.com\", \"*\"]\n[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\n",
+        env,
+    )
+    .unwrap();
+    assert_eq!(config.server.cors_origins.len(), 2);
+    let errors = GatewayConfig::parse(
+        "[server]\ncors_origins = [\"https://app.example.com/\", \"App.example.com\"]\n",
+        env,
+    )
+    .unwrap_err()
+    .0;
+    assert_errors(
+        &errors,
+        &[
+            "server.cors_origins[0]: \"https://app.example.com/\" is not an origin",
+            "server.cors_origins[1]: \"App.example.com\" is not an origin",
+        ],
+    );
+}

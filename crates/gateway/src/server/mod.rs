@@ -7,6 +7,7 @@
 //!   go to the paywalled proxy;
 //! - [`listen`]: connections, bounded in time and number.
 
+pub(crate) mod cors;
 pub mod data_dir;
 mod front;
 pub mod listen;
@@ -272,7 +273,16 @@ impl Gateway {
             trusted: config.server.trusted(),
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
         };
-        let server = tokio::spawn(listen::serve(listener, tls, app, limits, stop.clone()));
+        let server = match cors::layer(&config.server.cors_origins) {
+            Some(cors) => tokio::spawn(listen::serve(
+                listener,
+                tls,
+                tower::Layer::layer(&cors, app),
+                limits,
+                stop.clone(),
+            )),
+            None => tokio::spawn(listen::serve(listener, tls, app, limits, stop.clone())),
+        };
         let name = tokio::spawn(keep_replica_name(
             store.clone(),
             replica.to_owned(),
