@@ -340,24 +340,44 @@ pub async fn run_paying(
     }
 }
 
-/// Prints an offer that was not paid (`--no-pay`).
+/// Prints an offer that was not paid (`--no-pay`): its price, what it
+/// sells (one request, a pass until when, a balance: its deposit and unit
+/// price) and through which protocols.
 pub fn print_offer(offer: &gate402_client::Offer) -> Result<()> {
+    use gate402_l402::caveat::Sale;
+    let session =
+        gate402_client::SessionOffer::from_challenges(offer.challenges.iter().map(String::as_str))
+            .ok()
+            .flatten();
     let mut schemes = Vec::new();
     if offer.l402.is_some() {
         schemes.push("L402");
     }
-    if offer.payment.is_some() {
+    if offer.payment.is_some() || session.is_some() {
         schemes.push("MPP");
     }
     if offer.x402.is_some() {
         schemes.push("x402");
     }
+    let sale = offer.l402_sale();
+    let sells = match (&sale, &session) {
+        (Some((Sale::Requests, _)), _) => Some("request"),
+        (Some((Sale::Pass, _)), _) => Some("pass"),
+        (Some((Sale::Balance, _)), _) | (None, Some(_)) => Some("balance"),
+        (None, None) => offer.payment.as_ref().map(|_| "request"),
+    };
+    let pass_valid_until = match &sale {
+        Some((Sale::Pass, terms)) => terms.valid_until,
+        _ => None,
+    };
     let description = match offer.invoice.description() {
         gate402_bolt11::Description::Text(text) => text,
         gate402_bolt11::Description::Hash(hash) => format!("(hash {})", hex::encode(hash)),
     };
-    let report = json!({
-        "price_sats": offer.amount_msat().map(|m| m.div_ceil(1000)),
+    let price_sats = offer.amount_msat().map(|m| m.div_ceil(1000));
+    let mut report = json!({
+        "price_sats": price_sats,
+        "sells": sells,
         "schemes": schemes,
         "description": description,
         "network": offer.invoice.network().as_str(),
@@ -365,6 +385,17 @@ pub fn print_offer(offer: &gate402_client::Offer) -> Result<()> {
         "payment_hash": hex::encode(offer.invoice.payment_hash()),
         "invoice": offer.bolt11,
     });
+    if let Some(until) = pass_valid_until {
+        report["pass_valid_until"] = json!(until);
+    }
+    if sells == Some("balance") {
+        // The price is the deposit; a request spends the unit price.
+        report["deposit_sats"] = json!(price_sats);
+        if let Some(session) = &session {
+            report["unit_sats"] = json!(session.unit_sats);
+            report["mpp_intent"] = json!("session");
+        }
+    }
     outln!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

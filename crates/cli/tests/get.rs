@@ -157,6 +157,27 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
     let offer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(offer["price_sats"], 5);
     assert_eq!(offer["schemes"], serde_json::json!(["L402", "MPP"]));
+    // What a balance sells: its deposit and unit price, through both doors.
+    let out = run(
+        data,
+        &["get", "--no-pay", &format!("{base}/api/chat?prompt=hi")],
+    )
+    .await;
+    let offer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offer["sells"], "balance", "{offer}");
+    assert_eq!(
+        (offer["deposit_sats"].clone(), offer["unit_sats"].clone()),
+        (serde_json::json!(20), serde_json::json!(1)),
+        "{offer}"
+    );
+    assert_eq!(offer["schemes"], serde_json::json!(["L402", "MPP"]));
+    let out = run(
+        data,
+        &["get", "--no-pay", &format!("{base}/api/weather?city=Oslo")],
+    )
+    .await;
+    let offer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offer["sells"], "request", "{offer}");
     assert_eq!(
         payments(data).await.len(),
         4,

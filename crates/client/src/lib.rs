@@ -340,6 +340,24 @@ impl Offer {
             .any(|c| c.condition.ends_with(USES_SUFFIX))
     }
 
+    /// What the L402 token is sold as for the service it names (its first
+    /// `services` entry), and the terms its caveats state; `None` without
+    /// an L402 challenge.
+    pub fn l402_sale(&self) -> Option<(gate402_l402::caveat::Sale, gate402_l402::caveat::Terms)> {
+        let l402 = self.l402.as_ref()?;
+        let caveats = || l402.macaroon.first_party_caveats();
+        let service = caveats()
+            .filter_map(Caveat::parse)
+            .find(|c| c.condition == SERVICES)
+            .and_then(|c| gate402_l402::caveat::parse_services(&c.value).ok())
+            .and_then(|services| services.into_iter().next())?
+            .name;
+        Some((
+            gate402_l402::caveat::sold_as(caveats(), &service),
+            gate402_l402::caveat::terms(caveats(), &service),
+        ))
+    }
+
     /// When the Payment challenge stops being payable (its `expires`,
     /// unix seconds), if it says.
     pub(crate) fn payment_expires_at(&self) -> Option<u64> {
