@@ -754,7 +754,7 @@ pub(crate) fn http_url(text: &str) -> Result<reqwest::Url> {
 /// This client's secret as a sandbox payer, kept in the data dir (owner
 /// only) so that a later run recovers the preimage of a payment whose
 /// answer was lost, and nobody else can.
-fn sandbox_payer(data_dir: &Path) -> Result<String> {
+pub(crate) fn sandbox_payer(data_dir: &Path) -> Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let path = data_dir.join("sandbox_payer");

@@ -198,7 +198,7 @@ async fn run(cli: &Cli, loaded: Option<GatewayConfig>) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args, loaded, &cli.data_dir()?).await,
         Command::Demo(args) => demo::run(args, &cli.data_dir()?).await,
         Command::Node { config, command } => node::run(config, &cli.data_dir()?, command).await,
-        Command::Sandbox { command } => sandbox::run(command).await,
+        Command::Sandbox { command } => sandbox::run(command, &cli.data_dir()?).await,
         Command::Admin(args) => admin::run(args, &cli.data_dir()?).await,
         Command::Tokens { command } => fetch::tokens(command, &cli.data_dir()?),
         Command::Receipts(args) => fetch::receipts(args, &cli.data_dir()?),

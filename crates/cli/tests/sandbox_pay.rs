@@ -14,8 +14,11 @@ async fn serve(sandbox: Sandbox) -> String {
     url
 }
 
-fn gate402(args: &[&str]) -> std::process::Output {
+/// `gate402 --data-dir DIR ARGS`: the data dir keeps the payer's secret.
+fn gate402(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .arg("--data-dir")
+        .arg(data_dir)
         .args(args)
         .output()
         .unwrap()
@@ -35,18 +38,30 @@ async fn pays_and_refuses() {
         .await
         .unwrap();
 
-    let out = tokio::task::spawn_blocking({
+    let client = tempfile::tempdir().unwrap();
+    let pay = |data_dir: std::path::PathBuf| {
         let (url, bolt11) = (url.clone(), invoice.bolt11.clone());
-        move || gate402(&["sandbox", "pay", "--url", &url, &bolt11])
-    })
-    .await
-    .unwrap();
+        tokio::task::spawn_blocking(move || {
+            gate402(&data_dir, &["sandbox", "pay", "--url", &url, &bolt11])
+        })
+    };
+    let out = pay(client.path().to_owned()).await.unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let paid: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Paid again by the same client (its answer lost, say): the same
+    // preimage, nothing paid twice.
+    let again = pay(client.path().to_owned()).await.unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["preimage"], paid["preimage"]);
     assert_eq!(paid["amount_msat"], 42_000);
     let preimage = hex::decode(paid["preimage"].as_str().unwrap()).unwrap();
     assert_eq!(
@@ -59,7 +74,8 @@ async fn pays_and_refuses() {
         .unwrap()
         .is_settled());
 
-    // Refusals: paid twice, another sandbox's invoice, nobody listening.
+    // Refusals: paid before by another client, another sandbox's
+    // invoice, nobody listening.
     let other = Sandbox::open(&dir.path().join("other")).unwrap();
     let foreign = other
         .create_invoice(InvoiceRequest {
@@ -90,9 +106,10 @@ async fn pays_and_refuses() {
         ),
     ] {
         let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let other_client = dir.path().join("other-client");
         let out = tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            gate402(&args)
+            gate402(&other_client, &args)
         })
         .await
         .unwrap();

@@ -57,7 +57,9 @@ pub use middleware::PaymentMiddleware;
 pub use payer::{Fetched, Payer, Prefer};
 pub use policy::{Policy, Refusal};
 pub use session::{SessionOffer, SESSION_SCHEME, TOP_UP_SCHEME};
-pub use wallet::{ReturnInvoice, Wallet, PAY_TIMEOUT, RETURN_INVOICE_EXPIRY_SECS};
+pub use wallet::{
+    sandbox_payer_for, ReturnInvoice, Wallet, PAY_TIMEOUT, RETURN_INVOICE_EXPIRY_SECS,
+};
 
 use gate402_bolt11::{Expect, Invoice};
 use gate402_http_auth::{parse_challenges, Challenge};

@@ -103,7 +103,7 @@ impl Wallet {
     ) -> Result<PaymentOutcome, PayError> {
         let paid = match self {
             Wallet::Sandbox(http, secret) => {
-                let payer = payer_for(secret, origin);
+                let payer = sandbox_payer_for(secret, origin);
                 match gate402_lightning_sandbox::http::pay_as(http, origin, bolt11, None, &payer)
                     .await
                 {
@@ -311,10 +311,11 @@ fn hash_of(text: &str) -> Result<[u8; 32], LightningError> {
 }
 
 /// The payer secret shown to the sandbox at `origin`: one of its own,
-/// SHA-256 of the wallet's secret and the origin, so that no server learns
-/// the secret another origin's payer answers to (a server's own `/sandbox/pay`
-/// sees what it is sent).
-fn payer_for(secret: &str, origin: &str) -> String {
+/// The payer secret a sandbox wallet of `secret` sends to the payer at
+/// `origin` (`http://127.0.0.1:8402`): SHA-256 of the wallet's secret and
+/// the origin, so that no server learns the secret another origin's payer
+/// answers to (a server's own `/sandbox/pay` sees what it is sent).
+pub fn sandbox_payer_for(secret: &str, origin: &str) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     hash.update(b"gate402 sandbox payer\n");
@@ -346,9 +347,9 @@ mod tests {
     #[test]
     fn each_origin_sees_a_payer_secret_of_its_own() {
         let secret = Wallet::new_sandbox_payer();
-        let a = payer_for(&secret, "http://127.0.0.1:1");
-        assert_eq!(a, payer_for(&secret, "http://127.0.0.1:1"));
-        assert_ne!(a, payer_for(&secret, "http://127.0.0.1:2"));
+        let a = sandbox_payer_for(&secret, "http://127.0.0.1:1");
+        assert_eq!(a, sandbox_payer_for(&secret, "http://127.0.0.1:1"));
+        assert_ne!(a, sandbox_payer_for(&secret, "http://127.0.0.1:2"));
         assert_ne!(a, secret);
         assert_eq!(a.len(), 64);
     }
