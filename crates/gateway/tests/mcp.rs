@@ -1097,3 +1097,37 @@ async fn a_tool_is_not_sold_below_what_http_charges_after_a_change() {
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }
+
+/// A page of a `cors_origins` origin may use `/mcp` from a browser: the
+/// loopback gateway lets it in (it lets in no page by default), and its
+/// script may read the `Mcp-Session-Id` that `initialize` opens.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_of_a_cors_origin_may_call_mcp() {
+    const PAGE: &str = "https://app.example.com";
+    let h = start_with(|config| config.server.cors_origins = vec![PAGE.into()]).await;
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "page", "version": "1"}}});
+    let send = |origin: &'static str| {
+        h.http
+            .post(format!("{}/mcp", h.base))
+            .header("origin", origin)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize)
+            .send()
+    };
+    let page = send(PAGE).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers().contains_key("mcp-session-id"));
+    let exposed = page.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        exposed.to_ascii_lowercase().contains("mcp-session-id"),
+        "{exposed}"
+    );
+    let other = send("https://evil.example").await.unwrap();
+    assert_eq!(other.status(), 403);
+    h.client.cancel().await.unwrap();
+    h.gateway.shutdown().await.unwrap();
+}

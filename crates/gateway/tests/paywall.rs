@@ -156,6 +156,18 @@ fn upstream_app() -> Router {
             }),
         )
         .route(
+            "/credentialed",
+            get(|| async {
+                (
+                    [
+                        ("access-control-allow-origin", "https://other.example"),
+                        ("access-control-allow-credentials", "true"),
+                    ],
+                    "cookie-bearing",
+                )
+            }),
+        )
+        .route(
             "/sse",
             get(|| async {
                 let events = stream::iter(1..=3).then(|i| async move {
@@ -384,7 +396,15 @@ async fn unpaid_request_gets_one_invoice_and_both_challenges() {
 async fn pages_of_listed_origins_may_pay_from_a_browser() {
     const PAGE: &str = "https://app.example.com";
     let h = Harness::start_configured(
-        |up| vec![service("weather", "/weather", 10, up)],
+        |up| {
+            let mut free = service("free", "/free/*", 1, up);
+            free.priced.auth = Auth::Off;
+            free.upstream.as_mut().unwrap().rewrite = Rewrite {
+                strip_prefix: Some("/free".into()),
+                add_prefix: None,
+            };
+            vec![service("weather", "/weather", 10, up), free]
+        },
         |c| c.server.cors_origins = vec![PAGE.into()],
     )
     .await;
@@ -431,6 +451,20 @@ async fn pages_of_listed_origins_may_pay_from_a_browser() {
     assert!(field(&paid, "access-control-expose-headers").contains("payment-receipt"));
     assert!(paid.headers().contains_key("payment-receipt"));
 
+    // The upstream's own CORS fields never ride along with the gateway's
+    // grant: its `Allow-Credentials` would let the page read answers
+    // made with the user's cookies.
+    let credentialed = from(PAGE, h.client.get(h.url("/free/credentialed")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(field(&credentialed, "access-control-allow-origin"), PAGE);
+    assert!(credentialed
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
+    assert_eq!(credentialed.text().await.unwrap(), "cookie-bearing");
+
     let elsewhere = from("https://evil.example", h.client.get(h.url("/weather")))
         .send()
         .await
@@ -449,6 +483,15 @@ async fn pages_of_listed_origins_may_pay_from_a_browser() {
         .headers()
         .get("access-control-allow-origin")
         .is_none());
+    // An OPTIONS that no page sent is the API's, as without CORS.
+    let options = |h: &Harness| {
+        h.client
+            .request(reqwest::Method::OPTIONS, h.url("/weather"))
+            .send()
+    };
+    let (with, without) = (options(&h).await.unwrap(), options(&plain).await.unwrap());
+    assert_eq!(with.status(), without.status());
+    assert_eq!(with.status(), StatusCode::PAYMENT_REQUIRED);
 }
 
 fn receipt_reference(response: &reqwest::Response) -> String {

@@ -83,9 +83,22 @@ impl McpAccess {
     /// What `config` allows, with the defaults for a gateway listening on
     /// `listen`: on loopback only loopback hosts and no browser origin
     /// (DNS rebinding and cross-site pages cannot reach a local server);
-    /// elsewhere anyone, as every call is paid for.
-    pub fn new(config: &McpConfig, listen: std::net::SocketAddr) -> Self {
+    /// elsewhere anyone, as every call is paid for. The pages that may
+    /// pay from a browser (`cors_origins`, `*` for any) may call too.
+    pub fn new(config: &McpConfig, cors_origins: &[String], listen: std::net::SocketAddr) -> Self {
         let loopback = listen.ip().is_loopback();
+        let origins = match config
+            .allowed_origins
+            .clone()
+            .or_else(|| loopback.then(Vec::new))
+        {
+            Some(_) if cors_origins.iter().any(|o| o == "*") => None,
+            Some(mut origins) => {
+                origins.extend(cors_origins.iter().cloned());
+                Some(origins)
+            }
+            None => None,
+        };
         Self {
             hosts: config.allowed_hosts.clone().or_else(|| {
                 loopback.then(|| {
@@ -95,10 +108,7 @@ impl McpAccess {
                         .collect()
                 })
             }),
-            origins: config
-                .allowed_origins
-                .clone()
-                .or_else(|| loopback.then(Vec::new)),
+            origins,
         }
     }
 }

@@ -2,20 +2,29 @@
 //! cors_origins`): tower-http's layer, told which origins may call and
 //! which of the gateway's fields their scripts may read.
 
-use axum::http::{HeaderName, HeaderValue, Uri};
-use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer, ExposeHeaders};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue, Request, Response, Uri};
+use futures_util::future::Either;
+use tower::util::MapResponse;
+use tower::{Layer, Service};
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, Cors, CorsLayer, ExposeHeaders};
 
 /// What a paying page's script must read: a 402's challenges
 /// (`WWW-Authenticate`, x402's `PAYMENT-REQUIRED`), a paid answer's
 /// receipts (`Payment-Receipt`, x402's `PAYMENT-RESPONSE`), when to ask
-/// again (`Retry-After`) and the manifest's link.
-const EXPOSED: [&str; 6] = [
+/// again (`Retry-After`), the manifest's link, and the MCP session an
+/// `initialize` at `/mcp` opens (`Mcp-Session-Id`, sent back on each call).
+const EXPOSED: [&str; 7] = [
     "www-authenticate",
     "payment-receipt",
     "payment-required",
     "payment-response",
     "retry-after",
     "link",
+    "mcp-session-id",
 ];
 
 /// How long (seconds) a browser may keep a preflight's answer.
@@ -77,6 +86,73 @@ pub(crate) fn layer(origins: &[String]) -> Option<CorsLayer> {
             ))
             .max_age(std::time::Duration::from_secs(MAX_AGE_SECS)),
     )
+}
+
+/// An answer's fields as the gateway's CORS answers them: the upstream's
+/// own `Access-Control-*` are dropped, so that its
+/// `Access-Control-Allow-Credentials: true` never rides along with the
+/// origin the gateway grants (a page would read cookie-bearing answers).
+type Stripped<S> = MapResponse<S, fn(Response<Body>) -> Response<Body>>;
+
+fn strip_upstream_cors(mut response: Response<Body>) -> Response<Body> {
+    let theirs: Vec<HeaderName> = response
+        .headers()
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in theirs {
+        response.headers_mut().remove(name);
+    }
+    response
+}
+
+/// `app` with CORS for requests from pages (those with an `Origin`); any
+/// other request, an `OPTIONS` among them, reaches `app` as it came
+/// (tower-http answers every `OPTIONS` as a preflight).
+#[derive(Clone)]
+pub(crate) struct ForPages<S> {
+    cors: Cors<Stripped<S>>,
+    app: S,
+}
+
+impl<S: Clone> ForPages<S> {
+    pub(crate) fn new(layer: CorsLayer, app: S) -> Self {
+        let stripped: Stripped<S> = MapResponse::new(
+            app.clone(),
+            strip_upstream_cors as fn(Response<Body>) -> Response<Body>,
+        );
+        Self {
+            cors: layer.layer(stripped),
+            app,
+        }
+    }
+}
+
+impl<S> Service<Request<Body>> for ForPages<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Either<
+        <Cors<Stripped<S>> as Service<Request<Body>>>::Future,
+        <S as Service<Request<Body>>>::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Both wrap clones of one ready-when-called service.
+        self.app.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if request.headers().contains_key(header::ORIGIN) {
+            let mut cors = self.cors.clone();
+            Either::Left(cors.call(request))
+        } else {
+            Either::Right(self.app.call(request))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -240,7 +240,7 @@ impl Gateway {
         }
         let mut app = routes.with_state(state);
         if let Some(tools) = mcp {
-            let access = McpAccess::new(&config.mcp, config.listen);
+            let access = McpAccess::new(&config.mcp, &config.server.cors_origins, config.listen);
             app = app.merge(crate::mcp::router(tools, &config.mcp, &access, &paywall));
         }
         if let Some(sandbox) = connected.sandbox {
@@ -277,7 +277,7 @@ impl Gateway {
             Some(cors) => tokio::spawn(listen::serve(
                 listener,
                 tls,
-                tower::Layer::layer(&cors, app),
+                cors::ForPages::new(cors, app),
                 limits,
                 stop.clone(),
             )),
