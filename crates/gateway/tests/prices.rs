@@ -884,6 +884,14 @@ per = { body = "/max_tokens", every = 1, price_sats = 1 }
 path = "/dyn/n"
 price_sats = 0
 per = { query = "n", every = 1, price_sats = 10 }
+[[services.prices]]
+path = "/dyn/o"
+body = { "/opts/tier" = "gold" }
+price_sats = 70
+[[services.prices]]
+path = "/dyn/h"
+query = { hires = "true" }
+price_sats = 35
 "#;
 
 /// Where a rule looks, what gate402 cannot read one way only is refused
@@ -1003,6 +1011,26 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
             "a batch",
         ),
         (
+            "/dyn/a",
+            br#"[[{"model":"gpt-4"}]]"#.to_vec(),
+            None,
+            "a batch",
+        ),
+        // An array on the way to the field: a list an upstream takes an
+        // item of.
+        (
+            "/dyn/o",
+            br#"{"opts":[{"tier":"gold"}]}"#.to_vec(),
+            None,
+            "only inside an array",
+        ),
+        (
+            "/dyn/o",
+            br#"{"opts":[{"x":1},{"tier":"gold"}]}"#.to_vec(),
+            None,
+            "only inside an array",
+        ),
+        (
             "/dyn/tokens",
             br#"{"max_tokens":1e5}"#.to_vec(),
             None,
@@ -1064,6 +1092,15 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
         ("/dyn/q?quality=%22hd%22", "parse it as JSON"),
         ("/dyn/q?quality='hd'", "strip its quotes"),
         ("/dyn/q?quality=%5B%22hd%22%5D", "parse it as JSON"),
+        // Rails', PHP's and qs's nested names for a body field.
+        ("/dyn/o?opts[0][tier]=gold", "stands for the body field"),
+        // Booleans as loosely reading upstreams read them.
+        ("/dyn/h?hires=1", "read booleans loosely"),
+        ("/dyn/h?hires=yes", "read booleans loosely"),
+        ("/dyn/h?hires=On", "read booleans loosely"),
+        // An encoded '#' ends the query to an upstream that decodes it
+        // before splitting it.
+        ("/dyn/q?quality=hd%23x", "%23"),
     ] {
         let response = h.client.get(h.url(target)).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{target}");

@@ -478,6 +478,28 @@ fn pointer_keys(pointer: &str) -> impl Iterator<Item = String> + '_ {
         .map(|token| token.replace("~1", "/").replace("~0", "~"))
 }
 
+/// Whether `tokens` (a JSON pointer's) reach a value in `value` once every
+/// array on the way may stand for any of its items, nested arrays too.
+fn through_arrays(value: &Value, tokens: &[String]) -> bool {
+    let Some((token, rest)) = tokens.split_first() else {
+        return true;
+    };
+    match value {
+        Value::Object(fields) => fields
+            .get(token.as_str())
+            .is_some_and(|field| through_arrays(field, rest)),
+        Value::Array(items) => {
+            let by_index = token
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| items.get(i))
+                .is_some_and(|item| through_arrays(item, rest));
+            by_index || items.iter().any(|item| through_arrays(item, tokens))
+        }
+        _ => false,
+    }
+}
+
 /// Refuses an object key on the way to `pointer` that reads as the
 /// pointer's ([`name_reads_as`]): some upstreams match keys without regard
 /// to case (Go's `encoding/json`), and would read `{"Model": …}` or
@@ -560,7 +582,8 @@ impl<'a> Parsed<'a> {
     /// The values of query parameter `name` as an upstream that decodes
     /// the whole query before splitting it (at `&` and `;`) reads them,
     /// when that differs from how it is split here: an encoded `&`, `=` or
-    /// `;` is a delimiter there (`x%3D1%26tier%3Dgold` is `x=1&tier=gold`).
+    /// `;` is a delimiter there (`x%3D1%26tier%3Dgold` is `x=1&tier=gold`),
+    /// and an encoded `#` ends it (`tier=gold%23x` is `tier=gold`).
     fn query_decoded_first(&self, name: &str) -> Option<Vec<&str>> {
         let pairs = self.decoded_first.get_or_init(|| {
             let raw = self.request.query.unwrap_or("");
@@ -568,11 +591,14 @@ impl<'a> Parsed<'a> {
                 w[0] == b'%'
                     && matches!(
                         (w[1], w[2].to_ascii_lowercase()),
-                        (b'2', b'6') | (b'3', b'd' | b'b')
+                        (b'2', b'6' | b'3') | (b'3', b'd' | b'b')
                     )
             });
-            let decoded = decode_again(raw)
-                .filter(|_| encoded_delimiter)?
+            let decoded = decode_again(raw).filter(|_| encoded_delimiter)?;
+            let decoded = decoded
+                .split('#')
+                .next()
+                .unwrap_or_default()
                 .replace(';', "&");
             Some(
                 form_urlencoded::parse(decoded.as_bytes())
@@ -617,14 +643,21 @@ impl<'a> Parsed<'a> {
             Ok(Some(json)) => {
                 case_conflict(json, pointer)?;
                 let field = json.pointer(pointer);
-                // A batch: an upstream taking one answers each item, so
-                // what the price depends on is in every item.
-                if let (None, Value::Array(items)) = (field, json) {
-                    if items.iter().any(|item| item.pointer(pointer).is_some()) {
-                        return Err(Unreadable(format!(
+                // Not there as written, but there once an array on the way
+                // is read as its items: a batch (an upstream taking one
+                // answers each item), or a list an upstream takes an item
+                // of (`{"opts":[{"tier":"gold"}]}` for `/opts/tier`).
+                let tokens: Vec<String> = pointer_keys(pointer).collect();
+                if field.is_none() && through_arrays(json, &tokens) {
+                    return Err(Unreadable(if json.is_array() {
+                        format!(
                             "the request body is a JSON array (a batch to upstreams that take one) whose items have the field {pointer}, and the price depends on it: send one item a request, as a JSON object"
-                        )));
-                    }
+                        )
+                    } else {
+                        format!(
+                            "the request body has the field {pointer} only inside an array (a list an upstream may take an item of), and the price depends on it: send it at {pointer} itself"
+                        )
+                    }));
                 }
                 Ok(field)
             }
@@ -731,6 +764,14 @@ fn one_of(
     if values.iter().any(|w| w == value) {
         return Ok(true);
     }
+    // An upstream that reads booleans loosely (Pydantic, Spring, Rails)
+    // reads `1`, `yes`, `on`, `t` or `y` as `true`.
+    if let Some(w) = values.iter().find(|w| same_boolean(value, w)) {
+        return Err(Unreadable(format!(
+            "{} is {value:?}, which reads as {w} to upstreams that read booleans loosely; the price depends on it: send it as {w}",
+            what()
+        )));
+    }
     // An upstream that compares numbers (JavaScript, Python, most JSON
     // frameworks) reads `5.0`, `5e0`, `05`, `+5` or `0x5` as `5`.
     if let Some(w) = values.iter().find(|w| same_number(value, w)) {
@@ -791,6 +832,22 @@ fn unwrapped(value: &str) -> Vec<String> {
         .find_map(|q| text.strip_prefix(*q)?.strip_suffix(*q))
         .map(|inner| vec![inner.to_owned()])
         .unwrap_or_default()
+}
+
+/// Whether `value` (not `wanted` itself) reads as the boolean `wanted`
+/// (`true` or `false`) to an upstream that reads booleans loosely: any
+/// case of Pydantic's and Spring's spellings (`1`, `yes`, `on`, `t`, `y`;
+/// `0`, `no`, `off`, `f`, `n`), a number equal to 1 or 0.
+fn same_boolean(value: &str, wanted: &str) -> bool {
+    let spellings: &[&str] = match wanted {
+        "true" => &["true", "1", "yes", "on", "t", "y"],
+        "false" => &["false", "0", "no", "off", "f", "n"],
+        _ => return false,
+    };
+    let text = value.trim_matches(|c: char| c.is_ascii_whitespace());
+    let number = if wanted == "true" { 1.0 } else { 0.0 };
+    spellings.iter().any(|s| text.eq_ignore_ascii_case(s))
+        || text.parse::<f64>().is_ok_and(|n| n == number)
 }
 
 /// Whether `value` reads as the number `wanted` is (a rule's value that
@@ -948,7 +1005,7 @@ impl PriceRule {
             if let Some(values) = parsed.query_decoded_first(&m.key) {
                 if let Some(read) = rule_value(&m.values, values.into_iter(), &what) {
                     return Err(Unreadable(format!(
-                        "the query has an encoded '&', '=' or ';' (%26, %3D, %3B), and an upstream that decodes it before splitting it reads {} as {read:?}, a value the price depends on: send it as a parameter of its own",
+                        "the query has an encoded '&', '=', ';' or '#' (%26, %3D, %3B, %23), and an upstream that decodes it before splitting it reads {} as {read:?}, a value the price depends on: send it as a parameter of its own",
                         what()
                     )));
                 }

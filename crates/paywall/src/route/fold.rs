@@ -159,9 +159,10 @@ pub fn name_reads_as(name: &str, wanted: &str) -> bool {
     if name == wanted {
         return false;
     }
+    // PHP, Rails and qs read `a[0][b]`, `a[b]` and `a[]` as (in) `a`.
     let array = name
         .strip_suffix(']')
-        .and_then(|n| n.rsplit_once('['))
+        .and_then(|n| n.split_once('['))
         .map(|(base, _)| base);
     // PHP drops leading spaces before it mangles (` hd.mode` is `hd_mode`).
     let mangled: String = name
