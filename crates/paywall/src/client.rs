@@ -118,7 +118,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// Fields that say who the client is or how it came, named in full: the
 /// standard one, the de facto ones and CDNs' own ([`is_forwarding_header`]
 /// adds whole families by prefix).
-const FORWARDING_NAMES: [&str; 27] = [
+const FORWARDING_NAMES: [&str; 37] = [
     "forwarded",
     "forwarded-for",
     "via",
@@ -146,6 +146,16 @@ const FORWARDING_NAMES: [&str; 27] = [
     "x-auth-user",
     "x-webauth-user",
     "x-matched-path",
+    "x-client-dn",
+    "x-user",
+    "x-user-id",
+    "x-username",
+    "x-email",
+    "x-user-email",
+    "x-userinfo",
+    "x-jwt-payload",
+    "x-jwt-claims",
+    "x-jwt-assertion",
 ];
 
 /// Families of such fields, by prefix: `X-Forwarded-*` (`-Uri`, `-User`,
@@ -157,10 +167,16 @@ const FORWARDING_NAMES: [&str; 27] = [
 /// behind them (Cloudflare's `CF-*`, Access's user among them; Fastly,
 /// Akamai, CloudFront's viewer, App Engine's user, Azure Front Door's
 /// `X-Azure-FDID` that apps check to know the traffic came through it,
-/// Vercel's; Next.js's internal `X-Middleware-Subrequest`, which skips
-/// its middleware, and `X-Invoke-*`). An upstream behind such a proxy
+/// Vercel's, Fly's; Next.js's internal `X-Middleware-Subrequest`, which
+/// skips its middleware, `X-Invoke-*` and `X-Nextjs-*`), the user or
+/// claims an identity-aware proxy or API gateway passes (Authentik,
+/// Pomerium, Kong's consumer, Google's API gateways, Azure's tokens,
+/// Hasura's session), a client certificate (RFC 9440
+/// `Client-Cert`), a service mesh's identity and routing (Linkerd, Istio,
+/// SPIFFE), and what makes Rack or nginx serve an internal file
+/// (`X-Sendfile-Type`, `X-Accel-*`). An upstream behind such a proxy
 /// believes them.
-const FORWARDING_PREFIXES: [&str; 23] = [
+const FORWARDING_PREFIXES: [&str; 43] = [
     "x-forwarded-",
     "x-original-",
     "x-envoy-",
@@ -184,6 +200,26 @@ const FORWARDING_PREFIXES: [&str; 23] = [
     "x-middleware-",
     "x-invoke-",
     "ali-cdn-",
+    "fly-",
+    "x-nextjs-",
+    "x-prerender-",
+    "x-akamai-",
+    "x-authentik-",
+    "x-pomerium-",
+    "x-consumer-",
+    "x-credential-",
+    "x-anonymous-consumer",
+    "x-endpoint-api-userinfo",
+    "x-apigateway-api-userinfo",
+    "x-ms-token-",
+    "x-hasura-",
+    "client-cert",
+    "l5d-",
+    "x-istio-",
+    "x-spiffe-",
+    "x-sendfile-",
+    "x-accel-",
+    "x-userinfo-",
 ];
 
 /// Words that name a client's address in a field's name, whatever the
@@ -217,24 +253,34 @@ pub fn is_forwarding_header(name: &HeaderName) -> bool {
             || FORWARDING_PREFIXES.iter().any(|p| name.starts_with(p))
             || names_an_address(name)
     };
-    if name.contains('_') {
-        is(&name.replace('_', "-"))
+    if name.contains(['_', '.']) || name.ends_with('-') {
+        // CGI-style servers read `_` as `-`, some frameworks `.` too;
+        // words only, however many separators.
+        let words: Vec<&str> = name
+            .split(['-', '_', '.'])
+            .filter(|w| !w.is_empty())
+            .collect();
+        is(&words.join("-"))
     } else {
         is(name)
     }
 }
 
 /// Whether a field's name (lower case, `-` between words) has a word that
-/// names an address, or `address`/`addr` after whose it is.
+/// names an address (`ip`, `clientip`) or says it was forwarded
+/// (`Z-Forwarded-For`), or an `address`, `addr` or `port` after whose it
+/// is (`X-Client-Address`, `True-Client-Port`).
 fn names_an_address(name: &str) -> bool {
     let mut before = "";
     name.split('-').any(|word| {
         let whose = matches!(
             before,
-            "client" | "remote" | "viewer" | "peer" | "real" | "source" | "user"
+            "client" | "remote" | "viewer" | "peer" | "real" | "source" | "user" | "true"
         );
         before = word;
-        ADDRESS_WORDS.contains(&word) || (whose && matches!(word, "addr" | "address"))
+        ADDRESS_WORDS.contains(&word)
+            || word == "forwarded"
+            || (whose && matches!(word, "addr" | "address" | "port"))
     })
 }
 
@@ -378,6 +424,16 @@ mod tests {
             "x-client-address",
             "x-viewer-addr",
             "x_socketip",
+            "z-forwarded-for",
+            "x.forwarded.for",
+            "forwarded_",
+            "x-real-port",
+            "true-client-port",
+            "client-cert-chain",
+            "x-authentik-email",
+            "x-consumer-username",
+            "x-sendfile-type",
+            "l5d-dst-override",
         ] {
             assert!(forwarding(name), "{name}");
         }
@@ -389,6 +445,8 @@ mod tests {
             "x-address-line",
             "x-api-key",
             "x-request-id",
+            "x-port-number",
+            "x-api-version",
         ] {
             assert!(!forwarding(name), "{name}");
         }
