@@ -791,7 +791,7 @@ impl Checker {
                 &join(path, "input_schema"),
                 "must be a JSON Schema of an object ({ type = \"object\", properties = … })",
             );
-        } else if let Err(e) = jsonschema::validator_for(&tool.input_schema) {
+        } else if let Err(e) = crate::mcp::upstreams::input_validator(&tool.input_schema) {
             self.error(
                 &join(path, "input_schema"),
                 format!("is not a JSON Schema: {e}"),

@@ -115,7 +115,7 @@ fn make(config: &ToolConfig, services: &[ServiceConfig]) -> Option<HttpTool> {
         _ => JsonObject::new(),
     };
     // The config checked that it compiles.
-    let validator = jsonschema::validator_for(&Value::Object(schema.clone()))
+    let validator = input_validator(&Value::Object(schema.clone()))
         .map_err(|e| tracing::warn!(tool = %config.name, error = %e, "the tool's input schema does not compile: the tool is not sold"))
         .ok()?;
     let tool = HttpTool {
@@ -193,6 +193,21 @@ impl HttpTools {
             None => Ok(()),
         }
     }
+}
+
+/// A tool's input schema, compiled to check a call's arguments before it
+/// is charged: `format` is checked too (an `email` that is none), which
+/// JSON Schema leaves to the validator's choice.
+///
+/// # Errors
+///
+/// Why `schema` is not one (an unknown type, a `$ref` that cannot be
+/// resolved here: nothing is fetched).
+pub(crate) fn input_validator(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
+        .map_err(|e| e.to_string())
 }
 
 /// The HTTP request a call of `tool` makes: its method and path, the
@@ -539,13 +554,26 @@ mod tests {
         }
     }
 
+    /// A tool's input schema checks formats too, as a call's arguments
+    /// are checked before it is charged.
+    #[test]
+    fn an_input_schema_checks_formats() {
+        let validator = input_validator(&serde_json::json!({
+            "type": "object",
+            "properties": {"e": {"type": "string", "format": "email"}},
+        }))
+        .unwrap();
+        assert!(validator.is_valid(&serde_json::json!({"e": "a@example.com"})));
+        assert!(!validator.is_valid(&serde_json::json!({"e": "notanemail"})));
+    }
+
     /// A tool's arguments go in the query of a GET, HEAD or DELETE, which
     /// then says no body type; else in a JSON body, which it names.
     #[test]
     fn a_body_type_is_named_only_with_a_body() {
         let tool = |method: Method| HttpTool {
             tool: Tool::new("t", "t", Arc::new(JsonObject::new())),
-            schema: Arc::new(jsonschema::validator_for(&serde_json::json!({})).unwrap()),
+            schema: Arc::new(input_validator(&serde_json::json!({})).unwrap()),
             paid: Arc::new(PricedService::new("t", "/t", 1)),
             service: "t".into(),
             method,
