@@ -280,6 +280,17 @@ impl Payer {
         };
         if self.sessions && self.pay {
             if let Some(offer) = SessionOffer::from_headers(response.headers())? {
+                // A balance's L402 token kept for another route of the
+                // service is spent first: it cannot be refunded, a
+                // session's deposit can.
+                if let Ok(kept) = Offer::from_headers(response.headers()) {
+                    if let Some(answer) = self
+                        .with_service_token(&request, &endpoint, &kept, false, key.as_ref(), &send)
+                        .await?
+                    {
+                        return Ok(Fetched::Response(answer, None));
+                    }
+                }
                 return self
                     .open_session(&request, &endpoint, key.as_ref(), offer, &send)
                     .await;

@@ -170,3 +170,29 @@ async fn a_session_spent_out_on_another_path_is_topped_up() {
     );
     gateway.shutdown().await.unwrap();
 }
+
+/// A balance's L402 token bought on one path is spent on the service's
+/// other paths before a session is opened there: the token cannot be
+/// refunded, a session's deposit can.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_balance_token_is_spent_before_a_session_opens() {
+    let (gateway, _gw_dir) = metered(10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let l402 = Client {
+        http: reqwest::Client::new(),
+        payer: Payer::sandbox(ledger.clone(), 100),
+    };
+    on_paths(&l402, &gateway, 1).await;
+    let mut payer = Payer::sandbox(ledger.clone(), 100);
+    payer.sessions = true;
+    let sessions = Client {
+        http: reqwest::Client::new(),
+        payer,
+    };
+    on_paths(&sessions, &gateway, 5).await;
+    let paid = ledger.payments(0).unwrap();
+    assert_eq!(paid.len(), 1, "the one deposit: {paid:?}");
+    assert!(ledger.sessions(true).unwrap().is_empty());
+    gateway.shutdown().await.unwrap();
+}
