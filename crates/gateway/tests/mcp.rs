@@ -352,6 +352,12 @@ async fn a_payment_id_pays_for_one_call_of_its_tool() {
         .as_str()
         .unwrap()
         .contains("not paid yet"));
+    // Told to pay that payment, not the fresh challenge beside it.
+    let hint = data["problem"]["hint"].as_str().unwrap();
+    assert!(
+        hint.starts_with("this call was paid by paymentId"),
+        "{hint}"
+    );
     assert!(
         data["problem"]["type"]
             .as_str()

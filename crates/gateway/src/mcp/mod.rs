@@ -314,11 +314,15 @@ impl PaidTools {
     }
 
     /// A -32042 (or, with a refusal, -32043) error with a fresh challenge.
+    /// The error of an unpaid or refused call: a fresh challenge to pay,
+    /// and what to do; a call paid by `paymentId` (`by_id`) is told to pay
+    /// or replace that payment, not to pay the challenge as well.
     async fn payment_error(
         &self,
         service: &PricedService,
         refusal: Option<Refusal>,
         client: Option<ClientKey>,
+        by_id: bool,
     ) -> ErrorData {
         if let Err(limited) = self.paywall.admit_unpaid(client) {
             return rate_limited(&limited);
@@ -352,9 +356,15 @@ impl PaidTools {
             status,
             detail: detail.clone(),
             challenge_id: None,
-            hint: Some(format!(
-                "pay the invoice in challenges[0].request.methodDetails.invoice, then call again with _meta[\"{CREDENTIAL_META_KEY}\"] = {{challenge, payload: {{preimage}}}}"
-            )),
+            hint: Some(if by_id {
+                format!(
+                    "this call was paid by {PAYMENT_ID_ARG}: pay that payment's invoice if it is not paid, or get another from {CREATE_PAYMENT}; pay challenges[0] only to pay with a credential instead, and then leave {PAYMENT_ID_ARG} out"
+                )
+            } else {
+                format!(
+                    "pay the invoice in challenges[0].request.methodDetails.invoice, then call again with _meta[\"{CREDENTIAL_META_KEY}\"] = {{challenge, payload: {{preimage}}}}"
+                )
+            }),
         };
         let mut answer = wire::payment_required_error_with_problem(&challenge, details);
         if refusal.is_none() {
@@ -607,7 +617,7 @@ impl PaidTools {
                 .and_then(|verified| self.paywall.unrevoked(verified));
             match checked {
                 Ok(verified) => (verified, "paymentId"),
-                Err(refusal) => return Err(self.refused(service, refusal, client).await),
+                Err(refusal) => return Err(self.refused(service, refusal, client, true).await),
             }
         } else if meta.contains_key(CREDENTIAL_META_KEY) {
             let Some(credential) = wire::extract_credential(&Value::Object(meta.0.clone())) else {
@@ -620,10 +630,10 @@ impl PaidTools {
             };
             match self.paywall.verify_payment(service, &credential) {
                 Ok(verified) => (verified, "Payment"),
-                Err(refusal) => return Err(self.refused(service, refusal, client).await),
+                Err(refusal) => return Err(self.refused(service, refusal, client, false).await),
             }
         } else {
-            return Err(self.payment_error(service, None, client).await);
+            return Err(self.payment_error(service, None, client, false).await);
         };
         let claim = match self.paywall.claim(&verified).await {
             Ok(claim) => claim,
@@ -646,7 +656,9 @@ impl PaidTools {
                     ProblemType::InvalidChallenge,
                     detail,
                 );
-                return Err(self.refused(service, refusal, client).await);
+                return Err(self
+                    .refused(service, refusal, client, scheme == "paymentId")
+                    .await);
             }
         };
         let mut result = match self
@@ -759,11 +771,13 @@ impl PaidTools {
         service: &PricedService,
         refusal: Refusal,
         client: Option<ClientKey>,
+        by_id: bool,
     ) -> ErrorData {
         if refusal.status == StatusCode::SERVICE_UNAVAILABLE {
             return ErrorData::internal_error(refusal.detail, None);
         }
-        self.payment_error(service, Some(refusal), client).await
+        self.payment_error(service, Some(refusal), client, by_id)
+            .await
     }
 }
 
