@@ -112,7 +112,7 @@ async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
 }
 
 /// `gate402 mcp-proxy`: the paywall in front of another MCP server.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ProxyArgs {
     /// A gateway config with an `[mcp_proxy]` table (and listen,
     /// lightning, store, mpp as for `serve`).
@@ -138,6 +138,44 @@ pub async fn proxy(args: &ProxyArgs, data_dir: &Path) -> Result<()> {
         Some(path) => GatewayConfig::load(path).map_err(|e| anyhow!("{}", e.in_file(path)))?,
         None => GatewayConfig::default_with_services(Vec::new()),
     };
+    with_args(args, &mut config);
+    let proxy = config.mcp_proxy.as_ref();
+    if proxy.is_none_or(|p| p.url.is_none() && p.command.is_none()) {
+        bail!("no upstream MCP server: give --url URL, `-- COMMAND ARGS…`, or [mcp_proxy] in --config");
+    }
+    if proxy.is_none_or(|p| p.default_price_sats.is_none() && p.prices.is_empty()) {
+        bail!("no prices: give --price SATS or [mcp_proxy] prices in --config (every tool would be free)");
+    }
+    let banner = |url: &str| {
+        format!(
+            "gate402 mcp-proxy on {url}/mcp ({})",
+            match &config.mcp_proxy {
+                Some(McpProxyConfig {
+                    url: Some(upstream),
+                    ..
+                }) => format!("upstream {upstream}"),
+                Some(McpProxyConfig {
+                    command: Some(command),
+                    ..
+                }) => format!("upstream `{}` on stdio", command.join(" ")),
+                _ => String::new(),
+            }
+        )
+    };
+    let kept = args.clone();
+    crate::serve::serve(
+        &config,
+        args.config.clone(),
+        Some(&banner),
+        Box::new(move |config| with_args(&kept, config)),
+        data_dir,
+    )
+    .await
+}
+
+/// `config` as `args` change it (the upstream server, its price, where
+/// to listen): when it starts, and when a reload reads the file again.
+fn with_args(args: &ProxyArgs, config: &mut GatewayConfig) {
     let mut proxy = config.mcp_proxy.take().unwrap_or_default();
     if let Some(url) = &args.url {
         proxy = McpProxyConfig {
@@ -156,31 +194,8 @@ pub async fn proxy(args: &ProxyArgs, data_dir: &Path) -> Result<()> {
     if let Some(price) = args.price {
         proxy.default_price_sats = Some(price);
     }
-    if proxy.url.is_none() && proxy.command.is_none() {
-        bail!("no upstream MCP server: give --url URL, `-- COMMAND ARGS…`, or [mcp_proxy] in --config");
-    }
-    if proxy.default_price_sats.is_none() && proxy.prices.is_empty() {
-        bail!("no prices: give --price SATS or [mcp_proxy] prices in --config (every tool would be free)");
-    }
     config.mcp_proxy = Some(proxy);
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    let banner = |url: &str| {
-        format!(
-            "gate402 mcp-proxy on {url}/mcp ({})",
-            match &config.mcp_proxy {
-                Some(McpProxyConfig {
-                    url: Some(upstream),
-                    ..
-                }) => format!("upstream {upstream}"),
-                Some(McpProxyConfig {
-                    command: Some(command),
-                    ..
-                }) => format!("upstream `{}` on stdio", command.join(" ")),
-                _ => String::new(),
-            }
-        )
-    };
-    crate::serve::serve(&config, args.config.clone(), Some(&banner), data_dir).await
 }

@@ -144,16 +144,27 @@ pub async fn run(args: &Args, loaded: Option<GatewayConfig>, data_dir: &Path) ->
     } else {
         None
     };
-    serve(&config, args.config.clone(), banner, data_dir).await
+    let listen = args.listen;
+    let adjust: Adjust = Box::new(move |config| {
+        if let Some(listen) = listen {
+            config.listen = listen;
+        }
+    });
+    serve(&config, args.config.clone(), banner, adjust, data_dir).await
 }
+
+/// What the command line changes in a config read from its file.
+pub type Adjust = Box<dyn Fn(&mut GatewayConfig) + Send + Sync>;
 
 /// Runs `config` until SIGINT or SIGTERM, printing `banner(url)` first;
 /// SIGHUP reloads the services, the tools and the admin credentials from
-/// `config_path` ([`gate402_gateway::server::Reloader`]).
+/// `config_path` ([`gate402_gateway::server::Reloader`]), read again and
+/// changed by `adjust` as the command line changed it at the start.
 pub async fn serve(
     config: &GatewayConfig,
     config_path: Option<PathBuf>,
     banner: Option<&dyn Fn(&str) -> String>,
+    adjust: Adjust,
     data_dir: &Path,
 ) -> Result<()> {
     let gateway = Gateway::start(config, data_dir).await?;
@@ -178,7 +189,10 @@ pub async fn serve(
                 _ = term.recv() => break,
                 _ = hup.recv() => match &config_path {
                     None => tracing::info!("SIGHUP: no config file to reload"),
-                    Some(path) => match GatewayConfig::load(path) {
+                    Some(path) => match GatewayConfig::load(path).map(|mut config| {
+                        adjust(&mut config);
+                        config
+                    }) {
                         Ok(config) => match reloader.reload(&config) {
                             Ok(later) => {
                                 tracing::info!(

@@ -237,7 +237,7 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
 /// stops working for the next call, and so does a dashboard opened with
 /// it; the new secret and the data dir's own keep working, and so does
 /// the new `low_inbound_sats`; a change only a restart applies (the
-/// listener's address) is logged as such.
+/// listener's address, `[server]`) is logged as such.
 #[tokio::test]
 async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,17 +245,17 @@ async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
     let config = dir.path().join("gate402.toml");
     let leaked = "the ops secret before it leaked, 32+ characters";
     let rotated = "the ops secret after its rotation, 32+ characters";
-    let write = |secret: &str, listen: &str, low: u64| {
+    let write = |secret: &str, listen: &str, low: u64, server: &str| {
         std::fs::write(
             &config,
             format!(
-                "[admin]\nlisten = \"{listen}\"\nlow_inbound_sats = {low}\ncredentials = [{{ name = \"ops\", secret = \"{secret}\" }}]\n\n\
+                "{server}[admin]\nlisten = \"{listen}\"\nlow_inbound_sats = {low}\ncredentials = [{{ name = \"ops\", secret = \"{secret}\" }}]\n\n\
                  [[services]]\nname = \"thing\"\npath = \"/thing\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 3\n"
             ),
         )
         .unwrap()
     };
-    write(leaked, "127.0.0.1:0", 1000);
+    write(leaked, "127.0.0.1:0", 1000, "");
     let log = dir.path().join("serve.log");
     let port = free_port();
     let serve = Serve::start(
@@ -306,7 +306,12 @@ async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
     let cookie = set[..set.find(';').unwrap_or(set.len())].to_owned();
     assert_eq!(as_cookie(cookie.clone()).await, 200);
 
-    write(rotated, "127.0.0.1:1", 2000);
+    write(
+        rotated,
+        "127.0.0.1:1",
+        2000,
+        "[server]\ncors_origins = [\"https://app.example.com\"]\n",
+    );
     assert!(Command::new("kill")
         .args(["-s", "HUP", &serve.0.id().to_string()])
         .status()
@@ -356,5 +361,12 @@ async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
         logged.contains("SIGHUP: admin.listen: still \"127.0.0.1:0\" until a restart"),
         "{logged}"
     );
+    // So is every other such setting; the --listen given at the start is
+    // no change.
+    assert!(
+        logged.contains("SIGHUP: server: changed in the file, as it started until a restart"),
+        "{logged}"
+    );
+    assert!(!logged.contains("SIGHUP: listen"), "{logged}");
     drop(serve);
 }

@@ -51,6 +51,8 @@ pub struct Gateway {
     services: ServicesHandle,
     /// `[admin]` as started, for [`Reloader`].
     admin_config: crate::config::AdminConfig,
+    /// The settings only a restart changes, as started.
+    started_rest: Vec<(&'static str, String)>,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     purge: tokio::task::JoinHandle<()>,
@@ -313,6 +315,7 @@ impl Gateway {
             addr,
             services,
             admin_config: config.admin.clone(),
+            started_rest: reload::restart_only(config),
             paywall,
             stop,
             server,
@@ -351,6 +354,7 @@ impl Gateway {
             services: self.services.clone(),
             admin: self.admin.as_ref().map(|a| a.handle()),
             started: self.admin_config.clone(),
+            started_rest: self.started_rest.clone(),
         }
     }
 

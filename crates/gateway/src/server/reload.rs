@@ -12,6 +12,35 @@ pub struct Reloader {
     pub(super) admin: Option<AdminHandle>,
     /// `[admin]` as the gateway started, for what only a restart changes.
     pub(super) started: AdminConfig,
+    /// The other settings a reload leaves as they started
+    /// ([`restart_only`]).
+    pub(super) started_rest: Vec<(&'static str, String)>,
+}
+
+/// The settings only a restart changes (beside `[admin]`'s own), each as
+/// its key and a text to compare it by.
+pub(super) fn restart_only(config: &GatewayConfig) -> Vec<(&'static str, String)> {
+    let text = |value: &dyn std::fmt::Debug| format!("{value:?}");
+    vec![
+        ("listen", text(&config.listen)),
+        ("tls", text(&config.tls)),
+        ("lightning", text(&config.lightning)),
+        ("store", text(&config.store)),
+        ("mpp", text(&config.mpp)),
+        ("invoice_expiry_secs", text(&config.invoice_expiry_secs)),
+        ("name", text(&config.name)),
+        ("limits", text(&config.limits)),
+        ("server", text(&config.server)),
+        ("mcp", text(&config.mcp)),
+        ("mcp_proxy", text(&config.mcp_proxy)),
+        ("claim_lease_secs", text(&config.claim_lease_secs)),
+        (
+            "receipts_retention_days",
+            text(&config.receipts_retention_days),
+        ),
+        ("discovery", text(&config.discovery)),
+        ("telemetry", text(&config.telemetry)),
+    ]
 }
 
 impl std::fmt::Debug for Reloader {
@@ -28,8 +57,10 @@ impl Reloader {
     /// all or nothing; then the admin listener's credentials and
     /// `low_inbound_sats` ([`AdminHandle::reload`]). Answers, one line
     /// each, the changes it leaves for a restart: `[admin] enabled`,
-    /// `listen` and `sync_secs`, and `[[tools]]` on a gateway that started
-    /// without any (it has no MCP server to sell them).
+    /// `listen` and `sync_secs`, every other section but the services and
+    /// tools ([`restart_only`]: `[server]`, `[mcp]`, `listen`, …), and
+    /// `[[tools]]` on a gateway that started without any (it has no MCP
+    /// server to sell them).
     ///
     /// # Errors
     ///
@@ -55,6 +86,13 @@ impl Reloader {
                 "admin.sync_secs: still {} until a restart",
                 was.sync_secs
             ));
+        }
+        for ((key, was), (_, now)) in self.started_rest.iter().zip(restart_only(config)) {
+            if *was != now {
+                later.push(format!(
+                    "{key}: changed in the file, as it started until a restart"
+                ));
+            }
         }
         if !config.tools.is_empty() && config.mcp_proxy.is_none() && !self.services.sells_tools() {
             later.push(
