@@ -58,7 +58,7 @@ impl Reloader {
     /// `low_inbound_sats` ([`AdminHandle::reload`]). Answers, one line
     /// each, the changes it leaves for a restart: `[admin] enabled`,
     /// `listen` and `sync_secs`, every other section but the services and
-    /// tools ([`restart_only`]: `[server]`, `[mcp]`, `listen`, …), and
+    /// tools (`restart_only`: `[server]`, `[mcp]`, `listen`, …), and
     /// `[[tools]]` on a gateway that started without any (it has no MCP
     /// server to sell them).
     ///
