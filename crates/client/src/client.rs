@@ -616,12 +616,11 @@ const MAX_SPENT_OUT: usize = 8;
 /// Whether a refusal says the token's balance is spent out
 /// (`insufficient-balance`): no route will take it again.
 async fn is_spent_out(answer: Response) -> bool {
-    let insufficient = gate402_mpp::problem::ProblemType::LightningInsufficientBalance.uri();
-    match answer.bytes().await {
-        Ok(body) => serde_json::from_slice::<serde_json::Value>(&body)
-            .is_ok_and(|problem| problem["type"].as_str() == Some(insufficient.as_str())),
-        Err(_) => false,
-    }
+    crate::session::Rejection::read(answer)
+        .await
+        .is_ok_and(|rejection| {
+            rejection.is(gate402_mpp::problem::ProblemType::LightningInsufficientBalance)
+        })
 }
 
 #[cfg(test)]

@@ -215,7 +215,7 @@ fn read_session(
 
 /// A refusal (402 or 401), read whole so that its problem type can be
 /// told while the response can still be handed on.
-struct Rejection {
+pub(crate) struct Rejection {
     status: StatusCode,
     headers: HeaderMap,
     url: Url,
@@ -225,7 +225,7 @@ struct Rejection {
 }
 
 impl Rejection {
-    async fn read(response: Response) -> Result<Self, FetchError> {
+    pub(crate) async fn read(response: Response) -> Result<Self, FetchError> {
         let status = response.status();
         let headers = response.headers().clone();
         let url = response.url().clone();
@@ -246,7 +246,7 @@ impl Rejection {
         })
     }
 
-    fn is(&self, problem: ProblemType) -> bool {
+    pub(crate) fn is(&self, problem: ProblemType) -> bool {
         self.problem.as_deref() == Some(problem.uri().as_str())
     }
 

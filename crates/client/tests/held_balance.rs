@@ -56,10 +56,7 @@ async fn requests_on_a_held_balance_wait_for_it_and_pay_one_deposit() {
 
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
-    let client = Client {
-        http: reqwest::Client::new(),
-        payer: Payer::sandbox(ledger.clone(), 100),
-    };
+    let client = sandbox_client(&ledger, false);
     let fetch = |after: u64| {
         let (client, url) = (&client, &url);
         async move {
@@ -115,6 +112,17 @@ async fn on_paths(client: &Client, gateway: &Gateway, n: usize) {
     }
 }
 
+/// A client paying with the sandbox (at most 100 sat a payment) into
+/// `ledger`, opening MPP sessions when `sessions`.
+fn sandbox_client(ledger: &Arc<Ledger>, sessions: bool) -> Client {
+    let mut payer = Payer::sandbox(ledger.clone(), 100);
+    payer.sessions = sessions;
+    Client {
+        http: reqwest::Client::new(),
+        payer,
+    }
+}
+
 /// A balance bought on one path of a service pays for its other paths; a
 /// new deposit is paid only once it is spent out, then it is spent in turn
 /// (not the spent-out one tried and a deposit paid on every new path).
@@ -124,10 +132,7 @@ async fn a_balance_is_spent_across_paths_before_a_new_deposit() {
     let (gateway, _gw_dir) = metered(10).await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
-    let client = Client {
-        http: reqwest::Client::new(),
-        payer: Payer::sandbox(ledger.clone(), 100),
-    };
+    let client = sandbox_client(&ledger, false);
     on_paths(&client, &gateway, 16).await;
     let deposits = ledger.payments(0).unwrap();
     assert_eq!(
@@ -154,12 +159,7 @@ async fn a_session_spent_out_on_another_path_is_topped_up() {
     let (gateway, _gw_dir) = metered(3).await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
-    let mut payer = Payer::sandbox(ledger.clone(), 100);
-    payer.sessions = true;
-    let client = Client {
-        http: reqwest::Client::new(),
-        payer,
-    };
+    let client = sandbox_client(&ledger, true);
     on_paths(&client, &gateway, 7).await;
     let sessions = ledger.sessions(true).unwrap();
     assert_eq!(sessions.len(), 1, "one session: {sessions:?}");
@@ -179,17 +179,9 @@ async fn a_kept_balance_token_is_spent_before_a_session_opens() {
     let (gateway, _gw_dir) = metered(10).await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
-    let l402 = Client {
-        http: reqwest::Client::new(),
-        payer: Payer::sandbox(ledger.clone(), 100),
-    };
+    let l402 = sandbox_client(&ledger, false);
     on_paths(&l402, &gateway, 1).await;
-    let mut payer = Payer::sandbox(ledger.clone(), 100);
-    payer.sessions = true;
-    let sessions = Client {
-        http: reqwest::Client::new(),
-        payer,
-    };
+    let sessions = sandbox_client(&ledger, true);
     on_paths(&sessions, &gateway, 5).await;
     let paid = ledger.payments(0).unwrap();
     assert_eq!(paid.len(), 1, "the one deposit: {paid:?}");

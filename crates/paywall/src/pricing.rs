@@ -647,8 +647,8 @@ impl<'a> Parsed<'a> {
                 // is read as its items: a batch (an upstream taking one
                 // answers each item), or a list an upstream takes an item
                 // of (`{"opts":[{"tier":"gold"}]}` for `/opts/tier`).
-                let tokens: Vec<String> = pointer_keys(pointer).collect();
-                if field.is_none() && through_arrays(json, &tokens) {
+                let through = || through_arrays(json, &pointer_keys(pointer).collect::<Vec<_>>());
+                if field.is_none() && through() {
                     return Err(Unreadable(if json.is_array() {
                         format!(
                             "the request body is a JSON array (a batch to upstreams that take one) whose items have the field {pointer}, and the price depends on it: send one item a request, as a JSON object"
@@ -791,12 +791,10 @@ fn one_of(
         .iter()
         .flat_map(|v| unwrapped(v))
         .collect::<Vec<_>>();
-    if let Some((w, _)) = values.iter().find_map(|w| {
-        unwrapped
-            .iter()
-            .find(|u| *u == w || reads_as(u, w))
-            .map(|u| (w, u))
-    }) {
+    if let Some(w) = values
+        .iter()
+        .find(|w| unwrapped.iter().any(|u| u == *w || reads_as(u, w)))
+    {
         return Err(Unreadable(format!(
             "{} is {value:?}, which holds {w:?} to upstreams that parse it as JSON or strip its quotes; the price depends on it: send it as {w:?}",
             what()
@@ -1029,13 +1027,14 @@ impl PriceRule {
             // upstream: loosely comparing code (`["gpt-4"] == "gpt-4"` in
             // JavaScript), one that takes a list's first or any item, or a
             // query language's operator (`{"$eq": "gpt-4"}`).
-            if let Some(shape) = field.and_then(|f| match f {
-                Value::Array(_) => Some("an array"),
-                Value::Object(_) => Some("an object"),
-                _ => None,
-            }) {
+            if let Some(held_in @ (Value::Array(_) | Value::Object(_))) = field {
+                let shape = if held_in.is_array() {
+                    "an array"
+                } else {
+                    "an object"
+                };
                 let mut held = Vec::new();
-                scalars(field.unwrap_or(&Value::Null), &mut held);
+                scalars(held_in, &mut held);
                 let what = || format!("body field {:?}, {shape},", m.key);
                 if let Some(item) = rule_value(&m.values, held.iter().map(|h| h.as_ref()), &what) {
                     return Err(Unreadable(format!(
