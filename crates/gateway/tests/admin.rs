@@ -781,6 +781,20 @@ async fn a_balance_is_closed_and_refunded_by_the_operator() {
     assert_eq!(session["deposit_msat"], 10_000);
     assert_eq!(session["balance_msat"], 6_000);
     assert_eq!(session["closed"], Value::Null);
+    // The books count the balance's requests on its deposit, whose
+    // revenue is the whole deposit, once.
+    eventually("the balance's two requests on its deposit", || async {
+        let payments = h.get(&format!("/payments?payment_hash={id}")).await;
+        payments["payments"][0]["served"] == 2
+    })
+    .await;
+    let payments = h.get("/payments").await;
+    let rows = payments["payments"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{payments}");
+    assert_eq!(rows[0]["amount_msat"], 10_000, "{payments}");
+    let revenue = h.get("/revenue").await;
+    assert_eq!(revenue["total"]["served"], 2, "{revenue}");
+    assert_eq!(revenue["total"]["payments"], 1, "{revenue}");
     let (status, body) = h
         .call(
             reqwest::Method::POST,

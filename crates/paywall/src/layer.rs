@@ -1270,7 +1270,7 @@ impl Paywall {
         // A balance's revenue was counted with its deposit; its receipt
         // names the session.
         if spend.hold.is_some() {
-            self.inner.metrics.served(&service.name, scheme);
+            self.count_from_balance(service, scheme, &verified.payment_hash, now);
         } else {
             self.count_paid(service, scheme, verified, now);
         }

@@ -689,6 +689,38 @@ impl Paywall {
         );
     }
 
+    /// Counts a request served at `now` from the balance of session `id`
+    /// on the row of the session's first deposit (whose payment hash is
+    /// the session's id); its revenue was counted with the deposit.
+    pub(crate) fn count_from_balance(
+        &self,
+        service: &PricedService,
+        scheme: &'static str,
+        id: &[u8; 32],
+        now: time::OffsetDateTime,
+    ) {
+        self.inner.metrics.served(&service.name, scheme);
+        let at = now.unix_timestamp().max(0) as u64;
+        self.inner.served.add(|pending| {
+            pending
+                .entry(*id)
+                .and_modify(|p| {
+                    p.served += 1;
+                    p.at = at;
+                })
+                // The deposit's row is written already, or by another
+                // replica soon: no amount here, the deposit's is kept.
+                .or_insert_with(|| PaymentRecord {
+                    payment_hash: *id,
+                    service: service.name.clone(),
+                    scheme: scheme.to_owned(),
+                    amount_msat: 0,
+                    at,
+                    served: 1,
+                });
+        });
+    }
+
     /// Records a payment for `service` (`payment_hash`, presented through
     /// `scheme`) that its upstream's failures spent
     /// ([`crate::FAILURES_PER_PAYMENT`]) before it served a request: the
@@ -726,7 +758,9 @@ impl Paywall {
             match self.inner.store.record_payments(chunk).await {
                 Ok(new) => {
                     for (payment, new) in chunk.iter().zip(new) {
-                        if new {
+                        // A balance's count written before its deposit
+                        // (by another replica) is not a payment.
+                        if new && payment.amount_msat > 0 {
                             self.inner.metrics.payment(
                                 &payment.service,
                                 &payment.scheme,

@@ -59,8 +59,11 @@ pub struct PaymentRecord {
     pub amount_msat: u64,
     /// When it served the last of `served` (unix seconds).
     pub at: u64,
-    /// Requests served since it was last recorded (0 for a deposit into a
-    /// balance, whose requests are counted with the balance).
+    /// Requests served since it was last recorded. A balance's requests
+    /// are counted on its session's first deposit (whose payment hash is
+    /// the session's id); a record of them alone has `amount_msat` 0, and
+    /// the deposit's amount is kept whichever is written first. A top-up
+    /// is recorded with 0.
     pub served: u64,
 }
 

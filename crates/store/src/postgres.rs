@@ -928,7 +928,8 @@ impl Store for PostgresStore {
              SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $5::bigint[], $6::bigint[])
              ON CONFLICT (payment_hash) DO UPDATE
                 SET served = payments.served + EXCLUDED.served,
-                    last_served_at = GREATEST(payments.last_served_at, EXCLUDED.last_served_at)
+                    last_served_at = GREATEST(payments.last_served_at, EXCLUDED.last_served_at),
+                    amount_msat = GREATEST(payments.amount_msat, EXCLUDED.amount_msat)
              RETURNING payment_hash, (xmax = 0) AS inserted",
         )
         .bind(&hashes)

@@ -1003,7 +1003,8 @@ impl Store for SqliteStore {
             )?;
             let mut add = c.prepare_cached(
                 "UPDATE payments
-                 SET served = served + ?2, last_served_at = max(coalesce(last_served_at, 0), ?3)
+                 SET served = served + ?2, last_served_at = max(coalesce(last_served_at, 0), ?3),
+                     amount_msat = max(amount_msat, ?4)
                  WHERE payment_hash = ?1",
             )?;
             payments
@@ -1020,7 +1021,7 @@ impl Store for SqliteStore {
                         served
                     ])? == 1;
                     if !new {
-                        add.execute(params![hash, served, at])?;
+                        add.execute(params![hash, served, at, p.amount_msat as i64])?;
                     }
                     Ok(new)
                 })

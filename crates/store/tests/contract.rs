@@ -341,6 +341,35 @@ async fn payments_are_counted_once(stores: &Pair) {
     );
     assert_eq!(b.record_payments(&batch).await.unwrap(), [false; 3]);
     assert!(a.record_payments(&[]).await.unwrap().is_empty());
+
+    // A balance's requests counted (amount 0) before its deposit is
+    // written, by another replica: the deposit's amount is kept.
+    let served = PaymentRecord {
+        amount_msat: 0,
+        served: 2,
+        ..payment(10, "svc")
+    };
+    let deposit = PaymentRecord {
+        amount_msat: 50_000,
+        served: 0,
+        ..payment(10, "svc")
+    };
+    assert!(a.record_payment(&served).await.unwrap());
+    assert!(!b.record_payment(&deposit).await.unwrap());
+    assert!(!a.record_payment(&served).await.unwrap());
+    let query = PaymentQuery {
+        since: 0,
+        until: u64::MAX,
+        service: None,
+        scheme: None,
+        payment_hash: Some([10; 32]),
+        limit: 10,
+    };
+    let rows = b.payments(&query).await.unwrap();
+    let [row] = &rows[..] else {
+        panic!("one row for the balance");
+    };
+    assert_eq!((row.amount_msat, row.served), (50_000, 4));
 }
 
 async fn claims_are_committed_in_batches([a, b]: &Pair) {
