@@ -1321,6 +1321,10 @@ async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
             "stands for the query parameter",
         ),
         ("GET", "/img/large.json", "", "", "and a format"),
+        // A '+' that upstreams decoding a path as a form read as a space.
+        ("GET", "/img/large+", "", "", "'+' in a path"),
+        ("GET", "/img/+large", "", "", "'+' in a path"),
+        ("GET", "/img/large%2B", "", "", "'+' in a path"),
         ("GET", "/img/v1/huge.json", "", "", "and a format"),
         ("GET", "/img/v1/huge.json/", "", "", "and a format"),
         // The same, the dot one that folding Unicode makes (`．`, `﹒`, `․`).

@@ -920,6 +920,29 @@ fn format_suffix(
     Ok(())
 }
 
+/// Refuses a path parameter that reads as one of a rule's `values` once
+/// a `+` in it is read as a space (`large+`, `large%2B`), as upstreams
+/// that decode a path as a form value do (PHP's `urldecode`, Python's
+/// `unquote_plus`).
+fn plus_as_space(
+    values: &[String],
+    value: Option<&str>,
+    what: &dyn Fn() -> String,
+) -> Result<(), Unreadable> {
+    let Some(value) = value.filter(|v| v.contains('+')) else {
+        return Ok(());
+    };
+    let spaced = value.replace('+', " ");
+    match one_of(values, Some(&spaced), what) {
+        Ok(false) => Ok(()),
+        _ => Err(Unreadable(format!(
+            "{} is {value:?}, which reads as {:?} to upstreams that decode '+' in a path as a space; the price depends on it: send it without '+'",
+            what(),
+            spaced.trim()
+        ))),
+    }
+}
+
 impl PriceRule {
     /// The price of `request` under this rule, if it matches; saturating,
     /// so it may be more than [`MAX_PRICE_SATS`].
@@ -976,6 +999,7 @@ impl PriceRule {
                 let value = param(&m.key);
                 if !one_of(&m.values, value.as_deref(), &what)? {
                     format_suffix(&m.values, value.as_deref(), &what)?;
+                    plus_as_space(&m.values, value.as_deref(), &what)?;
                     return Ok(None);
                 }
             }
