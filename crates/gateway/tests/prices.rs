@@ -892,6 +892,10 @@ price_sats = 70
 path = "/dyn/h"
 query = { hires = "true" }
 price_sats = 35
+[[services.prices]]
+path = "/dyn/i"
+body = { "/messages/0/model" = "gpt-4" }
+price_sats = 80
 "#;
 
 /// Where a rule looks, what gate402 cannot read one way only is refused
@@ -920,6 +924,13 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
             .await,
         50
     );
+    // A rule on one item of an array reads that item.
+    for (body, price) in [
+        (r#"{"messages":[{"model":"gpt-4"},{"model":"x"}]}"#, 80),
+        (r#"{"messages":[{"model":"x"},{"model":"y"}]}"#, 5),
+    ] {
+        assert_eq!(h.price(reqwest::Method::POST, "/dyn/i", body).await, price);
+    }
     let utf16: Vec<u8> = r#"{"model":"gpt-4"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
     let deep = format!(
         r#"{{"model":"gpt-4","x":{}{}}}"#,
@@ -1029,6 +1040,19 @@ async fn what_cannot_be_read_one_way_is_refused_not_priced_by_default() {
             br#"{"opts":[{"x":1},{"tier":"gold"}]}"#.to_vec(),
             None,
             "only inside an array",
+        ),
+        // Another item than the rule's holds the dear value there.
+        (
+            "/dyn/i",
+            br#"{"messages":[{"model":"x"},{"model":"gpt-4"}]}"#.to_vec(),
+            None,
+            "another item holds",
+        ),
+        (
+            "/dyn/i",
+            br#"{"messages":[{"model":"x"},{"model":"GPT-4 "}]}"#.to_vec(),
+            None,
+            "/messages/0/model",
         ),
         (
             "/dyn/tokens",

@@ -500,6 +500,26 @@ fn through_arrays(value: &Value, tokens: &[String]) -> bool {
     }
 }
 
+/// The values `tokens` (a JSON pointer's) reach in `value` when an index
+/// into an array stands for every item of it, into `out`.
+fn at_every_item<'v>(value: &'v Value, tokens: &[String], out: &mut Vec<&'v Value>) {
+    let Some((token, rest)) = tokens.split_first() else {
+        out.push(value);
+        return;
+    };
+    match value {
+        Value::Object(fields) => {
+            if let Some(field) = fields.get(token.as_str()) {
+                at_every_item(field, rest, out);
+            }
+        }
+        Value::Array(items) if token.parse::<usize>().is_ok() => {
+            items.iter().for_each(|item| at_every_item(item, rest, out));
+        }
+        _ => {}
+    }
+}
+
 /// Refuses an object key on the way to `pointer` that reads as the
 /// pointer's ([`name_reads_as`]): some upstreams match keys without regard
 /// to case (Go's `encoding/json`), and would read `{"Model": …}` or
@@ -664,6 +684,23 @@ impl<'a> Parsed<'a> {
             Ok(None) => Ok(None),
             Err(e) => Err(e.clone()),
         }
+    }
+
+    /// The texts at `pointer` in the other items of the arrays its index
+    /// tokens pass through (`/a/0/b` in `{"a":[{"b":"y"},{"b":"x"}]}`
+    /// reaches `x` too); empty for a pointer without an index or a body
+    /// that is not JSON. Call after [`Self::field`].
+    fn in_every_item(&self, pointer: &str) -> Vec<Cow<'_, str>> {
+        let tokens: Vec<String> = pointer_keys(pointer).collect();
+        let mut texts = Vec::new();
+        if tokens.iter().any(|t| t.parse::<usize>().is_ok()) {
+            if let Some(Ok(Some(json))) = self.json.get() {
+                let mut reached = Vec::new();
+                at_every_item(json, &tokens, &mut reached);
+                texts.extend(reached.into_iter().filter_map(field_text));
+            }
+        }
+        texts
     }
 
     /// The body's size, for a rule that depends on it.
@@ -1069,6 +1106,17 @@ impl PriceRule {
             }
             let text = field.and_then(field_text);
             if !one_of(&m.values, text.as_deref(), &what)? {
+                // Another item holding a rule's value at the field's place
+                // is what an upstream taking every item, or another one,
+                // acts on.
+                let others = parsed.in_every_item(&m.key);
+                if let Some(item) = rule_value(&m.values, others.iter().map(|t| t.as_ref()), &what)
+                {
+                    return Err(Unreadable(format!(
+                        "{} reads one item of an array, and another item holds {item:?} there, a value the price depends on (an upstream may act on every item, or another one): send one item, or the same value in each",
+                        what()
+                    )));
+                }
                 return Ok(None);
             }
         }
