@@ -718,7 +718,34 @@ async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
             1,
             "{door}: the upstream ran once for one payment"
         );
+        // The node has the money and the upstream served it: in the books.
+        let recorded = booked(&h, offer.invoice.payment_hash()).await;
+        let [payment] = recorded.as_slice() else {
+            panic!("{door}: the spent payment is not in the books: {recorded:?}");
+        };
+        assert_eq!((payment.served, payment.amount_msat), (1, 3_000), "{door}");
     }
+}
+
+/// The books' rows of payment `hash`, once written (served payments are
+/// written in batches), or none after 5 s.
+async fn booked(h: &Harness, hash: [u8; 32]) -> Vec<gate402_store::PaymentRow> {
+    let query = gate402_store::PaymentQuery {
+        since: 0,
+        until: u64::MAX,
+        service: None,
+        scheme: None,
+        payment_hash: Some(hash),
+        limit: 10,
+    };
+    for _ in 0..50 {
+        let recorded = h.gateway.paywall().store().payments(&query).await.unwrap();
+        if !recorded.is_empty() {
+            return recorded;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Vec::new()
 }
 
 /// The credential `door` (`L402` or `Payment`) answers `offer` with.
@@ -1840,23 +1867,7 @@ async fn an_upstream_that_keeps_failing_on_one_payment_spends_it() {
             );
             // The node kept the money: the books show the payment, which
             // served no request.
-            let hash = offer.invoice.payment_hash();
-            let query = gate402_store::PaymentQuery {
-                since: 0,
-                until: u64::MAX,
-                service: None,
-                scheme: None,
-                payment_hash: Some(hash),
-                limit: 10,
-            };
-            let mut recorded = Vec::new();
-            for _ in 0..50 {
-                recorded = h.gateway.paywall().store().payments(&query).await.unwrap();
-                if !recorded.is_empty() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let recorded = booked(&h, offer.invoice.payment_hash()).await;
             let [payment] = recorded.as_slice() else {
                 panic!("{path} {door}: the spent payment is not in the books: {recorded:?}");
             };

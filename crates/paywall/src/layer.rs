@@ -1162,7 +1162,7 @@ impl Paywall {
     #[allow(clippy::too_many_arguments)]
     async fn serve<S, ReqBody, ResBody>(
         &self,
-        service: &PricedService,
+        service: &Arc<PricedService>,
         mut request: Request<ReqBody>,
         mut inner: S,
         scheme: &'static str,
@@ -1216,7 +1216,17 @@ impl Paywall {
             let _present = ClientPresence::put_in(&mut request);
             let call = inner.call(request);
             let delivered = async move { Delivered::settle(call.await, spend.served()).await };
-            Detached::new(&self.inner.background, delivered, drop).await
+            // A client that left once the upstream answered has spent its
+            // payment (or its balance's debit): the books count it served.
+            let (paywall, left_service, hash) =
+                (self.clone(), Arc::clone(service), verified.payment_hash);
+            let left = move |delivered: Delivered<_, _>| {
+                if let Delivered::Answered(_, spend) = &delivered {
+                    let now = time::OffsetDateTime::now_utc();
+                    paywall.count_answered(&left_service, scheme, &hash, spend.hold.is_some(), now);
+                }
+            };
+            Detached::new(&self.inner.background, delivered, left).await
         };
         if !matches!(delivered, Delivered::Errored(_)) {
             self.inner
@@ -1269,11 +1279,13 @@ impl Paywall {
         let now = time::OffsetDateTime::now_utc();
         // A balance's revenue was counted with its deposit; its receipt
         // names the session.
-        if spend.hold.is_some() {
-            self.count_from_balance(service, scheme, &verified.payment_hash, now);
-        } else {
-            self.count_paid(service, scheme, verified, now);
-        }
+        self.count_answered(
+            service,
+            scheme,
+            &verified.payment_hash,
+            spend.hold.is_some(),
+            now,
+        );
         let receipt = gate402_mpp::receipt::lightning_header(
             &verified.payment_hash,
             verified.challenge_id.as_deref(),

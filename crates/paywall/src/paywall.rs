@@ -645,7 +645,7 @@ impl Paywall {
         verified: &Verified,
     ) -> Receipt {
         let now = time::OffsetDateTime::now_utc();
-        self.count_paid(service, scheme, verified, now);
+        self.count_paid(service, scheme, &verified.payment_hash, now);
         gate402_mpp::receipt::lightning(
             &verified.payment_hash,
             verified.challenge_id.as_deref(),
@@ -653,27 +653,46 @@ impl Paywall {
         )
     }
 
-    /// [`Self::record_paid`] without the receipt: counts a request served
-    /// at `now` with a payment of its own (not a balance's).
-    pub(crate) fn count_paid(
+    /// Counts a request answered at `now`: from the balance of session
+    /// `hash` ([`Self::count_from_balance`]), or with payment `hash` of its
+    /// own ([`Self::count_paid`]).
+    pub(crate) fn count_answered(
         &self,
         service: &PricedService,
         scheme: &'static str,
-        verified: &Verified,
+        hash: &[u8; 32],
+        from_balance: bool,
         now: time::OffsetDateTime,
     ) {
+        if from_balance {
+            self.count_from_balance(service, scheme, hash, now);
+        } else {
+            self.count_paid(service, scheme, hash, now);
+        }
+    }
+
+    /// [`Self::record_paid`] without the receipt: counts a request served
+    /// at `now` with payment `payment_hash` of its own (not a balance's).
+    fn count_paid(
+        &self,
+        service: &PricedService,
+        scheme: &'static str,
+        payment_hash: &[u8; 32],
+        now: time::OffsetDateTime,
+    ) {
+        let payment_hash = *payment_hash;
         let state = &self.inner;
         state.metrics.served(&service.name, scheme);
         let at = now.unix_timestamp().max(0) as u64;
         state.served.add(|pending| {
             pending
-                .entry(verified.payment_hash)
+                .entry(payment_hash)
                 .and_modify(|p| {
                     p.served += 1;
                     p.at = at;
                 })
                 .or_insert_with(|| PaymentRecord {
-                    payment_hash: verified.payment_hash,
+                    payment_hash,
                     service: service.name.clone(),
                     scheme: scheme.to_owned(),
                     amount_msat: service.price_sats * 1000,
@@ -684,7 +703,7 @@ impl Paywall {
         tracing::debug!(
             service = %service.name,
             scheme,
-            payment_hash = %hex::encode(verified.payment_hash),
+            payment_hash = %hex::encode(payment_hash),
             "paid request served"
         );
     }
@@ -692,7 +711,7 @@ impl Paywall {
     /// Counts a request served at `now` from the balance of session `id`
     /// on the row of the session's first deposit (whose payment hash is
     /// the session's id); its revenue was counted with the deposit.
-    pub(crate) fn count_from_balance(
+    fn count_from_balance(
         &self,
         service: &PricedService,
         scheme: &'static str,
