@@ -240,9 +240,9 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
 /// `Bearer x,L402=…`, `Digest x="L402 …"`), which one searching the value
 /// for the scheme word (as Aperture does) reads: a token with a `:` after
 /// `L402` or `LSAT`, a base64 run of 16 or more after `Payment`; or a
-/// scheme word with no separator at all before a whole L402 token
-/// (`L402<macaroon>:<preimage>`) or a base64url JSON credential
-/// (`Payment<eyJ…>`).
+/// scheme word with no separator at all, or any marks or `%XX` escapes
+/// (`Payment: eyJ…`, `L402.`, `Payment%20`), before a whole L402 token
+/// (`<macaroon>:<preimage>`) or a base64url JSON credential (`eyJ…`).
 fn lists_credential(value: &[u8]) -> bool {
     let listed = value
         .split(|b| *b == b',')
@@ -262,27 +262,61 @@ fn lists_credential(value: &[u8]) -> bool {
                 .iter()
                 .take_while(|b| is_separator(**b) || (!payment && **b == b':'))
                 .count();
-            let token: &[u8] = {
-                let rest = &value[at + word.len() + gap..];
-                let end = rest
-                    .iter()
-                    .position(|b| b.is_ascii_whitespace() || matches!(b, b',' | b';' | b'"'))
-                    .unwrap_or(rest.len());
-                &rest[..end]
-            };
-            match (payment, gap) {
+            let token = word_at(&value[at + word.len() + gap..]);
+            let found = match (payment, gap) {
                 // A credential is base64url JSON: `{"` reads `eyJ`.
-                (true, 0) => {
-                    token.starts_with(b"eyJ")
-                        && token.len() >= 16
-                        && token.iter().all(|b| is_base64(*b))
-                }
+                (true, 0) => is_payment_token(token),
                 (true, _) => token.len() >= 16 && token.iter().all(|b| is_base64(*b)),
                 (false, 0) => is_l402_token(token),
                 (false, _) => token.contains(&b':'),
+            };
+            // Any other marks or escapes between the word and a whole
+            // credential (`Payment: eyJ…`, `L402.<mac>:<preimage>`,
+            // `Payment%20eyJ…`): an upstream may read past them.
+            found || {
+                let rest = &value[at + word.len()..];
+                let token = word_at(&rest[loose_gap(rest)..]);
+                if payment {
+                    is_payment_token(token)
+                } else {
+                    is_l402_token(token)
+                }
             }
         })
     })
+}
+
+/// The bytes up to the first space, `,`, `;` or `"`.
+fn word_at(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .position(|b| b.is_ascii_whitespace() || matches!(b, b',' | b';' | b'"'))
+        .unwrap_or(bytes.len());
+    &bytes[..end]
+}
+
+/// How many bytes at the start of `bytes` are marks, spaces, controls,
+/// non-ASCII or `%XX` escapes: anything but a letter or digit.
+fn loose_gap(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(&b) = bytes.get(at) {
+        if b == b'%'
+            && bytes.len() >= at + 3
+            && bytes[at + 1..at + 3].iter().all(u8::is_ascii_hexdigit)
+        {
+            at += 3;
+        } else if b.is_ascii_alphanumeric() {
+            break;
+        } else {
+            at += 1;
+        }
+    }
+    at
+}
+
+/// A whole MPP credential: base64url JSON (`{"` reads `eyJ`).
+fn is_payment_token(token: &[u8]) -> bool {
+    token.starts_with(b"eyJ") && token.len() >= 16 && token.iter().all(|b| is_base64(*b))
 }
 
 /// What may stand between a scheme word and its credential for an
@@ -453,6 +487,19 @@ mod tests {
             "Payment,eyJjaGFsbGVuZ2UiOnt9fQ",
             "Payment;eyJjaGFsbGVuZ2UiOnt9fQ",
             "Bearer x (L402 mac:pre)",
+            // Any marks or escapes before a whole credential.
+            "Payment: eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Payment:eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Payment.eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Payment/eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Payment@eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Payment\\eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Payment*#!~eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Bearer k Payment.eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Bearer k+Payment+eyJjaGFsbGVuZ2UiOnt9fQ",
+            "Bearer k%20Payment%20eyJjaGFsbGVuZ2UiOnt9fQ",
+            &format!("L402.AgELbWFjYXJvb24=:{}", "ab".repeat(32)),
+            &format!("Bearer k%20LSAT%3AAgELbWFjYXJvb24=:{}", "ab".repeat(32)),
         ] {
             let mut h = headers(&[("authorization", listed), ("accept", "*/*")]);
             assert_eq!(take(&mut h), Err(CredentialError::Listed), "{listed}");
@@ -467,6 +514,8 @@ mod tests {
             "Bearer l402abc:def",
             "Bearer payment:0123456789abcdefgh",
             "Bearer payment;session=abc",
+            "Token payment.v1.abcdefghijklmnopqrst",
+            "Bearer l402.docs:0123",
         ] {
             let mut h = headers(&[("authorization", key)]);
             assert_eq!(take(&mut h), Ok(None), "{key}");
