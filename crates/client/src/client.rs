@@ -3,6 +3,7 @@
 //! it over a plain `reqwest::Client`, [`crate::PaymentMiddleware`] inside
 //! a `reqwest-middleware` stack.
 
+use gate402_mpp::problem::ProblemType;
 use std::future::Future;
 use std::time::SystemTime;
 
@@ -457,11 +458,15 @@ impl Payer {
         if refused(answer.status()) {
             // Expired or revoked, if the route it was kept for said so; a
             // refusal from where a redirect led says nothing of it. A
-            // balance spent out is spent on every route.
+            // balance spent out is spent on every route; a token paid for
+            // less than the price now is unspent, good again if the price
+            // comes back down.
             if answer.url() == request.url() {
-                if is_spent_out(answer).await {
+                let rejection = crate::session::Rejection::read(answer).await.ok();
+                let is = |problem| rejection.as_ref().is_some_and(|r| r.is(problem));
+                if is(ProblemType::LightningInsufficientBalance) {
                     self.ledger.forget_payment_tokens(&token.payment_hash)?;
-                } else {
+                } else if !is(ProblemType::PaymentInsufficient) {
                     self.ledger.forget_token(&token)?;
                 }
             }
@@ -618,9 +623,7 @@ const MAX_SPENT_OUT: usize = 8;
 async fn is_spent_out(answer: Response) -> bool {
     crate::session::Rejection::read(answer)
         .await
-        .is_ok_and(|rejection| {
-            rejection.is(gate402_mpp::problem::ProblemType::LightningInsufficientBalance)
-        })
+        .is_ok_and(|rejection| rejection.is(ProblemType::LightningInsufficientBalance))
 }
 
 #[cfg(test)]

@@ -377,3 +377,54 @@ async fn a_token_whose_request_is_out_is_not_taken_on_another_route() {
     served(&client, get("/many/c"), false).await;
     drop(gateway);
 }
+
+/// A per-request token kept unspent (its request failed) and refused
+/// because its service's price rose above what it paid is kept, not
+/// forgotten: the gateway serves it again once the price is back down.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_refused_for_a_price_rise_is_kept() {
+    let (gateway, base, _received, _dir) = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let client = client(ledger.clone());
+    let get = |path: &str| {
+        client
+            .http
+            .get(format!("{base}/many/{path}"))
+            .build()
+            .unwrap()
+    };
+    let Fetched::Response(failed, Some(first)) = client.fetch(get("fail")).await.unwrap() else {
+        panic!("not paid");
+    };
+    assert_eq!(failed.status(), 500, "kept unspent");
+    let price = |sats: u64| {
+        let handle = gateway.services_handle();
+        let mut services = handle.running();
+        for service in &mut services {
+            if service.priced.name == "many" {
+                service.priced.price_sats = sats;
+            }
+        }
+        handle.set(&services).unwrap();
+    };
+    price(5);
+    let Fetched::Response(dearer, Some(_)) = client.fetch(get("fail")).await.unwrap() else {
+        panic!("not paid at the new price");
+    };
+    assert_eq!(dearer.status(), 500);
+    let kept = |hash: &str| {
+        ledger
+            .tokens()
+            .unwrap()
+            .iter()
+            .any(|t| t.payment_hash == hash)
+    };
+    assert!(kept(&first.payment_hash), "the underpaid token is kept");
+    price(2);
+    let Fetched::Response(cheaper, None) = client.fetch(get("fail")).await.unwrap() else {
+        panic!("paid again at the old price");
+    };
+    assert_eq!(cheaper.status(), 500);
+    drop(gateway);
+}
