@@ -553,6 +553,22 @@ async fn mcp_proxy_charges_for_the_tools_of_another_server() {
     assert_eq!(free["result"]["content"][0]["text"], "pong");
     assert_eq!(free["payment"], Value::Null);
     assert_eq!(payments(data).await.len(), 1, "only echo was paid for");
+    // A call the upstream tool's input schema refuses is refused before
+    // anything is charged.
+    let out = gate402(
+        data,
+        &["mcp", "call", &mcp, "echo", "--args", r#"{"text":5}"#],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("argument /text"), "{stderr}");
+    assert!(stderr.contains("nothing was charged"), "{stderr}");
+    assert_eq!(
+        payments(data).await.len(),
+        1,
+        "the refused call was not paid"
+    );
     // A call the upstream never answers fails after call_timeout_secs,
     // its payment unspent (the client keeps it for the next call).
     let started = std::time::Instant::now();

@@ -187,12 +187,22 @@ pub struct PaidTools {
     upstream: Arc<dyn ToolUpstream>,
     /// Swapped whole when the services the tools call change.
     pricing: Arc<ArcSwap<Pricing>>,
-    /// Tool name → description, as last listed: a call needs the tool's
+    /// Tool name → description and (of a proxied MCP server's tool) its
+    /// compiled input schema, as last listed: a call needs the tool's
     /// description (and whether it exists), and asking an MCP upstream
     /// for its tool list on every call would double the round trips.
-    descriptions: Arc<RwLock<HashMap<String, String>>>,
+    descriptions: Arc<RwLock<HashMap<String, Listed>>>,
     /// The `[[tools]]` behind `upstream`, when it is those.
     http: Option<Arc<HttpTools>>,
+}
+
+/// What a call needs to know of a listed tool.
+struct Listed {
+    description: String,
+    /// Its input schema, checked before a call is charged: a proxied MCP
+    /// server's (the `[[tools]]` check their own); `None` when it does not
+    /// compile here (the upstream checks it alone then).
+    schema: Option<Arc<jsonschema::Validator>>,
 }
 
 fn error(code: i32, message: impl Into<String>, data: Option<Value>) -> ErrorData {
@@ -268,11 +278,20 @@ impl PaidTools {
     /// The upstream's tools, remembering their descriptions.
     async fn upstream_tools(&self) -> Result<Vec<Tool>, ErrorData> {
         let tools = self.upstream.tools().await?;
+        let proxied = self.http.is_none();
         *self.descriptions.write().unwrap_or_else(|e| e.into_inner()) = tools
             .iter()
             .map(|t| {
-                let description = t.description.as_deref().unwrap_or_default();
-                (t.name.to_string(), description.to_owned())
+                let description = t.description.as_deref().unwrap_or_default().to_owned();
+                let schema = proxied
+                    .then(|| {
+                        upstreams::input_validator(&Value::Object((*t.input_schema).clone()))
+                            .map_err(|e| tracing::debug!(tool = %t.name, error = %e, "the upstream tool's input schema does not compile here: its calls are not checked"))
+                            .ok()
+                    })
+                    .flatten()
+                    .map(Arc::new);
+                (t.name.to_string(), Listed { description, schema })
             })
             .collect();
         Ok(tools)
@@ -455,12 +474,12 @@ impl PaidTools {
     /// The description of an upstream tool; an unknown tool is an error.
     /// Asks the upstream only for a tool not seen listed (a new one).
     async fn description_of(&self, tool: &str) -> Result<String, ErrorData> {
-        let known = |descriptions: &RwLock<HashMap<String, String>>| {
+        let known = |descriptions: &RwLock<HashMap<String, Listed>>| {
             descriptions
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(tool)
-                .cloned()
+                .map(|listed| listed.description.clone())
         };
         if let Some(description) = known(&self.descriptions) {
             return Ok(description);
@@ -721,6 +740,16 @@ impl PaidTools {
         paid: bool,
     ) -> Result<Arc<PricedService>, ErrorData> {
         let Some(http) = self.http.as_ref() else {
+            // A proxied server's tool, checked as it lists its schema.
+            let schema = self
+                .descriptions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .and_then(|listed| listed.schema.clone());
+            if let (Some(schema), Some(given)) = (schema, arguments) {
+                upstreams::check_arguments(&schema, given)?;
+            }
             return Ok(service.clone());
         };
         // A call's arguments (a payment created without them is for any).

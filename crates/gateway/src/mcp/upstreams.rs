@@ -175,23 +175,35 @@ impl HttpTools {
     /// `-32602` naming the first argument the schema refuses, and why.
     pub fn check_schema(&self, name: &str, arguments: &JsonObject) -> Result<(), ErrorData> {
         let tools = self.tools.load();
-        let Some(tool) = tools.iter().find(|t| t.tool.name == name) else {
-            return Ok(());
-        };
-        let given = Value::Object(arguments.clone());
-        let refused = tool.schema.iter_errors(&given).next().map(|error| {
-            let at = error.instance_path().to_string();
-            let at = if at.is_empty() {
-                "arguments".to_owned()
-            } else {
-                format!("argument {at}")
-            };
-            format!("{at}: {error} (the tool's input schema; nothing was charged)")
-        });
-        match refused {
-            Some(why) => Err(ErrorData::invalid_params(why, None)),
+        match tools.iter().find(|t| t.tool.name == name) {
+            Some(tool) => check_arguments(&tool.schema, arguments),
             None => Ok(()),
         }
+    }
+}
+
+/// Checks a call's `arguments` against its tool's input schema.
+///
+/// # Errors
+///
+/// `-32602` naming the first argument the schema refuses, and why.
+pub(crate) fn check_arguments(
+    schema: &jsonschema::Validator,
+    arguments: &JsonObject,
+) -> Result<(), ErrorData> {
+    let given = Value::Object(arguments.clone());
+    let refused = schema.iter_errors(&given).next().map(|error| {
+        let at = error.instance_path().to_string();
+        let at = if at.is_empty() {
+            "arguments".to_owned()
+        } else {
+            format!("argument {at}")
+        };
+        format!("{at}: {error} (the tool's input schema; nothing was charged)")
+    });
+    match refused {
+        Some(why) => Err(ErrorData::invalid_params(why, None)),
+        None => Ok(()),
     }
 }
 
