@@ -456,13 +456,44 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let max_redirects = if args.follow { MAX_REDIRECTS } else { 0 };
     // Each payment is told as it is made: a later hop may still fail.
     let quiet = args.silent || args.json;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let origin = request.url().origin();
+    let mut told = std::collections::HashSet::new();
     let fetched = client
         .fetch_following_reporting(request, max_redirects, |paid| {
+            told.insert(paid.payment_hash.clone());
             if !quiet {
                 report_payment(paid);
             }
         })
-        .await?;
+        .await;
+    let fetched = match fetched {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            // Paid, then the request failed (a timeout, a broken
+            // connection): the payment is said, and what became of it.
+            let paid: Vec<_> = client
+                .payer
+                .ledger
+                .payments(started)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|p| {
+                    !told.contains(&p.payment_hash)
+                        && reqwest::Url::parse(&p.url).is_ok_and(|u| u.origin() == origin)
+                })
+                .collect();
+            if !paid.is_empty() && !quiet {
+                for payment in &paid {
+                    report_payment(payment);
+                }
+                errln!("gate402: the request failed after it was paid for: a server that had it may have served it and spent the payment; one that did not keeps it unspent, and the next run sends it again");
+            }
+            return Err(e.into());
+        }
+    };
     let (response, payment) = match fetched {
         Fetched::Offer(offer) => return print_offer(&offer),
         Fetched::Response(response, payment) => (response, payment),

@@ -911,6 +911,29 @@ async fn a_stalled_server_is_given_up_after_the_read_timeout() {
     }
 }
 
+/// A paid request whose answer does not come within `--read-timeout` says
+/// what it paid, and that the server may have spent it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paid_request_that_times_out_says_what_it_paid() {
+    let app = Router::new().route(
+        "/{*rest}",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        }),
+    );
+    let (gateway, _dir) = flaky_gateway(app).await;
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/flaky/slow", gateway.addr());
+    let out = run(data.path(), &["get", "--read-timeout", "1", &url]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(stderr.contains("paid 10 sat"), "{stderr}");
+    assert!(stderr.contains("failed after it was paid for"), "{stderr}");
+    gateway.shutdown().await.unwrap();
+}
+
 /// A reader gone from standard error (a closed pipe) does not turn the
 /// command's own exit status into a panic's (101): over the cap is still
 /// 3, a server that cannot be reached still 1.
