@@ -1086,6 +1086,19 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
                 format!("sent #{}: hello", before + 1)
             );
         }
+        // The method in another case is the same request (it is sent on
+        // as POST): replayed, not refused as another request.
+        let lower = past_conflict(|| {
+            h.client
+                .request(reqwest::Method::from_bytes(b"post").unwrap(), h.url(path))
+                .header(AUTHORIZATION, &credential)
+                .header("idempotency-key", &key)
+                .body("hello")
+                .send()
+        })
+        .await;
+        assert_eq!(lower.status(), StatusCode::CREATED, "{door} {path}: post");
+        assert_eq!(lower.headers()["idempotent-replayed"], "true");
         // One key, another body: 422; through MPP the credential itself
         // pays for the body its challenge bound, so it is refused first.
         let other = post(&h.client, "another text").await.unwrap();

@@ -624,6 +624,9 @@ impl Paywall {
         // Presents a credential: may wait for room to read its body.
         let paid = matches!(presented, Ok(Some(_)));
         crate::route::strip_overrides(request.headers_mut());
+        if let Some(method) = crate::route::canonical_method(request.method()) {
+            *request.method_mut() = method;
+        }
         if has_foreign_transfer_coding(request.headers()) {
             return Ok(own(responses::bad_request(
                 "Transfer-Encoding may be chunked alone: another transfer coding (gzip, …) would reach the upstream as the body itself; send Content-Encoding instead",

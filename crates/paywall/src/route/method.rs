@@ -55,6 +55,30 @@ pub fn method_matches(methods: &[Method], method: &Method) -> bool {
         })
 }
 
+/// The standard method `method` spells in another case (`post` is
+/// `POST`), if any: routes and prices ignore case, so the upstream is sent
+/// the method it was priced as, and a retry spelled otherwise is the same
+/// request.
+pub fn canonical_method(method: &Method) -> Option<Method> {
+    if !method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    const STANDARD: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    STANDARD
+        .into_iter()
+        .find(|m| m.as_str().eq_ignore_ascii_case(method.as_str()))
+}
+
 /// Whether `method` asks the server to send the request back (`TRACE`,
 /// IIS's `TRACK`), however cased: its answer would show the client the
 /// headers added for the upstream (an API key among them). Such requests

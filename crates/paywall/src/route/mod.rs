@@ -20,7 +20,8 @@ use http::Method;
 pub use fold::{ascii_readings, decode_again, name_reads_as, reads_as, READINGS};
 pub use host::{normal_name, request_host, request_port, HostError};
 pub use method::{
-    echoes_request, is_method_override, method_matches, strip_overrides, METHOD_OVERRIDE_PARAM,
+    canonical_method, echoes_request, is_method_override, method_matches, strip_overrides,
+    METHOD_OVERRIDE_PARAM,
 };
 pub use service::{Auth, Meter, PricedService, Schemes, Sells, Usage};
 pub use target::{decode_normal, RequestPath, TargetError};
