@@ -818,6 +818,10 @@ async fn a_balance_is_closed_and_refunded_by_the_operator() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "closed once: {body}");
+    // Nothing left to spend, what was left is the refund's.
+    let session = h.get(&format!("/sessions/{id}")).await;
+    assert_eq!(session["balance_msat"], 0, "{session}");
+    assert_eq!(session["closed"]["refund_msat"], 6_000, "{session}");
     let (status, _) = h
         .call(
             reqwest::Method::GET,

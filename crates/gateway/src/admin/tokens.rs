@@ -77,7 +77,9 @@ fn session_json(session: &SessionRecord) -> Value {
         "service": session.service,
         "deposit_msat": session.deposit_msat,
         "spent_msat": session.spent_msat,
-        "balance_msat": session.balance_msat(),
+        // Nothing is left to spend once closed: what was left then is
+        // the refund's.
+        "balance_msat": if session.closed.is_some() { 0 } else { session.balance_msat() },
         "has_return_invoice": session.return_invoice.is_some(),
         "idle_secs": session.idle_secs,
         "last_used_at": session.last_used_at,
