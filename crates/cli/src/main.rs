@@ -125,6 +125,12 @@ fn main() -> ExitCode {
     match &cli.command {
         Command::Decode(args) => return decode::run(args),
         Command::Serve(args) if args.check => return serve::check(args.config.as_deref()),
+        Command::Serve(args) if args.example_config => {
+            use std::io::Write as _;
+            // A closed reader (`| head`) was given what it asked for.
+            let _ = std::io::stdout().write_all(serve::EXAMPLE_CONFIG.as_bytes());
+            return ExitCode::SUCCESS;
+        }
         _ => {}
     }
     // The demo prints its own story; only problems are logged over it.

@@ -127,6 +127,9 @@ pub struct ProxyArgs {
     /// Listen address, overriding the config's.
     #[arg(long, value_name = "ADDR", value_parser = crate::serve::listen_addr)]
     pub listen: Option<SocketAddr>,
+    /// The admin API's listen address, overriding `[admin] listen`.
+    #[arg(long, value_name = "ADDR", value_parser = crate::serve::listen_addr)]
+    pub admin_listen: Option<SocketAddr>,
     /// The upstream MCP server as a command speaking stdio, after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -195,7 +198,5 @@ fn with_args(args: &ProxyArgs, config: &mut GatewayConfig) {
         proxy.default_price_sats = Some(price);
     }
     config.mcp_proxy = Some(proxy);
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
+    crate::serve::listen_at(config, args.listen, args.admin_listen);
 }

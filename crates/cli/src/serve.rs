@@ -18,10 +18,26 @@ pub struct Args {
     /// Listen address, overriding the config's `listen`.
     #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
     pub listen: Option<SocketAddr>,
+    /// The admin API's listen address, overriding `[admin] listen`
+    /// (default: loopback, a port chosen at start and written to
+    /// `admin.json` in the data dir).
+    #[arg(long, value_name = "ADDR", value_parser = listen_addr)]
+    pub admin_listen: Option<SocketAddr>,
     /// Check the config, print every error with its key path, and exit.
     #[arg(long)]
     pub check: bool,
+    /// Print the commented example config (every key, with its default)
+    /// and exit: `gate402 serve --example-config > gate402.toml`.
+    #[arg(long, conflicts_with_all = ["config", "check", "listen", "admin_listen"])]
+    pub example_config: bool,
 }
+
+/// The source tree's `examples/gate402.toml`, built in for those who have
+/// only the program.
+pub const EXAMPLE_CONFIG: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/gate402.toml"
+));
 
 /// Reads and checks the config file, if one is given: before anything
 /// starts, since its `[telemetry]` decides how the program logs.
@@ -61,10 +77,29 @@ async fn config(
             (demo::gateway_config(&format!("http://{addr}")), Some(task))
         }
     };
-    if let Some(listen) = args.listen {
+    command_line(args)(&mut config);
+    Ok((config, demo_task))
+}
+
+/// What the command line sets over a config (`--listen`,
+/// `--admin-listen`): at the start, and again on each reload.
+fn command_line(args: &Args) -> Adjust {
+    let (listen, admin_listen) = (args.listen, args.admin_listen);
+    Box::new(move |config| listen_at(config, listen, admin_listen))
+}
+
+/// `--listen` and `--admin-listen`, when given, over `config`'s.
+pub(crate) fn listen_at(
+    config: &mut GatewayConfig,
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+) {
+    if let Some(listen) = listen {
         config.listen = listen;
     }
-    Ok((config, demo_task))
+    if let Some(admin) = admin_listen {
+        config.admin.listen = admin.to_string();
+    }
 }
 
 /// `--check`: 0 when the config is good, 2 (errors on stderr) when not.
@@ -144,13 +179,14 @@ pub async fn run(args: &Args, loaded: Option<GatewayConfig>, data_dir: &Path) ->
     } else {
         None
     };
-    let listen = args.listen;
-    let adjust: Adjust = Box::new(move |config| {
-        if let Some(listen) = listen {
-            config.listen = listen;
-        }
-    });
-    serve(&config, args.config.clone(), banner, adjust, data_dir).await
+    serve(
+        &config,
+        args.config.clone(),
+        banner,
+        command_line(args),
+        data_dir,
+    )
+    .await
 }
 
 /// What the command line changes in a config read from its file.

@@ -49,13 +49,24 @@ fn signal(child: &Child, name: &str) {
 #[tokio::test]
 async fn zero_config_serves_the_demo_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
     let mut serve = start(
-        &["serve", "--listen", &format!("127.0.0.1:{port}")],
+        &[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("localhost:{admin_port}"),
+        ],
         dir.path(),
     );
     let base = format!("http://127.0.0.1:{port}");
     wait_healthy(&base).await;
+    // The admin API where --admin-listen put it, behind its credential.
+    let admin = reqwest::get(format!("http://127.0.0.1:{admin_port}/admin/api/services"))
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 401);
     let mut banner = String::new();
     BufReader::new(serve.0.stdout.take().unwrap())
         .read_line(&mut banner)

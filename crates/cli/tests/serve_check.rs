@@ -194,3 +194,15 @@ price_sats = 5
         "{stderr}"
     );
 }
+
+/// The example is built in, for those who have only the program.
+#[test]
+fn the_example_is_printed_by_the_program() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .args(["serve", "--example-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let file = std::fs::read(example("gate402.toml")).unwrap();
+    assert_eq!(out.stdout, file);
+}
