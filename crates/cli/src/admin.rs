@@ -74,10 +74,10 @@ pub enum AdminCommand {
     /// Revenue, payments, 402s and conversion per service.
     Revenue {
         /// Also per hour or per day, a row a service and bucket.
-        #[arg(long)]
+        #[arg(long, value_parser = ["hour", "day"])]
         by: Option<String>,
         /// How far back, in hours (default: 24, or 720 by day).
-        #[arg(long, conflicts_with = "since")]
+        #[arg(long, conflicts_with = "since", value_parser = clap::value_parser!(u64).range(1..))]
         hours: Option<u64>,
         /// From when: unix seconds, a time (2026-12-02T10:00:00Z) or a
         /// duration back from now (30m, 24h, 7d).
@@ -93,7 +93,7 @@ pub enum AdminCommand {
         #[arg(long)]
         scheme: Option<String>,
         /// How far back, in hours (default 24).
-        #[arg(long, conflicts_with = "since")]
+        #[arg(long, conflicts_with = "since", value_parser = clap::value_parser!(u64).range(1..))]
         hours: Option<u64>,
         /// From when: unix seconds, a time (2026-12-02T10:00:00Z) or a
         /// duration back from now (30m, 24h, 7d).
@@ -472,23 +472,25 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
                     .as_f64()
                     .map_or("-".to_owned(), |c| format!("{:.1}%", c * 100.0));
                 format!(
-                    "{:<20} {:>11} {:>12} {:>9} {:>9} {:>8} {:>10}\n",
+                    "{:<20} {:>11} {:>12} {:>9} {:>9} {:>8} {:>8} {:>10}\n",
                     name,
                     n(&s["revenue_sats"]),
                     n(&s["refunded_sats"]),
                     s["net_sats"].as_i64().unwrap_or(0),
                     n(&s["payments"]),
+                    n(&s["served"]),
                     n(&s["challenges"]),
                     conversion
                 )
             };
             out.push_str(&format!(
-                "{:<20} {:>11} {:>12} {:>9} {:>9} {:>8} {:>10}\n",
+                "{:<20} {:>11} {:>12} {:>9} {:>9} {:>8} {:>8} {:>10}\n",
                 "SERVICE",
                 "REVENUE sat",
                 "REFUNDED sat",
                 "NET sat",
                 "PAYMENTS",
+                "SERVED",
                 "402s",
                 "CONVERSION"
             ));
@@ -498,22 +500,24 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
             out.push_str(&line("total", &answer["total"]));
             if let AdminCommand::Revenue { by: Some(by), .. } = command {
                 out.push_str(&format!(
-                    "\n{:<20} {:<20} {:>11} {:>12} {:>9} {:>8}\n",
+                    "\n{:<20} {:<20} {:>11} {:>12} {:>9} {:>8} {:>8}\n",
                     format!("{} FROM", by.to_uppercase()),
                     "SERVICE",
                     "REVENUE sat",
                     "REFUNDED sat",
                     "PAYMENTS",
+                    "SERVED",
                     "402s"
                 ));
                 for b in answer["buckets"].as_array().into_iter().flatten() {
                     out.push_str(&format!(
-                        "{:<20} {:<20} {:>11} {:>12} {:>9} {:>8}\n",
+                        "{:<20} {:<20} {:>11} {:>12} {:>9} {:>8} {:>8}\n",
                         crate::output::when(n(&b["start"])),
                         b["service"].as_str().unwrap_or_default(),
                         n(&b["revenue_sats"]),
                         n(&b["refunded_sats"]),
                         n(&b["payments"]),
+                        n(&b["served"]),
                         n(&b["challenges"]),
                     ));
                 }

@@ -180,6 +180,15 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
     assert!(by_day.contains("DAY FROM"), "{by_day}");
     assert!(by_day.contains("T00:00:00Z"), "a day's row: {by_day}");
     assert!(!revenue.contains("FROM"), "{revenue}");
+    assert!(
+        revenue.contains("SERVED"),
+        "requests served, beside payments: {revenue}"
+    );
+    // A bucket or a window the API has no answer for: told by the CLI.
+    for args in [&["--by", "week"][..], &["--hours", "0"]] {
+        let output = gate402(&data, &[&["admin", "revenue"][..], args].concat());
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
     stdout(&gate402(
         &data,
         &[
