@@ -523,8 +523,16 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
                 }
             }
         }
-        AdminCommand::Payments { .. } => {
-            for p in answer["payments"].as_array().into_iter().flatten() {
+        AdminCommand::Payments { service, .. } => {
+            let payments = answer["payments"].as_array().map_or(&[][..], Vec::as_slice);
+            if payments.is_empty() {
+                // Said, so that a misspelt service is not taken for a quiet one.
+                out.push_str(&match service {
+                    Some(service) => format!("no payments of service {service:?} in this window\n"),
+                    None => "no payments in this window\n".to_owned(),
+                });
+            }
+            for p in payments {
                 out.push_str(&format!(
                     "{}  {:<16} {:<8} {:>8} sat  {:>5} req  {}\n",
                     p["first_served_at"]

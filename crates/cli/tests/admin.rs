@@ -200,6 +200,8 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
             "mpp",
         ],
     ));
+    let none = stdout(&gate402(&data, &["admin", "payments", "--service", "nope"]));
+    assert!(none.contains("no payments of service \"nope\""), "{none}");
     let output = gate402(&data, &["admin", "payments", "--since", "yesterday"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("expected a date"));
