@@ -126,6 +126,19 @@ impl ServicesHandle {
         *self.tools.lock().unwrap_or_else(|e| e.into_inner()) = Some(sold);
     }
 
+    /// The names the books count the calls of service `name`'s
+    /// `[[tools]]` under (`mcp/<tool>`: a tool's challenges and payments
+    /// are bound to it alone).
+    pub fn tools_booked_for(&self, name: &str) -> Vec<String> {
+        let tools = self.tools.lock().unwrap_or_else(|e| e.into_inner());
+        tools
+            .iter()
+            .flat_map(|sold| &sold.tools)
+            .filter(|tool| tool.service == name)
+            .map(|tool| format!("mcp/{}", tool.name))
+            .collect()
+    }
+
     /// Whether an MCP server sells `[[tools]]` (one started with some).
     pub fn sells_tools(&self) -> bool {
         self.tools

@@ -35,6 +35,11 @@ async fn upstream() -> String {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_adjusted(|_| {}).await
+    }
+
+    /// [`Harness::start`] with the config changed by `adjust` first.
+    async fn start_adjusted(adjust: impl FnOnce(&mut GatewayConfig)) -> Self {
         let upstream = upstream().await;
         let text = format!(
             r#"
@@ -73,7 +78,8 @@ auth = "off"
 upstream = "{upstream}"
 "#
         );
-        let config = GatewayConfig::parse(&text, |_| None).unwrap();
+        let mut config = GatewayConfig::parse(&text, |_| None).unwrap();
+        adjust(&mut config);
         Self::start_in(config, tempfile::tempdir().unwrap()).await
     }
 
@@ -1346,5 +1352,50 @@ async fn a_reload_names_what_waits_for_a_restart() {
         !h.gateway.services_handle().running().is_empty(),
         "the running services stay"
     );
+    h.gateway.shutdown().await.unwrap();
+}
+
+/// A call of an MCP tool, booked under the tool's own name (its payments
+/// are bound to it), is counted in its service's row of the services
+/// view: the rows add up to the totals.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tools_calls_are_counted_in_its_services_row() {
+    let h = Harness::start_adjusted(|config| {
+        config.tools.push(gate402_gateway::config::ToolConfig {
+            name: "forecast".into(),
+            description: "The weather".into(),
+            service: "weather".into(),
+            method: None,
+            path: None,
+            input_schema: json!({"type": "object"}),
+            price_sats: None,
+        });
+    })
+    .await;
+    let call = gate402_store::PaymentRecord {
+        payment_hash: [0xab; 32],
+        service: "mcp/forecast".into(),
+        scheme: "Payment".into(),
+        amount_msat: 10_000,
+        at: gate402_paywall::unix_now(),
+        served: 1,
+    };
+    let store = h.gateway.paywall().store();
+    assert!(store.record_payment(&call).await.unwrap());
+    let services = h.get("/services").await;
+    let row = |name: &str| {
+        services["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["last_24h"]
+            .clone()
+    };
+    assert_eq!(row("weather")["payments"], 1, "{services}");
+    assert_eq!(row("weather")["revenue_sats"], 10, "{services}");
+    assert_eq!(row("pass")["payments"], 0, "{services}");
+    let revenue = h.get("/revenue").await;
+    assert_eq!(revenue["total"]["revenue_sats"], 10, "{revenue}");
     h.gateway.shutdown().await.unwrap();
 }

@@ -23,7 +23,7 @@ use crate::services::{ServiceView, Source};
 const REDACTED: &str = "<redacted>";
 
 /// `GET /admin/api/services`: every running service with its counts over
-/// the last 24 hours (all replicas).
+/// the last 24 hours (all replicas), its `[[tools]]`' calls included.
 pub(super) async fn list(State(state): State<AdminState>) -> Response {
     let now = unix_now();
     let since = now.saturating_sub(86_400);
@@ -43,13 +43,16 @@ pub(super) async fn list(State(state): State<AdminState>) -> Response {
         .iter()
         .map(|view| {
             let name = view.config.name();
-            let paid = revenue.iter().filter(|r| r.service == name);
+            // With its MCP tools' calls, booked under names of their own.
+            let tools = state.services.tools_booked_for(name);
+            let counted = |service: &str| service == name || tools.iter().any(|t| t == service);
+            let paid = revenue.iter().filter(|r| counted(&r.service));
             let (payments, msat, refunded_msat) = paid.fold((0, 0, 0), |(n, m, back), r| {
                 (n + r.payments, m + r.amount_msat, back + r.refunded_msat)
             });
             let issued: u64 = challenges
                 .iter()
-                .filter(|c| c.service == name)
+                .filter(|c| counted(&c.service))
                 .map(|c| c.count)
                 .sum();
             let mut shown = describe(view);
