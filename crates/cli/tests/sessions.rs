@@ -219,7 +219,17 @@ async fn a_cap_below_the_deposit_opens_no_session_and_pays_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
-        stderr.contains("the price is 20 sat, above the cap of 10 sat"),
+        stderr.contains("the deposit of a prepaid balance is 20 sat, above the cap of 10 sat"),
+        "{stderr}"
+    );
+    assert!(payments(data).await.is_empty());
+    // Its L402 balance: the deposit too, said so.
+    let url = format!("{base}/api/chat?prompt=x");
+    let out = gate402(data, &["get", "--no-session", "--max-cost", "10", &url]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("the deposit of a prepaid balance is 20 sat"),
         "{stderr}"
     );
     assert!(payments(data).await.is_empty());

@@ -98,6 +98,7 @@ impl Client {
                     FetchError::Refused(crate::Refusal::OverCap {
                         price_sats,
                         max_sats,
+                        ..
                     }) if spent_sats > 0 => FetchError::Refused(crate::Refusal::OverCapAfterHops {
                         price_sats,
                         left_sats: max_sats,

@@ -27,13 +27,17 @@ pub enum Refusal {
     NoAmount,
     /// Above the cap (`--max-cost`, or `max_cost_sats` in client.toml).
     #[error(
-        "refused: the price is {price_sats} sat, above the cap of {max_sats} sat (--max-cost, or max_cost_sats in client.toml)"
+        "refused: the {} is {price_sats} sat, above the cap of {max_sats} sat (--max-cost, or max_cost_sats in client.toml)",
+        if *.deposit { "deposit of a prepaid balance" } else { "price" }
     )]
     OverCap {
         /// Asked for.
         price_sats: u64,
         /// Allowed.
         max_sats: u64,
+        /// Whether it is a balance's deposit (or top-up), not one
+        /// request's price.
+        deposit: bool,
     },
     /// Above what is left of the cap after the earlier hops of a followed
     /// redirect paid (`-L`: the hops of one request pay the cap in all).
@@ -147,9 +151,13 @@ impl Policy {
         }
         let price_sats = amount_msat.div_ceil(1000);
         if price_sats > self.max_cost_sats {
+            let deposit = offer
+                .l402_sale()
+                .is_some_and(|(sale, _)| sale == gate402_l402::caveat::Sale::Balance);
             return Err(Refusal::OverCap {
                 price_sats,
                 max_sats: self.max_cost_sats,
+                deposit,
             });
         }
         Ok(amount_msat)
@@ -194,6 +202,7 @@ impl Policy {
             return Err(Refusal::OverCap {
                 price_sats,
                 max_sats: self.max_cost_sats,
+                deposit: true,
             });
         }
         Ok(amount_msat)

@@ -1246,7 +1246,8 @@ mod tests {
             refused,
             Refusal::OverCap {
                 price_sats: 2,
-                max_sats: 1
+                max_sats: 1,
+                deposit: true,
             }
         );
     }
