@@ -183,7 +183,34 @@ async fn close(
         _ => bail!("give a session id (or --all)"),
     };
     match (chosen.len(), id) {
-        (0, Some(id)) => bail!("no open session {id}"),
+        (0, Some(id)) => {
+            // Closed already (by this client, or by the server for
+            // idleness): said as it was recorded, not as an error.
+            let prefix = id.to_ascii_lowercase();
+            let all_sessions = payer.ledger.sessions(true)?;
+            let done: Vec<&StoredSession> = all_sessions
+                .iter()
+                .filter(|s| s.closed_at.is_some() && s.id.starts_with(&prefix))
+                .collect();
+            let [session] = done[..] else {
+                bail!("no open session {id}");
+            };
+            errln!("gate402: session {} is closed already", session.id);
+            let refund = payer
+                .ledger
+                .refunds(0)?
+                .into_iter()
+                .rfind(|r| r.session == session.id);
+            let mut answer = match &refund {
+                Some(refund) => closed(refund),
+                None => json!({ "session": session.id }),
+            };
+            answer["closedAt"] = json!(session.closed_at);
+            answer["closeReason"] = json!(session.close_reason);
+            answer["alreadyClosed"] = json!(true);
+            outln!("{}", serde_json::to_string_pretty(&answer)?);
+            return Ok(());
+        }
         (n, Some(id)) if n > 1 => bail!("{id} names {n} open sessions; give more of the id"),
         _ => {}
     }

@@ -145,8 +145,12 @@ async fn a_session_serves_25_calls_for_two_deposits_and_close_refunds_the_rest()
             && text.contains("closed (close), refunded 15 sat (succeeded)"),
         "{text}"
     );
-    // Nothing left to close.
-    let out = gate402(data, &["sessions", "close", &session_id]).await;
+    // Nothing left to close: said with its refund, as recorded.
+    let again = ok_json(data, &["sessions", "close", &session_id]).await;
+    assert_eq!(again["alreadyClosed"], true, "{again}");
+    assert_eq!(again["refundSats"], 15, "{again}");
+    assert_eq!(again["closeReason"], "close", "{again}");
+    let out = gate402(data, &["sessions", "close", "ffffffff"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no open session"));
     gateway.shutdown().await.unwrap();
