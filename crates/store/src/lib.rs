@@ -63,7 +63,8 @@ pub struct PaymentRecord {
     /// are counted on its session's first deposit (whose payment hash is
     /// the session's id); a record of them alone has `amount_msat` 0, and
     /// the deposit's amount is kept whichever is written first. A top-up
-    /// is recorded with 0.
+    /// is recorded with 0. Once a payment's amount is written (not 0), it
+    /// is never changed.
     pub served: u64,
 }
 

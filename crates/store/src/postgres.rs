@@ -929,7 +929,8 @@ impl Store for PostgresStore {
              ON CONFLICT (payment_hash) DO UPDATE
                 SET served = payments.served + EXCLUDED.served,
                     last_served_at = GREATEST(payments.last_served_at, EXCLUDED.last_served_at),
-                    amount_msat = GREATEST(payments.amount_msat, EXCLUDED.amount_msat)
+                    amount_msat = CASE WHEN payments.amount_msat = 0
+                        THEN EXCLUDED.amount_msat ELSE payments.amount_msat END
              RETURNING payment_hash, (xmax = 0) AS inserted",
         )
         .bind(&hashes)

@@ -1004,7 +1004,7 @@ impl Store for SqliteStore {
             let mut add = c.prepare_cached(
                 "UPDATE payments
                  SET served = served + ?2, last_served_at = max(coalesce(last_served_at, 0), ?3),
-                     amount_msat = max(amount_msat, ?4)
+                     amount_msat = CASE WHEN amount_msat = 0 THEN ?4 ELSE amount_msat END
                  WHERE payment_hash = ?1",
             )?;
             payments

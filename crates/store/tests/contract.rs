@@ -370,6 +370,15 @@ async fn payments_are_counted_once(stores: &Pair) {
         panic!("one row for the balance");
     };
     assert_eq!((row.amount_msat, row.served), (50_000, 4));
+    // A pass served after a price change is counted at the price it was
+    // first written at, whatever later counts of it carry.
+    let dearer = PaymentRecord {
+        amount_msat: 60_000,
+        ..served.clone()
+    };
+    assert!(!b.record_payment(&dearer).await.unwrap());
+    let rows = a.payments(&query).await.unwrap();
+    assert_eq!((rows[0].amount_msat, rows[0].served), (50_000, 6));
 }
 
 async fn claims_are_committed_in_batches([a, b]: &Pair) {
