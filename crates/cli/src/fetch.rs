@@ -459,6 +459,9 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    // Payments recorded after this one are this run's (another run's at
+    // the same time on the same origin would be said too: rare, and true).
+    let before = client.payer.ledger.last_payment_id()?;
     let origin = request.url().origin();
     let mut told = std::collections::HashSet::new();
     let fetched = client
@@ -477,11 +480,13 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             let paid: Vec<_> = client
                 .payer
                 .ledger
-                .payments(started)
+                .payments(started.saturating_sub(1))
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|p| {
-                    !told.contains(&p.payment_hash)
+                    p.id > before
+                        && p.status == gate402_client::PaymentState::Paid
+                        && !told.contains(&p.payment_hash)
                         && reqwest::Url::parse(&p.url).is_ok_and(|u| u.origin() == origin)
                 })
                 .collect();

@@ -917,14 +917,29 @@ async fn a_stalled_server_is_given_up_after_the_read_timeout() {
 async fn a_paid_request_that_times_out_says_what_it_paid() {
     let app = Router::new().route(
         "/{*rest}",
-        get(|| async {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            "late"
+        get(|uri: axum::http::Uri| async move {
+            if uri.path().ends_with("/slow") {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            "answer"
         }),
     );
     let (gateway, _dir) = flaky_gateway(app).await;
     let data = tempfile::tempdir().unwrap();
-    let url = format!("http://{}/flaky/slow", gateway.addr());
+    let base = format!("http://{}/flaky", gateway.addr());
+    // A payment of an earlier run is not said by a later one that fails
+    // without paying.
+    let out = run(data.path(), &["get", &format!("{base}/fast")]).await;
+    assert!(out.status.success());
+    let out = run(
+        data.path(),
+        &["get", "--max-cost", "1", &format!("{base}/other")],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(!stderr.contains("paid"), "{stderr}");
+    let url = format!("{base}/slow");
     let out = run(data.path(), &["get", "--read-timeout", "1", &url]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");

@@ -661,6 +661,16 @@ impl Ledger {
         Ok(())
     }
 
+    /// The id of the newest payment recorded (0 when none): what a run
+    /// pays is recorded after it ([`PaymentEntry::id`] grows).
+    pub fn last_payment_id(&self) -> Result<i64, LedgerError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT coalesce(max(id), 0) FROM payments", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     /// Payments since `since` (unix seconds), oldest first.
     pub fn payments(&self, since: u64) -> Result<Vec<PaymentEntry>, LedgerError> {
         let conn = self.conn();
