@@ -370,6 +370,15 @@ impl ServerHandler for EchoServer {
 /// Starts `gate402 mcp-proxy ARGS… --listen` on a free port; waits until
 /// it describes its tools and returns its base URL and the description.
 async fn start_proxy(data: &Path, args: &[&str]) -> (tokio::process::Child, String, Value) {
+    start_proxy_with_env(data, args, &[]).await
+}
+
+/// [`start_proxy`] with `envs` set for the proxy.
+async fn start_proxy_with_env(
+    data: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (tokio::process::Child, String, Value) {
     let port = gate402_regtest::free_port();
     let listen = format!("127.0.0.1:{port}");
     let (options, command) = match args.iter().position(|a| *a == "--") {
@@ -383,6 +392,7 @@ async fn start_proxy(data: &Path, args: &[&str]) -> (tokio::process::Child, Stri
         .args(options)
         .args(["--listen", &listen])
         .args(command)
+        .envs(envs.iter().copied())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -448,6 +458,52 @@ async fn mcp_proxy_charges_for_a_stdio_server() {
     )
     .await;
     assert_eq!(again["result"]["content"][0]["text"], "AGAIN");
+    proxy.start_kill().unwrap();
+    let _ = proxy.wait().await;
+}
+
+/// A command's tools answer paying clients: it gets none of the proxy's
+/// environment (its secrets) but what running a program needs, what
+/// `pass_env` names and what `env` sets.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_proxy_gives_its_command_no_secrets() {
+    let sdk = tokio::task::spawn_blocking(typescript_sdk).await.unwrap();
+    let script = common::manifest_dir().join("tests/mcp-ts/stdio-server.mjs");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mcp_proxy]\ncommand = [\"node\", {script:?}, {sdk:?}]\ndefault_price_sats = 2\nenv = {{ GIVEN = \"${{PROXY_GIVEN}}\" }}\npass_env = [\"PASSED_ON\"]\n"
+        ),
+    )
+    .unwrap();
+    let (mut proxy, base, _) = start_proxy_with_env(
+        &dir.path().join("gateway"),
+        &["--config", config.to_str().unwrap()],
+        &[
+            ("GATEWAY_SECRET", "never-to-the-command"),
+            ("PROXY_GIVEN", "given"),
+            ("PASSED_ON", "passed"),
+        ],
+    )
+    .await;
+    let client = tempfile::tempdir().unwrap();
+    let report = ok_json(
+        client.path(),
+        &tool_call(&format!("{base}/mcp"), "env", "{}"),
+    )
+    .await;
+    let text = report["result"]["content"][0]["text"].as_str().unwrap();
+    let (names, given) = text.split_once('|').unwrap();
+    let names: Vec<&str> = names.split(',').collect();
+    assert_eq!(given, "given", "{text}");
+    assert!(
+        names.contains(&"PASSED_ON") && names.contains(&"PATH"),
+        "{text}"
+    );
+    assert!(!names.contains(&"GATEWAY_SECRET"), "{text}");
+    assert!(!names.contains(&"PROXY_GIVEN"), "{text}");
     proxy.start_kill().unwrap();
     let _ = proxy.wait().await;
 }

@@ -196,7 +196,33 @@ pub struct McpProxyConfig {
     /// (default [`DEFAULT_TOOL_CALL_TIMEOUT_SECS`]).
     #[serde(default)]
     pub call_timeout_secs: Option<u64>,
+    /// Environment variables set for `command` (values may hold
+    /// `${NAME}`). The command gets no other of the gateway's but
+    /// [`COMMAND_ENV`] and `pass_env`: its tools answer paying clients,
+    /// and the gateway's environment holds its secrets.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Names of the gateway's environment variables passed on to
+    /// `command` as they are.
+    #[serde(default)]
+    pub pass_env: Vec<String>,
 }
+
+/// The gateway's environment variables an `[mcp_proxy]` command gets
+/// without asking (what finding and running a program, and trusting a
+/// TLS server, need).
+pub const COMMAND_ENV: [&str; 10] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
 
 /// How long a call to an `[mcp_proxy]` upstream may take, by default
 /// (seconds).

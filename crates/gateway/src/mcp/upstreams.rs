@@ -395,6 +395,20 @@ async fn open(config: &McpProxyConfig) -> anyhow::Result<Connection> {
             // process that exits right after (a start given up) would
             // leave it running, holding the pipes it inherited.
             child.args(args).kill_on_drop(true);
+            // Its tools answer paying clients: none of the gateway's
+            // secrets (the MPP secret, admin credentials, an upstream's
+            // API key in the environment) goes with it unasked.
+            child.env_clear();
+            for name in crate::config::COMMAND_ENV
+                .iter()
+                .copied()
+                .chain(config.pass_env.iter().map(String::as_str))
+            {
+                if let Some(value) = std::env::var_os(name) {
+                    child.env(name, value);
+                }
+            }
+            child.envs(&config.env);
             let transport = rmcp::transport::TokioChildProcess::new(child)
                 .with_context(|| format!("starting the MCP server {program:?}"))?;
             let what = format!("the MCP server {program:?}");
