@@ -1425,7 +1425,7 @@ fn secret_part(credential: &str) -> String {
 /// priced request is served, fields. The MPP credential's challenge named
 /// no `header`, so it is accepted from `Authorization` only
 /// (draft-httpauth-payment-01); either way it never reaches the upstream.
-const CREDENTIAL_ROWS: [&str; 40] = [
+const CREDENTIAL_ROWS: [&str; 43] = [
     "Authorization: L402            | served  | Authorization: L402 {l402}",
     "Payment-Authorization: L402    | served  | Payment-Authorization: L402 {l402}",
     "Payment-Authorization: Payment | refused | Payment-Authorization: Payment {mpp}",
@@ -1466,6 +1466,9 @@ const CREDENTIAL_ROWS: [&str; 40] = [
     "Bearer+Payment+ in one value   | refused | Authorization: Bearer k+Payment+{mpp}",
     "Bearer%20Payment%20            | refused | Authorization: Bearer k%20Payment%20{mpp}",
     "L402. in one value             | refused | Authorization: L402.{l402}",
+    "Payment.Authorization          | refused | Payment.Authorization: L402 {l402}",
+    "gRPC metadata authorization    | refused | Grpc-Metadata-Authorization: L402 {l402}",
+    "a token with no scheme         | refused | Authorization: {l402}",
 ];
 
 /// A reusable L402 token in every field and spelling, and MPP credentials,

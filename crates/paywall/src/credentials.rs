@@ -31,21 +31,29 @@ pub const PAYMENT_SIGNATURE: HeaderName = HeaderName::from_static(gate402_x402::
 pub const X_PAYMENT: HeaderName = HeaderName::from_static("x-payment");
 
 /// The fields Aperture also reads an L402 token from (gRPC metadata, a
-/// hex macaroon whose caveats may carry the preimage): never accepted
+/// hex macaroon whose caveats may carry the preimage), and the gRPC
+/// metadata grpc-gateway turns into `authorization`: never accepted
 /// here, never forwarded.
-pub const MACAROON_FIELDS: [HeaderName; 2] = [GRPC_METADATA_MACAROON, MACAROON];
+pub const MACAROON_FIELDS: [HeaderName; 3] = [
+    GRPC_METADATA_MACAROON,
+    MACAROON,
+    GRPC_METADATA_AUTHORIZATION,
+];
 
 const GRPC_METADATA_MACAROON: HeaderName = HeaderName::from_static("grpc-metadata-macaroon");
 const MACAROON: HeaderName = HeaderName::from_static("macaroon");
+const GRPC_METADATA_AUTHORIZATION: HeaderName =
+    HeaderName::from_static("grpc-metadata-authorization");
 
 /// Every field a credential is read from or stripped from.
-static CREDENTIAL_FIELDS: [HeaderName; 6] = [
+static CREDENTIAL_FIELDS: [HeaderName; 7] = [
     AUTHORIZATION,
     PAYMENT_AUTHORIZATION,
     X_PAYMENT,
     PAYMENT_SIGNATURE,
     GRPC_METADATA_MACAROON,
     MACAROON,
+    GRPC_METADATA_AUTHORIZATION,
 ];
 
 /// The scheme of a presented credential.
@@ -244,6 +252,10 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
 /// (`Payment: eyJ…`, `L402.`, `Payment%20`), before a whole L402 token
 /// (`<macaroon>:<preimage>`) or a base64url JSON credential (`eyJ…`).
 fn lists_credential(value: &[u8]) -> bool {
+    // A whole L402 token with no scheme word (`<macaroon>:<preimage>`).
+    if is_l402_token(word_at(value)) && word_at(value).len() == value.trim_ascii_end().len() {
+        return true;
+    }
     let listed = value
         .split(|b| *b == b',')
         .skip(1)

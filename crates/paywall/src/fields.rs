@@ -7,26 +7,34 @@
 
 use http::{HeaderMap, HeaderName};
 
-/// Whether `name` is one of `names`, also when spelled with `_` for `-`:
-/// CGI-style servers (PHP's, a CGI gateway) map both to `_`, so
-/// `X_Forwarded_For` reaches them as `X-Forwarded-For` does.
+/// Whether `name` is one of `names`, also when spelled with `_` or `.`
+/// for `-`: CGI-style servers (PHP's, a CGI gateway) map `-` and `_` (and
+/// some `.`) to `_`, so `X_Forwarded_For` reaches them as
+/// `X-Forwarded-For` does.
 pub fn is_one_of(name: &HeaderName, names: &[HeaderName]) -> bool {
     if names.contains(name) {
         return true;
     }
     let name = name.as_str();
-    name.contains('_')
+    respelled(name)
         && names.iter().any(|n| {
             n.as_str().len() == name.len()
                 && n.as_str()
                     .bytes()
                     .zip(name.bytes())
-                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+                    .all(|(a, b)| a == b || (a == b'-' && matches!(b, b'_' | b'.')))
         })
 }
 
+/// Whether a field name may be another's with `_` or `.` for `-` (CGI and
+/// some frameworks read `Payment_Authorization` and `Payment.Authorization`
+/// as `Payment-Authorization`).
+fn respelled(name: &str) -> bool {
+    name.contains(['_', '.'])
+}
+
 /// Whether `headers` has a field named in `names` (or so named with `_`
-/// for `-`).
+/// or `.` for `-`).
 pub fn any_of(headers: &HeaderMap, names: &[HeaderName]) -> bool {
     headers.keys().any(|name| is_one_of(name, names))
 }
@@ -37,7 +45,7 @@ pub struct Present<'a> {
     names: &'a [HeaderName],
     /// Bit `i` for `names[i]`, as spelled.
     named: u32,
-    /// Some name of `names` spelled with `_` for `-`.
+    /// Some name of `names` spelled with `_` or `.` for `-`.
     underscored: bool,
 }
 
@@ -55,7 +63,7 @@ impl Present<'_> {
             .is_some_and(|i| self.named & (1 << i) != 0)
     }
 
-    /// Whether one of the names is there spelled with `_` for `-`.
+    /// Whether one of the names is there spelled with `_` or `.` for `-`.
     pub fn underscored(&self) -> bool {
         self.underscored
     }
@@ -72,7 +80,7 @@ pub fn present<'a>(headers: &HeaderMap, names: &'a [HeaderName]) -> Present<'a> 
     for name in headers.keys() {
         match names.iter().position(|n| n == name) {
             Some(i) => present.named |= 1 << i,
-            None if name.as_str().contains('_') => {
+            None if respelled(name.as_str()) => {
                 present.underscored |= is_one_of(name, names);
             }
             None => {}
@@ -82,7 +90,7 @@ pub fn present<'a>(headers: &HeaderMap, names: &'a [HeaderName]) -> Present<'a> 
 }
 
 /// Removes every field named in `names` (all their values), also where
-/// spelled with `_` for `-`.
+/// spelled with `_` or `.` for `-`.
 pub fn remove_all_of(headers: &mut HeaderMap, names: &[HeaderName]) {
     if any_of(headers, names) {
         for name in names {
@@ -92,11 +100,11 @@ pub fn remove_all_of(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
-/// Removes the fields named in `names` with `_` for `-` only
+/// Removes the fields named in `names` with `_` or `.` for `-` only
 /// (`Payment_Authorization`): never read, never forwarded.
 pub fn remove_underscored(headers: &mut HeaderMap, names: &[HeaderName]) {
     remove_where(headers, |name| {
-        name.as_str().contains('_') && is_one_of(name, names)
+        respelled(name.as_str()) && is_one_of(name, names)
     });
 }
 
