@@ -1075,8 +1075,17 @@ impl Payer {
             (Some(hash), true) => self.received_on(&session.origin, hash).await,
             _ => None,
         };
-        let (refund_msat, refund_status) =
+        let (refund_msat, mut refund_status) =
             as_recorded(refund_sats, refund_status, session.deposit_sats);
+        // What arrived is at most what was deposited: more is not this
+        // session's refund to book.
+        let deposit_msat = session.deposit_sats.saturating_mul(1000);
+        let received_msat = received_msat.map(|received| {
+            if received > deposit_msat {
+                refund_status = "disputed".to_owned();
+            }
+            received.min(deposit_msat)
+        });
         let mut refund = Refund {
             id: 0,
             session: session.id.clone(),
@@ -1102,12 +1111,14 @@ impl Payer {
     }
 
     /// What the wallet has received on its return invoice `hash` (hex),
-    /// if it can tell.
+    /// if it can tell: nothing while it is open (a refund paid settles
+    /// the invoice before the server hears it succeeded).
     async fn received_on(&self, origin: &str, hash: &str) -> Option<u64> {
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(hash, &mut bytes).ok()?;
         match self.wallet.received(origin, &bytes).await {
             Ok(Some(InvoiceStatus::Settled { amount_msat, .. })) => Some(amount_msat),
+            Ok(Some(InvoiceStatus::Open | InvoiceStatus::Canceled)) => Some(0),
             _ => None,
         }
     }

@@ -386,30 +386,11 @@ async fn a_server_that_always_asks_for_a_top_up_gets_one_per_request() {
                         .unwrap()
                 }
                 Some("topUp") => Response::new(Body::from(r#"{"status":"ok"}"#)),
-                _ => {
-                    let (parts, body) = request.into_parts();
-                    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
-                    let mut forwarded = http.request(parts.method, format!("{gateway}{target}"));
-                    for (name, value) in &parts.headers {
-                        if name != header::HOST {
-                            forwarded = forwarded.header(name, value);
-                        }
-                    }
-                    let answered = forwarded.body(body).send().await.unwrap();
-                    let mut answer = Response::builder().status(answered.status());
-                    for (name, value) in answered.headers() {
-                        answer = answer.header(name, value);
-                    }
-                    answer
-                        .body(Body::from(answered.bytes().await.unwrap()))
-                        .unwrap()
-                }
+                _ => forward(&gateway, request).await,
             }
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hostile).await.unwrap() });
+    let base = serve(hostile).await;
 
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
@@ -425,5 +406,108 @@ async fn a_server_that_always_asks_for_a_top_up_gets_one_per_request() {
     let paid = ledger.payments(0).unwrap();
     let top_ups = paid.iter().filter(|p| p.scheme == TOP_UP_SCHEME).count();
     assert_eq!(top_ups, 1, "one request, one top-up: {paid:?}");
+    demo.gateway.shutdown().await.unwrap();
+}
+
+/// `request` sent on to `gateway` as it came, and its answer.
+async fn forward(
+    gateway: &str,
+    request: axum::extract::Request,
+) -> axum::http::Response<axum::body::Body> {
+    use axum::body::Body;
+    use axum::http::{header, Response};
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    let mut forwarded = reqwest::Client::new().request(parts.method, format!("{gateway}{target}"));
+    for (name, value) in &parts.headers {
+        if name != header::HOST {
+            forwarded = forwarded.header(name, value);
+        }
+    }
+    let answered = forwarded.body(body).send().await.unwrap();
+    let mut answer = Response::builder().status(answered.status());
+    for (name, value) in answered.headers() {
+        answer = answer.header(name, value);
+    }
+    answer
+        .body(Body::from(answered.bytes().await.unwrap()))
+        .unwrap()
+}
+
+/// Serves `app` on a port of its own; its base URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+/// A server that says a refund succeeded which never reached the return
+/// invoice, or whose wallet (the sandbox's, its own) says more arrived
+/// than was deposited: the ledger books what arrived, at most the
+/// deposit, the latter `disputed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refund_is_booked_as_it_arrived_at_most_the_deposit() {
+    use axum::body::Body;
+    use axum::http::{header, Response};
+    let demo = demo_gateway(|_| {}).await;
+    for wallet_says in [None, Some(999_999_999u64)] {
+        let gateway = demo.base.clone();
+        let hostile = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let gateway = gateway.clone();
+            async move {
+                let action = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| gate402_mpp::credential::parse_authorization(v).ok())
+                    .and_then(|c| c.payload["action"].as_str().map(str::to_owned));
+                let asks_invoice = request
+                    .uri()
+                    .path()
+                    .strip_prefix("/sandbox/invoice/")
+                    .map(str::to_owned);
+                match (action.as_deref(), wallet_says) {
+                    // Said, not paid.
+                    (Some("close"), _) => Response::new(Body::from(
+                        r#"{"status":"closed","refundSats":4,"refundStatus":"succeeded"}"#,
+                    )),
+                    (None, Some(amount_msat)) if asks_invoice.is_some() => Response::builder()
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(Body::from(
+                            serde_json::json!({
+                                "payment_hash": asks_invoice,
+                                "status": "settled",
+                                "amount_msat": amount_msat,
+                            })
+                            .to_string(),
+                        ))
+                        .unwrap(),
+                    _ => forward(&gateway, request).await,
+                }
+            }
+        });
+        let base = serve(hostile).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+        let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+        chat(&client, &base, "first").await;
+        let session = ledger.sessions(false).unwrap().remove(0);
+        let refund = middleware
+            .payer()
+            .close_session(&reqwest::Client::new(), &session)
+            .await
+            .unwrap();
+        let booked = (refund.received_msat, refund.status.as_str());
+        match wallet_says {
+            None => assert_eq!(booked, (Some(0), "succeeded"), "nothing arrived"),
+            Some(_) => assert_eq!(booked, (Some(20_000), "disputed"), "the deposit at most"),
+        }
+    }
     demo.gateway.shutdown().await.unwrap();
 }
