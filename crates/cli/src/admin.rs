@@ -113,6 +113,13 @@ pub enum AdminCommand {
         /// Its payment hash, or the L402 macaroon.
         token: String,
     },
+    /// The open prepaid balances: how many, what they hold, the most
+    /// recently used.
+    Sessions {
+        /// At most this many listed.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
     /// A prepaid balance.
     Session {
         /// Its id (the deposit's payment hash).
@@ -390,6 +397,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
             api.post(&format!("/tokens/{}/revoke", segment(token)))
                 .await?
         }
+        AdminCommand::Sessions { limit } => api.get(&format!("/sessions?limit={limit}")).await?,
         AdminCommand::Session { id } => api.get(&format!("/sessions/{}", segment(id))).await?,
         AdminCommand::CloseSession { id } => {
             api.post(&format!("/sessions/{}/close", segment(id)))

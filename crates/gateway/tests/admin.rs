@@ -801,6 +801,13 @@ async fn a_balance_is_closed_and_refunded_by_the_operator() {
     let revenue = h.get("/revenue").await;
     assert_eq!(revenue["total"]["served"], 2, "{revenue}");
     assert_eq!(revenue["total"]["payments"], 1, "{revenue}");
+    // What is owed: the open balances.
+    let open = h.get("/sessions").await;
+    assert_eq!(
+        (open["open"].as_u64(), open["balance_msat"].as_u64()),
+        (Some(1), Some(6_000))
+    );
+    assert_eq!(open["sessions"][0]["id"], id.as_str(), "{open}");
     let (status, body) = h
         .call(
             reqwest::Method::POST,
@@ -824,6 +831,11 @@ async fn a_balance_is_closed_and_refunded_by_the_operator() {
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "closed once: {body}");
+    let open = h.get("/sessions").await;
+    assert_eq!(
+        (open["open"].as_u64(), open["balance_msat"].as_u64()),
+        (Some(0), Some(0))
+    );
     // Nothing left to spend, what was left is the refund's.
     let session = h.get(&format!("/sessions/{id}")).await;
     assert_eq!(session["balance_msat"], 0, "{session}");

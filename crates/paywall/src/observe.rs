@@ -28,9 +28,9 @@ use gate402_lightning::{
 };
 use gate402_store::{
     AdminVersions, AfterFailure, AuditEntry, ChallengeCount, ClaimHolder, ClosedIdle, Closing,
-    Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentQuery, PaymentRecord, PaymentRow,
-    Reservation, RevenueBucket, Revocation, ServiceChange, SessionRecord, Store, StoreError,
-    StoredResponse, TopUp,
+    Debit, InvoiceRecord, NewSession, OpenSessions, Opened, OwedRefund, PaymentQuery,
+    PaymentRecord, PaymentRow, Reservation, RevenueBucket, Revocation, ServiceChange,
+    SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
@@ -455,6 +455,11 @@ impl Store for ObservedStore {
 
     async fn session(&self, id: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
         self.timed("store.session", self.inner.session(id)).await
+    }
+
+    async fn open_sessions(&self, limit: u64) -> Result<OpenSessions, StoreError> {
+        self.timed("store.open_sessions", self.inner.open_sessions(limit))
+            .await
     }
 
     async fn debit(

@@ -126,6 +126,18 @@ impl SessionRecord {
     }
 }
 
+/// The open sessions: the balances the operator owes until they are
+/// spent or refunded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OpenSessions {
+    /// How many are open.
+    pub count: u64,
+    /// What is left to spend in all of them (msat).
+    pub balance_msat: u64,
+    /// The most recently used, at most the limit asked for.
+    pub sessions: Vec<SessionRecord>,
+}
+
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClosedSession {
@@ -504,6 +516,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// A session, open or closed.
     async fn session(&self, id: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// The open sessions: how many, their balances summed, and the `limit`
+    /// most recently used.
+    async fn open_sessions(&self, limit: u64) -> Result<OpenSessions, StoreError>;
 
     /// Spends `units` from an open session of `service` (another
     /// service's session is [`Debit::NotFound`]) at the unit price it was

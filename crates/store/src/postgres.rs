@@ -10,7 +10,7 @@ use sqlx::{Postgres, Row};
 
 use crate::{
     decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedIdle, ClosedSession, Closing,
-    Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation,
+    Debit, InvoiceRecord, NewSession, OpenSessions, Opened, OwedRefund, PaymentRecord, Reservation,
     SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
 use crate::{
@@ -1121,6 +1121,35 @@ impl Store for PostgresStore {
     async fn session(&self, id: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         read_session(&mut conn, id).await
+    }
+
+    async fn open_sessions(&self, limit: u64) -> Result<OpenSessions, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let (count, balance_msat): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(deposit_msat - spent_msat), 0)::bigint FROM sessions WHERE closed_at IS NULL",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+        let ids: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT id FROM sessions WHERE closed_at IS NULL ORDER BY last_used_at DESC LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+        let mut sessions = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) else {
+                continue;
+            };
+            sessions.extend(read_session(&mut conn, &id).await?);
+        }
+        Ok(OpenSessions {
+            count: count as u64,
+            balance_msat: balance_msat as u64,
+            sessions,
+        })
     }
 
     async fn debit(

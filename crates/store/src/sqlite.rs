@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedIdle, ClosedSession, Closing,
-    Debit, InvoiceRecord, NewSession, Opened, OwedRefund, PaymentRecord, Reservation,
+    Debit, InvoiceRecord, NewSession, OpenSessions, Opened, OwedRefund, PaymentRecord, Reservation,
     SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
 use crate::{
@@ -1171,6 +1171,35 @@ impl Store for SqliteStore {
     async fn session(&self, id: &[u8; 32]) -> Result<Option<SessionRecord>, StoreError> {
         let id = *id;
         self.with(move |c| read_session(c, &id)).await
+    }
+
+    async fn open_sessions(&self, limit: u64) -> Result<OpenSessions, StoreError> {
+        self.with(move |c| {
+            let (count, balance_msat) = c.query_row(
+                "SELECT count(*), coalesce(sum(deposit_msat - spent_msat), 0) FROM sessions WHERE closed_at IS NULL",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?;
+            let ids: Vec<Vec<u8>> = c
+                .prepare(
+                    "SELECT id FROM sessions WHERE closed_at IS NULL ORDER BY last_used_at DESC LIMIT ?1",
+                )?
+                .query_map([limit as i64], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut sessions = Vec::with_capacity(ids.len());
+            for id in ids {
+                let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) else {
+                    continue;
+                };
+                sessions.extend(read_session(c, &id)?);
+            }
+            Ok(OpenSessions {
+                count,
+                balance_msat,
+                sessions,
+            })
+        })
+        .await
     }
 
     async fn debit(

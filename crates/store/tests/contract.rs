@@ -553,6 +553,30 @@ fn new_session(id: u8, deposit_msat: u64, return_invoice: Option<&str>) -> NewSe
     }
 }
 
+/// The open sessions are counted and summed on every replica, the most
+/// recently used listed first; a closed one is not.
+async fn open_sessions_are_counted_and_listed([a, b]: &Pair) {
+    let before = b.open_sessions(1000).await.unwrap();
+    for (id, deposit, used) in [(230, 7_000, 5_000), (231, 3_000, 6_000)] {
+        let opened = NewSession {
+            now: used,
+            ..new_session(id, deposit, None)
+        };
+        assert_eq!(a.open_session(&opened).await.unwrap(), Opened::New);
+    }
+    let open = b.open_sessions(1000).await.unwrap();
+    assert_eq!(open.count, before.count + 2);
+    assert_eq!(open.balance_msat, before.balance_msat + 10_000);
+    let newest = b.open_sessions(1).await.unwrap();
+    assert_eq!(newest.sessions.len(), 1);
+    assert!(open.sessions.iter().any(|s| s.id == [230; 32]));
+    a.close_session(&[231; 32], 7_000).await.unwrap();
+    let open = b.open_sessions(1000).await.unwrap();
+    assert_eq!(open.count, before.count + 1);
+    assert_eq!(open.balance_msat, before.balance_msat + 7_000);
+    assert!(open.sessions.iter().all(|s| s.id != [231; 32]));
+}
+
 /// A balance gives back failed requests' debits while what it gave back
 /// stays within twice what it spent, the failed request's own debit
 /// counted: two from the start, then two more for each debit kept.
@@ -1214,6 +1238,7 @@ async fn keeps_the_contract(stores: &Pair) {
     a_balance_is_credited_once_spent_atomically_and_refunded_once(stores).await;
     a_balance_gives_back_failures_up_to_twice_its_spending(stores).await;
     concurrent_debits_never_overdraw(stores).await;
+    open_sessions_are_counted_and_listed(stores).await;
     a_return_invoice_names_one_session(stores).await;
     payments_are_counted_once(stores).await;
     claims_are_committed_in_batches(stores).await;

@@ -248,6 +248,7 @@ fn router(state: AdminState) -> Router {
         .route("/revenue", get(reports::revenue))
         .route("/tokens/{token}", get(tokens::show))
         .route("/tokens/{token}/revoke", post(tokens::revoke))
+        .route("/sessions", get(tokens::sessions))
         .route("/sessions/{id}", get(tokens::session))
         .route("/sessions/{id}/close", post(tokens::close_session))
         .route("/node", get(node::node))

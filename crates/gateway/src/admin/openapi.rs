@@ -95,6 +95,9 @@ pub(super) async fn document() -> Json<Value> {
             ], None)},
             "/admin/api/tokens/{token}": {"get": op("A payment's record, revocation and balance", &token, None)},
             "/admin/api/tokens/{token}/revoke": {"post": op("Refuse every credential of this payment from now on", &token, None)},
+            "/admin/api/sessions": {"get": op("The open prepaid balances: how many, their sum (what is owed until spent or refunded), the most recently used", &[
+                ("limit", "query", "1 to 1000 (default 100)"),
+            ], None)},
             "/admin/api/sessions/{id}": {"get": op("A prepaid balance", &session, None)},
             "/admin/api/sessions/{id}/close": {"post": op("Close a balance and refund what is left to its return invoice", &session, None)},
             "/admin/api/node": {"get": op("The Lightning node: backend, funds, channels, inbound liquidity, recent invoices", &[], None)},

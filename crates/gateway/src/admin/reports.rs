@@ -42,7 +42,7 @@ fn bounds(
 
 /// A `limit` parameter: 1 to [`MAX_LIMIT`], 100 when absent; else what it
 /// takes, for a `400`.
-fn limit(limit: Option<u64>) -> Result<u64, String> {
+pub(super) fn limit(limit: Option<u64>) -> Result<u64, String> {
     match limit.unwrap_or(100) {
         limit @ 1..=MAX_LIMIT => Ok(limit),
         _ => Err(format!("limit must be between 1 and {MAX_LIMIT}")),

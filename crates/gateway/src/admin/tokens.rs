@@ -91,6 +91,38 @@ fn session_json(session: &SessionRecord) -> Value {
     })
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SessionsQuery {
+    limit: Option<u64>,
+}
+
+/// `GET /admin/api/sessions?limit=`: the open balances (what the operator
+/// owes until they are spent or refunded): how many, their sum, and the
+/// `limit` (default 100) most recently used.
+pub(super) async fn sessions(
+    State(state): State<AdminState>,
+    query: Result<axum::extract::Query<SessionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let axum::extract::Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return super::query_problem(&e),
+    };
+    let limit = match super::reports::limit(q.limit) {
+        Ok(limit) => limit,
+        Err(message) => return problem(StatusCode::BAD_REQUEST, &message),
+    };
+    match state.store().open_sessions(limit).await {
+        Ok(open) => Json(json!({
+            "open": open.count,
+            "balance_msat": open.balance_msat,
+            "sessions": open.sessions.iter().map(session_json).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Err(e) => store_unavailable(&e),
+    }
+}
+
 fn session_id(id: &str) -> Option<[u8; 32]> {
     hex::decode(id).ok()?.try_into().ok()
 }
