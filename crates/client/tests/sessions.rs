@@ -352,12 +352,7 @@ async fn a_server_that_always_asks_for_a_top_up_gets_one_per_request() {
         let gateway = gateway.clone();
         async move {
             let http = reqwest::Client::new();
-            let action = request
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| gate402_mpp::credential::parse_authorization(v).ok())
-                .and_then(|c| c.payload["action"].as_str().map(str::to_owned));
+            let action = session_action(&request);
             let target = request
                 .uri()
                 .path_and_query()
@@ -407,6 +402,17 @@ async fn a_server_that_always_asks_for_a_top_up_gets_one_per_request() {
     let top_ups = paid.iter().filter(|p| p.scheme == TOP_UP_SCHEME).count();
     assert_eq!(top_ups, 1, "one request, one top-up: {paid:?}");
     demo.gateway.shutdown().await.unwrap();
+}
+
+/// The session action (`open`, `bearer`, `topUp`, `close`) of the MPP
+/// credential `request` carries, if any.
+fn session_action(request: &axum::extract::Request) -> Option<String> {
+    request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| gate402_mpp::credential::parse_authorization(v).ok())
+        .and_then(|c| c.payload["action"].as_str().map(str::to_owned))
 }
 
 /// `request` sent on to `gateway` as it came, and its answer.
@@ -461,12 +467,7 @@ async fn a_refund_is_booked_as_it_arrived_at_most_the_deposit() {
         let hostile = axum::Router::new().fallback(move |request: axum::extract::Request| {
             let gateway = gateway.clone();
             async move {
-                let action = request
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| gate402_mpp::credential::parse_authorization(v).ok())
-                    .and_then(|c| c.payload["action"].as_str().map(str::to_owned));
+                let action = session_action(&request);
                 let asks_invoice = request
                     .uri()
                     .path()

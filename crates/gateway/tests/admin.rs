@@ -1324,15 +1324,7 @@ async fn a_reload_names_what_waits_for_a_restart() {
     config.admin.listen = "127.0.0.1:1".into();
     config.admin.sync_secs = 5;
     config.admin.low_inbound_sats = 12_345;
-    config.tools.push(gate402_gateway::config::ToolConfig {
-        name: "weather".into(),
-        description: "The weather".into(),
-        service: "weather".into(),
-        method: None,
-        path: None,
-        input_schema: json!({"type": "object"}),
-        price_sats: None,
-    });
+    config.tools.push(weather_tool("weather"));
     let later = h.gateway.reloader().reload(&config).unwrap();
     assert_eq!(later.len(), 3, "{later:?}");
     assert!(later[0].starts_with("admin.listen: still"), "{later:?}");
@@ -1372,18 +1364,7 @@ async fn a_reload_names_what_waits_for_a_restart() {
 /// view: the rows add up to the totals.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tools_calls_are_counted_in_its_services_row() {
-    let h = Harness::start_adjusted(|config| {
-        config.tools.push(gate402_gateway::config::ToolConfig {
-            name: "forecast".into(),
-            description: "The weather".into(),
-            service: "weather".into(),
-            method: None,
-            path: None,
-            input_schema: json!({"type": "object"}),
-            price_sats: None,
-        });
-    })
-    .await;
+    let h = Harness::start_adjusted(|config| config.tools.push(weather_tool("forecast"))).await;
     let call = gate402_store::PaymentRecord {
         payment_hash: [0xab; 32],
         service: "mcp/forecast".into(),
@@ -1410,4 +1391,17 @@ async fn a_tools_calls_are_counted_in_its_services_row() {
     let revenue = h.get("/revenue").await;
     assert_eq!(revenue["total"]["revenue_sats"], 10, "{revenue}");
     h.gateway.shutdown().await.unwrap();
+}
+
+/// A tool `name` calling the service `weather`.
+fn weather_tool(name: &str) -> gate402_gateway::config::ToolConfig {
+    gate402_gateway::config::ToolConfig {
+        name: name.into(),
+        description: "The weather".into(),
+        service: "weather".into(),
+        method: None,
+        path: None,
+        input_schema: json!({"type": "object"}),
+        price_sats: None,
+    }
 }
