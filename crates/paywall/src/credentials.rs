@@ -252,8 +252,11 @@ pub fn take(headers: &mut HeaderMap) -> Result<Option<Presented>, CredentialErro
 /// (`Payment: eyJ…`, `L402.`, `Payment%20`), before a whole L402 token
 /// (`<macaroon>:<preimage>`) or a base64url JSON credential (`eyJ…`).
 fn lists_credential(value: &[u8]) -> bool {
-    // A whole L402 token with no scheme word (`<macaroon>:<preimage>`).
-    if is_l402_token(word_at(value)) && word_at(value).len() == value.trim_ascii_end().len() {
+    // A whole L402 token with no scheme word (`<macaroon>:<preimage>`),
+    // its macaroon a version 2 one (`\x02` reads `Ag`): not an API's own
+    // `key:signature`.
+    let whole = value.trim_ascii_end();
+    if whole.starts_with(b"Ag") && is_l402_token(whole) && word_at(value).len() == whole.len() {
         return true;
     }
     let listed = value
@@ -512,6 +515,8 @@ mod tests {
             "Bearer k%20Payment%20eyJjaGFsbGVuZ2UiOnt9fQ",
             &format!("L402.AgELbWFjYXJvb24=:{}", "ab".repeat(32)),
             &format!("Bearer k%20LSAT%3AAgELbWFjYXJvb24=:{}", "ab".repeat(32)),
+            // A whole token with no scheme word.
+            &format!("AgELbWFjYXJvb24=:{}", "ab".repeat(32)),
         ] {
             let mut h = headers(&[("authorization", listed), ("accept", "*/*")]);
             assert_eq!(take(&mut h), Err(CredentialError::Listed), "{listed}");
@@ -528,6 +533,8 @@ mod tests {
             "Bearer payment;session=abc",
             "Token payment.v1.abcdefghijklmnopqrst",
             "Bearer l402.docs:0123",
+            // An API's own key and signature, no scheme.
+            &format!("myapikey0123:{}", "ab".repeat(32)),
         ] {
             let mut h = headers(&[("authorization", key)]);
             assert_eq!(take(&mut h), Ok(None), "{key}");
