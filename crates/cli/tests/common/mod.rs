@@ -82,13 +82,10 @@ pub fn manifest_dir() -> std::path::PathBuf {
         .expect("tests run under cargo, which sets CARGO_MANIFEST_DIR")
 }
 
-/// A loopback port nothing listens on (for a server started next).
+/// A loopback port nothing listens on (for a server started next), never
+/// one handed out before in this process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    gate402_regtest::free_port()
 }
 
 /// A `gate402 serve` process on a port of its own, laid out under a root

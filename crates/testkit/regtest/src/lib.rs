@@ -23,12 +23,22 @@ pub mod cln;
 const RPC_USER: &str = "gate402";
 const RPC_PASSWORD: &str = "gate402";
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, never one this process was handed
+/// before: the port is let go for a server started next, and the kernel
+/// may hand it out again meanwhile to a test running beside.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Where `scripts/build-*` cache what they build.
