@@ -456,9 +456,6 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let max_redirects = if args.follow { MAX_REDIRECTS } else { 0 };
     // Each payment is told as it is made: a later hop may still fail.
     let quiet = args.silent || args.json;
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     // Payments recorded after this one are this run's (another run's at
     // the same time on the same origin would be said too: rare, and true).
     let before = client.payer.ledger.last_payment_id()?;
@@ -480,12 +477,11 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             let paid: Vec<_> = client
                 .payer
                 .ledger
-                .payments(started.saturating_sub(1))
+                .payments_after(before)
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|p| {
-                    p.id > before
-                        && p.status == gate402_client::PaymentState::Paid
+                    p.status == gate402_client::PaymentState::Paid
                         && !told.contains(&p.payment_hash)
                         && reqwest::Url::parse(&p.url).is_ok_and(|u| u.origin() == origin)
                 })

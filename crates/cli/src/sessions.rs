@@ -174,23 +174,21 @@ async fn close(
         )
         .await?;
     let open = payer.ledger.sessions(false)?;
+    let prefix = id.map(str::to_ascii_lowercase).unwrap_or_default();
+    let named = |s: &&StoredSession| s.id.starts_with(&prefix);
     let chosen: Vec<&StoredSession> = match id {
         _ if all => open.iter().collect(),
-        Some(prefix) if !prefix.is_empty() => {
-            let prefix = prefix.to_ascii_lowercase();
-            open.iter().filter(|s| s.id.starts_with(&prefix)).collect()
-        }
+        Some(id) if !id.is_empty() => open.iter().filter(named).collect(),
         _ => bail!("give a session id (or --all)"),
     };
     match (chosen.len(), id) {
         (0, Some(id)) => {
             // Closed already (by this client, or by the server for
             // idleness): said as it was recorded, not as an error.
-            let prefix = id.to_ascii_lowercase();
             let all_sessions = payer.ledger.sessions(true)?;
             let done: Vec<&StoredSession> = all_sessions
                 .iter()
-                .filter(|s| s.closed_at.is_some() && s.id.starts_with(&prefix))
+                .filter(|s| s.closed_at.is_some() && named(s))
                 .collect();
             let [session] = done[..] else {
                 bail!("no open session {id}");

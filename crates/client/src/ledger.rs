@@ -661,6 +661,17 @@ impl Ledger {
         Ok(())
     }
 
+    /// The payments recorded after payment `id`, oldest first: with
+    /// [`Ledger::last_payment_id`] taken before, what a run paid.
+    pub fn payments_after(&self, id: i64) -> Result<Vec<PaymentEntry>, LedgerError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE id > ?1 ORDER BY id"
+        ))?;
+        let rows = statement.query_map([id], |r| pending(r).map(|p| p.entry))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The id of the newest payment recorded (0 when none): what a run
     /// pays is recorded after it ([`PaymentEntry::id`] grows).
     pub fn last_payment_id(&self) -> Result<i64, LedgerError> {

@@ -135,7 +135,7 @@ impl ServicesHandle {
             .iter()
             .flat_map(|sold| &sold.tools)
             .filter(|tool| tool.service == name)
-            .map(|tool| format!("mcp/{}", tool.name))
+            .map(|tool| crate::config::tool_books_name(&tool.name))
             .collect()
     }
 

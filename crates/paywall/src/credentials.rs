@@ -256,7 +256,7 @@ fn lists_credential(value: &[u8]) -> bool {
     // its macaroon a version 2 one (`\x02` reads `Ag`): not an API's own
     // `key:signature`.
     let whole = value.trim_ascii_end();
-    if whole.starts_with(b"Ag") && is_l402_token(whole) && word_at(value).len() == whole.len() {
+    if whole.starts_with(b"Ag") && is_l402_token(whole) {
         return true;
     }
     let listed = value
@@ -277,18 +277,19 @@ fn lists_credential(value: &[u8]) -> bool {
                 .iter()
                 .take_while(|b| is_separator(**b) || (!payment && **b == b':'))
                 .count();
+            // After separators, a credential-shaped token.
             let token = word_at(&value[at + word.len() + gap..]);
-            let found = match (payment, gap) {
-                // A credential is base64url JSON: `{"` reads `eyJ`.
-                (true, 0) => is_payment_token(token),
-                (true, _) => token.len() >= 16 && token.iter().all(|b| is_base64(*b)),
-                (false, 0) => is_l402_token(token),
-                (false, _) => token.contains(&b':'),
-            };
-            // Any other marks or escapes between the word and a whole
-            // credential (`Payment: eyJ…`, `L402.<mac>:<preimage>`,
-            // `Payment%20eyJ…`): an upstream may read past them.
-            found || {
+            let shaped = gap > 0
+                && if payment {
+                    token.len() >= 16 && token.iter().all(|b| is_base64(*b))
+                } else {
+                    token.contains(&b':')
+                };
+            // After nothing, or any other marks or escapes, a whole
+            // credential (`Payment<eyJ…>`, `Payment: eyJ…`,
+            // `L402.<mac>:<preimage>`, `Payment%20eyJ…`): an upstream may
+            // read past them.
+            shaped || {
                 let rest = &value[at + word.len()..];
                 let token = word_at(&rest[loose_gap(rest)..]);
                 if payment {

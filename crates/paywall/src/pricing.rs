@@ -686,10 +686,10 @@ impl<'a> Parsed<'a> {
         }
     }
 
-    /// The texts at `pointer` in the other items of the arrays its index
+    /// The texts at `pointer` in every item of the arrays its index
     /// tokens pass through (`/a/0/b` in `{"a":[{"b":"y"},{"b":"x"}]}`
-    /// reaches `x` too); empty for a pointer without an index or a body
-    /// that is not JSON. Call after [`Self::field`].
+    /// reaches `y` and `x`); empty for a pointer without an index or a
+    /// body that is not JSON. Call after [`Self::field`].
     fn in_every_item(&self, pointer: &str) -> Vec<Cow<'_, str>> {
         let tokens: Vec<String> = pointer_keys(pointer).collect();
         let mut texts = Vec::new();

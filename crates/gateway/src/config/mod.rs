@@ -341,7 +341,7 @@ impl ToolConfig {
     pub fn paid_service(&self, called: &ServiceConfig) -> ServiceConfig {
         let mut service = called.clone();
         let priced = &mut service.priced;
-        priced.name = format!("mcp/{}", self.name);
+        priced.name = tool_books_name(&self.name);
         priced.price_sats = self.price_sats.unwrap_or(called.priced.price_sats);
         priced.description = self.description.clone();
         priced.schemes = Schemes::MPP;
@@ -354,6 +354,12 @@ impl ToolConfig {
         }
         service
     }
+}
+
+/// The name the books, challenges and payments of MCP tool `tool` go
+/// under (`mcp/<tool>`): a payment for one tool buys no other.
+pub fn tool_books_name(tool: &str) -> String {
+    format!("mcp/{tool}")
 }
 
 /// TLS files.

@@ -85,7 +85,7 @@ impl Pricing {
 
 /// A paid service that charges `price_sats` per call of `tool`, paid with MPP.
 fn charge(tool: &str, price_sats: u64, description: &str) -> PricedService {
-    let mut service = PricedService::new(&format!("mcp/{tool}"), "/mcp", price_sats);
+    let mut service = PricedService::new(&crate::config::tool_books_name(tool), "/mcp", price_sats);
     service.description = description.to_owned();
     service.schemes = gate402_paywall::Schemes::MPP;
     service
