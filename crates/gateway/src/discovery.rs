@@ -14,7 +14,9 @@ use std::sync::Arc;
 use axum::http::Method;
 use serde_json::{json, Map, Value};
 
-use gate402_l402::caveat::{BALANCE_SUFFIX, PASS_SUFFIX, USES_SUFFIX, VALID_UNTIL_SUFFIX};
+use gate402_l402::caveat::{
+    BALANCE_SUFFIX, PASS_SECS_SUFFIX, PASS_SUFFIX, USES_SUFFIX, VALID_UNTIL_SUFFIX,
+};
 use gate402_paywall::route::PathPattern;
 use gate402_paywall::{Auth, PricedService, Sells};
 
@@ -440,6 +442,14 @@ pub fn manifest(
                     format!(
                         "Marks the token a pass on {name}, good until {name}{VALID_UNTIL_SUFFIX}"
                     ),
+                ),
+            );
+            caveats.insert(
+                format!("{name}{PASS_SECS_SUFFIX}"),
+                caveat(
+                    "duration",
+                    "shorter",
+                    format!("Seconds the pass on {name} lasts from its first use"),
                 ),
             );
         }

@@ -274,6 +274,7 @@ async fn the_l402_manifest_lists_what_l402_buys() {
         conditions,
         [
             "maps_pass",
+            "maps_pass_secs",
             "maps_valid_until",
             "services",
             "weather_amount",
@@ -284,6 +285,7 @@ async fn the_l402_manifest_lists_what_l402_buys() {
     // A per-request token says so in its macaroon, and so does a pass.
     assert_eq!(caveats["weather_uses"]["type"], "count");
     assert_eq!(caveats["maps_pass"]["type"], "flag");
+    assert_eq!(caveats["maps_pass_secs"]["attenuation"], "shorter");
     assert_eq!(caveats["weather_amount"]["type"], "amount");
     assert_eq!(caveats["services"]["type"], "service_list");
     assert_eq!(caveats["maps_valid_until"]["type"], "timestamp");

@@ -643,6 +643,44 @@ async fn a_pass_serves_its_period_through_l402_and_one_request_through_mpp() {
     );
 }
 
+/// A pass lasts its seconds from its first use, not from its invoice:
+/// paid and left unused it keeps them all, and once used it ends on time
+/// (the invoice's expiry is not added to it), with a fresh challenge.
+#[tokio::test]
+async fn a_pass_lasts_its_seconds_from_its_first_use() {
+    let h = Harness::start(|up| {
+        let mut news = service("news", "/news", 10, up);
+        news.priced = news.priced.pass(2);
+        vec![news]
+    })
+    .await;
+    let (offer, preimage) = h.buy("/news").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for _ in 0..2 {
+        assert_eq!(h.get("/news", &l402).await.status(), StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let ended = h.get("/news", &l402).await;
+    assert_eq!(ended.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(
+        ended.headers().get(WWW_AUTHENTICATE).is_some(),
+        "a fresh challenge"
+    );
+    let problem: Value = ended.json().await.unwrap();
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("payment-expired"),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("first use"),
+        "{problem}"
+    );
+}
+
 /// What a token was sold as decides, not what the service sells today: a
 /// config change neither spends passes already sold nor turns sold
 /// single-use tokens into passes.

@@ -624,3 +624,58 @@ upstream = "http://{upstream}"
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+/// A pass's period runs from its first use on any replica: one first used
+/// on A ends on B as on A, not its seconds after B first saw it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pass_ends_on_every_replica_its_seconds_after_its_first_use() {
+    let postgres = TestPostgres::start().await;
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let text = format!(
+        r#"
+listen = "127.0.0.1:0"
+[store]
+kind = "postgres"
+url = "{url}"
+[mpp]
+secret = "a shared secret of at least thirty-two bytes"
+[[services]]
+name = "pass"
+path = "/hello"
+price_sats = 3
+sells = "pass"
+token_lifetime_secs = 5
+upstream = "http://{upstream}"
+"#,
+        url = postgres.url
+    );
+    let config = gate402_gateway::GatewayConfig::parse(&text, |_| None).unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start(&config, dir_a.path()).await.unwrap();
+    let b = Gateway::start(&config, dir_b.path()).await.unwrap();
+    let http = reqwest::Client::new();
+    let hello = |g: &Gateway| format!("http://{}/hello", g.addr());
+    let response = http.get(hello(&a)).send().await.unwrap();
+    let offer = Offer::from_headers(response.headers()).unwrap();
+    let paid = pay_via(&http, &format!("http://{}", a.addr()), &offer.bolt11)
+        .await
+        .unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let pass = offer.l402_authorization(&preimage).unwrap();
+    let get = |url: String| http.get(url).header(AUTHORIZATION, &pass).send();
+    let first_use = std::time::Instant::now();
+    assert_eq!(get(hello(&a)).await.unwrap().status(), StatusCode::OK);
+    let after = |ms| {
+        tokio::time::sleep(std::time::Duration::from_millis(ms).saturating_sub(first_use.elapsed()))
+    };
+    // In whole seconds, the period ends 4 to 5 s after the first use.
+    after(2500).await;
+    assert_eq!(get(hello(&b)).await.unwrap().status(), StatusCode::OK);
+    // Past its end, and before B's own first use and 5 s.
+    after(5300).await;
+    for replica in [&b, &a] {
+        let ended = get(hello(replica)).await.unwrap();
+        assert_eq!(ended.status(), StatusCode::PAYMENT_REQUIRED);
+    }
+}

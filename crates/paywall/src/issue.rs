@@ -111,7 +111,15 @@ impl Issuer {
                 Sells::Balance => {
                     caveats.push(Caveat::balance(&service.name, service.deposit_sats()));
                 }
-                Sells::Pass => caveats.push(Caveat::pass(&service.name)),
+                Sells::Pass => {
+                    caveats.push(Caveat::pass(&service.name));
+                    // Its period runs from its first use, not from its
+                    // invoice (which may be paid any time before expiry).
+                    caveats.push(Caveat::pass_secs(
+                        &service.name,
+                        service.token_lifetime_secs,
+                    ));
+                }
             }
             let minted = self.root_keys.mint(
                 created.payment_hash,

@@ -581,6 +581,35 @@ fn drop_targeted_cache_fields(headers: &mut HeaderMap) {
 }
 
 impl Paywall {
+    /// Whether the L402 pass `verified` (one minted with
+    /// `<service>_pass_secs`) is still within its period, counted from its
+    /// first use ([`crate::pass_period`]); anything else is.
+    ///
+    /// # Errors
+    ///
+    /// [`Halt::Refuse`] (402 `payment-expired`, with a fresh challenge)
+    /// once the period is over; [`Halt::Answer`] (500, retry) when the
+    /// store cannot say when it began: nothing is spent.
+    pub(crate) async fn in_pass_period(&self, verified: &Verified) -> Result<(), Halt> {
+        let Some(secs) = verified.pass_secs else {
+            return Ok(());
+        };
+        let now = crate::clock::unix_now();
+        let started = self
+            .inner
+            .pass_starts
+            .started(self.inner.store.as_ref(), &verified.payment_hash, now)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "store: cannot read when a pass was first used");
+                Halt::Answer(responses::payment_unavailable())
+            })?;
+        match crate::pass_period::ended(secs, started, now) {
+            Some(refusal) => Err(Halt::Refuse(refusal)),
+            None => Ok(()),
+        }
+    }
+
     /// The layer to wrap an app or a proxy with.
     pub fn layer(&self) -> PaywallLayer {
         PaywallLayer::new(self.clone())
@@ -818,6 +847,15 @@ impl Paywall {
                     .await));
             }
         };
+        if let Err(halt) = self.in_pass_period(&verified).await {
+            // What it was answered within its period is its own.
+            if let Ok(Kept::Replay(replayed)) = self.keep(&mut request, &verified).await {
+                return Ok(own(replayed));
+            }
+            return Ok(own(self
+                .halt_answer(halt, &service, &mut request, client)
+                .await));
+        }
         // Paid at least this request's price (a dynamic price), and
         // counted at what it paid.
         let mut service = match self.paid_for(&service, scheme, &value, &verified).await {

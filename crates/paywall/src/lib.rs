@@ -83,6 +83,7 @@ pub mod limits;
 mod meter;
 pub mod metrics;
 pub mod observe;
+mod pass_period;
 pub mod payment_id;
 mod paywall;
 pub mod pricing;

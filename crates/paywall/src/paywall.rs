@@ -214,6 +214,7 @@ impl PaywallBuilder {
                 idempotency: self.idempotency,
                 pricers: Default::default(),
                 revoked: ArcSwap::default(),
+                pass_starts: Default::default(),
                 background: TaskTracker::new(),
                 served: Batch::new(),
                 stopped_since: Default::default(),
@@ -286,6 +287,8 @@ pub(crate) struct State {
     /// Payments the operator revoked (their hashes): read by every paid
     /// request, replaced whole when one is added.
     revoked: ArcSwap<std::collections::HashSet<[u8; 32]>>,
+    /// When the passes presented here were first used.
+    pub(crate) pass_starts: crate::pass_period::PassStarts,
     /// The writer of `served`.
     pub(crate) background: TaskTracker,
     /// What payments served, written after the responses left.
@@ -880,6 +883,7 @@ mod tests {
                 balance: None,
                 proven: true,
                 paid_sats: Some(2),
+                pass_secs: None,
             }
         };
         for i in 0..payments {

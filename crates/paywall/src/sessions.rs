@@ -96,6 +96,7 @@ fn spending(id: [u8; 32], challenge_id: Option<String>) -> Verified {
         balance: None,
         proven: true,
         paid_sats: None,
+        pass_secs: None,
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Verified {
     /// token's `<service>_amount` caveat) or does not matter (a pass, a
     /// balance).
     pub paid_sats: Option<u64>,
+    /// How long an L402 pass lasts from its first use (seconds, its
+    /// `<service>_pass_secs` caveat); `None` for anything else, and for a
+    /// pass minted without it (bounded by its `_valid_until` alone).
+    pub pass_secs: Option<u64>,
 }
 
 /// Checks credentials against the gateway's secrets and terms.
@@ -137,6 +141,7 @@ struct Grant {
     payment_hash: [u8; 32],
     valid_until: Option<u64>,
     balance: Option<u64>,
+    pass_secs: Option<u64>,
 }
 
 impl Passes {
@@ -206,6 +211,7 @@ impl Verifier {
                     payment_hash: id.payment_hash,
                     valid_until: terms.valid_until,
                     balance: terms.balance.filter(|_| sale == Sale::Balance),
+                    pass_secs: terms.pass_secs.filter(|_| sale == Sale::Pass),
                 };
                 if !single_use {
                     let service = service.name.clone();
@@ -296,6 +302,7 @@ impl Verifier {
             balance: None,
             proven: true,
             paid_sats: Some(verified.amount_sats),
+            pass_secs: None,
         })
     }
 
@@ -309,6 +316,7 @@ impl Verifier {
             balance: grant.balance,
             proven: true,
             paid_sats: None,
+            pass_secs: grant.pass_secs,
         }
     }
 
@@ -366,6 +374,7 @@ mod tests {
                 payment_hash: [7; 32],
                 valid_until,
                 balance: None,
+                pass_secs: None,
             },
         }
     }

@@ -227,6 +227,7 @@ impl X402Keys {
             balance: None,
             proven: payment.payload.preimage.is_some(),
             paid_sats: Some(invoiced_msat / 1000),
+            pass_secs: None,
         })
     }
 }

@@ -597,6 +597,7 @@ impl PaidTools {
             balance: None,
             proven: true,
             paid_sats: None,
+            pass_secs: None,
         })
     }
 

@@ -16,6 +16,9 @@
 //! - `<service>_pass=1`: it is a pass there, good until its
 //!   `_valid_until` (gate402's own; minted so that a `_balance` or `_uses`
 //!   a holder appends comes after it and changes nothing);
+//! - `<service>_pass_secs=<seconds>`: how long a pass lasts from its first
+//!   use (gate402's own; the gateway keeps when each pass was first used,
+//!   and `_valid_until` still bounds it);
 //! - `<capability>_<constraint>=value`: application constraints, checked by
 //!   satisfiers the application supplies.
 //!
@@ -94,6 +97,12 @@ impl Caveat {
     pub fn pass(service: &str) -> Self {
         Self::new(format!("{service}{PASS_SUFFIX}"), "1".to_owned())
     }
+
+    /// `<service>_pass_secs=<seconds>`: the pass lasts `secs` from its
+    /// first use.
+    pub fn pass_secs(service: &str, secs: u64) -> Self {
+        Self::new(format!("{service}{PASS_SECS_SUFFIX}"), secs.to_string())
+    }
 }
 
 /// What a token's caveats say it buys from one service.
@@ -108,6 +117,9 @@ pub struct Terms {
     /// was minted with, which later caveats do not change (a value that is
     /// not a number reads as 0).
     pub balance: Option<u64>,
+    /// The fewest `<service>_pass_secs`, if any: a value that is not a
+    /// number reads as 0, the narrowest.
+    pub pass_secs: Option<u64>,
 }
 
 /// Reads [`Terms`] for `service` from a token's first-party caveats.
@@ -129,6 +141,8 @@ pub fn terms<'a>(caveats: impl IntoIterator<Item = &'a [u8]>, service: &str) -> 
             // The first is the one minted with the token; caveats a holder
             // appends cannot change the deposit it names.
             terms.balance = Some(caveat.value.parse::<u64>().unwrap_or(0));
+        } else if suffix == PASS_SECS_SUFFIX {
+            terms.pass_secs = earliest(terms.pass_secs, caveat.value.parse().unwrap_or(0));
         }
     }
     terms
@@ -184,6 +198,9 @@ pub const USES_SUFFIX: &str = "_uses";
 pub const BALANCE_SUFFIX: &str = "_balance";
 /// The suffix of the condition that marks a pass.
 pub const PASS_SUFFIX: &str = "_pass";
+/// The suffix of the condition that says how long a pass lasts from its
+/// first use.
+pub const PASS_SECS_SUFFIX: &str = "_pass_secs";
 
 /// One entry of a `services` caveat.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -571,6 +588,9 @@ mod tests {
             Caveat::balance("svc", 150),
             Caveat::balance("svc", 200),
             Caveat::balance("other", 1),
+            Caveat::pass_secs("svc", 60),
+            Caveat::pass_secs("svc", 3600),
+            Caveat::pass_secs("other", 1),
         ];
         let raw: Vec<String> = caveats.iter().map(Caveat::to_string).collect();
         let bytes = raw.iter().map(|c| c.as_bytes());
@@ -580,7 +600,21 @@ mod tests {
                 valid_until: Some(400),
                 uses: Some(1),
                 balance: Some(150),
+                pass_secs: Some(60),
             }
+        );
+        // A pass's length is not a pass's mark, nor another service's.
+        assert_eq!(
+            sold_as(["svc_pass_secs=60", "svc_uses=1"].map(str::as_bytes), "svc"),
+            Sale::Requests
+        );
+        assert_eq!(
+            terms(["svc_pass_secs=x".as_bytes()], "svc").pass_secs,
+            Some(0)
+        );
+        assert_eq!(
+            terms(["svc_pass_secs=9".as_bytes()], "svc_pass").pass_secs,
+            None
         );
         // A holder can only lower a balance, never raise it.
         assert_eq!(
