@@ -92,18 +92,24 @@ pub const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// agent for ever.
 pub const READ_TIMEOUT_SECS: u64 = 120;
 
+/// The longest timeout taken (seconds, about 31 years): a clock cannot
+/// count much further ahead.
+pub const MAX_TIMEOUT_SECS: u64 = 1_000_000_000;
+
 /// How long a paying command waits for a server: shared by `get` and
 /// `mcp call`.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct Timeouts {
     /// Seconds a connection (TCP and TLS) may take.
-    #[arg(long, value_name = "SECS", default_value_t = CONNECT_TIMEOUT_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = CONNECT_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_SECS))]
     pub connect_timeout: u64,
     /// Seconds the server may send nothing (before its answer or within
     /// it) before the request is given up; for `mcp call`, also the most
     /// a tool's answer may take. 0 waits for ever. A payment made for it
     /// is booked all the same.
-    #[arg(long, value_name = "SECS", default_value_t = READ_TIMEOUT_SECS)]
+    #[arg(long, value_name = "SECS", default_value_t = READ_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub read_timeout: u64,
 }
 

@@ -16,8 +16,8 @@ fn scalar(value: &Value) -> Option<String> {
         Value::Bool(b) => Some(if *b { "yes" } else { "no" }.into()),
         Value::Number(n) => Some(n.to_string()),
         // What a server wrote (a macaroon's caveats, a challenge's realm)
-        // cannot drive the terminal.
-        Value::String(s) => Some(crate::output::terminal_safe(s)),
+        // cannot drive the terminal, nor add lines that read as fields.
+        Value::String(s) => Some(crate::output::terminal_safe(s).replace('\n', "\u{fffd}")),
         Value::Array(a) if a.is_empty() => Some("(none)".into()),
         Value::Object(o) if o.is_empty() => Some("{}".into()),
         Value::Array(_) | Value::Object(_) => None,
@@ -29,7 +29,7 @@ fn render(value: &Value, indent: usize, out: &mut String) {
     match value {
         Value::Object(map) => {
             for (key, v) in map {
-                let key = crate::output::terminal_safe(key);
+                let key = crate::output::terminal_safe(key).replace('\n', "\u{fffd}");
                 match scalar(v) {
                     Some(s) => out.push_str(&format!("{pad}{key}: {s}\n")),
                     None => {
@@ -65,5 +65,13 @@ mod tests {
             to_text(&v),
             "a: 1\nb:\n  c:\n    - yes\n    -\n      d: x\ne: (none)\n"
         );
+    }
+
+    #[test]
+    fn a_value_stays_on_its_line() {
+        let v = serde_json::json!({"description": "D\r\namount: 1 sat"});
+        assert_eq!(to_text(&v), "description: D\u{fffd}\u{fffd}amount: 1 sat\n");
+        let v = serde_json::json!({"a\nb": ["x\ny"]});
+        assert_eq!(to_text(&v), "a\u{fffd}b:\n  - x\u{fffd}y\n");
     }
 }

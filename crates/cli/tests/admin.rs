@@ -189,6 +189,14 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
         let output = gate402(&data, &[&["admin", "revenue"][..], args].concat());
         assert_eq!(output.status.code(), Some(2), "{args:?}");
     }
+    // Too many buckets: says how many, and what to ask for instead.
+    let output = gate402(&data, &["admin", "revenue", "--hours", "20000"]);
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        said.contains("20000 hours") && said.contains("by day"),
+        "{said}"
+    );
     stdout(&gate402(
         &data,
         &[

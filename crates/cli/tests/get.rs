@@ -865,6 +865,37 @@ async fn a_kept_credential_goes_only_with_the_request_it_was_bought_for() {
     gateway.shutdown().await.unwrap();
 }
 
+/// A timeout beyond what the clock can count ahead is refused with the
+/// other bad arguments, before anything is sent (it made the client panic
+/// once a request was under way, a payment made for it included).
+#[test]
+fn a_timeout_beyond_the_clock_is_refused_before_anything_is_sent() {
+    let data = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    for (flag, value) in [
+        ("--read-timeout", "18446744073709551615"),
+        ("--read-timeout", "9300000000000000000"),
+        ("--connect-timeout", "18446744073709551615"),
+        ("--connect-timeout", "0"),
+    ] {
+        for command in [
+            &["get", flag, value, &url][..],
+            &["mcp", "call", flag, value, &url, "ping"],
+        ] {
+            let out = gate402(data.path(), command);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{command:?}: {stderr}");
+            assert!(
+                stderr.contains(flag) && !stderr.contains("panicked"),
+                "{command:?}: {stderr}"
+            );
+        }
+    }
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "nothing was sent");
+}
+
 /// A server that stalls (says nothing after the request, or stops within
 /// its body) does not hold the client for ever: it gives up after
 /// `--read-timeout` seconds of silence with an error and a non-zero exit.

@@ -389,7 +389,7 @@ impl Payer {
                 self.ledger.note_unanswered(&token.payment_hash, sent)?;
             }
             let answer = send(attempt).await?;
-            if let Some(sent) = &sent {
+            if let Some(sent) = sent.as_ref().filter(|_| spends(answer.status())) {
                 self.ledger.note_answered(&token.payment_hash, sent)?;
             }
             Ok(answer)

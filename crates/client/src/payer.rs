@@ -535,7 +535,9 @@ impl Payer {
             self.ledger.cache_token(&token, now())?;
         }
         let answer = send_paid(request, field, &credential, send).await?;
-        if let (true, Some(sent)) = (keeps, RequestKey::of(request)) {
+        // Answered for good, not with a server error or a refusal after
+        // which the request is sent again, under the same key.
+        if let (true, Some(sent)) = (keeps && spends(answer.status()), RequestKey::of(request)) {
             self.ledger.note_answered(&entry.payment_hash, &sent)?;
         }
         let single_use = match scheme {

@@ -428,3 +428,44 @@ async fn a_token_refused_for_a_price_rise_is_kept() {
     assert_eq!(cheaper.status(), 500);
     drop(gateway);
 }
+
+/// A paid request answered with a server error keeps its credential (the
+/// gateway left it unspent) and its key: a later run sending it again is a
+/// retry of the same request to the API, not a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_answered_with_a_server_error_is_sent_again_with_the_same_key() {
+    let (gateway, base, received, _dir) = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    for run in 0..3 {
+        let client = client(ledger.clone());
+        let post = client
+            .http
+            .post(format!("{base}/many/fail"))
+            .body("{\"n\":1}")
+            .build()
+            .unwrap();
+        let Fetched::Response(answer, _) = client.fetch(post).await.unwrap() else {
+            panic!("run {run}: not answered");
+        };
+        assert_eq!(answer.status(), 500, "run {run}");
+    }
+    let keys: Vec<Option<String>> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, path, _)| path == "/many/fail")
+        .map(|(_, _, key)| key.clone())
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(
+        keys[0].as_deref().is_some_and(made_by_the_client),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "one key for the three: {keys:?}"
+    );
+    assert_eq!(ledger.payments(0).unwrap().len(), 1, "paid once");
+    gateway.shutdown().await.unwrap();
+}

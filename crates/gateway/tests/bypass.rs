@@ -1657,6 +1657,15 @@ async fn forwarding_headers_from_clients_are_not_believed() {
         ("Z-Forwarded-For", "6.6.6.6"),
         ("X.Forwarded.For", "6.6.6.6"),
         ("Forwarded_", "for=6.6.6.6"),
+        // A path prefix or target, a host, as some apps read them.
+        ("X-Script-Name", "/evil.test"),
+        ("Script-Name", "/evil.test"),
+        ("X_Script_Name", "/evil.test"),
+        ("X-Request-Uri", "/evil.test"),
+        ("Request-Uri", "/evil.test"),
+        ("X-Host-Override", "evil.test"),
+        ("X-Real-Host", "evil.test"),
+        ("X-Http-DestinationURL", "http://evil.test/"),
     ];
     let telltales = ["6.6.6.6", "7.7.7.7", "evil.test", "https-evil", "6666"];
     let mut variants: Vec<(&str, Vec<(String, String)>)> = vec![(

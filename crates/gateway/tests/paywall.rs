@@ -2441,6 +2441,24 @@ async fn a_paid_answer_is_never_left_to_shared_caches() {
     }
 }
 
+/// Nor is a free call's answer on a paid service: a shared cache would
+/// serve it to everyone, free calls spent or not.
+#[tokio::test]
+async fn a_free_call_of_a_paid_service_is_never_left_to_shared_caches() {
+    let h = Harness::start(|up| {
+        let mut taste = service("cached", "/cached", 2, up);
+        taste.priced.auth = Auth::Freebie(1);
+        vec![taste]
+    })
+    .await;
+    let response = h.client.get(h.url("/cached")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "max-age=60, private");
+    for targeted in ["cdn-cache-control", "surrogate-control", "x-accel-expires"] {
+        assert!(response.headers().get(targeted).is_none(), "{targeted}");
+    }
+}
+
 /// A `Payment` credential for `challenge`, its echo trimmed by `trim` as a
 /// client might.
 fn payment_credential(

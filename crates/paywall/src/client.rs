@@ -118,7 +118,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 /// Fields that say who the client is or how it came, named in full: the
 /// standard one, the de facto ones and CDNs' own ([`is_forwarding_header`]
 /// adds whole families by prefix).
-const FORWARDING_NAMES: [&str; 37] = [
+const FORWARDING_NAMES: [&str; 44] = [
     "forwarded",
     "forwarded-for",
     "via",
@@ -156,6 +156,16 @@ const FORWARDING_NAMES: [&str; 37] = [
     "x-jwt-payload",
     "x-jwt-claims",
     "x-jwt-assertion",
+    // The path prefix or target some apps route by (Flask's
+    // ReverseProxied recipe takes its script name from `X-Script-Name` and
+    // strips it from the path), and hosts some read instead of `Host`.
+    "x-script-name",
+    "script-name",
+    "x-request-uri",
+    "request-uri",
+    "x-host-override",
+    "x-real-host",
+    "x-http-destinationurl",
 ];
 
 /// Families of such fields, by prefix: `X-Forwarded-*` (`-Uri`, `-User`,

@@ -1611,7 +1611,10 @@ impl Paywall {
             }
             response
         };
-        let response = Detached::new(&self.inner.background, settled, drop).await?;
+        let mut response = Detached::new(&self.inner.background, settled, drop).await?;
+        // What a paid service serves free to one client is still sold to
+        // the rest: no shared cache may keep it for them.
+        make_private(response.headers_mut());
         Ok(response.map(|body| PaywallBody::wrapped(body, None)))
     }
 }

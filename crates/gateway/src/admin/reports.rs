@@ -176,6 +176,9 @@ impl Sums {
     }
 }
 
+/// The most buckets one revenue report holds.
+const MAX_BUCKETS: u64 = 10_000;
+
 /// `GET /admin/api/revenue?since=&until=&by=hour|day`: buckets per
 /// service, totals per service and overall. Default: the last 24 hours by
 /// hour (`by=day`: the last 30 days). Bounds are rounded out to whole
@@ -209,8 +212,16 @@ pub(super) async fn revenue(
     if since >= until {
         return problem(StatusCode::BAD_REQUEST, "since must be before until");
     }
-    if (until - since) / width > 10_000 {
-        return problem(StatusCode::BAD_REQUEST, "at most 10000 buckets");
+    if (until - since) / width > MAX_BUCKETS {
+        let by = if width == 3600 { "hour" } else { "day" };
+        return problem(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "{} {by}s asked for, by {by}: at most {MAX_BUCKETS}; ask for a shorter span{}",
+                (until - since) / width,
+                if width == 3600 { " or by day" } else { "" }
+            ),
+        );
     }
     let (since, until) = (since / width * width, until.div_ceil(width) * width);
     let (paid, issued) = match (
