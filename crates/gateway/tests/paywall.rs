@@ -102,6 +102,13 @@ async fn paused(axum::extract::Path(ms): axum::extract::Path<u64>) -> axum::body
 fn upstream_app() -> Router {
     Router::new()
         .route("/sms", any(send_sms))
+        .route(
+            "/sms/slow",
+            any(|body: Bytes| async move {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                send_sms(body).await
+            }),
+        )
         .route("/pause/{ms}", any(paused))
         .route("/pass/sms", any(send_sms))
         .route(
@@ -2195,6 +2202,66 @@ async fn a_token_paid_before_a_restart_still_works() {
             .await
             .unwrap();
         assert_eq!(response.status(), status);
+    }
+}
+
+/// A paid request still at the upstream when a stop's grace period ends
+/// is settled by what the upstream answers before the gateway exits: its
+/// payment spent and its answer kept for its Idempotency-Key, not left in
+/// flight to be released at the next start and sent upstream again.
+#[tokio::test]
+async fn a_paid_request_cut_off_by_a_stop_is_settled_before_the_gateway_exits() {
+    let upstream = Upstream::start("127.0.0.1:0".parse().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config =
+        GatewayConfig::default_with_services(vec![service("sms", "/sms/slow", 3, &upstream.url())]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.shutdown_grace_secs = 1;
+    let client = reqwest::Client::new();
+    for (keyed, text) in [
+        (true, "sent as a stop began"),
+        (false, "sent as a stop began, no key"),
+    ] {
+        let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+        let base = format!("http://{}", gateway.addr());
+        let unpaid = client
+            .post(format!("{base}/sms/slow"))
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+        let offer = Offer::from_headers(unpaid.headers()).unwrap();
+        let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
+        let mut preimage = [0u8; 32];
+        hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+        let credential = offer.l402_authorization(&preimage).unwrap();
+        let post = |base: &str| {
+            let request = client
+                .post(format!("{base}/sms/slow"))
+                .header(AUTHORIZATION, &credential)
+                .body(text);
+            match keyed {
+                true => request.header("idempotency-key", "\"cut-by-a-stop\""),
+                false => request,
+            }
+            .send()
+        };
+        let cut = tokio::spawn(post(&base));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        gateway.shutdown().await.unwrap();
+        assert!(cut.await.unwrap().is_err(), "{text}: cut off by the stop");
+        assert_eq!(sms_sent(&[text]), 1, "{text}");
+
+        let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+        let again = post(&format!("http://{}", gateway.addr())).await.unwrap();
+        if keyed {
+            assert_eq!(again.status(), StatusCode::CREATED, "{text}");
+            assert_eq!(again.headers()["idempotent-replayed"], "true", "{text}");
+        } else {
+            assert_eq!(again.status(), StatusCode::PAYMENT_REQUIRED, "{text}");
+        }
+        assert_eq!(sms_sent(&[text]), 1, "{text}: sent once");
+        gateway.shutdown().await.unwrap();
     }
 }
 

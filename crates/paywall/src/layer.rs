@@ -994,7 +994,7 @@ impl Paywall {
                 )
                 .await
         };
-        let task = tokio::spawn(serving.in_current_span());
+        let task = self.inner.requests.spawn(serving.in_current_span());
         match task.await {
             Ok(answer) => answer,
             Err(e) => {
@@ -1267,7 +1267,7 @@ impl Paywall {
                     paywall.count_answered(&left_service, scheme, &hash, spend.hold.is_some(), now);
                 }
             };
-            Detached::new(&self.inner.background, delivered, left).await
+            Detached::new(&self.inner.requests, delivered, left).await
         };
         if !matches!(delivered, Delivered::Errored(_)) {
             self.inner
@@ -1567,7 +1567,7 @@ impl Paywall {
                 });
             }
         };
-        Detached::new(&self.inner.background, call, give_back).await
+        Detached::new(&self.inner.requests, call, give_back).await
     }
 
     /// Forwards a free call; one that did not succeed is given back (pay
@@ -1611,7 +1611,7 @@ impl Paywall {
             }
             response
         };
-        let mut response = Detached::new(&self.inner.background, settled, drop).await?;
+        let mut response = Detached::new(&self.inner.requests, settled, drop).await?;
         // What a paid service serves free to one client is still sold to
         // the rest: no shared cache may keep it for them.
         make_private(response.headers_mut());

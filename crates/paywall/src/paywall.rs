@@ -216,6 +216,7 @@ impl PaywallBuilder {
                 revoked: ArcSwap::default(),
                 pass_starts: Default::default(),
                 background: TaskTracker::new(),
+                requests: TaskTracker::new(),
                 served: Batch::new(),
                 stopped_since: Default::default(),
                 stop: CancellationToken::new(),
@@ -250,6 +251,10 @@ impl PaywallBuilder {
         Ok(paywall)
     }
 }
+
+/// How long a stop waits for paid requests still at their upstreams
+/// (past the grace period that closed their connections).
+const REQUESTS_WAIT: Duration = Duration::from_secs(60);
 
 /// The paywall: priced routes, the Lightning backend, the store. Cheap to
 /// clone; clones share everything.
@@ -291,6 +296,10 @@ pub(crate) struct State {
     pub(crate) pass_starts: crate::pass_period::PassStarts,
     /// The writer of `served`.
     pub(crate) background: TaskTracker,
+    /// Paid requests' own work left running after their clients (their
+    /// upstream calls, store calls that take or settle a payment): a stop
+    /// waits for it before the claims it settles stop being written.
+    pub(crate) requests: TaskTracker,
     /// What payments served, written after the responses left.
     served: Batch<Served>,
     /// Replicas holding debits seen stopped, and since when.
@@ -448,6 +457,27 @@ impl Paywall {
     /// Finishes every pending claim outcome and record. Call after the
     /// server stopped serving, before the process exits.
     pub async fn shutdown(&self) {
+        // A paid request still at its upstream when the grace period cut
+        // its connection is settled by what the upstream answers (spent,
+        // its answer kept for its Idempotency-Key), not left in flight to
+        // be released at the next start and served again.
+        self.inner.requests.close();
+        if !self.inner.requests.is_empty() {
+            tracing::info!(
+                requests = self.inner.requests.len(),
+                "waiting for paid requests still at their upstreams"
+            );
+        }
+        if tokio::time::timeout(REQUESTS_WAIT, self.inner.requests.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                requests = self.inner.requests.len(),
+                "paid requests still at their upstreams after {} s; their payments are released at the next start",
+                REQUESTS_WAIT.as_secs()
+            );
+        }
         self.inner.claims.shutdown().await;
         self.inner.stop.cancel();
         self.inner.background.close();

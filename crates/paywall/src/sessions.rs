@@ -571,7 +571,7 @@ impl Paywall {
                 }
             }
         };
-        match Detached::new(&self.inner.background, call, give_back).await {
+        match Detached::new(&self.inner.requests, call, give_back).await {
             Ok(Debit::Done { unit_msat, .. }) => {
                 let service = match unit_msat / 1000 {
                     unit if unit != service.price_sats => crate::pricing::at_price(service, unit),
@@ -800,7 +800,7 @@ impl Paywall {
             let (paywall, id) = (self.clone(), *id);
             async move { paywall.close_now(&id).await }
         };
-        Detached::new(&self.inner.background, closing, drop).await
+        Detached::new(&self.inner.requests, closing, drop).await
     }
 
     async fn close_now(
