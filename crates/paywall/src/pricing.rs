@@ -1520,28 +1520,44 @@ impl Pricers {
     }
 }
 
-/// A request header value that is not visible ASCII (obs-text, raw
-/// bytes): a pricer could not be shown it, yet it would reach the
-/// upstream, so the request cannot be priced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "a header value is not visible ASCII, and this service's price is decided from its headers"
-)]
-pub struct UnshowableHeader;
+/// A request header a pricer cannot be shown as the upstream may read
+/// it, so the request cannot be priced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnshowableHeader {
+    /// A value that is not visible ASCII (obs-text, raw bytes): it would
+    /// reach the upstream unseen.
+    #[error(
+        "a header value is not visible ASCII, and this service's price is decided from its headers"
+    )]
+    NotAscii,
+    /// One name sent in two spellings that CGI-style upstreams read as one
+    /// (`X-Tier` and `X_Tier` are both `HTTP_X_TIER`): which value it
+    /// takes is its own.
+    #[error(
+        "header {0:?} is also sent as {1:?}, which upstreams read as one header; send it once (this service's price is decided from its headers)"
+    )]
+    Respelled(String, String),
+}
 
 /// The request headers a pricer sees: all but credentials and cookies,
 /// and the forwarding ones unless `vouched` for by a trusted proxy;
-/// repeated fields joined with `, `.
+/// repeated fields joined with `, `; each under its name with `-` for
+/// `_` and `.` (`X_Tier` is shown as `x-tier`), as CGI-style upstreams
+/// read it, so that a pricer that prices by `x-tier` sees it however
+/// spelled.
 ///
 /// # Errors
 ///
-/// [`UnshowableHeader`] when a value of any header but credentials and
-/// cookies is not visible ASCII.
+/// [`UnshowableHeader::NotAscii`] when a value of any header but
+/// credentials and cookies is not visible ASCII;
+/// [`UnshowableHeader::Respelled`] when two of its names read as one.
 pub(crate) fn shown_headers(
     headers: &HeaderMap,
     vouched: bool,
 ) -> Result<serde_json::Map<String, Value>, UnshowableHeader> {
     let mut shown = serde_json::Map::new();
+    // The name each shown name was sent as.
+    let mut sent_as: crate::FastMap<String, &str> = Default::default();
     for name in headers.keys() {
         if PRIVATE_HEADERS.contains(&name.as_str()) {
             continue;
@@ -1551,9 +1567,16 @@ pub(crate) fn shown_headers(
             .iter()
             .map(|v| v.to_str())
             .collect::<Result<Vec<&str>, _>>()
-            .map_err(|_| UnshowableHeader)?;
+            .map_err(|_| UnshowableHeader::NotAscii)?;
         if vouched || !crate::client::is_forwarding_header(name) {
-            shown.insert(name.as_str().to_owned(), values.join(", ").into());
+            let read_as = name.as_str().replace(['_', '.'], "-");
+            if let Some(other) = sent_as.insert(read_as.clone(), name.as_str()) {
+                return Err(UnshowableHeader::Respelled(
+                    other.to_owned(),
+                    name.as_str().to_owned(),
+                ));
+            }
+            shown.insert(read_as, values.join(", ").into());
         }
     }
     Ok(shown)
@@ -2316,6 +2339,19 @@ mod tests {
         let shown = shown_headers(&headers, false).unwrap();
         assert_eq!(shown.len(), 1, "{shown:?}");
         assert_eq!(shown["accept"], "a/b, c/d");
+        // Shown as CGI-style upstreams read them; two spellings of one
+        // name refused.
+        let mut respelled = HeaderMap::new();
+        respelled.insert("x_tier", "gold".parse().unwrap());
+        respelled.insert("x.region", "eu".parse().unwrap());
+        let shown = shown_headers(&respelled, false).unwrap();
+        assert_eq!(shown["x-tier"], "gold");
+        assert_eq!(shown["x-region"], "eu");
+        respelled.insert("x-tier", "bronze".parse().unwrap());
+        assert!(matches!(
+            shown_headers(&respelled, false),
+            Err(UnshowableHeader::Respelled(..))
+        ));
         // Neither shown nor left out: refused.
         for name in ["x-tier", "x-forwarded-host"] {
             let mut headers = headers.clone();
@@ -2323,9 +2359,12 @@ mod tests {
             assert!(shown_headers(&headers, false).is_err(), "{name}");
         }
         headers.insert("cookie", http::HeaderValue::from_bytes(b"\xff").unwrap());
-        // Vouched for by a trusted proxy, forwarding headers are shown.
+        // Vouched for by a trusted proxy, forwarding headers are shown,
+        // each in one spelling.
+        assert!(shown_headers(&headers, true).is_err(), "x_forwarded_for");
+        headers.remove("x_forwarded_for");
         let shown = shown_headers(&headers, true).unwrap();
-        assert_eq!(shown.len(), 7);
+        assert_eq!(shown.len(), 6);
         assert_eq!(shown["x-forwarded-for"], "6.6.6.6");
     }
 }
