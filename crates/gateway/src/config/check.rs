@@ -253,9 +253,19 @@ impl Checker {
         if let Some(tls) = raw.tls.and_then(|v| self.section::<RawTls>("tls", v)) {
             match (tls.cert, tls.key) {
                 (Some(cert), Some(key)) => {
+                    let mut missing = false;
                     for (k, p) in [("tls.cert", &cert), ("tls.key", &key)] {
                         if !p.exists() {
+                            missing = true;
                             self.error(k, format!("{} does not exist", p.display()));
+                        }
+                    }
+                    // Read as the listener will read them: a file that
+                    // holds no certificate, or a key of another one, is
+                    // said here, not at the start.
+                    if !missing {
+                        if let Err(e) = crate::tls::server_config(&cert, &key) {
+                            self.error("tls", e);
                         }
                     }
                     config.tls = Some(TlsConfig { cert, key });

@@ -134,6 +134,46 @@ fn every_error_with_its_key_path() {
     }
 }
 
+/// The listener's certificate and key are read as the listener reads them:
+/// a file that holds no certificate, or a key of another certificate, is
+/// an error of the config, not of the start.
+#[test]
+fn tls_files_are_read_when_the_config_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let one = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = write("cert.pem", &one.cert.pem());
+    let key = write("key.pem", &one.signing_key.serialize_pem());
+    let other_key = write("other.pem", &other.signing_key.serialize_pem());
+    let junk = write("junk.pem", "hello");
+    let config = |cert: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"http://127.0.0.1:9\"\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        )
+    };
+    assert!(GatewayConfig::parse(&config(&cert, &key), env).is_ok());
+    for (cert, key, said) in [
+        (&junk, &key, "holds no certificate"),
+        (&cert, &junk, "tls"),
+        (&cert, &other_key, "tls"),
+    ] {
+        let errors = GatewayConfig::parse(&config(cert, key), env).unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("tls") && e.contains(said)),
+            "{cert:?} {key:?}: {errors:#?}"
+        );
+    }
+}
+
 #[test]
 fn env_is_expanded_in_string_values_only() {
     let config = GatewayConfig::parse(
