@@ -1132,8 +1132,16 @@ async fn a_page_of_a_cors_origin_may_call_mcp() {
         exposed.to_ascii_lowercase().contains("mcp-session-id"),
         "{exposed}"
     );
-    let other = send("https://evil.example").await.unwrap();
-    assert_eq!(other.status(), 403);
+    // Only that origin: not another site, nor the same host on another
+    // port or scheme.
+    for other in [
+        "https://evil.example",
+        "https://app.example.com:9999",
+        "http://app.example.com",
+        "https://app.example.com.evil.example",
+    ] {
+        assert_eq!(send(other).await.unwrap().status(), 403, "{other}");
+    }
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }

@@ -48,6 +48,7 @@ pub fn router(
     let service = StreamableHttpService::new(move || Ok(tools.clone()), sessions.clone(), server);
     let guard = Arc::new(Guard {
         sessions,
+        origins: allowed.origins.clone(),
         paywall: paywall.clone(),
         config: config.clone(),
         book: Mutex::new(Book::default()),
@@ -116,6 +117,10 @@ impl McpAccess {
 /// Counts what each client holds at `/mcp`.
 struct Guard {
     sessions: Arc<LocalSessionManager>,
+    /// The browser origins allowed ([`McpAccess::origins`]), compared
+    /// whole here: the MCP library takes an allowed origin written without
+    /// a port for that origin on any port.
+    origins: Option<Vec<String>>,
     paywall: Paywall,
     config: McpConfig,
     book: Mutex<Book>,
@@ -190,6 +195,21 @@ impl Guard {
         next: axum::middleware::Next,
     ) -> Response {
         let config = &self.config;
+        if let (Some(allowed), Some(origin)) =
+            (&self.origins, request.headers().get(header::ORIGIN))
+        {
+            let listed = origin.to_str().is_ok_and(|origin| {
+                allowed
+                    .iter()
+                    .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+            });
+            if !listed {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "this origin may not call /mcp (it is not among [mcp] allowed_origins and cors_origins)",
+                );
+            }
+        }
         let client = self
             .paywall
             .client_from(request.extensions(), request.headers())
