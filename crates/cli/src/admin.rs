@@ -185,10 +185,17 @@ impl Api {
                 // while a gateway holds the data dir's lock.
                 if let Ok(lock) = std::fs::File::open(data_dir.join("gateway.lock")) {
                     if lock.try_lock().is_ok() {
+                        let left = if file.exists() {
+                            format!(
+                                " ({} is left from one that stopped)",
+                                gate402_gateway::admin::ADMIN_FILE
+                            )
+                        } else {
+                            String::new()
+                        };
                         bail!(
-                            "no gateway is running on the data dir {} ({} is left from one that stopped)",
+                            "no gateway is running on the data dir {}{left}: start `gate402 serve` with this --data-dir, or pass --url",
                             data_dir.display(),
-                            gate402_gateway::admin::ADMIN_FILE
                         );
                     }
                 }

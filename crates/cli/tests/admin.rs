@@ -250,6 +250,13 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Without one, it names no file that is not there.
+    std::fs::remove_file(data.join("admin.json")).unwrap();
+    let said = String::from_utf8_lossy(&gate402(&data, &["admin", "services"]).stderr).into_owned();
+    assert!(
+        said.contains("no gateway is running") && !said.contains("admin.json"),
+        "{said}"
+    );
 }
 
 /// SIGHUP applies `[admin] credentials`: a secret replaced (it leaked)
