@@ -183,6 +183,7 @@ impl ErrorType for PayError {
             PayError::NoAmount => "no_amount",
             PayError::InvoiceHasAmount(_) => "invoice_has_amount",
             PayError::ZeroAmount => "zero_amount",
+            PayError::AmountTooLarge(_) => "amount_too_large",
             PayError::NoRoute { .. } => "no_route",
             PayError::NotSent(_) => "not_sent",
             PayError::Rejected(_) => "rejected",

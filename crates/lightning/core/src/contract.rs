@@ -326,6 +326,16 @@ pub async fn pay_amount_refuses_an_invoice_with_an_amount(pair: &Pair<'_>) {
         Err(PayError::ZeroAmount) => {}
         other => panic!("expected ZeroAmount, got {other:?}"),
     }
+    // More than there is: refused as it is asked, before any node or
+    // wallet is (the sandbox booked 1.8e19 msat as received).
+    match pair
+        .payer
+        .pay_amount(&created.bolt11, u64::MAX, 10_000, Duration::from_secs(10))
+        .await
+    {
+        Err(PayError::AmountTooLarge(u64::MAX)) => {}
+        other => panic!("expected AmountTooLarge, got {other:?}"),
+    }
     assert_eq!(
         pair.receiver
             .invoice_status(&created.payment_hash)

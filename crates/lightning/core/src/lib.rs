@@ -281,6 +281,10 @@ pub fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// All the bitcoin there will ever be (21 million), in millisatoshis: no
+/// payment is larger.
+pub const MAX_MONEY_MSAT: u64 = 21_000_000 * 100_000_000 * 1000;
+
 /// Why an outgoing payment failed or was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayError {
@@ -313,6 +317,10 @@ pub enum PayError {
     /// [`LightningBackend::pay_amount`] was asked to pay 0 msat.
     #[error("the amount to pay must be more than 0 msat")]
     ZeroAmount,
+    /// [`LightningBackend::pay_amount`] was asked to pay more than
+    /// [`MAX_MONEY_MSAT`], all the bitcoin there will ever be.
+    #[error("the amount to pay, {0} msat, is more than all the bitcoin there will ever be ({MAX_MONEY_MSAT} msat)")]
+    AmountTooLarge(u64),
     /// No route to the payee whose fees fit under the cap.
     #[error("no route within the fee cap of {max_fee_msat} msat: {reason}")]
     NoRoute {
@@ -472,7 +480,7 @@ pub fn check_payable(
 ///
 /// # Errors
 ///
-/// [`PayError::ZeroAmount`], [`PayError::InvalidInvoice`],
+/// [`PayError::ZeroAmount`], [`PayError::AmountTooLarge`], [`PayError::InvalidInvoice`],
 /// [`PayError::WrongNetwork`], [`PayError::InvoiceHasAmount`],
 /// [`PayError::InvoiceExpired`], in that order.
 pub fn check_payable_amount(
@@ -483,6 +491,9 @@ pub fn check_payable_amount(
 ) -> Result<gate402_bolt11::Invoice, PayError> {
     if amount_msat == 0 {
         return Err(PayError::ZeroAmount);
+    }
+    if amount_msat > MAX_MONEY_MSAT {
+        return Err(PayError::AmountTooLarge(amount_msat));
     }
     let invoice = decode_for(bolt11, network)?;
     if let Some(asked) = encoded_amount(&invoice) {

@@ -431,7 +431,8 @@ fn pay_error(e: PayError) -> NIP47Error {
         | PayError::InvoiceExpired(_)
         | PayError::NoAmount
         | PayError::InvoiceHasAmount(_)
-        | PayError::ZeroAmount => ErrorCode::Other,
+        | PayError::ZeroAmount
+        | PayError::AmountTooLarge(_) => ErrorCode::Other,
         PayError::StillPending(_) | PayError::Backend(_) => ErrorCode::Internal,
     };
     error(code, e.to_string())
