@@ -642,18 +642,28 @@ pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
             }
         }
         TokensCommand::Show { hash } => {
-            let token = ledger
+            let hash = hash_prefix(hash)?;
+            let matching: Vec<_> = ledger
                 .tokens()?
                 .into_iter()
-                .find(|t| t.payment_hash.starts_with(hash.as_str()))
+                .filter(|t| t.payment_hash.starts_with(hash.as_str()))
+                .collect();
+            let payments: std::collections::BTreeSet<&str> =
+                matching.iter().map(|t| t.payment_hash.as_str()).collect();
+            if payments.len() > 1 {
+                bail!(
+                    "{hash} begins {} payments' hashes: give more of it",
+                    payments.len()
+                );
+            }
+            let token = matching
+                .first()
                 .with_context(|| format!("no token {hash}"))?;
-            outln!("{}", serde_json::to_string_pretty(&token)?);
+            outln!("{}", serde_json::to_string_pretty(token)?);
         }
         TokensCommand::Remove { hash } => {
-            if hash.is_empty() {
-                bail!("give a payment hash (or use `tokens clear`)");
-            }
-            match ledger.remove_tokens(hash)? {
+            let hash = hash_prefix(hash)?;
+            match ledger.remove_tokens(&hash)? {
                 0 => bail!("no token {hash}"),
                 removed => outln!("removed {removed}"),
             }
@@ -661,6 +671,17 @@ pub fn tokens(command: &TokensCommand, data_dir: &Path) -> Result<()> {
         TokensCommand::Clear => outln!("removed {}", ledger.remove_tokens("")?),
     }
     Ok(())
+}
+
+/// A payment hash or the start of one, as `tokens list` shows them: hex
+/// digits, in lower case.
+fn hash_prefix(text: &str) -> Result<String> {
+    if text.is_empty() || text.len() > 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(
+            "{text:?} is not a payment hash or the start of one (1 to 64 hex digits, as `tokens list` shows them; `tokens clear` forgets every token)"
+        );
+    }
+    Ok(text.to_ascii_lowercase())
 }
 
 /// `gate402 receipts [--json] [--since WHEN]`.

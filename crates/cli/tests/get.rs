@@ -184,10 +184,26 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
         "refusals and --no-pay paid nothing"
     );
     // Removing a token that is not there is an error, as showing it is.
+    let absent = "0".repeat(64);
     for command in ["show", "remove"] {
-        let out = run(data, &["tokens", command, "zz"]).await;
+        let out = run(data, &["tokens", command, &absent]).await;
         assert_eq!(out.status.code(), Some(1), "tokens {command}");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("no token zz"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("no token {absent}")));
+        // What is no hash's start is said so: it matched any token (an
+        // empty one, or `%` and `_`, which the ledger read as patterns).
+        for not_a_hash in ["", "%", "_", "zz"] {
+            let out = run(data, &["tokens", command, not_a_hash]).await;
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "tokens {command} {not_a_hash:?}"
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("is not a payment hash"),
+                "tokens {command} {not_a_hash:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
     let out = run(data, &["tokens", "clear"]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1"));

@@ -865,7 +865,9 @@ impl Ledger {
     /// Forgets tokens whose payment hash starts with `prefix` (all when empty).
     pub fn remove_tokens(&self, prefix: &str) -> Result<usize, LedgerError> {
         Ok(self.conn().execute(
-            "DELETE FROM tokens WHERE payment_hash LIKE ?1 || '%'",
+            // Compared as text, not as a LIKE pattern (`%` and `_` would
+            // match any hash).
+            "DELETE FROM tokens WHERE substr(payment_hash, 1, length(?1)) = ?1",
             [prefix],
         )?)
     }
@@ -1491,6 +1493,9 @@ mod tests {
                 .unwrap(),
             Some(docs.clone())
         );
+        // A prefix is text, not a pattern.
+        assert_eq!(ledger.remove_tokens("%").unwrap(), 0);
+        assert_eq!(ledger.remove_tokens("_").unwrap(), 0);
         // Forgotten on one route, kept on the others.
         ledger.forget_token(&docs).unwrap();
         assert_eq!(found("GET"), Some(read.clone()));
