@@ -13,7 +13,7 @@ use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use gate402_gateway::config::{Rewrite, ServiceConfig};
 use gate402_gateway::{demo, Gateway};
-use gate402_l402::{mint, L402Challenge, Scheme};
+use gate402_l402::{mint, Caveat, L402Challenge, Scheme, Service};
 use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
 use serde_json::Value;
 
@@ -442,29 +442,53 @@ fn numbered_invoice(n: u8) -> String {
 async fn slow_origin(state: SlowPayer) -> String {
     use axum::extract::State;
     use axum::http::HeaderMap;
+    // `/paid` sells a token for itself; `/pass/*` one for every path of
+    // its service (a pass: its macaroon names `services=pass:0`).
+    async fn paid(
+        s: SlowPayer,
+        headers: HeaderMap,
+        caveats: &[Caveat],
+    ) -> axum::response::Response {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if let Some(&n) = s
+            .paid
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|n| auth.starts_with("L402 ") && auth.ends_with(&hex::encode([**n; 32])))
+        {
+            return (StatusCode::OK, format!("served for invoice {n}")).into_response();
+        }
+        let n = s.issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let invoice = numbered_invoice(n);
+        let hash = gate402_bolt11::Invoice::parse(&invoice)
+            .unwrap()
+            .payment_hash();
+        let challenge = L402Challenge {
+            macaroon: mint(hash, "lsat", caveats).macaroon,
+            invoice,
+        }
+        .to_header(Scheme::L402);
+        (
+            StatusCode::PAYMENT_REQUIRED,
+            [(header::WWW_AUTHENTICATE, challenge)],
+        )
+            .into_response()
+    }
     let app = Router::new()
         .route(
             "/paid",
+            get(|State(s): State<SlowPayer>, headers: HeaderMap| paid(s, headers, &[])),
+        )
+        .route(
+            "/pass/{name}",
             get(
                 |State(s): State<SlowPayer>, headers: HeaderMap| async move {
-                    let auth = headers
-                        .get(header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    if let Some(&n) = s.paid.lock().unwrap().iter().find(|n| {
-                        auth.starts_with("L402 ") && auth.ends_with(&hex::encode([**n; 32]))
-                    }) {
-                        return (StatusCode::OK, format!("served for invoice {n}")).into_response();
-                    }
-                    let n = s.issued.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                    (
-                        StatusCode::PAYMENT_REQUIRED,
-                        [(
-                            header::WWW_AUTHENTICATE,
-                            challenge_for(&numbered_invoice(n)),
-                        )],
-                    )
-                        .into_response()
+                    let services = [Caveat::services(&[Service::new("pass")])];
+                    paid(s, headers, &services).await
                 },
             ),
         )
@@ -652,6 +676,54 @@ async fn concurrent_gets_of_one_paid_url_pay_once() {
     let paid = payments(client.path()).await;
     assert_eq!(paid.len(), 1, "four concurrent gets, one payment: {paid:?}");
     assert_eq!(paid[0]["status"], "paid");
+}
+
+/// Runs at once on different paths of one pass: one buys it, the others
+/// wait for it and take its token (each bought a pass of its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_gets_on_the_paths_of_one_pass_buy_it_once() {
+    let state = SlowPayer::default();
+    state
+        .delay_ms
+        .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    state
+        .pay_after_issued
+        .store(4, std::sync::atomic::Ordering::SeqCst);
+    let base = slow_origin(state.clone()).await;
+    let client = tempfile::tempdir().unwrap();
+    let children: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|path| {
+            Command::new(env!("CARGO_BIN_EXE_gate402"))
+                .arg("--data-dir")
+                .arg(client.path())
+                .args(["get", "-s", &format!("{base}/pass/{path}")])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        state.issued.load(std::sync::atomic::Ordering::SeqCst) >= 4,
+        "every process met a 402"
+    );
+    let paid = payments(client.path()).await;
+    assert_eq!(
+        paid.len(),
+        1,
+        "four paths of one pass, one payment: {paid:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -342,7 +342,15 @@ impl Payer {
             }
         }
         // A token bought on another route of the same service buys this
-        // one too.
+        // one too; a run buying one there meanwhile is waited for.
+        let _services_lock = match offer.l402_services() {
+            Some(services) if !offer.l402_single_use() => Some(
+                self.ledger
+                    .lock_services(&endpoint.origin, &services)
+                    .await?,
+            ),
+            _ => None,
+        };
         if let Some(answer) = self
             .with_service_token(&request, &endpoint, &offer, over_own, key.as_ref(), &send)
             .await?

@@ -504,6 +504,21 @@ impl Ledger {
         Ok(EndpointLock { _file: file })
     }
 
+    /// Waits for, and takes, the lock of the services `services` of
+    /// `origin` (an L402 `services` caveat's value): held while a token
+    /// good on all their routes (a pass, a balance) is bought, so that a
+    /// run on another of their routes waits and takes it instead of
+    /// buying its own. Taken after an endpoint's lock, never before one.
+    pub async fn lock_services(
+        &self,
+        origin: &str,
+        services: &str,
+    ) -> Result<EndpointLock, LedgerError> {
+        // No path is named so: paths begin with `/`.
+        self.lock_endpoint(origin, &format!("services={services}"))
+            .await
+    }
+
     /// Takes the lock of one endpoint if nobody holds it: `None` while a
     /// request of that endpoint pays or is being answered.
     pub fn try_lock_endpoint(
