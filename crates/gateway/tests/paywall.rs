@@ -2206,9 +2206,11 @@ async fn a_token_paid_before_a_restart_still_works() {
 }
 
 /// A paid request still at the upstream when a stop's grace period ends
-/// is settled by what the upstream answers before the gateway exits: its
-/// payment spent and its answer kept for its Idempotency-Key, not left in
-/// flight to be released at the next start and sent upstream again.
+/// is settled by what the upstream answers before the gateway exits, not
+/// left in flight to be released at the next start and sent upstream again
+/// whatever it did: one that acted (a POST) is spent, its answer kept for
+/// its Idempotency-Key; one whose repeat does nothing more (a GET) is
+/// given back, answered on its retry (the stop cut it, not its client).
 #[tokio::test]
 async fn a_paid_request_cut_off_by_a_stop_is_settled_before_the_gateway_exits() {
     let upstream = Upstream::start("127.0.0.1:0".parse().unwrap()).await;
@@ -2218,49 +2220,58 @@ async fn a_paid_request_cut_off_by_a_stop_is_settled_before_the_gateway_exits() 
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.server.shutdown_grace_secs = 1;
     let client = reqwest::Client::new();
-    for (keyed, text) in [
-        (true, "sent as a stop began"),
-        (false, "sent as a stop began, no key"),
+    for (method, keyed, text) in [
+        (reqwest::Method::POST, true, "sent as a stop began"),
+        (reqwest::Method::POST, false, "sent as a stop began, no key"),
+        (reqwest::Method::GET, false, "read as a stop began"),
     ] {
         let gateway = Gateway::start(&config, dir.path()).await.unwrap();
         let base = format!("http://{}", gateway.addr());
-        let unpaid = client
-            .post(format!("{base}/sms/slow"))
-            .body(text)
-            .send()
-            .await
-            .unwrap();
+        let send = |base: &str| {
+            client
+                .request(method.clone(), format!("{base}/sms/slow"))
+                .body(text)
+        };
+        let unpaid = send(&base).send().await.unwrap();
         let offer = Offer::from_headers(unpaid.headers()).unwrap();
         let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
         let mut preimage = [0u8; 32];
         hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
         let credential = offer.l402_authorization(&preimage).unwrap();
-        let post = |base: &str| {
-            let request = client
-                .post(format!("{base}/sms/slow"))
-                .header(AUTHORIZATION, &credential)
-                .body(text);
+        let paid = |base: &str| {
+            let request = send(base).header(AUTHORIZATION, &credential);
             match keyed {
                 true => request.header("idempotency-key", "\"cut-by-a-stop\""),
                 false => request,
             }
             .send()
         };
-        let cut = tokio::spawn(post(&base));
+        let cut = tokio::spawn(paid(&base));
         tokio::time::sleep(Duration::from_millis(200)).await;
         gateway.shutdown().await.unwrap();
         assert!(cut.await.unwrap().is_err(), "{text}: cut off by the stop");
         assert_eq!(sms_sent(&[text]), 1, "{text}");
 
         let gateway = Gateway::start(&config, dir.path()).await.unwrap();
-        let again = post(&format!("http://{}", gateway.addr())).await.unwrap();
-        if keyed {
-            assert_eq!(again.status(), StatusCode::CREATED, "{text}");
-            assert_eq!(again.headers()["idempotent-replayed"], "true", "{text}");
-        } else {
-            assert_eq!(again.status(), StatusCode::PAYMENT_REQUIRED, "{text}");
+        let again = paid(&format!("http://{}", gateway.addr())).await.unwrap();
+        match (method.clone(), keyed) {
+            (reqwest::Method::POST, true) => {
+                assert_eq!(again.status(), StatusCode::CREATED, "{text}");
+                assert_eq!(again.headers()["idempotent-replayed"], "true", "{text}");
+                assert_eq!(sms_sent(&[text]), 1, "{text}: sent once");
+            }
+            (reqwest::Method::POST, false) => {
+                assert_eq!(again.status(), StatusCode::PAYMENT_REQUIRED, "{text}");
+                assert_eq!(sms_sent(&[text]), 1, "{text}: sent once");
+            }
+            _ => {
+                assert_eq!(again.status(), StatusCode::CREATED, "{text}: answered");
+                assert!(again.headers().get("idempotent-replayed").is_none());
+                // Spent now: once answered, it answers no more.
+                let spent = paid(&format!("http://{}", gateway.addr())).await.unwrap();
+                assert_eq!(spent.status(), StatusCode::PAYMENT_REQUIRED, "{text}");
+            }
         }
-        assert_eq!(sms_sent(&[text]), 1, "{text}: sent once");
         gateway.shutdown().await.unwrap();
     }
 }

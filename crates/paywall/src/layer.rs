@@ -516,6 +516,21 @@ fn put_path<B>(request: &mut Request<B>, path: &RequestPath) -> bool {
     }
 }
 
+/// Whether a request with `method` may be sent again with no effect beyond
+/// its first (RFC 9110, section 9.2.2: idempotent).
+fn repeatable(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
 /// Said of a request whose normal path cannot be put in its URI.
 const UNFORWARDABLE: &str = "the request target cannot be forwarded";
 
@@ -1255,6 +1270,7 @@ impl Paywall {
             Delivered::settle(inner.call(request).await, spend.served()).await
         } else {
             let _present = ClientPresence::put_in(&mut request);
+            let repeatable = repeatable(request.method());
             let call = inner.call(request);
             let delivered = async move { Delivered::settle(call.await, spend.served()).await };
             // A client that left once the upstream answered has spent its
@@ -1262,10 +1278,25 @@ impl Paywall {
             let (paywall, left_service, hash) =
                 (self.clone(), Arc::clone(service), verified.payment_hash);
             let left = move |delivered: Delivered<_, _>| {
-                if let Delivered::Answered(_, spend) = &delivered {
-                    let now = time::OffsetDateTime::now_utc();
-                    paywall.count_answered(&left_service, scheme, &hash, spend.hold.is_some(), now);
+                let Delivered::Answered(answer, spend) = delivered else {
+                    return;
+                };
+                // Cut off by this gateway's own stop, not by its client: a
+                // request whose repeat does nothing more (a GET) is given
+                // back, to be answered on its retry; one that acted (a
+                // POST) stays spent, as its retry would act again.
+                if repeatable
+                    && paywall
+                        .inner
+                        .stopping
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    drop(answer);
+                    paywall.inner.requests.spawn(spend.release());
+                    return;
                 }
+                let now = time::OffsetDateTime::now_utc();
+                paywall.count_answered(&left_service, scheme, &hash, spend.hold.is_some(), now);
             };
             Detached::new(&self.inner.requests, delivered, left).await
         };

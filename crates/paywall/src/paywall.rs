@@ -217,6 +217,7 @@ impl PaywallBuilder {
                 pass_starts: Default::default(),
                 background: TaskTracker::new(),
                 requests: TaskTracker::new(),
+                stopping: Default::default(),
                 served: Batch::new(),
                 stopped_since: Default::default(),
                 stop: CancellationToken::new(),
@@ -300,6 +301,9 @@ pub(crate) struct State {
     /// upstream calls, store calls that take or settle a payment): a stop
     /// waits for it before the claims it settles stop being written.
     pub(crate) requests: TaskTracker,
+    /// Set when the server has stopped serving: a paid request still at
+    /// its upstream was cut off by the stop, not by its client.
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     /// What payments served, written after the responses left.
     served: Batch<Served>,
     /// Replicas holding debits seen stopped, and since when.
@@ -459,8 +463,12 @@ impl Paywall {
     pub async fn shutdown(&self) {
         // A paid request still at its upstream when the grace period cut
         // its connection is settled by what the upstream answers (spent,
-        // its answer kept for its Idempotency-Key), not left in flight to
-        // be released at the next start and served again.
+        // its answer kept for its Idempotency-Key; given back if it may be
+        // repeated without effect, a GET), not left in flight to be
+        // released at the next start and sent upstream again.
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner.requests.close();
         if !self.inner.requests.is_empty() {
             tracing::info!(
