@@ -372,9 +372,9 @@ pub fn print_offer(offer: &gate402_client::Offer) -> Result<()> {
         (Some((Sale::Balance, _)), _) | (None, Some(_)) => Some("balance"),
         (None, None) => offer.payment.as_ref().map(|_| "request"),
     };
-    let pass_valid_until = match &sale {
-        Some((Sale::Pass, terms)) => terms.valid_until,
-        _ => None,
+    let (pass_valid_until, pass_secs) = match &sale {
+        Some((Sale::Pass, terms)) => (terms.valid_until, terms.pass_secs),
+        _ => (None, None),
     };
     let description = match offer.invoice.description() {
         gate402_bolt11::Description::Text(text) => text,
@@ -391,6 +391,10 @@ pub fn print_offer(offer: &gate402_client::Offer) -> Result<()> {
         "payment_hash": hex::encode(offer.invoice.payment_hash()),
         "invoice": offer.bolt11,
     });
+    // A pass lasts its seconds from its first use, never past its end.
+    if let Some(secs) = pass_secs {
+        report["pass_secs"] = json!(secs);
+    }
     if let Some(until) = pass_valid_until {
         report["pass_valid_until"] = json!(until);
     }

@@ -94,8 +94,22 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
     let tokens = run(data, &["tokens", "list"]).await;
     let tokens = String::from_utf8_lossy(&tokens.stdout);
     assert!(tokens.contains("/daily/weather"), "{tokens}");
-    // When it expires, as a date (it was unix seconds).
+    // When it expires, as a date (it was unix seconds): an hour after its
+    // first use, not an hour after its invoice's expiry.
     assert!(tokens.contains("expires 20"), "{tokens}");
+    let hash = tokens.split_whitespace().next().unwrap();
+    let shown = run(data, &["tokens", "show", hash]).await;
+    let token: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let expires = token["expires_at"].as_u64().unwrap();
+    let now = gate402_paywall::unix_now();
+    assert!(
+        expires <= now + 3600 && expires + 120 > now + 3600,
+        "{token}"
+    );
+    let out = run(data, &["get", "--no-pay", &format!("{base}/daily/other")]).await;
+    let offer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offer["sells"], "pass", "{offer}");
+    assert_eq!(offer["pass_secs"], 3600, "{offer}");
     let receipts = run(data, &["receipts"]).await;
     let receipts = String::from_utf8_lossy(&receipts.stdout);
     assert!(receipts.starts_with("20"), "{receipts}");

@@ -508,6 +508,14 @@ impl Payer {
                     .l402_valid_until()
                     .iter()
                     .filter_map(|(_, value)| value.parse::<u64>().ok())
+                    // A pass lasts its seconds from its first use: this
+                    // request, sent now.
+                    .chain(
+                        offer
+                            .l402_sale()
+                            .and_then(|(_, terms)| terms.pass_secs)
+                            .map(|secs| now().saturating_add(secs)),
+                    )
                     .min(),
             )),
             Prefer::Mpp => Some((None, offer.payment_expires_at())),
