@@ -330,6 +330,9 @@ pub async fn run_paying(
             };
             let message = format!("{error:#}");
             errln!("gate402: {}", crate::output::terminal_safe(&message));
+            if let Some(hint) = crate::output::hint_for(&message) {
+                errln!("gate402: {hint}");
+            }
             // Unless the command printed its document (whose own fields
             // say what went wrong: an HTTP error, a 402 after paying).
             if json && !crate::output::WROTE.load(std::sync::atomic::Ordering::Relaxed) {

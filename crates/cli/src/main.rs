@@ -230,10 +230,12 @@ fn init_logging(format: &str, quiet: bool, telemetry: Option<&Telemetry>) {
     let default = if quiet {
         // rmcp logs a failed connection of `mcp call` as an error of its
         // own, a debug dump, before the command's one-line message.
-        "error,rmcp=off"
+        "error,rmcp=off,rustls_platform_verifier=off"
     } else {
-        // rmcp warns on every JSON-RPC error answered, and an unpaid call is one.
-        "warn,rmcp=error,gate402=info,gate402_gateway=info"
+        // rmcp warns on every JSON-RPC error answered, and an unpaid call is
+        // one; the platform's certificate verifier logs a certificate it
+        // refuses as an error of its own before the command's message.
+        "warn,rmcp=error,rustls_platform_verifier=off,gate402=info,gate402_gateway=info"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -274,6 +276,10 @@ fn tells_request_contents(metadata: &tracing::Metadata<'_>) -> bool {
 }
 
 fn fail(error: anyhow::Error) -> ExitCode {
-    errln!("gate402: {}", output::terminal_safe(&format!("{error:#}")));
+    let text = format!("{error:#}");
+    errln!("gate402: {}", output::terminal_safe(&text));
+    if let Some(hint) = output::hint_for(&text) {
+        errln!("gate402: {hint}");
+    }
     ExitCode::FAILURE
 }

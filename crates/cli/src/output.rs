@@ -102,6 +102,14 @@ pub(crate) fn terminal_safe(text: &str) -> String {
     safe
 }
 
+/// What to do about an error whose message is `message`, when the
+/// message alone does not say: a certificate the platform does not trust.
+pub(crate) fn hint_for(message: &str) -> Option<&'static str> {
+    message.contains("invalid peer certificate").then_some(
+        "a server whose certificate a CA of its own signed: SSL_CERT_FILE=<that CA, PEM> trusts it; -k accepts any certificate",
+    )
+}
+
 /// An amount in millisatoshis as sat for people to read: `10` when whole,
 /// `10.999` when not (cut down to `10`, a payment of 10 999 msat read as
 /// less than it was).

@@ -1374,6 +1374,14 @@ async fn insecure_holds_for_the_sandbox_payer_and_an_unsent_payment_fails() {
     );
     let client = tempfile::tempdir().unwrap();
     let data = client.path();
+    // Refused without -k: one message, and how to trust such a server.
+    let out = run(data, &["get", &url]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("SSL_CERT_FILE") && !stderr.contains("rustls_platform_verifier"),
+        "{stderr}"
+    );
     let out = run(data, &["get", "-k", &url]).await;
     assert!(
         out.status.success(),
