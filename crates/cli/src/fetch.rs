@@ -291,16 +291,36 @@ pub async fn run_paying(
     json: bool,
     command: impl std::future::Future<Output = Result<()>>,
 ) -> ExitCode {
+    // Payments recorded after this one are this run's.
+    let before = Ledger::open(&ledger_path(data_dir)).and_then(|ledger| ledger.last_payment_id());
     let outcome = tokio::select! {
         outcome = command => outcome,
         // The ledger wrote any payment down before sending it, so stopping
         // here loses nothing: a payment in flight stays pending and the next
         // request to its endpoint finishes it.
         _ = tokio::signal::ctrl_c() => {
-            let pending = Ledger::open(&ledger_path(data_dir))
-                .and_then(|ledger| ledger.pending(None))
+            let ledger = Ledger::open(&ledger_path(data_dir));
+            let pending = ledger
+                .as_ref()
+                .map_or_else(|_| Ok(Vec::new()), |ledger| ledger.pending(None))
                 .unwrap_or_default();
             errln!("gate402: interrupted");
+            // Paid, its request not answered yet: said, as a failed one's.
+            let paid = match (&ledger, before) {
+                (Ok(ledger), Ok(before)) => ledger.payments_after(before).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            for payment in paid
+                .iter()
+                .filter(|p| p.status == gate402_client::PaymentState::Paid)
+            {
+                errln!(
+                    "gate402: paid {} sat for {} (payment {}) before the interrupt: a server that had the request may have served it and spent the payment; one that did not keeps it unspent, and the next run sends it again",
+                    crate::output::sats(payment.amount_msat),
+                    crate::output::terminal_safe(&payment.url),
+                    payment.payment_hash
+                );
+            }
             for payment in pending {
                 errln!(
                     "gate402: payment {} ({} sat for {}) is pending; the next request to that endpoint finishes it",

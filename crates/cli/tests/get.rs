@@ -1079,6 +1079,28 @@ async fn a_paid_request_that_times_out_says_what_it_paid() {
     assert!(stderr.contains("timed out"), "{stderr}");
     assert!(stderr.contains("paid 10 sat"), "{stderr}");
     assert!(stderr.contains("failed after it was paid for"), "{stderr}");
+    // Interrupted while the paid request waits for its answer: said too.
+    let child = Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["get", &format!("{base}/again/slow")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("paid 10 sat"), "{stderr}");
+    assert!(stderr.contains("before the interrupt"), "{stderr}");
     gateway.shutdown().await.unwrap();
 }
 
