@@ -78,10 +78,7 @@ impl RequestKey {
 /// Whether repeating a request with `method` has the effect of sending it
 /// once (RFC 9110, section 9.2.2).
 fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+    method.is_idempotent()
 }
 
 /// `bytes` as a version 4 (random) UUID, RFC 9562.

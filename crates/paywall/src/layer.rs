@@ -516,21 +516,6 @@ fn put_path<B>(request: &mut Request<B>, path: &RequestPath) -> bool {
     }
 }
 
-/// Whether a request with `method` may be sent again with no effect beyond
-/// its first (RFC 9110, section 9.2.2: idempotent).
-fn repeatable(method: &http::Method) -> bool {
-    use http::Method;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
-    ]
-    .contains(method)
-}
-
 /// Said of a request whose normal path cannot be put in its URI.
 const UNFORWARDABLE: &str = "the request target cannot be forwarded";
 
@@ -1270,7 +1255,8 @@ impl Paywall {
             Delivered::settle(inner.call(request).await, spend.served()).await
         } else {
             let _present = ClientPresence::put_in(&mut request);
-            let repeatable = repeatable(request.method());
+            // RFC 9110, section 9.2.2: sent again, no effect beyond the first.
+            let repeatable = request.method().is_idempotent();
             let call = inner.call(request);
             let delivered = async move { Delivered::settle(call.await, spend.served()).await };
             // A client that left once the upstream answered has spent its
