@@ -254,7 +254,8 @@ impl PaywallBuilder {
 }
 
 /// How long a stop waits for paid requests still at their upstreams
-/// (past the grace period that closed their connections).
+/// (past the grace period that closed their connections), unless told
+/// ([`Paywall::shutdown_within`]).
 const REQUESTS_WAIT: Duration = Duration::from_secs(60);
 
 /// The paywall: priced routes, the Lightning backend, the store. Cheap to
@@ -461,6 +462,14 @@ impl Paywall {
     /// Finishes every pending claim outcome and record. Call after the
     /// server stopped serving, before the process exits.
     pub async fn shutdown(&self) {
+        self.shutdown_within(REQUESTS_WAIT).await;
+    }
+
+    /// [`Paywall::shutdown`], waiting at most `requests_wait` for paid
+    /// requests still at their upstreams (as long as an upstream may take
+    /// to answer): one still there after it is left in flight, released at
+    /// the next start.
+    pub async fn shutdown_within(&self, requests_wait: Duration) {
         // A paid request still at its upstream when the grace period cut
         // its connection is settled by what the upstream answers (spent,
         // its answer kept for its Idempotency-Key; given back if it may be
@@ -476,14 +485,14 @@ impl Paywall {
                 "waiting for paid requests still at their upstreams"
             );
         }
-        if tokio::time::timeout(REQUESTS_WAIT, self.inner.requests.wait())
+        if tokio::time::timeout(requests_wait, self.inner.requests.wait())
             .await
             .is_err()
         {
             tracing::warn!(
                 requests = self.inner.requests.len(),
                 "paid requests still at their upstreams after {} s; their payments are released at the next start",
-                REQUESTS_WAIT.as_secs()
+                requests_wait.as_secs()
             );
         }
         self.inner.claims.shutdown().await;

@@ -384,7 +384,19 @@ impl Gateway {
         if let Some(admin) = self.admin {
             admin.wait().await;
         }
-        self.paywall.shutdown().await;
+        // Paid requests still at their upstreams are waited for as long as
+        // an upstream may take to answer (then it is a 504): each is
+        // settled by its answer, not left in flight.
+        let longest = self
+            .services
+            .running()
+            .iter()
+            .filter_map(|s| s.upstream.as_ref().map(|u| u.response_timeout))
+            .max()
+            .unwrap_or_default();
+        self.paywall
+            .shutdown_within(longest.max(Duration::from_secs(60)) + Duration::from_secs(5))
+            .await;
         // Last: everything above may still have written to it.
         self.paywall.store().close().await;
         served??;
