@@ -1793,6 +1793,9 @@ async fn proxy_preserves_the_request_and_hides_the_credential() {
         .header("cf-connecting-ip", "6.6.6.6")
         .header("connection", "keep-alive, x-hop")
         .header("x-hop", "dropped")
+        // The operator's field in a client's CGI spelling: replaced too.
+        .header("x_api_key", "the client's own")
+        .header("x.api.key", "the client's own")
         .body(r#"{"name":"widget"}"#)
         .send()
         .await
@@ -1824,6 +1827,8 @@ async fn proxy_preserves_the_request_and_hides_the_credential() {
         "x-http-method-override",
         "true-client-ip",
         "cf-connecting-ip",
+        "x_api_key",
+        "x.api.key",
     ] {
         assert!(
             echo["headers"].get(name).is_none(),

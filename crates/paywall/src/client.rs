@@ -117,55 +117,114 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 /// Fields that say who the client is or how it came, named in full: the
 /// standard one, the de facto ones and CDNs' own ([`is_forwarding_header`]
-/// adds whole families by prefix).
-const FORWARDING_NAMES: [&str; 44] = [
-    "forwarded",
-    "forwarded-for",
-    "via",
-    "x-forwarded",
-    "x-real-ip",
-    "x-client-ip",
-    "x-cluster-client-ip",
-    "true-client-ip",
+/// adds whole families by prefix); the path prefix or target and the host
+/// that some apps route by instead of the request's (Flask's
+/// ReverseProxied recipe takes `X-Script-Name`, Azure App Service's
+/// `Disguised-Host`, IIS's `X-Waws-Unencoded-Url`); what other proxies
+/// vouch a client certificate or user with (WebLogic, Jetty, Keycloak
+/// gatekeeper, Vouch, Shibboleth); and `Proxy`, which CGI-style servers
+/// read as `HTTP_PROXY` (httpoxy: an upstream would send its own calls
+/// through the client's proxy). Sorted, for a binary search.
+const FORWARDING_NAMES: [&str; 99] = [
+    "base-url",
     "cf-connecting-ip",
     "cf-connecting-ipv6",
-    "fastly-client-ip",
     "client-ip",
-    "x-proxyuser-ip",
-    "x-originating-ip",
-    "x-host",
-    "x-http-host-override",
-    "x-url-scheme",
-    "x-scheme",
+    "disguised-host",
+    "eppn",
+    "fastly-client-ip",
+    "forward-host",
+    "forwarded",
+    "forwarded-for",
     "front-end-https",
-    "x-client-cert",
-    "x-client-verify",
-    "x-arr-ssl",
-    "x-arr-clientcert",
-    "x-proxy-user",
-    "x-auth-user",
-    "x-webauth-user",
-    "x-matched-path",
-    "x-client-dn",
-    "x-user",
-    "x-user-id",
-    "x-username",
-    "x-email",
-    "x-user-email",
-    "x-userinfo",
-    "x-jwt-payload",
-    "x-jwt-claims",
-    "x-jwt-assertion",
-    // The path prefix or target some apps route by (Flask's
-    // ReverseProxied recipe takes its script name from `X-Script-Name` and
-    // strips it from the path), and hosts some read instead of `Host`.
-    "x-script-name",
-    "script-name",
-    "x-request-uri",
+    "gap-auth",
+    "host-override",
+    "original-url",
+    "path-info",
+    "proxy",
+    "proxy-auth-cert",
+    "proxy-ssl-id",
+    "request-target",
     "request-uri",
+    "script-name",
+    "script-url",
+    "true-client-ip",
+    "via",
+    "was-default-hostname",
+    "wl-proxy-client-cert",
+    "wl-proxy-ssl",
+    "x-apigateway-context",
+    "x-apigateway-event",
+    "x-arr-clientcert",
+    "x-arr-ssl",
+    "x-auth-email",
+    "x-auth-groups",
+    "x-auth-roles",
+    "x-auth-subject",
+    "x-auth-user",
+    "x-auth-userid",
+    "x-auth-username",
+    "x-base-path",
+    "x-base-url",
+    "x-client-cert",
+    "x-client-dn",
+    "x-client-ip",
+    "x-client-verify",
+    "x-cluster-client-ip",
+    "x-email",
+    "x-forward-host",
+    "x-forward-prefix",
+    "x-forwarded",
+    "x-groups",
+    "x-host",
     "x-host-override",
-    "x-real-host",
     "x-http-destinationurl",
+    "x-http-host-override",
+    "x-ingress-path",
+    "x-jwt-assertion",
+    "x-jwt-claims",
+    "x-jwt-payload",
+    "x-matched-path",
+    "x-ms-original-url",
+    "x-orig-host",
+    "x-orig-uri",
+    "x-orig-url",
+    "x-originating-ip",
+    "x-path-info",
+    "x-preferred-username",
+    "x-proxied-https",
+    "x-proxy-host",
+    "x-proxy-prefix",
+    "x-proxy-user",
+    "x-proxyuser-ip",
+    "x-real-host",
+    "x-real-ip",
+    "x-request-path",
+    "x-request-target",
+    "x-request-uri",
+    "x-request-url",
+    "x-rewrite-path",
+    "x-roles",
+    "x-rstudio-root-path",
+    "x-scheme",
+    "x-script-name",
+    "x-script-path",
+    "x-script-url",
+    "x-serverless-authorization",
+    "x-ssl",
+    "x-unencoded-url",
+    "x-uri",
+    "x-url-scheme",
+    "x-user",
+    "x-user-email",
+    "x-user-id",
+    "x-user-name",
+    "x-userinfo",
+    "x-username",
+    "x-virtual-host",
+    "x-vouch-user",
+    "x-waws-unencoded-url",
+    "x-webauth-user",
 ];
 
 /// Families of such fields, by prefix: `X-Forwarded-*` (`-Uri`, `-User`,
@@ -186,7 +245,7 @@ const FORWARDING_NAMES: [&str; 44] = [
 /// SPIFFE), and what makes Rack or nginx serve an internal file
 /// (`X-Sendfile-Type`, `X-Accel-*`). An upstream behind such a proxy
 /// believes them.
-const FORWARDING_PREFIXES: [&str; 43] = [
+const FORWARDING_PREFIXES: [&str; 48] = [
     "x-forwarded-",
     "x-original-",
     "x-envoy-",
@@ -230,6 +289,11 @@ const FORWARDING_PREFIXES: [&str; 43] = [
     "x-sendfile-",
     "x-accel-",
     "x-userinfo-",
+    "$ws",
+    "x-amzn-mtls-",
+    "tailscale-",
+    "x-webauth-",
+    "shib-",
 ];
 
 /// Words that name a client's address in a field's name, whatever the
@@ -259,7 +323,7 @@ const ADDRESS_WORDS: [&str; 10] = [
 pub fn is_forwarding_header(name: &HeaderName) -> bool {
     let name = name.as_str();
     let is = |name: &str| {
-        FORWARDING_NAMES.contains(&name)
+        FORWARDING_NAMES.binary_search(&name).is_ok()
             || FORWARDING_PREFIXES.iter().any(|p| name.starts_with(p))
             || names_an_address(name)
     };
@@ -396,6 +460,30 @@ fn parse_node(node: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarding_names_are_sorted_for_their_search() {
+        assert!(FORWARDING_NAMES.windows(2).all(|w| w[0] < w[1]));
+        for name in [
+            "proxy",
+            "x-script-name",
+            "disguised-host",
+            "$wsra",
+            "x-webauth-email",
+        ] {
+            assert!(
+                is_forwarding_header(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+        // API keys of the upstream's own pass.
+        for name in ["x-auth-token", "x-api-key", "proxy-connection-id"] {
+            assert!(
+                !is_forwarding_header(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+    }
 
     fn trusted(nets: &[&str], header: ForwardedHeader) -> TrustedProxies {
         TrustedProxies {

@@ -327,6 +327,16 @@ impl Proxy {
         }
         join_cookies(&mut parts.headers);
         parts.headers.insert(header::HOST, origin.host.clone());
+        if !upstream.headers.is_empty() {
+            // A client's own spelling of a field set here (`X_Api_Key` for
+            // `X-Api-Key`) would reach a CGI-style upstream as that field,
+            // beside the value set here.
+            gate402_paywall::fields::remove_where(&mut parts.headers, |name| {
+                upstream.headers.iter().any(|(set, _)| {
+                    gate402_paywall::fields::is_one_of(name, std::slice::from_ref(set))
+                })
+            });
+        }
         for (name, value) in &upstream.headers {
             parts.headers.insert(name.clone(), value.clone());
         }
