@@ -590,18 +590,31 @@ impl Paywall {
     /// [`Halt::Refuse`] (402 `payment-expired`, with a fresh challenge)
     /// once the period is over; [`Halt::Answer`] (500, retry) when the
     /// store cannot say when it began: nothing is spent.
-    pub(crate) async fn in_pass_period(&self, verified: &Verified) -> Result<(), Halt> {
+    pub(crate) async fn in_pass_period(
+        &self,
+        service: &PricedService,
+        scheme: &'static str,
+        verified: &Verified,
+    ) -> Result<(), Halt> {
         let Some(secs) = verified.pass_secs else {
             return Ok(());
         };
         let now = crate::clock::unix_now();
+        let first_use = gate402_store::PaymentRecord {
+            payment_hash: verified.payment_hash,
+            service: service.name.clone(),
+            scheme: scheme.to_owned(),
+            amount_msat: service.price_sats * 1000,
+            at: now,
+            served: 0,
+        };
         let started = self
             .inner
             .pass_starts
-            .started(self.inner.store.as_ref(), &verified.payment_hash, now)
+            .started(self.inner.store.as_ref(), first_use)
             .await
             .map_err(|e| {
-                tracing::error!(error = %e, "store: cannot read when a pass was first used");
+                tracing::error!(error = %e, "store: cannot read or write when a pass was first used");
                 Halt::Answer(responses::payment_unavailable())
             })?;
         match crate::pass_period::ended(secs, started, now) {
@@ -847,7 +860,10 @@ impl Paywall {
                     .await));
             }
         };
-        if let Err(halt) = self.in_pass_period(&verified).await {
+        if let Err(halt) = self
+            .in_pass_period(&service, scheme.name(), &verified)
+            .await
+        {
             // What it was answered within its period is its own.
             if let Ok(Kept::Replay(replayed)) = self.keep(&mut request, &verified).await {
                 return Ok(own(replayed));

@@ -10,7 +10,7 @@
 use std::sync::RwLock;
 
 use gate402_mpp::problem::ProblemType;
-use gate402_store::{PaymentQuery, Store, StoreError};
+use gate402_store::{PaymentQuery, PaymentRecord, Store, StoreError};
 use http::StatusCode;
 
 use crate::responses::Refusal;
@@ -26,49 +26,57 @@ pub(crate) struct PassStarts(RwLock<crate::FastMap<[u8; 32], u64>>);
 const STARTS_KEPT: usize = 4096;
 
 impl PassStarts {
-    /// When the pass paid by `payment_hash` was first used: as kept here,
-    /// else as the store counted it (another replica's first use, or this
-    /// one's before a restart), else `now`, this request being its first.
+    /// When the pass `first_use` pays for was first used: as kept here,
+    /// else as the store has it (another replica's first use, or this
+    /// one's before a restart), else now (`first_use.at`), this request
+    /// being its first, written to the store before it is served (with
+    /// `served` 0: the request is counted as any other), so that neither
+    /// another replica nor this one after a crash starts it again.
     ///
     /// # Errors
     ///
-    /// The store's, when it cannot be read.
+    /// The store's, when it cannot be read or written.
     pub(crate) async fn started(
         &self,
         store: &dyn Store,
-        payment_hash: &[u8; 32],
-        now: u64,
+        first_use: PaymentRecord,
     ) -> Result<u64, StoreError> {
-        if let Some(at) = self
-            .0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(payment_hash)
-        {
+        let hash = first_use.payment_hash;
+        if let Some(at) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(&hash) {
             return Ok(*at);
         }
-        let counted = store
-            .payments(&PaymentQuery {
-                since: 0,
-                until: u64::MAX,
-                payment_hash: Some(*payment_hash),
-                limit: 1,
-                ..PaymentQuery::default()
-            })
-            .await?;
-        let at = counted
-            .first()
-            .map_or(now, |row| row.first_served_at.min(now));
+        let now = first_use.at;
+        let at = match first_served(store, &hash).await? {
+            Some(at) => at.min(now),
+            // Written by this request, or by another's first use meanwhile
+            // (then read again: the earlier one).
+            None if store.record_payment(&first_use).await? => now,
+            None => first_served(store, &hash).await?.unwrap_or(now).min(now),
+        };
         let mut kept = self.0.write().unwrap_or_else(|e| e.into_inner());
         if kept.len() >= STARTS_KEPT {
             kept.clear();
         }
         // Two first requests at once keep the earlier.
         Ok(*kept
-            .entry(*payment_hash)
+            .entry(hash)
             .and_modify(|kept| *kept = (*kept).min(at))
             .or_insert(at))
     }
+}
+
+/// When the store counted payment `hash` first served, if it did.
+async fn first_served(store: &dyn Store, hash: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+    let counted = store
+        .payments(&PaymentQuery {
+            since: 0,
+            until: u64::MAX,
+            payment_hash: Some(*hash),
+            limit: 1,
+            ..PaymentQuery::default()
+        })
+        .await?;
+    Ok(counted.first().map(|row| row.first_served_at))
 }
 
 /// The refusal of a pass whose period of `secs` from `started` is over at
@@ -89,6 +97,30 @@ pub(crate) fn ended(secs: u64, started: u64, now: u64) -> Option<Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first use is in the store before the request is served: a
+    /// replica that did not see it, or this one after a crash, reads it.
+    #[tokio::test]
+    async fn a_first_use_is_written_before_it_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = gate402_store::SqliteStore::open(&dir.path().join("s.sqlite3")).unwrap();
+        let first_use = |at| PaymentRecord {
+            payment_hash: [9; 32],
+            service: "pass".into(),
+            scheme: "L402".into(),
+            amount_msat: 3_000,
+            at,
+            served: 0,
+        };
+        let here = PassStarts::default();
+        assert_eq!(here.started(&store, first_use(1_000)).await.unwrap(), 1_000);
+        assert_eq!(here.started(&store, first_use(1_200)).await.unwrap(), 1_000);
+        let elsewhere = PassStarts::default();
+        assert_eq!(
+            elsewhere.started(&store, first_use(1_500)).await.unwrap(),
+            1_000
+        );
+    }
 
     #[test]
     fn a_pass_ends_its_seconds_after_its_first_use() {
