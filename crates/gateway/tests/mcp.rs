@@ -1142,6 +1142,18 @@ async fn a_page_of_a_cors_origin_may_call_mcp() {
     ] {
         assert_eq!(send(other).await.unwrap().status(), 403, "{other}");
     }
+    // An allowed one first and another after it: refused.
+    let twice = h
+        .http
+        .post(format!("{}/mcp", h.base))
+        .header("origin", PAGE)
+        .header("origin", "https://evil.example")
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 403);
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }

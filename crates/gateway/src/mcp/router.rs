@@ -195,14 +195,19 @@ impl Guard {
         next: axum::middleware::Next,
     ) -> Response {
         let config = &self.config;
-        if let (Some(allowed), Some(origin)) =
-            (&self.origins, request.headers().get(header::ORIGIN))
-        {
-            let listed = origin.to_str().is_ok_and(|origin| {
-                allowed
-                    .iter()
-                    .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
-            });
+        if let Some(allowed) = &self.origins {
+            // Every `Origin` field, not only the first the library reads.
+            let listed = request
+                .headers()
+                .get_all(header::ORIGIN)
+                .iter()
+                .all(|origin| {
+                    origin.to_str().is_ok_and(|origin| {
+                        allowed
+                            .iter()
+                            .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+                    })
+                });
             if !listed {
                 return refuse(
                     StatusCode::FORBIDDEN,
