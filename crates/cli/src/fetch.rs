@@ -499,6 +499,14 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             told.insert(paid.payment_hash.clone());
             if !quiet {
                 report_payment(paid);
+                if let (Some(prefer), Some(asked)) = (prefer, &args.prefer) {
+                    if paid.scheme != prefer.as_str() {
+                        errln!(
+                            "gate402: --prefer {asked} could not be followed (the server does not offer it, or its field is the request's own); paid with {}",
+                            paid.scheme
+                        );
+                    }
+                }
             }
         })
         .await;

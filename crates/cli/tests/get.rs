@@ -967,6 +967,35 @@ async fn a_kept_credential_goes_only_with_the_request_it_was_bought_for() {
     gateway.shutdown().await.unwrap();
 }
 
+/// A preference the server's offer cannot meet is said, not followed
+/// silently.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preference_that_cannot_be_followed_is_said() {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(upstream);
+    for service in &mut config.services {
+        service.priced.schemes = gate402_paywall::route::Schemes::BOTH;
+    }
+    let gw_dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, gw_dir.path()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/api/weather?city=Oslo", gateway.addr());
+    let out = run(data.path(), &["get", "--prefer", "x402", &url]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--prefer x402 could not be followed"),
+        "{stderr}"
+    );
+    let out = run(data.path(), &["get", "--prefer", "mpp", &url]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("--prefer"),
+        "{stderr}"
+    );
+    gateway.shutdown().await.unwrap();
+}
+
 /// A timeout beyond what the clock can count ahead is refused with the
 /// other bad arguments, before anything is sent (it made the client panic
 /// once a request was under way, a payment made for it included).
