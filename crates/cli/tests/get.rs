@@ -644,33 +644,37 @@ async fn ctrl_c_during_a_payment_leaves_it_pending_and_the_next_run_finishes_it(
     assert_eq!(ledger[0]["amount_msat"], 3_000);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_gets_of_one_paid_url_pay_once() {
-    // Each payment takes a second, and none completes before all four
-    // processes have their 402: one pays, the others wait on the
-    // endpoint's lock and then use the token it bought.
+/// `gate402 get` of each of `urls(base)` (a slow origin's, whose payer
+/// takes a second and pays nothing before every run has its 402), run at
+/// once on one data dir; each succeeded. The origin's state, the data dir
+/// and the outputs.
+async fn gets_at_once(
+    urls: impl Fn(&str) -> Vec<String>,
+) -> (SlowPayer, tempfile::TempDir, Vec<Output>) {
     let state = SlowPayer::default();
     state
         .delay_ms
         .store(1_000, std::sync::atomic::Ordering::SeqCst);
+    let base = slow_origin(state.clone()).await;
+    let urls = urls(&base);
     state
         .pay_after_issued
-        .store(4, std::sync::atomic::Ordering::SeqCst);
-    let base = slow_origin(state.clone()).await;
+        .store(urls.len() as u8, std::sync::atomic::Ordering::SeqCst);
     let client = tempfile::tempdir().unwrap();
-    let url = format!("{base}/paid");
-    let children: Vec<_> = (0..4)
-        .map(|_| {
+    let children: Vec<_> = urls
+        .iter()
+        .map(|url| {
             Command::new(env!("CARGO_BIN_EXE_gate402"))
                 .arg("--data-dir")
                 .arg(client.path())
-                .args(["get", "-s", &url])
+                .args(["get", "-s", url])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
+    let mut outs = Vec::new();
     for child in children {
         let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
             .await
@@ -680,12 +684,24 @@ async fn concurrent_gets_of_one_paid_url_pay_once() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("served for invoice"));
+        outs.push(out);
     }
     assert!(
-        state.issued.load(std::sync::atomic::Ordering::SeqCst) >= 4,
+        state.issued.load(std::sync::atomic::Ordering::SeqCst) as usize >= urls.len(),
         "every process met a 402"
     );
+    (state, client, outs)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_gets_of_one_paid_url_pay_once() {
+    // Each payment takes a second, and none completes before all four
+    // processes have their 402: one pays, the others wait on the
+    // endpoint's lock and then use the token it bought.
+    let (state, client, outs) = gets_at_once(|base| vec![format!("{base}/paid"); 4]).await;
+    for out in outs {
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("served for invoice"));
+    }
     assert_eq!(state.paid.lock().unwrap().len(), 1, "one payment");
     let paid = payments(client.path()).await;
     assert_eq!(paid.len(), 1, "four concurrent gets, one payment: {paid:?}");
@@ -696,42 +712,13 @@ async fn concurrent_gets_of_one_paid_url_pay_once() {
 /// wait for it and take its token (each bought a pass of its own).
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_gets_on_the_paths_of_one_pass_buy_it_once() {
-    let state = SlowPayer::default();
-    state
-        .delay_ms
-        .store(1_000, std::sync::atomic::Ordering::SeqCst);
-    state
-        .pay_after_issued
-        .store(4, std::sync::atomic::Ordering::SeqCst);
-    let base = slow_origin(state.clone()).await;
-    let client = tempfile::tempdir().unwrap();
-    let children: Vec<_> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|path| {
-            Command::new(env!("CARGO_BIN_EXE_gate402"))
-                .arg("--data-dir")
-                .arg(client.path())
-                .args(["get", "-s", &format!("{base}/pass/{path}")])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    assert!(
-        state.issued.load(std::sync::atomic::Ordering::SeqCst) >= 4,
-        "every process met a 402"
-    );
+    let (_, client, _) = gets_at_once(|base| {
+        ["a", "b", "c", "d"]
+            .iter()
+            .map(|path| format!("{base}/pass/{path}"))
+            .collect()
+    })
+    .await;
     let paid = payments(client.path()).await;
     assert_eq!(
         paid.len(),

@@ -498,20 +498,65 @@ async fn two_replicas_spend_one_balance_exactly() {
     b.shutdown().await.unwrap();
 }
 
-/// An admin change made on one replica applies on the other within its
-/// sync (`[admin] sync_secs`, 1 s here): a new price, and a revoked token.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_admin_change_on_one_replica_applies_to_both() {
-    let postgres = TestPostgres::start().await;
-    let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let text = format!(
-        r#"
+/// Two replicas on one PostgreSQL database (started here), sharing the MPP
+/// secret, each with its own data dir, selling the `[[services]]` that
+/// `services` writes (TOML) for the demo upstream at the address given.
+struct Replicas {
+    a: Gateway,
+    b: Gateway,
+    dir_a: tempfile::TempDir,
+    dir_b: tempfile::TempDir,
+    _postgres: TestPostgres,
+    _upstream: tokio::task::JoinHandle<()>,
+}
+
+impl Replicas {
+    async fn start(services: impl Fn(std::net::SocketAddr) -> String) -> Self {
+        let postgres = TestPostgres::start().await;
+        let (upstream, task) = demo::start_upstream().await.unwrap();
+        let text = format!(
+            r#"
 listen = "127.0.0.1:0"
 [store]
 kind = "postgres"
 url = "{url}"
 [mpp]
 secret = "a shared secret of at least thirty-two bytes"
+{services}"#,
+            url = postgres.url,
+            services = services(upstream)
+        );
+        let config = gate402_gateway::GatewayConfig::parse(&text, |_| None).unwrap();
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = Gateway::start(&config, dir_a.path()).await.unwrap();
+        let b = Gateway::start(&config, dir_b.path()).await.unwrap();
+        Self {
+            a,
+            b,
+            dir_a,
+            dir_b,
+            _postgres: postgres,
+            _upstream: task,
+        }
+    }
+}
+
+/// An admin change made on one replica applies on the other within its
+/// sync (`[admin] sync_secs`, 1 s here): a new price, and a revoked token.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_change_on_one_replica_applies_to_both() {
+    // Bound, all of them: a field left out would be dropped here (the
+    // database stopped, a data dir removed).
+    let Replicas {
+        a,
+        b,
+        dir_a,
+        dir_b,
+        _postgres,
+        _upstream,
+    } = Replicas::start(|upstream| {
+        format!(
+            r#"
 [[services]]
 name = "weather"
 path = "/weather"
@@ -523,13 +568,10 @@ path = "/hello"
 price_sats = 3
 sells = "pass"
 upstream = "http://{upstream}"
-"#,
-        url = postgres.url
-    );
-    let config = gate402_gateway::GatewayConfig::parse(&text, |_| None).unwrap();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Gateway::start(&config, dir_a.path()).await.unwrap();
-    let b = Gateway::start(&config, dir_b.path()).await.unwrap();
+"#
+        )
+    })
+    .await;
     let http = reqwest::Client::new();
     let base = |g: &Gateway| format!("http://{}", g.addr());
     let admin_a = format!("http://{}/admin/api", a.admin_addr().unwrap());
@@ -629,16 +671,16 @@ upstream = "http://{upstream}"
 /// on A ends on B as on A, not its seconds after B first saw it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pass_ends_on_every_replica_its_seconds_after_its_first_use() {
-    let postgres = TestPostgres::start().await;
-    let (upstream, _task) = demo::start_upstream().await.unwrap();
-    let text = format!(
-        r#"
-listen = "127.0.0.1:0"
-[store]
-kind = "postgres"
-url = "{url}"
-[mpp]
-secret = "a shared secret of at least thirty-two bytes"
+    let Replicas {
+        a,
+        b,
+        dir_a: _dir_a,
+        dir_b: _dir_b,
+        _postgres,
+        _upstream,
+    } = Replicas::start(|upstream| {
+        format!(
+            r#"
 [[services]]
 name = "pass"
 path = "/hello"
@@ -646,13 +688,10 @@ price_sats = 3
 sells = "pass"
 token_lifetime_secs = 5
 upstream = "http://{upstream}"
-"#,
-        url = postgres.url
-    );
-    let config = gate402_gateway::GatewayConfig::parse(&text, |_| None).unwrap();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Gateway::start(&config, dir_a.path()).await.unwrap();
-    let b = Gateway::start(&config, dir_b.path()).await.unwrap();
+"#
+        )
+    })
+    .await;
     let http = reqwest::Client::new();
     let hello = |g: &Gateway| format!("http://{}/hello", g.addr());
     let response = http.get(hello(&a)).send().await.unwrap();
