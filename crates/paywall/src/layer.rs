@@ -608,15 +608,20 @@ impl Paywall {
             at: now,
             served: 0,
         };
-        let started = self
+        let (started, written) = self
             .inner
             .pass_starts
-            .started(self.inner.store.as_ref(), first_use)
+            .started(self.inner.store.as_ref(), &first_use)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "store: cannot read or write when a pass was first used");
                 Halt::Answer(responses::payment_unavailable())
             })?;
+        // Its row's first write: the payment is counted here, not when
+        // the count is written after the answer.
+        if written {
+            self.count_new_payment(&first_use);
+        }
         match crate::pass_period::ended(secs, started, now) {
             Some(refusal) => Err(Halt::Refuse(refusal)),
             None => Ok(()),

@@ -33,35 +33,42 @@ impl PassStarts {
     /// `served` 0: the request is counted as any other), so that neither
     /// another replica nor this one after a crash starts it again.
     ///
+    /// Also whether this call wrote the payment's row (its first write:
+    /// the payment is to be counted).
+    ///
     /// # Errors
     ///
     /// The store's, when it cannot be read or written.
     pub(crate) async fn started(
         &self,
         store: &dyn Store,
-        first_use: PaymentRecord,
-    ) -> Result<u64, StoreError> {
+        first_use: &PaymentRecord,
+    ) -> Result<(u64, bool), StoreError> {
         let hash = first_use.payment_hash;
         if let Some(at) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(&hash) {
-            return Ok(*at);
+            return Ok((*at, false));
         }
         let now = first_use.at;
-        let at = match first_served(store, &hash).await? {
-            Some(at) => at.min(now),
+        let (at, written) = match first_served(store, &hash).await? {
+            Some(at) => (at.min(now), false),
             // Written by this request, or by another's first use meanwhile
             // (then read again: the earlier one).
-            None if store.record_payment(&first_use).await? => now,
-            None => first_served(store, &hash).await?.unwrap_or(now).min(now),
+            None if store.record_payment(first_use).await? => (now, true),
+            None => (
+                first_served(store, &hash).await?.unwrap_or(now).min(now),
+                false,
+            ),
         };
         let mut kept = self.0.write().unwrap_or_else(|e| e.into_inner());
         if kept.len() >= STARTS_KEPT {
             kept.clear();
         }
         // Two first requests at once keep the earlier.
-        Ok(*kept
+        let at = *kept
             .entry(hash)
             .and_modify(|kept| *kept = (*kept).min(at))
-            .or_insert(at))
+            .or_insert(at);
+        Ok((at, written))
     }
 }
 
@@ -113,12 +120,19 @@ mod tests {
             served: 0,
         };
         let here = PassStarts::default();
-        assert_eq!(here.started(&store, first_use(1_000)).await.unwrap(), 1_000);
-        assert_eq!(here.started(&store, first_use(1_200)).await.unwrap(), 1_000);
+        assert_eq!(
+            here.started(&store, &first_use(1_000)).await.unwrap(),
+            (1_000, true),
+            "written, to be counted"
+        );
+        assert_eq!(
+            here.started(&store, &first_use(1_200)).await.unwrap(),
+            (1_000, false)
+        );
         let elsewhere = PassStarts::default();
         assert_eq!(
-            elsewhere.started(&store, first_use(1_500)).await.unwrap(),
-            1_000
+            elsewhere.started(&store, &first_use(1_500)).await.unwrap(),
+            (1_000, false)
         );
     }
 

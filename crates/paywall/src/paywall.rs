@@ -790,6 +790,20 @@ impl Paywall {
         });
     }
 
+    /// Counts in the metrics a payment whose row `payment` was first
+    /// written now: its revenue, once across replicas.
+    pub(crate) fn count_new_payment(&self, payment: &PaymentRecord) {
+        // A balance's count written before its deposit (by another
+        // replica) is not a payment.
+        if payment.amount_msat > 0 {
+            self.inner.metrics.payment(
+                &payment.service,
+                &payment.scheme,
+                payment.amount_msat / 1000,
+            );
+        }
+    }
+
     /// Records a payment for `service` (`payment_hash`, presented through
     /// `scheme`) that its upstream's failures spent
     /// ([`crate::FAILURES_PER_PAYMENT`]) before it served a request: the
@@ -827,14 +841,8 @@ impl Paywall {
             match self.inner.store.record_payments(chunk).await {
                 Ok(new) => {
                     for (payment, new) in chunk.iter().zip(new) {
-                        // A balance's count written before its deposit
-                        // (by another replica) is not a payment.
-                        if new && payment.amount_msat > 0 {
-                            self.inner.metrics.payment(
-                                &payment.service,
-                                &payment.scheme,
-                                payment.amount_msat / 1000,
-                            );
+                        if new {
+                            self.count_new_payment(payment);
                         }
                     }
                     written += chunk.len();
