@@ -600,6 +600,26 @@ impl Paywall {
             return Ok(());
         };
         let now = crate::clock::unix_now();
+        let started = match self.inner.pass_starts.kept(&verified.payment_hash) {
+            Some(started) => started,
+            None => self.pass_started(service, scheme, verified, now).await?,
+        };
+        match crate::pass_period::ended(secs, started, now) {
+            Some(refusal) => Err(Halt::Refuse(refusal)),
+            None => Ok(()),
+        }
+    }
+
+    /// When the pass `verified` was first used, read from the store or
+    /// written there now ([`crate::pass_period::PassStarts::started`]):
+    /// once per pass and replica.
+    async fn pass_started(
+        &self,
+        service: &PricedService,
+        scheme: &'static str,
+        verified: &Verified,
+        now: u64,
+    ) -> Result<u64, Halt> {
         let first_use = gate402_store::PaymentRecord {
             payment_hash: verified.payment_hash,
             service: service.name.clone(),
@@ -622,10 +642,7 @@ impl Paywall {
         if written {
             self.count_new_payment(&first_use);
         }
-        match crate::pass_period::ended(secs, started, now) {
-            Some(refusal) => Err(Halt::Refuse(refusal)),
-            None => Ok(()),
-        }
+        Ok(started)
     }
 
     /// The layer to wrap an app or a proxy with.

@@ -26,8 +26,18 @@ pub(crate) struct PassStarts(RwLock<crate::FastMap<[u8; 32], u64>>);
 const STARTS_KEPT: usize = 4096;
 
 impl PassStarts {
-    /// When the pass `first_use` pays for was first used: as kept here,
-    /// else as the store has it (another replica's first use, or this
+    /// When the pass paid by `payment_hash` was first used, if kept here:
+    /// what every request of a pass asks, so it costs a map lookup only.
+    pub(crate) fn kept(&self, payment_hash: &[u8; 32]) -> Option<u64> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(payment_hash)
+            .copied()
+    }
+
+    /// When the pass `first_use` pays for was first used, once it is not
+    /// [`PassStarts::kept`]: as the store has it (another replica's first use, or this
     /// one's before a restart), else now (`first_use.at`), this request
     /// being its first, written to the store before it is served (with
     /// `served` 0: the request is counted as any other), so that neither
@@ -45,9 +55,6 @@ impl PassStarts {
         first_use: &PaymentRecord,
     ) -> Result<(u64, bool), StoreError> {
         let hash = first_use.payment_hash;
-        if let Some(at) = self.0.read().unwrap_or_else(|e| e.into_inner()).get(&hash) {
-            return Ok((*at, false));
-        }
         let now = first_use.at;
         let (at, written) = match first_served(store, &hash).await? {
             Some(at) => (at.min(now), false),
