@@ -688,6 +688,52 @@ async fn a_pass_lasts_its_seconds_from_its_first_use() {
     );
 }
 
+/// A pass's invoice buys the pass or one request through the MPP door,
+/// whichever is used first, never both: the MPP credential served one
+/// request and the L402 token of the same invoice then served the whole
+/// pass, and after a pass the MPP credential served one more request.
+#[tokio::test]
+async fn a_pass_invoice_buys_the_pass_or_one_mpp_request_not_both() {
+    let h = Harness::start(|up| {
+        let mut news = service("news", "/news", 10, up);
+        news.priced = news.priced.pass(600);
+        vec![news]
+    })
+    .await;
+    let problem = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+        let problem: Value = response.json().await.unwrap();
+        problem["detail"].as_str().unwrap().to_owned()
+    };
+    // The MPP door first: one request, and no pass.
+    let (offer, preimage) = h.buy("/news").await;
+    let mpp = offer.payment_authorization(&preimage).unwrap();
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(h.get("/news", &mpp).await.status(), StatusCode::OK);
+    let refused = problem(h.get("/news", &l402).await).await;
+    assert!(refused.contains("starts no pass"), "{refused}");
+    problem(h.get("/news", &mpp).await).await;
+    // The pass first: the MPP credential of its invoice is spent.
+    let (offer, preimage) = h.buy("/news").await;
+    let mpp = offer.payment_authorization(&preimage).unwrap();
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    assert_eq!(h.get("/news", &l402).await.status(), StatusCode::OK);
+    let refused = problem(h.get("/news", &mpp).await).await;
+    assert!(refused.contains("already been used"), "{refused}");
+    assert_eq!(h.get("/news", &l402).await.status(), StatusCode::OK);
+    // Its first uses at once all start it.
+    let (offer, preimage) = h.buy("/news").await;
+    let l402 = offer.l402_authorization(&preimage).unwrap();
+    let statuses = futures_util::future::join_all(
+        (0..8).map(|_| async { h.get("/news", &l402).await.status() }),
+    )
+    .await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+}
+
 /// What a token was sold as decides, not what the service sells today: a
 /// config change neither spends passes already sold nor turns sold
 /// single-use tokens into passes.

@@ -639,6 +639,13 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
             json!({"status": "ok"})
         );
     }
+    // The session's own deposit tops up nothing, and says so (it answered
+    // `ok`).
+    let own_deposit = json!({"action": "topUp", "sessionId": session, "topUpPreimage": preimage});
+    let refused = h.send("/chat", &challenge, own_deposit).await;
+    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+    let said = refused.text().await.unwrap();
+    assert!(said.contains("the session's own deposit"), "{said}");
     // The top-up's payment cannot open a session of its own.
     let (other_refund, _) = h.return_invoice().await;
     let stolen =
@@ -971,6 +978,17 @@ async fn a_bearer_request_with_an_idempotency_key_is_replayed_later() {
     assert_eq!(KEPT_RUNS.load(Ordering::SeqCst), before + 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(h.balance_once(&session, 6_000).await, 6_000);
+    // Closed, it refuses everything, its kept answers too (as its L402
+    // token does).
+    let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
+    assert_eq!(
+        h.send("/kept", &challenge, close).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        problem(post().await.unwrap()).await,
+        lightning("session-closed")
+    );
 }
 
 /// A session is spent at the unit price it was opened at: the operator
@@ -1029,11 +1047,20 @@ async fn a_return_invoice_is_one_sessions() {
     let first = h.open_session("/chat").await;
     let (challenge, request, _) = h.challenge("/chat").await;
     let preimage = h.pay(&request).await;
-    let shared = json!({"action": "open", "preimage": preimage, "returnInvoice": first.refund_to});
-    assert_eq!(
-        problem(h.send("/chat", &challenge, shared).await).await,
-        lightning("invalid-return-invoice")
-    );
+    // In any spelling of it: upper case (as QR codes carry it), or a
+    // `lightning:` URI.
+    for spelled in [
+        first.refund_to.clone(),
+        first.refund_to.to_ascii_uppercase(),
+        format!("lightning:{}", first.refund_to),
+    ] {
+        let shared = json!({"action": "open", "preimage": preimage, "returnInvoice": spelled});
+        assert_eq!(
+            problem(h.send("/chat", &challenge, shared).await).await,
+            lightning("invalid-return-invoice"),
+            "{spelled}"
+        );
+    }
     let (own, _) = h.return_invoice().await;
     let open = json!({"action": "open", "preimage": preimage, "returnInvoice": own});
     assert_eq!(

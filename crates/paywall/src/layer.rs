@@ -580,6 +580,10 @@ fn drop_targeted_cache_fields(headers: &mut HeaderMap) {
     });
 }
 
+/// How many times a pass's first use waits 10 ms for its payment's claim
+/// held by another request, before answering `409`.
+const PASS_CLAIM_WAITS: u32 = 100;
+
 impl Paywall {
     /// Whether the L402 pass `verified` (one minted with
     /// `<service>_pass_secs`) is still within its period, counted from its
@@ -613,6 +617,13 @@ impl Paywall {
     /// When the pass `verified` was first used, read from the store or
     /// written there now ([`crate::pass_period::PassStarts::started`]):
     /// once per pass and replica.
+    ///
+    /// Its invoice buys the pass or one request through another door (an
+    /// MPP charge, x402), whichever is used first: a first use takes the
+    /// payment's single-use claim and spends it once the start is written,
+    /// so that the pass's own first use, on any replica, is told from a
+    /// request another door served (whose claim is spent with no pass's
+    /// row before it).
     async fn pass_started(
         &self,
         service: &PricedService,
@@ -620,6 +631,53 @@ impl Paywall {
         verified: &Verified,
         now: u64,
     ) -> Result<u64, Halt> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::error!(error = %e, "store: cannot read or write when a pass was first used");
+            Halt::Answer(responses::payment_unavailable())
+        };
+        let key = ClaimKey::payment(&verified.payment_hash);
+        let mut waited = 0;
+        let claim = loop {
+            match self
+                .inner
+                .claims
+                .claim(&key, verified.expires_at, None)
+                .await
+            {
+                Ok(claim) => break Some(claim),
+                Err(ClaimError::Consumed) => break None,
+                // Another first use writing the start, or a request of
+                // another door under way: the first is over in moments.
+                Err(ClaimError::InFlight) if waited < PASS_CLAIM_WAITS => {
+                    waited += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(ClaimError::InFlight) => {
+                    return Err(Halt::Answer(responses::in_flight(
+                        self.inner.claims.lease(),
+                    )))
+                }
+                Err(ClaimError::Store(e)) => return Err(unavailable(&e)),
+            }
+        };
+        if claim.is_none() {
+            let row =
+                crate::pass_period::recorded(self.inner.store.as_ref(), &verified.payment_hash)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            return match row {
+                // Its own first use wrote its row before spending.
+                Some(row) if row.scheme == scheme => Ok(self
+                    .inner
+                    .pass_starts
+                    .keep(verified.payment_hash, row.first_served_at.min(now))),
+                _ => Err(Halt::Refuse(Refusal::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    ProblemType::InvalidChallenge,
+                    "this invoice was spent on one request through another door (an MPP charge or x402), so it starts no pass; pay the new challenge",
+                ))),
+            };
+        }
         let first_use = gate402_store::PaymentRecord {
             payment_hash: verified.payment_hash,
             service: service.name.clone(),
@@ -633,14 +691,18 @@ impl Paywall {
             .pass_starts
             .started(self.inner.store.as_ref(), &first_use)
             .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "store: cannot read or write when a pass was first used");
-                Halt::Answer(responses::payment_unavailable())
-            })?;
+            .map_err(|e| unavailable(&e))?;
         // Its row's first write: the payment is counted here, not when
         // the count is written after the answer.
         if written {
             self.count_new_payment(&first_use);
+        }
+        // Dropped unspent on an error above: released. Not recorded as
+        // spent: the lease lapses, and the row written keeps the pass.
+        if let Some(claim) = claim {
+            if !claim.commit().await {
+                tracing::warn!("a pass's first use could not spend its payment at the other doors");
+            }
         }
         Ok(started)
     }
@@ -924,7 +986,19 @@ impl Paywall {
         }
         let keep = match self.keep(&mut request, &verified).await {
             Ok(Kept::Serve(keep)) => keep,
-            Ok(Kept::Replay(replayed)) => return Ok(own(replayed)),
+            Ok(Kept::Replay(replayed)) => {
+                // A closed session refuses everything, its kept answers
+                // too, through `bearer` as through its L402 token (whose
+                // balance is looked up above).
+                if from_balance {
+                    if let Err(halt) = self.session_open(&verified.payment_hash).await {
+                        return Ok(own(self
+                            .halt_answer(halt, &service, &mut request, client)
+                            .await));
+                    }
+                }
+                return Ok(own(replayed));
+            }
             Err(answer) => return Ok(own(answer)),
         };
         // A pass has nothing to claim, unless a response is to be kept for

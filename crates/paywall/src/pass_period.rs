@@ -10,7 +10,7 @@
 use std::sync::RwLock;
 
 use gate402_mpp::problem::ProblemType;
-use gate402_store::{PaymentQuery, PaymentRecord, Store, StoreError};
+use gate402_store::{PaymentQuery, PaymentRecord, PaymentRow, Store, StoreError};
 use http::StatusCode;
 
 use crate::responses::Refusal;
@@ -56,31 +56,47 @@ impl PassStarts {
     ) -> Result<(u64, bool), StoreError> {
         let hash = first_use.payment_hash;
         let now = first_use.at;
-        let (at, written) = match first_served(store, &hash).await? {
+        let first_served = |row: Option<PaymentRow>| row.map(|row| row.first_served_at);
+        let (at, written) = match first_served(recorded(store, &hash).await?) {
             Some(at) => (at.min(now), false),
             // Written by this request, or by another's first use meanwhile
             // (then read again: the earlier one).
             None if store.record_payment(first_use).await? => (now, true),
             None => (
-                first_served(store, &hash).await?.unwrap_or(now).min(now),
+                first_served(recorded(store, &hash).await?)
+                    .unwrap_or(now)
+                    .min(now),
                 false,
             ),
         };
+        Ok((self.keep(hash, at), written))
+    }
+
+    /// Keeps `at` as when the pass paid by `hash` began, unless an
+    /// earlier start is kept (two first requests at once keep the
+    /// earlier), and returns the start kept.
+    pub(crate) fn keep(&self, hash: [u8; 32], at: u64) -> u64 {
         let mut kept = self.0.write().unwrap_or_else(|e| e.into_inner());
         if kept.len() >= STARTS_KEPT {
             kept.clear();
         }
-        // Two first requests at once keep the earlier.
-        let at = *kept
+        *kept
             .entry(hash)
             .and_modify(|kept| *kept = (*kept).min(at))
-            .or_insert(at);
-        Ok((at, written))
+            .or_insert(at)
     }
 }
 
-/// When the store counted payment `hash` first served, if it did.
-async fn first_served(store: &dyn Store, hash: &[u8; 32]) -> Result<Option<u64>, StoreError> {
+/// The store's row of payment `hash`, if it has one: when it first
+/// served, and through which scheme.
+///
+/// # Errors
+///
+/// The store's.
+pub(crate) async fn recorded(
+    store: &dyn Store,
+    hash: &[u8; 32],
+) -> Result<Option<PaymentRow>, StoreError> {
     let counted = store
         .payments(&PaymentQuery {
             since: 0,
@@ -90,7 +106,7 @@ async fn first_served(store: &dyn Store, hash: &[u8; 32]) -> Result<Option<u64>,
             ..PaymentQuery::default()
         })
         .await?;
-    Ok(counted.first().map(|row| row.first_served_at))
+    Ok(counted.into_iter().next())
 }
 
 /// The refusal of a pass whose period of `secs` from `started` is over at

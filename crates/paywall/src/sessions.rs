@@ -337,6 +337,11 @@ impl Paywall {
                 ) {
                     return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string());
                 }
+                // Kept in one spelling (lower case, no `lightning:`): the
+                // same invoice in upper case would otherwise pass as one no
+                // other session names, and be refunded to twice.
+                let return_invoice = gate402_bolt11::Invoice::parse(&return_invoice)
+                    .map_or(return_invoice, |invoice| invoice.to_string());
                 // At the unit price the client was offered (bound by the
                 // challenge's id), whatever the service's price now.
                 let unit = request.unit_sats().unwrap_or(service.price_sats);
@@ -430,6 +435,23 @@ impl Paywall {
                 self.open(service, id, deposit_sats, service.price_sats, None, "L402")
                     .await
             }
+            Err(e) => {
+                tracing::error!(error = %e, "store: cannot look up a session");
+                Err(Halt::Answer(responses::payment_unavailable()))
+            }
+        }
+    }
+
+    /// Whether session `id` is still open (or unknown here).
+    ///
+    /// # Errors
+    ///
+    /// 402 `session-closed` once closed; a 503 when the store cannot
+    /// answer.
+    pub(crate) async fn session_open(&self, id: &[u8; 32]) -> Result<(), Halt> {
+        match self.store().session(id).await {
+            Ok(Some(session)) if session.closed.is_some() => Err(closed()),
+            Ok(_) => Ok(()),
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot look up a session");
                 Err(Halt::Answer(responses::payment_unavailable()))
@@ -636,6 +658,14 @@ impl Paywall {
     ) -> Step {
         if let Err(step) = self.of_service(service, &id).await {
             return step;
+        }
+        // Credited when it opened the session: answered `ok`, it credited
+        // nothing and said so to no one.
+        if hash == id {
+            return refuse(
+                ProblemType::InvalidChallenge,
+                "this payment is the session's own deposit, credited when it opened; a top-up pays a fresh challenge",
+            );
         }
         let credited = self
             .store()
