@@ -292,7 +292,9 @@ pub async fn run_paying(
     command: impl std::future::Future<Output = Result<()>>,
 ) -> ExitCode {
     // Payments recorded after this one are this run's.
-    let before = Ledger::open(&ledger_path(data_dir)).and_then(|ledger| ledger.last_payment_id());
+    // Opened as every command opens it: one others could read is said.
+    let before =
+        open_ledger(data_dir).and_then(|ledger| ledger.last_payment_id().map_err(Into::into));
     let outcome = tokio::select! {
         outcome = command => outcome,
         // The ledger wrote any payment down before sending it, so stopping
@@ -489,8 +491,7 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let max_redirects = if args.follow { MAX_REDIRECTS } else { 0 };
     // Each payment is told as it is made: a later hop may still fail.
     let quiet = args.silent || args.json;
-    // Payments recorded after this one are this run's (another run's at
-    // the same time on the same origin would be said too: rare, and true).
+    // This run's payments are recorded after this one.
     let before = client.payer.ledger.last_payment_id()?;
     let origin = request.url().origin();
     let mut told = std::collections::HashSet::new();

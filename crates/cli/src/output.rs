@@ -74,8 +74,11 @@ const MAX_MESSAGE_CHARS: usize = 4096;
 /// U+200E, U+200F, U+202A–U+202E, U+2066–U+2069, which reorder what
 /// follows: `received` shown for `deviecer`) and the line and paragraph
 /// separators (U+2028, U+2029) become U+FFFD, so that a server's words cannot move the
-/// cursor, clear the screen, retitle the window or read backwards, and
-/// what passes [`MAX_MESSAGE_CHARS`] is cut, with how much was left out.
+/// cursor, clear the screen, retitle the window or read backwards; each
+/// line after the first is set apart (`  | `), so that a server's words
+/// quoted in a message cannot pass for lines of this program's own
+/// (`gate402: paid 0 sat`); and what passes [`MAX_MESSAGE_CHARS`] is cut,
+/// with how much was left out.
 pub(crate) fn terminal_safe(text: &str) -> String {
     let bidi = |c: char| {
         matches!(
@@ -85,17 +88,15 @@ pub(crate) fn terminal_safe(text: &str) -> String {
                 | '\u{2066}'..='\u{2069}'
         )
     };
-    let mut safe: String = text
-        .chars()
-        .take(MAX_MESSAGE_CHARS)
-        .map(|c| {
-            if (c.is_control() && c != '\n' && c != '\t') || bidi(c) {
-                char::REPLACEMENT_CHARACTER
-            } else {
-                c
-            }
-        })
-        .collect();
+    let mut safe = String::with_capacity(text.len().min(MAX_MESSAGE_CHARS * 2));
+    for c in text.chars().take(MAX_MESSAGE_CHARS) {
+        match c {
+            '\n' => safe.push_str("\n  | "),
+            '\t' => safe.push(c),
+            c if c.is_control() || bidi(c) => safe.push(char::REPLACEMENT_CHARACTER),
+            c => safe.push(c),
+        }
+    }
     if let Some((cut_at, _)) = text.char_indices().nth(MAX_MESSAGE_CHARS) {
         safe += &format!("… ({} more bytes)", text.len() - cut_at);
     }
@@ -103,11 +104,19 @@ pub(crate) fn terminal_safe(text: &str) -> String {
 }
 
 /// What to do about an error whose message is `message`, when the
-/// message alone does not say: a certificate the platform does not trust.
+/// message alone does not say: a certificate the platform does not trust,
+/// or a URL whose scheme the port does not speak (hyper and rustls name
+/// only the bytes they could not parse).
 pub(crate) fn hint_for(message: &str) -> Option<&'static str> {
-    message.contains("invalid peer certificate").then_some(
-        "a server whose certificate a CA of its own signed: SSL_CERT_FILE=<that CA, PEM> trusts it; -k accepts any certificate",
-    )
+    if message.contains("invalid peer certificate") {
+        Some("a server whose certificate a CA of its own signed: SSL_CERT_FILE=<that CA, PEM> trusts it; -k accepts any certificate")
+    } else if message.contains("invalid HTTP version parsed") {
+        Some("the server answered with something other than HTTP: if it speaks HTTPS on this port, use an https:// URL")
+    } else if message.contains("InvalidContentType") {
+        Some("the server did not answer the TLS handshake: if it speaks plain HTTP on this port, use an http:// URL")
+    } else {
+        None
+    }
 }
 
 /// An amount in millisatoshis as sat for people to read: `10` when whole,
@@ -132,6 +141,12 @@ pub(crate) fn when(unix: u64) -> String {
         .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
         .map(gate402_mpp::format_time)
         .unwrap_or_else(|| unix.to_string())
+}
+
+/// [`terminal_safe`] on one line: a newline becomes U+FFFD too, for a
+/// value shown beside its name.
+pub(crate) fn terminal_safe_line(text: &str) -> String {
+    terminal_safe(&text.replace('\n', "\u{fffd}"))
 }
 
 #[cfg(test)]
@@ -160,7 +175,13 @@ mod tests {
             "{safe:?}"
         );
         assert!(safe.contains("refund received"));
-        assert!(safe.ends_with("\nok\tdone"));
+        assert!(safe.ends_with("\n  | ok\tdone"));
+        // A line of the server's own is set apart from the program's.
+        let forged = terminal_safe("500: oops\ngate402: paid 0 sat\ngate402: refund received");
+        assert!(
+            forged.lines().skip(1).all(|line| line.starts_with("  | ")),
+            "{forged}"
+        );
         let reordered = terminal_safe("paid \u{202e}tas 0001\u{202c} \u{2066}x\u{2069}");
         assert_eq!(reordered, "paid \u{fffd}tas 0001\u{fffd} \u{fffd}x\u{fffd}");
         let marks = terminal_safe("a\u{061c}b\u{200e}c\u{200f}d\u{2028}e\u{2029}f");

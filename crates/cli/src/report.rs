@@ -17,7 +17,7 @@ fn scalar(value: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         // What a server wrote (a macaroon's caveats, a challenge's realm)
         // cannot drive the terminal, nor add lines that read as fields.
-        Value::String(s) => Some(crate::output::terminal_safe(s).replace('\n', "\u{fffd}")),
+        Value::String(s) => Some(crate::output::terminal_safe_line(s)),
         Value::Array(a) if a.is_empty() => Some("(none)".into()),
         Value::Object(o) if o.is_empty() => Some("{}".into()),
         Value::Array(_) | Value::Object(_) => None,
@@ -29,7 +29,7 @@ fn render(value: &Value, indent: usize, out: &mut String) {
     match value {
         Value::Object(map) => {
             for (key, v) in map {
-                let key = crate::output::terminal_safe(key).replace('\n', "\u{fffd}");
+                let key = crate::output::terminal_safe_line(key);
                 match scalar(v) {
                     Some(s) => out.push_str(&format!("{pad}{key}: {s}\n")),
                     None => {

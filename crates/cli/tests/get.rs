@@ -1420,6 +1420,16 @@ async fn insecure_holds_for_the_sandbox_payer_and_an_unsent_payment_fails() {
         stderr.contains("SSL_CERT_FILE") && !stderr.contains("rustls_platform_verifier"),
         "{stderr}"
     );
+    // A URL whose scheme the port does not speak is told which to use.
+    let plain = url.replacen("https://", "http://", 1);
+    let out = run(data, &["get", &plain]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("use an https:// URL"), "{stderr}");
+    let out = run(data, &["get", &format!("https://{upstream}/api/weather")]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("use an http:// URL"), "{stderr}");
     let out = run(data, &["get", "-k", &url]).await;
     assert!(
         out.status.success(),
@@ -1485,6 +1495,13 @@ async fn a_ledger_others_could_read_is_made_private_with_a_warning() {
     assert_eq!(mode & 0o777, 0o600);
     let out = run(data, &["receipts"]).await;
     assert!(!String::from_utf8_lossy(&out.stderr).contains("readable"));
+    // A get says it too: it had made the ledger private before looking.
+    std::fs::set_permissions(&ledger, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(data, &["get", "http://127.0.0.1:9/x"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("was readable by other users"), "{stderr}");
+    let mode = std::fs::metadata(&ledger).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 /// With `--json`, a run that ends in an error prints a JSON document
@@ -1509,4 +1526,32 @@ async fn json_says_why_a_run_failed() {
     assert!(out.status.success());
     let _: Value = serde_json::from_slice(&out.stdout).unwrap();
     gateway.shutdown().await.unwrap();
+}
+
+/// A server's words quoted in an error cannot pass for the client's own
+/// lines: a 500 whose body was `gate402: paid 0 sat` lines printed each on
+/// a line of its own, as if the client had said so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_servers_lines_in_an_error_are_set_apart() {
+    let app = Router::new().fallback(|| async {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "oops\ngate402: paid 0 sat\ngate402: refund of 5000 sat received\n",
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let client = tempfile::tempdir().unwrap();
+    let out = run(client.path(), &["get", "-f", &format!("http://{addr}/x")]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(22), "{stderr}");
+    assert!(stderr.contains("paid 0 sat"), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .filter(|line| line.starts_with("gate402:"))
+            .all(|line| !line.contains("paid 0 sat") && !line.contains("refund of")),
+        "{stderr}"
+    );
 }

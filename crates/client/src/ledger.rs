@@ -132,7 +132,17 @@ const MIGRATIONS: &[&str] = &[
     // A payment hash is looked up before every payment (paid for another
     // origin?) and when a receipt is booked.
     "CREATE INDEX payments_by_hash ON payments (payment_hash);",
+    // The run (process) that began or settled a payment: what one run
+    // paid is told apart from what runs beside it on the same ledger paid.
+    "ALTER TABLE payments ADD COLUMN run TEXT;",
 ];
+
+/// This process's run id, random: the `run` of the payments it begins or
+/// settles.
+fn this_run() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| hex::encode(rand::random::<[u8; 8]>()))
+}
 
 /// Why the ledger failed.
 #[derive(Debug, thiserror::Error)]
@@ -615,8 +625,8 @@ impl Ledger {
             }
         }
         tx.execute(
-            "INSERT INTO payments (url, origin, host, path, scheme, amount_msat, fee_msat, payment_hash, status, created_at, bolt11, challenges, payment_required, idempotency_key, request_digest, session_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, 'pending', ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            "INSERT INTO payments (url, origin, host, path, scheme, amount_msat, fee_msat, payment_hash, status, created_at, bolt11, challenges, payment_required, idempotency_key, request_digest, session_id, run)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, 'pending', ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 entry.url,
                 entry.origin,
@@ -632,6 +642,7 @@ impl Ledger {
                 payment.request_key.as_ref().map(|k| &k.value),
                 payment.request_key.as_ref().map(|k| &k.request_digest),
                 entry.session,
+                this_run(),
             ],
         )?;
         let id = tx.last_insert_rowid();
@@ -647,8 +658,8 @@ impl Ledger {
         fee_msat: u64,
     ) -> Result<(), LedgerError> {
         self.conn().execute(
-            "UPDATE payments SET status = 'paid', amount_msat = ?2, fee_msat = ?3, error = NULL WHERE id = ?1",
-            params![id, amount_msat as i64, fee_msat as i64],
+            "UPDATE payments SET status = 'paid', amount_msat = ?2, fee_msat = ?3, error = NULL, run = ?4 WHERE id = ?1",
+            params![id, amount_msat as i64, fee_msat as i64, this_run()],
         )?;
         Ok(())
     }
@@ -676,14 +687,16 @@ impl Ledger {
         Ok(())
     }
 
-    /// The payments recorded after payment `id`, oldest first: with
-    /// [`Ledger::last_payment_id`] taken before, what a run paid.
+    /// The payments this process began or settled since payment `id` was
+    /// recorded, oldest first: with [`Ledger::last_payment_id`] taken
+    /// before, what a run paid, not what other runs on the same ledger paid
+    /// meanwhile.
     pub fn payments_after(&self, id: i64) -> Result<Vec<PaymentEntry>, LedgerError> {
         let conn = self.conn();
         let mut statement = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM payments WHERE id > ?1 ORDER BY id"
+            "SELECT {COLUMNS} FROM payments WHERE id > ?1 AND run = ?2 ORDER BY id"
         ))?;
-        let rows = statement.query_map([id], |r| pending(r).map(|p| p.entry))?;
+        let rows = statement.query_map(params![id, this_run()], |r| pending(r).map(|p| p.entry))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1361,6 +1374,40 @@ mod tests {
         ledger
             .begin_payment(&at("b.example", &failed), &budget)
             .unwrap();
+    }
+
+    /// What a run paid is its own: another run on the same ledger paying
+    /// meanwhile (a row another process began and settled) is not among
+    /// them. Runs refused by a budget told other runs' payments as their
+    /// own, "paid … the next run sends it again".
+    #[test]
+    fn a_runs_payments_are_its_own_not_its_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
+        let budget = Budget::default();
+        let before = ledger.last_payment_id().unwrap();
+        let neighbours = ledger
+            .begin_payment(&payment("a.example", 10_000, 1_000), &budget)
+            .unwrap();
+        ledger.settle_payment(neighbours, 10_000, 0).unwrap();
+        ledger
+            .conn()
+            .execute(
+                "UPDATE payments SET run = 'another process' WHERE id = ?1",
+                [neighbours],
+            )
+            .unwrap();
+        let own = ledger
+            .begin_payment(&payment("a.example", 20_000, 1_001), &budget)
+            .unwrap();
+        ledger.settle_payment(own, 20_000, 0).unwrap();
+        let ids: Vec<i64> = ledger
+            .payments_after(before)
+            .unwrap()
+            .iter()
+            .map(|p| p.id)
+            .collect();
+        assert_eq!(ids, [own]);
     }
 
     #[test]
