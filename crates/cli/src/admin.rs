@@ -303,6 +303,31 @@ impl Api {
 }
 
 /// A path segment, percent-encoded.
+/// The service table `admin put NAME FILE` sends: the file's own keys, or
+/// the `[[services]]` table named NAME when the file is a block copied
+/// from a gateway config (its keys read as unknown fields, its `path` as
+/// missing).
+///
+/// # Errors
+///
+/// When the file holds `[[services]]` tables but none named NAME.
+fn service_table(table: Value, name: &str, file: &Path) -> Result<Value> {
+    let Some(services) = table.get("services").and_then(Value::as_array) else {
+        return Ok(table);
+    };
+    let named: Vec<&Value> = services
+        .iter()
+        .filter(|s| s.get("name").is_none_or(|n| n == name))
+        .collect();
+    match named.as_slice() {
+        [one] => Ok((*one).clone()),
+        _ => bail!(
+            "{} holds [[services]] tables but not one named {name:?}: give that service's keys alone, or one [[services]] table with name = {name:?}",
+            file.display()
+        ),
+    }
+}
+
 fn segment(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes())
         .collect::<String>()
@@ -343,6 +368,7 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
                     .with_context(|| format!("{} is not TOML", file.display()))?;
                 serde_json::to_value(table)?
             };
+            let table = service_table(table, name, file)?;
             api.call(
                 reqwest::Method::PUT,
                 &format!("/services/{}", segment(name)),
@@ -371,14 +397,19 @@ pub async fn run(args: &Args, data_dir: &Path) -> Result<()> {
                 .await?
         }
         AdminCommand::Revenue { by, hours, since } => {
-            let by = by.as_deref().unwrap_or("hour");
-            let hours = hours.unwrap_or(if by == "day" { 720 } else { 24 });
-            api.get(&format!(
-                "/revenue?by={}&since={}",
-                segment(by),
-                since.unwrap_or_else(|| now.saturating_sub(hours * 3600))
-            ))
-            .await?
+            let hours = hours.unwrap_or(if by.as_deref() == Some("day") {
+                720
+            } else {
+                24
+            });
+            let since = since.unwrap_or_else(|| now.saturating_sub(hours * 3600));
+            // Without --by only totals are shown: the API picks buckets
+            // that fit the span.
+            let path = match by {
+                Some(by) => format!("/revenue?by={}&since={since}", segment(by)),
+                None => format!("/revenue?since={since}"),
+            };
+            api.get(&path).await?
         }
         AdminCommand::Payments {
             service,

@@ -169,6 +169,23 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // A [[services]] block copied from a gateway config is that service's
+    // table (its keys were read as unknown fields, its path as missing).
+    let block = dir.path().join("block.toml");
+    std::fs::write(
+        &block,
+        "[[services]]\nname = \"sports\"\npath = \"/sports\"\nprice_sats = 6\nupstream = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    stdout(&gate402(
+        &data,
+        &["admin", "put", "sports", block.to_str().unwrap()],
+    ));
+    assert_eq!(price(&base, "/sports").await, "6");
+    let output = gate402(&data, &["admin", "put", "other", block.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("not one named \"other\""), "{stderr}");
 
     let revenue = stdout(&gate402(&data, &["admin", "revenue"]));
     assert!(revenue.contains("total"), "{revenue}");
@@ -189,8 +206,16 @@ async fn gate402_admin_finds_the_gateway_through_its_data_dir() {
         let output = gate402(&data, &[&["admin", "revenue"][..], args].concat());
         assert_eq!(output.status.code(), Some(2), "{args:?}");
     }
-    // Too many buckets: says how many, and what to ask for instead.
-    let output = gate402(&data, &["admin", "revenue", "--hours", "20000"]);
+    // Totals over a long span need no buckets asked for: they were
+    // refused, by hour.
+    let long = stdout(&gate402(&data, &["admin", "revenue", "--hours", "20000"]));
+    assert!(long.contains("SERVED"), "{long}");
+    // Too many buckets asked for: says how many, and what to ask for
+    // instead.
+    let output = gate402(
+        &data,
+        &["admin", "revenue", "--by", "hour", "--hours", "20000"],
+    );
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
@@ -390,7 +415,7 @@ async fn sighup_replaces_admin_credentials_and_ends_their_dashboards() {
     // So is every other such setting; the --listen given at the start is
     // no change.
     assert!(
-        logged.contains("SIGHUP: server: changed in the file, as it started until a restart"),
+        logged.contains("SIGHUP: server: changed in the file; the gateway keeps the value it started with until a restart"),
         "{logged}"
     );
     assert!(!logged.contains("SIGHUP: listen"), "{logged}");

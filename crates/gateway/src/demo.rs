@@ -212,7 +212,6 @@ rewrite = { strip_prefix = "/api" }
 name = "hello"
 path = "/api/hello"
 methods = ["GET"]
-price_sats = 1
 auth = "off"
 description = "Free greeting (demo)"
 upstream = "{upstream}"

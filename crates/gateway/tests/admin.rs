@@ -754,6 +754,20 @@ async fn paid_traffic_shows_in_payments_and_revenue_and_one_token_is_revoked() {
         .call(reqwest::Method::POST, "/tokens/not-a-token/revoke", None)
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // The 16-digit prefix a client prints is told where the whole hash is.
+    let (status, problem) = h
+        .call(
+            reqwest::Method::GET,
+            &format!("/tokens/{}", &weather_hash[..16]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("this is 16") && detail.contains("gate402 tokens show"),
+        "{detail}"
+    );
     // Revocations survive a restart.
     let h = h.restart().await;
     assert_eq!(
@@ -850,6 +864,19 @@ async fn a_balance_is_closed_and_refunded_by_the_operator() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = h.call(reqwest::Method::GET, "/sessions/xyz", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, problem) = h
+        .call(
+            reqwest::Method::GET,
+            &format!("/sessions/{}", &id[..16]),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("this is 16") && detail.contains("gate402 sessions list --json"),
+        "{detail}"
+    );
     let log = h.get("/log").await;
     assert_eq!(log["entries"][0]["action"], "session.close");
     h.gateway.shutdown().await.unwrap();
@@ -1342,6 +1369,25 @@ async fn a_reload_names_what_waits_for_a_restart() {
     let later = h.gateway.reloader().reload(&moved).unwrap();
     assert!(later[0].starts_with("admin.enabled: true"), "{later:?}");
     assert!(later[1].starts_with("admin.listen: still"), "{later:?}");
+
+    // A service the admin API changed keeps its change over the file's
+    // table, and the reload says so (a new price in the file did nothing,
+    // without a word).
+    let (status, _) = h
+        .call(
+            reqwest::Method::PATCH,
+            "/services/weather",
+            Some(json!({"price_sats": 3})),
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    let later = h.gateway.reloader().reload(&h.config).unwrap();
+    assert!(
+        later
+            .iter()
+            .any(|l| l.starts_with("services.weather: the admin API's changes stay on top")),
+        "{later:?}"
+    );
 
     // A file caught half-written names no service: it is not applied.
     let mut emptied = h.config.clone();

@@ -82,13 +82,13 @@ impl IdempotencyConfig {
 /// # Errors
 ///
 /// The words of a 400: more than one field, an empty or over-long key, or
-/// one with characters outside visible ASCII.
+/// one with characters outside printable ASCII (space to `~`).
 pub(crate) fn requested(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
     let mut values = headers.get_all(&IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);
     };
-    const BAD: &str = "Idempotency-Key must be one string of 1 to 255 visible ASCII characters";
+    const BAD: &str = "Idempotency-Key must be one string of 1 to 255 printable ASCII characters";
     if values.next().is_some() {
         return Err("Idempotency-Key may be sent once");
     }

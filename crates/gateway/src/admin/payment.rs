@@ -17,6 +17,12 @@ pub(super) fn hash_of(text: &str) -> Result<[u8; 32], String> {
             return Ok(bytes.try_into().expect("32 bytes"));
         }
     }
+    if let Some(short) = short_hex(text) {
+        return Err(format!(
+            "a payment hash is 64 hex digits, this is {short}: the paying client prints it \
+             whole (`gate402 tokens show <prefix>`, `gate402 receipts --json`)"
+        ));
+    }
     let token = text
         .split_once(' ')
         .filter(|(scheme, _)| {
@@ -31,6 +37,13 @@ pub(super) fn hash_of(text: &str) -> Result<[u8; 32], String> {
     gate402_l402::Identifier::from_bytes(macaroon.identifier())
         .map(|id| id.payment_hash)
         .map_err(|e| format!("the macaroon's identifier is not an L402 one: {e}"))
+}
+
+/// How many digits a hex text shorter than a payment hash has: the
+/// 16-digit prefix a client prints, given where the whole hash is needed.
+pub(super) fn short_hex(text: &str) -> Option<usize> {
+    (!text.is_empty() && text.len() < 64 && text.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(text.len())
 }
 
 /// A payment as the admin API shows it (hash in hex, amounts in sat and

@@ -181,8 +181,9 @@ const MAX_BUCKETS: u64 = 10_000;
 
 /// `GET /admin/api/revenue?since=&until=&by=hour|day`: buckets per
 /// service, totals per service and overall. Default: the last 24 hours by
-/// hour (`by=day`: the last 30 days). Bounds are rounded out to whole
-/// buckets.
+/// hour (`by=day`: the last 30 days); a span of more than
+/// [`MAX_BUCKETS`] hours with no `by` is reported by day. Bounds are
+/// rounded out to whole buckets.
 pub(super) async fn revenue(
     State(state): State<AdminState>,
     query: Result<Query<RevenueQuery>, axum::extract::rejection::QueryRejection>,
@@ -191,22 +192,28 @@ pub(super) async fn revenue(
         Ok(q) => q,
         Err(e) => return super::query_problem(&e),
     };
-    let width: u64 = match q.by.as_deref().unwrap_or("hour") {
-        "hour" => 3600,
-        "day" => 86_400,
-        other => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                &format!("by={other:?}: use hour or day"),
-            )
-        }
-    };
     let now = unix_now();
     let (since, until) = match bounds(q.since, q.until, now) {
         Ok(bounds) => bounds,
         Err(e) => return problem(StatusCode::BAD_REQUEST, &e),
     };
     let until = until.unwrap_or(now + 1);
+    let width: u64 = match q.by.as_deref() {
+        Some("hour") => 3600,
+        Some("day") => 86_400,
+        // Unasked: by hour, unless the span asked for holds more hours
+        // than a report has buckets.
+        None => match since {
+            Some(since) if until.saturating_sub(since) / 3600 > MAX_BUCKETS => 86_400,
+            _ => 3600,
+        },
+        Some(other) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                &format!("by={other:?}: use hour or day"),
+            )
+        }
+    };
     let since = since
         .unwrap_or_else(|| until.saturating_sub(if width == 3600 { 86_400 } else { 30 * 86_400 }));
     if since >= until {

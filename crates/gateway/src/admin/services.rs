@@ -424,10 +424,12 @@ fn table_of(
             object.insert("name".into(), json!(name));
         }
         Some(given) if given == &json!(name) => {}
-        Some(_) => {
+        Some(given) => {
             return Err((
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "the table's name is not the one in the path".into(),
+                format!(
+                    "the table's name ({given}) is not {name:?}, the service this request names"
+                ),
             ))
         }
     }

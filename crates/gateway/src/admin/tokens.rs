@@ -127,17 +127,21 @@ fn session_id(id: &str) -> Option<[u8; 32]> {
     hex::decode(id).ok()?.try_into().ok()
 }
 
-fn bad_session_id() -> Response {
-    problem(
-        StatusCode::BAD_REQUEST,
-        "a session id is its deposit's payment hash: 64 hex digits",
-    )
+fn bad_session_id(id: &str) -> Response {
+    let detail = match super::payment::short_hex(id) {
+        Some(short) => format!(
+            "a session id is its deposit's payment hash, 64 hex digits, this is {short}: \
+             the paying client prints it whole (`gate402 sessions list --json`)"
+        ),
+        None => "a session id is its deposit's payment hash: 64 hex digits".to_owned(),
+    };
+    problem(StatusCode::BAD_REQUEST, &detail)
 }
 
 /// `GET /admin/api/sessions/{id}`.
 pub(super) async fn session(State(state): State<AdminState>, Segment(id): Segment) -> Response {
     let Some(id) = session_id(&id) else {
-        return bad_session_id();
+        return bad_session_id(&id);
     };
     match state.store().session(&id).await {
         Ok(Some(session)) => Json(session_json(&session)).into_response(),
@@ -154,7 +158,7 @@ pub(super) async fn close_session(
     Segment(id): Segment,
 ) -> Response {
     let Some(id) = session_id(&id) else {
-        return bad_session_id();
+        return bad_session_id(&id);
     };
     match state.paywall.close_session(&id).await {
         Ok(None) => problem(StatusCode::NOT_FOUND, "no session has this id"),

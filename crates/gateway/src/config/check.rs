@@ -667,6 +667,16 @@ impl Checker {
             );
         }
         self.warnings.extend(overlap_warnings(&config.services));
+        if matches!(
+            config.lightning,
+            crate::lightning::LightningConfig::Sandbox(_)
+        ) && !config.listen.ip().is_loopback()
+        {
+            self.warnings.push(format!(
+                "lightning: the sandbox backend (the default with no [lightning] table) takes test money: anyone who reaches {} pays its invoices at /sandbox/pay for nothing, so every paid route is free to them; set [lightning] to sell for real",
+                config.listen
+            ));
+        }
         if let Some(all) = config
             .server
             .trusted_proxies

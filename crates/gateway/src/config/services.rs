@@ -110,7 +110,12 @@ impl Checker {
             }
         });
         if let Some(pointer) = &field {
-            if !pointer.is_empty() && !pointer.starts_with('/') {
+            if pointer.is_empty() {
+                self.warnings.push(format!(
+                    "{}: \"\" points at the whole body (or the whole of a stream event): only a bare number there is a report; an object is none, and each request is charged max_units (\"/usage/total_tokens\" points into one)",
+                    at("usage_field")
+                ));
+            } else if !pointer.starts_with('/') {
                 self.error(
                     &at("usage_field"),
                     format!(
@@ -326,6 +331,14 @@ impl Checker {
             None if free && !has_price => priced.price_sats = 1,
             None if !has_price => self.error(&at("price_sats"), "is required (or auth = \"off\")"),
             None => {}
+        }
+        if free {
+            if let Some(price) = raw.price_sats.filter(|p| *p > 0) {
+                self.warnings.push(format!(
+                    "{}: \"off\" serves every request free: price_sats = {price} is charged to no one (auth = \"on\" charges it)",
+                    at("auth")
+                ));
+            }
         }
         if let Some(auth) = raw.auth {
             let words: Vec<&str> = auth.split_whitespace().collect();

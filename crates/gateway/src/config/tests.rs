@@ -1062,6 +1062,59 @@ fn a_tool_on_a_metered_service_needs_a_price_of_its_own() {
     GatewayConfig::parse(&text("price_sats = 100\n"), env).unwrap();
 }
 
+/// An empty `usage_field` reads the whole body as the report: an upstream
+/// answering an object then charges every request `max_units`. It was
+/// taken without a word.
+#[test]
+fn a_usage_field_of_the_whole_body_is_warned_of() {
+    let warned = |field: &str| {
+        GatewayConfig::parse(
+            &format!("[[services]]\nname = \"u\"\npath = \"/u\"\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 1\nsells = \"balance\"\nmeter = \"usage\"\nmax_units = 10\nusage_field = \"{field}\"\n"),
+            env,
+        )
+        .unwrap()
+        .warnings
+        .iter()
+        .any(|w| w.contains("services[0].usage_field") && w.contains("max_units"))
+    };
+    assert!(warned(""));
+    assert!(!warned("/usage/total_tokens"));
+}
+
+/// The sandbox on an address beyond this machine gives every paid route
+/// away (anyone pays its invoices with test money): `--check` said `ok`
+/// of a config with no `[lightning]` listening on 0.0.0.0.
+#[test]
+fn a_sandbox_reachable_from_elsewhere_is_warned_of() {
+    let warned = |listen: &str| {
+        GatewayConfig::parse(&format!("listen = \"{listen}\"\n"), env)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains("/sandbox/pay"))
+    };
+    assert!(warned("0.0.0.0:8402"));
+    assert!(!warned("127.0.0.1:8402"));
+}
+
+/// A price on a free route is charged to no one: it was taken without a
+/// word, and an operator may believe the route sells.
+#[test]
+fn a_price_on_a_free_route_is_warned_of() {
+    let warned = |price: &str| {
+        GatewayConfig::parse(
+            &format!("[[services]]\nname = \"f\"\npath = \"/f\"\nupstream = \"http://127.0.0.1:9000\"\nauth = \"off\"\n{price}"),
+            env,
+        )
+        .unwrap()
+        .warnings
+        .iter()
+        .any(|w| w.contains("services[0].auth") && w.contains("charged to no one"))
+    };
+    assert!(warned("price_sats = 5\n"));
+    assert!(!warned(""));
+}
+
 #[test]
 fn trusting_every_address_as_a_proxy_is_warned_of() {
     let warned = |nets: &str| {

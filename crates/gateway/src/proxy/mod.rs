@@ -82,13 +82,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// An error and its causes, outermost first (`client error (Connect):
 /// invalid peer certificate: UnknownIssuer`): hyper's own text names only
-/// the stage that failed.
+/// the stage that failed. A cause whose text its error already ends with
+/// (an `io::Error` wrapping one of hyper's, say) is said once.
 fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = cause.source();
     }
     text
@@ -814,6 +818,39 @@ impl tower::Service<Request<Body>> for Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error that says its cause's words is not followed by them again
+    /// (`tcp connect error: tcp connect error: Connection refused`).
+    #[test]
+    fn a_cause_already_said_is_said_once() {
+        #[derive(Debug)]
+        struct Layer(&'static str, Option<Box<Layer>>);
+        impl std::fmt::Display for Layer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Layer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|l| l as _)
+            }
+        }
+        let refused = Layer("Connection refused", None);
+        let chain = Layer(
+            "client error (Connect)",
+            Some(Box::new(Layer(
+                "tcp connect error",
+                Some(Box::new(Layer(
+                    "tcp connect error",
+                    Some(Box::new(refused)),
+                ))),
+            ))),
+        );
+        assert_eq!(
+            with_causes(&chain),
+            "client error (Connect): tcp connect error: Connection refused"
+        );
+    }
 
     #[test]
     fn hop_by_hop_fields_and_those_connection_names_are_removed() {

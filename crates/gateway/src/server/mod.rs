@@ -310,7 +310,7 @@ impl Gateway {
                 }
             }
         });
-        tracing::info!(%addr, backend = config.lightning.name(), services = config.services.len(), test_money = paywall.test_money().is_some(), "gate402 listening");
+        tracing::info!(%addr, backend = config.lightning.name(), services = services.running().len(), test_money = paywall.test_money().is_some(), "gate402 listening");
         Ok(Self {
             addr,
             services,

@@ -60,7 +60,8 @@ impl Reloader {
     /// `listen` and `sync_secs`, every other section but the services and
     /// tools (`restart_only`: `[server]`, `[mcp]`, `listen`, …), and
     /// `[[tools]]` on a gateway that started without any (it has no MCP
-    /// server to sell them).
+    /// server to sell them); and the services whose file tables the admin
+    /// API's changes stay on top of.
     ///
     /// # Errors
     ///
@@ -90,7 +91,17 @@ impl Reloader {
         for ((key, was), (_, now)) in self.started_rest.iter().zip(restart_only(config)) {
             if *was != now {
                 later.push(format!(
-                    "{key}: changed in the file, as it started until a restart"
+                    "{key}: changed in the file; the gateway keeps the value it started with until a restart"
+                ));
+            }
+        }
+        // The file's table of a service the admin API changed is not what
+        // runs: the change stays on top until reset.
+        for service in &config.services {
+            let name = service.name();
+            if self.services.changed(name) {
+                later.push(format!(
+                    "services.{name}: the admin API's changes stay on top of the file's until `gate402 admin reset {name}`"
                 ));
             }
         }
