@@ -259,3 +259,16 @@ fn bad_arguments_exit_2() {
         assert!(stderr.contains(needle), "{name}: {stderr}");
     }
 }
+
+/// A data dir that is a file is said to be one (the error read `creating
+/// …: File exists`).
+#[test]
+fn a_data_dir_that_is_a_file_is_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("afile");
+    std::fs::write(&file, "x").unwrap();
+    let out = gate402(&file, &["serve", "--listen", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("afile is not a directory"), "{stderr}");
+}

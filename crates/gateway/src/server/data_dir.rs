@@ -32,18 +32,25 @@ pub struct DataDir {
 ///
 /// When it cannot be created or its mode cannot be set.
 pub fn create_private_dir(path: &Path) -> Result<()> {
+    if path.exists() && !path.is_dir() {
+        anyhow::bail!("{} is not a directory", path.display());
+    }
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .permissions()
-        .mode();
+    let metadata =
+        std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(path, Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private", path.display()))?;
+        std::fs::set_permissions(path, Permissions::from_mode(0o700)).with_context(|| {
+            format!(
+                "making {} private{}",
+                path.display(),
+                owned_by_another(&metadata)
+            )
+        })?;
         tracing::warn!(dir = %path.display(), mode = format!("{:o}", mode & 0o777), "the data dir was open to other users; it is 0700 now");
     }
     Ok(())
@@ -99,9 +106,28 @@ pub fn make_private(path: &Path) -> Result<Option<u32>> {
     if mode & 0o077 == 0 {
         return Ok(None);
     }
-    std::fs::set_permissions(path, Permissions::from_mode(0o600))
-        .with_context(|| format!("making {} private", path.display()))?;
+    std::fs::set_permissions(path, Permissions::from_mode(0o600)).with_context(|| {
+        format!(
+            "making {} private{}",
+            path.display(),
+            std::fs::metadata(path).map_or(String::new(), |m| owned_by_another(&m))
+        )
+    })?;
     Ok(Some(mode))
+}
+
+/// Why a mode could not be set, when the file is another user's: only its
+/// owner may change it.
+fn owned_by_another(metadata: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    // The process's own directory belongs to the user it runs as (Linux).
+    match std::fs::metadata("/proc/self").map(|me| me.uid()) {
+        Ok(me) if me != metadata.uid() => format!(
+            " (it belongs to user {}, this process runs as {me}: only its owner can)",
+            metadata.uid()
+        ),
+        _ => String::new(),
+    }
 }
 
 /// Reads a small file made by [`create_private_file`], or makes it with
