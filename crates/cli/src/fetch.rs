@@ -544,6 +544,10 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     let status = response.status();
     let version = response.version();
     let headers = response.headers().clone();
+    let earlier = response
+        .extensions()
+        .get::<gate402_client::EarlierPayment>()
+        .cloned();
     let failed = (args.fail || args.fail_with_body) && status.as_u16() >= 400;
     if failed && args.fail && !args.json {
         let mut told = Vec::new();
@@ -574,6 +578,12 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             "headers": headers,
             "body": String::from_utf8_lossy(&body),
             "payment": payment,
+            // Paid by an earlier payment: which one, when no new one was
+            // made (`payment` null).
+            "earlier_payment": earlier.as_ref().filter(|_| payment.is_none()).map(|e| json!({
+                "payment_hash": e.payment_hash,
+                "via": e.via,
+            })),
         });
         outln!("{}", serde_json::to_string_pretty(&report)?);
         if failed {

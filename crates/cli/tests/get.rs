@@ -106,6 +106,14 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
         expires <= now + 3600 && expires + 120 > now + 3600,
         "{token}"
     );
+    // --json names the earlier payment that answered when none was made
+    // (`"payment": null` said nothing of the pass used).
+    let out = run(data, &["get", "--json", &daily]).await;
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["payment"], Value::Null, "{report}");
+    assert_eq!(report["earlier_payment"]["via"], "token", "{report}");
+    let pass_hash = report["earlier_payment"]["payment_hash"].as_str().unwrap();
+    assert!(pass_hash.starts_with(hash), "{report}");
     let out = run(data, &["get", "--no-pay", &format!("{base}/daily/other")]).await;
     let offer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(offer["sells"], "pass", "{offer}");
@@ -141,6 +149,7 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["status"], 200);
     assert_eq!(report["payment"]["scheme"], "Payment");
+    assert_eq!(report["earlier_payment"], Value::Null, "{report}");
     let receipt =
         gate402_mpp::receipt::parse(report["payment"]["receipt"].as_str().unwrap()).unwrap();
     assert!(gate402_mpp::receipt::challenge_id(&receipt).is_some());

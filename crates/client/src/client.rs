@@ -396,10 +396,14 @@ impl Payer {
             if let Some(sent) = &sent {
                 self.ledger.note_unanswered(&token.payment_hash, sent)?;
             }
-            let answer = send(attempt).await?;
+            let mut answer = send(attempt).await?;
             if let Some(sent) = sent.as_ref().filter(|_| spends(answer.status())) {
                 self.ledger.note_answered(&token.payment_hash, sent)?;
             }
+            answer.extensions_mut().insert(crate::EarlierPayment {
+                payment_hash: token.payment_hash.clone(),
+                via: "token",
+            });
             Ok(answer)
         };
         if token.single_use() {

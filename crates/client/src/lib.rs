@@ -54,7 +54,7 @@ pub use ledger::{
 };
 pub use mcp::{redirect_policy as mcp_redirect_policy, McpCallError, ToolCall};
 pub use middleware::PaymentMiddleware;
-pub use payer::{Fetched, Payer, Prefer};
+pub use payer::{EarlierPayment, Fetched, Payer, Prefer};
 pub use policy::{Policy, Refusal};
 pub use session::{SessionOffer, SESSION_SCHEME, TOP_UP_SCHEME};
 pub use wallet::{

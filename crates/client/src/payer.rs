@@ -46,6 +46,18 @@ impl Prefer {
     }
 }
 
+/// On a response (its extensions) answered with what an earlier payment
+/// bought, not a new one: a kept L402 token or pass, an MPP credential kept
+/// after a server error, or an open session's balance. A fetch that
+/// paid anew has a [`PaymentEntry`] instead ([`Fetched::Response`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlierPayment {
+    /// That payment's hash, hex (a session's: its id).
+    pub payment_hash: String,
+    /// What it bought: `"token"` or `"session"`.
+    pub via: &'static str,
+}
+
 /// What a fetch produced.
 // One per request and moved once: the size difference costs nothing.
 #[allow(clippy::large_enum_variant)]

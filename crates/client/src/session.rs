@@ -409,6 +409,11 @@ impl Payer {
                     session.unit_sats
                 };
                 self.ledger.note_session_spent(&session.id, spent, now())?;
+                let mut answer = answer;
+                answer.extensions_mut().insert(crate::EarlierPayment {
+                    payment_hash: session.id.clone(),
+                    via: "session",
+                });
                 return Ok(Sessioned::Answered(answer, paid));
             }
             let rejection = Rejection::read(answer).await?;
