@@ -587,6 +587,10 @@ async fn a_loopback_mcp_server_refuses_foreign_hosts_and_browser_origins() {
     );
     let local = post(&format!("127.0.0.1:{port}"), None).await.unwrap();
     assert!(local.status().is_success(), "{}", local.status());
+    // The loopback name written whole, with its root dot, is loopback too
+    // (it got 403).
+    let rooted = post(&format!("localhost.:{port}"), None).await.unwrap();
+    assert!(rooted.status().is_success(), "{}", rooted.status());
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }

@@ -103,7 +103,7 @@ impl McpAccess {
         Self {
             hosts: config.allowed_hosts.clone().or_else(|| {
                 loopback.then(|| {
-                    ["localhost", "127.0.0.1", "[::1]", "::1"]
+                    ["localhost", "localhost.", "127.0.0.1", "[::1]", "::1"]
                         .iter()
                         .map(|h| (*h).to_owned())
                         .collect()
