@@ -77,6 +77,23 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// When the first certificate in the PEM file `path` (the server's own,
+/// as a chain starts) stops being valid, in unix seconds.
+///
+/// # Errors
+///
+/// [`TlsError::File`] when it holds no certificate, or one that does not
+/// parse as X.509.
+pub fn expires_at(path: &Path) -> Result<i64, TlsError> {
+    let chain = certificates(path)?;
+    let (_, certificate) =
+        x509_parser::parse_x509_certificate(chain[0].as_ref()).map_err(|e| TlsError::File {
+            path: path.to_owned(),
+            what: format!("not an X.509 certificate: {e}"),
+        })?;
+    Ok(certificate.validity().not_after.timestamp())
+}
+
 /// The server side: the certificate chain and key in these PEM files,
 /// offering HTTP/2 and HTTP/1.1 by ALPN.
 ///

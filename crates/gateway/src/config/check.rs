@@ -100,6 +100,9 @@ struct RawMpp {
     previous_secrets: Option<Vec<String>>,
 }
 
+/// How close to its expiry a listener's certificate is warned of.
+const CERT_EXPIRY_WARNING_DAYS: i64 = 14;
+
 /// What was found wrong, and what is allowed but risky.
 #[derive(Default)]
 pub(super) struct Checker {
@@ -113,6 +116,32 @@ impl Checker {
             self.errors.push(message.to_string());
         } else {
             self.errors.push(format!("{path}: {message}"));
+        }
+    }
+
+    /// Warns of a listener's certificate that expired, or expires within
+    /// [`CERT_EXPIRY_WARNING_DAYS`], at `at` (unix seconds): clients refuse
+    /// an expired one, and the listener starts all the same.
+    fn warn_expiry(&mut self, at: i64) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let when = time::OffsetDateTime::from_unix_timestamp(at)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| at.to_string());
+        if at <= now {
+            self.warnings.push(format!(
+                "tls.cert: the certificate expired at {when}: clients refuse it; renew it"
+            ));
+        } else if at - now < CERT_EXPIRY_WARNING_DAYS * 86_400 {
+            self.warnings.push(format!(
+                "tls.cert: the certificate expires at {when}, in {} days; renew it",
+                (at - now) / 86_400
+            ));
         }
     }
 
@@ -266,6 +295,8 @@ impl Checker {
                     if !missing {
                         if let Err(e) = crate::tls::server_config(&cert, &key) {
                             self.error("tls", e);
+                        } else if let Ok(at) = crate::tls::expires_at(&cert) {
+                            self.warn_expiry(at);
                         }
                     }
                     config.tls = Some(TlsConfig { cert, key });

@@ -174,6 +174,48 @@ fn tls_files_are_read_when_the_config_is() {
     }
 }
 
+/// A listener's certificate that expired, or expires within two weeks, is
+/// warned of: `--check` said `ok` of one every client would refuse.
+#[test]
+fn a_certificate_that_expired_or_soon_will_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let warnings = |not_after: time::OffsetDateTime| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = time::OffsetDateTime::UNIX_EPOCH;
+        params.not_after = not_after;
+        let cert = params.self_signed(&key).unwrap();
+        let (cert_file, key_file) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        GatewayConfig::parse(
+            &format!(
+                "[tls]\ncert = {:?}\nkey = {:?}\n",
+                cert_file.display().to_string(),
+                key_file.display().to_string()
+            ),
+            env,
+        )
+        .unwrap()
+        .warnings
+        .into_iter()
+        .filter(|w| w.starts_with("tls.cert"))
+        .collect::<Vec<_>>()
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let expired = warnings(now - time::Duration::days(3));
+    assert!(
+        expired.len() == 1 && expired[0].contains("expired at"),
+        "{expired:?}"
+    );
+    let soon = warnings(now + time::Duration::days(5));
+    assert!(
+        soon.len() == 1 && (soon[0].contains("in 4 days") || soon[0].contains("in 5 days")),
+        "{soon:?}"
+    );
+    assert!(warnings(now + time::Duration::days(90)).is_empty());
+}
+
 #[test]
 fn env_is_expanded_in_string_values_only() {
     let config = GatewayConfig::parse(
