@@ -400,9 +400,11 @@ impl Payer {
                     self.ledger.note_session_challenge(&session.id, &text)?;
                 }
                 // A server error gives the debit back (pay for success);
-                // a `409` took none.
+                // a `409` took none; nor did an answer with no receipt (a
+                // `429` of a rate limit in front of the paywall, say).
                 let spent = if answer.status().is_server_error()
                     || answer.status() == StatusCode::CONFLICT
+                    || !answer.headers().contains_key(gate402_mpp::RECEIPT_HEADER)
                 {
                     0
                 } else {

@@ -512,3 +512,46 @@ async fn a_refund_is_booked_as_it_arrived_at_most_the_deposit() {
     }
     demo.gateway.shutdown().await.unwrap();
 }
+
+/// A `bearer` answered `429` (a rate limit in front of the paywall) took
+/// no debit: the session's record counted it as a request served, and
+/// went past its deposit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bearer_answered_429_spends_nothing_from_the_record() {
+    use axum::body::Body;
+    use axum::http::{Response, StatusCode};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let demo = demo_gateway(|_| {}).await;
+    let gateway = demo.base.clone();
+    let limited = Arc::new(AtomicBool::new(false));
+    let limiting = limited.clone();
+    let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (gateway, limiting) = (gateway.clone(), limiting.clone());
+        async move {
+            if limiting.load(Ordering::SeqCst)
+                && session_action(&request).as_deref() == Some("bearer")
+            {
+                return Response::builder()
+                    .status(StatusCode::TOO_MANY_REQUESTS)
+                    .body(Body::from("slow down"))
+                    .unwrap();
+            }
+            forward(&gateway, request).await
+        }
+    });
+    let base = serve(front).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    chat(&client, &base, "first").await;
+    let spent = ledger.sessions(false).unwrap()[0].spent_sats;
+    limited.store(true, Ordering::SeqCst);
+    let answer = client
+        .get(format!("{base}/api/chat?prompt=second"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 429);
+    assert_eq!(ledger.sessions(false).unwrap()[0].spent_sats, spent);
+    demo.gateway.shutdown().await.unwrap();
+}
