@@ -337,11 +337,11 @@ impl Paywall {
                 ) {
                     return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string());
                 }
-                // Kept in one spelling (lower case, no `lightning:`): the
-                // same invoice in upper case would otherwise pass as one no
-                // other session names, and be refunded to twice.
+                // Kept in its one spelling: the same invoice in upper case,
+                // or with its signature's other form, would otherwise pass
+                // as one no other session names, and be refunded to twice.
                 let return_invoice = gate402_bolt11::Invoice::parse(&return_invoice)
-                    .map_or(return_invoice, |invoice| invoice.to_string());
+                    .map_or(return_invoice, |invoice| invoice.canonical());
                 // At the unit price the client was offered (bound by the
                 // challenge's id), whatever the service's price now.
                 let unit = request.unit_sats().unwrap_or(service.price_sats);

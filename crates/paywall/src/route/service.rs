@@ -333,11 +333,19 @@ impl PricedService {
                 format!("priced per request by its rules ({price} sat when none matches)")
             }
             (_, Sells::Request) => format!("{price} sat per request"),
-            (_, Sells::Pass) if self.schemes.mpp() => format!(
-                "{price} sat for a pass of {} s (L402; an MPP charge serves one request)",
-                self.token_lifetime_secs
-            ),
-            (_, Sells::Pass) => format!("{price} sat for a pass of {} s", self.token_lifetime_secs),
+            (_, Sells::Pass) => {
+                // The other doors of its invoice buy one request instead.
+                let others = match (self.schemes.mpp(), self.schemes.x402()) {
+                    (true, true) => "; an MPP charge or an x402 payment serves one request",
+                    (true, false) => "; an MPP charge serves one request",
+                    (false, true) => "; an x402 payment serves one request",
+                    (false, false) => "",
+                };
+                format!(
+                    "{price} sat for a pass of {} s (L402{others})",
+                    self.token_lifetime_secs
+                )
+            }
             (_, Sells::Balance) => format!(
                 "a balance of {} sat ({} {}s at {price} sat), refunded unspent on close",
                 self.deposit_sats(),
@@ -402,6 +410,20 @@ mod tests {
             sale.contains("(30 sat when the pricer gives none)"),
             "{sale}"
         );
+    }
+
+    /// A pass says what each other door of its invoice buys instead: x402
+    /// went unnamed.
+    #[test]
+    fn a_pass_names_what_its_other_doors_buy() {
+        let mut service = PricedService::new("pass", "/p", 10).pass(60);
+        service.schemes = Schemes::ALL;
+        assert_eq!(
+            service.sale(),
+            "10 sat for a pass of 60 s (L402; an MPP charge or an x402 payment serves one request)"
+        );
+        service.schemes = Schemes::L402;
+        assert_eq!(service.sale(), "10 sat for a pass of 60 s (L402)");
     }
 
     #[test]

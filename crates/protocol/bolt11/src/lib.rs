@@ -186,6 +186,37 @@ impl Invoice {
             .map_err(|e| ParseError(e.to_string()))
     }
 
+    /// The invoice in its one spelling: lower case, with no `lightning:`,
+    /// and its signature in low-S form. An invoice has many spellings (its
+    /// text in upper case; and, ECDSA signatures being malleable, `s` or
+    /// `n − s` with the recovery id flipped, both valid): compared in this
+    /// one, a text names one invoice once.
+    pub fn canonical(&self) -> String {
+        use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
+        let signed = self.0.clone().into_signed_raw();
+        let (recovery_id, compact) = signed.signature().0.serialize_compact();
+        let low = Signature::from_compact(&compact).map(|mut signature| {
+            signature.normalize_s();
+            signature.serialize_compact()
+        });
+        let normalized = match low {
+            Ok(low) if low != compact => {
+                // n − s: the other of the two points with that x.
+                let flipped = RecoveryId::from_i32(recovery_id.to_i32() ^ 1);
+                flipped.and_then(|id| RecoverableSignature::from_compact(&low, id))
+            }
+            _ => return self.0.to_string(),
+        };
+        match normalized {
+            Ok(signature) => signed
+                .raw_invoice()
+                .clone()
+                .sign::<_, ()>(|_| Ok(signature))
+                .map_or_else(|()| self.0.to_string(), |signed| signed.to_string()),
+            Err(_) => self.0.to_string(),
+        }
+    }
+
     /// The amount in millisatoshis, if the invoice has one.
     pub fn amount_msat(&self) -> Option<u64> {
         self.0.amount_milli_satoshis()
@@ -501,6 +532,48 @@ mod tests {
         ] {
             let error = Invoice::parse(&refused).unwrap_err();
             assert!(error.0.contains("mixed case"), "{refused}: {error}");
+        }
+    }
+
+    /// Every spelling of one invoice has one canonical text: upper case,
+    /// `lightning:`, and its signature's other valid form (`n − s`, the
+    /// recovery id flipped), which passed as another invoice.
+    #[test]
+    fn every_spelling_of_an_invoice_has_one_canonical_text() {
+        let (text, _) = make(Network::Regtest, 0, [7; 32], 600);
+        let signed = Invoice::parse(&text).unwrap().0.into_signed_raw();
+        let (recovery_id, compact) = signed.signature().0.serialize_compact();
+        // n − s, big-endian, with borrow.
+        const N: [u8; 32] = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xff, 0xfe, 0xba, 0xae, 0xdc, 0xe6, 0xaf, 0x48, 0xa0, 0x3b, 0xbf, 0xd2, 0x5e, 0x8c,
+            0xd0, 0x36, 0x41, 0x41,
+        ];
+        let mut high = compact;
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let d = i16::from(N[i]) - i16::from(compact[32 + i]) - borrow;
+            high[32 + i] = d.rem_euclid(256) as u8;
+            borrow = i16::from(d < 0);
+        }
+        let malleated =
+            Unsigned::new(signed.raw_invoice()).encode(&high, (recovery_id.to_i32() ^ 1) as u8);
+        assert_ne!(malleated, text);
+        let parsed = Invoice::parse(&malleated).expect("the other form is valid too");
+        assert_eq!(parsed.payment_hash(), [7; 32]);
+        let canonical = Invoice::parse(&text).unwrap().canonical();
+        assert_eq!(canonical, text, "a signer's low-S form is its own");
+        for spelling in [
+            malleated.clone(),
+            malleated.to_uppercase(),
+            format!("lightning:{malleated}"),
+            text.to_uppercase(),
+        ] {
+            assert_eq!(
+                Invoice::parse(&spelling).unwrap().canonical(),
+                canonical,
+                "{spelling}"
+            );
         }
     }
 
