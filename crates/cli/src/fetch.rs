@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use gate402_client::{
-    Client, FetchError, Fetched, Ledger, McpCallError, Payer, PaymentState, Policy, Prefer, Wallet,
+    Client, FetchError, Fetched, Ledger, McpCallError, Payer, PaymentEntry, PaymentState, Policy,
+    Prefer, Wallet,
 };
 use serde_json::json;
 
@@ -308,14 +309,8 @@ pub async fn run_paying(
                 .unwrap_or_default();
             errln!("gate402: interrupted");
             // Paid, its request not answered yet: said, as a failed one's.
-            let paid = match (&ledger, before) {
-                (Ok(ledger), Ok(before)) => ledger.payments_after(before).unwrap_or_default(),
-                _ => Vec::new(),
-            };
-            for payment in paid
-                .iter()
-                .filter(|p| p.status == gate402_client::PaymentState::Paid)
-            {
+            let paid = runs_payments(data_dir, &before);
+            for payment in &paid {
                 errln!(
                     "gate402: paid {} sat for {} (payment {}) before the interrupt: a server that had the request may have served it and spent the payment; one that did not keeps it unspent, and the next run sends it again",
                     crate::output::sats(payment.amount_msat),
@@ -323,13 +318,17 @@ pub async fn run_paying(
                     payment.payment_hash
                 );
             }
-            for payment in pending {
+            for payment in &pending {
                 errln!(
                     "gate402: payment {} ({} sat for {}) is pending; the next request to that endpoint finishes it",
                     payment.entry.payment_hash,
                     payment.entry.amount_msat.div_ceil(1000),
                     payment.entry.url
                 );
+            }
+            if json {
+                let pending: Vec<_> = pending.iter().map(|p| &p.entry).collect();
+                error_document("interrupted", EXIT_INTERRUPTED, "interrupted", &paid, &pending);
             }
             return ExitCode::from(EXIT_INTERRUPTED);
         }
@@ -358,17 +357,47 @@ pub async fn run_paying(
             // Unless the command printed its document (whose own fields
             // say what went wrong: an HTTP error, a 402 after paying).
             if json && !crate::output::WROTE.load(std::sync::atomic::Ordering::Relaxed) {
-                let document = serde_json::json!({
-                    "error": {"kind": kind, "exit_code": code, "message": message}
-                });
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&document).unwrap_or_default()
-                );
+                let paid = runs_payments(data_dir, &before);
+                error_document(kind, code, &message, &paid, &[]);
             }
             ExitCode::from(code)
         }
     }
+}
+
+/// What this run paid (settled), once it ended without its answer: as the
+/// ledger has it.
+fn runs_payments(data_dir: &Path, before: &Result<i64>) -> Vec<PaymentEntry> {
+    match (Ledger::open(&ledger_path(data_dir)), before) {
+        (Ok(ledger), Ok(before)) => ledger
+            .payments_after(*before)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.status == gate402_client::PaymentState::Paid)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `--json`'s document of a run that ended without an answer: why, and
+/// what it paid and left pending (an agent reading it must not take a
+/// payment made for nothing for none).
+fn error_document(
+    kind: &str,
+    code: u8,
+    message: &str,
+    paid: &[PaymentEntry],
+    pending: &[&PaymentEntry],
+) {
+    let document = serde_json::json!({
+        "error": {"kind": kind, "exit_code": code, "message": message},
+        "payments": paid,
+        "pending": pending,
+    });
+    outln!(
+        "{}",
+        serde_json::to_string_pretty(&document).unwrap_or_default()
+    );
 }
 
 /// Prints an offer that was not paid (`--no-pay`): its price, what it

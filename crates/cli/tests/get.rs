@@ -1108,7 +1108,7 @@ async fn a_paid_request_that_times_out_says_what_it_paid() {
     let child = Command::new(env!("CARGO_BIN_EXE_gate402"))
         .arg("--data-dir")
         .arg(data.path())
-        .args(["get", &format!("{base}/again/slow")])
+        .args(["get", "--json", &format!("{base}/again/slow")])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -1126,6 +1126,10 @@ async fn a_paid_request_that_times_out_says_what_it_paid() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("paid 10 sat"), "{stderr}");
     assert!(stderr.contains("before the interrupt"), "{stderr}");
+    // With --json, a document says it too (standard output was empty).
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["error"]["kind"], "interrupted", "{said}");
+    assert_eq!(said["payments"][0]["amount_msat"], 10_000, "{said}");
     gateway.shutdown().await.unwrap();
 }
 

@@ -628,11 +628,18 @@ async fn mcp_proxy_charges_for_the_tools_of_another_server() {
     // A call the upstream never answers fails after call_timeout_secs,
     // its payment unspent (the client keeps it for the next call).
     let started = std::time::Instant::now();
-    let out = gate402(data, &["mcp", "call", &mcp, "hang"]).await;
+    let out = gate402(data, &["mcp", "call", &mcp, "hang", "--json"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("did not answer within 1 s"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(20), "{stderr}");
+    // --json names the payment made for it (the document said only the
+    // error, and an agent took the call for unpaid).
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["error"]["exit_code"], 1, "{said}");
+    let paid = said["payments"].as_array().unwrap();
+    assert_eq!(paid.len(), 1, "{said}");
+    assert_eq!(paid[0]["status"], "paid", "{said}");
     let tokens = gate402(data, &["tokens", "list"]).await;
     assert!(
         String::from_utf8_lossy(&tokens.stdout).contains("Payment"),
