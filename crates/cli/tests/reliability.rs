@@ -463,7 +463,9 @@ async fn an_unpaid_flood_stores_nothing_keeps_memory_flat_and_paid_requests_flow
         [
             ("tokens", 0),
             ("invoices", 0),
-            ("challenges", 0),
+            // The pass's own claim: its first use spends its invoice at
+            // the other doors.
+            ("challenges", 1),
             ("receipts", 0),
             ("payments", 1),
             ("requests served", paid as i64)
