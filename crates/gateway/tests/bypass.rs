@@ -414,13 +414,11 @@ impl Wallet {
             unspent_mpp: Mutex::new(Vec::new()),
             bought: AtomicUsize::new(0),
         };
+        // The pass's invoice buys the pass alone: its MPP credential is
+        // spent by the pass's first use, so MPP credentials are bought on
+        // invoices of their own.
         let (offer, preimage) = wallet.buy().await;
         wallet.l402 = offer.l402_authorization(&preimage).unwrap();
-        wallet
-            .unspent_mpp
-            .lock()
-            .unwrap()
-            .push(offer.payment_authorization(&preimage).unwrap());
         wallet
     }
 
