@@ -38,6 +38,30 @@ async fn run(data: &std::path::Path, args: &[&str]) -> Output {
     .unwrap()
 }
 
+/// `gate402 --data-dir DATA ARGS…` started, its output piped.
+fn spawn(data: &std::path::Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Ctrl-C sent to `child`, and what it printed as it ended.
+async fn interrupt(child: std::process::Child) -> Output {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
 async fn payments(data: &std::path::Path) -> Vec<Value> {
     let out = run(data, &["receipts", "--json"]).await;
     assert!(out.status.success());
@@ -600,14 +624,7 @@ async fn ctrl_c_during_a_payment_leaves_it_pending_and_the_next_run_finishes_it(
     let base = slow_origin(state.clone()).await;
     let client = tempfile::tempdir().unwrap();
     let url = format!("{base}/paid");
-    let child = Command::new(env!("CARGO_BIN_EXE_gate402"))
-        .arg("--data-dir")
-        .arg(client.path())
-        .args(["get", &url])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(client.path(), &["get", &url]);
     // Wait until the payment is written down and under way.
     let mut pending = Vec::new();
     for _ in 0..100 {
@@ -623,14 +640,7 @@ async fn ctrl_c_during_a_payment_leaves_it_pending_and_the_next_run_finishes_it(
         "the payment is in the ledger before it is sent"
     );
     assert_eq!(pending[0]["status"], "pending");
-    let interrupt = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupt.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = interrupt(child).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("is pending"), "{stderr}");
@@ -672,16 +682,7 @@ async fn gets_at_once(
     let client = tempfile::tempdir().unwrap();
     let children: Vec<_> = urls
         .iter()
-        .map(|url| {
-            Command::new(env!("CARGO_BIN_EXE_gate402"))
-                .arg("--data-dir")
-                .arg(client.path())
-                .args(["get", "-s", url])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|url| spawn(client.path(), &["get", "-s", url]))
         .collect();
     let mut outs = Vec::new();
     for child in children {
@@ -1105,23 +1106,12 @@ async fn a_paid_request_that_times_out_says_what_it_paid() {
     assert!(stderr.contains("paid 10 sat"), "{stderr}");
     assert!(stderr.contains("failed after it was paid for"), "{stderr}");
     // Interrupted while the paid request waits for its answer: said too.
-    let child = Command::new(env!("CARGO_BIN_EXE_gate402"))
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["get", "--json", &format!("{base}/again/slow")])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(
+        data.path(),
+        &["get", "--json", &format!("{base}/again/slow")],
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let interrupt = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupt.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = interrupt(child).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("paid 10 sat"), "{stderr}");

@@ -660,7 +660,7 @@ impl Paywall {
                 Err(ClaimError::Store(e)) => return Err(unavailable(&e)),
             }
         };
-        if claim.is_none() {
+        let Some(claim) = claim else {
             let row =
                 crate::pass_period::recorded(self.inner.store.as_ref(), &verified.payment_hash)
                     .await
@@ -677,7 +677,7 @@ impl Paywall {
                     "this invoice was spent on one request through another door (an MPP charge or x402), so it starts no pass; pay the new challenge",
                 ))),
             };
-        }
+        };
         let first_use = gate402_store::PaymentRecord {
             payment_hash: verified.payment_hash,
             service: service.name.clone(),
@@ -699,10 +699,8 @@ impl Paywall {
         }
         // Dropped unspent on an error above: released. Not recorded as
         // spent: the lease lapses, and the row written keeps the pass.
-        if let Some(claim) = claim {
-            if !claim.commit().await {
-                tracing::warn!("a pass's first use could not spend its payment at the other doors");
-            }
+        if !claim.commit().await {
+            tracing::warn!("a pass's first use could not spend its payment at the other doors");
         }
         Ok(started)
     }

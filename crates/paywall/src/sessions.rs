@@ -330,18 +330,18 @@ impl Paywall {
                 if self.is_revoked(&hash) {
                     return Step::Halt(Halt::Refuse(crate::paywall::revoked()));
                 }
-                if let Err(e) = check_return_invoice(
+                // Kept in its one spelling, so that no other session names
+                // it in another and is refunded to it too.
+                let return_invoice = match check_return_invoice(
                     &return_invoice,
                     state.network,
                     std::time::SystemTime::now(),
                 ) {
-                    return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string());
-                }
-                // Kept in its one spelling: the same invoice in upper case,
-                // or with its signature's other form, would otherwise pass
-                // as one no other session names, and be refunded to twice.
-                let return_invoice = gate402_bolt11::Invoice::parse(&return_invoice)
-                    .map_or(return_invoice, |invoice| invoice.canonical());
+                    Ok(canonical) => canonical,
+                    Err(e) => {
+                        return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string())
+                    }
+                };
                 // At the unit price the client was offered (bound by the
                 // challenge's id), whatever the service's price now.
                 let unit = request.unit_sats().unwrap_or(service.price_sats);

@@ -195,26 +195,20 @@ impl Invoice {
         use bitcoin::secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
         let signed = self.0.clone().into_signed_raw();
         let (recovery_id, compact) = signed.signature().0.serialize_compact();
-        let low = Signature::from_compact(&compact).map(|mut signature| {
-            signature.normalize_s();
-            signature.serialize_compact()
-        });
-        let normalized = match low {
-            Ok(low) if low != compact => {
-                // n − s: the other of the two points with that x.
-                let flipped = RecoveryId::from_i32(recovery_id.to_i32() ^ 1);
-                flipped.and_then(|id| RecoverableSignature::from_compact(&low, id))
-            }
-            _ => return self.0.to_string(),
+        let Ok(mut signature) = Signature::from_compact(&compact) else {
+            return self.0.to_string();
         };
-        match normalized {
-            Ok(signature) => signed
-                .raw_invoice()
-                .clone()
-                .sign::<_, ()>(|_| Ok(signature))
-                .map_or_else(|()| self.0.to_string(), |signed| signed.to_string()),
-            Err(_) => self.0.to_string(),
+        signature.normalize_s();
+        let low = signature.serialize_compact();
+        if low == compact {
+            return self.0.to_string();
         }
+        // n − s: the other of the two points with that x.
+        RecoveryId::from_i32(recovery_id.to_i32() ^ 1)
+            .and_then(|id| RecoverableSignature::from_compact(&low, id))
+            .ok()
+            .and_then(|low| signed.raw_invoice().clone().sign::<_, ()>(|_| Ok(low)).ok())
+            .map_or_else(|| self.0.to_string(), |signed| signed.to_string())
     }
 
     /// The amount in millisatoshis, if the invoice has one.

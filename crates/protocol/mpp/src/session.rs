@@ -263,7 +263,10 @@ pub enum ReturnInvoiceError {
 }
 
 /// Checks an `open` action's return invoice: BOLT11 on `network`, with no
-/// amount (or an explicit zero), not expired at `now`.
+/// amount (or an explicit zero), not expired at `now`. Returns it in its
+/// one spelling ([`Invoice::canonical`]), the one to keep and compare:
+/// the same invoice in upper case, or with its signature's other form,
+/// would otherwise pass for another.
 ///
 /// # Errors
 ///
@@ -272,7 +275,7 @@ pub fn check_return_invoice(
     bolt11: &str,
     network: Network,
     now: std::time::SystemTime,
-) -> Result<(), ReturnInvoiceError> {
+) -> Result<String, ReturnInvoiceError> {
     let invoice = Invoice::parse(bolt11).map_err(|e| ReturnInvoiceError::Invalid(e.to_string()))?;
     if invoice.is_expired_at(now) {
         return Err(ReturnInvoiceError::Expired(invoice.expires_at()));
@@ -283,7 +286,7 @@ pub fn check_return_invoice(
     if invoice.network() != network {
         return Err(ReturnInvoiceError::Network(invoice.network(), network));
     }
-    Ok(())
+    Ok(invoice.canonical())
 }
 
 #[cfg(test)]
