@@ -135,6 +135,13 @@ const MIGRATIONS: &[&str] = &[
     // The run (process) that began or settled a payment: what one run
     // paid is told apart from what runs beside it on the same ledger paid.
     "ALTER TABLE payments ADD COLUMN run TEXT;",
+    // Whether a paid top-up's `topUp` was answered: 1 credited, 0
+    // refused, NULL never answered (sent again before another is paid).
+    // Top-ups booked before this column were credited when a receipt came
+    // back ('MPP session top-up' is `TOP_UP_SCHEME`).
+    "ALTER TABLE payments ADD COLUMN top_up_credited INTEGER;
+    UPDATE payments SET top_up_credited = 1
+        WHERE scheme = 'MPP session top-up' AND receipt IS NOT NULL;",
 ];
 
 /// This process's run id, random: the `run` of the payments it begins or
@@ -1075,17 +1082,67 @@ impl Ledger {
         Ok(())
     }
 
-    /// Notes a top-up of `deposit_sats` credited to session `id`.
+    /// Books top-up payment `id` credited to its session: its receipt, and
+    /// `deposit_sats` added to the session's deposit, together (a run
+    /// killed between the two would leave the session's deposit short).
+    /// Once: `false` when it was booked already.
     ///
     /// # Errors
     ///
     /// [`LedgerError`] when the ledger cannot be read or written.
-    pub fn note_session_top_up(&self, id: &str, deposit_sats: u64) -> Result<(), LedgerError> {
+    pub fn credit_top_up(
+        &self,
+        id: i64,
+        receipt: Option<&str>,
+        deposit_sats: u64,
+    ) -> Result<bool, LedgerError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let credited = tx.execute(
+            "UPDATE payments SET receipt = COALESCE(?2, receipt), top_up_credited = 1
+             WHERE id = ?1 AND top_up_credited IS NULL",
+            params![id, receipt],
+        )? == 1;
+        if credited {
+            tx.execute(
+                "UPDATE sessions SET deposit_sats = deposit_sats + ?2
+                 WHERE id = (SELECT session_id FROM payments WHERE id = ?1)",
+                params![id, deposit_sats as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(credited)
+    }
+
+    /// Notes that the server refused top-up payment `id`: it is not sent
+    /// to its session again.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn note_top_up_refused(&self, id: i64) -> Result<(), LedgerError> {
         self.conn().execute(
-            "UPDATE sessions SET deposit_sats = deposit_sats + ?2 WHERE id = ?1",
-            params![id, deposit_sats as i64],
+            "UPDATE payments SET top_up_credited = 0 WHERE id = ?1 AND top_up_credited IS NULL",
+            [id],
         )?;
         Ok(())
+    }
+
+    /// The paid top-ups of session `id` whose `topUp` was never answered
+    /// (the run was killed, or the answer lost), oldest first: to be sent
+    /// again before another top-up is paid.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read.
+    pub fn unanswered_top_ups(&self, id: &str) -> Result<Vec<PendingPayment>, LedgerError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE session_id = ?1 AND scheme = 'MPP session top-up'
+             AND status = 'paid' AND top_up_credited IS NULL ORDER BY id"
+        ))?;
+        let rows = statement.query_map([id], pending)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Replaces the challenge session `id` echoes (one that verifies
@@ -1690,7 +1747,22 @@ mod tests {
         ledger.note_session_opened("s1").unwrap();
         ledger.note_session_spent("s1", 1, 150).unwrap();
         ledger.note_session_spent("s1", 0, 140).unwrap();
-        ledger.note_session_top_up("s1", 20).unwrap();
+        // A top-up, paid: unanswered until credited, then booked once.
+        let mut top_up = payment("a", 20_000, 120);
+        top_up.entry.scheme = crate::TOP_UP_SCHEME.into();
+        top_up.entry.session = Some("s1".into());
+        let id = ledger.begin_payment(&top_up, &Budget::default()).unwrap();
+        assert!(
+            ledger.unanswered_top_ups("s1").unwrap().is_empty(),
+            "pending"
+        );
+        ledger.settle_payment(id, 20_000, 0).unwrap();
+        let unanswered = ledger.unanswered_top_ups("s1").unwrap();
+        assert_eq!(unanswered.len(), 1);
+        assert_eq!(unanswered[0].entry.id, id);
+        assert!(ledger.credit_top_up(id, Some("r"), 20).unwrap());
+        assert!(!ledger.credit_top_up(id, Some("r"), 20).unwrap());
+        assert!(ledger.unanswered_top_ups("s1").unwrap().is_empty());
         let kept = route("/chat").unwrap();
         assert!(kept.opened);
         assert_eq!((kept.deposit_sats, kept.spent_sats), (40, 1));

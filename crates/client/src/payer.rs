@@ -420,7 +420,7 @@ impl Payer {
     }
 
     /// Asks the wallet how a payment ended, for up to [`RESOLVE_FOR`].
-    async fn await_outcome(
+    pub(crate) async fn await_outcome(
         &self,
         origin: &str,
         payment_hash: &str,

@@ -24,7 +24,7 @@ use std::time::SystemTime;
 
 use gate402_bolt11::Invoice;
 use gate402_http_auth::parse_challenges;
-use gate402_lightning::{InvoiceStatus, LightningError, PaymentOutcome};
+use gate402_lightning::{InvoiceStatus, LightningError, PaymentOutcome, PaymentStatus};
 use gate402_mpp::lightning::METHOD;
 use gate402_mpp::problem::ProblemType;
 use gate402_mpp::session::{SessionAction, SessionRequest, SESSION};
@@ -52,9 +52,10 @@ pub const SESSION_SCHEME: &str = "MPP session";
 pub const TOP_UP_SCHEME: &str = "MPP session top-up";
 
 /// How often one request may go out on a session (a retry after another
-/// process's top-up, a top-up, a challenge that no longer verifies)
-/// before its last answer is handed back.
-const SPEND_ATTEMPTS: usize = 4;
+/// process's top-up, an earlier run's top-up sent again, a top-up, a
+/// challenge that no longer verifies) before its last answer is handed
+/// back.
+const SPEND_ATTEMPTS: usize = 5;
 
 /// A Lightning session challenge of a 402 (`intent="session"`), read and
 /// checked against its deposit invoice.
@@ -294,6 +295,9 @@ pub(crate) enum Sessioned {
 enum ToppedUp {
     /// Credited to the session.
     Credited(PaymentEntry),
+    /// An earlier run's top-up, paid and never answered, credited now
+    /// (nothing paid by this one).
+    Resent,
     /// Paid, and refused by the server: the payment, its outcome, the
     /// challenges it answered, and the refusal.
     Refused(PaymentEntry, PaymentOutcome, Vec<String>, Rejection),
@@ -446,6 +450,10 @@ impl Payer {
                     ToppedUp::Credited(entry) => {
                         session.deposit_sats += offer.deposit_sats;
                         paid = Some(entry);
+                        last = Some(rejection);
+                        continue;
+                    }
+                    ToppedUp::Resent => {
                         last = Some(rejection);
                         continue;
                     }
@@ -833,9 +841,12 @@ impl Payer {
         Ok(Fetched::Response(answer, Some(entry)))
     }
 
-    /// Pays the top-up `offer` asks for (within the cap and budgets; a
-    /// top-up of this session an earlier run left pending is finished
-    /// and sent instead) and sends `topUp`.
+    /// Pays the top-up `offer` asks for (within the cap and budgets) and
+    /// sends `topUp`. A top-up of this session an earlier run left pending
+    /// is finished and sent instead; one it paid and never had answered
+    /// (killed, or the answer lost) is sent again first: the server
+    /// credits a payment once, so a second `topUp` of it is answered as
+    /// the first was.
     async fn top_up<S, F>(
         &self,
         session: &StoredSession,
@@ -849,6 +860,9 @@ impl Payer {
         F: Future<Output = Result<Response, FetchError>> + Send,
     {
         self.policy.check_deposit(offer, SystemTime::now())?;
+        if self.resend_top_ups(session, request, send).await? > 0 {
+            return Ok(ToppedUp::Resent);
+        }
         for pending in self.ledger.pending(None)? {
             if pending.entry.scheme != TOP_UP_SCHEME
                 || pending.entry.session.as_deref() != Some(session.id.as_str())
@@ -884,6 +898,44 @@ impl Payer {
             .await
     }
 
+    /// Sends `topUp` again for each top-up of `session` an earlier run
+    /// paid and never had answered: the sats credited by them (the
+    /// server credits a payment once and answers a second `topUp` of it
+    /// as the first). One refused is noted and not sent again.
+    async fn resend_top_ups<S, F>(
+        &self,
+        session: &StoredSession,
+        request: &Request,
+        send: &S,
+    ) -> Result<u64, FetchError>
+    where
+        S: Fn(Request) -> F + Sync,
+        F: Future<Output = Result<Response, FetchError>> + Send,
+    {
+        let mut credited = 0;
+        for unanswered in self.ledger.unanswered_top_ups(&session.id)? {
+            let Ok(Some(kept)) =
+                SessionOffer::from_challenges(unanswered.challenges.iter().map(String::as_str))
+            else {
+                continue;
+            };
+            let entry = unanswered.entry;
+            let PaymentStatus::Succeeded(outcome) = self
+                .await_outcome(&entry.origin, &entry.payment_hash, &unanswered.bolt11)
+                .await?
+            else {
+                continue;
+            };
+            if let ToppedUp::Credited(_) = self
+                .send_top_up(session, &kept, entry, outcome, request, send)
+                .await?
+            {
+                credited += kept.deposit_sats;
+            }
+        }
+        Ok(credited)
+    }
+
     async fn send_top_up<S, F>(
         &self,
         session: &StoredSession,
@@ -914,13 +966,12 @@ impl Payer {
         if status == StatusCode::OK {
             let receipt = receipt_of(&answer);
             self.ledger
-                .attach_receipt(entry.id, TOP_UP_SCHEME, receipt.as_deref())?;
+                .credit_top_up(entry.id, receipt.as_deref(), offer.deposit_sats)?;
             entry.receipt = receipt.or(entry.receipt);
-            self.ledger
-                .note_session_top_up(&session.id, offer.deposit_sats)?;
             return Ok(ToppedUp::Credited(entry));
         }
         if refused(status) {
+            self.ledger.note_top_up_refused(entry.id)?;
             let rejection = Rejection::read(answer).await?;
             return Ok(ToppedUp::Refused(
                 entry,
@@ -1032,6 +1083,13 @@ impl Payer {
         let url = Url::parse(&format!("{}{}", session.origin, session.path))
             .map_err(|e| LedgerError::corrupt(format!("session {}: URL: {e}", session.id)))?;
         let method = Method::from_bytes(session.method.as_bytes()).unwrap_or(Method::GET);
+        // A top-up paid and never answered is credited before the close,
+        // so that the refund returns it.
+        let mut session = session.clone();
+        session.deposit_sats += self
+            .resend_top_ups(&session, &Request::new(method.clone(), url.clone()), send)
+            .await?;
+        let session = &session;
         let action = SessionAction::Close {
             session_id: session.id.clone(),
             preimage: session.preimage.clone(),

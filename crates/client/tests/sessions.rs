@@ -555,3 +555,81 @@ async fn a_bearer_answered_429_spends_nothing_from_the_record() {
     assert_eq!(ledger.sessions(false).unwrap()[0].spent_sats, spent);
     demo.gateway.shutdown().await.unwrap();
 }
+
+/// A top-up paid whose `topUp` never reached the server, or whose answer
+/// never came back (a kill, a proxy's error): the next top-up sends that
+/// payment again (credited once by the server, booked once here) instead
+/// of paying another while the first stays unspent or unbooked; a close
+/// sends it first, so that the refund returns it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paid_top_up_that_went_unanswered_is_sent_again_not_paid_again() {
+    use axum::body::Body;
+    use axum::http::{Response, StatusCode};
+    use std::sync::atomic::{AtomicU8, Ordering};
+    // 0: forward everything; 1: a `topUp` is dropped before the gateway;
+    // 2: a `topUp` reaches the gateway, its answer is lost.
+    for (breaking, then_close) in [(1u8, false), (2, false), (1, true)] {
+        let demo = demo_gateway(|chat| chat.priced = chat.priced.clone().balance(3)).await;
+        let gateway = demo.base.clone();
+        let mode = Arc::new(AtomicU8::new(0));
+        let front_mode = mode.clone();
+        let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (gateway, mode) = (gateway.clone(), front_mode.clone());
+            async move {
+                let broken = mode.load(Ordering::SeqCst);
+                if broken != 0 && session_action(&request).as_deref() == Some("topUp") {
+                    if broken == 2 {
+                        forward(&gateway, request).await;
+                    }
+                    return Response::builder()
+                        .status(StatusCode::BAD_GATEWAY)
+                        .body(Body::from("lost"))
+                        .unwrap();
+                }
+                forward(&gateway, request).await
+            }
+        });
+        let base = serve(front).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+        let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+        for prompt in ["a", "b", "c"] {
+            chat(&client, &base, prompt).await;
+        }
+        mode.store(breaking, Ordering::SeqCst);
+        let lost = client.get(format!("{base}/api/chat?prompt=d")).send().await;
+        assert!(
+            lost.map_or(true, |r| r.status() != 200),
+            "the top-up's answer never came"
+        );
+        mode.store(0, Ordering::SeqCst);
+        if then_close {
+            let session = ledger.sessions(false).unwrap().remove(0);
+            let refund = middleware
+                .payer()
+                .close_session(&reqwest::Client::new(), &session)
+                .await
+                .unwrap();
+            assert_eq!(refund.refund_msat, 3_000, "the top-up comes back");
+            let paid = ledger.payments(0).unwrap();
+            assert!(paid.iter().all(|p| p.receipt.is_some()), "{paid:?}");
+            demo.gateway.shutdown().await.unwrap();
+            continue;
+        }
+        for prompt in ["e", "f", "g", "h"] {
+            chat(&client, &base, prompt).await;
+        }
+        let paid = ledger.payments(0).unwrap();
+        let top_ups: Vec<_> = paid.iter().filter(|p| p.scheme == TOP_UP_SCHEME).collect();
+        let session = ledger.sessions(false).unwrap().remove(0);
+        // Seven requests served at 1 sat: the deposit and two top-ups of 3
+        // sats each, every one credited once by the server and booked once.
+        assert_eq!(
+            (top_ups.len(), session.deposit_sats, session.spent_sats),
+            (2, 9, 7),
+            "mode {breaking}: {paid:?}"
+        );
+        assert!(top_ups.iter().all(|p| p.receipt.is_some()), "{top_ups:?}");
+        demo.gateway.shutdown().await.unwrap();
+    }
+}
