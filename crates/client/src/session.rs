@@ -349,6 +349,18 @@ fn receipt_of(response: &Response) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether `answer` to an `open` shows the session opened: not a server
+/// error (the gateway answers one when it could not write the session, and
+/// leaves the deposit unspent), not `409` or `429` (held, or a limit in
+/// front of the paywall). Otherwise the next request sends `open` again
+/// with the same deposit: a session opened already takes it as `bearer`.
+fn took_the_open(answer: &Response) -> bool {
+    let status = answer.status();
+    !(status.is_server_error()
+        || status == StatusCode::CONFLICT
+        || status == StatusCode::TOO_MANY_REQUESTS)
+}
+
 impl Payer {
     /// Sends `request` on `session` (kept for this route): `bearer`, or
     /// `open` again when the server never answered the first; tops the
@@ -396,7 +408,7 @@ impl Payer {
             let paying = credential(&echo, &action);
             let answer = past_held_balance(|| send_paid(request, field, &paying, send)).await?;
             if !refused(answer.status()) {
-                if !session.opened {
+                if !session.opened && took_the_open(&answer) {
                     self.ledger.note_session_opened(&session.id)?;
                 }
                 if echo_replaced {
@@ -826,7 +838,9 @@ impl Payer {
                 .await?;
             return Ok(Fetched::Response(answer, Some(entry)));
         }
-        self.ledger.note_session_opened(&session.id)?;
+        if took_the_open(&answer) {
+            self.ledger.note_session_opened(&session.id)?;
+        }
         let spent = if answer.status().is_server_error() {
             0
         } else {

@@ -633,3 +633,51 @@ async fn a_paid_top_up_that_went_unanswered_is_sent_again_not_paid_again() {
         demo.gateway.shutdown().await.unwrap();
     }
 }
+
+/// An `open` answered with a server error (the gateway could not write
+/// the session, say) opened nothing: the next request sends `open` again
+/// with the same deposit, rather than `bearer` on a session the server
+/// does not know, which would have the deposit written off and another
+/// paid.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_answered_with_a_server_error_is_sent_again_not_paid_again() {
+    use axum::body::Body;
+    use axum::http::{Response, StatusCode};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let demo = demo_gateway(|_| {}).await;
+    let gateway = demo.base.clone();
+    let failing = Arc::new(AtomicBool::new(true));
+    let fails = failing.clone();
+    let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (gateway, fails) = (gateway.clone(), fails.clone());
+        async move {
+            if session_action(&request).as_deref() == Some("open")
+                && fails.swap(false, Ordering::SeqCst)
+            {
+                return Response::builder()
+                    .status(StatusCode::INTERNAL_SERVER_ERROR)
+                    .body(Body::from("the store is unavailable"))
+                    .unwrap();
+            }
+            forward(&gateway, request).await
+        }
+    });
+    let base = serve(front).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    let answer = client
+        .get(format!("{base}/api/chat?prompt=first"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 500);
+    chat(&client, &base, "second").await;
+    chat(&client, &base, "third").await;
+    let paid = ledger.payments(0).unwrap();
+    assert_eq!(paid.len(), 1, "one deposit: {paid:?}");
+    let sessions = ledger.sessions(true).unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!((sessions[0].deposit_sats, sessions[0].spent_sats), (20, 2));
+    demo.gateway.shutdown().await.unwrap();
+}
