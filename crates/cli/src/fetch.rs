@@ -112,6 +112,13 @@ pub struct Timeouts {
     #[arg(long, value_name = "SECS", default_value_t = READ_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub read_timeout: u64,
+    /// Seconds the whole command may take, payments included (as curl's
+    /// `--max-time`): past it the run stops as Ctrl-C stops it, what it
+    /// paid told and a payment in flight kept pending, exit 28. 0 (the
+    /// default): no limit.
+    #[arg(long, value_name = "SECS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
+    pub max_time: u64,
 }
 
 impl Default for Timeouts {
@@ -119,6 +126,7 @@ impl Default for Timeouts {
         Self {
             connect_timeout: CONNECT_TIMEOUT_SECS,
             read_timeout: READ_TIMEOUT_SECS,
+            max_time: 0,
         }
     }
 }
@@ -227,6 +235,8 @@ pub const EXIT_PAYMENT_FAILED: u8 = 7;
 pub const EXIT_IN_FLIGHT: u8 = 9;
 /// Exit code on Ctrl-C, as shells report SIGINT.
 pub const EXIT_INTERRUPTED: u8 = 130;
+/// Exit code of a run stopped by `--max-time` (curl's for a timeout).
+pub const EXIT_MAX_TIME: u8 = 28;
 /// Exit code of `--fail` and `--fail-with-body` for an HTTP error answer,
 /// curl's.
 pub const EXIT_HTTP_ERROR: u8 = 22;
@@ -279,7 +289,13 @@ pub fn open_ledger(data_dir: &Path) -> Result<Ledger> {
 
 /// Runs one fetch; the exit code tells refusals apart.
 pub async fn run(method: &str, args: &FetchArgs, data_dir: &Path) -> ExitCode {
-    run_paying(data_dir, args.json, fetch(method, args, data_dir)).await
+    run_paying(
+        data_dir,
+        args.json,
+        args.timeouts.max_time,
+        fetch(method, args, data_dir),
+    )
+    .await
 }
 
 /// Runs a command that may pay: Ctrl-C exits 130 and names what is
@@ -290,47 +306,32 @@ pub async fn run(method: &str, args: &FetchArgs, data_dir: &Path) -> ExitCode {
 pub async fn run_paying(
     data_dir: &Path,
     json: bool,
+    max_time: u64,
     command: impl std::future::Future<Output = Result<()>>,
 ) -> ExitCode {
     // Payments recorded after this one are this run's.
     // Opened as every command opens it: one others could read is said.
     let before =
         open_ledger(data_dir).and_then(|ledger| ledger.last_payment_id().map_err(Into::into));
+    let deadline = async {
+        match max_time {
+            0 => std::future::pending().await,
+            secs => tokio::time::sleep(Duration::from_secs(secs)).await,
+        }
+    };
     let outcome = tokio::select! {
         outcome = command => outcome,
         // The ledger wrote any payment down before sending it, so stopping
         // here loses nothing: a payment in flight stays pending and the next
         // request to its endpoint finishes it.
         _ = tokio::signal::ctrl_c() => {
-            let ledger = Ledger::open(&ledger_path(data_dir));
-            let pending = ledger
-                .as_ref()
-                .map_or_else(|_| Ok(Vec::new()), |ledger| ledger.pending(None))
-                .unwrap_or_default();
-            errln!("gate402: interrupted");
-            // Paid, its request not answered yet: said, as a failed one's.
-            let paid = runs_payments(data_dir, &before);
-            for payment in &paid {
-                errln!(
-                    "gate402: paid {} sat for {} (payment {}) before the interrupt: a server that had the request may have served it and spent the payment; one that did not keeps it unspent, and the next run sends it again",
-                    crate::output::sats(payment.amount_msat),
-                    crate::output::terminal_safe(&payment.url),
-                    payment.payment_hash
-                );
-            }
-            for payment in &pending {
-                errln!(
-                    "gate402: payment {} ({} sat for {}) is pending; the next request to that endpoint finishes it",
-                    payment.entry.payment_hash,
-                    payment.entry.amount_msat.div_ceil(1000),
-                    payment.entry.url
-                );
-            }
-            if json {
-                let pending: Vec<_> = pending.iter().map(|p| &p.entry).collect();
-                error_document("interrupted", EXIT_INTERRUPTED, "interrupted", &paid, &pending);
-            }
-            return ExitCode::from(EXIT_INTERRUPTED);
+            let kind = ("interrupted", EXIT_INTERRUPTED, "interrupted");
+            return stopped(data_dir, json, &before, kind, "the interrupt");
+        }
+        () = deadline => {
+            let message = format!("gave up after --max-time {max_time} s");
+            let kind = ("timeout", EXIT_MAX_TIME, message.as_str());
+            return stopped(data_dir, json, &before, kind, "--max-time ran out");
         }
     };
     match outcome {
@@ -363,6 +364,47 @@ pub async fn run_paying(
             ExitCode::from(code)
         }
     }
+}
+
+/// Ends a run stopped from outside (Ctrl-C, `--max-time`: the `cause`)
+/// as `kind`: `message` said, what it paid and left pending named (and,
+/// with `json`, in the error document), exit `code`.
+fn stopped(
+    data_dir: &Path,
+    json: bool,
+    before: &Result<i64>,
+    (kind, code, message): (&str, u8, &str),
+    cause: &str,
+) -> ExitCode {
+    let ledger = Ledger::open(&ledger_path(data_dir));
+    let pending = ledger
+        .as_ref()
+        .map_or_else(|_| Ok(Vec::new()), |ledger| ledger.pending(None))
+        .unwrap_or_default();
+    errln!("gate402: {message}");
+    // Paid, its request not answered yet: said, as a failed one's.
+    let paid = runs_payments(data_dir, before);
+    for payment in &paid {
+        errln!(
+            "gate402: paid {} sat for {} (payment {}) before {cause}: a server that had the request may have served it and spent the payment; one that did not keeps it unspent, and the next run sends it again",
+            crate::output::sats(payment.amount_msat),
+            crate::output::terminal_safe(&payment.url),
+            payment.payment_hash
+        );
+    }
+    for payment in &pending {
+        errln!(
+            "gate402: payment {} ({} sat for {}) is pending; the next request to that endpoint finishes it",
+            payment.entry.payment_hash,
+            payment.entry.amount_msat.div_ceil(1000),
+            payment.entry.url
+        );
+    }
+    if json {
+        let pending: Vec<_> = pending.iter().map(|p| &p.entry).collect();
+        error_document(kind, code, message, &paid, &pending);
+    }
+    ExitCode::from(code)
 }
 
 /// What this run paid (settled), once it ended without its answer: as the
@@ -579,15 +621,10 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
         .cloned();
     let failed = (args.fail || args.fail_with_body) && status.as_u16() >= 400;
     if failed && args.fail && !args.json {
-        let mut told = Vec::new();
-        let mut response = response;
-        while let Some(chunk) = response.chunk().await? {
-            told.extend_from_slice(&chunk[..chunk.len().min(MAX_TOLD_BYTES - told.len())]);
-            if told.len() == MAX_TOLD_BYTES {
-                break;
-            }
-        }
-        let told = String::from_utf8_lossy(&told).trim().to_owned();
+        let told = gate402_client::body::read_bounded(response).await?;
+        let told = String::from_utf8_lossy(&told[..told.len().min(MAX_TOLD_BYTES)])
+            .trim()
+            .to_owned();
         return Err(HttpError { status, told }.into());
     }
     let http_error = || {
@@ -596,11 +633,18 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             told: String::new(),
         })
     };
+    let still_unpaid = status == reqwest::StatusCode::PAYMENT_REQUIRED;
     if args.json {
-        let body = response.bytes().await?;
+        // A 402 after paying is the server's word on why, bounded (as the
+        // text's below): one without end cannot hold the run.
+        let body = if still_unpaid {
+            gate402_client::body::read_bounded(response).await?.into()
+        } else {
+            response.bytes().await?
+        };
         let headers: serde_json::Map<String, serde_json::Value> = headers
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
             .collect();
         let report = json!({
             "status": status.as_u16(),
@@ -618,7 +662,7 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
         if failed {
             return Err(http_error());
         }
-        if status == reqwest::StatusCode::PAYMENT_REQUIRED {
+        if still_unpaid {
             bail!("still 402 after paying (the document above says why)");
         }
         return Ok(());
@@ -633,23 +677,30 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
     // for; the payment is in the ledger already (see `output`).
     let stopped =
         |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe && args.output.is_none();
-    let still_unpaid = status == reqwest::StatusCode::PAYMENT_REQUIRED;
     let mut told = Vec::new();
     let mut response = response;
     let written: std::io::Result<()> = async {
         if args.include {
             writeln!(out, "{version:?} {status}")?;
             for (name, value) in &headers {
-                writeln!(out, "{name}: {}", value.to_str().unwrap_or(""))?;
+                // Bytes past ASCII (obs-text) shown, not dropped: a field
+                // value holds no control byte but tab.
+                writeln!(out, "{name}: {}", String::from_utf8_lossy(value.as_bytes()))?;
             }
             writeln!(out)?;
         }
-        // Streamed, not held: a body may be larger than memory. A 402's
-        // first bytes are kept for the message.
+        if still_unpaid {
+            // The server's word on why, bounded: a 402 without end (or a
+            // byte at a time) cannot hold the run.
+            let body = gate402_client::body::read_bounded(response)
+                .await
+                .map_err(std::io::Error::other)?;
+            told.extend_from_slice(&body[..body.len().min(MAX_TOLD_BYTES)]);
+            out.write_all(&body)?;
+            return out.flush();
+        }
+        // Streamed, not held: a body may be larger than memory.
         while let Some(chunk) = response.chunk().await.map_err(std::io::Error::other)? {
-            if still_unpaid && told.len() < MAX_TOLD_BYTES {
-                told.extend_from_slice(&chunk[..chunk.len().min(MAX_TOLD_BYTES - told.len())]);
-            }
             out.write_all(&chunk)?;
         }
         out.flush()

@@ -55,7 +55,15 @@ fn json_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>>
 /// Runs an `mcp` command.
 pub async fn run(command: &McpCommand, data_dir: &Path) -> ExitCode {
     match command {
-        McpCommand::Call(args) => run_paying(data_dir, args.json, call(args, data_dir)).await,
+        McpCommand::Call(args) => {
+            run_paying(
+                data_dir,
+                args.json,
+                args.timeouts.max_time,
+                call(args, data_dir),
+            )
+            .await
+        }
     }
 }
 

@@ -1558,3 +1558,142 @@ async fn a_servers_lines_in_an_error_are_set_apart() {
         "{stderr}"
     );
 }
+
+/// A front of the demo gateway that answers every paid retry (a request
+/// with `Authorization`) with a 402 whose body never ends: chunks as fast
+/// as they are taken, or, when `drip`, a byte every 100 ms. Its base URL.
+async fn endless_402_front(gateway: String, drip: bool) -> String {
+    use axum::body::Body;
+    let app = Router::new().fallback(move |request: axum::extract::Request| {
+        let gateway = gateway.clone();
+        async move {
+            if request.headers().contains_key(header::AUTHORIZATION) {
+                let chunks = futures_util::stream::unfold((), move |()| async move {
+                    if drip {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    let chunk = if drip { "x" } else { "spent, pay again " };
+                    Some((
+                        Ok::<_, std::io::Error>(chunk.repeat(if drip { 1 } else { 512 })),
+                        (),
+                    ))
+                });
+                return (StatusCode::PAYMENT_REQUIRED, Body::from_stream(chunks)).into_response();
+            }
+            let target = request
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+            let mut forwarded =
+                reqwest::Client::new().request(parts.method, format!("{gateway}{target}"));
+            for (name, value) in &parts.headers {
+                if name != header::HOST {
+                    forwarded = forwarded.header(name, value);
+                }
+            }
+            let answered = forwarded.body(body).send().await.unwrap();
+            let mut answer = axum::http::Response::builder().status(answered.status());
+            for (name, value) in answered.headers() {
+                answer = answer.header(name, value);
+            }
+            answer
+                .body(Body::from(answered.bytes().await.unwrap()))
+                .unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app).into_future());
+    base
+}
+
+/// A 402 after paying whose body never ends cannot hold the run: its
+/// first 64 KiB are written (with `--json` too) and the run ends, "still
+/// 402 after paying"; one sent a byte at a time (which `--read-timeout`
+/// never gives up) is cut short by `--max-time`, which says what was paid
+/// and exits 28.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_402_after_paying_without_end_cannot_hold_the_run() {
+    let (gateway, _, _task) = demo_gateway().await;
+    let gateway_url = format!("http://{}", gateway.addr());
+    let fast = endless_402_front(gateway_url.clone(), false).await;
+    let data = tempfile::tempdir().unwrap();
+    for json in [false, true] {
+        let mut args = vec!["get", "--prefer", "l402"];
+        if json {
+            args.push("--json");
+        }
+        let url = format!("{fast}/api/weather?city=oslo&n={json}");
+        args.push(&url);
+        let out = tokio::time::timeout(Duration::from_secs(60), run(data.path(), &args))
+            .await
+            .expect("the run ended");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("still 402 after paying"), "{stderr}");
+        assert!(
+            out.stdout.len() <= 64 * 1024 + 4096,
+            "{} bytes written",
+            out.stdout.len()
+        );
+    }
+    let drip = endless_402_front(gateway_url, true).await;
+    let url = format!("{drip}/api/weather?city=bergen");
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        run(
+            data.path(),
+            &[
+                "get",
+                "--json",
+                "--read-timeout",
+                "2",
+                "--max-time",
+                "3",
+                &url,
+            ],
+        ),
+    )
+    .await
+    .expect("the run ended");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(28), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(stderr.contains("gave up after --max-time 3 s"), "{stderr}");
+    assert!(stderr.contains("before --max-time ran out"), "{stderr}");
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["error"]["kind"], "timeout", "{said}");
+    assert_eq!(said["payments"].as_array().map(Vec::len), Some(1), "{said}");
+    gateway.shutdown().await.unwrap();
+}
+
+/// A field value with bytes past ASCII is shown (`-i`, `--json`), not
+/// left empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_field_value_past_ascii_is_shown() {
+    let app = Router::new().route(
+        "/",
+        get(|| async {
+            let value = axum::http::HeaderValue::from_bytes("caf\u{e9}".as_bytes()).unwrap();
+            (
+                [(axum::http::HeaderName::from_static("x-name"), value)],
+                "ok",
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let data = tempfile::tempdir().unwrap();
+    let out = run(data.path(), &["get", "-i", &url]).await;
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("x-name: caf\u{e9}"), "{stdout}");
+    let out = run(data.path(), &["get", "--json", &url]).await;
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["headers"]["x-name"], "caf\u{e9}", "{said}");
+}

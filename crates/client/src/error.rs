@@ -106,6 +106,14 @@ pub enum SessionError {
     /// it up with.
     #[error("the session's balance ran out and the server offers no session challenge to top it up with")]
     NoTopUp,
+    /// The answer to `action` is not the JSON document it must be (or
+    /// did not come within [`crate::body::BODY_LIMIT`] bytes and
+    /// [`crate::body::BODY_WITHIN`]).
+    #[error("the server's answer to the session's {action} is not a JSON document (read: at most 64 KiB, within 30 s)")]
+    Unreadable {
+        /// `close`.
+        action: &'static str,
+    },
     /// The wallet could not issue the return invoice.
     #[error("return invoice: {0}")]
     Wallet(LightningError),

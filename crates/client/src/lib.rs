@@ -32,6 +32,7 @@
 //! once idle, with the unspent balance refunded to a return invoice of
 //! the wallet ([`Refund`]).
 
+pub mod body;
 mod budget;
 mod client;
 mod error;

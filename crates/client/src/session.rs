@@ -230,7 +230,7 @@ impl Rejection {
         let status = response.status();
         let headers = response.headers().clone();
         let url = response.url().clone();
-        let body = response.bytes().await?.to_vec();
+        let body = crate::body::read_bounded(response).await?;
         let json = serde_json::from_slice::<serde_json::Value>(&body).ok();
         let text = |key: &str| {
             json.as_ref()
@@ -1116,7 +1116,9 @@ impl Payer {
         let answer = send(request).await?;
         let status = answer.status();
         let (refund_sats, refund_status) = if status == StatusCode::OK {
-            let closed: serde_json::Value = answer.json().await?;
+            let closed: serde_json::Value =
+                serde_json::from_slice(&crate::body::read_bounded(answer).await?)
+                    .map_err(|_| SessionError::Unreadable { action: "close" })?;
             // Left out: nothing refunded. Given but no whole number of sat
             // (`-5`, `1.5`, `"5"`): not a figure to book as refunded.
             let refund_sats = match &closed["refundSats"] {

@@ -280,8 +280,7 @@ async fn sandbox_json<T: serde::de::DeserializeOwned>(
         .await
         .map_err(|e| LightningError::Unavailable(format!("{url}: {e}")))?;
     let status = response.status();
-    let body = response
-        .bytes()
+    let body = crate::body::read_bounded(response)
         .await
         .map_err(|e| LightningError::Unavailable(format!("{url}: {e}")))?;
     if !status.is_success() {
