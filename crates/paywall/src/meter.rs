@@ -559,7 +559,8 @@ impl UsageScan {
             }
             Err(_) => return false,
         };
-        if let Some(units) = value.pointer(&self.pointer).and_then(json_units) {
+        drop(value);
+        if let Some(units) = report_at(json, &self.pointer) {
             self.reported = true;
             self.units
                 .store(units, std::sync::atomic::Ordering::Release);
@@ -613,22 +614,160 @@ pub(crate) fn charge_most(units: &crate::sessions::Units) {
     units.store(UNREADABLE_REPORT, std::sync::atomic::Ordering::Release);
 }
 
-/// The units a JSON value reports: a whole number as it is, a fraction
-/// rounded up, anything larger than a `u64` or that is no count (negative,
-/// a string, an object) [`UNREADABLE_REPORT`]; `null` reports nothing.
-fn json_units(value: &serde_json::Value) -> Option<u64> {
-    if value.is_null() {
+/// The units the JSON document `json` (read whole already) reports at
+/// `pointer` (RFC 6901): [`value_units`] of the value there; `None` when
+/// there is none. A member on the way named twice in one object reads two
+/// ways (a parser keeps the first or the last): [`UNREADABLE_REPORT`].
+///
+/// Walked over the document's text rather than a parsed value, which
+/// would keep one of two members of one name and read a number as a
+/// float (`1e-400` as 0).
+fn report_at(json: &[u8], pointer: &str) -> Option<u64> {
+    use serde_json::value::RawValue;
+    let mut at: &RawValue = serde_json::from_slice(json).ok()?;
+    if !pointer.is_empty() {
+        for token in pointer.strip_prefix('/')?.split('/') {
+            let token = token.replace("~1", "/").replace("~0", "~");
+            let text = at.get().trim_start();
+            at = if text.starts_with('{') {
+                let Members(members) = serde_json::from_str(text).ok()?;
+                let mut named = members.into_iter().filter(|(name, _)| *name == token);
+                let first = named.next()?.1;
+                if named.next().is_some() {
+                    return Some(UNREADABLE_REPORT);
+                }
+                first
+            } else if text.starts_with('[') {
+                let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+                let index: usize = token.parse().ok().filter(|_| {
+                    token == "0" || !token.starts_with('0') && !token.starts_with('+')
+                })?;
+                *items.get(index)?
+            } else {
+                return None;
+            };
+        }
+    }
+    value_units(at.get().trim())
+}
+
+/// An object's members in order, those of one name twice included.
+struct Members<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Members<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Members<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The units a JSON value's text reports: `null` nothing (`None`); a
+/// number rounded up to a whole one, exactly (`1e-400` is 1, `4.0…01` is
+/// 5, `-0` is 0); anything else, a negative number, or one larger than a
+/// `u64`: [`UNREADABLE_REPORT`].
+fn value_units(text: &str) -> Option<u64> {
+    if text == "null" {
         return None;
     }
-    Some(match (value.as_u64(), value.as_f64()) {
-        (Some(n), _) => n.min(UNREADABLE_REPORT),
-        (None, Some(f)) if f >= 0.0 && f < u64::MAX as f64 => f.ceil() as u64,
-        _ => UNREADABLE_REPORT,
-    })
+    Some(ceil_units(text).map_or(UNREADABLE_REPORT, |n| n.min(UNREADABLE_REPORT)))
+}
+
+/// A JSON number's text rounded up to a whole number of units, computed
+/// on its digits (no float): `None` when it is no JSON number, is below
+/// zero, or is larger than a `u64`.
+fn ceil_units(text: &str) -> Option<u64> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], Some(&unsigned[at + 1..])),
+        None => (unsigned, None),
+    };
+    let (whole, fraction) = match mantissa.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (mantissa, None),
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole)
+        || (whole.len() > 1 && whole.starts_with('0'))
+        || fraction.is_some_and(|f| !digits(f))
+    {
+        return None;
+    }
+    // The exponent, held to a range past which the answer cannot change.
+    let exponent: i64 = match exponent {
+        None => 0,
+        Some(e) => {
+            let (sign, e) = match e.as_bytes().first() {
+                Some(b'-') => (-1, &e[1..]),
+                Some(b'+') => (1, &e[1..]),
+                _ => (1, e),
+            };
+            if !digits(e) {
+                return None;
+            }
+            let e = e.trim_start_matches('0');
+            sign * if e.len() > 6 {
+                1_000_000
+            } else {
+                e.parse().unwrap_or(0)
+            }
+        }
+    };
+    let fraction = fraction.unwrap_or("");
+    let all: String = format!("{whole}{fraction}");
+    let significant = all.trim_start_matches('0');
+    if significant.is_empty() {
+        return Some(0);
+    }
+    if negative {
+        return None;
+    }
+    // The value is `significant` × 10^`scale`.
+    let scale = exponent - fraction.len() as i64;
+    let count = significant.len() as i64;
+    let (whole_digits, rest) = if scale >= 0 {
+        if count + scale > 20 {
+            return None;
+        }
+        (format!("{significant}{}", "0".repeat(scale as usize)), "")
+    } else if -scale >= count {
+        (String::new(), significant)
+    } else {
+        let cut = (count + scale) as usize;
+        (significant[..cut].to_owned(), &significant[cut..])
+    };
+    if whole_digits.len() > 20 {
+        return None;
+    }
+    let whole: u128 = if whole_digits.is_empty() {
+        0
+    } else {
+        whole_digits.parse().ok()?
+    };
+    let rounded = whole + u128::from(rest.bytes().any(|b| b != b'0'));
+    u64::try_from(rounded).ok()
 }
 
 /// The units in a response header, read as a JSON number is
-/// ([`json_units`]: a fraction rounded up); anything else it holds (not a
+/// ([`ceil_units`]: a fraction rounded up); anything else it holds (not a
 /// number, or the field given twice) [`UNREADABLE_REPORT`]; `None` when
 /// absent or empty.
 pub(crate) fn header_units(headers: &HeaderMap, name: &http::HeaderName) -> Option<u64> {
@@ -640,12 +779,7 @@ pub(crate) fn header_units(headers: &HeaderMap, name: &http::HeaderName) -> Opti
     if text.is_empty() {
         return None;
     }
-    Some(match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(number @ serde_json::Value::Number(_)) => {
-            json_units(&number).unwrap_or(UNREADABLE_REPORT)
-        }
-        _ => UNREADABLE_REPORT,
-    })
+    Some(ceil_units(text).map_or(UNREADABLE_REPORT, |n| n.min(UNREADABLE_REPORT)))
 }
 
 #[cfg(test)]
@@ -735,6 +869,93 @@ mod usage_tests {
         twice.append(name.clone(), "9".parse().unwrap());
         assert_eq!(header_units(&twice, &name), Some(UNREADABLE_REPORT));
         assert_eq!(header_units(&HeaderMap::new(), &name), None);
+    }
+
+    /// The units a JSON body reports at `pointer`, read whole.
+    fn reads(pointer: &str, body: &str) -> u64 {
+        let units = Arc::new(AtomicU64::new(crate::sessions::UNREPORTED));
+        let mut scan = UsageScan::new(pointer.into(), units.clone(), false);
+        scan.feed(body.as_bytes());
+        scan.finish();
+        units.load(Ordering::Acquire)
+    }
+
+    /// A report read exactly, not through a float: a tiny fraction is a
+    /// unit, digits past a float's precision still round up, a tiny
+    /// negative is no count.
+    #[test]
+    fn a_report_is_rounded_up_exactly() {
+        let name = http::HeaderName::from_static("x-usage");
+        let header = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name.clone(), value.parse().unwrap());
+            header_units(&headers, &name)
+        };
+        let field = |text: &str| {
+            reads(
+                "/usage/total_tokens",
+                &format!(r#"{{"usage":{{"total_tokens":{text}}}}}"#),
+            )
+        };
+        for (text, units) in [
+            ("1e-400", 1),
+            ("4.00000000000000000001", 5),
+            ("0.0000", 0),
+            ("-0", 0),
+            ("-0.0e5", 0),
+            ("25E-1", 3),
+            ("1.5e1", 15),
+            ("1e18", 1_000_000_000_000_000_000),
+            ("123456789e-9999999999999", 1),
+        ] {
+            assert_eq!(header(text), Some(units), "{text}");
+            assert_eq!(field(text), units, "{text}");
+        }
+        for garbage in [
+            "-1e-400",
+            "-0.5",
+            "1e20",
+            "1e999999999",
+            "01",
+            "1.",
+            ".5",
+            "1e",
+            "--1",
+        ] {
+            assert_eq!(header(garbage), Some(UNREADABLE_REPORT), "{garbage}");
+        }
+        for garbage in ["-1e-400", "-0.5", "1e20"] {
+            assert_eq!(field(garbage), UNREADABLE_REPORT, "{garbage}");
+        }
+    }
+
+    /// A member on the way to the report named twice in one object reads
+    /// two ways: the most held, whichever comes last; one of the same name
+    /// elsewhere is another member.
+    #[test]
+    fn a_report_named_twice_is_charged_the_most_held() {
+        let pointer = "/usage/total_tokens";
+        for twice in [
+            r#"{"usage":{"total_tokens":5,"total_tokens":0}}"#,
+            r#"{"usage":{"total_tokens":0,"total_tokens":5}}"#,
+            r#"{"usage":{"total_tokens":5},"usage":{"total_tokens":0}}"#,
+            r#"{"usage":{"total_tokens":0},"usage":{}}"#,
+        ] {
+            assert_eq!(reads(pointer, twice), UNREADABLE_REPORT, "{twice}");
+        }
+        let elsewhere =
+            r#"{"usage":{"total_tokens":5},"other":{"total_tokens":0,"total_tokens":1}}"#;
+        assert_eq!(reads(pointer, elsewhere), 5);
+        let escaped = "/choices/1/n~1a~0b";
+        assert_eq!(
+            reads(escaped, r#"{"choices":[{"n/a~b":1},{"n/a~b":7}]}"#),
+            7
+        );
+        assert_eq!(
+            reads(escaped, r#"{"choices":[{"n/a~b":1}]}"#),
+            crate::sessions::UNREPORTED
+        );
+        assert_eq!(reads("", "3.2"), 4);
     }
 
     #[test]
