@@ -89,6 +89,7 @@ pub(crate) fn requested(headers: &HeaderMap) -> Result<Option<String>, &'static 
         return Ok(None);
     };
     const BAD: &str = "Idempotency-Key must be one string of 1 to 255 printable ASCII characters";
+    const BAD_BARE: &str = "Idempotency-Key must be one string (\"…\") or one token of letters, digits and !#$%&'*+-.^_`|~:/= (no comma, semicolon or space)";
     if values.next().is_some() {
         return Err("Idempotency-Key may be sent once");
     }
@@ -112,13 +113,23 @@ pub(crate) fn requested(headers: &HeaderMap) -> Result<Option<String>, &'static 
             }
             key
         }
-        None => text.to_owned(),
+        // A bare key is one token: with a comma, a `;` or a space an
+        // upstream reading the field as RFC 8941 does sees a list or
+        // parameters, and keys the request differently from here.
+        None if text.bytes().all(is_bare_key_byte) => text.to_owned(),
+        None => return Err(BAD_BARE),
     };
     if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| (b' '..=b'~').contains(&b))
     {
         return Err(BAD);
     }
     Ok(Some(key))
+}
+
+/// Whether `byte` may be in a key sent bare: a token's (RFC 9110
+/// `tchar`), with `:`, `/` and `=` (base64 keys).
+fn is_bare_key_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/=".contains(&byte)
 }
 
 /// SHA-256 over what makes a request the same request: its method, its
@@ -358,8 +369,15 @@ mod tests {
             Ok(Some("8e03978e-40d5".into()))
         );
         assert_eq!(requested(&with("abc123")), Ok(Some("abc123".into())));
+        // Quoted, anything printable is one key.
+        assert_eq!(requested(&with("\"kA,kB\"")), Ok(Some("kA,kB".into())));
+        for bare in ["8e03978e-40d5-4b1e", "01J9ZQ7X", "YWJj+/Zg==", "urn:k:1"] {
+            assert_eq!(requested(&with(bare)), Ok(Some(bare.into())), "{bare}");
+        }
         assert_eq!(requested(&with(r#""a\"b""#)), Ok(Some("a\"b".into())));
-        for bad in ["\"\"", "\"open", r#""a"b""#, r#""a\b""#] {
+        for bad in [
+            "\"\"", "\"open", r#""a"b""#, r#""a\b""#, "kA,kB", "kA, kB", "k;v=1", "a b",
+        ] {
             assert!(requested(&with(bad)).is_err(), "{bad}");
         }
         assert!(requested(&with(&"k".repeat(MAX_KEY_LEN + 1))).is_err());
