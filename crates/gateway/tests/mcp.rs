@@ -1161,3 +1161,99 @@ async fn a_page_of_a_cors_origin_may_call_mcp() {
     h.client.cancel().await.unwrap();
     h.gateway.shutdown().await.unwrap();
 }
+
+/// Two calls with one JSON-RPC id at once in one session (which MCP
+/// forbids): the library answers both on one channel, and a paid call's
+/// result was lost after its payment was spent, the session with it.
+/// The second is refused at once (`-32600`); the first is answered with
+/// its result, its payment spent once, and the session lives on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_id_in_flight_in_its_session_is_refused_and_the_first_answered() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::any(|| async {
+            RUNS.fetch_add(1, SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            "slow answer"
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let h = start_with(|config| {
+        config
+            .services
+            .push(gate402_gateway::config::ServiceConfig::proxied(
+                "slow", "/slow", 10, &slow,
+            ));
+        config.tools.push(ToolConfig {
+            name: "slow".into(),
+            description: "Thinks".into(),
+            service: "slow".into(),
+            method: Some("GET".into()),
+            path: None,
+            input_schema: json!({"type": "object"}),
+            price_sats: None,
+        });
+    })
+    .await;
+    let (code, data) = h.call(call("slow", json!({}), None)).await.unwrap_err();
+    assert_eq!(code, -32042, "{data}");
+    let credential = h.pay(&data).await;
+
+    let url = format!("{}/mcp", h.base);
+    let post = |session: Option<String>, message: Value| {
+        let mut request = h
+            .http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-06-18");
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        async move {
+            let response = request.body(message.to_string()).send().await.unwrap();
+            let session = response
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (session, response.text().await.unwrap())
+        }
+    };
+    let (session, _) = post(
+        None,
+        json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        }),
+    )
+    .await;
+    let session = session.expect("a session");
+    post(
+        Some(session.clone()),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    let tool_call = json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "slow", "arguments": {}, "_meta": {CREDENTIAL: credential}},
+    });
+    let first = tokio::spawn(post(Some(session.clone()), tool_call.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, second) = post(Some(session.clone()), tool_call.clone()).await;
+    assert!(second.contains("-32600"), "{second}");
+    assert!(second.contains("still being answered"), "{second}");
+    let (_, first) = first.await.unwrap();
+    assert!(first.contains("slow answer"), "{first}");
+    assert_eq!(RUNS.load(SeqCst), 1);
+    // The session lives on, and the id may be used again once answered.
+    let (_, again) = post(
+        Some(session),
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/list"}),
+    )
+    .await;
+    assert!(again.contains("\"slow\""), "{again}");
+}

@@ -6,14 +6,17 @@
 //! session lives on the server until it idles out, so both are counted per
 //! client (IPv6: per /64, behind trusted proxies: the forwarded client):
 //! one client cannot fill the memory with bodies read at once, nor take
-//! every session so that nobody else can open one.
+//! every session so that nobody else can open one. A request whose
+//! JSON-RPC id is that of one still answered in its session is refused:
+//! the library answers both on one channel, so a paid call's result could
+//! be lost after its payment was spent.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use gate402_paywall::{ClientKey, Paywall};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -139,6 +142,36 @@ struct Book {
     owners: HashMap<String, (ClientKey, u64)>,
     sessions_by: HashMap<ClientKey, usize>,
     recorded: u64,
+    /// The JSON-RPC ids of requests being answered, with their session.
+    ids: HashSet<(String, String)>,
+}
+
+/// The id of a request being answered in its session, given back when
+/// its answer has been sent (or dropped).
+struct IdInFlight {
+    guard: Arc<Guard>,
+    key: (String, String),
+}
+
+impl Drop for IdInFlight {
+    fn drop(&mut self) {
+        let mut book = self.guard.book.lock().unwrap_or_else(|e| e.into_inner());
+        book.ids.remove(&self.key);
+    }
+}
+
+/// The `id` of a JSON-RPC request (one with a `method`); `None` for a
+/// notification, a response, a batch or what is no JSON-RPC at all (the
+/// library answers those).
+fn request_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Message {
+        id: Option<serde_json::Value>,
+        method: Option<serde::de::IgnoredAny>,
+    }
+    let message: Message = serde_json::from_slice(body).ok()?;
+    message.method?;
+    message.id.map(|id| id.to_string())
 }
 
 /// What one request holds in the [`Book`], given back however it ends
@@ -279,7 +312,22 @@ impl Guard {
                 );
             }
         }
+        let (request, id_in_flight) = match self.hold_id(request).await {
+            Ok(held) => held,
+            Err(refused) => return refused,
+        };
         let response = next.run(request).await;
+        let response = match id_in_flight {
+            // Held until the answer's stream has been sent.
+            Some(id) => response.map(|body| {
+                use futures_util::StreamExt as _;
+                axum::body::Body::from_stream(body.into_data_stream().map(move |chunk| {
+                    let _ = &id;
+                    chunk
+                }))
+            }),
+            None => response,
+        };
         if opens {
             let id = response
                 .headers()
@@ -296,6 +344,71 @@ impl Guard {
         }
         drop(held);
         response
+    }
+}
+
+impl Guard {
+    /// Reads the body of a request in a session (within
+    /// `max_request_bytes`) and takes its JSON-RPC id, if it has one, as
+    /// being answered: the request rebuilt, and what gives the id back.
+    ///
+    /// # Errors
+    ///
+    /// The answer when the body is too large (`413`) or breaks off
+    /// (`400`), or its id is that of a request still answered in its
+    /// session (a JSON-RPC error, `-32600`).
+    async fn hold_id(
+        self: &Arc<Self>,
+        request: axum::extract::Request,
+    ) -> Result<(axum::extract::Request, Option<IdInFlight>), Response> {
+        let session = request
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let Some(session) = session.filter(|_| request.method() == Method::POST) else {
+            return Ok((request, None));
+        };
+        let (parts, body) = request.into_parts();
+        let body = match axum::body::to_bytes(body, self.config.max_request_bytes).await {
+            Ok(body) => body,
+            Err(e) => {
+                let too_large = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                let status = if too_large {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return Err(status.into_response());
+            }
+        };
+        let held = match request_id(&body) {
+            Some(id) => {
+                let key = (session, id);
+                let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
+                if !book.ids.insert(key.clone()) {
+                    let refusal = serde_json::json!({
+                        "jsonrpc": "2.0",
+                        "id": serde_json::from_str::<serde_json::Value>(&key.1).unwrap_or_default(),
+                        "error": {
+                            "code": -32600,
+                            "message": "a request with this id is still being answered in this session; give each request an id of its own",
+                        },
+                    });
+                    return Err(axum::Json(refusal).into_response());
+                }
+                Some(IdInFlight {
+                    guard: self.clone(),
+                    key,
+                })
+            }
+            None => None,
+        };
+        Ok((
+            axum::extract::Request::from_parts(parts, axum::body::Body::from(body)),
+            held,
+        ))
     }
 }
 
