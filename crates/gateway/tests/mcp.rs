@@ -1257,3 +1257,29 @@ async fn a_request_id_in_flight_in_its_session_is_refused_and_the_first_answered
     .await;
     assert!(again.contains("\"slow\""), "{again}");
 }
+
+/// A JSON body that is no one JSON-RPC message (a batch array, a member
+/// named twice) is a bad request (`400`, `-32600`), not a wrong media
+/// type (`415`, as the MCP library answers it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_is_no_one_message_is_a_bad_request() {
+    let h = start().await;
+    let url = format!("{}/mcp", h.base);
+    for body in [
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping"}]"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{},"params":{}}"#,
+    ] {
+        let response = h
+            .http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let said: Value = response.json().await.unwrap();
+        assert_eq!(said["error"]["code"], -32600, "{said}");
+    }
+}

@@ -146,6 +146,20 @@ struct Book {
     ids: HashSet<(String, String)>,
 }
 
+/// The answer to a JSON body that is not one JSON-RPC message: `400`,
+/// with the JSON-RPC error a parse failure gets.
+fn not_a_message() -> Response {
+    let error = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {
+            "code": -32600,
+            "message": "the body is not one JSON-RPC message this server takes (a batch array is not taken; a member named twice is refused)",
+        },
+    });
+    (StatusCode::BAD_REQUEST, axum::Json(error)).into_response()
+}
+
 /// The id of a request being answered in its session, given back when
 /// its answer has been sent (or dropped).
 struct IdInFlight {
@@ -312,11 +326,26 @@ impl Guard {
                 );
             }
         }
+        let sent_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
         let (request, id_in_flight) = match self.hold_id(request).await {
             Ok(held) => held,
             Err(refused) => return refused,
         };
-        let response = next.run(request).await;
+        let mut response = next.run(request).await;
+        // The library answers a JSON body it cannot take as one JSON-RPC
+        // message (a batch array, a message of two `params`) with 415, as
+        // if the media type were wrong.
+        if sent_json && response.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            response = not_a_message();
+        }
         let response = match id_in_flight {
             // Held until the answer's stream has been sent.
             Some(id) => response.map(|body| {
