@@ -961,3 +961,61 @@ async fn a_refused_payment_id_is_reported_not_paid_over() {
     );
     gateway.shutdown().await.unwrap();
 }
+
+/// A paid call cut short (`--max-time`) while the server still runs it
+/// leaves its credential kept and held there: the next call of the tool
+/// waits for it (the server's `retryAfter`) instead of failing with "being
+/// used by another call", and is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_after_one_cut_short_waits_for_its_credential() {
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = runs.clone();
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(move || async move {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+            format!("answer {n}")
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    let (demo_upstream, _task) = demo::start_upstream().await.unwrap();
+    let mut config = demo::config(demo_upstream);
+    config
+        .services
+        .push(gate402_gateway::config::ServiceConfig::proxied(
+            "slow",
+            "/slow",
+            10,
+            &format!("http://{upstream}"),
+        ));
+    config.tools.push(gate402_gateway::config::ToolConfig {
+        name: "slow".into(),
+        description: "Thinks".into(),
+        service: "slow".into(),
+        method: None,
+        path: None,
+        input_schema: json!({"type": "object"}),
+        price_sats: None,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let mcp = format!("http://{}/mcp", gateway.addr());
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+
+    let out = gate402(data, &["mcp", "call", &mcp, "slow", "--max-time", "1"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(28), "{stderr}");
+    assert!(stderr.contains("paid 10 sat"), "{stderr}");
+    let out = gate402(data, &["mcp", "call", &mcp, "slow"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("answer"),
+        "{stderr}"
+    );
+    gateway.shutdown().await.unwrap();
+}

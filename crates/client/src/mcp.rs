@@ -84,6 +84,22 @@ fn refused(error: &ServiceError) -> bool {
         if e.code.0 == PAYMENT_REQUIRED_CODE || e.code.0 == PAYMENT_VERIFICATION_FAILED_CODE)
 }
 
+/// How often a kept credential another call holds is sent again, each
+/// after the server's `retryAfter`.
+const HELD_CREDENTIAL_WAITS: u32 = 30;
+
+/// The wait a server's error asks for before the call is made again
+/// (`data.retryAfter`, seconds, held to 100 ms – 2 s): a credential held
+/// by a call still under way, unspent.
+fn retry_after(error: &ServiceError) -> Option<std::time::Duration> {
+    let ServiceError::McpError(e) = error else {
+        return None;
+    };
+    let secs = e.data.as_ref()?.get("retryAfter")?.as_f64()?;
+    secs.is_finite()
+        .then(|| std::time::Duration::from_secs_f64(secs.clamp(0.1, 2.0)))
+}
+
 fn params(tool: &str, arguments: &JsonObject, credential: Option<Value>) -> CallToolRequestParams {
     let mut params = CallToolRequestParams::new(tool.to_owned());
     params.arguments = Some(arguments.clone());
@@ -389,13 +405,27 @@ impl Payer {
             forget()?;
             return Ok(None);
         };
-        let result = match server.call(params(tool, arguments, Some(credential))).await {
-            Ok(result) => result,
-            Err(error) if refused(&error) => {
-                forget()?;
-                return Ok(None);
+        // Held by a call still under way (an earlier run's, interrupted):
+        // waited for, as its end spends or frees the credential.
+        let mut waits = 0;
+        let result = loop {
+            match server
+                .call(params(tool, arguments, Some(credential.clone())))
+                .await
+            {
+                Ok(result) => break result,
+                Err(error) if refused(&error) => {
+                    forget()?;
+                    return Ok(None);
+                }
+                Err(error) => match retry_after(&error) {
+                    Some(wait) if waits < HELD_CREDENTIAL_WAITS => {
+                        waits += 1;
+                        tokio::time::sleep(wait).await;
+                    }
+                    _ => return Err(tool_error(error)),
+                },
             }
-            Err(error) => return Err(tool_error(error)),
         };
         forget()?;
         self.keep_first_receipt(&kept.payment_hash, receipt_of(&result).as_deref())

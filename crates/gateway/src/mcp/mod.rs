@@ -828,11 +828,12 @@ fn node_unavailable() -> ErrorData {
 
 /// The credential is held by another call (or a replica that stopped): a
 /// good credential, unspent, so not a payment error, which would have the
-/// client pay again.
+/// client pay again. `data.retryAfter` (seconds) says when to call again
+/// with it, as HTTP's `409` does with `Retry-After`.
 fn in_flight() -> ErrorData {
     ErrorData::internal_error(
         "this credential is being used by another call; it is not spent: call again with it shortly",
-        None,
+        Some(json!({"retryAfter": 1})),
     )
 }
 
