@@ -604,10 +604,17 @@ impl Payer {
             .request_key
             .clone()
             .filter(|kept| own_key.is_some_and(|own| own.request_digest == kept.request_digest));
+        let begun_for = pending.request_key.clone();
         let Some((mut entry, outcome, offer)) = self.finish_pending(pending).await? else {
             return Ok(None);
         };
         let scheme = resumed_scheme(&entry.scheme, &offer);
+        // An MPP credential pays for the request it was begun for (its
+        // body is bound): kept for that one, and this request pays its own.
+        if let (Prefer::Mpp, Some(theirs), None) = (scheme, begun_for, &kept) {
+            self.keep_for(&theirs, endpoint, &offer, &entry, &outcome)?;
+            return Ok(None);
+        }
         let retried;
         let request = match kept {
             Some(kept) => {
@@ -624,6 +631,38 @@ impl Payer {
             )
             .await?;
         Ok(Some(Fetched::Response(answer, Some(entry))))
+    }
+}
+
+impl Payer {
+    /// Keeps the MPP credential of `entry`, a payment finished for a
+    /// request this run is not sending, for that request (`theirs`: its
+    /// key and digest): a run sending it presents the credential, unpaid,
+    /// under that key.
+    fn keep_for(
+        &self,
+        theirs: &RequestKey,
+        endpoint: &Endpoint,
+        offer: &Offer,
+        entry: &PaymentEntry,
+        outcome: &gate402_lightning::PaymentOutcome,
+    ) -> Result<(), FetchError> {
+        let token = CachedToken {
+            origin: endpoint.origin.clone(),
+            method: endpoint.method.clone(),
+            path: endpoint.path.clone(),
+            services: None,
+            payment_hash: entry.payment_hash.clone(),
+            authorization: offer
+                .payment_authorization(&outcome.preimage)
+                .unwrap_or_default(),
+            field: offer.payment_field().to_owned(),
+            bound_to: Some(theirs.request_digest.clone()),
+            expires_at: offer.payment_expires_at(),
+            unanswered: Some(theirs.clone()),
+        };
+        self.ledger.cache_token(&token, crate::payer::now())?;
+        Ok(())
     }
 }
 

@@ -282,8 +282,9 @@ async fn an_answer_lost_after_paying_is_asked_for_again_with_the_same_key_by_a_l
 }
 
 /// Writes down, as a run interrupted while paying leaves it, a pending
-/// payment of a 402 the gateway sends `request`, begun with `key`.
-async fn left_pending(ledger: &Ledger, request: &reqwest::Request, key: &str) {
+/// payment of a 402 the gateway sends `request`, begun with `key` to be
+/// answered through `scheme`.
+async fn left_pending(ledger: &Ledger, request: &reqwest::Request, key: &str, scheme: &str) {
     let http = reqwest::Client::new();
     let answer = http.execute(request.try_clone().unwrap()).await.unwrap();
     assert_eq!(answer.status(), 402);
@@ -295,7 +296,7 @@ async fn left_pending(ledger: &Ledger, request: &reqwest::Request, key: &str) {
         origin: url.origin().ascii_serialization(),
         host: url.host_str().unwrap().to_owned(),
         path: url.path().to_owned(),
-        scheme: "L402".into(),
+        scheme: scheme.into(),
         amount_msat: offer.amount_msat().unwrap(),
         fee_msat: 0,
         payment_hash: hex::encode(offer.invoice.payment_hash()),
@@ -334,7 +335,7 @@ async fn a_later_run_finishing_the_payment_sends_the_key_it_was_begun_with() {
     };
 
     // The same request again: the key it was begun with.
-    left_pending(&ledger, &post("{\"n\":1}"), "\"begun\"").await;
+    left_pending(&ledger, &post("{\"n\":1}"), "\"begun\"", "L402").await;
     served(&client, post("{\"n\":1}"), true).await;
     assert_eq!(
         last(&received, 0),
@@ -343,7 +344,7 @@ async fn a_later_run_finishing_the_payment_sends_the_key_it_was_begun_with() {
 
     // Another request to the endpoint finishes the payment too, but is no
     // retry of the one it was begun for: a key of its own.
-    left_pending(&ledger, &post("{\"n\":2}"), "\"begun for n=2\"").await;
+    left_pending(&ledger, &post("{\"n\":2}"), "\"begun for n=2\"", "L402").await;
     served(&client, post("{\"n\":3}"), true).await;
     let (_, key) = last(&received, 1);
     let key = key.expect("a key");
@@ -353,6 +354,57 @@ async fn a_later_run_finishing_the_payment_sends_the_key_it_was_begun_with() {
     assert_eq!(payments.len(), 2, "the pending payments, not new ones");
     assert!(payments.iter().all(|p| p.status == PaymentState::Paid));
     assert!(ledger.pending(None).unwrap().is_empty());
+    gateway.shutdown().await.unwrap();
+}
+
+/// A payment left pending for MPP, whose credential is bound to the body
+/// it was begun for, is finished by a request with another body but not
+/// spent on it (the gateway would refuse it, and the credential was then
+/// lost): it is kept for its own request, which a later run sends with it
+/// unpaid, under the key it was begun with; the other request pays its
+/// own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_mpp_payment_is_kept_for_the_body_it_was_begun_for() {
+    let (gateway, base, received, _dir) = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let client = Client {
+        http: reqwest::Client::new(),
+        payer: Payer {
+            prefer: Some(gate402_client::Prefer::Mpp),
+            ..Payer::sandbox(ledger.clone(), 100)
+        },
+    };
+    let post = |body: &'static str| {
+        client
+            .http
+            .post(format!("{base}/op"))
+            .body(body)
+            .build()
+            .unwrap()
+    };
+    left_pending(
+        &ledger,
+        &post("{\"q\":\"A\"}"),
+        "\"begun for A\"",
+        "Payment",
+    )
+    .await;
+    served(&client, post("{\"q\":\"B\"}"), true).await;
+    assert_eq!(ledger.payments(0).unwrap().len(), 2, "B paid its own");
+    assert!(ledger.pending(None).unwrap().is_empty(), "A's finished");
+    served(&client, post("{\"q\":\"A\"}"), false).await;
+    assert_eq!(
+        last(&received, 1),
+        ("POST".into(), Some("\"begun for A\"".into()))
+    );
+    let payments = ledger.payments(0).unwrap();
+    assert_eq!(
+        payments.len(),
+        2,
+        "A was answered with its own: {payments:?}"
+    );
+    assert!(payments.iter().all(|p| p.receipt.is_some()), "{payments:?}");
     gateway.shutdown().await.unwrap();
 }
 
