@@ -145,6 +145,10 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
                 axum::response::sse::Sse::new(events)
             }),
         )
+        // Its whole answer, usage in a header and in the body, after a
+        // pause.
+        .route("/complete/slow", any(slow_usage))
+        .route("/complete/slow-header", any(slow_usage))
         .route("/chat", any(|| async { "an answer" }))
         .route("/slow/quick", any(|| async { "an answer" }))
         .route(
@@ -1667,6 +1671,60 @@ async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() 
     // Held 10 while in flight; once the upstream's pause is over, settled.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(h.balance_once(&session, 10_000).await, 10_000);
+}
+
+/// An answer after a pause, its usage (7) in a header and in the body.
+async fn slow_usage() -> ([(&'static str, &'static str); 1], &'static str) {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    (
+        [("x-usage-tokens", "7")],
+        "{\"answer\":\"hi\",\"usage\":{\"total_tokens\":7}}",
+    )
+}
+
+/// A client that leaves before the answer has spent what the answer
+/// reports: the header's report when usage comes in a header, the most
+/// held when it comes in the body, never read (it was charged one unit,
+/// so that leaving early bought metered work at the price of none).
+#[tokio::test]
+async fn a_client_that_leaves_before_a_metered_answer_is_charged_its_report_or_the_most() {
+    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
+    let h = Harness::start(|services| {
+        services.push(usage(
+            "body",
+            "/complete/slow",
+            None,
+            Some("/usage/total_tokens"),
+            &upstream,
+        ));
+        services.push(usage(
+            "header",
+            "/complete/slow-header",
+            Some("x-usage-tokens"),
+            None,
+            &upstream,
+        ));
+    })
+    .await;
+    for (path, left_msat) in [
+        ("/complete/slow", 10_000),
+        ("/complete/slow-header", 13_000),
+    ] {
+        let (l402, session, _, _) = balance_with_refund(&h, path).await;
+        let gone = h
+            .http
+            .get(h.url(path))
+            .header(AUTHORIZATION, &l402)
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
+        assert!(gone.is_err(), "{path}: left before the answer");
+        assert_eq!(
+            h.balance_once(&session, left_msat).await,
+            left_msat,
+            "{path}"
+        );
+    }
 }
 
 /// A request to a balance metered by the usage its answer's body reports

@@ -1391,6 +1391,23 @@ impl Paywall {
                     paywall.inner.requests.spawn(spend.release());
                     return;
                 }
+                // Usage the answer reports in its body was never read: the
+                // most held, as for a client that stops reading.
+                if let (Meter::Usage(usage), Some(units)) = (
+                    &left_service.meter,
+                    spend.hold.as_ref().and_then(Hold::units),
+                ) {
+                    let headers = Response::headers(&answer);
+                    let reported = usage
+                        .header
+                        .as_ref()
+                        .and_then(|name| meter::header_units(headers, name));
+                    match reported {
+                        Some(n) => units.store(n, std::sync::atomic::Ordering::Release),
+                        None if usage.field.is_some() && !head => meter::charge_most(&units),
+                        None => {}
+                    }
+                }
                 let now = time::OffsetDateTime::now_utc();
                 paywall.count_answered(&left_service, scheme, &hash, spend.hold.is_some(), now);
             };
