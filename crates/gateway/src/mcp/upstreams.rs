@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{header, Method, Request};
+use gate402_mpp::mcp::{PAYMENT_REQUIRED_CODE, PAYMENT_VERIFICATION_FAILED_CODE};
 use gate402_paywall::route::{PathPattern, RequestPath};
 use gate402_paywall::{Auth, PricedService, UpstreamOutcome};
 use rmcp::model::{
@@ -497,6 +498,20 @@ impl McpUpstream {
 
 fn upstream_error(e: rmcp::ServiceError) -> ErrorData {
     match e {
+        // A payment the upstream asks for itself: a client would take its
+        // challenge for the gateway's and pay an invoice the upstream
+        // chose. Not passed on.
+        rmcp::ServiceError::McpError(error)
+            if [PAYMENT_REQUIRED_CODE, PAYMENT_VERIFICATION_FAILED_CODE].contains(&error.code.0) =>
+        {
+            ErrorData::internal_error(
+                format!(
+                    "the upstream MCP server asked for a payment of its own ({}); that is not passed on, and the payment was not spent",
+                    error.code.0
+                ),
+                None,
+            )
+        }
         // The upstream's own answer (a bad argument, an unknown tool).
         rmcp::ServiceError::McpError(error) => error,
         other => ErrorData::internal_error(
@@ -543,6 +558,26 @@ impl ToolUpstream for McpUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upstream's own payment errors are not passed on (a client would
+    /// pay the upstream's invoice); its other errors are.
+    #[test]
+    fn an_upstreams_own_payment_challenge_is_not_passed_on() {
+        for code in [PAYMENT_REQUIRED_CODE, PAYMENT_VERIFICATION_FAILED_CODE] {
+            let asked = ErrorData::new(
+                rmcp::model::ErrorCode(code),
+                "pay me too",
+                Some(serde_json::json!({"challenges": [{"request": {"invoice": "lnbcrt1…"}}]})),
+            );
+            let passed = upstream_error(rmcp::ServiceError::McpError(asked));
+            assert_eq!(passed.code, rmcp::model::ErrorCode::INTERNAL_ERROR);
+            assert!(passed.data.is_none());
+            assert!(passed.message.contains("not passed on"), "{passed:?}");
+        }
+        let bad = ErrorData::invalid_params("no such city", None);
+        let passed = upstream_error(rmcp::ServiceError::McpError(bad.clone()));
+        assert_eq!(passed, bad);
+    }
 
     /// A call priced before a reload and run after it is not run against
     /// the reloaded tool: its payment was checked against the old price.
