@@ -349,6 +349,16 @@ fn receipt_of(response: &Response) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Whether `answer` to a request on a session took a unit from it: not a
+/// server error (which gives the debit back: pay for success), not `409`
+/// (it took none), not an answer with no receipt (a `429` of a rate limit
+/// in front of the paywall, say).
+fn took_a_unit(answer: &Response) -> bool {
+    !(answer.status().is_server_error()
+        || answer.status() == StatusCode::CONFLICT
+        || !answer.headers().contains_key(gate402_mpp::RECEIPT_HEADER))
+}
+
 /// Whether `answer` to an `open` shows the session opened: not a server
 /// error (the gateway answers one when it could not write the session, and
 /// leaves the deposit unspent), not `409` or `429` (held, or a limit in
@@ -415,16 +425,10 @@ impl Payer {
                     let text = serde_json::to_string(&echo).unwrap_or_default();
                     self.ledger.note_session_challenge(&session.id, &text)?;
                 }
-                // A server error gives the debit back (pay for success);
-                // a `409` took none; nor did an answer with no receipt (a
-                // `429` of a rate limit in front of the paywall, say).
-                let spent = if answer.status().is_server_error()
-                    || answer.status() == StatusCode::CONFLICT
-                    || !answer.headers().contains_key(gate402_mpp::RECEIPT_HEADER)
-                {
-                    0
-                } else {
+                let spent = if took_a_unit(&answer) {
                     session.unit_sats
+                } else {
+                    0
                 };
                 self.ledger.note_session_spent(&session.id, spent, now())?;
                 let mut answer = answer;
@@ -819,7 +823,9 @@ impl Payer {
             return_invoice: return_invoice.bolt11,
         };
         let echo = offer.challenge.to_echo();
-        let answer = send_paid(request, offer.field(), &credential(&echo, &action), send).await?;
+        let paying = credential(&echo, &action);
+        // A `409` (held by requests in flight) is asked again, as on `bearer`.
+        let answer = past_held_balance(|| send_paid(request, offer.field(), &paying, send)).await?;
         if refused(answer.status()) {
             let rejection = Rejection::read(answer).await?;
             self.ledger
@@ -841,10 +847,10 @@ impl Payer {
         if took_the_open(&answer) {
             self.ledger.note_session_opened(&session.id)?;
         }
-        let spent = if answer.status().is_server_error() {
-            0
-        } else {
+        let spent = if took_a_unit(&answer) {
             session.unit_sats
+        } else {
+            0
         };
         self.ledger.note_session_spent(&session.id, spent, now())?;
         let receipt = receipt_of(&answer);

@@ -681,3 +681,48 @@ async fn an_open_answered_with_a_server_error_is_sent_again_not_paid_again() {
     assert_eq!((sessions[0].deposit_sats, sessions[0].spent_sats), (20, 2));
     demo.gateway.shutdown().await.unwrap();
 }
+
+/// An `open` answered `409` (held by requests in flight) is asked again
+/// after its `Retry-After`, as a `bearer` is, and took no unit.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_answered_409_is_asked_again_and_took_no_unit() {
+    use axum::body::Body;
+    use axum::http::{Response, StatusCode};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let demo = demo_gateway(|_| {}).await;
+    let gateway = demo.base.clone();
+    let held = Arc::new(AtomicBool::new(true));
+    let holds = held.clone();
+    let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (gateway, holds) = (gateway.clone(), holds.clone());
+        async move {
+            if session_action(&request).as_deref() == Some("open")
+                && holds.swap(false, Ordering::SeqCst)
+            {
+                return Response::builder()
+                    .status(StatusCode::CONFLICT)
+                    .header("retry-after", "0.2")
+                    .body(Body::from("held"))
+                    .unwrap();
+            }
+            forward(&gateway, request).await
+        }
+    });
+    let base = serve(front).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    chat(&client, &base, "first").await;
+    assert!(!held.load(Ordering::SeqCst), "the 409 was answered");
+    let sessions = ledger.sessions(false).unwrap();
+    assert_eq!(
+        (
+            sessions[0].deposit_sats,
+            sessions[0].spent_sats,
+            sessions[0].opened
+        ),
+        (20, 1, true)
+    );
+    assert_eq!(ledger.payments(0).unwrap().len(), 1);
+    demo.gateway.shutdown().await.unwrap();
+}
