@@ -194,11 +194,30 @@ async fn close(
                 bail!("no open session {id}");
             };
             errln!("gate402: session {} is closed already", session.id);
-            let refund = payer
+            let mut refund = payer
                 .ledger
                 .refunds(0)?
                 .into_iter()
                 .rfind(|r| r.session == session.id);
+            // A refund that may still change (pending, failed, not yet
+            // arrived) is asked about again: the server answers `close`
+            // again, and the wallet says what arrived.
+            if refund.as_ref().is_some_and(|r| {
+                !gate402_client::refund_is_final(r.refund_msat, &r.status, r.received_msat)
+            }) {
+                let client = Client {
+                    http: crate::fetch::Timeouts::default()
+                        .http_client(false, reqwest::redirect::Policy::none())?,
+                    payer,
+                };
+                match client.close_session(session).await {
+                    Ok(asked) => refund = Some(asked),
+                    Err(e) => errln!(
+                        "gate402: its refund could not be asked about again: {}",
+                        crate::output::terminal_safe(&format!("{e:#}"))
+                    ),
+                }
+            }
             let mut answer = match &refund {
                 Some(refund) => closed(refund),
                 None => json!({ "session": session.id }),

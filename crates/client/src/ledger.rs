@@ -144,6 +144,17 @@ const MIGRATIONS: &[&str] = &[
         WHERE scheme = 'MPP session top-up' AND receipt IS NOT NULL;",
 ];
 
+/// Whether a refund as recorded (`refund_msat`, its `status`, what
+/// arrived) can change no more: `succeeded` with what it said arrived,
+/// nothing owed, `skipped` (no return invoice) or `disputed`.
+pub fn refund_is_final(refund_msat: u64, status: &str, received_msat: Option<u64>) -> bool {
+    match status {
+        "skipped" | "disputed" => true,
+        "succeeded" => refund_msat == 0 || received_msat.is_some_and(|r| r >= refund_msat),
+        _ => refund_msat == 0 && status != "pending" && status != "failed",
+    }
+}
+
 /// This process's run id, random: the `run` of the payments it begins or
 /// settles.
 fn this_run() -> &'static str {
@@ -1195,6 +1206,50 @@ impl Ledger {
             ],
         )?;
         Ok(conn.last_insert_rowid())
+    }
+
+    /// Books what a later `close` of session `refund.session` said of its
+    /// refund (and what arrived) over the newest refund recorded for it,
+    /// unless that one was final already: `succeeded` with its amount
+    /// arrived, `skipped` or `disputed`. Its id, or `None` when nothing
+    /// was updated.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read or written.
+    pub fn update_refund(&self, refund: &Refund) -> Result<Option<i64>, LedgerError> {
+        let conn = self.conn();
+        let newest: Option<(i64, u64, String, Option<u64>)> = conn
+            .query_row(
+                "SELECT id, refund_msat, status, received_msat FROM refunds
+                 WHERE session_id = ?1 ORDER BY id DESC LIMIT 1",
+                [&refund.session],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get(2)?,
+                        r.get::<_, Option<i64>>(3)?.map(|m| m as u64),
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((id, refund_msat, status, received)) = newest else {
+            return Ok(None);
+        };
+        if refund_is_final(refund_msat, &status, received) {
+            return Ok(None);
+        }
+        conn.execute(
+            "UPDATE refunds SET refund_msat = ?2, status = ?3, received_msat = ?4 WHERE id = ?1",
+            params![
+                id,
+                refund.refund_msat as i64,
+                refund.status,
+                refund.received_msat.map(|m| m as i64),
+            ],
+        )?;
+        Ok(Some(id))
     }
 
     /// Refunds since `since` (unix seconds), oldest first.

@@ -50,8 +50,8 @@ pub use client::Client;
 pub use error::{FetchError, SessionError};
 pub use idempotency::{RequestKey, IDEMPOTENCY_KEY};
 pub use ledger::{
-    BeginError, CachedToken, EndpointLock, Ledger, LedgerError, PaymentEntry, PaymentState,
-    PendingPayment, Refund, StoredSession,
+    refund_is_final, BeginError, CachedToken, EndpointLock, Ledger, LedgerError, PaymentEntry,
+    PaymentState, PendingPayment, Refund, StoredSession,
 };
 pub use mcp::{redirect_policy as mcp_redirect_policy, McpCallError, ToolCall};
 pub use middleware::PaymentMiddleware;

@@ -1185,6 +1185,13 @@ impl Payer {
             reason: reason.to_owned(),
             created_at: now(),
         };
+        if !first {
+            // Closed before (its refund pending, failed, or not arrived
+            // when last asked): what the server and the wallet say now.
+            if let Some(id) = self.ledger.update_refund(&refund)? {
+                refund.id = id;
+            }
+        }
         if first {
             refund.id = self.ledger.record_refund(&refund)?;
             // The server's word on what was spent (a usage-metered

@@ -726,3 +726,72 @@ async fn an_open_answered_409_is_asked_again_and_took_no_unit() {
     assert_eq!(ledger.payments(0).unwrap().len(), 1);
     demo.gateway.shutdown().await.unwrap();
 }
+
+/// A refund booked `pending` (or `failed`, or not arrived) is not the last
+/// word: closing the session again asks the server again (it answers
+/// `close` again) and the wallet what arrived, and the refund's row says
+/// what they say now.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refund_not_final_is_asked_about_again() {
+    use axum::body::Body;
+    use axum::http::Response;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let demo = demo_gateway(|_| {}).await;
+    let gateway = demo.base.clone();
+    let first_close = Arc::new(AtomicBool::new(true));
+    let fakes = first_close.clone();
+    let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (gateway, fakes) = (gateway.clone(), fakes.clone());
+        async move {
+            if session_action(&request).as_deref() == Some("close")
+                && fakes.swap(false, Ordering::SeqCst)
+            {
+                return Response::new(Body::from(
+                    r#"{"status":"closed","refundSats":19,"refundStatus":"pending"}"#,
+                ));
+            }
+            forward(&gateway, request).await
+        }
+    });
+    let base = serve(front).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    chat(&client, &base, "first").await;
+    let session = ledger.sessions(false).unwrap().remove(0);
+    let http = reqwest::Client::new();
+    let refund = middleware
+        .payer()
+        .close_session(&http, &session)
+        .await
+        .unwrap();
+    assert_eq!(refund.status, "pending");
+    let closed = ledger.sessions(true).unwrap().remove(0);
+    assert!(closed.closed_at.is_some());
+    let again = middleware
+        .payer()
+        .close_session(&http, &closed)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.status.as_str(), again.received_msat),
+        ("succeeded", Some(19_000))
+    );
+    let booked = ledger.refunds(0).unwrap();
+    assert_eq!(booked.len(), 1, "{booked:?}");
+    assert_eq!(
+        (
+            booked[0].status.as_str(),
+            booked[0].received_msat,
+            booked[0].refund_msat
+        ),
+        ("succeeded", Some(19_000), 19_000)
+    );
+    // Final now: asked again, it stays as it is.
+    assert!(gate402_client::refund_is_final(
+        19_000,
+        "succeeded",
+        Some(19_000)
+    ));
+    demo.gateway.shutdown().await.unwrap();
+}
