@@ -136,7 +136,8 @@ const MIGRATIONS: &[&str] = &[
     // paid is told apart from what runs beside it on the same ledger paid.
     "ALTER TABLE payments ADD COLUMN run TEXT;",
     // Whether a paid top-up's `topUp` was answered: 1 credited, 0
-    // refused, NULL never answered (sent again before another is paid).
+    // refused, NULL never answered (sent again before another is paid);
+    // 2: its session closed, it opened a session of its own.
     // Top-ups booked before this column were credited when a receipt came
     // back ('MPP session top-up' is `TOP_UP_SCHEME`).
     "ALTER TABLE payments ADD COLUMN top_up_credited INTEGER;
@@ -1154,6 +1155,45 @@ impl Ledger {
         ))?;
         let rows = statement.query_map([id], pending)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Top-ups paid for a session of `origin` that closed before they
+    /// were credited (never answered, or refused as it had closed), begun
+    /// for requests to `path`, oldest first: unspent, each may open a
+    /// session of its own.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read.
+    pub fn orphan_top_ups(
+        &self,
+        origin: &str,
+        path: &str,
+    ) -> Result<Vec<PendingPayment>, LedgerError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE origin = ?1 AND path = ?2
+             AND scheme = 'MPP session top-up' AND status = 'paid'
+             AND (top_up_credited IS NULL OR top_up_credited = 0)
+             AND session_id IN (SELECT id FROM sessions WHERE closed_at IS NOT NULL)
+             ORDER BY id"
+        ))?;
+        let rows = statement.query_map(params![origin, path], pending)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes that top-up payment `id`, its session closed, was taken to
+    /// open a session of its own: not taken again.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be written.
+    pub fn note_top_up_reused(&self, id: i64) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "UPDATE payments SET top_up_credited = 2 WHERE id = ?1",
+            [id],
+        )?;
+        Ok(())
     }
 
     /// Replaces the challenge session `id` echoes (one that verifies

@@ -745,6 +745,38 @@ impl Payer {
                     .await;
             }
         }
+        // A top-up paid for a session that closed before it was credited
+        // is unspent: it opens this one (the server says it may), rather
+        // than a deposit being paid again.
+        for orphan in self
+            .ledger
+            .orphan_top_ups(&endpoint.origin, &endpoint.path)?
+        {
+            let Ok(Some(kept)) =
+                SessionOffer::from_challenges(orphan.challenges.iter().map(String::as_str))
+            else {
+                continue;
+            };
+            self.ledger.note_top_up_reused(orphan.entry.id)?;
+            let entry = orphan.entry;
+            let PaymentStatus::Succeeded(outcome) = self
+                .await_outcome(&entry.origin, &entry.payment_hash, &orphan.bolt11)
+                .await?
+            else {
+                continue;
+            };
+            return self
+                .open_paid(
+                    request,
+                    endpoint,
+                    &kept,
+                    entry,
+                    outcome,
+                    return_invoice,
+                    send,
+                )
+                .await;
+        }
         // The lock may have been a while coming.
         self.policy.check_deposit(&offer, SystemTime::now())?;
         let begun = PendingPayment {
@@ -1104,11 +1136,26 @@ impl Payer {
             .map_err(|e| LedgerError::corrupt(format!("session {}: URL: {e}", session.id)))?;
         let method = Method::from_bytes(session.method.as_bytes()).unwrap_or(Method::GET);
         // A top-up paid and never answered is credited before the close,
-        // so that the refund returns it.
+        // so that the refund returns it (one left pending is finished
+        // first; one still in flight is left to a later run).
+        for pending in self.ledger.pending(None)? {
+            if pending.entry.scheme == TOP_UP_SCHEME
+                && pending.entry.session.as_deref() == Some(session.id.as_str())
+            {
+                match self.finish_payment(&pending).await {
+                    Ok(_) | Err(FetchError::InFlight(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let mut session = session.clone();
+        // One the server cannot take now (an error) does not keep the
+        // session open: once it is closed, the top-up opens a session of
+        // its own.
         session.deposit_sats += self
             .resend_top_ups(&session, &Request::new(method.clone(), url.clone()), send)
-            .await?;
+            .await
+            .unwrap_or(0);
         let session = &session;
         let action = SessionAction::Close {
             session_id: session.id.clone(),

@@ -795,3 +795,61 @@ async fn a_refund_not_final_is_asked_about_again() {
     ));
     demo.gateway.shutdown().await.unwrap();
 }
+
+/// A top-up paid for a session that closed before it was credited (its
+/// `topUp` never got through, and the session was closed meanwhile) is
+/// unspent: the next call opens a session with it instead of paying a
+/// deposit again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_top_up_whose_session_closed_first_opens_the_next_session() {
+    use axum::body::Body;
+    use axum::http::{Response, StatusCode};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let demo = demo_gateway(|chat| chat.priced = chat.priced.clone().balance(3)).await;
+    let gateway = demo.base.clone();
+    let failing = Arc::new(AtomicBool::new(false));
+    let fails = failing.clone();
+    let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (gateway, fails) = (gateway.clone(), fails.clone());
+        async move {
+            if fails.load(Ordering::SeqCst) && session_action(&request).as_deref() == Some("topUp")
+            {
+                return Response::builder()
+                    .status(StatusCode::BAD_GATEWAY)
+                    .body(Body::from("lost"))
+                    .unwrap();
+            }
+            forward(&gateway, request).await
+        }
+    });
+    let base = serve(front).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    for prompt in ["a", "b", "c"] {
+        chat(&client, &base, prompt).await;
+    }
+    failing.store(true, Ordering::SeqCst);
+    let lost = client.get(format!("{base}/api/chat?prompt=d")).send().await;
+    assert!(lost.map_or(true, |r| r.status() != 200));
+    // Closed while its top-up cannot get through.
+    let session = ledger.sessions(false).unwrap().remove(0);
+    middleware
+        .payer()
+        .close_session(&reqwest::Client::new(), &session)
+        .await
+        .unwrap();
+    failing.store(false, Ordering::SeqCst);
+    chat(&client, &base, "e").await;
+    let paid = ledger.payments(0).unwrap();
+    assert_eq!(
+        paid.len(),
+        2,
+        "the deposit and the top-up, no more: {paid:?}"
+    );
+    let open = ledger.sessions(false).unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].id, paid[1].payment_hash, "opened by the top-up");
+    assert_eq!((open[0].deposit_sats, open[0].spent_sats), (3, 1));
+    demo.gateway.shutdown().await.unwrap();
+}
