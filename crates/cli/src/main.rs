@@ -124,7 +124,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Decode(args) => return decode::run(args),
-        Command::Serve(args) if args.check => return serve::check(args.config.as_deref()),
+        Command::Serve(args) if args.check => return serve::check(args),
         Command::Serve(args) if args.example_config => {
             use std::io::Write as _;
             // A closed reader (`| head`) was given what it asked for.

@@ -94,24 +94,22 @@ pub(crate) fn listen_at(
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
 ) {
-    if let Some(listen) = listen {
-        config.listen = listen;
-    }
-    if let Some(admin) = admin_listen {
-        config.admin.listen = admin.to_string();
-    }
+    config.listen_at(listen, admin_listen);
 }
 
-/// `--check`: 0 when the config is good, 2 (errors on stderr) when not.
-pub fn check(path: Option<&Path>) -> std::process::ExitCode {
-    let Some(path) = path else {
+/// `--check`: 0 when the config is good, 2 (errors on stderr) when not;
+/// checked as `serve` would run it, `--listen` and `--admin-listen` over
+/// the file's.
+pub fn check(args: &Args) -> std::process::ExitCode {
+    let Some(path) = args.config.as_deref() else {
         errln!("gate402 serve --check: no config given (--config FILE)");
         return std::process::ExitCode::from(2);
     };
     let (loaded, warnings) = GatewayConfig::load_with_warnings(path);
     match loaded {
-        Ok(config) => {
-            for warning in &warnings {
+        Ok(mut config) => {
+            listen_at(&mut config, args.listen, args.admin_listen);
+            for warning in &config.warnings {
                 errln!("{}: warning: {warning}", path.display());
             }
             outln!(

@@ -206,3 +206,45 @@ fn the_example_is_printed_by_the_program() {
     let file = std::fs::read(example("gate402.toml")).unwrap();
     assert_eq!(out.stdout, file);
 }
+
+/// `--check` checks the config as `serve` would run it: `--listen` and
+/// `--admin-listen` over the file's addresses, with the warnings those
+/// addresses call for (and not those the file's own would).
+#[test]
+fn the_check_takes_the_listen_addresses_of_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("g.toml");
+    std::fs::write(
+        &file,
+        "listen = \"0.0.0.0:8402\"\n[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nprice_sats = 1\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gate402"))
+            .args(["serve", "--check", "--config"])
+            .arg(&file)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (_, stderr) = run(&[]);
+    assert!(stderr.contains("/sandbox/pay"), "{stderr}");
+    let (stdout, stderr) = run(&["--listen", "127.0.0.1:8402"]);
+    assert!(!stderr.contains("/sandbox/pay"), "{stderr}");
+    assert!(stdout.contains("listen 127.0.0.1:8402"), "{stdout}");
+    let (_, stderr) = run(&[
+        "--listen",
+        "127.0.0.1:8402",
+        "--admin-listen",
+        "0.0.0.0:8403",
+    ]);
+    assert!(
+        stderr.contains("admin.listen: 0.0.0.0:8403 is not a loopback"),
+        "{stderr}"
+    );
+}

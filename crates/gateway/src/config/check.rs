@@ -383,11 +383,6 @@ impl Checker {
                     format!("{addr} is the gateway's own port: the admin API needs one of its own"),
                 );
             }
-            if admin.enabled && !addr.ip().is_loopback() {
-                self.warnings.push(format!(
-                    "admin.listen: {addr} is not a loopback address: the admin API speaks plain HTTP, so its bearer secrets cross the network in the clear (put a TLS proxy in front, or keep it on loopback)"
-                ));
-            }
         }
         if !(1..=3600).contains(&admin.sync_secs) {
             self.error("admin.sync_secs", "must be between 1 and 3600");
@@ -698,16 +693,7 @@ impl Checker {
             );
         }
         self.warnings.extend(overlap_warnings(&config.services));
-        if matches!(
-            config.lightning,
-            crate::lightning::LightningConfig::Sandbox(_)
-        ) && !config.listen.ip().is_loopback()
-        {
-            self.warnings.push(format!(
-                "lightning: the sandbox backend (the default with no [lightning] table) takes test money: anyone who reaches {} pays its invoices at /sandbox/pay for nothing, so every paid route is free to them; set [lightning] to sell for real",
-                config.listen
-            ));
-        }
+        self.warnings.extend(config.address_warnings());
         if let Some(all) = config
             .server
             .trusted_proxies

@@ -772,6 +772,48 @@ impl GatewayConfig {
         }
     }
 
+    /// The warnings that hang on the addresses the gateway listens at: the
+    /// sandbox reachable beyond loopback (anyone there pays its invoices
+    /// for nothing), the admin API on a non-loopback address (plain HTTP).
+    pub fn address_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if matches!(
+            self.lightning,
+            crate::lightning::LightningConfig::Sandbox(_)
+        ) && !self.listen.ip().is_loopback()
+        {
+            warnings.push(format!(
+                "lightning: the sandbox backend takes test money (it is also the default with no [lightning] table): anyone who reaches {} pays its invoices at /sandbox/pay for nothing, so every paid route is free to them; set [lightning] to sell for real",
+                self.listen
+            ));
+        }
+        if let Ok(addr) = listen_addr(&self.admin.listen) {
+            if self.admin.enabled && !addr.ip().is_loopback() {
+                warnings.push(format!(
+                    "admin.listen: {addr} is not a loopback address: the admin API speaks plain HTTP, so its bearer secrets cross the network in the clear (put a TLS proxy in front, or keep it on loopback)"
+                ));
+            }
+        }
+        warnings
+    }
+
+    /// Listens at `listen` and the admin API at `admin`, where given,
+    /// instead of where the file says (`serve --listen`,
+    /// `--admin-listen`), with the warnings on those addresses made
+    /// again ([`Self::address_warnings`]).
+    pub fn listen_at(&mut self, listen: Option<SocketAddr>, admin: Option<SocketAddr>) {
+        let before = self.address_warnings();
+        self.warnings.retain(|w| !before.contains(w));
+        if let Some(listen) = listen {
+            self.listen = listen;
+        }
+        if let Some(admin) = admin {
+            self.admin.listen = admin.to_string();
+        }
+        let now = self.address_warnings();
+        self.warnings.extend(now);
+    }
+
     /// Parses config text; `env` resolves `${NAME}` in string values.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
         Self::parse_with_warnings(text, env).0
