@@ -579,6 +579,12 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
                         );
                     }
                 }
+                if let Some(secs) = pass_paid_as_one_request(&client.payer.ledger, paid) {
+                    errln!(
+                        "gate402: this service sells a pass of {secs} s through L402; paid with {}, this payment buys this one request (--prefer l402 buys the pass)",
+                        paid.scheme
+                    );
+                }
             }
         })
         .await;
@@ -717,6 +723,22 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
         bail!("still 402 after paying: {}", String::from_utf8_lossy(&told));
     }
     Ok(())
+}
+
+/// The seconds of the pass `paid`'s offer sold through L402, when it was
+/// paid through another door (MPP, x402), which buys one request.
+fn pass_paid_as_one_request(ledger: &Ledger, paid: &PaymentEntry) -> Option<u64> {
+    use gate402_l402::caveat::Sale;
+    if paid.scheme == gate402_client::Prefer::L402.as_str() || paid.session.is_some() {
+        return None;
+    }
+    let begun = ledger.payment_by_hash(&paid.payment_hash).ok()??;
+    let offer =
+        gate402_client::Offer::from_challenges(begun.challenges.iter().map(String::as_str)).ok()?;
+    match offer.l402_sale()? {
+        (Sale::Pass, terms) => terms.pass_secs,
+        _ => None,
+    }
 }
 
 /// The most of a body repeated in an error message, in bytes.

@@ -138,6 +138,17 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
     assert_eq!(report["earlier_payment"]["via"], "token", "{report}");
     let pass_hash = report["earlier_payment"]["payment_hash"].as_str().unwrap();
     assert!(pass_hash.starts_with(hash), "{report}");
+    // A pass paid through MPP buys one request: said, with how to buy it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = run(elsewhere.path(), &["get", "--prefer", "mpp", &daily]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("sells a pass of 3600 s through L402; paid with Payment, this payment buys this one request"),
+        "{stderr}"
+    );
+    let out = run(elsewhere.path(), &["get", &format!("{base}/daily/x")]).await;
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("sells a pass"));
     let out = run(data, &["get", "--no-pay", &format!("{base}/daily/other")]).await;
     let offer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(offer["sells"], "pass", "{offer}");
