@@ -55,7 +55,9 @@ pub enum AdminCommand {
         /// The service.
         name: String,
     },
-    /// Serve a disabled service again.
+    /// Serve a disabled service again. Like `disable`, a change of the
+    /// admin API's, kept over the config file: the file's later edits to
+    /// the service apply after `reset`.
     Enable {
         /// The service.
         name: String,
