@@ -911,6 +911,60 @@ async fn an_mcp_call_follows_a_redirect_only_to_its_origin() {
         !reached.load(std::sync::atomic::Ordering::SeqCst),
         "the call went to another origin"
     );
+
+    // Redirected at the call itself (the session set up): not followed
+    // either, and said without the MCP library's type names.
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_url = format!("http://{}/mcp", front.local_addr().unwrap());
+    let relay = move |request: axum::extract::Request| async move {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        if String::from_utf8_lossy(&body).contains("tools/call") {
+            let away = format!("http://{elsewhere_addr}/mcp");
+            return axum::http::Response::builder()
+                .status(axum::http::StatusCode::TEMPORARY_REDIRECT)
+                .header(axum::http::header::LOCATION, away)
+                .body(axum::body::Body::empty())
+                .unwrap();
+        }
+        let mut sent = reqwest::Client::new().request(parts.method, format!("http://{echo}/mcp"));
+        for (name, value) in &parts.headers {
+            if name != axum::http::header::HOST {
+                sent = sent.header(name, value);
+            }
+        }
+        let answered = sent.body(body).send().await.unwrap();
+        let mut answer = axum::http::Response::builder().status(answered.status());
+        for (name, value) in answered.headers() {
+            if name != axum::http::header::TRANSFER_ENCODING
+                && name != axum::http::header::CONTENT_LENGTH
+            {
+                answer = answer.header(name, value);
+            }
+        }
+        let body = answered.bytes().await.unwrap_or_default();
+        answer.body(axum::body::Body::from(body)).unwrap()
+    };
+    tokio::spawn(
+        axum::serve(
+            front,
+            axum::Router::new().route("/mcp", axum::routing::any(relay)),
+        )
+        .into_future(),
+    );
+    let out = gate402(
+        data.path(),
+        &tool_call(&front_url, "echo", r#"{"text":"x"}"#),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("307"), "{stderr}");
+    assert!(!stderr.contains("rmcp::"), "{stderr}");
+    assert!(
+        !reached.load(std::sync::atomic::Ordering::SeqCst),
+        "the call went to another origin"
+    );
 }
 
 /// A call that pays with a `paymentId` pays with it or not at all: when

@@ -139,6 +139,11 @@ fn tool_error(error: ServiceError) -> McpCallError {
             message: e.message.into_owned(),
             data: e.data,
         },
+        // A transport's failure, without rmcp's type names: its own error.
+        ServiceError::TransportSend(e) => McpCallError::Connect(format!(
+            "sending the call: {}",
+            with_causes(e.error.as_ref())
+        )),
         other => McpCallError::Connect(with_causes(&other)),
     }
 }
