@@ -695,18 +695,13 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
             }
             writeln!(out)?;
         }
-        if still_unpaid {
-            // The server's word on why, bounded: a 402 without end (or a
-            // byte at a time) cannot hold the run.
-            let body = gate402_client::body::read_bounded(response)
-                .await
-                .map_err(std::io::Error::other)?;
-            told.extend_from_slice(&body[..body.len().min(MAX_TOLD_BYTES)]);
-            out.write_all(&body)?;
-            return out.flush();
-        }
-        // Streamed, not held: a body may be larger than memory.
+        // Streamed, not held: a body may be larger than memory (one
+        // without end is bounded by `--max-time`). A 402's first bytes are
+        // kept for the message.
         while let Some(chunk) = response.chunk().await.map_err(std::io::Error::other)? {
+            if still_unpaid && told.len() < MAX_TOLD_BYTES {
+                told.extend_from_slice(&chunk[..chunk.len().min(MAX_TOLD_BYTES - told.len())]);
+            }
             out.write_all(&chunk)?;
         }
         out.flush()
