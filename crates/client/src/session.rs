@@ -349,6 +349,14 @@ fn receipt_of(response: &Response) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The session offer a payment was begun for, from the challenges it
+/// kept.
+fn session_offer_of(payment: &PendingPayment) -> Option<SessionOffer> {
+    SessionOffer::from_challenges(payment.challenges.iter().map(String::as_str))
+        .ok()
+        .flatten()
+}
+
 /// Whether `answer` to a request on a session took a unit from it: not a
 /// server error (which gives the debit back: pay for success), not `409`
 /// (it took none), not an answer with no receipt (a `429` of a rate limit
@@ -719,52 +727,7 @@ impl Payer {
                 }
             }
         }
-        for pending in self
-            .ledger
-            .pending(Some((&endpoint.origin, &endpoint.path)))?
-        {
-            if pending.entry.scheme != SESSION_SCHEME {
-                continue;
-            }
-            let Ok(Some(kept)) =
-                SessionOffer::from_challenges(pending.challenges.iter().map(String::as_str))
-            else {
-                continue;
-            };
-            if let Some((entry, outcome)) = self.finish_payment(&pending).await? {
-                return self
-                    .open_paid(
-                        request,
-                        endpoint,
-                        &kept,
-                        entry,
-                        outcome,
-                        return_invoice,
-                        send,
-                    )
-                    .await;
-            }
-        }
-        // A top-up paid for a session that closed before it was credited
-        // is unspent: it opens this one (the server says it may), rather
-        // than a deposit being paid again.
-        for orphan in self
-            .ledger
-            .orphan_top_ups(&endpoint.origin, &endpoint.path)?
-        {
-            let Ok(Some(kept)) =
-                SessionOffer::from_challenges(orphan.challenges.iter().map(String::as_str))
-            else {
-                continue;
-            };
-            self.ledger.note_top_up_reused(orphan.entry.id)?;
-            let entry = orphan.entry;
-            let PaymentStatus::Succeeded(outcome) = self
-                .await_outcome(&entry.origin, &entry.payment_hash, &orphan.bolt11)
-                .await?
-            else {
-                continue;
-            };
+        if let Some((kept, entry, outcome)) = self.earlier_deposit(endpoint).await? {
             return self
                 .open_paid(
                     request,
@@ -803,6 +766,41 @@ impl Payer {
             send,
         )
         .await
+    }
+
+    /// A deposit paid before for this route and not spent, to open its
+    /// session with instead of paying one again: a deposit an earlier run
+    /// left pending (finished now), else a top-up paid for a session that
+    /// closed before it was credited (the server lets it open a session).
+    async fn earlier_deposit(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<Option<(SessionOffer, PaymentEntry, PaymentOutcome)>, FetchError> {
+        let route = (endpoint.origin.as_str(), endpoint.path.as_str());
+        for pending in self.ledger.pending(Some(route))? {
+            let Some(kept) =
+                session_offer_of(&pending).filter(|_| pending.entry.scheme == SESSION_SCHEME)
+            else {
+                continue;
+            };
+            if let Some((entry, outcome)) = self.finish_payment(&pending).await? {
+                return Ok(Some((kept, entry, outcome)));
+            }
+        }
+        for orphan in self.ledger.orphan_top_ups(route.0, route.1)? {
+            let Some(kept) = session_offer_of(&orphan) else {
+                continue;
+            };
+            self.ledger.note_top_up_reused(orphan.entry.id)?;
+            let entry = orphan.entry;
+            if let PaymentStatus::Succeeded(outcome) = self
+                .await_outcome(&entry.origin, &entry.payment_hash, &orphan.bolt11)
+                .await?
+            {
+                return Ok(Some((kept, entry, outcome)));
+            }
+        }
+        Ok(None)
     }
 
     /// Keeps the session the paid deposit opens, then sends `open` with
@@ -921,9 +919,7 @@ impl Payer {
             {
                 continue;
             }
-            let Ok(Some(kept)) =
-                SessionOffer::from_challenges(pending.challenges.iter().map(String::as_str))
-            else {
+            let Some(kept) = session_offer_of(&pending) else {
                 continue;
             };
             if let Some((entry, outcome)) = self.finish_payment(&pending).await? {
@@ -966,9 +962,7 @@ impl Payer {
     {
         let mut credited = 0;
         for unanswered in self.ledger.unanswered_top_ups(&session.id)? {
-            let Ok(Some(kept)) =
-                SessionOffer::from_challenges(unanswered.challenges.iter().map(String::as_str))
-            else {
+            let Some(kept) = session_offer_of(&unanswered) else {
                 continue;
             };
             let entry = unanswered.entry;

@@ -556,6 +556,51 @@ async fn a_bearer_answered_429_spends_nothing_from_the_record() {
     demo.gateway.shutdown().await.unwrap();
 }
 
+/// What a front of the gateway does with a request.
+enum Front {
+    /// Sends it on.
+    Forward,
+    /// Answers it itself.
+    Answer(axum::http::StatusCode, &'static str),
+    /// Sends it on, then answers it itself: the gateway's answer is lost.
+    ForwardThenAnswer(axum::http::StatusCode, &'static str),
+}
+
+/// A front of `gateway` doing with each request what `decide` says; its
+/// base URL.
+async fn front(
+    gateway: &str,
+    decide: impl Fn(&axum::extract::Request) -> Front + Clone + Send + Sync + 'static,
+) -> String {
+    let gateway = gateway.to_owned();
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let (gateway, decide) = (gateway.clone(), decide.clone());
+        async move {
+            let (status, body) = match decide(&request) {
+                Front::Forward => return forward(&gateway, request).await,
+                Front::Answer(status, body) => (status, body),
+                Front::ForwardThenAnswer(status, body) => {
+                    forward(&gateway, request).await;
+                    (status, body)
+                }
+            };
+            axum::http::Response::builder()
+                .status(status)
+                .header("retry-after", "0.2")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        }
+    });
+    serve(app).await
+}
+
+/// A ledger of its own, and the directory that holds it.
+fn fresh_ledger() -> (tempfile::TempDir, Arc<Ledger>) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    (dir, ledger)
+}
+
 /// A top-up paid whose `topUp` never reached the server, or whose answer
 /// never came back (a kill, a proxy's error): the next top-up sends that
 /// payment again (credited once by the server, booked once here) instead
@@ -563,35 +608,24 @@ async fn a_bearer_answered_429_spends_nothing_from_the_record() {
 /// sends it first, so that the refund returns it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paid_top_up_that_went_unanswered_is_sent_again_not_paid_again() {
-    use axum::body::Body;
-    use axum::http::{Response, StatusCode};
+    use axum::http::StatusCode;
     use std::sync::atomic::{AtomicU8, Ordering};
     // 0: forward everything; 1: a `topUp` is dropped before the gateway;
     // 2: a `topUp` reaches the gateway, its answer is lost.
     for (breaking, then_close) in [(1u8, false), (2, false), (1, true)] {
         let demo = demo_gateway(|chat| chat.priced = chat.priced.clone().balance(3)).await;
-        let gateway = demo.base.clone();
         let mode = Arc::new(AtomicU8::new(0));
         let front_mode = mode.clone();
-        let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
-            let (gateway, mode) = (gateway.clone(), front_mode.clone());
-            async move {
-                let broken = mode.load(Ordering::SeqCst);
-                if broken != 0 && session_action(&request).as_deref() == Some("topUp") {
-                    if broken == 2 {
-                        forward(&gateway, request).await;
-                    }
-                    return Response::builder()
-                        .status(StatusCode::BAD_GATEWAY)
-                        .body(Body::from("lost"))
-                        .unwrap();
-                }
-                forward(&gateway, request).await
+        let base = front(&demo.base, move |request| {
+            let top_up = session_action(request).as_deref() == Some("topUp");
+            match front_mode.load(Ordering::SeqCst) {
+                1 if top_up => Front::Answer(StatusCode::BAD_GATEWAY, "lost"),
+                2 if top_up => Front::ForwardThenAnswer(StatusCode::BAD_GATEWAY, "lost"),
+                _ => Front::Forward,
             }
-        });
-        let base = serve(front).await;
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+        })
+        .await;
+        let (_dir, ledger) = fresh_ledger();
         let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
         for prompt in ["a", "b", "c"] {
             chat(&client, &base, prompt).await;
@@ -641,30 +675,24 @@ async fn a_paid_top_up_that_went_unanswered_is_sent_again_not_paid_again() {
 /// paid.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_answered_with_a_server_error_is_sent_again_not_paid_again() {
-    use axum::body::Body;
-    use axum::http::{Response, StatusCode};
+    use axum::http::StatusCode;
     use std::sync::atomic::{AtomicBool, Ordering};
     let demo = demo_gateway(|_| {}).await;
-    let gateway = demo.base.clone();
     let failing = Arc::new(AtomicBool::new(true));
     let fails = failing.clone();
-    let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
-        let (gateway, fails) = (gateway.clone(), fails.clone());
-        async move {
-            if session_action(&request).as_deref() == Some("open")
-                && fails.swap(false, Ordering::SeqCst)
-            {
-                return Response::builder()
-                    .status(StatusCode::INTERNAL_SERVER_ERROR)
-                    .body(Body::from("the store is unavailable"))
-                    .unwrap();
-            }
-            forward(&gateway, request).await
+    let base = front(&demo.base, move |request| {
+        if session_action(request).as_deref() == Some("open") && fails.swap(false, Ordering::SeqCst)
+        {
+            Front::Answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store is unavailable",
+            )
+        } else {
+            Front::Forward
         }
-    });
-    let base = serve(front).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    })
+    .await;
+    let (_dir, ledger) = fresh_ledger();
     let (client, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
     let answer = client
         .get(format!("{base}/api/chat?prompt=first"))
@@ -686,31 +714,21 @@ async fn an_open_answered_with_a_server_error_is_sent_again_not_paid_again() {
 /// after its `Retry-After`, as a `bearer` is, and took no unit.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_answered_409_is_asked_again_and_took_no_unit() {
-    use axum::body::Body;
-    use axum::http::{Response, StatusCode};
+    use axum::http::StatusCode;
     use std::sync::atomic::{AtomicBool, Ordering};
     let demo = demo_gateway(|_| {}).await;
-    let gateway = demo.base.clone();
     let held = Arc::new(AtomicBool::new(true));
     let holds = held.clone();
-    let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
-        let (gateway, holds) = (gateway.clone(), holds.clone());
-        async move {
-            if session_action(&request).as_deref() == Some("open")
-                && holds.swap(false, Ordering::SeqCst)
-            {
-                return Response::builder()
-                    .status(StatusCode::CONFLICT)
-                    .header("retry-after", "0.2")
-                    .body(Body::from("held"))
-                    .unwrap();
-            }
-            forward(&gateway, request).await
+    let base = front(&demo.base, move |request| {
+        if session_action(request).as_deref() == Some("open") && holds.swap(false, Ordering::SeqCst)
+        {
+            Front::Answer(StatusCode::CONFLICT, "held")
+        } else {
+            Front::Forward
         }
-    });
-    let base = serve(front).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    })
+    .await;
+    let (_dir, ledger) = fresh_ledger();
     let (client, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
     chat(&client, &base, "first").await;
     assert!(!held.load(Ordering::SeqCst), "the 409 was answered");
@@ -733,29 +751,25 @@ async fn an_open_answered_409_is_asked_again_and_took_no_unit() {
 /// what they say now.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refund_not_final_is_asked_about_again() {
-    use axum::body::Body;
-    use axum::http::Response;
+    use axum::http::StatusCode;
     use std::sync::atomic::{AtomicBool, Ordering};
     let demo = demo_gateway(|_| {}).await;
-    let gateway = demo.base.clone();
     let first_close = Arc::new(AtomicBool::new(true));
     let fakes = first_close.clone();
-    let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
-        let (gateway, fakes) = (gateway.clone(), fakes.clone());
-        async move {
-            if session_action(&request).as_deref() == Some("close")
-                && fakes.swap(false, Ordering::SeqCst)
-            {
-                return Response::new(Body::from(
-                    r#"{"status":"closed","refundSats":19,"refundStatus":"pending"}"#,
-                ));
-            }
-            forward(&gateway, request).await
+    let base = front(&demo.base, move |request| {
+        if session_action(request).as_deref() == Some("close")
+            && fakes.swap(false, Ordering::SeqCst)
+        {
+            Front::Answer(
+                StatusCode::OK,
+                r#"{"status":"closed","refundSats":19,"refundStatus":"pending"}"#,
+            )
+        } else {
+            Front::Forward
         }
-    });
-    let base = serve(front).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    })
+    .await;
+    let (_dir, ledger) = fresh_ledger();
     let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
     chat(&client, &base, "first").await;
     let session = ledger.sessions(false).unwrap().remove(0);
@@ -802,29 +816,20 @@ async fn a_refund_not_final_is_asked_about_again() {
 /// deposit again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_top_up_whose_session_closed_first_opens_the_next_session() {
-    use axum::body::Body;
-    use axum::http::{Response, StatusCode};
+    use axum::http::StatusCode;
     use std::sync::atomic::{AtomicBool, Ordering};
     let demo = demo_gateway(|chat| chat.priced = chat.priced.clone().balance(3)).await;
-    let gateway = demo.base.clone();
     let failing = Arc::new(AtomicBool::new(false));
     let fails = failing.clone();
-    let front = axum::Router::new().fallback(move |request: axum::extract::Request| {
-        let (gateway, fails) = (gateway.clone(), fails.clone());
-        async move {
-            if fails.load(Ordering::SeqCst) && session_action(&request).as_deref() == Some("topUp")
-            {
-                return Response::builder()
-                    .status(StatusCode::BAD_GATEWAY)
-                    .body(Body::from("lost"))
-                    .unwrap();
-            }
-            forward(&gateway, request).await
+    let base = front(&demo.base, move |request| {
+        if fails.load(Ordering::SeqCst) && session_action(request).as_deref() == Some("topUp") {
+            Front::Answer(StatusCode::BAD_GATEWAY, "lost")
+        } else {
+            Front::Forward
         }
-    });
-    let base = serve(front).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    })
+    .await;
+    let (_dir, ledger) = fresh_ledger();
     let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
     for prompt in ["a", "b", "c"] {
         chat(&client, &base, prompt).await;
