@@ -382,11 +382,25 @@ fn stopped(
         .map_or_else(|_| Ok(Vec::new()), |ledger| ledger.pending(None))
         .unwrap_or_default();
     errln!("gate402: {message}");
-    // Paid, its request not answered yet: said, as a failed one's.
+    // Paid, its request not answered yet: said, as a failed one's. Its
+    // credential kept, the next run sends it again; not kept, the server
+    // answered with it (and spent it) before the run stopped.
     let paid = runs_payments(data_dir, before);
+    let kept: std::collections::HashSet<String> = ledger
+        .as_ref()
+        .map(|ledger| ledger.tokens().unwrap_or_default())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|token| token.payment_hash)
+        .collect();
     for payment in &paid {
+        let after = if payment.session.is_some() || kept.contains(&payment.payment_hash) {
+            "a server that had the request may have served it and spent the payment; one that did not keeps it unspent, and the next run sends it again"
+        } else {
+            "the server answered with it before the run stopped, so it is spent and nothing is kept for a next run"
+        };
         errln!(
-            "gate402: paid {} sat for {} (payment {}) before {cause}: a server that had the request may have served it and spent the payment; one that did not keeps it unspent, and the next run sends it again",
+            "gate402: paid {} sat for {} (payment {}) before {cause}: {after}",
             crate::output::sats(payment.amount_msat),
             crate::output::terminal_safe(&payment.url),
             payment.payment_hash

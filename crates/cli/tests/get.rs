@@ -1571,9 +1571,10 @@ async fn a_servers_lines_in_an_error_are_set_apart() {
 }
 
 /// A front of the demo gateway that answers every paid retry (a request
-/// with `Authorization`) with a 402 whose body never ends: chunks as fast
-/// as they are taken, or, when `drip`, a byte every 100 ms. Its base URL.
-async fn endless_402_front(gateway: String, drip: bool) -> String {
+/// with `Authorization`) with `status` and a body that never ends: chunks
+/// as fast as they are taken, or, when `drip`, a byte every 100 ms. Its
+/// base URL.
+async fn endless_front(gateway: String, drip: bool, status: StatusCode) -> String {
     use axum::body::Body;
     let app = Router::new().fallback(move |request: axum::extract::Request| {
         let gateway = gateway.clone();
@@ -1589,7 +1590,7 @@ async fn endless_402_front(gateway: String, drip: bool) -> String {
                         (),
                     ))
                 });
-                return (StatusCode::PAYMENT_REQUIRED, Body::from_stream(chunks)).into_response();
+                return (status, Body::from_stream(chunks)).into_response();
             }
             let target = request
                 .uri()
@@ -1631,7 +1632,7 @@ async fn endless_402_front(gateway: String, drip: bool) -> String {
 async fn a_402_after_paying_without_end_cannot_hold_the_run() {
     let (gateway, _, _task) = demo_gateway().await;
     let gateway_url = format!("http://{}", gateway.addr());
-    let fast = endless_402_front(gateway_url.clone(), false).await;
+    let fast = endless_front(gateway_url.clone(), false, StatusCode::PAYMENT_REQUIRED).await;
     let data = tempfile::tempdir().unwrap();
     let url = format!("{fast}/api/weather?city=oslo");
     let out = tokio::time::timeout(
@@ -1656,7 +1657,7 @@ async fn a_402_after_paying_without_end_cannot_hold_the_run() {
     .await
     .expect("the run ended");
     assert_eq!(out.status.code(), Some(28));
-    let drip = endless_402_front(gateway_url, true).await;
+    let drip = endless_front(gateway_url.clone(), true, StatusCode::PAYMENT_REQUIRED).await;
     let url = format!("{drip}/api/weather?city=tromso");
     let started = std::time::Instant::now();
     let out = tokio::time::timeout(
@@ -1684,6 +1685,22 @@ async fn a_402_after_paying_without_end_cannot_hold_the_run() {
     let said: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(said["error"]["kind"], "timeout", "{said}");
     assert_eq!(said["payments"].as_array().map(Vec::len), Some(1), "{said}");
+    // Answered (200) and then cut short: the per-request token was spent
+    // and is not kept, and the run says so (not that it is sent again).
+    let served = endless_front(gateway_url, true, StatusCode::OK).await;
+    let url = format!("{served}/api/weather?city=bodo");
+    let out = run(
+        data.path(),
+        &["get", "-o", "/dev/null", "--max-time", "3", &url],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(28), "{stderr}");
+    assert!(
+        stderr.contains("nothing is kept for a next run"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sends it again"), "{stderr}");
     gateway.shutdown().await.unwrap();
 }
 
