@@ -173,7 +173,13 @@ async fn close(
             data_dir,
         )
         .await?;
-    let open = payer.ledger.sessions(false)?;
+    let client = Client {
+        http: crate::fetch::Timeouts::default()
+            .http_client(false, reqwest::redirect::Policy::none())?,
+        payer,
+    };
+    let ledger = &client.payer.ledger;
+    let open = ledger.sessions(false)?;
     let prefix = id.map(str::to_ascii_lowercase).unwrap_or_default();
     let named = |s: &&StoredSession| s.id.starts_with(&prefix);
     let chosen: Vec<&StoredSession> = match id {
@@ -185,7 +191,7 @@ async fn close(
         (0, Some(id)) => {
             // Closed already (by this client, or by the server for
             // idleness): said as it was recorded, not as an error.
-            let all_sessions = payer.ledger.sessions(true)?;
+            let all_sessions = ledger.sessions(true)?;
             let done: Vec<&StoredSession> = all_sessions
                 .iter()
                 .filter(|s| s.closed_at.is_some() && named(s))
@@ -194,8 +200,7 @@ async fn close(
                 bail!("no open session {id}");
             };
             errln!("gate402: session {} is closed already", session.id);
-            let mut refund = payer
-                .ledger
+            let mut refund = ledger
                 .refunds(0)?
                 .into_iter()
                 .rfind(|r| r.session == session.id);
@@ -205,11 +210,6 @@ async fn close(
             if refund.as_ref().is_some_and(|r| {
                 !gate402_client::refund_is_final(r.refund_msat, &r.status, r.received_msat)
             }) {
-                let client = Client {
-                    http: crate::fetch::Timeouts::default()
-                        .http_client(false, reqwest::redirect::Policy::none())?,
-                    payer,
-                };
                 match client.close_session(session).await {
                     Ok(asked) => refund = Some(asked),
                     Err(e) => errln!(
@@ -231,11 +231,6 @@ async fn close(
         (n, Some(id)) if n > 1 => bail!("{id} names {n} open sessions; give more of the id"),
         _ => {}
     }
-    let client = Client {
-        http: crate::fetch::Timeouts::default()
-            .http_client(false, reqwest::redirect::Policy::none())?,
-        payer,
-    };
     let mut answers = Vec::new();
     let mut failed = 0;
     for session in chosen {

@@ -152,7 +152,8 @@ pub fn refund_is_final(refund_msat: u64, status: &str, received_msat: Option<u64
     match status {
         "skipped" | "disputed" => true,
         "succeeded" => refund_msat == 0 || received_msat.is_some_and(|r| r >= refund_msat),
-        _ => refund_msat == 0 && status != "pending" && status != "failed",
+        "unknown" => refund_msat == 0,
+        _ => false,
     }
 }
 

@@ -84,20 +84,16 @@ fn refused(error: &ServiceError) -> bool {
         if e.code.0 == PAYMENT_REQUIRED_CODE || e.code.0 == PAYMENT_VERIFICATION_FAILED_CODE)
 }
 
-/// How often a kept credential another call holds is sent again, each
-/// after the server's `retryAfter`.
-const HELD_CREDENTIAL_WAITS: u32 = 30;
-
 /// The wait a server's error asks for before the call is made again
-/// (`data.retryAfter`, seconds, held to 100 ms – 2 s): a credential held
-/// by a call still under way, unspent.
+/// (`data.retryAfter`, seconds): a credential held by a call still under
+/// way, unspent. `None` for any other error.
 fn retry_after(error: &ServiceError) -> Option<std::time::Duration> {
     let ServiceError::McpError(e) = error else {
         return None;
     };
     let secs = e.data.as_ref()?.get("retryAfter")?.as_f64()?;
     secs.is_finite()
-        .then(|| std::time::Duration::from_secs_f64(secs.clamp(0.1, 2.0)))
+        .then(|| crate::payer::held_wait(Some(secs)))
 }
 
 fn params(tool: &str, arguments: &JsonObject, credential: Option<Value>) -> CallToolRequestParams {
@@ -424,7 +420,7 @@ impl Payer {
                     return Ok(None);
                 }
                 Err(error) => match retry_after(&error) {
-                    Some(wait) if waits < HELD_CREDENTIAL_WAITS => {
+                    Some(wait) if waits < crate::payer::HELD_BALANCE_WAITS => {
                         waits += 1;
                         tokio::time::sleep(wait).await;
                     }

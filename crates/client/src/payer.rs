@@ -242,9 +242,10 @@ const PAID_RETRIES: u32 = 2;
 /// The wait before the first of those; doubled before each next one.
 const PAID_RETRY_AFTER: Duration = Duration::from_millis(500);
 
-/// How often a request on a balance held by requests in flight (`409`)
-/// is asked again, each after the answer's `Retry-After`.
-const HELD_BALANCE_WAITS: u32 = 30;
+/// How often a request on a balance held by requests in flight (`409`),
+/// or a kept credential another call holds (an MCP `retryAfter`), is
+/// asked again, each after the wait the server asks for.
+pub(crate) const HELD_BALANCE_WAITS: u32 = 30;
 
 /// Sends with `send` (a request spending a balance: its L402 token or its
 /// session), and again while the answer is `409`, a balance that requests
@@ -271,13 +272,19 @@ where
 /// How long an answer's `Retry-After` (seconds) asks to wait, between
 /// 100 ms and 2 s (1 s when it says nothing readable).
 fn retry_after(answer: &Response) -> Duration {
-    let secs = answer
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite())
-        .unwrap_or(1.0);
+    held_wait(
+        answer
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok()),
+    )
+}
+
+/// The wait a server asked for (seconds), between 100 ms and 2 s (1 s
+/// when it said nothing readable).
+pub(crate) fn held_wait(secs: Option<f64>) -> Duration {
+    let secs = secs.filter(|s| s.is_finite()).unwrap_or(1.0);
     Duration::from_secs_f64(secs.clamp(0.1, 2.0))
 }
 

@@ -913,12 +913,7 @@ impl Payer {
         if self.resend_top_ups(session, request, send).await? > 0 {
             return Ok(ToppedUp::Resent);
         }
-        for pending in self.ledger.pending(None)? {
-            if pending.entry.scheme != TOP_UP_SCHEME
-                || pending.entry.session.as_deref() != Some(session.id.as_str())
-            {
-                continue;
-            }
+        for pending in self.pending_top_ups(&session.id)? {
             let Some(kept) = session_offer_of(&pending) else {
                 continue;
             };
@@ -944,6 +939,14 @@ impl Payer {
         let (entry, outcome) = self.pay_begun(begun).await?;
         self.send_top_up(session, offer, entry, outcome, request, send)
             .await
+    }
+
+    /// The top-ups of session `id` left pending (their outcome unknown).
+    fn pending_top_ups(&self, id: &str) -> Result<Vec<PendingPayment>, LedgerError> {
+        let mut pending = self.ledger.pending(None)?;
+        pending
+            .retain(|p| p.entry.scheme == TOP_UP_SCHEME && p.entry.session.as_deref() == Some(id));
+        Ok(pending)
     }
 
     /// Sends `topUp` again for each top-up of `session` an earlier run
@@ -1132,14 +1135,10 @@ impl Payer {
         // A top-up paid and never answered is credited before the close,
         // so that the refund returns it (one left pending is finished
         // first; one still in flight is left to a later run).
-        for pending in self.ledger.pending(None)? {
-            if pending.entry.scheme == TOP_UP_SCHEME
-                && pending.entry.session.as_deref() == Some(session.id.as_str())
-            {
-                match self.finish_payment(&pending).await {
-                    Ok(_) | Err(FetchError::InFlight(_)) => {}
-                    Err(e) => return Err(e),
-                }
+        for pending in self.pending_top_ups(&session.id)? {
+            match self.finish_payment(&pending).await {
+                Ok(_) | Err(FetchError::InFlight(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         let mut session = session.clone();
@@ -1232,8 +1231,7 @@ impl Payer {
             if let Some(id) = self.ledger.update_refund(&refund)? {
                 refund.id = id;
             }
-        }
-        if first {
+        } else {
             refund.id = self.ledger.record_refund(&refund)?;
             // The server's word on what was spent (a usage-metered
             // service charges what its upstream reports, unseen here).

@@ -1397,15 +1397,9 @@ impl Paywall {
                     &left_service.meter,
                     spend.hold.as_ref().and_then(Hold::units),
                 ) {
-                    let headers = Response::headers(&answer);
-                    let reported = usage
-                        .header
-                        .as_ref()
-                        .and_then(|name| meter::header_units(headers, name));
-                    match reported {
-                        Some(n) => units.store(n, std::sync::atomic::Ordering::Release),
-                        None if usage.field.is_some() && !head => meter::charge_most(&units),
-                        None => {}
+                    let reported = meter::header_report(usage, Response::headers(&answer), &units);
+                    if !reported && usage.field.is_some() && !head {
+                        meter::charge_most(&units);
                     }
                 }
                 let now = time::OffsetDateTime::now_utc();
@@ -1492,13 +1486,7 @@ impl Paywall {
         let units = spend.hold.as_ref().and_then(Hold::units);
         let mut usage_field = None;
         if let (Meter::Usage(usage), Some(units)) = (&service.meter, &units) {
-            if let Some(n) = usage
-                .header
-                .as_ref()
-                .and_then(|name| meter::header_units(&parts.headers, name))
-            {
-                units.store(n, std::sync::atomic::Ordering::Release);
-            }
+            meter::header_report(usage, &parts.headers, units);
             usage_field = usage.field.clone();
         }
         let bodiless = head

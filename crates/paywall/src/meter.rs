@@ -766,6 +766,23 @@ fn ceil_units(text: &str) -> Option<u64> {
     u64::try_from(rounded).ok()
 }
 
+/// Stores in `units` what `headers` report in `usage`'s header, when it
+/// names one and they do; whether they did.
+pub(crate) fn header_report(
+    usage: &crate::route::Usage,
+    headers: &HeaderMap,
+    units: &crate::sessions::Units,
+) -> bool {
+    let reported = usage
+        .header
+        .as_ref()
+        .and_then(|name| header_units(headers, name));
+    if let Some(n) = reported {
+        units.store(n, std::sync::atomic::Ordering::Release);
+    }
+    reported.is_some()
+}
+
 /// The units in a response header, read as a JSON number is
 /// ([`ceil_units`]: a fraction rounded up); anything else it holds (not a
 /// number, or the field given twice) [`UNREADABLE_REPORT`]; `None` when

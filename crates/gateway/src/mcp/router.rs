@@ -149,15 +149,22 @@ struct Book {
 /// The answer to a JSON body that is not one JSON-RPC message: `400`,
 /// with the JSON-RPC error a parse failure gets.
 fn not_a_message() -> Response {
+    invalid_request(
+        StatusCode::BAD_REQUEST,
+        serde_json::Value::Null,
+        "the body is not one JSON-RPC message this server takes (a batch array is not taken; a member named twice is refused)",
+    )
+}
+
+/// A JSON-RPC `-32600` (invalid request) error for request `id`, with
+/// `message`, answered with `status`.
+fn invalid_request(status: StatusCode, id: serde_json::Value, message: &str) -> Response {
     let error = serde_json::json!({
         "jsonrpc": "2.0",
-        "id": null,
-        "error": {
-            "code": -32600,
-            "message": "the body is not one JSON-RPC message this server takes (a batch array is not taken; a member named twice is refused)",
-        },
+        "id": id,
+        "error": {"code": -32600, "message": message},
     });
-    (StatusCode::BAD_REQUEST, axum::Json(error)).into_response()
+    (status, axum::Json(error)).into_response()
 }
 
 /// The id of a request being answered in its session, given back when
@@ -177,7 +184,7 @@ impl Drop for IdInFlight {
 /// The `id` of a JSON-RPC request (one with a `method`); `None` for a
 /// notification, a response, a batch or what is no JSON-RPC at all (the
 /// library answers those).
-fn request_id(body: &[u8]) -> Option<String> {
+fn request_id(body: &[u8]) -> Option<serde_json::Value> {
     #[derive(serde::Deserialize)]
     struct Message {
         id: Option<serde_json::Value>,
@@ -185,7 +192,7 @@ fn request_id(body: &[u8]) -> Option<String> {
     }
     let message: Message = serde_json::from_slice(body).ok()?;
     message.method?;
-    message.id.map(|id| id.to_string())
+    message.id
 }
 
 /// What one request holds in the [`Book`], given back however it ends
@@ -414,18 +421,14 @@ impl Guard {
         };
         let held = match request_id(&body) {
             Some(id) => {
-                let key = (session, id);
+                let key = (session, id.to_string());
                 let mut book = self.book.lock().unwrap_or_else(|e| e.into_inner());
                 if !book.ids.insert(key.clone()) {
-                    let refusal = serde_json::json!({
-                        "jsonrpc": "2.0",
-                        "id": serde_json::from_str::<serde_json::Value>(&key.1).unwrap_or_default(),
-                        "error": {
-                            "code": -32600,
-                            "message": "a request with this id is still being answered in this session; give each request an id of its own",
-                        },
-                    });
-                    return Err(axum::Json(refusal).into_response());
+                    return Err(invalid_request(
+                        StatusCode::OK,
+                        id,
+                        "a request with this id is still being answered in this session; give each request an id of its own",
+                    ));
                 }
                 Some(IdInFlight {
                     guard: self.clone(),
