@@ -694,6 +694,17 @@ impl Checker {
         }
         self.warnings.extend(overlap_warnings(&config.services));
         self.warnings.extend(config.address_warnings());
+        // `/docs/` reads like a folder, but only `*` makes a prefix.
+        for (i, service) in config.services.iter().enumerate() {
+            if let PathPattern::Exact(path) = &service.priced.path {
+                if path.len() > 1 && path.ends_with('/') {
+                    self.warnings.push(format!(
+                        "services[{i}].path: {path:?} is the one path {:?} (with or without its trailing /), not what is under it; write \"{path}*\" for that",
+                        service.priced.path.stem()
+                    ));
+                }
+            }
+        }
         if let Some(all) = config
             .server
             .trusted_proxies

@@ -287,6 +287,8 @@ impl Checker {
             None => None,
         };
         let mut priced = PricedService::new(raw.name.as_deref().unwrap_or("?"), "/", 0);
+        // A path in error is not checked against again (as `/`).
+        let path_read = pattern.is_some();
         if let Some(pattern) = pattern {
             priced.path = pattern;
         }
@@ -477,7 +479,10 @@ impl Checker {
             .unwrap_or_default();
         let rewrite = raw
             .rewrite
-            .and_then(|value| self.rewrite(&at("rewrite"), value, &priced.path))
+            .and_then(|value| {
+                let path = path_read.then_some(&priced.path);
+                self.rewrite(&at("rewrite"), value, path)
+            })
             .unwrap_or_default();
         if let Some(description) = raw.description {
             if description.chars().any(|c| c.is_control()) {
@@ -645,8 +650,14 @@ impl Checker {
 
     /// `rewrite = { strip_prefix, add_prefix }`, both in normal form; what
     /// is stripped must be whole segments at the start of the service's
-    /// path, or it would never apply.
-    fn rewrite(&mut self, path: &str, value: Value, pattern: &PathPattern) -> Option<Rewrite> {
+    /// path (`pattern`, `None` when the path was in error), or it would
+    /// never apply.
+    fn rewrite(
+        &mut self,
+        path: &str,
+        value: Value,
+        pattern: Option<&PathPattern>,
+    ) -> Option<Rewrite> {
         let raw: RawRewrite = self.section(path, value)?;
         let mut prefix = |key: &str, text: Option<String>| -> Option<String> {
             let text = text?;
@@ -662,7 +673,7 @@ impl Checker {
             strip_prefix: prefix("strip_prefix", raw.strip_prefix).filter(|p| !p.is_empty()),
             add_prefix: prefix("add_prefix", raw.add_prefix).filter(|p| !p.is_empty()),
         };
-        if let Some(strip) = &rewrite.strip_prefix {
+        if let (Some(strip), Some(pattern)) = (&rewrite.strip_prefix, pattern) {
             if !segment_prefix(pattern.stem(), strip) {
                 self.error(
                     &join(path, "strip_prefix"),

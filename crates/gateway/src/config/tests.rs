@@ -83,6 +83,40 @@ fn rewrites_never_leave_their_prefix() {
         errors.to_string().contains("rewrite.strip_prefix"),
         "{errors}"
     );
+    // A path in error is said once: its rewrite is not checked against
+    // the `/` that stood in for it.
+    let errors = GatewayConfig::parse(
+        "[[services]]\nname = \"a\"\npath = \"api/weather\"\nprice_sats = 1\nupstream = \"http://127.0.0.1:9\"\nrewrite = { strip_prefix = \"/api\" }\n",
+        env,
+    )
+    .unwrap_err();
+    assert_eq!(
+        errors.0,
+        ["services[0].path: \"api/weather\" must start with /"],
+        "{errors}"
+    );
+}
+
+#[test]
+fn a_path_ending_in_a_slash_without_a_star_is_warned_of() {
+    let warnings = |path: &str| {
+        GatewayConfig::parse(
+            &format!("[[services]]\nname = \"a\"\npath = \"{path}\"\nprice_sats = 1\nupstream = \"http://127.0.0.1:9\"\n"),
+            env,
+        )
+        .unwrap()
+        .warnings
+    };
+    let warned = warnings("/docs/");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0].starts_with("services[0].path: \"/docs/\" is the one path \"/docs\"")
+            && warned[0].ends_with("write \"/docs/*\" for that"),
+        "{warned:?}"
+    );
+    for path in ["/docs", "/docs/*", "/", "/*"] {
+        assert_eq!(warnings(path), Vec::<String>::new(), "{path}");
+    }
 }
 
 #[test]
