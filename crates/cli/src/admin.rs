@@ -593,6 +593,12 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
                     p["payment_hash"].as_str().unwrap_or_default(),
                 ));
             }
+            if answer["more"] == json!(true) {
+                out.push_str(&format!(
+                    "the latest {} shown; more with --limit (up to 1000) or --since\n",
+                    payments.len()
+                ));
+            }
         }
         AdminCommand::Open => {
             out.push_str(answer["url"].as_str().unwrap_or_default());
@@ -657,5 +663,25 @@ mod tests {
         assert!(refused.contains("GATE402_ADMIN_SECRET"), "{refused}");
         assert!(!refused.contains("hunter2"), "{refused}");
         assert!(api_base("not a url").is_err());
+    }
+
+    #[test]
+    fn a_list_of_payments_cut_by_its_limit_says_so() {
+        let payments = AdminCommand::Payments {
+            service: None,
+            scheme: None,
+            hours: None,
+            since: None,
+            limit: 1,
+        };
+        let row = json!({"first_served_at": 1, "service": "a", "scheme": "L402",
+            "amount_sats": 2, "served": 1, "payment_hash": "00"});
+        let cut = summary(&payments, &json!({"payments": [row], "more": true}));
+        assert!(
+            cut.ends_with("the latest 1 shown; more with --limit (up to 1000) or --since\n"),
+            "{cut}"
+        );
+        let whole = summary(&payments, &json!({"payments": [row], "more": false}));
+        assert!(!whole.contains("shown"), "{whole}");
     }
 }

@@ -640,6 +640,13 @@ async fn paid_traffic_shows_in_payments_and_revenue_and_one_token_is_revoked() {
         .get(&format!("/payments?payment_hash={weather_hash}"))
         .await;
     assert_eq!(by_hash["payments"].as_array().unwrap().len(), 1);
+    // A list cut by its limit says so; one that is whole does not.
+    let cut = h.get("/payments?limit=2").await;
+    assert_eq!(cut["payments"].as_array().unwrap().len(), 2, "{cut}");
+    assert_eq!(cut["more"], true, "{cut}");
+    let whole = h.get("/payments?limit=3").await;
+    assert_eq!(whole["payments"].as_array().unwrap().len(), 3, "{whole}");
+    assert_eq!(whole["more"], false, "{whole}");
 
     let revenue = h.get("/revenue?by=hour").await;
     assert_eq!(revenue["total"]["revenue_sats"], 23);

@@ -80,7 +80,7 @@ pub(super) async fn document() -> Json<Value> {
             "/admin/api/services/{name}/disable": {"post": op("Answer 503 on the service's route, charging nothing", &name, None)},
             "/admin/api/services/{name}/enable": {"post": op("Serve the service again", &name, None)},
             "/admin/api/services/{name}/reset": {"post": op("Hand the service back to the config file: the admin API's changes to it no longer apply", &name, None)},
-            "/admin/api/payments": {"get": op("Payments, newest first", &[
+            "/admin/api/payments": {"get": op("Payments, newest first; `more` is true when `limit` cut the list", &[
                 ("since", "query", "unix seconds (default: 24 hours ago)"),
                 ("until", "query", "unix seconds"),
                 ("service", "query", "a service's name"),

@@ -111,16 +111,22 @@ pub(super) async fn payments(
         service: q.service,
         scheme: scheme.map(str::to_owned),
         payment_hash,
-        limit,
+        // One more than asked for says whether the list was cut.
+        limit: limit + 1,
     };
     if query.since >= query.until {
         return problem(StatusCode::BAD_REQUEST, "since must be before until");
     }
     match state.store().payments(&query).await {
-        Ok(rows) => Json(json!({
-            "payments": rows.iter().map(payment_json).collect::<Vec<_>>(),
-        }))
-        .into_response(),
+        Ok(mut rows) => {
+            let more = rows.len() as u64 > limit;
+            rows.truncate(limit as usize);
+            Json(json!({
+                "payments": rows.iter().map(payment_json).collect::<Vec<_>>(),
+                "more": more,
+            }))
+            .into_response()
+        }
         Err(e) => store_unavailable(&e),
     }
 }
