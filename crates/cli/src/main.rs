@@ -186,6 +186,21 @@ fn run_command(cli: &Cli, loaded: Option<GatewayConfig>) -> ExitCode {
             Err(e) => fail(e),
         };
     }
+    // A close may be stopped (Ctrl-C, --max-time) as a paying command is.
+    if let Command::Sessions {
+        command: command @ sessions::SessionsCommand::Close { timeouts, .. },
+    } = &cli.command
+    {
+        return match cli.data_dir() {
+            Ok(dir) => runtime.block_on(fetch::run_paying(
+                &dir,
+                false,
+                timeouts.max_time,
+                sessions::run(command, &dir),
+            )),
+            Err(e) => fail(e),
+        };
+    }
     if let Command::Mcp { command } = &cli.command {
         return match cli.data_dir() {
             Ok(dir) => runtime.block_on(mcp::run(command, &dir)),

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use gate402_client::{Client, Refund, StoredSession};
 use serde_json::{json, Value};
 
-use crate::fetch::PayOptions;
+use crate::fetch::{PayOptions, Timeouts};
 
 /// `gate402 sessions`.
 #[derive(Debug, Subcommand)]
@@ -39,6 +39,8 @@ pub enum SessionsCommand {
         /// [default: client.toml in the data dir, if any].
         #[arg(long, env = "GATE402_CLIENT_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        timeouts: Timeouts,
     },
 }
 
@@ -46,9 +48,12 @@ pub enum SessionsCommand {
 pub async fn run(command: &SessionsCommand, data_dir: &Path) -> Result<()> {
     match command {
         SessionsCommand::List { json, all } => list(*json, *all, data_dir),
-        SessionsCommand::Close { id, all, config } => {
-            close(id.as_deref(), *all, config.clone(), data_dir).await
-        }
+        SessionsCommand::Close {
+            id,
+            all,
+            config,
+            timeouts,
+        } => close(id.as_deref(), *all, config.clone(), *timeouts, data_dir).await,
     }
 }
 
@@ -156,6 +161,7 @@ async fn close(
     id: Option<&str>,
     all: bool,
     config: Option<PathBuf>,
+    timeouts: Timeouts,
     data_dir: &Path,
 ) -> Result<()> {
     let options = PayOptions {
@@ -165,17 +171,10 @@ async fn close(
         config,
     };
     let payer = options
-        .payer(
-            None,
-            Some(true),
-            crate::fetch::Timeouts::default(),
-            false,
-            data_dir,
-        )
+        .payer(None, Some(true), timeouts, false, data_dir)
         .await?;
     let client = Client {
-        http: crate::fetch::Timeouts::default()
-            .http_client(false, reqwest::redirect::Policy::none())?,
+        http: timeouts.http_client(false, reqwest::redirect::Policy::none())?,
         payer,
     };
     let ledger = &client.payer.ledger;
@@ -241,7 +240,7 @@ async fn close(
                 errln!(
                     "gate402: session {}: {}",
                     session.id,
-                    crate::output::terminal_safe(&e.to_string())
+                    crate::output::terminal_safe(&format!("{e:#}"))
                 );
                 failed += 1;
             }

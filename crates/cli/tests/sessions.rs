@@ -156,6 +156,84 @@ async fn a_session_serves_25_calls_for_two_deposits_and_close_refunds_the_rest()
     gateway.shutdown().await.unwrap();
 }
 
+/// A TCP front of `target` that passes connections on until `hang` is
+/// set, and from then holds new ones without a byte of answer. Its base URL.
+async fn front_that_may_hang(
+    target: std::net::SocketAddr,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let hang = hang.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if hang {
+                    let mut held = client;
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut held, &mut sink).await;
+                    return;
+                }
+                let mut server = tokio::net::TcpStream::connect(target).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    base
+}
+
+/// `sessions close` against a server that never answers gives up after
+/// `--read-timeout` (saying it timed out) or `--max-time` (exit 28), and
+/// the session stays open for a close that is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_close_that_gets_no_answer_gives_up_on_its_timeouts_and_keeps_the_session() {
+    let (gateway, _base, _dir) = demo_gateway().await;
+    let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let front = front_that_may_hang(gateway.addr(), hang.clone()).await;
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    ask(
+        data,
+        &["--session"],
+        &format!("{front}/api/chat?prompt=q0"),
+        "q0",
+    )
+    .await;
+    let listed = ok_json(data, &["sessions", "list", "--json"]).await;
+    let id = listed["sessions"][0]["id"].as_str().unwrap().to_owned();
+    hang.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let started = std::time::Instant::now();
+    let out = gate402(data, &["sessions", "close", &id, "--read-timeout", "2"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+
+    let out = gate402(
+        data,
+        &[
+            "sessions",
+            "close",
+            &id,
+            "--read-timeout",
+            "0",
+            "--max-time",
+            "2",
+        ],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(28), "{stderr}");
+    assert!(stderr.contains("gave up after --max-time 2 s"), "{stderr}");
+
+    hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    let closed = ok_json(data, &["sessions", "close", &id]).await;
+    assert_eq!(closed["refundSats"], 19, "{closed}");
+    assert_eq!(closed["refundStatus"], "succeeded", "{closed}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_session_the_l402_token_spends_the_balance_until_it_runs_out() {
     let (gateway, base, _dir) = demo_gateway().await;
