@@ -848,6 +848,68 @@ fn credential(door: &str, offer: &Offer, preimage: &[u8; 32]) -> String {
     .unwrap()
 }
 
+/// A paid answer is whole at its client only once what it spends is
+/// written: a gateway killed the next moment has spent the payment (a
+/// claim whose commit still waited for its batch would be released at the
+/// next start and the credential served again; a debit left unsettled
+/// would be given back). Read from the store's file at the moment the
+/// client has the whole answer, for answers with a body and without
+/// (HEAD), through both doors and from a balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_answer_is_whole_only_once_its_spend_is_written() {
+    let h = Harness::start(|up| {
+        let mut balance = service("balance", "/balance", 3, up);
+        balance.priced = balance.priced.balance(50);
+        vec![service("echo", "/echo", 3, up), balance]
+    })
+    .await;
+    let db = rusqlite::Connection::open_with_flags(
+        h.dir.path().join("gate402.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let consumed = |hash: [u8; 32]| -> i64 {
+        db.query_row(
+            "SELECT consumed FROM challenges WHERE id = ?1",
+            [format!("p:{}", hex::encode(hash))],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    for door in ["L402", "Payment"] {
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            for n in 0..10 {
+                let (offer, preimage) = h.buy("/echo").await;
+                let served = h
+                    .client
+                    .request(method.clone(), h.url("/echo"))
+                    .header(AUTHORIZATION, credential(door, &offer, &preimage))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(served.status(), StatusCode::OK, "{door} {method} #{n}");
+                served.bytes().await.unwrap();
+                assert_eq!(
+                    consumed(offer.invoice.payment_hash()),
+                    1,
+                    "{door} {method} #{n}: answered whole, its claim not written spent"
+                );
+            }
+        }
+    }
+    let (offer, preimage) = h.buy("/balance").await;
+    let token = credential("L402", &offer, &preimage);
+    for n in 0..20 {
+        let served = h.get("/balance", &token).await;
+        assert_eq!(served.status(), StatusCode::OK, "#{n}");
+        served.bytes().await.unwrap();
+        let unsettled: i64 = db
+            .query_row("SELECT count(*) FROM session_debits", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(unsettled, 0, "#{n}: answered whole, its debit not settled");
+    }
+}
+
 /// A credential replayed right after its request was answered (its body
 /// read to the end) is told it was used, not that another request is
 /// using it (its commit may not be written yet; a body of known length is

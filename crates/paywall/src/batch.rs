@@ -1,7 +1,8 @@
-//! Writes that need not hold up a response (a spent claim, a served
-//! payment), gathered while the previous batch is being written and
-//! written together: at low load a batch is one write and waits for
-//! nothing; under load one store round trip carries many.
+//! Writes that need not hold up a response's head (a spent claim, whose
+//! answer's last bytes wait for it; a served payment), gathered while the
+//! previous batch is being written and written together: at low load a
+//! batch is one write and waits for nothing; under load one store round
+//! trip carries many.
 
 use std::future::Future;
 use std::sync::Mutex;

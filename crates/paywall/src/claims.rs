@@ -8,7 +8,9 @@
 //! never release or spend a claim another request took over. While a
 //! response streams, the claim's lease is renewed, however long the
 //! stream. The claim is committed when the response body has been sent or
-//! the client left after the upstream had the request, released when the
+//! the client left after the upstream had the request (an answer's last
+//! bytes wait until the commit is written: [`Claim::commit_written`]),
+//! released when the
 //! upstream failed or the request ended before reaching it (pay for
 //! success), and every commit or release is tracked so that a graceful
 //! shutdown finishes them all before the process exits. A replica killed
@@ -17,6 +19,7 @@
 //! answered, and are served on their retry.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,11 +32,24 @@ use crate::batch::Batch;
 use crate::clock::unix_now;
 use crate::detached::Detached;
 
-/// How long a served claim waits for others to be committed with it:
-/// until then it stays held (a replay is refused: as spent on this
-/// replica, as in flight on another), and a crash releases it at the next
-/// start.
-const COMMIT_LINGER: Duration = Duration::from_millis(2);
+/// Served claims waiting to be recorded as spent, and the answers whose
+/// last bytes wait for that.
+#[derive(Default)]
+struct Commits {
+    claims: Vec<(String, ClaimHolder)>,
+    written: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Commits {
+    fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+
+    fn merge(&mut self, other: Commits) {
+        self.claims.extend(other.claims);
+        self.written.extend(other.written);
+    }
+}
 
 /// How many times an upstream may fail on one payment before the payment
 /// counts as spent: enough for a client to retry a passing fault for free,
@@ -103,7 +119,7 @@ pub struct Claims {
     held: Mutex<HashMap<String, Held>>,
     /// Claims served and waiting to be recorded as spent: still held (and
     /// renewed) until their batch is written.
-    commits: Batch<Vec<(String, ClaimHolder)>>,
+    commits: Batch<Commits>,
     tracker: TaskTracker,
     stop: CancellationToken,
     /// Claims taken before claims were keyed by payment hash are still
@@ -163,12 +179,14 @@ impl Claims {
             let claims = &committer;
             claims
                 .commits
+                // No linger: answers wait for their commits. Those that
+                // come while a batch is written go in the next one.
                 .run(
                     claims.stop.clone(),
-                    COMMIT_LINGER,
+                    Duration::ZERO,
                     true,
-                    Vec::is_empty,
-                    Vec::extend,
+                    Commits::is_empty,
+                    Commits::merge,
                     |batch| claims.commit_batch(batch),
                 )
                 .await;
@@ -178,14 +196,11 @@ impl Claims {
 
     /// Records a batch of served claims as spent; answers what could not
     /// be written.
-    async fn commit_batch(
-        &self,
-        batch: Vec<(String, ClaimHolder)>,
-    ) -> Option<Vec<(String, ClaimHolder)>> {
-        match self.store.commit_claims(&batch, unix_now()).await {
+    async fn commit_batch(&self, batch: Commits) -> Option<Commits> {
+        match self.store.commit_claims(&batch.claims, unix_now()).await {
             Ok(held) => {
                 let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-                for ((key, holder), held) in batch.iter().zip(held) {
+                for ((key, holder), held) in batch.claims.iter().zip(held) {
                     if map.get(key).is_some_and(|h| h.holder == *holder) {
                         map.remove(key);
                     }
@@ -193,11 +208,15 @@ impl Claims {
                         tracing::error!(key, "a served claim was no longer held by its request");
                     }
                 }
+                drop(map);
+                for written in batch.written {
+                    let _ = written.send(());
+                }
                 None
             }
             Err(e) => {
                 // Still held and renewed: written on the next try.
-                tracing::warn!(error = %e, claims = batch.len(), "cannot record served claims; retrying");
+                tracing::warn!(error = %e, claims = batch.claims.len(), "cannot record served claims; retrying");
                 Some(batch)
             }
         }
@@ -338,14 +357,28 @@ impl Claims {
         }
     }
 
+    /// Puts a served claim in the next batch of commits; `written` is told
+    /// once that batch is written.
+    fn queue_commit(
+        &self,
+        key: String,
+        holder: ClaimHolder,
+        written: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
+        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = map.get_mut(&key).filter(|h| h.holder == holder) {
+            held.served = true;
+        }
+        drop(map);
+        self.commits.add(|pending| {
+            pending.claims.push((key, holder));
+            pending.written.extend(written);
+        });
+    }
+
     fn finish(self: &Arc<Self>, key: String, holder: ClaimHolder, outcome: Outcome) {
         if outcome == Outcome::Commit {
-            let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(held) = map.get_mut(&key).filter(|h| h.holder == holder) {
-                held.served = true;
-            }
-            drop(map);
-            self.commits.add(|pending| pending.push((key, holder)));
+            self.queue_commit(key, holder, None);
             return;
         }
         let claims = self.clone();
@@ -441,6 +474,25 @@ impl Claim {
         self.claims
             .finish_now(&self.key, &self.holder, Outcome::Commit)
             .await
+    }
+
+    /// Spends the payment with the next batch of commits, and is ready once
+    /// that is written (or the batch given up at a stop). The last bytes of
+    /// a paid answer wait for it: a gateway killed after its client had
+    /// the whole answer has spent the payment, where a commit still
+    /// waiting for its batch would be lost, and the claim released at the
+    /// next start would serve the credential again.
+    pub fn commit_written(mut self) -> impl Future<Output = ()> + Send + 'static {
+        self.on_drop = None;
+        let (told, written) = tokio::sync::oneshot::channel();
+        self.claims.queue_commit(
+            std::mem::take(&mut self.key),
+            self.holder.clone(),
+            Some(told),
+        );
+        async move {
+            let _ = written.await;
+        }
     }
 
     /// Frees the payment now (the upstream failed).

@@ -192,6 +192,23 @@ impl Spend {
         }
     }
 
+    /// Spends what the request holds, written to the store before this is
+    /// ready (see [`Claim::commit_written`]): a paid answer's last bytes
+    /// wait for it.
+    async fn settle(self) {
+        let claim = async {
+            if let Some(claim) = self.claim {
+                claim.commit_written().await;
+            }
+        };
+        let hold = async {
+            if let Some(hold) = self.hold {
+                hold.settle().await;
+            }
+        };
+        tokio::join!(claim, hold);
+    }
+
     async fn release(self) {
         if let Some(claim) = self.claim {
             claim.release().await;
@@ -307,7 +324,17 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Inner<B>,
         spend: Option<Spend>,
+        // The answer's end, held while its spend is written.
+        settling: Option<Settling>,
     }
+}
+
+/// The last frame of a paid answer (or its end), held until what the
+/// request spends is written to the store: a gateway killed once its
+/// client has the whole answer has spent the payment.
+struct Settling {
+    written: Pin<Box<dyn Future<Output = ()> + Send>>,
+    last: Option<Result<Frame<Bytes>, BoxError>>,
 }
 
 pin_project_lite::pin_project! {
@@ -341,6 +368,7 @@ impl<B> PaywallBody<B> {
         Self {
             inner: Inner::Partial { partial },
             spend,
+            settling: None,
         }
     }
 
@@ -348,6 +376,7 @@ impl<B> PaywallBody<B> {
         Self {
             inner: Inner::Scanned { body, scan },
             spend,
+            settling: None,
         }
     }
 
@@ -355,6 +384,7 @@ impl<B> PaywallBody<B> {
         Self {
             inner: Inner::Metered { metered },
             spend: None,
+            settling: None,
         }
     }
 
@@ -362,6 +392,7 @@ impl<B> PaywallBody<B> {
         Self {
             inner: Inner::Wrapped { body },
             spend,
+            settling: None,
         }
     }
 
@@ -371,6 +402,7 @@ impl<B> PaywallBody<B> {
                 bytes: (!bytes.is_empty()).then_some(bytes),
             },
             spend: None,
+            settling: None,
         }
     }
 }
@@ -391,6 +423,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
+        if let Some(settling) = this.settling.as_mut() {
+            std::task::ready!(settling.written.as_mut().poll(cx));
+            let last = settling.last.take();
+            *this.settling = None;
+            return Poll::Ready(last);
+        }
         let polled = match this.inner.as_mut().project() {
             InnerProj::Wrapped { body } => body.poll_frame(cx),
             InnerProj::Own { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -422,9 +460,9 @@ where
         let polled = polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)));
         // All handed over (a body of known length ends with its last
         // frame: hyper does not poll it again): spend the payment before
-        // that frame is written, not when hyper gets round to dropping the
-        // body, so that a client holding its whole answer finds its
-        // credential spent, not in use.
+        // that frame is written, and write the spend first, so that a
+        // client holding its whole answer finds its credential spent, not
+        // in use, even if this gateway dies the next moment.
         let ended = match &polled {
             Poll::Ready(None) => true,
             Poll::Ready(Some(Ok(_))) => this.inner.as_ref().get_ref().is_end_stream(),
@@ -436,14 +474,27 @@ where
             }
             Poll::Pending => false,
         };
-        if ended {
-            this.spend.take();
+        let spend = if ended { this.spend.take() } else { None };
+        match (polled, spend.filter(|s| !s.spends_nothing())) {
+            (Poll::Ready(last), Some(spend)) => {
+                let mut written: Pin<Box<dyn Future<Output = ()> + Send>> =
+                    Box::pin(spend.settle());
+                if written.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(last);
+                }
+                *this.settling = Some(Settling { written, last });
+                Poll::Pending
+            }
+            (polled, _) => polled,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Not while an end is held, nor while a spend is unwritten: hyper
+        // polls a body that says it is at its end no more.
+        self.settling.is_none()
+            && self.spend.as_ref().is_none_or(Spend::spends_nothing)
+            && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -1517,6 +1568,15 @@ impl Paywall {
             _ => None,
         };
         let Some(keep) = keep.filter(|_| idempotency::keepable(&parts.headers)) else {
+            // An answer with no body is whole with its head: the spend is
+            // written before it leaves.
+            if scan.is_none() && (bodiless || body.is_end_stream()) {
+                spend.settle().await;
+                return Ok(Response::from_parts(
+                    parts,
+                    PaywallBody::wrapped(body, None),
+                ));
+            }
             let body = match scan {
                 Some(scan) => PaywallBody::scanned(body, scan, Some(spend)),
                 None => PaywallBody::wrapped(body, Some(spend)),
@@ -1530,12 +1590,12 @@ impl Paywall {
                     scan.finish();
                 }
                 // Kept before the answer leaves: a client that never gets it
-                // finds it on its retry. The claim is spent as it drops.
+                // finds it on its retry. Its spend is written before it leaves.
                 let record = keep.record(parts.status, &parts.headers, &bytes);
                 if let Err(e) = self.store().put_response(&record).await {
                     tracing::error!(error = %e, "store: cannot keep a paid response for its Idempotency-Key");
                 }
-                drop(spend);
+                spend.settle().await;
                 Ok(Response::from_parts(parts, PaywallBody::own(bytes)))
             }
             Read::Partial(partial) => {

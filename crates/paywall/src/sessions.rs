@@ -207,6 +207,22 @@ impl Hold {
         }
     }
 
+    /// Keeps the debit (the answer was sent), written before this is
+    /// ready: the last bytes of a paid answer wait for it, as for a claim
+    /// ([`crate::claims::Claim::commit_written`]), since a replica that
+    /// starts again gives back the debits it left unsettled.
+    pub(crate) async fn settle(mut self) {
+        self.done = true;
+        let kept_msat = self.usage.as_ref().map(UsageCount::kept_msat);
+        let call = {
+            let (store, holder) = (self.store.clone(), self.holder.clone());
+            async move { store.settle_debit(&holder, kept_msat, unix_now()).await }
+        };
+        if let Err(e) = Detached::new(&self.tracker, call, drop).await {
+            tracing::error!(error = %e, keep = true, "cannot record a debit's outcome");
+        }
+    }
+
     /// Gives the debit back now (the request never reached the upstream).
     pub(crate) async fn release(mut self) {
         self.done = true;
