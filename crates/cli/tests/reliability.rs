@@ -331,15 +331,24 @@ async fn a_replica_killed_under_paid_load_loses_nothing_and_serves_nothing_twice
         log.contains("released payments left in flight"),
         "the restarted replica released its predecessor's claims: {log}"
     );
-    // Replays after the dust settled are refused on both replicas.
-    for base in bases.iter() {
-        let response = http
-            .get(format!("{base}/work"))
-            .header(AUTHORIZATION, &credentials[0])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+    // Replays after the dust settled are refused on both replicas, every
+    // credential's: those A answered just before it was killed too (their
+    // commits were written before their answers ended, so A's restart
+    // released none of them).
+    for (n, credential) in credentials.iter().enumerate() {
+        for base in bases.iter() {
+            let response = http
+                .get(format!("{base}/work"))
+                .header(AUTHORIZATION, credential)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::PAYMENT_REQUIRED,
+                "credential {n}, answered 200 before, replayed at {base}"
+            );
+        }
     }
     drop(b);
 }
