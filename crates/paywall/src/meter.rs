@@ -85,9 +85,21 @@ fn has_data(event: &[u8]) -> bool {
     lines(event).any(|line| line.strip_prefix(BOM).unwrap_or(line).starts_with(b"data"))
 }
 
-/// Whether an event is the `data: [DONE]` that ends an LLM stream.
+/// Whether an event is the `data: [DONE]` that ends an LLM stream: its
+/// data is `[DONE]` and nothing else. A reader joins an event's data lines
+/// into one message, so `[DONE]` beside other data lines is content, and
+/// charged.
 fn is_done(event: &[u8]) -> bool {
-    lines(event).any(|line| line == b"data: [DONE]" || line == b"data:[DONE]")
+    let mut data = lines(event).filter_map(|line| {
+        let line = line.strip_prefix(BOM).unwrap_or(line);
+        match line.strip_prefix(b"data")? {
+            [] => Some(&[][..]),
+            [b':', b' ', value @ ..] | [b':', value @ ..] => Some(value),
+            // Another field whose name starts with "data".
+            _ => None,
+        }
+    });
+    data.next() == Some(b"[DONE]") && data.next().is_none()
 }
 
 fn sse(event: &str, data: &serde_json::Value) -> Bytes {
@@ -411,6 +423,32 @@ mod tests {
         assert!(has_data(events[2]));
         assert!(is_done(events[3]));
         assert_eq!(rest, b"partial");
+    }
+
+    /// Only an event whose whole data is `[DONE]` ends a stream free: a
+    /// reader hands `[DONE]` beside other data lines on as one message.
+    #[test]
+    fn done_is_an_event_whose_only_data_is_done() {
+        for done in [
+            &b"data: [DONE]"[..],
+            b"data:[DONE]",
+            b"event: end\ndata: [DONE]",
+            b"\xEF\xBB\xBFdata: [DONE]",
+            b"id: 7\r\ndata: [DONE]\r\n",
+        ] {
+            assert!(is_done(done), "{:?}", String::from_utf8_lossy(done));
+        }
+        for content in [
+            &b"data: PPPP\ndata: [DONE]"[..],
+            b"data: [DONE]\ndata: more",
+            b"data: [DONE]\ndata:",
+            b"data\ndata: [DONE]",
+            b"data: [DONE] ",
+            b"data:  [DONE]",
+            b"datax: [DONE]",
+        ] {
+            assert!(!is_done(content), "{:?}", String::from_utf8_lossy(content));
+        }
     }
 
     /// Every line ending a reader honours ends an event: a lone CR too,
