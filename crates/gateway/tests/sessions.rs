@@ -148,6 +148,8 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
         // Its whole answer, usage in a header and in the body, after a
         // pause.
         .route("/complete/slow", any(slow_usage))
+        // A whole answer with nothing in it: `Content-Length: 0`.
+        .route("/complete/empty", any(|| async {}))
         .route("/complete/slow-header", any(slow_usage))
         .route("/chat", any(|| async { "an answer" }))
         .route("/slow/quick", any(|| async { "an answer" }))
@@ -1644,6 +1646,7 @@ async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() 
     let field = Some("/usage/total_tokens");
     let h = Harness::start(|services| {
         services.push(usage("json", "/complete", None, field, &upstream));
+        services.push(usage("empty", "/complete/empty", None, field, &upstream));
         services.push(usage(
             "late",
             "/complete/late-usage",
@@ -1660,6 +1663,17 @@ async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() 
     assert!(served.headers().contains_key("content-length"));
     assert_eq!(served.json::<Value>().await.unwrap()["answer"], "hi");
     assert_eq!(h.balance_once(&session, 13_000).await, 13_000);
+
+    // An empty body, whole with its head, reports nothing: one unit, not
+    // the most held (it was never read to an end before).
+    let (l402, session, _, _) = balance_with_refund(&h, "/complete/empty").await;
+    for _ in 0..2 {
+        let served = h.get_paid("/complete/empty", &l402).await;
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(served.headers()["content-length"], "0");
+        assert!(served.bytes().await.unwrap().is_empty());
+    }
+    assert_eq!(h.balance_once(&session, 18_000).await, 18_000);
 
     // The answer read, the connection closed before the usage event.
     let (l402, session, _, _) = balance_with_refund(&h, "/complete/late-usage").await;

@@ -1540,7 +1540,10 @@ impl Paywall {
             meter::header_report(usage, &parts.headers, units);
             usage_field = usage.field.clone();
         }
+        // An empty body of known length (`Content-Length: 0`) too: hyper
+        // sends it whole with the head and never reads it.
         let bodiless = head
+            || body.is_end_stream()
             || parts.status.is_informational()
             || parts.status == StatusCode::NO_CONTENT
             || parts.status == StatusCode::NOT_MODIFIED;
@@ -1570,7 +1573,7 @@ impl Paywall {
         let Some(keep) = keep.filter(|_| idempotency::keepable(&parts.headers)) else {
             // An answer with no body is whole with its head: the spend is
             // written before it leaves.
-            if scan.is_none() && (bodiless || body.is_end_stream()) {
+            if bodiless {
                 spend.settle().await;
                 return Ok(Response::from_parts(
                     parts,
