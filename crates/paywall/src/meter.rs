@@ -588,6 +588,9 @@ impl UsageScan {
     /// same: charged the most held, so that an answer made unreadable
     /// (an upstream that echoes what it is sent) cannot cost one unit.
     fn read(&mut self, json: &[u8]) -> bool {
+        // As `JSON.parse` after `Response.json()` and Python's readers take
+        // it (RFC 8259 lets a parser ignore one).
+        let json = json.strip_prefix(BOM).unwrap_or(json);
         let value = match serde_json::from_slice::<serde_json::Value>(json) {
             Ok(value) => value,
             Err(_) if sets_out_as_json(json) => {
@@ -1042,6 +1045,8 @@ mod usage_tests {
             2
         );
         assert_eq!(scanned(false, &[b"{\"usage\":4}"], false), 4);
+        // A byte order mark before it, as a reader skips it.
+        assert_eq!(scanned(false, &[b"\xEF\xBB\xBF{\"usage\":4}"], true), 4);
         assert_eq!(
             scanned(false, &[b"{\"none\":4}"], false),
             crate::sessions::UNREPORTED
