@@ -613,6 +613,36 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
                 ""
             }
         )),
+        AdminCommand::Sessions { .. } => {
+            let sessions = answer["sessions"].as_array().map_or(&[][..], Vec::as_slice);
+            out.push_str(&format!(
+                "{} open, {} sat held{}\n",
+                n(&answer["open"]),
+                crate::output::sats(n(&answer["balance_msat"])),
+                if (sessions.len() as u64) < n(&answer["open"]) {
+                    format!(" (the {} most recently used below)", sessions.len())
+                } else {
+                    String::new()
+                },
+            ));
+            for s in sessions {
+                out.push_str(&format!(
+                    "{}  {:<16} {:>8} of {:>8} sat left  {:<9} last used {}\n",
+                    s["id"].as_str().unwrap_or_default(),
+                    s["service"].as_str().unwrap_or_default(),
+                    crate::output::sats(n(&s["balance_msat"])),
+                    crate::output::sats(n(&s["deposit_msat"])),
+                    if s["has_return_invoice"] == json!(true) {
+                        "refunded"
+                    } else {
+                        "no refund"
+                    },
+                    s["last_used_at"]
+                        .as_u64()
+                        .map_or_else(|| "-".into(), crate::output::when),
+                ));
+            }
+        }
         AdminCommand::Price { .. } => out.push_str(&format!(
             "{}: {} sat\n",
             answer["name"].as_str().unwrap_or_default(),
@@ -663,6 +693,31 @@ mod tests {
         assert!(refused.contains("GATE402_ADMIN_SECRET"), "{refused}");
         assert!(!refused.contains("hunter2"), "{refused}");
         assert!(api_base("not a url").is_err());
+    }
+
+    #[test]
+    fn open_sessions_are_a_table() {
+        let listed = summary(
+            &AdminCommand::Sessions { limit: 1 },
+            &json!({"open": 2, "balance_msat": 15_500, "sessions": [{
+                "id": "ab12", "service": "chat", "deposit_msat": 20_000,
+                "spent_msat": 10_000, "balance_msat": 10_000,
+                "has_return_invoice": true, "idle_secs": 300,
+                "last_used_at": 1_700_000_000, "closed": null,
+            }]}),
+        );
+        let mut lines = listed.lines();
+        assert_eq!(
+            lines.next(),
+            Some("2 open, 15.5 sat held (the 1 most recently used below)"),
+            "{listed}"
+        );
+        let row = lines.next().unwrap();
+        assert!(
+            row.starts_with("ab12  chat") && row.contains("10 of       20 sat left  refunded"),
+            "{listed}"
+        );
+        assert!(!listed.contains('{'), "{listed}");
     }
 
     #[test]

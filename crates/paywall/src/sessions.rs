@@ -263,6 +263,18 @@ impl Drop for Hold {
     }
 }
 
+/// A `close` of a session closed before answers its refund as recorded
+/// (sats, status); one of nothing was `skipped` even while the first
+/// close is still recording it (`pending` until then).
+fn closed_before(closed: Option<gate402_store::ClosedSession>) -> (u64, String) {
+    match closed {
+        Some(closed) if closed.refund_msat >= 1000 => {
+            (closed.refund_msat / 1000, closed.refund_status)
+        }
+        _ => (0, "skipped".into()),
+    }
+}
+
 /// The JSON answer of `topUp` and `close`, with its receipt.
 fn answer(body: serde_json::Value, receipt: &gate402_mpp::Receipt) -> Response<Bytes> {
     let mut response = Response::new(Bytes::from(body.to_string()));
@@ -745,16 +757,7 @@ impl Paywall {
                 status,
             })) => (refund_sats, status),
             // Asked again: the first answer, refunded once.
-            Ok(Some(SessionClose::AlreadyClosed(session))) => {
-                let closed = session
-                    .closed
-                    .unwrap_or_else(|| gate402_store::ClosedSession {
-                        at: 0,
-                        refund_msat: 0,
-                        refund_status: "skipped".into(),
-                    });
-                (closed.refund_msat / 1000, closed.refund_status)
-            }
+            Ok(Some(SessionClose::AlreadyClosed(session))) => closed_before(session.closed),
             Ok(None) => {
                 return refuse(
                     ProblemType::LightningSessionNotFound,
@@ -1064,6 +1067,24 @@ pub enum SessionClose {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Closes that meet a close still recording its refund of nothing say
+    /// `skipped`, as the first does, not `pending`.
+    #[test]
+    fn a_close_asked_again_says_a_refund_of_nothing_was_skipped() {
+        let closed = |refund_msat: u64, status: &str| {
+            closed_before(Some(gate402_store::ClosedSession {
+                at: 1,
+                refund_msat,
+                refund_status: status.into(),
+            }))
+        };
+        assert_eq!(closed(0, "pending"), (0, "skipped".into()));
+        assert_eq!(closed(999, "pending"), (0, "skipped".into()));
+        assert_eq!(closed(5_000, "pending"), (5, "pending".into()));
+        assert_eq!(closed(5_000, "succeeded"), (5, "succeeded".into()));
+        assert_eq!(closed_before(None), (0, "skipped".into()));
+    }
 
     /// A request dropped while its debit is being taken (its client left)
     /// holds nothing from the balance: the debit, taken anyway, is given
