@@ -32,6 +32,12 @@ use crate::batch::Batch;
 use crate::clock::unix_now;
 use crate::detached::Detached;
 
+/// How long an answer's last bytes wait for its commit: past it (the
+/// store out of reach) they go, and the commit is still tried until it is
+/// written. Only a crash in that outage could then serve the credential
+/// again; a client is not held for as long as the outage lasts.
+const COMMIT_WAIT: Duration = Duration::from_secs(5);
+
 /// Served claims waiting to be recorded as spent, and the answers whose
 /// last bytes wait for that.
 #[derive(Default)]
@@ -477,7 +483,8 @@ impl Claim {
     }
 
     /// Spends the payment with the next batch of commits, and is ready once
-    /// that is written (or the batch given up at a stop). The last bytes of
+    /// that is written (or the batch given up at a stop, or after
+    /// [`COMMIT_WAIT`] with the store out of reach). The last bytes of
     /// a paid answer wait for it: a gateway killed after its client had
     /// the whole answer has spent the payment, where a commit still
     /// waiting for its batch would be lost, and the claim released at the
@@ -491,7 +498,7 @@ impl Claim {
             Some(told),
         );
         async move {
-            let _ = written.await;
+            let _ = tokio::time::timeout(COMMIT_WAIT, written).await;
         }
     }
 
@@ -563,5 +570,42 @@ impl Drop for Claim {
             let key = std::mem::take(&mut self.key);
             self.claims.finish(key, self.holder.clone(), outcome);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the store out of reach, an answer's last bytes wait for its
+    /// commit for [`COMMIT_WAIT`] and then go; the commit stays queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_waits_for_its_commit_no_longer_than_the_commit_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(gate402_store::SqliteStore::open(&dir.path().join("claims.sqlite3")).unwrap());
+        let claims = Claims::new(store.clone(), "r1".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let written = |claim: Claim| async move {
+            let started = std::time::Instant::now();
+            claim.served().commit_written().await;
+            started.elapsed()
+        };
+        let claim = claims
+            .claim(&ClaimKey::payment(&[1; 32]), u64::MAX / 2, None)
+            .await
+            .unwrap();
+        assert!(written(claim).await < Duration::from_secs(1));
+        let claim = claims
+            .claim(&ClaimKey::payment(&[2; 32]), u64::MAX / 2, None)
+            .await
+            .unwrap();
+        store.close().await;
+        let waited = written(claim).await;
+        assert!(
+            waited >= COMMIT_WAIT && waited < COMMIT_WAIT + Duration::from_secs(2),
+            "{waited:?}"
+        );
     }
 }
