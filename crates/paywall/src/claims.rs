@@ -36,7 +36,7 @@ use crate::detached::Detached;
 /// store out of reach) they go, and the commit is still tried until it is
 /// written. Only a crash in that outage could then serve the credential
 /// again; a client is not held for as long as the outage lasts.
-const COMMIT_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const COMMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// Served claims waiting to be recorded as spent, and the answers whose
 /// last bytes wait for that.

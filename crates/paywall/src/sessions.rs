@@ -208,7 +208,8 @@ impl Hold {
     }
 
     /// Keeps the debit (the answer was sent), written before this is
-    /// ready: the last bytes of a paid answer wait for it, as for a claim
+    /// ready (or after [`crate::claims::COMMIT_WAIT`], the write going on):
+    /// the last bytes of a paid answer wait for it, as for a claim
     /// ([`crate::claims::Claim::commit_written`]), since a replica that
     /// starts again gives back the debits it left unsettled.
     pub(crate) async fn settle(mut self) {
@@ -218,8 +219,14 @@ impl Hold {
             let (store, holder) = (self.store.clone(), self.holder.clone());
             async move { store.settle_debit(&holder, kept_msat, unix_now()).await }
         };
-        if let Err(e) = Detached::new(&self.tracker, call, drop).await {
-            tracing::error!(error = %e, keep = true, "cannot record a debit's outcome");
+        // Written on its task even if not waited for to the end.
+        let settled = Detached::new(&self.tracker, call, drop);
+        match tokio::time::timeout(crate::claims::COMMIT_WAIT, settled).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, keep = true, "cannot record a debit's outcome");
+            }
+            Err(_) => tracing::warn!("a debit's settlement is slow; the answer goes on"),
         }
     }
 
