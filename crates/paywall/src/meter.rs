@@ -429,25 +429,22 @@ mod tests {
     /// reader hands `[DONE]` beside other data lines on as one message.
     #[test]
     fn done_is_an_event_whose_only_data_is_done() {
-        for done in [
-            &b"data: [DONE]"[..],
-            b"data:[DONE]",
-            b"event: end\ndata: [DONE]",
-            b"\xEF\xBB\xBFdata: [DONE]",
-            b"id: 7\r\ndata: [DONE]\r\n",
-        ] {
-            assert!(is_done(done), "{:?}", String::from_utf8_lossy(done));
-        }
-        for content in [
-            &b"data: PPPP\ndata: [DONE]"[..],
-            b"data: [DONE]\ndata: more",
-            b"data: [DONE]\ndata:",
-            b"data\ndata: [DONE]",
-            b"data: [DONE] ",
-            b"data:  [DONE]",
-            b"datax: [DONE]",
-        ] {
-            assert!(!is_done(content), "{:?}", String::from_utf8_lossy(content));
+        let events: [(&[u8], bool); 12] = [
+            (b"data: [DONE]", true),
+            (b"data:[DONE]", true),
+            (b"event: end\ndata: [DONE]", true),
+            (b"\xEF\xBB\xBFdata: [DONE]", true),
+            (b"id: 7\r\ndata: [DONE]\r\n", true),
+            (b"data: PPPP\ndata: [DONE]", false),
+            (b"data: [DONE]\ndata: more", false),
+            (b"data: [DONE]\ndata:", false),
+            (b"data\ndata: [DONE]", false),
+            (b"data: [DONE] ", false),
+            (b"data:  [DONE]", false),
+            (b"datax: [DONE]", false),
+        ];
+        for (event, done) in events {
+            assert_eq!(is_done(event), done, "{:?}", String::from_utf8_lossy(event));
         }
     }
 
