@@ -484,7 +484,7 @@ impl Claim {
 
     /// Spends the payment with the next batch of commits, and is ready once
     /// that is written (or the batch given up at a stop, or after
-    /// [`COMMIT_WAIT`] with the store out of reach). The last bytes of
+    /// 5 s with the store out of reach). The last bytes of
     /// a paid answer wait for it: a gateway killed after its client had
     /// the whole answer has spent the payment, where a commit still
     /// waiting for its batch would be lost, and the claim released at the
