@@ -566,6 +566,30 @@ enum Front {
     ForwardThenAnswer(axum::http::StatusCode, &'static str),
 }
 
+/// A [`front`] that answers the first session `action` it sees with
+/// `status` and `body` itself and forwards everything else; the flag is
+/// set until that answer was given.
+async fn front_answering_first(
+    gateway: &str,
+    action: &'static str,
+    status: axum::http::StatusCode,
+    body: &'static str,
+) -> (String, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let waiting = Arc::new(AtomicBool::new(true));
+    let first = waiting.clone();
+    let base = front(gateway, move |request| {
+        if session_action(request).as_deref() == Some(action) && first.swap(false, Ordering::SeqCst)
+        {
+            Front::Answer(status, body)
+        } else {
+            Front::Forward
+        }
+    })
+    .await;
+    (base, waiting)
+}
+
 /// A front of `gateway` doing with each request what `decide` says; its
 /// base URL.
 async fn front(
@@ -676,21 +700,13 @@ async fn a_paid_top_up_that_went_unanswered_is_sent_again_not_paid_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_answered_with_a_server_error_is_sent_again_not_paid_again() {
     use axum::http::StatusCode;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let demo = demo_gateway(|_| {}).await;
-    let failing = Arc::new(AtomicBool::new(true));
-    let fails = failing.clone();
-    let base = front(&demo.base, move |request| {
-        if session_action(request).as_deref() == Some("open") && fails.swap(false, Ordering::SeqCst)
-        {
-            Front::Answer(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the store is unavailable",
-            )
-        } else {
-            Front::Forward
-        }
-    })
+    let (base, _) = front_answering_first(
+        &demo.base,
+        "open",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the store is unavailable",
+    )
     .await;
     let (_dir, ledger) = fresh_ledger();
     let (client, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
@@ -715,19 +731,10 @@ async fn an_open_answered_with_a_server_error_is_sent_again_not_paid_again() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_open_answered_409_is_asked_again_and_took_no_unit() {
     use axum::http::StatusCode;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     let demo = demo_gateway(|_| {}).await;
-    let held = Arc::new(AtomicBool::new(true));
-    let holds = held.clone();
-    let base = front(&demo.base, move |request| {
-        if session_action(request).as_deref() == Some("open") && holds.swap(false, Ordering::SeqCst)
-        {
-            Front::Answer(StatusCode::CONFLICT, "held")
-        } else {
-            Front::Forward
-        }
-    })
-    .await;
+    let (base, held) =
+        front_answering_first(&demo.base, "open", StatusCode::CONFLICT, "held").await;
     let (_dir, ledger) = fresh_ledger();
     let (client, _) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
     chat(&client, &base, "first").await;
@@ -752,22 +759,13 @@ async fn an_open_answered_409_is_asked_again_and_took_no_unit() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refund_not_final_is_asked_about_again() {
     use axum::http::StatusCode;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let demo = demo_gateway(|_| {}).await;
-    let first_close = Arc::new(AtomicBool::new(true));
-    let fakes = first_close.clone();
-    let base = front(&demo.base, move |request| {
-        if session_action(request).as_deref() == Some("close")
-            && fakes.swap(false, Ordering::SeqCst)
-        {
-            Front::Answer(
-                StatusCode::OK,
-                r#"{"status":"closed","refundSats":19,"refundStatus":"pending"}"#,
-            )
-        } else {
-            Front::Forward
-        }
-    })
+    let (base, _) = front_answering_first(
+        &demo.base,
+        "close",
+        StatusCode::OK,
+        r#"{"status":"closed","refundSats":19,"refundStatus":"pending"}"#,
+    )
     .await;
     let (_dir, ledger) = fresh_ledger();
     let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));

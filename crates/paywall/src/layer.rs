@@ -334,6 +334,7 @@ pin_project_lite::pin_project! {
 /// client has the whole answer has spent the payment.
 struct Settling {
     written: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// The frame, or the end (`None`), as the wrapped body gave it.
     last: Option<Result<Frame<Bytes>, BoxError>>,
 }
 
@@ -425,9 +426,7 @@ where
         let mut this = self.project();
         if let Some(settling) = this.settling.as_mut() {
             std::task::ready!(settling.written.as_mut().poll(cx));
-            let last = settling.last.take();
-            *this.settling = None;
-            return Poll::Ready(last);
+            return Poll::Ready(this.settling.take().and_then(|s| s.last));
         }
         let polled = match this.inner.as_mut().project() {
             InnerProj::Wrapped { body } => body.poll_frame(cx),
@@ -477,8 +476,7 @@ where
         let spend = if ended { this.spend.take() } else { None };
         match (polled, spend.filter(|s| !s.spends_nothing())) {
             (Poll::Ready(last), Some(spend)) => {
-                let mut written: Pin<Box<dyn Future<Output = ()> + Send>> =
-                    Box::pin(spend.settle());
+                let mut written = Box::pin(spend.settle());
                 if written.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(last);
                 }

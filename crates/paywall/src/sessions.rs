@@ -13,6 +13,7 @@
 //! paid deposit once; `close`, or the idle timeout, closes the session once
 //! and pays the unspent balance to the return invoice, once.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,13 +215,8 @@ impl Hold {
     /// starts again gives back the debits it left unsettled.
     pub(crate) async fn settle(mut self) {
         self.done = true;
-        let kept_msat = self.usage.as_ref().map(UsageCount::kept_msat);
-        let call = {
-            let (store, holder) = (self.store.clone(), self.holder.clone());
-            async move { store.settle_debit(&holder, kept_msat, unix_now()).await }
-        };
         // Written on its task even if not waited for to the end.
-        let settled = Detached::new(&self.tracker, call, drop);
+        let settled = Detached::new(&self.tracker, self.keep_call(), drop);
         match tokio::time::timeout(crate::claims::COMMIT_WAIT, settled).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -228,6 +224,14 @@ impl Hold {
             }
             Err(_) => tracing::warn!("a debit's settlement is slow; the answer goes on"),
         }
+    }
+
+    /// The store call that keeps the debit: for a service metered by
+    /// usage, what its response reported (read now).
+    fn keep_call(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (store, holder) = (self.store.clone(), self.holder.clone());
+        let kept_msat = self.usage.as_ref().map(UsageCount::kept_msat);
+        async move { store.settle_debit(&holder, kept_msat, unix_now()).await }
     }
 
     /// Gives the debit back now (the request never reached the upstream).
@@ -250,12 +254,11 @@ impl Drop for Hold {
             return;
         }
         let (store, holder, keep) = (self.store.clone(), self.holder.clone(), self.keep_on_drop);
-        let kept_msat = self.usage.as_ref().map(UsageCount::kept_msat);
+        let kept = keep.then(|| self.keep_call());
         let finish = async move {
-            let result = if keep {
-                store.settle_debit(&holder, kept_msat, unix_now()).await
-            } else {
-                store.undo_debit(&holder).await.map(drop)
+            let result = match kept {
+                Some(call) => call.await,
+                None => store.undo_debit(&holder).await.map(drop),
             };
             if let Err(e) = result {
                 tracing::error!(error = %e, keep, "cannot record a debit's outcome");
