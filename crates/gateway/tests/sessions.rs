@@ -254,6 +254,17 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
                 axum::response::sse::Sse::new(tokens)
             }),
         )
+        // Fails, saying what it used before it did.
+        .route(
+            "/complete/failing",
+            any(|| async {
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    [("x-usage-tokens", "3")],
+                    "used 3 units, then failed",
+                )
+            }),
+        )
         .route(
             "/broken",
             any(|| async {
@@ -1574,6 +1585,33 @@ async fn close(h: &Harness, path: &str, session: &str, preimage: &str) -> Value 
     .json()
     .await
     .unwrap()
+}
+
+/// A failure kept (the third of a balance that spent nothing) keeps what
+/// the failed answer reported it used in its header, not the most the
+/// request held.
+#[tokio::test]
+async fn a_kept_failure_is_charged_the_usage_it_reported() {
+    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
+    let h = Harness::start(|services| {
+        services.push(usage(
+            "failing",
+            "/complete/failing",
+            Some("x-usage-tokens"),
+            None,
+            &upstream,
+        ));
+    })
+    .await;
+    let (l402, session, preimage, _) = balance_with_refund(&h, "/complete/failing").await;
+    assert_eq!(
+        h.statuses("/complete/failing", &l402, 3).await,
+        [500, 500, 500]
+    );
+    // 20 sat deposited, 3 kept (not the 10 held). (Bought through its
+    // L402 token, it names no return invoice: the refund is owed.)
+    let closed = close(&h, "/complete/failing", &session, &preimage).await;
+    assert_eq!(closed["refundSats"], 17, "{closed}");
 }
 
 /// A balance metered by the units the upstream reports: each request holds

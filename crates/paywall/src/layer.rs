@@ -1411,13 +1411,15 @@ impl Paywall {
             // so a client that leaves loses nothing and leaves nothing to
             // settle. Its call is the request's own, as on a route with
             // `auth = "off"`, and ends with it.
-            Delivered::settle(inner.call(request).await, spend.served()).await
+            Delivered::settle(inner.call(request).await, spend.served(), &service.meter).await
         } else {
             let _present = ClientPresence::put_in(&mut request);
             // RFC 9110, section 9.2.2: sent again, no effect beyond the first.
             let repeatable = request.method().is_idempotent();
             let call = inner.call(request);
-            let delivered = async move { Delivered::settle(call.await, spend.served()).await };
+            let metered = Arc::clone(service);
+            let delivered =
+                async move { Delivered::settle(call.await, spend.served(), &metered.meter).await };
             // A client that left once the upstream answered has spent its
             // payment (or its balance's debit): the books count it served.
             let (paywall, left_service, hash) =
@@ -1827,7 +1829,9 @@ enum Delivered<R, E> {
 }
 
 impl<B, E> Delivered<Response<B>, E> {
-    async fn settle(answer: Result<Response<B>, E>, spend: Spend) -> Self {
+    /// `meter`: the service's, whose usage header a failed answer may
+    /// report in too.
+    async fn settle(answer: Result<Response<B>, E>, spend: Spend, meter: &Meter) -> Self {
         let response = match answer {
             Ok(response) => response,
             Err(e) => {
@@ -1841,6 +1845,12 @@ impl<B, E> Delivered<Response<B>, E> {
                 Self::NotReached(response)
             }
             UpstreamOutcome::Failed => {
+                // A failure it makes too many of is kept: at what it used.
+                if let (Meter::Usage(usage), Some(units)) =
+                    (meter, spend.hold.as_ref().and_then(Hold::units))
+                {
+                    meter::header_report(usage, response.headers(), &units);
+                }
                 let unspent = spend.fail().await;
                 Self::Failed { response, unspent }
             }

@@ -501,11 +501,12 @@ impl Store for ObservedStore {
         &self,
         holder: &ClaimHolder,
         spend_at: u32,
+        kept_msat: Option<u64>,
         now: u64,
     ) -> Result<AfterFailure, StoreError> {
         self.timed(
             "store.fail_debit",
-            self.inner.fail_debit(holder, spend_at, now),
+            self.inner.fail_debit(holder, spend_at, kept_msat, now),
         )
         .await
     }

@@ -137,6 +137,16 @@ impl UsageCount {
         };
         units.saturating_mul(self.unit_msat)
     }
+
+    /// What is kept of a failed request's hold when its failure is kept:
+    /// the units its answer reported, or (`None`) all of it when none
+    /// were, as for a report that cannot be read.
+    fn failed_kept_msat(&self) -> Option<u64> {
+        match self.units.load(Ordering::Acquire) {
+            UNREPORTED => None,
+            n => Some(n.min(self.max_units).saturating_mul(self.unit_msat)),
+        }
+    }
 }
 
 impl std::fmt::Debug for Hold {
@@ -182,13 +192,19 @@ impl Hold {
     /// Gives the debit back after the upstream had the request and
     /// failed, unless the session had as much given back for failures as
     /// it may ([`crate::claims::FAILURES_PER_PAYMENT`]). True when given
-    /// back.
+    /// back. Kept, a request metered by usage keeps what its failed answer
+    /// reported in its header (read into [`Hold::units`] first).
     pub(crate) async fn fail(mut self) -> bool {
         self.done = true;
         let spend_at = crate::claims::FAILURES_PER_PAYMENT;
+        let kept_msat = self.usage.as_ref().and_then(UsageCount::failed_kept_msat);
         let call = {
             let (store, holder) = (self.store.clone(), self.holder.clone());
-            async move { store.fail_debit(&holder, spend_at, unix_now()).await }
+            async move {
+                store
+                    .fail_debit(&holder, spend_at, kept_msat, unix_now())
+                    .await
+            }
         };
         // Finished even if the request is dropped meanwhile.
         match Detached::new(&self.tracker, call, drop).await {

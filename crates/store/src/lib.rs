@@ -562,10 +562,15 @@ pub trait Store: Send + Sync + 'static {
     /// request that makes the upstream fail. `Released`: given back;
     /// `Spent`: kept (or the session was closed meanwhile); `NotHeld`: no
     /// such held debit. The session is idle from `now` (unix seconds).
+    /// Kept, it keeps `kept_msat` of the debit when given (at most all: a
+    /// request that held the most it may use, and whose failed answer
+    /// reported what it used) and gives the rest back, as
+    /// [`Store::settle_debit`] does.
     async fn fail_debit(
         &self,
         holder: &ClaimHolder,
         spend_at: u32,
+        kept_msat: Option<u64>,
         now: u64,
     ) -> Result<AfterFailure, StoreError>;
 

@@ -1264,10 +1264,12 @@ impl Store for PostgresStore {
         &self,
         holder: &ClaimHolder,
         spend_at: u32,
+        kept_msat: Option<u64>,
         now: u64,
     ) -> Result<AfterFailure, StoreError> {
-        let (held, given, session): (i64, i64, Option<Vec<u8>>) = sqlx::query_as(
-            "WITH held AS (
+        let (held, given, session, amount): (i64, i64, Option<Vec<u8>>, Option<i64>) =
+            sqlx::query_as(
+                "WITH held AS (
                 DELETE FROM session_debits WHERE token = $1 AND replica = $2
                 RETURNING session, amount_msat),
              given AS (
@@ -1279,23 +1281,30 @@ impl Store for PostgresStore {
                   AND sessions.failed_msat + held.amount_msat <= ($3 - 1) * sessions.spent_msat
                 RETURNING 1)
              SELECT (SELECT count(*) FROM held), (SELECT count(*) FROM given),
-                (SELECT session FROM held LIMIT 1)",
-        )
-        .bind(&holder.token)
-        .bind(&holder.replica)
-        .bind(i64::from(spend_at))
-        .bind(now as i64)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db)?;
+                (SELECT session FROM held LIMIT 1), (SELECT amount_msat FROM held LIMIT 1)",
+            )
+            .bind(&holder.token)
+            .bind(&holder.replica)
+            .bind(i64::from(spend_at))
+            .bind(now as i64)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
         if let (Some(session), 0) = (session, given) {
             // Kept, not given back: the session's idle time starts again
-            // all the same (a row changes once per statement, so apart).
+            // all the same (a row changes once per statement, so apart),
+            // and what the failed answer did not use goes back.
+            let back = kept_msat.map_or(0, |kept| {
+                (amount.unwrap_or(0).max(0) as u64).saturating_sub(kept)
+            });
             sqlx::query(
-                "UPDATE sessions SET last_used_at = GREATEST(last_used_at, $2) WHERE id = $1 AND closed_at IS NULL",
+                "UPDATE sessions SET last_used_at = GREATEST(last_used_at, $2),
+                    spent_msat = spent_msat - $3
+                 WHERE id = $1 AND closed_at IS NULL",
             )
             .bind(session)
             .bind(now as i64)
+            .bind(back as i64)
             .execute(&self.pool)
             .await
             .map_err(db)?;

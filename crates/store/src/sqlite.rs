@@ -1296,6 +1296,7 @@ impl Store for SqliteStore {
         &self,
         holder: &ClaimHolder,
         spend_at: u32,
+        kept_msat: Option<u64>,
         now: u64,
     ) -> Result<AfterFailure, StoreError> {
         let holder = holder.clone();
@@ -1315,11 +1316,17 @@ impl Store for SqliteStore {
                        AND failed_msat + ?2 <= (?3 - 1) * spent_msat",
                 )?
                 .execute(params![session, amount, spend_at])?;
-            Ok(if given == 1 {
-                AfterFailure::Released
-            } else {
-                AfterFailure::Spent
-            })
+            if given == 1 {
+                return Ok(AfterFailure::Released);
+            }
+            let back = kept_msat.map_or(0, |kept| (amount as u64).saturating_sub(kept));
+            if back > 0 {
+                c.prepare_cached(
+                    "UPDATE sessions SET spent_msat = spent_msat - ?2 WHERE id = ?1 AND closed_at IS NULL",
+                )?
+                .execute(params![session, back as i64])?;
+            }
+            Ok(AfterFailure::Spent)
         })
         .await
     }

@@ -601,18 +601,18 @@ async fn a_balance_gives_back_failures_up_to_twice_its_spending([a, b]: &Pair) {
     for (i, store) in [a, b].into_iter().enumerate() {
         let h = debit(store).await;
         assert_eq!(
-            store.fail_debit(&h, 3, 1_100).await.unwrap(),
+            store.fail_debit(&h, 3, None, 1_100).await.unwrap(),
             AfterFailure::Released,
             "free failure {i}"
         );
         assert_eq!(
-            store.fail_debit(&h, 3, 1_100).await.unwrap(),
+            store.fail_debit(&h, 3, None, 1_100).await.unwrap(),
             AfterFailure::NotHeld
         );
     }
     let h = debit(a).await;
     assert_eq!(
-        a.fail_debit(&h, 3, 1_100).await.unwrap(),
+        a.fail_debit(&h, 3, None, 1_100).await.unwrap(),
         AfterFailure::Spent,
         "the third failure with nothing spent is kept"
     );
@@ -628,16 +628,27 @@ async fn a_balance_gives_back_failures_up_to_twice_its_spending([a, b]: &Pair) {
     for _ in 0..4 {
         let h = debit(a).await;
         assert_eq!(
-            a.fail_debit(&h, 3, 1_100).await.unwrap(),
+            a.fail_debit(&h, 3, None, 1_100).await.unwrap(),
             AfterFailure::Released
         );
     }
     let h = debit(a).await;
     assert_eq!(
-        a.fail_debit(&h, 3, 1_100).await.unwrap(),
+        a.fail_debit(&h, 3, None, 1_100).await.unwrap(),
         AfterFailure::Spent
     );
     assert_eq!(spent(a).await, 3_000);
+    // A kept failure that reported what it used keeps that, not all it
+    // held; a given-back one gives all back whatever it reported.
+    for after in [
+        AfterFailure::Released,
+        AfterFailure::Released,
+        AfterFailure::Spent,
+    ] {
+        let h = debit(b).await;
+        assert_eq!(b.fail_debit(&h, 3, Some(300), 1_100).await.unwrap(), after);
+    }
+    assert_eq!(spent(a).await, 3_300);
 }
 
 async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &Pair) {
