@@ -1269,6 +1269,44 @@ async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
     );
 }
 
+/// A stream waiting for a top-up when its session is closed (a close
+/// waits for the session's requests in flight, but not for ever; or
+/// another replica closed it) ends with `session-timeout`, which says
+/// what the balance spent.
+#[tokio::test]
+async fn a_stream_whose_session_closes_while_it_waits_says_what_was_spent() {
+    let h = Harness::start(|services| services[2].priced.topup_wait_secs = 60).await;
+    let (challenge, request, _) = h.challenge("/stream").await;
+    let preimage = h.pay(&request).await;
+    let session = request["paymentHash"].as_str().unwrap().to_owned();
+    let (refund_to, _) = h.return_invoice().await;
+    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
+    let mut events = Events::of(h.send("/stream", &challenge, open).await);
+    let mut names = Vec::new();
+    while let Some((name, _)) = events.next().await {
+        names.push(name.clone());
+        if name == "payment-need-topup" {
+            break;
+        }
+    }
+    assert_eq!(names.len(), 4, "{names:?}");
+    // Closed as a close does once its wait for the stream has run out.
+    let id: [u8; 32] = hex::decode(&session).unwrap().try_into().unwrap();
+    let closing = h.gateway.paywall().store().close_session(&id, 1);
+    assert!(matches!(
+        closing.await.unwrap(),
+        gate402_store::Closing::Closed { .. }
+    ));
+    let mut ended = Vec::new();
+    while let Some(event) = events.next().await {
+        ended.push(event);
+    }
+    let (name, data) = &ended[0];
+    assert_eq!(name, "session-timeout", "{ended:?}");
+    let timeout: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(timeout["balanceSpent"], 3, "{timeout}");
+}
+
 /// An event stream a failing upstream (a 5xx) sends is charged per event
 /// all the same, past the first: the request's own debit is given back
 /// (pay for success), but its events are content; its receipt counts the

@@ -255,7 +255,12 @@ impl Metered {
                 }
                 Ok(Debit::Insufficient { spent_msat, .. }) => spent_msat,
                 Ok(Debit::Closed | Debit::NotFound) => {
-                    let _ = tx.send(Ok(self.timeout_event(0))).await;
+                    // Closed meanwhile: what it spent is on its record.
+                    let spent_msat = match store.session(&self.session).await {
+                        Ok(Some(session)) => session.spent_msat,
+                        _ => 0,
+                    };
+                    let _ = tx.send(Ok(self.timeout_event(spent_msat / 1000))).await;
                     return false;
                 }
                 Err(e) => {
