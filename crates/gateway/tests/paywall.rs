@@ -910,6 +910,54 @@ async fn a_paid_answer_is_whole_only_once_its_spend_is_written() {
     }
 }
 
+/// The same for an answer of unknown length (chunked) whose last data
+/// comes with its end: its last data leave only once the claim is
+/// written, so a client that has every byte of the content (before the
+/// chunked end) finds the credential spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_has_all_its_content_only_once_its_spend_is_written() {
+    let chunked = raw_upstream(
+        |_| {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+                .to_vec()
+        },
+        Duration::ZERO,
+    );
+    let h = Harness::start(move |_| vec![service("chunked", "/chunked", 3, &chunked)]).await;
+    let db = rusqlite::Connection::open_with_flags(
+        h.dir.path().join("gate402.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    for door in ["L402", "Payment"] {
+        for n in 0..10 {
+            let (offer, preimage) = h.buy("/chunked").await;
+            let mut served = h
+                .get("/chunked", &credential(door, &offer, &preimage))
+                .await;
+            assert_eq!(served.status(), StatusCode::OK, "{door} #{n}");
+            let mut content = Vec::new();
+            while content.len() < b"hello world".len() {
+                let chunk = served.chunk().await.unwrap().expect("more content");
+                content.extend_from_slice(&chunk);
+            }
+            let consumed: i64 = db
+                .query_row(
+                    "SELECT consumed FROM challenges WHERE id = ?1",
+                    [format!("p:{}", hex::encode(offer.invoice.payment_hash()))],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(content, b"hello world");
+            assert_eq!(
+                consumed, 1,
+                "{door} #{n}: all its content out, its claim not written spent"
+            );
+            assert_eq!(served.chunk().await.unwrap(), None);
+        }
+    }
+}
+
 /// A credential replayed right after its request was answered (its body
 /// read to the end) is told it was used, not that another request is
 /// using it (its commit may not be written yet; a body of known length is

@@ -326,8 +326,27 @@ pin_project_lite::pin_project! {
         spend: Option<Spend>,
         // The answer's end, held while its spend is written.
         settling: Option<Settling>,
+        // A data frame of an answer of unknown length, held back while
+        // the runtime runs a few other tasks: if the end comes meanwhile
+        // (it mostly comes with the last data), the spend is written
+        // before that frame leaves, as for an answer of known length.
+        held: Option<HeldFrame>,
+        // What the wrapped body gave after a held frame (`None`: its end),
+        // to give on the next poll.
+        next: Option<Option<Result<Frame<Bytes>, BoxError>>>,
     }
 }
+
+/// A data frame held back to see whether the answer's end follows it.
+struct HeldFrame {
+    frame: Frame<Bytes>,
+    yields: u8,
+}
+
+/// How many times a held frame lets the runtime run other tasks (the
+/// upstream connection's among them, which brings the end) before it
+/// leaves anyway: a stream's events are delayed by no timer.
+const HOLD_YIELDS: u8 = 4;
 
 /// The last frame of a paid answer (or its end), held until what the
 /// request spends is written to the store: a gateway killed once its
@@ -352,83 +371,17 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B: Body<Data = Bytes>> Inner<B> {
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Inner::Wrapped { body } => body.is_end_stream(),
-            Inner::Own { bytes } => bytes.is_none(),
-            Inner::Partial { partial } => partial.is_end_stream(),
-            Inner::Metered { .. } => false,
-            Inner::Scanned { body, .. } => body.is_end_stream(),
-        }
-    }
-}
-
-impl<B> PaywallBody<B> {
-    fn partial(partial: Partial<B>, spend: Option<Spend>) -> Self {
-        Self {
-            inner: Inner::Partial { partial },
-            spend,
-            settling: None,
-        }
-    }
-
-    fn scanned(body: B, scan: UsageScan, spend: Option<Spend>) -> Self {
-        Self {
-            inner: Inner::Scanned { body, scan },
-            spend,
-            settling: None,
-        }
-    }
-
-    fn metered(metered: MeteredBody) -> Self {
-        Self {
-            inner: Inner::Metered { metered },
-            spend: None,
-            settling: None,
-        }
-    }
-
-    fn wrapped(body: B, spend: Option<Spend>) -> Self {
-        Self {
-            inner: Inner::Wrapped { body },
-            spend,
-            settling: None,
-        }
-    }
-
-    fn own(bytes: Bytes) -> Self {
-        Self {
-            inner: Inner::Own {
-                bytes: (!bytes.is_empty()).then_some(bytes),
-            },
-            spend: None,
-            settling: None,
-        }
-    }
-}
-
-/// Its errors are boxed: an event stream the upstream cuts off is cut off
-/// for the client with the upstream's error, which the meter passes on
-/// from the task that charges it.
-impl<B> Body for PaywallBody<B>
+impl<B> Inner<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
+    /// The next frame of the answer; a usage scan reads it as it passes.
+    fn poll_next_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        if let Some(settling) = this.settling.as_mut() {
-            std::task::ready!(settling.written.as_mut().poll(cx));
-            return Poll::Ready(this.settling.take().and_then(|s| s.last));
-        }
-        let polled = match this.inner.as_mut().project() {
+        let polled = match self.project() {
             InnerProj::Wrapped { body } => body.poll_frame(cx),
             InnerProj::Own { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             InnerProj::Partial { partial } => partial.poll_frame(cx),
@@ -456,43 +409,191 @@ where
                     .map(|b| b.map(|b| b.map(Frame::data)));
             }
         };
-        let polled = polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)));
-        // All handed over (a body of known length ends with its last
-        // frame: hyper does not poll it again): spend the payment before
-        // that frame is written, and write the spend first, so that a
-        // client holding its whole answer finds its credential spent, not
-        // in use, even if this gateway dies the next moment.
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.as_ref().get_ref().is_end_stream(),
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(spend) = this.spend.take() {
-                    spend.fail_broken_answer();
-                }
-                false
+        polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)))
+    }
+
+    /// Whether its data frames may be held back for the end ([`HOLD_YIELDS`]):
+    /// the upstream's answer, of unknown length. (One of known length ends
+    /// with its last frame; a metered stream is charged as it goes.)
+    fn holds_frames(&self) -> bool {
+        match self {
+            Inner::Wrapped { body } | Inner::Scanned { body, .. } => {
+                body.size_hint().exact().is_none()
             }
-            Poll::Pending => false,
-        };
-        let spend = if ended { this.spend.take() } else { None };
-        match (polled, spend.filter(|s| !s.spends_nothing())) {
-            (Poll::Ready(last), Some(spend)) => {
-                let mut written = Box::pin(spend.settle());
-                if written.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(last);
-                }
-                *this.settling = Some(Settling { written, last });
-                Poll::Pending
+            Inner::Partial { partial } => partial.size_hint().exact().is_none(),
+            Inner::Own { .. } | Inner::Metered { .. } => false,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Inner<B> {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Wrapped { body } => body.is_end_stream(),
+            Inner::Own { bytes } => bytes.is_none(),
+            Inner::Partial { partial } => partial.is_end_stream(),
+            Inner::Metered { .. } => false,
+            Inner::Scanned { body, .. } => body.is_end_stream(),
+        }
+    }
+}
+
+impl<B> PaywallBody<B> {
+    fn partial(partial: Partial<B>, spend: Option<Spend>) -> Self {
+        Self {
+            inner: Inner::Partial { partial },
+            spend,
+            settling: None,
+            held: None,
+            next: None,
+        }
+    }
+
+    fn scanned(body: B, scan: UsageScan, spend: Option<Spend>) -> Self {
+        Self {
+            inner: Inner::Scanned { body, scan },
+            spend,
+            settling: None,
+            held: None,
+            next: None,
+        }
+    }
+
+    fn metered(metered: MeteredBody) -> Self {
+        Self {
+            inner: Inner::Metered { metered },
+            spend: None,
+            settling: None,
+            held: None,
+            next: None,
+        }
+    }
+
+    fn wrapped(body: B, spend: Option<Spend>) -> Self {
+        Self {
+            inner: Inner::Wrapped { body },
+            spend,
+            settling: None,
+            held: None,
+            next: None,
+        }
+    }
+
+    fn own(bytes: Bytes) -> Self {
+        Self {
+            inner: Inner::Own {
+                bytes: (!bytes.is_empty()).then_some(bytes),
+            },
+            spend: None,
+            settling: None,
+            held: None,
+            next: None,
+        }
+    }
+}
+
+/// Its errors are boxed: an event stream the upstream cuts off is cut off
+/// for the client with the upstream's error, which the meter passes on
+/// from the task that charges it.
+impl<B> Body for PaywallBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        loop {
+            if let Some(settling) = this.settling.as_mut() {
+                std::task::ready!(settling.written.as_mut().poll(cx));
+                return Poll::Ready(this.settling.take().and_then(|s| s.last));
             }
-            (polled, _) => polled,
+            let polled = match this.next.take() {
+                Some(next) => Poll::Ready(next),
+                None => this.inner.as_mut().poll_next_frame(cx),
+            };
+            let mut last_held = false;
+            let polled = match (this.held.take(), polled) {
+                (None, polled) => polled,
+                (Some(held), Poll::Pending) if held.yields < HOLD_YIELDS => {
+                    *this.held = Some(HeldFrame {
+                        yields: held.yields + 1,
+                        ..held
+                    });
+                    // Woken after the tasks already waiting have run.
+                    let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+                    return Poll::Pending;
+                }
+                // The end has not come: the frame goes.
+                (Some(held), Poll::Pending) => return Poll::Ready(Some(Ok(held.frame))),
+                (Some(held), Poll::Ready(next)) => {
+                    last_held = next.is_none();
+                    *this.next = Some(next);
+                    Poll::Ready(Some(Ok(held.frame)))
+                }
+            };
+            // All handed over (a body of known length ends with its last
+            // frame: hyper does not poll it again): spend the payment before
+            // that frame is written, and write the spend first, so that a
+            // client holding its whole answer finds its credential spent, not
+            // in use, even if this gateway dies the next moment.
+            let ended = last_held
+                || match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => this.inner.as_ref().get_ref().is_end_stream(),
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(spend) = this.spend.take() {
+                            spend.fail_broken_answer();
+                        }
+                        false
+                    }
+                    Poll::Pending => false,
+                };
+            let unspent = this.spend.as_ref().is_some_and(|s| !s.spends_nothing());
+            let polled = match polled {
+                Poll::Ready(Some(Ok(frame)))
+                    if !ended
+                        && !last_held
+                        && unspent
+                        && this.next.is_none()
+                        && frame.is_data()
+                        && this.inner.as_ref().get_ref().holds_frames() =>
+                {
+                    *this.held = Some(HeldFrame { frame, yields: 0 });
+                    continue;
+                }
+                polled => polled,
+            };
+            let spend = if ended { this.spend.take() } else { None };
+            return match (polled, spend.filter(|s| !s.spends_nothing())) {
+                (Poll::Ready(last), Some(spend)) => {
+                    let mut written = Box::pin(spend.settle());
+                    if written.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(last);
+                    }
+                    *this.settling = Some(Settling { written, last });
+                    Poll::Pending
+                }
+                (polled, _) => polled,
+            };
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        // Not while an end is held, nor while a spend is unwritten: hyper
-        // polls a body that says it is at its end no more.
+        // Not while an end or a frame is held, nor while a spend is
+        // unwritten: hyper polls a body that says it is at its end no more.
         self.settling.is_none()
+            && self.held.is_none()
             && self.spend.as_ref().is_none_or(Spend::spends_nothing)
-            && self.inner.is_end_stream()
+            && match &self.next {
+                Some(next) => next.is_none(),
+                None => self.inner.is_end_stream(),
+            }
     }
 
     fn size_hint(&self) -> SizeHint {
