@@ -1165,9 +1165,9 @@ impl Events {
     }
 }
 
-#[tokio::test]
-async fn a_metered_stream_stops_at_the_balance_and_resumes_after_a_top_up() {
-    let h = Harness::start(|_| {}).await;
+/// A session opened on `/stream` (a 3 sat deposit, a return invoice
+/// named): its challenge, id, preimage and the stream the open answered.
+async fn open_stream(h: &Harness) -> (PaymentChallenge, String, String, Events) {
     let (challenge, request, _) = h.challenge("/stream").await;
     assert_eq!(request["depositAmount"], "3");
     let preimage = h.pay(&request).await;
@@ -1176,7 +1176,13 @@ async fn a_metered_stream_stops_at_the_balance_and_resumes_after_a_top_up() {
     let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
     let response = h.send("/stream", &challenge, open).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let mut events = Events::of(response);
+    (challenge, session, preimage, Events::of(response))
+}
+
+#[tokio::test]
+async fn a_metered_stream_stops_at_the_balance_and_resumes_after_a_top_up() {
+    let h = Harness::start(|_| {}).await;
+    let (challenge, session, preimage, mut events) = open_stream(&h).await;
     for i in 1..=3 {
         assert_eq!(
             events.next().await.unwrap(),
@@ -1230,12 +1236,7 @@ async fn a_metered_stream_stops_at_the_balance_and_resumes_after_a_top_up() {
 #[tokio::test]
 async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
     let h = Harness::start(|_| {}).await;
-    let (challenge, request, _) = h.challenge("/stream").await;
-    let preimage = h.pay(&request).await;
-    let session = request["paymentHash"].as_str().unwrap().to_owned();
-    let (refund_to, _) = h.return_invoice().await;
-    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
-    let mut events = Events::of(h.send("/stream", &challenge, open).await);
+    let (challenge, session, preimage, mut events) = open_stream(&h).await;
     let mut names = Vec::new();
     let mut last = Value::Null;
     while let Some((name, data)) = events.next().await {
@@ -1276,12 +1277,7 @@ async fn a_metered_stream_without_a_top_up_ends_with_session_timeout() {
 #[tokio::test]
 async fn a_stream_whose_session_closes_while_it_waits_says_what_was_spent() {
     let h = Harness::start(|services| services[2].priced.topup_wait_secs = 60).await;
-    let (challenge, request, _) = h.challenge("/stream").await;
-    let preimage = h.pay(&request).await;
-    let session = request["paymentHash"].as_str().unwrap().to_owned();
-    let (refund_to, _) = h.return_invoice().await;
-    let open = json!({"action": "open", "preimage": preimage, "returnInvoice": refund_to});
-    let mut events = Events::of(h.send("/stream", &challenge, open).await);
+    let (_, session, _, mut events) = open_stream(&h).await;
     let mut names = Vec::new();
     while let Some((name, _)) = events.next().await {
         names.push(name.clone());
@@ -1596,6 +1592,18 @@ fn usage(
     service
 }
 
+/// A harness with these services metered by usage besides its own, each
+/// `(name, path, usage header, usage field)` on the test upstream.
+async fn metered_by_usage(metered: &[(&str, &str, Option<&'static str>, Option<&str>)]) -> Harness {
+    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
+    Harness::start(|services| {
+        for &(name, path, header, field) in metered {
+            services.push(usage(name, path, header, field, &upstream));
+        }
+    })
+    .await
+}
+
 /// Buys a balance through its L402 token: the token, the session's id and
 /// preimage, and the session challenge of the same 402 (the same invoice),
 /// through which an MPP `open` names a return invoice for it.
@@ -1630,17 +1638,8 @@ async fn close(h: &Harness, path: &str, session: &str, preimage: &str) -> Value 
 /// request held.
 #[tokio::test]
 async fn a_kept_failure_is_charged_the_usage_it_reported() {
-    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
-    let h = Harness::start(|services| {
-        services.push(usage(
-            "failing",
-            "/complete/failing",
-            Some("x-usage-tokens"),
-            None,
-            &upstream,
-        ));
-    })
-    .await;
+    let h =
+        metered_by_usage(&[("failing", "/complete/failing", Some("x-usage-tokens"), None)]).await;
     let (l402, session, preimage, _) = balance_with_refund(&h, "/complete/failing").await;
     assert_eq!(
         h.statuses("/complete/failing", &l402, 3).await,
@@ -1657,23 +1656,15 @@ async fn a_kept_failure_is_charged_the_usage_it_reported() {
 /// 4 in the stream's last usage event).
 #[tokio::test]
 async fn a_balance_is_charged_the_usage_the_upstream_reports() {
-    let upstream = upstream(Arc::new(AtomicUsize::new(0))).await;
-    let h = Harness::start(|services| {
-        services.push(usage(
-            "header",
-            "/complete",
-            Some("x-usage-tokens"),
-            None,
-            &upstream,
-        ));
-        services.push(usage(
+    let h = metered_by_usage(&[
+        ("header", "/complete", Some("x-usage-tokens"), None),
+        (
             "stream-usage",
             "/complete/stream",
             None,
             Some("/usage/total_tokens"),
-            &upstream,
-        ));
-    })
+        ),
+    ])
     .await;
     // 20 sat: 7 + 7 used; the third request cannot hold 10 of the 6 left.
     let (l402, session, preimage, challenge) = balance_with_refund(&h, "/complete").await;
