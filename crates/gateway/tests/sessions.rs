@@ -265,6 +265,17 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
                 )
             }),
         )
+        // Fails, saying it used nothing.
+        .route(
+            "/complete/failing-free",
+            any(|| async {
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    [("x-usage-tokens", "0")],
+                    "used nothing, then failed",
+                )
+            }),
+        )
         .route(
             "/broken",
             any(|| async {
@@ -1649,6 +1660,31 @@ async fn a_kept_failure_is_charged_the_usage_it_reported() {
     // L402 token, it names no return invoice: the refund is owed.)
     let closed = close(&h, "/complete/failing", &session, &preimage).await;
     assert_eq!(closed["refundSats"], 17, "{closed}");
+}
+
+/// A kept failure whose answer reports that it used nothing keeps one
+/// unit all the same: kept failures that cost nothing would let a balance
+/// buy failed runs without end.
+#[tokio::test]
+async fn a_kept_failure_that_reports_nothing_used_costs_a_unit() {
+    let h = metered_by_usage(&[(
+        "failing",
+        "/complete/failing-free",
+        Some("x-usage-tokens"),
+        None,
+    )])
+    .await;
+    let (l402, _, _, _) = balance_with_refund(&h, "/complete/failing-free").await;
+    // 20 units, 10 held a request: two failures given back, then one
+    // unit kept a failure and one more given back for each 5 kept (what
+    // is given back stays within twice what is spent), until fewer than
+    // 10 are left to hold.
+    let mut expected = vec![500; 15];
+    expected.push(402);
+    assert_eq!(
+        h.statuses("/complete/failing-free", &l402, 16).await,
+        expected
+    );
 }
 
 /// A balance metered by the units the upstream reports: each request holds

@@ -139,12 +139,14 @@ impl UsageCount {
     }
 
     /// What is kept of a failed request's hold when its failure is kept:
-    /// the units its answer reported, or (`None`) all of it when none
-    /// were, as for a report that cannot be read.
+    /// the units its answer reported, at least one (a kept failure that
+    /// cost nothing would leave the failures a balance buys unbounded), or
+    /// (`None`) all of it when none were, as for a report that cannot be
+    /// read.
     fn failed_kept_msat(&self) -> Option<u64> {
         match self.units.load(Ordering::Acquire) {
             UNREPORTED => None,
-            n => Some(n.min(self.max_units).saturating_mul(self.unit_msat)),
+            n => Some(n.clamp(1, self.max_units).saturating_mul(self.unit_msat)),
         }
     }
 }
