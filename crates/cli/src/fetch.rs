@@ -593,6 +593,17 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
                         );
                     }
                 }
+                if args.session && paid.session.is_none() {
+                    errln!(
+                        "gate402: --session could not be followed (the server offers no MPP session for this request); paid with {}{}",
+                        paid.scheme,
+                        if paid.scheme == gate402_client::Prefer::L402.as_str() {
+                            ": a balance bought through L402 is not refunded"
+                        } else {
+                            ""
+                        }
+                    );
+                }
                 if let Some(secs) = pass_paid_as_one_request(&client.payer.ledger, paid) {
                     errln!(
                         "gate402: this service sells a pass of {secs} s through L402; paid with {}, this payment buys this one request (--prefer l402 buys the pass)",

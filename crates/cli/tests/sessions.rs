@@ -22,6 +22,33 @@ async fn demo_gateway() -> (Gateway, String, tempfile::TempDir) {
     (gateway, base, dir)
 }
 
+/// A service described, and a realm named, past ASCII: the challenges
+/// carry them as UTF-8, and `--session` opens an MPP session all the same
+/// (it used to drop the challenges and buy the balance through L402,
+/// which is never refunded).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_opens_whatever_the_words_of_its_challenge() {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = demo::config(upstream);
+    config.mpp.realm = "api.acmé.test".into();
+    for service in &mut config.services {
+        service.priced.description = "Sprachmodell – größte Antwort".into();
+    }
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let client = tempfile::tempdir().unwrap();
+    let url = format!("http://{}/api/chat?prompt=q", gateway.addr());
+    let out = gate402(client.path(), &["get", "--session", &url]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("could not be followed"), "{stderr}");
+    assert_eq!(
+        amounts(&payments(client.path()).await),
+        [("MPP session".to_owned(), 20_000)]
+    );
+    gateway.shutdown().await.unwrap();
+}
+
 /// `gate402 get -s ARGS… URL`, asserting it succeeded and answered the
 /// prompt.
 async fn ask(data: &std::path::Path, args: &[&str], url: &str, prompt: &str) {

@@ -64,6 +64,19 @@ pub use wallet::{
 
 use gate402_bolt11::{Expect, Invoice};
 use gate402_http_auth::{parse_challenges, Challenge};
+
+/// The `WWW-Authenticate` values of a 402 as text. A value with bytes
+/// past ASCII (a `description` or `realm` in UTF-8, which HTTP carries
+/// as opaque bytes) is read as UTF-8, not dropped with its challenges.
+pub(crate) fn challenge_values(
+    headers: &reqwest::header::HeaderMap,
+) -> Vec<std::borrow::Cow<'_, str>> {
+    headers
+        .get_all(reqwest::header::WWW_AUTHENTICATE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .collect()
+}
 use gate402_l402::caveat::{Caveat, SERVICES, USES_SUFFIX, VALID_UNTIL_SUFFIX};
 use gate402_l402::{challenges_in, Identifier, L402Challenge, L402Credential, Scheme};
 use gate402_mpp::lightning::{ChargeRequest, PreimagePayload, CHARGE, METHOD};
@@ -255,11 +268,9 @@ impl Offer {
     ///
     /// As [`Offer::from_parts`].
     pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Result<Self, OfferError> {
+        let challenges = challenge_values(headers);
         Self::from_parts(
-            headers
-                .get_all(reqwest::header::WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
+            challenges.iter().map(AsRef::as_ref),
             headers
                 .get(gate402_x402::PAYMENT_REQUIRED)
                 .and_then(|v| v.to_str().ok()),

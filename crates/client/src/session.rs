@@ -130,12 +130,7 @@ impl SessionOffer {
     ///
     /// As [`SessionOffer::from_challenges`].
     pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, OfferError> {
-        Self::from_challenges(
-            headers
-                .get_all(reqwest::header::WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        )
+        Self::from_challenges(crate::challenge_values(headers).iter().map(AsRef::as_ref))
     }
 
     /// The field its credentials go in: [`PAYMENT_AUTHORIZATION`] when the
