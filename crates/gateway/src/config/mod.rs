@@ -416,10 +416,14 @@ impl Rewrite {
             Some(prefix) if segment_prefix(path, prefix) => &path[prefix.len()..],
             _ => path,
         };
-        let rest = if rest.is_empty() { "/" } else { rest };
-        match self.add_prefix.as_deref() {
-            Some(prefix) => format!("{prefix}{rest}"),
-            None => rest.to_owned(),
+        // The prefix's own path is the added prefix's own path (`/v1/fc`
+        // to `/cheap`, as nginx's `proxy_pass` to a URI does): a framework
+        // that routes `/cheap` and `/cheap/` apart (Flask, Express's strict
+        // routing) answers the one it was asked for.
+        match (self.add_prefix.as_deref(), rest) {
+            (Some(prefix), rest) => format!("{prefix}{rest}"),
+            (None, "") => "/".to_owned(),
+            (None, rest) => rest.to_owned(),
         }
     }
 }

@@ -66,7 +66,8 @@ fn rewrites_never_leave_their_prefix() {
     };
     let path = |p| RequestPath::parse(p).unwrap();
     assert_eq!(rewrite.apply(&path("/v1/fc/x")), "/cheap/x");
-    assert_eq!(rewrite.apply(&path("/V1/FC")), "/cheap/");
+    assert_eq!(rewrite.apply(&path("/V1/FC")), "/cheap");
+    assert_eq!(rewrite.apply(&path("/v1/fc/")), "/cheap/");
     // Not at a segment boundary: nothing is stripped.
     assert_eq!(rewrite.apply(&path("/v1/fcadmin")), "/cheap/v1/fcadmin");
     // Dot segments are resolved before: the service never matches.
