@@ -23,6 +23,9 @@ const FRAMED_BY_THE_GATEWAY: [&str; 10] = [
     "expect",
 ];
 
+/// The longest a token may be sold for: 100 years of seconds.
+const MAX_TOKEN_LIFETIME_SECS: i64 = 100 * 31_557_600;
+
 use super::check::{not_a_price, Checker};
 use super::{
     join, segment_prefix, Auth, HostPattern, Meter, PathPattern, PricedService, Rewrite, Schemes,
@@ -368,8 +371,13 @@ impl Checker {
             priced.schemes = self.schemes(&at("schemes"), schemes);
         }
         if let Some(secs) = raw.token_lifetime_secs {
-            if secs <= 0 {
-                self.error(&at("token_lifetime_secs"), "must be positive");
+            // Bounded: a token's `_valid_until` is unix seconds that
+            // clients read as a signed 64-bit time.
+            if !(1..=MAX_TOKEN_LIFETIME_SECS).contains(&secs) {
+                self.error(
+                    &at("token_lifetime_secs"),
+                    format!("must be between 1 and {MAX_TOKEN_LIFETIME_SECS} (100 years)"),
+                );
             } else {
                 priced.token_lifetime_secs = secs as u64;
             }

@@ -683,6 +683,23 @@ fn what_a_service_sells() {
         errors.0.iter().any(|e| e.contains("services[0].sells")),
         "{errors:?}"
     );
+    // "Forever" as the largest number: a `_valid_until` past what clients
+    // read as a time. A hundred years is the most.
+    assert_eq!(
+        sells("token_lifetime_secs = 3155760000\n").unwrap(),
+        (Sells::Pass, 3_155_760_000)
+    );
+    for secs in ["0", "3155760001", "9223372036854775807"] {
+        let errors = sells(&format!("token_lifetime_secs = {secs}\n")).unwrap_err();
+        assert!(
+            errors
+                .0
+                .iter()
+                .any(|e| e
+                    .contains("services[0].token_lifetime_secs: must be between 1 and 3155760000")),
+            "{secs}: {errors:?}"
+        );
+    }
 }
 
 #[test]
