@@ -5,7 +5,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use gate402_gateway::telemetry::TelemetryConfig;
 use gate402_gateway::{demo, Gateway, GatewayConfig};
 
@@ -78,6 +78,9 @@ async fn config(
         }
     };
     command_line(args)(&mut config);
+    if let Some(clash) = config.admin_port_clash() {
+        bail!("{clash}");
+    }
     Ok((config, demo_task))
 }
 
@@ -109,6 +112,10 @@ pub fn check(args: &Args) -> std::process::ExitCode {
     match loaded {
         Ok(mut config) => {
             listen_at(&mut config, args.listen, args.admin_listen);
+            if let Some(clash) = config.admin_port_clash() {
+                errln!("{}: {clash}", path.display());
+                return std::process::ExitCode::from(2);
+            }
             for warning in &config.warnings {
                 errln!("{}: warning: {warning}", path.display());
             }

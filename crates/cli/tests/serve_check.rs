@@ -247,4 +247,39 @@ fn the_check_takes_the_listen_addresses_of_the_command_line() {
         stderr.contains("admin.listen: 0.0.0.0:8403 is not a loopback"),
         "{stderr}"
     );
+    // The admin API on the gateway's own port, both given on the command
+    // line or one over the file's: refused by the check as by `serve`,
+    // not left to fail binding.
+    for (args, clash) in [
+        (
+            &[
+                "--listen",
+                "127.0.0.1:8405",
+                "--admin-listen",
+                "127.0.0.1:8405",
+            ][..],
+            "127.0.0.1:8405",
+        ),
+        (&["--admin-listen", "127.0.0.1:8402"], "127.0.0.1:8402"),
+    ] {
+        for command in [
+            &["serve", "--check", "--config"][..],
+            &["serve", "--config"],
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_gate402"))
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .args(command)
+                .arg(&file)
+                .args(args)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{command:?} {args:?}: {stderr}");
+            assert!(
+                stderr.contains(&format!("admin.listen: {clash} is the gateway's own port")),
+                "{command:?} {args:?}: {stderr}"
+            );
+        }
+    }
 }

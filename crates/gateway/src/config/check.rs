@@ -376,13 +376,8 @@ impl Checker {
         if let Err(e) = &addr {
             self.error("admin.listen", e.clone());
         }
-        if let Ok(addr) = addr {
-            if admin.enabled && addr.port() != 0 && addr.port() == listen.port() {
-                self.error(
-                    "admin.listen",
-                    format!("{addr} is the gateway's own port: the admin API needs one of its own"),
-                );
-            }
+        if let Some(clash) = super::admin_port_clash(admin, listen) {
+            self.error("admin.listen", clash);
         }
         if !(1..=3600).contains(&admin.sync_secs) {
             self.error("admin.sync_secs", "must be between 1 and 3600");

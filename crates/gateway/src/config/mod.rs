@@ -801,6 +801,13 @@ impl GatewayConfig {
         warnings
     }
 
+    /// `admin.listen: …` when the admin API would listen on the gateway's
+    /// own port (as `--listen` or `--admin-listen` may set them, after the
+    /// file was checked).
+    pub fn admin_port_clash(&self) -> Option<String> {
+        admin_port_clash(&self.admin, self.listen).map(|clash| format!("admin.listen: {clash}"))
+    }
+
     /// Listens at `listen` and the admin API at `admin`, where given,
     /// instead of where the file says (`serve --listen`,
     /// `--admin-listen`), with the warnings on those addresses made
@@ -948,6 +955,14 @@ impl StoreConfig {
             }
         }
     }
+}
+
+/// Why the admin API cannot listen where `admin` says, beside a gateway
+/// on `listen`: the same port.
+fn admin_port_clash(admin: &AdminConfig, listen: SocketAddr) -> Option<String> {
+    let addr = listen_addr(&admin.listen).ok()?;
+    (admin.enabled && addr.port() != 0 && addr.port() == listen.port())
+        .then(|| format!("{addr} is the gateway's own port: the admin API needs one of its own"))
 }
 
 /// `key` under `path`, as errors name it (`services[0].name`).
