@@ -175,7 +175,9 @@ pub struct PayOptions {
     /// the config's max_fee_sats, else 10].
     #[arg(long, value_name = "SATS")]
     pub max_fee: Option<u64>,
-    /// Print the offer of a 402 (price, schemes, description, expiry) and do not pay.
+    /// Print the offer of a 402 (price, schemes, description, expiry) and do
+    /// not pay, nor send a token or session kept for the URL (the request
+    /// goes without credentials).
     #[arg(long)]
     pub no_pay: bool,
     /// The client config: caps, budgets, and the wallet in its

@@ -288,6 +288,18 @@ async fn pays_per_request_or_per_pass_and_keeps_a_ledger() {
         String::from_utf8_lossy(&out.stderr),
         "gate402: no payments booked\n"
     );
+    // --no-pay sends no kept token: a balance's would spend a unit (and a
+    // POST would act upstream); the offer is printed.
+    let chat = format!("{base}/api/chat?prompt=hi");
+    let out = run(data, &["get", &chat]).await;
+    assert!(out.status.success());
+    let out = run(data, &["get", "--no-pay", &chat]).await;
+    let offer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offer["sells"], "balance", "{offer}");
+    let out = run(data, &["get", "--json", &chat]).await;
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["earlier_payment"]["via"], "token", "{report}");
+    assert_eq!(payments(data).await.len(), 5);
     gateway.shutdown().await.unwrap();
 }
 

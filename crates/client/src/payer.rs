@@ -81,7 +81,9 @@ pub struct Payer {
     pub ledger: Arc<Ledger>,
     /// Scheme preference (default: the first offered).
     pub prefer: Option<Prefer>,
-    /// When false, a 402 is returned as an offer instead of paid.
+    /// When false, a 402 is returned as an offer instead of paid, and no
+    /// kept token or session is sent (each may spend: a per-request
+    /// token's payment, a balance's units).
     pub pay: bool,
     /// Whether to use the MPP session intent (draft-lightning-session-00)
     /// when a 402 offers it: pay the deposit and open a session (with a
