@@ -627,13 +627,14 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
             ));
             for s in sessions {
                 out.push_str(&format!(
-                    "{}  {:<16} {:>8} of {:>8} sat left  {:<9} last used {}\n",
+                    "{}  {:<16} {:>8} of {:>8} sat left  {:<10} last used {}\n",
                     s["id"].as_str().unwrap_or_default(),
                     s["service"].as_str().unwrap_or_default(),
                     crate::output::sats(n(&s["balance_msat"])),
                     crate::output::sats(n(&s["deposit_msat"])),
+                    // Open sessions: whether a close can refund them.
                     if s["has_return_invoice"] == json!(true) {
-                        "refunded"
+                        "refundable"
                     } else {
                         "no refund"
                     },
@@ -714,7 +715,7 @@ mod tests {
         );
         let row = lines.next().unwrap();
         assert!(
-            row.starts_with("ab12  chat") && row.contains("10 of       20 sat left  refunded"),
+            row.starts_with("ab12  chat") && row.contains("10 of       20 sat left  refundable"),
             "{listed}"
         );
         assert!(!listed.contains('{'), "{listed}");

@@ -343,7 +343,13 @@ fn merge(
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
     for change in changes.iter().filter(|c| c.created) {
-        running.extend(changed(None, change, Source::Admin, &mut errors));
+        running.extend(changed(
+            None,
+            change,
+            Source::Admin,
+            &mut errors,
+            &mut warnings,
+        ));
     }
     for service in base {
         let name = service.name();
@@ -369,7 +375,13 @@ fn merge(
                 }
                 None
             }
-            Some(change) => changed(Some((service, table)), change, source, &mut errors),
+            Some(change) => changed(
+                Some((service, table)),
+                change,
+                source,
+                &mut errors,
+                &mut warnings,
+            ),
         };
         running.extend(view);
     }
@@ -398,6 +410,7 @@ fn changed(
     change: &ServiceChange,
     source: Source,
     errors: &mut Vec<String>,
+    warnings: &mut Vec<String>,
 ) -> Option<ServiceView> {
     if matches!(change.state, ServiceState::Deleted | ServiceState::Reset) {
         return None;
@@ -413,8 +426,11 @@ fn changed(
                 }
             };
             match GatewayConfig::service_from_table(&table, &path, |n| std::env::var(n).ok()) {
-                Ok(config) if config.name() == change.name => (config, Some(table)),
-                Ok(config) => {
+                Ok((config, said)) if config.name() == change.name => {
+                    warnings.extend(said);
+                    (config, Some(table))
+                }
+                Ok((config, _)) => {
                     errors.push(format!(
                         "{path}.name: {:?} is not the service's name {:?}",
                         config.name(),

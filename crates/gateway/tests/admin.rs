@@ -406,6 +406,35 @@ async fn services_change_at_runtime_with_the_configs_checks() {
     assert_eq!(h.price("/api/weather").await, 12);
     // The upstream still gets its key (kept, not redacted, in the change).
     h.buy_and_use("/api/weather").await;
+    // A price on a route made free is charged to no one: said, as the
+    // file's check says it.
+    let (status, body) = h
+        .call(
+            reqwest::Method::PUT,
+            "/services/open",
+            Some(json!({"path": "/api/open", "auth": "off", "upstream": "http://127.0.0.1:9"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = h
+        .call(
+            reqwest::Method::PATCH,
+            "/services/open",
+            Some(json!({"price_sats": 5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("services.open.auth: \"off\" serves every request free: price_sats = 5 is charged to no one")),
+        "{body}"
+    );
+    let (status, body) = h
+        .call(reqwest::Method::DELETE, "/services/open", None)
+        .await;
+    assert!(status.is_success(), "{body}");
 
     // The config's checks, with key paths; nothing changes.
     for (patch, expected) in [

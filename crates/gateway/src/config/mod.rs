@@ -740,7 +740,8 @@ impl GatewayConfig {
 
     /// One `[[services]]` table from elsewhere than the file (the admin
     /// API): `${NAME}` expanded with `env` and checked as the file's
-    /// tables are, each error prefixed with `path`.
+    /// tables are, each error and warning prefixed with `path`. Answers
+    /// the service and its warnings (a price on a free route, say).
     ///
     /// # Errors
     ///
@@ -749,13 +750,13 @@ impl GatewayConfig {
         table: &Table,
         path: &str,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<ServiceConfig, ConfigErrors> {
+    ) -> Result<(ServiceConfig, Vec<String>), ConfigErrors> {
         let mut table = table.clone();
         let mut check = Checker::default();
         env::expand(&mut table, path, &env, &mut check.errors);
         let service = check.service(path, table);
         match service {
-            Some(service) if check.errors.is_empty() => Ok(service),
+            Some(service) if check.errors.is_empty() => Ok((service, check.warnings)),
             _ => Err(ConfigErrors(check.errors)),
         }
     }

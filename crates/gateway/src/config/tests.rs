@@ -831,8 +831,22 @@ fn a_service_table_from_the_admin_api_is_checked_as_the_files_are() {
         "name = \"news\"\npath = \"/news\"\nprice_sats = 4\nupstream = \"http://127.0.0.1:9\"\n",
     )
     .unwrap();
-    let service = GatewayConfig::service_from_table(&table, "services.news", env).unwrap();
+    let (service, warnings) =
+        GatewayConfig::service_from_table(&table, "services.news", env).unwrap();
     assert_eq!(service.priced.price_sats, 4);
+    assert_eq!(warnings, Vec::<String>::new());
+    // A price on a free route is warned of, as in the file.
+    let free: toml::Table = toml::from_str(
+        "name = \"news\"\npath = \"/news\"\nprice_sats = 4\nauth = \"off\"\nupstream = \"http://127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let (_, warnings) = GatewayConfig::service_from_table(&free, "services.news", env).unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("services.news.auth") && w.contains("charged to no one")),
+        "{warnings:?}"
+    );
     let table: toml::Table = toml::from_str("name = \"news\"\npath = \"news\"\n").unwrap();
     let errors = GatewayConfig::service_from_table(&table, "services.news", env)
         .unwrap_err()
