@@ -347,7 +347,7 @@ impl PricedService {
                 )
             }
             (_, Sells::Balance) => format!(
-                "a balance of {} sat ({} {}s at {price} sat), refunded unspent on close",
+                "a balance of {} sat ({} {}s at {price} sat; what an MPP session leaves is refunded on close, an L402 token's is not)",
                 self.deposit_sats(),
                 self.deposit_units_sold(),
                 match self.meter {
