@@ -870,14 +870,24 @@ impl GatewayConfig {
 /// Parses TOML text into a table; a syntax error names its line.
 fn parse_toml(text: &str) -> Result<Table, ConfigErrors> {
     toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|span| {
-            let before = &text[..span.start.min(text.len())];
-            before.lines().count().max(1)
-        });
-        let message = match line {
-            Some(line) => format!("{} (line {line})", e.message()),
-            None => e.message().to_owned(),
-        };
+        let span = e
+            .span()
+            .map(|span| span.start.min(text.len())..span.end.min(text.len()));
+        // Counted by line ends: a span at the start of a line is on it.
+        let line = span
+            .clone()
+            .map(|span| text[..span.start].matches('\n').count() + 1);
+        // A key given twice is named (the span is its second place).
+        let key = span
+            .map(|span| text[span].trim())
+            .filter(|key| e.message() == "duplicate key" && !key.is_empty() && !key.contains('\n'));
+        let mut message = e.message().to_owned();
+        if let Some(key) = key {
+            message = format!("{message} `{key}`");
+        }
+        if let Some(line) = line {
+            message = format!("{message} (line {line})");
+        }
         ConfigErrors(vec![message])
     })
 }

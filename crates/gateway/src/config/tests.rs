@@ -1445,3 +1445,18 @@ fn cors_origins_are_origins() {
         ],
     );
 }
+
+/// A TOML error names its line as an editor counts it (an error at the
+/// start of a line was put on the line before), and a key given twice is
+/// named.
+#[test]
+fn a_toml_error_names_its_line_and_a_key_given_twice() {
+    let errors = GatewayConfig::parse(
+        "[[services]]\nname = \"w\"\nprice_sats = 1\nprice_sats = 2\n",
+        env,
+    )
+    .unwrap_err();
+    assert_eq!(errors.0, ["duplicate key `price_sats` (line 4)"]);
+    let errors = GatewayConfig::parse("listen = \"x\"\n= 1\n", env).unwrap_err();
+    assert!(errors.0[0].ends_with("(line 2)"), "{errors:?}");
+}
