@@ -1156,10 +1156,17 @@ impl Payer {
         )?;
         let answer = send(request).await?;
         let status = answer.status();
+        // A session the server closed before (idle, or by its operator)
+        // says when: booked then, as closed by the server.
+        let mut closed_before = None;
         let (refund_sats, refund_status) = if status == StatusCode::OK {
             let closed: serde_json::Value =
                 serde_json::from_slice(&crate::body::read_bounded(answer).await?)
                     .map_err(|_| SessionError::Unreadable { action: "close" })?;
+            closed_before = closed["closedAt"]
+                .as_str()
+                .and_then(gate402_mpp::parse_time)
+                .map(|at| (at.unix_timestamp().max(0) as u64).min(now()));
             // Left out: nothing refunded. Given but no whole number of sat
             // (`-5`, `1.5`, `"5"`): not a figure to book as refunded.
             let refund_sats = match &closed["refundSats"] {
@@ -1192,7 +1199,11 @@ impl Payer {
             .into());
         };
         // Another run that closed it at once has recorded the same refund.
-        let first = self.ledger.close_session(&session.id, now(), reason)?;
+        let (closed_at, reason) = match closed_before {
+            Some(at) => (at, "closed by the server"),
+            None => (now(), reason),
+        };
+        let first = self.ledger.close_session(&session.id, closed_at, reason)?;
         let received_msat = match (&session.return_hash, refund_sats != Some(0)) {
             (Some(hash), true) => self.received_on(&session.origin, hash).await,
             _ => None,

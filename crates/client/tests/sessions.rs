@@ -230,6 +230,48 @@ async fn an_idle_session_is_closed_and_refunded_before_a_new_one_opens() {
     demo.gateway.shutdown().await.unwrap();
 }
 
+/// A session the server closed (its operator, or idle) before the
+/// client's close asked is booked as closed by the server, when the
+/// server says, not as the client's close of that moment.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_close_of_a_session_the_server_closed_books_when_and_why() {
+    let demo = demo_gateway(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    chat(&client, &demo.base, "one").await;
+    let session = ledger.sessions(false).unwrap().remove(0);
+    let id: [u8; 32] = hex::decode(&session.id).unwrap().try_into().unwrap();
+    demo.gateway
+        .paywall()
+        .close_session(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    let closed_then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    middleware
+        .payer()
+        .close_session(&reqwest::Client::new(), &session)
+        .await
+        .unwrap();
+    let all = ledger.sessions(true).unwrap();
+    let closed = all.iter().find(|s| s.id == session.id).unwrap();
+    assert_eq!(closed.close_reason.as_deref(), Some("closed by the server"));
+    let at = closed.closed_at.unwrap();
+    assert!(
+        at <= closed_then && at + 5 > closed_then,
+        "{at} {closed_then}"
+    );
+    let refunds = ledger.refunds(0).unwrap();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0].refund_msat, 19_000);
+    demo.gateway.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_closed_elsewhere_is_forgotten_and_a_new_one_opened() {
     let demo = demo_gateway(|_| {}).await;

@@ -689,7 +689,7 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
         );
     }
     let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
-    for _ in 0..2 {
+    for again in [false, true] {
         let closed = h.send("/chat", &challenge, close.clone()).await;
         assert_eq!(closed.status(), StatusCode::OK);
         let receipt = gate402_mpp::receipt::decode_json(
@@ -698,9 +698,12 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
         .unwrap();
         assert_eq!(receipt["refundSats"], 6);
         assert_eq!(receipt["refundStatus"], "succeeded");
+        let mut closed = closed.json::<Value>().await.unwrap();
+        // Asked again: when it was closed, too.
+        assert_eq!(closed["closedAt"].take().is_string(), again, "{closed}");
         assert_eq!(
-            closed.json::<Value>().await.unwrap(),
-            json!({"status": "closed", "refundSats": 6, "refundStatus": "succeeded"})
+            closed,
+            json!({"status": "closed", "refundSats": 6, "refundStatus": "succeeded", "closedAt": null})
         );
     }
     // The refund was a real payment to the return invoice, of exactly the
@@ -836,15 +839,23 @@ async fn an_idle_session_is_closed_and_refunded() {
         lightning("session-closed")
     );
     let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
-    let closed: Value = h
+    let mut closed: Value = h
         .send("/chat", &challenge, close)
         .await
         .json()
         .await
         .unwrap();
+    // Closed before the client asked: said when.
+    let closed_at = closed["closedAt"].take();
+    let at = gate402_mpp::parse_time(closed_at.as_str().unwrap()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    assert!(
+        at <= now && now - at < time::Duration::seconds(10),
+        "{closed_at}"
+    );
     assert_eq!(
         closed,
-        json!({"status": "closed", "refundSats": 8, "refundStatus": "succeeded"})
+        json!({"status": "closed", "refundSats": 8, "refundStatus": "succeeded", "closedAt": null})
     );
 }
 

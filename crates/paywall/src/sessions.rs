@@ -779,13 +779,18 @@ impl Paywall {
         if let Err(step) = self.of_service(service, &id).await {
             return step;
         }
-        let (refund_sats, status) = match self.close_session(&id).await {
+        let (refund_sats, status, closed_at) = match self.close_session(&id).await {
             Ok(Some(SessionClose::Closed {
                 refund_sats,
                 status,
-            })) => (refund_sats, status),
-            // Asked again: the first answer, refunded once.
-            Ok(Some(SessionClose::AlreadyClosed(session))) => closed_before(session.closed),
+            })) => (refund_sats, status, None),
+            // Asked again (or closed idle, or by the operator): the first
+            // answer, refunded once, and when it was closed.
+            Ok(Some(SessionClose::AlreadyClosed(session))) => {
+                let at = session.closed.as_ref().map(|c| c.at);
+                let (refund_sats, status) = closed_before(session.closed);
+                (refund_sats, status, at)
+            }
             Ok(None) => {
                 return refuse(
                     ProblemType::LightningSessionNotFound,
@@ -798,10 +803,14 @@ impl Paywall {
             }
         };
         let receipt = gate402_mpp::receipt::session_close(&id, refund_sats, &status, now_time());
-        Step::Halt(Halt::Answer(answer(
-            json!({"status": "closed", "refundSats": refund_sats, "refundStatus": status}),
-            &receipt,
-        )))
+        let mut body =
+            json!({"status": "closed", "refundSats": refund_sats, "refundStatus": status});
+        if let Some(at) =
+            closed_at.and_then(|at| time::OffsetDateTime::from_unix_timestamp(at as i64).ok())
+        {
+            body["closedAt"] = json!(gate402_mpp::format_time(at));
+        }
+        Step::Halt(Halt::Answer(answer(body, &receipt)))
     }
 
     /// Waits, up to [`CLOSE_WAITS_FOR`], for the requests of session `id`
