@@ -14,6 +14,7 @@ use gate402_client::{
     Client, FetchError, Fetched, Ledger, McpCallError, Payer, PaymentEntry, PaymentState, Policy,
     Prefer, Wallet,
 };
+use gate402_l402::caveat::Sale;
 use serde_json::json;
 
 use crate::client_config::ClientConfig;
@@ -596,10 +597,12 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
                     }
                 }
                 if args.session && paid.session.is_none() {
+                    let balance = paid.scheme == gate402_client::Prefer::L402.as_str()
+                        && matches!(l402_sale_of(&client.payer.ledger, paid), Some((Sale::Balance, _)));
                     errln!(
                         "gate402: --session could not be followed (the server offers no MPP session for this request); paid with {}{}",
                         paid.scheme,
-                        if paid.scheme == gate402_client::Prefer::L402.as_str() {
+                        if balance {
                             ": a balance bought through L402 is not refunded"
                         } else {
                             ""
@@ -750,17 +753,25 @@ async fn fetch(method: &str, args: &FetchArgs, data_dir: &Path) -> Result<()> {
 /// The seconds of the pass `paid`'s offer sold through L402, when it was
 /// paid through another door (MPP, x402), which buys one request.
 fn pass_paid_as_one_request(ledger: &Ledger, paid: &PaymentEntry) -> Option<u64> {
-    use gate402_l402::caveat::Sale;
     if paid.scheme == gate402_client::Prefer::L402.as_str() || paid.session.is_some() {
         return None;
     }
-    let begun = ledger.payment_by_hash(&paid.payment_hash).ok()??;
-    let offer =
-        gate402_client::Offer::from_challenges(begun.challenges.iter().map(String::as_str)).ok()?;
-    match offer.l402_sale()? {
+    match l402_sale_of(ledger, paid)? {
         (Sale::Pass, terms) => terms.pass_secs,
         _ => None,
     }
+}
+
+/// What the L402 challenge of the 402 that `paid` answered sold, and its
+/// terms, as the ledger kept the 402's challenges.
+fn l402_sale_of(
+    ledger: &Ledger,
+    paid: &PaymentEntry,
+) -> Option<(Sale, gate402_l402::caveat::Terms)> {
+    let begun = ledger.payment_by_hash(&paid.payment_hash).ok()??;
+    let offer =
+        gate402_client::Offer::from_challenges(begun.challenges.iter().map(String::as_str)).ok()?;
+    offer.l402_sale()
 }
 
 /// The most of a body repeated in an error message, in bytes.

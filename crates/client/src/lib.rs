@@ -67,14 +67,15 @@ use gate402_http_auth::{parse_challenges, Challenge};
 
 /// The `WWW-Authenticate` values of a 402 as text. A value with bytes
 /// past ASCII (a `description` or `realm` in UTF-8, which HTTP carries
-/// as opaque bytes) is read as UTF-8, not dropped with its challenges.
-pub(crate) fn challenge_values(
-    headers: &reqwest::header::HeaderMap,
-) -> Vec<std::borrow::Cow<'_, str>> {
+/// as opaque bytes) is read as UTF-8, not dropped with its challenges;
+/// one that is not UTF-8 is dropped: its challenges could not be echoed
+/// as they came (a JSON credential holds text), so paying them would
+/// buy a credential the server refuses.
+pub(crate) fn challenge_values(headers: &reqwest::header::HeaderMap) -> Vec<&str> {
     headers
         .get_all(reqwest::header::WWW_AUTHENTICATE)
         .iter()
-        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
         .collect()
 }
 use gate402_l402::caveat::{Caveat, SERVICES, USES_SUFFIX, VALID_UNTIL_SUFFIX};
@@ -270,7 +271,7 @@ impl Offer {
     pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Result<Self, OfferError> {
         let challenges = challenge_values(headers);
         Self::from_parts(
-            challenges.iter().map(AsRef::as_ref),
+            challenges,
             headers
                 .get(gate402_x402::PAYMENT_REQUIRED)
                 .and_then(|v| v.to_str().ok()),
@@ -583,6 +584,34 @@ pub(crate) mod tests {
         }
         assert!(decode_base64("%%%").unwrap_err().starts_with("not base64"));
         assert_eq!(decode_json_object("WzFd").unwrap_err(), "not a JSON object");
+    }
+
+    /// A challenge in UTF-8 past ASCII is read (it was dropped, and a
+    /// session bought through L402 instead); one that is not UTF-8 is
+    /// dropped, not paid and echoed altered.
+    #[test]
+    fn challenges_in_utf8_are_read_and_others_dropped() {
+        let bolt11 = invoice([1; 32], 600);
+        let header = |description: &[u8]| {
+            let text = payment_challenge(
+                &bolt11,
+                |b| URL_SAFE_NO_PAD.encode(b),
+                &[("description", "DESC")],
+            );
+            let mut bytes = text.into_bytes();
+            let at = bytes.windows(4).position(|w| w == b"DESC").unwrap();
+            bytes.splice(at..at + 4, description.iter().copied());
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::WWW_AUTHENTICATE,
+                reqwest::header::HeaderValue::from_bytes(&bytes).unwrap(),
+            );
+            headers
+        };
+        let offer = Offer::from_headers(&header("größte – café".as_bytes())).unwrap();
+        let payment = offer.payment.as_ref().unwrap();
+        assert_eq!(payment.description.as_deref(), Some("größte – café"));
+        assert!(Offer::from_headers(&header(b"caf\xc3\x28 \xff")).is_err());
     }
 
     #[test]

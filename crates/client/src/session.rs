@@ -130,7 +130,7 @@ impl SessionOffer {
     ///
     /// As [`SessionOffer::from_challenges`].
     pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, OfferError> {
-        Self::from_challenges(crate::challenge_values(headers).iter().map(AsRef::as_ref))
+        Self::from_challenges(crate::challenge_values(headers))
     }
 
     /// The field its credentials go in: [`PAYMENT_AUTHORIZATION`] when the
