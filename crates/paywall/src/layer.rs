@@ -439,56 +439,36 @@ impl<B: Body<Data = Bytes>> Inner<B> {
 }
 
 impl<B> PaywallBody<B> {
-    fn partial(partial: Partial<B>, spend: Option<Spend>) -> Self {
+    /// `inner`, spending `spend` once it has been sent.
+    fn of(inner: Inner<B>, spend: Option<Spend>) -> Self {
         Self {
-            inner: Inner::Partial { partial },
+            inner,
             spend,
             settling: None,
             held: None,
             next: None,
         }
+    }
+
+    fn partial(partial: Partial<B>, spend: Option<Spend>) -> Self {
+        Self::of(Inner::Partial { partial }, spend)
     }
 
     fn scanned(body: B, scan: UsageScan, spend: Option<Spend>) -> Self {
-        Self {
-            inner: Inner::Scanned { body, scan },
-            spend,
-            settling: None,
-            held: None,
-            next: None,
-        }
+        Self::of(Inner::Scanned { body, scan }, spend)
     }
 
     fn metered(metered: MeteredBody) -> Self {
-        Self {
-            inner: Inner::Metered { metered },
-            spend: None,
-            settling: None,
-            held: None,
-            next: None,
-        }
+        Self::of(Inner::Metered { metered }, None)
     }
 
     fn wrapped(body: B, spend: Option<Spend>) -> Self {
-        Self {
-            inner: Inner::Wrapped { body },
-            spend,
-            settling: None,
-            held: None,
-            next: None,
-        }
+        Self::of(Inner::Wrapped { body }, spend)
     }
 
     fn own(bytes: Bytes) -> Self {
-        Self {
-            inner: Inner::Own {
-                bytes: (!bytes.is_empty()).then_some(bytes),
-            },
-            spend: None,
-            settling: None,
-            held: None,
-            next: None,
-        }
+        let bytes = (!bytes.is_empty()).then_some(bytes);
+        Self::of(Inner::Own { bytes }, None)
     }
 }
 

@@ -438,6 +438,6 @@ mod tests {
         // A request holds 8 units (16 sat): a deposit of 5 could pay none.
         assert_eq!(service.hold_msat(), 16_000);
         assert_eq!(service.deposit_sats(), 16);
-        assert!(service.sale().contains("(8 reported units at 2 sat)"));
+        assert!(service.sale().contains("(8 reported units at 2 sat;"));
     }
 }
