@@ -1325,6 +1325,42 @@ async fn a_stream_whose_session_closes_while_it_waits_says_what_was_spent() {
     assert_eq!(timeout["balanceSpent"], 3, "{timeout}");
 }
 
+/// A close of a session whose metered stream waits for a top-up ends the
+/// wait: the stream says `session-timeout` with what was spent, and the
+/// close answers at once (it waited out the top-up wait, or its own 30 s).
+#[tokio::test]
+async fn a_close_ends_its_sessions_stream_waiting_for_a_top_up() {
+    let h = Harness::start(|services| services[2].priced.topup_wait_secs = 60).await;
+    let (challenge, session, preimage, mut events) = open_stream(&h).await;
+    while let Some((name, _)) = events.next().await {
+        if name == "payment-need-topup" {
+            break;
+        }
+    }
+    let asked = Instant::now();
+    let close = json!({"action": "close", "sessionId": session, "preimage": preimage});
+    let (closed, rest) = tokio::join!(h.send("/stream", &challenge, close), async {
+        let mut rest = Vec::new();
+        while let Some(event) = events.next().await {
+            rest.push(event);
+        }
+        rest
+    });
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        closed.json::<Value>().await.unwrap(),
+        json!({"status": "closed", "refundSats": 0, "refundStatus": "skipped"})
+    );
+    let names: Vec<&str> = rest.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["session-timeout", "payment-receipt"], "{rest:?}");
+    let timeout: Value = serde_json::from_str(&rest[0].1).unwrap();
+    assert_eq!(timeout["balanceSpent"], 3, "{timeout}");
+}
+
 /// An event stream a failing upstream (a 5xx) sends is charged per event
 /// all the same, past the first: the request's own debit is given back
 /// (pay for success), but its events are content; its receipt counts the

@@ -282,7 +282,9 @@ impl Metered {
                     return false;
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
+            // Out of time, or its session is being closed here: no top-up
+            // is coming.
+            if tokio::time::Instant::now() >= deadline || self.paywall.is_closing(&self.session) {
                 let _ = tx.send(Ok(self.timeout_event(spent_msat / 1000))).await;
                 return false;
             }

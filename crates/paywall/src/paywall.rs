@@ -220,6 +220,7 @@ impl PaywallBuilder {
                 stopping: Default::default(),
                 served: Batch::new(),
                 stopped_since: Default::default(),
+                closing: Default::default(),
                 stop: CancellationToken::new(),
             }),
         };
@@ -310,6 +311,9 @@ pub(crate) struct State {
     /// Replicas holding debits seen stopped, and since when.
     pub(crate) stopped_since:
         std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Sessions a close here waits for (their requests in flight): a
+    /// metered stream of one waiting for a top-up ends instead.
+    pub(crate) closing: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
     stop: CancellationToken,
 }
 

@@ -303,6 +303,37 @@ fn closed_before(closed: Option<gate402_store::ClosedSession>) -> (u64, String) 
     }
 }
 
+/// A close's mark on its session ([`Paywall::is_closing`]), taken off
+/// when it is dropped.
+struct ClosingMark {
+    paywall: Paywall,
+    id: [u8; 32],
+}
+
+impl ClosingMark {
+    fn mark(paywall: &Paywall, id: &[u8; 32]) -> Self {
+        let closing = &paywall.inner.closing;
+        closing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*id);
+        Self {
+            paywall: paywall.clone(),
+            id: *id,
+        }
+    }
+}
+
+impl Drop for ClosingMark {
+    fn drop(&mut self) {
+        let closing = &self.paywall.inner.closing;
+        closing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// The JSON answer of `topUp` and `close`, with its receipt.
 fn answer(body: serde_json::Value, receipt: &gate402_mpp::Receipt) -> Response<Bytes> {
     let mut response = Response::new(Bytes::from(body.to_string()));
@@ -821,11 +852,23 @@ impl Paywall {
     /// would give back is lost to the refund.
     async fn settle_before_close(&self, id: &[u8; 32]) {
         let deadline = tokio::time::Instant::now() + CLOSE_WAITS_FOR;
+        // A metered stream of it waiting here for a top-up that the
+        // close makes pointless ends now, not after its wait.
+        let _closing = ClosingMark::mark(self, id);
         while matches!(self.store().has_held_debits(id).await, Ok(true))
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(CLOSE_POLL).await;
         }
+    }
+
+    /// Whether a close here waits for session `id`'s requests.
+    pub(crate) fn is_closing(&self, id: &[u8; 32]) -> bool {
+        self.inner
+            .closing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
     }
 
     /// Pays a closed session's unspent balance to its return invoice, once
