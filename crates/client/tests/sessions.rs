@@ -230,17 +230,46 @@ async fn an_idle_session_is_closed_and_refunded_before_a_new_one_opens() {
     demo.gateway.shutdown().await.unwrap();
 }
 
-/// A session the server closed (its operator, or idle) before the
-/// client's close asked is booked as closed by the server, when the
-/// server says, not as the client's close of that moment.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_close_of_a_session_the_server_closed_books_when_and_why() {
+/// A session opened by one chat on the demo gateway, and what opened it.
+struct OneSession {
+    demo: Demo,
+    _dir: tempfile::TempDir,
+    ledger: Arc<Ledger>,
+    client: reqwest_middleware::ClientWithMiddleware,
+    middleware: PaymentMiddleware,
+    session: gate402_client::StoredSession,
+}
+
+async fn one_session() -> OneSession {
     let demo = demo_gateway(|_| {}).await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
     let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
     chat(&client, &demo.base, "one").await;
     let session = ledger.sessions(false).unwrap().remove(0);
+    OneSession {
+        demo,
+        _dir: dir,
+        ledger,
+        client,
+        middleware,
+        session,
+    }
+}
+
+/// A session the server closed (its operator, or idle) before the
+/// client's close asked is booked as closed by the server, when the
+/// server says, not as the client's close of that moment.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_close_of_a_session_the_server_closed_books_when_and_why() {
+    let OneSession {
+        demo,
+        _dir,
+        ledger,
+        middleware,
+        session,
+        ..
+    } = one_session().await;
     let id: [u8; 32] = hex::decode(&session.id).unwrap().try_into().unwrap();
     demo.gateway
         .paywall()
@@ -274,12 +303,14 @@ async fn a_close_of_a_session_the_server_closed_books_when_and_why() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_closed_elsewhere_is_forgotten_and_a_new_one_opened() {
-    let demo = demo_gateway(|_| {}).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
-    let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
-    chat(&client, &demo.base, "one").await;
-    let session = ledger.sessions(false).unwrap().remove(0);
+    let OneSession {
+        demo,
+        _dir,
+        ledger,
+        client,
+        middleware,
+        session,
+    } = one_session().await;
     // Closed by someone else holding the preimage: this ledger still
     // takes it as open.
     middleware
