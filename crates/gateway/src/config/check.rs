@@ -147,7 +147,7 @@ impl Checker {
 
     /// Whether an error was said of `path` already (an unset `${NAME}`,
     /// say): a check of its value would only repeat it.
-    fn said(&self, path: &str) -> bool {
+    pub(super) fn said(&self, path: &str) -> bool {
         self.errors.iter().any(|e| {
             e.strip_prefix(path)
                 .is_some_and(|rest| rest.starts_with(": "))

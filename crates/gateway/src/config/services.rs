@@ -328,24 +328,7 @@ impl Checker {
         let mut upstream = raw
             .upstream
             .and_then(|url| self.upstream(&at("upstream"), &url));
-        // A free route charges nothing: its price is only a placeholder.
-        let free = raw.auth.as_deref().map(str::trim) == Some("off");
-        match raw.price_sats {
-            Some(p) if (1..=MAX_PRICE_SATS).contains(&p) => priced.price_sats = p as u64,
-            Some(p) => self.error(&at("price_sats"), not_a_price(p)),
-            None if free && !has_price => priced.price_sats = 1,
-            None if !has_price => self.error(&at("price_sats"), "is required (or auth = \"off\")"),
-            None => {}
-        }
-        if free {
-            if let Some(price) = raw.price_sats.filter(|p| *p > 0) {
-                self.warnings.push(format!(
-                    "{}: \"off\" serves every request free: price_sats = {price} is charged to no one (auth = \"on\" charges it)",
-                    at("auth")
-                ));
-            }
-        }
-        if let Some(auth) = raw.auth {
+        if let Some(auth) = &raw.auth {
             let words: Vec<&str> = auth.split_whitespace().collect();
             priced.auth = match words.as_slice() {
                 ["on"] => Auth::On,
@@ -366,6 +349,28 @@ impl Checker {
                     Auth::On
                 }
             };
+        }
+        // A free route charges nothing: its price is only a placeholder.
+        let free = raw.auth.as_deref().map(str::trim) == Some("off");
+        match raw.price_sats {
+            Some(p) if (1..=MAX_PRICE_SATS).contains(&p) => priced.price_sats = p as u64,
+            Some(p) => self.error(&at("price_sats"), not_a_price(p)),
+            None if free && !has_price => priced.price_sats = 1,
+            // Not said of a service whose `auth` was wrong: it may have
+            // meant "off".
+            None if !has_price && !self.said(&at("auth")) => {
+                self.error(&at("price_sats"), "is required (or auth = \"off\")")
+            }
+            None if !has_price => {}
+            None => {}
+        }
+        if free {
+            if let Some(price) = raw.price_sats.filter(|p| *p > 0) {
+                self.warnings.push(format!(
+                    "{}: \"off\" serves every request free: price_sats = {price} is charged to no one (auth = \"on\" charges it)",
+                    at("auth")
+                ));
+            }
         }
         if let Some(schemes) = raw.schemes {
             priced.schemes = self.schemes(&at("schemes"), schemes);

@@ -1460,3 +1460,34 @@ fn a_toml_error_names_its_line_and_a_key_given_twice() {
     let errors = GatewayConfig::parse("listen = \"x\"\n= 1\n", env).unwrap_err();
     assert!(errors.0[0].ends_with("(line 2)"), "{errors:?}");
 }
+
+/// A wrong `auth` is said, and not also a missing price: the service may
+/// have meant "off".
+#[test]
+fn a_wrong_auth_is_said_alone() {
+    for auth in ["\"freebie\"", "false", "\"of\""] {
+        let errors = GatewayConfig::parse(
+            &format!("[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\nauth = {auth}\n"),
+            env,
+        )
+        .unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{auth}: {errors:?}");
+        assert!(
+            errors.0[0].starts_with("services[0].auth: "),
+            "{auth}: {errors:?}"
+        );
+    }
+    // Without `auth` the price is required, as ever.
+    let errors = GatewayConfig::parse(
+        "[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\n",
+        env,
+    )
+    .unwrap_err();
+    assert!(
+        errors
+            .0
+            .iter()
+            .any(|e| e.starts_with("services[0].price_sats: is required")),
+        "{errors:?}"
+    );
+}
