@@ -252,22 +252,13 @@ impl Payer {
             None => {
                 // Without paying, nothing kept is spent either: the offer
                 // is what was asked for.
-                let kept = match self.pay {
-                    true => {
-                        self.with_cached_token(
-                            &request,
-                            &endpoint,
-                            false,
-                            false,
-                            key.as_ref(),
-                            &send,
-                        )
+                if self.pay {
+                    if let Some(answer) = self
+                        .with_cached_token(&request, &endpoint, false, false, key.as_ref(), &send)
                         .await?
+                    {
+                        return Ok(Fetched::Response(answer, None));
                     }
-                    false => None,
-                };
-                if let Some(answer) = kept {
-                    return Ok(Fetched::Response(answer, None));
                 }
                 let mut unpaid = request.try_clone().ok_or(FetchError::NotRepeatable)?;
                 if key.is_some() {

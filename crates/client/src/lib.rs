@@ -64,6 +64,11 @@ pub use wallet::{
 
 use gate402_bolt11::{Expect, Invoice};
 use gate402_http_auth::{parse_challenges, Challenge};
+use gate402_l402::caveat::{Caveat, SERVICES, USES_SUFFIX, VALID_UNTIL_SUFFIX};
+use gate402_l402::{challenges_in, Identifier, L402Challenge, L402Credential, Scheme};
+use gate402_mpp::lightning::{ChargeRequest, PreimagePayload, CHARGE, METHOD};
+use gate402_mpp::{PaymentChallenge, PaymentCredential};
+use gate402_x402::LightningOffer;
 
 /// The `WWW-Authenticate` values of a 402 as text. A value with bytes
 /// past ASCII (a `description` or `realm` in UTF-8, which HTTP carries
@@ -78,11 +83,6 @@ pub(crate) fn challenge_values(headers: &reqwest::header::HeaderMap) -> Vec<&str
         .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
         .collect()
 }
-use gate402_l402::caveat::{Caveat, SERVICES, USES_SUFFIX, VALID_UNTIL_SUFFIX};
-use gate402_l402::{challenges_in, Identifier, L402Challenge, L402Credential, Scheme};
-use gate402_mpp::lightning::{ChargeRequest, PreimagePayload, CHARGE, METHOD};
-use gate402_mpp::{PaymentChallenge, PaymentCredential};
-use gate402_x402::LightningOffer;
 
 /// The field a Payment challenge may name in its `header` parameter
 /// (draft-httpauth-payment-01), so that `Authorization` stays the
