@@ -480,12 +480,20 @@ fn a_session_challenge_shows_its_request() {
     );
 }
 
+/// This crate's directory, read when the test runs rather than when it was
+/// built: a build cache shared with a checkout elsewhere keeps the other
+/// checkout's path in a test that was not rebuilt.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 fn vectors() -> Value {
     let path = std::env::var_os("GATE402_MPP_VECTORS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/vectors/aperture-mpp-vectors.json")
+            manifest_dir().join("../../../shared/vectors/aperture-mpp-vectors.json")
         });
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
