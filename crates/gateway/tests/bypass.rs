@@ -1423,7 +1423,7 @@ fn secret_part(credential: &str) -> String {
 /// priced request is served, fields. The MPP credential's challenge named
 /// no `header`, so it is accepted from `Authorization` only
 /// (draft-httpauth-payment-01); either way it never reaches the upstream.
-const CREDENTIAL_ROWS: [&str; 43] = [
+const CREDENTIAL_ROWS: [&str; 44] = [
     "Authorization: L402            | served  | Authorization: L402 {l402}",
     "Payment-Authorization: L402    | served  | Payment-Authorization: L402 {l402}",
     "Payment-Authorization: Payment | refused | Payment-Authorization: Payment {mpp}",
@@ -1467,6 +1467,7 @@ const CREDENTIAL_ROWS: [&str; 43] = [
     "Payment.Authorization          | refused | Payment.Authorization: L402 {l402}",
     "gRPC metadata authorization    | refused | Grpc-Metadata-Authorization: L402 {l402}",
     "a token with no scheme         | refused | Authorization: {l402}",
+    "an MPP credential, no scheme   | refused | Authorization: {mpp}",
 ];
 
 /// A reusable L402 token in every field and spelling, and MPP credentials,

@@ -256,7 +256,7 @@ fn lists_credential(value: &[u8]) -> bool {
     // its macaroon a version 2 one (`\x02` reads `Ag`): not an API's own
     // `key:signature`.
     let whole = value.trim_ascii_end();
-    if whole.starts_with(b"Ag") && is_l402_token(whole) {
+    if whole.starts_with(b"Ag") && is_l402_token(whole) || is_bare_payment_credential(whole) {
         return true;
     }
     let listed = value
@@ -333,6 +333,27 @@ fn loose_gap(bytes: &[u8]) -> usize {
 /// A whole MPP credential: base64url JSON (`{"` reads `eyJ`).
 fn is_payment_token(token: &[u8]) -> bool {
     token.starts_with(b"eyJ") && token.len() >= 16 && token.iter().all(|b| is_base64(*b))
+}
+
+/// A whole MPP credential with no scheme word: base64 JSON (either
+/// alphabet, padded or not) of an object with a `challenge`. Decoded
+/// rather than judged by its shape, since an API's own key may be base64
+/// JSON too; a JWT's dots keep it from being decoded at all.
+fn is_bare_payment_credential(token: &[u8]) -> bool {
+    if !is_payment_token(token) {
+        return false;
+    }
+    let text: String = token
+        .iter()
+        .filter(|b| **b != b'=')
+        .map(|b| match b {
+            b'+' => '-',
+            b'/' => '_',
+            b => char::from(*b),
+        })
+        .collect();
+    gate402_mpp::base64url::decode_json_object(&text)
+        .is_ok_and(|object| object.get("challenge").is_some())
 }
 
 /// What may stand between a scheme word and its credential for an
@@ -518,6 +539,12 @@ mod tests {
             &format!("Bearer k%20LSAT%3AAgELbWFjYXJvb24=:{}", "ab".repeat(32)),
             // A whole token with no scheme word.
             &format!("AgELbWFjYXJvb24=:{}", "ab".repeat(32)),
+            // A whole MPP credential with no scheme word, in either
+            // alphabet, padded or not.
+            "eyJjaGFsbGVuZ2UiOnt9fQ",
+            "eyJjaGFsbGVuZ2UiOnt9fQ==",
+            "eyJwYXlsb2FkIjp7InByZWltYWdlIjoiPz8_In0sImNoYWxsZW5nZSI6e319",
+            "eyJwYXlsb2FkIjp7InByZWltYWdlIjoiPz8/In0sImNoYWxsZW5nZSI6e319",
         ] {
             let mut h = headers(&[("authorization", listed), ("accept", "*/*")]);
             assert_eq!(take(&mut h), Err(CredentialError::Listed), "{listed}");
@@ -536,6 +563,9 @@ mod tests {
             "Bearer l402.docs:0123",
             // An API's own key and signature, no scheme.
             &format!("myapikey0123:{}", "ab".repeat(32)),
+            // An API's own key of base64 JSON, and a bare JWT.
+            "eyJrZXkiOiJhYmMiLCJvcmciOjd9",
+            "eyJhbGciOiJIUzI1NiJ9.eyJjaGFsbGVuZ2UiOnt9fQ.c2ln",
         ] {
             let mut h = headers(&[("authorization", key)]);
             assert_eq!(take(&mut h), Ok(None), "{key}");
