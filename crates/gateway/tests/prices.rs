@@ -1373,6 +1373,9 @@ async fn what_frameworks_read_otherwise_is_refused_or_priced_as_read() {
         ("GET", "/q/x?quality=hd%3Bx", "", "", "encoded '&'"),
         ("GET", "/q/x?quality=hd,x", "", "", "split at commas"),
         ("GET", "/q/x?quality=x,%20hd", "", "", "split at commas"),
+        // A path parameter too (Spring's `@PathVariable List<String>`).
+        ("GET", "/img/large,x", "", "", "split at commas"),
+        ("GET", "/img/x,%20large/y", "", "", "split at commas"),
         (
             "POST",
             "/q/x",

@@ -930,6 +930,27 @@ fn same_number(value: &str, wanted: &str) -> bool {
     read.is_some_and(|n| (if negative { -n } else { n }) == wanted)
 }
 
+/// Refuses a value that is a list to upstreams that split a value at
+/// commas, holding one of a rule's `values` (Spring binds `tier=gold,x`,
+/// and a path variable `/t/gold,x`, to a list whose first item is
+/// `gold`).
+fn comma_list(
+    values: &[String],
+    value: Option<&str>,
+    what: &dyn Fn() -> String,
+) -> Result<(), Unreadable> {
+    let Some(value) = value.filter(|v| v.contains(',') && !values.iter().any(|w| w == v)) else {
+        return Ok(());
+    };
+    match rule_value(values, value.split(',').map(str::trim), what) {
+        Some(item) => Err(Unreadable(format!(
+            "{} is {value:?}, a list to upstreams that split at commas, holding {item:?}, a value the price depends on: send it alone",
+            what()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a path parameter that reads as one of a rule's `values` with
 /// a format after a dot (`large.json`): Rails routes (`/:size(.:format)`)
 /// and others that take a format suffix read it as `large`; so do those
@@ -1035,6 +1056,7 @@ impl PriceRule {
                 let what = || format!("path parameter {{{}}}", m.key);
                 let value = param(&m.key);
                 if !one_of(&m.values, value.as_deref(), &what)? {
+                    comma_list(&m.values, value.as_deref(), &what)?;
                     format_suffix(&m.values, value.as_deref(), &what)?;
                     plus_as_space(&m.values, value.as_deref(), &what)?;
                     return Ok(None);
@@ -1047,20 +1069,9 @@ impl PriceRule {
             let what = || format!("query parameter {:?}", m.key);
             let value = parsed.query(&m.key);
             // What some upstream reads instead, refused when it is (or may
-            // read as) a rule's value: a list to one that splits a value at
-            // commas (Spring binds `tier=gold,x` to a list whose first item
-            // is `gold`), and the query as one that decodes it before
-            // splitting it reads it.
-            if let Some(value) =
-                value.filter(|v| v.contains(',') && !m.values.iter().any(|w| w == v))
-            {
-                if let Some(item) = rule_value(&m.values, value.split(',').map(str::trim), &what) {
-                    return Err(Unreadable(format!(
-                        "{} is {value:?}, a list to upstreams that split at commas, holding {item:?}, a value the price depends on: send it alone",
-                        what()
-                    )));
-                }
-            }
+            // read as) a rule's value: a list, and the query as one that
+            // decodes it before splitting it reads it.
+            comma_list(&m.values, value, &what)?;
             if let Some(values) = parsed.query_decoded_first(&m.key) {
                 if let Some(read) = rule_value(&m.values, values.into_iter(), &what) {
                     return Err(Unreadable(format!(
