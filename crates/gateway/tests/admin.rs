@@ -692,6 +692,15 @@ async fn paid_traffic_shows_in_payments_and_revenue_and_one_token_is_revoked() {
     assert!((conversion - 2.0 / 3.0).abs() < 1e-9, "{conversion}");
     let daily = h.get("/revenue?by=day").await;
     assert_eq!(daily["total"]["revenue_sats"], 23);
+    // All time, with no `by`: totals over any span, in buckets of several
+    // days past 10,000 of them.
+    let all_time = h.get("/revenue?since=0").await;
+    assert_eq!(all_time["total"]["revenue_sats"], 23, "{all_time}");
+    assert!(
+        all_time["bucket_secs"].as_u64().unwrap() > 86_400,
+        "{all_time}"
+    );
+    assert_eq!(all_time["by"], "day", "{all_time}");
     for bad in [
         "/revenue?by=week",
         "/revenue?since=10&until=5",

@@ -91,7 +91,7 @@ pub(super) async fn document() -> Json<Value> {
             "/admin/api/revenue": {"get": op("Payments, revenue, refunds, net, 402s and conversion per service and bucket", &[
                 ("since", "query", "unix seconds"),
                 ("until", "query", "unix seconds"),
-                ("by", "query", "hour (default) or day"),
+                ("by", "query", "hour or day; unset: by hour, by day past 10,000 hours, by several days past 10,000 days (bucket_secs)"),
             ], None)},
             "/admin/api/tokens/{token}": {"get": op("A payment's record, revocation and balance", &token, None)},
             "/admin/api/tokens/{token}/revoke": {"post": op("Refuse every credential of this payment from now on", &token, None)},

@@ -188,8 +188,10 @@ const MAX_BUCKETS: u64 = 10_000;
 /// `GET /admin/api/revenue?since=&until=&by=hour|day`: buckets per
 /// service, totals per service and overall. Default: the last 24 hours by
 /// hour (`by=day`: the last 30 days); a span of more than
-/// [`MAX_BUCKETS`] hours with no `by` is reported by day. Bounds are
-/// rounded out to whole buckets.
+/// [`MAX_BUCKETS`] hours with no `by` is reported by day, and one of
+/// more than [`MAX_BUCKETS`] days in buckets of several days
+/// (`bucket_secs` says how long a bucket is). Bounds are rounded out to
+/// whole buckets.
 pub(super) async fn revenue(
     State(state): State<AdminState>,
     query: Result<Query<RevenueQuery>, axum::extract::rejection::QueryRejection>,
@@ -208,9 +210,12 @@ pub(super) async fn revenue(
         Some("hour") => 3600,
         Some("day") => 86_400,
         // Unasked: by hour, unless the span asked for holds more hours
-        // than a report has buckets.
-        None => match since {
-            Some(since) if until.saturating_sub(since) / 3600 > MAX_BUCKETS => 86_400,
+        // than a report has buckets; then by day, or by as many days a
+        // bucket as keep any span (`since=0`) within them.
+        None => match since.map(|since| until.saturating_sub(since)) {
+            Some(span) if span / 3600 > MAX_BUCKETS => {
+                86_400 * (span / 86_400).div_ceil(MAX_BUCKETS).max(1)
+            }
             _ => 3600,
         },
         Some(other) => {
@@ -273,6 +278,7 @@ pub(super) async fn revenue(
         "since": since,
         "until": until,
         "by": if width == 3600 { "hour" } else { "day" },
+        "bucket_secs": width,
         "buckets": buckets
             .iter()
             .map(|((start, service), sums)| {
