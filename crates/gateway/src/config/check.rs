@@ -725,10 +725,11 @@ impl Checker {
     }
 }
 
-/// Free routes that overlap paid ones, in route order: an upstream that
-/// serves one resource under several spellings may hand a paid one out
-/// through the free route. Risky but valid; `serve --check` and the admin
-/// API warn.
+/// Routes that overlap, in route order: free routes that overlap paid
+/// ones (an upstream that serves one resource under several spellings may
+/// hand a paid one out through the free route), and a paid route that
+/// comes first and takes part of a later paid one's requests at its own
+/// price. Risky but valid; `serve --check` and the admin API warn.
 pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
     let mut warnings = Vec::new();
     for (i, free) in services.iter().enumerate() {
@@ -736,12 +737,7 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
             continue;
         }
         for (j, paid) in services.iter().enumerate() {
-            let hosts_meet = match (&free.priced.host, &paid.priced.host) {
-                (Some(a), Some(b)) => {
-                    a == b || a.as_written().starts_with("*.") || b.as_written().starts_with("*.")
-                }
-                _ => true,
-            };
+            let hosts_meet = hosts_meet(&free.priced, &paid.priced);
             if !paid.priced.charges() {
                 continue;
             }
@@ -788,7 +784,49 @@ pub fn overlap_warnings(services: &[super::ServiceConfig]) -> Vec<String> {
             ));
         }
     }
+    for (j, later) in services.iter().enumerate() {
+        for (i, earlier) in services[..j].iter().enumerate() {
+            let (a, b) = (&earlier.priced, &later.priced);
+            // A narrower route listed first is the way to write it; one
+            // that takes all of the later one's requests is refused.
+            if a.charges()
+                && b.charges()
+                && hosts_meet(a, b)
+                && methods_meet(&a.methods, &b.methods)
+                && a.path.overlaps(&b.path)
+                && !b.path.covers(&a.path)
+            {
+                warnings.push(format!(
+                    "services[{i}] ({:?}, {}, {} sat) comes first, so it takes requests meant for services[{j}] ({:?}, {}, {} sat) and sells them on its own terms: put the narrower route first",
+                    a.name,
+                    a.path.as_written(),
+                    a.price_sats,
+                    b.name,
+                    b.path.as_written(),
+                    b.price_sats,
+                ));
+            }
+        }
+    }
     warnings
+}
+
+/// Whether two services may answer on one host.
+fn hosts_meet(a: &gate402_paywall::PricedService, b: &gate402_paywall::PricedService) -> bool {
+    match (&a.host, &b.host) {
+        (Some(a), Some(b)) => {
+            a == b || a.as_written().starts_with("*.") || b.as_written().starts_with("*.")
+        }
+        _ => true,
+    }
+}
+
+/// Whether two method lists (empty: every method) share one.
+fn methods_meet(a: &[axum::http::Method], b: &[axum::http::Method]) -> bool {
+    a.is_empty()
+        || b.is_empty()
+        || b.iter()
+            .any(|m| gate402_paywall::route::method_matches(a, m))
 }
 
 /// What a free route adds to a warning about a paid one restricted by

@@ -1491,3 +1491,40 @@ fn a_wrong_auth_is_said_alone() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn a_paid_route_taking_part_of_a_later_paid_one_is_warned_of() {
+    let service = |name: &str, path: &str, methods: &str, price: u64| {
+        format!(
+            "[[services]]\nname = \"{name}\"\npath = \"{path}\"\n{methods}upstream = \"http://127.0.0.1:9000\"\nprice_sats = {price}\n"
+        )
+    };
+    let warnings = |text: String| {
+        let config = GatewayConfig::parse(&text, env).unwrap();
+        overlap_warnings(&config.services)
+    };
+    // The broad route first takes the narrow one's GETs at 6 sat.
+    let found = warnings(
+        service("quote", "/v1/*", "methods = [\"GET\"]\n", 6)
+            + &service("forecast", "/v1/forecast/*", "", 20),
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("services[0] (\"quote\", /v1/*, 6 sat) comes first, so it takes requests meant for services[1] (\"forecast\", /v1/forecast/*, 20 sat)"),
+        "{found:?}"
+    );
+    // A prefix first, an exact path in it after, its other methods apart.
+    let found = warnings(
+        service("a", "/v1/*", "methods = [\"POST\"]\n", 1) + &service("b", "/v1/a", "", 2),
+    );
+    assert_eq!(found.len(), 1, "{found:?}");
+    // The narrower first, or methods apart: as meant.
+    for text in [
+        service("forecast", "/v1/forecast/*", "", 20) + &service("quote", "/v1/*", "", 6),
+        service("quote", "/v1/*", "methods = [\"GET\"]\n", 6)
+            + &service("forecast", "/v1/forecast/*", "methods = [\"POST\"]\n", 20),
+        service("a", "/a/*", "", 1) + &service("b", "/b/*", "", 2),
+    ] {
+        assert!(warnings(text.clone()).is_empty(), "{text}");
+    }
+}
