@@ -455,6 +455,16 @@ impl Checker {
                         usage.max_units, priced.deposit_units
                     ),
                 );
+            } else if usage.max_units > 1 && priced.schemes.l402() {
+                // Once less than max_units are left a request is refused,
+                // and an L402 balance is never refunded.
+                self.warnings.push(format!(
+                    "{}: a request holds {} units, so an L402 balance (never refunded) leaves up to {} of each deposit's {} units unused once fewer than that are left, and its client pays a new deposit; MPP sessions refund what is left (schemes = [\"mpp\"] sells through them alone), or lower max_units",
+                    at("max_units"),
+                    usage.max_units,
+                    usage.max_units - 1,
+                    priced.deposit_units,
+                ));
             }
         }
         if !matches!(priced.meter, Meter::Usage(_)) {

@@ -1102,6 +1102,23 @@ fn a_usage_hold_larger_than_the_deposit_is_refused() {
     GatewayConfig::parse(&text(5), env).unwrap();
 }
 
+/// A usage-metered balance sold through L402 strands what is left once
+/// less than a request's hold remains: said, unless only MPP sells it or
+/// a request holds one unit.
+#[test]
+fn an_l402_balance_left_unused_below_a_hold_is_warned_of() {
+    let warned = |schemes: &str, max_units: u32| {
+        warns(
+            &format!("[[services]]\nname = \"u\"\npath = \"/u\"\nupstream = \"http://127.0.0.1:9000\"\nprice_sats = 1\nsells = \"balance\"\ndeposit_units = 50\nmeter = \"usage\"\nusage_header = \"x-usage\"\nmax_units = {max_units}\n{schemes}"),
+            &["services[0].max_units", "up to 19 of each deposit's 50 units unused"],
+        )
+    };
+    assert!(warned("", 20));
+    assert!(warned("schemes = [\"l402\", \"mpp\"]\n", 20));
+    assert!(!warned("schemes = [\"mpp\"]\n", 20));
+    assert!(!warned("", 1));
+}
+
 #[test]
 fn a_tool_calls_only_a_path_its_service_sells() {
     let text = |tool_path: &str| {
