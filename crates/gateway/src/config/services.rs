@@ -601,10 +601,18 @@ impl Checker {
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.host().is_some_and(|h| !h.is_empty())
-                    && uri.query().is_none() =>
+                    && uri.query().is_none()
+                    && !url.contains('#') =>
             {
                 return Some(UpstreamConfig::new(url));
             }
+            Ok(uri) if uri.query().is_some() || url.contains('#') => self.error(
+                path,
+                format!(
+                    "{:?} has a query or fragment, which an upstream URL cannot carry (each request's own query is forwarded): give it as http[s]://host[:port][/path], and fixed parameters as headers",
+                    super::redacted_url(url)
+                ),
+            ),
             _ => self.error(
                 path,
                 format!(

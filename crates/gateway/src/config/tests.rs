@@ -1076,6 +1076,17 @@ fn an_upstream_with_a_password_is_refused_without_repeating_it() {
         assert!(!error.contains("hunter2"), "{error}");
         assert!(error.contains(shown), "{error}");
     }
+    // A query or fragment is named as what is wrong.
+    for url in [
+        "http://127.0.0.1:9000/base?x=1",
+        "http://127.0.0.1:9000/base#top",
+    ] {
+        let text = format!(
+            "[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"{url}\"\nprice_sats = 1\n"
+        );
+        let error = GatewayConfig::parse(&text, env).unwrap_err().to_string();
+        assert!(error.contains("has a query or fragment"), "{url}: {error}");
+    }
     let text = "[[services]]\nname = \"a\"\npath = \"/a\"\nupstream = \"http://u:hunter2@h\"\nprice_sats = 1\n";
     let error = GatewayConfig::parse(text, env).unwrap_err().to_string();
     assert!(error.contains("Authorization"), "{error}");
