@@ -283,3 +283,26 @@ fn the_check_takes_the_listen_addresses_of_the_command_line() {
         }
     }
 }
+
+/// A gateway whose port is taken says only that: no admin listener
+/// started (and said to listen), no `admin.json` left for `gate402 admin`.
+#[test]
+fn a_taken_port_starts_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new(env!("CARGO_BIN_EXE_gate402"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("listen: cannot bind"), "{stderr}");
+    assert!(
+        !stderr.contains("admin API and dashboard listening"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("admin.json").exists(), "{stderr}");
+}

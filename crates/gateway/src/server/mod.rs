@@ -206,6 +206,12 @@ impl Gateway {
         sync.catch_up()
             .await
             .context("catching up with the admin API's changes in the store")?;
+        // The public port first: a gateway that cannot take it starts no
+        // admin listener, says none is listening, writes no admin.json.
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+        let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let admin = crate::admin::listen(
             &config.admin,
@@ -260,10 +266,6 @@ impl Gateway {
             None => None,
             Some(tls) => Some(listen::tls_acceptor(&tls.cert, &tls.key).context("tls")?),
         };
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("listen: cannot bind {}", config.listen))?;
-        let addr = listener.local_addr()?;
         let limits = listen::Limits {
             header_read_timeout: Duration::from_secs(config.server.header_read_timeout_secs),
             idle_timeout: Duration::from_secs(config.server.idle_timeout_secs),
