@@ -1358,6 +1358,22 @@ impl Fallback {
     }
 }
 
+/// What a pricer's answer over its size limit is said to be.
+fn too_long() -> String {
+    format!("an answer of more than {MAX_ANSWER_BYTES} bytes")
+}
+
+/// The innermost cause of a failed exchange (`Connection refused`), which
+/// names no URL: a pricer's may carry a key in its query.
+fn innermost(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut cause: &dyn std::error::Error = &error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 /// What a pricer answer is kept by: the service, method, path and query,
 /// body digest, and a digest of the headers it was shown (a pricer may
 /// price by any of them).
@@ -1418,8 +1434,10 @@ impl Pricers {
         &self,
         config: &PricerConfig,
         question: &PricerQuestion<'_>,
-    ) -> Result<(u64, Duration), Fallback> {
-        let client = self.client().ok_or(Fallback::Unreachable)?;
+    ) -> Result<(u64, Duration), (Fallback, String)> {
+        let client = self
+            .client()
+            .ok_or((Fallback::Unreachable, "no HTTP client".to_owned()))?;
         let sent = client
             .post(&config.url)
             .timeout(config.timeout)
@@ -1428,30 +1446,43 @@ impl Pricers {
         let read = async {
             let response = sent.await?;
             if !response.status().is_success() {
-                return Ok(Err(Fallback::Status));
+                return Ok(Err((
+                    Fallback::Status,
+                    format!("answered {}", response.status()),
+                )));
             }
             if response
                 .content_length()
                 .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
             {
-                return Ok(Err(Fallback::Garbage));
+                return Ok(Err((Fallback::Garbage, too_long())));
             }
             response.bytes().await.map(Ok)
         };
+        let timeout = || {
+            (
+                Fallback::Timeout,
+                format!("no answer within {:?}", config.timeout),
+            )
+        };
         // The whole exchange within the timeout, body included.
         let bytes = match tokio::time::timeout(config.timeout, read).await {
-            Err(_) => return Err(Fallback::Timeout),
-            Ok(Err(e)) if e.is_timeout() => return Err(Fallback::Timeout),
-            Ok(Err(_)) => return Err(Fallback::Unreachable),
-            Ok(Ok(Err(fallback))) => return Err(fallback),
+            Err(_) => return Err(timeout()),
+            Ok(Err(e)) if e.is_timeout() => return Err(timeout()),
+            Ok(Err(e)) => return Err((Fallback::Unreachable, innermost(e))),
+            Ok(Ok(Err(failed))) => return Err(failed),
             Ok(Ok(Ok(bytes))) => bytes,
         };
         if bytes.len() > MAX_ANSWER_BYTES {
-            return Err(Fallback::Garbage);
+            return Err((Fallback::Garbage, too_long()));
         }
-        let answer: PricerAnswer = serde_json::from_slice(&bytes).map_err(|_| Fallback::Garbage)?;
+        let answer: PricerAnswer = serde_json::from_slice(&bytes)
+            .map_err(|e| (Fallback::Garbage, format!("not a price: {e}")))?;
         if !(1..=MAX_PRICE_SATS).contains(&answer.price) {
-            return Err(Fallback::Garbage);
+            return Err((
+                Fallback::Garbage,
+                format!("price {} is not 1 to {MAX_PRICE_SATS} sat", answer.price),
+            ));
         }
         let most = Duration::from_secs(config.cache_secs);
         let ttl = match answer.expires {
@@ -1511,7 +1542,7 @@ impl Pricers {
                 pricers.keep(key, price, ttl);
                 price
             }
-            Err(fallback) => {
+            Err((fallback, cause)) => {
                 // Its host only: a URL may carry a key in its query.
                 let pricer = reqwest::Url::parse(&config.url)
                     .ok()
@@ -1521,6 +1552,7 @@ impl Pricers {
                     service = name,
                     pricer,
                     reason = fallback.as_str(),
+                    cause,
                     fallback_sats = config.fallback_sats,
                     "the pricer gave no price; the fallback price is asked"
                 );
@@ -2131,6 +2163,36 @@ mod tests {
             let refused = read(&huge, Method::GET, &target, b"").unwrap_err();
             assert!(refused.to_string().contains("\"n\""), "{count}: {refused}");
         }
+    }
+
+    /// Why a pricer gave no price is said, without its URL (its query may
+    /// hold a key): the log said only `error`.
+    #[tokio::test]
+    async fn a_pricer_that_fails_says_why_without_its_url() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/price?key=hunter2", closed.local_addr().unwrap());
+        drop(closed);
+        let config = PricerConfig {
+            url,
+            timeout: Duration::from_secs(5),
+            fallback_sats: 1,
+            cache_secs: 0,
+        };
+        let question = PricerQuestion {
+            service: "s",
+            method: "GET",
+            path: "/",
+            query: None,
+            headers: serde_json::Map::new(),
+            body_digest: None,
+        };
+        let (reason, cause) = Pricers::default()
+            .ask(&config, &question)
+            .await
+            .unwrap_err();
+        assert_eq!(reason.as_str(), "error");
+        assert!(cause.to_lowercase().contains("refused"), "{cause}");
+        assert!(!cause.contains("hunter2"), "{cause}");
     }
 
     #[test]
