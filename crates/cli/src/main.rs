@@ -111,12 +111,20 @@ impl Cli {
     /// The data directory: `--data-dir`, else `GATE402_DATA_DIR`, else the
     /// platform's data directory (`~/.local/share/gate402` on Linux).
     fn data_dir(&self) -> anyhow::Result<PathBuf> {
-        match &self.data_dir {
-            Some(dir) => Ok(dir.clone()),
+        let dir = match &self.data_dir {
+            Some(dir) => dir.clone(),
             None => dirs::data_dir()
                 .map(|d| d.join("gate402"))
-                .ok_or_else(|| anyhow::anyhow!("no platform data directory; pass --data-dir")),
+                .ok_or_else(|| anyhow::anyhow!("no platform data directory; pass --data-dir"))?,
+        };
+        // Said of the directory, not of the first file read in it.
+        if dir.exists() && !dir.is_dir() {
+            anyhow::bail!(
+                "the data dir {} is not a directory (--data-dir or GATE402_DATA_DIR)",
+                dir.display()
+            );
         }
+        Ok(dir)
     }
 }
 

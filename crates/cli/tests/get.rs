@@ -1742,3 +1742,28 @@ async fn a_field_value_past_ascii_is_shown() {
     let said: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(said["headers"]["x-name"], "caf\u{e9}", "{said}");
 }
+
+/// A data dir that is a file is said to be one, whatever the command,
+/// not as the first file that could not be read in it.
+#[test]
+fn a_data_dir_that_is_a_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("notadir");
+    std::fs::write(&file, "x").unwrap();
+    for args in [
+        &["get", "http://127.0.0.1:9/"][..],
+        &["receipts"],
+        &["serve"],
+    ] {
+        let out = gate402(&file, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains(&format!(
+                "the data dir {} is not a directory",
+                file.display()
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
+}
