@@ -26,6 +26,10 @@ pub enum HostError {
     /// (user info, a bad port).
     #[error("the request target's authority is not a host name with an optional port (no user@)")]
     MalformedTarget,
+    /// An absolute-form target of a scheme other than `http` or `https`
+    /// (`ftp://…`): no request of this server's.
+    #[error("the request target's scheme is not http or https")]
+    Scheme,
 }
 
 /// The host in normal form, or `None` when the request names none.
@@ -35,6 +39,12 @@ pub enum HostError {
 /// A [`HostError`] when the request names a host ambiguously; answer it
 /// with `400 Bad Request`.
 pub fn request_host(uri: &Uri, headers: &HeaderMap) -> Result<Option<String>, HostError> {
+    if uri
+        .scheme_str()
+        .is_some_and(|s| !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https"))
+    {
+        return Err(HostError::Scheme);
+    }
     let from_uri = uri
         .authority()
         .map(|authority| normal(authority.as_str()))
@@ -183,6 +193,14 @@ mod tests {
             Err(HostError::MalformedTarget)
         );
         assert!(HostError::MalformedTarget.to_string().contains("target"));
+        // A target of another scheme is no request of an HTTP server's.
+        for uri in ["ftp://a.test/x", "ws://a.test/x", "gopher://a.test/x"] {
+            assert_eq!(host(uri, &["a.test"]), Err(HostError::Scheme), "{uri}");
+        }
+        assert_eq!(
+            host("HTTPS://a.test/x", &["a.test"]),
+            Ok(Some("a.test".to_owned()))
+        );
     }
 
     #[test]
