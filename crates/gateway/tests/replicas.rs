@@ -718,3 +718,59 @@ upstream = "http://{upstream}"
         assert_eq!(ended.status(), StatusCode::PAYMENT_REQUIRED);
     }
 }
+
+/// A replica whose MPP secrets do not agree with a running one's (each
+/// would refuse the other's credentials) refuses to start; one that
+/// verifies the other's and is verified by it (a rotation in two steps)
+/// starts, and a stopped replica's secret is no objection.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_with_secrets_that_do_not_agree_are_refused() {
+    let postgres = TestPostgres::start().await;
+    let base = demo_on(&postgres).await;
+    let (old, new) = (
+        "the secret every replica shared until today".to_owned(),
+        "the secret every replica shares from today".to_owned(),
+    );
+    let with = |secret: &str, previous: &[&str]| {
+        let mut config = base.clone();
+        config.mpp.secret = Some(secret.to_owned());
+        config.mpp.previous_secrets = previous.iter().map(|p| (*p).to_owned()).collect();
+        config
+    };
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Gateway::start(&with(&old, &[]), dirs[0].path())
+        .await
+        .unwrap();
+    // Another secret outright, or the new one made current at once.
+    for config in [
+        with("another secret of thirty-two bytes or more", &[]),
+        with(&new, &[&old]),
+    ] {
+        let error = Gateway::start(&config, dirs[1].path())
+            .await
+            .err()
+            .expect("refused beside a replica it disagrees with")
+            .to_string();
+        assert!(error.contains("does not agree"), "{error}");
+        assert!(
+            !error.contains("thirty-two") && !error.contains("today"),
+            "{error}"
+        );
+    }
+    // A rotation in two steps: first the new one accepted everywhere,
+    // then made current with the old one accepted.
+    let b = Gateway::start(&with(&old, &[&new]), dirs[1].path())
+        .await
+        .unwrap();
+    a.shutdown().await.unwrap();
+    let c = Gateway::start(&with(&new, &[&old]), dirs[2].path())
+        .await
+        .unwrap();
+    b.shutdown().await.unwrap();
+    // Only running replicas count: a's and b's rows remain.
+    let d = Gateway::start(&with(&new, &[]), dirs[3].path())
+        .await
+        .unwrap();
+    d.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+}

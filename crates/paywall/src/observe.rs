@@ -526,6 +526,23 @@ impl Store for ObservedStore {
             .await
     }
 
+    async fn put_secret_check(
+        &self,
+        replica: &str,
+        check: &gate402_store::SecretCheck,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            "store.put_secret_check",
+            self.inner.put_secret_check(replica, check),
+        )
+        .await
+    }
+
+    async fn secret_checks(&self) -> Result<Vec<(String, gate402_store::SecretCheck)>, StoreError> {
+        self.timed("store.secret_checks", self.inner.secret_checks())
+            .await
+    }
+
     async fn replica_running(&self, replica: &str) -> Result<bool, StoreError> {
         self.timed("store.replica_running", self.inner.replica_running(replica))
             .await

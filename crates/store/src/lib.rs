@@ -298,6 +298,42 @@ impl OwedRefund {
     }
 }
 
+/// What a replica derives from its MPP secrets, so that replicas sharing
+/// a store can tell whether they verify each other's credentials without
+/// showing each other a secret: each value is HMAC-SHA256 of a fixed label
+/// under one secret (32 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretCheck {
+    /// Of the secret it issues challenges and tokens under.
+    pub current: [u8; 32],
+    /// Of every secret it verifies under: the current one and its
+    /// `previous_secrets`.
+    pub accepted: Vec<[u8; 32]>,
+}
+
+/// A [`SecretCheck`] as stored: 32 bytes, and a whole number of 32-byte
+/// values; `None` for anything else.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn secret_check(current: &[u8], accepted: &[u8]) -> Option<SecretCheck> {
+    if accepted.len() % 32 != 0 {
+        return None;
+    }
+    Some(SecretCheck {
+        current: current.try_into().ok()?,
+        accepted: accepted
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32 bytes"))
+            .collect(),
+    })
+}
+
+impl SecretCheck {
+    /// Whether each of the two verifies what the other issues.
+    pub fn agrees_with(&self, other: &SecretCheck) -> bool {
+        self.accepted.contains(&other.current) && other.accepted.contains(&self.current)
+    }
+}
+
 /// Who holds a claim: the replica (stable across restarts, from the data
 /// dir) and a random token made for this one claim, so that only the
 /// request that took a claim can renew, commit or release it.
@@ -662,6 +698,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest change of every service ever changed, oldest first.
     async fn service_changes(&self) -> Result<Vec<ServiceChange>, StoreError>;
+
+    /// Records `replica`'s [`SecretCheck`], over the one it recorded
+    /// before.
+    async fn put_secret_check(&self, replica: &str, check: &SecretCheck) -> Result<(), StoreError>;
+
+    /// Every replica's latest [`SecretCheck`], by replica name (running
+    /// or not: ask [`Store::replica_running`]).
+    async fn secret_checks(&self) -> Result<Vec<(String, SecretCheck)>, StoreError>;
 
     /// Revokes a payment; `false` when it already was.
     async fn revoke(&self, payment_hash: &[u8; 32], at: u64, by: &str) -> Result<bool, StoreError>;

@@ -15,7 +15,7 @@ use crate::{
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
-    ServiceChange, ServiceState,
+    SecretCheck, ServiceChange, ServiceState,
 };
 
 /// Schema versions, in order; `gate402_schema` says how many ran.
@@ -192,6 +192,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE freebies ADD COLUMN failed BIGINT NOT NULL DEFAULT 0;",
     // The revenue report sums the refunds paid in its window.
     "CREATE INDEX sessions_refunded ON sessions (closed_at) WHERE refund_status = 'succeeded';",
+    // What each replica derives from its MPP secrets: replicas that would
+    // refuse each other's credentials are told apart at start.
+    "CREATE TABLE replica_secrets (
+        replica TEXT PRIMARY KEY,
+        current BYTEA NOT NULL,
+        accepted BYTEA NOT NULL
+     );",
 ];
 
 /// A session row, if there is one.
@@ -1593,6 +1600,34 @@ impl Store for PostgresStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(db)
+    }
+
+    async fn put_secret_check(&self, replica: &str, check: &SecretCheck) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO replica_secrets (replica, current, accepted) VALUES ($1, $2, $3)
+             ON CONFLICT (replica) DO UPDATE SET current = excluded.current, accepted = excluded.accepted",
+        )
+        .bind(replica)
+        .bind(&check.current[..])
+        .bind(check.accepted.concat())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn secret_checks(&self) -> Result<Vec<(String, SecretCheck)>, StoreError> {
+        let rows: Vec<(String, Vec<u8>, Vec<u8>)> =
+            sqlx::query_as("SELECT replica, current, accepted FROM replica_secrets")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, current, accepted)| {
+                crate::secret_check(&current, &accepted).map(|check| (name, check))
+            })
+            .collect())
     }
 
     async fn revoke(&self, payment_hash: &[u8; 32], at: u64, by: &str) -> Result<bool, StoreError> {

@@ -14,7 +14,7 @@ use crate::{
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
-    ServiceChange, ServiceState,
+    SecretCheck, ServiceChange, ServiceState,
 };
 
 /// Schema versions, in order; `PRAGMA user_version` says how many ran.
@@ -176,6 +176,13 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE freebies ADD COLUMN failed INTEGER NOT NULL DEFAULT 0;",
     // The revenue report sums the refunds paid in its window.
     "CREATE INDEX sessions_refunded ON sessions (closed_at) WHERE refund_status = 'succeeded';",
+    // What each replica derives from its MPP secrets: replicas that would
+    // refuse each other's credentials are told apart at start.
+    "CREATE TABLE replica_secrets (
+        replica TEXT PRIMARY KEY,
+        current BLOB NOT NULL,
+        accepted BLOB NOT NULL
+     );",
 ];
 
 /// A session row, if there is one.
@@ -1607,6 +1614,38 @@ impl Store for SqliteStore {
                 })
             })?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn put_secret_check(&self, replica: &str, check: &SecretCheck) -> Result<(), StoreError> {
+        let (replica, current, accepted) =
+            (replica.to_owned(), check.current, check.accepted.concat());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO replica_secrets (replica, current, accepted) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (replica) DO UPDATE SET current = excluded.current, accepted = excluded.accepted",
+                rusqlite::params![replica, &current[..], accepted],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn secret_checks(&self) -> Result<Vec<(String, SecretCheck)>, StoreError> {
+        self.with(|c| {
+            let mut statement =
+                c.prepare("SELECT replica, current, accepted FROM replica_secrets")?;
+            let rows = statement.query_map([], |r| {
+                let current: Vec<u8> = r.get(1)?;
+                let accepted: Vec<u8> = r.get(2)?;
+                Ok((r.get(0)?, crate::secret_check(&current, &accepted)))
+            })?;
+            rows.filter_map(|row| {
+                row.map(|(name, check)| check.map(|c| (name, c)))
+                    .transpose()
+            })
+            .collect()
         })
         .await
     }

@@ -1235,9 +1235,41 @@ async fn a_replica_name_is_held_by_one_process([a, b]: &Pair) {
     assert!(b.hold_replica("r-other").await.unwrap());
 }
 
+/// What each replica derives from its secrets is shared, one row a
+/// replica, the latest kept.
+async fn secret_checks_are_shared_one_per_replica([a, b]: &Pair) {
+    let check = |n: u8, accepted: &[u8]| gate402_store::SecretCheck {
+        current: [n; 32],
+        accepted: accepted.iter().map(|m| [*m; 32]).collect(),
+    };
+    a.put_secret_check("r-s1", &check(1, &[1])).await.unwrap();
+    b.put_secret_check("r-s2", &check(2, &[2, 1]))
+        .await
+        .unwrap();
+    a.put_secret_check("r-s1", &check(3, &[3, 2]))
+        .await
+        .unwrap();
+    let mut seen = b.secret_checks().await.unwrap();
+    seen.retain(|(name, _)| name.starts_with("r-s"));
+    seen.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        seen,
+        vec![
+            ("r-s1".into(), check(3, &[3, 2])),
+            ("r-s2".into(), check(2, &[2, 1]))
+        ]
+    );
+    assert!(
+        !check(3, &[3, 2]).agrees_with(&check(2, &[2, 1])),
+        "2 does not take 3"
+    );
+    assert!(check(3, &[3, 2]).agrees_with(&check(2, &[2, 3])));
+}
+
 async fn keeps_the_contract(stores: &Pair) {
     the_database_answers_a_ping(stores).await;
     a_replica_name_is_held_by_one_process(stores).await;
+    secret_checks_are_shared_one_per_replica(stores).await;
     a_payment_is_served_once(stores).await;
     a_lapsed_claim_is_fenced_from_its_old_holder(stores).await;
     renewing_extends_the_lease(stores).await;

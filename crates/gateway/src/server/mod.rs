@@ -33,7 +33,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use gate402_paywall::{ObservedBackend, ObservedStore, Paywall, PricedService};
-use gate402_store::{PostgresStore, SqliteStore, Store};
+use gate402_store::{PostgresStore, SecretCheck, SqliteStore, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{GatewayConfig, ServiceConfig, StoreConfig};
@@ -177,6 +177,12 @@ impl Gateway {
                  or delete {} from this one",
                 data_dir.path().join("replica_id").display()
             );
+        }
+        let check = secret_check(&secret, &config.mpp.previous_secrets);
+        if let Err(e) = refuse_disagreeing_secrets(store.as_ref(), replica, &check).await {
+            // The name given back at once, for a start with other secrets.
+            store.close().await;
+            return Err(e);
         }
         let released = paywall
             .release_abandoned_claims()
@@ -672,4 +678,62 @@ async fn l402_quote(
         header::HeaderValue::from_static("*"),
     );
     response
+}
+
+/// What this replica's MPP secrets derive for [`SecretCheck`]: HMAC-SHA256
+/// of a fixed label under each, so that no secret is stored.
+fn secret_check(secret: &str, previous: &[String]) -> SecretCheck {
+    use hmac::{KeyInit as _, Mac as _};
+    let of = |secret: &str| -> [u8; 32] {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+            .expect("HMAC takes a key of any length");
+        mac.update(b"gate402 replica secret check");
+        mac.finalize().into_bytes().into()
+    };
+    let current = of(secret);
+    SecretCheck {
+        current,
+        accepted: std::iter::once(current)
+            .chain(previous.iter().map(|p| of(p)))
+            .collect(),
+    }
+}
+
+/// Records this replica's [`SecretCheck`] and refuses to start beside a
+/// running replica whose secrets do not agree with it: each would refuse
+/// the credentials the other issues, and a client paying through one and
+/// retrying through the other would lose its payment. Recorded before it
+/// looks, so that of two started together each sees the other.
+async fn refuse_disagreeing_secrets(
+    store: &dyn Store,
+    replica: &str,
+    check: &SecretCheck,
+) -> Result<()> {
+    store
+        .put_secret_check(replica, check)
+        .await
+        .context("recording what this replica's MPP secret derives")?;
+    let checks = store
+        .secret_checks()
+        .await
+        .context("reading what the other replicas' MPP secrets derive")?;
+    for (other, theirs) in checks {
+        if other == replica || check.agrees_with(&theirs) {
+            continue;
+        }
+        if store
+            .replica_running(&other)
+            .await
+            .context("asking whether another replica runs")?
+        {
+            anyhow::bail!(
+                "replica {other:?} runs on this store with an MPP secret that does not agree with this one's: \
+                 each would refuse the credentials the other issues (L402 401, MPP 402), and clients paying \
+                 through one and retrying through the other would lose their payments. Give every replica \
+                 the same [mpp] secret; to replace it, first add the new one to previous_secrets on every \
+                 replica, then make it the secret with the old one in previous_secrets"
+            );
+        }
+    }
+    Ok(())
 }
