@@ -315,7 +315,7 @@ pub struct SecretCheck {
 /// values; `None` for anything else.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn secret_check(current: &[u8], accepted: &[u8]) -> Option<SecretCheck> {
-    if accepted.len() % 32 != 0 {
+    if !accepted.len().is_multiple_of(32) {
         return None;
     }
     Some(SecretCheck {
