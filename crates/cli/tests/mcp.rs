@@ -649,6 +649,27 @@ async fn mcp_proxy_charges_for_the_tools_of_another_server() {
     let _ = proxy.wait().await;
 }
 
+/// A tool whose description spans lines (as MCP servers' often do) is
+/// paid for: its challenge's description could not be written as a
+/// header's quoted string, and `mcp call` found no challenge offered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_described_in_several_lines_is_paid_for() {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[services]]\nname = \"weather\"\npath = \"/weather\"\nupstream = \"http://{upstream}\"\nprice_sats = 10\n[[tools]]\nname = \"weather\"\ndescription = \"\"\"The weather.\nGive a city.\"\"\"\nservice = \"weather\"\n"
+    );
+    let gateway = ServeProcess::start_with(dir.path(), &config, Launch::default()).await;
+    let mcp = format!("{}/mcp", gateway.base);
+    let client = tempfile::tempdir().unwrap();
+    let out = gate402(client.path(), &weather_in_oslo(&mcp)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["result"]["structuredContent"]["city"], "Oslo");
+    assert_eq!(report["payment"]["status"], "paid", "{report}");
+}
+
 /// Debug logs name what happened, never a credential: with
 /// `RUST_LOG=debug` on both sides of a paid tool call, neither the
 /// gateway's log nor `gate402 mcp call`'s stderr holds its preimage; and a

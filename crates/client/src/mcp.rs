@@ -266,11 +266,7 @@ impl Payer {
             }
             Err(other) => return Err(tool_error(other)),
         };
-        let headers: Vec<String> = wire::extract_challenges_from_data(&data)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|c| gate402_mpp::challenge::to_header(c).ok())
-            .collect();
+        let headers = header_forms(wire::extract_challenges_from_data(&data).unwrap_or_default());
         let offer =
             Offer::from_challenges(headers.iter().map(String::as_str)).map_err(FetchError::from)?;
         if offer.payment.is_none() {
@@ -450,4 +446,42 @@ fn receipt_of(result: &CallToolResult) -> Option<String> {
         .as_ref()
         .and_then(|meta| meta.get(RECEIPT_META_KEY))
         .map(Value::to_string)
+}
+
+/// Challenges sent as JSON (in a `-32042` error's data) written in their
+/// header form, to be read as HTTP's are. A description with line breaks
+/// (a tool's) cannot be quoted there and binds nothing: its control
+/// characters become spaces rather than the challenge being dropped.
+fn header_forms(challenges: Vec<gate402_mpp::PaymentChallenge>) -> Vec<String> {
+    challenges
+        .into_iter()
+        .filter_map(|mut c| {
+            c.description = c.description.map(|d| {
+                d.chars()
+                    .map(|ch| if ch.is_control() { ' ' } else { ch })
+                    .collect()
+            });
+            gate402_mpp::challenge::to_header(&c).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A tool's description with line breaks made its challenge unusable:
+    /// `mcp call` said none was offered.
+    #[test]
+    fn a_challenge_whose_description_has_line_breaks_is_kept() {
+        let header = r#"Payment id="x", realm="r", method="lightning", intent="charge", request="eyJhIjoxfQ""#;
+        let mut challenge = gate402_mpp::challenge::parse_payment_challenges(header)
+            .unwrap()
+            .remove(0);
+        challenge.description = Some("Weather report.\nGive a city.\u{1b}".into());
+        let forms = super::header_forms(vec![challenge]);
+        assert_eq!(forms.len(), 1);
+        assert!(
+            forms[0].contains("description=\"Weather report. Give a city. \""),
+            "{forms:?}"
+        );
+    }
 }
