@@ -970,6 +970,23 @@ async fn a_tool_is_charged_what_its_request_costs_over_http() {
     let h =
         start_priced("[[services.prices]]\nquery = { city = \"Tokyo\" }\nprice_sats = 40").await;
     let city = |name: &str| json!({ "city": name });
+    // Listed at the price no rule changes, saying its arguments may.
+    let listed = h.client.list_all_tools().await.unwrap();
+    let weather = listed.iter().find(|t| t.name == "weather").unwrap();
+    let described = weather.description.as_deref().unwrap_or_default();
+    assert!(
+        described.contains("10 sat per call unless its arguments are priced otherwise"),
+        "{described}"
+    );
+    let fixed = listed.iter().find(|t| t.name == "translate").unwrap();
+    assert!(
+        !fixed
+            .description
+            .as_deref()
+            .unwrap_or_default()
+            .contains("unless"),
+        "{fixed:?}"
+    );
 
     let (_, cheap) = h
         .call(call("weather", city("Oslo"), None))

@@ -307,18 +307,22 @@ impl PaidTools {
                 continue;
             }
             let description = tool.description.clone().unwrap_or_default();
-            let price = match self.pricing.load().price(&tool.name, &description) {
-                ToolPrice::Free => None,
-                ToolPrice::Paid(service) => Some(service.price_sats),
+            let (price, dynamic) = match self.pricing.load().price(&tool.name, &description) {
+                ToolPrice::Free => (None, false),
+                ToolPrice::Paid(service) => (Some(service.price_sats), service.is_dynamic()),
                 // Not served, so not listed.
                 ToolPrice::Unpriced | ToolPrice::Unavailable => continue,
             };
             if let Some(price) = price {
+                // Its service's rules or pricer price each call by its
+                // arguments: the price shown is the one when none applies.
+                let per_call = if dynamic {
+                    format!("{price} sat per call unless its arguments are priced otherwise")
+                } else {
+                    format!("{price} sat per call")
+                };
                 tool.description = Some(
-                    format!(
-                        "{description} ({price} sat per call; pay with MPP or {CREATE_PAYMENT})"
-                    )
-                    .into(),
+                    format!("{description} ({per_call}; pay with MPP or {CREATE_PAYMENT})").into(),
                 );
                 let mut meta = tool.meta.take().unwrap_or_default();
                 meta.insert(
