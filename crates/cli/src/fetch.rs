@@ -382,7 +382,7 @@ fn stopped(
     let ledger = Ledger::open(&ledger_path(data_dir));
     let pending = ledger
         .as_ref()
-        .map_or_else(|_| Ok(Vec::new()), |ledger| ledger.pending(None))
+        .map_or_else(|_| Ok(Vec::new()), Ledger::pending_of_this_run)
         .unwrap_or_default();
     errln!("gate402: {message}");
     // Paid, its request not answered yet: said, as a failed one's. Its

@@ -686,6 +686,47 @@ async fn ctrl_c_during_a_payment_leaves_it_pending_and_the_next_run_finishes_it(
     assert_eq!(ledger[0]["amount_msat"], 3_000);
 }
 
+/// A run stopped with payments pending lists only its own in `--json`'s
+/// `pending`: it listed every pending payment in the ledger, another
+/// endpoint's left by an earlier run included.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_run_lists_only_what_it_left_pending() {
+    let state = SlowPayer::default();
+    state
+        .delay_ms
+        .store(3_600_000, std::sync::atomic::Ordering::SeqCst);
+    let base = slow_origin(state.clone()).await;
+    let client = tempfile::tempdir().unwrap();
+    let out = run(
+        client.path(),
+        &["get", "--json", "--max-time", "2", &format!("{base}/paid")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(28));
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(first["pending"].as_array().unwrap().len(), 1, "{first}");
+    let out = run(
+        client.path(),
+        &[
+            "get",
+            "--json",
+            "--max-time",
+            "2",
+            &format!("{base}/pass/x"),
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(28));
+    let second: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pending = second["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 1, "{second}");
+    assert!(
+        pending[0]["path"].as_str().unwrap().starts_with("/pass"),
+        "{second}"
+    );
+    assert_eq!(payments(client.path()).await.len(), 2);
+}
+
 /// `gate402 get` of each of `urls(base)` (a slow origin's, whose payer
 /// takes a second and pays nothing before every run has its 402), run at
 /// once on one data dir; each succeeded. The origin's state, the data dir

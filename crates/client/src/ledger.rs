@@ -756,6 +756,22 @@ impl Ledger {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The payments this run (this process) began that are still
+    /// pending, oldest first: what it leaves pending if it stops now, not
+    /// what earlier or concurrent runs left.
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be read.
+    pub fn pending_of_this_run(&self) -> Result<Vec<PendingPayment>, LedgerError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM payments WHERE status = 'pending' AND run = ?1 ORDER BY id"
+        ))?;
+        let rows = statement.query_map([this_run()], pending)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The newest payment of `payment_hash` (hex), whatever its state,
     /// with what it was begun for.
     ///
