@@ -410,7 +410,15 @@ impl Payer {
             });
             Ok(answer)
         };
-        if token.single_use() {
+        // A per-request token answered `409` is held: by another request
+        // (which this one does not wait for: it pays its own), or by its
+        // own, sent by a run stopped before the answer, whose answer is
+        // waited for as a held balance's is.
+        let own_retry = matches!(
+            (own_key, &token.unanswered),
+            (Some(own), Some(kept)) if kept.request_digest == own.request_digest
+        );
+        if token.single_use() && !own_retry {
             return once().await;
         }
         crate::payer::past_held_balance(once).await

@@ -40,6 +40,9 @@ async fn gateway() -> (Gateway, String, Received, tempfile::TempDir) {
                 if uri.path().ends_with("/fail") {
                     return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "failed");
                 }
+                if uri.path().ends_with("/slow") {
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
                 (axum::http::StatusCode::OK, "done")
             }
         }
@@ -278,6 +281,41 @@ async fn an_answer_lost_after_paying_is_asked_for_again_with_the_same_key_by_a_l
     let key = key.expect("a key");
     assert!(made_by_the_client(&key) && key != keys[0], "{key}");
     assert_eq!(ledger.payments(0).unwrap().len(), 2);
+    gateway.shutdown().await.unwrap();
+}
+
+/// A run stopped while its paid request was being answered leaves the
+/// token kept; the next run's same request, answered `409` while the
+/// first is still served, waits and gets that answer (it ended with the
+/// `409`, exit 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_of_a_request_still_being_served_waits_for_its_answer() {
+    let (gateway, base, received, _dir) = gateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
+    let post = |client: &Client| {
+        client
+            .http
+            .post(format!("{base}/many/slow"))
+            .body("{\"n\":1}")
+            .build()
+            .unwrap()
+    };
+    let first = client(ledger.clone());
+    let stopped = tokio::time::timeout(
+        std::time::Duration::from_millis(700),
+        first.fetch(post(&first)),
+    )
+    .await;
+    assert!(stopped.is_err(), "stopped while the API works");
+    let later = client(ledger.clone());
+    let Fetched::Response(answer, None) = later.fetch(post(&later)).await.unwrap() else {
+        panic!("paid again");
+    };
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["idempotent-replayed"], "true");
+    assert_eq!(received.lock().unwrap().len(), 1, "performed once");
+    assert_eq!(ledger.payments(0).unwrap().len(), 1);
     gateway.shutdown().await.unwrap();
 }
 
