@@ -1300,3 +1300,54 @@ async fn a_body_that_is_no_one_message_is_a_bad_request() {
         assert_eq!(said["error"]["code"], -32600, "{said}");
     }
 }
+
+/// A member named twice deeper in a message (in a tool's `arguments`, in
+/// `_meta`, in `params`) is refused as one at its top is: the library
+/// read the last (`"Tokyo"`), an upstream might read the first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_named_twice_anywhere_in_a_message_is_refused() {
+    let h = start().await;
+    let url = format!("{}/mcp", h.base);
+    let post = |body: String, session: Option<&str>| {
+        let mut request = h
+            .http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-03-26")
+            .body(body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let opened = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-03-26", "capabilities": {},
+            "clientInfo": {"name": "twice", "version": "0"}}})
+        .to_string(),
+        None,
+    )
+    .await
+    .unwrap();
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    post(
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}).to_string(),
+        Some(&session),
+    )
+    .await
+    .unwrap();
+    for body in [
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"weather","arguments":{"city":"Oslo","city":"Tokyo"}}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"weather","arguments":{"city":"Oslo"},"_meta":{"a":1,"a":2}}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"weather","name":"translate","arguments":{"city":"Oslo"}}}"#,
+    ] {
+        let response = post(body.to_owned(), Some(&session)).await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let said: Value = response.json().await.unwrap();
+        assert_eq!(said["error"]["code"], -32600, "{said}");
+    }
+}

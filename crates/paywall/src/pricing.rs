@@ -441,6 +441,14 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     }
 }
 
+/// Whether `body` is JSON in which some object, at any depth, names a
+/// member twice: serde_json keeps the last value, other readers the
+/// first, so a message read two ways is refused rather than read one.
+pub fn names_a_member_twice(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+        && serde_json::from_slice::<Strict>(body).is_err()
+}
+
 /// The JSON of a body a rule looks into: `None` when there is none (no
 /// body read, or only whitespace).
 fn strict_json(body: Option<&[u8]>, encoding: Option<&str>) -> Result<Option<Value>, Unreadable> {
@@ -2162,6 +2170,28 @@ mod tests {
             let target = format!("/?n={count}");
             let refused = read(&huge, Method::GET, &target, b"").unwrap_err();
             assert!(refused.to_string().contains("\"n\""), "{count}: {refused}");
+        }
+    }
+
+    #[test]
+    fn a_member_named_twice_is_found_at_any_depth() {
+        for twice in [
+            &br#"{"a":1,"a":2}"#[..],
+            br#"{"params":{"arguments":{"model":"gpt-4","model":"gpt-3"}}}"#,
+            br#"[{"x":{"_meta":{"k":1,"k":2}}}]"#,
+        ] {
+            assert!(
+                names_a_member_twice(twice),
+                "{}",
+                String::from_utf8_lossy(twice)
+            );
+        }
+        for once in [&br#"{"a":1,"b":{"a":2}}"#[..], b"[1,2]", b"not json", b""] {
+            assert!(
+                !names_a_member_twice(once),
+                "{}",
+                String::from_utf8_lossy(once)
+            );
         }
     }
 

@@ -419,6 +419,11 @@ impl Guard {
                 return Err(status.into_response());
             }
         };
+        // Read by the library with the last of a member named twice (in
+        // `arguments`, `_meta`), by an upstream perhaps with the first.
+        if gate402_paywall::pricing::names_a_member_twice(&body) {
+            return Err(not_a_message());
+        }
         let held = match request_id(&body) {
             Some(id) => {
                 let key = (session, id.to_string());
