@@ -381,11 +381,11 @@ pub fn payment_required(
         invoice: &issued.bolt11,
         payment_hash: &payment_hash,
         schemes: &schemes,
-        how_to_pay: if service.sells == Sells::Balance {
-            "Pay the Lightning invoice (a deposit), then retry with `Authorization: L402 <macaroon>:<preimage>` (spends the balance per request) or an MPP session credential (`open` with a return invoice for the refund, then `bearer`, `topUp`, `close`)."
-        } else {
-            "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` or `Authorization: Payment <credential>` (the challenges are in WWW-Authenticate)."
-        },
+        how_to_pay: how_to_pay(
+            service.sells == Sells::Balance,
+            issued.l402.is_some(),
+            payment_line.is_some(),
+        ),
         challenge_id: issued.payment.as_ref().map(|c| c.id.as_str()),
         // What the payment buys: one request, or (for an L402 token) a pass.
         sells: service.sells.as_str(),
@@ -417,10 +417,46 @@ pub fn payment_required(
     response
 }
 
+/// The `howToPay` of a 402: through the doors it offers (`l402`, `mpp`;
+/// x402's offer is in its own field), for a balance's deposit or a
+/// request's price.
+fn how_to_pay(balance: bool, l402: bool, mpp: bool) -> &'static str {
+    match (balance, l402, mpp) {
+        (true, true, true) => "Pay the Lightning invoice (a deposit), then retry with `Authorization: L402 <macaroon>:<preimage>` (spends the balance per request) or an MPP session credential (`open` with a return invoice for the refund, then `bearer`, `topUp`, `close`).",
+        (true, true, false) => "Pay the Lightning invoice (a deposit), then retry with `Authorization: L402 <macaroon>:<preimage>` (spends the balance per request; not refunded).",
+        (true, false, _) => "Pay the Lightning invoice (a deposit), then retry with an MPP session credential (`open` with a return invoice for the refund, then `bearer`, `topUp`, `close`).",
+        (false, true, true) => "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` or `Authorization: Payment <credential>` (the challenges are in WWW-Authenticate).",
+        (false, true, false) => "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` (the challenge is in WWW-Authenticate).",
+        (false, false, true) => "Pay the Lightning invoice, then retry with `Authorization: Payment <credential>` (the challenge is in WWW-Authenticate).",
+        (false, false, false) => "Pay the Lightning invoice, then retry with an x402 payment in `PAYMENT-SIGNATURE` (the offer is in `PAYMENT-REQUIRED`).",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use gate402_mpp::challenge::{ChallengeKey, NewChallenge};
+
+    /// Each door named only where it is offered: an MPP-only balance's 402
+    /// told its client to retry with L402.
+    #[test]
+    fn how_to_pay_names_only_the_doors_offered() {
+        for balance in [true, false] {
+            for (l402, mpp) in [(true, true), (true, false), (false, true), (false, false)] {
+                // A balance is sold through L402 or MPP, never neither.
+                if balance && !l402 && !mpp {
+                    continue;
+                }
+                let said = how_to_pay(balance, l402, mpp);
+                assert_eq!(said.contains("L402"), l402, "{said}");
+                assert_eq!(
+                    said.contains("MPP") || said.contains("Payment <"),
+                    mpp,
+                    "{said}"
+                );
+            }
+        }
+    }
 
     fn issued(challenge: bool) -> Issued {
         let request = serde_json::json!({"amount": "3", "currency": "sat"});
