@@ -385,6 +385,7 @@ pub fn payment_required(
             service.sells == Sells::Balance,
             issued.l402.is_some(),
             payment_line.is_some(),
+            issued.x402.is_some(),
         ),
         challenge_id: issued.payment.as_ref().map(|c| c.id.as_str()),
         // What the payment buys: one request, or (for an L402 token) a pass.
@@ -417,18 +418,18 @@ pub fn payment_required(
     response
 }
 
-/// The `howToPay` of a 402: through the doors it offers (`l402`, `mpp`;
-/// x402's offer is in its own field), for a balance's deposit or a
-/// request's price.
-fn how_to_pay(balance: bool, l402: bool, mpp: bool) -> &'static str {
+/// The `howToPay` of a 402: through the doors it offers (`l402`, `mpp`,
+/// `x402`), for a balance's deposit or a request's price.
+fn how_to_pay(balance: bool, l402: bool, mpp: bool, x402: bool) -> &'static str {
     match (balance, l402, mpp) {
+        (false, false, false) if x402 => "Pay the Lightning invoice, then retry with an x402 payment in `PAYMENT-SIGNATURE` (the offer is in `PAYMENT-REQUIRED`).",
         (true, true, true) => "Pay the Lightning invoice (a deposit), then retry with `Authorization: L402 <macaroon>:<preimage>` (spends the balance per request) or an MPP session credential (`open` with a return invoice for the refund, then `bearer`, `topUp`, `close`).",
         (true, true, false) => "Pay the Lightning invoice (a deposit), then retry with `Authorization: L402 <macaroon>:<preimage>` (spends the balance per request; not refunded).",
         (true, false, _) => "Pay the Lightning invoice (a deposit), then retry with an MPP session credential (`open` with a return invoice for the refund, then `bearer`, `topUp`, `close`).",
         (false, true, true) => "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` or `Authorization: Payment <credential>` (the challenges are in WWW-Authenticate).",
         (false, true, false) => "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` (the challenge is in WWW-Authenticate).",
         (false, false, true) => "Pay the Lightning invoice, then retry with `Authorization: Payment <credential>` (the challenge is in WWW-Authenticate).",
-        (false, false, false) => "Pay the Lightning invoice, then retry with an x402 payment in `PAYMENT-SIGNATURE` (the offer is in `PAYMENT-REQUIRED`).",
+        (false, false, false) => "Pay the Lightning invoice, then retry with `Authorization: L402 <macaroon>:<preimage>` or `Authorization: Payment <credential>` (the challenges are in WWW-Authenticate).",
     }
 }
 
@@ -442,12 +443,8 @@ mod tests {
     #[test]
     fn how_to_pay_names_only_the_doors_offered() {
         for balance in [true, false] {
-            for (l402, mpp) in [(true, true), (true, false), (false, true), (false, false)] {
-                // A balance is sold through L402 or MPP, never neither.
-                if balance && !l402 && !mpp {
-                    continue;
-                }
-                let said = how_to_pay(balance, l402, mpp);
+            for (l402, mpp) in [(true, true), (true, false), (false, true)] {
+                let said = how_to_pay(balance, l402, mpp, false);
                 assert_eq!(said.contains("L402"), l402, "{said}");
                 assert_eq!(
                     said.contains("MPP") || said.contains("Payment <"),
@@ -456,6 +453,8 @@ mod tests {
                 );
             }
         }
+        let x402 = how_to_pay(false, false, false, true);
+        assert!(x402.contains("x402") && !x402.contains("L402"), "{x402}");
     }
 
     fn issued(challenge: bool) -> Issued {
