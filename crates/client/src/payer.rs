@@ -622,16 +622,32 @@ impl Payer {
     }
 }
 
+/// The longest receipt booked: an MPP receipt is about 200 bytes.
+const MAX_RECEIPT_BYTES: usize = 8192;
+
 /// Whether `receipt` (a `Payment-Receipt` value, or a receipt as JSON, as
 /// MCP carries it) may be booked with the payment of `payment_hash`
 /// (hex): not when its `reference` names another payment (a server's
 /// mistake, or a lie that would have the ledger show the receipt of an
-/// earlier payment). A receipt naming no payment hash (x402's, an
-/// unreadable one) is kept as sent.
+/// earlier payment), nor when it says the payment did not succeed (a
+/// `status` other than `success`), nor when it is over
+/// [`MAX_RECEIPT_BYTES`] (the ledger is no store for a server's bytes). A
+/// receipt naming no payment hash (x402's, an unreadable one) is kept as
+/// sent.
 pub(crate) fn own_receipt(receipt: &str, payment_hash: &str) -> bool {
+    if receipt.len() > MAX_RECEIPT_BYTES {
+        return false;
+    }
     let value = serde_json::from_str::<serde_json::Value>(receipt)
         .ok()
         .or_else(|| gate402_mpp::receipt::decode_json(receipt).ok());
+    if value
+        .as_ref()
+        .and_then(|v| v["status"].as_str())
+        .is_some_and(|status| status != "success")
+    {
+        return false;
+    }
     let reference = value.as_ref().and_then(|v| v["reference"].as_str());
     match reference {
         Some(reference) if reference.len() == 64 && hex::decode(reference).is_ok() => {
@@ -679,6 +695,12 @@ mod tests {
         // Naming no payment hash (x402's, or unreadable): kept as sent.
         assert!(own_receipt("not a receipt", &ours));
         assert!(own_receipt(r#"{"reference":"0xabc"}"#, &ours));
+        // Saying the payment failed, or too big to be one: not booked.
+        assert!(!own_receipt(
+            &format!(r#"{{"status":"failed","reference":"{ours}"}}"#),
+            &ours
+        ));
+        assert!(!own_receipt(&"x".repeat(80_000), &ours));
     }
 
     #[test]
