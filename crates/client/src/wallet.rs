@@ -205,9 +205,28 @@ impl Wallet {
                 let bolt11 = issued.invoice.ok_or_else(|| {
                     LightningError::Protocol(format!("{url} answered no invoice"))
                 })?;
+                let payment_hash = hash_of(&issued.payment_hash)?;
+                // Checked before a deposit is paid against it: the server
+                // answering is the one the refund is owed by.
+                let unusable = |why: &str| {
+                    LightningError::Protocol(format!("{url} answered a return invoice {why}"))
+                };
+                let invoice = gate402_bolt11::Invoice::parse(&bolt11)
+                    .map_err(|e| unusable(&format!("that does not decode ({e})")))?;
+                if invoice.payment_hash() != payment_hash {
+                    return Err(unusable("of another payment hash than it named"));
+                }
+                if invoice.amount_msat().is_some() {
+                    return Err(unusable(
+                        "with an amount (a refund's is the server's to set)",
+                    ));
+                }
+                if invoice.expires_at() <= crate::payer::now() + 60 {
+                    return Err(unusable("that expires within a minute"));
+                }
                 Ok(ReturnInvoice {
                     bolt11,
-                    payment_hash: hash_of(&issued.payment_hash)?,
+                    payment_hash,
                 })
             }
             Wallet::Node(node) => {
