@@ -113,8 +113,8 @@ pub struct Timeouts {
     #[arg(long, value_name = "SECS", default_value_t = READ_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(0..=MAX_TIMEOUT_SECS))]
     pub read_timeout: u64,
-    /// Seconds the whole command may take, payments included (as curl's
-    /// `--max-time`): past it the run stops as Ctrl-C stops it, what it
+    /// Whole seconds the whole command may take, payments included (as
+    /// curl's `--max-time`, which also takes fractions): past it the run stops as Ctrl-C stops it, what it
     /// paid told and a payment in flight kept pending, exit 28. 0 (the
     /// default): no limit.
     #[arg(long, value_name = "SECS", default_value_t = 0,
