@@ -221,7 +221,8 @@ async fn close(
                 Some(refund) => closed(refund),
                 None => json!({ "session": session.id }),
             };
-            answer["closedAt"] = json!(session.closed_at);
+            // As the server's close answers it: RFC 3339.
+            answer["closedAt"] = json!(session.closed_at.map(crate::output::when));
             answer["closeReason"] = json!(session.close_reason);
             answer["alreadyClosed"] = json!(true);
             outln!("{}", serde_json::to_string_pretty(&answer)?);

@@ -177,6 +177,11 @@ async fn a_session_serves_25_calls_for_two_deposits_and_close_refunds_the_rest()
     assert_eq!(again["alreadyClosed"], true, "{again}");
     assert_eq!(again["refundSats"], 15, "{again}");
     assert_eq!(again["closeReason"], "close", "{again}");
+    // A time as the server's close says one: RFC 3339, not unix seconds.
+    assert!(
+        again["closedAt"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{again}"
+    );
     let out = gate402(data, &["sessions", "close", "ffffffff"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no open session"));
