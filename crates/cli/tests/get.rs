@@ -509,6 +509,17 @@ fn numbered_invoice(n: u8) -> String {
         .to_string()
 }
 
+/// A slow origin whose payer answers nothing for an hour: its state and
+/// base URL.
+async fn stalled_origin() -> (SlowPayer, String) {
+    let state = SlowPayer::default();
+    state
+        .delay_ms
+        .store(3_600_000, std::sync::atomic::Ordering::SeqCst);
+    let base = slow_origin(state.clone()).await;
+    (state, base)
+}
+
 async fn slow_origin(state: SlowPayer) -> String {
     use axum::extract::State;
     use axum::http::HeaderMap;
@@ -640,11 +651,7 @@ async fn slow_origin(state: SlowPayer) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ctrl_c_during_a_payment_leaves_it_pending_and_the_next_run_finishes_it() {
-    let state = SlowPayer::default();
-    state
-        .delay_ms
-        .store(3_600_000, std::sync::atomic::Ordering::SeqCst);
-    let base = slow_origin(state.clone()).await;
+    let (state, base) = stalled_origin().await;
     let client = tempfile::tempdir().unwrap();
     let url = format!("{base}/paid");
     let child = spawn(client.path(), &["get", &url]);
@@ -691,11 +698,7 @@ async fn ctrl_c_during_a_payment_leaves_it_pending_and_the_next_run_finishes_it(
 /// endpoint's left by an earlier run included.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_run_lists_only_what_it_left_pending() {
-    let state = SlowPayer::default();
-    state
-        .delay_ms
-        .store(3_600_000, std::sync::atomic::Ordering::SeqCst);
-    let base = slow_origin(state.clone()).await;
+    let (_state, base) = stalled_origin().await;
     let client = tempfile::tempdir().unwrap();
     let out = run(
         client.path(),

@@ -104,6 +104,12 @@ fn last(received: &Received, from: usize) -> (String, Option<String>) {
     (method, key)
 }
 
+/// The client's `POST url` with the body `{"n":1}` (not idempotent: it
+/// carries a key when paid).
+fn post_n(client: &Client, url: String) -> reqwest::Request {
+    client.http.post(url).body("{\"n\":1}").build().unwrap()
+}
+
 /// A key as the client makes it: a quoted UUID, version 4.
 fn made_by_the_client(key: &str) -> bool {
     let inner = key.trim_matches('"');
@@ -219,14 +225,7 @@ async fn an_answer_lost_after_paying_is_asked_for_again_with_the_same_key_by_a_l
     let (gateway, base, received, _dir) = gateway().await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
-    let post = |client: &Client| {
-        client
-            .http
-            .post(format!("{base}/op"))
-            .body("{\"n\":1}")
-            .build()
-            .unwrap()
-    };
+    let post = |client: &Client| post_n(client, format!("{base}/op"));
 
     // A run whose paid attempts all reach the API, and whose answers are
     // all lost on the way back.
@@ -293,14 +292,7 @@ async fn a_retry_of_a_request_still_being_served_waits_for_its_answer() {
     let (gateway, base, received, _dir) = gateway().await;
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
-    let post = |client: &Client| {
-        client
-            .http
-            .post(format!("{base}/many/slow"))
-            .body("{\"n\":1}")
-            .build()
-            .unwrap()
-    };
+    let post = |client: &Client| post_n(client, format!("{base}/many/slow"));
     let first = client(ledger.clone());
     let stopped = tokio::time::timeout(
         std::time::Duration::from_millis(700),
@@ -529,12 +521,7 @@ async fn a_request_answered_with_a_server_error_is_sent_again_with_the_same_key(
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
     for run in 0..3 {
         let client = client(ledger.clone());
-        let post = client
-            .http
-            .post(format!("{base}/many/fail"))
-            .body("{\"n\":1}")
-            .build()
-            .unwrap();
+        let post = post_n(&client, format!("{base}/many/fail"));
         let Fetched::Response(answer, _) = client.fetch(post).await.unwrap() else {
             panic!("run {run}: not answered");
         };
