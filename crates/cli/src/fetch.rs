@@ -888,21 +888,39 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
     let since = args.since.as_deref().map(since).transpose()?.unwrap_or(0);
     let payments = ledger.payments(since)?;
     let refunds = ledger.refunds(since)?;
-    // Per domain: paid (msat), fees (msat), payments, refunded (msat).
-    let mut totals: std::collections::BTreeMap<&str, (u64, u64, usize, u64)> = Default::default();
-    for p in payments.iter().filter(|p| p.status != PaymentState::Failed) {
+    let mut totals: std::collections::BTreeMap<&str, Totals> = Default::default();
+    for p in &payments {
         let t = totals.entry(p.host.as_str()).or_default();
-        t.0 += p.amount_msat;
-        t.1 += p.fee_msat;
-        t.2 += 1;
+        match p.status {
+            PaymentState::Failed => {}
+            // Its outcome not known yet: said apart, not counted spent.
+            PaymentState::Pending => {
+                t.pending += 1;
+                t.pending_msat += p.amount_msat;
+            }
+            PaymentState::Paid => {
+                t.amount_msat += p.amount_msat;
+                t.fee_msat += p.fee_msat;
+                t.payments += 1;
+            }
+        }
     }
+    totals.retain(|_, t| t.payments + t.pending > 0);
     // A refund counts once the server says it went out: what the wallet
     // saw arrive, when it can see it.
     for r in refunds.iter().filter(|r| r.status == "succeeded") {
-        totals.entry(r.host.as_str()).or_default().3 += r.received_msat.unwrap_or(r.refund_msat);
+        totals.entry(r.host.as_str()).or_default().refunded_msat +=
+            r.received_msat.unwrap_or(r.refund_msat);
     }
     if args.json {
-        let totals: Vec<_> = totals.iter().map(|(domain, (amount, fee, count, refunded))| json!({"domain": domain, "payments": count, "amount_msat": amount, "fee_msat": fee, "refunded_msat": refunded})).collect();
+        let totals: Vec<_> = totals
+            .iter()
+            .map(|(domain, t)| {
+                json!({"domain": domain, "payments": t.payments, "amount_msat": t.amount_msat,
+                       "fee_msat": t.fee_msat, "refunded_msat": t.refunded_msat,
+                       "pending": t.pending, "pending_msat": t.pending_msat})
+            })
+            .collect();
         outln!(
             "{}",
             serde_json::to_string_pretty(
@@ -937,15 +955,36 @@ pub fn receipts(args: &ReceiptsArgs, data_dir: &Path) -> Result<()> {
             crate::output::terminal_safe(&r.reason)
         );
     }
-    for (domain, (amount, fee, count, refunded)) in &totals {
+    for (domain, t) in &totals {
+        let pending = if t.pending > 0 {
+            format!(
+                "; {} pending ({} sat, not known yet whether paid)",
+                t.pending,
+                crate::output::sats(t.pending_msat)
+            )
+        } else {
+            String::new()
+        };
         outln!(
-            "total {domain}: {count} payments, {} sat + {} msat fees, {} sat refunded",
-            crate::output::sats(*amount),
-            fee,
-            crate::output::sats(*refunded)
+            "total {domain}: {} payments, {} sat + {} msat fees, {} sat refunded{pending}",
+            t.payments,
+            crate::output::sats(t.amount_msat),
+            t.fee_msat,
+            crate::output::sats(t.refunded_msat)
         );
     }
     Ok(())
+}
+
+/// What `receipts` sums for one domain (msat but the counts).
+#[derive(Default)]
+struct Totals {
+    payments: usize,
+    amount_msat: u64,
+    fee_msat: u64,
+    refunded_msat: u64,
+    pending: usize,
+    pending_msat: u64,
 }
 
 /// A clap value parser that checks a value with `check` and keeps its

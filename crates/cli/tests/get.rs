@@ -728,6 +728,14 @@ async fn a_stopped_run_lists_only_what_it_left_pending() {
         "{second}"
     );
     assert_eq!(payments(client.path()).await.len(), 2);
+    // Counted apart from what was paid: whether they were is not known.
+    let out = run(client.path(), &["receipts", "--json"]).await;
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let totals = &report["totals"][0];
+    assert_eq!(totals["payments"], 0, "{report}");
+    assert_eq!(totals["amount_msat"], 0, "{report}");
+    assert_eq!(totals["pending"], 2, "{report}");
+    assert_eq!(totals["pending_msat"], 6_000, "{report}");
 }
 
 /// `gate402 get` of each of `urls(base)` (a slow origin's, whose payer
