@@ -391,10 +391,8 @@ impl Payer {
     {
         let once = || async {
             let mut attempt = with_credential(request, &token.field, &token.authorization)?;
-            if let (Some(own), Some(kept)) = (own_key, &token.unanswered) {
-                if kept.request_digest == own.request_digest {
-                    kept.apply(&mut attempt);
-                }
+            if let Some(kept) = token.unanswered_for(own_key) {
+                kept.apply(&mut attempt);
             }
             let sent = RequestKey::of(&attempt);
             if let Some(sent) = &sent {
@@ -414,11 +412,7 @@ impl Payer {
         // (which this one does not wait for: it pays its own), or by its
         // own, sent by a run stopped before the answer, whose answer is
         // waited for as a held balance's is.
-        let own_retry = matches!(
-            (own_key, &token.unanswered),
-            (Some(own), Some(kept)) if kept.request_digest == own.request_digest
-        );
-        if token.single_use() && !own_retry {
+        if token.single_use() && token.unanswered_for(own_key).is_none() {
             return once().await;
         }
         crate::payer::past_held_balance(once).await
@@ -500,12 +494,7 @@ impl Payer {
         // Held by another request: this one pays its own, unless it is the
         // retry of the request the token was bought for (paying again
         // would run that request twice: its answer is waited for).
-        let retry = own_key.is_some_and(|own| {
-            token
-                .unanswered
-                .as_ref()
-                .is_some_and(|kept| kept.request_digest == own.request_digest)
-        });
+        let retry = token.unanswered_for(own_key).is_some();
         if token.single_use() && !retry && answer.status() == StatusCode::CONFLICT {
             return Ok(None);
         }

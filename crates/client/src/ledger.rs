@@ -308,6 +308,15 @@ pub struct CachedToken {
 }
 
 impl CachedToken {
+    /// The key it was last sent with, unanswered, when `own` (this run's
+    /// key for the request at hand) was made for the same request: that
+    /// request is then its retry, and goes with that key.
+    pub fn unanswered_for(&self, own: Option<&RequestKey>) -> Option<&RequestKey> {
+        self.unanswered
+            .as_ref()
+            .filter(|kept| own.is_some_and(|own| kept.request_digest == own.request_digest))
+    }
+
     /// Whether it pays for one request (an MPP credential, or an L402
     /// token whose macaroon has a `<service>_uses` caveat): once a request
     /// with it is served, it is spent.

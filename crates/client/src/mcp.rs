@@ -456,11 +456,9 @@ fn header_forms(challenges: Vec<gate402_mpp::PaymentChallenge>) -> Vec<String> {
     challenges
         .into_iter()
         .filter_map(|mut c| {
-            c.description = c.description.map(|d| {
-                d.chars()
-                    .map(|ch| if ch.is_control() { ' ' } else { ch })
-                    .collect()
-            });
+            c.description = c
+                .description
+                .map(|d| gate402_mpp::challenge::one_line(&d).into_owned());
             gate402_mpp::challenge::to_header(&c).ok()
         })
         .collect()

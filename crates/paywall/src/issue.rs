@@ -179,7 +179,9 @@ impl Issuer {
                         request: &request,
                         expires,
                         digest: binding.digest,
-                        description: Some(&one_line(&service.description)),
+                        // A client writing a challenge sent as JSON (MCP's)
+                        // back in its header form needs it on one line.
+                        description: Some(&gate402_mpp::challenge::one_line(&service.description)),
                         opaque: None,
                         header: binding.header,
                     }),
@@ -197,22 +199,6 @@ impl Issuer {
             ));
         }
         Ok(issued)
-    }
-}
-
-/// `description` as a challenge's parameter carries it: its control
-/// characters (a tool's line breaks) as spaces, since a quoted string
-/// holds none, and a client that writes a challenge sent as JSON (MCP's)
-/// back into its header form would find it unusable.
-fn one_line(description: &str) -> std::borrow::Cow<'_, str> {
-    if description.chars().any(char::is_control) {
-        description
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect::<String>()
-            .into()
-    } else {
-        description.into()
     }
 }
 

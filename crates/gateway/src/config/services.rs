@@ -361,7 +361,6 @@ impl Checker {
             None if !has_price && !self.said(&at("auth")) => {
                 self.error(&at("price_sats"), "is required (or auth = \"off\")")
             }
-            None if !has_price => {}
             None => {}
         }
         if free {

@@ -260,6 +260,21 @@ pub fn to_header(c: &PaymentChallenge) -> Result<String, gate402_http_auth::Erro
     format_challenge(crate::SCHEME, params)
 }
 
+/// A challenge's `description` as its parameter can carry it: control
+/// characters (a tool's line breaks) as spaces, since a quoted string
+/// holds none; the description binds nothing, so nothing else changes.
+pub fn one_line(description: &str) -> std::borrow::Cow<'_, str> {
+    if description.chars().any(char::is_control) {
+        description
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        description.into()
+    }
+}
+
 /// Why a `Payment` challenge is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChallengeError {
