@@ -1745,17 +1745,20 @@ async fn cheap_challenge_does_not_unlock_an_expensive_route() {
 
 #[tokio::test]
 async fn expired_and_tampered_tokens() {
-    // A token lasts its lifetime counted from its invoice's expiry: 2 + 1 s.
+    // A token lasts its lifetime counted from its invoice's expiry, in
+    // whole seconds from the second it was issued in: 2 + 4 s, at least
+    // 5 s of real time, so a slow machine's purchase and checks fit.
     let h = Harness::start_configured(
         |up| {
             let mut s = service("brief", "/brief", 5, up);
-            s.priced.token_lifetime_secs = 1;
+            s.priced.token_lifetime_secs = 4;
             vec![s]
         },
         |config| config.invoice_expiry_secs = 2,
     )
     .await;
     let (offer, preimage) = h.buy("/brief").await;
+    let bought = tokio::time::Instant::now();
     let l402 = offer.l402_authorization(&preimage).unwrap();
     assert_eq!(h.get("/brief", &l402).await.status(), StatusCode::OK);
 
@@ -1782,7 +1785,9 @@ async fn expired_and_tampered_tokens() {
         StatusCode::PAYMENT_REQUIRED
     );
 
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Issued before `bought`, so over at most 6 s after it; 1 s more for
+    // a check in whole seconds.
+    tokio::time::sleep_until(bought + Duration::from_millis(7100)).await;
     let response = h.get("/brief", &l402).await;
     assert_eq!(
         response.status(),
@@ -1805,12 +1810,14 @@ async fn expired_and_tampered_tokens() {
 /// it is still refused on another service, and once expired.
 #[tokio::test]
 async fn a_pass_used_before_is_refused_elsewhere_and_once_expired() {
-    // It lasts its lifetime counted from its invoice's expiry: 2 + 1 s.
+    // It lasts its lifetime counted from its invoice's expiry, in whole
+    // seconds from the second it was issued in: 2 + 4 s, at least 5 s of
+    // real time, so a slow machine's purchase and uses fit inside it.
     let h = Harness::start_configured(
         |up| {
             let mut brief = service("brief", "/brief", 5, up);
             brief.priced.sells = gate402_paywall::Sells::Pass;
-            brief.priced.token_lifetime_secs = 1;
+            brief.priced.token_lifetime_secs = 4;
             let mut other = service("other", "/other", 5, up);
             other.priced.sells = gate402_paywall::Sells::Pass;
             vec![brief, other]
@@ -1819,6 +1826,7 @@ async fn a_pass_used_before_is_refused_elsewhere_and_once_expired() {
     )
     .await;
     let (offer, preimage) = h.buy("/brief").await;
+    let bought = tokio::time::Instant::now();
     let l402 = offer.l402_authorization(&preimage).unwrap();
     for _ in 0..3 {
         assert_eq!(h.get("/brief", &l402).await.status(), StatusCode::OK);
@@ -1828,7 +1836,9 @@ async fn a_pass_used_before_is_refused_elsewhere_and_once_expired() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(h.get("/brief", &l402).await.status(), StatusCode::OK);
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    // Issued before `bought`, so over at most 6 s after it; 1 s more for
+    // a check in whole seconds.
+    tokio::time::sleep_until(bought + Duration::from_millis(7100)).await;
     let response = h.get("/brief", &l402).await;
     assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
     let body: Value = response.json().await.unwrap();
