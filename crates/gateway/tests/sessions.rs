@@ -31,6 +31,9 @@ static BROKEN_RUNS: AtomicUsize = AtomicUsize::new(0);
 static COUNTED_RUNS: AtomicUsize = AtomicUsize::new(0);
 /// Requests the upstream's `/kept` answered.
 static KEPT_RUNS: AtomicUsize = AtomicUsize::new(0);
+/// Requests the upstream's `/complete/slow` and `/complete/slow-header`
+/// received (each answered 1.5 s later).
+static SLOW_USAGE_RUNS: AtomicUsize = AtomicUsize::new(0);
 
 /// The `Accept-Encoding` the upstream's `/stream/gzip` was sent.
 static STREAM_ENCODINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -90,10 +93,14 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
         .route(
             "/stream/gzip",
             any(|headers: axum::http::HeaderMap| async move {
-                let asked = headers
-                    .get("accept-encoding")
-                    .map(|v| v.to_str().unwrap_or("").to_owned())
-                    .unwrap_or_default();
+                // Read as a CGI-style server reads fields: `_` for `-`,
+                // the values of both spellings joined.
+                let asked = ["accept-encoding", "accept_encoding"]
+                    .iter()
+                    .flat_map(|name| headers.get_all(*name))
+                    .map(|v| v.to_str().unwrap_or(""))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let gzip = asked.contains("gzip");
                 STREAM_ENCODINGS.lock().unwrap().push(asked);
                 event_stream(gzip)
@@ -197,10 +204,12 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
                     if headers.contains_key("if-none-match") {
                         return axum::http::StatusCode::NOT_MODIFIED.into_response();
                     }
-                    // Apache httpd honours the old `Request-Range` as `Range`.
+                    // Apache httpd honours the old `Request-Range` as
+                    // `Range`; a CGI-style server reads `_` for `-`.
                     let from = headers
                         .get("range")
                         .or_else(|| headers.get("request-range"))
+                        .or_else(|| headers.get("request_range"))
                         .or(forced.as_ref())
                         .and_then(|r| r.to_str().ok())
                         .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok());
@@ -1203,7 +1212,8 @@ async fn open_stream(h: &Harness) -> (PaymentChallenge, String, String, Events) 
 
 #[tokio::test]
 async fn a_metered_stream_stops_at_the_balance_and_resumes_after_a_top_up() {
-    let h = Harness::start(|_| {}).await;
+    // Time for a top-up's round trips on a loaded machine.
+    let h = Harness::start(|services| services[2].priced.topup_wait_secs = 30).await;
     let (challenge, session, preimage, mut events) = open_stream(&h).await;
     for i in 1..=3 {
         assert_eq!(
@@ -1839,6 +1849,7 @@ async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() 
 
 /// An answer after a pause, its usage (7) in a header and in the body.
 async fn slow_usage() -> ([(&'static str, &'static str); 1], &'static str) {
+    SLOW_USAGE_RUNS.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     (
         [("x-usage-tokens", "7")],
@@ -1875,14 +1886,22 @@ async fn a_client_that_leaves_before_a_metered_answer_is_charged_its_report_or_t
         ("/complete/slow-header", 13_000),
     ] {
         let (l402, session, _, _) = balance_with_refund(&h, path).await;
-        let gone = h
-            .http
-            .get(h.url(path))
-            .header(AUTHORIZATION, &l402)
-            .timeout(Duration::from_millis(300))
-            .send()
-            .await;
-        assert!(gone.is_err(), "{path}: left before the answer");
+        let runs = SLOW_USAGE_RUNS.load(Ordering::SeqCst);
+        let gone = tokio::spawn(h.http.get(h.url(path)).header(AUTHORIZATION, &l402).send());
+        // It leaves once the upstream has the request.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while SLOW_USAGE_RUNS.load(Ordering::SeqCst) == runs {
+            assert!(
+                Instant::now() < deadline,
+                "{path}: never reached the upstream"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        gone.abort();
+        assert!(
+            gone.await.is_err_and(|e| e.is_cancelled()),
+            "{path}: left before the answer"
+        );
         assert_eq!(
             h.balance_once(&session, left_msat).await,
             left_msat,
@@ -1955,6 +1974,20 @@ async fn usage_in_the_body_is_read_whole_or_charged_one_unit_without_one() {
     assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
     assert!(!part.text().await.unwrap().is_empty());
     assert_eq!(h.balance_once(&session, 3_000).await, 3_000);
+
+    // Nor in the `_` spellings a CGI-style server reads as the `-` ones.
+    let (l402, session, _, _) = balance_with_refund(&h, "/complete/ranged").await;
+    let served = h
+        .http
+        .get(&url)
+        .header(AUTHORIZATION, &l402)
+        .header("request_range", "bytes=1-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!(served.json::<Value>().await.unwrap()["answer"], "hi");
+    assert_eq!(h.balance_once(&session, 13_000).await, 13_000);
 }
 
 /// A stream metered per event is asked for unencoded (gzip would hide its
@@ -1990,6 +2023,25 @@ async fn a_metered_stream_is_never_passed_on_encoded() {
     );
     assert_eq!(text.matches("data: tok-").count(), 3, "{text}");
     assert!(text.contains("payment-need-topup"), "{text}");
+    assert_eq!(h.balance_once(&session, 0).await, 0);
+    // Nor when asked for in the `_` spelling a CGI-style server reads as
+    // `Accept-Encoding`.
+    let (l402, session, _, _) = balance_with_refund(&h, "/stream/gzip").await;
+    let streamed = h
+        .http
+        .get(h.url("/stream/gzip"))
+        .header(AUTHORIZATION, &l402)
+        .header("accept_encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), StatusCode::OK);
+    assert_eq!(
+        STREAM_ENCODINGS.lock().unwrap().last().map(String::as_str),
+        Some("identity")
+    );
+    let text = streamed.text().await.unwrap();
+    assert_eq!(text.matches("data: tok-").count(), 3, "{text}");
     assert_eq!(h.balance_once(&session, 0).await, 0);
 
     let (l402, session, _, _) = balance_with_refund(&h, "/stream/gzip-always").await;
@@ -2253,27 +2305,21 @@ async fn a_balance_held_by_requests_in_flight_asks_for_a_retry_not_a_top_up() {
     })
     .await;
     let (l402, _, _, _) = balance_with_refund(&h, path).await;
-    let served = |after: u64| {
-        let (h, l402) = (&h, &l402);
-        async move {
-            tokio::time::sleep(Duration::from_millis(after)).await;
-            let answer = h.get_paid(path, l402).await;
-            (answer.status(), answer.text().await.unwrap())
-        }
-    };
-    let third = async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        let answer = h.get_paid(path, &l402).await;
-        let retry = answer.headers().get("retry-after").cloned();
-        (answer.status(), retry, answer.text().await.unwrap())
-    };
-    // 20 sat: two requests hold 10 each while their usage is late.
-    let (first, second, (status, retry, body)) = tokio::join!(served(0), served(300), third);
-    assert_eq!(first.0, StatusCode::OK, "{}", first.1);
-    assert_eq!(second.0, StatusCode::OK, "{}", second.1);
+    // 20 sat: two requests hold 10 each while their usage is late (their
+    // answers' heads have come, their usage comes 3 s later).
+    let first = h.get_paid(path, &l402).await;
+    let second = h.get_paid(path, &l402).await;
+    let third = h.get_paid(path, &l402).await;
+    let (status, retry) = (third.status(), third.headers().get("retry-after").cloned());
+    let body = third.text().await.unwrap();
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(retry.unwrap(), "1");
     assert!(body.contains("held by requests in flight"), "{body}");
+    for answer in [first, second] {
+        assert_eq!(answer.status(), StatusCode::OK);
+        let text = answer.text().await.unwrap();
+        assert!(text.contains("total_tokens"), "{text}");
+    }
     // Each kept the 3 units it reported: 14 sat left, enough for it now.
     let again = h.get_paid(path, &l402).await;
     assert_eq!(again.status(), StatusCode::OK);

@@ -51,6 +51,16 @@ use gate402_store::AfterFailure;
 /// `Request-Range`, the range field of an old draft of HTTP/1.1.
 const REQUEST_RANGE: http::HeaderName = http::HeaderName::from_static("request-range");
 
+/// What a request to a service metered by its answer's body may not ask
+/// of the upstream: an encoding (its events and report could not be read)
+/// or a part.
+const UNMETERABLE_ASKS: [http::HeaderName; 4] = [
+    http::header::ACCEPT_ENCODING,
+    http::header::RANGE,
+    http::header::IF_RANGE,
+    REQUEST_RANGE,
+];
+
 /// Put into a request's extensions by the paywall: the priced service it
 /// was routed to and the host it named. The request's URI path is then
 /// the normalized one, which is what a proxy forwards.
@@ -1463,17 +1473,17 @@ impl Paywall {
         // not be read, and the client would get them for nothing.
         let reads_body = spend.hold.is_some() && service.meter.reads_body();
         if reads_body {
+            // Nor in part: a range leaves out the report (an answer that
+            // reports none costs one unit). `Request-Range` is the range
+            // of an old draft that Apache httpd and Squid still honour.
+            // Each also in its `_` spelling, which a CGI-style upstream
+            // reads as the `-` one (`Accept_Encoding: gzip`).
             let headers = request.headers_mut();
+            crate::fields::remove_all_of(headers, &UNMETERABLE_ASKS);
             headers.insert(
                 http::header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
-            // Nor in part: a range leaves out the report (an answer that
-            // reports none costs one unit). `Request-Range` is the range
-            // of an old draft that Apache httpd and Squid still honour.
-            headers.remove(http::header::RANGE);
-            headers.remove(http::header::IF_RANGE);
-            headers.remove(REQUEST_RANGE);
         }
         // An answer without a body reports nothing, and is never read to
         // an end: not scanned, it costs one unit, not the most held.
