@@ -316,6 +316,36 @@ fn challenge_for(invoice: &str) -> String {
     .to_header(Scheme::L402)
 }
 
+/// An MPP charge of 1 sat payable with `invoice`, alone (no L402).
+fn payment_challenge_for(invoice: &str) -> String {
+    let hash = gate402_bolt11::Invoice::parse(invoice)
+        .unwrap()
+        .payment_hash();
+    let request = gate402_mpp::lightning::ChargeRequest::new(
+        1,
+        None,
+        invoice,
+        &hash,
+        gate402_mpp::lightning::Network::Regtest,
+    )
+    .to_value();
+    let key =
+        gate402_mpp::challenge::ChallengeKey::new("a stub's secret, of thirty-two bytes at least")
+            .unwrap();
+    let challenge = key.issue(gate402_mpp::challenge::NewChallenge {
+        realm: "stub",
+        method: gate402_mpp::lightning::METHOD,
+        intent: gate402_mpp::lightning::CHARGE,
+        request: &request,
+        expires: None,
+        digest: None,
+        description: None,
+        opaque: None,
+        header: None,
+    });
+    gate402_mpp::challenge::to_header(&challenge).unwrap()
+}
+
 fn invoice(currency: Currency, amount_msat: Option<u64>, expiry_secs: u64) -> String {
     let secp = Secp256k1::new();
     let key = SecretKey::from_slice(&[0x21; 32]).unwrap();
@@ -339,6 +369,7 @@ fn invoice(currency: Currency, amount_msat: Option<u64>, expiry_secs: u64) -> St
 async fn refuses_what_it_must_not_pay() {
     let mainnet = invoice(Currency::Bitcoin, Some(1_000), 600);
     let no_amount = invoice(Currency::Regtest, None, 600);
+    let no_amount_mpp = no_amount.clone();
     let expiring = invoice(Currency::Regtest, Some(1_000), 1);
     let stub = Router::new()
         .route(
@@ -358,6 +389,19 @@ async fn refuses_what_it_must_not_pay() {
             "/no-amount",
             get(move || {
                 let c = challenge_for(&no_amount);
+                async move {
+                    (
+                        StatusCode::PAYMENT_REQUIRED,
+                        [(header::WWW_AUTHENTICATE, c)],
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/no-amount-mpp",
+            get(move || {
+                let c = payment_challenge_for(&no_amount_mpp);
                 async move {
                     (
                         StatusCode::PAYMENT_REQUIRED,
@@ -392,6 +436,7 @@ async fn refuses_what_it_must_not_pay() {
             "the invoice is for mainnet, the wallet is on regtest",
         ),
         ("/no-amount", 4, "has no amount"),
+        ("/no-amount-mpp", 4, "has no amount"),
         ("/expired", 6, "expired"),
     ] {
         let out = run(client.path(), &["get", &format!("{base}{path}")]).await;
@@ -1149,10 +1194,14 @@ async fn a_stalled_server_is_given_up_after_the_read_timeout() {
 /// what it paid, and that the server may have spent it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paid_request_that_times_out_says_what_it_paid() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let slow_received = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = slow_received.clone();
     let app = Router::new().route(
         "/{*rest}",
-        get(|uri: axum::http::Uri| async move {
+        get(move |uri: axum::http::Uri| async move {
             if uri.path().ends_with("/slow") {
+                counted.fetch_add(1, SeqCst);
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
             "answer"
@@ -1174,7 +1223,7 @@ async fn a_paid_request_that_times_out_says_what_it_paid() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(!stderr.contains("paid"), "{stderr}");
     let url = format!("{base}/slow");
-    let out = run(data.path(), &["get", "--read-timeout", "1", &url]).await;
+    let out = run(data.path(), &["get", "--read-timeout", "3", &url]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("timed out"), "{stderr}");
@@ -1185,7 +1234,15 @@ async fn a_paid_request_that_times_out_says_what_it_paid() {
         data.path(),
         &["get", "--json", &format!("{base}/again/slow")],
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the upstream has the paid request (answered 5 s later).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while slow_received.load(SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let out = interrupt(child).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");

@@ -62,11 +62,11 @@ pub use wallet::{
     sandbox_payer_for, ReturnInvoice, Wallet, PAY_TIMEOUT, RETURN_INVOICE_EXPIRY_SECS,
 };
 
-use gate402_bolt11::{Expect, Invoice};
+use gate402_bolt11::{CheckError, Expect, Invoice};
 use gate402_http_auth::{parse_challenges, Challenge};
 use gate402_l402::caveat::{Caveat, SERVICES, USES_SUFFIX, VALID_UNTIL_SUFFIX};
 use gate402_l402::{challenges_in, Identifier, L402Challenge, L402Credential, Scheme};
-use gate402_mpp::lightning::{ChargeRequest, PreimagePayload, CHARGE, METHOD};
+use gate402_mpp::lightning::{ChargeRequest, InvoiceMismatch, PreimagePayload, CHARGE, METHOD};
 use gate402_mpp::{PaymentChallenge, PaymentCredential};
 use gate402_x402::LightningOffer;
 
@@ -238,9 +238,18 @@ impl Offer {
             }
         }
         if let Some((_, charge)) = &payment {
-            let backed = charge
-                .check_invoice()
-                .map_err(|e| OfferError::Mismatch(e.to_string()))?;
+            let backed = match charge.check_invoice() {
+                // Refused before paying as any invoice without an amount
+                // is (the policy's `NoAmount`), not as a 402 that cannot
+                // be read: the charge names its hash and network, checked
+                // here and by the policy.
+                Err(InvoiceMismatch::Disagrees(CheckError::NoAmount))
+                    if charge.payment_hash() == Some(invoice.payment_hash()) =>
+                {
+                    invoice.clone()
+                }
+                checked => checked.map_err(|e| OfferError::Mismatch(e.to_string()))?,
+            };
             if backed.payment_hash() != invoice.payment_hash() {
                 return Err(OfferError::Mismatch(
                     "the Payment challenge is for another invoice".into(),
