@@ -294,12 +294,22 @@ async fn a_retry_of_a_request_still_being_served_waits_for_its_answer() {
     let ledger = Arc::new(Ledger::open(&dir.path().join("ledger.sqlite3")).unwrap());
     let post = |client: &Client| post_n(client, format!("{base}/many/slow"));
     let first = client(ledger.clone());
-    let stopped = tokio::time::timeout(
-        std::time::Duration::from_millis(700),
-        first.fetch(post(&first)),
-    )
-    .await;
-    assert!(stopped.is_err(), "stopped while the API works");
+    // Stopped once the API has the request (it answers 2 s later).
+    let at_the_api = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while received.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never reached the API"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    let stopped = tokio::select! {
+        answered = first.fetch(post(&first)) => Some(answered),
+        () = at_the_api => None,
+    };
+    assert!(stopped.is_none(), "stopped while the API works");
     let later = client(ledger.clone());
     let Fetched::Response(answer, None) = later.fetch(post(&later)).await.unwrap() else {
         panic!("paid again");

@@ -1194,7 +1194,7 @@ async fn a_request_id_in_flight_in_its_session_is_refused_and_the_first_answered
         "/slow",
         axum::routing::any(|| async {
             RUNS.fetch_add(1, SeqCst);
-            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
             "slow answer"
         }),
     );
@@ -1259,7 +1259,15 @@ async fn a_request_id_in_flight_in_its_session_is_refused_and_the_first_answered
         "params": {"name": "slow", "arguments": {}, "_meta": {CREDENTIAL: credential}},
     });
     let first = tokio::spawn(post(Some(session.clone()), tool_call.clone()));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The second is sent while the upstream has the first (3 s).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while RUNS.load(SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let (_, second) = post(Some(session.clone()), tool_call.clone()).await;
     assert!(second.contains("-32600"), "{second}");
     assert!(second.contains("still being answered"), "{second}");

@@ -67,7 +67,20 @@ static PARTIAL_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::Atomic
 /// run at once: each counts its own texts, [`sms_sent`]).
 static SMS_SENT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
+/// Texts the upstream's `/sms/slow` received (it sends them 1.2 s later).
+static SLOW_SMS_RECEIVED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// How many of the texts sent were one of `texts`.
+/// Waits until `condition` holds, at most 20 s (a loaded machine's
+/// worst, not a measure of speed).
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "waited 20 s for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn sms_sent(texts: &[&str]) -> usize {
     let sent = SMS_SENT.lock().unwrap();
     sent.iter().filter(|t| texts.contains(&t.as_str())).count()
@@ -105,6 +118,8 @@ fn upstream_app() -> Router {
         .route(
             "/sms/slow",
             any(|body: Bytes| async move {
+                let text = String::from_utf8_lossy(&body).into_owned();
+                SLOW_SMS_RECEIVED.lock().unwrap().push(text);
                 tokio::time::sleep(Duration::from_millis(1200)).await;
                 send_sms(body).await
             }),
@@ -178,7 +193,7 @@ fn upstream_app() -> Router {
             "/sse",
             get(|| async {
                 let events = stream::iter(1..=3).then(|i| async move {
-                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    tokio::time::sleep(Duration::from_millis(1000)).await;
                     Ok::<_, Infallible>(Event::default().data(format!("event {i}")))
                 });
                 Sse::new(events)
@@ -657,17 +672,20 @@ async fn a_pass_serves_its_period_through_l402_and_one_request_through_mpp() {
 async fn a_pass_lasts_its_seconds_from_its_first_use() {
     let h = Harness::start(|up| {
         let mut news = service("news", "/news", 10, up);
-        news.priced = news.priced.pass(2);
+        news.priced = news.priced.pass(4);
         vec![news]
     })
     .await;
     let (offer, preimage) = h.buy("/news").await;
     let l402 = offer.l402_authorization(&preimage).unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    for _ in 0..2 {
-        assert_eq!(h.get("/news", &l402).await.status(), StatusCode::OK);
-    }
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    // Counted in whole seconds from the second of the first use: at
+    // least 3 s of real time for the uses, over at most 4 s after it
+    // (1 s more for a check in whole seconds).
+    assert_eq!(h.get("/news", &l402).await.status(), StatusCode::OK);
+    let first_use = tokio::time::Instant::now();
+    assert_eq!(h.get("/news", &l402).await.status(), StatusCode::OK);
+    tokio::time::sleep_until(first_use + Duration::from_millis(5100)).await;
     let ended = h.get("/news", &l402).await;
     assert_eq!(ended.status(), StatusCode::PAYMENT_REQUIRED);
     assert!(
@@ -771,24 +789,25 @@ async fn a_token_keeps_what_it_was_sold_as_across_a_reload() {
 #[tokio::test]
 async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
     let h = Harness::start(|up| vec![service("slow", "/slow", 3, up)]).await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let slow_calls = || SLOW_CALLS.load(std::sync::atomic::Ordering::SeqCst);
     for door in ["L402", "Payment"] {
-        let before = SLOW_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+        let before = slow_calls();
         let (offer, preimage) = h.buy_post("/slow", "send one SMS").await;
         let credential = credential(door, &offer, &preimage);
-        let cut = impatient
-            .post(h.url("/slow"))
-            .header(AUTHORIZATION, &credential)
-            .body("send one SMS")
-            .send()
-            .await;
+        let cut = tokio::spawn(
+            h.client
+                .post(h.url("/slow"))
+                .header(AUTHORIZATION, &credential)
+                .body("send one SMS")
+                .send(),
+        );
+        // It gives up once the upstream has the request (800 ms before
+        // the answer).
+        until("the upstream to have the request", || slow_calls() > before).await;
+        cut.abort();
         assert!(
-            cut.is_err(),
-            "{door}: the client gave up first: {:?}",
-            cut.map(|r| r.status())
+            cut.await.is_err_and(|e| e.is_cancelled()),
+            "{door}: the client gave up first"
         );
         // Once the cut request has been served to its end, it is spent.
         for _ in 0..2 {
@@ -805,7 +824,7 @@ async fn a_client_that_leaves_before_the_answer_has_spent_its_payment() {
         let retry = h.get("/slow", &credential).await;
         assert_eq!(retry.status(), StatusCode::PAYMENT_REQUIRED, "{door}");
         assert_eq!(
-            SLOW_CALLS.load(std::sync::atomic::Ordering::SeqCst) - before,
+            slow_calls() - before,
             1,
             "{door}: the upstream ran once for one payment"
         );
@@ -1196,9 +1215,12 @@ async fn uploads_that_keep_breaking_off_spend_the_payment() {
             "POST /partial HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {credential}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
         );
         socket.write_all(head.as_bytes()).await.unwrap();
-        // The upstream has the head and the first chunk before the next
-        // one fails to parse.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The upstream has the request before its next chunk fails to
+        // parse.
+        until("the upstream to have the request", || {
+            PARTIAL_CALLS.load(SeqCst) - before == attempt
+        })
+        .await;
         socket.write_all(b"ZZ\r\n").await.unwrap();
         let mut answer = Vec::new();
         tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut answer))
@@ -1246,10 +1268,6 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
         vec![service("sms", "/sms", 3, up), pass]
     })
     .await;
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
     let sent = || sms_sent(&["hello", "another text"]);
     for (door, path) in [("L402", "/sms"), ("Payment", "/sms"), ("L402", "/pass/sms")] {
         let (offer, preimage) = h.buy_post(path, "hello").await;
@@ -1264,8 +1282,11 @@ async fn a_paid_request_with_an_idempotency_key_survives_a_lost_answer() {
                 .send()
         };
         let before = sent();
-        let cut = post(&impatient, "hello").await;
-        assert!(cut.is_err(), "{door} {path}: the answer was lost");
+        // The answer is lost: its client leaves once the upstream has
+        // the request (and answers 800 ms later).
+        let cut = tokio::spawn(post(&h.client, "hello"));
+        until("the upstream to have the request", || sent() > before).await;
+        cut.abort();
         // While the first is still served, a retry waits for it.
         let early = post(&h.client, "hello").await.unwrap();
         assert_eq!(early.status(), StatusCode::CONFLICT, "{door} {path}");
@@ -2052,7 +2073,7 @@ async fn server_sent_events_arrive_event_by_event() {
         arrivals.len()
     );
     assert!(
-        arrivals[2] - arrivals[0] >= Duration::from_millis(600),
+        arrivals[2] - arrivals[0] >= Duration::from_millis(1000),
         "not buffered: {arrivals:?}"
     );
 }
@@ -2418,7 +2439,10 @@ async fn a_paid_request_cut_off_by_a_stop_is_settled_before_the_gateway_exits() 
             .send()
         };
         let cut = tokio::spawn(paid(&base));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until("the upstream to have the request", || {
+            SLOW_SMS_RECEIVED.lock().unwrap().iter().any(|t| t == text)
+        })
+        .await;
         gateway.shutdown().await.unwrap();
         assert!(cut.await.unwrap().is_err(), "{text}: cut off by the stop");
         assert_eq!(sms_sent(&[text]), 1, "{text}");
@@ -3288,15 +3312,15 @@ async fn a_pause_in_the_upstreams_answer_is_the_upstreams() {
     let h = Harness::start_configured(
         |up| {
             let mut s = service("pauses", "/pause/*", 5, up);
-            s.upstream.as_mut().unwrap().response_timeout = Duration::from_secs(2);
+            s.upstream.as_mut().unwrap().response_timeout = Duration::from_secs(5);
             vec![s]
         },
         |config| config.server.idle_timeout_secs = 1,
     )
     .await;
-    let (offer, preimage) = h.buy("/pause/1500").await;
+    let (offer, preimage) = h.buy("/pause/2000").await;
     let l402 = offer.l402_authorization(&preimage).unwrap();
-    let whole = h.get("/pause/1500", &l402).await;
+    let whole = h.get("/pause/2000", &l402).await;
     assert_eq!(whole.status(), StatusCode::OK);
     assert_eq!(
         whole.text().await.unwrap(),
@@ -3304,15 +3328,15 @@ async fn a_pause_in_the_upstreams_answer_is_the_upstreams() {
         "the answer arrived whole across a pause longer than the idle timeout"
     );
 
-    let (offer, preimage) = h.buy("/pause/3000").await;
+    let (offer, preimage) = h.buy("/pause/8000").await;
     let l402 = offer.l402_authorization(&preimage).unwrap();
-    let cut = h.get("/pause/3000", &l402).await;
+    let cut = h.get("/pause/8000", &l402).await;
     assert_eq!(cut.status(), StatusCode::OK);
     assert!(
         cut.bytes().await.is_err(),
         "a pause past the response timeout ends it"
     );
-    let retry = retried(&h, "/pause/3000", &l402).await;
+    let retry = retried(&h, "/pause/8000", &l402).await;
     assert_eq!(
         retry.status(),
         StatusCode::OK,

@@ -445,7 +445,7 @@ fn priced_by(pricer: &Pricer) -> String {
         path = "/quote"
         upstream = "UPSTREAM"
         price_sats = 10
-        pricer = {{ url = "{}", timeout_ms = 300, fallback = 12, cache_secs = 60 }}
+        pricer = {{ url = "{}", timeout_ms = 5000, fallback = 12, cache_secs = 60 }}
         "#,
         pricer.url
     )
@@ -591,8 +591,9 @@ async fn a_slow_or_garbled_pricer_gives_way_to_its_fallback() {
     for mode in ["slow", "garbage"] {
         let pricer = start_pricer(mode).await;
         // Metrics on the serving port, as `public_metrics` puts them.
-        let h = Harness::start_configured(&priced_by(&pricer), |c| c.server.public_metrics = true)
-            .await;
+        // Slow past 2 s: the fallback, long before the pricer's 10 s.
+        let toml = priced_by(&pricer).replace("timeout_ms = 5000", "timeout_ms = 2000");
+        let h = Harness::start_configured(&toml, |c| c.server.public_metrics = true).await;
         let started = std::time::Instant::now();
         assert_eq!(
             h.price(reqwest::Method::POST, "/quote", "{}").await,

@@ -389,12 +389,20 @@ async fn a_lost_answer_is_replayed_by_another_replica() {
                 .send()
         };
         if before == 0 {
-            let impatient = reqwest::Client::builder()
-                .timeout(std::time::Duration::from_millis(300))
-                .build()
-                .unwrap();
+            // The answer is lost: its client leaves once the upstream has
+            // the request (answered 800 ms later).
+            let cut = tokio::spawn(post(&base_a, &http));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while sent.load(Ordering::SeqCst) == before {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never reached the upstream"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            cut.abort();
             assert!(
-                post(&base_a, &impatient).await.is_err(),
+                cut.await.is_err_and(|e| e.is_cancelled()),
                 "the answer was lost"
             );
         }
@@ -703,8 +711,9 @@ upstream = "http://{upstream}"
     hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
     let pass = offer.l402_authorization(&preimage).unwrap();
     let get = |url: String| http.get(url).header(AUTHORIZATION, &pass).send();
-    let first_use = std::time::Instant::now();
     assert_eq!(get(hello(&a)).await.unwrap().status(), StatusCode::OK);
+    // Its clock was read before this.
+    let first_use = std::time::Instant::now();
     let after = |ms| {
         tokio::time::sleep(std::time::Duration::from_millis(ms).saturating_sub(first_use.elapsed()))
     };
