@@ -68,7 +68,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let removed: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
-            HOP_BY_HOP.contains(name)
+            // Also in the `_` and `.` spellings a CGI-style upstream
+            // reads as the `-` ones.
+            gate402_paywall::fields::is_one_of(name, &HOP_BY_HOP)
                 || listed
                     .iter()
                     .any(|item| item.eq_ignore_ascii_case(name.as_str().as_bytes()))
@@ -864,6 +866,9 @@ mod tests {
             ("te", "trailers"),
             ("upgrade", "h2c"),
             ("proxy-authorization", "Basic x"),
+            // As a CGI-style upstream reads `Proxy-Authorization`.
+            ("proxy_authorization", "L402 m:p"),
+            ("transfer.encoding", "chunked"),
             ("x-kept", "k"),
             ("x-secretive", "k"),
         ] {
