@@ -235,6 +235,20 @@ async fn close(
     let mut failed = 0;
     for session in chosen {
         match client.close_session(session).await {
+            // Closed by the server before it was asked (idle, or by its
+            // operator): said as a session closed already is.
+            Ok(refund) if refund.reason == gate402_client::CLOSED_BY_THE_SERVER => {
+                let mut answer = closed(&refund);
+                let closed_at = ledger
+                    .sessions(true)?
+                    .into_iter()
+                    .find(|s| s.id == session.id)
+                    .and_then(|s| s.closed_at);
+                answer["closedAt"] = json!(closed_at.map(crate::output::when));
+                answer["closeReason"] = json!(refund.reason);
+                answer["alreadyClosed"] = json!(true);
+                answers.push(answer);
+            }
             Ok(refund) => answers.push(closed(&refund)),
             // The others are still closed; this one stays open.
             Err(e) if all => {

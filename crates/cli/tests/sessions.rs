@@ -188,6 +188,51 @@ async fn a_session_serves_25_calls_for_two_deposits_and_close_refunds_the_rest()
     gateway.shutdown().await.unwrap();
 }
 
+/// A session the server closed for idleness before the client asked is
+/// said to be closed already at the client's first `sessions close`, as
+/// at its second: when, why, and its refund (the first said it as a close
+/// of its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_the_server_closed_is_said_closed_already_at_the_first_close() {
+    let (upstream, _task) = demo::start_upstream().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = demo::config(upstream);
+    for service in &mut config.services {
+        service.priced.session_idle_secs = 1;
+    }
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    let client = tempfile::tempdir().unwrap();
+    let data = client.path();
+    ask(
+        data,
+        &["--session"],
+        &format!("{base}/api/chat?prompt=q"),
+        "q",
+    )
+    .await;
+    let session_id = payments(data).await[0]["session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Idle in whole seconds: past 1 s for certain after 2.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    gateway.paywall().close_idle_sessions().await;
+    for _ in 0..2 {
+        let closed = ok_json(data, &["sessions", "close", &session_id]).await;
+        assert_eq!(closed["alreadyClosed"], true, "{closed}");
+        assert_eq!(closed["closeReason"], "closed by the server", "{closed}");
+        assert_eq!(closed["refundSats"], 19, "{closed}");
+        assert!(
+            closed["closedAt"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{closed}"
+        );
+    }
+    gateway.shutdown().await.unwrap();
+}
+
 /// A TCP front of `target` that passes connections on until `hang` is
 /// set, and from then holds new ones without a byte of answer. Its base URL.
 async fn front_that_may_hang(

@@ -409,6 +409,10 @@ impl StoredSession {
     }
 }
 
+/// The [`Refund::reason`] of a session the server had closed before the
+/// client asked (idle on the server, or closed by its operator).
+pub const CLOSED_BY_THE_SERVER: &str = "closed by the server";
+
 /// The refund of a closed session, as the server reported it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Refund {
@@ -434,7 +438,7 @@ pub struct Refund {
     /// millisatoshis, when it can see its invoices (not NWC).
     pub received_msat: Option<u64>,
     /// Why the session was closed: `close` (asked for), `idle` (past its
-    /// idle timeout), `closed by the server`.
+    /// idle timeout), [`CLOSED_BY_THE_SERVER`].
     pub reason: String,
     /// When (unix seconds).
     pub created_at: u64,

@@ -51,7 +51,7 @@ pub use error::{FetchError, SessionError};
 pub use idempotency::{RequestKey, IDEMPOTENCY_KEY};
 pub use ledger::{
     refund_is_final, BeginError, CachedToken, EndpointLock, Ledger, LedgerError, PaymentEntry,
-    PaymentState, PendingPayment, Refund, StoredSession,
+    PaymentState, PendingPayment, Refund, StoredSession, CLOSED_BY_THE_SERVER,
 };
 pub use mcp::{redirect_policy as mcp_redirect_policy, McpCallError, ToolCall};
 pub use middleware::PaymentMiddleware;

@@ -591,7 +591,7 @@ impl Payer {
         if rejection.is(ProblemType::LightningSessionClosed) {
             // Closed by the server (idle, or by another holder of the
             // preimage); asked again, it answers the same refund.
-            self.close_with(session, "closed by the server", send)
+            self.close_with(session, crate::ledger::CLOSED_BY_THE_SERVER, send)
                 .await?;
             return Ok(true);
         }
@@ -1200,7 +1200,7 @@ impl Payer {
         };
         // Another run that closed it at once has recorded the same refund.
         let (closed_at, reason) = match closed_before {
-            Some(at) => (at, "closed by the server"),
+            Some(at) => (at, crate::ledger::CLOSED_BY_THE_SERVER),
             None => (now(), reason),
         };
         let first = self.ledger.close_session(&session.id, closed_at, reason)?;
