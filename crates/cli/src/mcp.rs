@@ -93,18 +93,25 @@ async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
         }
         called => called?,
     };
-    let (result, payment) = match called {
+    let (result, payment, earlier) = match called {
         ToolCall::Offer(offer) => return print_offer(&offer),
-        ToolCall::Result(result, payment) => (result, payment),
+        ToolCall::Result(result, payment, earlier) => (result, payment, earlier),
     };
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"result": result, "payment": payment}))?
-        );
+        // Answered with a credential an earlier call paid for: which
+        // payment, as `get --json` says it (`payment` null).
+        let earlier = earlier.map(|e| json!({"payment_hash": e.payment_hash, "via": e.via}));
+        let report = json!({"result": result, "payment": payment, "earlier_payment": earlier});
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         if let Some(paid) = &payment {
             report_payment(paid);
+        }
+        if let Some(earlier) = &earlier {
+            errln!(
+                "gate402: paid with the credential of an earlier call (payment {}), nothing paid now",
+                earlier.payment_hash
+            );
         }
         for block in &result.content {
             match block.as_text() {

@@ -336,6 +336,11 @@ impl ServerHandler for EchoServer {
                 "Answers after a minute",
                 schema(json!({"type": "object"})),
             ),
+            Tool::new(
+                "hang-once",
+                "Answers after a minute the first time, at once after",
+                schema(json!({"type": "object"})),
+            ),
             // Named as the gateway's own tool: never listed by the proxy.
             Tool::new(
                 "create_payment",
@@ -360,6 +365,14 @@ impl ServerHandler for EchoServer {
             "hang" => {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 "late".to_owned()
+            }
+            "hang-once" => {
+                static CALLED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !CALLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                "answered".to_owned()
             }
             other => return Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
         };
@@ -645,6 +658,23 @@ async fn mcp_proxy_charges_for_the_tools_of_another_server() {
         String::from_utf8_lossy(&tokens.stdout).contains("Payment"),
         "the unspent credential is kept"
     );
+    // A call answered with the credential an earlier one paid for and did
+    // not spend: nothing paid now, and --json says which payment answered
+    // it (it said `payment: null` and nothing more).
+    let out = gate402(data, &["mcp", "call", &mcp, "hang-once", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "the first call is not answered");
+    let said: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = said["payments"][0]["payment_hash"].clone();
+    assert!(first.is_string(), "{said}");
+    let report = ok_json(data, &["mcp", "call", &mcp, "hang-once", "--json"]).await;
+    assert_eq!(report["result"]["content"][0]["text"], "answered");
+    assert_eq!(report["payment"], Value::Null, "{report}");
+    assert_eq!(
+        report["earlier_payment"],
+        json!({"payment_hash": first, "via": "token"}),
+        "{report}"
+    );
+    assert_eq!(payments(data).await.len(), 3, "echo, hang and hang-once");
     proxy.start_kill().unwrap();
     let _ = proxy.wait().await;
 }

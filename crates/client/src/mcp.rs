@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::ledger::CachedToken;
 use crate::payer::{now, own_receipt, Endpoint, Prefer};
-use crate::{FetchError, Offer, Payer, PaymentEntry};
+use crate::{EarlierPayment, FetchError, Offer, Payer, PaymentEntry};
 
 /// The argument a gateway's `create_payment` flow pays a call with (a
 /// `paymentId`, for clients that do not speak the payment transport): a
@@ -36,8 +36,10 @@ const PAYMENT_ID_ARG: &str = "paymentId";
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ToolCall {
-    /// The tool's result, and the payment if this call paid.
-    Result(CallToolResult, Option<PaymentEntry>),
+    /// The tool's result; the payment if this call paid; the earlier
+    /// payment whose kept credential it was answered with, if it was (a
+    /// credential an earlier call paid for and its server did not spend).
+    Result(CallToolResult, Option<PaymentEntry>, Option<EarlierPayment>),
     /// The tool's price, unpaid (the payer does not pay).
     Offer(Box<Offer>),
 }
@@ -251,7 +253,7 @@ impl Payer {
         arguments: &JsonObject,
     ) -> Result<ToolCall, McpCallError> {
         let data = match server.call(params(tool, arguments, None)).await {
-            Ok(result) => return Ok(ToolCall::Result(result, None)),
+            Ok(result) => return Ok(ToolCall::Result(result, None, None)),
             // A call that pays with a paymentId pays with it or not at
             // all: a gateway reads the id before any credential, so a
             // charge paid alongside a refused id is refused too, and lost.
@@ -290,11 +292,11 @@ impl Payer {
             .map_err(FetchError::from)?;
         // A credential an earlier call paid for and did not spend (its
         // upstream failed) is sent again, not paid for again.
-        if let Some(result) = self
+        if let Some((result, earlier)) = self
             .with_kept_credential(server, &endpoint, tool, arguments)
             .await?
         {
-            return Ok(ToolCall::Result(result, None));
+            return Ok(ToolCall::Result(result, None, Some(earlier)));
         }
         // A payment an earlier run left pending is used, not repeated.
         let mut paid = None;
@@ -357,12 +359,13 @@ impl Payer {
             .attach_receipt(entry.id, Prefer::Mpp.as_str(), receipt.as_deref())
             .map_err(FetchError::from)?;
         entry.receipt = receipt.or(entry.receipt);
-        Ok(ToolCall::Result(result, Some(entry)))
+        Ok(ToolCall::Result(result, Some(entry), None))
     }
 
     /// Calls the tool with the credential kept for it, if there is one:
-    /// `Some` with the result when it was taken (then it is spent, and the
-    /// receipt is its payment's); `None` when there is none or the server
+    /// `Some` with the result and that credential's payment when it was
+    /// taken (then it is spent, and the receipt is its payment's); `None`
+    /// when there is none or the server
     /// refused it (then it is forgotten).
     ///
     /// # Errors
@@ -375,7 +378,7 @@ impl Payer {
         endpoint: &Endpoint,
         tool: &str,
         arguments: &JsonObject,
-    ) -> Result<Option<CallToolResult>, McpCallError> {
+    ) -> Result<Option<(CallToolResult, EarlierPayment)>, McpCallError> {
         let kept = self
             .ledger
             .token_for(
@@ -427,7 +430,11 @@ impl Payer {
         forget()?;
         self.keep_first_receipt(&kept.payment_hash, receipt_of(&result).as_deref())
             .map_err(FetchError::from)?;
-        Ok(Some(result))
+        let earlier = EarlierPayment {
+            payment_hash: kept.payment_hash,
+            via: "token",
+        };
+        Ok(Some((result, earlier)))
     }
 }
 
