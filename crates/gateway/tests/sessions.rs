@@ -131,6 +131,29 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
                 failed.into_response()
             }),
         )
+        // A running count first (0), the answer, then after a pause its
+        // final usage.
+        .route(
+            "/complete/running-usage",
+            any(|| async {
+                use futures_util::StreamExt;
+                let events = futures_util::stream::iter(0..4).then(|i| async move {
+                    let data = match i {
+                        0 => "{\"usage\":{\"total_tokens\":0}}",
+                        1 => "{\"token\":\"the whole answer\"}",
+                        2 => {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            "{\"usage\":{\"total_tokens\":3}}"
+                        }
+                        _ => "[DONE]",
+                    };
+                    Ok::<_, std::convert::Infallible>(
+                        axum::response::sse::Event::default().data(data),
+                    )
+                });
+                axum::response::sse::Sse::new(events)
+            }),
+        )
         .route(
             "/complete/late-usage",
             any(|| async {
@@ -1814,6 +1837,13 @@ async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() 
             field,
             &upstream,
         ));
+        services.push(usage(
+            "running",
+            "/complete/running-usage",
+            None,
+            field,
+            &upstream,
+        ));
     })
     .await;
     // 20 sat: one request holds 10, and keeps the 7 its body reports.
@@ -1843,6 +1873,20 @@ async fn usage_in_the_body_is_charged_whatever_its_framing_or_the_client_does() 
     assert!(String::from_utf8_lossy(&first).contains("the whole answer"));
     drop(streamed);
     // Held 10 while in flight; once the upstream's pause is over, settled.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(h.balance_once(&session, 10_000).await, 10_000);
+
+    // Nor after an early report: a running count (0) is no final one
+    // (it was charged: the answer for nothing).
+    let (l402, session, _, _) = balance_with_refund(&h, "/complete/running-usage").await;
+    let mut streamed = h.get_paid("/complete/running-usage", &l402).await;
+    assert_eq!(streamed.status(), StatusCode::OK);
+    let mut read = String::new();
+    while !read.contains("the whole answer") {
+        let chunk = streamed.chunk().await.unwrap().unwrap();
+        read.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(streamed);
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert_eq!(h.balance_once(&session, 10_000).await, 10_000);
 }

@@ -494,9 +494,10 @@ const MAX_USAGE_BODY: usize = 1 << 20;
 ///
 /// A body not seen to its end (the client stopped reading it, or it was
 /// too large to read) had its report go unread: it is charged the most the
-/// request held, unless an event reported units before it stopped. So a
+/// request held, whatever an event reported before it stopped. So a
 /// client cannot take what it paid a unit for by leaving just before the
-/// report (an LLM stream's usage comes last).
+/// report (an LLM stream's usage comes last), nor for an early running
+/// count (a first event's `0`).
 pub(crate) struct UsageScan {
     pointer: String,
     units: crate::sessions::Units,
@@ -506,8 +507,6 @@ pub(crate) struct UsageScan {
     overflowed: bool,
     /// The body ended and was read.
     finished: bool,
-    /// An event reported units.
-    reported: bool,
 }
 
 impl UsageScan {
@@ -519,7 +518,6 @@ impl UsageScan {
             buffer: BytesMut::new(),
             overflowed: false,
             finished: false,
-            reported: false,
         }
     }
 
@@ -598,7 +596,6 @@ impl UsageScan {
         let value = match serde_json::from_slice::<serde_json::Value>(json) {
             Ok(value) => value,
             Err(_) if sets_out_as_json(json) => {
-                self.reported = true;
                 self.unread();
                 return true;
             }
@@ -606,7 +603,6 @@ impl UsageScan {
         };
         drop(value);
         if let Some(units) = report_at(json, &self.pointer) {
-            self.reported = true;
             self.units
                 .store(units, std::sync::atomic::Ordering::Release);
         }
@@ -620,10 +616,11 @@ impl UsageScan {
 }
 
 impl Drop for UsageScan {
-    /// Not read to its end: an event's report stands, and a JSON body
-    /// that parses whole was all there; otherwise the most held is kept.
+    /// Not read to its end: a JSON body that parses whole was all there;
+    /// otherwise (an event stream cut short among them, whatever its
+    /// events reported so far) the most held is kept.
     fn drop(&mut self) {
-        if self.finished || self.reported {
+        if self.finished {
             return;
         }
         let whole = !self.sse && !self.overflowed && {
@@ -1043,10 +1040,11 @@ mod usage_tests {
             scanned(true, &[b"data: {\"token\":1}\n\n"], false),
             UNREADABLE_REPORT
         );
-        // A report read before the end stands; a whole body is read.
+        // Nor a report read before the end (it may be an early running
+        // count, no final one); a whole body is read.
         assert_eq!(
             scanned(true, &[b"data: {\"usage\":2}\n\ndata: x"], false),
-            2
+            UNREADABLE_REPORT
         );
         assert_eq!(scanned(false, &[b"{\"usage\":4}"], false), 4);
         // A byte order mark before it, as a reader skips it.
