@@ -114,6 +114,17 @@ pub enum SessionError {
         /// `close`.
         action: &'static str,
     },
+    /// A `close` of a session the server never opened (its `open` got an
+    /// error or no answer, and the server knows no such session): there
+    /// is nothing to close and nothing refunded; its deposit is still good,
+    /// and the next request to its route sends `open` with it.
+    #[error("the server never opened session {session} (its open got no answer it took): its deposit is still good and is kept; the next request to {route} opens the session with it")]
+    NotOpened {
+        /// The session's id (its deposit's payment hash), hex.
+        session: String,
+        /// Where it is opened.
+        route: String,
+    },
     /// The wallet could not issue the return invoice.
     #[error("return invoice: {0}")]
     Wallet(LightningError),

@@ -1190,6 +1190,16 @@ impl Payer {
                 }
                 .into());
             }
+            // Never opened: its deposit is not spent, and is kept for the
+            // next request to open the session with (taken as closed, it
+            // was written off and the next request paid a new deposit).
+            if !session.opened {
+                return Err(SessionError::NotOpened {
+                    session: session.id.clone(),
+                    route: url.to_string(),
+                }
+                .into());
+            }
             (Some(0), "unknown".to_owned())
         } else {
             return Err(SessionError::Unexpected {

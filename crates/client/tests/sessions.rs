@@ -691,6 +691,46 @@ async fn front(
     serve(app).await
 }
 
+/// A deposit whose `open` the server never took (answered `503` by a
+/// front) is not written off by a close: the close says the session was
+/// never opened and keeps it, and the next call opens it with that
+/// deposit. It was booked closed (refund 0, `unknown`) and the next call
+/// paid a new deposit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposit_never_opened_is_kept_by_a_close_and_opened_by_the_next_call() {
+    let demo = demo_gateway(|_| {}).await;
+    let (base, _) = front_answering_first(
+        &demo.base,
+        "open",
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "down",
+    )
+    .await;
+    let (_dir, ledger) = fresh_ledger();
+    let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    let answer = client
+        .get(format!("{base}/api/chat?prompt=a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503);
+    let session = ledger.sessions(false).unwrap().remove(0);
+    assert!(!session.opened);
+    let closed = middleware
+        .payer()
+        .close_session(&reqwest::Client::new(), &session)
+        .await;
+    let error = closed.expect_err("nothing to close").to_string();
+    assert!(error.contains("never opened"), "{error}");
+    assert_eq!(ledger.sessions(false).unwrap().len(), 1, "kept open");
+    assert!(ledger.refunds(0).unwrap().is_empty());
+    chat(&client, &base, "b").await;
+    assert_eq!(ledger.payments(0).unwrap().len(), 1, "no second deposit");
+    let session = ledger.sessions(false).unwrap().remove(0);
+    assert!(session.opened);
+    demo.gateway.shutdown().await.unwrap();
+}
+
 /// A ledger of its own, and the directory that holds it.
 fn fresh_ledger() -> (tempfile::TempDir, Arc<Ledger>) {
     let dir = tempfile::tempdir().unwrap();
