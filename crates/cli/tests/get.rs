@@ -1255,6 +1255,38 @@ async fn a_paid_request_that_times_out_says_what_it_paid() {
     gateway.shutdown().await.unwrap();
 }
 
+/// A run waiting for another run's payment on the same endpoint (its
+/// lock) is stopped by `--max-time` on time: it waited until the other let
+/// the lock go (a hostile server holding the other's payment held every
+/// run to that endpoint, past their `--max-time` and Ctrl-C).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_waiting_for_another_runs_payment_stops_at_its_max_time() {
+    let (gateway, base, _upstream) = demo_gateway().await;
+    let data = tempfile::tempdir().unwrap();
+    let ledger_dir = data.path().join("client");
+    std::fs::create_dir_all(&ledger_dir).unwrap();
+    let ledger = gate402_client::Ledger::open(&ledger_dir.join("ledger.sqlite3")).unwrap();
+    // Another run paying for this endpoint holds its lock.
+    let _held = ledger.lock_endpoint(&base, "/api/weather").await.unwrap();
+    let started = std::time::Instant::now();
+    let url = format!("{base}/api/weather?city=Oslo");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        run(data.path(), &["get", "--max-time", "2", &url]),
+    )
+    .await
+    .expect("stopped by --max-time while it waited");
+    let waited = started.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(28),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(waited < Duration::from_secs(8), "{waited:?}");
+    gateway.shutdown().await.unwrap();
+}
+
 /// A reader gone from standard error (a closed pipe) does not turn the
 /// command's own exit status into a panic's (101): over the cap is still
 /// 3, a server that cannot be reached still 1.

@@ -541,10 +541,21 @@ impl Ledger {
         path: &str,
     ) -> Result<EndpointLock, LedgerError> {
         let file = self.endpoint_lock_file(origin, path)?;
-        let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
-            .await
-            .map_err(|e| LedgerError(e.to_string()))??;
-        Ok(EndpointLock { _file: file })
+        // Asked again and again, not waited for on a blocking thread: a
+        // run stopped meanwhile (`--max-time`, Ctrl-C) ends at once,
+        // where a thread blocked taking the lock held the runtime's
+        // shutdown until the other run let it go.
+        let mut wait = std::time::Duration::from_millis(5);
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(EndpointLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+            }
+        }
     }
 
     /// Waits for, and takes, the lock of the services `services` of
