@@ -165,6 +165,121 @@ async fn a_store_outage_spends_no_credential() {
     );
 }
 
+/// A paid answer whose spend cannot be written (the store gone while the
+/// upstream answered) keeps its last bytes until it is written, however
+/// long that takes, for a credential and for a balance's debit: they went
+/// after 5 s, and a replica killed or stopped before the store came back
+/// gave the payment back at its next start and served it again. Once the
+/// store is back, the answer is whole and the payment spent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paid_answer_waits_for_its_spend_as_long_as_the_store_is_out_of_reach() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut postgres = TestPostgres::start().await;
+    let received = Arc::new(AtomicUsize::new(0));
+    let counted = received.clone();
+    let upstream = axum::Router::new().fallback(move || {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            "a slow answer"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    let mut balance =
+        gate402_gateway::config::ServiceConfig::proxied("balance", "/balance", 1, &upstream_url);
+    balance.priced = balance.priced.balance(5);
+    let mut config = gate402_gateway::GatewayConfig::default_with_services(vec![
+        gate402_gateway::config::ServiceConfig::proxied("slow", "/slow", 5, &upstream_url),
+        balance,
+    ]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.store = StoreConfig::Postgres(postgres.url.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    let http = reqwest::Client::new();
+    let mut credentials = Vec::new();
+    for path in ["/slow", "/balance"] {
+        let url = format!("{base}{path}");
+        let offer = Offer::from_headers(http.get(&url).send().await.unwrap().headers()).unwrap();
+        let paid = pay_via(&http, &base, &offer.bolt11).await.unwrap();
+        let mut preimage = [0u8; 32];
+        hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+        let credential = match path {
+            "/slow" => offer.payment_authorization(&preimage).unwrap(),
+            _ => offer.l402_authorization(&preimage).unwrap(),
+        };
+        credentials.push((url, credential));
+    }
+    // The balance's first use, with the store up: 4 units left.
+    let (balance_url, token) = credentials[1].clone();
+    let first = http.get(&balance_url).header(AUTHORIZATION, &token);
+    assert_eq!(first.send().await.unwrap().status(), StatusCode::OK);
+    let before = received.load(Ordering::SeqCst);
+
+    let answers: Vec<_> = credentials
+        .iter()
+        .map(|(url, credential)| {
+            let request = http.get(url).header(AUTHORIZATION, credential);
+            tokio::spawn(async move {
+                let answer = request.send().await.unwrap();
+                (answer.status(), answer.text().await)
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while received.load(Ordering::SeqCst) < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reached the upstream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    postgres.stop();
+    // Answered by the upstream 1.5 s after it had them; 8 s later their
+    // last bytes still wait.
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    for answer in &answers {
+        assert!(
+            !answer.is_finished(),
+            "an answer went with its spend unwritten"
+        );
+    }
+    postgres.restart().await;
+    for answer in answers {
+        let (status, text) = tokio::time::timeout(std::time::Duration::from_secs(60), answer)
+            .await
+            .expect("whole once the store is back")
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(text.unwrap(), "a slow answer");
+    }
+    // Spent: the credential once, the balance by one more unit.
+    let (slow_url, credential) = &credentials[0];
+    let replay = http.get(slow_url).header(AUTHORIZATION, credential);
+    assert_eq!(
+        replay.send().await.unwrap().status(),
+        StatusCode::PAYMENT_REQUIRED
+    );
+    let admin = format!("http://{}/admin/api", gateway.admin_addr().unwrap());
+    let secret = std::fs::read_to_string(dir.path().join("admin_secret")).unwrap();
+    let sessions: serde_json::Value = http
+        .get(format!("{admin}/sessions"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions["sessions"][0]["spent_msat"], 2_000, "{sessions}");
+    gateway.shutdown().await.unwrap();
+}
+
 /// The connections a replica keeps for its claims and commits, closed by
 /// the server while idle (a database restart, `pg_terminate_backend`, an
 /// idle timeout), are replaced when next used: no paid request fails for
@@ -750,10 +865,16 @@ async fn replicas_with_secrets_that_do_not_agree_are_refused() {
     let a = Gateway::start(&with(&old, &[]), dirs[0].path())
         .await
         .unwrap();
-    // Another secret outright, or the new one made current at once.
+    // Another secret outright, or the new one made current at once; or
+    // the same secret under another realm (a challenge is verified
+    // against the verifier's realm: its MPP credentials were refused at
+    // the other replica, `402 invalid-challenge`).
+    let mut other_realm = with(&old, &[]);
+    other_realm.mpp.realm = "other.example".into();
     for config in [
         with("another secret of thirty-two bytes or more", &[]),
         with(&new, &[&old]),
+        other_realm,
     ] {
         let error = Gateway::start(&config, dirs[1].path())
             .await

@@ -9,8 +9,8 @@
 //! response streams, the claim's lease is renewed, however long the
 //! stream. The claim is committed when the response body has been sent or
 //! the client left after the upstream had the request (an answer's last
-//! bytes wait until the commit is written: [`Claim::commit_written`]),
-//! released when the
+//! bytes wait until the commit is written, however long the store is out
+//! of reach: [`Claim::commit_written`]), released when the
 //! upstream failed or the request ended before reaching it (pay for
 //! success), and every commit or release is tracked so that a graceful
 //! shutdown finishes them all before the process exits. A replica killed
@@ -32,18 +32,13 @@ use crate::batch::Batch;
 use crate::clock::unix_now;
 use crate::detached::Detached;
 
-/// How long an answer's last bytes wait for its commit: past it (the
-/// store out of reach) they go, and the commit is still tried until it is
-/// written. Only a crash in that outage could then serve the credential
-/// again; a client is not held for as long as the outage lasts.
-pub(crate) const COMMIT_WAIT: Duration = Duration::from_secs(5);
-
 /// Served claims waiting to be recorded as spent, and the answers whose
-/// last bytes wait for that.
+/// last bytes wait for that (told whether it was written, each at the
+/// index of its claim).
 #[derive(Default)]
 struct Commits {
     claims: Vec<(String, ClaimHolder)>,
-    written: Vec<tokio::sync::oneshot::Sender<()>>,
+    written: Vec<Option<tokio::sync::oneshot::Sender<bool>>>,
 }
 
 impl Commits {
@@ -206,7 +201,7 @@ impl Claims {
         match self.store.commit_claims(&batch.claims, unix_now()).await {
             Ok(held) => {
                 let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-                for ((key, holder), held) in batch.claims.iter().zip(held) {
+                for ((key, holder), held) in batch.claims.iter().zip(&held) {
                     if map.get(key).is_some_and(|h| h.holder == *holder) {
                         map.remove(key);
                     }
@@ -215,8 +210,12 @@ impl Claims {
                     }
                 }
                 drop(map);
-                for written in batch.written {
-                    let _ = written.send(());
+                // Not held (taken over after a whole lease out of reach):
+                // its answer's last bytes do not go.
+                for (written, held) in batch.written.into_iter().zip(held) {
+                    if let Some(written) = written {
+                        let _ = written.send(held);
+                    }
                 }
                 None
             }
@@ -300,7 +299,18 @@ impl Claims {
                 }
             }
         };
-        match Detached::new(&self.tracker, call, give_back).await? {
+        let taken = match Detached::new(&self.tracker, call, give_back).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                // It may have been taken and only the store's answer lost:
+                // given back (by this request's token, so nothing else),
+                // lest the client's own payment be refused as in use
+                // until the lease ends.
+                self.release_unsure(key.0.clone(), holder);
+                return Err(e.into());
+            }
+        };
+        match taken {
             Reservation::Acquired => {}
             Reservation::Consumed => return Err(ClaimError::Consumed),
             // Served here, its commit not yet written: spent all the same.
@@ -322,6 +332,16 @@ impl Claims {
             holder,
             on_drop: Some(Outcome::Release),
         })
+    }
+
+    /// Releases a claim this request may hold, in the background, tried
+    /// until the store answers (or the claims stop).
+    fn release_unsure(self: &Arc<Self>, key: String, holder: ClaimHolder) {
+        let claims = self.clone();
+        self.tracker.spawn(async move {
+            let release = || claims.store.release_claim(&key, &holder);
+            let _ = crate::retry::until_written(release, &claims.stop).await;
+        });
     }
 
     /// Whether a request of this replica was served with `key`, whose
@@ -369,7 +389,7 @@ impl Claims {
         &self,
         key: String,
         holder: ClaimHolder,
-        written: Option<tokio::sync::oneshot::Sender<()>>,
+        written: Option<tokio::sync::oneshot::Sender<bool>>,
     ) {
         let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(held) = map.get_mut(&key).filter(|h| h.holder == holder) {
@@ -378,7 +398,7 @@ impl Claims {
         drop(map);
         self.commits.add(|pending| {
             pending.claims.push((key, holder));
-            pending.written.extend(written);
+            pending.written.push(written);
         });
     }
 
@@ -483,13 +503,15 @@ impl Claim {
     }
 
     /// Spends the payment with the next batch of commits, and is ready once
-    /// that is written (or the batch given up at a stop, or after
-    /// 5 s with the store out of reach). The last bytes of
-    /// a paid answer wait for it: a gateway killed after its client had
-    /// the whole answer has spent the payment, where a commit still
-    /// waiting for its batch would be lost, and the claim released at the
-    /// next start would serve the credential again.
-    pub fn commit_written(mut self) -> impl Future<Output = ()> + Send + 'static {
+    /// that is written, however long the store is out of reach: `true`;
+    /// `false` when it was not (the batch given up at a stop, or the claim
+    /// taken over after a whole lease out of reach). The last bytes of a
+    /// paid answer wait for it and go only on `true`: a gateway killed
+    /// (or stopped with the store out of reach) after its client had the
+    /// whole answer has spent the payment, where a commit not yet written
+    /// would be lost, and the claim released at the next start would
+    /// serve the credential again.
+    pub fn commit_written(mut self) -> impl Future<Output = bool> + Send + 'static {
         self.on_drop = None;
         let (told, written) = tokio::sync::oneshot::channel();
         self.claims.queue_commit(
@@ -497,9 +519,7 @@ impl Claim {
             self.holder.clone(),
             Some(told),
         );
-        async move {
-            let _ = tokio::time::timeout(COMMIT_WAIT, written).await;
-        }
+        async move { written.await.unwrap_or(false) }
     }
 
     /// Frees the payment now (the upstream failed).
@@ -578,34 +598,37 @@ mod tests {
     use super::*;
 
     /// With the store out of reach, an answer's last bytes wait for its
-    /// commit for [`COMMIT_WAIT`] and then go; the commit stays queued.
+    /// commit as long as the outage lasts (they went after 5 s, and a
+    /// replica killed or stopped then served the credential again at its
+    /// next start); a stop that cannot write it says so, and they never go.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_answer_waits_for_its_commit_no_longer_than_the_commit_wait() {
+    async fn an_answer_waits_for_its_commit_as_long_as_the_store_is_out_of_reach() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> =
             Arc::new(gate402_store::SqliteStore::open(&dir.path().join("claims.sqlite3")).unwrap());
         let claims = Claims::new(store.clone(), "r1".into(), Duration::from_secs(30))
             .await
             .unwrap();
-        let written = |claim: Claim| async move {
-            let started = std::time::Instant::now();
-            claim.served().commit_written().await;
-            started.elapsed()
-        };
         let claim = claims
             .claim(&ClaimKey::payment(&[1; 32]), u64::MAX / 2, None)
             .await
             .unwrap();
-        assert!(written(claim).await < Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        assert!(claim.served().commit_written().await);
+        assert!(started.elapsed() < Duration::from_secs(1));
         let claim = claims
             .claim(&ClaimKey::payment(&[2; 32]), u64::MAX / 2, None)
             .await
             .unwrap();
         store.close().await;
-        let waited = written(claim).await;
+        let mut written = Box::pin(claim.served().commit_written());
         assert!(
-            waited >= COMMIT_WAIT && waited < COMMIT_WAIT + Duration::from_secs(2),
-            "{waited:?}"
+            tokio::time::timeout(Duration::from_secs(8), written.as_mut())
+                .await
+                .is_err(),
+            "the last bytes went with the commit unwritten"
         );
+        claims.shutdown().await;
+        assert!(!written.await, "given up at the stop: said unwritten");
     }
 }

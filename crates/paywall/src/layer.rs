@@ -204,19 +204,22 @@ impl Spend {
 
     /// Spends what the request holds, written to the store before this is
     /// ready (see [`Claim::commit_written`]): a paid answer's last bytes
-    /// wait for it.
-    async fn settle(self) {
+    /// wait for it, and go only when it was written (`true`).
+    async fn settle(self) -> bool {
         let claim = async {
-            if let Some(claim) = self.claim {
-                claim.commit_written().await;
+            match self.claim {
+                Some(claim) => claim.commit_written().await,
+                None => true,
             }
         };
         let hold = async {
-            if let Some(hold) = self.hold {
-                hold.settle().await;
+            match self.hold {
+                Some(hold) => hold.settle().await,
+                None => true,
             }
         };
-        tokio::join!(claim, hold);
+        let (claim, hold) = tokio::join!(claim, hold);
+        claim && hold
     }
 
     async fn release(self) {
@@ -347,6 +350,23 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// The answer's last frame or end, as the wrapped body gave it, once what
+/// it spends was written; an error instead when that could not be written
+/// (a stop with the store out of reach): the client does not get the
+/// whole answer, so that the payment, given back at the next start, is not
+/// served twice.
+fn last_unless_unwritten(
+    last: Option<Result<Frame<Bytes>, BoxError>>,
+    written: bool,
+) -> Option<Result<Frame<Bytes>, BoxError>> {
+    if written {
+        return last;
+    }
+    Some(Err(
+        "the payment's spend could not be written; the answer is cut short".into(),
+    ))
+}
+
 /// A data frame held back to see whether the answer's end follows it.
 struct HeldFrame {
     frame: Frame<Bytes>,
@@ -362,7 +382,8 @@ const HOLD_YIELDS: u8 = 4;
 /// request spends is written to the store: a gateway killed once its
 /// client has the whole answer has spent the payment.
 struct Settling {
-    written: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Whether it was written.
+    written: Pin<Box<dyn Future<Output = bool> + Send>>,
     /// The frame, or the end (`None`), as the wrapped body gave it.
     last: Option<Result<Frame<Bytes>, BoxError>>,
 }
@@ -500,8 +521,9 @@ where
         let mut this = self.project();
         loop {
             if let Some(settling) = this.settling.as_mut() {
-                std::task::ready!(settling.written.as_mut().poll(cx));
-                return Poll::Ready(this.settling.take().and_then(|s| s.last));
+                let written = std::task::ready!(settling.written.as_mut().poll(cx));
+                let last = this.settling.take().and_then(|s| s.last);
+                return Poll::Ready(last_unless_unwritten(last, written));
             }
             let polled = match this.next.take() {
                 Some(next) => Poll::Ready(next),
@@ -563,8 +585,8 @@ where
             return match (polled, spend.filter(|s| !s.spends_nothing())) {
                 (Poll::Ready(last), Some(spend)) => {
                     let mut written = Box::pin(spend.settle());
-                    if written.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(last);
+                    if let Poll::Ready(written) = written.as_mut().poll(cx) {
+                        return Poll::Ready(last_unless_unwritten(last, written));
                     }
                     *this.settling = Some(Settling { written, last });
                     Poll::Pending
@@ -1665,7 +1687,9 @@ impl Paywall {
             // An answer with no body is whole with its head: the spend is
             // written before it leaves.
             if bodiless {
-                spend.settle().await;
+                if !spend.settle().await {
+                    return Ok(own(responses::payment_unavailable()));
+                }
                 return Ok(Response::from_parts(
                     parts,
                     PaywallBody::wrapped(body, None),
@@ -1689,7 +1713,9 @@ impl Paywall {
                 if let Err(e) = self.store().put_response(&record).await {
                     tracing::error!(error = %e, "store: cannot keep a paid response for its Idempotency-Key");
                 }
-                spend.settle().await;
+                if !spend.settle().await {
+                    return Ok(own(responses::payment_unavailable()));
+                }
                 Ok(Response::from_parts(parts, PaywallBody::own(bytes)))
             }
             Read::Partial(partial) => {
@@ -1907,6 +1933,8 @@ impl Paywall {
 
 /// What the upstream made of a paid request, with its spend settled by
 /// that outcome ([`UpstreamOutcome`]).
+// One per request and moved once: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Delivered<R, E> {
     /// The wrapped service failed: counted as the upstream failing.
     Errored(E),

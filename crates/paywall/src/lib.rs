@@ -88,6 +88,7 @@ pub mod payment_id;
 mod paywall;
 pub mod pricing;
 pub mod responses;
+mod retry;
 pub mod route;
 mod sessions;
 mod verify;

@@ -243,7 +243,9 @@ impl PaywallBuilder {
                 .run(
                     state.stop.clone(),
                     SERVED_LINGER,
-                    false,
+                    // Kept until the store takes them: a long outage lost
+                    // them from the books.
+                    true,
                     HashMap::is_empty,
                     merge_served,
                     |batch| writer.write_served(batch),
@@ -314,7 +316,8 @@ pub(crate) struct State {
     /// Sessions a close here waits for (their requests in flight): a
     /// metered stream of one waiting for a top-up ends instead.
     pub(crate) closing: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
-    stop: CancellationToken,
+    /// Cancelled when the paywall stops.
+    pub(crate) stop: CancellationToken,
 }
 
 impl Paywall {

@@ -32,6 +32,7 @@ use gate402_store::{
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::unix_now;
@@ -107,6 +108,8 @@ pub(crate) struct Hold {
     store: Arc<dyn Store>,
     holder: ClaimHolder,
     tracker: TaskTracker,
+    /// The paywall stopping: its outcome is no longer tried again.
+    stop: CancellationToken,
     /// What dropping it does: give back (not served yet) or keep.
     keep_on_drop: bool,
     done: bool,
@@ -166,12 +169,14 @@ impl Hold {
         store: Arc<dyn Store>,
         holder: ClaimHolder,
         tracker: TaskTracker,
+        stop: CancellationToken,
         usage: Option<UsageCount>,
     ) -> Self {
         Self {
             store,
             holder,
             tracker,
+            stop,
             keep_on_drop: false,
             done: false,
             usage,
@@ -227,38 +232,44 @@ impl Hold {
     }
 
     /// Keeps the debit (the answer was sent), written before this is
-    /// ready (or after [`crate::claims::COMMIT_WAIT`], the write going on):
-    /// the last bytes of a paid answer wait for it, as for a claim
+    /// ready, however long the store is out of reach: `true`; `false` when
+    /// it was not (the paywall stopped first). The last bytes of a paid
+    /// answer wait for it and go only on `true`, as for a claim
     /// ([`crate::claims::Claim::commit_written`]), since a replica that
     /// starts again gives back the debits it left unsettled.
-    pub(crate) async fn settle(mut self) {
+    pub(crate) async fn settle(mut self) -> bool {
         self.done = true;
         // Written on its task even if not waited for to the end.
-        let settled = Detached::new(&self.tracker, self.keep_call(), drop);
-        match tokio::time::timeout(crate::claims::COMMIT_WAIT, settled).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, keep = true, "cannot record a debit's outcome");
+        match Detached::new(&self.tracker, self.keep_call(), drop).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, keep = true, "cannot record a debit's outcome; its answer is cut short");
+                false
             }
-            Err(_) => tracing::warn!("a debit's settlement is slow; the answer goes on"),
         }
     }
 
-    /// The store call that keeps the debit: for a service metered by
-    /// usage, what its response reported (read now).
+    /// The store call that keeps the debit, tried until written: for a
+    /// service metered by usage, what its response reported (read now).
     fn keep_call(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        let (store, holder) = (self.store.clone(), self.holder.clone());
+        let (store, holder, stop) = (self.store.clone(), self.holder.clone(), self.stop.clone());
         let kept_msat = self.usage.as_ref().map(UsageCount::kept_msat);
-        async move { store.settle_debit(&holder, kept_msat, unix_now()).await }
+        async move {
+            let keep = || store.settle_debit(&holder, kept_msat, unix_now());
+            crate::retry::until_written(keep, &stop).await
+        }
+    }
+
+    /// The store call that gives the debit back, tried until written.
+    fn undo_call(&self) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
+        let (store, holder, stop) = (self.store.clone(), self.holder.clone(), self.stop.clone());
+        async move { crate::retry::until_written(|| store.undo_debit(&holder), &stop).await }
     }
 
     /// Gives the debit back now (the request never reached the upstream).
     pub(crate) async fn release(mut self) {
         self.done = true;
-        let call = {
-            let (store, holder) = (self.store.clone(), self.holder.clone());
-            async move { store.undo_debit(&holder).await }
-        };
+        let call = self.undo_call();
         if let Err(e) = Detached::new(&self.tracker, call, drop).await {
             // Given back at this replica's next start.
             tracing::error!(error = %e, "cannot give a debit back to its session");
@@ -271,12 +282,16 @@ impl Drop for Hold {
         if self.done {
             return;
         }
-        let (store, holder, keep) = (self.store.clone(), self.holder.clone(), self.keep_on_drop);
-        let kept = keep.then(|| self.keep_call());
+        let keep = self.keep_on_drop;
+        let (kept, undone) = match keep {
+            true => (Some(self.keep_call()), None),
+            false => (None, Some(self.undo_call())),
+        };
         let finish = async move {
-            let result = match kept {
-                Some(call) => call.await,
-                None => store.undo_debit(&holder).await.map(drop),
+            let result = match (kept, undone) {
+                (Some(call), _) => call.await,
+                (None, Some(call)) => call.await.map(drop),
+                (None, None) => Ok(()),
             };
             if let Err(e) = result {
                 tracing::error!(error = %e, keep, "cannot record a debit's outcome");
@@ -670,13 +685,15 @@ impl Paywall {
             }
         };
         let (store, tracker) = (self.store().clone(), self.inner.background.clone());
+        let stop = self.inner.stop.clone();
         // Debited after its request left (its client closed the
         // connection): its hold, dropped as it is, gives it back.
         let give_back = {
-            let (store, holder, tracker) = (store.clone(), holder.clone(), tracker.clone());
+            let (store, holder, tracker, stop) =
+                (store.clone(), holder.clone(), tracker.clone(), stop.clone());
             move |debited: Result<Debit, StoreError>| {
                 if matches!(debited, Ok(Debit::Done { .. })) {
-                    drop(Hold::new(store, holder, tracker, None));
+                    drop(Hold::new(store, holder, tracker, stop, None));
                 }
             }
         };
@@ -694,7 +711,7 @@ impl Paywall {
                     }),
                     _ => None,
                 };
-                Ok((Hold::new(store, holder, tracker, usage), service))
+                Ok((Hold::new(store, holder, tracker, stop, usage), service))
             }
             // Metered by usage, requests in flight hold the most they may
             // use and give back the rest: enough once they settle, so it
@@ -730,6 +747,11 @@ impl Paywall {
             )),
             Err(e) => {
                 tracing::error!(error = %e, "store: cannot spend from a session");
+                // The debit may have been written and only its answer
+                // lost: given back (by its holder's token, so nothing
+                // else), lest the balance stay short until this
+                // replica's next start.
+                drop(Hold::new(store, holder, tracker, stop, None));
                 Err(Halt::Answer(responses::payment_unavailable()))
             }
         }

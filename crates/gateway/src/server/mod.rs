@@ -178,7 +178,7 @@ impl Gateway {
                 data_dir.path().join("replica_id").display()
             );
         }
-        let check = secret_check(&secret, &config.mpp.previous_secrets);
+        let check = secret_check(&secret, &config.mpp.previous_secrets, &config.mpp.realm);
         if let Err(e) = refuse_disagreeing_secrets(store.as_ref(), replica, &check).await {
             // The name given back at once, for a start with other secrets.
             store.close().await;
@@ -680,14 +680,18 @@ async fn l402_quote(
     response
 }
 
-/// What this replica's MPP secrets derive for [`SecretCheck`]: HMAC-SHA256
-/// of a fixed label under each, so that no secret is stored.
-fn secret_check(secret: &str, previous: &[String]) -> SecretCheck {
+/// What this replica's MPP secrets derive for [`SecretCheck`], with its
+/// realm: HMAC-SHA256 of a fixed label and the realm under each, so that
+/// no secret is stored. A challenge names its realm and is verified
+/// against the verifier's own, so replicas of other realms refuse each
+/// other's MPP credentials as replicas of other secrets do.
+fn secret_check(secret: &str, previous: &[String], realm: &str) -> SecretCheck {
     use hmac::{KeyInit as _, Mac as _};
     let of = |secret: &str| -> [u8; 32] {
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
             .expect("HMAC takes a key of any length");
-        mac.update(b"gate402 replica secret check");
+        mac.update(b"gate402 replica secret check\0");
+        mac.update(realm.as_bytes());
         mac.finalize().into_bytes().into()
     };
     let current = of(secret);
@@ -727,11 +731,12 @@ async fn refuse_disagreeing_secrets(
             .context("asking whether another replica runs")?
         {
             anyhow::bail!(
-                "replica {other:?} runs on this store with an MPP secret that does not agree with this one's: \
+                "replica {other:?} runs on this store with an MPP secret or realm that does not agree with this one's: \
                  each would refuse the credentials the other issues (L402 401, MPP 402), and clients paying \
                  through one and retrying through the other would lose their payments. Give every replica \
-                 the same [mpp] secret; to replace it, first add the new one to previous_secrets on every \
-                 replica, then make it the secret with the old one in previous_secrets"
+                 the same [mpp] secret and realm; to replace the secret, first add the new one to previous_secrets \
+                 on every replica, then make it the secret with the old one in previous_secrets; to change the \
+                 realm, stop every replica first"
             );
         }
     }
