@@ -280,6 +280,65 @@ async fn a_paid_answer_waits_for_its_spend_as_long_as_the_store_is_out_of_reach(
     gateway.shutdown().await.unwrap();
 }
 
+/// What a pass served while the store was out of reach for longer than a
+/// few tries is in the books once the store is back: the rows of served
+/// payments are kept and tried again until it takes them (they were
+/// dropped after five tries, and the admin API's payments and revenue
+/// missed them).
+#[tokio::test(flavor = "multi_thread")]
+async fn payments_served_through_a_long_store_outage_are_booked_once_it_is_back() {
+    let mut postgres = TestPostgres::start().await;
+    let mut config = demo_on(&postgres).await;
+    for service in &mut config.services {
+        if service.name() == "weather" {
+            service.priced = service.priced.clone().pass(600);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let base = format!("http://{}", gateway.addr());
+    let http = reqwest::Client::new();
+    let weather = format!("{base}/api/weather?city=Oslo");
+    let offer = Offer::from_headers(http.get(&weather).send().await.unwrap().headers()).unwrap();
+    let paid = pay_via(&http, &base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let pass = offer.l402_authorization(&preimage).unwrap();
+    let get = || http.get(&weather).header(AUTHORIZATION, &pass).send();
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    // Its first use recorded; served through the outage, from memory.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    postgres.stop();
+    assert_eq!(get().await.unwrap().status(), StatusCode::OK);
+    // Longer than five tries take, each waiting for a connection.
+    tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+    postgres.restart().await;
+    let admin = format!("http://{}/admin/api", gateway.admin_addr().unwrap());
+    let secret = std::fs::read_to_string(dir.path().join("admin_secret")).unwrap();
+    let hash = hex::encode(offer.invoice.payment_hash());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let booked: serde_json::Value = http
+            .get(format!("{admin}/payments?payment_hash={hash}"))
+            .bearer_auth(&secret)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        if booked["payments"][0]["served"] == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request served in the outage is not in the books: {booked}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    gateway.shutdown().await.unwrap();
+}
+
 /// The connections a replica keeps for its claims and commits, closed by
 /// the server while idle (a database restart, `pg_terminate_backend`, an
 /// idle timeout), are replaced when next used: no paid request fails for
