@@ -146,13 +146,16 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Whether a refund as recorded (`refund_msat`, its `status`, what
-/// arrived) can change no more: `succeeded` with what it said arrived,
-/// nothing owed, `skipped` (no return invoice) or `disputed`.
+/// arrived) can change no more: `succeeded` with what it said arrived or
+/// nothing owed, or `skipped` (no return invoice). Any other (`pending`,
+/// `failed`; `unknown`, words that were no figure or a session the server
+/// did not know; `disputed`, more than was deposited) is asked about
+/// again: a server that answers sense later, and a refund that arrives
+/// later, are booked.
 pub fn refund_is_final(refund_msat: u64, status: &str, received_msat: Option<u64>) -> bool {
     match status {
-        "skipped" | "disputed" => true,
+        "skipped" => true,
         "succeeded" => refund_msat == 0 || received_msat.is_some_and(|r| r >= refund_msat),
-        "unknown" => refund_msat == 0,
         _ => false,
     }
 }

@@ -865,21 +865,37 @@ async fn an_open_answered_409_is_asked_again_and_took_no_unit() {
     demo.gateway.shutdown().await.unwrap();
 }
 
-/// A refund booked `pending` (or `failed`, or not arrived) is not the last
-/// word: closing the session again asks the server again (it answers
-/// `close` again) and the wallet what arrived, and the refund's row says
-/// what they say now.
+/// A refund booked `pending` (or `failed`, or not arrived), or as a
+/// server said it in words that are no figure (`unknown`, booked 0) or
+/// more than was deposited (`disputed`), is not the last word: closing the
+/// session again asks the server again (it answers `close` again) and the
+/// wallet what arrived, and the refund's row says what they say now (an
+/// `unknown` of 0 and a `disputed` one were final, and a refund that did
+/// arrive was never booked).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refund_not_final_is_asked_about_again() {
+    for (first, booked_first) in [
+        (
+            r#"{"status":"closed","refundSats":19,"refundStatus":"pending"}"#,
+            "pending",
+        ),
+        (
+            r#"{"status":"closed","refundSats":-5,"refundStatus":"succeeded"}"#,
+            "unknown",
+        ),
+        (
+            r#"{"status":"closed","refundSats":100000,"refundStatus":"succeeded"}"#,
+            "disputed",
+        ),
+    ] {
+        a_refund_booked_so_is_asked_about_again(first, booked_first).await;
+    }
+}
+
+async fn a_refund_booked_so_is_asked_about_again(first: &'static str, booked_first: &str) {
     use axum::http::StatusCode;
     let demo = demo_gateway(|_| {}).await;
-    let (base, _) = front_answering_first(
-        &demo.base,
-        "close",
-        StatusCode::OK,
-        r#"{"status":"closed","refundSats":19,"refundStatus":"pending"}"#,
-    )
-    .await;
+    let (base, _) = front_answering_first(&demo.base, "close", StatusCode::OK, first).await;
     let (_dir, ledger) = fresh_ledger();
     let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
     chat(&client, &base, "first").await;
@@ -890,7 +906,7 @@ async fn a_refund_not_final_is_asked_about_again() {
         .close_session(&http, &session)
         .await
         .unwrap();
-    assert_eq!(refund.status, "pending");
+    assert_eq!(refund.status, booked_first);
     let closed = ledger.sessions(true).unwrap().remove(0);
     assert!(closed.closed_at.is_some());
     let again = middleware
