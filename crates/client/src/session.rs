@@ -1163,6 +1163,18 @@ impl Payer {
             let closed: serde_json::Value =
                 serde_json::from_slice(&crate::body::read_bounded(answer).await?)
                     .map_err(|_| SessionError::Unreadable { action: "close" })?;
+            // Said still open (or anything but closed): not closed, and
+            // nothing booked as refunded.
+            if let Some(said) = closed.get("status").filter(|s| *s != "closed") {
+                return Err(SessionError::Refused {
+                    action: "close",
+                    problem: format!(
+                        "the answer says the session's status is {said}, not \"closed\""
+                    ),
+                    paid: None,
+                }
+                .into());
+            }
             closed_before = closed["closedAt"]
                 .as_str()
                 .and_then(gate402_mpp::parse_time)

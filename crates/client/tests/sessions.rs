@@ -937,6 +937,42 @@ async fn a_refund_booked_so_is_asked_about_again(first: &'static str, booked_fir
     demo.gateway.shutdown().await.unwrap();
 }
 
+/// A `close` answered with a status other than `closed` (`open`) closes
+/// nothing at the client: the session stays open and nothing is booked
+/// refunded (it was taken as closed and its refund as succeeded); the next
+/// close gets the server's real answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_close_answered_as_still_open_closes_nothing() {
+    let demo = demo_gateway(|_| {}).await;
+    let (base, _) = front_answering_first(
+        &demo.base,
+        "close",
+        axum::http::StatusCode::OK,
+        r#"{"status":"open","refundSats":2,"refundStatus":"succeeded"}"#,
+    )
+    .await;
+    let (_dir, ledger) = fresh_ledger();
+    let (client, middleware) = client(payer(Wallet::sandbox(), ledger.clone(), 100));
+    chat(&client, &base, "first").await;
+    let session = ledger.sessions(false).unwrap().remove(0);
+    let http = reqwest::Client::new();
+    let said = middleware.payer().close_session(&http, &session).await;
+    let error = said.expect_err("not closed").to_string();
+    assert!(error.contains("not \"closed\""), "{error}");
+    assert_eq!(ledger.sessions(false).unwrap().len(), 1, "still open");
+    assert!(ledger.refunds(0).unwrap().is_empty());
+    let refund = middleware
+        .payer()
+        .close_session(&http, &session)
+        .await
+        .unwrap();
+    assert_eq!(
+        (refund.refund_msat, refund.status.as_str()),
+        (19_000, "succeeded")
+    );
+    demo.gateway.shutdown().await.unwrap();
+}
+
 /// A top-up paid for a session that closed before it was credited (its
 /// `topUp` never got through, and the session was closed meanwhile) is
 /// unspent: the next call opens a session with it instead of paying a
