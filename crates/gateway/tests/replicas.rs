@@ -20,6 +20,22 @@ async fn mpp_credential(http: &reqwest::Client, base: &str, url: &str) -> String
     offer.payment_authorization(&preimage).unwrap()
 }
 
+/// `GET /admin/api{path}` of `gateway`, whose data dir is `dir`, as JSON
+/// (null when the answer is none).
+async fn admin_get(gateway: &Gateway, dir: &std::path::Path, path: &str) -> serde_json::Value {
+    let admin = format!("http://{}/admin/api", gateway.admin_addr().unwrap());
+    let secret = std::fs::read_to_string(dir.join("admin_secret")).unwrap();
+    reqwest::Client::new()
+        .get(format!("{admin}{path}"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or_default()
+}
+
 /// The demo's config in front of its upstream (started here), its store
 /// `postgres`.
 async fn demo_on(postgres: &TestPostgres) -> gate402_gateway::GatewayConfig {
@@ -265,17 +281,7 @@ async fn a_paid_answer_waits_for_its_spend_as_long_as_the_store_is_out_of_reach(
         replay.send().await.unwrap().status(),
         StatusCode::PAYMENT_REQUIRED
     );
-    let admin = format!("http://{}/admin/api", gateway.admin_addr().unwrap());
-    let secret = std::fs::read_to_string(dir.path().join("admin_secret")).unwrap();
-    let sessions: serde_json::Value = http
-        .get(format!("{admin}/sessions"))
-        .bearer_auth(&secret)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sessions = admin_get(&gateway, dir.path(), "/sessions").await;
     assert_eq!(sessions["sessions"][0]["spent_msat"], 2_000, "{sessions}");
     gateway.shutdown().await.unwrap();
 }
@@ -313,20 +319,13 @@ async fn payments_served_through_a_long_store_outage_are_booked_once_it_is_back(
     // Longer than five tries take, each waiting for a connection.
     tokio::time::sleep(std::time::Duration::from_secs(40)).await;
     postgres.restart().await;
-    let admin = format!("http://{}/admin/api", gateway.admin_addr().unwrap());
-    let secret = std::fs::read_to_string(dir.path().join("admin_secret")).unwrap();
-    let hash = hex::encode(offer.invoice.payment_hash());
+    let booked_at = format!(
+        "/payments?payment_hash={}",
+        hex::encode(offer.invoice.payment_hash())
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let booked: serde_json::Value = http
-            .get(format!("{admin}/payments?payment_hash={hash}"))
-            .bearer_auth(&secret)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap_or_default();
+        let booked = admin_get(&gateway, dir.path(), &booked_at).await;
         if booked["payments"][0]["served"] == 2 {
             break;
         }
@@ -832,17 +831,7 @@ upstream = "http://{upstream}"
         "replica B applied the price and the revocation within 5 s"
     );
     // B's own admin API shows who changed it.
-    let admin_b = format!("http://{}/admin/api", b.admin_addr().unwrap());
-    let secret_b = std::fs::read_to_string(dir_b.path().join("admin_secret")).unwrap();
-    let service: serde_json::Value = http
-        .get(format!("{admin_b}/services/weather"))
-        .bearer_auth(&secret_b)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let service = admin_get(&b, dir_b.path(), "/services/weather").await;
     assert_eq!(service["price_sats"], 21);
     assert_eq!(service["changed"]["by"], "local");
     a.shutdown().await.unwrap();

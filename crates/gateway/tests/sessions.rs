@@ -38,6 +38,25 @@ static SLOW_USAGE_RUNS: AtomicUsize = AtomicUsize::new(0);
 /// The `Accept-Encoding` the upstream's `/stream/gzip` was sent.
 static STREAM_ENCODINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
+const THE_ANSWER: &str = "{\"token\":\"the whole answer\"}";
+const USAGE_0: &str = "{\"usage\":{\"total_tokens\":0}}";
+const USAGE_3: &str = "{\"usage\":{\"total_tokens\":3}}";
+
+/// An event stream of `events`, those from `late` on sent after a pause
+/// of 3 s.
+fn events_late_from(events: &'static [&'static str], late: usize) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt;
+    let events =
+        futures_util::stream::iter(events.iter().enumerate()).then(move |(i, data)| async move {
+            if i == late {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Ok::<_, std::convert::Infallible>(axum::response::sse::Event::default().data(*data))
+        });
+    axum::response::sse::Sse::new(events).into_response()
+}
+
 /// Seven events (the last `[DONE]`), as an event stream's body.
 fn seven_events() -> String {
     (1..=7)
@@ -135,45 +154,12 @@ async fn upstream(failures: Arc<AtomicUsize>) -> String {
         // final usage.
         .route(
             "/complete/running-usage",
-            any(|| async {
-                use futures_util::StreamExt;
-                let events = futures_util::stream::iter(0..4).then(|i| async move {
-                    let data = match i {
-                        0 => "{\"usage\":{\"total_tokens\":0}}",
-                        1 => "{\"token\":\"the whole answer\"}",
-                        2 => {
-                            tokio::time::sleep(Duration::from_secs(3)).await;
-                            "{\"usage\":{\"total_tokens\":3}}"
-                        }
-                        _ => "[DONE]",
-                    };
-                    Ok::<_, std::convert::Infallible>(
-                        axum::response::sse::Event::default().data(data),
-                    )
-                });
-                axum::response::sse::Sse::new(events)
-            }),
+            any(|| async { events_late_from(&[USAGE_0, THE_ANSWER, USAGE_3, "[DONE]"], 2) }),
         )
+        // The answer first; its usage only after a pause.
         .route(
             "/complete/late-usage",
-            any(|| async {
-                use futures_util::StreamExt;
-                // The answer first; its usage only after a pause.
-                let events = futures_util::stream::iter(0..3).then(|i| async move {
-                    let data = match i {
-                        0 => "{\"token\":\"the whole answer\"}",
-                        1 => {
-                            tokio::time::sleep(Duration::from_secs(3)).await;
-                            "{\"usage\":{\"total_tokens\":3}}"
-                        }
-                        _ => "[DONE]",
-                    };
-                    Ok::<_, std::convert::Infallible>(
-                        axum::response::sse::Event::default().data(data),
-                    )
-                });
-                axum::response::sse::Sse::new(events)
-            }),
+            any(|| async { events_late_from(&[THE_ANSWER, USAGE_3, "[DONE]"], 1) }),
         )
         // Its whole answer, usage in a header and in the body, after a
         // pause.
