@@ -109,7 +109,7 @@ async fn call(args: &CallArgs, data_dir: &Path) -> Result<()> {
         }
         if let Some(earlier) = &earlier {
             errln!(
-                "gate402: paid with the credential of an earlier call (payment {}), nothing paid now",
+                "gate402: answered with the credential an earlier call bought (payment {}); nothing charged now",
                 earlier.payment_hash
             );
         }
