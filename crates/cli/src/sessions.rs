@@ -72,6 +72,8 @@ fn described(session: &StoredSession, refund: Option<&Refund>, now: u64) -> Valu
     if let Some(refund) = refund {
         value["refund_sats"] = refund.refund_sats().into();
         value["refund_status"] = refund.status.clone().into();
+        // What the wallet saw arrive, where it can see it (not NWC).
+        value["received_msat"] = refund.received_msat.into();
     }
     // Past its idle timeout the server has closed (or is closing) it; the
     // next use or `close` learns the refund.

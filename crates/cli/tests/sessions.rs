@@ -161,8 +161,9 @@ async fn a_session_serves_25_calls_for_two_deposits_and_close_refunds_the_rest()
             session["balance_sats"].as_u64(),
             session["refund_sats"].as_u64(),
             session["refund_status"].as_str(),
+            session["received_msat"].as_u64(),
         ),
-        (Some(0), Some(15), Some("succeeded")),
+        (Some(0), Some(15), Some("succeeded"), Some(15_000)),
         "{listed}"
     );
     let out = gate402(data, &["sessions", "list", "--all"]).await;
