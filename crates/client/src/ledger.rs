@@ -734,6 +734,21 @@ impl Ledger {
         Ok(())
     }
 
+    /// Notes that payment `id` funds session `session` (a top-up whose
+    /// session closed before it was credited, taken to open a session of
+    /// its own).
+    ///
+    /// # Errors
+    ///
+    /// [`LedgerError`] when the ledger cannot be written.
+    pub fn note_payment_session(&self, id: i64, session: &str) -> Result<(), LedgerError> {
+        self.conn().execute(
+            "UPDATE payments SET session_id = ?2 WHERE id = ?1",
+            params![id, session],
+        )?;
+        Ok(())
+    }
+
     /// The payments this process began or settled since payment `id` was
     /// recorded, oldest first: with [`Ledger::last_payment_id`] taken
     /// before, what a run paid, not what other runs on the same ledger paid

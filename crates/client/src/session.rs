@@ -722,8 +722,8 @@ impl Payer {
                 }
             }
         }
-        if let Some((kept, entry, outcome)) = self.earlier_deposit(endpoint).await? {
-            return self
+        if let Some((kept, entry, outcome, reused)) = self.earlier_deposit(endpoint).await? {
+            let opened = self
                 .open_paid(
                     request,
                     endpoint,
@@ -733,7 +733,21 @@ impl Payer {
                     return_invoice,
                     send,
                 )
-                .await;
+                .await?;
+            // A top-up an earlier run paid (and said it paid) opened it:
+            // nothing paid now, said as an earlier payment is.
+            return Ok(match opened {
+                Fetched::Response(mut answer, Some(entry)) if reused => {
+                    self.ledger
+                        .note_payment_session(entry.id, &entry.payment_hash)?;
+                    answer.extensions_mut().insert(crate::EarlierPayment {
+                        payment_hash: entry.payment_hash,
+                        via: "session",
+                    });
+                    Fetched::Response(answer, None)
+                }
+                opened => opened,
+            });
         }
         // The lock may have been a while coming.
         self.policy.check_deposit(&offer, SystemTime::now())?;
@@ -767,10 +781,11 @@ impl Payer {
     /// session with instead of paying one again: a deposit an earlier run
     /// left pending (finished now), else a top-up paid for a session that
     /// closed before it was credited (the server lets it open a session).
+    /// `true` with a reused top-up.
     async fn earlier_deposit(
         &self,
         endpoint: &Endpoint,
-    ) -> Result<Option<(SessionOffer, PaymentEntry, PaymentOutcome)>, FetchError> {
+    ) -> Result<Option<(SessionOffer, PaymentEntry, PaymentOutcome, bool)>, FetchError> {
         let route = (endpoint.origin.as_str(), endpoint.path.as_str());
         for pending in self.ledger.pending(Some(route))? {
             let Some(kept) =
@@ -779,7 +794,7 @@ impl Payer {
                 continue;
             };
             if let Some((entry, outcome)) = self.finish_payment(&pending).await? {
-                return Ok(Some((kept, entry, outcome)));
+                return Ok(Some((kept, entry, outcome, false)));
             }
         }
         for orphan in self.ledger.orphan_top_ups(route.0, route.1)? {
@@ -792,7 +807,7 @@ impl Payer {
                 .await_outcome(&entry.origin, &entry.payment_hash, &orphan.bolt11)
                 .await?
             {
-                return Ok(Some((kept, entry, outcome)));
+                return Ok(Some((kept, entry, outcome, true)));
             }
         }
         Ok(None)

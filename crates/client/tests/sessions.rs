@@ -1008,7 +1008,12 @@ async fn a_top_up_whose_session_closed_first_opens_the_next_session() {
         .await
         .unwrap();
     failing.store(false, Ordering::SeqCst);
-    chat(&client, &base, "e").await;
+    let answer = client
+        .get(format!("{base}/api/chat?prompt=e"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
     let paid = ledger.payments(0).unwrap();
     assert_eq!(
         paid.len(),
@@ -1019,5 +1024,15 @@ async fn a_top_up_whose_session_closed_first_opens_the_next_session() {
     assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(open[0].id, paid[1].payment_hash, "opened by the top-up");
     assert_eq!((open[0].deposit_sats, open[0].spent_sats), (3, 1));
+    // Paid by an earlier run, said so (it was this answer's payment, and
+    // the ledger kept it under the closed session).
+    assert_eq!(
+        answer.extensions().get::<gate402_client::EarlierPayment>(),
+        Some(&gate402_client::EarlierPayment {
+            payment_hash: paid[1].payment_hash.clone(),
+            via: "session",
+        })
+    );
+    assert_eq!(paid[1].session.as_deref(), Some(open[0].id.as_str()));
     demo.gateway.shutdown().await.unwrap();
 }
