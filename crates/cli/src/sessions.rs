@@ -159,6 +159,14 @@ fn closed(refund: &Refund) -> Value {
     })
 }
 
+/// Marks a close's `answer` as of a session closed before it was asked:
+/// when (RFC 3339, as the server's close answers it) and why.
+fn said_closed_already(answer: &mut Value, closed_at: Option<u64>, reason: Option<&str>) {
+    answer["closedAt"] = json!(closed_at.map(crate::output::when));
+    answer["closeReason"] = json!(reason);
+    answer["alreadyClosed"] = json!(true);
+}
+
 async fn close(
     id: Option<&str>,
     all: bool,
@@ -223,10 +231,11 @@ async fn close(
                 Some(refund) => closed(refund),
                 None => json!({ "session": session.id }),
             };
-            // As the server's close answers it: RFC 3339.
-            answer["closedAt"] = json!(session.closed_at.map(crate::output::when));
-            answer["closeReason"] = json!(session.close_reason);
-            answer["alreadyClosed"] = json!(true);
+            said_closed_already(
+                &mut answer,
+                session.closed_at,
+                session.close_reason.as_deref(),
+            );
             outln!("{}", serde_json::to_string_pretty(&answer)?);
             return Ok(());
         }
@@ -246,9 +255,7 @@ async fn close(
                     .into_iter()
                     .find(|s| s.id == session.id)
                     .and_then(|s| s.closed_at);
-                answer["closedAt"] = json!(closed_at.map(crate::output::when));
-                answer["closeReason"] = json!(refund.reason);
-                answer["alreadyClosed"] = json!(true);
+                said_closed_already(&mut answer, closed_at, Some(&refund.reason));
                 answers.push(answer);
             }
             Ok(refund) => answers.push(closed(&refund)),

@@ -240,7 +240,7 @@ impl Hold {
     pub(crate) async fn settle(mut self) -> bool {
         self.done = true;
         // Written on its task even if not waited for to the end.
-        match Detached::new(&self.tracker, self.keep_call(), drop).await {
+        match Detached::new(&self.tracker, self.outcome_call(true), drop).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(error = %e, keep = true, "cannot record a debit's outcome; its answer is cut short");
@@ -249,27 +249,30 @@ impl Hold {
         }
     }
 
-    /// The store call that keeps the debit, tried until written: for a
-    /// service metered by usage, what its response reported (read now).
-    fn keep_call(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+    /// The store call that keeps the debit (`keep`: for a service metered
+    /// by usage, what its response reported, read now) or gives it back,
+    /// tried until written.
+    fn outcome_call(
+        &self,
+        keep: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let (store, holder, stop) = (self.store.clone(), self.holder.clone(), self.stop.clone());
         let kept_msat = self.usage.as_ref().map(UsageCount::kept_msat);
         async move {
-            let keep = || store.settle_debit(&holder, kept_msat, unix_now());
-            crate::retry::until_written(keep, &stop).await
+            if keep {
+                let kept = || store.settle_debit(&holder, kept_msat, unix_now());
+                crate::retry::until_written(kept, &stop).await
+            } else {
+                let undone = || store.undo_debit(&holder);
+                crate::retry::until_written(undone, &stop).await.map(drop)
+            }
         }
-    }
-
-    /// The store call that gives the debit back, tried until written.
-    fn undo_call(&self) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
-        let (store, holder, stop) = (self.store.clone(), self.holder.clone(), self.stop.clone());
-        async move { crate::retry::until_written(|| store.undo_debit(&holder), &stop).await }
     }
 
     /// Gives the debit back now (the request never reached the upstream).
     pub(crate) async fn release(mut self) {
         self.done = true;
-        let call = self.undo_call();
+        let call = self.outcome_call(false);
         if let Err(e) = Detached::new(&self.tracker, call, drop).await {
             // Given back at this replica's next start.
             tracing::error!(error = %e, "cannot give a debit back to its session");
@@ -283,17 +286,9 @@ impl Drop for Hold {
             return;
         }
         let keep = self.keep_on_drop;
-        let (kept, undone) = match keep {
-            true => (Some(self.keep_call()), None),
-            false => (None, Some(self.undo_call())),
-        };
+        let call = self.outcome_call(keep);
         let finish = async move {
-            let result = match (kept, undone) {
-                (Some(call), _) => call.await,
-                (None, Some(call)) => call.await.map(drop),
-                (None, None) => Ok(()),
-            };
-            if let Err(e) = result {
+            if let Err(e) = call.await {
                 tracing::error!(error = %e, keep, "cannot record a debit's outcome");
             }
         };
