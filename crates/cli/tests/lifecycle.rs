@@ -8,7 +8,9 @@
 //! - a graceful stop records every commit before the process exits, so a
 //!   restart serves nothing twice;
 //! - a process killed before the answer existed leaves the payment
-//!   unspent, and the retry is served.
+//!   unspent, and the retry is served;
+//! - a response kept for its `Idempotency-Key` whose spend was never
+//!   written is not replayed: the payment given back is served once.
 
 mod common;
 
@@ -46,10 +48,11 @@ struct Calls {
     big: AtomicUsize,
     quick: AtomicUsize,
     slow: AtomicUsize,
+    numbered: AtomicUsize,
 }
 
-/// The upstream: an SSE stream, a large body, a quick answer and a slow
-/// one.
+/// The upstream: an SSE stream, a large body, a quick answer, a slow
+/// one, and one that numbers its calls.
 async fn start_upstream() -> (u16, Arc<Calls>) {
     let calls = Arc::new(Calls::default());
     let big = Bytes::from(vec![b'x'; BIG]);
@@ -94,6 +97,13 @@ async fn start_upstream() -> (u16, Arc<Calls>) {
             }),
         )
         .route(
+            "/numbered",
+            get(|State(calls): State<Arc<Calls>>| async move {
+                let n = calls.numbered.fetch_add(1, Ordering::SeqCst) + 1;
+                format!("{{\"call\":{n}}}")
+            }),
+        )
+        .route(
             "/slow",
             get(|State(calls): State<Arc<Calls>>| async move {
                 calls.slow.fetch_add(1, Ordering::SeqCst);
@@ -112,7 +122,7 @@ async fn start_upstream() -> (u16, Arc<Calls>) {
 /// invoice (the tests buy and replay far more than the default allows).
 fn config(upstream: u16, extra: &str) -> String {
     let mut text = format!("[limits]\nunpaid_invoices_per_minute = 0\n{extra}\n");
-    for route in ["stream", "big", "quick", "slow"] {
+    for route in ["stream", "big", "quick", "slow", "numbered"] {
         text += &format!(
             "[[services]]\nname = \"{route}\"\npath = \"/{route}\"\nupstream = \"http://127.0.0.1:{upstream}\"\nprice_sats = 2\ndescription = \"{route}\"\n"
         );
@@ -500,4 +510,62 @@ async fn a_killed_replica_serves_an_unanswered_credential_on_retry() {
     );
     assert_spent(&http, &gateway.base, "/slow", &credential).await;
     assert_eq!(calls.slow.load(Ordering::SeqCst), 2, "upstream calls");
+}
+
+/// A process killed after it kept a response for its `Idempotency-Key`
+/// and before it wrote the payment's spend: the restart gives the payment
+/// back, so the kept response is not its answer. A retry under the key is
+/// served afresh (and kept in its place), and the payment is then spent:
+/// replaying the kept response without a spend let the same credential,
+/// under no key, be served once more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_response_whose_spend_was_never_written_is_not_replayed() {
+    let (upstream, calls) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = ServeProcess::start(dir.path(), &config(upstream, "")).await;
+    let http = fresh_connections();
+    let credential = buy_mpp(&http, &gateway.base, "/numbered").await;
+    let keyed = |http: &reqwest::Client, base: &str| {
+        http.get(format!("{base}/numbered"))
+            .header(AUTHORIZATION, &credential)
+            .header("idempotency-key", "\"order-1\"")
+            .send()
+    };
+    let first = keyed(&http, &gateway.base).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.text().await.unwrap(), "{\"call\":1}");
+
+    // The state a kill between the two writes leaves: the response kept,
+    // the claim held by this replica and not spent.
+    gateway.kill();
+    let unspent = rusqlite::Connection::open(gateway.data.join("gate402.sqlite3"))
+        .unwrap()
+        .execute(
+            "UPDATE challenges SET consumed = 0, consumed_at = NULL WHERE consumed = 1",
+            [],
+        )
+        .unwrap();
+    assert_eq!(unspent, 1, "the one claim, made unspent");
+    gateway.restart().await;
+    assert!(gateway
+        .log_text()
+        .contains("released payments left in flight"));
+
+    let retry = keyed(&http, &gateway.base).await.unwrap();
+    assert_eq!(retry.status(), StatusCode::OK);
+    assert!(
+        !retry.headers().contains_key("idempotent-replayed"),
+        "the retry was answered with a response whose payment was given back"
+    );
+    assert_eq!(retry.text().await.unwrap(), "{\"call\":2}");
+    // Spent now, under no key as under another.
+    let (status, body) = present(&http, &gateway.base, "/numbered", &credential).await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
+    assert!(body.contains(SPENT), "{body}");
+    // And the key replays the answer its client had last.
+    let replay = keyed(&http, &gateway.base).await.unwrap();
+    assert_eq!(replay.status(), StatusCode::OK);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.text().await.unwrap(), "{\"call\":2}");
+    assert_eq!(calls.numbered.load(Ordering::SeqCst), 2, "upstream calls");
 }

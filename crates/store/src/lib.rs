@@ -528,12 +528,16 @@ pub trait Store: Send + Sync + 'static {
         reached: bool,
     ) -> Result<bool, StoreError>;
 
-    /// Keeps a paid response for retries with its `Idempotency-Key`. The
-    /// first kept under a key stays: a second is ignored.
+    /// Keeps a paid response for retries with its `Idempotency-Key`,
+    /// written before its claim is spent. One kept under a claim that is
+    /// not spent (its replica stopped between the two writes, and the claim
+    /// was given back) is replaced; one under a spent claim stays.
     async fn put_response(&self, response: &StoredResponse) -> Result<(), StoreError>;
 
     /// The response kept under `claim_key` and `idempotency_key`, unless
-    /// it expired before `now` (unix seconds).
+    /// it expired before `now` (unix seconds) or its claim is not spent:
+    /// a response whose payment was given back is not that payment's
+    /// answer, and replaying it would serve the payment twice.
     async fn stored_response(
         &self,
         claim_key: &str,

@@ -999,7 +999,12 @@ impl Store for PostgresStore {
     async fn put_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO responses (claim_key, idempotency_key, fingerprint, status, headers, body, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (claim_key, idempotency_key) DO UPDATE SET
+                fingerprint = excluded.fingerprint, status = excluded.status,
+                headers = excluded.headers, body = excluded.body, expires_at = excluded.expires_at
+             WHERE NOT EXISTS
+                (SELECT 1 FROM challenges WHERE id = excluded.claim_key AND consumed)",
         )
         .bind(&response.claim_key)
         .bind(&response.idempotency_key)
@@ -1022,7 +1027,8 @@ impl Store for PostgresStore {
     ) -> Result<Option<StoredResponse>, StoreError> {
         let row = sqlx::query(
             "SELECT fingerprint, status, headers, body, expires_at FROM responses
-             WHERE claim_key = $1 AND idempotency_key = $2 AND expires_at >= $3",
+             WHERE claim_key = $1 AND idempotency_key = $2 AND expires_at >= $3
+               AND EXISTS (SELECT 1 FROM challenges WHERE id = $1 AND consumed)",
         )
         .bind(claim_key)
         .bind(idempotency_key)

@@ -1078,7 +1078,13 @@ impl Store for SqliteStore {
         let r = response.clone();
         self.with_one(move |c| {
             c.prepare_cached(
-                "INSERT OR IGNORE INTO responses (claim_key, idempotency_key, fingerprint, status, headers, body, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO responses (claim_key, idempotency_key, fingerprint, status, headers, body, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (claim_key, idempotency_key) DO UPDATE SET
+                    fingerprint = excluded.fingerprint, status = excluded.status,
+                    headers = excluded.headers, body = excluded.body, expires_at = excluded.expires_at
+                 WHERE NOT EXISTS
+                    (SELECT 1 FROM challenges WHERE id = excluded.claim_key AND consumed = 1)",
             )?
             .execute(params![
                 r.claim_key,
@@ -1103,7 +1109,9 @@ impl Store for SqliteStore {
         let (claim_key, idempotency_key) = (claim_key.to_owned(), idempotency_key.to_owned());
         self.with_one(move |c| {
             c.prepare_cached(
-                "SELECT fingerprint, status, headers, body, expires_at FROM responses WHERE claim_key = ?1 AND idempotency_key = ?2 AND expires_at >= ?3",
+                "SELECT fingerprint, status, headers, body, expires_at FROM responses
+                 WHERE claim_key = ?1 AND idempotency_key = ?2 AND expires_at >= ?3
+                   AND EXISTS (SELECT 1 FROM challenges WHERE id = ?1 AND consumed = 1)",
             )?
             .query_row(params![claim_key, idempotency_key, now as i64], |r| {
                 let fingerprint: Vec<u8> = r.get(0)?;

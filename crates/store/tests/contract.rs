@@ -513,27 +513,45 @@ fn stored(claim: &str, idempotency_key: &str, body: &str, expires_at: u64) -> St
     }
 }
 
-async fn kept_responses_are_shared_first_wins_and_expire([a, b]: &Pair) {
-    let first = stored(&key(40), "k-1", "{\"n\":1}", 500);
-    a.put_response(&first).await.unwrap();
-    // Another replica's later write under the same key changes nothing.
-    b.put_response(&stored(&key(40), "k-1", "{\"n\":2}", 900))
+/// A response kept under a claim is found, on every replica, once the
+/// claim is spent: before that it is not its payment's answer (a replica
+/// stopped between the two writes has the claim given back), and the
+/// write of the request served again replaces it. Once spent, the first
+/// stays.
+async fn kept_responses_are_shared_found_once_spent_and_expire([a, b]: &Pair) {
+    use Reservation::Acquired;
+    let k = key(40);
+    let (h1, h2) = (holder("r1", "t1"), holder("r2", "t2"));
+    assert_eq!(a.claim(&k, &h1, 1000, 100, 10).await.unwrap(), Acquired);
+    a.put_response(&stored(&k, "k-1", "{\"n\":1}", 500))
+        .await
+        .unwrap();
+    assert_eq!(b.stored_response(&k, "k-1", 100).await.unwrap(), None);
+    assert!(a.release_claim(&k, &h1).await.unwrap());
+    assert_eq!(b.claim(&k, &h2, 1000, 100, 10).await.unwrap(), Acquired);
+    let second = stored(&k, "k-1", "{\"n\":2}", 500);
+    b.put_response(&second).await.unwrap();
+    assert!(b.commit_claim(&k, &h2, 11).await.unwrap());
+    assert_eq!(
+        a.stored_response(&k, "k-1", 100).await.unwrap(),
+        Some(second.clone())
+    );
+    // Another replica's later write under the spent claim changes nothing.
+    a.put_response(&stored(&k, "k-1", "{\"n\":3}", 900))
         .await
         .unwrap();
     assert_eq!(
-        b.stored_response(&key(40), "k-1", 100).await.unwrap(),
-        Some(first)
+        b.stored_response(&k, "k-1", 100).await.unwrap(),
+        Some(second)
     );
-    assert_eq!(b.stored_response(&key(40), "k-2", 100).await.unwrap(), None);
+    assert_eq!(b.stored_response(&k, "k-2", 100).await.unwrap(), None);
     assert_eq!(b.stored_response(&key(41), "k-1", 100).await.unwrap(), None);
     // Past its end it is neither found nor kept.
-    assert_eq!(a.stored_response(&key(40), "k-1", 501).await.unwrap(), None);
+    assert_eq!(a.stored_response(&k, "k-1", 501).await.unwrap(), None);
     assert!(a.purge_expired(501).await.unwrap() >= 1);
-    a.put_response(&stored(&key(40), "k-1", "{}", 900))
-        .await
-        .unwrap();
+    a.put_response(&stored(&k, "k-1", "{}", 900)).await.unwrap();
     assert_eq!(
-        b.stored_response(&key(40), "k-1", 600)
+        b.stored_response(&k, "k-1", 600)
             .await
             .unwrap()
             .map(|r| r.body),
@@ -1277,7 +1295,7 @@ async fn keeps_the_contract(stores: &Pair) {
     concurrent_claims_acquire_once(stores).await;
     consumed_claims_are_purged_after_expiry(stores).await;
     an_upstream_fails_on_one_payment_a_bounded_number_of_times(stores).await;
-    kept_responses_are_shared_first_wins_and_expire(stores).await;
+    kept_responses_are_shared_found_once_spent_and_expire(stores).await;
     a_balance_is_credited_once_spent_atomically_and_refunded_once(stores).await;
     a_balance_gives_back_failures_up_to_twice_its_spending(stores).await;
     concurrent_debits_never_overdraw(stores).await;
