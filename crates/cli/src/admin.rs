@@ -643,6 +643,34 @@ fn summary(command: &AdminCommand, answer: &Value) -> String {
                         .map_or_else(|| "-".into(), crate::output::when),
                 ));
             }
+            let owed = &answer["refunds_owed"];
+            if n(&owed["count"]) > 0 {
+                let rows = owed["sessions"].as_array().map_or(&[][..], Vec::as_slice);
+                out.push_str(&format!(
+                    "refunds owed: {}, {} sat (pending ones are tried again on their own; \
+                     pay failed ones by hand){}\n",
+                    n(&owed["count"]),
+                    crate::output::sats(n(&owed["refund_msat"])),
+                    if (rows.len() as u64) < n(&owed["count"]) {
+                        format!(" (the {} owed longest below)", rows.len())
+                    } else {
+                        String::new()
+                    },
+                ));
+                for s in rows {
+                    let closed = &s["closed"];
+                    out.push_str(&format!(
+                        "{}  {:<16} {:>8} sat  {:<9} closed {}\n",
+                        s["id"].as_str().unwrap_or_default(),
+                        s["service"].as_str().unwrap_or_default(),
+                        crate::output::sats(n(&closed["refund_msat"])),
+                        closed["refund_status"].as_str().unwrap_or_default(),
+                        closed["at"]
+                            .as_u64()
+                            .map_or_else(|| "-".into(), crate::output::when),
+                    ));
+                }
+            }
         }
         AdminCommand::Price { .. } => out.push_str(&format!(
             "{}: {} sat\n",
@@ -719,6 +747,32 @@ mod tests {
             "{listed}"
         );
         assert!(!listed.contains('{'), "{listed}");
+        assert!(!listed.contains("refunds owed"), "{listed}");
+        let owing = summary(
+            &AdminCommand::Sessions { limit: 1 },
+            &json!({"open": 0, "balance_msat": 0, "sessions": [], "refunds_owed": {
+            "count": 2, "refund_msat": 9_000, "sessions": [{
+                "id": "cd34", "service": "chat", "deposit_msat": 10_000,
+                "spent_msat": 2_000, "balance_msat": 0,
+                "has_return_invoice": true, "idle_secs": 300,
+                "last_used_at": 1_700_000_000, "closed": {
+                    "at": 1_700_000_100, "refund_msat": 8_000, "refund_status": "failed"}
+            }]}}),
+        );
+        let mut lines = owing.lines().skip(1);
+        assert_eq!(
+            lines.next(),
+            Some(
+                "refunds owed: 2, 9 sat (pending ones are tried again on their own; \
+                 pay failed ones by hand) (the 1 owed longest below)"
+            ),
+            "{owing}"
+        );
+        let row = lines.next().unwrap();
+        assert!(
+            row.starts_with("cd34  chat") && row.contains("8 sat  failed    closed "),
+            "{owing}"
+        );
     }
 
     #[test]

@@ -990,6 +990,20 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
     assert_eq!(status(at_work.0).await, "pending");
     assert_eq!(status(paid_by_another.0).await, "failed");
     assert_eq!(status(paid_for_another.0).await, "failed");
+    // The operator sees what is still owed: the one at work and the two
+    // failed, 8 sat each.
+    let owed = &h.admin("/sessions").await["refunds_owed"];
+    assert_eq!(owed["count"], 3, "{owed}");
+    assert_eq!(owed["refund_msat"], 24_000, "{owed}");
+    let listed: Vec<&str> = owed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    for (id, _, _) in [at_work, paid_by_another, paid_for_another] {
+        assert!(listed.contains(&hex::encode(id).as_str()), "{owed}");
+    }
 }
 
 /// A bearer request with an `Idempotency-Key` is answered again from its
@@ -1118,6 +1132,31 @@ async fn a_return_invoice_is_one_sessions() {
             "{spelled}"
         );
     }
+    // Nor one this node paid already (not a session's: by hand, or for a
+    // session forgotten since): a refund to it could never be paid.
+    let (paid, _) = h.return_invoice().await;
+    h.gateway
+        .paywall()
+        .backend()
+        .pay_amount(&paid, 1_000, 0, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let taken = json!({"action": "open", "preimage": preimage, "returnInvoice": paid});
+    let refused = h.send("/chat", &challenge, taken).await;
+    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(
+        refused["type"],
+        lightning("invalid-return-invoice"),
+        "{refused}"
+    );
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("paid this return invoice"),
+        "{refused}"
+    );
     let (own, _) = h.return_invoice().await;
     let open = json!({"action": "open", "preimage": preimage, "returnInvoice": own});
     assert_eq!(

@@ -29,7 +29,7 @@ use gate402_lightning::{
 use gate402_store::{
     AdminVersions, AfterFailure, AuditEntry, ChallengeCount, ClaimHolder, ClosedIdle, Closing,
     Debit, InvoiceRecord, NewSession, OpenSessions, Opened, OwedRefund, PaymentQuery,
-    PaymentRecord, PaymentRow, Reservation, RevenueBucket, Revocation, ServiceChange,
+    PaymentRecord, PaymentRow, RefundsOwed, Reservation, RevenueBucket, Revocation, ServiceChange,
     SessionRecord, Store, StoreError, StoredResponse, TopUp,
 };
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -460,6 +460,11 @@ impl Store for ObservedStore {
 
     async fn open_sessions(&self, limit: u64) -> Result<OpenSessions, StoreError> {
         self.timed("store.open_sessions", self.inner.open_sessions(limit))
+            .await
+    }
+
+    async fn refunds_owed(&self, limit: u64) -> Result<RefundsOwed, StoreError> {
+        self.timed("store.refunds_owed", self.inner.refunds_owed(limit))
             .await
     }
 

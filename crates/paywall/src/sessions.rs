@@ -439,6 +439,12 @@ impl Paywall {
                         return refuse(ProblemType::LightningInvalidReturnInvoice, e.to_string())
                     }
                 };
+                // A retry of this open may name it, its refund paid since.
+                if let Some(why) = self.paid_by_this_node(&return_invoice).await {
+                    if !matches!(self.store().session(&hash).await, Ok(Some(_))) {
+                        return refuse(ProblemType::LightningInvalidReturnInvoice, why);
+                    }
+                }
                 // At the unit price the client was offered (bound by the
                 // challenge's id), whatever the service's price now.
                 let unit = request.unit_sats().unwrap_or(service.price_sats);
@@ -1055,6 +1061,27 @@ impl Paywall {
                 Err(e) => {
                     tracing::warn!(error = %e, "store: cannot give a stopped replica's debits back")
                 }
+            }
+        }
+    }
+
+    /// Why a return invoice can take no refund: this node paid it already,
+    /// or is paying it (an invoice is paid once; the store knows only the
+    /// sessions' own). `None` when the node never paid it, or cannot say
+    /// (the refund asks again before it pays).
+    async fn paid_by_this_node(&self, bolt11: &str) -> Option<&'static str> {
+        let invoice = gate402_bolt11::Invoice::parse(bolt11).ok()?;
+        match self.backend().payment_status(&invoice.payment_hash()).await {
+            Ok(PaymentStatus::Succeeded(_)) => Some(
+                "this node has paid this return invoice already, and an invoice is paid once: make a new one",
+            ),
+            Ok(PaymentStatus::Pending) => Some(
+                "this node is paying this return invoice, and an invoice is paid once: make a new one",
+            ),
+            Ok(PaymentStatus::Unknown | PaymentStatus::Failed(_)) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "the node cannot say whether it paid a return invoice: the session opens");
+                None
             }
         }
     }

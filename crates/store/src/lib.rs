@@ -138,6 +138,25 @@ pub struct OpenSessions {
     pub sessions: Vec<SessionRecord>,
 }
 
+/// The refunds still owed: closed balances whose unspent part is not
+/// yet paid back to their return invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RefundsOwed {
+    /// How many.
+    pub count: u64,
+    /// What they come to (msat).
+    pub refund_msat: u64,
+    /// The longest owed first, at most the limit asked for.
+    pub sessions: Vec<SessionRecord>,
+}
+
+/// Which sessions owe a refund still, in the SQL both stores speak: closed
+/// with at least 1 sat left and a return invoice, and not paid (`pending`,
+/// or `failed`).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const REFUND_OWED: &str = "closed_at IS NOT NULL AND return_invoice IS NOT NULL
+    AND refund_msat >= 1000 AND refund_status IN ('pending', 'failed')";
+
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClosedSession {
@@ -560,6 +579,11 @@ pub trait Store: Send + Sync + 'static {
     /// The open sessions: how many, their balances summed, and the `limit`
     /// most recently used.
     async fn open_sessions(&self, limit: u64) -> Result<OpenSessions, StoreError>;
+
+    /// The refunds still owed (closed sessions with at least 1 sat to
+    /// refund to a return invoice, `pending` or `failed`): how many, their
+    /// sum, and the `limit` closed longest ago.
+    async fn refunds_owed(&self, limit: u64) -> Result<RefundsOwed, StoreError>;
 
     /// Spends `units` from an open session of `service` (another
     /// service's session is [`Debit::NotFound`]) at the unit price it was

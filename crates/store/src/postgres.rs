@@ -10,8 +10,8 @@ use sqlx::{Postgres, Row};
 
 use crate::{
     decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedIdle, ClosedSession, Closing,
-    Debit, InvoiceRecord, NewSession, OpenSessions, Opened, OwedRefund, PaymentRecord, Reservation,
-    SessionRecord, Store, StoreError, StoredResponse, TopUp,
+    Debit, InvoiceRecord, NewSession, OpenSessions, Opened, OwedRefund, PaymentRecord, RefundsOwed,
+    Reservation, SessionRecord, Store, StoreError, StoredResponse, TopUp, REFUND_OWED,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -200,6 +200,28 @@ const MIGRATIONS: &[&str] = &[
         accepted BYTEA NOT NULL
      );",
 ];
+
+/// The sessions `clause` (a `WHERE` condition and its `ORDER BY`) picks,
+/// at most `limit`.
+async fn sessions_where(
+    conn: &mut sqlx::PgConnection,
+    clause: &str,
+    limit: u64,
+) -> Result<Vec<SessionRecord>, StoreError> {
+    let ids: Vec<Vec<u8>> =
+        sqlx::query_scalar(&format!("SELECT id FROM sessions WHERE {clause} LIMIT $1"))
+            .bind(limit as i64)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?;
+    let mut sessions = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+            sessions.extend(read_session(&mut *conn, &id).await?);
+        }
+    }
+    Ok(sessions)
+}
 
 /// A session row, if there is one.
 async fn read_session(
@@ -1144,23 +1166,36 @@ impl Store for PostgresStore {
         .fetch_one(&mut *conn)
         .await
         .map_err(db)?;
-        let ids: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT id FROM sessions WHERE closed_at IS NULL ORDER BY last_used_at DESC LIMIT $1",
+        let sessions = sessions_where(
+            &mut conn,
+            "closed_at IS NULL ORDER BY last_used_at DESC",
+            limit,
         )
-        .bind(limit as i64)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?;
-        let mut sessions = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) else {
-                continue;
-            };
-            sessions.extend(read_session(&mut conn, &id).await?);
-        }
+        .await?;
         Ok(OpenSessions {
             count: count as u64,
             balance_msat: balance_msat as u64,
+            sessions,
+        })
+    }
+
+    async fn refunds_owed(&self, limit: u64) -> Result<RefundsOwed, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let (count, refund_msat): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT count(*), coalesce(sum(refund_msat), 0)::bigint FROM sessions WHERE {REFUND_OWED}"
+        ))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+        let sessions = sessions_where(
+            &mut conn,
+            &format!("{REFUND_OWED} ORDER BY closed_at"),
+            limit,
+        )
+        .await?;
+        Ok(RefundsOwed {
+            count: count as u64,
+            refund_msat: refund_msat as u64,
             sessions,
         })
     }
@@ -1470,19 +1505,17 @@ impl Store for PostgresStore {
     ) -> Result<Vec<OwedRefund>, StoreError> {
         // SKIP LOCKED: replicas asking at once take different rows; the
         // outer WHERE is checked again on the locked row.
-        let owed: Vec<(Vec<u8>, i64, String)> = sqlx::query_as(
+        let owed: Vec<(Vec<u8>, i64, String)> = sqlx::query_as(&format!(
             "UPDATE sessions SET refund_status = 'pending', refund_taken_at = $2
              WHERE id IN (
                  SELECT id FROM sessions
-                 WHERE refund_status IN ('pending', 'failed')
-                   AND coalesce(refund_taken_at, closed_at) < $1
-                   AND closed_at IS NOT NULL AND return_invoice IS NOT NULL AND refund_msat >= 1000
+                 WHERE {REFUND_OWED} AND coalesce(refund_taken_at, closed_at) < $1
                  ORDER BY coalesce(refund_taken_at, closed_at) LIMIT $3
                  FOR UPDATE SKIP LOCKED)
                AND refund_status IN ('pending', 'failed')
                AND coalesce(refund_taken_at, closed_at) < $1
-             RETURNING id, refund_msat, return_invoice",
-        )
+             RETURNING id, refund_msat, return_invoice"
+        ))
         .bind(taken_before as i64)
         .bind(now as i64)
         .bind(limit as i64)

@@ -9,8 +9,8 @@ use tokio::sync::oneshot;
 
 use crate::{
     decode_headers, encode_headers, AfterFailure, ClaimHolder, ClosedIdle, ClosedSession, Closing,
-    Debit, InvoiceRecord, NewSession, OpenSessions, Opened, OwedRefund, PaymentRecord, Reservation,
-    SessionRecord, Store, StoreError, StoredResponse, TopUp,
+    Debit, InvoiceRecord, NewSession, OpenSessions, Opened, OwedRefund, PaymentRecord, RefundsOwed,
+    Reservation, SessionRecord, Store, StoreError, StoredResponse, TopUp, REFUND_OWED,
 };
 use crate::{
     AdminVersions, AuditEntry, ChallengeCount, PaymentQuery, PaymentRow, RevenueBucket, Revocation,
@@ -195,6 +195,26 @@ fn take_debit(c: &Connection, holder: &ClaimHolder) -> rusqlite::Result<Option<(
         Ok((r.get(0)?, r.get(1)?))
     })
     .optional()
+}
+
+/// The sessions `clause` (a `WHERE` condition and its `ORDER BY`) picks,
+/// at most `limit`.
+fn sessions_where(
+    c: &Connection,
+    clause: &str,
+    limit: u64,
+) -> rusqlite::Result<Vec<SessionRecord>> {
+    let ids: Vec<Vec<u8>> = c
+        .prepare_cached(&format!("SELECT id FROM sessions WHERE {clause} LIMIT ?1"))?
+        .query_map([limit as i64], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut sessions = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+            sessions.extend(read_session(c, &id)?);
+        }
+    }
+    Ok(sessions)
 }
 
 fn read_session(c: &Connection, id: &[u8; 32]) -> rusqlite::Result<Option<SessionRecord>> {
@@ -1195,22 +1215,30 @@ impl Store for SqliteStore {
                 [],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )?;
-            let ids: Vec<Vec<u8>> = c
-                .prepare(
-                    "SELECT id FROM sessions WHERE closed_at IS NULL ORDER BY last_used_at DESC LIMIT ?1",
-                )?
-                .query_map([limit as i64], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let mut sessions = Vec::with_capacity(ids.len());
-            for id in ids {
-                let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) else {
-                    continue;
-                };
-                sessions.extend(read_session(c, &id)?);
-            }
+            let sessions =
+                sessions_where(c, "closed_at IS NULL ORDER BY last_used_at DESC", limit)?;
             Ok(OpenSessions {
                 count,
                 balance_msat,
+                sessions,
+            })
+        })
+        .await
+    }
+
+    async fn refunds_owed(&self, limit: u64) -> Result<RefundsOwed, StoreError> {
+        self.with(move |c| {
+            let (count, refund_msat) = c.query_row(
+                &format!(
+                    "SELECT count(*), coalesce(sum(refund_msat), 0) FROM sessions WHERE {REFUND_OWED}"
+                ),
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?;
+            let sessions = sessions_where(c, &format!("{REFUND_OWED} ORDER BY closed_at"), limit)?;
+            Ok(RefundsOwed {
+                count,
+                refund_msat,
                 sessions,
             })
         })
@@ -1481,16 +1509,14 @@ impl Store for SqliteStore {
         limit: u64,
     ) -> Result<Vec<OwedRefund>, StoreError> {
         self.with_one(move |c| {
-            let mut stmt = c.prepare_cached(
+            let mut stmt = c.prepare_cached(&format!(
                 "UPDATE sessions SET refund_status = 'pending', refund_taken_at = ?2
                  WHERE id IN (
                      SELECT id FROM sessions
-                     WHERE refund_status IN ('pending', 'failed')
-                       AND coalesce(refund_taken_at, closed_at) < ?1
-                       AND closed_at IS NOT NULL AND return_invoice IS NOT NULL AND refund_msat >= 1000
+                     WHERE {REFUND_OWED} AND coalesce(refund_taken_at, closed_at) < ?1
                      ORDER BY coalesce(refund_taken_at, closed_at) LIMIT ?3)
-                 RETURNING id, refund_msat, return_invoice",
-            )?;
+                 RETURNING id, refund_msat, return_invoice"
+            ))?;
             let owed = stmt
                 .query_map(
                     params![taken_before as i64, now as i64, limit as i64],
@@ -1503,10 +1529,7 @@ impl Store for SqliteStore {
                     },
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(owed
-                .into_iter()
-        .filter_map(OwedRefund::from_row)
-                .collect())
+            Ok(owed.into_iter().filter_map(OwedRefund::from_row).collect())
         })
         .await
     }

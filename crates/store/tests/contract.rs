@@ -595,6 +595,39 @@ async fn open_sessions_are_counted_and_listed([a, b]: &Pair) {
     assert!(open.sessions.iter().all(|s| s.id != [231; 32]));
 }
 
+/// The refunds still owed are counted, summed and listed on every replica:
+/// pending and failed ones to a return invoice, not one paid, nor one of a
+/// session with no return invoice (an L402 balance: nowhere to pay it).
+async fn refunds_owed_are_counted_and_listed([a, b]: &Pair) {
+    let before = b.refunds_owed(1000).await.unwrap();
+    for (id, invoice) in [
+        (190, Some("lnbcrt1owed190")),
+        (191, Some("lnbcrt1owed191")),
+        (192, Some("lnbcrt1owed192")),
+        (193, None),
+    ] {
+        assert_eq!(
+            a.open_session(&new_session(id, 5_000, invoice))
+                .await
+                .unwrap(),
+            Opened::New
+        );
+        a.close_session(&[id; 32], 2_000).await.unwrap();
+    }
+    a.record_refund(&[191; 32], "failed").await.unwrap();
+    a.record_refund(&[192; 32], "succeeded").await.unwrap();
+    let owed = b.refunds_owed(1000).await.unwrap();
+    assert_eq!(owed.count, before.count + 2);
+    assert_eq!(owed.refund_msat, before.refund_msat + 10_000);
+    let listed: Vec<u8> = owed.sessions.iter().map(|s| s.id[0]).collect();
+    assert!(listed.contains(&190) && listed.contains(&191), "{listed:?}");
+    assert!(
+        !listed.contains(&192) && !listed.contains(&193),
+        "{listed:?}"
+    );
+    assert_eq!(b.refunds_owed(1).await.unwrap().sessions.len(), 1);
+}
+
 /// A balance gives back failed requests' debits while what it gave back
 /// stays within twice what it spent, the failed request's own debit
 /// counted: two from the start, then two more for each debit kept.
@@ -1296,6 +1329,7 @@ async fn keeps_the_contract(stores: &Pair) {
     consumed_claims_are_purged_after_expiry(stores).await;
     an_upstream_fails_on_one_payment_a_bounded_number_of_times(stores).await;
     kept_responses_are_shared_found_once_spent_and_expire(stores).await;
+    refunds_owed_are_counted_and_listed(stores).await;
     a_balance_is_credited_once_spent_atomically_and_refunded_once(stores).await;
     a_balance_gives_back_failures_up_to_twice_its_spending(stores).await;
     concurrent_debits_never_overdraw(stores).await;

@@ -95,7 +95,7 @@ pub(super) async fn document() -> Json<Value> {
             ], None)},
             "/admin/api/tokens/{token}": {"get": op("A payment's record, revocation and balance", &token, None)},
             "/admin/api/tokens/{token}/revoke": {"post": op("Refuse every credential of this payment from now on", &token, None)},
-            "/admin/api/sessions": {"get": op("The open prepaid balances: how many, their sum (what is owed until spent or refunded), the most recently used", &[
+            "/admin/api/sessions": {"get": op("The open prepaid balances: how many, their sum (what is owed until spent or refunded), the most recently used; and the refunds still owed (pending, or failed: to pay by hand), counted, summed, the longest owed", &[
                 ("limit", "query", "1 to 1000 (default 100)"),
             ], None)},
             "/admin/api/sessions/{id}": {"get": op("A prepaid balance", &session, None)},

@@ -99,7 +99,9 @@ pub(super) struct SessionsQuery {
 
 /// `GET /admin/api/sessions?limit=`: the open balances (what the operator
 /// owes until they are spent or refunded): how many, their sum, and the
-/// `limit` (default 100) most recently used.
+/// `limit` (default 100) most recently used; and the refunds still owed
+/// (`refunds_owed`: pending, or failed for the operator to pay by hand),
+/// counted, summed, and the `limit` longest owed.
 pub(super) async fn sessions(
     State(state): State<AdminState>,
     query: Result<axum::extract::Query<SessionsQuery>, axum::extract::rejection::QueryRejection>,
@@ -112,11 +114,17 @@ pub(super) async fn sessions(
         Ok(limit) => limit,
         Err(message) => return problem(StatusCode::BAD_REQUEST, &message),
     };
-    match state.store().open_sessions(limit).await {
-        Ok(open) => Json(json!({
+    let store = state.store();
+    match tokio::try_join!(store.open_sessions(limit), store.refunds_owed(limit)) {
+        Ok((open, owed)) => Json(json!({
             "open": open.count,
             "balance_msat": open.balance_msat,
             "sessions": open.sessions.iter().map(session_json).collect::<Vec<_>>(),
+            "refunds_owed": {
+                "count": owed.count,
+                "refund_msat": owed.refund_msat,
+                "sessions": owed.sessions.iter().map(session_json).collect::<Vec<_>>(),
+            },
         }))
         .into_response(),
         Err(e) => store_unavailable(&e),
