@@ -147,20 +147,9 @@ fn manifest_pricing(service: &PricedService) -> Value {
     }
 }
 
-/// What one payment buys: `{"sells": "request"}`, `{"sells": "pass",
-/// "passSeconds": N}` (the L402 token's life; an MPP charge still serves one
-/// request), or `{"sells": "balance", "depositSats": N, "idleTimeoutSeconds":
-/// N}` (a deposit spent per request through either door).
+/// What one payment buys ([`PricedService::sale_terms`]).
 fn sale(service: &PricedService) -> Value {
-    match service.sells {
-        Sells::Request => json!({"sells": "request"}),
-        Sells::Pass => json!({"sells": "pass", "passSeconds": service.token_lifetime_secs}),
-        Sells::Balance => json!({
-            "sells": "balance",
-            "depositSats": service.deposit_sats(),
-            "idleTimeoutSeconds": service.session_idle_secs,
-        }),
-    }
+    serde_json::to_value(service.sale_terms()).unwrap_or_default()
 }
 
 /// `into` with the entries of [`sale`] added.

@@ -10,6 +10,7 @@ use axum::http::Method;
 use gate402_gateway::config::{Auth, DiscoveryConfig, Schemes, ServiceConfig};
 use gate402_gateway::discovery::MANIFEST_LINK;
 use gate402_gateway::{Gateway, GatewayConfig};
+use gate402_paywall::{Meter, Usage};
 use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, LINK};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -559,4 +560,55 @@ async fn mppx_validates_the_openapi_document() {
         json!([]),
         "mppx finds fault with the demo's /openapi.json"
     );
+}
+
+/// A balance says what it is charged for, and a usage-metered one what
+/// each request holds from it (so a client can size its deposit and tell
+/// when a balance is too low for one more request): in every discovery
+/// document and in the 402 itself.
+#[tokio::test]
+async fn a_metered_balance_states_its_meter_and_what_a_request_holds() {
+    let mut chat = ServiceConfig::proxied("chat", "/chat", 1, UPSTREAM);
+    chat.priced = chat.priced.balance(200);
+    chat.priced.meter = Meter::Usage(Usage {
+        header: Some(axum::http::HeaderName::from_static("x-usage")),
+        field: None,
+        max_units: 50,
+    });
+    let mut stream = ServiceConfig::proxied("stream", "/stream", 1, UPSTREAM);
+    stream.priced = stream.priced.balance(20);
+    stream.priced.meter = Meter::Events;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = GatewayConfig::default_with_services(vec![chat, stream]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
+    let d = Discovery {
+        gateway,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    };
+    let openapi = d.document("/openapi.json").await;
+    for (path, meter, max_units) in [
+        ("/chat", "usage", json!(50)),
+        ("/stream", "events", Value::Null),
+    ] {
+        let offers = &openapi["paths"][path]["get"]["x-payment-info"]["offers"];
+        let offers = offers.as_array().unwrap();
+        assert!(!offers.is_empty(), "{openapi}");
+        for offer in offers {
+            assert_eq!(offer["sells"], "balance", "{offer}");
+            assert_eq!(offer["meter"], meter, "{offer}");
+            assert_eq!(offer["maxUnits"], max_units, "{offer}");
+        }
+        let unpaid = d.get(path).await;
+        assert_eq!(unpaid.status(), StatusCode::PAYMENT_REQUIRED);
+        let unpaid: Value = unpaid.json().await.unwrap();
+        assert_eq!(unpaid["meter"], meter, "{unpaid}");
+        assert_eq!(unpaid["maxUnits"], max_units, "{unpaid}");
+    }
+    for document in ["/.well-known/l402-services", "/.well-known/l402.json"] {
+        let text = d.document(document).await.to_string();
+        assert!(text.contains(r#""maxUnits":50"#), "{document}: {text}");
+        assert!(text.contains(r#""meter":"events""#), "{document}: {text}");
+    }
 }

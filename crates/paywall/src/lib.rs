@@ -115,7 +115,7 @@ pub use paywall::{
 };
 pub use pricing::Pricing;
 pub use responses::Refusal;
-pub use route::{Auth, Meter, PricedService, Schemes, Sells, Usage};
+pub use route::{Auth, Meter, PricedService, SaleTerms, Schemes, Sells, Usage};
 pub use sessions::SessionClose;
 pub use verify::Verified;
 

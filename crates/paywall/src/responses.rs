@@ -316,13 +316,8 @@ struct Offer<'a> {
     how_to_pay: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     challenge_id: Option<&'a str>,
-    sells: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pass_seconds: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deposit_sats: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    idle_timeout_seconds: Option<u64>,
+    #[serde(flatten)]
+    sale: crate::route::SaleTerms,
     #[serde(skip_serializing_if = "Option::is_none")]
     test_money: Option<&'a str>,
 }
@@ -388,12 +383,7 @@ pub fn payment_required(
             issued.x402.is_some(),
         ),
         challenge_id: issued.payment.as_ref().map(|c| c.id.as_str()),
-        // What the payment buys: one request, or (for an L402 token) a pass.
-        sells: service.sells.as_str(),
-        pass_seconds: (service.sells == Sells::Pass).then_some(service.token_lifetime_secs),
-        deposit_sats: (service.sells == Sells::Balance).then(|| service.deposit_sats()),
-        idle_timeout_seconds: (service.sells == Sells::Balance)
-            .then_some(service.session_idle_secs),
+        sale: service.sale_terms(),
         test_money,
     };
     let mut response = problem_with(
@@ -537,6 +527,8 @@ mod tests {
         assert_eq!(body["sells"], "balance");
         assert_eq!(body["depositSats"], service.deposit_sats());
         assert_eq!(body["idleTimeoutSeconds"], service.session_idle_secs);
+        assert_eq!(body["meter"], "request");
+        assert!(body.get("maxUnits").is_none(), "{body}");
         assert!(body["howToPay"]
             .as_str()
             .unwrap()

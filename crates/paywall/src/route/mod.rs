@@ -23,7 +23,7 @@ pub use method::{
     canonical_method, echoes_request, is_method_override, method_matches, strip_overrides,
     METHOD_OVERRIDE_PARAM,
 };
-pub use service::{Auth, Meter, PricedService, Schemes, Sells, Usage};
+pub use service::{Auth, Meter, PricedService, SaleTerms, Schemes, Sells, Usage};
 pub use target::{decode_normal, RequestPath, TargetError};
 
 /// A path pattern: exact (`/weather`) or a prefix (`/api/*`, `/*`).

@@ -125,6 +125,15 @@ pub enum Meter {
 }
 
 impl Meter {
+    /// The config and discovery word: `request`, `events` or `usage`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Meter::Request => "request",
+            Meter::Events => "events",
+            Meter::Usage(_) => "usage",
+        }
+    }
+
     /// Whether what a response costs is read from its body (its events
     /// counted, or a usage field read): the body must then come unencoded.
     pub fn reads_body(&self) -> bool {
@@ -155,6 +164,35 @@ pub struct Usage {
     pub field: Option<String>,
     /// The most units one request may use: what it holds.
     pub max_units: u64,
+}
+
+/// What one payment buys, serialized in camelCase: `{"sells": "request"}`;
+/// `{"sells": "pass", "passSeconds": N}` (the L402 token's life; an MPP or
+/// x402 payment serves one request); or `{"sells": "balance",
+/// "depositSats": N, "idleTimeoutSeconds": N, "meter": "request" | "events"
+/// | "usage"}` (a deposit spent a request, an event or a reported unit at a
+/// time), with `"maxUnits": N` under `usage`: the units each request holds
+/// from the balance (one is refused once less is left).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SaleTerms {
+    /// `request`, `pass` or `balance`.
+    pub sells: &'static str,
+    /// A pass's life (seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass_seconds: Option<u64>,
+    /// A balance's deposit (satoshis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deposit_sats: Option<u64>,
+    /// How long an unused balance stays open (seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_seconds: Option<u64>,
+    /// What a balance is charged for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meter: Option<&'static str>,
+    /// What each request holds from a usage-metered balance (units).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_units: Option<u64>,
 }
 
 /// One priced service.
@@ -252,6 +290,23 @@ impl PricedService {
         self.price_sats
             .saturating_mul(self.held_units())
             .saturating_mul(1000)
+    }
+
+    /// What one payment buys, as a 402's body and the discovery documents
+    /// state it.
+    pub fn sale_terms(&self) -> SaleTerms {
+        let balance = self.sells == Sells::Balance;
+        SaleTerms {
+            sells: self.sells.as_str(),
+            pass_seconds: (self.sells == Sells::Pass).then_some(self.token_lifetime_secs),
+            deposit_sats: balance.then(|| self.deposit_sats()),
+            idle_timeout_seconds: balance.then_some(self.session_idle_secs),
+            meter: balance.then(|| self.meter.as_str()),
+            max_units: match &self.meter {
+                Meter::Usage(_) if balance => Some(self.held_units()),
+                _ => None,
+            },
+        }
     }
 
     /// The units one request holds: one, or for usage the most it may use.
