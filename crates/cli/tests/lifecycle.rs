@@ -515,28 +515,35 @@ async fn a_killed_replica_serves_an_unanswered_credential_on_retry() {
 /// A process killed after it kept a response for its `Idempotency-Key`
 /// and before it wrote the payment's spend: the restart gives the payment
 /// back, so the kept response is not its answer. A retry under the key is
-/// served afresh (and kept in its place), and the payment is then spent:
-/// replaying the kept response without a spend let the same credential,
-/// under no key, be served once more.
+/// served afresh (and kept in its place), and the payment is then spent;
+/// a retry under no key (or another) is served afresh too, and the key's
+/// kept response is then never replayed: replaying it without a spend let
+/// the same credential be served once more under no key, and replaying it
+/// after another serve spent the payment gave one payment two answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_response_whose_spend_was_never_written_is_not_replayed() {
     let (upstream, calls) = start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let mut gateway = ServeProcess::start(dir.path(), &config(upstream, "")).await;
     let http = fresh_connections();
-    let credential = buy_mpp(&http, &gateway.base, "/numbered").await;
-    let keyed = |http: &reqwest::Client, base: &str| {
+    let same_key = buy_mpp(&http, &gateway.base, "/numbered").await;
+    let no_key = buy_mpp(&http, &gateway.base, "/numbered").await;
+    let keyed = |http: &reqwest::Client, base: &str, credential: &str, key: &str| {
         http.get(format!("{base}/numbered"))
-            .header(AUTHORIZATION, &credential)
-            .header("idempotency-key", "\"order-1\"")
+            .header(AUTHORIZATION, credential)
+            .header("idempotency-key", format!("\"{key}\""))
             .send()
     };
-    let first = keyed(&http, &gateway.base).await.unwrap();
-    assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(first.text().await.unwrap(), "{\"call\":1}");
+    for (n, credential) in [(1, &same_key), (2, &no_key)] {
+        let first = keyed(&http, &gateway.base, credential, "order-1")
+            .await
+            .unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(first.text().await.unwrap(), format!("{{\"call\":{n}}}"));
+    }
 
-    // The state a kill between the two writes leaves: the response kept,
-    // the claim held by this replica and not spent.
+    // The state a kill between the two writes leaves: the responses kept,
+    // the claims held by this replica and not spent.
     gateway.kill();
     let unspent = rusqlite::Connection::open(gateway.data.join("gate402.sqlite3"))
         .unwrap()
@@ -545,27 +552,41 @@ async fn a_kept_response_whose_spend_was_never_written_is_not_replayed() {
             [],
         )
         .unwrap();
-    assert_eq!(unspent, 1, "the one claim, made unspent");
+    assert_eq!(unspent, 2, "the two claims, made unspent");
     gateway.restart().await;
     assert!(gateway
         .log_text()
         .contains("released payments left in flight"));
 
-    let retry = keyed(&http, &gateway.base).await.unwrap();
+    // Under its key: served afresh, then spent, then its answer replayed.
+    let retry = keyed(&http, &gateway.base, &same_key, "order-1")
+        .await
+        .unwrap();
     assert_eq!(retry.status(), StatusCode::OK);
     assert!(
         !retry.headers().contains_key("idempotent-replayed"),
         "the retry was answered with a response whose payment was given back"
     );
-    assert_eq!(retry.text().await.unwrap(), "{\"call\":2}");
-    // Spent now, under no key as under another.
-    let (status, body) = present(&http, &gateway.base, "/numbered", &credential).await;
+    assert_eq!(retry.text().await.unwrap(), "{\"call\":3}");
+    let (status, body) = present(&http, &gateway.base, "/numbered", &same_key).await;
     assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{body}");
     assert!(body.contains(SPENT), "{body}");
-    // And the key replays the answer its client had last.
-    let replay = keyed(&http, &gateway.base).await.unwrap();
+    let replay = keyed(&http, &gateway.base, &same_key, "order-1")
+        .await
+        .unwrap();
     assert_eq!(replay.status(), StatusCode::OK);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
-    assert_eq!(replay.text().await.unwrap(), "{\"call\":2}");
-    assert_eq!(calls.numbered.load(Ordering::SeqCst), 2, "upstream calls");
+    assert_eq!(replay.text().await.unwrap(), "{\"call\":3}");
+
+    // Under no key: served afresh and spent; the key's kept answer is not
+    // replayed on top of it, nor is another key served.
+    let (status, body) = present(&http, &gateway.base, "/numbered", &no_key).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "{\"call\":4}");
+    for key in ["order-1", "order-2"] {
+        let after = keyed(&http, &gateway.base, &no_key, key).await.unwrap();
+        assert_eq!(after.status(), StatusCode::PAYMENT_REQUIRED, "{key}");
+        assert!(after.text().await.unwrap().contains(SPENT), "{key}");
+    }
+    assert_eq!(calls.numbered.load(Ordering::SeqCst), 4, "upstream calls");
 }

@@ -494,6 +494,12 @@ impl Claim {
         &self.key
     }
 
+    /// The token this claim is held under: what a response kept for it
+    /// records, so that it is replayed only once this claim is spent.
+    pub fn holder_token(&self) -> &str {
+        &self.holder.token
+    }
+
     /// Spends the payment now.
     pub async fn commit(mut self) -> bool {
         self.on_drop = None;

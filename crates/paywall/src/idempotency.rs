@@ -162,6 +162,7 @@ impl Keep {
         status: StatusCode,
         headers: &HeaderMap,
         body: &Bytes,
+        holder_token: Option<&str>,
     ) -> StoredResponse {
         StoredResponse {
             claim_key: self.claim_key.as_str().to_owned(),
@@ -175,6 +176,7 @@ impl Keep {
                 .collect(),
             body: body.to_vec(),
             expires_at: self.expires_at,
+            holder_token: holder_token.map(str::to_owned),
         }
     }
 

@@ -1709,7 +1709,14 @@ impl Paywall {
                 }
                 // Kept before the answer leaves: a client that never gets it
                 // finds it on its retry. Its spend is written before it leaves.
-                let record = keep.record(parts.status, &parts.headers, &bytes);
+                // Replayed only once this claim is spent: not after a
+                // restart gave the payment back and it was served again.
+                let record = keep.record(
+                    parts.status,
+                    &parts.headers,
+                    &bytes,
+                    spend.claim.as_ref().map(Claim::holder_token),
+                );
                 if let Err(e) = self.store().put_response(&record).await {
                     tracing::error!(error = %e, "store: cannot keep a paid response for its Idempotency-Key");
                 }

@@ -89,6 +89,11 @@ pub struct StoredResponse {
     pub body: Vec<u8>,
     /// When it may be forgotten (unix seconds).
     pub expires_at: u64,
+    /// The token of the claim holder that served it: it is replayed only
+    /// if that holder's spend was written, not after a payment given back
+    /// and served again (under another key, or none). `None` for a
+    /// response kept before holders were recorded with it.
+    pub holder_token: Option<String>,
 }
 
 /// A prepaid balance: draft-lightning-session-00's session, also what an
@@ -554,9 +559,10 @@ pub trait Store: Send + Sync + 'static {
     async fn put_response(&self, response: &StoredResponse) -> Result<(), StoreError>;
 
     /// The response kept under `claim_key` and `idempotency_key`, unless
-    /// it expired before `now` (unix seconds) or its claim is not spent:
-    /// a response whose payment was given back is not that payment's
-    /// answer, and replaying it would serve the payment twice.
+    /// it expired before `now` (unix seconds) or its claim is not spent by
+    /// the holder that kept it: a response whose payment was given back is
+    /// not that payment's answer (the serve that spent it answered another
+    /// way), and replaying it would serve the payment twice.
     async fn stored_response(
         &self,
         claim_key: &str,

@@ -199,6 +199,9 @@ const MIGRATIONS: &[&str] = &[
         current BYTEA NOT NULL,
         accepted BYTEA NOT NULL
      );",
+    // The claim holder that kept a response: it is replayed only if that
+    // holder's spend was written (rows from before have none).
+    "ALTER TABLE responses ADD COLUMN holder_token TEXT;",
 ];
 
 /// The sessions `clause` (a `WHERE` condition and its `ORDER BY`) picks,
@@ -1020,11 +1023,12 @@ impl Store for PostgresStore {
 
     async fn put_response(&self, response: &StoredResponse) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO responses (claim_key, idempotency_key, fingerprint, status, headers, body, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO responses (claim_key, idempotency_key, fingerprint, status, headers, body, expires_at, holder_token)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (claim_key, idempotency_key) DO UPDATE SET
                 fingerprint = excluded.fingerprint, status = excluded.status,
-                headers = excluded.headers, body = excluded.body, expires_at = excluded.expires_at
+                headers = excluded.headers, body = excluded.body, expires_at = excluded.expires_at,
+                holder_token = excluded.holder_token
              WHERE NOT EXISTS
                 (SELECT 1 FROM challenges WHERE id = excluded.claim_key AND consumed)",
         )
@@ -1035,6 +1039,7 @@ impl Store for PostgresStore {
         .bind(encode_headers(&response.headers))
         .bind(&response.body)
         .bind(response.expires_at as i64)
+        .bind(&response.holder_token)
         .execute(&self.pool)
         .await
         .map(drop)
@@ -1048,9 +1053,10 @@ impl Store for PostgresStore {
         now: u64,
     ) -> Result<Option<StoredResponse>, StoreError> {
         let row = sqlx::query(
-            "SELECT fingerprint, status, headers, body, expires_at FROM responses
+            "SELECT fingerprint, status, headers, body, expires_at, holder_token FROM responses
              WHERE claim_key = $1 AND idempotency_key = $2 AND expires_at >= $3
-               AND EXISTS (SELECT 1 FROM challenges WHERE id = $1 AND consumed)",
+               AND EXISTS (SELECT 1 FROM challenges c WHERE c.id = $1 AND c.consumed
+                   AND (responses.holder_token IS NULL OR c.holder_token = responses.holder_token))",
         )
         .bind(claim_key)
         .bind(idempotency_key)
@@ -1069,6 +1075,7 @@ impl Store for PostgresStore {
                 headers: decode_headers(&headers),
                 body: r.try_get(3)?,
                 expires_at: r.try_get::<i64, _>(4)? as u64,
+                holder_token: r.try_get(5)?,
             })
         })
         .transpose()

@@ -183,9 +183,11 @@ const MIGRATIONS: &[&str] = &[
         current BLOB NOT NULL,
         accepted BLOB NOT NULL
      );",
+    // The claim holder that kept a response: it is replayed only if that
+    // holder's spend was written (rows from before have none).
+    "ALTER TABLE responses ADD COLUMN holder_token TEXT;",
 ];
 
-/// A session row, if there is one.
 /// Removes a held debit: its session and amount, if `holder` held one.
 fn take_debit(c: &Connection, holder: &ClaimHolder) -> rusqlite::Result<Option<(Vec<u8>, i64)>> {
     c.prepare_cached(
@@ -217,6 +219,7 @@ fn sessions_where(
     Ok(sessions)
 }
 
+/// A session row, if there is one.
 fn read_session(c: &Connection, id: &[u8; 32]) -> rusqlite::Result<Option<SessionRecord>> {
     c.prepare_cached(
         "SELECT service, deposit_msat, spent_msat, return_invoice, idle_secs, last_used_at, closed_at, refund_msat, refund_status, unit_msat FROM sessions WHERE id = ?1",
@@ -1098,11 +1101,12 @@ impl Store for SqliteStore {
         let r = response.clone();
         self.with_one(move |c| {
             c.prepare_cached(
-                "INSERT INTO responses (claim_key, idempotency_key, fingerprint, status, headers, body, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO responses (claim_key, idempotency_key, fingerprint, status, headers, body, expires_at, holder_token)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (claim_key, idempotency_key) DO UPDATE SET
                     fingerprint = excluded.fingerprint, status = excluded.status,
-                    headers = excluded.headers, body = excluded.body, expires_at = excluded.expires_at
+                    headers = excluded.headers, body = excluded.body, expires_at = excluded.expires_at,
+                    holder_token = excluded.holder_token
                  WHERE NOT EXISTS
                     (SELECT 1 FROM challenges WHERE id = excluded.claim_key AND consumed = 1)",
             )?
@@ -1113,7 +1117,8 @@ impl Store for SqliteStore {
                 i64::from(r.status),
                 encode_headers(&r.headers),
                 r.body,
-                r.expires_at as i64
+                r.expires_at as i64,
+                r.holder_token
             ])
             .map(drop)
         })
@@ -1129,9 +1134,10 @@ impl Store for SqliteStore {
         let (claim_key, idempotency_key) = (claim_key.to_owned(), idempotency_key.to_owned());
         self.with_one(move |c| {
             c.prepare_cached(
-                "SELECT fingerprint, status, headers, body, expires_at FROM responses
+                "SELECT fingerprint, status, headers, body, expires_at, holder_token FROM responses
                  WHERE claim_key = ?1 AND idempotency_key = ?2 AND expires_at >= ?3
-                   AND EXISTS (SELECT 1 FROM challenges WHERE id = ?1 AND consumed = 1)",
+                   AND EXISTS (SELECT 1 FROM challenges c WHERE c.id = ?1 AND c.consumed = 1
+                       AND (responses.holder_token IS NULL OR c.holder_token = responses.holder_token))",
             )?
             .query_row(params![claim_key, idempotency_key, now as i64], |r| {
                 let fingerprint: Vec<u8> = r.get(0)?;
@@ -1143,6 +1149,7 @@ impl Store for SqliteStore {
                     headers: decode_headers(&r.get::<_, Vec<u8>>(2)?),
                     body: r.get(3)?,
                     expires_at: r.get::<_, i64>(4)? as u64,
+                    holder_token: r.get(5)?,
                 })
             })
             .optional()

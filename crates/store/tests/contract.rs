@@ -495,7 +495,13 @@ async fn old_invoices_are_purged([a, b]: &Pair) {
     assert_eq!(a.invoice(&[10; 32]).await.unwrap(), None);
 }
 
-fn stored(claim: &str, idempotency_key: &str, body: &str, expires_at: u64) -> StoredResponse {
+fn stored(
+    claim: &str,
+    idempotency_key: &str,
+    body: &str,
+    expires_at: u64,
+    holder_token: Option<&str>,
+) -> StoredResponse {
     StoredResponse {
         claim_key: claim.into(),
         idempotency_key: idempotency_key.into(),
@@ -510,46 +516,55 @@ fn stored(claim: &str, idempotency_key: &str, body: &str, expires_at: u64) -> St
         ],
         body: body.as_bytes().to_vec(),
         expires_at,
+        holder_token: holder_token.map(str::to_owned),
     }
 }
 
 /// A response kept under a claim is found, on every replica, once the
-/// claim is spent: before that it is not its payment's answer (a replica
-/// stopped between the two writes has the claim given back), and the
-/// write of the request served again replaces it. Once spent, the first
-/// stays.
+/// holder that kept it has spent the claim: before that it is not its
+/// payment's answer (a replica stopped between the two writes has the
+/// claim given back), nor after the claim was given back and spent by
+/// another serve (under another key), and the write of the request served
+/// again under its key replaces it. Once spent, the first stays.
 async fn kept_responses_are_shared_found_once_spent_and_expire([a, b]: &Pair) {
     use Reservation::Acquired;
     let k = key(40);
     let (h1, h2) = (holder("r1", "t1"), holder("r2", "t2"));
     assert_eq!(a.claim(&k, &h1, 1000, 100, 10).await.unwrap(), Acquired);
-    a.put_response(&stored(&k, "k-1", "{\"n\":1}", 500))
-        .await
-        .unwrap();
+    for key in ["k-1", "k-2"] {
+        a.put_response(&stored(&k, key, "{\"n\":1}", 500, Some("t1")))
+            .await
+            .unwrap();
+    }
     assert_eq!(b.stored_response(&k, "k-1", 100).await.unwrap(), None);
     assert!(a.release_claim(&k, &h1).await.unwrap());
     assert_eq!(b.claim(&k, &h2, 1000, 100, 10).await.unwrap(), Acquired);
-    let second = stored(&k, "k-1", "{\"n\":2}", 500);
+    let second = stored(&k, "k-1", "{\"n\":2}", 500, Some("t2"));
     b.put_response(&second).await.unwrap();
     assert!(b.commit_claim(&k, &h2, 11).await.unwrap());
     assert_eq!(
         a.stored_response(&k, "k-1", 100).await.unwrap(),
         Some(second.clone())
     );
+    // Kept by the holder whose claim was given back: not this payment's
+    // answer.
+    assert_eq!(a.stored_response(&k, "k-2", 100).await.unwrap(), None);
     // Another replica's later write under the spent claim changes nothing.
-    a.put_response(&stored(&k, "k-1", "{\"n\":3}", 900))
+    a.put_response(&stored(&k, "k-1", "{\"n\":3}", 900, Some("t3")))
         .await
         .unwrap();
     assert_eq!(
         b.stored_response(&k, "k-1", 100).await.unwrap(),
         Some(second)
     );
-    assert_eq!(b.stored_response(&k, "k-2", 100).await.unwrap(), None);
+    assert_eq!(b.stored_response(&k, "k-3", 100).await.unwrap(), None);
     assert_eq!(b.stored_response(&key(41), "k-1", 100).await.unwrap(), None);
     // Past its end it is neither found nor kept.
     assert_eq!(a.stored_response(&k, "k-1", 501).await.unwrap(), None);
     assert!(a.purge_expired(501).await.unwrap() >= 1);
-    a.put_response(&stored(&k, "k-1", "{}", 900)).await.unwrap();
+    a.put_response(&stored(&k, "k-1", "{}", 900, Some("t2")))
+        .await
+        .unwrap();
     assert_eq!(
         b.stored_response(&k, "k-1", 600)
             .await
@@ -557,6 +572,21 @@ async fn kept_responses_are_shared_found_once_spent_and_expire([a, b]: &Pair) {
             .map(|r| r.body),
         Some(b"{}".to_vec())
     );
+    // One kept before holders were recorded with it: found once spent.
+    let legacy = key(42);
+    assert_eq!(
+        a.claim(&legacy, &h1, 1000, 100, 10).await.unwrap(),
+        Acquired
+    );
+    a.put_response(&stored(&legacy, "k-1", "{}", 500, None))
+        .await
+        .unwrap();
+    assert!(a.commit_claim(&legacy, &h1, 11).await.unwrap());
+    assert!(b
+        .stored_response(&legacy, "k-1", 100)
+        .await
+        .unwrap()
+        .is_some());
 }
 
 fn new_session(id: u8, deposit_msat: u64, return_invoice: Option<&str>) -> NewSession {

@@ -45,6 +45,7 @@ async fn write_pages(store: &SqliteStore, prefix: &str, count: usize) {
                 headers: vec![],
                 body: vec![7; 4_000],
                 expires_at: 4_000_000_000,
+                holder_token: None,
             })
             .await
             .unwrap();
