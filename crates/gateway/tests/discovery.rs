@@ -59,7 +59,6 @@ impl Discovery {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = GatewayConfig::default_with_services(services());
-        config.listen = "127.0.0.1:0".parse().unwrap();
         config.name = "Weather Inc".into();
         config.discovery = DiscoveryConfig {
             categories: vec!["data".into(), "search".into()],
@@ -67,6 +66,12 @@ impl Discovery {
             docs: Some("/docs".into()),
             llms: Some("https://weather.example/llms.txt".into()),
         };
+        Self::with_config(config, dir).await
+    }
+
+    /// A gateway on `config`, listening on a free port, its data in `dir`.
+    async fn with_config(mut config: GatewayConfig, dir: tempfile::TempDir) -> Self {
+        config.listen = "127.0.0.1:0".parse().unwrap();
         let gateway = Gateway::start(&config, dir.path()).await.unwrap();
         Self {
             gateway,
@@ -200,15 +205,8 @@ async fn openapi_offers_each_paid_operation_with_its_402() {
 
 #[tokio::test]
 async fn without_a_discovery_table_nothing_is_made_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = GatewayConfig::default_with_services(services());
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
-    let d = Discovery {
-        gateway,
-        client: reqwest::Client::new(),
-        _dir: dir,
-    };
+    let config = GatewayConfig::default_with_services(services());
+    let d = Discovery::with_config(config, tempfile::tempdir().unwrap()).await;
     let openapi = d.document("/openapi.json").await;
     assert!(openapi["x-service-info"].get("categories").is_none());
     assert!(openapi["x-service-info"].get("docs").is_none());
@@ -578,15 +576,8 @@ async fn a_metered_balance_states_its_meter_and_what_a_request_holds() {
     let mut stream = ServiceConfig::proxied("stream", "/stream", 1, UPSTREAM);
     stream.priced = stream.priced.balance(20);
     stream.priced.meter = Meter::Events;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = GatewayConfig::default_with_services(vec![chat, stream]);
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let gateway = Gateway::start(&config, dir.path()).await.unwrap();
-    let d = Discovery {
-        gateway,
-        client: reqwest::Client::new(),
-        _dir: dir,
-    };
+    let config = GatewayConfig::default_with_services(vec![chat, stream]);
+    let d = Discovery::with_config(config, tempfile::tempdir().unwrap()).await;
     let openapi = d.document("/openapi.json").await;
     for (path, meter, max_units) in [
         ("/chat", "usage", json!(50)),
