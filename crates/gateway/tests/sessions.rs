@@ -1157,6 +1157,32 @@ async fn a_return_invoice_is_one_sessions() {
             .contains("paid this return invoice"),
         "{refused}"
     );
+    // Nor one its issuing node, this one, knows as paid (the sandbox's
+    // wallets are one node's; paid here by another of them).
+    let (settled, _) = h.return_invoice().await;
+    let base = format!("http://{}", h.gateway.addr());
+    pay_amount_via(&h.http, &base, &settled, 1_000)
+        .await
+        .unwrap();
+    let taken = json!({"action": "open", "preimage": preimage, "returnInvoice": settled});
+    let refused: Value = h
+        .send("/chat", &challenge, taken)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused["type"],
+        lightning("invalid-return-invoice"),
+        "{refused}"
+    );
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("was paid already"),
+        "{refused}"
+    );
     let (own, _) = h.return_invoice().await;
     let open = json!({"action": "open", "preimage": preimage, "returnInvoice": own});
     assert_eq!(

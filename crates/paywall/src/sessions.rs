@@ -1066,23 +1066,35 @@ impl Paywall {
     }
 
     /// Why a return invoice can take no refund: this node paid it already,
-    /// or is paying it (an invoice is paid once; the store knows only the
-    /// sessions' own). `None` when the node never paid it, or cannot say
-    /// (the refund asks again before it pays).
+    /// or is paying it, or issued it and was paid (the sandbox, whose
+    /// wallets are one node's) (an invoice is paid once; the store knows
+    /// only the sessions' own). `None` when the node knows of no payment,
+    /// or cannot say (the refund asks again before it pays).
     async fn paid_by_this_node(&self, bolt11: &str) -> Option<&'static str> {
         let invoice = gate402_bolt11::Invoice::parse(bolt11).ok()?;
-        match self.backend().payment_status(&invoice.payment_hash()).await {
-            Ok(PaymentStatus::Succeeded(_)) => Some(
-                "this node has paid this return invoice already, and an invoice is paid once: make a new one",
-            ),
-            Ok(PaymentStatus::Pending) => Some(
-                "this node is paying this return invoice, and an invoice is paid once: make a new one",
-            ),
-            Ok(PaymentStatus::Unknown | PaymentStatus::Failed(_)) => None,
+        let hash = invoice.payment_hash();
+        match self.backend().payment_status(&hash).await {
+            Ok(PaymentStatus::Succeeded(_)) => {
+                return Some(
+                    "this node has paid this return invoice already, and an invoice is paid once: make a new one",
+                )
+            }
+            Ok(PaymentStatus::Pending) => {
+                return Some(
+                    "this node is paying this return invoice, and an invoice is paid once: make a new one",
+                )
+            }
+            Ok(PaymentStatus::Unknown | PaymentStatus::Failed(_)) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "the node cannot say whether it paid a return invoice: the session opens");
-                None
             }
+        }
+        // Another node's invoice is not found: nothing to say.
+        match self.backend().invoice_status(&hash).await {
+            Ok(InvoiceStatus::Settled { .. }) => Some(
+                "this return invoice was paid already (its node says so), and an invoice is paid once: make a new one",
+            ),
+            _ => None,
         }
     }
 
