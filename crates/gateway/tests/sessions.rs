@@ -1133,7 +1133,9 @@ async fn a_return_invoice_is_one_sessions() {
         );
     }
     // Nor one this node paid already (not a session's: by hand, or for a
-    // session forgotten since): a refund to it could never be paid.
+    // session forgotten since), nor one its issuing node, this one, knows
+    // as paid (the sandbox's wallets are one node's; paid by another of
+    // them): a refund to either could never be paid.
     let (paid, _) = h.return_invoice().await;
     h.gateway
         .paywall()
@@ -1141,48 +1143,29 @@ async fn a_return_invoice_is_one_sessions() {
         .pay_amount(&paid, 1_000, 0, Duration::from_secs(5))
         .await
         .unwrap();
-    let taken = json!({"action": "open", "preimage": preimage, "returnInvoice": paid});
-    let refused = h.send("/chat", &challenge, taken).await;
-    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
-    let refused: Value = refused.json().await.unwrap();
-    assert_eq!(
-        refused["type"],
-        lightning("invalid-return-invoice"),
-        "{refused}"
-    );
-    assert!(
-        refused["detail"]
-            .as_str()
-            .unwrap()
-            .contains("paid this return invoice"),
-        "{refused}"
-    );
-    // Nor one its issuing node, this one, knows as paid (the sandbox's
-    // wallets are one node's; paid here by another of them).
     let (settled, _) = h.return_invoice().await;
     let base = format!("http://{}", h.gateway.addr());
     pay_amount_via(&h.http, &base, &settled, 1_000)
         .await
         .unwrap();
-    let taken = json!({"action": "open", "preimage": preimage, "returnInvoice": settled});
-    let refused: Value = h
-        .send("/chat", &challenge, taken)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        refused["type"],
-        lightning("invalid-return-invoice"),
-        "{refused}"
-    );
-    assert!(
-        refused["detail"]
-            .as_str()
-            .unwrap()
-            .contains("was paid already"),
-        "{refused}"
-    );
+    for (taken, said) in [
+        (paid, "paid this return invoice"),
+        (settled, "was paid already"),
+    ] {
+        let open = json!({"action": "open", "preimage": preimage, "returnInvoice": taken});
+        let refused = h.send("/chat", &challenge, open).await;
+        assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+        let refused: Value = refused.json().await.unwrap();
+        assert_eq!(
+            refused["type"],
+            lightning("invalid-return-invoice"),
+            "{refused}"
+        );
+        assert!(
+            refused["detail"].as_str().unwrap().contains(said),
+            "{refused}"
+        );
+    }
     let (own, _) = h.return_invoice().await;
     let open = json!({"action": "open", "preimage": preimage, "returnInvoice": own});
     assert_eq!(
