@@ -440,7 +440,7 @@ impl Paywall {
                     }
                 };
                 // A retry of this open may name it, its refund paid since.
-                if let Some(why) = self.paid_by_this_node(&return_invoice).await {
+                if let Some(why) = self.return_invoice_paid(&return_invoice).await {
                     if !matches!(self.store().session(&hash).await, Ok(Some(_))) {
                         return refuse(ProblemType::LightningInvalidReturnInvoice, why);
                     }
@@ -1070,7 +1070,7 @@ impl Paywall {
     /// wallets are one node's) (an invoice is paid once; the store knows
     /// only the sessions' own). `None` when the node knows of no payment,
     /// or cannot say (the refund asks again before it pays).
-    async fn paid_by_this_node(&self, bolt11: &str) -> Option<&'static str> {
+    async fn return_invoice_paid(&self, bolt11: &str) -> Option<&'static str> {
         let invoice = gate402_bolt11::Invoice::parse(bolt11).ok()?;
         let hash = invoice.payment_hash();
         match self.backend().payment_status(&hash).await {
