@@ -10,7 +10,9 @@
 //! - a process killed before the answer existed leaves the payment
 //!   unspent, and the retry is served;
 //! - a response kept for its `Idempotency-Key` whose spend was never
-//!   written is not replayed: the payment given back is served once.
+//!   written is not replayed: the payment given back is served once;
+//! - a keyed request on a prepaid balance (PostgreSQL) is charged once
+//!   whenever a kill cuts its spend.
 
 mod common;
 
@@ -23,7 +25,8 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use axum::Router;
-use common::{buy_mpp, ServeProcess};
+use common::{buy_l402, buy_mpp, ServeProcess};
+use gate402_postgres_testkit::TestPostgres;
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -589,4 +592,122 @@ async fn a_kept_response_whose_spend_was_never_written_is_not_replayed() {
         assert!(after.text().await.unwrap().contains(SPENT), "{key}");
     }
     assert_eq!(calls.numbered.load(Ordering::SeqCst), 4, "upstream calls");
+}
+
+/// A keyed request on a prepaid balance spends its `Idempotency-Key`'s
+/// claim and keeps its debit in one write. They were two: a replica
+/// killed after the claim's spend and before the debit's, with the debit
+/// still held, gave the debit back at its restart and then replayed the
+/// kept answer under the key, a unit served free. Here the debit's table
+/// is locked when the upstream answers, so that the spend waits, and the
+/// gateway is killed; after its restart the retry under the key is
+/// answered, and the balance is charged for it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_request_on_a_balance_is_charged_once_whenever_a_kill_cuts_its_spend() {
+    let postgres = TestPostgres::start().await;
+    // The upstream answers a request only with a permit: one for the
+    // first request, the next once the lock is taken.
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/balance",
+            get(
+                |State((permits, calls)): State<(
+                    Arc<tokio::sync::Semaphore>,
+                    Arc<AtomicUsize>,
+                )>| async move {
+                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    permits.acquire().await.unwrap().forget();
+                    format!("{{\"call\":{n}}}")
+                },
+            ),
+        )
+        .with_state((permits.clone(), calls.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = format!(
+        "[mpp]\nsecret = \"{}\"\n[store]\nkind = \"postgres\"\nurl = \"{}\"\n[limits]\nunpaid_invoices_per_minute = 0\n\
+         [[services]]\nname = \"balance\"\npath = \"/balance\"\nupstream = \"http://127.0.0.1:{upstream}\"\n\
+         price_sats = 2\nsells = \"balance\"\ndeposit_units = 5\n",
+        "s".repeat(32),
+        postgres.url
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = ServeProcess::start(dir.path(), &config).await;
+    let http = fresh_connections();
+    let token = buy_l402(&http, &gateway.base, "/balance").await;
+    let url = format!("{}/balance", gateway.base);
+    let send = |key: Option<&str>| {
+        let request = http.get(&url).header(AUTHORIZATION, &token);
+        match key {
+            Some(key) => request.header("idempotency-key", format!("\"{key}\"")),
+            None => request,
+        }
+        .send()
+    };
+    let spent = || {
+        postgres
+            .sql("SELECT spent_msat FROM sessions")
+            .trim()
+            .to_owned()
+    };
+    let first = send(None).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(spent(), "2000", "one unit of 2 sats");
+
+    let keyed = tokio::spawn(send(Some("order-1")));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while calls.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the keyed request never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Debited and at the upstream: its spend now waits for the lock.
+    let mut lock = postgres.session();
+    lock.run("BEGIN; LOCK TABLE session_debits IN EXCLUSIVE MODE;");
+    permits.add_permits(1);
+    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted";
+    while postgres.sql(waiting).trim() == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the spend never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A spend of the claim written apart from the debit's lands now.
+    let claim_spent = "SELECT count(*) FROM challenges WHERE consumed";
+    let settle_by = Instant::now() + Duration::from_secs(5);
+    while postgres.sql(claim_spent).trim() == "0" && Instant::now() < settle_by {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gateway.kill();
+    keyed.abort();
+    // The killed process's connections still wait for the lock: ended,
+    // then the lock let go.
+    lock.run(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'; ROLLBACK;",
+    );
+    drop(lock);
+    permits.add_permits(100);
+    gateway.restart().await;
+
+    let retry = send(Some("order-1")).await.unwrap();
+    assert_eq!(retry.status(), StatusCode::OK);
+    let answer = retry.text().await.unwrap();
+    assert_eq!(
+        spent(),
+        "4000",
+        "the keyed request was answered ({answer}) and charged once"
+    );
+    assert_eq!(
+        postgres.sql("SELECT count(*) FROM session_debits").trim(),
+        "0"
+    );
+    let replay = send(Some("order-1")).await.unwrap();
+    assert_eq!(replay.status(), StatusCode::OK);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.text().await.unwrap(), answer);
+    assert_eq!(spent(), "4000", "a replay spends nothing");
 }

@@ -383,6 +383,14 @@ impl Claims {
         }
     }
 
+    /// Marks a claim served: renewed until its commit is written.
+    fn mark_served(&self, key: &str, holder: &ClaimHolder) {
+        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = map.get_mut(key).filter(|h| h.holder == *holder) {
+            held.served = true;
+        }
+    }
+
     /// Puts a served claim in the next batch of commits; `written` is told
     /// once that batch is written.
     fn queue_commit(
@@ -391,11 +399,7 @@ impl Claims {
         holder: ClaimHolder,
         written: Option<tokio::sync::oneshot::Sender<bool>>,
     ) {
-        let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = map.get_mut(&key).filter(|h| h.holder == holder) {
-            held.served = true;
-        }
-        drop(map);
+        self.mark_served(&key, &holder);
         self.commits.add(|pending| {
             pending.claims.push((key, holder));
             pending.written.push(written);
@@ -526,6 +530,65 @@ impl Claim {
             Some(told),
         );
         async move { written.await.unwrap_or(false) }
+    }
+
+    /// [`Claim::commit_written`] for a claim whose request also holds a
+    /// debit from a balance (`debit`, keeping `kept_msat` of it): both
+    /// are written in one store call ([`Store::commit_claim_with_debit`]),
+    /// started now, and the future is ready once it is written: `true`
+    /// when the claim was still held. A crash then cannot leave the claim
+    /// spent and the debit held, given back at the next start while the
+    /// key's kept answer is replayed.
+    pub(crate) fn commit_with_debit(
+        mut self,
+        debit: ClaimHolder,
+        kept_msat: Option<u64>,
+    ) -> impl Future<Output = bool> + Send + 'static {
+        self.on_drop = None;
+        let key = std::mem::take(&mut self.key);
+        let (claims, holder) = (self.claims.clone(), self.holder.clone());
+        claims.mark_served(&key, &holder);
+        let (told, written) = tokio::sync::oneshot::channel();
+        let write = {
+            let claims = claims.clone();
+            async move {
+                let spend = || {
+                    claims.store.commit_claim_with_debit(
+                        &key,
+                        &holder,
+                        &debit,
+                        kept_msat,
+                        unix_now(),
+                    )
+                };
+                let held = match crate::retry::until_written(spend, &claims.stop).await {
+                    Ok(true) => true,
+                    Ok(false) => {
+                        tracing::error!(key, "a served claim was no longer held by its request");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::error!(key, error = %e, "cannot record a served claim and its debit");
+                        false
+                    }
+                };
+                claims.forget(&key, &holder);
+                let _ = told.send(held);
+            }
+        };
+        // Written on its task even if not waited for to the end.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                claims.tracker.spawn_on(write, &runtime);
+            }
+            Err(_) => tracing::error!("no runtime to spend a claim and its debit on"),
+        }
+        async move { written.await.unwrap_or(false) }
+    }
+
+    /// Whether dropping it spends the payment ([`Claim::served`]).
+    pub(crate) fn commits_on_drop(&self) -> bool {
+        self.on_drop == Some(Outcome::Commit)
     }
 
     /// Frees the payment now (the upstream failed).

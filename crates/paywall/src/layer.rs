@@ -194,26 +194,29 @@ impl Spend {
         self.claim.is_none() && self.hold.is_none()
     }
 
-    fn served(self) -> Self {
+    fn served(mut self) -> Self {
         Self {
-            claim: self.claim.map(Claim::served),
-            hold: self.hold.map(Hold::served),
-            unserved: self.unserved,
+            claim: self.claim.take().map(Claim::served),
+            hold: self.hold.take().map(Hold::served),
+            unserved: self.unserved.take(),
         }
     }
 
     /// Spends what the request holds, written to the store before this is
     /// ready (see [`Claim::commit_written`]): a paid answer's last bytes
     /// wait for it, and go only when it was written (`true`).
-    async fn settle(self) -> bool {
+    async fn settle(mut self) -> bool {
+        if let Some(both) = self.spend_together() {
+            return both.await;
+        }
         let claim = async {
-            match self.claim {
+            match self.claim.take() {
                 Some(claim) => claim.commit_written().await,
                 None => true,
             }
         };
         let hold = async {
-            match self.hold {
+            match self.hold.take() {
                 Some(hold) => hold.settle().await,
                 None => true,
             }
@@ -222,11 +225,25 @@ impl Spend {
         claim && hold
     }
 
-    async fn release(self) {
-        if let Some(claim) = self.claim {
+    /// A claim and a debit both held (a keyed request on a balance) are
+    /// spent in one write, started now: a crash between two writes left
+    /// the claim spent and the debit held, given back at the next start
+    /// while the key's kept answer was replayed, a unit served free.
+    /// Ready with whether it was written and the claim still held.
+    fn spend_together(&mut self) -> Option<impl Future<Output = bool> + Send + 'static> {
+        if self.claim.is_none() || self.hold.is_none() {
+            return None;
+        }
+        let (claim, hold) = (self.claim.take()?, self.hold.take()?);
+        let (debit, kept_msat) = hold.into_kept();
+        Some(claim.commit_with_debit(debit, kept_msat))
+    }
+
+    async fn release(mut self) {
+        if let Some(claim) = self.claim.take() {
             claim.release().await;
         }
-        if let Some(hold) = self.hold {
+        if let Some(hold) = self.hold.take() {
             hold.release().await;
         }
     }
@@ -246,12 +263,12 @@ impl Spend {
 
     /// The upstream had the request and failed: the payment is given back
     /// unless this was its last allowed failure. True when it was.
-    async fn fail(self) -> bool {
-        let claim_unspent = match self.claim {
+    async fn fail(mut self) -> bool {
+        let claim_unspent = match self.claim.take() {
             Some(claim) => match claim.fail().await {
                 AfterFailure::Released => true,
                 AfterFailure::Spent => {
-                    if let Some(u) = self.unserved {
+                    if let Some(u) = self.unserved.take() {
                         u.paywall
                             .record_unserved(&u.service, u.scheme, &u.payment_hash);
                     }
@@ -261,11 +278,24 @@ impl Spend {
             },
             None => true,
         };
-        let hold_unspent = match self.hold {
+        let hold_unspent = match self.hold.take() {
             Some(hold) => hold.fail().await,
             None => true,
         };
         claim_unspent && hold_unspent
+    }
+}
+
+impl Drop for Spend {
+    /// Served and dropped (its client left mid-answer): spent as
+    /// [`Spend::settle`] spends it, a claim and a debit in one write.
+    /// Otherwise each is given back or kept as it drops.
+    fn drop(&mut self) {
+        let served = self.claim.as_ref().is_some_and(Claim::commits_on_drop)
+            && self.hold.as_ref().is_some_and(Hold::keeps_on_drop);
+        if served {
+            drop(self.spend_together());
+        }
     }
 }
 

@@ -356,6 +356,22 @@ impl Store for ObservedStore {
             .await
     }
 
+    async fn commit_claim_with_debit(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        debit: &ClaimHolder,
+        kept_msat: Option<u64>,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            "store.commit_claim_with_debit",
+            self.inner
+                .commit_claim_with_debit(key, holder, debit, kept_msat, now),
+        )
+        .await
+    }
+
     async fn release_claim(&self, key: &str, holder: &ClaimHolder) -> Result<bool, StoreError> {
         self.timed("store.release_claim", self.inner.release_claim(key, holder))
             .await

@@ -249,6 +249,22 @@ impl Hold {
         }
     }
 
+    /// Who holds the debit and what keeping it keeps (for a service
+    /// metered by usage, what its response reported, read now), for a
+    /// write that keeps it together with a claim
+    /// ([`crate::claims::Claim::commit_with_debit`]); this hold then
+    /// writes nothing itself.
+    pub(crate) fn into_kept(mut self) -> (ClaimHolder, Option<u64>) {
+        self.done = true;
+        let kept_msat = self.usage.as_ref().map(UsageCount::kept_msat);
+        (self.holder.clone(), kept_msat)
+    }
+
+    /// Whether dropping it keeps the debit ([`Hold::served`]).
+    pub(crate) fn keeps_on_drop(&self) -> bool {
+        self.keep_on_drop
+    }
+
     /// The store call that keeps the debit (`keep`: for a service metered
     /// by usage, what its response reported, read now) or gives it back,
     /// tried until written.

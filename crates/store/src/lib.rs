@@ -484,6 +484,23 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<Vec<bool>, StoreError>;
 
+    /// [`Store::commit_claim`] and [`Store::settle_debit`] (of the debit
+    /// `debit` holds, keeping `kept_msat` of it) in one write, for a
+    /// request that holds both (a request on a balance with an
+    /// `Idempotency-Key`): a crash between two writes left the claim spent
+    /// and the debit held, and the debit was given back at the next start
+    /// while the key's kept answer was replayed, a unit served free.
+    /// Answers whether `holder` still held its claim; the debit is kept
+    /// either way. Writing it again is Ok(true), as for `commit_claim`.
+    async fn commit_claim_with_debit(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        debit: &ClaimHolder,
+        kept_msat: Option<u64>,
+        now: u64,
+    ) -> Result<bool, StoreError>;
+
     /// Frees the claim, only if `holder` holds it and it is not consumed:
     /// the request never reached the upstream. Failures counted by
     /// [`Store::fail_claim`] are kept.

@@ -778,18 +778,34 @@ impl Store for PostgresStore {
         holder: &ClaimHolder,
         now: u64,
     ) -> Result<bool, StoreError> {
-        sqlx::query(
-            "UPDATE challenges SET consumed = TRUE, consumed_at = coalesce(consumed_at, $4)
-             WHERE id = $1 AND holder = $2 AND holder_token = $3",
-        )
-        .bind(key)
-        .bind(&holder.replica)
-        .bind(&holder.token)
-        .bind(now as i64)
-        .execute(&self.pool)
-        .await
-        .map(|r| r.rows_affected() == 1)
-        .map_err(db)
+        commit_one(key, holder, now)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected() == 1)
+            .map_err(db)
+    }
+
+    async fn commit_claim_with_debit(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        debit: &ClaimHolder,
+        kept_msat: Option<u64>,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        keep_debit(debit, kept_msat, now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let held = commit_one(key, holder, now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected()
+            == 1;
+        tx.commit().await.map_err(db)?;
+        Ok(held)
     }
 
     async fn commit_claims(
@@ -1277,25 +1293,11 @@ impl Store for PostgresStore {
         kept_msat: Option<u64>,
         now: u64,
     ) -> Result<(), StoreError> {
-        // One statement: the hold goes, what it held beyond `kept_msat`
-        // goes back to an open session, and the session's idle time
-        // starts again.
-        sqlx::query(
-            "WITH held AS (
-                DELETE FROM session_debits WHERE token = $1 AND replica = $2
-                RETURNING session, amount_msat)
-             UPDATE sessions SET spent_msat = spent_msat - (held.amount_msat - LEAST(held.amount_msat, $3)),
-                last_used_at = GREATEST(last_used_at, $4)
-             FROM held WHERE sessions.id = held.session AND sessions.closed_at IS NULL",
-        )
-        .bind(&holder.token)
-        .bind(&holder.replica)
-        .bind(kept_msat.map_or(i64::MAX, |k| k.min(i64::MAX as u64) as i64))
-        .bind(now as i64)
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(db)
+        keep_debit(holder, kept_msat, now)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(db)
     }
 
     async fn undo_debit(&self, holder: &ClaimHolder) -> Result<bool, StoreError> {
@@ -1909,6 +1911,41 @@ async fn take_free_name(
     .await
     .map_err(db)
 }
+
+/// The statement that marks the claim on `key` spent at `now` if
+/// `holder` holds it (one row affected when it did).
+fn commit_one<'q>(key: &'q str, holder: &'q ClaimHolder, now: u64) -> PgQuery<'q> {
+    sqlx::query(
+        "UPDATE challenges SET consumed = TRUE, consumed_at = coalesce(consumed_at, $4)
+         WHERE id = $1 AND holder = $2 AND holder_token = $3",
+    )
+    .bind(key)
+    .bind(&holder.replica)
+    .bind(&holder.token)
+    .bind(now as i64)
+}
+
+/// The statement that keeps the debit `holder` held, `kept_msat` of it
+/// when given. One statement: the hold goes, what it held beyond
+/// `kept_msat` goes back to an open session, and the session's idle time
+/// starts again at `now`.
+fn keep_debit(holder: &ClaimHolder, kept_msat: Option<u64>, now: u64) -> PgQuery<'_> {
+    sqlx::query(
+        "WITH held AS (
+            DELETE FROM session_debits WHERE token = $1 AND replica = $2
+            RETURNING session, amount_msat)
+         UPDATE sessions SET spent_msat = spent_msat - (held.amount_msat - LEAST(held.amount_msat, $3)),
+            last_used_at = GREATEST(last_used_at, $4)
+         FROM held WHERE sessions.id = held.session AND sessions.closed_at IS NULL",
+    )
+    .bind(&holder.token)
+    .bind(&holder.replica)
+    .bind(kept_msat.map_or(i64::MAX, |k| k.min(i64::MAX as u64) as i64))
+    .bind(now as i64)
+}
+
+/// A statement with its arguments bound.
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 /// Gives back, in `tx`, every debit `replica` holds. Returns how many.
 async fn undo_debits_in(

@@ -199,6 +199,36 @@ fn take_debit(c: &Connection, holder: &ClaimHolder) -> rusqlite::Result<Option<(
     .optional()
 }
 
+/// Keeps the debit `holder` held, `kept_msat` of it when given (the rest
+/// back to its session, if still open); the session is idle from `now`.
+fn keep_debit(
+    c: &Connection,
+    holder: &ClaimHolder,
+    kept_msat: Option<u64>,
+    now: u64,
+) -> rusqlite::Result<()> {
+    if let Some((session, held)) = take_debit(c, holder)? {
+        let back = kept_msat.map_or(0, |kept| (held as u64).saturating_sub(kept));
+        c.prepare_cached(
+            "UPDATE sessions SET spent_msat = spent_msat - ?2, last_used_at = MAX(last_used_at, ?3)
+             WHERE id = ?1 AND closed_at IS NULL",
+        )?
+        .execute(params![session, back as i64, now as i64])?;
+    }
+    Ok(())
+}
+
+/// Marks the claim on `key` spent at `now` if `holder` holds it: whether
+/// it did.
+fn commit_one(c: &Connection, key: &str, holder: &ClaimHolder, now: u64) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "UPDATE challenges SET consumed = 1, consumed_at = coalesce(consumed_at, ?4)
+         WHERE id = ?1 AND holder = ?2 AND holder_token = ?3",
+    )?
+    .execute(params![key, holder.replica, holder.token, now as i64])
+    .map(|n| n == 1)
+}
+
 /// The sessions `clause` (a `WHERE` condition and its `ORDER BY`) picks,
 /// at most `limit`.
 fn sessions_where(
@@ -885,15 +915,8 @@ impl Store for SqliteStore {
         now: u64,
     ) -> Result<bool, StoreError> {
         let (key, holder) = (key.to_owned(), holder.clone());
-        self.with_one(move |c| {
-            c.prepare_cached(
-                "UPDATE challenges SET consumed = 1, consumed_at = coalesce(consumed_at, ?4)
-                 WHERE id = ?1 AND holder = ?2 AND holder_token = ?3",
-            )?
-            .execute(params![key, holder.replica, holder.token, now as i64])
-            .map(|n| n == 1)
-        })
-        .await
+        self.with_one(move |c| commit_one(c, &key, &holder, now))
+            .await
     }
 
     async fn commit_claims(
@@ -903,18 +926,27 @@ impl Store for SqliteStore {
     ) -> Result<Vec<bool>, StoreError> {
         let claims = claims.to_vec();
         self.with(move |c| {
-            let mut commit = c.prepare_cached(
-                "UPDATE challenges SET consumed = 1, consumed_at = coalesce(consumed_at, ?4)
-                 WHERE id = ?1 AND holder = ?2 AND holder_token = ?3",
-            )?;
             claims
                 .iter()
-                .map(|(key, holder)| {
-                    commit
-                        .execute(params![key, holder.replica, holder.token, now as i64])
-                        .map(|n| n == 1)
-                })
+                .map(|(key, holder)| commit_one(c, key, holder, now))
                 .collect()
+        })
+        .await
+    }
+
+    async fn commit_claim_with_debit(
+        &self,
+        key: &str,
+        holder: &ClaimHolder,
+        debit: &ClaimHolder,
+        kept_msat: Option<u64>,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let (key, holder, debit) = (key.to_owned(), holder.clone(), debit.clone());
+        // One savepoint: both or neither.
+        self.with(move |c| {
+            keep_debit(c, &debit, kept_msat, now)?;
+            commit_one(c, &key, &holder, now)
         })
         .await
     }
@@ -1312,18 +1344,8 @@ impl Store for SqliteStore {
         now: u64,
     ) -> Result<(), StoreError> {
         let holder = holder.clone();
-        self.with(move |c| {
-            if let Some((session, held)) = take_debit(c, &holder)? {
-                let back = kept_msat.map_or(0, |kept| (held as u64).saturating_sub(kept));
-                c.prepare_cached(
-                    "UPDATE sessions SET spent_msat = spent_msat - ?2, last_used_at = MAX(last_used_at, ?3)
-                     WHERE id = ?1 AND closed_at IS NULL",
-                )?
-                .execute(params![session, back as i64, now as i64])?;
-            }
-            Ok(())
-        })
-        .await
+        self.with(move |c| keep_debit(c, &holder, kept_msat, now))
+            .await
     }
 
     async fn undo_debit(&self, holder: &ClaimHolder) -> Result<bool, StoreError> {

@@ -1005,6 +1005,69 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
 
 /// Two replicas spending one balance at once never spend more than it
 /// holds.
+/// A keyed request on a balance spends its claim and keeps its debit in
+/// one write, which answers whether the claim was still held.
+async fn a_claim_and_its_debit_are_spent_in_one_write([a, b]: &Pair) {
+    use Reservation::{Acquired, Consumed};
+    let id = [67; 32];
+    assert_eq!(
+        a.open_session(&new_session(67, 10_000, None))
+            .await
+            .unwrap(),
+        Opened::New
+    );
+    let (claim, debit) = (holder("rw", "claim-1"), holder("rw", "debit-1"));
+    let k = "p:with-debit-1";
+    assert_eq!(a.claim(k, &claim, 1000, 100, 20).await.unwrap(), Acquired);
+    let held = a.debit(&id, "chat", 3, 1_000, &debit, 20).await.unwrap();
+    assert!(
+        matches!(
+            held,
+            Debit::Done {
+                balance_msat: 7_000,
+                ..
+            }
+        ),
+        "{held:?}"
+    );
+    // Kept 1 unit of the 3 held; the rest goes back.
+    assert!(b
+        .commit_claim_with_debit(k, &claim, &debit, Some(1_000), 21)
+        .await
+        .unwrap());
+    assert_eq!(
+        a.claim(k, &holder("rx", "t"), 1000, 100, 22).await.unwrap(),
+        Consumed
+    );
+    assert_eq!(a.session(&id).await.unwrap().unwrap().spent_msat, 1_000);
+    assert!(!a.undo_debit(&debit).await.unwrap(), "kept, not held");
+    assert!(
+        b.commit_claim_with_debit(k, &claim, &debit, Some(1_000), 23)
+            .await
+            .unwrap(),
+        "written again: still spent, nothing kept twice"
+    );
+    assert_eq!(a.session(&id).await.unwrap().unwrap().spent_msat, 1_000);
+    assert_eq!(a.undo_debits_of("rw").await.unwrap(), 0);
+
+    // A claim its request no longer held: answered so; the debit is kept
+    // all the same, as a settled debit is.
+    let (claim, debit) = (holder("rw", "claim-2"), holder("rw", "debit-2"));
+    let k = "p:with-debit-2";
+    assert_eq!(a.claim(k, &claim, 1000, 100, 24).await.unwrap(), Acquired);
+    a.debit(&id, "chat", 1, 1_000, &debit, 24).await.unwrap();
+    assert!(!b
+        .commit_claim_with_debit(k, &holder("rw", "not-its-holder"), &debit, None, 25)
+        .await
+        .unwrap());
+    assert_eq!(a.session(&id).await.unwrap().unwrap().spent_msat, 2_000);
+    assert!(!a.undo_debit(&debit).await.unwrap(), "kept, not held");
+    assert!(
+        a.release_claim(k, &claim).await.unwrap(),
+        "still its holder's"
+    );
+}
+
 async fn concurrent_debits_never_overdraw(stores: &Pair) {
     let a = &stores[0];
     a.open_session(&new_session(70, 10_000, None))
@@ -1362,6 +1425,7 @@ async fn keeps_the_contract(stores: &Pair) {
     refunds_owed_are_counted_and_listed(stores).await;
     a_balance_is_credited_once_spent_atomically_and_refunded_once(stores).await;
     a_balance_gives_back_failures_up_to_twice_its_spending(stores).await;
+    a_claim_and_its_debit_are_spent_in_one_write(stores).await;
     concurrent_debits_never_overdraw(stores).await;
     open_sessions_are_counted_and_listed(stores).await;
     a_return_invoice_names_one_session(stores).await;

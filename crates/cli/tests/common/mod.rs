@@ -305,6 +305,24 @@ pub async fn buy_mpp_for(
     base: &str,
     request: reqwest::RequestBuilder,
 ) -> String {
+    let (offer, preimage) = pay_offer(http, base, request).await;
+    offer.payment_authorization(&preimage).unwrap()
+}
+
+/// Buys an L402 token for `path` from the gateway at `base` (its sandbox
+/// pays): the `Authorization` value.
+pub async fn buy_l402(http: &reqwest::Client, base: &str, path: &str) -> String {
+    let (offer, preimage) = pay_offer(http, base, http.get(format!("{base}{path}"))).await;
+    offer.l402_authorization(&preimage).unwrap()
+}
+
+/// Pays the invoice of the 402 that `request` gets, through the sandbox at
+/// `base`: the offer and the payment's preimage.
+async fn pay_offer(
+    http: &reqwest::Client,
+    base: &str,
+    request: reqwest::RequestBuilder,
+) -> (gate402_client::Offer, [u8; 32]) {
     let response = request.send().await.unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::PAYMENT_REQUIRED);
     let offer = gate402_client::Offer::from_headers(response.headers()).unwrap();
@@ -313,5 +331,5 @@ pub async fn buy_mpp_for(
         .unwrap();
     let mut preimage = [0u8; 32];
     hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
-    offer.payment_authorization(&preimage).unwrap()
+    (offer, preimage)
 }

@@ -7,8 +7,9 @@
 //! it on drop. PostgreSQL refuses to run as root; as root, the server runs
 //! as the `postgres` user.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 /// A running server.
@@ -158,6 +159,39 @@ impl TestPostgres {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A `psql` session of its own, kept open until dropped: for a test
+    /// that holds a lock or a transaction open while a gateway works.
+    ///
+    /// # Panics
+    ///
+    /// When `psql` cannot start.
+    pub fn session(&self) -> SqlSession {
+        let mut psql = command(&self.bin, "psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "gate402",
+                "-d",
+                "postgres",
+                "-XAtq",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("psql");
+        let stdin = psql.stdin.take().expect("psql's stdin");
+        let stdout = BufReader::new(psql.stdout.take().expect("psql's stdout"));
+        SqlSession {
+            psql,
+            stdin,
+            stdout,
+        }
+    }
+
     /// Starts the stopped server again on the same port and data.
     pub async fn restart(&mut self) {
         self.server = spawn(&self.bin, &self.data, self.dir.path(), self.port);
@@ -200,6 +234,46 @@ fn spawn(bin: &Path, data: &Path, sockets: &Path, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("postgres")
+}
+
+/// An open `psql` session ([`TestPostgres::session`]); ended when dropped,
+/// rolling back what it left open.
+pub struct SqlSession {
+    psql: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl SqlSession {
+    /// Runs `sql` (statements ending in `;`) in this session and waits for
+    /// it to finish: its output, one line per row (`|` between columns).
+    /// A statement that waits for a lock waits here too.
+    ///
+    /// # Panics
+    ///
+    /// When the session ended.
+    pub fn run(&mut self, sql: &str) -> String {
+        const END: &str = "-- end of statements --";
+        writeln!(self.stdin, "{sql}\n\\echo '{END}'").expect("psql's stdin");
+        self.stdin.flush().expect("psql's stdin");
+        let mut out = String::new();
+        loop {
+            let mut line = String::new();
+            let read = self.stdout.read_line(&mut line).expect("psql's stdout");
+            assert!(read > 0, "psql ended while running {sql}");
+            if line.trim_end() == END {
+                return out;
+            }
+            out += &line;
+        }
+    }
+}
+
+impl Drop for SqlSession {
+    fn drop(&mut self) {
+        let _ = self.psql.kill();
+        let _ = self.psql.wait();
+    }
 }
 
 impl Drop for TestPostgres {
