@@ -918,6 +918,81 @@ async fn a_session_with_a_request_in_flight_is_not_idle() {
     h.assert_refunded(&refund_hash, 6_000).await;
 }
 
+/// A close decides whether the session has a request in flight together
+/// with the close itself: a request that debited the session just after a
+/// close looked for one, and just before its refund was computed, had its
+/// debit counted as spent, and what it gave back afterwards (a failed
+/// request's debit here) was lost to the refund. Here the session's row
+/// is locked so that the request's debit and then the close wait behind
+/// it, in that order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_close_waits_for_a_request_that_debited_just_before_it() {
+    let postgres = gate402_postgres_testkit::TestPostgres::start().await;
+    let h = Harness::start_with(
+        |services| {
+            let upstream = services[0].upstream.as_ref().unwrap().url.clone();
+            services.push(balance("slow", "/slow/*", 2, 5, &upstream));
+        },
+        |config| {
+            config.store = gate402_gateway::config::StoreConfig::Postgres(postgres.url.clone())
+        },
+    )
+    .await;
+    let OpenSession {
+        challenge,
+        session,
+        preimage,
+        refund_hash,
+        ..
+    } = h.open_session("/slow/quick").await;
+    let waiting = async |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while postgres
+            .sql("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            .trim()
+            .parse::<usize>()
+            .unwrap()
+            < n
+        {
+            assert!(Instant::now() < deadline, "fewer than {n} waiting");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let mut lock = postgres.session();
+    lock.run("BEGIN; SELECT 1 FROM sessions FOR UPDATE;");
+    let bearer = json!({"action": "bearer", "sessionId": session, "preimage": preimage});
+    let failing = tokio::spawn({
+        let request = h.http.get(h.url("/slow/failing")).header(
+            AUTHORIZATION,
+            gate402_mpp::credential::to_authorization(&PaymentCredential::new(
+                challenge.to_echo(),
+                bearer,
+            )),
+        );
+        async move { request.send().await.unwrap().status() }
+    });
+    waiting(1).await;
+    let (close_challenge, _, _) = h.challenge("/slow/quick").await;
+    let closing = tokio::spawn({
+        let request = h.http.get(h.url("/slow/quick")).header(
+            AUTHORIZATION,
+            gate402_mpp::credential::to_authorization(&PaymentCredential::new(
+                close_challenge.to_echo(),
+                json!({"action": "close", "sessionId": session, "preimage": preimage}),
+            )),
+        );
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    });
+    waiting(2).await;
+    lock.run("ROLLBACK;");
+    assert_eq!(failing.await.unwrap(), StatusCode::INTERNAL_SERVER_ERROR);
+    let closed = closing.await.unwrap();
+    // 10 sat, less the open's request: the failed request's debit came
+    // back before the refund.
+    assert_eq!(closed["refundSats"], 8, "{closed}");
+    h.assert_refunded(&refund_hash, 8_000).await;
+}
+
 /// A refund still owed is paid by the background round once its payer
 /// is long gone, and never twice: a session closed by a replica that died
 /// before paying (`pending`, nothing paid) is refunded; one whose refund
@@ -967,7 +1042,7 @@ async fn a_refund_still_owed_is_paid_later_and_never_twice() {
     let closed_at = [now - 600, now - 600, now, now - 600, now - 600];
     for ((id, _, _), closed_at) in sessions.iter().zip(closed_at) {
         assert!(matches!(
-            store.close_session(id, closed_at).await.unwrap(),
+            store.close_session(id, closed_at, false).await.unwrap(),
             gate402_store::Closing::Closed {
                 refund_msat: 8_000,
                 ..
@@ -1377,7 +1452,7 @@ async fn a_stream_whose_session_closes_while_it_waits_says_what_was_spent() {
     assert_eq!(names.len(), 4, "{names:?}");
     // Closed as a close does once its wait for the stream has run out.
     let id: [u8; 32] = hex::decode(&session).unwrap().try_into().unwrap();
-    let closing = h.gateway.paywall().store().close_session(&id, 1);
+    let closing = h.gateway.paywall().store().close_session(&id, 1, false);
     assert!(matches!(
         closing.await.unwrap(),
         gate402_store::Closing::Closed { .. }

@@ -591,9 +591,17 @@ impl Store for ObservedStore {
         .await
     }
 
-    async fn close_session(&self, id: &[u8; 32], now: u64) -> Result<Closing, StoreError> {
-        self.timed("store.close_session", self.inner.close_session(id, now))
-            .await
+    async fn close_session(
+        &self,
+        id: &[u8; 32],
+        now: u64,
+        unless_in_flight: bool,
+    ) -> Result<Closing, StoreError> {
+        self.timed(
+            "store.close_session",
+            self.inner.close_session(id, now, unless_in_flight),
+        )
+        .await
     }
 
     async fn record_refund(&self, id: &[u8; 32], status: &str) -> Result<(), StoreError> {

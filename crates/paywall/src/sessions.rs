@@ -883,21 +883,26 @@ impl Paywall {
         Step::Halt(Halt::Answer(answer(body, &receipt)))
     }
 
-    /// Waits, up to [`CLOSE_WAITS_FOR`], for the requests of session `id`
-    /// in flight to finish (their debits settled or given back): what
-    /// they give back then (a failed request's debit, the unused part of
-    /// a usage hold, settled just after its answer left) reaches the
-    /// refund. A request that outlasts the wait is closed under: what it
-    /// would give back is lost to the refund.
-    async fn settle_before_close(&self, id: &[u8; 32]) {
+    /// Closes session `id` once its requests in flight have finished
+    /// (their debits settled or given back), waiting up to
+    /// [`CLOSE_WAITS_FOR`]: what they give back then (a failed request's
+    /// debit, the unused part of a usage hold, settled just after its
+    /// answer left) reaches the refund. Whether one is in flight is
+    /// decided with the close itself ([`Store::close_session`]), so that
+    /// a request debiting it at the same moment is waited for too. A
+    /// request that outlasts the wait is closed under: what it would give
+    /// back is lost to the refund.
+    async fn close_when_settled(&self, id: &[u8; 32]) -> Result<Closing, StoreError> {
         let deadline = tokio::time::Instant::now() + CLOSE_WAITS_FOR;
         // A metered stream of it waiting here for a top-up that the
         // close makes pointless ends now, not after its wait.
         let _closing = ClosingMark::mark(self, id);
-        while matches!(self.store().has_held_debits(id).await, Ok(true))
-            && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(CLOSE_POLL).await;
+        loop {
+            let waits = tokio::time::Instant::now() < deadline;
+            match self.store().close_session(id, unix_now(), waits).await? {
+                Closing::InFlight => tokio::time::sleep(CLOSE_POLL).await,
+                closing => return Ok(closing),
+            }
         }
     }
 
@@ -975,9 +980,8 @@ impl Paywall {
         &self,
         id: &[u8; 32],
     ) -> Result<Option<SessionClose>, gate402_store::StoreError> {
-        self.settle_before_close(id).await;
-        Ok(match self.store().close_session(id, unix_now()).await? {
-            Closing::NotFound => None,
+        Ok(match self.close_when_settled(id).await? {
+            Closing::NotFound | Closing::InFlight => None,
             Closing::AlreadyClosed(record) => Some(SessionClose::AlreadyClosed(record)),
             Closing::Closed {
                 refund_msat,

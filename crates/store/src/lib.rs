@@ -268,6 +268,9 @@ pub enum Closing {
     },
     /// It was closed before.
     AlreadyClosed(SessionRecord),
+    /// Left open: a request of it is in flight (a debit held), and the
+    /// close was asked to wait for it.
+    InFlight,
     /// No such session.
     NotFound,
 }
@@ -696,7 +699,19 @@ pub trait Store: Send + Sync + 'static {
     /// is taken again the same way (its status back to `pending`, by one
     /// caller alone): closing it again tries the refund again. (One with
     /// no return invoice has nowhere to be refunded to.)
-    async fn close_session(&self, id: &[u8; 32], now: u64) -> Result<Closing, StoreError>;
+    ///
+    /// With `unless_in_flight`, an open session with a debit held (a
+    /// request of it in flight) is left open ([`Closing::InFlight`]),
+    /// decided atomically with the close: a request that debits the
+    /// session at the same moment either finds it closed or is waited
+    /// for, so that what it gives back (a failed request's debit, the
+    /// unused part of a usage hold) reaches the refund.
+    async fn close_session(
+        &self,
+        id: &[u8; 32],
+        now: u64,
+        unless_in_flight: bool,
+    ) -> Result<Closing, StoreError>;
 
     /// Records how a closed session's refund went.
     async fn record_refund(&self, id: &[u8; 32], status: &str) -> Result<(), StoreError>;

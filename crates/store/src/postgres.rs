@@ -1471,7 +1471,34 @@ impl Store for PostgresStore {
         })
     }
 
-    async fn close_session(&self, id: &[u8; 32], now: u64) -> Result<Closing, StoreError> {
+    async fn close_session(
+        &self,
+        id: &[u8; 32],
+        now: u64,
+        unless_in_flight: bool,
+    ) -> Result<Closing, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        if unless_in_flight {
+            // The session's row first, as a debit takes it: a debit under
+            // way is waited for, and the next statement sees its hold.
+            let open: Option<bool> = sqlx::query_scalar(
+                "SELECT closed_at IS NULL FROM sessions WHERE id = $1 FOR UPDATE",
+            )
+            .bind(&id[..])
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM session_debits WHERE session = $1)",
+            )
+            .bind(&id[..])
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+            if open == Some(true) && held {
+                return Ok(Closing::InFlight);
+            }
+        }
         let closed: Option<(i64, Option<String>)> = sqlx::query_as(
             "UPDATE sessions SET closed_at = coalesce(closed_at, $2),
                 refund_msat = CASE WHEN closed_at IS NULL THEN GREATEST(deposit_msat - spent_msat, 0) ELSE refund_msat END,
@@ -1481,9 +1508,10 @@ impl Store for PostgresStore {
         )
         .bind(&id[..])
         .bind(now as i64)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         if let Some((refund, return_invoice)) = closed {
             return Ok(Closing::Closed {
                 refund_msat: refund as u64,

@@ -229,6 +229,15 @@ fn commit_one(c: &Connection, key: &str, holder: &ClaimHolder, now: u64) -> rusq
     .map(|n| n == 1)
 }
 
+/// Whether session `id` is open with a debit held (a request in flight).
+fn open_with_debits(c: &Connection, id: &[u8; 32]) -> rusqlite::Result<bool> {
+    c.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE id = ?1 AND closed_at IS NULL)
+            AND EXISTS (SELECT 1 FROM session_debits WHERE session = ?1)",
+    )?
+    .query_row([&id[..]], |r| r.get(0))
+}
+
 /// The sessions `clause` (a `WHERE` condition and its `ORDER BY`) picks,
 /// at most `limit`.
 fn sessions_where(
@@ -1494,9 +1503,17 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn close_session(&self, id: &[u8; 32], now: u64) -> Result<Closing, StoreError> {
+    async fn close_session(
+        &self,
+        id: &[u8; 32],
+        now: u64,
+        unless_in_flight: bool,
+    ) -> Result<Closing, StoreError> {
         let id = *id;
         self.with(move |c| {
+            if unless_in_flight && open_with_debits(c, &id)? {
+                return Ok(Closing::InFlight);
+            }
             let closed: Option<(i64, Option<String>)> = c
                 .prepare_cached(
                     "UPDATE sessions SET closed_at = coalesce(closed_at, ?2),

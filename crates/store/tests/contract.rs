@@ -618,7 +618,7 @@ async fn open_sessions_are_counted_and_listed([a, b]: &Pair) {
     let newest = b.open_sessions(1).await.unwrap();
     assert_eq!(newest.sessions.len(), 1);
     assert!(open.sessions.iter().any(|s| s.id == [230; 32]));
-    a.close_session(&[231; 32], 7_000).await.unwrap();
+    a.close_session(&[231; 32], 7_000, false).await.unwrap();
     let open = b.open_sessions(1000).await.unwrap();
     assert_eq!(open.count, before.count + 1);
     assert_eq!(open.balance_msat, before.balance_msat + 7_000);
@@ -642,7 +642,7 @@ async fn refunds_owed_are_counted_and_listed([a, b]: &Pair) {
                 .unwrap(),
             Opened::New
         );
-        a.close_session(&[id; 32], 2_000).await.unwrap();
+        a.close_session(&[id; 32], 2_000, false).await.unwrap();
     }
     a.record_refund(&[191; 32], "failed").await.unwrap();
     a.record_refund(&[192; 32], "succeeded").await.unwrap();
@@ -929,7 +929,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
         }]
     );
     assert!(matches!(
-        a.close_session(&[60; 32], 1_700).await.unwrap(),
+        a.close_session(&[60; 32], 1_700, false).await.unwrap(),
         Closing::AlreadyClosed(_)
     ));
     // A refund that failed (no route, say) is tried again when the
@@ -937,8 +937,8 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     // not.
     a.record_refund(&[60; 32], "failed").await.unwrap();
     let (x, y) = tokio::join!(
-        a.close_session(&[60; 32], 1_450),
-        b.close_session(&[60; 32], 1_450)
+        a.close_session(&[60; 32], 1_450, false),
+        b.close_session(&[60; 32], 1_450, false)
     );
     let retried: Vec<Closing> = [x.unwrap(), y.unwrap()]
         .into_iter()
@@ -973,7 +973,8 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     assert_eq!(a.take_owed_refunds(1_471, 1_480, 10).await.unwrap(), taken);
     a.record_refund(&[60; 32], "succeeded").await.unwrap();
     assert_eq!(b.take_owed_refunds(2_000, 2_000, 10).await.unwrap(), vec![]);
-    let Closing::AlreadyClosed(done) = b.close_session(&[60; 32], 1_500).await.unwrap() else {
+    let Closing::AlreadyClosed(done) = b.close_session(&[60; 32], 1_500, false).await.unwrap()
+    else {
         panic!("closed twice");
     };
     let end = done.closed.unwrap();
@@ -998,7 +999,7 @@ async fn a_balance_is_credited_once_spent_atomically_and_refunded_once([a, b]: &
     );
     assert_eq!(b.close_idle_sessions(9_999, 10).await.unwrap().len(), 1);
     assert_eq!(
-        a.close_session(&[66; 32], 1).await.unwrap(),
+        a.close_session(&[66; 32], 1, false).await.unwrap(),
         Closing::NotFound
     );
 }
@@ -1065,6 +1066,42 @@ async fn a_claim_and_its_debit_are_spent_in_one_write([a, b]: &Pair) {
     assert!(
         a.release_claim(k, &claim).await.unwrap(),
         "still its holder's"
+    );
+}
+
+/// A close asked to wait for requests in flight leaves a session with a
+/// debit held open, and closes it once the debit is settled.
+async fn a_close_waits_for_a_debit_held([a, b]: &Pair) {
+    let id = [68; 32];
+    assert_eq!(
+        a.open_session(&new_session(68, 10_000, None))
+            .await
+            .unwrap(),
+        Opened::New
+    );
+    let r = holder("rc", "in-flight");
+    a.debit(&id, "chat", 3, 1_000, &r, 30).await.unwrap();
+    assert_eq!(
+        b.close_session(&id, 31, true).await.unwrap(),
+        Closing::InFlight
+    );
+    assert!(a.session(&id).await.unwrap().unwrap().closed.is_none());
+    // The request failed: its debit goes back, then the close refunds all.
+    assert!(a.undo_debit(&r).await.unwrap());
+    assert_eq!(
+        b.close_session(&id, 32, true).await.unwrap(),
+        Closing::Closed {
+            refund_msat: 10_000,
+            return_invoice: None
+        }
+    );
+    assert!(matches!(
+        b.close_session(&id, 33, true).await.unwrap(),
+        Closing::AlreadyClosed(_)
+    ));
+    assert_eq!(
+        b.close_session(&[69; 32], 33, true).await.unwrap(),
+        Closing::NotFound
     );
 }
 
@@ -1326,7 +1363,10 @@ async fn payments_are_searched_and_summed([a, b]: &Pair) {
             ..new_session(id, 5_500, Some(&format!("lnbcrt1back{id}")))
         };
         assert_eq!(b.open_session(&opened).await.unwrap(), Opened::New);
-        let closed = a.close_session(&[id; 32], day + 3_900).await.unwrap();
+        let closed = a
+            .close_session(&[id; 32], day + 3_900, false)
+            .await
+            .unwrap();
         assert!(matches!(
             closed,
             Closing::Closed {
@@ -1426,6 +1466,7 @@ async fn keeps_the_contract(stores: &Pair) {
     a_balance_is_credited_once_spent_atomically_and_refunded_once(stores).await;
     a_balance_gives_back_failures_up_to_twice_its_spending(stores).await;
     a_claim_and_its_debit_are_spent_in_one_write(stores).await;
+    a_close_waits_for_a_debit_held(stores).await;
     concurrent_debits_never_overdraw(stores).await;
     open_sessions_are_counted_and_listed(stores).await;
     a_return_invoice_names_one_session(stores).await;
