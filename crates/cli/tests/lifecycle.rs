@@ -12,7 +12,9 @@
 //! - a response kept for its `Idempotency-Key` whose spend was never
 //!   written is not replayed: the payment given back is served once;
 //! - a keyed request on a prepaid balance (PostgreSQL) is charged once
-//!   whenever a kill cuts its spend.
+//!   whenever a kill cuts its spend;
+//! - a balance's deposit is in the books before its first answer, so a
+//!   kill just after it loses no revenue.
 
 mod common;
 
@@ -710,4 +712,38 @@ async fn a_keyed_request_on_a_balance_is_charged_once_whenever_a_kill_cuts_its_s
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(replay.text().await.unwrap(), answer);
     assert_eq!(spent(), "4000", "a replay spends nothing");
+}
+
+/// A balance's deposit is booked before the answer that opened it: it
+/// went with the batch of served payments, which a process killed within
+/// the half second before that batch is written lost, and the books then
+/// never had the deposit (its session's refund counted against nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposit_is_booked_before_its_first_answer() {
+    let (upstream, _calls) = start_upstream().await;
+    let config = format!(
+        "[limits]\nunpaid_invoices_per_minute = 0\n[[services]]\nname = \"balance\"\n\
+         path = \"/quick\"\nupstream = \"http://127.0.0.1:{upstream}\"\nprice_sats = 2\n\
+         sells = \"balance\"\ndeposit_units = 5\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = ServeProcess::start(dir.path(), &config).await;
+    let http = fresh_connections();
+    let token = buy_l402(&http, &gateway.base, "/quick").await;
+    let (status, body) = present(&http, &gateway.base, "/quick", &token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    gateway.kill();
+    let books: (i64, i64) = rusqlite::Connection::open(gateway.data.join("gate402.sqlite3"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*), coalesce(sum(amount_msat), 0) FROM payments",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        books,
+        (1, 10_000),
+        "the deposit of 5 units of 2 sat, booked"
+    );
 }

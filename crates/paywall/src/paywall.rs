@@ -665,28 +665,40 @@ impl Paywall {
         result
     }
 
-    /// Counts a deposit into a balance (`sats`) as one payment, once: its
-    /// revenue is counted when first written.
-    pub(crate) fn record_deposit(
+    /// Books a deposit into a balance (`sats`) as one payment, once: its
+    /// revenue is counted when first written. Written before this is
+    /// ready, not with the batch of served payments, which a crash may
+    /// lose (an open or top-up is rare, and a deposit's row is what the
+    /// refund of its session is set against in the books); with the store
+    /// out of reach, left to that batch.
+    pub(crate) async fn record_deposit(
         &self,
         service: &PricedService,
         scheme: &'static str,
         payment_hash: [u8; 32],
         sats: u64,
     ) {
-        let at = unix_now_secs();
-        self.inner.served.add(|pending| {
-            pending
-                .entry(payment_hash)
-                .or_insert_with(|| PaymentRecord {
-                    payment_hash,
-                    service: service.name.clone(),
-                    scheme: scheme.to_owned(),
-                    amount_msat: sats.saturating_mul(1000),
-                    at,
-                    served: 0,
+        let deposit = PaymentRecord {
+            payment_hash,
+            service: service.name.clone(),
+            scheme: scheme.to_owned(),
+            amount_msat: sats.saturating_mul(1000),
+            at: unix_now_secs(),
+            served: 0,
+        };
+        match self.inner.store.record_payment(&deposit).await {
+            Ok(new) => {
+                if new {
+                    self.count_new_payment(&deposit);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot book a deposit now; it goes with the served payments");
+                self.inner.served.add(|pending| {
+                    pending.entry(payment_hash).or_insert(deposit);
                 });
-        });
+            }
+        }
     }
 
     /// Counts a served paid request and returns its receipt. The count

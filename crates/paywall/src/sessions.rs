@@ -648,7 +648,8 @@ impl Paywall {
             .await;
         match opened {
             Ok(Opened::New) => {
-                self.record_deposit(service, scheme, id, deposit_sats);
+                self.record_deposit(service, scheme, id, deposit_sats)
+                    .await;
                 Ok(())
             }
             Ok(Opened::Existing(session)) if session.closed.is_some() => Err(closed()),
@@ -799,7 +800,8 @@ impl Paywall {
             .await;
         match credited {
             Ok(TopUp::Credited { .. }) => {
-                self.record_deposit(service, "Payment", hash, deposit_sats);
+                self.record_deposit(service, "Payment", hash, deposit_sats)
+                    .await;
             }
             // A retry: answered as the first time, credited once.
             Ok(TopUp::AlreadyCredited) => {}
