@@ -731,6 +731,9 @@ async fn a_session_is_opened_spent_topped_up_and_refunded_exactly() {
         problem(h.send("/chat", &challenge, bearer).await).await,
         lightning("session-closed")
     );
+    // The top-up sent again: closed too, though it was credited before.
+    let again = problem(h.send("/chat", &fresh, top_up).await).await;
+    assert_eq!(again, lightning("session-closed"));
     // The admin report counts both deposits as revenue and the refund
     // against it (deposits are written in batches: wait for both).
     let mut total = Value::Null;

@@ -803,8 +803,18 @@ impl Paywall {
                 self.record_deposit(service, "Payment", hash, deposit_sats)
                     .await;
             }
-            // A retry: answered as the first time, credited once.
-            Ok(TopUp::AlreadyCredited) => {}
+            // A retry: answered as the first time, credited once, unless
+            // the session was closed since (it refuses everything).
+            Ok(TopUp::AlreadyCredited) => {
+                if let Ok(Some(session)) = self.store().session(&id).await {
+                    if session.closed.is_some() {
+                        return refuse(
+                            ProblemType::LightningSessionClosed,
+                            "this session is closed; this top-up was credited before the close, and its refund counted it",
+                        );
+                    }
+                }
+            }
             Ok(TopUp::DepositSpent) => {
                 return refuse(
                     ProblemType::InvalidChallenge,

@@ -130,27 +130,30 @@ impl TestPostgres {
         let _ = self.server.wait();
     }
 
+    /// `psql` on the `postgres` database, unaligned, tuples only, quiet.
+    fn psql(&self) -> Command {
+        let mut psql = command(&self.bin, "psql");
+        psql.args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "gate402",
+            "-d",
+            "postgres",
+            "-XAtq",
+        ])
+        .arg("-p")
+        .arg(self.port.to_string());
+        psql
+    }
+
     /// Runs `sql` with `psql` on the `postgres` database; its output.
     ///
     /// # Panics
     ///
     /// When `psql` cannot run or the statement fails.
     pub fn sql(&self, sql: &str) -> String {
-        let out = command(&self.bin, "psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "gate402",
-                "-d",
-                "postgres",
-                "-XAtqc",
-            ])
-            .arg(sql)
-            .arg("-p")
-            .arg(self.port.to_string())
-            .output()
-            .expect("psql");
+        let out = self.psql().arg("-c").arg(sql).output().expect("psql");
         assert!(
             out.status.success(),
             "psql {sql}: {}",
@@ -166,18 +169,8 @@ impl TestPostgres {
     ///
     /// When `psql` cannot start.
     pub fn session(&self) -> SqlSession {
-        let mut psql = command(&self.bin, "psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "gate402",
-                "-d",
-                "postgres",
-                "-XAtq",
-            ])
-            .arg("-p")
-            .arg(self.port.to_string())
+        let mut psql = self
+            .psql()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
