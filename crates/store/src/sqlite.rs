@@ -218,15 +218,27 @@ fn keep_debit(
     Ok(())
 }
 
+/// Marks a claim spent ([`commit_with`]).
+const COMMIT_CLAIM: &str =
+    "UPDATE challenges SET consumed = 1, consumed_at = coalesce(consumed_at, ?4)
+     WHERE id = ?1 AND holder = ?2 AND holder_token = ?3";
+
 /// Marks the claim on `key` spent at `now` if `holder` holds it: whether
 /// it did.
 fn commit_one(c: &Connection, key: &str, holder: &ClaimHolder, now: u64) -> rusqlite::Result<bool> {
-    c.prepare_cached(
-        "UPDATE challenges SET consumed = 1, consumed_at = coalesce(consumed_at, ?4)
-         WHERE id = ?1 AND holder = ?2 AND holder_token = ?3",
-    )?
-    .execute(params![key, holder.replica, holder.token, now as i64])
-    .map(|n| n == 1)
+    commit_with(&mut *c.prepare_cached(COMMIT_CLAIM)?, key, holder, now)
+}
+
+/// [`commit_one`] with [`COMMIT_CLAIM`] prepared once for a batch.
+fn commit_with(
+    commit: &mut rusqlite::Statement<'_>,
+    key: &str,
+    holder: &ClaimHolder,
+    now: u64,
+) -> rusqlite::Result<bool> {
+    commit
+        .execute(params![key, holder.replica, holder.token, now as i64])
+        .map(|n| n == 1)
 }
 
 /// Whether session `id` is open with a debit held (a request in flight).
@@ -935,9 +947,10 @@ impl Store for SqliteStore {
     ) -> Result<Vec<bool>, StoreError> {
         let claims = claims.to_vec();
         self.with(move |c| {
+            let mut commit = c.prepare_cached(COMMIT_CLAIM)?;
             claims
                 .iter()
-                .map(|(key, holder)| commit_one(c, key, holder, now))
+                .map(|(key, holder)| commit_with(&mut commit, key, holder, now))
                 .collect()
         })
         .await
