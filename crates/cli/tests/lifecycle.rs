@@ -12,7 +12,8 @@
 //! - a response kept for its `Idempotency-Key` whose spend was never
 //!   written is not replayed: the payment given back is served once;
 //! - a keyed request on a prepaid balance (PostgreSQL) is charged once
-//!   whenever a kill cuts its spend;
+//!   whenever a kill cuts its spend, whether its client waits for the
+//!   whole answer or leaves in the middle of it;
 //! - a balance's deposit is in the books before its first answer, so a
 //!   kill just after it loses no revenue.
 
@@ -596,6 +597,173 @@ async fn a_kept_response_whose_spend_was_never_written_is_not_replayed() {
     assert_eq!(calls.numbered.load(Ordering::SeqCst), 4, "upstream calls");
 }
 
+/// A gateway on PostgreSQL selling a balance (5 units of 2 sats), in
+/// front of an upstream that answers a request only with a permit (one
+/// for the first request), and an L402 token that opened the balance.
+/// `/balance?big` answers 1.5 MiB at once (past what an answer kept for
+/// its key may hold, so that it is passed on as it comes) and, with the
+/// permit, 2 MiB more.
+struct KeyedBalance {
+    postgres: TestPostgres,
+    gateway: ServeProcess,
+    http: reqwest::Client,
+    token: String,
+    permits: Arc<tokio::sync::Semaphore>,
+    calls: Arc<AtomicUsize>,
+    _dir: tempfile::TempDir,
+}
+
+impl KeyedBalance {
+    async fn start() -> Self {
+        let postgres = TestPostgres::start().await;
+        let permits = Arc::new(tokio::sync::Semaphore::new(1));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let app = Router::new()
+            .route(
+                "/balance",
+                get(
+                    |State((permits, calls)): State<(
+                        Arc<tokio::sync::Semaphore>,
+                        Arc<AtomicUsize>,
+                    )>,
+                     uri: axum::http::Uri| async move {
+                        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                        if uri.query() != Some("big") {
+                            permits.acquire().await.unwrap().forget();
+                            return Body::from(format!("{{\"call\":{n}}}"));
+                        }
+                        let mut first = format!("{{\"call\":{n},\"pad\":\"").into_bytes();
+                        first.resize(first.len() + (3 << 19), b'x');
+                        let first = Bytes::from(first);
+                        let chunks = futures_util::stream::unfold(0, move |sent| {
+                            let permits = permits.clone();
+                            let first = first.clone();
+                            async move {
+                                let chunk = match sent {
+                                    0 => first,
+                                    1 => {
+                                        permits.acquire().await.unwrap().forget();
+                                        Bytes::from(vec![b'x'; 2 << 20])
+                                    }
+                                    2 => Bytes::from_static(b"\"}"),
+                                    _ => return None,
+                                };
+                                Some((Ok::<_, std::io::Error>(chunk), sent + 1))
+                            }
+                        });
+                        Body::from_stream(chunks)
+                    },
+                ),
+            )
+            .with_state((permits.clone(), calls.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let config = format!(
+            "[mpp]\nsecret = \"{}\"\n[store]\nkind = \"postgres\"\nurl = \"{}\"\n[limits]\nunpaid_invoices_per_minute = 0\n\
+             [[services]]\nname = \"balance\"\npath = \"/balance\"\nupstream = \"http://127.0.0.1:{upstream}\"\n\
+             price_sats = 2\nsells = \"balance\"\ndeposit_units = 5\n",
+            "s".repeat(32),
+            postgres.url
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = ServeProcess::start(dir.path(), &config).await;
+        let http = fresh_connections();
+        let token = buy_l402(&http, &gateway.base, "/balance").await;
+        let rig = Self {
+            postgres,
+            gateway,
+            http,
+            token,
+            permits,
+            calls,
+            _dir: dir,
+        };
+        let first = rig.send("/balance", None).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(rig.spent(), "2000", "one unit of 2 sats");
+        rig
+    }
+
+    fn send(
+        &self,
+        path: &str,
+        key: Option<&str>,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+        let request = self
+            .http
+            .get(format!("{}{path}", self.gateway.base))
+            .header(AUTHORIZATION, &self.token);
+        match key {
+            Some(key) => request.header("idempotency-key", format!("\"{key}\"")),
+            None => request,
+        }
+        .send()
+    }
+
+    /// What the balance spent, in msat.
+    fn spent(&self) -> String {
+        self.postgres
+            .sql("SELECT spent_msat FROM sessions")
+            .trim()
+            .to_owned()
+    }
+
+    /// Waits until the upstream has had `calls` requests.
+    async fn wait_for_calls(&self, calls: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.calls.load(Ordering::SeqCst) < calls {
+            assert!(Instant::now() < deadline, "request {calls} never came");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Locks the debits' table, then lets the upstream answer with `let_go`,
+    /// and waits for the spend that follows to wait for the lock and for
+    /// a spend of the claim written apart from the debit's to land; then
+    /// kills the gateway, ends the dead process's connections, lets go of
+    /// the lock and starts the gateway again.
+    async fn kill_while_the_spend_waits(&mut self, let_go: impl AsyncFnOnce(&Self)) {
+        let mut lock = self.postgres.session();
+        lock.run("BEGIN; LOCK TABLE session_debits IN EXCLUSIVE MODE;");
+        let_go(&*self).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted";
+        while self.postgres.sql(waiting).trim() == "0" {
+            assert!(
+                Instant::now() < deadline,
+                "the spend never waited for the lock"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let claim_spent = "SELECT count(*) FROM challenges WHERE consumed";
+        let settle_by = Instant::now() + Duration::from_secs(5);
+        while self.postgres.sql(claim_spent).trim() == "0" && Instant::now() < settle_by {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.gateway.kill();
+        // The killed process's connections still wait for the lock: ended,
+        // then the lock let go.
+        lock.run(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'; ROLLBACK;",
+        );
+        drop(lock);
+        self.permits.add_permits(100);
+        self.gateway.restart().await;
+    }
+
+    /// No debit is left held.
+    fn assert_no_debit_held(&self) {
+        assert_eq!(
+            self.postgres
+                .sql("SELECT count(*) FROM session_debits")
+                .trim(),
+            "0"
+        );
+    }
+}
+
 /// A keyed request on a prepaid balance spends its `Idempotency-Key`'s
 /// claim and keeps its debit in one write. They were two: a replica
 /// killed after the claim's spend and before the debit's, with the debit
@@ -606,112 +774,60 @@ async fn a_kept_response_whose_spend_was_never_written_is_not_replayed() {
 /// answered, and the balance is charged for it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyed_request_on_a_balance_is_charged_once_whenever_a_kill_cuts_its_spend() {
-    let postgres = TestPostgres::start().await;
-    // The upstream answers a request only with a permit: one for the
-    // first request, the next once the lock is taken.
-    let permits = Arc::new(tokio::sync::Semaphore::new(1));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let app = Router::new()
-        .route(
-            "/balance",
-            get(
-                |State((permits, calls)): State<(
-                    Arc<tokio::sync::Semaphore>,
-                    Arc<AtomicUsize>,
-                )>| async move {
-                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-                    permits.acquire().await.unwrap().forget();
-                    format!("{{\"call\":{n}}}")
-                },
-            ),
-        )
-        .with_state((permits.clone(), calls.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let config = format!(
-        "[mpp]\nsecret = \"{}\"\n[store]\nkind = \"postgres\"\nurl = \"{}\"\n[limits]\nunpaid_invoices_per_minute = 0\n\
-         [[services]]\nname = \"balance\"\npath = \"/balance\"\nupstream = \"http://127.0.0.1:{upstream}\"\n\
-         price_sats = 2\nsells = \"balance\"\ndeposit_units = 5\n",
-        "s".repeat(32),
-        postgres.url
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let mut gateway = ServeProcess::start(dir.path(), &config).await;
-    let http = fresh_connections();
-    let token = buy_l402(&http, &gateway.base, "/balance").await;
-    let url = format!("{}/balance", gateway.base);
-    let send = |key: Option<&str>| {
-        let request = http.get(&url).header(AUTHORIZATION, &token);
-        match key {
-            Some(key) => request.header("idempotency-key", format!("\"{key}\"")),
-            None => request,
-        }
-        .send()
-    };
-    let spent = || {
-        postgres
-            .sql("SELECT spent_msat FROM sessions")
-            .trim()
-            .to_owned()
-    };
-    let first = send(None).await.unwrap();
-    assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(spent(), "2000", "one unit of 2 sats");
-
-    let keyed = tokio::spawn(send(Some("order-1")));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while calls.load(Ordering::SeqCst) < 2 {
-        assert!(Instant::now() < deadline, "the keyed request never came");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Debited and at the upstream: its spend now waits for the lock.
-    let mut lock = postgres.session();
-    lock.run("BEGIN; LOCK TABLE session_debits IN EXCLUSIVE MODE;");
-    permits.add_permits(1);
-    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted";
-    while postgres.sql(waiting).trim() == "0" {
-        assert!(
-            Instant::now() < deadline,
-            "the spend never waited for the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // A spend of the claim written apart from the debit's lands now.
-    let claim_spent = "SELECT count(*) FROM challenges WHERE consumed";
-    let settle_by = Instant::now() + Duration::from_secs(5);
-    while postgres.sql(claim_spent).trim() == "0" && Instant::now() < settle_by {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    gateway.kill();
+    let mut rig = KeyedBalance::start().await;
+    let keyed = tokio::spawn(rig.send("/balance", Some("order-1")));
+    // Debited and at the upstream: its spend will wait for the lock.
+    rig.wait_for_calls(2).await;
+    rig.kill_while_the_spend_waits(async |rig| rig.permits.add_permits(1))
+        .await;
     keyed.abort();
-    // The killed process's connections still wait for the lock: ended,
-    // then the lock let go.
-    lock.run(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'; ROLLBACK;",
-    );
-    drop(lock);
-    permits.add_permits(100);
-    gateway.restart().await;
 
-    let retry = send(Some("order-1")).await.unwrap();
+    let retry = rig.send("/balance", Some("order-1")).await.unwrap();
     assert_eq!(retry.status(), StatusCode::OK);
     let answer = retry.text().await.unwrap();
     assert_eq!(
-        spent(),
+        rig.spent(),
         "4000",
         "the keyed request was answered ({answer}) and charged once"
     );
-    assert_eq!(
-        postgres.sql("SELECT count(*) FROM session_debits").trim(),
-        "0"
-    );
-    let replay = send(Some("order-1")).await.unwrap();
+    rig.assert_no_debit_held();
+    let replay = rig.send("/balance", Some("order-1")).await.unwrap();
     assert_eq!(replay.status(), StatusCode::OK);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     assert_eq!(replay.text().await.unwrap(), answer);
-    assert_eq!(spent(), "4000", "a replay spends nothing");
+    assert_eq!(rig.spent(), "4000", "a replay spends nothing");
+}
+
+/// The same spend when the client leaves in the middle of the answer:
+/// served, so spent as it is dropped, the claim and the debit again in
+/// one write. Written apart, the claim's spend landed and the debit was
+/// given back at the restart: a unit served (in part) and never charged,
+/// and the retry under the key refused. Now the retry is served and the
+/// balance is charged for it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_request_on_a_balance_whose_client_leaves_mid_answer_is_charged_once() {
+    let mut rig = KeyedBalance::start().await;
+    let mut cut = rig.send("/balance?big", Some("order-1")).await.unwrap();
+    assert_eq!(cut.status(), StatusCode::OK);
+    let first = cut
+        .chunk()
+        .await
+        .unwrap()
+        .expect("the answer's first bytes");
+    assert!(first.starts_with(b"{\"call\":2"), "{first:?}");
+    rig.kill_while_the_spend_waits(async |rig| {
+        // The client leaves; what the upstream sends next finds it gone.
+        drop(cut);
+        rig.permits.add_permits(1);
+    })
+    .await;
+
+    let retry = rig.send("/balance?big", Some("order-1")).await.unwrap();
+    assert_eq!(retry.status(), StatusCode::OK);
+    let answer = retry.bytes().await.unwrap();
+    assert!(answer.starts_with(b"{\"call\":3"), "served again");
+    assert_eq!(rig.spent(), "4000", "the cut answer charged once");
+    rig.assert_no_debit_held();
 }
 
 /// A balance's deposit is booked before the answer that opened it: it
