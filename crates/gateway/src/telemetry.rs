@@ -124,6 +124,12 @@ pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
         (Some("http" | "https"), Some(host)) if !host.is_empty() => {}
         _ => return Err(format!("{endpoint:?} is not an http(s) URL with a host")),
     }
+    if uri
+        .authority()
+        .is_some_and(|a| !crate::config::port_is_valid(a))
+    {
+        return Err(crate::config::no_valid_port(endpoint));
+    }
     if uri.query().is_some() {
         return Err(format!(
             "{endpoint:?}: a base URL takes no query (/v1/traces is added to its path)"

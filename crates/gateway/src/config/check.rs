@@ -652,6 +652,15 @@ impl Checker {
                     format!("{:?} is not an http(s) URL", super::redacted_url(url)),
                 )
             }
+            (Some(url), None)
+                if url
+                    .parse::<axum::http::Uri>()
+                    .ok()
+                    .and_then(|uri| uri.authority().map(|a| !super::port_is_valid(a)))
+                    == Some(true) =>
+            {
+                self.error("mcp_proxy.url", super::no_valid_port(url))
+            }
             (None, Some(command)) if command.is_empty() => {
                 self.error("mcp_proxy.command", "names no program")
             }

@@ -985,6 +985,36 @@ fn join(path: &str, key: &str) -> String {
     }
 }
 
+/// Whether `authority` names its port well: not at all, or in digits, 1
+/// to 65535, after the host's `:`. The `http` crate reads a port it cannot
+/// parse (`:109543`, a bare `:`) as none, and a connection to it then goes
+/// to the scheme's default port instead of failing.
+pub(crate) fn port_is_valid(authority: &axum::http::uri::Authority) -> bool {
+    let text = authority.as_str();
+    let host_and_port = text.rsplit('@').next().unwrap_or(text);
+    // The port follows the host, whose IPv6 literal holds colons.
+    let port = match host_and_port.rfind(']') {
+        Some(end) => &host_and_port[end + 1..],
+        None => host_and_port.rfind(':').map_or("", |i| &host_and_port[i..]),
+    };
+    match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(digits) => {
+            !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.parse::<u16>().is_ok_and(|p| p != 0)
+        }
+    }
+}
+
+/// The error for `url`, whose port [`port_is_valid`] refuses.
+pub(crate) fn no_valid_port(url: &str) -> String {
+    format!(
+        "{:?} names no valid port: give one from 1 to 65535, or none for the scheme's own (80, 443)",
+        redacted_url(url)
+    )
+}
+
 /// `url` as an error or a log line may repeat it: user info
 /// (`user:password@`) is replaced by `…@`, and a query (which may hold an
 /// API key) by `?…`, whether the rest parses or not.

@@ -336,9 +336,14 @@ impl Checker {
             Some(url) => match url.parse::<axum::http::Uri>() {
                 Ok(uri)
                     if matches!(uri.scheme_str(), Some("http" | "https"))
-                        && uri.host().is_some_and(|h| !h.is_empty()) =>
+                        && uri.host().is_some_and(|h| !h.is_empty())
+                        && uri.authority().is_some_and(super::port_is_valid) =>
                 {
                     Some(url)
+                }
+                Ok(uri) if uri.authority().is_some_and(|a| !super::port_is_valid(a)) => {
+                    self.error(&join(path, "url"), super::no_valid_port(&url));
+                    None
                 }
                 _ => {
                     self.error(

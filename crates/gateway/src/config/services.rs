@@ -548,7 +548,12 @@ impl Checker {
                 upstream.headers = headers;
                 upstream.rewrite = rewrite;
                 if let Some(tls) = tls {
-                    if !upstream.url.starts_with("https://") {
+                    // The scheme is read case-insensitively, as the proxy reads it.
+                    if !upstream
+                        .url
+                        .get(..8)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+                    {
                         self.error(&at("upstream_tls"), "applies to an https:// upstream only");
                     }
                     upstream.tls = tls;
@@ -597,6 +602,9 @@ impl Checker {
                     super::redacted_url(url)
                 ),
             ),
+            Ok(uri) if uri.authority().is_some_and(|a| !super::port_is_valid(a)) => {
+                self.error(path, super::no_valid_port(url))
+            }
             Ok(uri)
                 if matches!(uri.scheme_str(), Some("http" | "https"))
                     && uri.host().is_some_and(|h| !h.is_empty())

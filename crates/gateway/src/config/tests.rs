@@ -1098,6 +1098,84 @@ fn an_upstream_with_a_password_is_refused_without_repeating_it() {
     );
 }
 
+/// A URL's port outside 1 to 65535, or empty, is refused: the `http`
+/// crate reads such a port as none, and the proxy connected to the
+/// scheme's default port instead (`http://h:109543` went to port 80).
+#[test]
+fn a_url_whose_port_is_not_a_port_is_refused() {
+    let service = |setting: &str| {
+        format!("[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\n{setting}\n")
+    };
+    for port in ["109543", "65536", "4294967739", "0", "", "+80", "08x"] {
+        for scheme in ["http", "https", "HTTPS"] {
+            let url = format!("{scheme}://127.0.0.1:{port}/v1");
+            let text = service(&format!("upstream = \"{url}\""));
+            let error = GatewayConfig::parse(&text, env).unwrap_err().to_string();
+            assert!(
+                error.contains("services[0].upstream") && error.contains("names no valid port"),
+                "{url}: {error}"
+            );
+        }
+        let url = format!("http://[::1]:{port}");
+        let text = service(&format!("upstream = \"{url}\""));
+        let error = GatewayConfig::parse(&text, env).unwrap_err().to_string();
+        assert!(error.contains("names no valid port"), "{url}: {error}");
+        let text = service(&format!("pricer = {{ url = \"http://h:{port}/q\" }}"));
+        let error = GatewayConfig::parse(&text, env).unwrap_err().to_string();
+        assert!(error.contains("services[0].pricer.url"), "{port}: {error}");
+        let text = format!(
+            "[mcp_proxy]\nurl = \"http://h:{port}/mcp\"\n{}",
+            service("upstream = \"http://127.0.0.1:9\"")
+        );
+        let error = GatewayConfig::parse(&text, env).unwrap_err().to_string();
+        assert!(error.contains("mcp_proxy.url"), "{port}: {error}");
+        let text = format!(
+            "[telemetry]\notlp_endpoint = \"http://h:{port}\"\n{}",
+            service("upstream = \"http://127.0.0.1:9\"")
+        );
+        let error = GatewayConfig::parse(&text, env).unwrap_err().to_string();
+        assert!(error.contains("telemetry.otlp_endpoint"), "{port}: {error}");
+    }
+    for url in [
+        "http://127.0.0.1:1",
+        "https://localhost:65535/v1",
+        "http://[::1]:8080",
+        "http://[::1]",
+        "https://api.example.com",
+    ] {
+        let text = service(&format!("upstream = \"{url}\""));
+        assert!(GatewayConfig::parse(&text, env).is_ok(), "{url}");
+    }
+}
+
+/// An upstream's scheme is read regardless of case, by the proxy and by
+/// the check of `upstream_tls` alike: `HTTPS://` with a CA bundle was
+/// refused as not https, and used as https without one.
+#[test]
+fn an_https_upstream_in_capitals_takes_its_tls_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+    for scheme in ["https", "HTTPS", "Https"] {
+        let text = format!(
+            "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"{scheme}://localhost:8443\"\nupstream_tls = {{ ca = {:?} }}\n",
+            ca_path.display().to_string()
+        );
+        let config = GatewayConfig::parse(&text, env);
+        assert!(config.is_ok(), "{scheme}: {:?}", config.err());
+    }
+    let text = format!(
+        "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"HTTP://localhost:8080\"\nupstream_tls = {{ ca = {:?} }}\n",
+        ca_path.display().to_string()
+    );
+    let error = GatewayConfig::parse(&text, env).unwrap_err().to_string();
+    assert!(
+        error.contains("applies to an https:// upstream only"),
+        "{error}"
+    );
+}
+
 #[test]
 fn a_usage_hold_larger_than_the_deposit_is_refused() {
     let text = |max_units: u32| {

@@ -148,6 +148,9 @@ impl Origin {
         let uri: Uri = url.parse().ok()?;
         let parts = uri.into_parts();
         let (scheme, authority) = (parts.scheme?, parts.authority?);
+        if !crate::config::port_is_valid(&authority) {
+            return None;
+        }
         let base = match parts.path_and_query {
             Some(base) if base.as_str() != "/" => base.as_str().to_owned(),
             _ => String::new(),
@@ -820,6 +823,22 @@ impl tower::Service<Request<Body>> for Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upstream built without the config's check (the tower layer's
+    /// `UpstreamConfig::new`) whose port is not one has no origin to
+    /// connect to, rather than the scheme's default port.
+    #[test]
+    fn an_upstream_whose_port_is_not_a_port_has_no_origin() {
+        for url in [
+            "http://127.0.0.1:109543",
+            "https://localhost:",
+            "http://h:0/v1",
+        ] {
+            assert!(Origin::parse(url).is_none(), "{url}");
+        }
+        let origin = Origin::parse("https://localhost:8443/v1").expect("an origin");
+        assert_eq!(origin.authority.port_u16(), Some(8443));
+    }
 
     /// An error that says its cause's words is not followed by them again
     /// (`tcp connect error: tcp connect error: Connection refused`).
