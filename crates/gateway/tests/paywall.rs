@@ -190,6 +190,21 @@ fn upstream_app() -> Router {
             }),
         )
         .route(
+            "/v1/redirect/{n}",
+            get(
+                |axum::extract::Path(n): axum::extract::Path<usize>, headers: HeaderMap| async move {
+                    let host = headers["host"].to_str().unwrap().to_owned();
+                    let (location, _) = REDIRECTS[n];
+                    let location = location.replace("{self}", &format!("http://{host}"));
+                    (
+                        axum::http::StatusCode::FOUND,
+                        [("location", location)],
+                        "moved",
+                    )
+                },
+            ),
+        )
+        .route(
             "/sse",
             get(|| async {
                 let events = stream::iter(1..=3).then(|i| async move {
@@ -201,6 +216,23 @@ fn upstream_app() -> Router {
         )
         .fallback(any(echo))
 }
+
+/// The upstream's `/v1/redirect/{n}` answers a 302 to the first (where
+/// `{self}` is its own origin); a client of `/free/*` (forwarded to `/v1/*`)
+/// is to be sent to the second.
+const REDIRECTS: [(&str, &str); 8] = [
+    ("{self}/v1/landing?x=1#top", "/free/landing?x=1#top"),
+    ("/v1/landing", "/free/landing"),
+    ("{self}/v1", "/free"),
+    ("{self}/V1/Landing", "/free/Landing"),
+    ("{self}/v1x/landing", "/v1x/landing"),
+    ("{self}", "/"),
+    (
+        "https://elsewhere.example/v1/landing",
+        "https://elsewhere.example/v1/landing",
+    ),
+    ("landing", "landing"),
+];
 
 impl Upstream {
     async fn start(addr: SocketAddr) -> Self {
@@ -410,6 +442,38 @@ async fn unpaid_request_gets_one_invoice_and_both_challenges() {
 }
 
 /// What a `Payment-Receipt` names: the paid invoice's hash.
+/// A redirect of the upstream's to itself names the route, never the
+/// upstream's address (which the client would otherwise learn, and could
+/// use to go around the paywall): nginx's `proxy_redirect default`.
+#[tokio::test]
+async fn a_redirect_to_the_upstream_itself_names_the_route() {
+    let h = Harness::start(|up| {
+        let mut free = service("free", "/free/*", 1, up);
+        free.priced.auth = Auth::Off;
+        free.upstream.as_mut().unwrap().rewrite = Rewrite {
+            strip_prefix: Some("/free".into()),
+            add_prefix: Some("/v1".into()),
+        };
+        vec![free]
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (n, (sent, seen)) in REDIRECTS.iter().enumerate() {
+        let response = client
+            .get(h.url(&format!("/free/redirect/{n}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::FOUND, "{sent}");
+        let location = response.headers()["location"].to_str().unwrap();
+        assert_eq!(location, *seen, "{sent}");
+        assert!(!location.contains(&h.upstream.addr.to_string()), "{sent}");
+    }
+}
+
 /// Browsers: with `cors_origins`, a page of a listed origin has its
 /// preflight answered (not a 402) and may read a 402's challenges and a
 /// paid answer's receipt; a page of another origin may not; without the

@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use pool::{BoxError, Pool, SendError};
 
-use crate::config::{ServiceConfig, UpstreamConfig};
+use crate::config::{Rewrite, ServiceConfig, UpstreamConfig};
 use crate::problem::problem_response;
 use crate::server::listen::{AwaitingUpstream, WaitingGuard};
 use crate::tls::{TlsError, UpstreamTls};
@@ -163,6 +163,59 @@ impl Origin {
         })
     }
 
+    /// An upstream answer's `Location` as the client is to see it
+    /// (nginx's `proxy_redirect default`): one at the upstream itself,
+    /// absolute (`http://10.0.0.7:8080/v1/x`) or a path (`/v1/x`), names
+    /// the route's own path when it is under what the route forwards to
+    /// (`/weather/x`), and an absolute one outside that is left as a path
+    /// on the gateway. The upstream's address is not the client's to know,
+    /// nor to go around the paywall by. `None`: as it is (another host,
+    /// a relative reference, a path outside the route).
+    fn public_location(&self, rewrite: &Rewrite, location: &str) -> Option<String> {
+        let (path, absolute) = match location.as_bytes() {
+            [b'/', next, ..] if *next != b'/' => (location, false),
+            [b'/'] => (location, false),
+            _ => {
+                let uri: Uri = location.parse().ok()?;
+                let same = uri.scheme() == Some(&self.scheme)
+                    && uri.authority().is_some_and(|a| {
+                        a.host().eq_ignore_ascii_case(self.authority.host())
+                            && port_or_default(a, &self.scheme)
+                                == port_or_default(&self.authority, &self.scheme)
+                    });
+                if !same {
+                    return None;
+                }
+                let start = location.find("://")? + 3;
+                let rest = &location[start..];
+                (rest.find(['/', '?', '#']).map_or("/", |i| &rest[i..]), true)
+            }
+        };
+        let forwarded = format!(
+            "{}{}",
+            self.base,
+            rewrite.add_prefix.as_deref().unwrap_or("")
+        );
+        let under = path.len() >= forwarded.len()
+            && path.as_bytes()[..forwarded.len()].eq_ignore_ascii_case(forwarded.as_bytes())
+            && matches!(
+                path.as_bytes().get(forwarded.len()),
+                None | Some(b'/' | b'?' | b'#')
+            );
+        if !under {
+            return absolute.then(|| path.to_owned());
+        }
+        let public = format!(
+            "{}{}",
+            rewrite.strip_prefix.as_deref().unwrap_or(""),
+            &path[forwarded.len()..]
+        );
+        Some(match public.as_bytes().first() {
+            Some(b'/') => public,
+            _ => format!("/{public}"),
+        })
+    }
+
     /// The upstream's target for `path` (normal form) and `query`, in
     /// origin form as HTTP/1.1 sends it to an origin server.
     fn target(&self, path: &str, query: Option<&str>) -> Option<PathAndQuery> {
@@ -176,6 +229,15 @@ impl Origin {
         }
         PathAndQuery::try_from(target).ok()
     }
+}
+
+/// The port `authority` names, or `scheme`'s own.
+fn port_or_default(authority: &Authority, scheme: &Scheme) -> Option<u16> {
+    authority.port_u16().or(match scheme.as_str() {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    })
 }
 
 type Upstreams = HashMap<String, Arc<Upstream>>;
@@ -501,6 +563,14 @@ impl Proxy {
                 // The upstream's software and version are not the
                 // client's business (nginx hides them too).
                 parts.headers.remove(header::SERVER);
+                let location = parts.headers.get(header::LOCATION);
+                if let Some(public) = location
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| origin.public_location(&upstream.rewrite, l))
+                    .and_then(|l| HeaderValue::try_from(l).ok())
+                {
+                    parts.headers.insert(header::LOCATION, public);
+                }
                 // The upstream's HTTP version is its connection's, not the
                 // client's: an HTTP/1.0 answer kept as such is written to
                 // the client as HTTP/1.0, its connection then closed.
