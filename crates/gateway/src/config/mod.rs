@@ -430,7 +430,7 @@ impl Rewrite {
 
 /// Whether `prefix` is `path` or a run of its whole segments (ASCII case
 /// ignored, as routes are matched).
-fn segment_prefix(path: &str, prefix: &str) -> bool {
+pub(crate) fn segment_prefix(path: &str, prefix: &str) -> bool {
     path.len() >= prefix.len()
         && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
         && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
@@ -991,12 +991,7 @@ fn join(path: &str, key: &str) -> String {
 /// to the scheme's default port instead of failing.
 pub(crate) fn port_is_valid(authority: &axum::http::uri::Authority) -> bool {
     let text = authority.as_str();
-    let host_and_port = text.rsplit('@').next().unwrap_or(text);
-    // The port follows the host, whose IPv6 literal holds colons.
-    let port = match host_and_port.rfind(']') {
-        Some(end) => &host_and_port[end + 1..],
-        None => host_and_port.rfind(':').map_or("", |i| &host_and_port[i..]),
-    };
+    let (_, port) = gate402_paywall::route::split_port(text.rsplit('@').next().unwrap_or(text));
     match port.strip_prefix(':') {
         None => port.is_empty(),
         Some(digits) => {

@@ -334,16 +334,15 @@ impl Checker {
         let raw: RawPricer = self.section(path, value)?;
         let url = match raw.url {
             Some(url) => match url.parse::<axum::http::Uri>() {
-                Ok(uri)
-                    if matches!(uri.scheme_str(), Some("http" | "https"))
-                        && uri.host().is_some_and(|h| !h.is_empty())
-                        && uri.authority().is_some_and(super::port_is_valid) =>
-                {
-                    Some(url)
-                }
                 Ok(uri) if uri.authority().is_some_and(|a| !super::port_is_valid(a)) => {
                     self.error(&join(path, "url"), super::no_valid_port(&url));
                     None
+                }
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.host().is_some_and(|h| !h.is_empty()) =>
+                {
+                    Some(url)
                 }
                 _ => {
                     self.error(

@@ -196,13 +196,8 @@ impl Origin {
             self.base,
             rewrite.add_prefix.as_deref().unwrap_or("")
         );
-        let under = path.len() >= forwarded.len()
-            && path.as_bytes()[..forwarded.len()].eq_ignore_ascii_case(forwarded.as_bytes())
-            && matches!(
-                path.as_bytes().get(forwarded.len()),
-                None | Some(b'/' | b'?' | b'#')
-            );
-        if !under {
+        let path_only = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+        if !crate::config::segment_prefix(path_only, &forwarded) {
             return absolute.then(|| path.to_owned());
         }
         let public = format!(

@@ -80,8 +80,8 @@ pub fn request_port(uri: &Uri, headers: &HeaderMap) -> Option<u16> {
 }
 
 /// `host[:port]` (`[v6]:port` too) as its host and the rest: empty, or
-/// `:` and what follows.
-fn split_port(text: &str) -> (&str, &str) {
+/// `:` and what follows (`("[::1]", ":8080")`, `("h", "")`).
+pub fn split_port(text: &str) -> (&str, &str) {
     let end = match text.strip_prefix('[') {
         Some(rest) => rest.find(']').map_or(text.len(), |i| i + 2),
         None => text.rfind(':').unwrap_or(text.len()),

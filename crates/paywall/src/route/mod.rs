@@ -18,7 +18,7 @@ use std::sync::Arc;
 use http::Method;
 
 pub use fold::{ascii_readings, decode_again, name_reads_as, reads_as, READINGS};
-pub use host::{normal_name, request_host, request_port, HostError};
+pub use host::{normal_name, request_host, request_port, split_port, HostError};
 pub use method::{
     canonical_method, echoes_request, is_method_override, method_matches, strip_overrides,
     METHOD_OVERRIDE_PARAM,
