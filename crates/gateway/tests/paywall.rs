@@ -1041,6 +1041,75 @@ async fn a_chunked_answer_has_all_its_content_only_once_its_spend_is_written() {
     }
 }
 
+/// An answer of unknown length whose end comes a moment after its last
+/// data (the upstream's connection task not yet run on a busy machine, a
+/// stream that waits a little before it ends) still has all its content at
+/// the client only once its spend is written: the last data is held for a
+/// time, not for a count of the runtime's turns. Here the layer guards an
+/// app whose stream ends 2 ms after its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_end_comes_a_moment_late_is_whole_only_once_spent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paywall, sandbox) = joke_paywall(dir.path()).await;
+    let late_end = || async {
+        let content = stream::once(async { Ok::<_, Infallible>(Bytes::from("hello world")) });
+        let end = stream::once(tokio::time::sleep(Duration::from_millis(2)))
+            .filter_map(|()| std::future::ready(None::<Result<Bytes, Infallible>>));
+        axum::body::Body::from_stream(content.chain(end))
+    };
+    let app: Router = Router::new()
+        .route("/joke", get(late_end))
+        .layer(paywall.layer())
+        .merge(gate402_lightning_sandbox::http::router(sandbox));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    // Each write leaves at once, not when the last is acknowledged.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        tcp.set_nodelay(true).unwrap();
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let db = rusqlite::Connection::open_with_flags(
+        dir.path().join("s.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    for door in ["L402", "Payment"] {
+        for n in 0..5 {
+            let offer = client.get(format!("{base}/joke")).send().await.unwrap();
+            let offer = Offer::from_headers(offer.headers()).unwrap();
+            let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
+            let mut preimage = [0u8; 32];
+            hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+            let mut served = client
+                .get(format!("{base}/joke"))
+                .header(AUTHORIZATION, credential(door, &offer, &preimage))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(served.status(), StatusCode::OK, "{door} #{n}");
+            let mut content = Vec::new();
+            while content.len() < b"hello world".len() {
+                let chunk = served.chunk().await.unwrap().expect("more content");
+                content.extend_from_slice(&chunk);
+            }
+            let consumed: i64 = db
+                .query_row(
+                    "SELECT consumed FROM challenges WHERE id = ?1",
+                    [format!("p:{}", hex::encode(offer.invoice.payment_hash()))],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(content, b"hello world");
+            assert_eq!(
+                consumed, 1,
+                "{door} #{n}: all its content out, its claim not written spent"
+            );
+            assert_eq!(served.chunk().await.unwrap(), None);
+        }
+    }
+}
+
 /// A credential replayed right after its request was answered (its body
 /// read to the end) is told it was used, not that another request is
 /// using it (its commit may not be written yet; a body of known length is

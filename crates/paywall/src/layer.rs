@@ -369,11 +369,13 @@ pin_project_lite::pin_project! {
         spend: Option<Spend>,
         // The answer's end, held while its spend is written.
         settling: Option<Settling>,
-        // A data frame of an answer of unknown length, held back while
-        // the runtime runs a few other tasks: if the end comes meanwhile
-        // (it mostly comes with the last data), the spend is written
-        // before that frame leaves, as for an answer of known length.
+        // A data frame of an answer of unknown length, held back for at
+        // most HOLD_FOR: if the end comes meanwhile (it mostly comes with
+        // the last data), the spend is written before that frame leaves,
+        // as for an answer of known length.
         held: Option<HeldFrame>,
+        // The held frame's time, kept for the next one.
+        hold_timer: Option<Pin<Box<tokio::time::Sleep>>>,
         // What the wrapped body gave after a held frame (`None`: its end),
         // to give on the next poll.
         next: Option<Option<Result<Frame<Bytes>, BoxError>>>,
@@ -400,13 +402,16 @@ fn last_unless_unwritten(
 /// A data frame held back to see whether the answer's end follows it.
 struct HeldFrame {
     frame: Frame<Bytes>,
-    yields: u8,
+    /// Whether the hold timer runs for it.
+    timed: bool,
 }
 
-/// How many times a held frame lets the runtime run other tasks (the
-/// upstream connection's among them, which brings the end) before it
-/// leaves anyway: a stream's events are delayed by no timer.
-const HOLD_YIELDS: u8 = 4;
+/// How long a held frame waits for the next frame or the end before it
+/// leaves anyway. A time, not a count of the runtime's turns: on a busy
+/// machine the upstream connection's task, which brings the end written
+/// with the last data, may not run for a few milliseconds. A stream that
+/// pauses has each pause's last event delayed by at most this.
+const HOLD_FOR: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// The last frame of a paid answer (or its end), held until what the
 /// request spends is written to the store: a gateway killed once its
@@ -473,7 +478,7 @@ where
         polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)))
     }
 
-    /// Whether its data frames may be held back for the end ([`HOLD_YIELDS`]):
+    /// Whether its data frames may be held back for the end ([`HOLD_FOR`]):
     /// the upstream's answer, of unknown length. (One of known length ends
     /// with its last frame; a metered stream is charged as it goes.)
     fn holds_frames(&self) -> bool {
@@ -507,6 +512,7 @@ impl<B> PaywallBody<B> {
             spend,
             settling: None,
             held: None,
+            hold_timer: None,
             next: None,
         }
     }
@@ -562,17 +568,28 @@ where
             let mut last_held = false;
             let polled = match (this.held.take(), polled) {
                 (None, polled) => polled,
-                (Some(held), Poll::Pending) if held.yields < HOLD_YIELDS => {
+                (Some(held), Poll::Pending) => {
+                    let deadline = || tokio::time::Instant::now() + HOLD_FOR;
+                    let timer = match this.hold_timer {
+                        Some(timer) if held.timed => timer,
+                        Some(timer) => {
+                            timer.as_mut().reset(deadline());
+                            timer
+                        }
+                        None => this
+                            .hold_timer
+                            .insert(Box::pin(tokio::time::sleep_until(deadline()))),
+                    };
+                    // The end has not come in time: the frame goes.
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Ok(held.frame)));
+                    }
                     *this.held = Some(HeldFrame {
-                        yields: held.yields + 1,
+                        timed: true,
                         ..held
                     });
-                    // Woken after the tasks already waiting have run.
-                    let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
                     return Poll::Pending;
                 }
-                // The end has not come: the frame goes.
-                (Some(held), Poll::Pending) => return Poll::Ready(Some(Ok(held.frame))),
                 (Some(held), Poll::Ready(next)) => {
                     last_held = next.is_none();
                     *this.next = Some(next);
@@ -606,7 +623,10 @@ where
                         && frame.is_data()
                         && this.inner.as_ref().get_ref().holds_frames() =>
                 {
-                    *this.held = Some(HeldFrame { frame, yields: 0 });
+                    *this.held = Some(HeldFrame {
+                        frame,
+                        timed: false,
+                    });
                     continue;
                 }
                 polled => polled,
