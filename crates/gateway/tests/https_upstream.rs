@@ -67,6 +67,16 @@ async fn tls_upstream_after(
     let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &server_ca.issuer).unwrap();
+    serve_tls(cert.der().clone(), &key, client_ca, delay).await
+}
+
+/// A TLS upstream presenting `cert` (of `key`), as [`tls_upstream_after`].
+async fn serve_tls(
+    cert: CertificateDer<'static>,
+    key: &KeyPair,
+    client_ca: Option<&Ca>,
+    delay: Duration,
+) -> (SocketAddr, Arc<AtomicUsize>) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let builder = rustls::ServerConfig::builder();
     let builder = match client_ca {
@@ -82,7 +92,7 @@ async fn tls_upstream_after(
     };
     let config = builder
         .with_single_cert(
-            vec![cert.der().clone()],
+            vec![cert],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
         .unwrap();
@@ -209,6 +219,41 @@ async fn an_https_upstream_behind_its_own_ca_free_and_paid() {
     assert_eq!(answer.status(), StatusCode::OK);
     assert!(answer.headers().contains_key("payment-receipt"));
     assert_eq!(answer.text().await.unwrap(), "paid answer over TLS");
+    gateway.shutdown().await.unwrap();
+}
+
+/// An upstream with a self-signed certificate, pinned as its service's
+/// `ca` (which `serve --check` takes), is reached; another self-signed
+/// certificate for the same name is not.
+#[tokio::test]
+async fn a_self_signed_upstream_pinned_as_its_ca_is_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let self_signed = || {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        (params.self_signed(&key).unwrap(), key)
+    };
+    let (pinned, key) = self_signed();
+    let (upstream, _) = serve_tls(pinned.der().clone(), &key, None, Duration::ZERO).await;
+    let tls = UpstreamTls {
+        ca: Some(write(dir.path(), "pinned.pem", &pinned.pem())),
+        ..UpstreamTls::default()
+    };
+    let gateway = gateway(upstream, tls.clone(), dir.path()).await;
+    let free = reqwest::get(format!("http://{}/hello", gateway.addr()))
+        .await
+        .unwrap();
+    assert_eq!(free.status(), StatusCode::OK);
+    assert_eq!(free.text().await.unwrap(), "hello over TLS");
+    gateway.shutdown().await.unwrap();
+
+    let (other, key) = self_signed();
+    let (impostor, _) = serve_tls(other.der().clone(), &key, None, Duration::ZERO).await;
+    let gateway = self::gateway(impostor, tls, dir.path()).await;
+    let refused = reqwest::get(format!("http://{}/hello", gateway.addr()))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
     gateway.shutdown().await.unwrap();
 }
 
@@ -349,6 +394,194 @@ async fn mutual_tls_with_a_client_certificate() {
         );
     }
     without.shutdown().await.unwrap();
+}
+
+/// DER: `tag`, its length, `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    match content.len() {
+        n @ 0..=127 => out.push(n as u8),
+        n @ 128..=255 => out.extend([0x81, n as u8]),
+        n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// An X.509 version 1 certificate (no version field, no extensions) for
+/// `key`, self-signed with it, and valid: such old certificates are still
+/// issued by some internal tooling. rcgen writes version 3 only.
+fn x509_v1(key: &KeyPair) -> String {
+    use rcgen::{PublicKeyData, SigningKey};
+    let ecdsa_sha256 = der(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]);
+    let algorithm = der(0x30, &ecdsa_sha256);
+    let common_name = [der(0x06, &[0x55, 0x04, 0x03]), der(0x0c, b"client")].concat();
+    let name = der(0x30, &der(0x31, &der(0x30, &common_name)));
+    let validity = der(
+        0x30,
+        &[der(0x17, b"250101000000Z"), der(0x17, b"491231235959Z")].concat(),
+    );
+    let tbs = der(
+        0x30,
+        &[
+            der(0x02, &[0x01]),
+            algorithm.clone(),
+            name.clone(),
+            validity,
+            name,
+            key.subject_public_key_info(),
+        ]
+        .concat(),
+    );
+    let signature = [&[0u8][..], &key.sign(&tbs).unwrap()].concat();
+    let certificate = der(0x30, &[tbs, algorithm, der(0x03, &signature)].concat());
+    use base64::Engine as _;
+    let text = base64::engine::general_purpose::STANDARD.encode(certificate);
+    let lines: Vec<&str> = text
+        .as_bytes()
+        .chunks(64)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    )
+}
+
+/// `serve --check` says what is wrong with an upstream's client
+/// certificate, its key and its CA bundle, under the setting that names
+/// the file; a client certificate that expired, or soon will, is warned
+/// of. Each case passed the check, or was said under another name.
+#[test]
+fn serve_check_says_what_is_wrong_with_a_client_certificate_or_a_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |tls: &str| {
+        format!(
+            "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"https://api.internal:8443\"\nupstream_tls = {{ {tls} }}\n"
+        )
+    };
+    let errors = |tls: String| match GatewayConfig::parse(&config(&tls), |_| None) {
+        Ok(_) => panic!("{tls}: passed the check"),
+        Err(e) => e.to_string(),
+    };
+    let authority = ca();
+    let (leaf_pem, leaf_key) = leaf(&authority, &["api.internal"]);
+    let leaf_file = write(dir.path(), "leaf.pem", &leaf_pem);
+    let leaf_key_file = write(dir.path(), "leaf.key", &leaf_key);
+
+    // A server's certificate that a CA signed, given as the CA.
+    let said = errors(format!("ca = {leaf_file:?}"));
+    assert!(
+        said.contains("services[0].upstream_tls.ca:")
+            && said.contains("neither a CA's nor self-signed"),
+        "{said}"
+    );
+    // The CA itself, and a self-signed certificate, pass.
+    let ca_file = write(dir.path(), "ca.pem", &authority.pem);
+    assert!(GatewayConfig::parse(&config(&format!("ca = {ca_file:?}")), |_| None).is_ok());
+    let pinned = CertificateParams::new(vec!["api.internal".to_owned()])
+        .unwrap()
+        .self_signed(&KeyPair::generate().unwrap())
+        .unwrap();
+    let pinned_file = write(dir.path(), "pinned.pem", &pinned.pem());
+    assert!(GatewayConfig::parse(&config(&format!("ca = {pinned_file:?}")), |_| None).is_ok());
+
+    // An X.509 v1 client certificate, with its own key: not a key that
+    // does not match.
+    let v1_key = KeyPair::generate().unwrap();
+    let v1_file = write(dir.path(), "v1.pem", &x509_v1(&v1_key));
+    let v1_key_file = write(dir.path(), "v1.key", &v1_key.serialize_pem());
+    let said = errors(format!(
+        "client_cert = {v1_file:?}, client_key = {v1_key_file:?}"
+    ));
+    assert!(
+        said.contains("services[0].upstream_tls.client_cert:")
+            && said.contains("X.509 v1 certificate")
+            && !said.contains("do not go together"),
+        "{said}"
+    );
+
+    // An encrypted key.
+    let encrypted = write(
+        dir.path(),
+        "encrypted.key",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIGjMF8GCSqGSIb3DQEFDTBSMDEGCSqGSIb3DQEFDDAkBBAxMjM0NTY3ODkwYWJj\nZGVmAgIIADAMBggqhkiG9w0CCQUAMB0GCWCGSAFlAwQBKgQQMTIzNDU2Nzg5MGFi\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    let said = errors(format!(
+        "client_cert = {leaf_file:?}, client_key = {encrypted:?}"
+    ));
+    assert!(
+        said.contains("services[0].upstream_tls.client_key:")
+            && said.contains("encrypted private key"),
+        "{said}"
+    );
+
+    // One file named by both settings, holding a certificate only: its
+    // key is what is missing.
+    let said = errors(format!(
+        "client_cert = {leaf_file:?}, client_key = {leaf_file:?}"
+    ));
+    assert!(
+        said.contains("services[0].upstream_tls.client_key:")
+            && !said.contains("upstream_tls.client_cert"),
+        "{said}"
+    );
+    // Holding both, it is used for both.
+    let both = write(dir.path(), "both.pem", &format!("{leaf_pem}{leaf_key}"));
+    assert!(GatewayConfig::parse(
+        &config(&format!("client_cert = {both:?}, client_key = {both:?}")),
+        |_| None
+    )
+    .is_ok());
+
+    // A client certificate that expired, and one that soon will.
+    let warnings = |days: i64| {
+        let mut params = CertificateParams::new(vec!["client".to_owned()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(400);
+        params.not_after = now + time::Duration::days(days);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &authority.issuer).unwrap();
+        let cert_file = write(dir.path(), "client.pem", &cert.pem());
+        let key_file = write(dir.path(), "client.key", &key.serialize_pem());
+        GatewayConfig::parse(
+            &config(&format!(
+                "client_cert = {cert_file:?}, client_key = {key_file:?}"
+            )),
+            |_| None,
+        )
+        .unwrap()
+        .warnings
+        .into_iter()
+        .filter(|w| w.starts_with("services[0].upstream_tls.client_cert:"))
+        .collect::<Vec<_>>()
+    };
+    let expired = warnings(-3);
+    assert!(
+        expired.len() == 1
+            && expired[0].contains("expired at")
+            && expired[0].contains("the upstream refuses it"),
+        "{expired:?}"
+    );
+    let soon = warnings(5);
+    assert!(
+        soon.len() == 1 && soon[0].contains("expires at"),
+        "{soon:?}"
+    );
+    assert!(warnings(90).is_empty());
+    // A certificate with its own key passes; with another's, the two are
+    // said not to go together.
+    assert!(GatewayConfig::parse(
+        &config(&format!(
+            "client_cert = {leaf_file:?}, client_key = {leaf_key_file:?}"
+        )),
+        |_| None
+    )
+    .is_ok());
+    let said = errors(format!(
+        "client_cert = {leaf_file:?}, client_key = {v1_key_file:?}"
+    ));
+    assert!(said.contains("do not go together"), "{said}");
 }
 
 #[test]

@@ -119,10 +119,11 @@ impl Checker {
         }
     }
 
-    /// Warns of a listener's certificate that expired, or expires within
-    /// [`CERT_EXPIRY_WARNING_DAYS`], at `at` (unix seconds): clients refuse
-    /// an expired one, and the listener starts all the same.
-    fn warn_expiry(&mut self, at: i64) {
+    /// Warns of the certificate at `key` (the listener's, or one the
+    /// gateway presents to an upstream) that expired, or expires within
+    /// [`CERT_EXPIRY_WARNING_DAYS`], at `at` (unix seconds): `who` refuses
+    /// an expired one, and the gateway starts all the same.
+    pub(super) fn warn_expiry(&mut self, key: &str, at: i64, who: &str) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -135,11 +136,11 @@ impl Checker {
             .unwrap_or_else(|| at.to_string());
         if at <= now {
             self.warnings.push(format!(
-                "tls.cert: the certificate expired at {when}: clients refuse it; renew it"
+                "{key}: the certificate expired at {when}: {who} refuses it; renew it"
             ));
         } else if at - now < CERT_EXPIRY_WARNING_DAYS * 86_400 {
             self.warnings.push(format!(
-                "tls.cert: the certificate expires at {when}, in {} days; renew it",
+                "{key}: the certificate expires at {when}, in {} days; renew it",
                 (at - now) / 86_400
             ));
         }
@@ -293,10 +294,16 @@ impl Checker {
                     // holds no certificate, or a key of another one, is
                     // said here, not at the start.
                     if !missing {
-                        if let Err(e) = crate::tls::server_config(&cert, &key) {
-                            self.error("tls", e);
-                        } else if let Ok(at) = crate::tls::expires_at(&cert) {
-                            self.warn_expiry(at);
+                        match crate::tls::server_config(&cert, &key) {
+                            Err(e @ crate::tls::TlsError::File { setting, .. }) => {
+                                self.error(&format!("tls.{setting}"), e);
+                            }
+                            Err(e) => self.error("tls", e),
+                            Ok(_) => {
+                                if let Ok(at) = crate::tls::expires_at(&cert) {
+                                    self.warn_expiry("tls.cert", at, "every client");
+                                }
+                            }
                         }
                     }
                     config.tls = Some(TlsConfig { cert, key });

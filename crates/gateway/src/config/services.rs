@@ -641,18 +641,17 @@ impl Checker {
             client_key: raw.client_key,
         };
         match crate::tls::client_config(&tls) {
-            Ok(_) => Some(tls),
+            Ok(_) => {
+                let expires = tls.client_cert.as_deref().map(crate::tls::expires_at);
+                if let Some(Ok(at)) = expires {
+                    self.warn_expiry(&join(path, "client_cert"), at, "the upstream");
+                }
+                Some(tls)
+            }
             Err(e) => {
                 // Said under the key that names the file.
                 let key = match &e {
-                    crate::tls::TlsError::File { path: file, .. } => [
-                        ("ca", &tls.ca),
-                        ("client_cert", &tls.client_cert),
-                        ("client_key", &tls.client_key),
-                    ]
-                    .into_iter()
-                    .find(|(_, named)| named.as_ref() == Some(file))
-                    .map_or_else(|| path.to_owned(), |(key, _)| join(path, key)),
+                    crate::tls::TlsError::File { setting, .. } => join(path, setting),
                     crate::tls::TlsError::Config(_) => path.to_owned(),
                 };
                 self.error(&key, e);
