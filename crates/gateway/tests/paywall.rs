@@ -30,13 +30,14 @@ struct Upstream {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// Names its software in `Server`, as most upstreams do.
+/// Names its software in `Server` and `X-Powered-By`, and the proxies
+/// before it in `Via`, as many upstreams do.
 async fn echo(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> ([(&'static str, &'static str); 1], Json<Value>) {
+) -> ([(&'static str, &'static str); 5], Json<Value>) {
     let headers: BTreeMap<String, String> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
@@ -48,7 +49,16 @@ async fn echo(
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
     });
-    ([("server", "EchoServer/0.1 Python/3.11")], Json(echoed))
+    (
+        [
+            ("server", "EchoServer/0.1 Python/3.11"),
+            ("x-powered-by", "Express"),
+            ("x-aspnet-version", "4.0.30319"),
+            ("x-aspnetmvc-version", "5.2"),
+            ("via", "1.1 lb.internal:8080 (nginx), 1.1 10.0.0.7"),
+        ],
+        Json(echoed),
+    )
 }
 
 /// Requests the upstream's `/slow` received.
@@ -2121,11 +2131,21 @@ async fn proxy_preserves_the_request_and_hides_the_credential() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert!(
-        response.headers().get("server").is_none(),
-        "the upstream's software reached the client: {:?}",
-        response.headers().get("server")
-    );
+    // Nor the hosts behind it (RFC 9110 §7.6.3: a gateway through a
+    // firewall should not forward their names and ports).
+    for field in [
+        "server",
+        "x-powered-by",
+        "x-aspnet-version",
+        "x-aspnetmvc-version",
+        "via",
+    ] {
+        assert!(
+            response.headers().get(field).is_none(),
+            "the upstream's software or hosts reached the client: {field}: {:?}",
+            response.headers().get(field)
+        );
+    }
     let echo: Value = response.json().await.unwrap();
     assert_eq!(echo["method"], "POST");
     assert_eq!(echo["path"], "/v2/items");

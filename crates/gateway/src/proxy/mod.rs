@@ -82,6 +82,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Response fields that name the upstream's software and version, or the
+/// hosts behind the gateway: not the client's business (nginx hides
+/// `Server`), and RFC 9110 §7.6.3 says a gateway through a firewall
+/// should not forward the names and ports in `Via`.
+const UPSTREAM_IDENTITY: [HeaderName; 5] = [
+    header::SERVER,
+    header::VIA,
+    HeaderName::from_static("x-powered-by"),
+    HeaderName::from_static("x-aspnet-version"),
+    HeaderName::from_static("x-aspnetmvc-version"),
+];
+
+/// Removes the [`UPSTREAM_IDENTITY`] fields from an upstream's response,
+/// in one pass over its names.
+fn hide_upstream_identity(headers: &mut HeaderMap) {
+    let found: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| UPSTREAM_IDENTITY.contains(name))
+        .cloned()
+        .collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
+
 /// An error and its causes, outermost first (`client error (Connect):
 /// invalid peer certificate: UnknownIssuer`): hyper's own text names only
 /// the stage that failed. A cause whose text its error already ends with
@@ -555,9 +580,7 @@ impl Proxy {
                     parts.headers.remove(header::CONTENT_LENGTH);
                 }
                 strip_hop_by_hop(&mut parts.headers);
-                // The upstream's software and version are not the
-                // client's business (nginx hides them too).
-                parts.headers.remove(header::SERVER);
+                hide_upstream_identity(&mut parts.headers);
                 let location = parts.headers.get(header::LOCATION);
                 if let Some(public) = location
                     .and_then(|l| l.to_str().ok())
