@@ -38,6 +38,8 @@ use crate::detached::Detached;
 #[derive(Default)]
 struct Commits {
     claims: Vec<(String, ClaimHolder)>,
+    /// When each claim's payment can no longer be presented.
+    expiries: Vec<u64>,
     written: Vec<Option<tokio::sync::oneshot::Sender<bool>>>,
 }
 
@@ -48,8 +50,19 @@ impl Commits {
 
     fn merge(&mut self, other: Commits) {
         self.claims.extend(other.claims);
+        self.expiries.extend(other.expiries);
         self.written.extend(other.written);
     }
+}
+
+/// A claim as its spend writes it: the key, its holder, and when its
+/// payment can no longer be presented, so that a claim the store lost can
+/// be taken again ([`Claims::spend_lost`]).
+#[derive(Debug, Clone)]
+struct Spending {
+    key: String,
+    holder: ClaimHolder,
+    expires_at: u64,
 }
 
 /// How many times an upstream may fail on one payment before the payment
@@ -198,33 +211,58 @@ impl Claims {
     /// Records a batch of served claims as spent; answers what could not
     /// be written.
     async fn commit_batch(&self, batch: Commits) -> Option<Commits> {
-        match self.store.commit_claims(&batch.claims, unix_now()).await {
-            Ok(held) => {
-                let mut map = self.held.lock().unwrap_or_else(|e| e.into_inner());
-                for ((key, holder), held) in batch.claims.iter().zip(&held) {
-                    if map.get(key).is_some_and(|h| h.holder == *holder) {
-                        map.remove(key);
-                    }
-                    if !held {
-                        tracing::error!(key, "a served claim was no longer held by its request");
-                    }
-                }
-                drop(map);
-                // Not held (taken over after a whole lease out of reach):
-                // its answer's last bytes do not go.
-                for (written, held) in batch.written.into_iter().zip(held) {
-                    if let Some(written) = written {
-                        let _ = written.send(held);
-                    }
-                }
-                None
-            }
+        let held = match self.store.commit_claims(&batch.claims, unix_now()).await {
+            Ok(held) => held,
             Err(e) => {
                 // Still held and renewed: written on the next try.
                 tracing::warn!(error = %e, claims = batch.claims.len(), "cannot record served claims; retrying");
-                Some(batch)
+                return Some(batch);
+            }
+        };
+        let Commits {
+            claims,
+            expiries,
+            written,
+        } = batch;
+        let mut again = Commits::default();
+        let spends = claims.into_iter().zip(expiries).zip(written).zip(held);
+        for ((((key, holder), expires_at), written), held) in spends {
+            let claim = Spending {
+                key,
+                holder,
+                expires_at,
+            };
+            let spent = if held {
+                true
+            } else {
+                match spend_lost(&*self.store, self.lease, &claim).await {
+                    Ok(spent) => spent,
+                    Err(e) => {
+                        tracing::warn!(key = claim.key, error = %e, "cannot take a lost claim again; retrying");
+                        again.claims.push((claim.key, claim.holder));
+                        again.expiries.push(expires_at);
+                        again.written.push(written);
+                        continue;
+                    }
+                }
+            };
+            // Forgotten before its answer's last bytes go: a replay after
+            // them asks the store, which has it spent.
+            self.forget(&claim.key, &claim.holder);
+            if !spent {
+                tracing::error!(
+                    key = claim.key,
+                    "a served claim was no longer held by its request"
+                );
+            }
+            // Not held (taken over after a whole lease out of reach, or
+            // claimed by another request once the store lost it): its
+            // answer's last bytes do not go.
+            if let Some(written) = written {
+                let _ = written.send(spent);
             }
         }
+        (!again.is_empty()).then_some(again)
     }
 
     /// This replica's name in the store.
@@ -295,7 +333,12 @@ impl Claims {
             let (claims, key, holder) = (self.clone(), key.0.clone(), holder.clone());
             move |taken: Result<Reservation, StoreError>| {
                 if matches!(taken, Ok(Reservation::Acquired)) {
-                    claims.finish(key, holder, Outcome::Release);
+                    let claim = Spending {
+                        key,
+                        holder,
+                        expires_at,
+                    };
+                    claims.finish(claim, Outcome::Release);
                 }
             }
         };
@@ -330,6 +373,7 @@ impl Claims {
             claims: self.clone(),
             key: key.0.clone(),
             holder,
+            expires_at,
             on_drop: Some(Outcome::Release),
         })
     }
@@ -393,35 +437,31 @@ impl Claims {
 
     /// Puts a served claim in the next batch of commits; `written` is told
     /// once that batch is written.
-    fn queue_commit(
-        &self,
-        key: String,
-        holder: ClaimHolder,
-        written: Option<tokio::sync::oneshot::Sender<bool>>,
-    ) {
-        self.mark_served(&key, &holder);
+    fn queue_commit(&self, claim: Spending, written: Option<tokio::sync::oneshot::Sender<bool>>) {
+        self.mark_served(&claim.key, &claim.holder);
         self.commits.add(|pending| {
-            pending.claims.push((key, holder));
+            pending.claims.push((claim.key, claim.holder));
+            pending.expiries.push(claim.expires_at);
             pending.written.push(written);
         });
     }
 
-    fn finish(self: &Arc<Self>, key: String, holder: ClaimHolder, outcome: Outcome) {
+    fn finish(self: &Arc<Self>, claim: Spending, outcome: Outcome) {
         if outcome == Outcome::Commit {
-            self.queue_commit(key, holder, None);
+            self.queue_commit(claim, None);
             return;
         }
         let claims = self.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 self.tracker.spawn_on(
-                    async move { claims.finish_now(&key, &holder, outcome).await },
+                    async move { claims.finish_now(&claim, outcome).await },
                     &runtime,
                 );
             }
             // Only outside a runtime (never under a server): the lease
             // lapses, or the next start releases it.
-            Err(_) => tracing::error!(key, ?outcome, "no runtime to finish a claim on"),
+            Err(_) => tracing::error!(key = claim.key, ?outcome, "no runtime to finish a claim on"),
         }
     }
 
@@ -433,14 +473,19 @@ impl Claims {
         }
     }
 
-    async fn finish_now(&self, key: &str, holder: &ClaimHolder, outcome: Outcome) -> bool {
-        self.forget(key, holder);
+    async fn finish_now(&self, claim: &Spending, outcome: Outcome) -> bool {
+        let key = claim.key.as_str();
+        self.forget(key, &claim.holder);
         let call = {
-            let (store, key, holder) = (self.store.clone(), key.to_owned(), holder.clone());
+            let (store, claim, lease) = (self.store.clone(), claim.clone(), self.lease);
             async move {
+                let (key, holder) = (claim.key.as_str(), &claim.holder);
                 match outcome {
-                    Outcome::Commit => store.commit_claim(&key, &holder, unix_now()).await,
-                    Outcome::Release => store.release_claim(&key, &holder).await,
+                    Outcome::Commit => match store.commit_claim(key, holder, unix_now()).await {
+                        Ok(false) => spend_lost(&*store, lease, &claim).await,
+                        committed => committed,
+                    },
+                    Outcome::Release => store.release_claim(key, holder).await,
                 }
             }
         };
@@ -474,6 +519,31 @@ impl Claims {
     }
 }
 
+/// Spends a served claim whose spend found it not held. A claim the store
+/// lost is taken again by its holder and spent, unless another request
+/// took or spent the payment since: PostgreSQL writes claims without
+/// waiting for its disk (the spend, which waits, makes them durable), so a
+/// crash of the database loses the last of them, and their answers,
+/// served, would be cut and given back. Ok(false): another request has
+/// the payment (taken over after a whole lease out of reach, or claimed
+/// once it was lost); that one is served, not this.
+async fn spend_lost(
+    store: &dyn Store,
+    lease: Duration,
+    claim: &Spending,
+) -> Result<bool, StoreError> {
+    let now = unix_now();
+    let lease_until = now + lease.as_secs();
+    let (key, holder) = (claim.key.as_str(), &claim.holder);
+    match store
+        .claim(key, holder, claim.expires_at, lease_until, now)
+        .await?
+    {
+        Reservation::Acquired => store.commit_claim(key, holder, unix_now()).await,
+        Reservation::Consumed | Reservation::InFlight => Ok(false),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Commit,
@@ -489,10 +559,21 @@ pub struct Claim {
     claims: Arc<Claims>,
     key: String,
     holder: ClaimHolder,
+    /// When its payment can no longer be presented (unix seconds).
+    expires_at: u64,
     on_drop: Option<Outcome>,
 }
 
 impl Claim {
+    /// What its spend writes, the key taken out of it.
+    fn take_served(&mut self) -> Spending {
+        Spending {
+            key: std::mem::take(&mut self.key),
+            holder: self.holder.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+
     /// The claimed key.
     pub fn key(&self) -> &str {
         &self.key
@@ -507,9 +588,8 @@ impl Claim {
     /// Spends the payment now.
     pub async fn commit(mut self) -> bool {
         self.on_drop = None;
-        self.claims
-            .finish_now(&self.key, &self.holder, Outcome::Commit)
-            .await
+        let claim = self.take_served();
+        self.claims.finish_now(&claim, Outcome::Commit).await
     }
 
     /// Spends the payment with the next batch of commits, and is ready once
@@ -524,11 +604,8 @@ impl Claim {
     pub fn commit_written(mut self) -> impl Future<Output = bool> + Send + 'static {
         self.on_drop = None;
         let (told, written) = tokio::sync::oneshot::channel();
-        self.claims.queue_commit(
-            std::mem::take(&mut self.key),
-            self.holder.clone(),
-            Some(told),
-        );
+        let claim = self.take_served();
+        self.claims.queue_commit(claim, Some(told));
         async move { written.await.unwrap_or(false) }
     }
 
@@ -545,21 +622,27 @@ impl Claim {
         kept_msat: Option<u64>,
     ) -> impl Future<Output = bool> + Send + 'static {
         self.on_drop = None;
-        let key = std::mem::take(&mut self.key);
-        let (claims, holder) = (self.claims.clone(), self.holder.clone());
-        claims.mark_served(&key, &holder);
+        let claim = self.take_served();
+        let claims = self.claims.clone();
+        claims.mark_served(&claim.key, &claim.holder);
         let (told, written) = tokio::sync::oneshot::channel();
         let write = {
             let claims = claims.clone();
             async move {
-                let spend = || {
-                    claims.store.commit_claim_with_debit(
-                        &key,
-                        &holder,
-                        &debit,
-                        kept_msat,
-                        unix_now(),
-                    )
+                let key = claim.key.as_str();
+                let (store, lease, spending, debit) =
+                    (&*claims.store, claims.lease, &claim, &debit);
+                let spend = move || async move {
+                    let now = unix_now();
+                    match store
+                        .commit_claim_with_debit(key, &spending.holder, debit, kept_msat, now)
+                        .await
+                    {
+                        // The debit is kept either way: the claim alone
+                        // is taken again.
+                        Ok(false) => spend_lost(store, lease, spending).await,
+                        committed => committed,
+                    }
                 };
                 let held = match crate::retry::until_written(spend, &claims.stop).await {
                     Ok(true) => true,
@@ -572,7 +655,7 @@ impl Claim {
                         false
                     }
                 };
-                claims.forget(&key, &holder);
+                claims.forget(key, &claim.holder);
                 let _ = told.send(held);
             }
         };
@@ -594,9 +677,8 @@ impl Claim {
     /// Frees the payment now (the upstream failed).
     pub async fn release(mut self) -> bool {
         self.on_drop = None;
-        self.claims
-            .finish_now(&self.key, &self.holder, Outcome::Release)
-            .await
+        let claim = self.take_served();
+        self.claims.finish_now(&claim, Outcome::Release).await
     }
 
     /// Frees the payment after the upstream had the request and failed,
@@ -656,8 +738,8 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if let Some(outcome) = self.on_drop.take() {
-            let key = std::mem::take(&mut self.key);
-            self.claims.finish(key, self.holder.clone(), outcome);
+            let claim = self.take_served();
+            self.claims.finish(claim, outcome);
         }
     }
 }
@@ -699,5 +781,77 @@ mod tests {
         );
         claims.shutdown().await;
         assert!(!written.await, "given up at the stop: said unwritten");
+    }
+
+    /// A served claim whose row the store lost (as a PostgreSQL crash
+    /// loses the claims written just before it: they do not wait for the
+    /// disk) is taken again and spent, by the batch and by a spend of its
+    /// own: its answer, served, goes whole and the payment is spent. Before,
+    /// its spend marked nothing: the answer was cut, its payment given
+    /// back. Here the row goes by a release under the claim's own holder.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_served_claim_the_store_lost_is_taken_again_and_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(gate402_store::SqliteStore::open(&dir.path().join("claims.sqlite3")).unwrap());
+        let claims = Claims::new(store.clone(), "r1".into(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let lose = async |claim: &Claim| {
+            let holder = ClaimHolder {
+                replica: "r1".into(),
+                token: claim.holder_token().to_owned(),
+            };
+            assert!(store.release_claim(claim.key(), &holder).await.unwrap());
+        };
+        for (n, batched) in [(1u8, true), (2, false)] {
+            let key = ClaimKey::payment(&[n; 32]);
+            let claim = claims.claim(&key, u64::MAX / 2, None).await.unwrap();
+            lose(&claim).await;
+            let spent = if batched {
+                claim.served().commit_written().await
+            } else {
+                claim.served().commit().await
+            };
+            assert!(spent, "batched: {batched}: the lost claim was not spent");
+            assert!(
+                matches!(
+                    claims.claim(&key, u64::MAX / 2, None).await,
+                    Err(ClaimError::Consumed)
+                ),
+                "batched: {batched}: the payment is not spent"
+            );
+        }
+    }
+
+    /// A lost claim that another request took since is that request's:
+    /// the first holder's spend does not take it back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_claim_another_request_took_is_not_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(gate402_store::SqliteStore::open(&dir.path().join("claims.sqlite3")).unwrap());
+        let (r1, r2) = (
+            Claims::new(store.clone(), "r1".into(), Duration::from_secs(30))
+                .await
+                .unwrap(),
+            Claims::new(store.clone(), "r2".into(), Duration::from_secs(30))
+                .await
+                .unwrap(),
+        );
+        let key = ClaimKey::payment(&[3; 32]);
+        let first = r1.claim(&key, u64::MAX / 2, None).await.unwrap();
+        let holder = ClaimHolder {
+            replica: "r1".into(),
+            token: first.holder_token().to_owned(),
+        };
+        assert!(store.release_claim(first.key(), &holder).await.unwrap());
+        let second = r2.claim(&key, u64::MAX / 2, None).await.unwrap();
+        assert!(!first.served().commit_written().await);
+        assert!(second.served().commit_written().await);
+        assert!(matches!(
+            r1.claim(&key, u64::MAX / 2, None).await,
+            Err(ClaimError::Consumed)
+        ));
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row};
 
 use crate::{
@@ -443,7 +443,7 @@ impl PostgresStore {
         // commit) carries more of them, for less of the server's CPU per
         // claim than two writers with half-size batches.
         let (claims, queue) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(write_claims(Held::new(pool.clone()), queue));
+        tokio::spawn(write_claims(Held::new(claim_pool(url)?), queue));
         let commits = std::sync::Arc::new(tokio::sync::Mutex::new(Held::new(pool.clone())));
         let store = Self {
             pool,
@@ -481,6 +481,33 @@ impl PostgresStore {
         }
         tx.commit().await.map_err(db)
     }
+}
+
+/// The claim writer's own connections, which commit without waiting for
+/// the WAL to reach the disk (`synchronous_commit = off`). A claim is only
+/// a lease until its spend: the spend ([`Store::commit_claims`] and the
+/// like, on connections that do wait) flushes the WAL up to its own
+/// commit, and with it every claim written before. A claim the server
+/// loses in a crash before that flush is not there for its spend, whose
+/// update then finds nothing to mark ([`Store::commit_claim`] answers
+/// `false`, as for a claim another request took over); its holder then
+/// claims the payment again and spends it, unless another request took
+/// or spent it meanwhile, which is then the one served. What a claim
+/// refuses (in flight, spent) was read, not written. This saves the paid
+/// MPP request one of its two waits for the disk.
+///
+/// # Errors
+///
+/// [`StoreError::Database`] if `url` does not parse.
+fn claim_pool(url: &str) -> Result<PgPool, StoreError> {
+    let options = url
+        .parse::<PgConnectOptions>()
+        .map_err(db)?
+        .options([("synchronous_commit", "off")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
 }
 
 /// The claim writer: takes every claim waiting (up to a batch), writes

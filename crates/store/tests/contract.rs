@@ -1736,6 +1736,90 @@ async fn postgres_kept_connections_heal_after_a_restart() {
     }
 }
 
+/// A claim leaves the flush of the write-ahead log to its spend: claims
+/// alone make the server write its log a few times, their spends once
+/// each. A claim the server lost before that flush (as a crash can lose
+/// it) is not there for its spend, which then marks nothing, so a new
+/// claim acquires the payment and it is served once.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_claims_leave_the_flush_to_their_spends() {
+    const CLAIMS: u8 = 40;
+    let postgres = TestPostgres::start().await;
+    // The WAL writer's own writes, every 10 s at most, out of the count.
+    postgres.sql("ALTER SYSTEM SET wal_writer_delay = '10s'");
+    postgres.sql("SELECT pg_reload_conf()");
+    // The log writes of every connection so far, counted once each has
+    // ended and reported them.
+    let log_writes = || {
+        postgres.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+        );
+        for _ in 0..200 {
+            let others = postgres.sql(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            );
+            if others.trim() == "0" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let writes = postgres.sql("SELECT wal_write FROM pg_stat_wal");
+        writes.trim().parse::<u64>().expect("a count of log writes")
+    };
+
+    let store = PostgresStore::connect(&postgres.url).await.unwrap();
+    let claims: Vec<(String, ClaimHolder)> = (0..CLAIMS)
+        .map(|n| (key(n), holder("r", &n.to_string())))
+        .collect();
+    // One claim at a time: each its own statement and transaction.
+    let before = log_writes();
+    for (k, h) in &claims {
+        let claimed = store.claim(k, h, 1000, 100, 10).await.unwrap();
+        assert_eq!(claimed, Reservation::Acquired);
+    }
+    let claimed = log_writes() - before;
+    assert!(
+        claimed < u64::from(CLAIMS) / 2,
+        "{CLAIMS} claims wrote the log {claimed} times"
+    );
+
+    let (lost, kept) = claims.split_first().unwrap();
+    postgres.sql(&format!("DELETE FROM challenges WHERE id = '{}'", lost.0));
+    let before = log_writes();
+    // The committer's kept connection was ended with the others: its
+    // first spend fails as unavailable, as after a restart, and is sent
+    // again (as the committer's batch would).
+    let spend = async |spent: &(String, ClaimHolder), now| match store
+        .commit_claims(std::slice::from_ref(spent), now)
+        .await
+    {
+        Err(StoreError::Unavailable(_)) => {
+            store.commit_claims(std::slice::from_ref(spent), now).await
+        }
+        answer => answer,
+    };
+    for spent in kept {
+        assert_eq!(spend(spent, 11).await.unwrap(), vec![true]);
+    }
+    let spends = log_writes() - before;
+    assert!(
+        spends >= u64::from(CLAIMS) - 1,
+        "{} spends wrote the log {spends} times",
+        CLAIMS - 1
+    );
+    assert_eq!(
+        spend(lost, 12).await.unwrap(),
+        vec![false],
+        "a lost claim was spent"
+    );
+    let again = store
+        .claim(&lost.0, &holder("r", "again"), 1000, 100, 13)
+        .await;
+    assert_eq!(again.unwrap(), Reservation::Acquired);
+}
+
 /// Spending a claim rewrites no index entry: the commit is a heap-only
 /// update, which is what keeps PostgreSQL's work per paid request small.
 /// It stops being one as soon as an index names `consumed` (even in a
