@@ -396,6 +396,14 @@ async fn mutual_tls_with_a_client_certificate() {
     without.shutdown().await.unwrap();
 }
 
+/// A config of one service at `https://api.internal:8443`, with the
+/// settings `extra` (TOML lines).
+fn https_service(extra: &str) -> String {
+    format!(
+        "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"https://api.internal:8443\"\n{extra}\n"
+    )
+}
+
 /// DER: `tag`, its length, `content`.
 fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
@@ -455,11 +463,7 @@ fn x509_v1(key: &KeyPair) -> String {
 #[test]
 fn serve_check_says_what_is_wrong_with_a_client_certificate_or_a_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let config = |tls: &str| {
-        format!(
-            "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"https://api.internal:8443\"\nupstream_tls = {{ {tls} }}\n"
-        )
-    };
+    let config = |tls: &str| https_service(&format!("upstream_tls = {{ {tls} }}"));
     let errors = |tls: String| match GatewayConfig::parse(&config(&tls), |_| None) {
         Ok(_) => panic!("{tls}: passed the check"),
         Err(e) => e.to_string(),
@@ -587,11 +591,7 @@ fn serve_check_says_what_is_wrong_with_a_client_certificate_or_a_ca() {
 #[test]
 fn serve_check_reads_upstream_tls_files() {
     let dir = tempfile::tempdir().unwrap();
-    let config = |tls: &str| {
-        format!(
-            "[[services]]\nname = \"a\"\npath = \"/a\"\nprice_sats = 1\nupstream = \"https://api.internal:8443\"\n{tls}\n"
-        )
-    };
+    let config = https_service;
     let ca_file = write(dir.path(), "ca.pem", &ca().pem);
     let ok = GatewayConfig::parse(
         &config(&format!("upstream_tls = {{ ca = {:?} }}", ca_file)),

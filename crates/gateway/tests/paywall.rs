@@ -941,6 +941,34 @@ fn credential(door: &str, offer: &Offer, preimage: &[u8; 32]) -> String {
     .unwrap()
 }
 
+/// Reads `served`'s content, "hello world", and finds the payment of
+/// `offer` spent in the store `db` once it has all of it; then its end.
+async fn whole_only_once_spent(
+    mut served: reqwest::Response,
+    db: &rusqlite::Connection,
+    offer: &Offer,
+    what: &str,
+) {
+    let mut content = Vec::new();
+    while content.len() < b"hello world".len() {
+        let chunk = served.chunk().await.unwrap().expect("more content");
+        content.extend_from_slice(&chunk);
+    }
+    let consumed: i64 = db
+        .query_row(
+            "SELECT consumed FROM challenges WHERE id = ?1",
+            [format!("p:{}", hex::encode(offer.invoice.payment_hash()))],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(content, b"hello world");
+    assert_eq!(
+        consumed, 1,
+        "{what}: all its content out, its claim not written spent"
+    );
+    assert_eq!(served.chunk().await.unwrap(), None);
+}
+
 /// A paid answer is whole at its client only once what it spends is
 /// written: a gateway killed the next moment has spent the payment (a
 /// claim whose commit still waited for its batch would be released at the
@@ -1025,28 +1053,11 @@ async fn a_chunked_answer_has_all_its_content_only_once_its_spend_is_written() {
     for door in ["L402", "Payment"] {
         for n in 0..10 {
             let (offer, preimage) = h.buy("/chunked").await;
-            let mut served = h
+            let served = h
                 .get("/chunked", &credential(door, &offer, &preimage))
                 .await;
             assert_eq!(served.status(), StatusCode::OK, "{door} #{n}");
-            let mut content = Vec::new();
-            while content.len() < b"hello world".len() {
-                let chunk = served.chunk().await.unwrap().expect("more content");
-                content.extend_from_slice(&chunk);
-            }
-            let consumed: i64 = db
-                .query_row(
-                    "SELECT consumed FROM challenges WHERE id = ?1",
-                    [format!("p:{}", hex::encode(offer.invoice.payment_hash()))],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            assert_eq!(content, b"hello world");
-            assert_eq!(
-                consumed, 1,
-                "{door} #{n}: all its content out, its claim not written spent"
-            );
-            assert_eq!(served.chunk().await.unwrap(), None);
+            whole_only_once_spent(served, &db, &offer, &format!("{door} #{n}")).await;
         }
     }
 }
@@ -1091,31 +1102,14 @@ async fn a_stream_whose_end_comes_a_moment_late_is_whole_only_once_spent() {
             let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
             let mut preimage = [0u8; 32];
             hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
-            let mut served = client
+            let served = client
                 .get(format!("{base}/joke"))
                 .header(AUTHORIZATION, credential(door, &offer, &preimage))
                 .send()
                 .await
                 .unwrap();
             assert_eq!(served.status(), StatusCode::OK, "{door} #{n}");
-            let mut content = Vec::new();
-            while content.len() < b"hello world".len() {
-                let chunk = served.chunk().await.unwrap().expect("more content");
-                content.extend_from_slice(&chunk);
-            }
-            let consumed: i64 = db
-                .query_row(
-                    "SELECT consumed FROM challenges WHERE id = ?1",
-                    [format!("p:{}", hex::encode(offer.invoice.payment_hash()))],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            assert_eq!(content, b"hello world");
-            assert_eq!(
-                consumed, 1,
-                "{door} #{n}: all its content out, its claim not written spent"
-            );
-            assert_eq!(served.chunk().await.unwrap(), None);
+            whole_only_once_spent(served, &db, &offer, &format!("{door} #{n}")).await;
         }
     }
 }

@@ -748,6 +748,17 @@ impl Drop for Claim {
 mod tests {
     use super::*;
 
+    fn sqlite_store(dir: &std::path::Path) -> Arc<dyn Store> {
+        Arc::new(gate402_store::SqliteStore::open(&dir.join("claims.sqlite3")).unwrap())
+    }
+
+    /// The claims of replica `name`, leased for 30 s.
+    async fn replica(store: &Arc<dyn Store>, name: &str) -> Arc<Claims> {
+        Claims::new(store.clone(), name.into(), Duration::from_secs(30))
+            .await
+            .unwrap()
+    }
+
     /// With the store out of reach, an answer's last bytes wait for its
     /// commit as long as the outage lasts (they went after 5 s, and a
     /// replica killed or stopped then served the credential again at its
@@ -755,11 +766,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_answer_waits_for_its_commit_as_long_as_the_store_is_out_of_reach() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(gate402_store::SqliteStore::open(&dir.path().join("claims.sqlite3")).unwrap());
-        let claims = Claims::new(store.clone(), "r1".into(), Duration::from_secs(30))
-            .await
-            .unwrap();
+        let store = sqlite_store(dir.path());
+        let claims = replica(&store, "r1").await;
         let claim = claims
             .claim(&ClaimKey::payment(&[1; 32]), u64::MAX / 2, None)
             .await
@@ -792,11 +800,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_served_claim_the_store_lost_is_taken_again_and_spent() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(gate402_store::SqliteStore::open(&dir.path().join("claims.sqlite3")).unwrap());
-        let claims = Claims::new(store.clone(), "r1".into(), Duration::from_secs(30))
-            .await
-            .unwrap();
+        let store = sqlite_store(dir.path());
+        let claims = replica(&store, "r1").await;
         let lose = async |claim: &Claim| {
             let holder = ClaimHolder {
                 replica: "r1".into(),
@@ -829,16 +834,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lost_claim_another_request_took_is_not_taken_back() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> =
-            Arc::new(gate402_store::SqliteStore::open(&dir.path().join("claims.sqlite3")).unwrap());
-        let (r1, r2) = (
-            Claims::new(store.clone(), "r1".into(), Duration::from_secs(30))
-                .await
-                .unwrap(),
-            Claims::new(store.clone(), "r2".into(), Duration::from_secs(30))
-                .await
-                .unwrap(),
-        );
+        let store = sqlite_store(dir.path());
+        let (r1, r2) = (replica(&store, "r1").await, replica(&store, "r2").await);
         let key = ClaimKey::payment(&[3; 32]);
         let first = r1.claim(&key, u64::MAX / 2, None).await.unwrap();
         let holder = ClaimHolder {
