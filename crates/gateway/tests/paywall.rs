@@ -1097,11 +1097,7 @@ async fn a_stream_whose_end_comes_a_moment_late_is_whole_only_once_spent() {
     let client = reqwest::Client::new();
     for door in ["L402", "Payment"] {
         for n in 0..5 {
-            let offer = client.get(format!("{base}/joke")).send().await.unwrap();
-            let offer = Offer::from_headers(offer.headers()).unwrap();
-            let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
-            let mut preimage = [0u8; 32];
-            hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+            let (offer, preimage) = bought_at(&client, &base, "/joke").await;
             let served = client
                 .get(format!("{base}/joke"))
                 .header(AUTHORIZATION, credential(door, &offer, &preimage))
@@ -2427,6 +2423,17 @@ async fn discovery_health_and_metrics() {
     assert!(!anonymous.text().await.unwrap().contains("gate402_"));
 }
 
+/// The offer of `path` on the app at `base`, paid through its sandbox:
+/// the offer and the preimage.
+async fn bought_at(client: &reqwest::Client, base: &str, path: &str) -> (Offer, [u8; 32]) {
+    let unpaid = client.get(format!("{base}{path}")).send().await.unwrap();
+    let offer = Offer::from_headers(unpaid.headers()).unwrap();
+    let paid = pay_via(client, base, &offer.bolt11).await.unwrap();
+    let mut preimage = [0u8; 32];
+    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    (offer, preimage)
+}
+
 /// A paywall of its own (the layer used without the gateway) that sells
 /// `/joke` for 3 sat, on a sandbox backend and a SQLite store in `dir`.
 async fn joke_paywall(
@@ -2475,11 +2482,7 @@ async fn the_layer_guards_an_axum_app() {
             .unwrap(),
         "free"
     );
-    let response = client.get(format!("{base}/joke")).send().await.unwrap();
-    let offer = Offer::from_headers(response.headers()).unwrap();
-    let paid = pay_via(&client, &base, &offer.bolt11).await.unwrap();
-    let mut preimage = [0u8; 32];
-    hex::decode_to_slice(&paid.preimage, &mut preimage).unwrap();
+    let (offer, preimage) = bought_at(&client, &base, "/joke").await;
     let response = client
         .get(format!("{base}/joke"))
         .header(AUTHORIZATION, offer.l402_authorization(&preimage).unwrap())
