@@ -538,8 +538,10 @@ fn serve_check_says_what_is_wrong_with_a_client_certificate_or_a_ca() {
     )
     .is_ok());
 
-    // A client certificate that expired, and one that soon will.
-    let warnings = |days: i64| {
+    // A client certificate that expired (refused: the upstream may refuse
+    // it with an answer of its own, which spends the payment), and one
+    // that soon will (warned of).
+    let checked = |days: i64| {
         let mut params = CertificateParams::new(vec!["client".to_owned()]).unwrap();
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::days(400);
@@ -548,24 +550,27 @@ fn serve_check_says_what_is_wrong_with_a_client_certificate_or_a_ca() {
         let cert = params.signed_by(&key, &authority.issuer).unwrap();
         let cert_file = write(dir.path(), "client.pem", &cert.pem());
         let key_file = write(dir.path(), "client.key", &key.serialize_pem());
-        GatewayConfig::parse(
+        GatewayConfig::parse_with_warnings(
             &config(&format!(
                 "client_cert = {cert_file:?}, client_key = {key_file:?}"
             )),
             |_| None,
         )
-        .unwrap()
-        .warnings
-        .into_iter()
-        .filter(|w| w.starts_with("services[0].upstream_tls.client_cert:"))
-        .collect::<Vec<_>>()
     };
-    let expired = warnings(-3);
+    let warnings = |days: i64| {
+        let (parsed, warnings) = checked(days);
+        assert!(parsed.is_ok(), "{parsed:?}");
+        warnings
+            .into_iter()
+            .filter(|w| w.starts_with("services[0].upstream_tls.client_cert:"))
+            .collect::<Vec<_>>()
+    };
+    let expired = checked(-3).0.unwrap_err().to_string();
     assert!(
-        expired.len() == 1
-            && expired[0].contains("expired at")
-            && expired[0].contains("the upstream refuses it"),
-        "{expired:?}"
+        expired.contains("services[0].upstream_tls.client_cert:")
+            && expired.contains("expired at")
+            && expired.contains("the upstream refuses it"),
+        "{expired}"
     );
     let soon = warnings(5);
     assert!(

@@ -122,8 +122,11 @@ impl Checker {
     /// Warns of the certificate at `key` (the listener's, or one the
     /// gateway presents to an upstream) that expired, or expires within
     /// [`CERT_EXPIRY_WARNING_DAYS`], at `at` (unix seconds): `who` refuses
-    /// an expired one, and the gateway starts all the same.
-    pub(super) fn warn_expiry(&mut self, key: &str, at: i64, who: &str) {
+    /// an expired one. An expired one is an error when `refused` (a client
+    /// certificate: the upstream may refuse it with an answer of its own,
+    /// nginx's 400, which spends the payment), else the gateway starts all
+    /// the same.
+    pub(super) fn check_expiry(&mut self, key: &str, at: i64, who: &str, refused: bool) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
@@ -135,9 +138,12 @@ impl Checker {
             })
             .unwrap_or_else(|| at.to_string());
         if at <= now {
-            self.warnings.push(format!(
-                "{key}: the certificate expired at {when}: {who} refuses it; renew it"
-            ));
+            let said = format!("the certificate expired at {when}: {who} refuses it; renew it");
+            if refused {
+                self.error(key, said);
+            } else {
+                self.warnings.push(format!("{key}: {said}"));
+            }
         } else if at - now < CERT_EXPIRY_WARNING_DAYS * 86_400 {
             self.warnings.push(format!(
                 "{key}: the certificate expires at {when}, in {} days; renew it",
@@ -301,7 +307,7 @@ impl Checker {
                             Err(e) => self.error("tls", e),
                             Ok(_) => {
                                 if let Ok(at) = crate::tls::expires_at(&cert) {
-                                    self.warn_expiry("tls.cert", at, "every client");
+                                    self.check_expiry("tls.cert", at, "every client", false);
                                 }
                             }
                         }

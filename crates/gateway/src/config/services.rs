@@ -644,7 +644,7 @@ impl Checker {
             Ok(_) => {
                 let expires = tls.client_cert.as_deref().map(crate::tls::expires_at);
                 if let Some(Ok(at)) = expires {
-                    self.warn_expiry(&join(path, "client_cert"), at, "the upstream");
+                    self.check_expiry(&join(path, "client_cert"), at, "the upstream", true);
                 }
                 Some(tls)
             }
