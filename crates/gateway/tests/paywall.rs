@@ -205,10 +205,15 @@ fn upstream_app() -> Router {
                 |axum::extract::Path(n): axum::extract::Path<usize>, headers: HeaderMap| async move {
                     let host = headers["host"].to_str().unwrap().to_owned();
                     let (location, _) = REDIRECTS[n];
-                    let location = location.replace("{self}", &format!("http://{host}"));
+                    let location = location
+                        .replace("{self}", &format!("http://{host}"))
+                        .replace("{host}", &host);
                     (
                         axum::http::StatusCode::FOUND,
-                        [("location", location)],
+                        [
+                            ("location", location.clone()),
+                            ("content-location", location),
+                        ],
                         "moved",
                     )
                 },
@@ -227,10 +232,21 @@ fn upstream_app() -> Router {
         .fallback(any(echo))
 }
 
-/// The upstream's `/v1/redirect/{n}` answers a 302 to the first (where
-/// `{self}` is its own origin); a client of `/free/*` (forwarded to `/v1/*`)
-/// is to be sent to the second.
-const REDIRECTS: [(&str, &str); 8] = [
+/// The upstream's `/v1/redirect/{n}` answers a 302 to the first, in
+/// `Location` and `Content-Location` (where `{self}` is its own origin,
+/// `{host}` its host and port); a client of `/free/*` (forwarded to
+/// `/v1/*`) is to be sent to the second.
+const REDIRECTS: [(&str, &str); 15] = [
+    ("//{host}/v1/landing?x=1", "/free/landing?x=1"),
+    ("/\\{host}/v1/landing", "/free/landing"),
+    ("\\\\{host}\\v1\\landing", "/free/landing"),
+    ("//{host}", "/"),
+    ("//{host}?x=1", "/?x=1"),
+    (
+        "//elsewhere.example/v1/landing",
+        "//elsewhere.example/v1/landing",
+    ),
+    ("{self}//elsewhere.example/x", "/elsewhere.example/x"),
     ("{self}/v1/landing?x=1#top", "/free/landing?x=1#top"),
     ("/v1/landing", "/free/landing"),
     ("{self}/v1", "/free"),
@@ -478,9 +494,14 @@ async fn a_redirect_to_the_upstream_itself_names_the_route() {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::FOUND, "{sent}");
-        let location = response.headers()["location"].to_str().unwrap();
-        assert_eq!(location, *seen, "{sent}");
-        assert!(!location.contains(&h.upstream.addr.to_string()), "{sent}");
+        for field in ["location", "content-location"] {
+            let location = response.headers()[field].to_str().unwrap();
+            assert_eq!(location, *seen, "{field}: {sent}");
+            assert!(
+                !location.contains(&h.upstream.addr.to_string()),
+                "{field}: {sent}"
+            );
+        }
     }
 }
 

@@ -188,26 +188,41 @@ impl Origin {
         })
     }
 
-    /// An upstream answer's `Location` as the client is to see it
-    /// (nginx's `proxy_redirect default`): one at the upstream itself,
-    /// absolute (`http://10.0.0.7:8080/v1/x`) or a path (`/v1/x`), names
-    /// the route's own path when it is under what the route forwards to
-    /// (`/weather/x`), and an absolute one outside that is left as a path
-    /// on the gateway. The upstream's address is not the client's to know,
-    /// nor to go around the paywall by. `None`: as it is (another host,
-    /// a relative reference, a path outside the route).
+    /// Whether `authority` (with the upstream's scheme) is the upstream's.
+    fn is_upstream(&self, authority: &Authority) -> bool {
+        authority.host().eq_ignore_ascii_case(self.authority.host())
+            && port_or_default(authority, &self.scheme)
+                == port_or_default(&self.authority, &self.scheme)
+    }
+
+    /// An upstream answer's `Location` (or `Content-Location`) as the
+    /// client is to see it (nginx's `proxy_redirect default`): one at the
+    /// upstream itself, absolute (`http://10.0.0.7:8080/v1/x`), without
+    /// its scheme (`//10.0.0.7:8080/v1/x`, or with a backslash for a slash,
+    /// as browsers read it: `/\10.0.0.7:8080/v1/x`) or a path (`/v1/x`),
+    /// names the route's own path when it is under what the route forwards
+    /// to (`/weather/x`), and one outside that is left as a path on the
+    /// gateway. The upstream's address is not the client's to know, nor to
+    /// go around the paywall by. `None`: as it is (another host, a relative
+    /// reference, a path outside the route).
     fn public_location(&self, rewrite: &Rewrite, location: &str) -> Option<String> {
+        let read: String;
         let (path, absolute) = match location.as_bytes() {
-            [b'/', next, ..] if *next != b'/' => (location, false),
-            [b'/'] => (location, false),
+            [b'/' | b'\\', b'/' | b'\\', ..] => {
+                let rest = &location[2..];
+                let end = rest.find(['/', '\\', '?', '#']).unwrap_or(rest.len());
+                if !self.is_upstream(&rest[..end].parse().ok()?) {
+                    return None;
+                }
+                // As a browser reads it: every backslash a slash.
+                read = rest[end..].replace('\\', "/");
+                (read.as_str(), true)
+            }
+            [b'/', ..] => (location, false),
             _ => {
                 let uri: Uri = location.parse().ok()?;
                 let same = uri.scheme() == Some(&self.scheme)
-                    && uri.authority().is_some_and(|a| {
-                        a.host().eq_ignore_ascii_case(self.authority.host())
-                            && port_or_default(a, &self.scheme)
-                                == port_or_default(&self.authority, &self.scheme)
-                    });
+                    && uri.authority().is_some_and(|a| self.is_upstream(a));
                 if !same {
                     return None;
                 }
@@ -223,17 +238,13 @@ impl Origin {
         );
         let path_only = &path[..path.find(['?', '#']).unwrap_or(path.len())];
         if !crate::config::segment_prefix(path_only, &forwarded) {
-            return absolute.then(|| path.to_owned());
+            return absolute.then(|| gateway_path(path));
         }
-        let public = format!(
+        Some(gateway_path(&format!(
             "{}{}",
             rewrite.strip_prefix.as_deref().unwrap_or(""),
             &path[forwarded.len()..]
-        );
-        Some(match public.as_bytes().first() {
-            Some(b'/') => public,
-            _ => format!("/{public}"),
-        })
+        )))
     }
 
     /// The upstream's target for `path` (normal form) and `query`, in
@@ -249,6 +260,12 @@ impl Origin {
         }
         PathAndQuery::try_from(target).ok()
     }
+}
+
+/// `path` (with its query and fragment) as a path on the gateway: one
+/// slash before it, never two, which would name a host (`//elsewhere/x`).
+fn gateway_path(path: &str) -> String {
+    format!("/{}", path.trim_start_matches('/'))
 }
 
 /// The port `authority` names, or `scheme`'s own.
@@ -581,13 +598,16 @@ impl Proxy {
                 }
                 strip_hop_by_hop(&mut parts.headers);
                 hide_upstream_identity(&mut parts.headers);
-                let location = parts.headers.get(header::LOCATION);
-                if let Some(public) = location
-                    .and_then(|l| l.to_str().ok())
-                    .and_then(|l| origin.public_location(&upstream.rewrite, l))
-                    .and_then(|l| HeaderValue::try_from(l).ok())
-                {
-                    parts.headers.insert(header::LOCATION, public);
+                for field in [header::LOCATION, header::CONTENT_LOCATION] {
+                    if let Some(public) = parts
+                        .headers
+                        .get(&field)
+                        .and_then(|l| l.to_str().ok())
+                        .and_then(|l| origin.public_location(&upstream.rewrite, l))
+                        .and_then(|l| HeaderValue::try_from(l).ok())
+                    {
+                        parts.headers.insert(field, public);
+                    }
                 }
                 // The upstream's HTTP version is its connection's, not the
                 // client's: an HTTP/1.0 answer kept as such is written to
