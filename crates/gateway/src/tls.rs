@@ -192,6 +192,92 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// What TLS will make of each self-signed certificate in `tls.ca` when
+/// the upstream at `host` presents it itself (a pin), as `serve --check`
+/// reports it: errors, for a certificate that can be nothing but a pin
+/// (no CA's) and that TLS refuses (not for `host`, expired); warnings, for
+/// a CA's certificate that names `host` (made by `openssl req -x509`,
+/// which marks it a CA's: TLS refuses a CA's certificate presented as the
+/// server's own, though it takes it as the CA of another). Nothing when
+/// the file cannot be read: [`client_config`] says why.
+pub fn pin_findings(tls: &UpstreamTls, host: &str) -> (Vec<String>, Vec<String>) {
+    use rustls::client::danger::ServerCertVerifier;
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let Some(ca) = &tls.ca else {
+        return (errors, warnings);
+    };
+    let named = Named {
+        setting: "ca",
+        path: ca,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let (Ok(certificates), Ok(name)) = (
+        named.certificates(),
+        rustls::pki_types::ServerName::try_from(host.to_owned()),
+    ) else {
+        return (errors, warnings);
+    };
+    installed_provider();
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in &certificates {
+        let _ = roots.add(certificate.clone());
+    }
+    let Ok(verifier) = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots)).build()
+    else {
+        return (errors, warnings);
+    };
+    let now = rustls::pki_types::UnixTime::now();
+    for (n, certificate) in certificates.iter().enumerate() {
+        let Ok(parsed) = named.x509(certificate) else {
+            continue;
+        };
+        let self_signed = parsed.subject().as_raw() == parsed.issuer().as_raw()
+            && parsed.verify_signature(None).is_ok();
+        // A version 1 certificate may be an old CA's: no telling.
+        if !self_signed || parsed.version() != x509_parser::x509::X509Version::V3 {
+            continue;
+        }
+        let Err(refused) = verifier.verify_server_cert(certificate, &[], &name, &[], now) else {
+            continue;
+        };
+        let which = format!(
+            "{}: certificate {} ({})",
+            ca.display(),
+            n + 1,
+            parsed.subject()
+        );
+        if !parsed.is_ca() {
+            errors.push(format!(
+                "{which} is self-signed and no CA's, so the upstream can only present it itself, and TLS refuses it from {host}: {refused}"
+            ));
+        } else if names(&parsed, host) {
+            warnings.push(format!(
+                "{which} is a CA's (CA:TRUE) and names {host}: if the upstream presents it itself, TLS refuses it (CaUsedAsEndEntity); make the upstream's own certificate without CA:TRUE (`-addext basicConstraints=critical,CA:FALSE`), or sign it with this CA"
+            ));
+        }
+    }
+    (errors, warnings)
+}
+
+/// Whether `certificate` lists `host` among its subject alternative names
+/// (DNS names compared without case; IP addresses as written).
+fn names(certificate: &x509_parser::certificate::X509Certificate<'_>, host: &str) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(names)) = certificate.subject_alternative_name() else {
+        return false;
+    };
+    let ip: Option<std::net::IpAddr> = host.parse().ok();
+    names.value.general_names.iter().any(|name| match name {
+        GeneralName::DNSName(dns) => dns.eq_ignore_ascii_case(host),
+        GeneralName::IPAddress(bytes) => match (ip, bytes.len()) {
+            (Some(std::net::IpAddr::V4(v4)), 4) => v4.octets()[..] == bytes[..],
+            (Some(std::net::IpAddr::V6(v6)), 16) => v6.octets()[..] == bytes[..],
+            _ => false,
+        },
+        _ => false,
+    })
+}
+
 /// The client side for an upstream: its roots and its client certificate.
 ///
 /// # Errors

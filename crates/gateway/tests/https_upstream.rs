@@ -482,13 +482,59 @@ fn serve_check_says_what_is_wrong_with_a_client_certificate_or_a_ca() {
     );
     // The CA itself, and a self-signed certificate, pass.
     let ca_file = write(dir.path(), "ca.pem", &authority.pem);
-    assert!(GatewayConfig::parse(&config(&format!("ca = {ca_file:?}")), |_| None).is_ok());
+    let (parsed, warnings) =
+        GatewayConfig::parse_with_warnings(&config(&format!("ca = {ca_file:?}")), |_| None);
+    assert!(
+        parsed.is_ok() && warnings.is_empty(),
+        "{parsed:?} {warnings:?}"
+    );
     let pinned = CertificateParams::new(vec!["api.internal".to_owned()])
         .unwrap()
         .self_signed(&KeyPair::generate().unwrap())
         .unwrap();
     let pinned_file = write(dir.path(), "pinned.pem", &pinned.pem());
-    assert!(GatewayConfig::parse(&config(&format!("ca = {pinned_file:?}")), |_| None).is_ok());
+    let (parsed, warnings) =
+        GatewayConfig::parse_with_warnings(&config(&format!("ca = {pinned_file:?}")), |_| None);
+    assert!(
+        parsed.is_ok() && warnings.is_empty(),
+        "{parsed:?} {warnings:?}"
+    );
+    // A pin TLS refuses from api.internal: for another name, for none.
+    for (names, file) in [
+        (vec!["other.example".to_owned()], "other.pem"),
+        (vec![], "none.pem"),
+    ] {
+        let pin = CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&KeyPair::generate().unwrap())
+            .unwrap();
+        let said = errors(format!("ca = {:?}", write(dir.path(), file, &pin.pem())));
+        assert!(
+            said.contains("services[0].upstream_tls.ca:")
+                && said.contains("TLS refuses it from api.internal"),
+            "{file}: {said}"
+        );
+    }
+    // A CA's certificate naming the upstream (openssl req -x509 makes
+    // them so): warned of, since presented by the upstream itself TLS
+    // refuses it.
+    let mut params = CertificateParams::new(vec!["api.internal".to_owned()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pin = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+    let (parsed, warnings) = GatewayConfig::parse_with_warnings(
+        &config(&format!(
+            "ca = {:?}",
+            write(dir.path(), "ca-pin.pem", &ca_pin.pem())
+        )),
+        |_| None,
+    );
+    assert!(parsed.is_ok(), "{parsed:?}");
+    assert!(
+        warnings.len() == 1
+            && warnings[0].starts_with("services[0].upstream_tls.ca:")
+            && warnings[0].contains("CaUsedAsEndEntity"),
+        "{warnings:?}"
+    );
 
     // An X.509 v1 client certificate, with its own key: not a key that
     // does not match.

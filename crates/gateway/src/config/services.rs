@@ -555,6 +555,19 @@ impl Checker {
                         .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
                     {
                         self.error(&at("upstream_tls"), "applies to an https:// upstream only");
+                    } else if let Some(host) = upstream
+                        .url
+                        .parse::<axum::http::Uri>()
+                        .ok()
+                        .and_then(|u| u.host().map(str::to_owned))
+                    {
+                        let (errors, warnings) = crate::tls::pin_findings(&tls, &host);
+                        let key = join(&at("upstream_tls"), "ca");
+                        for error in errors {
+                            self.error(&key, error);
+                        }
+                        self.warnings
+                            .extend(warnings.into_iter().map(|w| format!("{key}: {w}")));
                     }
                     upstream.tls = tls;
                 }
