@@ -114,11 +114,7 @@ impl Named<'_> {
         let certificates = self.certificates()?;
         for (n, certificate) in certificates.iter().enumerate() {
             let parsed = self.x509(certificate)?;
-            // By its own key, not only by name: test CAs and their
-            // servers often share one default name.
-            let self_signed = parsed.subject().as_raw() == parsed.issuer().as_raw()
-                && parsed.verify_signature(None).is_ok();
-            if !parsed.is_ca() && !self_signed {
+            if !parsed.is_ca() && !is_self_signed(&parsed) {
                 return Err(self.error(format!(
                     "certificate {} ({}) is neither a CA's nor self-signed: it vouches for no upstream; give the certificate of the CA that issued it ({})",
                     n + 1,
@@ -231,10 +227,8 @@ pub fn pin_findings(tls: &UpstreamTls, host: &str) -> (Vec<String>, Vec<String>)
         let Ok(parsed) = named.x509(certificate) else {
             continue;
         };
-        let self_signed = parsed.subject().as_raw() == parsed.issuer().as_raw()
-            && parsed.verify_signature(None).is_ok();
         // A version 1 certificate may be an old CA's: no telling.
-        if !self_signed || parsed.version() != x509_parser::x509::X509Version::V3 {
+        if !is_self_signed(&parsed) || parsed.version() != x509_parser::x509::X509Version::V3 {
             continue;
         }
         let Err(refused) = verifier.verify_server_cert(certificate, &[], &name, &[], now) else {
@@ -257,6 +251,13 @@ pub fn pin_findings(tls: &UpstreamTls, host: &str) -> (Vec<String>, Vec<String>)
         }
     }
     (errors, warnings)
+}
+
+/// Whether `certificate` is signed by its own key, not only issued in its
+/// own name: test CAs and their servers often share one default name.
+fn is_self_signed(certificate: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+    certificate.subject().as_raw() == certificate.issuer().as_raw()
+        && certificate.verify_signature(None).is_ok()
 }
 
 /// Whether `certificate` lists `host` among its subject alternative names
